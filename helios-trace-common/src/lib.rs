@@ -1,0 +1,230 @@
+//! The records the kernel programs write into the ring buffer, the maps they share with
+//! userspace, and the constants both sides must agree on.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, and has no implicit padding (reserved fields are
+//! explicit and zeroed), so the byte layout is the same in the BPF object and in the daemon.
+//! The sizes are asserted at compile time: changing one is a wire-format change.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Record kinds. Explicit ids, never reused: a decoder built for an older layout must never
+/// mistake a new record for an old one.
+pub mod kind {
+    /// A descriptor syscall completed: [`super::SyscallEvent`].
+    pub const FD_SYSCALL: u32 = 1;
+    /// `close(fd)` was entered: [`super::CloseEvent`].
+    pub const CLOSE: u32 = 2;
+    /// A task was created (`task/task_newtask`): [`super::NewTaskEvent`].
+    pub const NEW_TASK: u32 = 3;
+    /// A process image was replaced (`sched/sched_process_exec`): [`super::ExecEvent`].
+    pub const EXEC: u32 = 4;
+    /// The last thread of a thread group exited (`sched/sched_process_exit`, group_dead):
+    /// [`super::ExitEvent`].
+    pub const EXIT: u32 = 5;
+}
+
+/// Common start of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (thread-group id) of the task that caused the event.
+    pub tgid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so ages stay right across suspend.
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+/// Length of the path buffer in a [`SyscallEvent`]; longer paths are truncated and flagged.
+pub const PATH_LEN: usize = 256;
+/// How many descriptors one record can carry besides the return value (pipe / socketpair
+/// pairs, SCM_RIGHTS). More are flagged as truncated; reconciliation with /proc heals them.
+pub const MAX_AUX_FDS: usize = 16;
+/// `stack_id` when no stack was asked for.
+pub const STACK_NOT_CAPTURED: i32 = i32::MIN;
+
+/// Bits of [`SyscallEvent::flags`].
+pub mod syscall_flags {
+    /// The path did not fit in [`super::PATH_LEN`] bytes.
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    /// The path could not be read from user memory.
+    pub const PATH_UNREADABLE: u32 = 1 << 1;
+    /// More descriptors arrived than [`super::MAX_AUX_FDS`], or a control message could not be
+    /// read: the aux list is incomplete.
+    pub const AUX_TRUNCATED: u32 = 1 << 2;
+    /// `deref` holds the value the spec asked to read through an argument.
+    pub const DEREF_VALID: u32 = 1 << 3;
+}
+
+/// A completed descriptor syscall: its number, raw arguments and result, plus what had to be
+/// read from user memory while it was still there. Userspace gives it meaning (decode.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    /// Native syscall number of the running architecture.
+    pub nr: u32,
+    /// User stack id in the `STACKS` map; negative errno when capture failed;
+    /// [`STACK_NOT_CAPTURED`] when not asked for.
+    pub stack_id: i32,
+    /// The syscall's return value.
+    pub ret: i64,
+    /// The six raw syscall arguments as the enter tracepoint saw them.
+    pub args: [u64; 6],
+    /// A u64 read through a pointer argument (e.g. `open_how.flags` of openat2).
+    pub deref: u64,
+    /// Descriptors written to user memory: the pair of pipe/pipe2/socketpair, or the
+    /// descriptors received through SCM_RIGHTS.
+    pub aux_fds: [i32; MAX_AUX_FDS],
+    /// How many of `aux_fds` are valid.
+    pub aux_count: u32,
+    /// Bytes of `path` that are valid (no NUL).
+    pub path_len: u32,
+    /// [`syscall_flags`].
+    pub flags: u32,
+    /// Kernel stack id, like `stack_id`.
+    pub kernel_stack_id: i32,
+    pub path: [u8; PATH_LEN],
+}
+const _: () = assert!(size_of::<SyscallEvent>() == 432);
+
+/// `close(fd)` entered. Linux releases the descriptor even when close reports an error
+/// (fs/open.c: the fd is removed from the table before the file is flushed), except EBADF,
+/// for which nothing was open; so the enter side is enough and needs no pairing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// `task/task_newtask`: fired in the parent while `copy_process` creates the child.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NewTaskEvent {
+    pub header: EventHeader,
+    /// The new task's id (its tgid too, unless CLONE_THREAD).
+    pub child_tid: u32,
+    pub reserved: u32,
+    pub clone_flags: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<NewTaskEvent>() == 56);
+
+/// Length of the filename buffer of an [`ExecEvent`].
+pub const EXEC_FILENAME_LEN: usize = 256;
+
+/// `sched/sched_process_exec`: the image was replaced and close-on-exec descriptors are gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// The thread that called execve; differs from tgid when a non-leader thread exec'd.
+    pub old_tid: u32,
+    pub filename_len: u32,
+    pub comm: [u8; 16],
+    pub filename: [u8; EXEC_FILENAME_LEN],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 304);
+
+/// The whole thread group exited; its descriptor table is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 24);
+
+/// What the kernel programs do for one syscall number: a value of the `SYSCALL_SPECS` array,
+/// indexed by native syscall number, filled by userspace (which knows the architecture's
+/// numbering). Zero means "not traced".
+pub mod spec {
+    /// Trace this syscall.
+    pub const TRACED: u32 = 1 << 0;
+    /// Capture the user stack: the call creates descriptors.
+    pub const STACK: u32 = 1 << 1;
+    /// fcntl: only F_DUPFD, F_DUPFD_CLOEXEC and F_SETFD matter; skip the rest in the kernel.
+    pub const FCNTL_FILTER: u32 = 1 << 2;
+    /// ioctl: only FIOCLEX / FIONCLEX matter.
+    pub const IOCTL_FILTER: u32 = 1 << 3;
+    /// recvmsg: arg 1 is a `struct user_msghdr *`; collect SCM_RIGHTS descriptors.
+    pub const MSGHDR: u32 = 1 << 4;
+    /// recvmmsg: arg 1 is a `struct mmsghdr *`, the result the number of messages.
+    pub const MMSGHDR: u32 = 1 << 5;
+    /// Bits 8..11: index + 1 of the argument that points to a path string.
+    pub const PATH_ARG_SHIFT: u32 = 8;
+    /// Bits 12..15: index + 1 of the argument that points to an `int[2]` the call fills.
+    pub const FD_PAIR_ARG_SHIFT: u32 = 12;
+    /// Bits 16..19: index + 1 of the argument through which to read one u64 into `deref`.
+    pub const DEREF_ARG_SHIFT: u32 = 16;
+    pub const ARG_MASK: u32 = 0xf;
+
+    /// The argument index encoded at `shift`, if any.
+    pub const fn arg_at(spec: u32, shift: u32) -> Option<usize> {
+        match (spec >> shift) & ARG_MASK {
+            0 => None,
+            n => Some((n - 1) as usize),
+        }
+    }
+
+    /// Encode argument `index` at `shift`.
+    pub const fn with_arg(shift: u32, index: usize) -> u32 {
+        ((index as u32 + 1) & ARG_MASK) << shift
+    }
+}
+
+/// Size of the `SYSCALL_SPECS` array: above every syscall number of x86_64 and aarch64.
+pub const MAX_SYSCALL_NR: u32 = 1024;
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// A record could not be reserved in the ring buffer: lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The stack map already held a different stack in that bucket (EEXIST).
+    pub const STACK_COLLISION: u32 = 1;
+    /// Stack capture failed otherwise (map full, fault).
+    pub const STACK_ERROR: u32 = 2;
+    /// A path argument could not be read.
+    pub const PATH_UNREADABLE: u32 = 3;
+    /// The in-flight map was full: an enter could not be recorded, its exit is lost.
+    pub const IN_FLIGHT_FULL: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Capacity of the per-thread in-flight map (enter → exit pairing). LRU, so a thread that died
+/// mid-syscall cannot leak an entry forever.
+pub const IN_FLIGHT_ENTRIES: u32 = 16384;
+/// Capacity of the target-process filter map.
+pub const TARGET_ENTRIES: u32 = 65536;
+/// Default capacity of the stack-trace map.
+pub const STACK_ENTRIES: u32 = 16384;
+
+/// Value of the `IN_FLIGHT` map: the enter tracepoint's view of the syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InFlight {
+    pub nr: u32,
+    pub spec: u32,
+    pub args: [u64; 6],
+}
+const _: () = assert!(size_of::<InFlight>() == 56);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data with no padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SyscallEvent {}
+    unsafe impl aya::Pod for super::CloseEvent {}
+    unsafe impl aya::Pod for super::NewTaskEvent {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExitEvent {}
+    unsafe impl aya::Pod for super::InFlight {}
+}

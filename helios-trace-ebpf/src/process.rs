@@ -1,0 +1,129 @@
+//! Process lifecycle: task creation, exec and group exit. They keep userspace's per-process
+//! descriptor tables right (fork copies, exec closes close-on-exec, exit clears) and keep the
+//! `--pid` filter following children.
+use core::{ptr::addr_of_mut, ptr::read_volatile};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel_str},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use helios_trace_common::{EXEC_FILENAME_LEN, ExecEvent, ExitEvent, NewTaskEvent, counter, kind};
+
+use crate::{
+    filter::{filtering_targets, is_traced, wakeup_flags},
+    maps::{EVENTS, TARGETS, count, emit},
+    syscalls::header,
+};
+
+// include/uapi/linux/sched.h
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Offset of `group_dead` in the sched_process_exit record, read from its format file by
+/// userspace (the field exists since Linux 6.14); 0 when absent, and then the leader's exit
+/// stands for the group's.
+#[unsafe(no_mangle)]
+static EXIT_GROUP_DEAD_OFFSET: u32 = 0;
+
+/// task/task_newtask (include/trace/events/task.h): pid at 8, comm[16] at 12, clone_flags at
+/// 32. Runs in the parent, inside copy_process, before the child can run.
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let _ = try_task_newtask(&ctx);
+    0
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let child_tid: i32 = unsafe { ctx.read_at(8) }?;
+    let clone_flags: u64 = unsafe { ctx.read_at(32) }?;
+    let comm: [u8; 16] = unsafe { ctx.read_at(12) }?;
+    if filtering_targets() && clone_flags & CLONE_THREAD == 0 {
+        // A new process of a traced one is traced from its first instruction.
+        let _ = TARGETS.insert(&(child_tid as u32), &1, 0);
+    }
+    let event = NewTaskEvent {
+        header: header(kind::NEW_TASK, pid_tgid),
+        child_tid: child_tid as u32,
+        reserved: 0,
+        clone_flags,
+        comm,
+    };
+    emit(&event);
+    Ok(())
+}
+
+/// sched/sched_process_exec: `__data_loc char[] filename` at 8, pid at 12, old_pid at 16.
+/// Fires after the new image is in place: close-on-exec descriptors are already closed.
+#[tracepoint]
+pub fn process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_process_exec(&ctx);
+    0
+}
+
+fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let filename_loc: u32 = unsafe { ctx.read_at(8) }?;
+    let old_tid: i32 = unsafe { ctx.read_at(16) }?;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        addr_of_mut!((*event).header).write(header(kind::EXEC, pid_tgid));
+        addr_of_mut!((*event).old_tid).write(old_tid as u32);
+        addr_of_mut!((*event).comm).write(bpf_get_current_comm().unwrap_or_default());
+        addr_of_mut!((*event).filename_len).write(0);
+    }
+    let event = unsafe { &mut *event };
+    // __data_loc: low 16 bits are the offset of the string from the record's start.
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((filename_loc & 0xffff) as usize) };
+    let len = unsafe {
+        bpf_probe_read_kernel_str(event.filename.as_mut_ptr().cast(), EXEC_FILENAME_LEN as u32, src.cast())
+    };
+    if len > 0 {
+        event.filename_len = (len - 1) as u32;
+    }
+    entry.submit(wakeup_flags());
+    Ok(())
+}
+
+/// sched/sched_process_exit: runs for every exiting thread; only the group's end matters.
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_process_exit(&ctx);
+    0
+}
+
+fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let group_dead_offset = unsafe { read_volatile(&EXIT_GROUP_DEAD_OFFSET) };
+    let group_dead = if group_dead_offset == 0 {
+        tgid == pid_tgid as u32
+    } else {
+        let flag: u8 = unsafe { ctx.read_at(group_dead_offset as usize) }?;
+        flag != 0
+    };
+    if !group_dead {
+        return Ok(());
+    }
+    if filtering_targets() {
+        // The pid may be recycled by an unrelated process.
+        let _ = TARGETS.remove(&tgid);
+    }
+    let event = ExitEvent { header: header(kind::EXIT, pid_tgid) };
+    emit(&event);
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Builds the kernel programs (helios-trace-ebpf) for the bpf target with aya-build and leaves
+//! the object in OUT_DIR, where src/bpf/loader.rs embeds it: the binary alone is the whole tool.
+//!
+//! Which toolchain builds them (shared/toolchain.md):
+//! - `HELIOS_TRACE_EBPF_TOOLCHAIN`, when set;
+//! - else `helios-bpf`, the rustup toolchain `cargo xtask setup` links to Debian's rustc-web
+//!   (a stable rustc with a prebuilt `core` for bpfel, so no rust-src and no build-std);
+//! - else `nightly` (the upstream route: nightly + rust-src + `-Z build-std=core`).
+use std::{env, path::PathBuf, process::Command};
+
+use aya_build::{Package, Toolchain};
+
+/// The toolchain name `cargo xtask setup` links; keep in sync with xtask/src/setup.rs.
+const LINKED_TOOLCHAIN: &str = "helios-bpf";
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=HELIOS_TRACE_EBPF_TOOLCHAIN");
+    let toolchain = match env::var("HELIOS_TRACE_EBPF_TOOLCHAIN") {
+        Ok(name) if !name.is_empty() => name,
+        _ if toolchain_exists(LINKED_TOOLCHAIN) => LINKED_TOOLCHAIN.to_string(),
+        _ => "nightly".to_string(),
+    };
+    if toolchain != "nightly" && env::var_os("RUSTC_BOOTSTRAP").is_none() {
+        // Only aya-ebpf needs an unstable feature (asm_experimental_arch). Naming the crate
+        // rather than "1" keeps aya-build from adding `-Z build-std=core`, which needs rust-src.
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        // clippy, docs and host-only checks: an empty object, which the loader refuses with
+        // a clear message instead of a missing-file compile error.
+        std::fs::write(out_dir.join("helios-trace"), [])?;
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../helios-trace-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().expect("UTF-8 path");
+    aya_build::build_ebpf(
+        [Package { name: "helios-trace-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        Toolchain::Custom(&toolchain),
+    )
+}
+
+fn toolchain_exists(name: &str) -> bool {
+    Command::new("rustup")
+        .args(["run", name, "rustc", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}

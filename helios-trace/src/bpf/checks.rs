@@ -1,0 +1,152 @@
+//! What the kernel and our credentials must provide, checked before loading so that a user gets
+//! one line naming what is missing instead of a verifier log or EPERM.
+use std::{fs, path::Path};
+
+use thiserror::Error;
+
+// include/uapi/linux/capability.h
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+pub fn capability_name(cap: u32) -> &'static str {
+    match cap {
+        CAP_DAC_READ_SEARCH => "CAP_DAC_READ_SEARCH",
+        CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
+        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        CAP_PERFMON => "CAP_PERFMON",
+        CAP_BPF => "CAP_BPF",
+        _ => "CAP_?",
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CheckError {
+    #[error(
+        "missing capability {}: loading eBPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root (sudo helios-trace) or grant them",
+        missing.join(" and ")
+    )]
+    MissingCapability { missing: Vec<&'static str> },
+    #[error("this kernel ({running}) lacks {feature}, which needs Linux {minimum} or later")]
+    KernelTooOld { feature: &'static str, minimum: &'static str, running: String },
+}
+
+/// The effective capability set of this process, from /proc/self/status (CapEff, hex).
+pub fn effective_capabilities(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+pub fn has(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// CAP_BPF + CAP_PERFMON (Linux ≥ 5.8), or CAP_SYS_ADMIN which implies both.
+pub fn check_bpf_capabilities(caps: u64) -> Result<(), CheckError> {
+    if has(caps, CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&'static str> =
+        [CAP_BPF, CAP_PERFMON].into_iter().filter(|c| !has(caps, *c)).map(capability_name).collect();
+    if missing.is_empty() { Ok(()) } else { Err(CheckError::MissingCapability { missing }) }
+}
+
+/// Capabilities that are not required to trace but without which /proc of other users'
+/// processes cannot be read (baseline, reconciliation, stacks): worth a warning.
+pub fn missing_proc_capabilities(caps: u64) -> Vec<&'static str> {
+    [CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]
+        .into_iter()
+        .filter(|c| !has(caps, *c))
+        .map(capability_name)
+        .collect()
+}
+
+/// (major, minor) of a `uname -r` string such as "6.18.44-fc-v669".
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// BPF ring buffers arrived in Linux 5.8 (commit 457f44363a88).
+pub fn check_kernel(release: &str) -> Result<(), CheckError> {
+    match kernel_version(release) {
+        Some(version) if version < (5, 8) => Err(CheckError::KernelTooOld {
+            feature: "BPF ring buffers",
+            minimum: "5.8",
+            running: release.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub fn running_kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+pub fn own_capabilities() -> u64 {
+    fs::read_to_string("/proc/self/status").map(|s| effective_capabilities(&s)).unwrap_or(0)
+}
+
+/// The offset of a field in a tracepoint's format file, e.g. `group_dead` of
+/// sched_process_exit ("field:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;").
+pub fn tracepoint_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.split(';').find_map(|kv| kv.trim().strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
+    tracefs.join("events").join(category).join(name).join("id").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_from_status() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        assert!(check_bpf_capabilities(effective_capabilities(root)).is_ok());
+        let none = "CapEff:\t0000000000000000\n";
+        let err = check_bpf_capabilities(effective_capabilities(none)).unwrap_err();
+        assert_eq!(err, CheckError::MissingCapability { missing: vec!["CAP_BPF", "CAP_PERFMON"] });
+        assert!(err.to_string().starts_with("missing capability CAP_BPF and CAP_PERFMON"));
+        let bpf_only = format!("CapEff:\t{:016x}\n", 1u64 << CAP_BPF);
+        assert_eq!(
+            check_bpf_capabilities(effective_capabilities(&bpf_only)),
+            Err(CheckError::MissingCapability { missing: vec!["CAP_PERFMON"] })
+        );
+        assert_eq!(missing_proc_capabilities(1 << CAP_SYS_PTRACE), vec!["CAP_DAC_READ_SEARCH"]);
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4.0-150-generic"), Some((5, 4)));
+        assert!(check_kernel("6.18.44").is_ok());
+        let err = check_kernel("5.4.0-150-generic").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this kernel (5.4.0-150-generic) lacks BPF ring buffers, which needs Linux 5.8 or later"
+        );
+    }
+
+    #[test]
+    fn field_offsets_from_format_files() {
+        let format = "name: sched_process_exit\nformat:\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(tracepoint_field_offset(format, "group_dead"), Some(32));
+        assert_eq!(tracepoint_field_offset(format, "comm"), Some(8));
+        assert_eq!(tracepoint_field_offset(format, "missing"), None);
+    }
+}

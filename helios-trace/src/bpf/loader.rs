@@ -1,0 +1,254 @@
+//! Load the embedded kernel programs, configure them (load-time globals, the syscall spec
+//! array, the target filter), attach them to their tracepoints, and hand out the maps.
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::TracePoint,
+};
+use helios_trace_common::{counter, spec};
+use log::{info, warn};
+
+use super::checks;
+use crate::syscalls::SyscallTable;
+
+/// The kernel programs, built by build.rs for the bpf target.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helios-trace"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// Tracepoints without which there is nothing to trace: the kernel is unsupported.
+const REQUIRED_SYSCALLS: [&str; 3] = ["openat", "socket", "close"];
+
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Only these processes (and children they fork later); empty: every process.
+    pub targets: Vec<u32>,
+    pub user_stacks: bool,
+    pub kernel_stacks: bool,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Wake the reader once this many bytes are waiting; 0 = on every record.
+    pub wakeup_bytes: u64,
+}
+
+/// Loaded and attached programs; dropping it detaches everything.
+pub struct Tracer {
+    _ebpf: Ebpf,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    pub tracefs: PathBuf,
+    /// "category/name" of every tracepoint attached.
+    pub attached: Vec<String>,
+    /// Tracepoints this kernel does not have.
+    pub skipped: Vec<String>,
+}
+
+/// Sums of the kernel programs' per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ringbuf_full: u64,
+    pub stack_collisions: u64,
+    pub stack_errors: u64,
+    pub path_unreadable: u64,
+    pub in_flight_full: u64,
+}
+
+impl KernelCounters {
+    /// Records that never reached userspace.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full + self.in_flight_full
+    }
+}
+
+impl Tracer {
+    /// Load, configure and attach. Returns the tracer and the ring buffer to read.
+    pub fn start(config: &TraceConfig) -> Result<(Tracer, RingBuf<MapData>)> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs; rebuild without it"
+            );
+        }
+        checks::check_kernel(&checks::running_kernel_release())?;
+        checks::check_bpf_capabilities(checks::own_capabilities())?;
+        raise_memlock_limit();
+        let tracefs = ensure_tracefs()?;
+        for name in REQUIRED_SYSCALLS {
+            if !checks::tracepoint_exists(&tracefs, "syscalls", &format!("sys_enter_{name}")) {
+                bail!(
+                    "this kernel has no syscalls/sys_enter_{name} tracepoint (needs CONFIG_FTRACE_SYSCALLS): cannot trace descriptors"
+                );
+            }
+        }
+        let exit_format =
+            fs::read_to_string(tracefs.join("events/sched/sched_process_exit/format")).unwrap_or_default();
+        let group_dead_offset = checks::tracepoint_field_offset(&exit_format, "group_dead").unwrap_or(0);
+        if group_dead_offset == 0 {
+            info!(
+                "sched_process_exit has no group_dead field (Linux < 6.14): a leader's exit stands for its group's"
+            );
+        }
+
+        let tracer_tgid = std::process::id();
+        let filter = u32::from(!config.targets.is_empty());
+        let user_stacks = u32::from(config.user_stacks);
+        let kernel_stacks = u32::from(config.kernel_stacks);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TRACER_TGID", &tracer_tgid, true)
+            .override_global("FILTER_TARGETS", &filter, true)
+            .override_global("CAPTURE_USER_STACKS", &user_stacks, true)
+            .override_global("CAPTURE_KERNEL_STACKS", &kernel_stacks, true)
+            .override_global("WAKEUP_BYTES", &config.wakeup_bytes, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead_offset, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("cannot load the eBPF programs")?;
+
+        if !config.targets.is_empty() {
+            let mut targets: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("no TARGETS map")?)?;
+            for pid in &config.targets {
+                targets.insert(pid, 1, 0).context("cannot fill the target map")?;
+            }
+        }
+
+        let table = SyscallTable::native();
+        let mut attached = Vec::new();
+        let mut skipped = Vec::new();
+        let mut specs = Vec::new();
+
+        load_program(&mut ebpf, "fd_syscall_enter")?;
+        load_program(&mut ebpf, "fd_syscall_exit")?;
+        for (nr, call, call_spec) in table.specs() {
+            let enter = format!("sys_enter_{}", call.name());
+            let exit = format!("sys_exit_{}", call.name());
+            if !checks::tracepoint_exists(&tracefs, "syscalls", &enter)
+                || !checks::tracepoint_exists(&tracefs, "syscalls", &exit)
+            {
+                warn!("tracepoint syscalls/{enter} is missing on this kernel: {} is not traced", call.name());
+                skipped.push(format!("syscalls/{enter}"));
+                continue;
+            }
+            attach(&mut ebpf, "fd_syscall_enter", "syscalls", &enter, &mut attached)?;
+            attach(&mut ebpf, "fd_syscall_exit", "syscalls", &exit, &mut attached)?;
+            let call_spec =
+                if config.user_stacks || config.kernel_stacks { call_spec } else { call_spec & !spec::STACK };
+            specs.push((nr, call, call_spec));
+        }
+        load_program(&mut ebpf, "close_enter")?;
+        attach(&mut ebpf, "close_enter", "syscalls", "sys_enter_close", &mut attached)?;
+        for (program, category, name) in [
+            ("task_newtask", "task", "task_newtask"),
+            ("process_exec", "sched", "sched_process_exec"),
+            ("process_exit", "sched", "sched_process_exit"),
+        ] {
+            if !checks::tracepoint_exists(&tracefs, category, name) {
+                warn!(
+                    "tracepoint {category}/{name} is missing on this kernel: process lifecycle is followed by reconciliation only"
+                );
+                skipped.push(format!("{category}/{name}"));
+                continue;
+            }
+            load_program(&mut ebpf, program)?;
+            attach(&mut ebpf, program, category, name, &mut attached)?;
+        }
+
+        // Only now that every program is attached do the programs start acting on a syscall:
+        // the spec array is what turns them on.
+        let mut spec_array: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("SYSCALL_SPECS").context("no SYSCALL_SPECS map")?)?;
+        for (nr, call, call_spec) in specs {
+            spec_array.set(nr, call_spec, 0).with_context(|| format!("cannot configure {}", call.name()))?;
+        }
+
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
+        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("no STACKS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
+        Ok((Tracer { _ebpf: ebpf, stacks, counters, tracefs, attached, skipped }, events))
+    }
+
+    /// The addresses of a captured stack, innermost first.
+    pub fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&stack_id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).filter(|ip| *ip != 0).collect())
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |index: u32| -> u64 {
+            self.counters.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+        };
+        KernelCounters {
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            stack_collisions: sum(counter::STACK_COLLISION),
+            stack_errors: sum(counter::STACK_ERROR),
+            path_unreadable: sum(counter::PATH_UNREADABLE),
+            in_flight_full: sum(counter::IN_FLIGHT_FULL),
+        }
+    }
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing from the eBPF object"))?
+        .try_into()?;
+    program.load().with_context(|| format!("the kernel rejected program {name}"))
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &str,
+    name: &str,
+    attached: &mut Vec<String>,
+) -> Result<()> {
+    let tracepoint: &mut TracePoint = ebpf.program_mut(program).expect("loaded above").try_into()?;
+    tracepoint
+        .attach(category, name)
+        .with_context(|| format!("cannot attach {program} to {category}/{name}"))?;
+    attached.push(format!("{category}/{name}"));
+    Ok(())
+}
+
+/// BPF memory is charged to the memory cgroup since Linux 5.11; older kernels count it
+/// against RLIMIT_MEMLOCK. Raising the limit needs CAP_SYS_RESOURCE, which containers often
+/// lack: warn and go on, loading fails later with a clear error if it really mattered.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "cannot raise RLIMIT_MEMLOCK ({}); fine on Linux >= 5.11, where BPF memory is charged to the cgroup",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Where tracefs is, mounting it at /sys/kernel/tracing when nothing is mounted (fresh
+/// machines and many containers have it unmounted). aya looks in the same two places.
+fn ensure_tracefs() -> Result<PathBuf> {
+    for candidate in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(candidate).join("events").is_dir() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    let target = CString::new(TRACEFS).expect("no NUL");
+    let fstype = CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); mount it with: mount -t tracefs tracefs {TRACEFS}"
+        );
+    }
+    info!("mounted tracefs at {TRACEFS}");
+    Ok(PathBuf::from(TRACEFS))
+}

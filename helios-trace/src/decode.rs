@@ -1,0 +1,455 @@
+//! Ring-buffer records → typed events. Every record is length-checked before it is read; a
+//! short, unknown or meaningless record is an error the caller counts, never a panic.
+use std::mem::size_of;
+
+use helios_trace_common::{
+    CloseEvent, EventHeader, ExecEvent, ExitEvent, MAX_AUX_FDS, NewTaskEvent, PATH_LEN, STACK_NOT_CAPTURED,
+    SyscallEvent, kind, syscall_flags,
+};
+use thiserror::Error;
+
+use crate::{
+    event::{Event, FdList, Op, StackIds},
+    fd::{FdDetail, FdKind},
+    syscalls::{Call, SyscallTable},
+};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("unknown record kind {kind}")]
+    UnknownKind { kind: u32 },
+    #[error("record for syscall number {nr}, which is not traced")]
+    UnknownSyscall { nr: u32 },
+}
+
+/// Why a well-formed record produced no event (not an error: e.g. dup2(fd, fd)).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Event),
+    Nothing,
+}
+
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { what, len: bytes.len(), need });
+    }
+    // SAFETY: length checked above; T is a #[repr(C)] plain-data record (every bit pattern is
+    // valid) and read_unaligned has no alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError> {
+    let header: EventHeader = read(bytes, "event header")?;
+    let event = |stacks: StackIds, op: Op| Event {
+        tgid: header.tgid,
+        tid: header.tid,
+        ts_ns: header.ts_ns,
+        stacks,
+        op,
+    };
+    match header.kind {
+        kind::FD_SYSCALL => {
+            let record: SyscallEvent = read(bytes, "syscall record")?;
+            let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
+            let stacks =
+                StackIds { user: stack_id(record.stack_id), kernel: stack_id(record.kernel_stack_id) };
+            Ok(match syscall_op(call, &record) {
+                Some(op) => Decoded::Event(event(stacks, op)),
+                None => Decoded::Nothing,
+            })
+        }
+        kind::CLOSE => {
+            let record: CloseEvent = read(bytes, "close record")?;
+            Ok(Decoded::Event(event(StackIds::default(), Op::Close { fd: record.fd })))
+        }
+        kind::NEW_TASK => {
+            let record: NewTaskEvent = read(bytes, "new-task record")?;
+            let op = Op::NewTask {
+                child: record.child_tid,
+                thread: record.clone_flags & libc::CLONE_THREAD as u64 != 0,
+                comm: c_string(&record.comm),
+            };
+            Ok(Decoded::Event(event(StackIds::default(), op)))
+        }
+        kind::EXEC => {
+            let record: ExecEvent = read(bytes, "exec record")?;
+            let len = (record.filename_len as usize).min(record.filename.len());
+            let op = Op::Exec {
+                old_tid: record.old_tid,
+                filename: record.filename[..len].to_vec(),
+                comm: c_string(&record.comm),
+            };
+            Ok(Decoded::Event(event(StackIds::default(), op)))
+        }
+        kind::EXIT => {
+            let _: ExitEvent = read(bytes, "exit record")?;
+            Ok(Decoded::Event(event(StackIds::default(), Op::Exit)))
+        }
+        kind => Err(DecodeError::UnknownKind { kind }),
+    }
+}
+
+fn stack_id(raw: i32) -> Option<i32> {
+    (raw != STACK_NOT_CAPTURED).then_some(raw)
+}
+
+/// A fixed-size, NUL-padded kernel string (comm) as text.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+// Flags the kernel headers define but libc does not export for every target.
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2; // include/uapi/linux/close_range.h
+const FAN_CLOEXEC: u64 = 0x1; // include/uapi/linux/fanotify.h
+const PERF_FLAG_FD_CLOEXEC: u64 = 1 << 3; // include/uapi/linux/perf_event.h
+const SOCK_TYPE_MASK: u64 = 0xf; // include/linux/net.h
+
+fn flag(value: u64, mask: impl Into<i64>) -> bool {
+    value & mask.into() as u64 != 0
+}
+
+/// The meaning of one successful descriptor syscall; `None` when it changed nothing we track.
+fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
+    let a = record.args;
+    let fd = record.ret as i32;
+    let one = |fd: i32| -> FdList { smallvec::smallvec![fd] };
+    let open = |kind: FdKind, detail: FdDetail, cloexec: bool| Op::Open {
+        fds: one(fd),
+        kind,
+        detail,
+        cloexec,
+        dirfd: None,
+    };
+    let path = || -> Vec<u8> {
+        let len = (record.path_len as usize).min(PATH_LEN);
+        record.path[..len].to_vec()
+    };
+    let open_path = |flags: u64, dirfd: u64| {
+        let path = path();
+        let relative = !path.starts_with(b"/");
+        let dirfd = dirfd as i32;
+        Op::Open {
+            fds: one(fd),
+            kind: FdKind::of_opened_path(&path, flags),
+            cloexec: flag(flags, libc::O_CLOEXEC),
+            dirfd: (relative && dirfd != libc::AT_FDCWD).then_some(dirfd),
+            detail: FdDetail::Path(path.into_boxed_slice()),
+        }
+    };
+    let pair = || -> Option<FdList> {
+        (record.aux_count >= 2).then(|| smallvec::smallvec![record.aux_fds[0], record.aux_fds[1]])
+    };
+    let socket = |family: u64, sock_type: u64, protocol: u64| FdDetail::Socket {
+        family: family as u16,
+        sock_type: (sock_type & SOCK_TYPE_MASK) as u16,
+        protocol: protocol as u16,
+    };
+    let dup =
+        |old: u64, cloexec: bool, replaces: bool| Op::Dup { old: old as i32, new: fd, cloexec, replaces };
+    Some(match call {
+        Call::Open => open_path(a[1], libc::AT_FDCWD as u64),
+        Call::Creat => {
+            open_path((libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64, libc::AT_FDCWD as u64)
+        }
+        Call::OpenAt => open_path(a[2], a[0]),
+        Call::OpenAt2 => {
+            let flags = if record.flags & syscall_flags::DEREF_VALID != 0 { record.deref } else { 0 };
+            open_path(flags, a[0])
+        }
+        Call::OpenByHandleAt => open(FdKind::File, FdDetail::None, flag(a[2], libc::O_CLOEXEC)),
+        Call::Socket => open(FdKind::Socket, socket(a[0], a[1], a[2]), flag(a[1], libc::SOCK_CLOEXEC)),
+        Call::SocketPair => Op::Open {
+            fds: pair()?,
+            kind: FdKind::Socket,
+            detail: socket(a[0], a[1], a[2]),
+            cloexec: flag(a[1], libc::SOCK_CLOEXEC),
+            dirfd: None,
+        },
+        Call::Accept => Op::Accept { fd, listener: a[0] as i32, cloexec: false },
+        Call::Accept4 => Op::Accept { fd, listener: a[0] as i32, cloexec: flag(a[3], libc::SOCK_CLOEXEC) },
+        Call::Pipe | Call::Pipe2 => Op::Open {
+            fds: pair()?,
+            kind: FdKind::Pipe,
+            detail: FdDetail::None,
+            cloexec: call == Call::Pipe2 && flag(a[1], libc::O_CLOEXEC),
+            dirfd: None,
+        },
+        Call::Dup => dup(a[0], false, false),
+        // dup2(fd, fd) checks fd and changes nothing.
+        Call::Dup2 if a[0] == a[1] => return None,
+        Call::Dup2 => dup(a[0], false, true),
+        Call::Dup3 => dup(a[0], flag(a[2], libc::O_CLOEXEC), true),
+        Call::Fcntl => match a[1] as i32 {
+            libc::F_DUPFD => dup(a[0], false, false),
+            libc::F_DUPFD_CLOEXEC => dup(a[0], true, false),
+            libc::F_SETFD => Op::SetCloexec { fd: a[0] as i32, cloexec: flag(a[2], libc::FD_CLOEXEC) },
+            _ => return None,
+        },
+        Call::Ioctl => match a[1] as u32 as u64 {
+            x if x == libc::FIOCLEX => Op::SetCloexec { fd: a[0] as i32, cloexec: true },
+            x if x == libc::FIONCLEX => Op::SetCloexec { fd: a[0] as i32, cloexec: false },
+            _ => return None,
+        },
+        Call::EventFd => open(FdKind::Eventfd, FdDetail::None, false),
+        Call::EventFd2 => open(FdKind::Eventfd, FdDetail::None, flag(a[1], libc::EFD_CLOEXEC)),
+        Call::EpollCreate => open(FdKind::Epoll, FdDetail::None, false),
+        Call::EpollCreate1 => open(FdKind::Epoll, FdDetail::None, flag(a[0], libc::EPOLL_CLOEXEC)),
+        Call::TimerfdCreate => open(FdKind::Timerfd, FdDetail::None, flag(a[1], libc::TFD_CLOEXEC)),
+        // signalfd with an existing fd only changes its mask.
+        Call::Signalfd | Call::Signalfd4 if a[0] as i32 != -1 => return None,
+        Call::Signalfd => open(FdKind::Signalfd, FdDetail::None, false),
+        Call::Signalfd4 => open(FdKind::Signalfd, FdDetail::None, flag(a[3], libc::SFD_CLOEXEC)),
+        Call::InotifyInit => open(FdKind::Inotify, FdDetail::None, false),
+        Call::InotifyInit1 => open(FdKind::Inotify, FdDetail::None, flag(a[0], libc::IN_CLOEXEC)),
+        Call::FanotifyInit => open(FdKind::Other, FdDetail::None, a[0] & FAN_CLOEXEC != 0),
+        Call::MemfdCreate => open(
+            FdKind::Memfd,
+            FdDetail::Name(path().into_boxed_slice()),
+            flag(a[1], libc::MFD_CLOEXEC as i64),
+        ),
+        // pidfd_open, pidfd_getfd and io_uring_setup always set O_CLOEXEC
+        // (kernel/pid.c, kernel/pid.c pidfd_getfd, io_uring/io_uring.c io_uring_install_fd).
+        Call::PidfdOpen => open(FdKind::Pidfd, FdDetail::Pid(a[0] as u32), true),
+        Call::PidfdGetfd => Op::GetFd { pidfd: a[0] as i32, target_fd: a[1] as i32, new: fd },
+        Call::Userfaultfd => open(FdKind::Other, FdDetail::None, flag(a[0], libc::O_CLOEXEC)),
+        Call::PerfEventOpen => open(FdKind::Other, FdDetail::None, a[4] & PERF_FLAG_FD_CLOEXEC != 0),
+        Call::IoUringSetup => open(FdKind::IoUring, FdDetail::None, true),
+        Call::RecvMsg | Call::RecvMmsg => {
+            let truncated = record.flags & syscall_flags::AUX_TRUNCATED != 0;
+            let count = (record.aux_count as usize).min(MAX_AUX_FDS);
+            if count == 0 && !truncated {
+                return None;
+            }
+            Op::Receive {
+                fds: record.aux_fds[..count].iter().copied().collect(),
+                cloexec: flag(a[2], libc::MSG_CMSG_CLOEXEC),
+                truncated,
+            }
+        }
+        Call::CloseRange => Op::CloseRange {
+            first: a[0] as u32,
+            last: a[1] as u32,
+            cloexec_only: a[2] & CLOSE_RANGE_CLOEXEC != 0,
+        },
+    })
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// Bytes of a record as the kernel program writes them.
+    pub fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
+        // SAFETY: T is a #[repr(C)] record without padding.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+    }
+
+    pub fn header(kind: u32) -> EventHeader {
+        EventHeader { kind, tgid: 100, tid: 101, reserved: 0, ts_ns: 5_000 }
+    }
+
+    pub fn syscall(call: Call, ret: i64, args: [u64; 6]) -> SyscallEvent {
+        SyscallEvent {
+            header: header(kind::FD_SYSCALL),
+            nr: call.number().expect("call exists on this arch"),
+            stack_id: 7,
+            ret,
+            args,
+            deref: 0,
+            aux_fds: [0; MAX_AUX_FDS],
+            aux_count: 0,
+            path_len: 0,
+            flags: 0,
+            kernel_stack_id: STACK_NOT_CAPTURED,
+            path: [0; PATH_LEN],
+        }
+    }
+
+    pub fn with_path(mut record: SyscallEvent, path: &[u8]) -> SyscallEvent {
+        record.path[..path.len()].copy_from_slice(path);
+        record.path_len = path.len() as u32;
+        record
+    }
+
+    fn op_of(record: &SyscallEvent) -> Option<Op> {
+        match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
+            Decoded::Event(event) => Some(event.op),
+            Decoded::Nothing => None,
+        }
+    }
+
+    #[test]
+    fn openat_with_path_and_cloexec() {
+        let record = with_path(
+            syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, libc::O_CLOEXEC as u64, 0, 0, 0]),
+            b"/etc/hosts",
+        );
+        let event = match decode(&bytes_of(&record), &SyscallTable::native()).unwrap() {
+            Decoded::Event(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((event.tgid, event.tid, event.ts_ns), (100, 101, 5_000));
+        assert_eq!(event.stacks, StackIds { user: Some(7), kernel: None });
+        assert_eq!(
+            event.op,
+            Op::Open {
+                fds: smallvec::smallvec![5],
+                kind: FdKind::File,
+                detail: FdDetail::Path(b"/etc/hosts".to_vec().into_boxed_slice()),
+                cloexec: true,
+                dirfd: None,
+            }
+        );
+    }
+
+    #[test]
+    fn relative_openat_keeps_its_dirfd() {
+        let record = with_path(syscall(Call::OpenAt, 6, [3, 0, 0, 0, 0, 0]), b"child.txt");
+        match op_of(&record) {
+            Some(Op::Open { dirfd, .. }) => assert_eq!(dirfd, Some(3)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn socket_type_flags_are_split() {
+        let sock_type = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        let record = syscall(Call::Socket, 4, [libc::AF_INET as u64, sock_type as u64, 6, 0, 0, 0]);
+        match op_of(&record) {
+            Some(Op::Open { kind, detail, cloexec, .. }) => {
+                assert_eq!(kind, FdKind::Socket);
+                assert!(cloexec);
+                assert_eq!(
+                    detail,
+                    FdDetail::Socket { family: libc::AF_INET as u16, sock_type: 1, protocol: 6 }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pipe2_yields_both_ends() {
+        let mut record = syscall(Call::Pipe2, 0, [0x1000, libc::O_CLOEXEC as u64, 0, 0, 0, 0]);
+        record.aux_fds[0] = 8;
+        record.aux_fds[1] = 9;
+        record.aux_count = 2;
+        match op_of(&record) {
+            Some(Op::Open { fds, kind: FdKind::Pipe, cloexec: true, .. }) => {
+                assert_eq!(fds.as_slice(), [8, 9])
+            }
+            other => panic!("{other:?}"),
+        }
+        // A pair that could not be read gives nothing rather than invented descriptors.
+        record.aux_count = 0;
+        assert_eq!(op_of(&record), None);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn dup2_onto_itself_is_nothing() {
+        assert_eq!(op_of(&syscall(Call::Dup2, 4, [4, 4, 0, 0, 0, 0])), None);
+        assert_eq!(
+            op_of(&syscall(Call::Dup2, 1, [4, 1, 0, 0, 0, 0])),
+            Some(Op::Dup { old: 4, new: 1, cloexec: false, replaces: true })
+        );
+    }
+
+    #[test]
+    fn fcntl_commands() {
+        let fcntl =
+            |cmd: i32, arg: u64, ret: i64| op_of(&syscall(Call::Fcntl, ret, [3, cmd as u64, arg, 0, 0, 0]));
+        assert_eq!(
+            fcntl(libc::F_DUPFD_CLOEXEC, 10, 10),
+            Some(Op::Dup { old: 3, new: 10, cloexec: true, replaces: false })
+        );
+        assert_eq!(
+            fcntl(libc::F_SETFD, libc::FD_CLOEXEC as u64, 0),
+            Some(Op::SetCloexec { fd: 3, cloexec: true })
+        );
+        assert_eq!(fcntl(libc::F_SETFD, 0, 0), Some(Op::SetCloexec { fd: 3, cloexec: false }));
+        assert_eq!(fcntl(libc::F_GETFL, 0, 2), None);
+    }
+
+    #[test]
+    fn signalfd4_on_existing_fd_is_nothing() {
+        assert_eq!(op_of(&syscall(Call::Signalfd4, 5, [5, 0, 8, 0, 0, 0])), None);
+        let created = op_of(&syscall(Call::Signalfd4, 6, [u64::MAX, 0, 8, libc::SFD_CLOEXEC as u64, 0, 0]));
+        assert!(matches!(created, Some(Op::Open { kind: FdKind::Signalfd, cloexec: true, .. })));
+    }
+
+    #[test]
+    fn scm_rights_and_empty_recvmsg() {
+        let mut record = syscall(Call::RecvMsg, 1, [3, 0x2000, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0]);
+        assert_eq!(op_of(&record), None, "a recvmsg without descriptors changes nothing");
+        record.aux_fds[..3].copy_from_slice(&[11, 12, 13]);
+        record.aux_count = 3;
+        assert_eq!(
+            op_of(&record),
+            Some(Op::Receive { fds: smallvec::smallvec![11, 12, 13], cloexec: true, truncated: false })
+        );
+    }
+
+    #[test]
+    fn close_range_cloexec_only_marks() {
+        assert_eq!(
+            op_of(&syscall(Call::CloseRange, 0, [3, u32::MAX as u64, CLOSE_RANGE_CLOEXEC, 0, 0, 0])),
+            Some(Op::CloseRange { first: 3, last: u32::MAX, cloexec_only: true })
+        );
+    }
+
+    #[test]
+    fn short_unknown_and_untraced_records_are_errors() {
+        let table = SyscallTable::native();
+        assert!(matches!(decode(&[0u8; 10], &table), Err(DecodeError::Short { .. })));
+        let close = bytes_of(&CloseEvent { header: header(kind::CLOSE), fd: 3, reserved: 0 });
+        assert!(matches!(decode(&close[..28], &table), Err(DecodeError::Short { .. })));
+        assert_eq!(decode(&bytes_of(&header(99)), &table), Err(DecodeError::UnknownKind { kind: 99 }));
+        let mut record = syscall(Call::Socket, 3, [0; 6]);
+        record.nr = 999;
+        assert_eq!(decode(&bytes_of(&record), &table), Err(DecodeError::UnknownSyscall { nr: 999 }));
+        let full = bytes_of(&record);
+        assert!(matches!(decode(&full[..100], &table), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn process_records() {
+        let table = SyscallTable::native();
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"bash");
+        let task = NewTaskEvent {
+            header: header(kind::NEW_TASK),
+            child_tid: 200,
+            reserved: 0,
+            clone_flags: libc::CLONE_THREAD as u64 | libc::CLONE_VM as u64,
+            comm,
+        };
+        match decode(&bytes_of(&task), &table).unwrap() {
+            Decoded::Event(Event { op: Op::NewTask { child: 200, thread: true, comm }, .. }) => {
+                assert_eq!(comm, "bash")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut exec = ExecEvent {
+            header: header(kind::EXEC),
+            old_tid: 101,
+            filename_len: 9,
+            comm,
+            filename: [0; helios_trace_common::EXEC_FILENAME_LEN],
+        };
+        exec.filename[..9].copy_from_slice(b"/bin/bash");
+        match decode(&bytes_of(&exec), &table).unwrap() {
+            Decoded::Event(Event { op: Op::Exec { old_tid: 101, filename, .. }, .. }) => {
+                assert_eq!(filename, b"/bin/bash")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A length field larger than the buffer is clamped, not trusted.
+        exec.filename_len = 100_000;
+        assert!(decode(&bytes_of(&exec), &table).is_ok());
+    }
+}

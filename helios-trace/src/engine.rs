@@ -1,0 +1,255 @@
+//! The userspace pipeline between the ring buffer and the outputs: decode a record, resolve its
+//! stack to a site, apply it to the FdTable, count it per site; plus the /proc baseline at
+//! start and the periodic reconciliation that heals lost events. The ad-hoc session and the
+//! exporter both drive one Engine; neither touches the table directly.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use log::debug;
+
+use crate::{
+    decode::{self, Decoded},
+    event::{Event, Op},
+    fd::{FdKind, SiteId},
+    fdtable::{FdTable, ObservedFd, Transition},
+    procscan::{self, SocketTables},
+    report::{Corrections, EventCounts},
+    sites::SiteStats,
+    stacks::StackRegistry,
+    syscalls::SyscallTable,
+};
+
+/// Where captured stacks are read from (the kernel's stack map, or a test's table).
+pub trait StackSource {
+    fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
+}
+
+impl StackSource for crate::bpf::Tracer {
+    fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+        crate::bpf::Tracer::read_stack(self, stack_id)
+    }
+}
+
+/// A reconciliation pass between reading /proc and comparing: events that arrive in between
+/// touch descriptors whose two views may honestly differ, so those are left alone.
+struct PendingReconcile {
+    started_ns: u64,
+    observed: HashMap<u32, BTreeMap<i32, ObservedFd>>,
+    touched: HashMap<u32, HashSet<i32>>,
+}
+
+pub struct Engine {
+    pub table: FdTable,
+    pub stats: SiteStats,
+    pub stacks: StackRegistry,
+    syscalls: SyscallTable,
+    proc_root: PathBuf,
+    cmdlines: HashMap<u32, Option<String>>,
+    counts: EventCounts,
+    corrections: Corrections,
+    pending: Option<PendingReconcile>,
+    /// Reused across events to avoid an allocation per record.
+    scratch: Vec<Transition>,
+    /// Everything that happened since the last `take_transitions` (for the exporter).
+    keep_transitions: bool,
+    kept: Vec<Transition>,
+}
+
+impl Engine {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Engine {
+        let proc_root = proc_root.into();
+        Engine {
+            table: FdTable::new(),
+            stats: SiteStats::default(),
+            stacks: StackRegistry::new(&proc_root),
+            syscalls: SyscallTable::native(),
+            proc_root,
+            cmdlines: HashMap::new(),
+            counts: EventCounts::default(),
+            corrections: Corrections::default(),
+            pending: None,
+            scratch: Vec::new(),
+            keep_transitions: false,
+            kept: Vec::new(),
+        }
+    }
+
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    pub fn counts(&self) -> EventCounts {
+        self.counts
+    }
+
+    pub fn corrections(&self) -> Corrections {
+        self.corrections
+    }
+
+    /// Keep every transition for `take_transitions` (the exporter aggregates them).
+    pub fn keep_transitions(&mut self) {
+        self.keep_transitions = true;
+    }
+
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.kept)
+    }
+
+    /// One ring-buffer record.
+    pub fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
+        self.counts.received += 1;
+        match decode::decode(bytes, &self.syscalls) {
+            Ok(Decoded::Event(event)) => self.handle_event(&event, stacks),
+            Ok(Decoded::Nothing) => {}
+            Err(err) => {
+                self.counts.undecodable += 1;
+                debug!("undecodable record: {err}");
+            }
+        }
+    }
+
+    pub fn handle_event(&mut self, event: &Event, stacks: &dyn StackSource) {
+        let site = match event.op {
+            Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
+                self.stacks.site(event.tgid, event.stacks.user, |id| stacks.read_stack(id))
+            }
+            _ => SiteId::NoStack,
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        self.table.apply(event, site, &mut out);
+        if let Op::Receive { fds, .. } = &event.op {
+            // Received descriptors can be anything; only /proc knows, and only now.
+            for &fd in fds {
+                if let Ok(observed) =
+                    procscan::observe_fds(&self.proc_root, event.tgid, None).map(|mut m| m.remove(&fd))
+                {
+                    if let Some(o) = observed {
+                        self.table.set_kind(event.tgid, fd, o.kind, o.detail);
+                    }
+                }
+            }
+        }
+        self.after(&out, event.ts_ns);
+        self.scratch = out;
+    }
+
+    fn after(&mut self, transitions: &[Transition], ts_ns: u64) {
+        for t in transitions {
+            self.stats.observe(t);
+            match t {
+                Transition::Fd { tgid, fd, .. } => {
+                    if let Some(pending) = &mut self.pending {
+                        if ts_ns >= pending.started_ns {
+                            pending.touched.entry(*tgid).or_default().insert(*fd);
+                        }
+                    }
+                }
+                Transition::ProcessStarted { tgid, parent: Some(parent) } => {
+                    self.stacks.inherit_maps(*parent, *tgid);
+                    if let Some(cmdline) = self.cmdlines.get(parent).cloned() {
+                        self.cmdlines.insert(*tgid, cmdline);
+                    }
+                }
+                Transition::ProcessStarted { .. } => {}
+                Transition::ProcessExec { tgid } => {
+                    // New image: old stack ids mean other code now. Capture the maps while the
+                    // process surely runs, so a short-lived one still resolves.
+                    self.stacks.forget(*tgid);
+                    self.stacks.capture_maps(*tgid);
+                    self.cmdlines.insert(*tgid, procscan::cmdline(&self.proc_root, *tgid));
+                }
+                Transition::ProcessExited { tgid } => {
+                    self.stacks.forget(*tgid);
+                    self.cmdlines.remove(tgid);
+                    if let Some(pending) = &mut self.pending {
+                        pending.observed.remove(tgid);
+                    }
+                }
+            }
+        }
+        if self.keep_transitions {
+            self.kept.extend_from_slice(transitions);
+        }
+    }
+
+    /// Load what /proc shows open now for `pids`, under `before-trace`. Call after the programs
+    /// are attached and before the first record is handled (see FdTable::insert_observed).
+    pub fn load_baseline(&mut self, pids: &[u32], now_ns: u64) -> usize {
+        let mut sockets = SocketTables::new(&self.proc_root);
+        let mut loaded = 0;
+        let mut out = Vec::new();
+        for &pid in pids {
+            let Ok(fds) = procscan::observe_fds(&self.proc_root, pid, Some(sockets.for_process(pid))) else {
+                continue;
+            };
+            let comm = procscan::comm(&self.proc_root, pid).unwrap_or_default();
+            self.cmdlines.insert(pid, procscan::cmdline(&self.proc_root, pid));
+            self.stacks.capture_maps(pid);
+            loaded += fds.len();
+            self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
+        }
+        self.after(&out, now_ns);
+        loaded
+    }
+
+    /// First half of reconciliation: read /proc for every tracked process.
+    pub fn begin_reconcile(&mut self, now_ns: u64) {
+        let pids: Vec<u32> = self.table.processes().map(|(tgid, _)| tgid).collect();
+        let mut observed = HashMap::new();
+        for pid in pids {
+            if let Ok(fds) = procscan::observe_fds(&self.proc_root, pid, None) {
+                observed.insert(pid, fds);
+            } else if !procscan::exists(&self.proc_root, pid) {
+                // Gone without an exit event (lost): forget it.
+                let mut out = Vec::new();
+                self.table.remove_process(pid, &mut out);
+                self.after(&out, now_ns);
+            }
+        }
+        self.pending = Some(PendingReconcile { started_ns: now_ns, observed, touched: HashMap::new() });
+    }
+
+    /// Second half, after the ring buffer was drained: correct what still differs.
+    pub fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
+        let Some(pending) = self.pending.take() else { return Corrections::default() };
+        let mut total = Corrections::default();
+        let no_skip = HashSet::new();
+        for (pid, observed) in &pending.observed {
+            let skip = pending.touched.get(pid).unwrap_or(&no_skip);
+            let mut out = Vec::new();
+            let c = self.table.reconcile(*pid, observed, skip, now_ns, &mut out);
+            self.after(&out, now_ns);
+            total.added += c.added;
+            total.removed += c.removed;
+        }
+        self.corrections.added += total.added;
+        self.corrections.removed += total.removed;
+        total
+    }
+
+    /// The command line of a tracked process (cached; read from /proc on first use).
+    pub fn cmdline(&mut self, tgid: u32) -> Option<String> {
+        let root = self.proc_root.clone();
+        self.cmdlines.entry(tgid).or_insert_with(|| procscan::cmdline(&root, tgid)).clone()
+    }
+
+    /// Fill in comm for processes first seen through an event, from /proc.
+    pub fn refresh_names(&mut self) {
+        let unnamed: Vec<u32> =
+            self.table.processes().filter(|(_, p)| p.comm.is_empty()).map(|(t, _)| t).collect();
+        for tgid in unnamed {
+            if let Some(comm) = procscan::comm(&self.proc_root, tgid) {
+                self.table.set_comm(tgid, comm);
+            }
+        }
+    }
+}
+
+/// Kinds by fd of what a process has open, as the kernel says: the ground truth tests compare
+/// the table against.
+pub fn proc_kinds(proc_root: &Path, pid: u32) -> std::io::Result<BTreeMap<i32, FdKind>> {
+    Ok(procscan::observe_fds(proc_root, pid, None)?.into_iter().map(|(fd, o)| (fd, o.kind)).collect())
+}

@@ -1,0 +1,241 @@
+//! The vocabulary of descriptors: their kinds (design.md's list, which the JSON report and the
+//! metrics use verbatim), what we know about each, and how one can be closed.
+use std::fmt;
+
+use serde::Serialize;
+
+/// What a descriptor refers to. The string forms are a contract (report `kind`, metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    File,
+    Dir,
+    Socket,
+    Pipe,
+    Eventfd,
+    Epoll,
+    Timerfd,
+    Signalfd,
+    Inotify,
+    Memfd,
+    Pidfd,
+    IoUring,
+    Device,
+    Other,
+}
+
+impl FdKind {
+    pub const ALL: [FdKind; 14] = [
+        FdKind::File,
+        FdKind::Dir,
+        FdKind::Socket,
+        FdKind::Pipe,
+        FdKind::Eventfd,
+        FdKind::Epoll,
+        FdKind::Timerfd,
+        FdKind::Signalfd,
+        FdKind::Inotify,
+        FdKind::Memfd,
+        FdKind::Pidfd,
+        FdKind::IoUring,
+        FdKind::Device,
+        FdKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FdKind::File => "file",
+            FdKind::Dir => "dir",
+            FdKind::Socket => "socket",
+            FdKind::Pipe => "pipe",
+            FdKind::Eventfd => "eventfd",
+            FdKind::Epoll => "epoll",
+            FdKind::Timerfd => "timerfd",
+            FdKind::Signalfd => "signalfd",
+            FdKind::Inotify => "inotify",
+            FdKind::Memfd => "memfd",
+            FdKind::Pidfd => "pidfd",
+            FdKind::IoUring => "io_uring",
+            FdKind::Device => "device",
+            FdKind::Other => "other",
+        }
+    }
+
+    /// The kind of a file opened by path, from the path and open flags alone: the kernel
+    /// program cannot stat, and a stat from here would race with the process.
+    /// O_DIRECTORY means a directory (opendir and friends pass it); /dev is devices, except
+    /// the tmpfs of POSIX shared memory.
+    pub fn of_opened_path(path: &[u8], open_flags: u64) -> FdKind {
+        if open_flags & libc::O_DIRECTORY as u64 != 0 {
+            FdKind::Dir
+        } else if path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
+            FdKind::Device
+        } else {
+            FdKind::File
+        }
+    }
+}
+
+impl fmt::Display for FdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What else is known about a descriptor, kept small: this is stored for every tracked fd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FdDetail {
+    #[default]
+    None,
+    /// A path as the process named it (bytes: Linux paths need not be UTF-8).
+    Path(Box<[u8]>),
+    /// socket(2)'s arguments; addresses are looked up by inode when a report asks.
+    Socket { family: u16, sock_type: u16, protocol: u16 },
+    /// The process a pidfd refers to.
+    Pid(u32),
+    /// A memfd's name.
+    Name(Box<[u8]>),
+}
+
+impl FdDetail {
+    pub fn path(&self) -> Option<&[u8]> {
+        match self {
+            FdDetail::Path(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes from the traced world (paths, command names) made safe to print in text, JSON and
+/// metric labels: invalid UTF-8 replaced, control characters escaped (a newline in a path must
+/// not forge a line of output), and at most `max_chars` characters, with a marker when cut.
+pub fn printable(bytes: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len().min(max_chars + 8));
+    for (count, c) in text.chars().enumerate() {
+        if count >= max_chars {
+            out.push_str("…[truncated]");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How a descriptor stopped being open (issue: "how each descriptor closed").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// close(2).
+    Close,
+    /// close_range(2).
+    CloseRange,
+    /// dup2 / dup3 / F_DUPFD target that was open and got replaced.
+    Replaced,
+    /// Closed by exec because it was close-on-exec.
+    Exec,
+    /// The process exited.
+    Exit,
+    /// /proc said it was no longer open (an event was lost).
+    Reconcile,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Close,
+        CloseReason::CloseRange,
+        CloseReason::Replaced,
+        CloseReason::Exec,
+        CloseReason::Exit,
+        CloseReason::Reconcile,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Close => "close",
+            CloseReason::CloseRange => "close_range",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Exec => "exec",
+            CloseReason::Exit => "exit",
+            CloseReason::Reconcile => "reconcile",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where a descriptor came from: the call site that opened it, or one of two special origins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SiteId {
+    /// Open before tracing started (found in /proc at start).
+    BeforeTrace,
+    /// Found open in /proc by reconciliation without an event that opened it.
+    UnknownOrigin,
+    /// Opened under tracing, but the stack could not be captured or resolved.
+    NoStack,
+    /// Stable hash of the resolved frames (stacks.rs).
+    Stack(u64),
+}
+
+impl SiteId {
+    /// The `site` string of the report and the metrics.
+    pub fn label(self) -> String {
+        match self {
+            SiteId::BeforeTrace => "before-trace".to_string(),
+            SiteId::UnknownOrigin => "unknown-origin".to_string(),
+            SiteId::NoStack => "no-stack".to_string(),
+            SiteId::Stack(hash) => format!("{hash:016x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_of_opened_path() {
+        assert_eq!(FdKind::of_opened_path(b"/etc/passwd", 0), FdKind::File);
+        assert_eq!(FdKind::of_opened_path(b"/tmp", libc::O_DIRECTORY as u64), FdKind::Dir);
+        assert_eq!(FdKind::of_opened_path(b"/dev/null", 0), FdKind::Device);
+        assert_eq!(FdKind::of_opened_path(b"/dev/shm/x", 0), FdKind::File);
+        assert_eq!(FdKind::of_opened_path(b"relative", 0), FdKind::File);
+    }
+
+    #[test]
+    fn printable_escapes_and_truncates() {
+        assert_eq!(printable(b"/tmp/a b", 100), "/tmp/a b");
+        assert_eq!(printable(b"/tmp/evil\nPID 1 fake", 100), "/tmp/evil\\nPID 1 fake");
+        assert_eq!(printable(b"/tmp/\xff\xfe", 100), "/tmp/\u{fffd}\u{fffd}");
+        assert_eq!(printable(b"abcdef", 3), "abc…[truncated]");
+    }
+
+    #[test]
+    fn site_labels() {
+        assert_eq!(SiteId::BeforeTrace.label(), "before-trace");
+        assert_eq!(SiteId::UnknownOrigin.label(), "unknown-origin");
+        assert_eq!(SiteId::Stack(0x9f2c1a7e3b4d5c6a).label(), "9f2c1a7e3b4d5c6a");
+        assert_eq!(SiteId::Stack(1).label(), "0000000000000001");
+    }
+
+    #[test]
+    fn kind_strings_are_the_contract() {
+        let names: Vec<_> = FdKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "file", "dir", "socket", "pipe", "eventfd", "epoll", "timerfd", "signalfd", "inotify",
+                "memfd", "pidfd", "io_uring", "device", "other"
+            ]
+        );
+        for kind in FdKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! The descriptor tables of the traced processes: a pure state machine.
+//!
+//! `apply(event)` changes the tables the way the kernel changed its own and reports each change
+//! as a [`Transition`]; there is no I/O and no clock here (time comes from the events), so
+//! plain unit tests and property tests cover every rule:
+//! - keyed by (process, fd); threads share their process's table;
+//! - fork copies the parent's table (entries keep their site and are marked inherited);
+//! - exec closes close-on-exec descriptors; exit of the thread group clears the table;
+//! - dup2/dup3/F_DUPFD onto an open fd closes it first; close_range closes (or, with
+//!   CLOSE_RANGE_CLOEXEC, marks) a range;
+//! - a recycled pid never mixes two processes' descriptors (a new task replaces the stale
+//!   table).
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::{
+    event::{Event, Op},
+    fd::{CloseReason, FdDetail, FdKind, SiteId},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenFd {
+    pub kind: FdKind,
+    pub detail: FdDetail,
+    pub site: SiteId,
+    /// CLOCK_BOOTTIME ns of the open; for descriptors found at start, when tracing started.
+    pub opened_ns: u64,
+    pub cloexec: bool,
+    /// Copied from the parent at fork rather than opened by this process.
+    pub inherited: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub comm: String,
+    /// Ordered, so close_range and reports walk fds in order.
+    pub fds: BTreeMap<i32, OpenFd>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdChange {
+    Opened,
+    /// Copied from the parent at fork.
+    Inherited,
+    /// Found open in /proc (at start, or by reconciliation) rather than seen being opened.
+    Found,
+    Closed(CloseReason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Fd {
+        tgid: u32,
+        fd: i32,
+        kind: FdKind,
+        site: SiteId,
+        change: FdChange,
+    },
+    /// A process appeared (fork, or its first event); `parent` when known.
+    ProcessStarted {
+        tgid: u32,
+        parent: Option<u32>,
+    },
+    ProcessExec {
+        tgid: u32,
+    },
+    ProcessExited {
+        tgid: u32,
+    },
+}
+
+/// A descriptor as /proc shows it, for the baseline and for reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedFd {
+    pub kind: FdKind,
+    pub detail: FdDetail,
+    pub cloexec: bool,
+}
+
+/// What one reconciliation pass changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Corrections {
+    /// Open in the kernel, missing from the table: added under `unknown-origin`.
+    pub added: u64,
+    /// In the table, closed in the kernel: removed.
+    pub removed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct FdTable {
+    processes: HashMap<u32, Process>,
+}
+
+impl FdTable {
+    pub fn new() -> FdTable {
+        FdTable::default()
+    }
+
+    pub fn process(&self, tgid: u32) -> Option<&Process> {
+        self.processes.get(&tgid)
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = (u32, &Process)> {
+        self.processes.iter().map(|(tgid, p)| (*tgid, p))
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn fd_count(&self) -> usize {
+        self.processes.values().map(|p| p.fds.len()).sum()
+    }
+
+    /// Apply one event. `site` is where descriptors it creates come from (resolved by the
+    /// caller from the event's stack). Transitions are appended to `out`.
+    pub fn apply(&mut self, event: &Event, site: SiteId, out: &mut Vec<Transition>) {
+        let tgid = event.tgid;
+        let now = event.ts_ns;
+        match &event.op {
+            Op::Open { fds, kind, detail, cloexec, dirfd } => {
+                let detail = self.absolute(tgid, detail, *dirfd);
+                for &fd in fds {
+                    let entry = OpenFd {
+                        kind: *kind,
+                        detail: detail.clone(),
+                        site,
+                        opened_ns: now,
+                        cloexec: *cloexec,
+                        inherited: false,
+                    };
+                    self.open(tgid, fd, entry, out);
+                }
+            }
+            Op::Accept { fd, listener, cloexec } => {
+                let detail = self
+                    .lookup(tgid, *listener)
+                    .filter(|l| l.kind == FdKind::Socket)
+                    .map(|l| l.detail.clone())
+                    .unwrap_or_default();
+                let entry = OpenFd {
+                    kind: FdKind::Socket,
+                    detail,
+                    site,
+                    opened_ns: now,
+                    cloexec: *cloexec,
+                    inherited: false,
+                };
+                self.open(tgid, *fd, entry, out);
+            }
+            Op::Dup { old, new, cloexec, replaces } => {
+                if old == new {
+                    return;
+                }
+                let (kind, detail) = self
+                    .lookup(tgid, *old)
+                    .map(|e| (e.kind, e.detail.clone()))
+                    .unwrap_or((FdKind::Other, FdDetail::None));
+                if *replaces {
+                    self.close(tgid, *new, CloseReason::Replaced, out);
+                }
+                let entry =
+                    OpenFd { kind, detail, site, opened_ns: now, cloexec: *cloexec, inherited: false };
+                self.open(tgid, *new, entry, out);
+            }
+            Op::GetFd { pidfd, target_fd, new } => {
+                let source = match self.lookup(tgid, *pidfd).map(|e| &e.detail) {
+                    Some(FdDetail::Pid(target)) => self.lookup(*target, *target_fd),
+                    _ => None,
+                };
+                let (kind, detail) =
+                    source.map(|e| (e.kind, e.detail.clone())).unwrap_or((FdKind::Other, FdDetail::None));
+                let entry = OpenFd { kind, detail, site, opened_ns: now, cloexec: true, inherited: false };
+                self.open(tgid, *new, entry, out);
+            }
+            Op::Receive { fds, cloexec, .. } => {
+                for &fd in fds {
+                    let entry = OpenFd {
+                        kind: FdKind::Other,
+                        detail: FdDetail::None,
+                        site,
+                        opened_ns: now,
+                        cloexec: *cloexec,
+                        inherited: false,
+                    };
+                    self.open(tgid, fd, entry, out);
+                }
+            }
+            Op::Close { fd } => self.close(tgid, *fd, CloseReason::Close, out),
+            Op::CloseRange { first, last, cloexec_only } => {
+                let Some(process) = self.processes.get_mut(&tgid) else { return };
+                // close_range takes unsigned bounds; fds above i32::MAX cannot exist.
+                let first = (*first).min(i32::MAX as u32) as i32;
+                let last = (*last).min(i32::MAX as u32) as i32;
+                if first > last {
+                    return;
+                }
+                if *cloexec_only {
+                    for (_, entry) in process.fds.range_mut(first..=last) {
+                        entry.cloexec = true;
+                    }
+                } else {
+                    let in_range: Vec<i32> = process.fds.range(first..=last).map(|(fd, _)| *fd).collect();
+                    for fd in in_range {
+                        self.close(tgid, fd, CloseReason::CloseRange, out);
+                    }
+                }
+            }
+            Op::SetCloexec { fd, cloexec } => {
+                if let Some(entry) = self.processes.get_mut(&tgid).and_then(|p| p.fds.get_mut(fd)) {
+                    entry.cloexec = *cloexec;
+                }
+            }
+            Op::NewTask { child, thread, comm } => {
+                if *thread {
+                    // Threads share the table; the group itself may be new to us.
+                    self.ensure(tgid, out);
+                    return;
+                }
+                // A stale table under this pid belongs to a process whose exit we missed.
+                self.remove_process(*child, out);
+                let inherited: BTreeMap<i32, OpenFd> = self
+                    .processes
+                    .get(&tgid)
+                    .map(|parent| {
+                        parent
+                            .fds
+                            .iter()
+                            .map(|(fd, e)| (*fd, OpenFd { inherited: true, ..e.clone() }))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Transition::ProcessStarted { tgid: *child, parent: Some(tgid) });
+                for (fd, entry) in &inherited {
+                    out.push(Transition::Fd {
+                        tgid: *child,
+                        fd: *fd,
+                        kind: entry.kind,
+                        site: entry.site,
+                        change: FdChange::Inherited,
+                    });
+                }
+                self.processes.insert(*child, Process { comm: comm.clone(), fds: inherited });
+            }
+            Op::Exec { comm, .. } => {
+                self.ensure(tgid, out);
+                let process = self.processes.get_mut(&tgid).expect("ensured");
+                process.comm = comm.clone();
+                let doomed: Vec<i32> =
+                    process.fds.iter().filter(|(_, e)| e.cloexec).map(|(fd, _)| *fd).collect();
+                for fd in doomed {
+                    self.close(tgid, fd, CloseReason::Exec, out);
+                }
+                out.push(Transition::ProcessExec { tgid });
+            }
+            Op::Exit => self.remove_process(tgid, out),
+        }
+    }
+
+    /// Load descriptors found open in /proc at start (site `before-trace`). Events applied
+    /// afterwards win: an fd both found here and opened by a later event takes the event's site.
+    pub fn insert_observed(
+        &mut self,
+        tgid: u32,
+        comm: &str,
+        fds: impl IntoIterator<Item = (i32, ObservedFd)>,
+        site: SiteId,
+        now_ns: u64,
+        out: &mut Vec<Transition>,
+    ) {
+        self.ensure(tgid, out);
+        let process = self.processes.get_mut(&tgid).expect("ensured");
+        if process.comm.is_empty() {
+            process.comm = comm.to_string();
+        }
+        for (fd, observed) in fds {
+            let entry = OpenFd {
+                kind: observed.kind,
+                detail: observed.detail,
+                site,
+                opened_ns: now_ns,
+                cloexec: observed.cloexec,
+                inherited: false,
+            };
+            self.insert(tgid, fd, entry, FdChange::Found, out);
+        }
+    }
+
+    /// Make `tgid`'s table equal what /proc shows, except for `skip`: descriptors that events
+    /// touched while /proc was being read, whose state in the two views may differ honestly.
+    pub fn reconcile(
+        &mut self,
+        tgid: u32,
+        observed: &BTreeMap<i32, ObservedFd>,
+        skip: &HashSet<i32>,
+        now_ns: u64,
+        out: &mut Vec<Transition>,
+    ) -> Corrections {
+        let mut corrections = Corrections::default();
+        let Some(process) = self.processes.get(&tgid) else { return corrections };
+        let gone: Vec<i32> = process
+            .fds
+            .keys()
+            .filter(|fd| !observed.contains_key(fd) && !skip.contains(fd))
+            .copied()
+            .collect();
+        let missing: Vec<(i32, ObservedFd)> = observed
+            .iter()
+            .filter(|(fd, _)| !process.fds.contains_key(fd) && !skip.contains(fd))
+            .map(|(fd, o)| (*fd, o.clone()))
+            .collect();
+        let retyped: Vec<(i32, FdKind)> = observed
+            .iter()
+            .filter(|(fd, _)| !skip.contains(fd))
+            .filter_map(|(fd, o)| match process.fds.get(fd) {
+                Some(entry) if entry.kind != o.kind && o.kind != FdKind::Other => Some((*fd, o.kind)),
+                _ => None,
+            })
+            .collect();
+        for fd in gone {
+            self.close(tgid, fd, CloseReason::Reconcile, out);
+            corrections.removed += 1;
+        }
+        for (fd, o) in missing {
+            let entry = OpenFd {
+                kind: o.kind,
+                detail: o.detail,
+                site: SiteId::UnknownOrigin,
+                opened_ns: now_ns,
+                cloexec: o.cloexec,
+                inherited: false,
+            };
+            self.insert(tgid, fd, entry, FdChange::Found, out);
+            corrections.added += 1;
+        }
+        // The kernel knows the kind better than our guess from the open call (e.g. a directory
+        // opened without O_DIRECTORY, or a descriptor received through SCM_RIGHTS).
+        if let Some(process) = self.processes.get_mut(&tgid) {
+            for (fd, kind) in retyped {
+                if let Some(entry) = process.fds.get_mut(&fd) {
+                    entry.kind = kind;
+                }
+            }
+        }
+        corrections
+    }
+
+    pub fn set_comm(&mut self, tgid: u32, comm: String) {
+        if let Some(process) = self.processes.get_mut(&tgid) {
+            process.comm = comm;
+        }
+    }
+
+    /// Correct a kind the event could not know (received descriptors) from /proc.
+    pub fn set_kind(&mut self, tgid: u32, fd: i32, kind: FdKind, detail: FdDetail) {
+        if let Some(entry) = self.processes.get_mut(&tgid).and_then(|p| p.fds.get_mut(&fd)) {
+            entry.kind = kind;
+            if detail != FdDetail::None {
+                entry.detail = detail;
+            }
+        }
+    }
+
+    /// Forget a process without emitting close transitions for its descriptors as closes by
+    /// the process: used when it vanished from /proc without an exit event.
+    pub fn remove_process(&mut self, tgid: u32, out: &mut Vec<Transition>) {
+        if let Some(process) = self.processes.remove(&tgid) {
+            for (fd, entry) in process.fds {
+                out.push(Transition::Fd {
+                    tgid,
+                    fd,
+                    kind: entry.kind,
+                    site: entry.site,
+                    change: FdChange::Closed(CloseReason::Exit),
+                });
+            }
+            out.push(Transition::ProcessExited { tgid });
+        }
+    }
+
+    fn lookup(&self, tgid: u32, fd: i32) -> Option<&OpenFd> {
+        self.processes.get(&tgid)?.fds.get(&fd)
+    }
+
+    fn ensure(&mut self, tgid: u32, out: &mut Vec<Transition>) {
+        if !self.processes.contains_key(&tgid) {
+            self.processes.insert(tgid, Process::default());
+            out.push(Transition::ProcessStarted { tgid, parent: None });
+        }
+    }
+
+    /// A relative path made absolute against its directory descriptor, when we know that one's
+    /// path; otherwise unchanged.
+    fn absolute(&self, tgid: u32, detail: &FdDetail, dirfd: Option<i32>) -> FdDetail {
+        let (FdDetail::Path(relative), Some(dirfd)) = (detail, dirfd) else {
+            return detail.clone();
+        };
+        match self.lookup(tgid, dirfd).and_then(|dir| dir.detail.path()) {
+            Some(dir) => {
+                let mut joined = dir.to_vec();
+                if !joined.ends_with(b"/") {
+                    joined.push(b'/');
+                }
+                joined.extend_from_slice(relative);
+                FdDetail::Path(joined.into_boxed_slice())
+            }
+            None => detail.clone(),
+        }
+    }
+
+    fn open(&mut self, tgid: u32, fd: i32, entry: OpenFd, out: &mut Vec<Transition>) {
+        self.insert(tgid, fd, entry, FdChange::Opened, out);
+    }
+
+    fn insert(&mut self, tgid: u32, fd: i32, entry: OpenFd, change: FdChange, out: &mut Vec<Transition>) {
+        if fd < 0 {
+            return;
+        }
+        self.ensure(tgid, out);
+        let process = self.processes.get_mut(&tgid).expect("ensured");
+        if let Some(previous) = process.fds.get(&fd) {
+            // The kernel never hands out an open fd number, so the old entry is stale. One we
+            // found in /proc is simply the same descriptor seen twice (it was opened between
+            // attaching and scanning); one opened under tracing means its close was lost.
+            if !matches!(previous.site, SiteId::BeforeTrace | SiteId::UnknownOrigin) {
+                out.push(Transition::Fd {
+                    tgid,
+                    fd,
+                    kind: previous.kind,
+                    site: previous.site,
+                    change: FdChange::Closed(CloseReason::Reconcile),
+                });
+            }
+        }
+        out.push(Transition::Fd { tgid, fd, kind: entry.kind, site: entry.site, change });
+        process.fds.insert(fd, entry);
+    }
+
+    fn close(&mut self, tgid: u32, fd: i32, reason: CloseReason, out: &mut Vec<Transition>) {
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        if let Some(entry) = process.fds.remove(&fd) {
+            out.push(Transition::Fd {
+                tgid,
+                fd,
+                kind: entry.kind,
+                site: entry.site,
+                change: FdChange::Closed(reason),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smallvec::smallvec;
+
+    use super::*;
+    use crate::event::StackIds;
+
+    const SITE_A: SiteId = SiteId::Stack(0xa);
+    const SITE_B: SiteId = SiteId::Stack(0xb);
+
+    fn event(tgid: u32, ts_ns: u64, op: Op) -> Event {
+        Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op }
+    }
+
+    fn open(fd: i32, kind: FdKind, cloexec: bool) -> Op {
+        Op::Open { fds: smallvec![fd], kind, detail: FdDetail::None, cloexec, dirfd: None }
+    }
+
+    fn apply(table: &mut FdTable, tgid: u32, op: Op, site: SiteId) -> Vec<Transition> {
+        let mut out = Vec::new();
+        table.apply(&event(tgid, 1, op), site, &mut out);
+        out
+    }
+
+    fn fds(table: &FdTable, tgid: u32) -> Vec<(i32, FdKind)> {
+        table.process(tgid).map(|p| p.fds.iter().map(|(fd, e)| (*fd, e.kind)).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn open_then_close() {
+        let mut table = FdTable::new();
+        let out = apply(&mut table, 10, open(3, FdKind::File, false), SITE_A);
+        assert_eq!(
+            out,
+            vec![
+                Transition::ProcessStarted { tgid: 10, parent: None },
+                Transition::Fd {
+                    tgid: 10,
+                    fd: 3,
+                    kind: FdKind::File,
+                    site: SITE_A,
+                    change: FdChange::Opened
+                },
+            ]
+        );
+        let out = apply(&mut table, 10, Op::Close { fd: 3 }, SITE_A);
+        assert_eq!(
+            out,
+            vec![Transition::Fd {
+                tgid: 10,
+                fd: 3,
+                kind: FdKind::File,
+                site: SITE_A,
+                change: FdChange::Closed(CloseReason::Close)
+            }]
+        );
+        assert!(fds(&table, 10).is_empty());
+        // Closing what is not open (EBADF) changes nothing.
+        assert!(apply(&mut table, 10, Op::Close { fd: 3 }, SITE_A).is_empty());
+    }
+
+    #[test]
+    fn accept_inherits_the_listeners_socket_detail() {
+        let mut table = FdTable::new();
+        let detail = FdDetail::Socket { family: 2, sock_type: 1, protocol: 6 };
+        apply(
+            &mut table,
+            10,
+            Op::Open {
+                fds: smallvec![3],
+                kind: FdKind::Socket,
+                detail: detail.clone(),
+                cloexec: false,
+                dirfd: None,
+            },
+            SITE_A,
+        );
+        apply(&mut table, 10, Op::Accept { fd: 4, listener: 3, cloexec: true }, SITE_B);
+        let accepted = &table.process(10).unwrap().fds[&4];
+        assert_eq!(
+            (accepted.kind, &accepted.detail, accepted.site, accepted.cloexec),
+            (FdKind::Socket, &detail, SITE_B, true)
+        );
+    }
+
+    #[test]
+    fn dup2_onto_open_fd_closes_it() {
+        let mut table = FdTable::new();
+        apply(&mut table, 10, open(3, FdKind::Pipe, false), SITE_A);
+        apply(&mut table, 10, open(1, FdKind::Device, false), SiteId::BeforeTrace);
+        let out = apply(&mut table, 10, Op::Dup { old: 3, new: 1, cloexec: false, replaces: true }, SITE_B);
+        assert!(out.contains(&Transition::Fd {
+            tgid: 10,
+            fd: 1,
+            kind: FdKind::Device,
+            site: SiteId::BeforeTrace,
+            change: FdChange::Closed(CloseReason::Replaced)
+        }));
+        assert_eq!(fds(&table, 10), vec![(1, FdKind::Pipe), (3, FdKind::Pipe)]);
+        assert_eq!(table.process(10).unwrap().fds[&1].site, SITE_B);
+    }
+
+    #[test]
+    fn close_range_closes_or_marks() {
+        let mut table = FdTable::new();
+        for fd in [3, 4, 5, 9] {
+            apply(&mut table, 10, open(fd, FdKind::File, false), SITE_A);
+        }
+        apply(&mut table, 10, Op::CloseRange { first: 4, last: 5, cloexec_only: true }, SITE_A);
+        assert!(table.process(10).unwrap().fds[&4].cloexec);
+        assert!(!table.process(10).unwrap().fds[&3].cloexec);
+        apply(&mut table, 10, Op::CloseRange { first: 4, last: u32::MAX, cloexec_only: false }, SITE_A);
+        assert_eq!(fds(&table, 10), vec![(3, FdKind::File)]);
+    }
+
+    #[test]
+    fn fork_copies_exec_closes_cloexec_exit_clears() {
+        let mut table = FdTable::new();
+        apply(&mut table, 10, open(3, FdKind::File, false), SITE_A);
+        apply(&mut table, 10, open(4, FdKind::Socket, true), SITE_B);
+        let out = apply(&mut table, 10, Op::NewTask { child: 11, thread: false, comm: "w".into() }, SITE_A);
+        assert!(out.contains(&Transition::ProcessStarted { tgid: 11, parent: Some(10) }));
+        assert_eq!(fds(&table, 11), vec![(3, FdKind::File), (4, FdKind::Socket)]);
+        assert!(table.process(11).unwrap().fds[&3].inherited);
+        assert_eq!(table.process(11).unwrap().fds[&4].site, SITE_B);
+
+        let out = apply(
+            &mut table,
+            11,
+            Op::Exec { old_tid: 11, filename: b"/bin/true".to_vec(), comm: "true".into() },
+            SITE_A,
+        );
+        assert!(out.contains(&Transition::Fd {
+            tgid: 11,
+            fd: 4,
+            kind: FdKind::Socket,
+            site: SITE_B,
+            change: FdChange::Closed(CloseReason::Exec)
+        }));
+        assert_eq!(fds(&table, 11), vec![(3, FdKind::File)]);
+        assert_eq!(table.process(11).unwrap().comm, "true");
+        // The parent is untouched by its child's exec.
+        assert_eq!(fds(&table, 10).len(), 2);
+
+        let out = apply(&mut table, 11, Op::Exit, SITE_A);
+        assert!(out.contains(&Transition::ProcessExited { tgid: 11 }));
+        assert!(table.process(11).is_none());
+    }
+
+    #[test]
+    fn threads_share_the_table() {
+        let mut table = FdTable::new();
+        apply(&mut table, 10, Op::NewTask { child: 12, thread: true, comm: "t".into() }, SITE_A);
+        // The thread's events carry the group's tgid.
+        let mut out = Vec::new();
+        table.apply(
+            &Event {
+                tgid: 10,
+                tid: 12,
+                ts_ns: 1,
+                stacks: StackIds::default(),
+                op: open(5, FdKind::Eventfd, false),
+            },
+            SITE_A,
+            &mut out,
+        );
+        assert_eq!(fds(&table, 10), vec![(5, FdKind::Eventfd)]);
+        assert!(table.process(12).is_none());
+    }
+
+    #[test]
+    fn recycled_pid_starts_clean() {
+        let mut table = FdTable::new();
+        apply(&mut table, 20, open(7, FdKind::File, false), SITE_A);
+        // Pid 20's exit was lost; pid 20 is now a new child of 10.
+        apply(&mut table, 10, Op::NewTask { child: 20, thread: false, comm: "new".into() }, SITE_A);
+        assert!(fds(&table, 20).is_empty());
+    }
+
+    #[test]
+    fn relative_paths_join_their_directory() {
+        let mut table = FdTable::new();
+        apply(
+            &mut table,
+            10,
+            Op::Open {
+                fds: smallvec![3],
+                kind: FdKind::Dir,
+                detail: FdDetail::Path(b"/srv/data".to_vec().into()),
+                cloexec: true,
+                dirfd: None,
+            },
+            SITE_A,
+        );
+        apply(
+            &mut table,
+            10,
+            Op::Open {
+                fds: smallvec![4],
+                kind: FdKind::File,
+                detail: FdDetail::Path(b"a.bin".to_vec().into()),
+                cloexec: false,
+                dirfd: Some(3),
+            },
+            SITE_A,
+        );
+        assert_eq!(table.process(10).unwrap().fds[&4].detail.path(), Some(&b"/srv/data/a.bin"[..]));
+    }
+
+    #[test]
+    fn get_fd_copies_from_the_pidfds_process() {
+        let mut table = FdTable::new();
+        apply(&mut table, 30, open(9, FdKind::Memfd, false), SITE_A);
+        apply(
+            &mut table,
+            10,
+            Op::Open {
+                fds: smallvec![3],
+                kind: FdKind::Pidfd,
+                detail: FdDetail::Pid(30),
+                cloexec: true,
+                dirfd: None,
+            },
+            SITE_A,
+        );
+        apply(&mut table, 10, Op::GetFd { pidfd: 3, target_fd: 9, new: 4 }, SITE_B);
+        assert_eq!(table.process(10).unwrap().fds[&4].kind, FdKind::Memfd);
+    }
+
+    #[test]
+    fn observed_then_event_takes_the_events_site_silently() {
+        let mut table = FdTable::new();
+        let mut out = Vec::new();
+        let observed = ObservedFd { kind: FdKind::File, detail: FdDetail::None, cloexec: false };
+        table.insert_observed(10, "w", [(3, observed)], SiteId::BeforeTrace, 0, &mut out);
+        let out = apply(&mut table, 10, open(3, FdKind::File, false), SITE_A);
+        assert!(out.iter().all(|t| !matches!(t, Transition::Fd { change: FdChange::Closed(_), .. })));
+        assert_eq!(table.process(10).unwrap().fds[&3].site, SITE_A);
+    }
+
+    #[test]
+    fn reopening_a_traced_fd_means_a_lost_close() {
+        let mut table = FdTable::new();
+        apply(&mut table, 10, open(3, FdKind::File, false), SITE_A);
+        let out = apply(&mut table, 10, open(3, FdKind::Socket, false), SITE_B);
+        assert_eq!(
+            out[0],
+            Transition::Fd {
+                tgid: 10,
+                fd: 3,
+                kind: FdKind::File,
+                site: SITE_A,
+                change: FdChange::Closed(CloseReason::Reconcile)
+            }
+        );
+    }
+
+    #[test]
+    fn reconcile_adds_removes_and_skips_touched() {
+        let mut table = FdTable::new();
+        for fd in [3, 4, 5] {
+            apply(&mut table, 10, open(fd, FdKind::File, false), SITE_A);
+        }
+        let observed: BTreeMap<i32, ObservedFd> = [3, 6, 7]
+            .into_iter()
+            .map(|fd| (fd, ObservedFd { kind: FdKind::Socket, detail: FdDetail::None, cloexec: false }))
+            .collect();
+        // fd 5 and 7 were touched by events while /proc was read: leave them alone.
+        let skip: HashSet<i32> = [5, 7].into_iter().collect();
+        let mut out = Vec::new();
+        let corrections = table.reconcile(10, &observed, &skip, 99, &mut out);
+        assert_eq!(corrections, Corrections { added: 1, removed: 1 });
+        assert_eq!(fds(&table, 10), vec![(3, FdKind::Socket), (5, FdKind::File), (6, FdKind::Socket)]);
+        assert_eq!(table.process(10).unwrap().fds[&6].site, SiteId::UnknownOrigin);
+        // Unknown processes are not created by reconciliation.
+        assert_eq!(table.reconcile(99, &observed, &skip, 99, &mut out), Corrections::default());
+        assert!(table.process(99).is_none());
+    }
+}

@@ -1,0 +1,21 @@
+//! helios-trace: finds file-descriptor and socket leaks in running Linux processes and names
+//! the call stack that opened what is still open.
+//!
+//! Data flow (design.md): tracepoints → ring buffer → [`session`] reader → [`decode`] →
+//! [`fdtable`] → [`sites`] → [`report`] / metrics. Only [`bpf`] talks to the kernel's BPF side;
+//! [`procscan`] is the only reader of /proc; everything between is pure.
+pub mod bpf;
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod engine;
+pub mod event;
+pub mod fd;
+pub mod fdtable;
+pub mod procscan;
+pub mod report;
+pub mod serve;
+pub mod session;
+pub mod sites;
+pub mod stacks;
+pub mod syscalls;

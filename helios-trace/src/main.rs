@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    helios_trace::cli::main()
+}

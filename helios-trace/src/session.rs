@@ -1,0 +1,291 @@
+//! A tracing run: attach, load the /proc baseline, then read the ring buffer into the Engine
+//! until told to stop, reconciling with /proc on a timer. The ad-hoc session (`run`) prints a
+//! report at the end; the exporter (serve.rs) drives the same loop and publishes metrics.
+use std::{
+    future::Future,
+    io::Write as _,
+    path::{Path, PathBuf},
+    pin::pin,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval, interval_at},
+};
+
+use crate::{
+    bpf::{TraceConfig, Tracer, checks},
+    cli::{Format, SessionArgs, StackMode, TraceArgs},
+    clock,
+    engine::Engine,
+    fd::{FdDetail, printable},
+    fdtable::OpenFd,
+    procscan::{self, SocketTables},
+    report::{self, Corrections, EventCounts, Report, ReportInput},
+};
+
+/// How often the ring buffer is drained even without a wake-up (the kernel batches wake-ups
+/// under load, see WAKEUP_BYTES).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Wake the reader once this much is waiting; below it, the drain timer picks records up.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+pub struct Tracing {
+    pub engine: Engine,
+    tracer: Tracer,
+    ring: AsyncFd<RingBuf<MapData>>,
+    pub targets: Vec<u32>,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    reconcile_interval: Duration,
+}
+
+impl Tracing {
+    /// Attach the programs and load what is already open.
+    pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
+        let config = TraceConfig {
+            targets: args.pids.clone(),
+            user_stacks: args.stacks != StackMode::None,
+            kernel_stacks: args.kernel_stacks,
+            ring_buffer_bytes: args.ring_buffer_size,
+            wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_size as u64 / 4),
+        };
+        let (tracer, ring) = Tracer::start(&config)?;
+        let missing = checks::missing_proc_capabilities(checks::own_capabilities());
+        if !missing.is_empty() {
+            log::warn!(
+                "without {}, descriptors of other users' processes cannot be read from /proc",
+                missing.join(" and ")
+            );
+        }
+        let started_at = SystemTime::now();
+        let start_ns = clock::boot_ns();
+        let mut engine = Engine::new(proc_root);
+        // Attach first, then scan: every descriptor is either in the scan or in an event after
+        // it (FdTable::insert_observed explains why the overlap is harmless).
+        let own = std::process::id();
+        let pids: Vec<u32> = if args.pids.is_empty() {
+            procscan::pids(proc_root).into_iter().filter(|p| *p != own).collect()
+        } else {
+            args.pids.clone()
+        };
+        engine.load_baseline(&pids, start_ns);
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life,
+        // which the AsyncFd now owns.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("cannot poll the ring buffer")?;
+        Ok(Tracing {
+            engine,
+            tracer,
+            ring,
+            targets: args.pids.clone(),
+            started_at,
+            started: Instant::now(),
+            reconcile_interval: args.reconcile_interval,
+        })
+    }
+
+    pub fn attached(&self) -> &[String] {
+        &self.tracer.attached
+    }
+
+    /// Handle every record waiting in the ring buffer.
+    pub fn drain(&mut self) {
+        let ring = self.ring.get_mut();
+        while let Some(record) = ring.next() {
+            self.engine.handle_record(&record, &self.tracer);
+        }
+    }
+
+    /// Run until `stop` completes; `every_second` runs once a second with the engine (the
+    /// exporter publishes its snapshot there). Ends with a final drain.
+    pub async fn run_until(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        mut every_second: impl FnMut(&mut Tracing),
+    ) -> Result<()> {
+        let mut stop = pin!(stop);
+        let mut drain_timer = interval(DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut second = interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let reconcile_every = if self.reconcile_interval.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            self.reconcile_interval
+        };
+        let mut reconcile = interval_at(Instant::now() + reconcile_every, reconcile_every);
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("polling the ring buffer")?;
+                    guard.clear_ready();
+                    self.drain();
+                }
+                _ = drain_timer.tick() => self.drain(),
+                _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
+                _ = second.tick() => every_second(self),
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    /// Compare with /proc and correct; events read in between are accounted for.
+    pub fn reconcile(&mut self) {
+        self.drain();
+        self.engine.begin_reconcile(clock::boot_ns());
+        self.drain();
+        let fixed = self.engine.finish_reconcile(clock::boot_ns());
+        if fixed.added + fixed.removed > 0 {
+            log::info!("reconciliation corrected {} added, {} removed", fixed.added, fixed.removed);
+        }
+    }
+
+    pub fn event_counts(&self) -> EventCounts {
+        let kernel = self.tracer.counters();
+        EventCounts {
+            lost: kernel.lost(),
+            stack_errors: kernel.stack_collisions + kernel.stack_errors,
+            ..self.engine.counts()
+        }
+    }
+
+    pub fn corrections(&self) -> Corrections {
+        self.engine.corrections()
+    }
+
+    pub fn report(&mut self, list_fds: bool) -> Report {
+        self.engine.refresh_names();
+        let events = self.event_counts();
+        let corrections = self.corrections();
+        let proc_root: PathBuf = self.engine.proc_root().to_path_buf();
+        let filtered = !self.targets.is_empty();
+        let mut cmdlines = std::collections::HashMap::new();
+        let tgids: Vec<u32> = self.engine.table.processes().map(|(t, _)| t).collect();
+        for tgid in tgids {
+            if let Some(cmdline) = self.engine.cmdline(tgid) {
+                cmdlines.insert(tgid, cmdline);
+            }
+        }
+        let engine = &self.engine;
+        let mut sockets = SocketTables::new(&proc_root);
+        let mut describe =
+            |tgid: u32, fd: i32, entry: &OpenFd| describe_fd(&proc_root, &mut sockets, tgid, fd, entry);
+        let frames = |site| engine.stacks.frames(site).map(|f| f.to_vec()).unwrap_or_default();
+        let include = |tgid: u32| filtered || engine.stats.active(tgid);
+        report::build(ReportInput {
+            started_at: self.started_at,
+            duration: self.started.elapsed(),
+            now_ns: clock::boot_ns(),
+            events,
+            corrections,
+            table: &engine.table,
+            stats: &engine.stats,
+            frames: &frames,
+            include: &include,
+            cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
+            describe: &mut describe,
+            list_fds,
+        })
+    }
+}
+
+/// Longest path or name shown for one descriptor.
+const DETAIL_CHARS: usize = 512;
+
+/// What a person wants to see of one open descriptor: its path, or its socket's addresses.
+pub fn describe_fd(
+    proc_root: &Path,
+    sockets: &mut SocketTables,
+    tgid: u32,
+    fd: i32,
+    entry: &OpenFd,
+) -> Option<String> {
+    match &entry.detail {
+        FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
+        FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
+        FdDetail::Pid(pid) => Some(format!("pid {pid}")),
+        FdDetail::Socket { .. } | FdDetail::None if entry.kind == crate::fd::FdKind::Socket => {
+            let inode = procscan::socket_inode(proc_root, tgid, fd)?;
+            sockets.for_process(tgid).get(inode).map(|s| s.describe())
+        }
+        _ => None,
+    }
+}
+
+/// The ad-hoc session: trace until --duration, Ctrl-C or SIGTERM, then print the report.
+pub async fn run(args: SessionArgs) -> Result<()> {
+    // Handlers first: a signal that arrives once we say "attached" must not kill us.
+    let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let stop = stop_signal(args.duration)?;
+    let mut stop = pin!(stop);
+    let proc_root = Path::new("/proc");
+    let mut tracing = Tracing::start(&args.trace, proc_root)?;
+    eprintln!(
+        "helios-trace: attached {} tracepoints; tracing {}{}",
+        tracing.attached().len(),
+        if tracing.targets.is_empty() {
+            "all processes".to_string()
+        } else {
+            format!("pid {}", join(&tracing.targets))
+        },
+        args.duration
+            .map(|d| format!(" for {}", humantime::format_duration(d)))
+            .unwrap_or_else(|| " until Ctrl-C".to_string())
+    );
+    // SIGUSR1 prints a report and tracing goes on (like dd's progress signal).
+    loop {
+        tokio::select! {
+            result = tracing.run_until(&mut stop, |_| {}) => { result?; break; }
+            _ = snapshot.recv() => {
+                tracing.drain();
+                print_report(&tracing.report(args.list_fds), args.format, true)?;
+            }
+        }
+    }
+    print_report(&tracing.report(args.list_fds), args.format, false)
+}
+
+/// A snapshot in JSON is one line, so a reader can take one report per line.
+fn print_report(report: &Report, format: Format, snapshot: bool) -> Result<()> {
+    let text = match (format, snapshot) {
+        (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
+        (Format::Json, false) => report::to_json(report),
+        (Format::Text, _) => report::to_text(report),
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").context("writing the report")?;
+    stdout.flush().context("writing the report")
+}
+
+fn join(pids: &[u32]) -> String {
+    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Completes on SIGINT, SIGTERM, or when `duration` has passed.
+pub fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            () = deadline => {}
+        }
+    })
+}

@@ -1,0 +1,168 @@
+//! Kernel tests of an ad-hoc session: the real programs trace a workload of our own, and the
+//! report must match what the kernel itself says in /proc/PID/fd, exactly.
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::*;
+
+fn site_open(process: &serde_json::Value, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> u64 {
+    process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == kind && pred(s))
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn open_counts_match_the_workload_and_proc_exactly() {
+    if !require_bpf() {
+        return;
+    }
+    let mut work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string(), "--reconcile-interval", "0"]);
+
+    let files = work.run("files 10");
+    let sockets = work.run("sockets 5");
+    // accept 4: [listener, client, accepted, client, accepted, ...]
+    let accepted_set = work.run("accept 4");
+    let accepted: Vec<i64> = accepted_set.iter().skip(2).step_by(2).copied().collect();
+    assert_eq!(accepted.len(), 4);
+    for fd in &files[..3] {
+        work.run(&format!("close {fd}"));
+    }
+    for fd in &sockets[..2] {
+        work.run(&format!("close {fd}"));
+    }
+    for fd in &accepted[..2] {
+        work.run(&format!("close {fd}"));
+    }
+    // What the workload itself holds: 7 files; 3 + (1 listener + 4 clients + 2 accepted) sockets.
+    let (own_files, own_sockets) = (7u64, 10u64);
+
+    let truth = proc_fds(work.pid);
+    let report = tracer.stop();
+    let process = process(&report, work.pid).expect("the workload is reported");
+
+    assert_eq!(reported_fds(&report, work.pid), truth, "fd-by-fd, the table equals /proc/{}/fd", work.pid);
+    assert_eq!(process["open_fds"].as_u64().unwrap(), truth.len() as u64);
+    let by_kind: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(process["by_kind"].clone()).unwrap();
+    assert_eq!(by_kind, kind_counts(&truth));
+    // Opened under tracing (not before-trace): exactly what the workload holds.
+    let traced = |s: &serde_json::Value| s["site"] != "before-trace";
+    assert_eq!(site_open(process, "file", traced), own_files);
+    assert_eq!(site_open(process, "socket", traced), own_sockets);
+    // Every traced site carries the user stack that opened it.
+    for site in process["sites"].as_array().unwrap().iter().filter(|s| traced(s)) {
+        assert!(!site["frames"].as_array().unwrap().is_empty(), "site without frames: {site:#}");
+        assert!(site["frames"][0]["address"].as_str().unwrap().starts_with("0x"));
+    }
+    // The files site counts 10 opened, 3 closed, by close().
+    let file_site =
+        process["sites"].as_array().unwrap().iter().find(|s| s["kind"] == "file" && traced(s)).unwrap();
+    assert_eq!((file_site["opened"].as_u64(), file_site["closed"].as_u64()), (Some(10), Some(3)));
+    assert_eq!(file_site["closed_by"]["close"], 3);
+    assert_eq!(report["events"]["lost"], 0);
+    assert_eq!(report["helios_trace_report"], 1);
+    work.exit();
+}
+
+#[test]
+fn an_exited_process_leaves_the_table() {
+    if !require_bpf() {
+        return;
+    }
+    let mut leaver = Workload::spawn();
+    let mut stayer = Workload::spawn();
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &leaver.pid.to_string(),
+        "--pid",
+        &stayer.pid.to_string(),
+        "--reconcile-interval",
+        "0",
+    ]);
+    leaver.run("files 3");
+    stayer.run("files 2");
+    let before = tracer.snapshot();
+    assert_eq!(reported_fds(&before, leaver.pid), proc_fds(leaver.pid), "present while it runs");
+    let leaver_pid = leaver.pid;
+    leaver.exit();
+    let truth = proc_fds(stayer.pid);
+    let report = tracer.stop();
+    assert!(process(&report, leaver_pid).is_none(), "exited pid {leaver_pid} still reported: {report:#}");
+    assert_eq!(reported_fds(&report, stayer.pid), truth);
+    stayer.exit();
+}
+
+#[test]
+fn a_timed_session_prints_a_json_report() {
+    if !require_bpf() {
+        return;
+    }
+    // Activity of our own during the session, so the report cannot be empty by accident.
+    let mut work = Workload::spawn();
+    let child = Command::new(helios_trace_bin())
+        .args(["--duration", "2s", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    work.run("files 4");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["helios_trace_report"], 1);
+    let duration = report["duration_seconds"].as_f64().unwrap();
+    assert!((1.9..4.0).contains(&duration), "duration {duration}");
+    assert!(report["events"]["received"].as_u64().unwrap() > 0);
+    let process = process(&report, work.pid).expect("our workload was active and is reported");
+    assert!(site_open(process, "file", |s| s["site"] != "before-trace") >= 4);
+    work.exit();
+}
+
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(helios_trace_bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let (code, stderr) = run_cli(&["--pid", "2147483646", "--duration", "1s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim(), "helios-trace: no process with pid 2147483646");
+    let (code, stderr) = run_cli(&["--duration", "soon"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'soon' is not a duration"), "{stderr}");
+    let (code, _) = run_cli(&["--format", "yaml"]);
+    assert_eq!(code, 2);
+}
+
+/// Run helios-trace as an unprivileged user (nobody) with only `caps` as ambient capabilities.
+fn run_unprivileged(caps: &str) -> (i32, String) {
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if !caps.is_empty() {
+        command.arg(format!("--inh-caps={caps}")).arg(format!("--ambient-caps={caps}"));
+    }
+    let out = command.arg(helios_trace_bin()).args(["--duration", "1s"]).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_missing_privilege_names_the_capability() {
+    if !require_bpf() {
+        return; // setpriv needs root to change users
+    }
+    let (code, stderr) = run_unprivileged("");
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("helios-trace: missing capability CAP_BPF and CAP_PERFMON:"), "{stderr}");
+    let (code, stderr) = run_unprivileged("+bpf");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with("helios-trace: missing capability CAP_PERFMON:"), "{stderr}");
+}

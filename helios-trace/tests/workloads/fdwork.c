@@ -1,0 +1,374 @@
+/*
+ * fdwork: a scriptable workload for helios-trace's kernel tests.
+ *
+ * It reads one command per line on stdin, performs exactly the descriptor syscalls the
+ * command names (through the raw syscall when glibc has no wrapper), and answers one line on
+ * stdout: "ok [numbers...]" or "err <errno text>". Descriptors stay open until a command
+ * closes them, so a test can compare helios-trace's table with /proc/PID/fd at any point.
+ *
+ * Build: gcc -O2 -g -pthread fdwork.c -o fdwork
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fanotify.h>
+#include <linux/io_uring.h>
+#include <linux/openat2.h>
+#include <linux/perf_event.h>
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+static const char *self_path;
+static char scratch_dir[4096] = "/tmp";
+
+static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void reply(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void reply_fds(int n, const int *fds) {
+    printf("ok");
+    for (int i = 0; i < n; i++) printf(" %d", fds[i]);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static int fail(void) {
+    reply("err %s", strerror(errno));
+    return -1;
+}
+
+#define CHECK(expr) do { if ((expr) < 0) { fail(); return; } } while (0)
+
+static int loopback_listener(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 128) < 0 ||
+        getsockname(fd, (struct sockaddr *)&addr, &len) < 0)
+        return -1;
+    *port = ntohs(addr.sin_port);
+    return fd;
+}
+
+static int loopback_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port),
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return -1;
+    return fd;
+}
+
+/* --- threads: open or close from a thread other than the main one --- */
+struct thread_job { int open_count; int close_fd; int fds[64]; };
+
+static void *thread_main(void *arg) {
+    struct thread_job *job = arg;
+    for (int i = 0; i < job->open_count && i < 64; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/thread-%d-%d", scratch_dir, gettid(), i);
+        job->fds[i] = open(path, O_CREAT | O_RDWR, 0600);
+    }
+    if (job->close_fd >= 0) close(job->close_fd);
+    return NULL;
+}
+
+static void run_thread(int open_count, int close_fd) {
+    struct thread_job job = {.open_count = open_count, .close_fd = close_fd};
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, thread_main, &job) != 0) { reply("err pthread_create"); return; }
+    pthread_join(thread, NULL);
+    reply_fds(open_count, job.fds);
+}
+
+/* --- SCM_RIGHTS --- */
+static void send_fds(int sock, int n, const int *fds) {
+    char data = 'x';
+    struct iovec iov = {.iov_base = &data, .iov_len = 1};
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    memset(control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n);
+    CHECK(sendmsg(sock, &msg, 0));
+    reply("ok");
+}
+
+static int collect_rights(struct msghdr *msg, int *out, int max) {
+    int n = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (int i = 0; i < count && n < max; i++) memcpy(&out[n++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        }
+    }
+    return n;
+}
+
+static void recv_fds(int sock, int use_mmsg) {
+    char data[8];
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    int fds[16];
+    if (use_mmsg) {
+        struct mmsghdr mm = {.msg_hdr = msg};
+        CHECK(recvmmsg(sock, &mm, 1, 0, NULL));
+        msg = mm.msg_hdr;
+    } else {
+        CHECK(recvmsg(sock, &msg, 0));
+    }
+    reply_fds(collect_rights(&msg, fds, 16), fds);
+}
+
+static void handle(char *line) {
+    char cmd[64] = "";
+    long a = -1, b = -1, c = -1;
+    char word[4096] = "";
+    sscanf(line, "%63s", cmd);
+    int fds[64];
+    int fd;
+
+    if (!strcmp(cmd, "files")) {             /* files N: open N scratch files */
+        sscanf(line, "%*s %ld", &a);
+        for (long i = 0; i < a && i < 64; i++) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/file-%d-%ld-%ld", scratch_dir, getpid(), (long)random(), i);
+            CHECK(fds[i] = openat(AT_FDCWD, path, O_CREAT | O_RDWR, 0600));
+        }
+        reply_fds((int)a, fds);
+    } else if (!strcmp(cmd, "open")) {       /* open PATH [cloexec] */
+        sscanf(line, "%*s %4095s %ld", word, &a);
+        CHECK(fd = open(word, O_RDONLY | O_CREAT | (a == 1 ? O_CLOEXEC : 0), 0600));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "creat")) {
+        sscanf(line, "%*s %4095s", word);
+        CHECK(fd = creat(word, 0600));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "openat2")) {    /* openat2 PATH: O_CLOEXEC through struct open_how */
+        sscanf(line, "%*s %4095s", word);
+        struct open_how how = {.flags = O_RDONLY | O_CLOEXEC};
+        CHECK(fd = syscall(SYS_openat2, AT_FDCWD, word, &how, sizeof how));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "opendir")) {
+        sscanf(line, "%*s %4095s", word);
+        CHECK(fd = open(word, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "openat-rel")) { /* openat-rel DIRFD NAME */
+        sscanf(line, "%*s %ld %4095s", &a, word);
+        CHECK(fd = openat((int)a, word, O_RDWR | O_CREAT, 0600));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "handle")) {     /* handle PATH: name_to_handle_at + open_by_handle_at */
+        sscanf(line, "%*s %4095s", word);
+        struct file_handle *h = malloc(sizeof *h + MAX_HANDLE_SZ);
+        h->handle_bytes = MAX_HANDLE_SZ;
+        int mount_id;
+        CHECK(name_to_handle_at(AT_FDCWD, word, h, &mount_id, 0));
+        int mount_fd = open("/", O_RDONLY | O_DIRECTORY);
+        fd = open_by_handle_at(mount_fd, h, O_RDONLY);
+        close(mount_fd);
+        free(h);
+        CHECK(fd);
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "sockets")) {    /* sockets N */
+        sscanf(line, "%*s %ld", &a);
+        for (long i = 0; i < a && i < 64; i++) CHECK(fds[i] = socket(AF_INET, SOCK_STREAM, 0));
+        reply_fds((int)a, fds);
+    } else if (!strcmp(cmd, "accept")) {     /* accept N: listener, N clients, N accepted (alternating accept/accept4) */
+        sscanf(line, "%*s %ld", &a);
+        int port;
+        int listener;
+        CHECK(listener = loopback_listener(&port));
+        fds[0] = listener;
+        int n = 1;
+        for (long i = 0; i < a && n + 2 <= 64; i++) {
+            CHECK(fds[n++] = loopback_connect(port));
+            if (i % 2) CHECK(fds[n++] = accept4(listener, NULL, NULL, SOCK_CLOEXEC));
+            else CHECK(fds[n++] = accept(listener, NULL, NULL));
+        }
+        reply_fds(n, fds);
+    } else if (!strcmp(cmd, "socketpair")) {
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, fds));
+        reply_fds(2, fds);
+    } else if (!strcmp(cmd, "pipe")) {
+        CHECK(pipe(fds));
+        reply_fds(2, fds);
+    } else if (!strcmp(cmd, "pipe2")) {
+        CHECK(pipe2(fds, O_CLOEXEC));
+        reply_fds(2, fds);
+    } else if (!strcmp(cmd, "dup")) {
+        sscanf(line, "%*s %ld", &a);
+        CHECK(fd = dup((int)a));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "dup2")) {
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        CHECK(fd = syscall(SYS_dup2, (int)a, (int)b));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "dup3")) {
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        CHECK(fd = dup3((int)a, (int)b, O_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "fcntl-dupfd")) { /* fcntl-dupfd FD MIN [cloexec] */
+        sscanf(line, "%*s %ld %ld %ld", &a, &b, &c);
+        CHECK(fd = fcntl((int)a, c == 1 ? F_DUPFD_CLOEXEC : F_DUPFD, (int)b));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "setfd")) {       /* setfd FD 0|1 */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        CHECK(fcntl((int)a, F_SETFD, b ? FD_CLOEXEC : 0));
+        reply("ok");
+    } else if (!strcmp(cmd, "ioctl-cloexec")) { /* ioctl-cloexec FD 0|1 */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        CHECK(ioctl((int)a, b ? FIOCLEX : FIONCLEX));
+        reply("ok");
+    } else if (!strcmp(cmd, "eventfd")) {
+        CHECK(fd = syscall(SYS_eventfd2, 0, EFD_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "epoll")) {
+        CHECK(fd = epoll_create1(EPOLL_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "timerfd")) {
+        CHECK(fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "signalfd")) {
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGUSR2);
+        CHECK(fd = signalfd(-1, &mask, SFD_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "inotify")) {
+        CHECK(fd = inotify_init1(IN_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "memfd")) {
+        CHECK(fd = memfd_create("fdwork-memfd", MFD_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "pidfd")) {       /* pidfd PID */
+        sscanf(line, "%*s %ld", &a);
+        CHECK(fd = syscall(SYS_pidfd_open, (pid_t)a, 0));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "getfd")) {       /* getfd PIDFD TARGETFD */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        CHECK(fd = syscall(SYS_pidfd_getfd, (int)a, (int)b, 0));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "fanotify")) {
+        CHECK(fd = syscall(SYS_fanotify_init, FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "userfaultfd")) {
+        CHECK(fd = syscall(SYS_userfaultfd, O_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "perf")) {
+        struct perf_event_attr attr = {.type = PERF_TYPE_SOFTWARE, .size = sizeof attr,
+                                       .config = PERF_COUNT_SW_TASK_CLOCK, .disabled = 1,
+                                       .exclude_kernel = 1, .exclude_hv = 1};
+        CHECK(fd = syscall(SYS_perf_event_open, &attr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "io_uring")) {
+        struct io_uring_params params;
+        memset(&params, 0, sizeof params);
+        CHECK(fd = syscall(SYS_io_uring_setup, 4, &params));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "send-fds")) {    /* send-fds SOCK FD [FD...] */
+        int sock, n = 0, consumed;
+        char *p = line;
+        sscanf(p, "%*s %d%n", &sock, &consumed);
+        p += consumed;
+        while (n < 16 && sscanf(p, "%d%n", &fds[n], &consumed) == 1) { n++; p += consumed; }
+        send_fds(sock, n, fds);
+    } else if (!strcmp(cmd, "recv-fds")) {    /* recv-fds SOCK */
+        sscanf(line, "%*s %ld", &a);
+        recv_fds((int)a, 0);
+    } else if (!strcmp(cmd, "recvmmsg-fds")) {
+        sscanf(line, "%*s %ld", &a);
+        recv_fds((int)a, 1);
+    } else if (!strcmp(cmd, "close")) {
+        sscanf(line, "%*s %ld", &a);
+        CHECK(close((int)a));
+        reply("ok");
+    } else if (!strcmp(cmd, "close-range")) { /* close-range FIRST LAST [cloexec] */
+        sscanf(line, "%*s %ld %ld %ld", &a, &b, &c);
+        CHECK(syscall(SYS_close_range, (unsigned)a, (unsigned)b, c == 1 ? CLOSE_RANGE_CLOEXEC : 0));
+        reply("ok");
+    } else if (!strcmp(cmd, "thread-open")) { /* thread-open N: a new thread opens N files and exits */
+        sscanf(line, "%*s %ld", &a);
+        run_thread((int)a, -1);
+    } else if (!strcmp(cmd, "thread-close")) {/* thread-close FD: a new thread closes FD */
+        sscanf(line, "%*s %ld", &a);
+        run_thread(0, (int)a);
+    } else if (!strcmp(cmd, "fork")) {        /* fork: a child that idles with the inherited table */
+        pid_t child = fork();
+        CHECK(child);
+        if (child == 0) {
+            for (;;) pause();
+        }
+        reply("ok %d", child);
+    } else if (!strcmp(cmd, "fork-exec")) {   /* fork-exec: a child that execs "fdwork idle" */
+        pid_t child = fork();
+        CHECK(child);
+        if (child == 0) {
+            execl(self_path, self_path, "idle", (char *)NULL);
+            _exit(127);
+        }
+        reply("ok %d", child);
+    } else if (!strcmp(cmd, "exec")) {        /* exec: replace this image with a fresh fdwork */
+        fflush(stdout);
+        execl(self_path, self_path, scratch_dir, (char *)NULL);
+        fail();
+    } else if (!strcmp(cmd, "kill")) {        /* kill PID: kill and reap a child */
+        sscanf(line, "%*s %ld", &a);
+        kill((pid_t)a, SIGKILL);
+        waitpid((pid_t)a, NULL, 0);
+        reply("ok");
+    } else if (!strcmp(cmd, "exit")) {
+        reply("ok");
+        exit(0);
+    } else {
+        reply("err unknown command %s", cmd);
+    }
+}
+
+int main(int argc, char **argv) {
+    self_path = argv[0];
+    if (argc > 1 && !strcmp(argv[1], "idle")) {
+        for (;;) pause();
+    }
+    if (argc > 1) snprintf(scratch_dir, sizeof scratch_dir, "%s", argv[1]);
+    srandom(getpid());
+    reply("ready %d", getpid());
+    char line[8192];
+    while (fgets(line, sizeof line, stdin)) handle(line);
+    return 0;
+}

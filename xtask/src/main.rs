@@ -1,0 +1,81 @@
+//! `cargo xtask setup | run -- ARGS | test | bench`: the commands the README gives. Each one
+//! sets up what is missing first, so a fresh machine needs nothing installed by hand.
+mod setup;
+mod sh;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the eBPF build (and, with --tests, the test suite) needs; idempotent.
+    Setup {
+        /// Also install what the tests use (Prometheus, podman, ...).
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build helios-trace (release) and run it as root: `cargo xtask run -- --duration 5s`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test, the kernel tests included (they must load, not skip).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Setup { tests } => {
+            setup::ensure(tests)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { args } => {
+            setup::ensure(false)?;
+            sh::cargo(&["build", "--release", "--package", "helios-trace"], &[])?;
+            let binary = sh::workspace_root().join("target/release/helios-trace");
+            let mut command = sh::as_root(&binary.to_string_lossy(), &args);
+            Ok(sh::exit_code(command.status()?))
+        }
+        Command::Test { args } => {
+            setup::ensure(true)?;
+            // One profile for everything: the kernel tests run the release binary, and
+            // `cargo xtask run` then reuses the same build.
+            let mut cargo_args: Vec<&str> = vec!["test", "--release", "--workspace", "--no-fail-fast"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            let env = [("HELIOS_TRACE_REQUIRE_BPF", "1")];
+            if sh::is_root() {
+                sh::cargo(&cargo_args, &env)?;
+            } else {
+                eprintln!("xtask: the kernel tests load eBPF programs: running cargo test through sudo");
+                let mut args: Vec<String> =
+                    vec!["env".into(), "HELIOS_TRACE_REQUIRE_BPF=1".into(), sh::cargo_path()];
+                args.extend(cargo_args.iter().map(|s| s.to_string()));
+                sh::check(sh::as_root("env", &args[1..]).current_dir(sh::workspace_root()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `cargo xtask setup`: make this machine able to build (and test) helios-trace, installing only
+//! what is missing, saying what it does, and fast when nothing is.
+//!
+//! The eBPF programs need a Rust compiler that can target bpfel-unknown-none and bpf-linker
+//! (shared/toolchain.md). Two routes:
+//! - upstream: a nightly toolchain with rust-src (build-std) and bpf-linker — used when present;
+//! - Debian: rustc-web (a stable rustc with a prebuilt `core` for bpfel from
+//!   libstd-rust-web-dev-bpf), llvm-N-dev of the same LLVM major, bpf-linker built against it,
+//!   and a rustup toolchain `helios-bpf` linking them (helios-trace/build.rs looks for it).
+use std::{fs, os::unix::fs::symlink, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sh;
+
+/// Keep in sync with helios-trace/build.rs.
+const TOOLCHAIN: &str = "helios-bpf";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the test suite uses: real Prometheus (promtool too), podman for the image
+/// build, gcc for the C workloads, tmux for the live-view test, bpftrace for the benchmark peer.
+const TEST_PACKAGES: &[&str] = &["prometheus", "podman", "gcc", "tmux", "bpftrace", "python3-venv"];
+
+pub fn ensure(for_tests: bool) -> Result<()> {
+    let mut apt = Apt::default();
+    if upstream_route_ready() {
+        eprintln!("xtask setup: using the nightly toolchain with rust-src and bpf-linker");
+    } else {
+        debian_route(&mut apt)?;
+    }
+    if for_tests {
+        apt.install(TEST_PACKAGES)?;
+    }
+    Ok(())
+}
+
+fn upstream_route_ready() -> bool {
+    let has_rust_src = sh::output("rustup", &["component", "list", "--installed", "--toolchain", "nightly"])
+        .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")));
+    has_rust_src && sh::output("bpf-linker", &["--version"]).is_some()
+}
+
+fn debian_route(apt: &mut Apt) -> Result<()> {
+    apt.install(&["rustc-web", "libstd-rust-web-dev-bpf"])?;
+    // bpf-linker must link the LLVM that emitted the bitcode: read its major from rustc-web
+    // rather than hard-coding it (rustc-web is a security-update package and moves).
+    let version =
+        sh::output("/usr/bin/rustc", &["-vV"]).context("/usr/bin/rustc (rustc-web) does not run")?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("/usr/bin/rustc -vV names no LLVM version")?
+        .to_string();
+    apt.install(&[&format!("llvm-{llvm_major}-dev")])?;
+    ensure_bpf_linker(&llvm_major)?;
+    ensure_toolchain_link()
+}
+
+/// bpf-linker of our version, linked against LLVM `major`.
+fn ensure_bpf_linker(major: &str) -> Result<()> {
+    let installed = sh::output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linked_llvm = which("bpf-linker").and_then(|path| sh::output("ldd", &[&path])).is_some_and(|ldd| {
+        ldd.contains(&format!("libLLVM.so.{major}")) || ldd.contains(&format!("libLLVM-{major}"))
+    });
+    if installed && linked_llvm {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"
+    );
+    let mut command = Command::new(sh::cargo_path());
+    command
+        .args(["install", "--locked", "--force", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        // Debian's /usr/bin/llvm-config is LLVM 14: point at the right one.
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}"));
+    sh::check(&mut command)
+}
+
+/// A rustup toolchain whose rustc is Debian's rustc-web and whose cargo is stable's (aya-build
+/// runs `rustup run <toolchain> cargo build`; a toolchain without cargo borrows another one's).
+fn ensure_toolchain_link() -> Result<()> {
+    let dir = toolchain_dir()?;
+    let stable_cargo = sh::output("rustup", &["which", "--toolchain", "stable", "cargo"])
+        .map(|s| s.trim().to_string())
+        .context("rustup has no stable toolchain to borrow cargo from")?;
+    let links = [
+        ("rustc", "/usr/bin/rustc".to_string()),
+        ("rustdoc", "/usr/bin/rustdoc".to_string()),
+        ("cargo", stable_cargo),
+    ];
+    let linked = links.iter().all(|(name, target)| {
+        fs::read_link(dir.join("bin").join(name)).is_ok_and(|t| t == PathBuf::from(target))
+    }) && sh::output("rustup", &["run", TOOLCHAIN, "rustc", "--version"]).is_some();
+    if linked {
+        return Ok(());
+    }
+    eprintln!("xtask setup: linking rustup toolchain {TOOLCHAIN} at {}", dir.display());
+    fs::create_dir_all(dir.join("bin"))?;
+    // rustup refuses to link a directory without lib/.
+    fs::create_dir_all(dir.join("lib"))?;
+    for (name, target) in links {
+        let path = dir.join("bin").join(name);
+        let _ = fs::remove_file(&path);
+        symlink(&target, &path).with_context(|| format!("cannot link {}", path.display()))?;
+    }
+    sh::check(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN]).arg(&dir))
+}
+
+fn toolchain_dir() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".local/share/helios-trace/bpf-toolchain"))
+}
+
+fn which(program: &str) -> Option<String> {
+    sh::output("sh", &["-c", &format!("command -v {program}")]).map(|s| s.trim().to_string())
+}
+
+/// apt-get, run at most once per setup for `update`, only for packages not installed.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if which("apt-get").is_none() {
+            bail!(
+                "missing packages {}; this is not a Debian-like system: install the equivalents by hand (see shared/toolchain.md)",
+                missing.join(" ")
+            );
+        }
+        if !sh::is_root() && sh::output("sudo", &["-n", "true"]).is_none() {
+            bail!(
+                "missing packages {}; install them with: sudo apt-get update && sudo apt-get install -y {}",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        let apt_get = |args: &[&str]| {
+            let mut command = sh::as_root("apt-get", &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            command.env("DEBIAN_FRONTEND", "noninteractive");
+            command
+        };
+        if !self.updated {
+            sh::check(&mut apt_get(&["update", "-qq"]))?;
+            self.updated = true;
+        }
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        sh::check(&mut apt_get(&args))
+    }
+}
+
+fn installed(package: &str) -> bool {
+    sh::output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("install ok installed"))
+}
