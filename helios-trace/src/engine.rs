@@ -123,12 +123,8 @@ impl Engine {
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
-                if let Ok(observed) =
-                    procscan::observe_fds(&self.proc_root, event.tgid, None).map(|mut m| m.remove(&fd))
-                {
-                    if let Some(o) = observed {
-                        self.table.set_kind(event.tgid, fd, o.kind, o.detail);
-                    }
+                if let Some(o) = procscan::observe_fd(&self.proc_root, event.tgid, fd, None) {
+                    self.table.set_kind(event.tgid, fd, o.kind, o.detail);
                 }
             }
         }
@@ -141,10 +137,8 @@ impl Engine {
             self.stats.observe(t);
             match t {
                 Transition::Fd { tgid, fd, .. } => {
-                    if let Some(pending) = &mut self.pending {
-                        if ts_ns >= pending.started_ns {
-                            pending.touched.entry(*tgid).or_default().insert(*fd);
-                        }
+                    if let Some(pending) = self.pending.as_mut().filter(|p| ts_ns >= p.started_ns) {
+                        pending.touched.entry(*tgid).or_default().insert(*fd);
                     }
                 }
                 Transition::ProcessStarted { tgid, parent: Some(parent) } => {

@@ -382,8 +382,8 @@ impl FdTable {
     }
 
     fn ensure(&mut self, tgid: u32, out: &mut Vec<Transition>) {
-        if !self.processes.contains_key(&tgid) {
-            self.processes.insert(tgid, Process::default());
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.processes.entry(tgid) {
+            slot.insert(Process::default());
             out.push(Transition::ProcessStarted { tgid, parent: None });
         }
     }
@@ -726,5 +726,175 @@ mod tests {
         // Unknown processes are not created by reconciliation.
         assert_eq!(table.reconcile(99, &observed, &skip, 99, &mut out), Corrections::default());
         assert!(table.process(99).is_none());
+    }
+
+    /// Property test: any sequence of opens, dups, closes, ranges, flag changes, forks, execs
+    /// and exits leaves the table equal to a deliberately naive model of the kernel's tables,
+    /// and the transitions account for every change.
+    mod model {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        type Model = BTreeMap<u32, BTreeMap<i32, (FdKind, bool)>>;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Open { pid: u32, fd: i32, kind: FdKind, cloexec: bool },
+            Close { pid: u32, fd: i32 },
+            Dup { pid: u32, old: i32, new: i32, cloexec: bool, replaces: bool },
+            CloseRange { pid: u32, first: u32, last: u32, cloexec_only: bool },
+            SetCloexec { pid: u32, fd: i32, cloexec: bool },
+            Fork { parent: u32, child: u32 },
+            Exec { pid: u32 },
+            Exit { pid: u32 },
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let pid = 1u32..4;
+            let fd = 0i32..8;
+            let kind =
+                prop::sample::select(vec![FdKind::File, FdKind::Socket, FdKind::Pipe, FdKind::Eventfd]);
+            prop_oneof![
+                4 => (pid.clone(), fd.clone(), kind, any::<bool>())
+                    .prop_map(|(pid, fd, kind, cloexec)| Step::Open { pid, fd, kind, cloexec }),
+                3 => (pid.clone(), fd.clone()).prop_map(|(pid, fd)| Step::Close { pid, fd }),
+                2 => (pid.clone(), fd.clone(), fd.clone(), any::<bool>(), any::<bool>())
+                    .prop_map(|(pid, old, new, cloexec, replaces)| Step::Dup { pid, old, new, cloexec, replaces }),
+                1 => (pid.clone(), 0u32..9, 0u32..9, any::<bool>())
+                    .prop_map(|(pid, first, last, cloexec_only)| Step::CloseRange { pid, first, last, cloexec_only }),
+                1 => (pid.clone(), fd.clone(), any::<bool>())
+                    .prop_map(|(pid, fd, cloexec)| Step::SetCloexec { pid, fd, cloexec }),
+                1 => (pid.clone(), pid.clone()).prop_map(|(parent, child)| Step::Fork { parent, child }),
+                1 => pid.clone().prop_map(|pid| Step::Exec { pid }),
+                1 => pid.prop_map(|pid| Step::Exit { pid }),
+            ]
+        }
+
+        /// The naive model: what each step does to the kernel's tables, nothing more.
+        fn model_apply(model: &mut Model, step: &Step) {
+            match step {
+                Step::Open { pid, fd, kind, cloexec } => {
+                    model.entry(*pid).or_default().insert(*fd, (*kind, *cloexec));
+                }
+                Step::Close { pid, fd } => {
+                    if let Some(t) = model.get_mut(pid) {
+                        t.remove(fd);
+                    }
+                }
+                Step::Dup { pid, old, new, cloexec, replaces } => {
+                    if old == new {
+                        return;
+                    }
+                    let table = model.entry(*pid).or_default();
+                    let kind = table.get(old).map(|e| e.0).unwrap_or(FdKind::Other);
+                    if *replaces {
+                        table.remove(new);
+                    }
+                    table.insert(*new, (kind, *cloexec));
+                }
+                Step::CloseRange { pid, first, last, cloexec_only } => {
+                    if let Some(t) = model.get_mut(pid) {
+                        for fd in (*first as i32)..=(*last as i32) {
+                            if *cloexec_only {
+                                if let Some(e) = t.get_mut(&fd) {
+                                    e.1 = true;
+                                }
+                            } else {
+                                t.remove(&fd);
+                            }
+                        }
+                    }
+                }
+                Step::SetCloexec { pid, fd, cloexec } => {
+                    if let Some(e) = model.get_mut(pid).and_then(|t| t.get_mut(fd)) {
+                        e.1 = *cloexec;
+                    }
+                }
+                Step::Fork { parent, child } => {
+                    if parent == child {
+                        // A thread of the same process: nothing to copy.
+                        model.entry(*parent).or_default();
+                        return;
+                    }
+                    let copy = model.get(parent).cloned().unwrap_or_default();
+                    model.insert(*child, copy);
+                }
+                Step::Exec { pid } => {
+                    model.entry(*pid).or_default().retain(|_, e| !e.1);
+                }
+                Step::Exit { pid } => {
+                    model.remove(pid);
+                }
+            }
+        }
+
+        fn as_event(step: &Step) -> Event {
+            let (tgid, op) = match step.clone() {
+                Step::Open { pid, fd, kind, cloexec } => (
+                    pid,
+                    Op::Open {
+                        fds: smallvec::smallvec![fd],
+                        kind,
+                        detail: FdDetail::None,
+                        cloexec,
+                        dirfd: None,
+                    },
+                ),
+                Step::Close { pid, fd } => (pid, Op::Close { fd }),
+                Step::Dup { pid, old, new, cloexec, replaces } => {
+                    (pid, Op::Dup { old, new, cloexec, replaces })
+                }
+                Step::CloseRange { pid, first, last, cloexec_only } => {
+                    (pid, Op::CloseRange { first, last, cloexec_only })
+                }
+                Step::SetCloexec { pid, fd, cloexec } => (pid, Op::SetCloexec { fd, cloexec }),
+                Step::Fork { parent, child } => {
+                    (parent, Op::NewTask { child, thread: parent == child, comm: String::new() })
+                }
+                Step::Exec { pid } => {
+                    (pid, Op::Exec { old_tid: pid, filename: Vec::new(), comm: String::new() })
+                }
+                Step::Exit { pid } => (pid, Op::Exit),
+            };
+            Event { tgid, tid: tgid, ts_ns: 1, stacks: StackIds::default(), op }
+        }
+
+        fn table_view(table: &FdTable) -> Model {
+            table
+                .processes()
+                .map(|(tgid, p)| (tgid, p.fds.iter().map(|(fd, e)| (*fd, (e.kind, e.cloexec))).collect()))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            #[test]
+            fn table_matches_the_model(steps in prop::collection::vec(step(), 1..60)) {
+                let mut table = FdTable::new();
+                let mut model = Model::new();
+                let mut live: BTreeMap<u32, i64> = BTreeMap::new();
+                for step in &steps {
+                    let mut out = Vec::new();
+                    table.apply(&as_event(step), SiteId::NoStack, &mut out);
+                    model_apply(&mut model, step);
+                    for t in &out {
+                        match t {
+                            Transition::Fd { tgid, change: FdChange::Closed(_), .. } => *live.entry(*tgid).or_default() -= 1,
+                            Transition::Fd { tgid, .. } => *live.entry(*tgid).or_default() += 1,
+                            Transition::ProcessExited { tgid } => prop_assert_eq!(live.remove(tgid).unwrap_or(0), 0),
+                            _ => {}
+                        }
+                    }
+                    prop_assert_eq!(&table_view(&table), &model, "after {:?}", step);
+                    for (tgid, process) in table.processes() {
+                        prop_assert_eq!(live.get(&tgid).copied().unwrap_or(0), process.fds.len() as i64,
+                            "transitions account for pid {}'s table after {:?}", tgid, step);
+                    }
+                }
+            }
+        }
     }
 }

@@ -104,27 +104,37 @@ pub fn observe_fds(
     sockets: Option<&SocketTable>,
 ) -> io::Result<BTreeMap<i32, ObservedFd>> {
     let process = Process::new_with_root(root.join(pid.to_string())).map_err(to_io)?;
-    let fd_dir = root.join(pid.to_string()).join("fd");
     let mut observed = BTreeMap::new();
     for info in process.fd().map_err(to_io)? {
         // A descriptor closed while we list is simply not there.
         let Ok(info) = info else { continue };
-        let fd = info.fd;
-        let kind = classify(&info.target, || stat_mode(&fd_dir.join(fd.to_string())));
-        let detail = match &info.target {
-            FDTarget::Path(path) if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
-                FdDetail::Path(path.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice())
-            }
-            FDTarget::MemFD(name) => FdDetail::Name(name.as_bytes().to_vec().into_boxed_slice()),
-            FDTarget::Socket(inode) => sockets
-                .and_then(|s| s.get(*inode))
-                .map(|s| FdDetail::Socket { family: s.family, sock_type: s.sock_type, protocol: s.protocol })
-                .unwrap_or_default(),
-            _ => FdDetail::None,
-        };
-        observed.insert(fd, ObservedFd { kind, detail, cloexec: cloexec(root, pid, fd) });
+        observed.insert(info.fd, observe(root, pid, info.fd, &info.target, sockets));
     }
     Ok(observed)
+}
+
+/// One descriptor of `pid`, if it is open.
+pub fn observe_fd(root: &Path, pid: u32, fd: i32, sockets: Option<&SocketTable>) -> Option<ObservedFd> {
+    let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let target: FDTarget = link.to_str()?.parse().ok()?;
+    Some(observe(root, pid, fd, &target, sockets))
+}
+
+fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&SocketTable>) -> ObservedFd {
+    let link = root.join(pid.to_string()).join("fd").join(fd.to_string());
+    let kind = classify(target, || stat_mode(&link));
+    let detail = match target {
+        FDTarget::Path(path) if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
+            FdDetail::Path(path.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice())
+        }
+        FDTarget::MemFD(name) => FdDetail::Name(name.as_bytes().to_vec().into_boxed_slice()),
+        FDTarget::Socket(inode) => sockets
+            .and_then(|s| s.get(*inode))
+            .map(|s| FdDetail::Socket { family: s.family, sock_type: s.sock_type, protocol: s.protocol })
+            .unwrap_or_default(),
+        _ => FdDetail::None,
+    };
+    ObservedFd { kind, detail, cloexec: cloexec(root, pid, fd) }
 }
 
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
@@ -409,6 +419,8 @@ mod tests {
             }
         );
         assert_eq!(socket_inode(root, 77, 5), Some(4242));
+        assert_eq!(observe_fd(root, 77, 4, None).map(|o| o.kind), Some(FdKind::Dir));
+        assert_eq!(observe_fd(root, 77, 9, None), None);
         assert!(observe_fds(root, 78, None).is_err());
     }
 }

@@ -91,7 +91,7 @@ fn ensure_toolchain_link() -> Result<()> {
         ("cargo", stable_cargo),
     ];
     let linked = links.iter().all(|(name, target)| {
-        fs::read_link(dir.join("bin").join(name)).is_ok_and(|t| t == PathBuf::from(target))
+        fs::read_link(dir.join("bin").join(name)).is_ok_and(|t| t.as_os_str() == target.as_str())
     }) && sh::output("rustup", &["run", TOOLCHAIN, "rustc", "--version"]).is_some();
     if linked {
         return Ok(());

@@ -105,8 +105,14 @@ impl Workload {
         rest.split_whitespace().map(|n| n.parse().unwrap()).collect()
     }
 
-    /// After an `exec` command the new image announces itself again.
-    pub fn wait_ready(&mut self) {
+    /// `exec`: the image is replaced and the new one announces itself instead of answering.
+    pub fn exec(&mut self) {
+        writeln!(self.stdin, "exec").unwrap();
+        self.stdin.flush().unwrap();
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert!(line.starts_with("ready"), "fdwork after exec said {line:?}");

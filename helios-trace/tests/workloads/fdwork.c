@@ -172,6 +172,21 @@ static void handle(char *line) {
             CHECK(fds[i] = openat(AT_FDCWD, path, O_CREAT | O_RDWR, 0600));
         }
         reply_fds((int)a, fds);
+    } else if (!strcmp(cmd, "churn")) {      /* churn N: open+close N times, as fast as possible */
+        sscanf(line, "%*s %ld", &a);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/churn", scratch_dir);
+        for (long i = 0; i < a; i++) {
+            CHECK(fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600));
+            close(fd);
+        }
+        reply("ok");
+    } else if (!strcmp(cmd, "hold")) {       /* hold N: open N files in a burst and keep them */
+        sscanf(line, "%*s %ld", &a);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/held", scratch_dir);
+        for (long i = 0; i < a; i++) CHECK(open(path, O_CREAT | O_RDWR, 0600));
+        reply("ok");
     } else if (!strcmp(cmd, "open")) {       /* open PATH [cloexec] */
         sscanf(line, "%*s %4095s %ld", word, &a);
         CHECK(fd = open(word, O_RDONLY | O_CREAT | (a == 1 ? O_CLOEXEC : 0), 0600));

@@ -1,0 +1,214 @@
+//! Every way a descriptor is born and dies (issue 3): a workload makes each descriptor syscall
+//! and each implicit close; at every checkpoint, with reconciliation off, helios-trace's table
+//! for the process must equal /proc/PID/fd exactly — the same fd numbers with the same kinds.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Compare the tool's table for `pid` with the kernel's, naming the checkpoint on failure.
+fn checkpoint(tracer: &mut Tracer, pid: u32, name: &str) -> serde_json::Value {
+    let truth = proc_fds(pid);
+    let report = tracer.snapshot();
+    let table = reported_fds(&report, pid);
+    assert_eq!(table, truth, "checkpoint `{name}`: table of pid {pid} differs from /proc/{pid}/fd");
+    report
+}
+
+fn cloexec_of(report: &serde_json::Value, pid: u32, fd: i64) -> bool {
+    let p = process(report, pid).unwrap();
+    let entry =
+        p["fds"].as_array().unwrap().iter().find(|e| e["fd"] == fd).unwrap_or_else(|| panic!("fd {fd}"));
+    entry["cloexec"].as_bool().unwrap()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_descriptor_syscall_and_implicit_close_keeps_the_table_exact() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    checkpoint(&mut tracer, pid, "baseline");
+
+    // Creation, one syscall each.
+    let file = w.run(&format!("open {} 0", w.path("plain")))[0];
+    w.run(&format!("creat {}", w.path("created")));
+    w.run(&format!("openat2 {}", w.path("plain")));
+    let dir = w.run(&format!("opendir {}", w.scratch.path().display()))[0];
+    w.run(&format!("openat-rel {dir} relative"));
+    w.run(&format!("handle {}", w.path("plain")));
+    let socket = w.run("sockets 1")[0];
+    w.run("accept 2");
+    let pair = w.run("socketpair");
+    let pipe = w.run("pipe");
+    w.run("pipe2");
+    for call in [
+        "eventfd",
+        "epoll",
+        "timerfd",
+        "signalfd",
+        "inotify",
+        "memfd",
+        "fanotify",
+        "userfaultfd",
+        "perf",
+        "io_uring",
+    ] {
+        w.run(call);
+    }
+    let pidfd = w.run(&format!("pidfd {pid}"))[0];
+    let report = checkpoint(&mut tracer, pid, "created");
+    let path = process(&report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["examples"].as_array().unwrap().iter())
+        .filter_map(|e| e["detail"].as_str())
+        .any(|d| d.ends_with("/relative"));
+    assert!(path, "openat relative to a directory fd is reported with the directory's path");
+
+    // Duplication, and dup2/F_DUPFD onto an open descriptor closing it.
+    w.run(&format!("dup {file}"));
+    w.run(&format!("dup2 {pipe_read} {socket}", pipe_read = pipe[0]));
+    let dup3 = w.run(&format!("dup3 {file} 200"))[0];
+    w.run(&format!("fcntl-dupfd {file} 300 0"));
+    let dupfd_cloexec = w.run(&format!("fcntl-dupfd {file} 310 1"))[0];
+    let report = checkpoint(&mut tracer, pid, "dup");
+    assert!(cloexec_of(&report, pid, dup3));
+    assert!(cloexec_of(&report, pid, dupfd_cloexec));
+    assert!(!cloexec_of(&report, pid, file));
+
+    // Passing descriptors: SCM_RIGHTS through recvmsg and recvmmsg, and pidfd_getfd.
+    w.run(&format!("send-fds {} {file} {}", pair[0], pipe[1]));
+    assert_eq!(w.run(&format!("recv-fds {}", pair[1])).len(), 2);
+    w.run(&format!("send-fds {} {dir}", pair[0]));
+    assert_eq!(w.run(&format!("recvmmsg-fds {}", pair[1])).len(), 1);
+    w.run(&format!("getfd {pidfd} {file}"));
+    checkpoint(&mut tracer, pid, "passed");
+
+    // Close-on-exec flags, and closing in ranges.
+    w.run(&format!("setfd {file} 1"));
+    w.run(&format!("ioctl-cloexec {dir} 1"));
+    w.run(&format!("ioctl-cloexec {dir} 0"));
+    let report = checkpoint(&mut tracer, pid, "flags");
+    assert!(cloexec_of(&report, pid, file));
+    assert!(!cloexec_of(&report, pid, dir));
+    w.run("close-range 300 305 0");
+    w.run("close-range 310 320 1");
+    w.run(&format!("close {dup3}"));
+    checkpoint(&mut tracer, pid, "ranges");
+
+    // Threads share the process's table.
+    let opened_by_thread = w.run("thread-open 3");
+    w.run(&format!("thread-close {}", opened_by_thread[0]));
+    checkpoint(&mut tracer, pid, "threads");
+
+    // fork copies the table; the child's descriptors are inherited.
+    let child = w.run("fork")[0] as u32;
+    let report = checkpoint(&mut tracer, child, "forked child");
+    let inherited =
+        process(&report, child).unwrap()["fds"].as_array().unwrap().iter().all(|e| e["inherited"] == true);
+    assert!(inherited, "a forked child's descriptors are marked inherited");
+    w.run(&format!("kill {child}"));
+    wait_until("the killed child to leave the table", || process(&tracer.snapshot(), child).is_none());
+
+    // exec in a child closes its close-on-exec descriptors, and only those.
+    let exec_child = w.run("fork-exec")[0] as u32;
+    wait_until("the child to exec", || {
+        std::fs::read(format!("/proc/{exec_child}/cmdline")).is_ok_and(|c| c.ends_with(b"idle\0"))
+    });
+    checkpoint(&mut tracer, exec_child, "child after exec");
+    assert!(proc_fds(exec_child).len() < proc_fds(pid).len(), "exec closed something");
+    w.run(&format!("kill {exec_child}"));
+
+    // exec of the workload itself.
+    w.exec();
+    checkpoint(&mut tracer, pid, "after exec");
+    drop(tracer);
+    w.exit();
+}
+
+#[test]
+fn descriptors_open_before_tracing_are_reported_before_trace() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    w.run("files 3");
+    let accepted = w.run("accept 1");
+    w.run("pipe");
+    w.run("eventfd");
+    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let truth = proc_fds(pid);
+    let report = tracer.stop();
+    assert_eq!(reported_fds(&report, pid), truth);
+    let p = process(&report, pid).unwrap();
+    let sites = p["sites"].as_array().unwrap();
+    assert!(
+        sites.iter().all(|s| s["site"] == "before-trace"),
+        "nothing was opened under tracing: {sites:#?}"
+    );
+    // Socket details come from /proc/net by inode: the listener shows its loopback address.
+    let details: Vec<&str> = sites
+        .iter()
+        .flat_map(|s| s["examples"].as_array().unwrap().iter())
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.starts_with("TCP 127.0.0.1:") && d.ends_with("LISTEN")),
+        "listener {} not described: {details:?}",
+        accepted[0]
+    );
+    w.exit();
+}
+
+#[test]
+fn lost_events_are_counted_and_reconciliation_restores_the_table() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let mut tracer =
+        Tracer::start(&["--pid", &pid.to_string(), "--ring-buffer-size", "4K", "--reconcile-interval", "1s"]);
+    // A one-page ring buffer holds 9 records. While the tracer is stopped (a stalled reader),
+    // a burst of opens and then of closes overflows it: both kinds of events are lost.
+    let fds = w.run("files 20");
+    signal(tracer.pid(), libc::SIGSTOP);
+    w.run("hold 400");
+    for fd in &fds {
+        w.run(&format!("close {fd}"));
+    }
+    signal(tracer.pid(), libc::SIGCONT);
+    // Within one interval (plus the time a pass takes) the table is exact again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let truth = proc_fds(pid);
+    let report = tracer.snapshot();
+    assert!(report["events"]["lost"].as_u64().unwrap() > 0, "the burst lost nothing? {}", report["events"]);
+    assert_eq!(reported_fds(&report, pid), truth, "reconciliation restored the exact table");
+    let corrections = &report["reconcile_corrections"];
+    // Lost opens were added, lost closes removed, and both counted.
+    assert!(corrections["added"].as_u64().unwrap() >= 300, "corrections: {corrections}");
+    assert!(corrections["removed"].as_u64().unwrap() >= 1, "corrections: {corrections}");
+    let unknown = process(&report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == "unknown-origin")
+        .expect("added descriptors are reported under unknown-origin");
+    assert_eq!(unknown["open"], corrections["added"]);
+    drop(tracer);
+    w.exit();
+}
