@@ -62,8 +62,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Test { args } => {
             setup::ensure(true)?;
             // One profile for everything: the kernel tests run the release binary, and
-            // `cargo xtask run` then reuses the same build.
-            let mut cargo_args: Vec<&str> = vec!["test", "--release", "--workspace", "--no-fail-fast"];
+            // `cargo xtask run` then reuses the same build. The default members, not
+            // --workspace: the eBPF crate only builds for the bpf target.
+            let mut cargo_args: Vec<&str> = vec!["test", "--release", "--no-fail-fast"];
             cargo_args.extend(args.iter().map(String::as_str));
             let env = [("HELIOS_TRACE_REQUIRE_BPF", "1")];
             if sh::is_root() {
