@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod fd;
 pub mod fdtable;
+pub mod fuzzing;
 pub mod procscan;
 pub mod report;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! `cargo xtask setup | run -- ARGS | test | bench`: the commands the README gives. Each one
 //! sets up what is missing first, so a fresh machine needs nothing installed by hand.
+mod fuzz;
 mod setup;
 mod sh;
 
@@ -27,6 +28,14 @@ enum Command {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Coverage-guided fuzzing of the parsers (cargo-fuzz on stable, no sanitizer).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets (default: all of fuzz/fuzz_targets).
+        targets: Vec<String>,
     },
     /// Set up, then run every test, the kernel tests included (they must load, not skip).
     Test {
@@ -59,6 +68,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut command = sh::as_root(&binary.to_string_lossy(), &args);
             Ok(sh::exit_code(command.status()?))
         }
+        Command::Fuzz { seconds, targets } => {
+            setup::ensure(true)?;
+            fuzz::run(&targets, seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { args } => {
             setup::ensure(true)?;
             // One profile for everything: the kernel tests run the release binary, and
@@ -75,6 +89,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     vec!["env".into(), "HELIOS_TRACE_REQUIRE_BPF=1".into(), sh::cargo_path()];
                 args.extend(cargo_args.iter().map(|s| s.to_string()));
                 sh::check(sh::as_root("env", &args[1..]).current_dir(sh::workspace_root()))?;
+            }
+            // A short coverage-guided run of every parser; `cargo xtask fuzz` runs longer.
+            if args.is_empty() {
+                fuzz::run(&[], fuzz::TEST_SECONDS)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -16,6 +16,8 @@ use crate::sh;
 /// Keep in sync with helios-trace/build.rs.
 const TOOLCHAIN: &str = "helios-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz drives the parser fuzz targets (fuzz/), on stable with `--sanitizer none`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the test suite uses: real Prometheus (promtool too), podman for the image
 /// build, gcc for the C workloads, tmux for the live-view test, bpftrace for the benchmark peer.
@@ -30,8 +32,18 @@ pub fn ensure(for_tests: bool) -> Result<()> {
     }
     if for_tests {
         apt.install(TEST_PACKAGES)?;
+        ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &["fuzz", "--version"])?;
     }
     Ok(())
+}
+
+/// A cargo subcommand from crates.io at a pinned version.
+fn ensure_cargo_tool(package: &str, version: &str, check: &[&str]) -> Result<()> {
+    if sh::output(&sh::cargo_path(), check).is_some_and(|v| v.contains(version)) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {package} {version}");
+    sh::check(Command::new(sh::cargo_path()).args(["install", "--locked", &format!("{package}@{version}")]))
 }
 
 fn upstream_route_ready() -> bool {

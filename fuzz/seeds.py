@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Write the seed corpus of each fuzz target (fuzz/corpus/<target>/). Run from anywhere:
+the records follow helios-trace-common's #[repr(C)] layouts (little endian)."""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def header(kind, tgid=100, tid=101, ts=5000):
+    return struct.pack("<IIIIQ", kind, tgid, tid, 0, ts)
+
+
+def syscall(nr, ret, args, path=b"", aux=(), flags=0, stack=7):
+    aux_fds = list(aux) + [0] * (16 - len(aux))
+    return (header(1) + struct.pack("<Iiq", nr, stack, ret) + struct.pack("<6Q", *args)
+            + struct.pack("<Q", 0) + struct.pack("<16i", *aux_fds)
+            + struct.pack("<IIIi", len(aux), len(path), flags, -2**31)
+            + path.ljust(256, b"\0"))
+
+
+put("record", "openat", syscall(257, 5, [2**64 - 100, 0, 0o2000000, 0, 0, 0], b"/etc/hosts"))
+put("record", "pipe2", syscall(293, 0, [0, 0o2000000, 0, 0, 0, 0], aux=(8, 9)))
+put("record", "recvmsg", syscall(47, 1, [3, 0, 0x40000000, 0, 0, 0], aux=(11, 12, 13)))
+put("record", "close", header(2) + struct.pack("<iI", 3, 0))
+put("record", "newtask", header(3) + struct.pack("<IIQ", 200, 0, 0x10000) + b"bash".ljust(16, b"\0"))
+put("record", "exec", header(4) + struct.pack("<II", 101, 9) + b"bash".ljust(16, b"\0") + b"/bin/bash".ljust(256, b"\0"))
+put("record", "exit", header(5))
+put("maps", "self", open("/proc/self/maps", "rb").read())
+put("proc_text", "status", open("/proc/self/status", "rb").read())
+put("proc_text", "fdinfo", "pos:\t0\nflags:\t02100002\nmnt_id:\t25\nino:\t1234\n")
+put("proc_text", "format", "name: sched_process_exit\nformat:\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n"
+    "\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n")
+put("proc_text", "release", "6.18.44-fc-v669")
+for i, link in enumerate(["socket:[4242]", "pipe:[99]", "anon_inode:[eventfd]", "anon_inode:inotify",
+                          "/memfd:fdwork (deleted)", "pidfd:[77]", "/tmp/evil\nPID 1 fake", "net:[4026531840]"]):
+    put("fd_link", f"link{i}", link)

@@ -1,0 +1,44 @@
+//! The parsers of untrusted input, as fuzz targets: ring-buffer records (written by our kernel
+//! programs, but a bug or a future layout must not crash the daemon) and the /proc text the
+//! traced processes control (paths and names with newlines, invalid UTF-8, huge values).
+//!
+//! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
+//! replays the committed corpus through them (tests/fuzz_corpus.rs). None may panic.
+use crate::{bpf::checks, decode, procscan, stacks::ProcessMaps, syscalls::SyscallTable};
+
+/// A ring-buffer record.
+pub fn record(data: &[u8]) {
+    thread_local!(static TABLE: SyscallTable = SyscallTable::native());
+    TABLE.with(|table| {
+        let _ = decode::decode(data, table);
+    });
+}
+
+/// /proc/PID/maps text.
+pub fn maps(data: &[u8]) {
+    let maps = ProcessMaps::parse(&String::from_utf8_lossy(data));
+    for probe in [0u64, 0x1000, 0x7fff_ffff_f000, u64::MAX] {
+        let _ = maps.lookup(probe);
+    }
+}
+
+/// /proc/PID/fdinfo/FD text, /proc/self/status, a tracepoint format file, a kernel release.
+pub fn proc_text(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = procscan::parse_fdinfo_cloexec(&text);
+    let _ = checks::effective_capabilities(&text);
+    let _ = checks::tracepoint_field_offset(&text, "group_dead");
+    let _ = checks::kernel_version(&text);
+}
+
+/// A /proc/PID/fd link target, and the text any path or name becomes in reports.
+pub fn fd_link(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(target) = text.parse::<procfs::process::FDTarget>() {
+        let _ = procscan::classify(&target, || {
+            Some(u32::from_le_bytes([data.first().copied().unwrap_or(0), 0x80, 0, 0]))
+        });
+    }
+    let printed = crate::fd::printable(data, 64);
+    assert!(!printed.contains('\n'), "printable text never contains a raw newline");
+}
