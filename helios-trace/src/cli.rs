@@ -1,7 +1,11 @@
 //! Command line (design.md "CLI" contract): parsing, validation of what clap cannot check
 //! (pids that must exist), and the mapping from failures to exit codes:
 //! 0 success; 2 bad usage or input; 1 runtime failure.
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -53,6 +57,20 @@ pub struct ServeArgs {
     /// Address to serve /metrics, /healthz and /sites on.
     #[arg(long, default_value = "127.0.0.1:9877")]
     pub listen: std::net::SocketAddr,
+    /// Call sites exported per (workload, kind), those with the most open descriptors; the
+    /// others are summed under site="other".
+    #[arg(long, default_value_t = 20)]
+    pub max_sites: usize,
+    /// Drop the series of a workload this long after its last process exited.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub retention: Duration,
+    /// Give every process its own series (a `pid` label): for a few long-lived processes only,
+    /// as pids churn.
+    #[arg(long)]
+    pub pid_label: bool,
+    /// The host's procfs (a DaemonSet mounts it at e.g. /host/proc).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
 }
 
 /// What to trace and how; shared by the session and the exporter.
@@ -141,7 +159,7 @@ pub fn main() -> ExitCode {
         .format_target(false)
         .init();
     let result = match &cli.command {
-        Some(Command::Serve(args)) => validate_pids(Path::new("/proc"), &args.trace.pids)
+        Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids)
             .and_then(|()| runtime()?.block_on(crate::serve::run(args.clone())).map_err(Failure::from)),
         None => validate_pids(Path::new("/proc"), &cli.session.trace.pids).and_then(|()| {
             runtime()?.block_on(crate::session::run(cli.session.clone())).map_err(Failure::from)
@@ -211,7 +229,15 @@ mod tests {
         assert_eq!(cli.session.duration, Some(Duration::from_secs(5)));
         assert_eq!(cli.session.format, Format::Json);
         let serve = Cli::try_parse_from(["helios-trace", "serve", "--listen", "0.0.0.0:9100"]).unwrap();
-        assert!(matches!(serve.command, Some(Command::Serve(ref a)) if a.listen.port() == 9100));
+        let Some(Command::Serve(a)) = serve.command else { panic!("serve parses as serve") };
+        assert_eq!(a.listen.port(), 9100);
+        assert_eq!((a.max_sites, a.retention, a.pid_label), (20, Duration::from_secs(600), false));
+        let Some(Command::Serve(a)) = Cli::try_parse_from(["helios-trace", "serve"]).unwrap().command else {
+            panic!("serve parses as serve")
+        };
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9877");
+        let err = Cli::try_parse_from(["helios-trace", "serve", "--retention", "forever"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["helios-trace", "--duration", "soon"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["helios-trace", "--pid", "abc"]).unwrap_err();

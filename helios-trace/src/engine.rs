@@ -21,6 +21,19 @@ use crate::{
     syscalls::SyscallTable,
 };
 
+/// What `take_transitions` hands the exporter, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kept {
+    Transition(Transition),
+    /// Right after each ProcessStarted and ProcessExec: the name the process has from then on.
+    /// Kept here because a short-lived process is gone from the table by the time the
+    /// exporter reads the batch.
+    Named {
+        tgid: u32,
+        comm: String,
+    },
+}
+
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
 pub trait StackSource {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
@@ -48,13 +61,16 @@ pub struct Engine {
     proc_root: PathBuf,
     cmdlines: HashMap<u32, Option<String>>,
     counts: EventCounts,
+    /// Decoded records by [`Op::index`], and those that changed nothing tracked.
+    by_type: [u64; Op::NAMES.len()],
+    untracked: u64,
     corrections: Corrections,
     pending: Option<PendingReconcile>,
     /// Reused across events to avoid an allocation per record.
     scratch: Vec<Transition>,
     /// Everything that happened since the last `take_transitions` (for the exporter).
     keep_transitions: bool,
-    kept: Vec<Transition>,
+    kept: Vec<Kept>,
 }
 
 impl Engine {
@@ -68,6 +84,8 @@ impl Engine {
             proc_root,
             cmdlines: HashMap::new(),
             counts: EventCounts::default(),
+            by_type: [0; Op::NAMES.len()],
+            untracked: 0,
             corrections: Corrections::default(),
             pending: None,
             scratch: Vec::new(),
@@ -88,12 +106,21 @@ impl Engine {
         self.corrections
     }
 
+    /// Records received, by event type (`untracked`: decoded but changing nothing tracked,
+    /// such as a failed call; `undecodable`: short or unknown). They add up to `received`.
+    pub fn events_by_type(&self) -> Vec<(&'static str, u64)> {
+        let mut counts: Vec<(&'static str, u64)> = Op::NAMES.iter().copied().zip(self.by_type).collect();
+        counts.push(("untracked", self.untracked));
+        counts.push(("undecodable", self.counts.undecodable));
+        counts
+    }
+
     /// Keep every transition for `take_transitions` (the exporter aggregates them).
     pub fn keep_transitions(&mut self) {
         self.keep_transitions = true;
     }
 
-    pub fn take_transitions(&mut self) -> Vec<Transition> {
+    pub fn take_transitions(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }
 
@@ -101,8 +128,11 @@ impl Engine {
     pub fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
         self.counts.received += 1;
         match decode::decode(bytes, &self.syscalls) {
-            Ok(Decoded::Event(event)) => self.handle_event(&event, stacks),
-            Ok(Decoded::Nothing) => {}
+            Ok(Decoded::Event(event)) => {
+                self.by_type[event.op.index()] += 1;
+                self.handle_event(&event, stacks)
+            }
+            Ok(Decoded::Nothing) => self.untracked += 1,
             Err(err) => {
                 self.counts.undecodable += 1;
                 debug!("undecodable record: {err}");
@@ -165,7 +195,13 @@ impl Engine {
             }
         }
         if self.keep_transitions {
-            self.kept.extend_from_slice(transitions);
+            for t in transitions {
+                self.kept.push(Kept::Transition(t.clone()));
+                if let Transition::ProcessStarted { tgid, .. } | Transition::ProcessExec { tgid } = t {
+                    let comm = self.table.process(*tgid).map(|p| p.comm.clone()).unwrap_or_default();
+                    self.kept.push(Kept::Named { tgid: *tgid, comm });
+                }
+            }
         }
     }
 

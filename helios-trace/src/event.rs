@@ -92,3 +92,36 @@ pub enum Op {
     /// The thread group `tgid` is gone.
     Exit,
 }
+
+impl Op {
+    /// The event types: the `event` label of `helios_trace_events_total`, by [`Op::index`].
+    pub const NAMES: [&'static str; 11] = [
+        "open",
+        "accept",
+        "dup",
+        "getfd",
+        "receive",
+        "close",
+        "close_range",
+        "set_cloexec",
+        "new_task",
+        "exec",
+        "exit",
+    ];
+
+    pub fn index(&self) -> usize {
+        match self {
+            Op::Open { .. } => 0,
+            Op::Accept { .. } => 1,
+            Op::Dup { .. } => 2,
+            Op::GetFd { .. } => 3,
+            Op::Receive { .. } => 4,
+            Op::Close { .. } => 5,
+            Op::CloseRange { .. } => 6,
+            Op::SetCloexec { .. } => 7,
+            Op::NewTask { .. } => 8,
+            Op::Exec { .. } => 9,
+            Op::Exit => 10,
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! the call stack that opened what is still open.
 //!
 //! Data flow (design.md): tracepoints → ring buffer → [`session`] reader → [`decode`] →
-//! [`fdtable`] → [`sites`] → [`report`] / metrics. Only [`bpf`] talks to the kernel's BPF side;
+//! [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over [`http`]). Only [`bpf`] talks to the kernel's BPF side;
 //! [`procscan`] is the only reader of /proc; everything between is pure.
 pub mod bpf;
 pub mod cli;
@@ -13,6 +13,8 @@ pub mod event;
 pub mod fd;
 pub mod fdtable;
 pub mod fuzzing;
+pub mod http;
+pub mod metrics;
 pub mod procscan;
 pub mod report;
 pub mod serve;
@@ -20,3 +22,4 @@ pub mod session;
 pub mod sites;
 pub mod stacks;
 pub mod syscalls;
+pub mod workload;

@@ -137,6 +137,34 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
     ObservedFd { kind, detail, cloexec: cloexec(root, pid, fd) }
 }
 
+/// `/proc/PID/cgroup`: one `hierarchy-id:controllers:path` line per hierarchy (see
+/// cgroups(7)); workload.rs reads the workload out of it.
+pub fn cgroup(root: &Path, pid: u32) -> Option<String> {
+    fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()
+}
+
+/// What a process costs: the exporter's own `process_*` metrics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Usage {
+    /// User + system CPU time.
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+}
+
+pub fn usage(root: &Path, pid: u32) -> Option<Usage> {
+    let process = Process::new_with_root(root.join(pid.to_string())).ok()?;
+    let stat = process.stat().ok()?;
+    Some(Usage {
+        // proc_pid_stat(5): utime and stime are in clock ticks, rss in pages.
+        cpu_seconds: (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64,
+        resident_bytes: stat.rss * procfs::page_size(),
+        virtual_bytes: stat.vsize,
+        open_fds: process.fd_count().ok()? as u64,
+    })
+}
+
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
 pub fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;

@@ -1,8 +1,104 @@
-//! `helios-trace serve`: the exporter daemon.
+//! `helios-trace serve`: the exporter daemon. The HTTP server (http.rs) listens first, so that
+//! /healthz can say "starting" while the programs attach; then the tracing loop (session.rs)
+//! runs until SIGTERM or SIGINT and, once a second, feeds the engine's transitions to the
+//! aggregator (metrics.rs) and publishes a snapshot for the handlers to read.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
 use anyhow::Result;
+use tokio::sync::watch;
 
-use crate::cli::ServeArgs;
+use crate::{
+    cli::ServeArgs,
+    clock,
+    fdtable::FdTable,
+    http::{self, Limits, Snapshot},
+    metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
+    procscan,
+    session::{self, Tracing},
+    workload::Workload,
+};
 
-pub async fn run(_args: ServeArgs) -> Result<()> {
-    anyhow::bail!("serve is being built")
+pub async fn run(args: ServeArgs) -> Result<()> {
+    // Handlers first: a signal that arrives once we say "attached" must not kill us.
+    let stop = session::stop_signal(None)?;
+    let listener = http::bind(args.listen).await?;
+    let (publish, snapshots) = watch::channel(None);
+    let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
+    let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
+    tracing.engine.keep_transitions();
+    eprintln!(
+        "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
+        tracing.attached().len(),
+        if args.trace.pids.is_empty() {
+            "all processes".to_string()
+        } else {
+            format!("pid {:?}", args.trace.pids)
+        },
+        args.listen
+    );
+    let mut exporter = Exporter {
+        aggregator: Aggregator::new(ExportConfig {
+            max_sites: args.max_sites,
+            retention_ns: args.retention.as_nanos().try_into().unwrap_or(u64::MAX),
+            pid_label: args.pid_label,
+        }),
+        proc_root: args.proc_root.clone(),
+    };
+    let result = tracing.run_until(stop, |tracing| exporter.publish(tracing, &publish)).await;
+    server.abort();
+    // Dropping `tracing` detaches the programs.
+    result
+}
+
+struct Exporter {
+    aggregator: Aggregator,
+    proc_root: PathBuf,
+}
+
+impl Exporter {
+    /// Take in what happened since the last call and publish the new state.
+    fn publish(&mut self, tracing: &mut Tracing, publish: &watch::Sender<Option<Arc<Snapshot>>>) {
+        let now_ns = clock::boot_ns();
+        tracing.engine.refresh_names();
+        let kept = tracing.engine.take_transitions();
+        let engine = &tracing.engine;
+        let mut who = ProcIdentify { table: &engine.table, proc_root: &self.proc_root };
+        self.aggregator.observe(&kept, &mut who, now_ns);
+        let frames = |site| engine.stacks.frames(site).cloned();
+        let exported = self.aggregator.snapshot(&engine.table, &frames, &mut who, now_ns);
+        let own = SelfMetrics {
+            events_by_type: engine.events_by_type(),
+            events: tracing.event_counts(),
+            tracked_processes: engine.table.process_count() as u64,
+            tracked_fds: engine.table.fd_count() as u64,
+            corrections: tracing.corrections(),
+            usage: procscan::usage(&self.proc_root, std::process::id()),
+        };
+        publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));
+    }
+}
+
+/// Names from the table (events carry them), else /proc; workloads from /proc/PID/cgroup.
+struct ProcIdentify<'a> {
+    table: &'a FdTable,
+    proc_root: &'a Path,
+}
+
+impl Identify for ProcIdentify<'_> {
+    fn comm(&mut self, tgid: u32) -> String {
+        self.table
+            .process(tgid)
+            .map(|p| p.comm.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| procscan::comm(self.proc_root, tgid))
+            .unwrap_or_default()
+    }
+
+    fn workload(&mut self, tgid: u32) -> Option<Workload> {
+        procscan::cgroup(self.proc_root, tgid).map(|text| Workload::from_proc_cgroup(&text))
+    }
 }

@@ -125,14 +125,16 @@ impl Tracing {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
+                // Timers before the ring buffer: under sustained load the ring is always
+                // readable, and a biased select would never get to them.
+                _ = second.tick() => every_second(self),
+                _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     guard.clear_ready();
                     self.drain();
                 }
                 _ = drain_timer.tick() => self.drain(),
-                _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
-                _ = second.tick() => every_second(self),
             }
         }
         self.drain();

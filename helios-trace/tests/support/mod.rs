@@ -279,3 +279,21 @@ pub fn kind_counts(fds: &BTreeMap<i32, String>) -> BTreeMap<String, u64> {
     }
     counts
 }
+
+/// GET `url` with query parameters: the status and body whatever the status; Err when no
+/// answer came (not listening yet, connection closed).
+pub fn http_get(url: &str, query: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (key, value) in query {
+        request = request.query(*key, *value);
+    }
+    let mut response = request.call().map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, body))
+}

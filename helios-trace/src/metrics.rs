@@ -1,0 +1,1083 @@
+//! The exporter's pure core: from the engine's transitions and its FdTable to the series of
+//! design.md's metric contract, with cardinality bounded whatever the traced processes do.
+//!
+//! - A **group** is what the series of one workload share: its workload labels (cgroup), the
+//!   process name and, with `--pid-label` only, the pid. Pids churn; without the pid label
+//!   10,000 short-lived `curl`s of one service are one group.
+//! - Per (group, kind) at most `max_sites` sites are exported, those with the most open
+//!   descriptors (ties keep the sites already exported, so the choice does not flap); the rest
+//!   fold into `site="other"`. Counters of `other` only grow: a folded site adds what it
+//!   opened and closed while folded, never its history.
+//! - What is open now (and since when) is counted from the FdTable at each snapshot, so it
+//!   cannot drift from the table; opened/closed come from the transitions and outlive the
+//!   processes that made them.
+//! - A group whose processes have all exited keeps its series (open at 0) for `retention`, then
+//!   they are dropped, state and all.
+//!
+//! No clock and no I/O here: time comes in as CLOCK_BOOTTIME ns, process names and cgroups
+//! through [`Identify`], so tests drive it with synthetic transitions.
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use prometheus::{Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+use crate::{
+    engine::Kept,
+    fd::{FdKind, SiteId, printable},
+    fdtable::{FdChange, FdTable, Transition},
+    procscan::Usage,
+    report::{Corrections, EventCounts},
+    stacks::{Frame, Language, basename},
+    workload::Workload,
+};
+
+/// The `site` label of the folded sites.
+pub const OTHER_SITE: &str = "other";
+/// Longest `frame` label, in characters.
+const FRAME_CHARS: usize = 160;
+/// `comm` is at most 15 bytes (TASK_COMM_LEN - 1); a bound all the same.
+const COMM_CHARS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub max_sites: usize,
+    pub retention_ns: u64,
+    pub pid_label: bool,
+}
+
+/// The labels one group's series share.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub workload: Workload,
+    pub comm: String,
+    pub pid: Option<u32>,
+}
+
+/// What the aggregator needs to know about a process beyond the transitions: the daemon reads
+/// the table and /proc, tests answer from their own maps.
+pub trait Identify {
+    /// The process's name now ("" when unknown).
+    fn comm(&mut self, tgid: u32) -> String;
+    /// The workload of a running process; `None` when it is gone.
+    fn workload(&mut self, tgid: u32) -> Option<Workload>;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    opened: u64,
+    closed: u64,
+}
+
+#[derive(Debug, Default)]
+struct SiteState {
+    counts: Counts,
+    /// The part of `counts` that `other` already holds, or that left with the site's own
+    /// series when it was folded: what `other` must not count again.
+    credited: Counts,
+    exported: bool,
+}
+
+#[derive(Debug)]
+struct Group {
+    key: GroupKey,
+    /// Processes in the group now.
+    live: u32,
+    idle_since_ns: Option<u64>,
+    sites: HashMap<(FdKind, SiteId), SiteState>,
+    other: BTreeMap<FdKind, Counts>,
+}
+
+type GroupId = u64;
+
+#[derive(Debug)]
+pub struct Aggregator {
+    config: ExportConfig,
+    processes: HashMap<u32, GroupId>,
+    ids: HashMap<GroupKey, GroupId>,
+    groups: HashMap<GroupId, Group>,
+    next_id: GroupId,
+}
+
+/// One snapshot's series, ready to render.
+#[derive(Clone, Debug, Default)]
+pub struct Exported {
+    pub pid_label: bool,
+    pub groups: Vec<GroupSeries>,
+    /// Every exported site (not `other`) with its frames, for /sites.
+    pub sites: BTreeMap<SiteId, SiteFrames>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSeries {
+    pub key: GroupKey,
+    pub open_by_kind: BTreeMap<FdKind, u64>,
+    pub sites: Vec<SiteSeries>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteSeries {
+    pub kind: FdKind,
+    /// None: the folded sites, `other`.
+    pub site: Option<SiteId>,
+    pub frame: String,
+    pub open: u64,
+    pub opened: u64,
+    pub closed: u64,
+    /// None when nothing is open.
+    pub oldest_open_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteFrames {
+    pub site: String,
+    pub frame: String,
+    pub frames: Arc<[Frame]>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenNow {
+    count: u64,
+    oldest_ns: u64,
+}
+
+impl Aggregator {
+    pub fn new(config: ExportConfig) -> Aggregator {
+        Aggregator {
+            config,
+            processes: HashMap::new(),
+            ids: HashMap::new(),
+            groups: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Groups held (live, or exited within the retention).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Site states held, over all groups: bounded by open descriptors plus exported sites.
+    pub fn site_state_count(&self) -> usize {
+        self.groups.values().map(|g| g.sites.len()).sum()
+    }
+
+    /// Take in a batch of the engine's transitions.
+    pub fn observe(&mut self, kept: &[Kept], who: &mut dyn Identify, now_ns: u64) {
+        for item in kept {
+            match item {
+                Kept::Transition(Transition::Fd { tgid, kind, site, change, .. }) => {
+                    let (opened, closed) = match change {
+                        FdChange::Opened => (1, 0),
+                        FdChange::Closed(_) => (0, 1),
+                        // Copies and findings open nothing new: counted as open, not opened.
+                        FdChange::Inherited | FdChange::Found => continue,
+                    };
+                    let id = self.group_of(*tgid, who, now_ns);
+                    let group = self.groups.get_mut(&id).expect("a process's group exists");
+                    let state = group.sites.entry((*kind, *site)).or_default();
+                    state.counts.opened += opened;
+                    state.counts.closed += closed;
+                }
+                Kept::Transition(Transition::ProcessStarted { tgid, parent }) => {
+                    // A forked child runs in its parent's cgroup under its parent's name.
+                    let key = match parent {
+                        Some(parent) => {
+                            let id = self.group_of(*parent, who, now_ns);
+                            GroupKey { pid: self.pid(*tgid), ..self.groups[&id].key.clone() }
+                        }
+                        None => self.identify(*tgid, who),
+                    };
+                    self.assign(*tgid, key, now_ns);
+                }
+                Kept::Transition(Transition::ProcessExec { tgid }) => {
+                    // Runtimes move a container's first process into its cgroup before exec.
+                    if let Some(workload) = who.workload(*tgid) {
+                        let key = GroupKey { workload, ..self.key_of(*tgid, who) };
+                        self.assign(*tgid, key, now_ns);
+                    }
+                }
+                Kept::Named { tgid, comm } if !comm.is_empty() => {
+                    let key = GroupKey { comm: comm_label(comm), ..self.key_of(*tgid, who) };
+                    self.assign(*tgid, key, now_ns);
+                }
+                Kept::Named { .. } => {}
+                Kept::Transition(Transition::ProcessExited { tgid }) => self.leave(*tgid, now_ns),
+            }
+        }
+    }
+
+    /// The series as of now: open counts from `table`, counters from what was observed.
+    pub fn snapshot(
+        &mut self,
+        table: &FdTable,
+        frames: &dyn Fn(SiteId) -> Option<Arc<[Frame]>>,
+        who: &mut dyn Identify,
+        now_ns: u64,
+    ) -> Exported {
+        // The table knows which processes live: one whose exit we did not see as such (it
+        // went before we adopted it, or reconciliation removed it) leaves its group here.
+        let gone: Vec<u32> =
+            self.processes.keys().filter(|tgid| table.process(**tgid).is_none()).copied().collect();
+        for tgid in gone {
+            self.leave(tgid, now_ns);
+        }
+        let mut open: HashMap<GroupId, HashMap<(FdKind, SiteId), OpenNow>> = HashMap::new();
+        for (tgid, process) in table.processes() {
+            if process.fds.is_empty() {
+                continue;
+            }
+            // Processes loaded from /proc at start were never announced by a transition.
+            let id = self.group_of(tgid, who, now_ns);
+            let sites = open.entry(id).or_default();
+            for entry in process.fds.values() {
+                let now = sites
+                    .entry((entry.kind, entry.site))
+                    .or_insert(OpenNow { count: 0, oldest_ns: u64::MAX });
+                now.count += 1;
+                now.oldest_ns = now.oldest_ns.min(entry.opened_ns);
+            }
+        }
+        self.expire(now_ns);
+        let mut exported = Exported { pid_label: self.config.pid_label, ..Exported::default() };
+        let no_open = HashMap::new();
+        for (id, group) in &mut self.groups {
+            let mut series = group.select(open.get(id).unwrap_or(&no_open), self.config.max_sites, now_ns);
+            for s in &mut series.sites {
+                let Some(site) = s.site else { continue };
+                let known = exported.sites.entry(site).or_insert_with(|| {
+                    let frames = frames(site).unwrap_or_else(|| Arc::from([]));
+                    SiteFrames { site: site.label(), frame: site_frame_label(&frames), frames }
+                });
+                s.frame = known.frame.clone();
+            }
+            exported.groups.push(series);
+        }
+        exported.groups.sort_by(|a, b| a.key.cmp(&b.key));
+        exported
+    }
+
+    fn pid(&self, tgid: u32) -> Option<u32> {
+        self.config.pid_label.then_some(tgid)
+    }
+
+    fn identify(&self, tgid: u32, who: &mut dyn Identify) -> GroupKey {
+        GroupKey {
+            workload: who.workload(tgid).unwrap_or_default(),
+            comm: comm_label(&who.comm(tgid)),
+            pid: self.pid(tgid),
+        }
+    }
+
+    fn key_of(&self, tgid: u32, who: &mut dyn Identify) -> GroupKey {
+        match self.processes.get(&tgid) {
+            Some(id) => self.groups[id].key.clone(),
+            None => self.identify(tgid, who),
+        }
+    }
+
+    fn group_of(&mut self, tgid: u32, who: &mut dyn Identify, now_ns: u64) -> GroupId {
+        if let Some(id) = self.processes.get(&tgid) {
+            return *id;
+        }
+        let key = self.identify(tgid, who);
+        self.assign(tgid, key, now_ns)
+    }
+
+    /// Put a process in the group of `key` (creating it), leaving its previous one.
+    fn assign(&mut self, tgid: u32, key: GroupKey, now_ns: u64) -> GroupId {
+        if let Some(id) = self.processes.get(&tgid).copied() {
+            if self.groups[&id].key == key {
+                return id;
+            }
+            self.leave(tgid, now_ns);
+        }
+        let id = match self.ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.ids.insert(key.clone(), id);
+                let group = Group {
+                    key,
+                    live: 0,
+                    idle_since_ns: None,
+                    sites: HashMap::new(),
+                    other: BTreeMap::new(),
+                };
+                self.groups.insert(id, group);
+                id
+            }
+        };
+        let group = self.groups.get_mut(&id).expect("just found or made");
+        group.live += 1;
+        group.idle_since_ns = None;
+        self.processes.insert(tgid, id);
+        id
+    }
+
+    fn leave(&mut self, tgid: u32, now_ns: u64) {
+        let Some(id) = self.processes.remove(&tgid) else { return };
+        let group = self.groups.get_mut(&id).expect("a process's group exists");
+        group.live -= 1;
+        if group.live == 0 {
+            group.idle_since_ns = Some(now_ns);
+        }
+    }
+
+    /// Drop the groups whose processes have all been gone for the retention.
+    fn expire(&mut self, now_ns: u64) {
+        let retention = self.config.retention_ns;
+        let expired: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.idle_since_ns.is_some_and(|since| now_ns.saturating_sub(since) >= retention))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let group = self.groups.remove(&id).expect("listed above");
+            self.ids.remove(&group.key);
+        }
+    }
+}
+
+impl SiteSeries {
+    /// The `site` label.
+    pub fn site_label(&self) -> String {
+        self.site.map_or_else(|| OTHER_SITE.to_string(), SiteId::label)
+    }
+}
+
+impl Group {
+    /// Choose the exported sites of every kind, fold the rest, and build the series.
+    fn select(
+        &mut self,
+        open: &HashMap<(FdKind, SiteId), OpenNow>,
+        max_sites: usize,
+        now_ns: u64,
+    ) -> GroupSeries {
+        struct Candidate {
+            kind: FdKind,
+            site: SiteId,
+            open: OpenNow,
+            opened: u64,
+            exported: bool,
+        }
+        let mut candidates: Vec<Candidate> = open
+            .iter()
+            .map(|(&(kind, site), &now)| (kind, site, now))
+            .chain(
+                self.sites
+                    .keys()
+                    .filter(|key| !open.contains_key(key))
+                    .map(|&(kind, site)| (kind, site, OpenNow::default())),
+            )
+            .map(|(kind, site, open)| {
+                let state = self.sites.get(&(kind, site));
+                Candidate {
+                    kind,
+                    site,
+                    open,
+                    opened: state.map_or(0, |s| s.counts.opened),
+                    exported: state.is_some_and(|s| s.exported),
+                }
+            })
+            .collect();
+        // Most open first; on a tie the site already exported stays, so the choice does not
+        // flap between scrapes; then the busier site; the id makes the order total.
+        candidates
+            .sort_by_key(|c| (c.kind, Reverse(c.open.count), Reverse(c.exported), Reverse(c.opened), c.site));
+
+        let mut series =
+            GroupSeries { key: self.key.clone(), open_by_kind: BTreeMap::new(), sites: Vec::new() };
+        let mut rank = 0;
+        let mut folded: BTreeMap<FdKind, OpenNow> = BTreeMap::new();
+        for (i, c) in candidates.iter().enumerate() {
+            if i > 0 && candidates[i - 1].kind != c.kind {
+                rank = 0;
+            }
+            rank += 1;
+            *series.open_by_kind.entry(c.kind).or_default() += c.open.count;
+            let oldest = (c.open.count > 0).then(|| seconds(now_ns.saturating_sub(c.open.oldest_ns)));
+            if rank <= max_sites {
+                let state = self.sites.entry((c.kind, c.site)).or_default();
+                state.exported = true;
+                series.sites.push(SiteSeries {
+                    kind: c.kind,
+                    site: Some(c.site),
+                    frame: String::new(),
+                    open: c.open.count,
+                    opened: state.counts.opened,
+                    closed: state.counts.closed,
+                    oldest_open_seconds: oldest,
+                });
+                continue;
+            }
+            let folding = folded.entry(c.kind).or_insert(OpenNow { count: 0, oldest_ns: u64::MAX });
+            folding.count += c.open.count;
+            if c.open.count > 0 {
+                folding.oldest_ns = folding.oldest_ns.min(c.open.oldest_ns);
+            }
+            let other = self.other.entry(c.kind).or_default();
+            if let Some(state) = self.sites.get_mut(&(c.kind, c.site)) {
+                if state.exported {
+                    // Its history left with its own series; from now on it adds to `other`.
+                    state.exported = false;
+                } else {
+                    other.opened += state.counts.opened - state.credited.opened;
+                    other.closed += state.counts.closed - state.credited.closed;
+                }
+                state.credited = state.counts;
+                // Nothing open and nothing owed: forget it (it starts afresh if it opens again).
+                if c.open.count == 0 {
+                    self.sites.remove(&(c.kind, c.site));
+                }
+            }
+        }
+        for (kind, counts) in &self.other {
+            let now = folded.get(kind).copied().unwrap_or_default();
+            series.sites.push(SiteSeries {
+                kind: *kind,
+                site: None,
+                frame: String::new(),
+                open: now.count,
+                opened: counts.opened,
+                closed: counts.closed,
+                oldest_open_seconds: (now.count > 0).then(|| seconds(now_ns.saturating_sub(now.oldest_ns))),
+            });
+        }
+        series
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn comm_label(comm: &str) -> String {
+    printable(comm.as_bytes(), COMM_CHARS)
+}
+
+/// Modules that are not the application's own code: the C library, the dynamic loader, the
+/// C++/gcc runtime and the CPython interpreter, by file-name prefix.
+const RUNTIME_MODULES: [&str; 10] = [
+    "libc.so",
+    "libc-",
+    "ld-linux",
+    "ld-musl",
+    "libpthread",
+    "libdl",
+    "librt",
+    "libstdc++",
+    "libgcc_s",
+    "libpython",
+];
+
+fn is_runtime(module: &str) -> bool {
+    let name = basename(module);
+    RUNTIME_MODULES.iter().any(|prefix| name.starts_with(prefix)) || name.starts_with("python")
+}
+
+/// The `frame` label of a site: its most telling frame, the innermost one in the
+/// application's own code (not in libc, the loader or a language runtime), named as
+/// [`Frame::describe`] does with the module's file name instead of its path; failing that, the
+/// innermost frame in a file, or the innermost one. Issue 4's symbolizer brings a better pick:
+/// this is the one place to swap it in.
+pub fn site_frame_label(frames: &[Frame]) -> String {
+    let own = |f: &&Frame| match f.language {
+        Language::Native => f.module.as_deref().is_some_and(|m| !is_runtime(m)),
+        Language::Python => true,
+        Language::Kernel => false,
+    };
+    let Some(frame) =
+        frames.iter().find(own).or_else(|| frames.iter().find(|f| f.module.is_some())).or(frames.first())
+    else {
+        return String::new();
+    };
+    let text = match (&frame.symbol, &frame.module, frame.offset) {
+        (None, Some(module), Some(offset)) => format!("{}+{offset:#x}", basename(module)),
+        _ => frame.describe(),
+    };
+    printable(text.as_bytes(), FRAME_CHARS)
+}
+
+/// The tracer's own numbers, for the self metrics.
+#[derive(Clone, Debug, Default)]
+pub struct SelfMetrics {
+    pub events_by_type: Vec<(&'static str, u64)>,
+    pub events: EventCounts,
+    pub tracked_processes: u64,
+    pub tracked_fds: u64,
+    pub corrections: Corrections,
+    pub usage: Option<Usage>,
+}
+
+const WORKLOAD_LABELS: [&str; 4] = ["container_id", "pod_uid", "unit", "comm"];
+
+/// A registry holding one snapshot's series (design.md's metric contract), built afresh for
+/// each snapshot: a series that is not in the snapshot is not in the registry.
+pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Registry> {
+    let registry = Registry::new();
+    let mut group_labels: Vec<&str> = WORKLOAD_LABELS.to_vec();
+    if exported.pid_label {
+        group_labels.push("pid");
+    }
+    let mut kind_labels = group_labels.clone();
+    kind_labels.push("kind");
+    let mut site_labels = kind_labels.clone();
+    site_labels.extend(["site", "frame"]);
+
+    let open_fds = IntGaugeVec::new(
+        Opts::new("helios_trace_open_fds", "Descriptors open now, by workload and kind."),
+        &kind_labels,
+    )?;
+    let site_open = IntGaugeVec::new(
+        Opts::new("helios_trace_site_open_fds", "Descriptors open now, by the call site that opened them."),
+        &site_labels,
+    )?;
+    let site_opened = IntCounterVec::new(
+        Opts::new("helios_trace_site_opened_total", "Descriptors the call site opened while traced."),
+        &site_labels,
+    )?;
+    let site_closed = IntCounterVec::new(
+        Opts::new(
+            "helios_trace_site_closed_total",
+            "Descriptors from the call site that were closed while traced.",
+        ),
+        &site_labels,
+    )?;
+    let site_oldest = GaugeVec::new(
+        Opts::new(
+            "helios_trace_site_oldest_open_seconds",
+            "Age of the oldest descriptor of the call site still open.",
+        ),
+        &site_labels,
+    )?;
+    for group in &exported.groups {
+        let key = &group.key;
+        let pid = key.pid.map(|p| p.to_string());
+        let mut labels: Vec<&str> = vec![
+            key.workload.container_id.as_deref().unwrap_or(""),
+            key.workload.pod_uid.as_deref().unwrap_or(""),
+            key.workload.unit.as_deref().unwrap_or(""),
+            &key.comm,
+        ];
+        if exported.pid_label {
+            labels.push(pid.as_deref().unwrap_or(""));
+        }
+        for (kind, count) in &group.open_by_kind {
+            let mut l = labels.clone();
+            l.push(kind.as_str());
+            open_fds.with_label_values(&l).set(*count as i64);
+        }
+        for s in &group.sites {
+            let site = s.site_label();
+            let mut l = labels.clone();
+            l.extend([s.kind.as_str(), &site, &s.frame]);
+            site_open.with_label_values(&l).set(s.open as i64);
+            site_opened.with_label_values(&l).inc_by(s.opened);
+            site_closed.with_label_values(&l).inc_by(s.closed);
+            if let Some(age) = s.oldest_open_seconds {
+                site_oldest.with_label_values(&l).set(age);
+            }
+        }
+    }
+    registry.register(Box::new(open_fds))?;
+    registry.register(Box::new(site_open))?;
+    registry.register(Box::new(site_opened))?;
+    registry.register(Box::new(site_closed))?;
+    registry.register(Box::new(site_oldest))?;
+
+    let events = IntCounterVec::new(
+        Opts::new("helios_trace_events_total", "Events read from the kernel, by type."),
+        &["event"],
+    )?;
+    for (event, count) in &own.events_by_type {
+        events.with_label_values(&[*event]).inc_by(*count);
+    }
+    let lost = IntCounter::new(
+        "helios_trace_events_lost_total",
+        "Events the kernel could not hand over (ring buffer full, enter record lost).",
+    )?;
+    lost.inc_by(own.events.lost);
+    let processes =
+        IntGauge::new("helios_trace_tracked_processes", "Processes whose descriptors are tracked.")?;
+    processes.set(own.tracked_processes as i64);
+    let fds = IntGauge::new("helios_trace_tracked_fds", "Descriptors tracked, over all processes.")?;
+    fds.set(own.tracked_fds as i64);
+    let corrections = IntCounterVec::new(
+        Opts::new(
+            "helios_trace_reconcile_corrections_total",
+            "Descriptors reconciliation with /proc added or removed.",
+        ),
+        &["direction"],
+    )?;
+    corrections.with_label_values(&["added"]).inc_by(own.corrections.added);
+    corrections.with_label_values(&["removed"]).inc_by(own.corrections.removed);
+    registry.register(Box::new(events))?;
+    registry.register(Box::new(lost))?;
+    registry.register(Box::new(processes))?;
+    registry.register(Box::new(fds))?;
+    registry.register(Box::new(corrections))?;
+
+    // The conventional process metrics (names as the Prometheus client libraries export them).
+    if let Some(usage) = own.usage {
+        let cpu =
+            Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.")?;
+        cpu.inc_by(usage.cpu_seconds);
+        let gauges = [
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", usage.resident_bytes),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", usage.virtual_bytes),
+            ("process_open_fds", "Number of open file descriptors.", usage.open_fds),
+        ];
+        registry.register(Box::new(cpu))?;
+        for (name, help, value) in gauges {
+            let gauge = IntGauge::new(name, help)?;
+            gauge.set(value as i64);
+            registry.register(Box::new(gauge))?;
+        }
+    }
+    Ok(registry)
+}
+
+/// The text exposition format of a registry.
+pub fn render(registry: &Registry) -> prometheus::Result<String> {
+    prometheus::TextEncoder::new().encode_to_string(&registry.gather())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use smallvec::smallvec;
+
+    use super::*;
+    use crate::{
+        engine::{Engine, StackSource},
+        event::{Event, Op, StackIds},
+        fd::FdDetail,
+    };
+
+    const SEC: u64 = 1_000_000_000;
+    const PARENT: u32 = 100;
+
+    /// Every stack id is its own call site: one frame at an address of its own.
+    struct DistinctStacks;
+    impl StackSource for DistinctStacks {
+        fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+            Some(vec![0x40_0000 + u64::from(stack_id) * 16])
+        }
+    }
+
+    /// Answers from maps the test fills, as /proc would.
+    #[derive(Default)]
+    struct Known {
+        comms: HashMap<u32, String>,
+        workloads: HashMap<u32, Workload>,
+    }
+    impl Identify for Known {
+        fn comm(&mut self, tgid: u32) -> String {
+            self.comms.get(&tgid).cloned().unwrap_or_default()
+        }
+        fn workload(&mut self, tgid: u32) -> Option<Workload> {
+            self.workloads.get(&tgid).cloned()
+        }
+    }
+
+    /// The real engine (pure with a procfs root of our own) fed synthetic events, and an
+    /// aggregator fed the engine's transitions, as the daemon does.
+    struct World {
+        engine: Engine,
+        aggregator: Aggregator,
+        who: Known,
+        _root: tempfile::TempDir,
+        now: u64,
+        next_fd: HashMap<u32, i32>,
+    }
+
+    impl World {
+        fn new(max_sites: usize, pid_label: bool) -> World {
+            let root = tempfile::tempdir().unwrap();
+            let mut engine = Engine::new(root.path());
+            engine.keep_transitions();
+            let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
+            let mut world = World {
+                engine,
+                aggregator: Aggregator::new(config),
+                who: Known::default(),
+                _root: root,
+                now: SEC,
+                next_fd: HashMap::new(),
+            };
+            world.spawn_root(PARENT, "server", unit("app.service"));
+            world
+        }
+
+        fn spawn_root(&mut self, tgid: u32, comm: &str, workload: Workload) {
+            self.who.comms.insert(tgid, comm.to_string());
+            self.who.workloads.insert(tgid, workload);
+            // Found at start: what the baseline does.
+            let mut out = Vec::new();
+            self.engine.table.insert_observed(tgid, comm, [], SiteId::BeforeTrace, self.now, &mut out);
+        }
+
+        fn event(&mut self, tgid: u32, op: Op, stack: Option<i32>) {
+            self.now += 1000;
+            let event = Event {
+                tgid,
+                tid: tgid,
+                ts_ns: self.now,
+                stacks: StackIds { user: stack, kernel: None },
+                op,
+            };
+            self.engine.handle_event(&event, &DistinctStacks);
+        }
+
+        /// Open `n` files from call site `stack`; their fds.
+        fn open(&mut self, tgid: u32, kind: FdKind, stack: i32, n: usize) -> Vec<i32> {
+            (0..n)
+                .map(|_| {
+                    let next = self.next_fd.entry(tgid).or_insert(3);
+                    let fd = *next;
+                    *next += 1;
+                    let op = Op::Open {
+                        fds: smallvec![fd],
+                        kind,
+                        detail: FdDetail::None,
+                        cloexec: false,
+                        dirfd: None,
+                    };
+                    self.event(tgid, op, Some(stack));
+                    fd
+                })
+                .collect()
+        }
+
+        fn close(&mut self, tgid: u32, fd: i32) {
+            self.event(tgid, Op::Close { fd }, None);
+        }
+
+        fn fork_exec_exit(&mut self, child: u32, comm: &str, open_from: Option<i32>) {
+            self.event(PARENT, Op::NewTask { child, thread: false, comm: "server".into() }, None);
+            self.event(
+                child,
+                Op::Exec { old_tid: child, filename: b"/bin/job".to_vec(), comm: comm.into() },
+                None,
+            );
+            if let Some(stack) = open_from {
+                self.open(child, FdKind::File, stack, 1);
+            }
+            self.event(child, Op::Exit, None);
+            self.next_fd.remove(&child);
+        }
+
+        fn tick(&mut self) -> Exported {
+            let kept = self.engine.take_transitions();
+            self.aggregator.observe(&kept, &mut self.who, self.now);
+            let engine = &self.engine;
+            let frames = |site| engine.stacks.frames(site).cloned();
+            self.aggregator.snapshot(&engine.table, &frames, &mut self.who, self.now)
+        }
+
+        fn text(&mut self) -> String {
+            let exported = self.tick();
+            let own = SelfMetrics { events_by_type: self.engine.events_by_type(), ..SelfMetrics::default() };
+            render(&registry(&exported, &own).unwrap()).unwrap()
+        }
+    }
+
+    fn unit(name: &str) -> Workload {
+        Workload { unit: Some(name.to_string()), ..Workload::default() }
+    }
+
+    /// Series of one metric in exposition text: labels → value.
+    fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let (labels, value) = rest.rsplit_once(' ')?;
+                (labels.is_empty() || labels.starts_with('{'))
+                    .then(|| (labels.to_string(), value.parse().unwrap()))
+            })
+            .collect()
+    }
+
+    fn total_series(text: &str) -> usize {
+        text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+    }
+
+    fn sites_of(exported: &Exported, comm: &str, kind: FdKind) -> Vec<SiteSeries> {
+        exported
+            .groups
+            .iter()
+            .filter(|g| g.key.comm == comm)
+            .flat_map(|g| g.sites.iter().filter(|s| s.kind == kind).cloned())
+            .collect()
+    }
+
+    #[test]
+    fn series_follow_the_contract() {
+        let mut world = World::new(20, false);
+        let files = world.open(PARENT, FdKind::File, 1, 3);
+        world.open(PARENT, FdKind::Socket, 2, 2);
+        world.close(PARENT, files[0]);
+        let opened_at = world.now;
+        world.now += 5 * SEC;
+        let text = world.text();
+
+        let labels = |kind: &str| {
+            format!(r#"comm="server",container_id="",kind="{kind}",pod_uid="",unit="app.service""#)
+        };
+        let open = series(&text, "helios_trace_open_fds");
+        assert_eq!(open.get(&format!("{{{}}}", labels("file"))), Some(&2.0), "{text}");
+        assert_eq!(open.get(&format!("{{{}}}", labels("socket"))), Some(&2.0));
+        let file_site = world.engine.table.process(PARENT).unwrap().fds[&files[1]].site;
+        let site_labels = format!(
+            r#"{{{},site="{}",frame="{:#x}"}}"#,
+            labels("file").replace(r#",kind="file""#, ""),
+            file_site.label(),
+            0x40_0010
+        );
+        // Labels come out sorted by name: rebuild the expected key the same way.
+        let key = |text: &str| {
+            let mut parts: Vec<&str> = text.trim_matches(|c| c == '{' || c == '}').split(',').collect();
+            parts.push(r#"kind="file""#);
+            parts.sort();
+            format!("{{{}}}", parts.join(","))
+        };
+        let site_key = key(&site_labels);
+        assert_eq!(series(&text, "helios_trace_site_open_fds").get(&site_key), Some(&2.0), "{text}");
+        assert_eq!(series(&text, "helios_trace_site_opened_total").get(&site_key), Some(&3.0));
+        assert_eq!(series(&text, "helios_trace_site_closed_total").get(&site_key), Some(&1.0));
+        let oldest = series(&text, "helios_trace_site_oldest_open_seconds")[&site_key];
+        let expected = (world.now - (opened_at - 3000)) as f64 / 1e9;
+        assert!((oldest - expected).abs() < 1e-6, "oldest {oldest}, expected {expected}");
+        for (name, kind) in [
+            ("helios_trace_open_fds", "gauge"),
+            ("helios_trace_site_open_fds", "gauge"),
+            ("helios_trace_site_opened_total", "counter"),
+            ("helios_trace_site_closed_total", "counter"),
+            ("helios_trace_site_oldest_open_seconds", "gauge"),
+            ("helios_trace_events_total", "counter"),
+            ("helios_trace_events_lost_total", "counter"),
+            ("helios_trace_tracked_processes", "gauge"),
+            ("helios_trace_tracked_fds", "gauge"),
+            ("helios_trace_reconcile_corrections_total", "counter"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} is a {kind}: {text}");
+        }
+        assert!(!text.contains("pid="), "no pid label by default");
+    }
+
+    #[test]
+    fn the_most_open_sites_are_exported_and_the_rest_fold_into_other() {
+        let mut world = World::new(3, false);
+        // Sites 1..=5 with 5, 4, 3, 2, 1 open; site 6 opened 7 and closed them all.
+        for stack in 1..=5 {
+            world.open(PARENT, FdKind::File, stack, 6 - stack as usize);
+        }
+        for fd in world.open(PARENT, FdKind::File, 6, 7) {
+            world.close(PARENT, fd);
+        }
+        let exported = world.tick();
+        let sites = sites_of(&exported, "server", FdKind::File);
+        let opens: Vec<(Option<u64>, u64)> = sites.iter().map(|s| (s.site.map(|_| s.open), s.open)).collect();
+        assert_eq!(opens, [(Some(5), 5), (Some(4), 4), (Some(3), 3), (None, 3)], "{sites:#?}");
+        let other = sites.iter().find(|s| s.site.is_none()).unwrap();
+        assert_eq!((other.opened, other.closed), (2 + 1 + 7, 7));
+        assert_eq!(exported.groups[0].open_by_kind[&FdKind::File], 15);
+        assert_eq!(exported.sites.len(), 3, "/sites lists the exported sites only");
+    }
+
+    #[test]
+    fn other_only_grows_and_ties_keep_the_exported_site() {
+        let mut world = World::new(1, false);
+        let a = world.open(PARENT, FdKind::File, 1, 2);
+        world.open(PARENT, FdKind::File, 2, 1);
+        let first = world.tick();
+        let site_a = world.engine.table.process(PARENT).unwrap().fds[&a[0]].site;
+        assert_eq!(sites_of(&first, "server", FdKind::File)[0].site, Some(site_a));
+        // B catches up: a tie, A stays.
+        world.open(PARENT, FdKind::File, 2, 1);
+        let tie = world.tick();
+        assert_eq!(sites_of(&tie, "server", FdKind::File)[0].site, Some(site_a));
+        let other_before = sites_of(&tie, "server", FdKind::File)[1].opened;
+        // B overtakes: B is exported, A folds; other's counters do not drop.
+        world.open(PARENT, FdKind::File, 2, 1);
+        let overtaken = world.tick();
+        let sites = sites_of(&overtaken, "server", FdKind::File);
+        assert_ne!(sites[0].site, Some(site_a));
+        assert_eq!(sites[0].opened, 3, "an exported site shows its whole history");
+        assert!(sites[1].opened >= other_before, "other never decreases");
+        // A opens more while folded: other counts that, and only that.
+        world.open(PARENT, FdKind::File, 1, 1);
+        let later = world.tick();
+        assert_eq!(sites_of(&later, "server", FdKind::File)[1].opened, sites[1].opened + 1);
+    }
+
+    #[test]
+    fn a_hundred_thousand_call_sites_stay_within_max_sites() {
+        const SITES: i32 = 100_000;
+        let mut world = World::new(20, false);
+        let baseline = total_series(&world.text());
+        world.open(PARENT, FdKind::Socket, 0, 50);
+        let fds: Vec<i32> =
+            (1..=SITES).flat_map(|stack| world.open(PARENT, FdKind::File, stack, 1)).collect();
+        assert_eq!(world.engine.stacks.site_count(), SITES as usize + 1, "every call site is distinct");
+        let text = world.text();
+        // Per metric: file sites ≤ 20 + other, socket 1 site; one open_fds series per kind.
+        let site_series = series(&text, "helios_trace_site_open_fds");
+        assert_eq!(site_series.len(), 21 + 1, "{}", site_series.len());
+        assert_eq!(site_series.values().sum::<f64>(), f64::from(SITES) + 50.0, "nothing is lost by folding");
+        assert!(total_series(&text) <= baseline + 22 * 4 + 2, "{} series", total_series(&text));
+        let other = site_series.iter().find(|(k, _)| k.contains(r#"site="other""#)).unwrap();
+        assert_eq!(*other.1, f64::from(SITES - 20));
+        // Once they are closed, the folded sites are forgotten: state is bounded too.
+        for fd in fds {
+            world.close(PARENT, fd);
+        }
+        let text = world.text();
+        assert_eq!(series(&text, "helios_trace_site_open_fds").len(), 22);
+        assert!(world.aggregator.site_state_count() <= 21 + 1, "{}", world.aggregator.site_state_count());
+        let closed = series(&text, "helios_trace_site_closed_total");
+        assert_eq!(closed.values().sum::<f64>(), f64::from(SITES));
+    }
+
+    #[test]
+    fn ten_thousand_short_lived_processes_are_one_group_without_pid_label() {
+        let mut world = World::new(20, false);
+        world.fork_exec_exit(1000, "job", Some(7));
+        let after_one = world.text();
+        for child in 1001..11_000 {
+            world.fork_exec_exit(child, "job", Some(7));
+        }
+        let after_all = world.text();
+        assert_eq!(total_series(&after_all), total_series(&after_one), "{after_all}");
+        let opened = series(&after_all, "helios_trace_site_opened_total");
+        let job: Vec<f64> =
+            opened.iter().filter(|(k, _)| k.contains(r#"comm="job""#)).map(|(_, v)| *v).collect();
+        assert_eq!(job, [10_000.0], "the jobs' opens add up in one series, under their own name");
+        // The children ran in the parent's service (inherited at fork).
+        assert!(opened.keys().any(|k| k.contains(r#"comm="job""#) && k.contains(r#"unit="app.service""#)));
+        assert_eq!(world.aggregator.group_count(), 2, "server and job");
+    }
+
+    #[test]
+    fn with_pid_label_exited_processes_go_after_the_retention() {
+        let mut world = World::new(20, true);
+        let baseline = world.text();
+        for child in 1000..11_000 {
+            world.fork_exec_exit(child, "job", Some(7));
+        }
+        let during = world.text();
+        assert!(series(&during, "helios_trace_site_opened_total").len() >= 10_000, "one series per pid");
+        assert!(during.contains(r#"pid="1000""#));
+        world.now += 60 * SEC;
+        let after = world.text();
+        assert_eq!(after, baseline, "back to the series before the jobs");
+        assert_eq!(world.aggregator.group_count(), 1);
+    }
+
+    #[test]
+    fn an_exited_workload_keeps_its_series_for_the_retention_only() {
+        let mut world = World::new(20, false);
+        world.spawn_root(200, "worker", unit("worker.service"));
+        world.open(200, FdKind::Socket, 3, 4);
+        assert!(world.text().contains(r#"unit="worker.service""#));
+        world.event(200, Op::Exit, None);
+        let exited = world.tick();
+        let sites = sites_of(&exited, "worker", FdKind::Socket);
+        assert_eq!((sites[0].open, sites[0].closed), (0, 4), "open drops to 0, the closes are counted");
+        world.now += 59 * SEC;
+        assert!(world.text().contains(r#"unit="worker.service""#), "kept within the retention");
+        world.now += SEC;
+        assert!(!world.text().contains(r#"unit="worker.service""#), "dropped after it");
+    }
+
+    #[test]
+    fn exec_moves_a_process_to_its_new_name_and_cgroup() {
+        let mut world = World::new(20, false);
+        world.event(PARENT, Op::NewTask { child: 300, thread: false, comm: "server".into() }, None);
+        world.open(300, FdKind::Pipe, 4, 1);
+        let forked = world.tick();
+        assert_eq!(
+            forked.groups.iter().find(|g| g.key.comm == "server").unwrap().open_by_kind[&FdKind::Pipe],
+            1
+        );
+        let container = Workload { container_id: Some("c".repeat(64)), ..Workload::default() };
+        world.who.workloads.insert(300, container.clone());
+        world.event(
+            300,
+            Op::Exec { old_tid: 300, filename: b"/usr/bin/python3".to_vec(), comm: "python3".into() },
+            None,
+        );
+        let exported = world.tick();
+        let group = exported.groups.iter().find(|g| g.key.comm == "python3").unwrap();
+        assert_eq!(group.key.workload, container);
+        assert_eq!(group.open_by_kind[&FdKind::Pipe], 1, "its descriptors moved with it");
+        let server = exported.groups.iter().find(|g| g.key.comm == "server").unwrap();
+        assert_eq!(server.open_by_kind.get(&FdKind::Pipe).copied().unwrap_or(0), 0);
+    }
+
+    fn native(module: Option<&str>, offset: u64) -> Frame {
+        Frame {
+            symbol: None,
+            file: None,
+            line: None,
+            module: module.map(Arc::from),
+            address: Some(0x7f00_0000_0000 + offset),
+            offset: Some(offset),
+            language: Language::Native,
+        }
+    }
+
+    #[test]
+    fn frame_label_is_the_innermost_frame_of_the_application() {
+        let libc = native(Some("/usr/lib/x86_64-linux-gnu/libc.so.6"), 0x1169d7);
+        let app = native(Some("/srv/geo/bin/geo-server"), 0x4a20);
+        let loader = native(Some("/lib64/ld-linux-x86-64.so.2"), 0x10);
+        assert_eq!(site_frame_label(&[libc.clone(), app.clone(), loader.clone()]), "geo-server+0x4a20");
+        assert_eq!(site_frame_label(std::slice::from_ref(&libc)), "libc.so.6+0x1169d7", "no own frame: the innermost");
+        assert_eq!(site_frame_label(&[native(None, 0x10), libc.clone()]), "libc.so.6+0x1169d7");
+        assert_eq!(site_frame_label(&[]), "");
+        let python = Frame {
+            symbol: Some("UnitTrackingWSHandler.on_connect".into()),
+            file: Some("heliosops/geo.py".into()),
+            line: Some(27),
+            module: None,
+            address: None,
+            offset: None,
+            language: Language::Python,
+        };
+        let interpreter = native(Some("/usr/lib/libpython3.11.so.1.0"), 0x99);
+        assert_eq!(
+            site_frame_label(&[libc, interpreter, python]),
+            "UnitTrackingWSHandler.on_connect (heliosops/geo.py:27)"
+        );
+    }
+
+    #[test]
+    fn self_metrics_render() {
+        let own = SelfMetrics {
+            events_by_type: vec![("open", 5), ("close", 4), ("untracked", 1), ("undecodable", 0)],
+            events: EventCounts { received: 10, lost: 3, ..EventCounts::default() },
+            tracked_processes: 2,
+            tracked_fds: 9,
+            corrections: Corrections { added: 1, removed: 2 },
+            usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),
+        };
+        let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
+        assert_eq!(series(&text, "helios_trace_events_total")[r#"{event="open"}"#], 5.0);
+        assert_eq!(series(&text, "helios_trace_events_lost_total")[""], 3.0);
+        assert_eq!(series(&text, "helios_trace_tracked_fds")[""], 9.0);
+        assert_eq!(
+            series(&text, "helios_trace_reconcile_corrections_total")[r#"{direction="removed"}"#],
+            2.0
+        );
+        assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
+        assert_eq!(series(&text, "process_open_fds")[""], 7.0);
+    }
+}

@@ -1,0 +1,197 @@
+//! The exporter's HTTP server on a real loopback socket, without the kernel: what it answers,
+//! and that misbehaving clients (slow, oversized, too many, wrong method) cannot hold it.
+mod support;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use helios_trace::{
+    http::{self, Limits, Snapshot},
+    metrics::{Exported, SelfMetrics},
+    report::EventCounts,
+};
+use support::http_get;
+use tokio::sync::watch;
+
+/// Short limits, so the test sees them act within seconds.
+const LIMITS: Limits = Limits {
+    max_connections: 4,
+    header_read_timeout: Duration::from_millis(800),
+    max_header_bytes: 8192,
+    connection_timeout: Duration::from_secs(3),
+    stale_after: Duration::from_secs(30),
+};
+
+struct Server {
+    address: SocketAddr,
+    publish: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Runs the server; dropping it stops the server.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(http::bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (publish, snapshots) = watch::channel(None);
+        runtime.spawn(http::serve(listener, snapshots, LIMITS));
+        Server { address, publish, _runtime: runtime }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn publish(&self, taken: Instant) {
+        let own = SelfMetrics {
+            events_by_type: vec![("open", 3)],
+            events: EventCounts { lost: 2, ..EventCounts::default() },
+            ..SelfMetrics::default()
+        };
+        self.publish.send_replace(Some(Arc::new(Snapshot::new(Exported::default(), own, taken))));
+    }
+
+    /// Send `bytes` raw; what the server answers before it closes (or `limit` passes).
+    fn raw(&self, bytes: &[u8], limit: Duration) -> (String, Duration) {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(self.address).unwrap();
+        stream.set_read_timeout(Some(limit)).unwrap();
+        stream.write_all(bytes).unwrap();
+        (read_until_closed(&mut stream), started.elapsed())
+    }
+}
+
+/// Everything until EOF (or an error such as a reset, or the read timeout).
+fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn serves_the_three_paths_and_nothing_else() {
+    let server = Server::start();
+    assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap().0, 503, "not ready before the first snapshot");
+    assert_eq!(http_get(&server.url("/metrics"), &[]).unwrap().0, 503);
+    server.publish(Instant::now());
+    assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap(), (200, "ok\n".to_string()));
+    let (status, body) = http_get(&server.url("/metrics"), &[]).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("helios_trace_events_total{event=\"open\"} 3\n"), "{body}");
+    assert!(body.contains("helios_trace_events_lost_total 2\n"), "{body}");
+    let (status, body) = http_get(&server.url("/sites"), &[]).unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"sites":[]}"#));
+    assert_eq!(http_get(&server.url("/"), &[]).unwrap().0, 404);
+    assert_eq!(http_get(&server.url("/metrics/x"), &[]).unwrap().0, 404);
+
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
+        let (answer, _) = server
+            .raw(format!("{method} /metrics HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method}: {answer:?}");
+    }
+    let (answer, _) = server
+        .raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 413"), "a body is refused: {answer:?}");
+    let (answer, _) = server.raw(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    // One request per connection: a second one on the same connection is not answered.
+    let (answer, _) = server.raw(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{answer:?}");
+}
+
+#[test]
+fn a_stale_snapshot_fails_the_health_check() {
+    let server = Server::start();
+    server.publish(Instant::now() - Duration::from_secs(31));
+    let (status, body) = http_get(&server.url("/healthz"), &[]).unwrap();
+    assert_eq!(status, 503);
+    assert!(body.starts_with("stalled: no snapshot for 31s"), "{body}");
+}
+
+#[test]
+fn oversized_requests_are_refused() {
+    let server = Server::start();
+    server.publish(Instant::now());
+    let huge = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may close while we still write: that is a refusal too.
+    let _ = stream.write_all(huge.as_bytes());
+    let answer = read_until_closed(&mut stream);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(!answer.contains("helios_trace"), "no metrics for an oversized request");
+    let long_uri = format!("GET /metrics?{} HTTP/1.1\r\nHost: x\r\n\r\n", "q".repeat(16 * 1024));
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = stream.write_all(long_uri.as_bytes());
+    let answer = read_until_closed(&mut stream);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap().0, 200, "still serving");
+}
+
+#[test]
+fn slow_clients_time_out() {
+    let server = Server::start();
+    server.publish(Instant::now());
+    // Silent after connecting: closed once the headers are overdue.
+    let (answer, took) = server.raw(b"", Duration::from_secs(10));
+    assert!(!answer.contains("200 OK"), "{answer:?}");
+    assert!(took >= LIMITS.header_read_timeout, "closed after {took:?}");
+    assert!(took < LIMITS.connection_timeout + Duration::from_secs(2), "closed after {took:?}");
+    // Trickling the request a byte at a time does not reset the clock.
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut closed = false;
+    for byte in request {
+        if stream.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let answer = read_until_closed(&mut stream);
+    assert!(closed || !answer.contains("200 OK"), "a trickled request was served: {answer:?}");
+    assert!(
+        started.elapsed() < LIMITS.connection_timeout + Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_the_server_recovers() {
+    let server = Server::start();
+    server.publish(Instant::now());
+    let idle: Vec<TcpStream> =
+        (0..LIMITS.max_connections).map(|_| TcpStream::connect(server.address).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (answer, took) = server.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(10));
+    assert_eq!(answer, "", "over the limit: closed unanswered");
+    assert!(took < LIMITS.header_read_timeout, "closed at once, not timed out: {took:?}");
+    // The idle ones time out and free their slots.
+    std::thread::sleep(LIMITS.header_read_timeout + Duration::from_millis(500));
+    assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap().0, 200);
+    drop(idle);
+}
