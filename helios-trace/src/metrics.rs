@@ -1040,7 +1040,11 @@ mod tests {
         let app = native(Some("/srv/geo/bin/geo-server"), 0x4a20);
         let loader = native(Some("/lib64/ld-linux-x86-64.so.2"), 0x10);
         assert_eq!(site_frame_label(&[libc.clone(), app.clone(), loader.clone()]), "geo-server+0x4a20");
-        assert_eq!(site_frame_label(std::slice::from_ref(&libc)), "libc.so.6+0x1169d7", "no own frame: the innermost");
+        assert_eq!(
+            site_frame_label(std::slice::from_ref(&libc)),
+            "libc.so.6+0x1169d7",
+            "no own frame: the innermost"
+        );
         assert_eq!(site_frame_label(&[native(None, 0x10), libc.clone()]), "libc.so.6+0x1169d7");
         assert_eq!(site_frame_label(&[]), "");
         let python = Frame {

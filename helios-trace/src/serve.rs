@@ -26,6 +26,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Handlers first: a signal that arrives once we say "attached" must not kill us.
     let stop = session::stop_signal(None)?;
     let listener = http::bind(args.listen).await?;
+    // The address bound, not the one asked for: port 0 picks a free port.
+    let address = listener.local_addr()?;
     let (publish, snapshots) = watch::channel(None);
     let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
     let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
@@ -38,7 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         } else {
             format!("pid {:?}", args.trace.pids)
         },
-        args.listen
+        address
     );
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {

@@ -1,6 +1,7 @@
 //! `cargo xtask setup | run -- ARGS | test | bench`: the commands the README gives. Each one
 //! sets up what is missing first, so a fresh machine needs nothing installed by hand.
 mod fuzz;
+mod image;
 mod setup;
 mod sh;
 
@@ -37,6 +38,14 @@ enum Command {
         /// Targets (default: all of fuzz/fuzz_targets).
         targets: Vec<String>,
     },
+    /// Build the container image (deploy/Containerfile) with podman.
+    Image {
+        /// Use this helios-trace binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// Set up, then run every test, the kernel tests included (they must load, not skip).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -67,6 +76,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let binary = sh::workspace_root().join("target/release/helios-trace");
             let mut command = sh::as_root(&binary.to_string_lossy(), &args);
             Ok(sh::exit_code(command.status()?))
+        }
+        Command::Image { binary, tag } => {
+            if binary.is_none() {
+                setup::ensure(false)?;
+            }
+            setup::ensure_image_tools()?;
+            image::build(binary, &tag)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Fuzz { seconds, targets } => {
             setup::ensure(true)?;

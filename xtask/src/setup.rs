@@ -16,6 +16,8 @@ use crate::sh;
 /// Keep in sync with helios-trace/build.rs.
 const TOOLCHAIN: &str = "helios-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Validates the Kubernetes manifests of deploy/ offline (its schemas ship with it).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// cargo-fuzz drives the parser fuzz targets (fuzz/), on stable with `--sanitizer none`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
@@ -33,8 +35,36 @@ pub fn ensure(for_tests: bool) -> Result<()> {
     if for_tests {
         apt.install(TEST_PACKAGES)?;
         ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &["fuzz", "--version"])?;
+        ensure_python_venv()?;
     }
     Ok(())
+}
+
+/// What `cargo xtask image` needs beyond the build.
+pub fn ensure_image_tools() -> Result<()> {
+    Apt::default().install(&["podman"])
+}
+
+/// A virtualenv (python3-venv, a test package) with kubernetes-validate, which also brings
+/// PyYAML: the tests read the manifests with it. Tests find it at the same path.
+fn ensure_python_venv() -> Result<()> {
+    let venv = data_dir()?.join("venv");
+    let validator = venv.join("bin/kubernetes-validate");
+    let installed = sh::output(&validator.to_string_lossy(), &["--version"])
+        .is_some_and(|v| v.contains(KUBERNETES_VALIDATE_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    sh::check(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    sh::check(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")),
+    )
 }
 
 /// A cargo subcommand from crates.io at a pinned version.
@@ -121,8 +151,13 @@ fn ensure_toolchain_link() -> Result<()> {
 }
 
 fn toolchain_dir() -> Result<PathBuf> {
+    Ok(data_dir()?.join("bpf-toolchain"))
+}
+
+/// The user's data directory for what setup installs outside the system.
+fn data_dir() -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".local/share/helios-trace/bpf-toolchain"))
+    Ok(PathBuf::from(home).join(".local/share/helios-trace"))
 }
 
 fn which(program: &str) -> Option<String> {

@@ -66,6 +66,12 @@ pub fn fdwork_bin() -> &'static Path {
     BIN.get_or_init(|| compile_c("fdwork.c", "fdwork", &["-O2", "-g", "-Wall", "-pthread"]))
 }
 
+/// leaker.c: leaks from call sites of known names (see its header), with frame pointers.
+pub fn leaker_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| compile_c("leaker.c", "leaker", &["-O2", "-g", "-Wall", "-fno-omit-frame-pointer"]))
+}
+
 /// A running fdwork: send it commands, read the descriptors it reports.
 pub struct Workload {
     pub child: Child,
@@ -77,19 +83,25 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn() -> Workload {
+        Workload::spawn_command(Command::new(fdwork_bin()))
+    }
+
+    /// A workload speaking fdwork's protocol, started by `command` with the scratch directory
+    /// as its last argument.
+    pub fn spawn_command(mut command: Command) -> Workload {
         let scratch = tempfile::tempdir_in(scratch_root()).unwrap();
-        let mut child = Command::new(fdwork_bin())
+        let mut child = command
             .arg(scratch.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("fdwork starts");
+            .expect("the workload starts");
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with("ready"), "fdwork said {line:?}");
+        assert!(line.starts_with("ready"), "the workload said {line:?}");
         let pid = child.id();
         Workload { child, pid, stdin, stdout, scratch }
     }
@@ -154,25 +166,8 @@ impl Tracer {
             .spawn()
             .expect("helios-trace starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("[helios-trace] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("attached") => break,
-                Ok(_) => continue,
-                Err(_) => panic!("helios-trace did not attach within 30 s: {:?}", child.try_wait()),
-            }
-        }
+        let rx = follow_stderr(&mut child);
+        wait_for_attach(&mut child, &rx);
         Tracer { child, stdout, stderr_lines: rx }
     }
 
@@ -197,6 +192,136 @@ impl Tracer {
         assert!(status.success(), "helios-trace exited with {status}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text:?}"))
     }
+}
+
+/// Echo a child's stderr (tagged) and hand its lines over.
+fn follow_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("[helios-trace] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The line in which helios-trace says it is attached.
+fn wait_for_attach(child: &mut Child, lines: &std::sync::mpsc::Receiver<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("attached") => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("helios-trace did not attach within 30 s: {:?}", child.try_wait()),
+        }
+    }
+}
+
+/// A running `helios-trace serve` on a free loopback port.
+pub struct Serve {
+    child: Child,
+    /// http://127.0.0.1:PORT
+    pub base: String,
+    _stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    /// `helios-trace serve --listen 127.0.0.1:0 ARGS`, once attached.
+    pub fn start(args: &[&str]) -> Serve {
+        Serve::start_with(Command::new(helios_trace_bin()), args)
+    }
+
+    /// The same through `command` (e.g. setpriv), which must run `helios_trace_bin()` last.
+    pub fn start_with(mut command: Command, args: &[&str]) -> Serve {
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("helios-trace serve starts");
+        let lines = follow_stderr(&mut child);
+        let line = wait_for_attach(&mut child, &lines);
+        let address = line
+            .split_once("serving http://")
+            .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Serve { child, base: format!("http://{address}"), _stderr_lines: lines }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("{}{path}", self.base), &[]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM; the exit status (detaching takes the kernel a few seconds).
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// SIGINT; the exit status.
+    pub fn interrupt(self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGINT)
+    }
+
+    fn stop_with(mut self, sig: i32) -> std::process::ExitStatus {
+        signal(self.child.id(), sig);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop within 60 s of signal {sig}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `probe` until it gives a value, at most `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Series of one metric in exposition text: `{labels}` → value.
+pub fn exposition_series(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !labels.is_empty() && !labels.starts_with('{') {
+                return None; // another metric whose name starts with this one
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Drop for Tracer {
