@@ -32,16 +32,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
     let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
     tracing.engine.keep_transitions();
-    eprintln!(
-        "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
-        tracing.attached().len(),
-        if args.trace.pids.is_empty() {
-            "all processes".to_string()
-        } else {
-            format!("pid {:?}", args.trace.pids)
-        },
-        address
-    );
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {
             max_sites: args.max_sites,
@@ -50,6 +40,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }),
         proc_root: args.proc_root.clone(),
     };
+    // Ready (the first snapshot is out) before we say so.
+    exporter.publish(&mut tracing, &publish);
+    eprintln!(
+        "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
+        tracing.attached().len(),
+        if args.trace.pids.is_empty() {
+            "all processes".to_string()
+        } else {
+            let pids: Vec<String> = args.trace.pids.iter().map(u32::to_string).collect();
+            format!("pid {}", pids.join(", "))
+        },
+        address
+    );
     let result = tracing.run_until(stop, |tracing| exporter.publish(tracing, &publish)).await;
     server.abort();
     // Dropping `tracing` detaches the programs.

@@ -393,6 +393,7 @@ fn runs_with_only_the_daemonsets_capabilities() {
     let bounding: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
     // A workload of root's with every capability: reading its /proc entries takes
     // CAP_SYS_PTRACE (the ptrace access check compares capability sets).
+    ensure_host_tracefs();
     let mut leaker = Workload::spawn_command(Command::new(leaker_bin()));
     let mut setpriv = Command::new("setpriv");
     setpriv.arg(format!("--bounding-set=-all,{}", bounding.join(","))).arg(helios_trace_bin());

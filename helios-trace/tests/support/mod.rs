@@ -422,3 +422,14 @@ pub fn http_get(url: &str, query: &[(&str, &str)]) -> Result<(u16, String), Stri
     let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
     Ok((status, body))
 }
+
+/// Mount tracefs where the DaemonSet expects the host to have it (a fresh machine has it
+/// unmounted; helios-trace with CAP_SYS_ADMIN would mount it itself, the DaemonSet cannot).
+pub fn ensure_host_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return;
+    }
+    let status =
+        Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status().unwrap();
+    assert!(status.success(), "cannot mount tracefs at /sys/kernel/tracing");
+}
