@@ -73,6 +73,13 @@ pub struct TraceArgs {
     /// Size of the ring buffer the kernel writes events into (power of two, e.g. 16M).
     #[arg(long, value_parser = parse_ring_size, default_value = "16M")]
     pub ring_buffer_size: u32,
+    /// Track at most this many processes; more are counted as dropped, not tracked.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_processes: usize,
+    /// Track at most this many open descriptors; new ones beyond are counted as dropped (the
+    /// oldest, which are the leaks, are kept).
+    #[arg(long, default_value_t = 4_000_000)]
+    pub max_fds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,7 +13,7 @@ use crate::{
     decode::{self, Decoded},
     event::{Event, Op},
     fd::{FdKind, SiteId},
-    fdtable::{FdTable, ObservedFd, Transition},
+    fdtable::{FdTable, Limits, ObservedFd, Transition},
     procscan::{self, SocketTables},
     report::{Corrections, EventCounts},
     sites::SiteStats,
@@ -58,10 +58,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(proc_root: impl Into<PathBuf>) -> Engine {
+    pub fn new(proc_root: impl Into<PathBuf>, limits: Limits) -> Engine {
         let proc_root = proc_root.into();
         Engine {
-            table: FdTable::new(),
+            table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
             stacks: StackRegistry::new(&proc_root),
             syscalls: SyscallTable::native(),

@@ -27,6 +27,8 @@ pub struct Report {
     pub duration_seconds: f64,
     pub events: EventCounts,
     pub reconcile_corrections: Corrections,
+    /// What the --max-processes / --max-fds caps kept out of the tables.
+    pub dropped: crate::fdtable::Dropped,
     pub processes: Vec<ProcessReport>,
 }
 
@@ -218,6 +220,7 @@ pub fn build(input: ReportInput<'_>) -> Report {
         duration_seconds: duration.as_secs_f64(),
         events,
         reconcile_corrections: corrections,
+        dropped: table.dropped(),
         processes,
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     clock,
     engine::Engine,
     fd::{FdDetail, printable},
-    fdtable::OpenFd,
+    fdtable::{Limits, OpenFd},
     procscan::{self, SocketTables},
     report::{self, Corrections, EventCounts, Report, ReportInput},
 };
@@ -64,7 +64,8 @@ impl Tracing {
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
-        let mut engine = Engine::new(proc_root);
+        let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
+        let mut engine = Engine::new(proc_root, limits);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
