@@ -18,5 +18,6 @@ pub mod report;
 pub mod serve;
 pub mod session;
 pub mod sites;
+pub mod sockdiag;
 pub mod stacks;
 pub mod syscalls;
