@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::{
     fd::{CloseReason, SiteId},
-    report::{ProcessReport, Report, SiteReport, human_duration},
+    report::{ProcessReport, Report, SiteReport, human_duration, plural},
     trend::{rate, thousands},
 };
 
@@ -188,9 +188,9 @@ fn growth(g: Option<f64>) -> String {
 pub fn summary_line(report: &Report) -> String {
     let open: u64 = report.processes.iter().map(|p| p.open_fds).sum();
     let mut line = format!(
-        "helios-trace {}: {} processes, {} open, {} events ({} lost)",
+        "helios-trace {}: {}, {} open, {} events ({} lost)",
         human_duration(report.duration_seconds),
-        report.processes.len(),
+        plural(report.processes.len() as u64, "process", "processes"),
         thousands(open),
         thousands(report.events.received),
         thousands(report.events.lost),
@@ -244,11 +244,11 @@ pub fn render(frame: &mut Frame, ui: &mut Ui, report: Option<&Report>, title: &s
     let mut status = vec![
         Span::styled("helios-trace ", Style::new().bold()),
         Span::raw(format!(
-            "{title} | {} | {} events ({} lost) | {} processes, {} open | ",
+            "{title} | {} | {} events ({} lost) | {}, {} open | ",
             human_duration(report.duration_seconds),
             thousands(report.events.received),
             thousands(report.events.lost),
-            report.processes.len(),
+            plural(report.processes.len() as u64, "process", "processes"),
             thousands(open),
         )),
         match report.suspected_leaks {

@@ -297,6 +297,7 @@ fn process_report(
             if !exited && let Some(r) = retired {
                 everywhere.merge(&r.counters);
             }
+            let processes = retired.map_or(1, |r| r.processes);
             let verdict = context.history.series(tgid, kind, site).and_then(|series| {
                 let start = series.first()?.t_ns;
                 let min_age_ns = context.min_age.as_nanos() as u64;
@@ -336,7 +337,7 @@ fn process_report(
                 closed: own.closed,
                 oldest_age_seconds: open.first().map(|(_, e)| age(e.opened_ns)),
                 closed_by: closed_by(&own),
-                closed_only_at_exit: everywhere.closed_only_at_exit(),
+                closed_only_at_exit: everywhere.closed_only_at_exit(processes),
                 exited_processes: retired.map(|r| ExitedSummary {
                     processes: r.processes,
                     opened: r.counters.opened,
@@ -408,6 +409,11 @@ pub fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).expect("report serializes")
 }
 
+/// "1 process", "3 processes".
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// "19h 4m", "3m 12s", "4.2s".
 pub fn human_duration(seconds: f64) -> String {
     let s = seconds.max(0.0);
@@ -424,12 +430,12 @@ pub fn to_text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "helios-trace: {} traced, {} events ({} lost, {} undecodable), {} processes with activity, {}",
+        "helios-trace: {} traced, {} events ({} lost, {} undecodable), {} with activity, {}",
         human_duration(report.duration_seconds),
         report.events.received,
         report.events.lost,
         report.events.undecodable,
-        report.processes.len(),
+        plural(report.processes.len() as u64, "process", "processes"),
         match report.suspected_leaks {
             0 => "no suspected leak".to_string(),
             1 => "1 suspected leak".to_string(),
@@ -518,7 +524,13 @@ pub fn to_text(report: &Report) -> String {
                 let elsewhere = site
                     .exited_processes
                     .as_ref()
-                    .map(|e| format!(" ({} in {} exited processes)", e.closed, e.processes))
+                    .map(|e| {
+                        format!(
+                            " ({} in {})",
+                            e.closed,
+                            plural(e.processes, "exited process", "exited processes")
+                        )
+                    })
                     .unwrap_or_default();
                 let _ = writeln!(out, "           closed only ever by process exit{elsewhere}");
             }
@@ -825,8 +837,8 @@ mod tests {
     fn sites_closed_only_by_exit_elsewhere_are_flagged() {
         let (mut table, mut stats) = (FdTable::new(), SiteStats::default());
         let mut out: Vec<Transition> = Vec::new();
-        // A previous generation (pid 5) opened two at the site and held them until it exited.
-        for fd in [3, 4] {
+        // A previous generation (pid 5) opened three at the site and held them until it exited.
+        for fd in [3, 4, 5] {
             table.apply(&open_event(5, fd, 1, FdKind::File), SiteId::Stack(0xab), &mut out);
         }
         table.apply(
@@ -848,8 +860,8 @@ mod tests {
         let site = &process_of(&report, 6).sites[0];
         assert!(site.closed_only_at_exit);
         let e = site.exited_processes.as_ref().unwrap();
-        assert_eq!((e.processes, e.opened, e.closed), (1, 2, 2));
-        assert!(to_text(&report).contains("closed only ever by process exit (2 in 1 exited processes)"));
+        assert_eq!((e.processes, e.opened, e.closed), (1, 3, 3));
+        assert!(to_text(&report).contains("closed only ever by process exit (3 in 1 exited process)"));
     }
 
     fn process_of(report: &Report, pid: u32) -> &ProcessReport {

@@ -38,15 +38,23 @@ impl SiteCounters {
         }
     }
 
-    /// Every close was the exit of the process (reconciliation's corrections aside), and no more
-    /// closes than opens: copies a forked child inherited and dropped at its exit are not the
-    /// site's own.
-    pub fn closed_only_at_exit(&self) -> bool {
+    /// Every close was the exit of the process (reconciliation's corrections aside), over
+    /// `processes` processes: at least [`EXIT_ONLY_PER_PROCESS`] each (a log file or a listener
+    /// held for a process's life is no leak), and no more closes than opens (copies a forked
+    /// child inherited and dropped at its exit are not the site's own).
+    pub fn closed_only_at_exit(&self, processes: u64) -> bool {
         let exit = self.closed_by[CloseReason::Exit.index()];
         let corrected = self.closed_by[CloseReason::Reconcile.index()];
-        exit > 0 && exit + corrected == self.closed && exit <= self.opened
+        exit > 0
+            && exit + corrected == self.closed
+            && exit <= self.opened
+            && exit >= EXIT_ONLY_PER_PROCESS * processes.max(1)
     }
 }
+
+/// Fewer descriptors than this per process, all held until exit, are a process's own long-lived
+/// ones (pipe pairs included), not a leak.
+pub const EXIT_ONLY_PER_PROCESS: u64 = 3;
 
 /// What exited processes did at one site, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,13 +168,14 @@ mod tests {
         stats.observe(&Transition::ProcessExited { tgid: 3 });
         let retired = *stats.retired(FdKind::Socket, site).unwrap();
         assert_eq!((retired.processes, retired.counters.opened, retired.counters.closed), (2, 4, 4));
-        assert!(retired.counters.closed_only_at_exit());
+        assert!(!retired.counters.closed_only_at_exit(retired.processes), "two per process: long-lived ones");
+        assert!(retired.counters.closed_only_at_exit(1));
         // The live generation closes one explicitly: no longer "only at exit".
         stats.observe(&fd(4, site, FdChange::Opened));
         stats.observe(&fd(4, site, FdChange::Closed(CloseReason::Close)));
         let mut all = retired.counters;
         all.merge(&stats.get(4, FdKind::Socket, site));
-        assert!(!all.closed_only_at_exit());
+        assert!(!all.closed_only_at_exit(1));
         assert!(stats.retired(FdKind::Socket, SiteId::NoStack).is_none());
     }
 
@@ -177,10 +186,12 @@ mod tests {
         for _ in 0..3 {
             c.record(FdChange::Closed(CloseReason::Exit));
         }
-        assert!(!c.closed_only_at_exit(), "more exit closes than opens: copies");
+        assert!(!c.closed_only_at_exit(1), "more exit closes than opens: copies");
         let mut d = SiteCounters::default();
-        d.record(FdChange::Opened);
-        d.record(FdChange::Closed(CloseReason::Reconcile));
-        assert!(!d.closed_only_at_exit(), "no exit close at all");
+        for _ in 0..3 {
+            d.record(FdChange::Opened);
+            d.record(FdChange::Closed(CloseReason::Reconcile));
+        }
+        assert!(!d.closed_only_at_exit(1), "no exit close at all");
     }
 }
