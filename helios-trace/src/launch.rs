@@ -137,15 +137,15 @@ pub fn start_gated(program: PathBuf, argv: &[OsString], identity: Option<Identit
             }
             let mut byte = 0u8;
             if libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
-                return Err(io::Error::other("helios-trace did not start tracing"));
+                // The gate closed unopened: tracing could not start. (No allocation here.)
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
             }
-            if let Some(id) = &identity {
-                if libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0
+            if let Some(id) = &identity
+                && (libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0
                     || libc::setgid(id.gid) != 0
-                    || libc::setuid(id.uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                    || libc::setuid(id.uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())

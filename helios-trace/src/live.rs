@@ -509,7 +509,7 @@ impl Drop for LiveView {
 
 fn enter(out: &mut impl Write) -> io::Result<()> {
     terminal::enable_raw_mode()?;
-    execute!(out, terminal::EnterAlternateScreen, cursor::Hide)
+    execute!(out, terminal::EnterAlternateScreen, terminal::Clear(terminal::ClearType::All), cursor::Hide)
 }
 
 fn leave(on_stdout: bool) {
@@ -536,8 +536,9 @@ fn draw_loop(
     reports: &Receiver<Report>,
     quit: &Notify,
 ) -> io::Result<()> {
+    // No Terminal::clear (here or on resize): it asks the cursor position on stdout, which may
+    // not be the terminal we draw on. `enter` cleared the screen.
     let mut terminal = Terminal::new(CrosstermBackend::new(out))?;
-    terminal.clear()?;
     let mut ui = Ui::default();
     let (mut shown, mut latest): (Option<Report>, Option<Report>) = (None, None);
     let mut dirty = true;
@@ -567,7 +568,6 @@ fn draw_loop(
                 }
                 Event::Resize(..) => {
                     terminal.autoresize()?;
-                    terminal.clear()?;
                     dirty = true;
                 }
                 _ => {}

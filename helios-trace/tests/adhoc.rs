@@ -85,7 +85,7 @@ fn run_names_the_leaking_site_and_passes_the_exit_status_through() {
 }
 
 #[test]
-fn run_switches_to_the_sudo_user_and_reports_a_signal() {
+fn run_switches_to_the_sudo_user_and_reports_signals() {
     if !require_bpf() {
         return;
     }
@@ -96,6 +96,11 @@ fn run_switches_to_the_sudo_user_and_reports_a_signal() {
     let (code, report, _) = run(&["--", "sh", "-c", "kill -TERM $$"], &[], "");
     assert_eq!(code, 128 + libc::SIGTERM);
     assert_eq!(report["command"]["signal"], libc::SIGTERM);
+    // --duration ends the command the way timeout(1) does.
+    let started = Instant::now();
+    let (code, report, _) = run(&["--duration", "1s", "--", "sleep", "60"], &[], "");
+    assert_eq!((code, report["command"]["signal"].as_i64()), (128 + libc::SIGTERM, Some(libc::SIGTERM as i64)));
+    assert!(started.elapsed() < Duration::from_secs(30));
     let out = Command::new(helios_trace_bin()).args(["run", "--", "no-such-command-here"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
