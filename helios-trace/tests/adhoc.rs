@@ -99,7 +99,10 @@ fn run_switches_to_the_sudo_user_and_reports_signals() {
     // --duration ends the command the way timeout(1) does.
     let started = Instant::now();
     let (code, report, _) = run(&["--duration", "1s", "--", "sleep", "60"], &[], "");
-    assert_eq!((code, report["command"]["signal"].as_i64()), (128 + libc::SIGTERM, Some(libc::SIGTERM as i64)));
+    assert_eq!(
+        (code, report["command"]["signal"].as_i64()),
+        (128 + libc::SIGTERM, Some(libc::SIGTERM as i64))
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     let out = Command::new(helios_trace_bin()).args(["run", "--", "no-such-command-here"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
