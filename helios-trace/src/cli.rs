@@ -34,7 +34,8 @@ Examples:
 
 The report covers CMD and every process it starts, exited ones included (as of their exit).
 helios-trace exits with CMD's status (128+N when a signal N ended it). Ctrl-C and SIGTERM
-are passed on to CMD; a second one kills it.";
+are passed on to CMD, --duration and q (with --view live) send it SIGTERM; a second request
+kills it.";
 
 #[derive(Debug, Parser)]
 #[command(name = "helios-trace", version, about, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
