@@ -4,6 +4,7 @@
 //! Data flow (design.md): tracepoints → ring buffer → [`session`] reader → [`decode`] →
 //! [`fdtable`] → [`sites`] → [`report`] / metrics. Only [`bpf`] talks to the kernel's BPF side;
 //! [`procscan`] is the only reader of /proc; everything between is pure.
+pub mod adhoc;
 pub mod bpf;
 pub mod cli;
 pub mod clock;
@@ -13,6 +14,9 @@ pub mod event;
 pub mod fd;
 pub mod fdtable;
 pub mod fuzzing;
+pub mod history;
+pub mod launch;
+pub mod live;
 pub mod procscan;
 pub mod report;
 pub mod serve;
@@ -21,3 +25,4 @@ pub mod sites;
 pub mod sockdiag;
 pub mod stacks;
 pub mod syscalls;
+pub mod trend;

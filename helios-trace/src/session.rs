@@ -1,9 +1,11 @@
 //! A tracing run: attach, load the /proc baseline, then read the ring buffer into the Engine
-//! until told to stop, reconciling with /proc on a timer. The ad-hoc session (`run`) prints a
-//! report at the end; the exporter (serve.rs) drives the same loop and publishes metrics.
+//! until told to stop, reconciling with /proc on a timer and sampling every site's open count
+//! once a second. The ad-hoc session (adhoc.rs) reports at the end; the exporter (serve.rs)
+//! drives the same loop and publishes metrics.
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     future::Future,
-    io::Write as _,
     path::{Path, PathBuf},
     pin::pin,
     time::{Duration, SystemTime},
@@ -19,11 +21,12 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
-    cli::{Format, SessionArgs, StackMode, TraceArgs},
+    cli::{StackMode, TraceArgs},
     clock,
     engine::Engine,
-    fd::{FdDetail, printable},
+    fd::{FdDetail, FdKind, printable},
     fdtable::{Limits, OpenFd},
+    history::History,
     procscan::{self, SocketTables},
     report::{self, Corrections, EventCounts, Report, ReportInput},
 };
@@ -42,7 +45,16 @@ pub struct Tracing {
     pub started_at: SystemTime,
     pub started: Instant,
     reconcile_interval: Duration,
+    /// Every site's open count, once a second.
+    pub history: History,
+    /// How old a growing site's descriptors must be for it to be a suspected leak.
+    pub min_age: Duration,
+    /// Socket inodes by (process, fd, opened_ns), so a report reads each socket's link once.
+    socket_inodes: HashMap<(u32, i32, u64), u64>,
 }
+
+/// The default of `--min-age`.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 
 impl Tracing {
     /// Attach the programs and load what is already open.
@@ -88,7 +100,17 @@ impl Tracing {
             started_at,
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
+            history: History::default(),
+            min_age: DEFAULT_MIN_AGE,
+            socket_inodes: HashMap::new(),
         })
+    }
+
+    /// Sample every site's open count now (once a second, from `run_until`).
+    pub fn sample(&mut self) {
+        let exited: Vec<u32> = self.engine.exited().iter().map(|e| e.tgid).collect();
+        self.history
+            .sample(clock::boot_ns(), &self.engine.table, &self.engine.stats, |tgid| exited.contains(&tgid));
     }
 
     pub fn attached(&self) -> &[String] {
@@ -103,8 +125,8 @@ impl Tracing {
         }
     }
 
-    /// Run until `stop` completes; `every_second` runs once a second with the engine (the
-    /// exporter publishes its snapshot there). Ends with a final drain.
+    /// Run until `stop` completes; `every_second` runs once a second, after the sites were
+    /// sampled (the exporter publishes its snapshot there). Ends with a final drain.
     pub async fn run_until(
         &mut self,
         stop: impl Future<Output = ()>,
@@ -133,7 +155,11 @@ impl Tracing {
                 }
                 _ = drain_timer.tick() => self.drain(),
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
-                _ = second.tick() => every_second(self),
+                _ = second.tick() => {
+                    self.drain();
+                    self.sample();
+                    every_second(self);
+                }
             }
         }
         self.drain();
@@ -178,12 +204,18 @@ impl Tracing {
             }
         }
         let engine = &self.engine;
-        let mut sockets = SocketTables::new(&proc_root);
-        let mut describe =
-            |tgid: u32, fd: i32, entry: &OpenFd| describe_fd(&proc_root, &mut sockets, tgid, fd, entry);
+        let join = RefCell::new(SocketJoin {
+            proc_root: &proc_root,
+            tables: SocketTables::new(&proc_root),
+            known: std::mem::take(&mut self.socket_inodes),
+            seen: HashMap::new(),
+        });
+        let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
+        let mut socket_state =
+            |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().tcp_state(tgid, fd, entry);
         let frames = |site| engine.stacks.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| filtered || engine.stats.active(tgid);
-        report::build(ReportInput {
+        let report = report::build(ReportInput {
             started_at: self.started_at,
             duration: self.started.elapsed(),
             now_ns: clock::boot_ns(),
@@ -195,8 +227,52 @@ impl Tracing {
             include: &include,
             cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
             describe: &mut describe,
+            socket_state: &mut socket_state,
             list_fds,
-        })
+            exited: engine.exited(),
+            history: &self.history,
+            min_age: self.min_age,
+        });
+        // Only the sockets still open stay cached.
+        self.socket_inodes = join.into_inner().seen;
+        report
+    }
+}
+
+/// Open sockets joined with the socket tables of their network namespace, by inode.
+struct SocketJoin<'a> {
+    proc_root: &'a Path,
+    tables: SocketTables,
+    known: HashMap<(u32, i32, u64), u64>,
+    seen: HashMap<(u32, i32, u64), u64>,
+}
+
+impl SocketJoin<'_> {
+    fn inode(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<u64> {
+        // The descriptor's open time tells a reused fd number from the socket we cached.
+        let key = (tgid, fd, entry.opened_ns);
+        let inode = match self.known.get(&key).or_else(|| self.seen.get(&key)) {
+            Some(inode) => *inode,
+            None => procscan::socket_inode(self.proc_root, tgid, fd)?,
+        };
+        self.seen.insert(key, inode);
+        Some(inode)
+    }
+
+    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&procscan::SocketInfo> {
+        if entry.kind != FdKind::Socket {
+            return None;
+        }
+        let inode = self.inode(tgid, fd, entry)?;
+        self.tables.for_process(tgid).get(inode)
+    }
+
+    fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
+        describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
+    }
+
+    fn tcp_state(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
+        self.socket(tgid, fd, entry)?.state.clone()
     }
 }
 
@@ -221,55 +297,6 @@ pub fn describe_fd(
         }
         _ => None,
     }
-}
-
-/// The ad-hoc session: trace until --duration, Ctrl-C or SIGTERM, then print the report.
-pub async fn run(args: SessionArgs) -> Result<()> {
-    // Handlers first: a signal that arrives once we say "attached" must not kill us.
-    let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let stop = stop_signal(args.duration)?;
-    let mut stop = pin!(stop);
-    let proc_root = Path::new("/proc");
-    let mut tracing = Tracing::start(&args.trace, proc_root)?;
-    eprintln!(
-        "helios-trace: attached {} tracepoints; tracing {}{}",
-        tracing.attached().len(),
-        if tracing.targets.is_empty() {
-            "all processes".to_string()
-        } else {
-            format!("pid {}", join(&tracing.targets))
-        },
-        args.duration
-            .map(|d| format!(" for {}", humantime::format_duration(d)))
-            .unwrap_or_else(|| " until Ctrl-C".to_string())
-    );
-    // SIGUSR1 prints a report and tracing goes on (like dd's progress signal).
-    loop {
-        tokio::select! {
-            result = tracing.run_until(&mut stop, |_| {}) => { result?; break; }
-            _ = snapshot.recv() => {
-                tracing.drain();
-                print_report(&tracing.report(args.list_fds), args.format, true)?;
-            }
-        }
-    }
-    print_report(&tracing.report(args.list_fds), args.format, false)
-}
-
-/// A snapshot in JSON is one line, so a reader can take one report per line.
-fn print_report(report: &Report, format: Format, snapshot: bool) -> Result<()> {
-    let text = match (format, snapshot) {
-        (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
-        (Format::Json, false) => report::to_json(report),
-        (Format::Text, _) => report::to_text(report),
-    };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}").context("writing the report")?;
-    stdout.flush().context("writing the report")
-}
-
-fn join(pids: &[u32]) -> String {
-    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Completes on SIGINT, SIGTERM, or when `duration` has passed.

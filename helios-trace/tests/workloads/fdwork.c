@@ -36,6 +36,7 @@
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -110,6 +111,55 @@ static void run_thread(int open_count, int close_fd) {
     if (pthread_create(&thread, NULL, thread_main, &job) != 0) { reply("err pthread_create"); return; }
     pthread_join(thread, NULL);
     reply_fds(open_count, job.fds);
+}
+
+/* --- background workers: a busy site, a slow leak, a server that forgets to close --- */
+struct churn_job { long rate, leak_ms, pool; };
+
+static long elapsed_ms(const struct timespec *start) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
+}
+
+/* Every 10 ms, rate/100 opens of one scratch file, each closed at once, except: the first
+ * `pool` are kept (a pool opened at start and held), and one more is kept every `leak_ms`
+ * (0: never). All through the one open() call below, so it is one call site. */
+static void *churn_main(void *arg) {
+    struct churn_job job = *(struct churn_job *)arg;
+    free(arg);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/churn-bg", scratch_dir);
+    long per_tick = job.rate / 100, kept = 0, leaked = 0;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        long due = job.leak_ms > 0 ? elapsed_ms(&start) / job.leak_ms : 0;
+        for (long i = 0; i < per_tick || kept < job.pool || leaked < due; i++) {
+            int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+            if (fd < 0) continue;
+            if (kept < job.pool) kept++;
+            else if (leaked < due) leaked++;
+            else close(fd);
+        }
+        usleep(10000);
+    }
+    return NULL;
+}
+
+/* A server whose handler never closes what it accepted, even after the client hung up. */
+static void *serve_main(void *arg) {
+    int listener = (int)(long)arg;
+    for (;;) {
+        if (accept(listener, NULL, NULL) < 0 && errno != EINTR) break;
+    }
+    return NULL;
+}
+
+static void start_thread(void *(*main)(void *), void *arg) {
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, main, arg) != 0) { reply("err pthread_create"); return; }
+    pthread_detach(thread);
 }
 
 /* --- SCM_RIGHTS --- */
@@ -367,9 +417,21 @@ static void handle(char *line) {
         kill((pid_t)a, SIGKILL);
         waitpid((pid_t)a, NULL, 0);
         reply("ok");
-    } else if (!strcmp(cmd, "exit")) {
+    } else if (!strcmp(cmd, "churn-bg")) {   /* churn-bg RATE LEAK_MS POOL: in the background */
+        struct churn_job *job = malloc(sizeof *job);
+        job->rate = 0; job->leak_ms = 0; job->pool = 0;
+        sscanf(line, "%*s %ld %ld %ld", &job->rate, &job->leak_ms, &job->pool);
+        start_thread(churn_main, job);
         reply("ok");
-        exit(0);
+    } else if (!strcmp(cmd, "serve-bg")) {   /* serve-bg: listen on loopback, accept and never close */
+        int port;
+        CHECK(fd = loopback_listener(&port));
+        start_thread(serve_main, (void *)(long)fd);
+        reply("ok %d", port);
+    } else if (!strcmp(cmd, "exit")) {        /* exit [CODE] */
+        sscanf(line, "%*s %ld", &a);
+        reply("ok");
+        exit(a < 0 ? 0 : (int)a);
     } else {
         reply("err unknown command %s", cmd);
     }
