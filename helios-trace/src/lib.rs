@@ -19,6 +19,7 @@ pub mod launch;
 pub mod live;
 pub mod procscan;
 pub mod report;
+pub mod resources;
 pub mod serve;
 pub mod session;
 pub mod sites;

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::{
     fd::{CloseReason, SiteId},
-    report::{ProcessReport, Report, SiteReport, human_duration, plural},
+    report::{ProcessReport, Report, SiteReport, bytes, human_duration, plural},
     trend::{rate, thousands},
 };
 
@@ -300,9 +300,20 @@ fn render_sites(
     rows: &[(&ProcessReport, &SiteReport)],
     selected: usize,
 ) {
-    let header =
-        Row::new(["PID", "COMM", "KIND", "OPEN", "OLDEST", "GROWTH", "CLOSED BY", "CW", "FLAGS", "FRAME"])
-            .style(HEADER_STYLE);
+    let header = Row::new([
+        "PID",
+        "COMM",
+        "KIND",
+        "OPEN",
+        "OLDEST",
+        "GROWTH",
+        "MEM",
+        "CLOSED BY",
+        "CW",
+        "FLAGS",
+        "FRAME",
+    ])
+    .style(HEADER_STYLE);
     let table_rows = rows.iter().map(|(p, s)| {
         let style = if s.suspected_leak { Style::new().fg(Color::Red) } else { Style::new() };
         Row::new([
@@ -312,6 +323,7 @@ fn render_sites(
             Cell::from(thousands(s.open)),
             Cell::from(s.oldest_age_seconds.map(human_duration).unwrap_or_default()),
             Cell::from(growth(s.growth_per_minute)),
+            Cell::from(memory(s)),
             Cell::from(closes(s)),
             Cell::from(if s.close_wait > 0 { thousands(s.close_wait) } else { String::new() }),
             Cell::from(flags(s)),
@@ -326,6 +338,7 @@ fn render_sites(
         Constraint::Length(8),
         Constraint::Length(8),
         Constraint::Length(9),
+        Constraint::Length(8),
         Constraint::Length(22),
         Constraint::Length(6),
         Constraint::Length(21),
@@ -344,7 +357,8 @@ fn render_processes(
     sort: SortBy,
     selected: usize,
 ) {
-    let header = Row::new(["PID", "COMM", "OPEN", "GROWTH", "LEAKS", "CW", "TOP SITE"]).style(HEADER_STYLE);
+    let header = Row::new(["PID", "COMM", "OPEN", "GROWTH", "LEAKS", "CW", "RSS", "FD LIMIT IN", "TOP SITE"])
+        .style(HEADER_STYLE);
     let table_rows = rows.iter().map(|p| {
         let style = if p.suspected_leaks > 0 { Style::new().fg(Color::Red) } else { Style::new() };
         let top = top_site(p, sort).map(|s| format!("{} {} at {}", thousands(s.open), s.kind, s.frame));
@@ -358,6 +372,16 @@ fn render_processes(
                 0 => String::new(),
                 n => thousands(n),
             }),
+            Cell::from(
+                p.resources.as_ref().and_then(|r| r.rss_bytes).map(|b| bytes(b as f64)).unwrap_or_default(),
+            ),
+            Cell::from(
+                p.resources
+                    .as_ref()
+                    .and_then(|r| r.fd_exhaustion_seconds)
+                    .map(human_duration)
+                    .unwrap_or_default(),
+            ),
             Cell::from(top.unwrap_or_default()),
         ])
         .style(style)
@@ -369,12 +393,22 @@ fn render_processes(
         Constraint::Length(9),
         Constraint::Length(6),
         Constraint::Length(6),
+        Constraint::Length(9),
+        Constraint::Length(12),
         Constraint::Fill(1),
     ];
     let table = Table::new(table_rows, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     frame.render_stateful_widget(table, area, &mut TableState::default().with_selected(Some(selected)));
+}
+
+/// The kernel memory a site's descriptors hold (sockets' buffers, memfds' pages).
+fn memory(site: &SiteReport) -> String {
+    match site.socket_memory_bytes.or(site.pinned_bytes) {
+        Some(b) if b > 0 => bytes(b as f64),
+        _ => String::new(),
+    }
 }
 
 fn top_site(process: &ProcessReport, sort: SortBy) -> Option<&SiteReport> {
@@ -411,6 +445,9 @@ fn site_details(process: &ProcessReport, site: &SiteReport) -> Vec<Line<'static>
     if site.closed_only_at_exit {
         lines.push(Line::from("its descriptors are only ever closed by process exit"));
     }
+    if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
+        lines.push(Line::from(format!("its open sockets hold {} of kernel memory", bytes(memory as f64))));
+    }
     lines.extend(
         site.frames.iter().take(4).enumerate().map(|(i, f)| Line::from(format!("#{i} {}", f.describe()))),
     );
@@ -428,6 +465,9 @@ fn process_details(process: &ProcessReport) -> Vec<Line<'static>> {
         )),
         Line::from(format!("{} open: {}", thousands(process.open_fds), kinds.join(", "))),
     ];
+    if let Some(summary) = process.resources.as_ref().and_then(|r| r.summary.clone()) {
+        lines.push(Line::from(summary));
+    }
     for site in process.sites.iter().filter(|s| s.suspected_leak) {
         lines.push(Line::from(format!(
             "suspected leak at {}: {}",
@@ -606,6 +646,8 @@ mod tests {
             trend: None,
             tcp_states: BTreeMap::new(),
             close_wait: 0,
+            socket_memory_bytes: (kind == FdKind::Socket).then_some(open * 100_000),
+            pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
         }
@@ -621,6 +663,11 @@ mod tests {
             exited: false,
             suspected_leaks: sites.iter().filter(|s| s.suspected_leak).count() as u64,
             growth_per_minute: sites.iter().filter_map(|s| s.growth_per_minute).sum(),
+            resources: Some(crate::report::Resources {
+                rss_bytes: Some(240_000_000),
+                fd_exhaustion_seconds: (pid == 20).then_some(33_120.0),
+                ..Default::default()
+            }),
             sites,
             fds: None,
         }
@@ -672,6 +719,7 @@ mod tests {
         assert!(text.contains("LEAK?"), "{text}");
         assert!(text.contains("CLOSE_WAIT"), "{text}");
         assert!(text.contains("close 100"), "{text}");
+        assert!(text.contains("6.0 MB"), "socket memory of the leaking site: {text}");
         assert!(text.contains("suspected leak: +60/min for 1m 0s"), "the selected row's why: {text}");
         assert!(!text.contains("frame-of-before-trace"), "{text}");
     }
@@ -686,6 +734,8 @@ mod tests {
         let text = screen(&mut ui, Some(&report));
         assert!(text.contains("TOP SITE"), "{text}");
         assert!(text.contains("60 socket at frame-of-1eaf"), "{text}");
+        assert!(text.contains("240 MB"), "RSS: {text}");
+        assert!(text.contains("9h 12m"), "time until the fd limit: {text}");
         ui.handle(Key::Down);
         ui.handle(Key::Down);
         ui.handle(Key::Down);

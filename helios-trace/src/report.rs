@@ -83,6 +83,8 @@ pub struct ProcessReport {
     pub suspected_leaks: u64,
     /// Sum of its sites' growth.
     pub growth_per_minute: f64,
+    /// What it runs out of, and when (null for exited processes).
+    pub resources: Option<Resources>,
     pub sites: Vec<SiteReport>,
     /// Every open descriptor (with `--list-fds`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,8 +131,56 @@ pub struct SiteReport {
     pub tcp_states: BTreeMap<String, u64>,
     /// Open sockets whose peer hung up and which this process never closed.
     pub close_wait: u64,
+    /// Kernel memory charged to the site's open sockets (receive and send queues, forward
+    /// allocation, options; from sock_diag). Null for other kinds.
+    pub socket_memory_bytes: Option<u64>,
+    /// Memory pinned by the site's open memfds (their blocks cannot be freed while open).
+    pub pinned_bytes: Option<u64>,
     pub frames: Vec<Frame>,
     pub examples: Vec<Example>,
+}
+
+/// A process's limits and memory, with the time to exhaustion at the session's rates.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Resources {
+    /// Soft RLIMIT_NOFILE: at this many open descriptors, open() fails with EMFILE.
+    pub fd_limit: Option<u64>,
+    /// Growth of the open descriptor count (Theil-Sen over the session), per hour.
+    pub fd_growth_per_hour: Option<f64>,
+    /// At that growth, seconds until the limit is reached.
+    pub fd_exhaustion_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub rss_growth_bytes_per_hour: Option<f64>,
+    /// The process's memory cgroup: usage, limit (null: none), and when usage reaches it.
+    pub memory_current_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_growth_bytes_per_hour: Option<f64>,
+    pub memory_exhaustion_seconds: Option<f64>,
+    /// Kernel memory charged to all its open sockets.
+    pub socket_memory_bytes: u64,
+    /// The one-line summary joining memory and descriptors, e.g. "RSS +240 MB/h while site
+    /// accept_loop (srv.c:88) grew +2,000/h; the fd limit of 65,536 is reached in 9h 12m".
+    pub summary: Option<String>,
+}
+
+/// What the report needs to know about one open descriptor, beyond the table (from /proc and
+/// sock_diag; the session supplies it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FdFacts {
+    /// TCP state of a socket ("CLOSE_WAIT").
+    pub tcp_state: Option<String>,
+    /// Kernel memory charged to a socket.
+    pub socket_memory: Option<u64>,
+    /// Bytes a memfd pins.
+    pub pinned_bytes: Option<u64>,
+}
+
+/// A live process's limits and memory now (the session reads them; trends come from History).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub fd_limit: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub cgroup: Option<crate::resources::CgroupMemory>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -165,8 +215,10 @@ pub struct ReportInput<'a> {
     pub cmdline: &'a dyn Fn(u32) -> Option<String>,
     /// A short description of one open descriptor (path, socket addresses).
     pub describe: &'a mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
-    /// The TCP state of an open socket ("CLOSE_WAIT").
-    pub socket_state: &'a mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
+    /// What /proc and sock_diag say about an open socket or memfd.
+    pub inspect: &'a mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
+    /// A live process's limits and memory now.
+    pub process_facts: &'a mut dyn FnMut(u32) -> ProcessFacts,
     /// Include every open descriptor of each process.
     pub list_fds: bool,
     /// Exited processes to report (as of their exit).
@@ -206,7 +258,8 @@ pub fn build(input: ReportInput<'_>) -> Report {
         include,
         cmdline,
         describe,
-        socket_state,
+        inspect,
+        process_facts,
         list_fds,
         exited,
         history,
@@ -233,7 +286,10 @@ pub fn build(input: ReportInput<'_>) -> Report {
     let context = SiteContext { stats, frames, history, min_age };
     let mut processes: Vec<ProcessReport> = live
         .chain(gone)
-        .map(|view| process_report(view, &context, describe, socket_state, list_fds))
+        .map(|view| {
+            let facts = (!view.exited).then(|| process_facts(view.tgid));
+            process_report(view, &context, describe, inspect, facts, list_fds)
+        })
         .collect();
     processes.sort_by(|a, b| {
         b.suspected_leaks
@@ -269,7 +325,8 @@ fn process_report(
     view: ProcessView<'_>,
     context: &SiteContext<'_>,
     describe: &mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
-    socket_state: &mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
+    inspect: &mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
+    facts: Option<ProcessFacts>,
     list_fds: bool,
 ) -> ProcessReport {
     let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited } = view;
@@ -311,10 +368,19 @@ fn process_report(
                 trend::assess(&series.window(), evidence, context.min_age)
             });
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
-            if kind == FdKind::Socket && !exited {
+            let mut socket_memory = (kind == FdKind::Socket && !exited).then_some(0u64);
+            let mut pinned = (kind == FdKind::Memfd && !exited).then_some(0u64);
+            if socket_memory.is_some() || pinned.is_some() {
                 for (fd, e) in &open {
-                    if let Some(state) = socket_state(tgid, *fd, e) {
+                    let facts = inspect(tgid, *fd, e);
+                    if let Some(state) = facts.tcp_state {
                         *tcp_states.entry(state).or_default() += 1;
+                    }
+                    if let (Some(total), Some(bytes)) = (socket_memory.as_mut(), facts.socket_memory) {
+                        *total += bytes;
+                    }
+                    if let (Some(total), Some(bytes)) = (pinned.as_mut(), facts.pinned_bytes) {
+                        *total += bytes;
                     }
                 }
             }
@@ -350,6 +416,8 @@ fn process_report(
                 trend: verdict.map(|v| v.trend),
                 close_wait: tcp_states.get(CLOSE_WAIT).copied().unwrap_or(0),
                 tcp_states,
+                socket_memory_bytes: socket_memory,
+                pinned_bytes: pinned,
                 frames,
                 examples,
             }
@@ -364,6 +432,8 @@ fn process_report(
             .then_with(|| a.site.cmp(&b.site))
             .then(a.kind.cmp(&b.kind))
     });
+    let resources =
+        facts.map(|facts| resources(facts, fds.len() as u64, context.history.process(tgid), &sites));
     ProcessReport {
         pid: tgid,
         comm: comm.to_string(),
@@ -373,6 +443,7 @@ fn process_report(
         exited,
         suspected_leaks: sites.iter().filter(|s| s.suspected_leak).count() as u64,
         growth_per_minute: sites.iter().filter_map(|s| s.growth_per_minute).sum(),
+        resources,
         sites,
         fds: list_fds.then(|| {
             fds.iter()
@@ -386,6 +457,106 @@ fn process_report(
                 .collect()
         }),
     }
+}
+
+/// Per hour, from a per-second rate.
+const HOUR: f64 = 3600.0;
+
+/// Limits, memory and their projections for one live process.
+fn resources(
+    facts: ProcessFacts,
+    open_fds: u64,
+    series: Option<&crate::history::ProcessSeries>,
+    sites: &[SiteReport],
+) -> Resources {
+    let slope = |s: &trend::Series| trend::theil_sen(&s.window());
+    let fd_rate = series.and_then(|s| slope(&s.fds));
+    let rss_rate = series.and_then(|s| slope(&s.rss));
+    let memory_rate = series.and_then(|s| slope(&s.cgroup_memory));
+    let memory_current = facts.cgroup.map(|c| c.current);
+    let memory_limit = facts.cgroup.and_then(|c| c.limit);
+    let mut resources = Resources {
+        fd_limit: facts.fd_limit,
+        fd_growth_per_hour: fd_rate.map(|r| r * HOUR),
+        fd_exhaustion_seconds: crate::resources::exhaustion_seconds(facts.fd_limit, open_fds, fd_rate),
+        rss_bytes: facts.rss_bytes,
+        rss_growth_bytes_per_hour: rss_rate.map(|r| r * HOUR),
+        memory_current_bytes: memory_current,
+        memory_limit_bytes: memory_limit,
+        memory_growth_bytes_per_hour: memory_rate.map(|r| r * HOUR),
+        memory_exhaustion_seconds: memory_current
+            .and_then(|current| crate::resources::exhaustion_seconds(memory_limit, current, memory_rate)),
+        socket_memory_bytes: sites.iter().filter_map(|s| s.socket_memory_bytes).sum(),
+        summary: None,
+    };
+    resources.summary = resource_summary(&resources, sites);
+    resources
+}
+
+/// Joins the memory trend with the fastest growing site, and the projections, in a sentence.
+fn resource_summary(r: &Resources, sites: &[SiteReport]) -> Option<String> {
+    let mut parts = Vec::new();
+    let growing = sites.iter().filter(|s| s.growth_per_minute.is_some_and(|g| g > 0.0)).max_by(|a, b| {
+        a.growth_per_minute.partial_cmp(&b.growth_per_minute).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    if let (Some(rss), Some(site)) = (r.rss_growth_bytes_per_hour, growing) {
+        let what = match site.kind {
+            FdKind::Socket => "sockets".to_string(),
+            FdKind::File => "files".to_string(),
+            kind => format!("{kind} descriptors"),
+        };
+        parts.push(format!(
+            "RSS {}/h while open {what} at {} grew {}/h",
+            signed_bytes(rss),
+            site.frame,
+            signed_count(site.growth_per_minute.unwrap_or(0.0) * 60.0)
+        ));
+    }
+    if let (Some(seconds), Some(limit), Some(rate)) =
+        (r.fd_exhaustion_seconds, r.fd_limit, r.fd_growth_per_hour)
+    {
+        parts.push(format!(
+            "at {}/h, the fd limit of {} is reached in {}",
+            signed_count(rate),
+            trend::thousands(limit),
+            human_duration(seconds)
+        ));
+    }
+    if let (Some(seconds), Some(limit)) = (r.memory_exhaustion_seconds, r.memory_limit_bytes) {
+        parts.push(format!(
+            "the cgroup memory limit of {} is reached in {}",
+            bytes(limit as f64),
+            human_duration(seconds)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// "1.5 GB", "240 MB", "12 KB".
+pub fn bytes(n: f64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n.abs();
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let sign = if n < 0.0 { "-" } else { "" };
+    if unit == 0 || value >= 100.0 {
+        format!("{sign}{value:.0} {}", units[unit])
+    } else {
+        format!("{sign}{value:.1} {}", units[unit])
+    }
+}
+
+fn signed_bytes(n: f64) -> String {
+    if n >= 0.0 { format!("+{}", bytes(n)) } else { bytes(n) }
+}
+
+fn signed_count(n: f64) -> String {
+    let rounded = n.round();
+    let text = trend::thousands(rounded.abs() as u64);
+    if rounded < 0.0 { format!("-{text}") } else { format!("+{text}") }
 }
 
 /// The TCP state of a socket whose peer closed its end while this side still holds it open
@@ -493,6 +664,24 @@ pub fn to_text(report: &Report) -> String {
             process.open_fds,
             kinds.join(", ")
         );
+        if let Some(r) = &process.resources {
+            let mut facts = Vec::new();
+            if let Some(rss) = r.rss_bytes {
+                facts.push(format!("RSS {}", bytes(rss as f64)));
+            }
+            if r.socket_memory_bytes > 0 {
+                facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
+            }
+            if let Some(limit) = r.fd_limit {
+                facts.push(format!("fd limit {}", trend::thousands(limit)));
+            }
+            if !facts.is_empty() {
+                let _ = writeln!(out, "  {}", facts.join(", "));
+            }
+            if let Some(summary) = &r.summary {
+                let _ = writeln!(out, "  {summary}");
+            }
+        }
         for site in &process.sites {
             let closes: Vec<String> =
                 site.closed_by.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
@@ -533,6 +722,12 @@ pub fn to_text(report: &Report) -> String {
                     })
                     .unwrap_or_default();
                 let _ = writeln!(out, "           closed only ever by process exit{elsewhere}");
+            }
+            if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
+                let _ = writeln!(out, "           socket memory {}", bytes(memory as f64));
+            }
+            if let Some(pinned) = site.pinned_bytes.filter(|p| *p > 0) {
+                let _ = writeln!(out, "           pins {}", bytes(pinned as f64));
             }
             if !site.tcp_states.is_empty() {
                 let states: Vec<String> = site.tcp_states.iter().map(|(s, n)| format!("{s} {n}")).collect();
@@ -642,7 +837,13 @@ mod tests {
             _ => Vec::new(),
         };
         let mut describe = |_: u32, fd: i32, _: &OpenFd| Some(format!("fd{fd}"));
-        let mut socket_state = |_: u32, fd: i32, _: &OpenFd| (extras.states)(fd);
+        let mut inspect = |_: u32, fd: i32, _: &OpenFd| FdFacts {
+            tcp_state: (extras.states)(fd),
+            socket_memory: Some(1000 + fd as u64),
+            pinned_bytes: None,
+        };
+        let mut process_facts =
+            |_: u32| ProcessFacts { fd_limit: Some(64), rss_bytes: Some(5_000_000), cgroup: None };
         build(ReportInput {
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_773_478_020),
             duration: Duration::from_secs(30),
@@ -655,7 +856,8 @@ mod tests {
             include: &|_| true,
             cmdline: &|_| Some("leaky --serve".into()),
             describe: &mut describe,
-            socket_state: &mut socket_state,
+            inspect: &mut inspect,
+            process_facts: &mut process_facts,
             list_fds: true,
             exited: extras.exited,
             history: extras.history,
@@ -751,7 +953,7 @@ mod tests {
             for t in out.drain(..) {
                 stats.observe(&t);
             }
-            history.sample(ts, &table, &stats, |_| false);
+            history.sample(ts, &table, &stats, |_| false, |_| Default::default());
         }
         (table, stats, history)
     }
@@ -873,5 +1075,59 @@ mod tests {
         assert_eq!(human_duration(4.25), "4.2s");
         assert_eq!(human_duration(192.0), "3m 12s");
         assert_eq!(human_duration(68_640.0), "19h 4m");
+    }
+
+    #[test]
+    fn resources_project_exhaustion_and_join_memory_with_the_growing_site() {
+        let mut series = crate::history::ProcessSeries::default();
+        for t in 0..20u64 {
+            let at = |value: u64| trend::Point { t_ns: t * 1_000_000_000, open: value, opened: 0 };
+            // +2 descriptors a second; RSS +1 MB a second.
+            series.fds.push(at(100 + 2 * t));
+            series.rss.push(at(50_000_000 + 1_000_000 * t));
+        }
+        let mut site = build_sample_site();
+        site.growth_per_minute = Some(120.0);
+        let facts = ProcessFacts { fd_limit: Some(1024), rss_bytes: Some(70_000_000), cgroup: None };
+        let r = resources(facts, 138, Some(&series), &[site]);
+        assert_eq!(r.fd_growth_per_hour, Some(7200.0));
+        assert_eq!(r.fd_exhaustion_seconds, Some((1024.0 - 138.0) / 2.0));
+        assert_eq!(r.rss_growth_bytes_per_hour, Some(3_600_000_000.0));
+        assert_eq!(r.memory_exhaustion_seconds, None, "no cgroup limit, no projection");
+        assert_eq!(r.socket_memory_bytes, 4096);
+        assert_eq!(
+            r.summary.as_deref(),
+            Some(
+                "RSS +3.6 GB/h while open sockets at accept_loop grew +7,200/h; \
+                 at +7,200/h, the fd limit of 1,024 is reached in 7m 23s"
+            )
+        );
+        assert_eq!(bytes(240_000_000.0), "240 MB");
+        assert_eq!(bytes(1536.0), "1.5 KB");
+    }
+
+    fn build_sample_site() -> SiteReport {
+        SiteReport {
+            site: "00000000000000ab".into(),
+            kind: FdKind::Socket,
+            frame: "accept_loop".into(),
+            open: 3,
+            opened: 3,
+            closed: 0,
+            oldest_age_seconds: None,
+            closed_by: BTreeMap::new(),
+            closed_only_at_exit: false,
+            exited_processes: None,
+            growth_per_minute: None,
+            suspected_leak: false,
+            why: None,
+            trend: None,
+            tcp_states: BTreeMap::new(),
+            close_wait: 0,
+            socket_memory_bytes: Some(4096),
+            pinned_bytes: None,
+            frames: Vec::new(),
+            examples: Vec::new(),
+        }
     }
 }

@@ -26,9 +26,10 @@ use crate::{
     engine::Engine,
     fd::{FdDetail, FdKind, printable},
     fdtable::{Limits, OpenFd},
-    history::History,
+    history::{History, ProcessSample},
     procscan::{self, SocketTables},
-    report::{self, Corrections, EventCounts, Report, ReportInput},
+    report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
+    resources, sockdiag,
 };
 
 /// How often the ring buffer is drained even without a wake-up (the kernel batches wake-ups
@@ -109,8 +110,23 @@ impl Tracing {
     /// Sample every site's open count now (once a second, from `run_until`).
     pub fn sample(&mut self) {
         let exited: Vec<u32> = self.engine.exited().iter().map(|e| e.tgid).collect();
-        self.history
-            .sample(clock::boot_ns(), &self.engine.table, &self.engine.stats, |tgid| exited.contains(&tgid));
+        let proc_root = self.engine.proc_root().to_path_buf();
+        let resources = |tgid: u32| ProcessSample {
+            rss_bytes: resources::rss_bytes(&proc_root, tgid),
+            cgroup_memory_bytes: resources::process_cgroup_memory(
+                &proc_root,
+                Path::new(resources::CGROUP_ROOT),
+                tgid,
+            )
+            .map(|m| m.current),
+        };
+        self.history.sample(
+            clock::boot_ns(),
+            &self.engine.table,
+            &self.engine.stats,
+            |tgid| exited.contains(&tgid),
+            resources,
+        );
     }
 
     pub fn attached(&self) -> &[String] {
@@ -209,10 +225,15 @@ impl Tracing {
             tables: SocketTables::new(&proc_root),
             known: std::mem::take(&mut self.socket_inodes),
             seen: HashMap::new(),
+            memory: None,
         });
         let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
-        let mut socket_state =
-            |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().tcp_state(tgid, fd, entry);
+        let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
+        let mut process_facts = |tgid: u32| ProcessFacts {
+            fd_limit: resources::fd_limit(&proc_root, tgid),
+            rss_bytes: resources::rss_bytes(&proc_root, tgid),
+            cgroup: resources::process_cgroup_memory(&proc_root, Path::new(resources::CGROUP_ROOT), tgid),
+        };
         let frames = |site| engine.stacks.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| filtered || engine.stats.active(tgid);
         let report = report::build(ReportInput {
@@ -227,7 +248,8 @@ impl Tracing {
             include: &include,
             cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
             describe: &mut describe,
-            socket_state: &mut socket_state,
+            inspect: &mut inspect,
+            process_facts: &mut process_facts,
             list_fds,
             exited: engine.exited(),
             history: &self.history,
@@ -239,12 +261,15 @@ impl Tracing {
     }
 }
 
-/// Open sockets joined with the socket tables of their network namespace, by inode.
+/// Open sockets joined with the socket tables of their network namespace, and with their
+/// memory from sock_diag, by inode.
 struct SocketJoin<'a> {
     proc_root: &'a Path,
     tables: SocketTables,
     known: HashMap<(u32, i32, u64), u64>,
     seen: HashMap<(u32, i32, u64), u64>,
+    /// Socket memory by inode: dumped once per report, on the first socket asked about.
+    memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
 }
 
 impl SocketJoin<'_> {
@@ -271,8 +296,26 @@ impl SocketJoin<'_> {
         describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
     }
 
-    fn tcp_state(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
-        self.socket(tgid, fd, entry)?.state.clone()
+    fn facts(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> FdFacts {
+        match entry.kind {
+            FdKind::Socket => {
+                let tcp_state = self.socket(tgid, fd, entry).and_then(|s| s.state.clone());
+                let socket_memory = self.inode(tgid, fd, entry).and_then(|inode| {
+                    let memory = self.memory.get_or_insert_with(|| {
+                        sockdiag::dump()
+                            .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
+                            .unwrap_or_default()
+                    });
+                    memory.get(&inode).map(|m| m.buffer_bytes())
+                });
+                FdFacts { tcp_state, socket_memory, pinned_bytes: None }
+            }
+            FdKind::Memfd => FdFacts {
+                pinned_bytes: procscan::allocated_bytes(self.proc_root, tgid, fd),
+                ..FdFacts::default()
+            },
+            _ => FdFacts::default(),
+        }
     }
 }
 

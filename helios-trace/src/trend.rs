@@ -31,7 +31,7 @@ const Z_SIGNIFICANT: f64 = 3.09;
 pub struct Point {
     /// CLOCK_BOOTTIME ns.
     pub t_ns: u64,
-    /// Descriptors open at that time.
+    /// Descriptors open at that time (in a process's memory series: bytes; history.rs).
     pub open: u64,
     /// Opened by the site since tracing started (a counter).
     pub opened: u64,

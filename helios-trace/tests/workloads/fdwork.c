@@ -29,6 +29,7 @@
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -154,6 +155,26 @@ static void *serve_main(void *arg) {
         if (accept(listener, NULL, NULL) < 0 && errno != EINTR) break;
     }
     return NULL;
+}
+
+/* A steady leak until the descriptor limit: one kept open every 1/hz s; the CLOCK_BOOTTIME
+ * time of the first EMFILE is published for `emfile-at`. */
+static volatile long long first_emfile_ns;
+static long leak_hz;
+
+static void *limit_main(void *arg) {
+    (void)arg;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/limit-bg", scratch_dir);
+    for (;;) {
+        if (open(path, O_CREAT | O_RDWR, 0600) < 0 && errno == EMFILE) {
+            struct timespec now;
+            clock_gettime(CLOCK_BOOTTIME, &now);
+            first_emfile_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+            return NULL;
+        }
+        usleep(1000000 / leak_hz);
+    }
 }
 
 static void start_thread(void *(*main)(void *), void *arg) {
@@ -423,6 +444,35 @@ static void handle(char *line) {
         sscanf(line, "%*s %ld %ld %ld", &job->rate, &job->leak_ms, &job->pool);
         start_thread(churn_main, job);
         reply("ok");
+    } else if (!strcmp(cmd, "leak-to-limit")) { /* leak-to-limit HZ LIMIT: lower RLIMIT_NOFILE, leak */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        struct rlimit limit = {.rlim_cur = (rlim_t)b, .rlim_max = (rlim_t)b};
+        CHECK(setrlimit(RLIMIT_NOFILE, &limit));
+        leak_hz = a > 0 ? a : 1;
+        start_thread(limit_main, NULL);
+        reply("ok");
+    } else if (!strcmp(cmd, "emfile-at")) {  /* emfile-at: boot-time ns of the first EMFILE, or 0 */
+        reply("ok %lld", first_emfile_ns);
+    } else if (!strcmp(cmd, "unread")) {     /* unread N BYTES: N accepted sockets with BYTES unread */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        int port, listener;
+        CHECK(listener = loopback_listener(&port));
+        static char payload[1 << 20];
+        memset(payload, 'u', sizeof payload);
+        int n = 0;
+        for (long i = 0; i < a && n < 64; i++) {
+            int client;
+            CHECK(client = loopback_connect(port));
+            CHECK(fds[n++] = accept(listener, NULL, NULL));
+            for (long sent = 0; sent < b;) {
+                long chunk = b - sent < (long)sizeof payload ? b - sent : (long)sizeof payload;
+                ssize_t w = write(client, payload, chunk);
+                if (w <= 0) break;
+                sent += w;
+            }
+        }
+        close(listener);
+        reply_fds(n, fds);
     } else if (!strcmp(cmd, "serve-bg")) {   /* serve-bg: listen on loopback, accept and never close */
         int port;
         CHECK(fd = loopback_listener(&port));
