@@ -126,24 +126,29 @@ static long elapsed_ms(const struct timespec *start) {
 /* Every 10 ms, rate/100 opens of one scratch file, each closed at once, except: the first
  * `pool` are kept (a pool opened at start and held), and one more is kept every `leak_ms`
  * (0: never). All through the one open() call below, so it is one call site. */
+static volatile int churn_stop;
+static volatile long churn_opens;
+
 static void *churn_main(void *arg) {
     struct churn_job job = *(struct churn_job *)arg;
     free(arg);
     char path[4200];
     snprintf(path, sizeof path, "%s/churn-bg", scratch_dir);
-    long per_tick = job.rate / 100, kept = 0, leaked = 0;
+    long per_tick = job.rate > 0 ? job.rate / 100 : 1000, kept = 0, leaked = 0;
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
+    while (!churn_stop) {
         long due = job.leak_ms > 0 ? elapsed_ms(&start) / job.leak_ms : 0;
         for (long i = 0; i < per_tick || kept < job.pool || leaked < due; i++) {
             int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
             if (fd < 0) continue;
+            __sync_fetch_and_add(&churn_opens, 1);
             if (kept < job.pool) kept++;
             else if (leaked < due) leaked++;
             else close(fd);
         }
-        usleep(10000);
+        /* rate 0: as fast as the machine goes (a flood). */
+        if (job.rate > 0) usleep(10000);
     }
     return NULL;
 }
@@ -444,6 +449,25 @@ static void handle(char *line) {
         sscanf(line, "%*s %ld %ld %ld", &job->rate, &job->leak_ms, &job->pool);
         start_thread(churn_main, job);
         reply("ok");
+    } else if (!strcmp(cmd, "churn-stop")) { /* churn-stop: stop the churn-bg workers; opens so far */
+        churn_stop = 1;
+        usleep(50000);
+        reply("ok %ld", churn_opens);
+    } else if (!strcmp(cmd, "spawn-churn")) { /* spawn-churn N: N children open a file and exit (every 10th execs true) */
+        sscanf(line, "%*s %ld", &a);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/spawned", scratch_dir);
+        long failed = 0;
+        for (long i = 0; i < a; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                open(path, O_CREAT | O_RDWR, 0600);
+                if (i % 10 == 0) execl("/bin/true", "true", (char *)NULL);
+                _exit(0);
+            }
+            if (child < 0 || waitpid(child, NULL, 0) < 0) failed++;
+        }
+        reply("ok %ld", failed);
     } else if (!strcmp(cmd, "leak-to-limit")) { /* leak-to-limit HZ LIMIT: lower RLIMIT_NOFILE, leak */
         sscanf(line, "%*s %ld %ld", &a, &b);
         struct rlimit limit = {.rlim_cur = (rlim_t)b, .rlim_max = (rlim_t)b};
