@@ -133,6 +133,10 @@ pub struct TraceArgs {
     /// Size of the ring buffer the kernel writes events into (power of two, e.g. 16M).
     #[arg(long, value_parser = parse_ring_size, default_value = "16M")]
     pub ring_buffer_size: u32,
+    /// Do not show file paths or memfd names (reports, live view, metrics): they can say more
+    /// about the traced workloads than whoever reads the output should know.
+    #[arg(long)]
+    pub redact_paths: bool,
     /// Track at most this many processes; more are counted as dropped, not tracked.
     #[arg(long, default_value_t = 100_000)]
     pub max_processes: usize,

@@ -52,6 +52,8 @@ pub struct Tracing {
     pub min_age: Duration,
     /// Socket inodes by (process, fd, opened_ns), so a report reads each socket's link once.
     socket_inodes: HashMap<(u32, i32, u64), u64>,
+    /// `--redact-paths`.
+    redact_paths: bool,
 }
 
 /// The default of `--min-age`.
@@ -104,6 +106,7 @@ impl Tracing {
             history: History::default(),
             min_age: DEFAULT_MIN_AGE,
             socket_inodes: HashMap::new(),
+            redact_paths: args.redact_paths,
         })
     }
 
@@ -216,6 +219,7 @@ impl Tracing {
         let tgids: Vec<u32> = self.engine.table.processes().map(|(t, _)| t).collect();
         for tgid in tgids {
             if let Some(cmdline) = self.engine.cmdline(tgid) {
+                let cmdline = if self.redact_paths { redact_cmdline(&cmdline) } else { cmdline };
                 cmdlines.insert(tgid, cmdline);
             }
         }
@@ -226,6 +230,7 @@ impl Tracing {
             known: std::mem::take(&mut self.socket_inodes),
             seen: HashMap::new(),
             memory: None,
+            redact_paths: self.redact_paths,
         });
         let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
         let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
@@ -270,6 +275,17 @@ struct SocketJoin<'a> {
     seen: HashMap<(u32, i32, u64), u64>,
     /// Socket memory by inode: dumped once per report, on the first socket asked about.
     memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
+    /// `--redact-paths`: file paths and memfd names are not shown.
+    redact_paths: bool,
+}
+
+/// What `--redact-paths` shows instead of a path.
+pub const REDACTED: &str = "[path redacted]";
+
+/// A command line without its arguments (which are often paths): the program's name only.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    let program = cmdline.split(' ').next().unwrap_or_default();
+    format!("{} [arguments redacted]", program.rsplit('/').next().unwrap_or(program))
 }
 
 impl SocketJoin<'_> {
@@ -293,6 +309,9 @@ impl SocketJoin<'_> {
     }
 
     fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
+        if self.redact_paths && matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) {
+            return Some(REDACTED.to_string());
+        }
         describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
     }
 
