@@ -6,14 +6,30 @@
 //! - else `helios-bpf`, the rustup toolchain `cargo xtask setup` links to Debian's rustc-web
 //!   (a stable rustc with a prebuilt `core` for bpfel, so no rust-src and no build-std);
 //! - else `nightly` (the upstream route: nightly + rust-src + `-Z build-std=core`).
-use std::{env, path::PathBuf, process::Command};
-
-use aya_build::{Package, Toolchain};
-
-/// The toolchain name `cargo xtask setup` links; keep in sync with xtask/src/setup.rs.
-const LINKED_TOOLCHAIN: &str = "helios-bpf";
+//!
+//! Without the `ebpf` feature (xtask, which needs only the CLI definitions) the object is empty
+//! and the loader refuses it with a clear message.
+use std::{env, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    build_ebpf(&out_dir)
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn build_ebpf(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::write(out_dir.join("helios-trace"), [])?;
+    Ok(())
+}
+
+/// The toolchain name `cargo xtask setup` links; keep in sync with xtask/src/setup.rs.
+#[cfg(feature = "ebpf")]
+const LINKED_TOOLCHAIN: &str = "helios-bpf";
+
+#[cfg(feature = "ebpf")]
+fn build_ebpf(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    use aya_build::{Package, Toolchain};
+
     println!("cargo:rerun-if-env-changed=HELIOS_TRACE_EBPF_TOOLCHAIN");
     let toolchain = match env::var("HELIOS_TRACE_EBPF_TOOLCHAIN") {
         Ok(name) if !name.is_empty() => name,
@@ -26,7 +42,6 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: build scripts are single-threaded at this point.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
     }
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         // clippy, docs and host-only checks: an empty object, which the loader refuses with
         // a clear message instead of a missing-file compile error.
@@ -41,8 +56,9 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
+#[cfg(feature = "ebpf")]
 fn toolchain_exists(name: &str) -> bool {
-    Command::new("rustup")
+    std::process::Command::new("rustup")
         .args(["run", name, "rustc", "--version"])
         .output()
         .is_ok_and(|out| out.status.success())

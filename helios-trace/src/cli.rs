@@ -2,6 +2,7 @@
 //! (pids that must exist), and the mapping from failures to exit codes:
 //! 0 success; 2 bad usage or input; 1 runtime failure.
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -13,11 +14,28 @@ use crate::{bpf::checks::CheckError, procscan};
 
 const EXAMPLES: &str = "\
 Examples:
-  sudo helios-trace --duration 30s                 trace every process for 30 s, report leaks
-  sudo helios-trace -p 4121 --format json          trace one process until Ctrl-C, JSON report
-  sudo helios-trace -p 4121 -p 4122 --duration 5m  several processes (and children they fork)
+  sudo helios-trace                                live view of every process until q or Ctrl-C, then the report
+  sudo helios-trace --duration 30s                 every process for 30 s, text report of leaks
+  sudo helios-trace -p 4121 --format json -o r.json  one process (and its new children), JSON report to r.json
+  sudo helios-trace -p 4121 --min-age 1m           suspect only sites whose descriptors outlive a minute
+  sudo helios-trace run -- ./server --port 8080    start a command, trace it from its first instruction
   kill -USR1 <helios-trace pid>                    print a report now and keep tracing
-  sudo helios-trace serve --listen 0.0.0.0:9877    Prometheus exporter (/metrics /healthz /sites)";
+  sudo helios-trace serve --listen 0.0.0.0:9877    Prometheus exporter (/metrics /healthz /sites)
+
+Live view keys: q quit (then the report), p pause, v switch process/site view, arrows select.
+A site is a suspected leak when its open count keeps growing (Mann-Kendall trend, p < 0.001,
+still rising lately) and some of its descriptors are older than --min-age.";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  sudo helios-trace run -- python3 -m app          run as the sudo user, report when it exits
+  sudo helios-trace run --format json -o r.json -- ./worker --once
+  sudo helios-trace run --duration 10m -- ./server stop the server with SIGTERM after 10 min
+
+The report covers CMD and every process it starts, exited ones included (as of their exit).
+helios-trace exits with CMD's status (128+N when a signal N ended it). Ctrl-C and SIGTERM
+are passed on to CMD, --duration and q (with --view live) send it SIGTERM; a second request
+kills it.";
 
 #[derive(Debug, Parser)]
 #[command(name = "helios-trace", version, about, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
@@ -32,6 +50,18 @@ pub struct Cli {
 pub enum Command {
     /// Run as an exporter daemon: trace until SIGTERM and serve Prometheus metrics.
     Serve(ServeArgs),
+    /// Start CMD and trace it and its children from its first instruction; report when it exits.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// The command to run and its arguments (as the invoking user under sudo).
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
+    pub command: Vec<OsString>,
 }
 
 /// Options of an ad-hoc session.
@@ -48,6 +78,32 @@ pub struct SessionArgs {
     /// List every open descriptor of each reported process (JSON `fds`).
     #[arg(long)]
     pub list_fds: bool,
+    /// Write the report to FILE instead of standard output (replaced atomically; SIGUSR1
+    /// snapshots update it too).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Refresh the live view, or print a summary line, this often.
+    #[arg(long, value_parser = parse_interval, default_value = "2s")]
+    pub interval: Duration,
+    /// A growing site is a suspected leak only when some of its descriptors are older than this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub min_age: Duration,
+    /// Progress while tracing: a live view on a terminal (stdout or stderr) and a summary line
+    /// per interval on stderr otherwise (`run` prints lines: the command shares the terminal).
+    #[arg(long, value_enum, default_value_t = View::Auto)]
+    pub view: View,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum View {
+    /// live on a terminal, lines otherwise
+    Auto,
+    /// the interactive live view (needs a terminal)
+    Live,
+    /// one summary line per interval on stderr
+    Lines,
+    /// nothing until the report
+    Quiet,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,6 +147,17 @@ pub struct TraceArgs {
     /// Size of the ring buffer the kernel writes events into (power of two, e.g. 16M).
     #[arg(long, value_parser = parse_ring_size, default_value = "16M")]
     pub ring_buffer_size: u32,
+    /// Do not show file paths or memfd names (reports, live view, metrics): they can say more
+    /// about the traced workloads than whoever reads the output should know.
+    #[arg(long)]
+    pub redact_paths: bool,
+    /// Track at most this many processes; more are counted as dropped, not tracked.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_processes: usize,
+    /// Track at most this many open descriptors; new ones beyond are counted as dropped (the
+    /// oldest, which are the leaks, are kept).
+    #[arg(long, default_value_t = 4_000_000)]
+    pub max_fds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +177,15 @@ pub enum StackMode {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 1h ({e})"))
+}
+
+/// The live view and summary lines follow the once-a-second sampling: at least a second.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!("the interval must be at least 1s, not {text}"));
+    }
+    Ok(interval)
 }
 
 /// "16M", "512K", "1G" or bytes; a power of two of at least one page, as the kernel requires.
@@ -153,20 +229,42 @@ pub fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The report file must be writable before an hour of tracing, not after.
+pub fn validate_output(output: Option<&Path>) -> Result<(), Failure> {
+    if let Some(path) = output {
+        std::fs::File::create(path)
+            .map_err(|e| Failure::Usage(format!("cannot write the report to {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
+    let proc_root = Path::new("/proc");
     let result = match &cli.command {
-        Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids)
-            .and_then(|()| runtime()?.block_on(crate::serve::run(args.clone())).map_err(Failure::from)),
-        None => validate_pids(Path::new("/proc"), &cli.session.trace.pids).and_then(|()| {
-            runtime()?.block_on(crate::session::run(cli.session.clone())).map_err(Failure::from)
+        Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids).and_then(|()| {
+            runtime()?.block_on(crate::serve::run(args.clone())).map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
         }),
+        Some(Command::Run(args)) => validate_pids(proc_root, &args.session.trace.pids)
+            .and_then(|()| validate_output(args.session.output.as_deref()))
+            .and_then(|()| {
+                let program = crate::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
+                let status = runtime()?.block_on(crate::adhoc::run_command(args.clone(), program))?;
+                Ok(ExitCode::from(status))
+            }),
+        None => validate_pids(proc_root, &cli.session.trace.pids)
+            .and_then(|()| validate_output(cli.session.output.as_deref()))
+            .and_then(|()| {
+                runtime()?.block_on(crate::adhoc::session(cli.session.clone())).map_err(Failure::from)?;
+                Ok(ExitCode::SUCCESS)
+            }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Failure::Usage(message)) => {
             eprintln!("helios-trace: {message}");
             ExitCode::from(2)
@@ -242,6 +340,51 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["helios-trace", "--pid", "abc"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+        assert_eq!(cli.session.interval, Duration::from_secs(2));
+        assert_eq!(cli.session.min_age, Duration::from_secs(10));
+        assert_eq!(cli.session.view, View::Auto);
+        let err = Cli::try_parse_from(["helios-trace", "--interval", "100ms"]).unwrap_err();
+        assert!(err.to_string().contains("at least 1s"), "{err}");
+    }
+
+    #[test]
+    fn run_takes_a_command_after_its_options() {
+        let cli = Cli::try_parse_from([
+            "helios-trace",
+            "run",
+            "--format",
+            "json",
+            "-o",
+            "/tmp/r.json",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let Some(Command::Run(run)) = cli.command else { panic!("{cli:?}") };
+        assert_eq!(run.command, ["sh", "-c", "exit 3"].map(OsString::from));
+        assert_eq!(run.session.format, Format::Json);
+        assert_eq!(run.session.output.as_deref(), Some(Path::new("/tmp/r.json")));
+        // Without `--`, everything from the command on is the command's.
+        let cli = Cli::try_parse_from(["helios-trace", "run", "ls", "-l", "--format", "x"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else { panic!() };
+        assert_eq!(run.command, ["ls", "-l", "--format", "x"].map(OsString::from));
+        let err = Cli::try_parse_from(["helios-trace", "run"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn unwritable_output_is_a_usage_error() {
+        match validate_output(Some(Path::new("/nonexistent-dir/report.json"))) {
+            Err(Failure::Usage(m)) => {
+                assert!(m.starts_with("cannot write the report to /nonexistent-dir"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(validate_output(Some(&dir.path().join("r.json"))).is_ok());
+        assert!(validate_output(None).is_ok());
     }
 
     #[test]

@@ -13,10 +13,10 @@ use crate::{
     decode::{self, Decoded},
     event::{Event, Op},
     fd::{FdKind, SiteId},
-    fdtable::{FdTable, ObservedFd, Transition},
+    fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
     procscan::{self, SocketTables},
     report::{Corrections, EventCounts},
-    sites::SiteStats,
+    sites::{SiteCounters, SiteStats},
     stacks::StackRegistry,
     syscalls::SyscallTable,
 };
@@ -53,6 +53,21 @@ struct PendingReconcile {
     touched: HashMap<u32, HashSet<i32>>,
 }
 
+/// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
+/// by the time of the report).
+#[derive(Clone, Debug)]
+pub struct ExitedProcess {
+    pub tgid: u32,
+    pub comm: String,
+    pub cmdline: Option<String>,
+    /// CLOCK_BOOTTIME ns of the exit.
+    pub exited_ns: u64,
+    /// What was open at the exit.
+    pub fds: BTreeMap<i32, OpenFd>,
+    /// Its site counters, the closes by exit included.
+    pub counters: HashMap<(FdKind, SiteId), SiteCounters>,
+}
+
 pub struct Engine {
     pub table: FdTable,
     pub stats: SiteStats,
@@ -71,13 +86,18 @@ pub struct Engine {
     /// Everything that happened since the last `take_transitions` (for the exporter).
     keep_transitions: bool,
     kept: Vec<Kept>,
+    /// Keep at most this many exited processes (oldest dropped first); 0: none.
+    retain_exited: usize,
+    exited: Vec<ExitedProcess>,
+    /// The table of a process about to be removed, until its ProcessExited transition.
+    exiting: Option<(u32, Process)>,
 }
 
 impl Engine {
-    pub fn new(proc_root: impl Into<PathBuf>) -> Engine {
+    pub fn new(proc_root: impl Into<PathBuf>, limits: Limits) -> Engine {
         let proc_root = proc_root.into();
         Engine {
-            table: FdTable::new(),
+            table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
             stacks: StackRegistry::new(&proc_root),
             syscalls: SyscallTable::native(),
@@ -91,7 +111,20 @@ impl Engine {
             scratch: Vec::new(),
             keep_transitions: false,
             kept: Vec::new(),
+            retain_exited: 0,
+            exited: Vec::new(),
+            exiting: None,
         }
+    }
+
+    /// Keep up to `limit` exited processes with what they had open at their exit.
+    pub fn retain_exited(&mut self, limit: usize) {
+        self.retain_exited = limit;
+    }
+
+    /// Exited processes kept by `retain_exited`, oldest first.
+    pub fn exited(&self) -> &[ExitedProcess] {
+        &self.exited
     }
 
     pub fn proc_root(&self) -> &Path {
@@ -149,6 +182,9 @@ impl Engine {
         };
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
+        if matches!(event.op, Op::Exit) {
+            self.before_removal(event.tgid);
+        }
         self.table.apply(event, site, &mut out);
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
@@ -162,8 +198,34 @@ impl Engine {
         self.scratch = out;
     }
 
+    /// Remember the table of a process about to go, when exited processes are kept.
+    fn before_removal(&mut self, tgid: u32) {
+        if self.retain_exited > 0 {
+            self.exiting = self.table.process(tgid).map(|p| (tgid, p.clone()));
+        }
+    }
+
+    /// Keep an exited process (its counters before the stats drop them).
+    fn retire(&mut self, tgid: u32, ts_ns: u64) {
+        let Some((_, process)) = self.exiting.take().filter(|(pid, _)| *pid == tgid) else { return };
+        if self.exited.len() >= self.retain_exited {
+            self.exited.remove(0);
+        }
+        self.exited.push(ExitedProcess {
+            tgid,
+            comm: process.comm,
+            cmdline: self.cmdlines.get(&tgid).cloned().flatten(),
+            exited_ns: ts_ns,
+            fds: process.fds,
+            counters: self.stats.process(tgid).cloned().unwrap_or_default(),
+        });
+    }
+
     fn after(&mut self, transitions: &[Transition], ts_ns: u64) {
         for t in transitions {
+            if let Transition::ProcessExited { tgid } = t {
+                self.retire(*tgid, ts_ns);
+            }
             self.stats.observe(t);
             match t {
                 Transition::Fd { tgid, fd, .. } => {
@@ -234,6 +296,7 @@ impl Engine {
                 observed.insert(pid, fds);
             } else if !procscan::exists(&self.proc_root, pid) {
                 // Gone without an exit event (lost): forget it.
+                self.before_removal(pid);
                 let mut out = Vec::new();
                 self.table.remove_process(pid, &mut out);
                 self.after(&out, now_ns);

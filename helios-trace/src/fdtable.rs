@@ -85,14 +85,50 @@ pub struct Corrections {
     pub removed: u64,
 }
 
+/// Caps on what the table holds, so that no traced workload can grow the tracer without bound.
+/// At a cap, what is already tracked is kept and what is new is dropped (and counted): the
+/// oldest open descriptors are the leaks this tool exists to show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_processes: usize,
+    pub max_fds: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_processes: 100_000, max_fds: 4_000_000 }
+    }
+}
+
+/// What the limits kept out of the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Dropped {
+    /// Processes not tracked because `max_processes` were.
+    pub processes: u64,
+    /// Descriptors not tracked because `max_fds` were.
+    pub fds: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct FdTable {
     processes: HashMap<u32, Process>,
+    limits: Limits,
+    /// Descriptors in all tables (kept, not recounted: metrics read it every scrape).
+    fds: usize,
+    dropped: Dropped,
 }
 
 impl FdTable {
     pub fn new() -> FdTable {
         FdTable::default()
+    }
+
+    pub fn with_limits(limits: Limits) -> FdTable {
+        FdTable { limits, ..FdTable::default() }
+    }
+
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
     }
 
     pub fn process(&self, tgid: u32) -> Option<&Process> {
@@ -108,7 +144,7 @@ impl FdTable {
     }
 
     pub fn fd_count(&self) -> usize {
-        self.processes.values().map(|p| p.fds.len()).sum()
+        self.fds
     }
 
     /// Apply one event. `site` is where descriptors it creates come from (resolved by the
@@ -218,6 +254,13 @@ impl FdTable {
                 }
                 // A stale table under this pid belongs to a process whose exit we missed.
                 self.remove_process(*child, out);
+                if self.processes.len() >= self.limits.max_processes {
+                    self.dropped.processes += 1;
+                    return;
+                }
+                let room = self.limits.max_fds.saturating_sub(self.fds);
+                let parent_fds = self.processes.get(&tgid).map_or(0, |p| p.fds.len());
+                self.dropped.fds += parent_fds.saturating_sub(room) as u64;
                 let inherited: BTreeMap<i32, OpenFd> = self
                     .processes
                     .get(&tgid)
@@ -225,10 +268,12 @@ impl FdTable {
                         parent
                             .fds
                             .iter()
+                            .take(room)
                             .map(|(fd, e)| (*fd, OpenFd { inherited: true, ..e.clone() }))
                             .collect()
                     })
                     .unwrap_or_default();
+                self.fds += inherited.len();
                 out.push(Transition::ProcessStarted { tgid: *child, parent: Some(tgid) });
                 for (fd, entry) in &inherited {
                     out.push(Transition::Fd {
@@ -242,7 +287,9 @@ impl FdTable {
                 self.processes.insert(*child, Process { comm: comm.clone(), fds: inherited });
             }
             Op::Exec { comm, .. } => {
-                self.ensure(tgid, out);
+                if !self.ensure(tgid, out) {
+                    return;
+                }
                 let process = self.processes.get_mut(&tgid).expect("ensured");
                 process.comm = comm.clone();
                 let doomed: Vec<i32> =
@@ -267,7 +314,9 @@ impl FdTable {
         now_ns: u64,
         out: &mut Vec<Transition>,
     ) {
-        self.ensure(tgid, out);
+        if !self.ensure(tgid, out) {
+            return;
+        }
         let process = self.processes.get_mut(&tgid).expect("ensured");
         if process.comm.is_empty() {
             process.comm = comm.to_string();
@@ -364,6 +413,7 @@ impl FdTable {
     /// the process: used when it vanished from /proc without an exit event.
     pub fn remove_process(&mut self, tgid: u32, out: &mut Vec<Transition>) {
         if let Some(process) = self.processes.remove(&tgid) {
+            self.fds -= process.fds.len();
             for (fd, entry) in process.fds {
                 out.push(Transition::Fd {
                     tgid,
@@ -381,11 +431,18 @@ impl FdTable {
         self.processes.get(&tgid)?.fds.get(&fd)
     }
 
-    fn ensure(&mut self, tgid: u32, out: &mut Vec<Transition>) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.processes.entry(tgid) {
-            slot.insert(Process::default());
-            out.push(Transition::ProcessStarted { tgid, parent: None });
+    /// Make sure `tgid` has a table; false when it has none and the process cap is reached.
+    fn ensure(&mut self, tgid: u32, out: &mut Vec<Transition>) -> bool {
+        if self.processes.contains_key(&tgid) {
+            return true;
         }
+        if self.processes.len() >= self.limits.max_processes {
+            self.dropped.processes += 1;
+            return false;
+        }
+        self.processes.insert(tgid, Process::default());
+        out.push(Transition::ProcessStarted { tgid, parent: None });
+        true
     }
 
     /// A relative path made absolute against its directory descriptor, when we know that one's
@@ -412,12 +469,19 @@ impl FdTable {
     }
 
     fn insert(&mut self, tgid: u32, fd: i32, entry: OpenFd, change: FdChange, out: &mut Vec<Transition>) {
-        if fd < 0 {
+        if fd < 0 || !self.ensure(tgid, out) {
             return;
         }
-        self.ensure(tgid, out);
         let process = self.processes.get_mut(&tgid).expect("ensured");
-        if let Some(previous) = process.fds.get(&fd) {
+        let previous = process.fds.get(&fd);
+        if previous.is_none() {
+            if self.fds >= self.limits.max_fds {
+                self.dropped.fds += 1;
+                return;
+            }
+            self.fds += 1;
+        }
+        if let Some(previous) = previous {
             // The kernel never hands out an open fd number, so the old entry is stale. One we
             // found in /proc is simply the same descriptor seen twice (it was opened between
             // attaching and scanning); one opened under tracing means its close was lost.
@@ -438,6 +502,7 @@ impl FdTable {
     fn close(&mut self, tgid: u32, fd: i32, reason: CloseReason, out: &mut Vec<Transition>) {
         let Some(process) = self.processes.get_mut(&tgid) else { return };
         if let Some(entry) = process.fds.remove(&fd) {
+            self.fds -= 1;
             out.push(Transition::Fd {
                 tgid,
                 fd,
@@ -707,6 +772,31 @@ mod tests {
     }
 
     #[test]
+    fn limits_keep_the_oldest_and_count_what_they_drop() {
+        let mut table = FdTable::with_limits(Limits { max_processes: 2, max_fds: 3 });
+        for fd in [3, 4, 5, 6] {
+            apply(&mut table, 10, open(fd, FdKind::File, false), SITE_A);
+        }
+        assert_eq!(fds(&table, 10).iter().map(|(fd, _)| *fd).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(table.dropped(), Dropped { processes: 0, fds: 1 });
+        // Replacing a tracked fd is not growth.
+        apply(&mut table, 10, Op::Dup { old: 3, new: 5, cloexec: false, replaces: true }, SITE_A);
+        assert_eq!(table.fd_count(), 3);
+        // A fork copies only what fits.
+        apply(&mut table, 10, Op::Close { fd: 4 }, SITE_A);
+        apply(&mut table, 10, Op::NewTask { child: 11, thread: false, comm: "c".into() }, SITE_A);
+        assert_eq!(table.fd_count(), 3);
+        assert_eq!(table.dropped().fds, 2);
+        // A third process is not tracked.
+        apply(&mut table, 12, Op::Close { fd: 1 }, SITE_A);
+        apply(&mut table, 12, open(3, FdKind::File, false), SITE_A);
+        assert!(table.process(12).is_none());
+        assert_eq!(table.dropped().processes, 1);
+        apply(&mut table, 10, Op::Exit, SITE_A);
+        assert_eq!(table.fd_count(), 1);
+    }
+
+    #[test]
     fn reconcile_adds_removes_and_skips_touched() {
         let mut table = FdTable::new();
         for fd in [3, 4, 5] {
@@ -889,6 +979,7 @@ mod tests {
                         }
                     }
                     prop_assert_eq!(&table_view(&table), &model, "after {:?}", step);
+                    prop_assert_eq!(table.fd_count(), model.values().map(|t| t.len()).sum::<usize>());
                     for (tgid, process) in table.processes() {
                         prop_assert_eq!(live.get(&tgid).copied().unwrap_or(0), process.fds.len() as i64,
                             "transitions account for pid {}'s table after {:?}", tgid, step);

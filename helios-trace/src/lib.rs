@@ -2,8 +2,10 @@
 //! the call stack that opened what is still open.
 //!
 //! Data flow (design.md): tracepoints → ring buffer → [`session`] reader → [`decode`] →
-//! [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over [`http`]). Only [`bpf`] talks to the kernel's BPF side;
-//! [`procscan`] is the only reader of /proc; everything between is pure.
+//! [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over [`http`]). Only
+//! [`bpf`] talks to the kernel's BPF side; [`procscan`] is the only reader of /proc; everything
+//! between is pure.
+pub mod adhoc;
 pub mod bpf;
 pub mod cli;
 pub mod clock;
@@ -13,13 +15,19 @@ pub mod event;
 pub mod fd;
 pub mod fdtable;
 pub mod fuzzing;
+pub mod history;
 pub mod http;
+pub mod launch;
+pub mod live;
 pub mod metrics;
 pub mod procscan;
 pub mod report;
+pub mod resources;
 pub mod serve;
 pub mod session;
 pub mod sites;
+pub mod sockdiag;
 pub mod stacks;
 pub mod syscalls;
+pub mod trend;
 pub mod workload;

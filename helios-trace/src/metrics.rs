@@ -701,7 +701,7 @@ mod tests {
     impl World {
         fn new(max_sites: usize, pid_label: bool) -> World {
             let root = tempfile::tempdir().unwrap();
-            let mut engine = Engine::new(root.path());
+            let mut engine = Engine::new(root.path(), crate::fdtable::Limits::default());
             engine.keep_transitions();
             let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
             let mut world = World {

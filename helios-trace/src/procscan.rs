@@ -165,6 +165,14 @@ pub fn usage(root: &Path, pid: u32) -> Option<Usage> {
     })
 }
 
+/// Bytes allocated to the file behind a descriptor (st_blocks): what a memfd or a deleted file
+/// pins while it stays open.
+pub fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    Some(metadata.blocks() * 512)
+}
+
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
 pub fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;

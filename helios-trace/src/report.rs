@@ -1,6 +1,7 @@
-//! The end-of-session report: built from the FdTable, the site counters and the stack registry
-//! (pure: what needs /proc comes in through closures), rendered as JSON (design.md's "Report"
-//! contract) or as text for people, widest leaks first.
+//! The end-of-session report: built from the FdTable, the site counters, the sites' history
+//! and the stack registry (pure: what needs /proc comes in through closures), rendered as JSON
+//! (design.md's "Report" contract) or as text for people: suspected leaks first, then the
+//! widest.
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
@@ -10,10 +11,13 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    engine::ExitedProcess,
     fd::{CloseReason, FdKind, SiteId},
     fdtable::{FdTable, OpenFd},
-    sites::SiteStats,
+    history::History,
+    sites::{SiteCounters, SiteStats},
     stacks::Frame,
+    trend::{self, Evidence, Trend},
 };
 
 /// Version of the JSON layout; fields are only ever added within a version.
@@ -27,7 +31,25 @@ pub struct Report {
     pub duration_seconds: f64,
     pub events: EventCounts,
     pub reconcile_corrections: Corrections,
+    /// What the --max-processes / --max-fds caps kept out of the tables.
+    pub dropped: crate::fdtable::Dropped,
+    /// `--min-age`: how old a growing site's descriptors must be for it to be suspected.
+    pub min_age_seconds: f64,
+    /// Suspected leaks in all processes.
+    pub suspected_leaks: u64,
+    /// `helios-trace run`: the command, and how it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandReport>,
     pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandReport {
+    pub argv: Vec<String>,
+    pub pid: u32,
+    /// Its exit status, or the signal that ended it; both null while it runs.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -55,6 +77,14 @@ pub struct ProcessReport {
     pub cmdline: Option<String>,
     pub open_fds: u64,
     pub by_kind: BTreeMap<FdKind, u64>,
+    /// Exited during the session (`run` keeps such processes): counts and ages are as of the
+    /// exit, `open` is what the exit closed.
+    pub exited: bool,
+    pub suspected_leaks: u64,
+    /// Sum of its sites' growth.
+    pub growth_per_minute: f64,
+    /// What it runs out of, and when (null for exited processes).
+    pub resources: Option<Resources>,
     pub sites: Vec<SiteReport>,
     /// Every open descriptor (with `--list-fds`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +104,9 @@ pub struct FdListing {
 pub struct SiteReport {
     pub site: String,
     pub kind: FdKind,
+    /// The one most telling frame (design.md's metric label), or the site's name when it has
+    /// no frames.
+    pub frame: String,
     pub open: u64,
     pub opened: u64,
     pub closed: u64,
@@ -82,8 +115,80 @@ pub struct SiteReport {
     pub oldest_age_seconds: Option<f64>,
     /// How the session's closes happened, by reason (only reasons that occurred).
     pub closed_by: BTreeMap<CloseReason, u64>,
+    /// Every close of the site's descriptors, in this process and in exited ones, was the exit
+    /// of their process: a leak that restarts were hiding.
+    pub closed_only_at_exit: bool,
+    /// What exited processes did at this site, summed (null when none did).
+    pub exited_processes: Option<ExitedSummary>,
+    /// Growth of the open count over the session (null before two samples).
+    pub growth_per_minute: Option<f64>,
+    pub suspected_leak: bool,
+    /// Why it is suspected, in a sentence.
+    pub why: Option<String>,
+    pub trend: Option<Trend>,
+    /// TCP states of the open sockets (from /proc/net/tcp*).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tcp_states: BTreeMap<String, u64>,
+    /// Open sockets whose peer hung up and which this process never closed.
+    pub close_wait: u64,
+    /// Kernel memory charged to the site's open sockets (receive and send queues, forward
+    /// allocation, options; from sock_diag). Null for other kinds.
+    pub socket_memory_bytes: Option<u64>,
+    /// Memory pinned by the site's open memfds (their blocks cannot be freed while open).
+    pub pinned_bytes: Option<u64>,
     pub frames: Vec<Frame>,
     pub examples: Vec<Example>,
+}
+
+/// A process's limits and memory, with the time to exhaustion at the session's rates.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Resources {
+    /// Soft RLIMIT_NOFILE: at this many open descriptors, open() fails with EMFILE.
+    pub fd_limit: Option<u64>,
+    /// Growth of the open descriptor count (Theil-Sen over the session), per hour.
+    pub fd_growth_per_hour: Option<f64>,
+    /// At that growth, seconds until the limit is reached.
+    pub fd_exhaustion_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub rss_growth_bytes_per_hour: Option<f64>,
+    /// The process's memory cgroup: usage, limit (null: none), and when usage reaches it.
+    pub memory_current_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_growth_bytes_per_hour: Option<f64>,
+    pub memory_exhaustion_seconds: Option<f64>,
+    /// Kernel memory charged to all its open sockets.
+    pub socket_memory_bytes: u64,
+    /// The one-line summary joining memory and descriptors, e.g. "RSS +240 MB/h while site
+    /// accept_loop (srv.c:88) grew +2,000/h; the fd limit of 65,536 is reached in 9h 12m".
+    pub summary: Option<String>,
+}
+
+/// What the report needs to know about one open descriptor, beyond the table (from /proc and
+/// sock_diag; the session supplies it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FdFacts {
+    /// TCP state of a socket ("CLOSE_WAIT").
+    pub tcp_state: Option<String>,
+    /// Kernel memory charged to a socket.
+    pub socket_memory: Option<u64>,
+    /// Bytes a memfd pins.
+    pub pinned_bytes: Option<u64>,
+}
+
+/// A live process's limits and memory now (the session reads them; trends come from History).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub fd_limit: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub cgroup: Option<crate::resources::CgroupMemory>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitedSummary {
+    pub processes: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub closed_by: BTreeMap<CloseReason, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,8 +215,34 @@ pub struct ReportInput<'a> {
     pub cmdline: &'a dyn Fn(u32) -> Option<String>,
     /// A short description of one open descriptor (path, socket addresses).
     pub describe: &'a mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
+    /// What /proc and sock_diag say about an open socket or memfd.
+    pub inspect: &'a mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
+    /// A live process's limits and memory now.
+    pub process_facts: &'a mut dyn FnMut(u32) -> ProcessFacts,
     /// Include every open descriptor of each process.
     pub list_fds: bool,
+    /// Exited processes to report (as of their exit).
+    pub exited: &'a [ExitedProcess],
+    pub history: &'a History,
+    pub min_age: Duration,
+}
+
+/// The one most telling frame of a site, for people and metric labels: for now the innermost
+/// frame (issue 4's unwinder picks the innermost frame of the application's own code).
+pub fn frame_label(frames: &[Frame]) -> Option<String> {
+    frames.first().map(Frame::describe)
+}
+
+/// One process to report: alive in the table, or as it was when it exited.
+struct ProcessView<'a> {
+    tgid: u32,
+    comm: &'a str,
+    cmdline: Option<String>,
+    fds: &'a BTreeMap<i32, OpenFd>,
+    counters: Option<&'a HashMap<(FdKind, SiteId), SiteCounters>>,
+    /// Ages are measured to this time (the exit, for an exited process).
+    now_ns: u64,
+    exited: bool,
 }
 
 pub fn build(input: ReportInput<'_>) -> Report {
@@ -127,90 +258,46 @@ pub fn build(input: ReportInput<'_>) -> Report {
         include,
         cmdline,
         describe,
+        inspect,
+        process_facts,
         list_fds,
+        exited,
+        history,
+        min_age,
     } = input;
-    let age = |opened_ns: u64| now_ns.saturating_sub(opened_ns) as f64 / 1e9;
-    let mut processes: Vec<ProcessReport> = Vec::new();
-    for (tgid, process) in table.processes() {
-        if !include(tgid) {
-            continue;
-        }
-        // Open descriptors grouped by (kind, site), oldest first within each group.
-        let mut groups: HashMap<(FdKind, SiteId), Vec<(i32, &OpenFd)>> = HashMap::new();
-        let mut by_kind: BTreeMap<FdKind, u64> = BTreeMap::new();
-        for (fd, entry) in &process.fds {
-            groups.entry((entry.kind, entry.site)).or_default().push((*fd, entry));
-            *by_kind.entry(entry.kind).or_default() += 1;
-        }
-        if let Some(counted) = stats.process(tgid) {
-            for (key, counters) in counted {
-                if counters.opened > 0 {
-                    groups.entry(*key).or_default();
-                }
-            }
-        }
-        let mut sites: Vec<SiteReport> = groups
-            .into_iter()
-            .map(|((kind, site), mut open)| {
-                open.sort_by_key(|(fd, e)| (e.opened_ns, *fd));
-                let counters = stats.get(tgid, kind, site);
-                let examples = open
-                    .iter()
-                    .take(EXAMPLES_PER_SITE)
-                    .map(|(fd, e)| Example {
-                        fd: *fd,
-                        age_seconds: age(e.opened_ns),
-                        detail: describe(tgid, *fd, e),
-                    })
-                    .collect();
-                SiteReport {
-                    site: site.label(),
-                    kind,
-                    open: open.len() as u64,
-                    opened: counters.opened,
-                    closed: counters.closed,
-                    oldest_age_seconds: open.first().map(|(_, e)| age(e.opened_ns)),
-                    closed_by: CloseReason::ALL
-                        .iter()
-                        .filter(|r| counters.closed_by[r.index()] > 0)
-                        .map(|r| (*r, counters.closed_by[r.index()]))
-                        .collect(),
-                    frames: frames(site),
-                    examples,
-                }
-            })
-            .collect();
-        sites.sort_by(|a, b| {
-            b.open
-                .cmp(&a.open)
-                .then(b.opened.cmp(&a.opened))
-                .then_with(|| a.site.cmp(&b.site))
-                .then(a.kind.cmp(&b.kind))
-        });
-        processes.push(ProcessReport {
-            pid: tgid,
-            comm: process.comm.clone(),
-            cmdline: cmdline(tgid),
-            open_fds: process.fds.len() as u64,
-            by_kind,
-            sites,
-            fds: list_fds.then(|| {
-                process
-                    .fds
-                    .iter()
-                    .map(|(fd, e)| FdListing {
-                        fd: *fd,
-                        kind: e.kind,
-                        site: e.site.label(),
-                        cloexec: e.cloexec,
-                        inherited: e.inherited,
-                    })
-                    .collect()
-            }),
-        });
-    }
+    let live = table.processes().filter(|(tgid, _)| include(*tgid)).map(|(tgid, process)| ProcessView {
+        tgid,
+        comm: &process.comm,
+        cmdline: cmdline(tgid),
+        fds: &process.fds,
+        counters: stats.process(tgid),
+        now_ns,
+        exited: false,
+    });
+    let gone = exited.iter().map(|e| ProcessView {
+        tgid: e.tgid,
+        comm: &e.comm,
+        cmdline: e.cmdline.clone(),
+        fds: &e.fds,
+        counters: Some(&e.counters),
+        now_ns: e.exited_ns,
+        exited: true,
+    });
+    let context = SiteContext { stats, frames, history, min_age };
+    let mut processes: Vec<ProcessReport> = live
+        .chain(gone)
+        .map(|view| {
+            let facts = (!view.exited).then(|| process_facts(view.tgid));
+            process_report(view, &context, describe, inspect, facts, list_fds)
+        })
+        .collect();
     processes.sort_by(|a, b| {
-        leak_width(b).cmp(&leak_width(a)).then(b.open_fds.cmp(&a.open_fds)).then(a.pid.cmp(&b.pid))
+        b.suspected_leaks
+            .cmp(&a.suspected_leaks)
+            .then(leak_width(b).cmp(&leak_width(a)))
+            .then(b.open_fds.cmp(&a.open_fds))
+            .then(a.pid.cmp(&b.pid))
+            .then(a.exited.cmp(&b.exited))
     });
     Report {
         helios_trace_report: REPORT_VERSION,
@@ -218,8 +305,270 @@ pub fn build(input: ReportInput<'_>) -> Report {
         duration_seconds: duration.as_secs_f64(),
         events,
         reconcile_corrections: corrections,
+        dropped: table.dropped(),
+        min_age_seconds: min_age.as_secs_f64(),
+        suspected_leaks: processes.iter().map(|p| p.suspected_leaks).sum(),
+        command: None,
         processes,
     }
+}
+
+/// What every site of every process is judged against.
+struct SiteContext<'a> {
+    stats: &'a SiteStats,
+    frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
+    history: &'a History,
+    min_age: Duration,
+}
+
+fn process_report(
+    view: ProcessView<'_>,
+    context: &SiteContext<'_>,
+    describe: &mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
+    inspect: &mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
+    facts: Option<ProcessFacts>,
+    list_fds: bool,
+) -> ProcessReport {
+    let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited } = view;
+    let age = |opened_ns: u64| now_ns.saturating_sub(opened_ns) as f64 / 1e9;
+    // Open descriptors grouped by (kind, site), oldest first within each group.
+    let mut groups: HashMap<(FdKind, SiteId), Vec<(i32, &OpenFd)>> = HashMap::new();
+    let mut by_kind: BTreeMap<FdKind, u64> = BTreeMap::new();
+    for (fd, entry) in fds {
+        groups.entry((entry.kind, entry.site)).or_default().push((*fd, entry));
+        *by_kind.entry(entry.kind).or_default() += 1;
+    }
+    for (key, counted) in counters.into_iter().flatten() {
+        if counted.opened > 0 {
+            groups.entry(*key).or_default();
+        }
+    }
+    let mut sites: Vec<SiteReport> = groups
+        .into_iter()
+        .map(|((kind, site), mut open)| {
+            open.sort_by_key(|(fd, e)| (e.opened_ns, *fd));
+            let own = counters.and_then(|c| c.get(&(kind, site))).copied().unwrap_or_default();
+            let retired = context.stats.retired(kind, site);
+            // An exited process's own counters are already in the sum of exited ones.
+            let mut everywhere = if exited { retired.map(|r| r.counters).unwrap_or(own) } else { own };
+            if !exited && let Some(r) = retired {
+                everywhere.merge(&r.counters);
+            }
+            let processes = retired.map_or(1, |r| r.processes);
+            let verdict = context.history.series(tgid, kind, site).and_then(|series| {
+                let start = series.first()?.t_ns;
+                let min_age_ns = context.min_age.as_nanos() as u64;
+                let evidence = Evidence {
+                    aged: open
+                        .iter()
+                        .filter(|(_, e)| now_ns.saturating_sub(e.opened_ns) >= min_age_ns)
+                        .count() as u64,
+                    open_from_window: open.iter().filter(|(_, e)| e.opened_ns >= start).count() as u64,
+                };
+                trend::assess(&series.window(), evidence, context.min_age)
+            });
+            let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
+            let mut socket_memory = (kind == FdKind::Socket && !exited).then_some(0u64);
+            let mut pinned = (kind == FdKind::Memfd && !exited).then_some(0u64);
+            if socket_memory.is_some() || pinned.is_some() {
+                for (fd, e) in &open {
+                    let facts = inspect(tgid, *fd, e);
+                    if let Some(state) = facts.tcp_state {
+                        *tcp_states.entry(state).or_default() += 1;
+                    }
+                    if let (Some(total), Some(bytes)) = (socket_memory.as_mut(), facts.socket_memory) {
+                        *total += bytes;
+                    }
+                    if let (Some(total), Some(bytes)) = (pinned.as_mut(), facts.pinned_bytes) {
+                        *total += bytes;
+                    }
+                }
+            }
+            let examples = open
+                .iter()
+                .take(EXAMPLES_PER_SITE)
+                .map(|(fd, e)| Example {
+                    fd: *fd,
+                    age_seconds: age(e.opened_ns),
+                    detail: describe(tgid, *fd, e),
+                })
+                .collect();
+            let frames = (context.frames)(site);
+            SiteReport {
+                site: site.label(),
+                kind,
+                frame: frame_label(&frames).unwrap_or_else(|| site.label()),
+                open: open.len() as u64,
+                opened: own.opened,
+                closed: own.closed,
+                oldest_age_seconds: open.first().map(|(_, e)| age(e.opened_ns)),
+                closed_by: closed_by(&own),
+                closed_only_at_exit: everywhere.closed_only_at_exit(processes),
+                exited_processes: retired.map(|r| ExitedSummary {
+                    processes: r.processes,
+                    opened: r.counters.opened,
+                    closed: r.counters.closed,
+                    closed_by: closed_by(&r.counters),
+                }),
+                growth_per_minute: verdict.as_ref().map(|v| v.growth_per_minute),
+                suspected_leak: verdict.as_ref().is_some_and(|v| v.suspected),
+                why: verdict.as_ref().and_then(|v| v.why.clone()),
+                trend: verdict.map(|v| v.trend),
+                close_wait: tcp_states.get(CLOSE_WAIT).copied().unwrap_or(0),
+                tcp_states,
+                socket_memory_bytes: socket_memory,
+                pinned_bytes: pinned,
+                frames,
+                examples,
+            }
+        })
+        .collect();
+    sites.sort_by(|a, b| {
+        b.suspected_leak
+            .cmp(&a.suspected_leak)
+            .then(b.close_wait.cmp(&a.close_wait))
+            .then(b.open.cmp(&a.open))
+            .then(b.opened.cmp(&a.opened))
+            .then_with(|| a.site.cmp(&b.site))
+            .then(a.kind.cmp(&b.kind))
+    });
+    let resources =
+        facts.map(|facts| resources(facts, fds.len() as u64, context.history.process(tgid), &sites));
+    ProcessReport {
+        pid: tgid,
+        comm: comm.to_string(),
+        cmdline,
+        open_fds: fds.len() as u64,
+        by_kind,
+        exited,
+        suspected_leaks: sites.iter().filter(|s| s.suspected_leak).count() as u64,
+        growth_per_minute: sites.iter().filter_map(|s| s.growth_per_minute).sum(),
+        resources,
+        sites,
+        fds: list_fds.then(|| {
+            fds.iter()
+                .map(|(fd, e)| FdListing {
+                    fd: *fd,
+                    kind: e.kind,
+                    site: e.site.label(),
+                    cloexec: e.cloexec,
+                    inherited: e.inherited,
+                })
+                .collect()
+        }),
+    }
+}
+
+/// Per hour, from a per-second rate.
+const HOUR: f64 = 3600.0;
+
+/// Limits, memory and their projections for one live process.
+fn resources(
+    facts: ProcessFacts,
+    open_fds: u64,
+    series: Option<&crate::history::ProcessSeries>,
+    sites: &[SiteReport],
+) -> Resources {
+    let slope = |s: &trend::Series| trend::theil_sen(&s.window());
+    let fd_rate = series.and_then(|s| slope(&s.fds));
+    let rss_rate = series.and_then(|s| slope(&s.rss));
+    let memory_rate = series.and_then(|s| slope(&s.cgroup_memory));
+    let memory_current = facts.cgroup.map(|c| c.current);
+    let memory_limit = facts.cgroup.and_then(|c| c.limit);
+    let mut resources = Resources {
+        fd_limit: facts.fd_limit,
+        fd_growth_per_hour: fd_rate.map(|r| r * HOUR),
+        fd_exhaustion_seconds: crate::resources::exhaustion_seconds(facts.fd_limit, open_fds, fd_rate),
+        rss_bytes: facts.rss_bytes,
+        rss_growth_bytes_per_hour: rss_rate.map(|r| r * HOUR),
+        memory_current_bytes: memory_current,
+        memory_limit_bytes: memory_limit,
+        memory_growth_bytes_per_hour: memory_rate.map(|r| r * HOUR),
+        memory_exhaustion_seconds: memory_current
+            .and_then(|current| crate::resources::exhaustion_seconds(memory_limit, current, memory_rate)),
+        socket_memory_bytes: sites.iter().filter_map(|s| s.socket_memory_bytes).sum(),
+        summary: None,
+    };
+    resources.summary = resource_summary(&resources, sites);
+    resources
+}
+
+/// Joins the memory trend with the fastest growing site, and the projections, in a sentence.
+fn resource_summary(r: &Resources, sites: &[SiteReport]) -> Option<String> {
+    let mut parts = Vec::new();
+    let growing = sites.iter().filter(|s| s.growth_per_minute.is_some_and(|g| g > 0.0)).max_by(|a, b| {
+        a.growth_per_minute.partial_cmp(&b.growth_per_minute).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    if let (Some(rss), Some(site)) = (r.rss_growth_bytes_per_hour, growing) {
+        let what = match site.kind {
+            FdKind::Socket => "sockets".to_string(),
+            FdKind::File => "files".to_string(),
+            kind => format!("{kind} descriptors"),
+        };
+        parts.push(format!(
+            "RSS {}/h while open {what} at {} grew {}/h",
+            signed_bytes(rss),
+            site.frame,
+            signed_count(site.growth_per_minute.unwrap_or(0.0) * 60.0)
+        ));
+    }
+    if let (Some(seconds), Some(limit), Some(rate)) =
+        (r.fd_exhaustion_seconds, r.fd_limit, r.fd_growth_per_hour)
+    {
+        parts.push(format!(
+            "at {}/h, the fd limit of {} is reached in {}",
+            signed_count(rate),
+            trend::thousands(limit),
+            human_duration(seconds)
+        ));
+    }
+    if let (Some(seconds), Some(limit)) = (r.memory_exhaustion_seconds, r.memory_limit_bytes) {
+        parts.push(format!(
+            "the cgroup memory limit of {} is reached in {}",
+            bytes(limit as f64),
+            human_duration(seconds)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// "1.5 GB", "240 MB", "12 KB".
+pub fn bytes(n: f64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n.abs();
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let sign = if n < 0.0 { "-" } else { "" };
+    if unit == 0 || value >= 100.0 {
+        format!("{sign}{value:.0} {}", units[unit])
+    } else {
+        format!("{sign}{value:.1} {}", units[unit])
+    }
+}
+
+fn signed_bytes(n: f64) -> String {
+    if n >= 0.0 { format!("+{}", bytes(n)) } else { bytes(n) }
+}
+
+fn signed_count(n: f64) -> String {
+    let rounded = n.round();
+    let text = trend::thousands(rounded.abs() as u64);
+    if rounded < 0.0 { format!("-{text}") } else { format!("+{text}") }
+}
+
+/// The TCP state of a socket whose peer closed its end while this side still holds it open
+/// (include/net/tcp_states.h TCP_CLOSE_WAIT; the name procscan gives it).
+pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
+
+fn closed_by(counters: &SiteCounters) -> BTreeMap<CloseReason, u64> {
+    CloseReason::ALL
+        .iter()
+        .filter(|r| counters.closed_by[r.index()] > 0)
+        .map(|r| (*r, counters.closed_by[r.index()]))
+        .collect()
 }
 
 /// Descriptors a process opened under tracing and still holds: what ranks it.
@@ -229,6 +578,11 @@ fn leak_width(process: &ProcessReport) -> u64 {
 
 pub fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).expect("report serializes")
+}
+
+/// "1 process", "3 processes".
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// "19h 4m", "3m 12s", "4.2s".
@@ -247,13 +601,26 @@ pub fn to_text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "helios-trace: {} traced, {} events ({} lost, {} undecodable), {} processes with activity",
+        "helios-trace: {} traced, {} events ({} lost, {} undecodable), {} with activity, {}",
         human_duration(report.duration_seconds),
         report.events.received,
         report.events.lost,
         report.events.undecodable,
-        report.processes.len()
+        plural(report.processes.len() as u64, "process", "processes"),
+        match report.suspected_leaks {
+            0 => "no suspected leak".to_string(),
+            1 => "1 suspected leak".to_string(),
+            n => format!("{n} suspected leaks"),
+        }
     );
+    if let Some(command) = &report.command {
+        let ended = match (command.exit_code, command.signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "was still running".to_string(),
+        };
+        let _ = writeln!(out, "command `{}` (pid {}) {ended}", command.argv.join(" "), command.pid);
+    }
     if report.events.lost > 0 {
         let _ = writeln!(
             out,
@@ -261,30 +628,111 @@ pub fn to_text(report: &Report) -> String {
             report.events.lost
         );
     }
+    let leaks: Vec<(&ProcessReport, &SiteReport)> = report
+        .processes
+        .iter()
+        .flat_map(|p| p.sites.iter().filter(|s| s.suspected_leak).map(move |s| (p, s)))
+        .collect();
+    if !leaks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSuspected leaks (descriptors kept growing and outlive {}):",
+            human_duration(report.min_age_seconds)
+        );
+        for (p, s) in leaks {
+            let _ = writeln!(
+                out,
+                "  PID {} {}: {} {} open at {}: {}",
+                p.pid,
+                p.comm,
+                s.open,
+                s.kind,
+                s.frame,
+                s.why.as_deref().unwrap_or_default()
+            );
+        }
+    }
     for process in &report.processes {
         let kinds: Vec<String> = process.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(
             out,
-            "\nPID {} {}{}: {} open ({})",
+            "\nPID {} {}{}{}: {} open ({})",
             process.pid,
             process.comm,
             process.cmdline.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default(),
+            if process.exited { " (exited; open at its exit)" } else { "" },
             process.open_fds,
             kinds.join(", ")
         );
+        if let Some(r) = &process.resources {
+            let mut facts = Vec::new();
+            if let Some(rss) = r.rss_bytes {
+                facts.push(format!("RSS {}", bytes(rss as f64)));
+            }
+            if r.socket_memory_bytes > 0 {
+                facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
+            }
+            if let Some(limit) = r.fd_limit {
+                facts.push(format!("fd limit {}", trend::thousands(limit)));
+            }
+            if !facts.is_empty() {
+                let _ = writeln!(out, "  {}", facts.join(", "));
+            }
+            if let Some(summary) = &r.summary {
+                let _ = writeln!(out, "  {summary}");
+            }
+        }
         for site in &process.sites {
+            let closes: Vec<String> =
+                site.closed_by.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
             let _ = writeln!(
                 out,
-                "  {:>6} open  {:<8} site {}  opened {} closed {}{}",
+                "  {:>6} open  {:<8} site {}  opened {} closed {}{}{}{}",
                 site.open,
                 site.kind.as_str(),
                 site.site,
                 site.opened,
                 site.closed,
+                if closes.is_empty() { String::new() } else { format!(" ({})", closes.join(", ")) },
                 site.oldest_age_seconds
                     .map(|a| format!("  oldest {}", human_duration(a)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                site.growth_per_minute.map(|g| format!("  {}", trend::rate(g))).unwrap_or_default(),
             );
+            if let Some(why) = &site.why {
+                let _ = writeln!(out, "           SUSPECTED LEAK: {why}");
+            }
+            if site.close_wait > 0 {
+                let _ = writeln!(
+                    out,
+                    "           CLOSE_WAIT {}: the peer hung up and these sockets were never closed",
+                    site.close_wait
+                );
+            }
+            if site.closed_only_at_exit {
+                let elsewhere = site
+                    .exited_processes
+                    .as_ref()
+                    .map(|e| {
+                        format!(
+                            " ({} in {})",
+                            e.closed,
+                            plural(e.processes, "exited process", "exited processes")
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(out, "           closed only ever by process exit{elsewhere}");
+            }
+            if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
+                let _ = writeln!(out, "           socket memory {}", bytes(memory as f64));
+            }
+            if let Some(pinned) = site.pinned_bytes.filter(|p| *p > 0) {
+                let _ = writeln!(out, "           pins {}", bytes(pinned as f64));
+            }
+            if !site.tcp_states.is_empty() {
+                let states: Vec<String> = site.tcp_states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                let _ = writeln!(out, "           tcp: {}", states.join(", "));
+            }
             for (i, frame) in site.frames.iter().enumerate() {
                 let _ = writeln!(out, "           #{i:<2} {}", frame.describe());
             }
@@ -310,7 +758,7 @@ mod tests {
     use crate::{
         event::{Event, Op, StackIds},
         fd::FdDetail,
-        fdtable::{ObservedFd, Transition},
+        fdtable::{FdChange, ObservedFd, Transition},
         stacks::Language,
     };
 
@@ -363,24 +811,43 @@ mod tests {
         (table, stats)
     }
 
-    fn build_sample(table: &FdTable, stats: &SiteStats) -> Report {
+    fn native_frame() -> Frame {
+        Frame {
+            symbol: None,
+            file: None,
+            line: None,
+            module: Some("/usr/bin/leaky".into()),
+            address: Some(0x55d0c0a01010),
+            offset: Some(0x1010),
+            language: Language::Native,
+        }
+    }
+
+    /// What only the session knows, for a test report.
+    struct Extras<'a> {
+        history: &'a History,
+        exited: &'a [ExitedProcess],
+        now_ns: u64,
+        states: &'a dyn Fn(i32) -> Option<String>,
+    }
+
+    fn build_with(table: &FdTable, stats: &SiteStats, extras: Extras<'_>) -> Report {
         let frames = |site: SiteId| match site {
-            SiteId::Stack(_) => vec![Frame {
-                symbol: None,
-                file: None,
-                line: None,
-                module: Some("/usr/bin/leaky".into()),
-                address: Some(0x55d0c0a01010),
-                offset: Some(0x1010),
-                language: Language::Native,
-            }],
+            SiteId::Stack(_) => vec![native_frame()],
             _ => Vec::new(),
         };
         let mut describe = |_: u32, fd: i32, _: &OpenFd| Some(format!("fd{fd}"));
+        let mut inspect = |_: u32, fd: i32, _: &OpenFd| FdFacts {
+            tcp_state: (extras.states)(fd),
+            socket_memory: Some(1000 + fd as u64),
+            pinned_bytes: None,
+        };
+        let mut process_facts =
+            |_: u32| ProcessFacts { fd_limit: Some(64), rss_bytes: Some(5_000_000), cgroup: None };
         build(ReportInput {
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_773_478_020),
             duration: Duration::from_secs(30),
-            now_ns: 10_000_000_000,
+            now_ns: extras.now_ns,
             events: EventCounts { received: 5, lost: 0, undecodable: 0, stack_errors: 0 },
             corrections: Corrections::default(),
             table,
@@ -389,8 +856,22 @@ mod tests {
             include: &|_| true,
             cmdline: &|_| Some("leaky --serve".into()),
             describe: &mut describe,
+            inspect: &mut inspect,
+            process_facts: &mut process_facts,
             list_fds: true,
+            exited: extras.exited,
+            history: extras.history,
+            min_age: Duration::from_secs(10),
         })
+    }
+
+    fn build_sample(table: &FdTable, stats: &SiteStats) -> Report {
+        let history = History::default();
+        build_with(
+            table,
+            stats,
+            Extras { history: &history, exited: &[], now_ns: 10_000_000_000, states: &|_| None },
+        )
     }
 
     #[test]
@@ -450,10 +931,203 @@ mod tests {
         assert!(text.contains("/usr/bin/leaky+0x1010"), "{text}");
     }
 
+    /// A process whose socket site grows by one a second for a minute (every one kept), next to
+    /// a file site that opens and closes all the time.
+    fn leaking(seconds: u64) -> (FdTable, SiteStats, History) {
+        let (mut table, mut stats, mut history) = (FdTable::new(), SiteStats::default(), History::default());
+        let mut out: Vec<Transition> = Vec::new();
+        for t in 0..seconds {
+            let ts = (t + 1) * 1_000_000_000;
+            table.apply(&open_event(7, 100 + t as i32, ts, FdKind::Socket), SiteId::Stack(0x1eaf), &mut out);
+            for _ in 0..50 {
+                table.apply(&open_event(7, 3, ts, FdKind::File), SiteId::Stack(0xc1ea), &mut out);
+                let close = Event {
+                    tgid: 7,
+                    tid: 7,
+                    ts_ns: ts,
+                    stacks: StackIds::default(),
+                    op: Op::Close { fd: 3 },
+                };
+                table.apply(&close, SiteId::NoStack, &mut out);
+            }
+            for t in out.drain(..) {
+                stats.observe(&t);
+            }
+            history.sample(ts, &table, &stats, |_| false, |_| Default::default());
+        }
+        (table, stats, history)
+    }
+
+    #[test]
+    fn growing_sites_are_suspected_ranked_first_and_explained() {
+        let (table, stats, history) = leaking(60);
+        let states = |fd: i32| Some(if fd % 2 == 0 { CLOSE_WAIT } else { "ESTABLISHED" }.to_string());
+        let report = build_with(
+            &table,
+            &stats,
+            Extras { history: &history, exited: &[], now_ns: 60_000_000_000, states: &states },
+        );
+        assert_eq!(report.suspected_leaks, 1);
+        let p = &report.processes[0];
+        assert_eq!(p.suspected_leaks, 1);
+        let leak = &p.sites[0];
+        assert_eq!((leak.site.as_str(), leak.suspected_leak), ("0000000000001eaf", true));
+        assert_eq!(leak.frame, "/usr/bin/leaky+0x1010");
+        assert!((leak.growth_per_minute.unwrap() - 60.0).abs() < 1.0, "{:?}", leak.growth_per_minute);
+        let why = leak.why.as_deref().unwrap();
+        assert!(
+            why.starts_with("+60/min for 59.0s; none of the 59 opened since then closed; 50 older than 10s"),
+            "{why}"
+        );
+        assert_eq!(leak.close_wait, 30);
+        assert_eq!(
+            leak.tcp_states,
+            BTreeMap::from([("CLOSE_WAIT".to_string(), 30), ("ESTABLISHED".to_string(), 30)])
+        );
+        let churn = p.sites.iter().find(|s| s.kind == FdKind::File).unwrap();
+        assert!(!churn.suspected_leak);
+        assert_eq!((churn.open, churn.opened, churn.closed), (0, 3000, 3000));
+        let json: serde_json::Value = serde_json::from_str(&to_json(&report)).unwrap();
+        let site = &json["processes"][0]["sites"][0];
+        assert_eq!(site["suspected_leak"], true);
+        assert_eq!(site["close_wait"], 30);
+        assert_eq!(site["trend"]["samples"], 60);
+        assert!(site["trend"]["p_value"].as_f64().unwrap() < 1e-6);
+        assert_eq!(json["suspected_leaks"], 1);
+        assert_eq!(json["min_age_seconds"], 10.0);
+        let text = to_text(&report);
+        assert!(text.contains("1 suspected leak"), "{text}");
+        assert!(text.contains("Suspected leaks"), "{text}");
+        assert!(text.contains("SUSPECTED LEAK: +60/min for 59.0s"), "{text}");
+        assert!(text.contains("CLOSE_WAIT 30: the peer hung up"), "{text}");
+        assert!(text.contains("(close 3000)"), "{text}");
+    }
+
+    #[test]
+    fn an_exited_process_is_reported_as_of_its_exit() {
+        let (table, stats) = sample();
+        let fds = table.process(7).unwrap().fds.clone();
+        let mut counters = stats.process(7).cloned().unwrap();
+        counters
+            .get_mut(&(FdKind::Socket, SiteId::Stack(0xab)))
+            .unwrap()
+            .record(FdChange::Closed(CloseReason::Exit));
+        let exited = [ExitedProcess {
+            tgid: 9,
+            comm: "gone".into(),
+            cmdline: Some("gone --now".into()),
+            exited_ns: 6_000_000_000,
+            fds,
+            counters,
+        }];
+        let history = History::default();
+        let report = build_with(
+            &FdTable::new(),
+            &stats,
+            Extras { history: &history, exited: &exited, now_ns: 99_000_000_000, states: &|_| None },
+        );
+        let p = &report.processes[0];
+        assert_eq!((p.pid, p.exited, p.open_fds), (9, true, 4));
+        let site = &p.sites[0];
+        assert_eq!((site.open, site.opened), (3, 3));
+        assert_eq!(site.oldest_age_seconds, Some(4.0), "age at the exit, not at the report");
+        assert_eq!(site.closed_by, BTreeMap::from([(CloseReason::Exit, 1)]));
+        assert!(to_text(&report).contains("PID 9 gone [gone --now] (exited; open at its exit): 4 open"));
+    }
+
+    #[test]
+    fn sites_closed_only_by_exit_elsewhere_are_flagged() {
+        let (mut table, mut stats) = (FdTable::new(), SiteStats::default());
+        let mut out: Vec<Transition> = Vec::new();
+        // A previous generation (pid 5) opened three at the site and held them until it exited.
+        for fd in [3, 4, 5] {
+            table.apply(&open_event(5, fd, 1, FdKind::File), SiteId::Stack(0xab), &mut out);
+        }
+        table.apply(
+            &Event { tgid: 5, tid: 5, ts_ns: 2, stacks: StackIds::default(), op: Op::Exit },
+            SiteId::NoStack,
+            &mut out,
+        );
+        // The current one (pid 6) holds one.
+        table.apply(&open_event(6, 3, 3, FdKind::File), SiteId::Stack(0xab), &mut out);
+        for t in &out {
+            stats.observe(t);
+        }
+        let history = History::default();
+        let report = build_with(
+            &table,
+            &stats,
+            Extras { history: &history, exited: &[], now_ns: 10, states: &|_| None },
+        );
+        let site = &process_of(&report, 6).sites[0];
+        assert!(site.closed_only_at_exit);
+        let e = site.exited_processes.as_ref().unwrap();
+        assert_eq!((e.processes, e.opened, e.closed), (1, 3, 3));
+        assert!(to_text(&report).contains("closed only ever by process exit (3 in 1 exited process)"));
+    }
+
+    fn process_of(report: &Report, pid: u32) -> &ProcessReport {
+        report.processes.iter().find(|p| p.pid == pid).unwrap()
+    }
+
     #[test]
     fn durations_for_people() {
         assert_eq!(human_duration(4.25), "4.2s");
         assert_eq!(human_duration(192.0), "3m 12s");
         assert_eq!(human_duration(68_640.0), "19h 4m");
+    }
+
+    #[test]
+    fn resources_project_exhaustion_and_join_memory_with_the_growing_site() {
+        let mut series = crate::history::ProcessSeries::default();
+        for t in 0..20u64 {
+            let at = |value: u64| trend::Point { t_ns: t * 1_000_000_000, open: value, opened: 0 };
+            // +2 descriptors a second; RSS +1 MB a second.
+            series.fds.push(at(100 + 2 * t));
+            series.rss.push(at(50_000_000 + 1_000_000 * t));
+        }
+        let mut site = build_sample_site();
+        site.growth_per_minute = Some(120.0);
+        let facts = ProcessFacts { fd_limit: Some(1024), rss_bytes: Some(70_000_000), cgroup: None };
+        let r = resources(facts, 138, Some(&series), &[site]);
+        assert_eq!(r.fd_growth_per_hour, Some(7200.0));
+        assert_eq!(r.fd_exhaustion_seconds, Some((1024.0 - 138.0) / 2.0));
+        assert_eq!(r.rss_growth_bytes_per_hour, Some(3_600_000_000.0));
+        assert_eq!(r.memory_exhaustion_seconds, None, "no cgroup limit, no projection");
+        assert_eq!(r.socket_memory_bytes, 4096);
+        assert_eq!(
+            r.summary.as_deref(),
+            Some(
+                "RSS +3.6 GB/h while open sockets at accept_loop grew +7,200/h; \
+                 at +7,200/h, the fd limit of 1,024 is reached in 7m 23s"
+            )
+        );
+        assert_eq!(bytes(240_000_000.0), "240 MB");
+        assert_eq!(bytes(1536.0), "1.5 KB");
+    }
+
+    fn build_sample_site() -> SiteReport {
+        SiteReport {
+            site: "00000000000000ab".into(),
+            kind: FdKind::Socket,
+            frame: "accept_loop".into(),
+            open: 3,
+            opened: 3,
+            closed: 0,
+            oldest_age_seconds: None,
+            closed_by: BTreeMap::new(),
+            closed_only_at_exit: false,
+            exited_processes: None,
+            growth_per_minute: None,
+            suspected_leak: false,
+            why: None,
+            trend: None,
+            tcp_states: BTreeMap::new(),
+            close_wait: 0,
+            socket_memory_bytes: Some(4096),
+            pinned_bytes: None,
+            frames: Vec::new(),
+            examples: Vec::new(),
+        }
     }
 }

@@ -32,6 +32,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
     let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
     tracing.engine.keep_transitions();
+    // Trend verdicts and exhaustion projections are the reports'; the exporter leaves the
+    // trends to PromQL.
+    tracing.sample_history = false;
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {
             max_sites: args.max_sites,

@@ -1,9 +1,11 @@
 //! A tracing run: attach, load the /proc baseline, then read the ring buffer into the Engine
-//! until told to stop, reconciling with /proc on a timer. The ad-hoc session (`run`) prints a
-//! report at the end; the exporter (serve.rs) drives the same loop and publishes metrics.
+//! until told to stop, reconciling with /proc on a timer and sampling every site's open count
+//! once a second. The ad-hoc session (adhoc.rs) reports at the end; the exporter (serve.rs)
+//! drives the same loop and publishes metrics.
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     future::Future,
-    io::Write as _,
     path::{Path, PathBuf},
     pin::pin,
     time::{Duration, SystemTime},
@@ -19,13 +21,15 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
-    cli::{Format, SessionArgs, StackMode, TraceArgs},
+    cli::{StackMode, TraceArgs},
     clock,
     engine::Engine,
-    fd::{FdDetail, printable},
-    fdtable::OpenFd,
+    fd::{FdDetail, FdKind, printable},
+    fdtable::{Limits, OpenFd},
+    history::{History, ProcessSample},
     procscan::{self, SocketTables},
-    report::{self, Corrections, EventCounts, Report, ReportInput},
+    report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
+    resources, sockdiag,
 };
 
 /// How often the ring buffer is drained even without a wake-up (the kernel batches wake-ups
@@ -42,7 +46,20 @@ pub struct Tracing {
     pub started_at: SystemTime,
     pub started: Instant,
     reconcile_interval: Duration,
+    /// Every site's open count, once a second.
+    pub history: History,
+    /// Whether `run_until` samples `history` (the exporter has no use for it).
+    pub sample_history: bool,
+    /// How old a growing site's descriptors must be for it to be a suspected leak.
+    pub min_age: Duration,
+    /// Socket inodes by (process, fd, opened_ns), so a report reads each socket's link once.
+    socket_inodes: HashMap<(u32, i32, u64), u64>,
+    /// `--redact-paths`.
+    redact_paths: bool,
 }
+
+/// The default of `--min-age`.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 
 impl Tracing {
     /// Attach the programs and load what is already open.
@@ -64,7 +81,8 @@ impl Tracing {
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
-        let mut engine = Engine::new(proc_root);
+        let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
+        let mut engine = Engine::new(proc_root, limits);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
@@ -87,7 +105,34 @@ impl Tracing {
             started_at,
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
+            history: History::default(),
+            sample_history: true,
+            min_age: DEFAULT_MIN_AGE,
+            socket_inodes: HashMap::new(),
+            redact_paths: args.redact_paths,
         })
+    }
+
+    /// Sample every site's open count now (once a second, from `run_until`).
+    pub fn sample(&mut self) {
+        let exited: Vec<u32> = self.engine.exited().iter().map(|e| e.tgid).collect();
+        let proc_root = self.engine.proc_root().to_path_buf();
+        let resources = |tgid: u32| ProcessSample {
+            rss_bytes: resources::rss_bytes(&proc_root, tgid),
+            cgroup_memory_bytes: resources::process_cgroup_memory(
+                &proc_root,
+                Path::new(resources::CGROUP_ROOT),
+                tgid,
+            )
+            .map(|m| m.current),
+        };
+        self.history.sample(
+            clock::boot_ns(),
+            &self.engine.table,
+            &self.engine.stats,
+            |tgid| exited.contains(&tgid),
+            resources,
+        );
     }
 
     pub fn attached(&self) -> &[String] {
@@ -102,8 +147,8 @@ impl Tracing {
         }
     }
 
-    /// Run until `stop` completes; `every_second` runs once a second with the engine (the
-    /// exporter publishes its snapshot there). Ends with a final drain.
+    /// Run until `stop` completes; `every_second` runs once a second, after the sites were
+    /// sampled (the exporter publishes its snapshot there). Ends with a final drain.
     pub async fn run_until(
         &mut self,
         stop: impl Future<Output = ()>,
@@ -127,7 +172,13 @@ impl Tracing {
                 () = &mut stop => break,
                 // Timers before the ring buffer: under sustained load the ring is always
                 // readable, and a biased select would never get to them.
-                _ = second.tick() => every_second(self),
+                _ = second.tick() => {
+                    self.drain();
+                    if self.sample_history {
+                        self.sample();
+                    }
+                    every_second(self);
+                }
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
@@ -175,16 +226,29 @@ impl Tracing {
         let tgids: Vec<u32> = self.engine.table.processes().map(|(t, _)| t).collect();
         for tgid in tgids {
             if let Some(cmdline) = self.engine.cmdline(tgid) {
+                let cmdline = if self.redact_paths { redact_cmdline(&cmdline) } else { cmdline };
                 cmdlines.insert(tgid, cmdline);
             }
         }
         let engine = &self.engine;
-        let mut sockets = SocketTables::new(&proc_root);
-        let mut describe =
-            |tgid: u32, fd: i32, entry: &OpenFd| describe_fd(&proc_root, &mut sockets, tgid, fd, entry);
+        let join = RefCell::new(SocketJoin {
+            proc_root: &proc_root,
+            tables: SocketTables::new(&proc_root),
+            known: std::mem::take(&mut self.socket_inodes),
+            seen: HashMap::new(),
+            memory: None,
+            redact_paths: self.redact_paths,
+        });
+        let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
+        let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
+        let mut process_facts = |tgid: u32| ProcessFacts {
+            fd_limit: resources::fd_limit(&proc_root, tgid),
+            rss_bytes: resources::rss_bytes(&proc_root, tgid),
+            cgroup: resources::process_cgroup_memory(&proc_root, Path::new(resources::CGROUP_ROOT), tgid),
+        };
         let frames = |site| engine.stacks.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| filtered || engine.stats.active(tgid);
-        report::build(ReportInput {
+        let report = report::build(ReportInput {
             started_at: self.started_at,
             duration: self.started.elapsed(),
             now_ns: clock::boot_ns(),
@@ -196,8 +260,88 @@ impl Tracing {
             include: &include,
             cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
             describe: &mut describe,
+            inspect: &mut inspect,
+            process_facts: &mut process_facts,
             list_fds,
-        })
+            exited: engine.exited(),
+            history: &self.history,
+            min_age: self.min_age,
+        });
+        // Only the sockets still open stay cached.
+        self.socket_inodes = join.into_inner().seen;
+        report
+    }
+}
+
+/// Open sockets joined with the socket tables of their network namespace, and with their
+/// memory from sock_diag, by inode.
+struct SocketJoin<'a> {
+    proc_root: &'a Path,
+    tables: SocketTables,
+    known: HashMap<(u32, i32, u64), u64>,
+    seen: HashMap<(u32, i32, u64), u64>,
+    /// Socket memory by inode: dumped once per report, on the first socket asked about.
+    memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
+    /// `--redact-paths`: file paths and memfd names are not shown.
+    redact_paths: bool,
+}
+
+/// What `--redact-paths` shows instead of a path.
+pub const REDACTED: &str = "[path redacted]";
+
+/// A command line without its arguments (which are often paths): the program's name only.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    let program = cmdline.split(' ').next().unwrap_or_default();
+    format!("{} [arguments redacted]", program.rsplit('/').next().unwrap_or(program))
+}
+
+impl SocketJoin<'_> {
+    fn inode(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<u64> {
+        // The descriptor's open time tells a reused fd number from the socket we cached.
+        let key = (tgid, fd, entry.opened_ns);
+        let inode = match self.known.get(&key).or_else(|| self.seen.get(&key)) {
+            Some(inode) => *inode,
+            None => procscan::socket_inode(self.proc_root, tgid, fd)?,
+        };
+        self.seen.insert(key, inode);
+        Some(inode)
+    }
+
+    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&procscan::SocketInfo> {
+        if entry.kind != FdKind::Socket {
+            return None;
+        }
+        let inode = self.inode(tgid, fd, entry)?;
+        self.tables.for_process(tgid).get(inode)
+    }
+
+    fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
+        if self.redact_paths && matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) {
+            return Some(REDACTED.to_string());
+        }
+        describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
+    }
+
+    fn facts(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> FdFacts {
+        match entry.kind {
+            FdKind::Socket => {
+                let tcp_state = self.socket(tgid, fd, entry).and_then(|s| s.state.clone());
+                let socket_memory = self.inode(tgid, fd, entry).and_then(|inode| {
+                    let memory = self.memory.get_or_insert_with(|| {
+                        sockdiag::dump()
+                            .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
+                            .unwrap_or_default()
+                    });
+                    memory.get(&inode).map(|m| m.buffer_bytes())
+                });
+                FdFacts { tcp_state, socket_memory, pinned_bytes: None }
+            }
+            FdKind::Memfd => FdFacts {
+                pinned_bytes: procscan::allocated_bytes(self.proc_root, tgid, fd),
+                ..FdFacts::default()
+            },
+            _ => FdFacts::default(),
+        }
     }
 }
 
@@ -222,55 +366,6 @@ pub fn describe_fd(
         }
         _ => None,
     }
-}
-
-/// The ad-hoc session: trace until --duration, Ctrl-C or SIGTERM, then print the report.
-pub async fn run(args: SessionArgs) -> Result<()> {
-    // Handlers first: a signal that arrives once we say "attached" must not kill us.
-    let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let stop = stop_signal(args.duration)?;
-    let mut stop = pin!(stop);
-    let proc_root = Path::new("/proc");
-    let mut tracing = Tracing::start(&args.trace, proc_root)?;
-    eprintln!(
-        "helios-trace: attached {} tracepoints; tracing {}{}",
-        tracing.attached().len(),
-        if tracing.targets.is_empty() {
-            "all processes".to_string()
-        } else {
-            format!("pid {}", join(&tracing.targets))
-        },
-        args.duration
-            .map(|d| format!(" for {}", humantime::format_duration(d)))
-            .unwrap_or_else(|| " until Ctrl-C".to_string())
-    );
-    // SIGUSR1 prints a report and tracing goes on (like dd's progress signal).
-    loop {
-        tokio::select! {
-            result = tracing.run_until(&mut stop, |_| {}) => { result?; break; }
-            _ = snapshot.recv() => {
-                tracing.drain();
-                print_report(&tracing.report(args.list_fds), args.format, true)?;
-            }
-        }
-    }
-    print_report(&tracing.report(args.list_fds), args.format, false)
-}
-
-/// A snapshot in JSON is one line, so a reader can take one report per line.
-fn print_report(report: &Report, format: Format, snapshot: bool) -> Result<()> {
-    let text = match (format, snapshot) {
-        (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
-        (Format::Json, false) => report::to_json(report),
-        (Format::Text, _) => report::to_text(report),
-    };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}").context("writing the report")?;
-    stdout.flush().context("writing the report")
-}
-
-fn join(pids: &[u32]) -> String {
-    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Completes on SIGINT, SIGTERM, or when `duration` has passed.

@@ -166,3 +166,20 @@ fn a_missing_privilege_names_the_capability() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.starts_with("helios-trace: missing capability CAP_PERFMON:"), "{stderr}");
 }
+
+#[test]
+fn redact_paths_hides_every_path() {
+    if !require_bpf() {
+        return;
+    }
+    let mut work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string(), "--redact-paths"]);
+    let secret = work.path("customer-4711-invoices.db");
+    work.run(&format!("open {secret} 0"));
+    let report = tracer.stop();
+    let text = report.to_string();
+    assert!(!text.contains("customer-4711"), "a path leaked into the report: {text}");
+    assert!(!text.contains(work.scratch.path().to_str().unwrap()), "{text}");
+    assert!(text.contains("[path redacted]"), "{text}");
+    work.exit();
+}

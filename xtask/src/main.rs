@@ -1,11 +1,13 @@
-//! `cargo xtask setup | run -- ARGS | test | bench`: the commands the README gives. Each one
-//! sets up what is missing first, so a fresh machine needs nothing installed by hand.
+//! `cargo xtask setup | run -- ARGS | test | fuzz | completions | man`: the commands the README
+//! gives. Each one sets up what is missing first, so a fresh machine needs nothing installed by
+//! hand.
+mod docs;
 mod fuzz;
 mod image;
 mod setup;
 mod sh;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -51,6 +53,18 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Write shell completions for helios-trace (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// Directory to write them to (relative to the workspace root).
+        #[arg(long, default_value = "target/completions")]
+        out_dir: PathBuf,
+    },
+    /// Write man pages for helios-trace and each of its subcommands.
+    Man {
+        /// Directory to write them to (relative to the workspace root).
+        #[arg(long, default_value = "target/man")]
+        out_dir: PathBuf,
     },
 }
 
@@ -110,6 +124,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // A short coverage-guided run of every parser; `cargo xtask fuzz` runs longer.
             if args.is_empty() {
                 fuzz::run(&[], fuzz::TEST_SECONDS)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { out_dir } => {
+            for path in docs::completions(&sh::workspace_root().join(out_dir))? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            for path in docs::man_pages(&sh::workspace_root().join(out_dir))? {
+                println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -73,7 +73,7 @@ impl Tracer {
     pub fn start(config: &TraceConfig) -> Result<(Tracer, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             bail!(
-                "this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs; rebuild without it"
+                "this binary carries no eBPF programs (built with AYA_BUILD_SKIP=1 or without the ebpf feature); rebuild it with neither"
             );
         }
         checks::check_kernel(&checks::running_kernel_release())?;

@@ -29,6 +29,7 @@
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -36,6 +37,7 @@
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -110,6 +112,80 @@ static void run_thread(int open_count, int close_fd) {
     if (pthread_create(&thread, NULL, thread_main, &job) != 0) { reply("err pthread_create"); return; }
     pthread_join(thread, NULL);
     reply_fds(open_count, job.fds);
+}
+
+/* --- background workers: a busy site, a slow leak, a server that forgets to close --- */
+struct churn_job { long rate, leak_ms, pool; };
+
+static long elapsed_ms(const struct timespec *start) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
+}
+
+/* Every 10 ms, rate/100 opens of one scratch file, each closed at once, except: the first
+ * `pool` are kept (a pool opened at start and held), and one more is kept every `leak_ms`
+ * (0: never). All through the one open() call below, so it is one call site. */
+static volatile int churn_stop;
+static volatile long churn_opens;
+
+static void *churn_main(void *arg) {
+    struct churn_job job = *(struct churn_job *)arg;
+    free(arg);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/churn-bg", scratch_dir);
+    long per_tick = job.rate > 0 ? job.rate / 100 : 1000, kept = 0, leaked = 0;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (!churn_stop) {
+        long due = job.leak_ms > 0 ? elapsed_ms(&start) / job.leak_ms : 0;
+        for (long i = 0; i < per_tick || kept < job.pool || leaked < due; i++) {
+            int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+            if (fd < 0) continue;
+            __sync_fetch_and_add(&churn_opens, 1);
+            if (kept < job.pool) kept++;
+            else if (leaked < due) leaked++;
+            else close(fd);
+        }
+        /* rate 0: as fast as the machine goes (a flood). */
+        if (job.rate > 0) usleep(10000);
+    }
+    return NULL;
+}
+
+/* A server whose handler never closes what it accepted, even after the client hung up. */
+static void *serve_main(void *arg) {
+    int listener = (int)(long)arg;
+    for (;;) {
+        if (accept(listener, NULL, NULL) < 0 && errno != EINTR) break;
+    }
+    return NULL;
+}
+
+/* A steady leak until the descriptor limit: one kept open every 1/hz s; the CLOCK_BOOTTIME
+ * time of the first EMFILE is published for `emfile-at`. */
+static volatile long long first_emfile_ns;
+static long leak_hz;
+
+static void *limit_main(void *arg) {
+    (void)arg;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/limit-bg", scratch_dir);
+    for (;;) {
+        if (open(path, O_CREAT | O_RDWR, 0600) < 0 && errno == EMFILE) {
+            struct timespec now;
+            clock_gettime(CLOCK_BOOTTIME, &now);
+            first_emfile_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+            return NULL;
+        }
+        usleep(1000000 / leak_hz);
+    }
+}
+
+static void start_thread(void *(*main)(void *), void *arg) {
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, main, arg) != 0) { reply("err pthread_create"); return; }
+    pthread_detach(thread);
 }
 
 /* --- SCM_RIGHTS --- */
@@ -367,9 +443,69 @@ static void handle(char *line) {
         kill((pid_t)a, SIGKILL);
         waitpid((pid_t)a, NULL, 0);
         reply("ok");
-    } else if (!strcmp(cmd, "exit")) {
+    } else if (!strcmp(cmd, "churn-bg")) {   /* churn-bg RATE LEAK_MS POOL: in the background */
+        struct churn_job *job = malloc(sizeof *job);
+        job->rate = 0; job->leak_ms = 0; job->pool = 0;
+        sscanf(line, "%*s %ld %ld %ld", &job->rate, &job->leak_ms, &job->pool);
+        start_thread(churn_main, job);
         reply("ok");
-        exit(0);
+    } else if (!strcmp(cmd, "churn-stop")) { /* churn-stop: stop the churn-bg workers; opens so far */
+        churn_stop = 1;
+        usleep(50000);
+        reply("ok %ld", churn_opens);
+    } else if (!strcmp(cmd, "spawn-churn")) { /* spawn-churn N: N children open a file and exit (every 10th execs true) */
+        sscanf(line, "%*s %ld", &a);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/spawned", scratch_dir);
+        long failed = 0;
+        for (long i = 0; i < a; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                open(path, O_CREAT | O_RDWR, 0600);
+                if (i % 10 == 0) execl("/bin/true", "true", (char *)NULL);
+                _exit(0);
+            }
+            if (child < 0 || waitpid(child, NULL, 0) < 0) failed++;
+        }
+        reply("ok %ld", failed);
+    } else if (!strcmp(cmd, "leak-to-limit")) { /* leak-to-limit HZ LIMIT: lower RLIMIT_NOFILE, leak */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        struct rlimit limit = {.rlim_cur = (rlim_t)b, .rlim_max = (rlim_t)b};
+        CHECK(setrlimit(RLIMIT_NOFILE, &limit));
+        leak_hz = a > 0 ? a : 1;
+        start_thread(limit_main, NULL);
+        reply("ok");
+    } else if (!strcmp(cmd, "emfile-at")) {  /* emfile-at: boot-time ns of the first EMFILE, or 0 */
+        reply("ok %lld", first_emfile_ns);
+    } else if (!strcmp(cmd, "unread")) {     /* unread N BYTES: N accepted sockets with BYTES unread */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        int port, listener;
+        CHECK(listener = loopback_listener(&port));
+        static char payload[1 << 20];
+        memset(payload, 'u', sizeof payload);
+        int n = 0;
+        for (long i = 0; i < a && n < 64; i++) {
+            int client;
+            CHECK(client = loopback_connect(port));
+            CHECK(fds[n++] = accept(listener, NULL, NULL));
+            for (long sent = 0; sent < b;) {
+                long chunk = b - sent < (long)sizeof payload ? b - sent : (long)sizeof payload;
+                ssize_t w = write(client, payload, chunk);
+                if (w <= 0) break;
+                sent += w;
+            }
+        }
+        close(listener);
+        reply_fds(n, fds);
+    } else if (!strcmp(cmd, "serve-bg")) {   /* serve-bg: listen on loopback, accept and never close */
+        int port;
+        CHECK(fd = loopback_listener(&port));
+        start_thread(serve_main, (void *)(long)fd);
+        reply("ok %d", port);
+    } else if (!strcmp(cmd, "exit")) {        /* exit [CODE] */
+        sscanf(line, "%*s %ld", &a);
+        reply("ok");
+        exit(a < 0 ? 0 : (int)a);
     } else {
         reply("err unknown command %s", cmd);
     }

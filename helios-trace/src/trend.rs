@@ -1,0 +1,429 @@
+//! Is a call site leaking? A time series of the site's open count, and a verdict on it.
+//!
+//! A leak is not "more open now than at the start" (a busy server opens more at noon than at
+//! night) but a count that **keeps growing** with descriptors that **outlive** a minimum age.
+//! A site is a *suspected leak* when all of these hold over the session's window:
+//! 1. enough evidence: at least [`MIN_POINTS`] samples over at least [`MIN_WINDOW`];
+//! 2. a significant upward trend: the Mann-Kendall test (a rank test: no assumption about
+//!    the shape or noise of the growth) rejects "no trend" at one-sided p < 0.001;
+//! 3. still growing: within the most recent half of the window, the lowest count of its last
+//!    quarter is above the highest count of its first quarter (a pool that warmed up and then
+//!    stayed level passes 2 on the warm-up alone, never 3);
+//! 4. its descriptors outlive `--min-age`: some of those open now are older than that (a
+//!    site that opens and closes quickly is never suspected, however busy).
+//!
+//! The growth rate is the Theil-Sen slope (median of pairwise slopes), robust to the bursts
+//! of a busy site. Everything here is pure; [`crate::history`] samples the counts.
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Samples kept per site. When full, every other one is dropped and the sampling step doubles,
+/// so the series always spans the whole session in bounded memory (~1.5 KiB per site).
+pub const MAX_POINTS: usize = 64;
+pub const MIN_POINTS: usize = 10;
+pub const MIN_WINDOW: Duration = Duration::from_secs(5);
+/// One-sided p < 0.001 for a standard normal statistic.
+const Z_SIGNIFICANT: f64 = 3.09;
+
+/// One sample of a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// CLOCK_BOOTTIME ns.
+    pub t_ns: u64,
+    /// Descriptors open at that time (in a process's memory series: bytes; history.rs).
+    pub open: u64,
+    /// Opened by the site since tracing started (a counter).
+    pub opened: u64,
+}
+
+/// The bounded, evenly decimated history of one site, plus its most recent sample.
+#[derive(Clone, Debug)]
+pub struct Series {
+    points: Vec<Point>,
+    latest: Option<Point>,
+    /// Keep one tick in `step`; doubles at each decimation.
+    step: u64,
+    ticks: u64,
+}
+
+impl Default for Series {
+    fn default() -> Series {
+        Series { points: Vec::new(), latest: None, step: 1, ticks: 0 }
+    }
+}
+
+impl Series {
+    /// Record the sample of one tick (ticks are evenly spaced by the caller).
+    pub fn push(&mut self, point: Point) {
+        if self.ticks.is_multiple_of(self.step) {
+            if self.points.len() == MAX_POINTS {
+                // Kept ticks were 0, s, 2s, ...; keeping the even indices leaves 0, 2s, 4s, ...
+                // and this tick (MAX_POINTS * s) is a multiple of the new step 2s.
+                let mut index = 0;
+                self.points.retain(|_| {
+                    index += 1;
+                    index % 2 == 1
+                });
+                self.step *= 2;
+            }
+            self.points.push(point);
+        }
+        self.latest = Some(point);
+        self.ticks += 1;
+    }
+
+    /// The window: the kept samples, then the latest one if it was not kept.
+    pub fn window(&self) -> Vec<Point> {
+        let mut window = self.points.clone();
+        if let Some(latest) = self.latest.filter(|l| self.points.last().is_none_or(|p| p.t_ns < l.t_ns)) {
+            window.push(latest);
+        }
+        window
+    }
+
+    pub fn first(&self) -> Option<Point> {
+        self.points.first().copied()
+    }
+}
+
+/// The Mann-Kendall trend test on a sequence in time order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MannKendall {
+    /// Sum of the signs of all later-minus-earlier differences.
+    pub s: i64,
+    /// Normal approximation of S (with continuity and tie corrections).
+    pub z: f64,
+    /// Kendall's tau-a: S over the number of pairs, in [-1, 1].
+    pub tau: f64,
+}
+
+impl MannKendall {
+    /// One-sided p-value for "increasing".
+    pub fn p_increasing(&self) -> f64 {
+        0.5 * libm::erfc(self.z / std::f64::consts::SQRT_2)
+    }
+}
+
+/// Mann (1945), Kendall (1975): S = Σ_{i<j} sign(x_j - x_i); under "no trend" S is about
+/// normal with variance [n(n-1)(2n+5) - Σ t(t-1)(2t+5)] / 18 over groups of t tied values.
+pub fn mann_kendall(values: &[u64]) -> MannKendall {
+    let n = values.len();
+    let mut s: i64 = 0;
+    for (i, a) in values.iter().enumerate() {
+        for b in &values[i + 1..] {
+            s += (b > a) as i64 - (b < a) as i64;
+        }
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let ties: f64 = sorted
+        .chunk_by(|a, b| a == b)
+        .map(|group| group.len() as f64)
+        .filter(|t| *t > 1.0)
+        .map(|t| t * (t - 1.0) * (2.0 * t + 5.0))
+        .sum();
+    let nf = n as f64;
+    let variance = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - ties) / 18.0;
+    let z = if variance <= 0.0 || s == 0 {
+        0.0
+    } else if s > 0 {
+        (s - 1) as f64 / variance.sqrt()
+    } else {
+        (s + 1) as f64 / variance.sqrt()
+    };
+    let pairs = nf * (nf - 1.0) / 2.0;
+    MannKendall { s, z, tau: if pairs > 0.0 { s as f64 / pairs } else { 0.0 } }
+}
+
+/// Theil-Sen slope of the open count, per second: the median of the slopes between every two
+/// samples. `None` with fewer than two samples at distinct times.
+pub fn theil_sen(points: &[Point]) -> Option<f64> {
+    let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
+    for (i, a) in points.iter().enumerate() {
+        for b in &points[i + 1..] {
+            if b.t_ns > a.t_ns {
+                slopes.push((b.open as f64 - a.open as f64) / ((b.t_ns - a.t_ns) as f64 / 1e9));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_unstable_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 { slopes[mid] } else { (slopes[mid - 1] + slopes[mid]) / 2.0 })
+}
+
+/// What the table says about a site's open descriptors now, beyond the counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// Open descriptors older than the minimum age.
+    pub aged: u64,
+    /// Open descriptors opened since the window started.
+    pub open_from_window: u64,
+}
+
+/// The verdict on a site, and the trend it rests on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub suspected: bool,
+    /// Why it is suspected, in a sentence; `None` when it is not.
+    pub why: Option<String>,
+    /// Theil-Sen slope of the open count.
+    pub growth_per_minute: f64,
+    pub trend: Trend,
+}
+
+/// The numbers behind a verdict (the report's `trend`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trend {
+    pub samples: usize,
+    pub window_seconds: f64,
+    /// Mann-Kendall one-sided p-value for "increasing".
+    pub p_value: f64,
+    pub kendall_tau: f64,
+    /// Opened by the site during the window, and how many of those are still open.
+    pub opened_in_window: u64,
+    pub still_open_from_window: u64,
+    /// Open descriptors older than `--min-age`.
+    pub older_than_min_age: u64,
+}
+
+/// The verdict on one site's window (oldest sample first). `None` with fewer than two samples.
+pub fn assess(window: &[Point], evidence: Evidence, min_age: Duration) -> Option<Verdict> {
+    let (first, last) = (window.first()?, window.last()?);
+    let per_second = theil_sen(window)?;
+    let window_seconds = (last.t_ns - first.t_ns) as f64 / 1e9;
+    let opens: Vec<u64> = window.iter().map(|p| p.open).collect();
+    let mk = mann_kendall(&opens);
+    let enough = window.len() >= MIN_POINTS && window_seconds >= MIN_WINDOW.as_secs_f64();
+    let suspected =
+        enough && mk.z >= Z_SIGNIFICANT && still_growing(&opens[opens.len() / 2..]) && evidence.aged > 0;
+    let trend = Trend {
+        samples: window.len(),
+        window_seconds,
+        p_value: mk.p_increasing(),
+        kendall_tau: mk.tau,
+        opened_in_window: last.opened.saturating_sub(first.opened),
+        still_open_from_window: evidence.open_from_window,
+        older_than_min_age: evidence.aged,
+    };
+    let growth_per_minute = per_second * 60.0;
+    let why = suspected.then(|| explain(growth_per_minute, &trend, min_age));
+    Some(Verdict { suspected, why, growth_per_minute, trend })
+}
+
+/// The lowest count of the last quarter is above the highest of the first quarter.
+fn still_growing(recent: &[u64]) -> bool {
+    let quarter = (recent.len() / 4).max(1);
+    if recent.len() < 2 * quarter {
+        return false;
+    }
+    let early = recent[..quarter].iter().max();
+    let late = recent[recent.len() - quarter..].iter().min();
+    matches!((early, late), (Some(e), Some(l)) if l > e)
+}
+
+/// "+60/min for 45.0s; none of the 45 opened since then closed; 35 older than 10s (trend p=1e-9)".
+fn explain(growth_per_minute: f64, t: &Trend, min_age: Duration) -> String {
+    let (opened, still) = (t.opened_in_window, t.still_open_from_window);
+    let fate = if opened > 0 && still >= opened {
+        format!("none of the {} opened since then closed", thousands(opened))
+    } else {
+        format!("{} of the {} opened since then still open", thousands(still), thousands(opened))
+    };
+    format!(
+        "{} for {}; {fate}; {} older than {} (trend p={:.0e})",
+        rate(growth_per_minute),
+        crate::report::human_duration(t.window_seconds),
+        thousands(t.older_than_min_age),
+        humantime::format_duration(min_age),
+        t.p_value.max(1e-300),
+    )
+}
+
+/// A growth rate in the unit that reads best: "+20/h", "+60/min", "+30/s".
+pub fn rate(per_minute: f64) -> String {
+    let sign = if per_minute < 0.0 { "-" } else { "+" };
+    let m = per_minute.abs();
+    if m >= 600.0 {
+        format!("{sign}{}/s", thousands((m / 60.0).round() as u64))
+    } else if m >= 1.0 {
+        format!("{sign}{}/min", thousands(m.round() as u64))
+    } else {
+        let per_hour = m * 60.0;
+        if per_hour >= 1.0 || per_hour == 0.0 {
+            format!("{sign}{}/h", thousands(per_hour.round() as u64))
+        } else {
+            format!("{sign}{per_hour:.2}/h")
+        }
+    }
+}
+
+/// 12345 → "12,345".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+    const MIN_AGE: Duration = Duration::from_secs(10);
+
+    /// A series sampled once a second from `open(t)` and `opened(t)`.
+    fn series(seconds: u64, open: impl Fn(u64) -> u64, opened: impl Fn(u64) -> u64) -> Vec<Point> {
+        (0..seconds)
+            .map(|t| Point { t_ns: 1000 * SECOND + t * SECOND, open: open(t), opened: opened(t) })
+            .collect()
+    }
+
+    /// Deterministic noise in [0, amplitude] (a linear congruential generator).
+    fn noise(seed: u64, amplitude: u64) -> u64 {
+        let x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % (amplitude + 1)
+    }
+
+    fn aged(n: u64) -> Evidence {
+        Evidence { aged: n, open_from_window: n }
+    }
+
+    #[test]
+    fn mann_kendall_matches_hand_computed_values() {
+        // 1 2 3 4 5: S = 10, var = 5*4*15/18 = 16.67, z = 9/4.08 = 2.20.
+        let mk = mann_kendall(&[1, 2, 3, 4, 5]);
+        assert_eq!(mk.s, 10);
+        assert!((mk.z - 2.2045).abs() < 1e-3, "{mk:?}");
+        assert_eq!(mk.tau, 1.0);
+        assert!((mk.p_increasing() - 0.01374).abs() < 1e-4, "{}", mk.p_increasing());
+        // Ties: 1 1 2 2: S = 4, var = (4*3*13 - 2*(2*1*9))/18 = 6.67, z = 3/2.58.
+        let mk = mann_kendall(&[1, 1, 2, 2]);
+        assert_eq!(mk.s, 4);
+        assert!((mk.z - 1.1619).abs() < 1e-3, "{mk:?}");
+        // All equal: no information, no trend.
+        assert_eq!(mann_kendall(&[7; 20]).z, 0.0);
+        assert!(mann_kendall(&[5, 4, 3, 2, 1]).z < 0.0);
+    }
+
+    #[test]
+    fn theil_sen_ignores_outliers() {
+        let mut points = series(30, |t| 2 * t, |t| t);
+        points[10].open = 10_000;
+        let slope = theil_sen(&points).unwrap();
+        assert!((slope - 2.0).abs() < 0.1, "{slope}");
+        assert_eq!(theil_sen(&points[..1]), None);
+    }
+
+    #[test]
+    fn a_steady_site_is_never_suspected() {
+        // Hundreds of opens and closes a second, a few open at any sample: whatever the
+        // noise, no trend, and nothing old.
+        for seed in 0..200 {
+            let window = series(60, |t| noise(seed * 1000 + t, 5), |t| 300 * t);
+            let v = assess(&window, Evidence::default(), MIN_AGE).unwrap();
+            assert!(!v.suspected, "seed {seed}: {v:?}");
+        }
+        // Even with long-lived descriptors (a pool of 50 recycled over time) it stays level.
+        for seed in 0..200 {
+            let window = series(60, |t| 45 + noise(seed * 7919 + t, 10), |t| 10 * t);
+            let v = assess(&window, aged(40), MIN_AGE).unwrap();
+            assert!(!v.suspected, "seed {seed}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_pool_that_warmed_up_and_stayed_level_is_not_suspected() {
+        let window = series(60, |t| (t * 10).min(100), |t| (t * 10).min(100));
+        let v = assess(&window, aged(100), MIN_AGE).unwrap();
+        assert!(mann_kendall(&window.iter().map(|p| p.open).collect::<Vec<_>>()).z > Z_SIGNIFICANT);
+        assert!(!v.suspected, "{v:?}");
+    }
+
+    #[test]
+    fn slow_growth_among_churn_is_suspected() {
+        // One descriptor a second stays open among 300 opened and closed a second.
+        let window = series(30, |t| t + noise(t, 3), |t| 301 * t);
+        let v = assess(&window, Evidence { aged: 19, open_from_window: 29 }, MIN_AGE).unwrap();
+        assert!(v.suspected, "{v:?}");
+        assert!((v.growth_per_minute - 60.0).abs() < 10.0, "{}", v.growth_per_minute);
+        assert!(v.trend.p_value < 1e-6);
+        let why = v.why.unwrap();
+        assert!(
+            why.starts_with(
+                "+60/min for 29.0s; 29 of the 8,729 opened since then still open; 19 older than 10s"
+            ),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn growth_of_young_descriptors_is_not_a_leak() {
+        // Load ramps up; every descriptor is short-lived.
+        let window = series(30, |t| 10 * t, |t| 1000 * t);
+        let v = assess(&window, aged(0), MIN_AGE).unwrap();
+        assert!(!v.suspected);
+        assert!(v.growth_per_minute > 0.0);
+    }
+
+    #[test]
+    fn too_little_evidence_is_not_a_verdict() {
+        let window = series(5, |t| t, |t| t);
+        let v = assess(&window, aged(5), MIN_AGE).unwrap();
+        assert!(!v.suspected, "5 samples are not enough");
+        assert!(assess(&window[..1], aged(1), MIN_AGE).is_none());
+    }
+
+    #[test]
+    fn a_leak_that_never_closes_says_so() {
+        let window = series(3 * 3600 / 60, |t| t * 100, |t| t * 100)
+            .into_iter()
+            .map(|p| Point { t_ns: 1000 * SECOND + (p.t_ns - 1000 * SECOND) * 60, ..p })
+            .collect::<Vec<_>>();
+        let v = assess(&window, Evidence { aged: 17_900, open_from_window: 17_900 }, MIN_AGE).unwrap();
+        assert!(v.suspected);
+        let why = v.why.unwrap();
+        assert!(why.starts_with("+100/min for 2h 59m; none of the 17,900 opened since then closed"), "{why}");
+    }
+
+    #[test]
+    fn series_stay_bounded_and_span_the_session() {
+        let mut s = Series::default();
+        for t in 0..10_000u64 {
+            s.push(Point { t_ns: t * SECOND, open: t, opened: t });
+        }
+        let window = s.window();
+        assert!(window.len() <= MAX_POINTS + 1);
+        assert_eq!(window.first().unwrap().t_ns, 0, "the first sample is kept");
+        assert_eq!(window.last().unwrap().t_ns, 9_999 * SECOND, "the latest sample is there");
+        // Evenly spaced kept samples.
+        let kept = &window[..window.len() - 1];
+        let gaps: Vec<u64> = kept.windows(2).map(|w| w[1].t_ns - w[0].t_ns).collect();
+        assert!(gaps.iter().all(|g| *g == gaps[0]), "{gaps:?}");
+        assert!(window.len() >= MAX_POINTS / 2);
+    }
+
+    #[test]
+    fn rates_and_numbers_for_people() {
+        assert_eq!(rate(2000.0 / 60.0), "+33/min");
+        assert_eq!(rate(2000.0 / 3600.0), "+33/h");
+        assert_eq!(rate(0.001), "+0.06/h");
+        assert_eq!(rate(120.0), "+120/min");
+        assert_eq!(rate(6000.0), "+100/s");
+        assert_eq!(rate(-3.0), "-3/min");
+        assert_eq!(rate(0.0), "+0/h");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,293 @@
+//! Kernel tests of the ad-hoc session people reach for (issue 8): `run -- CMD`, leak verdicts
+//! on real workloads, CLOSE_WAIT sockets, and the live view in a real terminal (tmux).
+mod support;
+
+use std::{
+    fs,
+    io::Write as _,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+fn sites(process: &Value) -> &Vec<Value> {
+    process["sites"].as_array().unwrap()
+}
+
+fn suspected(process: &Value) -> Vec<&Value> {
+    sites(process).iter().filter(|s| s["suspected_leak"] == true).collect()
+}
+
+/// A path of our own (tests run in parallel).
+fn scratch_file(name: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()))
+}
+
+/// `helios-trace run` with the report in a JSON file; stdin feeds the command.
+fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (i32, Value, String) {
+    let report = scratch_file("run-report.json");
+    let mut command = Command::new(helios_trace_bin());
+    command
+        .args(["run", "--format", "json", "--view", "quiet", "-o"])
+        .arg(&report)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // A test run through sudo must not switch users unless the test says so.
+    for var in ["SUDO_UID", "SUDO_GID", "SUDO_USER"] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = fs::read_to_string(&report).unwrap();
+    let _ = fs::remove_file(&report);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text:?}"));
+    (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn run_names_the_leaking_site_and_passes_the_exit_status_through() {
+    if !require_bpf() {
+        return;
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let fdwork = fdwork_bin().to_str().unwrap();
+    // The command opens five files, keeps them, and exits with status 3.
+    let (code, report, stdout) =
+        run(&["--", fdwork, scratch.path().to_str().unwrap()], &[], "files 5\nexit 3\n");
+    assert_eq!(code, 3, "helios-trace exits with the command's status; its output: {stdout}");
+    assert_eq!(report["command"]["exit_code"], 3);
+    let pid = report["command"]["pid"].as_u64().unwrap();
+    assert!(stdout.starts_with(&format!("ready {pid}")), "the command ran with our stdio: {stdout}");
+    let process =
+        process(&report, pid as u32).unwrap_or_else(|| panic!("the command is reported: {report:#}"));
+    assert_eq!(process["exited"], true);
+    // Ranked first: the site that still held the five files when the command exited.
+    let site = &sites(process)[0];
+    assert_eq!((site["kind"].as_str(), site["open"].as_u64()), (Some("file"), Some(5)), "{site:#}");
+    assert_eq!(site["opened"], 5);
+    assert_eq!(site["closed_by"]["exit"], 5, "the exit closed them");
+    assert_eq!(site["closed_only_at_exit"], true);
+    assert!(!site["frames"].as_array().unwrap().is_empty(), "the site names its stack: {site:#}");
+    assert_ne!(site["frame"], "no-stack");
+    // Traced from its first instruction: the exec itself closed the gate's descriptors.
+    let before = sites(process).iter().find(|s| s["site"] == "before-trace" && s["kind"] == "pipe").unwrap();
+    assert!(before["closed_by"]["exec"].as_u64().unwrap() >= 1, "{before:#}");
+}
+
+#[test]
+fn run_switches_to_the_sudo_user_and_reports_signals() {
+    if !require_bpf() {
+        return;
+    }
+    let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")];
+    let (code, report, stdout) = run(&["--", "sh", "-c", "id -u; id -g"], &sudo, "");
+    assert_eq!((code, stdout.as_str()), (0, "65534\n65534\n"));
+    assert_eq!(report["command"]["argv"], serde_json::json!(["sh", "-c", "id -u; id -g"]));
+    let (code, report, _) = run(&["--", "sh", "-c", "kill -TERM $$"], &[], "");
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert_eq!(report["command"]["signal"], libc::SIGTERM);
+    // --duration ends the command the way timeout(1) does.
+    let started = Instant::now();
+    let (code, report, _) = run(&["--duration", "1s", "--", "sleep", "60"], &[], "");
+    assert_eq!(
+        (code, report["command"]["signal"].as_i64()),
+        (128 + libc::SIGTERM, Some(libc::SIGTERM as i64))
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let out = Command::new(helios_trace_bin()).args(["run", "--", "no-such-command-here"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "helios-trace: cannot run no-such-command-here: no such command"
+    );
+}
+
+#[test]
+fn slow_growth_among_churn_is_suspected_and_a_steady_site_never() {
+    if !require_bpf() {
+        return;
+    }
+    let mut steady = Workload::spawn();
+    let mut leaker = Workload::spawn();
+    let mut tracer = Tracer::start(&["--pid", &steady.pid.to_string(), "--pid", &leaker.pid.to_string()]);
+    let started = Instant::now();
+    // Both open and close ~300 files a second at one call site. The steady one also keeps a
+    // pool of 20 open from the start (old descriptors, a level count); the leaker keeps one
+    // more each second.
+    steady.run("churn-bg 300 0 20");
+    leaker.run("churn-bg 300 1000 0");
+    let mut found: Option<(Duration, Value)> = None;
+    while found.is_none() || started.elapsed() < Duration::from_secs(20) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no suspected leak within a minute");
+        std::thread::sleep(Duration::from_secs(2));
+        let report = tracer.snapshot();
+        let steady_process = process(&report, steady.pid).unwrap();
+        assert!(suspected(steady_process).is_empty(), "a steady site is never suspected: {steady_process:#}");
+        // 20 held, plus at most one being opened and closed at that instant.
+        let pool = sites(steady_process)
+            .iter()
+            .find(|s| s["kind"] == "file" && (20..=21).contains(&s["open"].as_u64().unwrap()));
+        assert!(
+            pool.is_some_and(|s| s["opened"].as_u64().unwrap() > 100),
+            "the pool site churns too: {steady_process:#}"
+        );
+        let leaker_process = process(&report, leaker.pid).unwrap();
+        if found.is_none()
+            && let Some(site) = suspected(leaker_process).first()
+        {
+            found = Some((started.elapsed(), (*site).clone()));
+        }
+    }
+    let (after, site) = found.unwrap();
+    eprintln!("suspected after {after:?}: {}", site["why"]);
+    // One descriptor a second is kept, among hundreds opened and closed at the same site.
+    let (open, opened) = (site["open"].as_u64().unwrap(), site["opened"].as_u64().unwrap());
+    assert!(open >= 10 && opened >= 30 * open, "open {open} of {opened} opened");
+    let growth = site["growth_per_minute"].as_f64().unwrap();
+    assert!((40.0..=80.0).contains(&growth), "about 60/min: {growth}");
+    assert!(site["trend"]["p_value"].as_f64().unwrap() < 0.001);
+    assert!(site["why"].as_str().unwrap().contains("older than 10s"), "{site:#}");
+    tracer.stop();
+    steady.exit();
+    leaker.exit();
+}
+
+#[test]
+fn sockets_a_server_never_closed_after_the_peer_hung_up_are_close_wait_at_their_site() {
+    if !require_bpf() {
+        return;
+    }
+    let mut server = Workload::spawn();
+    let mut tracer = Tracer::start(&["--pid", &server.pid.to_string()]);
+    let port = server.run("serve-bg")[0] as u16;
+    for _ in 0..5 {
+        // Connect and hang up at once: the server's accepted socket gets our FIN.
+        drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let site = loop {
+        let report = tracer.snapshot();
+        let process = process(&report, server.pid).unwrap().clone();
+        if let Some(site) = sites(&process).iter().find(|s| s["close_wait"].as_u64() == Some(5)) {
+            break site.clone();
+        }
+        assert!(Instant::now() < deadline, "no site with 5 sockets in CLOSE_WAIT: {process:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(site["kind"], "socket");
+    assert_eq!(site["open"], 5);
+    assert_eq!(site["tcp_states"], serde_json::json!({"CLOSE_WAIT": 5}));
+    assert_ne!(site["site"], "before-trace");
+    let example = site["examples"][0]["detail"].as_str().unwrap();
+    assert!(example.starts_with("TCP 127.0.0.1:") && example.ends_with("CLOSE_WAIT"), "{example}");
+    tracer.stop();
+    server.exit();
+}
+
+/// A tmux server of our own, with one detached session of a fixed size.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let tmux = Tmux { socket: format!("helios-trace-test-{}", std::process::id()) };
+        let status = tmux
+            .command()
+            .args(["new-session", "-d", "-x", "200", "-y", "45", command])
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("tmux runs (cargo xtask setup --tests installs it)");
+        assert!(status.success());
+        tmux
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.args(["-L", &self.socket, "-f", "/dev/null"]);
+        command
+    }
+
+    fn screen(&self) -> String {
+        let out = self.command().args(["capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        assert!(self.command().args(["send-keys", keys]).status().unwrap().success());
+    }
+
+    /// The screen once it shows `what`.
+    fn wait_for(&self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "the screen never showed {what:?}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // The server is gone already when its last session ended.
+        let _ = self.command().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn the_live_view_shows_the_leaking_site_and_quits_on_q() {
+    if !require_bpf() {
+        return;
+    }
+    let mut work = Workload::spawn();
+    work.run("churn-bg 100 200 0"); // keeps five a second
+    let report_path = scratch_file("live-report.json");
+    let status_path = scratch_file("live-status");
+    let _ = fs::remove_file(&status_path);
+    let tmux = Tmux::start(&format!(
+        "{} -p {} --interval 1s --min-age 2s --format json -o {}; echo $? > {}",
+        helios_trace_bin(),
+        work.pid,
+        report_path.display(),
+        status_path.display()
+    ));
+    let sites_screen = tmux.wait_for("LEAK?", Duration::from_secs(40));
+    assert!(sites_screen.contains("1 suspected leak"), "{sites_screen}");
+    assert!(sites_screen.contains("fdwork"), "{sites_screen}");
+    tmux.keys("v");
+    let processes_screen = tmux.wait_for("TOP SITE", Duration::from_secs(5));
+    assert!(processes_screen.contains(&work.pid.to_string()), "{processes_screen}");
+    tmux.keys("p");
+    tmux.wait_for("[PAUSED]", Duration::from_secs(5));
+    tmux.keys("q");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(status) = fs::read_to_string(&status_path) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "helios-trace did not quit on q:\n{}", tmux.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.trim(), "0");
+    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path).unwrap()).unwrap();
+    let _ = fs::remove_file(&report_path);
+    let _ = fs::remove_file(&status_path);
+    let leak = suspected(process(&report, work.pid).unwrap())[0].clone();
+    let frame = leak["frame"].as_str().unwrap();
+    assert!(sites_screen.contains(frame), "the live view named the site {frame}:\n{sites_screen}");
+    work.exit();
+}

@@ -1,0 +1,96 @@
+//! Holds under load and churn (issue 9): an open/close flood from several processes and
+//! thousands of short-lived processes. The tracer stays responsive, counts every record it
+//! could not take, heals its tables within a reconcile interval, and gives its memory back.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The tracer's own (anonymous) memory: heap and stacks, not the ring buffer's shared
+/// mapping, whose pages stay resident once the kernel has written them.
+fn anon_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/PID/status")
+}
+
+/// Let the tracer settle (first samples, first reconciliation), then read its memory.
+fn settled_memory(tracer: &mut Tracer) -> u64 {
+    tracer.snapshot();
+    std::thread::sleep(Duration::from_secs(3));
+    tracer.snapshot();
+    anon_rss_kb(tracer.pid())
+}
+
+#[test]
+fn a_flood_is_survived_counted_and_healed() {
+    if !require_bpf() {
+        return;
+    }
+    let mut floods = [Workload::spawn(), Workload::spawn()];
+    let pids: Vec<String> = floods.iter().map(|w| w.pid.to_string()).collect();
+    let mut tracer = Tracer::start(&["--pid", &pids[0], "--pid", &pids[1], "--reconcile-interval", "2s"]);
+    let before = settled_memory(&mut tracer);
+    for w in &mut floods {
+        // As fast as the machine goes: open + close in a tight loop.
+        w.run("churn-bg 0 0 0");
+    }
+    let flood_end = Instant::now() + Duration::from_secs(20);
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < flood_end {
+        std::thread::sleep(Duration::from_secs(2));
+        let asked = Instant::now();
+        tracer.snapshot();
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(5), "a report took {slowest:?} during the flood");
+    let opens: u64 = floods.iter_mut().map(|w| w.run("churn-stop")[0] as u64).sum();
+    // Two reconcile intervals and a bit: the tables are exact again.
+    std::thread::sleep(Duration::from_secs(5));
+    let report = tracer.snapshot();
+    for w in &floods {
+        assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid), "pid {} healed", w.pid);
+    }
+    // Every open and every close is a record: each was received or counted lost.
+    let received = report["events"]["received"].as_u64().unwrap();
+    let lost = report["events"]["lost"].as_u64().unwrap();
+    eprintln!("flood: {opens} open+close pairs in 20 s; {received} records received, {lost} lost");
+    assert!(received + lost >= 2 * opens, "{received} + {lost} < 2 x {opens}: records vanished");
+    assert!(received + lost <= 2 * opens + 20_000, "{received} + {lost} records for {opens} pairs");
+    let after = anon_rss_kb(tracer.pid());
+    eprintln!("tracer memory (RssAnon): {before} kB before, {after} kB after the flood");
+    assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
+    drop(tracer);
+    for w in floods {
+        w.exit();
+    }
+}
+
+#[test]
+fn ten_thousand_short_lived_processes_leave_nothing_behind() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let mut tracer = Tracer::start(&["--pid", &w.pid.to_string(), "--reconcile-interval", "0"]);
+    let before = settled_memory(&mut tracer);
+    let failed = w.run("spawn-churn 10000")[0];
+    assert_eq!(failed, 0);
+    let report = tracer.snapshot();
+    let pids: Vec<u64> =
+        report["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids, vec![w.pid as u64], "no entry survives its process");
+    // Each child: a task, an open, an exit (and an exec for one in ten).
+    let received = report["events"]["received"].as_u64().unwrap();
+    assert!(received >= 30_000, "{received} records for 10,000 processes");
+    assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid));
+    let after = settled_memory(&mut tracer);
+    eprintln!("tracer memory (RssAnon): {before} kB before, {after} kB after 10,000 processes");
+    assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
+    drop(tracer);
+    w.exit();
+}
