@@ -8,7 +8,6 @@
 //! and a request reads the last one, rendering it on first use. A scrape therefore never
 //! blocks event processing, and concurrent scrapes of one snapshot render it once.
 use std::{
-    net::SocketAddr,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -158,12 +157,6 @@ pub async fn serve(listener: TcpListener, snapshots: Snapshots, limits: Limits) 
             }
         });
     }
-}
-
-/// Bind the listening socket (a bad or busy address is the user's to fix: say which).
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
-    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
 }
 
 /// Nothing here takes a body: refuse one rather than leave it unread.

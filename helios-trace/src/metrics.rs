@@ -30,7 +30,7 @@ use crate::{
     fd::{FdKind, SiteId, printable},
     fdtable::{FdChange, FdTable, Transition},
     procscan::Usage,
-    report::{Corrections, EventCounts},
+    report::Corrections,
     stacks::{Frame, Language, basename},
     workload::Workload,
 };
@@ -508,7 +508,7 @@ pub fn site_frame_label(frames: &[Frame]) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct SelfMetrics {
     pub events_by_type: Vec<(&'static str, u64)>,
-    pub events: EventCounts,
+    pub events_lost: u64,
     pub tracked_processes: u64,
     pub tracked_fds: u64,
     pub corrections: Corrections,
@@ -602,7 +602,7 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
         "helios_trace_events_lost_total",
         "Events the kernel could not hand over (ring buffer full, enter record lost).",
     )?;
-    lost.inc_by(own.events.lost);
+    lost.inc_by(own.events_lost);
     let processes =
         IntGauge::new("helios_trace_tracked_processes", "Processes whose descriptors are tracked.")?;
     processes.set(own.tracked_processes as i64);
@@ -1067,7 +1067,7 @@ mod tests {
     fn self_metrics_render() {
         let own = SelfMetrics {
             events_by_type: vec![("open", 5), ("close", 4), ("untracked", 1), ("undecodable", 0)],
-            events: EventCounts { received: 10, lost: 3, ..EventCounts::default() },
+            events_lost: 3,
             tracked_processes: 2,
             tracked_fds: 9,
             corrections: Corrections { added: 1, removed: 2 },

@@ -8,8 +8,8 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Result;
-use tokio::sync::watch;
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     cli::ServeArgs,
@@ -25,7 +25,8 @@ use crate::{
 pub async fn run(args: ServeArgs) -> Result<()> {
     // Handlers first: a signal that arrives once we say "attached" must not kill us.
     let stop = session::stop_signal(None)?;
-    let listener = http::bind(args.listen).await?;
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     // The address bound, not the one asked for: port 0 picks a free port.
     let address = listener.local_addr()?;
     let (publish, snapshots) = watch::channel(None);
@@ -80,7 +81,7 @@ impl Exporter {
         let exported = self.aggregator.snapshot(&engine.table, &frames, &mut who, now_ns);
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
-            events: tracing.event_counts(),
+            events_lost: tracing.event_counts().lost,
             tracked_processes: engine.table.process_count() as u64,
             tracked_fds: engine.table.fd_count() as u64,
             corrections: tracing.corrections(),

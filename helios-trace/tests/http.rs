@@ -12,7 +12,6 @@ use std::{
 use helios_trace::{
     http::{self, Limits, Snapshot},
     metrics::{Exported, SelfMetrics},
-    report::EventCounts,
 };
 use support::http_get;
 use tokio::sync::watch;
@@ -37,7 +36,7 @@ impl Server {
     fn start() -> Server {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = runtime.block_on(http::bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let (publish, snapshots) = watch::channel(None);
         runtime.spawn(http::serve(listener, snapshots, LIMITS));
@@ -49,11 +48,7 @@ impl Server {
     }
 
     fn publish(&self, taken: Instant) {
-        let own = SelfMetrics {
-            events_by_type: vec![("open", 3)],
-            events: EventCounts { lost: 2, ..EventCounts::default() },
-            ..SelfMetrics::default()
-        };
+        let own = SelfMetrics { events_by_type: vec![("open", 3)], events_lost: 2, ..SelfMetrics::default() };
         self.publish.send_replace(Some(Arc::new(Snapshot::new(Exported::default(), own, taken))));
     }
 
