@@ -341,21 +341,25 @@ fn sites_beyond_max_sites_fold_and_short_lived_children_expire() {
     let serve = Serve::start(&["--pid", &pid, "--max-sites", "3", "--pid-label", "--retention", "2s"]);
     leaker.run("spread 40");
     leaker.run("files 2");
+    // Every file the leaker has open (what it inherited, such as a redirected stderr, included).
+    let files = kind_counts(&proc_fds(leaker.pid))["file"] as f64;
     let file_sites = |text: &str| -> BTreeMap<String, f64> {
         exposition_series(text, "helios_trace_site_open_fds")
             .into_iter()
             .filter(|(k, _)| k.contains(&format!(r#"pid="{pid}""#)) && k.contains(r#"kind="file""#))
-            .filter(|(k, _)| !k.contains(r#"site="before-trace""#))
             .collect()
     };
-    let sites = wait_for("42 files in 3 sites and other", Duration::from_secs(10), || {
+    let sites = wait_for("every file in 3 sites and other", Duration::from_secs(10), || {
         let sites = file_sites(&serve.metrics());
-        (sites.values().sum::<f64>() == 42.0).then_some(sites)
+        (sites.values().sum::<f64>() == files).then_some(sites)
     });
     assert_eq!(sites.len(), 4, "3 sites + other: {sites:#?}");
     let (other, top) = sites.iter().partition::<Vec<_>, _>(|(k, _)| k.contains(r#"site="other""#));
-    assert_eq!(top.iter().map(|(_, v)| **v).fold(0.0, f64::max), 2.0, "the 2-file site is exported");
-    assert_eq!(*other[0].1, 42.0 - 2.0 - 1.0 - 1.0);
+    let mut exported: Vec<f64> = top.iter().map(|(_, v)| **v).collect();
+    exported.sort_by(|a, b| b.total_cmp(a));
+    assert!(exported[0] >= 2.0, "the 2-file site (or a bigger before-trace) is exported: {sites:#?}");
+    assert_eq!(*other[0].1, files - exported.iter().sum::<f64>(), "other holds the rest");
+    assert!(*other[0].1 >= 40.0 - 3.0, "most of the 40 one-file sites are folded");
 
     // 30 children, each leaking a file as it exits: one pid-labelled series set each, gone
     // after the retention.
