@@ -19,6 +19,7 @@ use crate::{
     sites::{SiteCounters, SiteStats},
     stacks::StackRegistry,
     syscalls::SyscallTable,
+    unwind::StackSample,
 };
 
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
@@ -134,7 +135,11 @@ impl Engine {
     pub fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
         self.counts.received += 1;
         match decode::decode(bytes, &self.syscalls) {
-            Ok(Decoded::Event(event)) => self.handle_event(&event, stacks),
+            Ok(Decoded::Event(event)) => {
+                // decode checked the record's length, so its stack sample reads.
+                let sample = decode::user_stack(bytes).ok().flatten();
+                self.handle_event(&event, sample.as_ref(), stacks)
+            }
             Ok(Decoded::Nothing) => {}
             Err(err) => {
                 self.counts.undecodable += 1;
@@ -143,10 +148,16 @@ impl Engine {
         }
     }
 
-    pub fn handle_event(&mut self, event: &Event, stacks: &dyn StackSource) {
+    /// One event; `sample` is the user stack a `--stacks dwarf` record carried.
+    pub fn handle_event(
+        &mut self,
+        event: &Event,
+        sample: Option<&StackSample<'_>>,
+        stacks: &dyn StackSource,
+    ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                self.stacks.site(event.tgid, event.stacks.user, |id| stacks.read_stack(id))
+                self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id))
             }
             _ => SiteId::NoStack,
         };

@@ -21,7 +21,7 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
-    cli::{StackMode, TraceArgs},
+    cli::TraceArgs,
     clock,
     engine::Engine,
     fd::{FdDetail, FdKind, printable},
@@ -64,7 +64,8 @@ impl Tracing {
     pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
         let config = TraceConfig {
             targets: args.pids.clone(),
-            user_stacks: args.stacks != StackMode::None,
+            user_stack_mode: args.stacks.kernel_mode(),
+            stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
             ring_buffer_bytes: args.ring_buffer_size,
             wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_size as u64 / 4),
@@ -76,6 +77,9 @@ impl Tracing {
                 "without {}, descriptors of other users' processes cannot be read from /proc",
                 missing.join(" and ")
             );
+        }
+        if let Err(err) = crate::modules::raise_open_files_limit() {
+            log::warn!("cannot raise the open files limit ({err}): stacks of many processes may go unnamed");
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
@@ -200,7 +204,9 @@ impl Tracing {
         let kernel = self.tracer.counters();
         EventCounts {
             lost: kernel.lost(),
-            stack_errors: kernel.stack_collisions + kernel.stack_errors,
+            stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
+            stacks_truncated: self.engine.stacks.counts().truncated,
+            stacks_unresolved: self.engine.stacks.counts().unresolved,
             ..self.engine.counts()
         }
     }

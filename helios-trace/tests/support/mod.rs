@@ -77,19 +77,25 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn() -> Workload {
+        Workload::spawn_program(fdwork_bin())
+    }
+
+    /// Start `program`, a workload that speaks fdwork's protocol ("ready", then one "ok ..."
+    /// line per command), with a scratch directory as its argument.
+    pub fn spawn_program(program: &Path) -> Workload {
         let scratch = tempfile::tempdir_in(scratch_root()).unwrap();
-        let mut child = Command::new(fdwork_bin())
+        let mut child = Command::new(program)
             .arg(scratch.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("fdwork starts");
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with("ready"), "fdwork said {line:?}");
+        assert!(line.starts_with("ready"), "{} said {line:?}", program.display());
         let pid = child.id();
         Workload { child, pid, stdin, stdout, scratch }
     }
