@@ -92,8 +92,9 @@ pub mod regs_aarch64 {
 /// Bits of [`UserStack::flags`].
 pub mod user_stack_flags {
     /// The copy ended before the configured window was full: at the top of the stack's
-    /// mapping (normal for shallow stacks), or, when part of the window was not resident, at
-    /// the end of the stack pointer's page.
+    /// mapping (normal for shallow stacks), or, when part of the window was not there (the
+    /// untouched gap at the top of a main thread's stack, a page swapped out), at the last
+    /// page boundary before it.
     pub const SHORT: u32 = 1 << 0;
 }
 

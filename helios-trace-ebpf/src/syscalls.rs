@@ -286,12 +286,30 @@ fn capture_user_stack(
         stack.stack_len = want;
         return true;
     }
-    // A page of the window is not resident (or bpf_find_vma could not take the mmap lock and
-    // the window reaches past the stack): keep what the page of sp holds, which is resident,
-    // since the thread is running on it.
-    let first = (PAGE - (sp as u32 & (PAGE - 1))).min(want);
-    if unsafe { raw_read_user(bytes.as_mut_ptr().cast(), first, sp as *const c_void) } == 0 {
-        stack.stack_len = first;
+    // A page of the window is not there: at the top of a main thread's stack, the kernel
+    // leaves a random gap of up to 8 KiB between the argument and environment strings and the
+    // vectors below them (fs/binfmt_elf.c, create_elf_tables: arch_align_stack), which the
+    // process never touches; or a page was swapped out. Keep the longest readable prefix that
+    // ends on a page boundary, a page shorter each time (each failed try costs a fault).
+    // In u64 throughout: the checks must bound the very register the helper gets, which a
+    // u32's zero-extension in between would hide from the verifier.
+    let (page, want, window) = (PAGE as u64, want as u64, window as u64);
+    let first = page - (sp & (page - 1));
+    let mut size = if want > first { first + (want - first - 1) / page * page } else { 0 };
+    if size > 0 {
+        for _ in 0..MAX_STACK_WINDOW / PAGE {
+            if size > window {
+                break;
+            }
+            if unsafe { raw_read_user(bytes.as_mut_ptr().cast(), size as u32, sp as *const c_void) } == 0 {
+                stack.stack_len = size as u32;
+                break;
+            }
+            if size <= page {
+                break;
+            }
+            size -= page;
+        }
     }
     stack.flags = user_stack_flags::SHORT;
     true

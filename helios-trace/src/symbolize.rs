@@ -2,10 +2,7 @@
 //! and line from DWARF where the module carries it (or a debug link points to it); nothing
 //! where the module is stripped, and the caller then names the frame by module and offset.
 //! Kernel addresses resolve through kallsyms.
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::PathBuf, sync::Arc};
 
 use blazesym::{
     MaybeDefault,
@@ -81,10 +78,6 @@ impl Symbolizer {
             Ok(Symbolized::Sym(sym)) => symbols(&sym).pop(),
             _ => None,
         }
-    }
-
-    pub fn kallsyms(&self) -> &Path {
-        &self.kallsyms
     }
 }
 
@@ -210,6 +203,5 @@ mod tests {
         let symbol = symbolizer.kernel_symbol(0xffffffff81001010).unwrap();
         assert_eq!((&*symbol.name, symbol.offset), ("do_sys_openat2", Some(0x10)));
         assert_eq!(&*symbolizer.kernel_symbol(0xffffffff81001404).unwrap().name, "helper");
-        assert_eq!(symbolizer.kallsyms(), kallsyms);
     }
 }

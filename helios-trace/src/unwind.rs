@@ -98,7 +98,6 @@ pub type UnwindCache = CacheNative<MayAllocateDuringUnwind>;
 #[derive(Clone, Default)]
 pub struct ProcessUnwinder {
     unwinder: UnwinderNative<SectionBytes, MayAllocateDuringUnwind>,
-    modules: usize,
 }
 
 impl ProcessUnwinder {
@@ -128,12 +127,7 @@ impl ProcessUnwinder {
         };
         let range: Range<u64> = module.range.clone();
         self.unwinder.add_module(Module::new(module.file.path.to_string(), range, bias, info));
-        self.modules += 1;
         true
-    }
-
-    pub fn module_count(&self) -> usize {
-        self.modules
     }
 
     pub fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {

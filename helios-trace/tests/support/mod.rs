@@ -84,13 +84,27 @@ impl Workload {
     /// line per command), with a scratch directory as its argument.
     pub fn spawn_program(program: &Path) -> Workload {
         let scratch = tempfile::tempdir_in(scratch_root()).unwrap();
-        let mut child = Command::new(program)
-            .arg(scratch.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
+        let spawn = || {
+            Command::new(program)
+                .arg(scratch.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+        };
+        // A program written just now may still be open for writing in a child another test
+        // thread forked meanwhile (until that child execs): ETXTBSY, which passes.
+        let mut child = spawn();
+        for _ in 0..50 {
+            match &child {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    child = spawn();
+                }
+                _ => break,
+            }
+        }
+        let mut child = child.unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
