@@ -29,6 +29,14 @@ def syscall(nr, ret, args, path=b"", aux=(), flags=0, stack=7):
 put("record", "openat", syscall(257, 5, [2**64 - 100, 0, 0o2000000, 0, 0, 0], b"/etc/hosts"))
 put("record", "pipe2", syscall(293, 0, [0, 0o2000000, 0, 0, 0, 0], aux=(8, 9)))
 put("record", "recvmsg", syscall(47, 1, [3, 0, 0x40000000, 0, 0, 0], aux=(11, 12, 13)))
+# FD_SYSCALL_USER_STACK: the syscall record, then UserStack (34 register words, stack_len,
+# flags), then the stack bytes; sp (x86_64 word 19) points at them.
+regs = [0] * 34
+regs[16], regs[19] = 0x7f0000001234, 0x7ffd00000000
+stack = struct.pack("<4Q", 0x55d0c0a01010, 0, 0x7f0000005678, 0)
+with_stack = bytearray(syscall(257, 5, [2**64 - 100, 0, 0, 0, 0, 0], b"/etc/hosts", stack=-2**31))
+with_stack[0:4] = struct.pack("<I", 6)
+put("record", "openat_user_stack", bytes(with_stack) + struct.pack("<34QII", *regs, len(stack), 1) + stack)
 put("record", "close", header(2) + struct.pack("<iI", 3, 0))
 put("record", "newtask", header(3) + struct.pack("<IIQ", 200, 0, 0x10000) + b"bash".ljust(16, b"\0"))
 put("record", "exec", header(4) + struct.pack("<II", 101, 9) + b"bash".ljust(16, b"\0") + b"/bin/bash".ljust(256, b"\0"))

@@ -22,6 +22,10 @@ pub mod kind {
     /// The last thread of a thread group exited (`sched/sched_process_exit`, group_dead):
     /// [`super::ExitEvent`].
     pub const EXIT: u32 = 5;
+    /// A descriptor syscall completed, with the user registers and a window of the user stack
+    /// (`--stacks dwarf`): a [`super::SyscallEvent`] whose `header.kind` is this id, then a
+    /// [`super::UserStack`], then `UserStack::stack_len` bytes of stack. Variable length.
+    pub const FD_SYSCALL_USER_STACK: u32 = 6;
 }
 
 /// Common start of every record.
@@ -48,6 +52,71 @@ pub const PATH_LEN: usize = 256;
 pub const MAX_AUX_FDS: usize = 16;
 /// `stack_id` when no stack was asked for.
 pub const STACK_NOT_CAPTURED: i32 = i32::MIN;
+
+/// Values of the `CAPTURE_USER_STACKS` load-time global: how the kernel programs capture the
+/// user stack of a descriptor-creating call.
+pub mod stack_mode {
+    /// No user stack.
+    pub const NONE: u32 = 0;
+    /// Frame-pointer walk into the `STACKS` map (`SyscallEvent::stack_id`).
+    pub const FP: u32 = 1;
+    /// Registers and a stack window in the record ([`super::UserStack`]), unwound in userspace.
+    pub const DWARF: u32 = 2;
+}
+
+/// Words of [`UserStack::regs`]: enough for every supported architecture's user registers.
+pub const USER_REGS_WORDS: usize = 34;
+/// Largest stack window a [`UserStack`] can carry (`--stack-window`).
+pub const MAX_STACK_WINDOW: u32 = 16 * 1024;
+
+/// Where the registers sit in [`UserStack::regs`] on x86_64: the kernel's `struct pt_regs`
+/// (arch/x86/include/asm/ptrace.h: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di
+/// orig_ax ip cs flags sp ss).
+pub mod regs_x86_64 {
+    pub const WORDS: usize = 21;
+    pub const BP: usize = 4;
+    pub const IP: usize = 16;
+    pub const SP: usize = 19;
+}
+
+/// Where the registers sit in [`UserStack::regs`] on aarch64: the `user_pt_regs` that starts
+/// the kernel's `struct pt_regs` (arch/arm64/include/asm/ptrace.h: x0..x30, sp, pc, pstate).
+pub mod regs_aarch64 {
+    pub const WORDS: usize = 34;
+    pub const FP: usize = 29;
+    pub const LR: usize = 30;
+    pub const SP: usize = 31;
+    pub const PC: usize = 32;
+}
+
+/// Bits of [`UserStack::flags`].
+pub mod user_stack_flags {
+    /// The copy ended before the configured window was full: at the top of the stack's
+    /// mapping (normal for shallow stacks), or, when part of the window was not there (the
+    /// untouched gap at the top of a main thread's stack, a page swapped out), at the last
+    /// page boundary before it.
+    pub const SHORT: u32 = 1 << 0;
+}
+
+/// What a user-space unwinder (or an interpreter-frame reader) needs of a thread at one
+/// moment: its user-mode registers and a window of its stack from the stack pointer upward.
+/// The thread is the record header's `tid`. On the wire it follows the record it belongs to
+/// (see [`kind::FD_SYSCALL_USER_STACK`]) and is itself followed by `stack_len` bytes: the
+/// user memory `[sp, sp + stack_len)`, where sp is the architecture's stack-pointer word of
+/// `regs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    /// The user registers as the kernel saved them at syscall entry (`bpf_task_pt_regs`), in
+    /// the kernel's order for the running architecture ([`regs_x86_64`], [`regs_aarch64`]);
+    /// words past the architecture's count are unspecified.
+    pub regs: [u64; USER_REGS_WORDS],
+    /// Bytes of stack that follow; at most the window asked for.
+    pub stack_len: u32,
+    /// [`user_stack_flags`].
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<UserStack>() == 280);
 
 /// Bits of [`SyscallEvent::flags`].
 pub mod syscall_flags {
@@ -196,6 +265,9 @@ pub mod counter {
     pub const PATH_UNREADABLE: u32 = 3;
     /// The in-flight map was full: an enter could not be recorded, its exit is lost.
     pub const IN_FLIGHT_FULL: u32 = 4;
+    /// `--stacks dwarf`: the user registers could not be read; the record went out as a plain
+    /// [`super::SyscallEvent`] (`kind::FD_SYSCALL`, the room for the stack unused).
+    pub const USER_STACK_UNREADABLE: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -227,4 +299,5 @@ mod pod {
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::InFlight {}
+    unsafe impl aya::Pod for super::UserStack {}
 }

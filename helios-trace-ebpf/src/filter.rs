@@ -3,6 +3,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use helios_trace_common::stack_mode;
 
 use crate::maps::{EVENTS, TARGETS};
 
@@ -12,9 +13,12 @@ static TRACER_TGID: u32 = 0;
 /// Non-zero: only tgids in `TARGETS` are traced (`--pid`).
 #[unsafe(no_mangle)]
 static FILTER_TARGETS: u32 = 0;
-/// Non-zero: capture the user stack of descriptor-creating calls into `STACKS`.
+/// How to capture the user stack of descriptor-creating calls (helios_trace_common::stack_mode).
 #[unsafe(no_mangle)]
-static CAPTURE_USER_STACKS: u32 = 1;
+static CAPTURE_USER_STACKS: u32 = stack_mode::FP;
+/// Bytes of user stack copied per call in `stack_mode::DWARF` (at most MAX_STACK_WINDOW).
+#[unsafe(no_mangle)]
+static STACK_WINDOW: u32 = 8192;
 /// Non-zero: capture the kernel stack too (`--kernel-stacks`).
 #[unsafe(no_mangle)]
 static CAPTURE_KERNEL_STACKS: u32 = 0;
@@ -40,8 +44,13 @@ pub fn filtering_targets() -> bool {
 }
 
 #[inline(always)]
-pub fn capture_user_stacks() -> bool {
-    unsafe { read_volatile(&CAPTURE_USER_STACKS) != 0 }
+pub fn user_stack_mode() -> u32 {
+    unsafe { read_volatile(&CAPTURE_USER_STACKS) }
+}
+
+#[inline(always)]
+pub fn stack_window() -> u32 {
+    unsafe { read_volatile(&STACK_WINDOW) }
 }
 
 #[inline(always)]

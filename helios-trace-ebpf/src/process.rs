@@ -5,6 +5,7 @@ use core::{ptr::addr_of_mut, ptr::read_volatile};
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel_str},
     macros::tracepoint,
     programs::TracePointContext,
@@ -12,7 +13,7 @@ use aya_ebpf::{
 use helios_trace_common::{EXEC_FILENAME_LEN, ExecEvent, ExitEvent, NewTaskEvent, counter, kind};
 
 use crate::{
-    filter::{filtering_targets, is_traced, wakeup_flags},
+    filter::{filtering_targets, is_traced},
     maps::{EVENTS, TARGETS, count, emit},
     syscalls::header,
 };
@@ -92,7 +93,9 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if len > 0 {
         event.filename_len = (len - 1) as u32;
     }
-    entry.submit(wakeup_flags());
+    // Wake the reader now, not at the next batch: it reads the new image's maps while the
+    // process surely runs (execs are rare; a short-lived command may be gone in milliseconds).
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     Ok(())
 }
 

@@ -10,26 +10,38 @@
 //! What each syscall number needs (path string, fd pair, SCM_RIGHTS, ...) comes from the
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
 //! place (helios-trace/src/syscalls.rs) and these programs stay generic.
-use core::{mem::size_of, ptr::addr_of_mut};
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel as bpf_probe_read_kernel_value, bpf_probe_read_user,
+        generated::{
+            bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_user as raw_read_user, bpf_probe_read_user_str, bpf_task_pt_regs,
+        },
     },
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use helios_trace_common::{
-    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent, counter,
-    kind, spec, syscall_flags,
+    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED,
+    SyscallEvent, UserStack, counter, kind, spec, stack_mode, syscall_flags, user_stack_flags,
 };
 
 use crate::{
-    filter::{capture_kernel_stacks, capture_user_stacks, is_traced, wakeup_flags},
+    filter::{capture_kernel_stacks, is_traced, stack_window, user_stack_mode, wakeup_flags},
     maps::{EVENTS, IN_FLIGHT, STACKS, SYSCALL_SPECS, count, emit},
 };
+
+// The user register layout of the architecture the programs are built for (aya-build passes
+// `bpf_target_arch`, the host's).
+#[cfg(bpf_target_arch = "aarch64")]
+use helios_trace_common::regs_aarch64 as arch;
+#[cfg(bpf_target_arch = "x86_64")]
+use helios_trace_common::regs_x86_64 as arch;
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+compile_error!("--stacks dwarf knows the user registers of x86_64 and aarch64 only");
 
 const NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
@@ -117,28 +129,64 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
-    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Ok(());
-    };
-    let event = entry.as_mut_ptr();
-    let spec = in_flight.spec;
-    unsafe {
-        addr_of_mut!((*event).header).write(header(kind::FD_SYSCALL, pid_tgid));
-        addr_of_mut!((*event).nr).write(in_flight.nr);
-        addr_of_mut!((*event).ret).write(ret);
-        addr_of_mut!((*event).args).write(in_flight.args);
-        addr_of_mut!((*event).deref).write(0);
-        addr_of_mut!((*event).aux_count).write(0);
-        addr_of_mut!((*event).path_len).write(0);
-        addr_of_mut!((*event).flags).write(0);
-        addr_of_mut!((*event).stack_id).write(STACK_NOT_CAPTURED);
-        addr_of_mut!((*event).kernel_stack_id).write(STACK_NOT_CAPTURED);
+    if in_flight.spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
+        // The record carries the stack: reserve room for the whole window and copy the stack
+        // straight into it. STACK_WINDOW is read-only data the verifier knows the value of,
+        // which is what lets the reserved size vary with the configuration.
+        let window = stack_window().min(MAX_STACK_WINDOW);
+        let Some(mut entry) = EVENTS.reserve_bytes(STACK_BYTES_OFFSET + window as usize, 0) else {
+            count(counter::RINGBUF_FULL);
+            return Ok(());
+        };
+        // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
+        let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
+        fill(ctx, &mut record.event, &in_flight, ret, pid_tgid);
+        if capture_user_stack(&mut record.stack, &mut record.bytes, window) {
+            record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
+        } else {
+            count(counter::USER_STACK_UNREADABLE);
+        }
+        entry.submit(wakeup_flags());
+    } else {
+        let Some(mut entry) = EVENTS.reserve_bytes(size_of::<SyscallEvent>(), 0) else {
+            count(counter::RINGBUF_FULL);
+            return Ok(());
+        };
+        // SAFETY: as above.
+        let event = unsafe { &mut *entry.as_mut_ptr().cast::<SyscallEvent>() };
+        fill(ctx, event, &in_flight, ret, pid_tgid);
+        entry.submit(wakeup_flags());
     }
-    let event = unsafe { &mut *event };
+    Ok(())
+}
 
+/// The layout of a `kind::FD_SYSCALL_USER_STACK` record (helios_trace_common).
+#[repr(C)]
+struct WithStack {
+    event: SyscallEvent,
+    stack: UserStack,
+    bytes: [u8; MAX_STACK_WINDOW as usize],
+}
+
+/// Offset of the stack bytes in a `kind::FD_SYSCALL_USER_STACK` record.
+const STACK_BYTES_OFFSET: usize = size_of::<SyscallEvent>() + size_of::<UserStack>();
+
+/// Everything of a descriptor record but the user stack bytes.
+#[inline(always)]
+fn fill(ctx: &TracePointContext, event: &mut SyscallEvent, in_flight: &InFlight, ret: i64, pid_tgid: u64) {
+    let spec = in_flight.spec;
+    event.header = header(kind::FD_SYSCALL, pid_tgid);
+    event.nr = in_flight.nr;
+    event.ret = ret;
+    event.args = in_flight.args;
+    event.deref = 0;
+    event.aux_count = 0;
+    event.path_len = 0;
+    event.flags = 0;
+    event.stack_id = STACK_NOT_CAPTURED;
+    event.kernel_stack_id = STACK_NOT_CAPTURED;
     if spec & spec::STACK != 0 {
-        if capture_user_stacks() {
+        if user_stack_mode() == stack_mode::FP {
             event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
         }
         if capture_kernel_stacks() {
@@ -181,8 +229,90 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
             collect_scm_rights(event, in_flight.args[1] + m as u64 * MMSGHDR_SIZE);
         }
     }
-    entry.submit(wakeup_flags());
-    Ok(())
+}
+
+/// Offset of `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: `vm_start` and
+/// `vm_end` open the struct, as they have since the first kernels).
+const VM_END_OFFSET: usize = 8;
+
+/// bpf_find_vma's callback: the end of the mapping that holds the stack pointer.
+#[inline(never)]
+unsafe extern "C" fn vma_end(_task: *mut c_void, vma: *mut c_void, end: *mut c_void) -> i64 {
+    let vm_end = unsafe { bpf_probe_read_kernel_value((vma as *const u8).add(VM_END_OFFSET) as *const u64) };
+    unsafe { *(end as *mut u64) = vm_end.unwrap_or(0) };
+    0
+}
+
+/// The smallest page size: a read within one page cannot fail half-way.
+const PAGE: u32 = 4096;
+
+/// Copy the user registers and up to `window` bytes of user stack from sp upward into a
+/// record; false when not even the registers could be read.
+///
+/// The copy stops at the end of the stack's mapping (found with bpf_find_vma), so that a
+/// window reaching past the top of a shallow stack does not fault: bpf_probe_read_user fails
+/// as a whole, after a page fault, when any byte is unreadable.
+#[inline(always)]
+fn capture_user_stack(
+    stack: &mut UserStack,
+    bytes: &mut [u8; MAX_STACK_WINDOW as usize],
+    window: u32,
+) -> bool {
+    stack.stack_len = 0;
+    stack.flags = 0;
+    let task = unsafe { bpf_get_current_task_btf() };
+    // The registers the task entered the kernel with: its user-mode state at the syscall.
+    let regs = unsafe { bpf_task_pt_regs(task) };
+    let read = unsafe {
+        bpf_probe_read_kernel(
+            stack.regs.as_mut_ptr().cast(),
+            (arch::WORDS * size_of::<u64>()) as u32,
+            regs as *const c_void,
+        )
+    };
+    if read != 0 {
+        return false;
+    }
+    let sp = stack.regs[arch::SP];
+    let mut end: u64 = 0;
+    let found = unsafe { bpf_find_vma(task, sp, vma_end as *mut c_void, (&mut end as *mut u64).cast(), 0) };
+    let mut want = window;
+    if found == 0 && end > sp && end - sp < window as u64 {
+        want = (end - sp) as u32;
+        stack.flags = user_stack_flags::SHORT;
+    }
+    let want = want.min(MAX_STACK_WINDOW);
+    if want > 0 && unsafe { raw_read_user(bytes.as_mut_ptr().cast(), want, sp as *const c_void) } == 0 {
+        stack.stack_len = want;
+        return true;
+    }
+    // A page of the window is not there: at the top of a main thread's stack, the kernel
+    // leaves a random gap of up to 8 KiB between the argument and environment strings and the
+    // vectors below them (fs/binfmt_elf.c, create_elf_tables: arch_align_stack), which the
+    // process never touches; or a page was swapped out. Keep the longest readable prefix that
+    // ends on a page boundary, a page shorter each time (each failed try costs a fault).
+    // In u64 throughout: the checks must bound the very register the helper gets, which a
+    // u32's zero-extension in between would hide from the verifier.
+    let (page, want, window) = (PAGE as u64, want as u64, window as u64);
+    let first = page - (sp & (page - 1));
+    let mut size = if want > first { first + (want - first - 1) / page * page } else { 0 };
+    if size > 0 {
+        for _ in 0..MAX_STACK_WINDOW / PAGE {
+            if size > window {
+                break;
+            }
+            if unsafe { raw_read_user(bytes.as_mut_ptr().cast(), size as u32, sp as *const c_void) } == 0 {
+                stack.stack_len = size as u32;
+                break;
+            }
+            if size <= page {
+                break;
+            }
+            size -= page;
+        }
+    }
+    stack.flags = user_stack_flags::SHORT;
+    true
 }
 
 /// Argument `index` (0..6); out of range reads as 0. Written without indexing so that no

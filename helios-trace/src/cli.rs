@@ -9,6 +9,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use helios_trace_common::{MAX_STACK_WINDOW, SyscallEvent, UserStack, stack_mode};
 
 use crate::{bpf::checks::CheckError, procscan};
 
@@ -136,9 +137,13 @@ pub struct TraceArgs {
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// How to capture the stack that opened each descriptor.
-    #[arg(long, value_enum, default_value_t = StackMode::Fp)]
+    #[arg(long, value_enum, default_value_t = StackMode::Dwarf)]
     pub stacks: StackMode,
-    /// Also capture kernel stacks.
+    /// With --stacks dwarf: bytes of user stack copied per call (at most 16K). Deeper stacks
+    /// are cut there (counted in the report's events.stacks_truncated).
+    #[arg(long, value_parser = parse_stack_window, default_value = "8K")]
+    pub stack_window: u32,
+    /// Also capture kernel stacks (resolved through /proc/kallsyms).
     #[arg(long)]
     pub kernel_stacks: bool,
     /// Compare the tables with /proc this often and correct them (0 turns it off).
@@ -168,10 +173,24 @@ pub enum Format {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StackMode {
-    /// Frame-pointer walk in the kernel (bpf_get_stackid): cheap, short in -O2 code.
+    /// Registers and a window of the user stack per call, unwound here with the binaries'
+    /// .eh_frame (DWARF CFI): whole call chains, also without frame pointers.
+    Dwarf,
+    /// Frame-pointer walk in the kernel (bpf_get_stackid): cheaper, short in -O2 code.
     Fp,
     /// No stacks: descriptors are grouped by process and kind only.
     None,
+}
+
+impl StackMode {
+    /// The kernel programs' `CAPTURE_USER_STACKS` value.
+    pub fn kernel_mode(self) -> u32 {
+        match self {
+            StackMode::Dwarf => stack_mode::DWARF,
+            StackMode::Fp => stack_mode::FP,
+            StackMode::None => stack_mode::NONE,
+        }
+    }
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -188,8 +207,8 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
-/// "16M", "512K", "1G" or bytes; a power of two of at least one page, as the kernel requires.
-pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+/// "16M", "512K", "1G" or bytes.
+fn parse_size(text: &str, example: &str) -> Result<u64, String> {
     let t = text.trim();
     let (digits, multiplier) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
@@ -197,11 +216,55 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
         Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let bytes = digits.parse::<u64>().map_err(|_| format!("'{text}' is not a size like 16M"))? * multiplier;
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("'{text}' is not a size like {example}"))
+}
+
+/// A power of two of at least one page, as the kernel requires.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let bytes = parse_size(text, "16M")?;
     if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
         return Err(format!("ring buffer size must be a power of two between 4K and 1G, not {text}"));
     }
     Ok(bytes as u32)
+}
+
+/// Between 512 bytes and the largest window the kernel programs have room for.
+pub fn parse_stack_window(text: &str) -> Result<u32, String> {
+    let bytes = parse_size(text, "8K")?;
+    if !(512..=u64::from(MAX_STACK_WINDOW)).contains(&bytes) {
+        return Err(format!(
+            "the stack window must be between 512 and {}K bytes, not {text}",
+            MAX_STACK_WINDOW / 1024
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+/// Records a ring buffer must hold at least, with `--stacks dwarf`: fewer, and nearly every
+/// record with a stack would be lost.
+const MIN_RECORDS_IN_RING: u64 = 4;
+
+impl TraceArgs {
+    /// What clap cannot check alone: option values that only make sense together.
+    pub fn validate(&self) -> Result<(), Failure> {
+        if self.stacks == StackMode::Dwarf {
+            let record =
+                (size_of::<SyscallEvent>() + size_of::<UserStack>()) as u64 + u64::from(self.stack_window);
+            if u64::from(self.ring_buffer_size) < MIN_RECORDS_IN_RING * record {
+                return Err(Failure::Usage(format!(
+                    "a {} KiB ring buffer cannot hold {MIN_RECORDS_IN_RING} --stacks dwarf records of {} bytes; \
+                     use a larger --ring-buffer-size, a smaller --stack-window, or --stacks fp",
+                    self.ring_buffer_size / 1024,
+                    record
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A failure with the exit code it deserves.
@@ -246,10 +309,12 @@ pub fn main() -> ExitCode {
     let proc_root = Path::new("/proc");
     let result = match &cli.command {
         Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids).and_then(|()| {
+            args.trace.validate()?;
             runtime()?.block_on(crate::serve::run(args.clone())).map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Run(args)) => validate_pids(proc_root, &args.session.trace.pids)
+            .and_then(|()| args.session.trace.validate())
             .and_then(|()| validate_output(args.session.output.as_deref()))
             .and_then(|()| {
                 let program = crate::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
@@ -257,6 +322,7 @@ pub fn main() -> ExitCode {
                 Ok(ExitCode::from(status))
             }),
         None => validate_pids(proc_root, &cli.session.trace.pids)
+            .and_then(|()| cli.session.trace.validate())
             .and_then(|()| validate_output(cli.session.output.as_deref()))
             .and_then(|()| {
                 runtime()?.block_on(crate::adhoc::session(cli.session.clone())).map_err(Failure::from)?;
@@ -307,6 +373,30 @@ mod tests {
         assert!(parse_ring_size("3M").is_err());
         assert!(parse_ring_size("1K").is_err());
         assert!(parse_ring_size("lots").is_err());
+        assert!(parse_ring_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn stack_windows_and_modes() {
+        assert_eq!(parse_stack_window("8K"), Ok(8192));
+        assert_eq!(parse_stack_window("16k"), Ok(16384));
+        assert!(parse_stack_window("32K").unwrap_err().contains("between 512 and 16K"));
+        assert!(parse_stack_window("100").is_err());
+        let cli = Cli::try_parse_from(["helios-trace", "--stacks", "fp", "--stack-window", "4K"]).unwrap();
+        assert_eq!((cli.session.trace.stacks, cli.session.trace.stack_window), (StackMode::Fp, 4096));
+        assert_eq!(StackMode::Dwarf.kernel_mode(), stack_mode::DWARF);
+        let err = Cli::try_parse_from(["helios-trace", "--stacks", "lbr"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        // A ring buffer too small for records with stacks is bad input, not silent loss.
+        let small = Cli::try_parse_from(["helios-trace", "--ring-buffer-size", "16K"]).unwrap();
+        match small.session.trace.validate() {
+            Err(Failure::Usage(m)) => assert!(m.starts_with("a 16 KiB ring buffer cannot hold 4"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let fp =
+            Cli::try_parse_from(["helios-trace", "--ring-buffer-size", "16K", "--stacks", "fp"]).unwrap();
+        assert!(fp.session.trace.validate().is_ok());
+        assert!(Cli::try_parse_from(["helios-trace"]).unwrap().session.trace.validate().is_ok());
     }
 
     #[test]

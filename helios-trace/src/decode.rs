@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use helios_trace_common::{
     CloseEvent, EventHeader, ExecEvent, ExitEvent, MAX_AUX_FDS, NewTaskEvent, PATH_LEN, STACK_NOT_CAPTURED,
-    SyscallEvent, kind, syscall_flags,
+    SyscallEvent, UserStack, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -12,6 +12,7 @@ use crate::{
     event::{Event, FdList, Op, StackIds},
     fd::{FdDetail, FdKind},
     syscalls::{Call, SyscallTable},
+    unwind::StackSample,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,8 +52,9 @@ pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError
         op,
     };
     match header.kind {
-        kind::FD_SYSCALL => {
+        kind::FD_SYSCALL | kind::FD_SYSCALL_USER_STACK => {
             let record: SyscallEvent = read(bytes, "syscall record")?;
+            user_stack(bytes)?;
             let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
             let stacks =
                 StackIds { user: stack_id(record.stack_id), kernel: stack_id(record.kernel_stack_id) };
@@ -90,6 +92,23 @@ pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError
         }
         kind => Err(DecodeError::UnknownKind { kind }),
     }
+}
+
+/// The user stack a `kind::FD_SYSCALL_USER_STACK` record carries after its SyscallEvent
+/// (None for every other record), borrowed from the record.
+pub fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> {
+    let header: EventHeader = read(bytes, "event header")?;
+    if header.kind != kind::FD_SYSCALL_USER_STACK {
+        return Ok(None);
+    }
+    let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
+    let stack: UserStack = read(tail, "user stack")?;
+    let data = &tail[size_of::<UserStack>()..];
+    let len = stack.stack_len as usize;
+    let Some(window) = data.get(..len) else {
+        return Err(DecodeError::Short { what: "user stack window", len: data.len(), need: len });
+    };
+    Ok(Some(StackSample { regs: stack.regs, stack: window, flags: stack.flags }))
 }
 
 fn stack_id(raw: i32) -> Option<i32> {
@@ -414,6 +433,47 @@ pub mod tests {
         assert_eq!(decode(&bytes_of(&record), &table), Err(DecodeError::UnknownSyscall { nr: 999 }));
         let full = bytes_of(&record);
         assert!(matches!(decode(&full[..100], &table), Err(DecodeError::Short { .. })));
+    }
+
+    /// A `FD_SYSCALL_USER_STACK` record as the kernel program writes it.
+    pub fn with_user_stack(mut record: SyscallEvent, sp: u64, stack: &[u8]) -> Vec<u8> {
+        record.header.kind = kind::FD_SYSCALL_USER_STACK;
+        record.stack_id = STACK_NOT_CAPTURED;
+        let mut regs = [0u64; helios_trace_common::USER_REGS_WORDS];
+        regs[3] = 0xabcd;
+        let header = UserStack { regs, stack_len: stack.len() as u32, flags: 0 };
+        let mut bytes = bytes_of(&record);
+        bytes.extend(bytes_of(&header));
+        bytes.extend_from_slice(stack);
+        let sp_word = if cfg!(target_arch = "aarch64") { 31 } else { 19 };
+        let offset = size_of::<SyscallEvent>() + sp_word * 8;
+        bytes[offset..offset + 8].copy_from_slice(&sp.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn user_stack_records() {
+        let table = SyscallTable::native();
+        let record =
+            with_path(syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]), b"/etc/hosts");
+        let bytes = with_user_stack(record, 0x7ffd_0000, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        match decode(&bytes, &table).unwrap() {
+            Decoded::Event(event) => {
+                assert!(matches!(event.op, Op::Open { .. }));
+                assert_eq!(event.stacks, StackIds { user: None, kernel: None });
+            }
+            other => panic!("{other:?}"),
+        }
+        let sample = user_stack(&bytes).unwrap().unwrap();
+        assert_eq!(sample.stack, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!((sample.regs[3], sample.sp()), (0xabcd, 0x7ffd_0000));
+        assert_eq!(user_stack(&bytes_of(&record)).unwrap(), None, "plain records carry no stack");
+        // A window longer than the record, or a cut header, is an error, not a panic.
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(user_stack(cut), Err(DecodeError::Short { what: "user stack window", .. })));
+        assert!(matches!(decode(cut, &table), Err(DecodeError::Short { .. })));
+        let headless = &bytes[..size_of::<SyscallEvent>() + 10];
+        assert!(matches!(user_stack(headless), Err(DecodeError::Short { what: "user stack", .. })));
     }
 
     #[test]

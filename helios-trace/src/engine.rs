@@ -19,6 +19,7 @@ use crate::{
     sites::{SiteCounters, SiteStats},
     stacks::StackRegistry,
     syscalls::SyscallTable,
+    unwind::StackSample,
 };
 
 /// What `take_transitions` hands the exporter, in order.
@@ -163,7 +164,9 @@ impl Engine {
         match decode::decode(bytes, &self.syscalls) {
             Ok(Decoded::Event(event)) => {
                 self.by_type[event.op.index()] += 1;
-                self.handle_event(&event, stacks)
+                // decode checked the record's length, so its stack sample reads.
+                let sample = decode::user_stack(bytes).ok().flatten();
+                self.handle_event(&event, sample.as_ref(), stacks)
             }
             Ok(Decoded::Nothing) => self.untracked += 1,
             Err(err) => {
@@ -173,10 +176,16 @@ impl Engine {
         }
     }
 
-    pub fn handle_event(&mut self, event: &Event, stacks: &dyn StackSource) {
+    /// One event; `sample` is the user stack a `--stacks dwarf` record carried.
+    pub fn handle_event(
+        &mut self,
+        event: &Event,
+        sample: Option<&StackSample<'_>>,
+        stacks: &dyn StackSource,
+    ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                self.stacks.site(event.tgid, event.stacks.user, |id| stacks.read_stack(id))
+                self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id))
             }
             _ => SiteId::NoStack,
         };

@@ -4,13 +4,14 @@
 //!
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/fuzz_corpus.rs). None may panic.
-use crate::{bpf::checks, decode, procscan, stacks::ProcessMaps, syscalls::SyscallTable};
+use crate::{bpf::checks, decode, modules::ProcessMaps, procscan, syscalls::SyscallTable};
 
 /// A ring-buffer record.
 pub fn record(data: &[u8]) {
     thread_local!(static TABLE: SyscallTable = SyscallTable::native());
     TABLE.with(|table| {
         let _ = decode::decode(data, table);
+        let _ = decode::user_stack(data);
     });
 }
 

@@ -28,10 +28,10 @@ use serde::Serialize;
 use crate::{
     engine::Kept,
     fd::{FdKind, SiteId, printable},
-    fdtable::{FdChange, FdTable, Transition},
+    fdtable::{FdChange, FdTable, OpenFd, Transition},
     procscan::Usage,
     report::Corrections,
-    stacks::{Frame, Language, basename},
+    stacks::Frame,
     workload::Workload,
 };
 
@@ -116,6 +116,8 @@ pub struct GroupSeries {
     pub key: GroupKey,
     pub open_by_kind: BTreeMap<FdKind, u64>,
     pub sites: Vec<SiteSeries>,
+    /// The soonest any of its processes reaches its descriptor limit at its current growth.
+    pub fd_exhaustion_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -129,6 +131,8 @@ pub struct SiteSeries {
     pub closed: u64,
     /// None when nothing is open.
     pub oldest_open_seconds: Option<f64>,
+    /// Kernel memory charged to its open sockets (sock_diag); None for other kinds.
+    pub socket_memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -142,6 +146,8 @@ pub struct SiteFrames {
 struct OpenNow {
     count: u64,
     oldest_ns: u64,
+    /// Socket memory of the open descriptors.
+    memory: u64,
 }
 
 impl Aggregator {
@@ -211,11 +217,15 @@ impl Aggregator {
     }
 
     /// The series as of now: open counts from `table`, counters from what was observed.
+    /// `socket_memory` gives the kernel memory of an open socket; `fd_exhaustion` the seconds
+    /// until a process reaches its descriptor limit, when it is growing toward it.
     pub fn snapshot(
         &mut self,
         table: &FdTable,
         frames: &dyn Fn(SiteId) -> Option<Arc<[Frame]>>,
         who: &mut dyn Identify,
+        socket_memory: &mut dyn FnMut(u32, i32, &OpenFd) -> Option<u64>,
+        fd_exhaustion: &dyn Fn(u32) -> Option<f64>,
         now_ns: u64,
     ) -> Exported {
         // The table knows which processes live: one whose exit we did not see as such (it
@@ -226,19 +236,29 @@ impl Aggregator {
             self.leave(tgid, now_ns);
         }
         let mut open: HashMap<GroupId, HashMap<(FdKind, SiteId), OpenNow>> = HashMap::new();
+        let mut exhaustion: HashMap<GroupId, f64> = HashMap::new();
         for (tgid, process) in table.processes() {
             if process.fds.is_empty() {
                 continue;
             }
             // Processes loaded from /proc at start were never announced by a transition.
             let id = self.group_of(tgid, who, now_ns);
+            if let Some(seconds) = fd_exhaustion(tgid) {
+                let soonest = exhaustion.entry(id).or_insert(seconds);
+                *soonest = soonest.min(seconds);
+            }
             let sites = open.entry(id).or_default();
-            for entry in process.fds.values() {
-                let now = sites
-                    .entry((entry.kind, entry.site))
-                    .or_insert(OpenNow { count: 0, oldest_ns: u64::MAX });
+            for (fd, entry) in &process.fds {
+                let now = sites.entry((entry.kind, entry.site)).or_insert(OpenNow {
+                    count: 0,
+                    oldest_ns: u64::MAX,
+                    memory: 0,
+                });
                 now.count += 1;
                 now.oldest_ns = now.oldest_ns.min(entry.opened_ns);
+                if entry.kind == FdKind::Socket {
+                    now.memory += socket_memory(tgid, *fd, entry).unwrap_or(0);
+                }
             }
         }
         self.expire(now_ns);
@@ -246,6 +266,7 @@ impl Aggregator {
         let no_open = HashMap::new();
         for (id, group) in &mut self.groups {
             let mut series = group.select(open.get(id).unwrap_or(&no_open), self.config.max_sites, now_ns);
+            series.fd_exhaustion_seconds = exhaustion.get(id).copied();
             for s in &mut series.sites {
                 let Some(site) = s.site else { continue };
                 let known = exported.sites.entry(site).or_insert_with(|| {
@@ -391,8 +412,13 @@ impl Group {
         candidates
             .sort_by_key(|c| (c.kind, Reverse(c.open.count), Reverse(c.exported), Reverse(c.opened), c.site));
 
-        let mut series =
-            GroupSeries { key: self.key.clone(), open_by_kind: BTreeMap::new(), sites: Vec::new() };
+        let mut series = GroupSeries {
+            key: self.key.clone(),
+            open_by_kind: BTreeMap::new(),
+            sites: Vec::new(),
+            fd_exhaustion_seconds: None,
+        };
+        let memory = |kind: FdKind, now: &OpenNow| (kind == FdKind::Socket).then_some(now.memory);
         let mut rank = 0;
         let mut folded: BTreeMap<FdKind, OpenNow> = BTreeMap::new();
         for (i, c) in candidates.iter().enumerate() {
@@ -413,11 +439,14 @@ impl Group {
                     opened: state.counts.opened,
                     closed: state.counts.closed,
                     oldest_open_seconds: oldest,
+                    socket_memory_bytes: memory(c.kind, &c.open),
                 });
                 continue;
             }
-            let folding = folded.entry(c.kind).or_insert(OpenNow { count: 0, oldest_ns: u64::MAX });
+            let folding =
+                folded.entry(c.kind).or_insert(OpenNow { count: 0, oldest_ns: u64::MAX, memory: 0 });
             folding.count += c.open.count;
+            folding.memory += c.open.memory;
             if c.open.count > 0 {
                 folding.oldest_ns = folding.oldest_ns.min(c.open.oldest_ns);
             }
@@ -447,6 +476,7 @@ impl Group {
                 opened: counts.opened,
                 closed: counts.closed,
                 oldest_open_seconds: (now.count > 0).then(|| seconds(now_ns.saturating_sub(now.oldest_ns))),
+                socket_memory_bytes: memory(*kind, &now),
             });
         }
         series
@@ -461,47 +491,12 @@ fn comm_label(comm: &str) -> String {
     printable(comm.as_bytes(), COMM_CHARS)
 }
 
-/// Modules that are not the application's own code: the C library, the dynamic loader, the
-/// C++/gcc runtime and the CPython interpreter, by file-name prefix.
-const RUNTIME_MODULES: [&str; 10] = [
-    "libc.so",
-    "libc-",
-    "ld-linux",
-    "ld-musl",
-    "libpthread",
-    "libdl",
-    "librt",
-    "libstdc++",
-    "libgcc_s",
-    "libpython",
-];
-
-fn is_runtime(module: &str) -> bool {
-    let name = basename(module);
-    RUNTIME_MODULES.iter().any(|prefix| name.starts_with(prefix)) || name.starts_with("python")
-}
-
-/// The `frame` label of a site: its most telling frame, the innermost one in the
-/// application's own code (not in libc, the loader or a language runtime), named as
-/// [`Frame::describe`] does with the module's file name instead of its path; failing that, the
-/// innermost frame in a file, or the innermost one. Issue 4's symbolizer brings a better pick:
-/// this is the one place to swap it in.
+/// The `frame` label of a site: its most telling frame (stacks::site_label: the innermost frame
+/// of the application's own code), bounded for a label value.
 pub fn site_frame_label(frames: &[Frame]) -> String {
-    let own = |f: &&Frame| match f.language {
-        Language::Native => f.module.as_deref().is_some_and(|m| !is_runtime(m)),
-        Language::Python => true,
-        Language::Kernel => false,
-    };
-    let Some(frame) =
-        frames.iter().find(own).or_else(|| frames.iter().find(|f| f.module.is_some())).or(frames.first())
-    else {
-        return String::new();
-    };
-    let text = match (&frame.symbol, &frame.module, frame.offset) {
-        (None, Some(module), Some(offset)) => format!("{}+{offset:#x}", basename(module)),
-        _ => frame.describe(),
-    };
-    printable(text.as_bytes(), FRAME_CHARS)
+    crate::stacks::site_label(frames)
+        .map(|label| printable(label.as_bytes(), FRAME_CHARS))
+        .unwrap_or_default()
 }
 
 /// The tracer's own numbers, for the self metrics.
@@ -556,6 +551,20 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
         ),
         &site_labels,
     )?;
+    let site_memory = IntGaugeVec::new(
+        Opts::new(
+            "helios_trace_site_socket_memory_bytes",
+            "Kernel memory (socket buffers) held by the call site's open sockets.",
+        ),
+        &site_labels,
+    )?;
+    let exhaustion = GaugeVec::new(
+        Opts::new(
+            "helios_trace_process_fd_exhaustion_seconds",
+            "At its current growth, seconds until a process of the workload reaches its descriptor limit (EMFILE).",
+        ),
+        &group_labels,
+    )?;
     for group in &exported.groups {
         let key = &group.key;
         let pid = key.pid.map(|p| p.to_string());
@@ -567,6 +576,9 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
         ];
         if exported.pid_label {
             labels.push(pid.as_deref().unwrap_or(""));
+        }
+        if let Some(seconds) = group.fd_exhaustion_seconds {
+            exhaustion.with_label_values(&labels).set(seconds);
         }
         for (kind, count) in &group.open_by_kind {
             let mut l = labels.clone();
@@ -583,6 +595,9 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
             if let Some(age) = s.oldest_open_seconds {
                 site_oldest.with_label_values(&l).set(age);
             }
+            if let Some(bytes) = s.socket_memory_bytes {
+                site_memory.with_label_values(&l).set(bytes as i64);
+            }
         }
     }
     registry.register(Box::new(open_fds))?;
@@ -590,6 +605,8 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     registry.register(Box::new(site_opened))?;
     registry.register(Box::new(site_closed))?;
     registry.register(Box::new(site_oldest))?;
+    registry.register(Box::new(site_memory))?;
+    registry.register(Box::new(exhaustion))?;
 
     let events = IntCounterVec::new(
         Opts::new("helios_trace_events_total", "Events read from the kernel, by type."),
@@ -659,10 +676,13 @@ mod tests {
         engine::{Engine, StackSource},
         event::{Event, Op, StackIds},
         fd::FdDetail,
+        stacks::Language,
     };
 
     const SEC: u64 = 1_000_000_000;
     const PARENT: u32 = 100;
+    /// Every open socket's memory, as the test's sock_diag says.
+    const SOCKET_BYTES: u64 = 4096;
 
     /// Every stack id is its own call site: one frame at an address of its own.
     struct DistinctStacks;
@@ -701,6 +721,15 @@ mod tests {
     impl World {
         fn new(max_sites: usize, pid_label: bool) -> World {
             let root = tempfile::tempdir().unwrap();
+            // The server's memory map, so its stacks resolve to module + offset (call sites
+            // of a process whose maps are unknown are bounded as unresolved).
+            let maps = root.path().join(PARENT.to_string());
+            std::fs::create_dir_all(&maps).unwrap();
+            std::fs::write(
+                maps.join("maps"),
+                "00400000-7fffffff r-xp 00000000 fd:01 1234 /srv/app/bin/server\n",
+            )
+            .unwrap();
             let mut engine = Engine::new(root.path(), crate::fdtable::Limits::default());
             engine.keep_transitions();
             let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
@@ -733,7 +762,7 @@ mod tests {
                 stacks: StackIds { user: stack, kernel: None },
                 op,
             };
-            self.engine.handle_event(&event, &DistinctStacks);
+            self.engine.handle_event(&event, None, &DistinctStacks);
         }
 
         /// Open `n` files from call site `stack`; their fds.
@@ -779,7 +808,16 @@ mod tests {
             self.aggregator.observe(&kept, &mut self.who, self.now);
             let engine = &self.engine;
             let frames = |site| engine.stacks.frames(site).cloned();
-            self.aggregator.snapshot(&engine.table, &frames, &mut self.who, self.now)
+            let mut memory = |_: u32, _: i32, _: &OpenFd| Some(SOCKET_BYTES);
+            let exhaustion = |tgid: u32| (tgid == PARENT).then_some(3600.0);
+            self.aggregator.snapshot(
+                &engine.table,
+                &frames,
+                &mut self.who,
+                &mut memory,
+                &exhaustion,
+                self.now,
+            )
         }
 
         fn text(&mut self) -> String {
@@ -836,10 +874,10 @@ mod tests {
         assert_eq!(open.get(&format!("{{{}}}", labels("socket"))), Some(&2.0));
         let file_site = world.engine.table.process(PARENT).unwrap().fds[&files[1]].site;
         let site_labels = format!(
-            r#"{{{},site="{}",frame="{:#x}"}}"#,
+            r#"{{{},site="{}",frame="server+{:#x}"}}"#,
             labels("file").replace(r#",kind="file""#, ""),
             file_site.label(),
-            0x40_0010
+            0x10
         );
         // Labels come out sorted by name: rebuild the expected key the same way.
         let key = |text: &str| {
@@ -852,12 +890,22 @@ mod tests {
         assert_eq!(series(&text, "helios_trace_site_open_fds").get(&site_key), Some(&2.0), "{text}");
         assert_eq!(series(&text, "helios_trace_site_opened_total").get(&site_key), Some(&3.0));
         assert_eq!(series(&text, "helios_trace_site_closed_total").get(&site_key), Some(&1.0));
+        let socket_site = series(&text, "helios_trace_site_socket_memory_bytes");
+        assert_eq!(socket_site.len(), 1, "only socket sites carry memory: {socket_site:?}");
+        assert_eq!(socket_site.values().sum::<f64>(), 2.0 * SOCKET_BYTES as f64, "two open sockets");
+        let exhaustion = series(&text, "helios_trace_process_fd_exhaustion_seconds");
+        assert_eq!(
+            exhaustion.get(&format!("{{{}}}", labels("x").replace(r#",kind="x""#, ""))),
+            Some(&3600.0)
+        );
         let oldest = series(&text, "helios_trace_site_oldest_open_seconds")[&site_key];
         let expected = (world.now - (opened_at - 3000)) as f64 / 1e9;
         assert!((oldest - expected).abs() < 1e-6, "oldest {oldest}, expected {expected}");
         for (name, kind) in [
             ("helios_trace_open_fds", "gauge"),
             ("helios_trace_site_open_fds", "gauge"),
+            ("helios_trace_site_socket_memory_bytes", "gauge"),
+            ("helios_trace_process_fd_exhaustion_seconds", "gauge"),
             ("helios_trace_site_opened_total", "counter"),
             ("helios_trace_site_closed_total", "counter"),
             ("helios_trace_site_oldest_open_seconds", "gauge"),
@@ -932,7 +980,8 @@ mod tests {
         let site_series = series(&text, "helios_trace_site_open_fds");
         assert_eq!(site_series.len(), 21 + 1, "{}", site_series.len());
         assert_eq!(site_series.values().sum::<f64>(), f64::from(SITES) + 50.0, "nothing is lost by folding");
-        assert!(total_series(&text) <= baseline + 22 * 4 + 2, "{} series", total_series(&text));
+        // 22 sites x 4 site metrics, the socket site's memory, 2 kinds, the group's exhaustion.
+        assert!(total_series(&text) <= baseline + 22 * 4 + 1 + 2 + 1, "{} series", total_series(&text));
         let other = site_series.iter().find(|(k, _)| k.contains(r#"site="other""#)).unwrap();
         assert_eq!(*other.1, f64::from(SITES - 20));
         // Once they are closed, the folded sites are forgotten: state is bounded too.
@@ -1030,6 +1079,8 @@ mod tests {
             module: module.map(Arc::from),
             address: Some(0x7f00_0000_0000 + offset),
             offset: Some(offset),
+            symbol_offset: None,
+            inlined: false,
             language: Language::Native,
         }
     }
@@ -1045,7 +1096,11 @@ mod tests {
             "libc.so.6+0x1169d7",
             "no own frame: the innermost"
         );
-        assert_eq!(site_frame_label(&[native(None, 0x10), libc.clone()]), "libc.so.6+0x1169d7");
+        assert_eq!(
+            site_frame_label(&[native(None, 0x10), libc.clone()]),
+            "0x7f0000000010",
+            "a frame in no module is not plumbing"
+        );
         assert_eq!(site_frame_label(&[]), "");
         let python = Frame {
             symbol: Some("UnitTrackingWSHandler.on_connect".into()),
@@ -1054,12 +1109,14 @@ mod tests {
             module: None,
             address: None,
             offset: None,
+            symbol_offset: None,
+            inlined: false,
             language: Language::Python,
         };
         let interpreter = native(Some("/usr/lib/libpython3.11.so.1.0"), 0x99);
         assert_eq!(
             site_frame_label(&[libc, interpreter, python]),
-            "UnitTrackingWSHandler.on_connect (heliosops/geo.py:27)"
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
         );
     }
 

@@ -16,7 +16,7 @@ use crate::{
     fdtable::{FdTable, OpenFd},
     history::History,
     sites::{SiteCounters, SiteStats},
-    stacks::Frame,
+    stacks::{self, Frame},
     trend::{self, Evidence, Trend},
 };
 
@@ -60,8 +60,14 @@ pub struct EventCounts {
     pub lost: u64,
     /// Records that were short or unknown.
     pub undecodable: u64,
-    /// Stacks that could not be captured (map bucket collision or full).
+    /// Stacks that could not be captured (map bucket collision or full; registers or stack
+    /// unreadable).
     pub stack_errors: u64,
+    /// `--stacks dwarf`: stacks deeper than `--stack-window`, whose outer frames are missing.
+    pub stacks_truncated: u64,
+    /// Distinct user stacks that could not be named: the process was gone before its maps
+    /// were read (an exec followed by a quick exit); their frames are bare addresses.
+    pub stacks_unresolved: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -225,12 +231,6 @@ pub struct ReportInput<'a> {
     pub exited: &'a [ExitedProcess],
     pub history: &'a History,
     pub min_age: Duration,
-}
-
-/// The one most telling frame of a site, for people and metric labels: for now the innermost
-/// frame (issue 4's unwinder picks the innermost frame of the application's own code).
-pub fn frame_label(frames: &[Frame]) -> Option<String> {
-    frames.first().map(Frame::describe)
 }
 
 /// One process to report: alive in the table, or as it was when it exited.
@@ -397,7 +397,7 @@ fn process_report(
             SiteReport {
                 site: site.label(),
                 kind,
-                frame: frame_label(&frames).unwrap_or_else(|| site.label()),
+                frame: stacks::site_label(&frames).unwrap_or_else(|| site.label()),
                 open: open.len() as u64,
                 opened: own.opened,
                 closed: own.closed,
@@ -687,10 +687,11 @@ pub fn to_text(report: &Report) -> String {
                 site.closed_by.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
             let _ = writeln!(
                 out,
-                "  {:>6} open  {:<8} site {}  opened {} closed {}{}{}{}",
+                "  {:>6} open  {:<8} site {}{}  opened {} closed {}{}{}{}",
                 site.open,
                 site.kind.as_str(),
                 site.site,
+                if site.frame == site.site { String::new() } else { format!(" {}", site.frame) },
                 site.opened,
                 site.closed,
                 if closes.is_empty() { String::new() } else { format!(" ({})", closes.join(", ")) },
@@ -819,6 +820,8 @@ mod tests {
             module: Some("/usr/bin/leaky".into()),
             address: Some(0x55d0c0a01010),
             offset: Some(0x1010),
+            symbol_offset: None,
+            inlined: false,
             language: Language::Native,
         }
     }
@@ -848,7 +851,7 @@ mod tests {
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_773_478_020),
             duration: Duration::from_secs(30),
             now_ns: extras.now_ns,
-            events: EventCounts { received: 5, lost: 0, undecodable: 0, stack_errors: 0 },
+            events: EventCounts { received: 5, ..EventCounts::default() },
             corrections: Corrections::default(),
             table,
             stats,
@@ -890,8 +893,10 @@ mod tests {
         assert_eq!(first.oldest_age_seconds, Some(8.0));
         assert_eq!(first.examples.iter().map(|e| e.fd).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(first.frames.len(), 1);
+        assert_eq!(first.frame, "leaky+0x1010", "the telling frame, as the metrics label it");
         let before = p.sites.iter().find(|s| s.site == "before-trace").unwrap();
         assert!(before.frames.is_empty());
+        assert_eq!(before.frame, "before-trace");
         // A site whose every descriptor was closed is listed with open 0.
         let clean = p.sites.iter().find(|s| s.site == "00000000000000cd").unwrap();
         assert_eq!((clean.open, clean.opened, clean.closed), (0, 1, 1));
@@ -915,6 +920,7 @@ mod tests {
         assert_eq!(site["kind"], "socket");
         assert_eq!(site["frames"][0]["module"], "/usr/bin/leaky");
         assert_eq!(site["frames"][0]["symbol"], serde_json::Value::Null);
+        assert_eq!(site["frame"], "leaky+0x1010");
         assert_eq!(site["examples"][0]["detail"], "fd3");
         assert_eq!(
             p["fds"][0],
@@ -927,7 +933,7 @@ mod tests {
         let (table, stats) = sample();
         let text = to_text(&build_sample(&table, &stats));
         assert!(text.contains("PID 7 leaky [leaky --serve]: 4 open (socket 3, device 1)"), "{text}");
-        assert!(text.contains("site 00000000000000ab"), "{text}");
+        assert!(text.contains("site 00000000000000ab leaky+0x1010  opened 3"), "{text}");
         assert!(text.contains("/usr/bin/leaky+0x1010"), "{text}");
     }
 
@@ -972,7 +978,7 @@ mod tests {
         assert_eq!(p.suspected_leaks, 1);
         let leak = &p.sites[0];
         assert_eq!((leak.site.as_str(), leak.suspected_leak), ("0000000000001eaf", true));
-        assert_eq!(leak.frame, "/usr/bin/leaky+0x1010");
+        assert_eq!(leak.frame, "leaky+0x1010");
         assert!((leak.growth_per_minute.unwrap() - 60.0).abs() < 1.0, "{:?}", leak.growth_per_minute);
         let why = leak.why.as_deref().unwrap();
         assert!(

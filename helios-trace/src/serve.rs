@@ -33,9 +33,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
     let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
     tracing.engine.keep_transitions();
-    // Trend verdicts and exhaustion projections are the reports'; the exporter leaves the
-    // trends to PromQL.
-    tracing.sample_history = false;
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {
             max_sites: args.max_sites,
@@ -74,11 +71,22 @@ impl Exporter {
         let now_ns = clock::boot_ns();
         tracing.engine.refresh_names();
         let kept = tracing.engine.take_transitions();
+        let memory = tracing.socket_memory();
+        let tracing = &*tracing;
         let engine = &tracing.engine;
         let mut who = ProcIdentify { table: &engine.table, proc_root: &self.proc_root };
         self.aggregator.observe(&kept, &mut who, now_ns);
         let frames = |site| engine.stacks.frames(site).cloned();
-        let exported = self.aggregator.snapshot(&engine.table, &frames, &mut who, now_ns);
+        let mut socket_memory = |tgid: u32, fd: i32, _: &_| memory.get(&(tgid, fd)).copied();
+        let exhaustion = |tgid: u32| tracing.fd_exhaustion_seconds(tgid);
+        let exported = self.aggregator.snapshot(
+            &engine.table,
+            &frames,
+            &mut who,
+            &mut socket_memory,
+            &exhaustion,
+            now_ns,
+        );
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
             events_lost: tracing.event_counts().lost,

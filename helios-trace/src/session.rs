@@ -21,7 +21,7 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
-    cli::{StackMode, TraceArgs},
+    cli::TraceArgs,
     clock,
     engine::Engine,
     fd::{FdDetail, FdKind, printable},
@@ -48,8 +48,6 @@ pub struct Tracing {
     reconcile_interval: Duration,
     /// Every site's open count, once a second.
     pub history: History,
-    /// Whether `run_until` samples `history` (the exporter has no use for it).
-    pub sample_history: bool,
     /// How old a growing site's descriptors must be for it to be a suspected leak.
     pub min_age: Duration,
     /// Socket inodes by (process, fd, opened_ns), so a report reads each socket's link once.
@@ -66,7 +64,8 @@ impl Tracing {
     pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
         let config = TraceConfig {
             targets: args.pids.clone(),
-            user_stacks: args.stacks != StackMode::None,
+            user_stack_mode: args.stacks.kernel_mode(),
+            stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
             ring_buffer_bytes: args.ring_buffer_size,
             wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_size as u64 / 4),
@@ -78,6 +77,9 @@ impl Tracing {
                 "without {}, descriptors of other users' processes cannot be read from /proc",
                 missing.join(" and ")
             );
+        }
+        if let Err(err) = crate::modules::raise_open_files_limit() {
+            log::warn!("cannot raise the open files limit ({err}): stacks of many processes may go unnamed");
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
@@ -106,7 +108,6 @@ impl Tracing {
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
             history: History::default(),
-            sample_history: true,
             min_age: DEFAULT_MIN_AGE,
             socket_inodes: HashMap::new(),
             redact_paths: args.redact_paths,
@@ -174,9 +175,7 @@ impl Tracing {
                 // readable, and a biased select would never get to them.
                 _ = second.tick() => {
                     self.drain();
-                    if self.sample_history {
-                        self.sample();
-                    }
+                    self.sample();
                     every_second(self);
                 }
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
@@ -207,7 +206,9 @@ impl Tracing {
         let kernel = self.tracer.counters();
         EventCounts {
             lost: kernel.lost(),
-            stack_errors: kernel.stack_collisions + kernel.stack_errors,
+            stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
+            stacks_truncated: self.engine.stacks.counts().truncated,
+            stacks_unresolved: self.engine.stacks.counts().unresolved,
             ..self.engine.counts()
         }
     }
@@ -273,6 +274,41 @@ impl Tracing {
     }
 }
 
+impl Tracing {
+    /// Kernel memory charged to every open socket, by (process, fd): one sock_diag dump, with
+    /// socket inodes cached across calls.
+    pub fn socket_memory(&mut self) -> HashMap<(u32, i32), u64> {
+        let proc_root = self.engine.proc_root().to_path_buf();
+        let mut join = SocketJoin {
+            proc_root: &proc_root,
+            tables: SocketTables::new(&proc_root),
+            known: std::mem::take(&mut self.socket_inodes),
+            seen: HashMap::new(),
+            memory: None,
+            redact_paths: self.redact_paths,
+        };
+        let mut memory = HashMap::new();
+        for (tgid, process) in self.engine.table.processes() {
+            for (fd, entry) in process.fds.iter().filter(|(_, e)| e.kind == FdKind::Socket) {
+                if let Some(bytes) = join.socket_memory(tgid, *fd, entry) {
+                    memory.insert((tgid, *fd), bytes);
+                }
+            }
+        }
+        self.socket_inodes = join.seen;
+        memory
+    }
+
+    /// Seconds until `tgid` reaches its descriptor limit at the growth of its open count over
+    /// the session; None when it is not growing or has no limit.
+    pub fn fd_exhaustion_seconds(&self, tgid: u32) -> Option<f64> {
+        let window = self.history.process(tgid)?.fds.window();
+        let rate = crate::trend::theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
+        let open = self.engine.table.process(tgid)?.fds.len() as u64;
+        resources::exhaustion_seconds(resources::fd_limit(self.engine.proc_root(), tgid), open, Some(rate))
+    }
+}
+
 /// Open sockets joined with the socket tables of their network namespace, and with their
 /// memory from sock_diag, by inode.
 struct SocketJoin<'a> {
@@ -307,6 +343,16 @@ impl SocketJoin<'_> {
         Some(inode)
     }
 
+    fn socket_memory(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<u64> {
+        let inode = self.inode(tgid, fd, entry)?;
+        let memory = self.memory.get_or_insert_with(|| {
+            sockdiag::dump()
+                .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
+                .unwrap_or_default()
+        });
+        memory.get(&inode).map(|m| m.buffer_bytes())
+    }
+
     fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&procscan::SocketInfo> {
         if entry.kind != FdKind::Socket {
             return None;
@@ -326,14 +372,7 @@ impl SocketJoin<'_> {
         match entry.kind {
             FdKind::Socket => {
                 let tcp_state = self.socket(tgid, fd, entry).and_then(|s| s.state.clone());
-                let socket_memory = self.inode(tgid, fd, entry).and_then(|inode| {
-                    let memory = self.memory.get_or_insert_with(|| {
-                        sockdiag::dump()
-                            .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
-                            .unwrap_or_default()
-                    });
-                    memory.get(&inode).map(|m| m.buffer_bytes())
-                });
+                let socket_memory = self.socket_memory(tgid, fd, entry);
                 FdFacts { tcp_state, socket_memory, pinned_bytes: None }
             }
             FdKind::Memfd => FdFacts {

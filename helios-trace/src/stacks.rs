@@ -1,20 +1,33 @@
-//! From a captured user stack to a call site: the frames (module and offset of every return
-//! address, from the process's memory maps captured while it runs) and a stable site id.
+//! From a captured stack to a call site: the frames (function, inlined functions, file and
+//! line, or module and offset) and a stable site id.
 //!
-//! A site id hashes what stays the same across processes, ASLR and restarts — each frame's
-//! module path and offset in that module — never absolute addresses (except for frames in no
-//! file-backed mapping, which have nothing better).
+//! A user stack arrives either as registers and a window of stack bytes (`--stacks dwarf`,
+//! unwound here with the modules' CFI: unwind.rs) or as a frame-pointer stack id in the
+//! kernel's stack map (`--stacks fp`); a kernel stack as a stack id (`--kernel-stacks`). The
+//! addresses are named against the process's image captured at its first sight (modules.rs)
+//! with blazesym (symbolize.rs).
+//!
+//! A site id hashes what stays the same across processes, ASLR and restarts: each frame's
+//! module (file name), function and offset in the function — or the module and file offset
+//! where there is no symbol (stripped code) — never absolute addresses (except for frames in
+//! no file, which have nothing better).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     hash::Hasher,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
 use fnv::FnvHasher;
 use serde::{Serialize, Serializer};
 
-use crate::fd::SiteId;
+use crate::{
+    event::StackIds,
+    fd::SiteId,
+    modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
+    symbolize::{Symbol, Symbolizer},
+    unwind::{ProcessUnwinder, StackSample, UnwindCache},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +50,11 @@ pub struct Frame {
     /// Offset of the address in the module's file.
     #[serde(serialize_with = "hex")]
     pub offset: Option<u64>,
+    /// Offset of the address from the start of `symbol` (none for an inlined function).
+    #[serde(serialize_with = "hex")]
+    pub symbol_offset: Option<u64>,
+    /// Code of `symbol` inlined into the next frame's function: both are at the same address.
+    pub inlined: bool,
     pub language: Language,
 }
 
@@ -48,16 +66,33 @@ fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Frame {
-    /// Short human form: `symbol (file:line)`, or `module+0xoffset`, or the bare address.
+    /// A native frame of a module, not symbolized yet.
+    fn native(address: u64, module: Option<Arc<str>>, offset: Option<u64>) -> Frame {
+        Frame {
+            symbol: None,
+            file: None,
+            line: None,
+            module,
+            address: Some(address),
+            offset,
+            symbol_offset: None,
+            inlined: false,
+            language: Language::Native,
+        }
+    }
+
+    /// Long human form for the text report: `symbol (file:line)`, `symbol in module`,
+    /// `module+0xoffset`, or the bare address.
     pub fn describe(&self) -> String {
-        match (&self.symbol, &self.file, self.line, &self.module, self.offset, self.address) {
+        let text = match (&self.symbol, &self.file, self.line, &self.module, self.offset, self.address) {
             (Some(symbol), Some(file), Some(line), ..) => format!("{symbol} ({file}:{line})"),
             (Some(symbol), _, _, Some(module), ..) => format!("{symbol} in {}", basename(module)),
             (Some(symbol), ..) => symbol.clone(),
             (None, _, _, Some(module), Some(offset), _) => format!("{module}+{offset:#x}"),
             (.., Some(address)) => format!("{address:#x}"),
             _ => "?".to_string(),
-        }
+        };
+        if self.inlined { format!("{text} [inlined]") } else { text }
     }
 }
 
@@ -65,97 +100,164 @@ pub fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// A file-backed executable mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    /// File offset of `start`.
-    pub file_offset: u64,
-    pub path: Arc<str>,
-}
+/// Libraries whose frames are plumbing between the application and the kernel: the C
+/// library and dynamic loader, language runtimes.
+const RUNTIME_MODULES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libc.musl",
+    "ld-linux",
+    "ld64.so",
+    "ld-musl",
+    "libpthread",
+    "libdl.",
+    "librt.",
+    "libstdc++",
+    "libc++",
+    "libgcc_s",
+    "libpython",
+    "python",
+    "libjvm",
+    "libnode",
+    "libuv",
+    "libhelios",
+];
 
-/// The file-backed mappings of one process image, sorted by address.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcessMaps {
-    mappings: Vec<Mapping>,
-}
+/// Functions that are plumbing wherever they are linked (a static libc, Rust's, C++'s and
+/// Go's standard libraries, helios-trace's own shims).
+const RUNTIME_SYMBOL_PREFIXES: &[&str] = &[
+    "__libc_",
+    "__GI_",
+    "__syscall",
+    "__open",
+    "__socket",
+    "_IO_",
+    "std::",
+    "core::",
+    "alloc::",
+    "<std::",
+    "<core::",
+    "<alloc::",
+    "__gnu_cxx::",
+    "syscall.",
+    "runtime.",
+    "internal/",
+    "os.",
+    "net.",
+    "helios_",
+];
 
-impl ProcessMaps {
-    /// Parse `/proc/PID/maps` text. Only file-backed mappings are kept: the others cannot be
-    /// named stably.
-    pub fn parse(text: &str) -> ProcessMaps {
-        let mut mappings: Vec<Mapping> = text
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_ascii_whitespace();
-                let range = fields.next()?;
-                let _perms = fields.next()?;
-                let offset = fields.next()?;
-                let _dev = fields.next()?;
-                let inode = fields.next()?;
-                // The path is the rest of the line and may contain spaces.
-                let path = line.splitn(6, |c: char| c.is_ascii_whitespace()).nth(5)?;
-                let path = path.trim_start();
-                if inode == "0" || !path.starts_with('/') {
-                    return None;
-                }
-                let (start, end) = range.split_once('-')?;
-                Some(Mapping {
-                    start: u64::from_str_radix(start, 16).ok()?,
-                    end: u64::from_str_radix(end, 16).ok()?,
-                    file_offset: u64::from_str_radix(offset, 16).ok()?,
-                    path: Arc::from(path),
-                })
-            })
-            .collect();
-        mappings.sort_by_key(|m| m.start);
-        ProcessMaps { mappings }
+/// libc's descriptor-creating wrappers, for binaries that link libc statically.
+const LIBC_WRAPPERS: &[&str] = &[
+    "open",
+    "open64",
+    "openat",
+    "openat64",
+    "creat",
+    "creat64",
+    "socket",
+    "socketpair",
+    "accept",
+    "accept4",
+    "pipe",
+    "pipe2",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "fcntl64",
+    "eventfd",
+    "epoll_create",
+    "epoll_create1",
+    "timerfd_create",
+    "signalfd",
+    "inotify_init",
+    "inotify_init1",
+    "memfd_create",
+    "fopen",
+    "fopen64",
+    "fdopen",
+    "freopen",
+    "opendir",
+    "fdopendir",
+    "tmpfile",
+    "mkstemp",
+    "mkostemp",
+    "syscall",
+];
+
+/// Whether a frame is plumbing rather than the application's own code.
+fn is_runtime(frame: &Frame) -> bool {
+    match frame.language {
+        Language::Kernel => true,
+        Language::Python => frame.file.as_deref().is_some_and(|file| {
+            file.starts_with("<frozen ") || (file.contains("/lib/python3") && !file.contains("-packages/"))
+        }),
+        Language::Native => {
+            let module = frame.module.as_deref().map(basename).unwrap_or("");
+            let symbol = frame.symbol.as_deref().unwrap_or("");
+            RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+                // CPython's own extension modules (_socket, _io, ...).
+                || frame.module.as_deref().is_some_and(|m| m.contains("/lib-dynload/"))
+                || RUNTIME_SYMBOL_PREFIXES.iter().any(|p| symbol.starts_with(p))
+                || LIBC_WRAPPERS.contains(&symbol)
+        }
     }
+}
 
-    pub fn read(proc_root: &Path, tgid: u32) -> Option<ProcessMaps> {
-        let text = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("maps")).ok()?;
-        Some(ProcessMaps::parse(&text))
-    }
+/// The one frame that tells where a site is: the innermost frame in the application's own
+/// code, past the kernel, the C library and loader, language runtimes and standard libraries.
+/// When every frame is plumbing, the innermost user frame. None only without user frames.
+pub fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
+    frames.iter().find(|f| !is_runtime(f)).or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
+}
 
-    pub fn lookup(&self, address: u64) -> Option<&Mapping> {
-        let index = self.mappings.partition_point(|m| m.start <= address);
-        let mapping = self.mappings.get(index.checked_sub(1)?)?;
-        (address < mapping.end).then_some(mapping)
+/// A short, bounded label of a frame, for the `frame` metric label and the text report:
+/// `leak_socket (app.c:14)`, `geo.py:UnitTrackingWSHandler.on_connect:27`, `leak_fn (app)`,
+/// `app+0x1234`.
+pub fn frame_label(frame: &Frame) -> String {
+    let module = frame.module.as_deref().map(basename);
+    let file = frame.file.as_deref().map(basename);
+    match (frame.language, &frame.symbol, file, frame.line, module) {
+        (Language::Python, Some(symbol), Some(file), Some(line), _) => format!("{file}:{symbol}:{line}"),
+        (_, Some(symbol), Some(file), Some(line), _) => format!("{symbol} ({file}:{line})"),
+        (_, Some(symbol), _, _, Some(module)) => format!("{symbol} ({module})"),
+        (_, Some(symbol), ..) => symbol.clone(),
+        (.., Some(module)) if frame.offset.is_some() => {
+            format!("{module}+{:#x}", frame.offset.unwrap_or_default())
+        }
+        _ => frame.address.map(|a| format!("{a:#x}")).unwrap_or_else(|| "?".to_string()),
     }
 }
 
-/// Frames of a raw user stack resolved against the process's maps.
-pub fn resolve_frames(addresses: &[u64], maps: &ProcessMaps) -> Vec<Frame> {
-    addresses
-        .iter()
-        .map(|&address| {
-            let mapping = maps.lookup(address);
-            Frame {
-                symbol: None,
-                file: None,
-                line: None,
-                module: mapping.map(|m| m.path.clone()),
-                address: Some(address),
-                offset: mapping.map(|m| address - m.start + m.file_offset),
-                language: Language::Native,
-            }
-        })
-        .collect()
+/// The label of a site's telling frame; None for a site without frames.
+pub fn site_label(frames: &[Frame]) -> Option<String> {
+    telling_frame(frames).map(frame_label)
 }
 
-/// The stable id of a stack: FNV-1a over each frame's (module, offset), or (symbol, file,
-/// line) for interpreted frames, falling back to the address for frames in no file.
+/// The stable id of a stack: FNV-1a over each frame's (module, function, offset in function),
+/// or (module, file offset) without a function, or (function, file, line) for interpreted
+/// frames, falling back to the address for frames in no file. Inlined frames add nothing:
+/// they follow from the address of the frame they were inlined into.
 pub fn site_id(frames: &[Frame]) -> SiteId {
     let mut hasher = FnvHasher::default();
-    for frame in frames {
-        match (&frame.module, frame.offset, &frame.symbol) {
-            (Some(module), Some(offset), _) => {
+    for frame in frames.iter().filter(|f| !f.inlined) {
+        hasher.write_u8(frame.language as u8);
+        let module = frame.module.as_deref().map(basename);
+        match (&frame.symbol, frame.symbol_offset, module, frame.offset) {
+            (Some(symbol), Some(offset), module, _) => {
+                hasher.write(module.unwrap_or("").as_bytes());
+                hasher.write_u8(0);
+                hasher.write(symbol.as_bytes());
+                hasher.write_u8(0);
+                hasher.write_u64(offset);
+            }
+            (_, _, Some(module), Some(offset)) => {
                 hasher.write(module.as_bytes());
                 hasher.write_u8(0);
                 hasher.write_u64(offset);
             }
-            (_, _, Some(symbol)) => {
+            (Some(symbol), ..) => {
                 hasher.write(symbol.as_bytes());
                 hasher.write_u8(0);
                 hasher.write(frame.file.as_deref().unwrap_or("").as_bytes());
@@ -168,51 +270,174 @@ pub fn site_id(frames: &[Frame]) -> SiteId {
     SiteId::Stack(hasher.finish())
 }
 
-/// Turns (process, stack id) into sites and remembers each site's frames.
+/// Cached bounds: a process's known chains, a module's symbolized addresses.
+const MAX_CHAINS_PER_PROCESS: usize = 16 * 1024;
+const MAX_SYMBOLS_PER_MODULE: usize = 64 * 1024;
+/// Re-reading a process's maps because an address was in none of its modules (a library
+/// loaded since): at most this often per image, so JIT code cannot make it a per-event cost.
+const MAX_RECAPTURES: u32 = 16;
+/// Parsed modules kept (a node runs a few hundred distinct libraries), and their total size.
+const MAX_MODULES: usize = 512;
+const MAX_MODULE_BYTES: u64 = 4 << 30;
+/// Sites of stacks in no known module kept at once (their frames are bare addresses).
+const MAX_UNRESOLVED_SITES: usize = 1024;
+
+/// What is known of one process's stacks.
+#[derive(Default)]
+struct ProcessStacks {
+    image: Option<ProcessImage>,
+    unwinder: Option<ProcessUnwinder>,
+    recaptures: u32,
+    /// Frame-pointer stacks: (user stack id, kernel stack id) → site. Stack ids are never
+    /// reused for another stack (the kernel program does not pass BPF_F_REUSE_STACKID), so
+    /// the pair names one stack of one image.
+    by_stack_id: HashMap<(Option<i32>, Option<i32>), SiteId>,
+    /// Unwound stacks: hash of (addresses, kernel stack id) → those and their site. Looked
+    /// up for every event, so a hit hashes the chain once and allocates nothing.
+    by_chain: HashMap<u64, Vec<Chain>>,
+    chains: usize,
+}
+
+/// An unwound chain, the kernel stack id that came with it, and their site.
+type Chain = (Box<[u64]>, Option<i32>, SiteId);
+
+impl ProcessStacks {
+    fn chain(&self, hash: u64, addresses: &[u64], kernel: Option<i32>) -> Option<SiteId> {
+        let bucket = self.by_chain.get(&hash)?;
+        bucket.iter().find(|(a, k, _)| **a == *addresses && *k == kernel).map(|(.., site)| *site)
+    }
+
+    fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, kernel: Option<i32>, site: SiteId) {
+        if self.chains >= MAX_CHAINS_PER_PROCESS {
+            self.by_chain.clear();
+            self.chains = 0;
+        }
+        self.by_chain.entry(hash).or_default().push((addresses.into_boxed_slice(), kernel, site));
+        self.chains += 1;
+    }
+}
+
+/// A word-at-a-time hash of a chain (rustc's FxHasher step): cheap enough for every event,
+/// and a collision only costs a comparison (the bucket holds the chains themselves).
+fn chain_hash(addresses: &[u64], kernel: Option<i32>) -> u64 {
+    let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    addresses.iter().fold(step(0, kernel.map_or(u64::MAX, |k| k as u64)), |hash, a| step(hash, *a))
+}
+
+/// Counters of the stack pipeline, for the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCounts {
+    /// Unwound stacks that went on past the copied window (`--stack-window`).
+    pub truncated: u64,
+    /// Distinct user stacks in none of the process's modules (its maps were never read).
+    pub unresolved: u64,
+}
+
+/// Turns (process, captured stack) into sites and remembers each site's frames.
 pub struct StackRegistry {
     proc_root: PathBuf,
-    /// Per process: stack id → site. Stack ids are never reused for another stack (the kernel
-    /// program does not pass BPF_F_REUSE_STACKID), so the pair names one stack of one image;
-    /// an exec invalidates the process's entries.
-    by_stack: HashMap<u32, HashMap<i32, SiteId>>,
-    maps: HashMap<u32, ProcessMaps>,
+    processes: HashMap<u32, ProcessStacks>,
+    files: ModuleFiles,
+    modules: ModuleCache,
+    symbolizer: Symbolizer,
+    /// Symbols by module (the file it was parsed from) and address in it.
+    symbols: HashMap<FileKey, HashMap<u64, Arc<[Symbol]>>>,
+    kernel: HashMap<i32, Arc<[Frame]>>,
     frames: HashMap<SiteId, Arc<[Frame]>>,
+    /// Sites of unresolved stacks, oldest first (bounded: one per short-lived process).
+    unresolved: VecDeque<SiteId>,
+    unwind_cache: Box<UnwindCache>,
+    counts: StackCounts,
 }
 
 impl StackRegistry {
     pub fn new(proc_root: impl Into<PathBuf>) -> StackRegistry {
+        let proc_root = proc_root.into();
         StackRegistry {
-            proc_root: proc_root.into(),
-            by_stack: HashMap::new(),
-            maps: HashMap::new(),
+            symbolizer: Symbolizer::new(proc_root.join("kallsyms")),
+            proc_root,
+            processes: HashMap::new(),
+            files: ModuleFiles::default(),
+            modules: ModuleCache::new(MAX_MODULES, MAX_MODULE_BYTES),
+            symbols: HashMap::new(),
+            kernel: HashMap::new(),
             frames: HashMap::new(),
+            unresolved: VecDeque::new(),
+            unwind_cache: Box::new(UnwindCache::new()),
+            counts: StackCounts::default(),
         }
     }
 
-    /// The site of a descriptor opened with user stack `stack_id`. `read_stack` fetches the
-    /// stack's addresses from the kernel's stack map (only on first sight of the pair).
+    /// The site of a descriptor opened with these stacks: `sample` is the user stack of
+    /// `--stacks dwarf`; otherwise `ids.user` names a frame-pointer stack. `read_stack`
+    /// fetches a stack id's addresses from the kernel's stack map (only on first sight).
     pub fn site(
         &mut self,
         tgid: u32,
-        stack_id: Option<i32>,
-        read_stack: impl FnOnce(u32) -> Option<Vec<u64>>,
+        ids: StackIds,
+        sample: Option<&StackSample<'_>>,
+        read_stack: &dyn Fn(u32) -> Option<Vec<u64>>,
     ) -> SiteId {
-        let Some(stack_id) = stack_id.filter(|id| *id >= 0) else {
-            return SiteId::NoStack;
-        };
-        if let Some(site) = self.by_stack.get(&tgid).and_then(|m| m.get(&stack_id)) {
-            return *site;
-        }
-        let site = match read_stack(stack_id as u32) {
-            Some(addresses) if !addresses.is_empty() => {
-                let frames = self.resolve(tgid, &addresses);
-                let site = site_id(&frames);
-                self.frames.entry(site).or_insert_with(|| frames.into());
-                site
+        let kernel_id = ids.kernel.filter(|id| *id >= 0);
+        let user_id = ids.user.filter(|id| *id >= 0);
+        let user = match sample {
+            Some(sample) => {
+                let mut addresses = self.unwind(tgid, sample);
+                if let Some(site) =
+                    self.process(tgid).chain(chain_hash(&addresses, kernel_id), &addresses, kernel_id)
+                {
+                    return site;
+                }
+                // A new chain: make sure every module in it is known (a library loaded since
+                // the maps were read would have been unwound by frame pointer, wrongly).
+                if self.refresh_if_uncovered(tgid, &addresses) {
+                    addresses = self.unwind(tgid, sample);
+                }
+                Some(addresses)
             }
-            _ => SiteId::NoStack,
+            None => {
+                if let Some(site) = self.process(tgid).by_stack_id.get(&(user_id, kernel_id)) {
+                    return *site;
+                }
+                let addresses = user_id.and_then(|id| read_stack(id as u32));
+                if let Some(addresses) = &addresses {
+                    self.refresh_if_uncovered(tgid, addresses);
+                }
+                addresses
+            }
         };
-        self.by_stack.entry(tgid).or_default().insert(stack_id, site);
+        let mut frames: Vec<Frame> =
+            kernel_id.map(|id| self.kernel_frames(id, read_stack).to_vec()).unwrap_or_default();
+        let mut unresolved = false;
+        if let Some(addresses) = &user {
+            let user_frames = self.user_frames(tgid, addresses);
+            // In no module: the process was gone before its maps could be read (an exec
+            // followed by a quick exit). Its bare addresses still tell its chains apart, but
+            // make a new site per process (ASLR): such sites are kept in a bounded number.
+            unresolved = !user_frames.is_empty() && user_frames.iter().all(|f| f.module.is_none());
+            frames.extend(user_frames);
+        }
+        let site = if frames.is_empty() { SiteId::NoStack } else { site_id(&frames) };
+        if site != SiteId::NoStack && !self.frames.contains_key(&site) {
+            self.frames.insert(site, frames.into());
+            if unresolved {
+                self.counts.unresolved += 1;
+                self.unresolved.push_back(site);
+                if self.unresolved.len() > MAX_UNRESOLVED_SITES {
+                    let oldest = self.unresolved.pop_front().expect("not empty");
+                    self.frames.remove(&oldest);
+                }
+            }
+        }
+        let process = self.process(tgid);
+        match (sample, user) {
+            (Some(_), Some(addresses)) => {
+                process.remember_chain(chain_hash(&addresses, kernel_id), addresses, kernel_id, site)
+            }
+            _ => {
+                process.by_stack_id.insert((user_id, kernel_id), site);
+            }
+        }
         site
     }
 
@@ -224,99 +449,328 @@ impl StackRegistry {
         self.frames.len()
     }
 
-    /// Read a process's maps now, while it is alive (called when a process starts or exec's,
-    /// so that a process which exits before its events are read still resolves).
+    pub fn counts(&self) -> StackCounts {
+        self.counts
+    }
+
+    /// Read a process's maps and take a handle on its modules now, while it is alive (called
+    /// at its first sight and at exec, so that a process which exits before its events are
+    /// read still resolves).
     pub fn capture_maps(&mut self, tgid: u32) {
-        if let Some(maps) = ProcessMaps::read(&self.proc_root, tgid) {
-            self.maps.insert(tgid, maps);
+        if let Some(image) = self.files.capture(&self.proc_root, tgid) {
+            let process = self.process(tgid);
+            process.image = Some(image);
+            process.unwinder = None;
         }
     }
 
-    /// A forked child runs its parent's image until it execs: same maps.
+    /// A forked child runs its parent's image until it execs.
     pub fn inherit_maps(&mut self, parent: u32, child: u32) {
-        if let Some(maps) = self.maps.get(&parent).cloned() {
-            self.maps.insert(child, maps);
-        }
+        let Some(image) = self.processes.get(&parent).and_then(|p| p.image.clone()) else { return };
+        let unwinder = self.processes.get(&parent).and_then(|p| p.unwinder.clone());
+        self.processes.insert(child, ProcessStacks { image: Some(image), unwinder, ..Default::default() });
     }
 
     /// The process image changed (exec) or the process is gone (exit).
     pub fn forget(&mut self, tgid: u32) {
-        self.by_stack.remove(&tgid);
-        self.maps.remove(&tgid);
+        self.processes.remove(&tgid);
     }
 
-    fn resolve(&mut self, tgid: u32, addresses: &[u64]) -> Vec<Frame> {
-        let covered = |maps: &ProcessMaps| addresses.iter().all(|a| maps.lookup(*a).is_some());
-        // Maps change (dlopen, JIT); re-read once when an address is not covered.
-        if !self.maps.get(&tgid).is_some_and(covered) {
+    fn process(&mut self, tgid: u32) -> &mut ProcessStacks {
+        self.processes.entry(tgid).or_default()
+    }
+
+    /// The parsed module of `file`; what was derived from modules the cache let go is dropped.
+    fn loaded(&mut self, file: &Arc<crate::modules::ModuleFile>) -> Option<Arc<LoadedModule>> {
+        let mut evicted = Vec::new();
+        let loaded = self.modules.get(file, &mut evicted);
+        for old in evicted {
+            self.symbolizer.forget(&old);
+            self.symbols.remove(&old.file.key);
+        }
+        match loaded {
+            Ok(loaded) => Some(loaded),
+            Err(err) => {
+                log::debug!("{err}");
+                None
+            }
+        }
+    }
+
+    /// Unwind a captured user stack with the process's modules; addresses innermost first.
+    fn unwind(&mut self, tgid: u32, sample: &StackSample<'_>) -> Vec<u64> {
+        if self.process(tgid).image.is_none() {
+            // First sight of this process.
             self.capture_maps(tgid);
         }
-        let empty = ProcessMaps::default();
-        resolve_frames(addresses, self.maps.get(&tgid).unwrap_or(&empty))
+        let unwound = self.unwind_with_image(tgid, sample);
+        if unwound.truncated {
+            self.counts.truncated += 1;
+        }
+        unwound.addresses
     }
+
+    /// Read the maps again when an address lies in none of the process's modules (first sight,
+    /// or a library loaded since); true when they were.
+    fn refresh_if_uncovered(&mut self, tgid: u32, addresses: &[u64]) -> bool {
+        let process = self.process(tgid);
+        let covered =
+            process.image.as_ref().is_some_and(|image| image.maps.covers(&lookup_addresses(addresses)));
+        if covered || (process.image.is_some() && process.recaptures >= MAX_RECAPTURES) {
+            return false;
+        }
+        process.recaptures += 1;
+        self.capture_maps(tgid);
+        true
+    }
+
+    fn unwind_with_image(&mut self, tgid: u32, sample: &StackSample<'_>) -> crate::unwind::Unwound {
+        if self.process(tgid).unwinder.is_none() {
+            let modules = self.process(tgid).image.as_ref().map(|i| i.modules.clone()).unwrap_or_default();
+            let mut unwinder = ProcessUnwinder::default();
+            for module in &modules {
+                if let Some(loaded) = self.loaded(&module.file) {
+                    unwinder.add(module, &loaded);
+                }
+            }
+            self.process(tgid).unwinder = Some(unwinder);
+        }
+        let process = self.processes.get(&tgid).expect("created above");
+        process.unwinder.as_ref().expect("built above").unwind(sample, &mut self.unwind_cache)
+    }
+
+    /// Frames of user addresses (the instruction pointer, then return addresses).
+    fn user_frames(&mut self, tgid: u32, addresses: &[u64]) -> Vec<Frame> {
+        let image = self.process(tgid).image.clone().unwrap_or_default();
+        let mut frames = Vec::with_capacity(addresses.len());
+        for (address, lookup) in addresses.iter().zip(lookup_addresses(addresses)) {
+            let Some(mapping) = image.maps.lookup(lookup) else {
+                frames.push(Frame::native(*address, None, None));
+                continue;
+            };
+            let offset = address.wrapping_sub(mapping.start).wrapping_add(mapping.file_offset);
+            let lookup_offset = lookup - mapping.start + mapping.file_offset;
+            let symbols = match image.module_of(lookup) {
+                Some(module) => self.symbols(&module.file, lookup_offset),
+                None => Arc::from([]),
+            };
+            let native = Frame::native(*address, Some(mapping.path.clone()), Some(offset));
+            if symbols.is_empty() {
+                frames.push(native);
+                continue;
+            }
+            for symbol in symbols.iter() {
+                frames.push(Frame {
+                    symbol: Some(symbol.name.to_string()),
+                    file: symbol.file.as_deref().map(str::to_string),
+                    line: symbol.line,
+                    symbol_offset: symbol.offset,
+                    inlined: symbol.inlined,
+                    ..native.clone()
+                });
+            }
+        }
+        frames
+    }
+
+    /// The functions at a file offset of a module (cached per module).
+    fn symbols(&mut self, file: &Arc<crate::modules::ModuleFile>, file_offset: u64) -> Arc<[Symbol]> {
+        let Some(loaded) = self.loaded(file) else { return Arc::from([]) };
+        let Some(svma) = loaded.svma_of_offset(file_offset) else { return Arc::from([]) };
+        let cache = self.symbols.entry(loaded.file.key).or_default();
+        if let Some(symbols) = cache.get(&svma) {
+            return symbols.clone();
+        }
+        if cache.len() >= MAX_SYMBOLS_PER_MODULE {
+            cache.clear();
+        }
+        let symbols: Arc<[Symbol]> = self.symbolizer.module_symbols(&loaded, svma).into();
+        self.symbols.entry(loaded.file.key).or_default().insert(svma, symbols.clone());
+        symbols
+    }
+
+    /// The frames of a kernel stack id (cached: kernel stacks are the same for every process).
+    fn kernel_frames(&mut self, id: i32, read_stack: &dyn Fn(u32) -> Option<Vec<u64>>) -> Arc<[Frame]> {
+        if let Some(frames) = self.kernel.get(&id) {
+            return frames.clone();
+        }
+        let addresses = read_stack(id as u32).unwrap_or_default();
+        let frames: Arc<[Frame]> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                // The first is where the program (the tracepoint) is; the others return
+                // addresses (see lookup_addresses).
+                let lookup = if i == 0 { *address } else { address - 1 };
+                let symbol = self.symbolizer.kernel_symbol(lookup);
+                Frame {
+                    symbol: symbol.as_ref().map(|s| s.name.to_string()),
+                    symbol_offset: symbol.as_ref().and_then(|s| s.offset.map(|o| o + (address - lookup))),
+                    language: Language::Kernel,
+                    ..Frame::native(*address, None, None)
+                }
+            })
+            .collect();
+        self.kernel.insert(id, frames.clone());
+        frames
+    }
+}
+
+/// The address to look each user frame up at. Every one is just after an instruction: the
+/// syscall (the instruction pointer the kernel saved), then the calls (return addresses), and
+/// the next instruction may already be another line or function (a call to a noreturn
+/// function ending its caller), so look at the byte before.
+fn lookup_addresses(addresses: &[u64]) -> Vec<u64> {
+    addresses.iter().map(|a| a.saturating_sub(1)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MAPS: &str = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1234   /usr/bin/leaky app
-55d0c0a01000-55d0c0a02000 r-xp 00001000 fd:01 1234   /usr/bin/leaky app
-7f3a12000000-7f3a12028000 r--p 00000000 fd:01 99     /usr/lib/x86_64-linux-gnu/libc.so.6
-7f3a12028000-7f3a121bd000 r-xp 00028000 fd:01 99     /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd4e9f0000-7ffd4ea11000 rw-p 00000000 00:00 0      [stack]
-7ffd4ea8e000-7ffd4ea90000 r-xp 00000000 00:00 0      [vdso]
-";
+    fn native(symbol: Option<&str>, module: &str, offset: u64) -> Frame {
+        Frame {
+            symbol: symbol.map(str::to_string),
+            symbol_offset: symbol.map(|_| 0x10),
+            ..Frame::native(0x7f00_0000_0000 + offset, Some(Arc::from(module)), Some(offset))
+        }
+    }
 
-    #[test]
-    fn parses_file_backed_mappings_with_spaces() {
-        let maps = ProcessMaps::parse(MAPS);
-        let m = maps.lookup(0x55d0c0a01010).unwrap();
-        assert_eq!(&*m.path, "/usr/bin/leaky app");
-        assert_eq!(m.file_offset, 0x1000);
-        assert!(maps.lookup(0x7ffd4e9f0100).is_none(), "anonymous mappings are not modules");
-        assert!(maps.lookup(0x10).is_none());
-        assert!(maps.lookup(0x7f3a121bd000).is_none(), "end is exclusive");
+    fn located(symbol: &str, module: &str, file: &str, line: u32) -> Frame {
+        Frame { file: Some(file.to_string()), line: Some(line), ..native(Some(symbol), module, 0x1234) }
+    }
+
+    fn kernel(symbol: &str) -> Frame {
+        Frame { language: Language::Kernel, module: None, offset: None, ..native(Some(symbol), "", 0) }
     }
 
     #[test]
-    fn frames_carry_module_and_file_offset() {
-        let maps = ProcessMaps::parse(MAPS);
-        let frames = resolve_frames(&[0x7f3a12030010, 0x1234], &maps);
-        assert_eq!(frames[0].module.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
-        assert_eq!(frames[0].offset, Some(0x30010));
-        assert_eq!(frames[0].describe(), "/usr/lib/x86_64-linux-gnu/libc.so.6+0x30010");
-        assert_eq!(frames[1].module, None);
-        assert_eq!(frames[1].describe(), "0x1234");
+    fn the_telling_frame_is_past_kernel_libc_and_runtimes() {
+        let frames = vec![
+            kernel("do_syscall_64"),
+            native(Some("__libc_open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x114f10),
+            native(Some("std::fs::OpenOptions::_open"), "/srv/app/server", 0x4000),
+            located("leak_socket", "/srv/app/server", "/src/app.c", 14),
+            located("main", "/srv/app/server", "/src/app.c", 40),
+        ];
+        let telling = telling_frame(&frames).unwrap();
+        assert_eq!(telling.symbol.as_deref(), Some("leak_socket"));
+        assert_eq!(frame_label(telling), "leak_socket (app.c:14)");
+        assert_eq!(site_label(&frames).as_deref(), Some("leak_socket (app.c:14)"));
+        // A static binary's own copy of the wrapper is plumbing too.
+        let static_libc = vec![
+            native(Some("open64"), "/srv/app/static", 0x10),
+            native(Some("handler"), "/srv/app/static", 0x20),
+        ];
+        assert_eq!(telling_frame(&static_libc).unwrap().symbol.as_deref(), Some("handler"));
+        // Stripped application code: named by module and offset.
+        let stripped =
+            vec![native(Some("open64"), "/lib/libc.so.6", 0x10), native(None, "/srv/app/stripped", 0x1189)];
+        assert_eq!(frame_label(telling_frame(&stripped).unwrap()), "stripped+0x1189");
+        // Only plumbing: the innermost user frame; only kernel frames, or none: nothing.
+        let plumbing = vec![kernel("x"), native(Some("__libc_open64"), "/lib/libc.so.6", 0x10)];
+        assert_eq!(telling_frame(&plumbing).unwrap().symbol.as_deref(), Some("__libc_open64"));
+        assert!(telling_frame(&[kernel("x")]).is_none());
+        assert!(telling_frame(&[]).is_none());
     }
 
     #[test]
-    fn site_ids_ignore_aslr() {
-        let shifted = MAPS.replace("7f3a12", "7f11aa");
-        let a = resolve_frames(&[0x7f3a12030010, 0x55d0c0a01010], &ProcessMaps::parse(MAPS));
-        let b = resolve_frames(&[0x7f11aa030010, 0x55d0c0a01010], &ProcessMaps::parse(&shifted));
-        assert_eq!(site_id(&a), site_id(&b));
-        let other = resolve_frames(&[0x7f3a12030018, 0x55d0c0a01010], &ProcessMaps::parse(MAPS));
+    fn python_frames_past_the_standard_library() {
+        let py = |symbol: &str, file: &str, line| Frame {
+            language: Language::Python,
+            module: None,
+            offset: None,
+            address: None,
+            symbol_offset: None,
+            ..located(symbol, "", file, line)
+        };
+        let frames = vec![
+            native(Some("__libc_accept4"), "/lib/libc.so.6", 1),
+            native(Some("sock_accept"), "/usr/lib/python3.11/lib-dynload/_socket.so", 2),
+            py("socket.accept", "/usr/lib/python3.11/socket.py", 294),
+            py("UnitTrackingWSHandler.on_connect", "/srv/heliosops/geo.py", 27),
+        ];
+        assert_eq!(
+            frame_label(telling_frame(&frames).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
+        let vendored = py("Client.connect", "/usr/lib/python3/dist-packages/redis/client.py", 5);
+        assert!(!is_runtime(&vendored), "installed packages are application code");
+    }
+
+    #[test]
+    fn labels_of_every_kind_of_frame() {
+        assert_eq!(frame_label(&native(Some("open64"), "/lib/libc.so.6", 1)), "open64 (libc.so.6)");
+        assert_eq!(frame_label(&Frame::native(0x1234, None, None)), "0x1234");
+        assert_eq!(frame_label(&kernel("do_sys_openat2")), "do_sys_openat2");
+        let inlined = Frame { inlined: true, ..located("raw_openat", "/a/b", "/src/x.c", 3) };
+        assert_eq!(inlined.describe(), "raw_openat (/src/x.c:3) [inlined]");
+    }
+
+    #[test]
+    fn site_ids_hash_functions_and_offsets_not_addresses() {
+        let a = vec![
+            native(Some("open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x100),
+            located("leak_fn", "/opt/app", "a.c", 3),
+        ];
+        // The same code elsewhere in memory (ASLR), in a container's copy at another path,
+        // even rebuilt with other code around it (other file offsets): the same site.
+        let moved: Vec<Frame> = a
+            .iter()
+            .map(|f| Frame {
+                address: f.address.map(|x| x + 0x5000_0000),
+                offset: f.offset.map(|x| x + 0x40),
+                module: f
+                    .module
+                    .as_deref()
+                    .map(|m| Arc::from(m.replace("/usr/lib/x86_64-linux-gnu", "/lib"))),
+                ..f.clone()
+            })
+            .collect();
+        assert_eq!(site_id(&a), site_id(&moved));
+        // Another place in the function is another site.
+        let mut other = a.clone();
+        other[1].symbol_offset = Some(0x18);
         assert_ne!(site_id(&a), site_id(&other));
+        // Inlined frames follow from their address and change nothing.
+        let mut with_inlined = a.clone();
+        with_inlined.insert(
+            1,
+            Frame { inlined: true, symbol_offset: None, ..located("helper", "/opt/app", "a.c", 9) },
+        );
+        assert_eq!(site_id(&a), site_id(&with_inlined));
+        // Without symbols, the module and file offset: stable too, different per offset.
+        let stripped = vec![native(None, "/opt/app", 0x1189)];
+        let stripped_moved = vec![Frame { address: Some(1), ..native(None, "/other/app", 0x1189) }];
+        assert_eq!(site_id(&stripped), site_id(&stripped_moved));
+        assert_ne!(site_id(&stripped), site_id(&[native(None, "/opt/app", 0x118a)]));
+        // Kernel frames take part (a site is its whole stack).
+        let mut with_kernel = a.clone();
+        with_kernel.insert(0, kernel("do_syscall_64"));
+        assert_ne!(site_id(&a), site_id(&with_kernel));
     }
 
     #[test]
     fn frames_serialize_as_the_report_contract() {
-        let frames = resolve_frames(&[0x7f3a12030010], &ProcessMaps::parse(MAPS));
-        let json = serde_json::to_value(&frames[0]).unwrap();
+        let frame = located("leak_fn", "/opt/app", "/src/a.c", 3);
+        let json = serde_json::to_value(&frame).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
-                "symbol": null, "file": null, "line": null,
-                "module": "/usr/lib/x86_64-linux-gnu/libc.so.6",
-                "address": "0x7f3a12030010", "offset": "0x30010", "language": "native"
+                "symbol": "leak_fn", "file": "/src/a.c", "line": 3, "module": "/opt/app",
+                "address": "0x7f0000001234", "offset": "0x1234", "symbol_offset": "0x10",
+                "inlined": false, "language": "native"
             })
         );
+        assert_eq!(serde_json::to_value(kernel("x")).unwrap()["language"], "kernel");
     }
 
     #[test]
     fn registry_caches_per_process_and_forgets_on_exec() {
+        const MAPS: &str =
+            "7f3a12000000-7f3a12028000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f3a12028000-7f3a121bd000 r-xp 00028000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+";
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("42")).unwrap();
         std::fs::write(dir.path().join("42/maps"), MAPS).unwrap();
@@ -324,17 +778,90 @@ mod tests {
         let reads = std::cell::Cell::new(0);
         let read = |_: u32| {
             reads.set(reads.get() + 1);
-            Some(vec![0x7f3a12030010, 0x55d0c0a01010])
+            Some(vec![0x7f3a12030010, 0x1234])
         };
-        let site = registry.site(42, Some(3), read);
+        let ids = StackIds { user: Some(3), kernel: None };
+        let site = registry.site(42, ids, None, &read);
         assert!(matches!(site, SiteId::Stack(_)));
-        assert_eq!(registry.site(42, Some(3), read), site);
+        assert_eq!(registry.site(42, ids, None, &read), site);
         assert_eq!(reads.get(), 1, "the kernel map is read once per (process, stack id)");
-        assert_eq!(registry.frames(site).unwrap().len(), 2);
+        let frames = registry.frames(site).unwrap();
+        // The file is not openable here: named by module and file offset, unknowns are null.
+        assert_eq!(frames[0].module.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!((frames[0].offset, frames[0].symbol.as_deref()), (Some(0x30010), None));
+        assert_eq!((frames[1].module.as_deref(), frames[1].address), (None, Some(0x1234)));
         registry.forget(42);
-        registry.site(42, Some(3), read);
+        registry.site(42, ids, None, &read);
         assert_eq!(reads.get(), 2);
-        assert_eq!(registry.site(42, None, read), SiteId::NoStack);
-        assert_eq!(registry.site(42, Some(-17), read), SiteId::NoStack);
+        assert_eq!(registry.site(42, StackIds::default(), None, &read), SiteId::NoStack);
+        assert_eq!(
+            registry.site(42, StackIds { user: Some(-17), kernel: None }, None, &read),
+            SiteId::NoStack
+        );
+        assert_eq!(registry.site_count(), 1);
+        // A process whose maps were never read (gone already): bare addresses, counted, and
+        // only so many such sites are kept (each short-lived process would add its own).
+        let gone = registry.site(43, ids, None, &read);
+        assert!(matches!(gone, SiteId::Stack(_)));
+        assert!(registry.frames(gone).unwrap().iter().all(|f| f.module.is_none()));
+        assert_eq!((registry.counts().unresolved, registry.site_count()), (1, 2));
+        for pid in 0..MAX_UNRESOLVED_SITES as u32 + 10 {
+            let address = 0x1000 + u64::from(pid);
+            registry.site(1000 + pid, ids, None, &|_| Some(vec![address]));
+        }
+        assert_eq!(registry.site_count(), 1 + MAX_UNRESOLVED_SITES);
+        assert!(registry.frames(gone).is_none(), "the oldest went first");
+        assert!(registry.frames(site).is_some(), "resolved sites stay");
+    }
+
+    /// The whole path on the captured sample (tests/data/unwind): a procfs of one process whose
+    /// maps and map_files are the capture's, registers and stack as the kernel sends them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_captured_sample_becomes_a_named_site() {
+        use crate::unwind::tests::{captured, data};
+
+        let captured = captured("sample");
+        let procfs = tempfile::tempdir().unwrap();
+        let pid = 4242u32;
+        std::fs::create_dir_all(procfs.path().join(format!("{pid}/map_files"))).unwrap();
+        let maps = std::fs::read_to_string(data("maps.txt")).unwrap();
+        std::fs::write(
+            procfs.path().join(format!("{pid}/maps")),
+            maps.replace("@SAMPLE@", "/opt/app/sample"),
+        )
+        .unwrap();
+        let first = captured.maps.mappings().iter().find(|m| m.path.ends_with("sample")).unwrap();
+        let link = procfs.path().join(format!("{pid}/map_files/{:x}-{:x}", first.start, first.end));
+        std::os::unix::fs::symlink(data("sample"), link).unwrap();
+
+        let mut registry = StackRegistry::new(procfs.path());
+        registry.capture_maps(pid);
+        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let no_stack_map = |_: u32| -> Option<Vec<u64>> { panic!("dwarf stacks need no stack map") };
+        let site = registry.site(pid, StackIds::default(), Some(&sample), &no_stack_map);
+        let frames = registry.frames(site).unwrap().clone();
+        let named: Vec<&str> =
+            frames.iter().filter(|f| !f.inlined).filter_map(|f| f.symbol.as_deref()).collect();
+        assert_eq!(named[..4], ["leak_fn", "handler", "loop", "main"], "{frames:#?}");
+        assert_eq!(frames[0].symbol.as_deref(), Some("raw_openat"));
+        assert!(frames[0].inlined);
+        assert_eq!(frames[0].module.as_deref(), Some("/opt/app/sample"), "named as the process names it");
+        // The innermost code of the application is raw_openat's, inlined into leak_fn.
+        assert_eq!(
+            site_label(&frames).unwrap(),
+            format!("raw_openat (sample.c:{})", frames[0].line.unwrap())
+        );
+        // Again, and after the process is gone (its maps, files and procfs entry with it):
+        // the same site, from the cache and from the files held since first sight.
+        assert_eq!(registry.site(pid, StackIds::default(), Some(&sample), &no_stack_map), site);
+        std::fs::remove_dir_all(procfs.path().join(pid.to_string())).unwrap();
+        registry.inherit_maps(pid, pid + 1);
+        assert_eq!(registry.site(pid + 1, StackIds::default(), Some(&sample), &no_stack_map), site);
+        assert_eq!(registry.counts().truncated, 0);
+        let cut = StackSample { stack: &captured.stack[..24], ..sample };
+        let short = registry.site(pid + 1, StackIds::default(), Some(&cut), &no_stack_map);
+        assert_ne!(short, site);
+        assert_eq!(registry.counts().truncated, 1);
     }
 }

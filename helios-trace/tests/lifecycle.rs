@@ -181,8 +181,17 @@ fn lost_events_are_counted_and_reconciliation_restores_the_table() {
     }
     let mut w = Workload::spawn();
     let pid = w.pid;
-    let mut tracer =
-        Tracer::start(&["--pid", &pid.to_string(), "--ring-buffer-size", "4K", "--reconcile-interval", "1s"]);
+    // Frame-pointer stacks keep records small (a --stacks dwarf record is larger than the page).
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--ring-buffer-size",
+        "4K",
+        "--stacks",
+        "fp",
+        "--reconcile-interval",
+        "1s",
+    ]);
     // A one-page ring buffer holds 9 records. While the tracer is stopped (a stalled reader),
     // a burst of opens and then of closes overflows it: both kinds of events are lost.
     let fds = w.run("files 20");

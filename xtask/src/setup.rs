@@ -22,8 +22,10 @@ const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the test suite uses: real Prometheus (promtool too), podman for the image
-/// build, gcc for the C workloads, tmux for the live-view test, bpftrace for the benchmark peer.
-const TEST_PACKAGES: &[&str] = &["prometheus", "podman", "gcc", "tmux", "bpftrace", "python3-venv"];
+/// build, gcc for the C workloads (binutils' strip for the stripped one), tmux for the
+/// live-view test, bpftrace for the benchmark peer.
+const TEST_PACKAGES: &[&str] =
+    &["prometheus", "podman", "gcc", "binutils", "tmux", "bpftrace", "python3-venv"];
 
 pub fn ensure(for_tests: bool) -> Result<()> {
     let mut apt = Apt::default();

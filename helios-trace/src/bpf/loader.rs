@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::TracePoint,
 };
-use helios_trace_common::{counter, spec};
+use helios_trace_common::{counter, spec, stack_mode};
 use log::{info, warn};
 
 use super::checks;
@@ -31,7 +31,10 @@ const REQUIRED_SYSCALLS: [&str; 3] = ["openat", "socket", "close"];
 pub struct TraceConfig {
     /// Only these processes (and children they fork later); empty: every process.
     pub targets: Vec<u32>,
-    pub user_stacks: bool,
+    /// How to capture user stacks: `helios_trace_common::stack_mode`.
+    pub user_stack_mode: u32,
+    /// Bytes of user stack per call in `stack_mode::DWARF`.
+    pub stack_window: u32,
     pub kernel_stacks: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
@@ -57,6 +60,7 @@ pub struct KernelCounters {
     pub ringbuf_full: u64,
     pub stack_collisions: u64,
     pub stack_errors: u64,
+    pub user_stack_unreadable: u64,
     pub path_unreadable: u64,
     pub in_flight_full: u64,
 }
@@ -98,12 +102,12 @@ impl Tracer {
 
         let tracer_tgid = std::process::id();
         let filter = u32::from(!config.targets.is_empty());
-        let user_stacks = u32::from(config.user_stacks);
         let kernel_stacks = u32::from(config.kernel_stacks);
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tracer_tgid, true)
             .override_global("FILTER_TARGETS", &filter, true)
-            .override_global("CAPTURE_USER_STACKS", &user_stacks, true)
+            .override_global("CAPTURE_USER_STACKS", &config.user_stack_mode, true)
+            .override_global("STACK_WINDOW", &config.stack_window, true)
             .override_global("CAPTURE_KERNEL_STACKS", &kernel_stacks, true)
             .override_global("WAKEUP_BYTES", &config.wakeup_bytes, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead_offset, true)
@@ -138,8 +142,8 @@ impl Tracer {
             }
             attach(&mut ebpf, "fd_syscall_enter", "syscalls", &enter, &mut attached)?;
             attach(&mut ebpf, "fd_syscall_exit", "syscalls", &exit, &mut attached)?;
-            let call_spec =
-                if config.user_stacks || config.kernel_stacks { call_spec } else { call_spec & !spec::STACK };
+            let stacks = config.user_stack_mode != stack_mode::NONE || config.kernel_stacks;
+            let call_spec = if stacks { call_spec } else { call_spec & !spec::STACK };
             specs.push((nr, call, call_spec));
         }
         load_program(&mut ebpf, "close_enter")?;
@@ -188,6 +192,7 @@ impl Tracer {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             stack_collisions: sum(counter::STACK_COLLISION),
             stack_errors: sum(counter::STACK_ERROR),
+            user_stack_unreadable: sum(counter::USER_STACK_UNREADABLE),
             path_unreadable: sum(counter::PATH_UNREADABLE),
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
         }

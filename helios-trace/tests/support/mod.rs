@@ -83,20 +83,33 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn() -> Workload {
-        Workload::spawn_command(Command::new(fdwork_bin()))
+        Workload::spawn_program(fdwork_bin())
+    }
+
+    /// Start `program`, a workload that speaks fdwork's protocol ("ready", then one "ok ..."
+    /// line per command), with a scratch directory as its argument.
+    pub fn spawn_program(program: &Path) -> Workload {
+        Workload::spawn_command(Command::new(program))
     }
 
     /// A workload speaking fdwork's protocol, started by `command` with the scratch directory
     /// as its last argument.
     pub fn spawn_command(mut command: Command) -> Workload {
         let scratch = tempfile::tempdir_in(scratch_root()).unwrap();
-        let mut child = command
-            .arg(scratch.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the workload starts");
+        command.arg(scratch.path()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // A program written just now may still be open for writing in a child another test
+        // thread forked meanwhile (until that child execs): ETXTBSY, which passes.
+        let mut child = command.spawn();
+        for _ in 0..50 {
+            match &child {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    child = command.spawn();
+                }
+                _ => break,
+            }
+        }
+        let mut child = child.unwrap_or_else(|e| panic!("{command:?} starts: {e}"));
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();

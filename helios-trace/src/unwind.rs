@@ -1,0 +1,279 @@
+//! DWARF unwinding of captured user stacks (`--stacks dwarf`) with framehop: the kernel
+//! program copied the user registers and a window of the stack at the syscall
+//! (helios_trace_common::UserStack); the modules' `.eh_frame` CFI (or `.debug_frame`) says
+//! where each frame keeps its return address, so the chain is recovered without frame
+//! pointers, which glibc's wrappers and `-O2` code do not keep.
+use std::ops::Range;
+
+use framehop::{
+    CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
+    Module, Unwinder as _, UnwinderNative,
+};
+use helios_trace_common::{USER_REGS_WORDS, user_stack_flags};
+
+use crate::modules::{LoadedModule, ProcessModule, SectionBytes};
+
+/// Frames beyond this many are not followed (recursion, or a corrupt stack).
+pub const MAX_FRAMES: usize = 128;
+
+/// The user state of a thread at a syscall, as the kernel program captured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSample<'a> {
+    pub regs: [u64; USER_REGS_WORDS],
+    /// The stack from `sp()` upward.
+    pub stack: &'a [u8],
+    /// helios_trace_common::user_stack_flags.
+    pub flags: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    use framehop::x86_64::UnwindRegsX86_64;
+    use helios_trace_common::regs_x86_64 as regs;
+
+    pub fn sp(r: &[u64]) -> u64 {
+        r[regs::SP]
+    }
+    pub fn pc(r: &[u64]) -> u64 {
+        r[regs::IP]
+    }
+    pub fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
+        UnwindRegsX86_64::new(r[regs::IP], r[regs::SP], r[regs::BP])
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    use framehop::aarch64::UnwindRegsAarch64;
+    use helios_trace_common::regs_aarch64 as regs;
+
+    pub fn sp(r: &[u64]) -> u64 {
+        r[regs::SP]
+    }
+    pub fn pc(r: &[u64]) -> u64 {
+        r[regs::PC]
+    }
+    pub fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
+        UnwindRegsAarch64::new(r[regs::LR], r[regs::SP], r[regs::FP])
+    }
+}
+
+impl StackSample<'_> {
+    pub fn sp(&self) -> u64 {
+        arch::sp(&self.regs)
+    }
+
+    /// The user instruction pointer: just after the syscall instruction.
+    pub fn pc(&self) -> u64 {
+        arch::pc(&self.regs)
+    }
+
+    /// The 8 bytes of stack at `address`, if the window holds them.
+    fn read(&self, address: u64) -> Result<u64, ()> {
+        let start = usize::try_from(address.checked_sub(self.sp()).ok_or(())?).map_err(|_| ())?;
+        let bytes = self.stack.get(start..start.checked_add(8).ok_or(())?).ok_or(())?;
+        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    }
+
+    /// Whether a read at `address` failed because the window was too small (rather than
+    /// because the stack ended before it, or the unwinder went astray below sp).
+    fn beyond_window(&self, address: u64) -> bool {
+        self.flags & user_stack_flags::SHORT == 0
+            && address >= self.sp().saturating_add(self.stack.len() as u64)
+    }
+}
+
+/// A recovered call chain: the instruction pointer, then return addresses, innermost first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unwound {
+    pub addresses: Vec<u64>,
+    /// The chain goes on past the copied window (`--stack-window` too small for this stack).
+    pub truncated: bool,
+}
+
+/// framehop's rule cache, shared by every process (its keys carry a module generation).
+pub type UnwindCache = CacheNative<MayAllocateDuringUnwind>;
+
+/// The unwinder of one process image: its modules at their addresses.
+#[derive(Clone, Default)]
+pub struct ProcessUnwinder {
+    unwinder: UnwinderNative<SectionBytes, MayAllocateDuringUnwind>,
+}
+
+impl ProcessUnwinder {
+    /// Place `loaded`'s unwind information where the process maps it; false when the file
+    /// does not map there as its program headers say (then frames in it unwind by frame
+    /// pointer, framehop's fallback).
+    pub fn add(&mut self, module: &ProcessModule, loaded: &LoadedModule) -> bool {
+        let Some(bias) = loaded.bias(module.text) else { return false };
+        let sections = &loaded.unwind;
+        let info = ExplicitModuleSectionInfo {
+            // ELF states addresses absolutely (base 0).
+            base_svma: 0,
+            text_svma: sections.text.clone(),
+            // Only mach-O needs the code bytes (prologue analysis); ELF CFI covers every instruction.
+            text: None,
+            stubs_svma: None,
+            stub_helper_svma: None,
+            got_svma: sections.got.clone(),
+            unwind_info: None,
+            eh_frame_svma: sections.eh_frame.as_ref().map(|s| s.svma.clone()),
+            eh_frame: sections.eh_frame.as_ref().map(|s| s.bytes.clone()),
+            eh_frame_hdr_svma: sections.eh_frame_hdr.as_ref().map(|s| s.svma.clone()),
+            eh_frame_hdr: sections.eh_frame_hdr.as_ref().map(|s| s.bytes.clone()),
+            debug_frame: sections.debug_frame.as_ref().map(|s| s.bytes.clone()),
+            text_segment_svma: None,
+            text_segment: None,
+        };
+        let range: Range<u64> = module.range.clone();
+        self.unwinder.add_module(Module::new(module.file.path.to_string(), range, bias, info));
+        true
+    }
+
+    pub fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {
+        let mut read_stack = |address| sample.read(address);
+        let mut frames =
+            self.unwinder.iter_frames(sample.pc(), arch::unwind_regs(&sample.regs), cache, &mut read_stack);
+        let mut unwound = Unwound::default();
+        while unwound.addresses.len() < MAX_FRAMES {
+            match frames.next() {
+                Ok(Some(frame)) => unwound.addresses.push(address(frame)),
+                Ok(None) => break,
+                Err(FramehopError::CouldNotReadStack(at)) => {
+                    unwound.truncated = sample.beyond_window(at);
+                    break;
+                }
+                // The chain ran into something framehop cannot follow; what came before stands.
+                Err(_) => break,
+            }
+        }
+        unwound
+    }
+}
+
+fn address(frame: FrameAddress) -> u64 {
+    frame.address()
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) mod tests {
+    //! On a real sample: tests/data/unwind holds registers and stack bytes of `sample` (built
+    //! -O2 -fomit-frame-pointer -g) captured at its openat syscall, and the binary itself.
+    //! tests/data/unwind/generate.sh regenerates all of it.
+    use std::{fs::File, path::PathBuf, sync::Arc};
+
+    use helios_trace_common::regs_x86_64;
+
+    use super::*;
+    use crate::modules::{ModuleFile, ProcessImage, ProcessMaps};
+
+    pub fn data(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/unwind").join(name)
+    }
+
+    /// The captured sample: registers, stack bytes, and the maps with the binary's path
+    /// rewritten to `binary` in tests/data.
+    pub struct Captured {
+        pub regs: [u64; USER_REGS_WORDS],
+        pub stack: Vec<u8>,
+        pub maps: ProcessMaps,
+    }
+
+    pub fn captured(binary: &str) -> Captured {
+        let regs_text = std::fs::read_to_string(data("regs.txt")).unwrap();
+        let mut regs = [0u64; USER_REGS_WORDS];
+        for line in regs_text.lines() {
+            let (name, value) = line.split_once(' ').unwrap();
+            let value = u64::from_str_radix(value.trim().trim_start_matches("0x"), 16).unwrap();
+            let index = match name {
+                "rip" => regs_x86_64::IP,
+                "rsp" => regs_x86_64::SP,
+                "rbp" => regs_x86_64::BP,
+                other => panic!("unexpected register {other}"),
+            };
+            regs[index] = value;
+        }
+        // The generator wrote the binary's path as @SAMPLE@.
+        let maps_text = std::fs::read_to_string(data("maps.txt")).unwrap();
+        let maps_text = maps_text.replace("@SAMPLE@", &data(binary).to_string_lossy());
+        Captured {
+            regs,
+            stack: std::fs::read(data("stack.bin")).unwrap(),
+            maps: ProcessMaps::parse(&maps_text),
+        }
+    }
+
+    /// The image of the captured process with only the sample binary open (the libraries of
+    /// the capturing machine are not part of the test data).
+    pub fn image(captured: &Captured, binary: &str) -> ProcessImage {
+        let mappings = captured.maps.mappings();
+        let text = mappings.iter().find(|m| m.path.ends_with(binary) && m.executable).unwrap();
+        let ours = || mappings.iter().filter(|m| m.key == text.key);
+        let range = ours().map(|m| m.start).min().unwrap()..ours().map(|m| m.end).max().unwrap();
+        let file = Arc::new(ModuleFile::new(text.key, text.path.clone(), File::open(data(binary)).unwrap()));
+        let module = ProcessModule { file, range, text: (text.start, text.file_offset) };
+        ProcessImage { maps: captured.maps.clone(), modules: vec![module] }
+    }
+
+    pub fn unwinder(image: &ProcessImage) -> ProcessUnwinder {
+        let mut unwinder = ProcessUnwinder::default();
+        for module in &image.modules {
+            let loaded = LoadedModule::load(module.file.clone()).unwrap();
+            assert!(unwinder.add(module, &loaded));
+        }
+        unwinder
+    }
+
+    #[test]
+    fn recovers_the_chain_without_frame_pointers() {
+        let captured = captured("sample");
+        let image = image(&captured, "sample");
+        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new());
+        // leak_fn (the syscall), handler, loop, main: all in the sample binary; past main
+        // the chain enters libc, which the test data does not carry.
+        assert!(unwound.addresses.len() >= 4, "{unwound:x?}");
+        assert_eq!(unwound.addresses[0], sample.pc());
+        for address in &unwound.addresses[..4] {
+            assert!(
+                image.module_of(*address).is_some(),
+                "{address:#x} is in the sample binary: {unwound:x?}"
+            );
+        }
+        assert!(!unwound.truncated);
+    }
+
+    #[test]
+    fn a_short_window_is_reported_truncated() {
+        let captured = captured("sample");
+        let image = image(&captured, "sample");
+        let unwinder = unwinder(&image);
+        let full = unwinder.unwind(
+            &StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 },
+            &mut UnwindCache::new(),
+        );
+        let cut = StackSample { regs: captured.regs, stack: &captured.stack[..16], flags: 0 };
+        let unwound = unwinder.unwind(&cut, &mut UnwindCache::new());
+        assert!(unwound.truncated, "{unwound:x?}");
+        assert!(unwound.addresses.len() < full.addresses.len());
+        assert_eq!(unwound.addresses, full.addresses[..unwound.addresses.len()]);
+        // The same cut with the stack's top reached (SHORT) is the stack's end, not a cut.
+        let ended = StackSample { flags: user_stack_flags::SHORT, ..cut };
+        assert!(!unwinder.unwind(&ended, &mut UnwindCache::new()).truncated);
+    }
+
+    #[test]
+    fn reads_only_inside_the_window() {
+        let mut regs = [0u64; USER_REGS_WORDS];
+        regs[regs_x86_64::SP] = 0x1000;
+        let stack: Vec<u8> = (0..16).collect();
+        let sample = StackSample { regs, stack: &stack, flags: 0 };
+        assert_eq!(sample.read(0x1000), Ok(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
+        assert_eq!(sample.read(0x1008), Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15])));
+        assert_eq!(sample.read(0x1009), Err(()));
+        assert_eq!(sample.read(0xff8), Err(()));
+        assert_eq!(sample.read(u64::MAX), Err(()));
+        assert!(sample.beyond_window(0x1010));
+        assert!(!sample.beyond_window(0x1008));
+    }
+}

@@ -1,0 +1,111 @@
+/*
+ * stackwork: a workload with a known call chain for helios-trace's stack tests.
+ *
+ * main -> loop -> handler -> leak_fn -> open() (glibc's wrapper), built by the tests with
+ * -O2 -fomit-frame-pointer -g: no frame pointers anywhere, so only DWARF unwinding (.eh_frame)
+ * recovers the chain. noipa keeps each function a real frame under its own name (no inlining,
+ * no cloning into leak_fn.constprop.0), and every caller uses the result after the call, so no
+ * call becomes a tail call.
+ *
+ * Commands on stdin, one per line; one answer line on stdout ("ok ..." / "err ..."):
+ *   leak N PATH     open PATH N times through the chain and keep the descriptors: "ok fd..."
+ *   leakone PATH    open PATH once from another call site in handler: "ok fd"
+ *   forkleak PATH   fork a child that opens PATH through the chain, forks a grandchild that
+ *                   inherits the descriptor and waits, and exits at once: "ok <grandchild pid>"
+ *   exit
+ *
+ * Build: gcc -O2 -fomit-frame-pointer -g stackwork.c -o stackwork
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int leaked;
+
+__attribute__((noipa)) static int leak_fn(const char *path) {
+    int fd = open(path, O_RDONLY); /* LEAK_OPEN: the tests look for this line */
+    if (fd >= 0) leaked++;
+    return fd;
+}
+
+__attribute__((noipa)) static int handler(const char *command, const char *path, int count) {
+    if (strcmp(command, "leak") == 0) {
+        printf("ok");
+        for (int i = 0; i < count; i++) {
+            int fd = leak_fn(path); /* CALL_LEAK */
+            if (fd < 0) {
+                printf(" err %s", strerror(errno));
+                break;
+            }
+            printf(" %d", fd);
+        }
+        printf("\n");
+        fflush(stdout);
+        return leaked;
+    }
+    if (strcmp(command, "leakone") == 0) {
+        int fd = leak_fn(path); /* CALL_LEAKONE */
+        if (fd < 0) return -1;
+        printf("ok %d\n", fd);
+        fflush(stdout);
+        return leaked;
+    }
+    if (strcmp(command, "forkleak") == 0) {
+        pid_t child = fork();
+        if (child < 0) return -1;
+        if (child == 0) {
+            /* The child leaks through the same chain, hands the descriptor to a grandchild
+             * and is gone before helios-trace reads its events. */
+            int fd = leak_fn(path); /* CALL_FORKLEAK */
+            if (fd < 0) _exit(1);
+            pid_t grandchild = fork();
+            if (grandchild == 0) {
+                close(STDOUT_FILENO);
+                pause();
+                _exit(0);
+            }
+            printf("ok %d\n", (int)grandchild);
+            fflush(stdout);
+            _exit(0);
+        }
+        int status;
+        waitpid(child, &status, 0);
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+    }
+    printf("err unknown command %s\n", command);
+    fflush(stdout);
+    return -1;
+}
+
+__attribute__((noipa)) static int loop(void) {
+    char line[512];
+    int handled = 0;
+    while (fgets(line, sizeof line, stdin)) {
+        char command[32], path[400];
+        int count = 1;
+        line[strcspn(line, "\n")] = 0;
+        if (strcmp(line, "exit") == 0) break;
+        if (sscanf(line, "leak %d %399s", &count, path) == 2) {
+            if (handler("leak", path, count) < 0) return -1; /* CALL_HANDLER */
+        } else if (sscanf(line, "%31s %399s", command, path) == 2) {
+            if (handler(command, path, count) < 0) return -1;
+        } else {
+            printf("err bad line\n");
+            fflush(stdout);
+        }
+        handled++;
+    }
+    return handled;
+}
+
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    int handled = loop(); /* CALL_LOOP */
+    return handled < 0 ? 1 : 0;
+}
