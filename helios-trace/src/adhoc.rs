@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     cli::{Format, RunArgs, SessionArgs, View},
-    launch::{self, Identity},
+    launch::{self, Gated, Identity},
     live::{self, LiveView},
     report::{self, CommandReport, Report},
     session::{Tracing, stop_signal},
@@ -29,12 +29,11 @@ use crate::{
 /// Exited processes `run` keeps for its report (the command's, and those it started).
 const RUN_KEEPS_EXITED: usize = 256;
 
-/// `helios-trace [OPTIONS]`.
-pub async fn session(args: SessionArgs) -> Result<()> {
-    // Handlers first: a signal that arrives once we say "attached" must not kill us.
+/// `helios-trace [OPTIONS]`, once `tracing` is attached.
+pub async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
+    // Handlers before we say "attached": a signal that arrives then must not kill us.
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let stop = stop_signal(args.duration)?;
-    let mut tracing = Tracing::start(&args.trace, Path::new("/proc"))?;
     tracing.min_age = args.min_age;
     let what = if tracing.targets.is_empty() {
         "all processes".to_string()
@@ -61,18 +60,20 @@ pub async fn session(args: SessionArgs) -> Result<()> {
     emit(&tracing.report(args.list_fds), &args, false)
 }
 
-/// `helios-trace run [OPTIONS] -- CMD [ARGS]`: the exit code to leave with (CMD's).
-pub async fn run_command(args: RunArgs, program: PathBuf) -> Result<u8> {
+/// `helios-trace run [OPTIONS] -- CMD [ARGS]`: start CMD held at its gate (before tracing
+/// attaches, so that its pid can be a target).
+pub fn start_command(args: &RunArgs, program: PathBuf) -> Result<Gated> {
+    launch::start_gated(program, &args.command, Identity::from_sudo())
+}
+
+/// `helios-trace run`, once `tracing` (targeting the gated command) is attached: the exit code
+/// to leave with (CMD's).
+pub async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing) -> Result<u8> {
     let session = &args.session;
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let gated = launch::start_gated(program, &args.command, Identity::from_sudo())?;
     let pid = gated.pid;
-    let mut trace = session.trace.clone();
-    trace.pids.push(pid);
-    // Should this fail, dropping `gated` closes the gate: the command exits without running.
-    let mut tracing = Tracing::start(&trace, Path::new("/proc"))?;
     tracing.min_age = session.min_age;
     tracing.engine.retain_exited(RUN_KEEPS_EXITED);
     let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();

@@ -11,7 +11,11 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use helios_trace_common::{MAX_STACK_WINDOW, SyscallEvent, UserStack, stack_mode};
 
-use crate::{bpf::checks::CheckError, procscan};
+use crate::{
+    bpf::{checks::CheckError, privileges},
+    procscan,
+    session::Tracing,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -128,6 +132,10 @@ pub struct ServeArgs {
     /// The host's procfs (a DaemonSet mounts it at e.g. /host/proc).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Serve on a non-loopback --listen address (what is served names command lines and
+    /// paths of every traced process: see README "Privileges and threat model").
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 /// What to trace and how; shared by the session and the exporter.
@@ -308,9 +316,14 @@ pub fn main() -> ExitCode {
         .init();
     let proc_root = Path::new("/proc");
     let result = match &cli.command {
+        // Each mode attaches first, then drops the capabilities it no longer needs, and only
+        // then starts the runtime: capabilities are per thread, and its threads inherit ours.
         Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids).and_then(|()| {
             args.trace.validate()?;
-            runtime()?.block_on(crate::serve::run(args.clone())).map_err(Failure::from)?;
+            let listener = crate::serve::bind(args)?;
+            let tracing = Tracing::start(&args.trace, &args.proc_root)?;
+            privileges::drop_after_attach(&[])?;
+            runtime()?.block_on(crate::serve::run(args.clone(), listener, tracing)).map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Run(args)) => validate_pids(proc_root, &args.session.trace.pids)
@@ -318,14 +331,25 @@ pub fn main() -> ExitCode {
             .and_then(|()| validate_output(args.session.output.as_deref()))
             .and_then(|()| {
                 let program = crate::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
-                let status = runtime()?.block_on(crate::adhoc::run_command(args.clone(), program))?;
+                let gated = crate::adhoc::start_command(args, program)?;
+                let mut trace = args.session.trace.clone();
+                trace.pids.push(gated.pid);
+                // Should this fail, dropping `gated` closes the gate: the command exits unrun.
+                let tracing = Tracing::start(&trace, proc_root)?;
+                // The command may run as another user (sudo): passing it signals needs CAP_KILL.
+                privileges::drop_after_attach(&[caps::Capability::CAP_KILL])?;
+                let status = runtime()?.block_on(crate::adhoc::run_command(args.clone(), gated, tracing))?;
                 Ok(ExitCode::from(status))
             }),
         None => validate_pids(proc_root, &cli.session.trace.pids)
             .and_then(|()| cli.session.trace.validate())
             .and_then(|()| validate_output(cli.session.output.as_deref()))
             .and_then(|()| {
-                runtime()?.block_on(crate::adhoc::session(cli.session.clone())).map_err(Failure::from)?;
+                let tracing = Tracing::start(&cli.session.trace, proc_root)?;
+                privileges::drop_after_attach(&[])?;
+                runtime()?
+                    .block_on(crate::adhoc::session(cli.session.clone(), tracing))
+                    .map_err(Failure::from)?;
                 Ok(ExitCode::SUCCESS)
             }),
     };

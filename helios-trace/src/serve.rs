@@ -22,16 +22,31 @@ use crate::{
     workload::Workload,
 };
 
-pub async fn run(args: ServeArgs) -> Result<()> {
-    // Handlers first: a signal that arrives once we say "attached" must not kill us.
+/// Bind the address to serve on (before attaching: a port in use is a quick, clear failure).
+/// A non-loopback address needs `--allow-remote`: what is served names command lines, paths
+/// and code paths of every traced process.
+pub fn bind(args: &ServeArgs) -> Result<std::net::TcpListener, crate::cli::Failure> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        return Err(crate::cli::Failure::Usage(format!(
+            "refusing to serve on {}, which is not a loopback address: the metrics name command lines and paths of every traced process; pass --allow-remote to serve them to the network",
+            args.listen
+        )));
+    }
+    let listener = std::net::TcpListener::bind(args.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    Ok(listener)
+}
+
+/// `helios-trace serve`, once bound and attached.
+pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Tracing) -> Result<()> {
+    // Handlers before we say "attached": a signal that arrives then must not kill us.
     let stop = session::stop_signal(None)?;
-    let listener =
-        TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::from_std(listener).context("cannot serve on the bound address")?;
     // The address bound, not the one asked for: port 0 picks a free port.
     let address = listener.local_addr()?;
     let (publish, snapshots) = watch::channel(None);
     let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
-    let mut tracing = Tracing::start(&args.trace, &args.proc_root)?;
     tracing.engine.keep_transitions();
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {

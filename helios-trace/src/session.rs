@@ -41,7 +41,7 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 pub struct Tracing {
     pub engine: Engine,
     tracer: Tracer,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: Ring,
     pub targets: Vec<u32>,
     pub started_at: SystemTime,
     pub started: Instant,
@@ -54,6 +54,43 @@ pub struct Tracing {
     socket_inodes: HashMap<(u32, i32, u64), u64>,
     /// `--redact-paths`.
     redact_paths: bool,
+}
+
+/// The ring buffer: as attached, then registered with the runtime's reactor for polling.
+enum Ring {
+    Attached(RingBuf<MapData>),
+    Polled(AsyncFd<RingBuf<MapData>>),
+    /// Only while `poll` swaps the two.
+    Moving,
+}
+
+impl Ring {
+    /// Register with the reactor of the runtime we run in (once).
+    fn poll(&mut self) -> Result<()> {
+        if let Ring::Attached(_) = self {
+            let Ring::Attached(ring) = std::mem::replace(self, Ring::Moving) else { unreachable!() };
+            // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole
+            // life, which the AsyncFd now owns.
+            match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+                Ok(polled) => *self = Ring::Polled(polled),
+                Err(e) => {
+                    let (ring, error) = e.into_parts();
+                    *self = Ring::Attached(ring);
+                    return Err(error).context("cannot poll the ring buffer");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn readable(
+        &mut self,
+    ) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+        match self {
+            Ring::Polled(polled) => polled.readable_mut().await,
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// The default of `--min-age`.
@@ -94,11 +131,9 @@ impl Tracing {
             args.pids.clone()
         };
         engine.load_baseline(&pids, start_ns);
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life,
-        // which the AsyncFd now owns.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("cannot poll the ring buffer")?;
+        // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
+        // happen before the runtime's threads exist and privileges can be dropped for all.
+        let ring = Ring::Attached(ring);
         Ok(Tracing {
             engine,
             tracer,
@@ -142,7 +177,11 @@ impl Tracing {
 
     /// Handle every record waiting in the ring buffer.
     pub fn drain(&mut self) {
-        let ring = self.ring.get_mut();
+        let ring = match &mut self.ring {
+            Ring::Attached(ring) => ring,
+            Ring::Polled(polled) => polled.get_mut(),
+            Ring::Moving => unreachable!("the ring is only moving inside poll()"),
+        };
         while let Some(record) = ring.next() {
             self.engine.handle_record(&record, &self.tracer);
         }
@@ -155,6 +194,7 @@ impl Tracing {
         stop: impl Future<Output = ()>,
         mut every_second: impl FnMut(&mut Tracing),
     ) -> Result<()> {
+        self.ring.poll()?;
         let mut stop = pin!(stop);
         let mut drain_timer = interval(DRAIN_INTERVAL);
         drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -179,7 +219,7 @@ impl Tracing {
                     every_second(self);
                 }
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
-                guard = self.ring.readable_mut() => {
+                guard = self.ring.readable() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     guard.clear_ready();
                     self.drain();

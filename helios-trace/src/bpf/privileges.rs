@@ -1,0 +1,36 @@
+//! Once the programs are attached, keep only the capabilities the rest of the run needs:
+//! reading other users' /proc entries (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) and the maps we hold
+//! (CAP_BPF: before Linux 6.4, with unprivileged BPF disabled, every bpf(2) call needs it), plus
+//! what a caller asks for (`run` signals a command running as another user: CAP_KILL).
+//!
+//! Capabilities are per thread (capset(2) acts on the caller only), so this runs before any
+//! other thread of ours exists: the runtime's threads are started afterwards and inherit the
+//! reduced sets.
+use anyhow::{Context as _, Result};
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// What every mode keeps after attaching.
+pub const KEPT: [Capability; 3] =
+    [Capability::CAP_BPF, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
+
+/// Reduce this thread's effective and permitted sets to `KEPT` and `extra` (those of them it
+/// has), and clear its inheritable and ambient sets so nothing it execs regains more.
+/// Returns what it kept.
+pub fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
+    let permitted = caps::read(None, CapSet::Permitted).context("cannot read our capabilities")?;
+    let keep: CapsHashSet = KEPT.iter().chain(extra).copied().filter(|c| permitted.contains(c)).collect();
+    // Effective must stay within permitted: shrink it first.
+    caps::set(None, CapSet::Effective, &keep).context("cannot drop effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &keep).context("cannot drop permitted capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("cannot clear inheritable capabilities")?;
+    caps::clear(None, CapSet::Ambient).context("cannot clear ambient capabilities")?;
+    log::debug!("kept capabilities {keep:?}");
+    Ok(keep)
+}
+
+/// Drop every capability of the calling thread (a helper thread that only waits).
+pub fn drop_all_on_this_thread() {
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
+        let _ = caps::clear(None, set);
+    }
+}
