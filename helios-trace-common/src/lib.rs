@@ -26,6 +26,10 @@ pub mod kind {
     /// (`--stacks dwarf`): a [`super::SyscallEvent`] whose `header.kind` is this id, then a
     /// [`super::UserStack`], then `UserStack::stack_len` bytes of stack. Variable length.
     pub const FD_SYSCALL_USER_STACK: u32 = 6;
+    /// The Python call stack of the thread that made a descriptor syscall:
+    /// [`super::PythonStack`], submitted just before the `FD_SYSCALL` / `FD_SYSCALL_USER_STACK`
+    /// record it belongs to, with the same `tid` and `ts_ns`.
+    pub const PYTHON_STACK: u32 = 7;
 }
 
 /// Common start of every record.
@@ -117,6 +121,86 @@ pub struct UserStack {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<UserStack>() == 280);
+
+/// Python frames walked per call at most; deeper stacks are cut (flagged).
+pub const MAX_PYTHON_FRAMES: usize = 32;
+/// Thread states looked at per call at most to find the calling thread's.
+pub const MAX_PYTHON_THREADS: u32 = 64;
+/// Capacity of the `PYTHON_PROCS` map: CPython processes whose frames are walked.
+pub const PYTHON_PROC_ENTRIES: u32 = 4096;
+/// An offset field of [`PythonOffsets`] that does not apply to the interpreter's version.
+pub const PY_NO_OFFSET: u32 = u32::MAX;
+
+/// Value of the `PYTHON_PROCS` map (key: tgid): where a CPython process keeps its thread
+/// states and frames, found and checked by userspace (helios-trace/src/python.rs). All
+/// offsets are in bytes from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonOffsets {
+    /// Address, in the process, of `_PyRuntime.interpreters.head` (a `PyInterpreterState *`).
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.threads.head` (3.10: `tstate_head`).
+    pub threads_head: u32,
+    /// `PyThreadState.next`.
+    pub tstate_next: u32,
+    /// `PyThreadState.native_thread_id` (3.11+); on 3.10 `PyThreadState.thread_id`, the
+    /// `pthread_t`, through which `pthread_tid` leads to the kernel tid.
+    pub tstate_thread_id: u32,
+    /// Offset of the kernel tid (`pid_t`) in glibc's `struct pthread`; [`PY_NO_OFFSET`] when
+    /// `tstate_thread_id` is the native id itself.
+    pub pthread_tid: u32,
+    /// `PyThreadState.frame` (3.10), `.cframe` (3.11, 3.12), `.current_frame` (3.13).
+    pub tstate_frame: u32,
+    /// `_PyCFrame.current_frame` (3.11, 3.12: `tstate_frame` points to a `_PyCFrame`), else
+    /// [`PY_NO_OFFSET`].
+    pub cframe_frame: u32,
+    /// `PyFrameObject.f_back` / `_PyInterpreterFrame.previous`.
+    pub frame_previous: u32,
+    /// `f_code` / `f_executable`.
+    pub frame_code: u32,
+    /// `f_lasti` (3.10, an int) / `prev_instr` (3.11, 3.12) / `instr_ptr` (3.13).
+    pub frame_instr: u32,
+    /// `_PyInterpreterFrame.owner` (a char), or [`PY_NO_OFFSET`] (3.10).
+    pub frame_owner: u32,
+    /// Frames whose owner is this are not Python code (`FRAME_OWNED_BY_CSTACK`, 3.12+): skipped.
+    pub owner_skip: u32,
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<PythonOffsets>() == 56);
+
+/// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
+/// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+const _: () = assert!(size_of::<PythonFrame>() == 16);
+
+/// Bits of [`PythonStack::flags`].
+pub mod python_flags {
+    /// More frames than [`super::MAX_PYTHON_FRAMES`]: the outermost are missing.
+    pub const TRUNCATED: u32 = 1 << 0;
+    /// No thread state of the process has the calling thread's id (a thread CPython does not
+    /// know, or more than [`super::MAX_PYTHON_THREADS`] threads).
+    pub const NO_THREAD: u32 = 1 << 1;
+    /// A read of the interpreter's memory failed mid-walk.
+    pub const READ_FAILED: u32 = 1 << 2;
+}
+
+/// The Python frames of the calling thread, innermost first ([`kind::PYTHON_STACK`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PythonStack {
+    pub header: EventHeader,
+    /// Valid entries of `frames`.
+    pub frame_count: u32,
+    /// [`python_flags`].
+    pub flags: u32,
+    pub frames: [PythonFrame; MAX_PYTHON_FRAMES],
+}
+const _: () = assert!(size_of::<PythonStack>() == 544);
 
 /// Bits of [`SyscallEvent::flags`].
 pub mod syscall_flags {
@@ -300,4 +384,6 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::InFlight {}
     unsafe impl aya::Pod for super::UserStack {}
+    unsafe impl aya::Pod for super::PythonOffsets {}
+    unsafe impl aya::Pod for super::PythonStack {}
 }

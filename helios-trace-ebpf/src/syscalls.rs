@@ -25,13 +25,14 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use helios_trace_common::{
-    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED,
-    SyscallEvent, UserStack, counter, kind, spec, stack_mode, syscall_flags, user_stack_flags,
+    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_STACK_WINDOW,
+    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, PythonStack, STACK_NOT_CAPTURED, SyscallEvent,
+    UserStack, counter, kind, python_flags, spec, stack_mode, syscall_flags, user_stack_flags,
 };
 
 use crate::{
     filter::{capture_kernel_stacks, is_traced, stack_window, user_stack_mode, wakeup_flags},
-    maps::{EVENTS, IN_FLIGHT, STACKS, SYSCALL_SPECS, count, emit},
+    maps::{EVENTS, IN_FLIGHT, PYTHON_PROCS, STACKS, SYSCALL_SPECS, count, emit},
 };
 
 // The user register layout of the architecture the programs are built for (aya-build passes
@@ -68,13 +69,12 @@ const MAX_MMSGS: usize = 8;
 
 #[inline(always)]
 pub fn header(kind: u32, pid_tgid: u64) -> EventHeader {
-    EventHeader {
-        kind,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        reserved: 0,
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-    }
+    header_at(kind, pid_tgid, unsafe { bpf_ktime_get_boot_ns() })
+}
+
+#[inline(always)]
+fn header_at(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
+    EventHeader { kind, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, reserved: 0, ts_ns }
 }
 
 #[tracepoint]
@@ -129,6 +129,12 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
+    // One timestamp for the Python stack and the record it belongs to: userspace pairs them by
+    // (tid, ts_ns).
+    let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    if in_flight.spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
+        python_stack(pid_tgid, ts_ns);
+    }
     if in_flight.spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
         // The record carries the stack: reserve room for the whole window and copy the stack
         // straight into it. STACK_WINDOW is read-only data the verifier knows the value of,
@@ -140,7 +146,7 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
         let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
-        fill(ctx, &mut record.event, &in_flight, ret, pid_tgid);
+        fill(ctx, &mut record.event, &in_flight, ret, pid_tgid, ts_ns);
         if capture_user_stack(&mut record.stack, &mut record.bytes, window) {
             record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
         } else {
@@ -154,7 +160,7 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // SAFETY: as above.
         let event = unsafe { &mut *entry.as_mut_ptr().cast::<SyscallEvent>() };
-        fill(ctx, event, &in_flight, ret, pid_tgid);
+        fill(ctx, event, &in_flight, ret, pid_tgid, ts_ns);
         entry.submit(wakeup_flags());
     }
     Ok(())
@@ -173,9 +179,16 @@ const STACK_BYTES_OFFSET: usize = size_of::<SyscallEvent>() + size_of::<UserStac
 
 /// Everything of a descriptor record but the user stack bytes.
 #[inline(always)]
-fn fill(ctx: &TracePointContext, event: &mut SyscallEvent, in_flight: &InFlight, ret: i64, pid_tgid: u64) {
+fn fill(
+    ctx: &TracePointContext,
+    event: &mut SyscallEvent,
+    in_flight: &InFlight,
+    ret: i64,
+    pid_tgid: u64,
+    ts_ns: u64,
+) {
     let spec = in_flight.spec;
-    event.header = header(kind::FD_SYSCALL, pid_tgid);
+    event.header = header_at(kind::FD_SYSCALL, pid_tgid, ts_ns);
     event.nr = in_flight.nr;
     event.ret = ret;
     event.args = in_flight.args;
@@ -229,6 +242,98 @@ fn fill(ctx: &TracePointContext, event: &mut SyscallEvent, in_flight: &InFlight,
             collect_scm_rights(event, in_flight.args[1] + m as u64 * MMSGHDR_SIZE);
         }
     }
+}
+
+/// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
+/// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own,
+/// so the verifier checks its loops once rather than on every path of the exit program.
+#[inline(never)]
+fn python_stack(pid_tgid: u64, ts_ns: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }).copied() else {
+        return;
+    };
+    let Some(mut entry) = EVENTS.reserve::<PythonStack>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the reservation is a PythonStack's size, 8-byte aligned.
+    let stack = unsafe { &mut *entry.as_mut_ptr() };
+    stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
+    stack.frame_count = 0;
+    stack.flags = match walk_python(&offsets, pid_tgid as u32, &mut stack.frames, &mut stack.frame_count) {
+        Ok(flags) => flags,
+        Err(_) => python_flags::READ_FAILED,
+    };
+    entry.submit(wakeup_flags());
+}
+
+#[inline(always)]
+fn read_user_u64(address: u64) -> Result<u64, i64> {
+    Ok(unsafe { bpf_probe_read_user(address as *const u64) }?)
+}
+
+/// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
+/// GIL around blocking calls), then copy (code object, instruction) of its frames, innermost
+/// first. The layouts are CPython's (Include/cpython/pystate.h, Include/internal/
+/// pycore_frame.h); the offsets come from userspace.
+#[inline(always)]
+fn walk_python(
+    o: &PythonOffsets,
+    tid: u32,
+    frames: &mut [PythonFrame; MAX_PYTHON_FRAMES],
+    count: &mut u32,
+) -> Result<u32, i64> {
+    let interp = read_user_u64(o.interpreters_head)?;
+    if interp == 0 {
+        return Ok(python_flags::NO_THREAD);
+    }
+    let mut tstate = read_user_u64(interp + o.threads_head as u64)?;
+    let mut found = 0u64;
+    for _ in 0..MAX_PYTHON_THREADS {
+        if tstate == 0 {
+            break;
+        }
+        let mut id = read_user_u64(tstate + o.tstate_thread_id as u64)?;
+        if o.pthread_tid != PY_NO_OFFSET {
+            // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
+            id = unsafe { bpf_probe_read_user((id + o.pthread_tid as u64) as *const u32) }? as u64;
+        }
+        if id == tid as u64 {
+            found = tstate;
+            break;
+        }
+        tstate = read_user_u64(tstate + o.tstate_next as u64)?;
+    }
+    if found == 0 {
+        return Ok(python_flags::NO_THREAD);
+    }
+    let mut frame = read_user_u64(found + o.tstate_frame as u64)?;
+    if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
+        frame = read_user_u64(frame + o.cframe_frame as u64)?;
+    }
+    let mut n = 0usize;
+    // Room for shim frames between the real ones.
+    for _ in 0..MAX_PYTHON_FRAMES * 2 {
+        if frame == 0 {
+            *count = n as u32;
+            return Ok(0);
+        }
+        let skip = o.frame_owner != PY_NO_OFFSET
+            && unsafe { bpf_probe_read_user((frame + o.frame_owner as u64) as *const u8) }? as u32 == o.owner_skip;
+        if !skip {
+            let Some(slot) = frames.get_mut(n) else {
+                *count = n as u32;
+                return Ok(python_flags::TRUNCATED);
+            };
+            slot.code = read_user_u64(frame + o.frame_code as u64)?;
+            slot.instr = read_user_u64(frame + o.frame_instr as u64)?;
+            n += 1;
+            *count = n as u32;
+        }
+        frame = read_user_u64(frame + o.frame_previous as u64)?;
+    }
+    Ok(python_flags::TRUNCATED)
 }
 
 /// Offset of `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: `vm_start` and

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::TracePoint,
 };
-use helios_trace_common::{counter, spec, stack_mode};
+use helios_trace_common::{PythonOffsets, counter, spec, stack_mode};
 use log::{info, warn};
 
 use super::checks;
@@ -46,6 +46,8 @@ pub struct TraceConfig {
 pub struct Tracer {
     _ebpf: Ebpf,
     stacks: StackTraceMap<MapData>,
+    /// CPython processes whose frames the kernel walks (python.rs).
+    python: BpfHashMap<MapData, u32, PythonOffsets>,
     counters: PerCpuArray<MapData, u64>,
     pub tracefs: PathBuf,
     /// "category/name" of every tracepoint attached.
@@ -175,13 +177,27 @@ impl Tracer {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("no STACKS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
-        Ok((Tracer { _ebpf: ebpf, stacks, counters, tracefs, attached, skipped }, events))
+        let python = BpfHashMap::try_from(ebpf.take_map("PYTHON_PROCS").context("no PYTHON_PROCS map")?)?;
+        Ok((Tracer { _ebpf: ebpf, stacks, python, counters, tracefs, attached, skipped }, events))
     }
 
     /// The addresses of a captured stack, innermost first.
     pub fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&stack_id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).filter(|ip| *ip != 0).collect())
+    }
+
+    /// Walk the Python frames of `tgid` at its descriptor calls (None: stop). Updating an
+    /// open map needs no privilege, so this works after privileges were dropped.
+    pub fn set_python(&mut self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
+        match offsets {
+            Some(offsets) => self.python.insert(tgid, offsets, 0).context("cannot fill the Python map")?,
+            // Absent already is fine: the process was never a recognised CPython.
+            None => {
+                let _ = self.python.remove(&tgid);
+            }
+        }
+        Ok(())
     }
 
     pub fn counters(&self) -> KernelCounters {
