@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, STACK_ENTRIES,
+    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
     TARGET_ENTRIES, counter,
 };
 
@@ -28,6 +28,11 @@ pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(TARGET_ENTRIES
 /// their thread states and frames are (helios-trace/src/python.rs fills it).
 #[map]
 pub static PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
+
+/// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
+/// callbacks that fill it cannot hold a ring-buffer reservation).
+#[map]
+pub static PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// What to do per native syscall number (helios_trace_common::spec), written by userspace.
 #[map]

@@ -17,7 +17,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel as bpf_probe_read_kernel_value, bpf_probe_read_user,
         generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
             bpf_probe_read_user as raw_read_user, bpf_probe_read_user_str, bpf_task_pt_regs,
         },
     },
@@ -26,13 +26,13 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_STACK_WINDOW,
-    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, PythonStack, STACK_NOT_CAPTURED, SyscallEvent,
+    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, STACK_NOT_CAPTURED, SyscallEvent,
     UserStack, counter, kind, python_flags, spec, stack_mode, syscall_flags, user_stack_flags,
 };
 
 use crate::{
     filter::{capture_kernel_stacks, is_traced, stack_window, user_stack_mode, wakeup_flags},
-    maps::{EVENTS, IN_FLIGHT, PYTHON_PROCS, STACKS, SYSCALL_SPECS, count, emit},
+    maps::{EVENTS, IN_FLIGHT, PYTHON_PROCS, PYTHON_SCRATCH, STACKS, SYSCALL_SPECS, count, emit},
 };
 
 // The user register layout of the architecture the programs are built for (aya-build passes
@@ -245,27 +245,24 @@ fn fill(
 }
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
-/// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own,
-/// so the verifier checks its loops once rather than on every path of the exit program.
+/// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own
+/// whose loops are bpf_loop callbacks: the verifier checks each loop body once, where
+/// unrolled loops multiplied with the exit program's paths past its instruction limit.
 #[inline(never)]
 fn python_stack(pid_tgid: u64, ts_ns: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }).copied() else {
         return;
     };
-    let Some(mut entry) = EVENTS.reserve::<PythonStack>(0) else {
-        count(counter::RINGBUF_FULL);
+    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: the reservation is a PythonStack's size, 8-byte aligned.
-    let stack = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    let stack = unsafe { &mut *stack };
     stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
     stack.frame_count = 0;
-    stack.flags = match walk_python(&offsets, pid_tgid as u32, &mut stack.frames, &mut stack.frame_count) {
-        Ok(flags) => flags,
-        Err(_) => python_flags::READ_FAILED,
-    };
-    entry.submit(wakeup_flags());
+    stack.flags = walk_python(&offsets, pid_tgid as u32);
+    emit(stack);
 }
 
 #[inline(always)]
@@ -273,67 +270,164 @@ fn read_user_u64(address: u64) -> Result<u64, i64> {
     Ok(unsafe { bpf_probe_read_user(address as *const u64) }?)
 }
 
+/// State of the thread-state search (a bpf_loop context).
+#[repr(C)]
+struct ThreadSearch {
+    tstate: u64,
+    tid: u64,
+    found: u64,
+    thread_id: u32,
+    pthread_tid: u32,
+    next: u32,
+    failed: u32,
+}
+
+/// One thread state: is it the caller's? Then stop; else go to the next.
+#[inline(never)]
+unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
+    if s.tstate == 0 {
+        return 1;
+    }
+    let Ok(mut id) = read_user_u64(s.tstate + s.thread_id as u64) else {
+        s.failed = 1;
+        return 1;
+    };
+    if s.pthread_tid != PY_NO_OFFSET {
+        // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
+        match unsafe { bpf_probe_read_user((id + s.pthread_tid as u64) as *const u32) } {
+            Ok(tid) => id = tid as u64,
+            Err(_) => {
+                s.failed = 1;
+                return 1;
+            }
+        }
+    }
+    if id == s.tid {
+        s.found = s.tstate;
+        return 1;
+    }
+    match read_user_u64(s.tstate + s.next as u64) {
+        Ok(next) => {
+            s.tstate = next;
+            0
+        }
+        Err(_) => {
+            s.failed = 1;
+            1
+        }
+    }
+}
+
+/// State of the frame walk (a bpf_loop context).
+#[repr(C)]
+struct FrameWalk {
+    offsets: PythonOffsets,
+    frame: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
+#[inline(never)]
+unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut FrameWalk) };
+    let o = &w.offsets;
+    if w.frame == 0 {
+        return 1;
+    }
+    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slot python_stack is filling.
+    let stack = unsafe { &mut *stack };
+    let skip = if o.frame_owner == PY_NO_OFFSET {
+        false
+    } else {
+        match unsafe { bpf_probe_read_user((w.frame + o.frame_owner as u64) as *const u8) } {
+            Ok(owner) => owner as u32 == o.owner_skip,
+            Err(_) => {
+                w.flags |= python_flags::READ_FAILED;
+                return 1;
+            }
+        }
+    };
+    if !skip {
+        let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
+            w.flags |= python_flags::TRUNCATED;
+            return 1;
+        };
+        let (Ok(code), Ok(instr)) =
+            (read_user_u64(w.frame + o.frame_code as u64), read_user_u64(w.frame + o.frame_instr as u64))
+        else {
+            w.flags |= python_flags::READ_FAILED;
+            return 1;
+        };
+        *slot = PythonFrame { code, instr };
+        stack.frame_count += 1;
+    }
+    match read_user_u64(w.frame + o.frame_previous as u64) {
+        Ok(previous) => {
+            w.frame = previous;
+            0
+        }
+        Err(_) => {
+            w.flags |= python_flags::READ_FAILED;
+            1
+        }
+    }
+}
+
 /// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
 /// GIL around blocking calls), then copy (code object, instruction) of its frames, innermost
-/// first. The layouts are CPython's (Include/cpython/pystate.h, Include/internal/
-/// pycore_frame.h); the offsets come from userspace.
+/// first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
+/// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
 #[inline(always)]
-fn walk_python(
-    o: &PythonOffsets,
-    tid: u32,
-    frames: &mut [PythonFrame; MAX_PYTHON_FRAMES],
-    count: &mut u32,
-) -> Result<u32, i64> {
-    let interp = read_user_u64(o.interpreters_head)?;
+fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
+    let Ok(interp) = read_user_u64(o.interpreters_head) else {
+        return python_flags::READ_FAILED;
+    };
     if interp == 0 {
-        return Ok(python_flags::NO_THREAD);
+        return python_flags::NO_THREAD;
     }
-    let mut tstate = read_user_u64(interp + o.threads_head as u64)?;
-    let mut found = 0u64;
-    for _ in 0..MAX_PYTHON_THREADS {
-        if tstate == 0 {
-            break;
-        }
-        let mut id = read_user_u64(tstate + o.tstate_thread_id as u64)?;
-        if o.pthread_tid != PY_NO_OFFSET {
-            // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
-            id = unsafe { bpf_probe_read_user((id + o.pthread_tid as u64) as *const u32) }? as u64;
-        }
-        if id == tid as u64 {
-            found = tstate;
-            break;
-        }
-        tstate = read_user_u64(tstate + o.tstate_next as u64)?;
+    let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
+        return python_flags::READ_FAILED;
+    };
+    let mut search = ThreadSearch {
+        tstate: head,
+        tid: tid as u64,
+        found: 0,
+        thread_id: o.tstate_thread_id,
+        pthread_tid: o.pthread_tid,
+        next: o.tstate_next,
+        failed: 0,
+    };
+    unsafe {
+        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, (&mut search as *mut ThreadSearch).cast(), 0)
+    };
+    if search.failed != 0 {
+        return python_flags::READ_FAILED;
     }
-    if found == 0 {
-        return Ok(python_flags::NO_THREAD);
+    if search.found == 0 {
+        return python_flags::NO_THREAD;
     }
-    let mut frame = read_user_u64(found + o.tstate_frame as u64)?;
+    let Ok(mut frame) = read_user_u64(search.found + o.tstate_frame as u64) else {
+        return python_flags::READ_FAILED;
+    };
     if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
-        frame = read_user_u64(frame + o.cframe_frame as u64)?;
+        let Ok(current) = read_user_u64(frame + o.cframe_frame as u64) else {
+            return python_flags::READ_FAILED;
+        };
+        frame = current;
     }
-    let mut n = 0usize;
-    // Room for shim frames between the real ones.
-    for _ in 0..MAX_PYTHON_FRAMES * 2 {
-        if frame == 0 {
-            *count = n as u32;
-            return Ok(0);
-        }
-        let skip = o.frame_owner != PY_NO_OFFSET
-            && unsafe { bpf_probe_read_user((frame + o.frame_owner as u64) as *const u8) }? as u32 == o.owner_skip;
-        if !skip {
-            let Some(slot) = frames.get_mut(n) else {
-                *count = n as u32;
-                return Ok(python_flags::TRUNCATED);
-            };
-            slot.code = read_user_u64(frame + o.frame_code as u64)?;
-            slot.instr = read_user_u64(frame + o.frame_instr as u64)?;
-            n += 1;
-            *count = n as u32;
-        }
-        frame = read_user_u64(frame + o.frame_previous as u64)?;
+    let mut walk = FrameWalk { offsets: *o, frame, flags: 0, reserved: 0 };
+    // Room for shim frames between the real ones; a walk that did not reach the end is cut.
+    let loops = (MAX_PYTHON_FRAMES * 2) as u32;
+    let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, (&mut walk as *mut FrameWalk).cast(), 0) };
+    if done as u32 >= loops && walk.frame != 0 {
+        walk.flags |= python_flags::TRUNCATED;
     }
-    Ok(python_flags::TRUNCATED)
+    walk.flags
 }
 
 /// Offset of `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: `vm_start` and
