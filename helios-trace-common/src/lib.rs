@@ -171,7 +171,7 @@ const _: () = assert!(size_of::<PythonOffsets>() == 56);
 /// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
 /// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PythonFrame {
     pub code: u64,
     pub instr: u64,

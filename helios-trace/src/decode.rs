@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use helios_trace_common::{
-    CloseEvent, EventHeader, ExecEvent, ExitEvent, MAX_AUX_FDS, NewTaskEvent, PATH_LEN, STACK_NOT_CAPTURED,
-    SyscallEvent, UserStack, kind, syscall_flags,
+    CloseEvent, EventHeader, ExecEvent, ExitEvent, MAX_AUX_FDS, NewTaskEvent, PATH_LEN, PythonFrame,
+    PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -30,6 +30,18 @@ pub enum DecodeError {
 pub enum Decoded {
     Event(Event),
     Nothing,
+    /// The Python frames of the descriptor record that follows (same tid and ts_ns).
+    Python(PythonFrames),
+}
+
+/// A `kind::PYTHON_STACK` record: (code object, instruction) pairs, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PythonFrames {
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub frames: Vec<PythonFrame>,
+    /// helios_trace_common::python_flags.
+    pub flags: u32,
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -85,6 +97,16 @@ pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError
                 comm: c_string(&record.comm),
             };
             Ok(Decoded::Event(event(StackIds::default(), op)))
+        }
+        kind::PYTHON_STACK => {
+            let record: PythonStack = read(bytes, "Python stack record")?;
+            let count = (record.frame_count as usize).min(record.frames.len());
+            Ok(Decoded::Python(PythonFrames {
+                tid: header.tid,
+                ts_ns: header.ts_ns,
+                frames: record.frames[..count].to_vec(),
+                flags: record.flags,
+            }))
         }
         kind::EXIT => {
             let _: ExitEvent = read(bytes, "exit record")?;
@@ -297,8 +319,32 @@ pub mod tests {
     fn op_of(record: &SyscallEvent) -> Option<Op> {
         match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
             Decoded::Event(event) => Some(event.op),
-            Decoded::Nothing => None,
+            Decoded::Nothing | Decoded::Python(_) => None,
         }
+    }
+
+    #[test]
+    fn python_stack_keeps_its_valid_frames() {
+        let mut record = PythonStack {
+            header: EventHeader { tid: 7, ts_ns: 99, ..header(kind::PYTHON_STACK) },
+            frame_count: 2,
+            flags: 0,
+            frames: [PythonFrame::default(); helios_trace_common::MAX_PYTHON_FRAMES],
+        };
+        record.frames[0] = PythonFrame { code: 0x1000, instr: 0x1040 };
+        record.frames[1] = PythonFrame { code: 0x2000, instr: 0x2010 };
+        let Decoded::Python(walked) = decode(&bytes_of(&record), &SyscallTable::native()).unwrap() else {
+            panic!("not a Python stack")
+        };
+        assert_eq!((walked.tid, walked.ts_ns, walked.frames.len()), (7, 99, 2));
+        assert_eq!(walked.frames[1].instr, 0x2010);
+        // A count beyond the array is cut to it; a short record is an error.
+        record.frame_count = 1000;
+        let Decoded::Python(walked) = decode(&bytes_of(&record), &SyscallTable::native()).unwrap() else {
+            panic!("not a Python stack")
+        };
+        assert_eq!(walked.frames.len(), helios_trace_common::MAX_PYTHON_FRAMES);
+        assert!(decode(&bytes_of(&record)[..100], &SyscallTable::native()).is_err());
     }
 
     #[test]

@@ -10,11 +10,12 @@ use std::{
 use log::debug;
 
 use crate::{
-    decode::{self, Decoded},
+    decode::{self, Decoded, PythonFrames as WalkedFrames},
     event::{Event, Op},
     fd::{FdKind, SiteId},
     fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
     procscan::{self, SocketTables},
+    python::PythonFrames,
     report::{Corrections, EventCounts},
     sites::{SiteCounters, SiteStats},
     stacks::StackRegistry,
@@ -73,6 +74,10 @@ pub struct Engine {
     pub table: FdTable,
     pub stats: SiteStats,
     pub stacks: StackRegistry,
+    /// CPython processes: where their frames are, and the names of walked frames.
+    pub python: PythonFrames,
+    /// The Python frames of the descriptor record that comes next.
+    walked: Option<WalkedFrames>,
     syscalls: SyscallTable,
     proc_root: PathBuf,
     cmdlines: HashMap<u32, Option<String>>,
@@ -101,6 +106,8 @@ impl Engine {
             table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
             stacks: StackRegistry::new(&proc_root),
+            python: PythonFrames::new(&proc_root),
+            walked: None,
             syscalls: SyscallTable::native(),
             proc_root,
             cmdlines: HashMap::new(),
@@ -160,15 +167,21 @@ impl Engine {
 
     /// One ring-buffer record.
     pub fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
+        let decoded = decode::decode(bytes, &self.syscalls);
+        if let Ok(Decoded::Python(frames)) = decoded {
+            // Part of the descriptor record that follows, not a record of its own.
+            self.walked = Some(frames);
+            return;
+        }
         self.counts.received += 1;
-        match decode::decode(bytes, &self.syscalls) {
+        match decoded {
             Ok(Decoded::Event(event)) => {
                 self.by_type[event.op.index()] += 1;
                 // decode checked the record's length, so its stack sample reads.
                 let sample = decode::user_stack(bytes).ok().flatten();
                 self.handle_event(&event, sample.as_ref(), stacks)
             }
-            Ok(Decoded::Nothing) => self.untracked += 1,
+            Ok(Decoded::Nothing | Decoded::Python(_)) => self.untracked += 1,
             Err(err) => {
                 self.counts.undecodable += 1;
                 debug!("undecodable record: {err}");
@@ -185,7 +198,12 @@ impl Engine {
     ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id))
+                let native = self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id));
+                self.python.event(event.tgid, event.ts_ns);
+                match self.walked.take().filter(|w| w.tid == event.tid && w.ts_ns == event.ts_ns) {
+                    Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
+                    None => native,
+                }
             }
             _ => SiteId::NoStack,
         };
@@ -244,20 +262,23 @@ impl Engine {
                 }
                 Transition::ProcessStarted { tgid, parent: Some(parent) } => {
                     self.stacks.inherit_maps(*parent, *tgid);
+                    self.python.forked(*parent, *tgid, ts_ns);
                     if let Some(cmdline) = self.cmdlines.get(parent).cloned() {
                         self.cmdlines.insert(*tgid, cmdline);
                     }
                 }
-                Transition::ProcessStarted { .. } => {}
+                Transition::ProcessStarted { tgid, parent: None } => self.python.first_sight(*tgid, ts_ns),
                 Transition::ProcessExec { tgid } => {
                     // New image: old stack ids mean other code now. Capture the maps while the
                     // process surely runs, so a short-lived one still resolves.
                     self.stacks.forget(*tgid);
                     self.stacks.capture_maps(*tgid);
+                    self.python.seen(*tgid, ts_ns);
                     self.cmdlines.insert(*tgid, procscan::cmdline(&self.proc_root, *tgid));
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
+                    self.python.forget(*tgid);
                     self.cmdlines.remove(tgid);
                     if let Some(pending) = &mut self.pending {
                         pending.observed.remove(tgid);

@@ -22,6 +22,7 @@ pub mod live;
 pub mod metrics;
 pub mod modules;
 pub mod procscan;
+pub mod python;
 pub mod report;
 pub mod resources;
 pub mod serve;

@@ -21,6 +21,12 @@ pub fn pids(root: &Path) -> Vec<u32> {
     pids
 }
 
+/// The thread ids of a process (/proc/PID/task); empty when it is gone.
+pub fn tids(root: &Path, pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(root.join(pid.to_string()).join("task")) else { return Vec::new() };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
 pub fn exists(root: &Path, pid: u32) -> bool {
     root.join(pid.to_string()).is_dir()
 }

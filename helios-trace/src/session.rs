@@ -21,7 +21,7 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
-    cli::TraceArgs,
+    cli::{PythonFrames, StackMode, TraceArgs},
     clock,
     engine::Engine,
     fd::{FdDetail, FdKind, printable},
@@ -122,6 +122,8 @@ impl Tracing {
         let start_ns = clock::boot_ns();
         let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
         let mut engine = Engine::new(proc_root, limits);
+        // The kernel walks Python frames only where it captures user stacks.
+        engine.python.enable(args.python_frames == PythonFrames::Auto && args.stacks != StackMode::None);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
@@ -131,6 +133,8 @@ impl Tracing {
             args.pids.clone()
         };
         engine.load_baseline(&pids, start_ns);
+        let mut tracer = tracer;
+        apply_python_updates(&mut engine, &mut tracer);
         // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
         // happen before the runtime's threads exist and privileges can be dropped for all.
         let ring = Ring::Attached(ring);
@@ -185,6 +189,7 @@ impl Tracing {
         while let Some(record) = ring.next() {
             self.engine.handle_record(&record, &self.tracer);
         }
+        apply_python_updates(&mut self.engine, &mut self.tracer);
     }
 
     /// Run until `stop` completes; `every_second` runs once a second, after the sites were
@@ -346,6 +351,15 @@ impl Tracing {
         let rate = crate::trend::theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
         let open = self.engine.table.process(tgid)?.fds.len() as u64;
         resources::exhaustion_seconds(resources::fd_limit(self.engine.proc_root(), tgid), open, Some(rate))
+    }
+}
+
+/// Tell the kernel which CPython processes to walk (found or gone since the last call).
+fn apply_python_updates(engine: &mut Engine, tracer: &mut Tracer) {
+    for (pid, offsets) in engine.python.take_updates() {
+        if let Err(err) = tracer.set_python(pid, offsets) {
+            log::warn!("process {pid}: {err:#}: native frames only");
+        }
     }
 }
 

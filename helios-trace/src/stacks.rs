@@ -441,6 +441,25 @@ impl StackRegistry {
         site
     }
 
+    /// The site of a native stack with the calling thread's Python frames (innermost first)
+    /// merged in: where the interpreter's eval loop is among the native frames, the Python
+    /// frames stand in its place (before it: the C code the Python code called, such as
+    /// libc and `_socket`; after it: what called the interpreter); with no eval loop among them
+    /// (a frame-pointer stack that stopped early), after the native frames.
+    pub fn with_python(&mut self, native: SiteId, python: Vec<Frame>) -> SiteId {
+        let native_frames = self.frames(native).cloned().unwrap_or_else(|| Arc::from([]));
+        let at = native_frames
+            .iter()
+            .position(|f| f.symbol.as_deref().is_some_and(|s| s.contains("PyEval_EvalFrame")))
+            .unwrap_or(native_frames.len());
+        let mut frames = native_frames[..at].to_vec();
+        frames.extend(python);
+        frames.extend_from_slice(&native_frames[at..]);
+        let site = site_id(&frames);
+        self.frames.entry(site).or_insert_with(|| frames.into());
+        site
+    }
+
     pub fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
         self.frames.get(&site)
     }
