@@ -196,6 +196,9 @@ pub fn static_layout(minor: u32) -> Option<Layout> {
 /// Bytes of `_Py_DebugOffsets` read (3.13: 71 u64 words up to `unicode_object`).
 pub const DEBUG_OFFSETS_LEN: usize = 71 * 8;
 
+/// Largest offset believed from `_Py_DebugOffsets`.
+const MAX_OFFSET: u32 = 1 << 20;
+
 /// 3.13's layout from the `_Py_DebugOffsets` that opens `_PyRuntime`
 /// (Include/internal/pycore_runtime.h of 3.13: cookie "xdebugpy", version (PY_VERSION_HEX),
 /// free_threaded, then one struct of u64 offsets per type, each starting with its size).
@@ -216,7 +219,9 @@ pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, Pyt
     let small = |i: usize| -> Result<u32, PythonError> {
         u32::try_from(word(i))
             .ok()
-            .filter(|v| *v < 4096)
+            // PyInterpreterState is large (threads.head is past 7 KiB in 3.13); a struct past
+            // a MiB is not CPython's.
+            .filter(|v| *v < MAX_OFFSET)
             .ok_or_else(|| PythonError::DebugOffsets(format!("implausible offset {:#x}", word(i))))
     };
     Ok(Layout {
