@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
-    TARGET_ENTRIES, counter,
+    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
+    STACK_ENTRIES, TARGET_ENTRIES, counter,
 };
 
 /// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).

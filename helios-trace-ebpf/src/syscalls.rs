@@ -17,7 +17,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel as bpf_probe_read_kernel_value, bpf_probe_read_user,
         generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel,
             bpf_probe_read_user as raw_read_user, bpf_probe_read_user_str, bpf_task_pt_regs,
         },
     },
@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_STACK_WINDOW,
-    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, STACK_NOT_CAPTURED, SyscallEvent,
-    UserStack, counter, kind, python_flags, spec, stack_mode, syscall_flags, user_stack_flags,
+    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, STACK_NOT_CAPTURED, SyscallEvent, UserStack, counter,
+    kind, python_flags, spec, stack_mode, syscall_flags, user_stack_flags,
 };
 
 use crate::{
@@ -403,7 +403,12 @@ fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
         failed: 0,
     };
     unsafe {
-        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, (&mut search as *mut ThreadSearch).cast(), 0)
+        bpf_loop(
+            MAX_PYTHON_THREADS,
+            search_thread as *mut c_void,
+            (&mut search as *mut ThreadSearch).cast(),
+            0,
+        )
     };
     if search.failed != 0 {
         return python_flags::READ_FAILED;

@@ -199,7 +199,6 @@ impl Engine {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
                 let native = self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id));
-                self.python.event(event.tgid, event.ts_ns);
                 match self.walked.take().filter(|w| w.tid == event.tid && w.ts_ns == event.ts_ns) {
                     Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
                     None => native,

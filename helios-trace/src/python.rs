@@ -11,7 +11,7 @@
 //! its thread ids) before the kernel is told; an interpreter that fails, or an unsupported
 //! version, gets native frames only and one warning.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -53,9 +53,16 @@ pub enum PythonError {
 }
 
 impl PythonError {
-    /// Worth trying again later (the interpreter was still starting).
+    /// Worth trying again later: the interpreter was still starting, or its libpython was
+    /// not loaded yet (right after exec only the executable and the loader are mapped).
     fn retry(&self) -> bool {
-        matches!(self, PythonError::NotReady | PythonError::NoThread | PythonError::Memory { .. })
+        matches!(
+            self,
+            PythonError::NotReady
+                | PythonError::NoThread
+                | PythonError::Memory { .. }
+                | PythonError::NoRuntime { .. }
+        )
     }
 }
 
@@ -372,7 +379,9 @@ impl Memory {
     }
 
     fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), PythonError> {
-        self.file.read_exact_at(buf, address).map_err(|e| PythonError::Memory { address, reason: e.to_string() })
+        self.file
+            .read_exact_at(buf, address)
+            .map_err(|e| PythonError::Memory { address, reason: e.to_string() })
     }
 
     fn u64(&self, address: u64) -> Result<u64, PythonError> {
@@ -402,7 +411,8 @@ impl Memory {
         match kind {
             1 => Some(bytes.iter().map(|b| *b as char).collect()),
             2 => {
-                let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                let units: Vec<u16> =
+                    bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
                 Some(String::from_utf16_lossy(&units))
             }
             _ => bytes
@@ -507,7 +517,8 @@ impl Interpreter {
 
 /// Find a process's CPython, its layout and runtime, and check them against the process.
 fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, PythonError>> {
-    let maps = ProcessMaps::parse(&std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).ok()?);
+    let maps =
+        ProcessMaps::parse(&std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).ok()?);
     // libpython holds the runtime where there is one; else the executable does (static).
     let candidates = |lib: bool| {
         maps.mappings()
@@ -606,8 +617,9 @@ fn runtime_address(
         .filter(|m| m.key == mapping.key)
         .min_by_key(|m| m.file_offset)
         .unwrap_or(mapping);
-    let file = procscan::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
-        .map_err(|e| elf_error(e.to_string()))?;
+    let file =
+        procscan::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
+            .map_err(|e| elf_error(e.to_string()))?;
     // SAFETY: a read-only private mapping only read through object's bounds-checked parser;
     // an interpreter being run is not rewritten in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;
@@ -630,7 +642,10 @@ fn runtime_address(
 /// What is known of one process.
 enum State {
     /// Not probed yet, or the interpreter was still starting: try again on a later event.
-    Pending { attempts: u32, next_ns: u64 },
+    Pending {
+        attempts: u32,
+        next_ns: u64,
+    },
     /// No CPython, or one that is not supported (warned once).
     Native,
     Python(Box<Interpreter>),
@@ -646,6 +661,8 @@ pub struct PythonFrames {
     proc_root: PathBuf,
     enabled: bool,
     processes: HashMap<u32, State>,
+    /// Those of `processes` in State::Pending.
+    pending: HashSet<u32>,
     /// Changes for the kernel's `PYTHON_PROCS` map, applied by the session.
     updates: Vec<(u32, Option<PythonOffsets>)>,
     /// Processes warned about (unsupported or unrecognised interpreters).
@@ -658,6 +675,7 @@ impl PythonFrames {
             proc_root: proc_root.into(),
             enabled: false,
             processes: HashMap::new(),
+            pending: HashSet::new(),
             updates: Vec::new(),
             warnings: 0,
         }
@@ -695,17 +713,23 @@ impl PythonFrames {
 
     /// The process is gone or replaced its image.
     pub fn forget(&mut self, pid: u32) {
+        self.pending.remove(&pid);
         if let Some(State::Python(_)) = self.processes.remove(&pid) {
             self.updates.push((pid, None));
         }
     }
 
-    /// A descriptor event of `pid`: a process whose interpreter was still starting is probed
-    /// again (at most every RETRY_NS).
-    pub fn event(&mut self, pid: u32, now_ns: u64) {
-        if let Some(State::Pending { next_ns, .. }) = self.processes.get(&pid)
-            && now_ns >= *next_ns
-        {
+    /// Probe again the processes whose interpreter was still starting (every RETRY_NS at
+    /// most; the session calls this at each drain of the ring buffer, so a CPython started
+    /// after the tracer gets its frames walked from about when its startup ends).
+    pub fn retry_pending(&mut self, now_ns: u64) {
+        let due: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|pid| matches!(self.processes.get(pid), Some(State::Pending { next_ns, .. }) if *next_ns <= now_ns))
+            .copied()
+            .collect();
+        for pid in due {
             self.try_probe(pid, now_ns);
         }
     }
@@ -734,6 +758,11 @@ impl PythonFrames {
                 State::Native
             }
         };
+        if matches!(state, State::Pending { .. }) {
+            self.pending.insert(pid);
+        } else {
+            self.pending.remove(&pid);
+        }
         self.processes.insert(pid, state);
     }
 
@@ -745,7 +774,13 @@ impl PythonFrames {
     /// The site of a descriptor opened with the native site `native` and these Python frames
     /// (innermost first) walked by the kernel: the native frames with the Python frames
     /// merged in (StackRegistry::with_python).
-    pub fn site(&mut self, pid: u32, native: SiteId, raw: &[PythonFrame], stacks: &mut StackRegistry) -> SiteId {
+    pub fn site(
+        &mut self,
+        pid: u32,
+        native: SiteId,
+        raw: &[PythonFrame],
+        stacks: &mut StackRegistry,
+    ) -> SiteId {
         let Some(State::Python(interpreter)) = self.processes.get_mut(&pid) else { return native };
         if raw.is_empty() {
             return native;
@@ -797,7 +832,8 @@ mod tests {
         assert!(layout_from_debug_offsets(&bytes, 13).is_err());
         bytes[..8].copy_from_slice(b"xdebugpy");
         bytes[8..16].copy_from_slice(&0x030d00f0u64.to_le_bytes());
-        let set = |bytes: &mut Vec<u8>, i: usize, v: u64| bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        let set =
+            |bytes: &mut Vec<u8>, i: usize, v: u64| bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         set(&mut bytes, 5, 40);
         set(&mut bytes, 9, 72);
         set(&mut bytes, 70, 40);
@@ -825,7 +861,9 @@ mod tests {
         for code in fixtures.as_array().unwrap() {
             let minor = code["minor"].as_u64().unwrap() as u32;
             let table: Vec<u8> = (0..code["linetable"].as_str().unwrap().len() / 2)
-                .map(|i| u8::from_str_radix(&code["linetable"].as_str().unwrap()[i * 2..i * 2 + 2], 16).unwrap())
+                .map(|i| {
+                    u8::from_str_radix(&code["linetable"].as_str().unwrap()[i * 2..i * 2 + 2], 16).unwrap()
+                })
                 .collect();
             let first = code["firstlineno"].as_u64().unwrap() as u32;
             for case in code["lines"].as_array().unwrap() {

@@ -356,6 +356,7 @@ impl Tracing {
 
 /// Tell the kernel which CPython processes to walk (found or gone since the last call).
 fn apply_python_updates(engine: &mut Engine, tracer: &mut Tracer) {
+    engine.python.retry_pending(clock::boot_ns());
     for (pid, offsets) in engine.python.take_updates() {
         if let Err(err) = tracer.set_python(pid, offsets) {
             log::warn!("process {pid}: {err:#}: native frames only");

@@ -166,6 +166,8 @@ pub struct Tracer {
     child: Child,
     stdout: BufReader<ChildStdout>,
     stderr_lines: std::sync::mpsc::Receiver<String>,
+    /// What it wrote to stderr before it said it was attached.
+    before_attach: Vec<String>,
 }
 
 impl Tracer {
@@ -180,12 +182,21 @@ impl Tracer {
             .expect("helios-trace starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let rx = follow_stderr(&mut child);
-        wait_for_attach(&mut child, &rx);
-        Tracer { child, stdout, stderr_lines: rx }
+        let mut before_attach = Vec::new();
+        wait_for_attach(&mut child, &rx, &mut before_attach);
+        Tracer { child, stdout, stderr_lines: rx, before_attach }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The lines it wrote to stderr since the last call (the first call: since its start,
+    /// but the attach line).
+    pub fn stderr_lines(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.before_attach);
+        lines.extend(self.stderr_lines.try_iter());
+        lines
     }
 
     /// The report as of now (SIGUSR1), tracing continues.
@@ -223,13 +234,17 @@ fn follow_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
 }
 
 /// The line in which helios-trace says it is attached.
-fn wait_for_attach(child: &mut Child, lines: &std::sync::mpsc::Receiver<String>) -> String {
+fn wait_for_attach(
+    child: &mut Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    before: &mut Vec<String>,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if line.contains("attached") => return line,
-            Ok(_) => continue,
+            Ok(line) => before.push(line),
             Err(_) => panic!("helios-trace did not attach within 30 s: {:?}", child.try_wait()),
         }
     }
@@ -259,7 +274,7 @@ impl Serve {
             .spawn()
             .expect("helios-trace serve starts");
         let lines = follow_stderr(&mut child);
-        let line = wait_for_attach(&mut child, &lines);
+        let line = wait_for_attach(&mut child, &lines, &mut Vec::new());
         let address = line
             .split_once("serving http://")
             .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
