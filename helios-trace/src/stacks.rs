@@ -190,8 +190,11 @@ const LIBC_WRAPPERS: &[&str] = &[
 fn is_runtime(frame: &Frame) -> bool {
     match frame.language {
         Language::Kernel => true,
+        // The standard library (frozen modules, the interpreter's lib/python3.X) and installed
+        // packages (site-packages, Debian's dist-packages) are libraries: the telling frame
+        // is the application's call into them.
         Language::Python => frame.file.as_deref().is_some_and(|file| {
-            file.starts_with("<frozen ") || (file.contains("/lib/python3") && !file.contains("-packages/"))
+            file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
         }),
         Language::Native => {
             let module = frame.module.as_deref().map(basename).unwrap_or("");
@@ -207,9 +210,15 @@ fn is_runtime(frame: &Frame) -> bool {
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
 /// code, past the kernel, the C library and loader, language runtimes and standard libraries.
-/// When every frame is plumbing, the innermost user frame. None only without user frames.
+/// When every frame is plumbing, the innermost Python frame, else the innermost user frame.
+/// None only without user frames.
 pub fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
-    frames.iter().find(|f| !is_runtime(f)).or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
+    frames
+        .iter()
+        .find(|f| !is_runtime(f))
+        // A Python stack entirely in libraries: its innermost Python frame says more than libc.
+        .or_else(|| frames.iter().find(|f| f.language == Language::Python))
+        .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
 }
 
 /// A short, bounded label of a frame, for the `frame` metric label and the text report:
@@ -713,8 +722,52 @@ mod tests {
             frame_label(telling_frame(&frames).unwrap()),
             "geo.py:UnitTrackingWSHandler.on_connect:27"
         );
+        // Installed packages are libraries too: the application's call into them tells.
         let vendored = py("Client.connect", "/usr/lib/python3/dist-packages/redis/client.py", 5);
-        assert!(!is_runtime(&vendored), "installed packages are application code");
+        assert!(is_runtime(&vendored));
+        let mut through_package = frames.clone();
+        through_package.insert(2, vendored.clone());
+        assert_eq!(
+            frame_label(telling_frame(&through_package).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
+        // All in libraries: the innermost Python frame, not libc.
+        let libraries = vec![frames[0].clone(), frames[2].clone(), vendored];
+        assert_eq!(frame_label(telling_frame(&libraries).unwrap()), "socket.py:socket.accept:294");
+    }
+
+    #[test]
+    fn python_frames_stand_where_the_eval_loop_is() {
+        let mut registry = StackRegistry::new("/nonexistent");
+        let native_frames: Vec<Frame> = vec![
+            native(Some("accept4"), "/lib/libc.so.6", 1),
+            native(Some("sock_accept"), "/x/lib-dynload/_socket.so", 2),
+            native(Some("_PyEval_EvalFrameDefault"), "/x/libpython3.12.so.1.0", 3),
+            native(Some("main"), "/x/python3.12", 4),
+        ];
+        let native_site = site_id(&native_frames);
+        registry.frames.insert(native_site, native_frames.into());
+        let py = |symbol: &str, line| Frame {
+            symbol: Some(symbol.to_string()),
+            file: Some("/srv/app.py".to_string()),
+            line: Some(line),
+            module: None,
+            address: None,
+            offset: None,
+            symbol_offset: None,
+            inlined: false,
+            language: Language::Python,
+        };
+        let site = registry.with_python(native_site, vec![py("handle", 10), py("main", 20)]);
+        let symbols: Vec<&str> =
+            registry.frames(site).unwrap().iter().map(|f| f.symbol.as_deref().unwrap()).collect();
+        assert_eq!(symbols, ["accept4", "sock_accept", "handle", "main", "_PyEval_EvalFrameDefault", "main"]);
+        // The same Python path is the same site; another line is another.
+        assert_eq!(registry.with_python(native_site, vec![py("handle", 10), py("main", 20)]), site);
+        assert_ne!(registry.with_python(native_site, vec![py("handle", 11), py("main", 20)]), site);
+        // Without an eval loop among the native frames (a short frame-pointer stack): after them.
+        let site = registry.with_python(SiteId::NoStack, vec![py("handle", 10)]);
+        assert_eq!(registry.frames(site).unwrap().len(), 1);
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn spawn(python: &Path) -> Workload {
 }
 
 /// The report's site entry of `fd` of `pid`.
-fn site_of<'a>(report: &'a Value, pid: u32, fd: i64) -> &'a Value {
+fn site_of(report: &Value, pid: u32, fd: i64) -> &Value {
     let p = process(report, pid).unwrap();
     let listing = p["fds"].as_array().unwrap().iter().find(|e| e["fd"] == fd);
     let site = listing.unwrap_or_else(|| panic!("fd {fd} of {pid} not listed"))["site"].clone();

@@ -25,7 +25,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// build, gcc for the C workloads (binutils' strip for the stripped one), tmux for the
 /// live-view test, bpftrace for the benchmark peer.
 const TEST_PACKAGES: &[&str] =
-    &["prometheus", "podman", "gcc", "binutils", "tmux", "bpftrace", "python3-venv"];
+    &["prometheus", "podman", "gcc", "binutils", "tmux", "bpftrace", "python3", "python3-venv"];
 
 pub fn ensure(for_tests: bool) -> Result<()> {
     let mut apt = Apt::default();
