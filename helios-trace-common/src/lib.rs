@@ -128,6 +128,8 @@ pub const MAX_PYTHON_FRAMES: usize = 32;
 pub const MAX_PYTHON_THREADS: u32 = 64;
 /// Capacity of the `PYTHON_PROCS` map: CPython processes whose frames are walked.
 pub const PYTHON_PROC_ENTRIES: u32 = 4096;
+/// Most bytes of one frame the kernel reads ([`PythonOffsets::frame_read`]).
+pub const MAX_PYTHON_FRAME_READ: u32 = 128;
 /// An offset field of [`PythonOffsets`] that does not apply to the interpreter's version.
 pub const PY_NO_OFFSET: u32 = u32::MAX;
 
@@ -164,7 +166,9 @@ pub struct PythonOffsets {
     pub frame_owner: u32,
     /// Frames whose owner is this are not Python code (`FRAME_OWNED_BY_CSTACK`, 3.12+): skipped.
     pub owner_skip: u32,
-    pub reserved: u32,
+    /// Bytes of a frame read at once, covering every frame field above (at most
+    /// [`MAX_PYTHON_FRAME_READ`]): one read per frame rather than one per field.
+    pub frame_read: u32,
 }
 const _: () = assert!(size_of::<PythonOffsets>() == 56);
 

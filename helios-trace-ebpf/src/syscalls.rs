@@ -25,9 +25,10 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use helios_trace_common::{
-    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, MAX_STACK_WINDOW,
-    PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets, STACK_NOT_CAPTURED, SyscallEvent, UserStack, counter,
-    kind, python_flags, spec, stack_mode, syscall_flags, user_stack_flags,
+    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES,
+    MAX_PYTHON_THREADS, MAX_STACK_WINDOW, PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets,
+    STACK_NOT_CAPTURED, SyscallEvent, UserStack, counter, kind, python_flags, spec, stack_mode,
+    syscall_flags, user_stack_flags,
 };
 
 use crate::{
@@ -326,13 +327,27 @@ struct FrameWalk {
     frame: u64,
     flags: u32,
     reserved: u32,
+    /// The current frame's first `frame_read` bytes.
+    bytes: [u8; MAX_PYTHON_FRAME_READ as usize],
+}
+
+/// The u64 at `offset` of a frame copy (0 past its end).
+#[inline(always)]
+fn frame_field(bytes: &[u8; MAX_PYTHON_FRAME_READ as usize], offset: u32) -> u64 {
+    let offset = offset as usize;
+    match bytes.get(offset..offset + 8) {
+        Some(field) => u64::from_le_bytes([
+            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
+        ]),
+        None => 0,
+    }
 }
 
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
+/// The frame is read at once (`frame_read` bytes) and its fields taken from the copy.
 #[inline(never)]
 unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut FrameWalk) };
-    let o = &w.offsets;
     if w.frame == 0 {
         return 1;
     }
@@ -341,41 +356,28 @@ unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: the per-CPU slot python_stack is filling.
     let stack = unsafe { &mut *stack };
-    let skip = if o.frame_owner == PY_NO_OFFSET {
-        false
-    } else {
-        match unsafe { bpf_probe_read_user((w.frame + o.frame_owner as u64) as *const u8) } {
-            Ok(owner) => owner as u32 == o.owner_skip,
-            Err(_) => {
-                w.flags |= python_flags::READ_FAILED;
-                return 1;
-            }
-        }
-    };
+    let o = &w.offsets;
+    let size = o.frame_read.min(MAX_PYTHON_FRAME_READ);
+    if size == 0 || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, w.frame as *const c_void) } != 0
+    {
+        w.flags |= python_flags::READ_FAILED;
+        return 1;
+    }
+    let skip = o.frame_owner != PY_NO_OFFSET
+        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 == o.owner_skip);
     if !skip {
         let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
             w.flags |= python_flags::TRUNCATED;
             return 1;
         };
-        let (Ok(code), Ok(instr)) =
-            (read_user_u64(w.frame + o.frame_code as u64), read_user_u64(w.frame + o.frame_instr as u64))
-        else {
-            w.flags |= python_flags::READ_FAILED;
-            return 1;
+        *slot = PythonFrame {
+            code: frame_field(&w.bytes, o.frame_code),
+            instr: frame_field(&w.bytes, o.frame_instr),
         };
-        *slot = PythonFrame { code, instr };
         stack.frame_count += 1;
     }
-    match read_user_u64(w.frame + o.frame_previous as u64) {
-        Ok(previous) => {
-            w.frame = previous;
-            0
-        }
-        Err(_) => {
-            w.flags |= python_flags::READ_FAILED;
-            1
-        }
-    }
+    w.frame = frame_field(&w.bytes, o.frame_previous);
+    0
 }
 
 /// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
@@ -425,7 +427,8 @@ fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
         };
         frame = current;
     }
-    let mut walk = FrameWalk { offsets: *o, frame, flags: 0, reserved: 0 };
+    let mut walk =
+        FrameWalk { offsets: *o, frame, flags: 0, reserved: 0, bytes: [0; MAX_PYTHON_FRAME_READ as usize] };
     // Room for shim frames between the real ones; a walk that did not reach the end is cut.
     let loops = (MAX_PYTHON_FRAMES * 2) as u32;
     let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, (&mut walk as *mut FrameWalk).cast(), 0) };

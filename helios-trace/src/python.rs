@@ -50,6 +50,8 @@ pub enum PythonError {
     NoThread,
     #[error("the interpreter is not initialized yet")]
     NotReady,
+    #[error("the frame fields lie beyond what the kernel reads of a frame")]
+    Layout,
 }
 
 impl PythonError {
@@ -132,7 +134,7 @@ pub fn static_layout(minor: u32) -> Option<Layout> {
         frame_instr: 0,
         frame_owner: PY_NO_OFFSET,
         owner_skip: PY_NO_OFFSET,
-        reserved: 0,
+        frame_read: 0,
     };
     Some(match minor {
         10 => Layout {
@@ -247,7 +249,7 @@ pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, Pyt
             frame_instr: small(31)?,
             frame_owner: small(33)?,
             owner_skip: FRAME_OWNED_BY_CSTACK,
-            reserved: 0,
+            frame_read: 0,
         },
         code: CodeLayout {
             filename: small(35)? as u64,
@@ -549,6 +551,7 @@ fn attach(
     };
     let mut offsets = layout.kernel;
     offsets.interpreters_head = runtime + layout.interpreters_head;
+    offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
     let tids = procscan::tids(proc_root, pid);
     let interp = memory.u64(offsets.interpreters_head)?;
     if interp == 0 {
@@ -572,6 +575,14 @@ fn attach(
         return Err(PythonError::NoThread);
     }
     Ok(Interpreter { layout, offsets, code_type, memory, codes: HashMap::new(), sites: HashMap::new() })
+}
+
+/// Bytes of a frame that cover all the fields the kernel reads (the owner is one byte, the
+/// others 8; 3.10's `f_lasti` is an int, read with the int after it, the high half dropped).
+fn frame_read(o: &PythonOffsets) -> Option<u32> {
+    let end = [o.frame_previous, o.frame_code, o.frame_instr].iter().map(|f| f + 8).max()?;
+    let end = if o.frame_owner == PY_NO_OFFSET { end } else { end.max(o.frame_owner + 1) };
+    (end <= helios_trace_common::MAX_PYTHON_FRAME_READ).then_some(end)
 }
 
 /// glibc's `struct pthread` (nptl/descr.h) holds the thread's kernel tid; its offset depends
@@ -824,6 +835,11 @@ mod tests {
         assert!(static_layout(13).is_none() && static_layout(9).is_none());
         // 3.10 reaches the kernel tid through pthread_t; the others have native_thread_id.
         assert_eq!(static_layout(11).unwrap().kernel.pthread_tid, PY_NO_OFFSET);
+        // The kernel reads a frame at once: 3.10's f_lasti ends at 104, 3.12's owner at 71.
+        assert_eq!(frame_read(&static_layout(10).unwrap().kernel), Some(104));
+        assert_eq!(frame_read(&static_layout(12).unwrap().kernel), Some(71));
+        let far = PythonOffsets { frame_owner: 200, ..static_layout(12).unwrap().kernel };
+        assert_eq!(frame_read(&far), None);
     }
 
     #[test]
