@@ -23,7 +23,7 @@ use crate::{
     launch::{self, Gated, Identity},
     live::{self, LiveView},
     report::{self, CommandReport, Report},
-    session::{Tracing, stop_signal},
+    session::{Tick, Tracing, stop_signal},
 };
 
 /// Exited processes `run` keeps for its report (the command's, and those it started).
@@ -142,7 +142,7 @@ async fn drive(
     let mut stop = pin!(stop);
     loop {
         tokio::select! {
-            result = tracing.run_until(&mut stop, |t| progress.tick(t)) => return result,
+            result = tracing.run_until(&mut stop, |t, tick| if tick == Tick::Second { progress.tick(t) }) => return result,
             _ = snapshot.recv() => {
                 tracing.drain();
                 if progress.holds_stdout() && args.output.is_none() {

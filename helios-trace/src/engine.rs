@@ -154,6 +154,11 @@ impl Engine {
         self.keep_transitions = true;
     }
 
+    /// Transitions kept since the last `take_transitions`.
+    pub fn pending_transitions(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn take_transitions(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }

@@ -507,6 +507,8 @@ pub struct SelfMetrics {
     pub tracked_processes: u64,
     pub tracked_fds: u64,
     pub corrections: Corrections,
+    /// What --max-processes / --max-fds kept out of the table.
+    pub dropped: crate::fdtable::Dropped,
     pub usage: Option<Usage>,
 }
 
@@ -634,11 +636,21 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     )?;
     corrections.with_label_values(&["added"]).inc_by(own.corrections.added);
     corrections.with_label_values(&["removed"]).inc_by(own.corrections.removed);
+    let dropped = IntCounterVec::new(
+        Opts::new(
+            "helios_trace_dropped_total",
+            "Processes or descriptors not tracked because --max-processes or --max-fds was reached.",
+        ),
+        &["what"],
+    )?;
+    dropped.with_label_values(&["processes"]).inc_by(own.dropped.processes);
+    dropped.with_label_values(&["fds"]).inc_by(own.dropped.fds);
     registry.register(Box::new(events))?;
     registry.register(Box::new(lost))?;
     registry.register(Box::new(processes))?;
     registry.register(Box::new(fds))?;
     registry.register(Box::new(corrections))?;
+    registry.register(Box::new(dropped))?;
 
     // The conventional process metrics (names as the Prometheus client libraries export them).
     if let Some(usage) = own.usage {
@@ -914,6 +926,7 @@ mod tests {
             ("helios_trace_tracked_processes", "gauge"),
             ("helios_trace_tracked_fds", "gauge"),
             ("helios_trace_reconcile_corrections_total", "counter"),
+            ("helios_trace_dropped_total", "counter"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} is a {kind}: {text}");
         }
@@ -1128,6 +1141,7 @@ mod tests {
             tracked_processes: 2,
             tracked_fds: 9,
             corrections: Corrections { added: 1, removed: 2 },
+            dropped: crate::fdtable::Dropped { processes: 0, fds: 6 },
             usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
@@ -1138,6 +1152,7 @@ mod tests {
             series(&text, "helios_trace_reconcile_corrections_total")[r#"{direction="removed"}"#],
             2.0
         );
+        assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="fds"}"#], 6.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
     }

@@ -56,6 +56,15 @@ pub struct Tracing {
     redact_paths: bool,
 }
 
+/// Why `run_until` calls back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Records were read from the ring buffer (often: keep it cheap).
+    Drained,
+    /// A second passed and the sites were sampled.
+    Second,
+}
+
 /// The ring buffer: as attached, then registered with the runtime's reactor for polling.
 enum Ring {
     Attached(RingBuf<MapData>),
@@ -187,12 +196,13 @@ impl Tracing {
         }
     }
 
-    /// Run until `stop` completes; `every_second` runs once a second, after the sites were
-    /// sampled (the exporter publishes its snapshot there). Ends with a final drain.
+    /// Run until `stop` completes; `on_tick` runs after every drain of the ring buffer
+    /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
+    /// exporter publishes its snapshot there). Ends with a final drain.
     pub async fn run_until(
         &mut self,
         stop: impl Future<Output = ()>,
-        mut every_second: impl FnMut(&mut Tracing),
+        mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
         self.ring.poll()?;
         let mut stop = pin!(stop);
@@ -216,15 +226,19 @@ impl Tracing {
                 _ = second.tick() => {
                     self.drain();
                     self.sample();
-                    every_second(self);
+                    on_tick(self, Tick::Second);
                 }
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
                 guard = self.ring.readable() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     guard.clear_ready();
                     self.drain();
+                    on_tick(self, Tick::Drained);
                 }
-                _ = drain_timer.tick() => self.drain(),
+                _ = drain_timer.tick() => {
+                    self.drain();
+                    on_tick(self, Tick::Drained);
+                }
             }
         }
         self.drain();

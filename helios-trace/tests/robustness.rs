@@ -42,6 +42,10 @@ fn a_flood_is_survived_counted_and_healed() {
         w.run("churn-stop");
     }
     let before = settled_memory(&mut tracer);
+    let counted = |report: &serde_json::Value| {
+        report["events"]["received"].as_u64().unwrap() + report["events"]["lost"].as_u64().unwrap()
+    };
+    let counted_before = counted(&tracer.snapshot());
     for w in &mut floods {
         // As fast as the machine goes: open + close in a tight loop.
         w.run("churn-bg 0 0 0");
@@ -62,12 +66,15 @@ fn a_flood_is_survived_counted_and_healed() {
     for w in &floods {
         assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid), "pid {} healed", w.pid);
     }
-    // Every open and every close is a record: each was received or counted lost.
-    let received = report["events"]["received"].as_u64().unwrap();
+    // Every open and every close of the flood is a record: each was received or counted lost.
+    let records = counted(&report) - counted_before;
     let lost = report["events"]["lost"].as_u64().unwrap();
-    eprintln!("flood: {opens} open+close pairs in 20 s; {received} records received, {lost} lost");
-    assert!(received + lost >= 2 * opens, "{received} + {lost} < 2 x {opens}: records vanished");
-    assert!(received + lost <= 2 * opens + 20_000, "{received} + {lost} records for {opens} pairs");
+    eprintln!(
+        "flood: {opens} open+close pairs in 20 s; {records} records received or lost ({lost} lost in all)"
+    );
+    assert!(opens > 1_000_000, "not a flood: {opens} open+close pairs in 20 s");
+    assert!(records >= 2 * opens, "{records} < 2 x {opens}: records vanished");
+    assert!(records <= 2 * opens + 20_000, "{records} records for {opens} pairs");
     let after = anon_rss_kb(tracer.pid());
     eprintln!("tracer memory (RssAnon): {before} kB before, {after} kB after the flood");
     assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
@@ -102,4 +109,65 @@ fn ten_thousand_short_lived_processes_leave_nothing_behind() {
     assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
     drop(tracer);
     w.exit();
+}
+
+#[test]
+fn the_exporter_answers_scrapes_through_a_flood_and_heals() {
+    if !require_bpf() {
+        return;
+    }
+    let mut floods = [Workload::spawn(), Workload::spawn()];
+    let pids: Vec<String> = floods.iter().map(|w| w.pid.to_string()).collect();
+    let serve = Serve::start(&["--pid", &pids[0], "--pid", &pids[1], "--reconcile-interval", "2s"]);
+    let sum = |text: &str, name: &str, labels: &[&str]| -> f64 {
+        let series = exposition_series(text, name);
+        labels.iter().map(|l| series.get(*l).copied().unwrap_or(0.0)).sum()
+    };
+    for w in &mut floods {
+        w.run("churn-bg 0 0 0");
+        std::thread::sleep(Duration::from_millis(200));
+        w.run("churn-stop");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    serve.metrics();
+    let before = anon_rss_kb(serve.pid());
+    let counted_in = |text: &str| {
+        sum(text, "helios_trace_events_total", &[r#"{event="open"}"#, r#"{event="close"}"#])
+            + sum(text, "helios_trace_events_lost_total", &[""])
+    };
+    let start = counted_in(&serve.metrics());
+    for w in &mut floods {
+        w.run("churn-bg 0 0 0");
+    }
+    let flood_end = Instant::now() + Duration::from_secs(15);
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < flood_end {
+        std::thread::sleep(Duration::from_secs(1));
+        let asked = Instant::now();
+        assert_eq!(serve.get("/healthz"), (200, "ok\n".to_string()), "healthy during the flood");
+        serve.metrics();
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(2), "a scrape took {slowest:?} during the flood");
+    let opens: u64 = floods.iter_mut().map(|w| w.run("churn-stop")[0] as u64).sum();
+    // Every open and close of the flood was received or counted lost; then the tables heal.
+    let truth: f64 = floods.iter().map(|w| proc_fds(w.pid).len() as f64).sum();
+    let text = wait_for("the tables to match /proc again", Duration::from_secs(10), || {
+        let text = serve.metrics();
+        (sum(&text, "helios_trace_tracked_fds", &[""]) == truth).then_some(text)
+    });
+    let counted = counted_in(&text) - start;
+    eprintln!("serve flood: {opens} open+close pairs in 15 s; {counted} records received or lost");
+    assert!(opens > 1_000_000, "not a flood: {opens} open+close pairs in 15 s");
+    assert!(counted >= 2.0 * opens as f64, "{counted} < 2 x {opens}: records vanished");
+    assert!(counted <= 2.0 * opens as f64 + 20_000.0, "{counted} records for {opens} pairs");
+    std::thread::sleep(Duration::from_secs(3));
+    serve.metrics();
+    let after = anon_rss_kb(serve.pid());
+    eprintln!("exporter memory (RssAnon): {before} kB before, {after} kB after the flood");
+    assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
+    for w in floods {
+        w.exit();
+    }
+    assert!(serve.stop().success());
 }

@@ -168,6 +168,63 @@ fn a_missing_privilege_names_the_capability() {
 }
 
 #[test]
+fn works_as_nobody_with_exactly_four_capabilities_and_keeps_three() {
+    if !require_bpf() {
+        return; // setpriv needs root to change users
+    }
+    // Not root: user nobody, with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+    // as its only capabilities (ambient, so they survive the exec), tracing a root process.
+    ensure_host_tracefs();
+    let mut work = Workload::spawn();
+    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(helios_trace_bin());
+    let tracer = Tracer::start_with(setpriv, &["--pid", &work.pid.to_string()]);
+    // Attached: CAP_PERFMON (only needed to attach) is gone from every thread.
+    for (effective, permitted) in thread_capabilities(tracer.pid()) {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
+    work.run("files 3");
+    work.run("sockets 2");
+    let truth = proc_fds(work.pid);
+    let report = tracer.stop();
+    assert_eq!(reported_fds(&report, work.pid), truth, "fd-by-fd, the table equals /proc/{}/fd", work.pid);
+    work.exit();
+}
+
+#[test]
+fn as_root_it_keeps_only_three_capabilities_once_attached() {
+    if !require_bpf() {
+        return;
+    }
+    let work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string()]);
+    let threads = thread_capabilities(tracer.pid());
+    assert!(threads.len() > 1, "the runtime's threads are there too: {threads:?}");
+    for (effective, permitted) in threads {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
+    let inheritable = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
+    assert!(inheritable.lines().any(|l| l == "CapInh:\t0000000000000000"), "{inheritable}");
+    assert!(inheritable.lines().any(|l| l == "CapAmb:\t0000000000000000"), "{inheritable}");
+    tracer.stop();
+    work.exit();
+}
+
+#[test]
 fn redact_paths_hides_every_path() {
     if !require_bpf() {
         return;

@@ -95,7 +95,7 @@ impl Tracer {
             fs::read_to_string(tracefs.join("events/sched/sched_process_exit/format")).unwrap_or_default();
         let group_dead_offset = checks::tracepoint_field_offset(&exit_format, "group_dead").unwrap_or(0);
         if group_dead_offset == 0 {
-            info!(
+            warn!(
                 "sched_process_exit has no group_dead field (Linux < 6.14): a leader's exit stands for its group's"
             );
         }
