@@ -171,6 +171,10 @@ pub struct TraceArgs {
     /// oldest, which are the leaks, are kept).
     #[arg(long, default_value_t = 4_000_000)]
     pub max_fds: usize,
+    /// Remember the frames of at most this many distinct call sites; descriptors opened at
+    /// sites first seen beyond are tracked under the site `site-limit` and counted.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_stacks: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

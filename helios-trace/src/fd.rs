@@ -179,6 +179,8 @@ pub enum SiteId {
     UnknownOrigin,
     /// Opened under tracing, but the stack could not be captured or resolved.
     NoStack,
+    /// Opened at a call site first seen after `--max-stacks` sites were remembered.
+    SiteLimit,
     /// Stable hash of the resolved frames (stacks.rs).
     Stack(u64),
 }
@@ -190,6 +192,7 @@ impl SiteId {
             SiteId::BeforeTrace => "before-trace".to_string(),
             SiteId::UnknownOrigin => "unknown-origin".to_string(),
             SiteId::NoStack => "no-stack".to_string(),
+            SiteId::SiteLimit => "site-limit".to_string(),
             SiteId::Stack(hash) => format!("{hash:016x}"),
         }
     }

@@ -509,6 +509,10 @@ pub struct SelfMetrics {
     pub corrections: Corrections,
     /// What --max-processes / --max-fds kept out of the table.
     pub dropped: crate::fdtable::Dropped,
+    /// New call sites beyond --max-stacks.
+    pub sites_dropped: u64,
+    /// Stacks the kernel could not capture (stack map collisions or full, unreadable stacks).
+    pub stack_errors: u64,
     pub usage: Option<Usage>,
 }
 
@@ -639,12 +643,14 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     let dropped = IntCounterVec::new(
         Opts::new(
             "helios_trace_dropped_total",
-            "Processes or descriptors not tracked because --max-processes or --max-fds was reached.",
+            "What was not tracked: processes or descriptors beyond --max-processes or --max-fds, call sites beyond --max-stacks (their descriptors are under site=\"site-limit\"), stacks the kernel could not capture.",
         ),
         &["what"],
     )?;
     dropped.with_label_values(&["processes"]).inc_by(own.dropped.processes);
     dropped.with_label_values(&["fds"]).inc_by(own.dropped.fds);
+    dropped.with_label_values(&["sites"]).inc_by(own.sites_dropped);
+    dropped.with_label_values(&["stacks"]).inc_by(own.stack_errors);
     registry.register(Box::new(events))?;
     registry.register(Box::new(lost))?;
     registry.register(Box::new(processes))?;
@@ -1142,6 +1148,8 @@ mod tests {
             tracked_fds: 9,
             corrections: Corrections { added: 1, removed: 2 },
             dropped: crate::fdtable::Dropped { processes: 0, fds: 6 },
+            sites_dropped: 4,
+            stack_errors: 0,
             usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
@@ -1153,6 +1161,7 @@ mod tests {
             2.0
         );
         assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="fds"}"#], 6.0);
+        assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="sites"}"#], 4.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
     }

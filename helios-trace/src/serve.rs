@@ -123,9 +123,12 @@ impl Exporter {
             &exhaustion,
             now_ns,
         );
+        let counts = tracing.event_counts();
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
-            events_lost: tracing.event_counts().lost,
+            events_lost: counts.lost,
+            sites_dropped: counts.sites_dropped,
+            stack_errors: counts.stack_errors,
             tracked_processes: engine.table.process_count() as u64,
             tracked_fds: engine.table.fd_count() as u64,
             corrections: tracing.corrections(),

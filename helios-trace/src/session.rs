@@ -131,6 +131,7 @@ impl Tracing {
         let start_ns = clock::boot_ns();
         let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
         let mut engine = Engine::new(proc_root, limits);
+        engine.stacks.limit_sites(args.max_stacks);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
@@ -263,6 +264,7 @@ impl Tracing {
             stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
             stacks_truncated: self.engine.stacks.counts().truncated,
             stacks_unresolved: self.engine.stacks.counts().unresolved,
+            sites_dropped: self.engine.stacks.counts().sites_dropped,
             ..self.engine.counts()
         }
     }

@@ -225,6 +225,25 @@ fn as_root_it_keeps_only_three_capabilities_once_attached() {
 }
 
 #[test]
+fn beyond_max_stacks_descriptors_are_tracked_under_site_limit() {
+    if !require_bpf() {
+        return;
+    }
+    let mut work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string(), "--max-stacks", "1"]);
+    work.run("files 3"); // the one site remembered
+    work.run("sockets 2"); // a second site: beyond the limit
+    let truth = proc_fds(work.pid);
+    let report = tracer.stop();
+    let process = process(&report, work.pid).expect("the workload is reported");
+    assert_eq!(reported_fds(&report, work.pid), truth, "every descriptor is still tracked");
+    assert_eq!(site_open(process, "file", |s| s["site"] != "before-trace"), 3);
+    assert_eq!(site_open(process, "socket", |s| s["site"] == "site-limit"), 2);
+    assert!(report["events"]["sites_dropped"].as_u64().unwrap() >= 1, "{:#}", report["events"]);
+    work.exit();
+}
+
+#[test]
 fn redact_paths_hides_every_path() {
     if !require_bpf() {
         return;
