@@ -171,3 +171,77 @@ fn the_exporter_answers_scrapes_through_a_flood_and_heals() {
     }
     assert!(serve.stop().success());
 }
+
+#[test]
+fn hostile_names_are_escaped_and_cut_in_text_json_and_metrics() {
+    if !require_bpf() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let scratch = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/hostile_names.py");
+    let mut hostile = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(scratch.path())
+        .arg("arg\nPID 1 forged")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = hostile.id().to_string();
+    let mut said = BufReader::new(hostile.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let json = Tracer::start(&["--pid", &pid]);
+    let text = Command::new(helios_trace_bin())
+        .args(["--pid", &pid, "--format", "text", "--list-fds", "--duration", "4s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serve = Serve::start(&["--pid", &pid]);
+    std::thread::sleep(Duration::from_secs(1)); // the text session attached too
+    let mut tell = hostile.stdin.take().unwrap();
+    writeln!(tell).unwrap();
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("opened "), "{line}");
+
+    let forged = |out: &str| out.lines().any(|l| l.trim_start().starts_with("PID 1 forged"));
+    let report = json.stop();
+    let process = process(&report, hostile.id()).expect("reported");
+    let rendered = serde_json::to_string(&report).unwrap();
+    assert!(!forged(&serde_json::to_string_pretty(&report).unwrap()), "{rendered}");
+    let comm = process["comm"].as_str().unwrap();
+    assert!(comm.contains("\\n") && !comm.contains('\n'), "comm {comm:?}");
+    let cmdline = process["cmdline"].as_str().unwrap();
+    assert!(cmdline.contains("arg\\nPID 1 forged") && !cmdline.contains('\n'), "cmdline {cmdline:?}");
+    // The paths of the descriptors the site's examples show.
+    let details: Vec<&str> = process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|site| site["examples"].as_array().unwrap())
+        .filter_map(|example| example["detail"].as_str())
+        .collect();
+    let evil = details.iter().find(|d| d.contains("evil")).unwrap_or_else(|| panic!("{rendered}"));
+    assert!(evil.ends_with("evil\\nPID 1 forged\u{fffd}.txt"), "path {evil:?}");
+    let long = details.iter().find(|d| d.contains("ddddd")).unwrap_or_else(|| panic!("{rendered}"));
+    assert!(long.ends_with("…[truncated]") && long.chars().count() < 600, "path {long:?}");
+
+    let out = text.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8(out.stdout).expect("the text report is UTF-8");
+    assert!(out.contains("\\n"), "{out}");
+    assert!(!forged(&out), "a name forged a line of the text report:\n{out}");
+
+    let metrics = serve.metrics();
+    assert!(!forged(&metrics), "a name forged a line of the exposition:\n{metrics}");
+    let open = exposition_series(&metrics, "helios_trace_open_fds");
+    assert!(open.keys().any(|labels| labels.contains(r#"comm="ev\\nPID 1 forge""#)), "{open:?}");
+    assert!(serve.stop().success());
+    writeln!(tell).unwrap();
+    hostile.wait().unwrap();
+}
