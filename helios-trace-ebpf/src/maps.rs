@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, STACK_ENTRIES, TARGET_ENTRIES, counter,
+    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES,
+    counter,
 };
 
 /// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).
@@ -22,6 +23,11 @@ pub static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(I
 /// Processes to trace when `FILTER_TARGETS` is set: tgid -> 1. Children join at fork.
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(TARGET_ENTRIES, 0);
+
+/// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
+/// `FILTER_TARGETS` is set (`--cgroup`): id -> 1.
+#[map]
+pub static TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
 
 /// What to do per native syscall number (helios_trace_common::spec), written by userspace.
 #[map]

@@ -61,12 +61,7 @@ pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: 
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
         tracing.attached().len(),
-        if args.trace.pids.is_empty() {
-            "all processes".to_string()
-        } else {
-            let pids: Vec<String> = args.trace.pids.iter().map(u32::to_string).collect();
-            format!("pid {}", pids.join(", "))
-        },
+        tracing.describe_targets(),
         address
     );
     let result = tracing

@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
+    cgroups::{self, TargetCgroup},
     cli::TraceArgs,
     clock,
     engine::Engine,
@@ -43,6 +44,7 @@ pub struct Tracing {
     tracer: Tracer,
     ring: Ring,
     pub targets: Vec<u32>,
+    pub target_cgroups: Vec<PathBuf>,
     pub started_at: SystemTime,
     pub started: Instant,
     reconcile_interval: Duration,
@@ -108,8 +110,15 @@ pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 impl Tracing {
     /// Attach the programs and load what is already open.
     pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
+        let cgroups: Vec<TargetCgroup> = args
+            .cgroups
+            .iter()
+            .map(|dir| cgroups::resolve(dir))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
         let config = TraceConfig {
             targets: args.pids.clone(),
+            target_cgroups: cgroups.iter().map(|c| c.id).collect(),
             user_stack_mode: args.stacks.kernel_mode(),
             stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
@@ -135,10 +144,14 @@ impl Tracing {
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
-        let pids: Vec<u32> = if args.pids.is_empty() {
+        let pids: Vec<u32> = if args.pids.is_empty() && cgroups.is_empty() {
             procscan::pids(proc_root).into_iter().filter(|p| *p != own).collect()
         } else {
-            args.pids.clone()
+            let mut pids = args.pids.clone();
+            pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| *p != own));
+            pids.sort_unstable();
+            pids.dedup();
+            pids
         };
         engine.load_baseline(&pids, start_ns);
         // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
@@ -149,6 +162,7 @@ impl Tracing {
             tracer,
             ring,
             targets: args.pids.clone(),
+            target_cgroups: args.cgroups.clone(),
             started_at,
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
@@ -157,6 +171,19 @@ impl Tracing {
             socket_inodes: HashMap::new(),
             redact_paths: args.redact_paths,
         })
+    }
+
+    /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR".
+    pub fn describe_targets(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.targets.is_empty() {
+            let pids: Vec<String> = self.targets.iter().map(u32::to_string).collect();
+            parts.push(format!("pid {}", pids.join(", ")));
+        }
+        for dir in &self.target_cgroups {
+            parts.push(format!("cgroup {}", dir.display()));
+        }
+        if parts.is_empty() { "all processes".to_string() } else { parts.join("; ") }
     }
 
     /// Sample every site's open count now (once a second, from `run_until`).
@@ -278,7 +305,7 @@ impl Tracing {
         let events = self.event_counts();
         let corrections = self.corrections();
         let proc_root: PathBuf = self.engine.proc_root().to_path_buf();
-        let filtered = !self.targets.is_empty();
+        let filtered = !self.targets.is_empty() || !self.target_cgroups.is_empty();
         let mut cmdlines = std::collections::HashMap::new();
         let tgids: Vec<u32> = self.engine.table.processes().map(|(t, _)| t).collect();
         for tgid in tgids {

@@ -140,6 +140,10 @@ fn bad_input_is_one_line_and_exit_2() {
     assert!(stderr.contains("'soon' is not a duration"), "{stderr}");
     let (code, _) = run_cli(&["--format", "yaml"]);
     assert_eq!(code, 2);
+    let (code, stderr) = run_cli(&["--cgroup", "/tmp", "--duration", "1s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--cgroup /tmp is not a cgroup v2 directory"), "{stderr}");
 }
 
 /// Run helios-trace as an unprivileged user (nobody) with only `caps` as ambient capabilities.
@@ -241,6 +245,64 @@ fn beyond_max_stacks_descriptors_are_tracked_under_site_limit() {
     assert_eq!(site_open(process, "socket", |s| s["site"] == "site-limit"), 2);
     assert!(report["events"]["sites_dropped"].as_u64().unwrap() >= 1, "{:#}", report["events"]);
     work.exit();
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid systems such as these machines).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
+    line.split(' ').nth(4).unwrap().into()
+}
+
+/// A cgroup of the test's own, removed (after its processes left) when dropped.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(parent: &std::path::Path, name: &str) -> TestCgroup {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        TestCgroup(dir)
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn cgroup_traces_its_processes_and_those_below_it_only() {
+    if !require_bpf() {
+        return; // creating cgroups needs root
+    }
+    let service = TestCgroup::new(&cgroup2_mount(), &format!("helios-trace-test-{}", std::process::id()));
+    let worker = TestCgroup::new(&service.0, "worker");
+    let mut before = Workload::spawn(); // in the cgroup before the start: from the /proc baseline
+    worker.enter(before.pid);
+    let mut outside = Workload::spawn();
+    let tracer = Tracer::start(&["--cgroup", service.0.to_str().unwrap()]);
+    let mut later = Workload::spawn(); // moves in after the start
+    service.enter(later.pid);
+    before.run("files 2");
+    later.run("sockets 3");
+    outside.run("files 4");
+    let truths = [(before.pid, proc_fds(before.pid)), (later.pid, proc_fds(later.pid))];
+    let report = tracer.stop();
+    for (pid, truth) in truths {
+        assert_eq!(reported_fds(&report, pid), truth, "pid {pid} in the cgroup: exactly /proc");
+    }
+    assert_eq!(site_open(process(&report, before.pid).unwrap(), "file", |s| s["site"] != "before-trace"), 2);
+    assert!(process(&report, outside.pid).is_none(), "a process outside the cgroup is not traced");
+    for w in [before, later, outside] {
+        w.exit();
+    }
+    drop(worker);
 }
 
 #[test]
