@@ -364,6 +364,11 @@ pub mod counter {
 pub const IN_FLIGHT_ENTRIES: u32 = 16384;
 /// Capacity of the target-process filter map.
 pub const TARGET_ENTRIES: u32 = 65536;
+/// Capacity of the map of `--cgroup` targets.
+pub const TARGET_CGROUP_ENTRIES: u32 = 64;
+/// How deep below the root of the cgroup v2 hierarchy the kernel looks for a `--cgroup` target
+/// among a task's ancestors (systemd and Kubernetes nest 3 to 6 levels).
+pub const MAX_CGROUP_DEPTH: u32 = 16;
 /// Default capacity of the stack-trace map.
 pub const STACK_ENTRIES: u32 = 16384;
 

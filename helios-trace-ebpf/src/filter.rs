@@ -2,17 +2,24 @@
 //! are read volatile so the compiler cannot fold their default values in.
 use core::ptr::read_volatile;
 
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use helios_trace_common::stack_mode;
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_get_current_ancestor_cgroup_id,
+};
+use helios_trace_common::{MAX_CGROUP_DEPTH, stack_mode};
 
-use crate::maps::{EVENTS, TARGETS};
+use crate::maps::{EVENTS, TARGET_CGROUPS, TARGETS};
 
 /// The tracer's own tgid: never trace ourselves (our reads of /proc would feed back).
 #[unsafe(no_mangle)]
 static TRACER_TGID: u32 = 0;
-/// Non-zero: only tgids in `TARGETS` are traced (`--pid`).
+/// Non-zero: only tgids in `TARGETS` (`--pid`), and tasks in or below the cgroups in
+/// `TARGET_CGROUPS` when `FILTER_CGROUPS` is set (`--cgroup`), are traced.
 #[unsafe(no_mangle)]
 static FILTER_TARGETS: u32 = 0;
+/// Non-zero: `TARGET_CGROUPS` holds `--cgroup` targets.
+#[unsafe(no_mangle)]
+static FILTER_CGROUPS: u32 = 0;
 /// How to capture the user stack of descriptor-creating calls (helios_trace_common::stack_mode).
 #[unsafe(no_mangle)]
 static CAPTURE_USER_STACKS: u32 = stack_mode::FP;
@@ -35,7 +42,33 @@ pub fn is_traced(tgid: u32) -> bool {
     if unsafe { read_volatile(&FILTER_TARGETS) } == 0 {
         return true;
     }
+    is_target_pid(tgid) || in_target_cgroup()
+}
+
+/// A `--pid` target, or a process it forked.
+#[inline(always)]
+pub fn is_target_pid(tgid: u32) -> bool {
     unsafe { TARGETS.get(&tgid) }.is_some()
+}
+
+/// The current task is in a target cgroup or below one: one of its cgroup v2 ancestors (itself
+/// included) is in `TARGET_CGROUPS`. Levels count from the root of the whole hierarchy, which a
+/// tracer inside a cgroup namespace cannot see, so every level is looked at, root first.
+#[inline(always)]
+fn in_target_cgroup() -> bool {
+    if unsafe { read_volatile(&FILTER_CGROUPS) } == 0 {
+        return false;
+    }
+    for level in 0..=MAX_CGROUP_DEPTH as i32 {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false; // past the task's own cgroup
+        }
+        if unsafe { TARGET_CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
-    STACK_ENTRIES, TARGET_ENTRIES, counter,
+    STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, counter,
 };
 
 /// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).
@@ -33,6 +33,11 @@ pub static PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries
 /// callbacks that fill it cannot hold a ring-buffer reservation).
 #[map]
 pub static PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
+/// `FILTER_TARGETS` is set (`--cgroup`): id -> 1.
+#[map]
+pub static TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
 
 /// What to do per native syscall number (helios_trace_common::spec), written by userspace.
 #[map]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use helios_trace_common::{EXEC_FILENAME_LEN, ExecEvent, ExitEvent, NewTaskEvent, counter, kind};
 
 use crate::{
-    filter::{filtering_targets, is_traced},
+    filter::{filtering_targets, is_target_pid, is_traced},
     maps::{EVENTS, TARGETS, count, emit},
     syscalls::header,
 };
@@ -43,8 +43,9 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let child_tid: i32 = unsafe { ctx.read_at(8) }?;
     let clone_flags: u64 = unsafe { ctx.read_at(32) }?;
     let comm: [u8; 16] = unsafe { ctx.read_at(12) }?;
-    if filtering_targets() && clone_flags & CLONE_THREAD == 0 {
-        // A new process of a traced one is traced from its first instruction.
+    if filtering_targets() && clone_flags & CLONE_THREAD == 0 && is_target_pid((pid_tgid >> 32) as u32) {
+        // A new process of a --pid target is traced from its first instruction (one of a
+        // --cgroup target is traced as long as it stays in the cgroup).
         let _ = TARGETS.insert(&(child_tid as u32), &1, 0);
     }
     let event = NewTaskEvent {

@@ -23,7 +23,7 @@ use crate::{
     launch::{self, Gated, Identity},
     live::{self, LiveView},
     report::{self, CommandReport, Report},
-    session::{Tracing, stop_signal},
+    session::{Tick, Tracing, stop_signal},
 };
 
 /// Exited processes `run` keeps for its report (the command's, and those it started).
@@ -35,11 +35,7 @@ pub async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let stop = stop_signal(args.duration)?;
     tracing.min_age = args.min_age;
-    let what = if tracing.targets.is_empty() {
-        "all processes".to_string()
-    } else {
-        format!("pid {}", join(&tracing.targets))
-    };
+    let what = tracing.describe_targets();
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {what}{}",
         tracing.attached().len(),
@@ -142,7 +138,7 @@ async fn drive(
     let mut stop = pin!(stop);
     loop {
         tokio::select! {
-            result = tracing.run_until(&mut stop, |t| progress.tick(t)) => return result,
+            result = tracing.run_until(&mut stop, |t, tick| if tick == Tick::Second { progress.tick(t) }) => return result,
             _ = snapshot.recv() => {
                 tracing.drain();
                 if progress.holds_stdout() && args.output.is_none() {
@@ -246,10 +242,6 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     writeln!(file, "{text}")?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)
-}
-
-fn join(pids: &[u32]) -> String {
-    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

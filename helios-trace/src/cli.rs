@@ -144,6 +144,10 @@ pub struct TraceArgs {
     /// Only this process, and children it forks after the start (repeatable).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+    /// Only processes in this cgroup v2 directory or below it, those that start there later
+    /// included (repeatable; with --pid, either).
+    #[arg(long = "cgroup", value_name = "DIR")]
+    pub cgroups: Vec<PathBuf>,
     /// How to capture the stack that opened each descriptor.
     #[arg(long, value_enum, default_value_t = StackMode::Dwarf)]
     pub stacks: StackMode,
@@ -176,6 +180,10 @@ pub struct TraceArgs {
     /// oldest, which are the leaks, are kept).
     #[arg(long, default_value_t = 4_000_000)]
     pub max_fds: usize,
+    /// Remember the frames of at most this many distinct call sites; descriptors opened at
+    /// sites first seen beyond are tracked under the site `site-limit` and counted.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_stacks: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -272,6 +280,9 @@ const MIN_RECORDS_IN_RING: u64 = 4;
 impl TraceArgs {
     /// What clap cannot check alone: option values that only make sense together.
     pub fn validate(&self) -> Result<(), Failure> {
+        for dir in &self.cgroups {
+            crate::cgroups::resolve(dir).map_err(Failure::Usage)?;
+        }
         if self.stacks == StackMode::Dwarf {
             let record =
                 (size_of::<SyscallEvent>() + size_of::<UserStack>()) as u64 + u64::from(self.stack_window);
@@ -335,7 +346,7 @@ pub fn main() -> ExitCode {
             args.trace.validate()?;
             let listener = crate::serve::bind(args)?;
             let tracing = Tracing::start(&args.trace, &args.proc_root)?;
-            privileges::drop_after_attach(&[])?;
+            privileges::drop_after_attach(&privileges::needed_by(&args.trace))?;
             runtime()?.block_on(crate::serve::run(args.clone(), listener, tracing)).map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }),
@@ -350,7 +361,9 @@ pub fn main() -> ExitCode {
                 // Should this fail, dropping `gated` closes the gate: the command exits unrun.
                 let tracing = Tracing::start(&trace, proc_root)?;
                 // The command may run as another user (sudo): passing it signals needs CAP_KILL.
-                privileges::drop_after_attach(&[caps::Capability::CAP_KILL])?;
+                let mut keep = privileges::needed_by(&trace);
+                keep.push(caps::Capability::CAP_KILL);
+                privileges::drop_after_attach(&keep)?;
                 let status = runtime()?.block_on(crate::adhoc::run_command(args.clone(), gated, tracing))?;
                 Ok(ExitCode::from(status))
             }),
@@ -359,7 +372,7 @@ pub fn main() -> ExitCode {
             .and_then(|()| validate_output(cli.session.output.as_deref()))
             .and_then(|()| {
                 let tracing = Tracing::start(&cli.session.trace, proc_root)?;
-                privileges::drop_after_attach(&[])?;
+                privileges::drop_after_attach(&privileges::needed_by(&cli.session.trace))?;
                 runtime()?
                     .block_on(crate::adhoc::session(cli.session.clone(), tracing))
                     .map_err(Failure::from)?;

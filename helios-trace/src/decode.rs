@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::{
     event::{Event, FdList, Op, StackIds},
-    fd::{FdDetail, FdKind},
+    fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     syscalls::{Call, SyscallTable},
     unwind::StackSample,
 };
@@ -138,9 +138,11 @@ fn stack_id(raw: i32) -> Option<i32> {
 }
 
 /// A fixed-size, NUL-padded kernel string (comm) as text.
+/// A NUL-terminated name from the kernel (a command name: anyone can set theirs to anything,
+/// newlines included), made printable.
 pub fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    crate::fd::printable(&bytes[..end], bytes.len())
 }
 
 // Flags the kernel headers define but libc does not export for every target.
@@ -167,7 +169,13 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
     };
     let path = || -> Vec<u8> {
         let len = (record.path_len as usize).min(PATH_LEN);
-        record.path[..len].to_vec()
+        let mut path = record.path[..len].to_vec();
+        // The kernel copied only the first PATH_LEN bytes: say so, never pass a prefix off as
+        // the path.
+        if record.flags & syscall_flags::PATH_TRUNCATED != 0 {
+            path.extend_from_slice(TRUNCATED_MARKER.as_bytes());
+        }
+        path
     };
     let open_path = |flags: u64, dirfd: u64| {
         let path = path();
@@ -369,6 +377,19 @@ pub mod tests {
                 dirfd: None,
             }
         );
+    }
+
+    #[test]
+    fn a_path_the_kernel_cut_is_marked() {
+        let mut record =
+            with_path(syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]), b"/long/pre");
+        record.flags |= syscall_flags::PATH_TRUNCATED;
+        match op_of(&record) {
+            Some(Op::Open { detail: FdDetail::Path(path), .. }) => {
+                assert_eq!(&*path, "/long/pre…[truncated]".as_bytes())
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

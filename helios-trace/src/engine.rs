@@ -161,6 +161,11 @@ impl Engine {
         self.keep_transitions = true;
     }
 
+    /// Transitions kept since the last `take_transitions`.
+    pub fn pending_transitions(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn take_transitions(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }
@@ -211,7 +216,14 @@ impl Engine {
         if matches!(event.op, Op::Exit) {
             self.before_removal(event.tgid);
         }
+        // A process neither in the baseline nor forked under our eyes (it moved into a --cgroup
+        // target, or its fork was lost): what it already holds is only in /proc.
+        let first_sight = self.table.process(event.tgid).is_none() && !matches!(event.op, Op::Exit);
         self.table.apply(event, site, &mut out);
+        // (Not when the table refused it, at --max-processes: that would read /proc per event.)
+        if first_sight && self.table.process(event.tgid).is_some() {
+            self.load_missing(event.tgid, event.ts_ns, &mut out);
+        }
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
@@ -314,6 +326,18 @@ impl Engine {
         }
         self.after(&out, now_ns);
         loaded
+    }
+
+    /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
+    /// what events already said stays.
+    fn load_missing(&mut self, tgid: u32, now_ns: u64, out: &mut Vec<Transition>) {
+        let Ok(fds) = procscan::observe_fds(&self.proc_root, tgid, None) else { return };
+        let known = self.table.process(tgid).map(|p| p.fds.keys().copied().collect::<HashSet<i32>>());
+        let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
+        let comm = procscan::comm(&self.proc_root, tgid).unwrap_or_default();
+        self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
+        self.stacks.capture_maps(tgid);
+        self.cmdlines.entry(tgid).or_insert_with(|| procscan::cmdline(&self.proc_root, tgid));
     }
 
     /// First half of reconciliation: read /proc for every tracked process.

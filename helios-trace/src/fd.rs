@@ -106,6 +106,9 @@ impl FdDetail {
     }
 }
 
+/// What ends a value that was cut short.
+pub const TRUNCATED_MARKER: &str = "…[truncated]";
+
 /// Bytes from the traced world (paths, command names) made safe to print in text, JSON and
 /// metric labels: invalid UTF-8 replaced, control characters escaped (a newline in a path must
 /// not forge a line of output), and at most `max_chars` characters, with a marker when cut.
@@ -114,7 +117,7 @@ pub fn printable(bytes: &[u8], max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars + 8));
     for (count, c) in text.chars().enumerate() {
         if count >= max_chars {
-            out.push_str("…[truncated]");
+            out.push_str(TRUNCATED_MARKER);
             break;
         }
         if c.is_control() {
@@ -179,6 +182,8 @@ pub enum SiteId {
     UnknownOrigin,
     /// Opened under tracing, but the stack could not be captured or resolved.
     NoStack,
+    /// Opened at a call site first seen after `--max-stacks` sites were remembered.
+    SiteLimit,
     /// Stable hash of the resolved frames (stacks.rs).
     Stack(u64),
 }
@@ -190,6 +195,7 @@ impl SiteId {
             SiteId::BeforeTrace => "before-trace".to_string(),
             SiteId::UnknownOrigin => "unknown-origin".to_string(),
             SiteId::NoStack => "no-stack".to_string(),
+            SiteId::SiteLimit => "site-limit".to_string(),
             SiteId::Stack(hash) => format!("{hash:016x}"),
         }
     }

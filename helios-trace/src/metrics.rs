@@ -507,6 +507,12 @@ pub struct SelfMetrics {
     pub tracked_processes: u64,
     pub tracked_fds: u64,
     pub corrections: Corrections,
+    /// What --max-processes / --max-fds kept out of the table.
+    pub dropped: crate::fdtable::Dropped,
+    /// New call sites beyond --max-stacks.
+    pub sites_dropped: u64,
+    /// Stacks the kernel could not capture (stack map collisions or full, unreadable stacks).
+    pub stack_errors: u64,
     pub usage: Option<Usage>,
 }
 
@@ -634,11 +640,23 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     )?;
     corrections.with_label_values(&["added"]).inc_by(own.corrections.added);
     corrections.with_label_values(&["removed"]).inc_by(own.corrections.removed);
+    let dropped = IntCounterVec::new(
+        Opts::new(
+            "helios_trace_dropped_total",
+            "What was not tracked: processes or descriptors beyond --max-processes or --max-fds, call sites beyond --max-stacks (their descriptors are under site=\"site-limit\"), stacks the kernel could not capture.",
+        ),
+        &["what"],
+    )?;
+    dropped.with_label_values(&["processes"]).inc_by(own.dropped.processes);
+    dropped.with_label_values(&["fds"]).inc_by(own.dropped.fds);
+    dropped.with_label_values(&["sites"]).inc_by(own.sites_dropped);
+    dropped.with_label_values(&["stacks"]).inc_by(own.stack_errors);
     registry.register(Box::new(events))?;
     registry.register(Box::new(lost))?;
     registry.register(Box::new(processes))?;
     registry.register(Box::new(fds))?;
     registry.register(Box::new(corrections))?;
+    registry.register(Box::new(dropped))?;
 
     // The conventional process metrics (names as the Prometheus client libraries export them).
     if let Some(usage) = own.usage {
@@ -914,6 +932,7 @@ mod tests {
             ("helios_trace_tracked_processes", "gauge"),
             ("helios_trace_tracked_fds", "gauge"),
             ("helios_trace_reconcile_corrections_total", "counter"),
+            ("helios_trace_dropped_total", "counter"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} is a {kind}: {text}");
         }
@@ -1128,6 +1147,9 @@ mod tests {
             tracked_processes: 2,
             tracked_fds: 9,
             corrections: Corrections { added: 1, removed: 2 },
+            dropped: crate::fdtable::Dropped { processes: 0, fds: 6 },
+            sites_dropped: 4,
+            stack_errors: 0,
             usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
@@ -1138,6 +1160,8 @@ mod tests {
             series(&text, "helios_trace_reconcile_corrections_total")[r#"{direction="removed"}"#],
             2.0
         );
+        assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="fds"}"#], 6.0);
+        assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="sites"}"#], 4.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
     }

@@ -10,7 +10,7 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use crate::fd::{FdDetail, FdKind};
+use crate::fd::{FdDetail, FdKind, printable};
 use crate::fdtable::ObservedFd;
 
 /// Numeric entries of the procfs root: the pids.
@@ -31,20 +31,24 @@ pub fn exists(root: &Path, pid: u32) -> bool {
     root.join(pid.to_string()).is_dir()
 }
 
+/// The command name, printable (a process sets its own: newlines and invalid UTF-8 included).
 pub fn comm(root: &Path, pid: u32) -> Option<String> {
     let text = fs::read(root.join(pid.to_string()).join("comm")).ok()?;
-    Some(String::from_utf8_lossy(&text).trim_end_matches('\n').to_string())
+    let name = text.strip_suffix(b"\n").unwrap_or(&text);
+    Some(printable(name, COMM_CHARS))
 }
 
-/// The command line, arguments joined by spaces; `None` for kernel threads and zombies.
+/// Command names are at most 15 bytes (TASK_COMM_LEN - 1).
+const COMM_CHARS: usize = 15;
+/// Command lines can be as long as the arguments allow: cut (with a marker) for reports.
+const CMDLINE_CHARS: usize = 1024;
+
+/// The command line, arguments joined by spaces, printable and cut at `CMDLINE_CHARS`; `None`
+/// for kernel threads and zombies.
 pub fn cmdline(root: &Path, pid: u32) -> Option<String> {
     let raw = fs::read(root.join(pid.to_string()).join("cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (!args.is_empty()).then(|| args.join(" "))
+    let args: Vec<&[u8]> = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+    (!args.is_empty()).then(|| printable(&args.join(&b' '), CMDLINE_CHARS))
 }
 
 /// The kind of a descriptor from its /proc/PID/fd link target; `stat_mode` gives the target's

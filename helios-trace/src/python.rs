@@ -676,8 +676,6 @@ pub struct PythonFrames {
     pending: HashSet<u32>,
     /// Changes for the kernel's `PYTHON_PROCS` map, applied by the session.
     updates: Vec<(u32, Option<PythonOffsets>)>,
-    /// Processes warned about (unsupported or unrecognised interpreters).
-    pub warnings: u64,
 }
 
 impl PythonFrames {
@@ -688,7 +686,6 @@ impl PythonFrames {
             processes: HashMap::new(),
             pending: HashSet::new(),
             updates: Vec::new(),
-            warnings: 0,
         }
     }
 
@@ -765,7 +762,6 @@ impl PythonFrames {
             }
             Some(Err(err)) => {
                 log::warn!("process {pid}: no Python frames, native frames only: {err}");
-                self.warnings += 1;
                 State::Native
             }
         };

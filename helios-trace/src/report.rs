@@ -68,6 +68,9 @@ pub struct EventCounts {
     /// Distinct user stacks that could not be named: the process was gone before its maps
     /// were read (an exec followed by a quick exit); their frames are bare addresses.
     pub stacks_unresolved: u64,
+    /// New call sites not remembered because `--max-stacks` were: their descriptors are
+    /// under the site `site-limit`.
+    pub sites_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

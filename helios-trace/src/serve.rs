@@ -18,7 +18,7 @@ use crate::{
     http::{self, Limits, Snapshot},
     metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     procscan,
-    session::{self, Tracing},
+    session::{self, Tick, Tracing},
     workload::Workload,
 };
 
@@ -61,15 +61,15 @@ pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: 
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
         tracing.attached().len(),
-        if args.trace.pids.is_empty() {
-            "all processes".to_string()
-        } else {
-            let pids: Vec<String> = args.trace.pids.iter().map(u32::to_string).collect();
-            format!("pid {}", pids.join(", "))
-        },
+        tracing.describe_targets(),
         address
     );
-    let result = tracing.run_until(stop, |tracing| exporter.publish(tracing, &publish)).await;
+    let result = tracing
+        .run_until(stop, |tracing, tick| match tick {
+            Tick::Second => exporter.publish(tracing, &publish),
+            Tick::Drained => exporter.observe_if_many(tracing),
+        })
+        .await;
     server.abort();
     // Dropping `tracing` detaches the programs.
     result
@@ -80,17 +80,33 @@ struct Exporter {
     proc_root: PathBuf,
 }
 
+/// Transitions the engine keeps before the exporter takes them in between two snapshots: under
+/// a flood a second's worth would be millions (and memory the allocator keeps afterwards).
+const MAX_PENDING_TRANSITIONS: usize = 16_384;
+
 impl Exporter {
+    /// Take in what happened since the last call (counters only; no snapshot).
+    fn observe(&mut self, tracing: &mut Tracing, now_ns: u64) {
+        let kept = tracing.engine.take_transitions();
+        let mut who = ProcIdentify { table: &tracing.engine.table, proc_root: &self.proc_root };
+        self.aggregator.observe(&kept, &mut who, now_ns);
+    }
+
+    fn observe_if_many(&mut self, tracing: &mut Tracing) {
+        if tracing.engine.pending_transitions() >= MAX_PENDING_TRANSITIONS {
+            self.observe(tracing, clock::boot_ns());
+        }
+    }
+
     /// Take in what happened since the last call and publish the new state.
     fn publish(&mut self, tracing: &mut Tracing, publish: &watch::Sender<Option<Arc<Snapshot>>>) {
         let now_ns = clock::boot_ns();
         tracing.engine.refresh_names();
-        let kept = tracing.engine.take_transitions();
+        self.observe(tracing, now_ns);
         let memory = tracing.socket_memory();
         let tracing = &*tracing;
         let engine = &tracing.engine;
         let mut who = ProcIdentify { table: &engine.table, proc_root: &self.proc_root };
-        self.aggregator.observe(&kept, &mut who, now_ns);
         let frames = |site| engine.stacks.frames(site).cloned();
         let mut socket_memory = |tgid: u32, fd: i32, _: &_| memory.get(&(tgid, fd)).copied();
         let exhaustion = |tgid: u32| tracing.fd_exhaustion_seconds(tgid);
@@ -102,12 +118,16 @@ impl Exporter {
             &exhaustion,
             now_ns,
         );
+        let counts = tracing.event_counts();
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
-            events_lost: tracing.event_counts().lost,
+            events_lost: counts.lost,
+            sites_dropped: counts.sites_dropped,
+            stack_errors: counts.stack_errors,
             tracked_processes: engine.table.process_count() as u64,
             tracked_fds: engine.table.fd_count() as u64,
             corrections: tracing.corrections(),
+            dropped: engine.table.dropped(),
             usage: procscan::usage(&self.proc_root, std::process::id()),
         };
         publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));

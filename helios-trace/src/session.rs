@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     bpf::{TraceConfig, Tracer, checks},
+    cgroups::{self, TargetCgroup},
     cli::{PythonFrames, StackMode, TraceArgs},
     clock,
     engine::Engine,
@@ -43,6 +44,7 @@ pub struct Tracing {
     tracer: Tracer,
     ring: Ring,
     pub targets: Vec<u32>,
+    pub target_cgroups: Vec<PathBuf>,
     pub started_at: SystemTime,
     pub started: Instant,
     reconcile_interval: Duration,
@@ -54,6 +56,15 @@ pub struct Tracing {
     socket_inodes: HashMap<(u32, i32, u64), u64>,
     /// `--redact-paths`.
     redact_paths: bool,
+}
+
+/// Why `run_until` calls back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Records were read from the ring buffer (often: keep it cheap).
+    Drained,
+    /// A second passed and the sites were sampled.
+    Second,
 }
 
 /// The ring buffer: as attached, then registered with the runtime's reactor for polling.
@@ -99,8 +110,15 @@ pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 impl Tracing {
     /// Attach the programs and load what is already open.
     pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
+        let cgroups: Vec<TargetCgroup> = args
+            .cgroups
+            .iter()
+            .map(|dir| cgroups::resolve(dir))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
         let config = TraceConfig {
             targets: args.pids.clone(),
+            target_cgroups: cgroups.iter().map(|c| c.id).collect(),
             user_stack_mode: args.stacks.kernel_mode(),
             stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
@@ -122,15 +140,20 @@ impl Tracing {
         let start_ns = clock::boot_ns();
         let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
         let mut engine = Engine::new(proc_root, limits);
+        engine.stacks.limit_sites(args.max_stacks);
         // The kernel walks Python frames only where it captures user stacks.
         engine.python.enable(args.python_frames == PythonFrames::Auto && args.stacks != StackMode::None);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
-        let pids: Vec<u32> = if args.pids.is_empty() {
+        let pids: Vec<u32> = if args.pids.is_empty() && cgroups.is_empty() {
             procscan::pids(proc_root).into_iter().filter(|p| *p != own).collect()
         } else {
-            args.pids.clone()
+            let mut pids = args.pids.clone();
+            pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| *p != own));
+            pids.sort_unstable();
+            pids.dedup();
+            pids
         };
         engine.load_baseline(&pids, start_ns);
         let mut tracer = tracer;
@@ -143,6 +166,7 @@ impl Tracing {
             tracer,
             ring,
             targets: args.pids.clone(),
+            target_cgroups: args.cgroups.clone(),
             started_at,
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
@@ -151,6 +175,19 @@ impl Tracing {
             socket_inodes: HashMap::new(),
             redact_paths: args.redact_paths,
         })
+    }
+
+    /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR".
+    pub fn describe_targets(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.targets.is_empty() {
+            let pids: Vec<String> = self.targets.iter().map(u32::to_string).collect();
+            parts.push(format!("pid {}", pids.join(", ")));
+        }
+        for dir in &self.target_cgroups {
+            parts.push(format!("cgroup {}", dir.display()));
+        }
+        if parts.is_empty() { "all processes".to_string() } else { parts.join("; ") }
     }
 
     /// Sample every site's open count now (once a second, from `run_until`).
@@ -192,12 +229,13 @@ impl Tracing {
         apply_python_updates(&mut self.engine, &mut self.tracer);
     }
 
-    /// Run until `stop` completes; `every_second` runs once a second, after the sites were
-    /// sampled (the exporter publishes its snapshot there). Ends with a final drain.
+    /// Run until `stop` completes; `on_tick` runs after every drain of the ring buffer
+    /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
+    /// exporter publishes its snapshot there). Ends with a final drain.
     pub async fn run_until(
         &mut self,
         stop: impl Future<Output = ()>,
-        mut every_second: impl FnMut(&mut Tracing),
+        mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
         self.ring.poll()?;
         let mut stop = pin!(stop);
@@ -221,15 +259,19 @@ impl Tracing {
                 _ = second.tick() => {
                     self.drain();
                     self.sample();
-                    every_second(self);
+                    on_tick(self, Tick::Second);
                 }
                 _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
                 guard = self.ring.readable() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     guard.clear_ready();
                     self.drain();
+                    on_tick(self, Tick::Drained);
                 }
-                _ = drain_timer.tick() => self.drain(),
+                _ = drain_timer.tick() => {
+                    self.drain();
+                    on_tick(self, Tick::Drained);
+                }
             }
         }
         self.drain();
@@ -254,6 +296,7 @@ impl Tracing {
             stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
             stacks_truncated: self.engine.stacks.counts().truncated,
             stacks_unresolved: self.engine.stacks.counts().unresolved,
+            sites_dropped: self.engine.stacks.counts().sites_dropped,
             ..self.engine.counts()
         }
     }
@@ -267,7 +310,7 @@ impl Tracing {
         let events = self.event_counts();
         let corrections = self.corrections();
         let proc_root: PathBuf = self.engine.proc_root().to_path_buf();
-        let filtered = !self.targets.is_empty();
+        let filtered = !self.targets.is_empty() || !self.target_cgroups.is_empty();
         let mut cmdlines = std::collections::HashMap::new();
         let tgids: Vec<u32> = self.engine.table.processes().map(|(t, _)| t).collect();
         for tgid in tgids {

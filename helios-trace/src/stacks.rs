@@ -340,6 +340,9 @@ pub struct StackCounts {
     pub truncated: u64,
     /// Distinct user stacks in none of the process's modules (its maps were never read).
     pub unresolved: u64,
+    /// New call sites not remembered because `max_sites` were (their descriptors are
+    /// tracked under `SiteId::SiteLimit`).
+    pub sites_dropped: u64,
 }
 
 /// Turns (process, captured stack) into sites and remembers each site's frames.
@@ -357,6 +360,9 @@ pub struct StackRegistry {
     unresolved: VecDeque<SiteId>,
     unwind_cache: Box<UnwindCache>,
     counts: StackCounts,
+    /// At most this many sites' frames are kept (`--max-stacks`): the first ones stay, as
+    /// the oldest open descriptors do.
+    max_sites: usize,
 }
 
 impl StackRegistry {
@@ -374,7 +380,12 @@ impl StackRegistry {
             unresolved: VecDeque::new(),
             unwind_cache: Box::new(UnwindCache::new()),
             counts: StackCounts::default(),
+            max_sites: usize::MAX,
         }
+    }
+
+    pub fn limit_sites(&mut self, max_sites: usize) {
+        self.max_sites = max_sites;
     }
 
     /// The site of a descriptor opened with these stacks: `sample` is the user stack of
@@ -426,8 +437,13 @@ impl StackRegistry {
             unresolved = !user_frames.is_empty() && user_frames.iter().all(|f| f.module.is_none());
             frames.extend(user_frames);
         }
-        let site = if frames.is_empty() { SiteId::NoStack } else { site_id(&frames) };
-        if site != SiteId::NoStack && !self.frames.contains_key(&site) {
+        let mut site = if frames.is_empty() { SiteId::NoStack } else { site_id(&frames) };
+        if site != SiteId::NoStack && !self.frames.contains_key(&site) && self.frames.len() >= self.max_sites
+        {
+            self.counts.sites_dropped += 1;
+            site = SiteId::SiteLimit;
+        }
+        if matches!(site, SiteId::Stack(_)) && !self.frames.contains_key(&site) {
             self.frames.insert(site, frames.into());
             if unresolved {
                 self.counts.unresolved += 1;
@@ -465,7 +481,13 @@ impl StackRegistry {
         frames.extend(python);
         frames.extend_from_slice(&native_frames[at..]);
         let site = site_id(&frames);
-        self.frames.entry(site).or_insert_with(|| frames.into());
+        if !self.frames.contains_key(&site) {
+            if self.frames.len() >= self.max_sites {
+                self.counts.sites_dropped += 1;
+                return SiteId::SiteLimit;
+            }
+            self.frames.insert(site, frames.into());
+        }
         site
     }
 
@@ -768,6 +790,10 @@ mod tests {
         // Without an eval loop among the native frames (a short frame-pointer stack): after them.
         let site = registry.with_python(SiteId::NoStack, vec![py("handle", 10)]);
         assert_eq!(registry.frames(site).unwrap().len(), 1);
+        // --max-stacks bounds these sites too.
+        registry.limit_sites(registry.site_count());
+        assert_eq!(registry.with_python(native_site, vec![py("handle", 12)]), SiteId::SiteLimit);
+        assert_eq!(registry.counts().sites_dropped, 1);
     }
 
     #[test]
@@ -884,6 +910,23 @@ mod tests {
         assert_eq!(registry.site_count(), 1 + MAX_UNRESOLVED_SITES);
         assert!(registry.frames(gone).is_none(), "the oldest went first");
         assert!(registry.frames(site).is_some(), "resolved sites stay");
+    }
+
+    #[test]
+    fn beyond_max_sites_new_sites_are_counted_and_the_first_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = StackRegistry::new(dir.path());
+        registry.limit_sites(2);
+        let ids = |user| StackIds { user: Some(user), kernel: None };
+        let site = |registry: &mut StackRegistry, id: i32| {
+            registry.site(7, ids(id), None, &|id| Some(vec![0x1000 * u64::from(id + 1)]))
+        };
+        let (first, second) = (site(&mut registry, 1), site(&mut registry, 2));
+        assert!(matches!((first, second), (SiteId::Stack(_), SiteId::Stack(_))) && first != second);
+        assert_eq!(site(&mut registry, 3), SiteId::SiteLimit);
+        assert_eq!(site(&mut registry, 4), SiteId::SiteLimit);
+        assert_eq!(site(&mut registry, 1), first, "known sites are still named");
+        assert_eq!((registry.site_count(), registry.counts().sites_dropped), (2, 2));
     }
 
     /// The whole path on the captured sample (tests/data/unwind): a procfs of one process whose

@@ -114,6 +114,7 @@ fn manifests_agree_with_each_other() {
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], port.to_string());
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(args[..3], ["serve", "--listen", &format!("0.0.0.0:{port}")]);
+    assert!(args.contains(&"--allow-remote"), "serve refuses a non-loopback address without it");
     assert!(pod["spec"]["hostPID"].as_bool().unwrap());
     assert_eq!(container["securityContext"]["privileged"], false);
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
@@ -145,7 +146,7 @@ fn alert_rules_pass_promtool_and_fire_on_steady_growth_only() {
     let test = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/promtool/alerts.test.yaml");
     fs::copy(test, dir.path().join("alerts.test.yaml")).unwrap();
     let out = run(Command::new("promtool").args(["check", "rules", "rules.yaml"]).current_dir(dir.path()));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 2 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 3 rules found"));
     run(Command::new("promtool").args(["test", "rules", "alerts.test.yaml"]).current_dir(dir.path()));
     // The test is not vacuous: a leak that stops growing must fail it.
     let flat =
@@ -204,7 +205,10 @@ fn the_image_builds_and_its_contents_serve_as_the_daemonset_mounts_them() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     assert_eq!(inspect("{{json .Config.Entrypoint}}"), serde_json::json!(["/usr/local/bin/helios-trace"]));
-    assert_eq!(inspect("{{json .Config.Cmd}}"), serde_json::json!(["serve", "--listen", "0.0.0.0:9877"]));
+    assert_eq!(
+        inspect("{{json .Config.Cmd}}"),
+        serde_json::json!(["serve", "--listen", "0.0.0.0:9877", "--allow-remote"])
+    );
     run(Command::new("podman").args(["image", "rm", &tag]));
 
     // `podman run` cannot work here: run what the image holds the way a container would,

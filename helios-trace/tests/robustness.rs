@@ -42,6 +42,10 @@ fn a_flood_is_survived_counted_and_healed() {
         w.run("churn-stop");
     }
     let before = settled_memory(&mut tracer);
+    let counted = |report: &serde_json::Value| {
+        report["events"]["received"].as_u64().unwrap() + report["events"]["lost"].as_u64().unwrap()
+    };
+    let counted_before = counted(&tracer.snapshot());
     for w in &mut floods {
         // As fast as the machine goes: open + close in a tight loop.
         w.run("churn-bg 0 0 0");
@@ -62,12 +66,15 @@ fn a_flood_is_survived_counted_and_healed() {
     for w in &floods {
         assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid), "pid {} healed", w.pid);
     }
-    // Every open and every close is a record: each was received or counted lost.
-    let received = report["events"]["received"].as_u64().unwrap();
+    // Every open and every close of the flood is a record: each was received or counted lost.
+    let records = counted(&report) - counted_before;
     let lost = report["events"]["lost"].as_u64().unwrap();
-    eprintln!("flood: {opens} open+close pairs in 20 s; {received} records received, {lost} lost");
-    assert!(received + lost >= 2 * opens, "{received} + {lost} < 2 x {opens}: records vanished");
-    assert!(received + lost <= 2 * opens + 20_000, "{received} + {lost} records for {opens} pairs");
+    eprintln!(
+        "flood: {opens} open+close pairs in 20 s; {records} records received or lost ({lost} lost in all)"
+    );
+    assert!(opens > 1_000_000, "not a flood: {opens} open+close pairs in 20 s");
+    assert!(records >= 2 * opens, "{records} < 2 x {opens}: records vanished");
+    assert!(records <= 2 * opens + 20_000, "{records} records for {opens} pairs");
     let after = anon_rss_kb(tracer.pid());
     eprintln!("tracer memory (RssAnon): {before} kB before, {after} kB after the flood");
     assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
@@ -102,4 +109,139 @@ fn ten_thousand_short_lived_processes_leave_nothing_behind() {
     assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
     drop(tracer);
     w.exit();
+}
+
+#[test]
+fn the_exporter_answers_scrapes_through_a_flood_and_heals() {
+    if !require_bpf() {
+        return;
+    }
+    let mut floods = [Workload::spawn(), Workload::spawn()];
+    let pids: Vec<String> = floods.iter().map(|w| w.pid.to_string()).collect();
+    let serve = Serve::start(&["--pid", &pids[0], "--pid", &pids[1], "--reconcile-interval", "2s"]);
+    let sum = |text: &str, name: &str, labels: &[&str]| -> f64 {
+        let series = exposition_series(text, name);
+        labels.iter().map(|l| series.get(*l).copied().unwrap_or(0.0)).sum()
+    };
+    for w in &mut floods {
+        w.run("churn-bg 0 0 0");
+        std::thread::sleep(Duration::from_millis(200));
+        w.run("churn-stop");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    serve.metrics();
+    let before = anon_rss_kb(serve.pid());
+    let counted_in = |text: &str| {
+        sum(text, "helios_trace_events_total", &[r#"{event="open"}"#, r#"{event="close"}"#])
+            + sum(text, "helios_trace_events_lost_total", &[""])
+    };
+    let start = counted_in(&serve.metrics());
+    for w in &mut floods {
+        w.run("churn-bg 0 0 0");
+    }
+    let flood_end = Instant::now() + Duration::from_secs(15);
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < flood_end {
+        std::thread::sleep(Duration::from_secs(1));
+        let asked = Instant::now();
+        assert_eq!(serve.get("/healthz"), (200, "ok\n".to_string()), "healthy during the flood");
+        serve.metrics();
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(2), "a scrape took {slowest:?} during the flood");
+    let opens: u64 = floods.iter_mut().map(|w| w.run("churn-stop")[0] as u64).sum();
+    // Every open and close of the flood was received or counted lost; then the tables heal.
+    let truth: f64 = floods.iter().map(|w| proc_fds(w.pid).len() as f64).sum();
+    let text = wait_for("the tables to match /proc again", Duration::from_secs(10), || {
+        let text = serve.metrics();
+        (sum(&text, "helios_trace_tracked_fds", &[""]) == truth).then_some(text)
+    });
+    let counted = counted_in(&text) - start;
+    eprintln!("serve flood: {opens} open+close pairs in 15 s; {counted} records received or lost");
+    assert!(opens > 1_000_000, "not a flood: {opens} open+close pairs in 15 s");
+    assert!(counted >= 2.0 * opens as f64, "{counted} < 2 x {opens}: records vanished");
+    assert!(counted <= 2.0 * opens as f64 + 20_000.0, "{counted} records for {opens} pairs");
+    std::thread::sleep(Duration::from_secs(3));
+    serve.metrics();
+    let after = anon_rss_kb(serve.pid());
+    eprintln!("exporter memory (RssAnon): {before} kB before, {after} kB after the flood");
+    assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
+    for w in floods {
+        w.exit();
+    }
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn hostile_names_are_escaped_and_cut_in_text_json_and_metrics() {
+    if !require_bpf() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let scratch = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/hostile_names.py");
+    let mut hostile = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(scratch.path())
+        .arg("arg\nPID 1 forged")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = hostile.id().to_string();
+    let mut said = BufReader::new(hostile.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let json = Tracer::start(&["--pid", &pid]);
+    let text = Command::new(helios_trace_bin())
+        .args(["--pid", &pid, "--format", "text", "--list-fds", "--duration", "4s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serve = Serve::start(&["--pid", &pid]);
+    std::thread::sleep(Duration::from_secs(1)); // the text session attached too
+    let mut tell = hostile.stdin.take().unwrap();
+    writeln!(tell).unwrap();
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("opened "), "{line}");
+
+    let forged = |out: &str| out.lines().any(|l| l.trim_start().starts_with("PID 1 forged"));
+    let report = json.stop();
+    let process = process(&report, hostile.id()).expect("reported");
+    let rendered = serde_json::to_string(&report).unwrap();
+    assert!(!forged(&serde_json::to_string_pretty(&report).unwrap()), "{rendered}");
+    let comm = process["comm"].as_str().unwrap();
+    assert!(comm.contains("\\n") && !comm.contains('\n'), "comm {comm:?}");
+    let cmdline = process["cmdline"].as_str().unwrap();
+    assert!(cmdline.contains("arg\\nPID 1 forged") && !cmdline.contains('\n'), "cmdline {cmdline:?}");
+    // The paths of the descriptors the site's examples show.
+    let details: Vec<&str> = process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|site| site["examples"].as_array().unwrap())
+        .filter_map(|example| example["detail"].as_str())
+        .collect();
+    let evil = details.iter().find(|d| d.contains("evil")).unwrap_or_else(|| panic!("{rendered}"));
+    assert!(evil.ends_with("evil\\nPID 1 forged\u{fffd}.txt"), "path {evil:?}");
+    let long = details.iter().find(|d| d.contains("ddddd")).unwrap_or_else(|| panic!("{rendered}"));
+    assert!(long.ends_with("…[truncated]") && long.chars().count() < 600, "path {long:?}");
+
+    let out = text.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8(out.stdout).expect("the text report is UTF-8");
+    assert!(out.contains("\\n"), "{out}");
+    assert!(!forged(&out), "a name forged a line of the text report:\n{out}");
+
+    let metrics = serve.metrics();
+    assert!(!forged(&metrics), "a name forged a line of the exposition:\n{metrics}");
+    let open = exposition_series(&metrics, "helios_trace_open_fds");
+    assert!(open.keys().any(|labels| labels.contains(r#"comm="ev\\nPID 1 forge""#)), "{open:?}");
+    assert!(serve.stop().success());
+    writeln!(tell).unwrap();
+    hostile.wait().unwrap();
 }

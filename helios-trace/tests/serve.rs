@@ -381,9 +381,14 @@ fn runs_with_only_the_daemonsets_capabilities() {
     let mut setpriv = Command::new("setpriv");
     setpriv.arg(format!("--bounding-set=-all,{}", bounding.join(","))).arg(helios_trace_bin());
     let serve = Serve::start_with(setpriv, &["--pid", &leaker.pid.to_string()]);
-    let status = fs::read_to_string(format!("/proc/{}/status", serve.pid())).unwrap();
-    let effective = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
-    assert_eq!(u64::from_str_radix(&effective, 16).unwrap().count_ones() as usize, caps.len(), "{effective}");
+    // Once attached, every thread holds only what the rest of the run needs (not CAP_PERFMON).
+    for (effective, permitted) in thread_capabilities(serve.pid()) {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
     leaker.run("sockets 4");
     let truth = proc_fds(leaker.pid);
     wait_for("the tables to match /proc", Duration::from_secs(10), || {
@@ -406,10 +411,38 @@ fn bad_input_and_a_busy_port_are_one_line_errors() {
     assert_eq!(code, Some(2), "{stderr}");
     let (code, stderr) = run(&["--listen", "nowhere"]);
     assert_eq!(code, Some(2), "{stderr}");
+    // What is served names paths and command lines: not to the network unless asked.
+    let (code, stderr) = run(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("pass --allow-remote"), "{stderr}");
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = busy.local_addr().unwrap().to_string();
     let (code, stderr) = run(&["--listen", &address]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("helios-trace: cannot listen on {address}: ")), "{stderr}");
+}
+
+#[test]
+fn a_full_table_keeps_the_oldest_and_counts_what_it_drops() {
+    if !require_bpf() {
+        return;
+    }
+    let mut leaker = Workload::spawn_command(Command::new(leaker_bin()));
+    let before = proc_fds(leaker.pid).len() as f64;
+    // Room for what it holds now and two more: of the next six sockets, four are dropped.
+    let limit = (before + 2.0).to_string();
+    let serve = Serve::start(&["--pid", &leaker.pid.to_string(), "--max-fds", &limit]);
+    leaker.run("sockets 6");
+    wait_for("the drops to be counted", Duration::from_secs(10), || {
+        let text = serve.metrics();
+        let dropped = exposition_series(&text, "helios_trace_dropped_total");
+        (dropped.get(r#"{what="fds"}"#) == Some(&4.0)).then_some(text)
+    });
+    let text = serve.metrics();
+    assert_eq!(exposition_series(&text, "helios_trace_tracked_fds")[""], before + 2.0, "{text}");
+    assert_eq!(exposition_series(&text, "helios_trace_dropped_total")[r#"{what="processes"}"#], 0.0);
+    leaker.exit();
+    assert!(serve.stop().success());
 }

@@ -140,6 +140,10 @@ fn bad_input_is_one_line_and_exit_2() {
     assert!(stderr.contains("'soon' is not a duration"), "{stderr}");
     let (code, _) = run_cli(&["--format", "yaml"]);
     assert_eq!(code, 2);
+    let (code, stderr) = run_cli(&["--cgroup", "/tmp", "--duration", "1s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--cgroup /tmp is not a cgroup v2 directory"), "{stderr}");
 }
 
 /// Run helios-trace as an unprivileged user (nobody) with only `caps` as ambient capabilities.
@@ -165,6 +169,140 @@ fn a_missing_privilege_names_the_capability() {
     let (code, stderr) = run_unprivileged("+bpf");
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.starts_with("helios-trace: missing capability CAP_PERFMON:"), "{stderr}");
+}
+
+#[test]
+fn works_as_nobody_with_exactly_four_capabilities_and_keeps_three() {
+    if !require_bpf() {
+        return; // setpriv needs root to change users
+    }
+    // Not root: user nobody, with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+    // as its only capabilities (ambient, so they survive the exec), tracing a root process.
+    ensure_host_tracefs();
+    let mut work = Workload::spawn();
+    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(helios_trace_bin());
+    let tracer = Tracer::start_with(setpriv, &["--pid", &work.pid.to_string()]);
+    // Attached: CAP_PERFMON (only needed to attach) is gone from every thread.
+    for (effective, permitted) in thread_capabilities(tracer.pid()) {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
+    work.run("files 3");
+    work.run("sockets 2");
+    let truth = proc_fds(work.pid);
+    let report = tracer.stop();
+    assert_eq!(reported_fds(&report, work.pid), truth, "fd-by-fd, the table equals /proc/{}/fd", work.pid);
+    work.exit();
+}
+
+#[test]
+fn as_root_it_keeps_only_three_capabilities_once_attached() {
+    if !require_bpf() {
+        return;
+    }
+    let work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string()]);
+    let threads = thread_capabilities(tracer.pid());
+    assert!(threads.len() > 1, "the runtime's threads are there too: {threads:?}");
+    for (effective, permitted) in threads {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
+    let inheritable = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
+    assert!(inheritable.lines().any(|l| l == "CapInh:\t0000000000000000"), "{inheritable}");
+    assert!(inheritable.lines().any(|l| l == "CapAmb:\t0000000000000000"), "{inheritable}");
+    tracer.stop();
+    work.exit();
+}
+
+#[test]
+fn beyond_max_stacks_descriptors_are_tracked_under_site_limit() {
+    if !require_bpf() {
+        return;
+    }
+    let mut work = Workload::spawn();
+    let tracer = Tracer::start(&["--pid", &work.pid.to_string(), "--max-stacks", "1"]);
+    work.run("files 3"); // the one site remembered
+    work.run("sockets 2"); // a second site: beyond the limit
+    let truth = proc_fds(work.pid);
+    let report = tracer.stop();
+    let process = process(&report, work.pid).expect("the workload is reported");
+    assert_eq!(reported_fds(&report, work.pid), truth, "every descriptor is still tracked");
+    assert_eq!(site_open(process, "file", |s| s["site"] != "before-trace"), 3);
+    assert_eq!(site_open(process, "socket", |s| s["site"] == "site-limit"), 2);
+    assert!(report["events"]["sites_dropped"].as_u64().unwrap() >= 1, "{:#}", report["events"]);
+    work.exit();
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid systems such as these machines).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
+    line.split(' ').nth(4).unwrap().into()
+}
+
+/// A cgroup of the test's own, removed (after its processes left) when dropped.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(parent: &std::path::Path, name: &str) -> TestCgroup {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        TestCgroup(dir)
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn cgroup_traces_its_processes_and_those_below_it_only() {
+    if !require_bpf() {
+        return; // creating cgroups needs root
+    }
+    let service = TestCgroup::new(&cgroup2_mount(), &format!("helios-trace-test-{}", std::process::id()));
+    let worker = TestCgroup::new(&service.0, "worker");
+    let mut before = Workload::spawn(); // in the cgroup before the start: from the /proc baseline
+    worker.enter(before.pid);
+    let mut outside = Workload::spawn();
+    let tracer = Tracer::start(&["--cgroup", service.0.to_str().unwrap()]);
+    let mut later = Workload::spawn(); // moves in after the start
+    service.enter(later.pid);
+    before.run("files 2");
+    later.run("sockets 3");
+    outside.run("files 4");
+    let truths = [(before.pid, proc_fds(before.pid)), (later.pid, proc_fds(later.pid))];
+    let report = tracer.stop();
+    for (pid, truth) in truths {
+        assert_eq!(reported_fds(&report, pid), truth, "pid {pid} in the cgroup: exactly /proc");
+    }
+    assert_eq!(site_open(process(&report, before.pid).unwrap(), "file", |s| s["site"] != "before-trace"), 2);
+    assert!(process(&report, outside.pid).is_none(), "a process outside the cgroup is not traced");
+    for w in [before, later, outside] {
+        w.exit();
+    }
+    drop(worker);
 }
 
 #[test]

@@ -29,8 +29,10 @@ const REQUIRED_SYSCALLS: [&str; 3] = ["openat", "socket", "close"];
 
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
-    /// Only these processes (and children they fork later); empty: every process.
+    /// Only these processes (and children they fork later) and the processes in or below
+    /// these cgroups (v2 ids); both empty: every process.
     pub targets: Vec<u32>,
+    pub target_cgroups: Vec<u64>,
     /// How to capture user stacks: `helios_trace_common::stack_mode`.
     pub user_stack_mode: u32,
     /// Bytes of user stack per call in `stack_mode::DWARF`.
@@ -97,17 +99,19 @@ impl Tracer {
             fs::read_to_string(tracefs.join("events/sched/sched_process_exit/format")).unwrap_or_default();
         let group_dead_offset = checks::tracepoint_field_offset(&exit_format, "group_dead").unwrap_or(0);
         if group_dead_offset == 0 {
-            info!(
+            warn!(
                 "sched_process_exit has no group_dead field (Linux < 6.14): a leader's exit stands for its group's"
             );
         }
 
         let tracer_tgid = std::process::id();
-        let filter = u32::from(!config.targets.is_empty());
+        let filter = u32::from(!config.targets.is_empty() || !config.target_cgroups.is_empty());
+        let filter_cgroups = u32::from(!config.target_cgroups.is_empty());
         let kernel_stacks = u32::from(config.kernel_stacks);
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tracer_tgid, true)
             .override_global("FILTER_TARGETS", &filter, true)
+            .override_global("FILTER_CGROUPS", &filter_cgroups, true)
             .override_global("CAPTURE_USER_STACKS", &config.user_stack_mode, true)
             .override_global("STACK_WINDOW", &config.stack_window, true)
             .override_global("CAPTURE_KERNEL_STACKS", &kernel_stacks, true)
@@ -122,6 +126,13 @@ impl Tracer {
                 BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("no TARGETS map")?)?;
             for pid in &config.targets {
                 targets.insert(pid, 1, 0).context("cannot fill the target map")?;
+            }
+        }
+        if !config.target_cgroups.is_empty() {
+            let mut cgroups: BpfHashMap<_, u64, u32> =
+                BpfHashMap::try_from(ebpf.map_mut("TARGET_CGROUPS").context("no TARGET_CGROUPS map")?)?;
+            for id in &config.target_cgroups {
+                cgroups.insert(id, 1, 0).context("cannot fill the cgroup map (at most 64 --cgroup)")?;
             }
         }
 

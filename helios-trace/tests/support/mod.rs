@@ -173,7 +173,12 @@ pub struct Tracer {
 impl Tracer {
     /// Start with these extra arguments and wait until it says it is attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(helios_trace_bin())
+        Tracer::start_with(Command::new(helios_trace_bin()), args)
+    }
+
+    /// The same through `command` (e.g. setpriv), which must run `helios_trace_bin()` last.
+    pub fn start_with(mut command: Command, args: &[&str]) -> Tracer {
+        let mut child = command
             .args(["--format", "json", "--list-fds"])
             .args(args)
             .stdout(Stdio::piped())
@@ -249,6 +254,24 @@ fn wait_for_attach(
         }
     }
 }
+
+/// The effective and the permitted capability masks of every thread of `pid`, from
+/// /proc/PID/task/TID/status (capabilities are per thread).
+pub fn thread_capabilities(pid: u32) -> Vec<(u64, u64)> {
+    let mask = |status: &str, field: &str| {
+        let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field}"));
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("status")).ok())
+        .map(|status| (mask(&status, "CapEff:"), mask(&status, "CapPrm:")))
+        .collect()
+}
+
+/// What helios-trace keeps after attaching: CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19),
+/// CAP_BPF (39); numbers from linux/capability.h.
+pub const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 39;
 
 /// A running `helios-trace serve` on a free loopback port.
 pub struct Serve {

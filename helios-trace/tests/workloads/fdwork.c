@@ -447,9 +447,12 @@ static void handle(char *line) {
         struct churn_job *job = malloc(sizeof *job);
         job->rate = 0; job->leak_ms = 0; job->pool = 0;
         sscanf(line, "%*s %ld %ld %ld", &job->rate, &job->leak_ms, &job->pool);
+        /* A new run after a churn-stop: counts start again from zero. */
+        churn_stop = 0;
+        churn_opens = 0;
         start_thread(churn_main, job);
         reply("ok");
-    } else if (!strcmp(cmd, "churn-stop")) { /* churn-stop: stop the churn-bg workers; opens so far */
+    } else if (!strcmp(cmd, "churn-stop")) { /* churn-stop: stop the churn-bg workers; opens since they started */
         churn_stop = 1;
         usleep(50000);
         reply("ok %ld", churn_opens);
