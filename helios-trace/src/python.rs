@@ -652,7 +652,7 @@ fn runtime_address(
 
 /// What is known of one process.
 enum State {
-    /// Not probed yet, or the interpreter was still starting: try again on a later event.
+    /// Not probed yet, or the interpreter was still starting: tried again (retry_pending).
     Pending {
         attempts: u32,
         next_ns: u64,

@@ -125,7 +125,7 @@ impl Tracing {
             ring_buffer_bytes: args.ring_buffer_size,
             wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_size as u64 / 4),
         };
-        let (tracer, ring) = Tracer::start(&config)?;
+        let (mut tracer, ring) = Tracer::start(&config)?;
         let missing = checks::missing_proc_capabilities(checks::own_capabilities());
         if !missing.is_empty() {
             log::warn!(
@@ -156,7 +156,6 @@ impl Tracing {
             pids
         };
         engine.load_baseline(&pids, start_ns);
-        let mut tracer = tracer;
         apply_python_updates(&mut engine, &mut tracer);
         // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
         // happen before the runtime's threads exist and privileges can be dropped for all.
