@@ -50,3 +50,17 @@ put("proc_text", "release", "6.18.44-fc-v669")
 for i, link in enumerate(["socket:[4242]", "pipe:[99]", "anon_inode:[eventfd]", "anon_inode:inotify",
                           "/memfd:fdwork (deleted)", "pidfd:[77]", "/tmp/evil\nPID 1 fake", "net:[4026531840]"]):
     put("fd_link", f"link{i}", link)
+# PYTHON_STACK: the header, frame_count, flags, then 32 (code, instr) pairs.
+frames = [(0x7f0000100000, 0x7f0000100040), (0x7f0000200000, 0x7f0000200010)] + [(0, 0)] * 30
+put("record", "python_stack", header(7) + struct.pack("<II", 2, 0) + b"".join(struct.pack("<QQ", *f) for f in frames))
+# python: selector byte (0: 3.10 line table, 1: 3.11+ location table, 2: _Py_DebugOffsets),
+# an i32 instruction offset, then the table; tables of real code objects (tests/data).
+import json
+with open(os.path.join(HERE, "..", "helios-trace", "tests", "data", "python-linetables.json")) as f:
+    for code in json.load(f)[:12]:
+        selector = 0 if code["minor"] == 10 else 1
+        put("python", f"{code['minor']}-{code['name']}", struct.pack("<Bi", selector, 10) + bytes.fromhex(code["linetable"]))
+debug = bytearray(71 * 8)
+debug[0:8] = b"xdebugpy"
+debug[8:16] = struct.pack("<Q", 0x030D00F0)
+put("python", "debug_offsets", bytes([2]) + bytes(debug))

@@ -4,7 +4,7 @@
 //!
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/fuzz_corpus.rs). None may panic.
-use crate::{bpf::checks, decode, modules::ProcessMaps, procscan, syscalls::SyscallTable};
+use crate::{bpf::checks, decode, modules::ProcessMaps, procscan, python, syscalls::SyscallTable};
 
 /// A ring-buffer record.
 pub fn record(data: &[u8]) {
@@ -42,4 +42,24 @@ pub fn fd_link(data: &[u8]) {
     }
     let printed = crate::fd::printable(data, 64);
     assert!(!printed.contains('\n'), "printable text never contains a raw newline");
+}
+
+/// What a traced CPython process's memory supplies: line tables and `_Py_DebugOffsets`. The
+/// first byte picks the parser (3.10 table, 3.11+ table, debug offsets), the next four are an
+/// instruction offset.
+pub fn python(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let offset = rest.get(..4).map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64);
+    let table = rest.get(4..).unwrap_or_default();
+    match which % 3 {
+        0 => {
+            let _ = python::lines::line_310(table, 1, offset);
+        }
+        1 => {
+            let _ = python::lines::line_311(table, 1, offset);
+        }
+        _ => {
+            let _ = python::layout_from_debug_offsets(rest, 13);
+        }
+    }
 }

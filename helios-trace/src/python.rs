@@ -323,7 +323,8 @@ pub mod lines {
             let this = match code {
                 15 => None,
                 13 | 14 => {
-                    line += signed_varint(&table[i + 1..]);
+                    // Saturating: the table comes from a traced process's memory.
+                    line = line.saturating_add(signed_varint(&table[i + 1..]));
                     Some(line)
                 }
                 10..=12 => {

@@ -39,3 +39,8 @@ fn proc_text_corpus() {
 fn fd_link_corpus() {
     replay("fd_link", fuzzing::fd_link);
 }
+
+#[test]
+fn python_corpus() {
+    replay("python", fuzzing::python);
+}
