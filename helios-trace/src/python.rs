@@ -295,7 +295,7 @@ pub mod lines {
             let this = if delta == -128 {
                 None
             } else {
-                line += delta as i64;
+                line = line.saturating_add(delta as i64);
                 Some(line)
             };
             if start <= offset && offset < end {
@@ -314,6 +314,7 @@ pub mod lines {
         if offset < 0 {
             return Some(firstlineno);
         }
+        // Saturating arithmetic throughout: the table comes from a traced process's memory.
         let (mut end, mut line, mut i) = (0i64, firstlineno as i64, 0usize);
         while i < table.len() {
             let first = table[i];
@@ -323,12 +324,11 @@ pub mod lines {
             let this = match code {
                 15 => None,
                 13 | 14 => {
-                    // Saturating: the table comes from a traced process's memory.
                     line = line.saturating_add(signed_varint(&table[i + 1..]));
                     Some(line)
                 }
                 10..=12 => {
-                    line += (code - 10) as i64;
+                    line = line.saturating_add((code - 10) as i64);
                     Some(line)
                 }
                 _ => Some(line),
