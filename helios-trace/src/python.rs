@@ -444,6 +444,9 @@ struct CodeInfo {
     filename: String,
     firstlineno: u32,
     linetable: Vec<u8>,
+    /// The name, file name and line table objects it was read from: a code object freed and
+    /// another allocated at its address has others, which tells a stale cache entry.
+    objects: [u64; 3],
 }
 
 /// A recognised CPython process.
@@ -454,7 +457,7 @@ struct Interpreter {
     /// Address of `PyCode_Type`: a code object's `ob_type` must be it.
     code_type: Option<u64>,
     memory: Memory,
-    codes: HashMap<u64, Option<Arc<CodeInfo>>>,
+    codes: HashMap<u64, Arc<CodeInfo>>,
     /// (native site, raw Python frames) → site.
     sites: HashMap<(SiteId, Box<[PythonFrame]>), SiteId>,
 }
@@ -464,32 +467,48 @@ const MAX_CODES: usize = 64 * 1024;
 const MAX_SITES: usize = 16 * 1024;
 
 impl Interpreter {
+    /// The code object at `address`, cached while it still is the one read (code objects are
+    /// freed and their addresses reused: e.g. a module's body after its import). Failures are
+    /// not cached: the kernel may have walked a frame whose code was freed before we read it.
     fn code(&mut self, address: u64) -> Option<Arc<CodeInfo>> {
-        if let Some(info) = self.codes.get(&address) {
-            return info.clone();
+        if let Some(info) = self.codes.get(&address)
+            && self.objects(address).is_some_and(|objects| objects == info.objects)
+        {
+            return Some(info.clone());
         }
         if self.codes.len() >= MAX_CODES {
             self.codes.clear();
         }
-        let info = self.read_code(address).map(Arc::new);
+        let info = Arc::new(self.read_code(address)?);
         self.codes.insert(address, info.clone());
-        info
+        Some(info)
+    }
+
+    /// The name, file name and line table objects of a code object.
+    fn objects(&self, address: u64) -> Option<[u64; 3]> {
+        let (m, code) = (&self.memory, &self.layout.code);
+        Some([
+            m.u64(address + code.qualname.unwrap_or(code.name)).ok()?,
+            m.u64(address + code.filename).ok()?,
+            m.u64(address + code.linetable).ok()?,
+        ])
     }
 
     fn read_code(&self, address: u64) -> Option<CodeInfo> {
-        let (m, code) = (&self.memory, &self.layout.code);
+        let m = &self.memory;
         // ob_type is at 8 in every object (Include/object.h).
         if let Some(code_type) = self.code_type
             && m.u64(address + 8).ok()? != code_type
         {
             return None;
         }
-        let name = m.u64(address + code.qualname.unwrap_or(code.name)).ok()?;
+        let objects = self.objects(address)?;
         Some(CodeInfo {
-            name: m.string(name, &self.layout)?,
-            filename: m.string(m.u64(address + code.filename).ok()?, &self.layout)?,
-            firstlineno: m.u32(address + code.firstlineno).ok()?,
-            linetable: m.bytes(m.u64(address + code.linetable).ok()?, MAX_LINETABLE)?,
+            name: m.string(objects[0], &self.layout)?,
+            filename: m.string(objects[1], &self.layout)?,
+            firstlineno: m.u32(address + self.layout.code.firstlineno).ok()?,
+            linetable: m.bytes(objects[2], MAX_LINETABLE)?,
+            objects,
         })
     }
 
@@ -798,11 +817,15 @@ impl PythonFrames {
             return *site;
         }
         let frames: Vec<Frame> = raw.iter().filter_map(|r| interpreter.frame(*r)).collect();
+        let complete = frames.len() == raw.len();
         let site = if frames.is_empty() { native } else { stacks.with_python(native, frames) };
-        if interpreter.sites.len() >= MAX_SITES {
-            interpreter.sites.clear();
+        // A stack with a frame that did not read is not remembered: the next one may read.
+        if complete {
+            if interpreter.sites.len() >= MAX_SITES {
+                interpreter.sites.clear();
+            }
+            interpreter.sites.insert(key, site);
         }
-        interpreter.sites.insert(key, site);
         site
     }
 }
