@@ -39,6 +39,9 @@ enum Command {
         /// Fewer repetitions and shorter rungs (minutes instead of a quarter of an hour).
         #[arg(long)]
         quick: bool,
+        /// Only these sections (default: all).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
+        sections: Vec<String>,
     },
     /// Coverage-guided fuzzing of the parsers (cargo-fuzz on stable, no sanitizer).
     Fuzz {
@@ -99,11 +102,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut command = sh::as_root(&binary.to_string_lossy(), &args);
             Ok(sh::exit_code(command.status()?))
         }
-        Command::Bench { quick } => {
+        Command::Bench { quick, sections } => {
             setup::ensure(false)?;
             setup::ensure_bench_tools()?;
             sh::cargo(&["build", "--release", "--package", "helios-trace"], &[])?;
-            bench::run(quick)?;
+            bench::run(quick, &sections)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Image { binary, tag } => {
