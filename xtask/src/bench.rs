@@ -232,6 +232,7 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
     // samples[tracer][phase] = ns per operation, one per repetition.
     let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
+    let mut slow = vec![0u64; tracers.len()];
     for rep in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
             eprintln!("xtask bench: overhead {}/{} {}", rep + 1, plan.reps, tracer.name());
@@ -242,15 +243,19 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
             let output = workload.finish()?;
             lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
             for (p, phase) in PHASES.iter().enumerate() {
-                samples[t][p].push(field(&output, phase)?);
+                let (mean, preempted) = timing(&output, phase)?;
+                samples[t][p].push(mean);
+                slow[t] += preempted;
             }
         }
     }
     let mut table = format!(
         "\n### Overhead on the traced program\n\n{} ops per phase, {} µs pause after each, median of {} \
-         alternated runs [min–max]; both tools filtered to the workload's pid.\n\n\
-         | variant | open+close ns | × | socket+close ns | × | accept+close ns | × | lost |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         alternated runs [min–max] of the mean ns per operation; both tools filtered to the \
+         workload's pid. Operations over 100 µs (preempted) are left out of the means and \
+         counted (all phases and runs).\n\n\
+         | variant | open+close ns | × | socket+close ns | × | accept+close ns | × | ops > 100 µs | lost |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         plan.churn_ops, plan.gap_us, plan.reps
     );
     let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
@@ -260,7 +265,7 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
             write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
         }
         let lost = if matches!(tracer, Tracer::Helios(_)) { lost[t].to_string() } else { "–".into() };
-        writeln!(table, "| {lost} |")?;
+        writeln!(table, "| {} | {lost} |", slow[t])?;
     }
     Ok(table)
 }
@@ -475,6 +480,7 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     let script = bench.source.join("pyloop.py");
     let mut samples = vec![Vec::new(); tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
+    let mut slow = vec![0u64; tracers.len()];
     for _ in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
             let mut workload = Workload::start(
@@ -486,14 +492,16 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
             workload.go()?;
             let output = workload.finish()?;
             lost[t] += stop_lost(attached, true)?;
-            samples[t]
-                .push(output.trim().parse::<f64>().with_context(|| format!("pyloop printed {output:?}"))?);
+            let (mean, preempted) = timing(&output, "")?;
+            samples[t].push(mean);
+            slow[t] += preempted;
         }
     }
     let mut table = format!(
         "\n### Python\n\n{PYTHON} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
-         median of {} alternated runs [min–max].\n\n| variant | ns per open+close | × untraced | lost |\n\
-         | --- | --- | --- | --- |\n",
+         median of {} alternated runs [min–max] (operations over 100 µs left out and counted).\n\n\
+         | variant | ns per open+close | × untraced | ops > 100 µs | lost |\n\
+         | --- | --- | --- | --- | --- |\n",
         plan.python_ops, plan.gap_us, plan.reps
     );
     let base = median(&samples[0]);
@@ -737,12 +745,16 @@ impl Report {
     }
 }
 
-/// `name N` from a workload's output.
-fn field(output: &str, name: &str) -> Result<f64> {
+/// A timed workload's line `[NAME ]MEAN_NS SLOW_OPS` (bench/churn.c, bench/pyloop.py): the
+/// mean ns per operation, and how many operations were left out of it as preempted.
+fn timing(output: &str, name: &str) -> Result<(f64, u64)> {
     output
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("no {name} in {output:?}"))
+        .find_map(|l| {
+            let mut words = l.strip_prefix(name)?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .with_context(|| format!("no {name:?} line in {output:?}"))
 }
 
 /// utime + stime of `pid` in seconds (proc(5): fields 14 and 15 of /proc/PID/stat, after the
@@ -887,9 +899,11 @@ mod tests {
     }
 
     #[test]
-    fn workload_fields() {
-        assert_eq!(field("open 12\nsocket 34\n", "socket").unwrap(), 34.0);
-        assert!(field("open 12\n", "accept").is_err());
+    fn workload_timings() {
+        assert_eq!(timing("open 12 0\nsocket 34 2\n", "socket").unwrap(), (34.0, 2));
+        assert_eq!(timing("1500 3\n", "").unwrap(), (1500.0, 3));
+        assert!(timing("open 12 0\n", "accept").is_err());
+        assert!(timing("open 12\n", "open").is_err());
     }
 
     #[test]
