@@ -275,23 +275,33 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
         "\n### Daemon throughput\n\nhelios-trace defaults (--stacks dwarf, ring buffer {DEFAULT_RING}, \
          reconcile every 30 s), --pid of bench/rate.c (2 threads, open+close = 2 records), \
          {} s per rung after a warm-up (500 pairs per thread, then helios-trace idles: records \
-         lost then are \"lost at first sight\"). The ladder stops at the first rung that loses \
-         records while sustained, which is run again with a 4× ring buffer. CPU and received \
+         lost then are \"lost at first sight\"). A rung that loses records while sustained is \
+         run again with a 4× ring buffer; the ladder ends after two such rungs in a row. CPU and received \
          count the sustained part; run-queue wait: time helios-trace's threads were runnable but \
          not running (/proc/PID/task/*/schedstat).\n\n\
          | target records/s | ring | generated/s | received/s | lost at first sight | lost sustained | CPU s | CPU s per 1M records | run-queue wait s |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         plan.rung_seconds
     );
+    // The highest rung without loss, and whether a lower one lost records (noise: a stall of
+    // the reader on this shared machine) — the ladder goes on past one lossy rung, not two.
     let mut best: Option<f64> = None;
+    let mut lossy_below = false;
+    let mut lossy_in_a_row = 0;
     for &rate in plan.rungs {
         let step = rung(bench, rate, plan.rung_seconds, DEFAULT_RING)?;
         table.push_str(&step.row);
         if step.lost > 0 {
             table.push_str(&rung(bench, rate, plan.rung_seconds, BIG_RING)?.row);
-            break;
+            lossy_below = true;
+            lossy_in_a_row += 1;
+            if lossy_in_a_row == 2 {
+                break;
+            }
+            continue;
         }
-        best = Some(best.map_or(step.generated, |b: f64| b.max(step.generated)));
+        lossy_in_a_row = 0;
+        best = Some(step.generated);
         if step.generated < 0.95 * f64::from(rate) {
             writeln!(
                 table,
@@ -302,8 +312,9 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
     }
     writeln!(
         table,
-        "\nHighest sustained rate with zero lost (default ring): {}",
-        best.map_or("none of the rungs".into(), |b| format!("{b:.0} records/s"))
+        "\nHighest sustained rate with zero lost (default ring): {}{}",
+        best.map_or("none of the rungs".into(), |b| format!("{b:.0} records/s")),
+        if lossy_below && best.is_some() { " (a lower rung lost records: see above)" } else { "" }
     )?;
     Ok(table)
 }
@@ -509,10 +520,11 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
         let lost = if t == 0 { "–".to_string() } else { lost[t].to_string() };
         writeln!(
             table,
-            "| {} | {} | {:.2} | {lost} |",
+            "| {} | {} | {:.2} | {} | {lost} |",
             tracer.name(),
             spread(&samples[t]),
-            median(&samples[t]) / base
+            median(&samples[t]) / base,
+            slow[t]
         )?;
     }
     if !frames_flag {
