@@ -286,14 +286,14 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
     // The highest rung without loss, and whether a lower one lost records (noise: a stall of
     // the reader on this shared machine) — the ladder goes on past one lossy rung, not two.
     let mut best: Option<f64> = None;
-    let mut lossy_below = false;
+    let (mut lossy_seen, mut lossy_below) = (false, false);
     let mut lossy_in_a_row = 0;
     for &rate in plan.rungs {
         let step = rung(bench, rate, plan.rung_seconds, DEFAULT_RING)?;
         table.push_str(&step.row);
         if step.lost > 0 {
             table.push_str(&rung(bench, rate, plan.rung_seconds, BIG_RING)?.row);
-            lossy_below = true;
+            lossy_seen = true;
             lossy_in_a_row += 1;
             if lossy_in_a_row == 2 {
                 break;
@@ -302,6 +302,7 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
         }
         lossy_in_a_row = 0;
         best = Some(step.generated);
+        lossy_below = lossy_seen;
         if step.generated < 0.95 * f64::from(rate) {
             writeln!(
                 table,
