@@ -1,6 +1,7 @@
-//! `cargo xtask setup | run -- ARGS | test | fuzz | completions | man`: the commands the README
+//! `cargo xtask setup | run -- ARGS | test | bench | fuzz | completions | man`: the commands the README
 //! gives. Each one sets up what is missing first, so a fresh machine needs nothing installed by
 //! hand.
+mod bench;
 mod docs;
 mod fuzz;
 mod image;
@@ -31,6 +32,16 @@ enum Command {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Set up, build (release), and run the benchmark suite of BENCHMARKS.md as root: overhead
+    /// against bpftrace, daemon throughput, memory, startup, Python. Prints markdown tables.
+    Bench {
+        /// Fewer repetitions and shorter rungs (minutes instead of a quarter of an hour).
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections (default: all).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
+        sections: Vec<String>,
     },
     /// Coverage-guided fuzzing of the parsers (cargo-fuzz on stable, no sanitizer).
     Fuzz {
@@ -90,6 +101,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let binary = sh::workspace_root().join("target/release/helios-trace");
             let mut command = sh::as_root(&binary.to_string_lossy(), &args);
             Ok(sh::exit_code(command.status()?))
+        }
+        Command::Bench { quick, sections } => {
+            setup::ensure(false)?;
+            setup::ensure_bench_tools()?;
+            sh::cargo(&["build", "--release", "--package", "helios-trace"], &[])?;
+            bench::run(quick, &sections)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Image { binary, tag } => {
             if binary.is_none() {

@@ -42,6 +42,12 @@ pub fn ensure(for_tests: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench` needs beyond the build: gcc for its workloads, bpftrace for the
+/// peer it is compared with, Debian's CPython for the Python row.
+pub fn ensure_bench_tools() -> Result<()> {
+    Apt::default().install(&["gcc", "bpftrace", "python3"])
+}
+
 /// What `cargo xtask image` needs beyond the build.
 pub fn ensure_image_tools() -> Result<()> {
     Apt::default().install(&["podman"])

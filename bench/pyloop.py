@@ -1,0 +1,49 @@
+"""The Python row of cargo xtask bench: the cost of open()+close() in CPython.
+
+    python3 pyloop.py OPS GAP_US
+
+Waits for a line on stdin (so a tracer can attach to this pid first), then opens and closes
+/dev/null OPS times from a few nested Python frames, timing only the calls, spinning GAP_US
+after each (as bench/churn.c, after the same warm-up), and prints the mean ns of one
+open+close and how many were left out of it as preempted (over 100 us, as bench/churn.c).
+"""
+import sys
+import time
+
+
+def open_close():
+    with open("/dev/null", "rb", buffering=0):
+        pass
+
+
+SLOW_NS = 100_000
+
+
+def churn(ops, gap_ns):
+    clock = time.perf_counter_ns
+    spent = timed = slow = 0
+    for _ in range(ops):
+        start = clock()
+        open_close()
+        end = clock()
+        if end - start > SLOW_NS:
+            slow += 1
+        else:
+            spent += end - start
+            timed += 1
+        while clock() < end + gap_ns:
+            pass
+    return spent // max(timed, 1), slow
+
+
+def main():
+    ops, gap_us = int(sys.argv[1]), int(sys.argv[2])
+    sys.stdin.readline()
+    churn(max(ops // 10, 500), gap_us * 1000)
+    time.sleep(0.3)
+    mean, slow = churn(ops, gap_us * 1000)
+    print(mean, slow, flush=True)
+
+
+if __name__ == "__main__":
+    main()

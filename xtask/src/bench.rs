@@ -1,0 +1,928 @@
+//! `cargo xtask bench [--quick]`: the benchmark suite of BENCHMARKS.md, on this machine, in one
+//! run — overhead on traced programs (against a bpftrace peer), daemon throughput, memory per
+//! descriptor and per call site, startup, and the Python row. Prints markdown tables.
+//!
+//! Machines here are shared and noisy, so variants alternate within one run (A B C A B C …) and
+//! every figure is a median, with the spread (min–max) shown. The workloads are C programs of
+//! bench/ (built here with gcc) and bench/pyloop.py; each waits for a line on stdin so the
+//! tracer is attached to its pid before it starts. Every process started here is ended by its
+//! pid (a guard kills what is still running on any error), and nothing system-wide is changed:
+//! the descriptor-holding workloads only raise their own soft RLIMIT_NOFILE to the hard limit.
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sh;
+
+/// How much of everything to run.
+struct Plan {
+    /// Repetitions of each variant (alternated).
+    reps: usize,
+    /// Operations per phase of bench/churn.c.
+    churn_ops: u32,
+    /// Pause after each measured operation (µs): the tracers keep up, what is measured is the
+    /// cost per operation.
+    gap_us: u32,
+    /// Records per second of the throughput ladder, and seconds per rung.
+    rungs: &'static [u32],
+    rung_seconds: u32,
+    /// Descriptors held for the memory figure, and the call sites of the sites figure.
+    fds: u64,
+    sites: u32,
+    startup_runs: usize,
+    python_ops: u32,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        const RUNGS: &[u32] = &[50_000, 100_000, 200_000, 350_000, 500_000, 750_000, 1_000_000];
+        if quick {
+            Plan {
+                reps: 3,
+                churn_ops: 5_000,
+                gap_us: 10,
+                rungs: RUNGS,
+                rung_seconds: 5,
+                fds: 200_000,
+                sites: 10_000,
+                startup_runs: 3,
+                python_ops: 3_000,
+            }
+        } else {
+            Plan {
+                reps: 7,
+                churn_ops: 20_000,
+                gap_us: 10,
+                rungs: RUNGS,
+                rung_seconds: 60,
+                fds: 1_000_000,
+                sites: 10_000,
+                startup_runs: 7,
+                python_ops: 10_000,
+            }
+        }
+    }
+}
+
+/// The default ring buffer (`--ring-buffer-size`), as the throughput rows state it.
+const DEFAULT_RING: &str = "16M";
+/// bench/churn.c's phases, in the order it prints them.
+const PHASES: [&str; 3] = ["open", "socket", "accept"];
+/// Descriptors opened per second by the memory workloads: well within what the tracer keeps up
+/// with (see the throughput ladder); what a reader stall loses anyway is shown in the row.
+const HOLD_RATE: u32 = 50_000;
+/// Where the Python row runs (Debian's interpreter, as deployed services use it).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The sections, in the order they run.
+pub const SECTIONS: [&str; 5] = ["overhead", "throughput", "memory", "startup", "python"];
+
+/// Run the `only` sections (all when empty).
+pub fn run(quick: bool, only: &[String]) -> Result<()> {
+    if !sh::is_root() {
+        bail!("cargo xtask bench loads eBPF programs (helios-trace, bpftrace): run it as root");
+    }
+    let plan = Plan::new(quick);
+    let root = sh::workspace_root();
+    let bench = Bench {
+        helios: root.join("target/release/helios-trace"),
+        dir: root.join("target/bench"),
+        source: root.join("bench"),
+    };
+    fs::create_dir_all(&bench.dir).context("cannot create target/bench")?;
+    for name in ["churn", "rate", "fdhold"] {
+        bench.compile(name, &bench.source.join(format!("{name}.c")), &[])?;
+    }
+    let sites_c = bench.dir.join("sites.c");
+    fs::write(&sites_c, sites_program(plan.sites)).context("cannot write sites.c")?;
+    // Sibling calls would turn `return dup(fd)` into a jump: no frame of the site's own.
+    bench.compile("sites", &sites_c, &["-O1", "-fno-optimize-sibling-calls"])?;
+
+    let mut out = String::new();
+    writeln!(out, "{}", machine())?;
+    let sections: [(&str, Section); 5] = [
+        ("overhead", overhead),
+        ("throughput", throughput),
+        ("memory", memory),
+        ("startup", startup),
+        ("python", python),
+    ];
+    for (name, section) in sections {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("xtask bench: {name}");
+        let table = section(&bench, &plan).with_context(|| format!("bench section {name}"))?;
+        // Each table as soon as it is known, and all of them at the end.
+        eprintln!("{table}");
+        out.push_str(&table);
+    }
+    writeln!(out, "\nAt the end: {}", load())?;
+    println!("{out}");
+    Ok(())
+}
+
+/// One part of the suite: its markdown table.
+type Section = fn(&Bench, &Plan) -> Result<String>;
+
+struct Bench {
+    helios: PathBuf,
+    dir: PathBuf,
+    source: PathBuf,
+}
+
+impl Bench {
+    fn compile(&self, name: &str, source: &Path, extra: &[&str]) -> Result<()> {
+        // Like the tests' workloads: optimised, no frame pointers, with DWARF.
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-O2", "-fomit-frame-pointer", "-g", "-pthread"])
+            .args(extra)
+            .arg("-o")
+            .arg(self.dir.join(name))
+            .arg(source);
+        sh::check(&mut gcc)
+    }
+
+    fn workload(&self, name: &str, args: &[String]) -> Result<Workload> {
+        Workload::start(Command::new(self.dir.join(name)).args(args))
+    }
+
+    /// helios-trace with `args`, once attached.
+    fn helios(&self, args: &[String]) -> Result<Attached> {
+        let mut command = Command::new(&self.helios);
+        command.args(["--format", "json", "--view", "quiet"]).args(args);
+        Attached::start(command, |line| line.starts_with("helios-trace: attached"))
+    }
+
+    /// The bpftrace peer on `pid`, storing stacks or (without) the time.
+    fn bpftrace(&self, pid: u32, stacks: bool) -> Result<Attached> {
+        let script = fs::read_to_string(self.source.join("peer.bt")).context("cannot read bench/peer.bt")?;
+        let script = if stacks { script } else { script.replace("= ustack;", "= nsecs;") };
+        let mut command = Command::new("bpftrace");
+        command.args(["-B", "none", "-e", &script, &pid.to_string()]);
+        Attached::start(command, |line| line == "attached")
+    }
+}
+
+/// Who traces a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Tracer {
+    Untraced,
+    /// helios-trace with these extra arguments.
+    Helios(&'static [&'static str]),
+    Bpftrace {
+        stacks: bool,
+    },
+}
+
+impl Tracer {
+    fn name(self) -> String {
+        match self {
+            Tracer::Untraced => "untraced".into(),
+            Tracer::Helios([]) => "helios-trace (default: dwarf)".into(),
+            Tracer::Helios(args) => format!("helios-trace {}", args.join(" ")),
+            Tracer::Bpftrace { stacks: true } => "bpftrace peer.bt (ustack)".into(),
+            Tracer::Bpftrace { stacks: false } => "bpftrace peer.bt (no stack)".into(),
+        }
+    }
+
+    /// Attach to `pid` (None when untraced).
+    fn attach(self, bench: &Bench, pid: u32) -> Result<Option<Attached>> {
+        Ok(match self {
+            Tracer::Untraced => None,
+            Tracer::Helios(args) => {
+                let mut all: Vec<String> =
+                    vec!["--pid".into(), pid.to_string(), "--reconcile-interval".into(), "0".into()];
+                all.extend(args.iter().map(|a| a.to_string()));
+                Some(bench.helios(&all)?)
+            }
+            Tracer::Bpftrace { stacks } => Some(bench.bpftrace(pid, stacks)?),
+        })
+    }
+}
+
+/// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here).
+fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
+    let Some(tracer) = tracer else { return Ok(0) };
+    let stdout = tracer.stop()?;
+    if !helios {
+        return Ok(0);
+    }
+    Ok(Report::parse(&stdout)?.lost)
+}
+
+fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
+    let tracers = [
+        Tracer::Untraced,
+        Tracer::Helios(&["--stacks", "none"]),
+        Tracer::Helios(&["--stacks", "fp"]),
+        Tracer::Helios(&[]),
+        Tracer::Bpftrace { stacks: true },
+        Tracer::Bpftrace { stacks: false },
+    ];
+    // samples[tracer][phase] = ns per operation, one per repetition.
+    let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
+    let mut lost = vec![0u64; tracers.len()];
+    let mut slow = vec![0u64; tracers.len()];
+    for rep in 0..plan.reps {
+        for (t, tracer) in tracers.iter().enumerate() {
+            eprintln!("xtask bench: overhead {}/{} {}", rep + 1, plan.reps, tracer.name());
+            let mut workload =
+                bench.workload("churn", &[plan.churn_ops.to_string(), plan.gap_us.to_string()])?;
+            let attached = tracer.attach(bench, workload.pid())?;
+            workload.go()?;
+            let output = workload.finish()?;
+            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
+            for (p, phase) in PHASES.iter().enumerate() {
+                let (mean, preempted) = timing(&output, phase)?;
+                samples[t][p].push(mean);
+                slow[t] += preempted;
+            }
+        }
+    }
+    let mut table = format!(
+        "\n### Overhead on the traced program\n\n{} ops per phase, {} µs pause after each, median of {} \
+         alternated runs [min–max] of the mean ns per operation; both tools filtered to the \
+         workload's pid. Operations over 100 µs (preempted) are left out of the means and \
+         counted (all phases and runs).\n\n\
+         | variant | open+close ns | × | socket+close ns | × | accept+close ns | × | ops > 100 µs | lost |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        plan.churn_ops, plan.gap_us, plan.reps
+    );
+    let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
+    for (t, tracer) in tracers.iter().enumerate() {
+        write!(table, "| {} ", tracer.name())?;
+        for (p, s) in samples[t].iter().enumerate() {
+            write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
+        }
+        let lost = if matches!(tracer, Tracer::Helios(_)) { lost[t].to_string() } else { "–".into() };
+        writeln!(table, "| {} | {lost} |", slow[t])?;
+    }
+    Ok(table)
+}
+
+fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
+    let mut table = format!(
+        "\n### Daemon throughput\n\nhelios-trace defaults (--stacks dwarf, ring buffer {DEFAULT_RING}, \
+         reconcile every 30 s), --pid of bench/rate.c (2 threads, open+close = 2 records), \
+         {} s per rung after a warm-up (500 pairs per thread, then helios-trace idles: records \
+         lost then are \"lost at first sight\"). A rung that loses records while sustained is \
+         run again with a 4× ring buffer; the ladder ends after two such rungs in a row. CPU and received \
+         count the sustained part; run-queue wait: time helios-trace's threads were runnable but \
+         not running (/proc/PID/task/*/schedstat).\n\n\
+         | target records/s | ring | generated/s | received/s | lost at first sight | lost sustained | CPU s | CPU s per 1M records | run-queue wait s |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        plan.rung_seconds
+    );
+    // The highest rung without loss, and whether a lower one lost records (noise: a stall of
+    // the reader on this shared machine) — the ladder goes on past one lossy rung, not two.
+    let mut best: Option<f64> = None;
+    let (mut lossy_seen, mut lossy_below) = (false, false);
+    let mut lossy_in_a_row = 0;
+    for &rate in plan.rungs {
+        let step = rung(bench, rate, plan.rung_seconds, DEFAULT_RING)?;
+        table.push_str(&step.row);
+        if step.lost > 0 {
+            table.push_str(&rung(bench, rate, plan.rung_seconds, BIG_RING)?.row);
+            lossy_seen = true;
+            lossy_in_a_row += 1;
+            if lossy_in_a_row == 2 {
+                break;
+            }
+            continue;
+        }
+        lossy_in_a_row = 0;
+        best = Some(step.generated);
+        lossy_below = lossy_seen;
+        if step.generated < 0.95 * f64::from(rate) {
+            writeln!(
+                table,
+                "\nThe generator (traced) could not reach {rate} records/s: the ladder ends there."
+            )?;
+            break;
+        }
+    }
+    writeln!(
+        table,
+        "\nHighest sustained rate with zero lost (default ring): {}{}",
+        best.map_or("none of the rungs".into(), |b| format!("{b:.0} records/s")),
+        if lossy_below && best.is_some() { " (a lower rung lost records: see above)" } else { "" }
+    )?;
+    Ok(table)
+}
+
+/// The ring of the rerun of the first rung that lost records.
+const BIG_RING: &str = "64M";
+
+struct Rung {
+    generated: f64,
+    lost: u64,
+    row: String,
+}
+
+/// One rung of the ladder: `rate` records a second for `seconds`, ring buffer `ring`. Records
+/// lost during bench/rate.c's warm-up (the tracer's first sight of the process) are counted
+/// apart from those lost while the rate is sustained.
+fn rung(bench: &Bench, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
+    eprintln!("xtask bench: throughput {rate}/s for {seconds} s, ring {ring}");
+    let mut workload = bench.workload("rate", &[rate.to_string(), seconds.to_string(), "2".into()])?;
+    let mut tracer = bench.helios(&[
+        "--pid".into(),
+        workload.pid().to_string(),
+        "--ring-buffer-size".into(),
+        ring.into(),
+    ])?;
+    workload.go()?;
+    let warm = workload.line()?;
+    if warm != "warm" {
+        bail!("bench/rate.c printed {warm:?}");
+    }
+    wait_idle(tracer.pid())?;
+    let first_sight = Report::parse(&tracer.snapshot()?)?.lost;
+    let (cpu_before, wait_before) = (cpu_seconds(tracer.pid())?, runqueue_wait_seconds(tracer.pid())?);
+    let received_before = Report::parse(&tracer.snapshot()?)?.received;
+    workload.go()?;
+    let output = workload.finish()?;
+    let mut words = output.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(pairs)), Some(Ok(elapsed))) = (words.next(), words.next()) else {
+        bail!("bench/rate.c printed {output:?}");
+    };
+    wait_idle(tracer.pid())?;
+    let cpu = cpu_seconds(tracer.pid())? - cpu_before;
+    let wait = runqueue_wait_seconds(tracer.pid())? - wait_before;
+    let report = Report::parse(&tracer.stop()?)?;
+    let lost = report.lost - first_sight;
+    let received = report.received - received_before;
+    let generated = 2.0 * pairs / elapsed;
+    let row = format!(
+        "| {rate} | {ring} | {generated:.0} | {:.0} | {first_sight} | {lost} | {cpu:.2} | {:.2} | {wait:.3} |\n",
+        received as f64 / elapsed,
+        cpu / (received as f64 / 1e6)
+    );
+    Ok(Rung { generated, lost, row })
+}
+
+fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
+    let mut table = String::from(
+        "\n### Daemon memory\n\nRssAnon of helios-trace (defaults: --stacks dwarf, --max-fds 4000000, \
+         --max-processes 100000) before the workloads start and once it has handled every record.\n\n\
+         | workload | tracked | lost | RssAnon before | RssAnon after | per tracked descriptor | per call site |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    // As many processes as the hard RLIMIT_NOFILE requires (it cannot be raised without
+    // CAP_SYS_RESOURCE); a little room for stdio and the eventfd.
+    let per_process_limit = hard_nofile()?.saturating_sub(16).max(1);
+    let processes = plan.fds.div_ceil(per_process_limit);
+    let per_process = plan.fds.div_ceil(processes);
+    let mut holders = Vec::new();
+    for _ in 0..processes {
+        holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
+    }
+    let row = held(bench, &mut holders)?;
+    writeln!(
+        table,
+        "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c) | {} fds | {} | {} | {} | {:.0} B | – |",
+        row.tracked,
+        row.lost,
+        mib(row.before),
+        mib(row.after),
+        row.bytes_per(row.tracked)
+    )?;
+    drop(holders);
+
+    let mut sites = vec![bench.workload("sites", &[])?];
+    let row = held(bench, &mut sites)?;
+    writeln!(
+        table,
+        "| {} call sites × 1 fd (generated sites.c) | {} fds, {} sites | {} | {} | {} | {:.0} B | {:.0} B |",
+        plan.sites,
+        row.tracked,
+        row.sites,
+        row.lost,
+        mib(row.before),
+        mib(row.after),
+        row.bytes_per(row.tracked),
+        row.bytes_per(row.sites)
+    )?;
+    Ok(table)
+}
+
+struct Held {
+    tracked: u64,
+    sites: u64,
+    lost: u64,
+    before: u64,
+    after: u64,
+}
+
+impl Held {
+    fn bytes_per(&self, n: u64) -> f64 {
+        self.after.saturating_sub(self.before) as f64 / n.max(1) as f64
+    }
+}
+
+/// Trace `workloads` (waiting at their gate), let each open its descriptors in turn, and read
+/// the tracer's RssAnon before and after.
+fn held(bench: &Bench, workloads: &mut [Workload]) -> Result<Held> {
+    let mut args = Vec::new();
+    for w in workloads.iter() {
+        args.extend(["--pid".to_string(), w.pid().to_string()]);
+    }
+    args.extend(["--reconcile-interval".into(), "0".into()]);
+    let tracer = bench.helios(&args)?;
+    wait_idle(tracer.pid())?;
+    let before = rss_anon(tracer.pid())?;
+    for w in workloads.iter_mut() {
+        w.go()?;
+        let line = w.line()?;
+        if !line.starts_with("held ") {
+            bail!("a workload printed {line:?}");
+        }
+    }
+    wait_idle(tracer.pid())?;
+    let after = rss_anon(tracer.pid())?;
+    let report = Report::parse(&tracer.stop()?)?;
+    Ok(Held { tracked: report.open_fds, sites: report.sites, lost: report.lost, before, after })
+}
+
+fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
+    // Something to filter to that does nothing.
+    let sleeper = Workload::start(Command::new("sleep").arg("3600"))?;
+    let variants: [(&str, Vec<String>); 2] = [
+        ("--pid of one process", vec!["--pid".into(), sleeper.pid().to_string()]),
+        ("every process (/proc baseline of all)", vec![]),
+    ];
+    let mut samples = vec![Vec::new(); variants.len()];
+    for _ in 0..plan.startup_runs {
+        for (v, (_, args)) in variants.iter().enumerate() {
+            let tracer = bench.helios(args)?;
+            samples[v].push(tracer.attached_after.as_secs_f64() * 1000.0);
+            tracer.stop()?;
+        }
+    }
+    drop(sleeper);
+    let mut table = format!(
+        "\n### Startup\n\nFrom spawning helios-trace to its \"attached\" line (printed once every \
+         program is attached and the /proc baseline is loaded), median of {} alternated runs [min–max].\n\n\
+         | variant | ms to attached |\n| --- | --- |\n",
+        plan.startup_runs
+    );
+    for ((name, _), s) in variants.iter().zip(&samples) {
+        writeln!(table, "| {name} | {} |", spread(s))?;
+    }
+    Ok(table)
+}
+
+fn python(bench: &Bench, plan: &Plan) -> Result<String> {
+    let help = sh::output(&bench.helios.to_string_lossy(), &["--help"]).unwrap_or_default();
+    let mut tracers = vec![Tracer::Untraced, Tracer::Helios(&[])];
+    let frames_flag = help.contains("--python-frames");
+    if frames_flag {
+        tracers.push(Tracer::Helios(&["--python-frames", "off"]));
+    }
+    let script = bench.source.join("pyloop.py");
+    let mut samples = vec![Vec::new(); tracers.len()];
+    let mut lost = vec![0u64; tracers.len()];
+    let mut slow = vec![0u64; tracers.len()];
+    for _ in 0..plan.reps {
+        for (t, tracer) in tracers.iter().enumerate() {
+            let mut workload = Workload::start(
+                Command::new(PYTHON)
+                    .arg(&script)
+                    .args([plan.python_ops.to_string(), plan.gap_us.to_string()]),
+            )?;
+            let attached = tracer.attach(bench, workload.pid())?;
+            workload.go()?;
+            let output = workload.finish()?;
+            lost[t] += stop_lost(attached, true)?;
+            let (mean, preempted) = timing(&output, "")?;
+            samples[t].push(mean);
+            slow[t] += preempted;
+        }
+    }
+    let mut table = format!(
+        "\n### Python\n\n{PYTHON} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
+         median of {} alternated runs [min–max] (operations over 100 µs left out and counted).\n\n\
+         | variant | ns per open+close | × untraced | ops > 100 µs | lost |\n\
+         | --- | --- | --- | --- | --- |\n",
+        plan.python_ops, plan.gap_us, plan.reps
+    );
+    let base = median(&samples[0]);
+    for (t, tracer) in tracers.iter().enumerate() {
+        let lost = if t == 0 { "–".to_string() } else { lost[t].to_string() };
+        writeln!(
+            table,
+            "| {} | {} | {:.2} | {} | {lost} |",
+            tracer.name(),
+            spread(&samples[t]),
+            median(&samples[t]) / base,
+            slow[t]
+        )?;
+    }
+    if !frames_flag {
+        writeln!(table, "\npython frames: not available in this build")?;
+    }
+    Ok(table)
+}
+
+/// A C program with `n` distinct call sites: `site_i` dup()s the descriptor it is given, and
+/// main calls each once (after the line on stdin, at most HOLD_RATE a second), then holds them
+/// like bench/fdhold.c.
+fn sites_program(n: u32) -> String {
+    let per_ms = HOLD_RATE / 1000;
+    let mut c = String::from(
+        "/* Generated by cargo xtask bench: one distinct call site per function. */\n\
+         #include <stdio.h>\n#include <sys/eventfd.h>\n#include <unistd.h>\n\n\
+         volatile int sink;\n",
+    );
+    for i in 0..n {
+        // The store after the call keeps each function's frame on the stack at the dup.
+        let _ = writeln!(
+            c,
+            "__attribute__((noinline)) int site_{i}(int fd) {{ int r = dup(fd); sink = {i}; return r; }}"
+        );
+    }
+    let _ = writeln!(c, "\nint (*const sites[])(int) = {{");
+    for i in 0..n {
+        let _ = writeln!(c, "    site_{i},");
+    }
+    let _ = write!(
+        c,
+        "}};\n\nint main(void) {{\n    int base = eventfd(0, 0);\n    char line[16];\n    \
+         if (base < 0 || !fgets(line, sizeof line, stdin)) return 1;\n    \
+         for (int i = 0; i < {n}; i++) {{\n        if (sites[i](base) < 0) {{ perror(\"dup\"); return 1; }}\n        \
+         if (i % {per_ms} == {per_ms} - 1) usleep(1000);\n    }}\n    \
+         printf(\"held {n}\\n\");\n    fflush(stdout);\n    while (fgets(line, sizeof line, stdin)) {{}}\n    return 0;\n}}\n"
+    );
+    c
+}
+
+/// A workload started at its gate: it reads one line from stdin before it begins.
+struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    fn start(command: &mut Command) -> Result<Workload> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        Ok(Workload { child, stdin, stdout })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn go(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("workload already finished")?;
+        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).context("cannot start the workload")
+    }
+
+    /// The next line it prints.
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).context("reading a workload")?;
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Everything it prints until it exits, which it must do successfully.
+    fn finish(mut self) -> Result<String> {
+        self.stdin = None;
+        let mut output = String::new();
+        self.stdout.read_to_string(&mut output).context("reading a workload")?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("workload failed ({status}): {output}");
+        }
+        Ok(output)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // Closing stdin ends the holders; anything else still running is killed by its pid.
+        self.stdin = None;
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A tracer (helios-trace or bpftrace) that said it is attached.
+struct Attached {
+    child: Child,
+    attached_after: Duration,
+    stdout: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Attached {
+    /// Start `command` and wait for the line `ready` accepts (stdout or stderr).
+    fn start(mut command: Command, ready: fn(&str) -> bool) -> Result<Attached> {
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let (lines, seen) = mpsc::channel::<String>();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        let err = BufReader::new(child.stderr.take().expect("piped"));
+        let (kept, to_out) = (stdout.clone(), lines.clone());
+        let readers = vec![
+            thread::spawn(move || {
+                for line in out.lines().map_while(Result::ok) {
+                    let _ = to_out.send(line.clone());
+                    let mut kept = kept.lock().expect("no reader panics");
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }),
+            thread::spawn(move || {
+                for line in err.lines().map_while(Result::ok) {
+                    let _ = lines.send(line);
+                }
+            }),
+        ];
+        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, readers };
+        let mut said = Vec::new();
+        loop {
+            match seen.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if ready(&line) => break,
+                Ok(line) => said.push(line),
+                Err(_) => bail!("{command:?} did not attach: {}", said.join("\n")),
+            }
+        }
+        tracer.attached_after = started.elapsed();
+        Ok(tracer)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The report of the moment: SIGUSR1 makes helios-trace print one JSON line and go on.
+    fn snapshot(&mut self) -> Result<String> {
+        let seen = self.stdout.lock().expect("no reader panics").len();
+        // SAFETY: a signal to our own child, by its pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGUSR1) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let stdout = self.stdout.lock().expect("no reader panics");
+            if stdout.len() > seen && stdout.ends_with('\n') {
+                return Ok(stdout[seen..].to_string());
+            }
+            drop(stdout);
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("helios-trace {} wrote no snapshot within a minute of SIGUSR1", self.pid())
+    }
+
+    /// SIGINT, wait for it to exit (at most a minute), and its stdout.
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: a signal to our own child, by its pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("tracer {} did not stop within a minute of SIGINT", self.pid());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let stdout = std::mem::take(&mut *self.stdout.lock().expect("readers joined"));
+        if !status.success() {
+            bail!("tracer exited with {status}");
+        }
+        Ok(stdout)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What the bench reads from a helios-trace JSON report.
+struct Report {
+    received: u64,
+    lost: u64,
+    open_fds: u64,
+    sites: u64,
+}
+
+impl Report {
+    fn parse(stdout: &str) -> Result<Report> {
+        let json: serde_json::Value = serde_json::Deserializer::from_str(stdout)
+            .into_iter()
+            .filter_map(Result::ok)
+            .last()
+            .context("helios-trace printed no JSON report")?;
+        let events = &json["events"];
+        let processes = json["processes"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let sum = |f: &dyn Fn(&serde_json::Value) -> u64| processes.iter().map(f).sum::<u64>();
+        Ok(Report {
+            received: events["received"].as_u64().context("no events.received")?,
+            lost: events["lost"].as_u64().context("no events.lost")?,
+            open_fds: sum(&|p| p["open_fds"].as_u64().unwrap_or(0)),
+            sites: sum(&|p| p["sites"].as_array().map_or(0, |s| s.len() as u64)),
+        })
+    }
+}
+
+/// A timed workload's line `[NAME ]MEAN_NS SLOW_OPS` (bench/churn.c, bench/pyloop.py): the
+/// mean ns per operation, and how many operations were left out of it as preempted.
+fn timing(output: &str, name: &str) -> Result<(f64, u64)> {
+    output
+        .lines()
+        .find_map(|l| {
+            let mut words = l.strip_prefix(name)?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .with_context(|| format!("no {name:?} line in {output:?}"))
+}
+
+/// utime + stime of `pid` in seconds (proc(5): fields 14 and 15 of /proc/PID/stat, after the
+/// parenthesised comm, which may contain spaces).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks())
+}
+
+fn parse_cpu_ticks(stat: &str) -> Result<u64> {
+    let rest = stat.rsplit_once(')').context("no comm in /proc/PID/stat")?.1;
+    // rest starts at field 3 (state): utime and stime are the 12th and 13th after it.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Ok(tick(11).context("no utime")? + tick(12).context("no stime")?)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: no arguments.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+/// Seconds the threads of `pid` spent runnable but waiting for a CPU (the kernel's
+/// Documentation/scheduler/sched-stats.rst: the second field of /proc/PID/task/TID/schedstat, ns).
+fn runqueue_wait_seconds(pid: u32) -> Result<f64> {
+    let mut ns = 0u64;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        ns += stat.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// Wait until `pid` has used under 2% of a core for a second (it drained the ring buffer;
+/// its once-a-second sampling stays below that), at most 60 s.
+fn wait_idle(pid: u32) -> Result<()> {
+    let mut last = cpu_seconds(pid)?;
+    for _ in 0..120 {
+        thread::sleep(Duration::from_millis(500));
+        let now = cpu_seconds(pid)?;
+        if now - last < 0.01 {
+            return Ok(());
+        }
+        last = now;
+    }
+    bail!("helios-trace {pid} still busy after a minute")
+}
+
+/// RssAnon of `pid` in bytes (proc(5): /proc/PID/status, in kB).
+fn rss_anon(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_rss_anon(&status).context("no RssAnon in /proc/PID/status")
+}
+
+fn parse_rss_anon(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("RssAnon:"))?;
+    Some(line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()? * 1024)
+}
+
+fn hard_nofile() -> Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid pointer to a rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit");
+    }
+    Ok(limit.rlim_max)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// "median [min–max]".
+fn spread(samples: &[f64]) -> String {
+    let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} [{min:.0}–{max:.0}]", median(samples))
+}
+
+/// The load average (what else ran on the machine meanwhile).
+fn load() -> String {
+    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("load average {}", loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// The machine, for BENCHMARKS.md.
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default();
+    let kernel = sh::output("uname", &["-r"]).unwrap_or_default();
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    format!("## Machine\n\n{nproc} CPUs ({cpu}), kernel {}, memory {memory}; {}", kernel.trim(), load())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(spread(&[10.0, 30.0, 20.0]), "20 [10–30]");
+    }
+
+    #[test]
+    fn cpu_ticks_after_a_comm_with_spaces_and_parentheses() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat).unwrap(), 325);
+    }
+
+    #[test]
+    fn rss_anon_in_bytes() {
+        assert_eq!(parse_rss_anon("VmRSS:\t  9000 kB\nRssAnon:\t    1234 kB\n"), Some(1234 * 1024));
+        assert_eq!(parse_rss_anon("VmRSS:\t  9000 kB\n"), None);
+    }
+
+    #[test]
+    fn report_counts_from_the_last_json_document() {
+        let stdout = "{\"events\":{\"received\":1,\"lost\":0},\"processes\":[]}\n{\"events\":{\"received\":10,\"lost\":2},\
+                      \"processes\":[{\"open_fds\":5,\"sites\":[{},{}]},{\"open_fds\":7,\"sites\":[{}]}]}";
+        let report = Report::parse(stdout).unwrap();
+        assert_eq!((report.received, report.lost, report.open_fds, report.sites), (10, 2, 12, 3));
+    }
+
+    #[test]
+    fn workload_timings() {
+        assert_eq!(timing("open 12 0\nsocket 34 2\n", "socket").unwrap(), (34.0, 2));
+        assert_eq!(timing("1500 3\n", "").unwrap(), (1500.0, 3));
+        assert!(timing("open 12 0\n", "accept").is_err());
+        assert!(timing("open 12\n", "open").is_err());
+    }
+
+    #[test]
+    fn generated_sites_are_distinct_functions() {
+        let c = sites_program(3);
+        assert!(c.contains("int site_2(int fd)") && c.contains("for (int i = 0; i < 3; i++) {"));
+        assert_eq!(c.matches("dup(fd)").count(), 3);
+    }
+}
