@@ -39,6 +39,10 @@ pub static PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entr
 #[map]
 pub static TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
 
+/// When this CPU last forced a wake-up of the reader (filter::wakeup_flags), boot-time ns.
+#[map]
+pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// What to do per native syscall number (helios_trace_common::spec), written by userspace.
 #[map]
 pub static SYSCALL_SPECS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);

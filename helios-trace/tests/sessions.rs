@@ -2,7 +2,7 @@
 //! report must match what the kernel itself says in /proc/PID/fd, exactly.
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use support::*;
 
@@ -105,16 +105,22 @@ fn a_timed_session_prints_a_json_report() {
     }
     // Activity of our own during the session, so the report cannot be empty by accident.
     let mut work = Workload::spawn();
-    let child = Command::new(helios_trace_bin())
+    let mut child = Command::new(helios_trace_bin())
         .args(["--duration", "2s", "--format", "json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    // The duration counts from the attach, which takes its time on a loaded machine.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("attached") {
+        let read = std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+        assert!(read > 0, "helios-trace ended before attaching: {said}");
+    }
     work.run("files 4");
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
     assert_eq!(report["helios_trace_report"], 1);
     let duration = report["duration_seconds"].as_f64().unwrap();
