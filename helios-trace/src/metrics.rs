@@ -1121,17 +1121,8 @@ mod tests {
             "a frame in no module is not plumbing"
         );
         assert_eq!(site_frame_label(&[]), "");
-        let python = Frame {
-            symbol: Some("UnitTrackingWSHandler.on_connect".into()),
-            file: Some("heliosops/geo.py".into()),
-            line: Some(27),
-            module: None,
-            address: None,
-            offset: None,
-            symbol_offset: None,
-            inlined: false,
-            language: Language::Python,
-        };
+        let python =
+            Frame::python("UnitTrackingWSHandler.on_connect".into(), "heliosops/geo.py".into(), Some(27));
         let interpreter = native(Some("/usr/lib/libpython3.11.so.1.0"), 0x99);
         assert_eq!(
             site_frame_label(&[libc, interpreter, python]),

@@ -26,7 +26,7 @@ use crate::{
     fd::SiteId,
     modules::{Mapping, ProcessMaps},
     procscan,
-    stacks::{Frame, Language, StackRegistry},
+    stacks::{Frame, StackRegistry},
 };
 
 /// Oldest and newest CPython minor versions whose layouts are known.
@@ -523,17 +523,7 @@ impl Interpreter {
                 lines::line_311(&info.linetable, info.firstlineno, offset)
             }
         };
-        Some(Frame {
-            symbol: Some(info.name.clone()),
-            file: Some(info.filename.clone()),
-            line,
-            module: None,
-            address: None,
-            offset: None,
-            symbol_offset: None,
-            inlined: false,
-            language: Language::Python,
-        })
+        Some(Frame::python(info.name.clone(), info.filename.clone(), line))
     }
 }
 

@@ -66,6 +66,22 @@ fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Frame {
+    /// A frame of Python code: qualified function name, file and line (no address or module:
+    /// code objects live on the interpreter's heap).
+    pub fn python(symbol: String, file: String, line: Option<u32>) -> Frame {
+        Frame {
+            symbol: Some(symbol),
+            file: Some(file),
+            line,
+            module: None,
+            address: None,
+            offset: None,
+            symbol_offset: None,
+            inlined: false,
+            language: Language::Python,
+        }
+    }
+
     /// A native frame of a module, not symbolized yet.
     fn native(address: u64, module: Option<Arc<str>>, offset: Option<u64>) -> Frame {
         Frame {
@@ -769,17 +785,8 @@ mod tests {
         ];
         let native_site = site_id(&native_frames);
         registry.frames.insert(native_site, native_frames.into());
-        let py = |symbol: &str, line| Frame {
-            symbol: Some(symbol.to_string()),
-            file: Some("/srv/app.py".to_string()),
-            line: Some(line),
-            module: None,
-            address: None,
-            offset: None,
-            symbol_offset: None,
-            inlined: false,
-            language: Language::Python,
-        };
+        let py =
+            |symbol: &str, line| Frame::python(symbol.to_string(), "/srv/app.py".to_string(), Some(line));
         let site = registry.with_python(native_site, vec![py("handle", 10), py("main", 20)]);
         let symbols: Vec<&str> =
             registry.frames(site).unwrap().iter().map(|f| f.symbol.as_deref().unwrap()).collect();
