@@ -94,19 +94,25 @@ fn ten_thousand_short_lived_processes_leave_nothing_behind() {
     // A few first: the stacks' modules and symbols are cached (bounded) before measuring.
     assert_eq!(w.run("spawn-churn 20")[0], 0);
     let before = settled_memory(&mut tracer);
-    let failed = w.run("spawn-churn 10000")[0];
-    assert_eq!(failed, 0);
-    let report = tracer.snapshot();
-    let pids: Vec<u64> =
-        report["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
-    assert_eq!(pids, vec![w.pid as u64], "no entry survives its process");
-    // Each child: a task, an open, an exit (and an exec for one in ten).
-    let received = report["events"]["received"].as_u64().unwrap();
-    assert!(received >= 30_000, "{received} records for 10,000 processes");
-    assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid));
-    let after = settled_memory(&mut tracer);
-    eprintln!("tracer memory (RssAnon): {before} kB before, {after} kB after 10,000 processes");
-    assert!(after * 10 <= before * 11 + 1024, "memory did not come back: {before} kB -> {after} kB");
+    // Twice 10,000: the first fills what is kept by design, bounded (the frames of up to 1,024
+    // sites of processes gone before their maps could be read: the exec'd children here);
+    // the second must then add nothing.
+    let mut after = Vec::new();
+    for round in 1..=2 {
+        assert_eq!(w.run("spawn-churn 10000")[0], 0, "every child ran");
+        let report = tracer.snapshot();
+        let pids: Vec<u64> =
+            report["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+        assert_eq!(pids, vec![w.pid as u64], "round {round}: no entry survives its process");
+        // Each child: a task, an open, an exit (and an exec for one in ten).
+        let received = report["events"]["received"].as_u64().unwrap();
+        assert!(received >= round * 30_000, "{received} records for {round} x 10,000 processes");
+        assert_eq!(reported_fds(&report, w.pid), proc_fds(w.pid));
+        after.push(settled_memory(&mut tracer));
+    }
+    eprintln!("tracer memory (RssAnon): {before} kB before, {after:?} kB after each 10,000 processes");
+    assert!(after[0] <= before + 4096, "more than the bounded caches: {before} kB -> {} kB", after[0]);
+    assert!(after[1] * 10 <= after[0] * 11, "memory grew with processes: {after:?} kB");
     drop(tracer);
     w.exit();
 }
