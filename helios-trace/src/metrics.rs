@@ -516,6 +516,20 @@ pub struct SelfMetrics {
     pub usage: Option<Usage>,
 }
 
+/// A counter with one label, a series per (value, count).
+fn counter_by(
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: &[(&str, u64)],
+) -> prometheus::Result<IntCounterVec> {
+    let counter = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    for (value, count) in counts {
+        counter.with_label_values(&[*value]).inc_by(*count);
+    }
+    Ok(counter)
+}
+
 const WORKLOAD_LABELS: [&str; 4] = ["container_id", "pod_uid", "unit", "comm"];
 
 /// A registry holding one snapshot's series (design.md's metric contract), built afresh for
@@ -614,13 +628,12 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     registry.register(Box::new(site_memory))?;
     registry.register(Box::new(exhaustion))?;
 
-    let events = IntCounterVec::new(
-        Opts::new("helios_trace_events_total", "Events read from the kernel, by type."),
-        &["event"],
+    let events = counter_by(
+        "helios_trace_events_total",
+        "Events read from the kernel, by type.",
+        "event",
+        &own.events_by_type,
     )?;
-    for (event, count) in &own.events_by_type {
-        events.with_label_values(&[*event]).inc_by(*count);
-    }
     let lost = IntCounter::new(
         "helios_trace_events_lost_total",
         "Events the kernel could not hand over (ring buffer full, enter record lost).",
@@ -631,26 +644,23 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     processes.set(own.tracked_processes as i64);
     let fds = IntGauge::new("helios_trace_tracked_fds", "Descriptors tracked, over all processes.")?;
     fds.set(own.tracked_fds as i64);
-    let corrections = IntCounterVec::new(
-        Opts::new(
-            "helios_trace_reconcile_corrections_total",
-            "Descriptors reconciliation with /proc added or removed.",
-        ),
-        &["direction"],
+    let corrections = counter_by(
+        "helios_trace_reconcile_corrections_total",
+        "Descriptors reconciliation with /proc added or removed.",
+        "direction",
+        &[("added", own.corrections.added), ("removed", own.corrections.removed)],
     )?;
-    corrections.with_label_values(&["added"]).inc_by(own.corrections.added);
-    corrections.with_label_values(&["removed"]).inc_by(own.corrections.removed);
-    let dropped = IntCounterVec::new(
-        Opts::new(
-            "helios_trace_dropped_total",
-            "What was not tracked: processes or descriptors beyond --max-processes or --max-fds, call sites beyond --max-stacks (their descriptors are under site=\"site-limit\"), stacks the kernel could not capture.",
-        ),
-        &["what"],
+    let dropped = counter_by(
+        "helios_trace_dropped_total",
+        "What was not tracked: processes or descriptors beyond --max-processes or --max-fds, call sites beyond --max-stacks (their descriptors are under site=\"site-limit\"), stacks the kernel could not capture.",
+        "what",
+        &[
+            ("processes", own.dropped.processes),
+            ("fds", own.dropped.fds),
+            ("sites", own.sites_dropped),
+            ("stacks", own.stack_errors),
+        ],
     )?;
-    dropped.with_label_values(&["processes"]).inc_by(own.dropped.processes);
-    dropped.with_label_values(&["fds"]).inc_by(own.dropped.fds);
-    dropped.with_label_values(&["sites"]).inc_by(own.sites_dropped);
-    dropped.with_label_values(&["stacks"]).inc_by(own.stack_errors);
     registry.register(Box::new(events))?;
     registry.register(Box::new(lost))?;
     registry.register(Box::new(processes))?;
