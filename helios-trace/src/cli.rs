@@ -122,9 +122,6 @@ pub struct ServeArgs {
     /// others are summed under site="other".
     #[arg(long, default_value_t = 20)]
     pub max_sites: usize,
-    /// Drop the series of a workload this long after its last process exited.
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
-    pub retention: Duration,
     /// Give every process its own series (a `pid` label): for a few long-lived processes only,
     /// as pids churn.
     #[arg(long)]
@@ -180,10 +177,15 @@ pub struct TraceArgs {
     /// oldest, which are the leaks, are kept).
     #[arg(long, default_value_t = 4_000_000)]
     pub max_fds: usize,
-    /// Remember the frames of at most this many distinct call sites; descriptors opened at
-    /// sites first seen beyond are tracked under the site `site-limit` and counted.
+    /// Remember the frames of at most this many distinct call sites at once; descriptors
+    /// opened at sites first seen beyond are tracked under the site `site-limit` and counted.
     #[arg(long, default_value_t = 100_000)]
     pub max_stacks: usize,
+    /// Forget a call site this long after nothing held it any more (nothing open there, no
+    /// live process that used it), and drop the series of a workload this long after its last
+    /// process exited: what the daemon keeps follows what runs now.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -469,7 +471,8 @@ mod tests {
         let serve = Cli::try_parse_from(["helios-trace", "serve", "--listen", "0.0.0.0:9100"]).unwrap();
         let Some(Command::Serve(a)) = serve.command else { panic!("serve parses as serve") };
         assert_eq!(a.listen.port(), 9100);
-        assert_eq!((a.max_sites, a.retention, a.pid_label), (20, Duration::from_secs(600), false));
+        assert_eq!((a.max_sites, a.trace.retention, a.pid_label), (20, Duration::from_secs(600), false));
+        assert_eq!(cli.session.trace.retention, Duration::from_secs(600), "sessions forget sites too");
         let Some(Command::Serve(a)) = Cli::try_parse_from(["helios-trace", "serve"]).unwrap().command else {
             panic!("serve parses as serve")
         };

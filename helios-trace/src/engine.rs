@@ -34,6 +34,11 @@ pub enum Kept {
         tgid: u32,
         comm: String,
     },
+    /// A call site nothing held for the retention was forgotten (SiteStats::expire): its
+    /// series go too.
+    Forgotten {
+        site: SiteId,
+    },
 }
 
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
@@ -70,6 +75,13 @@ pub struct ExitedProcess {
     pub counters: HashMap<(FdKind, SiteId), SiteCounters>,
 }
 
+impl ExitedProcess {
+    /// Every site it had open at its exit or counted, once per (descriptor or counter).
+    fn sites(&self) -> impl Iterator<Item = SiteId> + '_ {
+        self.fds.values().map(|fd| fd.site).chain(self.counters.keys().map(|(_, site)| *site))
+    }
+}
+
 pub struct Engine {
     pub table: FdTable,
     pub stats: SiteStats,
@@ -94,6 +106,8 @@ pub struct Engine {
     kept: Vec<Kept>,
     /// Keep at most this many exited processes (oldest dropped first); 0: none.
     retain_exited: usize,
+    /// How long a call site nothing holds is remembered (`--retention`).
+    retention_ns: u64,
     exited: Vec<ExitedProcess>,
     /// The table of a process about to be removed, until its ProcessExited transition.
     exiting: Option<(u32, Process)>,
@@ -120,6 +134,7 @@ impl Engine {
             keep_transitions: false,
             kept: Vec::new(),
             retain_exited: 0,
+            retention_ns: u64::MAX,
             exited: Vec::new(),
             exiting: None,
         }
@@ -128,6 +143,24 @@ impl Engine {
     /// Keep up to `limit` exited processes with what they had open at their exit.
     pub fn retain_exited(&mut self, limit: usize) {
         self.retain_exited = limit;
+    }
+
+    /// Forget call sites that nothing has held for `retention_ns` (`--retention`).
+    pub fn set_retention(&mut self, retention_ns: u64) {
+        self.retention_ns = retention_ns;
+    }
+
+    /// Forget the call sites nothing held for the retention, as of `now_ns`: their frames and
+    /// sums here, their series in the exporter (`Kept::Forgotten`). Once a second.
+    pub fn expire_sites(&mut self, now_ns: u64) -> usize {
+        let expired = self.stats.expire(now_ns, self.retention_ns);
+        for site in &expired {
+            self.stacks.forget_site(*site);
+            if self.keep_transitions {
+                self.kept.push(Kept::Forgotten { site: *site });
+            }
+        }
+        expired.len()
     }
 
     /// Exited processes kept by `retain_exited`, oldest first.
@@ -204,6 +237,9 @@ impl Engine {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
                 let native = self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id));
+                // With Python frames, the native site is a step to the site: remembered too
+                // (what Python sites are made from), so it must be forgotten in its turn.
+                self.stats.made(native, event.ts_ns);
                 match self.walked.take().filter(|w| w.tid == event.tid && w.ts_ns == event.ts_ns) {
                     Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
                     None => native,
@@ -211,6 +247,7 @@ impl Engine {
             }
             _ => SiteId::NoStack,
         };
+        self.stats.made(site, event.ts_ns);
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         if matches!(event.op, Op::Exit) {
@@ -247,16 +284,24 @@ impl Engine {
     fn retire(&mut self, tgid: u32, ts_ns: u64) {
         let Some((_, process)) = self.exiting.take().filter(|(pid, _)| *pid == tgid) else { return };
         if self.exited.len() >= self.retain_exited {
-            self.exited.remove(0);
+            let dropped = self.exited.remove(0);
+            for site in dropped.sites() {
+                self.stats.unpin(site, ts_ns);
+            }
         }
-        self.exited.push(ExitedProcess {
+        let exited = ExitedProcess {
             tgid,
             comm: process.comm,
             cmdline: self.cmdlines.get(&tgid).cloned().flatten(),
             exited_ns: ts_ns,
             fds: process.fds,
             counters: self.stats.process(tgid).cloned().unwrap_or_default(),
-        });
+        };
+        // The report shows its sites: their frames stay while it is kept.
+        for site in exited.sites() {
+            self.stats.pin(site);
+        }
+        self.exited.push(exited);
     }
 
     fn after(&mut self, transitions: &[Transition], ts_ns: u64) {
@@ -264,7 +309,7 @@ impl Engine {
             if let Transition::ProcessExited { tgid } = t {
                 self.retire(*tgid, ts_ns);
             }
-            self.stats.observe(t);
+            self.stats.observe(t, ts_ns);
             match t {
                 Transition::Fd { tgid, fd, .. } => {
                     if let Some(pending) = self.pending.as_mut().filter(|p| ts_ns >= p.started_ns) {

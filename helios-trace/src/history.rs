@@ -140,7 +140,7 @@ mod tests {
         let mut out: Vec<Transition> = Vec::new();
         table.apply(&Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op }, SITE, &mut out);
         for t in &out {
-            stats.observe(t);
+            stats.observe(t, 0);
         }
     }
 

@@ -7,6 +7,7 @@
 //! between is pure.
 pub mod adhoc;
 pub mod bpf;
+pub mod cache;
 pub mod cgroups;
 pub mod cli;
 pub mod clock;

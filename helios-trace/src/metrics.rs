@@ -211,6 +211,16 @@ impl Aggregator {
                     self.assign(*tgid, key, now_ns);
                 }
                 Kept::Named { .. } => {}
+                // Nothing is open at a forgotten site and no live process used it for the
+                // retention: its series go, as a vanished target's do (what `other` was
+                // credited stays there). A site made again later starts from zero.
+                Kept::Forgotten { site } => {
+                    for group in self.groups.values_mut() {
+                        for kind in FdKind::ALL {
+                            group.sites.remove(&(kind, *site));
+                        }
+                    }
+                }
                 Kept::Transition(Transition::ProcessExited { tgid }) => self.leave(*tgid, now_ns),
             }
         }
@@ -1076,6 +1086,49 @@ mod tests {
     }
 
     #[test]
+    fn sites_of_gone_jobs_are_forgotten_after_the_retention_and_a_new_leak_is_named() {
+        let mut world = World::new(20, false);
+        world.engine.set_retention(60 * SEC);
+        world.engine.stacks.limit_sites(1500);
+        // The server holds a leak of its own, and keeps its workload live throughout.
+        world.open(PARENT, FdKind::Socket, 1, 3);
+        // A thousand jobs, each opening (and closing at its exit) at a call site of its own.
+        for job in 0..1000 {
+            world.fork_exec_exit(1000 + job, "job", Some(100 + job as i32));
+        }
+        let exported = world.tick();
+        let jobs = sites_of(&exported, "job", FdKind::File);
+        assert_eq!(jobs.iter().filter(|s| s.site.is_some()).count(), 20, "exported up to --max-sites");
+        assert_eq!(world.engine.stacks.site_count(), 1001);
+        // Within the retention nothing goes; after it, every job's site does, everywhere.
+        world.now += 59 * SEC;
+        assert_eq!(world.engine.expire_sites(world.now), 0);
+        world.now += SEC;
+        assert_eq!(world.engine.expire_sites(world.now), 1000);
+        let exported = world.tick();
+        assert_eq!(world.engine.stacks.site_count(), 1, "the server's leak only");
+        assert_eq!(world.aggregator.site_state_count(), 1);
+        let jobs = sites_of(&exported, "job", FdKind::File);
+        assert!(jobs.iter().all(|s| s.site.is_none()), "only `other` stays: {jobs:?}");
+        let leak = &sites_of(&exported, "server", FdKind::Socket)[0];
+        assert_eq!((leak.open, leak.site.is_some()), (3, true), "the leak is never forgotten");
+        // Another thousand: the registry (1,500 sites) never fills, so a new leak is named.
+        for job in 0..1000 {
+            world.fork_exec_exit(3000 + job, "job", Some(2000 + job as i32));
+        }
+        world.now += 60 * SEC;
+        world.engine.expire_sites(world.now);
+        world.open(PARENT, FdKind::Socket, 9999, 2);
+        let exported = world.tick();
+        let new_leak = sites_of(&exported, "server", FdKind::Socket);
+        assert!(
+            new_leak.iter().any(|s| s.open == 2 && matches!(s.site, Some(SiteId::Stack(_)))),
+            "{new_leak:?}"
+        );
+        assert_eq!(world.engine.stacks.counts().sites_dropped, 0);
+    }
+
+    #[test]
     fn exec_moves_a_process_to_its_new_name_and_cgroup() {
         let mut world = World::new(20, false);
         world.event(PARENT, Op::NewTask { child: 300, thread: false, comm: "server".into() }, None);
@@ -1131,8 +1184,11 @@ mod tests {
             "a frame in no module is not plumbing"
         );
         assert_eq!(site_frame_label(&[]), "");
-        let python =
-            Frame::python("UnitTrackingWSHandler.on_connect".into(), "heliosops/geo.py".into(), Some(27));
+        let python = Frame::python(
+            Arc::from("UnitTrackingWSHandler.on_connect"),
+            Arc::from("heliosops/geo.py"),
+            Some(27),
+        );
         let interpreter = native(Some("/usr/lib/libpython3.11.so.1.0"), 0x99);
         assert_eq!(
             site_frame_label(&[libc, interpreter, python]),

@@ -13,16 +13,19 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
+    num::NonZeroUsize,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use helios_trace_common::{PY_NO_OFFSET, PythonFrame, PythonOffsets};
+use lru::LruCache;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
 use crate::{
+    cache::{BoundedLru, Weight},
     fd::SiteId,
     modules::{Mapping, ProcessMaps},
     procscan,
@@ -440,8 +443,8 @@ impl Memory {
 /// What names a code object.
 #[derive(Debug)]
 struct CodeInfo {
-    name: String,
-    filename: String,
+    name: Arc<str>,
+    filename: Arc<str>,
     firstlineno: u32,
     linetable: Vec<u8>,
     /// The name, file name and line table objects it was read from: a code object freed and
@@ -457,27 +460,31 @@ struct Interpreter {
     /// Address of `PyCode_Type`: a code object's `ob_type` must be it.
     code_type: Option<u64>,
     memory: Memory,
-    codes: HashMap<u64, Arc<CodeInfo>>,
+    codes: BoundedLru<u64, Arc<CodeInfo>>,
     /// (native site, raw Python frames) → site.
-    sites: HashMap<(SiteId, Box<[PythonFrame]>), SiteId>,
+    sites: LruCache<(SiteId, Box<[PythonFrame]>), SiteId>,
 }
 
-/// Bounds of the per-process caches.
-const MAX_CODES: usize = 64 * 1024;
-const MAX_SITES: usize = 16 * 1024;
+/// Bounds of the per-process caches: code objects by their bytes (line tables vary from a
+/// few bytes to a megabyte), Python call paths by number; least recently used go first.
+const MAX_CODE_BYTES: usize = 4 << 20;
+const MAX_SITES: NonZeroUsize = NonZeroUsize::new(16 * 1024).expect("not zero");
+
+impl Weight for Arc<CodeInfo> {
+    fn weight(&self) -> usize {
+        size_of::<CodeInfo>() + self.name.len() + self.filename.len() + self.linetable.len()
+    }
+}
 
 impl Interpreter {
     /// The code object at `address`, cached while it still is the one read (code objects are
     /// freed and their addresses reused: e.g. a module's body after its import). Failures are
     /// not cached: the kernel may have walked a frame whose code was freed before we read it.
     fn code(&mut self, address: u64) -> Option<Arc<CodeInfo>> {
-        if let Some(info) = self.codes.get(&address)
+        if let Some(info) = self.codes.get(&address).cloned()
             && self.objects(address).is_some_and(|objects| objects == info.objects)
         {
-            return Some(info.clone());
-        }
-        if self.codes.len() >= MAX_CODES {
-            self.codes.clear();
+            return Some(info);
         }
         let info = Arc::new(self.read_code(address)?);
         self.codes.insert(address, info.clone());
@@ -504,8 +511,8 @@ impl Interpreter {
         }
         let objects = self.objects(address)?;
         Some(CodeInfo {
-            name: m.string(objects[0], &self.layout)?,
-            filename: m.string(objects[1], &self.layout)?,
+            name: m.string(objects[0], &self.layout)?.into(),
+            filename: m.string(objects[1], &self.layout)?.into(),
             firstlineno: m.u32(address + self.layout.code.firstlineno).ok()?,
             linetable: m.bytes(objects[2], MAX_LINETABLE)?,
             objects,
@@ -584,7 +591,14 @@ fn attach(
     if !states.iter().any(|id| tids.contains(&(*id as u32))) {
         return Err(PythonError::NoThread);
     }
-    Ok(Interpreter { layout, offsets, code_type, memory, codes: HashMap::new(), sites: HashMap::new() })
+    Ok(Interpreter {
+        layout,
+        offsets,
+        code_type,
+        memory,
+        codes: BoundedLru::new(MAX_CODE_BYTES),
+        sites: LruCache::new(MAX_SITES),
+    })
 }
 
 /// Bytes of a frame that cover all the fields the kernel reads (the owner is one byte, the
@@ -803,18 +817,16 @@ impl PythonFrames {
             return native;
         }
         let key = (native, Box::from(raw));
-        if let Some(site) = interpreter.sites.get(&key) {
-            return *site;
+        // A site forgotten since (stacks.forget_site) is made again, frames and all.
+        if let Some(site) = interpreter.sites.get(&key).copied().filter(|site| stacks.knows(*site)) {
+            return site;
         }
         let frames: Vec<Frame> = raw.iter().filter_map(|r| interpreter.frame(*r)).collect();
         let complete = frames.len() == raw.len();
         let site = if frames.is_empty() { native } else { stacks.with_python(native, frames) };
         // A stack with a frame that did not read is not remembered: the next one may read.
         if complete {
-            if interpreter.sites.len() >= MAX_SITES {
-                interpreter.sites.clear();
-            }
-            interpreter.sites.insert(key, site);
+            interpreter.sites.put(key, site);
         }
         site
     }

@@ -810,7 +810,7 @@ mod tests {
             &mut out,
         );
         for t in &out {
-            stats.observe(t);
+            stats.observe(t, 0);
         }
         (table, stats)
     }
@@ -960,7 +960,7 @@ mod tests {
                 table.apply(&close, SiteId::NoStack, &mut out);
             }
             for t in out.drain(..) {
-                stats.observe(&t);
+                stats.observe(&t, 0);
             }
             history.sample(ts, &table, &stats, |_| false, |_| Default::default());
         }
@@ -1060,7 +1060,7 @@ mod tests {
         // The current one (pid 6) holds one.
         table.apply(&open_event(6, 3, 3, FdKind::File), SiteId::Stack(0xab), &mut out);
         for t in &out {
-            stats.observe(t);
+            stats.observe(t, 0);
         }
         let history = History::default();
         let report = build_with(

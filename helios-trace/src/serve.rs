@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: 
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {
             max_sites: args.max_sites,
-            retention_ns: args.retention.as_nanos().try_into().unwrap_or(u64::MAX),
+            retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),
             pid_label: args.pid_label,
         }),
         proc_root: args.proc_root.clone(),

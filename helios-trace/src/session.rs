@@ -150,6 +150,7 @@ impl Tracing {
         let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
         let mut engine = Engine::new(proc_root, limits);
         engine.stacks.limit_sites(args.max_stacks);
+        engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
         // The kernel walks Python frames only where it captures user stacks.
         engine.python.enable(args.python_frames == PythonFrames::Auto && args.stacks != StackMode::None);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
@@ -266,6 +267,7 @@ impl Tracing {
                 // readable, and a biased select would never get to them.
                 _ = second.tick() => {
                     self.drain();
+                    self.engine.expire_sites(clock::boot_ns());
                     self.sample();
                     on_tick(self, Tick::Second);
                     give_back_freed_memory();

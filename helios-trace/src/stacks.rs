@@ -22,6 +22,7 @@ use fnv::FnvHasher;
 use serde::{Serialize, Serializer};
 
 use crate::{
+    cache::{BoundedLru, Weight},
     event::StackIds,
     fd::SiteId,
     modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
@@ -41,8 +42,11 @@ pub enum Language {
 /// are `None` (JSON null), never invented.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    pub symbol: Option<String>,
-    pub file: Option<String>,
+    /// Text shared with the symbol and code-object caches and with every other site through
+    /// the same function: a site's frames are mostly the same few hundred functions, and a
+    /// copy of their names per site was most of the daemon's memory under process churn.
+    pub symbol: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     pub module: Option<Arc<str>>,
     #[serde(serialize_with = "hex")]
@@ -68,7 +72,7 @@ fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
 impl Frame {
     /// A frame of Python code: qualified function name, file and line (no address or module:
     /// code objects live on the interpreter's heap).
-    pub fn python(symbol: String, file: String, line: Option<u32>) -> Frame {
+    pub fn python(symbol: Arc<str>, file: Arc<str>, line: Option<u32>) -> Frame {
         Frame {
             symbol: Some(symbol),
             file: Some(file),
@@ -103,7 +107,7 @@ impl Frame {
         let text = match (&self.symbol, &self.file, self.line, &self.module, self.offset, self.address) {
             (Some(symbol), Some(file), Some(line), ..) => format!("{symbol} ({file}:{line})"),
             (Some(symbol), _, _, Some(module), ..) => format!("{symbol} in {}", basename(module)),
-            (Some(symbol), ..) => symbol.clone(),
+            (Some(symbol), ..) => symbol.to_string(),
             (None, _, _, Some(module), Some(offset), _) => format!("{module}+{offset:#x}"),
             (.., Some(address)) => format!("{address:#x}"),
             _ => "?".to_string(),
@@ -247,7 +251,7 @@ pub fn frame_label(frame: &Frame) -> String {
         (Language::Python, Some(symbol), Some(file), Some(line), _) => format!("{file}:{symbol}:{line}"),
         (_, Some(symbol), Some(file), Some(line), _) => format!("{symbol} ({file}:{line})"),
         (_, Some(symbol), _, _, Some(module)) => format!("{symbol} ({module})"),
-        (_, Some(symbol), ..) => symbol.clone(),
+        (_, Some(symbol), ..) => symbol.to_string(),
         (.., Some(module)) if frame.offset.is_some() => {
             format!("{module}+{:#x}", frame.offset.unwrap_or_default())
         }
@@ -295,9 +299,10 @@ pub fn site_id(frames: &[Frame]) -> SiteId {
     SiteId::Stack(hasher.finish())
 }
 
-/// Cached bounds: a process's known chains, a module's symbolized addresses.
+/// Cached bounds: a process's known chains; the symbols of module addresses, by their bytes
+/// (least recently used go first).
 const MAX_CHAINS_PER_PROCESS: usize = 16 * 1024;
-const MAX_SYMBOLS_PER_MODULE: usize = 64 * 1024;
+const MAX_SYMBOL_BYTES: usize = 32 << 20;
 /// Re-reading a process's maps because an address was in none of its modules (a library
 /// loaded since): at most this often per image, so JIT code cannot make it a per-event cost.
 const MAX_RECAPTURES: u32 = 16;
@@ -306,6 +311,13 @@ const MAX_MODULES: usize = 512;
 const MAX_MODULE_BYTES: u64 = 4 << 30;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
+
+impl Weight for Arc<[Symbol]> {
+    fn weight(&self) -> usize {
+        let text = |s: &Symbol| s.name.len() + s.file.as_deref().map_or(0, str::len);
+        size_of::<Symbol>() * self.len() + self.iter().map(text).sum::<usize>()
+    }
+}
 
 /// What is known of one process's stacks.
 #[derive(Default)]
@@ -369,7 +381,7 @@ pub struct StackRegistry {
     modules: ModuleCache,
     symbolizer: Symbolizer,
     /// Symbols by module (the file it was parsed from) and address in it.
-    symbols: HashMap<FileKey, HashMap<u64, Arc<[Symbol]>>>,
+    symbols: BoundedLru<(FileKey, u64), Arc<[Symbol]>>,
     kernel: HashMap<i32, Arc<[Frame]>>,
     frames: HashMap<SiteId, Arc<[Frame]>>,
     /// Sites of unresolved stacks, oldest first (bounded: one per short-lived process).
@@ -390,7 +402,7 @@ impl StackRegistry {
             processes: HashMap::new(),
             files: ModuleFiles::default(),
             modules: ModuleCache::new(MAX_MODULES, MAX_MODULE_BYTES),
-            symbols: HashMap::new(),
+            symbols: BoundedLru::new(MAX_SYMBOL_BYTES),
             kernel: HashMap::new(),
             frames: HashMap::new(),
             unresolved: VecDeque::new(),
@@ -419,9 +431,9 @@ impl StackRegistry {
         let user = match sample {
             Some(sample) => {
                 let mut addresses = self.unwind(tgid, sample);
-                if let Some(site) =
-                    self.process(tgid).chain(chain_hash(&addresses, kernel_id), &addresses, kernel_id)
-                {
+                let known =
+                    self.process(tgid).chain(chain_hash(&addresses, kernel_id), &addresses, kernel_id);
+                if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
                 // A new chain: make sure every module in it is known (a library loaded since
@@ -432,8 +444,9 @@ impl StackRegistry {
                 Some(addresses)
             }
             None => {
-                if let Some(site) = self.process(tgid).by_stack_id.get(&(user_id, kernel_id)) {
-                    return *site;
+                let known = self.process(tgid).by_stack_id.get(&(user_id, kernel_id)).copied();
+                if let Some(site) = known.filter(|site| self.knows(*site)) {
+                    return site;
                 }
                 let addresses = user_id.and_then(|id| read_stack(id as u32));
                 if let Some(addresses) = &addresses {
@@ -511,6 +524,21 @@ impl StackRegistry {
         self.frames.get(&site)
     }
 
+    /// Whether a site's frames are known here: the special sites always are (they have
+    /// none); a call site until it is forgotten. A process's cache of its stacks may name a
+    /// site forgotten since: then the site is made again from the stack.
+    pub fn knows(&self, site: SiteId) -> bool {
+        !matches!(site, SiteId::Stack(_)) || self.frames.contains_key(&site)
+    }
+
+    /// Let go of a call site's frames: nothing is open there and no live process used it for
+    /// the retention (SiteStats::expire).
+    pub fn forget_site(&mut self, site: SiteId) {
+        if self.frames.remove(&site).is_some() && self.unresolved.contains(&site) {
+            self.unresolved.retain(|s| *s != site);
+        }
+    }
+
     pub fn site_count(&self) -> usize {
         self.frames.len()
     }
@@ -552,7 +580,7 @@ impl StackRegistry {
         let loaded = self.modules.get(file, &mut evicted);
         for old in evicted {
             self.symbolizer.forget(&old);
-            self.symbols.remove(&old.file.key);
+            self.symbols.retain(|(file, _), _| *file != old.file.key);
         }
         match loaded {
             Ok(loaded) => Some(loaded),
@@ -627,8 +655,8 @@ impl StackRegistry {
             }
             for symbol in symbols.iter() {
                 frames.push(Frame {
-                    symbol: Some(symbol.name.to_string()),
-                    file: symbol.file.as_deref().map(str::to_string),
+                    symbol: Some(symbol.name.clone()),
+                    file: symbol.file.clone(),
                     line: symbol.line,
                     symbol_offset: symbol.offset,
                     inlined: symbol.inlined,
@@ -643,15 +671,12 @@ impl StackRegistry {
     fn symbols(&mut self, file: &Arc<crate::modules::ModuleFile>, file_offset: u64) -> Arc<[Symbol]> {
         let Some(loaded) = self.loaded(file) else { return Arc::from([]) };
         let Some(svma) = loaded.svma_of_offset(file_offset) else { return Arc::from([]) };
-        let cache = self.symbols.entry(loaded.file.key).or_default();
-        if let Some(symbols) = cache.get(&svma) {
+        let key = (loaded.file.key, svma);
+        if let Some(symbols) = self.symbols.get(&key) {
             return symbols.clone();
         }
-        if cache.len() >= MAX_SYMBOLS_PER_MODULE {
-            cache.clear();
-        }
         let symbols: Arc<[Symbol]> = self.symbolizer.module_symbols(&loaded, svma).into();
-        self.symbols.entry(loaded.file.key).or_default().insert(svma, symbols.clone());
+        self.symbols.insert(key, symbols.clone());
         symbols
     }
 
@@ -670,7 +695,7 @@ impl StackRegistry {
                 let lookup = if i == 0 { *address } else { address - 1 };
                 let symbol = self.symbolizer.kernel_symbol(lookup);
                 Frame {
-                    symbol: symbol.as_ref().map(|s| s.name.to_string()),
+                    symbol: symbol.as_ref().map(|s| s.name.clone()),
                     symbol_offset: symbol.as_ref().and_then(|s| s.offset.map(|o| o + (address - lookup))),
                     language: Language::Kernel,
                     ..Frame::native(*address, None, None)
@@ -696,14 +721,14 @@ mod tests {
 
     fn native(symbol: Option<&str>, module: &str, offset: u64) -> Frame {
         Frame {
-            symbol: symbol.map(str::to_string),
+            symbol: symbol.map(Arc::from),
             symbol_offset: symbol.map(|_| 0x10),
             ..Frame::native(0x7f00_0000_0000 + offset, Some(Arc::from(module)), Some(offset))
         }
     }
 
     fn located(symbol: &str, module: &str, file: &str, line: u32) -> Frame {
-        Frame { file: Some(file.to_string()), line: Some(line), ..native(Some(symbol), module, 0x1234) }
+        Frame { file: Some(Arc::from(file)), line: Some(line), ..native(Some(symbol), module, 0x1234) }
     }
 
     fn kernel(symbol: &str) -> Frame {
@@ -785,8 +810,7 @@ mod tests {
         ];
         let native_site = site_id(&native_frames);
         registry.frames.insert(native_site, native_frames.into());
-        let py =
-            |symbol: &str, line| Frame::python(symbol.to_string(), "/srv/app.py".to_string(), Some(line));
+        let py = |symbol: &str, line| Frame::python(Arc::from(symbol), Arc::from("/srv/app.py"), Some(line));
         let site = registry.with_python(native_site, vec![py("handle", 10), py("main", 20)]);
         let symbols: Vec<&str> =
             registry.frames(site).unwrap().iter().map(|f| f.symbol.as_deref().unwrap()).collect();
@@ -895,9 +919,15 @@ mod tests {
         assert_eq!(frames[0].module.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert_eq!((frames[0].offset, frames[0].symbol.as_deref()), (Some(0x30010), None));
         assert_eq!((frames[1].module.as_deref(), frames[1].address), (None, Some(0x1234)));
+        // A forgotten site that the live process's cache still names is made again.
+        registry.forget_site(site);
+        assert!(registry.frames(site).is_none() && !registry.knows(site));
+        assert_eq!(registry.site(42, ids, None, &read), site);
+        assert!(registry.frames(site).is_some());
+        assert_eq!(reads.get(), 2, "from the stack map again");
         registry.forget(42);
         registry.site(42, ids, None, &read);
-        assert_eq!(reads.get(), 2);
+        assert_eq!(reads.get(), 3);
         assert_eq!(registry.site(42, StackIds::default(), None, &read), SiteId::NoStack);
         assert_eq!(
             registry.site(42, StackIds { user: Some(-17), kernel: None }, None, &read),
