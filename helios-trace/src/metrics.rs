@@ -636,7 +636,7 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     )?;
     let lost = IntCounter::new(
         "helios_trace_events_lost_total",
-        "Events the kernel could not hand over (ring buffer full, enter record lost).",
+        "Events the kernel could not hand over (ring buffer full, enter record lost, kernel program failed).",
     )?;
     lost.inc_by(own.events_lost);
     let processes =

@@ -56,7 +56,8 @@ pub struct CommandReport {
 pub struct EventCounts {
     /// Records read from the ring buffer.
     pub received: u64,
-    /// Records the kernel could not reserve (ring buffer full), or whose enter was lost.
+    /// Records the kernel could not reserve (ring buffer full), whose enter was lost, or that a
+    /// kernel program failed to make.
     pub lost: u64,
     /// Records that were short or unknown.
     pub undecodable: u64,
