@@ -1,8 +1,6 @@
 //! deploy/: the manifests pass the Kubernetes schemas and agree with each other, the alert
 //! rules pass promtool and fire on growth only, the dashboard asks for metrics we export, and
 //! the image builds with podman and, assembled as the DaemonSet mounts it, serves.
-mod support;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -11,8 +9,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
