@@ -36,3 +36,7 @@ pub mod syscalls;
 pub mod trend;
 pub mod unwind;
 pub mod workload;
+
+// A dev-dependency of tests/integration only; the unit tests see it too.
+#[cfg(test)]
+use ureq as _;
