@@ -4,6 +4,10 @@
 #![no_std]
 #![no_main]
 
+// This package's library only makes it a build-dependency of helios-trace (lib.rs); the
+// programs do not use it.
+use helios_trace_ebpf as _;
+
 // The hook families: one file each.
 mod process;
 mod syscalls;
