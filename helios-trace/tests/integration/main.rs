@@ -11,6 +11,7 @@
 mod support;
 
 mod adhoc;
+mod architecture;
 mod deploy;
 mod fuzz_corpus;
 mod http;
