@@ -1,6 +1,6 @@
 //! The end-of-session report: built from the FdTable, the site counters, the sites' history
 //! and the stack registry (pure: what needs /proc comes in through closures), rendered as JSON
-//! (design.md's "Report" contract) or as text for people: suspected leaks first, then the
+//! (ARCHITECTURE.md, "Contracts: Report") or as text for people: suspected leaks first, then the
 //! widest.
 use std::{
     collections::{BTreeMap, HashMap},
@@ -114,8 +114,8 @@ pub struct FdListing {
 pub struct SiteReport {
     pub site: String,
     pub kind: FdKind,
-    /// The one most telling frame (design.md's metric label), or the site's name when it has
-    /// no frames.
+    /// The one most telling frame (the `frame` label of ARCHITECTURE.md, "Contracts: Metrics"),
+    /// or the site's name when it has no frames.
     pub frame: String,
     pub open: u64,
     pub opened: u64,

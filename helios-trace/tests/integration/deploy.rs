@@ -160,7 +160,8 @@ fn the_dashboard_asks_for_exported_metrics_only() {
     let text = fs::read_to_string(workspace().join("deploy/grafana/helios-trace.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
-    // design.md's metric contract, and the conventional process metrics.
+    // ARCHITECTURE.md's metric contract ("Contracts: Metrics"), and the conventional process
+    // metrics.
     let exported = [
         "helios_trace_open_fds",
         "helios_trace_site_open_fds",
