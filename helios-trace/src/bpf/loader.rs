@@ -303,3 +303,47 @@ fn ensure_tracefs() -> Result<PathBuf> {
     info!("mounted tracefs at {TRACEFS}");
     Ok(PathBuf::from(TRACEFS))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TraceConfig {
+        TraceConfig {
+            targets: Vec::new(),
+            target_cgroups: Vec::new(),
+            user_stack_mode: stack_mode::DWARF,
+            stack_window: 4096,
+            kernel_stacks: true,
+            ring_buffer_bytes: 1 << 24,
+            wakeup_bytes: 65536,
+        }
+    }
+
+    #[test]
+    fn settings_carry_the_configuration() {
+        let settings = config().settings(42, 24);
+        assert_eq!(
+            settings,
+            Settings {
+                tracer_tgid: 42,
+                filter_targets: 0,
+                filter_cgroups: 0,
+                user_stack_mode: stack_mode::DWARF,
+                stack_window: 4096,
+                kernel_stacks: 1,
+                exit_group_dead_offset: 24,
+                reserved: 0,
+                wakeup_bytes: 65536,
+            }
+        );
+    }
+
+    #[test]
+    fn either_target_list_turns_the_filter_on_and_only_cgroups_the_cgroup_filter() {
+        let pids = TraceConfig { targets: vec![7], ..config() }.settings(1, 0);
+        assert_eq!((pids.filter_targets, pids.filter_cgroups), (1, 0));
+        let cgroups = TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0);
+        assert_eq!((cgroups.filter_targets, cgroups.filter_cgroups), (1, 1));
+    }
+}
