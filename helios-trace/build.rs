@@ -11,6 +11,11 @@
 //! and the loader refuses it with a clear message.
 use std::{env, path::PathBuf};
 
+// A build-dependency only so that cargo rebuilds this crate when the kernel programs change
+// (Cargo.toml); aya-build builds it from its directory.
+#[cfg(feature = "ebpf")]
+use helios_trace_ebpf as _;
+
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     build_ebpf(&out_dir)

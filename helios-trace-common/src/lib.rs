@@ -1,5 +1,6 @@
 //! The records the kernel programs write into the ring buffer, the maps they share with
-//! userspace, and the constants both sides must agree on.
+//! userspace and their names, the programs' load-time [`Settings`], and the constants both
+//! sides must agree on.
 //!
 //! Every type is `#[repr(C)]`, `Copy`, and has no implicit padding (reserved fields are
 //! explicit and zeroed), so the byte layout is the same in the BPF object and in the daemon.
@@ -57,8 +58,8 @@ pub const MAX_AUX_FDS: usize = 16;
 /// `stack_id` when no stack was asked for.
 pub const STACK_NOT_CAPTURED: i32 = i32::MIN;
 
-/// Values of the `CAPTURE_USER_STACKS` load-time global: how the kernel programs capture the
-/// user stack of a descriptor-creating call.
+/// Values of [`Settings::user_stack_mode`]: how the kernel programs capture the user stack of a
+/// descriptor-creating call.
 pub mod stack_mode {
     /// No user stack.
     pub const NONE: u32 = 0;
@@ -356,6 +357,9 @@ pub mod counter {
     /// `--stacks dwarf`: the user registers could not be read; the record went out as a plain
     /// [`super::SyscallEvent`] (`kind::FD_SYSCALL`, the room for the stack unused).
     pub const USER_STACK_UNREADABLE: u32 = 5;
+    /// A program's `try_*` body returned an error (a tracepoint field or a helper could not be
+    /// read): whatever record it was making is lost.
+    pub const PROGRAM_ERROR: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -371,6 +375,91 @@ pub const TARGET_CGROUP_ENTRIES: u32 = 64;
 pub const MAX_CGROUP_DEPTH: u32 = 16;
 /// Default capacity of the stack-trace map.
 pub const STACK_ENTRIES: u32 = 16384;
+
+/// The load-time settings of the kernel programs: one read-only global (named
+/// [`SETTINGS_GLOBAL`]) that the loader writes once, before the programs are verified. The
+/// verifier then knows every field's value (a frozen read-only map), which lets it prune
+/// branches and bound sizes by the configuration (e.g. the ring-buffer reservation of
+/// `stack_window` bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The tracer's own tgid: never traced (its reads of /proc would feed back).
+    pub tracer_tgid: u32,
+    /// Non-zero: only tgids in the `TARGETS` map (`--pid`), and, when `filter_cgroups` is set,
+    /// tasks in or below the cgroups of `TARGET_CGROUPS` (`--cgroup`), are traced.
+    pub filter_targets: u32,
+    /// Non-zero: `TARGET_CGROUPS` holds `--cgroup` targets.
+    pub filter_cgroups: u32,
+    /// How to capture the user stack of descriptor-creating calls: one of [`stack_mode`].
+    pub user_stack_mode: u32,
+    /// Bytes of user stack copied per call in [`stack_mode::DWARF`] (at most
+    /// [`MAX_STACK_WINDOW`]).
+    pub stack_window: u32,
+    /// Non-zero: capture the kernel stack too (`--kernel-stacks`).
+    pub kernel_stacks: u32,
+    /// Offset of `group_dead` in the sched_process_exit record, read from its format file (the
+    /// field exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the
+    /// group's.
+    pub exit_group_dead_offset: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Wake the reader only once this many bytes wait in the ring buffer (userspace also polls
+    /// on a short timer, so a quiet buffer is still drained); 0 wakes it on every record.
+    pub wakeup_bytes: u64,
+}
+const _: () = assert!(size_of::<Settings>() == 40);
+
+impl Settings {
+    /// What the object carries before the loader writes its own: trace everything,
+    /// frame-pointer user stacks, wake on every record.
+    pub const DEFAULT: Settings = Settings {
+        tracer_tgid: 0,
+        filter_targets: 0,
+        filter_cgroups: 0,
+        user_stack_mode: stack_mode::FP,
+        stack_window: 8192,
+        kernel_stacks: 0,
+        exit_group_dead_offset: 0,
+        reserved: 0,
+        wakeup_bytes: 0,
+    };
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::DEFAULT
+    }
+}
+
+/// Symbol name of the [`Settings`] global in the BPF object.
+pub const SETTINGS_GLOBAL: &str = "SETTINGS";
+
+/// Names of the maps in the BPF object, by which the loader finds them. The kernel crate
+/// defines each map under the identifier of its constant here and checks at compile time that
+/// the constant's value is that identifier (helios-trace-ebpf/src/maps.rs).
+pub mod map_name {
+    /// Ring buffer of every record to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// Stack-trace map of frame-pointer user stacks and kernel stacks.
+    pub const STACKS: &str = "STACKS";
+    /// Enter-side arguments of syscalls in progress ([`super::InFlight`]), by pid_tgid.
+    pub const IN_FLIGHT: &str = "IN_FLIGHT";
+    /// `--pid` targets and the processes they forked: tgid -> 1.
+    pub const TARGETS: &str = "TARGETS";
+    /// CPython processes whose frames are walked: tgid -> [`super::PythonOffsets`].
+    pub const PYTHON_PROCS: &str = "PYTHON_PROCS";
+    /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
+    pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    /// `--cgroup` targets (cgroup v2 ids): id -> 1.
+    pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
+    /// Per-CPU time of the last forced wake-up of the reader.
+    pub const LAST_WAKEUP: &str = "LAST_WAKEUP";
+    /// What to do per native syscall number ([`super::spec`]).
+    pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";
+    /// Per-CPU counters, indexed by [`super::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
 
 /// Value of the `IN_FLIGHT` map: the enter tracepoint's view of the syscall.
 #[repr(C)]
@@ -395,4 +484,5 @@ mod pod {
     unsafe impl aya::Pod for super::UserStack {}
     unsafe impl aya::Pod for super::PythonOffsets {}
     unsafe impl aya::Pod for super::PythonStack {}
+    unsafe impl aya::Pod for super::Settings {}
 }

@@ -1,4 +1,5 @@
-//! Maps shared with userspace. Names are the contract with helios-trace/src/bpf/.
+//! Maps shared with userspace. Each is named by the constant of the same name in
+//! helios_trace_common::map_name, which is how helios-trace/src/bpf/loader.rs finds it.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -8,61 +9,69 @@ use helios_trace_common::{
     STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, counter,
 };
 
-/// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
-
-/// User and kernel stacks of descriptor-creating calls, by id.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
-
-/// Enter-side arguments of syscalls in progress, by pid_tgid.
-#[map]
-pub static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(IN_FLIGHT_ENTRIES, 0);
-
-/// Processes to trace when `FILTER_TARGETS` is set: tgid -> 1. Children join at fork.
-#[map]
-pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(TARGET_ENTRIES, 0);
-
-/// CPython processes whose Python frames are walked at their descriptor calls: tgid -> where
-/// their thread states and frames are (helios-trace/src/python.rs fills it).
-#[map]
-pub static PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
-
-/// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
-/// callbacks that fill it cannot hold a ring-buffer reservation).
-#[map]
-pub static PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
-
-/// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
-/// `FILTER_TARGETS` is set (`--cgroup`): id -> 1.
-#[map]
-pub static TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
-
-/// When this CPU last forced a wake-up of the reader (filter::wakeup_flags), boot-time ns.
-#[map]
-pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// What to do per native syscall number (helios_trace_common::spec), written by userspace.
-#[map]
-pub static SYSCALL_SPECS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
-
-/// Per-CPU counters of things that went wrong in the kernel (helios_trace_common::counter).
-#[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-#[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer while this program runs on this CPU.
-        unsafe { *slot += 1 };
-    }
+/// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
+/// `#[map(name = ...)]` takes a string literal only, not a constant, so the map takes its name
+/// from its identifier and this checks at compile time that the shared constant exists and
+/// says the same.
+macro_rules! shared_map {
+    ($(#[$doc:meta])* $name:ident: $ty:ty = $init:expr;) => {
+        const _: () = assert!(crate::same_name(helios_trace_common::map_name::$name, stringify!($name)));
+        $(#[$doc])*
+        #[map]
+        pub static $name: $ty = $init;
+    };
 }
 
-/// Copy a small record into the ring buffer; a full buffer is counted, never silent.
-#[inline(always)]
-pub fn emit<T>(event: &T) {
-    if EVENTS.output::<T>(event, crate::filter::wakeup_flags()).is_err() {
-        count(counter::RINGBUF_FULL);
-    }
+shared_map! {
+    /// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).
+    EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+}
+
+shared_map! {
+    /// User and kernel stacks of descriptor-creating calls, by id.
+    STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
+}
+
+shared_map! {
+    /// Enter-side arguments of syscalls in progress, by pid_tgid.
+    IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(IN_FLIGHT_ENTRIES, 0);
+}
+
+shared_map! {
+    /// Processes to trace when `Settings::filter_targets` is set: tgid -> 1. Children join at
+    /// fork.
+    TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(TARGET_ENTRIES, 0);
+}
+
+shared_map! {
+    /// CPython processes whose Python frames are walked at their descriptor calls: tgid -> where
+    /// their thread states and frames are (helios-trace/src/python.rs fills it).
+    PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
+}
+
+shared_map! {
+    /// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
+    /// callbacks that fill it cannot hold a ring-buffer reservation).
+    PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
+    /// `Settings::filter_cgroups` is set (`--cgroup`): id -> 1.
+    TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
+}
+
+shared_map! {
+    /// When this CPU last forced a wake-up of the reader (emit::wakeup_flags), boot-time ns.
+    LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// What to do per native syscall number (helios_trace_common::spec), written by userspace.
+    SYSCALL_SPECS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+}
+
+shared_map! {
+    /// Per-CPU counters of things that went wrong in the kernel (helios_trace_common::counter).
+    COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 }

@@ -1,7 +1,7 @@
 //! Process lifecycle: task creation, exec and group exit. They keep userspace's per-process
 //! descriptor tables right (fork copies, exec closes close-on-exec, exit clears) and keep the
 //! `--pid` filter following children.
-use core::{ptr::addr_of_mut, ptr::read_volatile};
+use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -13,26 +13,20 @@ use aya_ebpf::{
 use helios_trace_common::{EXEC_FILENAME_LEN, ExecEvent, ExitEvent, NewTaskEvent, counter, kind};
 
 use crate::{
-    filter::{filtering_targets, is_target_pid, is_traced},
-    maps::{EVENTS, TARGETS, count, emit},
-    syscalls::header,
+    emit::{count, emit, finish, header},
+    filter::{is_target_pid, is_traced},
+    maps::{EVENTS, TARGETS},
+    settings::{exit_group_dead_offset, filtering_targets},
 };
 
 // include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// Offset of `group_dead` in the sched_process_exit record, read from its format file by
-/// userspace (the field exists since Linux 6.14); 0 when absent, and then the leader's exit
-/// stands for the group's.
-#[unsafe(no_mangle)]
-static EXIT_GROUP_DEAD_OFFSET: u32 = 0;
-
 /// task/task_newtask (include/trace/events/task.h): pid at 8, comm[16] at 12, clone_flags at
 /// 32. Runs in the parent, inside copy_process, before the child can run.
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    let _ = try_task_newtask(&ctx);
-    0
+    finish(try_task_newtask(&ctx))
 }
 
 fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
@@ -63,8 +57,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
 /// Fires after the new image is in place: close-on-exec descriptors are already closed.
 #[tracepoint]
 pub fn process_exec(ctx: TracePointContext) -> u32 {
-    let _ = try_process_exec(&ctx);
-    0
+    finish(try_process_exec(&ctx))
 }
 
 fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
@@ -103,8 +96,7 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
 /// sched/sched_process_exit: runs for every exiting thread; only the group's end matters.
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_process_exit(&ctx);
-    0
+    finish(try_process_exit(&ctx))
 }
 
 fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
@@ -113,7 +105,9 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !is_traced(tgid) {
         return Ok(());
     }
-    let group_dead_offset = unsafe { read_volatile(&EXIT_GROUP_DEAD_OFFSET) };
+    // Where `group_dead` is in the record, read from its format file by userspace (the field
+    // exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the group's.
+    let group_dead_offset = exit_group_dead_offset();
     let group_dead = if group_dead_offset == 0 {
         tgid == pid_tgid as u32
     } else {

@@ -10,40 +10,30 @@
 //! What each syscall number needs (path string, fd pair, SCM_RIGHTS, ...) comes from the
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
 //! place (helios-trace/src/syscalls.rs) and these programs stay generic.
-use core::{ffi::c_void, mem::size_of};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel as bpf_probe_read_kernel_value, bpf_probe_read_user,
-        generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel,
-            bpf_probe_read_user as raw_read_user, bpf_probe_read_user_str, bpf_task_pt_regs,
-        },
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::tracepoint,
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::TracePointContext,
 };
 use helios_trace_common::{
-    CloseEvent, EventHeader, InFlight, MAX_AUX_FDS, MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES,
-    MAX_PYTHON_THREADS, MAX_STACK_WINDOW, PATH_LEN, PY_NO_OFFSET, PythonFrame, PythonOffsets,
-    STACK_NOT_CAPTURED, SyscallEvent, UserStack, counter, kind, python_flags, spec, stack_mode,
-    syscall_flags, user_stack_flags,
+    CloseEvent, InFlight, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent,
+    UserStack, counter, kind, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
-    filter::{capture_kernel_stacks, is_traced, stack_window, user_stack_mode, wakeup_flags},
-    maps::{EVENTS, IN_FLIGHT, PYTHON_PROCS, PYTHON_SCRATCH, STACKS, SYSCALL_SPECS, count, emit},
+    emit::{count, emit, finish, header, header_at, wakeup_flags},
+    filter::is_traced,
+    maps::{EVENTS, IN_FLIGHT, SYSCALL_SPECS},
+    python::python_stack,
+    settings::{capture_kernel_stacks, stack_window, user_stack_mode},
+    stacks::{capture_user_stack, stack_id},
 };
-
-// The user register layout of the architecture the programs are built for (aya-build passes
-// `bpf_target_arch`, the host's).
-#[cfg(bpf_target_arch = "aarch64")]
-use helios_trace_common::regs_aarch64 as arch;
-#[cfg(bpf_target_arch = "x86_64")]
-use helios_trace_common::regs_x86_64 as arch;
-#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
-compile_error!("--stacks dwarf knows the user registers of x86_64 and aarch64 only");
 
 const NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
@@ -68,20 +58,9 @@ const SCM_RIGHTS: i32 = 1;
 const MAX_CMSGS: usize = 4;
 const MAX_MMSGS: usize = 8;
 
-#[inline(always)]
-pub fn header(kind: u32, pid_tgid: u64) -> EventHeader {
-    header_at(kind, pid_tgid, unsafe { bpf_ktime_get_boot_ns() })
-}
-
-#[inline(always)]
-fn header_at(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
-    EventHeader { kind, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, reserved: 0, ts_ns }
-}
-
 #[tracepoint]
 pub fn fd_syscall_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_fd_syscall_enter(&ctx);
-    0
+    finish(try_fd_syscall_enter(&ctx))
 }
 
 fn try_fd_syscall_enter(ctx: &TracePointContext) -> Result<(), i64> {
@@ -115,8 +94,7 @@ fn try_fd_syscall_enter(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn fd_syscall_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_fd_syscall_exit(&ctx);
-    0
+    finish(try_fd_syscall_exit(&ctx))
 }
 
 fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
@@ -138,8 +116,9 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     if in_flight.spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
         // The record carries the stack: reserve room for the whole window and copy the stack
-        // straight into it. STACK_WINDOW is read-only data the verifier knows the value of,
-        // which is what lets the reserved size vary with the configuration.
+        // straight into it. The window is a field of the read-only settings, whose value the
+        // verifier knows (settings.rs), which is what lets the reserved size vary with the
+        // configuration.
         let window = stack_window().min(MAX_STACK_WINDOW);
         let Some(mut entry) = EVENTS.reserve_bytes(STACK_BYTES_OFFSET + window as usize, 0) else {
             count(counter::RINGBUF_FULL);
@@ -245,301 +224,11 @@ fn fill(
     }
 }
 
-/// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
-/// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own
-/// whose loops are bpf_loop callbacks: the verifier checks each loop body once, where
-/// unrolled loops multiplied with the exit program's paths past its instruction limit.
-#[inline(never)]
-fn python_stack(pid_tgid: u64, ts_ns: u64) {
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }).copied() else {
-        return;
-    };
-    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
-    let stack = unsafe { &mut *stack };
-    stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
-    stack.frame_count = 0;
-    stack.flags = walk_python(&offsets, pid_tgid as u32);
-    emit(stack);
-}
-
-#[inline(always)]
-fn read_user_u64(address: u64) -> Result<u64, i64> {
-    Ok(unsafe { bpf_probe_read_user(address as *const u64) }?)
-}
-
-/// State of the thread-state search (a bpf_loop context).
-#[repr(C)]
-struct ThreadSearch {
-    tstate: u64,
-    tid: u64,
-    found: u64,
-    thread_id: u32,
-    pthread_tid: u32,
-    next: u32,
-    failed: u32,
-}
-
-/// One thread state: is it the caller's? Then stop; else go to the next.
-#[inline(never)]
-unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
-    if s.tstate == 0 {
-        return 1;
-    }
-    let Ok(mut id) = read_user_u64(s.tstate + s.thread_id as u64) else {
-        s.failed = 1;
-        return 1;
-    };
-    if s.pthread_tid != PY_NO_OFFSET {
-        // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
-        match unsafe { bpf_probe_read_user((id + s.pthread_tid as u64) as *const u32) } {
-            Ok(tid) => id = tid as u64,
-            Err(_) => {
-                s.failed = 1;
-                return 1;
-            }
-        }
-    }
-    if id == s.tid {
-        s.found = s.tstate;
-        return 1;
-    }
-    match read_user_u64(s.tstate + s.next as u64) {
-        Ok(next) => {
-            s.tstate = next;
-            0
-        }
-        Err(_) => {
-            s.failed = 1;
-            1
-        }
-    }
-}
-
-/// State of the frame walk (a bpf_loop context).
-#[repr(C)]
-struct FrameWalk {
-    offsets: PythonOffsets,
-    frame: u64,
-    flags: u32,
-    reserved: u32,
-    /// The current frame's first `frame_read` bytes.
-    bytes: [u8; MAX_PYTHON_FRAME_READ as usize],
-}
-
-/// The u64 at `offset` of a frame copy (0 past its end).
-#[inline(always)]
-fn frame_field(bytes: &[u8; MAX_PYTHON_FRAME_READ as usize], offset: u32) -> u64 {
-    let offset = offset as usize;
-    match bytes.get(offset..offset + 8) {
-        Some(field) => u64::from_le_bytes([
-            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
-        ]),
-        None => 0,
-    }
-}
-
-/// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
-/// The frame is read at once (`frame_read` bytes) and its fields taken from the copy.
-#[inline(never)]
-unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut FrameWalk) };
-    if w.frame == 0 {
-        return 1;
-    }
-    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: the per-CPU slot python_stack is filling.
-    let stack = unsafe { &mut *stack };
-    let o = &w.offsets;
-    let size = o.frame_read.min(MAX_PYTHON_FRAME_READ);
-    if size == 0 || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, w.frame as *const c_void) } != 0
-    {
-        w.flags |= python_flags::READ_FAILED;
-        return 1;
-    }
-    let skip = o.frame_owner != PY_NO_OFFSET
-        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 == o.owner_skip);
-    if !skip {
-        let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
-            w.flags |= python_flags::TRUNCATED;
-            return 1;
-        };
-        *slot = PythonFrame {
-            code: frame_field(&w.bytes, o.frame_code),
-            instr: frame_field(&w.bytes, o.frame_instr),
-        };
-        stack.frame_count += 1;
-    }
-    w.frame = frame_field(&w.bytes, o.frame_previous);
-    0
-}
-
-/// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
-/// GIL around blocking calls), then copy (code object, instruction) of its frames, innermost
-/// first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
-/// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
-#[inline(always)]
-fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
-    let Ok(interp) = read_user_u64(o.interpreters_head) else {
-        return python_flags::READ_FAILED;
-    };
-    if interp == 0 {
-        return python_flags::NO_THREAD;
-    }
-    let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
-        return python_flags::READ_FAILED;
-    };
-    let mut search = ThreadSearch {
-        tstate: head,
-        tid: tid as u64,
-        found: 0,
-        thread_id: o.tstate_thread_id,
-        pthread_tid: o.pthread_tid,
-        next: o.tstate_next,
-        failed: 0,
-    };
-    unsafe {
-        bpf_loop(
-            MAX_PYTHON_THREADS,
-            search_thread as *mut c_void,
-            (&mut search as *mut ThreadSearch).cast(),
-            0,
-        )
-    };
-    if search.failed != 0 {
-        return python_flags::READ_FAILED;
-    }
-    if search.found == 0 {
-        return python_flags::NO_THREAD;
-    }
-    let Ok(mut frame) = read_user_u64(search.found + o.tstate_frame as u64) else {
-        return python_flags::READ_FAILED;
-    };
-    if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
-        let Ok(current) = read_user_u64(frame + o.cframe_frame as u64) else {
-            return python_flags::READ_FAILED;
-        };
-        frame = current;
-    }
-    let mut walk =
-        FrameWalk { offsets: *o, frame, flags: 0, reserved: 0, bytes: [0; MAX_PYTHON_FRAME_READ as usize] };
-    // Room for shim frames between the real ones; a walk that did not reach the end is cut.
-    let loops = (MAX_PYTHON_FRAMES * 2) as u32;
-    let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, (&mut walk as *mut FrameWalk).cast(), 0) };
-    if done as u32 >= loops && walk.frame != 0 {
-        walk.flags |= python_flags::TRUNCATED;
-    }
-    walk.flags
-}
-
-/// Offset of `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: `vm_start` and
-/// `vm_end` open the struct, as they have since the first kernels).
-const VM_END_OFFSET: usize = 8;
-
-/// bpf_find_vma's callback: the end of the mapping that holds the stack pointer.
-#[inline(never)]
-unsafe extern "C" fn vma_end(_task: *mut c_void, vma: *mut c_void, end: *mut c_void) -> i64 {
-    let vm_end = unsafe { bpf_probe_read_kernel_value((vma as *const u8).add(VM_END_OFFSET) as *const u64) };
-    unsafe { *(end as *mut u64) = vm_end.unwrap_or(0) };
-    0
-}
-
-/// The smallest page size: a read within one page cannot fail half-way.
-const PAGE: u32 = 4096;
-
-/// Copy the user registers and up to `window` bytes of user stack from sp upward into a
-/// record; false when not even the registers could be read.
-///
-/// The copy stops at the end of the stack's mapping (found with bpf_find_vma), so that a
-/// window reaching past the top of a shallow stack does not fault: bpf_probe_read_user fails
-/// as a whole, after a page fault, when any byte is unreadable.
-#[inline(always)]
-fn capture_user_stack(
-    stack: &mut UserStack,
-    bytes: &mut [u8; MAX_STACK_WINDOW as usize],
-    window: u32,
-) -> bool {
-    stack.stack_len = 0;
-    stack.flags = 0;
-    let task = unsafe { bpf_get_current_task_btf() };
-    // The registers the task entered the kernel with: its user-mode state at the syscall.
-    let regs = unsafe { bpf_task_pt_regs(task) };
-    let read = unsafe {
-        bpf_probe_read_kernel(
-            stack.regs.as_mut_ptr().cast(),
-            (arch::WORDS * size_of::<u64>()) as u32,
-            regs as *const c_void,
-        )
-    };
-    if read != 0 {
-        return false;
-    }
-    let sp = stack.regs[arch::SP];
-    let mut end: u64 = 0;
-    let found = unsafe { bpf_find_vma(task, sp, vma_end as *mut c_void, (&mut end as *mut u64).cast(), 0) };
-    let mut want = window;
-    if found == 0 && end > sp && end - sp < window as u64 {
-        want = (end - sp) as u32;
-        stack.flags = user_stack_flags::SHORT;
-    }
-    let want = want.min(MAX_STACK_WINDOW);
-    if want > 0 && unsafe { raw_read_user(bytes.as_mut_ptr().cast(), want, sp as *const c_void) } == 0 {
-        stack.stack_len = want;
-        return true;
-    }
-    // A page of the window is not there: at the top of a main thread's stack, the kernel
-    // leaves a random gap of up to 8 KiB between the argument and environment strings and the
-    // vectors below them (fs/binfmt_elf.c, create_elf_tables: arch_align_stack), which the
-    // process never touches; or a page was swapped out. Keep the longest readable prefix that
-    // ends on a page boundary, a page shorter each time (each failed try costs a fault).
-    // In u64 throughout: the checks must bound the very register the helper gets, which a
-    // u32's zero-extension in between would hide from the verifier.
-    let (page, want, window) = (PAGE as u64, want as u64, window as u64);
-    let first = page - (sp & (page - 1));
-    let mut size = if want > first { first + (want - first - 1) / page * page } else { 0 };
-    if size > 0 {
-        for _ in 0..MAX_STACK_WINDOW / PAGE {
-            if size > window {
-                break;
-            }
-            if unsafe { raw_read_user(bytes.as_mut_ptr().cast(), size as u32, sp as *const c_void) } == 0 {
-                stack.stack_len = size as u32;
-                break;
-            }
-            if size <= page {
-                break;
-            }
-            size -= page;
-        }
-    }
-    stack.flags = user_stack_flags::SHORT;
-    true
-}
-
 /// Argument `index` (0..6); out of range reads as 0. Written without indexing so that no
 /// bounds-check panic path reaches the verifier.
 #[inline(always)]
 fn arg(args: &[u64; 6], index: usize) -> u64 {
     args.get(index).copied().unwrap_or(0)
-}
-
-#[inline(always)]
-fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
-    match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            // -EEXIST: another stack owns the bucket (we never pass BPF_F_REUSE_STACKID, so ids
-            // stay stable for userspace's cache); anything else: map full or unreadable stack.
-            count(if err == -17 { counter::STACK_COLLISION } else { counter::STACK_ERROR });
-            err
-        }
-    }
 }
 
 #[inline(always)]
@@ -621,8 +310,7 @@ fn collect_scm_rights(event: &mut SyscallEvent, msghdr: u64) {
 
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_close_enter(&ctx);
-    0
+    finish(try_close_enter(&ctx))
 }
 
 fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {

@@ -1,4 +1,4 @@
-//! Command line (design.md "CLI" contract): parsing, validation of what clap cannot check
+//! Command line (ARCHITECTURE.md, "Contracts: CLI"): parsing, validation of what clap cannot check
 //! (pids that must exist), and the mapping from failures to exit codes:
 //! 0 success; 2 bad usage or input; 1 runtime failure.
 use std::{
@@ -214,7 +214,7 @@ pub enum StackMode {
 }
 
 impl StackMode {
-    /// The kernel programs' `CAPTURE_USER_STACKS` value.
+    /// The kernel programs' `Settings::user_stack_mode` value.
     pub fn kernel_mode(self) -> u32 {
         match self {
             StackMode::Dwarf => stack_mode::DWARF,

@@ -1,5 +1,5 @@
-//! The vocabulary of descriptors: their kinds (design.md's list, which the JSON report and the
-//! metrics use verbatim), what we know about each, and how one can be closed.
+//! The vocabulary of descriptors: their kinds (the list of ARCHITECTURE.md, "Contracts: Report",
+//! which the JSON report and the metrics use verbatim), what we know about each, and how one can be closed.
 use std::fmt;
 
 use serde::Serialize;

@@ -3,7 +3,7 @@
 //! traced processes control (paths and names with newlines, invalid UTF-8, huge values).
 //!
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
-//! replays the committed corpus through them (tests/fuzz_corpus.rs). None may panic.
+//! replays the committed corpus through them (tests/integration/fuzz_corpus.rs). None may panic.
 use crate::{bpf::checks, decode, modules::ProcessMaps, procscan, python, syscalls::SyscallTable};
 
 /// A ring-buffer record.

@@ -1,10 +1,11 @@
 //! helios-trace: finds file-descriptor and socket leaks in running Linux processes and names
 //! the call stack that opened what is still open.
 //!
-//! Data flow (design.md): tracepoints → ring buffer → [`session`] reader → [`decode`] →
-//! [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over [`http`]). Only
-//! [`bpf`] talks to the kernel's BPF side; [`procscan`] is the only reader of /proc; everything
-//! between is pure.
+//! Data flow (ARCHITECTURE.md, "Data flow"): tracepoints → ring buffer → [`session`] reader →
+//! [`decode`] → [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over
+//! [`http`]). Only [`bpf`] talks to the kernel's BPF side. /proc is read by [`procscan`],
+//! [`resources`], [`modules`], [`python`] and [`bpf::checks`] today; ARCHITECTURE.md, "Where each
+//! stage lives", says where each stage goes (/proc readers into `sys/`).
 pub mod adhoc;
 pub mod bpf;
 pub mod cache;
@@ -37,3 +38,7 @@ pub mod syscalls;
 pub mod trend;
 pub mod unwind;
 pub mod workload;
+
+// A dev-dependency of tests/integration only; the unit tests see it too.
+#[cfg(test)]
+use ureq as _;

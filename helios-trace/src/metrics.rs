@@ -1,5 +1,6 @@
 //! The exporter's pure core: from the engine's transitions and its FdTable to the series of
-//! design.md's metric contract, with cardinality bounded whatever the traced processes do.
+//! ARCHITECTURE.md's metric contract ("Contracts: Metrics"), with cardinality bounded whatever
+//! the traced processes do.
 //!
 //! - A **group** is what the series of one workload share: its workload labels (cgroup), the
 //!   process name and, with `--pid-label` only, the pid. Pids churn; without the pid label
@@ -542,8 +543,8 @@ fn counter_by(
 
 const WORKLOAD_LABELS: [&str; 4] = ["container_id", "pod_uid", "unit", "comm"];
 
-/// A registry holding one snapshot's series (design.md's metric contract), built afresh for
-/// each snapshot: a series that is not in the snapshot is not in the registry.
+/// A registry holding one snapshot's series (ARCHITECTURE.md, "Contracts: Metrics"), built
+/// afresh for each snapshot: a series that is not in the snapshot is not in the registry.
 pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     let mut group_labels: Vec<&str> = WORKLOAD_LABELS.to_vec();
@@ -646,7 +647,7 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
     )?;
     let lost = IntCounter::new(
         "helios_trace_events_lost_total",
-        "Events the kernel could not hand over (ring buffer full, enter record lost).",
+        "Events the kernel could not hand over (ring buffer full, enter record lost, kernel program failed).",
     )?;
     lost.inc_by(own.events_lost);
     let processes =

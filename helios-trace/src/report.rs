@@ -1,6 +1,6 @@
 //! The end-of-session report: built from the FdTable, the site counters, the sites' history
 //! and the stack registry (pure: what needs /proc comes in through closures), rendered as JSON
-//! (design.md's "Report" contract) or as text for people: suspected leaks first, then the
+//! (ARCHITECTURE.md, "Contracts: Report") or as text for people: suspected leaks first, then the
 //! widest.
 use std::{
     collections::{BTreeMap, HashMap},
@@ -56,7 +56,8 @@ pub struct CommandReport {
 pub struct EventCounts {
     /// Records read from the ring buffer.
     pub received: u64,
-    /// Records the kernel could not reserve (ring buffer full), or whose enter was lost.
+    /// Records the kernel could not reserve (ring buffer full), whose enter was lost, or that a
+    /// kernel program failed to make.
     pub lost: u64,
     /// Records that were short or unknown.
     pub undecodable: u64,
@@ -113,8 +114,8 @@ pub struct FdListing {
 pub struct SiteReport {
     pub site: String,
     pub kind: FdKind,
-    /// The one most telling frame (design.md's metric label), or the site's name when it has
-    /// no frames.
+    /// The one most telling frame (the `frame` label of ARCHITECTURE.md, "Contracts: Metrics"),
+    /// or the site's name when it has no frames.
     pub frame: String,
     pub open: u64,
     pub opened: u64,

@@ -59,7 +59,8 @@ enum Command {
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
     },
-    /// Set up, then run every test, the kernel tests included (they must load, not skip).
+    /// Set up, deny clippy's warnings, then run every test, the kernel tests included (they must
+    /// load, not skip).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -124,6 +125,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Test { args } => {
             setup::ensure(true)?;
+            if args.is_empty() {
+                // The workspace lints (Cargo.toml) and clippy's defaults, denied. The eBPF crate
+                // only builds for the bpf target, so the host crates are checked without it.
+                sh::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[("AYA_BUILD_SKIP", "1")])?;
+            }
             // One profile for everything: the kernel tests run the release binary, and
             // `cargo xtask run` then reuses the same build. The default members, not
             // --workspace: the eBPF crate only builds for the bpf target.

@@ -9,10 +9,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::TracePoint,
 };
-use helios_trace_common::{PythonOffsets, counter, spec, stack_mode};
+use helios_trace_common::{PythonOffsets, SETTINGS_GLOBAL, Settings, counter, map_name, spec, stack_mode};
 use log::{info, warn};
 
 use super::checks;
@@ -44,6 +44,23 @@ pub struct TraceConfig {
     pub wakeup_bytes: u64,
 }
 
+impl TraceConfig {
+    /// The kernel programs' load-time settings for this configuration.
+    fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32) -> Settings {
+        Settings {
+            tracer_tgid,
+            filter_targets: u32::from(!self.targets.is_empty() || !self.target_cgroups.is_empty()),
+            filter_cgroups: u32::from(!self.target_cgroups.is_empty()),
+            user_stack_mode: self.user_stack_mode,
+            stack_window: self.stack_window,
+            kernel_stacks: u32::from(self.kernel_stacks),
+            exit_group_dead_offset,
+            reserved: 0,
+            wakeup_bytes: self.wakeup_bytes,
+        }
+    }
+}
+
 /// Loaded and attached programs; dropping it detaches everything.
 pub struct Tracer {
     _ebpf: Ebpf,
@@ -67,12 +84,15 @@ pub struct KernelCounters {
     pub user_stack_unreadable: u64,
     pub path_unreadable: u64,
     pub in_flight_full: u64,
+    /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
+    /// record they were making never went out.
+    pub program_errors: u64,
 }
 
 impl KernelCounters {
     /// Records that never reached userspace.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.in_flight_full
+        self.ringbuf_full + self.in_flight_full + self.program_errors
     }
 }
 
@@ -104,33 +124,24 @@ impl Tracer {
             );
         }
 
-        let tracer_tgid = std::process::id();
-        let filter = u32::from(!config.targets.is_empty() || !config.target_cgroups.is_empty());
-        let filter_cgroups = u32::from(!config.target_cgroups.is_empty());
-        let kernel_stacks = u32::from(config.kernel_stacks);
+        let settings = config.settings(std::process::id(), group_dead_offset);
+        // `override_global` is aya 0.14's name of `set_global`.
         let mut ebpf = EbpfLoader::new()
-            .override_global("TRACER_TGID", &tracer_tgid, true)
-            .override_global("FILTER_TARGETS", &filter, true)
-            .override_global("FILTER_CGROUPS", &filter_cgroups, true)
-            .override_global("CAPTURE_USER_STACKS", &config.user_stack_mode, true)
-            .override_global("STACK_WINDOW", &config.stack_window, true)
-            .override_global("CAPTURE_KERNEL_STACKS", &kernel_stacks, true)
-            .override_global("WAKEUP_BYTES", &config.wakeup_bytes, true)
-            .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead_offset, true)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .override_global(SETTINGS_GLOBAL, &settings, true)
+            .map_max_entries(map_name::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
 
         if !config.targets.is_empty() {
             let mut targets: BpfHashMap<_, u32, u32> =
-                BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("no TARGETS map")?)?;
+                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGETS)?)?;
             for pid in &config.targets {
                 targets.insert(pid, 1, 0).context("cannot fill the target map")?;
             }
         }
         if !config.target_cgroups.is_empty() {
             let mut cgroups: BpfHashMap<_, u64, u32> =
-                BpfHashMap::try_from(ebpf.map_mut("TARGET_CGROUPS").context("no TARGET_CGROUPS map")?)?;
+                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_CGROUPS)?)?;
             for id in &config.target_cgroups {
                 cgroups.insert(id, 1, 0).context("cannot fill the cgroup map (at most 64 --cgroup)")?;
             }
@@ -179,16 +190,15 @@ impl Tracer {
 
         // Only now that every program is attached do the programs start acting on a syscall:
         // the spec array is what turns them on.
-        let mut spec_array: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("SYSCALL_SPECS").context("no SYSCALL_SPECS map")?)?;
+        let mut spec_array: Array<_, u32> = Array::try_from(map_mut(&mut ebpf, map_name::SYSCALL_SPECS)?)?;
         for (nr, call, call_spec) in specs {
             spec_array.set(nr, call_spec, 0).with_context(|| format!("cannot configure {}", call.name()))?;
         }
 
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("no STACKS map")?)?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
-        let python = BpfHashMap::try_from(ebpf.take_map("PYTHON_PROCS").context("no PYTHON_PROCS map")?)?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, map_name::EVENTS)?)?;
+        let stacks = StackTraceMap::try_from(take_map(&mut ebpf, map_name::STACKS)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_name::COUNTERS)?)?;
+        let python = BpfHashMap::try_from(take_map(&mut ebpf, map_name::PYTHON_PROCS)?)?;
         Ok((Tracer { _ebpf: ebpf, stacks, python, counters, tracefs, attached, skipped }, events))
     }
 
@@ -222,8 +232,17 @@ impl Tracer {
             user_stack_unreadable: sum(counter::USER_STACK_UNREADABLE),
             path_unreadable: sum(counter::PATH_UNREADABLE),
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
+            program_errors: sum(counter::PROGRAM_ERROR),
         }
     }
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no {name} map"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"))
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
@@ -283,4 +302,48 @@ fn ensure_tracefs() -> Result<PathBuf> {
     }
     info!("mounted tracefs at {TRACEFS}");
     Ok(PathBuf::from(TRACEFS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TraceConfig {
+        TraceConfig {
+            targets: Vec::new(),
+            target_cgroups: Vec::new(),
+            user_stack_mode: stack_mode::DWARF,
+            stack_window: 4096,
+            kernel_stacks: true,
+            ring_buffer_bytes: 1 << 24,
+            wakeup_bytes: 65536,
+        }
+    }
+
+    #[test]
+    fn settings_carry_the_configuration() {
+        let settings = config().settings(42, 24);
+        assert_eq!(
+            settings,
+            Settings {
+                tracer_tgid: 42,
+                filter_targets: 0,
+                filter_cgroups: 0,
+                user_stack_mode: stack_mode::DWARF,
+                stack_window: 4096,
+                kernel_stacks: 1,
+                exit_group_dead_offset: 24,
+                reserved: 0,
+                wakeup_bytes: 65536,
+            }
+        );
+    }
+
+    #[test]
+    fn either_target_list_turns_the_filter_on_and_only_cgroups_the_cgroup_filter() {
+        let pids = TraceConfig { targets: vec![7], ..config() }.settings(1, 0);
+        assert_eq!((pids.filter_targets, pids.filter_cgroups), (1, 0));
+        let cgroups = TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0);
+        assert_eq!((cgroups.filter_targets, cgroups.filter_cgroups), (1, 1));
+    }
 }

@@ -1,4 +1,4 @@
-"""A CPython workload for tests/python.rs, speaking fdwork's protocol: prints "ready", then
+"""A CPython workload for tests/integration/python.rs, speaking fdwork's protocol: prints "ready", then
 answers each command on stdin with "ok" and numbers (descriptors, line numbers).
 
 It leaks from functions of known names; the line of each leaking call is marked with a

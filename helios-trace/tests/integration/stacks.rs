@@ -3,16 +3,14 @@
 //! traced with the default `--stacks dwarf`; the report must name the chain, the file and the
 //! line, for stripped, short-lived and deleted binaries too, and count one site across
 //! processes.
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn stackwork_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -1,8 +1,6 @@
 //! deploy/: the manifests pass the Kubernetes schemas and agree with each other, the alert
 //! rules pass promtool and fire on growth only, the dashboard asks for metrics we export, and
 //! the image builds with podman and, assembled as the DaemonSet mounts it, serves.
-mod support;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -11,8 +9,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -162,7 +160,8 @@ fn the_dashboard_asks_for_exported_metrics_only() {
     let text = fs::read_to_string(workspace().join("deploy/grafana/helios-trace.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
-    // design.md's metric contract, and the conventional process metrics.
+    // ARCHITECTURE.md's metric contract ("Contracts: Metrics"), and the conventional process
+    // metrics.
     let exported = [
         "helios_trace_open_fds",
         "helios_trace_site_open_fds",

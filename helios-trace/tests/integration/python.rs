@@ -4,15 +4,13 @@
 //! thread spins in Python; the report must name each leaking function, file and line, agree
 //! with /proc/PID/fd, and show the clean function with nothing open. An unsupported
 //! interpreter gets native frames and one warning.
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
+use crate::support::{Tracer, Workload, proc_fds, process, reported_fds, require_bpf};
 use serde_json::Value;
-use support::{Tracer, Workload, proc_fds, process, reported_fds, require_bpf};
 
 const PYENV: &str = "/root/.pyenv/versions";
 
@@ -185,7 +183,7 @@ fn python_started_after_the_tracer_is_named_too() {
             // Until the tracer found the interpreter (its startup over), opens have native
             // frames only: wait until one has Python frames.
             let pid = workload.pid;
-            support::wait_for(
+            crate::support::wait_for(
                 "Python frames of a new interpreter",
                 std::time::Duration::from_secs(10),
                 || {

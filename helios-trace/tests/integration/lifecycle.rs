@@ -1,11 +1,9 @@
 //! Every way a descriptor is born and dies (issue 3): a workload makes each descriptor syscall
 //! and each implicit close; at every checkpoint, with reconciliation off, helios-trace's table
 //! for the process must equal /proc/PID/fd exactly — the same fd numbers with the same kinds.
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Compare the tool's table for `pid` with the kernel's, naming the checkpoint on failure.
 fn checkpoint(tracer: &mut Tracer, pid: u32, name: &str) -> serde_json::Value {

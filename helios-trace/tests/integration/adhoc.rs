@@ -1,7 +1,5 @@
 //! Kernel tests of the ad-hoc session people reach for (issue 8): `run -- CMD`, leak verdicts
 //! on real workloads, CLOSE_WAIT sockets, and the live view in a real terminal (tmux).
-mod support;
-
 use std::{
     fs,
     io::Write as _,
@@ -12,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn sites(process: &Value) -> &Vec<Value> {
     process["sites"].as_array().unwrap()

@@ -1,7 +1,5 @@
 //! The exporter's HTTP server on a real loopback socket, without the kernel: what it answers,
 //! and that misbehaving clients (slow, oversized, too many, wrong method) cannot hold it.
-mod support;
-
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -9,11 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::http_get;
 use helios_trace::{
     http::{self, Limits, Snapshot},
     metrics::{Exported, SelfMetrics},
 };
-use support::http_get;
 use tokio::sync::watch;
 
 /// Short limits, so the test sees them act within seconds.

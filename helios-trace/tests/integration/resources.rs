@@ -1,15 +1,13 @@
 //! From leaked descriptors to the OOM (issue 10): the kernel memory leaked sockets hold, and the
 //! projected time until a leaking process hits its descriptor limit, checked against what the
 //! kernel itself reports (ss, via sock_diag) and against when EMFILE really happens.
-mod support;
-
 use std::{
     collections::HashMap,
     process::Command,
     time::{Duration, Instant},
 };
 
-use support::*;
+use crate::support::*;
 
 /// skmem of every TCP socket by inode, from `ss -tmeHn` (iproute2: a sock_diag client that is
 /// not ours): r + w + f + o, the same sum helios-trace reports.

@@ -1,8 +1,6 @@
 //! Kernel tests of `helios-trace serve`: the real programs, real workloads leaking from known
 //! call sites, a real Prometheus scraping the exporter every second, PromQL answers compared
 //! with exactly what the workloads hold.
-mod support;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -13,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// A Prometheus of our own: loopback, 1 s scrapes of one target, its tsdb in a temp dir.
 struct Prometheus {

@@ -1,6 +1,5 @@
 //! Shared by the kernel tests: the workloads they trace, the tracer they run, and the ground
 //! truth the kernel gives (/proc/PID/fd), read independently of helios-trace's own code.
-#![allow(dead_code)]
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +38,7 @@ fn scratch_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// Compile a C workload from tests/workloads once per test binary, with the given flags.
+/// Compile a C workload from tests/workloads once per test run, with the given flags.
 pub fn compile_c(source: &str, output: &str, flags: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap();

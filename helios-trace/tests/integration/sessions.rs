@@ -1,10 +1,8 @@
 //! Kernel tests of an ad-hoc session: the real programs trace a workload of our own, and the
 //! report must match what the kernel itself says in /proc/PID/fd, exactly.
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn site_open(process: &serde_json::Value, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> u64 {
     process["sites"]

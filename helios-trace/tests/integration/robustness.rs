@@ -1,11 +1,9 @@
 //! Holds under load and churn (issue 9): an open/close flood from several processes and
 //! thousands of short-lived processes. The tracer stays responsive, counts every record it
 //! could not take, heals its tables within a reconcile interval, and gives its memory back.
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// The tracer's own (anonymous) memory: heap and stacks, not the ring buffer's shared
 /// mapping, whose pages stay resident once the kernel has written them.

@@ -1,0 +1,211 @@
+//! Python frames of the calling thread, read from a CPython process's own memory at its
+//! descriptor calls (the offsets come from userspace: helios-trace/src/python.rs), submitted as
+//! a `kind::PYTHON_STACK` record before the record they belong to.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_user,
+    generated::{bpf_loop, bpf_probe_read_user as raw_read_user},
+};
+use helios_trace_common::{
+    MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, PY_NO_OFFSET, PythonFrame, PythonOffsets,
+    kind, python_flags,
+};
+
+use crate::{
+    emit::{emit, header_at},
+    maps::{PYTHON_PROCS, PYTHON_SCRATCH},
+};
+
+/// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
+/// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own
+/// whose loops are bpf_loop callbacks: the verifier checks each loop body once, where
+/// unrolled loops multiplied with the exit program's paths past its instruction limit.
+#[inline(never)]
+pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }).copied() else {
+        return;
+    };
+    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    let stack = unsafe { &mut *stack };
+    stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
+    stack.frame_count = 0;
+    stack.flags = walk_python(&offsets, pid_tgid as u32);
+    emit(stack);
+}
+
+#[inline(always)]
+fn read_user_u64(address: u64) -> Result<u64, i64> {
+    Ok(unsafe { bpf_probe_read_user(address as *const u64) }?)
+}
+
+/// State of the thread-state search (a bpf_loop context).
+#[repr(C)]
+struct ThreadSearch {
+    tstate: u64,
+    tid: u64,
+    found: u64,
+    thread_id: u32,
+    pthread_tid: u32,
+    next: u32,
+    failed: u32,
+}
+
+/// One thread state: is it the caller's? Then stop; else go to the next.
+#[inline(never)]
+unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
+    if s.tstate == 0 {
+        return 1;
+    }
+    let Ok(mut id) = read_user_u64(s.tstate + s.thread_id as u64) else {
+        s.failed = 1;
+        return 1;
+    };
+    if s.pthread_tid != PY_NO_OFFSET {
+        // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
+        match unsafe { bpf_probe_read_user((id + s.pthread_tid as u64) as *const u32) } {
+            Ok(tid) => id = tid as u64,
+            Err(_) => {
+                s.failed = 1;
+                return 1;
+            }
+        }
+    }
+    if id == s.tid {
+        s.found = s.tstate;
+        return 1;
+    }
+    match read_user_u64(s.tstate + s.next as u64) {
+        Ok(next) => {
+            s.tstate = next;
+            0
+        }
+        Err(_) => {
+            s.failed = 1;
+            1
+        }
+    }
+}
+
+/// State of the frame walk (a bpf_loop context).
+#[repr(C)]
+struct FrameWalk {
+    offsets: PythonOffsets,
+    frame: u64,
+    flags: u32,
+    reserved: u32,
+    /// The current frame's first `frame_read` bytes.
+    bytes: [u8; MAX_PYTHON_FRAME_READ as usize],
+}
+
+/// The u64 at `offset` of a frame copy (0 past its end).
+#[inline(always)]
+fn frame_field(bytes: &[u8; MAX_PYTHON_FRAME_READ as usize], offset: u32) -> u64 {
+    let offset = offset as usize;
+    match bytes.get(offset..offset + 8) {
+        Some(field) => u64::from_le_bytes([
+            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
+        ]),
+        None => 0,
+    }
+}
+
+/// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
+/// The frame is read at once (`frame_read` bytes) and its fields taken from the copy.
+#[inline(never)]
+unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut FrameWalk) };
+    if w.frame == 0 {
+        return 1;
+    }
+    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slot python_stack is filling.
+    let stack = unsafe { &mut *stack };
+    let o = &w.offsets;
+    let size = o.frame_read.min(MAX_PYTHON_FRAME_READ);
+    if size == 0 || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, w.frame as *const c_void) } != 0
+    {
+        w.flags |= python_flags::READ_FAILED;
+        return 1;
+    }
+    let skip = o.frame_owner != PY_NO_OFFSET
+        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 == o.owner_skip);
+    if !skip {
+        let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
+            w.flags |= python_flags::TRUNCATED;
+            return 1;
+        };
+        *slot = PythonFrame {
+            code: frame_field(&w.bytes, o.frame_code),
+            instr: frame_field(&w.bytes, o.frame_instr),
+        };
+        stack.frame_count += 1;
+    }
+    w.frame = frame_field(&w.bytes, o.frame_previous);
+    0
+}
+
+/// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
+/// GIL around blocking calls), then copy (code object, instruction) of its frames, innermost
+/// first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
+/// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
+#[inline(always)]
+fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
+    let Ok(interp) = read_user_u64(o.interpreters_head) else {
+        return python_flags::READ_FAILED;
+    };
+    if interp == 0 {
+        return python_flags::NO_THREAD;
+    }
+    let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
+        return python_flags::READ_FAILED;
+    };
+    let mut search = ThreadSearch {
+        tstate: head,
+        tid: tid as u64,
+        found: 0,
+        thread_id: o.tstate_thread_id,
+        pthread_tid: o.pthread_tid,
+        next: o.tstate_next,
+        failed: 0,
+    };
+    unsafe {
+        bpf_loop(
+            MAX_PYTHON_THREADS,
+            search_thread as *mut c_void,
+            (&mut search as *mut ThreadSearch).cast(),
+            0,
+        )
+    };
+    if search.failed != 0 {
+        return python_flags::READ_FAILED;
+    }
+    if search.found == 0 {
+        return python_flags::NO_THREAD;
+    }
+    let Ok(mut frame) = read_user_u64(search.found + o.tstate_frame as u64) else {
+        return python_flags::READ_FAILED;
+    };
+    if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
+        let Ok(current) = read_user_u64(frame + o.cframe_frame as u64) else {
+            return python_flags::READ_FAILED;
+        };
+        frame = current;
+    }
+    let mut walk =
+        FrameWalk { offsets: *o, frame, flags: 0, reserved: 0, bytes: [0; MAX_PYTHON_FRAME_READ as usize] };
+    // Room for shim frames between the real ones; a walk that did not reach the end is cut.
+    let loops = (MAX_PYTHON_FRAMES * 2) as u32;
+    let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, (&mut walk as *mut FrameWalk).cast(), 0) };
+    if done as u32 >= loops && walk.frame != 0 {
+        walk.flags |= python_flags::TRUNCATED;
+    }
+    walk.flags
+}
