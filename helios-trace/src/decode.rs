@@ -9,8 +9,10 @@ use helios_trace_common::{
 use thiserror::Error;
 
 use crate::{
-    event::{Event, FdList, Op, StackIds},
-    fd::{FdDetail, FdKind, TRUNCATED_MARKER},
+    model::{
+        event::{Event, FdList, Op, StackIds},
+        fd::{FdDetail, FdKind, TRUNCATED_MARKER},
+    },
     syscalls::{Call, SyscallTable},
     unwind::StackSample,
 };
@@ -142,7 +144,7 @@ fn stack_id(raw: i32) -> Option<i32> {
 /// newlines included), made printable.
 pub fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    crate::fd::printable(&bytes[..end], bytes.len())
+    crate::model::fd::printable(&bytes[..end], bytes.len())
 }
 
 // Flags the kernel headers define but libc does not export for every target.

@@ -11,13 +11,15 @@ use log::debug;
 
 use crate::{
     decode::{self, Decoded, PythonFrames as WalkedFrames},
-    event::{Event, Op},
-    fd::{FdKind, SiteId},
-    fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
+    model::{
+        event::{Event, Op},
+        fd::{FdKind, SiteId},
+        fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
+        sites::{SiteCounters, SiteStats},
+    },
     procscan::{self, SocketTables},
     python::PythonFrames,
     report::{Corrections, EventCounts},
-    sites::{SiteCounters, SiteStats},
     stacks::StackRegistry,
     syscalls::SyscallTable,
     unwind::StackSample,

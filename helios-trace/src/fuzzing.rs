@@ -40,7 +40,7 @@ pub fn fd_link(data: &[u8]) {
             Some(u32::from_le_bytes([data.first().copied().unwrap_or(0), 0x80, 0, 0]))
         });
     }
-    let printed = crate::fd::printable(data, 64);
+    let printed = crate::model::fd::printable(data, 64);
     assert!(!printed.contains('\n'), "printable text never contains a raw newline");
 }
 

@@ -14,15 +14,12 @@ pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod engine;
-pub mod event;
-pub mod fd;
-pub mod fdtable;
 pub mod fuzzing;
-pub mod history;
 pub mod http;
 pub mod launch;
 pub mod live;
 pub mod metrics;
+pub mod model;
 pub mod modules;
 pub mod procscan;
 pub mod python;
@@ -30,14 +27,11 @@ pub mod report;
 pub mod resources;
 pub mod serve;
 pub mod session;
-pub mod sites;
 pub mod sockdiag;
 pub mod stacks;
 pub mod symbolize;
 pub mod syscalls;
-pub mod trend;
 pub mod unwind;
-pub mod workload;
 
 // A dev-dependency of tests/integration only; the unit tests see it too.
 #[cfg(test)]

@@ -29,9 +29,11 @@ use ratatui::{
 use tokio::sync::Notify;
 
 use crate::{
-    fd::{CloseReason, SiteId},
+    model::{
+        fd::{CloseReason, SiteId},
+        trend::{rate, thousands},
+    },
     report::{ProcessReport, Report, SiteReport, bytes, human_duration, plural},
-    trend::{rate, thousands},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -624,7 +626,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        fd::FdKind,
+        model::fd::FdKind,
         report::{Corrections, EventCounts},
     };
 

@@ -28,12 +28,14 @@ use serde::Serialize;
 
 use crate::{
     engine::Kept,
-    fd::{FdKind, SiteId, printable},
-    fdtable::{FdChange, FdTable, OpenFd, Transition},
+    model::{
+        fd::{FdKind, SiteId, printable},
+        fdtable::{FdChange, FdTable, OpenFd, Transition},
+        workload::Workload,
+    },
     procscan::Usage,
     report::Corrections,
     stacks::Frame,
-    workload::Workload,
 };
 
 /// The `site` label of the folded sites.
@@ -519,7 +521,7 @@ pub struct SelfMetrics {
     pub tracked_fds: u64,
     pub corrections: Corrections,
     /// What --max-processes / --max-fds kept out of the table.
-    pub dropped: crate::fdtable::Dropped,
+    pub dropped: crate::model::fdtable::Dropped,
     /// New call sites beyond --max-stacks.
     pub sites_dropped: u64,
     /// Stacks the kernel could not capture (stack map collisions or full, unreadable stacks).
@@ -713,8 +715,10 @@ mod tests {
     use super::*;
     use crate::{
         engine::{Engine, StackSource},
-        event::{Event, Op, StackIds},
-        fd::FdDetail,
+        model::{
+            event::{Event, Op, StackIds},
+            fd::FdDetail,
+        },
         stacks::Language,
     };
 
@@ -769,7 +773,7 @@ mod tests {
                 "00400000-7fffffff r-xp 00000000 fd:01 1234 /srv/app/bin/server\n",
             )
             .unwrap();
-            let mut engine = Engine::new(root.path(), crate::fdtable::Limits::default());
+            let mut engine = Engine::new(root.path(), crate::model::fdtable::Limits::default());
             engine.keep_transitions();
             let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
             let mut world = World {
@@ -1205,7 +1209,7 @@ mod tests {
             tracked_processes: 2,
             tracked_fds: 9,
             corrections: Corrections { added: 1, removed: 2 },
-            dropped: crate::fdtable::Dropped { processes: 0, fds: 6 },
+            dropped: crate::model::fdtable::Dropped { processes: 0, fds: 6 },
             sites_dropped: 4,
             stack_errors: 0,
             usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),

@@ -10,8 +10,8 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use crate::fd::{FdDetail, FdKind, printable};
-use crate::fdtable::ObservedFd;
+use crate::model::fd::{FdDetail, FdKind, printable};
+use crate::model::fdtable::ObservedFd;
 
 /// Numeric entries of the procfs root: the pids.
 pub fn pids(root: &Path) -> Vec<u32> {

@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::{
     cache::{BoundedLru, Weight},
-    fd::SiteId,
+    model::fd::SiteId,
     modules::{Mapping, ProcessMaps},
     procscan,
     stacks::{Frame, StackRegistry},

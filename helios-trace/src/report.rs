@@ -12,12 +12,14 @@ use serde::Serialize;
 
 use crate::{
     engine::ExitedProcess,
-    fd::{CloseReason, FdKind, SiteId},
-    fdtable::{FdTable, OpenFd},
-    history::History,
-    sites::{SiteCounters, SiteStats},
+    model::{
+        fd::{CloseReason, FdKind, SiteId},
+        fdtable::{FdTable, OpenFd},
+        history::History,
+        sites::{SiteCounters, SiteStats},
+        trend::{self, Evidence, Trend},
+    },
     stacks::{self, Frame},
-    trend::{self, Evidence, Trend},
 };
 
 /// Version of the JSON layout; fields are only ever added within a version.
@@ -32,7 +34,7 @@ pub struct Report {
     pub events: EventCounts,
     pub reconcile_corrections: Corrections,
     /// What the --max-processes / --max-fds caps kept out of the tables.
-    pub dropped: crate::fdtable::Dropped,
+    pub dropped: crate::model::fdtable::Dropped,
     /// `--min-age`: how old a growing site's descriptors must be for it to be suspected.
     pub min_age_seconds: f64,
     /// Suspected leaks in all processes.
@@ -470,7 +472,7 @@ const HOUR: f64 = 3600.0;
 fn resources(
     facts: ProcessFacts,
     open_fds: u64,
-    series: Option<&crate::history::ProcessSeries>,
+    series: Option<&crate::model::history::ProcessSeries>,
     sites: &[SiteReport],
 ) -> Resources {
     let slope = |s: &trend::Series| trend::theil_sen(&s.window());
@@ -761,9 +763,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Event, Op, StackIds},
-        fd::FdDetail,
-        fdtable::{FdChange, ObservedFd, Transition},
+        model::{
+            event::{Event, Op, StackIds},
+            fd::FdDetail,
+            fdtable::{FdChange, ObservedFd, Transition},
+        },
         stacks::Language,
     };
 
@@ -1089,7 +1093,7 @@ mod tests {
 
     #[test]
     fn resources_project_exhaustion_and_join_memory_with_the_growing_site() {
-        let mut series = crate::history::ProcessSeries::default();
+        let mut series = crate::model::history::ProcessSeries::default();
         for t in 0..20u64 {
             let at = |value: u64| trend::Point { t_ns: t * 1_000_000_000, open: value, opened: 0 };
             // +2 descriptors a second; RSS +1 MB a second.

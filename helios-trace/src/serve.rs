@@ -14,12 +14,11 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     cli::ServeArgs,
     clock,
-    fdtable::FdTable,
     http::{self, Limits, Snapshot},
     metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
+    model::{fdtable::FdTable, workload::Workload},
     procscan,
     session::{self, Tick, Tracing},
-    workload::Workload,
 };
 
 /// Bind the address to serve on (before attaching: a port in use is a quick, clear failure).

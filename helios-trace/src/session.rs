@@ -25,9 +25,11 @@ use crate::{
     cli::{PythonFrames, StackMode, TraceArgs},
     clock,
     engine::Engine,
-    fd::{FdDetail, FdKind, printable},
-    fdtable::{Limits, OpenFd},
-    history::{History, ProcessSample},
+    model::{
+        fd::{FdDetail, FdKind, printable},
+        fdtable::{Limits, OpenFd},
+        history::{History, ProcessSample},
+    },
     procscan::{self, SocketTables},
     report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
     resources, sockdiag,
@@ -393,7 +395,7 @@ impl Tracing {
     /// the session; None when it is not growing or has no limit.
     pub fn fd_exhaustion_seconds(&self, tgid: u32) -> Option<f64> {
         let window = self.history.process(tgid)?.fds.window();
-        let rate = crate::trend::theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
+        let rate = crate::model::trend::theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
         let open = self.engine.table.process(tgid)?.fds.len() as u64;
         resources::exhaustion_seconds(resources::fd_limit(self.engine.proc_root(), tgid), open, Some(rate))
     }
@@ -511,7 +513,7 @@ pub fn describe_fd(
         FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
         FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
         FdDetail::Pid(pid) => Some(format!("pid {pid}")),
-        FdDetail::Socket { .. } | FdDetail::None if entry.kind == crate::fd::FdKind::Socket => {
+        FdDetail::Socket { .. } | FdDetail::None if entry.kind == crate::model::fd::FdKind::Socket => {
             let inode = procscan::socket_inode(proc_root, tgid, fd)?;
             sockets.for_process(tgid).get(inode).map(|s| s.describe())
         }

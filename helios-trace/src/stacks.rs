@@ -23,8 +23,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     cache::{BoundedLru, Weight},
-    event::StackIds,
-    fd::SiteId,
+    model::{event::StackIds, fd::SiteId},
     modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
     symbolize::{Symbol, Symbolizer},
     unwind::{ProcessUnwinder, StackSample, UnwindCache},

@@ -13,7 +13,7 @@
 //! - Docker: `/docker/<id>` (cgroupfs), `/system.slice/docker-<id>.scope` (systemd);
 //!   podman: `…/libpod-<id>.scope`; containerd without Kubernetes: `/<namespace>/<id>`
 //! - anything else: the innermost `*.service` component is the unit.
-use crate::fd::printable;
+use crate::model::fd::printable;
 
 /// systemd caps unit names at 256 characters (UNIT_NAME_MAX).
 const UNIT_CHARS: usize = 256;

@@ -13,7 +13,7 @@
 //!    site that opens and closes quickly is never suspected, however busy).
 //!
 //! The growth rate is the Theil-Sen slope (median of pairwise slopes), robust to the bursts
-//! of a busy site. Everything here is pure; [`crate::history`] samples the counts.
+//! of a busy site. Everything here is pure; [`crate::model::history`] samples the counts.
 use std::time::Duration;
 
 use serde::Serialize;

@@ -12,7 +12,7 @@
 //! own script is new Python frames), and the daemon grows until it is killed.
 use std::collections::{HashMap, hash_map::Entry};
 
-use crate::{
+use crate::model::{
     fd::{CloseReason, FdKind, SiteId},
     fdtable::{FdChange, Transition},
 };
@@ -342,7 +342,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::{
+        use crate::model::{
             event::{Event, Op, StackIds},
             fd::FdDetail,
             fdtable::FdTable,

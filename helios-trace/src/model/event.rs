@@ -2,7 +2,7 @@
 //! the syscall that produced it. Built by decode.rs, consumed by fdtable.rs.
 use smallvec::SmallVec;
 
-use crate::fd::{FdDetail, FdKind};
+use crate::model::fd::{FdDetail, FdKind};
 
 /// Descriptors produced by one call: one for most, two for pipe/socketpair, a few for
 /// SCM_RIGHTS. Inline for the common cases.

@@ -12,7 +12,7 @@
 //!   table).
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::{
+use crate::model::{
     event::{Event, Op},
     fd::{CloseReason, FdDetail, FdKind, SiteId},
 };
@@ -519,7 +519,7 @@ mod tests {
     use smallvec::smallvec;
 
     use super::*;
-    use crate::event::StackIds;
+    use crate::model::event::StackIds;
 
     const SITE_A: SiteId = SiteId::Stack(0xa);
     const SITE_B: SiteId = SiteId::Stack(0xb);

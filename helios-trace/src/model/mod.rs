@@ -1,0 +1,10 @@
+//! Pure state and statistics (ARCHITECTURE.md, "Where each stage lives"): descriptor kinds and
+//! close reasons, events, the FdTable, site counters, history, workload identity, trend
+//! statistics. No I/O here: the stages that do it feed these.
+pub mod event;
+pub mod fd;
+pub mod fdtable;
+pub mod history;
+pub mod sites;
+pub mod trend;
+pub mod workload;
