@@ -20,10 +20,10 @@ use tokio::{
 
 use crate::{
     cli::{Format, RunArgs, SessionArgs, View},
-    launch::{self, Gated, Identity},
     live::{self, LiveView},
     report::{self, CommandReport, Report},
     session::{Tick, Tracing, stop_signal},
+    sys::launch::{self, Gated, Identity},
 };
 
 /// Exited processes `run` keeps for its report (the command's, and those it started).

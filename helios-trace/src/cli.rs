@@ -12,9 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use helios_trace_common::{MAX_STACK_WINDOW, SyscallEvent, UserStack, stack_mode};
 
 use crate::{
-    bpf::{checks::CheckError, privileges},
-    procscan,
     session::Tracing,
+    sys::{checks::CheckError, privileges, proc},
 };
 
 const EXAMPLES: &str = "\
@@ -283,7 +282,7 @@ impl TraceArgs {
     /// What clap cannot check alone: option values that only make sense together.
     pub fn validate(&self) -> Result<(), Failure> {
         for dir in &self.cgroups {
-            crate::cgroups::resolve(dir).map_err(Failure::Usage)?;
+            crate::sys::cgroups::resolve(dir).map_err(Failure::Usage)?;
         }
         if self.stacks == StackMode::Dwarf {
             let record =
@@ -319,7 +318,7 @@ impl From<anyhow::Error> for Failure {
 /// Pids must name running processes.
 pub fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
     for &pid in pids {
-        if pid == 0 || !procscan::exists(proc_root, pid) {
+        if pid == 0 || !proc::exists(proc_root, pid) {
             return Err(Failure::Usage(format!("no process with pid {pid}")));
         }
     }
@@ -356,7 +355,7 @@ pub fn main() -> ExitCode {
             .and_then(|()| args.session.trace.validate())
             .and_then(|()| validate_output(args.session.output.as_deref()))
             .and_then(|()| {
-                let program = crate::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
+                let program = crate::sys::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
                 let gated = crate::adhoc::start_command(args, program)?;
                 let mut trace = args.session.trace.clone();
                 trace.pids.push(gated.pid);

@@ -10,18 +10,20 @@ use std::{
 use log::debug;
 
 use crate::{
-    decode::{self, Decoded, PythonFrames as WalkedFrames},
     model::{
         event::{Event, Op},
         fd::{FdKind, SiteId},
         fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
         sites::{SiteCounters, SiteStats},
     },
-    procscan::{self, SocketTables},
     python::PythonFrames,
     report::{Corrections, EventCounts},
     stacks::StackRegistry,
-    syscalls::SyscallTable,
+    sys::{
+        decode::{self, Decoded, PythonFrames as WalkedFrames},
+        proc::{self, SocketTables},
+        syscalls::SyscallTable,
+    },
     unwind::StackSample,
 };
 
@@ -48,9 +50,9 @@ pub trait StackSource {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
 }
 
-impl StackSource for crate::bpf::Tracer {
+impl StackSource for crate::sys::Tracer {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
-        crate::bpf::Tracer::read_stack(self, stack_id)
+        crate::sys::Tracer::read_stack(self, stack_id)
     }
 }
 
@@ -266,7 +268,7 @@ impl Engine {
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
-                if let Some(o) = procscan::observe_fd(&self.proc_root, event.tgid, fd, None) {
+                if let Some(o) = proc::observe_fd(&self.proc_root, event.tgid, fd, None) {
                     self.table.set_kind(event.tgid, fd, o.kind, o.detail);
                 }
             }
@@ -332,7 +334,7 @@ impl Engine {
                     self.stacks.forget(*tgid);
                     self.stacks.capture_maps(*tgid);
                     self.python.seen(*tgid, ts_ns);
-                    self.cmdlines.insert(*tgid, procscan::cmdline(&self.proc_root, *tgid));
+                    self.cmdlines.insert(*tgid, proc::cmdline(&self.proc_root, *tgid));
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
@@ -362,11 +364,11 @@ impl Engine {
         let mut loaded = 0;
         let mut out = Vec::new();
         for &pid in pids {
-            let Ok(fds) = procscan::observe_fds(&self.proc_root, pid, Some(sockets.for_process(pid))) else {
+            let Ok(fds) = proc::observe_fds(&self.proc_root, pid, Some(sockets.for_process(pid))) else {
                 continue;
             };
-            let comm = procscan::comm(&self.proc_root, pid).unwrap_or_default();
-            self.cmdlines.insert(pid, procscan::cmdline(&self.proc_root, pid));
+            let comm = proc::comm(&self.proc_root, pid).unwrap_or_default();
+            self.cmdlines.insert(pid, proc::cmdline(&self.proc_root, pid));
             self.stacks.capture_maps(pid);
             loaded += fds.len();
             self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
@@ -378,13 +380,13 @@ impl Engine {
     /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
     /// what events already said stays.
     fn load_missing(&mut self, tgid: u32, now_ns: u64, out: &mut Vec<Transition>) {
-        let Ok(fds) = procscan::observe_fds(&self.proc_root, tgid, None) else { return };
+        let Ok(fds) = proc::observe_fds(&self.proc_root, tgid, None) else { return };
         let known = self.table.process(tgid).map(|p| p.fds.keys().copied().collect::<HashSet<i32>>());
         let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
-        let comm = procscan::comm(&self.proc_root, tgid).unwrap_or_default();
+        let comm = proc::comm(&self.proc_root, tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
         self.stacks.capture_maps(tgid);
-        self.cmdlines.entry(tgid).or_insert_with(|| procscan::cmdline(&self.proc_root, tgid));
+        self.cmdlines.entry(tgid).or_insert_with(|| proc::cmdline(&self.proc_root, tgid));
     }
 
     /// First half of reconciliation: read /proc for every tracked process.
@@ -392,9 +394,9 @@ impl Engine {
         let pids: Vec<u32> = self.table.processes().map(|(tgid, _)| tgid).collect();
         let mut observed = HashMap::new();
         for pid in pids {
-            if let Ok(fds) = procscan::observe_fds(&self.proc_root, pid, None) {
+            if let Ok(fds) = proc::observe_fds(&self.proc_root, pid, None) {
                 observed.insert(pid, fds);
-            } else if !procscan::exists(&self.proc_root, pid) {
+            } else if !proc::exists(&self.proc_root, pid) {
                 // Gone without an exit event (lost): forget it.
                 self.before_removal(pid);
                 let mut out = Vec::new();
@@ -426,7 +428,7 @@ impl Engine {
     /// The command line of a tracked process (cached; read from /proc on first use).
     pub fn cmdline(&mut self, tgid: u32) -> Option<String> {
         let root = self.proc_root.clone();
-        self.cmdlines.entry(tgid).or_insert_with(|| procscan::cmdline(&root, tgid)).clone()
+        self.cmdlines.entry(tgid).or_insert_with(|| proc::cmdline(&root, tgid)).clone()
     }
 
     /// Fill in comm for processes first seen through an event, from /proc.
@@ -434,7 +436,7 @@ impl Engine {
         let unnamed: Vec<u32> =
             self.table.processes().filter(|(_, p)| p.comm.is_empty()).map(|(t, _)| t).collect();
         for tgid in unnamed {
-            if let Some(comm) = procscan::comm(&self.proc_root, tgid) {
+            if let Some(comm) = proc::comm(&self.proc_root, tgid) {
                 self.table.set_comm(tgid, comm);
             }
         }
@@ -444,5 +446,5 @@ impl Engine {
 /// Kinds by fd of what a process has open, as the kernel says: the ground truth tests compare
 /// the table against.
 pub fn proc_kinds(proc_root: &Path, pid: u32) -> std::io::Result<BTreeMap<i32, FdKind>> {
-    Ok(procscan::observe_fds(proc_root, pid, None)?.into_iter().map(|(fd, o)| (fd, o.kind)).collect())
+    Ok(proc::observe_fds(proc_root, pid, None)?.into_iter().map(|(fd, o)| (fd, o.kind)).collect())
 }

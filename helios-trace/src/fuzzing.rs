@@ -4,7 +4,11 @@
 //!
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/integration/fuzz_corpus.rs). None may panic.
-use crate::{bpf::checks, decode, modules::ProcessMaps, procscan, python, syscalls::SyscallTable};
+use crate::{
+    modules::ProcessMaps,
+    python,
+    sys::{checks, decode, proc, syscalls::SyscallTable},
+};
 
 /// A ring-buffer record.
 pub fn record(data: &[u8]) {
@@ -26,7 +30,7 @@ pub fn maps(data: &[u8]) {
 /// /proc/PID/fdinfo/FD text, /proc/self/status, a tracepoint format file, a kernel release.
 pub fn proc_text(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = procscan::parse_fdinfo_cloexec(&text);
+    let _ = proc::parse_fdinfo_cloexec(&text);
     let _ = checks::effective_capabilities(&text);
     let _ = checks::tracepoint_field_offset(&text, "group_dead");
     let _ = checks::kernel_version(&text);
@@ -36,7 +40,7 @@ pub fn proc_text(data: &[u8]) {
 pub fn fd_link(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(target) = text.parse::<procfs::process::FDTarget>() {
-        let _ = procscan::classify(&target, || {
+        let _ = proc::classify(&target, || {
             Some(u32::from_le_bytes([data.first().copied().unwrap_or(0), 0x80, 0, 0]))
         });
     }

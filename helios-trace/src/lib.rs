@@ -7,30 +7,22 @@
 //! [`resources`], [`modules`], [`python`] and [`bpf::checks`] today; ARCHITECTURE.md, "Where each
 //! stage lives", says where each stage goes (/proc readers into `sys/`).
 pub mod adhoc;
-pub mod bpf;
 pub mod cache;
-pub mod cgroups;
 pub mod cli;
-pub mod clock;
-pub mod decode;
 pub mod engine;
 pub mod fuzzing;
 pub mod http;
-pub mod launch;
 pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod modules;
-pub mod procscan;
 pub mod python;
 pub mod report;
-pub mod resources;
 pub mod serve;
 pub mod session;
-pub mod sockdiag;
 pub mod stacks;
 pub mod symbolize;
-pub mod syscalls;
+pub mod sys;
 pub mod unwind;
 
 // A dev-dependency of tests/integration only; the unit tests see it too.

@@ -33,9 +33,9 @@ use crate::{
         fdtable::{FdChange, FdTable, OpenFd, Transition},
         workload::Workload,
     },
-    procscan::Usage,
     report::Corrections,
     stacks::Frame,
+    sys::proc::Usage,
 };
 
 /// The `site` label of the folded sites.

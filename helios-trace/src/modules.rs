@@ -19,7 +19,7 @@ use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use thiserror::Error;
 
-use crate::procscan;
+use crate::sys::proc;
 
 /// What identifies a file on the machine: (device, inode) as /proc/PID/maps shows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,7 +200,7 @@ impl ModuleFiles {
                 Some(file) => file,
                 None if room == 0 => continue,
                 None => {
-                    let Ok(file) = procscan::open_mapped_file(
+                    let Ok(file) = proc::open_mapped_file(
                         proc_root,
                         tgid,
                         mapping.start,

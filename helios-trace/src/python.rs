@@ -28,8 +28,8 @@ use crate::{
     cache::{BoundedLru, Weight},
     model::fd::SiteId,
     modules::{Mapping, ProcessMaps},
-    procscan,
     stacks::{Frame, StackRegistry},
+    sys::proc,
 };
 
 /// Oldest and newest CPython minor versions whose layouts are known.
@@ -569,7 +569,7 @@ fn attach(
     let mut offsets = layout.kernel;
     offsets.interpreters_head = runtime + layout.interpreters_head;
     offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
-    let tids = procscan::tids(proc_root, pid);
+    let tids = proc::tids(proc_root, pid);
     let interp = memory.u64(offsets.interpreters_head)?;
     if interp == 0 {
         return Err(PythonError::NotReady);
@@ -652,9 +652,8 @@ fn runtime_address(
         .filter(|m| m.key == mapping.key)
         .min_by_key(|m| m.file_offset)
         .unwrap_or(mapping);
-    let file =
-        procscan::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
-            .map_err(|e| elf_error(e.to_string()))?;
+    let file = proc::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
+        .map_err(|e| elf_error(e.to_string()))?;
     // SAFETY: a read-only private mapping only read through object's bounds-checked parser;
     // an interpreter being run is not rewritten in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;

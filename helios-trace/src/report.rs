@@ -192,7 +192,7 @@ pub struct FdFacts {
 pub struct ProcessFacts {
     pub fd_limit: Option<u64>,
     pub rss_bytes: Option<u64>,
-    pub cgroup: Option<crate::resources::CgroupMemory>,
+    pub cgroup: Option<crate::sys::proc::resources::CgroupMemory>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -484,14 +484,19 @@ fn resources(
     let mut resources = Resources {
         fd_limit: facts.fd_limit,
         fd_growth_per_hour: fd_rate.map(|r| r * HOUR),
-        fd_exhaustion_seconds: crate::resources::exhaustion_seconds(facts.fd_limit, open_fds, fd_rate),
+        fd_exhaustion_seconds: crate::sys::proc::resources::exhaustion_seconds(
+            facts.fd_limit,
+            open_fds,
+            fd_rate,
+        ),
         rss_bytes: facts.rss_bytes,
         rss_growth_bytes_per_hour: rss_rate.map(|r| r * HOUR),
         memory_current_bytes: memory_current,
         memory_limit_bytes: memory_limit,
         memory_growth_bytes_per_hour: memory_rate.map(|r| r * HOUR),
-        memory_exhaustion_seconds: memory_current
-            .and_then(|current| crate::resources::exhaustion_seconds(memory_limit, current, memory_rate)),
+        memory_exhaustion_seconds: memory_current.and_then(|current| {
+            crate::sys::proc::resources::exhaustion_seconds(memory_limit, current, memory_rate)
+        }),
         socket_memory_bytes: sites.iter().filter_map(|s| s.socket_memory_bytes).sum(),
         summary: None,
     };
@@ -566,7 +571,7 @@ fn signed_count(n: f64) -> String {
 }
 
 /// The TCP state of a socket whose peer closed its end while this side still holds it open
-/// (include/net/tcp_states.h TCP_CLOSE_WAIT; the name procscan gives it).
+/// (include/net/tcp_states.h TCP_CLOSE_WAIT; the name sys/proc gives it).
 pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
 
 fn closed_by(counters: &SiteCounters) -> BTreeMap<CloseReason, u64> {

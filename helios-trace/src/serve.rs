@@ -13,12 +13,11 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     cli::ServeArgs,
-    clock,
     http::{self, Limits, Snapshot},
     metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     model::{fdtable::FdTable, workload::Workload},
-    procscan,
     session::{self, Tick, Tracing},
+    sys::{clock, proc},
 };
 
 /// Bind the address to serve on (before attaching: a port in use is a quick, clear failure).
@@ -127,7 +126,7 @@ impl Exporter {
             tracked_fds: engine.table.fd_count() as u64,
             corrections: tracing.corrections(),
             dropped: engine.table.dropped(),
-            usage: procscan::usage(&self.proc_root, std::process::id()),
+            usage: proc::usage(&self.proc_root, std::process::id()),
         };
         publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));
     }
@@ -145,11 +144,11 @@ impl Identify for ProcIdentify<'_> {
             .process(tgid)
             .map(|p| p.comm.clone())
             .filter(|c| !c.is_empty())
-            .or_else(|| procscan::comm(self.proc_root, tgid))
+            .or_else(|| proc::comm(self.proc_root, tgid))
             .unwrap_or_default()
     }
 
     fn workload(&mut self, tgid: u32) -> Option<Workload> {
-        procscan::cgroup(self.proc_root, tgid).map(|text| Workload::from_proc_cgroup(&text))
+        proc::cgroup(self.proc_root, tgid).map(|text| Workload::from_proc_cgroup(&text))
     }
 }

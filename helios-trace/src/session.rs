@@ -20,19 +20,22 @@ use tokio::{
 };
 
 use crate::{
-    bpf::{TraceConfig, Tracer, checks},
-    cgroups::{self, TargetCgroup},
     cli::{PythonFrames, StackMode, TraceArgs},
-    clock,
     engine::Engine,
     model::{
         fd::{FdDetail, FdKind, printable},
         fdtable::{Limits, OpenFd},
         history::{History, ProcessSample},
     },
-    procscan::{self, SocketTables},
     report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
-    resources, sockdiag,
+    sys::{
+        TraceConfig, Tracer,
+        cgroups::{self, TargetCgroup},
+        checks, clock,
+        proc::resources,
+        proc::{self, SocketTables},
+        sockdiag,
+    },
 };
 
 /// How often the ring buffer is drained even without a wake-up (the kernel batches wake-ups
@@ -159,7 +162,7 @@ impl Tracing {
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
         let pids: Vec<u32> = if args.pids.is_empty() && cgroups.is_empty() {
-            procscan::pids(proc_root).into_iter().filter(|p| *p != own).collect()
+            proc::pids(proc_root).into_iter().filter(|p| *p != own).collect()
         } else {
             let mut pids = args.pids.clone();
             pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| *p != own));
@@ -451,7 +454,7 @@ impl<'a> SocketJoin<'a> {
         let key = (tgid, fd, entry.opened_ns);
         let inode = match self.known.get(&key).or_else(|| self.seen.get(&key)) {
             Some(inode) => *inode,
-            None => procscan::socket_inode(self.proc_root, tgid, fd)?,
+            None => proc::socket_inode(self.proc_root, tgid, fd)?,
         };
         self.seen.insert(key, inode);
         Some(inode)
@@ -467,7 +470,7 @@ impl<'a> SocketJoin<'a> {
         memory.get(&inode).map(|m| m.buffer_bytes())
     }
 
-    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&procscan::SocketInfo> {
+    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&proc::SocketInfo> {
         if entry.kind != FdKind::Socket {
             return None;
         }
@@ -490,7 +493,7 @@ impl<'a> SocketJoin<'a> {
                 FdFacts { tcp_state, socket_memory, pinned_bytes: None }
             }
             FdKind::Memfd => FdFacts {
-                pinned_bytes: procscan::allocated_bytes(self.proc_root, tgid, fd),
+                pinned_bytes: proc::allocated_bytes(self.proc_root, tgid, fd),
                 ..FdFacts::default()
             },
             _ => FdFacts::default(),
@@ -514,7 +517,7 @@ pub fn describe_fd(
         FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
         FdDetail::Pid(pid) => Some(format!("pid {pid}")),
         FdDetail::Socket { .. } | FdDetail::None if entry.kind == crate::model::fd::FdKind::Socket => {
-            let inode = procscan::socket_inode(proc_root, tgid, fd)?;
+            let inode = proc::socket_inode(proc_root, tgid, fd)?;
             sockets.for_process(tgid).get(inode).map(|s| s.describe())
         }
         _ => None,

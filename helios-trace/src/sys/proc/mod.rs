@@ -10,6 +10,8 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
+pub mod resources;
+
 use crate::model::fd::{FdDetail, FdKind, printable};
 use crate::model::fdtable::ObservedFd;
 

@@ -1,6 +1,6 @@
 //! `--cgroup DIR`: trace the processes of a cgroup v2 directory and of every cgroup below it,
 //! those that start there later included. The kernel programs compare the ids of each task's
-//! cgroup ancestors with the targets' ids (bpf/loader.rs fills the map), so this only resolves
+//! cgroup ancestors with the targets' ids (sys/loader.rs fills the map), so this only resolves
 //! a directory to its id and lists the processes already there for the /proc baseline.
 use std::{
     fs,

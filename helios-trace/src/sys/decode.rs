@@ -13,7 +13,7 @@ use crate::{
         event::{Event, FdList, Op, StackIds},
         fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     },
-    syscalls::{Call, SyscallTable},
+    sys::syscalls::{Call, SyscallTable},
     unwind::StackSample,
 };
 

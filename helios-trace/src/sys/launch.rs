@@ -161,7 +161,7 @@ pub fn start_gated(program: PathBuf, argv: &[OsString], identity: Option<Identit
         .spawn(move || match command.spawn() {
             Ok(mut child) => {
                 // The child exec'd (with what it needed to change user); waiting needs nothing.
-                crate::bpf::privileges::drop_all_on_this_thread();
+                crate::sys::privileges::drop_all_on_this_thread();
                 let _ = spawned_tx.send(Ok(()));
                 drop(command);
                 if let Ok(exit) = child.wait() {

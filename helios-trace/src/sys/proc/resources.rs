@@ -99,7 +99,7 @@ pub fn cgroup_memory(cgroup_root: &Path, cgroup: &MemoryCgroup) -> Option<Cgroup
 }
 
 pub fn process_cgroup_memory(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<CgroupMemory> {
-    let cgroup = parse_memory_cgroup(&crate::procscan::cgroup(proc_root, pid)?)?;
+    let cgroup = parse_memory_cgroup(&crate::sys::proc::cgroup(proc_root, pid)?)?;
     cgroup_memory(cgroup_root, &cgroup)
 }
 

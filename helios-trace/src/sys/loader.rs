@@ -16,7 +16,7 @@ use helios_trace_common::{PythonOffsets, SETTINGS_GLOBAL, Settings, counter, map
 use log::{info, warn};
 
 use super::checks;
-use crate::syscalls::SyscallTable;
+use crate::sys::syscalls::SyscallTable;
 
 /// The kernel programs, built by build.rs for the bpf target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helios-trace"));
