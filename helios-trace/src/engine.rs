@@ -16,15 +16,13 @@ use crate::{
         fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
         sites::{SiteCounters, SiteStats},
     },
-    python::PythonFrames,
     report::{Corrections, EventCounts},
-    stacks::StackRegistry,
+    resolve::{python::PythonFrames, stacks::StackRegistry, unwind::StackSample},
     sys::{
         decode::{self, Decoded, PythonFrames as WalkedFrames},
         proc::{self, SocketTables},
         syscalls::SyscallTable,
     },
-    unwind::StackSample,
 };
 
 /// What `take_transitions` hands the exporter, in order.

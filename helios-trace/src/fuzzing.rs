@@ -5,8 +5,7 @@
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/integration/fuzz_corpus.rs). None may panic.
 use crate::{
-    modules::ProcessMaps,
-    python,
+    resolve::{modules::ProcessMaps, python},
     sys::{checks, decode, proc, syscalls::SyscallTable},
 };
 

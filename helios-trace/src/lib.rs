@@ -7,7 +7,6 @@
 //! [`resources`], [`modules`], [`python`] and [`bpf::checks`] today; ARCHITECTURE.md, "Where each
 //! stage lives", says where each stage goes (/proc readers into `sys/`).
 pub mod adhoc;
-pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod fuzzing;
@@ -15,15 +14,11 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod model;
-pub mod modules;
-pub mod python;
 pub mod report;
+pub mod resolve;
 pub mod serve;
 pub mod session;
-pub mod stacks;
-pub mod symbolize;
 pub mod sys;
-pub mod unwind;
 
 // A dev-dependency of tests/integration only; the unit tests see it too.
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::{
         workload::Workload,
     },
     report::Corrections,
-    stacks::Frame,
+    resolve::stacks::Frame,
     sys::proc::Usage,
 };
 
@@ -507,7 +507,7 @@ fn comm_label(comm: &str) -> String {
 /// The `frame` label of a site: its most telling frame (stacks::site_label: the innermost frame
 /// of the application's own code), bounded for a label value.
 pub fn site_frame_label(frames: &[Frame]) -> String {
-    crate::stacks::site_label(frames)
+    crate::resolve::stacks::site_label(frames)
         .map(|label| printable(label.as_bytes(), FRAME_CHARS))
         .unwrap_or_default()
 }
@@ -719,7 +719,7 @@ mod tests {
             event::{Event, Op, StackIds},
             fd::FdDetail,
         },
-        stacks::Language,
+        resolve::stacks::Language,
     };
 
     const SEC: u64 = 1_000_000_000;

@@ -19,7 +19,7 @@ use crate::{
         sites::{SiteCounters, SiteStats},
         trend::{self, Evidence, Trend},
     },
-    stacks::{self, Frame},
+    resolve::stacks::{self, Frame},
 };
 
 /// Version of the JSON layout; fields are only ever added within a version.
@@ -773,7 +773,7 @@ mod tests {
             fd::FdDetail,
             fdtable::{FdChange, ObservedFd, Transition},
         },
-        stacks::Language,
+        resolve::stacks::Language,
     };
 
     fn open_event(tgid: u32, fd: i32, ts_ns: u64, kind: FdKind) -> Event {

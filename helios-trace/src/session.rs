@@ -147,7 +147,7 @@ impl Tracing {
                 missing.join(" and ")
             );
         }
-        if let Err(err) = crate::modules::raise_open_files_limit() {
+        if let Err(err) = crate::resolve::modules::raise_open_files_limit() {
             log::warn!("cannot raise the open files limit ({err}): stacks of many processes may go unnamed");
         }
         let started_at = SystemTime::now();

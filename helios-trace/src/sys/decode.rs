@@ -13,8 +13,8 @@ use crate::{
         event::{Event, FdList, Op, StackIds},
         fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     },
+    resolve::unwind::StackSample,
     sys::syscalls::{Call, SyscallTable},
-    unwind::StackSample,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -22,11 +22,13 @@ use fnv::FnvHasher;
 use serde::{Serialize, Serializer};
 
 use crate::{
-    cache::{BoundedLru, Weight},
     model::{event::StackIds, fd::SiteId},
-    modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
-    symbolize::{Symbol, Symbolizer},
-    unwind::{ProcessUnwinder, StackSample, UnwindCache},
+    resolve::{
+        cache::{BoundedLru, Weight},
+        modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
+        symbolize::{Symbol, Symbolizer},
+        unwind::{ProcessUnwinder, StackSample, UnwindCache},
+    },
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -574,7 +576,7 @@ impl StackRegistry {
     }
 
     /// The parsed module of `file`; what was derived from modules the cache let go is dropped.
-    fn loaded(&mut self, file: &Arc<crate::modules::ModuleFile>) -> Option<Arc<LoadedModule>> {
+    fn loaded(&mut self, file: &Arc<crate::resolve::modules::ModuleFile>) -> Option<Arc<LoadedModule>> {
         let mut evicted = Vec::new();
         let loaded = self.modules.get(file, &mut evicted);
         for old in evicted {
@@ -617,7 +619,7 @@ impl StackRegistry {
         true
     }
 
-    fn unwind_with_image(&mut self, tgid: u32, sample: &StackSample<'_>) -> crate::unwind::Unwound {
+    fn unwind_with_image(&mut self, tgid: u32, sample: &StackSample<'_>) -> crate::resolve::unwind::Unwound {
         if self.process(tgid).unwinder.is_none() {
             let modules = self.process(tgid).image.as_ref().map(|i| i.modules.clone()).unwrap_or_default();
             let mut unwinder = ProcessUnwinder::default();
@@ -667,7 +669,11 @@ impl StackRegistry {
     }
 
     /// The functions at a file offset of a module (cached per module).
-    fn symbols(&mut self, file: &Arc<crate::modules::ModuleFile>, file_offset: u64) -> Arc<[Symbol]> {
+    fn symbols(
+        &mut self,
+        file: &Arc<crate::resolve::modules::ModuleFile>,
+        file_offset: u64,
+    ) -> Arc<[Symbol]> {
         let Some(loaded) = self.loaded(file) else { return Arc::from([]) };
         let Some(svma) = loaded.svma_of_offset(file_offset) else { return Arc::from([]) };
         let key = (loaded.file.key, svma);
@@ -970,7 +976,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn a_captured_sample_becomes_a_named_site() {
-        use crate::unwind::tests::{captured, data};
+        use crate::resolve::unwind::tests::{captured, data};
 
         let captured = captured("sample");
         let procfs = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use framehop::{
 };
 use helios_trace_common::{USER_REGS_WORDS, user_stack_flags};
 
-use crate::modules::{LoadedModule, ProcessModule, SectionBytes};
+use crate::resolve::modules::{LoadedModule, ProcessModule, SectionBytes};
 
 /// Frames beyond this many are not followed (recursion, or a corrupt stack).
 pub const MAX_FRAMES: usize = 128;
@@ -165,7 +165,7 @@ pub(crate) mod tests {
     use helios_trace_common::regs_x86_64;
 
     use super::*;
-    use crate::modules::{ModuleFile, ProcessImage, ProcessMaps};
+    use crate::resolve::modules::{ModuleFile, ProcessImage, ProcessMaps};
 
     pub fn data(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/unwind").join(name)

@@ -25,10 +25,12 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
 use crate::{
-    cache::{BoundedLru, Weight},
     model::fd::SiteId,
-    modules::{Mapping, ProcessMaps},
-    stacks::{Frame, StackRegistry},
+    resolve::{
+        cache::{BoundedLru, Weight},
+        modules::{Mapping, ProcessMaps},
+        stacks::{Frame, StackRegistry},
+    },
     sys::proc,
 };
 
@@ -269,7 +271,7 @@ pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, Pyt
 /// The CPython version a mapped file's name says: `python3.11`, `libpython3.12.so.1.0`
 /// give Some(Ok(minor)); other Pythons an error; anything else None.
 pub fn version_of(path: &str) -> Option<Result<u32, PythonError>> {
-    let name = crate::stacks::basename(path);
+    let name = crate::resolve::stacks::basename(path);
     let rest = name.strip_prefix("lib").unwrap_or(name).strip_prefix("python")?;
     if rest.starts_with('2') {
         return Some(Err(PythonError::Python2));
@@ -542,7 +544,7 @@ fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, PythonError>>
     let candidates = |lib: bool| {
         maps.mappings()
             .iter()
-            .filter(move |m| crate::stacks::basename(&m.path).starts_with("libpython") == lib)
+            .filter(move |m| crate::resolve::stacks::basename(&m.path).starts_with("libpython") == lib)
             .find_map(|m| version_of(&m.path).map(|v| (m, v)))
     };
     let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
@@ -892,8 +894,11 @@ mod tests {
     /// for each interpreter on the machine.
     #[test]
     fn line_tables_of_real_code_objects() {
-        let fixtures: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/data/python-linetables.json")).unwrap();
+        let fixtures: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/python-linetables.json"
+        )))
+        .unwrap();
         let mut checked = std::collections::BTreeSet::new();
         for code in fixtures.as_array().unwrap() {
             let minor = code["minor"].as_u64().unwrap() as u32;

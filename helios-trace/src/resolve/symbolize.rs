@@ -13,7 +13,7 @@ use blazesym::{
     },
 };
 
-use crate::modules::LoadedModule;
+use crate::resolve::modules::LoadedModule;
 
 /// One function an address lies in. An address inside inlined code lies in several: the
 /// inlined ones (innermost first, `inlined`), then the function the code was inlined into.
@@ -112,7 +112,7 @@ fn symbols(sym: &Sym<'_>) -> Vec<Symbol> {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::{
+    use crate::resolve::{
         modules::{LoadedModule, ModuleFile, ProcessModule},
         unwind::{StackSample, UnwindCache, tests::*},
     };
@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn forgetting_a_module_and_symbolizing_it_again() {
         let file = Arc::new(ModuleFile::new(
-            crate::modules::FileKey { dev: 0, inode: 0 },
+            crate::resolve::modules::FileKey { dev: 0, inode: 0 },
             Arc::from("sample"),
             std::fs::File::open(data("sample")).unwrap(),
         ));
