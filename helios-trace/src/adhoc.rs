@@ -20,8 +20,10 @@ use tokio::{
 
 use crate::{
     cli::{Format, RunArgs, SessionArgs, View},
-    live::{self, LiveView},
-    report::{self, CommandReport, Report},
+    output::{
+        live::{self, LiveView},
+        report::{self, CommandReport, Report},
+    },
     session::{Tick, Tracing, stop_signal},
     sys::launch::{self, Gated, Identity},
 };

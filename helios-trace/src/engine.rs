@@ -16,7 +16,7 @@ use crate::{
         fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
         sites::{SiteCounters, SiteStats},
     },
-    report::{Corrections, EventCounts},
+    output::report::{Corrections, EventCounts},
     resolve::{python::PythonFrames, stacks::StackRegistry, unwind::StackSample},
     sys::{
         decode::{self, Decoded, PythonFrames as WalkedFrames},

@@ -13,9 +13,11 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     cli::ServeArgs,
-    http::{self, Limits, Snapshot},
-    metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     model::{fdtable::FdTable, workload::Workload},
+    output::{
+        http::{self, Limits, Snapshot},
+        metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
+    },
     session::{self, Tick, Tracing},
     sys::{clock, proc},
 };

@@ -27,7 +27,7 @@ use crate::{
         fdtable::{Limits, OpenFd},
         history::{History, ProcessSample},
     },
-    report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
+    output::report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
     sys::{
         TraceConfig, Tracer,
         cgroups::{self, TargetCgroup},

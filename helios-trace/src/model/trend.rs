@@ -236,7 +236,7 @@ fn explain(growth_per_minute: f64, t: &Trend, min_age: Duration) -> String {
     format!(
         "{} for {}; {fate}; {} older than {} (trend p={:.0e})",
         rate(growth_per_minute),
-        crate::report::human_duration(t.window_seconds),
+        crate::output::report::human_duration(t.window_seconds),
         thousands(t.older_than_min_age),
         humantime::format_duration(min_age),
         t.p_value.max(1e-300),

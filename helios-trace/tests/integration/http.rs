@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::support::http_get;
-use helios_trace::{
+use helios_trace::output::{
     http::{self, Limits, Snapshot},
     metrics::{Exported, SelfMetrics},
 };

@@ -33,7 +33,7 @@ use crate::{
         fd::{CloseReason, SiteId},
         trend::{rate, thousands},
     },
-    report::{ProcessReport, Report, SiteReport, bytes, human_duration, plural},
+    output::report::{ProcessReport, Report, SiteReport, bytes, human_duration, plural},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -627,7 +627,7 @@ mod tests {
     use super::*;
     use crate::{
         model::fd::FdKind,
-        report::{Corrections, EventCounts},
+        output::report::{Corrections, EventCounts},
     };
 
     fn site(id: &str, kind: FdKind, open: u64, growth: Option<f64>, suspected: bool) -> SiteReport {
@@ -665,7 +665,7 @@ mod tests {
             exited: false,
             suspected_leaks: sites.iter().filter(|s| s.suspected_leak).count() as u64,
             growth_per_minute: sites.iter().filter_map(|s| s.growth_per_minute).sum(),
-            resources: Some(crate::report::Resources {
+            resources: Some(crate::output::report::Resources {
                 rss_bytes: Some(240_000_000),
                 fd_exhaustion_seconds: (pid == 20).then_some(33_120.0),
                 ..Default::default()

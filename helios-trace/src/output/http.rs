@@ -30,7 +30,7 @@ use hyper_util::{
 use log::{debug, warn};
 use tokio::{net::TcpListener, sync::Semaphore, sync::watch};
 
-use crate::metrics::{self, Exported, SelfMetrics, SiteFrames};
+use crate::output::metrics::{self, Exported, SelfMetrics, SiteFrames};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

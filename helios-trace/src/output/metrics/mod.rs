@@ -33,7 +33,7 @@ use crate::{
         fdtable::{FdChange, FdTable, OpenFd, Transition},
         workload::Workload,
     },
-    report::Corrections,
+    output::report::Corrections,
     resolve::stacks::Frame,
     sys::proc::Usage,
 };
