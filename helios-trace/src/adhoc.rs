@@ -20,11 +20,11 @@ use tokio::{
 
 use crate::{
     cli::{Format, RunArgs, SessionArgs, View},
+    observe::session::{Tick, Tracing, stop_signal},
     output::{
         live::{self, LiveView},
         report::{self, CommandReport, Report},
     },
-    session::{Tick, Tracing, stop_signal},
     sys::launch::{self, Gated, Identity},
 };
 

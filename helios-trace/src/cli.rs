@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use helios_trace_common::{MAX_STACK_WINDOW, SyscallEvent, UserStack, stack_mode};
 
 use crate::{
-    session::Tracing,
+    observe::session::Tracing,
     sys::{checks::CheckError, privileges, proc},
 };
 

@@ -8,13 +8,12 @@
 //! stage lives", says where each stage goes (/proc readers into `sys/`).
 pub mod adhoc;
 pub mod cli;
-pub mod engine;
 pub mod fuzzing;
 pub mod model;
+pub mod observe;
 pub mod output;
 pub mod resolve;
 pub mod serve;
-pub mod session;
 pub mod sys;
 
 // A dev-dependency of tests/integration only; the unit tests see it too.

@@ -14,11 +14,11 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     cli::ServeArgs,
     model::{fdtable::FdTable, workload::Workload},
+    observe::session::{self, Tick, Tracing},
     output::{
         http::{self, Limits, Snapshot},
         metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     },
-    session::{self, Tick, Tracing},
     sys::{clock, proc},
 };
 

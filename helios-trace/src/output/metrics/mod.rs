@@ -27,12 +27,12 @@ use prometheus::{Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaug
 use serde::Serialize;
 
 use crate::{
-    engine::Kept,
     model::{
         fd::{FdKind, SiteId, printable},
         fdtable::{FdChange, FdTable, OpenFd, Transition},
         workload::Workload,
     },
+    observe::engine::Kept,
     output::report::Corrections,
     resolve::stacks::Frame,
     sys::proc::Usage,
@@ -714,11 +714,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        engine::{Engine, StackSource},
         model::{
             event::{Event, Op, StackIds},
             fd::FdDetail,
         },
+        observe::engine::{Engine, StackSource},
         resolve::stacks::Language,
     };
 

@@ -11,7 +11,6 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    engine::ExitedProcess,
     model::{
         fd::{CloseReason, FdKind, SiteId},
         fdtable::{FdTable, OpenFd},
@@ -19,6 +18,7 @@ use crate::{
         sites::{SiteCounters, SiteStats},
         trend::{self, Evidence, Trend},
     },
+    observe::engine::ExitedProcess,
     resolve::stacks::{self, Frame},
 };
 

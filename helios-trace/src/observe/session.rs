@@ -21,12 +21,12 @@ use tokio::{
 
 use crate::{
     cli::{PythonFrames, StackMode, TraceArgs},
-    engine::Engine,
     model::{
         fd::{FdDetail, FdKind, printable},
         fdtable::{Limits, OpenFd},
         history::{History, ProcessSample},
     },
+    observe::engine::Engine,
     output::report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
     sys::{
         TraceConfig, Tracer,
