@@ -6,14 +6,13 @@
 //! [`http`]). Only [`bpf`] talks to the kernel's BPF side. /proc is read by [`procscan`],
 //! [`resources`], [`modules`], [`python`] and [`bpf::checks`] today; ARCHITECTURE.md, "Where each
 //! stage lives", says where each stage goes (/proc readers into `sys/`).
-pub mod adhoc;
 pub mod cli;
+pub mod commands;
 pub mod fuzzing;
 pub mod model;
 pub mod observe;
 pub mod output;
 pub mod resolve;
-pub mod serve;
 pub mod sys;
 
 // A dev-dependency of tests/integration only; the unit tests see it too.

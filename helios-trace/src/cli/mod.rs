@@ -345,10 +345,12 @@ pub fn main() -> ExitCode {
         // then starts the runtime: capabilities are per thread, and its threads inherit ours.
         Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids).and_then(|()| {
             args.trace.validate()?;
-            let listener = crate::serve::bind(args)?;
+            let listener = crate::commands::serve::bind(args)?;
             let tracing = Tracing::start(&args.trace, &args.proc_root)?;
             privileges::drop_after_attach(&privileges::needed_by(&args.trace))?;
-            runtime()?.block_on(crate::serve::run(args.clone(), listener, tracing)).map_err(Failure::from)?;
+            runtime()?
+                .block_on(crate::commands::serve::run(args.clone(), listener, tracing))
+                .map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Run(args)) => validate_pids(proc_root, &args.session.trace.pids)
@@ -356,7 +358,7 @@ pub fn main() -> ExitCode {
             .and_then(|()| validate_output(args.session.output.as_deref()))
             .and_then(|()| {
                 let program = crate::sys::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
-                let gated = crate::adhoc::start_command(args, program)?;
+                let gated = crate::commands::watch::start_command(args, program)?;
                 let mut trace = args.session.trace.clone();
                 trace.pids.push(gated.pid);
                 // Should this fail, dropping `gated` closes the gate: the command exits unrun.
@@ -365,7 +367,8 @@ pub fn main() -> ExitCode {
                 let mut keep = privileges::needed_by(&trace);
                 keep.push(caps::Capability::CAP_KILL);
                 privileges::drop_after_attach(&keep)?;
-                let status = runtime()?.block_on(crate::adhoc::run_command(args.clone(), gated, tracing))?;
+                let status =
+                    runtime()?.block_on(crate::commands::watch::run_command(args.clone(), gated, tracing))?;
                 Ok(ExitCode::from(status))
             }),
         None => validate_pids(proc_root, &cli.session.trace.pids)
@@ -375,7 +378,7 @@ pub fn main() -> ExitCode {
                 let tracing = Tracing::start(&cli.session.trace, proc_root)?;
                 privileges::drop_after_attach(&privileges::needed_by(&cli.session.trace))?;
                 runtime()?
-                    .block_on(crate::adhoc::session(cli.session.clone(), tracing))
+                    .block_on(crate::commands::watch::session(cli.session.clone(), tracing))
                     .map_err(Failure::from)?;
                 Ok(ExitCode::SUCCESS)
             }),
