@@ -157,8 +157,8 @@ pub struct TraceArgs {
     /// Python call stacks (function, file, line) of CPython 3.10-3.13 processes, merged with
     /// the native frames. Needs user stacks: with --stacks none there are no Python frames
     /// either. Other interpreters get native frames and one warning each.
-    #[arg(long, value_enum, default_value_t = PythonFrames::Auto)]
-    pub python_frames: PythonFrames,
+    #[arg(long, value_enum, default_value_t = PythonFramesMode::Auto)]
+    pub python_frames: PythonFramesMode,
     /// Compare the tables with /proc this often and correct them (0 turns it off).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub reconcile_interval: Duration,
@@ -194,7 +194,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PythonFrames {
+pub enum PythonFramesMode {
     /// Walk the Python frames of every CPython process recognised.
     Auto,
     /// Native frames only (no walk in the kernel, no reads of interpreter memory).

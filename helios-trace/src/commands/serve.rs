@@ -16,7 +16,7 @@ use crate::{
     model::{fdtable::FdTable, workload::Workload},
     observe::session::{self, Tick, Tracing},
     output::{
-        http::{self, Limits, Snapshot},
+        http::{self, ServerLimits, Snapshot},
         metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     },
     sys::{clock, proc},
@@ -46,7 +46,7 @@ pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: 
     // The address bound, not the one asked for: port 0 picks a free port.
     let address = listener.local_addr()?;
     let (publish, snapshots) = watch::channel(None);
-    let server = tokio::spawn(http::serve(listener, snapshots, Limits::default()));
+    let server = tokio::spawn(http::serve(listener, snapshots, ServerLimits::default()));
     tracing.engine.keep_transitions();
     let mut exporter = Exporter {
         aggregator: Aggregator::new(ExportConfig {

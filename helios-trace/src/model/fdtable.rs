@@ -76,8 +76,9 @@ pub struct ObservedFd {
     pub cloexec: bool,
 }
 
-/// What one reconciliation pass changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What reconciliation changed: in one pass, or summed over the session (the report's
+/// `reconcile_corrections`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Corrections {
     /// Open in the kernel, missing from the table: added under `unknown-origin`.
     pub added: u64,
@@ -89,14 +90,14 @@ pub struct Corrections {
 /// At a cap, what is already tracked is kept and what is new is dropped (and counted): the
 /// oldest open descriptors are the leaks this tool exists to show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub struct TableLimits {
     pub max_processes: usize,
     pub max_fds: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits { max_processes: 100_000, max_fds: 4_000_000 }
+impl Default for TableLimits {
+    fn default() -> TableLimits {
+        TableLimits { max_processes: 100_000, max_fds: 4_000_000 }
     }
 }
 
@@ -112,7 +113,7 @@ pub struct Dropped {
 #[derive(Debug, Default)]
 pub struct FdTable {
     processes: HashMap<u32, Process>,
-    limits: Limits,
+    limits: TableLimits,
     /// Descriptors in all tables (kept, not recounted: metrics read it every scrape).
     fds: usize,
     dropped: Dropped,
@@ -123,7 +124,7 @@ impl FdTable {
         FdTable::default()
     }
 
-    pub fn with_limits(limits: Limits) -> FdTable {
+    pub fn with_limits(limits: TableLimits) -> FdTable {
         FdTable { limits, ..FdTable::default() }
     }
 
@@ -773,7 +774,7 @@ mod tests {
 
     #[test]
     fn limits_keep_the_oldest_and_count_what_they_drop() {
-        let mut table = FdTable::with_limits(Limits { max_processes: 2, max_fds: 3 });
+        let mut table = FdTable::with_limits(TableLimits { max_processes: 2, max_fds: 3 });
         for fd in [3, 4, 5, 6] {
             apply(&mut table, 10, open(fd, FdKind::File, false), SITE_A);
         }

@@ -13,13 +13,13 @@ use crate::{
     model::{
         event::{Event, Op},
         fd::{FdKind, SiteId},
-        fdtable::{FdTable, Limits, ObservedFd, OpenFd, Process, Transition},
+        fdtable::{Corrections, FdTable, ObservedFd, OpenFd, Process, TableLimits, Transition},
         sites::{SiteCounters, SiteStats},
     },
-    output::report::{Corrections, EventCounts},
-    resolve::{python::PythonFrames, stacks::StackRegistry, unwind::StackSample},
+    output::report::EventCounts,
+    resolve::{python::PythonProcesses, stacks::StackRegistry, unwind::StackSample},
     sys::{
-        decode::{self, Decoded, PythonFrames as WalkedFrames},
+        decode::{self, Decoded, PythonFrames},
         proc::{self, SocketTables},
         syscalls::SyscallTable,
     },
@@ -89,9 +89,9 @@ pub struct Engine {
     pub stats: SiteStats,
     pub stacks: StackRegistry,
     /// CPython processes: where their frames are, and the names of walked frames.
-    pub python: PythonFrames,
+    pub python: PythonProcesses,
     /// The Python frames of the descriptor record that comes next.
-    walked: Option<WalkedFrames>,
+    walked: Option<PythonFrames>,
     syscalls: SyscallTable,
     proc_root: PathBuf,
     cmdlines: HashMap<u32, Option<String>>,
@@ -116,13 +116,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(proc_root: impl Into<PathBuf>, limits: Limits) -> Engine {
+    pub fn new(proc_root: impl Into<PathBuf>, limits: TableLimits) -> Engine {
         let proc_root = proc_root.into();
         Engine {
             table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
             stacks: StackRegistry::new(&proc_root),
-            python: PythonFrames::new(&proc_root),
+            python: PythonProcesses::new(&proc_root),
             walked: None,
             syscalls: SyscallTable::native(),
             proc_root,

@@ -20,14 +20,14 @@ use tokio::{
 };
 
 use crate::{
-    cli::{PythonFrames, StackMode, TraceArgs},
+    cli::{PythonFramesMode, StackMode, TraceArgs},
     model::{
         fd::{FdDetail, FdKind, printable},
-        fdtable::{Limits, OpenFd},
+        fdtable::{Corrections, OpenFd, TableLimits},
         history::{History, ProcessSample},
     },
     observe::engine::Engine,
-    output::report::{self, Corrections, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
+    output::report::{self, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
     sys::{
         TraceConfig, Tracer,
         cgroups::{self, TargetCgroup},
@@ -152,12 +152,12 @@ impl Tracing {
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
-        let limits = Limits { max_processes: args.max_processes, max_fds: args.max_fds };
+        let limits = TableLimits { max_processes: args.max_processes, max_fds: args.max_fds };
         let mut engine = Engine::new(proc_root, limits);
         engine.stacks.limit_sites(args.max_stacks);
         engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
         // The kernel walks Python frames only where it captures user stacks.
-        engine.python.enable(args.python_frames == PythonFrames::Auto && args.stacks != StackMode::None);
+        engine.python.enable(args.python_frames == PythonFramesMode::Auto && args.stacks != StackMode::None);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();

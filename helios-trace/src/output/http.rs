@@ -1,7 +1,7 @@
 //! The exporter's HTTP side: `GET /metrics`, `/healthz` and `/sites`, nothing else, and no
-//! attack surface: at most [`Limits::max_connections`] connections at a time (more are closed
+//! attack surface: at most [`ServerLimits::max_connections`] connections at a time (more are closed
 //! at once), one request per connection, request headers bounded in size and in the time they
-//! may take to arrive, every connection cut after [`Limits::connection_timeout`] (a client that
+//! may take to arrive, every connection cut after [`ServerLimits::connection_timeout`] (a client that
 //! does not read its response cannot hold one), and requests with a body refused.
 //!
 //! Handlers never touch the tracer: the tracing loop publishes a [`Snapshot`] once a second
@@ -33,7 +33,7 @@ use tokio::{net::TcpListener, sync::Semaphore, sync::watch};
 use crate::output::metrics::{self, Exported, SelfMetrics, SiteFrames};
 
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct ServerLimits {
     /// Connections served at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
     /// Request line and headers must arrive within this.
@@ -46,9 +46,9 @@ pub struct Limits {
     pub stale_after: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
             max_connections: 16,
             header_read_timeout: Duration::from_secs(5),
             // The smallest buffer hyper accepts; a scrape request is a few hundred bytes.
@@ -105,7 +105,7 @@ pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
 #[derive(Clone)]
 struct AppState {
     snapshots: Snapshots,
-    limits: Limits,
+    limits: ServerLimits,
 }
 
 impl AppState {
@@ -114,7 +114,7 @@ impl AppState {
     }
 }
 
-pub fn router(snapshots: Snapshots, limits: Limits) -> Router {
+pub fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
@@ -124,7 +124,7 @@ pub fn router(snapshots: Snapshots, limits: Limits) -> Router {
 }
 
 /// Accept connections until the task is dropped.
-pub async fn serve(listener: TcpListener, snapshots: Snapshots, limits: Limits) {
+pub async fn serve(listener: TcpListener, snapshots: Snapshots, limits: ServerLimits) {
     let app = router(snapshots, limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {

@@ -9,13 +9,13 @@ use std::{
 
 use crate::support::http_get;
 use helios_trace::output::{
-    http::{self, Limits, Snapshot},
+    http::{self, ServerLimits, Snapshot},
     metrics::{Exported, SelfMetrics},
 };
 use tokio::sync::watch;
 
 /// Short limits, so the test sees them act within seconds.
-const LIMITS: Limits = Limits {
+const LIMITS: ServerLimits = ServerLimits {
     max_connections: 4,
     header_read_timeout: Duration::from_millis(800),
     max_header_bytes: 8192,

@@ -29,11 +29,10 @@ use serde::Serialize;
 use crate::{
     model::{
         fd::{FdKind, SiteId, printable},
-        fdtable::{FdChange, FdTable, OpenFd, Transition},
+        fdtable::{Corrections, FdChange, FdTable, OpenFd, Transition},
         workload::Workload,
     },
     observe::engine::Kept,
-    output::report::Corrections,
     resolve::stacks::Frame,
     sys::proc::Usage,
 };
@@ -773,7 +772,7 @@ mod tests {
                 "00400000-7fffffff r-xp 00000000 fd:01 1234 /srv/app/bin/server\n",
             )
             .unwrap();
-            let mut engine = Engine::new(root.path(), crate::model::fdtable::Limits::default());
+            let mut engine = Engine::new(root.path(), crate::model::fdtable::TableLimits::default());
             engine.keep_transitions();
             let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
             let mut world = World {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     model::{
         fd::{CloseReason, FdKind, SiteId},
-        fdtable::{FdTable, OpenFd},
+        fdtable::{Corrections, FdTable, OpenFd},
         history::History,
         sites::{SiteCounters, SiteStats},
         trend::{self, Evidence, Trend},
@@ -74,12 +74,6 @@ pub struct EventCounts {
     /// New call sites not remembered because `--max-stacks` were: their descriptors are
     /// under the site `site-limit`.
     pub sites_dropped: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Corrections {
-    pub added: u64,
-    pub removed: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

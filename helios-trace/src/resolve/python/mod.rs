@@ -693,7 +693,7 @@ const MAX_ATTEMPTS: u32 = 20;
 const RETRY_NS: u64 = 100_000_000;
 
 /// CPython processes and their walked frames.
-pub struct PythonFrames {
+pub struct PythonProcesses {
     proc_root: PathBuf,
     enabled: bool,
     processes: HashMap<u32, State>,
@@ -703,9 +703,9 @@ pub struct PythonFrames {
     updates: Vec<(u32, Option<PythonOffsets>)>,
 }
 
-impl PythonFrames {
-    pub fn new(proc_root: impl Into<PathBuf>) -> PythonFrames {
-        PythonFrames {
+impl PythonProcesses {
+    pub fn new(proc_root: impl Into<PathBuf>) -> PythonProcesses {
+        PythonProcesses {
             proc_root: proc_root.into(),
             enabled: false,
             processes: HashMap::new(),
