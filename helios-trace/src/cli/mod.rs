@@ -1,20 +1,10 @@
-//! Command line (ARCHITECTURE.md, "Contracts: CLI"): parsing, validation of what clap cannot check
-//! (pids that must exist), and the mapping from failures to exit codes:
-//! 0 success; 2 bad usage or input; 1 runtime failure.
-use std::{
-    ffi::OsString,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    time::Duration,
-};
+//! The command line (ARCHITECTURE.md, "Contracts: CLI"): clap's types and the parsers of option
+//! values (durations, sizes). No I/O: what needs the system (pids that must exist, cgroup
+//! directories, a writable report file) is checked by the commands (commands/mod.rs).
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use helios_trace_common::{MAX_STACK_WINDOW, SyscallEvent, UserStack, stack_mode};
-
-use crate::{
-    observe::session::Tracing,
-    sys::{checks::CheckError, privileges, proc},
-};
+use helios_trace_common::{MAX_STACK_WINDOW, stack_mode};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -274,140 +264,6 @@ pub fn parse_stack_window(text: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
-/// Records a ring buffer must hold at least, with `--stacks dwarf`: fewer, and nearly every
-/// record with a stack would be lost.
-const MIN_RECORDS_IN_RING: u64 = 4;
-
-impl TraceArgs {
-    /// What clap cannot check alone: option values that only make sense together.
-    pub fn validate(&self) -> Result<(), Failure> {
-        for dir in &self.cgroups {
-            crate::sys::cgroups::resolve(dir).map_err(Failure::Usage)?;
-        }
-        if self.stacks == StackMode::Dwarf {
-            let record =
-                (size_of::<SyscallEvent>() + size_of::<UserStack>()) as u64 + u64::from(self.stack_window);
-            if u64::from(self.ring_buffer_size) < MIN_RECORDS_IN_RING * record {
-                return Err(Failure::Usage(format!(
-                    "a {} KiB ring buffer cannot hold {MIN_RECORDS_IN_RING} --stacks dwarf records of {} bytes; \
-                     use a larger --ring-buffer-size, a smaller --stack-window, or --stacks fp",
-                    self.ring_buffer_size / 1024,
-                    record
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A failure with the exit code it deserves.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad usage or input: exit 2.
-    Usage(String),
-    /// Could not do the job: exit 1.
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Failure {
-        Failure::Runtime(e)
-    }
-}
-
-/// Pids must name running processes.
-pub fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
-    for &pid in pids {
-        if pid == 0 || !proc::exists(proc_root, pid) {
-            return Err(Failure::Usage(format!("no process with pid {pid}")));
-        }
-    }
-    Ok(())
-}
-
-/// The report file must be writable before an hour of tracing, not after.
-pub fn validate_output(output: Option<&Path>) -> Result<(), Failure> {
-    if let Some(path) = output {
-        std::fs::File::create(path)
-            .map_err(|e| Failure::Usage(format!("cannot write the report to {}: {e}", path.display())))?;
-    }
-    Ok(())
-}
-
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
-    let proc_root = Path::new("/proc");
-    let result = match &cli.command {
-        // Each mode attaches first, then drops the capabilities it no longer needs, and only
-        // then starts the runtime: capabilities are per thread, and its threads inherit ours.
-        Some(Command::Serve(args)) => validate_pids(&args.proc_root, &args.trace.pids).and_then(|()| {
-            args.trace.validate()?;
-            let listener = crate::commands::serve::bind(args)?;
-            let tracing = Tracing::start(&args.trace, &args.proc_root)?;
-            privileges::drop_after_attach(&privileges::needed_by(&args.trace))?;
-            runtime()?
-                .block_on(crate::commands::serve::run(args.clone(), listener, tracing))
-                .map_err(Failure::from)?;
-            Ok(ExitCode::SUCCESS)
-        }),
-        Some(Command::Run(args)) => validate_pids(proc_root, &args.session.trace.pids)
-            .and_then(|()| args.session.trace.validate())
-            .and_then(|()| validate_output(args.session.output.as_deref()))
-            .and_then(|()| {
-                let program = crate::sys::launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
-                let gated = crate::commands::watch::start_command(args, program)?;
-                let mut trace = args.session.trace.clone();
-                trace.pids.push(gated.pid);
-                // Should this fail, dropping `gated` closes the gate: the command exits unrun.
-                let tracing = Tracing::start(&trace, proc_root)?;
-                // The command may run as another user (sudo): passing it signals needs CAP_KILL.
-                let mut keep = privileges::needed_by(&trace);
-                keep.push(caps::Capability::CAP_KILL);
-                privileges::drop_after_attach(&keep)?;
-                let status =
-                    runtime()?.block_on(crate::commands::watch::run_command(args.clone(), gated, tracing))?;
-                Ok(ExitCode::from(status))
-            }),
-        None => validate_pids(proc_root, &cli.session.trace.pids)
-            .and_then(|()| cli.session.trace.validate())
-            .and_then(|()| validate_output(cli.session.output.as_deref()))
-            .and_then(|()| {
-                let tracing = Tracing::start(&cli.session.trace, proc_root)?;
-                privileges::drop_after_attach(&privileges::needed_by(&cli.session.trace))?;
-                runtime()?
-                    .block_on(crate::commands::watch::session(cli.session.clone(), tracing))
-                    .map_err(Failure::from)?;
-                Ok(ExitCode::SUCCESS)
-            }),
-    };
-    match result {
-        Ok(code) => code,
-        Err(Failure::Usage(message)) => {
-            eprintln!("helios-trace: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(error)) => {
-            // One line: the context chain, outermost first, or the check's own sentence.
-            match error.downcast_ref::<CheckError>() {
-                Some(check) => eprintln!("helios-trace: {check}"),
-                None => eprintln!("helios-trace: {error:#}"),
-            }
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(e.into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,16 +297,6 @@ mod tests {
         assert_eq!(StackMode::Dwarf.kernel_mode(), stack_mode::DWARF);
         let err = Cli::try_parse_from(["helios-trace", "--stacks", "lbr"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        // A ring buffer too small for records with stacks is bad input, not silent loss.
-        let small = Cli::try_parse_from(["helios-trace", "--ring-buffer-size", "16K"]).unwrap();
-        match small.session.trace.validate() {
-            Err(Failure::Usage(m)) => assert!(m.starts_with("a 16 KiB ring buffer cannot hold 4"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-        let fp =
-            Cli::try_parse_from(["helios-trace", "--ring-buffer-size", "16K", "--stacks", "fp"]).unwrap();
-        assert!(fp.session.trace.validate().is_ok());
-        assert!(Cli::try_parse_from(["helios-trace"]).unwrap().session.trace.validate().is_ok());
     }
 
     #[test]
@@ -510,36 +356,12 @@ mod tests {
         let Some(Command::Run(run)) = cli.command else { panic!("{cli:?}") };
         assert_eq!(run.command, ["sh", "-c", "exit 3"].map(OsString::from));
         assert_eq!(run.session.format, Format::Json);
-        assert_eq!(run.session.output.as_deref(), Some(Path::new("/tmp/r.json")));
+        assert_eq!(run.session.output.as_deref(), Some(std::path::Path::new("/tmp/r.json")));
         // Without `--`, everything from the command on is the command's.
         let cli = Cli::try_parse_from(["helios-trace", "run", "ls", "-l", "--format", "x"]).unwrap();
         let Some(Command::Run(run)) = cli.command else { panic!() };
         assert_eq!(run.command, ["ls", "-l", "--format", "x"].map(OsString::from));
         let err = Cli::try_parse_from(["helios-trace", "run"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-    }
-
-    #[test]
-    fn unwritable_output_is_a_usage_error() {
-        match validate_output(Some(Path::new("/nonexistent-dir/report.json"))) {
-            Err(Failure::Usage(m)) => {
-                assert!(m.starts_with("cannot write the report to /nonexistent-dir"), "{m}")
-            }
-            other => panic!("{other:?}"),
-        }
-        let dir = tempfile::tempdir().unwrap();
-        assert!(validate_output(Some(&dir.path().join("r.json"))).is_ok());
-        assert!(validate_output(None).is_ok());
-    }
-
-    #[test]
-    fn unknown_pids_are_usage_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("42")).unwrap();
-        assert!(validate_pids(dir.path(), &[42]).is_ok());
-        match validate_pids(dir.path(), &[42, 43]) {
-            Err(Failure::Usage(m)) => assert_eq!(m, "no process with pid 43"),
-            other => panic!("{other:?}"),
-        }
     }
 }

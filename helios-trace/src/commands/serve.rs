@@ -4,6 +4,7 @@
 //! aggregator (metrics.rs) and publishes a snapshot for the handlers to read.
 use std::{
     path::{Path, PathBuf},
+    process::ExitCode,
     sync::Arc,
     time::Instant,
 };
@@ -11,23 +12,35 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, sync::watch};
 
+use super::{Failure, runtime, stop_signal, trace_settings, validate_pids, validate_trace};
 use crate::{
     cli::ServeArgs,
     model::{fdtable::FdTable, workload::Workload},
-    observe::session::{self, Tick, Tracing},
+    observe::session::{Tick, Tracing},
     output::{
         http::{self, ServerLimits, Snapshot},
         metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
     },
-    sys::{clock, proc},
+    sys::{clock, privileges, proc},
 };
+
+/// `helios-trace serve`.
+pub fn main(args: &ServeArgs) -> Result<ExitCode, Failure> {
+    validate_pids(&args.proc_root, &args.trace.pids)?;
+    validate_trace(&args.trace)?;
+    let listener = bind(args)?;
+    let tracing = Tracing::start(&trace_settings(&args.trace), &args.proc_root)?;
+    privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
+    runtime()?.block_on(run(args.clone(), listener, tracing)).map_err(Failure::from)?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Bind the address to serve on (before attaching: a port in use is a quick, clear failure).
 /// A non-loopback address needs `--allow-remote`: what is served names command lines, paths
 /// and code paths of every traced process.
-pub fn bind(args: &ServeArgs) -> Result<std::net::TcpListener, crate::cli::Failure> {
+fn bind(args: &ServeArgs) -> Result<std::net::TcpListener, Failure> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
-        return Err(crate::cli::Failure::Usage(format!(
+        return Err(Failure::Usage(format!(
             "refusing to serve on {}, which is not a loopback address: the metrics name command lines and paths of every traced process; pass --allow-remote to serve them to the network",
             args.listen
         )));
@@ -39,9 +52,9 @@ pub fn bind(args: &ServeArgs) -> Result<std::net::TcpListener, crate::cli::Failu
 }
 
 /// `helios-trace serve`, once bound and attached.
-pub async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Tracing) -> Result<()> {
+async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Tracing) -> Result<()> {
     // Handlers before we say "attached": a signal that arrives then must not kill us.
-    let stop = session::stop_signal(None)?;
+    let stop = stop_signal(None)?;
     let listener = TcpListener::from_std(listener).context("cannot serve on the bound address")?;
     // The address bound, not the one asked for: port 0 picks a free port.
     let address = listener.local_addr()?;

@@ -1,14 +1,10 @@
-//! The ad-hoc session people reach for: `helios-trace` (trace until --duration, q, Ctrl-C or
-//! SIGTERM) and `helios-trace run -- CMD` (trace CMD from its first instruction until it
-//! exits). While tracing: a live view on a terminal, or a summary line per interval; SIGUSR1
-//! writes a report of the moment. At the end: the report, on stdout or in `--output`.
+//! `helios-trace [OPTIONS]`, the ad-hoc session people reach for: trace until --duration, q,
+//! Ctrl-C or SIGTERM. While tracing: a live view on a terminal, or a summary line per interval;
+//! SIGUSR1 writes a report of the moment. At the end: the report, on stdout or in `--output`.
+//! `run` (run.rs) traces its command the same way: it shares the progress, the snapshots and
+//! the report writing here.
 use std::{
-    future::Future,
-    io::Write as _,
-    path::{Path, PathBuf},
-    pin::pin,
-    sync::Arc,
-    time::Duration,
+    future::Future, io::Write as _, path::Path, pin::pin, process::ExitCode, sync::Arc, time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -18,25 +14,35 @@ use tokio::{
     time::Instant,
 };
 
+use super::{Failure, runtime, stop_signal, trace_settings, validate_output, validate_pids, validate_trace};
 use crate::{
-    cli::{Format, RunArgs, SessionArgs, View},
-    observe::session::{Tick, Tracing, stop_signal},
+    cli::{Format, SessionArgs, View},
+    observe::session::{Tick, Tracing},
     output::{
         live::{self, LiveView},
-        report::{self, CommandReport, Report},
+        report::{self, Report},
     },
-    sys::launch::{self, Gated, Identity},
+    sys::privileges,
 };
 
-/// Exited processes `run` keeps for its report (the command's, and those it started).
-const RUN_KEEPS_EXITED: usize = 256;
+/// `helios-trace [OPTIONS]`.
+pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
+    let proc_root = Path::new("/proc");
+    validate_pids(proc_root, &args.trace.pids)?;
+    validate_trace(&args.trace)?;
+    validate_output(args.output.as_deref())?;
+    let tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
+    privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
+    runtime()?.block_on(session(args.clone(), tracing)).map_err(Failure::from)?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `helios-trace [OPTIONS]`, once `tracing` is attached.
-pub async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
+async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
     // Handlers before we say "attached": a signal that arrives then must not kill us.
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let stop = stop_signal(args.duration)?;
-    tracing.min_age = args.min_age;
+    tracing.set_min_age(args.min_age);
     let what = tracing.describe_targets();
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {what}{}",
@@ -58,79 +64,8 @@ pub async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
     emit(&tracing.report(args.list_fds), &args, false)
 }
 
-/// `helios-trace run [OPTIONS] -- CMD [ARGS]`: start CMD held at its gate (before tracing
-/// attaches, so that its pid can be a target).
-pub fn start_command(args: &RunArgs, program: PathBuf) -> Result<Gated> {
-    launch::start_gated(program, &args.command, Identity::from_sudo())
-}
-
-/// `helios-trace run`, once `tracing` (targeting the gated command) is attached: the exit code
-/// to leave with (CMD's).
-pub async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing) -> Result<u8> {
-    let session = &args.session;
-    let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let pid = gated.pid;
-    tracing.min_age = session.min_age;
-    tracing.engine.retain_exited(RUN_KEEPS_EXITED);
-    let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    eprintln!(
-        "helios-trace: attached {} tracepoints; running `{}` (pid {pid})",
-        tracing.attached().len(),
-        argv.join(" ")
-    );
-    let running = gated.release().await?;
-    let mut progress = Progress::start(session, true, format!("pid {pid} {}", argv[0]))?;
-    let quit = progress.quit.clone();
-    let command = running.clone();
-    let exited = running.clone().exited();
-    let duration = session.duration;
-    // Until the command exits. Requests to stop are passed on to it: Ctrl-C and SIGTERM as
-    // they are, --duration and q as SIGTERM; a second request kills it.
-    let stop = async move {
-        let mut requests = 0;
-        let mut pass_on = |signal: i32| {
-            requests += 1;
-            command.signal(if requests == 1 { signal } else { libc::SIGKILL });
-        };
-        let mut deadline = pin!(tokio::time::sleep(duration.unwrap_or_default()));
-        let mut armed = duration.is_some();
-        let mut exited = pin!(exited);
-        loop {
-            tokio::select! {
-                _ = &mut exited => break,
-                _ = interrupt.recv() => pass_on(libc::SIGINT),
-                _ = terminate.recv() => pass_on(libc::SIGTERM),
-                () = quit.notified() => pass_on(libc::SIGTERM),
-                () = &mut deadline, if armed => {
-                    armed = false;
-                    pass_on(libc::SIGTERM);
-                }
-            }
-        }
-    };
-    drive(&mut tracing, session, stop, &mut snapshot, &mut progress).await?;
-    progress.finish();
-    let status = running.status();
-    let mut report = tracing.report(session.list_fds);
-    report.command = Some(command_report(argv, pid, status));
-    emit(&report, session, false)?;
-    Ok(status.map(launch::exit_code).unwrap_or(1))
-}
-
-fn command_report(argv: Vec<String>, pid: u32, status: Option<std::process::ExitStatus>) -> CommandReport {
-    use std::os::unix::process::ExitStatusExt as _;
-    CommandReport {
-        argv,
-        pid,
-        exit_code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
-    }
-}
-
 /// Trace until `stop`, showing progress; SIGUSR1 writes a report and tracing goes on.
-async fn drive(
+pub(super) async fn drive(
     tracing: &mut Tracing,
     args: &SessionArgs,
     stop: impl Future<Output = ()>,
@@ -160,16 +95,16 @@ enum Display {
 }
 
 /// What is shown while tracing, every interval.
-struct Progress {
+pub(super) struct Progress {
     display: Display,
     interval: Duration,
     next: Instant,
     /// Notified when the live view's quit key is pressed.
-    quit: Arc<Notify>,
+    pub(super) quit: Arc<Notify>,
 }
 
 impl Progress {
-    fn start(args: &SessionArgs, run: bool, title: String) -> Result<Progress> {
+    pub(super) fn start(args: &SessionArgs, run: bool, title: String) -> Result<Progress> {
         let quit = Arc::new(Notify::new());
         // `run`'s command writes to the same terminal: lines unless the live view is asked for.
         let live = match args.view {
@@ -210,7 +145,7 @@ impl Progress {
     }
 
     /// Give the terminal back before the report is printed.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if let Display::Live(view) = std::mem::replace(&mut self.display, Display::Quiet) {
             view.finish();
         }
@@ -219,7 +154,7 @@ impl Progress {
 
 /// Write a report to `--output` (replacing the file atomically) or stdout. A snapshot on stdout
 /// in JSON is one line, so a reader can take one report per line.
-fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Result<()> {
+pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Result<()> {
     let text = match (args.format, snapshot && args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),

@@ -15,12 +15,10 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior, interval, interval_at},
 };
 
 use crate::{
-    cli::{PythonFramesMode, StackMode, TraceArgs},
     model::{
         fd::{FdDetail, FdKind, printable},
         fdtable::{Corrections, OpenFd, TableLimits},
@@ -121,9 +119,36 @@ impl Ring {
 /// The default of `--min-age`.
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 
+/// What a tracing run is asked to do: the command line's tracing options as the commands turn
+/// them into settings (commands/mod.rs).
+#[derive(Clone, Debug)]
+pub struct TraceSettings {
+    /// Only these processes, and the children they fork after the start.
+    pub pids: Vec<u32>,
+    /// Only processes in or below these cgroup v2 directories.
+    pub cgroups: Vec<PathBuf>,
+    /// How the kernel captures user stacks: `helios_trace_common::stack_mode`.
+    pub user_stack_mode: u32,
+    /// Bytes of user stack per call with `stack_mode::DWARF`.
+    pub stack_window: u32,
+    pub kernel_stacks: bool,
+    /// Walk the Python frames of the CPython processes recognised.
+    pub python_frames: bool,
+    /// Compare the tables with /proc this often (zero: never).
+    pub reconcile_interval: Duration,
+    pub ring_buffer_bytes: u32,
+    /// `--redact-paths`.
+    pub redact_paths: bool,
+    pub limits: TableLimits,
+    /// Call sites whose frames are kept at once (`--max-stacks`).
+    pub max_stacks: usize,
+    /// How long a call site nothing holds is remembered (`--retention`).
+    pub retention: Duration,
+}
+
 impl Tracing {
     /// Attach the programs and load what is already open.
-    pub fn start(args: &TraceArgs, proc_root: &Path) -> Result<Tracing> {
+    pub fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
         let cgroups: Vec<TargetCgroup> = args
             .cgroups
             .iter()
@@ -133,11 +158,11 @@ impl Tracing {
         let config = TraceConfig {
             targets: args.pids.clone(),
             target_cgroups: cgroups.iter().map(|c| c.id).collect(),
-            user_stack_mode: args.stacks.kernel_mode(),
+            user_stack_mode: args.user_stack_mode,
             stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
-            ring_buffer_bytes: args.ring_buffer_size,
-            wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_size as u64 / 4),
+            ring_buffer_bytes: args.ring_buffer_bytes,
+            wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_bytes as u64 / 4),
         };
         let (mut tracer, ring) = Tracer::start(&config)?;
         let missing = checks::missing_proc_capabilities(checks::own_capabilities());
@@ -152,12 +177,10 @@ impl Tracing {
         }
         let started_at = SystemTime::now();
         let start_ns = clock::boot_ns();
-        let limits = TableLimits { max_processes: args.max_processes, max_fds: args.max_fds };
-        let mut engine = Engine::new(proc_root, limits);
+        let mut engine = Engine::new(proc_root, args.limits);
         engine.stacks.limit_sites(args.max_stacks);
         engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
-        // The kernel walks Python frames only where it captures user stacks.
-        engine.python.enable(args.python_frames == PythonFramesMode::Auto && args.stacks != StackMode::None);
+        engine.python.enable(args.python_frames);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let own = std::process::id();
@@ -189,6 +212,17 @@ impl Tracing {
             socket_inodes: HashMap::new(),
             redact_paths: args.redact_paths,
         })
+    }
+
+    /// How old a growing site's descriptors must be for it to be a suspected leak (`--min-age`).
+    pub fn set_min_age(&mut self, min_age: Duration) {
+        self.min_age = min_age;
+    }
+
+    /// Keep up to `limit` exited processes for the report, with what they had open at their
+    /// exit (`run`, whose command has exited by the time of the report).
+    pub fn retain_exited(&mut self, limit: usize) {
+        self.engine.retain_exited(limit);
     }
 
     /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR".
@@ -522,23 +556,4 @@ pub fn describe_fd(
         }
         _ => None,
     }
-}
-
-/// Completes on SIGINT, SIGTERM, or when `duration` has passed.
-pub fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()>> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        let deadline = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-            () = deadline => {}
-        }
-    })
 }

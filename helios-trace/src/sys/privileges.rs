@@ -29,11 +29,11 @@ pub fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
     Ok(keep)
 }
 
-/// What a run with these options needs beyond `KEPT`: kernel stacks are named through
+/// What a run needs beyond `KEPT`, with kernel stacks or without: kernel stacks are named through
 /// /proc/kallsyms, whose addresses read as zeros without CAP_SYSLOG (kptr_restrict), and it is
 /// read when the first kernel stack arrives.
-pub fn needed_by(trace: &crate::cli::TraceArgs) -> Vec<Capability> {
-    if trace.kernel_stacks { vec![Capability::CAP_SYSLOG] } else { Vec::new() }
+pub fn needed_by(kernel_stacks: bool) -> Vec<Capability> {
+    if kernel_stacks { vec![Capability::CAP_SYSLOG] } else { Vec::new() }
 }
 
 /// Drop every capability of the calling thread (a helper thread that only waits).
