@@ -1,5 +1,11 @@
 //! Typed events: what one ring-buffer record means for the descriptor tables, independent of
-//! the syscall that produced it. Built by decode.rs, consumed by fdtable.rs.
+//! the syscall that produced it, and the user stack a record may carry. Built by sys/decode.rs,
+//! consumed by fdtable.rs (the events) and resolve/unwind.rs (the stacks).
+#[cfg(target_arch = "aarch64")]
+use helios_trace_common::regs_aarch64::{PC, SP};
+#[cfg(target_arch = "x86_64")]
+use helios_trace_common::regs_x86_64::{IP as PC, SP};
+use helios_trace_common::{USER_REGS_WORDS, user_stack_flags};
 use smallvec::SmallVec;
 
 use crate::model::fd::{FdDetail, FdKind};
@@ -123,5 +129,63 @@ impl Op {
             Op::Exec { .. } => 9,
             Op::Exit => 10,
         }
+    }
+}
+
+/// The user state of a thread at a syscall, as the kernel program captured it (`--stacks
+/// dwarf`): the registers and a window of the stack, borrowed from the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSample<'a> {
+    pub regs: [u64; USER_REGS_WORDS],
+    /// The stack from `sp()` upward.
+    pub stack: &'a [u8],
+    /// helios_trace_common::user_stack_flags.
+    pub flags: u32,
+}
+
+impl StackSample<'_> {
+    pub fn sp(&self) -> u64 {
+        self.regs[SP]
+    }
+
+    /// The user instruction pointer: just after the syscall instruction.
+    pub fn pc(&self) -> u64 {
+        self.regs[PC]
+    }
+
+    /// The 8 bytes of stack at `address`, if the window holds them.
+    pub fn read(&self, address: u64) -> Result<u64, ()> {
+        let start = usize::try_from(address.checked_sub(self.sp()).ok_or(())?).map_err(|_| ())?;
+        let bytes = self.stack.get(start..start.checked_add(8).ok_or(())?).ok_or(())?;
+        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    }
+
+    /// Whether a read at `address` failed because the window was too small (rather than
+    /// because the stack ended before it, or the unwinder went astray below sp).
+    pub fn beyond_window(&self, address: u64) -> bool {
+        self.flags & user_stack_flags::SHORT == 0
+            && address >= self.sp().saturating_add(self.stack.len() as u64)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use helios_trace_common::regs_x86_64;
+
+    use super::*;
+
+    #[test]
+    fn reads_only_inside_the_window() {
+        let mut regs = [0u64; USER_REGS_WORDS];
+        regs[regs_x86_64::SP] = 0x1000;
+        let stack: Vec<u8> = (0..16).collect();
+        let sample = StackSample { regs, stack: &stack, flags: 0 };
+        assert_eq!(sample.read(0x1000), Ok(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
+        assert_eq!(sample.read(0x1008), Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15])));
+        assert_eq!(sample.read(0x1009), Err(()));
+        assert_eq!(sample.read(0xff8), Err(()));
+        assert_eq!(sample.read(u64::MAX), Err(()));
+        assert!(sample.beyond_window(0x1010));
+        assert!(!sample.beyond_window(0x1008));
     }
 }

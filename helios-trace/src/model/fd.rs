@@ -60,20 +60,6 @@ impl FdKind {
             FdKind::Other => "other",
         }
     }
-
-    /// The kind of a file opened by path, from the path and open flags alone: the kernel
-    /// program cannot stat, and a stat from here would race with the process.
-    /// O_DIRECTORY means a directory (opendir and friends pass it); /dev is devices, except
-    /// the tmpfs of POSIX shared memory.
-    pub fn of_opened_path(path: &[u8], open_flags: u64) -> FdKind {
-        if open_flags & libc::O_DIRECTORY as u64 != 0 {
-            FdKind::Dir
-        } else if path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
-            FdKind::Device
-        } else {
-            FdKind::File
-        }
-    }
 }
 
 impl fmt::Display for FdKind {
@@ -204,15 +190,6 @@ impl SiteId {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kind_of_opened_path() {
-        assert_eq!(FdKind::of_opened_path(b"/etc/passwd", 0), FdKind::File);
-        assert_eq!(FdKind::of_opened_path(b"/tmp", libc::O_DIRECTORY as u64), FdKind::Dir);
-        assert_eq!(FdKind::of_opened_path(b"/dev/null", 0), FdKind::Device);
-        assert_eq!(FdKind::of_opened_path(b"/dev/shm/x", 0), FdKind::File);
-        assert_eq!(FdKind::of_opened_path(b"relative", 0), FdKind::File);
-    }
 
     #[test]
     fn printable_escapes_and_truncates() {

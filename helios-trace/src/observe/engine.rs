@@ -11,13 +11,13 @@ use log::debug;
 
 use crate::{
     model::{
-        event::{Event, Op},
+        event::{Event, Op, StackSample},
         fd::{FdKind, SiteId},
         fdtable::{Corrections, FdTable, ObservedFd, OpenFd, Process, TableLimits, Transition},
         sites::{SiteCounters, SiteStats},
     },
     output::report::EventCounts,
-    resolve::{python::PythonProcesses, stacks::StackRegistry, unwind::StackSample},
+    resolve::{python::PythonProcesses, stacks::StackRegistry},
     sys::{
         decode::{self, Decoded, PythonFrames},
         proc::{self, SocketTables},

@@ -22,12 +22,15 @@ use fnv::FnvHasher;
 use serde::{Serialize, Serializer};
 
 use crate::{
-    model::{event::StackIds, fd::SiteId},
+    model::{
+        event::{StackIds, StackSample},
+        fd::SiteId,
+    },
     resolve::{
         cache::{BoundedLru, Weight},
         modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
         symbolize::{Symbol, Symbolizer},
-        unwind::{ProcessUnwinder, StackSample, UnwindCache},
+        unwind::{ProcessUnwinder, UnwindCache},
     },
 };
 

@@ -112,9 +112,12 @@ fn symbols(sym: &Sym<'_>) -> Vec<Symbol> {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::resolve::{
-        modules::{LoadedModule, ModuleFile, ProcessModule},
-        unwind::{StackSample, UnwindCache, tests::*},
+    use crate::{
+        model::event::StackSample,
+        resolve::{
+            modules::{LoadedModule, ModuleFile, ProcessModule},
+            unwind::{UnwindCache, tests::*},
+        },
     };
 
     /// The line of `sample.c` that carries `marker`.

@@ -5,38 +5,23 @@
 //! pointers, which glibc's wrappers and `-O2` code do not keep.
 use std::ops::Range;
 
+use crate::{
+    model::event::StackSample,
+    resolve::modules::{LoadedModule, ProcessModule, SectionBytes},
+};
 use framehop::{
     CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
     Module, Unwinder as _, UnwinderNative,
 };
-use helios_trace_common::{USER_REGS_WORDS, user_stack_flags};
-
-use crate::resolve::modules::{LoadedModule, ProcessModule, SectionBytes};
 
 /// Frames beyond this many are not followed (recursion, or a corrupt stack).
 pub const MAX_FRAMES: usize = 128;
-
-/// The user state of a thread at a syscall, as the kernel program captured it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackSample<'a> {
-    pub regs: [u64; USER_REGS_WORDS],
-    /// The stack from `sp()` upward.
-    pub stack: &'a [u8],
-    /// helios_trace_common::user_stack_flags.
-    pub flags: u32,
-}
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
     use framehop::x86_64::UnwindRegsX86_64;
     use helios_trace_common::regs_x86_64 as regs;
 
-    pub fn sp(r: &[u64]) -> u64 {
-        r[regs::SP]
-    }
-    pub fn pc(r: &[u64]) -> u64 {
-        r[regs::IP]
-    }
     pub fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
         UnwindRegsX86_64::new(r[regs::IP], r[regs::SP], r[regs::BP])
     }
@@ -47,39 +32,8 @@ mod arch {
     use framehop::aarch64::UnwindRegsAarch64;
     use helios_trace_common::regs_aarch64 as regs;
 
-    pub fn sp(r: &[u64]) -> u64 {
-        r[regs::SP]
-    }
-    pub fn pc(r: &[u64]) -> u64 {
-        r[regs::PC]
-    }
     pub fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
         UnwindRegsAarch64::new(r[regs::LR], r[regs::SP], r[regs::FP])
-    }
-}
-
-impl StackSample<'_> {
-    pub fn sp(&self) -> u64 {
-        arch::sp(&self.regs)
-    }
-
-    /// The user instruction pointer: just after the syscall instruction.
-    pub fn pc(&self) -> u64 {
-        arch::pc(&self.regs)
-    }
-
-    /// The 8 bytes of stack at `address`, if the window holds them.
-    fn read(&self, address: u64) -> Result<u64, ()> {
-        let start = usize::try_from(address.checked_sub(self.sp()).ok_or(())?).map_err(|_| ())?;
-        let bytes = self.stack.get(start..start.checked_add(8).ok_or(())?).ok_or(())?;
-        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
-    }
-
-    /// Whether a read at `address` failed because the window was too small (rather than
-    /// because the stack ended before it, or the unwinder went astray below sp).
-    fn beyond_window(&self, address: u64) -> bool {
-        self.flags & user_stack_flags::SHORT == 0
-            && address >= self.sp().saturating_add(self.stack.len() as u64)
     }
 }
 
@@ -162,7 +116,7 @@ pub(crate) mod tests {
     //! tests/data/unwind/generate.sh regenerates all of it.
     use std::{fs::File, path::PathBuf, sync::Arc};
 
-    use helios_trace_common::regs_x86_64;
+    use helios_trace_common::{USER_REGS_WORDS, regs_x86_64, user_stack_flags};
 
     use super::*;
     use crate::resolve::modules::{ModuleFile, ProcessImage, ProcessMaps};
@@ -260,20 +214,5 @@ pub(crate) mod tests {
         // The same cut with the stack's top reached (SHORT) is the stack's end, not a cut.
         let ended = StackSample { flags: user_stack_flags::SHORT, ..cut };
         assert!(!unwinder.unwind(&ended, &mut UnwindCache::new()).truncated);
-    }
-
-    #[test]
-    fn reads_only_inside_the_window() {
-        let mut regs = [0u64; USER_REGS_WORDS];
-        regs[regs_x86_64::SP] = 0x1000;
-        let stack: Vec<u8> = (0..16).collect();
-        let sample = StackSample { regs, stack: &stack, flags: 0 };
-        assert_eq!(sample.read(0x1000), Ok(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
-        assert_eq!(sample.read(0x1008), Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15])));
-        assert_eq!(sample.read(0x1009), Err(()));
-        assert_eq!(sample.read(0xff8), Err(()));
-        assert_eq!(sample.read(u64::MAX), Err(()));
-        assert!(sample.beyond_window(0x1010));
-        assert!(!sample.beyond_window(0x1008));
     }
 }

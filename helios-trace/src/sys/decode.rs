@@ -9,11 +9,11 @@ use helios_trace_common::{
 use thiserror::Error;
 
 use crate::{
+    model::event::StackSample,
     model::{
         event::{Event, FdList, Op, StackIds},
         fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     },
-    resolve::unwind::StackSample,
     sys::syscalls::{Call, SyscallTable},
 };
 
@@ -135,6 +135,20 @@ pub fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> 
     Ok(Some(StackSample { regs: stack.regs, stack: window, flags: stack.flags }))
 }
 
+/// The kind of a file opened by path, from the path and open flags alone: the kernel
+/// program cannot stat, and a stat from here would race with the process.
+/// O_DIRECTORY means a directory (opendir and friends pass it); /dev is devices, except
+/// the tmpfs of POSIX shared memory.
+fn kind_of_opened_path(path: &[u8], open_flags: u64) -> FdKind {
+    if open_flags & libc::O_DIRECTORY as u64 != 0 {
+        FdKind::Dir
+    } else if path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
+        FdKind::Device
+    } else {
+        FdKind::File
+    }
+}
+
 fn stack_id(raw: i32) -> Option<i32> {
     (raw != STACK_NOT_CAPTURED).then_some(raw)
 }
@@ -185,7 +199,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         let dirfd = dirfd as i32;
         Op::Open {
             fds: one(fd),
-            kind: FdKind::of_opened_path(&path, flags),
+            kind: kind_of_opened_path(&path, flags),
             cloexec: flag(flags, libc::O_CLOEXEC),
             dirfd: (relative && dirfd != libc::AT_FDCWD).then_some(dirfd),
             detail: FdDetail::Path(path.into_boxed_slice()),
@@ -331,6 +345,15 @@ pub mod tests {
             Decoded::Event(event) => Some(event.op),
             Decoded::Nothing | Decoded::Python(_) => None,
         }
+    }
+
+    #[test]
+    fn kind_of_opened_path() {
+        assert_eq!(super::kind_of_opened_path(b"/etc/passwd", 0), FdKind::File);
+        assert_eq!(super::kind_of_opened_path(b"/tmp", libc::O_DIRECTORY as u64), FdKind::Dir);
+        assert_eq!(super::kind_of_opened_path(b"/dev/null", 0), FdKind::Device);
+        assert_eq!(super::kind_of_opened_path(b"/dev/shm/x", 0), FdKind::File);
+        assert_eq!(super::kind_of_opened_path(b"relative", 0), FdKind::File);
     }
 
     #[test]
