@@ -29,11 +29,11 @@ use ratatui::{
 use tokio::sync::Notify;
 
 use crate::{
-    model::{
-        fd::{CloseReason, SiteId},
-        trend::{rate, thousands},
+    model::fd::{CloseReason, SiteId},
+    output::{
+        format::{bytes, human_duration, plural, rate, thousands},
+        report::{ProcessReport, Report, SiteReport},
     },
-    output::report::{ProcessReport, Report, SiteReport, bytes, human_duration, plural},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use crate::{
         trend::{self, Evidence, Trend},
     },
     observe::engine::ExitedProcess,
+    output::format::{bytes, human_duration, plural, rate, signed_bytes, signed_count, thousands},
     resolve::stacks::{self, Frame},
 };
 
@@ -365,7 +366,7 @@ fn process_report(
                         .count() as u64,
                     open_from_window: open.iter().filter(|(_, e)| e.opened_ns >= start).count() as u64,
                 };
-                trend::assess(&series.window(), evidence, context.min_age)
+                trend::assess(&series.window(), evidence)
             });
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
             let mut socket_memory = (kind == FdKind::Socket && !exited).then_some(0u64);
@@ -412,7 +413,10 @@ fn process_report(
                 }),
                 growth_per_minute: verdict.as_ref().map(|v| v.growth_per_minute),
                 suspected_leak: verdict.as_ref().is_some_and(|v| v.suspected),
-                why: verdict.as_ref().and_then(|v| v.why.clone()),
+                why: verdict
+                    .as_ref()
+                    .filter(|v| v.suspected)
+                    .map(|v| explain(v.growth_per_minute, &v.trend, context.min_age)),
                 trend: verdict.map(|v| v.trend),
                 close_wait: tcp_states.get(CLOSE_WAIT).copied().unwrap_or(0),
                 tcp_states,
@@ -523,7 +527,7 @@ fn resource_summary(r: &Resources, sites: &[SiteReport]) -> Option<String> {
         parts.push(format!(
             "at {}/h, the fd limit of {} is reached in {}",
             signed_count(rate),
-            trend::thousands(limit),
+            thousands(limit),
             human_duration(seconds)
         ));
     }
@@ -537,31 +541,22 @@ fn resource_summary(r: &Resources, sites: &[SiteReport]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// "1.5 GB", "240 MB", "12 KB".
-pub fn bytes(n: f64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = n.abs();
-    let mut unit = 0;
-    while value >= 1000.0 && unit < units.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    let sign = if n < 0.0 { "-" } else { "" };
-    if unit == 0 || value >= 100.0 {
-        format!("{sign}{value:.0} {}", units[unit])
+/// "+60/min for 45.0s; none of the 45 opened since then closed; 35 older than 10s (trend p=1e-9)".
+fn explain(growth_per_minute: f64, t: &Trend, min_age: Duration) -> String {
+    let (opened, still) = (t.opened_in_window, t.still_open_from_window);
+    let fate = if opened > 0 && still >= opened {
+        format!("none of the {} opened since then closed", thousands(opened))
     } else {
-        format!("{sign}{value:.1} {}", units[unit])
-    }
-}
-
-fn signed_bytes(n: f64) -> String {
-    if n >= 0.0 { format!("+{}", bytes(n)) } else { bytes(n) }
-}
-
-fn signed_count(n: f64) -> String {
-    let rounded = n.round();
-    let text = trend::thousands(rounded.abs() as u64);
-    if rounded < 0.0 { format!("-{text}") } else { format!("+{text}") }
+        format!("{} of the {} opened since then still open", thousands(still), thousands(opened))
+    };
+    format!(
+        "{} for {}; {fate}; {} older than {} (trend p={:.0e})",
+        rate(growth_per_minute),
+        human_duration(t.window_seconds),
+        thousands(t.older_than_min_age),
+        humantime::format_duration(min_age),
+        t.p_value.max(1e-300),
+    )
 }
 
 /// The TCP state of a socket whose peer closed its end while this side still holds it open
@@ -583,23 +578,6 @@ fn leak_width(process: &ProcessReport) -> u64 {
 
 pub fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).expect("report serializes")
-}
-
-/// "1 process", "3 processes".
-pub fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// "19h 4m", "3m 12s", "4.2s".
-pub fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else if s < 3600.0 {
-        format!("{}m {}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    } else {
-        format!("{}h {}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
-    }
 }
 
 pub fn to_text(report: &Report) -> String {
@@ -678,7 +656,7 @@ pub fn to_text(report: &Report) -> String {
                 facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
             }
             if let Some(limit) = r.fd_limit {
-                facts.push(format!("fd limit {}", trend::thousands(limit)));
+                facts.push(format!("fd limit {}", thousands(limit)));
             }
             if !facts.is_empty() {
                 let _ = writeln!(out, "  {}", facts.join(", "));
@@ -703,7 +681,7 @@ pub fn to_text(report: &Report) -> String {
                 site.oldest_age_seconds
                     .map(|a| format!("  oldest {}", human_duration(a)))
                     .unwrap_or_default(),
-                site.growth_per_minute.map(|g| format!("  {}", trend::rate(g))).unwrap_or_default(),
+                site.growth_per_minute.map(|g| format!("  {}", rate(g))).unwrap_or_default(),
             );
             if let Some(why) = &site.why {
                 let _ = writeln!(out, "           SUSPECTED LEAK: {why}");
@@ -1084,13 +1062,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_for_people() {
-        assert_eq!(human_duration(4.25), "4.2s");
-        assert_eq!(human_duration(192.0), "3m 12s");
-        assert_eq!(human_duration(68_640.0), "19h 4m");
-    }
-
-    #[test]
     fn resources_project_exhaustion_and_join_memory_with_the_growing_site() {
         let mut series = crate::model::history::ProcessSeries::default();
         for t in 0..20u64 {
@@ -1142,5 +1113,33 @@ mod tests {
             frames: Vec::new(),
             examples: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_suspected_site_says_why() {
+        use crate::model::trend::{
+            Point, assess,
+            tests::{SECOND, noise, series},
+        };
+        let min_age = Duration::from_secs(10);
+        // Slow growth among churn: one descriptor a second stays open among 300 opened and
+        // closed a second.
+        let window = series(30, |t| t + noise(t, 3), |t| 301 * t);
+        let v = assess(&window, Evidence { aged: 19, open_from_window: 29 }).unwrap();
+        let why = explain(v.growth_per_minute, &v.trend, min_age);
+        assert!(
+            why.starts_with(
+                "+60/min for 29.0s; 29 of the 8,729 opened since then still open; 19 older than 10s"
+            ),
+            "{why}"
+        );
+        // A leak that never closes says so.
+        let window = series(3 * 3600 / 60, |t| t * 100, |t| t * 100)
+            .into_iter()
+            .map(|p| Point { t_ns: 1000 * SECOND + (p.t_ns - 1000 * SECOND) * 60, ..p })
+            .collect::<Vec<_>>();
+        let v = assess(&window, Evidence { aged: 17_900, open_from_window: 17_900 }).unwrap();
+        let why = explain(v.growth_per_minute, &v.trend, min_age);
+        assert!(why.starts_with("+100/min for 2h 59m; none of the 17,900 opened since then closed"), "{why}");
     }
 }
