@@ -316,10 +316,11 @@ fn job_churn_leaves_the_exporters_memory_flat() {
         samples.push((started.elapsed().as_secs_f64(), anon_rss_kb(serve.pid())));
         if samples.len() % 6 == 0 {
             let text = serve.metrics();
-            assert!(!text.contains(r#"site="site-limit""#), "a site went unnamed");
+            let dropped = exposition_series(&text, "helios_trace_dropped_total");
+            assert_eq!(dropped.get(r#"{what="sites"}"#), Some(&0.0), "a site went unnamed");
             python_sites += exposition_series(&text, "helios_trace_site_opened_total")
                 .keys()
-                .filter(|labels| labels.contains("job-") && labels.contains(".py:job_"))
+                .filter(|labels| labels.contains(r#"frame="job-"#) && labels.contains(".py:job_"))
                 .count();
         }
     }
