@@ -12,9 +12,11 @@ use log::debug;
 use crate::{
     model::{
         event::{Event, Op, StackSample},
+        exited::ExitedProcess,
         fd::{FdKind, SiteId},
-        fdtable::{Corrections, FdTable, ObservedFd, OpenFd, Process, TableLimits, Transition},
-        sites::{SiteCounters, SiteStats},
+        fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
+        kept::Kept,
+        sites::SiteStats,
     },
     output::report::EventCounts,
     resolve::{python::PythonProcesses, stacks::StackRegistry},
@@ -24,24 +26,6 @@ use crate::{
         syscalls::SyscallTable,
     },
 };
-
-/// What `take_transitions` hands the exporter, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Kept {
-    Transition(Transition),
-    /// Right after each ProcessStarted and ProcessExec: the name the process has from then on.
-    /// Kept here because a short-lived process is gone from the table by the time the
-    /// exporter reads the batch.
-    Named {
-        tgid: u32,
-        comm: String,
-    },
-    /// A call site nothing held for the retention was forgotten (SiteStats::expire): its
-    /// series go too.
-    Forgotten {
-        site: SiteId,
-    },
-}
 
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
 pub trait StackSource {
@@ -60,28 +44,6 @@ struct PendingReconcile {
     started_ns: u64,
     observed: HashMap<u32, BTreeMap<i32, ObservedFd>>,
     touched: HashMap<u32, HashSet<i32>>,
-}
-
-/// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
-/// by the time of the report).
-#[derive(Clone, Debug)]
-pub struct ExitedProcess {
-    pub tgid: u32,
-    pub comm: String,
-    pub cmdline: Option<String>,
-    /// CLOCK_BOOTTIME ns of the exit.
-    pub exited_ns: u64,
-    /// What was open at the exit.
-    pub fds: BTreeMap<i32, OpenFd>,
-    /// Its site counters, the closes by exit included.
-    pub counters: HashMap<(FdKind, SiteId), SiteCounters>,
-}
-
-impl ExitedProcess {
-    /// Every site it had open at its exit or counted, once per (descriptor or counter).
-    fn sites(&self) -> impl Iterator<Item = SiteId> + '_ {
-        self.fds.values().map(|fd| fd.site).chain(self.counters.keys().map(|(_, site)| *site))
-    }
 }
 
 pub struct Engine {

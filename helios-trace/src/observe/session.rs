@@ -23,6 +23,7 @@ use crate::{
         fd::{FdDetail, FdKind, printable},
         fdtable::{Corrections, OpenFd, TableLimits},
         history::{History, ProcessSample},
+        resources::exhaustion_seconds,
     },
     observe::engine::Engine,
     output::report::{self, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
@@ -30,8 +31,7 @@ use crate::{
         TraceConfig, Tracer,
         cgroups::{self, TargetCgroup},
         checks, clock,
-        proc::resources,
-        proc::{self, SocketTables},
+        proc::{self, SocketTables, resources},
         sockdiag,
     },
 };
@@ -434,7 +434,7 @@ impl Tracing {
         let window = self.history.process(tgid)?.fds.window();
         let rate = crate::model::trend::theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
         let open = self.engine.table.process(tgid)?.fds.len() as u64;
-        resources::exhaustion_seconds(resources::fd_limit(self.engine.proc_root(), tgid), open, Some(rate))
+        exhaustion_seconds(resources::fd_limit(self.engine.proc_root(), tgid), open, Some(rate))
     }
 }
 

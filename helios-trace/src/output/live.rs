@@ -625,7 +625,10 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::{model::fd::FdKind, model::fdtable::Corrections, output::report::EventCounts};
+    use crate::{
+        model::{fd::FdKind, fdtable::Corrections},
+        output::report::EventCounts,
+    };
 
     fn site(id: &str, kind: FdKind, open: u64, growth: Option<f64>, suspected: bool) -> SiteReport {
         SiteReport {

@@ -9,8 +9,8 @@ use helios_trace_common::{
 use thiserror::Error;
 
 use crate::{
-    model::event::StackSample,
     model::{
+        event::StackSample,
         event::{Event, FdList, Op, StackIds},
         fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     },

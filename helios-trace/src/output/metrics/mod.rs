@@ -26,15 +26,13 @@ use std::{
 use prometheus::{Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::{
-    model::{
-        fd::{FdKind, SiteId, printable},
-        fdtable::{Corrections, FdChange, FdTable, OpenFd, Transition},
-        workload::Workload,
-    },
-    observe::engine::Kept,
-    resolve::stacks::Frame,
-    sys::proc::Usage,
+use crate::model::{
+    fd::{FdKind, SiteId, printable},
+    fdtable::{Corrections, FdChange, FdTable, OpenFd, Transition},
+    frame::Frame,
+    kept::Kept,
+    resources::Usage,
+    workload::Workload,
 };
 
 /// The `site` label of the folded sites.
@@ -503,10 +501,10 @@ fn comm_label(comm: &str) -> String {
     printable(comm.as_bytes(), COMM_CHARS)
 }
 
-/// The `frame` label of a site: its most telling frame (stacks::site_label: the innermost frame
+/// The `frame` label of a site: its most telling frame (frame::site_label: the innermost frame
 /// of the application's own code), bounded for a label value.
 pub fn site_frame_label(frames: &[Frame]) -> String {
-    crate::resolve::stacks::site_label(frames)
+    crate::model::frame::site_label(frames)
         .map(|label| printable(label.as_bytes(), FRAME_CHARS))
         .unwrap_or_default()
 }
@@ -716,9 +714,9 @@ mod tests {
         model::{
             event::{Event, Op, StackIds},
             fd::FdDetail,
+            frame::Language,
         },
-        observe::engine::{Engine, StackSource},
-        resolve::stacks::Language,
+        observe::{engine::Engine, engine::StackSource},
     };
 
     const SEC: u64 = 1_000_000_000;

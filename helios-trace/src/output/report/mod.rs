@@ -12,15 +12,15 @@ use serde::Serialize;
 
 use crate::{
     model::{
+        exited::ExitedProcess,
         fd::{CloseReason, FdKind, SiteId},
         fdtable::{Corrections, FdTable, OpenFd},
+        frame::{Frame, site_label},
         history::History,
         sites::{SiteCounters, SiteStats},
         trend::{self, Evidence, Trend},
     },
-    observe::engine::ExitedProcess,
     output::format::{bytes, human_duration, plural, rate, signed_bytes, signed_count, thousands},
-    resolve::stacks::{self, Frame},
 };
 
 /// Version of the JSON layout; fields are only ever added within a version.
@@ -187,7 +187,7 @@ pub struct FdFacts {
 pub struct ProcessFacts {
     pub fd_limit: Option<u64>,
     pub rss_bytes: Option<u64>,
-    pub cgroup: Option<crate::sys::proc::resources::CgroupMemory>,
+    pub cgroup: Option<crate::model::resources::CgroupMemory>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -398,7 +398,7 @@ fn process_report(
             SiteReport {
                 site: site.label(),
                 kind,
-                frame: stacks::site_label(&frames).unwrap_or_else(|| site.label()),
+                frame: site_label(&frames).unwrap_or_else(|| site.label()),
                 open: open.len() as u64,
                 opened: own.opened,
                 closed: own.closed,
@@ -482,18 +482,14 @@ fn resources(
     let mut resources = Resources {
         fd_limit: facts.fd_limit,
         fd_growth_per_hour: fd_rate.map(|r| r * HOUR),
-        fd_exhaustion_seconds: crate::sys::proc::resources::exhaustion_seconds(
-            facts.fd_limit,
-            open_fds,
-            fd_rate,
-        ),
+        fd_exhaustion_seconds: crate::model::resources::exhaustion_seconds(facts.fd_limit, open_fds, fd_rate),
         rss_bytes: facts.rss_bytes,
         rss_growth_bytes_per_hour: rss_rate.map(|r| r * HOUR),
         memory_current_bytes: memory_current,
         memory_limit_bytes: memory_limit,
         memory_growth_bytes_per_hour: memory_rate.map(|r| r * HOUR),
         memory_exhaustion_seconds: memory_current.and_then(|current| {
-            crate::sys::proc::resources::exhaustion_seconds(memory_limit, current, memory_rate)
+            crate::model::resources::exhaustion_seconds(memory_limit, current, memory_rate)
         }),
         socket_memory_bytes: sites.iter().filter_map(|s| s.socket_memory_bytes).sum(),
         summary: None,
@@ -739,13 +735,11 @@ mod tests {
     use smallvec::smallvec;
 
     use super::*;
-    use crate::{
-        model::{
-            event::{Event, Op, StackIds},
-            fd::FdDetail,
-            fdtable::{FdChange, ObservedFd, Transition},
-        },
-        resolve::stacks::Language,
+    use crate::model::{
+        event::{Event, Op, StackIds},
+        fd::FdDetail,
+        fdtable::{FdChange, ObservedFd, Transition},
+        frame::Language,
     };
 
     fn open_event(tgid: u32, fd: i32, ts_ns: u64, kind: FdKind) -> Event {

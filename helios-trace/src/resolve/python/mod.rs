@@ -25,11 +25,11 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
 use crate::{
-    model::fd::SiteId,
+    model::{fd::SiteId, frame::Frame},
     resolve::{
         cache::{BoundedLru, Weight},
         modules::{Mapping, ProcessMaps},
-        stacks::{Frame, StackRegistry},
+        stacks::StackRegistry,
     },
     sys::proc,
 };
@@ -271,7 +271,7 @@ pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, Pyt
 /// The CPython version a mapped file's name says: `python3.11`, `libpython3.12.so.1.0`
 /// give Some(Ok(minor)); other Pythons an error; anything else None.
 pub fn version_of(path: &str) -> Option<Result<u32, PythonError>> {
-    let name = crate::resolve::stacks::basename(path);
+    let name = crate::model::frame::basename(path);
     let rest = name.strip_prefix("lib").unwrap_or(name).strip_prefix("python")?;
     if rest.starts_with('2') {
         return Some(Err(PythonError::Python2));
@@ -544,7 +544,7 @@ fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, PythonError>>
     let candidates = |lib: bool| {
         maps.mappings()
             .iter()
-            .filter(move |m| crate::resolve::stacks::basename(&m.path).starts_with("libpython") == lib)
+            .filter(move |m| crate::model::frame::basename(&m.path).starts_with("libpython") == lib)
             .find_map(|m| version_of(&m.path).map(|v| (m, v)))
     };
     let (mapping, version) = candidates(true).or_else(|| candidates(false))?;

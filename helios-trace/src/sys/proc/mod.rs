@@ -12,8 +12,11 @@ use procfs::process::{FDTarget, Process};
 
 pub mod resources;
 
-use crate::model::fd::{FdDetail, FdKind, printable};
-use crate::model::fdtable::ObservedFd;
+use crate::model::{
+    fd::{FdDetail, FdKind, printable},
+    fdtable::ObservedFd,
+    resources::Usage,
+};
 
 /// Numeric entries of the procfs root: the pids.
 pub fn pids(root: &Path) -> Vec<u32> {
@@ -155,16 +158,7 @@ pub fn cgroup(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()
 }
 
-/// What a process costs: the exporter's own `process_*` metrics.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Usage {
-    /// User + system CPU time.
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-    pub virtual_bytes: u64,
-    pub open_fds: u64,
-}
-
+/// What a process costs now (the exporter's own `process_*` metrics).
 pub fn usage(root: &Path, pid: u32) -> Option<Usage> {
     let process = Process::new_with_root(root.join(pid.to_string())).ok()?;
     let stat = process.stat().ok()?;

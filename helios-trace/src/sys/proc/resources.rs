@@ -1,11 +1,14 @@
 //! What a leaking process runs out of: its descriptor limit (RLIMIT_NOFILE, from
 //! /proc/PID/limits), its memory (RSS, from /proc/PID/statm) and its cgroup's memory limit
-//! (cgroup v2 memory.max/memory.current, or v1 memory.limit_in_bytes/memory.usage_in_bytes),
-//! and when it will, at the rate it is going. Parsers are pure; readers take the roots.
+//! (cgroup v2 memory.max/memory.current, or v1 memory.limit_in_bytes/memory.usage_in_bytes).
+//! When it runs out at the rate it is going is model/resources.rs's projection. Parsers are
+//! pure; readers take the roots.
 use std::{
     fs,
     path::{Path, PathBuf},
 };
+
+use crate::model::resources::CgroupMemory;
 
 /// Where the cgroup hierarchy is mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -61,13 +64,6 @@ pub fn parse_memory_cgroup(cgroup: &str) -> Option<MemoryCgroup> {
     unified
 }
 
-/// A cgroup's memory use and limit (None: unlimited).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CgroupMemory {
-    pub current: u64,
-    pub limit: Option<u64>,
-}
-
 /// v1 reports "no limit" as PAGE_COUNTER_MAX (a huge page-aligned number), v2 as "max".
 fn parse_limit(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -101,13 +97,6 @@ pub fn cgroup_memory(cgroup_root: &Path, cgroup: &MemoryCgroup) -> Option<Cgroup
 pub fn process_cgroup_memory(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<CgroupMemory> {
     let cgroup = parse_memory_cgroup(&crate::sys::proc::cgroup(proc_root, pid)?)?;
     cgroup_memory(cgroup_root, &cgroup)
-}
-
-/// Seconds until `current` reaches `limit` growing `per_second`; None when it is not growing
-/// or there is no limit. Zero when already there.
-pub fn exhaustion_seconds(limit: Option<u64>, current: u64, per_second: Option<f64>) -> Option<f64> {
-    let (limit, rate) = (limit?, per_second.filter(|r| *r > 0.0 && r.is_finite())?);
-    Some(limit.saturating_sub(current) as f64 / rate)
 }
 
 #[cfg(test)]
@@ -163,17 +152,5 @@ mod tests {
             cgroup_memory(root.path(), &MemoryCgroup::V1("app".into())),
             Some(CgroupMemory { current: 300, limit: None })
         );
-    }
-
-    #[test]
-    fn time_to_exhaustion() {
-        // +2,000/h against 65,536 with 47,213 open: 9 h 9 m.
-        let seconds = exhaustion_seconds(Some(65_536), 47_213, Some(2000.0 / 3600.0)).unwrap();
-        assert!((seconds - 32_981.4).abs() < 1.0, "{seconds}");
-        assert_eq!(exhaustion_seconds(Some(100), 150, Some(1.0)), Some(0.0));
-        assert_eq!(exhaustion_seconds(Some(100), 10, Some(0.0)), None);
-        assert_eq!(exhaustion_seconds(Some(100), 10, Some(-3.0)), None);
-        assert_eq!(exhaustion_seconds(None, 10, Some(1.0)), None);
-        assert_eq!(exhaustion_seconds(Some(100), 10, None), None);
     }
 }

@@ -1,0 +1,31 @@
+//! A process as the report shows it after its exit (ARCHITECTURE.md, "Contracts: Report":
+//! `exited`): what it had open and what it counted, as of its exit.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{
+    fd::{FdKind, SiteId},
+    fdtable::OpenFd,
+    sites::SiteCounters,
+};
+
+/// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
+/// by the time of the report).
+#[derive(Clone, Debug)]
+pub struct ExitedProcess {
+    pub tgid: u32,
+    pub comm: String,
+    pub cmdline: Option<String>,
+    /// CLOCK_BOOTTIME ns of the exit.
+    pub exited_ns: u64,
+    /// What was open at the exit.
+    pub fds: BTreeMap<i32, OpenFd>,
+    /// Its site counters, the closes by exit included.
+    pub counters: HashMap<(FdKind, SiteId), SiteCounters>,
+}
+
+impl ExitedProcess {
+    /// Every site it had open at its exit or counted, once per (descriptor or counter).
+    pub fn sites(&self) -> impl Iterator<Item = SiteId> + '_ {
+        self.fds.values().map(|fd| fd.site).chain(self.counters.keys().map(|(_, site)| *site))
+    }
+}

@@ -1,0 +1,436 @@
+//! A call site's frames (ARCHITECTURE.md, "Data flow" 4): one frame of a stack (function,
+//! inlined functions, file and line, or module and offset), the site id that hashes a stack,
+//! and the labels people read (the one most telling frame of a site). resolve/ makes frames
+//! from captured stacks; the outputs show them.
+//!
+//! A site id hashes what stays the same across processes, ASLR and restarts: each frame's
+//! module (file name), function and offset in the function — or the module and file offset
+//! where there is no symbol (stripped code) — never absolute addresses (except for frames in
+//! no file, which have nothing better).
+use std::{hash::Hasher, sync::Arc};
+
+use fnv::FnvHasher;
+use serde::{Serialize, Serializer};
+
+use crate::model::fd::SiteId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    Native,
+    Python,
+    Kernel,
+}
+
+/// One frame of a site's stack, innermost first; the report's `frames` entries. Unknown values
+/// are `None` (JSON null), never invented.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// Text shared with the symbol and code-object caches and with every other site through
+    /// the same function: a site's frames are mostly the same few hundred functions, and a
+    /// copy of their names per site was most of the daemon's memory under process churn.
+    pub symbol: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
+    pub line: Option<u32>,
+    pub module: Option<Arc<str>>,
+    #[serde(serialize_with = "hex")]
+    pub address: Option<u64>,
+    /// Offset of the address in the module's file.
+    #[serde(serialize_with = "hex")]
+    pub offset: Option<u64>,
+    /// Offset of the address from the start of `symbol` (none for an inlined function).
+    #[serde(serialize_with = "hex")]
+    pub symbol_offset: Option<u64>,
+    /// Code of `symbol` inlined into the next frame's function: both are at the same address.
+    pub inlined: bool,
+    pub language: Language,
+}
+
+fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_str(&format!("{v:#x}")),
+        None => s.serialize_none(),
+    }
+}
+
+impl Frame {
+    /// A frame of Python code: qualified function name, file and line (no address or module:
+    /// code objects live on the interpreter's heap).
+    pub fn python(symbol: Arc<str>, file: Arc<str>, line: Option<u32>) -> Frame {
+        Frame {
+            symbol: Some(symbol),
+            file: Some(file),
+            line,
+            module: None,
+            address: None,
+            offset: None,
+            symbol_offset: None,
+            inlined: false,
+            language: Language::Python,
+        }
+    }
+
+    /// A native frame of a module, not symbolized yet.
+    pub fn native(address: u64, module: Option<Arc<str>>, offset: Option<u64>) -> Frame {
+        Frame {
+            symbol: None,
+            file: None,
+            line: None,
+            module,
+            address: Some(address),
+            offset,
+            symbol_offset: None,
+            inlined: false,
+            language: Language::Native,
+        }
+    }
+
+    /// Long human form for the text report: `symbol (file:line)`, `symbol in module`,
+    /// `module+0xoffset`, or the bare address.
+    pub fn describe(&self) -> String {
+        let text = match (&self.symbol, &self.file, self.line, &self.module, self.offset, self.address) {
+            (Some(symbol), Some(file), Some(line), ..) => format!("{symbol} ({file}:{line})"),
+            (Some(symbol), _, _, Some(module), ..) => format!("{symbol} in {}", basename(module)),
+            (Some(symbol), ..) => symbol.to_string(),
+            (None, _, _, Some(module), Some(offset), _) => format!("{module}+{offset:#x}"),
+            (.., Some(address)) => format!("{address:#x}"),
+            _ => "?".to_string(),
+        };
+        if self.inlined { format!("{text} [inlined]") } else { text }
+    }
+}
+
+pub fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Libraries whose frames are plumbing between the application and the kernel: the C
+/// library and dynamic loader, language runtimes.
+const RUNTIME_MODULES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libc.musl",
+    "ld-linux",
+    "ld64.so",
+    "ld-musl",
+    "libpthread",
+    "libdl.",
+    "librt.",
+    "libstdc++",
+    "libc++",
+    "libgcc_s",
+    "libpython",
+    "python",
+    "libjvm",
+    "libnode",
+    "libuv",
+    "libhelios",
+];
+
+/// Functions that are plumbing wherever they are linked (a static libc, Rust's, C++'s and
+/// Go's standard libraries, helios-trace's own shims).
+const RUNTIME_SYMBOL_PREFIXES: &[&str] = &[
+    "__libc_",
+    "__GI_",
+    "__syscall",
+    "__open",
+    "__socket",
+    "_IO_",
+    "std::",
+    "core::",
+    "alloc::",
+    "<std::",
+    "<core::",
+    "<alloc::",
+    "__gnu_cxx::",
+    "syscall.",
+    "runtime.",
+    "internal/",
+    "os.",
+    "net.",
+    "helios_",
+];
+
+/// libc's descriptor-creating wrappers, for binaries that link libc statically.
+const LIBC_WRAPPERS: &[&str] = &[
+    "open",
+    "open64",
+    "openat",
+    "openat64",
+    "creat",
+    "creat64",
+    "socket",
+    "socketpair",
+    "accept",
+    "accept4",
+    "pipe",
+    "pipe2",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "fcntl64",
+    "eventfd",
+    "epoll_create",
+    "epoll_create1",
+    "timerfd_create",
+    "signalfd",
+    "inotify_init",
+    "inotify_init1",
+    "memfd_create",
+    "fopen",
+    "fopen64",
+    "fdopen",
+    "freopen",
+    "opendir",
+    "fdopendir",
+    "tmpfile",
+    "mkstemp",
+    "mkostemp",
+    "syscall",
+];
+
+/// Whether a frame is plumbing rather than the application's own code.
+fn is_runtime(frame: &Frame) -> bool {
+    match frame.language {
+        Language::Kernel => true,
+        // The standard library (frozen modules, the interpreter's lib/python3.X) and installed
+        // packages (site-packages, Debian's dist-packages) are libraries: the telling frame
+        // is the application's call into them.
+        Language::Python => frame.file.as_deref().is_some_and(|file| {
+            file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
+        }),
+        Language::Native => {
+            let module = frame.module.as_deref().map(basename).unwrap_or("");
+            let symbol = frame.symbol.as_deref().unwrap_or("");
+            RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+                // CPython's own extension modules (_socket, _io, ...).
+                || frame.module.as_deref().is_some_and(|m| m.contains("/lib-dynload/"))
+                || RUNTIME_SYMBOL_PREFIXES.iter().any(|p| symbol.starts_with(p))
+                || LIBC_WRAPPERS.contains(&symbol)
+        }
+    }
+}
+
+/// The one frame that tells where a site is: the innermost frame in the application's own
+/// code, past the kernel, the C library and loader, language runtimes and standard libraries.
+/// When every frame is plumbing, the innermost Python frame, else the innermost user frame.
+/// None only without user frames.
+pub fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
+    frames
+        .iter()
+        .find(|f| !is_runtime(f))
+        // A Python stack entirely in libraries: its innermost Python frame says more than libc.
+        .or_else(|| frames.iter().find(|f| f.language == Language::Python))
+        .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
+}
+
+/// A short, bounded label of a frame, for the `frame` metric label and the text report:
+/// `leak_socket (app.c:14)`, `geo.py:UnitTrackingWSHandler.on_connect:27`, `leak_fn (app)`,
+/// `app+0x1234`.
+pub fn frame_label(frame: &Frame) -> String {
+    let module = frame.module.as_deref().map(basename);
+    let file = frame.file.as_deref().map(basename);
+    match (frame.language, &frame.symbol, file, frame.line, module) {
+        (Language::Python, Some(symbol), Some(file), Some(line), _) => format!("{file}:{symbol}:{line}"),
+        (_, Some(symbol), Some(file), Some(line), _) => format!("{symbol} ({file}:{line})"),
+        (_, Some(symbol), _, _, Some(module)) => format!("{symbol} ({module})"),
+        (_, Some(symbol), ..) => symbol.to_string(),
+        (.., Some(module)) if frame.offset.is_some() => {
+            format!("{module}+{:#x}", frame.offset.unwrap_or_default())
+        }
+        _ => frame.address.map(|a| format!("{a:#x}")).unwrap_or_else(|| "?".to_string()),
+    }
+}
+
+/// The label of a site's telling frame; None for a site without frames.
+pub fn site_label(frames: &[Frame]) -> Option<String> {
+    telling_frame(frames).map(frame_label)
+}
+
+/// The stable id of a stack: FNV-1a over each frame's (module, function, offset in function),
+/// or (module, file offset) without a function, or (function, file, line) for interpreted
+/// frames, falling back to the address for frames in no file. Inlined frames add nothing:
+/// they follow from the address of the frame they were inlined into.
+pub fn site_id(frames: &[Frame]) -> SiteId {
+    let mut hasher = FnvHasher::default();
+    for frame in frames.iter().filter(|f| !f.inlined) {
+        hasher.write_u8(frame.language as u8);
+        let module = frame.module.as_deref().map(basename);
+        match (&frame.symbol, frame.symbol_offset, module, frame.offset) {
+            (Some(symbol), Some(offset), module, _) => {
+                hasher.write(module.unwrap_or("").as_bytes());
+                hasher.write_u8(0);
+                hasher.write(symbol.as_bytes());
+                hasher.write_u8(0);
+                hasher.write_u64(offset);
+            }
+            (_, _, Some(module), Some(offset)) => {
+                hasher.write(module.as_bytes());
+                hasher.write_u8(0);
+                hasher.write_u64(offset);
+            }
+            (Some(symbol), ..) => {
+                hasher.write(symbol.as_bytes());
+                hasher.write_u8(0);
+                hasher.write(frame.file.as_deref().unwrap_or("").as_bytes());
+                hasher.write_u32(frame.line.unwrap_or(0));
+            }
+            _ => hasher.write_u64(frame.address.unwrap_or(0)),
+        }
+        hasher.write_u8(0xff);
+    }
+    SiteId::Stack(hasher.finish())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn native(symbol: Option<&str>, module: &str, offset: u64) -> Frame {
+        Frame {
+            symbol: symbol.map(Arc::from),
+            symbol_offset: symbol.map(|_| 0x10),
+            ..Frame::native(0x7f00_0000_0000 + offset, Some(Arc::from(module)), Some(offset))
+        }
+    }
+
+    fn located(symbol: &str, module: &str, file: &str, line: u32) -> Frame {
+        Frame { file: Some(Arc::from(file)), line: Some(line), ..native(Some(symbol), module, 0x1234) }
+    }
+
+    fn kernel(symbol: &str) -> Frame {
+        Frame { language: Language::Kernel, module: None, offset: None, ..native(Some(symbol), "", 0) }
+    }
+
+    #[test]
+    fn the_telling_frame_is_past_kernel_libc_and_runtimes() {
+        let frames = vec![
+            kernel("do_syscall_64"),
+            native(Some("__libc_open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x114f10),
+            native(Some("std::fs::OpenOptions::_open"), "/srv/app/server", 0x4000),
+            located("leak_socket", "/srv/app/server", "/src/app.c", 14),
+            located("main", "/srv/app/server", "/src/app.c", 40),
+        ];
+        let telling = telling_frame(&frames).unwrap();
+        assert_eq!(telling.symbol.as_deref(), Some("leak_socket"));
+        assert_eq!(frame_label(telling), "leak_socket (app.c:14)");
+        assert_eq!(site_label(&frames).as_deref(), Some("leak_socket (app.c:14)"));
+        // A static binary's own copy of the wrapper is plumbing too.
+        let static_libc = vec![
+            native(Some("open64"), "/srv/app/static", 0x10),
+            native(Some("handler"), "/srv/app/static", 0x20),
+        ];
+        assert_eq!(telling_frame(&static_libc).unwrap().symbol.as_deref(), Some("handler"));
+        // Stripped application code: named by module and offset.
+        let stripped =
+            vec![native(Some("open64"), "/lib/libc.so.6", 0x10), native(None, "/srv/app/stripped", 0x1189)];
+        assert_eq!(frame_label(telling_frame(&stripped).unwrap()), "stripped+0x1189");
+        // Only plumbing: the innermost user frame; only kernel frames, or none: nothing.
+        let plumbing = vec![kernel("x"), native(Some("__libc_open64"), "/lib/libc.so.6", 0x10)];
+        assert_eq!(telling_frame(&plumbing).unwrap().symbol.as_deref(), Some("__libc_open64"));
+        assert!(telling_frame(&[kernel("x")]).is_none());
+        assert!(telling_frame(&[]).is_none());
+    }
+
+    #[test]
+    fn python_frames_past_the_standard_library() {
+        let py = |symbol: &str, file: &str, line| Frame {
+            language: Language::Python,
+            module: None,
+            offset: None,
+            address: None,
+            symbol_offset: None,
+            ..located(symbol, "", file, line)
+        };
+        let frames = vec![
+            native(Some("__libc_accept4"), "/lib/libc.so.6", 1),
+            native(Some("sock_accept"), "/usr/lib/python3.11/lib-dynload/_socket.so", 2),
+            py("socket.accept", "/usr/lib/python3.11/socket.py", 294),
+            py("UnitTrackingWSHandler.on_connect", "/srv/heliosops/geo.py", 27),
+        ];
+        assert_eq!(
+            frame_label(telling_frame(&frames).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
+        // Installed packages are libraries too: the application's call into them tells.
+        let vendored = py("Client.connect", "/usr/lib/python3/dist-packages/redis/client.py", 5);
+        assert!(is_runtime(&vendored));
+        let mut through_package = frames.clone();
+        through_package.insert(2, vendored.clone());
+        assert_eq!(
+            frame_label(telling_frame(&through_package).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
+        // All in libraries: the innermost Python frame, not libc.
+        let libraries = vec![frames[0].clone(), frames[2].clone(), vendored];
+        assert_eq!(frame_label(telling_frame(&libraries).unwrap()), "socket.py:socket.accept:294");
+    }
+
+    #[test]
+    fn labels_of_every_kind_of_frame() {
+        assert_eq!(frame_label(&native(Some("open64"), "/lib/libc.so.6", 1)), "open64 (libc.so.6)");
+        assert_eq!(frame_label(&Frame::native(0x1234, None, None)), "0x1234");
+        assert_eq!(frame_label(&kernel("do_sys_openat2")), "do_sys_openat2");
+        let inlined = Frame { inlined: true, ..located("raw_openat", "/a/b", "/src/x.c", 3) };
+        assert_eq!(inlined.describe(), "raw_openat (/src/x.c:3) [inlined]");
+    }
+
+    #[test]
+    fn site_ids_hash_functions_and_offsets_not_addresses() {
+        let a = vec![
+            native(Some("open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x100),
+            located("leak_fn", "/opt/app", "a.c", 3),
+        ];
+        // The same code elsewhere in memory (ASLR), in a container's copy at another path,
+        // even rebuilt with other code around it (other file offsets): the same site.
+        let moved: Vec<Frame> = a
+            .iter()
+            .map(|f| Frame {
+                address: f.address.map(|x| x + 0x5000_0000),
+                offset: f.offset.map(|x| x + 0x40),
+                module: f
+                    .module
+                    .as_deref()
+                    .map(|m| Arc::from(m.replace("/usr/lib/x86_64-linux-gnu", "/lib"))),
+                ..f.clone()
+            })
+            .collect();
+        assert_eq!(site_id(&a), site_id(&moved));
+        // Another place in the function is another site.
+        let mut other = a.clone();
+        other[1].symbol_offset = Some(0x18);
+        assert_ne!(site_id(&a), site_id(&other));
+        // Inlined frames follow from their address and change nothing.
+        let mut with_inlined = a.clone();
+        with_inlined.insert(
+            1,
+            Frame { inlined: true, symbol_offset: None, ..located("helper", "/opt/app", "a.c", 9) },
+        );
+        assert_eq!(site_id(&a), site_id(&with_inlined));
+        // Without symbols, the module and file offset: stable too, different per offset.
+        let stripped = vec![native(None, "/opt/app", 0x1189)];
+        let stripped_moved = vec![Frame { address: Some(1), ..native(None, "/other/app", 0x1189) }];
+        assert_eq!(site_id(&stripped), site_id(&stripped_moved));
+        assert_ne!(site_id(&stripped), site_id(&[native(None, "/opt/app", 0x118a)]));
+        // Kernel frames take part (a site is its whole stack).
+        let mut with_kernel = a.clone();
+        with_kernel.insert(0, kernel("do_syscall_64"));
+        assert_ne!(site_id(&a), site_id(&with_kernel));
+    }
+
+    #[test]
+    fn frames_serialize_as_the_report_contract() {
+        let frame = located("leak_fn", "/opt/app", "/src/a.c", 3);
+        let json = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "symbol": "leak_fn", "file": "/src/a.c", "line": 3, "module": "/opt/app",
+                "address": "0x7f0000001234", "offset": "0x1234", "symbol_offset": "0x10",
+                "inlined": false, "language": "native"
+            })
+        );
+        assert_eq!(serde_json::to_value(kernel("x")).unwrap()["language"], "kernel");
+    }
+}
