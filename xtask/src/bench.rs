@@ -40,6 +40,8 @@ struct Plan {
     sites: u32,
     startup_runs: usize,
     python_ops: u32,
+    /// Seconds of job churn in the soak, the first SOAK_WARMUP of them not measured.
+    soak_seconds: u64,
 }
 
 impl Plan {
@@ -56,6 +58,7 @@ impl Plan {
                 sites: 10_000,
                 startup_runs: 3,
                 python_ops: 3_000,
+                soak_seconds: 240,
             }
         } else {
             Plan {
@@ -68,6 +71,7 @@ impl Plan {
                 sites: 10_000,
                 startup_runs: 7,
                 python_ops: 10_000,
+                soak_seconds: 900,
             }
         }
     }
@@ -84,7 +88,7 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 5] = ["overhead", "throughput", "memory", "startup", "python"];
+pub const SECTIONS: [&str; 6] = ["overhead", "throughput", "memory", "startup", "python", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -109,12 +113,13 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("overhead", overhead),
         ("throughput", throughput),
         ("memory", memory),
         ("startup", startup),
         ("python", python),
+        ("soak", soak),
     ];
     for (name, section) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
@@ -452,6 +457,129 @@ fn held(bench: &Bench, workloads: &mut [Workload]) -> Result<Held> {
     let after = rss_anon(tracer.pid())?;
     let report = Report::parse(&tracer.stop()?)?;
     Ok(Held { tracked: report.open_fds, sites: report.sites, lost: report.lost, before, after })
+}
+
+/// Jobs started per second in the soak, and the `--retention` of the exporter there.
+const SOAK_RATE: u32 = 10;
+const SOAK_RETENTION: &str = "20s";
+/// What the soak does not measure: the retention's worth of sites fills up first.
+const SOAK_WARMUP: u64 = 60;
+/// The target of issue 17: growth after warm-up, MB a minute.
+const SOAK_TARGET_MB_PER_MIN: f64 = 0.25;
+
+/// The daemon's memory under process churn (issue 17): bench/jobchurn.py starts short-lived
+/// jobs (each Python job a script of its own: new call sites every time) in Debian's CPython,
+/// every pyenv CPython with a shared libpython and `cat`; `helios-trace serve` traces the
+/// driver and its jobs, and the bpftrace peer (peer.bt, filtered to the driver and its
+/// children) runs beside it in the same run. RssAnon of each every 5 s; the growth is the
+/// least-squares slope after the warm-up.
+fn soak(bench: &Bench, plan: &Plan) -> Result<String> {
+    let jobs = bench.dir.join("soak-jobs");
+    fs::create_dir_all(&jobs)?;
+    let mut interpreters = vec![PYTHON.to_string(), "native".to_string()];
+    interpreters.extend(shared_libpython_interpreters());
+    let mut driver = Workload::start(
+        Command::new(PYTHON)
+            .arg(bench.source.join("jobchurn.py"))
+            .args([plan.soak_seconds.to_string(), SOAK_RATE.to_string()])
+            .arg(&jobs)
+            .args(&interpreters),
+    )?;
+    let pid = driver.pid().to_string();
+    let mut serve = Command::new(&bench.helios);
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--pid", &pid, "--retention", SOAK_RETENTION]);
+    let helios = Attached::start(serve, |line| line.starts_with("helios-trace: attached"))?;
+    let script = fs::read_to_string(bench.source.join("peer.bt")).context("cannot read bench/peer.bt")?;
+    // The jobs are the driver's children (subprocess: fork, then exec).
+    let script = script.replace("/pid == $1", "/(pid == $1 || curtask->real_parent->tgid == $1)");
+    let mut bpftrace = Command::new("bpftrace");
+    bpftrace.args(["-B", "none", "-e", &script, &pid]);
+    let peer = Attached::start(bpftrace, |line| line == "attached")?;
+    driver.go()?;
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+    while started.elapsed() < Duration::from_secs(plan.soak_seconds) {
+        thread::sleep(Duration::from_secs(5));
+        let t = started.elapsed().as_secs_f64();
+        samples.push((t, rss_anon(helios.pid())?, rss_anon(peer.pid())?));
+    }
+    let said = driver.finish()?;
+    helios.stop()?;
+    peer.stop()?;
+    let measured: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= SOAK_WARMUP as f64).collect();
+    let slope = |pick: fn(&(f64, u64, u64)) -> u64| {
+        let points: Vec<(f64, f64)> =
+            measured.iter().map(|s| (s.0 / 60.0, pick(s) as f64 / (1024.0 * 1024.0))).collect();
+        least_squares_slope(&points)
+    };
+    let (helios_slope, peer_slope) = (slope(|s| s.1), slope(|s| s.2));
+    let first = measured.first().context("no sample after the warm-up")?;
+    let last = measured.last().expect("not empty");
+    let mut table = format!(
+        "
+### Daemon memory under process churn
+
+{} (`{}`): {SOAK_RATE} jobs a second for {} s over {};          `helios-trace serve --retention {SOAK_RETENTION}` and the bpftrace peer traced the driver and its jobs          at the same time. RssAnon every 5 s; growth is the least-squares slope from {SOAK_WARMUP} s on          ({} samples over {:.1} min). Target (issue 17): under {SOAK_TARGET_MB_PER_MIN} MB a minute.
+
+         | tracer | RssAnon at {SOAK_WARMUP} s | at the end | growth after warm-up | target |
+| --- | --- | --- | --- | --- |
+",
+        "bench/jobchurn.py",
+        said.trim(),
+        plan.soak_seconds,
+        interpreters.join(", "),
+        measured.len(),
+        (last.0 - first.0) / 60.0,
+    );
+    let verdict = if helios_slope < SOAK_TARGET_MB_PER_MIN { "met" } else { "**missed**" };
+    writeln!(
+        table,
+        "| helios-trace serve | {} | {} | {helios_slope:+.3} MB/min | {verdict} |",
+        mib(first.1),
+        mib(last.1)
+    )?;
+    writeln!(
+        table,
+        "| bpftrace peer.bt (ustack) | {} | {} | {peer_slope:+.3} MB/min | – |",
+        mib(first.2),
+        mib(last.2)
+    )?;
+    Ok(table)
+}
+
+/// pyenv's CPython 3.10+ builds with a shared libpython (as container images build it).
+fn shared_libpython_interpreters() -> Vec<String> {
+    let root = std::env::var("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
+    });
+    let mut found: Vec<String> = fs::read_dir(root.join("versions"))
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dir| {
+            let minor: Option<u32> =
+                dir.file_name().and_then(|n| n.to_str()?.strip_prefix("3.")?.split('.').next()?.parse().ok());
+            let shared = fs::read_dir(dir.join("lib")).is_ok_and(|mut files| {
+                files.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("libpython3")))
+            });
+            minor.is_some_and(|m| m >= 10) && shared && dir.join("bin/python3").exists()
+        })
+        .map(|dir| dir.join("bin/python3").to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The slope of the least-squares line through `points` (x, y).
+fn least_squares_slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
 fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
@@ -883,6 +1011,17 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn least_squares_slopes() {
+        assert_eq!(least_squares_slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
+        assert_eq!(least_squares_slope(&[(0.0, 4.0), (1.0, 4.0)]), 0.0);
+        assert_eq!(least_squares_slope(&[(1.0, 4.0)]), 0.0);
+        // Noise around a flat line averages out; around a rising one it does not.
+        let flat: Vec<(f64, f64)> =
+            (0..40).map(|i| (i as f64, 50.0 + if i % 2 == 0 { 2.0 } else { -2.0 })).collect();
+        assert!(least_squares_slope(&flat).abs() < 0.01);
+    }
 
     #[test]
     fn medians_of_odd_and_even_counts() {
