@@ -11,6 +11,7 @@ use log::debug;
 
 use crate::{
     model::{
+        counts::EventCounts,
         event::{Event, Op, StackSample},
         exited::ExitedProcess,
         fd::{FdKind, SiteId},
@@ -18,7 +19,6 @@ use crate::{
         kept::Kept,
         sites::SiteStats,
     },
-    output::report::EventCounts,
     resolve::{python::PythonProcesses, stacks::StackRegistry},
     sys::{
         decode::{self, Decoded, PythonFrames},

@@ -20,13 +20,14 @@ use tokio::{
 
 use crate::{
     model::{
+        counts::EventCounts,
         fd::{FdDetail, FdKind, printable},
         fdtable::{Corrections, OpenFd, TableLimits},
         history::{History, ProcessSample},
         resources::exhaustion_seconds,
     },
     observe::engine::Engine,
-    output::report::{self, EventCounts, FdFacts, ProcessFacts, Report, ReportInput},
+    output::report::{self, FdFacts, ProcessFacts, Report, ReportInput},
     sys::{
         TraceConfig, Tracer,
         cgroups::{self, TargetCgroup},

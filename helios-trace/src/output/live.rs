@@ -625,10 +625,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::{
-        model::{fd::FdKind, fdtable::Corrections},
-        output::report::EventCounts,
-    };
+    use crate::model::{counts::EventCounts, fd::FdKind, fdtable::Corrections};
 
     fn site(id: &str, kind: FdKind, open: u64, growth: Option<f64>, suspected: bool) -> SiteReport {
         SiteReport {

@@ -10,8 +10,7 @@ use thiserror::Error;
 
 use crate::{
     model::{
-        event::StackSample,
-        event::{Event, FdList, Op, StackIds},
+        event::{Event, FdList, Op, StackIds, StackSample},
         fd::{FdDetail, FdKind, TRUNCATED_MARKER},
     },
     sys::syscalls::{Call, SyscallTable},

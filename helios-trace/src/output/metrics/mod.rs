@@ -716,7 +716,7 @@ mod tests {
             fd::FdDetail,
             frame::Language,
         },
-        observe::{engine::Engine, engine::StackSource},
+        observe::engine::{Engine, StackSource},
     };
 
     const SEC: u64 = 1_000_000_000;
