@@ -1,11 +1,19 @@
-//! The userspace pipeline between the ring buffer and the outputs: decode a record, resolve its
-//! stack to a site, apply it to the FdTable, count it per site; plus the /proc baseline at
-//! start and the periodic reconciliation that heals lost events. The ad-hoc session and the
-//! exporter both drive one Engine; neither touches the table directly.
+//! The userspace pipeline between the ring buffer and the outputs (ARCHITECTURE.md, "Data
+//! flow" 3-5, 8): decode a record, resolve its stack to a site, apply it to the FdTable, count
+//! it per site; plus the /proc baseline at start and the periodic reconciliation that heals
+//! lost events. The ad-hoc session and the exporter both drive one Engine; neither touches the
+//! table directly.
+//!
+//! The engine reads nothing itself: what /proc says comes through a [`ProcSource`] and
+//! captured stacks through a [`StackSource`], so its tests need no procfs and no kernel.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::{Path, PathBuf},
+    io,
+    path::Path,
+    sync::Arc,
 };
+
+use helios_trace_common::PythonOffsets;
 
 use log::debug;
 
@@ -14,15 +22,18 @@ use crate::{
         counts::EventCounts,
         event::{Event, Op, StackSample},
         exited::ExitedProcess,
-        fd::{FdKind, SiteId},
+        fd::SiteId,
         fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
+        frame::Frame,
         kept::Kept,
         sites::SiteStats,
     },
-    resolve::{python::PythonProcesses, stacks::StackRegistry},
+    resolve::{
+        python::PythonProcesses,
+        stacks::{StackCounts, StackRegistry},
+    },
     sys::{
         decode::{self, Decoded, PythonFrames},
-        proc::{self, SocketTables},
         syscalls::SyscallTable,
     },
 };
@@ -32,30 +43,50 @@ pub trait StackSource {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
 }
 
-impl StackSource for crate::sys::Tracer {
-    fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
-        crate::sys::Tracer::read_stack(self, stack_id)
-    }
+#[cfg(test)]
+pub mod testing;
+
+/// Every descriptor a process has open, as /proc shows it, by fd.
+pub type OpenFds = BTreeMap<i32, ObservedFd>;
+
+/// What the engine asks /proc (ARCHITECTURE.md, "Data flow" 8): the baseline, what a process
+/// first seen through an event already holds, descriptors received through SCM_RIGHTS, names,
+/// and reconciliation. The daemon answers from the procfs (observe/procfs.rs), tests from
+/// tables of their own.
+pub trait ProcSource {
+    /// Every descriptor `tgid` has open (an error when it is gone or cannot be read).
+    fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds>;
+    /// A reader for the baseline: like [`Self::open_fds`], with what the socket tables of the
+    /// process's network namespace say of its sockets (each namespace's read once while the
+    /// reader lives).
+    fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>>;
+    /// One descriptor of `tgid`, if it is open.
+    fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd>;
+    fn exists(&mut self, tgid: u32) -> bool;
+    /// The command name, printable.
+    fn comm(&mut self, tgid: u32) -> Option<String>;
+    /// The command line, printable; `None` for kernel threads and zombies.
+    fn cmdline(&mut self, tgid: u32) -> Option<String>;
 }
 
 /// A reconciliation pass between reading /proc and comparing: events that arrive in between
 /// touch descriptors whose two views may honestly differ, so those are left alone.
 struct PendingReconcile {
     started_ns: u64,
-    observed: HashMap<u32, BTreeMap<i32, ObservedFd>>,
+    observed: HashMap<u32, OpenFds>,
     touched: HashMap<u32, HashSet<i32>>,
 }
 
 pub struct Engine {
-    pub table: FdTable,
-    pub stats: SiteStats,
-    pub stacks: StackRegistry,
+    table: FdTable,
+    stats: SiteStats,
+    stacks: StackRegistry,
     /// CPython processes: where their frames are, and the names of walked frames.
-    pub python: PythonProcesses,
+    python: PythonProcesses,
     /// The Python frames of the descriptor record that comes next.
     walked: Option<PythonFrames>,
     syscalls: SyscallTable,
-    proc_root: PathBuf,
+    proc: Box<dyn ProcSource>,
     cmdlines: HashMap<u32, Option<String>>,
     counts: EventCounts,
     /// Decoded records by [`Op::index`], and those that changed nothing tracked.
@@ -78,16 +109,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(proc_root: impl Into<PathBuf>, limits: TableLimits) -> Engine {
-        let proc_root = proc_root.into();
+    /// `proc_root`: where resolve/ reads the traced processes' maps, binaries and memory;
+    /// `proc`: what the engine itself asks /proc.
+    pub fn new(proc_root: &Path, proc: Box<dyn ProcSource>, limits: TableLimits) -> Engine {
         Engine {
             table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
-            stacks: StackRegistry::new(&proc_root),
-            python: PythonProcesses::new(&proc_root),
+            stacks: StackRegistry::new(proc_root),
+            python: PythonProcesses::new(proc_root),
             walked: None,
             syscalls: SyscallTable::native(),
-            proc_root,
+            proc,
             cmdlines: HashMap::new(),
             counts: EventCounts::default(),
             by_type: [0; Op::NAMES.len()],
@@ -107,6 +139,46 @@ impl Engine {
     /// Keep up to `limit` exited processes with what they had open at their exit.
     pub fn retain_exited(&mut self, limit: usize) {
         self.retain_exited = limit;
+    }
+
+    /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).
+    pub fn limit_sites(&mut self, max_sites: usize) {
+        self.stacks.limit_sites(max_sites);
+    }
+
+    /// Look for CPython processes and name their walked frames (`--python-frames auto`, with
+    /// user stacks).
+    pub fn enable_python(&mut self, on: bool) {
+        self.python.enable(on);
+    }
+
+    /// What the kernel's `PYTHON_PROCS` map must learn since the last call (CPython processes
+    /// found or gone), after probing again those whose interpreter was still starting.
+    pub fn python_updates(&mut self, now_ns: u64) -> Vec<(u32, Option<PythonOffsets>)> {
+        self.python.retry_pending(now_ns);
+        self.python.take_updates()
+    }
+
+    pub fn table(&self) -> &FdTable {
+        &self.table
+    }
+
+    pub fn stats(&self) -> &SiteStats {
+        &self.stats
+    }
+
+    /// A call site's frames, while it is remembered.
+    pub fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
+        self.stacks.frames(site)
+    }
+
+    pub fn stack_counts(&self) -> StackCounts {
+        self.stacks.counts()
+    }
+
+    #[cfg(test)]
+    pub fn stacks(&self) -> &StackRegistry {
+        &self.stacks
     }
 
     /// Forget call sites that nothing has held for `retention_ns` (`--retention`).
@@ -130,10 +202,6 @@ impl Engine {
     /// Exited processes kept by `retain_exited`, oldest first.
     pub fn exited(&self) -> &[ExitedProcess] {
         &self.exited
-    }
-
-    pub fn proc_root(&self) -> &Path {
-        &self.proc_root
     }
 
     pub fn counts(&self) -> EventCounts {
@@ -228,7 +296,7 @@ impl Engine {
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
-                if let Some(o) = proc::observe_fd(&self.proc_root, event.tgid, fd, None) {
+                if let Some(o) = self.proc.open_fd(event.tgid, fd) {
                     self.table.set_kind(event.tgid, fd, o.kind, o.detail);
                 }
             }
@@ -294,7 +362,8 @@ impl Engine {
                     self.stacks.forget(*tgid);
                     self.stacks.capture_maps(*tgid);
                     self.python.seen(*tgid, ts_ns);
-                    self.cmdlines.insert(*tgid, proc::cmdline(&self.proc_root, *tgid));
+                    let cmdline = self.proc.cmdline(*tgid);
+                    self.cmdlines.insert(*tgid, cmdline);
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
@@ -320,15 +389,16 @@ impl Engine {
     /// Load what /proc shows open now for `pids`, under `before-trace`. Call after the programs
     /// are attached and before the first record is handled (see FdTable::insert_observed).
     pub fn load_baseline(&mut self, pids: &[u32], now_ns: u64) -> usize {
-        let mut sockets = SocketTables::new(&self.proc_root);
+        let mut read = self.proc.baseline();
         let mut loaded = 0;
         let mut out = Vec::new();
         for &pid in pids {
-            let Ok(fds) = proc::observe_fds(&self.proc_root, pid, Some(sockets.for_process(pid))) else {
+            let Ok(fds) = read(pid) else {
                 continue;
             };
-            let comm = proc::comm(&self.proc_root, pid).unwrap_or_default();
-            self.cmdlines.insert(pid, proc::cmdline(&self.proc_root, pid));
+            let comm = self.proc.comm(pid).unwrap_or_default();
+            let cmdline = self.proc.cmdline(pid);
+            self.cmdlines.insert(pid, cmdline);
             self.stacks.capture_maps(pid);
             loaded += fds.len();
             self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
@@ -340,13 +410,14 @@ impl Engine {
     /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
     /// what events already said stays.
     fn load_missing(&mut self, tgid: u32, now_ns: u64, out: &mut Vec<Transition>) {
-        let Ok(fds) = proc::observe_fds(&self.proc_root, tgid, None) else { return };
+        let Ok(fds) = self.proc.open_fds(tgid) else { return };
         let known = self.table.process(tgid).map(|p| p.fds.keys().copied().collect::<HashSet<i32>>());
         let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
-        let comm = proc::comm(&self.proc_root, tgid).unwrap_or_default();
+        let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
         self.stacks.capture_maps(tgid);
-        self.cmdlines.entry(tgid).or_insert_with(|| proc::cmdline(&self.proc_root, tgid));
+        let proc = &mut self.proc;
+        self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }
 
     /// First half of reconciliation: read /proc for every tracked process.
@@ -354,9 +425,9 @@ impl Engine {
         let pids: Vec<u32> = self.table.processes().map(|(tgid, _)| tgid).collect();
         let mut observed = HashMap::new();
         for pid in pids {
-            if let Ok(fds) = proc::observe_fds(&self.proc_root, pid, None) {
+            if let Ok(fds) = self.proc.open_fds(pid) {
                 observed.insert(pid, fds);
-            } else if !proc::exists(&self.proc_root, pid) {
+            } else if !self.proc.exists(pid) {
                 // Gone without an exit event (lost): forget it.
                 self.before_removal(pid);
                 let mut out = Vec::new();
@@ -387,8 +458,8 @@ impl Engine {
 
     /// The command line of a tracked process (cached; read from /proc on first use).
     pub fn cmdline(&mut self, tgid: u32) -> Option<String> {
-        let root = self.proc_root.clone();
-        self.cmdlines.entry(tgid).or_insert_with(|| proc::cmdline(&root, tgid)).clone()
+        let proc = &mut self.proc;
+        self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid)).clone()
     }
 
     /// Fill in comm for processes first seen through an event, from /proc.
@@ -396,15 +467,241 @@ impl Engine {
         let unnamed: Vec<u32> =
             self.table.processes().filter(|(_, p)| p.comm.is_empty()).map(|(t, _)| t).collect();
         for tgid in unnamed {
-            if let Some(comm) = proc::comm(&self.proc_root, tgid) {
+            if let Some(comm) = self.proc.comm(tgid) {
                 self.table.set_comm(tgid, comm);
             }
         }
     }
 }
 
-/// Kinds by fd of what a process has open, as the kernel says: the ground truth tests compare
-/// the table against.
-pub fn proc_kinds(proc_root: &Path, pid: u32) -> std::io::Result<BTreeMap<i32, FdKind>> {
-    Ok(proc::observe_fds(proc_root, pid, None)?.into_iter().map(|(fd, o)| (fd, o.kind)).collect())
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use smallvec::smallvec;
+
+    use super::{
+        testing::{DistinctStacks, Feed, PARENT},
+        *,
+    };
+    use crate::model::{
+        fd::{CloseReason, FdDetail, FdKind},
+        fdtable::FdChange,
+    };
+
+    /// One process as the test's /proc shows it.
+    #[derive(Clone, Default)]
+    struct Shown {
+        fds: OpenFds,
+        comm: Option<String>,
+        cmdline: Option<String>,
+    }
+
+    /// /proc as the test says it is, changed by the test while the engine runs; no procfs.
+    #[derive(Clone, Default)]
+    struct FakeProc(Rc<RefCell<HashMap<u32, Shown>>>);
+
+    impl FakeProc {
+        fn show(&self, tgid: u32, shown: Shown) {
+            self.0.borrow_mut().insert(tgid, shown);
+        }
+
+        fn get(&self, tgid: u32) -> Option<Shown> {
+            self.0.borrow().get(&tgid).cloned()
+        }
+    }
+
+    impl ProcSource for FakeProc {
+        fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds> {
+            self.get(tgid).map(|p| p.fds).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }
+
+        fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
+            let mut this = self.clone();
+            Box::new(move |tgid| this.open_fds(tgid))
+        }
+
+        fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {
+            self.get(tgid)?.fds.get(&fd).cloned()
+        }
+
+        fn exists(&mut self, tgid: u32) -> bool {
+            self.get(tgid).is_some()
+        }
+
+        fn comm(&mut self, tgid: u32) -> Option<String> {
+            self.get(tgid)?.comm
+        }
+
+        fn cmdline(&mut self, tgid: u32) -> Option<String> {
+            self.get(tgid)?.cmdline
+        }
+    }
+
+    fn observed(kind: FdKind) -> ObservedFd {
+        ObservedFd { kind, detail: FdDetail::None, cloexec: false }
+    }
+
+    fn feed() -> (Feed, FakeProc) {
+        let proc = FakeProc::default();
+        let shared = proc.clone();
+        (Feed::with_proc(move |_| Box::new(shared)), proc)
+    }
+
+    fn kinds(engine: &Engine, tgid: u32) -> Vec<(i32, FdKind, SiteId)> {
+        let process = engine.table().process(tgid).expect("tracked");
+        process.fds.iter().map(|(fd, e)| (*fd, e.kind, e.site)).collect()
+    }
+
+    #[test]
+    fn the_baseline_loads_what_proc_shows_under_before_trace() {
+        let (mut feed, proc) = feed();
+        let fds = OpenFds::from([(0, observed(FdKind::Device)), (4, observed(FdKind::Socket))]);
+        proc.show(200, Shown { fds, comm: Some("worker".into()), cmdline: Some("worker --serve".into()) });
+        assert_eq!(feed.engine.load_baseline(&[200, 201], 5), 2, "201 is gone: skipped");
+        assert_eq!(
+            kinds(&feed.engine, 200),
+            [(0, FdKind::Device, SiteId::BeforeTrace), (4, FdKind::Socket, SiteId::BeforeTrace)]
+        );
+        assert_eq!(feed.engine.table().process(200).unwrap().comm, "worker");
+        assert_eq!(feed.engine.cmdline(200).as_deref(), Some("worker --serve"));
+        assert!(feed.engine.table().process(201).is_none());
+    }
+
+    #[test]
+    fn a_process_first_seen_through_an_event_brings_what_it_already_holds() {
+        let (mut feed, proc) = feed();
+        let fds = OpenFds::from([(0, observed(FdKind::File)), (3, observed(FdKind::File))]);
+        proc.show(300, Shown { fds, comm: Some("moved".into()), cmdline: Some("moved in".into()) });
+        // Its first event opens fd 3: what the event says stays, /proc adds the rest.
+        let opened = feed.open(300, FdKind::Pipe, 7, 1);
+        assert_eq!(opened, [3]);
+        let site = feed.engine.table().process(300).unwrap().fds[&3].site;
+        assert!(matches!(site, SiteId::Stack(_)));
+        assert_eq!(
+            kinds(&feed.engine, 300),
+            [(0, FdKind::File, SiteId::BeforeTrace), (3, FdKind::Pipe, site)]
+        );
+        assert_eq!(feed.engine.table().process(300).unwrap().comm, "moved");
+        assert_eq!(feed.engine.cmdline(300).as_deref(), Some("moved in"));
+    }
+
+    #[test]
+    fn received_descriptors_take_their_kind_from_proc() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        let fds = OpenFds::from([(
+            9,
+            ObservedFd {
+                kind: FdKind::Socket,
+                detail: FdDetail::Socket { family: 1, sock_type: 1, protocol: 0 },
+                cloexec: false,
+            },
+        )]);
+        proc.show(PARENT, Shown { fds, ..Shown::default() });
+        feed.event(PARENT, Op::Receive { fds: smallvec![9, 10], cloexec: true, truncated: false }, Some(1));
+        let table = feed.engine.table().process(PARENT).unwrap();
+        assert_eq!(table.fds[&9].kind, FdKind::Socket);
+        assert_eq!(table.fds[&9].detail, FdDetail::Socket { family: 1, sock_type: 1, protocol: 0 });
+        assert_eq!(table.fds[&10].kind, FdKind::Other, "not in /proc (closed since): unknown");
+        assert!(table.fds[&9].cloexec);
+    }
+
+    #[test]
+    fn reconciliation_corrects_the_table_and_leaves_descriptors_touched_meanwhile_alone() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        let fds = feed.open(PARENT, FdKind::File, 1, 2);
+        assert_eq!(fds, [3, 4]);
+        // The kernel says: 3 is open, 4 is not (its close was lost), 7 is (its open was lost).
+        let shown = OpenFds::from([(3, observed(FdKind::File)), (7, observed(FdKind::Pipe))]);
+        proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
+        feed.engine.begin_reconcile(feed.now);
+        // Opened after /proc was read: not in its view, and left alone.
+        feed.open(PARENT, FdKind::File, 2, 1);
+        let fixed = feed.engine.finish_reconcile(feed.now);
+        assert_eq!(fixed, Corrections { added: 1, removed: 1 });
+        assert_eq!(feed.engine.corrections(), fixed, "summed over the session");
+        let table = &feed.engine.table().process(PARENT).unwrap().fds;
+        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 5, 7]);
+        assert_eq!((table[&7].kind, table[&7].site), (FdKind::Pipe, SiteId::UnknownOrigin));
+        let counters = feed.engine.stats().get(PARENT, FdKind::File, table[&3].site);
+        assert_eq!(counters.closed_by[CloseReason::Reconcile.index()], 1);
+        // Nothing pending: a second finish changes nothing.
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+    }
+
+    #[test]
+    fn a_process_gone_without_its_exit_is_forgotten_at_reconciliation() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        feed.found(400, "gone");
+        feed.open(400, FdKind::Socket, 3, 2);
+        proc.show(PARENT, Shown::default());
+        feed.engine.take_transitions();
+        feed.engine.begin_reconcile(feed.now);
+        assert!(feed.engine.table().process(400).is_none());
+        assert!(feed.engine.table().process(PARENT).is_some());
+        let kept = feed.engine.take_transitions();
+        assert!(kept.contains(&Kept::Transition(Transition::ProcessExited { tgid: 400 })), "{kept:?}");
+    }
+
+    #[test]
+    fn exited_processes_are_kept_as_of_their_exit_when_asked() {
+        let (mut feed, _proc) = feed();
+        feed.engine.retain_exited(1);
+        feed.found(PARENT, "server");
+        for child in [500, 501] {
+            feed.event(PARENT, Op::NewTask { child, thread: false, comm: "server".into() }, None);
+            feed.open(child, FdKind::File, 5, 2);
+            feed.event(child, Op::Exit, None);
+        }
+        let exited = feed.engine.exited();
+        assert_eq!(exited.len(), 1, "at most one kept: the oldest went");
+        assert_eq!((exited[0].tgid, exited[0].fds.len()), (501, 2));
+        let site = exited[0].fds[&3].site;
+        let counters = exited[0].counters[&(FdKind::File, site)];
+        assert_eq!((counters.opened, counters.closed_by[CloseReason::Exit.index()]), (2, 2));
+        assert!(feed.engine.stats().held(site), "the report shows its site: held");
+    }
+
+    #[test]
+    fn records_are_counted_by_type_and_undecodable_ones_too() {
+        let (mut feed, _proc) = feed();
+        feed.engine.handle_record(&[1, 2, 3], &DistinctStacks);
+        assert_eq!((feed.engine.counts().received, feed.engine.counts().undecodable), (1, 1));
+        feed.found(PARENT, "server");
+        let fd = feed.open(PARENT, FdKind::File, 1, 1)[0];
+        feed.close(PARENT, fd);
+        let by_type: HashMap<&str, u64> = feed.engine.events_by_type().into_iter().collect();
+        assert_eq!(
+            (by_type["undecodable"], by_type["open"], by_type["close"]),
+            (1, 0, 0),
+            "events are not records"
+        );
+        let kept = feed.engine.take_transitions();
+        assert!(kept.iter().any(|k| matches!(
+            k,
+            Kept::Transition(Transition::Fd { change: FdChange::Closed(CloseReason::Close), .. })
+        )));
+    }
+
+    #[test]
+    fn names_and_command_lines_come_from_proc_once() {
+        let (mut feed, proc) = feed();
+        feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
+        proc.show(
+            600,
+            Shown { comm: Some("job".into()), cmdline: Some("/bin/job --once".into()), ..Shown::default() },
+        );
+        feed.event(600, Op::Exec { old_tid: 600, filename: b"/bin/job".to_vec(), comm: String::new() }, None);
+        assert_eq!(feed.engine.cmdline(600).as_deref(), Some("/bin/job --once"));
+        proc.show(600, Shown { cmdline: Some("changed".into()), ..Shown::default() });
+        assert_eq!(feed.engine.cmdline(600).as_deref(), Some("/bin/job --once"), "cached");
+        feed.engine.refresh_names();
+        assert_eq!(feed.engine.table().process(600).unwrap().comm, "", "no comm in /proc now");
+        proc.show(600, Shown { comm: Some("job".into()), ..Shown::default() });
+        feed.engine.refresh_names();
+        assert_eq!(feed.engine.table().process(600).unwrap().comm, "job");
+    }
 }

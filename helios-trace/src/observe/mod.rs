@@ -1,5 +1,9 @@
 //! The middle of the data flow (ARCHITECTURE.md, "Where each stage lives"): the engine (record
 //! → site → FdTable → site counters; baseline and reconcile) and the tracing session (attach,
-//! drain, sample, reconcile on timers, build the report input).
+//! drain, sample, reconcile on timers), and what the outputs are handed: the report's input,
+//! the exporter's snapshots, /proc's facts.
 pub mod engine;
+pub mod export;
+pub mod procfs;
+pub mod report_input;
 pub mod session;

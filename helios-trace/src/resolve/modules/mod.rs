@@ -156,22 +156,6 @@ pub struct ModuleFiles {
     open: HashMap<FileKey, Weak<ModuleFile>>,
 }
 
-/// Raise the soft limit of open files to the hard limit: the tracer holds one descriptor per
-/// mapped file of the traced processes (up to MAX_OPEN_FILES), more than the usual soft limit
-/// of 1024. Raising the soft limit up to the hard one needs no privilege.
-pub fn raise_open_files_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain syscalls with valid pointers.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    limit.rlim_cur = limit.rlim_max;
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(limit.rlim_cur)
-}
-
 impl ModuleFiles {
     /// Read `tgid`'s maps under `proc_root` and take a handle on every executable file.
     pub fn capture(&mut self, proc_root: &Path, tgid: u32) -> Option<ProcessImage> {

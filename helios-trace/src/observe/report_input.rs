@@ -1,0 +1,70 @@
+//! What the end-of-session report is built from (ARCHITECTURE.md, "Data flow" 7): the engine's
+//! table, counters, frames and history, and closures that ask /proc and sock_diag what only
+//! they know (output/report builds it, pure).
+use std::{cell::RefCell, path::Path};
+
+use crate::{
+    model::fdtable::OpenFd,
+    observe::{
+        procfs::{SocketJoin, redact_cmdline},
+        session::Tracing,
+    },
+    output::report::{self, ProcessFacts, Report, ReportInput},
+    sys::{clock, proc::resources},
+};
+
+impl Tracing {
+    /// The report of the session so far; `list_fds`: with every open descriptor.
+    pub fn report(&mut self, list_fds: bool) -> Report {
+        self.engine.refresh_names();
+        let events = self.event_counts();
+        let corrections = self.corrections();
+        let proc_root = self.proc_root.clone();
+        let filtered = !self.targets.is_empty() || !self.target_cgroups.is_empty();
+        let mut cmdlines = std::collections::HashMap::new();
+        let tgids: Vec<u32> = self.engine.table().processes().map(|(t, _)| t).collect();
+        for tgid in tgids {
+            if let Some(cmdline) = self.engine.cmdline(tgid) {
+                let cmdline = if self.redact_paths { redact_cmdline(&cmdline) } else { cmdline };
+                cmdlines.insert(tgid, cmdline);
+            }
+        }
+        let engine = &self.engine;
+        let join = RefCell::new(SocketJoin::new(
+            &proc_root,
+            std::mem::take(&mut self.socket_inodes),
+            self.redact_paths,
+        ));
+        let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
+        let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
+        let mut process_facts = |tgid: u32| ProcessFacts {
+            fd_limit: resources::fd_limit(&proc_root, tgid),
+            rss_bytes: resources::rss_bytes(&proc_root, tgid),
+            cgroup: resources::process_cgroup_memory(&proc_root, Path::new(resources::CGROUP_ROOT), tgid),
+        };
+        let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
+        let include = |tgid: u32| filtered || engine.stats().active(tgid);
+        let report = report::build(ReportInput {
+            started_at: self.started_at,
+            duration: self.started.elapsed(),
+            now_ns: clock::boot_ns(),
+            events,
+            corrections,
+            table: engine.table(),
+            stats: engine.stats(),
+            frames: &frames,
+            include: &include,
+            cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
+            describe: &mut describe,
+            inspect: &mut inspect,
+            process_facts: &mut process_facts,
+            list_fds,
+            exited: engine.exited(),
+            history: &self.history,
+            min_age: self.min_age,
+        });
+        // Only the sockets still open stay cached.
+        self.socket_inodes = join.into_inner().seen;
+        report
+    }
+}

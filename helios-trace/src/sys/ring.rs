@@ -1,0 +1,52 @@
+//! The reader's end of the ring buffer (ARCHITECTURE.md, "Data flow" 2): the kernel programs'
+//! records, read in the order they were submitted. Attached before the runtime exists (so that
+//! privileges can be dropped for every thread), then registered with the runtime's reactor,
+//! which wakes the reader when the kernel says records are waiting.
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
+
+/// The ring buffer: as attached, then registered with the runtime's reactor for polling.
+pub enum Ring {
+    Attached(RingBuf<MapData>),
+    Polled(AsyncFd<RingBuf<MapData>>),
+    /// Only while `poll` swaps the two.
+    Moving,
+}
+
+impl Ring {
+    /// Register with the reactor of the runtime we run in (once).
+    pub fn poll(&mut self) -> Result<()> {
+        if let Ring::Attached(_) = self {
+            let Ring::Attached(ring) = std::mem::replace(self, Ring::Moving) else { unreachable!() };
+            // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole
+            // life, which the AsyncFd now owns.
+            match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+                Ok(polled) => *self = Ring::Polled(polled),
+                Err(e) => {
+                    let (ring, error) = e.into_parts();
+                    *self = Ring::Attached(ring);
+                    return Err(error).context("cannot poll the ring buffer");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes when the kernel says records are waiting (never before `poll`).
+    pub async fn readable(&mut self) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+        match self {
+            Ring::Polled(polled) => polled.readable_mut().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// The records waiting, read with `next()`.
+    pub fn records(&mut self) -> &mut RingBuf<MapData> {
+        match self {
+            Ring::Attached(ring) => ring,
+            Ring::Polled(polled) => polled.get_mut(),
+            Ring::Moving => unreachable!("the ring is only moving inside poll()"),
+        }
+    }
+}
