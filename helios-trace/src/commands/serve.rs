@@ -17,7 +17,7 @@ use crate::{
     },
     output::{
         http::{self, ServerLimits},
-        metrics::ExportConfig,
+        metrics::aggregate::ExportConfig,
     },
     sys::privileges,
 };

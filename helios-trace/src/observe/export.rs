@@ -18,7 +18,10 @@ use crate::{
     observe::{procfs::SocketJoin, session::Tracing},
     output::{
         http::Snapshot,
-        metrics::{Aggregator, ExportConfig, Identify, SelfMetrics},
+        metrics::{
+            aggregate::{Aggregator, ExportConfig, Identify},
+            exposition::SelfMetrics,
+        },
     },
     sys::{
         clock,
@@ -157,7 +160,10 @@ mod tests {
     use crate::{
         model::{event::Op, fd::SiteId, fdtable::OpenFd},
         observe::engine::testing::{Feed, PARENT, SEC},
-        output::metrics::{Exported, SiteSeries, registry, render, tests::series},
+        output::metrics::{
+            aggregate::{Exported, SiteSeries},
+            exposition::{registry, render, tests::series},
+        },
     };
 
     /// Every open socket's memory, as the test's sock_diag says.

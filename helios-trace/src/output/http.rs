@@ -30,7 +30,10 @@ use hyper_util::{
 use log::{debug, warn};
 use tokio::{net::TcpListener, sync::Semaphore, sync::watch};
 
-use crate::output::metrics::{self, Exported, SelfMetrics, SiteFrames};
+use crate::output::metrics::{
+    aggregate::{Exported, SiteFrames},
+    exposition::{self, SelfMetrics},
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
@@ -78,8 +81,8 @@ impl Snapshot {
     pub fn metrics_text(&self) -> Result<Bytes, String> {
         self.metrics_text
             .get_or_init(|| {
-                let registry = metrics::registry(&self.exported, &self.own).map_err(|e| e.to_string())?;
-                metrics::render(&registry).map(Bytes::from).map_err(|e| e.to_string())
+                let registry = exposition::registry(&self.exported, &self.own).map_err(|e| e.to_string())?;
+                exposition::render(&registry).map(Bytes::from).map_err(|e| e.to_string())
             })
             .clone()
     }

@@ -10,7 +10,7 @@ use std::{
 use crate::support::http_get;
 use helios_trace::output::{
     http::{self, ServerLimits, Snapshot},
-    metrics::{Exported, SelfMetrics},
+    metrics::{aggregate::Exported, exposition::SelfMetrics},
 };
 use tokio::sync::watch;
 
