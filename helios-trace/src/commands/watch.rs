@@ -20,7 +20,7 @@ use crate::{
     observe::session::{Tick, Tracing},
     output::{
         live::{self, LiveView},
-        report::{self, Report},
+        report::{self, Report, text::to_text},
     },
     sys::privileges,
 };
@@ -158,7 +158,7 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
     let text = match (args.format, snapshot && args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),
-        (Format::Text, _) => report::to_text(report),
+        (Format::Text, _) => to_text(report),
     };
     match &args.output {
         Some(path) => write_atomically(path, &text)

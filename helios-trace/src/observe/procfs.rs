@@ -14,7 +14,7 @@ use crate::{
         fdtable::{ObservedFd, OpenFd},
     },
     observe::engine::{OpenFds, ProcSource},
-    output::report::FdFacts,
+    output::report::build::FdFacts,
     sys::{
         proc::{self, SocketTables},
         sockdiag,

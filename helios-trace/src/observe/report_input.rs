@@ -9,7 +9,10 @@ use crate::{
         procfs::{SocketJoin, redact_cmdline},
         session::Tracing,
     },
-    output::report::{self, ProcessFacts, Report, ReportInput},
+    output::report::{
+        Report,
+        build::{ProcessFacts, ReportInput, build},
+    },
     sys::{clock, proc::resources},
 };
 
@@ -44,7 +47,7 @@ impl Tracing {
         };
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| filtered || engine.stats().active(tgid);
-        let report = report::build(ReportInput {
+        let report = build(ReportInput {
             started_at: self.started_at,
             duration: self.started.elapsed(),
             now_ns: clock::boot_ns(),

@@ -1,0 +1,175 @@
+//! The report as text for people: a summary line, the suspected leaks, then every process and
+//! its sites with their frames and examples.
+use std::fmt::Write as _;
+
+use super::{ProcessReport, Report, SiteReport};
+use crate::output::format::{bytes, human_duration, plural, rate, thousands};
+
+pub fn to_text(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "helios-trace: {} traced, {} events ({} lost, {} undecodable), {} with activity, {}",
+        human_duration(report.duration_seconds),
+        report.events.received,
+        report.events.lost,
+        report.events.undecodable,
+        plural(report.processes.len() as u64, "process", "processes"),
+        match report.suspected_leaks {
+            0 => "no suspected leak".to_string(),
+            1 => "1 suspected leak".to_string(),
+            n => format!("{n} suspected leaks"),
+        }
+    );
+    if let Some(command) = &report.command {
+        let ended = match (command.exit_code, command.signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "was still running".to_string(),
+        };
+        let _ = writeln!(out, "command `{}` (pid {}) {ended}", command.argv.join(" "), command.pid);
+    }
+    if report.events.lost > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} events were lost; counts may be off until reconciliation",
+            report.events.lost
+        );
+    }
+    let leaks: Vec<(&ProcessReport, &SiteReport)> = report
+        .processes
+        .iter()
+        .flat_map(|p| p.sites.iter().filter(|s| s.suspected_leak).map(move |s| (p, s)))
+        .collect();
+    if !leaks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSuspected leaks (descriptors kept growing and outlive {}):",
+            human_duration(report.min_age_seconds)
+        );
+        for (p, s) in leaks {
+            let _ = writeln!(
+                out,
+                "  PID {} {}: {} {} open at {}: {}",
+                p.pid,
+                p.comm,
+                s.open,
+                s.kind,
+                s.frame,
+                s.why.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    for process in &report.processes {
+        let kinds: Vec<String> = process.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "\nPID {} {}{}{}: {} open ({})",
+            process.pid,
+            process.comm,
+            process.cmdline.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default(),
+            if process.exited { " (exited; open at its exit)" } else { "" },
+            process.open_fds,
+            kinds.join(", ")
+        );
+        if let Some(r) = &process.resources {
+            let mut facts = Vec::new();
+            if let Some(rss) = r.rss_bytes {
+                facts.push(format!("RSS {}", bytes(rss as f64)));
+            }
+            if r.socket_memory_bytes > 0 {
+                facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
+            }
+            if let Some(limit) = r.fd_limit {
+                facts.push(format!("fd limit {}", thousands(limit)));
+            }
+            if !facts.is_empty() {
+                let _ = writeln!(out, "  {}", facts.join(", "));
+            }
+            if let Some(summary) = &r.summary {
+                let _ = writeln!(out, "  {summary}");
+            }
+        }
+        for site in &process.sites {
+            let closes: Vec<String> =
+                site.closed_by.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+            let _ = writeln!(
+                out,
+                "  {:>6} open  {:<8} site {}{}  opened {} closed {}{}{}{}",
+                site.open,
+                site.kind.as_str(),
+                site.site,
+                if site.frame == site.site { String::new() } else { format!(" {}", site.frame) },
+                site.opened,
+                site.closed,
+                if closes.is_empty() { String::new() } else { format!(" ({})", closes.join(", ")) },
+                site.oldest_age_seconds
+                    .map(|a| format!("  oldest {}", human_duration(a)))
+                    .unwrap_or_default(),
+                site.growth_per_minute.map(|g| format!("  {}", rate(g))).unwrap_or_default(),
+            );
+            if let Some(why) = &site.why {
+                let _ = writeln!(out, "           SUSPECTED LEAK: {why}");
+            }
+            if site.close_wait > 0 {
+                let _ = writeln!(
+                    out,
+                    "           CLOSE_WAIT {}: the peer hung up and these sockets were never closed",
+                    site.close_wait
+                );
+            }
+            if site.closed_only_at_exit {
+                let elsewhere = site
+                    .exited_processes
+                    .as_ref()
+                    .map(|e| {
+                        format!(
+                            " ({} in {})",
+                            e.closed,
+                            plural(e.processes, "exited process", "exited processes")
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(out, "           closed only ever by process exit{elsewhere}");
+            }
+            if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
+                let _ = writeln!(out, "           socket memory {}", bytes(memory as f64));
+            }
+            if let Some(pinned) = site.pinned_bytes.filter(|p| *p > 0) {
+                let _ = writeln!(out, "           pins {}", bytes(pinned as f64));
+            }
+            if !site.tcp_states.is_empty() {
+                let states: Vec<String> = site.tcp_states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                let _ = writeln!(out, "           tcp: {}", states.join(", "));
+            }
+            for (i, frame) in site.frames.iter().enumerate() {
+                let _ = writeln!(out, "           #{i:<2} {}", frame.describe());
+            }
+            for example in &site.examples {
+                let _ = writeln!(
+                    out,
+                    "           fd {} ({}){}",
+                    example.fd,
+                    human_duration(example.age_seconds),
+                    example.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::report::build::tests::{build_sample, sample};
+
+    #[test]
+    fn text_names_sites_and_frames() {
+        let (table, stats) = sample();
+        let text = to_text(&build_sample(&table, &stats));
+        assert!(text.contains("PID 7 leaky [leaky --serve]: 4 open (socket 3, device 1)"), "{text}");
+        assert!(text.contains("site 00000000000000ab leaky+0x1010  opened 3"), "{text}");
+        assert!(text.contains("/usr/bin/leaky+0x1010"), "{text}");
+    }
+}
