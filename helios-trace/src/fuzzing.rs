@@ -29,7 +29,7 @@ pub fn maps(data: &[u8]) {
 /// /proc/PID/fdinfo/FD text, /proc/self/status, a tracepoint format file, a kernel release.
 pub fn proc_text(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = proc::parse_fdinfo_cloexec(&text);
+    let _ = proc::fds::parse_fdinfo_cloexec(&text);
     let _ = checks::effective_capabilities(&text);
     let _ = checks::tracepoint_field_offset(&text, "group_dead");
     let _ = checks::kernel_version(&text);
@@ -39,7 +39,7 @@ pub fn proc_text(data: &[u8]) {
 pub fn fd_link(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(target) = text.parse::<procfs::process::FDTarget>() {
-        let _ = proc::classify(&target, || {
+        let _ = proc::fds::classify(&target, || {
             Some(u32::from_le_bytes([data.first().copied().unwrap_or(0), 0x80, 0, 0]))
         });
     }

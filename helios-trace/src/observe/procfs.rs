@@ -16,7 +16,7 @@ use crate::{
     observe::engine::{OpenFds, ProcSource},
     output::report::build::FdFacts,
     sys::{
-        proc::{self, SocketTables},
+        proc::{self, sockets::SocketTables},
         sockdiag,
     },
 };
@@ -34,17 +34,17 @@ impl Procfs {
 
 impl ProcSource for Procfs {
     fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds> {
-        proc::observe_fds(&self.root, tgid, None)
+        proc::fds::observe_fds(&self.root, tgid, None)
     }
 
     fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
         let root = self.root.clone();
         let mut sockets = SocketTables::new(&root);
-        Box::new(move |tgid| proc::observe_fds(&root, tgid, Some(sockets.for_process(tgid))))
+        Box::new(move |tgid| proc::fds::observe_fds(&root, tgid, Some(sockets.for_process(tgid))))
     }
 
     fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {
-        proc::observe_fd(&self.root, tgid, fd, None)
+        proc::fds::observe_fd(&self.root, tgid, fd, None)
     }
 
     fn exists(&mut self, tgid: u32) -> bool {
@@ -104,7 +104,7 @@ impl<'a> SocketJoin<'a> {
         let key = (tgid, fd, entry.opened_ns);
         let inode = match self.known.get(&key).or_else(|| self.seen.get(&key)) {
             Some(inode) => *inode,
-            None => proc::socket_inode(self.proc_root, tgid, fd)?,
+            None => proc::fds::socket_inode(self.proc_root, tgid, fd)?,
         };
         self.seen.insert(key, inode);
         Some(inode)
@@ -120,7 +120,7 @@ impl<'a> SocketJoin<'a> {
         memory.get(&inode).map(|m| m.buffer_bytes())
     }
 
-    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&proc::SocketInfo> {
+    fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&proc::sockets::SocketInfo> {
         if entry.kind != FdKind::Socket {
             return None;
         }
@@ -143,7 +143,7 @@ impl<'a> SocketJoin<'a> {
                 FdFacts { tcp_state, socket_memory, pinned_bytes: None }
             }
             FdKind::Memfd => FdFacts {
-                pinned_bytes: proc::allocated_bytes(self.proc_root, tgid, fd),
+                pinned_bytes: proc::fds::allocated_bytes(self.proc_root, tgid, fd),
                 ..FdFacts::default()
             },
             _ => FdFacts::default(),
@@ -167,7 +167,7 @@ pub fn describe_fd(
         FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
         FdDetail::Pid(pid) => Some(format!("pid {pid}")),
         FdDetail::Socket { .. } | FdDetail::None if entry.kind == FdKind::Socket => {
-            let inode = proc::socket_inode(proc_root, tgid, fd)?;
+            let inode = proc::fds::socket_inode(proc_root, tgid, fd)?;
             sockets.for_process(tgid).get(inode).map(|s| s.describe())
         }
         _ => None,

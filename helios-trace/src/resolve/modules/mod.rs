@@ -184,7 +184,7 @@ impl ModuleFiles {
                 Some(file) => file,
                 None if room == 0 => continue,
                 None => {
-                    let Ok(file) = proc::open_mapped_file(
+                    let Ok(file) = proc::image::open_mapped_file(
                         proc_root,
                         tgid,
                         mapping.start,

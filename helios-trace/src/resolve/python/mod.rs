@@ -654,8 +654,9 @@ fn runtime_address(
         .filter(|m| m.key == mapping.key)
         .min_by_key(|m| m.file_offset)
         .unwrap_or(mapping);
-    let file = proc::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
-        .map_err(|e| elf_error(e.to_string()))?;
+    let file =
+        proc::image::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
+            .map_err(|e| elf_error(e.to_string()))?;
     // SAFETY: a read-only private mapping only read through object's bounds-checked parser;
     // an interpreter being run is not rewritten in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;
