@@ -5,7 +5,7 @@
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/integration/fuzz_corpus.rs). None may panic.
 use crate::{
-    resolve::{modules::ProcessMaps, python},
+    resolve::{modules::maps::ProcessMaps, python},
     sys::{checks, decode, proc, syscalls::SyscallTable},
 };
 

@@ -20,7 +20,12 @@ use crate::{
     },
     resolve::{
         cache::{BoundedLru, Weight},
-        modules::{FileKey, LoadedModule, ModuleCache, ModuleFiles, ProcessImage},
+        modules::{
+            cache::ModuleCache,
+            elf::LoadedModule,
+            files::{ModuleFiles, ProcessImage},
+            maps::FileKey,
+        },
         symbolize::{Symbol, Symbolizer},
         unwind::{ProcessUnwinder, UnwindCache},
     },
@@ -302,7 +307,10 @@ impl StackRegistry {
     }
 
     /// The parsed module of `file`; what was derived from modules the cache let go is dropped.
-    fn loaded(&mut self, file: &Arc<crate::resolve::modules::ModuleFile>) -> Option<Arc<LoadedModule>> {
+    fn loaded(
+        &mut self,
+        file: &Arc<crate::resolve::modules::files::ModuleFile>,
+    ) -> Option<Arc<LoadedModule>> {
         let mut evicted = Vec::new();
         let loaded = self.modules.get(file, &mut evicted);
         for old in evicted {
@@ -397,7 +405,7 @@ impl StackRegistry {
     /// The functions at a file offset of a module (cached per module).
     fn symbols(
         &mut self,
-        file: &Arc<crate::resolve::modules::ModuleFile>,
+        file: &Arc<crate::resolve::modules::files::ModuleFile>,
         file_offset: u64,
     ) -> Arc<[Symbol]> {
         let Some(loaded) = self.loaded(file) else { return Arc::from([]) };

@@ -13,7 +13,7 @@ use blazesym::{
     },
 };
 
-use crate::resolve::modules::LoadedModule;
+use crate::resolve::modules::elf::LoadedModule;
 
 /// One function an address lies in. An address inside inlined code lies in several: the
 /// inlined ones (innermost first, `inlined`), then the function the code was inlined into.
@@ -115,7 +115,10 @@ mod tests {
     use crate::{
         model::event::StackSample,
         resolve::{
-            modules::{LoadedModule, ModuleFile, ProcessModule},
+            modules::{
+                elf::LoadedModule,
+                files::{ModuleFile, ProcessModule},
+            },
             unwind::{UnwindCache, tests::*},
         },
     };
@@ -180,7 +183,7 @@ mod tests {
     #[test]
     fn forgetting_a_module_and_symbolizing_it_again() {
         let file = Arc::new(ModuleFile::new(
-            crate::resolve::modules::FileKey { dev: 0, inode: 0 },
+            crate::resolve::modules::maps::FileKey { dev: 0, inode: 0 },
             Arc::from("sample"),
             std::fs::File::open(data("sample")).unwrap(),
         ));

@@ -7,7 +7,10 @@ use std::ops::Range;
 
 use crate::{
     model::event::StackSample,
-    resolve::modules::{LoadedModule, ProcessModule, SectionBytes},
+    resolve::modules::{
+        elf::{LoadedModule, SectionBytes},
+        files::ProcessModule,
+    },
 };
 use framehop::{
     CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
@@ -119,7 +122,10 @@ pub(crate) mod tests {
     use helios_trace_common::{USER_REGS_WORDS, regs_x86_64, user_stack_flags};
 
     use super::*;
-    use crate::resolve::modules::{ModuleFile, ProcessImage, ProcessMaps};
+    use crate::resolve::modules::{
+        files::{ModuleFile, ProcessImage},
+        maps::ProcessMaps,
+    };
 
     pub fn data(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/unwind").join(name)

@@ -28,7 +28,7 @@ use crate::{
     model::{fd::SiteId, frame::Frame},
     resolve::{
         cache::{BoundedLru, Weight},
-        modules::{Mapping, ProcessMaps},
+        modules::maps::{Mapping, ProcessMaps},
         stacks::StackRegistry,
     },
     sys::proc,
