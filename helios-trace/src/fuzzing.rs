@@ -62,7 +62,7 @@ pub fn python(data: &[u8]) {
             let _ = python::lines::line_311(table, 1, offset);
         }
         _ => {
-            let _ = python::layout_from_debug_offsets(rest, 13);
+            let _ = python::layout::layout_from_debug_offsets(rest, 13);
         }
     }
 }

@@ -1,0 +1,247 @@
+//! A recognised CPython process: finding its interpreter, layout and runtime state and checking
+//! them against the process, then naming the (code object, instruction) pairs the kernel
+//! walked, with its code objects and Python call paths cached.
+use std::{num::NonZeroUsize, path::Path, sync::Arc};
+
+use helios_trace_common::{PythonFrame, PythonOffsets};
+use lru::LruCache;
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+
+use super::{
+    PythonError,
+    layout::{DEBUG_OFFSETS_LEN, Layout, frame_read, layout_from_debug_offsets, static_layout, version_of},
+    lines,
+    memory::{MAX_LINETABLE, Memory},
+};
+use crate::{
+    model::{fd::SiteId, frame::Frame},
+    resolve::{
+        cache::{BoundedLru, Weight},
+        modules::maps::{Mapping, ProcessMaps},
+    },
+    sys::proc::{self, image},
+};
+
+/// What names a code object.
+#[derive(Debug)]
+struct CodeInfo {
+    name: Arc<str>,
+    filename: Arc<str>,
+    firstlineno: u32,
+    linetable: Vec<u8>,
+    /// The name, file name and line table objects it was read from: a code object freed and
+    /// another allocated at its address has others, which tells a stale cache entry.
+    objects: [u64; 3],
+}
+
+/// A recognised CPython process.
+pub(super) struct Interpreter {
+    pub(super) layout: Layout,
+    /// The offsets as the kernel gets them (with this process's addresses).
+    pub(super) offsets: PythonOffsets,
+    /// Address of `PyCode_Type`: a code object's `ob_type` must be it.
+    code_type: Option<u64>,
+    memory: Memory,
+    codes: BoundedLru<u64, Arc<CodeInfo>>,
+    /// (native site, raw Python frames) → site.
+    pub(super) sites: LruCache<(SiteId, Box<[PythonFrame]>), SiteId>,
+}
+
+/// Bounds of the per-process caches: code objects by their bytes (line tables vary from a
+/// few bytes to a megabyte), Python call paths by number; least recently used go first.
+const MAX_CODE_BYTES: usize = 4 << 20;
+const MAX_SITES: NonZeroUsize = NonZeroUsize::new(16 * 1024).expect("not zero");
+
+impl Weight for Arc<CodeInfo> {
+    fn weight(&self) -> usize {
+        size_of::<CodeInfo>() + self.name.len() + self.filename.len() + self.linetable.len()
+    }
+}
+
+impl Interpreter {
+    /// The code object at `address`, cached while it still is the one read (code objects are
+    /// freed and their addresses reused: e.g. a module's body after its import). Failures are
+    /// not cached: the kernel may have walked a frame whose code was freed before we read it.
+    fn code(&mut self, address: u64) -> Option<Arc<CodeInfo>> {
+        if let Some(info) = self.codes.get(&address).cloned()
+            && self.objects(address).is_some_and(|objects| objects == info.objects)
+        {
+            return Some(info);
+        }
+        let info = Arc::new(self.read_code(address)?);
+        self.codes.insert(address, info.clone());
+        Some(info)
+    }
+
+    /// The name, file name and line table objects of a code object.
+    fn objects(&self, address: u64) -> Option<[u64; 3]> {
+        let (m, code) = (&self.memory, &self.layout.code);
+        Some([
+            m.u64(address + code.qualname.unwrap_or(code.name)).ok()?,
+            m.u64(address + code.filename).ok()?,
+            m.u64(address + code.linetable).ok()?,
+        ])
+    }
+
+    fn read_code(&self, address: u64) -> Option<CodeInfo> {
+        let m = &self.memory;
+        // ob_type is at 8 in every object (Include/object.h).
+        if let Some(code_type) = self.code_type
+            && m.u64(address + 8).ok()? != code_type
+        {
+            return None;
+        }
+        let objects = self.objects(address)?;
+        Some(CodeInfo {
+            name: m.string(objects[0], &self.layout)?.into(),
+            filename: m.string(objects[1], &self.layout)?.into(),
+            firstlineno: m.u32(address + self.layout.code.firstlineno).ok()?,
+            linetable: m.bytes(objects[2], MAX_LINETABLE)?,
+            objects,
+        })
+    }
+
+    /// One walked frame as a report frame; None when its code object does not read as one.
+    pub(super) fn frame(&mut self, raw: PythonFrame) -> Option<Frame> {
+        let info = self.code(raw.code)?;
+        let line = match self.layout.code.code_adaptive {
+            // 3.10: f_lasti counts code units (2 bytes); -1 before the first instruction.
+            None => lines::line_310(&info.linetable, info.firstlineno, (raw.instr as u32 as i32) as i64 * 2),
+            Some(start) => {
+                let offset = raw.instr.wrapping_sub(raw.code + start) as i64;
+                lines::line_311(&info.linetable, info.firstlineno, offset)
+            }
+        };
+        Some(Frame::python(info.name.clone(), info.filename.clone(), line))
+    }
+}
+
+/// Find a process's CPython, its layout and runtime, and check them against the process.
+pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, PythonError>> {
+    let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
+    // libpython holds the runtime where there is one; else the executable does (static).
+    let candidates = |lib: bool| {
+        maps.mappings()
+            .iter()
+            .filter(move |m| crate::model::frame::basename(&m.path).starts_with("libpython") == lib)
+            .find_map(|m| version_of(&m.path).map(|v| (m, v)))
+    };
+    let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
+    Some(version.and_then(|minor| attach(proc_root, pid, &maps, mapping, minor)))
+}
+
+fn attach(
+    proc_root: &Path,
+    pid: u32,
+    maps: &ProcessMaps,
+    mapping: &Mapping,
+    minor: u32,
+) -> Result<Interpreter, PythonError> {
+    let (runtime, code_type) = runtime_address(proc_root, pid, maps, mapping)?;
+    let memory = Memory::open(proc_root, pid)?;
+    let layout = match static_layout(minor) {
+        Some(layout) => layout,
+        None => {
+            let mut bytes = vec![0u8; DEBUG_OFFSETS_LEN];
+            memory.read(runtime, &mut bytes)?;
+            layout_from_debug_offsets(&bytes, minor)?
+        }
+    };
+    let mut offsets = layout.kernel;
+    offsets.interpreters_head = runtime + layout.interpreters_head;
+    offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
+    let tids = proc::tids(proc_root, pid);
+    let interp = memory.u64(offsets.interpreters_head)?;
+    if interp == 0 {
+        return Err(PythonError::NotReady);
+    }
+    let mut states = Vec::new();
+    let mut tstate = memory.u64(interp + offsets.threads_head as u64)?;
+    while tstate != 0 && states.len() < helios_trace_common::MAX_PYTHON_THREADS as usize {
+        states.push(memory.u64(tstate + offsets.tstate_thread_id as u64)?);
+        tstate = memory.u64(tstate + offsets.tstate_next as u64)?;
+    }
+    if minor == 10 {
+        offsets.pthread_tid = pthread_tid_offset(&memory, &states, &tids).ok_or(PythonError::NoThread)?;
+        let mut native = Vec::new();
+        for id in &states {
+            native.push(memory.u32(id + offsets.pthread_tid as u64)? as u64);
+        }
+        states = native;
+    }
+    if !states.iter().any(|id| tids.contains(&(*id as u32))) {
+        return Err(PythonError::NoThread);
+    }
+    Ok(Interpreter {
+        layout,
+        offsets,
+        code_type,
+        memory,
+        codes: BoundedLru::new(MAX_CODE_BYTES),
+        sites: LruCache::new(MAX_SITES),
+    })
+}
+
+/// glibc's `struct pthread` (nptl/descr.h) holds the thread's kernel tid; its offset depends
+/// on the glibc build (0x2d0 on x86_64 for years). Found as the offset, in the thread
+/// states' `pthread_t`s, of a u32 equal to one of the process's tids: the same for all.
+fn pthread_tid_offset(memory: &Memory, pthreads: &[u64], tids: &[u32]) -> Option<u32> {
+    const SPAN: usize = 2048;
+    const GLIBC_X86_64: u32 = 0x2d0;
+    let mut candidates: Option<Vec<u32>> = None;
+    for &pthread in pthreads {
+        let mut bytes = vec![0u8; SPAN];
+        memory.read(pthread, &mut bytes).ok()?;
+        let here: Vec<u32> = (0..SPAN / 4)
+            .filter(|i| {
+                let v = u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+                tids.contains(&v)
+            })
+            .map(|i| (i * 4) as u32)
+            .collect();
+        candidates = Some(match candidates {
+            None => here,
+            Some(before) => before.into_iter().filter(|c| here.contains(c)).collect(),
+        });
+    }
+    let candidates = candidates?;
+    if candidates.contains(&GLIBC_X86_64) { Some(GLIBC_X86_64) } else { candidates.first().copied() }
+}
+
+/// `_PyRuntime` (and `PyCode_Type`) in the process: the symbol's address in the file plus
+/// where the file is loaded (the mapping of its lowest file offset, through the PT_LOAD
+/// segment that holds that offset).
+fn runtime_address(
+    proc_root: &Path,
+    pid: u32,
+    maps: &ProcessMaps,
+    mapping: &Mapping,
+) -> Result<(u64, Option<u64>), PythonError> {
+    let path = mapping.path.to_string();
+    let elf_error = |reason: String| PythonError::Elf { path: path.clone(), reason };
+    let first = maps
+        .mappings()
+        .iter()
+        .filter(|m| m.key == mapping.key)
+        .min_by_key(|m| m.file_offset)
+        .unwrap_or(mapping);
+    let file = image::open_mapped_file(proc_root, pid, first.start, first.end, &first.path, first.key.inode)
+        .map_err(|e| elf_error(e.to_string()))?;
+    // SAFETY: a read-only private mapping only read through object's bounds-checked parser;
+    // an interpreter being run is not rewritten in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;
+    let elf = object::File::parse(&*map).map_err(|e| elf_error(e.to_string()))?;
+    let symbol = |name: &str| {
+        elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address())
+    };
+    let runtime = symbol("_PyRuntime").ok_or(PythonError::NoRuntime { path: path.clone() })?;
+    let segment = elf
+        .segments()
+        .find(|s| {
+            let (offset, size) = s.file_range();
+            (offset..offset + size.max(1)).contains(&first.file_offset)
+        })
+        .ok_or_else(|| elf_error("no segment maps the first mapping".into()))?;
+    let bias = first.start.wrapping_sub(segment.address() + (first.file_offset - segment.file_range().0));
+    Ok((bias.wrapping_add(runtime), symbol("PyCode_Type").map(|a| bias.wrapping_add(a))))
+}
