@@ -14,7 +14,3 @@ pub mod observe;
 pub mod output;
 pub mod resolve;
 pub mod sys;
-
-// A dev-dependency of tests/integration only; the unit tests see it too.
-#[cfg(test)]
-use ureq as _;

@@ -210,3 +210,6 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
     (StatusCode::OK, "ok\n").into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,6 @@ mod adhoc;
 mod architecture;
 mod deploy;
 mod fuzz_corpus;
-mod http;
 mod lifecycle;
 mod python;
 mod resources;

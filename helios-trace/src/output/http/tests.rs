@@ -7,12 +7,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::http_get;
-use helios_trace::output::{
-    http::{self, ServerLimits, Snapshot},
-    metrics::{aggregate::Exported, exposition::SelfMetrics},
-};
 use tokio::sync::watch;
+
+use super::{ServerLimits, Snapshot, serve};
+use crate::output::metrics::{aggregate::Exported, exposition::SelfMetrics};
+
+/// GET `url` with the query pairs: (status, body); an error only when no answer came.
+fn http_get(url: &str, query: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (key, value) in query {
+        request = request.query(*key, *value);
+    }
+    let mut response = request.call().map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
 
 /// Short limits, so the test sees them act within seconds.
 const LIMITS: ServerLimits = ServerLimits {
@@ -37,7 +52,7 @@ impl Server {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let (publish, snapshots) = watch::channel(None);
-        runtime.spawn(http::serve(listener, snapshots, LIMITS));
+        runtime.spawn(serve(listener, snapshots, LIMITS));
         Server { address, publish, _runtime: runtime }
     }
 
