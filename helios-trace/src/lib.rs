@@ -9,8 +9,8 @@
 pub mod cli;
 pub mod commands;
 pub mod fuzzing;
-pub mod model;
-pub mod observe;
-pub mod output;
-pub mod resolve;
-pub mod sys;
+mod model;
+mod observe;
+mod output;
+mod resolve;
+mod sys;

@@ -52,44 +52,44 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub session: SessionArgs,
+    pub(crate) session: SessionArgs,
     /// The command to run and its arguments (as the invoking user under sudo).
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// Options of an ad-hoc session.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
     #[command(flatten)]
-    pub trace: TraceArgs,
+    pub(crate) trace: TraceArgs,
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// List every open descriptor of each reported process (JSON `fds`).
     #[arg(long)]
-    pub list_fds: bool,
+    pub(crate) list_fds: bool,
     /// Write the report to FILE instead of standard output (replaced atomically; SIGUSR1
     /// snapshots update it too).
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     /// Refresh the live view, or print a summary line, this often.
     #[arg(long, value_parser = parse_interval, default_value = "2s")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// A growing site is a suspected leak only when some of its descriptors are older than this.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub min_age: Duration,
+    pub(crate) min_age: Duration,
     /// Progress while tracing: a live view on a terminal (stdout or stderr) and a summary line
     /// per interval on stderr otherwise (`run` prints lines: the command shares the terminal).
     #[arg(long, value_enum, default_value_t = View::Auto)]
-    pub view: View,
+    pub(crate) view: View,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum View {
+pub(crate) enum View {
     /// live on a terminal, lines otherwise
     Auto,
     /// the interactive live view (needs a terminal)
@@ -103,88 +103,88 @@ pub enum View {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub trace: TraceArgs,
+    pub(crate) trace: TraceArgs,
     /// Address to serve /metrics, /healthz and /sites on.
     #[arg(long, default_value = "127.0.0.1:9877")]
-    pub listen: std::net::SocketAddr,
+    pub(crate) listen: std::net::SocketAddr,
     /// Call sites exported per (workload, kind), those with the most open descriptors; the
     /// others are summed under site="other".
     #[arg(long, default_value_t = 20)]
-    pub max_sites: usize,
+    pub(crate) max_sites: usize,
     /// Give every process its own series (a `pid` label): for a few long-lived processes only,
     /// as pids churn.
     #[arg(long)]
-    pub pid_label: bool,
+    pub(crate) pid_label: bool,
     /// The host's procfs (a DaemonSet mounts it at e.g. /host/proc).
     #[arg(long, default_value = "/proc")]
-    pub proc_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// Serve on a non-loopback --listen address (what is served names command lines and
     /// paths of every traced process: see README "Privileges and threat model").
     #[arg(long)]
-    pub allow_remote: bool,
+    pub(crate) allow_remote: bool,
 }
 
 /// What to trace and how; shared by the session and the exporter.
 #[derive(Debug, Clone, Args)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     /// Only this process, and children it forks after the start (repeatable).
     #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Only processes in this cgroup v2 directory or below it, those that start there later
     /// included (repeatable; with --pid, either).
     #[arg(long = "cgroup", value_name = "DIR")]
-    pub cgroups: Vec<PathBuf>,
+    pub(crate) cgroups: Vec<PathBuf>,
     /// How to capture the stack that opened each descriptor.
     #[arg(long, value_enum, default_value_t = StackMode::Dwarf)]
-    pub stacks: StackMode,
+    pub(crate) stacks: StackMode,
     /// With --stacks dwarf: bytes of user stack copied per call (at most 16K). Deeper stacks
     /// are cut there (counted in the report's events.stacks_truncated).
     #[arg(long, value_parser = parse_stack_window, default_value = "8K")]
-    pub stack_window: u32,
+    pub(crate) stack_window: u32,
     /// Also capture kernel stacks (resolved through /proc/kallsyms).
     #[arg(long)]
-    pub kernel_stacks: bool,
+    pub(crate) kernel_stacks: bool,
     /// Python call stacks (function, file, line) of CPython 3.10-3.13 processes, merged with
     /// the native frames. Needs user stacks: with --stacks none there are no Python frames
     /// either. Other interpreters get native frames and one warning each.
     #[arg(long, value_enum, default_value_t = PythonFramesMode::Auto)]
-    pub python_frames: PythonFramesMode,
+    pub(crate) python_frames: PythonFramesMode,
     /// Compare the tables with /proc this often and correct them (0 turns it off).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    pub reconcile_interval: Duration,
+    pub(crate) reconcile_interval: Duration,
     /// Size of the ring buffer the kernel writes events into (power of two, e.g. 16M).
     #[arg(long, value_parser = parse_ring_size, default_value = "16M")]
-    pub ring_buffer_size: u32,
+    pub(crate) ring_buffer_size: u32,
     /// Do not show file paths or memfd names (reports, live view, metrics): they can say more
     /// about the traced workloads than whoever reads the output should know.
     #[arg(long)]
-    pub redact_paths: bool,
+    pub(crate) redact_paths: bool,
     /// Track at most this many processes; more are counted as dropped, not tracked.
     #[arg(long, default_value_t = 100_000)]
-    pub max_processes: usize,
+    pub(crate) max_processes: usize,
     /// Track at most this many open descriptors; new ones beyond are counted as dropped (the
     /// oldest, which are the leaks, are kept).
     #[arg(long, default_value_t = 4_000_000)]
-    pub max_fds: usize,
+    pub(crate) max_fds: usize,
     /// Remember the frames of at most this many distinct call sites at once; descriptors
     /// opened at sites first seen beyond are tracked under the site `site-limit` and counted.
     #[arg(long, default_value_t = 100_000)]
-    pub max_stacks: usize,
+    pub(crate) max_stacks: usize,
     /// Forget a call site this long after nothing held it any more (nothing open there, no
     /// live process that used it), and drop the series of a workload this long after its last
     /// process exited: what the daemon keeps follows what runs now.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
-    pub retention: Duration,
+    pub(crate) retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PythonFramesMode {
+pub(crate) enum PythonFramesMode {
     /// Walk the Python frames of every CPython process recognised.
     Auto,
     /// Native frames only (no walk in the kernel, no reads of interpreter memory).
@@ -192,7 +192,7 @@ pub enum PythonFramesMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StackMode {
+pub(crate) enum StackMode {
     /// Registers and a window of the user stack per call, unwound here with the binaries'
     /// .eh_frame (DWARF CFI): whole call chains, also without frame pointers.
     Dwarf,
@@ -204,7 +204,7 @@ pub enum StackMode {
 
 impl StackMode {
     /// The kernel programs' `Settings::user_stack_mode` value.
-    pub fn kernel_mode(self) -> u32 {
+    pub(crate) fn kernel_mode(self) -> u32 {
         match self {
             StackMode::Dwarf => stack_mode::DWARF,
             StackMode::Fp => stack_mode::FP,
@@ -213,13 +213,13 @@ impl StackMode {
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 1h ({e})"))
 }
 
 /// The live view and summary lines follow the once-a-second sampling: at least a second.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
+fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = parse_duration(text)?;
     if interval < Duration::from_secs(1) {
         return Err(format!("the interval must be at least 1s, not {text}"));
@@ -244,7 +244,7 @@ fn parse_size(text: &str, example: &str) -> Result<u64, String> {
 }
 
 /// A power of two of at least one page, as the kernel requires.
-pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+fn parse_ring_size(text: &str) -> Result<u32, String> {
     let bytes = parse_size(text, "16M")?;
     if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
         return Err(format!("ring buffer size must be a power of two between 4K and 1G, not {text}"));
@@ -253,7 +253,7 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 /// Between 512 bytes and the largest window the kernel programs have room for.
-pub fn parse_stack_window(text: &str) -> Result<u32, String> {
+fn parse_stack_window(text: &str) -> Result<u32, String> {
     let bytes = parse_size(text, "8K")?;
     if !(512..=u64::from(MAX_STACK_WINDOW)).contains(&bytes) {
         return Err(format!(

@@ -33,7 +33,7 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     let program = launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
     let gated = launch::start_gated(program, &args.command, Identity::from_sudo())?;
     let mut settings = trace_settings(&args.session.trace);
-    settings.pids.push(gated.pid);
+    settings.pids.push(gated.pid());
     // Should this fail, dropping `gated` closes the gate: the command exits unrun.
     let tracing = Tracing::start(&settings, proc_root)?;
     // The command may run as another user (sudo): passing it signals needs CAP_KILL.
@@ -51,7 +51,7 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing) -> Resul
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let pid = gated.pid;
+    let pid = gated.pid();
     tracing.set_min_age(session.min_age);
     tracing.retain_exited(RUN_KEEPS_EXITED);
     let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();

@@ -141,7 +141,7 @@ impl Progress {
     }
 
     fn holds_stdout(&self) -> bool {
-        matches!(&self.display, Display::Live(view) if view.on_stdout)
+        matches!(&self.display, Display::Live(view) if view.on_stdout())
     }
 
     /// Give the terminal back before the report is printed.

@@ -12,27 +12,27 @@ use crate::model::fd::{FdDetail, FdKind};
 
 /// Descriptors produced by one call: one for most, two for pipe/socketpair, a few for
 /// SCM_RIGHTS. Inline for the common cases.
-pub type FdList = SmallVec<[i32; 2]>;
+pub(crate) type FdList = SmallVec<[i32; 2]>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub tgid: u32,
-    pub tid: u32,
+pub(crate) struct Event {
+    pub(crate) tgid: u32,
+    pub(crate) tid: u32,
     /// CLOCK_BOOTTIME nanoseconds.
-    pub ts_ns: u64,
-    pub stacks: StackIds,
-    pub op: Op,
+    pub(crate) ts_ns: u64,
+    pub(crate) stacks: StackIds,
+    pub(crate) op: Op,
 }
 
 /// Stack ids captured by the kernel program, if any (negative: capture failed with -errno).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StackIds {
-    pub user: Option<i32>,
-    pub kernel: Option<i32>,
+pub(crate) struct StackIds {
+    pub(crate) user: Option<i32>,
+    pub(crate) kernel: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// New descriptors whose kind the call itself tells.
     Open {
         fds: FdList,
@@ -101,7 +101,7 @@ pub enum Op {
 
 impl Op {
     /// The event types: the `event` label of `helios_trace_events_total`, by [`Op::index`].
-    pub const NAMES: [&'static str; 11] = [
+    pub(crate) const NAMES: [&'static str; 11] = [
         "open",
         "accept",
         "dup",
@@ -115,7 +115,7 @@ impl Op {
         "exit",
     ];
 
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         match self {
             Op::Open { .. } => 0,
             Op::Accept { .. } => 1,
@@ -135,26 +135,26 @@ impl Op {
 /// The user state of a thread at a syscall, as the kernel program captured it (`--stacks
 /// dwarf`): the registers and a window of the stack, borrowed from the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackSample<'a> {
-    pub regs: [u64; USER_REGS_WORDS],
+pub(crate) struct StackSample<'a> {
+    pub(crate) regs: [u64; USER_REGS_WORDS],
     /// The stack from `sp()` upward.
-    pub stack: &'a [u8],
+    pub(crate) stack: &'a [u8],
     /// helios_trace_common::user_stack_flags.
-    pub flags: u32,
+    pub(crate) flags: u32,
 }
 
 impl StackSample<'_> {
-    pub fn sp(&self) -> u64 {
+    pub(crate) fn sp(&self) -> u64 {
         self.regs[SP]
     }
 
     /// The user instruction pointer: just after the syscall instruction.
-    pub fn pc(&self) -> u64 {
+    pub(crate) fn pc(&self) -> u64 {
         self.regs[PC]
     }
 
     /// The 8 bytes of stack at `address`, if the window holds them.
-    pub fn read(&self, address: u64) -> Result<u64, ()> {
+    pub(crate) fn read(&self, address: u64) -> Result<u64, ()> {
         let start = usize::try_from(address.checked_sub(self.sp()).ok_or(())?).map_err(|_| ())?;
         let bytes = self.stack.get(start..start.checked_add(8).ok_or(())?).ok_or(())?;
         Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
@@ -162,7 +162,7 @@ impl StackSample<'_> {
 
     /// Whether a read at `address` failed because the window was too small (rather than
     /// because the stack ended before it, or the unwinder went astray below sp).
-    pub fn beyond_window(&self, address: u64) -> bool {
+    pub(crate) fn beyond_window(&self, address: u64) -> bool {
         self.flags & user_stack_flags::SHORT == 0
             && address >= self.sp().saturating_add(self.stack.len() as u64)
     }

@@ -11,21 +11,21 @@ use crate::model::{
 /// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
 /// by the time of the report).
 #[derive(Clone, Debug)]
-pub struct ExitedProcess {
-    pub tgid: u32,
-    pub comm: String,
-    pub cmdline: Option<String>,
+pub(crate) struct ExitedProcess {
+    pub(crate) tgid: u32,
+    pub(crate) comm: String,
+    pub(crate) cmdline: Option<String>,
     /// CLOCK_BOOTTIME ns of the exit.
-    pub exited_ns: u64,
+    pub(crate) exited_ns: u64,
     /// What was open at the exit.
-    pub fds: BTreeMap<i32, OpenFd>,
+    pub(crate) fds: BTreeMap<i32, OpenFd>,
     /// Its site counters, the closes by exit included.
-    pub counters: HashMap<(FdKind, SiteId), SiteCounters>,
+    pub(crate) counters: HashMap<(FdKind, SiteId), SiteCounters>,
 }
 
 impl ExitedProcess {
     /// Every site it had open at its exit or counted, once per (descriptor or counter).
-    pub fn sites(&self) -> impl Iterator<Item = SiteId> + '_ {
+    pub(crate) fn sites(&self) -> impl Iterator<Item = SiteId> + '_ {
         self.fds.values().map(|fd| fd.site).chain(self.counters.keys().map(|(_, site)| *site))
     }
 }

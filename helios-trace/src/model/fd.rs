@@ -7,7 +7,7 @@ use serde::Serialize;
 /// What a descriptor refers to. The string forms are a contract (report `kind`, metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FdKind {
+pub(crate) enum FdKind {
     File,
     Dir,
     Socket,
@@ -25,7 +25,7 @@ pub enum FdKind {
 }
 
 impl FdKind {
-    pub const ALL: [FdKind; 14] = [
+    pub(crate) const ALL: [FdKind; 14] = [
         FdKind::File,
         FdKind::Dir,
         FdKind::Socket,
@@ -42,7 +42,7 @@ impl FdKind {
         FdKind::Other,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FdKind::File => "file",
             FdKind::Dir => "dir",
@@ -70,7 +70,7 @@ impl fmt::Display for FdKind {
 
 /// What else is known about a descriptor, kept small: this is stored for every tracked fd.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum FdDetail {
+pub(crate) enum FdDetail {
     #[default]
     None,
     /// A path as the process named it (bytes: Linux paths need not be UTF-8).
@@ -84,7 +84,7 @@ pub enum FdDetail {
 }
 
 impl FdDetail {
-    pub fn path(&self) -> Option<&[u8]> {
+    pub(crate) fn path(&self) -> Option<&[u8]> {
         match self {
             FdDetail::Path(p) => Some(p),
             _ => None,
@@ -93,12 +93,12 @@ impl FdDetail {
 }
 
 /// What ends a value that was cut short.
-pub const TRUNCATED_MARKER: &str = "…[truncated]";
+pub(crate) const TRUNCATED_MARKER: &str = "…[truncated]";
 
 /// Bytes from the traced world (paths, command names) made safe to print in text, JSON and
 /// metric labels: invalid UTF-8 replaced, control characters escaped (a newline in a path must
 /// not forge a line of output), and at most `max_chars` characters, with a marker when cut.
-pub fn printable(bytes: &[u8], max_chars: usize) -> String {
+pub(crate) fn printable(bytes: &[u8], max_chars: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len().min(max_chars + 8));
     for (count, c) in text.chars().enumerate() {
@@ -118,7 +118,7 @@ pub fn printable(bytes: &[u8], max_chars: usize) -> String {
 /// How a descriptor stopped being open (issue: "how each descriptor closed").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// close(2).
     Close,
     /// close_range(2).
@@ -134,7 +134,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub(crate) const ALL: [CloseReason; 6] = [
         CloseReason::Close,
         CloseReason::CloseRange,
         CloseReason::Replaced,
@@ -143,7 +143,7 @@ impl CloseReason {
         CloseReason::Reconcile,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::Close => "close",
             CloseReason::CloseRange => "close_range",
@@ -154,14 +154,14 @@ impl CloseReason {
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// Where a descriptor came from: the call site that opened it, or one of two special origins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SiteId {
+pub(crate) enum SiteId {
     /// Open before tracing started (found in /proc at start).
     BeforeTrace,
     /// Found open in /proc by reconciliation without an event that opened it.
@@ -176,7 +176,7 @@ pub enum SiteId {
 
 impl SiteId {
     /// The `site` string of the report and the metrics.
-    pub fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             SiteId::BeforeTrace => "before-trace".to_string(),
             SiteId::UnknownOrigin => "unknown-origin".to_string(),

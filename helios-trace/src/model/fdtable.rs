@@ -18,26 +18,26 @@ use crate::model::{
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenFd {
-    pub kind: FdKind,
-    pub detail: FdDetail,
-    pub site: SiteId,
+pub(crate) struct OpenFd {
+    pub(crate) kind: FdKind,
+    pub(crate) detail: FdDetail,
+    pub(crate) site: SiteId,
     /// CLOCK_BOOTTIME ns of the open; for descriptors found at start, when tracing started.
-    pub opened_ns: u64,
-    pub cloexec: bool,
+    pub(crate) opened_ns: u64,
+    pub(crate) cloexec: bool,
     /// Copied from the parent at fork rather than opened by this process.
-    pub inherited: bool,
+    pub(crate) inherited: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Process {
-    pub comm: String,
+pub(crate) struct Process {
+    pub(crate) comm: String,
     /// Ordered, so close_range and reports walk fds in order.
-    pub fds: BTreeMap<i32, OpenFd>,
+    pub(crate) fds: BTreeMap<i32, OpenFd>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FdChange {
+pub(crate) enum FdChange {
     Opened,
     /// Copied from the parent at fork.
     Inherited,
@@ -47,7 +47,7 @@ pub enum FdChange {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     Fd {
         tgid: u32,
         fd: i32,
@@ -70,29 +70,29 @@ pub enum Transition {
 
 /// A descriptor as /proc shows it, for the baseline and for reconciliation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObservedFd {
-    pub kind: FdKind,
-    pub detail: FdDetail,
-    pub cloexec: bool,
+pub(crate) struct ObservedFd {
+    pub(crate) kind: FdKind,
+    pub(crate) detail: FdDetail,
+    pub(crate) cloexec: bool,
 }
 
 /// What reconciliation changed: in one pass, or summed over the session (the report's
 /// `reconcile_corrections`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Corrections {
+pub(crate) struct Corrections {
     /// Open in the kernel, missing from the table: added under `unknown-origin`.
-    pub added: u64,
+    pub(crate) added: u64,
     /// In the table, closed in the kernel: removed.
-    pub removed: u64,
+    pub(crate) removed: u64,
 }
 
 /// Caps on what the table holds, so that no traced workload can grow the tracer without bound.
 /// At a cap, what is already tracked is kept and what is new is dropped (and counted): the
 /// oldest open descriptors are the leaks this tool exists to show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableLimits {
-    pub max_processes: usize,
-    pub max_fds: usize,
+pub(crate) struct TableLimits {
+    pub(crate) max_processes: usize,
+    pub(crate) max_fds: usize,
 }
 
 impl Default for TableLimits {
@@ -103,15 +103,15 @@ impl Default for TableLimits {
 
 /// What the limits kept out of the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Dropped {
+pub(crate) struct Dropped {
     /// Processes not tracked because `max_processes` were.
-    pub processes: u64,
+    pub(crate) processes: u64,
     /// Descriptors not tracked because `max_fds` were.
-    pub fds: u64,
+    pub(crate) fds: u64,
 }
 
 #[derive(Debug, Default)]
-pub struct FdTable {
+pub(crate) struct FdTable {
     processes: HashMap<u32, Process>,
     limits: TableLimits,
     /// Descriptors in all tables (kept, not recounted: metrics read it every scrape).
@@ -120,37 +120,38 @@ pub struct FdTable {
 }
 
 impl FdTable {
-    pub fn new() -> FdTable {
+    #[cfg(test)]
+    pub(crate) fn new() -> FdTable {
         FdTable::default()
     }
 
-    pub fn with_limits(limits: TableLimits) -> FdTable {
+    pub(crate) fn with_limits(limits: TableLimits) -> FdTable {
         FdTable { limits, ..FdTable::default() }
     }
 
-    pub fn dropped(&self) -> Dropped {
+    pub(crate) fn dropped(&self) -> Dropped {
         self.dropped
     }
 
-    pub fn process(&self, tgid: u32) -> Option<&Process> {
+    pub(crate) fn process(&self, tgid: u32) -> Option<&Process> {
         self.processes.get(&tgid)
     }
 
-    pub fn processes(&self) -> impl Iterator<Item = (u32, &Process)> {
+    pub(crate) fn processes(&self) -> impl Iterator<Item = (u32, &Process)> {
         self.processes.iter().map(|(tgid, p)| (*tgid, p))
     }
 
-    pub fn process_count(&self) -> usize {
+    pub(crate) fn process_count(&self) -> usize {
         self.processes.len()
     }
 
-    pub fn fd_count(&self) -> usize {
+    pub(crate) fn fd_count(&self) -> usize {
         self.fds
     }
 
     /// Apply one event. `site` is where descriptors it creates come from (resolved by the
     /// caller from the event's stack). Transitions are appended to `out`.
-    pub fn apply(&mut self, event: &Event, site: SiteId, out: &mut Vec<Transition>) {
+    pub(crate) fn apply(&mut self, event: &Event, site: SiteId, out: &mut Vec<Transition>) {
         let tgid = event.tgid;
         let now = event.ts_ns;
         match &event.op {
@@ -306,7 +307,7 @@ impl FdTable {
 
     /// Load descriptors found open in /proc at start (site `before-trace`). Events applied
     /// afterwards win: an fd both found here and opened by a later event takes the event's site.
-    pub fn insert_observed(
+    pub(crate) fn insert_observed(
         &mut self,
         tgid: u32,
         comm: &str,
@@ -337,7 +338,7 @@ impl FdTable {
 
     /// Make `tgid`'s table equal what /proc shows, except for `skip`: descriptors that events
     /// touched while /proc was being read, whose state in the two views may differ honestly.
-    pub fn reconcile(
+    pub(crate) fn reconcile(
         &mut self,
         tgid: u32,
         observed: &BTreeMap<i32, ObservedFd>,
@@ -394,14 +395,14 @@ impl FdTable {
         corrections
     }
 
-    pub fn set_comm(&mut self, tgid: u32, comm: String) {
+    pub(crate) fn set_comm(&mut self, tgid: u32, comm: String) {
         if let Some(process) = self.processes.get_mut(&tgid) {
             process.comm = comm;
         }
     }
 
     /// Correct a kind the event could not know (received descriptors) from /proc.
-    pub fn set_kind(&mut self, tgid: u32, fd: i32, kind: FdKind, detail: FdDetail) {
+    pub(crate) fn set_kind(&mut self, tgid: u32, fd: i32, kind: FdKind, detail: FdDetail) {
         if let Some(entry) = self.processes.get_mut(&tgid).and_then(|p| p.fds.get_mut(&fd)) {
             entry.kind = kind;
             if detail != FdDetail::None {
@@ -412,7 +413,7 @@ impl FdTable {
 
     /// Forget a process without emitting close transitions for its descriptors as closes by
     /// the process: used when it vanished from /proc without an exit event.
-    pub fn remove_process(&mut self, tgid: u32, out: &mut Vec<Transition>) {
+    pub(crate) fn remove_process(&mut self, tgid: u32, out: &mut Vec<Transition>) {
         if let Some(process) = self.processes.remove(&tgid) {
             self.fds -= process.fds.len();
             for (fd, entry) in process.fds {

@@ -16,7 +16,7 @@ use crate::model::fd::SiteId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Language {
+pub(crate) enum Language {
     Native,
     Python,
     Kernel,
@@ -25,25 +25,25 @@ pub enum Language {
 /// One frame of a site's stack, innermost first; the report's `frames` entries. Unknown values
 /// are `None` (JSON null), never invented.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// Text shared with the symbol and code-object caches and with every other site through
     /// the same function: a site's frames are mostly the same few hundred functions, and a
     /// copy of their names per site was most of the daemon's memory under process churn.
-    pub symbol: Option<Arc<str>>,
-    pub file: Option<Arc<str>>,
-    pub line: Option<u32>,
-    pub module: Option<Arc<str>>,
+    pub(crate) symbol: Option<Arc<str>>,
+    pub(crate) file: Option<Arc<str>>,
+    pub(crate) line: Option<u32>,
+    pub(crate) module: Option<Arc<str>>,
     #[serde(serialize_with = "hex")]
-    pub address: Option<u64>,
+    pub(crate) address: Option<u64>,
     /// Offset of the address in the module's file.
     #[serde(serialize_with = "hex")]
-    pub offset: Option<u64>,
+    pub(crate) offset: Option<u64>,
     /// Offset of the address from the start of `symbol` (none for an inlined function).
     #[serde(serialize_with = "hex")]
-    pub symbol_offset: Option<u64>,
+    pub(crate) symbol_offset: Option<u64>,
     /// Code of `symbol` inlined into the next frame's function: both are at the same address.
-    pub inlined: bool,
-    pub language: Language,
+    pub(crate) inlined: bool,
+    pub(crate) language: Language,
 }
 
 fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -56,7 +56,7 @@ fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
 impl Frame {
     /// A frame of Python code: qualified function name, file and line (no address or module:
     /// code objects live on the interpreter's heap).
-    pub fn python(symbol: Arc<str>, file: Arc<str>, line: Option<u32>) -> Frame {
+    pub(crate) fn python(symbol: Arc<str>, file: Arc<str>, line: Option<u32>) -> Frame {
         Frame {
             symbol: Some(symbol),
             file: Some(file),
@@ -71,7 +71,7 @@ impl Frame {
     }
 
     /// A native frame of a module, not symbolized yet.
-    pub fn native(address: u64, module: Option<Arc<str>>, offset: Option<u64>) -> Frame {
+    pub(crate) fn native(address: u64, module: Option<Arc<str>>, offset: Option<u64>) -> Frame {
         Frame {
             symbol: None,
             file: None,
@@ -87,7 +87,7 @@ impl Frame {
 
     /// Long human form for the text report: `symbol (file:line)`, `symbol in module`,
     /// `module+0xoffset`, or the bare address.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let text = match (&self.symbol, &self.file, self.line, &self.module, self.offset, self.address) {
             (Some(symbol), Some(file), Some(line), ..) => format!("{symbol} ({file}:{line})"),
             (Some(symbol), _, _, Some(module), ..) => format!("{symbol} in {}", basename(module)),
@@ -100,7 +100,7 @@ impl Frame {
     }
 }
 
-pub fn basename(path: &str) -> &str {
+pub(crate) fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
@@ -216,7 +216,7 @@ fn is_runtime(frame: &Frame) -> bool {
 /// code, past the kernel, the C library and loader, language runtimes and standard libraries.
 /// When every frame is plumbing, the innermost Python frame, else the innermost user frame.
 /// None only without user frames.
-pub fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
+pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
     frames
         .iter()
         .find(|f| !is_runtime(f))
@@ -228,7 +228,7 @@ pub fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
 /// A short, bounded label of a frame, for the `frame` metric label and the text report:
 /// `leak_socket (app.c:14)`, `geo.py:UnitTrackingWSHandler.on_connect:27`, `leak_fn (app)`,
 /// `app+0x1234`.
-pub fn frame_label(frame: &Frame) -> String {
+pub(crate) fn frame_label(frame: &Frame) -> String {
     let module = frame.module.as_deref().map(basename);
     let file = frame.file.as_deref().map(basename);
     match (frame.language, &frame.symbol, file, frame.line, module) {
@@ -244,7 +244,7 @@ pub fn frame_label(frame: &Frame) -> String {
 }
 
 /// The label of a site's telling frame; None for a site without frames.
-pub fn site_label(frames: &[Frame]) -> Option<String> {
+pub(crate) fn site_label(frames: &[Frame]) -> Option<String> {
     telling_frame(frames).map(frame_label)
 }
 
@@ -252,7 +252,7 @@ pub fn site_label(frames: &[Frame]) -> Option<String> {
 /// or (module, file offset) without a function, or (function, file, line) for interpreted
 /// frames, falling back to the address for frames in no file. Inlined frames add nothing:
 /// they follow from the address of the frame they were inlined into.
-pub fn site_id(frames: &[Frame]) -> SiteId {
+pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
     let mut hasher = FnvHasher::default();
     for frame in frames.iter().filter(|f| !f.inlined) {
         hasher.write_u8(frame.language as u8);

@@ -13,34 +13,32 @@ use crate::model::{
 };
 
 /// (process, kind, site): the unit a report line and a verdict are about.
-pub type SiteKey = (u32, FdKind, SiteId);
+pub(crate) type SiteKey = (u32, FdKind, SiteId);
 
 /// Beyond this many sites, new ones are not sampled (they get no verdict).
-pub const MAX_SERIES: usize = 20_000;
+pub(crate) const MAX_SERIES: usize = 20_000;
 /// Beyond this many processes, new ones get no resource series (no exhaustion projection).
-pub const MAX_PROCESS_SERIES: usize = 2_000;
+pub(crate) const MAX_PROCESS_SERIES: usize = 2_000;
 
 /// A process's resources at one sample, read by the caller (from /proc and the cgroup tree).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcessSample {
-    pub rss_bytes: Option<u64>,
-    pub cgroup_memory_bytes: Option<u64>,
+pub(crate) struct ProcessSample {
+    pub(crate) rss_bytes: Option<u64>,
+    pub(crate) cgroup_memory_bytes: Option<u64>,
 }
 
 /// A process over the session. In every series, a point's `open` is the sampled quantity:
 /// descriptors for `fds`, bytes for the memory series.
 #[derive(Clone, Debug, Default)]
-pub struct ProcessSeries {
-    pub fds: Series,
-    pub rss: Series,
-    pub cgroup_memory: Series,
+pub(crate) struct ProcessSeries {
+    pub(crate) fds: Series,
+    pub(crate) rss: Series,
+    pub(crate) cgroup_memory: Series,
 }
 
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     series: HashMap<SiteKey, Series>,
-    /// Sites seen at the last sample that had no room.
-    untracked: usize,
     processes: HashMap<u32, ProcessSeries>,
 }
 
@@ -49,7 +47,7 @@ impl History {
     /// loses its series unless `keep(tgid)` (an exited process a report still shows).
     /// `before-trace` sites are skipped: they can only shrink. Processes with any other site
     /// also get their descriptor count and `resources(tgid)` sampled.
-    pub fn sample(
+    pub(crate) fn sample(
         &mut self,
         now_ns: u64,
         table: &FdTable,
@@ -90,36 +88,29 @@ impl History {
                 series.cgroup_memory.push(point(memory));
             }
         }
-        self.untracked = 0;
         for (key @ (tgid, kind, site), open) in open {
             let point = Point { t_ns: now_ns, open, opened: stats.get(tgid, kind, site).opened };
             let room = self.series.len() < MAX_SERIES;
             match self.series.entry(key) {
                 Entry::Occupied(series) => series.into_mut().push(point),
                 Entry::Vacant(slot) if room => slot.insert(Series::default()).push(point),
-                Entry::Vacant(_) => self.untracked += 1,
+                // No room: no series, no verdict (MAX_SERIES).
+                Entry::Vacant(_) => {}
             }
         }
     }
 
-    pub fn series(&self, tgid: u32, kind: FdKind, site: SiteId) -> Option<&Series> {
+    pub(crate) fn series(&self, tgid: u32, kind: FdKind, site: SiteId) -> Option<&Series> {
         self.series.get(&(tgid, kind, site))
     }
 
-    pub fn process(&self, tgid: u32) -> Option<&ProcessSeries> {
+    pub(crate) fn process(&self, tgid: u32) -> Option<&ProcessSeries> {
         self.processes.get(&tgid)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.series.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
-    pub fn untracked(&self) -> usize {
-        self.untracked
     }
 }
 

@@ -4,7 +4,7 @@ use crate::model::{fd::SiteId, fdtable::Transition};
 
 /// What `Engine::take_transitions` (observe/engine.rs) hands the exporter, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Kept {
+pub(crate) enum Kept {
     Transition(Transition),
     /// Right after each ProcessStarted and ProcessExec: the name the process has from then on.
     /// Kept here because a short-lived process is gone from the table by the time the

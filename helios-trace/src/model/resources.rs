@@ -4,24 +4,24 @@
 
 /// A cgroup's memory use and limit (None: unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CgroupMemory {
-    pub current: u64,
-    pub limit: Option<u64>,
+pub(crate) struct CgroupMemory {
+    pub(crate) current: u64,
+    pub(crate) limit: Option<u64>,
 }
 
 /// What a process costs: the exporter's own `process_*` metrics.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// User + system CPU time.
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-    pub virtual_bytes: u64,
-    pub open_fds: u64,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) resident_bytes: u64,
+    pub(crate) virtual_bytes: u64,
+    pub(crate) open_fds: u64,
 }
 
 /// Seconds until `current` reaches `limit` growing `per_second`; None when it is not growing
 /// or there is no limit. Zero when already there.
-pub fn exhaustion_seconds(limit: Option<u64>, current: u64, per_second: Option<f64>) -> Option<f64> {
+pub(crate) fn exhaustion_seconds(limit: Option<u64>, current: u64, per_second: Option<f64>) -> Option<f64> {
     let (limit, rate) = (limit?, per_second.filter(|r| *r > 0.0 && r.is_finite())?);
     Some(limit.saturating_sub(current) as f64 / rate)
 }

@@ -18,15 +18,15 @@ use crate::model::{
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SiteCounters {
-    pub opened: u64,
-    pub closed: u64,
+pub(crate) struct SiteCounters {
+    pub(crate) opened: u64,
+    pub(crate) closed: u64,
     /// Closes by [`CloseReason::index`].
-    pub closed_by: [u64; CloseReason::ALL.len()],
+    pub(crate) closed_by: [u64; CloseReason::ALL.len()],
 }
 
 impl SiteCounters {
-    pub fn record(&mut self, change: FdChange) {
+    pub(crate) fn record(&mut self, change: FdChange) {
         match change {
             FdChange::Opened => self.opened += 1,
             FdChange::Inherited | FdChange::Found => {}
@@ -37,7 +37,7 @@ impl SiteCounters {
         }
     }
 
-    pub fn merge(&mut self, other: &SiteCounters) {
+    pub(crate) fn merge(&mut self, other: &SiteCounters) {
         self.opened += other.opened;
         self.closed += other.closed;
         for (mine, theirs) in self.closed_by.iter_mut().zip(other.closed_by) {
@@ -49,7 +49,7 @@ impl SiteCounters {
     /// `processes` processes: at least [`EXIT_ONLY_PER_PROCESS`] each (a log file or a listener
     /// held for a process's life is no leak), and no more closes than opens (copies a forked
     /// child inherited and dropped at its exit are not the site's own).
-    pub fn closed_only_at_exit(&self, processes: u64) -> bool {
+    pub(crate) fn closed_only_at_exit(&self, processes: u64) -> bool {
         let exit = self.closed_by[CloseReason::Exit.index()];
         let corrected = self.closed_by[CloseReason::Reconcile.index()];
         exit > 0
@@ -61,17 +61,17 @@ impl SiteCounters {
 
 /// Fewer descriptors than this per process, all held until exit, are a process's own long-lived
 /// ones (pipe pairs included), not a leak.
-pub const EXIT_ONLY_PER_PROCESS: u64 = 3;
+pub(crate) const EXIT_ONLY_PER_PROCESS: u64 = 3;
 
 /// What exited processes did at one site, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Retired {
-    pub processes: u64,
-    pub counters: SiteCounters,
+pub(crate) struct Retired {
+    pub(crate) processes: u64,
+    pub(crate) counters: SiteCounters,
 }
 
 /// Beyond this many (kind, site) pairs, exited processes' sites are not summed.
-pub const MAX_RETIRED_SITES: usize = 65_536;
+pub(crate) const MAX_RETIRED_SITES: usize = 65_536;
 
 /// Who holds a call site, and since when nobody does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,7 +83,7 @@ struct Life {
 /// Counters of live processes, keyed by process then (kind, site); sums of exited ones by
 /// (kind, site); who holds each call site.
 #[derive(Debug, Default)]
-pub struct SiteStats {
+pub(crate) struct SiteStats {
     by_process: HashMap<u32, HashMap<(FdKind, SiteId), SiteCounters>>,
     retired: HashMap<(FdKind, SiteId), Retired>,
     lives: HashMap<SiteId, Life>,
@@ -91,7 +91,7 @@ pub struct SiteStats {
 
 impl SiteStats {
     /// Take in one transition of the table, which happened at `ts_ns`.
-    pub fn observe(&mut self, transition: &Transition, ts_ns: u64) {
+    pub(crate) fn observe(&mut self, transition: &Transition, ts_ns: u64) {
         match transition {
             Transition::Fd { tgid, kind, site, change, .. } => {
                 let sites = self.by_process.entry(*tgid).or_default();
@@ -123,29 +123,30 @@ impl SiteStats {
     /// A call site was made at `ts_ns` (its frames are now remembered): it is forgotten after
     /// the retention unless something holds it by then. (A site can be made without a
     /// descriptor ever being tracked there: the table was full, or the call failed.)
-    pub fn made(&mut self, site: SiteId, ts_ns: u64) {
+    pub(crate) fn made(&mut self, site: SiteId, ts_ns: u64) {
         if matches!(site, SiteId::Stack(_)) {
             self.lives.entry(site).or_insert(Life { holders: 0, idle_since_ns: Some(ts_ns) });
         }
     }
 
     /// Hold a site for an exited process that a report still shows; [`Self::unpin`] ends it.
-    pub fn pin(&mut self, site: SiteId) {
+    pub(crate) fn pin(&mut self, site: SiteId) {
         hold(&mut self.lives, site);
     }
 
-    pub fn unpin(&mut self, site: SiteId, ts_ns: u64) {
+    pub(crate) fn unpin(&mut self, site: SiteId, ts_ns: u64) {
         release(&mut self.lives, site, ts_ns);
     }
 
     /// Whether anything holds the site now.
-    pub fn held(&self, site: SiteId) -> bool {
+    #[cfg(test)]
+    pub(crate) fn held(&self, site: SiteId) -> bool {
         self.lives.get(&site).is_some_and(|life| life.holders > 0)
     }
 
     /// Forget the call sites nobody has held for `retention_ns` as of `now_ns` (their sums of
     /// exited processes too), and name them so that what else was kept of them goes as well.
-    pub fn expire(&mut self, now_ns: u64, retention_ns: u64) -> Vec<SiteId> {
+    pub(crate) fn expire(&mut self, now_ns: u64, retention_ns: u64) -> Vec<SiteId> {
         let expired: Vec<SiteId> = self
             .lives
             .iter()
@@ -165,20 +166,21 @@ impl SiteStats {
     }
 
     /// Call sites known (held, or idle within the retention).
-    pub fn site_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn site_count(&self) -> usize {
         self.lives.len()
     }
 
-    pub fn process(&self, tgid: u32) -> Option<&HashMap<(FdKind, SiteId), SiteCounters>> {
+    pub(crate) fn process(&self, tgid: u32) -> Option<&HashMap<(FdKind, SiteId), SiteCounters>> {
         self.by_process.get(&tgid)
     }
 
-    pub fn get(&self, tgid: u32, kind: FdKind, site: SiteId) -> SiteCounters {
+    pub(crate) fn get(&self, tgid: u32, kind: FdKind, site: SiteId) -> SiteCounters {
         self.process(tgid).and_then(|p| p.get(&(kind, site))).copied().unwrap_or_default()
     }
 
     /// Sum of what exited processes did at this site.
-    pub fn retired(&self, kind: FdKind, site: SiteId) -> Option<&Retired> {
+    pub(crate) fn retired(&self, kind: FdKind, site: SiteId) -> Option<&Retired> {
         self.retired.get(&(kind, site))
     }
 
@@ -199,7 +201,7 @@ impl SiteStats {
     }
 
     /// Whether the process did anything under tracing (opened or closed a descriptor).
-    pub fn active(&self, tgid: u32) -> bool {
+    pub(crate) fn active(&self, tgid: u32) -> bool {
         self.process(tgid).is_some_and(|sites| sites.values().any(|c| c.opened + c.closed > 0))
     }
 }

@@ -20,26 +20,26 @@ use serde::Serialize;
 
 /// Samples kept per site. When full, every other one is dropped and the sampling step doubles,
 /// so the series always spans the whole session in bounded memory (~1.5 KiB per site).
-pub const MAX_POINTS: usize = 64;
-pub const MIN_POINTS: usize = 10;
-pub const MIN_WINDOW: Duration = Duration::from_secs(5);
+pub(crate) const MAX_POINTS: usize = 64;
+pub(crate) const MIN_POINTS: usize = 10;
+pub(crate) const MIN_WINDOW: Duration = Duration::from_secs(5);
 /// One-sided p < 0.001 for a standard normal statistic.
 const Z_SIGNIFICANT: f64 = 3.09;
 
 /// One sample of a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Point {
+pub(crate) struct Point {
     /// CLOCK_BOOTTIME ns.
-    pub t_ns: u64,
+    pub(crate) t_ns: u64,
     /// Descriptors open at that time (in a process's memory series: bytes; history.rs).
-    pub open: u64,
+    pub(crate) open: u64,
     /// Opened by the site since tracing started (a counter).
-    pub opened: u64,
+    pub(crate) opened: u64,
 }
 
 /// The bounded, evenly decimated history of one site, plus its most recent sample.
 #[derive(Clone, Debug)]
-pub struct Series {
+pub(crate) struct Series {
     points: Vec<Point>,
     latest: Option<Point>,
     /// Keep one tick in `step`; doubles at each decimation.
@@ -55,7 +55,7 @@ impl Default for Series {
 
 impl Series {
     /// Record the sample of one tick (ticks are evenly spaced by the caller).
-    pub fn push(&mut self, point: Point) {
+    pub(crate) fn push(&mut self, point: Point) {
         if self.ticks.is_multiple_of(self.step) {
             if self.points.len() == MAX_POINTS {
                 // Kept ticks were 0, s, 2s, ...; keeping the even indices leaves 0, 2s, 4s, ...
@@ -74,7 +74,7 @@ impl Series {
     }
 
     /// The window: the kept samples, then the latest one if it was not kept.
-    pub fn window(&self) -> Vec<Point> {
+    pub(crate) fn window(&self) -> Vec<Point> {
         let mut window = self.points.clone();
         if let Some(latest) = self.latest.filter(|l| self.points.last().is_none_or(|p| p.t_ns < l.t_ns)) {
             window.push(latest);
@@ -82,32 +82,32 @@ impl Series {
         window
     }
 
-    pub fn first(&self) -> Option<Point> {
+    pub(crate) fn first(&self) -> Option<Point> {
         self.points.first().copied()
     }
 }
 
 /// The Mann-Kendall trend test on a sequence in time order.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MannKendall {
+pub(crate) struct MannKendall {
     /// Sum of the signs of all later-minus-earlier differences.
-    pub s: i64,
+    pub(crate) s: i64,
     /// Normal approximation of S (with continuity and tie corrections).
-    pub z: f64,
+    pub(crate) z: f64,
     /// Kendall's tau-a: S over the number of pairs, in [-1, 1].
-    pub tau: f64,
+    pub(crate) tau: f64,
 }
 
 impl MannKendall {
     /// One-sided p-value for "increasing".
-    pub fn p_increasing(&self) -> f64 {
+    pub(crate) fn p_increasing(&self) -> f64 {
         0.5 * libm::erfc(self.z / std::f64::consts::SQRT_2)
     }
 }
 
 /// Mann (1945), Kendall (1975): S = Σ_{i<j} sign(x_j - x_i); under "no trend" S is about
 /// normal with variance [n(n-1)(2n+5) - Σ t(t-1)(2t+5)] / 18 over groups of t tied values.
-pub fn mann_kendall(values: &[u64]) -> MannKendall {
+pub(crate) fn mann_kendall(values: &[u64]) -> MannKendall {
     let n = values.len();
     let mut s: i64 = 0;
     for (i, a) in values.iter().enumerate() {
@@ -138,7 +138,7 @@ pub fn mann_kendall(values: &[u64]) -> MannKendall {
 
 /// Theil-Sen slope of the open count, per second: the median of the slopes between every two
 /// samples. `None` with fewer than two samples at distinct times.
-pub fn theil_sen(points: &[Point]) -> Option<f64> {
+pub(crate) fn theil_sen(points: &[Point]) -> Option<f64> {
     let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
     for (i, a) in points.iter().enumerate() {
         for b in &points[i + 1..] {
@@ -157,40 +157,40 @@ pub fn theil_sen(points: &[Point]) -> Option<f64> {
 
 /// What the table says about a site's open descriptors now, beyond the counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Evidence {
+pub(crate) struct Evidence {
     /// Open descriptors older than the minimum age.
-    pub aged: u64,
+    pub(crate) aged: u64,
     /// Open descriptors opened since the window started.
-    pub open_from_window: u64,
+    pub(crate) open_from_window: u64,
 }
 
 /// The verdict on a site, and the trend it rests on.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Verdict {
-    pub suspected: bool,
+pub(crate) struct Verdict {
+    pub(crate) suspected: bool,
     /// Theil-Sen slope of the open count.
-    pub growth_per_minute: f64,
-    pub trend: Trend,
+    pub(crate) growth_per_minute: f64,
+    pub(crate) trend: Trend,
 }
 
 /// The numbers behind a verdict (the report's `trend`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Trend {
-    pub samples: usize,
-    pub window_seconds: f64,
+pub(crate) struct Trend {
+    pub(crate) samples: usize,
+    pub(crate) window_seconds: f64,
     /// Mann-Kendall one-sided p-value for "increasing".
-    pub p_value: f64,
-    pub kendall_tau: f64,
+    pub(crate) p_value: f64,
+    pub(crate) kendall_tau: f64,
     /// Opened by the site during the window, and how many of those are still open.
-    pub opened_in_window: u64,
-    pub still_open_from_window: u64,
+    pub(crate) opened_in_window: u64,
+    pub(crate) still_open_from_window: u64,
     /// Open descriptors older than `--min-age`.
-    pub older_than_min_age: u64,
+    pub(crate) older_than_min_age: u64,
 }
 
 /// The verdict on one site's window (oldest sample first). `None` with fewer than two samples.
 /// (Why it is suspected, in a sentence, is the report's: output/report.)
-pub fn assess(window: &[Point], evidence: Evidence) -> Option<Verdict> {
+pub(crate) fn assess(window: &[Point], evidence: Evidence) -> Option<Verdict> {
     let (first, last) = (window.first()?, window.last()?);
     let per_second = theil_sen(window)?;
     let window_seconds = (last.t_ns - first.t_ns) as f64 / 1e9;

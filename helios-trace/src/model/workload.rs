@@ -19,20 +19,20 @@ use crate::model::fd::printable;
 const UNIT_CHARS: usize = 256;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// 64 hex digits, as the runtime names the container.
-    pub container_id: Option<String>,
+    pub(crate) container_id: Option<String>,
     /// The pod's UID with dashes, as `kubectl get pod -o jsonpath={.metadata.uid}` shows it.
-    pub pod_uid: Option<String>,
+    pub(crate) pod_uid: Option<String>,
     /// The systemd service, for processes in no container.
-    pub unit: Option<String>,
+    pub(crate) unit: Option<String>,
 }
 
 impl Workload {
     /// From the text of `/proc/PID/cgroup`. The unified (v2) line is read first, then the
     /// `name=systemd` one, then the controllers: on hybrid hosts a process can sit in the root
     /// of one hierarchy and in its container's cgroup in another.
-    pub fn from_proc_cgroup(text: &str) -> Workload {
+    pub(crate) fn from_proc_cgroup(text: &str) -> Workload {
         let mut paths: Vec<(u8, &str)> = text
             .lines()
             .filter_map(|line| {
@@ -57,7 +57,7 @@ impl Workload {
     }
 
     /// From one cgroup path. The innermost match wins (a container nested in another).
-    pub fn from_path(path: &str) -> Workload {
+    pub(crate) fn from_path(path: &str) -> Workload {
         let mut workload = Workload::default();
         let mut unit = None;
         for component in path.split('/') {

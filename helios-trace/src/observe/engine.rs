@@ -39,21 +39,21 @@ use crate::{
 };
 
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
-pub trait StackSource {
+pub(crate) trait StackSource {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
 }
 
 #[cfg(test)]
-pub mod testing;
+pub(crate) mod testing;
 
 /// Every descriptor a process has open, as /proc shows it, by fd.
-pub type OpenFds = BTreeMap<i32, ObservedFd>;
+pub(crate) type OpenFds = BTreeMap<i32, ObservedFd>;
 
 /// What the engine asks /proc (ARCHITECTURE.md, "Data flow" 8): the baseline, what a process
 /// first seen through an event already holds, descriptors received through SCM_RIGHTS, names,
 /// and reconciliation. The daemon answers from the procfs (observe/procfs.rs), tests from
 /// tables of their own.
-pub trait ProcSource {
+pub(crate) trait ProcSource {
     /// Every descriptor `tgid` has open (an error when it is gone or cannot be read).
     fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds>;
     /// A reader for the baseline: like [`Self::open_fds`], with what the socket tables of the
@@ -77,7 +77,7 @@ struct PendingReconcile {
     touched: HashMap<u32, HashSet<i32>>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     table: FdTable,
     stats: SiteStats,
     stacks: StackRegistry,
@@ -111,7 +111,7 @@ pub struct Engine {
 impl Engine {
     /// `proc_root`: where resolve/ reads the traced processes' maps, binaries and memory;
     /// `proc`: what the engine itself asks /proc.
-    pub fn new(proc_root: &Path, proc: Box<dyn ProcSource>, limits: TableLimits) -> Engine {
+    pub(crate) fn new(proc_root: &Path, proc: Box<dyn ProcSource>, limits: TableLimits) -> Engine {
         Engine {
             table: FdTable::with_limits(limits),
             stats: SiteStats::default(),
@@ -137,58 +137,58 @@ impl Engine {
     }
 
     /// Keep up to `limit` exited processes with what they had open at their exit.
-    pub fn retain_exited(&mut self, limit: usize) {
+    pub(crate) fn retain_exited(&mut self, limit: usize) {
         self.retain_exited = limit;
     }
 
     /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).
-    pub fn limit_sites(&mut self, max_sites: usize) {
+    pub(crate) fn limit_sites(&mut self, max_sites: usize) {
         self.stacks.limit_sites(max_sites);
     }
 
     /// Look for CPython processes and name their walked frames (`--python-frames auto`, with
     /// user stacks).
-    pub fn enable_python(&mut self, on: bool) {
+    pub(crate) fn enable_python(&mut self, on: bool) {
         self.python.enable(on);
     }
 
     /// What the kernel's `PYTHON_PROCS` map must learn since the last call (CPython processes
     /// found or gone), after probing again those whose interpreter was still starting.
-    pub fn python_updates(&mut self, now_ns: u64) -> Vec<(u32, Option<PythonOffsets>)> {
+    pub(crate) fn python_updates(&mut self, now_ns: u64) -> Vec<(u32, Option<PythonOffsets>)> {
         self.python.retry_pending(now_ns);
         self.python.take_updates()
     }
 
-    pub fn table(&self) -> &FdTable {
+    pub(crate) fn table(&self) -> &FdTable {
         &self.table
     }
 
-    pub fn stats(&self) -> &SiteStats {
+    pub(crate) fn stats(&self) -> &SiteStats {
         &self.stats
     }
 
     /// A call site's frames, while it is remembered.
-    pub fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
+    pub(crate) fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
         self.stacks.frames(site)
     }
 
-    pub fn stack_counts(&self) -> StackCounts {
+    pub(crate) fn stack_counts(&self) -> StackCounts {
         self.stacks.counts()
     }
 
     #[cfg(test)]
-    pub fn stacks(&self) -> &StackRegistry {
+    pub(crate) fn stacks(&self) -> &StackRegistry {
         &self.stacks
     }
 
     /// Forget call sites that nothing has held for `retention_ns` (`--retention`).
-    pub fn set_retention(&mut self, retention_ns: u64) {
+    pub(crate) fn set_retention(&mut self, retention_ns: u64) {
         self.retention_ns = retention_ns;
     }
 
     /// Forget the call sites nothing held for the retention, as of `now_ns`: their frames and
     /// sums here, their series in the exporter (`Kept::Forgotten`). Once a second.
-    pub fn expire_sites(&mut self, now_ns: u64) -> usize {
+    pub(crate) fn expire_sites(&mut self, now_ns: u64) -> usize {
         let expired = self.stats.expire(now_ns, self.retention_ns);
         for site in &expired {
             self.stacks.forget_site(*site);
@@ -200,21 +200,21 @@ impl Engine {
     }
 
     /// Exited processes kept by `retain_exited`, oldest first.
-    pub fn exited(&self) -> &[ExitedProcess] {
+    pub(crate) fn exited(&self) -> &[ExitedProcess] {
         &self.exited
     }
 
-    pub fn counts(&self) -> EventCounts {
+    pub(crate) fn counts(&self) -> EventCounts {
         self.counts
     }
 
-    pub fn corrections(&self) -> Corrections {
+    pub(crate) fn corrections(&self) -> Corrections {
         self.corrections
     }
 
     /// Records received, by event type (`untracked`: decoded but changing nothing tracked,
     /// such as a failed call; `undecodable`: short or unknown). They add up to `received`.
-    pub fn events_by_type(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn events_by_type(&self) -> Vec<(&'static str, u64)> {
         let mut counts: Vec<(&'static str, u64)> = Op::NAMES.iter().copied().zip(self.by_type).collect();
         counts.push(("untracked", self.untracked));
         counts.push(("undecodable", self.counts.undecodable));
@@ -222,21 +222,21 @@ impl Engine {
     }
 
     /// Keep every transition for `take_transitions` (the exporter aggregates them).
-    pub fn keep_transitions(&mut self) {
+    pub(crate) fn keep_transitions(&mut self) {
         self.keep_transitions = true;
     }
 
     /// Transitions kept since the last `take_transitions`.
-    pub fn pending_transitions(&self) -> usize {
+    pub(crate) fn pending_transitions(&self) -> usize {
         self.kept.len()
     }
 
-    pub fn take_transitions(&mut self) -> Vec<Kept> {
+    pub(crate) fn take_transitions(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }
 
     /// One ring-buffer record.
-    pub fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
+    pub(crate) fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
         let decoded = decode::decode(bytes, &self.syscalls);
         if let Ok(Decoded::Python(frames)) = decoded {
             // Part of the descriptor record that follows, not a record of its own.
@@ -260,7 +260,7 @@ impl Engine {
     }
 
     /// One event; `sample` is the user stack a `--stacks dwarf` record carried.
-    pub fn handle_event(
+    pub(crate) fn handle_event(
         &mut self,
         event: &Event,
         sample: Option<&StackSample<'_>>,
@@ -388,7 +388,7 @@ impl Engine {
 
     /// Load what /proc shows open now for `pids`, under `before-trace`. Call after the programs
     /// are attached and before the first record is handled (see FdTable::insert_observed).
-    pub fn load_baseline(&mut self, pids: &[u32], now_ns: u64) -> usize {
+    pub(crate) fn load_baseline(&mut self, pids: &[u32], now_ns: u64) -> usize {
         let mut read = self.proc.baseline();
         let mut loaded = 0;
         let mut out = Vec::new();
@@ -421,7 +421,7 @@ impl Engine {
     }
 
     /// First half of reconciliation: read /proc for every tracked process.
-    pub fn begin_reconcile(&mut self, now_ns: u64) {
+    pub(crate) fn begin_reconcile(&mut self, now_ns: u64) {
         let pids: Vec<u32> = self.table.processes().map(|(tgid, _)| tgid).collect();
         let mut observed = HashMap::new();
         for pid in pids {
@@ -439,7 +439,7 @@ impl Engine {
     }
 
     /// Second half, after the ring buffer was drained: correct what still differs.
-    pub fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
+    pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
         let mut total = Corrections::default();
         let no_skip = HashSet::new();
@@ -457,13 +457,13 @@ impl Engine {
     }
 
     /// The command line of a tracked process (cached; read from /proc on first use).
-    pub fn cmdline(&mut self, tgid: u32) -> Option<String> {
+    pub(crate) fn cmdline(&mut self, tgid: u32) -> Option<String> {
         let proc = &mut self.proc;
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid)).clone()
     }
 
     /// Fill in comm for processes first seen through an event, from /proc.
-    pub fn refresh_names(&mut self) {
+    pub(crate) fn refresh_names(&mut self) {
         let unnamed: Vec<u32> =
             self.table.processes().filter(|(_, p)| p.comm.is_empty()).map(|(t, _)| t).collect();
         for tgid in unnamed {

@@ -31,7 +31,7 @@ use crate::{
 
 /// The exporter's side of the tracing loop: the engine's transitions aggregated per workload,
 /// and a snapshot of the series published once a second for the HTTP handlers.
-pub struct Exporter {
+pub(crate) struct Exporter {
     aggregator: Aggregator,
     proc_root: PathBuf,
 }
@@ -42,7 +42,7 @@ const MAX_PENDING_TRANSITIONS: usize = 16_384;
 
 impl Exporter {
     /// From now on the engine keeps every transition for the exporter.
-    pub fn new(config: ExportConfig, proc_root: &Path, tracing: &mut Tracing) -> Exporter {
+    pub(crate) fn new(config: ExportConfig, proc_root: &Path, tracing: &mut Tracing) -> Exporter {
         tracing.engine.keep_transitions();
         Exporter { aggregator: Aggregator::new(config), proc_root: proc_root.to_path_buf() }
     }
@@ -55,14 +55,14 @@ impl Exporter {
     }
 
     /// After a drain of the ring buffer: take the transitions in when they pile up.
-    pub fn observe_if_many(&mut self, tracing: &mut Tracing) {
+    pub(crate) fn observe_if_many(&mut self, tracing: &mut Tracing) {
         if tracing.engine.pending_transitions() >= MAX_PENDING_TRANSITIONS {
             self.observe(tracing, clock::boot_ns());
         }
     }
 
     /// Take in what happened since the last call and publish the new state.
-    pub fn publish(&mut self, tracing: &mut Tracing, publish: &watch::Sender<Option<Arc<Snapshot>>>) {
+    pub(crate) fn publish(&mut self, tracing: &mut Tracing, publish: &watch::Sender<Option<Arc<Snapshot>>>) {
         let now_ns = clock::boot_ns();
         tracing.engine.refresh_names();
         self.observe(tracing, now_ns);

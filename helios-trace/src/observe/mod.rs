@@ -2,8 +2,8 @@
 //! → site → FdTable → site counters; baseline and reconcile) and the tracing session (attach,
 //! drain, sample, reconcile on timers), and what the outputs are handed: the report's input,
 //! the exporter's snapshots, /proc's facts.
-pub mod engine;
-pub mod export;
-pub mod procfs;
-pub mod report_input;
-pub mod session;
+pub(crate) mod engine;
+pub(crate) mod export;
+pub(crate) mod procfs;
+pub(crate) mod report_input;
+pub(crate) mod session;

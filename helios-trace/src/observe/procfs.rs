@@ -22,12 +22,12 @@ use crate::{
 };
 
 /// The engine's view of /proc, read under a procfs root.
-pub struct Procfs {
+pub(crate) struct Procfs {
     root: PathBuf,
 }
 
 impl Procfs {
-    pub fn new(root: &Path) -> Procfs {
+    pub(crate) fn new(root: &Path) -> Procfs {
         Procfs { root: root.to_path_buf() }
     }
 }
@@ -74,10 +74,10 @@ pub(super) struct SocketJoin<'a> {
 }
 
 /// What `--redact-paths` shows instead of a path.
-pub const REDACTED: &str = "[path redacted]";
+pub(crate) const REDACTED: &str = "[path redacted]";
 
 /// A command line without its arguments (which are often paths): the program's name only.
-pub fn redact_cmdline(cmdline: &str) -> String {
+pub(crate) fn redact_cmdline(cmdline: &str) -> String {
     let program = cmdline.split(' ').next().unwrap_or_default();
     format!("{} [arguments redacted]", program.rsplit('/').next().unwrap_or(program))
 }
@@ -155,7 +155,7 @@ impl<'a> SocketJoin<'a> {
 const DETAIL_CHARS: usize = 512;
 
 /// What a person wants to see of one open descriptor: its path, or its socket's addresses.
-pub fn describe_fd(
+pub(crate) fn describe_fd(
     proc_root: &Path,
     sockets: &mut SocketTables,
     tgid: u32,

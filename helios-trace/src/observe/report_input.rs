@@ -18,7 +18,7 @@ use crate::{
 
 impl Tracing {
     /// The report of the session so far; `list_fds`: with every open descriptor.
-    pub fn report(&mut self, list_fds: bool) -> Report {
+    pub(crate) fn report(&mut self, list_fds: bool) -> Report {
         self.engine.refresh_names();
         let events = self.event_counts();
         let corrections = self.corrections();

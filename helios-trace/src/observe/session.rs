@@ -24,9 +24,9 @@ use crate::{
         procfs::Procfs,
     },
     sys::{
-        TraceConfig, Tracer,
         cgroups::{self, TargetCgroup},
         checks, clock,
+        loader::{TraceConfig, Tracer},
         own::{give_back_freed_memory, raise_open_files_limit},
         proc::{self, resources},
         ring::Ring,
@@ -40,7 +40,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// Attached programs, the ring buffer and the engine they feed; dropping it detaches.
-pub struct Tracing {
+pub(crate) struct Tracing {
     pub(super) engine: Engine,
     tracer: Tracer,
     ring: Ring,
@@ -69,7 +69,7 @@ impl StackSource for Tracer {
 
 /// Why `run_until` calls back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tick {
+pub(crate) enum Tick {
     /// Records were read from the ring buffer (often: keep it cheap).
     Drained,
     /// A second passed and the sites were sampled.
@@ -77,38 +77,38 @@ pub enum Tick {
 }
 
 /// The default of `--min-age`.
-pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MIN_AGE: Duration = Duration::from_secs(10);
 
 /// What a tracing run is asked to do: the command line's tracing options as the commands turn
 /// them into settings (commands/mod.rs).
 #[derive(Clone, Debug)]
-pub struct TraceSettings {
+pub(crate) struct TraceSettings {
     /// Only these processes, and the children they fork after the start.
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Only processes in or below these cgroup v2 directories.
-    pub cgroups: Vec<PathBuf>,
+    pub(crate) cgroups: Vec<PathBuf>,
     /// How the kernel captures user stacks: `helios_trace_common::stack_mode`.
-    pub user_stack_mode: u32,
+    pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call with `stack_mode::DWARF`.
-    pub stack_window: u32,
-    pub kernel_stacks: bool,
+    pub(crate) stack_window: u32,
+    pub(crate) kernel_stacks: bool,
     /// Walk the Python frames of the CPython processes recognised.
-    pub python_frames: bool,
+    pub(crate) python_frames: bool,
     /// Compare the tables with /proc this often (zero: never).
-    pub reconcile_interval: Duration,
-    pub ring_buffer_bytes: u32,
+    pub(crate) reconcile_interval: Duration,
+    pub(crate) ring_buffer_bytes: u32,
     /// `--redact-paths`.
-    pub redact_paths: bool,
-    pub limits: TableLimits,
+    pub(crate) redact_paths: bool,
+    pub(crate) limits: TableLimits,
     /// Call sites whose frames are kept at once (`--max-stacks`).
-    pub max_stacks: usize,
+    pub(crate) max_stacks: usize,
     /// How long a call site nothing holds is remembered (`--retention`).
-    pub retention: Duration,
+    pub(crate) retention: Duration,
 }
 
 impl Tracing {
     /// Attach the programs and load what is already open.
-    pub fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
+    pub(crate) fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
         let cgroups: Vec<TargetCgroup> = args
             .cgroups
             .iter()
@@ -176,18 +176,18 @@ impl Tracing {
     }
 
     /// How old a growing site's descriptors must be for it to be a suspected leak (`--min-age`).
-    pub fn set_min_age(&mut self, min_age: Duration) {
+    pub(crate) fn set_min_age(&mut self, min_age: Duration) {
         self.min_age = min_age;
     }
 
     /// Keep up to `limit` exited processes for the report, with what they had open at their
     /// exit (`run`, whose command has exited by the time of the report).
-    pub fn retain_exited(&mut self, limit: usize) {
+    pub(crate) fn retain_exited(&mut self, limit: usize) {
         self.engine.retain_exited(limit);
     }
 
     /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR".
-    pub fn describe_targets(&self) -> String {
+    pub(crate) fn describe_targets(&self) -> String {
         let mut parts = Vec::new();
         if !self.targets.is_empty() {
             let pids: Vec<String> = self.targets.iter().map(u32::to_string).collect();
@@ -200,7 +200,7 @@ impl Tracing {
     }
 
     /// Sample every site's open count now (once a second, from `run_until`).
-    pub fn sample(&mut self) {
+    pub(crate) fn sample(&mut self) {
         let exited: Vec<u32> = self.engine.exited().iter().map(|e| e.tgid).collect();
         let proc_root = &self.proc_root;
         let resources = |tgid: u32| ProcessSample {
@@ -221,12 +221,12 @@ impl Tracing {
         );
     }
 
-    pub fn attached(&self) -> &[String] {
-        &self.tracer.attached
+    pub(crate) fn attached(&self) -> &[String] {
+        self.tracer.attached()
     }
 
     /// Handle every record waiting in the ring buffer.
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         let ring = self.ring.records();
         while let Some(record) = ring.next() {
             self.engine.handle_record(&record, &self.tracer);
@@ -237,7 +237,7 @@ impl Tracing {
     /// Run until `stop` completes; `on_tick` runs after every drain of the ring buffer
     /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
     /// exporter publishes its snapshot there). Ends with a final drain.
-    pub async fn run_until(
+    pub(crate) async fn run_until(
         &mut self,
         stop: impl Future<Output = ()>,
         mut on_tick: impl FnMut(&mut Tracing, Tick),
@@ -286,7 +286,7 @@ impl Tracing {
     }
 
     /// Compare with /proc and correct; events read in between are accounted for.
-    pub fn reconcile(&mut self) {
+    pub(crate) fn reconcile(&mut self) {
         self.drain();
         self.engine.begin_reconcile(clock::boot_ns());
         self.drain();
@@ -296,7 +296,7 @@ impl Tracing {
         }
     }
 
-    pub fn event_counts(&self) -> EventCounts {
+    pub(crate) fn event_counts(&self) -> EventCounts {
         let kernel = self.tracer.counters();
         EventCounts {
             lost: kernel.lost(),
@@ -308,7 +308,7 @@ impl Tracing {
         }
     }
 
-    pub fn corrections(&self) -> Corrections {
+    pub(crate) fn corrections(&self) -> Corrections {
         self.engine.corrections()
     }
 }

@@ -2,7 +2,7 @@
 //! them: "12,345", "+60/min", "3m 12s", "240 MB".
 
 /// A growth rate in the unit that reads best: "+20/h", "+60/min", "+30/s".
-pub fn rate(per_minute: f64) -> String {
+pub(crate) fn rate(per_minute: f64) -> String {
     let sign = if per_minute < 0.0 { "-" } else { "+" };
     let m = per_minute.abs();
     if m >= 600.0 {
@@ -20,7 +20,7 @@ pub fn rate(per_minute: f64) -> String {
 }
 
 /// 12345 → "12,345".
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -33,12 +33,12 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// "1 process", "3 processes".
-pub fn plural(n: u64, one: &str, many: &str) -> String {
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// "19h 4m", "3m 12s", "4.2s".
-pub fn human_duration(seconds: f64) -> String {
+pub(crate) fn human_duration(seconds: f64) -> String {
     let s = seconds.max(0.0);
     if s < 60.0 {
         format!("{s:.1}s")
@@ -50,7 +50,7 @@ pub fn human_duration(seconds: f64) -> String {
 }
 
 /// "1.5 GB", "240 MB", "12 KB".
-pub fn bytes(n: f64) -> String {
+pub(crate) fn bytes(n: f64) -> String {
     let units = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n.abs();
     let mut unit = 0;
@@ -67,12 +67,12 @@ pub fn bytes(n: f64) -> String {
 }
 
 /// "+240 MB", "-1.5 KB".
-pub fn signed_bytes(n: f64) -> String {
+pub(crate) fn signed_bytes(n: f64) -> String {
     if n >= 0.0 { format!("+{}", bytes(n)) } else { bytes(n) }
 }
 
 /// "+7,200", "-3".
-pub fn signed_count(n: f64) -> String {
+pub(crate) fn signed_count(n: f64) -> String {
     let rounded = n.round();
     let text = thousands(rounded.abs() as u64);
     if rounded < 0.0 { format!("-{text}") } else { format!("+{text}") }

@@ -36,17 +36,17 @@ use crate::output::metrics::{
 };
 
 #[derive(Clone, Copy, Debug)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// Connections served at once; one more is closed as soon as it is accepted.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Request line and headers must arrive within this.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// Request line and headers may not exceed this (hyper answers 431 beyond it).
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// A connection is closed after this, whatever it is doing.
-    pub connection_timeout: Duration,
+    pub(crate) connection_timeout: Duration,
     /// /healthz fails when the tracing loop has published nothing for this long.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
 }
 
 impl Default for ServerLimits {
@@ -64,21 +64,21 @@ impl Default for ServerLimits {
 
 /// One published state of the exporter.
 #[derive(Debug)]
-pub struct Snapshot {
-    pub exported: Exported,
-    pub own: SelfMetrics,
-    pub taken: Instant,
+pub(crate) struct Snapshot {
+    exported: Exported,
+    own: SelfMetrics,
+    taken: Instant,
     metrics_text: OnceLock<Result<Bytes, String>>,
     sites_json: OnceLock<Bytes>,
 }
 
 impl Snapshot {
-    pub fn new(exported: Exported, own: SelfMetrics, taken: Instant) -> Snapshot {
+    pub(crate) fn new(exported: Exported, own: SelfMetrics, taken: Instant) -> Snapshot {
         Snapshot { exported, own, taken, metrics_text: OnceLock::new(), sites_json: OnceLock::new() }
     }
 
     /// The text exposition of this snapshot, rendered once.
-    pub fn metrics_text(&self) -> Result<Bytes, String> {
+    pub(crate) fn metrics_text(&self) -> Result<Bytes, String> {
         self.metrics_text
             .get_or_init(|| {
                 let registry = exposition::registry(&self.exported, &self.own).map_err(|e| e.to_string())?;
@@ -88,7 +88,7 @@ impl Snapshot {
     }
 
     /// `{"sites": [{"site", "frame", "frames": [...]}, ...]}`: every exported site.
-    pub fn sites_json(&self) -> Bytes {
+    pub(crate) fn sites_json(&self) -> Bytes {
         #[derive(serde::Serialize)]
         struct Sites<'a> {
             sites: Vec<&'a SiteFrames>,
@@ -103,7 +103,7 @@ impl Snapshot {
 }
 
 /// Where handlers find the last snapshot: `None` until the tracer is attached.
-pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+pub(crate) type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -117,7 +117,7 @@ impl AppState {
     }
 }
 
-pub fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
+pub(crate) fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
@@ -127,7 +127,7 @@ pub fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
 }
 
 /// Accept connections until the task is dropped.
-pub async fn serve(listener: TcpListener, snapshots: Snapshots, limits: ServerLimits) {
+pub(crate) async fn serve(listener: TcpListener, snapshots: Snapshots, limits: ServerLimits) {
     let app = router(snapshots, limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {

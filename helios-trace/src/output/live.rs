@@ -37,14 +37,14 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     #[default]
     Sites,
     Processes,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SortBy {
+pub(crate) enum SortBy {
     #[default]
     Open,
     Growth,
@@ -52,16 +52,16 @@ pub enum SortBy {
 
 /// The view's state: what the keys change.
 #[derive(Clone, Debug, Default)]
-pub struct Ui {
-    pub mode: Mode,
-    pub sort: SortBy,
-    pub paused: bool,
-    pub selected: usize,
+pub(crate) struct Ui {
+    pub(crate) mode: Mode,
+    pub(crate) sort: SortBy,
+    pub(crate) paused: bool,
+    pub(crate) selected: usize,
 }
 
 /// What a key means here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     Quit,
     Pause,
     SwitchView,
@@ -72,7 +72,7 @@ pub enum Key {
 }
 
 impl Key {
-    pub fn from_event(key: KeyEvent) -> Key {
+    pub(crate) fn from_event(key: KeyEvent) -> Key {
         match key.code {
             KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
             KeyCode::Char('q' | 'Q') | KeyCode::Esc => Key::Quit,
@@ -88,7 +88,7 @@ impl Key {
 
 impl Ui {
     /// Apply a key; true when it asks to quit.
-    pub fn handle(&mut self, key: Key) -> bool {
+    pub(crate) fn handle(&mut self, key: Key) -> bool {
         match key {
             Key::Quit => return true,
             Key::Pause => self.paused = !self.paused,
@@ -115,7 +115,7 @@ impl Ui {
 
 /// Call sites of every process, suspected leaks first, then by the chosen order. Descriptors
 /// open before tracing are not a call site and are left out.
-pub fn site_rows(report: &Report, sort: SortBy) -> Vec<(&ProcessReport, &SiteReport)> {
+pub(crate) fn site_rows(report: &Report, sort: SortBy) -> Vec<(&ProcessReport, &SiteReport)> {
     let mut rows: Vec<(&ProcessReport, &SiteReport)> = report
         .processes
         .iter()
@@ -133,7 +133,7 @@ pub fn site_rows(report: &Report, sort: SortBy) -> Vec<(&ProcessReport, &SiteRep
     rows
 }
 
-pub fn process_rows(report: &Report, sort: SortBy) -> Vec<&ProcessReport> {
+pub(crate) fn process_rows(report: &Report, sort: SortBy) -> Vec<&ProcessReport> {
     let mut rows: Vec<&ProcessReport> = report.processes.iter().collect();
     rows.sort_by(|a, b| {
         let by = match sort {
@@ -187,7 +187,7 @@ fn growth(g: Option<f64>) -> String {
 }
 
 /// One line of the whole picture, for logs and pipes.
-pub fn summary_line(report: &Report) -> String {
+pub(crate) fn summary_line(report: &Report) -> String {
     let open: u64 = report.processes.iter().map(|p| p.open_fds).sum();
     let mut line = format!(
         "helios-trace {}: {}, {} open, {} events ({} lost)",
@@ -227,7 +227,7 @@ pub fn summary_line(report: &Report) -> String {
 const HEADER_STYLE: Style = Style::new().add_modifier(Modifier::BOLD).add_modifier(Modifier::REVERSED);
 
 /// Draw the whole screen. `title` says what is traced.
-pub fn render(frame: &mut Frame, ui: &mut Ui, report: Option<&Report>, title: &str) {
+pub(crate) fn render(frame: &mut Frame, ui: &mut Ui, report: Option<&Report>, title: &str) {
     let [head, body, detail, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(4),
@@ -492,21 +492,26 @@ fn terminal_output() -> Option<(Box<dyn Write + Send>, bool)> {
 }
 
 /// Whether a live view can be drawn here.
-pub fn has_terminal() -> bool {
+pub(crate) fn has_terminal() -> bool {
     io::stdout().is_terminal() || io::stderr().is_terminal()
 }
 
 /// The live view, drawn by a thread of its own until `finish`.
-pub struct LiveView {
+pub(crate) struct LiveView {
     reports: Option<Sender<Report>>,
     thread: Option<JoinHandle<io::Result<()>>>,
     /// Drawn on stdout (so the report must wait for the terminal to be restored).
-    pub on_stdout: bool,
+    on_stdout: bool,
 }
 
 impl LiveView {
+    /// Drawn on stdout: the report must wait for the terminal to be restored.
+    pub(crate) fn on_stdout(&self) -> bool {
+        self.on_stdout
+    }
+
     /// Take over the terminal; `quit` is notified when a quit key is pressed.
-    pub fn start(title: String, quit: Arc<Notify>) -> io::Result<LiveView> {
+    pub(crate) fn start(title: String, quit: Arc<Notify>) -> io::Result<LiveView> {
         let (mut out, on_stdout) =
             terminal_output().ok_or_else(|| io::Error::other("the live view needs a terminal"))?;
         enter(&mut out)?;
@@ -520,14 +525,14 @@ impl LiveView {
         Ok(LiveView { reports: Some(tx), thread: Some(thread), on_stdout })
     }
 
-    pub fn show(&self, report: Report) {
+    pub(crate) fn show(&self, report: Report) {
         if let Some(tx) = &self.reports {
             let _ = tx.send(report);
         }
     }
 
     /// Stop drawing and give the terminal back as it was.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.stop();
     }
 

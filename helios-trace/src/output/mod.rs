@@ -2,8 +2,8 @@
 //! (build and text), metrics (aggregation and exposition), the HTTP server, the live view, and
 //! number formatting. Outputs see the model only: what /proc knows reaches them through what
 //! they are handed.
-pub mod format;
-pub mod http;
-pub mod live;
-pub mod metrics;
-pub mod report;
+pub(crate) mod format;
+pub(crate) mod http;
+pub(crate) mod live;
+pub(crate) mod metrics;
+pub(crate) mod report;

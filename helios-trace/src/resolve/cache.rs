@@ -8,29 +8,29 @@ use std::hash::Hash;
 use lru::LruCache;
 
 /// What an entry costs, in bytes of the daemon's memory (its heap parts and its own size).
-pub trait Weight {
+pub(crate) trait Weight {
     fn weight(&self) -> usize;
 }
 
-pub struct BoundedLru<K: Hash + Eq, V> {
+pub(crate) struct BoundedLru<K: Hash + Eq, V> {
     entries: LruCache<K, V>,
     bytes: usize,
     max_bytes: usize,
 }
 
 impl<K: Hash + Eq, V: Weight> BoundedLru<K, V> {
-    pub fn new(max_bytes: usize) -> BoundedLru<K, V> {
+    pub(crate) fn new(max_bytes: usize) -> BoundedLru<K, V> {
         BoundedLru { entries: LruCache::unbounded(), bytes: 0, max_bytes }
     }
 
     /// The entry, now the most recently used.
-    pub fn get(&mut self, key: &K) -> Option<&V> {
+    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
         self.entries.get(key)
     }
 
     /// Insert (replacing what was there), then drop the least recently used entries until the
     /// rest fits; an entry larger than the whole budget is not kept.
-    pub fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         let weight = value.weight();
         if weight > self.max_bytes {
             self.remove(&key);
@@ -46,14 +46,14 @@ impl<K: Hash + Eq, V: Weight> BoundedLru<K, V> {
         }
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let old = self.entries.pop(key)?;
         self.bytes -= old.weight();
         Some(old)
     }
 
     /// Drop every entry `keep` refuses.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool)
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool)
     where
         K: Clone,
     {
@@ -63,15 +63,18 @@ impl<K: Hash + Eq, V: Weight> BoundedLru<K, V> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }

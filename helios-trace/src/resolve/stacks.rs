@@ -95,18 +95,18 @@ fn chain_hash(addresses: &[u64], kernel: Option<i32>) -> u64 {
 
 /// Counters of the stack pipeline, for the report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StackCounts {
+pub(crate) struct StackCounts {
     /// Unwound stacks that went on past the copied window (`--stack-window`).
-    pub truncated: u64,
+    pub(crate) truncated: u64,
     /// Distinct user stacks in none of the process's modules (its maps were never read).
-    pub unresolved: u64,
+    pub(crate) unresolved: u64,
     /// New call sites not remembered because `max_sites` were (their descriptors are
     /// tracked under `SiteId::SiteLimit`).
-    pub sites_dropped: u64,
+    pub(crate) sites_dropped: u64,
 }
 
 /// Turns (process, captured stack) into sites and remembers each site's frames.
-pub struct StackRegistry {
+pub(crate) struct StackRegistry {
     proc_root: PathBuf,
     processes: HashMap<u32, ProcessStacks>,
     files: ModuleFiles,
@@ -126,7 +126,7 @@ pub struct StackRegistry {
 }
 
 impl StackRegistry {
-    pub fn new(proc_root: impl Into<PathBuf>) -> StackRegistry {
+    pub(crate) fn new(proc_root: impl Into<PathBuf>) -> StackRegistry {
         let proc_root = proc_root.into();
         StackRegistry {
             symbolizer: Symbolizer::new(proc_root.join("kallsyms")),
@@ -144,14 +144,14 @@ impl StackRegistry {
         }
     }
 
-    pub fn limit_sites(&mut self, max_sites: usize) {
+    pub(crate) fn limit_sites(&mut self, max_sites: usize) {
         self.max_sites = max_sites;
     }
 
     /// The site of a descriptor opened with these stacks: `sample` is the user stack of
     /// `--stacks dwarf`; otherwise `ids.user` names a frame-pointer stack. `read_stack`
     /// fetches a stack id's addresses from the kernel's stack map (only on first sight).
-    pub fn site(
+    pub(crate) fn site(
         &mut self,
         tgid: u32,
         ids: StackIds,
@@ -232,7 +232,7 @@ impl StackRegistry {
     /// frames stand in its place (before it: the C code the Python code called, such as
     /// libc and `_socket`; after it: what called the interpreter); with no eval loop among them
     /// (a frame-pointer stack that stopped early), after the native frames.
-    pub fn with_python(&mut self, native: SiteId, python: Vec<Frame>) -> SiteId {
+    pub(crate) fn with_python(&mut self, native: SiteId, python: Vec<Frame>) -> SiteId {
         let native_frames = self.frames(native).cloned().unwrap_or_else(|| Arc::from([]));
         let at = native_frames
             .iter()
@@ -252,37 +252,38 @@ impl StackRegistry {
         site
     }
 
-    pub fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
+    pub(crate) fn frames(&self, site: SiteId) -> Option<&Arc<[Frame]>> {
         self.frames.get(&site)
     }
 
     /// Whether a site's frames are known here: the special sites always are (they have
     /// none); a call site until it is forgotten. A process's cache of its stacks may name a
     /// site forgotten since: then the site is made again from the stack.
-    pub fn knows(&self, site: SiteId) -> bool {
+    pub(crate) fn knows(&self, site: SiteId) -> bool {
         !matches!(site, SiteId::Stack(_)) || self.frames.contains_key(&site)
     }
 
     /// Let go of a call site's frames: nothing is open there and no live process used it for
     /// the retention (SiteStats::expire).
-    pub fn forget_site(&mut self, site: SiteId) {
+    pub(crate) fn forget_site(&mut self, site: SiteId) {
         if self.frames.remove(&site).is_some() && self.unresolved.contains(&site) {
             self.unresolved.retain(|s| *s != site);
         }
     }
 
-    pub fn site_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn site_count(&self) -> usize {
         self.frames.len()
     }
 
-    pub fn counts(&self) -> StackCounts {
+    pub(crate) fn counts(&self) -> StackCounts {
         self.counts
     }
 
     /// Read a process's maps and take a handle on its modules now, while it is alive (called
     /// at its first sight and at exec, so that a process which exits before its events are
     /// read still resolves).
-    pub fn capture_maps(&mut self, tgid: u32) {
+    pub(crate) fn capture_maps(&mut self, tgid: u32) {
         if let Some(image) = self.files.capture(&self.proc_root, tgid) {
             let process = self.process(tgid);
             process.image = Some(image);
@@ -291,14 +292,14 @@ impl StackRegistry {
     }
 
     /// A forked child runs its parent's image until it execs.
-    pub fn inherit_maps(&mut self, parent: u32, child: u32) {
+    pub(crate) fn inherit_maps(&mut self, parent: u32, child: u32) {
         let Some(image) = self.processes.get(&parent).and_then(|p| p.image.clone()) else { return };
         let unwinder = self.processes.get(&parent).and_then(|p| p.unwinder.clone());
         self.processes.insert(child, ProcessStacks { image: Some(image), unwinder, ..Default::default() });
     }
 
     /// The process image changed (exec) or the process is gone (exit).
-    pub fn forget(&mut self, tgid: u32) {
+    pub(crate) fn forget(&mut self, tgid: u32) {
         self.processes.remove(&tgid);
     }
 

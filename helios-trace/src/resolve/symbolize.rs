@@ -18,14 +18,14 @@ use crate::resolve::modules::elf::LoadedModule;
 /// One function an address lies in. An address inside inlined code lies in several: the
 /// inlined ones (innermost first, `inlined`), then the function the code was inlined into.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
-    pub name: Arc<str>,
-    pub file: Option<Arc<str>>,
-    pub line: Option<u32>,
+pub(crate) struct Symbol {
+    pub(crate) name: Arc<str>,
+    pub(crate) file: Option<Arc<str>>,
+    pub(crate) line: Option<u32>,
     /// Offset of the address from the function's start; none for an inlined function, which
     /// has no start of its own.
-    pub offset: Option<u64>,
-    pub inlined: bool,
+    pub(crate) offset: Option<u64>,
+    pub(crate) inlined: bool,
 }
 
 /// blazesym's symbolizer keeps `Rc`s and `RefCell`s inside, so it is not `Send`. They are all
@@ -39,20 +39,20 @@ struct Blaze(blazesym::symbolize::Symbolizer);
 // through it, and it is only ever used through &mut from one thread at a time.
 unsafe impl Send for Blaze {}
 
-pub struct Symbolizer {
+pub(crate) struct Symbolizer {
     blaze: Blaze,
     kallsyms: PathBuf,
 }
 
 impl Symbolizer {
     /// `kallsyms`: the kernel's symbol table (`/proc/kallsyms` under the procfs root).
-    pub fn new(kallsyms: impl Into<PathBuf>) -> Symbolizer {
+    pub(crate) fn new(kallsyms: impl Into<PathBuf>) -> Symbolizer {
         Symbolizer { blaze: Blaze(blazesym::symbolize::Symbolizer::new()), kallsyms: kallsyms.into() }
     }
 
     /// The functions at `svma` (an address as the module's file states it), innermost first;
     /// empty when the module has no symbol there (stripped).
-    pub fn module_symbols(&mut self, module: &LoadedModule, svma: u64) -> Vec<Symbol> {
+    pub(crate) fn module_symbols(&mut self, module: &LoadedModule, svma: u64) -> Vec<Symbol> {
         let source = Source::Elf(Elf::new(module.file.reopen_path()));
         match self.blaze.0.symbolize_single(&source, Input::VirtOffset(svma)) {
             Ok(Symbolized::Sym(sym)) => symbols(&sym),
@@ -61,13 +61,13 @@ impl Symbolizer {
     }
 
     /// Drop what blazesym parsed of a module the cache let go.
-    pub fn forget(&mut self, module: &LoadedModule) {
+    pub(crate) fn forget(&mut self, module: &LoadedModule) {
         let _ = self.blaze.0.evict(&Evict::Elf(EvictElf::new(module.file.reopen_path())));
     }
 
     /// The kernel function at `address`, from kallsyms (which already carries the running
     /// kernel's addresses, KASLR included).
-    pub fn kernel_symbol(&mut self, address: u64) -> Option<Symbol> {
+    pub(crate) fn kernel_symbol(&mut self, address: u64) -> Option<Symbol> {
         let kernel = Kernel {
             kallsyms: MaybeDefault::Some(self.kallsyms.clone()),
             vmlinux: MaybeDefault::None,

@@ -18,14 +18,14 @@ use framehop::{
 };
 
 /// Frames beyond this many are not followed (recursion, or a corrupt stack).
-pub const MAX_FRAMES: usize = 128;
+pub(crate) const MAX_FRAMES: usize = 128;
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
     use framehop::x86_64::UnwindRegsX86_64;
     use helios_trace_common::regs_x86_64 as regs;
 
-    pub fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
+    pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
         UnwindRegsX86_64::new(r[regs::IP], r[regs::SP], r[regs::BP])
     }
 }
@@ -35,25 +35,25 @@ mod arch {
     use framehop::aarch64::UnwindRegsAarch64;
     use helios_trace_common::regs_aarch64 as regs;
 
-    pub fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
+    pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
         UnwindRegsAarch64::new(r[regs::LR], r[regs::SP], r[regs::FP])
     }
 }
 
 /// A recovered call chain: the instruction pointer, then return addresses, innermost first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Unwound {
-    pub addresses: Vec<u64>,
+pub(crate) struct Unwound {
+    pub(crate) addresses: Vec<u64>,
     /// The chain goes on past the copied window (`--stack-window` too small for this stack).
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// framehop's rule cache, shared by every process (its keys carry a module generation).
-pub type UnwindCache = CacheNative<MayAllocateDuringUnwind>;
+pub(crate) type UnwindCache = CacheNative<MayAllocateDuringUnwind>;
 
 /// The unwinder of one process image: its modules at their addresses.
 #[derive(Clone, Default)]
-pub struct ProcessUnwinder {
+pub(crate) struct ProcessUnwinder {
     unwinder: UnwinderNative<SectionBytes, MayAllocateDuringUnwind>,
 }
 
@@ -61,7 +61,7 @@ impl ProcessUnwinder {
     /// Place `loaded`'s unwind information where the process maps it; false when the file
     /// does not map there as its program headers say (then frames in it unwind by frame
     /// pointer, framehop's fallback).
-    pub fn add(&mut self, module: &ProcessModule, loaded: &LoadedModule) -> bool {
+    pub(crate) fn add(&mut self, module: &ProcessModule, loaded: &LoadedModule) -> bool {
         let Some(bias) = loaded.bias(module.text) else { return false };
         let sections = &loaded.unwind;
         let info = ExplicitModuleSectionInfo {
@@ -87,7 +87,7 @@ impl ProcessUnwinder {
         true
     }
 
-    pub fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {
+    pub(crate) fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {
         let mut read_stack = |address| sample.read(address);
         let mut frames =
             self.unwinder.iter_frames(sample.pc(), arch::unwind_regs(&sample.regs), cache, &mut read_stack);
@@ -127,19 +127,19 @@ pub(crate) mod tests {
         maps::ProcessMaps,
     };
 
-    pub fn data(name: &str) -> PathBuf {
+    pub(crate) fn data(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/unwind").join(name)
     }
 
     /// The captured sample: registers, stack bytes, and the maps with the binary's path
     /// rewritten to `binary` in tests/data.
-    pub struct Captured {
-        pub regs: [u64; USER_REGS_WORDS],
-        pub stack: Vec<u8>,
-        pub maps: ProcessMaps,
+    pub(crate) struct Captured {
+        pub(crate) regs: [u64; USER_REGS_WORDS],
+        pub(crate) stack: Vec<u8>,
+        pub(crate) maps: ProcessMaps,
     }
 
-    pub fn captured(binary: &str) -> Captured {
+    pub(crate) fn captured(binary: &str) -> Captured {
         let regs_text = std::fs::read_to_string(data("regs.txt")).unwrap();
         let mut regs = [0u64; USER_REGS_WORDS];
         for line in regs_text.lines() {
@@ -165,7 +165,7 @@ pub(crate) mod tests {
 
     /// The image of the captured process with only the sample binary open (the libraries of
     /// the capturing machine are not part of the test data).
-    pub fn image(captured: &Captured, binary: &str) -> ProcessImage {
+    pub(crate) fn image(captured: &Captured, binary: &str) -> ProcessImage {
         let mappings = captured.maps.mappings();
         let text = mappings.iter().find(|m| m.path.ends_with(binary) && m.executable).unwrap();
         let ours = || mappings.iter().filter(|m| m.key == text.key);
@@ -175,7 +175,7 @@ pub(crate) mod tests {
         ProcessImage { maps: captured.maps.clone(), modules: vec![module] }
     }
 
-    pub fn unwinder(image: &ProcessImage) -> ProcessUnwinder {
+    pub(crate) fn unwinder(image: &ProcessImage) -> ProcessUnwinder {
         let mut unwinder = ProcessUnwinder::default();
         for module in &image.modules {
             let loaded = LoadedModule::load(module.file.clone()).unwrap();

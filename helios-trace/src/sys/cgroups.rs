@@ -10,15 +10,15 @@ use std::{
 
 /// A `--cgroup` target, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetCgroup {
-    pub path: PathBuf,
+pub(crate) struct TargetCgroup {
+    pub(crate) path: PathBuf,
     /// The cgroup's id, which on cgroup v2 is its directory's inode number (kernfs node id:
     /// what `bpf_get_current_ancestor_cgroup_id` returns).
-    pub id: u64,
+    pub(crate) id: u64,
 }
 
 /// Resolve a cgroup v2 directory; the error is one line for the user.
-pub fn resolve(path: &Path) -> Result<TargetCgroup, String> {
+pub(crate) fn resolve(path: &Path) -> Result<TargetCgroup, String> {
     let shown = path.display();
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("--cgroup {shown}: not a path"))?;
@@ -40,7 +40,7 @@ pub fn resolve(path: &Path) -> Result<TargetCgroup, String> {
 }
 
 /// The processes in `dir` and in every cgroup below it, now.
-pub fn processes(dir: &Path) -> Vec<u32> {
+pub(crate) fn processes(dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -5,13 +5,13 @@ use std::{fs, path::Path};
 use thiserror::Error;
 
 // include/uapi/linux/capability.h
-pub const CAP_DAC_READ_SEARCH: u32 = 2;
-pub const CAP_SYS_PTRACE: u32 = 19;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub(crate) const CAP_DAC_READ_SEARCH: u32 = 2;
+pub(crate) const CAP_SYS_PTRACE: u32 = 19;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
+pub(crate) const CAP_BPF: u32 = 39;
 
-pub fn capability_name(cap: u32) -> &'static str {
+pub(crate) fn capability_name(cap: u32) -> &'static str {
     match cap {
         CAP_DAC_READ_SEARCH => "CAP_DAC_READ_SEARCH",
         CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
@@ -23,7 +23,7 @@ pub fn capability_name(cap: u32) -> &'static str {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum CheckError {
+pub(crate) enum CheckError {
     #[error(
         "missing capability {}: loading eBPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root (sudo helios-trace) or grant them",
         missing.join(" and ")
@@ -34,7 +34,7 @@ pub enum CheckError {
 }
 
 /// The effective capability set of this process, from /proc/self/status (CapEff, hex).
-pub fn effective_capabilities(status: &str) -> u64 {
+pub(crate) fn effective_capabilities(status: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -42,12 +42,12 @@ pub fn effective_capabilities(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn has(caps: u64, cap: u32) -> bool {
+pub(crate) fn has(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 
 /// CAP_BPF + CAP_PERFMON (Linux ≥ 5.8), or CAP_SYS_ADMIN which implies both.
-pub fn check_bpf_capabilities(caps: u64) -> Result<(), CheckError> {
+pub(crate) fn check_bpf_capabilities(caps: u64) -> Result<(), CheckError> {
     if has(caps, CAP_SYS_ADMIN) {
         return Ok(());
     }
@@ -58,7 +58,7 @@ pub fn check_bpf_capabilities(caps: u64) -> Result<(), CheckError> {
 
 /// Capabilities that are not required to trace but without which /proc of other users'
 /// processes cannot be read (baseline, reconciliation, stacks): worth a warning.
-pub fn missing_proc_capabilities(caps: u64) -> Vec<&'static str> {
+pub(crate) fn missing_proc_capabilities(caps: u64) -> Vec<&'static str> {
     [CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]
         .into_iter()
         .filter(|c| !has(caps, *c))
@@ -67,13 +67,13 @@ pub fn missing_proc_capabilities(caps: u64) -> Vec<&'static str> {
 }
 
 /// (major, minor) of a `uname -r` string such as "6.18.44-fc-v669".
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// BPF ring buffers arrived in Linux 5.8 (commit 457f44363a88).
-pub fn check_kernel(release: &str) -> Result<(), CheckError> {
+pub(crate) fn check_kernel(release: &str) -> Result<(), CheckError> {
     match kernel_version(release) {
         Some(version) if version < (5, 8) => Err(CheckError::KernelTooOld {
             feature: "BPF ring buffers",
@@ -84,17 +84,17 @@ pub fn check_kernel(release: &str) -> Result<(), CheckError> {
     }
 }
 
-pub fn running_kernel_release() -> String {
+pub(crate) fn running_kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-pub fn own_capabilities() -> u64 {
+pub(crate) fn own_capabilities() -> u64 {
     fs::read_to_string("/proc/self/status").map(|s| effective_capabilities(&s)).unwrap_or(0)
 }
 
 /// The offset of a field in a tracepoint's format file, e.g. `group_dead` of
 /// sched_process_exit ("field:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;").
-pub fn tracepoint_field_offset(format: &str, field: &str) -> Option<u32> {
+pub(crate) fn tracepoint_field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?;
         let (decl, rest) = decl.split_once(';')?;
@@ -106,7 +106,7 @@ pub fn tracepoint_field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
+pub(crate) fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
     tracefs.join("events").join(category).join(name).join("id").exists()
 }
 

@@ -2,7 +2,7 @@
 //! computed against the same clock.
 
 /// CLOCK_BOOTTIME now, in nanoseconds.
-pub fn boot_ns() -> u64 {
+pub(crate) fn boot_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer; CLOCK_BOOTTIME exists on every kernel we support.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };

@@ -17,7 +17,7 @@ use crate::{
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
     Short { what: &'static str, len: usize, need: usize },
     #[error("unknown record kind {kind}")]
@@ -28,7 +28,7 @@ pub enum DecodeError {
 
 /// Why a well-formed record produced no event (not an error: e.g. dup2(fd, fd)).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     Event(Event),
     Nothing,
     /// The Python frames of the descriptor record that follows (same tid and ts_ns).
@@ -37,12 +37,12 @@ pub enum Decoded {
 
 /// A `kind::PYTHON_STACK` record: (code object, instruction) pairs, innermost first.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PythonFrames {
-    pub tid: u32,
-    pub ts_ns: u64,
-    pub frames: Vec<PythonFrame>,
+pub(crate) struct PythonFrames {
+    pub(crate) tid: u32,
+    pub(crate) ts_ns: u64,
+    pub(crate) frames: Vec<PythonFrame>,
     /// helios_trace_common::python_flags.
-    pub flags: u32,
+    pub(crate) flags: u32,
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -55,7 +55,7 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     let event = |stacks: StackIds, op: Op| Event {
         tgid: header.tgid,
@@ -119,7 +119,7 @@ pub fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError
 
 /// The user stack a `kind::FD_SYSCALL_USER_STACK` record carries after its SyscallEvent
 /// (None for every other record), borrowed from the record.
-pub fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> {
+pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     if header.kind != kind::FD_SYSCALL_USER_STACK {
         return Ok(None);
@@ -155,7 +155,7 @@ fn stack_id(raw: i32) -> Option<i32> {
 /// A fixed-size, NUL-padded kernel string (comm) as text.
 /// A NUL-terminated name from the kernel (a command name: anyone can set theirs to anything,
 /// newlines included), made printable.
-pub fn c_string(bytes: &[u8]) -> String {
+pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     crate::model::fd::printable(&bytes[..end], bytes.len())
 }
@@ -303,20 +303,20 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
 }
 
 #[cfg(test)]
-pub mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Bytes of a record as the kernel program writes them.
-    pub fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
+    pub(crate) fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
         // SAFETY: T is a #[repr(C)] record without padding.
         unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
     }
 
-    pub fn header(kind: u32) -> EventHeader {
+    pub(crate) fn header(kind: u32) -> EventHeader {
         EventHeader { kind, tgid: 100, tid: 101, reserved: 0, ts_ns: 5_000 }
     }
 
-    pub fn syscall(call: Call, ret: i64, args: [u64; 6]) -> SyscallEvent {
+    pub(crate) fn syscall(call: Call, ret: i64, args: [u64; 6]) -> SyscallEvent {
         SyscallEvent {
             header: header(kind::FD_SYSCALL),
             nr: call.number().expect("call exists on this arch"),
@@ -333,7 +333,7 @@ pub mod tests {
         }
     }
 
-    pub fn with_path(mut record: SyscallEvent, path: &[u8]) -> SyscallEvent {
+    pub(crate) fn with_path(mut record: SyscallEvent, path: &[u8]) -> SyscallEvent {
         record.path[..path.len()].copy_from_slice(path);
         record.path_len = path.len() as u32;
         record
@@ -527,7 +527,7 @@ pub mod tests {
     }
 
     /// A `FD_SYSCALL_USER_STACK` record as the kernel program writes it.
-    pub fn with_user_stack(mut record: SyscallEvent, sp: u64, stack: &[u8]) -> Vec<u8> {
+    pub(crate) fn with_user_stack(mut record: SyscallEvent, sp: u64, stack: &[u8]) -> Vec<u8> {
         record.header.kind = kind::FD_SYSCALL_USER_STACK;
         record.stack_id = STACK_NOT_CAPTURED;
         let mut regs = [0u64; helios_trace_common::USER_REGS_WORDS];

@@ -19,23 +19,26 @@ use anyhow::{Context as _, Result, anyhow};
 use tokio::sync::{oneshot, watch};
 
 /// The program a command names: a path (with a slash) or a name looked up in PATH.
-pub fn resolve(program: &OsStr) -> Result<PathBuf, String> {
+pub(crate) fn resolve(program: &OsStr) -> Result<PathBuf, String> {
     which::which(program).map_err(|_| format!("cannot run {}: no such command", program.to_string_lossy()))
 }
 
 /// The user to run the command as.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct Identity {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Supplementary groups.
-    pub groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
     /// HOME, USER and LOGNAME for the command.
-    pub env: Vec<(OsString, OsString)>,
+    pub(crate) env: Vec<(OsString, OsString)>,
 }
 
 /// Under sudo (we are root, SUDO_UID/SUDO_GID name someone else), the invoking user.
-pub fn invoking_user(var: impl Fn(&str) -> Option<String>, euid: u32) -> Option<(u32, u32, Option<String>)> {
+pub(crate) fn invoking_user(
+    var: impl Fn(&str) -> Option<String>,
+    euid: u32,
+) -> Option<(u32, u32, Option<String>)> {
     if euid != 0 {
         return None;
     }
@@ -46,7 +49,7 @@ pub fn invoking_user(var: impl Fn(&str) -> Option<String>, euid: u32) -> Option<
 
 impl Identity {
     /// The invoking user of a sudo session, with the groups and home the system gives them.
-    pub fn from_sudo() -> Option<Identity> {
+    pub(crate) fn from_sudo() -> Option<Identity> {
         // SAFETY: no arguments.
         let euid = unsafe { libc::geteuid() };
         let (uid, gid, user) = invoking_user(|name| std::env::var(name).ok(), euid)?;
@@ -98,8 +101,8 @@ fn passwd_entry(uid: u32) -> Option<(OsString, OsString)> {
 }
 
 /// A forked command waiting at the gate.
-pub struct Gated {
-    pub pid: u32,
+pub(crate) struct Gated {
+    pid: u32,
     gate: File,
     spawned: oneshot::Receiver<io::Result<()>>,
     status: watch::Receiver<Option<ExitStatus>>,
@@ -107,13 +110,13 @@ pub struct Gated {
 
 /// The command, running (it has exec'd).
 #[derive(Clone)]
-pub struct Running {
-    pub pid: u32,
+pub(crate) struct Running {
+    pid: u32,
     status: watch::Receiver<Option<ExitStatus>>,
 }
 
 /// Fork `argv` (with `program` resolved) and leave it waiting before exec.
-pub fn start_gated(program: PathBuf, argv: &[OsString], identity: Option<Identity>) -> Result<Gated> {
+pub(crate) fn start_gated(program: PathBuf, argv: &[OsString], identity: Option<Identity>) -> Result<Gated> {
     let (pid_read, pid_write) = pipe().context("cannot create a pipe for the command")?;
     let (gate_read, gate_write) = pipe().context("cannot create a pipe for the command")?;
     let mut command = Command::new(program);
@@ -180,8 +183,13 @@ pub fn start_gated(program: PathBuf, argv: &[OsString], identity: Option<Identit
 }
 
 impl Gated {
+    /// The command's pid (the same after exec).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Let the command exec; fails when it cannot (then it has exited).
-    pub async fn release(mut self) -> Result<Running> {
+    pub(crate) async fn release(mut self) -> Result<Running> {
         self.gate.write_all(&[1]).context("cannot start the command")?;
         drop(self.gate);
         match self.spawned.await {
@@ -194,7 +202,7 @@ impl Gated {
 
 impl Running {
     /// Completes when the command has exited.
-    pub async fn exited(mut self) -> ExitStatus {
+    pub(crate) async fn exited(mut self) -> ExitStatus {
         match self.status.wait_for(Option::is_some).await {
             Ok(status) => status.expect("waited for Some"),
             // The waiting thread is gone without a status: wait(2) failed, which only happens
@@ -203,12 +211,12 @@ impl Running {
         }
     }
 
-    pub fn status(&self) -> Option<ExitStatus> {
+    pub(crate) fn status(&self) -> Option<ExitStatus> {
         *self.status.borrow()
     }
 
     /// Send `signal` unless it has been reaped (its pid may then be someone else's).
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         if self.status().is_none() {
             // SAFETY: plain syscall.
             unsafe { libc::kill(self.pid as i32, signal) };
@@ -217,7 +225,7 @@ impl Running {
 }
 
 /// The exit code a shell would give: the status, or 128 + the signal that ended it.
-pub fn exit_code(status: ExitStatus) -> u8 {
+pub(crate) fn exit_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt as _;
     match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,

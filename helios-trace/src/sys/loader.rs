@@ -28,20 +28,20 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 const REQUIRED_SYSCALLS: [&str; 3] = ["openat", "socket", "close"];
 
 #[derive(Clone, Debug)]
-pub struct TraceConfig {
+pub(crate) struct TraceConfig {
     /// Only these processes (and children they fork later) and the processes in or below
     /// these cgroups (v2 ids); both empty: every process.
-    pub targets: Vec<u32>,
-    pub target_cgroups: Vec<u64>,
+    pub(crate) targets: Vec<u32>,
+    pub(crate) target_cgroups: Vec<u64>,
     /// How to capture user stacks: `helios_trace_common::stack_mode`.
-    pub user_stack_mode: u32,
+    pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call in `stack_mode::DWARF`.
-    pub stack_window: u32,
-    pub kernel_stacks: bool,
+    pub(crate) stack_window: u32,
+    pub(crate) kernel_stacks: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    pub ring_buffer_bytes: u32,
+    pub(crate) ring_buffer_bytes: u32,
     /// Wake the reader once this many bytes are waiting; 0 = on every record.
-    pub wakeup_bytes: u64,
+    pub(crate) wakeup_bytes: u64,
 }
 
 impl TraceConfig {
@@ -62,43 +62,40 @@ impl TraceConfig {
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
-pub struct Tracer {
+pub(crate) struct Tracer {
     _ebpf: Ebpf,
     stacks: StackTraceMap<MapData>,
-    /// CPython processes whose frames the kernel walks (python.rs).
+    /// CPython processes whose frames the kernel walks (resolve/python).
     python: BpfHashMap<MapData, u32, PythonOffsets>,
     counters: PerCpuArray<MapData, u64>,
-    pub tracefs: PathBuf,
     /// "category/name" of every tracepoint attached.
-    pub attached: Vec<String>,
-    /// Tracepoints this kernel does not have.
-    pub skipped: Vec<String>,
+    attached: Vec<String>,
 }
 
 /// Sums of the kernel programs' per-CPU counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    pub ringbuf_full: u64,
-    pub stack_collisions: u64,
-    pub stack_errors: u64,
-    pub user_stack_unreadable: u64,
-    pub path_unreadable: u64,
-    pub in_flight_full: u64,
+pub(crate) struct KernelCounters {
+    pub(crate) ringbuf_full: u64,
+    pub(crate) stack_collisions: u64,
+    pub(crate) stack_errors: u64,
+    pub(crate) user_stack_unreadable: u64,
+    pub(crate) path_unreadable: u64,
+    pub(crate) in_flight_full: u64,
     /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
     /// record they were making never went out.
-    pub program_errors: u64,
+    pub(crate) program_errors: u64,
 }
 
 impl KernelCounters {
     /// Records that never reached userspace.
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.ringbuf_full + self.in_flight_full + self.program_errors
     }
 }
 
 impl Tracer {
     /// Load, configure and attach. Returns the tracer and the ring buffer to read.
-    pub fn start(config: &TraceConfig) -> Result<(Tracer, RingBuf<MapData>)> {
+    pub(crate) fn start(config: &TraceConfig) -> Result<(Tracer, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this binary carries no eBPF programs (built with AYA_BUILD_SKIP=1 or without the ebpf feature); rebuild it with neither"
@@ -149,7 +146,6 @@ impl Tracer {
 
         let table = SyscallTable::native();
         let mut attached = Vec::new();
-        let mut skipped = Vec::new();
         let mut specs = Vec::new();
 
         load_program(&mut ebpf, "fd_syscall_enter")?;
@@ -161,7 +157,6 @@ impl Tracer {
                 || !checks::tracepoint_exists(&tracefs, "syscalls", &exit)
             {
                 warn!("tracepoint syscalls/{enter} is missing on this kernel: {} is not traced", call.name());
-                skipped.push(format!("syscalls/{enter}"));
                 continue;
             }
             attach(&mut ebpf, "fd_syscall_enter", "syscalls", &enter, &mut attached)?;
@@ -181,7 +176,6 @@ impl Tracer {
                 warn!(
                     "tracepoint {category}/{name} is missing on this kernel: process lifecycle is followed by reconciliation only"
                 );
-                skipped.push(format!("{category}/{name}"));
                 continue;
             }
             load_program(&mut ebpf, program)?;
@@ -199,18 +193,23 @@ impl Tracer {
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, map_name::STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_name::COUNTERS)?)?;
         let python = BpfHashMap::try_from(take_map(&mut ebpf, map_name::PYTHON_PROCS)?)?;
-        Ok((Tracer { _ebpf: ebpf, stacks, python, counters, tracefs, attached, skipped }, events))
+        Ok((Tracer { _ebpf: ebpf, stacks, python, counters, attached }, events))
+    }
+
+    /// "category/name" of every tracepoint attached.
+    pub(crate) fn attached(&self) -> &[String] {
+        &self.attached
     }
 
     /// The addresses of a captured stack, innermost first.
-    pub fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+    pub(crate) fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&stack_id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).filter(|ip| *ip != 0).collect())
     }
 
     /// Walk the Python frames of `tgid` at its descriptor calls (None: stop). Updating an
     /// open map needs no privilege, so this works after privileges were dropped.
-    pub fn set_python(&mut self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
+    pub(crate) fn set_python(&mut self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
         match offsets {
             Some(offsets) => self.python.insert(tgid, offsets, 0).context("cannot fill the Python map")?,
             // Absent already is fine: the process was never a recognised CPython.
@@ -221,7 +220,7 @@ impl Tracer {
         Ok(())
     }
 
-    pub fn counters(&self) -> KernelCounters {
+    pub(crate) fn counters(&self) -> KernelCounters {
         let sum = |index: u32| -> u64 {
             self.counters.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
         };

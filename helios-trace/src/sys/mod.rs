@@ -3,17 +3,15 @@
 //! checks, dropping privileges, the ring-buffer reader, decoding its records, the syscall
 //! table, /proc (`proc/`), sock_diag, cgroups, the clock, starting a command gated, and what
 //! the tracer asks for itself (`own`).
-pub mod cgroups;
-pub mod checks;
-pub mod clock;
-pub mod decode;
-pub mod launch;
-pub mod loader;
-pub mod own;
-pub mod privileges;
-pub mod proc;
-pub mod ring;
-pub mod sockdiag;
-pub mod syscalls;
-
-pub use loader::{KernelCounters, TraceConfig, Tracer};
+pub(crate) mod cgroups;
+pub(crate) mod checks;
+pub(crate) mod clock;
+pub(crate) mod decode;
+pub(crate) mod launch;
+pub(crate) mod loader;
+pub(crate) mod own;
+pub(crate) mod privileges;
+pub(crate) mod proc;
+pub(crate) mod ring;
+pub(crate) mod sockdiag;
+pub(crate) mod syscalls;

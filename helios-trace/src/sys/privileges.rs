@@ -11,13 +11,13 @@ use anyhow::{Context as _, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// What every mode keeps after attaching.
-pub const KEPT: [Capability; 3] =
+pub(crate) const KEPT: [Capability; 3] =
     [Capability::CAP_BPF, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
 
 /// Reduce this thread's effective and permitted sets to `KEPT` and `extra` (those of them it
 /// has), and clear its inheritable and ambient sets so nothing it execs regains more.
 /// Returns what it kept.
-pub fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
+pub(crate) fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
     let permitted = caps::read(None, CapSet::Permitted).context("cannot read our capabilities")?;
     let keep: CapsHashSet = KEPT.iter().chain(extra).copied().filter(|c| permitted.contains(c)).collect();
     // Effective must stay within permitted: shrink it first.
@@ -32,12 +32,12 @@ pub fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
 /// What a run needs beyond `KEPT`, with kernel stacks or without: kernel stacks are named through
 /// /proc/kallsyms, whose addresses read as zeros without CAP_SYSLOG (kptr_restrict), and it is
 /// read when the first kernel stack arrives.
-pub fn needed_by(kernel_stacks: bool) -> Vec<Capability> {
+pub(crate) fn needed_by(kernel_stacks: bool) -> Vec<Capability> {
     if kernel_stacks { vec![Capability::CAP_SYSLOG] } else { Vec::new() }
 }
 
 /// Drop every capability of the calling thread (a helper thread that only waits).
-pub fn drop_all_on_this_thread() {
+pub(crate) fn drop_all_on_this_thread() {
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
         let _ = caps::clear(None, set);
     }

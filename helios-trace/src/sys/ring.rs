@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 
 /// The ring buffer: as attached, then registered with the runtime's reactor for polling.
-pub enum Ring {
+pub(crate) enum Ring {
     Attached(RingBuf<MapData>),
     Polled(AsyncFd<RingBuf<MapData>>),
     /// Only while `poll` swaps the two.
@@ -16,7 +16,7 @@ pub enum Ring {
 
 impl Ring {
     /// Register with the reactor of the runtime we run in (once).
-    pub fn poll(&mut self) -> Result<()> {
+    pub(crate) fn poll(&mut self) -> Result<()> {
         if let Ring::Attached(_) = self {
             let Ring::Attached(ring) = std::mem::replace(self, Ring::Moving) else { unreachable!() };
             // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole
@@ -34,7 +34,7 @@ impl Ring {
     }
 
     /// Completes when the kernel says records are waiting (never before `poll`).
-    pub async fn readable(&mut self) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    pub(crate) async fn readable(&mut self) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
         match self {
             Ring::Polled(polled) => polled.readable_mut().await,
             _ => std::future::pending().await,
@@ -42,7 +42,7 @@ impl Ring {
     }
 
     /// The records waiting, read with `next()`.
-    pub fn records(&mut self) -> &mut RingBuf<MapData> {
+    pub(crate) fn records(&mut self) -> &mut RingBuf<MapData> {
         match self {
             Ring::Attached(ring) => ring,
             Ring::Polled(polled) => polled.get_mut(),

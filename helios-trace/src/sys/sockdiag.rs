@@ -16,27 +16,27 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 /// `SK_MEMINFO_*` of one socket (include/uapi/linux/sock_diag.h).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketMemory {
+pub(crate) struct SocketMemory {
     /// sk_rmem_alloc: memory of received data not yet read.
-    pub rmem_alloc: u32,
+    pub(crate) rmem_alloc: u32,
     /// sk_wmem_queued: memory of data written and not yet acknowledged / sent.
-    pub wmem_queued: u32,
+    pub(crate) wmem_queued: u32,
     /// sk_forward_alloc: memory charged to the socket in advance.
-    pub fwd_alloc: u32,
+    pub(crate) fwd_alloc: u32,
     /// sk_optmem_alloc: socket options, filters.
-    pub optmem: u32,
+    pub(crate) optmem: u32,
 }
 
 impl SocketMemory {
     /// What the kernel charges to this socket's buffers (the sum protocol memory accounting
     /// uses: received + queued to send + forward allocated + options).
-    pub fn buffer_bytes(&self) -> u64 {
+    pub(crate) fn buffer_bytes(&self) -> u64 {
         self.rmem_alloc as u64 + self.wmem_queued as u64 + self.fwd_alloc as u64 + self.optmem as u64
     }
 }
 
 /// Every TCP, UDP and unix socket of the current network namespace with its memory, by inode.
-pub fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
+pub(crate) fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
     let mut memory = HashMap::new();
     for (family, protocol) in
         [(AF_INET, IPPROTO_TCP), (AF_INET6, IPPROTO_TCP), (AF_INET, IPPROTO_UDP), (AF_INET6, IPPROTO_UDP)]

@@ -9,7 +9,7 @@ use helios_trace_common::spec;
 
 /// The calls we understand. `close` is absent: it has its own, cheaper program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Call {
+pub(crate) enum Call {
     Open,
     Creat,
     OpenAt,
@@ -48,7 +48,7 @@ pub enum Call {
 }
 
 impl Call {
-    pub const ALL: [Call; 35] = [
+    pub(crate) const ALL: [Call; 35] = [
         Call::Open,
         Call::Creat,
         Call::OpenAt,
@@ -87,7 +87,7 @@ impl Call {
     ];
 
     /// The syscall's name as in the tracepoint names `syscalls/sys_{enter,exit}_<name>`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Call::Open => "open",
             Call::Creat => "creat",
@@ -128,7 +128,7 @@ impl Call {
     }
 
     /// The native syscall number on the architecture this binary was built for.
-    pub fn number(self) -> Option<u32> {
+    pub(crate) fn number(self) -> Option<u32> {
         let nr: libc::c_long = match self {
             #[cfg(target_arch = "x86_64")]
             Call::Open => libc::SYS_open,
@@ -180,7 +180,7 @@ impl Call {
     }
 
     /// What the kernel programs capture for this call (helios_trace_common::spec).
-    pub fn spec(self) -> u32 {
+    pub(crate) fn spec(self) -> u32 {
         use spec::*;
         let creates = TRACED | STACK;
         match self {
@@ -200,18 +200,19 @@ impl Call {
         }
     }
 
-    pub fn by_number(nr: u32) -> Option<Call> {
+    #[cfg(test)]
+    pub(crate) fn by_number(nr: u32) -> Option<Call> {
         Call::ALL.iter().copied().find(|call| call.number() == Some(nr))
     }
 }
 
 /// Native number → call, built once: the decoder looks calls up per event.
-pub struct SyscallTable {
+pub(crate) struct SyscallTable {
     by_nr: Vec<Option<Call>>,
 }
 
 impl SyscallTable {
-    pub fn native() -> SyscallTable {
+    pub(crate) fn native() -> SyscallTable {
         let size = helios_trace_common::MAX_SYSCALL_NR as usize;
         let mut by_nr = vec![None; size];
         for call in Call::ALL {
@@ -222,12 +223,12 @@ impl SyscallTable {
         SyscallTable { by_nr }
     }
 
-    pub fn call(&self, nr: u32) -> Option<Call> {
+    pub(crate) fn call(&self, nr: u32) -> Option<Call> {
         self.by_nr.get(nr as usize).copied().flatten()
     }
 
     /// (number, spec) pairs for the kernel's SYSCALL_SPECS array.
-    pub fn specs(&self) -> impl Iterator<Item = (u32, Call, u32)> + '_ {
+    pub(crate) fn specs(&self) -> impl Iterator<Item = (u32, Call, u32)> + '_ {
         self.by_nr.iter().enumerate().filter_map(|(nr, call)| call.map(|c| (nr as u32, c, c.spec())))
     }
 }

@@ -34,30 +34,30 @@ use crate::model::{
 };
 
 /// The `site` label of the folded sites.
-pub const OTHER_SITE: &str = "other";
+pub(crate) const OTHER_SITE: &str = "other";
 /// Longest `frame` label, in characters.
 const FRAME_CHARS: usize = 160;
 /// `comm` is at most 15 bytes (TASK_COMM_LEN - 1); a bound all the same.
 const COMM_CHARS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExportConfig {
-    pub max_sites: usize,
-    pub retention_ns: u64,
-    pub pid_label: bool,
+pub(crate) struct ExportConfig {
+    pub(crate) max_sites: usize,
+    pub(crate) retention_ns: u64,
+    pub(crate) pid_label: bool,
 }
 
 /// The labels one group's series share.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupKey {
-    pub workload: Workload,
-    pub comm: String,
-    pub pid: Option<u32>,
+pub(crate) struct GroupKey {
+    pub(crate) workload: Workload,
+    pub(crate) comm: String,
+    pub(crate) pid: Option<u32>,
 }
 
 /// What the aggregator needs to know about a process beyond the transitions: the daemon reads
 /// the table and /proc, tests answer from their own maps.
-pub trait Identify {
+pub(crate) trait Identify {
     /// The process's name now ("" when unknown).
     fn comm(&mut self, tgid: u32) -> String;
     /// The workload of a running process; `None` when it is gone.
@@ -92,7 +92,7 @@ struct Group {
 type GroupId = u64;
 
 #[derive(Debug)]
-pub struct Aggregator {
+pub(crate) struct Aggregator {
     config: ExportConfig,
     processes: HashMap<u32, GroupId>,
     ids: HashMap<GroupKey, GroupId>,
@@ -102,42 +102,42 @@ pub struct Aggregator {
 
 /// One snapshot's series, ready to render.
 #[derive(Clone, Debug, Default)]
-pub struct Exported {
-    pub pid_label: bool,
-    pub groups: Vec<GroupSeries>,
+pub(crate) struct Exported {
+    pub(crate) pid_label: bool,
+    pub(crate) groups: Vec<GroupSeries>,
     /// Every exported site (not `other`) with its frames, for /sites.
-    pub sites: BTreeMap<SiteId, SiteFrames>,
+    pub(crate) sites: BTreeMap<SiteId, SiteFrames>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct GroupSeries {
-    pub key: GroupKey,
-    pub open_by_kind: BTreeMap<FdKind, u64>,
-    pub sites: Vec<SiteSeries>,
+pub(crate) struct GroupSeries {
+    pub(crate) key: GroupKey,
+    pub(crate) open_by_kind: BTreeMap<FdKind, u64>,
+    pub(crate) sites: Vec<SiteSeries>,
     /// The soonest any of its processes reaches its descriptor limit at its current growth.
-    pub fd_exhaustion_seconds: Option<f64>,
+    pub(crate) fd_exhaustion_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct SiteSeries {
-    pub kind: FdKind,
+pub(crate) struct SiteSeries {
+    pub(crate) kind: FdKind,
     /// None: the folded sites, `other`.
-    pub site: Option<SiteId>,
-    pub frame: String,
-    pub open: u64,
-    pub opened: u64,
-    pub closed: u64,
+    pub(crate) site: Option<SiteId>,
+    pub(crate) frame: String,
+    pub(crate) open: u64,
+    pub(crate) opened: u64,
+    pub(crate) closed: u64,
     /// None when nothing is open.
-    pub oldest_open_seconds: Option<f64>,
+    pub(crate) oldest_open_seconds: Option<f64>,
     /// Kernel memory charged to its open sockets (sock_diag); None for other kinds.
-    pub socket_memory_bytes: Option<u64>,
+    pub(crate) socket_memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SiteFrames {
-    pub site: String,
-    pub frame: String,
-    pub frames: Arc<[Frame]>,
+pub(crate) struct SiteFrames {
+    pub(crate) site: String,
+    pub(crate) frame: String,
+    pub(crate) frames: Arc<[Frame]>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -149,7 +149,7 @@ struct OpenNow {
 }
 
 impl Aggregator {
-    pub fn new(config: ExportConfig) -> Aggregator {
+    pub(crate) fn new(config: ExportConfig) -> Aggregator {
         Aggregator {
             config,
             processes: HashMap::new(),
@@ -160,17 +160,19 @@ impl Aggregator {
     }
 
     /// Groups held (live, or exited within the retention).
-    pub fn group_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn group_count(&self) -> usize {
         self.groups.len()
     }
 
     /// Site states held, over all groups: bounded by open descriptors plus exported sites.
-    pub fn site_state_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn site_state_count(&self) -> usize {
         self.groups.values().map(|g| g.sites.len()).sum()
     }
 
     /// Take in a batch of the engine's transitions.
-    pub fn observe(&mut self, kept: &[Kept], who: &mut dyn Identify, now_ns: u64) {
+    pub(crate) fn observe(&mut self, kept: &[Kept], who: &mut dyn Identify, now_ns: u64) {
         for item in kept {
             match item {
                 Kept::Transition(Transition::Fd { tgid, kind, site, change, .. }) => {
@@ -227,7 +229,7 @@ impl Aggregator {
     /// The series as of now: open counts from `table`, counters from what was observed.
     /// `socket_memory` gives the kernel memory of an open socket; `fd_exhaustion` the seconds
     /// until a process reaches its descriptor limit, when it is growing toward it.
-    pub fn snapshot(
+    pub(crate) fn snapshot(
         &mut self,
         table: &FdTable,
         frames: &dyn Fn(SiteId) -> Option<Arc<[Frame]>>,
@@ -375,7 +377,7 @@ impl Aggregator {
 
 impl SiteSeries {
     /// The `site` label.
-    pub fn site_label(&self) -> String {
+    pub(crate) fn site_label(&self) -> String {
         self.site.map_or_else(|| OTHER_SITE.to_string(), SiteId::label)
     }
 }
@@ -501,7 +503,7 @@ fn comm_label(comm: &str) -> String {
 
 /// The `frame` label of a site: its most telling frame (frame::site_label: the innermost frame
 /// of the application's own code), bounded for a label value.
-pub fn site_frame_label(frames: &[Frame]) -> String {
+pub(crate) fn site_frame_label(frames: &[Frame]) -> String {
     crate::model::frame::site_label(frames)
         .map(|label| printable(label.as_bytes(), FRAME_CHARS))
         .unwrap_or_default()

@@ -11,19 +11,19 @@ use crate::model::{
 
 /// The tracer's own numbers, for the self metrics.
 #[derive(Clone, Debug, Default)]
-pub struct SelfMetrics {
-    pub events_by_type: Vec<(&'static str, u64)>,
-    pub events_lost: u64,
-    pub tracked_processes: u64,
-    pub tracked_fds: u64,
-    pub corrections: Corrections,
+pub(crate) struct SelfMetrics {
+    pub(crate) events_by_type: Vec<(&'static str, u64)>,
+    pub(crate) events_lost: u64,
+    pub(crate) tracked_processes: u64,
+    pub(crate) tracked_fds: u64,
+    pub(crate) corrections: Corrections,
     /// What --max-processes / --max-fds kept out of the table.
-    pub dropped: Dropped,
+    pub(crate) dropped: Dropped,
     /// New call sites beyond --max-stacks.
-    pub sites_dropped: u64,
+    pub(crate) sites_dropped: u64,
     /// Stacks the kernel could not capture (stack map collisions or full, unreadable stacks).
-    pub stack_errors: u64,
-    pub usage: Option<Usage>,
+    pub(crate) stack_errors: u64,
+    pub(crate) usage: Option<Usage>,
 }
 
 /// A counter with one label, a series per (value, count).
@@ -44,7 +44,7 @@ const WORKLOAD_LABELS: [&str; 4] = ["container_id", "pod_uid", "unit", "comm"];
 
 /// A registry holding one snapshot's series (ARCHITECTURE.md, "Contracts: Metrics"), built
 /// afresh for each snapshot: a series that is not in the snapshot is not in the registry.
-pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Registry> {
+pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     let mut group_labels: Vec<&str> = WORKLOAD_LABELS.to_vec();
     if exported.pid_label {
@@ -199,7 +199,7 @@ pub fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Result<Re
 }
 
 /// The text exposition format of a registry.
-pub fn render(registry: &Registry) -> prometheus::Result<String> {
+pub(crate) fn render(registry: &Registry) -> prometheus::Result<String> {
     prometheus::TextEncoder::new().encode_to_string(&registry.gather())
 }
 

@@ -1,5 +1,5 @@
 //! The exporter's metrics (ARCHITECTURE.md, "Contracts: Metrics"): the engine's transitions
 //! and the table aggregated per workload with cardinality bounded (aggregate.rs), and the
 //! exposition of a snapshot (exposition.rs).
-pub mod aggregate;
-pub mod exposition;
+pub(crate) mod aggregate;
+pub(crate) mod exposition;

@@ -31,50 +31,50 @@ const EXAMPLES_PER_SITE: usize = 3;
 /// What the report needs to know about one open descriptor, beyond the table (from /proc and
 /// sock_diag; the session supplies it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FdFacts {
+pub(crate) struct FdFacts {
     /// TCP state of a socket ("CLOSE_WAIT").
-    pub tcp_state: Option<String>,
+    pub(crate) tcp_state: Option<String>,
     /// Kernel memory charged to a socket.
-    pub socket_memory: Option<u64>,
+    pub(crate) socket_memory: Option<u64>,
     /// Bytes a memfd pins.
-    pub pinned_bytes: Option<u64>,
+    pub(crate) pinned_bytes: Option<u64>,
 }
 
 /// A live process's limits and memory now (the session reads them; trends come from History).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcessFacts {
-    pub fd_limit: Option<u64>,
-    pub rss_bytes: Option<u64>,
-    pub cgroup: Option<CgroupMemory>,
+pub(crate) struct ProcessFacts {
+    pub(crate) fd_limit: Option<u64>,
+    pub(crate) rss_bytes: Option<u64>,
+    pub(crate) cgroup: Option<CgroupMemory>,
 }
 
 /// Everything a report is made of. Closures give what only /proc knows, so tests can supply
 /// their own.
-pub struct ReportInput<'a> {
-    pub started_at: SystemTime,
-    pub duration: Duration,
+pub(crate) struct ReportInput<'a> {
+    pub(crate) started_at: SystemTime,
+    pub(crate) duration: Duration,
     /// CLOCK_BOOTTIME ns at report time.
-    pub now_ns: u64,
-    pub events: EventCounts,
-    pub corrections: Corrections,
-    pub table: &'a FdTable,
-    pub stats: &'a SiteStats,
-    pub frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
+    pub(crate) now_ns: u64,
+    pub(crate) events: EventCounts,
+    pub(crate) corrections: Corrections,
+    pub(crate) table: &'a FdTable,
+    pub(crate) stats: &'a SiteStats,
+    pub(crate) frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
     /// Which processes to report.
-    pub include: &'a dyn Fn(u32) -> bool,
-    pub cmdline: &'a dyn Fn(u32) -> Option<String>,
+    pub(crate) include: &'a dyn Fn(u32) -> bool,
+    pub(crate) cmdline: &'a dyn Fn(u32) -> Option<String>,
     /// A short description of one open descriptor (path, socket addresses).
-    pub describe: &'a mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
+    pub(crate) describe: &'a mut dyn FnMut(u32, i32, &OpenFd) -> Option<String>,
     /// What /proc and sock_diag say about an open socket or memfd.
-    pub inspect: &'a mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
+    pub(crate) inspect: &'a mut dyn FnMut(u32, i32, &OpenFd) -> FdFacts,
     /// A live process's limits and memory now.
-    pub process_facts: &'a mut dyn FnMut(u32) -> ProcessFacts,
+    pub(crate) process_facts: &'a mut dyn FnMut(u32) -> ProcessFacts,
     /// Include every open descriptor of each process.
-    pub list_fds: bool,
+    pub(crate) list_fds: bool,
     /// Exited processes to report (as of their exit).
-    pub exited: &'a [ExitedProcess],
-    pub history: &'a History,
-    pub min_age: Duration,
+    pub(crate) exited: &'a [ExitedProcess],
+    pub(crate) history: &'a History,
+    pub(crate) min_age: Duration,
 }
 
 /// One process to report: alive in the table, or as it was when it exited.
@@ -89,7 +89,7 @@ struct ProcessView<'a> {
     exited: bool,
 }
 
-pub fn build(input: ReportInput<'_>) -> Report {
+pub(crate) fn build(input: ReportInput<'_>) -> Report {
     let ReportInput {
         started_at,
         duration,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::{ProcessReport, Report, SiteReport};
 use crate::output::format::{bytes, human_duration, plural, rate, thousands};
 
-pub fn to_text(report: &Report) -> String {
+pub(crate) fn to_text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -11,7 +11,7 @@ use super::{
 /// library in many containers), or the file when it has no build id. The size keeps a
 /// stripped copy apart from the binary it was stripped from: same build id, other symbols.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ModuleId {
+pub(crate) enum ModuleId {
     BuildId { id: Box<[u8]>, size: u64 },
     File(FileKey),
 }
@@ -20,7 +20,7 @@ pub enum ModuleId {
 /// different files, is parsed once), least recently used evicted beyond `max_modules` or
 /// `max_bytes` of mapped files.
 #[derive(Debug)]
-pub struct ModuleCache {
+pub(crate) struct ModuleCache {
     by_id: HashMap<ModuleId, (Arc<LoadedModule>, u64)>,
     by_file: HashMap<FileKey, ModuleId>,
     tick: u64,
@@ -30,7 +30,7 @@ pub struct ModuleCache {
 }
 
 impl ModuleCache {
-    pub fn new(max_modules: usize, max_bytes: u64) -> ModuleCache {
+    pub(crate) fn new(max_modules: usize, max_bytes: u64) -> ModuleCache {
         ModuleCache {
             by_id: HashMap::new(),
             by_file: HashMap::new(),
@@ -43,7 +43,7 @@ impl ModuleCache {
 
     /// The parsed module of `file`, parsing it on first use. Evicted modules are returned in
     /// `evicted` so that what was derived from them can be dropped too.
-    pub fn get(
+    pub(crate) fn get(
         &mut self,
         file: &Arc<ModuleFile>,
         evicted: &mut Vec<Arc<LoadedModule>>,

@@ -12,7 +12,7 @@ use thiserror::Error;
 use super::files::ModuleFile;
 
 #[derive(Debug, Error)]
-pub enum ModuleError {
+pub(crate) enum ModuleError {
     #[error("cannot map {path}: {source}")]
     Map { path: String, source: std::io::Error },
     #[error("{path} is not an ELF file we can read: {source}")]
@@ -21,7 +21,7 @@ pub enum ModuleError {
 
 /// A byte range of a mapped module file: section data handed to the unwinder without a copy.
 #[derive(Clone, Debug)]
-pub struct SectionBytes {
+pub(crate) struct SectionBytes {
     map: Arc<Mmap>,
     range: Range<usize>,
 }
@@ -36,35 +36,35 @@ impl Deref for SectionBytes {
 
 /// A section's address as the file states it (SVMA) and its bytes.
 #[derive(Clone, Debug)]
-pub struct Section {
-    pub svma: Range<u64>,
-    pub bytes: SectionBytes,
+pub(crate) struct Section {
+    pub(crate) svma: Range<u64>,
+    pub(crate) bytes: SectionBytes,
 }
 
 /// What unwinding needs of an ELF file: its CFI sections and the addresses they relate to.
 #[derive(Clone, Debug, Default)]
-pub struct UnwindSections {
-    pub text: Option<Range<u64>>,
-    pub got: Option<Range<u64>>,
-    pub eh_frame: Option<Section>,
-    pub eh_frame_hdr: Option<Section>,
-    pub debug_frame: Option<Section>,
+pub(crate) struct UnwindSections {
+    pub(crate) text: Option<Range<u64>>,
+    pub(crate) got: Option<Range<u64>>,
+    pub(crate) eh_frame: Option<Section>,
+    pub(crate) eh_frame_hdr: Option<Section>,
+    pub(crate) debug_frame: Option<Section>,
 }
 
 /// A parsed module file.
 #[derive(Debug)]
-pub struct LoadedModule {
-    pub build_id: Option<Box<[u8]>>,
+pub(crate) struct LoadedModule {
+    pub(crate) build_id: Option<Box<[u8]>>,
     /// Keeps the file open (and its reopen path valid) while the module is cached.
-    pub file: Arc<ModuleFile>,
-    pub unwind: UnwindSections,
+    pub(crate) file: Arc<ModuleFile>,
+    pub(crate) unwind: UnwindSections,
     /// PT_LOAD segments: (file offset, SVMA, file size).
     segments: Vec<(u64, u64, u64)>,
     pub(super) size: u64,
 }
 
 impl LoadedModule {
-    pub fn load(file: Arc<ModuleFile>) -> Result<LoadedModule, ModuleError> {
+    pub(crate) fn load(file: Arc<ModuleFile>) -> Result<LoadedModule, ModuleError> {
         let path = file.path.to_string();
         // SAFETY: a read-only private mapping; a file truncated under us would fault, which is
         // why the mapping is only read through object's bounds-checked parser and by slices it
@@ -103,7 +103,7 @@ impl LoadedModule {
     }
 
     /// The SVMA of a file offset (through the PT_LOAD segment that maps it).
-    pub fn svma_of_offset(&self, file_offset: u64) -> Option<u64> {
+    pub(crate) fn svma_of_offset(&self, file_offset: u64) -> Option<u64> {
         self.segments
             .iter()
             .find(|(offset, _, size)| (*offset..offset + size).contains(&file_offset))
@@ -111,7 +111,7 @@ impl LoadedModule {
     }
 
     /// Where SVMA 0 sits in a process that maps the file offset `text.1` at `text.0`.
-    pub fn bias(&self, text: (u64, u64)) -> Option<u64> {
+    pub(crate) fn bias(&self, text: (u64, u64)) -> Option<u64> {
         text.0.checked_sub(self.svma_of_offset(text.1)?)
     }
 }

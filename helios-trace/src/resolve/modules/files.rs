@@ -19,45 +19,45 @@ use crate::sys::proc::image;
 
 /// An open handle on a mapped file, shared by every process that maps it.
 #[derive(Debug)]
-pub struct ModuleFile {
-    pub key: FileKey,
+pub(crate) struct ModuleFile {
+    pub(crate) key: FileKey,
     /// The path as the first process that mapped it named it.
-    pub path: Arc<str>,
+    pub(crate) path: Arc<str>,
     pub(super) file: File,
 }
 
 impl ModuleFile {
-    pub fn new(key: FileKey, path: Arc<str>, file: File) -> ModuleFile {
+    pub(crate) fn new(key: FileKey, path: Arc<str>, file: File) -> ModuleFile {
         ModuleFile { key, path, file }
     }
 
     /// A path that opens this very file for as long as the handle lives, whatever happened to
     /// its name since (the /proc/self/fd magic link).
-    pub fn reopen_path(&self) -> PathBuf {
+    pub(crate) fn reopen_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 }
 
 /// One module of a process: a file and the address range of its mappings there.
 #[derive(Clone, Debug)]
-pub struct ProcessModule {
-    pub file: Arc<ModuleFile>,
+pub(crate) struct ProcessModule {
+    pub(crate) file: Arc<ModuleFile>,
     /// From the first to the last mapping of the file.
-    pub range: Range<u64>,
+    pub(crate) range: Range<u64>,
     /// An executable mapping of it: (start, file offset), to place the file's addresses.
-    pub text: (u64, u64),
+    pub(crate) text: (u64, u64),
 }
 
 /// A process's maps with a handle on each executable file in them.
 #[derive(Clone, Debug, Default)]
-pub struct ProcessImage {
-    pub maps: ProcessMaps,
-    pub modules: Vec<ProcessModule>,
+pub(crate) struct ProcessImage {
+    pub(crate) maps: ProcessMaps,
+    pub(crate) modules: Vec<ProcessModule>,
 }
 
 impl ProcessImage {
     /// The module an address belongs to.
-    pub fn module_of(&self, address: u64) -> Option<&ProcessModule> {
+    pub(crate) fn module_of(&self, address: u64) -> Option<&ProcessModule> {
         let mapping = self.maps.lookup(address).filter(|m| m.executable)?;
         self.modules.iter().find(|m| m.file.key == mapping.key && m.range.contains(&address))
     }
@@ -65,24 +65,24 @@ impl ProcessImage {
 
 /// At most this many mapped files are held open (a node maps a few hundred to a few thousand
 /// distinct files); beyond, frames in files not held are named by module and offset only.
-pub const MAX_OPEN_FILES: usize = 8192;
+pub(crate) const MAX_OPEN_FILES: usize = 8192;
 
 /// Handles on mapped files, by (device, inode): one per file however many processes map it,
 /// released when the last process image holding it is forgotten.
 #[derive(Debug, Default)]
-pub struct ModuleFiles {
+pub(crate) struct ModuleFiles {
     open: HashMap<FileKey, Weak<ModuleFile>>,
 }
 
 impl ModuleFiles {
     /// Read `tgid`'s maps under `proc_root` and take a handle on every executable file.
-    pub fn capture(&mut self, proc_root: &Path, tgid: u32) -> Option<ProcessImage> {
+    pub(crate) fn capture(&mut self, proc_root: &Path, tgid: u32) -> Option<ProcessImage> {
         let text = image::maps(proc_root, tgid)?;
         Some(self.image(proc_root, tgid, ProcessMaps::parse(&text)))
     }
 
     /// Group `maps` into modules, opening the files not open yet.
-    pub fn image(&mut self, proc_root: &Path, tgid: u32, maps: ProcessMaps) -> ProcessImage {
+    pub(crate) fn image(&mut self, proc_root: &Path, tgid: u32, maps: ProcessMaps) -> ProcessImage {
         self.open.retain(|_, file| file.strong_count() > 0);
         let mut room = MAX_OPEN_FILES.saturating_sub(self.open.len());
         let mut modules: Vec<ProcessModule> = Vec::new();

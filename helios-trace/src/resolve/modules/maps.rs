@@ -3,27 +3,27 @@ use std::sync::Arc;
 
 /// What identifies a file on the machine: (device, inode) as /proc/PID/maps shows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileKey {
-    pub dev: u64,
-    pub inode: u64,
+pub(crate) struct FileKey {
+    pub(crate) dev: u64,
+    pub(crate) inode: u64,
 }
 
 /// A file-backed mapping of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
+pub(crate) struct Mapping {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
     /// File offset of `start`.
-    pub file_offset: u64,
+    pub(crate) file_offset: u64,
     /// The path as the process names it, without the " (deleted)" mark.
-    pub path: Arc<str>,
-    pub key: FileKey,
-    pub executable: bool,
+    pub(crate) path: Arc<str>,
+    pub(crate) key: FileKey,
+    pub(crate) executable: bool,
 }
 
 /// The file-backed mappings of one process image, sorted by address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcessMaps {
+pub(crate) struct ProcessMaps {
     mappings: Vec<Mapping>,
 }
 
@@ -31,24 +31,24 @@ impl ProcessMaps {
     /// Parse `/proc/PID/maps` text (fs/proc/task_mmu.c, show_map_vma:
     /// `start-end perms offset major:minor inode path`). Only file-backed mappings are kept:
     /// the others cannot be named stably.
-    pub fn parse(text: &str) -> ProcessMaps {
+    pub(crate) fn parse(text: &str) -> ProcessMaps {
         let mut mappings: Vec<Mapping> = text.lines().filter_map(parse_line).collect();
         mappings.sort_by_key(|m| m.start);
         ProcessMaps { mappings }
     }
 
-    pub fn mappings(&self) -> &[Mapping] {
+    pub(crate) fn mappings(&self) -> &[Mapping] {
         &self.mappings
     }
 
-    pub fn lookup(&self, address: u64) -> Option<&Mapping> {
+    pub(crate) fn lookup(&self, address: u64) -> Option<&Mapping> {
         let index = self.mappings.partition_point(|m| m.start <= address);
         let mapping = self.mappings.get(index.checked_sub(1)?)?;
         (address < mapping.end).then_some(mapping)
     }
 
     /// Whether every address lies in an executable mapping.
-    pub fn covers(&self, addresses: &[u64]) -> bool {
+    pub(crate) fn covers(&self, addresses: &[u64]) -> bool {
         addresses.iter().all(|a| self.lookup(*a).is_some_and(|m| m.executable))
     }
 }

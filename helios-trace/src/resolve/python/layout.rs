@@ -6,40 +6,40 @@ use super::PythonError;
 use crate::model::frame::basename;
 
 /// Oldest and newest CPython minor versions whose layouts are known.
-pub const SUPPORTED: std::ops::RangeInclusive<u32> = 10..=13;
+pub(crate) const SUPPORTED: std::ops::RangeInclusive<u32> = 10..=13;
 
 /// Where a code object keeps what names it (Include/cpython/code.h, `struct PyCodeObject`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CodeLayout {
-    pub filename: u64,
-    pub name: u64,
+pub(crate) struct CodeLayout {
+    pub(crate) filename: u64,
+    pub(crate) name: u64,
     /// `co_qualname`, 3.11+.
-    pub qualname: Option<u64>,
-    pub firstlineno: u64,
+    pub(crate) qualname: Option<u64>,
+    pub(crate) firstlineno: u64,
     /// `co_linetable`: 3.10's address/line pairs, or 3.11+'s location table.
-    pub linetable: u64,
+    pub(crate) linetable: u64,
     /// `co_code_adaptive`, where the instructions start (3.11+: frames point into it).
-    pub code_adaptive: Option<u64>,
+    pub(crate) code_adaptive: Option<u64>,
 }
 
 /// One interpreter version's layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub minor: u32,
+pub(crate) struct Layout {
+    pub(crate) minor: u32,
     /// Offset of `interpreters.head` in `_PyRuntimeState`.
-    pub interpreters_head: u64,
+    pub(crate) interpreters_head: u64,
     /// What the kernel walks with (its `interpreters_head` is filled per process).
-    pub kernel: PythonOffsets,
-    pub code: CodeLayout,
+    pub(crate) kernel: PythonOffsets,
+    pub(crate) code: CodeLayout,
     /// `sizeof(PyASCIIObject)`, after which a compact ASCII string's characters start
     /// (Include/cpython/unicodeobject.h); non-ASCII compact strings start
     /// `sizeof(PyCompactUnicodeObject)` in, two pointer-sized fields (utf8_length, utf8)
     /// further.
-    pub ascii_size: u64,
+    pub(crate) ascii_size: u64,
 }
 
 impl Layout {
-    pub fn compact_size(&self) -> u64 {
+    pub(crate) fn compact_size(&self) -> u64 {
         // 3.10 and 3.11 also have wstr_length in PyCompactUnicodeObject.
         self.ascii_size + if self.minor <= 11 { 24 } else { 16 }
     }
@@ -60,7 +60,7 @@ const FRAME_OWNED_BY_CSTACK: u32 = 3;
 /// `.prev_instr`, `.owner`; `Include/cpython/code.h` `PyCodeObject.co_filename`, `.co_name`,
 /// `.co_qualname`, `.co_firstlineno`, `.co_linetable`, `.co_code_adaptive`;
 /// `sizeof(PyASCIIObject)`). The integration tests walk real interpreters with them.
-pub fn static_layout(minor: u32) -> Option<Layout> {
+pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
     let kernel = |threads_head, tstate_next, tstate_thread_id, tstate_frame, cframe_frame| PythonOffsets {
         interpreters_head: 0,
         threads_head,
@@ -143,7 +143,7 @@ pub fn static_layout(minor: u32) -> Option<Layout> {
 }
 
 /// Bytes of `_Py_DebugOffsets` read (3.13: 71 u64 words up to `unicode_object`).
-pub const DEBUG_OFFSETS_LEN: usize = 71 * 8;
+pub(crate) const DEBUG_OFFSETS_LEN: usize = 71 * 8;
 
 /// Largest offset believed from `_Py_DebugOffsets`.
 const MAX_OFFSET: u32 = 1 << 20;
@@ -151,7 +151,7 @@ const MAX_OFFSET: u32 = 1 << 20;
 /// 3.13's layout from the `_Py_DebugOffsets` that opens `_PyRuntime`
 /// (Include/internal/pycore_runtime.h of 3.13: cookie "xdebugpy", version (PY_VERSION_HEX),
 /// free_threaded, then one struct of u64 offsets per type, each starting with its size).
-pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, PythonError> {
+pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, PythonError> {
     let word = |i: usize| -> u64 {
         bytes.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     };
@@ -205,7 +205,7 @@ pub fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, Pyt
 
 /// The CPython version a mapped file's name says: `python3.11`, `libpython3.12.so.1.0`
 /// give Some(Ok(minor)); other Pythons an error; anything else None.
-pub fn version_of(path: &str) -> Option<Result<u32, PythonError>> {
+pub(crate) fn version_of(path: &str) -> Option<Result<u32, PythonError>> {
     let name = basename(path);
     let rest = name.strip_prefix("lib").unwrap_or(name).strip_prefix("python")?;
     if rest.starts_with('2') {
@@ -219,7 +219,7 @@ pub fn version_of(path: &str) -> Option<Result<u32, PythonError>> {
 
 /// Bytes of a frame that cover all the fields the kernel reads (the owner is one byte, the
 /// others 8; 3.10's `f_lasti` is an int, read with the int after it, the high half dropped).
-pub fn frame_read(o: &PythonOffsets) -> Option<u32> {
+pub(crate) fn frame_read(o: &PythonOffsets) -> Option<u32> {
     let end = [o.frame_previous, o.frame_code, o.frame_instr].iter().map(|f| f + 8).max()?;
     let end = if o.frame_owner == PY_NO_OFFSET { end } else { end.max(o.frame_owner + 1) };
     (end <= helios_trace_common::MAX_PYTHON_FRAME_READ).then_some(end)

@@ -4,7 +4,7 @@
 /// unsigned; line delta, signed), the line delta -128 meaning "no line"; each pair is a
 /// range [end, end + delta) at the running line (Objects/codeobject.c, PyCode_Addr2Line
 /// and advance()).
-pub fn line_310(table: &[u8], firstlineno: u32, offset: i64) -> Option<u32> {
+pub(crate) fn line_310(table: &[u8], firstlineno: u32, offset: i64) -> Option<u32> {
     if offset < 0 {
         return Some(firstlineno);
     }
@@ -31,7 +31,7 @@ pub fn line_310(table: &[u8], firstlineno: u32, offset: i64) -> Option<u32> {
 /// each). Code 15: no location; 14 (long) and 13 (no columns): a signed varint line delta
 /// follows; 10 to 12: line delta code - 10; 0 to 9: same line
 /// (Objects/codeobject.c, get_line_delta and advance()).
-pub fn line_311(table: &[u8], firstlineno: u32, offset: i64) -> Option<u32> {
+pub(crate) fn line_311(table: &[u8], firstlineno: u32, offset: i64) -> Option<u32> {
     if offset < 0 {
         return Some(firstlineno);
     }

@@ -28,14 +28,14 @@ use crate::{
 };
 
 mod interpreter;
-pub mod layout;
-pub mod lines;
+pub(crate) mod layout;
+pub(crate) mod lines;
 mod memory;
 
 use interpreter::{Interpreter, probe};
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum PythonError {
+pub(crate) enum PythonError {
     #[error("CPython 3.{minor} is not supported (3.10 to 3.13 are)")]
     Version { minor: u32 },
     #[error("CPython 2 is not supported (3.10 to 3.13 are)")]
@@ -88,7 +88,7 @@ const MAX_ATTEMPTS: u32 = 20;
 const RETRY_NS: u64 = 100_000_000;
 
 /// CPython processes and their walked frames.
-pub struct PythonProcesses {
+pub(crate) struct PythonProcesses {
     proc_root: PathBuf,
     enabled: bool,
     processes: HashMap<u32, State>,
@@ -99,7 +99,7 @@ pub struct PythonProcesses {
 }
 
 impl PythonProcesses {
-    pub fn new(proc_root: impl Into<PathBuf>) -> PythonProcesses {
+    pub(crate) fn new(proc_root: impl Into<PathBuf>) -> PythonProcesses {
         PythonProcesses {
             proc_root: proc_root.into(),
             enabled: false,
@@ -110,12 +110,12 @@ impl PythonProcesses {
     }
 
     /// Look for CPython processes from now on (`--python-frames auto` with stacks on).
-    pub fn enable(&mut self, on: bool) {
+    pub(crate) fn enable(&mut self, on: bool) {
         self.enabled = on;
     }
 
     /// A process seen for the first time (baseline), or a new image (exec): probe it.
-    pub fn seen(&mut self, pid: u32, now_ns: u64) {
+    pub(crate) fn seen(&mut self, pid: u32, now_ns: u64) {
         if !self.enabled {
             return;
         }
@@ -125,7 +125,7 @@ impl PythonProcesses {
     }
 
     /// A process first seen (the baseline, or its first event): probe it unless known.
-    pub fn first_sight(&mut self, pid: u32, now_ns: u64) {
+    pub(crate) fn first_sight(&mut self, pid: u32, now_ns: u64) {
         if !self.processes.contains_key(&pid) {
             self.seen(pid, now_ns);
         }
@@ -133,14 +133,14 @@ impl PythonProcesses {
 
     /// A forked child runs its parent's interpreter: probe it too (its addresses are the
     /// parent's, its threads its own).
-    pub fn forked(&mut self, parent: u32, child: u32, now_ns: u64) {
+    pub(crate) fn forked(&mut self, parent: u32, child: u32, now_ns: u64) {
         if matches!(self.processes.get(&parent), Some(State::Python(_))) {
             self.seen(child, now_ns);
         }
     }
 
     /// The process is gone or replaced its image.
-    pub fn forget(&mut self, pid: u32) {
+    pub(crate) fn forget(&mut self, pid: u32) {
         self.pending.remove(&pid);
         if let Some(State::Python(_)) = self.processes.remove(&pid) {
             self.updates.push((pid, None));
@@ -150,7 +150,7 @@ impl PythonProcesses {
     /// Probe again the processes whose interpreter was still starting (every RETRY_NS at
     /// most; the session calls this at each drain of the ring buffer, so a CPython started
     /// after the tracer gets its frames walked from about when its startup ends).
-    pub fn retry_pending(&mut self, now_ns: u64) {
+    pub(crate) fn retry_pending(&mut self, now_ns: u64) {
         let due: Vec<u32> = self
             .pending
             .iter()
@@ -194,14 +194,14 @@ impl PythonProcesses {
     }
 
     /// Changes for the kernel's map since the last call.
-    pub fn take_updates(&mut self) -> Vec<(u32, Option<PythonOffsets>)> {
+    pub(crate) fn take_updates(&mut self) -> Vec<(u32, Option<PythonOffsets>)> {
         std::mem::take(&mut self.updates)
     }
 
     /// The site of a descriptor opened with the native site `native` and these Python frames
     /// (innermost first) walked by the kernel: the native frames with the Python frames
     /// merged in (StackRegistry::with_python).
-    pub fn site(
+    pub(crate) fn site(
         &mut self,
         pid: u32,
         native: SiteId,

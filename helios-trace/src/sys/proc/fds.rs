@@ -12,7 +12,7 @@ use crate::model::{
 
 /// The kind of a descriptor from its /proc/PID/fd link target; `stat_mode` gives the target's
 /// st_mode for path targets (a path can name a directory, device, FIFO or socket file).
-pub fn classify(target: &FDTarget, stat_mode: impl FnOnce() -> Option<u32>) -> FdKind {
+pub(crate) fn classify(target: &FDTarget, stat_mode: impl FnOnce() -> Option<u32>) -> FdKind {
     match target {
         FDTarget::Socket(_) => FdKind::Socket,
         FDTarget::Pipe(_) => FdKind::Pipe,
@@ -52,12 +52,12 @@ fn stat_mode(path: &Path) -> Option<u32> {
 }
 
 /// The close-on-exec flag from /proc/PID/fdinfo/FD ("flags:\t02100002", octal).
-pub fn cloexec(root: &Path, pid: u32, fd: i32) -> bool {
+pub(crate) fn cloexec(root: &Path, pid: u32, fd: i32) -> bool {
     let path = root.join(pid.to_string()).join("fdinfo").join(fd.to_string());
     fs::read_to_string(path).is_ok_and(|text| parse_fdinfo_cloexec(&text))
 }
 
-pub fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
+pub(crate) fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
     fdinfo
         .lines()
         .find_map(|line| line.strip_prefix("flags:"))
@@ -67,7 +67,7 @@ pub fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
 
 /// Every open descriptor of `pid` with its kind, detail and close-on-exec flag.
 /// `sockets` supplies family/type/protocol by inode, when known.
-pub fn observe_fds(
+pub(crate) fn observe_fds(
     root: &Path,
     pid: u32,
     sockets: Option<&SocketTable>,
@@ -83,7 +83,12 @@ pub fn observe_fds(
 }
 
 /// One descriptor of `pid`, if it is open.
-pub fn observe_fd(root: &Path, pid: u32, fd: i32, sockets: Option<&SocketTable>) -> Option<ObservedFd> {
+pub(crate) fn observe_fd(
+    root: &Path,
+    pid: u32,
+    fd: i32,
+    sockets: Option<&SocketTable>,
+) -> Option<ObservedFd> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     let target: FDTarget = link.to_str()?.parse().ok()?;
     Some(observe(root, pid, fd, &target, sockets))
@@ -108,14 +113,14 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
 
 /// Bytes allocated to the file behind a descriptor (st_blocks): what a memfd or a deleted file
 /// pins while it stays open.
-pub fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
+pub(crate) fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let metadata = fs::metadata(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     Some(metadata.blocks() * 512)
 }
 
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
-pub fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
+pub(crate) fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()

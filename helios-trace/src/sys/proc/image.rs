@@ -4,7 +4,7 @@
 use std::{fs, io, os::unix::fs::FileExt as _, path::Path};
 
 /// The text of /proc/PID/maps; `None` when the process is gone or cannot be read.
-pub fn maps(root: &Path, pid: u32) -> Option<String> {
+pub(crate) fn maps(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(pid.to_string()).join("maps")).ok()
 }
 
@@ -13,7 +13,7 @@ pub fn maps(root: &Path, pid: u32) -> Option<String> {
 /// whatever mount namespace the process is in (needs CAP_SYS_ADMIN: fs/proc/base.c,
 /// proc_map_files_get_link); else through the process's root directory (/proc/PID/root: its
 /// mount namespace), accepted only if it still is the same inode.
-pub fn open_mapped_file(
+pub(crate) fn open_mapped_file(
     root: &Path,
     pid: u32,
     start: u64,
@@ -36,17 +36,17 @@ pub fn open_mapped_file(
 
 /// Another process's memory, read through /proc/PID/mem (CAP_SYS_PTRACE is kept after the
 /// privilege drop for this).
-pub struct ProcessMemory {
+pub(crate) struct ProcessMemory {
     file: fs::File,
 }
 
 impl ProcessMemory {
-    pub fn open(root: &Path, pid: u32) -> io::Result<ProcessMemory> {
+    pub(crate) fn open(root: &Path, pid: u32) -> io::Result<ProcessMemory> {
         Ok(ProcessMemory { file: fs::File::open(root.join(pid.to_string()).join("mem"))? })
     }
 
     /// Fill `buf` from `address` of the process's memory.
-    pub fn read(&self, address: u64, buf: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn read(&self, address: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, address)
     }
 }

@@ -9,13 +9,13 @@ use procfs::process::Process;
 
 use crate::model::{fd::printable, resources::Usage};
 
-pub mod fds;
-pub mod image;
-pub mod resources;
-pub mod sockets;
+pub(crate) mod fds;
+pub(crate) mod image;
+pub(crate) mod resources;
+pub(crate) mod sockets;
 
 /// Numeric entries of the procfs root: the pids.
-pub fn pids(root: &Path) -> Vec<u32> {
+pub(crate) fn pids(root: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
     let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     pids.sort_unstable();
@@ -23,17 +23,17 @@ pub fn pids(root: &Path) -> Vec<u32> {
 }
 
 /// The thread ids of a process (/proc/PID/task); empty when it is gone.
-pub fn tids(root: &Path, pid: u32) -> Vec<u32> {
+pub(crate) fn tids(root: &Path, pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(root.join(pid.to_string()).join("task")) else { return Vec::new() };
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
-pub fn exists(root: &Path, pid: u32) -> bool {
+pub(crate) fn exists(root: &Path, pid: u32) -> bool {
     root.join(pid.to_string()).is_dir()
 }
 
 /// The command name, printable (a process sets its own: newlines and invalid UTF-8 included).
-pub fn comm(root: &Path, pid: u32) -> Option<String> {
+pub(crate) fn comm(root: &Path, pid: u32) -> Option<String> {
     let text = fs::read(root.join(pid.to_string()).join("comm")).ok()?;
     let name = text.strip_suffix(b"\n").unwrap_or(&text);
     Some(printable(name, COMM_CHARS))
@@ -46,7 +46,7 @@ const CMDLINE_CHARS: usize = 1024;
 
 /// The command line, arguments joined by spaces, printable and cut at `CMDLINE_CHARS`; `None`
 /// for kernel threads and zombies.
-pub fn cmdline(root: &Path, pid: u32) -> Option<String> {
+pub(crate) fn cmdline(root: &Path, pid: u32) -> Option<String> {
     let raw = fs::read(root.join(pid.to_string()).join("cmdline")).ok()?;
     let args: Vec<&[u8]> = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
     (!args.is_empty()).then(|| printable(&args.join(&b' '), CMDLINE_CHARS))
@@ -54,12 +54,12 @@ pub fn cmdline(root: &Path, pid: u32) -> Option<String> {
 
 /// `/proc/PID/cgroup`: one `hierarchy-id:controllers:path` line per hierarchy (see
 /// cgroups(7)); model/workload.rs reads the workload out of it.
-pub fn cgroup(root: &Path, pid: u32) -> Option<String> {
+pub(crate) fn cgroup(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()
 }
 
 /// What a process costs now (the exporter's own `process_*` metrics).
-pub fn usage(root: &Path, pid: u32) -> Option<Usage> {
+pub(crate) fn usage(root: &Path, pid: u32) -> Option<Usage> {
     let process = Process::new_with_root(root.join(pid.to_string())).ok()?;
     let stat = process.stat().ok()?;
     Some(Usage {

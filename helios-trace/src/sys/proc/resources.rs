@@ -11,24 +11,24 @@ use std::{
 use crate::model::resources::CgroupMemory;
 
 /// Where the cgroup hierarchy is mounted.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The soft "Max open files" of /proc/PID/limits; None for "unlimited" or when absent.
-pub fn parse_nofile_soft(limits: &str) -> Option<u64> {
+pub(crate) fn parse_nofile_soft(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
-pub fn fd_limit(proc_root: &Path, pid: u32) -> Option<u64> {
+pub(crate) fn fd_limit(proc_root: &Path, pid: u32) -> Option<u64> {
     parse_nofile_soft(&fs::read_to_string(proc_root.join(pid.to_string()).join("limits")).ok()?)
 }
 
 /// Resident set size from /proc/PID/statm (its second field, in pages).
-pub fn parse_statm_rss_pages(statm: &str) -> Option<u64> {
+pub(crate) fn parse_statm_rss_pages(statm: &str) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
-pub fn rss_bytes(proc_root: &Path, pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(proc_root: &Path, pid: u32) -> Option<u64> {
     let pages =
         parse_statm_rss_pages(&fs::read_to_string(proc_root.join(pid.to_string()).join("statm")).ok()?)?;
     // SAFETY: sysconf has no preconditions.
@@ -38,7 +38,7 @@ pub fn rss_bytes(proc_root: &Path, pid: u32) -> Option<u64> {
 
 /// Where a process's memory is accounted: its cgroup's directory, v2 or v1 memory controller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum MemoryCgroup {
+pub(crate) enum MemoryCgroup {
     /// cgroup v2 (unified): `<root>/<path>/memory.{current,max}`.
     V2(PathBuf),
     /// cgroup v1 memory controller: `<root>/memory/<path>/memory.{usage,limit}_in_bytes`.
@@ -48,7 +48,7 @@ pub enum MemoryCgroup {
 /// From /proc/PID/cgroup ("0::/path" for v2, "N:memory:/path" for v1): the memory cgroup,
 /// preferring the v1 memory controller where one is mounted (a hybrid host's "0::" line then
 /// names a cgroup without memory control).
-pub fn parse_memory_cgroup(cgroup: &str) -> Option<MemoryCgroup> {
+pub(crate) fn parse_memory_cgroup(cgroup: &str) -> Option<MemoryCgroup> {
     let mut unified = None;
     for line in cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -73,7 +73,7 @@ fn parse_limit(text: &str) -> Option<u64> {
     text.parse::<u64>().ok().filter(|v| *v < 1 << 62)
 }
 
-pub fn cgroup_memory(cgroup_root: &Path, cgroup: &MemoryCgroup) -> Option<CgroupMemory> {
+pub(crate) fn cgroup_memory(cgroup_root: &Path, cgroup: &MemoryCgroup) -> Option<CgroupMemory> {
     let read = |dir: PathBuf, file: &str| fs::read_to_string(dir.join(file)).ok();
     let (current, limit) = match cgroup {
         MemoryCgroup::V2(path) => {
@@ -94,7 +94,7 @@ pub fn cgroup_memory(cgroup_root: &Path, cgroup: &MemoryCgroup) -> Option<Cgroup
     Some(CgroupMemory { current: current.trim().parse().ok()?, limit: parse_limit(&limit) })
 }
 
-pub fn process_cgroup_memory(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<CgroupMemory> {
+pub(crate) fn process_cgroup_memory(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<CgroupMemory> {
     let cgroup = parse_memory_cgroup(&crate::sys::proc::cgroup(proc_root, pid)?)?;
     cgroup_memory(cgroup_root, &cgroup)
 }

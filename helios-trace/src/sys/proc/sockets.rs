@@ -10,21 +10,21 @@ use std::{
 use procfs::process::Process;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketInfo {
-    pub family: u16,
-    pub sock_type: u16,
-    pub protocol: u16,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
+pub(crate) struct SocketInfo {
+    pub(crate) family: u16,
+    pub(crate) sock_type: u16,
+    pub(crate) protocol: u16,
+    pub(crate) local: Option<SocketAddr>,
+    pub(crate) remote: Option<SocketAddr>,
     /// TCP state name (e.g. "ESTABLISHED", "CLOSE_WAIT"); unix: "connected"/"listening"...
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Bound path of a unix socket.
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 impl SocketInfo {
     /// `TCP 127.0.0.1:8443 <-> 127.0.0.1:51234 ESTABLISHED`, `UNIX /run/app.sock`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let proto = match (self.family as i32, self.protocol as i32, self.sock_type as i32) {
             (libc::AF_UNIX, ..) => "UNIX",
             (_, libc::IPPROTO_TCP, _) | (_, 0, libc::SOCK_STREAM) => "TCP",
@@ -52,12 +52,12 @@ impl SocketInfo {
 
 /// Sockets of one network namespace by inode, from /proc/PID/net/{tcp,tcp6,udp,udp6,unix}.
 #[derive(Clone, Debug, Default)]
-pub struct SocketTable {
+pub(crate) struct SocketTable {
     by_inode: HashMap<u64, SocketInfo>,
 }
 
 impl SocketTable {
-    pub fn read(root: &Path, pid: u32) -> SocketTable {
+    pub(crate) fn read(root: &Path, pid: u32) -> SocketTable {
         let mut table = SocketTable::default();
         let Ok(process) = Process::new_with_root(root.join(pid.to_string())) else { return table };
         let tcp = [(libc::AF_INET, process.tcp()), (libc::AF_INET6, process.tcp6())];
@@ -111,21 +111,13 @@ impl SocketTable {
         table
     }
 
-    pub fn get(&self, inode: u64) -> Option<&SocketInfo> {
+    pub(crate) fn get(&self, inode: u64) -> Option<&SocketInfo> {
         self.by_inode.get(&inode)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_inode.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_inode.is_empty()
     }
 }
 
 /// include/net/tcp_states.h
-pub fn tcp_state_name(state: u8) -> String {
+pub(crate) fn tcp_state_name(state: u8) -> String {
     match state {
         1 => "ESTABLISHED",
         2 => "SYN_SENT",
@@ -146,17 +138,17 @@ pub fn tcp_state_name(state: u8) -> String {
 
 /// Socket tables keyed by network namespace, read at most once per namespace per use.
 #[derive(Default)]
-pub struct SocketTables {
+pub(crate) struct SocketTables {
     root: PathBuf,
     by_netns: HashMap<u64, SocketTable>,
 }
 
 impl SocketTables {
-    pub fn new(root: &Path) -> SocketTables {
+    pub(crate) fn new(root: &Path) -> SocketTables {
         SocketTables { root: root.to_path_buf(), by_netns: HashMap::new() }
     }
 
-    pub fn for_process(&mut self, pid: u32) -> &SocketTable {
+    pub(crate) fn for_process(&mut self, pid: u32) -> &SocketTable {
         let netns = netns_inode(&self.root, pid).unwrap_or(0);
         let root = self.root.clone();
         self.by_netns.entry(netns).or_insert_with(|| SocketTable::read(&root, pid))
