@@ -1,11 +1,13 @@
 //! helios-trace: finds file-descriptor and socket leaks in running Linux processes and names
 //! the call stack that opened what is still open.
 //!
-//! Data flow (ARCHITECTURE.md, "Data flow"): tracepoints → ring buffer → [`session`] reader →
-//! [`decode`] → [`fdtable`] → [`sites`] → [`report`] / [`metrics`] (served by [`serve`] over
-//! [`http`]). Only [`bpf`] talks to the kernel's BPF side. /proc is read by [`procscan`],
-//! [`resources`], [`modules`], [`python`] and [`bpf::checks`] today; ARCHITECTURE.md, "Where each
-//! stage lives", says where each stage goes (/proc readers into `sys/`).
+//! One folder per stage of the data flow (ARCHITECTURE.md, "Where each stage lives"): a record
+//! is read and decoded in [`sys`] (the only stage that touches BPF, /proc, /sys and netlink),
+//! its stack becomes a site in [`resolve`], [`observe`]'s engine applies it to the FdTable and
+//! the site counters of [`model`], and [`output`] turns the model into the report, the metrics
+//! and the live view. [`cli`] is the command line, [`commands`] the commands main.rs dispatches
+//! to, [`fuzzing`] the parsers of untrusted input as fuzz targets. The library's interface is
+//! those three; everything else is crate-private.
 pub mod cli;
 pub mod commands;
 pub mod fuzzing;

@@ -170,7 +170,7 @@ pub(crate) enum SiteId {
     NoStack,
     /// Opened at a call site first seen after `--max-stacks` sites were remembered.
     SiteLimit,
-    /// Stable hash of the resolved frames (stacks.rs).
+    /// Stable hash of the resolved frames (model/frame.rs, `site_id`).
     Stack(u64),
 }
 

@@ -1,8 +1,8 @@
 //! The time series of every site's open count, sampled once a second from the FdTable and the
-//! site counters; [`crate::model::trend`] judges them. Also, per active process, its descriptor count
+//! site counters; [`super::trend`] judges them. Also, per active process, its descriptor count
 //! and memory (RSS, cgroup usage), from which the report projects when it runs out.
 //! Memory is bounded: at most [`MAX_SERIES`] site series and [`MAX_PROCESS_SERIES`] process
-//! series of at most [`crate::model::trend::MAX_POINTS`] samples each.
+//! series of at most [`super::trend::MAX_POINTS`] samples each.
 use std::collections::{HashMap, hash_map::Entry};
 
 use crate::model::{

@@ -13,7 +13,7 @@
 //!    site that opens and closes quickly is never suspected, however busy).
 //!
 //! The growth rate is the Theil-Sen slope (median of pairwise slopes), robust to the bursts
-//! of a busy site. Everything here is pure; [`crate::model::history`] samples the counts.
+//! of a busy site. Everything here is pure; [`super::history`] samples the counts.
 use std::time::Duration;
 
 use serde::Serialize;
@@ -31,7 +31,7 @@ const Z_SIGNIFICANT: f64 = 3.09;
 pub(crate) struct Point {
     /// CLOCK_BOOTTIME ns.
     pub(crate) t_ns: u64,
-    /// Descriptors open at that time (in a process's memory series: bytes; history.rs).
+    /// Descriptors open at that time (in a process's memory series: bytes; model/history.rs).
     pub(crate) open: u64,
     /// Opened by the site since tracing started (a counter).
     pub(crate) opened: u64,

@@ -1,8 +1,9 @@
-//! The exporter's HTTP side: `GET /metrics`, `/healthz` and `/sites`, nothing else, and no
-//! attack surface: at most [`ServerLimits::max_connections`] connections at a time (more are closed
-//! at once), one request per connection, request headers bounded in size and in the time they
-//! may take to arrive, every connection cut after [`ServerLimits::connection_timeout`] (a client that
-//! does not read its response cannot hold one), and requests with a body refused.
+//! The exporter's HTTP side (ARCHITECTURE.md, "Contracts: HTTP"): `GET /metrics`, `/healthz`
+//! and `/sites`, nothing else, and no attack surface: at most
+//! [`ServerLimits::max_connections`] connections at a time (more are closed at once), one
+//! request per connection, request headers bounded in size and in the time they may take to
+//! arrive, every connection cut after [`ServerLimits::connection_timeout`] (a client that does
+//! not read its response cannot hold one), and requests with a body refused.
 //!
 //! Handlers never touch the tracer: the tracing loop publishes a [`Snapshot`] once a second
 //! and a request reads the last one, rendering it on first use. A scrape therefore never

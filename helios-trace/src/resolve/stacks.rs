@@ -2,10 +2,10 @@
 //! into a site (its id and frames: model/frame.rs) and remembers each site's frames.
 //!
 //! A user stack arrives either as registers and a window of stack bytes (`--stacks dwarf`,
-//! unwound here with the modules' CFI: unwind.rs) or as a frame-pointer stack id in the
+//! unwound here with the modules' CFI: resolve/unwind.rs) or as a frame-pointer stack id in the
 //! kernel's stack map (`--stacks fp`); a kernel stack as a stack id (`--kernel-stacks`). The
-//! addresses are named against the process's image captured at its first sight (modules.rs)
-//! with blazesym (symbolize.rs).
+//! addresses are named against the process's image captured at its first sight
+//! (resolve/modules) with blazesym (resolve/symbolize.rs).
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
@@ -29,6 +29,7 @@ use crate::{
         symbolize::{Symbol, Symbolizer},
         unwind::{ProcessUnwinder, UnwindCache},
     },
+    sys::proc,
 };
 
 /// Cached bounds: a process's known chains; the symbols of module addresses, by their bytes
@@ -129,7 +130,7 @@ impl StackRegistry {
     pub(crate) fn new(proc_root: impl Into<PathBuf>) -> StackRegistry {
         let proc_root = proc_root.into();
         StackRegistry {
-            symbolizer: Symbolizer::new(proc_root.join("kallsyms")),
+            symbolizer: Symbolizer::new(proc::kallsyms(&proc_root)),
             proc_root,
             processes: HashMap::new(),
             files: ModuleFiles::default(),

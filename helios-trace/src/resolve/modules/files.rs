@@ -34,7 +34,7 @@ impl ModuleFile {
     /// A path that opens this very file for as long as the handle lives, whatever happened to
     /// its name since (the /proc/self/fd magic link).
     pub(crate) fn reopen_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        image::own_fd_path(self.file.as_raw_fd())
     }
 }
 

@@ -1,7 +1,17 @@
 //! A process's image as /proc shows it: its memory map (/proc/PID/maps), the files it maps
 //! (map_files, or its root directory), and its memory (/proc/PID/mem). resolve/ reads stacks
 //! and CPython's state through these.
-use std::{fs, io, os::unix::fs::FileExt as _, path::Path};
+use std::{
+    fs, io,
+    os::{fd::RawFd, unix::fs::FileExt as _},
+    path::{Path, PathBuf},
+};
+
+/// A path that opens the very file behind one of our own descriptors, whatever happened to its
+/// name since (the /proc/self/fd magic link).
+pub(crate) fn own_fd_path(fd: RawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
+}
 
 /// The text of /proc/PID/maps; `None` when the process is gone or cannot be read.
 pub(crate) fn maps(root: &Path, pid: u32) -> Option<String> {
