@@ -1,7 +1,7 @@
 //! Builds the kernel programs (helios-trace-ebpf) for the bpf target with aya-build and leaves
 //! the object in OUT_DIR, where src/bpf/loader.rs embeds it: the binary alone is the whole tool.
 //!
-//! Which toolchain builds them (shared/toolchain.md):
+//! Which toolchain builds them (README.md, "Quick start": what `cargo xtask setup` installs):
 //! - `HELIOS_TRACE_EBPF_TOOLCHAIN`, when set;
 //! - else `helios-bpf`, the rustup toolchain `cargo xtask setup` links to Debian's rustc-web
 //!   (a stable rustc with a prebuilt `core` for bpfel, so no rust-src and no build-std);

@@ -2,7 +2,7 @@
 //! what is missing, saying what it does, and fast when nothing is.
 //!
 //! The eBPF programs need a Rust compiler that can target bpfel-unknown-none and bpf-linker
-//! (shared/toolchain.md). Two routes:
+//! (README.md, "Quick start"). Two routes:
 //! - upstream: a nightly toolchain with rust-src (build-std) and bpf-linker — used when present;
 //! - Debian: rustc-web (a stable rustc with a prebuilt `core` for bpfel from
 //!   libstd-rust-web-dev-bpf), llvm-N-dev of the same LLVM major, bpf-linker built against it,
@@ -186,7 +186,7 @@ impl Apt {
         }
         if which("apt-get").is_none() {
             bail!(
-                "missing packages {}; this is not a Debian-like system: install the equivalents by hand (see shared/toolchain.md)",
+                "missing packages {}; this is not a Debian-like system: install the equivalents by hand (see README.md, \"Quick start\")",
                 missing.join(" ")
             );
         }
