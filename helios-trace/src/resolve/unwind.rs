@@ -5,16 +5,17 @@
 //! pointers, which glibc's wrappers and `-O2` code do not keep.
 use std::ops::Range;
 
+use framehop::{
+    CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
+    Module, Unwinder as _, UnwinderNative,
+};
+
 use crate::{
     model::event::StackSample,
     resolve::modules::{
         elf::{LoadedModule, SectionBytes},
         files::ProcessModule,
     },
-};
-use framehop::{
-    CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
-    Module, Unwinder as _, UnwinderNative,
 };
 
 /// Frames beyond this many are not followed (recursion, or a corrupt stack).

@@ -1,8 +1,9 @@
 //! The end-of-session report (ARCHITECTURE.md, "Contracts: Report"): its layout, the JSON
 //! contract, built from the model (build.rs) and rendered as JSON or as text for people
 //! (text.rs).
-use serde::Serialize;
 use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use crate::model::{
     counts::EventCounts,
