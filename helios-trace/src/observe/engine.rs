@@ -172,6 +172,11 @@ impl Engine {
         self.stacks.frames(site)
     }
 
+    /// Call sites whose frames are remembered now.
+    pub(crate) fn site_count(&self) -> usize {
+        self.stacks.site_count()
+    }
+
     pub(crate) fn stack_counts(&self) -> StackCounts {
         self.stacks.counts()
     }

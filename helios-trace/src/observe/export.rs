@@ -89,6 +89,7 @@ impl Exporter {
             stack_errors: counts.stack_errors,
             tracked_processes: engine.table().process_count() as u64,
             tracked_fds: engine.table().fd_count() as u64,
+            tracked_sites: engine.site_count() as u64,
             corrections: tracing.corrections(),
             dropped: engine.table().dropped(),
             usage: proc::usage(&self.proc_root, std::process::id()),
@@ -319,6 +320,7 @@ mod tests {
             ("helios_trace_events_lost_total", "counter"),
             ("helios_trace_tracked_processes", "gauge"),
             ("helios_trace_tracked_fds", "gauge"),
+            ("helios_trace_tracked_sites", "gauge"),
             ("helios_trace_reconcile_corrections_total", "counter"),
             ("helios_trace_dropped_total", "counter"),
         ] {

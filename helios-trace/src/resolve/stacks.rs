@@ -272,7 +272,7 @@ impl StackRegistry {
         }
     }
 
-    #[cfg(test)]
+    /// Call sites whose frames are remembered now (`helios_trace_tracked_sites`).
     pub(crate) fn site_count(&self) -> usize {
         self.frames.len()
     }

@@ -317,6 +317,7 @@ fn job_churn_leaves_the_exporters_memory_flat() {
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut python_sites = 0;
+    let mut peak_sites = 0.0f64;
     while started.elapsed() < Duration::from_secs(SECONDS) {
         std::thread::sleep(Duration::from_secs(5));
         samples.push((started.elapsed().as_secs_f64(), anon_rss_kb(serve.pid())));
@@ -324,6 +325,7 @@ fn job_churn_leaves_the_exporters_memory_flat() {
             let text = serve.metrics();
             let dropped = exposition_series(&text, "helios_trace_dropped_total");
             assert_eq!(dropped.get(r#"{what="sites"}"#), Some(&0.0), "a site went unnamed");
+            peak_sites = peak_sites.max(exposition_series(&text, "helios_trace_tracked_sites")[""]);
             python_sites += exposition_series(&text, "helios_trace_site_opened_total")
                 .keys()
                 .filter(|labels| labels.contains(r#"frame="job-"#) && labels.contains(".py:job_"))
@@ -343,6 +345,11 @@ fn job_churn_leaves_the_exporters_memory_flat() {
     // series are forgotten and the memory is handed back.
     std::thread::sleep(Duration::from_secs(30));
     let after = anon_rss_kb(serve.pid());
+    let sites_after = exposition_series(&serve.metrics(), "helios_trace_tracked_sites")[""];
+    assert!(
+        sites_after * 5.0 <= peak_sites,
+        "{sites_after} call sites remembered after the churn, {peak_sites} during it"
+    );
     eprintln!(
         "exporter RssAnon under job churn: {warm} kB after warm-up, {end} kB at the end, {after} kB 30 s after; {samples:?}"
     );

@@ -16,6 +16,8 @@ pub(crate) struct SelfMetrics {
     pub(crate) events_lost: u64,
     pub(crate) tracked_processes: u64,
     pub(crate) tracked_fds: u64,
+    /// Call sites whose frames are remembered (held, or idle within `--retention`).
+    pub(crate) tracked_sites: u64,
     pub(crate) corrections: Corrections,
     /// What --max-processes / --max-fds kept out of the table.
     pub(crate) dropped: Dropped,
@@ -154,6 +156,11 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
     processes.set(own.tracked_processes as i64);
     let fds = IntGauge::new("helios_trace_tracked_fds", "Descriptors tracked, over all processes.")?;
     fds.set(own.tracked_fds as i64);
+    let sites = IntGauge::new(
+        "helios_trace_tracked_sites",
+        "Call sites whose frames are remembered: held by an open descriptor or a live process, or idle for less than --retention.",
+    )?;
+    sites.set(own.tracked_sites as i64);
     let corrections = counter_by(
         "helios_trace_reconcile_corrections_total",
         "Descriptors reconciliation with /proc added or removed.",
@@ -175,6 +182,7 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
     registry.register(Box::new(lost))?;
     registry.register(Box::new(processes))?;
     registry.register(Box::new(fds))?;
+    registry.register(Box::new(sites))?;
     registry.register(Box::new(corrections))?;
     registry.register(Box::new(dropped))?;
 
@@ -228,6 +236,7 @@ pub(crate) mod tests {
             events_lost: 3,
             tracked_processes: 2,
             tracked_fds: 9,
+            tracked_sites: 4,
             corrections: Corrections { added: 1, removed: 2 },
             dropped: Dropped { processes: 0, fds: 6 },
             sites_dropped: 4,
@@ -238,6 +247,7 @@ pub(crate) mod tests {
         assert_eq!(series(&text, "helios_trace_events_total")[r#"{event="open"}"#], 5.0);
         assert_eq!(series(&text, "helios_trace_events_lost_total")[""], 3.0);
         assert_eq!(series(&text, "helios_trace_tracked_fds")[""], 9.0);
+        assert_eq!(series(&text, "helios_trace_tracked_sites")[""], 4.0);
         assert_eq!(
             series(&text, "helios_trace_reconcile_corrections_total")[r#"{direction="removed"}"#],
             2.0
