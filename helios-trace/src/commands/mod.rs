@@ -77,13 +77,34 @@ fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The report file must be writable before an hour of tracing, not after.
+/// The report file must be writable before an hour of tracing, not after: the directory must
+/// take the temporary file the report is written to (then renamed over the file). The file
+/// itself is not touched: an earlier report stays whole until the new one replaces it, and
+/// survives a failed start, a crash or a kill.
 fn validate_output(output: Option<&Path>) -> Result<(), Failure> {
     if let Some(path) = output {
-        std::fs::File::create(path)
-            .map_err(|e| Failure::Usage(format!("cannot write the report to {}: {e}", path.display())))?;
+        let unwritable = |e: &dyn std::fmt::Display| {
+            Failure::Usage(format!("cannot write the report to {}: {e}", path.display()))
+        };
+        if path.is_dir() {
+            return Err(unwritable(&"it is a directory"));
+        }
+        // Dropped at once, and with it the probe file.
+        tempfile::Builder::new()
+            .prefix(".helios-trace-probe.")
+            .tempfile_in(report_directory(path))
+            .map_err(|e| unwritable(&e))?;
     }
     Ok(())
+}
+
+/// Where the report file's temporary file goes: beside it, so that the rename stays within
+/// one file system.
+pub(crate) fn report_directory(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// Records a ring buffer must hold at least, with `--stacks dwarf`: fewer, and nearly every
@@ -191,6 +212,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(validate_output(Some(&dir.path().join("r.json"))).is_ok());
         assert!(validate_output(None).is_ok());
+        // An earlier report is not touched by the check, and the check leaves nothing behind.
+        let earlier = dir.path().join("earlier.json");
+        std::fs::write(&earlier, "{\"earlier\": 1}").unwrap();
+        assert!(validate_output(Some(&earlier)).is_ok());
+        assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "{\"earlier\": 1}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(matches!(validate_output(Some(dir.path())), Err(Failure::Usage(_))), "a directory");
     }
 
     #[test]

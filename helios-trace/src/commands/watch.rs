@@ -171,14 +171,22 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
     }
 }
 
-/// Write beside the file, then rename over it: a reader never sees half a report.
+/// Write beside the file, then rename over it: a reader never sees half a report, and an earlier
+/// one is whole until then. The temporary file has a random name and is created exclusively (a
+/// symlink planted in the directory is not followed, which matters as root); it is removed if
+/// anything fails before the rename.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&temporary)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        // What File::create gave reports before (0666 less the usual umask).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(super::report_directory(path))?;
     writeln!(file, "{text}")?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -289,3 +289,48 @@ fn the_live_view_shows_the_leaking_site_and_quits_on_q() {
     assert!(sites_screen.contains(frame), "the live view named the site {frame}:\n{sites_screen}");
     work.exit();
 }
+
+/// `-o FILE` replaces an earlier report whole at the end, and only then: a start that fails and a
+/// session killed before its end leave the earlier report as it was.
+#[test]
+fn an_earlier_report_survives_a_failed_start_and_a_killed_session() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report = dir.path().join("report.json");
+    let earlier = "{\"helios_trace_report\": 1, \"earlier\": true}\n";
+    fs::write(&report, earlier).unwrap();
+    // A usage error (an unknown pid) after the output was checked.
+    let failed = Command::new(helios_trace_bin())
+        .args(["--pid", "999999999", "--format", "json", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(2), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_eq!(fs::read_to_string(&report).unwrap(), earlier, "a failed start leaves it");
+    // Attached and tracing, then killed.
+    let mut command = Command::new(helios_trace_bin());
+    command.args(["--view", "quiet", "-o"]).arg(&report);
+    let tracer = Tracer::start_with(command, &[]);
+    assert_eq!(fs::read_to_string(&report).unwrap(), earlier, "tracing leaves it");
+    signal(tracer.pid(), libc::SIGKILL);
+    drop(tracer);
+    assert_eq!(fs::read_to_string(&report).unwrap(), earlier, "a killed session leaves it");
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["report.json"], "no temporary file left behind");
+    // A session that ends replaces it whole.
+    let done = Command::new(helios_trace_bin())
+        .args(["--pid", &std::process::id().to_string(), "--duration", "1s", "--view", "quiet"])
+        .args(["--format", "json", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let json: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["helios_trace_report"], 1);
+    assert!(json.get("earlier").is_none());
+}
