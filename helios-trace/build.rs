@@ -18,7 +18,28 @@ use helios_trace_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    revision();
     build_ebpf(&out_dir)
+}
+
+/// The git revision built (`--version`, `helios_trace_build_info`), "unknown" outside a git
+/// checkout; rebuilt when HEAD moves.
+fn revision() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=HELIOS_TRACE_REVISION={revision}");
+    for reference in ["HEAD", "refs/heads", "packed-refs"] {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", reference]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }
 
 #[cfg(not(feature = "ebpf"))]

@@ -35,8 +35,11 @@ helios-trace exits with CMD's status (128+N when a signal N ended it). Ctrl-C an
 are passed on to CMD, --duration and q (with --view live) send it SIGTERM; a second request
 kills it.";
 
+/// `--version`: the package version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HELIOS_TRACE_REVISION"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "helios-trace", version, about, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
+#[command(name = "helios-trace", version = VERSION, about, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

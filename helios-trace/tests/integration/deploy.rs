@@ -172,6 +172,8 @@ fn the_dashboard_asks_for_exported_metrics_only() {
         "helios_trace_events_lost_total",
         "helios_trace_tracked_processes",
         "helios_trace_tracked_fds",
+        "helios_trace_tracked_sites",
+        "helios_trace_build_info",
         "helios_trace_reconcile_corrections_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -236,4 +238,21 @@ mount --rbind /proc "$R/host/proc" && exec chroot "$R" /usr/local/bin/helios-tra
     });
     leaker.exit();
     assert!(serve.stop().success());
+}
+
+/// `--version` names the git revision it was built from (so does `helios_trace_build_info`).
+#[test]
+fn the_version_names_the_git_revision() {
+    let out = Command::new(helios_trace_bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("helios-trace {} ({head})\n", env!("CARGO_PKG_VERSION"))
+    );
 }

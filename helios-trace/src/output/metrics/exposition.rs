@@ -185,6 +185,13 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
     registry.register(Box::new(sites))?;
     registry.register(Box::new(corrections))?;
     registry.register(Box::new(dropped))?;
+    // Which build runs where (the revision comes from build.rs): one series of value 1.
+    let build = IntGaugeVec::new(
+        Opts::new("helios_trace_build_info", "The version and git revision of this helios-trace, as 1."),
+        &["version", "revision"],
+    )?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("HELIOS_TRACE_REVISION")]).set(1);
+    registry.register(Box::new(build))?;
 
     // The conventional process metrics (names as the Prometheus client libraries export them).
     if let Some(usage) = own.usage {
@@ -256,5 +263,13 @@ pub(crate) mod tests {
         assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="sites"}"#], 4.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
+        let build = series(&text, "helios_trace_build_info");
+        let labels = format!(
+            r#"{{revision="{}",version="{}"}}"#,
+            env!("HELIOS_TRACE_REVISION"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(build.get(&labels), Some(&1.0), "{build:?}");
+        assert_ne!(env!("HELIOS_TRACE_REVISION"), "unknown", "built from a git checkout");
     }
 }
