@@ -1,5 +1,5 @@
 //! Builds the kernel programs (helios-trace-ebpf) for the bpf target with aya-build and leaves
-//! the object in OUT_DIR, where src/bpf/loader.rs embeds it: the binary alone is the whole tool.
+//! the object in OUT_DIR, where src/sys/loader.rs embeds it: the binary alone is the whole tool.
 //!
 //! Which toolchain builds them (README.md, "Quick start": what `cargo xtask setup` installs):
 //! - `HELIOS_TRACE_EBPF_TOOLCHAIN`, when set;

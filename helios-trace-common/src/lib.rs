@@ -135,7 +135,7 @@ pub const MAX_PYTHON_FRAME_READ: u32 = 128;
 pub const PY_NO_OFFSET: u32 = u32::MAX;
 
 /// Value of the `PYTHON_PROCS` map (key: tgid): where a CPython process keeps its thread
-/// states and frames, found and checked by userspace (helios-trace/src/python.rs). All
+/// states and frames, found and checked by userspace (helios-trace/src/resolve/python/). All
 /// offsets are in bytes from the start of the named struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

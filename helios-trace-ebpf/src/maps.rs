@@ -1,5 +1,5 @@
 //! Maps shared with userspace. Each is named by the constant of the same name in
-//! helios_trace_common::map_name, which is how helios-trace/src/bpf/loader.rs finds it.
+//! helios_trace_common::map_name, which is how helios-trace/src/sys/loader.rs finds it.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -45,7 +45,7 @@ shared_map! {
 
 shared_map! {
     /// CPython processes whose Python frames are walked at their descriptor calls: tgid -> where
-    /// their thread states and frames are (helios-trace/src/python.rs fills it).
+    /// their thread states and frames are (helios-trace/src/resolve/python/ fills it).
     PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
 }
 

@@ -1,5 +1,5 @@
 //! Python frames of the calling thread, read from a CPython process's own memory at its
-//! descriptor calls (the offsets come from userspace: helios-trace/src/python.rs), submitted as
+//! descriptor calls (the offsets come from userspace: helios-trace/src/resolve/python/), submitted as
 //! a `kind::PYTHON_STACK` record before the record they belong to.
 use core::ffi::c_void;
 

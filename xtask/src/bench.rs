@@ -58,7 +58,7 @@ impl Plan {
                 sites: 10_000,
                 startup_runs: 3,
                 python_ops: 3_000,
-                soak_seconds: 240,
+                soak_seconds: 250,
             }
         } else {
             Plan {

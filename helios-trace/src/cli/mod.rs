@@ -6,7 +6,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use helios_trace_common::stack_mode;
 
-use parse::{parse_duration, parse_interval, parse_ring_size, parse_stack_window};
+use parse::{parse_duration, parse_interval, parse_retention, parse_ring_size, parse_stack_window};
 
 mod parse;
 
@@ -180,7 +180,7 @@ pub(crate) struct TraceArgs {
     /// Forget a call site this long after nothing held it any more (nothing open there, no
     /// live process that used it), and drop the series of a workload this long after its last
     /// process exited: what the daemon keeps follows what runs now.
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_retention, default_value = "10m")]
     pub(crate) retention: Duration,
 }
 
@@ -260,6 +260,9 @@ mod tests {
         };
         assert_eq!(a.listen.to_string(), "127.0.0.1:9877");
         let err = Cli::try_parse_from(["helios-trace", "serve", "--retention", "forever"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["helios-trace", "--retention", "500ms"]).unwrap_err();
+        assert!(err.to_string().contains("at least 1s"), "{err}");
         assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["helios-trace", "--duration", "soon"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);

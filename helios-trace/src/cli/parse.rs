@@ -17,6 +17,16 @@ pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// Sites are forgotten and series exported once a second: a retention under a second would
+/// forget a site in the same batch as its last counts, before the exporter took them.
+pub(super) fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = parse_duration(text)?;
+    if retention < Duration::from_secs(1) {
+        return Err(format!("the retention must be at least 1s, not {text}"));
+    }
+    Ok(retention)
+}
+
 /// "16M", "512K", "1G" or bytes.
 fn parse_size(text: &str, example: &str) -> Result<u64, String> {
     let t = text.trim();

@@ -120,12 +120,17 @@ impl SiteStats {
         }
     }
 
-    /// A call site was made at `ts_ns` (its frames are now remembered): it is forgotten after
+    /// A call site was made or used at `ts_ns` (its frames are remembered): it is forgotten after
     /// the retention unless something holds it by then. (A site can be made without a
     /// descriptor ever being tracked there: the table was full, or the call failed.)
     pub(crate) fn made(&mut self, site: SiteId, ts_ns: u64) {
         if matches!(site, SiteId::Stack(_)) {
-            self.lives.entry(site).or_insert(Life { holders: 0, idle_since_ns: Some(ts_ns) });
+            let life = self.lives.entry(site).or_insert(Life { holders: 0, idle_since_ns: Some(ts_ns) });
+            // Used again (by a call that left nothing tracked, or as the native step of a
+            // Python site): its retention starts anew.
+            if life.holders == 0 {
+                life.idle_since_ns = Some(ts_ns);
+            }
         }
     }
 
@@ -216,6 +221,7 @@ fn hold(lives: &mut HashMap<SiteId, Life>, site: SiteId) {
 
 fn release(lives: &mut HashMap<SiteId, Life>, site: SiteId, ts_ns: u64) {
     if let Some(life) = lives.get_mut(&site) {
+        debug_assert!(life.holders > 0, "{site:?} released more often than held");
         life.holders = life.holders.saturating_sub(1);
         if life.holders == 0 {
             life.idle_since_ns = Some(ts_ns);

@@ -257,11 +257,17 @@ impl StackRegistry {
         self.frames.get(&site)
     }
 
-    /// Whether a site's frames are known here: the special sites always are (they have
-    /// none); a call site until it is forgotten. A process's cache of its stacks may name a
-    /// site forgotten since: then the site is made again from the stack.
+    /// Whether a process's cache of its stacks may answer with `site`: a call site until it is
+    /// forgotten (then it is made again from the stack); `site-limit` only while the registry
+    /// is still full (once sites were forgotten, a stack named so then gets its own site: a
+    /// leak of a long-lived process is named as soon as there is room); the other special
+    /// sites always (they have no frames).
     pub(crate) fn knows(&self, site: SiteId) -> bool {
-        !matches!(site, SiteId::Stack(_)) || self.frames.contains_key(&site)
+        match site {
+            SiteId::Stack(_) => self.frames.contains_key(&site),
+            SiteId::SiteLimit => self.frames.len() >= self.max_sites,
+            _ => true,
+        }
     }
 
     /// Let go of a call site's frames: nothing is open there and no live process used it for
@@ -559,6 +565,13 @@ mod tests {
         assert_eq!(site(&mut registry, 4), SiteId::SiteLimit);
         assert_eq!(site(&mut registry, 1), first, "known sites are still named");
         assert_eq!((registry.site_count(), registry.counts().sites_dropped), (2, 2));
+        assert_eq!(site(&mut registry, 3), SiteId::SiteLimit, "from the cache while full");
+        assert_eq!(registry.counts().sites_dropped, 2, "a cached answer is not counted again");
+        // Room again (a site forgotten): the same process's stack that was site-limit is named.
+        registry.forget_site(second);
+        let third = site(&mut registry, 3);
+        assert!(matches!(third, SiteId::Stack(_)) && third != first, "{third:?}");
+        assert_eq!(registry.counts().sites_dropped, 2);
     }
 
     /// The whole path on the captured sample (tests/data/unwind): a procfs of one process whose

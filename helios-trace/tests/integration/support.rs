@@ -403,7 +403,7 @@ pub fn reported_fds(report: &Value, pid: u32) -> BTreeMap<i32, String> {
 }
 
 /// Ground truth: what the kernel says `pid` has open, with kinds derived from the link
-/// targets and stat — written here independently of helios-trace's procscan.
+/// targets and stat — written here independently of helios-trace's sys/proc.
 pub fn proc_fds(pid: u32) -> BTreeMap<i32, String> {
     let dir = format!("/proc/{pid}/fd");
     let mut fds = BTreeMap::new();

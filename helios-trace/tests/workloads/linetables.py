@@ -1,4 +1,4 @@
-"""Line-table fixtures for helios-trace's unit tests (src/python.rs, lines::*).
+"""Line-table fixtures for helios-trace's unit tests (src/resolve/python/lines.rs).
 
 `python3 linetables.py PYTHON...` runs itself under each interpreter given and writes
 ../data/python-linetables.json: for a few code objects of each, the raw co_linetable, the first
