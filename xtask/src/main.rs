@@ -137,13 +137,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cargo_args.extend(args.iter().map(String::as_str));
             let env = [("HELIOS_TRACE_REQUIRE_BPF", "1")];
             if sh::is_root() {
-                sh::cargo(&cargo_args, &env)?;
+                sh::cargo_showing(&cargo_args, &env)?;
             } else {
                 eprintln!("xtask: the kernel tests load eBPF programs: running cargo test through sudo");
                 let mut args: Vec<String> =
                     vec!["env".into(), "HELIOS_TRACE_REQUIRE_BPF=1".into(), sh::cargo_path()];
                 args.extend(cargo_args.iter().map(|s| s.to_string()));
-                sh::check(sh::as_root("env", &args[1..]).current_dir(sh::workspace_root()))?;
+                sh::check_showing(sh::as_root("env", &args[1..]).current_dir(sh::workspace_root()))?;
             }
             // A short coverage-guided run of every parser; `cargo xtask fuzz` runs longer.
             if args.is_empty() {

@@ -1,7 +1,12 @@
 //! Running commands: say what runs, fail with the command's name.
+//!
+//! stdout is the result's: what setup, builds and installs print goes to stderr ([`check`]), so
+//! `cargo xtask run -- --format json > r.json` holds the report and nothing else, whatever setup
+//! had to install first. Only commands whose output is the result keep stdout
+//! ([`check_showing`]: the test runner).
 use std::{
     path::PathBuf,
-    process::{Command, ExitCode, ExitStatus},
+    process::{Command, ExitCode, ExitStatus, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,12 +26,21 @@ pub fn cargo_path() -> String {
 }
 
 pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    check(&mut cargo_command(args, env))
+}
+
+/// cargo whose output is the result (the test runner's summary lines).
+pub fn cargo_showing(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    check_showing(&mut cargo_command(args, env))
+}
+
+fn cargo_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(cargo_path());
     command.args(args).current_dir(workspace_root());
     for (key, value) in env {
         command.env(key, value);
     }
-    check(&mut command)
+    command
 }
 
 /// `program args` as root: directly when we are root, else through sudo.
@@ -42,7 +56,14 @@ pub fn as_root(program: &str, args: &[String]) -> Command {
     }
 }
 
+/// Run a step (setup, build, install), its stdout sent to our stderr; fail with its name.
 pub fn check(command: &mut Command) -> Result<()> {
+    command.stdout(Stdio::from(std::io::stderr()));
+    check_showing(command)
+}
+
+/// Run a command whose output is the result, stdout left as ours; fail with its name.
+pub fn check_showing(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");
     eprintln!("xtask: running {shown}");
     let status = command.status().with_context(|| format!("cannot start {shown}"))?;
