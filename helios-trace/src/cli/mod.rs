@@ -83,6 +83,11 @@ pub struct SessionArgs {
     /// snapshots update it too).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    /// Also write an SVG flame graph of the descriptors still open, by the stack that opened
+    /// them (width: open descriptors; a root per kind and process), to FILE (replaced
+    /// atomically, with the report).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) flamegraph: Option<PathBuf>,
     /// Refresh the live view, or print a summary line, this often.
     #[arg(long, value_parser = parse_interval, default_value = "2s")]
     pub(crate) interval: Duration,

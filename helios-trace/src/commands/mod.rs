@@ -81,10 +81,10 @@ fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
 /// take the temporary file the report is written to (then renamed over the file). The file
 /// itself is not touched: an earlier report stays whole until the new one replaces it, and
 /// survives a failed start, a crash or a kill.
-fn validate_output(output: Option<&Path>) -> Result<(), Failure> {
+fn validate_output(output: Option<&Path>, what: &str) -> Result<(), Failure> {
     if let Some(path) = output {
         let unwritable = |e: &dyn std::fmt::Display| {
-            Failure::Usage(format!("cannot write the report to {}: {e}", path.display()))
+            Failure::Usage(format!("cannot write the {what} to {}: {e}", path.display()))
         };
         if path.is_dir() {
             return Err(unwritable(&"it is a directory"));
@@ -203,22 +203,22 @@ mod tests {
 
     #[test]
     fn unwritable_output_is_a_usage_error() {
-        match validate_output(Some(Path::new("/nonexistent-dir/report.json"))) {
+        match validate_output(Some(Path::new("/nonexistent-dir/report.json")), "report") {
             Err(Failure::Usage(m)) => {
                 assert!(m.starts_with("cannot write the report to /nonexistent-dir"), "{m}")
             }
             other => panic!("{other:?}"),
         }
         let dir = tempfile::tempdir().unwrap();
-        assert!(validate_output(Some(&dir.path().join("r.json"))).is_ok());
-        assert!(validate_output(None).is_ok());
+        assert!(validate_output(Some(&dir.path().join("r.json")), "report").is_ok());
+        assert!(validate_output(None, "report").is_ok());
         // An earlier report is not touched by the check, and the check leaves nothing behind.
         let earlier = dir.path().join("earlier.json");
         std::fs::write(&earlier, "{\"earlier\": 1}").unwrap();
-        assert!(validate_output(Some(&earlier)).is_ok());
+        assert!(validate_output(Some(&earlier), "report").is_ok());
         assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "{\"earlier\": 1}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(matches!(validate_output(Some(dir.path())), Err(Failure::Usage(_))), "a directory");
+        assert!(matches!(validate_output(Some(dir.path()), "report"), Err(Failure::Usage(_))), "a directory");
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     let proc_root = Path::new("/proc");
     validate_pids(proc_root, &args.session.trace.pids)?;
     validate_trace(&args.session.trace)?;
-    validate_output(args.session.output.as_deref())?;
+    validate_output(args.session.output.as_deref(), "report")?;
+    validate_output(args.session.flamegraph.as_deref(), "flame graph")?;
     let program = launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
     let gated = launch::start_gated(program, &args.command, Identity::from_sudo())?;
     let mut settings = trace_settings(&args.session.trace);

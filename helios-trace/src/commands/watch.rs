@@ -19,6 +19,7 @@ use crate::{
     cli::{Format, SessionArgs, View},
     observe::session::{Tick, Tracing},
     output::{
+        flamegraph,
         live::{self, LiveView},
         report::{self, Report, text::to_text},
     },
@@ -30,7 +31,8 @@ pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
     let proc_root = Path::new("/proc");
     validate_pids(proc_root, &args.trace.pids)?;
     validate_trace(&args.trace)?;
-    validate_output(args.output.as_deref())?;
+    validate_output(args.output.as_deref(), "report")?;
+    validate_output(args.flamegraph.as_deref(), "flame graph")?;
     let tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
     privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
     runtime()?.block_on(session(args.clone(), tracing)).map_err(Failure::from)?;
@@ -160,8 +162,13 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
         (Format::Json, false) => report::to_json(report),
         (Format::Text, _) => to_text(report),
     };
+    if let Some(path) = &args.flamegraph {
+        let svg = flamegraph::svg(report).context("drawing the flame graph")?;
+        write_atomically(path, &svg)
+            .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
+    }
     match &args.output {
-        Some(path) => write_atomically(path, &text)
+        Some(path) => write_atomically(path, format!("{text}\n").as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display())),
         None => {
             let mut stdout = std::io::stdout().lock();
@@ -175,7 +182,7 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
 /// one is whole until then. The temporary file has a random name and is created exclusively (a
 /// symlink planted in the directory is not followed, which matters as root); it is removed if
 /// anything fails before the rename.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut file = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
@@ -183,7 +190,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         // What File::create gave reports before (0666 less the usual umask).
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(super::report_directory(path))?;
-    writeln!(file, "{text}")?;
+    file.write_all(bytes)?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -197,8 +204,8 @@ mod tests {
     fn reports_replace_the_output_file_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
-        write_atomically(&path, "{\"first\": 1}").unwrap();
-        write_atomically(&path, "{\"second\": 2}").unwrap();
+        write_atomically(&path, b"{\"first\": 1}\n").unwrap();
+        write_atomically(&path, b"{\"second\": 2}\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"second\": 2}\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }

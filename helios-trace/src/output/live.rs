@@ -623,8 +623,9 @@ fn draw_loop(
     }
 }
 
+/// Report builders shared with the other outputs' tests (flamegraph.rs).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use ratatui::backend::TestBackend;
@@ -632,7 +633,13 @@ mod tests {
     use super::*;
     use crate::model::{counts::EventCounts, fd::FdKind, fdtable::Corrections};
 
-    fn site(id: &str, kind: FdKind, open: u64, growth: Option<f64>, suspected: bool) -> SiteReport {
+    pub(crate) fn site(
+        id: &str,
+        kind: FdKind,
+        open: u64,
+        growth: Option<f64>,
+        suspected: bool,
+    ) -> SiteReport {
         SiteReport {
             site: id.to_string(),
             kind,
@@ -657,7 +664,7 @@ mod tests {
         }
     }
 
-    fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
+    pub(crate) fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         ProcessReport {
             pid,
             comm: comm.to_string(),
@@ -775,7 +782,7 @@ mod tests {
         );
     }
 
-    fn empty_report() -> Report {
+    pub(crate) fn empty_report() -> Report {
         Report {
             helios_trace_report: 1,
             started_at: "2026-03-14T08:47:00Z".into(),

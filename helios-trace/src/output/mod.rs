@@ -2,6 +2,7 @@
 //! (build and text), metrics (aggregation and exposition), the HTTP server, the live view, and
 //! number formatting. Outputs see the model only: what /proc knows reaches them through what
 //! they are handed.
+pub(crate) mod flamegraph;
 pub(crate) mod format;
 pub(crate) mod http;
 pub(crate) mod live;

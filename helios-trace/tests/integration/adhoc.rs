@@ -334,3 +334,26 @@ fn an_earlier_report_survives_a_failed_start_and_a_killed_session() {
     assert_eq!(json["helios_trace_report"], 1);
     assert!(json.get("earlier").is_none());
 }
+
+/// `--flamegraph FILE`: an SVG of what is open, by the stack that opened it; the leaking
+/// function of a native leaker is in it, as wide as what it leaked.
+#[test]
+fn the_flame_graph_names_the_leaking_function() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let svg = dir.path().join("open.svg");
+    let mut leaker = Workload::spawn_command(Command::new(leaker_bin()));
+    let mut command = Command::new(helios_trace_bin());
+    command.args(["--view", "quiet", "--pid", &leaker.pid.to_string(), "--flamegraph"]).arg(&svg);
+    let tracer = Tracer::start_with(command, &[]);
+    assert_eq!(leaker.run("files 7").len(), 7);
+    let report = tracer.stop();
+    assert!(process(&report, leaker.pid).is_some(), "{report}");
+    let text = fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("</svg>"), "a whole SVG");
+    assert!(text.contains("leak_file"), "the leaking function is named: {text}");
+    assert!(text.contains("7 descriptors"), "as wide as what it leaked");
+    leaker.exit();
+}
