@@ -377,7 +377,7 @@ fn an_acyclic_tree_with_allowed_imports_passes() {
 fn a_cycle_between_top_level_modules_fails() {
     let files = [
         ("engine.rs", "use crate::report::Corrections;"),
-        ("report.rs", "fn f() -> crate::engine::ExitedProcess { todo!() }"),
+        ("report.rs", "fn f() -> crate::engine::ExitedProcess { loop {} }"),
         ("trend.rs", "use crate::{fd::FdKind, report::human_duration};"),
         ("fd.rs", ""),
     ];
