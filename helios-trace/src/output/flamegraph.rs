@@ -1,15 +1,16 @@
 //! A flame graph of what is open: one bar per call stack, as wide as the descriptors still open
-//! from it, under a root per kind and process, so a leak is the widest tower and its top is the
-//! code that opened it. Built from the report (so it shows what the report shows), drawn by
-//! inferno (the Rust port of Brendan Gregg's flamegraph.pl) from the "collapsed stack" lines
-//! it reads: `root;caller;...;callee COUNT`.
+//! from it, under a root per kind and process (or workload, for serve), so a leak is the widest
+//! tower and its top is the code that opened it. Built from the report (`--flamegraph`) or the
+//! exporter's snapshot (`/flamegraph.svg`), so it shows what they show; drawn by inferno (the
+//! Rust port of Brendan Gregg's flamegraph.pl) from the "collapsed stack" lines it reads:
+//! `root;caller;...;callee COUNT`.
 use std::fmt::Write as _;
 
 use inferno::flamegraph::{self, Options};
 
 use crate::{
     model::frame::{Frame, frame_label},
-    output::report::Report,
+    output::{metrics::aggregate::Exported, report::Report},
 };
 
 /// The collapsed-stack lines: `kind;comm (pid);outermost frame;...;innermost frame open`, for
@@ -23,9 +24,35 @@ pub(crate) fn collapsed(report: &Report) -> Vec<String> {
             if site.frames.is_empty() {
                 let _ = write!(line, ";{}", name(&site.site));
             }
-            // Frames are innermost first; a flame graph's stacks start at the root.
-            for frame in site.frames.iter().rev() {
-                let _ = write!(line, ";{}", name(&label(frame)));
+            push_frames(&mut line, &site.frames);
+            let _ = write!(line, " {}", site.open);
+            lines.push(line);
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The same from the exporter's snapshot: `kind;comm [workload];...` for every exported site
+/// with descriptors open (the folded ones as one bar, `other`).
+pub(crate) fn collapsed_exported(exported: &Exported) -> Vec<String> {
+    let mut lines = Vec::new();
+    for group in &exported.groups {
+        let workload =
+            [&group.key.workload.container_id, &group.key.workload.pod_uid, &group.key.workload.unit]
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|w| format!(" [{w}]"))
+                .unwrap_or_default();
+        for site in group.sites.iter().filter(|s| s.open > 0) {
+            let mut line = format!("{};{}{workload}", site.kind.as_str(), name(&group.key.comm));
+            match site.site.and_then(|id| exported.sites.get(&id)) {
+                Some(known) if !known.frames.is_empty() => push_frames(&mut line, &known.frames),
+                Some(known) => {
+                    let _ = write!(line, ";{}", name(&known.site));
+                }
+                None => line.push_str(";other"),
             }
             let _ = write!(line, " {}", site.open);
             lines.push(line);
@@ -35,9 +62,20 @@ pub(crate) fn collapsed(report: &Report) -> Vec<String> {
     lines
 }
 
-/// The SVG of [`collapsed`].
+/// Frames are innermost first; a flame graph's stacks start at the root.
+fn push_frames(line: &mut String, frames: &[Frame]) {
+    for frame in frames.iter().rev() {
+        let _ = write!(line, ";{}", name(&label(frame)));
+    }
+}
+
+/// The SVG of the report's [`collapsed`] lines.
 pub(crate) fn svg(report: &Report) -> std::io::Result<Vec<u8>> {
-    let lines = collapsed(report);
+    draw(collapsed(report))
+}
+
+/// The SVG of collapsed-stack lines.
+pub(crate) fn draw(lines: Vec<String>) -> std::io::Result<Vec<u8>> {
     let mut options = Options::default();
     options.title = "helios-trace: open descriptors by the stack that opened them".to_string();
     options.count_name = "descriptors".to_string();

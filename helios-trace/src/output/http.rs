@@ -1,5 +1,5 @@
-//! The exporter's HTTP side (ARCHITECTURE.md, "Contracts: HTTP"): `GET /metrics`, `/healthz`
-//! and `/sites`, nothing else, and no attack surface: at most
+//! The exporter's HTTP side (ARCHITECTURE.md, "Contracts: HTTP"): `GET /metrics`, `/healthz`,
+//! `/sites` and `/flamegraph.svg`, nothing else, and no attack surface: at most
 //! [`ServerLimits::max_connections`] connections at a time (more are closed at once), one
 //! request per connection, request headers bounded in size and in the time they may take to
 //! arrive, every connection cut after [`ServerLimits::connection_timeout`] (a client that does
@@ -31,9 +31,12 @@ use hyper_util::{
 use log::{debug, warn};
 use tokio::{net::TcpListener, sync::Semaphore, sync::watch};
 
-use crate::output::metrics::{
-    aggregate::{Exported, SiteFrames},
-    exposition::{self, SelfMetrics},
+use crate::output::{
+    flamegraph,
+    metrics::{
+        aggregate::{Exported, SiteFrames},
+        exposition::{self, SelfMetrics},
+    },
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -71,11 +74,19 @@ pub(crate) struct Snapshot {
     taken: Instant,
     metrics_text: OnceLock<Result<Bytes, String>>,
     sites_json: OnceLock<Bytes>,
+    flamegraph_svg: OnceLock<Result<Bytes, String>>,
 }
 
 impl Snapshot {
     pub(crate) fn new(exported: Exported, own: SelfMetrics, taken: Instant) -> Snapshot {
-        Snapshot { exported, own, taken, metrics_text: OnceLock::new(), sites_json: OnceLock::new() }
+        Snapshot {
+            exported,
+            own,
+            taken,
+            metrics_text: OnceLock::new(),
+            sites_json: OnceLock::new(),
+            flamegraph_svg: OnceLock::new(),
+        }
     }
 
     /// The text exposition of this snapshot, rendered once.
@@ -103,6 +114,19 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// A flame graph of what is open now, by the stack that opened it, drawn once.
+    pub(crate) fn flamegraph_svg(&self) -> Result<Bytes, String> {
+        self.flamegraph_svg
+            .get_or_init(|| {
+                flamegraph::draw(flamegraph::collapsed_exported(&self.exported))
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
 /// Where handlers find the last snapshot: `None` until the tracer is attached.
 pub(crate) type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
 
@@ -123,6 +147,7 @@ pub(crate) fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/sites", get(sites))
+        .route("/flamegraph.svg", get(flamegraph_svg))
         .layer(middleware::from_fn(refuse_bodies))
         .with_state(AppState { snapshots, limits })
 }
@@ -198,6 +223,16 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
 async fn sites(State(state): State<AppState>) -> Response {
     let Some(snapshot) = state.current() else { return not_ready() };
     with_type(snapshot.sites_json(), "application/json")
+}
+
+async fn flamegraph_svg(State(state): State<AppState>) -> Response {
+    let Some(snapshot) = state.current() else { return not_ready() };
+    match snapshot.flamegraph_svg() {
+        Ok(svg) => with_type(svg, "image/svg+xml"),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot draw the flame graph: {e}\n")).into_response()
+        }
+    }
 }
 
 /// Ready once attached; failing again if the tracing loop stops publishing (stuck), so that

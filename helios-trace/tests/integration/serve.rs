@@ -395,6 +395,10 @@ fn runs_with_only_the_daemonsets_capabilities() {
         (total == truth.len() as f64).then_some(())
     });
     assert_eq!(serve.get("/healthz"), (200, "ok\n".to_string()));
+    // The node's flame graph of what is open names the leaking function.
+    let (status, svg) = serve.get("/flamegraph.svg");
+    assert_eq!(status, 200);
+    assert!(svg.contains("leak_socket") && svg.contains("4 descriptors"), "{svg}");
     leaker.exit();
     assert!(serve.stop().success());
 }

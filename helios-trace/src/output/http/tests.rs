@@ -91,7 +91,7 @@ fn read_until_closed(stream: &mut TcpStream) -> String {
 }
 
 #[test]
-fn serves_the_three_paths_and_nothing_else() {
+fn serves_the_four_paths_and_nothing_else() {
     let server = Server::start();
     assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap().0, 503, "not ready before the first snapshot");
     assert_eq!(http_get(&server.url("/metrics"), &[]).unwrap().0, 503);
@@ -103,6 +103,9 @@ fn serves_the_three_paths_and_nothing_else() {
     assert!(body.contains("helios_trace_events_lost_total 2\n"), "{body}");
     let (status, body) = http_get(&server.url("/sites"), &[]).unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"sites":[]}"#));
+    let (status, body) = http_get(&server.url("/flamegraph.svg"), &[]).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("<svg") && body.contains("nothing open"), "{body}");
     assert_eq!(http_get(&server.url("/"), &[]).unwrap().0, 404);
     assert_eq!(http_get(&server.url("/metrics/x"), &[]).unwrap().0, 404);
 
