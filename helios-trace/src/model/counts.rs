@@ -23,3 +23,12 @@ pub(crate) struct EventCounts {
     /// under the site `site-limit`.
     pub(crate) sites_dropped: u64,
 }
+
+/// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
+/// are on (`kernel.bpf_stats_enabled`; struct bpf_prog_info's run_cnt and run_time_ns).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProgramRuns {
+    pub(crate) program: String,
+    pub(crate) runs: u64,
+    pub(crate) run_ns: u64,
+}

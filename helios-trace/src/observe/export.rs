@@ -93,6 +93,11 @@ impl Exporter {
             corrections: tracing.corrections(),
             dropped: engine.table().dropped(),
             usage: proc::usage(&self.proc_root, std::process::id()),
+            programs: if proc::bpf_stats_enabled(&self.proc_root) {
+                tracing.program_runs()
+            } else {
+                Vec::new()
+            },
         };
         publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));
     }

@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use crate::{
     model::{
-        counts::EventCounts,
+        counts::{EventCounts, ProgramRuns},
         fdtable::{Corrections, TableLimits},
         history::{History, ProcessSample},
     },
@@ -294,6 +294,12 @@ impl Tracing {
         if fixed.added + fixed.removed > 0 {
             log::info!("reconciliation corrected {} added, {} removed", fixed.added, fixed.removed);
         }
+    }
+
+    /// Runs and run time of each kernel program (counted while the kernel's BPF statistics
+    /// are on).
+    pub(crate) fn program_runs(&self) -> Vec<ProgramRuns> {
+        self.tracer.program_runs()
     }
 
     pub(crate) fn event_counts(&self) -> EventCounts {

@@ -16,7 +16,7 @@ use helios_trace_common::{PythonOffsets, SETTINGS_GLOBAL, Settings, counter, map
 use log::{info, warn};
 
 use super::checks;
-use crate::sys::syscalls::SyscallTable;
+use crate::{model::counts::ProgramRuns, sys::syscalls::SyscallTable};
 
 /// The kernel programs, built by build.rs for the bpf target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helios-trace"));
@@ -63,7 +63,8 @@ impl TraceConfig {
 
 /// Loaded and attached programs; dropping it detaches everything.
 pub(crate) struct Tracer {
-    _ebpf: Ebpf,
+    /// Owns the programs and their links: dropping it detaches everything.
+    ebpf: Ebpf,
     stacks: StackTraceMap<MapData>,
     /// CPython processes whose frames the kernel walks (resolve/python).
     python: BpfHashMap<MapData, u32, PythonOffsets>,
@@ -193,7 +194,7 @@ impl Tracer {
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, map_name::STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_name::COUNTERS)?)?;
         let python = BpfHashMap::try_from(take_map(&mut ebpf, map_name::PYTHON_PROCS)?)?;
-        Ok((Tracer { _ebpf: ebpf, stacks, python, counters, attached }, events))
+        Ok((Tracer { ebpf, stacks, python, counters, attached }, events))
     }
 
     /// "category/name" of every tracepoint attached.
@@ -218,6 +219,25 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// Runs and run time of each of our programs, as the kernel counts them while its BPF
+    /// statistics are on (zero otherwise); a program whose info cannot be read is left out.
+    pub(crate) fn program_runs(&self) -> Vec<ProgramRuns> {
+        let mut runs: Vec<ProgramRuns> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramRuns {
+                    program: name.to_string(),
+                    runs: info.run_count(),
+                    run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        runs.sort_by(|a, b| a.program.cmp(&b.program));
+        runs
     }
 
     pub(crate) fn counters(&self) -> KernelCounters {

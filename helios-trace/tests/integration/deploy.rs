@@ -174,6 +174,8 @@ fn the_dashboard_asks_for_exported_metrics_only() {
         "helios_trace_tracked_fds",
         "helios_trace_tracked_sites",
         "helios_trace_build_info",
+        "helios_trace_bpf_program_runs_total",
+        "helios_trace_bpf_program_run_seconds_total",
         "helios_trace_reconcile_corrections_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

@@ -448,3 +448,28 @@ fn a_full_table_keeps_the_oldest_and_counts_what_it_drops() {
     leaker.exit();
     assert!(serve.stop().success());
 }
+
+/// With the kernel's BPF statistics on, each kernel program's runs and time are exported (what
+/// helios-trace costs, next to what it finds); with them off, no such series.
+#[test]
+fn kernel_program_costs_are_exported_while_bpf_statistics_are_on() {
+    if !require_bpf() {
+        return;
+    }
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let mut w = Workload::spawn();
+    let serve = Serve::start(&["--pid", &w.pid.to_string()]);
+    assert!(!serve.metrics().contains("helios_trace_bpf_program_runs_total{"), "statistics are off");
+    let before = fs::read_to_string(SYSCTL).unwrap();
+    fs::write(SYSCTL, "1").unwrap();
+    w.run("churn 20");
+    let runs = wait_for("the programs' runs in /metrics", Duration::from_secs(10), || {
+        let runs = exposition_series(&serve.metrics(), "helios_trace_bpf_program_runs_total");
+        runs.get(r#"{program="fd_syscall_exit"}"#).copied().filter(|n| *n >= 20.0).map(|_| runs)
+    });
+    let seconds = exposition_series(&serve.metrics(), "helios_trace_bpf_program_run_seconds_total");
+    fs::write(SYSCTL, before.trim()).unwrap();
+    assert!(seconds[r#"{program="fd_syscall_exit"}"#] > 0.0, "{seconds:?}");
+    assert!(runs.contains_key(r#"{program="close_enter"}"#), "{runs:?}");
+    w.exit();
+}

@@ -1,10 +1,13 @@
 //! The Prometheus exposition of one snapshot (ARCHITECTURE.md, "Contracts: Metrics"): a fresh
 //! registry per snapshot, holding the aggregated series (aggregate.rs) and the tracer's own
 //! numbers, rendered in the text format.
-use prometheus::{Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Counter, CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use super::aggregate::Exported;
 use crate::model::{
+    counts::ProgramRuns,
     fdtable::{Corrections, Dropped},
     resources::Usage,
 };
@@ -26,6 +29,9 @@ pub(crate) struct SelfMetrics {
     /// Stacks the kernel could not capture (stack map collisions or full, unreadable stacks).
     pub(crate) stack_errors: u64,
     pub(crate) usage: Option<Usage>,
+    /// Each kernel program's runs and run time, while the kernel's BPF statistics are on
+    /// (empty otherwise: no series rather than zeros that would read as "free").
+    pub(crate) programs: Vec<ProgramRuns>,
 }
 
 /// A counter with one label, a series per (value, count).
@@ -185,6 +191,29 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
     registry.register(Box::new(sites))?;
     registry.register(Box::new(corrections))?;
     registry.register(Box::new(dropped))?;
+    // What each kernel program costs, the way ebpf_exporter shows it.
+    if !own.programs.is_empty() {
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "helios_trace_bpf_program_runs_total",
+                "Runs of each kernel program (while kernel.bpf_stats_enabled is 1).",
+            ),
+            &["program"],
+        )?;
+        let seconds = CounterVec::new(
+            Opts::new(
+                "helios_trace_bpf_program_run_seconds_total",
+                "Time spent in each kernel program (while kernel.bpf_stats_enabled is 1).",
+            ),
+            &["program"],
+        )?;
+        for p in &own.programs {
+            runs.with_label_values(&[p.program.as_str()]).inc_by(p.runs);
+            seconds.with_label_values(&[p.program.as_str()]).inc_by(p.run_ns as f64 / 1e9);
+        }
+        registry.register(Box::new(runs))?;
+        registry.register(Box::new(seconds))?;
+    }
     // Which build runs where (the revision comes from build.rs): one series of value 1.
     let build = IntGaugeVec::new(
         Opts::new("helios_trace_build_info", "The version and git revision of this helios-trace, as 1."),
@@ -249,8 +278,20 @@ pub(crate) mod tests {
             sites_dropped: 4,
             stack_errors: 0,
             usage: Some(Usage { cpu_seconds: 1.5, resident_bytes: 4096, virtual_bytes: 8192, open_fds: 7 }),
+            programs: vec![ProgramRuns {
+                program: "fd_syscall_exit".into(),
+                runs: 10,
+                run_ns: 2_500_000_000,
+            }],
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
+        let program = r#"{program="fd_syscall_exit"}"#;
+        assert_eq!(series(&text, "helios_trace_bpf_program_runs_total")[program], 10.0);
+        assert_eq!(series(&text, "helios_trace_bpf_program_run_seconds_total")[program], 2.5);
+        // Statistics off: no series at all, rather than zeros that would read as free.
+        let off = SelfMetrics { programs: Vec::new(), ..own.clone() };
+        let text_off = render(&registry(&Exported::default(), &off).unwrap()).unwrap();
+        assert!(!text_off.contains("helios_trace_bpf_program"), "{text_off}");
         assert_eq!(series(&text, "helios_trace_events_total")[r#"{event="open"}"#], 5.0);
         assert_eq!(series(&text, "helios_trace_events_lost_total")[""], 3.0);
         assert_eq!(series(&text, "helios_trace_tracked_fds")[""], 9.0);

@@ -66,6 +66,12 @@ pub(crate) fn cgroup(root: &Path, pid: u32) -> Option<String> {
     fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()
 }
 
+/// Whether the kernel counts its BPF programs' runs and run time (`sysctl kernel.bpf_stats_enabled`,
+/// off by default: it costs a little per run of every program).
+pub(crate) fn bpf_stats_enabled(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("sys/kernel/bpf_stats_enabled")).is_ok_and(|v| v.trim() == "1")
+}
+
 /// What a process costs now (the exporter's own `process_*` metrics).
 pub(crate) fn usage(root: &Path, pid: u32) -> Option<Usage> {
     let process = Process::new_with_root(root.join(pid.to_string())).ok()?;
