@@ -337,8 +337,8 @@ fn job_churn_leaves_the_exporters_memory_flat() {
     assert!(said.contains(" failed 0"), "every job ran: {said}");
     assert!(python_sites > 0, "the jobs' own Python lines were named");
     // After warm-up (the retention's worth of sites is held, 20 s) against the last half minute.
-    // What is held at once moves with how the jobs overlap on a loaded machine (seen: ±8 MB);
-    // before the fix the same two minutes added 30 to 150 MB.
+    // What is held at once moves with how the jobs overlap on a loaded machine (seen: 43 to
+    // 59 MB with six interpreters); before the fix the same two minutes added 30 to 150 MB.
     let warm = median_kb(&samples, 40.0, 70.0);
     let end = median_kb(&samples, 150.0, 181.0);
     // Nothing holds the jobs' sites once the last has gone for the retention: their frames and
@@ -353,7 +353,7 @@ fn job_churn_leaves_the_exporters_memory_flat() {
     eprintln!(
         "exporter RssAnon under job churn: {warm} kB after warm-up, {end} kB at the end, {after} kB 30 s after; {samples:?}"
     );
-    assert!(end <= warm + 8 * 1024, "grew {} kB in under two minutes of churn", end.saturating_sub(warm));
+    assert!(end <= warm + 12 * 1024, "grew {} kB in under two minutes of churn", end.saturating_sub(warm));
     assert!(after <= warm + 1024, "{after} kB kept after the churn, {warm} kB during it");
     drop(serve);
 }
