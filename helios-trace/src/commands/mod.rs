@@ -21,6 +21,7 @@ use crate::{
     sys::{cgroups, checks::CheckError, proc},
 };
 
+mod files;
 pub mod run;
 pub mod serve;
 pub mod watch;
@@ -81,30 +82,23 @@ fn validate_pids(proc_root: &Path, pids: &[u32]) -> Result<(), Failure> {
 /// take the temporary file the report is written to (then renamed over the file). The file
 /// itself is not touched: an earlier report stays whole until the new one replaces it, and
 /// survives a failed start, a crash or a kill.
-fn validate_output(output: Option<&Path>, what: &str) -> Result<(), Failure> {
+fn validate_output(files: &files::Files, output: Option<&Path>, what: &str) -> Result<(), Failure> {
     if let Some(path) = output {
-        let unwritable = |e: &dyn std::fmt::Display| {
-            Failure::Usage(format!("cannot write the {what} to {}: {e}", path.display()))
-        };
-        if path.is_dir() {
-            return Err(unwritable(&"it is a directory"));
-        }
-        // Dropped at once, and with it the probe file.
-        tempfile::Builder::new()
-            .prefix(".helios-trace-probe.")
-            .tempfile_in(report_directory(path))
-            .map_err(|e| unwritable(&e))?;
+        files
+            .check(path)
+            .map_err(|e| Failure::Usage(format!("cannot write the {what} to {}: {e}", path.display())))?;
     }
     Ok(())
 }
 
-/// Where the report file's temporary file goes: beside it, so that the rename stays within
-/// one file system.
-pub(crate) fn report_directory(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
+/// The writer of a session's files (`outputs`: the files asked for): under sudo a child that is
+/// the invoking user. First thing in a command: it forks, which must happen while this process
+/// has one thread.
+fn start_files(outputs: &[Option<&Path>]) -> Result<files::Files, Failure> {
+    let identity =
+        outputs.iter().any(Option::is_some).then(crate::sys::launch::Identity::from_sudo).flatten();
+    files::Files::start(identity)
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("cannot start the file writer")))
 }
 
 /// Records a ring buffer must hold at least, with `--stacks dwarf`: fewer, and nearly every
@@ -203,22 +197,29 @@ mod tests {
 
     #[test]
     fn unwritable_output_is_a_usage_error() {
-        match validate_output(Some(Path::new("/nonexistent-dir/report.json")), "report") {
+        match validate_output(&files::Files::Here, Some(Path::new("/nonexistent-dir/report.json")), "report")
+        {
             Err(Failure::Usage(m)) => {
                 assert!(m.starts_with("cannot write the report to /nonexistent-dir"), "{m}")
             }
             other => panic!("{other:?}"),
         }
         let dir = tempfile::tempdir().unwrap();
-        assert!(validate_output(Some(&dir.path().join("r.json")), "report").is_ok());
-        assert!(validate_output(None, "report").is_ok());
+        assert!(validate_output(&files::Files::Here, Some(&dir.path().join("r.json")), "report").is_ok());
+        assert!(validate_output(&files::Files::Here, None, "report").is_ok());
         // An earlier report is not touched by the check, and the check leaves nothing behind.
         let earlier = dir.path().join("earlier.json");
         std::fs::write(&earlier, "{\"earlier\": 1}").unwrap();
-        assert!(validate_output(Some(&earlier), "report").is_ok());
+        assert!(validate_output(&files::Files::Here, Some(&earlier), "report").is_ok());
         assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "{\"earlier\": 1}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(matches!(validate_output(Some(dir.path()), "report"), Err(Failure::Usage(_))), "a directory");
+        assert!(
+            matches!(
+                validate_output(&files::Files::Here, Some(dir.path()), "report"),
+                Err(Failure::Usage(_))
+            ),
+            "a directory"
+        );
     }
 
     #[test]

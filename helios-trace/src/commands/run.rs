@@ -8,7 +8,9 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
-    Failure, runtime, trace_settings, validate_output, validate_pids, validate_trace,
+    Failure,
+    files::Files,
+    runtime, start_files, trace_settings, validate_output, validate_pids, validate_trace,
     watch::{Progress, drive, emit},
 };
 use crate::{
@@ -26,11 +28,12 @@ const RUN_KEEPS_EXITED: usize = 256;
 
 /// `helios-trace run`.
 pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
+    let files = start_files(&[args.session.output.as_deref(), args.session.flamegraph.as_deref()])?;
     let proc_root = Path::new("/proc");
     validate_pids(proc_root, &args.session.trace.pids)?;
     validate_trace(&args.session.trace)?;
-    validate_output(args.session.output.as_deref(), "report")?;
-    validate_output(args.session.flamegraph.as_deref(), "flame graph")?;
+    validate_output(&files, args.session.output.as_deref(), "report")?;
+    validate_output(&files, args.session.flamegraph.as_deref(), "flame graph")?;
     let program = launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
     let gated = launch::start_gated(program, &args.command, Identity::from_sudo())?;
     let mut settings = trace_settings(&args.session.trace);
@@ -41,13 +44,13 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     let mut keep = privileges::needed_by(settings.kernel_stacks);
     keep.push(caps::Capability::CAP_KILL);
     privileges::drop_after_attach(&keep)?;
-    let status = runtime()?.block_on(run_command(args.clone(), gated, tracing))?;
+    let status = runtime()?.block_on(run_command(args.clone(), gated, tracing, &files))?;
     Ok(ExitCode::from(status))
 }
 
 /// `helios-trace run`, once `tracing` (targeting the gated command) is attached: the exit code
 /// to leave with (CMD's).
-async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing) -> Result<u8> {
+async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &Files) -> Result<u8> {
     let session = &args.session;
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -91,12 +94,12 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing) -> Resul
             }
         }
     };
-    drive(&mut tracing, session, stop, &mut snapshot, &mut progress).await?;
+    drive(&mut tracing, session, files, stop, &mut snapshot, &mut progress).await?;
     progress.finish();
     let status = running.status();
     let mut report = tracing.report(session.list_fds);
     report.command = Some(command_report(argv, pid, status));
-    emit(&report, session, false)?;
+    emit(&report, session, files, false)?;
     Ok(status.map(launch::exit_code).unwrap_or(1))
 }
 

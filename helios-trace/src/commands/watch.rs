@@ -14,7 +14,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Failure, runtime, stop_signal, trace_settings, validate_output, validate_pids, validate_trace};
+use super::{
+    Failure, files::Files, runtime, start_files, stop_signal, trace_settings, validate_output, validate_pids,
+    validate_trace,
+};
 use crate::{
     cli::{Format, SessionArgs, View},
     observe::session::{Tick, Tracing},
@@ -28,19 +31,20 @@ use crate::{
 
 /// `helios-trace [OPTIONS]`.
 pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
+    let files = start_files(&[args.output.as_deref(), args.flamegraph.as_deref()])?;
     let proc_root = Path::new("/proc");
     validate_pids(proc_root, &args.trace.pids)?;
     validate_trace(&args.trace)?;
-    validate_output(args.output.as_deref(), "report")?;
-    validate_output(args.flamegraph.as_deref(), "flame graph")?;
+    validate_output(&files, args.output.as_deref(), "report")?;
+    validate_output(&files, args.flamegraph.as_deref(), "flame graph")?;
     let tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
     privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
-    runtime()?.block_on(session(args.clone(), tracing)).map_err(Failure::from)?;
+    runtime()?.block_on(session(args.clone(), tracing, &files)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `helios-trace [OPTIONS]`, once `tracing` is attached.
-async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
+async fn session(args: SessionArgs, mut tracing: Tracing, files: &Files) -> Result<()> {
     // Handlers before we say "attached": a signal that arrives then must not kill us.
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let stop = stop_signal(args.duration)?;
@@ -61,15 +65,16 @@ async fn session(args: SessionArgs, mut tracing: Tracing) -> Result<()> {
             () = quit.notified() => {}
         }
     };
-    drive(&mut tracing, &args, stop, &mut snapshot, &mut progress).await?;
+    drive(&mut tracing, &args, files, stop, &mut snapshot, &mut progress).await?;
     progress.finish();
-    emit(&tracing.report(args.list_fds), &args, false)
+    emit(&tracing.report(args.list_fds), &args, files, false)
 }
 
 /// Trace until `stop`, showing progress; SIGUSR1 writes a report and tracing goes on.
 pub(super) async fn drive(
     tracing: &mut Tracing,
     args: &SessionArgs,
+    files: &Files,
     stop: impl Future<Output = ()>,
     snapshot: &mut Signal,
     progress: &mut Progress,
@@ -83,7 +88,7 @@ pub(super) async fn drive(
                 if progress.holds_stdout() && args.output.is_none() {
                     log::info!("SIGUSR1: the live view holds stdout; use --output FILE for snapshots");
                 } else {
-                    emit(&tracing.report(args.list_fds), args, true)?;
+                    emit(&tracing.report(args.list_fds), args, files, true)?;
                 }
             }
         }
@@ -156,7 +161,7 @@ impl Progress {
 
 /// Write a report to `--output` (replacing the file atomically) or stdout. A snapshot on stdout
 /// in JSON is one line, so a reader can take one report per line.
-pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Result<()> {
+pub(super) fn emit(report: &Report, args: &SessionArgs, files: &Files, snapshot: bool) -> Result<()> {
     let text = match (args.format, snapshot && args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),
@@ -164,49 +169,18 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
     };
     if let Some(path) = &args.flamegraph {
         let svg = flamegraph::svg(report).context("drawing the flame graph")?;
-        write_atomically(path, &svg)
+        files
+            .write(path, &svg)
             .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
     }
     match &args.output {
-        Some(path) => write_atomically(path, format!("{text}\n").as_bytes())
+        Some(path) => files
+            .write(path, format!("{text}\n").as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display())),
         None => {
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{text}").context("writing the report")?;
             stdout.flush().context("writing the report")
         }
-    }
-}
-
-/// Write beside the file, then rename over it: a reader never sees half a report, and an earlier
-/// one is whole until then. The temporary file has a random name and is created exclusively (a
-/// symlink planted in the directory is not followed, which matters as root); it is removed if
-/// anything fails before the rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut file = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        // What File::create gave reports before (0666 less the usual umask).
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(super::report_directory(path))?;
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_replace_the_output_file_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("report.json");
-        write_atomically(&path, b"{\"first\": 1}\n").unwrap();
-        write_atomically(&path, b"{\"second\": 2}\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"second\": 2}\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
 }

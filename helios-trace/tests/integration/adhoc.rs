@@ -30,7 +30,13 @@ fn scratch_file(name: &str) -> PathBuf {
 
 /// `helios-trace run` with the report in a JSON file; stdin feeds the command.
 fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (i32, Value, String) {
-    let report = scratch_file("run-report.json");
+    // Under sudo the report is written as the invoking user: somewhere they may write.
+    let user_dir =
+        env.iter().find(|(k, _)| *k == "SUDO_UID").map(|(_, uid)| directory_of_user(uid.parse().unwrap()));
+    let report = match &user_dir {
+        Some(dir) => dir.path().join("run-report.json"),
+        None => scratch_file("run-report.json"),
+    };
     let mut command = Command::new(helios_trace_bin());
     command
         .args(["run", "--format", "json", "--view", "quiet", "-o"])
@@ -50,6 +56,63 @@ fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (i32, Value, String)
     let _ = fs::remove_file(&report);
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text:?}"));
     (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A fresh directory under /tmp (traversable by everyone, wherever the checkout is) that only
+/// `uid` may enter and write.
+fn directory_of_user(uid: u32) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("helios-user-").tempdir_in("/tmp").unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
+#[test]
+fn under_sudo_files_are_written_as_the_invoking_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !require_bpf() {
+        return;
+    }
+    let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")];
+    let home = directory_of_user(65534);
+    let workload = Workload::spawn();
+    // `helios-trace [run] OPTIONS -o REPORT [-- CMD]`
+    let helios = |args: &[&str], report: &Path| {
+        let (options, cmd) = args.split_at(args.iter().position(|a| *a == "--").unwrap_or(args.len()));
+        let mut command = Command::new(helios_trace_bin());
+        command.args(options).args(["--format", "json", "--view", "quiet", "-o"]).arg(report).args(cmd);
+        command.envs(sudo).output().unwrap()
+    };
+    // The ad-hoc session and `run`: root cannot create files in that directory once it has
+    // dropped its capabilities (no CAP_DAC_OVERRIDE); the user can, and owns the report.
+    let pid = workload.pid.to_string();
+    let session = home.path().join("session.json");
+    let out = helios(
+        &["--pid", &pid, "--duration", "1s", "--flamegraph", &home.path().join("open.svg").to_string_lossy()],
+        &session,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let under_run = home.path().join("run.json");
+    let out = helios(&["run", "--", "true"], &under_run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [&session, &under_run, &home.path().join("open.svg")] {
+        let meta = fs::metadata(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{}", file.display());
+    }
+    let report: Value = serde_json::from_str(&fs::read_to_string(&session).unwrap()).unwrap();
+    assert!(process(&report, workload.pid).is_some(), "the report is whole");
+    assert_eq!(fs::read_dir(home.path()).unwrap().count(), 3, "no probe or temporary file left");
+    // Where the user may not write, the start-up check says so before tracing (exit 2), even
+    // though root could write there now.
+    let root_only = tempfile::tempdir_in("/tmp").unwrap();
+    fs::set_permissions(root_only.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let refused = root_only.path().join("r.json");
+    let out = helios(&["--pid", &pid, "--duration", "1s"], &refused);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!("helios-trace: cannot write the report to {}: Permission denied", refused.display());
+    assert!(stderr.starts_with(&said) && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(!refused.exists());
 }
 
 #[test]
