@@ -28,7 +28,7 @@ enum Command {
         #[arg(long)]
         tests: bool,
     },
-    /// Build helios-trace (release) and run it as root: `cargo xtask run -- --duration 5s`.
+    /// Build helios-trace (release) and run it as root: `cargo xtask run -- --duration 15s`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -23,6 +23,15 @@ use serde::Serialize;
 pub(crate) const MAX_POINTS: usize = 64;
 pub(crate) const MIN_POINTS: usize = 10;
 pub(crate) const MIN_WINDOW: Duration = Duration::from_secs(5);
+/// How often sites are sampled (observe/session.rs samples on this tick).
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The shortest session in which a site can be judged at all: [`MIN_POINTS`] samples, one every
+/// [`SAMPLE_EVERY`], spanning at least [`MIN_WINDOW`]. Shorter sessions say so rather than
+/// report "no suspected leak" as if it were a verdict.
+pub(crate) const TIME_TO_JUDGE: Duration = {
+    let points = SAMPLE_EVERY.saturating_mul(MIN_POINTS as u32 - 1);
+    if points.as_nanos() > MIN_WINDOW.as_nanos() { points } else { MIN_WINDOW }
+};
 /// One-sided p < 0.001 for a standard normal statistic.
 const Z_SIGNIFICANT: f64 = 3.09;
 
@@ -243,6 +252,17 @@ pub(crate) mod tests {
 
     fn aged(n: u64) -> Evidence {
         Evidence { aged: n, open_from_window: n }
+    }
+
+    #[test]
+    fn a_session_of_time_to_judge_has_enough_samples() {
+        // Sampled from t = 0 to t = TIME_TO_JUDGE, once every SAMPLE_EVERY.
+        let seconds = TIME_TO_JUDGE.as_secs() + 1;
+        let growing = series(seconds, |t| t, |t| t);
+        let verdict = assess(&growing, aged(5)).unwrap();
+        assert!(verdict.suspected, "{verdict:?}");
+        let short = series(seconds - 1, |t| t, |t| t);
+        assert!(!assess(&short, aged(5)).unwrap().suspected, "one sample less");
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Tracing {
         let mut stop = pin!(stop);
         let mut drain_timer = interval(DRAIN_INTERVAL);
         drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut second = interval(Duration::from_secs(1));
+        let mut second = interval(crate::model::trend::SAMPLE_EVERY);
         second.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let reconcile_every = if self.reconcile_interval.is_zero() {
             Duration::from_secs(365 * 24 * 3600)

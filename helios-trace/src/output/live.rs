@@ -32,7 +32,7 @@ use crate::{
     model::fd::{CloseReason, SiteId},
     output::{
         format::{bytes, human_duration, plural, rate, thousands},
-        report::{ProcessReport, Report, SiteReport},
+        report::{ProcessReport, Report, SiteReport, text::not_judged},
     },
 };
 
@@ -199,9 +199,11 @@ pub(crate) fn summary_line(report: &Report) -> String {
     );
     let rows = site_rows(report, SortBy::Open);
     match (report.suspected_leaks, rows.first()) {
+        (0, None) if !report.judged => line.push_str(&format!("; {}", not_judged(report))),
         (0, None) => line.push_str("; no suspected leak"),
         (0, Some((p, s))) => line.push_str(&format!(
-            "; no suspected leak; most open: pid {} {} {} {} at {} ({})",
+            "; {}; most open: pid {} {} {} {} at {} ({})",
+            if report.judged { "no suspected leak".to_string() } else { not_judged(report) },
             p.pid,
             p.comm,
             thousands(s.open),
@@ -780,6 +782,15 @@ pub(crate) mod tests {
             summary_line(&quiet)
                 .ends_with("no suspected leak; most open: pid 10 busy 5 file at frame-of-b16 (-)")
         );
+        // A session too short for a verdict says so, and how long it needs.
+        let short = Report { duration_seconds: 3.0, judged: false, ..quiet };
+        assert!(
+            summary_line(&short).ends_with(
+                "too short to judge leaks (a verdict needs 9.0s of tracing); most open: pid 10 busy 5 file at frame-of-b16 (-)"
+            ),
+            "{}",
+            summary_line(&short)
+        );
     }
 
     pub(crate) fn empty_report() -> Report {
@@ -792,6 +803,8 @@ pub(crate) mod tests {
             dropped: Default::default(),
             min_age_seconds: 10.0,
             suspected_leaks: 0,
+            judged: true,
+            judge_after_seconds: 9.0,
             command: None,
             processes: Vec::new(),
         }

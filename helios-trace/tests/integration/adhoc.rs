@@ -101,6 +101,11 @@ fn under_sudo_files_are_written_as_the_invoking_user() {
     }
     let report: Value = serde_json::from_str(&fs::read_to_string(&session).unwrap()).unwrap();
     assert!(process(&report, workload.pid).is_some(), "the report is whole");
+    // One second is too short for any verdict, and the report says so rather than "no leak".
+    assert_eq!(
+        (report["judged"].as_bool(), report["judge_after_seconds"].as_f64()),
+        (Some(false), Some(9.0))
+    );
     assert_eq!(fs::read_dir(home.path()).unwrap().count(), 3, "no probe or temporary file left");
     // Where the user may not write, the start-up check says so before tracing (exit 2), even
     // though root could write there now.

@@ -21,7 +21,7 @@ use crate::{
         history::{History, ProcessSeries},
         resources::{CgroupMemory, exhaustion_seconds},
         sites::{SiteCounters, SiteStats},
-        trend::{self, Evidence, Trend},
+        trend::{self, Evidence, TIME_TO_JUDGE, Trend},
     },
     output::format::{bytes, human_duration, rate, signed_bytes, signed_count, thousands},
 };
@@ -152,6 +152,8 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         dropped: table.dropped(),
         min_age_seconds: min_age.as_secs_f64(),
         suspected_leaks: processes.iter().map(|p| p.suspected_leaks).sum(),
+        judged: duration >= TIME_TO_JUDGE,
+        judge_after_seconds: TIME_TO_JUDGE.as_secs_f64(),
         command: None,
         processes,
     }
@@ -572,6 +574,7 @@ pub(super) mod tests {
         let json: serde_json::Value = serde_json::from_str(&to_json(&build_sample(&table, &stats))).unwrap();
         assert_eq!(json["helios_trace_report"], 1);
         assert_eq!(json["duration_seconds"], 30.0);
+        assert_eq!((json["judged"].as_bool(), json["judge_after_seconds"].as_f64()), (Some(true), Some(9.0)));
         assert_eq!(json["events"]["received"], 5);
         assert_eq!(json["events"]["lost"], 0);
         let p = &json["processes"][0];

@@ -32,6 +32,11 @@ pub(crate) struct Report {
     pub(crate) min_age_seconds: f64,
     /// Suspected leaks in all processes.
     pub(crate) suspected_leaks: u64,
+    /// Whether the session was long enough for any verdict (model/trend.rs, `TIME_TO_JUDGE`):
+    /// when false, "no suspected leak" means "not judged", and `judge_after_seconds` says how
+    /// long a session must trace.
+    pub(crate) judged: bool,
+    pub(crate) judge_after_seconds: f64,
     /// `helios-trace run`: the command, and how it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) command: Option<CommandReport>,

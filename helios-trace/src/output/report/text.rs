@@ -5,6 +5,14 @@ use std::fmt::Write as _;
 use super::{ProcessReport, Report, SiteReport};
 use crate::output::format::{bytes, human_duration, plural, rate, thousands};
 
+/// What a session too short for any verdict says instead of "no suspected leak".
+pub(crate) fn not_judged(report: &Report) -> String {
+    format!(
+        "too short to judge leaks (a verdict needs {} of tracing)",
+        human_duration(report.judge_after_seconds)
+    )
+}
+
 pub(crate) fn to_text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -16,6 +24,7 @@ pub(crate) fn to_text(report: &Report) -> String {
         report.events.undecodable,
         plural(report.processes.len() as u64, "process", "processes"),
         match report.suspected_leaks {
+            0 if !report.judged => not_judged(report),
             0 => "no suspected leak".to_string(),
             1 => "1 suspected leak".to_string(),
             n => format!("{n} suspected leaks"),
