@@ -5,6 +5,7 @@ use std::{fs, path::Path};
 use thiserror::Error;
 
 // include/uapi/linux/capability.h
+pub(crate) const CAP_DAC_OVERRIDE: u32 = 1;
 pub(crate) const CAP_DAC_READ_SEARCH: u32 = 2;
 pub(crate) const CAP_SYS_PTRACE: u32 = 19;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
@@ -13,6 +14,7 @@ pub(crate) const CAP_BPF: u32 = 39;
 
 pub(crate) fn capability_name(cap: u32) -> &'static str {
     match cap {
+        CAP_DAC_OVERRIDE => "CAP_DAC_OVERRIDE",
         CAP_DAC_READ_SEARCH => "CAP_DAC_READ_SEARCH",
         CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
         CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
@@ -29,6 +31,10 @@ pub(crate) enum CheckError {
         missing.join(" and ")
     )]
     MissingCapability { missing: Vec<&'static str> },
+    #[error(
+        "missing capability CAP_DAC_READ_SEARCH: tracefs at {path} is mode {mode:o} (owner uid {owner}), and the tracepoint ids in it can only be read with CAP_DAC_READ_SEARCH (or as its owner); run as root (sudo helios-trace) or grant it"
+    )]
+    TracefsUnreadable { path: String, mode: u32, owner: u32 },
     #[error("this kernel ({running}) lacks {feature}, which needs Linux {minimum} or later")]
     KernelTooOld { feature: &'static str, minimum: &'static str, running: String },
 }
@@ -54,6 +60,32 @@ pub(crate) fn check_bpf_capabilities(caps: u64) -> Result<(), CheckError> {
     let missing: Vec<&'static str> =
         [CAP_BPF, CAP_PERFMON].into_iter().filter(|c| !has(caps, *c)).map(capability_name).collect();
     if missing.is_empty() { Ok(()) } else { Err(CheckError::MissingCapability { missing }) }
+}
+
+/// `statfs(2)`'s f_type of tracefs (include/uapi/linux/magic.h TRACEFS_MAGIC).
+const TRACEFS_MAGIC: i64 = 0x74726163;
+
+/// Is a tracefs mounted at `path`? statfs needs no permission on the directory itself.
+pub(crate) fn is_tracefs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statfs buffer of the right type.
+    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == TRACEFS_MAGIC }
+}
+
+/// A tracefs root this process cannot search: without CAP_DAC_READ_SEARCH, that is the
+/// capability missing.
+pub(crate) fn check_tracefs_access(caps: u64, path: &str) -> Result<(), CheckError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = fs::metadata(path) else { return Ok(()) };
+    tracefs_access(caps, path, meta.mode() & 0o7777, meta.uid())
+}
+
+fn tracefs_access(caps: u64, path: &str, mode: u32, owner: u32) -> Result<(), CheckError> {
+    if has(caps, CAP_DAC_READ_SEARCH) || has(caps, CAP_DAC_OVERRIDE) {
+        return Ok(());
+    }
+    Err(CheckError::TracefsUnreadable { path: path.to_string(), mode, owner })
 }
 
 /// Capabilities that are not required to trace but without which /proc of other users'
@@ -128,6 +160,20 @@ mod tests {
             Err(CheckError::MissingCapability { missing: vec!["CAP_PERFMON"] })
         );
         assert_eq!(missing_proc_capabilities(1 << CAP_SYS_PTRACE), vec!["CAP_DAC_READ_SEARCH"]);
+    }
+
+    #[test]
+    fn an_unreadable_tracefs_names_cap_dac_read_search() {
+        let err =
+            tracefs_access(1 << CAP_BPF | 1 << CAP_PERFMON, "/sys/kernel/tracing", 0o700, 0).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "missing capability CAP_DAC_READ_SEARCH: tracefs at /sys/kernel/tracing is mode 700 (owner uid 0)"
+            ),
+            "{err}"
+        );
+        assert!(tracefs_access(1 << CAP_DAC_READ_SEARCH, "/t", 0o700, 0).is_ok());
+        assert!(tracefs_access(1 << CAP_DAC_OVERRIDE, "/t", 0o700, 0).is_ok());
     }
 
     #[test]

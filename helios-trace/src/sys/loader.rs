@@ -309,6 +309,15 @@ fn ensure_tracefs() -> Result<PathBuf> {
             return Ok(PathBuf::from(candidate));
         }
     }
+    // Mounted, but not ours to read: tracefs's root is mode 0700 (fs/tracefs/inode.c mounts it
+    // so unless told otherwise), and only root's CAP_DAC_READ_SEARCH (or DAC_OVERRIDE) passes.
+    for candidate in [TRACEFS, DEBUGFS_TRACING] {
+        if checks::is_tracefs(Path::new(candidate)) {
+            let caps = checks::own_capabilities();
+            checks::check_tracefs_access(caps, candidate)?;
+            bail!("tracefs at {candidate} cannot be read (its events directory is missing or unreadable)");
+        }
+    }
     let target = CString::new(TRACEFS).expect("no NUL");
     let fstype = CString::new("tracefs").expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.

@@ -173,6 +173,35 @@ fn a_missing_privilege_names_the_capability() {
     let (code, stderr) = run_unprivileged("+bpf");
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.starts_with("helios-trace: missing capability CAP_PERFMON:"), "{stderr}");
+    // Each of the four missing alone, the others held: the one missing is named.
+    ensure_host_tracefs();
+    let tracefs = std::fs::metadata("/sys/kernel/tracing").unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&tracefs.permissions()) & 0o777,
+        0o700,
+        "tracefs as the kernel mounts it"
+    );
+    for (caps, named) in [
+        ("+perfmon,+sys_ptrace,+dac_read_search", "CAP_BPF"),
+        ("+bpf,+sys_ptrace,+dac_read_search", "CAP_PERFMON"),
+        ("+bpf,+perfmon,+sys_ptrace", "CAP_DAC_READ_SEARCH"),
+    ] {
+        let (code, stderr) = run_unprivileged(caps);
+        assert_eq!((code, stderr.lines().count()), (1, 1), "{caps}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("helios-trace: missing capability {named}:")),
+            "{caps}: {stderr}"
+        );
+    }
+    // Without CAP_SYS_PTRACE it traces, and warns what it cannot read.
+    let (code, stderr) = run_unprivileged("+bpf,+perfmon,+dac_read_search");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "without CAP_SYS_PTRACE, descriptors of other users' processes cannot be read from /proc"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
