@@ -167,8 +167,9 @@ pub(crate) struct TraceArgs {
     /// Size of the ring buffer the kernel writes events into (power of two, e.g. 16M).
     #[arg(long, value_parser = parse_ring_size, default_value = "16M")]
     pub(crate) ring_buffer_size: u32,
-    /// Do not show file paths or memfd names (reports, live view, metrics): they can say more
-    /// about the traced workloads than whoever reads the output should know.
+    /// Do not show file paths, memfd names, command-line arguments or the directories of frames'
+    /// files and modules, in any output: they can say more about the traced workloads than
+    /// whoever reads the output should know.
     #[arg(long)]
     pub(crate) redact_paths: bool,
     /// Track at most this many processes; more are counted as dropped, not tracked.

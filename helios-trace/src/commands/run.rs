@@ -16,7 +16,7 @@ use super::{
 use crate::{
     cli::RunArgs,
     observe::session::Tracing,
-    output::report::CommandReport,
+    output::{redact, report::CommandReport},
     sys::{
         launch::{self, Gated, Identity},
         privileges,
@@ -58,7 +58,10 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &
     let pid = gated.pid();
     tracing.set_min_age(session.min_age);
     tracing.retain_exited(RUN_KEEPS_EXITED);
-    let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if session.trace.redact_paths {
+        argv = redact::argv(&argv);
+    }
     eprintln!(
         "helios-trace: attached {} tracepoints; running `{}` (pid {pid})",
         tracing.attached().len(),

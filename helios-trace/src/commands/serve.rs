@@ -62,6 +62,7 @@ async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Trac
         max_sites: args.max_sites,
         retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),
         pid_label: args.pid_label,
+        redact_paths: args.trace.redact_paths,
     };
     let mut exporter = Exporter::new(config, &args.proc_root, &mut tracing);
     // Ready (the first snapshot is out) before we say so.

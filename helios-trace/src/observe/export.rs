@@ -213,7 +213,7 @@ mod tests {
 
     impl World {
         fn new(max_sites: usize, pid_label: bool) -> World {
-            let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label };
+            let config = ExportConfig { max_sites, retention_ns: 60 * SEC, pid_label, redact_paths: false };
             let mut world =
                 World { feed: Feed::new(), aggregator: Aggregator::new(config), who: Known::default() };
             world.spawn_root(PARENT, "server", unit("app.service"));

@@ -73,15 +73,6 @@ pub(super) struct SocketJoin<'a> {
     redact_paths: bool,
 }
 
-/// What `--redact-paths` shows instead of a path.
-pub(crate) const REDACTED: &str = "[path redacted]";
-
-/// A command line without its arguments (which are often paths): the program's name only.
-pub(crate) fn redact_cmdline(cmdline: &str) -> String {
-    let program = cmdline.split(' ').next().unwrap_or_default();
-    format!("{} [arguments redacted]", program.rsplit('/').next().unwrap_or(program))
-}
-
 impl<'a> SocketJoin<'a> {
     /// `known`: socket inodes cached by the last join (`seen` of it).
     pub(super) fn new(
@@ -130,7 +121,7 @@ impl<'a> SocketJoin<'a> {
 
     pub(super) fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
         if self.redact_paths && matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) {
-            return Some(REDACTED.to_string());
+            return Some(crate::output::redact::REDACTED.to_string());
         }
         describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
     }

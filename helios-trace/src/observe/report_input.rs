@@ -5,10 +5,7 @@ use std::{cell::RefCell, path::Path};
 
 use crate::{
     model::fdtable::OpenFd,
-    observe::{
-        procfs::{SocketJoin, redact_cmdline},
-        session::Tracing,
-    },
+    observe::{procfs::SocketJoin, session::Tracing},
     output::report::{
         Report,
         build::{ProcessFacts, ReportInput, build},
@@ -28,7 +25,6 @@ impl Tracing {
         let tgids: Vec<u32> = self.engine.table().processes().map(|(t, _)| t).collect();
         for tgid in tgids {
             if let Some(cmdline) = self.engine.cmdline(tgid) {
-                let cmdline = if self.redact_paths { redact_cmdline(&cmdline) } else { cmdline };
                 cmdlines.insert(tgid, cmdline);
             }
         }
@@ -68,6 +64,10 @@ impl Tracing {
         });
         // Only the sockets still open stay cached.
         self.socket_inodes = join.into_inner().seen;
+        let mut report = report;
+        if self.redact_paths {
+            crate::output::redact::report(&mut report);
+        }
         report
     }
 }

@@ -7,4 +7,5 @@ pub(crate) mod format;
 pub(crate) mod http;
 pub(crate) mod live;
 pub(crate) mod metrics;
+pub(crate) mod redact;
 pub(crate) mod report;

@@ -1,6 +1,9 @@
 //! Kernel tests of an ad-hoc session: the real programs trace a workload of our own, and the
 //! report must match what the kernel itself says in /proc/PID/fd, exactly.
-use std::process::Command;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use crate::support::*;
 
@@ -353,4 +356,91 @@ fn redact_paths_hides_every_path() {
     assert!(!text.contains(work.scratch.path().to_str().unwrap()), "{text}");
     assert!(text.contains("[path redacted]"), "{text}");
     work.exit();
+}
+
+/// A Python workload whose directory, arguments, file and memfd names carry `SECRET`.
+const SECRET: &str = "s3cr3t-4711";
+const SECRET_WORKLOAD: &str = r#"
+import os, sys, time
+time.sleep(1)
+held = [open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data-s3cr3t-4711.txt"), "w")]
+held.append(os.memfd_create("memfd-s3cr3t-4711"))
+print("ready", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn redact_paths_leaves_no_secret_in_any_output() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix(&format!("helios-{SECRET}-")).tempdir_in("/tmp").unwrap();
+    let script = dir.path().join("leaky.py");
+    std::fs::write(&script, SECRET_WORKLOAD).unwrap();
+    let script = script.to_str().unwrap();
+    let token = format!("--token={SECRET}");
+    let assert_clean = |what: &str, text: &str| {
+        assert!(!text.contains(SECRET), "{what} shows the secret:\n{text}");
+    };
+    // `run`: the text report on stdout, what it says on stderr, the JSON report, the flame graph.
+    let json = dir.path().join("report.json");
+    let svg = dir.path().join("open.svg");
+    for format in ["text", "json"] {
+        let mut command = Command::new(helios_trace_bin());
+        command.args(["run", "--redact-paths", "--list-fds", "--view", "lines", "--format", format]);
+        if format == "json" {
+            command.arg("-o").arg(&json).arg("--flamegraph").arg(&svg);
+        }
+        let out =
+            command.args(["--", "/usr/bin/python3", script, &token]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_clean(&format!("run --format {format}: stdout"), &stdout);
+        assert_clean(&format!("run --format {format}: stderr"), &String::from_utf8_lossy(&out.stderr));
+        if format == "text" {
+            assert!(stdout.contains("command `python3 [arguments redacted]`"), "{stdout}");
+            // Every descriptor's detail (the files, /dev/null, the memfd) is redacted.
+            let details: Vec<&str> = stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("fd "))
+                .filter_map(|l| l.split_once("): ").map(|(_, detail)| detail))
+                .collect();
+            assert!(details.len() >= 3 && details.iter().all(|d| *d == "[path redacted]"), "{stdout}");
+        }
+    }
+    let report = std::fs::read_to_string(&json).unwrap();
+    assert_clean("the JSON report", &report);
+    assert!(report.contains("[path redacted]") && report.contains("[arguments redacted]"), "{report}");
+    assert_clean("the flame graph", &std::fs::read_to_string(&svg).unwrap());
+    // `serve`: every endpoint while the workload holds its descriptors.
+    let serve = Serve::start(&["--redact-paths"]);
+    let mut workload = Command::new("/usr/bin/python3")
+        .args([script, &token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(workload.stdout.as_mut().unwrap()), &mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = serve.metrics();
+        if metrics.lines().any(|l| {
+            l.starts_with("helios_trace_open_fds{") && l.contains("kind=\"memfd\"") && l.contains("python3")
+        }) {
+            assert_clean("/metrics", &metrics);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workload's memfd never showed: {metrics}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for path in ["/sites", "/flamegraph.svg"] {
+        let (status, body) = serve.get(path);
+        assert_eq!(status, 200);
+        assert_clean(path, &body);
+    }
+    drop(workload.stdin.take());
+    workload.wait().unwrap();
 }

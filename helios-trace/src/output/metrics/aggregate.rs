@@ -25,12 +25,15 @@ use std::{
 
 use serde::Serialize;
 
-use crate::model::{
-    fd::{FdKind, SiteId, printable},
-    fdtable::{FdChange, FdTable, OpenFd, Transition},
-    frame::Frame,
-    kept::Kept,
-    workload::Workload,
+use crate::{
+    model::{
+        fd::{FdKind, SiteId, printable},
+        fdtable::{FdChange, FdTable, OpenFd, Transition},
+        frame::Frame,
+        kept::Kept,
+        workload::Workload,
+    },
+    output::redact,
 };
 
 /// The `site` label of the folded sites.
@@ -45,6 +48,8 @@ pub(crate) struct ExportConfig {
     pub(crate) max_sites: usize,
     pub(crate) retention_ns: u64,
     pub(crate) pid_label: bool,
+    /// `--redact-paths`: `/sites` shows frames without directories (output/redact.rs).
+    pub(crate) redact_paths: bool,
 }
 
 /// The labels one group's series share.
@@ -281,7 +286,9 @@ impl Aggregator {
                 let Some(site) = s.site else { continue };
                 let known = exported.sites.entry(site).or_insert_with(|| {
                     let frames = frames(site).unwrap_or_else(|| Arc::from([]));
-                    SiteFrames { site: site.label(), frame: site_frame_label(&frames), frames }
+                    let frame = site_frame_label(&frames);
+                    let frames = if self.config.redact_paths { redact::frames(&frames) } else { frames };
+                    SiteFrames { site: site.label(), frame, frames }
                 });
                 s.frame = known.frame.clone();
             }
