@@ -18,7 +18,8 @@ Examples:
   sudo helios-trace -p 4121 --min-age 1m           suspect only sites whose descriptors outlive a minute
   sudo helios-trace run -- ./server --port 8080    start a command, trace it from its first instruction
   kill -USR1 <helios-trace pid>                    print a report now and keep tracing
-  sudo helios-trace serve --listen 0.0.0.0:9877    Prometheus exporter (/metrics /healthz /sites)
+  sudo helios-trace serve --listen 0.0.0.0:9877 --allow-remote
+                                                    Prometheus exporter (/metrics /healthz /sites)
 
 Live view keys: q quit (then the report), p pause, v switch process/site view, arrows select.
 A site is a suspected leak when its open count keeps growing (Mann-Kendall trend, p < 0.001,
