@@ -658,6 +658,8 @@ pub(crate) mod tests {
             tcp_states: BTreeMap::new(),
             close_wait: 0,
             socket_memory_bytes: (kind == FdKind::Socket).then_some(open * 100_000),
+            socket_memory_unavailable: None,
+            unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
@@ -792,6 +794,7 @@ pub(crate) mod tests {
             dropped: Default::default(),
             min_age_seconds: 10.0,
             suspected_leaks: 0,
+            facts_unavailable: Default::default(),
             command: None,
             processes: Vec::new(),
         }

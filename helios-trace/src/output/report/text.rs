@@ -77,8 +77,8 @@ pub(crate) fn to_text(report: &Report) -> String {
             if let Some(rss) = r.rss_bytes {
                 facts.push(format!("RSS {}", bytes(rss as f64)));
             }
-            if r.socket_memory_bytes > 0 {
-                facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
+            if let Some(memory) = r.socket_memory_bytes.filter(|m| *m > 0) {
+                facts.push(format!("socket buffers {}", bytes(memory as f64)));
             }
             if let Some(limit) = r.fd_limit {
                 facts.push(format!("fd limit {}", thousands(limit)));
