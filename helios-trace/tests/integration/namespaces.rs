@@ -366,10 +366,11 @@ fn a_socket_memory_that_cannot_be_had_is_explained_and_counted() {
 }
 
 /// The tracer the way the DaemonSet runs it: `serve --proc-root /host/proc` in mount and cgroup
-/// namespaces of its own, the host's /proc bind-mounted at /host/proc and a procfs of its own
-/// mounted at /proc (as a runtime mounts one; with hostPID, of the host's pid namespace: the
-/// kernel reports host pids); the workload in its own pid and network namespaces. The exported
-/// open descriptors and socket memory of the workload are its own.
+/// namespaces of its own, with the DaemonSet's capabilities only, the host's /proc
+/// bind-mounted at the proc root and a procfs of its own mounted at /proc (as a runtime mounts
+/// one; with hostPID, of the host's pid namespace: the kernel reports host pids); the
+/// workload in its own pid and network namespaces. The exported open descriptors and socket
+/// memory of the workload are its own.
 #[test]
 fn serve_with_the_hosts_proc_root_exports_a_pods_sockets() {
     if !require_bpf() {
@@ -377,12 +378,23 @@ fn serve_with_the_hosts_proc_root_exports_a_pods_sockets() {
     }
     ensure_host_tracefs();
     let mut server = NsServer::start(&["--pid", "--net", "--fork"], &[], None);
-    let script =
-        r#"mkdir -p /host/proc && mount --rbind /proc /host/proc && mount -t proc proc /proc && exec "$@""#;
+    // The DaemonSet's capabilities only (no CAP_SYS_ADMIN: no entering namespaces), taken
+    // after the mounts a runtime would make.
+    let manifest =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml"))
+            .unwrap();
+    let list = manifest.lines().find_map(|l| l.trim().strip_prefix("add: ")).expect("capabilities.add");
+    let caps: Vec<String> = serde_json::from_str(list).unwrap();
+    let bounding: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    let bounding = format!("--bounding-set=-all,{}", bounding.join(","));
+    // The host's /proc at a directory of the test's (the DaemonSet's /host/proc).
+    let host_proc = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let script = r#"H=$1; shift; mount --rbind /proc "$H" && mount -t proc proc /proc && exec setpriv "$@""#;
     let mut command = Command::new("unshare");
     command.args(["--mount", "--cgroup", "--propagation", "private", "--", "sh", "-c", script, "sh"]);
-    command.arg(helios_trace_bin());
-    let serve = Serve::start_with(command, &["--proc-root", "/host/proc", "--pid", &server.pid.to_string()]);
+    command.arg(host_proc.path()).args([&bounding, "--"]).arg(helios_trace_bin());
+    let proc_root = host_proc.path().to_str().unwrap();
+    let serve = Serve::start_with(command, &["--proc-root", proc_root, "--pid", &server.pid.to_string()]);
     server.connect();
     let truth = proc_fds(server.pid).len() as f64;
     let python = |series: BTreeMap<String, f64>| -> f64 {
