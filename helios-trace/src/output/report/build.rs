@@ -717,6 +717,12 @@ pub(super) mod tests {
         assert!(site["socket_memory_bytes"].is_null());
         assert!(site["socket_memory_unavailable"].as_str().unwrap().contains("net:[4026532290]"));
         assert!(site.get("unmeasured_sockets").is_none());
+        let text = super::super::text::to_text(&report);
+        assert!(
+            text.contains("socket memory unknown: 5 of 10 open sockets not measured: a socket"),
+            "{text}"
+        );
+        assert!(text.contains("memory_current_bytes unknown: no memory cgroup"), "{text}");
         let unavailable = &json["processes"][0]["resources"]["unavailable"];
         assert_eq!(unavailable["memory_current_bytes"], "no memory cgroup in \"\"");
         // All measured: the sum, and no reason.

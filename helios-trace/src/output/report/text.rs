@@ -89,6 +89,10 @@ pub(crate) fn to_text(report: &Report) -> String {
             if let Some(summary) = &r.summary {
                 let _ = writeln!(out, "  {summary}");
             }
+            // What is missing, and why (the JSON's `resources.unavailable`).
+            for (field, why) in &r.unavailable {
+                let _ = writeln!(out, "  {field} unknown: {why}");
+            }
         }
         for site in &process.sites {
             let closes: Vec<String> =
@@ -134,6 +138,9 @@ pub(crate) fn to_text(report: &Report) -> String {
             }
             if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
                 let _ = writeln!(out, "           socket memory {}", bytes(memory as f64));
+            }
+            if let Some(why) = &site.socket_memory_unavailable {
+                let _ = writeln!(out, "           socket memory unknown: {why}");
             }
             if let Some(pinned) = site.pinned_bytes.filter(|p| *p > 0) {
                 let _ = writeln!(out, "           pins {}", bytes(pinned as f64));
