@@ -22,7 +22,7 @@ use crate::support::*;
 /// the peers of 4 of them close (CLOSE_WAIT on the server's side). It prints its pid as the
 /// tracer's /proc knows it (`/proc/self` of a procfs of the host's pid namespace).
 const SERVER: &str = r#"
-import os, socket, sys
+import os, socket, sys, time
 server = socket.socket()
 server.bind(("127.0.0.1", 9999))
 server.listen(64)
@@ -40,7 +40,15 @@ serve()
 for client in clients[:4]:
     client.close()
 print("ready", flush=True)
-sys.stdin.readline()
+held = []
+for line in sys.stdin:
+    if line.strip() != "grow":
+        break
+    # 2 MiB more every 100 ms for 4 s, touched: charged to the memory cgroup.
+    for _ in range(40):
+        held.append(bytearray(b"m" * (2 << 20)))
+        time.sleep(0.1)
+    print("grown", flush=True)
 "#;
 
 /// The server, started in new namespaces (`unshare_flags`) with loopback up.
@@ -80,6 +88,14 @@ impl NsServer {
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("the server said {line:?}"));
         NsServer { child, stdin, stdout, pid, _script: script }
+    }
+
+    /// Grow by 80 MiB over 4 s; returns once grown.
+    fn grow(&mut self) {
+        writeln!(self.stdin, "grow").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "grown");
     }
 
     /// Make the connections; returns once they are there.
@@ -306,6 +322,8 @@ fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
         "the tracer sees the pod outside its namespace: {from_tracer} ({seen})"
     );
     server.connect();
+    server.grow();
+    std::thread::sleep(Duration::from_secs(1));
     let report = tracer.stop();
     let truth = pod.current();
     let resources = &process(&report, server.pid).expect("the server is reported")["resources"];
@@ -313,6 +331,12 @@ fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
     let current = resources["memory_current_bytes"].as_u64().unwrap_or_else(|| panic!("{resources}"));
     assert_within_10_percent(current, truth, "the pod's memory use");
     assert!(resources.get("unavailable").is_none(), "{resources}");
+    // The pod grew ~20 MB/s: its projection against the pod's limit, from the same numbers.
+    let growth = resources["memory_growth_bytes_per_hour"].as_f64().unwrap_or_else(|| panic!("{resources}"));
+    assert!(growth > 5e6 * 3600.0, "{resources}");
+    let exhaustion = resources["memory_exhaustion_seconds"].as_f64().unwrap_or_else(|| panic!("{resources}"));
+    let expected = (limit - current) as f64 / (growth / 3600.0);
+    assert!((exhaustion - expected).abs() <= expected * 0.01 && exhaustion > 0.0, "{resources}");
     assert!(
         resources["fd_limit"].as_u64().is_some() && resources["rss_bytes"].as_u64().is_some(),
         "{resources}"
