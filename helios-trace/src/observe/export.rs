@@ -34,6 +34,10 @@ use crate::{
 pub(crate) struct Exporter {
     aggregator: Aggregator,
     proc_root: PathBuf,
+    /// Open sockets whose memory could not be had, counted at every snapshot.
+    unavailable_socket_memory: u64,
+    /// Processes whose descriptor limit could not be read when a projection needed it.
+    unavailable_fd_limit: u64,
 }
 
 /// Transitions the engine keeps before the exporter takes them in between two snapshots: under
@@ -44,7 +48,12 @@ impl Exporter {
     /// From now on the engine keeps every transition for the exporter.
     pub(crate) fn new(config: ExportConfig, proc_root: &Path, tracing: &mut Tracing) -> Exporter {
         tracing.engine.keep_transitions();
-        Exporter { aggregator: Aggregator::new(config), proc_root: proc_root.to_path_buf() }
+        Exporter {
+            aggregator: Aggregator::new(config),
+            proc_root: proc_root.to_path_buf(),
+            unavailable_socket_memory: 0,
+            unavailable_fd_limit: 0,
+        }
     }
 
     /// Take in what happened since the last call (counters only; no snapshot).
@@ -66,13 +75,19 @@ impl Exporter {
         let now_ns = clock::boot_ns();
         tracing.engine.refresh_names();
         self.observe(tracing, now_ns);
-        let memory = tracing.socket_memory();
+        let (memory, unmeasured) = tracing.socket_memory();
+        self.unavailable_socket_memory += unmeasured;
         let tracing = &*tracing;
         let engine = &tracing.engine;
         let mut who = ProcIdentify { table: engine.table(), proc_root: &self.proc_root };
         let frames = |site| engine.frames(site).cloned();
         let mut socket_memory = |tgid: u32, fd: i32, _: &_| memory.get(&(tgid, fd)).copied();
-        let exhaustion = |tgid: u32| tracing.fd_exhaustion_seconds(tgid);
+        let unavailable_fd_limit = std::cell::Cell::new(0u64);
+        let exhaustion = |tgid: u32| {
+            let (seconds, readable) = tracing.fd_exhaustion_seconds(tgid);
+            unavailable_fd_limit.set(unavailable_fd_limit.get() + u64::from(!readable));
+            seconds
+        };
         let exported = self.aggregator.snapshot(
             engine.table(),
             &frames,
@@ -81,6 +96,7 @@ impl Exporter {
             &exhaustion,
             now_ns,
         );
+        self.unavailable_fd_limit += unavailable_fd_limit.get();
         let counts = tracing.event_counts();
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
@@ -98,6 +114,8 @@ impl Exporter {
             } else {
                 Vec::new()
             },
+            unavailable_socket_memory: self.unavailable_socket_memory,
+            unavailable_fd_limit: self.unavailable_fd_limit,
         };
         publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));
     }
@@ -125,31 +143,52 @@ impl Identify for ProcIdentify<'_> {
 }
 
 impl Tracing {
-    /// Kernel memory charged to every open socket, by (process, fd): one sock_diag dump, with
-    /// socket inodes cached across calls.
-    fn socket_memory(&mut self) -> HashMap<(u32, i32), u64> {
+    /// Kernel memory charged to every open socket, by (process, fd): one sock_diag dump of the
+    /// tracer's network namespace, other namespaces' sockets one by one (observe/procfs.rs),
+    /// socket inodes cached across calls; and how many could not be measured (logged once
+    /// each, by process).
+    fn socket_memory(&mut self) -> (HashMap<(u32, i32), u64>, u64) {
         let proc_root = self.proc_root.clone();
         let mut join =
             SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), self.redact_paths);
         let mut memory = HashMap::new();
+        let mut unmeasured = 0;
         for (tgid, process) in self.engine.table().processes() {
             for (fd, entry) in process.fds.iter().filter(|(_, e)| e.kind == FdKind::Socket) {
-                if let Some(bytes) = join.socket_memory(tgid, *fd, entry) {
-                    memory.insert((tgid, *fd), bytes);
+                match join.socket_memory(tgid, *fd, entry) {
+                    Ok(Some(bytes)) => {
+                        memory.insert((tgid, *fd), bytes);
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        unmeasured += 1;
+                        if self.unmeasured_logged.insert(tgid) {
+                            log::warn!("socket memory of pid {tgid} not measured: {why}");
+                        }
+                    }
                 }
             }
         }
         self.socket_inodes = join.seen;
-        memory
+        let table = self.engine.table();
+        self.unmeasured_logged.retain(|tgid| table.process(*tgid).is_some());
+        (memory, unmeasured)
     }
 
     /// Seconds until `tgid` reaches its descriptor limit at the growth of its open count over
-    /// the session; None when it is not growing or has no limit.
-    fn fd_exhaustion_seconds(&self, tgid: u32) -> Option<f64> {
-        let window = self.history.process(tgid)?.fds.window();
-        let rate = theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3)?;
-        let open = self.engine.table().process(tgid)?.fds.len() as u64;
-        exhaustion_seconds(resources::fd_limit(&self.proc_root, tgid), open, Some(rate))
+    /// the session (None when it is not growing or has no limit), and whether the limit could
+    /// be read when it was needed.
+    fn fd_exhaustion_seconds(&self, tgid: u32) -> (Option<f64>, bool) {
+        let Some(series) = self.history.process(tgid) else { return (None, true) };
+        let window = series.fds.window();
+        let Some(rate) = theil_sen(&window).filter(|r| *r > 0.0 && window.len() >= 3) else {
+            return (None, true);
+        };
+        let Some(process) = self.engine.table().process(tgid) else { return (None, true) };
+        match resources::read_fd_limit(&self.proc_root, tgid) {
+            Ok(limit) => (exhaustion_seconds(limit, process.fds.len() as u64, Some(rate)), true),
+            Err(_) => (None, false),
+        }
     }
 }
 

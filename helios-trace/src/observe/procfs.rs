@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     io,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -67,8 +68,12 @@ pub(super) struct SocketJoin<'a> {
     tables: SocketTables,
     known: HashMap<(u32, i32, u64), u64>,
     pub(super) seen: HashMap<(u32, i32, u64), u64>,
-    /// Socket memory by inode: dumped once per report, on the first socket asked about.
+    /// Socket memory of the tracer's network namespace by inode: dumped once per report, on
+    /// the first socket asked about.
     memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
+    /// Processes whose sockets are not in that dump (another network namespace): a pidfd to
+    /// measure them one by one (sys/sockdiag.rs), or why there is none.
+    pidfds: HashMap<u32, Result<OwnedFd, String>>,
     /// `--redact-paths`: file paths and memfd names are not shown.
     redact_paths: bool,
 }
@@ -86,6 +91,7 @@ impl<'a> SocketJoin<'a> {
             known,
             seen: HashMap::new(),
             memory: None,
+            pidfds: HashMap::new(),
             redact_paths,
         }
     }
@@ -101,14 +107,42 @@ impl<'a> SocketJoin<'a> {
         Some(inode)
     }
 
-    pub(super) fn socket_memory(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<u64> {
-        let inode = self.inode(tgid, fd, entry)?;
+    /// The kernel memory of an open socket: `Ok(None)` when it is no longer open, `Err` with
+    /// why when it could not be had. The tracer's own network namespace answers in one
+    /// sock_diag dump; a socket not in it (a pod's) is measured on its own.
+    pub(super) fn socket_memory(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        entry: &OpenFd,
+    ) -> Result<Option<u64>, String> {
+        let Some(inode) = self.inode(tgid, fd, entry) else { return Ok(None) };
         let memory = self.memory.get_or_insert_with(|| {
             sockdiag::dump()
                 .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
                 .unwrap_or_default()
         });
-        memory.get(&inode).map(|m| m.buffer_bytes())
+        if let Some(m) = memory.get(&inode) {
+            return Ok(Some(m.buffer_bytes()));
+        }
+        let proc_root = self.proc_root;
+        let pidfd = self.pidfds.entry(tgid).or_insert_with(|| {
+            sockdiag::pidfd(tgid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => String::new(),
+                _ => format!("no pidfd of the process (pidfd_open: {e})"),
+            })
+        });
+        let pidfd = match pidfd {
+            Ok(pidfd) => pidfd,
+            // The process is gone, and its sockets with it.
+            Err(why) if why.is_empty() => return Ok(None),
+            Err(why) => return Err(why.clone()),
+        };
+        match sockdiag::socket_memory(pidfd, fd, inode) {
+            Ok(m) => Ok(Some(m.buffer_bytes())),
+            Err(sockdiag::SocketMemoryError::Gone) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", network_namespace(proc_root, tgid))),
+        }
     }
 
     fn socket(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<&proc::sockets::SocketInfo> {
@@ -130,8 +164,11 @@ impl<'a> SocketJoin<'a> {
         match entry.kind {
             FdKind::Socket => {
                 let tcp_state = self.socket(tgid, fd, entry).and_then(|s| s.state.clone());
-                let socket_memory = self.socket_memory(tgid, fd, entry);
-                FdFacts { tcp_state, socket_memory, pinned_bytes: None }
+                let (socket_memory, socket_memory_unavailable) = match self.socket_memory(tgid, fd, entry) {
+                    Ok(bytes) => (bytes, None),
+                    Err(why) => (None, Some(why)),
+                };
+                FdFacts { tcp_state, socket_memory, pinned_bytes: None, socket_memory_unavailable }
             }
             FdKind::Memfd => FdFacts {
                 pinned_bytes: proc::fds::allocated_bytes(self.proc_root, tgid, fd),
@@ -139,6 +176,16 @@ impl<'a> SocketJoin<'a> {
             },
             _ => FdFacts::default(),
         }
+    }
+}
+
+/// Which network namespace a process's sockets are in, for a sentence saying why they could
+/// not be measured: `network namespace net:[4026532290]`, or why even that is unknown.
+fn network_namespace(proc_root: &Path, tgid: u32) -> String {
+    let link = proc_root.join(tgid.to_string()).join("ns/net");
+    match std::fs::read_link(&link) {
+        Ok(ns) => format!("a socket of network namespace {}", ns.display()),
+        Err(e) => format!("a socket of a network namespace that cannot be named ({}: {e})", link.display()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the end-of-session report is built from (ARCHITECTURE.md, "Data flow" 7): the engine's
 //! table, counters, frames and history, and closures that ask /proc and sock_diag what only
 //! they know (output/report builds it, pure).
-use std::{cell::RefCell, path::Path};
+use std::cell::RefCell;
 
 use crate::{
     model::fdtable::OpenFd,
@@ -36,10 +36,15 @@ impl Tracing {
         ));
         let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
         let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
-        let mut process_facts = |tgid: u32| ProcessFacts {
-            fd_limit: resources::fd_limit(&proc_root, tgid),
-            rss_bytes: resources::rss_bytes(&proc_root, tgid),
-            cgroup: resources::process_cgroup_memory(&proc_root, Path::new(resources::CGROUP_ROOT), tgid),
+        let cgroups = &self.cgroups;
+        let mut process_facts = |tgid: u32| {
+            let mut unavailable = Vec::new();
+            let mut why = |field: &'static str, error: String| unavailable.push((field, error));
+            let fd_limit =
+                resources::read_fd_limit(&proc_root, tgid).map_err(|e| why("fd_limit", e)).ok().flatten();
+            let rss_bytes = resources::read_rss_bytes(&proc_root, tgid).map_err(|e| why("rss_bytes", e)).ok();
+            let cgroup = cgroups.memory(tgid).map_err(|e| why("memory_current_bytes", e)).ok();
+            ProcessFacts { fd_limit, rss_bytes, cgroup, unavailable }
         };
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| filtered || engine.stats().active(tgid);

@@ -28,7 +28,10 @@ use crate::{
         checks, clock,
         loader::{TraceConfig, Tracer},
         own::{give_back_freed_memory, raise_open_files_limit},
-        proc::{self, resources},
+        proc::{
+            self,
+            resources::{self, CgroupMounts},
+        },
         ring::Ring,
     },
 };
@@ -57,6 +60,10 @@ pub(crate) struct Tracing {
     pub(super) min_age: Duration,
     /// Socket inodes by (process, fd, opened_ns), so a report reads each socket's link once.
     pub(super) socket_inodes: HashMap<(u32, i32, u64), u64>,
+    /// The node's memory cgroup hierarchies, seen from the procfs root's pid 1.
+    pub(super) cgroups: CgroupMounts,
+    /// Processes whose unmeasured sockets the exporter has logged (once each).
+    pub(super) unmeasured_logged: std::collections::HashSet<u32>,
     /// `--redact-paths`.
     pub(super) redact_paths: bool,
 }
@@ -171,6 +178,8 @@ impl Tracing {
             history: History::default(),
             min_age: DEFAULT_MIN_AGE,
             socket_inodes: HashMap::new(),
+            cgroups: CgroupMounts::find(proc_root),
+            unmeasured_logged: Default::default(),
             redact_paths: args.redact_paths,
         })
     }
@@ -203,14 +212,10 @@ impl Tracing {
     pub(crate) fn sample(&mut self) {
         let exited: Vec<u32> = self.engine.exited().iter().map(|e| e.tgid).collect();
         let proc_root = &self.proc_root;
+        let cgroups = &self.cgroups;
         let resources = |tgid: u32| ProcessSample {
             rss_bytes: resources::rss_bytes(proc_root, tgid),
-            cgroup_memory_bytes: resources::process_cgroup_memory(
-                proc_root,
-                Path::new(resources::CGROUP_ROOT),
-                tgid,
-            )
-            .map(|m| m.current),
+            cgroup_memory_bytes: cgroups.memory(tgid).ok().map(|m| m.current),
         };
         self.history.sample(
             clock::boot_ns(),

@@ -660,6 +660,8 @@ pub(crate) mod tests {
             tcp_states: BTreeMap::new(),
             close_wait: 0,
             socket_memory_bytes: (kind == FdKind::Socket).then_some(open * 100_000),
+            socket_memory_unavailable: None,
+            unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
@@ -805,6 +807,7 @@ pub(crate) mod tests {
             suspected_leaks: 0,
             judged: true,
             judge_after_seconds: 9.0,
+            facts_unavailable: Default::default(),
             command: None,
             processes: Vec::new(),
         }

@@ -2,8 +2,20 @@
 //! UDP, `UNIX_DIAG_MEMINFO` for unix sockets; net/core/sock_diag.c sock_diag_put_meminfo),
 //! keyed by socket inode so it joins with the descriptors in the FdTable.
 //!
-//! sock_diag answers for the network namespace of the netlink socket that asks: the current one.
-use std::{collections::HashMap, io};
+//! sock_diag answers for the network namespace of the netlink socket that asks: the tracer's
+//! own. A process in another network namespace (a pod) has sockets the dump does not list;
+//! entering its namespace (setns(CLONE_NEWNET)) takes CAP_SYS_ADMIN, which the tracer gives up
+//! once attached and the DaemonSet never has (sys/privileges.rs). So such a socket is measured
+//! on its own: a duplicate of the process's descriptor (pidfd_getfd(2), allowed by the same
+//! ptrace access check as /proc/PID/fd: CAP_SYS_PTRACE) asked for `SO_MEMINFO`, the very array
+//! sock_diag would put in its answer (net/core/sock.c sk_getsockopt SO_MEMINFO and
+//! sock_diag_put_meminfo both call sk_get_meminfo), then closed.
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::fs::MetadataExt as _,
+};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::{
@@ -75,8 +87,10 @@ pub(crate) fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
     });
     query(request, &mut |message| {
         if let SockDiagMessage::UnixResponse(response) = message {
-            // For a listener RQLEN is (pending connections, backlog), not memory.
+            // For a listener RQLEN is (pending connections, backlog), not memory: it holds none
+            // (listed, so it is known to be of this namespace).
             if response.header.state == TCP_LISTEN {
+                memory.insert(response.header.inode as u64, SocketMemory::default());
                 return;
             }
             let meminfo = response.nlas.iter().find_map(|nla| match nla {
@@ -94,6 +108,105 @@ pub(crate) fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
         }
     })?;
     Ok(memory)
+}
+
+/// A process's handle for duplicating its descriptors (pidfd_open(2); the pid is of the
+/// tracer's pid namespace, which under a DaemonSet is the host's: `hostPID`).
+pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Why one socket of another process could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SocketMemoryError {
+    /// The descriptor is closed or is no longer the socket asked about (its number reused).
+    #[error("the descriptor is no longer that socket")]
+    Gone,
+    #[error("its descriptor could not be duplicated (pidfd_getfd: {source})")]
+    Duplicate { source: io::Error },
+    #[error("the kernel did not give its memory (SO_MEMINFO: {source})")]
+    Meminfo { source: io::Error },
+}
+
+/// `SK_MEMINFO_VARS` (include/uapi/linux/sock_diag.h) and the slots used.
+const SK_MEMINFO_VARS: usize = 9;
+const SK_MEMINFO_RMEM_ALLOC: usize = 0;
+const SK_MEMINFO_WMEM_ALLOC: usize = 2;
+const SK_MEMINFO_FWD_ALLOC: usize = 4;
+const SK_MEMINFO_WMEM_QUEUED: usize = 5;
+const SK_MEMINFO_OPTMEM: usize = 6;
+
+/// The memory of socket `inode`, open as `fd` in the process of `pidfd`, whatever network
+/// namespace it lives in: a duplicate of the descriptor asked for SO_MEMINFO, closed at once.
+/// The duplicate's inode must be `inode`: a descriptor number reused since is not measured.
+pub(crate) fn socket_memory(pidfd: &OwnedFd, fd: i32, inode: u64) -> Result<SocketMemory, SocketMemoryError> {
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags (0); it returns a new
+    // descriptor of ours or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if raw < 0 {
+        let error = io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EBADF) | Some(libc::ESRCH) => SocketMemoryError::Gone,
+            _ => SocketMemoryError::Duplicate { source: error },
+        });
+    }
+    // SAFETY: the descriptor was just created and is ours alone; dropping it closes it.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let file = std::fs::File::from(socket);
+    if file.metadata().map(|m| m.ino()).ok() != Some(inode) {
+        return Err(SocketMemoryError::Gone);
+    }
+    let mut meminfo = [0u32; SK_MEMINFO_VARS];
+    let mut length = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: a buffer of SK_MEMINFO_VARS u32 and its length, as SO_MEMINFO writes.
+    let status = unsafe {
+        libc::getsockopt(
+            file.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut length,
+        )
+    };
+    if status != 0 {
+        return Err(SocketMemoryError::Meminfo { source: io::Error::last_os_error() });
+    }
+    let mut domain: libc::c_int = 0;
+    let mut domain_length = std::mem::size_of_val(&domain) as libc::socklen_t;
+    // SAFETY: an int and its length, as SO_DOMAIN writes.
+    let status = unsafe {
+        libc::getsockopt(
+            file.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut domain_length,
+        )
+    };
+    if status != 0 {
+        return Err(SocketMemoryError::Meminfo { source: io::Error::last_os_error() });
+    }
+    Ok(from_meminfo(&meminfo, domain))
+}
+
+/// The SK_MEMINFO array as the dump reads it: a unix socket's data is charged to its
+/// sk_wmem_alloc (see `dump`), which is what its RQLEN answer carries.
+fn from_meminfo(meminfo: &[u32; SK_MEMINFO_VARS], domain: libc::c_int) -> SocketMemory {
+    if domain == libc::AF_UNIX {
+        return SocketMemory { wmem_queued: meminfo[SK_MEMINFO_WMEM_ALLOC], ..SocketMemory::default() };
+    }
+    SocketMemory {
+        rmem_alloc: meminfo[SK_MEMINFO_RMEM_ALLOC],
+        wmem_queued: meminfo[SK_MEMINFO_WMEM_QUEUED],
+        fwd_alloc: meminfo[SK_MEMINFO_FWD_ALLOC],
+        optmem: meminfo[SK_MEMINFO_OPTMEM],
+    }
 }
 
 /// Send one dump request and hand every answer to `each`.
@@ -163,5 +276,16 @@ mod tests {
         let unix = memory.get(&inode_of(a.as_raw_fd())).expect("the unix socket is dumped");
         assert!(unix.buffer_bytes() as usize >= 10_000, "{unix:?}");
         assert!(memory.contains_key(&inode_of(b.as_raw_fd())));
+        // Measured one by one through a duplicate of the descriptor: the same numbers.
+        let own = pidfd(std::process::id()).unwrap();
+        let alone = socket_memory(&own, server.as_raw_fd(), inode_of(server.as_raw_fd())).unwrap();
+        assert_eq!(alone.rmem_alloc, tcp.rmem_alloc);
+        let alone = socket_memory(&own, a.as_raw_fd(), inode_of(a.as_raw_fd())).unwrap();
+        assert_eq!(alone, *unix);
+        // A descriptor that is not (or no longer) the socket asked about is not measured.
+        assert!(matches!(
+            socket_memory(&own, b.as_raw_fd(), inode_of(a.as_raw_fd())),
+            Err(SocketMemoryError::Gone)
+        ));
     }
 }

@@ -32,6 +32,10 @@ pub(crate) struct SelfMetrics {
     /// Each kernel program's runs and run time, while the kernel's BPF statistics are on
     /// (empty otherwise: no series rather than zeros that would read as "free").
     pub(crate) programs: Vec<ProgramRuns>,
+    /// Facts the snapshots could not have, counted each time one was asked for: open sockets
+    /// whose memory, processes whose descriptor limit could not be read.
+    pub(crate) unavailable_socket_memory: u64,
+    pub(crate) unavailable_fd_limit: u64,
 }
 
 /// A counter with one label, a series per (value, count).
@@ -189,8 +193,15 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
     registry.register(Box::new(processes))?;
     registry.register(Box::new(fds))?;
     registry.register(Box::new(sites))?;
+    let unavailable = counter_by(
+        "helios_trace_facts_unavailable_total",
+        "Facts that could not be had when a snapshot asked for them (the socket memory of an open socket, e.g. its network namespace is gone; a process's descriptor limit): the report's sites and processes say why.",
+        "fact",
+        &[("socket_memory", own.unavailable_socket_memory), ("fd_limit", own.unavailable_fd_limit)],
+    )?;
     registry.register(Box::new(corrections))?;
     registry.register(Box::new(dropped))?;
+    registry.register(Box::new(unavailable))?;
     // What each kernel program costs, the way ebpf_exporter shows it.
     if !own.programs.is_empty() {
         let runs = IntCounterVec::new(
@@ -283,6 +294,8 @@ pub(crate) mod tests {
                 runs: 10,
                 run_ns: 2_500_000_000,
             }],
+            unavailable_socket_memory: 3,
+            unavailable_fd_limit: 0,
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
         let program = r#"{program="fd_syscall_exit"}"#;
@@ -302,6 +315,8 @@ pub(crate) mod tests {
         );
         assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="fds"}"#], 6.0);
         assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="sites"}"#], 4.0);
+        assert_eq!(series(&text, "helios_trace_facts_unavailable_total")[r#"{fact="socket_memory"}"#], 3.0);
+        assert_eq!(series(&text, "helios_trace_facts_unavailable_total")[r#"{fact="fd_limit"}"#], 0.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
         let build = series(&text, "helios_trace_build_info");

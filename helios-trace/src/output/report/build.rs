@@ -8,8 +8,8 @@ use std::{
 };
 
 use super::{
-    CLOSE_WAIT, Example, ExitedSummary, FdListing, ProcessReport, REPORT_VERSION, Report, Resources,
-    SiteReport,
+    CLOSE_WAIT, Example, ExitedSummary, FactsUnavailable, FdListing, ProcessReport, REPORT_VERSION, Report,
+    Resources, SiteReport,
 };
 use crate::{
     model::{
@@ -38,14 +38,19 @@ pub(crate) struct FdFacts {
     pub(crate) socket_memory: Option<u64>,
     /// Bytes a memfd pins.
     pub(crate) pinned_bytes: Option<u64>,
+    /// Why a socket's memory could not be had (its network namespace, its descriptor).
+    pub(crate) socket_memory_unavailable: Option<String>,
 }
 
 /// A live process's limits and memory now (the session reads them; trends come from History).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ProcessFacts {
     pub(crate) fd_limit: Option<u64>,
     pub(crate) rss_bytes: Option<u64>,
     pub(crate) cgroup: Option<CgroupMemory>,
+    /// Why a fact is missing, by the name of its field in `resources` (`fd_limit`,
+    /// `rss_bytes`, `memory_current_bytes`).
+    pub(crate) unavailable: Vec<(&'static str, String)>,
 }
 
 /// Everything a report is made of. Closures give what only /proc knows, so tests can supply
@@ -154,9 +159,24 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         suspected_leaks: processes.iter().map(|p| p.suspected_leaks).sum(),
         judged: duration >= TIME_TO_JUDGE,
         judge_after_seconds: TIME_TO_JUDGE.as_secs_f64(),
+        facts_unavailable: facts_unavailable(&processes),
         command: None,
         processes,
     }
+}
+
+/// The facts the report is missing, counted: sockets, and processes by resource.
+fn facts_unavailable(processes: &[ProcessReport]) -> FactsUnavailable {
+    let mut counts = FactsUnavailable::default();
+    for process in processes {
+        counts.socket_memory += process.sites.iter().map(|s| s.unmeasured_sockets).sum::<u64>();
+        let Some(resources) = &process.resources else { continue };
+        let missing = |field: &str| resources.unavailable.contains_key(field) as u64;
+        counts.fd_limit += missing("fd_limit");
+        counts.rss += missing("rss_bytes");
+        counts.cgroup_memory += missing("memory_current_bytes");
+    }
+    counts
 }
 
 /// What every site of every process is judged against.
@@ -216,9 +236,15 @@ fn process_report(
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
             let mut socket_memory = (kind == FdKind::Socket && !exited).then_some(0u64);
             let mut pinned = (kind == FdKind::Memfd && !exited).then_some(0u64);
+            // Sockets whose memory could not be had, and the first reason.
+            let mut unmeasured = (0u64, None);
             if socket_memory.is_some() || pinned.is_some() {
                 for (fd, e) in &open {
                     let facts = inspect(tgid, *fd, e);
+                    if let Some(why) = facts.socket_memory_unavailable {
+                        unmeasured.0 += 1;
+                        unmeasured.1.get_or_insert(why);
+                    }
                     if let Some(state) = facts.tcp_state {
                         *tcp_states.entry(state).or_default() += 1;
                     }
@@ -240,6 +266,13 @@ fn process_report(
                 })
                 .collect();
             let frames = (context.frames)(site);
+            // A sum missing some sockets is not the site's memory: null, and why.
+            let socket_memory_unavailable = unmeasured
+                .1
+                .map(|why| format!("{} of {} open sockets not measured: {why}", unmeasured.0, open.len()));
+            if socket_memory_unavailable.is_some() {
+                socket_memory = None;
+            }
             SiteReport {
                 site: site.label(),
                 kind,
@@ -266,6 +299,8 @@ fn process_report(
                 close_wait: tcp_states.get(CLOSE_WAIT).copied().unwrap_or(0),
                 tcp_states,
                 socket_memory_bytes: socket_memory,
+                socket_memory_unavailable,
+                unmeasured_sockets: unmeasured.0,
                 pinned_bytes: pinned,
                 frames,
                 examples,
@@ -323,6 +358,14 @@ fn resources(
     let rss_rate = series.and_then(|s| slope(&s.rss));
     let memory_rate = series.and_then(|s| slope(&s.cgroup_memory));
     let memory_current = facts.cgroup.map(|c| c.current);
+    let mut unavailable: BTreeMap<&'static str, String> = facts.unavailable.into_iter().collect();
+    let socket_memory_bytes = match sites.iter().find_map(|s| s.socket_memory_unavailable.as_ref()) {
+        Some(why) => {
+            unavailable.insert("socket_memory_bytes", why.clone());
+            None
+        }
+        None => Some(sites.iter().filter_map(|s| s.socket_memory_bytes).sum()),
+    };
     let memory_limit = facts.cgroup.and_then(|c| c.limit);
     let mut resources = Resources {
         fd_limit: facts.fd_limit,
@@ -335,7 +378,8 @@ fn resources(
         memory_growth_bytes_per_hour: memory_rate.map(|r| r * HOUR),
         memory_exhaustion_seconds: memory_current
             .and_then(|current| exhaustion_seconds(memory_limit, current, memory_rate)),
-        socket_memory_bytes: sites.iter().filter_map(|s| s.socket_memory_bytes).sum(),
+        socket_memory_bytes,
+        unavailable,
         summary: None,
     };
     resources.summary = resource_summary(&resources, sites);
@@ -496,6 +540,8 @@ pub(super) mod tests {
         exited: &'a [ExitedProcess],
         now_ns: u64,
         states: &'a dyn Fn(i32) -> Option<String>,
+        /// Why a socket's memory could not be had.
+        unmeasured: &'a dyn Fn(i32) -> Option<String>,
     }
 
     fn build_with(table: &FdTable, stats: &SiteStats, extras: Extras<'_>) -> Report {
@@ -504,13 +550,21 @@ pub(super) mod tests {
             _ => Vec::new(),
         };
         let mut describe = |_: u32, fd: i32, _: &OpenFd| Some(format!("fd{fd}"));
-        let mut inspect = |_: u32, fd: i32, _: &OpenFd| FdFacts {
-            tcp_state: (extras.states)(fd),
-            socket_memory: Some(1000 + fd as u64),
-            pinned_bytes: None,
+        let mut inspect = |_: u32, fd: i32, _: &OpenFd| {
+            let unavailable = (extras.unmeasured)(fd);
+            FdFacts {
+                tcp_state: (extras.states)(fd),
+                socket_memory: unavailable.is_none().then_some(1000 + fd as u64),
+                pinned_bytes: None,
+                socket_memory_unavailable: unavailable,
+            }
         };
-        let mut process_facts =
-            |_: u32| ProcessFacts { fd_limit: Some(64), rss_bytes: Some(5_000_000), cgroup: None };
+        let mut process_facts = |_: u32| ProcessFacts {
+            fd_limit: Some(64),
+            rss_bytes: Some(5_000_000),
+            cgroup: None,
+            unavailable: vec![("memory_current_bytes", "no memory cgroup in \"\"".to_string())],
+        };
         build(ReportInput {
             started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_773_478_020),
             duration: Duration::from_secs(30),
@@ -537,7 +591,13 @@ pub(super) mod tests {
         build_with(
             table,
             stats,
-            Extras { history: &history, exited: &[], now_ns: 10_000_000_000, states: &|_| None },
+            Extras {
+                history: &history,
+                exited: &[],
+                now_ns: 10_000_000_000,
+                states: &|_| None,
+                unmeasured: &|_| None,
+            },
         )
     }
 
@@ -620,6 +680,72 @@ pub(super) mod tests {
         (table, stats, history)
     }
 
+    /// Sockets whose memory cannot be had make their site's sum null and say why; the process
+    /// and the report count them, and nothing else changes.
+    #[test]
+    fn unmeasured_sockets_are_null_explained_and_counted() {
+        let (table, stats, history) = leaking(10);
+        let why = "a socket of network namespace net:[4026532290]: its descriptor could not be duplicated";
+        let unmeasured = |fd: i32| (fd % 2 == 0).then(|| why.to_string());
+        let report = build_with(
+            &table,
+            &stats,
+            Extras {
+                history: &history,
+                exited: &[],
+                now_ns: 10_000_000_000,
+                states: &|_| None,
+                unmeasured: &unmeasured,
+            },
+        );
+        let p = &report.processes[0];
+        let leak = p.sites.iter().find(|s| s.kind == FdKind::Socket).unwrap();
+        assert_eq!(leak.open, 10);
+        assert_eq!(leak.socket_memory_bytes, None, "a partial sum is not the site's memory");
+        assert_eq!(
+            leak.socket_memory_unavailable.as_deref(),
+            Some(format!("5 of 10 open sockets not measured: {why}").as_str())
+        );
+        let resources = p.resources.as_ref().unwrap();
+        assert_eq!(resources.socket_memory_bytes, None);
+        assert!(resources.unavailable["socket_memory_bytes"].ends_with(why));
+        assert_eq!(resources.fd_limit, Some(64), "the other facts are there");
+        assert_eq!(
+            report.facts_unavailable,
+            FactsUnavailable { socket_memory: 5, fd_limit: 0, rss: 0, cgroup_memory: 1 }
+        );
+        let json: serde_json::Value = serde_json::from_str(&to_json(&report)).unwrap();
+        assert_eq!(json["facts_unavailable"]["socket_memory"], 5);
+        let site = &json["processes"][0]["sites"][0];
+        assert!(site["socket_memory_bytes"].is_null());
+        assert!(site["socket_memory_unavailable"].as_str().unwrap().contains("net:[4026532290]"));
+        assert!(site.get("unmeasured_sockets").is_none());
+        let text = super::super::text::to_text(&report);
+        assert!(
+            text.contains("socket memory unknown: 5 of 10 open sockets not measured: a socket"),
+            "{text}"
+        );
+        assert!(text.contains("memory_current_bytes unknown: no memory cgroup"), "{text}");
+        let unavailable = &json["processes"][0]["resources"]["unavailable"];
+        assert_eq!(unavailable["memory_current_bytes"], "no memory cgroup in \"\"");
+        // All measured: the sum, and no reason.
+        let report = build_with(
+            &table,
+            &stats,
+            Extras {
+                history: &history,
+                exited: &[],
+                now_ns: 10_000_000_000,
+                states: &|_| None,
+                unmeasured: &|_| None,
+            },
+        );
+        let leak = report.processes[0].sites.iter().find(|s| s.kind == FdKind::Socket).unwrap();
+        assert_eq!(leak.socket_memory_bytes, Some((100..110).map(|fd| 1000 + fd as u64).sum()));
+        assert_eq!(leak.socket_memory_unavailable, None);
+        assert_eq!(report.facts_unavailable.socket_memory, 0);
+    }
+
     #[test]
     fn growing_sites_are_suspected_ranked_first_and_explained() {
         let (table, stats, history) = leaking(60);
@@ -627,7 +753,13 @@ pub(super) mod tests {
         let report = build_with(
             &table,
             &stats,
-            Extras { history: &history, exited: &[], now_ns: 60_000_000_000, states: &states },
+            Extras {
+                history: &history,
+                exited: &[],
+                now_ns: 60_000_000_000,
+                states: &states,
+                unmeasured: &|_| None,
+            },
         );
         assert_eq!(report.suspected_leaks, 1);
         let p = &report.processes[0];
@@ -686,7 +818,13 @@ pub(super) mod tests {
         let report = build_with(
             &FdTable::new(),
             &stats,
-            Extras { history: &history, exited: &exited, now_ns: 99_000_000_000, states: &|_| None },
+            Extras {
+                history: &history,
+                exited: &exited,
+                now_ns: 99_000_000_000,
+                states: &|_| None,
+                unmeasured: &|_| None,
+            },
         );
         let p = &report.processes[0];
         assert_eq!((p.pid, p.exited, p.open_fds), (9, true, 4));
@@ -719,7 +857,7 @@ pub(super) mod tests {
         let report = build_with(
             &table,
             &stats,
-            Extras { history: &history, exited: &[], now_ns: 10, states: &|_| None },
+            Extras { history: &history, exited: &[], now_ns: 10, states: &|_| None, unmeasured: &|_| None },
         );
         let site = &process_of(&report, 6).sites[0];
         assert!(site.closed_only_at_exit);
@@ -743,13 +881,19 @@ pub(super) mod tests {
         }
         let mut site = build_sample_site();
         site.growth_per_minute = Some(120.0);
-        let facts = ProcessFacts { fd_limit: Some(1024), rss_bytes: Some(70_000_000), cgroup: None };
+        let facts = ProcessFacts {
+            fd_limit: Some(1024),
+            rss_bytes: Some(70_000_000),
+            cgroup: None,
+            unavailable: Vec::new(),
+        };
         let r = resources(facts, 138, Some(&series), &[site]);
         assert_eq!(r.fd_growth_per_hour, Some(7200.0));
         assert_eq!(r.fd_exhaustion_seconds, Some((1024.0 - 138.0) / 2.0));
         assert_eq!(r.rss_growth_bytes_per_hour, Some(3_600_000_000.0));
         assert_eq!(r.memory_exhaustion_seconds, None, "no cgroup limit, no projection");
-        assert_eq!(r.socket_memory_bytes, 4096);
+        assert_eq!(r.socket_memory_bytes, Some(4096));
+        assert!(r.unavailable.is_empty());
         assert_eq!(
             r.summary.as_deref(),
             Some(
@@ -780,6 +924,8 @@ pub(super) mod tests {
             tcp_states: BTreeMap::new(),
             close_wait: 0,
             socket_memory_bytes: Some(4096),
+            socket_memory_unavailable: None,
+            unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),

@@ -37,6 +37,9 @@ pub(crate) struct Report {
     /// long a session must trace.
     pub(crate) judged: bool,
     pub(crate) judge_after_seconds: f64,
+    /// Facts that could not be had, counted (each missing one says why where it is missing:
+    /// `socket_memory_unavailable` of a site, `resources.unavailable` of a process).
+    pub(crate) facts_unavailable: FactsUnavailable,
     /// `helios-trace run`: the command, and how it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) command: Option<CommandReport>,
@@ -116,6 +119,12 @@ pub(crate) struct SiteReport {
     /// Kernel memory charged to the site's open sockets (receive and send queues, forward
     /// allocation, options; from sock_diag). Null for other kinds.
     pub(crate) socket_memory_bytes: Option<u64>,
+    /// Why `socket_memory_bytes` is null for a socket site: how many of its sockets could not
+    /// be measured, and the first reason (e.g. their network namespace is gone).
+    pub(crate) socket_memory_unavailable: Option<String>,
+    /// How many of its open sockets that is (not in the JSON: the sentence says it).
+    #[serde(skip)]
+    pub(crate) unmeasured_sockets: u64,
     /// Memory pinned by the site's open memfds (their blocks cannot be freed while open).
     pub(crate) pinned_bytes: Option<u64>,
     pub(crate) frames: Vec<Frame>,
@@ -138,11 +147,26 @@ pub(crate) struct Resources {
     pub(crate) memory_limit_bytes: Option<u64>,
     pub(crate) memory_growth_bytes_per_hour: Option<f64>,
     pub(crate) memory_exhaustion_seconds: Option<f64>,
-    /// Kernel memory charged to all its open sockets.
-    pub(crate) socket_memory_bytes: u64,
+    /// Kernel memory charged to all its open sockets (null when some could not be measured).
+    pub(crate) socket_memory_bytes: Option<u64>,
+    /// Why a fact above is null, by its field name (`fd_limit`, `rss_bytes`,
+    /// `memory_current_bytes`, `socket_memory_bytes`); absent when nothing is missing.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) unavailable: BTreeMap<&'static str, String>,
     /// The one-line summary joining memory and descriptors, e.g. "RSS +240 MB/h while site
     /// accept_loop (srv.c:88) grew +2,000/h; the fd limit of 65,536 is reached in 9h 12m".
     pub(crate) summary: Option<String>,
+}
+
+/// What the report could not find out, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct FactsUnavailable {
+    /// Open sockets whose memory could not be had.
+    pub(crate) socket_memory: u64,
+    /// Live processes whose descriptor limit, RSS or memory cgroup could not be read.
+    pub(crate) fd_limit: u64,
+    pub(crate) rss: u64,
+    pub(crate) cgroup_memory: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

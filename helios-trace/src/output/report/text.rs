@@ -86,8 +86,8 @@ pub(crate) fn to_text(report: &Report) -> String {
             if let Some(rss) = r.rss_bytes {
                 facts.push(format!("RSS {}", bytes(rss as f64)));
             }
-            if r.socket_memory_bytes > 0 {
-                facts.push(format!("socket buffers {}", bytes(r.socket_memory_bytes as f64)));
+            if let Some(memory) = r.socket_memory_bytes.filter(|m| *m > 0) {
+                facts.push(format!("socket buffers {}", bytes(memory as f64)));
             }
             if let Some(limit) = r.fd_limit {
                 facts.push(format!("fd limit {}", thousands(limit)));
@@ -97,6 +97,10 @@ pub(crate) fn to_text(report: &Report) -> String {
             }
             if let Some(summary) = &r.summary {
                 let _ = writeln!(out, "  {summary}");
+            }
+            // What is missing, and why (the JSON's `resources.unavailable`).
+            for (field, why) in &r.unavailable {
+                let _ = writeln!(out, "  {field} unknown: {why}");
             }
         }
         for site in &process.sites {
@@ -143,6 +147,9 @@ pub(crate) fn to_text(report: &Report) -> String {
             }
             if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
                 let _ = writeln!(out, "           socket memory {}", bytes(memory as f64));
+            }
+            if let Some(why) = &site.socket_memory_unavailable {
+                let _ = writeln!(out, "           socket memory unknown: {why}");
             }
             if let Some(pinned) = site.pinned_bytes.filter(|p| *p > 0) {
                 let _ = writeln!(out, "           pins {}", bytes(pinned as f64));
