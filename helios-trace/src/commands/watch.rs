@@ -119,7 +119,10 @@ impl Progress {
             View::Lines | View::Quiet => false,
         };
         let display = if live {
-            Display::Live(LiveView::start(title, quit.clone()).context("cannot start the live view")?)
+            Display::Live(
+                LiveView::start(title, args.frame_display(), quit.clone())
+                    .context("cannot start the live view")?,
+            )
         } else if args.view == View::Quiet {
             Display::Quiet
         } else {
@@ -160,7 +163,7 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, snapshot: bool) -> Resul
     let text = match (args.format, snapshot && args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),
-        (Format::Text, _) => to_text(report),
+        (Format::Text, _) => to_text(report, args.frame_display()),
     };
     if let Some(path) = &args.flamegraph {
         let svg = flamegraph::svg(report).context("drawing the flame graph")?;

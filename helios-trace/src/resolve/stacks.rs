@@ -391,7 +391,10 @@ impl StackRegistry {
                 Some(module) => self.symbols(&module.file, lookup_offset),
                 None => Arc::from([]),
             };
-            let native = Frame::native(*address, Some(mapping.path.clone()), Some(offset));
+            let native = Frame {
+                interpreter: is_interpreter(&mapping.path),
+                ..Frame::native(*address, Some(mapping.path.clone()), Some(offset))
+            };
             if symbols.is_empty() {
                 frames.push(native);
                 continue;
@@ -452,6 +455,15 @@ impl StackRegistry {
         self.kernel.insert(id, frames.clone());
         frames
     }
+}
+
+/// Whether a module is a CPython interpreter's own code: a `pythonX.Y` executable or a
+/// `libpythonX.Y` library, the modules resolve/python recognises a CPython by (layout.rs's
+/// `version_of`), as opposed to its extension modules (`_socket.cpython-312-….so`, in
+/// lib-dynload or site-packages) and the libraries it links (libc, libssl, libsqlite3).
+/// Modules built into the executable (Debian builds `_socket` and `_io` in) are its own.
+fn is_interpreter(module: &str) -> bool {
+    crate::resolve::python::layout::version_of(module).is_some()
 }
 
 /// The address to look each user frame up at. Every one is just after an instruction: the

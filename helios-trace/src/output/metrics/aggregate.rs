@@ -525,6 +525,7 @@ mod tests {
             symbol_offset: None,
             inlined: false,
             language: Language::Native,
+            interpreter: false,
         }
     }
 
