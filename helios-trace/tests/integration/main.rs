@@ -16,6 +16,7 @@ mod deploy;
 mod fuzz_corpus;
 mod lifecycle;
 mod python;
+mod python_sites;
 mod resources;
 mod robustness;
 mod serve;
