@@ -221,12 +221,15 @@ fn is_runtime(frame: &Frame) -> bool {
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
 /// code, past the kernel, the C library and loader, language runtimes and standard libraries.
-/// When every frame is plumbing, the innermost Python frame, else the innermost user frame.
-/// None only without user frames.
+/// In a stack with Python frames, the application's code is Python: the native frames innermost
+/// of them are the C the Python code called (libsqlite3, libssl, an extension), never the
+/// telling frame. When every frame is plumbing, the innermost Python frame, else the innermost
+/// user frame. None only without user frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
+    let python = frames.iter().any(|f| f.language == Language::Python);
     frames
         .iter()
-        .find(|f| !is_runtime(f))
+        .find(|f| !is_runtime(f) && (!python || f.language == Language::Python))
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
         .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
@@ -439,6 +442,14 @@ pub(crate) mod tests {
         through_package.insert(2, vendored.clone());
         assert_eq!(
             frame_label(telling_frame(&through_package).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
+        // A library the Python code called (stripped libsqlite3: module and offset only) is not
+        // the application's code: the Python caller tells.
+        let mut through_library = frames.clone();
+        through_library.insert(0, native(None, "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6", 0xa99c7));
+        assert_eq!(
+            frame_label(telling_frame(&through_library).unwrap()),
             "geo.py:UnitTrackingWSHandler.on_connect:27"
         );
         // All in libraries: the innermost Python frame, not libc.
