@@ -214,7 +214,17 @@ fn check(report: &Value, script: &Script, sockets: &[SocketRow]) -> Vec<String> 
         .filter_map(|e| e["site"].as_str())
         .collect();
     let [id] = at.iter().copied().collect::<Vec<&str>>()[..] else {
-        wrong.push(format!("{what}: the leaked descriptors are at {} sites: {at:?}", at.len()));
+        let described: Vec<String> = sites
+            .iter()
+            .filter(|s| s["site"].as_str().is_some_and(|id| at.contains(id)))
+            .map(|s| {
+                let python = s["frames"]
+                    .as_array()
+                    .map_or(0, |f| f.iter().filter(|f| f["language"] == "python").count());
+                format!("{} {} ({} open, {python} Python frames)", s["site"], s["frame"], s["open"])
+            })
+            .collect();
+        wrong.push(format!("{what}: the leaked descriptors are at {} sites: {described:?}", at.len()));
         return wrong;
     };
     let site = sites.iter().find(|s| s["site"] == id).unwrap();

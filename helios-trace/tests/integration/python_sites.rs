@@ -21,8 +21,8 @@ fn spawn(python: &Path) -> Workload {
     Workload::spawn_command(command)
 }
 
-/// The sites of `pid` whose frames include `file`'s `line` in a Python frame.
-fn sites_of_line<'a>(report: &'a Value, pid: u32, line: i64) -> Vec<&'a Value> {
+/// The sites of `pid` with a Python frame at `line` of warmup.py.
+fn sites_of_line(report: &Value, pid: u32, line: i64) -> Vec<&Value> {
     let p = process(report, pid).unwrap();
     p["sites"]
         .as_array()

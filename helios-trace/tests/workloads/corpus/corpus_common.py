@@ -1,8 +1,8 @@
 """What every script of the corpus shares (tests/integration/corpus.rs).
 
-A script is started as `python3 SCRIPT.py leaking|fixed SCRATCH`. It sleeps a second (a
-tracer may still be finding the interpreter: descriptors opened before then would have native
-frames only), then serves ROUNDS requests of its kind, one every PACE seconds, driving itself
+A script is started as `python3 SCRIPT.py leaking|fixed SCRATCH`. It sleeps two seconds (a
+tracer may still be finding the interpreter: descriptors opened before then have native frames
+only, in sites of their own; one second was seen too short on a loaded machine), then serves ROUNDS requests of its kind, one every PACE seconds, driving itself
 over loopback; then it prints "ready" and what the test needs (e.g. its server's port), and
 waits on stdin until it closes or says "exit". The leaking variant keeps what each request
 opened; the fixed one closes it.
@@ -21,7 +21,7 @@ def args():
 
 
 def settle():
-    time.sleep(1.0)
+    time.sleep(2.0)
 
 
 def ready(*numbers):
