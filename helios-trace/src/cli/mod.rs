@@ -244,6 +244,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_frames_becomes_the_frame_display() {
+        let cli = Cli::try_parse_from(["helios-trace"]).unwrap();
+        assert_eq!(cli.session.frame_display(), FrameDisplay::Readable);
+        let cli = Cli::try_parse_from(["helios-trace", "--all-frames"]).unwrap();
+        assert_eq!(cli.session.frame_display(), FrameDisplay::All);
+        let Some(Command::Run(run)) =
+            Cli::try_parse_from(["helios-trace", "run", "--all-frames", "--", "true"]).unwrap().command
+        else {
+            panic!("run parses")
+        };
+        assert_eq!(run.session.frame_display(), FrameDisplay::All);
+    }
+
+    #[test]
     fn stack_windows_and_modes() {
         let cli = Cli::try_parse_from(["helios-trace", "--stacks", "fp", "--stack-window", "4K"]).unwrap();
         assert_eq!((cli.session.trace.stacks, cli.session.trace.stack_window), (StackMode::Fp, 4096));

@@ -508,6 +508,28 @@ mod tests {
     }
 
     #[test]
+    fn interpreter_modules_are_the_executable_and_libpython_not_extensions() {
+        for own in [
+            "/usr/bin/python3.11",
+            "/root/.pyenv/versions/3.12.1/bin/python3.12",
+            "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+            "/usr/lib/x86_64-linux-gnu/libpython3.13t.so.1.0",
+        ] {
+            assert!(is_interpreter(own), "{own}");
+        }
+        for other in [
+            "/usr/lib/python3.11/lib-dynload/_asyncio.cpython-311-x86_64-linux-gnu.so",
+            "/root/.pyenv/versions/3.12.1/lib/python3.12/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so",
+            "/srv/venv/lib/python3.11/site-packages/aiohttp/_http_parser.cpython-311-x86_64-linux-gnu.so",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6",
+            "/usr/lib/x86_64-linux-gnu/libpython3.so",
+        ] {
+            assert!(!is_interpreter(other), "{other}");
+        }
+    }
+
+    #[test]
     fn registry_caches_per_process_and_forgets_on_exec() {
         const MAPS: &str =
             "7f3a12000000-7f3a12028000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
