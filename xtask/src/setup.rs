@@ -38,6 +38,7 @@ pub fn ensure(for_tests: bool) -> Result<()> {
         apt.install(TEST_PACKAGES)?;
         ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &["fuzz", "--version"])?;
         ensure_python_venv()?;
+        ensure_corpus_venv()?;
     }
     Ok(())
 }
@@ -73,6 +74,30 @@ fn ensure_python_venv() -> Result<()> {
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")),
     )
+}
+
+/// The leak corpus's virtualenv (helios-trace/tests/workloads/corpus): Debian's python3 (a
+/// test package; `python3` on PATH may be another, e.g. pyenv's shim) with the frameworks of
+/// its requirements.txt, every package pinned, dependencies included (`--no-deps`: nothing
+/// unpinned comes in). Installed again only when that file changed (a copy of it in the
+/// virtualenv says what is there).
+fn ensure_corpus_venv() -> Result<()> {
+    let venv = data_dir()?.join("corpus-venv");
+    let wanted_path = sh::workspace_root().join("helios-trace/tests/workloads/corpus/requirements.txt");
+    let wanted =
+        fs::read_to_string(&wanted_path).with_context(|| format!("reading {}", wanted_path.display()))?;
+    let installed = venv.join("installed-requirements.txt");
+    if venv.join("bin/python").exists() && fs::read_to_string(&installed).is_ok_and(|i| i == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing the leak corpus's packages into {} (about a minute)", venv.display());
+    sh::check(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    sh::check(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "--no-deps", "-r"])
+            .arg(&wanted_path),
+    )?;
+    fs::write(&installed, wanted).with_context(|| format!("writing {}", installed.display()))
 }
 
 /// A cargo subcommand from crates.io at a pinned version.

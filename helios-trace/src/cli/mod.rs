@@ -6,6 +6,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use helios_trace_common::stack_mode;
 
+use crate::model::frame::FrameDisplay;
+
 use parse::{parse_duration, parse_interval, parse_retention, parse_ring_size, parse_stack_window};
 
 mod parse;
@@ -95,10 +97,22 @@ pub struct SessionArgs {
     /// A growing site is a suspected leak only when some of its descriptors are older than this.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub(crate) min_age: Duration,
+    /// Show every frame of a stack in the text report and the live view. By default the
+    /// native frames of the Python interpreter itself, between and around a stack's Python
+    /// frames, are folded into a line (`… 12 interpreter frames`); JSON always has them all.
+    #[arg(long)]
+    pub(crate) all_frames: bool,
     /// Progress while tracing: a live view on a terminal (stdout or stderr) and a summary line
     /// per interval on stderr otherwise (`run` prints lines: the command shares the terminal).
     #[arg(long, value_enum, default_value_t = View::Auto)]
     pub(crate) view: View,
+}
+
+impl SessionArgs {
+    /// Which frames people are shown (`--all-frames`).
+    pub(crate) fn frame_display(&self) -> FrameDisplay {
+        if self.all_frames { FrameDisplay::All } else { FrameDisplay::Readable }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,6 +244,20 @@ impl StackMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_frames_becomes_the_frame_display() {
+        let cli = Cli::try_parse_from(["helios-trace"]).unwrap();
+        assert_eq!(cli.session.frame_display(), FrameDisplay::Readable);
+        let cli = Cli::try_parse_from(["helios-trace", "--all-frames"]).unwrap();
+        assert_eq!(cli.session.frame_display(), FrameDisplay::All);
+        let Some(Command::Run(run)) =
+            Cli::try_parse_from(["helios-trace", "run", "--all-frames", "--", "true"]).unwrap().command
+        else {
+            panic!("run parses")
+        };
+        assert_eq!(run.session.frame_display(), FrameDisplay::All);
+    }
 
     #[test]
     fn stack_windows_and_modes() {

@@ -124,7 +124,10 @@ impl Progress {
             View::Lines | View::Quiet => false,
         };
         let display = if live {
-            Display::Live(LiveView::start(title, quit.clone()).context("cannot start the live view")?)
+            Display::Live(
+                LiveView::start(title, args.frame_display(), quit.clone())
+                    .context("cannot start the live view")?,
+            )
         } else if args.view == View::Quiet {
             Display::Quiet
         } else {
@@ -165,7 +168,7 @@ pub(super) fn emit(report: &Report, args: &SessionArgs, files: &Files, snapshot:
     let text = match (args.format, snapshot && args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),
-        (Format::Text, _) => to_text(report),
+        (Format::Text, _) => to_text(report, args.frame_display()),
     };
     if let Some(path) = &args.flamegraph {
         let svg = flamegraph::svg(report).context("drawing the flame graph")?;

@@ -44,6 +44,11 @@ pub(crate) struct Frame {
     /// Code of `symbol` inlined into the next frame's function: both are at the same address.
     pub(crate) inlined: bool,
     pub(crate) language: Language,
+    /// A native frame of the process's CPython itself (its executable or libpython), as
+    /// opposed to the extension modules and libraries it calls: the interpreter's glue between
+    /// Python frames, which differs from call to call of one Python line (see `site_id`) and
+    /// which the text report and the live view fold.
+    pub(crate) interpreter: bool,
 }
 
 fn hex<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -67,6 +72,7 @@ impl Frame {
             symbol_offset: None,
             inlined: false,
             language: Language::Python,
+            interpreter: false,
         }
     }
 
@@ -82,6 +88,7 @@ impl Frame {
             symbol_offset: None,
             inlined: false,
             language: Language::Native,
+            interpreter: false,
         }
     }
 
@@ -214,12 +221,15 @@ fn is_runtime(frame: &Frame) -> bool {
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
 /// code, past the kernel, the C library and loader, language runtimes and standard libraries.
-/// When every frame is plumbing, the innermost Python frame, else the innermost user frame.
-/// None only without user frames.
+/// In a stack with Python frames, the application's code is Python: the native frames innermost
+/// of them are the C the Python code called (libsqlite3, libssl, an extension), never the
+/// telling frame. When every frame is plumbing, the innermost Python frame, else the innermost
+/// user frame. None only without user frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
+    let python = frames.iter().any(|f| f.language == Language::Python);
     frames
         .iter()
-        .find(|f| !is_runtime(f))
+        .find(|f| !is_runtime(f) && (!python || f.language == Language::Python))
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
         .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
@@ -251,10 +261,11 @@ pub(crate) fn site_label(frames: &[Frame]) -> Option<String> {
 /// The stable id of a stack: FNV-1a over each frame's (module, function, offset in function),
 /// or (module, file offset) without a function, or (function, file, line) for interpreted
 /// frames, falling back to the address for frames in no file. Inlined frames add nothing:
-/// they follow from the address of the frame they were inlined into.
+/// they follow from the address of the frame they were inlined into. A stack with Python
+/// frames is identified by fewer frames (`identity`).
 pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
     let mut hasher = FnvHasher::default();
-    for frame in frames.iter().filter(|f| !f.inlined) {
+    for frame in identity(frames).filter(|f| !f.inlined) {
         hasher.write_u8(frame.language as u8);
         let module = frame.module.as_deref().map(basename);
         match (&frame.symbol, frame.symbol_offset, module, frame.offset) {
@@ -281,6 +292,77 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
         hasher.write_u8(0xff);
     }
     SiteId::Stack(hasher.finish())
+}
+
+/// The frames a site's identity comes from (ARCHITECTURE.md, "Data flow" 4). A native stack:
+/// all of them. A stack with Python frames: the Python frames, and innermost of them the
+/// kernel frames and the native frames that are not the interpreter's own (the extension and
+/// C library chain: `_socket`'s `sock_accept`, libc's `accept4`). Left out: the interpreter's
+/// frames between and around the Python frames, which differ from call to call of one Python
+/// line — CPython's adaptive interpreter (PEP 659, 3.11+) first runs the generic instruction,
+/// whose call goes through `PyObject_Vectorcall` and the method wrappers, then, once the code
+/// is warm (the counters of Include/internal/pycore_code.h, Python/specialize.c), a
+/// specialized one (e.g. 3.13's `CALL_METHOD_DESCRIPTOR_NOARGS`) that calls the C function
+/// itself from another offset of `_PyEval_EvalFrameDefault` — and every native frame outward
+/// of the Python frames, which
+/// the Python frames already name (and whose depth depends on how much stack that glue took,
+/// so a cut stack window would cut them differently).
+fn identity(frames: &[Frame]) -> impl Iterator<Item = &Frame> {
+    let first_python = frames.iter().position(|f| f.language == Language::Python);
+    frames.iter().enumerate().filter_map(move |(i, frame)| {
+        let kept = match first_python {
+            None => true,
+            Some(first) => frame.language == Language::Python || (i < first && !frame.interpreter),
+        };
+        kept.then_some(frame)
+    })
+}
+
+/// What a person is shown of a stack: a frame (with its index in the stack), or a run of the
+/// interpreter's own frames folded into one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shown<'a> {
+    Frame(usize, &'a Frame),
+    /// This many consecutive interpreter frames.
+    Folded(usize),
+}
+
+/// Which frames the text report and the live view show (`--all-frames`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum FrameDisplay {
+    /// A stack with Python frames shows them with the native frames of extensions and
+    /// libraries, each run of interpreter frames folded into one line.
+    #[default]
+    Readable,
+    /// Every frame.
+    All,
+}
+
+/// The frames of a stack as shown. Only a stack with Python frames folds: without them, the
+/// interpreter's frames are all there is to tell where it was (a descriptor opened while the
+/// interpreter was starting, or by one whose frames are not walked).
+pub(crate) fn shown(frames: &[Frame], display: FrameDisplay) -> Vec<Shown<'_>> {
+    let fold = display == FrameDisplay::Readable && frames.iter().any(|f| f.language == Language::Python);
+    let mut out = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.iter().enumerate() {
+        match out.last_mut() {
+            _ if !(fold && frame.interpreter) => out.push(Shown::Frame(i, frame)),
+            Some(Shown::Folded(n)) => *n += 1,
+            _ => out.push(Shown::Folded(1)),
+        }
+    }
+    out
+}
+
+impl Shown<'_> {
+    /// One line of a stack: `#3  handle (/srv/app.py:10)`, or `… 12 interpreter frames`.
+    pub(crate) fn line(&self) -> String {
+        match self {
+            Shown::Frame(i, frame) => format!("#{i:<2} {}", frame.describe()),
+            Shown::Folded(1) => "… 1 interpreter frame".to_string(),
+            Shown::Folded(n) => format!("… {n} interpreter frames"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +444,14 @@ pub(crate) mod tests {
             frame_label(telling_frame(&through_package).unwrap()),
             "geo.py:UnitTrackingWSHandler.on_connect:27"
         );
+        // A library the Python code called (stripped libsqlite3: module and offset only) is not
+        // the application's code: the Python caller tells.
+        let mut through_library = frames.clone();
+        through_library.insert(0, native(None, "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6", 0xa99c7));
+        assert_eq!(
+            frame_label(telling_frame(&through_library).unwrap()),
+            "geo.py:UnitTrackingWSHandler.on_connect:27"
+        );
         // All in libraries: the innermost Python frame, not libc.
         let libraries = vec![frames[0].clone(), frames[2].clone(), vendored];
         assert_eq!(frame_label(telling_frame(&libraries).unwrap()), "socket.py:socket.accept:294");
@@ -419,6 +509,114 @@ pub(crate) mod tests {
         assert_ne!(site_id(&a), site_id(&with_kernel));
     }
 
+    fn interp(symbol: &str, module: &str, offset: u64) -> Frame {
+        Frame { interpreter: true, ..native(Some(symbol), module, offset) }
+    }
+
+    fn python(symbol: &str, file: &str, line: u32) -> Frame {
+        Frame::python(Arc::from(symbol), Arc::from(file), Some(line))
+    }
+
+    /// One Python line's accept as the first calls and the specialized ones make it (the glue
+    /// of pyenv's 3.12, seen in reports): the same Python frames and extension chain.
+    pub(crate) fn accept_stack(glue: &[(&str, u64)], eval_offset: u64, outer: &[Frame]) -> Vec<Frame> {
+        const LIBPYTHON: &str = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+        let mut frames = vec![
+            kernel("do_syscall_64"),
+            native(Some("accept4"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x10f0),
+            native(Some("sock_accept"), "/x/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so", 0x5a0),
+        ];
+        frames.extend(glue.iter().map(|(symbol, offset)| interp(symbol, LIBPYTHON, *offset)));
+        frames.push(python("socket.accept", "/x/lib/python3.12/socket.py", 295));
+        frames.push(python("Handler.on_connect", "/srv/app.py", 21));
+        frames.push(python("main", "/srv/app.py", 40));
+        frames.push(interp("_PyEval_EvalFrameDefault", LIBPYTHON, eval_offset));
+        frames.push(interp("PyEval_EvalCode", LIBPYTHON, 0x40));
+        frames.extend_from_slice(outer);
+        frames
+    }
+
+    #[test]
+    fn one_site_per_python_call_path_whatever_the_interpreter_glue() {
+        let libc_start =
+            [native(Some("__libc_start_call_main"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x2d)];
+        let generic = accept_stack(
+            &[
+                ("cfunction_vectorcall_NOARGS", 0x30),
+                ("PyObject_Vectorcall", 0x55),
+                ("method_vectorcall", 0x12),
+            ],
+            0x1b3e,
+            &libc_start,
+        );
+        // Specialized: the eval loop calls the C function itself, from elsewhere in it.
+        let specialized = accept_stack(&[], 0x2c07, &libc_start);
+        assert_eq!(site_id(&generic), site_id(&specialized));
+        // Whatever lies outward of the Python frames (a stack window cut at another depth).
+        let cut = accept_stack(&[("PyObject_Vectorcall", 0x55)], 0x2c07, &[]);
+        assert_eq!(site_id(&generic), site_id(&cut));
+        // Another line, another Python caller, another extension chain: other sites.
+        let handler = generic.iter().position(|f| f.symbol.as_deref() == Some("Handler.on_connect")).unwrap();
+        let mut other_line = generic.clone();
+        other_line[handler].line = Some(22);
+        assert_ne!(site_id(&generic), site_id(&other_line));
+        let mut other_caller = generic.clone();
+        other_caller[handler + 1] = python("serve", "/srv/app.py", 50);
+        assert_ne!(site_id(&generic), site_id(&other_caller));
+        let mut other_call = generic.clone();
+        other_call[1].symbol_offset = Some(0x44);
+        assert_ne!(site_id(&generic), site_id(&other_call));
+        // Kernel frames innermost of the interpreter take part, as in native stacks.
+        assert_ne!(site_id(&generic), site_id(&generic[1..]));
+        // Without Python frames (the interpreter not walked yet), every frame counts: the
+        // interpreter's frames are all that tells such stacks apart.
+        let native_only: Vec<Frame> =
+            generic.iter().filter(|f| f.language != Language::Python).cloned().collect();
+        let mut elsewhere = native_only.clone();
+        let eval =
+            elsewhere.iter().position(|f| f.symbol.as_deref() == Some("_PyEval_EvalFrameDefault")).unwrap();
+        elsewhere[eval].symbol_offset = Some(0x99);
+        assert_ne!(site_id(&native_only), site_id(&elsewhere));
+        assert_ne!(site_id(&native_only), site_id(&generic));
+    }
+
+    #[test]
+    fn interpreter_frames_fold_in_python_stacks_only() {
+        let libc_start =
+            [native(Some("__libc_start_call_main"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x2d)];
+        let frames = accept_stack(
+            &[("cfunction_vectorcall_NOARGS", 0x30), ("PyObject_Vectorcall", 0x55)],
+            0x1b3e,
+            &libc_start,
+        );
+        let lines: Vec<String> = shown(&frames, FrameDisplay::Readable).iter().map(Shown::line).collect();
+        assert_eq!(
+            lines,
+            [
+                "#0  do_syscall_64",
+                "#1  accept4 in libc.so.6",
+                "#2  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
+                "… 2 interpreter frames",
+                "#5  socket.accept (/x/lib/python3.12/socket.py:295)",
+                "#6  Handler.on_connect (/srv/app.py:21)",
+                "#7  main (/srv/app.py:40)",
+                "… 2 interpreter frames",
+                "#10 __libc_start_call_main in libc.so.6",
+            ]
+        );
+        let one = accept_stack(&[("PyObject_Vectorcall", 0x55)], 0x1b3e, &[]);
+        let lines: Vec<String> = shown(&one, FrameDisplay::Readable).iter().map(Shown::line).collect();
+        assert_eq!(lines[3], "… 1 interpreter frame");
+        // --all-frames: every frame, numbered as in JSON.
+        let all = shown(&frames, FrameDisplay::All);
+        assert_eq!(all.len(), frames.len());
+        assert!(all.iter().enumerate().all(|(i, s)| *s == Shown::Frame(i, &frames[i])));
+        // A stack without Python frames shows all of its frames.
+        let native_only: Vec<Frame> =
+            frames.iter().filter(|f| f.language != Language::Python).cloned().collect();
+        assert_eq!(shown(&native_only, FrameDisplay::Readable).len(), native_only.len());
+    }
+
     #[test]
     fn frames_serialize_as_the_report_contract() {
         let frame = located("leak_fn", "/opt/app", "/src/a.c", 3);
@@ -428,7 +626,7 @@ pub(crate) mod tests {
             serde_json::json!({
                 "symbol": "leak_fn", "file": "/src/a.c", "line": 3, "module": "/opt/app",
                 "address": "0x7f0000001234", "offset": "0x1234", "symbol_offset": "0x10",
-                "inlined": false, "language": "native"
+                "inlined": false, "language": "native", "interpreter": false
             })
         );
         assert_eq!(serde_json::to_value(kernel("x")).unwrap()["language"], "kernel");

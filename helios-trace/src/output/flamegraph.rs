@@ -127,6 +127,7 @@ mod tests {
             symbol_offset: Some(4),
             inlined: false,
             language: Language::Native,
+            interpreter: false,
         }
     }
 

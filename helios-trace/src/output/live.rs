@@ -29,7 +29,10 @@ use ratatui::{
 use tokio::sync::Notify;
 
 use crate::{
-    model::fd::{CloseReason, SiteId},
+    model::{
+        fd::{CloseReason, SiteId},
+        frame::{FrameDisplay, shown},
+    },
     output::{
         format::{bytes, human_duration, plural, rate, thousands},
         report::{ProcessReport, Report, SiteReport, text::not_judged},
@@ -50,6 +53,9 @@ pub(crate) enum SortBy {
     Growth,
 }
 
+/// Lines of the selected site's stack shown under it, innermost first.
+const MAX_FRAME_LINES: usize = 6;
+
 /// The view's state: what the keys change.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ui {
@@ -57,6 +63,8 @@ pub(crate) struct Ui {
     pub(crate) sort: SortBy,
     pub(crate) paused: bool,
     pub(crate) selected: usize,
+    /// Which frames of the selected site are shown (`--all-frames`).
+    pub(crate) frames: FrameDisplay,
 }
 
 /// What a key means here.
@@ -233,7 +241,7 @@ pub(crate) fn render(frame: &mut Frame, ui: &mut Ui, report: Option<&Report>, ti
     let [head, body, detail, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(4),
-        Constraint::Length(8),
+        Constraint::Length(10),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -281,7 +289,7 @@ pub(crate) fn render(frame: &mut Frame, ui: &mut Ui, report: Option<&Report>, ti
             let rows = site_rows(report, ui.sort);
             ui.selected = ui.selected.min(rows.len().saturating_sub(1));
             render_sites(frame, body, &rows, ui.selected);
-            rows.get(ui.selected).map(|(p, s)| site_details(p, s)).unwrap_or_default()
+            rows.get(ui.selected).map(|(p, s)| site_details(p, s, ui.frames)).unwrap_or_default()
         }
         Mode::Processes => {
             let rows = process_rows(report, ui.sort);
@@ -426,7 +434,9 @@ fn top_site(process: &ProcessReport, sort: SortBy) -> Option<&SiteReport> {
     })
 }
 
-fn site_details(process: &ProcessReport, site: &SiteReport) -> Vec<Line<'static>> {
+/// The selected site: its counts and flags, then the innermost lines of its stack (a Python
+/// stack's interpreter frames folded unless `--all-frames`).
+fn site_details(process: &ProcessReport, site: &SiteReport, frames: FrameDisplay) -> Vec<Line<'static>> {
     let mut lines = vec![Line::from(format!(
         "pid {} {}: {} site {}, {} open, opened {} closed {}",
         process.pid,
@@ -452,9 +462,7 @@ fn site_details(process: &ProcessReport, site: &SiteReport) -> Vec<Line<'static>
     if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
         lines.push(Line::from(format!("its open sockets hold {} of kernel memory", bytes(memory as f64))));
     }
-    lines.extend(
-        site.frames.iter().take(4).enumerate().map(|(i, f)| Line::from(format!("#{i} {}", f.describe()))),
-    );
+    lines.extend(shown(&site.frames, frames).iter().take(MAX_FRAME_LINES).map(|s| Line::from(s.line())));
     lines
 }
 
@@ -513,14 +521,14 @@ impl LiveView {
     }
 
     /// Take over the terminal; `quit` is notified when a quit key is pressed.
-    pub(crate) fn start(title: String, quit: Arc<Notify>) -> io::Result<LiveView> {
+    pub(crate) fn start(title: String, frames: FrameDisplay, quit: Arc<Notify>) -> io::Result<LiveView> {
         let (mut out, on_stdout) =
             terminal_output().ok_or_else(|| io::Error::other("the live view needs a terminal"))?;
         enter(&mut out)?;
         restore_on_panic(on_stdout);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new().name("live-view".into()).spawn(move || {
-            let result = draw_loop(out, &title, &rx, &quit);
+            let result = draw_loop(out, &title, frames, &rx, &quit);
             leave(on_stdout);
             result
         })?;
@@ -582,13 +590,14 @@ fn restore_on_panic(on_stdout: bool) {
 fn draw_loop(
     out: Box<dyn Write + Send>,
     title: &str,
+    frames: FrameDisplay,
     reports: &Receiver<Report>,
     quit: &Notify,
 ) -> io::Result<()> {
     // No Terminal::clear (here or on resize): it asks the cursor position on stdout, which may
     // not be the terminal we draw on. `enter` cleared the screen.
     let mut terminal = Terminal::new(CrosstermBackend::new(out))?;
-    let mut ui = Ui::default();
+    let mut ui = Ui { frames, ..Ui::default() };
     let (mut shown, mut latest): (Option<Report>, Option<Report>) = (None, None);
     let mut dirty = true;
     loop {
@@ -737,6 +746,25 @@ pub(crate) mod tests {
         assert!(text.contains("6.0 MB"), "socket memory of the leaking site: {text}");
         assert!(text.contains("suspected leak: +60/min for 1m 0s"), "the selected row's why: {text}");
         assert!(!text.contains("frame-of-before-trace"), "{text}");
+    }
+
+    #[test]
+    fn the_selected_python_site_folds_the_interpreter_frames() {
+        use crate::model::frame::tests::accept_stack;
+
+        let mut report = sample();
+        let frames = accept_stack(&[("PyObject_Vectorcall", 0x55), ("method_vectorcall", 0x12)], 0x1b3e, &[]);
+        for site in report.processes.iter_mut().flat_map(|p| p.sites.iter_mut()) {
+            site.frames = frames.clone();
+        }
+        let text = screen(&mut Ui::default(), Some(&report));
+        assert!(text.contains("#2  sock_accept in _socket.cpython-312"), "{text}");
+        assert!(text.contains("… 2 interpreter frames"), "{text}");
+        assert!(text.contains("#5  socket.accept (/x/lib/python3.12/socket.py:295)"), "{text}");
+        assert!(!text.contains("PyObject_Vectorcall"), "{text}");
+        let text = screen(&mut Ui { frames: FrameDisplay::All, ..Ui::default() }, Some(&report));
+        assert!(text.contains("#3  PyObject_Vectorcall"), "{text}");
+        assert!(!text.contains("interpreter frames"), "{text}");
     }
 
     #[test]

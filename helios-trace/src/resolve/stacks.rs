@@ -391,7 +391,10 @@ impl StackRegistry {
                 Some(module) => self.symbols(&module.file, lookup_offset),
                 None => Arc::from([]),
             };
-            let native = Frame::native(*address, Some(mapping.path.clone()), Some(offset));
+            let native = Frame {
+                interpreter: is_interpreter(&mapping.path),
+                ..Frame::native(*address, Some(mapping.path.clone()), Some(offset))
+            };
             if symbols.is_empty() {
                 frames.push(native);
                 continue;
@@ -454,6 +457,15 @@ impl StackRegistry {
     }
 }
 
+/// Whether a module is a CPython interpreter's own code: a `pythonX.Y` executable or a
+/// `libpythonX.Y` library, the modules resolve/python recognises a CPython by (layout.rs's
+/// `version_of`), as opposed to its extension modules (`_socket.cpython-312-….so`, in
+/// lib-dynload or site-packages) and the libraries it links (libc, libssl, libsqlite3).
+/// Modules built into the executable (Debian builds `_socket` and `_io` in) are its own.
+fn is_interpreter(module: &str) -> bool {
+    crate::resolve::python::layout::version_of(module).is_some()
+}
+
 /// The address to look each user frame up at. Every one is just after an instruction: the
 /// syscall (the instruction pointer the kernel saved), then the calls (return addresses), and
 /// the next instruction may already be another line or function (a call to a noreturn
@@ -493,6 +505,28 @@ mod tests {
         registry.limit_sites(registry.site_count());
         assert_eq!(registry.with_python(native_site, vec![py("handle", 12)]), SiteId::SiteLimit);
         assert_eq!(registry.counts().sites_dropped, 1);
+    }
+
+    #[test]
+    fn interpreter_modules_are_the_executable_and_libpython_not_extensions() {
+        for own in [
+            "/usr/bin/python3.11",
+            "/root/.pyenv/versions/3.12.1/bin/python3.12",
+            "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+            "/usr/lib/x86_64-linux-gnu/libpython3.13t.so.1.0",
+        ] {
+            assert!(is_interpreter(own), "{own}");
+        }
+        for other in [
+            "/usr/lib/python3.11/lib-dynload/_asyncio.cpython-311-x86_64-linux-gnu.so",
+            "/root/.pyenv/versions/3.12.1/lib/python3.12/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so",
+            "/srv/venv/lib/python3.11/site-packages/aiohttp/_http_parser.cpython-311-x86_64-linux-gnu.so",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6",
+            "/usr/lib/x86_64-linux-gnu/libpython3.so",
+        ] {
+            assert!(!is_interpreter(other), "{other}");
+        }
     }
 
     #[test]

@@ -12,11 +12,13 @@ mod support;
 
 mod adhoc;
 mod architecture;
+mod corpus;
 mod deploy;
 mod fuzz_corpus;
 mod lifecycle;
 mod namespaces;
 mod python;
+mod python_sites;
 mod resources;
 mod robustness;
 mod serve;

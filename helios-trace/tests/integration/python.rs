@@ -19,7 +19,7 @@ fn script() -> PathBuf {
 }
 
 /// Debian's interpreter (required), then every pyenv CPython 3.10+ installed.
-fn interpreters() -> Vec<PathBuf> {
+pub(crate) fn interpreters() -> Vec<PathBuf> {
     let system = PathBuf::from("/usr/bin/python3");
     assert!(system.exists(), "/usr/bin/python3 is missing (cargo xtask setup --tests installs python3)");
     let mut found = vec![system];

@@ -532,6 +532,7 @@ mod tests {
             symbol_offset: None,
             inlined: false,
             language: Language::Native,
+            interpreter: false,
         }
     }
 

@@ -466,7 +466,7 @@ pub(super) mod tests {
             event::{Event, Op, StackIds},
             fd::FdDetail,
             fdtable::{FdChange, ObservedFd, Transition},
-            frame::Language,
+            frame::{FrameDisplay, Language},
         },
         output::report::{text::to_text, to_json},
     };
@@ -531,6 +531,7 @@ pub(super) mod tests {
             symbol_offset: None,
             inlined: false,
             language: Language::Native,
+            interpreter: false,
         }
     }
 
@@ -720,7 +721,7 @@ pub(super) mod tests {
         assert!(site["socket_memory_bytes"].is_null());
         assert!(site["socket_memory_unavailable"].as_str().unwrap().contains("net:[4026532290]"));
         assert!(site.get("unmeasured_sockets").is_none());
-        let text = super::super::text::to_text(&report);
+        let text = super::super::text::to_text(&report, crate::model::frame::FrameDisplay::Readable);
         assert!(
             text.contains("socket memory unknown: 5 of 10 open sockets not measured: a socket"),
             "{text}"
@@ -789,7 +790,7 @@ pub(super) mod tests {
         assert!(site["trend"]["p_value"].as_f64().unwrap() < 1e-6);
         assert_eq!(json["suspected_leaks"], 1);
         assert_eq!(json["min_age_seconds"], 10.0);
-        let text = to_text(&report);
+        let text = to_text(&report, FrameDisplay::Readable);
         assert!(text.contains("1 suspected leak"), "{text}");
         assert!(text.contains("Suspected leaks"), "{text}");
         assert!(text.contains("SUSPECTED LEAK: +60/min for 59.0s"), "{text}");
@@ -832,7 +833,10 @@ pub(super) mod tests {
         assert_eq!((site.open, site.opened), (3, 3));
         assert_eq!(site.oldest_age_seconds, Some(4.0), "age at the exit, not at the report");
         assert_eq!(site.closed_by, BTreeMap::from([(CloseReason::Exit, 1)]));
-        assert!(to_text(&report).contains("PID 9 gone [gone --now] (exited; open at its exit): 4 open"));
+        assert!(
+            to_text(&report, FrameDisplay::Readable)
+                .contains("PID 9 gone [gone --now] (exited; open at its exit): 4 open")
+        );
     }
 
     #[test]
@@ -863,7 +867,10 @@ pub(super) mod tests {
         assert!(site.closed_only_at_exit);
         let e = site.exited_processes.as_ref().unwrap();
         assert_eq!((e.processes, e.opened, e.closed), (1, 3, 3));
-        assert!(to_text(&report).contains("closed only ever by process exit (3 in 1 exited process)"));
+        assert!(
+            to_text(&report, FrameDisplay::Readable)
+                .contains("closed only ever by process exit (3 in 1 exited process)")
+        );
     }
 
     fn process_of(report: &Report, pid: u32) -> &ProcessReport {

@@ -1,9 +1,14 @@
 //! The report as text for people: a summary line, the suspected leaks, then every process and
-//! its sites with their frames and examples.
+//! its sites with their frames and examples. A Python site's stack shows its Python frames
+//! with the native frames of extensions and libraries, the interpreter's own folded
+//! (`FrameDisplay`, `--all-frames` shows them; JSON always has every frame).
 use std::fmt::Write as _;
 
 use super::{ProcessReport, Report, SiteReport};
-use crate::output::format::{bytes, human_duration, plural, rate, thousands};
+use crate::{
+    model::frame::{FrameDisplay, shown},
+    output::format::{bytes, human_duration, plural, rate, thousands},
+};
 
 /// What a session too short for any verdict says instead of "no suspected leak".
 pub(crate) fn not_judged(report: &Report) -> String {
@@ -13,7 +18,7 @@ pub(crate) fn not_judged(report: &Report) -> String {
     )
 }
 
-pub(crate) fn to_text(report: &Report) -> String {
+pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -158,8 +163,8 @@ pub(crate) fn to_text(report: &Report) -> String {
                 let states: Vec<String> = site.tcp_states.iter().map(|(s, n)| format!("{s} {n}")).collect();
                 let _ = writeln!(out, "           tcp: {}", states.join(", "));
             }
-            for (i, frame) in site.frames.iter().enumerate() {
-                let _ = writeln!(out, "           #{i:<2} {}", frame.describe());
+            for line in shown(&site.frames, frames) {
+                let _ = writeln!(out, "           {}", line.line());
             }
             for example in &site.examples {
                 let _ = writeln!(
@@ -183,9 +188,45 @@ mod tests {
     #[test]
     fn text_names_sites_and_frames() {
         let (table, stats) = sample();
-        let text = to_text(&build_sample(&table, &stats));
+        let text = to_text(&build_sample(&table, &stats), FrameDisplay::Readable);
         assert!(text.contains("PID 7 leaky [leaky --serve]: 4 open (socket 3, device 1)"), "{text}");
         assert!(text.contains("site 00000000000000ab leaky+0x1010  opened 3"), "{text}");
         assert!(text.contains("/usr/bin/leaky+0x1010"), "{text}");
+    }
+
+    /// A Python site: its Python frames with the extension and libc frames, the interpreter's
+    /// folded; `--all-frames` (FrameDisplay::All) shows each.
+    #[test]
+    fn python_stacks_fold_the_interpreter_frames() {
+        use crate::model::frame::tests::accept_stack;
+
+        let (table, stats) = sample();
+        let mut report = build_sample(&table, &stats);
+        let glue = [
+            ("cfunction_vectorcall_NOARGS", 0x30),
+            ("PyObject_Vectorcall", 0x55),
+            ("method_vectorcall", 0x12),
+        ];
+        let frames = accept_stack(&glue, 0x1b3e, &[]);
+        report.processes[0].sites[0].frames = frames.clone();
+        let text = to_text(&report, FrameDisplay::Readable);
+        let expected = [
+            "#1  accept4 in libc.so.6",
+            "#2  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
+            "… 3 interpreter frames",
+            "#6  socket.accept (/x/lib/python3.12/socket.py:295)",
+            "#7  Handler.on_connect (/srv/app.py:21)",
+            "#8  main (/srv/app.py:40)",
+            "… 2 interpreter frames",
+        ]
+        .map(|line| format!("           {line}\n"))
+        .concat();
+        assert!(text.contains(&expected), "{text}");
+        assert!(!text.contains("PyObject_Vectorcall"), "{text}");
+        let all = to_text(&report, FrameDisplay::All);
+        assert!(!all.contains("interpreter frame"), "{all}");
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(all.contains(&format!("           #{i:<2} {}\n", frame.describe())), "{all}");
+        }
     }
 }

@@ -1,0 +1,273 @@
+//! Real frameworks, real leaks (issue 21): scripts on packages users run
+//! (tests/workloads/corpus: asyncio streams, Tornado's WebSocketHandler, aiohttp's server and
+//! ClientSession, requests/urllib3 sessions, sqlite3 connections, subprocess pipes, a logging
+//! FileHandler per request, tempfile), each in a leaking and a fixed variant, driving itself
+//! over loopback, started under the tracer with the CPython of the corpus's virtualenv
+//! (`cargo xtask setup --tests`: Debian's python3 and the pinned packages of
+//! tests/workloads/corpus/requirements.txt). At their steady state, what each leaked is found
+//! independently of helios-trace (/proc/PID/fd, `ss`): the leaking variant's descriptors are
+//! all at one site, named in the script's own code, with as many open (and, for a server, as
+//! many in CLOSE_WAIT) as the kernel says, and suspected; the fixed variant is never suspected.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::support::{Tracer, proc_fds, process, reported_fds, require_bpf};
+
+/// Requests each script serves (tests/workloads/corpus/corpus_common.py, ROUNDS).
+const ROUNDS: usize = 30;
+
+/// How a script's leaked descriptors are told, from the kernel's side.
+#[derive(Clone, Copy)]
+enum Leaked {
+    /// Sockets in CLOSE_WAIT (`ss`): a server that never closes what its peers hung up.
+    CloseWait,
+    /// Connected sockets whose peer is the script's own server (`ss`): a client's pool.
+    ClientOfServer,
+    /// Descriptors of files in the scratch directory whose names start so (/proc/PID/fd).
+    Files(&'static str),
+    /// Pipes, past the standard streams (/proc/PID/fd).
+    Pipes,
+}
+
+const SCRIPTS: &[(&str, Leaked)] = &[
+    ("asyncio_streams", Leaked::CloseWait),
+    ("tornado_ws", Leaked::Files("unit-")),
+    ("aiohttp_client", Leaked::ClientOfServer),
+    ("requests_session", Leaked::ClientOfServer),
+    ("sqlite3_conns", Leaked::Files("units.db")),
+    ("subprocess_pipes", Leaked::Pipes),
+    ("logging_handler", Leaked::Files("requests.log")),
+    ("tempfile_leak", Leaked::Files("heatmap-")),
+];
+
+fn corpus_python() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let python = PathBuf::from(home).join(".local/share/helios-trace/corpus-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `cargo xtask setup --tests`", python.display());
+    python
+}
+
+/// One running script.
+struct Script {
+    name: &'static str,
+    leaking: bool,
+    leaked: Leaked,
+    child: Child,
+    stdin: ChildStdin,
+    scratch: tempfile::TempDir,
+    /// Its server's port, for those that have one.
+    port: Option<u16>,
+}
+
+impl Script {
+    fn start(python: &Path, name: &'static str, leaked: Leaked, leaking: bool) -> Script {
+        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/corpus/{name}.py"));
+        let mut child = Command::new(python)
+            .arg(path)
+            .arg(if leaking { "leaking" } else { "fixed" })
+            .arg(scratch.path())
+            // No __pycache__ in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        Script { name, leaking, leaked, child, stdin, scratch, port: None }
+    }
+
+    fn variant(&self) -> String {
+        format!("{} ({})", self.name, if self.leaking { "leaking" } else { "fixed" })
+    }
+
+    /// Wait for its steady state: "ready [PORT]".
+    fn wait_ready(&mut self) {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"ready"), "{} said {line:?}", self.variant());
+        self.port = words.get(1).map(|p| p.parse().unwrap());
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The descriptors it leaked, as the kernel tells them.
+    fn leaked_fds(&self, sockets: &[SocketRow]) -> BTreeSet<i64> {
+        let pid = self.pid();
+        let own = sockets.iter().filter(|s| s.users.contains_key(&pid));
+        match self.leaked {
+            Leaked::CloseWait => own.filter(|s| s.state == "CLOSE-WAIT").map(|s| s.users[&pid]).collect(),
+            Leaked::ClientOfServer => {
+                let port = self.port.expect("a server port");
+                own.filter(|s| s.state == "ESTAB" && s.peer_port == port).map(|s| s.users[&pid]).collect()
+            }
+            Leaked::Files(prefix) => {
+                let prefix = self.scratch.path().join(prefix).to_string_lossy().into_owned();
+                fd_links(pid)
+                    .into_iter()
+                    .filter(|(_, link)| link.starts_with(&prefix))
+                    .map(|(fd, _)| fd)
+                    .collect()
+            }
+            Leaked::Pipes => {
+                // Not those it inherited from this test process (cargo's jobserver pipe).
+                let inherited: BTreeSet<String> = fd_links(std::process::id()).into_values().collect();
+                fd_links(pid)
+                    .into_iter()
+                    .filter(|(fd, link)| *fd > 2 && link.starts_with("pipe:") && !inherited.contains(link))
+                    .map(|(fd, _)| fd)
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// fd → link target of a process's descriptors.
+fn fd_links(pid: u32) -> BTreeMap<i64, String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, fs::read_link(e.path()).ok()?.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// One TCP socket as `ss -tanpH` shows it: its state, its peer's port, and the (pid, fd) of
+/// every process holding it.
+struct SocketRow {
+    state: String,
+    peer_port: u16,
+    users: BTreeMap<u32, i64>,
+}
+
+fn tcp_sockets() -> Vec<SocketRow> {
+    let out = Command::new("ss").args(["-tanpH"]).output().expect("ss (iproute2) runs");
+    assert!(out.status.success(), "ss -tanpH failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let peer_port = fields.get(4)?.rsplit(':').next()?.parse().ok()?;
+            let mut users = BTreeMap::new();
+            for user in line.split("pid=").skip(1) {
+                let (pid, rest) = user.split_once(",fd=")?;
+                let fd: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                users.insert(pid.parse().ok()?, fd.parse().ok()?);
+            }
+            Some(SocketRow { state: fields[0].to_string(), peer_port, users })
+        })
+        .collect()
+}
+
+/// What is wrong with one script's part of the report (empty: nothing).
+fn check(report: &Value, script: &Script, sockets: &[SocketRow]) -> Vec<String> {
+    let what = script.variant();
+    let pid = script.pid();
+    let mut wrong = Vec::new();
+    let Some(p) = process(report, pid) else { return vec![format!("{what}: pid {pid} not in the report")] };
+    let (reported, truth) = (reported_fds(report, pid), proc_fds(pid));
+    if reported != truth {
+        wrong.push(format!("{what}: the report lists {reported:?}, /proc/{pid}/fd has {truth:?}"));
+    }
+    let sites = p["sites"].as_array().unwrap();
+    let leaked = script.leaked_fds(sockets);
+    if !script.leaking {
+        if !leaked.is_empty() {
+            wrong.push(format!("{what}: the fixed variant leaked {leaked:?}"));
+        }
+        for site in sites.iter().filter(|s| s["suspected_leak"] == true) {
+            wrong.push(format!("{what}: suspected {} {}: {}", site["frame"], site["kind"], site["why"]));
+        }
+        return wrong;
+    }
+    if leaked.len() != ROUNDS {
+        wrong.push(format!(
+            "{what}: the kernel shows {} leaked descriptors, not {ROUNDS}: {leaked:?}",
+            leaked.len()
+        ));
+    }
+    let listing = p["fds"].as_array().unwrap();
+    let at: BTreeSet<&str> = listing
+        .iter()
+        .filter(|e| e["fd"].as_i64().is_some_and(|fd| leaked.contains(&fd)))
+        .filter_map(|e| e["site"].as_str())
+        .collect();
+    let [id] = at.iter().copied().collect::<Vec<&str>>()[..] else {
+        let described: Vec<String> = sites
+            .iter()
+            .filter(|s| s["site"].as_str().is_some_and(|id| at.contains(id)))
+            .map(|s| {
+                let python = s["frames"]
+                    .as_array()
+                    .map_or(0, |f| f.iter().filter(|f| f["language"] == "python").count());
+                format!("{} {} ({} open, {python} Python frames)", s["site"], s["frame"], s["open"])
+            })
+            .collect();
+        wrong.push(format!("{what}: the leaked descriptors are at {} sites: {described:?}", at.len()));
+        return wrong;
+    };
+    let site = sites.iter().find(|s| s["site"] == id).unwrap();
+    let summary = format!(
+        "{what}: site {id} {} ({} open, close_wait {}, suspected {})",
+        site["frame"], site["open"], site["close_wait"], site["suspected_leak"]
+    );
+    if site["open"] != leaked.len() as u64 {
+        wrong.push(format!("{summary}: not the {} the kernel shows", leaked.len()));
+    }
+    if !site["frame"].as_str().is_some_and(|f| f.starts_with(&format!("{}.py:", script.name))) {
+        wrong.push(format!("{summary}: not named in the script's own code; frames {:#}", site["frames"]));
+    }
+    if matches!(script.leaked, Leaked::CloseWait) && site["close_wait"] != leaked.len() as u64 {
+        wrong.push(format!("{summary}: ss shows {} in CLOSE_WAIT", leaked.len()));
+    }
+    if site["suspected_leak"] != true {
+        wrong.push(format!("{summary}: not suspected"));
+    }
+    eprintln!("{summary}");
+    wrong
+}
+
+/// Every script of the corpus, both variants at once under one tracer started before them.
+#[test]
+fn corpus_leaks_are_named_and_fixed_variants_never_suspected() {
+    if !require_bpf() {
+        return;
+    }
+    let python = corpus_python();
+    // Trace this test process: the scripts it starts from now on are followed from their exec.
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own, "--min-age", "1s"]);
+    let mut scripts: Vec<Script> = SCRIPTS
+        .iter()
+        .flat_map(|(name, leaked)| [true, false].map(|leaking| (*name, *leaked, leaking)))
+        .map(|(name, leaked, leaking)| Script::start(&python, name, leaked, leaking))
+        .collect();
+    for script in &mut scripts {
+        script.wait_ready();
+    }
+    let report = tracer.snapshot();
+    let sockets = tcp_sockets();
+    let wrong: Vec<String> = scripts.iter().flat_map(|s| check(&report, s, &sockets)).collect();
+    assert!(wrong.is_empty(), "{} problems:\n{}", wrong.len(), wrong.join("\n"));
+}

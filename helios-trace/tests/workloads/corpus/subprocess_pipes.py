@@ -1,0 +1,30 @@
+"""subprocess: a child per request with its output piped, waited for but its pipes never read
+nor closed (leaking: the Popen objects are kept) or read with communicate() (fixed)."""
+import subprocess
+import time
+
+from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+
+LEAKING, SCRATCH = args()
+CHILDREN = []
+
+
+def render(request):
+    child = subprocess.Popen(["/bin/echo", str(request)], stdout=subprocess.PIPE)
+    if LEAKING:
+        child.wait()
+        CHILDREN.append(child)
+    else:
+        child.communicate()
+
+
+def main():
+    for request in range(ROUNDS):
+        render(request)
+        time.sleep(PACE)
+    ready()
+    wait()
+
+
+settle()
+main()
