@@ -15,6 +15,7 @@ mod architecture;
 mod deploy;
 mod fuzz_corpus;
 mod lifecycle;
+mod pods;
 mod python;
 mod resources;
 mod robustness;
