@@ -80,7 +80,12 @@ fn ensure(spec: &RootSpec, roots: &Path) -> Result<PathBuf> {
     if stamped && runs_check(spec, &dir) {
         return Ok(dir);
     }
-    eprintln!("xtask setup: building the {} root from Debian {} packages into {}", spec.name, spec.suite, dir.display());
+    eprintln!(
+        "xtask setup: building the {} root from Debian {} packages into {}",
+        spec.name,
+        spec.suite,
+        dir.display()
+    );
     fs::create_dir_all(roots).with_context(|| format!("cannot create {}", roots.display()))?;
     let work = tempfile::Builder::new()
         .prefix(&format!(".{}.", spec.name))
@@ -94,11 +99,18 @@ fn ensure(spec: &RootSpec, roots: &Path) -> Result<PathBuf> {
         sh::check(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
         let fields = sh::output("dpkg-deb", &["-f", &deb.to_string_lossy(), "Package", "Version"])
             .with_context(|| format!("dpkg-deb cannot read {}", deb.display()))?;
-        versions.push(fields.lines().filter_map(|l| l.split_once(": ")).map(|(_, v)| v).collect::<Vec<_>>().join(" "));
+        versions.push(
+            fields.lines().filter_map(|l| l.split_once(": ")).map(|(_, v)| v).collect::<Vec<_>>().join(" "),
+        );
     }
     finish_layout(&root)?;
     if !runs_check(spec, &root) {
-        bail!("the {} root is built but `chroot {} {}` fails", spec.name, root.display(), spec.check.join(" "));
+        bail!(
+            "the {} root is built but `chroot {} {}` fails",
+            spec.name,
+            root.display(),
+            spec.check.join(" ")
+        );
     }
     versions.sort();
     fs::write(root.join(STAMP), format!("{}\n{}\n", spec_line(spec), versions.join("\n")))?;

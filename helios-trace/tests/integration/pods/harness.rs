@@ -70,21 +70,15 @@ impl Root {
         let stdlib = PathBuf::from("/usr/lib").join(&version);
         let staging = staging_dir();
         let mut binaries = vec![python.clone()];
-        binaries.extend(
-            fs::read_dir(stdlib.join("lib-dynload")).unwrap().map(|e| e.unwrap().path()),
-        );
+        binaries.extend(fs::read_dir(stdlib.join("lib-dynload")).unwrap().map(|e| e.unwrap().path()));
         for binary in &binaries {
             for library in ldd(binary) {
                 place(&library, staging.path(), library.to_str().unwrap());
             }
         }
         place(&python, staging.path(), "/usr/bin/python3");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&stdlib)
-            .arg(staging.path().join("usr/lib"))
-            .status()
-            .unwrap();
+        let status =
+            Command::new("cp").arg("-a").arg(&stdlib).arg(staging.path().join("usr/lib")).status().unwrap();
         assert!(status.success(), "copying {}", stdlib.display());
         for (file, inside) in extra {
             place(file, staging.path(), inside);
@@ -120,7 +114,8 @@ fn staging_dir() -> tempfile::TempDir {
 fn place(file: &Path, root: &Path, inside: &str) {
     let target = root.join(inside.trim_start_matches('/'));
     fs::create_dir_all(target.parent().unwrap()).unwrap();
-    fs::copy(file, &target).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", file.display(), target.display()));
+    fs::copy(file, &target)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", file.display(), target.display()));
 }
 
 /// The files a dynamically linked binary loads, as `ldd` resolves them (the dynamic loader
@@ -155,7 +150,8 @@ fn merged_usr_links(root: &Path) {
         if link.is_dir() && fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
             // Staged under /lib64 (the loader's PT_INTERP path): move it under /usr.
             fs::create_dir_all(&real).unwrap();
-            let status = Command::new("cp").arg("-a").arg(format!("{}/.", link.display())).arg(&real).status();
+            let status =
+                Command::new("cp").arg("-a").arg(format!("{}/.", link.display())).arg(&real).status();
             assert!(status.unwrap().success());
             fs::remove_dir_all(&link).unwrap();
         }
@@ -237,7 +233,8 @@ impl Pod {
             .join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
         let cgroup = pod_slice.join(format!("cri-containerd-{container_id}.scope"));
         fs::create_dir_all(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
-        let mountpoint = tempfile::Builder::new().prefix("pod-mnt-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mountpoint =
+            tempfile::Builder::new().prefix("pod-mnt-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         fs::set_permissions(mountpoint.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let hostname = format!("pod-{}", &container_id[..12]);
         // The host-side shell joins the cgroup leaf first, then becomes `unshare`: the cgroup
@@ -267,14 +264,16 @@ impl Pod {
         assert!(line.starts_with("ready"), "the pod's workload said {line:?} ({:?})", spec.command);
         let runtime_pid = runtime.id();
         let pid = wait_for("the pod's init", Duration::from_secs(10), || {
-            let children = fs::read_to_string(format!("/proc/{runtime_pid}/task/{runtime_pid}/children")).ok()?;
+            let children =
+                fs::read_to_string(format!("/proc/{runtime_pid}/task/{runtime_pid}/children")).ok()?;
             children.split_whitespace().next()?.parse().ok()
         });
         // unshare had to be in the leaf when it made the cgroup namespace (whose root is the
         // cgroup it was made in); now it leaves, as a runtime's shim lives outside the
         // container's cgroup: the workload is the leaf's only process.
         let own = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/').to_string();
+        let own =
+            own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/').to_string();
         fs::write(cgroup2_mount().join(own).join("cgroup.procs"), runtime_pid.to_string()).unwrap();
         std::mem::forget(guard);
         Pod { runtime, stdin, stdout, pid, pod_uid: uid, container_id, cgroup, mountpoint, _root: spec.root }
@@ -325,7 +324,8 @@ struct CgroupGuard(PathBuf, PathBuf);
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         for _ in 0..100 {
-            let empty = fs::read_to_string(self.1.join("cgroup.procs")).map(|p| p.trim().is_empty()).unwrap_or(true);
+            let empty =
+                fs::read_to_string(self.1.join("cgroup.procs")).map(|p| p.trim().is_empty()).unwrap_or(true);
             if empty {
                 break;
             }
@@ -347,7 +347,10 @@ fn a_pod_has_its_own_namespaces_cgroup_and_root() {
         return; // root: namespaces, mounts, cgroups
     }
     let podleak = super::podleak_bin();
-    let mut pod = Pod::start(PodSpec { root: Root::native(podleak, "/app/podleak"), command: vec!["/app/podleak".into()] });
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(podleak, "/app/podleak"),
+        command: vec!["/app/podleak".into()],
+    });
     let me = std::process::id();
     for kind in ["pid", "net", "mnt", "uts", "ipc", "cgroup"] {
         assert_ne!(namespace(pod.pid, kind), namespace(me, kind), "{kind} namespace");
@@ -370,13 +373,18 @@ fn a_pod_has_its_own_namespaces_cgroup_and_root() {
     assert_eq!(exe, Path::new("/app/podleak"));
     assert!(!exe.exists(), "the host has no {}", exe.display());
     assert_eq!(fs::read_dir(pod.mountpoint.path()).unwrap().count(), 0, "the pod's root is not the host's");
-    assert!(fs::metadata(format!("/proc/{}/root/app/podleak", pod.pid)).is_ok(), "reachable through /proc/PID/root");
+    assert!(
+        fs::metadata(format!("/proc/{}/root/app/podleak", pod.pid)).is_ok(),
+        "reachable through /proc/PID/root"
+    );
     // Loopback is up inside and the pod's sockets are its own.
     let accepted = pod.run("accept 2");
     assert_eq!(accepted.len(), 2);
     let ss = pod.in_net_namespace("ss", &["-tnH", "state", "established"]);
     assert_eq!(ss.lines().count(), 4, "two connections, both ends: {ss}");
-    let host_ss = String::from_utf8(Command::new("ss").args(["-tnH", "state", "established"]).output().unwrap().stdout).unwrap();
+    let host_ss =
+        String::from_utf8(Command::new("ss").args(["-tnH", "state", "established"]).output().unwrap().stdout)
+            .unwrap();
     let local: Vec<&str> = ss.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
     assert!(local.iter().all(|a| !host_ss.contains(a)), "the host does not see them: {host_ss}");
     let cgroup_dir = pod.cgroup.clone();

@@ -51,8 +51,10 @@ fn podleak_musl_bin() -> &'static Path {
 /// The line of podleak.c that carries `marker`.
 fn podleak_line(marker: &str) -> u64 {
     let source =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/podleak.c")).unwrap();
-    source.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker} in podleak.c")) as u64
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/podleak.c"))
+            .unwrap();
+    source.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker} in podleak.c"))
+        as u64
         + 1
 }
 
@@ -83,9 +85,12 @@ struct Leaked {
 }
 
 /// Every leaked descriptor is at the site of its function, file and line, and the stack goes
-/// on to main; the counts are the kernel's.
-fn assert_podleak_sites(report: &Value, leaked: &Leaked, module: &str, what: &str) {
+/// on to main; the counts are the kernel's. The site ids of leak_file's and leak_accept's
+/// sites. The frames' module is one of `modules`: one code is one site wherever it runs, so a
+/// site's frames are those of the process that opened there first, the pod's or the host's.
+fn assert_podleak_sites(report: &Value, leaked: &Leaked, modules: &[&str], what: &str) -> Vec<String> {
     let pid = leaked.pid;
+    let mut ids = Vec::new();
     assert_eq!(reported_fds(report, pid), proc_fds(pid), "{what}: the report and /proc/{pid}/fd");
     for (fds, function, marker) in
         [(&leaked.files, "leak_file", "LEAK_OPEN"), (&leaked.accepted, "leak_accept", "LEAK_ACCEPT")]
@@ -101,23 +106,74 @@ fn assert_podleak_sites(report: &Value, leaked: &Leaked, module: &str, what: &st
                 .iter()
                 .find(|f| f["symbol"] == function)
                 .unwrap_or_else(|| panic!("{what}: no {function} frame: {site:#}"));
-            assert_eq!(own["module"], module, "{what}: {own}");
+            assert!(
+                modules.iter().any(|m| own["module"] == *m),
+                "{what}: module of {own}, one of {modules:?}"
+            );
             assert_eq!(own["line"], line, "{what}: {own}");
             assert!(own["file"].as_str().unwrap().ends_with("tests/workloads/podleak.c"), "{what}: {own}");
             let symbols = native_symbols(site);
             let at = symbols.iter().position(|s| s == function).unwrap();
-            assert_eq!(symbols.get(at + 1).map(String::as_str), Some("main"), "{what}: the caller: {symbols:?}");
+            assert_eq!(
+                symbols.get(at + 1).map(String::as_str),
+                Some("main"),
+                "{what}: the caller: {symbols:?}"
+            );
         }
         let sites: std::collections::BTreeSet<String> =
             fds.iter().map(|fd| site_of(report, pid, *fd)["site"].to_string()).collect();
         assert_eq!(sites.len(), 1, "{what}: one site for one call path");
         let site = site_of(report, pid, fds[0]);
         assert_eq!(site["open"].as_u64(), Some(fds.len() as u64), "{what}: {site:#}");
+        ids.push(site["site"].as_str().unwrap().to_string());
     }
+    ids
 }
 
-/// The workload in a pod of `root` and on the host, traced together: the same sites.
-fn podleak_in_a_pod_and_on_the_host(root: Root, host_binary: &Path, what: &str) {
+/// The names `nm -D` (binutils, independent of helios-trace) gives the address `offset` of
+/// `library` (its text is mapped at file offset = address, as in every glibc): the exported
+/// functions covering it, without their symbol versions.
+fn exported_names_at(library: &Path, offset: u64) -> Vec<String> {
+    let out = Command::new("nm").args(["-D", "-S", "--defined-only"]).arg(library).output().expect("nm runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [start, size, _, name] = f[..] else { return None };
+            let (start, size) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(size, 16).ok()?);
+            (start..start + size).contains(&offset).then(|| name.split('@').next().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The libc frame `caller` called (the next one in, a syscall wrapper such as accept4) is named
+/// from the pod's own libc, as its dynamic symbol table says.
+fn assert_libc_wrapper_named(site: &Value, caller: &str, libc: &Path, what: &str) {
+    let frames = site["frames"].as_array().unwrap();
+    let at = frames.iter().position(|f| f["symbol"] == caller).unwrap_or_else(|| panic!("{what}: {site:#}"));
+    let wrapper = &frames[at.checked_sub(1).unwrap_or_else(|| panic!("{what}: nothing inside {caller}"))];
+    assert!(wrapper["module"].as_str().unwrap().ends_with("/libc.so.6"), "{what}: {wrapper}");
+    let offset =
+        u64::from_str_radix(wrapper["offset"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    // The return address is just after the call: look up the call instruction.
+    let names = exported_names_at(libc, offset - 1);
+    assert!(!names.is_empty(), "{what}: {} exports nothing at {offset:#x}", libc.display());
+    let symbol = wrapper["symbol"].as_str().unwrap_or_else(|| {
+        panic!("{what}: the pod's libc names {names:?} at {offset:#x}, the frame has no symbol: {wrapper}")
+    });
+    assert!(names.iter().any(|n| n == symbol), "{what}: {symbol} is not one of {names:?}");
+}
+
+/// The workload in a pod of `root` and on the host, traced together: the same functions, files
+/// and lines; the site ids of the pod's and of the host's leak_file and leak_accept.
+/// With `pod_libc` (the pod's libc.so.6, as the host reaches the same file), the libc frame
+/// just inside leak_accept is named as that file's dynamic symbol table names its address.
+fn podleak_in_a_pod_and_on_the_host(
+    root: Root,
+    host_binary: &Path,
+    pod_libc: Option<&Path>,
+    what: &str,
+) -> (Vec<String>, Vec<String>) {
     let mut pod = Pod::start(PodSpec { root, command: vec!["/app/podleak".into()] });
     let mut host = Workload::spawn_program(host_binary);
     let (a, b) = (pod.pid.to_string(), host.pid.to_string());
@@ -125,10 +181,17 @@ fn podleak_in_a_pod_and_on_the_host(root: Root, host_binary: &Path, what: &str) 
     let in_pod = Leaked { pid: pod.pid, files: pod.run("files 3"), accepted: pod.run("accept 2") };
     let on_host = Leaked { pid: host.pid, files: host.run("files 3"), accepted: host.run("accept 2") };
     let report = tracer.stop();
-    assert_podleak_sites(&report, &on_host, host_binary.to_str().unwrap(), &format!("{what}, on the host"));
-    assert_podleak_sites(&report, &in_pod, "/app/podleak", &format!("{what}, in the pod"));
+    if let Some(libc) = pod_libc {
+        for fd in &in_pod.accepted {
+            assert_libc_wrapper_named(site_of(&report, in_pod.pid, *fd), "leak_accept", libc, what);
+        }
+    }
+    let modules = ["/app/podleak", host_binary.to_str().unwrap()];
+    let host_sites = assert_podleak_sites(&report, &on_host, &modules, &format!("{what}, on the host"));
+    let pod_sites = assert_podleak_sites(&report, &in_pod, &modules, &format!("{what}, in the pod"));
     assert_eq!(report["events"]["stack_errors"], 0);
     host.exit();
+    (pod_sites, host_sites)
 }
 
 #[test]
@@ -136,7 +199,14 @@ fn native_leaks_in_a_pod_are_named_from_the_pods_own_binary() {
     if !require_bpf() {
         return;
     }
-    podleak_in_a_pod_and_on_the_host(Root::native(podleak_bin(), "/app/podleak"), podleak_bin(), "native root");
+    let (in_pod, on_host) = podleak_in_a_pod_and_on_the_host(
+        Root::native(podleak_bin(), "/app/podleak"),
+        podleak_bin(),
+        None,
+        "native root",
+    );
+    // The same binary and the same libc: the same sites, whatever the paths and addresses.
+    assert_eq!(in_pod, on_host);
 }
 
 #[test]
@@ -147,7 +217,8 @@ fn native_leaks_on_another_distributions_glibc_unwind_through_it() {
     // The host-built binary on sid's glibc (2.43 runs what 2.36 linked): the only difference from
     // the native root is the libc, so a failure here is the libc's unwinding and nothing else.
     let root = Root::sid(&[(podleak_bin(), "/app/podleak")]);
-    podleak_in_a_pod_and_on_the_host(root, podleak_bin(), "sid root");
+    let libc = harness::cached_root("sid-python3.14").join("usr/lib/x86_64-linux-gnu/libc.so.6");
+    podleak_in_a_pod_and_on_the_host(root, podleak_bin(), Some(&libc), "sid root");
 }
 
 #[test]
@@ -156,7 +227,57 @@ fn a_static_musl_program_in_a_pod_is_traced_through_its_older_syscalls() {
         return;
     }
     let musl = podleak_musl_bin();
-    podleak_in_a_pod_and_on_the_host(Root::native(musl, "/app/podleak"), musl, "musl root");
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(musl, "/app/podleak"),
+        command: vec!["/app/podleak".into()],
+    });
+    // On the host under the same file name as in the pod: a site's identity holds the module's
+    // name, not its directory.
+    let host_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host_copy = host_dir.path().join("podleak");
+    std::fs::copy(musl, &host_copy).unwrap();
+    let mut host = Workload::spawn_program(&host_copy);
+    let (a, b) = (pod.pid.to_string(), host.pid.to_string());
+    let tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
+    let leaks = |run: &mut dyn FnMut(&str) -> Vec<i64>| (run("files 3"), run("accept 2"));
+    let in_pod = leaks(&mut |c| pod.run(c));
+    let on_host = leaks(&mut |c| host.run(c));
+    let report = tracer.stop();
+    // Debian's musl (libc.a) is built without unwind tables: a stack stops in musl's own
+    // wrappers (open, accept4, the cancellation point __syscall_cp) and cannot reach
+    // leak_file. What holds: musl's SYS_open and accept4 are traced and counted as the kernel
+    // counts them, and their frames are named from the pod's own binary, as on the host.
+    let musl_path = host_copy.to_str().unwrap();
+    for (pid, (files, accepted), module) in
+        [(pod.pid, &in_pod, "/app/podleak"), (host.pid, &on_host, musl_path)]
+    {
+        assert_eq!(reported_fds(&report, pid), proc_fds(pid), "musl {module}: the report and /proc");
+        // musl's accept4 is its accept's body (src/network/accept4.c calls the same
+        // cancellation point); open64 is an alias of open.
+        for (fds, wrappers) in [(files, ["open", "open64"]), (accepted, ["accept4", "accept"])] {
+            for fd in fds {
+                let site = site_of(&report, pid, *fd);
+                let symbols = native_symbols(site);
+                assert!(symbols.iter().any(|s| wrappers.contains(&s.as_str())), "{module}: {site:#}");
+                // Past the wrapper, without unwind tables, an address may fall outside every
+                // mapping (module null, said so); none is attributed to another file.
+                let frames = site["frames"].as_array().unwrap();
+                assert!(
+                    frames.iter().all(|f| f["module"].is_null()
+                        || f["module"] == "/app/podleak"
+                        || f["module"] == musl_path),
+                    "every named frame in the static binary: {site:#}"
+                );
+            }
+        }
+    }
+    // One code, one site: the pod's and the host's leaks share them.
+    let sites = |pid: u32, fds: &[i64]| -> Vec<String> {
+        fds.iter().map(|fd| site_of(&report, pid, *fd)["site"].to_string()).collect()
+    };
+    assert_eq!(sites(pod.pid, &in_pod.0), sites(host.pid, &on_host.0));
+    assert_eq!(sites(pod.pid, &in_pod.1), sites(host.pid, &on_host.1));
+    host.exit();
 }
 
 /// skmem of every TCP socket of the pod's network namespace by inode, from `ss -tmeHn` run
@@ -201,7 +322,8 @@ fn socket_memory_of_a_pods_site_is_what_ss_says_inside_the_pod() {
     let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
     let accepted = pod.run("accept 8");
     let truth = ss_socket_memory(&pod);
-    let expected: u64 = accepted.iter().map(|fd| truth.get(&socket_inode(pod.pid, *fd)).copied().unwrap_or(0)).sum();
+    let expected: u64 =
+        accepted.iter().map(|fd| truth.get(&socket_inode(pod.pid, *fd)).copied().unwrap_or(0)).sum();
     // 8 connections of 4096 unread bytes each: the kernel charges at least that.
     assert!(expected >= 8 * 4096, "ss in the pod: {truth:?}");
     let report = tracer.snapshot();
@@ -227,9 +349,9 @@ fn a_pods_series_carry_its_container_id_and_pod_uid() {
     let label = format!("leak_file (podleak.c:{})", podleak_line("LEAK_OPEN"));
     let series = wait_for("the pod's leak_file series", Duration::from_secs(20), || {
         let text = serve.metrics();
-        exposition_series(&text, "helios_trace_site_open_fds")
-            .into_iter()
-            .find(|(labels, value)| labels.contains(&format!("frame=\"{label}\"")) && *value == files.len() as f64)
+        exposition_series(&text, "helios_trace_site_open_fds").into_iter().find(|(labels, value)| {
+            labels.contains(&format!("frame=\"{label}\"")) && *value == files.len() as f64
+        })
     });
     let labels = &series.0;
     assert!(labels.contains(&format!("container_id=\"{}\"", pod.container_id)), "{labels}");
@@ -247,10 +369,8 @@ fn a_pods_series_carry_its_container_id_and_pod_uid() {
 
 /// pyleaks.py (tests/workloads) in a pod, its accept leak named by the Python function.
 fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
-    let mut pod = Pod::start(PodSpec {
-        root,
-        command: vec![python.into(), "/app/pyleaks.py".into(), "/tmp".into()],
-    });
+    let mut pod =
+        Pod::start(PodSpec { root, command: vec![python.into(), "/app/pyleaks.py".into(), "/tmp".into()] });
     let pid = pod.pid.to_string();
     let tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
     let lines = pod.run("lines");
@@ -259,7 +379,11 @@ fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     assert_eq!(reported_fds(&report, pod.pid), proc_fds(pod.pid), "{python} in a pod: the report and /proc");
     for fd in accepted {
         let site = site_of(&report, pod.pid, fd);
-        assert_eq!(site["frame"], format!("pyleaks.py:ChatHandler.on_connect:{}", lines[0]), "{python}: {site:#}");
+        assert_eq!(
+            site["frame"],
+            format!("pyleaks.py:ChatHandler.on_connect:{}", lines[0]),
+            "{python}: {site:#}"
+        );
         let own = site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == "ChatHandler.on_connect");
         let own = own.unwrap_or_else(|| panic!("{python}: no Python frame: {site:#}"));
         assert_eq!(own["file"], "/app/pyleaks.py", "{python}: the path inside the pod");
