@@ -129,7 +129,11 @@ fn ldd(binary: &Path) -> BTreeSet<PathBuf> {
                 Some((_, right)) => right.split_whitespace().next()?,
                 None => line.split_whitespace().next()?,
             };
-            path.starts_with('/').then(|| fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path)))
+            // The directory resolved (/lib -> /usr/lib on merged /usr), the name kept: it is
+            // the soname the loader looks for (libz.so.1, a link to libz.so.1.2.13).
+            let path = Path::new(path);
+            let dir = fs::canonicalize(path.parent()?).ok()?;
+            path.starts_with("/").then(|| dir.join(path.file_name().unwrap()))
         })
         .chain(
             // The loader as the binary names it (PT_INTERP), e.g. /lib64/ld-linux-x86-64.so.2.
