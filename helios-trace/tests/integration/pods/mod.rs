@@ -6,7 +6,8 @@
 //! Roots: `native` (tests/workloads/podleak.c and the host's libraries, copied), `sid` (the same
 //! binary run on Debian sid's own glibc: its innermost frame, glibc's accept4/open wrapper, lies
 //! in a libc.so.6 that exists only in the pod, at the path where the host has its own, other
-//! libc — the reported "one frame deep" symptom), `musl` (podleak linked statically with musl,
+//! libc — the reported symptom: its frames were unnamed, `libc.so.6+0x114c17`, because the
+//! debug-link lookup followed that path to the host's libc's debug file), `musl` (podleak linked statically with musl,
 //! which calls SYS_open and the other older syscalls directly), and Python in `copied python`
 //! (the host's CPython and stdlib copied in) and `sid` (CPython 3.14).
 pub mod harness;
