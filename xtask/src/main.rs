@@ -5,6 +5,7 @@ mod bench;
 mod docs;
 mod fuzz;
 mod image;
+mod roots;
 mod setup;
 mod sh;
 

@@ -11,7 +11,7 @@ use std::{fs, os::unix::fs::symlink, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::sh;
+use crate::{roots, sh};
 
 /// Keep in sync with helios-trace/build.rs.
 const TOOLCHAIN: &str = "helios-bpf";
@@ -23,9 +23,23 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the test suite uses: real Prometheus (promtool too), podman for the image
 /// build, gcc for the C workloads (binutils' strip for the stripped one), tmux for the
-/// live-view test, bpftrace for the benchmark peer.
-const TEST_PACKAGES: &[&str] =
-    &["prometheus", "podman", "gcc", "binutils", "tmux", "bpftrace", "python3", "python3-venv"];
+/// live-view test, bpftrace for the benchmark peer; for the pod tests musl-gcc (a static musl
+/// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
+/// keyring the roots of other suites are verified with.
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "podman",
+    "gcc",
+    "binutils",
+    "tmux",
+    "bpftrace",
+    "python3",
+    "python3-venv",
+    "musl-tools",
+    "iproute2",
+    "util-linux",
+    "debian-archive-keyring",
+];
 
 pub fn ensure(for_tests: bool) -> Result<()> {
     let mut apt = Apt::default();
@@ -39,6 +53,7 @@ pub fn ensure(for_tests: bool) -> Result<()> {
         ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &["fuzz", "--version"])?;
         ensure_python_venv()?;
         ensure_corpus_venv()?;
+        roots::ensure_all(&data_dir()?)?;
     }
     Ok(())
 }

@@ -53,10 +53,23 @@ impl Symbolizer {
     /// The functions at `svma` (an address as the module's file states it), innermost first;
     /// empty when the module has no symbol there (stripped).
     pub(crate) fn module_symbols(&mut self, module: &LoadedModule, svma: u64) -> Vec<Symbol> {
-        let source = Source::Elf(Elf::new(module.file.reopen_path()));
-        match self.blaze.0.symbolize_single(&source, Input::VirtOffset(svma)) {
+        let mut elf = Elf::new(module.file.reopen_path());
+        match self.blaze.0.symbolize_single(&Source::Elf(elf.clone()), Input::VirtOffset(svma)) {
             Ok(Symbolized::Sym(sym)) => symbols(&sym),
-            _ => Vec::new(),
+            Ok(_) => Vec::new(),
+            Err(err) => {
+                // blazesym looks for a debug-link file by the path the handle's link names:
+                // for a module of a container that is the path inside the container, which on
+                // the host may name another file (the host's own libc.so.6 and its debug
+                // file), whose checksum then fails the whole lookup. The module's own symbol
+                // tables (.symtab, .dynsym) still name the function: look there.
+                log::debug!("{}: {err:#}; using its own symbol tables", module.file.path);
+                elf.debug_syms = false;
+                match self.blaze.0.symbolize_single(&Source::Elf(elf), Input::VirtOffset(svma)) {
+                    Ok(Symbolized::Sym(sym)) => symbols(&sym),
+                    _ => Vec::new(),
+                }
+            }
         }
     }
 

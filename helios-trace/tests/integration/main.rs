@@ -17,6 +17,7 @@ mod deploy;
 mod fuzz_corpus;
 mod lifecycle;
 mod namespaces;
+mod pods;
 mod python;
 mod python_sites;
 mod resources;
