@@ -161,10 +161,17 @@ impl PythonProcesses {
         if !self.enabled {
             return;
         }
-        self.forget(pid);
+        // Not forget(): an exec read late finds the image of a later exec, and the next exec's
+        // record probes it again; the kernel's entry is replaced in one update, never removed
+        // in between (a walk would be missed).
+        self.pending.remove(&pid);
+        let was_python = matches!(self.processes.remove(&pid), Some(State::Python { .. }));
         let retry = Retry { next_ns: 0, since_ns: now_ns };
         self.processes.insert(pid, State::Pending { retry, unwalked: 0 });
         self.try_probe(pid, now_ns);
+        if was_python && !matches!(self.processes.get(&pid), Some(State::Python { .. })) {
+            self.updates.push((pid, None));
+        }
     }
 
     /// A process first seen (the baseline, or its first event): probe it unless known.
