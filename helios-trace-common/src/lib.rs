@@ -165,13 +165,21 @@ pub struct PythonOffsets {
     pub frame_instr: u32,
     /// `_PyInterpreterFrame.owner` (a char), or [`PY_NO_OFFSET`] (3.10).
     pub frame_owner: u32,
-    /// Frames whose owner is this are not Python code (`FRAME_OWNED_BY_CSTACK`, 3.12+): skipped.
+    /// Frames whose owner is this or above are not Python code, skipped: the entry "shim"
+    /// frames (`FRAME_OWNED_BY_CSTACK` = 3 on 3.12 and 3.13; `FRAME_OWNED_BY_INTERPRETER` = 3
+    /// and `FRAME_OWNED_BY_CSTACK` = 4 on 3.14).
     pub owner_skip: u32,
     /// Bytes of a frame read at once, covering every frame field above (at most
     /// [`MAX_PYTHON_FRAME_READ`]): one read per frame rather than one per field.
     pub frame_read: u32,
+    /// The process's pid namespace (`stat /proc/PID/ns/pid`: the nsfs device, in the kernel's
+    /// `dev_t` encoding, and the inode). CPython's thread states hold thread ids of that
+    /// namespace; the kernel program gets the calling thread's with
+    /// `bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino)`. `pidns_ino` 0: the kernel's own tid.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
-const _: () = assert!(size_of::<PythonOffsets>() == 56);
+const _: () = assert!(size_of::<PythonOffsets>() == 72);
 
 /// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
 /// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
@@ -192,6 +200,12 @@ pub mod python_flags {
     pub const NO_THREAD: u32 = 1 << 1;
     /// A read of the interpreter's memory failed mid-walk.
     pub const READ_FAILED: u32 = 1 << 2;
+    /// The runtime has no interpreter yet (`interpreters.head` is NULL): it is still starting
+    /// and has run no Python code, so there are no frames to miss.
+    pub const NOT_STARTED: u32 = 1 << 3;
+    /// The calling thread's id in the process's pid namespace could not be had (the namespace
+    /// given is not the thread's).
+    pub const NAMESPACE: u32 = 1 << 4;
 }
 
 /// The Python frames of the calling thread, innermost first ([`kind::PYTHON_STACK`]).

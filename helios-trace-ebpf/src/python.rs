@@ -3,9 +3,12 @@
 //! a `kind::PYTHON_STACK` record before the record they belong to.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_user,
-    generated::{bpf_loop, bpf_probe_read_user as raw_read_user},
+use aya_ebpf::{
+    bindings::bpf_pidns_info,
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_get_ns_current_pid_tgid, bpf_loop, bpf_probe_read_user as raw_read_user},
+    },
 };
 use helios_trace_common::{
     MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, PY_NO_OFFSET, PythonFrame, PythonOffsets,
@@ -34,8 +37,27 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     let stack = unsafe { &mut *stack };
     stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
     stack.frame_count = 0;
-    stack.flags = walk_python(&offsets, pid_tgid as u32);
+    stack.flags = match thread_id(&offsets, pid_tgid as u32) {
+        Some(tid) => walk_python(&offsets, tid),
+        None => python_flags::NAMESPACE,
+    };
     emit(stack);
+}
+
+/// The calling thread's id as CPython knows it: in the process's own pid namespace
+/// (`native_thread_id` is gettid(2) there; 3.10's glibc `struct pthread` tid is what clone(2)
+/// wrote, the same). The helper compares the task's active pid namespace with the (dev, ino)
+/// userspace stat'ed (kernel/bpf/helpers.c, bpf_get_ns_current_pid_tgid; allowed in tracing
+/// programs since 5.7, in all since 6.10) and answers `task_pid_nr_ns` of that namespace.
+#[inline(always)]
+fn thread_id(o: &PythonOffsets, kernel_tid: u32) -> Option<u32> {
+    if o.pidns_ino == 0 {
+        return Some(kernel_tid);
+    }
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    let size = size_of::<bpf_pidns_info>() as u32;
+    let err = unsafe { bpf_get_ns_current_pid_tgid(o.pidns_dev, o.pidns_ino, &mut ns, size) };
+    (err == 0).then_some(ns.pid)
 }
 
 #[inline(always)]
@@ -136,7 +158,7 @@ unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let skip = o.frame_owner != PY_NO_OFFSET
-        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 == o.owner_skip);
+        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 >= o.owner_skip);
     if !skip {
         let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
             w.flags |= python_flags::TRUNCATED;
@@ -152,9 +174,9 @@ unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Find the thread state whose thread id is `tid` (not the GIL holder's: CPython releases the
-/// GIL around blocking calls), then copy (code object, instruction) of its frames, innermost
-/// first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
+/// Find the thread state whose thread id is `tid` (in the process's pid namespace; not the GIL
+/// holder's: CPython releases the GIL around blocking calls), then copy (code object,
+/// instruction) of its frames, innermost first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
 /// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
 #[inline(always)]
 fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
@@ -162,7 +184,7 @@ fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
         return python_flags::READ_FAILED;
     };
     if interp == 0 {
-        return python_flags::NO_THREAD;
+        return python_flags::NOT_STARTED;
     }
     let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
         return python_flags::READ_FAILED;

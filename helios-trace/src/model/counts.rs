@@ -22,6 +22,9 @@ pub(crate) struct EventCounts {
     /// New call sites not remembered because `--max-stacks` were: their descriptors are
     /// under the site `site-limit`.
     pub(crate) sites_dropped: u64,
+    /// Descriptors a running CPython opened before the kernel walked its Python frames (found
+    /// at the baseline, or late after its exec): their sites have native frames only.
+    pub(crate) python_frames_missed: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics

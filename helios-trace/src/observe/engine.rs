@@ -152,6 +152,22 @@ impl Engine {
         self.python.enable(on);
     }
 
+    /// When the Python probe has a retry due (a CPython whose runtime is not mapped yet, or not
+    /// checked yet), boot-clock ns.
+    pub(crate) fn python_next_due(&self) -> Option<u64> {
+        self.python.next_due()
+    }
+
+    /// Whether the Python probe has offsets for the kernel, or a retry due at `now_ns`.
+    pub(crate) fn python_waiting(&self, now_ns: u64) -> bool {
+        self.python.waiting(now_ns)
+    }
+
+    /// Descriptors opened by running CPython processes before their frames were walked.
+    pub(crate) fn python_missed(&self) -> u64 {
+        self.python.missed()
+    }
+
     /// What the kernel's `PYTHON_PROCS` map must learn since the last call (CPython processes
     /// found or gone), after probing again those whose interpreter was still starting.
     pub(crate) fn python_updates(&mut self, now_ns: u64) -> Vec<(u32, Option<PythonOffsets>)> {
@@ -279,7 +295,10 @@ impl Engine {
                 self.stats.made(native, event.ts_ns);
                 match self.walked.take().filter(|w| w.tid == event.tid && w.ts_ns == event.ts_ns) {
                     Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
-                    None => native,
+                    None => {
+                        self.python.not_walked(event.tgid, event.ts_ns);
+                        native
+                    }
                 }
             }
             _ => SiteId::NoStack,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
     model::{
@@ -235,6 +235,11 @@ impl Tracing {
         let ring = self.ring.records();
         while let Some(record) = ring.next() {
             self.engine.handle_record(&record, &self.tracer);
+            // A CPython just exec'd must reach the kernel before it runs Python code, not at
+            // the end of a drain that may resolve many stacks first (resolve/python).
+            if self.engine.python_waiting(clock::boot_ns()) {
+                apply_python_updates(&mut self.engine, &mut self.tracer);
+            }
         }
         apply_python_updates(&mut self.engine, &mut self.tracer);
     }
@@ -261,6 +266,10 @@ impl Tracing {
         let mut reconcile = interval_at(Instant::now() + reconcile_every, reconcile_every);
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let python_due = self
+                .engine
+                .python_next_due()
+                .map(|due| Duration::from_nanos(due.saturating_sub(clock::boot_ns())));
             tokio::select! {
                 biased;
                 () = &mut stop => break,
@@ -281,6 +290,12 @@ impl Tracing {
                     on_tick(self, Tick::Drained);
                 }
                 _ = drain_timer.tick() => {
+                    self.drain();
+                    on_tick(self, Tick::Drained);
+                }
+                // A CPython exec'd moments ago whose runtime is not mapped yet is looked for
+                // every millisecond (resolve/python: no startup gap), not at the drain timer.
+                _ = sleep(python_due.unwrap_or_default()), if python_due.is_some() => {
                     self.drain();
                     on_tick(self, Tick::Drained);
                 }
@@ -315,6 +330,7 @@ impl Tracing {
             stacks_truncated: self.engine.stack_counts().truncated,
             stacks_unresolved: self.engine.stack_counts().unresolved,
             sites_dropped: self.engine.stack_counts().sites_dropped,
+            python_frames_missed: self.engine.python_missed(),
             ..self.engine.counts()
         }
     }

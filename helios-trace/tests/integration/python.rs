@@ -1,12 +1,18 @@
-//! Python frames at the open site (issue 5): CPython workloads (tests/workloads/pyleaks.py)
-//! leak from functions of known names, on every CPython 3.10+ of the machine (Debian's
-//! /usr/bin/python3 and pyenv's), from the main thread, another thread, and while another
-//! thread spins in Python; the report must name each leaking function, file and line, agree
-//! with /proc/PID/fd, and show the clean function with nothing open. An unsupported
-//! interpreter gets native frames and one warning.
+//! Python frames at the open site (issues 5, 20, 21): CPython workloads
+//! (tests/workloads/pyleaks.py) leak from functions of known names, on every supported CPython
+//! of the machine (Debian's /usr/bin/python3, pyenv's 3.10+, and Debian unstable's 3.14 run
+//! chrooted in a root filesystem of its own, with its own glibc), from the main thread, another
+//! thread, and while another thread spins in Python; the report must name each leaking
+//! function, file and line, agree with /proc/PID/fd, and show the clean function with nothing
+//! open. The same in a pid namespace, and in pid, mount and network namespaces at once (a pod).
+//! An interpreter exec'd while tracing has its frames from its first line
+//! (tests/workloads/pystartup.py). An unsupported interpreter gets native frames and one
+//! warning.
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use crate::support::{Tracer, Workload, proc_fds, process, reported_fds, require_bpf};
@@ -18,11 +24,116 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pyleaks.py")
 }
 
-/// Debian's interpreter (required), then every pyenv CPython 3.10+ installed.
-pub(crate) fn interpreters() -> Vec<PathBuf> {
+fn startup_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pystartup.py")
+}
+
+/// Where `cargo xtask setup --tests` unpacks Debian unstable's CPython 3.14 with its own glibc
+/// (a container image of another distribution); HELIOS_TRACE_SID_ROOT names another such root.
+fn sid_root() -> PathBuf {
+    let root = match std::env::var_os("HELIOS_TRACE_SID_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".local/share/helios-trace/roots/sid-python3.14"),
+    };
+    assert!(
+        root.join("usr/bin/python3.14").exists(),
+        "{}: no CPython 3.14 root filesystem: run cargo xtask setup --tests",
+        root.display()
+    );
+    root
+}
+
+/// A CPython to run workloads on: on the host, or chrooted in a root filesystem of its own.
+#[derive(Clone, Debug)]
+struct Interpreter {
+    /// The interpreter's path, as its process sees it (inside `root` when it has one).
+    python: PathBuf,
+    root: Option<PathBuf>,
+}
+
+/// Runs `python script args... scratch` as `sh -c` in the namespaces unshare(1) made: brings
+/// the loopback up (a new network namespace has it down) and, for an interpreter with a root
+/// of its own, bind-mounts the absolute paths among the arguments (the script, the scratch
+/// directory) at the same paths inside it, then chroots; the mounts stay in the workload's own
+/// mount namespace. Arguments: lo (`up` or not), root (`/` for none), python, script, args.
+const LAUNCH: &str = r#"set -e
+lo=$1; root=$2; shift 2
+if [ "$lo" = up ]; then ip link set lo up; fi
+if [ "$root" = / ]; then exec "$@"; fi
+python=$1; shift
+for arg; do
+    case "$arg" in
+    /*) if [ -d "$arg" ]; then mkdir -p "$root$arg"
+        elif [ -f "$arg" ]; then mkdir -p "$root${arg%/*}"; touch "$root$arg"
+        else continue; fi
+        mount --bind "$arg" "$root$arg";;
+    esac
+done
+exec chroot "$root" "$python" "$@""#;
+
+impl Interpreter {
+    fn host(python: PathBuf) -> Interpreter {
+        Interpreter { python, root: None }
+    }
+
+    fn name(&self) -> String {
+        match &self.root {
+            Some(root) => format!("{} in {}", self.python.display(), root.display()),
+            None => self.python.display().to_string(),
+        }
+    }
+
+    /// A command running `script` with `args` in new namespaces (unshare(1)'s options; none:
+    /// the tracer's); a Workload appends its scratch directory.
+    fn command(&self, script: &Path, unshare: &[&str], args: &[&str]) -> Command {
+        if unshare.is_empty() && self.root.is_none() {
+            let mut command = Command::new(&self.python);
+            command.arg(script).args(args);
+            return command;
+        }
+        let mut command = Command::new("unshare");
+        command.args(unshare);
+        if self.root.is_some() && !unshare.contains(&"--mount") {
+            command.arg("--mount");
+        }
+        let lo = if unshare.contains(&"--net") { "up" } else { "down" };
+        let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        command.args(["sh", "-c", LAUNCH, "sh", lo]).arg(root).arg(&self.python).arg(script).args(args);
+        command
+    }
+}
+
+impl Interpreter {
+    /// A command running `script` with `args` straight away: the interpreter itself, or
+    /// chroot(1) into its root then the interpreter (the script copied into the root, as a
+    /// container image holds its application); and the script's path as the interpreter sees it.
+    fn direct_command(&self, script: &Path, args: &[&str]) -> (Command, PathBuf) {
+        let Some(root) = &self.root else { return (self.command(script, &[], args), script.to_path_buf()) };
+        let inside = Path::new("/tmp/helios-trace-tests").join(script.file_name().unwrap());
+        let copy = root.join(inside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        // Tests run in parallel: write aside, then rename over.
+        let aside = copy.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::copy(script, &aside).unwrap();
+        std::fs::rename(&aside, &copy).unwrap();
+        let mut command = Command::new("chroot");
+        command.arg(root).arg(&self.python).arg(&inside).args(args);
+        (command, inside)
+    }
+}
+
+/// The interpreters of [`interpreters`] that run on the host's own root.
+pub(crate) fn host_interpreters() -> Vec<PathBuf> {
+    interpreters().into_iter().filter(|i| i.root.is_none()).map(|i| i.python).collect()
+}
+
+/// Every supported CPython of the machine: Debian's (required), every pyenv CPython 3.10+
+/// installed, and Debian unstable's 3.14 in its root filesystem (required).
+fn interpreters() -> Vec<Interpreter> {
     let system = PathBuf::from("/usr/bin/python3");
     assert!(system.exists(), "/usr/bin/python3 is missing (cargo xtask setup --tests installs python3)");
-    let mut found = vec![system];
+    let mut found = vec![Interpreter::host(system)];
     let mut versions: Vec<PathBuf> = std::fs::read_dir(PYENV)
         .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
         .unwrap_or_default();
@@ -31,16 +142,27 @@ pub(crate) fn interpreters() -> Vec<PathBuf> {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let minor: Option<u32> = name.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse().ok());
         if minor.is_some_and(|m| m >= 10) && dir.join("bin/python3").exists() {
-            found.push(dir.join("bin/python3"));
+            found.push(Interpreter::host(dir.join("bin/python3")));
         }
     }
+    found.push(Interpreter { python: PathBuf::from("/usr/bin/python3.14"), root: Some(sid_root()) });
     found
 }
 
-fn spawn(python: &Path) -> Workload {
-    let mut command = Command::new(python);
-    command.arg(script());
-    Workload::spawn_command(command)
+/// The host pid of the interpreter a workload runs: the workload itself, or, when unshare(1)
+/// forked it into a new pid namespace, its only child.
+fn interpreter_pid(workload: &Workload, forked: bool) -> u32 {
+    if !forked {
+        return workload.pid;
+    }
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", workload.pid)).unwrap();
+    let children: Vec<u32> = children.split_whitespace().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(children.len(), 1, "unshare forks one child: {children:?}");
+    children[0]
+}
+
+fn spawn(python: &Interpreter) -> Workload {
+    Workload::spawn_command(python.command(&script(), &[], &[]))
 }
 
 /// The report's site entry of `fd` of `pid`.
@@ -56,8 +178,11 @@ fn python_frames(site: &Value) -> Vec<&Value> {
 }
 
 struct Leaks {
-    workload: Workload,
-    python: PathBuf,
+    /// Kept running until the checks are done.
+    _workload: Workload,
+    /// The interpreter's host pid.
+    pid: u32,
+    python: Interpreter,
     minor: i64,
     lines: Vec<i64>,
     accepted: Vec<i64>,
@@ -67,7 +192,7 @@ struct Leaks {
     gil: i64,
 }
 
-fn run_leaks(mut workload: Workload, python: PathBuf) -> Leaks {
+fn run_leaks(mut workload: Workload, python: Interpreter, pid: u32) -> Leaks {
     let minor = workload.run("version")[1];
     let lines = workload.run("lines");
     let accepted = workload.run("accept 3");
@@ -76,7 +201,7 @@ fn run_leaks(mut workload: Workload, python: PathBuf) -> Leaks {
     workload.run("clean 20");
     let thread = workload.run("thread threaded.txt")[0];
     let gil = workload.run("gil contended.txt")[0];
-    Leaks { workload, python, minor, lines, accepted, traceback, dict, thread, gil }
+    Leaks { _workload: workload, pid, python, minor, lines, accepted, traceback, dict, thread, gil }
 }
 
 /// The site of `fd` is named by `function` at `line` of the workload (its `frame` label and a
@@ -90,13 +215,13 @@ fn assert_named(
     line: i64,
     outer: &'static str,
 ) {
-    let pid = leaks.workload.pid;
+    let pid = leaks.pid;
     let site = site_of(report, pid, fd);
     // 3.10 code objects have no qualified name (co_qualname is 3.11+).
     let short = |q: &'static str| if leaks.minor == 10 { q.rsplit('.').next().unwrap() } else { q };
     let name = short(qualname);
     let outer = short(outer);
-    let what = format!("{} fd {fd}: {site:#}", leaks.python.display());
+    let what = format!("{} fd {fd}: {site:#}", leaks.python.name());
     assert_eq!(site["frame"], format!("pyleaks.py:{name}:{line}"), "{what}");
     let frames = python_frames(site);
     let own =
@@ -113,8 +238,8 @@ fn assert_named(
 
 /// Everything the report must say of one workload's leaks.
 fn check_named(report: &Value, leaks: &Leaks) {
-    let pid = leaks.workload.pid;
-    assert_eq!(reported_fds(report, pid), proc_fds(pid), "{}: the report and /proc", leaks.python.display());
+    let pid = leaks.pid;
+    assert_eq!(reported_fds(report, pid), proc_fds(pid), "{}: the report and /proc", leaks.python.name());
     let line = |i: usize| leaks.lines[i];
     for fd in &leaks.accepted {
         assert_named(report, leaks, *fd, "ChatHandler.on_connect", line(0), "main");
@@ -132,17 +257,17 @@ fn check_named(report: &Value, leaks: &Leaks) {
     let label = format!("pyleaks.py:read_clean:{}", line(3));
     let p = process(report, pid).unwrap();
     let clean: Vec<&Value> = p["sites"].as_array().unwrap().iter().filter(|s| s["frame"] == label).collect();
-    assert!(!clean.is_empty(), "{}: no {label} site: {p:#}", leaks.python.display());
+    assert!(!clean.is_empty(), "{}: no {label} site: {p:#}", leaks.python.name());
     assert_eq!(clean.iter().map(|s| s["open"].as_u64().unwrap()).sum::<u64>(), 0);
     assert!(clean.iter().map(|s| s["opened"].as_u64().unwrap()).sum::<u64>() >= 20);
     // The same call path is one site: the three accepts share theirs.
     let sites: std::collections::BTreeSet<String> =
         leaks.accepted.iter().map(|fd| site_of(report, pid, *fd)["site"].to_string()).collect();
-    assert_eq!(sites.len(), 1, "{}", leaks.python.display());
+    assert_eq!(sites.len(), 1, "{}", leaks.python.name());
 }
 
-fn pid_args(workloads: &[(Workload, PathBuf)]) -> Vec<String> {
-    workloads.iter().flat_map(|(w, _)| ["--pid".to_string(), w.pid.to_string()]).collect()
+fn pid_args(pids: impl IntoIterator<Item = u32>) -> Vec<String> {
+    pids.into_iter().flat_map(|pid| ["--pid".to_string(), pid.to_string()]).collect()
 }
 
 /// Interpreters already running when the tracer starts (found at the /proc baseline).
@@ -152,10 +277,17 @@ fn python_leaks_are_named_by_function_file_and_line() {
         return;
     }
     let started = std::time::Instant::now();
-    let workloads: Vec<(Workload, PathBuf)> = interpreters().iter().map(|p| (spawn(p), p.clone())).collect();
-    let args = pid_args(&workloads);
+    let workloads: Vec<(Workload, Interpreter)> =
+        interpreters().iter().map(|p| (spawn(p), p.clone())).collect();
+    let args = pid_args(workloads.iter().map(|(w, _)| w.pid));
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let all: Vec<Leaks> = workloads.into_iter().map(|(w, p)| run_leaks(w, p)).collect();
+    let all: Vec<Leaks> = workloads
+        .into_iter()
+        .map(|(w, p)| {
+            let pid = w.pid;
+            run_leaks(w, p, pid)
+        })
+        .collect();
     let report = tracer.snapshot();
     for leaks in &all {
         check_named(&report, leaks);
@@ -197,7 +329,7 @@ fn python_started_after_the_tracer_is_named_too() {
                         .then_some(())
                 },
             );
-            run_leaks(workload, p.clone())
+            run_leaks(workload, p.clone(), pid)
         })
         .collect();
     let report = tracer.snapshot();
@@ -212,10 +344,11 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
     if !require_bpf() {
         return;
     }
-    let old: Vec<PathBuf> = ["3.9.18", "3.8.18"]
+    let old: Vec<Interpreter> = ["3.9.18", "3.8.18"]
         .iter()
         .map(|v| Path::new(PYENV).join(v).join("bin/python3"))
         .filter(|p| p.exists())
+        .map(Interpreter::host)
         .collect();
     if old.is_empty() {
         let required = std::env::var("HELIOS_TRACE_REQUIRE_BPF").is_ok_and(|v| v == "1");
@@ -223,14 +356,20 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
         eprintln!("skipping: no CPython 3.8 or 3.9 under {PYENV}");
         return;
     }
-    let workloads: Vec<(Workload, PathBuf)> = old.iter().map(|p| (spawn(p), p.clone())).collect();
-    let args = pid_args(&workloads);
+    let workloads: Vec<(Workload, Interpreter)> = old.iter().map(|p| (spawn(p), p.clone())).collect();
+    let args = pid_args(workloads.iter().map(|(w, _)| w.pid));
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let all: Vec<Leaks> = workloads.into_iter().map(|(w, p)| run_leaks(w, p)).collect();
+    let all: Vec<Leaks> = workloads
+        .into_iter()
+        .map(|(w, p)| {
+            let pid = w.pid;
+            run_leaks(w, p, pid)
+        })
+        .collect();
     let report = tracer.snapshot();
     let lines = tracer.stderr_lines();
     for leaks in &all {
-        let pid = leaks.workload.pid;
+        let pid = leaks.pid;
         assert_eq!(reported_fds(&report, pid), proc_fds(pid));
         for fd in leaks.accepted.iter().chain([&leaks.traceback, &leaks.dict, &leaks.thread, &leaks.gil]) {
             let site = site_of(&report, pid, *fd);
@@ -240,6 +379,211 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
         }
         let warnings =
             lines.iter().filter(|l| l.contains(&format!("process {pid}: no Python frames"))).count();
-        assert_eq!(warnings, 1, "{}: {lines:#?}", leaks.python.display());
+        assert_eq!(warnings, 1, "{}: {lines:#?}", leaks.python.name());
+    }
+}
+
+/// The unshare(1) options of a process in its own pid namespace, and of a pod: pid, mount and
+/// network namespaces at once. `--kill-child`: the interpreter (pid 1 inside) dies with the
+/// workload.
+const OWN_PID_NAMESPACE: &[&str] = &["--pid", "--fork", "--kill-child", "--mount-proc"];
+const POD: &[&str] = &["--pid", "--net", "--mount", "--fork", "--kill-child", "--mount-proc"];
+
+/// Issue 20: thread ids inside a pid namespace are not the kernel's. Every interpreter in its
+/// own pid namespace, and in a pod, has its leaks named as on the host.
+#[test]
+fn python_in_namespaces_is_named_by_function_file_and_line() {
+    if !require_bpf() {
+        return;
+    }
+    let mut started = Vec::new();
+    for python in interpreters() {
+        for unshare in [OWN_PID_NAMESPACE, POD] {
+            let workload = Workload::spawn_command(python.command(&script(), unshare, &[]));
+            let pid = interpreter_pid(&workload, true);
+            started.push((workload, python.clone(), pid));
+        }
+    }
+    // Inside, the interpreter is pid 1 of its namespace: the kernel's tid is another.
+    for (_, python, pid) in &started {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+        assert!(nspid.ends_with("\t1"), "{}: {nspid}", python.name());
+    }
+    let args = pid_args(started.iter().map(|(_, _, pid)| *pid));
+    let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let all: Vec<Leaks> = started.into_iter().map(|(w, p, pid)| run_leaks(w, p, pid)).collect();
+    let report = tracer.snapshot();
+    for leaks in &all {
+        check_named(&report, leaks);
+    }
+    let warnings: Vec<String> =
+        tracer.stderr_lines().into_iter().filter(|l| l.contains("no Python frames")).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// pystartup.py's kept descriptors and their marked lines (first, function, socket), and the
+/// frame label each must have.
+fn startup_labels(lines: &[i64]) -> [String; 3] {
+    [
+        format!("pystartup.py:<module>:{}", lines[0]),
+        format!("pystartup.py:open_in_function:{}", lines[1]),
+        format!("pystartup.py:<module>:{}", lines[2]),
+    ]
+}
+
+/// One site of a startup workload: named by its line, with its Python frames in `script`.
+fn check_startup_site(site: &Value, label: &str, script: &Path, what: &str) {
+    assert_eq!(site["frame"], label, "{what}: {site:#}");
+    let frames = python_frames(site);
+    assert!(frames.iter().any(|f| f["file"] == script.to_string_lossy().as_ref()), "{what}: {site:#}");
+}
+
+/// A cgroup of the test's own (the tracer follows it alone, not the other tests' children),
+/// removed when dropped.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
+        let dir = Path::new(line.split(' ').nth(4).unwrap()).join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        TestCgroup(dir)
+    }
+
+    /// `command`, entering the cgroup before it execs.
+    fn wrap(&self, command: &Command) -> Command {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .args(["-c", r#"(echo $$ > "$0/cgroup.procs") && exec "$@""#])
+            .arg(&self.0)
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 21, no startup gap: an interpreter exec'd under a tracer already running has Python
+/// frames from the first line of its main module on, each interpreter, on the host and in a pod.
+#[test]
+fn python_started_under_the_tracer_has_frames_from_its_first_line() {
+    if !require_bpf() {
+        return;
+    }
+    let cgroup = TestCgroup::new("helios-trace-pystartup");
+    let mut tracer = Tracer::start(&["--cgroup", cgroup.0.to_str().unwrap()]);
+    // The tracer resolves records in order, and its first resolution of a binary (the shell,
+    // libc) takes tens of milliseconds: an interpreter exec'd behind those records may run
+    // its first lines before the tracer reads its exec (what is missed then is counted,
+    // `python_frames_missed`). A tracer that has run a while, as a daemon has, is warm: so is
+    // this one, after a first shell in the cgroup.
+    assert!(cgroup.wrap(&Command::new("true")).status().unwrap().success());
+    tracer.snapshot();
+    let mut started = Vec::new();
+    for python in interpreters() {
+        for unshare in [&[][..], POD] {
+            let command = cgroup.wrap(&python.command(&startup_script(), unshare, &[]));
+            let mut workload = Workload::spawn_command(command);
+            let pid = interpreter_pid(&workload, !unshare.is_empty());
+            let fds = workload.run("fds");
+            let lines = workload.run("lines");
+            started.push((workload, python.clone(), pid, fds, lines));
+        }
+    }
+    let report = tracer.snapshot();
+    // Each kept descriptor is named by its line, or, if its interpreter ran its first lines
+    // before the tracer read its exec (a tracer behind on records: other tests run beside this
+    // one), counted as missed; never named wrong. Most are named.
+    let (mut named, mut unnamed) = (0, 0);
+    for (_, python, pid, fds, lines) in &started {
+        assert_eq!(reported_fds(&report, *pid), proc_fds(*pid), "{}: the report and /proc", python.name());
+        for (fd, label) in fds.iter().zip(startup_labels(lines)) {
+            let what = format!("{} pid {pid} fd {fd}", python.name());
+            let site = site_of(&report, *pid, *fd);
+            if python_frames(site).is_empty() {
+                eprintln!("{what}: no Python frames: {}", site["frame"]);
+                unnamed += 1;
+            } else {
+                check_startup_site(site, &label, &startup_script(), &what);
+                named += 1;
+            }
+        }
+    }
+    let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
+    assert!(unnamed <= missed, "{unnamed} sites without Python frames, {missed} counted missed");
+    assert!(named > unnamed, "{named} named, {unnamed} not");
+    drop(started);
+}
+
+/// Issue 21: `helios-trace run -- python3 app.py`, app.py opening at module level on its first
+/// line: its sites are named by their Python lines while it runs (a snapshot, SIGUSR1), every
+/// site it still holds at exit has Python frames, each interpreter.
+#[test]
+fn run_names_every_site_of_a_python_command() {
+    if !require_bpf() {
+        return;
+    }
+    for python in interpreters() {
+        let name = python.name();
+        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report_file = scratch.path().join("report.json");
+        let (command, script) = python.direct_command(&startup_script(), &["--exit", "/tmp"]);
+        let mut run = Command::new(crate::support::helios_trace_bin())
+            .args(["run", "--format", "json", "--view", "quiet", "--list-fds", "-o"])
+            .arg(&report_file)
+            .arg("--")
+            .arg(command.get_program())
+            .args(command.get_args())
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(run.stdout.take().unwrap());
+        let mut numbers = |key: &str| -> Vec<i64> {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let rest = line.strip_prefix(key).unwrap_or_else(|| panic!("{name}: {line:?}"));
+            rest.split_whitespace().map(|n| n.parse().unwrap()).collect()
+        };
+        let pid = numbers("pid ")[0] as u32;
+        let (fds, lines) = (numbers("fds "), numbers("lines "));
+        assert_eq!(fds.len(), 3, "{name}");
+        // A snapshot while it runs: the tracer drains what the kernel recorded (the opens are
+        // in the ring buffer before the command printed) and writes the report.
+        crate::support::signal(run.id(), libc::SIGUSR1);
+        let snapshot: Value = crate::support::wait_for("a snapshot", Duration::from_secs(30), || {
+            serde_json::from_str(&std::fs::read_to_string(&report_file).ok()?).ok()
+        });
+        assert_eq!(reported_fds(&snapshot, pid), proc_fds(pid), "{name}: the report and /proc");
+        for (fd, label) in fds.iter().zip(startup_labels(&lines)) {
+            check_startup_site(site_of(&snapshot, pid, *fd), &label, &script, &format!("{name} fd {fd}"));
+        }
+        drop(run.stdin.take());
+        assert!(run.wait().unwrap().success(), "{name}");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+        assert_eq!(report["command"]["pid"], pid, "{name}");
+        let p = process(&report, pid).unwrap_or_else(|| panic!("{name}: {report:#}"));
+        let sites = p["sites"].as_array().unwrap();
+        for label in startup_labels(&lines) {
+            let site = sites.iter().find(|s| s["frame"] == label.as_str());
+            let site = site.unwrap_or_else(|| panic!("{name}: no {label} site: {p:#}"));
+            assert_eq!(site["open"], 1, "{name}: held at exit: {site:#}");
+            check_startup_site(site, &label, &script, &name);
+        }
+        // Every descriptor held at exit, but those inherited: Python frames.
+        for site in sites.iter().filter(|s| s["open"].as_u64() > Some(0) && s["site"] != "before-trace") {
+            assert!(!python_frames(site).is_empty(), "{name}: {site:#}");
+        }
+        assert!(report["events"]["python_frames_missed"].is_u64(), "{name}: {:#}", report["events"]);
     }
 }

@@ -1,7 +1,7 @@
 //! One site per Python call path (issue 21): the same Python line called from a loop — first
 //! the generic instructions, then the specialized ones of CPython's adaptive interpreter,
 //! whose native glue between the Python frames differs — is one site holding every
-//! descriptor it leaked, on every interpreter of the machine (python.rs `interpreters()`).
+//! descriptor it leaked, on every interpreter of the machine on its own root (python.rs `host_interpreters()`).
 use std::{
     collections::BTreeSet,
     io::Write as _,
@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    python::interpreters,
+    python::host_interpreters,
     support::{Tracer, Workload, helios_trace_bin, proc_fds, process, reported_fds, require_bpf},
 };
 
@@ -53,7 +53,7 @@ fn a_warm_python_line_is_one_site_with_every_descriptor() {
     if !require_bpf() {
         return;
     }
-    let pythons = interpreters();
+    let pythons = host_interpreters();
     let mut workloads: Vec<Workload> = pythons.iter().map(|p| spawn(p)).collect();
     let args: Vec<String> = workloads.iter().flat_map(|w| ["--pid".to_string(), w.pid.to_string()]).collect();
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -50,6 +50,13 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
             report.events.lost
         );
     }
+    if report.events.python_frames_missed > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} descriptors were opened by CPython processes before their Python frames could be walked",
+            report.events.python_frames_missed
+        );
+    }
     let leaks: Vec<(&ProcessReport, &SiteReport)> = report
         .processes
         .iter()

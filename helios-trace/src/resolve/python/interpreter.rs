@@ -1,5 +1,6 @@
-//! A recognised CPython process: finding its interpreter, layout and runtime state and checking
-//! them against the process, then naming the (code object, instruction) pairs the kernel
+//! A recognised CPython process: finding its interpreter, layout and runtime state (possible as
+//! soon as the interpreter's image is mapped, before its runtime starts), checking them against
+//! the process once it runs, then naming the (code object, instruction) pairs the kernel
 //! walked, with its code objects and Python call paths cached.
 use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
@@ -36,6 +37,8 @@ struct CodeInfo {
 
 /// A recognised CPython process.
 pub(super) struct Interpreter {
+    /// The file holding the runtime (libpython or the executable), as the process maps it.
+    pub(super) path: String,
     pub(super) layout: Layout,
     /// The offsets as the kernel gets them (with this process's addresses).
     pub(super) offsets: PythonOffsets,
@@ -45,6 +48,9 @@ pub(super) struct Interpreter {
     codes: BoundedLru<u64, Arc<CodeInfo>>,
     /// (native site, raw Python frames) → site.
     pub(super) sites: LruCache<(SiteId, Box<[PythonFrame]>), SiteId>,
+    /// `interpreters.head` was set when found: the runtime had started, Python code may have
+    /// run before the kernel walked its frames.
+    pub(super) started: bool,
 }
 
 /// Bounds of the per-process caches: code objects by their bytes (line tables vary from a
@@ -116,8 +122,9 @@ impl Interpreter {
     }
 }
 
-/// Find a process's CPython, its layout and runtime, and check them against the process.
-pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, PythonError>> {
+/// Find a process's CPython, its layout and runtime: the interpreter's mapped file and what
+/// was found (the offsets are not checked against the process yet: `Interpreter::check`).
+pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<(String, Result<Interpreter, PythonError>)> {
     let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
     // libpython holds the runtime where there is one; else the executable does (static).
     let candidates = |lib: bool| {
@@ -127,10 +134,15 @@ pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<Result<Interpreter, Py
             .find_map(|m| version_of(&m.path).map(|v| (m, v)))
     };
     let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
-    Some(version.and_then(|minor| attach(proc_root, pid, &maps, mapping, minor)))
+    let found = version.and_then(|minor| locate(proc_root, pid, &maps, mapping, minor));
+    Some((mapping.path.to_string(), found))
 }
 
-fn attach(
+/// The layout and runtime of the interpreter `mapping` holds, with this process's addresses and
+/// pid namespace: what the kernel walks with. Needs the runtime mapped, not started: before
+/// `interpreters.head` is set the kernel finds no interpreter and walks nothing (no Python code
+/// has run yet), and from the moment it is set the walk finds the thread states.
+fn locate(
     proc_root: &Path,
     pid: u32,
     maps: &ProcessMaps,
@@ -150,44 +162,69 @@ fn attach(
     let mut offsets = layout.kernel;
     offsets.interpreters_head = runtime + layout.interpreters_head;
     offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
-    let tids = proc::tids(proc_root, pid);
-    let interp = memory.u64(offsets.interpreters_head)?;
-    if interp == 0 {
-        return Err(PythonError::NotReady);
-    }
-    let mut states = Vec::new();
-    let mut tstate = memory.u64(interp + offsets.threads_head as u64)?;
-    while tstate != 0 && states.len() < helios_trace_common::MAX_PYTHON_THREADS as usize {
-        states.push(memory.u64(tstate + offsets.tstate_thread_id as u64)?);
-        tstate = memory.u64(tstate + offsets.tstate_next as u64)?;
-    }
+    (offsets.pidns_dev, offsets.pidns_ino) = proc::pid_namespace(proc_root, pid).ok_or(PythonError::Gone)?;
     if minor == 10 {
-        offsets.pthread_tid = pthread_tid_offset(&memory, &states, &tids).ok_or(PythonError::NoThread)?;
-        let mut native = Vec::new();
-        for id in &states {
-            native.push(memory.u32(id + offsets.pthread_tid as u64)? as u64);
-        }
-        states = native;
+        // Until the thread states can be searched for it (check), glibc's usual offset.
+        offsets.pthread_tid = GLIBC_X86_64_PTHREAD_TID;
     }
-    if !states.iter().any(|id| tids.contains(&(*id as u32))) {
-        return Err(PythonError::NoThread);
-    }
+    let started = memory.u64(offsets.interpreters_head)? != 0;
     Ok(Interpreter {
+        path: mapping.path.to_string(),
         layout,
         offsets,
         code_type,
         memory,
         codes: BoundedLru::new(MAX_CODE_BYTES),
         sites: LruCache::new(MAX_SITES),
+        started,
     })
 }
+
+impl Interpreter {
+    /// Check the offsets against the running process: one of its thread states must carry one
+    /// of its thread ids, as its own pid namespace numbers them (`native_thread_id` is
+    /// gettid(2) in the thread's namespace; 3.10's glibc `struct pthread` holds what clone(2)
+    /// wrote there, the same). `NotReady` while the runtime has not started. Returns whether
+    /// the kernel's offsets changed (3.10's pthread tid offset, found here).
+    pub(super) fn check(&mut self, proc_root: &Path, pid: u32) -> Result<bool, PythonError> {
+        let (memory, offsets) = (&self.memory, &mut self.offsets);
+        let tids = proc::ns_tids(proc_root, pid);
+        let interp = memory.u64(offsets.interpreters_head)?;
+        if interp == 0 {
+            return Err(PythonError::NotReady);
+        }
+        let mut states = Vec::new();
+        let mut tstate = memory.u64(interp + offsets.threads_head as u64)?;
+        while tstate != 0 && states.len() < helios_trace_common::MAX_PYTHON_THREADS as usize {
+            states.push(memory.u64(tstate + offsets.tstate_thread_id as u64)?);
+            tstate = memory.u64(tstate + offsets.tstate_next as u64)?;
+        }
+        let mut changed = false;
+        if self.layout.minor == 10 {
+            let found = pthread_tid_offset(memory, &states, &tids).ok_or(PythonError::NoThread)?;
+            changed = found != offsets.pthread_tid;
+            offsets.pthread_tid = found;
+            let mut native = Vec::new();
+            for id in &states {
+                native.push(memory.u32(id + offsets.pthread_tid as u64)? as u64);
+            }
+            states = native;
+        }
+        if !states.iter().any(|id| tids.contains(&(*id as u32))) {
+            return Err(PythonError::NoThread);
+        }
+        Ok(changed)
+    }
+}
+
+/// Where glibc's `struct pthread` has held the tid on x86_64 for years (nptl/descr.h).
+const GLIBC_X86_64_PTHREAD_TID: u32 = 0x2d0;
 
 /// glibc's `struct pthread` (nptl/descr.h) holds the thread's kernel tid; its offset depends
 /// on the glibc build (0x2d0 on x86_64 for years). Found as the offset, in the thread
 /// states' `pthread_t`s, of a u32 equal to one of the process's tids: the same for all.
 fn pthread_tid_offset(memory: &Memory, pthreads: &[u64], tids: &[u32]) -> Option<u32> {
     const SPAN: usize = 2048;
-    const GLIBC_X86_64: u32 = 0x2d0;
     let mut candidates: Option<Vec<u32>> = None;
     for &pthread in pthreads {
         let mut bytes = vec![0u8; SPAN];
@@ -205,7 +242,11 @@ fn pthread_tid_offset(memory: &Memory, pthreads: &[u64], tids: &[u32]) -> Option
         });
     }
     let candidates = candidates?;
-    if candidates.contains(&GLIBC_X86_64) { Some(GLIBC_X86_64) } else { candidates.first().copied() }
+    if candidates.contains(&GLIBC_X86_64_PTHREAD_TID) {
+        Some(GLIBC_X86_64_PTHREAD_TID)
+    } else {
+        candidates.first().copied()
+    }
 }
 
 /// `_PyRuntime` (and `PyCode_Type`) in the process: the symbol's address in the file plus
@@ -243,5 +284,25 @@ fn runtime_address(
         })
         .ok_or_else(|| elf_error("no segment maps the first mapping".into()))?;
     let bias = first.start.wrapping_sub(segment.address() + (first.file_offset - segment.file_range().0));
-    Ok((bias.wrapping_add(runtime), symbol("PyCode_Type").map(|a| bias.wrapping_add(a))))
+    let address = bias.wrapping_add(runtime);
+    // ld.so maps a library whole first, then each segment over it (elf/dl-map-segments.h): in
+    // between, the runtime's address holds other bytes of the file. Believe it once a mapping
+    // of the file puts there the file offset the symbol has.
+    let data = elf.segments().find(|s| (s.address()..s.address() + s.size()).contains(&runtime));
+    let in_file = data.and_then(|s| {
+        let (offset, size) = s.file_range();
+        (runtime - s.address() < size).then_some(offset + (runtime - s.address()))
+    });
+    // (A runtime in .bss would be anonymous memory: nothing to compare with.)
+    let mapped = in_file.is_none_or(|offset| {
+        maps.mappings().iter().any(|m| {
+            m.key == mapping.key
+                && (m.start..m.end).contains(&address)
+                && m.file_offset.wrapping_add(address - m.start) == offset
+        })
+    });
+    if !mapped {
+        return Err(PythonError::NotMapped { path });
+    }
+    Ok((address, symbol("PyCode_Type").map(|a| bias.wrapping_add(a))))
 }

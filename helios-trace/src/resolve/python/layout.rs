@@ -1,12 +1,13 @@
 //! Where CPython keeps what the kernel walks and what names a frame, per version: the table of
-//! 3.10 to 3.12, 3.13's own `_Py_DebugOffsets`, and the version a mapped file's name says.
+//! 3.10 to 3.12, the `_Py_DebugOffsets` of 3.13 and 3.14, and the version a mapped file's name
+//! says.
 use helios_trace_common::{PY_NO_OFFSET, PythonOffsets};
 
 use super::PythonError;
 use crate::model::frame::basename;
 
 /// Oldest and newest CPython minor versions whose layouts are known.
-pub(crate) const SUPPORTED: std::ops::RangeInclusive<u32> = 10..=13;
+pub(crate) const SUPPORTED: std::ops::RangeInclusive<u32> = 10..=14;
 
 /// Where a code object keeps what names it (Include/cpython/code.h, `struct PyCodeObject`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,10 @@ pub(crate) struct Layout {
     /// `sizeof(PyCompactUnicodeObject)` in, two pointer-sized fields (utf8_length, utf8)
     /// further.
     pub(crate) ascii_size: u64,
+    /// Low bits of a frame's code reference that are a tag, not address: 3.14's
+    /// `f_executable` is a `_PyStackRef` (Include/internal/pycore_stackref.h: `Py_TAG_BITS`,
+    /// 3 in the default build, the deferred/immortal bit `Py_TAG_REFCNT` = 1 among them).
+    pub(crate) code_tag_bits: u64,
 }
 
 impl Layout {
@@ -45,9 +50,12 @@ impl Layout {
     }
 }
 
-/// `FRAME_OWNED_BY_CSTACK` (Include/internal/pycore_frame.h, 3.12 and 3.13): the entry
-/// "shim" frames, which run no Python code.
-const FRAME_OWNED_BY_CSTACK: u32 = 3;
+/// The first owner value of frames that run no Python code (the kernel skips it and those
+/// above): `FRAME_OWNED_BY_CSTACK` = 3, the entry "shim" frames, on 3.12 and 3.13
+/// (Include/internal/pycore_frame.h); on 3.14 `FRAME_OWNED_BY_INTERPRETER` = 3 (the entry
+/// frame of each `_PyEval_EvalFrameDefault`) and `FRAME_OWNED_BY_CSTACK` = 4
+/// (Include/internal/pycore_interpframe_structs.h, `enum _frameowner`).
+const FIRST_NON_PYTHON_OWNER: u32 = 3;
 
 /// The layouts of 3.10 to 3.12 (64-bit). Each number is an `offsetof` in the CPython
 /// headers of that version, checked with a C program against the headers of CPython 3.10.13,
@@ -75,6 +83,8 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
         frame_owner: PY_NO_OFFSET,
         owner_skip: PY_NO_OFFSET,
         frame_read: 0,
+        pidns_dev: 0,
+        pidns_ino: 0,
     };
     Some(match minor {
         10 => Layout {
@@ -96,6 +106,7 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
                 code_adaptive: None,
             },
             ascii_size: 48,
+            code_tag_bits: 0,
         },
         11 => Layout {
             minor,
@@ -116,6 +127,7 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
                 code_adaptive: Some(184),
             },
             ascii_size: 48,
+            code_tag_bits: 0,
         },
         12 => Layout {
             minor,
@@ -125,7 +137,7 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
                 frame_code: 0,
                 frame_instr: 56,
                 frame_owner: 70,
-                owner_skip: FRAME_OWNED_BY_CSTACK,
+                owner_skip: FIRST_NON_PYTHON_OWNER,
                 ..kernel(72, 8, 144, 56, 0)
             },
             code: CodeLayout {
@@ -137,20 +149,88 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
                 code_adaptive: Some(192),
             },
             ascii_size: 40,
+            code_tag_bits: 0,
         },
         _ => return None,
     })
 }
 
-/// Bytes of `_Py_DebugOffsets` read (3.13: 71 u64 words up to `unicode_object`).
-pub(crate) const DEBUG_OFFSETS_LEN: usize = 71 * 8;
+/// Bytes of `_Py_DebugOffsets` read: 3.14's 81 u64 words up to `unicode_object` (3.13 has 71;
+/// `_PyRuntime` is far larger than either, so reading the longer is always in bounds).
+pub(crate) const DEBUG_OFFSETS_LEN: usize = 81 * 8;
 
 /// Largest offset believed from `_Py_DebugOffsets`.
 const MAX_OFFSET: u32 = 1 << 20;
 
-/// 3.13's layout from the `_Py_DebugOffsets` that opens `_PyRuntime`
-/// (Include/internal/pycore_runtime.h of 3.13: cookie "xdebugpy", version (PY_VERSION_HEX),
-/// free_threaded, then one struct of u64 offsets per type, each starting with its size).
+/// Where, in `_Py_DebugOffsets` seen as u64 words, each offset the walk needs is. The struct
+/// (Include/internal/pycore_runtime.h of 3.13, Include/internal/pycore_debug_offsets.h of
+/// 3.14) is the cookie, version and free_threaded words, then one struct per type, each
+/// opening with its size; 3.14 grew `interpreter_state` by three words (code object and
+/// thread-local bytecode generations, the GIL's enabled flag) and `code_object` by one
+/// (`co_tlbc`), moving everything after.
+struct DebugWords {
+    interpreters_head: usize,
+    threads_head: usize,
+    tstate_next: usize,
+    tstate_current_frame: usize,
+    tstate_native_thread_id: usize,
+    frame_previous: usize,
+    frame_executable: usize,
+    frame_instr_ptr: usize,
+    frame_owner: usize,
+    code_filename: usize,
+    code_name: usize,
+    code_qualname: usize,
+    code_linetable: usize,
+    code_firstlineno: usize,
+    code_adaptive: usize,
+    ascii_size: usize,
+}
+
+fn debug_words(minor: u32) -> Option<DebugWords> {
+    Some(match minor {
+        13 => DebugWords {
+            interpreters_head: 5,
+            threads_head: 9,
+            tstate_next: 21,
+            tstate_current_frame: 23,
+            tstate_native_thread_id: 25,
+            frame_previous: 29,
+            frame_executable: 30,
+            frame_instr_ptr: 31,
+            frame_owner: 33,
+            code_filename: 35,
+            code_name: 36,
+            code_qualname: 37,
+            code_linetable: 38,
+            code_firstlineno: 39,
+            code_adaptive: 43,
+            ascii_size: 70,
+        },
+        14 => DebugWords {
+            interpreters_head: 5,
+            threads_head: 9,
+            tstate_next: 24,
+            tstate_current_frame: 26,
+            tstate_native_thread_id: 28,
+            frame_previous: 32,
+            frame_executable: 33,
+            frame_instr_ptr: 34,
+            frame_owner: 36,
+            code_filename: 40,
+            code_name: 41,
+            code_qualname: 42,
+            code_linetable: 43,
+            code_firstlineno: 44,
+            code_adaptive: 48,
+            ascii_size: 80,
+        },
+        _ => return None,
+    })
+}
+
+/// The layout of 3.13 or 3.14 from the `_Py_DebugOffsets` that opens `_PyRuntime` (cookie
+/// "xdebugpy", version (PY_VERSION_HEX), free_threaded, then the offsets: `DebugWords`).
 pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layout, PythonError> {
     let word = |i: usize| -> u64 {
         bytes.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -159,11 +239,14 @@ pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layo
         return Err(PythonError::DebugOffsets("no xdebugpy cookie".into()));
     }
     let version = word(1);
-    if version >> 24 != 3 || (version >> 16) & 0xff != minor as u64 || minor != 13 {
-        return Err(PythonError::DebugOffsets(format!("version {version:#x} is not 3.13")));
-    }
+    let words = debug_words(minor)
+        .filter(|_| version >> 24 == 3 && (version >> 16) & 0xff == minor as u64)
+        .ok_or_else(|| PythonError::DebugOffsets(format!("version {version:#x} is not 3.{minor}")))?;
     if word(2) != 0 {
-        return Err(PythonError::DebugOffsets("free-threaded builds are not supported".into()));
+        // Free-threaded: frames point into per-thread copies of the bytecode (`tlbc_index`,
+        // `co_tlbc`) and str objects keep `interned` in a byte of its own, moving the kind
+        // bits; no free-threaded build to test against here (Debian ships none).
+        return Err(PythonError::FreeThreaded);
     }
     let small = |i: usize| -> Result<u32, PythonError> {
         u32::try_from(word(i))
@@ -175,31 +258,35 @@ pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layo
     };
     Ok(Layout {
         minor,
-        interpreters_head: small(5)? as u64,
+        interpreters_head: small(words.interpreters_head)? as u64,
         kernel: PythonOffsets {
             interpreters_head: 0,
-            threads_head: small(9)?,
-            tstate_next: small(21)?,
-            tstate_thread_id: small(25)?,
+            threads_head: small(words.threads_head)?,
+            tstate_next: small(words.tstate_next)?,
+            tstate_thread_id: small(words.tstate_native_thread_id)?,
             pthread_tid: PY_NO_OFFSET,
-            tstate_frame: small(23)?,
+            tstate_frame: small(words.tstate_current_frame)?,
             cframe_frame: PY_NO_OFFSET,
-            frame_previous: small(29)?,
-            frame_code: small(30)?,
-            frame_instr: small(31)?,
-            frame_owner: small(33)?,
-            owner_skip: FRAME_OWNED_BY_CSTACK,
+            frame_previous: small(words.frame_previous)?,
+            frame_code: small(words.frame_executable)?,
+            frame_instr: small(words.frame_instr_ptr)?,
+            frame_owner: small(words.frame_owner)?,
+            owner_skip: FIRST_NON_PYTHON_OWNER,
             frame_read: 0,
+            pidns_dev: 0,
+            pidns_ino: 0,
         },
         code: CodeLayout {
-            filename: small(35)? as u64,
-            name: small(36)? as u64,
-            qualname: Some(small(37)? as u64),
-            linetable: small(38)? as u64,
-            firstlineno: small(39)? as u64,
-            code_adaptive: Some(small(43)? as u64),
+            filename: small(words.code_filename)? as u64,
+            name: small(words.code_name)? as u64,
+            qualname: Some(small(words.code_qualname)? as u64),
+            linetable: small(words.code_linetable)? as u64,
+            firstlineno: small(words.code_firstlineno)? as u64,
+            code_adaptive: Some(small(words.code_adaptive)? as u64),
         },
-        ascii_size: small(70)? as u64,
+        ascii_size: small(words.ascii_size)? as u64,
+        // Include/internal/pycore_stackref.h of 3.14 (default build): Py_TAG_BITS 3.
+        code_tag_bits: if minor >= 14 { 3 } else { 0 },
     })
 }
 
@@ -234,7 +321,8 @@ mod tests {
         assert_eq!(version_of("/usr/bin/python3.11"), Some(Ok(11)));
         assert_eq!(version_of("/opt/lib/libpython3.13.so.1.0"), Some(Ok(13)));
         assert_eq!(version_of("/x/libpython3.9.so.1.0"), Some(Err(PythonError::Version { minor: 9 })));
-        assert_eq!(version_of("/x/python3.14"), Some(Err(PythonError::Version { minor: 14 })));
+        assert_eq!(version_of("/x/python3.14"), Some(Ok(14)));
+        assert_eq!(version_of("/x/python3.15"), Some(Err(PythonError::Version { minor: 15 })));
         assert_eq!(version_of("/usr/lib/libpython2.7.so"), Some(Err(PythonError::Python2)));
         assert_eq!(version_of("/usr/lib/x86_64-linux-gnu/libc.so.6"), None);
         assert_eq!(version_of("/usr/bin/pythonista"), None);
@@ -279,5 +367,50 @@ mod tests {
         set(&mut bytes, 21, 1 << 40);
         assert!(layout_from_debug_offsets(&bytes, 13).is_err());
         assert!(layout_from_debug_offsets(&bytes[..100], 13).is_err());
+    }
+
+    /// 3.14's words, with the values of Debian's CPython 3.14.10 (x86_64): each lands in its
+    /// field, and the frame the kernel reads ends past the owner byte at 74.
+    #[test]
+    fn debug_offsets_of_314() {
+        let mut bytes = vec![0u8; DEBUG_OFFSETS_LEN];
+        bytes[..8].copy_from_slice(b"xdebugpy");
+        let set =
+            |bytes: &mut Vec<u8>, i: usize, v: u64| bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        set(&mut bytes, 1, 0x030e0af0);
+        for (i, v) in [
+            (5, 808),
+            (9, 7344),
+            (24, 8),
+            (26, 72),
+            (28, 160),
+            (32, 8),
+            (33, 0),
+            (34, 56),
+            (36, 74),
+            (40, 112),
+            (41, 120),
+            (42, 128),
+            (43, 136),
+            (44, 68),
+            (48, 208),
+            (80, 40),
+        ] {
+            set(&mut bytes, i, v);
+        }
+        let layout = layout_from_debug_offsets(&bytes, 14).unwrap();
+        let k = layout.kernel;
+        assert_eq!((layout.interpreters_head, k.threads_head, k.tstate_next), (808, 7344, 8));
+        assert_eq!((k.tstate_frame, k.tstate_thread_id, k.cframe_frame), (72, 160, PY_NO_OFFSET));
+        assert_eq!((k.frame_previous, k.frame_code, k.frame_instr, k.frame_owner), (8, 0, 56, 74));
+        let c = layout.code;
+        assert_eq!((c.filename, c.name, c.qualname, c.linetable), (112, 120, Some(128), 136));
+        assert_eq!((c.firstlineno, c.code_adaptive, layout.ascii_size), (68, Some(208), 40));
+        assert_eq!((layout.code_tag_bits, k.owner_skip), (3, 3));
+        assert_eq!(frame_read(&k), Some(75));
+        // The same bytes are not 3.13's, and a free-threaded build is refused by name.
+        assert!(layout_from_debug_offsets(&bytes, 13).is_err());
+        set(&mut bytes, 2, 1);
+        assert_eq!(layout_from_debug_offsets(&bytes, 14), Err(PythonError::FreeThreaded));
     }
 }

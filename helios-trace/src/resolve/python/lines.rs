@@ -90,7 +90,8 @@ mod tests {
 
     /// Line tables of real code objects, with the line of every instruction offset as the
     /// interpreter itself tells it (`co_lines()`), written by tests/workloads/linetables.py
-    /// for each interpreter on the machine.
+    /// for each interpreter on the machine (3.14: Debian unstable's, run chrooted in its root):
+    /// 3.14 keeps 3.11's location table format (Objects/locations.md).
     #[test]
     fn line_tables_of_real_code_objects() {
         let fixtures: serde_json::Value = serde_json::from_str(include_str!(concat!(
@@ -119,7 +120,7 @@ mod tests {
             }
             checked.insert(minor);
         }
-        assert_eq!(checked.into_iter().collect::<Vec<_>>(), vec![10, 11, 12, 13]);
+        assert_eq!(checked.into_iter().collect::<Vec<_>>(), vec![10, 11, 12, 13, 14]);
     }
 
     #[test]

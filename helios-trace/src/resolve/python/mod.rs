@@ -3,17 +3,25 @@
 //! (code object, instruction) pairs the kernel walked — function, file and line — from the
 //! process's memory.
 //!
-//! Supported: CPython 3.10 to 3.13 (x86_64 and aarch64 layouts are the same: LP64). The
-//! version comes from the name of the mapped interpreter (`python3.X`, `libpython3.X.so`);
-//! `_PyRuntime` from its ELF symbols. 3.13 describes its own layout in `_Py_DebugOffsets` at
-//! the start of `_PyRuntime`; for 3.10 to 3.12 the offsets are a table (layout.rs). Whatever the
-//! source, the offsets are checked against the live process (a thread state must carry one of
-//! its thread ids) before the kernel is told; an interpreter that fails, or an unsupported
-//! version, gets native frames only and one warning.
+//! Supported: CPython 3.10 to 3.14, GIL builds (x86_64 and aarch64 layouts are the same:
+//! LP64). The version comes from the name of the mapped interpreter (`python3.X`,
+//! `libpython3.X.so`); `_PyRuntime` from its ELF symbols. 3.13 and 3.14 describe their own
+//! layout in `_Py_DebugOffsets` at the start of `_PyRuntime`; for 3.10 to 3.12 the offsets are
+//! a table (layout.rs).
 //!
-//! Here: the state of each process (probed, retried while its interpreter starts, walked or
-//! not); layouts and versions (layout.rs); line tables (lines.rs); reading Python objects from
-//! the process's memory (memory.rs); a recognised interpreter and its caches (interpreter.rs).
+//! No startup gap: the kernel is told as soon as the runtime is mapped (a static interpreter at
+//! its exec, a libpython once ld.so mapped it, looked for every millisecond meanwhile), before
+//! the runtime starts: until `interpreters.head` is set the kernel walks nothing, and no Python
+//! code has run. The offsets are then checked against the live process (a thread state must
+//! carry one of its thread ids, in its own pid namespace); an interpreter that fails is taken
+//! back from the kernel and gets native frames only, with a warning; an unsupported version
+//! gets one warning per interpreter file. Descriptors a CPython opened while its runtime ran
+//! but before the kernel walked it are counted (`missed`): their Python frames cannot be known.
+//!
+//! Here: the state of each process (probed, retried while its interpreter is mapped and starts,
+//! walked or not); layouts and versions (layout.rs); line tables (lines.rs); reading Python
+//! objects from the process's memory (memory.rs); a recognised interpreter and its caches
+//! (interpreter.rs).
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
@@ -25,6 +33,7 @@ use thiserror::Error;
 use crate::{
     model::{fd::SiteId, frame::Frame},
     resolve::stacks::StackRegistry,
+    sys::clock,
 };
 
 mod interpreter;
@@ -36,12 +45,16 @@ use interpreter::{Interpreter, probe};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum PythonError {
-    #[error("CPython 3.{minor} is not supported (3.10 to 3.13 are)")]
+    #[error("CPython 3.{minor} is not supported (3.10 to 3.14 are)")]
     Version { minor: u32 },
-    #[error("CPython 2 is not supported (3.10 to 3.13 are)")]
+    #[error("CPython 2 is not supported (3.10 to 3.14 are)")]
     Python2,
+    #[error("free-threaded CPython builds are not supported")]
+    FreeThreaded,
     #[error("{path} has no _PyRuntime symbol")]
     NoRuntime { path: String },
+    #[error("_PyRuntime of {path} is not mapped yet")]
+    NotMapped { path: String },
     #[error("cannot read {path}: {reason}")]
     Elf { path: String, reason: String },
     #[error("cannot read the process's memory at {address:#x}: {reason}")]
@@ -54,9 +67,16 @@ pub(crate) enum PythonError {
     NotReady,
     #[error("the frame fields lie beyond what the kernel reads of a frame")]
     Layout,
+    #[error("the process is gone")]
+    Gone,
 }
 
 impl PythonError {
+    /// The same for every process of the interpreter: said once per interpreter file.
+    fn of_the_interpreter(&self) -> bool {
+        matches!(self, PythonError::Version { .. } | PythonError::Python2 | PythonError::FreeThreaded)
+    }
+
     /// Worth trying again later: the interpreter was still starting, or its libpython was
     /// not loaded yet (right after exec only the executable and the loader are mapped).
     fn retry(&self) -> bool {
@@ -66,25 +86,41 @@ impl PythonError {
                 | PythonError::NoThread
                 | PythonError::Memory { .. }
                 | PythonError::NoRuntime { .. }
+                | PythonError::NotMapped { .. }
         )
     }
 }
 
-/// What is known of one process.
-enum State {
-    /// Not probed yet, or the interpreter was still starting: tried again (retry_pending).
-    Pending {
-        attempts: u32,
-        next_ns: u64,
-    },
-    /// No CPython, or one that is not supported (warned once).
-    Native,
-    Python(Box<Interpreter>),
+/// When to try again, and since when we try.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    next_ns: u64,
+    since_ns: u64,
 }
 
-/// Probes per process before giving up on an interpreter that never looks initialized, and
-/// the time between them.
-const MAX_ATTEMPTS: u32 = 20;
+/// What is known of one process.
+enum State {
+    /// No interpreter runtime mapped yet (right after exec only the executable and the loader
+    /// are): looked for again. `unwalked`: descriptors it opened meanwhile.
+    Pending { retry: Retry, unwalked: u64 },
+    /// No CPython, or one that is not supported (warned).
+    Native,
+    /// The kernel walks its frames; `check` until its thread states were seen to hold its
+    /// thread ids. Descriptors opened without walked frames after `quiet_until_ns` (when the
+    /// runtime was seen not started; 0 when it had) are missed.
+    Python { interpreter: Box<Interpreter>, check: Option<Retry>, quiet_until_ns: u64 },
+}
+
+/// How long to look for an interpreter and wait for its runtime to start (and its offsets to
+/// check) before giving up on it.
+const GIVE_UP_NS: u64 = 2_000_000_000;
+/// Between looks for a runtime not mapped yet during the first `FAST_WINDOW_NS` after exec: ld.so
+/// maps libpython about a millisecond after exec, the interpreter runs Python code some 10 ms
+/// later (measured with strace on 3.11 and 3.13 here); looking every millisecond tells the
+/// kernel in between.
+const FAST_RETRY_NS: u64 = 1_000_000;
+const FAST_WINDOW_NS: u64 = 200_000_000;
+/// Between looks otherwise, and between checks.
 const RETRY_NS: u64 = 100_000_000;
 
 /// CPython processes and their walked frames.
@@ -92,10 +128,14 @@ pub(crate) struct PythonProcesses {
     proc_root: PathBuf,
     enabled: bool,
     processes: HashMap<u32, State>,
-    /// Those of `processes` in State::Pending.
+    /// Those of `processes` with a retry (State::Pending, or State::Python not checked yet).
     pending: HashSet<u32>,
     /// Changes for the kernel's `PYTHON_PROCS` map, applied by the session.
     updates: Vec<(u32, Option<PythonOffsets>)>,
+    /// Interpreter files already warned about (unsupported version or build).
+    warned: HashSet<String>,
+    /// Descriptors opened by a running CPython before the kernel walked its frames.
+    missed: u64,
 }
 
 impl PythonProcesses {
@@ -106,6 +146,8 @@ impl PythonProcesses {
             processes: HashMap::new(),
             pending: HashSet::new(),
             updates: Vec::new(),
+            warned: HashSet::new(),
+            missed: 0,
         }
     }
 
@@ -119,9 +161,17 @@ impl PythonProcesses {
         if !self.enabled {
             return;
         }
-        self.forget(pid);
-        self.processes.insert(pid, State::Pending { attempts: 0, next_ns: 0 });
+        // Not forget(): an exec read late finds the image of a later exec, and the next exec's
+        // record probes it again; the kernel's entry is replaced in one update, never removed
+        // in between (a walk would be missed).
+        self.pending.remove(&pid);
+        let was_python = matches!(self.processes.remove(&pid), Some(State::Python { .. }));
+        let retry = Retry { next_ns: 0, since_ns: now_ns };
+        self.processes.insert(pid, State::Pending { retry, unwalked: 0 });
         self.try_probe(pid, now_ns);
+        if was_python && !matches!(self.processes.get(&pid), Some(State::Python { .. })) {
+            self.updates.push((pid, None));
+        }
     }
 
     /// A process first seen (the baseline, or its first event): probe it unless known.
@@ -134,7 +184,7 @@ impl PythonProcesses {
     /// A forked child runs its parent's interpreter: probe it too (its addresses are the
     /// parent's, its threads its own).
     pub(crate) fn forked(&mut self, parent: u32, child: u32, now_ns: u64) {
-        if matches!(self.processes.get(&parent), Some(State::Python(_))) {
+        if matches!(self.processes.get(&parent), Some(State::Python { .. })) {
             self.seen(child, now_ns);
         }
     }
@@ -142,55 +192,162 @@ impl PythonProcesses {
     /// The process is gone or replaced its image.
     pub(crate) fn forget(&mut self, pid: u32) {
         self.pending.remove(&pid);
-        if let Some(State::Python(_)) = self.processes.remove(&pid) {
+        if let Some(State::Python { .. }) = self.processes.remove(&pid) {
             self.updates.push((pid, None));
         }
     }
 
-    /// Probe again the processes whose interpreter was still starting (every RETRY_NS at
-    /// most; the session calls this at each drain of the ring buffer, so a CPython started
-    /// after the tracer gets its frames walked from about when its startup ends).
+    /// Probe again the processes whose interpreter was not mapped yet, and check those whose
+    /// runtime was starting (the session calls this at each drain of the ring buffer, and at
+    /// `next_due`).
     pub(crate) fn retry_pending(&mut self, now_ns: u64) {
         let due: Vec<u32> = self
             .pending
             .iter()
-            .filter(|pid| matches!(self.processes.get(pid), Some(State::Pending { next_ns, .. }) if *next_ns <= now_ns))
+            .filter(|pid| self.retry_of(**pid).is_some_and(|r| r.next_ns <= now_ns))
             .copied()
             .collect();
         for pid in due {
-            self.try_probe(pid, now_ns);
+            match self.processes.get(&pid) {
+                Some(State::Pending { .. }) => self.try_probe(pid, now_ns),
+                Some(State::Python { .. }) => self.try_check(pid, now_ns),
+                _ => {}
+            }
+        }
+    }
+
+    /// When `retry_pending` has something to do next (boot-clock ns), if ever.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        self.pending.iter().filter_map(|pid| self.retry_of(*pid)).map(|r| r.next_ns).min()
+    }
+
+    /// Offsets for the kernel, or a retry due at `now_ns`.
+    pub(crate) fn waiting(&self, now_ns: u64) -> bool {
+        !self.updates.is_empty() || self.next_due().is_some_and(|due| due <= now_ns)
+    }
+
+    fn retry_of(&self, pid: u32) -> Option<Retry> {
+        match self.processes.get(&pid)? {
+            State::Pending { retry, .. } => Some(*retry),
+            State::Python { check, .. } => *check,
+            State::Native => None,
+        }
+    }
+
+    /// Descriptors opened by running CPython processes before the kernel walked their frames:
+    /// their sites have native frames only.
+    pub(crate) fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// A descriptor of `pid` opened at `ts_ns` without Python frames walked.
+    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64) {
+        match self.processes.get_mut(&pid) {
+            Some(State::Pending { unwalked, .. }) => *unwalked += 1,
+            // Found, but the kernel had not been told yet (the map is updated after the drain).
+            Some(State::Python { quiet_until_ns, .. }) if ts_ns > *quiet_until_ns => self.missed += 1,
+            _ => {}
         }
     }
 
     fn try_probe(&mut self, pid: u32, now_ns: u64) {
-        let Some(State::Pending { attempts, .. }) = self.processes.get(&pid) else { return };
-        let attempts = attempts + 1;
+        let Some(State::Pending { retry, unwalked }) = self.processes.get(&pid) else { return };
+        let (since_ns, unwalked) = (retry.since_ns, *unwalked);
         let state = match probe(&self.proc_root, pid) {
             None => State::Native,
-            Some(Ok(interpreter)) => {
+            Some((path, Ok(interpreter))) => {
                 log::info!(
-                    "process {pid}: CPython 3.{}, Python frames on (runtime state at {:#x})",
+                    "process {pid}: CPython 3.{} ({path}), Python frames on (runtime state at {:#x}{})",
                     interpreter.layout.minor,
-                    interpreter.offsets.interpreters_head - interpreter.layout.interpreters_head
+                    interpreter.offsets.interpreters_head - interpreter.layout.interpreters_head,
+                    if interpreter.started { "" } else { ", not started yet" }
                 );
+                // Opened before the runtime started: no Python code had run, nothing to miss
+                // (`now_ns` may be the exec's time: the runtime was read just now).
+                let quiet_until_ns = if interpreter.started {
+                    self.missed += unwalked;
+                    0
+                } else {
+                    clock::boot_ns()
+                };
                 self.updates.push((pid, Some(interpreter.offsets)));
-                State::Python(Box::new(interpreter))
+                let check = Some(Retry { next_ns: now_ns, since_ns: now_ns });
+                State::Python { interpreter: Box::new(interpreter), check, quiet_until_ns }
             }
-            Some(Err(err)) if err.retry() && attempts < MAX_ATTEMPTS => {
+            Some((_, Err(err))) if err.retry() && now_ns < since_ns.saturating_add(GIVE_UP_NS) => {
                 log::debug!("process {pid}: CPython not ready ({err}), trying again");
-                State::Pending { attempts, next_ns: now_ns + RETRY_NS }
+                let wait =
+                    if now_ns < since_ns.saturating_add(FAST_WINDOW_NS) { FAST_RETRY_NS } else { RETRY_NS };
+                State::Pending { retry: Retry { next_ns: now_ns + wait, since_ns }, unwalked }
             }
-            Some(Err(err)) => {
-                log::warn!("process {pid}: no Python frames, native frames only: {err}");
+            Some((path, Err(err))) => {
+                self.warn(pid, &path, &err);
                 State::Native
             }
         };
-        if matches!(state, State::Pending { .. }) {
+        self.set(pid, state);
+        if matches!(self.processes.get(&pid), Some(State::Python { interpreter, .. }) if interpreter.started)
+        {
+            self.try_check(pid, now_ns);
+        }
+    }
+
+    /// Check a found interpreter against its process once its runtime runs; one that never
+    /// checks is taken back from the kernel.
+    fn try_check(&mut self, pid: u32, now_ns: u64) {
+        let Some(State::Python { interpreter, check: Some(retry), .. }) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let err = match interpreter.check(&self.proc_root, pid) {
+            Ok(changed) => {
+                log::debug!("process {pid}: CPython's thread states hold its thread ids");
+                if changed {
+                    self.updates.push((pid, Some(interpreter.offsets)));
+                }
+                if let Some(State::Python { check, .. }) = self.processes.get_mut(&pid) {
+                    *check = None;
+                }
+                self.pending.remove(&pid);
+                return;
+            }
+            Err(err) if err.retry() && now_ns < retry.since_ns.saturating_add(GIVE_UP_NS) => {
+                retry.next_ns = now_ns + RETRY_NS;
+                return;
+            }
+            Err(err) => err,
+        };
+        let path = interpreter.path.clone();
+        self.updates.push((pid, None));
+        self.warn(pid, &path, &err);
+        self.set(pid, State::Native);
+    }
+
+    fn set(&mut self, pid: u32, state: State) {
+        let due = match &state {
+            State::Pending { .. } => true,
+            State::Python { check, .. } => check.is_some(),
+            State::Native => false,
+        };
+        if due {
             self.pending.insert(pid);
         } else {
             self.pending.remove(&pid);
         }
         self.processes.insert(pid, state);
+    }
+
+    /// Say why a process gets native frames only: once per interpreter file when the reason
+    /// is the interpreter's (an unsupported version is the same for all its processes).
+    fn warn(&mut self, pid: u32, path: &str, err: &PythonError) {
+        if !err.of_the_interpreter() {
+            log::warn!("process {pid}: no Python frames, native frames only: {err}");
+        } else if self.warned.insert(path.to_string()) {
+            log::warn!(
+                "process {pid}: no Python frames, native frames only: {err} ({path}; said once for it)"
+            );
+        } else {
+            log::debug!("process {pid}: no Python frames: {err} ({path})");
+        }
     }
 
     /// Changes for the kernel's map since the last call.
@@ -208,11 +365,15 @@ impl PythonProcesses {
         raw: &[PythonFrame],
         stacks: &mut StackRegistry,
     ) -> SiteId {
-        let Some(State::Python(interpreter)) = self.processes.get_mut(&pid) else { return native };
+        let Some(State::Python { interpreter, .. }) = self.processes.get_mut(&pid) else { return native };
         if raw.is_empty() {
             return native;
         }
-        let key = (native, Box::from(raw));
+        // 3.14's code references carry tag bits: the same code object is one frame.
+        let tag = interpreter.layout.code_tag_bits;
+        let raw: Box<[PythonFrame]> =
+            raw.iter().map(|f| PythonFrame { code: f.code & !tag, instr: f.instr }).collect();
+        let key = (native, raw.clone());
         // A site forgotten since (stacks.forget_site) is made again, frames and all.
         if let Some(site) = interpreter.sites.get(&key).copied().filter(|site| stacks.knows(*site)) {
             return site;
@@ -225,5 +386,63 @@ impl PythonProcesses {
             interpreter.sites.put(key, site);
         }
         site
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake procfs whose processes map `path` as their executable.
+    fn proc_mapping(pids: &[u32], path: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for pid in pids {
+            std::fs::create_dir_all(dir.path().join(pid.to_string())).unwrap();
+            let maps = format!("00400000-00401000 r-xp 00000000 08:01 4242 {path}\n");
+            std::fs::write(dir.path().join(pid.to_string()).join("maps"), maps).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn an_unsupported_interpreter_is_said_once_per_file() {
+        let proc = proc_mapping(&[10, 11, 12], "/opt/python/bin/python3.9");
+        let mut python = PythonProcesses::new(proc.path());
+        python.enable(true);
+        for pid in [10, 11, 12] {
+            python.seen(pid, 1);
+            assert!(matches!(python.processes.get(&pid), Some(State::Native)));
+        }
+        assert_eq!(python.warned.iter().collect::<Vec<_>>(), vec!["/opt/python/bin/python3.9"]);
+        assert!(python.take_updates().is_empty() && python.next_due().is_none());
+        // Another file of the same version is said again.
+        let other = proc_mapping(&[13], "/usr/bin/python3.9");
+        python.proc_root = other.path().to_path_buf();
+        python.seen(13, 1);
+        assert_eq!(python.warned.len(), 2);
+    }
+
+    #[test]
+    fn no_interpreter_mapped_is_native_and_walks_nothing() {
+        let proc = proc_mapping(&[20], "/usr/bin/bash");
+        let mut python = PythonProcesses::new(proc.path());
+        python.enable(true);
+        python.seen(20, 1);
+        python.not_walked(20, 2);
+        assert!(matches!(python.processes.get(&20), Some(State::Native)));
+        assert_eq!((python.missed(), python.warned.len()), (0, 0));
+        // A process gone before its probe: nothing to look at, nothing said.
+        python.seen(21, 1);
+        assert!(python.warned.is_empty() && python.next_due().is_none());
+    }
+
+    #[test]
+    fn errors_of_the_interpreter_and_of_the_process() {
+        assert!(PythonError::Version { minor: 9 }.of_the_interpreter());
+        assert!(PythonError::FreeThreaded.of_the_interpreter());
+        assert!(!PythonError::NoThread.of_the_interpreter());
+        // Not mapped yet and not started yet are waited for; a bad layout is not.
+        assert!(PythonError::NotMapped { path: "x".into() }.retry());
+        assert!(PythonError::NotReady.retry() && !PythonError::Layout.retry());
     }
 }

@@ -37,7 +37,11 @@ pub(crate) fn open_mapped_file(
     if let Ok(file) = fs::File::open(process.join("map_files").join(format!("{start:x}-{end:x}"))) {
         return Ok(file);
     }
-    let file = fs::File::open(process.join("root").join(path.trim_start_matches('/')))?;
+    // The kernel names a mapped file from the reader's root when it can (d_path in
+    // fs/proc/task_mmu.c): a chrooted process of our mount namespace has it under its root's
+    // path, which is the path as named here, not under /proc/PID/root.
+    let file = fs::File::open(process.join("root").join(path.trim_start_matches('/')))
+        .or_else(|_| fs::File::open(path))?;
     if file.metadata()?.ino() != inode {
         return Err(io::Error::other(format!("{path} was replaced since process {pid} mapped it")));
     }

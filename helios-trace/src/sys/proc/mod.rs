@@ -36,6 +36,38 @@ pub(crate) fn tids(root: &Path, pid: u32) -> Vec<u32> {
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
+/// The thread ids of a process as its own pid namespace numbers them: the last `NSpid` entry
+/// of /proc/PID/task/TID/status (fs/proc/array.c, task_state: one id per pid namespace from
+/// the procfs mount's down to the task's own). Empty when the process is gone.
+pub(crate) fn ns_tids(root: &Path, pid: u32) -> Vec<u32> {
+    let task = root.join(pid.to_string()).join("task");
+    tids(root, pid)
+        .into_iter()
+        .filter_map(|tid| own_ns_id(&fs::read_to_string(task.join(tid.to_string()).join("status")).ok()?))
+        .collect()
+}
+
+/// The innermost id of a status file's `NSpid` line.
+fn own_ns_id(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().next_back()?.parse().ok()
+}
+
+/// The pid namespace of a process: the device and inode of /proc/PID/ns/pid, the device in
+/// the kernel's own `dev_t` encoding (`MAJOR << 20 | MINOR`, include/linux/kdev_t.h), which is
+/// what bpf_get_ns_current_pid_tgid compares (ns_match in fs/nsfs.c); stat(2) answers the
+/// userspace encoding.
+pub(crate) fn pid_namespace(root: &Path, pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(root.join(pid.to_string()).join("ns/pid")).ok()?;
+    Some((kernel_dev(meta.dev()), meta.ino()))
+}
+
+/// A stat(2) device number in the kernel's internal encoding.
+fn kernel_dev(dev: u64) -> u64 {
+    ((libc::major(dev) as u64) << 20) | libc::minor(dev) as u64
+}
+
 pub(crate) fn exists(root: &Path, pid: u32) -> bool {
     root.join(pid.to_string()).is_dir()
 }
@@ -164,5 +196,35 @@ mod tests {
         assert_eq!(observe_fd(root, 77, 4, None).map(|o| o.kind), Some(FdKind::Dir));
         assert_eq!(observe_fd(root, 77, 9, None), None);
         assert!(observe_fds(root, 78, None).is_err());
+    }
+
+    #[test]
+    fn thread_ids_of_the_process_own_pid_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("900/task");
+        // A process two namespaces down (host 900 and 901, 12 and 13 one level down, 1 and 2
+        // in its own), as fs/proc/array.c writes NSpid.
+        for (tid, ns) in [(900, "900\t12\t1"), (901, "901\t13\t2")] {
+            fs::create_dir_all(task.join(tid.to_string())).unwrap();
+            let status = format!("Name:\tpython3\nTgid:\t900\nNSpid:\t{ns}\nNSsid:\t0\n");
+            fs::write(task.join(tid.to_string()).join("status"), status).unwrap();
+        }
+        let mut ids = ns_tids(dir.path(), 900);
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+        // On the host, one entry: the id itself.
+        assert_eq!(own_ns_id("Pid:\t5\nNSpid:\t5\n"), Some(5));
+        assert_eq!(own_ns_id("Pid:\t5\n"), None);
+        assert!(ns_tids(dir.path(), 901).is_empty());
+    }
+
+    #[test]
+    fn namespace_devices_in_the_kernel_encoding() {
+        // nsfs is (0, 4) here: the same in both encodings; a device past 255 minors is not.
+        assert_eq!(kernel_dev(libc::makedev(0, 4)), 4);
+        assert_eq!(kernel_dev(libc::makedev(8, 300)), (8 << 20) | 300);
+        // The running process's own namespace reads.
+        let (dev, ino) = pid_namespace(Path::new("/proc"), std::process::id()).unwrap();
+        assert!(ino > 0 && dev > 0);
     }
 }
