@@ -62,7 +62,7 @@ impl Root {
         Root { layers: vec![base, staging.path().to_path_buf()], _staging: Some(staging) }
     }
 
-    /// The host's /usr/bin/python3 with the libraries `ldd` names (of it and of its extension
+    /// The host's /usr/bin/python3 (as /usr/bin/python3.X, and python3 linking to it) with the libraries `ldd` names (of it and of its extension
     /// modules) and its standard library, plus `extra` files.
     pub fn copied_python(extra: &[(&Path, &str)]) -> Root {
         let python = fs::canonicalize("/usr/bin/python3").unwrap();
@@ -76,7 +76,10 @@ impl Root {
                 place(&library, staging.path(), library.to_str().unwrap());
             }
         }
-        place(&python, staging.path(), "/usr/bin/python3");
+        // As images lay it out (Debian's, the python:3.x images): the versioned file and a
+        // `python3` link to it. The tracer recognises a CPython by that versioned name.
+        place(&python, staging.path(), &format!("/usr/bin/{version}"));
+        std::os::unix::fs::symlink(&version, staging.path().join("usr/bin/python3")).unwrap();
         let status =
             Command::new("cp").arg("-a").arg(&stdlib).arg(staging.path().join("usr/lib")).status().unwrap();
         assert!(status.success(), "copying {}", stdlib.display());
