@@ -33,6 +33,8 @@ pub(crate) mod lines;
 mod memory;
 
 use interpreter::{Interpreter, probe};
+/// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
+pub(crate) use interpreter::runtime_of;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum PythonError {

@@ -1,0 +1,50 @@
+//! Holders (ARCHITECTURE.md, "Holders"): which Python objects keep a site's open descriptors
+//! alive, and the census of the heap by type — read from the process's memory from outside
+//! (/proc/PID/mem, under the capabilities the tracer holds), injecting nothing, stopping
+//! nothing. The heap is read while the process runs: every pointer and type is checked, an
+//! object that does not read is counted as unknown, and the walk is bounded (walk.rs's
+//! `Budget`) and says what it did not cover.
+//!
+//! Here: per-version offsets (layout.rs), the paged reader of the process (memory.rs), types
+//! and containers (objects.rs), the GC-list walk, roots and frames (walk.rs). The graph and
+//! its shortest chains are pure (model/holders.rs), as is the census (model/census.rs).
+//!
+//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11). Other versions are
+//! reported as not supported by the walk.
+use std::path::Path;
+
+use thiserror::Error;
+
+mod layout;
+mod memory;
+mod objects;
+mod walk;
+
+pub(crate) use walk::{Budget, DEFAULT_BUDGET, Walk};
+
+use crate::{resolve::python, sys::proc::image::ProcessMemory};
+
+#[derive(Debug, Error)]
+pub(crate) enum HoldersError {
+    #[error("not a CPython process")]
+    NotPython,
+    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 only")]
+    Version { minor: u32 },
+    #[error("{0}")]
+    Python(#[from] python::PythonError),
+    #[error("cannot open the process's memory: {0}")]
+    Memory(#[from] std::io::Error),
+    #[error("the interpreter state does not read (not initialized, or exited)")]
+    NoInterpreter,
+}
+
+/// Walk the heap of process `pid`.
+pub(crate) fn walk_process(proc_root: &Path, pid: u32, budget: &Budget) -> Result<Walk, HoldersError> {
+    let (runtime, minor) = python::runtime_of(proc_root, pid).ok_or(HoldersError::NotPython)??;
+    let layout = layout::heap_layout(minor).ok_or(HoldersError::Version { minor })?;
+    let memory = memory::Paged::new(ProcessMemory::open(proc_root, pid)?, budget.cache_bytes);
+    walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)
+}
+
+#[cfg(test)]
+mod tests;
