@@ -32,10 +32,6 @@ impl Census {
         }
     }
 
-    pub(crate) fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
-
     /// The `top` types with the most objects, and any type that grew by at least a tenth of
     /// the largest growth (a leak of a rare type shows beside the many dicts), by count.
     pub(crate) fn entries(&self, previous: Option<&Census>, top: usize) -> Vec<CensusEntry> {
@@ -82,7 +78,6 @@ mod tests {
     fn growth_is_against_the_previous_walk_and_a_growing_rare_type_shows() {
         let before = census(&[("dict", 500), ("list", 100), ("socket", 10)]);
         let after = census(&[("dict", 510), ("list", 100), ("socket", 40), ("tuple", 300)]);
-        assert_eq!(after.total(), 950);
         let first = after.entries(None, 2);
         assert_eq!(first.iter().map(|e| (e.type_name.as_str(), e.growth)).collect::<Vec<_>>(), [
             ("dict", None),

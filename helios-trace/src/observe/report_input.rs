@@ -68,6 +68,8 @@ impl Tracing {
         });
         // Only the sockets still open stay cached.
         self.socket_inodes = join.into_inner().seen;
+        let mut report = report;
+        self.attach_holders(&mut report);
         report
     }
 }

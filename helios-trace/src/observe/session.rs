@@ -59,6 +59,8 @@ pub(crate) struct Tracing {
     pub(super) socket_inodes: HashMap<(u32, i32, u64), u64>,
     /// `--redact-paths`.
     pub(super) redact_paths: bool,
+    /// Heap walks for holders (observe/holders.rs).
+    pub(super) holders: super::holders::HolderWalks,
 }
 
 impl StackSource for Tracer {
@@ -172,6 +174,7 @@ impl Tracing {
             min_age: DEFAULT_MIN_AGE,
             socket_inodes: HashMap::new(),
             redact_paths: args.redact_paths,
+            holders: Default::default(),
         })
     }
 

@@ -661,6 +661,7 @@ pub(crate) mod tests {
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
+            holders: None,
         }
     }
 
@@ -680,6 +681,7 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             sites,
+            heap: None,
             fds: None,
         }
     }

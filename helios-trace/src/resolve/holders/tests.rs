@@ -275,15 +275,3 @@ mod fuzz {
         }
     }
 }
-
-#[test]
-#[ignore = "a local check against a running CPython: HOLDERS_PID"]
-fn local_walk() {
-    let pid: u32 = std::env::var("HOLDERS_PID").unwrap().parse().unwrap();
-    let w = super::walk_process(std::path::Path::new("/proc"), pid, &super::DEFAULT_BUDGET).unwrap();
-    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    eprintln!("objects {} unknown {} cut {} stopped {:?} elapsed {:?}", w.objects(), w.unknown, w.cut_short, w.stopped, w.elapsed);
-    for h in w.holders(&fds) { eprintln!("{}", h.line()); }
-    for e in w.census.entries(None, 15) { eprintln!("{:?}", e); }
-}
