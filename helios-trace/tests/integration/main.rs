@@ -14,6 +14,7 @@ mod adhoc;
 mod architecture;
 mod deploy;
 mod fuzz_corpus;
+mod holders;
 mod lifecycle;
 mod python;
 mod resources;

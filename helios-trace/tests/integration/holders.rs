@@ -1,0 +1,86 @@
+//! Holders (issue 15): the postmortem's asyncio server (tests/workloads/holders_server.py, on
+//! Debian's /usr/bin/python3, CPython 3.11) keeps every connection in a class-level set and
+//! never closes it; traced from before it starts, the report's CLOSE_WAIT site names
+//! `UnitTrackingWSHandler._ws_connections` as the holder of as many sockets as `ss` shows in
+//! CLOSE_WAIT and the workload counts in its set. The fixed variant closes them: no holders.
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+use crate::support::{Tracer, Workload, process, require_bpf};
+
+fn spawn(fixed: bool) -> Workload {
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/holders_server.py"));
+    if fixed {
+        command.arg("--fixed");
+    }
+    Workload::spawn_command(command)
+}
+
+/// Sockets of `pid` in CLOSE_WAIT, as `ss` sees them (ground truth from the kernel).
+fn ss_close_wait(pid: u32) -> u64 {
+    let out = Command::new("ss").args(["-tanpH", "state", "close-wait"]).output().expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter(|l| l.contains(&format!("pid={pid},"))).count() as u64
+}
+
+fn sites(report: &Value, pid: u32) -> Vec<Value> {
+    process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in the report"))["sites"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own]);
+    let mut leaky = spawn(false);
+    let mut fixed = spawn(true);
+    let held = leaky.run("count")[0] as u64;
+    assert_eq!(held, 30, "the workload's own count");
+    assert_eq!(fixed.run("count"), [0]);
+    let in_close_wait = ss_close_wait(leaky.pid);
+    assert_eq!(in_close_wait, held, "ss: CLOSE_WAIT sockets of the leaky server");
+    assert_eq!(ss_close_wait(fixed.pid), 0);
+
+    let report = tracer.snapshot();
+    let leaky_sites = sites(&report, leaky.pid);
+    let site = leaky_sites
+        .iter()
+        .find(|s| s["close_wait"].as_u64() > Some(0))
+        .unwrap_or_else(|| panic!("no CLOSE_WAIT site: {leaky_sites:#?}"));
+    assert_eq!(site["close_wait"].as_u64(), Some(in_close_wait), "{site:#}");
+    let holders = site["holders"].as_array().unwrap_or_else(|| panic!("no holders: {site:#}"));
+    let by_set = holders
+        .iter()
+        .find(|h| h["root"].as_str().is_some_and(|r| r.ends_with(":UnitTrackingWSHandler._ws_connections")))
+        .unwrap_or_else(|| panic!("the set is not named: {holders:#?}"));
+    assert_eq!(by_set["count"].as_u64(), Some(held), "{holders:#?}");
+    assert_eq!(by_set["container"], "set");
+    assert_eq!(by_set["container_size"].as_u64(), Some(held));
+    // The chain ends at the socket through the stream and its transport.
+    let path = by_set["path"].as_str().unwrap();
+    assert!(path.ends_with("._transport._sock"), "{path}");
+    // Every open descriptor of the site is accounted for, once.
+    let total: u64 = holders.iter().map(|h| h["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, site["open"].as_u64().unwrap(), "{holders:#?}");
+    let heap = &process(&report, leaky.pid).unwrap()["heap"];
+    assert_eq!(heap["python"], "3.11", "{heap:#}");
+    assert!(heap["stopped"].is_null(), "{heap:#}");
+    let census = heap["census"].as_array().unwrap();
+    assert!(census.iter().any(|e| e["type"] == "dict" && e["count"].as_u64() > Some(100)), "{census:#?}");
+
+    // The fixed server: nothing in CLOSE_WAIT, nothing suspected, no holders anywhere.
+    for site in sites(&report, fixed.pid) {
+        assert_eq!(site["close_wait"].as_u64(), Some(0), "{site:#}");
+        assert!(site.get("holders").is_none(), "{site:#}");
+    }
+    assert!(process(&report, fixed.pid).unwrap().get("heap").is_none());
+    drop((leaky, fixed));
+    tracer.stop();
+}
