@@ -79,10 +79,10 @@ mod tests {
         let before = census(&[("dict", 500), ("list", 100), ("socket", 10)]);
         let after = census(&[("dict", 510), ("list", 100), ("socket", 40), ("tuple", 300)]);
         let first = after.entries(None, 2);
-        assert_eq!(first.iter().map(|e| (e.type_name.as_str(), e.growth)).collect::<Vec<_>>(), [
-            ("dict", None),
-            ("tuple", None)
-        ]);
+        assert_eq!(
+            first.iter().map(|e| (e.type_name.as_str(), e.growth)).collect::<Vec<_>>(),
+            [("dict", None), ("tuple", None)]
+        );
         let entries = after.entries(Some(&before), 2);
         let got: Vec<_> = entries.iter().map(|e| (e.type_name.as_str(), e.count, e.growth)).collect();
         // tuple is new (+300): the most growth; socket +30 is a tenth of it; dict +10 is not.

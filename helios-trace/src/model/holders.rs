@@ -39,8 +39,9 @@ const MAX_KEY_LABELS: usize = 1 << 16;
 struct Object {
     /// Index into `types`.
     type_name: u32,
-    /// Items of a container (dict, set, list, tuple), else 0.
-    len: u64,
+    /// Items of a container (dict, set, list, tuple), else 0 (at most u32::MAX: 4 bytes
+    /// an object less in a walk of millions).
+    len: u32,
 }
 
 /// A heap as a graph, built object by object: every object first ([`HeapGraph::object`]), then
@@ -75,7 +76,7 @@ impl HeapGraph {
                 id
             }
         };
-        self.objects.push(Object { type_name, len });
+        self.objects.push(Object { type_name, len: u32::try_from(len).unwrap_or(u32::MAX) });
         (self.objects.len() - 1) as Node
     }
 
@@ -197,7 +198,7 @@ impl HeapGraph {
             .map(|g| {
                 let (name, root_node) = &self.roots[g.root as usize];
                 let container = self.type_name(*root_node).to_string();
-                let len = self.objects[*root_node as usize].len;
+                let len = u64::from(self.objects[*root_node as usize].len);
                 // The step into a container rooted by name is what "(set of 30)" already says.
                 let skip = usize::from(
                     g.steps.first().is_some_and(|s| matches!(s, Step::Index | Step::Member | Step::OtherKey))
@@ -223,7 +224,14 @@ impl HeapGraph {
         out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.root.cmp(&b.root)));
         for (count, note) in [(unreachable, NO_ROOT), (no_owner, NO_PYTHON_OWNER)] {
             if count > 0 {
-                out.push(Holder { count, root: None, path: None, container: None, container_size: None, note: Some(note) });
+                out.push(Holder {
+                    count,
+                    root: None,
+                    path: None,
+                    container: None,
+                    container_size: None,
+                    note: Some(note),
+                });
             }
         }
         out
@@ -381,7 +389,8 @@ mod tests {
         let a = g.object("socket", 0);
         let b = g.object("socket", 0);
         let c = g.object("socket", 0);
-        let (ka, kb, db) = (g.label("a", true).unwrap(), g.label("b", true).unwrap(), g.label("db", true).unwrap());
+        let (ka, kb, db) =
+            (g.label("a", true).unwrap(), g.label("b", true).unwrap(), g.label("db", true).unwrap());
         g.edges([(a, Step::Key(ka)), (b, Step::Key(kb))]);
         g.edges([(c, Step::Key(db))]);
         g.edges([]);
@@ -424,10 +433,14 @@ mod tests {
             ) {
                 let mut g = HeapGraph::new();
                 for _ in 0..n { g.object("x", 0); }
-                let attr = g.label("a", false).unwrap();
+                // Each edge its own label, so a chain's steps say which edges it took.
+                let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(a, b)| *a < n && *b < n).collect();
                 let mut adj = vec![Vec::new(); n];
-                for (a, b) in edges { if a < n && b < n { adj[a].push(b as Node); } }
-                for out in &adj { g.edges(out.iter().map(|t| (*t, Step::Attr(attr))).collect::<Vec<_>>()); }
+                for (k, (a, b)) in edges.iter().enumerate() {
+                    let label = g.label(&format!("e{k}"), false).unwrap();
+                    adj[*a].push((*b as Node, label));
+                }
+                for out in &adj { g.edges(out.iter().map(|(t, l)| (*t, Step::Attr(*l))).collect::<Vec<_>>()); }
                 let roots: Vec<usize> = roots.into_iter().filter(|r| *r < n).collect();
                 for r in &roots { g.root("r", *r as Node); }
                 // Reference distances: BFS from all roots over adj.
@@ -435,15 +448,24 @@ mod tests {
                 let mut q = VecDeque::new();
                 for r in &roots { if dist[*r] == usize::MAX { dist[*r] = 0; q.push_back(*r); } }
                 while let Some(x) = q.pop_front() {
-                    for y in &adj[x] { let y = *y as usize; if dist[y] == usize::MAX { dist[y] = dist[x] + 1; q.push_back(y); } }
+                    for (y, _) in &adj[x] { let y = *y as usize; if dist[y] == usize::MAX { dist[y] = dist[x] + 1; q.push_back(y); } }
                 }
                 let chains = g.shortest_chains();
-                for node in 0..n {
+                for (node, d) in dist.iter().enumerate() {
                     match chains.chain(node as Node) {
-                        None => prop_assert_eq!(dist[node], usize::MAX),
+                        None => prop_assert_eq!(*d, usize::MAX),
                         Some((root, steps)) => {
-                            prop_assert_eq!(steps.len(), dist[node]);
-                            prop_assert!((root as usize) < roots.len());
+                            prop_assert_eq!(steps.len(), *d);
+                            // The steps are edges, each from where the previous one ended,
+                            // from the root to the node.
+                            let mut at = roots[root as usize];
+                            for step in steps {
+                                let Step::Attr(label) = step else { panic!("{step:?}") };
+                                let (from, to) = edges[label as usize];
+                                prop_assert_eq!(from, at);
+                                at = to;
+                            }
+                            prop_assert_eq!(at, node);
                         }
                     }
                 }

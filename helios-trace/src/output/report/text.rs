@@ -181,8 +181,16 @@ fn heap_lines(out: &mut String, process: &ProcessReport) {
         heap.python.as_deref().unwrap_or("?"),
         thousands(heap.objects),
         heap.walk_seconds,
-        if heap.unknown_objects > 0 { format!(", {} unreadable", heap.unknown_objects) } else { String::new() },
-        if heap.cut_short > 0 { format!(", {} containers read in part", heap.cut_short) } else { String::new() },
+        if heap.unknown_objects > 0 {
+            format!(", {} unreadable", heap.unknown_objects)
+        } else {
+            String::new()
+        },
+        if heap.cut_short > 0 {
+            format!(", {} containers read in part", heap.cut_short)
+        } else {
+            String::new()
+        },
         heap.stopped.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default(),
     );
     let census: Vec<String> = heap

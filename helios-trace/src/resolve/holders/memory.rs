@@ -36,30 +36,51 @@ const PAGE: u64 = 4096;
 
 /// /proc/PID/mem read a page at a time through a cache of at most `max_bytes`; when full it is
 /// emptied (the walk goes forward through the heap: what it read long ago it rarely reads again).
+/// The page read last is remembered apart: most reads are fields of one object.
 pub(crate) struct Paged {
     memory: ProcessMemory,
-    pages: HashMap<u64, Option<Box<[u8]>>>,
+    /// Page address → its slot in `slots` (None: the page does not read).
+    pages: HashMap<u64, Option<usize>>,
+    slots: Vec<Box<[u8]>>,
     max_pages: usize,
-    /// Pages read from the process (the walk's cost in syscalls).
-    pub(crate) reads: u64,
+    last: Option<(u64, usize)>,
 }
 
 impl Paged {
     pub(crate) fn new(memory: ProcessMemory, max_bytes: usize) -> Paged {
-        Paged { memory, pages: HashMap::new(), max_pages: (max_bytes / PAGE as usize).max(16), reads: 0 }
+        Paged {
+            memory,
+            pages: HashMap::new(),
+            slots: Vec::new(),
+            max_pages: (max_bytes / PAGE as usize).max(16),
+            last: None,
+        }
     }
 
-    fn page(&mut self, page: u64) -> Option<&[u8]> {
-        if !self.pages.contains_key(&page) {
-            if self.pages.len() >= self.max_pages {
-                self.pages.clear();
-            }
-            let mut bytes = vec![0u8; PAGE as usize].into_boxed_slice();
-            self.reads += 1;
-            let ok = self.memory.read(page, &mut bytes).is_ok();
-            self.pages.insert(page, ok.then_some(bytes));
+    fn slot(&mut self, page: u64) -> Option<usize> {
+        if let Some((last, slot)) = self.last
+            && last == page
+        {
+            return Some(slot);
         }
-        self.pages.get(&page).and_then(|p| p.as_deref())
+        let slot = match self.pages.get(&page) {
+            Some(slot) => *slot,
+            None => {
+                if self.slots.len() >= self.max_pages {
+                    self.pages.clear();
+                    self.slots.clear();
+                }
+                let mut bytes = vec![0u8; PAGE as usize].into_boxed_slice();
+                let slot = self.memory.read(page, &mut bytes).is_ok().then(|| {
+                    self.slots.push(bytes);
+                    self.slots.len() - 1
+                });
+                self.pages.insert(page, slot);
+                slot
+            }
+        };
+        self.last = slot.map(|s| (page, s));
+        slot
     }
 }
 
@@ -69,9 +90,9 @@ impl Memory for Paged {
         while done < buf.len() {
             let Some(at) = address.checked_add(done as u64) else { return false };
             let (page, offset) = (at & !(PAGE - 1), (at & (PAGE - 1)) as usize);
-            let Some(bytes) = self.page(page) else { return false };
+            let Some(slot) = self.slot(page) else { return false };
             let n = (PAGE as usize - offset).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&bytes[offset..offset + n]);
+            buf[done..done + n].copy_from_slice(&self.slots[slot][offset..offset + n]);
             done += n;
         }
         true

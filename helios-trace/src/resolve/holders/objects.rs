@@ -230,10 +230,14 @@ impl<M: Memory> Reader<M> {
         match kind {
             1 => Some(bytes.iter().map(|b| *b as char).collect()),
             2 => {
-                let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                let units: Vec<u16> =
+                    bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
                 String::from_utf16(&units).ok()
             }
-            _ => bytes.chunks_exact(4).map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+            _ => bytes
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
         }
     }
 
@@ -260,7 +264,8 @@ impl<M: Memory> Reader<M> {
     /// A dict's entries: (key as text when it is a `str`, value), in insertion order.
     pub(crate) fn dict_entries(&mut self, dict: u64) -> Vec<(Option<Rc<str>>, u64)> {
         let l = self.layout;
-        let (Some(keys), Some(values)) = (self.memory.u64(dict + l.ma_keys), self.memory.u64(dict + l.ma_values))
+        let (Some(keys), Some(values)) =
+            (self.memory.u64(dict + l.ma_keys), self.memory.u64(dict + l.ma_values))
         else {
             return Vec::new();
         };
@@ -390,7 +395,12 @@ impl<M: Memory> Reader<M> {
     }
 
     fn field(&mut self, at: u64, name: &str) -> Vec<(u64, Label)> {
-        self.memory.u64(at).filter(|p| aligned(*p)).map(|p| (p, Label::Attr(name.into()))).into_iter().collect()
+        self.memory
+            .u64(at)
+            .filter(|p| aligned(*p))
+            .map(|p| (p, Label::Attr(name.into())))
+            .into_iter()
+            .collect()
     }
 
     /// `n` words at `at`, NULLs kept (None: they do not read).
@@ -417,7 +427,9 @@ impl<M: Memory> Reader<M> {
     /// deleted ones point at the `dummy` object, which is not GC-tracked, so the walk drops it).
     fn set_members(&mut self, set: u64) -> Vec<u64> {
         let l = self.layout;
-        let (Some(mask), Some(table)) = (self.memory.i64(set + l.set_mask), self.memory.u64(set + l.set_table)) else {
+        let (Some(mask), Some(table)) =
+            (self.memory.i64(set + l.set_mask), self.memory.u64(set + l.set_table))
+        else {
             return Vec::new();
         };
         let slots = mask as u64 + 1;

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use super::{
-    layout::{GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS, heap_layout},
+    layout::{
+        GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
+        TPFLAGS_UNICODE_SUBCLASS, heap_layout,
+    },
     memory::Fake,
     walk::{Budget, walk},
 };
@@ -26,7 +29,16 @@ struct Heap {
 impl Heap {
     fn new() -> Heap {
         let l = heap_layout(11).unwrap();
-        let mut h = Heap { mem: Fake::default(), l, next: 0x10_0000, runtime: 0, interp: 0, gc: Vec::new(), type_type: 0, str_type: 0 };
+        let mut h = Heap {
+            mem: Fake::default(),
+            l,
+            next: 0x10_0000,
+            runtime: 0,
+            interp: 0,
+            gc: Vec::new(),
+            type_type: 0,
+            str_type: 0,
+        };
         h.runtime = h.alloc(64);
         h.interp = h.alloc(1024);
         h.mem.put_u64(h.runtime + l.interpreters_head, h.interp);
@@ -116,7 +128,8 @@ impl Heap {
         }
         self.mem.put_u64(prev, head);
         for i in 1..4 {
-            let other = if i < 3 { head + i * self.l.generation_size } else { self.interp + self.l.interp_permanent };
+            let other =
+                if i < 3 { head + i * self.l.generation_size } else { self.interp + self.l.interp_permanent };
             self.mem.put_u64(other, other);
         }
     }
@@ -146,10 +159,10 @@ fn postmortem() -> Postmortem {
     h.mem.put_u64(socket_type + l.tp_base, c_socket);
     let socket_dict = h.dict(dict_type, &[]);
     h.mem.put_u64(socket_type + l.tp_dict, socket_dict);
-    let sockets: Vec<u64> = (7..=9)
+    let sockets: Vec<u64> = (7i32..=9)
         .map(|fd| {
             let s = h.gc_object(socket_type, 64);
-            h.mem.write(s + 16, &(fd as i32).to_le_bytes());
+            h.mem.write(s + 16, &fd.to_le_bytes());
             s
         })
         .collect();
@@ -204,14 +217,20 @@ fn the_postmortem_heap_names_the_class_set() {
     assert_eq!(w.stopped, None);
     assert_eq!(w.unknown, 0);
     let lines: Vec<String> = w.holders(&[7, 8, 9, 10]).iter().map(|h| h.line()).collect();
-    assert_eq!(lines, [
-        "2 held by app:Handler._ws_connections (set of 2) via .sock",
-        "1 no chain from a named root",
-        "1 no Python owner",
-    ]);
+    assert_eq!(
+        lines,
+        [
+            "2 held by app:Handler._ws_connections (set of 2) via .sock",
+            "1 no chain from a named root",
+            "1 no Python owner",
+        ]
+    );
     let census = w.census.entries(None, 20);
     let count = |t: &str| census.iter().find(|e| e.type_name == t).map(|e| e.count);
-    assert_eq!((count("socket"), count("Handler"), count("set"), count("module")), (Some(3), Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (count("socket"), count("Handler"), count("set"), count("module")),
+        (Some(3), Some(2), Some(1), Some(1))
+    );
     // The class named `dict` is counted under its name but not read as a dict: nothing in it.
     assert_eq!(count("dict"), Some(4));
 }
@@ -226,7 +245,10 @@ fn a_damaged_heap_gives_unknowns_not_names() {
     let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET).unwrap();
     assert_eq!(w.unknown, 1);
     let lines: Vec<String> = w.holders(&[7, 8]).iter().map(|h| h.line()).collect();
-    assert_eq!(lines, ["1 held by app:Handler._ws_connections (set of 2) via .sock", "1 no chain from a named root"]);
+    assert_eq!(
+        lines,
+        ["1 held by app:Handler._ws_connections (set of 2) via .sock", "1 no chain from a named root"]
+    );
 }
 
 #[test]
@@ -240,7 +262,10 @@ fn a_looping_gc_list_stops_at_the_budget_and_says_so() {
     assert!(w.stopped.as_deref().is_some_and(|s| s.contains("object budget")), "{:?}", w.stopped);
     // Still the right holders for what it read; what it missed is said.
     let lines: Vec<String> = w.holders(&[7, 10]).iter().map(|h| h.line()).collect();
-    assert_eq!(lines, ["1 held by app:Handler._ws_connections (set of 2) via .sock", "1 not found: the walk stopped early"]);
+    assert_eq!(
+        lines,
+        ["1 held by app:Handler._ws_connections (set of 2) via .sock", "1 not found: the walk stopped early"]
+    );
 }
 
 mod fuzz {

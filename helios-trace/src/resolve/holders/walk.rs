@@ -30,7 +30,7 @@ pub(crate) struct Budget {
 }
 
 pub(crate) const DEFAULT_BUDGET: Budget =
-    Budget { time: Duration::from_secs(5), max_objects: 2_000_000, cache_bytes: 32 << 20 };
+    Budget { time: Duration::from_secs(5), max_objects: 2_000_000, cache_bytes: 4 << 20 };
 
 /// Threads and frames per thread read for roots.
 const MAX_THREADS: usize = 1024;
@@ -103,7 +103,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
         let mut gc = r.memory.u64(head)? & !3;
         while gc != head {
             if gc == 0 || !gc.is_multiple_of(8) {
-                stopped.get_or_insert_with(|| "a GC list broke off (the process changed it while read)".to_string());
+                stopped.get_or_insert_with(|| {
+                    "a GC list broke off (the process changed it while read)".to_string()
+                });
                 break;
             }
             if addresses.len() >= budget.max_objects {
@@ -116,7 +118,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
             }
             addresses.push(gc + GC_HEAD);
             let Some(next) = r.memory.u64(gc) else {
-                stopped.get_or_insert_with(|| "a GC list broke off (the process changed it while read)".to_string());
+                stopped.get_or_insert_with(|| {
+                    "a GC list broke off (the process changed it while read)".to_string()
+                });
                 break;
             };
             gc = next & !3;
@@ -128,11 +132,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     let mut graph = HeapGraph::new();
     let mut census = Census::default();
     let mut unknown = 0;
-    let mut types = Vec::with_capacity(addresses.len());
     let mut owners: HashMap<i32, Vec<Node>> = HashMap::new();
     for (i, &object) in addresses.iter().enumerate() {
-        let tp = r.type_of(object);
-        match &tp {
+        match r.type_of(object) {
             Some(t) => {
                 census.add(&t.name);
                 let len = r.len(object, t.shape);
@@ -146,13 +148,13 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                 graph.object("?", 0);
             }
         }
-        types.push(tp);
     }
 
     let node_of = |address: u64| addresses.binary_search(&address).ok().map(|i| i as Node);
     let (mut class_roots, mut module_roots) = (Vec::new(), Vec::new());
     for (i, &object) in addresses.iter().enumerate() {
-        let Some(tp) = types[i].clone().filter(|_| stopped_edges(&mut stopped, i, started, budget)) else {
+        // The type again: read from the cache of types, cheaper than keeping one per object.
+        let Some(tp) = r.type_of(object).filter(|_| stopped_edges(&mut stopped, i, started, budget)) else {
             graph.edges([]);
             continue;
         };
@@ -190,17 +192,23 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                     _ => None,
                 });
                 let module = module.as_deref().unwrap_or("?").to_string();
-                module_roots.extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node)));
+                module_roots
+                    .extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node)));
             }
-            Shape::Type if r.memory.u64(object + layout.tp_flags).is_some_and(|f| f & TPFLAGS_HEAPTYPE != 0) => {
+            Shape::Type
+                if r.memory.u64(object + layout.tp_flags).is_some_and(|f| f & TPFLAGS_HEAPTYPE != 0) =>
+            {
                 let module = refs.iter().find_map(|(to, label)| match label {
                     Label::Attr(name) if &**name == "__module__" => r.str_at(*to),
                     _ => None,
                 });
                 let class = r.memory.u64(object + layout.ht_qualname).and_then(|q| r.str_at(q));
                 if let (Some(module), Some(class)) = (module, class) {
-                    class_roots
-                        .extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{class}.{name}"), node)));
+                    class_roots.extend(
+                        named(&refs)
+                            .into_iter()
+                            .map(|(name, node)| (format!("{module}:{class}.{name}"), node)),
+                    );
                 }
             }
             _ => {}
@@ -230,8 +238,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
 
 /// Whether object `i`'s references are still read (the time budget checked every 1024).
 fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budget: &Budget) -> bool {
-    if i % 1024 == 0 && stopped.is_none() && started.elapsed() > budget.time {
-        *stopped = Some(format!("the time budget ({:?}) ran out after the references of {i} objects", budget.time));
+    if i.is_multiple_of(1024) && stopped.is_none() && started.elapsed() > budget.time {
+        *stopped =
+            Some(format!("the time budget ({:?}) ran out after the references of {i} objects", budget.time));
     }
     !stopped.as_deref().is_some_and(|s| s.starts_with("the time budget"))
 }
@@ -248,7 +257,8 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)>
             break;
         }
         let cframe = r.memory.u64(tstate + l.tstate_cframe).unwrap_or(0);
-        let mut frame = if cframe == 0 { 0 } else { r.memory.u64(cframe + l.cframe_current_frame).unwrap_or(0) };
+        let mut frame =
+            if cframe == 0 { 0 } else { r.memory.u64(cframe + l.cframe_current_frame).unwrap_or(0) };
         for _ in 0..MAX_FRAMES {
             if frame == 0 {
                 break;

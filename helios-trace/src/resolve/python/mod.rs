@@ -32,9 +32,9 @@ pub(crate) mod layout;
 pub(crate) mod lines;
 mod memory;
 
-use interpreter::{Interpreter, probe};
 /// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
 pub(crate) use interpreter::runtime_of;
+use interpreter::{Interpreter, probe};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum PythonError {
