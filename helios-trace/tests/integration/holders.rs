@@ -1,16 +1,41 @@
 //! Holders (issue 15): the postmortem's asyncio server (tests/workloads/holders_server.py, on
-//! Debian's /usr/bin/python3, CPython 3.11) keeps every connection in a class-level set and
-//! never closes it; traced from before it starts, the report's CLOSE_WAIT site names
+//! Debian's /usr/bin/python3, CPython 3.11, and pyenv's 3.11 and 3.12 where installed) keeps
+//! every connection in a class-level set and never closes it; traced from before it starts,
+//! the report's CLOSE_WAIT site names
 //! `UnitTrackingWSHandler._ws_connections` as the holder of as many sockets as `ss` shows in
 //! CLOSE_WAIT and the workload counts in its set. The fixed variant closes them: no holders.
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use serde_json::Value;
 
 use crate::support::{Tracer, Workload, process, require_bpf};
 
-fn spawn(fixed: bool) -> Workload {
-    let mut command = Command::new("/usr/bin/python3");
+/// The interpreters the walk knows: Debian's (required), pyenv's 3.11 and 3.12 (if there),
+/// with the version the report must say.
+fn interpreters() -> Vec<(PathBuf, &'static str)> {
+    let system = PathBuf::from("/usr/bin/python3");
+    assert!(system.exists(), "/usr/bin/python3 is missing (cargo xtask setup --tests installs python3)");
+    let mut found = vec![(system, "3.11")];
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    for dir in versions {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for minor in ["3.11", "3.12"] {
+            if name.starts_with(&format!("{minor}.")) && dir.join("bin/python3").exists() {
+                found.push((dir.join("bin/python3"), minor));
+            }
+        }
+    }
+    found
+}
+
+fn spawn(python: &Path, fixed: bool) -> Workload {
+    let mut command = Command::new(python);
     command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/holders_server.py"));
     if fixed {
         command.arg("--fixed");
@@ -39,8 +64,20 @@ fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     }
     let own = std::process::id().to_string();
     let mut tracer = Tracer::start(&["--pid", &own]);
-    let mut leaky = spawn(false);
-    let mut fixed = spawn(true);
+    let servers: Vec<(Workload, Workload, &str)> = interpreters()
+        .iter()
+        .map(|(python, minor)| (spawn(python, false), spawn(python, true), *minor))
+        .collect();
+    let mut checked = Vec::new();
+    for (leaky, fixed, minor) in servers {
+        check(&mut tracer, leaky, fixed, minor);
+        checked.push(minor);
+    }
+    eprintln!("holders checked on CPython {checked:?}");
+    tracer.stop();
+}
+
+fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &str) {
     let held = leaky.run("count")[0] as u64;
     assert_eq!(held, 30, "the workload's own count");
     assert_eq!(fixed.run("count"), [0]);
@@ -70,7 +107,7 @@ fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     let total: u64 = holders.iter().map(|h| h["count"].as_u64().unwrap()).sum();
     assert_eq!(total, site["open"].as_u64().unwrap(), "{holders:#?}");
     let heap = &process(&report, leaky.pid).unwrap()["heap"];
-    assert_eq!(heap["python"], "3.11", "{heap:#}");
+    assert_eq!(heap["python"], minor, "{heap:#}");
     assert!(heap["stopped"].is_null(), "{heap:#}");
     let census = heap["census"].as_array().unwrap();
     assert!(census.iter().any(|e| e["type"] == "dict" && e["count"].as_u64() > Some(100)), "{census:#?}");
@@ -82,5 +119,4 @@ fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     }
     assert!(process(&report, fixed.pid).unwrap().get("heap").is_none());
     drop((leaky, fixed));
-    tracer.stop();
 }

@@ -1,6 +1,6 @@
 //! Where CPython keeps what the heap walk reads, per version (64-bit). Each offset is an
 //! `offsetof`/`sizeof` in that version's headers, printed by a C program compiled against
-//! CPython 3.11.7's and Debian's 3.11.2 headers (the same numbers):
+//! CPython 3.11.7's and Debian's 3.11.2 headers (the same numbers), and 3.12.1's (below):
 //! `Include/internal/pycore_runtime.h` (`_PyRuntimeState.interpreters.head`),
 //! `Include/internal/pycore_interp.h` (`PyInterpreterState.gc`, `.threads.head`),
 //! `Include/internal/pycore_gc.h` (`struct _gc_runtime_state.generations`,
@@ -71,6 +71,22 @@ pub(crate) struct HeapLayout {
     /// characters start (Include/cpython/unicodeobject.h).
     pub(crate) ascii_size: u64,
     pub(crate) compact_size: u64,
+    /// Where a managed dict is (Include/internal/pycore_object.h).
+    pub(crate) managed_dict: ManagedDict,
+    /// Types of C modules may be heap types (3.12 made `_socket` and `_io` heap types:
+    /// PyType_FromModuleAndSpec, which sets `ht_module`).
+    pub(crate) module_heap_types: bool,
+}
+
+/// How an object with Py_TPFLAGS_MANAGED_DICT keeps its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ManagedDict {
+    /// 3.11: `_PyObject_ValuesPointer` = object - 4 words (inline values, or NULL) and
+    /// `_PyObject_ManagedDictPointer` = object - 3 words (a dict, or NULL).
+    Separate,
+    /// 3.12: one `PyDictOrValues` word at object - 3 words: a dict, or the inline values
+    /// minus one (its low bit set).
+    Tagged,
 }
 
 /// Every object starts with `ob_refcnt`, `ob_type` (Include/object.h); a var-sized one then
@@ -147,6 +163,30 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             co_qualname: 128,
             ascii_size: 48,
             compact_size: 72,
+            managed_dict: ManagedDict::Separate,
+            module_heap_types: false,
+        }),
+        // The same C program against CPython 3.12.1's headers: the interpreter's gc and
+        // threads moved, heap types grew a field, frames and code objects were reordered,
+        // `PyASCIIObject` lost `wstr`, and managed dicts became one tagged word.
+        12 => Some(HeapLayout {
+            minor,
+            interp_threads_head: 72,
+            interp_generations: 112 + 24,
+            interp_permanent: 112 + 104,
+            ht_qualname: 872,
+            ht_cached_keys: 880,
+            ht_module: 888,
+            cframe_current_frame: 0,
+            frame_code: 0,
+            frame_previous: 8,
+            frame_owner: 70,
+            co_nlocalsplus: 72,
+            ascii_size: 40,
+            compact_size: 56,
+            managed_dict: ManagedDict::Tagged,
+            module_heap_types: true,
+            ..heap_layout(11)?
         }),
         _ => None,
     }

@@ -7,9 +7,9 @@ use std::{collections::HashMap, rc::Rc};
 
 use super::{
     layout::{
-        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, HeapLayout, ITEMS, OB_SIZE,
-        OB_TYPE, SET_ENTRY, TEXTIO_BUFFER, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
-        TPFLAGS_UNICODE_SUBCLASS,
+        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, HeapLayout, ITEMS,
+        ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TEXTIO_BUFFER, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT,
+        TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
     },
     memory::Memory,
 };
@@ -147,7 +147,10 @@ impl<M: Memory> Reader<M> {
                 return None;
             }
             let flags = self.memory.u64(at + l.tp_flags)?;
-            if flags & TPFLAGS_HEAPTYPE == 0 {
+            // A static type, or (3.12+) a C module's heap type: Python code makes neither.
+            let c_type = flags & TPFLAGS_HEAPTYPE == 0
+                || (l.module_heap_types && self.memory.u64(at + l.ht_module).is_some_and(|m| m != 0));
+            if c_type {
                 let name_at = self.memory.u64(at + l.tp_name)?;
                 let name = self.c_string(name_at)?;
                 return Some(match name.as_str() {
@@ -339,6 +342,16 @@ impl<M: Memory> Reader<M> {
     /// object - 4 words, `_PyObject_ManagedDictPointer` = object - 3 words), or the dict at
     /// `tp_dictoffset`.
     pub(crate) fn attributes(&mut self, object: u64, tp: &TypeInfo) -> Vec<(Option<Rc<str>>, u64)> {
+        if tp.flags & TPFLAGS_MANAGED_DICT != 0 && self.layout.managed_dict == ManagedDict::Tagged {
+            let word = self.memory.u64(object.wrapping_sub(24)).unwrap_or(0);
+            return if word & 1 == 1 {
+                self.keys_entries(tp.cached_keys, Some(word + 1))
+            } else if aligned(word) {
+                self.dict_entries(word)
+            } else {
+                Vec::new()
+            };
+        }
         if tp.flags & TPFLAGS_MANAGED_DICT != 0 {
             let values = self.memory.u64(object.wrapping_sub(32)).unwrap_or(0);
             if values != 0 && aligned(values) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     layout::{
-        GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
+        GC_HEAD, HeapLayout, ManagedDict, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
         TPFLAGS_UNICODE_SUBCLASS, heap_layout,
     },
     memory::Fake,
@@ -27,8 +27,8 @@ struct Heap {
 }
 
 impl Heap {
-    fn new() -> Heap {
-        let l = heap_layout(11).unwrap();
+    fn new(minor: u32) -> Heap {
+        let l = heap_layout(minor).unwrap();
         let mut h = Heap {
             mem: Fake::default(),
             l,
@@ -83,11 +83,11 @@ impl Heap {
     }
 
     fn string(&mut self, s: &str) -> u64 {
-        let at = self.alloc(48 + s.len() as u64 + 1);
+        let at = self.alloc(self.l.ascii_size + s.len() as u64 + 1);
         self.mem.put_u64(at + 8, self.str_type);
         self.mem.put_u64(at + 16, s.len() as u64);
         self.mem.write(at + 32, &((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
-        self.mem.write(at + 48, s.as_bytes());
+        self.mem.write(at + self.l.ascii_size, s.as_bytes());
         at
     }
 
@@ -143,14 +143,19 @@ struct Postmortem {
     handlers: Vec<u64>,
 }
 
-fn postmortem() -> Postmortem {
-    let mut h = Heap::new();
+fn postmortem(minor: u32) -> Postmortem {
+    let mut h = Heap::new(minor);
     let l = h.l;
     let object_type = h.static_type("object", 0, 0);
     let dict_type = h.static_type("dict", object_type, 1 << 29);
     let set_type = h.static_type("set", object_type, 0);
     let module_type = h.static_type("module", object_type, 0);
     let c_socket = h.static_type("_socket.socket", object_type, 0);
+    if l.module_heap_types {
+        // 3.12: a heap type of the _socket module (ht_module set).
+        h.mem.put_u64(c_socket + l.tp_flags, TPFLAGS_HEAPTYPE);
+        h.mem.put_u64(c_socket + l.ht_module, 0x1234_5678);
+    }
     // socket.socket: a heap type deriving from _socket.socket (Lib/socket.py).
     let socket_type = h.gc_object(h.type_type, 900);
     let name = h.c_str("socket");
@@ -181,7 +186,10 @@ fn postmortem() -> Postmortem {
         let handler = h.gc_object(handler_type, 16);
         let values = h.alloc(16);
         h.mem.put_u64(values, *s);
-        h.mem.put_u64(handler - 32, values);
+        match l.managed_dict {
+            ManagedDict::Separate => h.mem.put_u64(handler - 32, values),
+            ManagedDict::Tagged => h.mem.put_u64(handler - 24, values - 1),
+        }
         handlers.push(handler);
     }
     let set = h.gc_object(set_type, 200);
@@ -212,7 +220,13 @@ fn postmortem() -> Postmortem {
 
 #[test]
 fn the_postmortem_heap_names_the_class_set() {
-    let p = postmortem();
+    for minor in [11, 12] {
+        the_postmortem_heap_of(minor);
+    }
+}
+
+fn the_postmortem_heap_of(minor: u32) {
+    let p = postmortem(minor);
     let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET).unwrap();
     assert_eq!(w.stopped, None);
     assert_eq!(w.unknown, 0);
@@ -237,7 +251,7 @@ fn the_postmortem_heap_names_the_class_set() {
 
 #[test]
 fn a_damaged_heap_gives_unknowns_not_names() {
-    let mut p = postmortem();
+    let mut p = postmortem(11);
     // One handler's type pointer now points at a string (not a type): unknown, and its
     // socket loses its chain; the other still reads.
     let s = p.heap.string("not a type");
@@ -253,7 +267,7 @@ fn a_damaged_heap_gives_unknowns_not_names() {
 
 #[test]
 fn a_looping_gc_list_stops_at_the_budget_and_says_so() {
-    let mut p = postmortem();
+    let mut p = postmortem(11);
     // The last object's next points back at the first (as a list being changed may).
     let (first, last) = (p.heap.gc[0], *p.heap.gc.last().unwrap());
     p.heap.mem.put_u64(last, first);
@@ -278,8 +292,8 @@ mod fuzz {
         /// Any bytes of the heap overwritten: the walk ends, within its budget, without a
         /// panic; a root it names is one the heap has.
         #[test]
-        fn corrupt_bytes_never_crash(writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
-            let mut p = postmortem();
+        fn corrupt_bytes_never_crash(minor in 11u32..=12, writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
+            let mut p = postmortem(minor);
             let regions: Vec<(u64, usize)> = p.heap.mem.regions.iter().map(|(a, r)| (*a, r.len())).collect();
             for (region, offset, value) in writes {
                 let (start, len) = regions[region % regions.len()];
