@@ -120,3 +120,54 @@ fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &
     assert!(process(&report, fixed.pid).unwrap().get("heap").is_none());
     drop((leaky, fixed));
 }
+
+/// With `--holders` every site gets holders: the files a module-level list keeps (through each
+/// text file's buffer and raw file) are held by it; those opened with os.open, whose
+/// descriptors no Python object owns, say so.
+#[test]
+fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
+    let mut server = spawn(Path::new("/usr/bin/python3"), true);
+    let fds = server.run("files");
+    let report = tracer.snapshot();
+    let p = process(&report, server.pid).unwrap();
+    let site_of = |fd: i64| {
+        let listing = p["fds"].as_array().unwrap().iter().find(|e| e["fd"] == fd).unwrap();
+        let sites = p["sites"].as_array().unwrap();
+        sites.iter().find(|s| s["site"] == listing["site"]).unwrap().clone()
+    };
+    let cached = site_of(fds[0]);
+    assert!(
+        fds[1..3].iter().all(|fd| site_of(*fd)["site"] == cached["site"]),
+        "one site for the list's files"
+    );
+    assert_eq!(cached["kind"], "file");
+    let holders = cached["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{holders:#?}");
+    assert_eq!(holders[0]["count"].as_u64(), Some(3));
+    assert_eq!(holders[0]["root"], "__main__:_cache");
+    assert_eq!(holders[0]["container"], "list");
+    assert_eq!(holders[0]["container_size"].as_u64(), Some(3));
+    assert_eq!(holders[0]["path"], ".buffer.raw");
+    let raw = site_of(fds[3]);
+    assert_eq!(site_of(fds[4])["site"], raw["site"]);
+    let holders = raw["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{holders:#?}");
+    assert_eq!(holders[0]["count"].as_u64(), Some(2));
+    assert!(holders[0]["root"].is_null());
+    assert_eq!(holders[0]["note"], "no Python owner");
+    // Every socket and file site has holders with --holders, not only suspected ones.
+    for site in p["sites"].as_array().unwrap() {
+        if (site["kind"] == "socket" || site["kind"] == "file") && site["open"].as_u64() > Some(0) {
+            let total: u64 =
+                site["holders"].as_array().unwrap().iter().map(|h| h["count"].as_u64().unwrap()).sum();
+            assert_eq!(total, site["open"].as_u64().unwrap(), "{site:#}");
+        }
+    }
+    drop(server);
+    tracer.stop();
+}

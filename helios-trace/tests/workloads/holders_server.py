@@ -3,8 +3,13 @@ keeps every connection in a class-level set, `_ws_connections`, and its `on_disc
 nothing, so each socket whose client hung up stays open in CLOSE_WAIT, held by the set.
 With --fixed, on_disconnect removes the handler from the set and closes the writer.
 
+It also opens files in the scratch directory (its last argument): three kept in a
+module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
+with os.open, whose descriptors no Python object owns.
+
 Prints "ready" once CLIENTS clients (default 30) have connected and hung up; then answers
-"count" with "ok <handlers in the set>", and "exit" by exiting.
+"count" with "ok <handlers in the set>", "files" with "ok <the three fds> <the two fds>", and
+"exit" by exiting.
 """
 import asyncio
 import os
@@ -17,6 +22,10 @@ import time
 time.sleep(1)
 FIXED = "--fixed" in sys.argv
 CLIENTS = int(os.environ.get("CLIENTS", "30"))
+SCRATCH = sys.argv[-1]
+
+_cache = [open(os.path.join(SCRATCH, f"cached{i}"), "w") for i in range(3)]
+_raw = [os.open(os.path.join(SCRATCH, f"raw{i}"), os.O_CREAT | os.O_RDWR) for i in range(2)]
 
 
 class UnitTrackingWSHandler:
@@ -46,6 +55,8 @@ def commands():
     for line in sys.stdin:
         if line.strip() == "count":
             print(f"ok {len(UnitTrackingWSHandler._ws_connections)}", flush=True)
+        elif line.strip() == "files":
+            print("ok", *[f.fileno() for f in _cache], *_raw, flush=True)
         else:
             os._exit(0)
     os._exit(0)
