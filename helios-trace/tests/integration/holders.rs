@@ -1,5 +1,5 @@
 //! Holders (issue 15): the postmortem's asyncio server (tests/workloads/holders_server.py, on
-//! Debian's /usr/bin/python3, CPython 3.11, and pyenv's 3.11 and 3.12 where installed) keeps
+//! Debian's /usr/bin/python3, CPython 3.11, and pyenv's 3.11 to 3.13 where installed) keeps
 //! every connection in a class-level set and never closes it; traced from before it starts,
 //! the report's CLOSE_WAIT site names
 //! `UnitTrackingWSHandler._ws_connections` as the holder of as many sockets as `ss` shows in
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::{Tracer, Workload, process, require_bpf};
 
-/// The interpreters the walk knows: Debian's (required), pyenv's 3.11 and 3.12 (if there),
+/// The interpreters the walk knows: Debian's (required), pyenv's 3.11 to 3.13 (if there),
 /// with the version the report must say.
 fn interpreters() -> Vec<(PathBuf, &'static str)> {
     let system = PathBuf::from("/usr/bin/python3");
@@ -25,7 +25,7 @@ fn interpreters() -> Vec<(PathBuf, &'static str)> {
     versions.sort();
     for dir in versions {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for minor in ["3.11", "3.12"] {
+        for minor in ["3.11", "3.12", "3.13"] {
             if name.starts_with(&format!("{minor}.")) && dir.join("bin/python3").exists() {
                 found.push((dir.join("bin/python3"), minor));
             }
@@ -87,25 +87,31 @@ fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &
 
     let report = tracer.snapshot();
     let leaky_sites = sites(&report, leaky.pid);
-    let site = leaky_sites
-        .iter()
-        .find(|s| s["close_wait"].as_u64() > Some(0))
-        .unwrap_or_else(|| panic!("no CLOSE_WAIT site: {leaky_sites:#?}"));
-    assert_eq!(site["close_wait"].as_u64(), Some(in_close_wait), "{site:#}");
-    let holders = site["holders"].as_array().unwrap_or_else(|| panic!("no holders: {site:#}"));
-    let by_set = holders
-        .iter()
-        .find(|h| h["root"].as_str().is_some_and(|r| r.ends_with(":UnitTrackingWSHandler._ws_connections")))
-        .unwrap_or_else(|| panic!("the set is not named: {holders:#?}"));
-    assert_eq!(by_set["count"].as_u64(), Some(held), "{holders:#?}");
-    assert_eq!(by_set["container"], "set");
-    assert_eq!(by_set["container_size"].as_u64(), Some(held));
-    // The chain ends at the socket through the stream and its transport.
-    let path = by_set["path"].as_str().unwrap();
-    assert!(path.ends_with("._transport._sock"), "{path}");
-    // Every open descriptor of the site is accounted for, once.
-    let total: u64 = holders.iter().map(|h| h["count"].as_u64().unwrap()).sum();
-    assert_eq!(total, site["open"].as_u64().unwrap(), "{holders:#?}");
+    // The accepted sockets are usually one site; one accepted before the tracer named the
+    // interpreter's frames is another (site identity is not this test's concern): every
+    // CLOSE_WAIT site gets holders, and over them the report agrees with ss and the workload.
+    let close_wait: Vec<&Value> = leaky_sites.iter().filter(|s| s["close_wait"].as_u64() > Some(0)).collect();
+    assert!(!close_wait.is_empty(), "no CLOSE_WAIT site: {leaky_sites:#?}");
+    let sum = |f: &dyn Fn(&Value) -> u64| close_wait.iter().map(|s| f(s)).sum::<u64>();
+    assert_eq!(sum(&|s| s["close_wait"].as_u64().unwrap()), in_close_wait, "{close_wait:#?}");
+    let mut by_set = 0;
+    for site in &close_wait {
+        let holders = site["holders"].as_array().unwrap_or_else(|| panic!("no holders: {site:#}"));
+        // Every open descriptor of the site is accounted for, once.
+        let total: u64 = holders.iter().map(|h| h["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, site["open"].as_u64().unwrap(), "{holders:#?}");
+        for h in holders {
+            if h["root"].as_str().is_some_and(|r| r.ends_with(":UnitTrackingWSHandler._ws_connections")) {
+                assert_eq!(h["container"], "set");
+                assert_eq!(h["container_size"].as_u64(), Some(held));
+                // The chain ends at the socket through the stream and its transport.
+                let path = h["path"].as_str().unwrap();
+                assert!(path.ends_with("._transport._sock"), "{path}");
+                by_set += h["count"].as_u64().unwrap();
+            }
+        }
+    }
+    assert_eq!(by_set, held, "sockets held by the set: {close_wait:#?}");
     let heap = &process(&report, leaky.pid).unwrap()["heap"];
     assert_eq!(heap["python"], minor, "{heap:#}");
     assert!(heap["stopped"].is_null(), "{heap:#}");

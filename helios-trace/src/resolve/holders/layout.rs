@@ -58,7 +58,9 @@ pub(crate) struct HeapLayout {
     pub(crate) set_table: u64,
     pub(crate) md_dict: u64,
     pub(crate) tstate_next: u64,
-    pub(crate) tstate_cframe: u64,
+    /// `tstate->cframe` (3.11, 3.12; its `current_frame` at `cframe_current_frame`), or None
+    /// where the thread state holds `current_frame` itself (3.13, at `cframe_current_frame`).
+    pub(crate) tstate_cframe: Option<u64>,
     pub(crate) cframe_current_frame: u64,
     pub(crate) frame_code: u64,
     pub(crate) frame_previous: u64,
@@ -73,6 +75,10 @@ pub(crate) struct HeapLayout {
     pub(crate) compact_size: u64,
     /// Where a managed dict is (Include/internal/pycore_object.h).
     pub(crate) managed_dict: ManagedDict,
+    /// Where a `PyDictValues`' `values` array starts (Include/internal/pycore_dict.h): at 0 in
+    /// 3.11 and 3.12 (3.12's insertion order lies before it), after a 4-byte header padded to 8
+    /// in 3.13 (capacity, size, embedded, valid).
+    pub(crate) dict_values: u64,
     /// Types of C modules may be heap types (3.12 made `_socket` and `_io` heap types:
     /// PyType_FromModuleAndSpec, which sets `ht_module`).
     pub(crate) module_heap_types: bool,
@@ -87,7 +93,15 @@ pub(crate) enum ManagedDict {
     /// 3.12: one `PyDictOrValues` word at object - 3 words: a dict, or the inline values
     /// minus one (its low bit set).
     Tagged,
+    /// 3.13: a dict at object - 3 words (`_PyObject_ManagedDictPointer`), else, with
+    /// Py_TPFLAGS_INLINE_VALUES, the values inside the object after its header
+    /// (`_PyObject_InlineValues`: a `PyDictValues` of 4 bytes — capacity, size, embedded,
+    /// valid — then the values at 8).
+    Inline,
 }
+
+/// `Py_TPFLAGS_INLINE_VALUES` (3.13, Include/object.h).
+pub(crate) const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
 
 /// Every object starts with `ob_refcnt`, `ob_type` (Include/object.h); a var-sized one then
 /// has `ob_size`; a GC-tracked object is preceded by its 16-byte `PyGC_Head`.
@@ -152,7 +166,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             set_table: 40,
             md_dict: 16,
             tstate_next: 8,
-            tstate_cframe: 56,
+            tstate_cframe: Some(56),
             cframe_current_frame: 8,
             frame_code: 32,
             frame_previous: 48,
@@ -164,6 +178,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             ascii_size: 48,
             compact_size: 72,
             managed_dict: ManagedDict::Separate,
+            dict_values: 0,
             module_heap_types: false,
         }),
         // The same C program against CPython 3.12.1's headers: the interpreter's gc and
@@ -172,6 +187,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
         12 => Some(HeapLayout {
             minor,
             interp_threads_head: 72,
+            tstate_cframe: Some(56),
             interp_generations: 112 + 24,
             interp_permanent: 112 + 104,
             ht_qualname: 872,
@@ -187,6 +203,22 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             managed_dict: ManagedDict::Tagged,
             module_heap_types: true,
             ..heap_layout(11)?
+        }),
+        // CPython 3.13.0's headers: `_PyRuntime` starts with `_Py_DebugOffsets` (whose
+        // interpreters.head and threads.head walk.rs checks against these), the interpreter
+        // state is larger, the thread state holds `current_frame`, frames start with
+        // `f_executable`, and instances keep their inline values inside the object.
+        13 => Some(HeapLayout {
+            minor,
+            interpreters_head: 632,
+            interp_threads_head: 7344,
+            interp_generations: 7400 + 24,
+            interp_permanent: 7400 + 104,
+            tstate_cframe: None,
+            cframe_current_frame: 72,
+            managed_dict: ManagedDict::Inline,
+            dict_values: 8,
+            ..heap_layout(12)?
         }),
         _ => None,
     }

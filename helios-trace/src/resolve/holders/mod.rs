@@ -9,7 +9,7 @@
 //! and containers (objects.rs), the GC-list walk, roots and frames (walk.rs). The graph and
 //! its shortest chains are pure (model/holders.rs), as is the census (model/census.rs).
 //!
-//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11) and 3.12. Other
+//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11), 3.12 and 3.13. Other
 //! versions are reported as not supported by the walk.
 use std::path::Path;
 
@@ -28,12 +28,14 @@ use crate::{resolve::python, sys::proc::image::ProcessMemory};
 pub(crate) enum HoldersError {
     #[error("not a CPython process")]
     NotPython,
-    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 and 3.12 only")]
+    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 to 3.13 only")]
     Version { minor: u32 },
     #[error("{0}")]
     Python(#[from] python::PythonError),
     #[error("cannot open the process's memory: {0}")]
     Memory(#[from] std::io::Error),
+    #[error("CPython 3.{minor}: its _Py_DebugOffsets do not match the heap walk's layout")]
+    Layout { minor: u32 },
     #[error("the interpreter state does not read (not initialized, or exited)")]
     NoInterpreter,
 }
@@ -42,8 +44,31 @@ pub(crate) enum HoldersError {
 pub(crate) fn walk_process(proc_root: &Path, pid: u32, budget: &Budget) -> Result<Walk, HoldersError> {
     let (runtime, minor) = python::runtime_of(proc_root, pid).ok_or(HoldersError::NotPython)??;
     let layout = layout::heap_layout(minor).ok_or(HoldersError::Version { minor })?;
-    let memory = memory::Paged::new(ProcessMemory::open(proc_root, pid)?, budget.cache_bytes);
+    let mut memory = memory::Paged::new(ProcessMemory::open(proc_root, pid)?, budget.cache_bytes);
+    if minor >= 13 {
+        check_debug_offsets(&mut memory, runtime, &layout)?;
+    }
     walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)
+}
+
+/// 3.13+ describe their own layout at the start of `_PyRuntime` (`_Py_DebugOffsets`,
+/// Include/internal/pycore_runtime.h: the cookie "xdebugpy", the version, then sizes and
+/// offsets; word 5 is `runtime_state.interpreters_head`, word 9 `interpreter_state.threads_head`):
+/// a build whose layout differs from the table (a debug build, another patch level that moved
+/// them) is refused rather than misread.
+fn check_debug_offsets(
+    memory: &mut memory::Paged,
+    runtime: u64,
+    layout: &layout::HeapLayout,
+) -> Result<(), HoldersError> {
+    use memory::Memory as _;
+    let mut cookie = [0u8; 8];
+    let word = |m: &mut memory::Paged, i: u64| m.u64(runtime + 8 * i);
+    let matches = memory.read(runtime, &mut cookie)
+        && &cookie == b"xdebugpy"
+        && word(memory, 5) == Some(layout.interpreters_head)
+        && word(memory, 9) == Some(layout.interp_threads_head);
+    if matches { Ok(()) } else { Err(HoldersError::Layout { minor: layout.minor }) }
 }
 
 #[cfg(test)]

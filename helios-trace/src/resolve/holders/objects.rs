@@ -8,8 +8,8 @@ use std::{collections::HashMap, rc::Rc};
 use super::{
     layout::{
         AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, HeapLayout, ITEMS,
-        ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TEXTIO_BUFFER, TPFLAGS_HEAPTYPE, TPFLAGS_MANAGED_DICT,
-        TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
+        ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TEXTIO_BUFFER, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES,
+        TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
     },
     memory::Memory,
 };
@@ -275,8 +275,8 @@ impl<M: Memory> Reader<M> {
         self.keys_entries(keys, (values != 0).then_some(values))
     }
 
-    /// Entries of a `PyDictKeysObject`: values in the entries (combined), or in a separate
-    /// `PyDictValues` array indexed like the entries (split: Include/internal/pycore_dict.h).
+    /// Entries of a `PyDictKeysObject`: values in the entries (combined), or in the
+    /// `PyDictValues` at `values`, indexed like the entries (split: Include/internal/pycore_dict.h).
     fn keys_entries(&mut self, keys: u64, values: Option<u64>) -> Vec<(Option<Rc<str>>, u64)> {
         let l = self.layout;
         if !aligned(keys) {
@@ -310,7 +310,7 @@ impl<M: Memory> Reader<M> {
             self.cut_short += 1;
             return Vec::new();
         }
-        let split = match values {
+        let split = match values.map(|v| v + l.dict_values) {
             Some(v) => {
                 let mut vb = vec![0u8; (n * 8) as usize];
                 if !self.memory.read(v, &mut vb) {
@@ -342,6 +342,19 @@ impl<M: Memory> Reader<M> {
     /// object - 4 words, `_PyObject_ManagedDictPointer` = object - 3 words), or the dict at
     /// `tp_dictoffset`.
     pub(crate) fn attributes(&mut self, object: u64, tp: &TypeInfo) -> Vec<(Option<Rc<str>>, u64)> {
+        if tp.flags & TPFLAGS_MANAGED_DICT != 0 && self.layout.managed_dict == ManagedDict::Inline {
+            let dict = self.memory.u64(object.wrapping_sub(24)).unwrap_or(0);
+            if dict != 0 {
+                return if aligned(dict) { self.dict_entries(dict) } else { Vec::new() };
+            }
+            // PyDictValues right after the object header: `valid` at 3.
+            let valid = self.memory.u8(object + AFTER_HEAD + 3).unwrap_or(0);
+            return if tp.flags & TPFLAGS_INLINE_VALUES != 0 && valid != 0 {
+                self.keys_entries(tp.cached_keys, Some(object + AFTER_HEAD))
+            } else {
+                Vec::new()
+            };
+        }
         if tp.flags & TPFLAGS_MANAGED_DICT != 0 && self.layout.managed_dict == ManagedDict::Tagged {
             let word = self.memory.u64(object.wrapping_sub(24)).unwrap_or(0);
             return if word & 1 == 1 {

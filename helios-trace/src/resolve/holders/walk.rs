@@ -256,7 +256,10 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)>
         if tstate == 0 {
             break;
         }
-        let cframe = r.memory.u64(tstate + l.tstate_cframe).unwrap_or(0);
+        let cframe = match l.tstate_cframe {
+            Some(at) => r.memory.u64(tstate + at).unwrap_or(0),
+            None => tstate,
+        };
         let mut frame =
             if cframe == 0 { 0 } else { r.memory.u64(cframe + l.cframe_current_frame).unwrap_or(0) };
         for _ in 0..MAX_FRAMES {
