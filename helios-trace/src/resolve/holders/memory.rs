@@ -99,6 +99,26 @@ impl Memory for Paged {
     }
 }
 
+/// One image of bytes at `base`, for the fuzz target (fuzzing.rs): what is outside does not read.
+pub(crate) struct Flat<'a> {
+    pub(crate) base: u64,
+    pub(crate) bytes: &'a [u8],
+}
+
+impl Memory for Flat<'_> {
+    fn read(&mut self, address: u64, buf: &mut [u8]) -> bool {
+        let Some(at) = address.checked_sub(self.base) else { return false };
+        let Ok(at) = usize::try_from(at) else { return false };
+        match self.bytes.get(at..at.saturating_add(buf.len())) {
+            Some(bytes) if bytes.len() == buf.len() => {
+                buf.copy_from_slice(bytes);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Memory made of byte regions, for tests: what is outside them does not read.
 #[cfg(test)]
 #[derive(Default)]

@@ -51,6 +51,17 @@ pub(crate) fn walk_process(proc_root: &Path, pid: u32, budget: &Budget) -> Resul
     walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)
 }
 
+/// Walk an image of memory whose first bytes are `_PyRuntime` (the fuzz target: no pointer in
+/// it may crash the walk, loop it past its budget or name what is not there), with a small
+/// budget; the holders of descriptors 0 to 7 and the census are computed too.
+pub(crate) fn walk_image(minor: u32, base: u64, bytes: &[u8]) -> Option<usize> {
+    let layout = layout::heap_layout(minor)?;
+    let budget = Budget { time: std::time::Duration::from_secs(1), max_objects: 4096, cache_bytes: 1 << 16 };
+    let walk = walk::walk(memory::Flat { base, bytes }, layout, base, &budget)?;
+    let lines: usize = walk.holders(&[0, 1, 2, 3, 4, 5, 6, 7]).iter().map(|h| h.line().len()).sum();
+    Some(lines + walk.census.entries(None, 8).len())
+}
+
 /// 3.13+ describe their own layout at the start of `_PyRuntime` (`_Py_DebugOffsets`,
 /// Include/internal/pycore_runtime.h: the cookie "xdebugpy", the version, then sizes and
 /// offsets; word 5 is `runtime_state.interpreters_head`, word 9 `interpreter_state.threads_head`):
