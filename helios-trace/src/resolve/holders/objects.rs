@@ -90,7 +90,7 @@ impl<M: Memory> Reader<M> {
         if !aligned(object) {
             return None;
         }
-        let tp = self.memory.u64(object + OB_TYPE)?;
+        let tp = self.memory.u64(object.wrapping_add(OB_TYPE))?;
         self.type_info(tp)
     }
 
@@ -113,22 +113,22 @@ impl<M: Memory> Reader<M> {
             return None;
         }
         let l = self.layout;
-        let name_at = self.memory.u64(tp + l.tp_name)?;
+        let name_at = self.memory.u64(tp.wrapping_add(l.tp_name))?;
         let name: Rc<str> = self.c_string(name_at)?.into();
-        let flags = self.memory.u64(tp + l.tp_flags)?;
-        let dictoffset = self.memory.i64(tp + l.tp_dictoffset)?;
+        let flags = self.memory.u64(tp.wrapping_add(l.tp_flags))?;
+        let dictoffset = self.memory.i64(tp.wrapping_add(l.tp_dictoffset))?;
         let heap = flags & TPFLAGS_HEAPTYPE != 0;
-        let cached_keys = if heap { self.memory.u64(tp + l.ht_cached_keys)? } else { 0 };
+        let cached_keys = if heap { self.memory.u64(tp.wrapping_add(l.ht_cached_keys))? } else { 0 };
         let shape = self.shape(tp)?;
         Some(TypeInfo { name, shape, flags, dictoffset, cached_keys })
     }
 
     fn is_type(&mut self, tp: u64) -> bool {
-        let flags = |r: &mut Self, t: u64| r.memory.u64(t + r.layout.tp_flags);
+        let flags = |r: &mut Self, t: u64| r.memory.u64(t.wrapping_add(r.layout.tp_flags));
         aligned(tp)
             && self
                 .memory
-                .u64(tp + OB_TYPE)
+                .u64(tp.wrapping_add(OB_TYPE))
                 .filter(|meta| aligned(*meta))
                 .and_then(|meta| flags(self, meta))
                 .is_some_and(|f| f & TPFLAGS_TYPE_SUBCLASS != 0)
@@ -146,12 +146,13 @@ impl<M: Memory> Reader<M> {
             if !self.is_type(at) {
                 return None;
             }
-            let flags = self.memory.u64(at + l.tp_flags)?;
+            let flags = self.memory.u64(at.wrapping_add(l.tp_flags))?;
             // A static type, or (3.12+) a C module's heap type: Python code makes neither.
             let c_type = flags & TPFLAGS_HEAPTYPE == 0
-                || (l.module_heap_types && self.memory.u64(at + l.ht_module).is_some_and(|m| m != 0));
+                || (l.module_heap_types
+                    && self.memory.u64(at.wrapping_add(l.ht_module)).is_some_and(|m| m != 0));
             if c_type {
-                let name_at = self.memory.u64(at + l.tp_name)?;
+                let name_at = self.memory.u64(at.wrapping_add(l.tp_name))?;
                 let name = self.c_string(name_at)?;
                 return Some(match name.as_str() {
                     "dict" => Shape::Dict,
@@ -169,7 +170,7 @@ impl<M: Memory> Reader<M> {
                     _ => Shape::Other,
                 });
             }
-            at = self.memory.u64(at + l.tp_base)?;
+            at = self.memory.u64(at.wrapping_add(l.tp_base))?;
         }
         None
     }
@@ -180,7 +181,7 @@ impl<M: Memory> Reader<M> {
         let mut chunk = [0u8; 32];
         while bytes.len() < MAX_NAME {
             // A name may end near the end of a mapping: read byte by byte there.
-            if self.memory.read(address + bytes.len() as u64, &mut chunk) {
+            if self.memory.read(address.wrapping_add(bytes.len() as u64), &mut chunk) {
                 match chunk.iter().position(|b| *b == 0) {
                     Some(end) => {
                         bytes.extend_from_slice(&chunk[..end]);
@@ -189,7 +190,7 @@ impl<M: Memory> Reader<M> {
                     None => bytes.extend_from_slice(&chunk),
                 }
             } else {
-                let b = self.memory.u8(address + bytes.len() as u64)?;
+                let b = self.memory.u8(address.wrapping_add(bytes.len() as u64))?;
                 if b == 0 {
                     break;
                 }
@@ -225,7 +226,7 @@ impl<M: Memory> Reader<M> {
         if !compact || length > MAX_KEY || !matches!(kind, 1 | 2 | 4) {
             return None;
         }
-        let data = object + if ascii { self.layout.ascii_size } else { self.layout.compact_size };
+        let data = object.wrapping_add(if ascii { self.layout.ascii_size } else { self.layout.compact_size });
         let mut bytes = vec![0u8; (length * kind as u64) as usize];
         if !self.memory.read(data, &mut bytes) {
             return None;
@@ -248,9 +249,9 @@ impl<M: Memory> Reader<M> {
     pub(crate) fn len(&mut self, object: u64, shape: Shape) -> u64 {
         let l = self.layout;
         let at = match shape {
-            Shape::Dict => object + l.ma_used,
-            Shape::Set => object + l.set_used,
-            Shape::List | Shape::Tuple => object + OB_SIZE,
+            Shape::Dict => object.wrapping_add(l.ma_used),
+            Shape::Set => object.wrapping_add(l.set_used),
+            Shape::List | Shape::Tuple => object.wrapping_add(OB_SIZE),
             _ => return 0,
         };
         self.memory.i64(at).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
@@ -259,7 +260,9 @@ impl<M: Memory> Reader<M> {
     /// The descriptor an object owns (sockets and raw files), if any (-1: closed).
     pub(crate) fn fd(&mut self, object: u64, shape: Shape) -> Option<i32> {
         match shape {
-            Shape::Socket | Shape::FileIo => self.memory.i32(object + AFTER_HEAD).filter(|fd| *fd >= 0),
+            Shape::Socket | Shape::FileIo => {
+                self.memory.i32(object.wrapping_add(AFTER_HEAD)).filter(|fd| *fd >= 0)
+            }
             _ => None,
         }
     }
@@ -268,7 +271,7 @@ impl<M: Memory> Reader<M> {
     pub(crate) fn dict_entries(&mut self, dict: u64) -> Vec<(Option<Rc<str>>, u64)> {
         let l = self.layout;
         let (Some(keys), Some(values)) =
-            (self.memory.u64(dict + l.ma_keys), self.memory.u64(dict + l.ma_values))
+            (self.memory.u64(dict.wrapping_add(l.ma_keys)), self.memory.u64(dict.wrapping_add(l.ma_values)))
         else {
             return Vec::new();
         };
@@ -283,10 +286,10 @@ impl<M: Memory> Reader<M> {
             return Vec::new();
         }
         let (Some(log2_size), Some(log2_index), Some(kind), Some(nentries)) = (
-            self.memory.u8(keys + l.dk_log2_size),
-            self.memory.u8(keys + l.dk_log2_index_bytes),
-            self.memory.u8(keys + l.dk_kind),
-            self.memory.i64(keys + l.dk_nentries),
+            self.memory.u8(keys.wrapping_add(l.dk_log2_size)),
+            self.memory.u8(keys.wrapping_add(l.dk_log2_index_bytes)),
+            self.memory.u8(keys.wrapping_add(l.dk_kind)),
+            self.memory.i64(keys.wrapping_add(l.dk_nentries)),
         ) else {
             return Vec::new();
         };
@@ -304,13 +307,13 @@ impl<M: Memory> Reader<M> {
         }
         let entry = if kind == DICT_KEYS_GENERAL { DICT_ENTRY_GENERAL } else { DICT_ENTRY_UNICODE };
         let key_at = if kind == DICT_KEYS_GENERAL { 8 } else { 0 };
-        let start = keys + l.dk_indices + (1u64 << log2_index);
+        let start = keys.wrapping_add(l.dk_indices + (1u64 << log2_index));
         let mut bytes = vec![0u8; (n * entry) as usize];
         if !self.memory.read(start, &mut bytes) {
             self.cut_short += 1;
             return Vec::new();
         }
-        let split = match values.map(|v| v + l.dict_values) {
+        let split = match values.map(|v| v.wrapping_add(l.dict_values)) {
             Some(v) => {
                 let mut vb = vec![0u8; (n * 8) as usize];
                 if !self.memory.read(v, &mut vb) {
@@ -348,9 +351,9 @@ impl<M: Memory> Reader<M> {
                 return if aligned(dict) { self.dict_entries(dict) } else { Vec::new() };
             }
             // PyDictValues right after the object header: `valid` at 3.
-            let valid = self.memory.u8(object + AFTER_HEAD + 3).unwrap_or(0);
+            let valid = self.memory.u8(object.wrapping_add(AFTER_HEAD + 3)).unwrap_or(0);
             return if tp.flags & TPFLAGS_INLINE_VALUES != 0 && valid != 0 {
-                self.keys_entries(tp.cached_keys, Some(object + AFTER_HEAD))
+                self.keys_entries(tp.cached_keys, Some(object.wrapping_add(AFTER_HEAD)))
             } else {
                 Vec::new()
             };
@@ -374,7 +377,7 @@ impl<M: Memory> Reader<M> {
             return if aligned(dict) { self.dict_entries(dict) } else { Vec::new() };
         }
         if tp.dictoffset > 0 {
-            let dict = self.memory.u64(object + tp.dictoffset as u64).unwrap_or(0);
+            let dict = self.memory.u64(object.wrapping_add(tp.dictoffset as u64)).unwrap_or(0);
             if aligned(dict) && self.type_of(dict).is_some_and(|t| t.shape == Shape::Dict) {
                 return self.dict_entries(dict);
             }
@@ -393,25 +396,25 @@ impl<M: Memory> Reader<M> {
             Shape::Dict => self.dict_entries(object).into_iter().map(|(k, v)| (v, Label::Key(k))).collect(),
             Shape::Set => self.set_members(object).into_iter().map(|v| (v, Label::Member)).collect(),
             Shape::List => {
-                let items = self.memory.u64(object + ITEMS).unwrap_or(0);
+                let items = self.memory.u64(object.wrapping_add(ITEMS)).unwrap_or(0);
                 let n = self.len(object, Shape::List);
                 self.pointers(items, n).into_iter().map(|v| (v, Label::Index)).collect()
             }
             Shape::Tuple => {
                 let n = self.len(object, Shape::Tuple);
-                self.pointers(object + ITEMS, n).into_iter().map(|v| (v, Label::Index)).collect()
+                self.pointers(object.wrapping_add(ITEMS), n).into_iter().map(|v| (v, Label::Index)).collect()
             }
-            Shape::Module => match self.memory.u64(object + l.md_dict) {
+            Shape::Module => match self.memory.u64(object.wrapping_add(l.md_dict)) {
                 Some(dict) if aligned(dict) => attrs(self.dict_entries(dict)),
                 _ => Vec::new(),
             },
-            Shape::Type => match self.memory.u64(object + l.tp_dict) {
+            Shape::Type => match self.memory.u64(object.wrapping_add(l.tp_dict)) {
                 Some(dict) if aligned(dict) => attrs(self.dict_entries(dict)),
                 _ => Vec::new(),
             },
-            Shape::Buffered => self.field(object + AFTER_HEAD, "raw"),
-            Shape::TextIo => self.field(object + TEXTIO_BUFFER, "buffer"),
-            Shape::Cell => self.field(object + AFTER_HEAD, "cell_contents"),
+            Shape::Buffered => self.field(object.wrapping_add(AFTER_HEAD), "raw"),
+            Shape::TextIo => self.field(object.wrapping_add(TEXTIO_BUFFER), "buffer"),
+            Shape::Cell => self.field(object.wrapping_add(AFTER_HEAD), "cell_contents"),
             Shape::Socket | Shape::FileIo | Shape::Code | Shape::Other => Vec::new(),
         };
         if !matches!(tp.shape, Shape::Module | Shape::Type) {
@@ -454,15 +457,15 @@ impl<M: Memory> Reader<M> {
     fn set_members(&mut self, set: u64) -> Vec<u64> {
         let l = self.layout;
         let (Some(mask), Some(table)) =
-            (self.memory.i64(set + l.set_mask), self.memory.u64(set + l.set_table))
+            (self.memory.i64(set.wrapping_add(l.set_mask)), self.memory.u64(set.wrapping_add(l.set_table)))
         else {
             return Vec::new();
         };
-        let slots = mask as u64 + 1;
+        let slots = (mask as u64).wrapping_add(1);
         if mask < 0 || !slots.is_power_of_two() {
             return Vec::new();
         }
-        let all = self.words(table, slots * (SET_ENTRY / 8)).unwrap_or_default();
+        let all = self.words(table, slots.saturating_mul(SET_ENTRY / 8)).unwrap_or_default();
         all.chunks_exact(2).map(|entry| entry[0]).filter(|p| *p != 0).collect()
     }
 }

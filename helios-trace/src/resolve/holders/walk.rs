@@ -90,15 +90,15 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     let started = Instant::now();
     let over = |started: Instant| started.elapsed() > budget.time;
     let mut r = Reader::new(memory, layout);
-    let interp = r.memory.u64(runtime + layout.interpreters_head).filter(|p| *p != 0)?;
+    let interp = r.memory.u64(runtime.wrapping_add(layout.interpreters_head)).filter(|p| *p != 0)?;
     let mut stopped = None;
 
     // The objects: each generation's list is a ring of PyGC_Head through `_gc_next` (its low
     // bits are flags during a collection: masked), each object right after its head.
     let mut addresses = Vec::new();
     let heads = (0..layout.generations)
-        .map(|i| interp + layout.interp_generations + i * layout.generation_size)
-        .chain([interp + layout.interp_permanent]);
+        .map(|i| interp.wrapping_add(layout.interp_generations + i * layout.generation_size))
+        .chain([interp.wrapping_add(layout.interp_permanent)]);
     'lists: for head in heads {
         let mut gc = r.memory.u64(head)? & !3;
         while gc != head {
@@ -116,7 +116,7 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                 stopped = Some(format!("the time budget ({:?}) ran out listing objects", budget.time));
                 break 'lists;
             }
-            addresses.push(gc + GC_HEAD);
+            addresses.push(gc.wrapping_add(GC_HEAD));
             let Some(next) = r.memory.u64(gc) else {
                 stopped.get_or_insert_with(|| {
                     "a GC list broke off (the process changed it while read)".to_string()
@@ -196,13 +196,15 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                     .extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node)));
             }
             Shape::Type
-                if r.memory.u64(object + layout.tp_flags).is_some_and(|f| f & TPFLAGS_HEAPTYPE != 0) =>
+                if r.memory
+                    .u64(object.wrapping_add(layout.tp_flags))
+                    .is_some_and(|f| f & TPFLAGS_HEAPTYPE != 0) =>
             {
                 let module = refs.iter().find_map(|(to, label)| match label {
                     Label::Attr(name) if &**name == "__module__" => r.str_at(*to),
                     _ => None,
                 });
-                let class = r.memory.u64(object + layout.ht_qualname).and_then(|q| r.str_at(q));
+                let class = r.memory.u64(object.wrapping_add(layout.ht_qualname)).and_then(|q| r.str_at(q));
                 if let (Some(module), Some(class)) = (module, class) {
                     class_roots.extend(
                         named(&refs)
@@ -251,32 +253,39 @@ fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budge
 fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)> {
     let l = r.layout;
     let mut out = Vec::new();
-    let mut tstate = r.memory.u64(interp + l.interp_threads_head).unwrap_or(0);
+    let mut tstate = r.memory.u64(interp.wrapping_add(l.interp_threads_head)).unwrap_or(0);
     for _ in 0..MAX_THREADS {
         if tstate == 0 {
             break;
         }
         let cframe = match l.tstate_cframe {
-            Some(at) => r.memory.u64(tstate + at).unwrap_or(0),
+            Some(at) => r.memory.u64(tstate.wrapping_add(at)).unwrap_or(0),
             None => tstate,
         };
-        let mut frame =
-            if cframe == 0 { 0 } else { r.memory.u64(cframe + l.cframe_current_frame).unwrap_or(0) };
+        let mut frame = if cframe == 0 {
+            0
+        } else {
+            r.memory.u64(cframe.wrapping_add(l.cframe_current_frame)).unwrap_or(0)
+        };
         for _ in 0..MAX_FRAMES {
             if frame == 0 {
                 break;
             }
-            if r.memory.u8(frame + l.frame_owner) == Some(FRAME_OWNED_BY_THREAD)
-                && let Some(code) = r.memory.u64(frame + l.frame_code)
+            if r.memory.u8(frame.wrapping_add(l.frame_owner)) == Some(FRAME_OWNED_BY_THREAD)
+                && let Some(code) = r.memory.u64(frame.wrapping_add(l.frame_code))
                 && r.type_of(code).is_some_and(|t| t.shape == Shape::Code)
             {
-                let qualname = r.memory.u64(code + l.co_qualname).and_then(|q| r.str_at(q));
-                let n = r.memory.i32(code + l.co_nlocalsplus).map_or(0, |n| n.max(0) as u64).min(MAX_LOCALS);
-                let names = r.memory.u64(code + l.co_localsplusnames).unwrap_or(0);
-                let names_len = r.memory.i64(names + OB_SIZE).unwrap_or(0).max(0) as u64;
+                let qualname = r.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| r.str_at(q));
+                let n = r
+                    .memory
+                    .i32(code.wrapping_add(l.co_nlocalsplus))
+                    .map_or(0, |n| n.max(0) as u64)
+                    .min(MAX_LOCALS);
+                let names = r.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
+                let names_len = r.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
                 for i in 0..n.min(names_len) {
-                    let value = r.memory.u64(frame + l.frame_localsplus + i * 8).unwrap_or(0);
-                    let name = r.memory.u64(names + ITEMS + i * 8).and_then(|s| r.str_at(s));
+                    let value = r.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0);
+                    let name = r.memory.u64(names.wrapping_add(ITEMS + i * 8)).and_then(|s| r.str_at(s));
                     if let (Some(name), Some(q)) = (name, &qualname)
                         && value != 0
                     {
@@ -284,9 +293,9 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)>
                     }
                 }
             }
-            frame = r.memory.u64(frame + l.frame_previous).unwrap_or(0);
+            frame = r.memory.u64(frame.wrapping_add(l.frame_previous)).unwrap_or(0);
         }
-        tstate = r.memory.u64(tstate + l.tstate_next).unwrap_or(0);
+        tstate = r.memory.u64(tstate.wrapping_add(l.tstate_next)).unwrap_or(0);
     }
     out
 }
