@@ -64,3 +64,24 @@ debug = bytearray(71 * 8)
 debug[0:8] = b"xdebugpy"
 debug[8:16] = struct.pack("<Q", 0x030D00F0)
 put("python", "debug_offsets", bytes([2]) + bytes(debug))
+
+# heap: selector byte (0: 3.11, 1: 3.12, 2: 3.13), then memory at 0x10000 starting with
+# _PyRuntime: interpreters.head → an interpreter whose GC generation rings hold one dict and
+# one object whose type is that dict (not a type: unknown), the rest of the rings empty.
+BASE = 0x10000
+# (3.13's interpreter state is 7 KiB: its seed is longer than the fuzzer's -max_len, which cuts it.)
+for selector, (head, gens, perm) in enumerate([(40, 672, 752), (40, 136, 216), (632, 7424, 7504)]):
+    image = bytearray(0xfff if selector < 2 else 0x4000)
+    def word(at, value):
+        struct.pack_into("<Q", image, at - BASE, value)
+    interp = BASE + (0x100 if selector < 2 else 0x400)
+    word(BASE + head, interp)
+    rings = [interp + gens + 24 * i for i in range(3)] + [interp + perm]
+    for ring in rings:
+        word(ring, ring)
+    gc1, gc2 = (BASE + 0x600, BASE + 0x700) if selector < 2 else (BASE + 0x3000, BASE + 0x3100)
+    word(rings[0], gc1)
+    word(gc1, gc2)
+    word(gc2, rings[0])
+    word(gc2 + 16 + 8, gc1 + 16)
+    put("heap", f"3.{11 + selector}-rings", bytes([selector]) + bytes(image))

@@ -5,7 +5,7 @@
 //! `fuzz/` drives these with cargo-fuzz (coverage-guided, `cargo xtask fuzz`); the test suite
 //! replays the committed corpus through them (tests/integration/fuzz_corpus.rs). None may panic.
 use crate::{
-    resolve::{modules::maps::ProcessMaps, python},
+    resolve::{holders, modules::maps::ProcessMaps, python},
     sys::{checks, decode, proc, syscalls::SyscallTable},
 };
 
@@ -65,4 +65,12 @@ pub fn python(data: &[u8]) {
             let _ = python::layout::layout_from_debug_offsets(rest, 13);
         }
     }
+}
+
+/// A CPython heap as the traced process's memory supplies it (resolve/holders): the first
+/// byte picks the version (3.11 to 3.13), the rest is memory at 0x10000 starting with
+/// `_PyRuntime`. Pointers anywhere, rings that loop, sizes that lie: the walk ends, bounded.
+pub fn heap(data: &[u8]) {
+    let Some((&which, image)) = data.split_first() else { return };
+    let _ = holders::walk_image(11 + u32::from(which % 3), 0x10000, image);
 }

@@ -57,6 +57,7 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let pid = gated.pid();
     tracing.set_min_age(session.min_age);
+    tracing.set_all_holders(session.holders);
     tracing.retain_exited(RUN_KEEPS_EXITED);
     let mut argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if session.trace.redact_paths {

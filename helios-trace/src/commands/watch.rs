@@ -49,6 +49,7 @@ async fn session(args: SessionArgs, mut tracing: Tracing, files: &Files) -> Resu
     let mut snapshot = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let stop = stop_signal(args.duration)?;
     tracing.set_min_age(args.min_age);
+    tracing.set_all_holders(args.holders);
     let what = tracing.describe_targets();
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {what}{}",

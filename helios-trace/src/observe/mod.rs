@@ -4,6 +4,7 @@
 //! the exporter's snapshots, /proc's facts.
 pub(crate) mod engine;
 pub(crate) mod export;
+pub(crate) mod holders;
 pub(crate) mod procfs;
 pub(crate) mod report_input;
 pub(crate) mod session;

@@ -70,6 +70,7 @@ impl Tracing {
         // Only the sockets still open stay cached.
         self.socket_inodes = join.into_inner().seen;
         let mut report = report;
+        self.attach_holders(&mut report);
         if self.redact_paths {
             crate::output::redact::report(&mut report);
         }

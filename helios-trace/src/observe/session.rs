@@ -66,6 +66,8 @@ pub(crate) struct Tracing {
     pub(super) unmeasured_logged: std::collections::HashSet<u32>,
     /// `--redact-paths`.
     pub(super) redact_paths: bool,
+    /// Heap walks for holders (observe/holders.rs).
+    pub(super) holders: super::holders::HolderWalks,
 }
 
 impl StackSource for Tracer {
@@ -181,6 +183,7 @@ impl Tracing {
             cgroups: CgroupMounts::find(proc_root),
             unmeasured_logged: Default::default(),
             redact_paths: args.redact_paths,
+            holders: Default::default(),
         })
     }
 

@@ -674,6 +674,7 @@ pub(crate) mod tests {
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
+            holders: None,
         }
     }
 
@@ -693,6 +694,7 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             sites,
+            heap: None,
             fds: None,
         }
     }

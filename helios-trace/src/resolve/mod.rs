@@ -2,6 +2,7 @@
 //! modules mapped into traced processes, DWARF unwinding, symbols, the stack registry that
 //! names sites, and the Python frames of CPython processes.
 pub(crate) mod cache;
+pub(crate) mod holders;
 pub(crate) mod modules;
 pub(crate) mod python;
 pub(crate) mod stacks;

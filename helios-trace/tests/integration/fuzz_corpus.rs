@@ -41,6 +41,11 @@ fn fd_link_corpus() {
 }
 
 #[test]
+fn heap_corpus() {
+    replay("heap", fuzzing::heap);
+}
+
+#[test]
 fn python_corpus() {
     replay("python", fuzzing::python);
 }

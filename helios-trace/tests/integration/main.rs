@@ -15,6 +15,7 @@ mod architecture;
 mod corpus;
 mod deploy;
 mod fuzz_corpus;
+mod holders;
 mod lifecycle;
 mod namespaces;
 mod pods;

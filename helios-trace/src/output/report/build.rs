@@ -304,6 +304,7 @@ fn process_report(
                 pinned_bytes: pinned,
                 frames,
                 examples,
+                holders: None,
             }
         })
         .collect();
@@ -329,6 +330,7 @@ fn process_report(
         growth_per_minute: sites.iter().filter_map(|s| s.growth_per_minute).sum(),
         resources,
         sites,
+        heap: None,
         fds: list_fds.then(|| {
             fds.iter()
                 .map(|(fd, e)| FdListing {
@@ -936,6 +938,7 @@ pub(super) mod tests {
             pinned_bytes: None,
             frames: Vec::new(),
             examples: Vec::new(),
+            holders: None,
         }
     }
 

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::model::{
+    census::CensusEntry,
     counts::EventCounts,
     fd::{CloseReason, FdKind},
     fdtable::{Corrections, Dropped},
     frame::Frame,
+    holders::Holder,
     trend::Trend,
 };
 
@@ -71,6 +73,9 @@ pub(crate) struct ProcessReport {
     /// What it runs out of, and when (null for exited processes).
     pub(crate) resources: Option<Resources>,
     pub(crate) sites: Vec<SiteReport>,
+    /// Its Python heap, when a site's holders were looked for (ARCHITECTURE.md, "Holders").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) heap: Option<HeapReport>,
     /// Every open descriptor (with `--list-fds`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fds: Option<Vec<FdListing>>,
@@ -129,6 +134,30 @@ pub(crate) struct SiteReport {
     pub(crate) pinned_bytes: Option<u64>,
     pub(crate) frames: Vec<Frame>,
     pub(crate) examples: Vec<Example>,
+    /// The Python objects that keep its open descriptors alive (suspected sites, sites with
+    /// CLOSE_WAIT sockets, every site with `--holders`; CPython processes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) holders: Option<Vec<Holder>>,
+}
+
+/// One walk of a process's Python heap: what it covered, and the census by type.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct HeapReport {
+    /// The CPython version walked, e.g. "3.11".
+    pub(crate) python: Option<String>,
+    /// Why the heap could not be walked (e.g. an unsupported version).
+    pub(crate) error: Option<String>,
+    /// GC-tracked objects walked, and those whose type did not read (racing or damaged).
+    pub(crate) objects: u64,
+    pub(crate) unknown_objects: u64,
+    /// Containers read only in part.
+    pub(crate) cut_short: u64,
+    /// Why the walk stopped before the end (its time or object budget), if it did.
+    pub(crate) stopped: Option<String>,
+    pub(crate) walk_seconds: f64,
+    /// Objects by type, the most numerous and the fastest growing; `growth` since the previous
+    /// walk of the process in this session.
+    pub(crate) census: Vec<CensusEntry>,
 }
 
 /// A process's limits and memory, with the time to exhaustion at the session's rates.

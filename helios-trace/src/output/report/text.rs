@@ -115,6 +115,7 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
                 let _ = writeln!(out, "  {field} unknown: {why}");
             }
         }
+        heap_lines(&mut out, process);
         for site in &process.sites {
             let closes: Vec<String> =
                 site.closed_by.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
@@ -170,6 +171,7 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
                 let states: Vec<String> = site.tcp_states.iter().map(|(s, n)| format!("{s} {n}")).collect();
                 let _ = writeln!(out, "           tcp: {}", states.join(", "));
             }
+            holder_lines(&mut out, site);
             for line in shown(&site.frames, frames) {
                 let _ = writeln!(out, "           {}", line.line());
             }
@@ -185,6 +187,49 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
         }
     }
     out
+}
+
+/// Who keeps a site's descriptors alive (ARCHITECTURE.md, "Holders"), a line per chain.
+fn holder_lines(out: &mut String, site: &SiteReport) {
+    for holder in site.holders.iter().flatten() {
+        let _ = writeln!(out, "           holders: {}", holder.line());
+    }
+}
+
+/// What the walk of a process's Python heap covered, and its census by type.
+fn heap_lines(out: &mut String, process: &ProcessReport) {
+    let Some(heap) = &process.heap else { return };
+    if let Some(error) = &heap.error {
+        let _ = writeln!(out, "  python heap: not walked: {error}");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  python heap ({}): {} objects walked in {:.2}s{}{}{}",
+        heap.python.as_deref().unwrap_or("?"),
+        thousands(heap.objects),
+        heap.walk_seconds,
+        if heap.unknown_objects > 0 {
+            format!(", {} unreadable", heap.unknown_objects)
+        } else {
+            String::new()
+        },
+        if heap.cut_short > 0 {
+            format!(", {} containers read in part", heap.cut_short)
+        } else {
+            String::new()
+        },
+        heap.stopped.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default(),
+    );
+    let census: Vec<String> = heap
+        .census
+        .iter()
+        .map(|e| match e.growth {
+            Some(g) if g != 0 => format!("{} {} ({g:+})", e.type_name, thousands(e.count)),
+            _ => format!("{} {}", e.type_name, thousands(e.count)),
+        })
+        .collect();
+    let _ = writeln!(out, "  python objects: {}", census.join(", "));
 }
 
 #[cfg(test)]
@@ -235,5 +280,38 @@ mod tests {
         for (i, frame) in frames.iter().enumerate() {
             assert!(all.contains(&format!("           #{i:<2} {}\n", frame.describe())), "{all}");
         }
+    }
+
+    #[test]
+    fn holders_and_the_census_have_their_lines() {
+        use crate::model::{census::CensusEntry, holders::Holder};
+        let (table, stats) = sample();
+        let mut report = build_sample(&table, &stats);
+        let process = &mut report.processes[0];
+        process.heap = Some(super::super::HeapReport {
+            python: Some("3.11".into()),
+            error: None,
+            objects: 17554,
+            unknown_objects: 0,
+            cut_short: 0,
+            stopped: None,
+            walk_seconds: 0.05,
+            census: vec![CensusEntry { type_name: "socket".into(), count: 31, growth: Some(30) }],
+        });
+        process.sites[0].holders = Some(vec![Holder {
+            count: 30,
+            root: Some("app:H._conns".into()),
+            path: Some(".writer._transport._sock".into()),
+            container: Some("set".into()),
+            container_size: Some(30),
+            note: None,
+        }]);
+        let text = to_text(&report, FrameDisplay::Readable);
+        assert!(text.contains("  python heap (3.11): 17,554 objects walked in 0.05s\n"), "{text}");
+        assert!(text.contains("  python objects: socket 31 (+30)\n"), "{text}");
+        assert!(
+            text.contains("holders: 30 held by app:H._conns (set of 30) via .writer._transport._sock"),
+            "{text}"
+        );
     }
 }

@@ -306,3 +306,17 @@ fn runtime_address(
     }
     Ok((address, symbol("PyCode_Type").map(|a| bias.wrapping_add(a))))
 }
+
+/// The address of `_PyRuntime` and the minor version of a process's CPython, for the heap
+/// walk (resolve/holders), found as `probe` finds them.
+pub(crate) fn runtime_of(proc_root: &Path, pid: u32) -> Option<Result<(u64, u32), PythonError>> {
+    let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
+    let candidates = |lib: bool| {
+        maps.mappings()
+            .iter()
+            .filter(move |m| crate::model::frame::basename(&m.path).starts_with("libpython") == lib)
+            .find_map(|m| version_of(&m.path).map(|v| (m, v)))
+    };
+    let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
+    Some(version.and_then(|minor| Ok((runtime_address(proc_root, pid, &maps, mapping)?.0, minor))))
+}

@@ -41,6 +41,8 @@ pub(crate) mod layout;
 pub(crate) mod lines;
 mod memory;
 
+/// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
+pub(crate) use interpreter::runtime_of;
 use interpreter::{Interpreter, probe};
 
 #[derive(Debug, Error, PartialEq, Eq)]

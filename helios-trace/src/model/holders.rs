@@ -1,0 +1,479 @@
+//! Holders (ARCHITECTURE.md, "Holders"): from a process's heap as a graph — objects with type
+//! names and sizes, edges labelled as Python would reach them (`.attr`, `[key]`, `[i]`,
+//! `{member}`) — and the objects that own a site's open descriptors, the shortest reference
+//! chain from a named root (a module global `module:name`, a class attribute
+//! `module:Class.attr`, a live frame's local) to each, grouped into lines such as
+//! `30 held by app:Handler._ws_connections (set of 30) via .writer._transport._sock`.
+//!
+//! Pure: resolve/holders reads the graph out of a CPython process; this file knows nothing of
+//! CPython. Memory per object is a few words (edges are 8 bytes, labels interned), so a heap
+//! of a million objects fits the walk's budget.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::Serialize;
+
+/// An object of the graph (its index).
+pub(crate) type Node = u32;
+
+/// How an edge is reached from the object it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Step {
+    /// `.name`: an attribute (instance dict, managed dict, slot, a C object's member).
+    Attr(u32),
+    /// `[name]`: a dict entry under a `str` key.
+    Key(u32),
+    /// `[…]`: a dict entry under another key, or past the label budget.
+    OtherKey,
+    /// `[i]`: an item of a list, tuple or deque (the index is not kept: chains group over it).
+    Index,
+    /// `{member}`: a member of a set or frozenset.
+    Member,
+}
+
+/// Distinct names kept for labels; past it, keys read as `[…]` (attributes keep theirs:
+/// there are few) so a dict keyed by a million strings does not grow the table.
+const MAX_KEY_LABELS: usize = 1 << 16;
+
+/// One object.
+#[derive(Clone, Copy, Debug)]
+struct Object {
+    /// Index into `types`.
+    type_name: u32,
+    /// Items of a container (dict, set, list, tuple), else 0 (at most u32::MAX: 4 bytes
+    /// an object less in a walk of millions).
+    len: u32,
+}
+
+/// A heap as a graph, built object by object: every object first ([`HeapGraph::object`]), then
+/// each object's edges in one call ([`HeapGraph::edges`]), in the order the objects were added.
+#[derive(Debug, Default)]
+pub(crate) struct HeapGraph {
+    objects: Vec<Object>,
+    types: Vec<Box<str>>,
+    type_ids: HashMap<Box<str>, u32>,
+    labels: Vec<Box<str>>,
+    label_ids: HashMap<Box<str>, u32>,
+    /// Edges of object i: `targets[starts[i]..starts[i + 1]]` (compressed rows).
+    starts: Vec<u32>,
+    targets: Vec<(Node, Step)>,
+    /// Named roots, in priority order (the first that reaches an object names it).
+    roots: Vec<(Box<str>, Node)>,
+}
+
+impl HeapGraph {
+    pub(crate) fn new() -> HeapGraph {
+        HeapGraph { starts: vec![0], ..HeapGraph::default() }
+    }
+
+    /// Add an object; its node is the count of objects added before it.
+    pub(crate) fn object(&mut self, type_name: &str, len: u64) -> Node {
+        let type_name = match self.type_ids.get(type_name) {
+            Some(id) => *id,
+            None => {
+                let id = self.types.len() as u32;
+                self.types.push(type_name.into());
+                self.type_ids.insert(type_name.into(), id);
+                id
+            }
+        };
+        self.objects.push(Object { type_name, len: u32::try_from(len).unwrap_or(u32::MAX) });
+        (self.objects.len() - 1) as Node
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// The label id of a name (attributes always get one; keys only while there is room).
+    pub(crate) fn label(&mut self, name: &str, key: bool) -> Option<u32> {
+        if let Some(id) = self.label_ids.get(name) {
+            return Some(*id);
+        }
+        if key && self.labels.len() >= MAX_KEY_LABELS {
+            return None;
+        }
+        let id = self.labels.len() as u32;
+        self.labels.push(name.into());
+        self.label_ids.insert(name.into(), id);
+        Some(id)
+    }
+
+    /// The edges of the next object whose edges were not given yet (objects without edges get
+    /// an empty call). Edges to nodes not in the graph are the caller's to drop.
+    pub(crate) fn edges(&mut self, edges: impl IntoIterator<Item = (Node, Step)>) {
+        self.targets.extend(edges);
+        self.starts.push(self.targets.len() as u32);
+    }
+
+    /// A named root (e.g. `app:Handler._conns`); earlier roots win ties.
+    pub(crate) fn root(&mut self, name: &str, node: Node) {
+        self.roots.push((name.into(), node));
+    }
+
+    pub(crate) fn type_name(&self, node: Node) -> &str {
+        &self.types[self.objects[node as usize].type_name as usize]
+    }
+
+    fn out(&self, node: Node) -> &[(Node, Step)] {
+        let i = node as usize;
+        match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(a), Some(b)) => &self.targets[*a as usize..*b as usize],
+            _ => &[],
+        }
+    }
+
+    fn step_text(&self, step: Step) -> String {
+        match step {
+            Step::Attr(l) => format!(".{}", self.labels[l as usize]),
+            Step::Key(l) => format!("[{:?}]", self.labels[l as usize]),
+            Step::OtherKey => "[…]".into(),
+            Step::Index => "[]".into(),
+            Step::Member => "{}".into(),
+        }
+    }
+
+    /// Breadth-first from every root at once: for each object, the root that reaches it first
+    /// and the edge it was reached by. The BFS order makes each chain a shortest one.
+    pub(crate) fn shortest_chains(&self) -> Chains {
+        let n = self.objects.len();
+        let mut reached: Vec<Option<(u32, Node, Step)>> = vec![None; n];
+        let mut queue = VecDeque::new();
+        for (i, (_, node)) in self.roots.iter().enumerate() {
+            let Some(slot) = reached.get_mut(*node as usize) else { continue };
+            if slot.is_none() {
+                // A root reaches itself: its own node as parent marks the chain's start.
+                *slot = Some((i as u32, *node, Step::Index));
+                queue.push_back(*node);
+            }
+        }
+        while let Some(node) = queue.pop_front() {
+            let (root, _, _) = reached[node as usize].expect("queued nodes are reached");
+            for &(to, step) in self.out(node) {
+                if let Some(slot) = reached.get_mut(to as usize)
+                    && slot.is_none()
+                {
+                    *slot = Some((root, node, step));
+                    queue.push_back(to);
+                }
+            }
+        }
+        Chains { reached }
+    }
+
+    /// Group the chains to these objects, one object per descriptor (None: no Python object
+    /// owns it), into holder lines, widest first.
+    pub(crate) fn holders(&self, chains: &Chains, owners: &[Option<Node>]) -> Vec<Holder> {
+        struct Group {
+            count: u64,
+            root: u32,
+            steps: Vec<Step>,
+            /// Whether every chain of the group took the same step at each position.
+            same: Vec<bool>,
+        }
+        let mut groups: BTreeMap<(u32, Vec<String>), Group> = BTreeMap::new();
+        let (mut no_owner, mut unreachable) = (0u64, 0u64);
+        for owner in owners {
+            let Some(node) = owner else {
+                no_owner += 1;
+                continue;
+            };
+            let Some((root, steps)) = chains.chain(*node) else {
+                unreachable += 1;
+                continue;
+            };
+            let key: Vec<String> = steps.iter().map(|s| self.step_text(normal(*s))).collect();
+            let group = groups.entry((root, key)).or_insert_with(|| Group {
+                count: 0,
+                root,
+                same: vec![true; steps.len()],
+                steps: steps.clone(),
+            });
+            group.count += 1;
+            for (i, s) in steps.iter().enumerate() {
+                group.same[i] &= group.steps[i] == *s;
+            }
+        }
+        let mut out: Vec<Holder> = groups
+            .into_values()
+            .map(|g| {
+                let (name, root_node) = &self.roots[g.root as usize];
+                let container = self.type_name(*root_node).to_string();
+                let len = u64::from(self.objects[*root_node as usize].len);
+                // The step into a container rooted by name is what "(set of 30)" already says.
+                let skip = usize::from(
+                    g.steps.first().is_some_and(|s| matches!(s, Step::Index | Step::Member | Step::OtherKey))
+                        || (g.steps.first().is_some_and(|s| matches!(s, Step::Key(_))) && !g.same[0]),
+                );
+                let path: String = g
+                    .steps
+                    .iter()
+                    .zip(&g.same)
+                    .skip(skip)
+                    .map(|(s, same)| self.step_text(if *same { *s } else { normal(*s) }))
+                    .collect();
+                Holder {
+                    count: g.count,
+                    root: Some(name.to_string()),
+                    path: Some(path),
+                    container_size: is_container(&container).then_some(len),
+                    container: Some(container),
+                    note: None,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.root.cmp(&b.root)));
+        for (count, note) in [(unreachable, NO_ROOT), (no_owner, NO_PYTHON_OWNER)] {
+            if count > 0 {
+                out.push(Holder {
+                    count,
+                    root: None,
+                    path: None,
+                    container: None,
+                    container_size: None,
+                    note: Some(note),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A dict's keys, and a list's indices, vary from chain to chain: grouped over.
+fn normal(step: Step) -> Step {
+    match step {
+        Step::Key(_) => Step::OtherKey,
+        other => other,
+    }
+}
+
+/// Types whose size is their item count.
+pub(crate) fn is_container(type_name: &str) -> bool {
+    matches!(type_name, "dict" | "set" | "frozenset" | "list" | "tuple" | "collections.deque")
+}
+
+pub(crate) const NO_PYTHON_OWNER: &str = "no Python owner";
+pub(crate) const NO_ROOT: &str = "no chain from a named root";
+
+/// The result of [`HeapGraph::shortest_chains`].
+pub(crate) struct Chains {
+    /// Per object: (root index, parent, step from the parent); a root is its own parent.
+    reached: Vec<Option<(u32, Node, Step)>>,
+}
+
+impl Chains {
+    /// The root and the steps from it to `node` (None: no root reaches it).
+    pub(crate) fn chain(&self, node: Node) -> Option<(u32, Vec<Step>)> {
+        let mut steps = Vec::new();
+        let mut at = node;
+        loop {
+            let (root, parent, step) = (*self.reached.get(at as usize)?)?;
+            if parent == at {
+                steps.reverse();
+                return Some((root, steps));
+            }
+            steps.push(step);
+            at = parent;
+            // A chain is never longer than the objects: a corrupt table cannot loop us.
+            if steps.len() > self.reached.len() {
+                return None;
+            }
+        }
+    }
+}
+
+/// One holder line of a site (the `holders` of a site in the JSON report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Holder {
+    /// Descriptors of the site held this way.
+    pub(crate) count: u64,
+    /// The named root, e.g. `app:UnitTrackingWSHandler._ws_connections`; null with a note.
+    pub(crate) root: Option<String>,
+    /// The attribute and item steps from the root to the descriptor's object, e.g.
+    /// `.writer._transport._sock` (the step into a root container is left out).
+    pub(crate) path: Option<String>,
+    /// The root object's type, and its item count when it is a container.
+    pub(crate) container: Option<String>,
+    pub(crate) container_size: Option<u64>,
+    /// Why there is no root: "no Python owner" (no Python object owns the descriptor: a leak
+    /// in C code, or the object was collected), "no chain from a named root" (garbage not
+    /// collected yet, or held from C only), or what the walk did not cover.
+    pub(crate) note: Option<&'static str>,
+}
+
+impl Holder {
+    /// `30 held by app:H._conns (set of 30) via .writer._sock`, or `2 no Python owner`.
+    pub(crate) fn line(&self) -> String {
+        match (&self.root, self.note) {
+            (Some(root), _) => {
+                let container = match (&self.container, self.container_size) {
+                    (Some(t), Some(n)) => format!(" ({t} of {n})"),
+                    (Some(t), None) => format!(" ({t})"),
+                    _ => String::new(),
+                };
+                let via = match self.path.as_deref() {
+                    Some(p) if !p.is_empty() => format!(" via {p}"),
+                    _ => String::new(),
+                };
+                format!("{} held by {root}{container}{via}", self.count)
+            }
+            (None, note) => format!("{} {}", self.count, note.unwrap_or("unknown")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The postmortem's shape: module → class → class dict → set → handler → writer →
+    /// transport → socket, for `n` sockets, plus a socket nothing names.
+    fn postmortem(n: usize) -> (HeapGraph, Vec<Option<Node>>) {
+        let mut g = HeapGraph::new();
+        let module = g.object("module", 0);
+        let class = g.object("type", 0);
+        let set = g.object("set", n as u64);
+        let mut handlers = Vec::new();
+        for _ in 0..n {
+            let h = g.object("Handler", 0);
+            let w = g.object("StreamWriter", 0);
+            let t = g.object("_SelectorSocketTransport", 0);
+            let s = g.object("socket", 0);
+            handlers.push([h, w, t, s]);
+        }
+        let stray = g.object("socket", 0);
+        let (writer, transport, sock, conns, handler_attr) = (
+            g.label("writer", false).unwrap(),
+            g.label("_transport", false).unwrap(),
+            g.label("_sock", false).unwrap(),
+            g.label("_ws_connections", false).unwrap(),
+            g.label("Handler", false).unwrap(),
+        );
+        g.edges([(class, Step::Attr(handler_attr))]);
+        g.edges([(set, Step::Attr(conns))]);
+        g.edges(handlers.iter().map(|h| (h[0], Step::Member)).collect::<Vec<_>>());
+        for h in &handlers {
+            g.edges([(h[1], Step::Attr(writer))]);
+            g.edges([(h[2], Step::Attr(transport))]);
+            g.edges([(h[3], Step::Attr(sock))]);
+            g.edges([]);
+        }
+        g.edges([]);
+        g.root("app:Handler", class);
+        g.root("app:Handler._ws_connections", set);
+        g.root("app:module", module);
+        let mut owners: Vec<Option<Node>> = handlers.iter().map(|h| Some(h[3])).collect();
+        owners.push(Some(stray));
+        owners.push(None);
+        (g, owners)
+    }
+
+    #[test]
+    fn the_postmortem_reads_as_one_line() {
+        let (g, owners) = postmortem(30);
+        let holders = g.holders(&g.shortest_chains(), &owners);
+        assert_eq!(holders.len(), 3);
+        // The class attribute is a root of its own: shorter than through app:Handler.
+        assert_eq!(
+            holders[0].line(),
+            "30 held by app:Handler._ws_connections (set of 30) via .writer._transport._sock"
+        );
+        assert_eq!(holders[1].line(), "1 no chain from a named root");
+        assert_eq!(holders[2].line(), "1 no Python owner");
+    }
+
+    #[test]
+    fn dict_keys_group_and_a_shared_key_is_kept() {
+        let mut g = HeapGraph::new();
+        let d = g.object("dict", 2);
+        let cfg = g.object("dict", 1);
+        let a = g.object("socket", 0);
+        let b = g.object("socket", 0);
+        let c = g.object("socket", 0);
+        let (ka, kb, db) =
+            (g.label("a", true).unwrap(), g.label("b", true).unwrap(), g.label("db", true).unwrap());
+        g.edges([(a, Step::Key(ka)), (b, Step::Key(kb))]);
+        g.edges([(c, Step::Key(db))]);
+        g.edges([]);
+        g.edges([]);
+        g.edges([]);
+        g.root("app:conns", d);
+        g.root("app:CONFIG", cfg);
+        let h = g.holders(&g.shortest_chains(), &[Some(a), Some(b), Some(c)]);
+        assert_eq!(h[0].line(), "2 held by app:conns (dict of 2)");
+        assert_eq!(h[1].line(), "1 held by app:CONFIG (dict of 1) via [\"db\"]");
+        assert_eq!(h[1].container_size, Some(1));
+    }
+
+    #[test]
+    fn a_root_that_is_the_owner_has_an_empty_path() {
+        let mut g = HeapGraph::new();
+        let s = g.object("socket", 0);
+        g.edges([]);
+        g.root("__main__:sock", s);
+        let h = g.holders(&g.shortest_chains(), &[Some(s)]);
+        assert_eq!(h[0].line(), "1 held by __main__:sock (socket)");
+        assert_eq!(h[0].path.as_deref(), Some(""));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            /// On any graph: every chain found is a real path from its root, no shorter path
+            /// exists from any root (BFS distance), and every descriptor is counted once.
+            #[test]
+            fn chains_are_real_and_shortest(
+                n in 1usize..40,
+                edges in prop::collection::vec((0usize..40, 0usize..40), 0..120),
+                roots in prop::collection::vec(0usize..40, 0..4),
+                owners in prop::collection::vec(prop::option::of(0usize..40), 0..20),
+            ) {
+                let mut g = HeapGraph::new();
+                for _ in 0..n { g.object("x", 0); }
+                // Each edge its own label, so a chain's steps say which edges it took.
+                let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(a, b)| *a < n && *b < n).collect();
+                let mut adj = vec![Vec::new(); n];
+                for (k, (a, b)) in edges.iter().enumerate() {
+                    let label = g.label(&format!("e{k}"), false).unwrap();
+                    adj[*a].push((*b as Node, label));
+                }
+                for out in &adj { g.edges(out.iter().map(|(t, l)| (*t, Step::Attr(*l))).collect::<Vec<_>>()); }
+                let roots: Vec<usize> = roots.into_iter().filter(|r| *r < n).collect();
+                for r in &roots { g.root("r", *r as Node); }
+                // Reference distances: BFS from all roots over adj.
+                let mut dist = vec![usize::MAX; n];
+                let mut q = VecDeque::new();
+                for r in &roots { if dist[*r] == usize::MAX { dist[*r] = 0; q.push_back(*r); } }
+                while let Some(x) = q.pop_front() {
+                    for (y, _) in &adj[x] { let y = *y as usize; if dist[y] == usize::MAX { dist[y] = dist[x] + 1; q.push_back(y); } }
+                }
+                let chains = g.shortest_chains();
+                for (node, d) in dist.iter().enumerate() {
+                    match chains.chain(node as Node) {
+                        None => prop_assert_eq!(*d, usize::MAX),
+                        Some((root, steps)) => {
+                            prop_assert_eq!(steps.len(), *d);
+                            // The steps are edges, each from where the previous one ended,
+                            // from the root to the node.
+                            let mut at = roots[root as usize];
+                            for step in steps {
+                                let Step::Attr(label) = step else { panic!("{step:?}") };
+                                let (from, to) = edges[label as usize];
+                                prop_assert_eq!(from, at);
+                                at = to;
+                            }
+                            prop_assert_eq!(at, node);
+                        }
+                    }
+                }
+                let owners: Vec<Option<Node>> =
+                    owners.into_iter().map(|o| o.filter(|o| *o < n).map(|o| o as Node)).collect();
+                let total: u64 = g.holders(&chains, &owners).iter().map(|h| h.count).sum();
+                prop_assert_eq!(total, owners.len() as u64);
+            }
+        }
+    }
+}

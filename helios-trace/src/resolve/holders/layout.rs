@@ -1,0 +1,225 @@
+//! Where CPython keeps what the heap walk reads, per version (64-bit). Each offset is an
+//! `offsetof`/`sizeof` in that version's headers, printed by a C program compiled against
+//! CPython 3.11.7's and Debian's 3.11.2 headers (the same numbers), and 3.12.1's (below):
+//! `Include/internal/pycore_runtime.h` (`_PyRuntimeState.interpreters.head`),
+//! `Include/internal/pycore_interp.h` (`PyInterpreterState.gc`, `.threads.head`),
+//! `Include/internal/pycore_gc.h` (`struct _gc_runtime_state.generations`,
+//! `.permanent_generation`; `struct gc_generation`; `PyGC_Head`),
+//! `Include/cpython/object.h` (`PyTypeObject.tp_name`, `.tp_basicsize`, `.tp_flags`, `.tp_base`,
+//! `.tp_dict`, `.tp_dictoffset`; `PyHeapTypeObject.ht_qualname`, `.ht_cached_keys`,
+//! `.ht_module`), `Include/cpython/dictobject.h` and `Include/internal/pycore_dict.h`
+//! (`PyDictObject.ma_used`, `.ma_keys`, `.ma_values`; `PyDictKeysObject.dk_log2_size`,
+//! `.dk_log2_index_bytes`, `.dk_kind`, `.dk_nentries`, `.dk_indices`; the entry sizes),
+//! `Include/cpython/setobject.h` (`PySetObject.used`, `.mask`, `.table`),
+//! `Include/cpython/listobject.h`, `Include/cpython/tupleobject.h` (`ob_item`),
+//! `Include/internal/pycore_moduleobject.h` (`PyModuleObject.md_dict`),
+//! `Include/cpython/pystate.h` (`PyThreadState.next`, `.cframe`; `_PyCFrame.current_frame`),
+//! `Include/internal/pycore_frame.h` (`_PyInterpreterFrame.f_code`, `.previous`, `.owner`,
+//! `.localsplus`), `Include/cpython/code.h` (`PyCodeObject.co_nlocalsplus`,
+//! `.co_localsplusnames`, `.co_qualname`).
+//!
+//! The objects of C modules are not in the installed headers; their first fields have not
+//! moved for many versions: `PySocketSockObject.sock_fd` right after the object header
+//! (Modules/socketmodule.h), `fileio.fd` likewise (Modules/_io/fileio.c), `buffered.raw`
+//! likewise (Modules/_io/bufferedio.c), `textio.buffer` after `ok`, `detached` and
+//! `chunk_size` (Modules/_io/textio.c), `PyCellObject.ob_ref` (Include/cpython/cellobject.h).
+
+/// The offsets of one CPython version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeapLayout {
+    pub(crate) minor: u32,
+    pub(crate) interpreters_head: u64,
+    pub(crate) interp_threads_head: u64,
+    /// `&interp->gc.generations[0]`; each `gc_generation` starts with its list's `PyGC_Head`.
+    pub(crate) interp_generations: u64,
+    pub(crate) generation_size: u64,
+    pub(crate) generations: u64,
+    /// `&interp->gc.permanent_generation` (`gc.freeze()`).
+    pub(crate) interp_permanent: u64,
+    pub(crate) tp_name: u64,
+    pub(crate) tp_basicsize: u64,
+    pub(crate) tp_flags: u64,
+    pub(crate) tp_base: u64,
+    pub(crate) tp_dict: u64,
+    pub(crate) tp_dictoffset: u64,
+    pub(crate) ht_qualname: u64,
+    pub(crate) ht_cached_keys: u64,
+    pub(crate) ht_module: u64,
+    pub(crate) ma_used: u64,
+    pub(crate) ma_keys: u64,
+    pub(crate) ma_values: u64,
+    pub(crate) dk_log2_size: u64,
+    pub(crate) dk_log2_index_bytes: u64,
+    pub(crate) dk_kind: u64,
+    pub(crate) dk_nentries: u64,
+    pub(crate) dk_indices: u64,
+    pub(crate) set_used: u64,
+    pub(crate) set_mask: u64,
+    pub(crate) set_table: u64,
+    pub(crate) md_dict: u64,
+    pub(crate) tstate_next: u64,
+    /// `tstate->cframe` (3.11, 3.12; its `current_frame` at `cframe_current_frame`), or None
+    /// where the thread state holds `current_frame` itself (3.13, at `cframe_current_frame`).
+    pub(crate) tstate_cframe: Option<u64>,
+    pub(crate) cframe_current_frame: u64,
+    pub(crate) frame_code: u64,
+    pub(crate) frame_previous: u64,
+    pub(crate) frame_owner: u64,
+    pub(crate) frame_localsplus: u64,
+    pub(crate) co_nlocalsplus: u64,
+    pub(crate) co_localsplusnames: u64,
+    pub(crate) co_qualname: u64,
+    /// `sizeof(PyASCIIObject)` and `sizeof(PyCompactUnicodeObject)`: where a compact str's
+    /// characters start (Include/cpython/unicodeobject.h).
+    pub(crate) ascii_size: u64,
+    pub(crate) compact_size: u64,
+    /// Where a managed dict is (Include/internal/pycore_object.h).
+    pub(crate) managed_dict: ManagedDict,
+    /// Where a `PyDictValues`' `values` array starts (Include/internal/pycore_dict.h): at 0 in
+    /// 3.11 and 3.12 (3.12's insertion order lies before it), after a 4-byte header padded to 8
+    /// in 3.13 (capacity, size, embedded, valid).
+    pub(crate) dict_values: u64,
+    /// Types of C modules may be heap types (3.12 made `_socket` and `_io` heap types:
+    /// PyType_FromModuleAndSpec, which sets `ht_module`).
+    pub(crate) module_heap_types: bool,
+}
+
+/// How an object with Py_TPFLAGS_MANAGED_DICT keeps its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ManagedDict {
+    /// 3.11: `_PyObject_ValuesPointer` = object - 4 words (inline values, or NULL) and
+    /// `_PyObject_ManagedDictPointer` = object - 3 words (a dict, or NULL).
+    Separate,
+    /// 3.12: one `PyDictOrValues` word at object - 3 words: a dict, or the inline values
+    /// minus one (its low bit set).
+    Tagged,
+    /// 3.13: a dict at object - 3 words (`_PyObject_ManagedDictPointer`), else, with
+    /// Py_TPFLAGS_INLINE_VALUES, the values inside the object after its header
+    /// (`_PyObject_InlineValues`: a `PyDictValues` of 4 bytes — capacity, size, embedded,
+    /// valid — then the values at 8).
+    Inline,
+}
+
+/// `Py_TPFLAGS_INLINE_VALUES` (3.13, Include/object.h).
+pub(crate) const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
+
+/// Every object starts with `ob_refcnt`, `ob_type` (Include/object.h); a var-sized one then
+/// has `ob_size`; a GC-tracked object is preceded by its 16-byte `PyGC_Head`.
+pub(crate) const OB_TYPE: u64 = 8;
+pub(crate) const OB_SIZE: u64 = 16;
+pub(crate) const GC_HEAD: u64 = 16;
+/// `ob_item` of a list (a pointer) and of a tuple (the items inline).
+pub(crate) const ITEMS: u64 = 24;
+/// The first field after the object header of a C object (sock_fd, fd, raw, ob_ref).
+pub(crate) const AFTER_HEAD: u64 = 16;
+pub(crate) const TEXTIO_BUFFER: u64 = 32;
+
+/// `tp_flags` bits (Include/object.h).
+pub(crate) const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
+pub(crate) const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
+pub(crate) const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
+pub(crate) const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
+
+/// `DICT_KEYS_GENERAL` (Include/internal/pycore_dict.h): entries with a hash; the others
+/// (unicode, split) without.
+pub(crate) const DICT_KEYS_GENERAL: u8 = 0;
+pub(crate) const DICT_ENTRY_GENERAL: u64 = 24;
+pub(crate) const DICT_ENTRY_UNICODE: u64 = 16;
+/// A set's `setentry` is {key, hash} (Include/cpython/setobject.h).
+pub(crate) const SET_ENTRY: u64 = 16;
+
+/// `FRAME_OWNED_BY_THREAD` (Include/internal/pycore_frame.h): a frame of a thread's stack (not
+/// a generator's, whose locals the generator holds).
+pub(crate) const FRAME_OWNED_BY_THREAD: u8 = 0;
+
+/// The layout of a CPython version, if the walk knows it.
+pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
+    match minor {
+        11 => Some(HeapLayout {
+            minor,
+            interpreters_head: 40,
+            interp_threads_head: 16,
+            // gc at 648, generations at 24 within it.
+            interp_generations: 648 + 24,
+            generation_size: 24,
+            generations: 3,
+            interp_permanent: 648 + 104,
+            tp_name: 24,
+            tp_basicsize: 32,
+            tp_flags: 168,
+            tp_base: 256,
+            tp_dict: 264,
+            tp_dictoffset: 288,
+            ht_qualname: 864,
+            ht_cached_keys: 872,
+            ht_module: 880,
+            ma_used: 16,
+            ma_keys: 32,
+            ma_values: 40,
+            dk_log2_size: 8,
+            dk_log2_index_bytes: 9,
+            dk_kind: 10,
+            dk_nentries: 24,
+            dk_indices: 32,
+            set_used: 24,
+            set_mask: 32,
+            set_table: 40,
+            md_dict: 16,
+            tstate_next: 8,
+            tstate_cframe: Some(56),
+            cframe_current_frame: 8,
+            frame_code: 32,
+            frame_previous: 48,
+            frame_owner: 69,
+            frame_localsplus: 72,
+            co_nlocalsplus: 76,
+            co_localsplusnames: 96,
+            co_qualname: 128,
+            ascii_size: 48,
+            compact_size: 72,
+            managed_dict: ManagedDict::Separate,
+            dict_values: 0,
+            module_heap_types: false,
+        }),
+        // The same C program against CPython 3.12.1's headers: the interpreter's gc and
+        // threads moved, heap types grew a field, frames and code objects were reordered,
+        // `PyASCIIObject` lost `wstr`, and managed dicts became one tagged word.
+        12 => Some(HeapLayout {
+            minor,
+            interp_threads_head: 72,
+            tstate_cframe: Some(56),
+            interp_generations: 112 + 24,
+            interp_permanent: 112 + 104,
+            ht_qualname: 872,
+            ht_cached_keys: 880,
+            ht_module: 888,
+            cframe_current_frame: 0,
+            frame_code: 0,
+            frame_previous: 8,
+            frame_owner: 70,
+            co_nlocalsplus: 72,
+            ascii_size: 40,
+            compact_size: 56,
+            managed_dict: ManagedDict::Tagged,
+            module_heap_types: true,
+            ..heap_layout(11)?
+        }),
+        // CPython 3.13.0's headers: `_PyRuntime` starts with `_Py_DebugOffsets` (whose
+        // interpreters.head and threads.head walk.rs checks against these), the interpreter
+        // state is larger, the thread state holds `current_frame`, frames start with
+        // `f_executable`, and instances keep their inline values inside the object.
+        13 => Some(HeapLayout {
+            minor,
+            interpreters_head: 632,
+            interp_threads_head: 7344,
+            interp_generations: 7400 + 24,
+            interp_permanent: 7400 + 104,
+            tstate_cframe: None,
+            cframe_current_frame: 72,
+            managed_dict: ManagedDict::Inline,
+            dict_values: 8,
+            ..heap_layout(12)?
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,301 @@
+//! The walk of one CPython heap: every object the garbage collector tracks (containers and
+//! instances: everything that can hold a reference), found through the interpreter's
+//! generation lists, then each object's references, the named roots (module globals, class
+//! attributes, the locals of every thread's live frames) and the objects that own descriptors.
+//! Bounded by a [`Budget`]: what it could not walk is said in the result, never guessed.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use super::{
+    layout::{FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, ITEMS, OB_SIZE, TPFLAGS_HEAPTYPE},
+    memory::Memory,
+    objects::{Label, Reader, Shape},
+};
+use crate::model::{
+    census::Census,
+    holders::{Chains, HeapGraph, Holder, NO_PYTHON_OWNER, Node, Step},
+};
+
+/// What one walk may spend.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub(crate) time: Duration,
+    /// Objects taken from the GC lists (the graph's memory grows with them: ~40 bytes each
+    /// with their edges).
+    pub(crate) max_objects: usize,
+    /// Pages of the process cached while walking.
+    pub(crate) cache_bytes: usize,
+}
+
+pub(crate) const DEFAULT_BUDGET: Budget =
+    Budget { time: Duration::from_secs(5), max_objects: 2_000_000, cache_bytes: 4 << 20 };
+
+/// Threads and frames per thread read for roots.
+const MAX_THREADS: usize = 1024;
+const MAX_FRAMES: usize = 4096;
+const MAX_LOCALS: u64 = 4096;
+
+/// Said when a descriptor's owner was not found but the walk did not cover the whole heap.
+pub(crate) const NOT_WALKED: &str = "not found: the walk stopped early";
+
+/// One walk's result.
+pub(crate) struct Walk {
+    pub(crate) minor: u32,
+    pub(crate) graph: HeapGraph,
+    chains: Chains,
+    pub(crate) census: Census,
+    /// Descriptor → the objects that say they own it.
+    pub(crate) owners: HashMap<i32, Vec<Node>>,
+    /// Objects in the GC lists whose type did not read (freed while read, or not objects).
+    pub(crate) unknown: u64,
+    /// Containers read in part.
+    pub(crate) cut_short: u64,
+    /// Why the walk stopped before the end, if it did (then counts are lower bounds).
+    pub(crate) stopped: Option<String>,
+    pub(crate) elapsed: Duration,
+}
+
+impl Walk {
+    pub(crate) fn objects(&self) -> usize {
+        self.graph.len()
+    }
+
+    /// The holder lines of these descriptors.
+    pub(crate) fn holders(&self, fds: &[i32]) -> Vec<Holder> {
+        let owners: Vec<Option<Node>> = fds
+            .iter()
+            .map(|fd| {
+                let nodes = self.owners.get(fd)?;
+                // Two objects may claim an fd (a socket and its dup'd twin were closed and
+                // the number reused): the one a root reaches.
+                nodes.iter().copied().find(|n| self.chains.chain(*n).is_some()).or(nodes.first().copied())
+            })
+            .collect();
+        let mut holders = self.graph.holders(&self.chains, &owners);
+        if self.stopped.is_some() {
+            for h in &mut holders {
+                if h.note == Some(NO_PYTHON_OWNER) {
+                    h.note = Some(NOT_WALKED);
+                }
+            }
+        }
+        holders
+    }
+}
+
+/// Walk the heap of the interpreter whose `_PyRuntime` is at `runtime`.
+pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budget: &Budget) -> Option<Walk> {
+    let started = Instant::now();
+    let over = |started: Instant| started.elapsed() > budget.time;
+    let mut r = Reader::new(memory, layout);
+    let interp = r.memory.u64(runtime.wrapping_add(layout.interpreters_head)).filter(|p| *p != 0)?;
+    let mut stopped = None;
+
+    // The objects: each generation's list is a ring of PyGC_Head through `_gc_next` (its low
+    // bits are flags during a collection: masked), each object right after its head.
+    let mut addresses = Vec::new();
+    let heads = (0..layout.generations)
+        .map(|i| interp.wrapping_add(layout.interp_generations + i * layout.generation_size))
+        .chain([interp.wrapping_add(layout.interp_permanent)]);
+    'lists: for head in heads {
+        let mut gc = r.memory.u64(head)? & !3;
+        while gc != head {
+            if gc == 0 || !gc.is_multiple_of(8) {
+                stopped.get_or_insert_with(|| {
+                    "a GC list broke off (the process changed it while read)".to_string()
+                });
+                break;
+            }
+            if addresses.len() >= budget.max_objects {
+                stopped = Some(format!("the object budget ({}) was reached", budget.max_objects));
+                break 'lists;
+            }
+            if addresses.len() % 4096 == 0 && over(started) {
+                stopped = Some(format!("the time budget ({:?}) ran out listing objects", budget.time));
+                break 'lists;
+            }
+            addresses.push(gc.wrapping_add(GC_HEAD));
+            let Some(next) = r.memory.u64(gc) else {
+                stopped.get_or_insert_with(|| {
+                    "a GC list broke off (the process changed it while read)".to_string()
+                });
+                break;
+            };
+            gc = next & !3;
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+
+    let mut graph = HeapGraph::new();
+    let mut census = Census::default();
+    let mut unknown = 0;
+    let mut owners: HashMap<i32, Vec<Node>> = HashMap::new();
+    for (i, &object) in addresses.iter().enumerate() {
+        match r.type_of(object) {
+            Some(t) => {
+                census.add(&t.name);
+                let len = r.len(object, t.shape);
+                graph.object(&t.name, len);
+                if let Some(fd) = r.fd(object, t.shape) {
+                    owners.entry(fd).or_default().push(i as Node);
+                }
+            }
+            None => {
+                unknown += 1;
+                graph.object("?", 0);
+            }
+        }
+    }
+
+    let node_of = |address: u64| addresses.binary_search(&address).ok().map(|i| i as Node);
+    let (mut class_roots, mut module_roots) = (Vec::new(), Vec::new());
+    for (i, &object) in addresses.iter().enumerate() {
+        // The type again: read from the cache of types, cheaper than keeping one per object.
+        let Some(tp) = r.type_of(object).filter(|_| stopped_edges(&mut stopped, i, started, budget)) else {
+            graph.edges([]);
+            continue;
+        };
+        let refs = r.references(object, &tp);
+        let mut edges = Vec::with_capacity(refs.len());
+        for (to, label) in &refs {
+            let Some(node) = node_of(*to) else { continue };
+            let step = match label {
+                Label::Attr(name) => graph.label(name, false).map(Step::Attr),
+                Label::Key(Some(name)) => Some(graph.label(name, true).map_or(Step::OtherKey, Step::Key)),
+                Label::Key(None) => Some(Step::OtherKey),
+                Label::Index => Some(Step::Index),
+                Label::Member => Some(Step::Member),
+            };
+            if let Some(step) = step {
+                edges.push((node, step));
+            }
+        }
+        graph.edges(edges);
+        // Named roots: a module's globals, a class's attributes (not its dunders).
+        let named = |refs: &[(u64, Label)]| {
+            refs.iter()
+                .filter_map(|(to, label)| match label {
+                    Label::Attr(name) if !(name.starts_with("__") && name.ends_with("__")) => {
+                        Some((name.clone(), node_of(*to)?))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        match tp.shape {
+            Shape::Module => {
+                let module = refs.iter().find_map(|(to, label)| match label {
+                    Label::Attr(name) if &**name == "__name__" => r.str_at(*to),
+                    _ => None,
+                });
+                let module = module.as_deref().unwrap_or("?").to_string();
+                module_roots
+                    .extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node)));
+            }
+            Shape::Type
+                if r.memory
+                    .u64(object.wrapping_add(layout.tp_flags))
+                    .is_some_and(|f| f & TPFLAGS_HEAPTYPE != 0) =>
+            {
+                let module = refs.iter().find_map(|(to, label)| match label {
+                    Label::Attr(name) if &**name == "__module__" => r.str_at(*to),
+                    _ => None,
+                });
+                let class = r.memory.u64(object.wrapping_add(layout.ht_qualname)).and_then(|q| r.str_at(q));
+                if let (Some(module), Some(class)) = (module, class) {
+                    class_roots.extend(
+                        named(&refs)
+                            .into_iter()
+                            .map(|(name, node)| (format!("{module}:{class}.{name}"), node)),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    // Class attributes first: `app:Handler._conns` names a set better than `app:Handler`
+    // does, and both are roots at once.
+    for (name, node) in class_roots.iter().chain(&module_roots) {
+        graph.root(name, *node);
+    }
+    for (name, node) in frame_locals(&mut r, interp).into_iter().filter_map(|(n, a)| Some((n, node_of(a)?))) {
+        graph.root(&name, node);
+    }
+    let chains = graph.shortest_chains();
+    Some(Walk {
+        minor: layout.minor,
+        graph,
+        chains,
+        census,
+        owners,
+        unknown,
+        cut_short: r.cut_short,
+        stopped,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Whether object `i`'s references are still read (the time budget checked every 1024).
+fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budget: &Budget) -> bool {
+    if i.is_multiple_of(1024) && stopped.is_none() && started.elapsed() > budget.time {
+        *stopped =
+            Some(format!("the time budget ({:?}) ran out after the references of {i} objects", budget.time));
+    }
+    !stopped.as_deref().is_some_and(|s| s.starts_with("the time budget"))
+}
+
+/// The locals of every thread's frames (threads.head → `next`; `cframe->current_frame` →
+/// `previous`; `localsplus[0..co_nlocalsplus]` named by `co_localsplusnames`), as roots
+/// `qualname() local name`. Frames of generators and coroutines belong to them, not here.
+fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)> {
+    let l = r.layout;
+    let mut out = Vec::new();
+    let mut tstate = r.memory.u64(interp.wrapping_add(l.interp_threads_head)).unwrap_or(0);
+    for _ in 0..MAX_THREADS {
+        if tstate == 0 {
+            break;
+        }
+        let cframe = match l.tstate_cframe {
+            Some(at) => r.memory.u64(tstate.wrapping_add(at)).unwrap_or(0),
+            None => tstate,
+        };
+        let mut frame = if cframe == 0 {
+            0
+        } else {
+            r.memory.u64(cframe.wrapping_add(l.cframe_current_frame)).unwrap_or(0)
+        };
+        for _ in 0..MAX_FRAMES {
+            if frame == 0 {
+                break;
+            }
+            if r.memory.u8(frame.wrapping_add(l.frame_owner)) == Some(FRAME_OWNED_BY_THREAD)
+                && let Some(code) = r.memory.u64(frame.wrapping_add(l.frame_code))
+                && r.type_of(code).is_some_and(|t| t.shape == Shape::Code)
+            {
+                let qualname = r.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| r.str_at(q));
+                let n = r
+                    .memory
+                    .i32(code.wrapping_add(l.co_nlocalsplus))
+                    .map_or(0, |n| n.max(0) as u64)
+                    .min(MAX_LOCALS);
+                let names = r.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
+                let names_len = r.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
+                for i in 0..n.min(names_len) {
+                    let value = r.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0);
+                    let name = r.memory.u64(names.wrapping_add(ITEMS + i * 8)).and_then(|s| r.str_at(s));
+                    if let (Some(name), Some(q)) = (name, &qualname)
+                        && value != 0
+                    {
+                        out.push((format!("{q}() local {name}"), value));
+                    }
+                }
+            }
+            frame = r.memory.u64(frame.wrapping_add(l.frame_previous)).unwrap_or(0);
+        }
+        tstate = r.memory.u64(tstate.wrapping_add(l.tstate_next)).unwrap_or(0);
+    }
+    out
+}
