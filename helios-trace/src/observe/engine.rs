@@ -77,14 +77,20 @@ struct PendingReconcile {
     touched: HashMap<u32, HashSet<i32>>,
 }
 
+/// Threads with walked Python frames whose descriptor record has not come yet, before the
+/// ones older than a second are dropped (their descriptor record was lost).
+const MAX_WALKED_PENDING: usize = 4096;
+
 pub(crate) struct Engine {
     table: FdTable,
     stats: SiteStats,
     stacks: StackRegistry,
     /// CPython processes: where their frames are, and the names of walked frames.
     python: PythonProcesses,
-    /// The Python frames of the descriptor record that comes next.
-    walked: Option<PythonFrames>,
+    /// The Python frames of each thread's descriptor record still to come, by tid. Keyed, not
+    /// one slot: the kernel submits the two records one after the other, but another CPU's
+    /// records can land between them in the shared ring buffer.
+    walked: HashMap<u32, PythonFrames>,
     syscalls: SyscallTable,
     proc: Box<dyn ProcSource>,
     cmdlines: HashMap<u32, Option<String>>,
@@ -117,7 +123,7 @@ impl Engine {
             stats: SiteStats::default(),
             stacks: StackRegistry::new(proc_root),
             python: PythonProcesses::new(proc_root),
-            walked: None,
+            walked: HashMap::new(),
             syscalls: SyscallTable::native(),
             proc,
             cmdlines: HashMap::new(),
@@ -260,8 +266,16 @@ impl Engine {
     pub(crate) fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
         let decoded = decode::decode(bytes, &self.syscalls);
         if let Ok(Decoded::Python(frames)) = decoded {
-            // Part of the descriptor record that follows, not a record of its own.
-            self.walked = Some(frames);
+            // Part of the thread's descriptor record that follows, not a record of its own.
+            if self.walked.len() >= MAX_WALKED_PENDING {
+                // Records whose descriptor record never came (lost): keep the recent ones.
+                let horizon = frames.ts_ns.saturating_sub(1_000_000_000);
+                self.walked.retain(|_, w| w.ts_ns >= horizon);
+                if self.walked.len() >= MAX_WALKED_PENDING {
+                    self.walked.clear();
+                }
+            }
+            self.walked.insert(frames.tid, frames);
             return;
         }
         self.counts.received += 1;
@@ -293,7 +307,7 @@ impl Engine {
                 // With Python frames, the native site is a step to the site: remembered too
                 // (what Python sites are made from), so it must be forgotten in its turn.
                 self.stats.made(native, event.ts_ns);
-                match self.walked.take().filter(|w| w.tid == event.tid && w.ts_ns == event.ts_ns) {
+                match self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns) {
                     Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
                     None => {
                         self.python.not_walked(event.tgid, event.ts_ns);
