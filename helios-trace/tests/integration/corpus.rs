@@ -89,6 +89,18 @@ impl Script {
         format!("{} ({})", self.name, if self.leaking { "leaking" } else { "fixed" })
     }
 
+    /// Wait until it is set to start its requests ("settled"), then start them ("go").
+    fn wait_settled(&mut self) {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "settled\n", "{} said {line:?}", self.variant());
+    }
+
+    fn go(&mut self) {
+        self.stdin.write_all(b"go\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     /// Wait for its steady state: "ready [PORT]".
     fn wait_ready(&mut self) {
         let mut line = String::new();
@@ -263,6 +275,13 @@ fn corpus_leaks_are_named_and_fixed_variants_never_suspected() {
         .flat_map(|(name, leaked)| [true, false].map(|leaking| (*name, *leaked, leaking)))
         .map(|(name, leaked, leaking)| Script::start(&python, name, leaked, leaking))
         .collect();
+    // All at once: every leak grows over the same seconds and is still growing at the snapshot.
+    for script in &mut scripts {
+        script.wait_settled();
+    }
+    for script in &mut scripts {
+        script.go();
+    }
     for script in &mut scripts {
         script.wait_ready();
     }

@@ -1,8 +1,8 @@
 """What every script of the corpus shares (tests/integration/corpus.rs).
 
-A script is started as `python3 SCRIPT.py leaking|fixed SCRATCH`. It sleeps two seconds (a
-tracer may still be finding the interpreter: descriptors opened before then have native frames
-only, in sites of their own; one second was seen too short on a loaded machine), then serves ROUNDS requests of its kind, one every PACE seconds, driving itself
+A script is started as `python3 SCRIPT.py leaking|fixed SCRATCH`. It sleeps a second, says
+"settled" and waits for "go" on stdin (settle), then serves ROUNDS requests of its kind, one
+every PACE seconds, driving itself
 over loopback; then it prints "ready" and what the test needs (e.g. its server's port), and
 waits on stdin until it closes or says "exit". The leaking variant keeps what each request
 opened; the fixed one closes it.
@@ -21,7 +21,15 @@ def args():
 
 
 def settle():
-    time.sleep(2.0)
+    """Give the tracer a moment to find the interpreter, say "settled", and wait for the test's
+    "go": every script then starts its requests at the same moment, so all the leaks are still
+    growing when the test takes its one snapshot (a leak that stopped growing long before is,
+    rightly, not judged a leak)."""
+    time.sleep(1.0)
+    print("settled", flush=True)
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        sys.exit("expected go on stdin, got %r" % line)
 
 
 def ready(*numbers):
