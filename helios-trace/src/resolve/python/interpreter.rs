@@ -122,18 +122,23 @@ impl Interpreter {
     }
 }
 
-/// Find a process's CPython, its layout and runtime: the interpreter's mapped file and what
-/// was found (the offsets are not checked against the process yet: `Interpreter::check`).
-pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<(String, Result<Interpreter, PythonError>)> {
-    let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
-    // libpython holds the runtime where there is one; else the executable does (static).
+/// The mapping that holds a process's CPython runtime, and its version: libpython where there
+/// is one, else the executable (a static interpreter).
+fn interpreter_mapping(maps: &ProcessMaps) -> Option<(&Mapping, Result<u32, PythonError>)> {
     let candidates = |lib: bool| {
         maps.mappings()
             .iter()
             .filter(move |m| crate::model::frame::basename(&m.path).starts_with("libpython") == lib)
             .find_map(|m| version_of(&m.path).map(|v| (m, v)))
     };
-    let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
+    candidates(true).or_else(|| candidates(false))
+}
+
+/// Find a process's CPython, its layout and runtime: the interpreter's mapped file and what
+/// was found (the offsets are not checked against the process yet: `Interpreter::check`).
+pub(super) fn probe(proc_root: &Path, pid: u32) -> Option<(String, Result<Interpreter, PythonError>)> {
+    let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
+    let (mapping, version) = interpreter_mapping(&maps)?;
     let found = version.and_then(|minor| locate(proc_root, pid, &maps, mapping, minor));
     Some((mapping.path.to_string(), found))
 }
@@ -311,12 +316,6 @@ fn runtime_address(
 /// walk (resolve/holders), found as `probe` finds them.
 pub(crate) fn runtime_of(proc_root: &Path, pid: u32) -> Option<Result<(u64, u32), PythonError>> {
     let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
-    let candidates = |lib: bool| {
-        maps.mappings()
-            .iter()
-            .filter(move |m| crate::model::frame::basename(&m.path).starts_with("libpython") == lib)
-            .find_map(|m| version_of(&m.path).map(|v| (m, v)))
-    };
-    let (mapping, version) = candidates(true).or_else(|| candidates(false))?;
+    let (mapping, version) = interpreter_mapping(&maps)?;
     Some(version.and_then(|minor| Ok((runtime_address(proc_root, pid, &maps, mapping)?.0, minor))))
 }
