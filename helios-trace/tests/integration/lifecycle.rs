@@ -1,7 +1,10 @@
 //! Every way a descriptor is born and dies (issue 3): a workload makes each descriptor syscall
 //! and each implicit close; at every checkpoint, with reconciliation off, helios-trace's table
 //! for the process must equal /proc/PID/fd exactly — the same fd numbers with the same kinds.
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use crate::support::*;
 
@@ -218,4 +221,71 @@ fn lost_events_are_counted_and_reconciliation_restores_the_table() {
     assert_eq!(unknown["open"], corrections["added"]);
     drop(tracer);
     w.exit();
+}
+
+/// Every fd's close-on-exec flag as the kernel has it: `flags` in /proc/PID/fdinfo/FD, octal,
+/// O_CLOEXEC is 02000000 (include/uapi/asm-generic/fcntl.h; fs/proc/fd.c prints it).
+fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
+    proc_fds(pid)
+        .into_keys()
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            Some((fd, u64::from_str_radix(flags, 8).unwrap() & 0o2000000 != 0))
+        })
+        .collect()
+}
+
+fn reported_cloexec(report: &serde_json::Value, pid: u32) -> BTreeMap<i32, bool> {
+    process(report, pid).unwrap()["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["fd"].as_i64().unwrap() as i32, e["cloexec"].as_bool().unwrap()))
+        .collect()
+}
+
+/// rawcalls.c issues every call of the syscall table by its own number (glibc's wrappers
+/// would turn open, pipe, eventfd, epoll_create, signalfd and inotify_init into their newer
+/// forms; musl's call the old ones). After each call, with reconciliation off, the table
+/// equals /proc: fds, kinds and close-on-exec flags. The unit test
+/// `every_call_in_the_table_has_a_raw_workload_command` keeps rawcalls.c complete.
+fn every_call_issued_raw_keeps_the_table_exact(program: &std::path::Path) {
+    let mut w = Workload::spawn_program(program);
+    let pid = w.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    checkpoint(&mut tracer, pid, "baseline");
+    let calls = w.ask("list");
+    let calls: Vec<&str> = calls.split_whitespace().collect();
+    assert_eq!(calls.len(), 35, "rawcalls lists every call: {calls:?}");
+    for call in &calls {
+        let made = w.run(call);
+        let report = checkpoint(&mut tracer, pid, call);
+        assert_eq!(reported_cloexec(&report, pid), proc_cloexec(pid), "close-on-exec flags after `{call}`");
+        let reported = reported_fds(&report, pid);
+        for fd in made {
+            assert!(reported.contains_key(&(fd as i32)), "`{call}` made fd {fd}");
+        }
+    }
+    let report = tracer.stop();
+    assert_eq!(report["events"]["lost"], 0);
+    assert_eq!(report["events"]["undecodable"], 0);
+    assert_eq!(report["reconcile_corrections"], serde_json::json!({"added": 0, "removed": 0}), "{report:#}");
+    w.exit();
+}
+
+#[test]
+fn every_call_issued_raw_by_a_glibc_program_keeps_the_table_exact() {
+    if !require_bpf() {
+        return;
+    }
+    every_call_issued_raw_keeps_the_table_exact(rawcalls_bin());
+}
+
+#[test]
+fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
+    if !require_bpf() {
+        return;
+    }
+    every_call_issued_raw_keeps_the_table_exact(rawcalls_musl_bin());
 }
