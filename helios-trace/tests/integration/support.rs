@@ -416,7 +416,21 @@ pub fn process(report: &Value, pid: u32) -> Option<&Value> {
 }
 
 /// fd → kind from the report's `fds` listing of `pid`.
+/// The tool's table for `pid` (fd → kind), from a report with `--list-fds`, for comparing with
+/// /proc: the report must say reconciliation corrected nothing, so what matches /proc came from
+/// events, never from a correction that healed a missed one.
 pub fn reported_fds(report: &Value, pid: u32) -> BTreeMap<i32, String> {
+    let corrections = &report["reconcile_corrections"];
+    assert_eq!(
+        (corrections["added"].as_u64(), corrections["removed"].as_u64()),
+        (Some(0), Some(0)),
+        "reconciliation corrected the table: a missed event was healed, not seen"
+    );
+    reported_fds_healed(report, pid)
+}
+
+/// The same, whatever reconciliation corrected: for the tests of healing itself.
+pub fn reported_fds_healed(report: &Value, pid: u32) -> BTreeMap<i32, String> {
     let p = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"));
     p["fds"]
         .as_array()
