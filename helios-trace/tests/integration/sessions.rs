@@ -128,7 +128,7 @@ fn a_timed_session_prints_a_json_report() {
     assert!((1.9..4.0).contains(&duration), "duration {duration}");
     assert!(report["events"]["received"].as_u64().unwrap() > 0);
     let process = process(&report, work.pid).expect("our workload was active and is reported");
-    assert!(site_open(process, "file", |s| s["site"] != "before-trace") >= 4);
+    assert_eq!(site_open(process, "file", |s| s["site"] != "before-trace"), 4, "the workload opened 4 files");
     work.exit();
 }
 

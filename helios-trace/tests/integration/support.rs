@@ -236,13 +236,19 @@ impl Tracer {
     }
 
     /// Stop (SIGINT) and return the final report.
-    pub fn stop(mut self) -> Value {
+    pub fn stop(self) -> Value {
+        let text = self.stop_text();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text:?}"))
+    }
+
+    /// Stop (SIGINT) and return the final report as the bytes it wrote.
+    pub fn stop_text(mut self) -> String {
         signal(self.child.id(), libc::SIGINT);
         let mut text = String::new();
         std::io::Read::read_to_string(&mut self.stdout, &mut text).unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "helios-trace exited with {status}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text:?}"))
+        text
     }
 }
 
