@@ -441,10 +441,10 @@ fn check_startup_site(site: &Value, label: &str, script: &Path, what: &str) {
 
 /// A cgroup of the test's own (the tracer follows it alone, not the other tests' children),
 /// removed when dropped.
-struct TestCgroup(PathBuf);
+pub(crate) struct TestCgroup(pub(crate) PathBuf);
 
 impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
+    pub(crate) fn new(name: &str) -> TestCgroup {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
         let dir = Path::new(line.split(' ').nth(4).unwrap()).join(format!("{name}-{}", std::process::id()));
@@ -453,13 +453,19 @@ impl TestCgroup {
     }
 
     /// `command`, entering the cgroup before it execs.
-    fn wrap(&self, command: &Command) -> Command {
+    pub(crate) fn wrap(&self, command: &Command) -> Command {
         let mut wrapped = Command::new("sh");
         wrapped
             .args(["-c", r#"(echo $$ > "$0/cgroup.procs") && exec "$@""#])
             .arg(&self.0)
             .arg(command.get_program())
             .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
         wrapped
     }
 }

@@ -1,6 +1,7 @@
 """subprocess: a child per request with its output piped, waited for but its pipes never read
 nor closed (leaking: the Popen objects are kept) or read with communicate() (fixed)."""
 import subprocess
+import sys
 import time
 
 from corpus_common import PACE, ROUNDS, args, ready, settle, wait
@@ -10,7 +11,8 @@ CHILDREN = []
 
 
 def render(request):
-    child = subprocess.Popen(["/bin/echo", str(request)], stdout=subprocess.PIPE)
+    # The interpreter itself as the child: a root of another distribution holds no /bin/echo.
+    child = subprocess.Popen([sys.executable, "-S", "-c", "print(%d)" % request], stdout=subprocess.PIPE)
     if LEAKING:
         child.wait()
         CHILDREN.append(child)
