@@ -44,6 +44,7 @@ enum Leaked {
 const SCRIPTS: &[(&str, Leaked)] = &[
     ("asyncio_streams", Leaked::CloseWait),
     ("tornado_ws", Leaked::CloseWait),
+    ("aiohttp_server", Leaked::CloseWait),
     ("aiohttp_client", Leaked::ClientOfServer),
     ("requests_session", Leaked::ClientOfServer),
     ("sqlite3_conns", Leaked::Files("units.db")),
