@@ -139,7 +139,10 @@ fn ensure_corpus_packages_of_roots() -> Result<()> {
         if fs::read_to_string(dir.join("installed-requirements.txt")).is_ok_and(|i| i == wanted) {
             continue;
         }
-        eprintln!("xtask setup: installing the leak corpus's packages for CPython {version} into {}", dir.display());
+        eprintln!(
+            "xtask setup: installing the leak corpus's packages for CPython {version} into {}",
+            dir.display()
+        );
         let work = tempfile::Builder::new()
             .prefix(&format!(".{root}."))
             .tempdir_in(&corpus)
@@ -156,7 +159,8 @@ fn ensure_corpus_packages_of_roots() -> Result<()> {
         )?;
         fs::write(target.join("installed-requirements.txt"), &wanted)?;
         if dir.exists() {
-            fs::rename(&dir, work.path().join("old")).with_context(|| format!("cannot move {} away", dir.display()))?;
+            fs::rename(&dir, work.path().join("old"))
+                .with_context(|| format!("cannot move {} away", dir.display()))?;
         }
         fs::rename(&target, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
     }

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 # Past the payload buffer's high-water mark (twice the StreamReader's limit: 512 KiB with
@@ -70,9 +70,9 @@ async def main():
     await site.start()
     port = runner.addresses[0][1]
     loop = asyncio.get_running_loop()
-    for _ in range(ROUNDS):
+    for request in range(ROUNDS):
         await loop.run_in_executor(None, unit_uploads, port)
-        await asyncio.sleep(PACE)
+        await asyncio.sleep(pause(request))
     ready(port)
     await loop.run_in_executor(None, wait)
 

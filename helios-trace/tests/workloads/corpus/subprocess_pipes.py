@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 CHILDREN = []
@@ -23,7 +23,7 @@ def render(request):
 def main():
     for request in range(ROUNDS):
         render(request)
-        time.sleep(PACE)
+        time.sleep(pause(request))
     ready()
     wait()
 

@@ -16,7 +16,7 @@ import tornado.ioloop
 import tornado.web
 import tornado.websocket
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 _ws_connections = set()
@@ -93,9 +93,9 @@ async def main():
     server = app.listen(0, "127.0.0.1")
     port = next(iter(server._sockets.values())).getsockname()[1]
     loop = asyncio.get_running_loop()
-    for _ in range(ROUNDS):
+    for request in range(ROUNDS):
         unit = await loop.run_in_executor(None, unit_connects, port)
-        await asyncio.sleep(PACE)
+        await asyncio.sleep(pause(request))
         unit.close()
     ready(port)
     await loop.run_in_executor(None, wait)
