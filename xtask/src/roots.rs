@@ -49,6 +49,14 @@ pub const ROOTS: &[RootSpec] = &[
         packages: &["python3.13"],
         check: &["/usr/bin/python3.13", "-c", "import socket, ssl, sqlite3, asyncio"],
     },
+    // Debian 11: CPython 3.9, older than the Python frames support (the unsupported-interpreter
+    // test's, instead of whatever pyenv holds).
+    RootSpec {
+        name: "bullseye-python3.9",
+        suite: "bullseye",
+        packages: &["python3.9"],
+        check: &["/usr/bin/python3.9", "-c", "import socket, ssl, sqlite3, asyncio"],
+    },
 ];
 
 const MIRROR: &str = "http://deb.debian.org/debian";

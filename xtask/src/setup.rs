@@ -54,6 +54,7 @@ pub fn ensure(for_tests: bool) -> Result<()> {
         ensure_python_venv()?;
         ensure_corpus_venv()?;
         roots::ensure_all(&data_dir()?)?;
+        ensure_corpus_packages_of_roots()?;
     }
     Ok(())
 }
@@ -113,6 +114,57 @@ fn ensure_corpus_venv() -> Result<()> {
             .arg(&wanted_path),
     )?;
     fs::write(&installed, wanted).with_context(|| format!("writing {}", installed.display()))
+}
+
+/// The roots (roots.rs) whose CPython runs the leak corpus too, with its version: the corpus
+/// test runs on each (tests/integration/corpus.rs, which knows the same list).
+const CORPUS_ROOTS: &[(&str, &str)] = &[("sid-python3.14", "3.14"), ("trixie-python3.13", "3.13")];
+
+/// The corpus's pinned packages for the CPython of each of [`CORPUS_ROOTS`], in
+/// `corpus/ROOT` beside the roots (not inside: a pod copies its whole root), which the test
+/// bind-mounts into the chroot and puts on PYTHONPATH. The roots hold no pip: the corpus
+/// virtualenv's pip installs their wheels for that version (`--python-version`, binary wheels
+/// only, so nothing is built by the host's compiler for another interpreter; the host's
+/// manylinux tags are glibc 2.36's, which the roots' newer glibcs run). Installed aside and
+/// renamed into place, again only when requirements.txt changed.
+fn ensure_corpus_packages_of_roots() -> Result<()> {
+    let wanted_path = sh::workspace_root().join("helios-trace/tests/workloads/corpus/requirements.txt");
+    let wanted =
+        fs::read_to_string(&wanted_path).with_context(|| format!("reading {}", wanted_path.display()))?;
+    let pip = data_dir()?.join("corpus-venv/bin/pip");
+    let corpus = data_dir()?.join("corpus");
+    fs::create_dir_all(&corpus).with_context(|| format!("cannot create {}", corpus.display()))?;
+    for (root, version) in CORPUS_ROOTS {
+        let dir = corpus.join(root);
+        if fs::read_to_string(dir.join("installed-requirements.txt")).is_ok_and(|i| i == wanted) {
+            continue;
+        }
+        eprintln!(
+            "xtask setup: installing the leak corpus's packages for CPython {version} into {}",
+            dir.display()
+        );
+        let work = tempfile::Builder::new()
+            .prefix(&format!(".{root}."))
+            .tempdir_in(&corpus)
+            .with_context(|| format!("cannot create a directory in {}", corpus.display()))?;
+        let target = work.path().join("packages");
+        sh::check(
+            Command::new(&pip)
+                .args(["install", "--quiet", "--disable-pip-version-check", "--no-deps", "--no-compile"])
+                .args(["--only-binary=:all:", "--implementation", "cp", "--python-version", version])
+                .arg("--target")
+                .arg(&target)
+                .arg("-r")
+                .arg(&wanted_path),
+        )?;
+        fs::write(target.join("installed-requirements.txt"), &wanted)?;
+        if dir.exists() {
+            fs::rename(&dir, work.path().join("old"))
+                .with_context(|| format!("cannot move {} away", dir.display()))?;
+        }
+        fs::rename(&target, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// A cargo subcommand from crates.io at a pinned version.

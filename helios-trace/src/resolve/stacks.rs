@@ -231,13 +231,18 @@ impl StackRegistry {
     /// The site of a native stack with the calling thread's Python frames (innermost first)
     /// merged in: where the interpreter's eval loop is among the native frames, the Python
     /// frames stand in its place (before it: the C code the Python code called, such as
-    /// libc and `_socket`; after it: what called the interpreter); with no eval loop among them
-    /// (a frame-pointer stack that stopped early), after the native frames.
+    /// libc and `_socket`; after it: what called the interpreter); where the eval loop is not
+    /// named (an interpreter whose symbols do not say it), at the innermost of the
+    /// interpreter's own frames, so that what lies outward of it (the event loop's C task
+    /// step in `_asyncio`, which differs between a task's first step and the next) is outward
+    /// of the Python frames too and not part of the site's identity; with no interpreter frame
+    /// among them (a frame-pointer stack that stopped early), after the native frames.
     pub(crate) fn with_python(&mut self, native: SiteId, python: Vec<Frame>) -> SiteId {
         let native_frames = self.frames(native).cloned().unwrap_or_else(|| Arc::from([]));
         let at = native_frames
             .iter()
             .position(|f| f.symbol.as_deref().is_some_and(|s| s.contains("PyEval_EvalFrame")))
+            .or_else(|| native_frames.iter().position(|f| f.interpreter))
             .unwrap_or(native_frames.len());
         let mut frames = native_frames[..at].to_vec();
         frames.extend(python);
@@ -505,6 +510,34 @@ mod tests {
         registry.limit_sites(registry.site_count());
         assert_eq!(registry.with_python(native_site, vec![py("handle", 12)]), SiteId::SiteLimit);
         assert_eq!(registry.counts().sites_dropped, 1);
+    }
+
+    /// An interpreter whose eval loop is not named (sid's python3.14, read from a container's
+    /// root): the Python frames stand at its innermost own frame, so the C task step of
+    /// `_asyncio` outward of it, at one offset for a task's first step and another later, is
+    /// outward of them and the same Python path is one site.
+    #[test]
+    fn python_frames_stand_at_the_interpreter_when_the_eval_loop_is_not_named() {
+        let mut registry = StackRegistry::new("/nonexistent");
+        let mut step = |offset| {
+            let frames: Vec<Frame> = vec![
+                native(Some("__socket"), "/lib/libc.so.6", 1),
+                Frame { interpreter: true, ..native(None, "/usr/bin/python3.14", 2) },
+                native(None, "/x/lib-dynload/_asyncio.cpython-314-x86_64-linux-gnu.so", offset),
+                Frame { interpreter: true, ..native(None, "/usr/bin/python3.14", 4) },
+            ];
+            let site = site_id(&frames);
+            registry.frames.insert(site, frames.into());
+            site
+        };
+        let (first, later) = (step(0x100), step(0x200));
+        assert_ne!(first, later);
+        let py = |symbol: &str, line| Frame::python(Arc::from(symbol), Arc::from("/srv/app.py"), Some(line));
+        let site = registry.with_python(first, vec![py("connect", 10), py("main", 20)]);
+        assert_eq!(registry.with_python(later, vec![py("connect", 10), py("main", 20)]), site);
+        let languages: Vec<bool> =
+            registry.frames(site).unwrap().iter().map(|f| f.language == Language::Python).collect();
+        assert_eq!(languages, [false, true, true, false, false, false]);
     }
 
     #[test]

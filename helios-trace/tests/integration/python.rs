@@ -1,7 +1,8 @@
 //! Python frames at the open site (issues 5, 20, 21): CPython workloads
 //! (tests/workloads/pyleaks.py) leak from functions of known names, on every supported CPython
-//! of the machine (Debian's /usr/bin/python3, pyenv's 3.10+, and Debian unstable's 3.14 run
-//! chrooted in a root filesystem of its own, with its own glibc), from the main thread, another
+//! the tests claim (Debian's /usr/bin/python3, and Debian 13's 3.13 and Debian unstable's 3.14
+//! run chrooted in root filesystems of their own, with their own glibc, all from `cargo xtask
+//! setup --tests`; pyenv's 3.10+ as well when present), from the main thread, another
 //! thread, and while another thread spins in Python; the report must name each leaking
 //! function, file and line, agree with /proc/PID/fd, and show the clean function with nothing
 //! open. The same in a pid namespace, and in pid, mount and network namespaces at once (a pod).
@@ -28,20 +29,24 @@ fn startup_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pystartup.py")
 }
 
-/// Where `cargo xtask setup --tests` unpacks Debian unstable's CPython 3.14 with its own glibc
-/// (a container image of another distribution); HELIOS_TRACE_SID_ROOT names another such root.
-fn sid_root() -> PathBuf {
-    let root = match std::env::var_os("HELIOS_TRACE_SID_ROOT") {
+/// A root filesystem `cargo xtask setup --tests` unpacks from a Debian suite's packages
+/// (xtask/src/roots.rs), with its CPython 3.`minor`: a container image of another
+/// distribution, with its own glibc. Missing, the test fails: every interpreter the tests
+/// claim comes from setup. HELIOS_TRACE_SID_ROOT names another root for sid's.
+fn debian_root(name: &str, minor: u32) -> Interpreter {
+    let root = match std::env::var_os("HELIOS_TRACE_SID_ROOT").filter(|_| name.starts_with("sid-")) {
         Some(root) => PathBuf::from(root),
         None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".local/share/helios-trace/roots/sid-python3.14"),
+            .join(".local/share/helios-trace/roots")
+            .join(name),
     };
+    let python = PathBuf::from(format!("/usr/bin/python3.{minor}"));
     assert!(
-        root.join("usr/bin/python3.14").exists(),
-        "{}: no CPython 3.14 root filesystem: run cargo xtask setup --tests",
+        root.join(python.strip_prefix("/").unwrap()).exists(),
+        "{}: no CPython 3.{minor} root filesystem: run cargo xtask setup --tests",
         root.display()
     );
-    root
+    Interpreter { python, root: Some(root), minor }
 }
 
 /// A CPython to run workloads on: on the host, or chrooted in a root filesystem of its own.
@@ -50,6 +55,9 @@ struct Interpreter {
     /// The interpreter's path, as its process sees it (inside `root` when it has one).
     python: PathBuf,
     root: Option<PathBuf>,
+    /// The minor version it claims to be (3.X), checked by
+    /// `every_claimed_interpreter_is_installed_and_is_its_version`.
+    minor: u32,
 }
 
 /// Runs `python script args... scratch` as `sh -c` in the namespaces unshare(1) made: brings
@@ -73,8 +81,8 @@ done
 exec chroot "$root" "$python" "$@""#;
 
 impl Interpreter {
-    fn host(python: PathBuf) -> Interpreter {
-        Interpreter { python, root: None }
+    fn host(python: PathBuf, minor: u32) -> Interpreter {
+        Interpreter { python, root: None, minor }
     }
 
     fn name(&self) -> String {
@@ -128,25 +136,64 @@ pub(crate) fn host_interpreters() -> Vec<PathBuf> {
     interpreters().into_iter().filter(|i| i.root.is_none()).map(|i| i.python).collect()
 }
 
-/// Every supported CPython of the machine: Debian's (required), every pyenv CPython 3.10+
-/// installed, and Debian unstable's 3.14 in its root filesystem (required).
+/// Every supported CPython the tests claim, each from `cargo xtask setup --tests` (the test
+/// fails when one is missing): Debian's own (3.11, the host's), Debian 13's 3.13 and Debian
+/// unstable's 3.14 in their root filesystems; and, in addition when present (setup does not
+/// install them, nothing depends on them), every pyenv CPython 3.10+ of the machine.
 fn interpreters() -> Vec<Interpreter> {
     let system = PathBuf::from("/usr/bin/python3");
     assert!(system.exists(), "/usr/bin/python3 is missing (cargo xtask setup --tests installs python3)");
-    let mut found = vec![Interpreter::host(system)];
+    let mut found = vec![Interpreter::host(system, 11)];
+    found.extend(pyenv(|minor| minor >= 10));
+    found.push(debian_root("trixie-python3.13", 13));
+    found.push(debian_root("sid-python3.14", 14));
+    found
+}
+
+/// pyenv's CPythons of the machine whose minor version `wanted` takes, if any.
+fn pyenv(wanted: impl Fn(u32) -> bool) -> Vec<Interpreter> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir(PYENV)
         .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
         .unwrap_or_default();
     versions.sort();
-    for dir in versions {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let minor: Option<u32> = name.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse().ok());
-        if minor.is_some_and(|m| m >= 10) && dir.join("bin/python3").exists() {
-            found.push(Interpreter::host(dir.join("bin/python3")));
-        }
-    }
-    found.push(Interpreter { python: PathBuf::from("/usr/bin/python3.14"), root: Some(sid_root()) });
+    versions
+        .into_iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            let minor: u32 = name.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+            (wanted(minor) && dir.join("bin/python3").exists())
+                .then(|| Interpreter::host(dir.join("bin/python3"), minor))
+        })
+        .collect()
+}
+
+/// Interpreters older than the Python frames support: Debian 11's 3.9 in its root (from
+/// setup, required) and pyenv's 3.8 and 3.9 when present.
+fn unsupported_interpreters() -> Vec<Interpreter> {
+    let mut found = vec![debian_root("bullseye-python3.9", 9)];
+    found.extend(pyenv(|minor| (8..=9).contains(&minor)));
     found
+}
+
+/// What the tests claim is there: each interpreter runs (in its root, if it has one) and is
+/// the version it is claimed to be. Needs no BPF: it fails on any machine setup did not
+/// prepare.
+#[test]
+fn every_claimed_interpreter_is_installed_and_is_its_version() {
+    for python in interpreters().into_iter().chain(unsupported_interpreters()) {
+        let mut command = match &python.root {
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command.arg(root).arg(&python.python);
+                command
+            }
+            None => Command::new(&python.python),
+        };
+        let out = command.args(["-c", "import sys; print(sys.version_info[1])"]).output().unwrap();
+        assert!(out.status.success(), "{} does not run: {out:?}", python.name());
+        let minor = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(minor, python.minor.to_string(), "{}", python.name());
+    }
 }
 
 /// The host pid of the interpreter a workload runs: the workload itself, or, when unshare(1)
@@ -338,24 +385,14 @@ fn python_started_after_the_tracer_is_named_too() {
     }
 }
 
-/// Interpreters older than 3.10 (pyenv's 3.8 and 3.9 here): native frames, one warning each.
+/// Interpreters older than 3.10 (Debian 11's 3.9, pyenv's 3.8 and 3.9 when present): native
+/// frames, one warning each.
 #[test]
 fn unsupported_interpreter_gets_native_frames_and_one_warning() {
     if !require_bpf() {
         return;
     }
-    let old: Vec<Interpreter> = ["3.9.18", "3.8.18"]
-        .iter()
-        .map(|v| Path::new(PYENV).join(v).join("bin/python3"))
-        .filter(|p| p.exists())
-        .map(Interpreter::host)
-        .collect();
-    if old.is_empty() {
-        let required = std::env::var("HELIOS_TRACE_REQUIRE_BPF").is_ok_and(|v| v == "1");
-        assert!(!required, "no CPython 3.8 or 3.9 under {PYENV} to test an unsupported interpreter with");
-        eprintln!("skipping: no CPython 3.8 or 3.9 under {PYENV}");
-        return;
-    }
+    let old = unsupported_interpreters();
     let workloads: Vec<(Workload, Interpreter)> = old.iter().map(|p| (spawn(p), p.clone())).collect();
     let args = pid_args(workloads.iter().map(|(w, _)| w.pid));
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -441,10 +478,10 @@ fn check_startup_site(site: &Value, label: &str, script: &Path, what: &str) {
 
 /// A cgroup of the test's own (the tracer follows it alone, not the other tests' children),
 /// removed when dropped.
-struct TestCgroup(PathBuf);
+pub(crate) struct TestCgroup(pub(crate) PathBuf);
 
 impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
+    pub(crate) fn new(name: &str) -> TestCgroup {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
         let dir = Path::new(line.split(' ').nth(4).unwrap()).join(format!("{name}-{}", std::process::id()));
@@ -453,13 +490,19 @@ impl TestCgroup {
     }
 
     /// `command`, entering the cgroup before it execs.
-    fn wrap(&self, command: &Command) -> Command {
+    pub(crate) fn wrap(&self, command: &Command) -> Command {
         let mut wrapped = Command::new("sh");
         wrapped
             .args(["-c", r#"(echo $$ > "$0/cgroup.procs") && exec "$@""#])
             .arg(&self.0)
             .arg(command.get_program())
             .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
         wrapped
     }
 }

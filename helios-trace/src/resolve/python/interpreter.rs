@@ -107,9 +107,13 @@ impl Interpreter {
         })
     }
 
-    /// One walked frame as a report frame; None when its code object does not read as one.
-    pub(super) fn frame(&mut self, raw: PythonFrame) -> Option<Frame> {
+    /// One walked frame as a report frame: Some(None) for the interpreter's own shim frame,
+    /// None when its code object does not read as one.
+    pub(super) fn frame(&mut self, raw: PythonFrame) -> Option<Option<Frame>> {
         let info = self.code(raw.code)?;
+        if is_init_shim(&info) {
+            return Some(None);
+        }
         let line = match self.layout.code.code_adaptive {
             // 3.10: f_lasti counts code units (2 bytes); -1 before the first instruction.
             None => lines::line_310(&info.linetable, info.firstlineno, (raw.instr as u32 as i32) as i64 * 2),
@@ -118,8 +122,20 @@ impl Interpreter {
                 lines::line_311(&info.linetable, info.firstlineno, offset)
             }
         };
-        Some(Frame::python(info.name.clone(), info.filename.clone(), line))
+        Some(Some(Frame::python(info.name.clone(), info.filename.clone(), line)))
     }
+}
+
+/// CPython 3.13+'s `_Py_InitCleanup`: the shim frame its specialized `CALL_ALLOC_AND_ENTER_INIT`
+/// pushes under a class's Python `__init__` (to check that it returned None), a static code
+/// object named and filed as "__init__" (Python/specialize.c; no code of a file has a file
+/// name without a directory or a `<...>` form), its line table one "no location" entry. It is
+/// no code of the program, and it is there only once the call is specialized: kept, the same
+/// call path would make one site before specialization and another after. CPython's own
+/// introspection never shows it (its `_co_firsttraceable` lies past its code, so the frame is
+/// always "incomplete": Include/internal/pycore_frame.h, `_PyFrame_IsIncomplete`).
+fn is_init_shim(info: &CodeInfo) -> bool {
+    &*info.name == "__init__" && &*info.filename == "__init__"
 }
 
 /// The mapping that holds a process's CPython runtime, and its version: libpython where there

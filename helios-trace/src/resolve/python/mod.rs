@@ -380,8 +380,10 @@ impl PythonProcesses {
         if let Some(site) = interpreter.sites.get(&key).copied().filter(|site| stacks.knows(*site)) {
             return site;
         }
-        let frames: Vec<Frame> = raw.iter().filter_map(|r| interpreter.frame(*r)).collect();
-        let complete = frames.len() == raw.len();
+        let read: Vec<Option<Frame>> = raw.iter().filter_map(|r| interpreter.frame(*r)).collect();
+        let complete = read.len() == raw.len();
+        // Shim frames (interpreter::is_init_shim) are left out.
+        let frames: Vec<Frame> = read.into_iter().flatten().collect();
         let site = if frames.is_empty() { native } else { stacks.with_python(native, frames) };
         // A stack with a frame that did not read is not remembered: the next one may read.
         if complete {

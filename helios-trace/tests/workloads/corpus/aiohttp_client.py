@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 SESSIONS = []
@@ -36,9 +36,9 @@ async def main():
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    for _ in range(ROUNDS):
+    for request in range(ROUNDS):
         await fetch("http://127.0.0.1:%d/units" % port)
-        await asyncio.sleep(PACE)
+        await asyncio.sleep(pause(request))
     ready(port)
     await asyncio.get_running_loop().run_in_executor(None, wait)
 

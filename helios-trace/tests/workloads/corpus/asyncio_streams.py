@@ -4,7 +4,7 @@ same loop connects, sends a line and hangs up: the leaking server's sockets stay
 CLOSE_WAIT."""
 import asyncio
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 
@@ -34,13 +34,13 @@ async def handle(reader, writer):
 async def main():
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    for _ in range(ROUNDS):
+    for request in range(ROUNDS):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"position 1 2\n")
         await writer.drain()
         writer.close()
         await writer.wait_closed()
-        await asyncio.sleep(PACE)
+        await asyncio.sleep(pause(request))
     ready(port)
     await asyncio.get_running_loop().run_in_executor(None, wait)
 

@@ -2,8 +2,7 @@
 
 A script is started as `python3 SCRIPT.py leaking|fixed SCRATCH`. It sleeps a second, says
 "settled" and waits for "go" on stdin (settle), then serves ROUNDS requests of its kind, one
-every PACE seconds, driving itself
-over loopback; then it prints "ready" and what the test needs (e.g. its server's port), and
+due every PACE seconds from the "go" (pause), driving itself over loopback; then it prints "ready" and what the test needs (e.g. its server's port), and
 waits on stdin until it closes or says "exit". The leaking variant keeps what each request
 opened; the fixed one closes it.
 """
@@ -12,6 +11,8 @@ import time
 
 ROUNDS = 30
 PACE = 0.35
+# When the test said "go" (time.monotonic()).
+_go = None
 
 
 def args():
@@ -30,6 +31,16 @@ def settle():
     line = sys.stdin.readline()
     if line.strip() != "go":
         sys.exit("expected go on stdin, got %r" % line)
+    global _go
+    _go = time.monotonic()
+
+
+def pause(request):
+    """Seconds until the request after `request` is due: requests are due every PACE seconds
+    from the "go", whatever each took, so every script makes its last at about the same moment
+    (a loaded machine slows some scripts more than others, and a leak that stopped growing well
+    before the test's one snapshot is, rightly, not judged a leak)."""
+    return max(0.0, _go + (request + 1) * PACE - time.monotonic())
 
 
 def ready(*numbers):

@@ -4,7 +4,7 @@ import logging
 import os
 import time
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 LOG = os.path.join(SCRATCH, "requests.log")
@@ -24,7 +24,7 @@ def handle(request):
 def main():
     for request in range(ROUNDS):
         handle(request)
-        time.sleep(PACE)
+        time.sleep(pause(request))
     ready()
     wait()
 

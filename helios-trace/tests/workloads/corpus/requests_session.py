@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 SESSIONS = []
@@ -40,9 +40,9 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Units)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    for _ in range(ROUNDS):
+    for request in range(ROUNDS):
         fetch("http://127.0.0.1:%d/units" % port)
-        time.sleep(PACE)
+        time.sleep(pause(request))
     ready(port)
     wait()
 

@@ -3,7 +3,7 @@ import os
 import sqlite3
 import time
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 DB = os.path.join(SCRATCH, "units.db")
@@ -26,7 +26,7 @@ def main():
     setup.close()
     for request in range(ROUNDS):
         record(request)
-        time.sleep(PACE)
+        time.sleep(pause(request))
     ready()
     wait()
 

@@ -4,7 +4,7 @@ import os
 import tempfile
 import time
 
-from corpus_common import PACE, ROUNDS, args, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready, settle, wait
 
 LEAKING, SCRATCH = args()
 
@@ -20,7 +20,7 @@ def save(request):
 def main():
     for request in range(ROUNDS):
         save(request)
-        time.sleep(PACE)
+        time.sleep(pause(request))
     ready()
     wait()
 
