@@ -20,6 +20,10 @@ pub(crate) enum Language {
     Native,
     Python,
     Kernel,
+    /// Go code, named from the binary's own table (resolve/modules/gopclntab.rs).
+    Go,
+    /// Code a JIT compiled at run time (Node.js, the JVM), named from the process's perf map.
+    Jit,
 }
 
 /// One frame of a site's stack, innermost first; the report's `frames` entries. Unknown values
@@ -207,6 +211,9 @@ fn is_runtime(frame: &Frame) -> bool {
         Language::Python => frame.file.as_deref().is_some_and(|file| {
             file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
         }),
+        Language::Go => frame.symbol.as_deref().is_none_or(is_go_runtime),
+        // Perf maps name the runtime's own stubs and builtins too; the rest is the program's.
+        Language::Jit => frame.symbol.as_deref().is_none_or(is_jit_runtime),
         Language::Native => {
             let module = frame.module.as_deref().map(basename).unwrap_or("");
             let symbol = frame.symbol.as_deref().unwrap_or("");
@@ -217,6 +224,40 @@ fn is_runtime(frame: &Frame) -> bool {
                 || LIBC_WRAPPERS.contains(&symbol)
         }
     }
+}
+
+/// Whether a Go function is the runtime's or the standard library's: its package path's first
+/// element has no dot (Go's rule for standard packages: cmd/go's `search.IsStandardImportPath`),
+/// `vendor/...` included, and it is not `main`; compiler-made functions (`type:.eq.…`,
+/// `go:buildid`) too. Modules (`github.com/…`, `golang.org/x/…` outside the standard library)
+/// are the program's code. The package is what comes before the first dot after the last
+/// slash (debug/gosym's `PackageName`), generic instantiations' `[…]` left out.
+fn is_go_runtime(symbol: &str) -> bool {
+    let name = symbol.split('[').next().unwrap_or(symbol);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let package = match name[last_slash..].find('.') {
+        Some(dot) => &name[..last_slash + dot],
+        None => return true,
+    };
+    let first = package.split('/').next().unwrap_or(package);
+    package != "main" && !first.contains('.')
+}
+
+/// The Go packages between any call and the kernel: the runtime, syscall, the poller and
+/// net's and os's own descriptor code.
+fn is_go_plumbing(symbol: &str) -> bool {
+    ["runtime.", "runtime/", "syscall.", "internal/", "net.", "os.", "type:", "type."]
+        .iter()
+        .any(|p| symbol.starts_with(p))
+}
+
+/// Perf-map names of a JIT runtime's own code rather than the program's: V8's builtins,
+/// stubs, handlers and bytecode handlers (`Builtin:`, `Stub:`, `BytecodeHandler:`...), the
+/// JVM's interpreter and stubs, and JavaScript of Node's own library (`node:` URLs).
+fn is_jit_runtime(symbol: &str) -> bool {
+    const PREFIXES: &[&str] =
+        &["Builtin:", "Stub:", "BytecodeHandler:", "Handler:", "RegExp:", "Interpreter", "StubRoutines"];
+    PREFIXES.iter().any(|p| symbol.starts_with(p)) || symbol.contains(" node:") || symbol.contains("(node:")
 }
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
@@ -232,6 +273,13 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
         .find(|f| !is_runtime(f) && (!python || f.language == Language::Python))
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
+        // A Go stack entirely in the standard library (a goroutine net/http started to dial):
+        // the innermost call above the runtime, syscall and socket layers says what it was for.
+        .or_else(|| {
+            frames.iter().find(|f| {
+                f.language == Language::Go && f.symbol.as_deref().is_some_and(|s| !is_go_plumbing(s))
+            })
+        })
         .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
 }
 
@@ -413,6 +461,60 @@ pub(crate) mod tests {
         assert_eq!(telling_frame(&plumbing).unwrap().symbol.as_deref(), Some("__libc_open64"));
         assert!(telling_frame(&[kernel("x")]).is_none());
         assert!(telling_frame(&[]).is_none());
+    }
+
+    fn go(symbol: &str, line: u32) -> Frame {
+        Frame { language: Language::Go, ..located(symbol, "/srv/client", "/usr/lib/go-1.19/src/x.go", line) }
+    }
+
+    #[test]
+    fn go_runtime_and_standard_library_are_library_code() {
+        for library in [
+            "runtime/internal/syscall.Syscall6",
+            "runtime.goexit",
+            "syscall.Socket",
+            "internal/poll.(*FD).Init",
+            "net.(*Dialer).DialContext",
+            "net/http.(*Transport).dialConn",
+            "vendor/golang.org/x/net/http/httpguts.ValidHeaderFieldName",
+            "crypto/tls.(*Conn).Handshake",
+            "sync/atomic.(*Pointer[go.shape.struct { a/b.c int }]).Load",
+            "type:.eq.main.T",
+            "go:buildid",
+        ] {
+            assert!(is_go_runtime(library), "{library}");
+        }
+        for program in [
+            "main.leakBodies",
+            "main.main.func1",
+            "main.(*client).fetch",
+            "github.com/acme/api.(*Client).Do",
+            "golang.org/x/net/http2.(*Transport).RoundTrip",
+            "example.com/m/v2/internal/db.Open[...]",
+        ] {
+            assert!(!is_go_runtime(program), "{program}");
+        }
+        // The program's function past the runtime and net's frames, inlined ones included.
+        let frames = vec![
+            kernel("do_syscall_64"),
+            go("runtime/internal/syscall.Syscall6", 35),
+            go("net.socket", 19),
+            Frame { inlined: true, ..go("net.(*Dialer).Dial", 355) },
+            go("main.leakDial", 50),
+            go("main.main", 70),
+        ];
+        assert_eq!(frame_label(telling_frame(&frames).unwrap()), "main.leakDial (x.go:50)");
+        // A goroutine of the standard library's own (net/http dials in one): its first call
+        // above the runtime, syscall and net layers.
+        let dialer = vec![
+            go("runtime/internal/syscall.Syscall6", 35),
+            go("syscall.Socket", 497),
+            go("net.(*Dialer).DialContext", 428),
+            go("net/http.(*Transport).dial", 1170),
+            go("net/http.(*Transport).dialConn", 1608),
+            go("runtime.goexit", 1594),
+        ];
+        assert_eq!(telling_frame(&dialer).unwrap().symbol.as_deref(), Some("net/http.(*Transport).dial"));
     }
 
     #[test]

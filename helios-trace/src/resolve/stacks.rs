@@ -406,6 +406,7 @@ impl StackRegistry {
                     line: symbol.line,
                     symbol_offset: symbol.offset,
                     inlined: symbol.inlined,
+                    language: if symbol.go { Language::Go } else { Language::Native },
                     ..native.clone()
                 });
             }
@@ -425,7 +426,12 @@ impl StackRegistry {
         if let Some(symbols) = self.symbols.get(&key) {
             return symbols.clone();
         }
-        let symbols: Arc<[Symbol]> = self.symbolizer.module_symbols(&loaded, svma).into();
+        // A Go binary names its code from its own table, stripped or not: the same names,
+        // lines and inlined frames either way (Go's own tracebacks read it too).
+        let symbols: Arc<[Symbol]> = match &loaded.go {
+            Some(go) => go.symbols(svma).into(),
+            None => self.symbolizer.module_symbols(&loaded, svma).into(),
+        };
         self.symbols.insert(key, symbols.clone());
         symbols
     }

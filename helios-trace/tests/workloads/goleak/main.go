@@ -1,0 +1,85 @@
+// goleak: the classic Go descriptor leaks, for helios-trace's kernel tests (tests/integration/runtimes.rs).
+//
+//	goleak serve            a loopback HTTP server; prints "port N", serves until stdin closes
+//	goleak client PORT DIR  prints "ready", then one command a line, answering "ok ...":
+//	  http N   N GET requests whose response bodies are never closed: each keeps its connection
+//	           (net/http cannot reuse a connection whose body was not read to the end and closed),
+//	           dialled by the Transport in a goroutine of its own
+//	  dial N   N TCP connections dialled by leakDial itself and kept
+//	  exit
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+)
+
+var kept []any
+
+func serve() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("hello\n"))
+	}))
+	bufio.NewReader(os.Stdin).ReadString('\n')
+}
+
+//go:noinline
+func leakBodies(port string, n int) {
+	for i := 0; i < n; i++ {
+		resp, err := http.Get("http://127.0.0.1:" + port + "/")
+		if err != nil {
+			panic(err)
+		}
+		kept = append(kept, resp) // resp.Body is never closed
+	}
+}
+
+//go:noinline
+func leakDial(port string, n int) {
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", "127.0.0.1:"+port) // LEAK_DIAL
+		if err != nil {
+			panic(err)
+		}
+		kept = append(kept, conn)
+	}
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		serve()
+		return
+	}
+	port := os.Args[2]
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		fields := strings.Fields(in.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		n := 0
+		if len(fields) > 1 {
+			n, _ = strconv.Atoi(fields[1])
+		}
+		switch fields[0] {
+		case "http":
+			leakBodies(port, n)
+		case "dial":
+			leakDial(port, n)
+		case "exit":
+			return
+		}
+		fmt.Println("ok")
+	}
+}
