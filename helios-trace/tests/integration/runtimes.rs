@@ -62,9 +62,11 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    /// Listening on a loopback port, and on the Unix socket `unix` if given.
+    fn start(unix: Option<&Path>) -> Server {
         let mut child = Command::new(goleak())
             .arg("serve")
+            .args(unix)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -107,7 +109,7 @@ fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
     if !require_bpf() {
         return;
     }
-    let server = Server::start();
+    let server = Server::start(None);
     let port = server.port.to_string();
     let client = |binary: &Path| {
         let mut command = Command::new(binary);
@@ -173,4 +175,60 @@ fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
     tracer.stop();
     stripped.exit();
     full.exit();
+}
+
+/// A Node.js client run with `--perf-basic-prof` (V8 writes /tmp/perf-PID.map) keeping the
+/// connections it opens: its JIT frames are named from the map, each function one frame
+/// whichever tier V8 compiled it to, so each leak is one site however often it ran. A Unix
+/// socket is made within the program's call (one site told by the program's function); a TCP
+/// connection on a later tick of Node's own (one site told by node:net's internalConnect).
+#[test]
+fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
+    if !require_bpf() {
+        return;
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let unix = scratch.path().join("server.sock");
+    let server = Server::start(Some(&unix));
+    let script = workload_dir("jsleak/client.js");
+    let mut command = Command::new("node");
+    // Interpreted functions named too: each gets a copy of the interpreter's entry in the map.
+    command.args(["--perf-basic-prof", "--interpreted-frames-native-stack"]);
+    command.arg(&script).arg(server.port.to_string()).arg(&unix);
+    let mut client = Workload::spawn_command(command);
+    let perf_map = PathBuf::from(format!("/tmp/perf-{}.map", client.pid));
+    let pid = client.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    // Twice each: V8 compiles the functions again in between (interpreted, then baseline).
+    for command in ["connect 10", "unix 10", "connect 10", "unix 10"] {
+        client.run(command);
+    }
+    let expected = kind_counts(&proc_fds(client.pid)).get("socket").copied().unwrap_or(0);
+    assert_eq!(expected, 40, "every connection is kept");
+    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open: u64 = sockets_sites(&report, client.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+        (open == expected).then_some(report)
+    });
+    let sites = sockets_sites(&report, client.pid);
+    let labels: BTreeMap<String, u64> = sites
+        .iter()
+        .map(|s| (s["frame"].as_str().unwrap().to_string(), s["open"].as_u64().unwrap()))
+        .collect();
+    let function_line = source_line(&script, "function connectUnixAndKeep");
+    let unix_label = format!("connectUnixAndKeep (client.js:{function_line})");
+    assert_eq!(labels.get(&unix_label), Some(&20), "one site of 20 named by the function: {labels:#?}");
+    let tcp: Vec<(&String, &u64)> =
+        labels.iter().filter(|(l, _)| l.starts_with("internalConnect (node:net:")).collect();
+    assert_eq!(tcp.len(), 1, "{labels:#?}");
+    assert_eq!(*tcp[0].1, 20);
+    assert_eq!(sites.len(), 2, "{sites:#?}");
+    let unix_site = sites.iter().find(|s| s["frame"] == unix_label.as_str()).unwrap();
+    let frame =
+        unix_site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == "connectUnixAndKeep").unwrap();
+    assert_eq!(frame["language"], "jit");
+    assert_eq!(frame["file"], script.to_str().unwrap());
+    tracer.stop();
+    client.exit();
+    let _ = std::fs::remove_file(perf_map);
 }

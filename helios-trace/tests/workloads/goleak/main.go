@@ -1,6 +1,7 @@
 // goleak: the classic Go descriptor leaks, for helios-trace's kernel tests (tests/integration/runtimes.rs).
 //
-//	goleak serve            a loopback HTTP server; prints "port N", serves until stdin closes
+//	goleak serve [SOCKET]   a loopback HTTP server (and on the Unix socket SOCKET, if given);
+//	                        prints "port N", serves until stdin closes
 //	goleak client PORT DIR  prints "ready", then one command a line, answering "ok ...":
 //	  http N   N GET requests whose response bodies are never closed: each keeps its connection
 //	           (net/http cannot reuse a connection whose body was not read to the end and closed),
@@ -26,10 +27,18 @@ func serve() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
-	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("hello\n"))
-	}))
+	})
+	if len(os.Args) > 2 {
+		unix, err := net.Listen("unix", os.Args[2])
+		if err != nil {
+			panic(err)
+		}
+		go http.Serve(unix, handler)
+	}
+	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+	go http.Serve(ln, handler)
 	bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
