@@ -195,9 +195,7 @@ impl GoTable {
         }
         // Past the end of the function's line table: code the table does not describe (the C
         // objects of a cgo binary lie between Go functions), not this function's.
-        if self.pcvalue(func.pcln, func.entry, svma).is_none() {
-            return None;
-        }
+        self.pcvalue(func.pcln, func.entry, svma)?;
         out.push(Symbol {
             name: self.name(func.name_off)?,
             file,
