@@ -11,7 +11,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::*;
+use crate::{
+    pods::harness::{Pod, PodSpec, Root},
+    support::*,
+};
 
 fn workload_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(name)
@@ -231,4 +234,45 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
     tracer.stop();
     client.exit();
     let _ = std::fs::remove_file(perf_map);
+}
+
+/// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
+/// the binary at /app/goleak): named from the pod's own binary as on the host.
+#[test]
+fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
+    if !require_bpf() {
+        return;
+    }
+    let root = Root::native(goleak_stripped(), "/app/goleak");
+    // A pod has only its own loopback: the client serves itself.
+    let command = ["/app/goleak", "client", "self", "/tmp"].map(String::from).to_vec();
+    let mut pod = Pod::start(PodSpec { root, command });
+    let pid = pod.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    pod.run("http 20");
+    pod.run("dial 5");
+    let expected = kind_counts(&proc_fds(pod.pid)).get("socket").copied().unwrap_or(0);
+    // 25 client connections, their 25 accepted ends (the server is in the process), the listener.
+    assert_eq!(expected, 51);
+    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open: u64 = sockets_sites(&report, pod.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+        (open + 1 == expected).then_some(report)
+    });
+    let sites = sockets_sites(&report, pod.pid);
+    let dialled: Vec<&Value> =
+        sites.iter().filter(|s| symbols_of(s).contains(&"net/http.(*Transport).dialConn")).collect();
+    assert_eq!(dialled.len(), 1, "{sites:#?}");
+    assert_eq!(dialled[0]["open"], 20);
+    assert!(
+        dialled[0]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["language"] == "go" && f["module"] == "/app/goleak")
+    );
+    let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
+    let own = sites.iter().find(|s| s["frame"] == format!("main.leakDial (main.go:{dial_line})").as_str());
+    assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "{sites:#?}");
+    tracer.stop();
 }

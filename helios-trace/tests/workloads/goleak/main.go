@@ -2,7 +2,9 @@
 //
 //	goleak serve [SOCKET]   a loopback HTTP server (and on the Unix socket SOCKET, if given);
 //	                        prints "port N", serves until stdin closes
-//	goleak client PORT DIR  prints "ready", then one command a line, answering "ok ...":
+//	goleak client PORT DIR  prints "ready", then one command a line, answering "ok ...";
+//	                        PORT "self": to a server of its own, in this process (a pod
+//	                        has only its own loopback)
 //	  http N   N GET requests whose response bodies are never closed: each keeps its connection
 //	           (net/http cannot reuse a connection whose body was not read to the end and closed),
 //	           dialled by the Transport in a goroutine of its own
@@ -21,6 +23,20 @@ import (
 )
 
 var kept []any
+
+func handler(w http.ResponseWriter, r *http.Request) {
+	w.Write([]byte("hello\n"))
+}
+
+// serveSelf serves HTTP in this process; its port.
+func serveSelf() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go http.Serve(ln, http.HandlerFunc(handler))
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
 
 func serve() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -70,6 +86,9 @@ func main() {
 		return
 	}
 	port := os.Args[2]
+	if port == "self" {
+		port = serveSelf()
+	}
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
