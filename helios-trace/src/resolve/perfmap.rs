@@ -36,7 +36,10 @@ pub(crate) struct JitSymbol {
 /// The perf map of one process image.
 #[derive(Debug)]
 pub(crate) struct PerfMap {
-    path: PathBuf,
+    /// The process's root directory (`/proc/PID/root`).
+    root: PathBuf,
+    /// The map's path inside that root.
+    inside: PathBuf,
     /// start → (end, symbol), the latest line for each start.
     code: BTreeMap<u64, (u64, JitSymbol)>,
     /// Bytes read so far (whole lines only).
@@ -49,8 +52,9 @@ impl PerfMap {
     /// not write one, or is gone).
     pub(crate) fn open(proc_root: &Path, pid: u32) -> Option<PerfMap> {
         let ns_pid = crate::sys::proc::ns_pid(proc_root, pid)?;
-        let path = proc_root.join(pid.to_string()).join(format!("root/tmp/perf-{ns_pid}.map"));
-        let mut map = PerfMap { path, code: BTreeMap::new(), read: 0, reads: 0 };
+        let root = proc_root.join(pid.to_string()).join("root");
+        let inside = PathBuf::from(format!("tmp/perf-{ns_pid}.map"));
+        let mut map = PerfMap { root, inside, code: BTreeMap::new(), read: 0, reads: 0 };
         map.read_more().then_some(map)
     }
 
@@ -72,8 +76,8 @@ impl PerfMap {
         if self.reads >= MAX_READS || self.read >= MAX_BYTES {
             return false;
         }
-        let Ok(mut file) = File::open(&self.path) else { return false };
-        if file.metadata().is_ok_and(|m| m.len() <= self.read)
+        let Some(mut file) = open_in_root(&self.root, &self.inside) else { return false };
+        if file.metadata().is_ok_and(|m| !m.is_file() || m.len() <= self.read)
             || file.seek(SeekFrom::Start(self.read)).is_err()
         {
             return false;
@@ -93,6 +97,35 @@ impl PerfMap {
         }
         true
     }
+}
+
+/// Open `inside` (relative) within the directory `root` as if it were `/`: the process owns
+/// its /tmp, and a symbolic link it put there (to `/etc/shadow`, or `tmp` itself a link) must
+/// resolve in its own root, never in the tracer's, which an absolute link under
+/// /proc/PID/root would (openat2 with RESOLVE_IN_ROOT, include/uapi/linux/openat2.h; Linux
+/// 5.6+). Magic links (/proc/self/fd/N) are refused.
+fn open_in_root(root: &Path, inside: &Path) -> Option<File> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let dir = File::open(root).ok()?;
+    let path = std::ffi::CString::new(inside.as_os_str().as_bytes()).ok()?;
+    // SAFETY: open_how is plain integers; all zero is its empty value (libc marks it
+    // non-exhaustive: the kernel may grow it).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an open_how of the size
+    // passed; the descriptor returned is owned by the File made of it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    // SAFETY: a descriptor openat2 just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// `START SIZE NAME`; None for a line that is not one.
@@ -204,5 +237,22 @@ mod tests {
             map.lookup(0x20);
         }
         assert_eq!(map.reads, MAX_READS);
+    }
+
+    #[test]
+    fn a_link_in_the_processs_tmp_resolves_in_its_own_root() {
+        let (dir, path) = procfs(4243, 8);
+        // The tracer's own file, named absolutely: inside the process's root it does not exist.
+        let outside = dir.path().join("secret.map");
+        std::fs::write(&outside, "7f0000001000 100 JS:~secret /a.js:1:1\n").unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert!(PerfMap::open(dir.path(), 4243).is_none(), "not the tracer's file");
+        // A link within its root is followed there.
+        std::fs::remove_file(&path).unwrap();
+        let real = path.with_file_name("real.map");
+        std::fs::write(&real, "7f0000001000 100 JS:~mine /a.js:1:1\n").unwrap();
+        std::os::unix::fs::symlink("/tmp/real.map", &path).unwrap();
+        let mut map = PerfMap::open(dir.path(), 4243).unwrap();
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "mine");
     }
 }
