@@ -25,7 +25,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// build, gcc for the C workloads (binutils' strip for the stripped one), tmux for the
 /// live-view test, bpftrace for the benchmark peer; for the pod tests musl-gcc (a static musl
 /// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
-/// keyring the roots of other suites are verified with.
+/// keyring the roots of other suites are verified with; Go (golang-go) for the Go workloads built
+/// stripped and unstripped, Node.js for the JIT workload that writes a perf map.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "podman",
@@ -39,6 +40,8 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "debian-archive-keyring",
+    "golang-go",
+    "nodejs",
 ];
 
 pub fn ensure(for_tests: bool) -> Result<()> {

@@ -20,6 +20,10 @@ pub(crate) enum Language {
     Native,
     Python,
     Kernel,
+    /// Go code, named from the binary's own table (resolve/modules/gopclntab.rs).
+    Go,
+    /// Code a JIT compiled at run time (Node.js, the JVM), named from the process's perf map.
+    Jit,
 }
 
 /// One frame of a site's stack, innermost first; the report's `frames` entries. Unknown values
@@ -207,15 +211,59 @@ fn is_runtime(frame: &Frame) -> bool {
         Language::Python => frame.file.as_deref().is_some_and(|file| {
             file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
         }),
+        Language::Go => frame.symbol.as_deref().is_none_or(is_go_runtime),
+        // Perf maps name the runtime's own stubs and builtins too; the rest is the program's.
+        Language::Jit => is_jit_runtime(frame),
         Language::Native => {
             let module = frame.module.as_deref().map(basename).unwrap_or("");
             let symbol = frame.symbol.as_deref().unwrap_or("");
             RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+                // Node.js links V8, libuv and its bindings into its executable.
+                || matches!(module, "node" | "nodejs")
                 // CPython's own extension modules (_socket, _io, ...).
                 || frame.module.as_deref().is_some_and(|m| m.contains("/lib-dynload/"))
                 || RUNTIME_SYMBOL_PREFIXES.iter().any(|p| symbol.starts_with(p))
                 || LIBC_WRAPPERS.contains(&symbol)
         }
+    }
+}
+
+/// Whether a Go function is the runtime's or the standard library's: its package path's first
+/// element has no dot (Go's rule for standard packages: cmd/go's `search.IsStandardImportPath`),
+/// `vendor/...` included, and it is not `main`; compiler-made functions (`type:.eq.…`,
+/// `go:buildid`) too. Modules (`github.com/…`, `golang.org/x/…` outside the standard library)
+/// are the program's code. The package is what comes before the first dot after the last
+/// slash (debug/gosym's `PackageName`), generic instantiations' `[…]` left out.
+fn is_go_runtime(symbol: &str) -> bool {
+    let name = symbol.split('[').next().unwrap_or(symbol);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let package = match name[last_slash..].find('.') {
+        Some(dot) => &name[..last_slash + dot],
+        None => return true,
+    };
+    let first = package.split('/').next().unwrap_or(package);
+    package != "main" && !first.contains('.')
+}
+
+/// The Go packages between any call and the kernel: the runtime, syscall, the poller and
+/// net's and os's own descriptor code.
+fn is_go_plumbing(symbol: &str) -> bool {
+    ["runtime.", "runtime/", "syscall.", "internal/", "net.", "os.", "type:", "type."]
+        .iter()
+        .any(|p| symbol.starts_with(p))
+}
+
+/// A JIT runtime's own code rather than the program's: what its perf map names without a
+/// source file (V8's builtins, stubs, handlers and bytecode handlers: `Builtin:`, `Stub:`,
+/// `BytecodeHandler:`...; the JVM's interpreter and stubs), and JavaScript of Node's own
+/// library (`node:net`, `node:internal/...`).
+fn is_jit_runtime(frame: &Frame) -> bool {
+    const RUNTIME_PREFIXES: &[&str] =
+        &["Builtin:", "Stub:", "BytecodeHandler:", "Handler:", "RegExp:", "Interpreter", "StubRoutines"];
+    match (frame.file.as_deref(), frame.symbol.as_deref()) {
+        (Some(file), _) => file.starts_with("node:"),
+        (None, Some(symbol)) => RUNTIME_PREFIXES.iter().any(|p| symbol.starts_with(p)),
+        (None, None) => true,
     }
 }
 
@@ -232,6 +280,16 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
         .find(|f| !is_runtime(f) && (!python || f.language == Language::Python))
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
+        // A JavaScript stack entirely in Node's own library (a TCP connection is made on a
+        // later tick, by node:net's internalConnect): the innermost JavaScript frame.
+        .or_else(|| frames.iter().find(|f| f.language == Language::Jit && f.file.is_some()))
+        // A Go stack entirely in the standard library (a goroutine net/http started to dial):
+        // the innermost call above the runtime, syscall and socket layers says what it was for.
+        .or_else(|| {
+            frames.iter().find(|f| {
+                f.language == Language::Go && f.symbol.as_deref().is_some_and(|s| !is_go_plumbing(s))
+            })
+        })
         .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
 }
 
@@ -307,12 +365,28 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
 /// of the Python frames, which
 /// the Python frames already name (and whose depth depends on how much stack that glue took,
 /// so a cut stack window would cut them differently).
+///
+/// A stack with named JIT frames (JavaScript from a perf map) and no Python frames is
+/// identified by the native frames innermost of its first JIT frame (the bindings and libuv
+/// chain that made the descriptor) and its named JIT frames up to the innermost one of the
+/// program's own code, then only the program's own JIT frames outward: what lies between
+/// them changes while V8 compiles the same code again — an interpreted function runs through
+/// V8's one shared interpreter entry (a native frame of the executable) until it is compiled,
+/// then has a named frame of its own (src/logging/log.cc, `--interpreted-frames-native-stack`
+/// only copies the entry for functions compiled after start, not for Node's own library read
+/// from its snapshot), and optimizing compilers inline calls away.
 fn identity(frames: &[Frame]) -> impl Iterator<Item = &Frame> {
     let first_python = frames.iter().position(|f| f.language == Language::Python);
+    let named_jit = |f: &Frame| f.language == Language::Jit && f.file.is_some();
+    let first_jit = first_python.is_none().then(|| frames.iter().position(named_jit)).flatten();
+    let program_jit = first_jit.and_then(|_| frames.iter().position(|f| named_jit(f) && !is_runtime(f)));
     frames.iter().enumerate().filter_map(move |(i, frame)| {
-        let kept = match first_python {
-            None => true,
-            Some(first) => frame.language == Language::Python || (i < first && !frame.interpreter),
+        let kept = match (first_python, first_jit) {
+            (Some(first), _) => frame.language == Language::Python || (i < first && !frame.interpreter),
+            (None, Some(first)) => {
+                i < first || (named_jit(frame) && (program_jit.is_none_or(|p| i <= p) || !is_runtime(frame)))
+            }
+            (None, None) => true,
         };
         kept.then_some(frame)
     })
@@ -413,6 +487,115 @@ pub(crate) mod tests {
         assert_eq!(telling_frame(&plumbing).unwrap().symbol.as_deref(), Some("__libc_open64"));
         assert!(telling_frame(&[kernel("x")]).is_none());
         assert!(telling_frame(&[]).is_none());
+    }
+
+    fn go(symbol: &str, line: u32) -> Frame {
+        Frame { language: Language::Go, ..located(symbol, "/srv/client", "/usr/lib/go-1.19/src/x.go", line) }
+    }
+
+    fn js(symbol: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            symbol: Some(Arc::from(symbol)),
+            file: Some(Arc::from(file)),
+            line: Some(line),
+            language: Language::Jit,
+            ..Frame::native(0x7f00_dc06_4b1c + u64::from(line), None, None)
+        }
+    }
+
+    #[test]
+    fn a_javascript_line_is_one_site_whatever_v8_compiled_between() {
+        let binding = |offset| native(Some("node::TCPWrap::Connect"), "/usr/bin/node", offset);
+        let entry = native(Some("Builtins_InterpreterEntryTrampoline"), "/usr/bin/node", 0x18d0000);
+        let interpreted = vec![
+            native(Some("__GI_socket"), "/lib/libc.so.6", 0x10),
+            binding(0xde4fe4),
+            js("internalConnect", "node:net", 1038),
+            js("connectUnixAndKeep", "/srv/client.js", 35),
+            entry.clone(),
+            js("(anonymous)", "/srv/client.js", 48),
+            entry.clone(),
+            js("ondata", "node:internal/readline/interface", 245),
+        ];
+        // Later: node:events' emit compiled (a named frame where the shared entry was), the
+        // readline code inlined away, other addresses.
+        let compiled = vec![
+            native(Some("__GI_socket"), "/lib/libc.so.6", 0x10),
+            binding(0xde4fe4),
+            Frame { address: Some(1), ..js("internalConnect", "node:net", 1038) },
+            Frame { address: Some(2), ..js("connectUnixAndKeep", "/srv/client.js", 35) },
+            Frame { address: Some(3), ..js("(anonymous)", "/srv/client.js", 48) },
+            js("emit", "node:events", 471),
+        ];
+        assert_eq!(site_id(&interpreted), site_id(&compiled));
+        assert_eq!(site_label(&compiled).unwrap(), "connectUnixAndKeep (client.js:35)");
+        // Another line of the program, or another binding, is another site.
+        let mut other = compiled.clone();
+        other[3] = js("connectUnixAndKeep", "/srv/client.js", 36);
+        assert_ne!(site_id(&other), site_id(&compiled));
+        let mut other = compiled.clone();
+        other[1] = native(Some("node::PipeWrap::Connect"), "/usr/bin/node", 0xde5000);
+        assert_ne!(site_id(&other), site_id(&compiled));
+        // Only Node's own code (a TCP connection made on a later tick): its innermost frame.
+        let tcp = vec![
+            binding(0xde4fe4),
+            js("internalConnect", "node:net", 1038),
+            js("processTicksAndRejections", "node:internal/process/task_queues", 67),
+        ];
+        assert_eq!(site_label(&tcp).unwrap(), "internalConnect (node:net:1038)");
+        // Unnamed JIT code (no perf map) and V8's stubs are the runtime's.
+        assert!(is_runtime(&Frame { file: None, ..js("Builtin:ArgumentsAdaptorTrampoline", "", 0) }));
+        assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api::handle", "", 0) }));
+    }
+
+    #[test]
+    fn go_runtime_and_standard_library_are_library_code() {
+        for library in [
+            "runtime/internal/syscall.Syscall6",
+            "runtime.goexit",
+            "syscall.Socket",
+            "internal/poll.(*FD).Init",
+            "net.(*Dialer).DialContext",
+            "net/http.(*Transport).dialConn",
+            "vendor/golang.org/x/net/http/httpguts.ValidHeaderFieldName",
+            "crypto/tls.(*Conn).Handshake",
+            "sync/atomic.(*Pointer[go.shape.struct { a/b.c int }]).Load",
+            "type:.eq.main.T",
+            "go:buildid",
+        ] {
+            assert!(is_go_runtime(library), "{library}");
+        }
+        for program in [
+            "main.leakBodies",
+            "main.main.func1",
+            "main.(*client).fetch",
+            "github.com/acme/api.(*Client).Do",
+            "golang.org/x/net/http2.(*Transport).RoundTrip",
+            "example.com/m/v2/internal/db.Open[...]",
+        ] {
+            assert!(!is_go_runtime(program), "{program}");
+        }
+        // The program's function past the runtime and net's frames, inlined ones included.
+        let frames = vec![
+            kernel("do_syscall_64"),
+            go("runtime/internal/syscall.Syscall6", 35),
+            go("net.socket", 19),
+            Frame { inlined: true, ..go("net.(*Dialer).Dial", 355) },
+            go("main.leakDial", 50),
+            go("main.main", 70),
+        ];
+        assert_eq!(frame_label(telling_frame(&frames).unwrap()), "main.leakDial (x.go:50)");
+        // A goroutine of the standard library's own (net/http dials in one): its first call
+        // above the runtime, syscall and net layers.
+        let dialer = vec![
+            go("runtime/internal/syscall.Syscall6", 35),
+            go("syscall.Socket", 497),
+            go("net.(*Dialer).DialContext", 428),
+            go("net/http.(*Transport).dial", 1170),
+            go("net/http.(*Transport).dialConn", 1608),
+            go("runtime.goexit", 1594),
+        ];
+        assert_eq!(telling_frame(&dialer).unwrap().symbol.as_deref(), Some("net/http.(*Transport).dial"));
     }
 
     #[test]

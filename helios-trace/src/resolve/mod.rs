@@ -4,6 +4,7 @@
 pub(crate) mod cache;
 pub(crate) mod holders;
 pub(crate) mod modules;
+pub(crate) mod perfmap;
 pub(crate) mod python;
 pub(crate) mod stacks;
 pub(crate) mod symbolize;

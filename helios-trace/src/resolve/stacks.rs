@@ -26,6 +26,7 @@ use crate::{
             files::{ModuleFiles, ProcessImage},
             maps::FileKey,
         },
+        perfmap::{JitSymbol, PerfMap},
         symbolize::{Symbol, Symbolizer},
         unwind::{ProcessUnwinder, UnwindCache},
     },
@@ -44,6 +45,9 @@ const MAX_MODULES: usize = 512;
 const MAX_MODULE_BYTES: u64 = 4 << 30;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
+/// Looks for a process's perf map that find none (most processes have none): then its JIT
+/// frames, if any, stay bare addresses.
+const MAX_PERF_MAP_MISSES: u32 = 4;
 
 impl Weight for Arc<[Symbol]> {
     fn weight(&self) -> usize {
@@ -66,6 +70,10 @@ struct ProcessStacks {
     /// up for every event, so a hit hashes the chain once and allocates nothing.
     by_chain: HashMap<u64, Vec<Chain>>,
     chains: usize,
+    /// The JIT runtime's perf map (resolve/perfmap.rs), once found.
+    perf_map: Option<PerfMap>,
+    /// Times it was looked for and not found (a runtime writes it from its start: bounded).
+    perf_map_misses: u32,
 }
 
 /// An unwound chain, the kernel stack id that came with it, and their site.
@@ -387,7 +395,17 @@ impl StackRegistry {
         let mut frames = Vec::with_capacity(addresses.len());
         for (address, lookup) in addresses.iter().zip(lookup_addresses(addresses)) {
             let Some(mapping) = image.maps.lookup(lookup) else {
-                frames.push(Frame::native(*address, None, None));
+                // In no file: JIT-compiled code, named by the runtime's perf map if it has one.
+                frames.push(match self.jit_symbol(tgid, lookup) {
+                    Some(jit) => Frame {
+                        symbol: Some(jit.name),
+                        file: jit.file,
+                        line: jit.line,
+                        language: Language::Jit,
+                        ..Frame::native(*address, None, None)
+                    },
+                    None => Frame::native(*address, None, None),
+                });
                 continue;
             };
             let offset = address.wrapping_sub(mapping.start).wrapping_add(mapping.file_offset);
@@ -411,11 +429,23 @@ impl StackRegistry {
                     line: symbol.line,
                     symbol_offset: symbol.offset,
                     inlined: symbol.inlined,
+                    language: if symbol.go { Language::Go } else { Language::Native },
                     ..native.clone()
                 });
             }
         }
         frames
+    }
+
+    /// The JIT-compiled function at `address` of `tgid`, from its perf map.
+    fn jit_symbol(&mut self, tgid: u32, address: u64) -> Option<JitSymbol> {
+        let proc_root = self.proc_root.clone();
+        let process = self.process(tgid);
+        if process.perf_map.is_none() && process.perf_map_misses < MAX_PERF_MAP_MISSES {
+            process.perf_map = PerfMap::open(&proc_root, tgid);
+            process.perf_map_misses += u32::from(process.perf_map.is_none());
+        }
+        process.perf_map.as_mut()?.lookup(address)
     }
 
     /// The functions at a file offset of a module (cached per module).
@@ -430,7 +460,12 @@ impl StackRegistry {
         if let Some(symbols) = self.symbols.get(&key) {
             return symbols.clone();
         }
-        let symbols: Arc<[Symbol]> = self.symbolizer.module_symbols(&loaded, svma).into();
+        // A Go binary names its code from its own table, stripped or not: the same names,
+        // lines and inlined frames either way (Go's own tracebacks read it too).
+        let symbols: Arc<[Symbol]> = match &loaded.go {
+            Some(go) => go.symbols(svma).into(),
+            None => self.symbolizer.module_symbols(&loaded, svma).into(),
+        };
         self.symbols.insert(key, symbols.clone());
         symbols
     }

@@ -26,6 +26,8 @@ pub(crate) struct Symbol {
     /// has no start of its own.
     pub(crate) offset: Option<u64>,
     pub(crate) inlined: bool,
+    /// Named from a Go binary's own table (resolve/modules/gopclntab.rs): the frame is Go code.
+    pub(crate) go: bool,
 }
 
 /// blazesym's symbolizer keeps `Rc`s and `RefCell`s inside, so it is not `Send`. They are all
@@ -108,7 +110,14 @@ fn symbols(sym: &Sym<'_>) -> Vec<Symbol> {
         .rev()
         .map(|inlined| {
             let (file, line) = location(inlined.code_info.as_ref());
-            Symbol { name: Arc::from(inlined.name.as_ref()), file, line, offset: None, inlined: true }
+            Symbol {
+                name: Arc::from(inlined.name.as_ref()),
+                file,
+                line,
+                offset: None,
+                inlined: true,
+                go: false,
+            }
         })
         .collect();
     let (file, line) = location(sym.code_info.as_deref());
@@ -118,6 +127,7 @@ fn symbols(sym: &Sym<'_>) -> Vec<Symbol> {
         line,
         offset: Some(sym.offset as u64),
         inlined: false,
+        go: false,
     });
     out
 }

@@ -24,6 +24,7 @@ mod python;
 mod python_sites;
 mod resources;
 mod robustness;
+mod runtimes;
 mod serve;
 mod sessions;
 mod stacks;

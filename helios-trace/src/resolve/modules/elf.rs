@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use thiserror::Error;
 
-use super::files::ModuleFile;
+use super::{files::ModuleFile, gopclntab::GoTable};
 
 #[derive(Debug, Error)]
 pub(crate) enum ModuleError {
@@ -58,6 +58,8 @@ pub(crate) struct LoadedModule {
     /// Keeps the file open (and its reopen path valid) while the module is cached.
     pub(crate) file: Arc<ModuleFile>,
     pub(crate) unwind: UnwindSections,
+    /// A Go binary's own function and line table, which names its code stripped or not.
+    pub(crate) go: Option<GoTable>,
     /// PT_LOAD segments: (file offset, SVMA, file size).
     segments: Vec<(u64, u64, u64)>,
     pub(super) size: u64,
@@ -99,7 +101,8 @@ impl LoadedModule {
             })
             .collect();
         let build_id = elf.build_id().ok().flatten().map(Box::from);
-        Ok(LoadedModule { build_id, unwind, segments, size: map.len() as u64, file })
+        let go = GoTable::parse(&elf, &map);
+        Ok(LoadedModule { build_id, unwind, go, segments, size: map.len() as u64, file })
     }
 
     /// The SVMA of a file offset (through the PT_LOAD segment that maps it).

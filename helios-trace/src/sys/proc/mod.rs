@@ -47,6 +47,11 @@ pub(crate) fn ns_tids(root: &Path, pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A process's id in its own pid namespace (the last `NSpid` entry of /proc/PID/status).
+pub(crate) fn ns_pid(root: &Path, pid: u32) -> Option<u32> {
+    own_ns_id(&fs::read_to_string(root.join(pid.to_string()).join("status")).ok()?)
+}
+
 /// The innermost id of a status file's `NSpid` line.
 fn own_ns_id(status: &str) -> Option<u32> {
     let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;

@@ -1,0 +1,566 @@
+//! Go's own function and line table (`.gopclntab`), which every Go binary carries for its
+//! tracebacks and keeps when it is stripped (`go build -ldflags="-s -w"`, as images and
+//! distributions ship Go programs): function names, files and lines, and the functions inlined
+//! at an address.
+//!
+//! No maintained crate reads it for a symbolizer (blazesym reads ELF symbols, DWARF, Gsym and
+//! Breakpad; the Go-specific crates are reverse-engineering tools without an address lookup),
+//! so this follows the layout Go's own readers use: src/runtime/symtab.go (`pcHeader`,
+//! `moduledata`, `pcvalue`, `step`, `funcline1`), src/runtime/runtime2.go (`_func`),
+//! src/runtime/symtabinl.go and src/debug/gosym/pclntab.go (`InlineTree`). Two layouts are
+//! read, the ones of every Go since 1.18:
+//! - 1.18 and 1.19 (magic 0xfffffff0; Debian 12's golang-go is 1.19): `_func` without
+//!   `startLine` (40 bytes), `inlinedCall` {parent i16, funcID u8, _ u8, file i32, line i32,
+//!   func_ i32, parentPc i32};
+//! - 1.20 and later (magic 0xfffffff1): `_func` with `startLine` (44 bytes), `inlinedCall`
+//!   {funcID u8, _ [3]u8, nameOff i32, parentPc i32, startLine i32}.
+//!
+//! Older layouts (Go 1.2 to 1.17, unsupported upstream for years) are not read: such a binary
+//! falls back to its ELF symbols. Every read is bounds-checked; a damaged table names nothing
+//! rather than something wrong.
+use std::{ops::Range, sync::Arc};
+
+use memmap2::Mmap;
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+
+use crate::resolve::symbolize::Symbol;
+
+/// The two table layouts (runtime/symtab.go's pcHeader magic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GoLayout {
+    /// Go 1.18 and 1.19.
+    Go118,
+    /// Go 1.20 and later.
+    Go120,
+}
+
+const MAGIC_GO118: u32 = 0xffff_fff0;
+const MAGIC_GO120: u32 = 0xffff_fff1;
+/// runtime/symtab.go: `_PCDATA_InlTreeIndex`, `_FUNCDATA_InlTree`.
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+/// Inlined calls followed at one address at most (the compiler's inlining budget keeps real
+/// chains short; a cycle in damaged data stops here).
+const MAX_INLINE_DEPTH: usize = 64;
+
+/// The `.gopclntab` of a Go binary, parsed lazily: the header at load, the rest per lookup.
+#[derive(Debug)]
+pub(crate) struct GoTable {
+    map: Arc<Mmap>,
+    /// The section's bytes in the file.
+    tab: Range<usize>,
+    layout: GoLayout,
+    quantum: u64,
+    nfunc: usize,
+    text_start: u64,
+    funcnames: usize,
+    cutab: usize,
+    filetab: usize,
+    pctab: usize,
+    functab: usize,
+    /// `moduledata.gofunc` (the base of funcdata offsets, where inline trees are), when the
+    /// module data was found; without it, no inlined frames.
+    gofunc: Option<u64>,
+    /// PT_LOAD segments: (file offset, SVMA, file size), to read the inline trees.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl GoTable {
+    /// The table of `elf` if it is a Go binary of a layout read here.
+    pub(crate) fn parse(elf: &object::File<'_>, map: &Arc<Mmap>) -> Option<GoTable> {
+        let section = elf.section_by_name(".gopclntab")?;
+        let (offset, size) = section.file_range()?;
+        let tab = usize::try_from(offset).ok()?..usize::try_from(offset.checked_add(size)?).ok()?;
+        let bytes = map.get(tab.clone())?;
+        let layout = match u32_at(bytes, 0)? {
+            MAGIC_GO118 => GoLayout::Go118,
+            MAGIC_GO120 => GoLayout::Go120,
+            _ => return None,
+        };
+        // pcHeader: magic, pad1, pad2, minLC, ptrSize, then nfunc, nfiles, textStart and the
+        // table offsets, each pointer-sized.
+        let (quantum, ptr) = (*bytes.get(6)?, *bytes.get(7)?);
+        if ptr != 8 || bytes.get(4..6)? != [0, 0] || quantum == 0 {
+            return None;
+        }
+        let word = |i: usize| u64_at(bytes, 8 + 8 * i);
+        let at = |i: usize| word(i).and_then(|v| usize::try_from(v).ok()).filter(|v| *v < bytes.len());
+        let segments = elf
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, s.address(), size)
+            })
+            .collect();
+        let mut table = GoTable {
+            map: map.clone(),
+            layout,
+            quantum: u64::from(quantum),
+            nfunc: usize::try_from(word(0)?).ok()?,
+            text_start: word(2)?,
+            funcnames: at(3)?,
+            cutab: at(4)?,
+            filetab: at(5)?,
+            pctab: at(6)?,
+            functab: at(7)?,
+            gofunc: None,
+            segments,
+            tab,
+        };
+        // The function table must hold nfunc + 1 entries of two u32 (the last one the end).
+        table.bytes().get(table.functab..table.functab.checked_add((table.nfunc + 1).checked_mul(8)?)?)?;
+        table.gofunc = table.find_gofunc(elf, section.address());
+        Some(table)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn layout(&self) -> GoLayout {
+        self.layout
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.tab.clone()]
+    }
+
+    /// `moduledata.gofunc`, from the first module data (in `.noptrdata`), found by its first
+    /// field: a pointer to the pcHeader. runtime/symtab.go's `moduledata` up to `gofunc`:
+    /// pcHeader, six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab,
+    /// minpc, maxpc, text, etext, noptrdata..enoptrbss (8 words), [covctrs, ecovctrs: 1.20+],
+    /// end, gcdata, gcbss, types, etypes, rodata, gofunc.
+    fn find_gofunc(&self, elf: &object::File<'_>, pcheader: u64) -> Option<u64> {
+        let section = elf.section_by_name(".noptrdata")?;
+        let data = section.data().ok()?;
+        let gofunc_at = match self.layout {
+            GoLayout::Go118 => 304,
+            GoLayout::Go120 => 320,
+        };
+        (0..data.len().saturating_sub(gofunc_at + 8)).step_by(8).find_map(|at| {
+            let word = |i: usize| u64_at(data, at + i);
+            // pcHeader, and `text` (after the header word, six slices, findfunctab, minpc, maxpc)
+            // equal to the header's textStart.
+            if word(0)? != pcheader || word(8 + 6 * 24 + 8 * 3)? != self.text_start {
+                return None;
+            }
+            let (types, etypes, rodata, gofunc) =
+                (word(gofunc_at - 24)?, word(gofunc_at - 16)?, word(gofunc_at - 8)?, word(gofunc_at)?);
+            (types <= etypes && rodata <= gofunc && self.at_svma(gofunc, 1).is_some()).then_some(gofunc)
+        })
+    }
+
+    /// `len` bytes at an address as the file states it.
+    fn at_svma(&self, svma: u64, len: usize) -> Option<&[u8]> {
+        let (offset, start, _) =
+            self.segments.iter().find(|(_, start, size)| (*start..start + size).contains(&svma))?;
+        let from = usize::try_from(offset + (svma - start)).ok()?;
+        self.map.get(from..from.checked_add(len)?)
+    }
+
+    /// The functions at `svma`, innermost first: the inlined ones (`inlined`, no offset),
+    /// then the function their code was compiled into. Empty outside the table's functions.
+    pub(crate) fn symbols(&self, svma: u64) -> Vec<Symbol> {
+        self.lookup(svma).unwrap_or_default()
+    }
+
+    fn lookup(&self, svma: u64) -> Option<Vec<Symbol>> {
+        let func = self.func(svma)?;
+        let mut out = Vec::new();
+        let (mut file, mut line) = self.position(&func, svma);
+        let mut index = self.inline_index(&func, svma);
+        while let Some(ix) = index.filter(|_| out.len() < MAX_INLINE_DEPTH) {
+            // At an address in inlined code, the innermost inlined call is inlTree[ix], at the
+            // tables' file and line there; its caller is the parent entry (1.18, 1.19:
+            // `parent`, at the entry's own call-site file and line) or the entry at the
+            // caller's instruction entry + parentPc (1.20+, runtime/symtabinl.go), at that
+            // instruction's file and line. No parent: the function itself.
+            let call = self.inlined_call(&func, ix)?;
+            out.push(Symbol {
+                name: self.name(call.name_off)?,
+                file,
+                line,
+                offset: None,
+                inlined: true,
+                go: true,
+            });
+            match self.layout {
+                GoLayout::Go118 => {
+                    (file, line) = (self.file(&func, call.file), u32::try_from(call.line).ok());
+                    index = call.parent.and_then(|p| u32::try_from(p).ok());
+                }
+                GoLayout::Go120 => {
+                    let pc = func.entry.checked_add(u64::try_from(call.parent_pc).ok()?)?;
+                    (file, line) = self.position(&func, pc);
+                    index = self.inline_index(&func, pc);
+                }
+            }
+        }
+        // Past the end of the function's line table: code the table does not describe (the C
+        // objects of a cgo binary lie between Go functions), not this function's.
+        self.pcvalue(func.pcln, func.entry, svma)?;
+        out.push(Symbol {
+            name: self.name(func.name_off)?,
+            file,
+            line,
+            offset: Some(svma - func.entry),
+            inlined: false,
+            go: true,
+        });
+        Some(out)
+    }
+
+    /// The `_func` whose code holds `svma` (binary search of the function table).
+    fn func(&self, svma: u64) -> Option<Func> {
+        let rel = u32::try_from(svma.checked_sub(self.text_start)?).ok()?;
+        let bytes = self.bytes();
+        let entry_off = |i: usize| u32_at(bytes, self.functab + 8 * i);
+        // The last entry (index nfunc) is the end of the text.
+        if rel >= entry_off(self.nfunc)? {
+            return None;
+        }
+        let (mut lo, mut hi) = (0, self.nfunc);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if entry_off(mid)? <= rel { lo = mid } else { hi = mid }
+        }
+        if entry_off(lo)? > rel {
+            return None;
+        }
+        let at =
+            self.functab.checked_add(usize::try_from(u32_at(bytes, self.functab + 8 * lo + 4)?).ok()?)?;
+        let field = |i: usize| u32_at(bytes, at + 4 * i);
+        if field(0)? != entry_off(lo)? {
+            return None;
+        }
+        let header = match self.layout {
+            GoLayout::Go118 => 40,
+            GoLayout::Go120 => 44,
+        };
+        Some(Func {
+            at,
+            entry: self.text_start + u64::from(field(0)?),
+            name_off: field(1)?,
+            pcfile: field(5)?,
+            pcln: field(6)?,
+            npcdata: field(7)?,
+            cu_offset: field(8)?,
+            nfuncdata: u32::from(*bytes.get(at + header - 1)?),
+            header,
+        })
+    }
+
+    fn name(&self, name_off: u32) -> Option<Arc<str>> {
+        self.string(self.funcnames.checked_add(usize::try_from(name_off).ok()?)?)
+    }
+
+    fn string(&self, at: usize) -> Option<Arc<str>> {
+        let bytes = self.bytes().get(at..)?;
+        let end = bytes.iter().position(|b| *b == 0)?;
+        Some(Arc::from(String::from_utf8_lossy(&bytes[..end]).as_ref()))
+    }
+
+    /// File and line at `pc` (runtime/symtab.go, funcline1: the file number is the CU's,
+    /// cutab maps it to an offset in filetab).
+    fn position(&self, func: &Func, pc: u64) -> (Option<Arc<str>>, Option<u32>) {
+        let line = self.pcvalue(func.pcln, func.entry, pc).and_then(|l| u32::try_from(l).ok());
+        let file = self.pcvalue(func.pcfile, func.entry, pc).and_then(|fileno| self.file(func, fileno));
+        (file, line)
+    }
+
+    /// A file by its number in the function's compilation unit.
+    fn file(&self, func: &Func, fileno: i64) -> Option<Arc<str>> {
+        let index = func.cu_offset.checked_add(u32::try_from(fileno).ok()?)?;
+        let offset = u32_at(self.bytes(), self.cutab.checked_add(4 * usize::try_from(index).ok()?)?)?;
+        if offset == u32::MAX {
+            return None;
+        }
+        self.string(self.filetab.checked_add(usize::try_from(offset).ok()?)?)
+    }
+
+    fn pcdata_table(&self, func: &Func, index: usize) -> Option<u32> {
+        if index >= usize::try_from(func.npcdata).ok()? {
+            return None;
+        }
+        u32_at(self.bytes(), func.at + func.header + 4 * index).filter(|off| *off != 0)
+    }
+
+    /// Index of the innermost inlined call at `pc`, none outside inlined code.
+    fn inline_index(&self, func: &Func, pc: u64) -> Option<u32> {
+        let table = self.pcdata_table(func, PCDATA_INL_TREE_INDEX)?;
+        u32::try_from(self.pcvalue(table, func.entry, pc)?).ok()
+    }
+
+    /// An inline tree entry.
+    fn inlined_call(&self, func: &Func, index: u32) -> Option<InlinedCall> {
+        if usize::try_from(func.nfuncdata).ok()? <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let npcdata = usize::try_from(func.npcdata).ok()?;
+        let funcdata = func.at + func.header + 4 * npcdata + 4 * FUNCDATA_INL_TREE;
+        let offset = u32_at(self.bytes(), funcdata).filter(|o| *o != u32::MAX)?;
+        let tree = self.gofunc?.checked_add(u64::from(offset))?;
+        let (size, name_at, parent_at) = match self.layout {
+            GoLayout::Go118 => (20, 12, 16),
+            GoLayout::Go120 => (16, 4, 8),
+        };
+        let entry = self.at_svma(tree.checked_add(u64::from(index) * size)?, size as usize)?;
+        let i32_at = |at: usize| u32_at(entry, at).map(|v| v as i32);
+        let (parent, file, line) = match self.layout {
+            // parent i16 at 0 (negative: the function itself), file at 4, line at 8.
+            GoLayout::Go118 => {
+                let parent = i16::from_le_bytes(entry.get(0..2)?.try_into().ok()?);
+                (Some(parent).filter(|p| *p >= 0), i64::from(i32_at(4)?), i64::from(i32_at(8)?))
+            }
+            GoLayout::Go120 => (None, 0, 0),
+        };
+        Some(InlinedCall {
+            name_off: u32_at(entry, name_at)?,
+            parent_pc: i32_at(parent_at)?,
+            parent,
+            file,
+            line,
+        })
+    }
+
+    /// The value of the pc-value table at `off` for `target` (runtime/symtab.go, pcvalue and
+    /// step): from value -1 at the entry, pairs of (zig-zag value delta, pc delta in quanta),
+    /// each value holding up to its pc; a zero value delta after the first pair ends it.
+    fn pcvalue(&self, off: u32, entry: u64, target: u64) -> Option<i64> {
+        if off == 0 {
+            return None;
+        }
+        let bytes = self.bytes().get(self.pctab.checked_add(usize::try_from(off).ok()?)?..)?;
+        let (mut at, mut pc, mut value) = (0usize, entry, -1i64);
+        let mut first = true;
+        loop {
+            let (delta, n) = uvarint(bytes.get(at..)?)?;
+            if delta == 0 && !first {
+                return None;
+            }
+            first = false;
+            at += n;
+            let delta = i64::from((delta >> 1) as u32 as i32) ^ -i64::from((delta & 1) as u32 as i32);
+            value = value.checked_add(delta)?;
+            let (pc_delta, n) = uvarint(bytes.get(at..)?)?;
+            at += n;
+            pc = pc.checked_add(pc_delta.checked_mul(self.quantum)?)?;
+            if target < pc {
+                return Some(value);
+            }
+        }
+    }
+}
+
+/// An entry of a function's inline tree (runtime/symtab.go, `inlinedCall`).
+struct InlinedCall {
+    name_off: u32,
+    parent_pc: i32,
+    /// 1.18, 1.19: the caller's entry, none when the caller is the function itself (then
+    /// `file` and `line` still are the call site's).
+    parent: Option<i16>,
+    file: i64,
+    line: i64,
+}
+
+/// What a lookup needs of one `_func` (runtime/runtime2.go).
+struct Func {
+    /// Its offset in the section.
+    at: usize,
+    entry: u64,
+    name_off: u32,
+    pcfile: u32,
+    pcln: u32,
+    npcdata: u32,
+    cu_offset: u32,
+    nfuncdata: u32,
+    /// Bytes before the pcdata offsets (40 or 44).
+    header: usize,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+/// A little-endian base-128 varint (at most 32 bits in these tables); (value, bytes read).
+fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(5) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::{fs::File, path::Path, process::Command};
+
+    use object::{ObjectSymbol as _, SymbolKind};
+
+    use super::*;
+    use crate::resolve::{
+        modules::{elf::LoadedModule, files::ModuleFile, maps::FileKey},
+        symbolize::Symbolizer,
+    };
+
+    /// tests/workloads/goleak built by the machine's Go (`cargo xtask setup --tests` installs
+    /// golang-go), with its symbols and DWARF and without (`-s -w`, as Go programs ship).
+    fn build(dir: &Path, name: &str, flags: &[&str]) -> LoadedModule {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/goleak/main.go");
+        let out = dir.join(name);
+        let status = Command::new("go")
+            .arg("build")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(&source)
+            .env("GO111MODULE", "off")
+            // Pure Go: cgo's generated Go files carry //line directives whose DWARF call lines
+            // are wrong (net.addrinfoErrno.Error calls C.GoString on cgo_unix.go:35, DWARF says
+            // 38), which would make DWARF no reference for them.
+            .env("CGO_ENABLED", "0")
+            .status()
+            .expect("go runs (cargo xtask setup --tests installs golang-go)");
+        assert!(status.success());
+        let file = Arc::new(ModuleFile::new(
+            FileKey { dev: 0, inode: 0 },
+            Arc::from(name),
+            File::open(out).unwrap(),
+        ));
+        LoadedModule::load(file).unwrap()
+    }
+
+    /// The stripped binary's table names every function of the unstripped one's symbol table
+    /// at its address, and gives the same files, lines and inlined functions as the unstripped
+    /// binary's DWARF (read by blazesym: another writer of the same facts, the compiler's DWARF
+    /// generator, and another reader).
+    #[test]
+    fn a_stripped_go_binary_is_named_as_its_symbols_and_dwarf_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = build(dir.path(), "goleak", &[]);
+        let stripped = build(dir.path(), "goleak.stripped", &["-ldflags=-s -w"]);
+        let table = stripped.go.as_ref().expect("a Go binary has a .gopclntab");
+        let go_version = Command::new("go").arg("version").output().unwrap().stdout;
+        let go_version = String::from_utf8_lossy(&go_version);
+        let expected = if go_version.contains("go1.18") || go_version.contains("go1.19") {
+            GoLayout::Go118
+        } else {
+            GoLayout::Go120
+        };
+        assert_eq!(table.layout(), expected, "{go_version}");
+
+        let data = std::fs::read(full.file.reopen_path()).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        // The module data found in the stripped binary points where the symbol says.
+        let gofunc = elf.symbols().find(|s| matches!(s.name(), Ok("go.func.*" | "go:func.*"))).unwrap();
+        assert_eq!(table.gofunc, Some(gofunc.address()));
+
+        let functions: Vec<(String, u64, u64)> = elf
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .map(|s| (s.name().unwrap().to_string(), s.address(), s.size()))
+            .collect();
+        assert!(functions.len() > 1000, "{}", functions.len());
+        let mut symbolizer = Symbolizer::new("/proc/kallsyms");
+        let (mut compared, mut inlined, mut go_functions) = (0, 0, 0);
+        let mut pcs = Vec::new();
+        for (name, address, size) in &functions {
+            // cgo's C objects (net's resolver, runtime/cgo: .c files, some without DWARF) are
+            // not Go code: not in the table. Go's are .go and .s files.
+            let dwarf = symbolizer.module_symbols(&full, *address);
+            let file = dwarf.last().and_then(|s| s.file.clone()).unwrap_or_else(|| Arc::from(""));
+            if ![".go", ".s", "<autogenerated>"].iter().any(|e| file.ends_with(e)) {
+                assert!(table.symbols(*address).is_empty(), "{name} ({file}) is not Go");
+                continue;
+            }
+            go_functions += 1;
+            let at_entry = table.symbols(*address);
+            // The linker names assembly functions' ELF symbols with their ABI (`.abi0`); the
+            // table names them as Go's tracebacks do.
+            // The table elides what is between brackets (instantiations' type arguments,
+            // array lengths) to `[...]`, as cmd/link's pcln.go writes function names.
+            let name = elide_brackets(name.strip_suffix(".abi0").unwrap_or(name));
+            // Function-local types are numbered with a middle dot in the table (`dialResult·1`)
+            // and a dot in ELF symbols and DWARF.
+            let ours = at_entry.last().map(|s| s.name.replace('·', "."));
+            assert_eq!(ours.as_deref(), Some(name.as_str()), "at {address:#x}");
+            assert_eq!(at_entry.last().unwrap().offset, Some(0));
+            // Every 16th byte of the function: the inlined functions against DWARF, the
+            // innermost file and line against Go's own reader below.
+            for pc in (*address..address + size).step_by(16) {
+                let ours = table.symbols(pc);
+                assert!(!ours.is_empty(), "{pc:#x} in {name}");
+                pcs.push((pc, ours[0].file.clone(), ours[0].line, ours.last().unwrap().name.clone()));
+                let dwarf = symbolizer.module_symbols(&full, pc);
+                // The compiler's wrappers (`<autogenerated>`, e.g. a pointer method calling the
+                // value method) have DWARF inlining entries for some inlined calls and not for
+                // others: DWARF is no reference there.
+                if dwarf.is_empty() || ours.last().and_then(|s| s.file.as_deref()) == Some("<autogenerated>")
+                {
+                    continue;
+                }
+                let ours: Vec<_> = ours.iter().map(|s| s.name.replace('·', ".")).collect();
+                let theirs: Vec<_> = dwarf.iter().map(|s| elide_brackets(&s.name)).collect();
+                assert_eq!(ours, theirs, "at {pc:#x} in {name}");
+                compared += 1;
+                inlined += usize::from(dwarf.len() > 1);
+            }
+        }
+        // `go tool addr2line` (debug/gosym, Go's own reader of the same table) on the unstripped
+        // binary: the function and the innermost file:line of each address.
+        let mut addr2line = Command::new("go")
+            .args(["tool", "addr2line"])
+            .arg(dir.path().join("goleak"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input: String = pcs.iter().map(|(pc, ..)| format!("{pc:#x}\n")).collect();
+        let mut stdin = addr2line.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+        let output = addr2line.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        let output = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = output.lines().collect();
+        assert_eq!(lines.len(), 2 * pcs.len());
+        for ((pc, file, line, function), answer) in pcs.iter().zip(lines.chunks(2)) {
+            let position = format!("{}:{}", file.as_deref().unwrap_or("?"), line.unwrap_or(0));
+            assert_eq!((&**function, position.as_str()), (answer[0], answer[1]), "at {pc:#x}");
+        }
+        assert!(go_functions > 1000, "{go_functions} Go functions");
+        assert!(compared > 10_000 && inlined > 500, "{compared} addresses, {inlined} in inlined code");
+        // Outside the text: nothing.
+        assert!(table.symbols(0x10).is_empty());
+        assert!(table.symbols(u64::MAX).is_empty());
+    }
+
+    fn elide_brackets(name: &str) -> String {
+        let (mut out, mut depth) = (String::new(), 0);
+        for c in name.chars() {
+            match c {
+                '[' => {
+                    if depth == 0 {
+                        out.push_str("[...]");
+                    }
+                    depth += 1;
+                }
+                ']' => depth -= 1,
+                _ if depth == 0 => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pc_value_tables_and_varints() {
+        assert_eq!(uvarint(&[0x05]), Some((5, 1)));
+        assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
+        assert_eq!(uvarint(&[0x80, 0x80, 0x80, 0x80, 0x80]), None, "longer than 32 bits");
+        assert_eq!(uvarint(&[0x80]), None, "cut");
+    }
+}

@@ -1,0 +1,258 @@
+//! Names of JIT-compiled code from the perf map a runtime writes (`/tmp/perf-PID.map`: Node.js
+//! with `--perf-basic-prof`, the JVM with a perf-map agent, CPython 3.12+ with `-X perf`): one
+//! line per code object, `START SIZE NAME` (hexadecimal, no prefix), appended as code is made
+//! (the format of linux's tools/perf/Documentation/jit-interface.txt).
+//!
+//! The file is read inside the process's own mount namespace (`/proc/PID/root/tmp/…`) and named
+//! by the pid the process sees itself as (the last `NSpid` entry), so a runtime in a container
+//! is named like one on the host. It grows while the runtime compiles: an address it does not
+//! name yet reads what was appended since (never more than `MAX_BYTES` in all, at most
+//! `MAX_READS` times), and code whose range was written again (freed and reused) is named by
+//! the latest line.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+/// A perf map is read at most this many times per process image (the first read included)...
+const MAX_READS: u32 = 64;
+/// ...and no further than this many bytes (a long-running JVM's map can grow without end).
+const MAX_BYTES: u64 = 64 << 20;
+
+/// One JIT-compiled function as a frame shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct JitSymbol {
+    /// The function (`connectAndKeep`), or the whole name for what is not a JavaScript
+    /// function (`Builtin:ArgumentsAdaptorTrampoline`, a JVM method).
+    pub(crate) name: Arc<str>,
+    pub(crate) file: Option<Arc<str>>,
+    /// The line the function starts at (V8 names code by its function, not by line).
+    pub(crate) line: Option<u32>,
+}
+
+/// The perf map of one process image.
+#[derive(Debug)]
+pub(crate) struct PerfMap {
+    /// The process's root directory (`/proc/PID/root`).
+    root: PathBuf,
+    /// The map's path inside that root.
+    inside: PathBuf,
+    /// start → (end, symbol), the latest line for each start.
+    code: BTreeMap<u64, (u64, JitSymbol)>,
+    /// Bytes read so far (whole lines only).
+    read: u64,
+    reads: u32,
+}
+
+impl PerfMap {
+    /// The map of `pid` as seen under `proc_root`; None when the process has none (it does
+    /// not write one, or is gone).
+    pub(crate) fn open(proc_root: &Path, pid: u32) -> Option<PerfMap> {
+        let ns_pid = crate::sys::proc::ns_pid(proc_root, pid)?;
+        let root = proc_root.join(pid.to_string()).join("root");
+        let inside = PathBuf::from(format!("tmp/perf-{ns_pid}.map"));
+        let mut map = PerfMap { root, inside, code: BTreeMap::new(), read: 0, reads: 0 };
+        map.read_more().then_some(map)
+    }
+
+    /// The code at `address`: from what was read, else after reading what was appended since.
+    pub(crate) fn lookup(&mut self, address: u64) -> Option<JitSymbol> {
+        if let Some(symbol) = self.find(address) {
+            return Some(symbol);
+        }
+        (self.read_more()).then(|| self.find(address)).flatten()
+    }
+
+    fn find(&self, address: u64) -> Option<JitSymbol> {
+        let (_, (end, symbol)) = self.code.range(..=address).next_back()?;
+        (address < *end).then(|| symbol.clone())
+    }
+
+    /// Read the lines appended since the last read; false when nothing new could be read.
+    fn read_more(&mut self) -> bool {
+        if self.reads >= MAX_READS || self.read >= MAX_BYTES {
+            return false;
+        }
+        let Some(mut file) = open_in_root(&self.root, &self.inside) else { return false };
+        if file.metadata().is_ok_and(|m| !m.is_file() || m.len() <= self.read)
+            || file.seek(SeekFrom::Start(self.read)).is_err()
+        {
+            return false;
+        }
+        self.reads += 1;
+        let mut text = Vec::new();
+        if file.take(MAX_BYTES - self.read).read_to_end(&mut text).is_err() {
+            return false;
+        }
+        // Only whole lines: the runtime may be writing the last one.
+        let Some(end) = text.iter().rposition(|b| *b == b'\n') else { return false };
+        self.read += end as u64 + 1;
+        for line in String::from_utf8_lossy(&text[..end]).lines() {
+            if let Some((start, size, symbol)) = parse_line(line) {
+                self.code.insert(start, (start.saturating_add(size), symbol));
+            }
+        }
+        true
+    }
+}
+
+/// Open `inside` (relative) within the directory `root` as if it were `/`: the process owns
+/// its /tmp, and a symbolic link it put there (to `/etc/shadow`, or `tmp` itself a link) must
+/// resolve in its own root, never in the tracer's, which an absolute link under
+/// /proc/PID/root would (openat2 with RESOLVE_IN_ROOT, include/uapi/linux/openat2.h; Linux
+/// 5.6+). Magic links (/proc/self/fd/N) are refused.
+fn open_in_root(root: &Path, inside: &Path) -> Option<File> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let dir = File::open(root).ok()?;
+    let path = std::ffi::CString::new(inside.as_os_str().as_bytes()).ok()?;
+    // SAFETY: open_how is plain integers; all zero is its empty value (libc marks it
+    // non-exhaustive: the kernel may grow it).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an open_how of the size
+    // passed; the descriptor returned is owned by the File made of it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    // SAFETY: a descriptor openat2 just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// `START SIZE NAME`; None for a line that is not one.
+fn parse_line(line: &str) -> Option<(u64, u64, JitSymbol)> {
+    let mut fields = line.splitn(3, ' ');
+    let start = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    let size = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    let name = fields.next()?.trim();
+    (!name.is_empty()).then(|| (start, size, symbol(name)))
+}
+
+/// V8 names JavaScript code `KIND:TIERfunction file:line:column` (src/logging/log.cc,
+/// `V8FileLogger::CodeCreateEvent` and `ComputeMarker`): KIND `JS` (`LazyCompile`, `Function`
+/// before V8 10), TIER `~` interpreted, `^` baseline, `+` Maglev, `*` optimized. The same
+/// function is named alike at every tier, so one line of JavaScript stays one site while V8
+/// compiles it again. Any other name is kept whole.
+fn symbol(name: &str) -> JitSymbol {
+    let whole = || JitSymbol { name: Arc::from(name), file: None, line: None };
+    // CPython's perf trampolines (3.12+ `-X perf`, Python/perf_trampoline.c): `py::QUALNAME:FILE`.
+    if let Some((function, file)) = name.strip_prefix("py::").and_then(|rest| rest.split_once(':')) {
+        return JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: None };
+    }
+    let Some((kind, rest)) = name.split_once(':') else { return whole() };
+    if !matches!(kind, "JS" | "LazyCompile" | "Function" | "Script" | "Eval") {
+        return whole();
+    }
+    let rest = rest.trim_start_matches(['~', '^', '+', '*']);
+    // The location is the last word: `file:line:column`, the file possibly with colons
+    // (`node:net`, `file:///srv/app.js`).
+    let (function, location) = match rest.rsplit_once(' ') {
+        Some((function, location)) => (function.trim(), location),
+        None => ("", rest),
+    };
+    let mut parts = location.rsplitn(3, ':');
+    let (_column, line, file) = (parts.next(), parts.next(), parts.next());
+    let (Some(line), Some(file)) = (line.and_then(|l| l.parse().ok()), file) else { return whole() };
+    let function = if function.is_empty() { "(anonymous)" } else { function };
+    JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: Some(line) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v8_names_are_function_file_and_line_at_every_tier() {
+        let names = [
+            "JS:~connectAndKeep /srv/app/client.js:16:24",
+            "JS:^connectAndKeep /srv/app/client.js:16:24",
+            "JS:*connectAndKeep /srv/app/client.js:16:24",
+            "LazyCompile:~connectAndKeep /srv/app/client.js:16:24",
+        ];
+        for name in names {
+            let symbol = symbol(name);
+            assert_eq!(
+                (&*symbol.name, symbol.file.as_deref(), symbol.line),
+                ("connectAndKeep", Some("/srv/app/client.js"), Some(16)),
+                "{name}"
+            );
+        }
+        let internal = symbol("JS:~connect node:net:1206:17");
+        assert_eq!((internal.file.as_deref(), internal.line), (Some("node:net"), Some(1206)));
+        let url = symbol("JS:^ file:///srv/app.mjs:3:9");
+        assert_eq!(
+            (&*url.name, url.file.as_deref(), url.line),
+            ("(anonymous)", Some("file:///srv/app.mjs"), Some(3))
+        );
+        let python = symbol("py::Handler.on_connect:/srv/app.py");
+        assert_eq!((&*python.name, python.file.as_deref()), ("Handler.on_connect", Some("/srv/app.py")));
+        for other in ["Builtin:InterpreterEntryTrampoline", "Stub:CEntry", "java.lang.String::hashCode"] {
+            assert_eq!(symbol(other), JitSymbol { name: Arc::from(other), file: None, line: None });
+        }
+    }
+
+    /// A procfs of one process whose root's /tmp holds its perf map under its own pid.
+    fn procfs(pid: u32, ns_pid: u32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join(pid.to_string());
+        std::fs::create_dir_all(proc.join("root/tmp")).unwrap();
+        std::fs::write(proc.join("status"), format!("Name:\tnode\nNSpid:\t{pid}\t{ns_pid}\n")).unwrap();
+        let map = proc.join(format!("root/tmp/perf-{ns_pid}.map"));
+        (dir, map)
+    }
+
+    #[test]
+    fn the_map_is_read_in_the_process_namespace_and_again_as_it_grows() {
+        let (dir, path) = procfs(4242, 7);
+        assert!(PerfMap::open(dir.path(), 4242).is_none(), "no map yet");
+        std::fs::write(&path, "7f0000001000 100 JS:~first /a.js:1:1\n7f0000002000 80 Builtin:X\n7f00000030")
+            .unwrap();
+        let mut map = PerfMap::open(dir.path(), 4242).unwrap();
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "first");
+        assert!(map.lookup(0x7f0000001100).is_none(), "the end is exclusive");
+        assert_eq!(&*map.lookup(0x7f000000207f).unwrap().name, "Builtin:X");
+        // The half-written line is read once it is whole; a range written again is named by
+        // the latest line.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"00 40 JS:*third /a.js:9:1\n7f0000001000 100 JS:~again /a.js:2:1\n",
+        )
+        .unwrap();
+        assert_eq!(&*map.lookup(0x7f0000003010).unwrap().name, "third");
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "again");
+        assert!(map.lookup(0x10).is_none());
+        // Bounded: unknown addresses do not read the file without end.
+        for _ in 0..2 * MAX_READS {
+            std::io::Write::write_all(&mut file, b"10 1 JS:~x /a.js:1:1\n").unwrap();
+            map.lookup(0x20);
+        }
+        assert_eq!(map.reads, MAX_READS);
+    }
+
+    #[test]
+    fn a_link_in_the_processs_tmp_resolves_in_its_own_root() {
+        let (dir, path) = procfs(4243, 8);
+        // The tracer's own file, named absolutely: inside the process's root it does not exist.
+        let outside = dir.path().join("secret.map");
+        std::fs::write(&outside, "7f0000001000 100 JS:~secret /a.js:1:1\n").unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert!(PerfMap::open(dir.path(), 4243).is_none(), "not the tracer's file");
+        // A link within its root is followed there.
+        std::fs::remove_file(&path).unwrap();
+        let real = path.with_file_name("real.map");
+        std::fs::write(&real, "7f0000001000 100 JS:~mine /a.js:1:1\n").unwrap();
+        std::os::unix::fs::symlink("/tmp/real.map", &path).unwrap();
+        let mut map = PerfMap::open(dir.path(), 4243).unwrap();
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "mine");
+    }
+}

@@ -1,0 +1,280 @@
+//! Kernel tests of programs that are neither C nor Python: Go binaries as shipped (stripped,
+//! named from their own `.gopclntab`), and JIT runtimes that publish perf maps (Node.js).
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    pods::harness::{Pod, PodSpec, Root},
+    support::*,
+};
+
+fn workload_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(name)
+}
+
+/// The line of a workload's source that carries `marker`.
+fn source_line(source: &Path, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(source).unwrap();
+    text.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker} in {source:?}"))
+        as u64
+        + 1
+}
+
+/// tests/workloads/goleak built by Debian's Go (`cargo xtask setup --tests` installs
+/// golang-go) with `flags`, once per test run; Go's build cache makes a rebuild quick.
+fn go_build(output: &str, flags: &[&str]) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(output);
+    let status = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(workload_dir("goleak/main.go"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("go runs (cargo xtask setup --tests installs golang-go)");
+    assert!(status.success(), "building goleak failed");
+    out
+}
+
+fn goleak() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_build("goleak", &[]))
+}
+
+/// As Go programs ship: no symbol table, no DWARF.
+fn goleak_stripped() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_build("goleak.stripped", &["-ldflags=-s -w"]))
+}
+
+/// A loopback HTTP server (goleak serve), stopped when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    /// Listening on a loopback port, and on the Unix socket `unix` if given.
+    fn start(unix: Option<&Path>) -> Server {
+        let mut child = Command::new(goleak())
+            .arg("serve")
+            .args(unix)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("goleak serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok());
+        Server { child, port: port.unwrap_or_else(|| panic!("goleak serve said {line:?}")) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sockets_sites(report: &Value, pid: u32) -> Vec<Value> {
+    let process = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in the report: {report:#}"));
+    process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "socket" && s["site"] != "before-trace")
+        .cloned()
+        .collect()
+}
+
+fn symbols_of(site: &Value) -> Vec<&str> {
+    site["frames"].as_array().unwrap().iter().filter_map(|f| f["symbol"].as_str()).collect()
+}
+
+/// A Go HTTP client that never closes response bodies, stripped as shipped and not: its
+/// leaked connections are one site with every one of them (as many as /proc shows), whose
+/// frames are Go functions named from the binary's own table, the same in both builds; a
+/// connection the program dials itself is its own site, told by the program's function.
+#[test]
+fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
+    if !require_bpf() {
+        return;
+    }
+    let server = Server::start(None);
+    let port = server.port.to_string();
+    let client = |binary: &Path| {
+        let mut command = Command::new(binary);
+        command.args(["client", &port]);
+        Workload::spawn_command(command)
+    };
+    let mut stripped = client(goleak_stripped());
+    let mut full = client(goleak());
+    let (a, b) = (stripped.pid.to_string(), full.pid.to_string());
+    let mut tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
+    for workload in [&mut stripped, &mut full] {
+        workload.run("http 20");
+        workload.run("dial 5");
+    }
+    // Every leaked socket is in /proc now; the report has them once their records are read.
+    let expected = |pid: u32| kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
+    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let done = [stripped.pid, full.pid].iter().all(|pid| {
+            let open: u64 = sockets_sites(&report, *pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+            open == expected(*pid)
+        });
+        done.then_some(report)
+    });
+    let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
+    let mut identities = Vec::new();
+    for (pid, binary) in [(stripped.pid, goleak_stripped()), (full.pid, goleak())] {
+        assert_eq!(expected(pid), 25, "20 kept response bodies and 5 dialled connections");
+        let sites = sockets_sites(&report, pid);
+        let by_open: BTreeMap<u64, &Value> = sites.iter().map(|s| (s["open"].as_u64().unwrap(), s)).collect();
+        assert_eq!(by_open.keys().copied().collect::<Vec<_>>(), [5, 20], "{sites:#?}");
+        let http = by_open[&20];
+        let names = symbols_of(http);
+        for function in ["net/http.(*Transport).dialConn", "net.(*Dialer).DialContext", "syscall.Socket"] {
+            assert!(names.contains(&function), "{function} in {names:#?}");
+        }
+        let frames = http["frames"].as_array().unwrap();
+        assert!(
+            frames.iter().all(|f| f["language"] == "go" && f["module"] == binary.to_str().unwrap()),
+            "every frame is Go code of the binary, named: {frames:#?}"
+        );
+        // The Transport dials in a goroutine of its own: no frame of the program, so the
+        // telling frame is the first call above the runtime, syscall and net layers.
+        assert!(
+            http["frame"].as_str().unwrap().starts_with("net/http.(*Transport).dial (transport.go:"),
+            "{}",
+            http["frame"]
+        );
+        let dial = by_open[&5];
+        assert_eq!(dial["frame"], format!("main.leakDial (main.go:{dial_line})"));
+        let inlined: Vec<&str> = dial["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["inlined"] == true)
+            .filter_map(|f| f["symbol"].as_str())
+            .collect();
+        assert!(inlined.contains(&"net.(*Dialer).Dial"), "net.Dial's inlined call: {inlined:?}");
+        identities
+            .push([http, dial].map(|s| symbols_of(s).iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    }
+    assert_eq!(identities[0], identities[1], "stripped or not, the same functions");
+    tracer.stop();
+    stripped.exit();
+    full.exit();
+}
+
+/// A Node.js client run with `--perf-basic-prof` (V8 writes /tmp/perf-PID.map) keeping the
+/// connections it opens: its JIT frames are named from the map, each function one frame
+/// whichever tier V8 compiled it to, so each leak is one site however often it ran. A Unix
+/// socket is made within the program's call (one site told by the program's function); a TCP
+/// connection on a later tick of Node's own (one site told by node:net's internalConnect).
+#[test]
+fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
+    if !require_bpf() {
+        return;
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let unix = scratch.path().join("server.sock");
+    let server = Server::start(Some(&unix));
+    let script = workload_dir("jsleak/client.js");
+    let mut command = Command::new("node");
+    // Interpreted functions named too: each gets a copy of the interpreter's entry in the map.
+    command.args(["--perf-basic-prof", "--interpreted-frames-native-stack"]);
+    command.arg(&script).arg(server.port.to_string()).arg(&unix);
+    // V8 writes its isolate-*-v8.log where it runs: in the scratch directory, not the tree.
+    command.current_dir(scratch.path());
+    let mut client = Workload::spawn_command(command);
+    let perf_map = PathBuf::from(format!("/tmp/perf-{}.map", client.pid));
+    let pid = client.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    // Twice each: V8 compiles the functions again in between (interpreted, then baseline).
+    for command in ["connect 10", "unix 10", "connect 10", "unix 10"] {
+        client.run(command);
+    }
+    let expected = kind_counts(&proc_fds(client.pid)).get("socket").copied().unwrap_or(0);
+    assert_eq!(expected, 40, "every connection is kept");
+    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open: u64 = sockets_sites(&report, client.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+        (open == expected).then_some(report)
+    });
+    let sites = sockets_sites(&report, client.pid);
+    let labels: BTreeMap<String, u64> = sites
+        .iter()
+        .map(|s| (s["frame"].as_str().unwrap().to_string(), s["open"].as_u64().unwrap()))
+        .collect();
+    let function_line = source_line(&script, "function connectUnixAndKeep");
+    let unix_label = format!("connectUnixAndKeep (client.js:{function_line})");
+    assert_eq!(labels.get(&unix_label), Some(&20), "one site of 20 named by the function: {labels:#?}");
+    let tcp: Vec<(&String, &u64)> =
+        labels.iter().filter(|(l, _)| l.starts_with("internalConnect (node:net:")).collect();
+    assert_eq!(tcp.len(), 1, "{labels:#?}");
+    assert_eq!(*tcp[0].1, 20);
+    assert_eq!(sites.len(), 2, "{sites:#?}");
+    let unix_site = sites.iter().find(|s| s["frame"] == unix_label.as_str()).unwrap();
+    let frame =
+        unix_site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == "connectUnixAndKeep").unwrap();
+    assert_eq!(frame["language"], "jit");
+    assert_eq!(frame["file"], script.to_str().unwrap());
+    tracer.stop();
+    client.exit();
+    let _ = std::fs::remove_file(perf_map);
+}
+
+/// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
+/// the binary at /app/goleak): named from the pod's own binary as on the host.
+#[test]
+fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
+    if !require_bpf() {
+        return;
+    }
+    let root = Root::native(goleak_stripped(), "/app/goleak");
+    // A pod has only its own loopback: the client serves itself.
+    let command = ["/app/goleak", "client", "self", "/tmp"].map(String::from).to_vec();
+    let mut pod = Pod::start(PodSpec { root, command });
+    let pid = pod.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    pod.run("http 20");
+    pod.run("dial 5");
+    let expected = kind_counts(&proc_fds(pod.pid)).get("socket").copied().unwrap_or(0);
+    // 25 client connections, their 25 accepted ends (the server is in the process), the listener.
+    assert_eq!(expected, 51);
+    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open: u64 = sockets_sites(&report, pod.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+        (open + 1 == expected).then_some(report)
+    });
+    let sites = sockets_sites(&report, pod.pid);
+    let dialled: Vec<&Value> =
+        sites.iter().filter(|s| symbols_of(s).contains(&"net/http.(*Transport).dialConn")).collect();
+    assert_eq!(dialled.len(), 1, "{sites:#?}");
+    assert_eq!(dialled[0]["open"], 20);
+    assert!(
+        dialled[0]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["language"] == "go" && f["module"] == "/app/goleak")
+    );
+    let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
+    let own = sites.iter().find(|s| s["frame"] == format!("main.leakDial (main.go:{dial_line})").as_str());
+    assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "{sites:#?}");
+    tracer.stop();
+}
