@@ -10,7 +10,7 @@ import sys
 import time
 
 ROUNDS = 30
-PACE = 0.35
+PACE = 0.5
 # When the test said "go" (time.monotonic()).
 _go = None
 
