@@ -154,6 +154,17 @@ pub struct ServeArgs {
     /// paths of every traced process: see README "Privileges and threat model").
     #[arg(long)]
     pub(crate) allow_remote: bool,
+    /// Connections open at once from all clients; when reached, a new connection cuts one that
+    /// has not sent a whole request yet (of the client holding the most), so idle clients
+    /// cannot keep a scraper out.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_connections: u32,
+    /// Connections open at once from one client address; more are closed at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_connections_per_client: u32,
+    /// Requests handled at once; more are answered 503 (node_exporter's --web.max-requests).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_requests: u32,
 }
 
 /// What to trace and how; shared by the session and the exporter.

@@ -57,7 +57,13 @@ async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Trac
     // The address bound, not the one asked for: port 0 picks a free port.
     let address = listener.local_addr()?;
     let (publish, snapshots) = watch::channel(None);
-    let server = tokio::spawn(http::serve(listener, snapshots, ServerLimits::default()));
+    let limits = ServerLimits {
+        max_connections: args.web_max_connections as usize,
+        max_connections_per_client: args.web_max_connections_per_client as usize,
+        max_requests: args.web_max_requests as usize,
+        ..ServerLimits::default()
+    };
+    let server = tokio::spawn(http::serve(listener, snapshots, limits));
     let config = ExportConfig {
         max_sites: args.max_sites,
         retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),

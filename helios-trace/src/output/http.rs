@@ -1,15 +1,20 @@
 //! The exporter's HTTP side (ARCHITECTURE.md, "Contracts: HTTP"): `GET /metrics`, `/healthz`,
-//! `/sites` and `/flamegraph.svg`, nothing else, and no attack surface: at most
-//! [`ServerLimits::max_connections`] connections at a time (more are closed at once), one
-//! request per connection, request headers bounded in size and in the time they may take to
-//! arrive, every connection cut after [`ServerLimits::connection_timeout`] (a client that does
-//! not read its response cannot hold one), and requests with a body refused.
+//! `/sites` and `/flamegraph.svg`, nothing else, and no attack surface: connections bounded per
+//! client address and in total, an idle or trickling one cut for a new one when the total is
+//! reached (`admission.rs`), so that clients holding connections cannot keep a scraper out;
+//! requests handled at once bounded apart from that ([`ServerLimits::max_requests`], as
+//! node_exporter's `--web.max-requests`); one request per connection, request headers bounded in
+//! size and in the time they may take to arrive, every connection cut after
+//! [`ServerLimits::connection_timeout`] (a client that does not read its response cannot hold
+//! one), and requests with a body refused. What was refused or cut is counted
+//! (`helios_trace_http_*_total`).
 //!
 //! Handlers never touch the tracer: the tracing loop publishes a [`Snapshot`] once a second
 //! and a request reads the last one, rendering it on first use. A scrape therefore never
 //! blocks event processing, and concurrent scrapes of one snapshot render it once.
 use std::{
-    sync::{Arc, OnceLock},
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -23,13 +28,19 @@ use axum::{
     routing::get,
 };
 use bytes::Bytes;
-use hyper::server::conn::http1;
+use hyper::{server::conn::http1, service::Service as _};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use log::{debug, warn};
-use tokio::{net::TcpListener, sync::Semaphore, sync::watch};
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, oneshot, watch},
+};
+
+use self::admission::{Admission, Admitted, Refusal};
 
 use crate::output::{
     flamegraph,
@@ -41,8 +52,13 @@ use crate::output::{
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServerLimits {
-    /// Connections served at once; one more is closed as soon as it is accepted.
+    /// Connections open at once, all clients together; when reached, a new connection cuts an
+    /// idle one (admission.rs), or is closed at once when none is idle.
     pub(crate) max_connections: usize,
+    /// Connections open at once from one client address; one more is closed at once.
+    pub(crate) max_connections_per_client: usize,
+    /// Requests handled at once; one more is answered 503 (node_exporter's `--web.max-requests`).
+    pub(crate) max_requests: usize,
     /// Request line and headers must arrive within this.
     pub(crate) header_read_timeout: Duration,
     /// Request line and headers may not exceed this (hyper answers 431 beyond it).
@@ -56,7 +72,13 @@ pub(crate) struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> ServerLimits {
         ServerLimits {
-            max_connections: 16,
+            // Far above what one client may hold: with the per-client limit, 32 addresses must
+            // hold every connection before a new one has to cut an idle one, which it then does.
+            max_connections: 512,
+            // A scraper holds one per scrape; a few Prometheus replicas behind one address fit.
+            max_connections_per_client: 16,
+            // node_exporter's default for --web.max-requests.
+            max_requests: 40,
             header_read_timeout: Duration::from_secs(5),
             // The smallest buffer hyper accepts; a scrape request is a few hundred bytes.
             max_header_bytes: 8192,
@@ -130,10 +152,57 @@ impl Snapshot {
 /// Where handlers find the last snapshot: `None` until the tracer is attached.
 pub(crate) type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
 
+/// What the server refused or cut, exported with the snapshot's series.
+#[derive(Debug)]
+pub(crate) struct HttpStats {
+    registry: Registry,
+    connections_closed: IntCounterVec,
+    requests_refused: IntCounterVec,
+}
+
+impl HttpStats {
+    pub(crate) fn new() -> HttpStats {
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "helios_trace_http_connections_closed_total",
+                "Connections the exporter closed before answering, by reason: client_limit, total_limit, cut_for_new (an idle one cut for a new connection), header_timeout, connection_timeout.",
+            ),
+            &["reason"],
+        )
+        .expect("a valid metric");
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "helios_trace_http_requests_refused_total",
+                "Requests the exporter refused, by reason: max_requests (503).",
+            ),
+            &["reason"],
+        )
+        .expect("a valid metric");
+        let registry = Registry::new();
+        for counter in [&connections_closed, &requests_refused] {
+            registry.register(Box::new(counter.clone())).expect("registered once");
+        }
+        HttpStats { registry, connections_closed, requests_refused }
+    }
+
+    fn closed(&self, reason: &str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
+    }
+
+    fn refused(&self, reason: &str) {
+        self.requests_refused.with_label_values(&[reason]).inc();
+    }
+
+    fn render(&self) -> Result<String, String> {
+        exposition::render(&self.registry).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     snapshots: Snapshots,
     limits: ServerLimits,
+    stats: Arc<HttpStats>,
 }
 
 impl AppState {
@@ -142,20 +211,40 @@ impl AppState {
     }
 }
 
-pub(crate) fn router(snapshots: Snapshots, limits: ServerLimits) -> Router {
+fn router(snapshots: Snapshots, limits: ServerLimits, stats: Arc<HttpStats>) -> Router {
+    let in_flight = InFlight { slots: Arc::new(Semaphore::new(limits.max_requests)), stats: stats.clone() };
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/sites", get(sites))
         .route("/flamegraph.svg", get(flamegraph_svg))
         .layer(middleware::from_fn(refuse_bodies))
-        .with_state(AppState { snapshots, limits })
+        .layer(middleware::from_fn_with_state(in_flight, limit_requests))
+        .with_state(AppState { snapshots, limits, stats })
+}
+
+#[derive(Clone)]
+struct InFlight {
+    slots: Arc<Semaphore>,
+    stats: Arc<HttpStats>,
+}
+
+/// At most `max_requests` handled at once; one more is answered 503 at once, as
+/// client_golang's promhttp does for `MaxRequestsInFlight` (node_exporter's --web.max-requests).
+async fn limit_requests(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = in_flight.slots.try_acquire() else {
+        in_flight.stats.refused("max_requests");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight\n").into_response();
+    };
+    next.run(request).await
 }
 
 /// Accept connections until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, snapshots: Snapshots, limits: ServerLimits) {
-    let app = router(snapshots, limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let stats = Arc::new(HttpStats::new());
+    let app = router(snapshots, limits, stats.clone());
+    let admission =
+        Arc::new(Mutex::new(Admission::new(limits.max_connections, limits.max_connections_per_client)));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -166,25 +255,82 @@ pub(crate) async fn serve(listener: TcpListener, snapshots: Snapshots, limits: S
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("{peer}: {} connections already, closing", limits.max_connections);
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.connection_timeout, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!("{peer}: {e}"),
-                Err(_) => debug!("{peer}: closed after {:?}", limits.connection_timeout),
+        let (cut, cut_signal) = oneshot::channel();
+        let admitted = admission.lock().expect("admission lock").admit(peer.ip(), cut);
+        let id = match admitted {
+            Ok(Admitted { id, cut }) => {
+                if let Some(cut) = cut {
+                    // The cut connection's task may have ended meanwhile: nothing to do then.
+                    let _ = cut.send(());
+                    stats.closed("cut_for_new");
+                }
+                id
             }
+            Err(refusal) => {
+                let reason = match refusal {
+                    Refusal::ClientLimit => "client_limit",
+                    Refusal::TotalLimit => "total_limit",
+                };
+                debug!("{peer}: closed at once ({reason})");
+                stats.closed(reason);
+                continue;
+            }
+        };
+        let connection = Connection { id, peer, admission: admission.clone(), stats: stats.clone(), limits };
+        tokio::spawn(connection.serve(stream, app.clone(), cut_signal));
+    }
+}
+
+/// One admitted connection; leaving the admission when it ends, however it ends.
+struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    admission: Arc<Mutex<Admission<oneshot::Sender<()>>>>,
+    stats: Arc<HttpStats>,
+    limits: ServerLimits,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, app: Router, cut: oneshot::Receiver<()>) {
+        let (id, peer, limits) = (self.id, self.peer, self.limits);
+        let inner = TowerToHyperService::new(app);
+        let admission = self.admission.clone();
+        // Called once the request line and headers are in: from then on it is served, not idle.
+        let service = hyper::service::service_fn(move |request| {
+            admission.lock().expect("admission lock").requested(id);
+            inner.call(request)
         });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::select! {
+            served = tokio::time::timeout(limits.connection_timeout, connection) => match served {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if e.is_timeout() {
+                        self.stats.closed("header_timeout");
+                    }
+                    debug!("{peer}: {e}");
+                }
+                Err(_) => {
+                    self.stats.closed("connection_timeout");
+                    debug!("{peer}: closed after {:?}", limits.connection_timeout);
+                }
+            },
+            // Only a send resolves it: the sender is kept in the admission until this ends.
+            Ok(()) = cut => debug!("{peer}: idle, cut for a new connection"),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(mut admission) = self.admission.lock() {
+            admission.closed(self.id);
+        }
     }
 }
 
@@ -212,8 +358,12 @@ fn with_type(body: Bytes, content_type: &'static str) -> Response {
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
     let Some(snapshot) = state.current() else { return not_ready() };
-    match snapshot.metrics_text() {
-        Ok(text) => with_type(text, "text/plain; version=0.0.4; charset=utf-8"),
+    // The snapshot's text, rendered once, then the server's own counters as they are now.
+    match snapshot
+        .metrics_text()
+        .and_then(|text| Ok([text.as_ref(), state.stats.render()?.as_bytes()].concat()))
+    {
+        Ok(text) => with_type(Bytes::from(text), "text/plain; version=0.0.4; charset=utf-8"),
         Err(e) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render metrics: {e}\n")).into_response()
         }
@@ -246,6 +396,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
     (StatusCode::OK, "ok\n").into_response()
 }
+
+mod admission;
 
 #[cfg(test)]
 mod tests;

@@ -24,5 +24,6 @@ mod python_sites;
 mod resources;
 mod robustness;
 mod serve;
+mod serve_web;
 mod sessions;
 mod stacks;
