@@ -25,7 +25,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// build, gcc for the C workloads (binutils' strip for the stripped one), tmux for the
 /// live-view test, bpftrace for the benchmark peer; for the pod tests musl-gcc (a static musl
 /// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
-/// keyring the roots of other suites are verified with.
+/// keyring the roots of other suites are verified with; curl for serve's TLS and client
+/// certificate tests.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "podman",
@@ -39,6 +40,7 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "debian-archive-keyring",
+    "curl",
 ];
 
 pub fn ensure(for_tests: bool) -> Result<()> {

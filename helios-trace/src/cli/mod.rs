@@ -162,6 +162,12 @@ pub struct ServeArgs {
     /// Connections open at once from one client address; more are closed at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) web_max_connections_per_client: u32,
+    /// TLS and basic authentication, in the web configuration format of Prometheus exporters
+    /// (node_exporter's --web.config.file): tls_server_config (cert_file, key_file,
+    /// client_ca_file, client_auth_type, min_version) and basic_auth_users (bcrypt hashes).
+    /// Read again when it or a file it names changes; a bad new version keeps the old one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) web_config_file: Option<PathBuf>,
     /// Requests handled at once; more are answered 503 (node_exporter's --web.max-requests).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) web_max_requests: u32,

@@ -16,7 +16,7 @@ use crate::{
         session::{Tick, Tracing},
     },
     output::{
-        http::{self, ServerLimits},
+        http::{self, ServerLimits, WebConfigFile},
         metrics::aggregate::ExportConfig,
     },
     sys::privileges,
@@ -26,10 +26,18 @@ use crate::{
 pub fn main(args: &ServeArgs) -> Result<ExitCode, Failure> {
     validate_pids(&args.proc_root, &args.trace.pids)?;
     validate_trace(&args.trace)?;
+    // Before attaching: a bad file is one line and exit 2, not a daemon serving in the clear.
+    let web = match &args.web_config_file {
+        Some(path) => Some(
+            WebConfigFile::load(path.clone())
+                .map_err(|e| Failure::Usage(format!("--web-config-file {e}")))?,
+        ),
+        None => None,
+    };
     let listener = bind(args)?;
     let tracing = Tracing::start(&trace_settings(&args.trace), &args.proc_root)?;
     privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
-    runtime()?.block_on(run(args.clone(), listener, tracing)).map_err(Failure::from)?;
+    runtime()?.block_on(run(args.clone(), listener, tracing, web)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -50,7 +58,12 @@ fn bind(args: &ServeArgs) -> Result<std::net::TcpListener, Failure> {
 }
 
 /// `helios-trace serve`, once bound and attached.
-async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Tracing) -> Result<()> {
+async fn run(
+    args: ServeArgs,
+    listener: std::net::TcpListener,
+    mut tracing: Tracing,
+    web: Option<WebConfigFile>,
+) -> Result<()> {
     // Handlers before we say "attached": a signal that arrives then must not kill us.
     let stop = stop_signal(None)?;
     let listener = TcpListener::from_std(listener).context("cannot serve on the bound address")?;
@@ -63,7 +76,8 @@ async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Trac
         max_requests: args.web_max_requests as usize,
         ..ServerLimits::default()
     };
-    let server = tokio::spawn(http::serve(listener, snapshots, limits));
+    let scheme = if web.as_ref().is_some_and(|w| w.config.tls.is_some()) { "https" } else { "http" };
+    let server = tokio::spawn(http::serve(listener, snapshots, limits, web));
     let config = ExportConfig {
         max_sites: args.max_sites,
         retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),
@@ -74,7 +88,7 @@ async fn run(args: ServeArgs, listener: std::net::TcpListener, mut tracing: Trac
     // Ready (the first snapshot is out) before we say so.
     exporter.publish(&mut tracing, &publish);
     eprintln!(
-        "helios-trace: attached {} tracepoints; tracing {}; serving http://{}/metrics",
+        "helios-trace: attached {} tracepoints; tracing {}; serving {scheme}://{}/metrics",
         tracing.attached().len(),
         tracing.describe_targets(),
         address

@@ -14,6 +14,8 @@
 //! blocks event processing, and concurrent scrapes of one snapshot render it once.
 use std::{
     net::SocketAddr,
+    num::NonZeroUsize,
+    path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
@@ -27,20 +29,25 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use base64::Engine as _;
 use bytes::Bytes;
 use hyper::{server::conn::http1, service::Service as _};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use log::{debug, warn};
+use log::{debug, info, warn};
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, oneshot, watch},
 };
 
-use self::admission::{Admission, Admitted, Refusal};
+use self::{
+    admission::{Admission, Admitted, Refusal},
+    web_config::{Fingerprint, WebConfig},
+};
 
 use crate::output::{
     flamegraph,
@@ -158,6 +165,7 @@ pub(crate) struct HttpStats {
     registry: Registry,
     connections_closed: IntCounterVec,
     requests_refused: IntCounterVec,
+    web_config_reloads: IntCounterVec,
 }
 
 impl HttpStats {
@@ -165,7 +173,7 @@ impl HttpStats {
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "helios_trace_http_connections_closed_total",
-                "Connections the exporter closed before answering, by reason: client_limit, total_limit, cut_for_new (an idle one cut for a new connection), header_timeout, connection_timeout.",
+                "Connections the exporter closed before answering, by reason: client_limit, total_limit, cut_for_new (an idle one cut for a new connection), header_timeout, connection_timeout, tls_handshake (failed or overdue: plain HTTP, an untrusted client certificate).",
             ),
             &["reason"],
         )
@@ -173,16 +181,24 @@ impl HttpStats {
         let requests_refused = IntCounterVec::new(
             Opts::new(
                 "helios_trace_http_requests_refused_total",
-                "Requests the exporter refused, by reason: max_requests (503).",
+                "Requests the exporter refused, by reason: max_requests (503), unauthorized (401: no or wrong basic auth credentials).",
             ),
             &["reason"],
         )
         .expect("a valid metric");
+        let web_config_reloads = IntCounterVec::new(
+            Opts::new(
+                "helios_trace_web_config_reloads_total",
+                "Times --web-config-file changed and was read again, by result: success, failure (the previous configuration kept).",
+            ),
+            &["result"],
+        )
+        .expect("a valid metric");
         let registry = Registry::new();
-        for counter in [&connections_closed, &requests_refused] {
+        for counter in [&connections_closed, &requests_refused, &web_config_reloads] {
             registry.register(Box::new(counter.clone())).expect("registered once");
         }
-        HttpStats { registry, connections_closed, requests_refused }
+        HttpStats { registry, connections_closed, requests_refused, web_config_reloads }
     }
 
     fn closed(&self, reason: &str) {
@@ -211,16 +227,80 @@ impl AppState {
     }
 }
 
-fn router(snapshots: Snapshots, limits: ServerLimits, stats: Arc<HttpStats>) -> Router {
+fn router(
+    snapshots: Snapshots,
+    limits: ServerLimits,
+    stats: Arc<HttpStats>,
+    web: watch::Receiver<Arc<WebConfig>>,
+) -> Router {
     let in_flight = InFlight { slots: Arc::new(Semaphore::new(limits.max_requests)), stats: stats.clone() };
+    let auth = Auth {
+        web,
+        stats: stats.clone(),
+        verified: Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(64).expect("not zero")))),
+    };
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/sites", get(sites))
         .route("/flamegraph.svg", get(flamegraph_svg))
         .layer(middleware::from_fn(refuse_bodies))
+        .layer(middleware::from_fn_with_state(auth, authenticate))
+        // Outermost: a password check is a request in flight too.
         .layer(middleware::from_fn_with_state(in_flight, limit_requests))
         .with_state(AppState { snapshots, limits, stats })
+}
+
+/// Where the basic authentication middleware finds the users.
+#[derive(Clone)]
+struct Auth {
+    web: watch::Receiver<Arc<WebConfig>>,
+    stats: Arc<HttpStats>,
+    /// (user, hash, password) checked right lately: bcrypt is slow on purpose, and a scraper
+    /// sends the same credentials every few seconds (exporter-toolkit keeps such a cache too).
+    verified: Arc<Mutex<lru::LruCache<(String, String, String), ()>>>,
+}
+
+/// With `basic_auth_users`, every path but /healthz (which says only "ok", for the kubelet's
+/// probe) needs one of them: 401 otherwise, counted.
+async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let web = auth.web.borrow().clone();
+    if web.users.is_empty() || request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let credentials = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.split_once(':').map(|(user, password)| (user.to_string(), password.to_string())));
+    let allowed = match credentials {
+        None => false,
+        Some((user, password)) => {
+            let key = (user.clone(), web.users.get(&user).cloned().unwrap_or_default(), password.clone());
+            if auth.verified.lock().expect("cache lock").get(&key).is_some() {
+                true
+            } else {
+                let users = web.users.clone();
+                let ok = tokio::task::spawn_blocking(move || web_config::verify(&users, &user, &password))
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    auth.verified.lock().expect("cache lock").put(key, ());
+                }
+                ok
+            }
+        }
+    };
+    if !allowed {
+        auth.stats.refused("unauthorized");
+        let mut response = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        return response;
+    }
+    next.run(request).await
 }
 
 #[derive(Clone)]
@@ -239,10 +319,66 @@ async fn limit_requests(State(in_flight): State<InFlight>, request: Request, nex
     next.run(request).await
 }
 
-/// Accept connections until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, snapshots: Snapshots, limits: ServerLimits) {
+/// `--web-config-file`: the file, and the configuration read from it at start.
+#[derive(Debug)]
+pub(crate) struct WebConfigFile {
+    pub(crate) path: PathBuf,
+    pub(crate) config: WebConfig,
+    pub(crate) fingerprint: Fingerprint,
+}
+
+impl WebConfigFile {
+    /// Read and check `path`: an error is one line saying what is wrong.
+    pub(crate) fn load(path: PathBuf) -> Result<WebConfigFile, String> {
+        let (config, fingerprint) = web_config::load(&path)?;
+        Ok(WebConfigFile { path, config, fingerprint })
+    }
+}
+
+/// Read the web configuration again whenever its file or a file it names changes; a bad
+/// version is logged and counted, and the one before kept.
+async fn follow_web_config(
+    file: WebConfigFile,
+    publish: watch::Sender<Arc<WebConfig>>,
+    stats: Arc<HttpStats>,
+) {
+    let WebConfigFile { path, mut fingerprint, .. } = file;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = fingerprint.now();
+        if now == fingerprint {
+            continue;
+        }
+        match web_config::load(&path) {
+            Ok((config, read)) => {
+                info!("{}: read again", path.display());
+                publish.send_replace(Arc::new(config));
+                fingerprint = read;
+                stats.web_config_reloads.with_label_values(&["success"]).inc();
+            }
+            Err(e) => {
+                warn!("--web-config-file {e}; keeping the previous configuration");
+                fingerprint = now;
+                stats.web_config_reloads.with_label_values(&["failure"]).inc();
+            }
+        }
+    }
+}
+
+/// Accept connections until the task is dropped; with TLS and basic authentication as
+/// `web` says (plain HTTP, no authentication without it).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    snapshots: Snapshots,
+    limits: ServerLimits,
+    web: Option<WebConfigFile>,
+) {
     let stats = Arc::new(HttpStats::new());
-    let app = router(snapshots, limits, stats.clone());
+    let (publish_web, current_web) =
+        watch::channel(Arc::new(web.as_ref().map(|w| w.config.clone()).unwrap_or_default()));
+    let _follower =
+        web.map(|web| DropAbort(tokio::spawn(follow_web_config(web, publish_web, stats.clone()))));
+    let app = router(snapshots, limits, stats.clone(), current_web.clone());
     let admission =
         Arc::new(Mutex::new(Admission::new(limits.max_connections, limits.max_connections_per_client)));
     loop {
@@ -277,7 +413,17 @@ pub(crate) async fn serve(listener: TcpListener, snapshots: Snapshots, limits: S
             }
         };
         let connection = Connection { id, peer, admission: admission.clone(), stats: stats.clone(), limits };
-        tokio::spawn(connection.serve(stream, app.clone(), cut_signal));
+        let tls = current_web.borrow().tls.clone();
+        tokio::spawn(connection.serve(stream, tls, app.clone(), cut_signal));
+    }
+}
+
+/// A task that ends with its owner.
+struct DropAbort(tokio::task::JoinHandle<()>);
+
+impl Drop for DropAbort {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -291,8 +437,43 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, app: Router, cut: oneshot::Receiver<()>) {
-        let (id, peer, limits) = (self.id, self.peer, self.limits);
+    async fn serve(
+        self,
+        stream: TcpStream,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        app: Router,
+        cut: oneshot::Receiver<()>,
+    ) {
+        let (peer, limits) = (self.peer, self.limits);
+        let work = async {
+            let Some(tls) = tls else { return self.http(stream, app).await };
+            // The handshake is part of what must arrive within the header timeout.
+            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => self.http(stream, app).await,
+                Ok(Err(e)) => {
+                    self.stats.closed("tls_handshake");
+                    debug!("{peer}: TLS handshake: {e}");
+                }
+                Err(_) => {
+                    self.stats.closed("tls_handshake");
+                    debug!("{peer}: TLS handshake overdue");
+                }
+            }
+        };
+        tokio::select! {
+            served = tokio::time::timeout(limits.connection_timeout, work) => if served.is_err() {
+                self.stats.closed("connection_timeout");
+                debug!("{peer}: closed after {:?}", limits.connection_timeout);
+            },
+            // Only a send resolves it: the sender is kept in the admission until this ends.
+            Ok(()) = cut => debug!("{peer}: idle, cut for a new connection"),
+        }
+    }
+
+    /// One request over `io`, plain or TLS.
+    async fn http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: I, app: Router) {
+        let id = self.id;
         let inner = TowerToHyperService::new(app);
         let admission = self.admission.clone();
         // Called once the request line and headers are in: from then on it is served, not idle.
@@ -300,28 +481,18 @@ impl Connection {
             admission.lock().expect("admission lock").requested(id);
             inner.call(request)
         });
-        let connection = http1::Builder::new()
+        let served = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(stream), service);
-        tokio::select! {
-            served = tokio::time::timeout(limits.connection_timeout, connection) => match served {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    if e.is_timeout() {
-                        self.stats.closed("header_timeout");
-                    }
-                    debug!("{peer}: {e}");
-                }
-                Err(_) => {
-                    self.stats.closed("connection_timeout");
-                    debug!("{peer}: closed after {:?}", limits.connection_timeout);
-                }
-            },
-            // Only a send resolves it: the sender is kept in the admission until this ends.
-            Ok(()) = cut => debug!("{peer}: idle, cut for a new connection"),
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        if let Err(e) = served {
+            if e.is_timeout() {
+                self.stats.closed("header_timeout");
+            }
+            debug!("{}: {e}", self.peer);
         }
     }
 }
@@ -398,6 +569,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 mod admission;
+mod web_config;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,13 @@
 //! Kernel tests of `helios-trace serve`'s HTTP side under a hostile network: a real Prometheus
-//! keeps scraping while other clients hold hundreds of idle and trickling connections.
+//! keeps scraping while other clients hold hundreds of idle and trickling connections; it
+//! scrapes over TLS with a client certificate and basic authentication (`--web-config-file`,
+//! certificates and hashes made here) while plain HTTP, wrong credentials and untrusted
+//! certificates are refused; the file is followed as it changes.
 use std::{
+    fs,
     net::SocketAddr,
+    path::Path,
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -157,4 +163,167 @@ fn scrapes_go_on_while_other_clients_hold_hundreds_of_idle_and_trickling_connect
     eprintln!(
         "{WINDOW}s: {scrapes:?} scrapes while {held} connections were held; closed: {closed:?} (started {started:.0})"
     );
+}
+
+/// A test CA, the certificates it signs (PEM files in `dir`).
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str, dir: &Path) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        fs::write(dir.join(format!("{name}.crt")), issuer.pem()).unwrap();
+        Ca { issuer }
+    }
+
+    /// `name`.crt and `name`.key in `dir`, for `names` (DNS names or IP addresses).
+    fn sign(&self, name: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose, dir: &Path) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `curl` of `url` with `args`: (HTTP status, 0 when none came; body; curl's exit code).
+fn curl<S: AsRef<std::ffi::OsStr>>(url: &str, args: &[S]) -> (u16, String, i32) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs (cargo xtask setup --tests installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string(), output.status.code().unwrap_or(-1))
+}
+
+fn web_config(dir: &Path, user: &str, password: &str) -> String {
+    // bcrypt's default cost, as htpasswd -B makes them.
+    let hash = bcrypt::hash(password, bcrypt::DEFAULT_COST).unwrap();
+    format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  {user}: {hash}\n",
+        dir.join("ca.crt").display()
+    )
+}
+
+/// Write `text` to `path` as editors and Kubernetes' secret volumes do: a new file renamed over.
+fn replace_file(path: &Path, text: &str) {
+    let new = path.with_extension("new");
+    fs::write(&new, text).unwrap();
+    fs::rename(&new, path).unwrap();
+}
+
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth_and_the_rest_are_refused() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("ca", d);
+    ca.sign("server", &["127.0.0.1", "localhost"], rcgen::ExtendedKeyUsagePurpose::ServerAuth, d);
+    ca.sign("client", &["prometheus"], rcgen::ExtendedKeyUsagePurpose::ClientAuth, d);
+    // A certificate of the same name from a CA the server does not trust.
+    let other = Ca::new("other-ca", d);
+    other.sign("stranger", &["prometheus"], rcgen::ExtendedKeyUsagePurpose::ClientAuth, d);
+    let config = d.join("web.yml");
+    fs::write(&config, web_config(d, "prometheus", "s3cret")).unwrap();
+
+    let workload = Workload::spawn();
+    let serve =
+        Serve::start(&["--pid", &workload.pid.to_string(), "--web-config-file", config.to_str().unwrap()]);
+    assert!(serve.base.starts_with("https://127.0.0.1:"), "{}", serve.base);
+    let target = serve.base.trim_start_matches("https://").to_string();
+    let path = |name: &str| d.join(name).display().to_string();
+    let prometheus = Prometheus::start_with(
+        &target,
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n    basic_auth:\n      username: prometheus\n      password: s3cret\n",
+            path("ca.crt"),
+            path("client.crt"),
+            path("client.key")
+        ),
+    );
+    prometheus.wait_for_one(r#"up{job="helios-trace"}"#, 1.0);
+    prometheus.wait_for_one(&format!(r#"helios_trace_tracked_processes{{instance="{target}"}}"#), 1.0);
+
+    let url = format!("{}/metrics", serve.base);
+    let (ca_file, cert, key) = (path("ca.crt"), path("client.crt"), path("client.key"));
+    let trusted = ["--cacert", &ca_file, "--cert", &cert, "--key", &key];
+    let with =
+        |extra: &[&str]| -> Vec<String> { trusted.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let (status, body, _) = curl(&url, &with(&["-u", "prometheus:s3cret"]));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("helios_trace_events_total"), "{body}");
+    // Wrong password, unknown user, none: 401, and nothing of the metrics.
+    for credentials in [&["-u", "prometheus:wrong"][..], &["-u", "someone:s3cret"], &[]] {
+        let (status, body, _) = curl(&url, &with(credentials));
+        assert_eq!(status, 401, "{credentials:?}: {body}");
+        assert!(!body.contains("helios_trace"), "{body}");
+    }
+    // Plain HTTP to the TLS port: no answer at all.
+    let (status, body, code) = curl(&format!("http://{target}/metrics"), &["-u", "prometheus:s3cret"]);
+    assert_eq!(status, 0, "plain HTTP answered: {body}");
+    assert_ne!(code, 0);
+    // No client certificate, or one from a CA not trusted: the handshake fails.
+    let (stranger_cert, stranger_key) = (path("stranger.crt"), path("stranger.key"));
+    for certificate in [&[][..], &["--cert", &stranger_cert, "--key", &stranger_key]] {
+        let args = [&["--cacert", &ca_file, "-u", "prometheus:s3cret"][..], certificate].concat();
+        let (status, body, code) = curl(&url, &args);
+        assert_eq!(status, 0, "{certificate:?}: {body}");
+        assert!(!body.contains("helios_trace") && code != 0, "{certificate:?}: curl exited {code}");
+    }
+    let counted_as = |password: &str, metric: &str, label: &str| {
+        let (_, body, _) = curl(&url, &with(&["-u", &format!("prometheus:{password}")]));
+        exposition_series(&body, metric).get(&format!("{{{label}}}")).copied().unwrap_or(0.0)
+    };
+    let counted = |metric: &str, label: &str| counted_as("s3cret", metric, label);
+    assert!(counted("helios_trace_http_requests_refused_total", r#"reason="unauthorized""#) >= 3.0);
+    assert!(counted("helios_trace_http_connections_closed_total", r#"reason="tls_handshake""#) >= 3.0);
+
+    // A bad new version is refused and counted; the old one goes on serving.
+    replace_file(&config, "tls_server_config:\n  cert_file: server.crt\n  key_fil: server.key\n");
+    wait_for("the bad version to be counted", Duration::from_secs(10), || {
+        (counted("helios_trace_web_config_reloads_total", r#"result="failure""#) == 1.0).then_some(())
+    });
+    assert_eq!(curl(&url, &with(&["-u", "prometheus:s3cret"])).0, 200);
+    // A good one is taken: another password, the old refused.
+    replace_file(&config, &web_config(d, "prometheus", "n3w-secret"));
+    wait_for("the new password to be taken", Duration::from_secs(10), || {
+        (curl(&url, &with(&["-u", "prometheus:n3w-secret"])).0 == 200).then_some(())
+    });
+    assert_eq!(curl(&url, &with(&["-u", "prometheus:s3cret"])).0, 401);
+    assert_eq!(counted_as("n3w-secret", "helios_trace_web_config_reloads_total", r#"result="success""#), 1.0);
+}
+
+#[test]
+fn a_bad_web_config_file_is_one_line_and_exit_2_before_tracing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("web.yml");
+    for (text, says) in [
+        ("basic_auth_users:\n  prometheus: plaintext\n", "not a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "missing.crt"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [x]\n", "cipher_suites"),
+    ] {
+        fs::write(&config, text).unwrap();
+        let output = Command::new(helios_trace_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--web-config-file"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--web-config-file") && stderr.contains(says), "{stderr}");
+    }
 }

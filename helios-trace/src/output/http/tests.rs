@@ -58,7 +58,7 @@ impl Server {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let (publish, snapshots) = watch::channel(None);
-        runtime.spawn(serve(listener, snapshots, limits));
+        runtime.spawn(serve(listener, snapshots, limits, None));
         Server { address, publish, _runtime: runtime }
     }
 
