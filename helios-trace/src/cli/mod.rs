@@ -209,17 +209,20 @@ pub(crate) struct TraceArgs {
     /// whoever reads the output should know.
     #[arg(long)]
     pub(crate) redact_paths: bool,
-    /// Track at most this many processes; more are counted as dropped, not tracked.
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) max_processes: usize,
+    /// Track at most this many processes; more are counted as dropped, not tracked (default:
+    /// 100000; serve: less under a memory limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_processes: Option<usize>,
     /// Track at most this many open descriptors; new ones beyond are counted as dropped (the
-    /// oldest, which are the leaks, are kept).
-    #[arg(long, default_value_t = 4_000_000)]
-    pub(crate) max_fds: usize,
+    /// oldest, which are the leaks, are kept) (default: 4000000; serve: less under a memory
+    /// limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_fds: Option<usize>,
     /// Remember the frames of at most this many distinct call sites at once; descriptors
-    /// opened at sites first seen beyond are tracked under the site `site-limit` and counted.
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) max_stacks: usize,
+    /// opened at sites first seen beyond are tracked under the site `site-limit` and counted
+    /// (default: 100000; serve: less under a memory limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_stacks: Option<usize>,
     /// Forget a call site this long after nothing held it any more (nothing open there, no
     /// live process that used it), and drop the series of a workload this long after its last
     /// process exited: what the daemon keeps follows what runs now.
