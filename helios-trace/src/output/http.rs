@@ -258,8 +258,11 @@ struct Auth {
     stats: Arc<HttpStats>,
     /// (user, hash, password) checked right lately: bcrypt is slow on purpose, and a scraper
     /// sends the same credentials every few seconds (exporter-toolkit keeps such a cache too).
-    verified: Arc<Mutex<lru::LruCache<(String, String, String), ()>>>,
+    verified: Arc<Mutex<lru::LruCache<Credentials, ()>>>,
 }
+
+/// (user, the hash configured for it, password).
+type Credentials = (String, String, String);
 
 /// With `basic_auth_users`, every path but /healthz (which says only "ok", for the kubelet's
 /// probe) needs one of them: 401 otherwise, counted.

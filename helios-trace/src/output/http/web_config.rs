@@ -82,7 +82,10 @@ enum ClientAuth {
 
 /// The files a configuration was read from, with what identifies each version of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Fingerprint(Vec<(PathBuf, Option<(i64, i64, u64, u64)>)>);
+pub(crate) struct Fingerprint(Vec<(PathBuf, Option<Stamp>)>);
+
+/// A file's modification time (seconds, nanoseconds), inode and size.
+type Stamp = (i64, i64, u64, u64);
 
 impl Fingerprint {
     fn of(paths: Vec<PathBuf>) -> Fingerprint {
