@@ -24,6 +24,7 @@ mod python_sites;
 mod resources;
 mod robustness;
 mod serve;
+mod serve_sizing;
 mod serve_web;
 mod sessions;
 mod stacks;
