@@ -26,7 +26,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// live-view test, bpftrace for the benchmark peer; for the pod tests musl-gcc (a static musl
 /// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
 /// keyring the roots of other suites are verified with; Go (golang-go) for the Go workloads built
-/// stripped and unstripped, Node.js for the JIT workload that writes a perf map.
+/// stripped and unstripped, Node.js for the JIT workload that writes a perf map; curl for
+/// serve's TLS and client certificate tests.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "podman",
@@ -42,6 +43,7 @@ const TEST_PACKAGES: &[&str] = &[
     "debian-archive-keyring",
     "golang-go",
     "nodejs",
+    "curl",
 ];
 
 pub fn ensure(for_tests: bool) -> Result<()> {

@@ -154,6 +154,23 @@ pub struct ServeArgs {
     /// paths of every traced process: see README "Privileges and threat model").
     #[arg(long)]
     pub(crate) allow_remote: bool,
+    /// Connections open at once from all clients; when reached, a new connection cuts one that
+    /// has not sent a whole request yet (of the client holding the most), so idle clients
+    /// cannot keep a scraper out.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_connections: u32,
+    /// Connections open at once from one client address; more are closed at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_connections_per_client: u32,
+    /// TLS and basic authentication, in the web configuration format of Prometheus exporters
+    /// (node_exporter's --web.config.file): tls_server_config (cert_file, key_file,
+    /// client_ca_file, client_auth_type, min_version) and basic_auth_users (bcrypt hashes).
+    /// Read again when it or a file it names changes; a bad new version keeps the old one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) web_config_file: Option<PathBuf>,
+    /// Requests handled at once; more are answered 503 (node_exporter's --web.max-requests).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) web_max_requests: u32,
 }
 
 /// What to trace and how; shared by the session and the exporter.
@@ -192,17 +209,20 @@ pub(crate) struct TraceArgs {
     /// whoever reads the output should know.
     #[arg(long)]
     pub(crate) redact_paths: bool,
-    /// Track at most this many processes; more are counted as dropped, not tracked.
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) max_processes: usize,
+    /// Track at most this many processes; more are counted as dropped, not tracked (default:
+    /// 100000; serve: less under a memory limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_processes: Option<usize>,
     /// Track at most this many open descriptors; new ones beyond are counted as dropped (the
-    /// oldest, which are the leaks, are kept).
-    #[arg(long, default_value_t = 4_000_000)]
-    pub(crate) max_fds: usize,
+    /// oldest, which are the leaks, are kept) (default: 4000000; serve: less under a memory
+    /// limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_fds: Option<usize>,
     /// Remember the frames of at most this many distinct call sites at once; descriptors
-    /// opened at sites first seen beyond are tracked under the site `site-limit` and counted.
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) max_stacks: usize,
+    /// opened at sites first seen beyond are tracked under the site `site-limit` and counted
+    /// (default: 100000; serve: less under a memory limit, to fit it).
+    #[arg(long)]
+    pub(crate) max_stacks: Option<usize>,
     /// Forget a call site this long after nothing held it any more (nothing open there, no
     /// live process that used it), and drop the series of a workload this long after its last
     /// process exited: what the daemon keeps follows what runs now.

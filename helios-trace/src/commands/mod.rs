@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{PythonFramesMode, StackMode, TraceArgs},
     model::fdtable::TableLimits,
+    model::sizing::DEFAULT_CAPS,
     observe::session::TraceSettings,
     sys::{cgroups, checks::CheckError, proc},
 };
@@ -139,8 +140,11 @@ fn trace_settings(trace: &TraceArgs) -> TraceSettings {
         reconcile_interval: trace.reconcile_interval,
         ring_buffer_bytes: trace.ring_buffer_size,
         redact_paths: trace.redact_paths,
-        limits: TableLimits { max_processes: trace.max_processes, max_fds: trace.max_fds },
-        max_stacks: trace.max_stacks,
+        limits: TableLimits {
+            max_processes: trace.max_processes.unwrap_or(DEFAULT_CAPS.max_processes),
+            max_fds: trace.max_fds.unwrap_or(DEFAULT_CAPS.max_fds),
+        },
+        max_stacks: trace.max_stacks.unwrap_or(DEFAULT_CAPS.max_stacks),
         retention: trace.retention,
     }
 }

@@ -13,5 +13,6 @@ pub(crate) mod holders;
 pub(crate) mod kept;
 pub(crate) mod resources;
 pub(crate) mod sites;
+pub(crate) mod sizing;
 pub(crate) mod trend;
 pub(crate) mod workload;

@@ -259,6 +259,12 @@ impl Tracing {
         );
     }
 
+    /// What the caps kept out so far: (processes, descriptors, new call sites).
+    pub(crate) fn dropped(&self) -> (u64, u64, u64) {
+        let dropped = self.engine.table().dropped();
+        (dropped.processes, dropped.fds, self.engine.stack_counts().sites_dropped)
+    }
+
     pub(crate) fn attached(&self) -> &[String] {
         self.tracer.attached()
     }

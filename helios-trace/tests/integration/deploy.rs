@@ -117,6 +117,7 @@ fn manifests_agree_with_each_other() {
     assert_eq!(container["securityContext"]["privileged"], false);
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}: the port serves TLS");
         assert_eq!(container[probe]["httpGet"]["port"], container["ports"][0]["name"], "{probe}");
     }
     // Every volume mounted, at the paths the tracer reads: tracefs, BTF, and the --proc-root.
@@ -127,7 +128,10 @@ fn manifests_agree_with_each_other() {
         .iter()
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
-    assert_eq!(mounts, BTreeSet::from(["/sys/kernel/tracing", "/sys/kernel/btf", *proc_root]));
+    let web_config =
+        args.iter().skip_while(|a| **a != "--web-config-file").nth(1).expect("--web-config-file");
+    let web_dir = Path::new(web_config).parent().unwrap().to_str().unwrap();
+    assert_eq!(mounts, BTreeSet::from(["/sys/kernel/tracing", "/sys/kernel/btf", *proc_root, web_dir]));
     for resource in ["requests", "limits"] {
         for what in ["cpu", "memory"] {
             assert!(container["resources"][resource][what].is_string(), "{resource}.{what}");
@@ -144,7 +148,7 @@ fn alert_rules_pass_promtool_and_fire_on_steady_growth_only() {
     let test = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/promtool/alerts.test.yaml");
     fs::copy(test, dir.path().join("alerts.test.yaml")).unwrap();
     let out = run(Command::new("promtool").args(["check", "rules", "rules.yaml"]).current_dir(dir.path()));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 3 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"));
     run(Command::new("promtool").args(["test", "rules", "alerts.test.yaml"]).current_dir(dir.path()));
     // The test is not vacuous: a leak that stops growing must fail it.
     let flat =
@@ -153,6 +157,56 @@ fn alert_rules_pass_promtool_and_fire_on_steady_growth_only() {
     let out =
         Command::new("promtool").args(["test", "rules", "flat.test.yaml"]).current_dir(dir.path()).output();
     assert!(!out.unwrap().status.success(), "a flat series must not fire the leak alert");
+}
+
+#[test]
+fn recording_rules_name_namespace_pod_and_container_from_kube_state_metrics() {
+    let rule = document("PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("rules.yaml"), serde_json::to_string_pretty(&rule["spec"]).unwrap()).unwrap();
+    let test =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/promtool/names.test.yaml"))
+            .unwrap();
+    fs::write(dir.path().join("names.test.yaml"), &test).unwrap();
+    run(Command::new("promtool").args(["test", "rules", "names.test.yaml"]).current_dir(dir.path()));
+    // Not vacuous: the join must strip kube-state-metrics' runtime scheme from container_id;
+    // with an id helios-trace does not export, the expected names are not found.
+    let other_id = test.replace("containerd://3f1e", "containerd://0f1e");
+    fs::write(dir.path().join("other.test.yaml"), other_id).unwrap();
+    let out =
+        Command::new("promtool").args(["test", "rules", "other.test.yaml"]).current_dir(dir.path()).output();
+    assert!(!out.unwrap().status.success(), "a container kube-state-metrics does not know gets no names");
+}
+
+#[test]
+fn the_network_policy_admits_only_the_monitoring_namespace_to_the_metrics_port() {
+    let policy = document("NetworkPolicy");
+    let daemonset = document("DaemonSet");
+    let pod = &daemonset["spec"]["template"];
+    let labels = pod["metadata"]["labels"].as_object().unwrap();
+    let selected = policy["spec"]["podSelector"]["matchLabels"].as_object().unwrap();
+    assert!(selected.iter().all(|(k, v)| labels.get(k) == Some(v)), "the policy selects the pods");
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "one rule: {ingress:?}");
+    assert_eq!(
+        ingress[0]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+    );
+    assert_eq!(ingress[0]["ports"], serde_json::json!([{"port": "metrics", "protocol": "TCP"}]));
+    // The ServiceMonitor scrapes over TLS with basic auth, as the pod's web config asks.
+    let monitor = document("ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert!(endpoint["tlsConfig"]["ca"]["secret"]["name"].is_string(), "{endpoint}");
+    assert!(endpoint["basicAuth"]["password"]["name"].is_string(), "{endpoint}");
+    let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--web-config-file"), "{args:?}");
 }
 
 #[test]

@@ -26,5 +26,7 @@ mod resources;
 mod robustness;
 mod runtimes;
 mod serve;
+mod serve_sizing;
+mod serve_web;
 mod sessions;
 mod stacks;

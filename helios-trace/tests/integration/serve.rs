@@ -15,21 +15,27 @@ use crate::support::*;
 use serde_json::Value;
 
 /// A Prometheus of our own: loopback, 1 s scrapes of one target, its tsdb in a temp dir.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     base: String,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    fn start(target: &str) -> Prometheus {
+    pub(crate) fn start(target: &str) -> Prometheus {
+        Prometheus::start_with(target, "")
+    }
+
+    /// The same with `job` (YAML lines indented by four spaces, e.g. `    scheme: https`) in its
+    /// scrape job.
+    pub(crate) fn start_with(target: &str, job: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: helios-trace\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: helios-trace\n{job}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .unwrap();
@@ -51,8 +57,18 @@ impl Prometheus {
     }
 
     /// An instant query: each series' labels and value.
-    fn query(&self, expr: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let (status, body) = http_get(&format!("{}/api/v1/query", self.base), &[("query", expr)]).unwrap();
+    pub(crate) fn query(&self, expr: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        self.query_at(expr, None)
+    }
+
+    /// An instant query at `time` (Unix seconds; now when `None`).
+    pub(crate) fn query_at(&self, expr: &str, time: Option<f64>) -> Vec<(BTreeMap<String, String>, f64)> {
+        let time = time.map(|t| format!("{t:.3}"));
+        let mut query = vec![("query", expr)];
+        if let Some(time) = &time {
+            query.push(("time", time));
+        }
+        let (status, body) = http_get(&format!("{}/api/v1/query", self.base), &query).unwrap();
         let answer: Value = serde_json::from_str(&body).unwrap();
         assert_eq!((status, &answer["status"]), (200, &Value::from("success")), "{expr}: {body}");
         answer["data"]["result"]
@@ -67,7 +83,7 @@ impl Prometheus {
     }
 
     /// Wait until `expr` gives exactly one series of value `value`; that series' labels.
-    fn wait_for_one(&self, expr: &str, value: f64) -> BTreeMap<String, String> {
+    pub(crate) fn wait_for_one(&self, expr: &str, value: f64) -> BTreeMap<String, String> {
         let mut last = Vec::new();
         let found = (0..300).find_map(|_| {
             last = self.query(expr);

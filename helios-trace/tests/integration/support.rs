@@ -305,7 +305,7 @@ pub const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 39;
 /// A running `helios-trace serve` on a free loopback port.
 pub struct Serve {
     child: Child,
-    /// http://127.0.0.1:PORT
+    /// http://127.0.0.1:PORT (https:// with TLS)
     pub base: String,
     _stderr_lines: std::sync::mpsc::Receiver<String>,
 }
@@ -327,11 +327,13 @@ impl Serve {
             .expect("helios-trace serve starts");
         let lines = follow_stderr(&mut child);
         let line = wait_for_attach(&mut child, &lines, &mut Vec::new());
-        let address = line
-            .split_once("serving http://")
+        // http://ADDRESS, or https://ADDRESS with --web-config-file's TLS.
+        let base = line
+            .split_once("serving ")
             .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+            .filter(|base| base.starts_with("http://") || base.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Serve { child, base: format!("http://{address}"), _stderr_lines: lines }
+        Serve { child, base: base.to_string(), _stderr_lines: lines }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

@@ -31,7 +31,9 @@ fn http_get(url: &str, query: &[(&str, &str)]) -> Result<(u16, String), String> 
 
 /// Short limits, so the test sees them act within seconds.
 const LIMITS: ServerLimits = ServerLimits {
-    max_connections: 4,
+    max_connections: 6,
+    max_connections_per_client: 4,
+    max_requests: 2,
     header_read_timeout: Duration::from_millis(800),
     max_header_bytes: 8192,
     connection_timeout: Duration::from_secs(3),
@@ -47,13 +49,28 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(LIMITS)
+    }
+
+    fn start_with(limits: ServerLimits) -> Server {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let address = listener.local_addr().unwrap();
         let (publish, snapshots) = watch::channel(None);
-        runtime.spawn(serve(listener, snapshots, LIMITS));
+        runtime.spawn(serve(listener, snapshots, limits, None));
         Server { address, publish, _runtime: runtime }
+    }
+
+    /// A connection from the loopback address 127.0.0.`last` (all of 127/8 is the loopback).
+    fn connect_from(&self, last: u8) -> TcpStream {
+        self._runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+            let stream = socket.connect(self.address).await.unwrap().into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -192,17 +209,85 @@ fn slow_clients_time_out() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_closed_and_the_server_recovers() {
+fn connections_beyond_a_clients_limit_are_closed_and_the_server_recovers() {
     let server = Server::start();
     server.publish(Instant::now());
     let idle: Vec<TcpStream> =
-        (0..LIMITS.max_connections).map(|_| TcpStream::connect(server.address).unwrap()).collect();
+        (0..LIMITS.max_connections_per_client).map(|_| TcpStream::connect(server.address).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     let (answer, took) = server.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(10));
-    assert_eq!(answer, "", "over the limit: closed unanswered");
+    assert_eq!(answer, "", "over the client's limit: closed unanswered");
     assert!(took < LIMITS.header_read_timeout, "closed at once, not timed out: {took:?}");
+    // Another address is not held to this one's limit.
+    let mut other = server.connect_from(2);
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    other.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(read_until_closed(&mut other).starts_with("HTTP/1.1 200"));
     // The idle ones time out and free their slots.
     std::thread::sleep(LIMITS.header_read_timeout + Duration::from_millis(500));
     assert_eq!(http_get(&server.url("/healthz"), &[]).unwrap().0, 200);
+    let (_, metrics) = http_get(&server.url("/metrics"), &[]).unwrap();
+    let closed = crate::output::metrics::exposition::tests::series(
+        &metrics,
+        "helios_trace_http_connections_closed_total",
+    );
+    assert_eq!(closed.get(r#"{reason="client_limit"}"#), Some(&1.0), "{metrics}");
+    assert_eq!(
+        closed.get(r#"{reason="header_timeout"}"#),
+        Some(&(LIMITS.max_connections_per_client as f64)),
+        "{metrics}"
+    );
     drop(idle);
+}
+
+#[test]
+fn idle_connections_from_many_addresses_cannot_keep_a_scraper_out() {
+    // Long timeouts: every connection closed here is closed for another.
+    let server = Server::start_with(ServerLimits {
+        header_read_timeout: Duration::from_secs(20),
+        connection_timeout: Duration::from_secs(20),
+        ..LIMITS
+    });
+    server.publish(Instant::now());
+    // Every slot held by idle connections, and twice as many trying: three addresses at their limit.
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for last in 2..=4 {
+        idle.extend((0..LIMITS.max_connections_per_client).map(|_| server.connect_from(last)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A scraper gets in at once, each time: an idle connection is cut for it.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = http_get(&server.url("/metrics"), &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(started.elapsed() < LIMITS.header_read_timeout, "{:?}", started.elapsed());
+    }
+    let (_, metrics) = http_get(&server.url("/metrics"), &[]).unwrap();
+    let closed = crate::output::metrics::exposition::tests::series(
+        &metrics,
+        "helios_trace_http_connections_closed_total",
+    );
+    // 12 idle ones for 6 slots: 4 from .2 and 2 from .3 fill them; the third of .3 cuts one
+    // of .2's, .4's first two cut one each of .2's and .3's, and the rest are refused, the
+    // clients even (2 each). Then the first scrape cuts one, whose slot the next ones find free.
+    assert_eq!(closed.get(r#"{reason="cut_for_new"}"#), Some(&4.0), "{metrics}");
+    assert_eq!(closed.get(r#"{reason="total_limit"}"#), Some(&3.0), "{metrics}");
+    // The cut and the refused ones are closed by the server, the others are not.
+    let mut cut = 0;
+    for stream in &mut idle {
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        if matches!(stream.read(&mut [0u8; 16]), Ok(0)) {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 7, "of {} idle connections", idle.len());
+}
+
+#[test]
+fn requests_beyond_max_requests_are_answered_503_and_counted() {
+    // No request slot at all: every request is one too many.
+    let server = Server::start_with(ServerLimits { max_requests: 0, ..LIMITS });
+    server.publish(Instant::now());
+    let (status, body) = http_get(&server.url("/metrics"), &[]).unwrap();
+    assert_eq!((status, body.as_str()), (503, "too many requests in flight\n"));
 }
