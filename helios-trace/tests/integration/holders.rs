@@ -7,11 +7,15 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::support::{Tracer, Workload, process, require_bpf};
+use crate::{
+    adhoc::Tmux,
+    support::{Serve, Tracer, Workload, exposition_series, helios_trace_bin, process, require_bpf, wait_for},
+};
 
 /// The interpreters the walk knows: Debian's (required), pyenv's 3.11 to 3.13 (if there),
 /// with the version the report must say.
@@ -176,4 +180,98 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     }
     drop(server);
     tracer.stop();
+}
+
+/// The line the postmortem server's CLOSE_WAIT site gets (its handlers hold the reader's and the
+/// writer's transport alike; the reader's path is the one found first, equally short).
+const HELD_BY_THE_SET: &str = ":UnitTrackingWSHandler._ws_connections";
+
+/// The heap walks serve has done (`helios_trace_heap_walks_total`).
+fn heap_walks(serve: &Serve) -> f64 {
+    exposition_series(&serve.metrics(), "helios_trace_heap_walks_total").get("").copied().unwrap_or(-1.0)
+}
+
+/// serve's /sites: the CLOSE_WAIT site of the postmortem server carries its holders as the
+/// report does (the set, as many as the workload holds), and a process is walked at most once
+/// per --holders-interval however often /sites and /metrics are scraped.
+#[test]
+fn serve_sites_carry_the_holders_and_walk_each_process_at_most_once_per_interval() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let serve = Serve::start(&["--pid", &own, "--holders-interval", "1m"]);
+    assert_eq!(heap_walks(&serve), 0.0, "no walk before a Python process needs one");
+    let mut leaky = spawn(Path::new("/usr/bin/python3"), false);
+    let held = leaky.run("count")[0] as u64;
+    assert_eq!(held, 30);
+    // Over every site (one accepted before the frames were named can be a site of its own).
+    let by_set = wait_for("holders of the CLOSE_WAIT sockets at /sites", Duration::from_secs(30), || {
+        let (status, body) = serve.get("/sites");
+        assert_eq!(status, 200, "{body}");
+        let sites: Value = serde_json::from_str(&body).unwrap();
+        let by_set: Vec<Value> = sites["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|site| site.get("holders")?.as_array().cloned())
+            .flatten()
+            .filter(|h| h["root"].as_str().is_some_and(|r| r.ends_with(HELD_BY_THE_SET)))
+            .collect();
+        (by_set.iter().map(|h| h["count"].as_u64().unwrap()).sum::<u64>() == held).then_some(by_set)
+    });
+    for h in &by_set {
+        assert_eq!(h["container"], "set");
+        assert_eq!(h["container_size"].as_u64(), Some(held));
+        assert!(h["path"].as_str().unwrap().ends_with("._transport._sock"), "{h:#}");
+    }
+    // Scraped ten times a second for 6 s (serve looks for newly wanted sites every 5 s): the
+    // one process is not walked again within the minute, only once more for a site that
+    // became wanted since (its accept site may turn suspected).
+    let walks = heap_walks(&serve);
+    assert!(walks >= 1.0, "{walks}");
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let _ = serve.get("/sites");
+        let _ = serve.metrics();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = heap_walks(&serve);
+    assert!(after <= walks + 1.0, "{walks} walks, then {after} within the interval");
+    drop(leaky);
+    serve.stop();
+}
+
+/// The live view: the selected CLOSE_WAIT site of the postmortem server shows its holder line.
+#[test]
+fn the_live_view_shows_the_holder_line_under_the_site() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id();
+    let tmux = Tmux::start(&format!("{} -p {own} --interval 1s --view live", helios_trace_bin()));
+    // Attached and sampling before the server starts: its sockets get their accept site.
+    tmux.wait_for("events (", Duration::from_secs(40));
+    let mut leaky = spawn(Path::new("/usr/bin/python3"), false);
+    let held = leaky.run("count")[0];
+    let line = format!("held by __main__{HELD_BY_THE_SET} (set of {held}) via .");
+    // Other tests' processes may be traced too (children of this test binary): move the
+    // selection down the rows (and back up) until the site is the selected one.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut presses = 0;
+    let screen = loop {
+        let screen = tmux.screen();
+        if screen.contains(&line) {
+            break screen;
+        }
+        assert!(Instant::now() < deadline, "the live view never showed {line:?}:\n{screen}");
+        tmux.keys(if (presses / 20) % 2 == 0 { "j" } else { "k" });
+        presses += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let shown = screen.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(shown.contains("holders: "), "{shown}");
+    assert!(screen.contains("CLOSE_WAIT"), "{screen}");
+    tmux.keys("q");
+    drop(leaky);
 }
