@@ -92,7 +92,7 @@ pub struct SessionArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) flamegraph: Option<PathBuf>,
     /// Name the Python objects holding every site's open descriptors (by default only suspected
-    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.11-3.13 heap at
+    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.11-3.14 heap at
     /// report time.
     #[arg(long)]
     pub(crate) holders: bool,

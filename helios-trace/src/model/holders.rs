@@ -170,7 +170,9 @@ impl HeapGraph {
             /// Whether every chain of the group took the same step at each position.
             same: Vec<bool>,
         }
-        let mut groups: BTreeMap<(u32, Vec<String>), Group> = BTreeMap::new();
+        // Grouped by the root's name: roots of one name (the same local of many suspended
+        // coroutines) are one line.
+        let mut groups: BTreeMap<(&str, Vec<String>), Group> = BTreeMap::new();
         let (mut no_owner, mut unreachable) = (0u64, 0u64);
         for owner in owners {
             let Some(node) = owner else {
@@ -182,7 +184,7 @@ impl HeapGraph {
                 continue;
             };
             let key: Vec<String> = steps.iter().map(|s| self.step_text(normal(*s))).collect();
-            let group = groups.entry((root, key)).or_insert_with(|| Group {
+            let group = groups.entry((&self.roots[root as usize].0, key)).or_insert_with(|| Group {
                 count: 0,
                 root,
                 same: vec![true; steps.len()],
