@@ -40,6 +40,9 @@ struct Plan {
     sites: u32,
     startup_runs: usize,
     python_ops: u32,
+    /// GC-tracked objects of the holders row's heap, and its alternated runs.
+    heap_objects: u32,
+    holders_runs: usize,
     /// Seconds of job churn in the soak, the first SOAK_WARMUP of them not measured.
     soak_seconds: u64,
 }
@@ -58,6 +61,8 @@ impl Plan {
                 sites: 10_000,
                 startup_runs: 3,
                 python_ops: 3_000,
+                heap_objects: 1_000_000,
+                holders_runs: 1,
                 soak_seconds: 250,
             }
         } else {
@@ -71,6 +76,8 @@ impl Plan {
                 sites: 10_000,
                 startup_runs: 7,
                 python_ops: 10_000,
+                heap_objects: 1_000_000,
+                holders_runs: 3,
                 soak_seconds: 900,
             }
         }
@@ -88,7 +95,7 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 6] = ["overhead", "throughput", "memory", "startup", "python", "soak"];
+pub const SECTIONS: [&str; 7] = ["overhead", "throughput", "memory", "startup", "python", "holders", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -113,12 +120,13 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("overhead", overhead),
         ("throughput", throughput),
         ("memory", memory),
         ("startup", startup),
         ("python", python),
+        ("holders", holders),
         ("soak", soak),
     ];
     for (name, section) in sections {
@@ -677,6 +685,79 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
         writeln!(table, "\npython frames: not available in this build")?;
     }
     Ok(table)
+}
+
+/// The holders row (issue 15's numbers): a CPython process with `heap_objects` GC-tracked
+/// objects and 50 files in a module-level list; helios-trace on its pid, a SIGUSR1 report
+/// with `--holders` (one walk of the heap) and without (none), alternated: the walk's time as
+/// the report gives it, the objects walked, and the tracer's peak RSS (VmHWM) after the report.
+fn holders(bench: &Bench, plan: &Plan) -> Result<String> {
+    let script = bench.source.join("pyheap.py");
+    let variants: [&[&str]; 2] = [&[], &["--holders"]];
+    let mut peak = vec![Vec::new(); variants.len()];
+    let (mut walk, mut objects, mut named) = (Vec::new(), 0, String::new());
+    for _ in 0..plan.holders_runs {
+        for (v, extra) in variants.iter().enumerate() {
+            let mut workload =
+                Workload::start(Command::new(PYTHON).arg(&script).arg(plan.heap_objects.to_string()))?;
+            let mut args = vec!["--pid".to_string(), workload.pid().to_string()];
+            args.extend(["--reconcile-interval", "0"].map(String::from));
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let mut tracer = bench.helios(&args)?;
+            workload.go()?;
+            let line = workload.line()?;
+            if line != "held" {
+                bail!("pyheap.py said {line:?}");
+            }
+            let report: serde_json::Value =
+                serde_json::from_str(tracer.snapshot()?.trim()).context("the SIGUSR1 report is not JSON")?;
+            peak[v].push(vm_hwm(tracer.pid())? as f64);
+            let process = report["processes"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["pid"] == workload.pid()))
+                .context("the workload is not in the report")?;
+            if !extra.is_empty() {
+                let heap = &process["heap"];
+                walk.push(heap["walk_seconds"].as_f64().context("no heap walk in the report")?);
+                objects = heap["objects"].as_u64().unwrap_or(0);
+                let held = process["sites"].as_array().into_iter().flatten().find_map(|s| {
+                    s["holders"].as_array()?.iter().find(|h| h["count"] == 50)?["root"]
+                        .as_str()
+                        .map(String::from)
+                });
+                named = held.unwrap_or_else(|| "(not named)".into());
+            }
+            tracer.stop()?;
+            drop(workload);
+        }
+    }
+    let (without, with) = (median(&peak[0]), median(&peak[1]));
+    let mut table = format!(
+        "\n### Holders\n\n{PYTHON} bench/pyheap.py {}: a heap of that many GC-tracked objects and 50 files \
+         in a module-level list; one SIGUSR1 report with and without `--holders`, {} alternated run(s), \
+         medians [min–max]. Peak RSS is the tracer's VmHWM after the report.\n\n\
+         | variant | objects walked | walk s | tracer peak RSS | the 50 files held by |\n| --- | --- | --- | --- | --- |\n",
+        plan.heap_objects, plan.holders_runs
+    );
+    let peaks = |p: &[f64]| p.iter().map(|b| b / (1024.0 * 1024.0)).collect::<Vec<_>>();
+    writeln!(table, "| without --holders | – | – | {} MiB | – |", spread(&peaks(&peak[0])))?;
+    writeln!(
+        table,
+        "| --holders | {objects} | {:.2} [{:.2}–{:.2}] | {} MiB (+{}) | {named} |",
+        median(&walk),
+        walk.iter().copied().fold(f64::INFINITY, f64::min),
+        walk.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        spread(&peaks(&peak[1])),
+        mib((with - without).max(0.0) as u64)
+    )?;
+    Ok(table)
+}
+
+/// VmHWM (peak resident set) of `pid` in bytes (proc(5): /proc/PID/status, in kB).
+fn vm_hwm(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).context("no VmHWM")?;
+    Ok(line.trim().strip_suffix("kB").context("VmHWM in kB")?.trim().parse::<u64>()? * 1024)
 }
 
 /// A C program with `n` distinct call sites: `site_i` dup()s the descriptor it is given, and

@@ -35,7 +35,7 @@ enum Command {
         args: Vec<String>,
     },
     /// Set up, build (release), and run the benchmark suite of BENCHMARKS.md as root: overhead
-    /// against bpftrace, daemon throughput, memory, startup, Python. Prints markdown tables.
+    /// against bpftrace, daemon throughput, memory, startup, Python, holders. Prints markdown tables.
     Bench {
         /// Fewer repetitions and shorter rungs (minutes instead of a quarter of an hour).
         #[arg(long)]

@@ -92,7 +92,7 @@ pub struct SessionArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) flamegraph: Option<PathBuf>,
     /// Name the Python objects holding every site's open descriptors (by default only suspected
-    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.11-3.13 heap at
+    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.11-3.14 heap at
     /// report time.
     #[arg(long)]
     pub(crate) holders: bool,
@@ -147,6 +147,11 @@ pub struct ServeArgs {
     /// as pids churn.
     #[arg(long)]
     pub(crate) pid_label: bool,
+    /// /sites names the Python objects holding the open descriptors of suspected and
+    /// CLOSE_WAIT sites (`holders`, as in the report), from a walk of each CPython heap at most
+    /// this often (and once more for a site newly suspected); 0 turns holders off.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub(crate) holders_interval: Duration,
     /// The host's procfs (a DaemonSet mounts it at e.g. /host/proc).
     #[arg(long, default_value = "/proc")]
     pub(crate) proc_root: PathBuf,

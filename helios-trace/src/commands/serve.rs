@@ -157,7 +157,7 @@ async fn run(
         pid_label: args.pid_label,
         redact_paths: args.trace.redact_paths,
     };
-    let mut exporter = Exporter::new(config, &args.proc_root, &mut tracing);
+    let mut exporter = Exporter::new(config, &args.proc_root, &mut tracing, args.holders_interval);
     // Ready (the first snapshot is out) before we say so.
     exporter.publish(&mut tracing, &publish);
     eprintln!(

@@ -20,7 +20,10 @@ use super::{
 };
 use crate::{
     cli::{Format, SessionArgs, View},
-    observe::session::{Tick, Tracing},
+    observe::{
+        holders::Freshness,
+        session::{Tick, Tracing},
+    },
     output::{
         flamegraph,
         live::{self, LiveView},
@@ -143,7 +146,12 @@ impl Progress {
             return;
         }
         self.next = Instant::now() + self.interval - Duration::from_millis(100);
-        let report = tracing.report(false);
+        let report = match &self.display {
+            // Holders of the last walk within the interval: a heap walk can take a second.
+            Display::Live(_) => tracing.progress_report(),
+            // A summary line shows no holders: no heap walks for it.
+            _ => tracing.report_with(false, Freshness::Off, None),
+        };
         match &self.display {
             Display::Live(view) => view.show(report),
             Display::Lines => eprintln!("{}", live::summary_line(&report)),

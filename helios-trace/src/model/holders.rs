@@ -170,7 +170,9 @@ impl HeapGraph {
             /// Whether every chain of the group took the same step at each position.
             same: Vec<bool>,
         }
-        let mut groups: BTreeMap<(u32, Vec<String>), Group> = BTreeMap::new();
+        // Grouped by the root's name: roots of one name (the same local of many suspended
+        // coroutines) are one line.
+        let mut groups: BTreeMap<(&str, Vec<String>), Group> = BTreeMap::new();
         let (mut no_owner, mut unreachable) = (0u64, 0u64);
         for owner in owners {
             let Some(node) = owner else {
@@ -182,7 +184,7 @@ impl HeapGraph {
                 continue;
             };
             let key: Vec<String> = steps.iter().map(|s| self.step_text(normal(*s))).collect();
-            let group = groups.entry((root, key)).or_insert_with(|| Group {
+            let group = groups.entry((&self.roots[root as usize].0, key)).or_insert_with(|| Group {
                 count: 0,
                 root,
                 same: vec![true; steps.len()],
@@ -321,9 +323,58 @@ impl Holder {
     }
 }
 
+/// The lines of one site in several processes as one list (serve's `/sites` is per site): the
+/// same holder (root, path, container) adds its counts, its container size is the largest seen;
+/// widest first, notes last.
+pub(crate) fn merge(into: &mut Vec<Holder>, more: Vec<Holder>) {
+    for holder in more {
+        match into.iter_mut().find(|h| {
+            (&h.root, &h.path, &h.container, h.note)
+                == (&holder.root, &holder.path, &holder.container, holder.note)
+        }) {
+            Some(same) => {
+                same.count += holder.count;
+                same.container_size = same.container_size.max(holder.container_size);
+            }
+            None => into.push(holder),
+        }
+    }
+    into.sort_by(|a, b| {
+        (a.root.is_none(), std::cmp::Reverse(a.count), &a.root).cmp(&(
+            b.root.is_none(),
+            std::cmp::Reverse(b.count),
+            &b.root,
+        ))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_lines_add_up_per_holder_and_keep_notes_last() {
+        let line = |count, root: Option<&str>, size| Holder {
+            count,
+            root: root.map(str::to_string),
+            path: root.map(|_| ".writer._transport._sock".to_string()),
+            container: root.map(|_| "set".to_string()),
+            container_size: size,
+            note: if root.is_none() { Some(NO_PYTHON_OWNER) } else { None },
+        };
+        let mut lines = vec![line(3, Some("app:H._conns"), Some(3)), line(1, None, None)];
+        merge(&mut lines, vec![line(5, Some("app:H._conns"), Some(7)), line(2, Some("app:_cache"), Some(2))]);
+        merge(&mut lines, vec![line(4, None, None)]);
+        let shown: Vec<String> = lines.iter().map(Holder::line).collect();
+        assert_eq!(
+            shown,
+            [
+                "8 held by app:H._conns (set of 7) via .writer._transport._sock",
+                "2 held by app:_cache (set of 2) via .writer._transport._sock",
+                "5 no Python owner",
+            ]
+        );
+    }
 
     /// The postmortem's shape: module → class → class dict → set → handler → writer →
     /// transport → socket, for `n` sockets, plus a socket nothing names.

@@ -6,14 +6,15 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 
 use crate::{
     model::{
-        fd::FdKind, fdtable::FdTable, resources::exhaustion_seconds, trend::theil_sen, workload::Workload,
+        fd::FdKind, fdtable::FdTable, holders::Holder, resources::exhaustion_seconds, trend::theil_sen,
+        workload::Workload,
     },
     observe::{procfs::SocketJoin, session::Tracing},
     output::{
@@ -38,7 +39,21 @@ pub(crate) struct Exporter {
     unavailable_socket_memory: u64,
     /// Processes whose descriptor limit could not be read when a projection needed it.
     unavailable_fd_limit: u64,
+    /// Holders for /sites (None: `--holders-interval 0`).
+    holders: Option<HolderExport>,
 }
+
+/// The holder lines /sites shows, looked for every [`HOLDERS_CHECK`] (or the interval, when
+/// shorter); the heap walks behind them are bounded by the session (observe/holders.rs).
+struct HolderExport {
+    check_every: Duration,
+    next: Instant,
+    by_site: HashMap<String, Vec<Holder>>,
+}
+
+/// How often serve looks for sites newly suspected or in CLOSE_WAIT in CPython processes (a
+/// report of those processes; their heaps are walked at most once per `--holders-interval`).
+const HOLDERS_CHECK: Duration = Duration::from_secs(5);
 
 /// Transitions the engine keeps before the exporter takes them in between two snapshots: under
 /// a flood a second's worth would be millions (and memory the allocator keeps afterwards).
@@ -46,13 +61,26 @@ const MAX_PENDING_TRANSITIONS: usize = 16_384;
 
 impl Exporter {
     /// From now on the engine keeps every transition for the exporter.
-    pub(crate) fn new(config: ExportConfig, proc_root: &Path, tracing: &mut Tracing) -> Exporter {
+    /// `holders_interval`: the least time between two heap walks of a process for /sites'
+    /// holders (zero: no holders).
+    pub(crate) fn new(
+        config: ExportConfig,
+        proc_root: &Path,
+        tracing: &mut Tracing,
+        holders_interval: Duration,
+    ) -> Exporter {
         tracing.engine.keep_transitions();
+        tracing.set_holders_interval(holders_interval);
         Exporter {
             aggregator: Aggregator::new(config),
             proc_root: proc_root.to_path_buf(),
             unavailable_socket_memory: 0,
             unavailable_fd_limit: 0,
+            holders: (!holders_interval.is_zero()).then(|| HolderExport {
+                check_every: holders_interval.min(HOLDERS_CHECK),
+                next: Instant::now(),
+                by_site: HashMap::new(),
+            }),
         }
     }
 
@@ -75,6 +103,10 @@ impl Exporter {
         let now_ns = clock::boot_ns();
         tracing.engine.refresh_names();
         self.observe(tracing, now_ns);
+        if let Some(holders) = self.holders.as_mut().filter(|h| Instant::now() >= h.next) {
+            holders.by_site = tracing.site_holders();
+            holders.next = Instant::now() + holders.check_every;
+        }
         let (memory, unmeasured) = tracing.socket_memory();
         self.unavailable_socket_memory += unmeasured;
         let tracing = &*tracing;
@@ -88,7 +120,7 @@ impl Exporter {
             unavailable_fd_limit.set(unavailable_fd_limit.get() + u64::from(!readable));
             seconds
         };
-        let exported = self.aggregator.snapshot(
+        let mut exported = self.aggregator.snapshot(
             engine.table(),
             &frames,
             &mut who,
@@ -97,6 +129,11 @@ impl Exporter {
             now_ns,
         );
         self.unavailable_fd_limit += unavailable_fd_limit.get();
+        if let Some(holders) = &self.holders {
+            for site in exported.sites.values_mut() {
+                site.holders = holders.by_site.get(&site.site).cloned();
+            }
+        }
         let counts = tracing.event_counts();
         let own = SelfMetrics {
             events_by_type: engine.events_by_type(),
@@ -116,6 +153,7 @@ impl Exporter {
             },
             unavailable_socket_memory: self.unavailable_socket_memory,
             unavailable_fd_limit: self.unavailable_fd_limit,
+            heap_walks: tracing.heap_walks(),
         };
         publish.send_replace(Some(Arc::new(Snapshot::new(exported, own, Instant::now()))));
     }

@@ -1,11 +1,11 @@
 //! What the end-of-session report is built from (ARCHITECTURE.md, "Data flow" 7): the engine's
 //! table, counters, frames and history, and closures that ask /proc and sock_diag what only
 //! they know (output/report builds it, pure).
-use std::cell::RefCell;
+use std::{cell::RefCell, collections::HashSet};
 
 use crate::{
     model::fdtable::OpenFd,
-    observe::{procfs::SocketJoin, session::Tracing},
+    observe::{holders::Freshness, procfs::SocketJoin, session::Tracing},
     output::report::{
         Report,
         build::{ProcessFacts, ReportInput, build},
@@ -14,8 +14,25 @@ use crate::{
 };
 
 impl Tracing {
-    /// The report of the session so far; `list_fds`: with every open descriptor.
+    /// The report of the session so far; `list_fds`: with every open descriptor. Holders come
+    /// from fresh heap walks.
     pub(crate) fn report(&mut self, list_fds: bool) -> Report {
+        self.report_with(list_fds, Freshness::Fresh, None)
+    }
+
+    /// The report the live view shows every interval: holders from a process's last walk
+    /// within the minimum interval (observe/holders.rs).
+    pub(crate) fn progress_report(&mut self) -> Report {
+        self.report_with(false, Freshness::Cached, None)
+    }
+
+    /// The report of `only` these processes (all with None), holders as `freshness` says.
+    pub(crate) fn report_with(
+        &mut self,
+        list_fds: bool,
+        freshness: Freshness,
+        only: Option<&HashSet<u32>>,
+    ) -> Report {
         self.engine.refresh_names();
         let events = self.event_counts();
         let corrections = self.corrections();
@@ -47,7 +64,9 @@ impl Tracing {
             ProcessFacts { fd_limit, rss_bytes, cgroup, unavailable }
         };
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
-        let include = |tgid: u32| filtered || engine.stats().active(tgid);
+        let include = |tgid: u32| {
+            (filtered || engine.stats().active(tgid)) && only.is_none_or(|only| only.contains(&tgid))
+        };
         let report = build(ReportInput {
             started_at: self.started_at,
             duration: self.started.elapsed(),
@@ -70,7 +89,7 @@ impl Tracing {
         // Only the sockets still open stay cached.
         self.socket_inodes = join.into_inner().seen;
         let mut report = report;
-        self.attach_holders(&mut report);
+        self.attach_holders(&mut report, freshness);
         if self.redact_paths {
             crate::output::redact::report(&mut report);
         }

@@ -434,6 +434,9 @@ fn top_site(process: &ProcessReport, sort: SortBy) -> Option<&SiteReport> {
     })
 }
 
+/// Holder lines shown under the selected site (the report has them all).
+const MAX_HOLDER_LINES: usize = 3;
+
 /// The selected site: its counts and flags, then the innermost lines of its stack (a Python
 /// stack's interpreter frames folded unless `--all-frames`).
 fn site_details(process: &ProcessReport, site: &SiteReport, frames: FrameDisplay) -> Vec<Line<'static>> {
@@ -461,6 +464,20 @@ fn site_details(process: &ProcessReport, site: &SiteReport, frames: FrameDisplay
     }
     if let Some(memory) = site.socket_memory_bytes.filter(|m| *m > 0) {
         lines.push(Line::from(format!("its open sockets hold {} of kernel memory", bytes(memory as f64))));
+    }
+    // Who keeps them open (ARCHITECTURE.md, "Holders"), before the stack: the widest chains.
+    let holders = site.holders.as_deref().unwrap_or_default();
+    for holder in holders.iter().take(MAX_HOLDER_LINES) {
+        lines.push(Line::from(Span::styled(
+            format!("holders: {}", holder.line()),
+            Style::new().fg(Color::Yellow),
+        )));
+    }
+    if holders.len() > MAX_HOLDER_LINES {
+        lines.push(Line::from(format!(
+            "holders: {} more lines in the report",
+            holders.len() - MAX_HOLDER_LINES
+        )));
     }
     lines.extend(shown(&site.frames, frames).iter().take(MAX_FRAME_LINES).map(|s| Line::from(s.line())));
     lines
@@ -748,6 +765,30 @@ pub(crate) mod tests {
         assert!(text.contains("6.0 MB"), "socket memory of the leaking site: {text}");
         assert!(text.contains("suspected leak: +60/min for 1m 0s"), "the selected row's why: {text}");
         assert!(!text.contains("frame-of-before-trace"), "{text}");
+    }
+
+    #[test]
+    fn the_selected_site_shows_its_holders() {
+        use crate::model::holders::{Holder, NO_PYTHON_OWNER};
+
+        let mut report = sample();
+        let held = |count, note: Option<&'static str>| Holder {
+            count,
+            root: note.is_none().then(|| "__main__:UnitTrackingWSHandler._ws_connections".to_string()),
+            path: note.is_none().then(|| ".reader._transport._sock".to_string()),
+            container: note.is_none().then(|| "set".to_string()),
+            container_size: note.is_none().then_some(58),
+            note,
+        };
+        report.processes[1].sites[0].holders = Some(vec![held(58, None), held(2, Some(NO_PYTHON_OWNER))]);
+        let text = screen(&mut Ui::default(), Some(&report));
+        assert!(
+            text.contains(
+                "holders: 58 held by __main__:UnitTrackingWSHandler._ws_connections (set of 58) via .reader._transport._sock"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("holders: 2 no Python owner"), "{text}");
     }
 
     #[test]

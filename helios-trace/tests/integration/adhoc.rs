@@ -260,14 +260,17 @@ fn sockets_a_server_never_closed_after_the_peer_hung_up_are_close_wait_at_their_
     server.exit();
 }
 
-/// A tmux server of our own, with one detached session of a fixed size.
-struct Tmux {
+/// A tmux server of our own, with one detached session of a fixed size (holders.rs drives
+/// the live view too: one server per test).
+pub(crate) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let tmux = Tmux { socket: format!("helios-trace-test-{}", std::process::id()) };
+    pub(crate) fn start(command: &str) -> Tmux {
+        static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Tmux { socket: format!("helios-trace-test-{}-{n}", std::process::id()) };
         let status = tmux
             .command()
             .args(["new-session", "-d", "-x", "200", "-y", "45", command])
@@ -284,17 +287,17 @@ impl Tmux {
         command
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         let out = self.command().args(["capture-pane", "-p"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn keys(&self, keys: &str) {
+    pub(crate) fn keys(&self, keys: &str) {
         assert!(self.command().args(["send-keys", keys]).status().unwrap().success());
     }
 
     /// The screen once it shows `what`.
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
+    pub(crate) fn wait_for(&self, what: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let screen = self.screen();

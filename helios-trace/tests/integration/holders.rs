@@ -1,42 +1,63 @@
 //! Holders (issue 15): the postmortem's asyncio server (tests/workloads/holders_server.py, on
-//! Debian's /usr/bin/python3, CPython 3.11, and pyenv's 3.11 to 3.13 where installed) keeps
-//! every connection in a class-level set and never closes it; traced from before it starts,
-//! the report's CLOSE_WAIT site names
+//! every CPython of the machine, as python.rs finds them: Debian's 3.11, pyenv's 3.10 to 3.13,
+//! Debian sid's 3.14 chrooted in its own root) keeps every connection in a class-level set and
+//! never closes it; traced from before it starts, the report's CLOSE_WAIT site names
 //! `UnitTrackingWSHandler._ws_connections` as the holder of as many sockets as `ss` shows in
-//! CLOSE_WAIT and the workload counts in its set. The fixed variant closes them: no holders.
+//! CLOSE_WAIT and the workload counts in its set (3.10, which the walk does not know, says so).
+//! The fixed variant closes them: no holders. The same lines reach serve's /sites and the live
+//! view.
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::support::{Tracer, Workload, process, require_bpf};
+use crate::{
+    adhoc::Tmux,
+    python,
+    support::{Serve, Tracer, Workload, exposition_series, helios_trace_bin, process, require_bpf, wait_for},
+};
 
-/// The interpreters the walk knows: Debian's (required), pyenv's 3.11 to 3.13 (if there),
-/// with the version the report must say.
-fn interpreters() -> Vec<(PathBuf, &'static str)> {
-    let system = PathBuf::from("/usr/bin/python3");
-    assert!(system.exists(), "/usr/bin/python3 is missing (cargo xtask setup --tests installs python3)");
-    let mut found = vec![(system, "3.11")];
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
-        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
-        .unwrap_or_default();
-    versions.sort();
-    for dir in versions {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for minor in ["3.11", "3.12", "3.13"] {
-            if name.starts_with(&format!("{minor}.")) && dir.join("bin/python3").exists() {
-                found.push((dir.join("bin/python3"), minor));
-            }
-        }
-    }
-    found
+fn server_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/holders_server.py")
+}
+
+/// The postmortem server, leaky and fixed, on every CPython of the machine (python.rs's
+/// interpreters: Debian's 3.11, pyenv's 3.10 to 3.13, Debian sid's 3.14 chrooted in its root),
+/// with the interpreter's name and minor version.
+fn servers() -> Vec<(Workload, Workload, String, u32)> {
+    let script = server_script();
+    let leaky = python::workload_commands(&script, &[]);
+    let fixed = python::workload_commands(&script, &["--fixed"]);
+    leaky
+        .into_iter()
+        .zip(fixed)
+        .map(|((name, leaky), (_, fixed))| {
+            let mut leaky = Workload::spawn_command(leaky);
+            let minor = leaky.run("version")[0] as u32;
+            (leaky, Workload::spawn_command(fixed), name, minor)
+        })
+        .collect()
+}
+
+/// The leaky server from a copy of the script under a name of its own (`name`.py), started
+/// as a shell that execs it on the Workload's `exec`: a tracer given the shell's pid (before
+/// the exec) traces this server only, from its first instruction, and its sites are its own
+/// (a site is its frames: the same line in the other tests' servers would be the same site).
+fn spawn_copy(name: &str) -> (Workload, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join(format!("{name}.py"));
+    std::fs::copy(server_script(), &script).unwrap();
+    let mut command = Command::new("sh");
+    command.args(["-c", r#"echo ready; read go; exec "$@""#, "sh", "/usr/bin/python3"]).arg(&script);
+    (Workload::spawn_command(command), dir)
 }
 
 fn spawn(python: &Path, fixed: bool) -> Workload {
     let mut command = Command::new(python);
-    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/holders_server.py"));
+    command.arg(server_script());
     if fixed {
         command.arg("--fixed");
     }
@@ -64,20 +85,27 @@ fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     }
     let own = std::process::id().to_string();
     let mut tracer = Tracer::start(&["--pid", &own]);
-    let servers: Vec<(Workload, Workload, &str)> = interpreters()
-        .iter()
-        .map(|(python, minor)| (spawn(python, false), spawn(python, true), *minor))
-        .collect();
     let mut checked = Vec::new();
-    for (leaky, fixed, minor) in servers {
-        check(&mut tracer, leaky, fixed, minor);
-        checked.push(minor);
+    let servers = servers();
+    // One report for all: every process walked once.
+    let report = tracer.snapshot();
+    for (leaky, fixed, name, minor) in servers {
+        if minor < 11 {
+            // The walk knows 3.11 to 3.14: an older one says so on the process, no holders.
+            let heap = &process(&report, leaky.pid).unwrap()["heap"];
+            let error = heap["error"].as_str().unwrap_or_else(|| panic!("{name}: {heap:#}"));
+            assert_eq!(error, format!("CPython 3.{minor}: the heap walk knows CPython 3.11 to 3.14 only"));
+            continue;
+        }
+        check(&report, leaky, fixed, &format!("3.{minor}"));
+        checked.push(name);
     }
-    eprintln!("holders checked on CPython {checked:?}");
+    assert!(checked.iter().any(|n| n.contains("3.14")), "CPython 3.14 was checked: {checked:?}");
+    eprintln!("holders checked on {checked:?}");
     tracer.stop();
 }
 
-fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &str) {
+fn check(report: &Value, mut leaky: Workload, mut fixed: Workload, minor: &str) {
     let held = leaky.run("count")[0] as u64;
     assert_eq!(held, 30, "the workload's own count");
     assert_eq!(fixed.run("count"), [0]);
@@ -85,8 +113,7 @@ fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &
     assert_eq!(in_close_wait, held, "ss: CLOSE_WAIT sockets of the leaky server");
     assert_eq!(ss_close_wait(fixed.pid), 0);
 
-    let report = tracer.snapshot();
-    let leaky_sites = sites(&report, leaky.pid);
+    let leaky_sites = sites(report, leaky.pid);
     // The accepted sockets are usually one site; one accepted before the tracer named the
     // interpreter's frames is another (site identity is not this test's concern): every
     // CLOSE_WAIT site gets holders, and over them the report agrees with ss and the workload.
@@ -112,18 +139,18 @@ fn check(tracer: &mut Tracer, mut leaky: Workload, mut fixed: Workload, minor: &
         }
     }
     assert_eq!(by_set, held, "sockets held by the set: {close_wait:#?}");
-    let heap = &process(&report, leaky.pid).unwrap()["heap"];
+    let heap = &process(report, leaky.pid).unwrap()["heap"];
     assert_eq!(heap["python"], minor, "{heap:#}");
     assert!(heap["stopped"].is_null(), "{heap:#}");
     let census = heap["census"].as_array().unwrap();
     assert!(census.iter().any(|e| e["type"] == "dict" && e["count"].as_u64() > Some(100)), "{census:#?}");
 
     // The fixed server: nothing in CLOSE_WAIT, nothing suspected, no holders anywhere.
-    for site in sites(&report, fixed.pid) {
+    for site in sites(report, fixed.pid) {
         assert_eq!(site["close_wait"].as_u64(), Some(0), "{site:#}");
         assert!(site.get("holders").is_none(), "{site:#}");
     }
-    assert!(process(&report, fixed.pid).unwrap().get("heap").is_none());
+    assert!(process(report, fixed.pid).unwrap().get("heap").is_none());
     drop((leaky, fixed));
 }
 
@@ -175,5 +202,143 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
         }
     }
     drop(server);
+    tracer.stop();
+}
+
+/// The line the postmortem server's CLOSE_WAIT site gets (its handlers hold the reader's and the
+/// writer's transport alike; the reader's path is the one found first, equally short).
+const HELD_BY_THE_SET: &str = ":UnitTrackingWSHandler._ws_connections";
+
+/// The heap walks serve has done (`helios_trace_heap_walks_total`).
+fn heap_walks(serve: &Serve) -> f64 {
+    exposition_series(&serve.metrics(), "helios_trace_heap_walks_total").get("").copied().unwrap_or(-1.0)
+}
+
+/// serve's /sites: the CLOSE_WAIT site of the postmortem server carries its holders as the
+/// report does (the set, as many as the workload holds), and a process is walked at most once
+/// per --holders-interval however often /sites and /metrics are scraped.
+#[test]
+fn serve_sites_carry_the_holders_and_walk_each_process_at_most_once_per_interval() {
+    if !require_bpf() {
+        return;
+    }
+    let (mut leaky, _dir) = spawn_copy("serve_holders_server");
+    let serve = Serve::start(&["--pid", &leaky.pid.to_string(), "--holders-interval", "1m"]);
+    assert_eq!(heap_walks(&serve), 0.0, "no walk before a Python process needs one");
+    leaky.exec();
+    let held = leaky.run("count")[0] as u64;
+    assert_eq!(held, 30);
+    // Over every site (one accepted before the frames were named can be a site of its own).
+    let by_set = wait_for("holders of the CLOSE_WAIT sockets at /sites", Duration::from_secs(30), || {
+        let (status, body) = serve.get("/sites");
+        assert_eq!(status, 200, "{body}");
+        let sites: Value = serde_json::from_str(&body).unwrap();
+        let by_set: Vec<Value> = sites["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|site| site.get("holders")?.as_array().cloned())
+            .flatten()
+            .filter(|h| h["root"].as_str().is_some_and(|r| r.ends_with(HELD_BY_THE_SET)))
+            .collect();
+        (by_set.iter().map(|h| h["count"].as_u64().unwrap()).sum::<u64>() == held).then_some(by_set)
+    });
+    for h in &by_set {
+        assert_eq!(h["container"], "set");
+        assert_eq!(h["container_size"].as_u64(), Some(held));
+        assert!(h["path"].as_str().unwrap().ends_with("._transport._sock"), "{h:#}");
+    }
+    // Scraped ten times a second for 6 s (serve looks for newly wanted sites every 5 s): the
+    // one process is not walked again within the minute, only once more for a site that
+    // became wanted since (its accept site may turn suspected).
+    let walks = heap_walks(&serve);
+    assert!(walks >= 1.0, "{walks}");
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let _ = serve.get("/sites");
+        let _ = serve.metrics();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = heap_walks(&serve);
+    assert!(after <= walks + 1.0, "{walks} walks, then {after} within the interval");
+    drop(leaky);
+    serve.stop();
+}
+
+/// The live view: the selected CLOSE_WAIT site of the postmortem server shows its holder line.
+#[test]
+fn the_live_view_shows_the_holder_line_under_the_site() {
+    if !require_bpf() {
+        return;
+    }
+    let (mut leaky, _dir) = spawn_copy("live_holders_server");
+    let tmux = Tmux::start(&format!("{} -p {} --interval 1s --view live", helios_trace_bin(), leaky.pid));
+    // Attached and sampling before the server starts: its sockets get their accept site.
+    tmux.wait_for("events (", Duration::from_secs(40));
+    leaky.exec();
+    let held = leaky.run("count")[0];
+    let line = format!("held by __main__{HELD_BY_THE_SET} (set of {held}) via .");
+    // Move the selection down the rows (and back up) until the site is the selected one.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut presses = 0;
+    let screen = loop {
+        let screen = tmux.screen();
+        if screen.contains(&line) {
+            break screen;
+        }
+        assert!(Instant::now() < deadline, "the live view never showed {line:?}:\n{screen}");
+        tmux.keys(if (presses / 20) % 2 == 0 { "j" } else { "k" });
+        presses += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let shown = screen.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(shown.contains("holders: "), "{shown}");
+    assert!(screen.contains("CLOSE_WAIT"), "{screen}");
+    tmux.keys("q");
+    drop(leaky);
+}
+
+/// The asyncio shape without a set: each connection's handler coroutine stays suspended after
+/// its client hung up, its `reader` and `writer` in its frame's locals (the Task holding the
+/// coroutine is a C object). The CLOSE_WAIT sockets are held by the coroutines' locals, on
+/// every CPython the walk knows.
+#[test]
+fn suspended_coroutines_hold_their_connections_in_their_locals() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own]);
+    let servers: Vec<(Workload, String)> = python::workload_commands(&server_script(), &["--coroutine"])
+        .into_iter()
+        .map(|(name, command)| (Workload::spawn_command(command), name))
+        .collect();
+    let report = tracer.snapshot();
+    let mut checked = Vec::new();
+    for (mut server, name) in servers {
+        if server.run("version")[0] < 11 {
+            continue;
+        }
+        let held = server.run("count")[0] as u64;
+        assert_eq!(held, 30, "{name}");
+        assert_eq!(ss_close_wait(server.pid), held, "{name}");
+        let close_wait: Vec<Value> =
+            sites(&report, server.pid).into_iter().filter(|s| s["close_wait"].as_u64() > Some(0)).collect();
+        let mut by_locals = 0;
+        for site in &close_wait {
+            let holders =
+                site["holders"].as_array().unwrap_or_else(|| panic!("{name}: no holders: {site:#}"));
+            for h in holders {
+                let root = h["root"].as_str().unwrap_or_default();
+                if root == "handle() local reader" || root == "handle() local writer" {
+                    assert!(h["path"].as_str().unwrap().ends_with("._transport._sock"), "{name}: {h:#}");
+                    by_locals += h["count"].as_u64().unwrap();
+                }
+            }
+        }
+        assert_eq!(by_locals, held, "{name}: {close_wait:#?}");
+        checked.push(name);
+    }
+    assert!(checked.iter().any(|n| n.contains("3.14")), "{checked:?}");
     tracer.stop();
 }

@@ -630,3 +630,11 @@ fn run_names_every_site_of_a_python_command() {
         assert!(report["events"]["python_frames_missed"].is_u64(), "{name}: {:#}", report["events"]);
     }
 }
+
+/// For other areas' tests (holders.rs): every interpreter of [`interpreters`] as a command that
+/// runs `script` with `args` (chrooted, the absolute paths among its arguments bind-mounted,
+/// where it has a root of its own; a Workload's scratch directory appended last is one), and
+/// its name.
+pub(crate) fn workload_commands(script: &Path, args: &[&str]) -> Vec<(String, Command)> {
+    interpreters().iter().map(|i| (i.name(), i.command(script, &[], args))).collect()
+}

@@ -1,15 +1,16 @@
 """The postmortem's asyncio server (issue 15), speaking fdwork's protocol: a handler class
 keeps every connection in a class-level set, `_ws_connections`, and its `on_disconnect` does
 nothing, so each socket whose client hung up stays open in CLOSE_WAIT, held by the set.
-With --fixed, on_disconnect removes the handler from the set and closes the writer.
+With --fixed, on_disconnect removes the handler from the set and closes the writer. With
+--coroutine, no set: each connection's coroutine stays suspended, holding it in its locals.
 
 It also opens files in the scratch directory (its last argument): three kept in a
 module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
 with os.open, whose descriptors no Python object owns.
 
 Prints "ready" once CLIENTS clients (default 30) have connected and hung up; then answers
-"count" with "ok <handlers in the set>", "files" with "ok <the three fds> <the two fds>", and
-"exit" by exiting.
+"count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds>", and
+"version" with "ok <the minor version>", "exit" by exiting.
 """
 import asyncio
 import os
@@ -21,6 +22,14 @@ import time
 # Give the tracer time to find this interpreter (its startup is walked once initialized).
 time.sleep(1)
 FIXED = "--fixed" in sys.argv
+# --coroutine: no set; each handler coroutine stays suspended after its client hung up, its
+# reader and writer in its locals (what holds the sockets then is the coroutines' frames).
+COROUTINE = "--coroutine" in sys.argv
+suspended = 0
+# Module-level, so the event's waiters keep the tasks alive (a task nothing references is
+# collected, and its coroutine with it); the chain from here to a coroutine runs through C
+# objects (futures, tasks), so what names the sockets is the coroutines' locals.
+forever = None
 CLIENTS = int(os.environ.get("CLIENTS", "30"))
 SCRATCH = sys.argv[-1]
 
@@ -45,6 +54,11 @@ class UnitTrackingWSHandler:
 
 
 async def handle(reader, writer):
+    global suspended
+    if COROUTINE:
+        await reader.read()  # until the client hangs up
+        suspended += 1
+        await forever.wait()  # never set: suspended for good, holding both
     handler = UnitTrackingWSHandler(reader, writer)
     handler.on_connect()
     await reader.read()  # until the client hangs up
@@ -54,7 +68,10 @@ async def handle(reader, writer):
 def commands():
     for line in sys.stdin:
         if line.strip() == "count":
-            print(f"ok {len(UnitTrackingWSHandler._ws_connections)}", flush=True)
+            held = suspended if COROUTINE else len(UnitTrackingWSHandler._ws_connections)
+            print(f"ok {held}", flush=True)
+        elif line.strip() == "version":
+            print(f"ok {sys.version_info[1]}", flush=True)
         elif line.strip() == "files":
             print("ok", *[f.fileno() for f in _cache], *_raw, flush=True)
         else:
@@ -63,6 +80,8 @@ def commands():
 
 
 async def main():
+    global forever
+    forever = asyncio.Event()
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     for _ in range(CLIENTS):

@@ -30,6 +30,7 @@ use crate::{
         fd::{FdKind, SiteId, printable},
         fdtable::{FdChange, FdTable, OpenFd, Transition},
         frame::Frame,
+        holders::Holder,
         kept::Kept,
         workload::Workload,
     },
@@ -143,6 +144,10 @@ pub(crate) struct SiteFrames {
     pub(crate) site: String,
     pub(crate) frame: String,
     pub(crate) frames: Arc<[Frame]>,
+    /// The Python objects holding its open descriptors, as in the report (suspected and
+    /// CLOSE_WAIT sites of CPython processes; ARCHITECTURE.md, "Holders"); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) holders: Option<Vec<Holder>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -288,7 +293,7 @@ impl Aggregator {
                     let frames = frames(site).unwrap_or_else(|| Arc::from([]));
                     let frame = site_frame_label(&frames);
                     let frames = if self.config.redact_paths { redact::frames(&frames) } else { frames };
-                    SiteFrames { site: site.label(), frame, frames }
+                    SiteFrames { site: site.label(), frame, frames, holders: None }
                 });
                 s.frame = known.frame.clone();
             }

@@ -36,6 +36,8 @@ pub(crate) struct SelfMetrics {
     /// whose memory, processes whose descriptor limit could not be read.
     pub(crate) unavailable_socket_memory: u64,
     pub(crate) unavailable_fd_limit: u64,
+    /// Walks of Python heaps for holders (observe/holders.rs).
+    pub(crate) heap_walks: u64,
 }
 
 /// A counter with one label, a series per (value, count).
@@ -199,9 +201,15 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
         "fact",
         &[("socket_memory", own.unavailable_socket_memory), ("fd_limit", own.unavailable_fd_limit)],
     )?;
+    let heap_walks = IntCounter::new(
+        "helios_trace_heap_walks_total",
+        "Walks of a CPython process's heap for the holders of its suspected and CLOSE_WAIT sites (at most one per process per --holders-interval, and one more for a site newly suspected).",
+    )?;
+    heap_walks.inc_by(own.heap_walks);
     registry.register(Box::new(corrections))?;
     registry.register(Box::new(dropped))?;
     registry.register(Box::new(unavailable))?;
+    registry.register(Box::new(heap_walks))?;
     // What each kernel program costs, the way ebpf_exporter shows it.
     if !own.programs.is_empty() {
         let runs = IntCounterVec::new(
@@ -296,6 +304,7 @@ pub(crate) mod tests {
             }],
             unavailable_socket_memory: 3,
             unavailable_fd_limit: 0,
+            heap_walks: 2,
         };
         let text = render(&registry(&Exported::default(), &own).unwrap()).unwrap();
         let program = r#"{program="fd_syscall_exit"}"#;
@@ -317,6 +326,7 @@ pub(crate) mod tests {
         assert_eq!(series(&text, "helios_trace_dropped_total")[r#"{what="sites"}"#], 4.0);
         assert_eq!(series(&text, "helios_trace_facts_unavailable_total")[r#"{fact="socket_memory"}"#], 3.0);
         assert_eq!(series(&text, "helios_trace_facts_unavailable_total")[r#"{fact="fd_limit"}"#], 0.0);
+        assert_eq!(series(&text, "helios_trace_heap_walks_total")[""], 2.0);
         assert_eq!(series(&text, "process_cpu_seconds_total")[""], 1.5);
         assert_eq!(series(&text, "process_open_fds")[""], 7.0);
         let build = series(&text, "helios_trace_build_info");

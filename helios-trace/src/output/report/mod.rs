@@ -155,6 +155,9 @@ pub(crate) struct HeapReport {
     /// Why the walk stopped before the end (its time or object budget), if it did.
     pub(crate) stopped: Option<String>,
     pub(crate) walk_seconds: f64,
+    /// How long before this report the walk was done: 0 for a fresh walk; reports that come
+    /// often (the live view, serve's `/sites`) reuse a process's walk within an interval.
+    pub(crate) age_seconds: f64,
     /// Objects by type, the most numerous and the fastest growing; `growth` since the previous
     /// walk of the process in this session.
     pub(crate) census: Vec<CensusEntry>,

@@ -296,6 +296,7 @@ mod tests {
             cut_short: 0,
             stopped: None,
             walk_seconds: 0.05,
+            age_seconds: 0.0,
             census: vec![CensusEntry { type_name: "socket".into(), count: 31, growth: Some(30) }],
         });
         process.sites[0].holders = Some(vec![Holder {

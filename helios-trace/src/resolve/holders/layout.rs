@@ -23,6 +23,7 @@
 //! (Modules/socketmodule.h), `fileio.fd` likewise (Modules/_io/fileio.c), `buffered.raw`
 //! likewise (Modules/_io/bufferedio.c), `textio.buffer` after `ok`, `detached` and
 //! `chunk_size` (Modules/_io/textio.c), `PyCellObject.ob_ref` (Include/cpython/cellobject.h).
+//! That holds in 3.14's Modules too.
 
 /// The offsets of one CPython version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +83,18 @@ pub(crate) struct HeapLayout {
     /// Types of C modules may be heap types (3.12 made `_socket` and `_io` heap types:
     /// PyType_FromModuleAndSpec, which sets `ht_module`).
     pub(crate) module_heap_types: bool,
+    /// Low bits of a frame's `f_executable` and of its `localsplus` that are a tag, not
+    /// address: 3.14's `_PyStackRef` (Include/internal/pycore_stackref.h, default build:
+    /// `Py_TAG_BITS` 3, e.g. `Py_TAG_REFCNT` on a deferred or immortal reference); 0 before.
+    pub(crate) stackref_tag: u64,
+    /// A generator's, coroutine's or async generator's own frame (`gi_iframe`, embedded in the
+    /// object) and its state byte (`gi_frame_state`), from `_PyGenObject_HEAD`
+    /// (Include/internal/pycore_frame.h and Include/cpython/genobject.h of 3.11, where
+    /// `gi_code` comes first; Include/internal/pycore_genobject.h of 3.12 on, without it; 3.14's
+    /// `_Py_DebugOffsets.gen_object` agree). Measured on each: a suspended generator's code
+    /// at the frame's `frame_code`, its locals at the frame's `localsplus`.
+    pub(crate) gen_iframe: u64,
+    pub(crate) gen_frame_state: u64,
 }
 
 /// How an object with Py_TPFLAGS_MANAGED_DICT keeps its attributes.
@@ -132,6 +145,11 @@ pub(crate) const SET_ENTRY: u64 = 16;
 /// a generator's, whose locals the generator holds).
 pub(crate) const FRAME_OWNED_BY_THREAD: u8 = 0;
 
+/// `FRAME_EXECUTING` (Include/internal/pycore_frame.h, 3.11 to 3.14): a generator's frame is
+/// alive — created or suspended (negative states) or running (0) — below `FRAME_COMPLETED`
+/// (1); completed and cleared ones hold no locals.
+pub(crate) const FRAME_EXECUTING: i8 = 0;
+
 /// The layout of a CPython version, if the walk knows it.
 pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
     match minor {
@@ -180,6 +198,9 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             managed_dict: ManagedDict::Separate,
             dict_values: 0,
             module_heap_types: false,
+            stackref_tag: 0,
+            gen_iframe: 80,
+            gen_frame_state: 75,
         }),
         // The same C program against CPython 3.12.1's headers: the interpreter's gc and
         // threads moved, heap types grew a field, frames and code objects were reordered,
@@ -202,6 +223,8 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             compact_size: 56,
             managed_dict: ManagedDict::Tagged,
             module_heap_types: true,
+            gen_iframe: 72,
+            gen_frame_state: 67,
             ..heap_layout(11)?
         }),
         // CPython 3.13.0's headers: `_PyRuntime` starts with `_Py_DebugOffsets` (whose
@@ -219,6 +242,32 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             managed_dict: ManagedDict::Inline,
             dict_values: 8,
             ..heap_layout(12)?
+        }),
+        // CPython 3.14 (Debian sid's 3.14.10): `interpreters_head` and `threads_head` from its
+        // `_Py_DebugOffsets` (Include/internal/pycore_debug_offsets.h; checked at walk time as
+        // on 3.13). The GC is incremental (Include/internal/pycore_interp_structs.h,
+        // `struct _gc_runtime_state`): a `young` generation, then `old[2]` (the visited and the
+        // pending space; an object's space is `_gc_next`'s low bit, `_PyGC_NEXT_MASK_OLD_SPACE_1`,
+        // masked like the collector's flags), then `permanent_generation`, each a 24-byte
+        // `gc_generation` as before: three lists and the permanent one. Where they start moved
+        // with the interpreter state; measured on the running interpreter (a new list's ring
+        // reaches the `young` head at interp + 7432, after gc.collect() an old space's at 7480,
+        // after gc.freeze() the permanent one's at 7504). Frames
+        // (Include/internal/pycore_interpframe_structs.h) grew `stackpointer` and `visited`:
+        // `owner` at 74 (the debug offsets' `interpreter_frame.owner`), `localsplus` at 80
+        // (measured likewise: a function's locals there), both `_PyStackRef`s. Types, dicts,
+        // sets, code objects and managed dicts with inline values are 3.13's (measured: a
+        // class's `ht_qualname` at 872, `tp_flags` 168, `tp_base` 256, `co_localsplusnames`
+        // 96, a frame's code at 0).
+        14 => Some(HeapLayout {
+            minor,
+            interpreters_head: 808,
+            interp_generations: 7432,
+            interp_permanent: 7504,
+            frame_owner: 74,
+            frame_localsplus: 80,
+            stackref_tag: 3,
+            ..heap_layout(13)?
         }),
         _ => None,
     }

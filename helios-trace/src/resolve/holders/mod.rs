@@ -9,7 +9,7 @@
 //! and containers (objects.rs), the GC-list walk, roots and frames (walk.rs). The graph and
 //! its shortest chains are pure (model/holders.rs), as is the census (model/census.rs).
 //!
-//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11), 3.12 and 3.13. Other
+//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11), 3.12, 3.13 and 3.14. Other
 //! versions are reported as not supported by the walk.
 use std::path::Path;
 
@@ -28,7 +28,7 @@ use crate::{resolve::python, sys::proc::image::ProcessMemory};
 pub(crate) enum HoldersError {
     #[error("not a CPython process")]
     NotPython,
-    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 to 3.13 only")]
+    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 to 3.14 only")]
     Version { minor: u32 },
     #[error("{0}")]
     Python(#[from] python::PythonError),

@@ -21,6 +21,10 @@ pub(crate) enum Shape {
     Set,
     List,
     Tuple,
+    /// `collections.deque`: blocks of 64 items (Modules/_collectionsmodule.c).
+    Deque,
+    /// A generator, coroutine or async generator: its frame's locals (walk.rs).
+    Generator,
     Module,
     Type,
     /// `_socket.socket`: owns `sock_fd`.
@@ -46,6 +50,12 @@ pub(crate) struct TypeInfo {
     pub(crate) dictoffset: i64,
     /// `ht_cached_keys` of a heap type (the shared keys of its instances' inline values).
     pub(crate) cached_keys: u64,
+    /// `tp_basicsize`: where an instance's inline values start (3.13+,
+    /// `_PyObject_InlineValues`: `(char *)obj + tp->tp_basicsize`, Include/internal/pycore_object.h),
+    /// past the members of `__slots__` in it and its bases.
+    pub(crate) basicsize: u64,
+    /// The `__slots__` members of it and its heap-type bases: (name, offset in the instance).
+    pub(crate) slots: Vec<(Rc<str>, u64)>,
 }
 
 /// How one reference is reached.
@@ -61,6 +71,10 @@ pub(crate) enum Label {
 /// (and counted as cut short), a pointer chain of types deeper than this is not a type.
 pub(crate) const MAX_ITEMS: u64 = 1 << 22;
 const MAX_BASES: usize = 32;
+/// A type's `tp_basicsize` beyond this is not believed (a type with a million slots is not).
+const MAX_BASICSIZE: i64 = 1 << 20;
+/// `__slots__` names read per type.
+const MAX_SLOTS: u64 = 256;
 const MAX_NAME: usize = 256;
 const MAX_KEY: u64 = 1024;
 /// Strings and types cached per walk (types are few; strings are mostly interned names).
@@ -120,7 +134,50 @@ impl<M: Memory> Reader<M> {
         let heap = flags & TPFLAGS_HEAPTYPE != 0;
         let cached_keys = if heap { self.memory.u64(tp.wrapping_add(l.ht_cached_keys))? } else { 0 };
         let shape = self.shape(tp)?;
-        Some(TypeInfo { name, shape, flags, dictoffset, cached_keys })
+        let basicsize = self.basicsize(tp)?;
+        let slots = self.slots(tp);
+        Some(TypeInfo { name, shape, flags, dictoffset, cached_keys, basicsize, slots })
+    }
+
+    /// `tp_basicsize`, if plausible.
+    fn basicsize(&mut self, tp: u64) -> Option<u64> {
+        let size = self.memory.i64(tp.wrapping_add(self.layout.tp_basicsize))?;
+        (0..=MAX_BASICSIZE).contains(&size).then_some(size as u64)
+    }
+
+    /// The `__slots__` members of `tp` and its bases: a heap type's `ht_slots` (the tuple
+    /// before `ht_qualname` in `PyHeapTypeObject`, Include/cpython/object.h: its slot names,
+    /// mangled and sorted, without `__dict__` and `__weakref__`) names its members, which
+    /// Objects/typeobject.c (`type_new_descriptors`) lays out one pointer each from its base's
+    /// `tp_basicsize` on, in that order.
+    fn slots(&mut self, tp: u64) -> Vec<(Rc<str>, u64)> {
+        let l = self.layout;
+        let mut out = Vec::new();
+        let mut t = tp;
+        for _ in 0..MAX_BASES {
+            let Some(flags) = self.memory.u64(t.wrapping_add(l.tp_flags)) else { break };
+            let base = self.memory.u64(t.wrapping_add(l.tp_base)).unwrap_or(0);
+            if flags & TPFLAGS_HEAPTYPE == 0 || base == 0 || !self.is_type(base) {
+                break;
+            }
+            let names = self.memory.u64(t.wrapping_add(l.ht_qualname - 8)).unwrap_or(0);
+            if names != 0
+                && aligned(names)
+                && self.type_of(names).is_some_and(|n| n.shape == Shape::Tuple)
+                && let Some(start) = self.basicsize(base)
+            {
+                let n = self.len(names, Shape::Tuple).min(MAX_SLOTS);
+                for i in 0..n {
+                    let name =
+                        self.memory.u64(names.wrapping_add(ITEMS + 8 * i)).and_then(|s| self.str_at(s));
+                    if let Some(name) = name {
+                        out.push((name, start + 8 * i));
+                    }
+                }
+            }
+            t = base;
+        }
+        out
     }
 
     fn is_type(&mut self, tp: u64) -> bool {
@@ -159,6 +216,8 @@ impl<M: Memory> Reader<M> {
                     "set" | "frozenset" => Shape::Set,
                     "list" => Shape::List,
                     "tuple" => Shape::Tuple,
+                    "collections.deque" => Shape::Deque,
+                    "generator" | "coroutine" | "async_generator" => Shape::Generator,
                     "module" => Shape::Module,
                     "type" => Shape::Type,
                     "_socket.socket" => Shape::Socket,
@@ -251,7 +310,7 @@ impl<M: Memory> Reader<M> {
         let at = match shape {
             Shape::Dict => object.wrapping_add(l.ma_used),
             Shape::Set => object.wrapping_add(l.set_used),
-            Shape::List | Shape::Tuple => object.wrapping_add(OB_SIZE),
+            Shape::List | Shape::Tuple | Shape::Deque => object.wrapping_add(OB_SIZE),
             _ => return 0,
         };
         self.memory.i64(at).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
@@ -350,10 +409,10 @@ impl<M: Memory> Reader<M> {
             if dict != 0 {
                 return if aligned(dict) { self.dict_entries(dict) } else { Vec::new() };
             }
-            // PyDictValues right after the object header: `valid` at 3.
-            let valid = self.memory.u8(object.wrapping_add(AFTER_HEAD + 3)).unwrap_or(0);
+            // PyDictValues right after the object (its header and slots): `valid` at 3.
+            let valid = self.memory.u8(object.wrapping_add(tp.basicsize + 3)).unwrap_or(0);
             return if tp.flags & TPFLAGS_INLINE_VALUES != 0 && valid != 0 {
-                self.keys_entries(tp.cached_keys, Some(object.wrapping_add(AFTER_HEAD)))
+                self.keys_entries(tp.cached_keys, Some(object.wrapping_add(tp.basicsize)))
             } else {
                 Vec::new()
             };
@@ -400,6 +459,7 @@ impl<M: Memory> Reader<M> {
                 let n = self.len(object, Shape::List);
                 self.pointers(items, n).into_iter().map(|v| (v, Label::Index)).collect()
             }
+            Shape::Deque => self.deque_items(object).into_iter().map(|v| (v, Label::Index)).collect(),
             Shape::Tuple => {
                 let n = self.len(object, Shape::Tuple);
                 self.pointers(object.wrapping_add(ITEMS), n).into_iter().map(|v| (v, Label::Index)).collect()
@@ -415,10 +475,59 @@ impl<M: Memory> Reader<M> {
             Shape::Buffered => self.field(object.wrapping_add(AFTER_HEAD), "raw"),
             Shape::TextIo => self.field(object.wrapping_add(TEXTIO_BUFFER), "buffer"),
             Shape::Cell => self.field(object.wrapping_add(AFTER_HEAD), "cell_contents"),
-            Shape::Socket | Shape::FileIo | Shape::Code | Shape::Other => Vec::new(),
+            Shape::Socket | Shape::FileIo | Shape::Code | Shape::Generator | Shape::Other => Vec::new(),
         };
         if !matches!(tp.shape, Shape::Module | Shape::Type) {
             out.extend(attrs(self.attributes(object, tp)));
+            for (name, offset) in &tp.slots {
+                out.extend(
+                    self.field(object.wrapping_add(*offset), name).into_iter().filter(|(p, _)| *p != 0),
+                );
+            }
+        }
+        out
+    }
+
+    /// A deque's items (Modules/_collectionsmodule.c, unchanged from 3.11 to 3.14:
+    /// `dequeobject` is the var-object header, whose `ob_size` counts the items, then
+    /// `leftblock`, `rightblock`, `leftindex`, `rightindex`; a `block` is `leftlink`, 64 item
+    /// pointers, `rightlink`): from `leftblock`'s `leftindex` on, block by block through
+    /// `rightlink`, `ob_size` items; a chain that breaks off or loops ends the read (cut short).
+    fn deque_items(&mut self, object: u64) -> Vec<u64> {
+        const BLOCKLEN: u64 = 64;
+        let n = self.len(object, Shape::Deque);
+        let (Some(mut block), Some(left)) =
+            (self.memory.u64(object.wrapping_add(24)), self.memory.i64(object.wrapping_add(40)))
+        else {
+            return Vec::new();
+        };
+        let mut index = match u64::try_from(left) {
+            Ok(i) if i < BLOCKLEN => i,
+            _ => return Vec::new(),
+        };
+        let n = if n > MAX_ITEMS {
+            self.cut_short += 1;
+            MAX_ITEMS
+        } else {
+            n
+        };
+        let (mut out, mut read) = (Vec::new(), 0u64);
+        while read < n {
+            let take = (BLOCKLEN - index).min(n - read);
+            let Some(items) = self.words(block.wrapping_add(8 + 8 * index), take) else { break };
+            read += take;
+            out.extend(items.into_iter().filter(|p| *p != 0 && aligned(*p)));
+            if read < n {
+                match self.memory.u64(block.wrapping_add(8 + 8 * BLOCKLEN)) {
+                    Some(next) if next != 0 && aligned(next) => block = next,
+                    _ => {
+                        self.cut_short += 1;
+                        break;
+                    }
+                }
+            }
+            // Every block read counts at least one item: this ends within n blocks.
+            index = 0;
         }
         out
     }

@@ -1,4 +1,4 @@
-//! The walk on bytes laid out as CPython 3.11 lays them out (a fake memory): the postmortem's
+//! The walk on bytes laid out as CPython 3.11 to 3.14 lay them out (a fake memory): the postmortem's
 //! shape gives its holder line, and a damaged heap gives unknowns, never a crash or a wrong name.
 use std::time::Duration;
 
@@ -176,6 +176,8 @@ fn postmortem(minor: u32) -> Postmortem {
     let name = h.c_str("Handler");
     h.mem.put_u64(handler_type + l.tp_name, name);
     h.mem.put_u64(handler_type + l.tp_flags, TPFLAGS_HEAPTYPE | TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES);
+    // Its instances' inline values (3.13+) come right after the object header.
+    h.mem.put_u64(handler_type + l.tp_basicsize, 16);
     h.mem.put_u64(handler_type + l.tp_base, object_type);
     let qualname = h.string("Handler");
     h.mem.put_u64(handler_type + l.ht_qualname, qualname);
@@ -238,7 +240,7 @@ fn postmortem(minor: u32) -> Postmortem {
 
 #[test]
 fn the_postmortem_heap_names_the_class_set() {
-    for minor in [11, 12, 13] {
+    for minor in [11, 12, 13, 14] {
         the_postmortem_heap_of(minor);
     }
 }
@@ -310,7 +312,7 @@ mod fuzz {
         /// Any bytes of the heap overwritten: the walk ends, within its budget, without a
         /// panic; a root it names is one the heap has.
         #[test]
-        fn corrupt_bytes_never_crash(minor in 11u32..=13, writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
+        fn corrupt_bytes_never_crash(minor in 11u32..=14, writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
             let mut p = postmortem(minor);
             let regions: Vec<(u64, usize)> = p.heap.mem.regions.iter().map(|(a, r)| (*a, r.len())).collect();
             for (region, offset, value) in writes {
@@ -330,5 +332,116 @@ mod fuzz {
                 }
             }
         }
+    }
+}
+
+/// `__slots__`: `class Pool: __slots__ = ("conn", "spare")` (names sorted in `ht_slots`, members
+/// from the base's basicsize on) and a subclass with a managed dict whose inline values come
+/// after the slots (3.13+: at the object's basicsize), each holding a socket; a deque whose
+/// second item, in its second block, is a socket; module globals name all three. A suspended
+/// coroutine's local is a root; a finished one's is not.
+#[test]
+fn slots_deques_and_suspended_coroutines_hold() {
+    for minor in [11, 12, 13, 14] {
+        let mut h = Heap::new(minor);
+        let l = h.l;
+        let object_type = h.static_type("object", 0, 0);
+        h.mem.put_u64(object_type + l.tp_basicsize, 16);
+        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let tuple_type = h.static_type("tuple", object_type, 0);
+        let module_type = h.static_type("module", object_type, 0);
+        let socket_type = h.static_type("_socket.socket", object_type, 0);
+        let socket = |h: &mut Heap, fd: i32| {
+            let s = h.gc_object(socket_type, 64);
+            h.mem.write(s + 16, &fd.to_le_bytes());
+            s
+        };
+        let (a, b) = (socket(&mut h, 11), socket(&mut h, 12));
+        let heap_type = |h: &mut Heap, name: &str, base: u64, flags: u64, size: u64| {
+            let tp = h.gc_object(h.type_type, 900);
+            let c_name = h.c_str(name);
+            h.mem.put_u64(tp + l.tp_name, c_name);
+            h.mem.put_u64(tp + l.tp_flags, TPFLAGS_HEAPTYPE | flags);
+            h.mem.put_u64(tp + l.tp_base, base);
+            h.mem.put_u64(tp + l.tp_basicsize, size);
+            let qualname = h.string(name);
+            h.mem.put_u64(tp + l.ht_qualname, qualname);
+            tp
+        };
+        let pool_type = heap_type(&mut h, "Pool", object_type, 0, 32);
+        let names = h.gc_object(tuple_type, 40);
+        h.mem.put_u64(names + 16, 2);
+        let (conn, spare) = (h.string("conn"), h.string("spare"));
+        h.mem.put_u64(names + 24, conn);
+        h.mem.put_u64(names + 32, spare);
+        h.mem.put_u64(pool_type + l.ht_qualname - 8, names);
+        let pool = h.gc_object(pool_type, 32);
+        h.mem.put_u64(pool + 24, a);
+        // class Sub(Pool) with a managed dict: its own attribute `extra` inline after the
+        // slots (3.13+), else where each version keeps inline values.
+        let sub_type = heap_type(&mut h, "Sub", pool_type, TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES, 32);
+        let (cached, _) = h.keys(&[("extra", 0)], true);
+        h.mem.put_u64(sub_type + l.ht_cached_keys, cached);
+        let sub = h.gc_object(sub_type, 64);
+        let values = h.alloc(16);
+        h.mem.put_u64(values, b);
+        match l.managed_dict {
+            ManagedDict::Separate => h.mem.put_u64(sub - 32, values),
+            ManagedDict::Tagged => h.mem.put_u64(sub - 24, values - 1),
+            ManagedDict::Inline => {
+                h.mem.write(sub + 32, &[1, 1, 1, 1]);
+                h.mem.put_u64(sub + 40, b);
+            }
+        }
+        // A deque of two: the last item of its left block (leftindex 63), then a socket first in
+        // the next block.
+        let deque_type = h.static_type("collections.deque", object_type, 0);
+        let deque = h.gc_object(deque_type, 64);
+        let (left, right) = (h.alloc(8 * 66), h.alloc(8 * 66));
+        let c = socket(&mut h, 13);
+        h.mem.put_u64(deque + 16, 2);
+        h.mem.put_u64(deque + 24, left);
+        h.mem.put_u64(deque + 32, right);
+        h.mem.put_u64(deque + 40, 63);
+        h.mem.put_u64(left + 8 + 8 * 63, pool);
+        h.mem.put_u64(left + 8 + 8 * 64, right);
+        h.mem.put_u64(right + 8, c);
+        // `async def handle(reader, writer)` suspended in `await reader.read()` holds its writer's
+        // socket (fd 14) in a local; a finished coroutine's locals (fd 15) are not roots. On
+        // 3.14 the frame's code reference carries a tag bit.
+        let code_type = h.static_type("code", object_type, 0);
+        let coroutine_type = h.static_type("coroutine", object_type, 0);
+        let code = h.alloc(256);
+        h.mem.put_u64(code + 8, code_type);
+        let qualname = h.string("handle");
+        h.mem.put_u64(code + l.co_qualname, qualname);
+        h.mem.write(code + l.co_nlocalsplus, &1i32.to_le_bytes());
+        let local_names = h.gc_object(tuple_type, 32);
+        h.mem.put_u64(local_names + 16, 1);
+        let writer = h.string("writer");
+        h.mem.put_u64(local_names + 24, writer);
+        h.mem.put_u64(code + l.co_localsplusnames, local_names);
+        for (fd, state) in [(14, -2i8), (16, -2), (15, 1)] {
+            let coroutine = h.gc_object(coroutine_type, 256);
+            h.mem.write(coroutine + l.gen_frame_state, &[state as u8]);
+            let frame = coroutine + l.gen_iframe;
+            h.mem.put_u64(frame + l.frame_code, code | (l.stackref_tag & 1));
+            let s = socket(&mut h, fd);
+            h.mem.put_u64(frame + l.frame_localsplus, s);
+        }
+        let name = h.string("app");
+        let module_dict =
+            h.dict(dict_type, &[("__name__", name), ("pool", pool), ("sub", sub), ("queue", deque)]);
+        let module = h.gc_object(module_type, 64);
+        h.mem.put_u64(module + l.md_dict, module_dict);
+        h.finish();
+        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let lines = |fds: &[i32]| w.holders(fds).iter().map(|h| h.line()).collect::<Vec<_>>();
+        assert_eq!(lines(&[11]), ["1 held by app:pool (Pool) via .spare"], "3.{minor}");
+        assert_eq!(lines(&[12]), ["1 held by app:sub (Sub) via .extra"], "3.{minor}");
+        assert_eq!(lines(&[13]), ["1 held by app:queue (collections.deque of 2)"], "3.{minor}");
+        // Two coroutines of one function: one line for both.
+        assert_eq!(lines(&[14, 16]), ["2 held by handle() local writer (_socket.socket)"], "3.{minor}");
+        assert_eq!(lines(&[15]), ["1 no chain from a named root"], "3.{minor}");
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    layout::{FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, ITEMS, OB_SIZE, TPFLAGS_HEAPTYPE},
+    layout::{FRAME_EXECUTING, FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, ITEMS, OB_SIZE, TPFLAGS_HEAPTYPE},
     memory::Memory,
     objects::{Label, Reader, Shape},
 };
@@ -151,7 +151,7 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     }
 
     let node_of = |address: u64| addresses.binary_search(&address).ok().map(|i| i as Node);
-    let (mut class_roots, mut module_roots) = (Vec::new(), Vec::new());
+    let (mut class_roots, mut module_roots, mut generator_roots) = (Vec::new(), Vec::new(), Vec::new());
     for (i, &object) in addresses.iter().enumerate() {
         // The type again: read from the cache of types, cheaper than keeping one per object.
         let Some(tp) = r.type_of(object).filter(|_| stopped_edges(&mut stopped, i, started, budget)) else {
@@ -186,6 +186,20 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                 .collect::<Vec<_>>()
         };
         match tp.shape {
+            // A suspended (or running) coroutine's or generator's locals: an asyncio task
+            // awaiting `reader.read()` holds its `writer` there, and the Task that holds the
+            // coroutine is a C object whose references are not read: its locals are roots.
+            Shape::Generator
+                if r.memory
+                    .u8(object.wrapping_add(layout.gen_frame_state))
+                    .is_some_and(|s| (s as i8) <= FRAME_EXECUTING) =>
+            {
+                generator_roots.extend(
+                    frame_locals_of(&mut r, object.wrapping_add(layout.gen_iframe))
+                        .into_iter()
+                        .filter_map(|(name, to)| Some((name, node_of(to)?))),
+                );
+            }
             Shape::Module => {
                 let module = refs.iter().find_map(|(to, label)| match label {
                     Label::Attr(name) if &**name == "__name__" => r.str_at(*to),
@@ -223,6 +237,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     }
     for (name, node) in frame_locals(&mut r, interp).into_iter().filter_map(|(n, a)| Some((n, node_of(a)?))) {
         graph.root(&name, node);
+    }
+    for (name, node) in &generator_roots {
+        graph.root(name, *node);
     }
     let chains = graph.shortest_chains();
     Some(Walk {
@@ -271,31 +288,40 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)>
             if frame == 0 {
                 break;
             }
-            if r.memory.u8(frame.wrapping_add(l.frame_owner)) == Some(FRAME_OWNED_BY_THREAD)
-                && let Some(code) = r.memory.u64(frame.wrapping_add(l.frame_code))
-                && r.type_of(code).is_some_and(|t| t.shape == Shape::Code)
-            {
-                let qualname = r.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| r.str_at(q));
-                let n = r
-                    .memory
-                    .i32(code.wrapping_add(l.co_nlocalsplus))
-                    .map_or(0, |n| n.max(0) as u64)
-                    .min(MAX_LOCALS);
-                let names = r.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
-                let names_len = r.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
-                for i in 0..n.min(names_len) {
-                    let value = r.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0);
-                    let name = r.memory.u64(names.wrapping_add(ITEMS + i * 8)).and_then(|s| r.str_at(s));
-                    if let (Some(name), Some(q)) = (name, &qualname)
-                        && value != 0
-                    {
-                        out.push((format!("{q}() local {name}"), value));
-                    }
-                }
+            if r.memory.u8(frame.wrapping_add(l.frame_owner)) == Some(FRAME_OWNED_BY_THREAD) {
+                out.extend(frame_locals_of(r, frame));
             }
             frame = r.memory.u64(frame.wrapping_add(l.frame_previous)).unwrap_or(0);
         }
         tstate = r.memory.u64(tstate.wrapping_add(l.tstate_next)).unwrap_or(0);
+    }
+    out
+}
+
+/// The locals of one frame (`localsplus[0..co_nlocalsplus]` named by `co_localsplusnames`), as
+/// roots `qualname() local name`.
+fn frame_locals_of<M: Memory>(r: &mut Reader<M>, frame: u64) -> Vec<(String, u64)> {
+    let l = r.layout;
+    let mut out = Vec::new();
+    let Some(code) = r.memory.u64(frame.wrapping_add(l.frame_code)).map(|c| c & !l.stackref_tag) else {
+        return out;
+    };
+    if !r.type_of(code).is_some_and(|t| t.shape == Shape::Code) {
+        return out;
+    }
+    let qualname = r.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| r.str_at(q));
+    let n = r.memory.i32(code.wrapping_add(l.co_nlocalsplus)).map_or(0, |n| n.max(0) as u64).min(MAX_LOCALS);
+    let names = r.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
+    let names_len = r.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
+    for i in 0..n.min(names_len) {
+        let value =
+            r.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0) & !l.stackref_tag;
+        let name = r.memory.u64(names.wrapping_add(ITEMS + i * 8)).and_then(|s| r.str_at(s));
+        if let (Some(name), Some(q)) = (name, &qualname)
+            && value != 0
+        {
+            out.push((format!("{q}() local {name}"), value));
+        }
     }
     out
 }
