@@ -79,8 +79,9 @@ impl Plan {
 
 /// The default ring buffer (`--ring-buffer-size`), as the throughput rows state it.
 const DEFAULT_RING: &str = "16M";
-/// bench/churn.c's phases, in the order it prints them.
-const PHASES: [&str; 3] = ["open", "socket", "accept"];
+/// bench/churn.c's phases, in the order it prints them, and their columns.
+const PHASES: [&str; 4] = ["open", "socket", "accept", "getppid"];
+const PHASE_COLUMNS: [&str; 4] = ["open+close", "socket+close", "accept+close", "getppid (untraced call)"];
 /// Descriptors opened per second by the memory workloads: well within what the tracer keeps up
 /// with (see the throughput ladder); what a reader stall loses anyway is shown in the row.
 const HOLD_RATE: u32 = 50_000;
@@ -88,7 +89,7 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 6] = ["overhead", "throughput", "memory", "startup", "python", "soak"];
+pub const SECTIONS: [&str; 7] = ["floor", "overhead", "throughput", "memory", "startup", "python", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -113,7 +114,8 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
+        ("floor", floor),
         ("overhead", overhead),
         ("throughput", throughput),
         ("memory", memory),
@@ -168,6 +170,15 @@ impl Bench {
         Attached::start(command, |line| line.starts_with("helios-trace: attached"))
     }
 
+    /// helios-trace attaching the floor of `kind` (empty programs: sys/loader.rs,
+    /// HELIOS_TRACE_FLOOR), once attached.
+    fn floor(&self, kind: &str) -> Result<Attached> {
+        let mut command = Command::new(&self.helios);
+        command.env("HELIOS_TRACE_FLOOR", kind).args(["--format", "json", "--view", "quiet"]);
+        command.args(["--reconcile-interval", "0", "--python-frames", "off"]);
+        Attached::start(command, |line| line.starts_with("helios-trace: attached"))
+    }
+
     /// The bpftrace peer on `pid`, storing stacks or (without) the time.
     fn bpftrace(&self, pid: u32, stacks: bool) -> Result<Attached> {
         let script = fs::read_to_string(self.source.join("peer.bt")).context("cannot read bench/peer.bt")?;
@@ -187,6 +198,8 @@ enum Tracer {
     Bpftrace {
         stacks: bool,
     },
+    /// The floor of one attach kind (HELIOS_TRACE_FLOOR): empty programs, every process.
+    Floor(&'static str),
 }
 
 impl Tracer {
@@ -197,6 +210,15 @@ impl Tracer {
             Tracer::Helios(args) => format!("helios-trace {}", args.join(" ")),
             Tracer::Bpftrace { stacks: true } => "bpftrace peer.bt (ustack)".into(),
             Tracer::Bpftrace { stacks: false } => "bpftrace peer.bt (no stack)".into(),
+            Tracer::Floor("tracepoints") => {
+                "floor: empty programs on syscalls/sys_{enter,exit}_X of the 35 calls + sys_enter_close"
+                    .into()
+            }
+            Tracer::Floor("raw") => "floor: raw sys_enter + sys_exit, a spec lookup each".into(),
+            Tracer::Floor("raw-exit") => {
+                "floor: raw sys_exit (spec lookup) + syscalls/sys_enter_close".into()
+            }
+            Tracer::Floor(kind) => format!("floor {kind}"),
         }
     }
 
@@ -211,6 +233,7 @@ impl Tracer {
                 Some(bench.helios(&all)?)
             }
             Tracer::Bpftrace { stacks } => Some(bench.bpftrace(pid, stacks)?),
+            Tracer::Floor(kind) => Some(bench.floor(kind)?),
         })
     }
 }
@@ -225,6 +248,17 @@ fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
     Ok(Report::parse(&stdout)?.lost)
 }
 
+/// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
+/// floor.rs) as the per-syscall design attached them, and as one raw tracepoint pair.
+fn floor(bench: &Bench, plan: &Plan) -> Result<String> {
+    let tracers =
+        [Tracer::Untraced, Tracer::Floor("tracepoints"), Tracer::Floor("raw"), Tracer::Floor("raw-exit")];
+    let title = "### The floor: an empty program per attach kind";
+    let intro = "Empty programs, attached system-wide (every process pays them, as the DaemonSet's \
+                 programs are), no record, no map but the spec array";
+    churn_table(bench, plan, &tracers, title, intro)
+}
+
 fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
     let tracers = [
         Tracer::Untraced,
@@ -234,13 +268,21 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
+    let title = "### Overhead on the traced program";
+    let intro = "both tools filtered to the workload's pid";
+    churn_table(bench, plan, &tracers, title, intro)
+}
+
+/// bench/churn.c under each of `tracers`, alternated: a row per tracer, a column pair (ns, ×
+/// untraced) per phase.
+fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intro: &str) -> Result<String> {
     // samples[tracer][phase] = ns per operation, one per repetition.
     let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
     let mut slow = vec![0u64; tracers.len()];
     for rep in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
-            eprintln!("xtask bench: overhead {}/{} {}", rep + 1, plan.reps, tracer.name());
+            eprintln!("xtask bench: {title} {}/{} {}", rep + 1, plan.reps, tracer.name());
             let mut workload =
                 bench.workload("churn", &[plan.churn_ops.to_string(), plan.gap_us.to_string()])?;
             let attached = tracer.attach(bench, workload.pid())?;
@@ -255,14 +297,19 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         }
     }
     let mut table = format!(
-        "\n### Overhead on the traced program\n\n{} ops per phase, {} µs pause after each, median of {} \
-         alternated runs [min–max] of the mean ns per operation; both tools filtered to the \
-         workload's pid. Operations over 100 µs (preempted) are left out of the means and \
-         counted (all phases and runs).\n\n\
-         | variant | open+close ns | × | socket+close ns | × | accept+close ns | × | ops > 100 µs | lost |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "\n{title}\n\n{} ops per phase, {} µs pause after each, median of {} \
+         alternated runs [min–max] of the mean ns per operation; {intro}. Operations over 100 µs \
+         (preempted) are left out of the means and counted (all phases and runs).\n\n| variant ",
         plan.churn_ops, plan.gap_us, plan.reps
     );
+    for column in PHASE_COLUMNS {
+        write!(table, "| {column} ns | × ")?;
+    }
+    table.push_str("| ops > 100 µs | lost |\n|");
+    for _ in 0..(PHASES.len() * 2 + 3) {
+        table.push_str(" --- |");
+    }
+    table.push('\n');
     let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
     for (t, tracer) in tracers.iter().enumerate() {
         write!(table, "| {} ", tracer.name())?;
@@ -607,22 +654,25 @@ fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
         ("every process (/proc baseline of all)", vec![]),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
+    let mut exits = vec![Vec::new(); variants.len()];
     for _ in 0..plan.startup_runs {
         for (v, (_, args)) in variants.iter().enumerate() {
             let tracer = bench.helios(args)?;
             samples[v].push(tracer.attached_after.as_secs_f64() * 1000.0);
-            tracer.stop()?;
+            exits[v].push(tracer.stop_timed()?.1.as_secs_f64() * 1000.0);
         }
     }
     drop(sleeper);
     let mut table = format!(
         "\n### Startup\n\nFrom spawning helios-trace to its \"attached\" line (printed once every \
-         program is attached and the /proc baseline is loaded), median of {} alternated runs [min–max].\n\n\
-         | variant | ms to attached |\n| --- | --- |\n",
+         program is attached and the /proc baseline is loaded), and from the last line of its report (after \
+         SIGINT) to its exit (detaching every program, freeing the maps), median of {} alternated runs \
+         [min–max].\n\n\
+         | variant | ms to attached | ms from report to exit |\n| --- | --- | --- |\n",
         plan.startup_runs
     );
-    for ((name, _), s) in variants.iter().zip(&samples) {
-        writeln!(table, "| {name} | {} |", spread(s))?;
+    for (((name, _), s), e) in variants.iter().zip(&samples).zip(&exits) {
+        writeln!(table, "| {name} | {} | {} |", spread(s), spread(e))?;
     }
     Ok(table)
 }
@@ -775,6 +825,8 @@ struct Attached {
     child: Child,
     attached_after: Duration,
     stdout: Arc<Mutex<String>>,
+    /// When the last line reached stdout (the end of the report, once stopped).
+    last_output: Arc<Mutex<Option<Instant>>>,
     readers: Vec<thread::JoinHandle<()>>,
 }
 
@@ -793,9 +845,12 @@ impl Attached {
         let out = BufReader::new(child.stdout.take().expect("piped"));
         let err = BufReader::new(child.stderr.take().expect("piped"));
         let (kept, to_out) = (stdout.clone(), lines.clone());
+        let last_output = Arc::new(Mutex::new(None));
+        let last = last_output.clone();
         let readers = vec![
             thread::spawn(move || {
                 for line in out.lines().map_while(Result::ok) {
+                    *last.lock().expect("no reader panics") = Some(Instant::now());
                     let _ = to_out.send(line.clone());
                     let mut kept = kept.lock().expect("no reader panics");
                     kept.push_str(&line);
@@ -808,7 +863,7 @@ impl Attached {
                 }
             }),
         ];
-        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, readers };
+        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, last_output, readers };
         let mut said = Vec::new();
         loop {
             match seen.recv_timeout(Duration::from_secs(60)) {
@@ -843,7 +898,13 @@ impl Attached {
     }
 
     /// SIGINT, wait for it to exit (at most a minute), and its stdout.
-    fn stop(mut self) -> Result<String> {
+    fn stop(self) -> Result<String> {
+        Ok(self.stop_timed()?.0)
+    }
+
+    /// As `stop`, and the time from the report's last line to the exit (detaching the
+    /// programs and freeing the maps happen in between), to within the 1 ms poll.
+    fn stop_timed(mut self) -> Result<(String, Duration)> {
         // SAFETY: a signal to our own child, by its pid.
         unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -854,8 +915,9 @@ impl Attached {
             if Instant::now() > deadline {
                 bail!("tracer {} did not stop within a minute of SIGINT", self.pid());
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(1));
         };
+        let exited = Instant::now();
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
@@ -863,7 +925,12 @@ impl Attached {
         if !status.success() {
             bail!("tracer exited with {status}");
         }
-        Ok(stdout)
+        let report_to_exit = self
+            .last_output
+            .lock()
+            .expect("readers joined")
+            .map_or(Duration::ZERO, |last| exited.saturating_duration_since(last));
+        Ok((stdout, report_to_exit))
     }
 }
 
