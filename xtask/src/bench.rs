@@ -100,6 +100,7 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     let root = sh::workspace_root();
     let bench = Bench {
         helios: root.join("target/release/helios-trace"),
+        before: std::env::var_os("HELIOS_TRACE_BEFORE").map(PathBuf::from),
         dir: root.join("target/bench"),
         source: root.join("bench"),
     };
@@ -143,6 +144,9 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 
 struct Bench {
     helios: PathBuf,
+    /// Another helios-trace binary to compare with in the overhead rows (`HELIOS_TRACE_BEFORE`,
+    /// e.g. a build of the previous design), when set.
+    before: Option<PathBuf>,
     dir: PathBuf,
     source: PathBuf,
 }
@@ -165,7 +169,12 @@ impl Bench {
 
     /// helios-trace with `args`, once attached.
     fn helios(&self, args: &[String]) -> Result<Attached> {
-        let mut command = Command::new(&self.helios);
+        self.helios_of(&self.helios, args)
+    }
+
+    /// The helios-trace binary `binary` with `args`, once attached.
+    fn helios_of(&self, binary: &Path, args: &[String]) -> Result<Attached> {
+        let mut command = Command::new(binary);
         command.args(["--format", "json", "--view", "quiet"]).args(args);
         Attached::start(command, |line| line.starts_with("helios-trace: attached"))
     }
@@ -200,6 +209,8 @@ enum Tracer {
     },
     /// The floor of one attach kind (HELIOS_TRACE_FLOOR): empty programs, every process.
     Floor(&'static str),
+    /// The `HELIOS_TRACE_BEFORE` binary with its defaults.
+    Before,
 }
 
 impl Tracer {
@@ -219,6 +230,7 @@ impl Tracer {
                 "floor: raw sys_exit (spec lookup) + syscalls/sys_enter_close".into()
             }
             Tracer::Floor(kind) => format!("floor {kind}"),
+            Tracer::Before => "helios-trace before (HELIOS_TRACE_BEFORE, default: dwarf)".into(),
         }
     }
 
@@ -234,6 +246,11 @@ impl Tracer {
             }
             Tracer::Bpftrace { stacks } => Some(bench.bpftrace(pid, stacks)?),
             Tracer::Floor(kind) => Some(bench.floor(kind)?),
+            Tracer::Before => {
+                let binary = bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")?;
+                let args = ["--pid".into(), pid.to_string(), "--reconcile-interval".into(), "0".into()];
+                Some(bench.helios_of(binary, &args)?)
+            }
         })
     }
 }
@@ -268,6 +285,9 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
+    let before = [Tracer::Before];
+    let tracers: Vec<Tracer> =
+        tracers.iter().chain(if bench.before.is_some() { &before[..] } else { &[] }).copied().collect();
     let title = "### Overhead on the traced program";
     let intro = "both tools filtered to the workload's pid";
     churn_table(bench, plan, &tracers, title, intro)
@@ -288,7 +308,7 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
+            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
             for (p, phase) in PHASES.iter().enumerate() {
                 let (mean, preempted) = timing(&output, phase)?;
                 samples[t][p].push(mean);
@@ -316,7 +336,11 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
         for (p, s) in samples[t].iter().enumerate() {
             write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
         }
-        let lost = if matches!(tracer, Tracer::Helios(_)) { lost[t].to_string() } else { "–".into() };
+        let lost = if matches!(tracer, Tracer::Helios(_) | Tracer::Before) {
+            lost[t].to_string()
+        } else {
+            "–".into()
+        };
         writeln!(table, "| {} | {lost} |", slow[t])?;
     }
     Ok(table)
