@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
     model::{
@@ -68,6 +68,35 @@ pub(crate) struct Tracing {
     pub(super) redact_paths: bool,
     /// Heap walks for holders (observe/holders.rs).
     pub(super) holders: super::holders::HolderWalks,
+    /// The drain, sampling and reconcile timers, made at the first `run_until` and kept
+    /// across its calls: a caller that stops it for a moment (a SIGUSR1 snapshot) must not
+    /// restart them, or snapshots more frequent than the reconcile interval would never let a
+    /// reconcile come, and each would add a sample to the once-a-second history.
+    timers: Option<Timers>,
+}
+
+struct Timers {
+    drain: Interval,
+    second: Interval,
+    reconcile: Interval,
+}
+
+impl Timers {
+    fn new(reconcile_interval: Duration) -> Timers {
+        let mut drain = interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut second = interval(crate::model::trend::SAMPLE_EVERY);
+        second.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // 0 is off: the branch is disabled, the timer only has to exist.
+        let every = if reconcile_interval.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            reconcile_interval
+        };
+        let mut reconcile = interval_at(Instant::now() + every, every);
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Timers { drain, second, reconcile }
+    }
 }
 
 impl StackSource for Tracer {
@@ -184,6 +213,7 @@ impl Tracing {
             unmeasured_logged: Default::default(),
             redact_paths: args.redact_paths,
             holders: Default::default(),
+            timers: None,
         })
     }
 
@@ -257,18 +287,8 @@ impl Tracing {
     ) -> Result<()> {
         self.ring.poll()?;
         let mut stop = pin!(stop);
-        let mut drain_timer = interval(DRAIN_INTERVAL);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut second = interval(crate::model::trend::SAMPLE_EVERY);
-        second.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let reconcile_every = if self.reconcile_interval.is_zero() {
-            Duration::from_secs(365 * 24 * 3600)
-        } else {
-            self.reconcile_interval
-        };
-        let mut reconcile = interval_at(Instant::now() + reconcile_every, reconcile_every);
-        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let timers = self.timers.get_or_insert_with(|| Timers::new(self.reconcile_interval));
             let python_due = self
                 .engine
                 .python_next_due()
@@ -278,21 +298,21 @@ impl Tracing {
                 () = &mut stop => break,
                 // Timers before the ring buffer: under sustained load the ring is always
                 // readable, and a biased select would never get to them.
-                _ = second.tick() => {
+                _ = timers.second.tick() => {
                     self.drain();
                     self.engine.expire_sites(clock::boot_ns());
                     self.sample();
                     on_tick(self, Tick::Second);
                     give_back_freed_memory();
                 }
-                _ = reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
+                _ = timers.reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
                 guard = self.ring.readable() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     guard.clear_ready();
                     self.drain();
                     on_tick(self, Tick::Drained);
                 }
-                _ = drain_timer.tick() => {
+                _ = timers.drain.tick() => {
                     self.drain();
                     on_tick(self, Tick::Drained);
                 }

@@ -224,7 +224,10 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
             let flags = if record.flags & syscall_flags::DEREF_VALID != 0 { record.deref } else { 0 };
             open_path(flags, a[0])
         }
-        Call::OpenByHandleAt => open(FdKind::File, FdDetail::None, flag(a[2], libc::O_CLOEXEC)),
+        // No path: the kind from the flags alone (a handle of a directory opened with O_DIRECTORY).
+        Call::OpenByHandleAt => {
+            open(kind_of_opened_path(b"", a[2]), FdDetail::None, flag(a[2], libc::O_CLOEXEC))
+        }
         Call::Socket => open(FdKind::Socket, socket(a[0], a[1], a[2]), flag(a[1], libc::SOCK_CLOEXEC)),
         Call::SocketPair => Op::Open {
             fds: pair()?,

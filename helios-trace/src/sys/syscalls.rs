@@ -237,6 +237,18 @@ impl SyscallTable {
 mod tests {
     use super::*;
 
+    /// The kernel test `lifecycle::every_call_issued_raw_*` issues each call of rawcalls.c's
+    /// `CALLS` table by its own number; a call added here without a command there would be a
+    /// decode arm no real syscall reaches.
+    #[test]
+    fn every_call_in_the_table_has_a_raw_workload_command() {
+        let source = include_str!("../../tests/workloads/rawcalls.c");
+        let table = source.split("CALLS[] = {").nth(1).and_then(|t| t.split("};").next()).unwrap();
+        let commands: Vec<&str> = table.split("{\"").skip(1).filter_map(|c| c.split('"').next()).collect();
+        let names: Vec<&str> = Call::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(commands, names, "rawcalls.c's CALLS, in the table's order");
+    }
+
     #[test]
     fn numbers_are_unique_and_fit_the_spec_array() {
         let mut seen = std::collections::HashSet::new();

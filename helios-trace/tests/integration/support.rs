@@ -40,6 +40,11 @@ fn scratch_root() -> PathBuf {
 
 /// Compile a C workload from tests/workloads once per test run, with the given flags.
 pub fn compile_c(source: &str, output: &str, flags: &[&str]) -> PathBuf {
+    compile_c_with("gcc", source, output, flags)
+}
+
+/// The same with another compiler driver (`musl-gcc`).
+pub fn compile_c_with(compiler: &str, source: &str, output: &str, flags: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(source);
@@ -48,13 +53,13 @@ pub fn compile_c(source: &str, output: &str, flags: &[&str]) -> PathBuf {
         .and_then(|o| Ok(o.modified()? >= fs::metadata(&src)?.modified()?))
         .unwrap_or(false);
     if !fresh {
-        let status = Command::new("gcc")
+        let status = Command::new(compiler)
             .args(flags)
             .arg(&src)
             .arg("-o")
             .arg(&out)
             .status()
-            .expect("gcc runs (cargo xtask setup installs it)");
+            .unwrap_or_else(|e| panic!("{compiler} runs (cargo xtask setup --tests installs it): {e}"));
         assert!(status.success(), "compiling {source} failed");
     }
     out
@@ -63,6 +68,20 @@ pub fn compile_c(source: &str, output: &str, flags: &[&str]) -> PathBuf {
 pub fn fdwork_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| compile_c("fdwork.c", "fdwork", &["-O2", "-g", "-Wall", "-pthread"]))
+}
+
+/// rawcalls.c: every descriptor syscall of the table by its own number, built with glibc.
+pub fn rawcalls_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| compile_c("rawcalls.c", "rawcalls", &["-O2", "-Wall"]))
+}
+
+/// rawcalls.c linked statically against musl (musl-gcc, from `cargo xtask setup --tests`).
+pub fn rawcalls_musl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        compile_c_with("musl-gcc", "rawcalls.c", "rawcalls.musl", &["-static", "-O2", "-Wall"])
+    })
 }
 
 /// leaker.c: leaks from call sites of known names (see its header), with frame pointers.
@@ -120,13 +139,18 @@ impl Workload {
 
     /// Run one command; the numbers of its "ok" answer (descriptors, pids).
     pub fn run(&mut self, command: &str) -> Vec<i64> {
+        self.ask(command).split_whitespace().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// Run one command; the words of its "ok" answer.
+    pub fn ask(&mut self, command: &str) -> String {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let line = line.trim();
-        let rest = line.strip_prefix("ok").unwrap_or_else(|| panic!("fdwork: `{command}` -> {line:?}"));
-        rest.split_whitespace().map(|n| n.parse().unwrap()).collect()
+        let rest = line.strip_prefix("ok").unwrap_or_else(|| panic!("workload: `{command}` -> {line:?}"));
+        rest.trim().to_string()
     }
 
     /// `exec`: the image is replaced and the new one announces itself instead of answering.
@@ -392,7 +416,21 @@ pub fn process(report: &Value, pid: u32) -> Option<&Value> {
 }
 
 /// fd → kind from the report's `fds` listing of `pid`.
+/// The tool's table for `pid` (fd → kind), from a report with `--list-fds`, for comparing with
+/// /proc: the report must say reconciliation corrected nothing, so what matches /proc came from
+/// events, never from a correction that healed a missed one.
 pub fn reported_fds(report: &Value, pid: u32) -> BTreeMap<i32, String> {
+    let corrections = &report["reconcile_corrections"];
+    assert_eq!(
+        (corrections["added"].as_u64(), corrections["removed"].as_u64()),
+        (Some(0), Some(0)),
+        "reconciliation corrected the table: a missed event was healed, not seen"
+    );
+    reported_fds_healed(report, pid)
+}
+
+/// The same, whatever reconciliation corrected: for the tests of healing itself.
+pub fn reported_fds_healed(report: &Value, pid: u32) -> BTreeMap<i32, String> {
     let p = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"));
     p["fds"]
         .as_array()
