@@ -313,6 +313,8 @@ fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
         return;
     }
     every_call_issued_raw_keeps_the_table_exact(rawcalls_musl_bin());
+}
+
 /// ia32 syscalls (`int $0x80`, here from a 64-bit process) have numbers of their own, which
 /// the raw sys_enter/sys_exit tracepoints see as well: ia32's read is 3 (native close), its dup
 /// 41 (native socket). They must not be read as native calls; like the kernel's own syscall
