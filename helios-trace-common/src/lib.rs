@@ -82,6 +82,13 @@ pub mod regs_x86_64 {
     pub const BP: usize = 4;
     pub const IP: usize = 16;
     pub const SP: usize = 19;
+    /// The syscall number: `ax` holds the result by the time the call returns, `orig_ax` keeps
+    /// the number (arch/x86/entry/syscall_64.c, do_syscall_64).
+    pub const ORIG_AX: usize = 15;
+    /// The six arguments, in order (di si dx r10 r8 r9: arch/x86/entry/entry_64.S, the
+    /// syscall ABI); nothing overwrites them before the call returns, so they are still there
+    /// at `sys_exit` for every call traced here.
+    pub const SYSCALL_ARGS: [usize; 6] = [14, 13, 12, 7, 9, 8];
 }
 
 /// Where the registers sit in [`UserStack::regs`] on aarch64: the `user_pt_regs` that starts
@@ -92,6 +99,13 @@ pub mod regs_aarch64 {
     pub const LR: usize = 30;
     pub const SP: usize = 31;
     pub const PC: usize = 32;
+    /// `orig_x0`, after `user_pt_regs` in `struct pt_regs`: x0 holds the result by the time
+    /// the call returns, orig_x0 keeps the first argument (arch/arm64/kernel/syscall.c).
+    pub const ORIG_X0: usize = 34;
+    /// The word whose low 32 bits are `syscallno` (s32, after orig_x0).
+    pub const SYSCALLNO: usize = 35;
+    /// The six arguments as they are at `sys_exit`: orig_x0, then x1..x5.
+    pub const SYSCALL_ARGS: [usize; 6] = [34, 1, 2, 3, 4, 5];
 }
 
 /// Bits of [`UserStack::flags`].
@@ -247,7 +261,7 @@ pub struct SyscallEvent {
     pub stack_id: i32,
     /// The syscall's return value.
     pub ret: i64,
-    /// The six raw syscall arguments as the enter tracepoint saw them.
+    /// The six raw syscall arguments, as the task's saved registers hold them at exit.
     pub args: [u64; 6],
     /// A u64 read through a pointer argument (e.g. `open_how.flags` of openat2).
     pub deref: u64,
@@ -331,6 +345,9 @@ pub mod spec {
     pub const MSGHDR: u32 = 1 << 4;
     /// recvmmsg: arg 1 is a `struct mmsghdr *`, the result the number of messages.
     pub const MMSGHDR: u32 = 1 << 5;
+    /// close: a `kind::CLOSE` record at enter (at exit another thread may already own the
+    /// number). Not with `TRACED`: nothing is made at its exit.
+    pub const CLOSE: u32 = 1 << 6;
     /// Bits 8..11: index + 1 of the argument that points to a path string.
     pub const PATH_ARG_SHIFT: u32 = 8;
     /// Bits 12..15: index + 1 of the argument that points to an `int[2]` the call fills.
@@ -366,7 +383,7 @@ pub mod counter {
     pub const STACK_ERROR: u32 = 2;
     /// A path argument could not be read.
     pub const PATH_UNREADABLE: u32 = 3;
-    /// The in-flight map was full: an enter could not be recorded, its exit is lost.
+    /// Retired with the in-flight map (the arguments are read at exit now); never reused.
     pub const IN_FLIGHT_FULL: u32 = 4;
     /// `--stacks dwarf`: the user registers could not be read; the record went out as a plain
     /// [`super::SyscallEvent`] (`kind::FD_SYSCALL`, the room for the stack unused).
@@ -377,9 +394,6 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Capacity of the per-thread in-flight map (enter → exit pairing). LRU, so a thread that died
-/// mid-syscall cannot leak an entry forever.
-pub const IN_FLIGHT_ENTRIES: u32 = 16384;
 /// Capacity of the target-process filter map.
 pub const TARGET_ENTRIES: u32 = 65536;
 /// Capacity of the map of `--cgroup` targets.
@@ -457,8 +471,6 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     /// Stack-trace map of frame-pointer user stacks and kernel stacks.
     pub const STACKS: &str = "STACKS";
-    /// Enter-side arguments of syscalls in progress ([`super::InFlight`]), by pid_tgid.
-    pub const IN_FLIGHT: &str = "IN_FLIGHT";
     /// `--pid` targets and the processes they forked: tgid -> 1.
     pub const TARGETS: &str = "TARGETS";
     /// CPython processes whose frames are walked: tgid -> [`super::PythonOffsets`].
@@ -475,16 +487,6 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
 }
 
-/// Value of the `IN_FLIGHT` map: the enter tracepoint's view of the syscall.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct InFlight {
-    pub nr: u32,
-    pub spec: u32,
-    pub args: [u64; 6],
-}
-const _: () = assert!(size_of::<InFlight>() == 56);
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] plain data with no padding and no invalid bit patterns.
@@ -494,7 +496,6 @@ mod pod {
     unsafe impl aya::Pod for super::NewTaskEvent {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExitEvent {}
-    unsafe impl aya::Pod for super::InFlight {}
     unsafe impl aya::Pod for super::UserStack {}
     unsafe impl aya::Pod for super::PythonOffsets {}
     unsafe impl aya::Pod for super::PythonStack {}

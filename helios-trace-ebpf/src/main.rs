@@ -13,9 +13,11 @@ mod process;
 mod syscalls;
 
 // What they share: the settings, the maps, the filter, the way out (records and counters),
-// and the two stack readers of the descriptor-creating calls.
+// the two stack readers of the descriptor-creating calls, and the floor (empty programs the
+// bench measures each attach kind with).
 mod emit;
 mod filter;
+mod floor;
 mod maps;
 mod python;
 mod settings;

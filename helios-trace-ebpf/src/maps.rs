@@ -2,11 +2,11 @@
 //! helios_trace_common::map_name, which is how helios-trace/src/sys/loader.rs finds it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    IN_FLIGHT_ENTRIES, InFlight, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
-    STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, counter,
+    MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES,
+    TARGET_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -30,11 +30,6 @@ shared_map! {
 shared_map! {
     /// User and kernel stacks of descriptor-creating calls, by id.
     STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
-}
-
-shared_map! {
-    /// Enter-side arguments of syscalls in progress, by pid_tgid.
-    IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(IN_FLIGHT_ENTRIES, 0);
 }
 
 shared_map! {

@@ -8,10 +8,10 @@ use aya_ebpf::{
         bpf_probe_read_kernel as bpf_probe_read_kernel_value,
         generated::{
             bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel,
-            bpf_probe_read_user as raw_read_user, bpf_task_pt_regs,
+            bpf_probe_read_user as raw_read_user,
         },
     },
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::tracing::StackIdContext,
 };
 use helios_trace_common::{MAX_STACK_WINDOW, UserStack, counter, user_stack_flags};
 
@@ -41,7 +41,8 @@ unsafe extern "C" fn vma_end(_task: *mut c_void, vma: *mut c_void, end: *mut c_v
 /// The smallest page size: a read within one page cannot fail half-way.
 const PAGE: u32 = 4096;
 
-/// Copy the user registers and up to `window` bytes of user stack from sp upward into a
+/// Copy the user registers (`regs`: the task's saved `struct pt_regs`, the raw syscall
+/// tracepoints' first argument) and up to `window` bytes of user stack from sp upward into a
 /// record; false when not even the registers could be read.
 ///
 /// The copy stops at the end of the stack's mapping (found with bpf_find_vma), so that a
@@ -52,18 +53,14 @@ pub fn capture_user_stack(
     stack: &mut UserStack,
     bytes: &mut [u8; MAX_STACK_WINDOW as usize],
     window: u32,
+    regs: *const c_void,
 ) -> bool {
     stack.stack_len = 0;
     stack.flags = 0;
     let task = unsafe { bpf_get_current_task_btf() };
     // The registers the task entered the kernel with: its user-mode state at the syscall.
-    let regs = unsafe { bpf_task_pt_regs(task) };
     let read = unsafe {
-        bpf_probe_read_kernel(
-            stack.regs.as_mut_ptr().cast(),
-            (arch::WORDS * size_of::<u64>()) as u32,
-            regs as *const c_void,
-        )
+        bpf_probe_read_kernel(stack.regs.as_mut_ptr().cast(), (arch::WORDS * size_of::<u64>()) as u32, regs)
     };
     if read != 0 {
         return false;
@@ -111,7 +108,7 @@ pub fn capture_user_stack(
 }
 
 #[inline(always)]
-pub fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
     match ctx.get_stackid(&STACKS, flags) {
         Ok(id) => id as i32,
         Err(err) => {

@@ -1,43 +1,52 @@
-//! Descriptor syscalls: one generic enter/exit pair attached to the `syscalls/sys_enter_*` and
-//! `syscalls/sys_exit_*` tracepoint of every call that creates, duplicates, passes or closes
-//! descriptors, plus a dedicated `close` enter program (the hottest call, needs no pairing).
+//! Descriptor syscalls: one raw tracepoint on `sys_exit` makes the record of every call that
+//! creates, duplicates, passes or re-flags descriptors, one on `sys_enter` the record of `close`
+//! (the hottest call, needs no pairing; at exit another thread may already own the number).
 //!
-//! Tracepoint record layout (include/trace/events/syscalls.h, `ftrace_syscall_enter/exit`;
-//! see /sys/kernel/tracing/events/syscalls/sys_enter_openat/format):
-//!   offset 8:  int __syscall_nr
-//!   offset 16: unsigned long args[6]   (enter)   |   long ret   (exit)
+//! Raw tracepoints (include/trace/events/syscalls.h, `TRACE_EVENT_SYSCALL(sys_enter)`,
+//! `(sys_exit)`): `sys_enter` gets `(struct pt_regs *regs, long id)`, `sys_exit`
+//! `(struct pt_regs *regs, long ret)`, where `regs` are the task's saved user registers. They
+//! run for every syscall of every task (the kernel's per-syscall `syscalls/sys_*_X` tracepoints
+//! are built on the same two hooks, plus a record per call: BENCHMARKS.md, "The floor"), so
+//! each program first looks the number up in `SYSCALL_SPECS` and returns at once for a call
+//! it does not trace.
+//!
+//! Creation is seen at exit only: the arguments are still in the saved registers then
+//! (`helios_trace_common::regs_x86_64::SYSCALL_ARGS`: nothing overwrites them; aarch64 keeps
+//! the first in orig_x0), so no enter program and no in-flight map are needed.
 //!
 //! What each syscall number needs (path string, fd pair, SCM_RIGHTS, ...) comes from the
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
-//! place (helios-trace/src/syscalls.rs) and these programs stay generic.
-use core::mem::size_of;
+//! place (helios-trace/src/sys/syscalls.rs) and these programs stay generic.
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::{RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
-    CloseEvent, InFlight, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent,
-    UserStack, counter, kind, spec, stack_mode, syscall_flags,
+    CloseEvent, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent, UserStack,
+    counter, kind, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
     emit::{count, emit, finish, header, header_at, wakeup_flags},
     filter::is_traced,
-    maps::{EVENTS, IN_FLIGHT, SYSCALL_SPECS},
+    maps::{EVENTS, SYSCALL_SPECS},
     python::python_stack,
     settings::{capture_kernel_stacks, stack_window, user_stack_mode},
     stacks::{capture_user_stack, stack_id},
 };
 
-const NR_OFFSET: usize = 8;
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
+// The user register layout of the architecture the programs are built for.
+#[cfg(bpf_target_arch = "aarch64")]
+use helios_trace_common::regs_aarch64 as arch;
+#[cfg(bpf_target_arch = "x86_64")]
+use helios_trace_common::regs_x86_64 as arch;
 
 // include/uapi/asm-generic/fcntl.h, include/uapi/linux/fcntl.h, include/uapi/asm-generic/ioctls.h
 const F_DUPFD: u64 = 0;
@@ -58,24 +67,115 @@ const SCM_RIGHTS: i32 = 1;
 const MAX_CMSGS: usize = 4;
 const MAX_MMSGS: usize = 8;
 
-#[tracepoint]
-pub fn fd_syscall_enter(ctx: TracePointContext) -> u32 {
-    finish(try_fd_syscall_enter(&ctx))
+/// What the exit program knows of the call: its number, spec and arguments.
+struct Call {
+    nr: u32,
+    spec: u32,
+    args: [u64; 6],
 }
 
-fn try_fd_syscall_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+/// The spec of syscall `nr`; 0 (not traced) for a number outside the array.
+#[inline(always)]
+fn spec_of(nr: u64) -> u32 {
+    if nr >= helios_trace_common::MAX_SYSCALL_NR as u64 {
+        return 0;
+    }
+    SYSCALL_SPECS.get(nr as u32).copied().unwrap_or(0)
+}
+
+/// Word `index` of the saved user registers.
+#[inline(always)]
+fn reg(regs: *const u64, index: usize) -> Result<u64, i64> {
+    unsafe { bpf_probe_read_kernel(regs.wrapping_add(index)) }.map_err(i64::from)
+}
+
+/// The syscall number at `sys_exit`, from the saved registers.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn exit_nr(regs: *const u64) -> Result<u64, i64> {
+    reg(regs, arch::ORIG_AX)
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn exit_nr(regs: *const u64) -> Result<u64, i64> {
+    // syscallno is an s32 in the low half of its word (little-endian).
+    Ok(reg(regs, arch::SYSCALLNO)? as u32 as u64)
+}
+
+/// Whether the current syscall is a 32-bit one (ia32 emulation: `int $0x80` or a 32-bit
+/// process), whose numbers are not the native table's: the kernel's own syscall tracepoints
+/// skip them (kernel/trace/trace_syscalls.c, trace_get_syscall_nr), and so do we.
+/// `in_ia32_syscall()` (arch/x86/include/asm/compat.h) is `TS_COMPAT` (0x0002, asm/thread_info.h)
+/// in `current_thread_info()->status`; `thread_info` opens `task_struct` (THREAD_INFO_IN_TASK)
+/// and `status` follows `flags` and `syscall_work` (two unsigned longs, since Linux 5.11).
+/// It is set at entry and cleared on the way back to user mode, after the exit tracepoint
+/// (arch/x86/include/asm/entry-common.h, arch_exit_to_user_mode_prepare).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn compat_syscall() -> bool {
+    const THREAD_INFO_STATUS_OFFSET: usize = 16;
+    const TS_COMPAT: u32 = 0x0002;
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+    let status: u32 =
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32) }
+            .unwrap_or(0);
+    status & TS_COMPAT != 0
+}
+
+/// aarch64's 32-bit tasks (TIF_32BIT) are not told apart yet: no arm64 machine to test on.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn compat_syscall() -> bool {
+    false
+}
+
+/// `close` enters: its record. Every other syscall returns after one array lookup.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn close_enter(ctx: RawTracePointContext) -> u32 {
+    finish(try_close_enter(&ctx))
+}
+
+fn try_close_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let nr: u64 = ctx.arg(1);
+    if spec_of(nr) & spec::CLOSE == 0 {
         return Ok(());
     }
-    let nr: i32 = unsafe { ctx.read_at(NR_OFFSET) }?;
-    let spec = *SYSCALL_SPECS.get(nr as u32).ok_or(0i64)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall() {
+        return Ok(());
+    }
+    let regs: *const u64 = ctx.arg(0);
+    let fd = reg(regs, arch::SYSCALL_ARGS[0])?;
+    let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
+    emit(&event);
+    Ok(())
+}
+
+/// A traced syscall returns: the record of what it made.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn fd_syscall_exit(ctx: RawTracePointContext) -> u32 {
+    finish(try_fd_syscall_exit(&ctx))
+}
+
+fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let regs: *const u64 = ctx.arg(0);
+    let nr = exit_nr(regs)?;
+    let spec = spec_of(nr);
     if spec & spec::TRACED == 0 {
         return Ok(());
     }
+    let ret: i64 = ctx.arg(1);
+    if ret < 0 {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall() {
+        return Ok(());
+    }
     let mut args = [0u64; 6];
-    for (i, arg) in args.iter_mut().enumerate() {
-        *arg = unsafe { ctx.read_at(ARGS_OFFSET + i * 8) }?;
+    for (arg, index) in args.iter_mut().zip(arch::SYSCALL_ARGS) {
+        *arg = reg(regs, index)?;
     }
     // fcntl and ioctl are frequent and mostly irrelevant: keep only the commands that create a
     // descriptor or change its close-on-exec flag.
@@ -85,36 +185,14 @@ fn try_fd_syscall_enter(ctx: &TracePointContext) -> Result<(), i64> {
     if spec & spec::IOCTL_FILTER != 0 && !matches!(args[1] as u32 as u64, FIOCLEX | FIONCLEX) {
         return Ok(());
     }
-    let entry = InFlight { nr: nr as u32, spec, args };
-    if IN_FLIGHT.insert(&pid_tgid, &entry, 0).is_err() {
-        count(counter::IN_FLIGHT_FULL);
-    }
-    Ok(())
-}
-
-#[tracepoint]
-pub fn fd_syscall_exit(ctx: TracePointContext) -> u32 {
-    finish(try_fd_syscall_exit(&ctx))
-}
-
-fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // Copy out and delete on every path: the entry must not outlive this syscall.
-    let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
-        return Ok(());
-    };
-    let _ = IN_FLIGHT.remove(&pid_tgid);
-    let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }?;
-    if ret < 0 {
-        return Ok(());
-    }
+    let call = Call { nr: nr as u32, spec, args };
     // One timestamp for the Python stack and the record it belongs to: userspace pairs them by
     // (tid, ts_ns).
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    if in_flight.spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
+    if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
         python_stack(pid_tgid, ts_ns);
     }
-    if in_flight.spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
+    if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
         // The record carries the stack: reserve room for the whole window and copy the stack
         // straight into it. The window is a field of the read-only settings, whose value the
         // verifier knows (settings.rs), which is what lets the reserved size vary with the
@@ -126,8 +204,8 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
         let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
-        fill(ctx, &mut record.event, &in_flight, ret, pid_tgid, ts_ns);
-        if capture_user_stack(&mut record.stack, &mut record.bytes, window) {
+        fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
+        if capture_user_stack(&mut record.stack, &mut record.bytes, window, regs as *const c_void) {
             record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
         } else {
             count(counter::USER_STACK_UNREADABLE);
@@ -140,7 +218,7 @@ fn try_fd_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // SAFETY: as above.
         let event = unsafe { &mut *entry.as_mut_ptr().cast::<SyscallEvent>() };
-        fill(ctx, event, &in_flight, ret, pid_tgid, ts_ns);
+        fill(ctx, event, &call, ret, pid_tgid, ts_ns);
         entry.submit(wakeup_flags());
     }
     Ok(())
@@ -159,19 +237,19 @@ const STACK_BYTES_OFFSET: usize = size_of::<SyscallEvent>() + size_of::<UserStac
 
 /// Everything of a descriptor record but the user stack bytes.
 #[inline(always)]
-fn fill(
-    ctx: &TracePointContext,
+fn fill<C: StackIdContext>(
+    ctx: &C,
     event: &mut SyscallEvent,
-    in_flight: &InFlight,
+    call: &Call,
     ret: i64,
     pid_tgid: u64,
     ts_ns: u64,
 ) {
-    let spec = in_flight.spec;
+    let spec = call.spec;
     event.header = header_at(kind::FD_SYSCALL, pid_tgid, ts_ns);
-    event.nr = in_flight.nr;
+    event.nr = call.nr;
     event.ret = ret;
-    event.args = in_flight.args;
+    event.args = call.args;
     event.deref = 0;
     event.aux_count = 0;
     event.path_len = 0;
@@ -183,16 +261,16 @@ fn fill(
             event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
         }
         if capture_kernel_stacks() {
-            event.kernel_stack_id = stack_id(ctx, 0);
+            event.kernel_stack_id = stack_id(ctx, RAW_TRACEPOINT_FRAMES);
         }
     }
     // The path is read at exit, not enter: by now the kernel has copied it (getname), so its
     // page is resident, whereas at enter a not-yet-faulted page makes the read fail.
     if let Some(i) = spec::arg_at(spec, spec::PATH_ARG_SHIFT) {
-        read_path(event, arg(&in_flight.args, i));
+        read_path(event, arg(&call.args, i));
     }
     if let Some(i) = spec::arg_at(spec, spec::FD_PAIR_ARG_SHIFT) {
-        if let Ok(pair) = unsafe { bpf_probe_read_user(arg(&in_flight.args, i) as *const [i32; 2]) } {
+        if let Ok(pair) = unsafe { bpf_probe_read_user(arg(&call.args, i) as *const [i32; 2]) } {
             event.aux_fds[0] = pair[0];
             event.aux_fds[1] = pair[1];
             event.aux_count = 2;
@@ -201,13 +279,13 @@ fn fill(
         }
     }
     if let Some(i) = spec::arg_at(spec, spec::DEREF_ARG_SHIFT) {
-        if let Ok(value) = unsafe { bpf_probe_read_user(arg(&in_flight.args, i) as *const u64) } {
+        if let Ok(value) = unsafe { bpf_probe_read_user(arg(&call.args, i) as *const u64) } {
             event.deref = value;
             event.flags |= syscall_flags::DEREF_VALID;
         }
     }
     if spec & spec::MSGHDR != 0 {
-        collect_scm_rights(event, in_flight.args[1]);
+        collect_scm_rights(event, call.args[1]);
     } else if spec & spec::MMSGHDR != 0 {
         let messages = if ret as usize > MAX_MMSGS {
             event.flags |= syscall_flags::AUX_TRUNCATED;
@@ -219,10 +297,17 @@ fn fill(
             if m >= messages {
                 break;
             }
-            collect_scm_rights(event, in_flight.args[1] + m as u64 * MMSGHDR_SIZE);
+            collect_scm_rights(event, call.args[1] + m as u64 * MMSGHDR_SIZE);
         }
     }
 }
+
+/// Kernel frames of the raw tracepoint's own machinery at the top of a kernel stack taken
+/// here: this program, `bpf_trace_run2` and `__bpf_trace_sys_exit` (kernel/trace/bpf_trace.c,
+/// the `__bpf_trace_##call` probes of include/trace/bpf_probe.h). Skipped
+/// (`BPF_F_SKIP_FIELD_MASK`), the stack starts where the syscall's own exit path calls the
+/// tracepoint (`syscall_exit_work`), as the per-syscall tracepoints' stacks did.
+const RAW_TRACEPOINT_FRAMES: u64 = 3;
 
 /// Argument `index` (0..6); out of range reads as 0. Written without indexing so that no
 /// bounds-check panic path reaches the verifier.
@@ -306,20 +391,4 @@ fn collect_scm_rights(event: &mut SyscallEvent, msghdr: u64) {
         // CMSG_NXTHDR: lengths are aligned to sizeof(long).
         offset += (cmsg_len + 7) & !7;
     }
-}
-
-#[tracepoint]
-pub fn close_enter(ctx: TracePointContext) -> u32 {
-    finish(try_close_enter(&ctx))
-}
-
-fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return Ok(());
-    }
-    let fd: u64 = unsafe { ctx.read_at(ARGS_OFFSET) }?;
-    let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
-    emit(&event);
-    Ok(())
 }

@@ -86,8 +86,9 @@ impl Plan {
 
 /// The default ring buffer (`--ring-buffer-size`), as the throughput rows state it.
 const DEFAULT_RING: &str = "16M";
-/// bench/churn.c's phases, in the order it prints them.
-const PHASES: [&str; 3] = ["open", "socket", "accept"];
+/// bench/churn.c's phases, in the order it prints them, and their columns.
+const PHASES: [&str; 4] = ["open", "socket", "accept", "getppid"];
+const PHASE_COLUMNS: [&str; 4] = ["open+close", "socket+close", "accept+close", "getppid (untraced call)"];
 /// Descriptors opened per second by the memory workloads: well within what the tracer keeps up
 /// with (see the throughput ladder); what a reader stall loses anyway is shown in the row.
 const HOLD_RATE: u32 = 50_000;
@@ -95,7 +96,8 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 7] = ["overhead", "throughput", "memory", "startup", "python", "holders", "soak"];
+pub const SECTIONS: [&str; 8] =
+    ["floor", "overhead", "throughput", "memory", "startup", "python", "holders", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -106,6 +108,7 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     let root = sh::workspace_root();
     let bench = Bench {
         helios: root.join("target/release/helios-trace"),
+        before: std::env::var_os("HELIOS_TRACE_BEFORE").map(PathBuf::from),
         dir: root.join("target/bench"),
         source: root.join("bench"),
     };
@@ -120,7 +123,8 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
+        ("floor", floor),
         ("overhead", overhead),
         ("throughput", throughput),
         ("memory", memory),
@@ -149,6 +153,9 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 
 struct Bench {
     helios: PathBuf,
+    /// Another helios-trace binary to compare with in the overhead rows (`HELIOS_TRACE_BEFORE`,
+    /// e.g. a build of the previous design), when set.
+    before: Option<PathBuf>,
     dir: PathBuf,
     source: PathBuf,
 }
@@ -171,8 +178,22 @@ impl Bench {
 
     /// helios-trace with `args`, once attached.
     fn helios(&self, args: &[String]) -> Result<Attached> {
-        let mut command = Command::new(&self.helios);
+        self.helios_of(&self.helios, args)
+    }
+
+    /// The helios-trace binary `binary` with `args`, once attached.
+    fn helios_of(&self, binary: &Path, args: &[String]) -> Result<Attached> {
+        let mut command = Command::new(binary);
         command.args(["--format", "json", "--view", "quiet"]).args(args);
+        Attached::start(command, |line| line.starts_with("helios-trace: attached"))
+    }
+
+    /// helios-trace attaching the floor of `kind` (empty programs: sys/loader.rs,
+    /// HELIOS_TRACE_FLOOR), once attached.
+    fn floor(&self, kind: &str) -> Result<Attached> {
+        let mut command = Command::new(&self.helios);
+        command.env("HELIOS_TRACE_FLOOR", kind).args(["--format", "json", "--view", "quiet"]);
+        command.args(["--reconcile-interval", "0", "--python-frames", "off"]);
         Attached::start(command, |line| line.starts_with("helios-trace: attached"))
     }
 
@@ -195,6 +216,10 @@ enum Tracer {
     Bpftrace {
         stacks: bool,
     },
+    /// The floor of one attach kind (HELIOS_TRACE_FLOOR): empty programs, every process.
+    Floor(&'static str),
+    /// The `HELIOS_TRACE_BEFORE` binary with its defaults.
+    Before,
 }
 
 impl Tracer {
@@ -205,6 +230,16 @@ impl Tracer {
             Tracer::Helios(args) => format!("helios-trace {}", args.join(" ")),
             Tracer::Bpftrace { stacks: true } => "bpftrace peer.bt (ustack)".into(),
             Tracer::Bpftrace { stacks: false } => "bpftrace peer.bt (no stack)".into(),
+            Tracer::Floor("tracepoints") => {
+                "floor: empty programs on syscalls/sys_{enter,exit}_X of the 35 calls + sys_enter_close"
+                    .into()
+            }
+            Tracer::Floor("raw") => "floor: raw sys_enter + sys_exit, a spec lookup each".into(),
+            Tracer::Floor("raw-exit") => {
+                "floor: raw sys_exit (spec lookup) + syscalls/sys_enter_close".into()
+            }
+            Tracer::Floor(kind) => format!("floor {kind}"),
+            Tracer::Before => "helios-trace before (HELIOS_TRACE_BEFORE, default: dwarf)".into(),
         }
     }
 
@@ -219,6 +254,12 @@ impl Tracer {
                 Some(bench.helios(&all)?)
             }
             Tracer::Bpftrace { stacks } => Some(bench.bpftrace(pid, stacks)?),
+            Tracer::Floor(kind) => Some(bench.floor(kind)?),
+            Tracer::Before => {
+                let binary = bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")?;
+                let args = ["--pid".into(), pid.to_string(), "--reconcile-interval".into(), "0".into()];
+                Some(bench.helios_of(binary, &args)?)
+            }
         })
     }
 }
@@ -233,6 +274,17 @@ fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
     Ok(Report::parse(&stdout)?.lost)
 }
 
+/// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
+/// floor.rs) as the per-syscall design attached them, and as one raw tracepoint pair.
+fn floor(bench: &Bench, plan: &Plan) -> Result<String> {
+    let tracers =
+        [Tracer::Untraced, Tracer::Floor("tracepoints"), Tracer::Floor("raw"), Tracer::Floor("raw-exit")];
+    let title = "### The floor: an empty program per attach kind";
+    let intro = "Empty programs, attached system-wide (every process pays them, as the DaemonSet's \
+                 programs are), no record, no map but the spec array";
+    churn_table(bench, plan, &tracers, title, intro)
+}
+
 fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
     let tracers = [
         Tracer::Untraced,
@@ -242,19 +294,30 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
+    let before = [Tracer::Before];
+    let tracers: Vec<Tracer> =
+        tracers.iter().chain(if bench.before.is_some() { &before[..] } else { &[] }).copied().collect();
+    let title = "### Overhead on the traced program";
+    let intro = "both tools filtered to the workload's pid";
+    churn_table(bench, plan, &tracers, title, intro)
+}
+
+/// bench/churn.c under each of `tracers`, alternated: a row per tracer, a column pair (ns, ×
+/// untraced) per phase.
+fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intro: &str) -> Result<String> {
     // samples[tracer][phase] = ns per operation, one per repetition.
     let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
     let mut slow = vec![0u64; tracers.len()];
     for rep in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
-            eprintln!("xtask bench: overhead {}/{} {}", rep + 1, plan.reps, tracer.name());
+            eprintln!("xtask bench: {title} {}/{} {}", rep + 1, plan.reps, tracer.name());
             let mut workload =
                 bench.workload("churn", &[plan.churn_ops.to_string(), plan.gap_us.to_string()])?;
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
+            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
             for (p, phase) in PHASES.iter().enumerate() {
                 let (mean, preempted) = timing(&output, phase)?;
                 samples[t][p].push(mean);
@@ -263,21 +326,30 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         }
     }
     let mut table = format!(
-        "\n### Overhead on the traced program\n\n{} ops per phase, {} µs pause after each, median of {} \
-         alternated runs [min–max] of the mean ns per operation; both tools filtered to the \
-         workload's pid. Operations over 100 µs (preempted) are left out of the means and \
-         counted (all phases and runs).\n\n\
-         | variant | open+close ns | × | socket+close ns | × | accept+close ns | × | ops > 100 µs | lost |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "\n{title}\n\n{} ops per phase, {} µs pause after each, median of {} \
+         alternated runs [min–max] of the mean ns per operation; {intro}. Operations over 100 µs \
+         (preempted) are left out of the means and counted (all phases and runs).\n\n| variant ",
         plan.churn_ops, plan.gap_us, plan.reps
     );
+    for column in PHASE_COLUMNS {
+        write!(table, "| {column} ns | × ")?;
+    }
+    table.push_str("| ops > 100 µs | lost |\n|");
+    for _ in 0..(PHASES.len() * 2 + 3) {
+        table.push_str(" --- |");
+    }
+    table.push('\n');
     let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
     for (t, tracer) in tracers.iter().enumerate() {
         write!(table, "| {} ", tracer.name())?;
         for (p, s) in samples[t].iter().enumerate() {
             write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
         }
-        let lost = if matches!(tracer, Tracer::Helios(_)) { lost[t].to_string() } else { "–".into() };
+        let lost = if matches!(tracer, Tracer::Helios(_) | Tracer::Before) {
+            lost[t].to_string()
+        } else {
+            "–".into()
+        };
         writeln!(table, "| {} | {lost} |", slow[t])?;
     }
     Ok(table)
@@ -615,22 +687,25 @@ fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
         ("every process (/proc baseline of all)", vec![]),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
+    let mut exits = vec![Vec::new(); variants.len()];
     for _ in 0..plan.startup_runs {
         for (v, (_, args)) in variants.iter().enumerate() {
             let tracer = bench.helios(args)?;
             samples[v].push(tracer.attached_after.as_secs_f64() * 1000.0);
-            tracer.stop()?;
+            exits[v].push(tracer.stop_timed()?.1.as_secs_f64() * 1000.0);
         }
     }
     drop(sleeper);
     let mut table = format!(
         "\n### Startup\n\nFrom spawning helios-trace to its \"attached\" line (printed once every \
-         program is attached and the /proc baseline is loaded), median of {} alternated runs [min–max].\n\n\
-         | variant | ms to attached |\n| --- | --- |\n",
+         program is attached and the /proc baseline is loaded), and from the last line of its report (after \
+         SIGINT) to its exit (detaching every program, freeing the maps), median of {} alternated runs \
+         [min–max].\n\n\
+         | variant | ms to attached | ms from report to exit |\n| --- | --- | --- |\n",
         plan.startup_runs
     );
-    for ((name, _), s) in variants.iter().zip(&samples) {
-        writeln!(table, "| {name} | {} |", spread(s))?;
+    for (((name, _), s), e) in variants.iter().zip(&samples).zip(&exits) {
+        writeln!(table, "| {name} | {} | {} |", spread(s), spread(e))?;
     }
     Ok(table)
 }
@@ -856,6 +931,8 @@ struct Attached {
     child: Child,
     attached_after: Duration,
     stdout: Arc<Mutex<String>>,
+    /// When the last line reached stdout (the end of the report, once stopped).
+    last_output: Arc<Mutex<Option<Instant>>>,
     readers: Vec<thread::JoinHandle<()>>,
 }
 
@@ -874,9 +951,12 @@ impl Attached {
         let out = BufReader::new(child.stdout.take().expect("piped"));
         let err = BufReader::new(child.stderr.take().expect("piped"));
         let (kept, to_out) = (stdout.clone(), lines.clone());
+        let last_output = Arc::new(Mutex::new(None));
+        let last = last_output.clone();
         let readers = vec![
             thread::spawn(move || {
                 for line in out.lines().map_while(Result::ok) {
+                    *last.lock().expect("no reader panics") = Some(Instant::now());
                     let _ = to_out.send(line.clone());
                     let mut kept = kept.lock().expect("no reader panics");
                     kept.push_str(&line);
@@ -889,7 +969,7 @@ impl Attached {
                 }
             }),
         ];
-        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, readers };
+        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, last_output, readers };
         let mut said = Vec::new();
         loop {
             match seen.recv_timeout(Duration::from_secs(60)) {
@@ -924,7 +1004,13 @@ impl Attached {
     }
 
     /// SIGINT, wait for it to exit (at most a minute), and its stdout.
-    fn stop(mut self) -> Result<String> {
+    fn stop(self) -> Result<String> {
+        Ok(self.stop_timed()?.0)
+    }
+
+    /// As `stop`, and the time from the report's last line to the exit (detaching the
+    /// programs and freeing the maps happen in between), to within the 1 ms poll.
+    fn stop_timed(mut self) -> Result<(String, Duration)> {
         // SAFETY: a signal to our own child, by its pid.
         unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -935,8 +1021,9 @@ impl Attached {
             if Instant::now() > deadline {
                 bail!("tracer {} did not stop within a minute of SIGINT", self.pid());
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(1));
         };
+        let exited = Instant::now();
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
@@ -944,7 +1031,12 @@ impl Attached {
         if !status.success() {
             bail!("tracer exited with {status}");
         }
-        Ok(stdout)
+        let report_to_exit = self
+            .last_output
+            .lock()
+            .expect("readers joined")
+            .map_or(Duration::ZERO, |last| exited.saturating_duration_since(last));
+        Ok((stdout, report_to_exit))
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use helios_trace_common::{PythonOffsets, SETTINGS_GLOBAL, Settings, counter, map_name, spec, stack_mode};
 use log::{info, warn};
@@ -24,8 +24,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
-/// Tracepoints without which there is nothing to trace: the kernel is unsupported.
-const REQUIRED_SYSCALLS: [&str; 3] = ["openat", "socket", "close"];
+/// The raw tracepoints every descriptor syscall is seen at (include/trace/events/syscalls.h);
+/// tracefs lists them as `raw_syscalls/sys_enter` and `sys_exit`.
+const SYSCALL_HOOKS: [&str; 2] = ["sys_enter", "sys_exit"];
+
+/// Set to `tracepoints`, `raw` or `raw-exit`, the loader attaches the floor instead of the
+/// tracer: empty programs of each attach kind (helios-trace-ebpf/src/floor.rs), which
+/// `cargo xtask bench`'s "floor" section measures. Nothing is traced then.
+const FLOOR_ENV: &str = "HELIOS_TRACE_FLOOR";
 
 #[derive(Clone, Debug)]
 pub(crate) struct TraceConfig {
@@ -106,10 +112,10 @@ impl Tracer {
         checks::check_bpf_capabilities(checks::own_capabilities())?;
         raise_memlock_limit();
         let tracefs = ensure_tracefs()?;
-        for name in REQUIRED_SYSCALLS {
-            if !checks::tracepoint_exists(&tracefs, "syscalls", &format!("sys_enter_{name}")) {
+        for name in SYSCALL_HOOKS {
+            if !checks::tracepoint_exists(&tracefs, "raw_syscalls", name) {
                 bail!(
-                    "this kernel has no syscalls/sys_enter_{name} tracepoint (needs CONFIG_FTRACE_SYSCALLS): cannot trace descriptors"
+                    "this kernel has no raw_syscalls/{name} tracepoint (needs CONFIG_FTRACE_SYSCALLS): cannot trace descriptors"
                 );
             }
         }
@@ -147,32 +153,34 @@ impl Tracer {
 
         let table = SyscallTable::native();
         let mut attached = Vec::new();
-        let mut specs = Vec::new();
+        let stacks = config.user_stack_mode != stack_mode::NONE || config.kernel_stacks;
+        // Which calls the programs act on, by native number: the table's, and close (at enter).
+        let mut specs: Vec<(u32, &str, u32)> = table
+            .specs()
+            .map(|(nr, call, call_spec)| {
+                (nr, call.name(), if stacks { call_spec } else { call_spec & !spec::STACK })
+            })
+            .collect();
+        specs.push((libc::SYS_close as u32, "close", spec::CLOSE));
 
-        load_program(&mut ebpf, "fd_syscall_enter")?;
-        load_program(&mut ebpf, "fd_syscall_exit")?;
-        for (nr, call, call_spec) in table.specs() {
-            let enter = format!("sys_enter_{}", call.name());
-            let exit = format!("sys_exit_{}", call.name());
-            if !checks::tracepoint_exists(&tracefs, "syscalls", &enter)
-                || !checks::tracepoint_exists(&tracefs, "syscalls", &exit)
-            {
-                warn!("tracepoint syscalls/{enter} is missing on this kernel: {} is not traced", call.name());
-                continue;
+        if let Ok(floor) = std::env::var(FLOOR_ENV) {
+            attach_floor(&mut ebpf, &tracefs, &floor, &table, &mut attached)?;
+        } else {
+            // One raw tracepoint pair for every call (ARCHITECTURE.md, Kernel side): two
+            // programs to attach and detach instead of one per call and direction.
+            for (program, hook) in [("fd_syscall_exit", "sys_exit"), ("close_enter", "sys_enter")] {
+                let raw: &mut RawTracePoint = ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("program {program} is missing from the eBPF object"))?
+                    .try_into()?;
+                raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
+                raw.attach(hook)
+                    .with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
+                attached.push(format!("raw_syscalls/{hook}"));
             }
-            attach(&mut ebpf, "fd_syscall_enter", "syscalls", &enter, &mut attached)?;
-            attach(&mut ebpf, "fd_syscall_exit", "syscalls", &exit, &mut attached)?;
-            let stacks = config.user_stack_mode != stack_mode::NONE || config.kernel_stacks;
-            let call_spec = if stacks { call_spec } else { call_spec & !spec::STACK };
-            specs.push((nr, call, call_spec));
         }
-        load_program(&mut ebpf, "close_enter")?;
-        attach(&mut ebpf, "close_enter", "syscalls", "sys_enter_close", &mut attached)?;
-        for (program, category, name) in [
-            ("task_newtask", "task", "task_newtask"),
-            ("process_exec", "sched", "sched_process_exec"),
-            ("process_exit", "sched", "sched_process_exit"),
-        ] {
+        let lifecycle = if std::env::var_os(FLOOR_ENV).is_some() { &[][..] } else { &LIFECYCLE[..] };
+        for &(program, category, name) in lifecycle {
             if !checks::tracepoint_exists(&tracefs, category, name) {
                 warn!(
                     "tracepoint {category}/{name} is missing on this kernel: process lifecycle is followed by reconciliation only"
@@ -186,8 +194,8 @@ impl Tracer {
         // Only now that every program is attached do the programs start acting on a syscall:
         // the spec array is what turns them on.
         let mut spec_array: Array<_, u32> = Array::try_from(map_mut(&mut ebpf, map_name::SYSCALL_SPECS)?)?;
-        for (nr, call, call_spec) in specs {
-            spec_array.set(nr, call_spec, 0).with_context(|| format!("cannot configure {}", call.name()))?;
+        for (nr, name, call_spec) in specs {
+            spec_array.set(nr, call_spec, 0).with_context(|| format!("cannot configure {name}"))?;
         }
 
         let events = RingBuf::try_from(take_map(&mut ebpf, map_name::EVENTS)?)?;
@@ -254,6 +262,63 @@ impl Tracer {
             program_errors: sum(counter::PROGRAM_ERROR),
         }
     }
+}
+
+/// The process lifecycle's programs and their tracepoints.
+const LIFECYCLE: [(&str, &str, &str); 3] = [
+    ("task_newtask", "task", "task_newtask"),
+    ("process_exec", "sched", "sched_process_exec"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// The floor (`FLOOR_ENV`): `tracepoints` puts the empty tracepoint program on every
+/// `syscalls/sys_enter_X` and `sys_exit_X` of the table and on `sys_enter_close` (the attach
+/// set of the per-syscall design); `raw` the empty raw pair (a spec lookup each); `raw-exit`
+/// the raw exit with the tracepoint on `sys_enter_close`.
+fn attach_floor(
+    ebpf: &mut Ebpf,
+    tracefs: &Path,
+    floor: &str,
+    table: &SyscallTable,
+    attached: &mut Vec<String>,
+) -> Result<()> {
+    let (per_call, raw_enter, raw_exit, close_tp) = match floor {
+        "tracepoints" => (true, false, false, true),
+        "raw" => (false, true, true, false),
+        "raw-exit" => (false, false, true, true),
+        other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw or raw-exit"),
+    };
+    if per_call || close_tp {
+        load_program(ebpf, "floor_tracepoint")?;
+    }
+    if per_call {
+        for (_, call, _) in table.specs() {
+            for direction in ["enter", "exit"] {
+                let name = format!("sys_{direction}_{}", call.name());
+                if checks::tracepoint_exists(tracefs, "syscalls", &name) {
+                    attach(ebpf, "floor_tracepoint", "syscalls", &name, attached)?;
+                }
+            }
+        }
+    }
+    if close_tp {
+        attach(ebpf, "floor_tracepoint", "syscalls", "sys_enter_close", attached)?;
+    }
+    for (program, hook, wanted) in
+        [("floor_raw_enter", "sys_enter", raw_enter), ("floor_raw_exit", "sys_exit", raw_exit)]
+    {
+        if !wanted {
+            continue;
+        }
+        let raw: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} is missing from the eBPF object"))?
+            .try_into()?;
+        raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
+        raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
+        attached.push(format!("raw_syscalls/{hook}"));
+    }
+    Ok(())
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {

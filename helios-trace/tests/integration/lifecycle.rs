@@ -314,3 +314,42 @@ fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
     }
     every_call_issued_raw_keeps_the_table_exact(rawcalls_musl_bin());
 }
+
+/// ia32 syscalls (`int $0x80`, here from a 64-bit process) have numbers of their own, which
+/// the raw sys_enter/sys_exit tracepoints see as well: ia32's read is 3 (native close), its dup
+/// 41 (native socket). They must not be read as native calls; like the kernel's own syscall
+/// tracepoints, helios-trace leaves them untraced (README: ia32 syscalls are not traced).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn ia32_syscalls_are_not_read_as_native_ones() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let file = w.run(&format!("open {} 0", w.path("plain")))[0] as i32;
+    let copy = w.run(&format!("ia32-read-dup {file}"))[0] as i32;
+    let truth = proc_fds(pid);
+    assert_eq!(truth.get(&copy).map(String::as_str), Some("file"), "{truth:?}");
+    // A native call after them: once its record is in, the ia32 ones' would be too.
+    let marker = w.run("eventfd")[0] as i32;
+    let mut table = reported_fds(&tracer.snapshot(), pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !table.contains_key(&marker) {
+        assert!(Instant::now() < deadline, "the eventfd never showed: {table:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        table = reported_fds(&tracer.snapshot(), pid);
+    }
+    // The ia32 read did not close the file, the ia32 dup made no socket (and, untraced, is
+    // not in the table: reconciliation would find it, off here).
+    assert_eq!(table.get(&file).map(String::as_str), Some("file"), "{table:?}");
+    assert_eq!(table.get(&copy), None, "{table:?}");
+    assert!(table.values().all(|kind| kind != "socket"), "{table:?}");
+    let mut expected = truth.clone();
+    expected.remove(&copy);
+    expected.insert(marker, "eventfd".into());
+    assert_eq!(table, expected);
+    tracer.stop();
+    w.exit();
+}

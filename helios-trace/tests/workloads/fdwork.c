@@ -405,6 +405,23 @@ static void handle(char *line) {
     } else if (!strcmp(cmd, "recvmmsg-fds")) {
         sscanf(line, "%*s %ld", &a);
         recv_fds((int)a, 1);
+    } else if (!strcmp(cmd, "ia32-read-dup")) { /* ia32-read-dup FD: ia32 read(FD, buf, 0) and dup(FD) */
+#if defined(__x86_64__)
+        /* Through int $0x80, the ia32 syscalls of a 64-bit process (arch/x86/entry/syscalls/
+         * syscall_32.tbl): read is 3 (native close), dup is 41 (native socket). The ia32 ABI
+         * cuts the buffer pointer to 32 bits, so the read asks for 0 bytes and never uses it. */
+        long r;
+        char byte;
+        sscanf(line, "%*s %ld", &a);
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(3L), "b"(a), "c"(&byte), "d"(0L) : "memory");
+        if (r < 0) { errno = (int)-r; reply("err %s", strerror(errno)); return; }
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(41L), "b"(a) : "memory");
+        if (r < 0) { errno = (int)-r; reply("err %s", strerror(errno)); return; }
+        fd = (int)r;
+        reply_fds(1, &fd);
+#else
+        reply("err not x86_64");
+#endif
     } else if (!strcmp(cmd, "close")) {
         sscanf(line, "%*s %ld", &a);
         CHECK(close((int)a));
