@@ -288,8 +288,10 @@ fn the_live_view_shows_the_holder_line_under_the_site() {
     leaky.exec();
     let held = leaky.run("count")[0];
     let line = format!("held by __main__{HELD_BY_THE_SET} (set of {held}) via .");
-    // Move the selection down the rows (and back up) until the site is the selected one.
-    let deadline = Instant::now() + Duration::from_secs(40);
+    // Move the selection down the rows (and back up) until the site is the selected one. The
+    // walk behind the line waits for the site's CLOSE_WAIT to be seen: on a loaded CI machine
+    // 40 s were once not enough.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut presses = 0;
     let screen = loop {
         let screen = tmux.screen();
