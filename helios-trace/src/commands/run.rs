@@ -35,11 +35,13 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     validate_output(&files, args.session.output.as_deref(), "report")?;
     validate_output(&files, args.session.flamegraph.as_deref(), "flame graph")?;
     let program = launch::resolve(&args.command[0]).map_err(Failure::Usage)?;
+    let image = launch::executable_image(&program);
     let gated = launch::start_gated(program, &args.command, Identity::from_sudo())?;
     let mut settings = trace_settings(&args.session.trace);
     settings.pids.push(gated.pid());
     // Should this fail, dropping `gated` closes the gate: the command exits unrun.
-    let tracing = Tracing::start(&settings, proc_root)?;
+    let mut tracing = Tracing::start(&settings, proc_root)?;
+    tracing.before_exec(gated.pid(), &image);
     // The command may run as another user (sudo): passing it signals needs CAP_KILL.
     let mut keep = privileges::needed_by(settings.kernel_stacks);
     keep.push(caps::Capability::CAP_KILL);

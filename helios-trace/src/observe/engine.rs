@@ -158,6 +158,12 @@ impl Engine {
         self.python.enable(on);
     }
 
+    /// `pid`, held before its exec, is about to exec `program` (resolve/python,
+    /// `before_exec`).
+    pub(crate) fn python_before_exec(&mut self, pid: u32, program: &std::path::Path) {
+        self.python.before_exec(pid, program);
+    }
+
     /// When the Python probe has a retry due (a CPython whose runtime is not mapped yet, or not
     /// checked yet), boot-clock ns.
     pub(crate) fn python_next_due(&self) -> Option<u64> {

@@ -269,6 +269,13 @@ impl Tracing {
         self.tracer.attached()
     }
 
+    /// `pid`, held at its gate (`helios-trace run`'s command), is about to exec `program`:
+    /// a CPython known before it runs has its frames walked from its first line.
+    pub(crate) fn before_exec(&mut self, pid: u32, program: &std::path::Path) {
+        self.engine.python_before_exec(pid, program);
+        apply_python_updates(&mut self.engine, &mut self.tracer);
+    }
+
     /// Handle every record waiting in the ring buffer.
     pub(crate) fn drain(&mut self) {
         let ring = self.ring.records();

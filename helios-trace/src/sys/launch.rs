@@ -11,7 +11,7 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::{ffi::OsStrExt as _, process::CommandExt as _},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus},
 };
 
@@ -21,6 +21,44 @@ use tokio::sync::{oneshot, watch};
 /// The program a command names: a path (with a slash) or a name looked up in PATH.
 pub(crate) fn resolve(program: &OsStr) -> Result<PathBuf, String> {
     which::which(program).map_err(|_| format!("cannot run {}: no such command", program.to_string_lossy()))
+}
+
+/// The executable the kernel will run for `program`: `program` itself, or for a script, the
+/// interpreter of its `#!` line (one level, as the kernel's binfmt_script reads it: the first
+/// word, then at most one argument), with `#!/usr/bin/env NAME` looked up in PATH. For
+/// `helios-trace run -- app.py` or `-- gunicorn …` (a console script) that is the Python
+/// interpreter the session can know before the exec (resolve/python, `offsets_before_exec`).
+pub(crate) fn executable_image(program: &Path) -> PathBuf {
+    let mut head = [0u8; 256];
+    let read = File::open(program).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    match shebang(&head[..read]) {
+        Some(Interpreter::Path(path)) => path,
+        Some(Interpreter::Search(name)) => which::which(name).unwrap_or_else(|_| program.to_path_buf()),
+        None => program.to_path_buf(),
+    }
+}
+
+/// A script's interpreter, as its `#!` line names it.
+#[derive(Debug, PartialEq, Eq)]
+enum Interpreter {
+    Path(PathBuf),
+    /// `env NAME`: NAME, found in PATH.
+    Search(OsString),
+}
+
+/// The interpreter of a script whose file starts with `head`, if it starts with `#!`.
+fn shebang(head: &[u8]) -> Option<Interpreter> {
+    let line = head.strip_prefix(b"#!")?;
+    // The kernel reads the line up to its end or the end of the first 256 bytes.
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let mut words = line.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
+    let interpreter = Path::new(OsStr::from_bytes(words.next()?));
+    if interpreter.file_name() != Some(OsStr::new("env")) {
+        return Some(Interpreter::Path(interpreter.to_path_buf()));
+    }
+    // env's options (-S splits the rest into words) and NAME=value assignments come first.
+    let name = words.find(|w| !w.starts_with(b"-") && !w.contains(&b'='))?;
+    Some(Interpreter::Search(OsStr::from_bytes(name).to_os_string()))
 }
 
 /// The user to run the command as.
@@ -269,6 +307,24 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
         assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+    }
+
+    #[test]
+    fn a_script_runs_the_interpreter_its_shebang_names() {
+        let path = |p: &str| Some(Interpreter::Path(PathBuf::from(p)));
+        let search = |n: &str| Some(Interpreter::Search(OsString::from(n)));
+        assert_eq!(shebang(b"#!/usr/bin/python3\nimport os\n"), path("/usr/bin/python3"));
+        assert_eq!(shebang(b"#! /usr/bin/python3.11 -u\n"), path("/usr/bin/python3.11"));
+        assert_eq!(shebang(b"#!/usr/bin/env python3\n"), search("python3"));
+        assert_eq!(shebang(b"#!/usr/bin/env -S PYTHONUNBUFFERED=1 python3 -u\n"), search("python3"));
+        assert_eq!(shebang(b"\x7fELF\x02\x01"), None, "a binary is run itself");
+        assert_eq!(shebang(b"#!/usr/bin/env\n"), None);
+        assert_eq!(shebang(b"#!/usr/bin/python3"), path("/usr/bin/python3"), "a file of one line");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("app");
+        std::fs::write(&script, "#!/usr/bin/env sh\necho\n").unwrap();
+        assert_eq!(executable_image(&script), resolve(OsStr::new("sh")).unwrap());
+        assert_eq!(executable_image(Path::new("/bin/sh")), Path::new("/bin/sh"));
     }
 
     #[test]

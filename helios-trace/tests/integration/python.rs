@@ -568,16 +568,38 @@ fn python_started_under_the_tracer_has_frames_from_its_first_line() {
 /// Issue 21: `helios-trace run -- python3 app.py`, app.py opening at module level on its first
 /// line: its sites are named by their Python lines while it runs (a snapshot, SIGUSR1), every
 /// site it still holds at exit has Python frames, each interpreter.
+///
+/// Exact where the tracer can know the interpreter before its exec (the command is a CPython
+/// executable at a fixed address, Debian's, or a script whose `#!` line names one: the kernel
+/// has its offsets before it runs, resolve/python `offsets_before_exec`): nothing is missed.
+/// An interpreter exec'd by another program (chroot(1) into a root of its own) or one the
+/// loader places (pyenv's, in a libpython) is probed at its exec, racing its startup: what its
+/// first lines opened may lack Python frames, and is then counted missed.
 #[test]
 fn run_names_every_site_of_a_python_command() {
     if !require_bpf() {
         return;
     }
-    for python in interpreters() {
-        let name = python.name();
-        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // The startup script as an executable script of the host's interpreter.
+    let shebang = scratch.path().join("pystartup.py");
+    let source = std::fs::read_to_string(startup_script()).unwrap();
+    std::fs::write(&shebang, format!("#!/usr/bin/python3\n{source}")).unwrap();
+    std::fs::set_permissions(&shebang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut commands: Vec<(String, Command, PathBuf, bool)> = interpreters()
+        .iter()
+        .map(|python| {
+            let (command, script) = python.direct_command(&startup_script(), &["--exit", "/tmp"]);
+            let known_before_exec = python.root.is_none() && !python.python.starts_with(PYENV);
+            (python.name(), command, script, known_before_exec)
+        })
+        .collect();
+    let mut script = Command::new(&shebang);
+    script.args(["--exit", "/tmp"]);
+    commands.push((format!("{} (#!/usr/bin/python3)", shebang.display()), script, shebang.clone(), true));
+    for (name, command, script, known_before_exec) in commands {
         let report_file = scratch.path().join("report.json");
-        let (command, script) = python.direct_command(&startup_script(), &["--exit", "/tmp"]);
+        let _ = std::fs::remove_file(&report_file);
         let mut run = Command::new(crate::support::helios_trace_bin())
             .args(["run", "--format", "json", "--view", "quiet", "--list-fds", "-o"])
             .arg(&report_file)
@@ -608,26 +630,35 @@ fn run_names_every_site_of_a_python_command() {
             serde_json::from_str(&std::fs::read_to_string(&report_file).ok()?).ok()
         });
         assert_eq!(reported_fds(&snapshot, pid), proc_fds(pid), "{name}: the report and /proc");
-        for (fd, label) in fds.iter().zip(startup_labels(&lines)) {
-            check_startup_site(site_of(&snapshot, pid, *fd), &label, &script, &format!("{name} fd {fd}"));
-        }
         drop(run.stdin.take());
         assert!(run.wait().unwrap().success(), "{name}");
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
         assert_eq!(report["command"]["pid"], pid, "{name}");
+        let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
         let p = process(&report, pid).unwrap_or_else(|| panic!("{name}: {report:#}"));
         let sites = p["sites"].as_array().unwrap();
-        for label in startup_labels(&lines) {
-            let site = sites.iter().find(|s| s["frame"] == label.as_str());
-            let site = site.unwrap_or_else(|| panic!("{name}: no {label} site: {p:#}"));
-            assert_eq!(site["open"], 1, "{name}: held at exit: {site:#}");
-            check_startup_site(site, &label, &script, &name);
+        // Every descriptor held at exit, but those inherited.
+        let held: Vec<&Value> =
+            sites.iter().filter(|s| s["open"].as_u64() > Some(0) && s["site"] != "before-trace").collect();
+        let unnamed = held.iter().filter(|s| python_frames(s).is_empty()).count() as u64;
+        for (report, when) in [(&snapshot, "running"), (&report, "at exit")] {
+            for (fd, label) in fds.iter().zip(startup_labels(&lines)) {
+                let site = site_of(report, pid, *fd);
+                let what = format!("{name} fd {fd} {when}");
+                if known_before_exec || !python_frames(site).is_empty() {
+                    check_startup_site(site, &label, &script, &what);
+                }
+            }
         }
-        // Every descriptor held at exit, but those inherited: Python frames.
-        for site in sites.iter().filter(|s| s["open"].as_u64() > Some(0) && s["site"] != "before-trace") {
-            assert!(!python_frames(site).is_empty(), "{name}: {site:#}");
+        if known_before_exec {
+            assert_eq!(missed, 0, "{name}: known before its exec, nothing is missed");
+            assert_eq!(unnamed, 0, "{name}: every held site has Python frames: {p:#}");
+        } else {
+            assert!(
+                unnamed <= missed,
+                "{name}: {unnamed} held sites without Python frames, {missed} counted: {p:#}"
+            );
         }
-        assert!(report["events"]["python_frames_missed"].is_u64(), "{name}: {:#}", report["events"]);
     }
 }
 

@@ -172,22 +172,9 @@ fn locate(
 ) -> Result<Interpreter, PythonError> {
     let (runtime, code_type) = runtime_address(proc_root, pid, maps, mapping)?;
     let memory = Memory::open(proc_root, pid)?;
-    let layout = match static_layout(minor) {
-        Some(layout) => layout,
-        None => {
-            let mut bytes = vec![0u8; DEBUG_OFFSETS_LEN];
-            memory.read(runtime, &mut bytes)?;
-            layout_from_debug_offsets(&bytes, minor)?
-        }
-    };
-    let mut offsets = layout.kernel;
-    offsets.interpreters_head = runtime + layout.interpreters_head;
-    offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
-    (offsets.pidns_dev, offsets.pidns_ino) = proc::pid_namespace(proc_root, pid).ok_or(PythonError::Gone)?;
-    if minor == 10 {
-        // Until the thread states can be searched for it (check), glibc's usual offset.
-        offsets.pthread_tid = GLIBC_X86_64_PTHREAD_TID;
-    }
+    let layout = layout_at(minor, |bytes| memory.read(runtime, bytes))?;
+    let pidns = proc::pid_namespace(proc_root, pid).ok_or(PythonError::Gone)?;
+    let offsets = kernel_offsets(&layout, runtime, pidns)?;
     let started = memory.u64(offsets.interpreters_head)? != 0;
     Ok(Interpreter {
         path: mapping.path.to_string(),
@@ -199,6 +186,80 @@ fn locate(
         sites: LruCache::new(MAX_SITES),
         started,
     })
+}
+
+/// The layout of CPython 3.`minor`: its table, or (3.13+) the `_Py_DebugOffsets` at the
+/// start of `_PyRuntime`, which `read_runtime` fills.
+fn layout_at(
+    minor: u32,
+    read_runtime: impl FnOnce(&mut [u8]) -> Result<(), PythonError>,
+) -> Result<Layout, PythonError> {
+    if let Some(layout) = static_layout(minor) {
+        return Ok(layout);
+    }
+    let mut bytes = vec![0u8; DEBUG_OFFSETS_LEN];
+    read_runtime(&mut bytes)?;
+    layout_from_debug_offsets(&bytes, minor)
+}
+
+/// What the kernel walks a process with: `layout`, its `_PyRuntime` at `runtime`, its pid
+/// namespace (nsfs device in the kernel's encoding, inode).
+fn kernel_offsets(
+    layout: &Layout,
+    runtime: u64,
+    (dev, ino): (u64, u64),
+) -> Result<PythonOffsets, PythonError> {
+    let mut offsets = layout.kernel;
+    offsets.interpreters_head = runtime + layout.interpreters_head;
+    offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
+    (offsets.pidns_dev, offsets.pidns_ino) = (dev, ino);
+    if layout.minor == 10 {
+        // Until the thread states can be searched for it (check), glibc's usual offset.
+        offsets.pthread_tid = GLIBC_X86_64_PTHREAD_TID;
+    }
+    Ok(offsets)
+}
+
+/// The kernel's offsets for a process that is about to exec `program` (`helios-trace run`'s
+/// command, held at its gate), when they can be known before it runs: `program` is a CPython
+/// executable linked at a fixed address (ET_EXEC, as Debian builds its `python3.X`) holding its
+/// own `_PyRuntime`, so the runtime's address is the symbol's and its `_Py_DebugOffsets` are
+/// the file's bytes there (static data, initialized: Python/pylifecycle.c, `_PyRuntime =
+/// _PyRuntimeState_INIT`). Given to the kernel before the exec, they let it walk the
+/// interpreter's frames from its first Python code: no race against its startup. A
+/// position-independent interpreter or one whose runtime is in a libpython is placed by the
+/// loader at exec: `None`, it is probed at its exec like any other. `pidns`: the process's pid
+/// namespace (it does not change at exec).
+pub(crate) fn offsets_before_exec(
+    program: &Path,
+    pidns: (u64, u64),
+) -> Result<Option<PythonOffsets>, PythonError> {
+    let canonical = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let path = canonical.to_string_lossy().into_owned();
+    let Some(minor) = version_of(&path) else { return Ok(None) };
+    let minor = minor?;
+    let elf_error = |reason: String| PythonError::Elf { path: path.clone(), reason };
+    let bytes = std::fs::read(&canonical).map_err(|e| elf_error(e.to_string()))?;
+    let elf = object::File::parse(&*bytes).map_err(|e| elf_error(e.to_string()))?;
+    if elf.kind() != object::ObjectKind::Executable {
+        return Ok(None);
+    }
+    let Some(runtime) = elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok("_PyRuntime"))
+    else {
+        return Ok(None);
+    };
+    let runtime = runtime.address();
+    let layout = layout_at(minor, |out| {
+        let in_file = elf.segments().find_map(|s| {
+            let (offset, size) = s.file_range();
+            let at = runtime.checked_sub(s.address()).filter(|at| at + out.len() as u64 <= size)?;
+            bytes.get((offset + at) as usize..(offset + at) as usize + out.len())
+        });
+        let in_file = in_file.ok_or_else(|| elf_error("_PyRuntime is not in the file".into()))?;
+        out.copy_from_slice(in_file);
+        Ok(())
+    })?;
+    kernel_offsets(&layout, runtime, pidns).map(Some)
 }
 
 impl Interpreter {
@@ -334,4 +395,33 @@ pub(crate) fn runtime_of(proc_root: &Path, pid: u32) -> Option<Result<(u64, u32)
     let maps = ProcessMaps::parse(&image::maps(proc_root, pid)?);
     let (mapping, version) = interpreter_mapping(&maps)?;
     Some(version.and_then(|minor| Ok((runtime_address(proc_root, pid, &maps, mapping)?.0, minor))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian's interpreter (cargo xtask setup installs it) is linked at a fixed address: its
+    /// offsets are known before it runs, with the runtime where its symbol is. A program that
+    /// is no CPython, and a name that says Python on another file, are not.
+    #[test]
+    fn a_fixed_address_interpreter_is_known_before_its_exec() {
+        let python = Path::new("/usr/bin/python3");
+        let offsets = offsets_before_exec(python, (7, 9)).unwrap().expect("Debian's python3 is ET_EXEC");
+        let bytes = std::fs::read(std::fs::canonicalize(python).unwrap()).unwrap();
+        let elf = object::File::parse(&*bytes).unwrap();
+        let runtime = elf.dynamic_symbols().find(|s| s.name() == Ok("_PyRuntime")).unwrap().address();
+        let layout = static_layout(11).unwrap();
+        assert_eq!(offsets.interpreters_head, runtime + layout.interpreters_head);
+        assert_eq!((offsets.pidns_dev, offsets.pidns_ino), (7, 9));
+        assert_eq!(offsets_before_exec(Path::new("/bin/sh"), (7, 9)), Ok(None));
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("python3.12");
+        std::fs::copy("/bin/sh", &fake).unwrap();
+        assert_eq!(
+            offsets_before_exec(&fake, (7, 9)),
+            Ok(None),
+            "no fixed-address CPython: probed at its exec"
+        );
+    }
 }

@@ -41,9 +41,9 @@ pub(crate) mod layout;
 pub(crate) mod lines;
 mod memory;
 
-/// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
-pub(crate) use interpreter::runtime_of;
 use interpreter::{Interpreter, probe};
+/// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
+pub(crate) use interpreter::{offsets_before_exec, runtime_of};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum PythonError {
@@ -138,6 +138,8 @@ pub(crate) struct PythonProcesses {
     warned: HashSet<String>,
     /// Descriptors opened by a running CPython before the kernel walked its frames.
     missed: u64,
+    /// Processes given offsets before their exec (`before_exec`), until it is seen.
+    before_exec: HashSet<u32>,
 }
 
 impl PythonProcesses {
@@ -150,6 +152,7 @@ impl PythonProcesses {
             updates: Vec::new(),
             warned: HashSet::new(),
             missed: 0,
+            before_exec: HashSet::new(),
         }
     }
 
@@ -167,7 +170,9 @@ impl PythonProcesses {
         // record probes it again; the kernel's entry is replaced in one update, never removed
         // in between (a walk would be missed).
         self.pending.remove(&pid);
-        let was_python = matches!(self.processes.remove(&pid), Some(State::Python { .. }));
+        let given_before_exec = self.before_exec.remove(&pid);
+        let was_python =
+            matches!(self.processes.remove(&pid), Some(State::Python { .. })) || given_before_exec;
         let retry = Retry { next_ns: 0, since_ns: now_ns };
         self.processes.insert(pid, State::Pending { retry, unwalked: 0 });
         self.try_probe(pid, now_ns);
@@ -194,8 +199,30 @@ impl PythonProcesses {
     /// The process is gone or replaced its image.
     pub(crate) fn forget(&mut self, pid: u32) {
         self.pending.remove(&pid);
-        if let Some(State::Python { .. }) = self.processes.remove(&pid) {
+        let before_exec = self.before_exec.remove(&pid);
+        if matches!(self.processes.remove(&pid), Some(State::Python { .. })) || before_exec {
             self.updates.push((pid, None));
+        }
+    }
+
+    /// `pid` (held before its exec: `helios-trace run`'s command) is about to exec `program`:
+    /// when that is a CPython whose runtime's address is known before it runs
+    /// (`offsets_before_exec`), the kernel gets its offsets now and walks its frames from its
+    /// first Python code (no startup gap, no race). Its exec's record probes it as usual and
+    /// replaces them, or takes them back if it exec'd something else.
+    pub(crate) fn before_exec(&mut self, pid: u32, program: &std::path::Path) {
+        if !self.enabled {
+            return;
+        }
+        let Some(pidns) = crate::sys::proc::pid_namespace(&self.proc_root, pid) else { return };
+        match offsets_before_exec(program, pidns) {
+            Ok(Some(offsets)) => {
+                log::info!("process {pid}: CPython ({}) known before its exec", program.display());
+                self.before_exec.insert(pid);
+                self.updates.push((pid, Some(offsets)));
+            }
+            Ok(None) => {}
+            Err(err) => log::debug!("process {pid}: {} not known before its exec: {err}", program.display()),
         }
     }
 
