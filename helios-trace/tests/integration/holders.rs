@@ -24,23 +24,13 @@ fn server_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/holders_server.py")
 }
 
-/// python.rs's workload commands but Debian trixie's CPython 3.13: on that build the walk's
-/// 3.13 layout (resolve/holders/layout.rs, checked against pyenv's 3.13.0) loses the GC list at
-/// its first object ("a GC list broke off"), an open gap of issue 15 the report states as
-/// `heap.stopped`; the tests must not claim what it does not do.
-fn walkable_commands(script: &std::path::Path, args: &[&str]) -> Vec<(String, std::process::Command)> {
-    let mut commands = python::workload_commands(script, args);
-    commands.retain(|(name, _)| !name.contains("trixie-python3.13"));
-    commands
-}
-
 /// The postmortem server, leaky and fixed, on every CPython of the machine (python.rs's
 /// interpreters: Debian's 3.11, pyenv's 3.10 to 3.13, Debian sid's 3.14 chrooted in its root),
 /// with the interpreter's name and minor version.
 fn servers() -> Vec<(Workload, Workload, String, u32)> {
     let script = server_script();
-    let leaky = walkable_commands(&script, &[]);
-    let fixed = walkable_commands(&script, &["--fixed"]);
+    let leaky = python::workload_commands(&script, &[]);
+    let fixed = python::workload_commands(&script, &["--fixed"]);
     leaky
         .into_iter()
         .zip(fixed)
@@ -321,7 +311,7 @@ fn suspended_coroutines_hold_their_connections_in_their_locals() {
     }
     let own = std::process::id().to_string();
     let mut tracer = Tracer::start(&["--pid", &own]);
-    let servers: Vec<(Workload, String)> = walkable_commands(&server_script(), &["--coroutine"])
+    let servers: Vec<(Workload, String)> = python::workload_commands(&server_script(), &["--coroutine"])
         .into_iter()
         .map(|(name, command)| (Workload::spawn_command(command), name))
         .collect();

@@ -126,8 +126,12 @@ fn every_descriptor_syscall_and_implicit_close_keeps_the_table_exact() {
 
     // exec in a child closes its close-on-exec descriptors, and only those.
     let exec_child = w.run("fork-exec")[0] as u32;
-    wait_until("the child to exec", || {
+    // Exec'd, and past the loader (which opens and closes the libraries): idle in pause(2),
+    // syscall 34 on x86_64 (/proc/PID/syscall: the number of the syscall it is blocked in).
+    wait_until("the child to exec and idle", || {
         std::fs::read(format!("/proc/{exec_child}/cmdline")).is_ok_and(|c| c.ends_with(b"idle\0"))
+            && std::fs::read_to_string(format!("/proc/{exec_child}/syscall"))
+                .is_ok_and(|s| s.starts_with("34 "))
     });
     checkpoint(&mut tracer, exec_child, "child after exec");
     assert!(proc_fds(exec_child).len() < proc_fds(pid).len(), "exec closed something");

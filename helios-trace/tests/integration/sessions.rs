@@ -106,8 +106,10 @@ fn a_timed_session_prints_a_json_report() {
     }
     // Activity of our own during the session, so the report cannot be empty by accident.
     let mut work = Workload::spawn();
+    // Its pid only: tests beside this one flood a node-wide session's ring buffer (a lost
+    // record is counted, but this test's four opens could be among them).
     let mut child = Command::new(helios_trace_bin())
-        .args(["--duration", "2s", "--format", "json"])
+        .args(["--duration", "2s", "--format", "json", "--pid", &work.pid.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

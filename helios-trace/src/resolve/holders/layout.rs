@@ -37,6 +37,9 @@ pub(crate) struct HeapLayout {
     pub(crate) generations: u64,
     /// `&interp->gc.permanent_generation` (`gc.freeze()`).
     pub(crate) interp_permanent: u64,
+    /// `&interp->gc.generation0`, the collector's own pointer to generation 0's list head, where
+    /// a build may place the generations other than the headers say (walk.rs).
+    pub(crate) interp_generation0: Option<u64>,
     pub(crate) tp_name: u64,
     pub(crate) tp_basicsize: u64,
     pub(crate) tp_flags: u64,
@@ -162,6 +165,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             generation_size: 24,
             generations: 3,
             interp_permanent: 648 + 104,
+            interp_generation0: None,
             tp_name: 24,
             tp_basicsize: 32,
             tp_flags: 168,
@@ -237,6 +241,10 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             interp_threads_head: 7344,
             interp_generations: 7400 + 24,
             interp_permanent: 7400 + 104,
+            // Debian 13's 3.13.5 has its generations at gc + 20 (its patch
+            // gchead-alignment.diff gives PyGC_Head 4-byte alignment: measured, generation0
+            // pointing there), the upstream build at 24; `generation0` says which.
+            interp_generation0: Some(7400 + 96),
             tstate_cframe: None,
             cframe_current_frame: 72,
             managed_dict: ManagedDict::Inline,
@@ -264,6 +272,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             interpreters_head: 808,
             interp_generations: 7432,
             interp_permanent: 7504,
+            interp_generation0: None,
             frame_owner: 74,
             frame_localsplus: 80,
             stackref_tag: 3,

@@ -85,6 +85,21 @@ impl Walk {
     }
 }
 
+/// Where generation 0's list head is: the headers' place, or where the collector's own
+/// `gc.generation0` points when that is up to 8 bytes before it (a build that packs the
+/// generations tighter: layout.rs, 3.13). Anything else is not believed.
+fn generations_start<M: Memory>(memory: &mut M, layout: &HeapLayout, interp: u64) -> u64 {
+    let headers = interp.wrapping_add(layout.interp_generations);
+    let Some(pointer) = layout.interp_generation0.and_then(|at| memory.u64(interp.wrapping_add(at))) else {
+        return headers;
+    };
+    if (headers.wrapping_sub(8)..=headers).contains(&pointer) && pointer.is_multiple_of(4) {
+        pointer
+    } else {
+        headers
+    }
+}
+
 /// Walk the heap of the interpreter whose `_PyRuntime` is at `runtime`.
 pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budget: &Budget) -> Option<Walk> {
     let started = Instant::now();
@@ -96,8 +111,9 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     // The objects: each generation's list is a ring of PyGC_Head through `_gc_next` (its low
     // bits are flags during a collection: masked), each object right after its head.
     let mut addresses = Vec::new();
+    let first = generations_start(&mut r.memory, &layout, interp);
     let heads = (0..layout.generations)
-        .map(|i| interp.wrapping_add(layout.interp_generations + i * layout.generation_size))
+        .map(|i| first.wrapping_add(i * layout.generation_size))
         .chain([interp.wrapping_add(layout.interp_permanent)]);
     'lists: for head in heads {
         let mut gc = r.memory.u64(head)? & !3;
