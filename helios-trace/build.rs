@@ -19,7 +19,26 @@ use helios_trace_ebpf as _;
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     revision();
+    kernel_tests();
     build_ebpf(&out_dir)
+}
+
+/// The kernel tests (tests/integration) load eBPF programs, which needs root. Built by another
+/// user without HELIOS_TRACE_REQUIRE_BPF=1 (a plain `cargo test`), they are compiled as ignored,
+/// with that reason, so the summary says they did not run instead of counting them as passed.
+/// (`cargo xtask test` runs as root with HELIOS_TRACE_REQUIRE_BPF=1: they run, and fail rather
+/// than skip.) Whoever builds is who runs, in a plain `cargo test`.
+fn kernel_tests() {
+    println!("cargo::rustc-check-cfg=cfg(kernel_tests_not_root)");
+    println!("cargo:rerun-if-env-changed=HELIOS_TRACE_REQUIRE_BPF");
+    let required = env::var("HELIOS_TRACE_REQUIRE_BPF").is_ok_and(|v| v == "1");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // `Uid:` real, effective, saved, filesystem.
+    let euid =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1));
+    if !required && euid != Some("0") {
+        println!("cargo:rustc-cfg=kernel_tests_not_root");
+    }
 }
 
 /// The git revision built (`--version`, `helios_trace_build_info`), "unknown" outside a git

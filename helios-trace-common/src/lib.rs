@@ -398,6 +398,27 @@ pub mod counter {
 pub const TARGET_ENTRIES: u32 = 65536;
 /// Capacity of the map of `--cgroup` targets.
 pub const TARGET_CGROUP_ENTRIES: u32 = 64;
+/// Capacity of each of `TARGET_COMMS` and `TARGET_UIDS` (`--comm`, `--uid`).
+pub const TARGET_MATCH_ENTRIES: u32 = 64;
+
+/// Bits of [`Settings::filter_matches`].
+pub mod filter_match {
+    /// `TARGET_COMMS` holds `--comm` names.
+    pub const COMMS: u32 = 1;
+    /// `TARGET_UIDS` holds `--uid` ids.
+    pub const UIDS: u32 = 2;
+}
+
+/// A `--comm` name as the kernel keeps a task's (`TASK_COMM_LEN`): at most 15 bytes, zero
+/// padded, as `bpf_get_current_comm` copies it. `None` for a longer name, which no task has.
+pub fn comm_key(name: &[u8]) -> Option<[u8; 16]> {
+    if name.is_empty() || name.len() > 15 || name.contains(&0) {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    key[..name.len()].copy_from_slice(name);
+    Some(key)
+}
 /// How deep below the root of the cgroup v2 hierarchy the kernel looks for a `--cgroup` target
 /// among a task's ancestors (systemd and Kubernetes nest 3 to 6 levels).
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -430,8 +451,9 @@ pub struct Settings {
     /// field exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the
     /// group's.
     pub exit_group_dead_offset: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Which of `--comm` and `--uid` are on: [`filter_match`] bits (`TARGET_COMMS`,
+    /// `TARGET_UIDS` hold them). A task that matches makes its process a target (`TARGETS`).
+    pub filter_matches: u32,
     /// Wake the reader only once this many bytes wait in the ring buffer (userspace also polls
     /// on a short timer, so a quiet buffer is still drained); 0 wakes it on every record.
     pub wakeup_bytes: u64,
@@ -449,7 +471,7 @@ impl Settings {
         stack_window: 8192,
         kernel_stacks: 0,
         exit_group_dead_offset: 0,
-        reserved: 0,
+        filter_matches: 0,
         wakeup_bytes: 0,
     };
 }
@@ -471,7 +493,8 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     /// Stack-trace map of frame-pointer user stacks and kernel stacks.
     pub const STACKS: &str = "STACKS";
-    /// `--pid` targets and the processes they forked: tgid -> 1.
+    /// `--pid` targets, processes a `--comm` or `--uid` target matched, and the processes they
+    /// forked: tgid -> 1.
     pub const TARGETS: &str = "TARGETS";
     /// CPython processes whose frames are walked: tgid -> [`super::PythonOffsets`].
     pub const PYTHON_PROCS: &str = "PYTHON_PROCS";
@@ -479,6 +502,10 @@ pub mod map_name {
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
     pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
+    /// `--comm` targets ([`super::comm_key`]): name -> 1.
+    pub const TARGET_COMMS: &str = "TARGET_COMMS";
+    /// `--uid` targets (real uids, as the initial user namespace numbers them): uid -> 1.
+    pub const TARGET_UIDS: &str = "TARGET_UIDS";
     /// Per-CPU time of the last forced wake-up of the reader.
     pub const LAST_WAKEUP: &str = "LAST_WAKEUP";
     /// What to do per native syscall number ([`super::spec`]).

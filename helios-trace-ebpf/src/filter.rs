@@ -1,10 +1,11 @@
-//! Which tasks are traced: not the tracer itself; with `--pid` or `--cgroup`, only the targets
-//! (the settings say which filters are on, the TARGETS and TARGET_CGROUPS maps hold them).
-use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
-use helios_trace_common::MAX_CGROUP_DEPTH;
+//! Which tasks are traced: not the tracer itself; with `--pid`, `--cgroup`, `--comm` or
+//! `--uid`, only the targets (the settings say which filters are on, the TARGETS,
+//! TARGET_CGROUPS, TARGET_COMMS and TARGET_UIDS maps hold them).
+use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid};
+use helios_trace_common::{MAX_CGROUP_DEPTH, filter_match};
 
 use crate::{
-    maps::{TARGET_CGROUPS, TARGETS},
+    maps::{TARGET_CGROUPS, TARGET_COMMS, TARGET_UIDS, TARGETS},
     settings,
 };
 
@@ -17,7 +18,28 @@ pub fn is_traced(tgid: u32) -> bool {
     if !settings::filtering_targets() {
         return true;
     }
-    is_target_pid(tgid) || in_target_cgroup()
+    is_target_pid(tgid) || in_target_cgroup() || matches_comm_or_uid(tgid)
+}
+
+/// The calling task has a `--comm` name or runs as a `--uid` user: its process becomes a
+/// target, followed by its pid from now on (its other threads, whatever their names, and the
+/// children it forks, as with `--pid`). Userspace reads what it already held from /proc at its
+/// first record.
+#[inline(always)]
+fn matches_comm_or_uid(tgid: u32) -> bool {
+    let filters = settings::filter_matches();
+    if filters == 0 {
+        return false;
+    }
+    let named = filters & filter_match::COMMS != 0
+        && bpf_get_current_comm().is_ok_and(|comm| unsafe { TARGET_COMMS.get(&comm) }.is_some());
+    // The low half is the real uid (kernel/bpf/helpers.c, bpf_get_current_uid_gid).
+    let uid = bpf_get_current_uid_gid() as u32;
+    let user = !named && filters & filter_match::UIDS != 0 && unsafe { TARGET_UIDS.get(&uid) }.is_some();
+    if named || user {
+        let _ = TARGETS.insert(&tgid, &1, 0);
+    }
+    named || user
 }
 
 /// A `--pid` target, or a process it forked.

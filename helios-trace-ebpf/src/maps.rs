@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES,
-    TARGET_ENTRIES, counter,
+    TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -54,6 +54,17 @@ shared_map! {
     /// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
     /// `Settings::filter_cgroups` is set (`--cgroup`): id -> 1.
     TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
+}
+
+shared_map! {
+    /// `--comm` names (`helios_trace_common::comm_key`): name -> 1, when
+    /// `Settings::filter_matches` has `filter_match::COMMS`.
+    TARGET_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(TARGET_MATCH_ENTRIES, 0);
+}
+
+shared_map! {
+    /// `--uid` real uids: uid -> 1, when `Settings::filter_matches` has `filter_match::UIDS`.
+    TARGET_UIDS: HashMap<u32, u32> = HashMap::with_max_entries(TARGET_MATCH_ENTRIES, 0);
 }
 
 shared_map! {

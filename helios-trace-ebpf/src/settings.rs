@@ -33,6 +33,12 @@ pub fn filtering_targets() -> bool {
     setting!(filter_targets) != 0
 }
 
+/// `helios_trace_common::filter_match` bits: which of `--comm` and `--uid` are on.
+#[inline(always)]
+pub fn filter_matches() -> u32 {
+    setting!(filter_matches)
+}
+
 #[inline(always)]
 pub fn filtering_cgroups() -> bool {
     setting!(filter_cgroups) != 0

@@ -59,7 +59,7 @@ fn stage(binary: &Path, rootfs: &Path) -> Result<()> {
 
 /// The absolute paths in `ldd` output: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)`
 /// and the loader's `/lib64/ld-linux-x86-64.so.2 (0x…)`; the vDSO has no file.
-fn linked_libraries(ldd: &str) -> Vec<PathBuf> {
+pub(crate) fn linked_libraries(ldd: &str) -> Vec<PathBuf> {
     ldd.lines()
         .filter_map(|line| {
             let path = match line.split_once("=>") {

@@ -1,10 +1,11 @@
-//! `cargo xtask setup | run -- ARGS | test | bench | fuzz | completions | man`: the commands the README
+//! `cargo xtask setup | run -- ARGS | test | bench | fuzz | install | deb | completions | man`: the commands the README
 //! gives. Each one sets up what is missing first, so a fresh machine needs nothing installed by
 //! hand.
 mod bench;
 mod docs;
 mod fuzz;
 mod image;
+mod install;
 mod roots;
 mod setup;
 mod sh;
@@ -66,6 +67,24 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build helios-trace (release) and install it, its man pages and its shell completions under
+    /// PREFIX (bin/, share/man/man1/, and each shell's completion directory).
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install this helios-trace binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+    /// Build a Debian package of helios-trace (release) with dpkg-deb; prints its path.
+    Deb {
+        /// Package this helios-trace binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Directory to write the package to (relative to the workspace root).
+        #[arg(long, default_value = "target/deb")]
+        out_dir: PathBuf,
     },
     /// Write shell completions for helios-trace (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -150,6 +169,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if args.is_empty() {
                 fuzz::run(&[], fuzz::TEST_SECONDS)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install { prefix, binary } => {
+            if binary.is_none() {
+                setup::ensure(false)?;
+            }
+            let binary = install::release_binary(binary)?;
+            for path in install::install(&binary, &prefix)? {
+                eprintln!("xtask install: {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deb { binary, out_dir } => {
+            if binary.is_none() {
+                setup::ensure(false)?;
+            }
+            let binary = install::release_binary(binary)?;
+            println!("{}", install::deb(&binary, &sh::workspace_root().join(out_dir))?.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { out_dir } => {

@@ -27,7 +27,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
 /// keyring the roots of other suites are verified with; Go (golang-go) for the Go workloads built
 /// stripped and unstripped, Node.js for the JIT workload that writes a perf map; curl for
-/// serve's TLS and client certificate tests.
+/// serve's TLS and client certificate tests; man-db for the test of `cargo xtask install`.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "podman",
@@ -44,6 +44,7 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-go",
     "nodejs",
     "curl",
+    "man-db",
 ];
 
 pub fn ensure(for_tests: bool) -> Result<()> {

@@ -185,9 +185,18 @@ pub(crate) struct TraceArgs {
     #[arg(short, long = "pid", value_name = "PID")]
     pub(crate) pids: Vec<u32>,
     /// Only processes in this cgroup v2 directory or below it, those that start there later
-    /// included (repeatable; with --pid, either).
+    /// included (repeatable; with the other filters, any).
     #[arg(long = "cgroup", value_name = "DIR")]
     pub(crate) cgroups: Vec<PathBuf>,
+    /// Only processes with this name (the kernel's comm, as `ps -o comm` shows it; at most 15
+    /// bytes), those that take it later by exec included, and what they fork (repeatable;
+    /// with the other filters, any).
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse::parse_comm)]
+    pub(crate) comms: Vec<[u8; 16]>,
+    /// Only processes running as this user (real uid, as the host numbers it), those that
+    /// become it later included, and what they fork (repeatable; with the other filters, any).
+    #[arg(long = "uid", value_name = "UID")]
+    pub(crate) uids: Vec<u32>,
     /// How to capture the stack that opened each descriptor.
     #[arg(long, value_enum, default_value_t = StackMode::Dwarf)]
     pub(crate) stacks: StackMode,

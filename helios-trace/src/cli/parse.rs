@@ -1,4 +1,4 @@
-//! The parsers of option values: durations, intervals, sizes.
+//! The parsers of option values: durations, intervals, sizes, process names.
 use std::time::Duration;
 
 use helios_trace_common::MAX_STACK_WINDOW;
@@ -64,9 +64,34 @@ pub(super) fn parse_stack_window(text: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
+/// A process name as the kernel keeps it (`TASK_COMM_LEN`): 1 to 15 bytes. A longer name is
+/// refused rather than cut: the kernel cut the process's own name at 15 bytes, and the user
+/// would not see which 15 are matched.
+pub(super) fn parse_comm(text: &str) -> Result<[u8; 16], String> {
+    helios_trace_common::comm_key(text.as_bytes()).ok_or_else(|| {
+        if text.is_empty() {
+            "a process name cannot be empty".to_string()
+        } else {
+            let cut: String = text.bytes().take(15).map(char::from).collect();
+            format!("'{text}' is longer than the 15 bytes the kernel keeps of a process name (it would be '{cut}')")
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_names() {
+        assert_eq!(parse_comm("nginx"), Ok(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"));
+        assert_eq!(parse_comm("exactly15bytes!").map(|k| k[15]), Ok(0));
+        assert_eq!(
+            parse_comm("python3-worker-pool").unwrap_err(),
+            "'python3-worker-pool' is longer than the 15 bytes the kernel keeps of a process name (it would be 'python3-worker-')"
+        );
+        assert!(parse_comm("").is_err());
+    }
 
     #[test]
     fn durations() {

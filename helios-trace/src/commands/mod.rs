@@ -132,6 +132,8 @@ fn trace_settings(trace: &TraceArgs) -> TraceSettings {
     TraceSettings {
         pids: trace.pids.clone(),
         cgroups: trace.cgroups.clone(),
+        comms: trace.comms.clone(),
+        uids: trace.uids.clone(),
         user_stack_mode: trace.stacks.kernel_mode(),
         stack_window: trace.stack_window,
         kernel_stacks: trace.kernel_stacks,

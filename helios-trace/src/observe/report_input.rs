@@ -37,7 +37,10 @@ impl Tracing {
         let events = self.event_counts();
         let corrections = self.corrections();
         let proc_root = self.proc_root.clone();
-        let filtered = !self.targets.is_empty() || !self.target_cgroups.is_empty();
+        let filtered = !self.targets.is_empty()
+            || !self.target_cgroups.is_empty()
+            || !self.target_comms.is_empty()
+            || !self.target_uids.is_empty();
         let mut cmdlines = std::collections::HashMap::new();
         let tgids: Vec<u32> = self.engine.table().processes().map(|(t, _)| t).collect();
         for tgid in tgids {

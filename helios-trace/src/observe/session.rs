@@ -51,6 +51,9 @@ pub(crate) struct Tracing {
     pub(super) proc_root: PathBuf,
     pub(super) targets: Vec<u32>,
     pub(super) target_cgroups: Vec<PathBuf>,
+    /// `--comm` names and `--uid` ids, for the "attached" line.
+    pub(super) target_comms: Vec<[u8; 16]>,
+    pub(super) target_uids: Vec<u32>,
     pub(super) started_at: SystemTime,
     pub(super) started: Instant,
     reconcile_interval: Duration,
@@ -125,6 +128,10 @@ pub(crate) struct TraceSettings {
     pub(crate) pids: Vec<u32>,
     /// Only processes in or below these cgroup v2 directories.
     pub(crate) cgroups: Vec<PathBuf>,
+    /// Only processes with these names (`helios_trace_common::comm_key`), running as these
+    /// users (real uids), and what they fork: matched at the start, then at each record.
+    pub(crate) comms: Vec<[u8; 16]>,
+    pub(crate) uids: Vec<u32>,
     /// How the kernel captures user stacks: `helios_trace_common::stack_mode`.
     pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call with `stack_mode::DWARF`.
@@ -153,9 +160,17 @@ impl Tracing {
             .map(|dir| cgroups::resolve(dir))
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
+        // Those already running: targets by pid from the start, their other threads (whatever
+        // their names) and children included, as the kernel makes those it matches later.
+        let matched = proc::matching(proc_root, &args.comms, &args.uids);
+        let own = std::process::id();
+        let targets: Vec<u32> =
+            args.pids.iter().chain(matched.iter().filter(|p| **p != own)).copied().collect();
         let config = TraceConfig {
-            targets: args.pids.clone(),
+            targets: targets.clone(),
             target_cgroups: cgroups.iter().map(|c| c.id).collect(),
+            target_comms: args.comms.clone(),
+            target_uids: args.uids.clone(),
             user_stack_mode: args.user_stack_mode,
             stack_window: args.stack_window,
             kernel_stacks: args.kernel_stacks,
@@ -181,11 +196,12 @@ impl Tracing {
         engine.enable_python(args.python_frames);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
-        let own = std::process::id();
-        let pids: Vec<u32> = if args.pids.is_empty() && cgroups.is_empty() {
+        let everything =
+            args.pids.is_empty() && cgroups.is_empty() && args.comms.is_empty() && args.uids.is_empty();
+        let pids: Vec<u32> = if everything {
             proc::pids(proc_root).into_iter().filter(|p| *p != own).collect()
         } else {
-            let mut pids = args.pids.clone();
+            let mut pids = targets;
             pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| *p != own));
             pids.sort_unstable();
             pids.dedup();
@@ -203,6 +219,8 @@ impl Tracing {
             proc_root: proc_root.to_path_buf(),
             targets: args.pids.clone(),
             target_cgroups: args.cgroups.clone(),
+            target_comms: args.comms.clone(),
+            target_uids: args.uids.clone(),
             started_at,
             started: Instant::now(),
             reconcile_interval: args.reconcile_interval,
@@ -228,7 +246,8 @@ impl Tracing {
         self.engine.retain_exited(limit);
     }
 
-    /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR".
+    /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR",
+    /// "comm NAME", "uid UID".
     pub(crate) fn describe_targets(&self) -> String {
         let mut parts = Vec::new();
         if !self.targets.is_empty() {
@@ -237,6 +256,13 @@ impl Tracing {
         }
         for dir in &self.target_cgroups {
             parts.push(format!("cgroup {}", dir.display()));
+        }
+        for comm in &self.target_comms {
+            let name = comm.split(|b| *b == 0).next().unwrap_or_default();
+            parts.push(format!("comm {}", String::from_utf8_lossy(name)));
+        }
+        for uid in &self.target_uids {
+            parts.push(format!("uid {uid}"));
         }
         if parts.is_empty() { "all processes".to_string() } else { parts.join("; ") }
     }

@@ -12,7 +12,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{RawTracePoint, TracePoint},
 };
-use helios_trace_common::{PythonOffsets, SETTINGS_GLOBAL, Settings, counter, map_name, spec, stack_mode};
+use helios_trace_common::{
+    PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match, map_name, spec, stack_mode,
+};
 use log::{info, warn};
 
 use super::checks;
@@ -39,6 +41,9 @@ pub(crate) struct TraceConfig {
     /// these cgroups (v2 ids); both empty: every process.
     pub(crate) targets: Vec<u32>,
     pub(crate) target_cgroups: Vec<u64>,
+    /// `--comm` names (`helios_trace_common::comm_key`) and `--uid` ids.
+    pub(crate) target_comms: Vec<[u8; 16]>,
+    pub(crate) target_uids: Vec<u32>,
     /// How to capture user stacks: `helios_trace_common::stack_mode`.
     pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call in `stack_mode::DWARF`.
@@ -55,13 +60,19 @@ impl TraceConfig {
     fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32) -> Settings {
         Settings {
             tracer_tgid,
-            filter_targets: u32::from(!self.targets.is_empty() || !self.target_cgroups.is_empty()),
+            filter_targets: u32::from(
+                !self.targets.is_empty()
+                    || !self.target_cgroups.is_empty()
+                    || !self.target_comms.is_empty()
+                    || !self.target_uids.is_empty(),
+            ),
             filter_cgroups: u32::from(!self.target_cgroups.is_empty()),
+            filter_matches: if self.target_comms.is_empty() { 0 } else { filter_match::COMMS }
+                | if self.target_uids.is_empty() { 0 } else { filter_match::UIDS },
             user_stack_mode: self.user_stack_mode,
             stack_window: self.stack_window,
             kernel_stacks: u32::from(self.kernel_stacks),
             exit_group_dead_offset,
-            reserved: 0,
             wakeup_bytes: self.wakeup_bytes,
         }
     }
@@ -148,6 +159,21 @@ impl Tracer {
                 BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_CGROUPS)?)?;
             for id in &config.target_cgroups {
                 cgroups.insert(id, 1, 0).context("cannot fill the cgroup map (at most 64 --cgroup)")?;
+            }
+        }
+
+        if !config.target_comms.is_empty() {
+            let mut comms: BpfHashMap<_, [u8; 16], u32> =
+                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_COMMS)?)?;
+            for comm in &config.target_comms {
+                comms.insert(comm, 1, 0).context("cannot fill the name map (at most 64 --comm)")?;
+            }
+        }
+        if !config.target_uids.is_empty() {
+            let mut uids: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_UIDS)?)?;
+            for uid in &config.target_uids {
+                uids.insert(uid, 1, 0).context("cannot fill the uid map (at most 64 --uid)")?;
             }
         }
 
@@ -405,6 +431,8 @@ mod tests {
         TraceConfig {
             targets: Vec::new(),
             target_cgroups: Vec::new(),
+            target_comms: Vec::new(),
+            target_uids: Vec::new(),
             user_stack_mode: stack_mode::DWARF,
             stack_window: 4096,
             kernel_stacks: true,
@@ -426,17 +454,22 @@ mod tests {
                 stack_window: 4096,
                 kernel_stacks: 1,
                 exit_group_dead_offset: 24,
-                reserved: 0,
+                filter_matches: 0,
                 wakeup_bytes: 65536,
             }
         );
     }
 
     #[test]
-    fn either_target_list_turns_the_filter_on_and_only_cgroups_the_cgroup_filter() {
-        let pids = TraceConfig { targets: vec![7], ..config() }.settings(1, 0);
-        assert_eq!((pids.filter_targets, pids.filter_cgroups), (1, 0));
-        let cgroups = TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0);
-        assert_eq!((cgroups.filter_targets, cgroups.filter_cgroups), (1, 1));
+    fn any_target_list_turns_the_filter_on_and_each_its_own() {
+        let on = |s: Settings| (s.filter_targets, s.filter_cgroups, s.filter_matches);
+        assert_eq!(on(TraceConfig { targets: vec![7], ..config() }.settings(1, 0)), (1, 0, 0));
+        assert_eq!(on(TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0)), (1, 1, 0));
+        let comms = TraceConfig { target_comms: vec![[b'x'; 16]], ..config() }.settings(1, 0);
+        assert_eq!(on(comms), (1, 0, filter_match::COMMS));
+        let both =
+            TraceConfig { target_comms: vec![[b'x'; 16]], target_uids: vec![0], ..config() }.settings(1, 0);
+        assert_eq!(on(both), (1, 0, filter_match::COMMS | filter_match::UIDS));
+        assert_eq!(on(config().settings(1, 0)), (0, 0, 0));
     }
 }

@@ -68,6 +68,7 @@ fn directory_of_user(uid: u32) -> tempfile::TempDir {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn under_sudo_files_are_written_as_the_invoking_user() {
     use std::os::unix::fs::MetadataExt as _;
     if !require_bpf() {
@@ -121,6 +122,7 @@ fn under_sudo_files_are_written_as_the_invoking_user() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn run_names_the_leaking_site_and_passes_the_exit_status_through() {
     if !require_bpf() {
         return;
@@ -151,6 +153,7 @@ fn run_names_the_leaking_site_and_passes_the_exit_status_through() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn run_switches_to_the_sudo_user_and_reports_signals() {
     if !require_bpf() {
         return;
@@ -179,6 +182,7 @@ fn run_switches_to_the_sudo_user_and_reports_signals() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn slow_growth_among_churn_is_suspected_and_a_steady_site_never() {
     if !require_bpf() {
         return;
@@ -229,6 +233,7 @@ fn slow_growth_among_churn_is_suspected_and_a_steady_site_never() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn sockets_a_server_never_closed_after_the_peer_hung_up_are_close_wait_at_their_site() {
     if !require_bpf() {
         return;
@@ -318,6 +323,7 @@ impl Drop for Tmux {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_live_view_shows_the_leaking_site_and_quits_on_q() {
     if !require_bpf() {
         return;
@@ -364,6 +370,7 @@ fn the_live_view_shows_the_leaking_site_and_quits_on_q() {
 /// `-o FILE` replaces an earlier report whole at the end, and only then: a start that fails and a
 /// session killed before its end leave the earlier report as it was.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn an_earlier_report_survives_a_failed_start_and_a_killed_session() {
     if !require_bpf() {
         return;
@@ -409,6 +416,7 @@ fn an_earlier_report_survives_a_failed_start_and_a_killed_session() {
 /// `--flamegraph FILE`: an SVG of what is open, by the stack that opened it; the leaking
 /// function of a native leaker is in it, as wide as what it leaked.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_flame_graph_names_the_leaking_function() {
     if !require_bpf() {
         return;

@@ -25,6 +25,7 @@ fn symbols(site: &Value) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn stacks_fp_walks_frame_pointers_and_stacks_none_records_no_stack() {
     if !require_bpf() {
         return;
@@ -118,6 +119,7 @@ impl Drop for Piped {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn stacks_deeper_than_the_window_are_cut_and_counted() {
     if !require_bpf() {
         return;
@@ -144,6 +146,7 @@ fn stacks_deeper_than_the_window_are_cut_and_counted() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_memfd_site_shows_the_memory_its_descriptors_pin() {
     if !require_bpf() {
         return;
@@ -177,6 +180,7 @@ fn a_memfd_site_shows_the_memory_its_descriptors_pin() {
 
 /// `run` passes Ctrl-C (SIGINT) on to CMD and exits with CMD's status; a second one kills it.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn ctrl_c_under_run_reaches_the_command_and_a_second_kills_it() {
     if !require_bpf() {
         return;

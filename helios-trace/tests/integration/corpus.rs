@@ -414,6 +414,7 @@ fn corpus_leaks_are_named_and_fixed_variants_never_suspected(python: CorpusPytho
 
 /// Debian's own CPython 3.11, the host's.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn corpus_on_debian_python3_11() {
     if !require_bpf() {
         return;
@@ -423,6 +424,7 @@ fn corpus_on_debian_python3_11() {
 
 /// Debian 13's CPython 3.13, with its own glibc.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn corpus_on_trixie_python3_13() {
     if !require_bpf() {
         return;
@@ -432,6 +434,7 @@ fn corpus_on_trixie_python3_13() {
 
 /// Debian unstable's CPython 3.14, with its own glibc.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn corpus_on_sid_python3_14() {
     if !require_bpf() {
         return;

@@ -248,6 +248,7 @@ fn the_dashboard_asks_for_exported_metrics_only() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_image_builds_and_its_contents_serve_as_the_daemonset_mounts_them() {
     if !require_bpf() {
         return; // podman build, unshare and chroot need root

@@ -79,6 +79,7 @@ fn sites(report: &Value, pid: u32) -> Vec<Value> {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     if !require_bpf() {
         return;
@@ -158,6 +159,7 @@ fn check(report: &Value, mut leaky: Workload, mut fixed: Workload, minor: &str) 
 /// text file's buffer and raw file) are held by it; those opened with os.open, whose
 /// descriptors no Python object owns, say so.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() {
     if !require_bpf() {
         return;
@@ -218,6 +220,7 @@ fn heap_walks(serve: &Serve) -> f64 {
 /// report does (the set, as many as the workload holds), and a process is walked at most once
 /// per --holders-interval however often /sites and /metrics are scraped.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn serve_sites_carry_the_holders_and_walk_each_process_at_most_once_per_interval() {
     if !require_bpf() {
         return;
@@ -267,6 +270,7 @@ fn serve_sites_carry_the_holders_and_walk_each_process_at_most_once_per_interval
 
 /// The live view: the selected CLOSE_WAIT site of the postmortem server shows its holder line.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_live_view_shows_the_holder_line_under_the_site() {
     if !require_bpf() {
         return;
@@ -305,6 +309,7 @@ fn the_live_view_shows_the_holder_line_under_the_site() {
 /// coroutine is a C object). The CLOSE_WAIT sockets are held by the coroutines' locals, on
 /// every CPython the walk knows.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn suspended_coroutines_hold_their_connections_in_their_locals() {
     if !require_bpf() {
         return;

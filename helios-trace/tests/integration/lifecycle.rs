@@ -33,6 +33,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn every_descriptor_syscall_and_implicit_close_keeps_the_table_exact() {
     if !require_bpf() {
         return;
@@ -145,6 +146,7 @@ fn every_descriptor_syscall_and_implicit_close_keeps_the_table_exact() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn descriptors_open_before_tracing_are_reported_before_trace() {
     if !require_bpf() {
         return;
@@ -180,6 +182,7 @@ fn descriptors_open_before_tracing_are_reported_before_trace() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn lost_events_are_counted_and_reconciliation_restores_the_table() {
     if !require_bpf() {
         return;
@@ -304,6 +307,7 @@ fn every_call_issued_raw_keeps_the_table_exact(program: &std::path::Path) {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn every_call_issued_raw_by_a_glibc_program_keeps_the_table_exact() {
     if !require_bpf() {
         return;
@@ -312,6 +316,7 @@ fn every_call_issued_raw_by_a_glibc_program_keeps_the_table_exact() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
     if !require_bpf() {
         return;
@@ -325,6 +330,7 @@ fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
 /// tracepoints, helios-trace leaves them untraced (README: ia32 syscalls are not traced).
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn ia32_syscalls_are_not_read_as_native_ones() {
     if !require_bpf() {
         return;

@@ -15,6 +15,7 @@ mod architecture;
 mod claims;
 mod corpus;
 mod deploy;
+mod filters;
 mod fuzz_corpus;
 mod holders;
 mod lifecycle;

@@ -216,6 +216,7 @@ fn assert_within_10_percent(seen: u64, truth: u64, what: &str) {
 /// that namespace (not 0: the tracer's own namespace does not have them), its TCP states and
 /// CLOSE_WAIT are that namespace's.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn socket_memory_and_tcp_states_come_from_the_process_network_namespace() {
     if !require_bpf() {
         return;
@@ -296,6 +297,7 @@ impl Drop for MemoryCgroup {
 /// process's /proc/PID/cgroup reads `/../pod/ctr` to it, resolved through the host's mount
 /// to the pod's memory use and limit; its socket memory and states from its namespace.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
     if !require_bpf() {
         return;
@@ -353,6 +355,7 @@ fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
 /// the filesystem ids): the site says why its memory is unknown, the report counts it, and the
 /// rest (descriptors, TCP states, limits) is all there.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_socket_memory_that_cannot_be_had_is_explained_and_counted() {
     if !require_bpf() {
         return;
@@ -396,6 +399,7 @@ fn a_socket_memory_that_cannot_be_had_is_explained_and_counted() {
 /// workload in its own pid and network namespaces. The exported open descriptors and socket
 /// memory of the workload are its own.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn serve_with_the_hosts_proc_root_exports_a_pods_sockets() {
     if !require_bpf() {
         return;

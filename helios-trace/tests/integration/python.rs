@@ -319,6 +319,7 @@ fn pid_args(pids: impl IntoIterator<Item = u32>) -> Vec<String> {
 
 /// Interpreters already running when the tracer starts (found at the /proc baseline).
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn python_leaks_are_named_by_function_file_and_line() {
     if !require_bpf() {
         return;
@@ -348,6 +349,7 @@ fn python_leaks_are_named_by_function_file_and_line() {
 
 /// Interpreters started after the tracer (found at their exec, walked once initialized).
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn python_started_after_the_tracer_is_named_too() {
     if !require_bpf() {
         return;
@@ -388,6 +390,7 @@ fn python_started_after_the_tracer_is_named_too() {
 /// Interpreters older than 3.10 (Debian 11's 3.9, pyenv's 3.8 and 3.9 when present): native
 /// frames, one warning each.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn unsupported_interpreter_gets_native_frames_and_one_warning() {
     if !require_bpf() {
         return;
@@ -429,6 +432,7 @@ const POD: &[&str] = &["--pid", "--net", "--mount", "--fork", "--kill-child", "-
 /// Issue 20: thread ids inside a pid namespace are not the kernel's. Every interpreter in its
 /// own pid namespace, and in a pod, has its leaks named as on the host.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn python_in_namespaces_is_named_by_function_file_and_line() {
     if !require_bpf() {
         return;
@@ -516,6 +520,7 @@ impl Drop for TestCgroup {
 /// Issue 21, no startup gap: an interpreter exec'd under a tracer already running has Python
 /// frames from the first line of its main module on, each interpreter, on the host and in a pod.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn python_started_under_the_tracer_has_frames_from_its_first_line() {
     if !require_bpf() {
         return;
@@ -576,6 +581,7 @@ fn python_started_under_the_tracer_has_frames_from_its_first_line() {
 /// loader places (pyenv's, in a libpython) is probed at its exec, racing its startup: what its
 /// first lines opened may lack Python frames, and is then counted missed.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn run_names_every_site_of_a_python_command() {
     if !require_bpf() {
         return;

@@ -49,6 +49,7 @@ fn sites_of_line(report: &Value, pid: u32, line: i64) -> Vec<&Value> {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_warm_python_line_is_one_site_with_every_descriptor() {
     if !require_bpf() {
         return;
@@ -108,6 +109,7 @@ fn a_warm_python_line_is_one_site_with_every_descriptor() {
 /// frames with libc's, each run of interpreter frames folded into one line; `--all-frames`
 /// shows them (the eval loop among them) and folds nothing.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_text_report_folds_interpreter_frames_unless_all_frames() {
     if !require_bpf() {
         return;

@@ -56,6 +56,7 @@ fn site_of(report: &serde_json::Value, pid: u32, fd: i64) -> &serde_json::Value 
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn leaked_sockets_carry_the_memory_the_kernel_reports() {
     if !require_bpf() {
         return;
@@ -100,6 +101,7 @@ fn boot_ns() -> u64 {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_projected_time_to_emfile_is_within_20_percent() {
     if !require_bpf() {
         return;

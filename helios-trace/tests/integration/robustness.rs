@@ -25,6 +25,7 @@ fn settled_memory(tracer: &mut Tracer) -> u64 {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_flood_is_survived_counted_and_healed() {
     if !require_bpf() {
         return;
@@ -93,6 +94,7 @@ fn a_flood_is_survived_counted_and_healed() {
 /// the table, the site's opens and /proc agree exactly at the end. (Without the skip of
 /// descriptors touched meanwhile, engine.rs `finish_reconcile`, this run makes several.)
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn reconciling_during_a_churn_corrects_nothing() {
     if !require_bpf() {
         return;
@@ -138,6 +140,7 @@ fn reconciling_during_a_churn_corrects_nothing() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn ten_thousand_short_lived_processes_leave_nothing_behind() {
     if !require_bpf() {
         return;
@@ -171,6 +174,7 @@ fn ten_thousand_short_lived_processes_leave_nothing_behind() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_exporter_answers_scrapes_through_a_flood_and_heals() {
     if !require_bpf() {
         return;
@@ -234,6 +238,7 @@ fn the_exporter_answers_scrapes_through_a_flood_and_heals() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn hostile_names_are_escaped_and_cut_in_text_json_and_metrics() {
     if !require_bpf() {
         return;
@@ -352,6 +357,7 @@ fn median_kb(samples: &[(f64, u64)], from: f64, to: f64) -> u64 {
 /// gone jobs' sites are forgotten after the retention. (`cargo xtask bench soak` measures the
 /// slope over longer; before the fix this grew by 15 to 74 MB a minute.)
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn job_churn_leaves_the_exporters_memory_flat() {
     if !require_bpf() {
         return;
@@ -418,6 +424,7 @@ fn job_churn_leaves_the_exporters_memory_flat() {
 /// not fill `--max-stacks` (their sites are forgotten once gone for the retention), so a leak
 /// that starts after them is named by its own site, not `site-limit`.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_leak_after_ten_thousand_processes_with_sites_of_their_own_is_named() {
     if !require_bpf() {
         return;

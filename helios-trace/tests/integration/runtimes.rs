@@ -108,6 +108,7 @@ fn symbols_of(site: &Value) -> Vec<&str> {
 /// frames are Go functions named from the binary's own table, the same in both builds; a
 /// connection the program dials itself is its own site, told by the program's function.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
     if !require_bpf() {
         return;
@@ -186,6 +187,7 @@ fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
 /// socket is made within the program's call (one site told by the program's function); a TCP
 /// connection on a later tick of Node's own (one site told by node:net's internalConnect).
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
     if !require_bpf() {
         return;
@@ -241,6 +243,7 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
 /// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
 /// the binary at /app/goleak): named from the pod's own binary as on the host.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     if !require_bpf() {
         return;

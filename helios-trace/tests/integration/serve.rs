@@ -183,6 +183,7 @@ fn unique_name(tag: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn prometheus_answers_exactly_what_leaked_and_forgets_exited_workloads() {
     if !require_bpf() {
         return;
@@ -324,6 +325,7 @@ fn workspace_file(relative: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn sites_beyond_max_sites_fold_and_short_lived_children_expire() {
     if !require_bpf() {
         return;
@@ -378,6 +380,7 @@ fn sites_beyond_max_sites_fold_and_short_lived_children_expire() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn runs_with_only_the_daemonsets_capabilities() {
     if !require_bpf() {
         return;
@@ -443,6 +446,7 @@ fn bad_input_and_a_busy_port_are_one_line_errors() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_full_table_keeps_the_oldest_and_counts_what_it_drops() {
     if !require_bpf() {
         return;
@@ -468,6 +472,7 @@ fn a_full_table_keeps_the_oldest_and_counts_what_it_drops() {
 /// With the kernel's BPF statistics on, each kernel program's runs and time are exported (what
 /// helios-trace costs, next to what it finds); with them off, no such series.
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn kernel_program_costs_are_exported_while_bpf_statistics_are_on() {
     if !require_bpf() {
         return;

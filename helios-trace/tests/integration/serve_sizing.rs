@@ -85,6 +85,7 @@ fn hard_nofile() -> usize {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
     if !require_bpf() {
         return;

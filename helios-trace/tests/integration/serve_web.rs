@@ -117,6 +117,7 @@ fn unix_now() -> f64 {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn scrapes_go_on_while_other_clients_hold_hundreds_of_idle_and_trickling_connections() {
     if !require_bpf() {
         return;
@@ -224,6 +225,7 @@ fn replace_file(path: &Path, text: &str) {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn prometheus_scrapes_over_tls_with_basic_auth_and_the_rest_are_refused() {
     if !require_bpf() {
         return;

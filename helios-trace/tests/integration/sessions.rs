@@ -18,6 +18,7 @@ fn site_open(process: &serde_json::Value, kind: &str, pred: impl Fn(&serde_json:
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn open_counts_match_the_workload_and_proc_exactly() {
     if !require_bpf() {
         return;
@@ -72,6 +73,7 @@ fn open_counts_match_the_workload_and_proc_exactly() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn an_exited_process_leaves_the_table() {
     if !require_bpf() {
         return;
@@ -100,6 +102,7 @@ fn an_exited_process_leaves_the_table() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_timed_session_prints_a_json_report() {
     if !require_bpf() {
         return;
@@ -167,6 +170,7 @@ fn run_unprivileged(caps: &str) -> (i32, String) {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_missing_privilege_names_the_capability() {
     if !require_bpf() {
         return; // setpriv needs root to change users
@@ -210,6 +214,7 @@ fn a_missing_privilege_names_the_capability() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn works_as_nobody_with_exactly_four_capabilities_and_keeps_three() {
     if !require_bpf() {
         return; // setpriv needs root to change users
@@ -244,6 +249,7 @@ fn works_as_nobody_with_exactly_four_capabilities_and_keeps_three() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn as_root_it_keeps_only_three_capabilities_once_attached() {
     if !require_bpf() {
         return;
@@ -267,6 +273,7 @@ fn as_root_it_keeps_only_three_capabilities_once_attached() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn beyond_max_stacks_descriptors_are_tracked_under_site_limit() {
     if !require_bpf() {
         return;
@@ -315,6 +322,7 @@ impl Drop for TestCgroup {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn cgroup_traces_its_processes_and_those_below_it_only() {
     if !require_bpf() {
         return; // creating cgroups needs root
@@ -344,6 +352,7 @@ fn cgroup_traces_its_processes_and_those_below_it_only() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn redact_paths_hides_every_path() {
     if !require_bpf() {
         return;
@@ -375,6 +384,7 @@ sys.stdin.readline()
 "#;
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn redact_paths_leaves_no_secret_in_any_output() {
     if !require_bpf() {
         return;

@@ -66,6 +66,7 @@ fn symbols(frames: &[&Value]) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_chain_file_and_line_without_frame_pointers() {
     if !require_bpf() {
         return;
@@ -128,6 +129,7 @@ fn the_chain_file_and_line_without_frame_pointers() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn stripped_binaries_get_module_and_offset_frames() {
     if !require_bpf() {
         return;
@@ -173,6 +175,7 @@ fn stripped_binaries_get_module_and_offset_frames() {
 }
 
 #[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_process_that_exited_still_resolves() {
     if !require_bpf() {
         return;

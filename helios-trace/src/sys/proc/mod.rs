@@ -84,6 +84,28 @@ pub(crate) fn comm(root: &Path, pid: u32) -> Option<String> {
     Some(printable(name, COMM_CHARS))
 }
 
+/// The processes whose name (their main thread's, raw bytes as /proc/PID/comm has them) is one
+/// of `comms` (`helios_trace_common::comm_key`) or whose real uid is one of `uids`: the
+/// `--comm` and `--uid` targets already running at the start.
+pub(crate) fn matching(root: &Path, comms: &[[u8; 16]], uids: &[u32]) -> Vec<u32> {
+    if comms.is_empty() && uids.is_empty() {
+        return Vec::new();
+    }
+    let named = |pid: u32| {
+        let Ok(text) = fs::read(root.join(pid.to_string()).join("comm")) else { return false };
+        let name = text.strip_suffix(b"\n").unwrap_or(&text);
+        helios_trace_common::comm_key(name).is_some_and(|key| comms.contains(&key))
+    };
+    let user = |pid: u32| {
+        let Ok(status) = fs::read_to_string(root.join(pid.to_string()).join("status")) else { return false };
+        // `Uid:` real, effective, saved, filesystem (fs/proc/array.c, task_state).
+        let real =
+            status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next());
+        real.and_then(|uid| uid.parse().ok()).is_some_and(|uid: u32| uids.contains(&uid))
+    };
+    pids(root).into_iter().filter(|&pid| named(pid) || user(pid)).collect()
+}
+
 /// Command names are at most 15 bytes (TASK_COMM_LEN - 1).
 const COMM_CHARS: usize = 15;
 /// Command lines can be as long as the arguments allow: cut (with a marker) for reports.
@@ -125,6 +147,21 @@ pub(crate) fn usage(root: &Path, pid: u32) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn processes_match_by_name_and_by_real_uid() {
+        let root = std::path::Path::new("/proc");
+        let own = std::process::id();
+        let name = std::fs::read(format!("/proc/{own}/comm")).unwrap();
+        let key = helios_trace_common::comm_key(name.strip_suffix(b"\n").unwrap()).unwrap();
+        assert!(super::matching(root, &[key], &[]).contains(&own));
+        // SAFETY: no arguments.
+        let uid = unsafe { libc::getuid() };
+        assert!(super::matching(root, &[], &[uid]).contains(&own));
+        let nobody = helios_trace_common::comm_key(b"no-such-name").unwrap();
+        assert!(!super::matching(root, &[nobody], &[]).contains(&own));
+        assert!(super::matching(root, &[], &[]).is_empty(), "no filter: no targets");
+    }
 
     use super::{
         fds::{observe_fd, observe_fds, socket_inode},
