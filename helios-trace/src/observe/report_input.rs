@@ -1,16 +1,23 @@
 //! What the end-of-session report is built from (ARCHITECTURE.md, "Data flow" 7): the engine's
 //! table, counters, frames and history, and closures that ask /proc and sock_diag what only
 //! they know (output/report builds it, pure).
-use std::{cell::RefCell, collections::HashSet};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use crate::{
-    model::fdtable::OpenFd,
+    model::{fd::FdKind, fdtable::OpenFd},
     observe::{holders::Freshness, procfs::SocketJoin, session::Tracing},
     output::report::{
         Report,
-        build::{ProcessFacts, ReportInput, build},
+        build::{FdFacts, LastKnown, ProcessFacts, ReportInput, build},
     },
-    sys::{clock, proc::resources},
+    sys::{
+        clock,
+        proc::resources::{self, CgroupMounts},
+    },
 };
 
 impl Tracing {
@@ -57,15 +64,7 @@ impl Tracing {
         let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
         let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
         let cgroups = &self.cgroups;
-        let mut process_facts = |tgid: u32| {
-            let mut unavailable = Vec::new();
-            let mut why = |field: &'static str, error: String| unavailable.push((field, error));
-            let fd_limit =
-                resources::read_fd_limit(&proc_root, tgid).map_err(|e| why("fd_limit", e)).ok().flatten();
-            let rss_bytes = resources::read_rss_bytes(&proc_root, tgid).map_err(|e| why("rss_bytes", e)).ok();
-            let cgroup = cgroups.memory(tgid).map_err(|e| why("memory_current_bytes", e)).ok();
-            ProcessFacts { fd_limit, rss_bytes, cgroup, unavailable }
-        };
+        let mut process_facts = |tgid: u32| process_facts(&proc_root, cgroups, tgid);
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let include = |tgid: u32| {
             (filtered || engine.stats().active(tgid)) && only.is_none_or(|only| only.contains(&tgid))
@@ -86,6 +85,7 @@ impl Tracing {
             process_facts: &mut process_facts,
             list_fds,
             exited: engine.exited(),
+            last_known: &self.last_known,
             history: &self.history,
             min_age: self.min_age,
         });
@@ -98,4 +98,47 @@ impl Tracing {
         }
         report
     }
+
+    /// `run`: what /proc says now of each traced process, kept for the report should it exit
+    /// before it (its TCP states, socket memory, descriptor details and resources go with it).
+    /// Called once a second; the entries of exited processes still reported stay.
+    pub(crate) fn remember_facts(&mut self) {
+        let now_ns = clock::boot_ns();
+        let proc_root = self.proc_root.clone();
+        let mut join =
+            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), self.redact_paths);
+        let mut last_known = HashMap::new();
+        for (tgid, process) in self.engine.table().processes() {
+            let fds = process
+                .fds
+                .iter()
+                .map(|(fd, entry)| {
+                    let facts = match entry.kind {
+                        FdKind::Socket | FdKind::Memfd => join.facts(tgid, *fd, entry),
+                        _ => FdFacts::default(),
+                    };
+                    ((*fd, entry.opened_ns), (facts, join.describe(tgid, *fd, entry)))
+                })
+                .collect();
+            let process = process_facts(&proc_root, &self.cgroups, tgid);
+            last_known.insert(tgid, LastKnown { taken_ns: now_ns, fds, process });
+        }
+        for exited in self.engine.exited() {
+            if let Some(last) = self.last_known.remove(&exited.tgid) {
+                last_known.entry(exited.tgid).or_insert(last);
+            }
+        }
+        self.socket_inodes = join.seen;
+        self.last_known = last_known;
+    }
+}
+
+/// A live process's limits and memory, or why each cannot be had.
+fn process_facts(proc_root: &Path, cgroups: &CgroupMounts, tgid: u32) -> ProcessFacts {
+    let mut unavailable = Vec::new();
+    let mut why = |field: &'static str, error: String| unavailable.push((field, error));
+    let fd_limit = resources::read_fd_limit(proc_root, tgid).map_err(|e| why("fd_limit", e)).ok().flatten();
+    let rss_bytes = resources::read_rss_bytes(proc_root, tgid).map_err(|e| why("rss_bytes", e)).ok();
+    let cgroup = cgroups.memory(tgid).map_err(|e| why("memory_current_bytes", e)).ok();
+    ProcessFacts { fd_limit, rss_bytes, cgroup, unavailable }
 }

@@ -23,6 +23,7 @@ use crate::{
         engine::{Engine, StackSource},
         procfs::Procfs,
     },
+    output::report::build::LastKnown,
     sys::{
         cgroups::{self, TargetCgroup},
         checks, clock,
@@ -76,6 +77,10 @@ pub(crate) struct Tracing {
     /// restart them, or snapshots more frequent than the reconcile interval would never let a
     /// reconcile come, and each would add a sample to the once-a-second history.
     timers: Option<Timers>,
+    /// What was last read of each process while it ran (`run`: `remember_facts`).
+    pub(super) last_known: HashMap<u32, LastKnown>,
+    /// Read it once a second (`run`, whose report shows processes that exited).
+    remember_facts: bool,
 }
 
 struct Timers {
@@ -232,6 +237,8 @@ impl Tracing {
             redact_paths: args.redact_paths,
             holders: Default::default(),
             timers: None,
+            last_known: HashMap::new(),
+            remember_facts: false,
         })
     }
 
@@ -244,6 +251,7 @@ impl Tracing {
     /// exit (`run`, whose command has exited by the time of the report).
     pub(crate) fn retain_exited(&mut self, limit: usize) {
         self.engine.retain_exited(limit);
+        self.remember_facts = limit > 0;
     }
 
     /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR",
@@ -341,6 +349,9 @@ impl Tracing {
                     self.drain();
                     self.engine.expire_sites(clock::boot_ns());
                     self.sample();
+                    if self.remember_facts {
+                        self.remember_facts();
+                    }
                     on_tick(self, Tick::Second);
                     give_back_freed_memory();
                 }

@@ -700,6 +700,7 @@ pub(crate) mod tests {
             pid,
             comm: comm.to_string(),
             cmdline: None,
+            facts_before_exit_seconds: None,
             open_fds: sites.iter().map(|s| s.open).sum(),
             by_kind: BTreeMap::new(),
             exited: false,

@@ -232,6 +232,47 @@ fn slow_growth_among_churn_is_suspected_and_a_steady_site_never() {
     leaker.exit();
 }
 
+/// Issue 24: `run`'s final report keeps what /proc said of a process while it ran. The
+/// command leaves a socket in CLOSE_WAIT (its peer hung up, it never closed it) and exits: after
+/// its exit /proc has nothing of it, yet the report shows the CLOSE_WAIT, the socket's details
+/// and memory and the process's resources, as read at most a couple of seconds before the exit.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn run_keeps_the_last_facts_of_a_command_that_exited() {
+    if !require_bpf() {
+        return;
+    }
+    let script = "import os, socket, time\n\
+                  server = socket.socket()\n\
+                  server.bind(('127.0.0.1', 0))\n\
+                  server.listen()\n\
+                  client = socket.create_connection(server.getsockname())\n\
+                  accepted, _ = server.accept()\n\
+                  client.close()\n\
+                  time.sleep(3)\n\
+                  os._exit(0)\n";
+    let out = Command::new(helios_trace_bin())
+        .args(["run", "--format", "json", "--view", "quiet", "--", "/usr/bin/python3", "-c", script])
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = report["command"]["pid"].as_u64().unwrap() as u32;
+    let p = process(&report, pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(p["exited"], true);
+    let before_exit = p["facts_before_exit_seconds"].as_f64().unwrap_or_else(|| panic!("{p:#}"));
+    assert!((0.0..=2.5).contains(&before_exit), "read {before_exit} s before the exit");
+    assert!(p["resources"]["rss_bytes"].as_u64().is_some_and(|rss| rss > 0), "{:#}", p["resources"]);
+    let close_wait: u64 = sites(p).iter().map(|s| s["close_wait"].as_u64().unwrap()).sum();
+    assert_eq!(close_wait, 1, "the accepted socket: {p:#}");
+    let accepted = sites(p).iter().find(|s| s["close_wait"] == 1).unwrap();
+    assert!(accepted["socket_memory_bytes"].is_u64(), "{accepted:#}");
+    let detail = accepted["examples"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("127.0.0.1"), "the socket's addresses, read while it ran: {accepted:#}");
+}
+
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn sockets_a_server_never_closed_after_the_peer_hung_up_are_close_wait_at_their_site() {

@@ -53,6 +53,17 @@ pub(crate) struct ProcessFacts {
     pub(crate) unavailable: Vec<(&'static str, String)>,
 }
 
+/// What was last read of a process while it ran (`run` keeps it for the processes that exit:
+/// what /proc knew of them is gone with them). observe/facts.rs refreshes it once a second.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LastKnown {
+    /// When it was read (CLOCK_BOOTTIME ns).
+    pub(crate) taken_ns: u64,
+    /// Per open descriptor, by (fd, opened_ns): its facts (sockets and memfds) and its detail.
+    pub(crate) fds: HashMap<(i32, u64), (FdFacts, Option<String>)>,
+    pub(crate) process: ProcessFacts,
+}
+
 /// Everything a report is made of. Closures give what only /proc knows, so tests can supply
 /// their own.
 pub(crate) struct ReportInput<'a> {
@@ -78,6 +89,8 @@ pub(crate) struct ReportInput<'a> {
     pub(crate) list_fds: bool,
     /// Exited processes to report (as of their exit).
     pub(crate) exited: &'a [ExitedProcess],
+    /// What was last read of processes while they ran, for the exited ones.
+    pub(crate) last_known: &'a HashMap<u32, LastKnown>,
     pub(crate) history: &'a History,
     pub(crate) min_age: Duration,
 }
@@ -92,6 +105,8 @@ struct ProcessView<'a> {
     /// Ages are measured to this time (the exit, for an exited process).
     now_ns: u64,
     exited: bool,
+    /// For an exited process: what was last read of it while it ran, if anything was.
+    last: Option<&'a LastKnown>,
 }
 
 pub(crate) fn build(input: ReportInput<'_>) -> Report {
@@ -111,6 +126,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         process_facts,
         list_fds,
         exited,
+        last_known,
         history,
         min_age,
     } = input;
@@ -122,6 +138,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         counters: stats.process(tgid),
         now_ns,
         exited: false,
+        last: None,
     });
     let gone = exited.iter().map(|e| ProcessView {
         tgid: e.tgid,
@@ -131,12 +148,18 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         counters: Some(&e.counters),
         now_ns: e.exited_ns,
         exited: true,
+        // Read before the exit (a later process with the pid would have been read after).
+        last: last_known.get(&e.tgid).filter(|l| l.taken_ns <= e.exited_ns),
     });
     let context = SiteContext { stats, frames, history, min_age };
     let mut processes: Vec<ProcessReport> = live
         .chain(gone)
         .map(|view| {
-            let facts = (!view.exited).then(|| process_facts(view.tgid));
+            let facts = match view.last {
+                _ if !view.exited => Some(process_facts(view.tgid)),
+                Some(last) => Some(last.process.clone()),
+                None => None,
+            };
             process_report(view, &context, describe, inspect, facts, list_fds)
         })
         .collect();
@@ -195,7 +218,23 @@ fn process_report(
     facts: Option<ProcessFacts>,
     list_fds: bool,
 ) -> ProcessReport {
-    let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited } = view;
+    let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited, last } = view;
+    // Facts of a live process are read now; of an exited one, remembered from its last look.
+    let known = !exited || last.is_some();
+    let mut inspect = |fd: i32, e: &OpenFd| match last {
+        _ if !exited => inspect(tgid, fd, e),
+        Some(last) => {
+            last.fds.get(&(fd, e.opened_ns)).map(|(facts, _)| facts.clone()).unwrap_or_else(|| FdFacts {
+                socket_memory_unavailable: Some("opened after the last look while the process ran".into()),
+                ..FdFacts::default()
+            })
+        }
+        None => FdFacts::default(),
+    };
+    let mut describe = |fd: i32, e: &OpenFd| match last {
+        Some(last) => last.fds.get(&(fd, e.opened_ns)).and_then(|(_, detail)| detail.clone()),
+        None => describe(tgid, fd, e),
+    };
     let age = |opened_ns: u64| now_ns.saturating_sub(opened_ns) as f64 / 1e9;
     // Open descriptors grouped by (kind, site), oldest first within each group.
     let mut groups: HashMap<(FdKind, SiteId), Vec<(i32, &OpenFd)>> = HashMap::new();
@@ -234,13 +273,13 @@ fn process_report(
                 trend::assess(&series.window(), evidence)
             });
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
-            let mut socket_memory = (kind == FdKind::Socket && !exited).then_some(0u64);
-            let mut pinned = (kind == FdKind::Memfd && !exited).then_some(0u64);
+            let mut socket_memory = (kind == FdKind::Socket && known).then_some(0u64);
+            let mut pinned = (kind == FdKind::Memfd && known).then_some(0u64);
             // Sockets whose memory could not be had, and the first reason.
             let mut unmeasured = (0u64, None);
             if socket_memory.is_some() || pinned.is_some() {
                 for (fd, e) in &open {
-                    let facts = inspect(tgid, *fd, e);
+                    let facts = inspect(*fd, e);
                     if let Some(why) = facts.socket_memory_unavailable {
                         unmeasured.0 += 1;
                         unmeasured.1.get_or_insert(why);
@@ -259,11 +298,7 @@ fn process_report(
             let examples = open
                 .iter()
                 .take(EXAMPLES_PER_SITE)
-                .map(|(fd, e)| Example {
-                    fd: *fd,
-                    age_seconds: age(e.opened_ns),
-                    detail: describe(tgid, *fd, e),
-                })
+                .map(|(fd, e)| Example { fd: *fd, age_seconds: age(e.opened_ns), detail: describe(*fd, e) })
                 .collect();
             let frames = (context.frames)(site);
             // A sum missing some sockets is not the site's memory: null, and why.
@@ -323,6 +358,7 @@ fn process_report(
         pid: tgid,
         comm: comm.to_string(),
         cmdline,
+        facts_before_exit_seconds: last.map(|l| now_ns.saturating_sub(l.taken_ns) as f64 / 1e9),
         open_fds: fds.len() as u64,
         by_kind,
         exited,
@@ -541,6 +577,7 @@ pub(super) mod tests {
     struct Extras<'a> {
         history: &'a History,
         exited: &'a [ExitedProcess],
+        last_known: &'a HashMap<u32, LastKnown>,
         now_ns: u64,
         states: &'a dyn Fn(i32) -> Option<String>,
         /// Why a socket's memory could not be had.
@@ -584,6 +621,7 @@ pub(super) mod tests {
             process_facts: &mut process_facts,
             list_fds: true,
             exited: extras.exited,
+            last_known: extras.last_known,
             history: extras.history,
             min_age: Duration::from_secs(10),
         })
@@ -597,6 +635,7 @@ pub(super) mod tests {
             Extras {
                 history: &history,
                 exited: &[],
+                last_known: &HashMap::new(),
                 now_ns: 10_000_000_000,
                 states: &|_| None,
                 unmeasured: &|_| None,
@@ -696,6 +735,7 @@ pub(super) mod tests {
             Extras {
                 history: &history,
                 exited: &[],
+                last_known: &HashMap::new(),
                 now_ns: 10_000_000_000,
                 states: &|_| None,
                 unmeasured: &unmeasured,
@@ -738,6 +778,7 @@ pub(super) mod tests {
             Extras {
                 history: &history,
                 exited: &[],
+                last_known: &HashMap::new(),
                 now_ns: 10_000_000_000,
                 states: &|_| None,
                 unmeasured: &|_| None,
@@ -759,6 +800,7 @@ pub(super) mod tests {
             Extras {
                 history: &history,
                 exited: &[],
+                last_known: &HashMap::new(),
                 now_ns: 60_000_000_000,
                 states: &states,
                 unmeasured: &|_| None,
@@ -824,6 +866,7 @@ pub(super) mod tests {
             Extras {
                 history: &history,
                 exited: &exited,
+                last_known: &HashMap::new(),
                 now_ns: 99_000_000_000,
                 states: &|_| None,
                 unmeasured: &|_| None,
@@ -839,6 +882,65 @@ pub(super) mod tests {
             to_text(&report, FrameDisplay::Readable)
                 .contains("PID 9 gone [gone --now] (exited; open at its exit): 4 open")
         );
+    }
+
+    /// `run`: an exited process's sockets, details and resources are as last read while it ran;
+    /// what was read after its exit (another process with the pid) is not its own.
+    #[test]
+    fn an_exited_process_keeps_what_was_last_read_while_it_ran() {
+        let (table, stats) = sample();
+        let fds = table.process(7).unwrap().fds.clone();
+        let counters = stats.process(7).cloned().unwrap();
+        let exited_ns = 6_000_000_000;
+        let exited = [ExitedProcess {
+            tgid: 9,
+            comm: "gone".into(),
+            cmdline: None,
+            exited_ns,
+            fds: fds.clone(),
+            counters,
+        }];
+        let close_wait =
+            FdFacts { tcp_state: Some(CLOSE_WAIT.into()), socket_memory: Some(100), ..FdFacts::default() };
+        let remembered: HashMap<(i32, u64), (FdFacts, Option<String>)> = fds
+            .iter()
+            .map(|(fd, e)| {
+                let facts = if e.kind == FdKind::Socket { close_wait.clone() } else { FdFacts::default() };
+                ((*fd, e.opened_ns), (facts, Some(format!("was fd{fd}"))))
+            })
+            .collect();
+        let process =
+            ProcessFacts { fd_limit: Some(64), rss_bytes: Some(1 << 20), ..ProcessFacts::default() };
+        let report_with = |taken_ns: u64| {
+            let last = LastKnown { taken_ns, fds: remembered.clone(), process: process.clone() };
+            let last_known = HashMap::from([(9, last)]);
+            let history = History::default();
+            build_with(
+                &FdTable::new(),
+                &stats,
+                Extras {
+                    history: &history,
+                    exited: &exited,
+                    last_known: &last_known,
+                    now_ns: 99_000_000_000,
+                    states: &|_| None,
+                    unmeasured: &|_| None,
+                },
+            )
+        };
+        let report = report_with(exited_ns - 500_000_000);
+        let p = &report.processes[0];
+        assert_eq!(p.facts_before_exit_seconds, Some(0.5));
+        assert_eq!(p.resources.as_ref().unwrap().rss_bytes, Some(1 << 20));
+        let sockets = p.sites.iter().find(|s| s.kind == FdKind::Socket).unwrap();
+        assert_eq!(sockets.close_wait, sockets.open);
+        assert_eq!(sockets.socket_memory_bytes, Some(100 * sockets.open));
+        assert!(sockets.examples.iter().all(|e| e.detail == Some(format!("was fd{}", e.fd))));
+        // Read after the exit: not this process's.
+        let report = report_with(exited_ns + 1);
+        let p = &report.processes[0];
+        assert_eq!((p.facts_before_exit_seconds, p.resources.is_none()), (None, true));
+        assert!(p.sites.iter().all(|s| s.close_wait == 0 && s.socket_memory_bytes.is_none()));
     }
 
     #[test]
@@ -863,7 +965,14 @@ pub(super) mod tests {
         let report = build_with(
             &table,
             &stats,
-            Extras { history: &history, exited: &[], now_ns: 10, states: &|_| None, unmeasured: &|_| None },
+            Extras {
+                history: &history,
+                exited: &[],
+                last_known: &HashMap::new(),
+                now_ns: 10,
+                states: &|_| None,
+                unmeasured: &|_| None,
+            },
         );
         let site = &process_of(&report, 6).sites[0];
         assert!(site.closed_only_at_exit);

@@ -70,8 +70,13 @@ pub(crate) struct ProcessReport {
     pub(crate) suspected_leaks: u64,
     /// Sum of its sites' growth.
     pub(crate) growth_per_minute: f64,
-    /// What it runs out of, and when (null for exited processes).
+    /// What it runs out of, and when (for an exited process, as last read while it ran; null
+    /// when nothing was).
     pub(crate) resources: Option<Resources>,
+    /// An exited process's TCP states, socket memory, details and resources are as read this
+    /// long before its exit (`run`: once a second while it ran); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) facts_before_exit_seconds: Option<f64>,
     pub(crate) sites: Vec<SiteReport>,
     /// Its Python heap, when a site's holders were looked for (ARCHITECTURE.md, "Holders").
     #[serde(skip_serializing_if = "Option::is_none")]
