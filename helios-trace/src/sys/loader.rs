@@ -147,35 +147,25 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
 
-        if !config.targets.is_empty() {
-            let mut targets: BpfHashMap<_, u32, u32> =
-                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGETS)?)?;
-            for pid in &config.targets {
-                targets.insert(pid, 1, 0).context("cannot fill the target map")?;
-            }
-        }
-        if !config.target_cgroups.is_empty() {
-            let mut cgroups: BpfHashMap<_, u64, u32> =
-                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_CGROUPS)?)?;
-            for id in &config.target_cgroups {
-                cgroups.insert(id, 1, 0).context("cannot fill the cgroup map (at most 64 --cgroup)")?;
-            }
-        }
-
-        if !config.target_comms.is_empty() {
-            let mut comms: BpfHashMap<_, [u8; 16], u32> =
-                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_COMMS)?)?;
-            for comm in &config.target_comms {
-                comms.insert(comm, 1, 0).context("cannot fill the name map (at most 64 --comm)")?;
-            }
-        }
-        if !config.target_uids.is_empty() {
-            let mut uids: BpfHashMap<_, u32, u32> =
-                BpfHashMap::try_from(map_mut(&mut ebpf, map_name::TARGET_UIDS)?)?;
-            for uid in &config.target_uids {
-                uids.insert(uid, 1, 0).context("cannot fill the uid map (at most 64 --uid)")?;
-            }
-        }
+        fill_targets(&mut ebpf, map_name::TARGETS, &config.targets, "the target map")?;
+        fill_targets(
+            &mut ebpf,
+            map_name::TARGET_CGROUPS,
+            &config.target_cgroups,
+            "the cgroup map (at most 64 --cgroup)",
+        )?;
+        fill_targets(
+            &mut ebpf,
+            map_name::TARGET_COMMS,
+            &config.target_comms,
+            "the name map (at most 64 --comm)",
+        )?;
+        fill_targets(
+            &mut ebpf,
+            map_name::TARGET_UIDS,
+            &config.target_uids,
+            "the uid map (at most 64 --uid)",
+        )?;
 
         let table = SyscallTable::native();
         let mut attached = Vec::new();
@@ -343,6 +333,18 @@ fn attach_floor(
         raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
         raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
         attached.push(format!("raw_syscalls/{hook}"));
+    }
+    Ok(())
+}
+
+/// Put each of `keys` in the target hash map `name` (key -> 1), if there are any.
+fn fill_targets<K: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: &[K], what: &str) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut map: BpfHashMap<_, K, u32> = BpfHashMap::try_from(map_mut(ebpf, name)?)?;
+    for key in keys {
+        map.insert(key, 1, 0).with_context(|| format!("cannot fill {what}"))?;
     }
     Ok(())
 }
