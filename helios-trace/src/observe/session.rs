@@ -79,8 +79,9 @@ pub(crate) struct Tracing {
     timers: Option<Timers>,
     /// What was last read of each process while it ran (`run`: `remember_facts`).
     pub(super) last_known: HashMap<u32, LastKnown>,
-    /// Read it once a second (`run`, whose report shows processes that exited).
-    remember_facts: bool,
+    /// Read it once a second (`run`, whose report shows processes that exited), or less often
+    /// when a read takes long: not before this instant.
+    remember_facts: Option<Instant>,
 }
 
 struct Timers {
@@ -238,7 +239,7 @@ impl Tracing {
             holders: Default::default(),
             timers: None,
             last_known: HashMap::new(),
-            remember_facts: false,
+            remember_facts: None,
         })
     }
 
@@ -251,7 +252,7 @@ impl Tracing {
     /// exit (`run`, whose command has exited by the time of the report).
     pub(crate) fn retain_exited(&mut self, limit: usize) {
         self.engine.retain_exited(limit);
-        self.remember_facts = limit > 0;
+        self.remember_facts = (limit > 0).then(Instant::now);
     }
 
     /// What is traced, for the "attached" line: "all processes", "pid 12, 14", "cgroup DIR",
@@ -349,8 +350,15 @@ impl Tracing {
                     self.drain();
                     self.engine.expire_sites(clock::boot_ns());
                     self.sample();
-                    if self.remember_facts {
+                    if let Some(due) = self.remember_facts
+                        && Instant::now() >= due
+                    {
+                        // A command with many descriptors makes each read long (a readlink and
+                        // a socket lookup per descriptor): at most 5% of the time goes to it.
+                        let started = Instant::now();
                         self.remember_facts();
+                        let next = (started.elapsed() * 20).max(Duration::from_secs(1));
+                        self.remember_facts = Some(started + next);
                     }
                     on_tick(self, Tick::Second);
                     give_back_freed_memory();
