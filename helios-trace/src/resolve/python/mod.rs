@@ -41,9 +41,11 @@ pub(crate) mod layout;
 pub(crate) mod lines;
 mod memory;
 
-use interpreter::{Interpreter, probe};
+/// For `run`'s command, a CPython known before its exec (`before_exec`).
+pub(crate) use interpreter::offsets_before_exec;
 /// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
-pub(crate) use interpreter::{offsets_before_exec, runtime_of};
+pub(crate) use interpreter::runtime_of;
+use interpreter::{Interpreter, probe};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub(crate) enum PythonError {
