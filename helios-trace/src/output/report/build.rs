@@ -220,20 +220,19 @@ fn process_report(
 ) -> ProcessReport {
     let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited, last } = view;
     // Facts of a live process are read now; of an exited one, remembered from its last look.
-    let known = !exited || last.is_some();
-    let mut inspect = |fd: i32, e: &OpenFd| match last {
+    // Facts of a live process are read now; of an exited one, remembered from its last look,
+    // and only for a site whose every open descriptor that look saw (a sum over some would
+    // pass for the site's).
+    let remembered = |fd: i32, e: &OpenFd| last.and_then(|last| last.fds.get(&(fd, e.opened_ns)));
+    let mut inspect = |fd: i32, e: &OpenFd| match remembered(fd, e) {
         _ if !exited => inspect(tgid, fd, e),
-        Some(last) => {
-            last.fds.get(&(fd, e.opened_ns)).map(|(facts, _)| facts.clone()).unwrap_or_else(|| FdFacts {
-                socket_memory_unavailable: Some("opened after the last look while the process ran".into()),
-                ..FdFacts::default()
-            })
-        }
+        Some((facts, _)) => facts.clone(),
         None => FdFacts::default(),
     };
-    let mut describe = |fd: i32, e: &OpenFd| match last {
-        Some(last) => last.fds.get(&(fd, e.opened_ns)).and_then(|(_, detail)| detail.clone()),
-        None => describe(tgid, fd, e),
+    // A detail remembered, else what the table itself knows (the path the open named).
+    let mut describe = |fd: i32, e: &OpenFd| match remembered(fd, e) {
+        Some((_, Some(detail))) => Some(detail.clone()),
+        _ => describe(tgid, fd, e),
     };
     let age = |opened_ns: u64| now_ns.saturating_sub(opened_ns) as f64 / 1e9;
     // Open descriptors grouped by (kind, site), oldest first within each group.
@@ -273,6 +272,7 @@ fn process_report(
                 trend::assess(&series.window(), evidence)
             });
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
+            let known = !exited || open.iter().all(|(fd, e)| remembered(*fd, e).is_some());
             let mut socket_memory = (kind == FdKind::Socket && known).then_some(0u64);
             let mut pinned = (kind == FdKind::Memfd && known).then_some(0u64);
             // Sockets whose memory could not be had, and the first reason.
@@ -936,6 +936,30 @@ pub(super) mod tests {
         assert_eq!(sockets.close_wait, sockets.open);
         assert_eq!(sockets.socket_memory_bytes, Some(100 * sockets.open));
         assert!(sockets.examples.iter().all(|e| e.detail == Some(format!("was fd{}", e.fd))));
+        // A socket opened after the last look: its site has no facts (not a partial sum), and
+        // its detail is what the table knows.
+        let (late_fd, late) = fds.iter().find(|(_, e)| e.kind == FdKind::Socket).unwrap();
+        let mut partial = remembered.clone();
+        partial.remove(&(*late_fd, late.opened_ns));
+        let last = LastKnown { taken_ns: exited_ns - 1, fds: partial, process: process.clone() };
+        let last_known = HashMap::from([(9, last)]);
+        let history = History::default();
+        let extras = Extras {
+            history: &history,
+            exited: &exited,
+            last_known: &last_known,
+            now_ns: 99_000_000_000,
+            states: &|_| None,
+            unmeasured: &|_| None,
+        };
+        let report = build_with(&FdTable::new(), &stats, extras);
+        let p = &report.processes[0];
+        let site =
+            p.sites.iter().find(|s| s.kind == FdKind::Socket && s.examples.iter().any(|e| e.fd == *late_fd));
+        let site = site.unwrap();
+        assert_eq!((site.close_wait, site.socket_memory_bytes), (0, None));
+        let example = site.examples.iter().find(|e| e.fd == *late_fd).unwrap();
+        assert_eq!(example.detail, Some(format!("fd{late_fd}")));
         // Read after the exit: not this process's.
         let report = report_with(exited_ns + 1);
         let p = &report.processes[0];
