@@ -54,7 +54,8 @@ pub(crate) struct ProcessFacts {
 }
 
 /// What was last read of a process while it ran (`run` keeps it for the processes that exit:
-/// what /proc knew of them is gone with them). observe/facts.rs refreshes it once a second.
+/// what /proc knew of them is gone with them). `Tracing::remember_facts` (observe/report_input.rs)
+/// refreshes it once a second.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LastKnown {
     /// When it was read (CLOCK_BOOTTIME ns).
@@ -219,7 +220,6 @@ fn process_report(
     list_fds: bool,
 ) -> ProcessReport {
     let ProcessView { tgid, comm, cmdline, fds, counters, now_ns, exited, last } = view;
-    // Facts of a live process are read now; of an exited one, remembered from its last look.
     // Facts of a live process are read now; of an exited one, remembered from its last look,
     // and only for a site whose every open descriptor that look saw (a sum over some would
     // pass for the site's).
@@ -272,7 +272,8 @@ fn process_report(
                 trend::assess(&series.window(), evidence)
             });
             let mut tcp_states: BTreeMap<String, u64> = BTreeMap::new();
-            let known = !exited || open.iter().all(|(fd, e)| remembered(*fd, e).is_some());
+            let known =
+                !exited || (last.is_some() && open.iter().all(|(fd, e)| remembered(*fd, e).is_some()));
             let mut socket_memory = (kind == FdKind::Socket && known).then_some(0u64);
             let mut pinned = (kind == FdKind::Memfd && known).then_some(0u64);
             // Sockets whose memory could not be had, and the first reason.
