@@ -60,8 +60,8 @@ pub(crate) struct LoadedModule {
     pub(crate) unwind: UnwindSections,
     /// A Go binary's own function and line table, which names its code stripped or not.
     pub(crate) go: Option<GoTable>,
-    /// PT_LOAD segments: (file offset, SVMA, file size).
-    segments: Vec<(u64, u64, u64)>,
+    /// PT_LOAD segments: (file offset, SVMA, file size); shared with the Go table.
+    segments: Arc<[(u64, u64, u64)]>,
     pub(super) size: u64,
 }
 
@@ -93,7 +93,7 @@ impl LoadedModule {
             eh_frame_hdr: section(".eh_frame_hdr"),
             debug_frame: section(".debug_frame"),
         };
-        let segments = elf
+        let segments: Arc<[(u64, u64, u64)]> = elf
             .segments()
             .map(|s| {
                 let (offset, size) = s.file_range();
@@ -101,7 +101,7 @@ impl LoadedModule {
             })
             .collect();
         let build_id = elf.build_id().ok().flatten().map(Box::from);
-        let go = GoTable::parse(&elf, &map);
+        let go = GoTable::parse(&elf, &map, &segments);
         Ok(LoadedModule { build_id, unwind, go, segments, size: map.len() as u64, file })
     }
 

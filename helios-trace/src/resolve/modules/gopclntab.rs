@@ -21,7 +21,7 @@
 use std::{ops::Range, sync::Arc};
 
 use memmap2::Mmap;
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _};
 
 use crate::resolve::symbolize::Symbol;
 
@@ -61,13 +61,18 @@ pub(crate) struct GoTable {
     /// `moduledata.gofunc` (the base of funcdata offsets, where inline trees are), when the
     /// module data was found; without it, no inlined frames.
     gofunc: Option<u64>,
-    /// PT_LOAD segments: (file offset, SVMA, file size), to read the inline trees.
-    segments: Vec<(u64, u64, u64)>,
+    /// PT_LOAD segments: (file offset, SVMA, file size), to read the inline trees (the
+    /// module's own, elf.rs).
+    segments: Arc<[(u64, u64, u64)]>,
 }
 
 impl GoTable {
     /// The table of `elf` if it is a Go binary of a layout read here.
-    pub(crate) fn parse(elf: &object::File<'_>, map: &Arc<Mmap>) -> Option<GoTable> {
+    pub(crate) fn parse(
+        elf: &object::File<'_>,
+        map: &Arc<Mmap>,
+        segments: &Arc<[(u64, u64, u64)]>,
+    ) -> Option<GoTable> {
         let section = elf.section_by_name(".gopclntab")?;
         let (offset, size) = section.file_range()?;
         let tab = usize::try_from(offset).ok()?..usize::try_from(offset.checked_add(size)?).ok()?;
@@ -85,13 +90,6 @@ impl GoTable {
         }
         let word = |i: usize| u64_at(bytes, 8 + 8 * i);
         let at = |i: usize| word(i).and_then(|v| usize::try_from(v).ok()).filter(|v| *v < bytes.len());
-        let segments = elf
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, s.address(), size)
-            })
-            .collect();
         let mut table = GoTable {
             map: map.clone(),
             layout,
@@ -104,7 +102,7 @@ impl GoTable {
             pctab: at(6)?,
             functab: at(7)?,
             gofunc: None,
-            segments,
+            segments: segments.clone(),
             tab,
         };
         // The function table must hold nfunc + 1 entries of two u32 (the last one the end).

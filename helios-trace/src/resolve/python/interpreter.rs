@@ -244,11 +244,7 @@ pub(crate) fn offsets_before_exec(
     if elf.kind() != object::ObjectKind::Executable {
         return Ok(None);
     }
-    let Some(runtime) = elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok("_PyRuntime"))
-    else {
-        return Ok(None);
-    };
-    let runtime = runtime.address();
+    let Some(runtime) = symbol_address(&elf, "_PyRuntime") else { return Ok(None) };
     let layout = layout_at(minor, |out| {
         let in_file = elf.segments().find_map(|s| {
             let (offset, size) = s.file_range();
@@ -354,9 +350,7 @@ fn runtime_address(
     // an interpreter being run is not rewritten in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;
     let elf = object::File::parse(&*map).map_err(|e| elf_error(e.to_string()))?;
-    let symbol = |name: &str| {
-        elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address())
-    };
+    let symbol = |name: &str| symbol_address(&elf, name);
     let runtime = symbol("_PyRuntime").ok_or(PythonError::NoRuntime { path: path.clone() })?;
     let segment = elf
         .segments()
@@ -387,6 +381,12 @@ fn runtime_address(
         return Err(PythonError::NotMapped { path });
     }
     Ok((address, symbol("PyCode_Type").map(|a| bias.wrapping_add(a))))
+}
+
+/// A symbol's address in the file, from the dynamic symbols (what Debian's stripped
+/// interpreters keep) or the full table.
+fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
+    elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address())
 }
 
 /// The address of `_PyRuntime` and the minor version of a process's CPython, for the heap
