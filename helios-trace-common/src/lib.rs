@@ -214,8 +214,9 @@ pub mod python_flags {
     pub const NO_THREAD: u32 = 1 << 1;
     /// A read of the interpreter's memory failed mid-walk.
     pub const READ_FAILED: u32 = 1 << 2;
-    /// The runtime has no interpreter yet (`interpreters.head` is NULL): it is still starting
-    /// and has run no Python code, so there are no frames to miss.
+    /// The runtime has no interpreter yet (`interpreters.head` is NULL, or its page not written
+    /// yet, so it does not read): it is still starting and has run no Python code, so there are
+    /// no frames to miss.
     pub const NOT_STARTED: u32 = 1 << 3;
     /// The calling thread's id in the process's pid namespace could not be had (the namespace
     /// given is not the thread's).

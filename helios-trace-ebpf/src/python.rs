@@ -180,8 +180,12 @@ unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
 /// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
 #[inline(always)]
 fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
+    // A runtime whose page does not read has not been written yet: `run` gives the offsets
+    // before the exec, and the dynamic loader opens its libraries before the interpreter's
+    // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
+    // has run: nothing to miss.
     let Ok(interp) = read_user_u64(o.interpreters_head) else {
-        return python_flags::READ_FAILED;
+        return python_flags::NOT_STARTED;
     };
     if interp == 0 {
         return python_flags::NOT_STARTED;

@@ -314,7 +314,9 @@ impl Engine {
                 // (what Python sites are made from), so it must be forgotten in its turn.
                 self.stats.made(native, event.ts_ns);
                 match self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns) {
-                    Some(walked) => self.python.site(event.tgid, native, &walked.frames, &mut self.stacks),
+                    Some(walked) => {
+                        self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
+                    }
                     None => {
                         self.python.not_walked(event.tgid, event.ts_ns);
                         native

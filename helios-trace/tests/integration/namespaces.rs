@@ -311,7 +311,7 @@ fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
     let mut command = Command::new("unshare");
     command.args(["--cgroup", "--", helios_trace_bin()]);
     join_cgroup_at_exec(&mut command, &tracer_cgroup.dir);
-    let tracer = Tracer::start_with(command, &["--pid", &server.pid.to_string()]);
+    let mut tracer = Tracer::start_with(command, &["--pid", &server.pid.to_string()]);
     let seen = fs::read_to_string(format!("/proc/{}/cgroup", tracer.pid())).unwrap();
     let from_tracer = Command::new("nsenter")
         .args(["-t", &tracer.pid().to_string(), "-C", "cat"])
@@ -325,7 +325,12 @@ fn a_pods_memory_cgroup_is_read_from_a_tracer_in_its_own_cgroup_namespace() {
     );
     server.connect();
     server.grow();
-    std::thread::sleep(Duration::from_secs(1));
+    // Until the tracer's samples show the growth (polled, not a fixed wait).
+    wait_for("the pod's growth measured", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let growth = process(&report, server.pid)?["resources"]["memory_growth_bytes_per_hour"].as_f64()?;
+        (growth > 5e6 * 3600.0).then_some(())
+    });
     let report = tracer.stop();
     let truth = pod.current();
     let resources = &process(&report, server.pid).expect("the server is reported")["resources"];

@@ -668,6 +668,49 @@ fn run_names_every_site_of_a_python_command() {
     }
 }
 
+/// A Python command that opens and exits at once, before the tracer has handled its records:
+/// the kernel walked its frames, but their names are read from the process's memory, gone with
+/// it. Every open of its line is then named, or counted in `python_frames_missed` — never a
+/// native-only site passed off as complete (before, such opens had native frames and nothing
+/// was counted). Counted at most once per descriptor the command opened.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_python_command_gone_before_its_names_are_read_counts_them_missed() {
+    if !require_bpf() {
+        return;
+    }
+    const OPENS: u64 = 20;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report_file = scratch.path().join("report.json");
+    let code = format!("import sys\nkept = [open(sys.argv[1]) for _ in range({OPENS})]\n");
+    let status = Command::new(crate::support::helios_trace_bin())
+        .args(["run", "--format", "json", "--view", "quiet", "-o"])
+        .arg(&report_file)
+        .args(["--", "/usr/bin/python3", "-c", &code, "/dev/null"])
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
+        .env_remove("SUDO_USER")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    let pid = report["command"]["pid"].as_u64().unwrap() as u32;
+    let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
+    let sites = process(&report, pid).unwrap_or_else(|| panic!("{report:#}"))["sites"].as_array().unwrap();
+    let opened = |site: &Value| site["opened"].as_u64().unwrap();
+    let named: u64 = sites
+        .iter()
+        .filter(|s| python_frames(s).iter().any(|f| f["file"] == "<string>" && f["line"] == 2))
+        .map(opened)
+        .sum();
+    let all: u64 = sites.iter().map(opened).sum();
+    eprintln!("{named} of the line's {OPENS} opens named, {missed} missed, {all} opens in all");
+    assert!(named <= OPENS, "{named} named opens of a line that opened {OPENS}");
+    assert!(named + missed >= OPENS, "{named} named and {missed} counted of {OPENS} opens: {report:#}");
+    assert!(missed <= all - named, "{missed} missed of {all} opens, {named} named");
+}
+
 /// For other areas' tests (holders.rs): every interpreter of [`interpreters`] as a command that
 /// runs `script` with `args` (chrooted, the absolute paths among its arguments bind-mounted,
 /// where it has a root of its own; a Workload's scratch directory appended last is one), and

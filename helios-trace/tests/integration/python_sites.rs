@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     io::Write as _,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -14,7 +15,9 @@ use serde_json::Value;
 
 use crate::{
     python::host_interpreters,
-    support::{Tracer, Workload, helios_trace_bin, proc_fds, process, reported_fds, require_bpf},
+    support::{
+        Tracer, Workload, helios_trace_bin, proc_fds, process, reported_fds, require_bpf, signal, wait_for,
+    },
 };
 
 /// More than 8 calls (3.11 quickens a code object after 8 runs) and more than 50 (the
@@ -129,14 +132,31 @@ fn the_text_report_folds_interpreter_frames_unless_all_frames() {
         for var in ["SUDO_UID", "SUDO_GID", "SUDO_USER"] {
             command.env_remove(var);
         }
-        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-        // Past the interpreter's startup (probed once its runtime is up), then warm the line.
-        std::thread::sleep(Duration::from_secs(2));
-        child.stdin.take().unwrap().write_all(format!("open {CALLS}\nexit\n").as_bytes()).unwrap();
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        // `run` gives the kernel Debian's python3 offsets before its exec (issue 21): no startup
+        // to wait out, only the script's own "ready"; then the line is warmed.
+        let mut said = BufReader::new(child.stdout.take().unwrap());
+        let mut answer = String::new();
+        said.read_line(&mut answer).unwrap();
+        assert_eq!(answer, "ready\n");
+        let mut tell = child.stdin.take().unwrap();
+        writeln!(tell, "open {CALLS}").unwrap();
+        answer.clear();
+        said.read_line(&mut answer).unwrap();
+        assert!(answer.starts_with("ok "), "{answer}");
+        // Python frames are named from the process's memory while it lives (README, "Python
+        // frames"): it exits once a snapshot (SIGUSR1, to -o) has the line's site.
+        let label = format!("warmup.py:open_leak:{line} ");
+        wait_for("the warm line's site in a snapshot", Duration::from_secs(20), || {
+            signal(child.id(), libc::SIGUSR1);
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(&report).ok().filter(|text| text.contains(&label))
+        });
+        writeln!(tell, "exit").unwrap();
+        std::io::copy(&mut said, &mut std::io::sink()).unwrap();
         assert!(child.wait().unwrap().success());
         let text = std::fs::read_to_string(&report).unwrap();
         // The site's stack: the frame lines under its header, up to the next site.
-        let label = format!("warmup.py:open_leak:{line} ");
         let header =
             text.lines().position(|l| l.contains(&label)).unwrap_or_else(|| panic!("no {label}: {text}"));
         let site: Vec<&str> = text

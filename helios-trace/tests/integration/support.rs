@@ -267,6 +267,15 @@ fn follow_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// Spawn `command` (a helios-trace session with stderr piped) and return once it says it is
+/// attached, with its stderr lines still to come.
+pub fn spawn_attached(command: &mut Command) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("helios-trace starts");
+    let lines = follow_stderr(&mut child);
+    wait_for_attach(&mut child, &lines, &mut Vec::new());
+    (child, lines)
+}
+
 /// The line in which helios-trace says it is attached.
 fn wait_for_attach(
     child: &mut Child,

@@ -27,7 +27,7 @@ use std::{
     path::PathBuf,
 };
 
-use helios_trace_common::{PythonFrame, PythonOffsets};
+use helios_trace_common::{PythonFrame, PythonOffsets, python_flags};
 use thiserror::Error;
 
 use crate::{
@@ -265,8 +265,9 @@ impl PythonProcesses {
         }
     }
 
-    /// Descriptors opened by running CPython processes before the kernel walked their frames:
-    /// their sites have native frames only.
+    /// Descriptors opened by running CPython processes whose Python frames could not be had:
+    /// opened before the kernel walked them, walked but not read to the end, or read after
+    /// the process had exited (`site`). Their sites have native frames only.
     pub(crate) fn missed(&self) -> u64 {
         self.missed
     }
@@ -387,17 +388,27 @@ impl PythonProcesses {
     }
 
     /// The site of a descriptor opened with the native site `native` and these Python frames
-    /// (innermost first) walked by the kernel: the native frames with the Python frames
-    /// merged in (StackRegistry::with_python).
+    /// (innermost first) walked by the kernel, with its `python_flags`: the native frames with
+    /// the Python frames merged in (StackRegistry::with_python).
+    ///
+    /// Counted as missed (native frames only): a walk the kernel could not finish (a read
+    /// failed, the thread's namespace unknown), and frames whose code objects no longer read —
+    /// names are read from the process's memory when the record is handled, and a process that
+    /// exited in between has none. A thread CPython does not know (`NO_THREAD`) and a runtime
+    /// not started yet have no Python frames to miss.
     pub(crate) fn site(
         &mut self,
         pid: u32,
         native: SiteId,
         raw: &[PythonFrame],
+        flags: u32,
         stacks: &mut StackRegistry,
     ) -> SiteId {
         let Some(State::Python { interpreter, .. }) = self.processes.get_mut(&pid) else { return native };
         if raw.is_empty() {
+            if flags & (python_flags::READ_FAILED | python_flags::NAMESPACE) != 0 {
+                self.missed += 1;
+            }
             return native;
         }
         // 3.14's code references carry tag bits: the same code object is one frame.
@@ -413,10 +424,13 @@ impl PythonProcesses {
         let complete = read.len() == raw.len();
         // Shim frames (interpreter::is_init_shim) are left out.
         let frames: Vec<Frame> = read.into_iter().flatten().collect();
-        let site = if frames.is_empty() { native } else { stacks.with_python(native, frames) };
+        let none_read = frames.is_empty();
+        let site = if none_read { native } else { stacks.with_python(native, frames) };
         // A stack with a frame that did not read is not remembered: the next one may read.
         if complete {
             interpreter.sites.put(key, site);
+        } else if none_read {
+            self.missed += 1;
         }
         site
     }
