@@ -45,6 +45,8 @@ struct Plan {
     holders_runs: usize,
     /// Seconds of job churn in the soak, the first SOAK_WARMUP of them not measured.
     soak_seconds: u64,
+    /// The nodes of the sizing table.
+    nodes: &'static [Node],
 }
 
 impl Plan {
@@ -64,6 +66,7 @@ impl Plan {
                 heap_objects: 1_000_000,
                 holders_runs: 1,
                 soak_seconds: 250,
+                nodes: &NODES[..2],
             }
         } else {
             Plan {
@@ -79,6 +82,7 @@ impl Plan {
                 heap_objects: 1_000_000,
                 holders_runs: 3,
                 soak_seconds: 900,
+                nodes: &NODES,
             }
         }
     }
@@ -96,8 +100,8 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 8] =
-    ["floor", "overhead", "throughput", "memory", "startup", "python", "holders", "soak"];
+pub const SECTIONS: [&str; 9] =
+    ["floor", "overhead", "throughput", "memory", "sizing", "startup", "python", "holders", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -123,11 +127,12 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("floor", floor),
         ("overhead", overhead),
         ("throughput", throughput),
         ("memory", memory),
+        ("sizing", sizing),
         ("startup", startup),
         ("python", python),
         ("holders", holders),
@@ -499,6 +504,119 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
         row.bytes_per(row.sites)
     )?;
     Ok(table)
+}
+
+/// A node of the sizing table: what `serve` tracks on it.
+struct Node {
+    name: &'static str,
+    processes: u64,
+    descriptors: u64,
+    sites: u32,
+}
+
+const NODES: [Node; 3] = [
+    Node { name: "small", processes: 50, descriptors: 100_000, sites: 2_000 },
+    Node { name: "medium", processes: 150, descriptors: 400_000, sites: 8_000 },
+    Node { name: "large", processes: 400, descriptors: 1_000_000, sites: 20_000 },
+];
+
+/// The sizing table of the README (issue 18): `helios-trace serve`, as the DaemonSet runs it
+/// but with no memory limit (its defaults), tracing a node's worth of processes, descriptors
+/// and call sites: one generated program with the node's sites, the rest bench/fdhold.c
+/// processes holding its descriptors. Its peak resident memory (VmHWM: heap, the ring buffer's
+/// touched pages, the maps it reads) once every record is handled and a scrape served, and the
+/// memory limit that leaves serve's own quarter of headroom (model/sizing.rs) above that peak.
+fn sizing(bench: &Bench, plan: &Plan) -> Result<String> {
+    let mut table = String::from(
+        "\n### Sizing\n\n`helios-trace serve` (defaults, no memory limit: its caps are not what is measured) \
+         tracing each node's processes: one generated program with the node's call sites (one descriptor \
+         each), the others bench/fdhold.c holding its descriptors; read once every record is handled and a \
+         scrape of /metrics served. Limit: the peak over 3/4 (serve keeps a quarter of its limit as \
+         headroom), rounded up to 64 MiB.\n\n\
+         | node | processes | descriptors tracked | call sites | lost | RssAnon | VmHWM (peak) | /metrics | memory limit |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let per_process_limit = hard_nofile()?.saturating_sub(16).max(1);
+    for node in plan.nodes {
+        let sites_c = bench.dir.join(format!("sites-{}.c", node.name));
+        fs::write(&sites_c, sites_program(node.sites)).context("cannot write the node's sites program")?;
+        let sites_bin = format!("sites-{}", node.name);
+        bench.compile(&sites_bin, &sites_c, &["-O1", "-fno-optimize-sibling-calls"])?;
+        let holders = node.processes - 1;
+        let per_holder = (node.descriptors - node.sites as u64).div_ceil(holders);
+        if per_holder > per_process_limit {
+            bail!("{} descriptors per process exceed the hard RLIMIT_NOFILE {per_process_limit}", per_holder);
+        }
+        let mut workloads = vec![bench.workload(&sites_bin, &[])?];
+        for _ in 0..holders {
+            workloads.push(bench.workload("fdhold", &[per_holder.to_string(), HOLD_RATE.to_string()])?);
+        }
+        let mut serve = Command::new(&bench.helios);
+        serve.args(["serve", "--listen", "127.0.0.1:0", "--reconcile-interval", "0"]);
+        for w in &workloads {
+            serve.args(["--pid", &w.pid().to_string()]);
+        }
+        let helios = Attached::start(serve, |line| line.starts_with("helios-trace: attached"))?;
+        let address = helios
+            .ready_line
+            .split_once("serving http://")
+            .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+            .with_context(|| format!("no address in {:?}", helios.ready_line))?
+            .to_string();
+        wait_idle(helios.pid())?;
+        // One at a time, each at HOLD_RATE: what the tracer keeps up with.
+        for w in &mut workloads {
+            w.go()?;
+            let line = w.line()?;
+            if !line.starts_with("held ") {
+                bail!("a workload printed {line:?}");
+            }
+        }
+        wait_idle(helios.pid())?;
+        // Twice: the exposition is built once a second from the engine's snapshot.
+        let _ = http_get(&address, "/metrics")?;
+        thread::sleep(Duration::from_secs(2));
+        let metrics = http_get(&address, "/metrics")?;
+        let series = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (anon, peak) = (rss_anon(helios.pid())?, vm_hwm(helios.pid())?);
+        let limit_mib = (peak * 4 / 3).div_ceil(64 << 20) * 64;
+        writeln!(
+            table,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} KiB | {limit_mib} MiB |",
+            node.name,
+            node.processes,
+            series("helios_trace_tracked_fds"),
+            series("helios_trace_tracked_sites"),
+            series("helios_trace_events_lost_total"),
+            mib(anon),
+            mib(peak),
+            metrics.len() / 1024,
+        )?;
+        helios.stop()?;
+        drop(workloads);
+    }
+    Ok(table)
+}
+
+/// `GET path` from a loopback `address` (plain HTTP/1.0): the body.
+fn http_get(address: &str, path: &str) -> Result<String> {
+    let mut stream =
+        std::net::TcpStream::connect(address).with_context(|| format!("cannot connect to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
 }
 
 struct Held {
@@ -930,6 +1048,8 @@ impl Drop for Workload {
 struct Attached {
     child: Child,
     attached_after: Duration,
+    /// The line `start` waited for.
+    ready_line: String,
     stdout: Arc<Mutex<String>>,
     /// When the last line reached stdout (the end of the report, once stopped).
     last_output: Arc<Mutex<Option<Instant>>>,
@@ -969,11 +1089,21 @@ impl Attached {
                 }
             }),
         ];
-        let mut tracer = Attached { child, attached_after: Duration::ZERO, stdout, last_output, readers };
+        let mut tracer = Attached {
+            child,
+            attached_after: Duration::ZERO,
+            ready_line: String::new(),
+            stdout,
+            last_output,
+            readers,
+        };
         let mut said = Vec::new();
         loop {
             match seen.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if ready(&line) => break,
+                Ok(line) if ready(&line) => {
+                    tracer.ready_line = line;
+                    break;
+                }
                 Ok(line) => said.push(line),
                 Err(_) => bail!("{command:?} did not attach: {}", said.join("\n")),
             }
