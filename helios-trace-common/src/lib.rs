@@ -4,6 +4,8 @@
 //!
 //! Every type is `#[repr(C)]`, `Copy`, and has no implicit padding (reserved fields are
 //! explicit and zeroed), so the byte layout is the same in the BPF object and in the daemon.
+//! On the userspace side (feature `user`) zerocopy's derives check that claim at compile time
+//! and decode records from bytes without an unchecked cast.
 //! The sizes are asserted at compile time: changing one is a wire-format change.
 #![no_std]
 
@@ -36,6 +38,10 @@ pub mod kind {
 /// Common start of every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct EventHeader {
     /// One of [`kind`].
     pub kind: u32,
@@ -125,6 +131,10 @@ pub mod user_stack_flags {
 /// `regs`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct UserStack {
     /// The user registers as the kernel saved them at syscall entry (`bpf_task_pt_regs`), in
     /// the kernel's order for the running architecture ([`regs_x86_64`], [`regs_aarch64`]);
@@ -153,6 +163,10 @@ pub const PY_NO_OFFSET: u32 = u32::MAX;
 /// offsets are in bytes from the start of the named struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct PythonOffsets {
     /// Address, in the process, of `_PyRuntime.interpreters.head` (a `PyInterpreterState *`).
     pub interpreters_head: u64,
@@ -199,6 +213,10 @@ const _: () = assert!(size_of::<PythonOffsets>() == 72);
 /// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct PythonFrame {
     pub code: u64,
     pub instr: u64,
@@ -226,6 +244,10 @@ pub mod python_flags {
 /// The Python frames of the calling thread, innermost first ([`kind::PYTHON_STACK`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct PythonStack {
     pub header: EventHeader,
     /// Valid entries of `frames`.
@@ -253,6 +275,10 @@ pub mod syscall_flags {
 /// read from user memory while it was still there. Userspace gives it meaning (decode.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct SyscallEvent {
     pub header: EventHeader,
     /// Native syscall number of the running architecture.
@@ -286,6 +312,10 @@ const _: () = assert!(size_of::<SyscallEvent>() == 432);
 /// for which nothing was open; so the enter side is enough and needs no pairing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct CloseEvent {
     pub header: EventHeader,
     pub fd: i32,
@@ -296,6 +326,10 @@ const _: () = assert!(size_of::<CloseEvent>() == 32);
 /// `task/task_newtask`: fired in the parent while `copy_process` creates the child.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct NewTaskEvent {
     pub header: EventHeader,
     /// The new task's id (its tgid too, unless CLONE_THREAD).
@@ -312,6 +346,10 @@ pub const EXEC_FILENAME_LEN: usize = 256;
 /// `sched/sched_process_exec`: the image was replaced and close-on-exec descriptors are gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct ExecEvent {
     pub header: EventHeader,
     /// The thread that called execve; differs from tgid when a non-leader thread exec'd.
@@ -325,6 +363,10 @@ const _: () = assert!(size_of::<ExecEvent>() == 304);
 /// The whole thread group exited; its descriptor table is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct ExitEvent {
     pub header: EventHeader,
 }
@@ -433,6 +475,10 @@ pub const STACK_ENTRIES: u32 = 16384;
 /// `stack_window` bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
 pub struct Settings {
     /// The tracer's own tgid: never traced (its reads of /proc would feed back).
     pub tracer_tgid: u32,
@@ -517,7 +563,24 @@ pub mod map_name {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain data with no padding and no invalid bit patterns.
+    /// The claim aya::Pod asks for, checked by the compiler: each type derives zerocopy's
+    /// `FromBytes` (every bit pattern is valid) and `IntoBytes` (no padding), which fail to
+    /// compile otherwise.
+    const fn checked<T: zerocopy::FromBytes + zerocopy::IntoBytes>() {}
+    const _: () = {
+        checked::<super::EventHeader>();
+        checked::<super::SyscallEvent>();
+        checked::<super::CloseEvent>();
+        checked::<super::NewTaskEvent>();
+        checked::<super::ExecEvent>();
+        checked::<super::ExitEvent>();
+        checked::<super::UserStack>();
+        checked::<super::PythonOffsets>();
+        checked::<super::PythonStack>();
+        checked::<super::Settings>();
+    };
+    // SAFETY: #[repr(C)] plain data, FromBytes and IntoBytes (checked above): no padding and
+    // no invalid bit patterns.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SyscallEvent {}
     unsafe impl aya::Pod for super::CloseEvent {}

@@ -45,14 +45,12 @@ pub(crate) struct PythonFrames {
     pub(crate) flags: u32,
 }
 
-fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
-    let need = size_of::<T>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short { what, len: bytes.len(), need });
-    }
-    // SAFETY: length checked above; T is a #[repr(C)] plain-data record (every bit pattern is
-    // valid) and read_unaligned has no alignment requirement.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+fn read<T: zerocopy::FromBytes>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    T::read_from_prefix(bytes).map(|(record, _)| record).map_err(|_| DecodeError::Short {
+        what,
+        len: bytes.len(),
+        need: size_of::<T>(),
+    })
 }
 
 pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError> {
@@ -310,9 +308,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// Bytes of a record as the kernel program writes them.
-    pub(crate) fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
-        // SAFETY: T is a #[repr(C)] record without padding.
-        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+    pub(crate) fn bytes_of<T: zerocopy::IntoBytes + zerocopy::Immutable>(record: &T) -> Vec<u8> {
+        record.as_bytes().to_vec()
     }
 
     pub(crate) fn header(kind: u32) -> EventHeader {
