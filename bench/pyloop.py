@@ -5,7 +5,8 @@
 Waits for a line on stdin (so a tracer can attach to this pid first), then opens and closes
 /dev/null OPS times from a few nested Python frames, timing only the calls, spinning GAP_US
 after each (as bench/churn.c, after the same warm-up), and prints the mean ns of one
-open+close and how many were left out of it as preempted (over 100 us, as bench/churn.c).
+open+close, how many were left out of it as preempted (over 100 us, as bench/churn.c), and the
+mean of every open+close, preempted ones included.
 """
 import sys
 import time
@@ -21,11 +22,12 @@ SLOW_NS = 100_000
 
 def churn(ops, gap_ns):
     clock = time.perf_counter_ns
-    spent = timed = slow = 0
+    spent = timed = slow = every = 0
     for _ in range(ops):
         start = clock()
         open_close()
         end = clock()
+        every += end - start
         if end - start > SLOW_NS:
             slow += 1
         else:
@@ -33,7 +35,7 @@ def churn(ops, gap_ns):
             timed += 1
         while clock() < end + gap_ns:
             pass
-    return spent // max(timed, 1), slow
+    return spent // max(timed, 1), slow, every // max(ops, 1)
 
 
 def main():
@@ -41,8 +43,8 @@ def main():
     sys.stdin.readline()
     churn(max(ops // 10, 500), gap_us * 1000)
     time.sleep(0.3)
-    mean, slow = churn(ops, gap_us * 1000)
-    print(mean, slow, flush=True)
+    mean, slow, every = churn(ops, gap_us * 1000)
+    print(mean, slow, every, flush=True)
 
 
 if __name__ == "__main__":

@@ -301,8 +301,10 @@ pub struct SyscallEvent {
     pub path_len: u32,
     /// [`syscall_flags`].
     pub flags: u32,
-    /// Kernel stack id, like `stack_id`.
-    pub kernel_stack_id: i32,
+    /// Zero. (It held the kernel stack id of `--kernel-stacks`, removed: taken at the syscall's
+    /// exit, that stack was the same for every call, and this kernel has no kprobe or fentry to
+    /// take it where the descriptor is made.)
+    pub reserved: u32,
     pub path: [u8; PATH_LEN],
 }
 const _: () = assert!(size_of::<SyscallEvent>() == 432);
@@ -492,8 +494,8 @@ pub struct Settings {
     /// Bytes of user stack copied per call in [`stack_mode::DWARF`] (at most
     /// [`MAX_STACK_WINDOW`]).
     pub stack_window: u32,
-    /// Non-zero: capture the kernel stack too (`--kernel-stacks`).
-    pub kernel_stacks: u32,
+    /// Zero (it was `--kernel-stacks`, removed; see `SyscallEvent::reserved`).
+    pub reserved: u32,
     /// Offset of `group_dead` in the sched_process_exit record, read from its format file (the
     /// field exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the
     /// group's.
@@ -516,7 +518,7 @@ impl Settings {
         filter_cgroups: 0,
         user_stack_mode: stack_mode::FP,
         stack_window: 8192,
-        kernel_stacks: 0,
+        reserved: 0,
         exit_group_dead_offset: 0,
         filter_matches: 0,
         wakeup_bytes: 0,

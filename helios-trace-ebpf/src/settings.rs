@@ -56,10 +56,6 @@ pub fn stack_window() -> u32 {
 }
 
 #[inline(always)]
-pub fn capture_kernel_stacks() -> bool {
-    setting!(kernel_stacks) != 0
-}
-
 #[inline(always)]
 pub fn exit_group_dead_offset() -> u32 {
     setting!(exit_group_dead_offset)

@@ -1,6 +1,6 @@
-//! Call stacks of descriptor-creating calls: frame-pointer user stacks and kernel stacks into
-//! the STACKS map (`--stacks fp`, `--kernel-stacks`), or the user registers and a window of the
-//! user stack copied into the record for userspace to unwind (`--stacks dwarf`).
+//! Call stacks of descriptor-creating calls: frame-pointer user stacks into the STACKS map
+//! (`--stacks fp`), or the user registers and a window of the user stack copied into the record
+//! for userspace to unwind (`--stacks dwarf`).
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{

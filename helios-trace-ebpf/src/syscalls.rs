@@ -38,7 +38,7 @@ use crate::{
     filter::is_traced,
     maps::{EVENTS, SYSCALL_SPECS},
     python::python_stack,
-    settings::{capture_kernel_stacks, stack_window, user_stack_mode},
+    settings::{stack_window, user_stack_mode},
     stacks::{capture_user_stack, stack_id},
 };
 
@@ -255,14 +255,9 @@ fn fill<C: StackIdContext>(
     event.path_len = 0;
     event.flags = 0;
     event.stack_id = STACK_NOT_CAPTURED;
-    event.kernel_stack_id = STACK_NOT_CAPTURED;
-    if spec & spec::STACK != 0 {
-        if user_stack_mode() == stack_mode::FP {
-            event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
-        }
-        if capture_kernel_stacks() {
-            event.kernel_stack_id = stack_id(ctx, RAW_TRACEPOINT_FRAMES);
-        }
+    event.reserved = 0;
+    if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::FP {
+        event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
     }
     // The path is read at exit, not enter: by now the kernel has copied it (getname), so its
     // page is resident, whereas at enter a not-yet-faulted page makes the read fail.
@@ -301,13 +296,6 @@ fn fill<C: StackIdContext>(
         }
     }
 }
-
-/// Kernel frames of the raw tracepoint's own machinery at the top of a kernel stack taken
-/// here: this program, `bpf_trace_run2` and `__bpf_trace_sys_exit` (kernel/trace/bpf_trace.c,
-/// the `__bpf_trace_##call` probes of include/trace/bpf_probe.h). Skipped
-/// (`BPF_F_SKIP_FIELD_MASK`), the stack starts where the syscall's own exit path calls the
-/// tracepoint (`syscall_exit_work`), as the per-syscall tracepoints' stacks did.
-const RAW_TRACEPOINT_FRAMES: u64 = 3;
 
 /// Argument `index` (0..6); out of range reads as 0. Written without indexing so that no
 /// bounds-check panic path reaches the verifier.

@@ -310,9 +310,12 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
 /// bench/churn.c under each of `tracers`, alternated: a row per tracer, a column pair (ns, ×
 /// untraced) per phase.
 fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intro: &str) -> Result<String> {
-    // samples[tracer][phase] = ns per operation, one per repetition.
+    // samples[tracer][phase] = ns per operation, one per repetition kept; all_ops likewise
+    // with preempted operations in the means.
     let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
+    let mut all_ops = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
+    let mut lossy_runs = vec![0usize; tracers.len()];
     let mut slow = vec![0u64; tracers.len()];
     for rep in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
@@ -322,41 +325,72 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            lost[t] += stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
+            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
+            lost[t] += lost_here;
+            // A run that lost records did less work than a complete one: not a figure of cost.
+            if lost_here > 0 {
+                lossy_runs[t] += 1;
+                continue;
+            }
             for (p, phase) in PHASES.iter().enumerate() {
-                let (mean, preempted) = timing(&output, phase)?;
-                samples[t][p].push(mean);
-                slow[t] += preempted;
+                let timing = timing(&output, phase)?;
+                samples[t][p].push(timing.mean);
+                all_ops[t][p].push(timing.all_mean);
+                slow[t] += timing.preempted;
             }
         }
     }
     let mut table = format!(
         "\n{title}\n\n{} ops per phase, {} µs pause after each, median of {} \
          alternated runs [min–max] of the mean ns per operation; {intro}. Operations over 100 µs \
-         (preempted) are left out of the means and counted (all phases and runs).\n\n| variant ",
+         (preempted) are left out of the means and counted (all phases and runs kept); the second \
+         table has them in. A run of a tracer that lost records is left out of its row (its count \
+         in \"runs left out\").\n\n| variant ",
         plan.churn_ops, plan.gap_us, plan.reps
     );
     for column in PHASE_COLUMNS {
         write!(table, "| {column} ns | × ")?;
     }
-    table.push_str("| ops > 100 µs | lost |\n|");
-    for _ in 0..(PHASES.len() * 2 + 3) {
+    table.push_str("| ops > 100 µs | lost | runs left out |\n|");
+    for _ in 0..(PHASES.len() * 2 + 4) {
         table.push_str(" --- |");
     }
     table.push('\n');
-    let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
-    for (t, tracer) in tracers.iter().enumerate() {
-        write!(table, "| {} ", tracer.name())?;
-        for (p, s) in samples[t].iter().enumerate() {
-            write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
-        }
-        let lost = if matches!(tracer, Tracer::Helios(_) | Tracer::Before) {
-            lost[t].to_string()
-        } else {
-            "–".into()
+    let rows =
+        |samples: &[Vec<Vec<f64>>], table: &mut String, extra: &dyn Fn(usize) -> String| -> Result<()> {
+            let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
+            for (t, tracer) in tracers.iter().enumerate() {
+                write!(table, "| {} ", tracer.name())?;
+                for (p, s) in samples[t].iter().enumerate() {
+                    if s.is_empty() {
+                        write!(table, "| – | – ")?;
+                    } else {
+                        write!(table, "| {} | {:.2} ", spread(s), median(s) / base[p])?;
+                    }
+                }
+                writeln!(table, "{}", extra(t))?;
+            }
+            Ok(())
         };
-        writeln!(table, "| {} | {lost} |", slow[t])?;
+    let helios_row = |t: usize| matches!(tracers[t], Tracer::Helios(_) | Tracer::Before);
+    rows(&samples, &mut table, &|t| {
+        let (lost, lossy) = if helios_row(t) {
+            (lost[t].to_string(), lossy_runs[t].to_string())
+        } else {
+            ("–".into(), "–".into())
+        };
+        format!("| {} | {lost} | {lossy} |", slow[t])
+    })?;
+    table.push_str("\nThe same runs, preempted operations included in the means:\n\n| variant ");
+    for column in PHASE_COLUMNS {
+        write!(table, "| {column} ns | × ")?;
     }
+    table.push_str("|\n|");
+    for _ in 0..(PHASES.len() * 2 + 1) {
+        table.push_str(" --- |");
+    }
+    table.push('\n');
+    rows(&all_ops, &mut table, &|_| "|".to_string())?;
     Ok(table)
 }
 
@@ -857,9 +891,9 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
             workload.go()?;
             let output = workload.finish()?;
             lost[t] += stop_lost(attached, true)?;
-            let (mean, preempted) = timing(&output, "")?;
-            samples[t].push(mean);
-            slow[t] += preempted;
+            let timing = timing(&output, "")?;
+            samples[t].push(timing.mean);
+            slow[t] += timing.preempted;
         }
     }
     let mut table = format!(
@@ -1217,14 +1251,29 @@ impl Report {
 
 /// A timed workload's line `[NAME ]MEAN_NS SLOW_OPS` (bench/churn.c, bench/pyloop.py): the
 /// mean ns per operation, and how many operations were left out of it as preempted.
-fn timing(output: &str, name: &str) -> Result<(f64, u64)> {
+/// A phase's line of bench/churn.c: "PHASE MEAN_NS SLOW_OPS ALL_MEAN_NS" — the mean without
+/// the preempted operations, their count, and the mean of every operation.
+fn timing(output: &str, name: &str) -> Result<Timing> {
     output
         .lines()
         .find_map(|l| {
-            let mut words = l.strip_prefix(name)?.split_whitespace();
-            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+            let rest = l.strip_prefix(name)?;
+            // "open 12 …" is not "openat 12 …"; bench/pyloop.py's line has no name.
+            let rest = if name.is_empty() { rest } else { rest.strip_prefix(' ')? };
+            let mut words = rest.split_whitespace();
+            Some(Timing {
+                mean: words.next()?.parse().ok()?,
+                preempted: words.next()?.parse().ok()?,
+                all_mean: words.next()?.parse().ok()?,
+            })
         })
         .with_context(|| format!("no {name:?} line in {output:?}"))
+}
+
+struct Timing {
+    mean: f64,
+    preempted: u64,
+    all_mean: f64,
 }
 
 /// utime + stime of `pid` in seconds (proc(5): fields 14 and 15 of /proc/PID/stat, after the
@@ -1381,10 +1430,12 @@ mod tests {
 
     #[test]
     fn workload_timings() {
-        assert_eq!(timing("open 12 0\nsocket 34 2\n", "socket").unwrap(), (34.0, 2));
-        assert_eq!(timing("1500 3\n", "").unwrap(), (1500.0, 3));
-        assert!(timing("open 12 0\n", "accept").is_err());
-        assert!(timing("open 12\n", "open").is_err());
+        let read = |output: &str, name: &str| timing(output, name).map(|t| (t.mean, t.preempted, t.all_mean));
+        assert_eq!(read("open 12 0 12\nsocket 34 2 90\n", "socket").unwrap(), (34.0, 2, 90.0));
+        assert_eq!(read("1500 3 1700\n", "").unwrap(), (1500.0, 3, 1700.0));
+        assert!(read("open 12 0 12\n", "accept").is_err());
+        assert!(read("open 12 0\n", "open").is_err(), "the mean of every operation is missing");
+        assert!(read("openat 12 0 12\n", "open").is_err());
     }
 
     #[test]

@@ -204,11 +204,6 @@ pub(crate) struct TraceArgs {
     /// are cut there (counted in the report's events.stacks_truncated).
     #[arg(long, value_parser = parse_stack_window, default_value = "8K")]
     pub(crate) stack_window: u32,
-    /// Also capture kernel stacks (resolved through /proc/kallsyms). They are taken at the
-    /// syscall's exit, so they show the syscall exit path, the same few frames for every call,
-    /// not the path inside the kernel that made the descriptor.
-    #[arg(long)]
-    pub(crate) kernel_stacks: bool,
     /// Python call stacks (function, file, line) of CPython 3.10-3.13 processes, merged with
     /// the native frames. Needs user stacks: with --stacks none there are no Python frames
     /// either. Other interpreters get native frames and one warning each.

@@ -136,7 +136,6 @@ fn trace_settings(trace: &TraceArgs) -> TraceSettings {
         uids: trace.uids.clone(),
         user_stack_mode: trace.stacks.kernel_mode(),
         stack_window: trace.stack_window,
-        kernel_stacks: trace.kernel_stacks,
         // The kernel walks Python frames only where it captures user stacks.
         python_frames: trace.python_frames == PythonFramesMode::Auto && trace.stacks != StackMode::None,
         reconcile_interval: trace.reconcile_interval,

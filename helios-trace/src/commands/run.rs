@@ -43,9 +43,7 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     let mut tracing = Tracing::start(&settings, proc_root)?;
     tracing.before_exec(gated.pid(), &image);
     // The command may run as another user (sudo): passing it signals needs CAP_KILL.
-    let mut keep = privileges::needed_by(settings.kernel_stacks);
-    keep.push(caps::Capability::CAP_KILL);
-    privileges::drop_after_attach(&keep)?;
+    privileges::drop_after_attach(&[caps::Capability::CAP_KILL])?;
     let status = runtime()?.block_on(run_command(args.clone(), gated, tracing, &files))?;
     Ok(ExitCode::from(status))
 }

@@ -41,7 +41,7 @@ pub fn main(args: &ServeArgs) -> Result<ExitCode, Failure> {
     size_to_own_memory(&mut args.trace);
     let args = &args;
     let tracing = Tracing::start(&trace_settings(&args.trace), &args.proc_root)?;
-    privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
+    privileges::drop_after_attach(&[])?;
     runtime()?.block_on(run(args.clone(), listener, tracing, web)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }

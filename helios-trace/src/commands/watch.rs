@@ -41,7 +41,7 @@ pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
     validate_output(&files, args.output.as_deref(), "report")?;
     validate_output(&files, args.flamegraph.as_deref(), "flame graph")?;
     let tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
-    privileges::drop_after_attach(&privileges::needed_by(args.trace.kernel_stacks))?;
+    privileges::drop_after_attach(&[])?;
     runtime()?.block_on(session(args.clone(), tracing, &files)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,11 +24,11 @@ pub(crate) struct Event {
     pub(crate) op: Op,
 }
 
-/// Stack ids captured by the kernel program, if any (negative: capture failed with -errno).
+/// The stack id the kernel program captured (`--stacks fp`), if any (negative: capture failed
+/// with -errno).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StackIds {
     pub(crate) user: Option<i32>,
-    pub(crate) kernel: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,7 +19,6 @@ use crate::model::fd::SiteId;
 pub(crate) enum Language {
     Native,
     Python,
-    Kernel,
     /// Go code, named from the binary's own table (resolve/modules/gopclntab.rs).
     Go,
     /// Code a JIT compiled at run time (Node.js, the JVM), named from the process's perf map.
@@ -204,7 +203,6 @@ const LIBC_WRAPPERS: &[&str] = &[
 /// Whether a frame is plumbing rather than the application's own code.
 fn is_runtime(frame: &Frame) -> bool {
     match frame.language {
-        Language::Kernel => true,
         // The standard library (frozen modules, the interpreter's lib/python3.X) and installed
         // packages (site-packages, Debian's dist-packages) are libraries: the telling frame
         // is the application's call into them.
@@ -272,7 +270,7 @@ fn is_jit_runtime(frame: &Frame) -> bool {
 /// In a stack with Python frames, the application's code is Python: the native frames innermost
 /// of them are the C the Python code called (libsqlite3, libssl, an extension), never the
 /// telling frame. When every frame is plumbing, the innermost Python frame, else the innermost
-/// user frame. None only without user frames.
+/// frame. None only without frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
     let python = frames.iter().any(|f| f.language == Language::Python);
     frames
@@ -290,7 +288,7 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
                 f.language == Language::Go && f.symbol.as_deref().is_some_and(|s| !is_go_plumbing(s))
             })
         })
-        .or_else(|| frames.iter().find(|f| f.language != Language::Kernel))
+        .or_else(|| frames.first())
 }
 
 /// A short, bounded label of a frame, for the `frame` metric label and the text report:
@@ -354,7 +352,7 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
 
 /// The frames a site's identity comes from (ARCHITECTURE.md, "Data flow" 4). A native stack:
 /// all of them. A stack with Python frames: the Python frames, and innermost of them the
-/// kernel frames and the native frames that are not the interpreter's own (the extension and
+/// native frames that are not the interpreter's own (the extension and
 /// C library chain: `_socket`'s `sock_accept`, libc's `accept4`). Left out: the interpreter's
 /// frames between and around the Python frames, which differ from call to call of one Python
 /// line — CPython's adaptive interpreter (PEP 659, 3.11+) first runs the generic instruction,
@@ -455,14 +453,9 @@ pub(crate) mod tests {
         Frame { file: Some(Arc::from(file)), line: Some(line), ..native(Some(symbol), module, 0x1234) }
     }
 
-    fn kernel(symbol: &str) -> Frame {
-        Frame { language: Language::Kernel, module: None, offset: None, ..native(Some(symbol), "", 0) }
-    }
-
     #[test]
     fn the_telling_frame_is_past_kernel_libc_and_runtimes() {
         let frames = vec![
-            kernel("do_syscall_64"),
             native(Some("__libc_open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x114f10),
             native(Some("std::fs::OpenOptions::_open"), "/srv/app/server", 0x4000),
             located("leak_socket", "/srv/app/server", "/src/app.c", 14),
@@ -482,10 +475,9 @@ pub(crate) mod tests {
         let stripped =
             vec![native(Some("open64"), "/lib/libc.so.6", 0x10), native(None, "/srv/app/stripped", 0x1189)];
         assert_eq!(frame_label(telling_frame(&stripped).unwrap()), "stripped+0x1189");
-        // Only plumbing: the innermost user frame; only kernel frames, or none: nothing.
-        let plumbing = vec![kernel("x"), native(Some("__libc_open64"), "/lib/libc.so.6", 0x10)];
+        // Only plumbing: the innermost frame; no frames: nothing.
+        let plumbing = vec![native(Some("__libc_open64"), "/lib/libc.so.6", 0x10)];
         assert_eq!(telling_frame(&plumbing).unwrap().symbol.as_deref(), Some("__libc_open64"));
-        assert!(telling_frame(&[kernel("x")]).is_none());
         assert!(telling_frame(&[]).is_none());
     }
 
@@ -577,7 +569,6 @@ pub(crate) mod tests {
         }
         // The program's function past the runtime and net's frames, inlined ones included.
         let frames = vec![
-            kernel("do_syscall_64"),
             go("runtime/internal/syscall.Syscall6", 35),
             go("net.socket", 19),
             Frame { inlined: true, ..go("net.(*Dialer).Dial", 355) },
@@ -644,7 +635,6 @@ pub(crate) mod tests {
     fn labels_of_every_kind_of_frame() {
         assert_eq!(frame_label(&native(Some("open64"), "/lib/libc.so.6", 1)), "open64 (libc.so.6)");
         assert_eq!(frame_label(&Frame::native(0x1234, None, None)), "0x1234");
-        assert_eq!(frame_label(&kernel("do_sys_openat2")), "do_sys_openat2");
         let inlined = Frame { inlined: true, ..located("raw_openat", "/a/b", "/src/x.c", 3) };
         assert_eq!(inlined.describe(), "raw_openat (/src/x.c:3) [inlined]");
     }
@@ -686,10 +676,10 @@ pub(crate) mod tests {
         let stripped_moved = vec![Frame { address: Some(1), ..native(None, "/other/app", 0x1189) }];
         assert_eq!(site_id(&stripped), site_id(&stripped_moved));
         assert_ne!(site_id(&stripped), site_id(&[native(None, "/opt/app", 0x118a)]));
-        // Kernel frames take part (a site is its whole stack).
-        let mut with_kernel = a.clone();
-        with_kernel.insert(0, kernel("do_syscall_64"));
-        assert_ne!(site_id(&a), site_id(&with_kernel));
+        // Every frame takes part (a site is its whole stack).
+        let mut deeper = a.clone();
+        deeper.insert(0, native(Some("__libc_open64"), "/lib/libc.so.6", 0x10));
+        assert_ne!(site_id(&a), site_id(&deeper));
     }
 
     fn interp(symbol: &str, module: &str, offset: u64) -> Frame {
@@ -705,7 +695,6 @@ pub(crate) mod tests {
     pub(crate) fn accept_stack(glue: &[(&str, u64)], eval_offset: u64, outer: &[Frame]) -> Vec<Frame> {
         const LIBPYTHON: &str = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
         let mut frames = vec![
-            kernel("do_syscall_64"),
             native(Some("accept4"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x10f0),
             native(Some("sock_accept"), "/x/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so", 0x5a0),
         ];
@@ -749,7 +738,7 @@ pub(crate) mod tests {
         let mut other_call = generic.clone();
         other_call[1].symbol_offset = Some(0x44);
         assert_ne!(site_id(&generic), site_id(&other_call));
-        // Kernel frames innermost of the interpreter take part, as in native stacks.
+        // The C library's frame innermost of the interpreter takes part, as in native stacks.
         assert_ne!(site_id(&generic), site_id(&generic[1..]));
         // Without Python frames (the interpreter not walked yet), every frame counts: the
         // interpreter's frames are all that tells such stacks apart.
@@ -776,20 +765,19 @@ pub(crate) mod tests {
         assert_eq!(
             lines,
             [
-                "#0  do_syscall_64",
-                "#1  accept4 in libc.so.6",
-                "#2  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
+                "#0  accept4 in libc.so.6",
+                "#1  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
                 "… 2 interpreter frames",
-                "#5  socket.accept (/x/lib/python3.12/socket.py:295)",
-                "#6  Handler.on_connect (/srv/app.py:21)",
-                "#7  main (/srv/app.py:40)",
+                "#4  socket.accept (/x/lib/python3.12/socket.py:295)",
+                "#5  Handler.on_connect (/srv/app.py:21)",
+                "#6  main (/srv/app.py:40)",
                 "… 2 interpreter frames",
-                "#10 __libc_start_call_main in libc.so.6",
+                "#9  __libc_start_call_main in libc.so.6",
             ]
         );
         let one = accept_stack(&[("PyObject_Vectorcall", 0x55)], 0x1b3e, &[]);
         let lines: Vec<String> = shown(&one, FrameDisplay::Readable).iter().map(Shown::line).collect();
-        assert_eq!(lines[3], "… 1 interpreter frame");
+        assert_eq!(lines[2], "… 1 interpreter frame");
         // --all-frames: every frame, numbered as in JSON.
         let all = shown(&frames, FrameDisplay::All);
         assert_eq!(all.len(), frames.len());
@@ -812,6 +800,5 @@ pub(crate) mod tests {
                 "inlined": false, "language": "native", "interpreter": false
             })
         );
-        assert_eq!(serde_json::to_value(kernel("x")).unwrap()["language"], "kernel");
     }
 }

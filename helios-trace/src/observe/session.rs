@@ -142,7 +142,6 @@ pub(crate) struct TraceSettings {
     pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call with `stack_mode::DWARF`.
     pub(crate) stack_window: u32,
-    pub(crate) kernel_stacks: bool,
     /// Walk the Python frames of the CPython processes recognised.
     pub(crate) python_frames: bool,
     /// Compare the tables with /proc this often (zero: never).
@@ -179,7 +178,6 @@ impl Tracing {
             target_uids: args.uids.clone(),
             user_stack_mode: args.user_stack_mode,
             stack_window: args.stack_window,
-            kernel_stacks: args.kernel_stacks,
             ring_buffer_bytes: args.ring_buffer_bytes,
             wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_bytes as u64 / 4),
         };

@@ -802,12 +802,12 @@ pub(crate) mod tests {
             site.frames = frames.clone();
         }
         let text = screen(&mut Ui::default(), Some(&report));
-        assert!(text.contains("#2  sock_accept in _socket.cpython-312"), "{text}");
+        assert!(text.contains("#1  sock_accept in _socket.cpython-312"), "{text}");
         assert!(text.contains("… 2 interpreter frames"), "{text}");
-        assert!(text.contains("#5  socket.accept (/x/lib/python3.12/socket.py:295)"), "{text}");
+        assert!(text.contains("#4  socket.accept (/x/lib/python3.12/socket.py:295)"), "{text}");
         assert!(!text.contains("PyObject_Vectorcall"), "{text}");
         let text = screen(&mut Ui { frames: FrameDisplay::All, ..Ui::default() }, Some(&report));
-        assert!(text.contains("#3  PyObject_Vectorcall"), "{text}");
+        assert!(text.contains("#2  PyObject_Vectorcall"), "{text}");
         assert!(!text.contains("interpreter frames"), "{text}");
     }
 

@@ -3,8 +3,7 @@
 //!
 //! A user stack arrives either as registers and a window of stack bytes (`--stacks dwarf`,
 //! unwound here with the modules' CFI: resolve/unwind.rs) or as a frame-pointer stack id in the
-//! kernel's stack map (`--stacks fp`); a kernel stack as a stack id (`--kernel-stacks`). The
-//! addresses are named against the process's image captured at its first sight
+//! kernel's stack map (`--stacks fp`). The addresses are named against the process's image captured at its first sight
 //! (resolve/modules) with blazesym (resolve/symbolize.rs).
 use std::{
     collections::{HashMap, VecDeque},
@@ -30,7 +29,6 @@ use crate::{
         symbolize::{Symbol, Symbolizer},
         unwind::{ProcessUnwinder, UnwindCache},
     },
-    sys::proc,
 };
 
 /// Cached bounds: a process's known chains; the symbols of module addresses, by their bytes
@@ -62,11 +60,11 @@ struct ProcessStacks {
     image: Option<ProcessImage>,
     unwinder: Option<ProcessUnwinder>,
     recaptures: u32,
-    /// Frame-pointer stacks: (user stack id, kernel stack id) → site. Stack ids are never
-    /// reused for another stack (the kernel program does not pass BPF_F_REUSE_STACKID), so
-    /// the pair names one stack of one image.
-    by_stack_id: HashMap<(Option<i32>, Option<i32>), SiteId>,
-    /// Unwound stacks: hash of (addresses, kernel stack id) → those and their site. Looked
+    /// Frame-pointer stacks: user stack id → site. Stack ids are never reused for another
+    /// stack (the kernel program does not pass BPF_F_REUSE_STACKID), so an id names one stack
+    /// of one image.
+    by_stack_id: HashMap<Option<i32>, SiteId>,
+    /// Unwound stacks: hash of the addresses → those and their site. Looked
     /// up for every event, so a hit hashes the chain once and allocates nothing.
     by_chain: HashMap<u64, Vec<Chain>>,
     chains: usize,
@@ -76,30 +74,30 @@ struct ProcessStacks {
     perf_map_misses: u32,
 }
 
-/// An unwound chain, the kernel stack id that came with it, and their site.
-type Chain = (Box<[u64]>, Option<i32>, SiteId);
+/// An unwound chain and its site.
+type Chain = (Box<[u64]>, SiteId);
 
 impl ProcessStacks {
-    fn chain(&self, hash: u64, addresses: &[u64], kernel: Option<i32>) -> Option<SiteId> {
+    fn chain(&self, hash: u64, addresses: &[u64]) -> Option<SiteId> {
         let bucket = self.by_chain.get(&hash)?;
-        bucket.iter().find(|(a, k, _)| **a == *addresses && *k == kernel).map(|(.., site)| *site)
+        bucket.iter().find(|(a, _)| **a == *addresses).map(|(_, site)| *site)
     }
 
-    fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, kernel: Option<i32>, site: SiteId) {
+    fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
         if self.chains >= MAX_CHAINS_PER_PROCESS {
             self.by_chain.clear();
             self.chains = 0;
         }
-        self.by_chain.entry(hash).or_default().push((addresses.into_boxed_slice(), kernel, site));
+        self.by_chain.entry(hash).or_default().push((addresses.into_boxed_slice(), site));
         self.chains += 1;
     }
 }
 
 /// A word-at-a-time hash of a chain (rustc's FxHasher step): cheap enough for every event,
 /// and a collision only costs a comparison (the bucket holds the chains themselves).
-fn chain_hash(addresses: &[u64], kernel: Option<i32>) -> u64 {
+fn chain_hash(addresses: &[u64]) -> u64 {
     let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    addresses.iter().fold(step(0, kernel.map_or(u64::MAX, |k| k as u64)), |hash, a| step(hash, *a))
+    addresses.iter().fold(0, |hash, a| step(hash, *a))
 }
 
 /// Counters of the stack pipeline, for the report.
@@ -123,7 +121,6 @@ pub(crate) struct StackRegistry {
     symbolizer: Symbolizer,
     /// Symbols by module (the file it was parsed from) and address in it.
     symbols: BoundedLru<(FileKey, u64), Arc<[Symbol]>>,
-    kernel: HashMap<i32, Arc<[Frame]>>,
     frames: HashMap<SiteId, Arc<[Frame]>>,
     /// Sites of unresolved stacks, oldest first (bounded: one per short-lived process).
     unresolved: VecDeque<SiteId>,
@@ -138,13 +135,12 @@ impl StackRegistry {
     pub(crate) fn new(proc_root: impl Into<PathBuf>) -> StackRegistry {
         let proc_root = proc_root.into();
         StackRegistry {
-            symbolizer: Symbolizer::new(proc::kallsyms(&proc_root)),
+            symbolizer: Symbolizer::new(),
             proc_root,
             processes: HashMap::new(),
             files: ModuleFiles::default(),
             modules: ModuleCache::new(MAX_MODULES, MAX_MODULE_BYTES),
             symbols: BoundedLru::new(MAX_SYMBOL_BYTES),
-            kernel: HashMap::new(),
             frames: HashMap::new(),
             unresolved: VecDeque::new(),
             unwind_cache: Box::new(UnwindCache::new()),
@@ -167,13 +163,11 @@ impl StackRegistry {
         sample: Option<&StackSample<'_>>,
         read_stack: &dyn Fn(u32) -> Option<Vec<u64>>,
     ) -> SiteId {
-        let kernel_id = ids.kernel.filter(|id| *id >= 0);
         let user_id = ids.user.filter(|id| *id >= 0);
         let user = match sample {
             Some(sample) => {
                 let mut addresses = self.unwind(tgid, sample);
-                let known =
-                    self.process(tgid).chain(chain_hash(&addresses, kernel_id), &addresses, kernel_id);
+                let known = self.process(tgid).chain(chain_hash(&addresses), &addresses);
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
@@ -185,7 +179,7 @@ impl StackRegistry {
                 Some(addresses)
             }
             None => {
-                let known = self.process(tgid).by_stack_id.get(&(user_id, kernel_id)).copied();
+                let known = self.process(tgid).by_stack_id.get(&user_id).copied();
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
@@ -196,8 +190,7 @@ impl StackRegistry {
                 addresses
             }
         };
-        let mut frames: Vec<Frame> =
-            kernel_id.map(|id| self.kernel_frames(id, read_stack).to_vec()).unwrap_or_default();
+        let mut frames: Vec<Frame> = Vec::new();
         let mut unresolved = false;
         if let Some(addresses) = &user {
             let user_frames = self.user_frames(tgid, addresses);
@@ -226,11 +219,9 @@ impl StackRegistry {
         }
         let process = self.process(tgid);
         match (sample, user) {
-            (Some(_), Some(addresses)) => {
-                process.remember_chain(chain_hash(&addresses, kernel_id), addresses, kernel_id, site)
-            }
+            (Some(_), Some(addresses)) => process.remember_chain(chain_hash(&addresses), addresses, site),
             _ => {
-                process.by_stack_id.insert((user_id, kernel_id), site);
+                process.by_stack_id.insert(user_id, site);
             }
         }
         site
@@ -469,32 +460,6 @@ impl StackRegistry {
         self.symbols.insert(key, symbols.clone());
         symbols
     }
-
-    /// The frames of a kernel stack id (cached: kernel stacks are the same for every process).
-    fn kernel_frames(&mut self, id: i32, read_stack: &dyn Fn(u32) -> Option<Vec<u64>>) -> Arc<[Frame]> {
-        if let Some(frames) = self.kernel.get(&id) {
-            return frames.clone();
-        }
-        let addresses = read_stack(id as u32).unwrap_or_default();
-        let frames: Arc<[Frame]> = addresses
-            .iter()
-            .enumerate()
-            .map(|(i, address)| {
-                // The first is where the program (the tracepoint) is; the others return
-                // addresses (see lookup_addresses).
-                let lookup = if i == 0 { *address } else { address - 1 };
-                let symbol = self.symbolizer.kernel_symbol(lookup);
-                Frame {
-                    symbol: symbol.as_ref().map(|s| s.name.clone()),
-                    symbol_offset: symbol.as_ref().and_then(|s| s.offset.map(|o| o + (address - lookup))),
-                    language: Language::Kernel,
-                    ..Frame::native(*address, None, None)
-                }
-            })
-            .collect();
-        self.kernel.insert(id, frames.clone());
-        frames
-    }
 }
 
 /// Whether a module is a CPython interpreter's own code: a `pythonX.Y` executable or a
@@ -612,7 +577,7 @@ mod tests {
             reads.set(reads.get() + 1);
             Some(vec![0x7f3a12030010, 0x1234])
         };
-        let ids = StackIds { user: Some(3), kernel: None };
+        let ids = StackIds { user: Some(3) };
         let site = registry.site(42, ids, None, &read);
         assert!(matches!(site, SiteId::Stack(_)));
         assert_eq!(registry.site(42, ids, None, &read), site);
@@ -632,10 +597,7 @@ mod tests {
         registry.site(42, ids, None, &read);
         assert_eq!(reads.get(), 3);
         assert_eq!(registry.site(42, StackIds::default(), None, &read), SiteId::NoStack);
-        assert_eq!(
-            registry.site(42, StackIds { user: Some(-17), kernel: None }, None, &read),
-            SiteId::NoStack
-        );
+        assert_eq!(registry.site(42, StackIds { user: Some(-17) }, None, &read), SiteId::NoStack);
         assert_eq!(registry.site_count(), 1);
         // A process whose maps were never read (gone already): bare addresses, counted, and
         // only so many such sites are kept (each short-lived process would add its own).
@@ -657,7 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = StackRegistry::new(dir.path());
         registry.limit_sites(2);
-        let ids = |user| StackIds { user: Some(user), kernel: None };
+        let ids = |user| StackIds { user: Some(user) };
         let site = |registry: &mut StackRegistry, id: i32| {
             registry.site(7, ids(id), None, &|id| Some(vec![0x1000 * u64::from(id + 1)]))
         };

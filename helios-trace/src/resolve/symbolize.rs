@@ -1,16 +1,12 @@
 //! Addresses to names with blazesym: function names (demangled), inlined functions, and file
 //! and line from DWARF where the module carries it (or a debug link points to it); nothing
 //! where the module is stripped, and the caller then names the frame by module and offset.
-//! Kernel addresses resolve through kallsyms.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
-use blazesym::{
-    MaybeDefault,
-    symbolize::{
-        CodeInfo, Input, Sym, Symbolized,
-        evict::{Elf as EvictElf, Evict},
-        source::{Elf, Kernel, Source},
-    },
+use blazesym::symbolize::{
+    CodeInfo, Input, Sym, Symbolized,
+    evict::{Elf as EvictElf, Evict},
+    source::{Elf, Source},
 };
 
 use crate::resolve::modules::elf::LoadedModule;
@@ -43,13 +39,11 @@ unsafe impl Send for Blaze {}
 
 pub(crate) struct Symbolizer {
     blaze: Blaze,
-    kallsyms: PathBuf,
 }
 
 impl Symbolizer {
-    /// `kallsyms`: the kernel's symbol table (`/proc/kallsyms` under the procfs root).
-    pub(crate) fn new(kallsyms: impl Into<PathBuf>) -> Symbolizer {
-        Symbolizer { blaze: Blaze(blazesym::symbolize::Symbolizer::new()), kallsyms: kallsyms.into() }
+    pub(crate) fn new() -> Symbolizer {
+        Symbolizer { blaze: Blaze(blazesym::symbolize::Symbolizer::new()) }
     }
 
     /// The functions at `svma` (an address as the module's file states it), innermost first;
@@ -78,21 +72,6 @@ impl Symbolizer {
     /// Drop what blazesym parsed of a module the cache let go.
     pub(crate) fn forget(&mut self, module: &LoadedModule) {
         let _ = self.blaze.0.evict(&Evict::Elf(EvictElf::new(module.file.reopen_path())));
-    }
-
-    /// The kernel function at `address`, from kallsyms (which already carries the running
-    /// kernel's addresses, KASLR included).
-    pub(crate) fn kernel_symbol(&mut self, address: u64) -> Option<Symbol> {
-        let kernel = Kernel {
-            kallsyms: MaybeDefault::Some(self.kallsyms.clone()),
-            vmlinux: MaybeDefault::None,
-            debug_syms: false,
-            ..Kernel::default()
-        };
-        match self.blaze.0.symbolize_single(&Source::Kernel(kernel), Input::AbsAddr(address)) {
-            Ok(Symbolized::Sym(sym)) => symbols(&sym).pop(),
-            _ => None,
-        }
     }
 }
 
@@ -160,7 +139,7 @@ mod tests {
         let module: &ProcessModule = &image.modules[0];
         let loaded = LoadedModule::load(module.file.clone()).unwrap();
         let bias = loaded.bias(module.text).unwrap();
-        let mut symbolizer = Symbolizer::new("/proc/kallsyms");
+        let mut symbolizer = Symbolizer::new();
         let mut symbols = Vec::new();
         let mut svmas = Vec::new();
         for address in unwound.addresses.iter().take(4) {
@@ -212,25 +191,10 @@ mod tests {
         ));
         let loaded = LoadedModule::load(file).unwrap();
         let (_, svmas) = unwound_symbols("sample");
-        let mut symbolizer = Symbolizer::new("/proc/kallsyms");
+        let mut symbolizer = Symbolizer::new();
         let before = symbolizer.module_symbols(&loaded, svmas[1]);
         symbolizer.forget(&loaded);
         assert_eq!(symbolizer.module_symbols(&loaded, svmas[1]), before);
         assert!(symbolizer.module_symbols(&loaded, 0x10).is_empty(), "no function at the ELF header");
-    }
-
-    #[test]
-    fn kernel_addresses_resolve_through_kallsyms() {
-        let dir = tempfile::tempdir().unwrap();
-        let kallsyms = dir.path().join("kallsyms");
-        std::fs::write(
-            &kallsyms,
-            "ffffffff81000000 T _stext\nffffffff81001000 T do_sys_openat2\nffffffff81001400 t helper\nffffffff81002000 T zzz_end\n",
-        )
-        .unwrap();
-        let mut symbolizer = Symbolizer::new(&kallsyms);
-        let symbol = symbolizer.kernel_symbol(0xffffffff81001010).unwrap();
-        assert_eq!((&*symbol.name, symbol.offset), ("do_sys_openat2", Some(0x10)));
-        assert_eq!(&*symbolizer.kernel_symbol(0xffffffff81001404).unwrap().name, "helper");
     }
 }

@@ -67,8 +67,7 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
             let record: SyscallEvent = read(bytes, "syscall record")?;
             user_stack(bytes)?;
             let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
-            let stacks =
-                StackIds { user: stack_id(record.stack_id), kernel: stack_id(record.kernel_stack_id) };
+            let stacks = StackIds { user: stack_id(record.stack_id) };
             Ok(match syscall_op(call, &record) {
                 Some(op) => Decoded::Event(event(stacks, op)),
                 None => Decoded::Nothing,
@@ -328,7 +327,7 @@ pub(crate) mod tests {
             aux_count: 0,
             path_len: 0,
             flags: 0,
-            kernel_stack_id: STACK_NOT_CAPTURED,
+            reserved: 0,
             path: [0; PATH_LEN],
         }
     }
@@ -390,7 +389,7 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!((event.tgid, event.tid, event.ts_ns), (100, 101, 5_000));
-        assert_eq!(event.stacks, StackIds { user: Some(7), kernel: None });
+        assert_eq!(event.stacks, StackIds { user: Some(7) });
         assert_eq!(
             event.op,
             Op::Open {
@@ -551,7 +550,7 @@ pub(crate) mod tests {
         match decode(&bytes, &table).unwrap() {
             Decoded::Event(event) => {
                 assert!(matches!(event.op, Op::Open { .. }));
-                assert_eq!(event.stacks, StackIds { user: None, kernel: None });
+                assert_eq!(event.stacks, StackIds { user: None });
             }
             other => panic!("{other:?}"),
         }

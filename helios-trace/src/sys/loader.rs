@@ -48,7 +48,6 @@ pub(crate) struct TraceConfig {
     pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call in `stack_mode::DWARF`.
     pub(crate) stack_window: u32,
-    pub(crate) kernel_stacks: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub(crate) ring_buffer_bytes: u32,
     /// Wake the reader once this many bytes are waiting; 0 = on every record.
@@ -71,7 +70,7 @@ impl TraceConfig {
                 | if self.target_uids.is_empty() { 0 } else { filter_match::UIDS },
             user_stack_mode: self.user_stack_mode,
             stack_window: self.stack_window,
-            kernel_stacks: u32::from(self.kernel_stacks),
+            reserved: 0,
             exit_group_dead_offset,
             wakeup_bytes: self.wakeup_bytes,
         }
@@ -169,7 +168,7 @@ impl Tracer {
 
         let table = SyscallTable::native();
         let mut attached = Vec::new();
-        let stacks = config.user_stack_mode != stack_mode::NONE || config.kernel_stacks;
+        let stacks = config.user_stack_mode != stack_mode::NONE;
         // Which calls the programs act on, by native number: the table's, and close (at enter).
         let mut specs: Vec<(u32, &str, u32)> = table
             .specs()
@@ -437,7 +436,6 @@ mod tests {
             target_uids: Vec::new(),
             user_stack_mode: stack_mode::DWARF,
             stack_window: 4096,
-            kernel_stacks: true,
             ring_buffer_bytes: 1 << 24,
             wakeup_bytes: 65536,
         }
@@ -454,7 +452,7 @@ mod tests {
                 filter_cgroups: 0,
                 user_stack_mode: stack_mode::DWARF,
                 stack_window: 4096,
-                kernel_stacks: 1,
+                reserved: 0,
                 exit_group_dead_offset: 24,
                 filter_matches: 0,
                 wakeup_bytes: 65536,

@@ -1,8 +1,7 @@
 //! Once the programs are attached, keep only the capabilities the rest of the run needs:
 //! reading other users' /proc entries (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) and the maps we hold
 //! (CAP_BPF: before Linux 6.4, with unprivileged BPF disabled, every bpf(2) call needs it), plus
-//! what a caller asks for (`run` signals a command running as another user: CAP_KILL;
-//! `--kernel-stacks` reads kernel addresses: CAP_SYSLOG).
+//! what a caller asks for (`run` signals a command running as another user: CAP_KILL).
 //!
 //! Capabilities are per thread (capset(2) acts on the caller only), so this runs before any
 //! other thread of ours exists: the runtime's threads are started afterwards and inherit the
@@ -27,13 +26,6 @@ pub(crate) fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
     caps::clear(None, CapSet::Ambient).context("cannot clear ambient capabilities")?;
     log::debug!("kept capabilities {keep:?}");
     Ok(keep)
-}
-
-/// What a run needs beyond `KEPT`, with kernel stacks or without: kernel stacks are named through
-/// /proc/kallsyms, whose addresses read as zeros without CAP_SYSLOG (kptr_restrict), and it is
-/// read when the first kernel stack arrives.
-pub(crate) fn needed_by(kernel_stacks: bool) -> Vec<Capability> {
-    if kernel_stacks { vec![Capability::CAP_SYSLOG] } else { Vec::new() }
 }
 
 /// Drop every capability of the calling thread (a helper thread that only waits).

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::{pods::harness::cgroup2_mount, support::*};
 
 fn site_open(process: &serde_json::Value, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> u64 {
     process["sites"]
@@ -290,14 +290,6 @@ fn beyond_max_stacks_descriptors_are_tracked_under_site_limit() {
     assert_eq!(site_open(process, "socket", |s| s["site"] == "site-limit"), 2);
     assert!(report["events"]["sites_dropped"].as_u64().unwrap() >= 1, "{:#}", report["events"]);
     work.exit();
-}
-
-/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
-/// hybrid systems such as these machines).
-fn cgroup2_mount() -> std::path::PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
-    line.split(' ').nth(4).unwrap().into()
 }
 
 /// A cgroup of the test's own, removed (after its processes left) when dropped.

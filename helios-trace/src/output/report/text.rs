@@ -263,12 +263,12 @@ mod tests {
         report.processes[0].sites[0].frames = frames.clone();
         let text = to_text(&report, FrameDisplay::Readable);
         let expected = [
-            "#1  accept4 in libc.so.6",
-            "#2  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
+            "#0  accept4 in libc.so.6",
+            "#1  sock_accept in _socket.cpython-312-x86_64-linux-gnu.so",
             "… 3 interpreter frames",
-            "#6  socket.accept (/x/lib/python3.12/socket.py:295)",
-            "#7  Handler.on_connect (/srv/app.py:21)",
-            "#8  main (/srv/app.py:40)",
+            "#5  socket.accept (/x/lib/python3.12/socket.py:295)",
+            "#6  Handler.on_connect (/srv/app.py:21)",
+            "#7  main (/srv/app.py:40)",
             "… 2 interpreter frames",
         ]
         .map(|line| format!("           {line}\n"))

@@ -463,7 +463,7 @@ mod tests {
             .map(|s| (s.name().unwrap().to_string(), s.address(), s.size()))
             .collect();
         assert!(functions.len() > 1000, "{}", functions.len());
-        let mut symbolizer = Symbolizer::new("/proc/kallsyms");
+        let mut symbolizer = Symbolizer::new();
         let (mut compared, mut inlined, mut go_functions) = (0, 0, 0);
         let mut pcs = Vec::new();
         for (name, address, size) in &functions {

@@ -3,10 +3,7 @@
 //! and memory (resources.rs), and a process's image: its maps, the files it maps, its memory
 //! (image.rs). Every function takes the procfs root as a parameter so tests can point it at a
 //! directory of their own.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use procfs::process::Process;
 
@@ -16,11 +13,6 @@ pub(crate) mod fds;
 pub(crate) mod image;
 pub(crate) mod resources;
 pub(crate) mod sockets;
-
-/// Where the kernel lists its symbols (blazesym reads it to name kernel frames).
-pub(crate) fn kallsyms(root: &Path) -> PathBuf {
-    root.join("kallsyms")
-}
 
 /// Numeric entries of the procfs root: the pids.
 pub(crate) fn pids(root: &Path) -> Vec<u32> {

@@ -196,9 +196,16 @@ pub fn cgroup2_mount() -> PathBuf {
     static MOUNT: OnceLock<PathBuf> = OnceLock::new();
     MOUNT
         .get_or_init(|| {
+            // The host's own, under /sys/fs/cgroup: a root's bind mounts of /sys may repeat it
+            // in the table for a while, elsewhere.
             let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-            let line = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).expect("a cgroup2 mount");
-            line.split(' ').nth(4).unwrap().into()
+            mountinfo
+                .lines()
+                .filter(|l| l.contains(" - cgroup2 "))
+                .filter_map(|l| l.split(' ').nth(4))
+                .find(|point| point.starts_with("/sys/fs/cgroup"))
+                .expect("a cgroup2 mount under /sys/fs/cgroup")
+                .into()
         })
         .clone()
 }
