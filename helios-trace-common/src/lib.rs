@@ -540,7 +540,7 @@ pub const SETTINGS_GLOBAL: &str = "SETTINGS";
 pub mod map_name {
     /// Ring buffer of every record to userspace.
     pub const EVENTS: &str = "EVENTS";
-    /// Stack-trace map of frame-pointer user stacks and kernel stacks.
+    /// Stack-trace map of frame-pointer user stacks.
     pub const STACKS: &str = "STACKS";
     /// `--pid` targets, processes a `--comm` or `--uid` target matched, and the processes they
     /// forked: tgid -> 1.

@@ -28,7 +28,7 @@ shared_map! {
 }
 
 shared_map! {
-    /// User and kernel stacks of descriptor-creating calls, by id.
+    /// Frame-pointer user stacks of descriptor-creating calls, by id.
     STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
 }
 

@@ -183,7 +183,8 @@ fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
     // A runtime whose page does not read has not been written yet: `run` gives the offsets
     // before the exec, and the dynamic loader opens its libraries before the interpreter's
     // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
-    // has run: nothing to miss.
+    // has run: nothing to miss. (A started runtime's page swapped out under memory pressure
+    // reads the same way, and such a descriptor is then not counted missed: no swap here.)
     let Ok(interp) = read_user_u64(o.interpreters_head) else {
         return python_flags::NOT_STARTED;
     };

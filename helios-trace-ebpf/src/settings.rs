@@ -56,7 +56,6 @@ pub fn stack_window() -> u32 {
 }
 
 #[inline(always)]
-#[inline(always)]
 pub fn exit_group_dead_offset() -> u32 {
     setting!(exit_group_dead_offset)
 }

@@ -345,17 +345,18 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
          alternated runs [min–max] of the mean ns per operation; {intro}. Operations over 100 µs \
          (preempted) are left out of the means and counted (all phases and runs kept); the second \
          table has them in. A run of a tracer that lost records is left out of its row (its count \
-         in \"runs left out\").\n\n| variant ",
+         in \"runs left out\").\n\n",
         plan.churn_ops, plan.gap_us, plan.reps
     );
-    for column in PHASE_COLUMNS {
-        write!(table, "| {column} ns | × ")?;
-    }
-    table.push_str("| ops > 100 µs | lost | runs left out |\n|");
-    for _ in 0..(PHASES.len() * 2 + 4) {
-        table.push_str(" --- |");
-    }
-    table.push('\n');
+    // The header row and its rule: the variant, a (ns, ×) pair per phase, then `extra` columns.
+    let header = |table: &mut String, extra: &[&str]| {
+        let mut columns = vec!["variant".to_string()];
+        columns.extend(PHASE_COLUMNS.iter().flat_map(|c| [format!("{c} ns"), "×".to_string()]));
+        columns.extend(extra.iter().map(|c| c.to_string()));
+        let _ = writeln!(table, "| {} |", columns.join(" | "));
+        let _ = writeln!(table, "|{}", " --- |".repeat(columns.len()));
+    };
+    header(&mut table, &["ops > 100 µs", "lost", "runs left out"]);
     let rows =
         |samples: &[Vec<Vec<f64>>], table: &mut String, extra: &dyn Fn(usize) -> String| -> Result<()> {
             let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
@@ -381,15 +382,8 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
         };
         format!("| {} | {lost} | {lossy} |", slow[t])
     })?;
-    table.push_str("\nThe same runs, preempted operations included in the means:\n\n| variant ");
-    for column in PHASE_COLUMNS {
-        write!(table, "| {column} ns | × ")?;
-    }
-    table.push_str("|\n|");
-    for _ in 0..(PHASES.len() * 2 + 1) {
-        table.push_str(" --- |");
-    }
-    table.push('\n');
+    table.push_str("\nThe same runs, preempted operations included in the means:\n\n");
+    header(&mut table, &[]);
     rows(&all_ops, &mut table, &|_| "|".to_string())?;
     Ok(table)
 }
@@ -562,7 +556,8 @@ const NODES: [Node; 3] = [
 /// memory limit that leaves serve's own quarter of headroom (model/sizing.rs) above that peak.
 fn sizing(bench: &Bench, plan: &Plan) -> Result<String> {
     let mut table = String::from(
-        "\n### Sizing\n\n`helios-trace serve` (defaults, no memory limit: its caps are not what is measured) \
+        "\n### Sizing\n\n`helios-trace serve` (defaults, no memory limit: its caps are not what is measured; \
+         `--reconcile-interval 0`, as in the memory rows: no /proc pass lands in the reading) \
          tracing each node's processes: one generated program with the node's call sites (one descriptor \
          each), the others bench/fdhold.c holding its descriptors; read once every record is handled and a \
          scrape of /metrics served. Limit: the peak over 3/4 (serve keeps a quarter of its limit as \
@@ -878,6 +873,8 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     }
     let script = bench.source.join("pyloop.py");
     let mut samples = vec![Vec::new(); tracers.len()];
+    let mut every = vec![Vec::new(); tracers.len()];
+    let mut lossy = vec![0usize; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
     let mut slow = vec![0u64; tracers.len()];
     for _ in 0..plan.reps {
@@ -890,29 +887,47 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            lost[t] += stop_lost(attached, true)?;
+            let lost_here = stop_lost(attached, true)?;
+            lost[t] += lost_here;
+            // As in churn_table: a run that lost records is no figure of cost.
+            if lost_here > 0 {
+                lossy[t] += 1;
+                continue;
+            }
             let timing = timing(&output, "")?;
             samples[t].push(timing.mean);
+            every[t].push(timing.all_mean);
             slow[t] += timing.preempted;
         }
     }
     let mut table = format!(
         "\n### Python\n\n{PYTHON} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
-         median of {} alternated runs [min–max] (operations over 100 µs left out and counted).\n\n\
-         | variant | ns per open+close | × untraced | ops > 100 µs | lost |\n\
-         | --- | --- | --- | --- | --- |\n",
+         median of {} alternated runs [min–max] (operations over 100 µs left out and counted; the last \
+         two columns with them in).\n\n\
+         | variant | ns per open+close | × untraced | ops > 100 µs | lost | ns, preempted included | × |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
         plan.python_ops, plan.gap_us, plan.reps
     );
-    let base = median(&samples[0]);
+    let (base, every_base) = (median(&samples[0]), median(&every[0]));
     for (t, tracer) in tracers.iter().enumerate() {
-        let lost = if t == 0 { "–".to_string() } else { lost[t].to_string() };
+        let lost = match (t, lossy[t]) {
+            (0, _) => "–".to_string(),
+            (_, 0) => lost[t].to_string(),
+            (_, runs) => format!("{} ({runs} runs left out)", lost[t]),
+        };
+        if samples[t].is_empty() {
+            writeln!(table, "| {} | – | – | {} | {lost} | – | – |", tracer.name(), slow[t])?;
+            continue;
+        }
         writeln!(
             table,
-            "| {} | {} | {:.2} | {} | {lost} |",
+            "| {} | {} | {:.2} | {} | {lost} | {} | {:.2} |",
             tracer.name(),
             spread(&samples[t]),
             median(&samples[t]) / base,
-            slow[t]
+            slow[t],
+            spread(&every[t]),
+            median(&every[t]) / every_base,
         )?;
     }
     if !frames_flag {
@@ -1249,10 +1264,9 @@ impl Report {
     }
 }
 
-/// A timed workload's line `[NAME ]MEAN_NS SLOW_OPS` (bench/churn.c, bench/pyloop.py): the
-/// mean ns per operation, and how many operations were left out of it as preempted.
-/// A phase's line of bench/churn.c: "PHASE MEAN_NS SLOW_OPS ALL_MEAN_NS" — the mean without
-/// the preempted operations, their count, and the mean of every operation.
+/// A timed workload's line `[NAME ]MEAN_NS SLOW_OPS ALL_MEAN_NS` (bench/churn.c's phases,
+/// bench/pyloop.py's one line without a name): the mean ns per operation without the
+/// preempted ones, their count, and the mean of every operation.
 fn timing(output: &str, name: &str) -> Result<Timing> {
     output
         .lines()

@@ -266,7 +266,7 @@ fn is_jit_runtime(frame: &Frame) -> bool {
 }
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
-/// code, past the kernel, the C library and loader, language runtimes and standard libraries.
+/// code, past the C library and loader, language runtimes and standard libraries.
 /// In a stack with Python frames, the application's code is Python: the native frames innermost
 /// of them are the C the Python code called (libsqlite3, libssl, an extension), never the
 /// telling frame. When every frame is plumbing, the innermost Python frame, else the innermost
@@ -454,7 +454,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_telling_frame_is_past_kernel_libc_and_runtimes() {
+    fn the_telling_frame_is_past_libc_and_runtimes() {
         let frames = vec![
             native(Some("__libc_open64"), "/usr/lib/x86_64-linux-gnu/libc.so.6", 0x114f10),
             native(Some("std::fs::OpenOptions::_open"), "/srv/app/server", 0x4000),

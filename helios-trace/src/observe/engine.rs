@@ -175,7 +175,8 @@ impl Engine {
         self.python.waiting(now_ns)
     }
 
-    /// Descriptors opened by running CPython processes before their frames were walked.
+    /// Descriptors opened by running CPython processes that got no Python frames
+    /// (resolve/python `missed`).
     pub(crate) fn python_missed(&self) -> u64 {
         self.python.missed()
     }

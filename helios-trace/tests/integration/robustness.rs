@@ -415,9 +415,15 @@ fn job_churn_leaves_the_exporters_memory_flat() {
         sites_after * 5.0 <= peak_sites,
         "{sites_after} call sites remembered a minute after the churn, {peak_sites} during it"
     );
-    let after = anon_rss_kb(serve.pid());
+    // Freed memory is handed back at the exporter's next once-a-second tick: up to 10 s.
+    let mut after = anon_rss_kb(serve.pid());
+    let handed_back = Instant::now() + Duration::from_secs(10);
+    while after > warm + 1024 && Instant::now() < handed_back {
+        std::thread::sleep(Duration::from_secs(1));
+        after = anon_rss_kb(serve.pid());
+    }
     eprintln!(
-        "exporter RssAnon under job churn: {warm} kB after warm-up, {end} kB at the end, {after} kB 30 s after; {samples:?}"
+        "exporter RssAnon under job churn: {warm} kB after warm-up, {end} kB at the end, {after} kB once its sites were forgotten; {samples:?}"
     );
     assert!(end <= warm + 12 * 1024, "grew {} kB in under two minutes of churn", end.saturating_sub(warm));
     assert!(after <= warm + 1024, "{after} kB kept after the churn, {warm} kB during it");

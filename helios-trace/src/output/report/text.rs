@@ -53,7 +53,7 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
     if report.events.python_frames_missed > 0 {
         let _ = writeln!(
             out,
-            "note: {} descriptors opened by CPython processes have no Python frames (opened before the walk began, or the process exited before they were named)",
+            "note: {} descriptors opened by CPython processes have no Python frames (opened before the walk began, the walk failed, or the process exited before they were named)",
             report.events.python_frames_missed
         );
     }

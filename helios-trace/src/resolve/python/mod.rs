@@ -265,9 +265,10 @@ impl PythonProcesses {
         }
     }
 
-    /// Descriptors opened by running CPython processes whose Python frames could not be had:
-    /// opened before the kernel walked them, walked but not read to the end, or read after
-    /// the process had exited (`site`). Their sites have native frames only.
+    /// Descriptors opened by running CPython processes without Python frames: opened before
+    /// the kernel walked them, walked with none found where a read failed, or walked but with
+    /// none of their code objects readable when handled (the process had exited: `site`).
+    /// Their sites have native frames only.
     pub(crate) fn missed(&self) -> u64 {
         self.missed
     }
@@ -391,11 +392,13 @@ impl PythonProcesses {
     /// (innermost first) walked by the kernel, with its `python_flags`: the native frames with
     /// the Python frames merged in (StackRegistry::with_python).
     ///
-    /// Counted as missed (native frames only): a walk the kernel could not finish (a read
-    /// failed, the thread's namespace unknown), and frames whose code objects no longer read —
-    /// names are read from the process's memory when the record is handled, and a process that
-    /// exited in between has none. A thread CPython does not know (`NO_THREAD`) and a runtime
-    /// not started yet have no Python frames to miss.
+    /// Counted as missed when the site gets native frames only: the kernel's walk found no
+    /// frame because a read failed or the thread's namespace was unknown, or none of the walked
+    /// frames' code objects reads any more — names are read from the process's memory when
+    /// the record is handled, and a process that exited in between has none. A walk cut short
+    /// with some frames read keeps those and is not counted. A thread CPython does not know
+    /// (`NO_THREAD`) and a runtime not started yet (`NOT_STARTED`, which includes a runtime
+    /// whose page does not read: helios-trace-ebpf/src/python.rs) have no Python frames to miss.
     pub(crate) fn site(
         &mut self,
         pid: u32,
