@@ -239,8 +239,13 @@ pub(crate) fn offsets_before_exec(
     let Some(minor) = version_of(&path) else { return Ok(None) };
     let minor = minor?;
     let elf_error = |reason: String| PythonError::Elf { path: path.clone(), reason };
-    let bytes = std::fs::read(&canonical).map_err(|e| elf_error(e.to_string()))?;
-    let elf = object::File::parse(&*bytes).map_err(|e| elf_error(e.to_string()))?;
+    // Mapped, as runtime_address maps it, not read whole: only the headers, the symbol tables
+    // and the runtime's bytes are touched.
+    let file = std::fs::File::open(&canonical).map_err(|e| elf_error(e.to_string()))?;
+    // SAFETY: a read-only private mapping only read through object's bounds-checked parser;
+    // an installed interpreter is not rewritten in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| elf_error(e.to_string()))?;
+    let elf = object::File::parse(&*map).map_err(|e| elf_error(e.to_string()))?;
     if elf.kind() != object::ObjectKind::Executable {
         return Ok(None);
     }
@@ -249,7 +254,7 @@ pub(crate) fn offsets_before_exec(
         let in_file = elf.segments().find_map(|s| {
             let (offset, size) = s.file_range();
             let at = runtime.checked_sub(s.address()).filter(|at| at + out.len() as u64 <= size)?;
-            bytes.get((offset + at) as usize..(offset + at) as usize + out.len())
+            map.get((offset + at) as usize..(offset + at) as usize + out.len())
         });
         let in_file = in_file.ok_or_else(|| elf_error("_PyRuntime is not in the file".into()))?;
         out.copy_from_slice(in_file);
