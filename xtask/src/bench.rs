@@ -938,13 +938,17 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
 
 /// The holders row (issue 15's numbers): a CPython process with `heap_objects` GC-tracked
 /// objects and 50 files in a module-level list; helios-trace on its pid, a SIGUSR1 report
-/// with `--holders` (one walk of the heap) and without (none), alternated: the walk's time as
-/// the report gives it, the objects walked, and the tracer's peak RSS (VmHWM) after the report.
+/// without `--holders` (no walk), with it (one walk of the heap), and with `--holders-pause`
+/// too (the process stopped for the walk), alternated: the walk's time as the report gives it,
+/// how long the process stood still, the objects walked, and the tracer's peak RSS (VmHWM)
+/// after the report.
 fn holders(bench: &Bench, plan: &Plan) -> Result<String> {
     let script = bench.source.join("pyheap.py");
-    let variants: [&[&str]; 2] = [&[], &["--holders"]];
+    let variants: [&[&str]; 3] = [&[], &["--holders"], &["--holders", "--holders-pause"]];
     let mut peak = vec![Vec::new(); variants.len()];
-    let (mut walk, mut objects, mut named) = (Vec::new(), 0, String::new());
+    let mut walk = vec![Vec::new(); variants.len()];
+    let mut paused = Vec::new();
+    let (mut objects, mut named) = (0, String::new());
     for _ in 0..plan.holders_runs {
         for (v, extra) in variants.iter().enumerate() {
             let mut workload =
@@ -967,7 +971,11 @@ fn holders(bench: &Bench, plan: &Plan) -> Result<String> {
                 .context("the workload is not in the report")?;
             if !extra.is_empty() {
                 let heap = &process["heap"];
-                walk.push(heap["walk_seconds"].as_f64().context("no heap walk in the report")?);
+                walk[v].push(heap["walk_seconds"].as_f64().context("no heap walk in the report")?);
+                if extra.contains(&"--holders-pause") {
+                    let stopped = heap["paused_seconds"].as_f64();
+                    paused.push(stopped.with_context(|| format!("the process was not stopped: {heap}"))?);
+                }
                 objects = heap["objects"].as_u64().unwrap_or(0);
                 let held = process["sites"].as_array().into_iter().flatten().find_map(|s| {
                     s["holders"].as_array()?.iter().find(|h| h["count"] == 50)?["root"]
@@ -980,25 +988,36 @@ fn holders(bench: &Bench, plan: &Plan) -> Result<String> {
             drop(workload);
         }
     }
-    let (without, with) = (median(&peak[0]), median(&peak[1]));
+    let without = median(&peak[0]);
     let mut table = format!(
         "\n### Holders\n\n{PYTHON} bench/pyheap.py {}: a heap of that many GC-tracked objects and 50 files \
-         in a module-level list; one SIGUSR1 report with and without `--holders`, {} alternated run(s), \
-         medians [min–max]. Peak RSS is the tracer's VmHWM after the report.\n\n\
-         | variant | objects walked | walk s | tracer peak RSS | the 50 files held by |\n| --- | --- | --- | --- | --- |\n",
+         in a module-level list; one SIGUSR1 report without `--holders`, with it, and with \
+         `--holders-pause` too, {} alternated run(s), medians [min–max]. Peak RSS is the tracer's VmHWM \
+         after the report; \"process stopped\" is the report's `heap.paused_seconds`.\n\n\
+         | variant | objects walked | walk s | process stopped s | tracer peak RSS | the 50 files held by |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
         plan.heap_objects, plan.holders_runs
     );
     let peaks = |p: &[f64]| p.iter().map(|b| b / (1024.0 * 1024.0)).collect::<Vec<_>>();
-    writeln!(table, "| without --holders | – | – | {} MiB | – |", spread(&peaks(&peak[0])))?;
-    writeln!(
-        table,
-        "| --holders | {objects} | {:.2} [{:.2}–{:.2}] | {} MiB (+{}) | {named} |",
-        median(&walk),
-        walk.iter().copied().fold(f64::INFINITY, f64::min),
-        walk.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        spread(&peaks(&peak[1])),
-        mib((with - without).max(0.0) as u64)
-    )?;
+    let range = |v: &[f64]| {
+        format!(
+            "{:.2} [{:.2}–{:.2}]",
+            median(v),
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        )
+    };
+    writeln!(table, "| without --holders | – | – | – | {} MiB | – |", spread(&peaks(&peak[0])))?;
+    for (v, name) in [(1, "--holders"), (2, "--holders --holders-pause")] {
+        let stopped = if v == 2 { range(&paused) } else { "–".to_string() };
+        writeln!(
+            table,
+            "| {name} | {objects} | {} | {stopped} | {} MiB (+{}) | {named} |",
+            range(&walk[v]),
+            spread(&peaks(&peak[v])),
+            mib((median(&peak[v]) - without).max(0.0) as u64)
+        )?;
+    }
     Ok(table)
 }
 

@@ -96,6 +96,12 @@ pub struct SessionArgs {
     /// report time.
     #[arg(long)]
     pub(crate) holders: bool,
+    /// Stop (SIGSTOP) each CPython process while its heap is walked for holders, for a
+    /// consistent snapshot of its references, and continue it (SIGCONT) right after: the
+    /// process stands still for the walk (the report's `heap.paused_seconds`; about 0.7 s for a
+    /// million objects). Off by default; a process stopped already is left stopped.
+    #[arg(long)]
+    pub(crate) holders_pause: bool,
     /// Refresh the live view, or print a summary line, this often.
     #[arg(long, value_parser = parse_interval, default_value = "2s")]
     pub(crate) interval: Duration,

@@ -58,6 +58,7 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &
     let pid = gated.pid();
     tracing.set_min_age(session.min_age);
     tracing.set_all_holders(session.holders);
+    tracing.set_holders_pause(session.holders_pause);
     tracing.retain_exited(RUN_KEEPS_EXITED);
     let mut argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if session.trace.redact_paths {
@@ -103,7 +104,7 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &
     let status = running.status();
     let mut report = tracing.report(session.list_fds);
     report.command = Some(command_report(argv, pid, status));
-    emit(&report, session, files, false)?;
+    emit(&report, session, files)?;
     Ok(status.map(launch::exit_code).unwrap_or(1))
 }
 

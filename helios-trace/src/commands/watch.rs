@@ -41,7 +41,9 @@ pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
     validate_output(&files, args.output.as_deref(), "report")?;
     validate_output(&files, args.flamegraph.as_deref(), "flame graph")?;
     let tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
-    privileges::drop_after_attach(&[])?;
+    // --holders-pause stops and continues processes of other users: CAP_KILL.
+    let extra = if args.holders_pause { &[caps::Capability::CAP_KILL][..] } else { &[] };
+    privileges::drop_after_attach(extra)?;
     runtime()?.block_on(session(args.clone(), tracing, &files)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -53,6 +55,7 @@ async fn session(args: SessionArgs, mut tracing: Tracing, files: &Files) -> Resu
     let stop = stop_signal(args.duration)?;
     tracing.set_min_age(args.min_age);
     tracing.set_all_holders(args.holders);
+    tracing.set_holders_pause(args.holders_pause);
     let what = tracing.describe_targets();
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {what}{}",
@@ -71,7 +74,7 @@ async fn session(args: SessionArgs, mut tracing: Tracing, files: &Files) -> Resu
     };
     drive(&mut tracing, &args, files, stop, &mut snapshot, &mut progress).await?;
     progress.finish();
-    emit(&tracing.report(args.list_fds), &args, files, false)
+    emit(&tracing.report(args.list_fds), &args, files)
 }
 
 /// Trace until `stop`, showing progress; SIGUSR1 writes a report and tracing goes on.
@@ -92,7 +95,7 @@ pub(super) async fn drive(
                 if progress.holds_stdout() && args.output.is_none() {
                     log::info!("SIGUSR1: the live view holds stdout; use --output FILE for snapshots");
                 } else {
-                    emit(&tracing.report(args.list_fds), args, files, true)?;
+                    emit(&tracing.report(args.list_fds), args, files)?;
                 }
             }
         }
@@ -171,10 +174,11 @@ impl Progress {
     }
 }
 
-/// Write a report to `--output` (replacing the file atomically) or stdout. A snapshot on stdout
-/// in JSON is one line, so a reader can take one report per line.
-pub(super) fn emit(report: &Report, args: &SessionArgs, files: &Files, snapshot: bool) -> Result<()> {
-    let text = match (args.format, snapshot && args.output.is_none()) {
+/// Write a report to `--output` (replacing the file atomically, JSON indented) or stdout. JSON
+/// on stdout is one line per report, the snapshots' and the final one alike (JSON Lines), so a
+/// reader takes one report per line.
+pub(super) fn emit(report: &Report, args: &SessionArgs, files: &Files) -> Result<()> {
+    let text = match (args.format, args.output.is_none()) {
         (Format::Json, true) => serde_json::to_string(report).expect("report serializes"),
         (Format::Json, false) => report::to_json(report),
         (Format::Text, _) => to_text(report, args.frame_display()),

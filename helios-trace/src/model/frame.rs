@@ -200,15 +200,18 @@ const LIBC_WRAPPERS: &[&str] = &[
     "syscall",
 ];
 
+/// Whether a Python source file is a library's rather than the application's: the standard
+/// library (frozen modules, the interpreter's lib/python3.X) and installed packages
+/// (site-packages, Debian's dist-packages).
+pub(crate) fn is_python_library(file: &str) -> bool {
+    file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
+}
+
 /// Whether a frame is plumbing rather than the application's own code.
 fn is_runtime(frame: &Frame) -> bool {
     match frame.language {
-        // The standard library (frozen modules, the interpreter's lib/python3.X) and installed
-        // packages (site-packages, Debian's dist-packages) are libraries: the telling frame
-        // is the application's call into them.
-        Language::Python => frame.file.as_deref().is_some_and(|file| {
-            file.starts_with("<frozen ") || file.contains("/lib/python3") || file.contains("-packages/")
-        }),
+        // Libraries: the telling frame is the application's call into them.
+        Language::Python => frame.file.as_deref().is_some_and(is_python_library),
         Language::Go => frame.symbol.as_deref().is_none_or(is_go_runtime),
         // Perf maps name the runtime's own stubs and builtins too; the rest is the program's.
         Language::Jit => is_jit_runtime(frame),

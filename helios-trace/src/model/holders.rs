@@ -6,8 +6,9 @@
 //! `30 held by app:Handler._ws_connections (set of 30) via .writer._transport._sock`.
 //!
 //! Pure: resolve/holders reads the graph out of a CPython process; this file knows nothing of
-//! CPython. Memory per object is a few words (edges are 8 bytes, labels interned), so a heap
-//! of a million objects fits the walk's budget.
+//! CPython. Memory per object is a few words — an object 8 bytes, its row start 4, each edge 8
+//! (the target and its step packed in a `u32` each), its parent in the search 4, labels interned —
+//! so a heap of a million objects fits the walk's budget (issue 15: 64 MiB).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
@@ -30,9 +31,71 @@ pub(crate) enum Step {
     Member,
 }
 
+/// Which roots name an object first. The application's own before a library's: the question
+/// is what in the application keeps a leak alive, and a framework's connection loop holds
+/// every connection it serves (aiohttp's `RequestHandler.start() local self`) whether the
+/// application leaks it or not. Globals before locals: a module global or class attribute
+/// holds until code lets go, a local only until its frame (or suspended coroutine) ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rank {
+    ApplicationGlobal,
+    ApplicationLocal,
+    LibraryGlobal,
+    LibraryLocal,
+}
+
+impl Rank {
+    const ALL: [Rank; 4] =
+        [Rank::ApplicationGlobal, Rank::ApplicationLocal, Rank::LibraryGlobal, Rank::LibraryLocal];
+
+    /// A root's rank from whether its code is the application's and whether it is a local.
+    pub(crate) fn of(application: bool, local: bool) -> Rank {
+        match (application, local) {
+            (true, false) => Rank::ApplicationGlobal,
+            (true, true) => Rank::ApplicationLocal,
+            (false, false) => Rank::LibraryGlobal,
+            (false, true) => Rank::LibraryLocal,
+        }
+    }
+}
+
 /// Distinct names kept for labels; past it, keys read as `[…]` (attributes keep theirs:
 /// there are few) so a dict keyed by a million strings does not grow the table.
 const MAX_KEY_LABELS: usize = 1 << 16;
+
+/// Labels of any kind: a packed step keeps its label in the low 29 bits.
+const MAX_LABELS: usize = 1 << 29;
+
+impl Step {
+    /// The step in a `u32`: the kind in the top 3 bits, the label in the others.
+    fn pack(self) -> u32 {
+        match self {
+            Step::Attr(l) => l,
+            Step::Key(l) => 1 << 29 | l,
+            Step::OtherKey => 2 << 29,
+            Step::Index => 3 << 29,
+            Step::Member => 4 << 29,
+        }
+    }
+
+    fn unpack(packed: u32) -> Step {
+        let label = packed & (MAX_LABELS as u32 - 1);
+        match packed >> 29 {
+            0 => Step::Attr(label),
+            1 => Step::Key(label),
+            2 => Step::OtherKey,
+            3 => Step::Index,
+            _ => Step::Member,
+        }
+    }
+}
+
+/// An edge as kept: its target and its packed step (8 bytes, where `(Node, Step)` takes 12).
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    to: Node,
+    step: u32,
+}
 
 /// One object.
 #[derive(Clone, Copy, Debug)]
@@ -55,9 +118,9 @@ pub(crate) struct HeapGraph {
     label_ids: HashMap<Box<str>, u32>,
     /// Edges of object i: `targets[starts[i]..starts[i + 1]]` (compressed rows).
     starts: Vec<u32>,
-    targets: Vec<(Node, Step)>,
-    /// Named roots, in priority order (the first that reaches an object names it).
-    roots: Vec<(Box<str>, Node)>,
+    targets: Vec<Edge>,
+    /// Named roots: the first of the best rank that reaches an object names it.
+    roots: Vec<(Box<str>, Node, Rank)>,
 }
 
 impl HeapGraph {
@@ -89,7 +152,7 @@ impl HeapGraph {
         if let Some(id) = self.label_ids.get(name) {
             return Some(*id);
         }
-        if key && self.labels.len() >= MAX_KEY_LABELS {
+        if (key && self.labels.len() >= MAX_KEY_LABELS) || self.labels.len() >= MAX_LABELS {
             return None;
         }
         let id = self.labels.len() as u32;
@@ -101,20 +164,20 @@ impl HeapGraph {
     /// The edges of the next object whose edges were not given yet (objects without edges get
     /// an empty call). Edges to nodes not in the graph are the caller's to drop.
     pub(crate) fn edges(&mut self, edges: impl IntoIterator<Item = (Node, Step)>) {
-        self.targets.extend(edges);
+        self.targets.extend(edges.into_iter().map(|(to, step)| Edge { to, step: step.pack() }));
         self.starts.push(self.targets.len() as u32);
     }
 
-    /// A named root (e.g. `app:Handler._conns`); earlier roots win ties.
-    pub(crate) fn root(&mut self, name: &str, node: Node) {
-        self.roots.push((name.into(), node));
+    /// A named root (e.g. `app:Handler._conns`); earlier roots of a rank win ties.
+    pub(crate) fn root(&mut self, name: &str, node: Node, rank: Rank) {
+        self.roots.push((name.into(), node, rank));
     }
 
     pub(crate) fn type_name(&self, node: Node) -> &str {
         &self.types[self.objects[node as usize].type_name as usize]
     }
 
-    fn out(&self, node: Node) -> &[(Node, Step)] {
+    fn out(&self, node: Node) -> &[Edge] {
         let i = node as usize;
         match (self.starts.get(i), self.starts.get(i + 1)) {
             (Some(a), Some(b)) => &self.targets[*a as usize..*b as usize],
@@ -132,32 +195,61 @@ impl HeapGraph {
         }
     }
 
-    /// Breadth-first from every root at once: for each object, the root that reaches it first
-    /// and the edge it was reached by. The BFS order makes each chain a shortest one.
+    /// Breadth-first from every root of a rank at once, rank by rank ([`Rank`]), each search
+    /// going only where the ranks before it did not: for each object, the object it was first
+    /// reached from. So an object's chain starts at a root of the best rank that reaches it,
+    /// and is a shortest one from the roots of that rank. Only the parent is kept (4 bytes an
+    /// object): the step is the parent's first edge to the object, which is the edge the search
+    /// took, and the root is the first root at the chain's start, which is the one it seeded.
     pub(crate) fn shortest_chains(&self) -> Chains {
         let n = self.objects.len();
-        let mut reached: Vec<Option<(u32, Node, Step)>> = vec![None; n];
+        let mut parent: Vec<Node> = vec![UNREACHED; n];
+        let mut root_of = HashMap::new();
         let mut queue = VecDeque::new();
-        for (i, (_, node)) in self.roots.iter().enumerate() {
-            let Some(slot) = reached.get_mut(*node as usize) else { continue };
-            if slot.is_none() {
-                // A root reaches itself: its own node as parent marks the chain's start.
-                *slot = Some((i as u32, *node, Step::Index));
-                queue.push_back(*node);
+        for rank in Rank::ALL {
+            for (i, (_, node, _)) in self.roots.iter().enumerate().filter(|(_, r)| r.2 == rank) {
+                let Some(slot) = parent.get_mut(*node as usize) else { continue };
+                if *slot == UNREACHED {
+                    // A root is its own parent: the chain's start.
+                    *slot = *node;
+                    root_of.insert(*node, i as u32);
+                    queue.push_back(*node);
+                }
             }
-        }
-        while let Some(node) = queue.pop_front() {
-            let (root, _, _) = reached[node as usize].expect("queued nodes are reached");
-            for &(to, step) in self.out(node) {
-                if let Some(slot) = reached.get_mut(to as usize)
-                    && slot.is_none()
-                {
-                    *slot = Some((root, node, step));
-                    queue.push_back(to);
+            while let Some(node) = queue.pop_front() {
+                for edge in self.out(node) {
+                    if let Some(slot) = parent.get_mut(edge.to as usize)
+                        && *slot == UNREACHED
+                    {
+                        *slot = node;
+                        queue.push_back(edge.to);
+                    }
                 }
             }
         }
-        Chains { reached }
+        Chains { parent, root_of }
+    }
+
+    /// The root and the steps from it to `node` (None: no root reaches it).
+    pub(crate) fn chain(&self, chains: &Chains, node: Node) -> Option<(u32, Vec<Step>)> {
+        let mut steps = Vec::new();
+        let mut at = node;
+        loop {
+            let parent = *chains.parent.get(at as usize)?;
+            if parent == UNREACHED {
+                return None;
+            }
+            if parent == at {
+                steps.reverse();
+                return Some((*chains.root_of.get(&at)?, steps));
+            }
+            steps.push(Step::unpack(self.out(parent).iter().find(|e| e.to == at)?.step));
+            at = parent;
+            // A chain is never longer than the objects: a corrupt table cannot loop us.
+            if steps.len() > chains.parent.len() {
+                return None;
+            }
+        }
     }
 
     /// Group the chains to these objects, one object per descriptor (None: no Python object
@@ -179,7 +271,7 @@ impl HeapGraph {
                 no_owner += 1;
                 continue;
             };
-            let Some((root, steps)) = chains.chain(*node) else {
+            let Some((root, steps)) = self.chain(chains, *node) else {
                 unreachable += 1;
                 continue;
             };
@@ -198,7 +290,7 @@ impl HeapGraph {
         let mut out: Vec<Holder> = groups
             .into_values()
             .map(|g| {
-                let (name, root_node) = &self.roots[g.root as usize];
+                let (name, root_node, _) = &self.roots[g.root as usize];
                 let container = self.type_name(*root_node).to_string();
                 let len = u64::from(self.objects[*root_node as usize].len);
                 // The step into a container rooted by name is what "(set of 30)" already says.
@@ -250,36 +342,37 @@ fn normal(step: Step) -> Step {
 
 /// Types whose size is their item count.
 pub(crate) fn is_container(type_name: &str) -> bool {
-    matches!(type_name, "dict" | "set" | "frozenset" | "list" | "tuple" | "collections.deque")
+    matches!(
+        type_name,
+        "dict"
+            | "collections.defaultdict"
+            | "collections.OrderedDict"
+            | "set"
+            | "frozenset"
+            | "list"
+            | "tuple"
+            | "collections.deque"
+    )
 }
 
 pub(crate) const NO_PYTHON_OWNER: &str = "no Python owner";
 pub(crate) const NO_ROOT: &str = "no chain from a named root";
 
+/// A parent no object has: not reached from any root.
+const UNREACHED: Node = Node::MAX;
+
 /// The result of [`HeapGraph::shortest_chains`].
 pub(crate) struct Chains {
-    /// Per object: (root index, parent, step from the parent); a root is its own parent.
-    reached: Vec<Option<(u32, Node, Step)>>,
+    /// Per object: the object it was reached from (a root: itself; else [`UNREACHED`]).
+    parent: Vec<Node>,
+    /// The root index of each object that starts chains.
+    root_of: HashMap<Node, u32>,
 }
 
 impl Chains {
-    /// The root and the steps from it to `node` (None: no root reaches it).
-    pub(crate) fn chain(&self, node: Node) -> Option<(u32, Vec<Step>)> {
-        let mut steps = Vec::new();
-        let mut at = node;
-        loop {
-            let (root, parent, step) = (*self.reached.get(at as usize)?)?;
-            if parent == at {
-                steps.reverse();
-                return Some((root, steps));
-            }
-            steps.push(step);
-            at = parent;
-            // A chain is never longer than the objects: a corrupt table cannot loop us.
-            if steps.len() > self.reached.len() {
-                return None;
-            }
-        }
+    /// Whether a root reaches `node`.
+    pub(crate) fn reaches(&self, node: Node) -> bool {
+        self.parent.get(node as usize).is_some_and(|p| *p != UNREACHED)
     }
 }
 
@@ -409,9 +502,9 @@ mod tests {
             g.edges([]);
         }
         g.edges([]);
-        g.root("app:Handler", class);
-        g.root("app:Handler._ws_connections", set);
-        g.root("app:module", module);
+        g.root("app:Handler", class, Rank::ApplicationGlobal);
+        g.root("app:Handler._ws_connections", set, Rank::ApplicationGlobal);
+        g.root("app:module", module, Rank::ApplicationGlobal);
         let mut owners: Vec<Option<Node>> = handlers.iter().map(|h| Some(h[3])).collect();
         owners.push(Some(stray));
         owners.push(None);
@@ -447,12 +540,68 @@ mod tests {
         g.edges([]);
         g.edges([]);
         g.edges([]);
-        g.root("app:conns", d);
-        g.root("app:CONFIG", cfg);
+        g.root("app:conns", d, Rank::ApplicationGlobal);
+        g.root("app:CONFIG", cfg, Rank::ApplicationGlobal);
         let h = g.holders(&g.shortest_chains(), &[Some(a), Some(b), Some(c)]);
         assert_eq!(h[0].line(), "2 held by app:conns (dict of 2)");
         assert_eq!(h[1].line(), "1 held by app:CONFIG (dict of 1) via [\"db\"]");
         assert_eq!(h[1].container_size, Some(1));
+    }
+
+    /// Tornado's shape: the framework's suspended coroutine holds the connection's stream in
+    /// one step, a library global too, the application's handler in two, its module set in
+    /// three. The application's global names it, then its local, then a library's global.
+    #[test]
+    fn the_applications_roots_name_a_holder_before_a_librarys() {
+        let line = |ranks: &[Rank]| {
+            let mut g = HeapGraph::new();
+            let set = g.object("set", 1);
+            let handler = g.object("Handler", 0);
+            let stream = g.object("IOStream", 0);
+            let sock = g.object("socket", 0);
+            let (ws, socket) = (g.label("ws", false).unwrap(), g.label("socket", false).unwrap());
+            g.edges([(handler, Step::Member)]);
+            g.edges([(stream, Step::Attr(ws))]);
+            g.edges([(sock, Step::Attr(socket))]);
+            g.edges([]);
+            let roots = [
+                ("_accept_connection() local self", stream),
+                ("tornado:_registry", stream),
+                ("on_message() local self", handler),
+                ("__main__:_ws_connections", set),
+            ];
+            for ((name, node), rank) in roots.iter().zip(ranks) {
+                g.root(name, *node, *rank);
+            }
+            g.holders(&g.shortest_chains(), &[Some(sock)])[0].line()
+        };
+        use Rank::*;
+        let ranks = [LibraryLocal, LibraryGlobal, ApplicationLocal, ApplicationGlobal];
+        assert_eq!(line(&ranks), "1 held by __main__:_ws_connections (set of 1) via .ws.socket");
+        assert_eq!(line(&ranks[..3]), "1 held by on_message() local self (Handler) via .ws.socket");
+        assert_eq!(line(&ranks[..2]), "1 held by tornado:_registry (IOStream) via .socket");
+        assert_eq!(line(&ranks[..1]), "1 held by _accept_connection() local self (IOStream) via .socket");
+        // One rank for all: the shortest chain, as before ranks.
+        assert_eq!(
+            line(&[LibraryLocal; 4]),
+            "1 held by _accept_connection() local self (IOStream) via .socket"
+        );
+    }
+
+    #[test]
+    fn a_packed_step_unpacks_to_itself() {
+        let last = MAX_LABELS as u32 - 1;
+        for step in [
+            Step::Attr(0),
+            Step::Attr(last),
+            Step::Key(7),
+            Step::Key(last),
+            Step::OtherKey,
+            Step::Index,
+            Step::Member,
+        ] {
+            assert_eq!(Step::unpack(step.pack()), step);
+        }
     }
 
     #[test]
@@ -460,7 +609,7 @@ mod tests {
         let mut g = HeapGraph::new();
         let s = g.object("socket", 0);
         g.edges([]);
-        g.root("__main__:sock", s);
+        g.root("__main__:sock", s, Rank::ApplicationGlobal);
         let h = g.holders(&g.shortest_chains(), &[Some(s)]);
         assert_eq!(h[0].line(), "1 held by __main__:sock (socket)");
         assert_eq!(h[0].path.as_deref(), Some(""));
@@ -473,13 +622,14 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-            /// On any graph: every chain found is a real path from its root, no shorter path
-            /// exists from any root (BFS distance), and every descriptor is counted once.
+            /// On any graph: every chain found is a real path from its root, which is of the
+            /// best rank that reaches the object, no shorter path exists from any root of that
+            /// rank (BFS distance), and every descriptor is counted once.
             #[test]
             fn chains_are_real_and_shortest(
                 n in 1usize..40,
                 edges in prop::collection::vec((0usize..40, 0usize..40), 0..120),
-                roots in prop::collection::vec(0usize..40, 0..4),
+                roots in prop::collection::vec((0usize..40, 0usize..4), 0..6),
                 owners in prop::collection::vec(prop::option::of(0usize..40), 0..20),
             ) {
                 let mut g = HeapGraph::new();
@@ -492,24 +642,37 @@ mod tests {
                     adj[*a].push((*b as Node, label));
                 }
                 for out in &adj { g.edges(out.iter().map(|(t, l)| (*t, Step::Attr(*l))).collect::<Vec<_>>()); }
-                let roots: Vec<usize> = roots.into_iter().filter(|r| *r < n).collect();
-                for r in &roots { g.root("r", *r as Node); }
-                // Reference distances: BFS from all roots over adj.
-                let mut dist = vec![usize::MAX; n];
-                let mut q = VecDeque::new();
-                for r in &roots { if dist[*r] == usize::MAX { dist[*r] = 0; q.push_back(*r); } }
-                while let Some(x) = q.pop_front() {
-                    for (y, _) in &adj[x] { let y = *y as usize; if dist[y] == usize::MAX { dist[y] = dist[x] + 1; q.push_back(y); } }
-                }
+                let roots: Vec<(usize, Rank)> =
+                    roots.into_iter().filter(|r| r.0 < n).map(|(r, k)| (r, Rank::ALL[k])).collect();
+                for (r, rank) in &roots { g.root("r", *r as Node, *rank); }
+                // Reference distances: BFS over adj from the roots of each rank.
+                let distances = |rank: Rank| {
+                    let mut dist = vec![usize::MAX; n];
+                    let mut q = VecDeque::new();
+                    for (r, _) in roots.iter().filter(|r| r.1 == rank) {
+                        if dist[*r] == usize::MAX { dist[*r] = 0; q.push_back(*r); }
+                    }
+                    while let Some(x) = q.pop_front() {
+                        for (y, _) in &adj[x] { let y = *y as usize; if dist[y] == usize::MAX { dist[y] = dist[x] + 1; q.push_back(y); } }
+                    }
+                    dist
+                };
+                let by_rank: Vec<Vec<usize>> = Rank::ALL.iter().map(|r| distances(*r)).collect();
                 let chains = g.shortest_chains();
-                for (node, d) in dist.iter().enumerate() {
-                    match chains.chain(node as Node) {
-                        None => prop_assert_eq!(*d, usize::MAX),
+                for node in 0..n {
+                    // The best rank reaching the node, and the distance from its roots.
+                    let best = by_rank
+                        .iter()
+                        .zip(Rank::ALL)
+                        .find_map(|(d, rank)| (d[node] != usize::MAX).then_some((rank, d[node])));
+                    match g.chain(&chains, node as Node) {
+                        None => prop_assert_eq!(best, None),
                         Some((root, steps)) => {
-                            prop_assert_eq!(steps.len(), *d);
+                            let (start, rank) = roots[root as usize];
+                            prop_assert_eq!(Some((rank, steps.len())), best);
                             // The steps are edges, each from where the previous one ended,
                             // from the root to the node.
-                            let mut at = roots[root as usize];
+                            let mut at = start;
                             for step in steps {
                                 let Step::Attr(label) = step else { panic!("{step:?}") };
                                 let (from, to) = edges[label as usize];

@@ -56,6 +56,8 @@ pub(crate) struct HolderWalks {
     last: HashMap<u32, LastWalk>,
     /// Heap walks done in the session (`helios_trace_heap_walks_total`).
     walks: u64,
+    /// `--holders-pause`: stop a process while its heap is walked (sys/proc/pause.rs).
+    pause: bool,
 }
 
 impl Default for HolderWalks {
@@ -66,6 +68,7 @@ impl Default for HolderWalks {
             previous: HashMap::new(),
             last: HashMap::new(),
             walks: 0,
+            pause: false,
         }
     }
 }
@@ -86,15 +89,21 @@ fn wanted(all: bool, site: &SiteReport) -> bool {
     site.open > 0 && (all || site.suspected_leak || site.close_wait > 0)
 }
 
-/// Only what a Python object can own: sockets and files.
+/// Only what a Python object the walk knows can own: sockets (`socket.socket`) and what
+/// `io.FileIO` opens or wraps — files, devices, and pipes (subprocess's `Popen.stdout`).
 fn ownable(kind: FdKind) -> bool {
-    matches!(kind, FdKind::Socket | FdKind::File)
+    matches!(kind, FdKind::Socket | FdKind::File | FdKind::Device | FdKind::Pipe)
 }
 
 impl Tracing {
     /// `--holders`: holders of every site.
     pub(crate) fn set_all_holders(&mut self, all: bool) {
         self.holders.all = all;
+    }
+
+    /// `--holders-pause`: stop each process while its heap is walked.
+    pub(crate) fn set_holders_pause(&mut self, pause: bool) {
+        self.holders.pause = pause;
     }
 
     /// At most one walk of a process per `interval` for reports that take cached lines.
@@ -183,25 +192,28 @@ impl Tracing {
     /// One walk of a process's heap: the lines of the sites `keys`, the census.
     fn walk(&mut self, process: &ProcessReport, keys: &HashSet<SiteKey>) -> LastWalk {
         let at = Instant::now();
-        let walk = match holders::walk_process(&self.proc_root, process.pid, &DEFAULT_BUDGET) {
-            Ok(walk) => walk,
-            Err(HoldersError::NotPython) => return LastWalk { at, heap: None, sites: HashMap::new() },
-            Err(err) => {
-                log::info!("process {}: no holders: {err}", process.pid);
-                let heap = HeapReport {
-                    python: None,
-                    error: Some(err.to_string()),
-                    objects: 0,
-                    unknown_objects: 0,
-                    cut_short: 0,
-                    stopped: None,
-                    walk_seconds: 0.0,
-                    age_seconds: 0.0,
-                    census: Vec::new(),
-                };
-                return LastWalk { at, heap: Some(heap), sites: HashMap::new() };
-            }
-        };
+        let walk =
+            match holders::walk_process(&self.proc_root, process.pid, &DEFAULT_BUDGET, self.holders.pause) {
+                Ok(walk) => walk,
+                Err(HoldersError::NotPython) => return LastWalk { at, heap: None, sites: HashMap::new() },
+                Err(err) => {
+                    log::info!("process {}: no holders: {err}", process.pid);
+                    let heap = HeapReport {
+                        python: None,
+                        error: Some(err.to_string()),
+                        objects: 0,
+                        unknown_objects: 0,
+                        cut_short: 0,
+                        stopped: None,
+                        walk_seconds: 0.0,
+                        paused_seconds: None,
+                        pause_error: None,
+                        age_seconds: 0.0,
+                        census: Vec::new(),
+                    };
+                    return LastWalk { at, heap: Some(heap), sites: HashMap::new() };
+                }
+            };
         self.holders.walks += 1;
         let mut sites = HashMap::new();
         if let Some(table) = self.engine.table().process(process.pid) {
@@ -225,6 +237,8 @@ impl Tracing {
             cut_short: walk.cut_short,
             stopped: walk.stopped.clone(),
             walk_seconds: walk.elapsed.as_secs_f64(),
+            paused_seconds: walk.paused_seconds,
+            pause_error: walk.pause_error.clone(),
             age_seconds: 0.0,
             census: walk.census.entries(previous, CENSUS_TYPES),
         };

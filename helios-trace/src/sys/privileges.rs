@@ -1,7 +1,8 @@
 //! Once the programs are attached, keep only the capabilities the rest of the run needs:
 //! reading other users' /proc entries (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) and the maps we hold
 //! (CAP_BPF: before Linux 6.4, with unprivileged BPF disabled, every bpf(2) call needs it), plus
-//! what a caller asks for (`run` signals a command running as another user: CAP_KILL).
+//! what a caller asks for (`run` signals a command running as another user, `--holders-pause`
+//! stops and continues other users' processes: CAP_KILL).
 //!
 //! Capabilities are per thread (capset(2) acts on the caller only), so this runs before any
 //! other thread of ours exists: the runtime's threads are started afterwards and inherit the

@@ -477,3 +477,21 @@ fn the_flame_graph_names_the_leaking_function() {
     assert!(text.contains("7 descriptors"), "as wide as what it leaked");
     leaker.exit();
 }
+
+/// JSON on stdout is one report per line (JSON Lines, README "Using it"): the SIGUSR1 snapshots
+/// and the final report alike, so a reader that takes a report per line reads them all.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn json_on_stdout_is_one_report_per_line_snapshots_and_the_final_one() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own]);
+    let snapshot = tracer.snapshot();
+    assert!(snapshot["processes"].is_array(), "{snapshot:#}");
+    let text = tracer.stop_text();
+    assert_eq!(text.lines().count(), 1, "the final report is not one line:\n{text}");
+    let report: Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert!(report["processes"].is_array(), "{report:#}");
+}

@@ -8,8 +8,9 @@
 //! pinned packages of tests/workloads/corpus/requirements.txt bind-mounted in. At their steady
 //! state, what each leaked is found independently of helios-trace (/proc/PID/fd, `ss`): the
 //! leaking variant's descriptors are all at one site, named in the script's own code, with as
-//! many open (and, for a server, as many in CLOSE_WAIT) as the kernel says, and suspected; the
-//! fixed variant is never suspected.
+//! many open (and, for a server, as many in CLOSE_WAIT) as the kernel says, and suspected, and
+//! held (issue 15) by the script's own global that keeps them (`SCRIPTS`), or by no Python
+//! object where none owns them; the fixed variant is never suspected.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -42,16 +43,49 @@ enum Leaked {
     Pipes,
 }
 
-const SCRIPTS: &[(&str, Leaked)] = &[
-    ("asyncio_streams", Leaked::CloseWait),
-    ("tornado_ws", Leaked::CloseWait),
-    ("aiohttp_server", Leaked::CloseWait),
-    ("aiohttp_client", Leaked::ClientOfServer),
-    ("requests_session", Leaked::ClientOfServer),
-    ("sqlite3_conns", Leaked::Files("units.db")),
-    ("subprocess_pipes", Leaked::Pipes),
-    ("logging_handler", Leaked::Files("requests.log")),
-    ("tempfile_leak", Leaked::Files("heatmap-")),
+/// What holds a leaking variant's descriptors (issue 15, holders): the script's own global
+/// and the path from it, as the report's one holder line of the site says, or no Python object
+/// (SQLite's file, opened by the C library: the `sqlite3.Connection` kept in a dict holds
+/// SQLite's handle, not a Python file object; mkstemp's bare descriptor).
+#[derive(Clone, Copy)]
+enum Held {
+    By(&'static str, &'static str),
+    NoPythonOwner,
+}
+
+const SCRIPTS: &[(&str, Leaked, Held)] = &[
+    (
+        "asyncio_streams",
+        Leaked::CloseWait,
+        Held::By("__main__:UnitHandler.connections", ".reader._transport._sock"),
+    ),
+    ("tornado_ws", Leaked::CloseWait, Held::By("__main__:_ws_connections", ".ws_connection.stream.socket")),
+    (
+        "aiohttp_server",
+        Leaked::CloseWait,
+        Held::By("__main__:TelemetryUploads.pending", "._protocol.transport._sock"),
+    ),
+    (
+        "aiohttp_client",
+        Leaked::ClientOfServer,
+        Held::By("__main__:SESSIONS", "._connector._conns[…][][].transport._sock"),
+    ),
+    (
+        "requests_session",
+        Leaked::ClientOfServer,
+        Held::By(
+            "__main__:SESSIONS",
+            ".adapters[\"http://\"].poolmanager.pools._container[…].pool.queue[].sock",
+        ),
+    ),
+    ("sqlite3_conns", Leaked::Files("units.db"), Held::NoPythonOwner),
+    ("subprocess_pipes", Leaked::Pipes, Held::By("__main__:CHILDREN", ".stdout.raw")),
+    (
+        "logging_handler",
+        Leaked::Files("requests.log"),
+        Held::By("__main__:logger", ".handlers[].stream.buffer.raw"),
+    ),
+    ("tempfile_leak", Leaked::Files("heatmap-"), Held::NoPythonOwner),
 ];
 
 fn data_dir() -> PathBuf {
@@ -138,6 +172,7 @@ struct Script {
     name: &'static str,
     leaking: bool,
     leaked: Leaked,
+    held: Held,
     child: Child,
     stdin: ChildStdin,
     /// Removed once the script is gone.
@@ -154,6 +189,7 @@ impl Script {
         cgroup: &TestCgroup,
         name: &'static str,
         leaked: Leaked,
+        held: Held,
         leaking: bool,
     ) -> Script {
         let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -166,7 +202,7 @@ impl Script {
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
         let stdin = child.stdin.take().unwrap();
-        Script { name, leaking, leaked, child, stdin, _scratch: scratch, scratch_seen, port: None }
+        Script { name, leaking, leaked, held, child, stdin, _scratch: scratch, scratch_seen, port: None }
     }
 
     fn variant(&self) -> String {
@@ -346,7 +382,19 @@ fn check(report: &Value, script: &Script, sockets: &[SocketRow]) -> Vec<String> 
     if site["suspected_leak"] != true {
         wrong.push(format!("{summary}: not suspected"));
     }
-    eprintln!("{summary}");
+    let holders: Vec<&Value> = site["holders"].as_array().into_iter().flatten().collect();
+    let held = holders
+        .iter()
+        .map(|h| (h["count"].as_u64(), h["root"].as_str(), h["path"].as_str(), h["note"].as_str()))
+        .collect::<Vec<_>>();
+    let expected = match script.held {
+        Held::By(root, path) => (Some(leaked.len() as u64), Some(root), Some(path), None),
+        Held::NoPythonOwner => (Some(leaked.len() as u64), None, None, Some("no Python owner")),
+    };
+    if held != [expected] {
+        wrong.push(format!("{summary}: held {held:?}, not {expected:?}"));
+    }
+    eprintln!("{summary}, held {held:?}");
     wrong
 }
 
@@ -368,8 +416,8 @@ fn corpus_leaks_are_named_and_fixed_variants_never_suspected(python: CorpusPytho
     let mut tracer = Tracer::start(&args);
     let mut scripts: Vec<Script> = SCRIPTS
         .iter()
-        .flat_map(|(name, leaked)| [true, false].map(|leaking| (*name, *leaked, leaking)))
-        .map(|(name, leaked, leaking)| Script::start(&python, &cgroup, name, leaked, leaking))
+        .flat_map(|(name, leaked, held)| [true, false].map(|leaking| (*name, *leaked, *held, leaking)))
+        .map(|(name, leaked, held, leaking)| Script::start(&python, &cgroup, name, leaked, held, leaking))
         .collect();
     // All at once: every leak grows over the same seconds and is still growing at the snapshot.
     for script in &mut scripts {

@@ -16,8 +16,12 @@ use serde_json::Value;
 
 use crate::{
     adhoc::Tmux,
+    pods::harness::{Pod, PodSpec, Root},
     python,
-    support::{Serve, Tracer, Workload, exposition_series, helios_trace_bin, process, require_bpf, wait_for},
+    support::{
+        Serve, Tracer, Workload, exposition_series, helios_trace_bin, proc_fds, process, reported_fds,
+        require_bpf, wait_for,
+    },
 };
 
 fn server_script() -> PathBuf {
@@ -347,5 +351,166 @@ fn suspended_coroutines_hold_their_connections_in_their_locals() {
         checked.push(name);
     }
     assert!(checked.iter().any(|n| n.contains("3.14")), "{checked:?}");
+    tracer.stop();
+}
+
+/// A settings loader that closes its file only when it parses (holders_server.py's "loads"),
+/// whose caller keeps the exceptions: on every CPython the walk knows, the three files the
+/// kernel shows open are held by `__main__:_load_errors` through each exception's traceback,
+/// the loader's frame and its local `f`. Once the exceptions are dropped, CPython frees the
+/// files and closes them: /proc has none of them and neither has the report.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_loader_that_closes_only_on_success_leaks_through_the_exceptions_kept() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
+    let mut checked = Vec::new();
+    for (name, command) in python::workload_commands(&server_script(), &["--fixed"]) {
+        let mut server = Workload::spawn_command(command);
+        if server.run("version")[0] < 11 {
+            continue;
+        }
+        let fds = server.run("loads");
+        assert_eq!(fds.len(), 3, "{name}");
+        let open = proc_fds(server.pid);
+        assert!(
+            fds.iter().all(|fd| open.contains_key(&(*fd as i32))),
+            "{name}: /proc/{}/fd has {open:?}",
+            server.pid
+        );
+        let report = tracer.snapshot();
+        let p = process(&report, server.pid).unwrap();
+        let listed = p["fds"].as_array().unwrap();
+        let at: Vec<&Value> = listed.iter().filter(|e| fds.contains(&e["fd"].as_i64().unwrap())).collect();
+        assert_eq!(at.len(), 3, "{name}: {listed:#?}");
+        assert!(at.iter().all(|e| e["site"] == at[0]["site"]), "{name}: one site for the loader's files");
+        let site = sites(&report, server.pid).into_iter().find(|s| s["site"] == at[0]["site"]).unwrap();
+        assert!(site["frame"].as_str().unwrap().contains(":load_settings:"), "{name}: {}", site["frame"]);
+        let holders = site["holders"].as_array().unwrap_or_else(|| panic!("{name}: no holders: {site:#}"));
+        assert_eq!(holders.len(), 1, "{name}: {holders:#?}");
+        assert_eq!(holders[0]["count"].as_u64(), Some(3), "{name}");
+        assert_eq!(holders[0]["root"], "__main__:_load_errors", "{name}");
+        assert_eq!(holders[0]["container_size"].as_u64(), Some(3), "{name}");
+        assert_eq!(
+            holders[0]["path"], ".__traceback__.tb_next.tb_frame.f_locals[\"f\"].buffer.raw",
+            "{name}: {holders:#?}"
+        );
+        server.run("forget");
+        let open = proc_fds(server.pid);
+        assert!(
+            fds.iter().all(|fd| !open.contains_key(&(*fd as i32))),
+            "{name}: /proc/{}/fd still has {open:?}",
+            server.pid
+        );
+        let report = tracer.snapshot();
+        let listed = process(&report, server.pid).unwrap()["fds"].as_array().unwrap().clone();
+        assert!(
+            listed.iter().all(|e| !fds.contains(&e["fd"].as_i64().unwrap())),
+            "{name}: the report still lists {fds:?}: {listed:#?}"
+        );
+        checked.push(name);
+    }
+    assert!(checked.iter().any(|n| n.contains("3.14")), "{checked:?}");
+    tracer.stop();
+}
+
+/// Holders in a pod (pods/harness.rs: its own pid, network, mount and cgroup namespaces, a
+/// kubelet-style cgroup, its own root), on Debian's CPython copied into the root and on sid's
+/// 3.14: the heap is read through the host's /proc, the interpreter found in the pod's own
+/// files. The postmortem server's CLOSE_WAIT sockets are held by the class set, as many as
+/// `ss` shows in CLOSE_WAIT in the pod's network namespace; the loader's files by the
+/// exceptions kept, the descriptors those /proc shows.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
+    let script = [(server_script(), "/app/holders_server.py")];
+    let script: Vec<(&Path, &str)> = script.iter().map(|(p, i)| (p.as_path(), *i)).collect();
+    for (root, python) in
+        [(Root::copied_python(&script), "/usr/bin/python3"), (Root::sid(&script), "/usr/bin/python3.14")]
+    {
+        let command = vec![python.into(), "/app/holders_server.py".into(), "/tmp".into()];
+        let mut pod = Pod::start(PodSpec { root, command });
+        let held = pod.run("count")[0] as u64;
+        assert_eq!(held, 30, "{python}: the workload's own count");
+        let in_close_wait =
+            pod.in_net_namespace("ss", &["-tanH", "state", "close-wait"]).lines().count() as u64;
+        assert_eq!(in_close_wait, held, "{python}: ss in the pod");
+        let loaded = pod.run("loads");
+        let report = tracer.snapshot();
+        assert_eq!(
+            reported_fds(&report, pod.pid),
+            proc_fds(pod.pid),
+            "{python} in a pod: the report and /proc"
+        );
+        let pod_sites = sites(&report, pod.pid);
+        let by_set: u64 = pod_sites
+            .iter()
+            .filter(|s| s["close_wait"].as_u64() > Some(0))
+            .flat_map(|s| s["holders"].as_array().cloned().unwrap_or_default())
+            .filter(|h| h["root"] == "__main__:UnitTrackingWSHandler._ws_connections")
+            .inspect(|h| {
+                assert!(h["path"].as_str().unwrap().ends_with("._transport._sock"), "{python}: {h:#}")
+            })
+            .map(|h| h["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(by_set, in_close_wait, "{python}: held by the set: {pod_sites:#?}");
+        let listed = process(&report, pod.pid).unwrap()["fds"].as_array().unwrap().clone();
+        let loader_site = listed.iter().find(|e| e["fd"] == loaded[0]).unwrap()["site"].clone();
+        let site = pod_sites.iter().find(|s| s["site"] == loader_site).unwrap();
+        let holders = site["holders"].as_array().unwrap();
+        assert_eq!(holders.len(), 1, "{python}: {holders:#?}");
+        assert_eq!(holders[0]["root"], "__main__:_load_errors", "{python}: {holders:#?}");
+        assert_eq!(holders[0]["count"].as_u64(), Some(loaded.len() as u64), "{python}: {holders:#?}");
+    }
+    tracer.stop();
+}
+
+/// `--holders-pause`: the postmortem server (Debian's CPython) stands still while its heap is
+/// walked — a thread of it that ticks every millisecond sees a gap at least as long as the walk
+/// — and runs again once the report is out; a process someone else stopped is walked as it
+/// is and left stopped (not continued by the tracer).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn holders_pause_stops_the_process_for_the_walk_only() {
+    if !require_bpf() {
+        return;
+    }
+    let own = std::process::id().to_string();
+    let mut tracer = Tracer::start(&["--pid", &own, "--holders-pause"]);
+    let mut server = spawn(Path::new("/usr/bin/python3"), false);
+    server.run("gap");
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.trim_start().chars().next().unwrap()
+    };
+    let report = tracer.snapshot();
+    let heap = process(&report, server.pid).unwrap()["heap"].clone();
+    let paused = heap["paused_seconds"].as_f64().unwrap_or_else(|| panic!("not stopped: {heap:#}"));
+    let walked = heap["walk_seconds"].as_f64().unwrap();
+    assert!(paused >= walked, "{heap:#}");
+    assert_ne!(state(server.pid), 'T', "continued after the walk");
+    let gap_ms = server.run("gap")[0] as f64;
+    assert!(
+        gap_ms >= walked * 1000.0 * 0.9,
+        "the ticking thread's longest gap {gap_ms} ms, the walk {walked} s"
+    );
+    // Stopped by someone else: walked as it is, left stopped.
+    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGSTOP) }, 0);
+    wait_for("the server stopped", Duration::from_secs(5), || (state(server.pid) == 'T').then_some(()));
+    let report = tracer.snapshot();
+    let heap = process(&report, server.pid).unwrap()["heap"].clone();
+    assert!(heap["paused_seconds"].is_null(), "{heap:#}");
+    assert!(heap["error"].is_null() && heap["objects"].as_u64() > Some(1000), "{heap:#}");
+    assert_eq!(state(server.pid), 'T', "left stopped");
+    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGCONT) }, 0);
+    assert_eq!(server.run("count"), [30]);
     tracer.stop();
 }

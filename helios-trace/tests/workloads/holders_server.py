@@ -6,13 +6,19 @@ With --fixed, on_disconnect removes the handler from the set and closes the writ
 
 It also opens files in the scratch directory (its last argument): three kept in a
 module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
-with os.open, whose descriptors no Python object owns.
+with os.open, whose descriptors no Python object owns. On "loads", a settings loader that closes
+its file only when it parses fails on three files and the caller keeps the exceptions in
+`_load_errors`: each exception's traceback holds the loader's frame, whose local `f` is the
+open file; "forget" drops them, and with them the files, which CPython closes as it frees them.
 
 Prints "ready" once CLIENTS clients (default 30) have connected and hung up; then answers
-"count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds>", and
-"version" with "ok <the minor version>", "exit" by exiting.
+"count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds>", "loads" with "ok <the fds the loader left open>",
+"forget" with "ok", "gap" with "ok <the longest pause, in ms, of a thread ticking every ms since
+the last gap>", and "version" with "ok <the minor version>", "exit" by exiting.
 """
 import asyncio
+import gc
+import json
 import os
 import socket
 import sys
@@ -35,6 +41,29 @@ SCRATCH = sys.argv[-1]
 
 _cache = [open(os.path.join(SCRATCH, f"cached{i}"), "w") for i in range(3)]
 _raw = [os.open(os.path.join(SCRATCH, f"raw{i}"), os.O_CREAT | os.O_RDWR) for i in range(2)]
+
+
+_load_errors = []
+_load_fds = []
+
+
+def load_settings(path):
+    f = open(path)
+    _load_fds.append(f.fileno())
+    settings = json.load(f)  # raises on a malformed file: f is never closed
+    f.close()
+    return settings
+
+
+def load_all(count):
+    for i in range(count):
+        path = os.path.join(SCRATCH, f"settings{i}.json")
+        with open(path, "w") as out:
+            out.write("{not json")
+        try:
+            load_settings(path)
+        except ValueError as error:
+            _load_errors.append(error)
 
 
 class UnitTrackingWSHandler:
@@ -65,7 +94,24 @@ async def handle(reader, writer):
     handler.on_disconnect()
 
 
+_longest_gap = 0.0
+
+
+def tick():
+    """A thread that runs every millisecond: the longest time between two of its ticks is how
+    long the process stood still (stopped, or not scheduled)."""
+    global _longest_gap
+    last = time.monotonic()
+    while True:
+        time.sleep(0.001)
+        now = time.monotonic()
+        _longest_gap = max(_longest_gap, now - last)
+        last = now
+
+
 def commands():
+    global _longest_gap
+    threading.Thread(target=tick, daemon=True).start()
     for line in sys.stdin:
         if line.strip() == "count":
             held = suspended if COROUTINE else len(UnitTrackingWSHandler._ws_connections)
@@ -74,6 +120,16 @@ def commands():
             print(f"ok {sys.version_info[1]}", flush=True)
         elif line.strip() == "files":
             print("ok", *[f.fileno() for f in _cache], *_raw, flush=True)
+        elif line.strip() == "loads":
+            load_all(3)
+            print("ok", *_load_fds, flush=True)
+        elif line.strip() == "gap":
+            print(f"ok {int(_longest_gap * 1000)}", flush=True)
+            _longest_gap = 0.0
+        elif line.strip() == "forget":
+            _load_errors.clear()
+            gc.collect()
+            print("ok", flush=True)
         else:
             os._exit(0)
     os._exit(0)

@@ -205,10 +205,15 @@ fn heap_lines(out: &mut String, process: &ProcessReport) {
     }
     let _ = writeln!(
         out,
-        "  python heap ({}): {} objects walked in {:.2}s{}{}{}",
+        "  python heap ({}): {} objects walked in {:.2}s{}{}{}{}",
         heap.python.as_deref().unwrap_or("?"),
         thousands(heap.objects),
         heap.walk_seconds,
+        match (heap.paused_seconds, &heap.pause_error) {
+            (Some(s), _) => format!(" (process stopped {s:.2}s)"),
+            (None, Some(e)) => format!(" (not stopped: {e})"),
+            (None, None) => String::new(),
+        },
         if heap.unknown_objects > 0 {
             format!(", {} unreadable", heap.unknown_objects)
         } else {
@@ -296,6 +301,8 @@ mod tests {
             cut_short: 0,
             stopped: None,
             walk_seconds: 0.05,
+            paused_seconds: None,
+            pause_error: None,
             age_seconds: 0.0,
             census: vec![CensusEntry { type_name: "socket".into(), count: 31, growth: Some(30) }],
         });

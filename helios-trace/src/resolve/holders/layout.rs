@@ -16,7 +16,8 @@
 //! `Include/cpython/pystate.h` (`PyThreadState.next`, `.cframe`; `_PyCFrame.current_frame`),
 //! `Include/internal/pycore_frame.h` (`_PyInterpreterFrame.f_code`, `.previous`, `.owner`,
 //! `.localsplus`), `Include/cpython/code.h` (`PyCodeObject.co_nlocalsplus`,
-//! `.co_localsplusnames`, `.co_qualname`).
+//! `.co_localsplusnames`, `.co_filename`, `.co_qualname`; `co_filename` at 112 measured with
+//! ctypes on 3.11.2, 3.12.1, 3.13.0, Debian's 3.13.5 and 3.14.10 as well).
 //!
 //! The objects of C modules are not in the installed headers; their first fields have not
 //! moved for many versions: `PySocketSockObject.sock_fd` right after the object header
@@ -72,7 +73,11 @@ pub(crate) struct HeapLayout {
     pub(crate) frame_localsplus: u64,
     pub(crate) co_nlocalsplus: u64,
     pub(crate) co_localsplusnames: u64,
+    pub(crate) co_filename: u64,
     pub(crate) co_qualname: u64,
+    /// `PyTupleObject.ob_item`: after the var-object header, and on 3.14 after the hash it
+    /// caches (`ob_hash`, Include/cpython/tupleobject.h; measured with ctypes: an item at 32).
+    pub(crate) tuple_items: u64,
     /// `sizeof(PyASCIIObject)` and `sizeof(PyCompactUnicodeObject)`: where a compact str's
     /// characters start (Include/cpython/unicodeobject.h).
     pub(crate) ascii_size: u64,
@@ -124,16 +129,30 @@ pub(crate) const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
 pub(crate) const OB_TYPE: u64 = 8;
 pub(crate) const OB_SIZE: u64 = 16;
 pub(crate) const GC_HEAD: u64 = 16;
-/// `ob_item` of a list (a pointer) and of a tuple (the items inline).
-pub(crate) const ITEMS: u64 = 24;
+/// `ob_item` of a list (a pointer to the items; a tuple's are inline: `HeapLayout::tuple_items`).
+pub(crate) const LIST_ITEMS: u64 = 24;
 /// The first field after the object header of a C object (sock_fd, fd, raw, ob_ref).
 pub(crate) const AFTER_HEAD: u64 = 16;
 pub(crate) const TEXTIO_BUFFER: u64 = 32;
+/// `PyBaseExceptionObject` (Include/cpython/pyerrors.h, 3.11 to 3.14: `dict`, `args`, `notes`,
+/// `traceback`, `context`, `cause` after the header), `PyTracebackObject`
+/// (Include/cpython/traceback.h: `tb_next`, `tb_frame`) and the frame object's `f_frame`
+/// (Include/internal/pycore_frame.h `struct _frame`: `f_back`, `f_frame`; the interpreter frame
+/// inside the object once its function returned): measured with ctypes on 3.11.2, 3.12.1,
+/// 3.13.0, Debian's 3.13.5 and 3.14.10.
+pub(crate) const EXC_ARGS: u64 = 24;
+pub(crate) const EXC_TRACEBACK: u64 = 40;
+pub(crate) const EXC_CONTEXT: u64 = 48;
+pub(crate) const EXC_CAUSE: u64 = 56;
+pub(crate) const TB_NEXT: u64 = 16;
+pub(crate) const TB_FRAME: u64 = 24;
+pub(crate) const FRAME_OBJECT_FRAME: u64 = 24;
 
 /// `tp_flags` bits (Include/object.h).
 pub(crate) const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 pub(crate) const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
 pub(crate) const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
+pub(crate) const TPFLAGS_BASE_EXC_SUBCLASS: u64 = 1 << 30;
 pub(crate) const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 
 /// `DICT_KEYS_GENERAL` (Include/internal/pycore_dict.h): entries with a hash; the others
@@ -196,7 +215,9 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             frame_localsplus: 72,
             co_nlocalsplus: 76,
             co_localsplusnames: 96,
+            co_filename: 112,
             co_qualname: 128,
+            tuple_items: 24,
             ascii_size: 48,
             compact_size: 72,
             managed_dict: ManagedDict::Separate,
@@ -276,6 +297,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             frame_owner: 74,
             frame_localsplus: 80,
             stackref_tag: 3,
+            tuple_items: 32,
             ..heap_layout(13)?
         }),
         _ => None,

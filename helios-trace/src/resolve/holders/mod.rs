@@ -22,7 +22,10 @@ mod walk;
 
 pub(crate) use walk::{Budget, DEFAULT_BUDGET, Walk};
 
-use crate::{resolve::python, sys::proc::image::ProcessMemory};
+use crate::{
+    resolve::python,
+    sys::{self, proc::image::ProcessMemory},
+};
 
 #[derive(Debug, Error)]
 pub(crate) enum HoldersError {
@@ -40,15 +43,29 @@ pub(crate) enum HoldersError {
     NoInterpreter,
 }
 
-/// Walk the heap of process `pid`.
-pub(crate) fn walk_process(proc_root: &Path, pid: u32, budget: &Budget) -> Result<Walk, HoldersError> {
+/// Walk the heap of process `pid`; with `pause`, stopped for the walk (sys/proc/pause.rs) once
+/// it is known to be a CPython the walk can read, so no other process is ever stopped.
+pub(crate) fn walk_process(
+    proc_root: &Path,
+    pid: u32,
+    budget: &Budget,
+    pause: bool,
+) -> Result<Walk, HoldersError> {
     let (runtime, minor) = python::runtime_of(proc_root, pid).ok_or(HoldersError::NotPython)??;
     let layout = layout::heap_layout(minor).ok_or(HoldersError::Version { minor })?;
     let mut memory = memory::Paged::new(ProcessMemory::open(proc_root, pid)?, budget.cache_bytes);
     if minor >= 13 {
         check_debug_offsets(&mut memory, runtime, &layout)?;
     }
-    walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)
+    let (paused, pause_error) = match pause.then(|| sys::proc::pause::pause(proc_root, pid)) {
+        Some(Ok(paused)) => (Some(paused), None),
+        Some(Err(e)) => (None, Some(format!("cannot stop the process: {e}"))),
+        None => (None, None),
+    };
+    let mut walk = walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)?;
+    walk.paused_seconds = paused.and_then(sys::proc::pause::Paused::resume);
+    walk.pause_error = pause_error;
+    Ok(walk)
 }
 
 /// Walk an image of memory whose first bytes are `_PyRuntime` (the fuzz target: no pointer in

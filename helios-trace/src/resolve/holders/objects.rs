@@ -7,9 +7,10 @@ use std::{collections::HashMap, rc::Rc};
 
 use super::{
     layout::{
-        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, HeapLayout, ITEMS,
-        ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TEXTIO_BUFFER, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES,
-        TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
+        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, EXC_ARGS, EXC_CAUSE,
+        EXC_CONTEXT, EXC_TRACEBACK, FRAME_OBJECT_FRAME, HeapLayout, LIST_ITEMS, ManagedDict, OB_SIZE,
+        OB_TYPE, SET_ENTRY, TB_FRAME, TB_NEXT, TEXTIO_BUFFER, TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE,
+        TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
     },
     memory::Memory,
 };
@@ -37,8 +38,27 @@ pub(crate) enum Shape {
     TextIo,
     Cell,
     Code,
+    /// An exception (`Py_TPFLAGS_BASE_EXC_SUBCLASS`): `.args`, `.__traceback__`,
+    /// `.__context__`, `.__cause__`.
+    Exception,
+    /// A traceback: `.tb_next`, `.tb_frame`.
+    Traceback,
+    /// A frame object: the locals of its interpreter frame (a function that raised keeps its
+    /// locals in the frame its traceback holds).
+    Frame,
     Other,
 }
+
+/// One interpreter frame's code and its bound locals.
+pub(crate) struct FrameLocals {
+    pub(crate) qualname: Option<Rc<str>>,
+    pub(crate) file: Option<Rc<str>>,
+    /// (name, object) of each local that is set.
+    pub(crate) values: Vec<(Rc<str>, u64)>,
+}
+
+/// Locals read per frame.
+const MAX_LOCALS: u64 = 4096;
 
 /// A validated type object.
 #[derive(Debug)]
@@ -168,8 +188,10 @@ impl<M: Memory> Reader<M> {
             {
                 let n = self.len(names, Shape::Tuple).min(MAX_SLOTS);
                 for i in 0..n {
-                    let name =
-                        self.memory.u64(names.wrapping_add(ITEMS + 8 * i)).and_then(|s| self.str_at(s));
+                    let name = self
+                        .memory
+                        .u64(names.wrapping_add(l.tuple_items + 8 * i))
+                        .and_then(|s| self.str_at(s));
                     if let Some(name) = name {
                         out.push((name, start + 8 * i));
                     }
@@ -212,7 +234,10 @@ impl<M: Memory> Reader<M> {
                 let name_at = self.memory.u64(at.wrapping_add(l.tp_name))?;
                 let name = self.c_string(name_at)?;
                 return Some(match name.as_str() {
-                    "dict" => Shape::Dict,
+                    // defaultdict and OrderedDict are C types whose objects start with a
+                    // whole PyDictObject (Modules/_collectionsmodule.c `defdictobject`,
+                    // Objects/odictobject.c `struct _odictobject`): their items are a dict's.
+                    "dict" | "collections.defaultdict" | "collections.OrderedDict" => Shape::Dict,
                     "set" | "frozenset" => Shape::Set,
                     "list" => Shape::List,
                     "tuple" => Shape::Tuple,
@@ -226,6 +251,10 @@ impl<M: Memory> Reader<M> {
                     "_io.TextIOWrapper" => Shape::TextIo,
                     "cell" => Shape::Cell,
                     "code" => Shape::Code,
+                    "traceback" => Shape::Traceback,
+                    "frame" => Shape::Frame,
+                    // The flag every exception type inherits from BaseException.
+                    _ if flags & TPFLAGS_BASE_EXC_SUBCLASS != 0 => Shape::Exception,
                     _ => Shape::Other,
                 });
             }
@@ -455,14 +484,17 @@ impl<M: Memory> Reader<M> {
             Shape::Dict => self.dict_entries(object).into_iter().map(|(k, v)| (v, Label::Key(k))).collect(),
             Shape::Set => self.set_members(object).into_iter().map(|v| (v, Label::Member)).collect(),
             Shape::List => {
-                let items = self.memory.u64(object.wrapping_add(ITEMS)).unwrap_or(0);
+                let items = self.memory.u64(object.wrapping_add(LIST_ITEMS)).unwrap_or(0);
                 let n = self.len(object, Shape::List);
                 self.pointers(items, n).into_iter().map(|v| (v, Label::Index)).collect()
             }
             Shape::Deque => self.deque_items(object).into_iter().map(|v| (v, Label::Index)).collect(),
             Shape::Tuple => {
                 let n = self.len(object, Shape::Tuple);
-                self.pointers(object.wrapping_add(ITEMS), n).into_iter().map(|v| (v, Label::Index)).collect()
+                self.pointers(object.wrapping_add(l.tuple_items), n)
+                    .into_iter()
+                    .map(|v| (v, Label::Index))
+                    .collect()
             }
             Shape::Module => match self.memory.u64(object.wrapping_add(l.md_dict)) {
                 Some(dict) if aligned(dict) => attrs(self.dict_entries(dict)),
@@ -475,6 +507,29 @@ impl<M: Memory> Reader<M> {
             Shape::Buffered => self.field(object.wrapping_add(AFTER_HEAD), "raw"),
             Shape::TextIo => self.field(object.wrapping_add(TEXTIO_BUFFER), "buffer"),
             Shape::Cell => self.field(object.wrapping_add(AFTER_HEAD), "cell_contents"),
+            Shape::Exception => [
+                (EXC_ARGS, "args"),
+                (EXC_TRACEBACK, "__traceback__"),
+                (EXC_CONTEXT, "__context__"),
+                (EXC_CAUSE, "__cause__"),
+            ]
+            .into_iter()
+            .flat_map(|(at, name)| self.field(object.wrapping_add(at), name))
+            .collect(),
+            Shape::Traceback => [(TB_NEXT, "tb_next"), (TB_FRAME, "tb_frame")]
+                .into_iter()
+                .flat_map(|(at, name)| self.field(object.wrapping_add(at), name))
+                .collect(),
+            Shape::Frame => match self.memory.u64(object.wrapping_add(FRAME_OBJECT_FRAME)) {
+                Some(frame) if aligned(frame) => self
+                    .frame_locals(frame)
+                    .map(|locals| locals.values)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, value)| (value, Label::Attr(format!("f_locals[{name:?}]").into())))
+                    .collect(),
+                _ => Vec::new(),
+            },
             Shape::Socket | Shape::FileIo | Shape::Code | Shape::Generator | Shape::Other => Vec::new(),
         };
         if !matches!(tp.shape, Shape::Module | Shape::Type) {
@@ -486,6 +541,38 @@ impl<M: Memory> Reader<M> {
             }
         }
         out
+    }
+
+    /// The locals of the interpreter frame at `frame` (`localsplus[0..co_nlocalsplus]` named by
+    /// its code's `co_localsplusnames`; None when its code does not read as a code object).
+    pub(crate) fn frame_locals(&mut self, frame: u64) -> Option<FrameLocals> {
+        let l = self.layout;
+        let code = self.memory.u64(frame.wrapping_add(l.frame_code))? & !l.stackref_tag;
+        if !self.type_of(code).is_some_and(|t| t.shape == Shape::Code) {
+            return None;
+        }
+        let qualname = self.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| self.str_at(q));
+        let file = self.memory.u64(code.wrapping_add(l.co_filename)).and_then(|f| self.str_at(f));
+        let n = self
+            .memory
+            .i32(code.wrapping_add(l.co_nlocalsplus))
+            .map_or(0, |n| n.max(0) as u64)
+            .min(MAX_LOCALS);
+        let names = self.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
+        let names_len = self.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
+        let mut values = Vec::new();
+        for i in 0..n.min(names_len) {
+            let value = self.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0)
+                & !l.stackref_tag;
+            let name =
+                self.memory.u64(names.wrapping_add(l.tuple_items + i * 8)).and_then(|s| self.str_at(s));
+            if let Some(name) = name
+                && value != 0
+            {
+                values.push((name, value));
+            }
+        }
+        Some(FrameLocals { qualname, file, values })
     }
 
     /// A deque's items (Modules/_collectionsmodule.c, unchanged from 3.11 to 3.14:

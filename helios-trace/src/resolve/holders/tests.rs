@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::{
     layout::{
-        GC_HEAD, HeapLayout, ManagedDict, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT,
+        EXC_TRACEBACK, FRAME_OBJECT_FRAME, GC_HEAD, HeapLayout, ManagedDict, TB_FRAME, TB_NEXT,
+        TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT,
         TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS, heap_layout,
     },
     memory::Fake,
@@ -369,11 +370,11 @@ fn slots_deques_and_suspended_coroutines_hold() {
             tp
         };
         let pool_type = heap_type(&mut h, "Pool", object_type, 0, 32);
-        let names = h.gc_object(tuple_type, 40);
+        let names = h.gc_object(tuple_type, 48);
         h.mem.put_u64(names + 16, 2);
         let (conn, spare) = (h.string("conn"), h.string("spare"));
-        h.mem.put_u64(names + 24, conn);
-        h.mem.put_u64(names + 32, spare);
+        h.mem.put_u64(names + l.tuple_items, conn);
+        h.mem.put_u64(names + l.tuple_items + 8, spare);
         h.mem.put_u64(pool_type + l.ht_qualname - 8, names);
         let pool = h.gc_object(pool_type, 32);
         h.mem.put_u64(pool + 24, a);
@@ -416,10 +417,10 @@ fn slots_deques_and_suspended_coroutines_hold() {
         let qualname = h.string("handle");
         h.mem.put_u64(code + l.co_qualname, qualname);
         h.mem.write(code + l.co_nlocalsplus, &1i32.to_le_bytes());
-        let local_names = h.gc_object(tuple_type, 32);
+        let local_names = h.gc_object(tuple_type, 48);
         h.mem.put_u64(local_names + 16, 1);
         let writer = h.string("writer");
-        h.mem.put_u64(local_names + 24, writer);
+        h.mem.put_u64(local_names + l.tuple_items, writer);
         h.mem.put_u64(code + l.co_localsplusnames, local_names);
         for (fd, state) in [(14, -2i8), (16, -2), (15, 1)] {
             let coroutine = h.gc_object(coroutine_type, 256);
@@ -443,5 +444,137 @@ fn slots_deques_and_suspended_coroutines_hold() {
         // Two coroutines of one function: one line for both.
         assert_eq!(lines(&[14, 16]), ["2 held by handle() local writer (_socket.socket)"], "3.{minor}");
         assert_eq!(lines(&[15]), ["1 no chain from a named root"], "3.{minor}");
+    }
+}
+
+/// requests' shape: the standard library's `weakref` module reaches a socket in two steps
+/// (through an OrderedDict), the application's `__main__` (run as `python -c`: no file) in
+/// three (its list, a defaultdict, the socket): the application's global names it
+/// (model/holders.rs, `Rank`). A module whose file is in site-packages is a library's; one whose
+/// file is elsewhere (`units`) the application's; the application's `import weakref` does not
+/// make the library's globals its own. defaultdict and OrderedDict read as dicts.
+#[test]
+fn the_applications_module_names_a_holder_before_a_librarys() {
+    for minor in [11, 12, 13, 14] {
+        let mut h = Heap::new(minor);
+        let l = h.l;
+        let object_type = h.static_type("object", 0, 0);
+        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let list_type = h.static_type("list", object_type, 0);
+        let defaultdict_type = h.static_type("collections.defaultdict", dict_type, 1 << 29);
+        let ordered_type = h.static_type("collections.OrderedDict", dict_type, 1 << 29);
+        let module_type = h.static_type("module", object_type, 0);
+        let socket_type = h.static_type("_socket.socket", object_type, 0);
+        let [a, b, c] = [21i32, 22, 23].map(|fd| {
+            let s = h.gc_object(socket_type, 64);
+            h.mem.write(s + 16, &fd.to_le_bytes());
+            s
+        });
+        let pool = h.dict(defaultdict_type, &[("conns", a)]);
+        let list = h.gc_object(list_type, 64);
+        let items = h.alloc(8);
+        h.mem.put_u64(list + 16, 1);
+        h.mem.put_u64(list + 24, items);
+        h.mem.put_u64(items, pool);
+        let registry = h.dict(ordered_type, &[("a", a), ("b", b), ("c", c)]);
+        let spare = h.dict(dict_type, &[("c", c)]);
+        let module = |h: &mut Heap, name: &str, file: Option<&str>, globals: &[(&str, u64)]| {
+            let name = h.string(name);
+            let mut entries = vec![("__name__", name)];
+            if let Some(file) = file {
+                entries.push(("__file__", h.string(file)));
+            }
+            entries.extend_from_slice(globals);
+            let globals = h.dict(dict_type, &entries);
+            let module = h.gc_object(module_type, 64);
+            h.mem.put_u64(module + l.md_dict, globals);
+            module
+        };
+        let weakref =
+            module(&mut h, "weakref", Some("/usr/lib/python3.11/weakref.py"), &[("_registry", registry)]);
+        // `python -c`: a __main__ without a file is the application's all the same.
+        module(&mut h, "__main__", None, &[("weakref", weakref), ("SESSIONS", list)]);
+        module(
+            &mut h,
+            "urllib3",
+            Some("/srv/venv/lib/site-packages/urllib3/__init__.py"),
+            &[("_pool", pool)],
+        );
+        module(&mut h, "units", Some("/srv/units/pool.py"), &[("_spare", spare)]);
+        h.finish();
+        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let lines = |fds: &[i32]| w.holders(fds).iter().map(|h| h.line()).collect::<Vec<_>>();
+        assert_eq!(lines(&[21]), ["1 held by __main__:SESSIONS (list of 1) via [\"conns\"]"], "3.{minor}");
+        assert_eq!(lines(&[23]), ["1 held by units:_spare (dict of 1) via [\"c\"]"], "3.{minor}");
+        // Nothing of the application's reaches the other: the library's global names it.
+        assert_eq!(
+            lines(&[22]),
+            ["1 held by weakref:_registry (collections.OrderedDict of 3) via [\"b\"]"],
+            "3.{minor}"
+        );
+    }
+}
+
+/// A loader that closes its file only on success, whose caller keeps the exceptions: each
+/// exception's traceback holds the loader's frame, whose local `f` is the open file (fd 31):
+/// `errors (list of 1) via [].__traceback__.tb_next.tb_frame.f_locals["f"]`.
+#[test]
+fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
+    for minor in [11, 12, 13, 14] {
+        let mut h = Heap::new(minor);
+        let l = h.l;
+        let object_type = h.static_type("object", 0, 0);
+        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let list_type = h.static_type("list", object_type, 0);
+        let tuple_type = h.static_type("tuple", object_type, 0);
+        let module_type = h.static_type("module", object_type, 0);
+        let fileio_type = h.static_type("_io.FileIO", object_type, 0);
+        let error_type = h.static_type("ValueError", object_type, TPFLAGS_BASE_EXC_SUBCLASS);
+        let traceback_type = h.static_type("traceback", object_type, 0);
+        let frame_type = h.static_type("frame", object_type, 0);
+        let code_type = h.static_type("code", object_type, 0);
+        let file = h.gc_object(fileio_type, 64);
+        h.mem.write(file + 16, &31i32.to_le_bytes());
+        // load(path)'s code: locals `path` and `f`.
+        let code = h.alloc(256);
+        h.mem.put_u64(code + 8, code_type);
+        let qualname = h.string("load");
+        h.mem.put_u64(code + l.co_qualname, qualname);
+        h.mem.write(code + l.co_nlocalsplus, &2i32.to_le_bytes());
+        let names = h.gc_object(tuple_type, 48);
+        h.mem.put_u64(names + 16, 2);
+        let (path, f) = (h.string("path"), h.string("f"));
+        h.mem.put_u64(names + l.tuple_items, path);
+        h.mem.put_u64(names + l.tuple_items + 8, f);
+        h.mem.put_u64(code + l.co_localsplusnames, names);
+        // The frame object, its interpreter frame inside it (the function returned).
+        let frame = h.gc_object(frame_type, 256);
+        let inner = frame + 64;
+        h.mem.put_u64(frame + FRAME_OBJECT_FRAME, inner);
+        h.mem.put_u64(inner + l.frame_code, code | (l.stackref_tag & 1));
+        h.mem.put_u64(inner + l.frame_localsplus + 8, file);
+        // The caller's traceback entry, then the loader's.
+        let (outer_tb, inner_tb) = (h.gc_object(traceback_type, 48), h.gc_object(traceback_type, 48));
+        h.mem.put_u64(outer_tb + TB_NEXT, inner_tb);
+        h.mem.put_u64(inner_tb + TB_FRAME, frame);
+        let error = h.gc_object(error_type, 80);
+        h.mem.put_u64(error + EXC_TRACEBACK, outer_tb);
+        let errors = h.gc_object(list_type, 64);
+        let items = h.alloc(8);
+        h.mem.put_u64(errors + 16, 1);
+        h.mem.put_u64(errors + 24, items);
+        h.mem.put_u64(items, error);
+        let (name, path) = (h.string("app"), h.string("/srv/app.py"));
+        let globals = h.dict(dict_type, &[("__name__", name), ("__file__", path), ("errors", errors)]);
+        let module = h.gc_object(module_type, 64);
+        h.mem.put_u64(module + l.md_dict, globals);
+        h.finish();
+        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let lines: Vec<String> = w.holders(&[31]).iter().map(|h| h.line()).collect();
+        assert_eq!(
+            lines,
+            ["1 held by app:errors (list of 1) via .__traceback__.tb_next.tb_frame.f_locals[\"f\"]"],
+            "3.{minor}"
+        );
     }
 }

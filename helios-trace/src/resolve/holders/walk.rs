@@ -4,18 +4,19 @@
 //! attributes, the locals of every thread's live frames) and the objects that own descriptors.
 //! Bounded by a [`Budget`]: what it could not walk is said in the result, never guessed.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use super::{
-    layout::{FRAME_EXECUTING, FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, ITEMS, OB_SIZE, TPFLAGS_HEAPTYPE},
+    layout::{FRAME_EXECUTING, FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE},
     memory::Memory,
     objects::{Label, Reader, Shape},
 };
 use crate::model::{
     census::Census,
-    holders::{Chains, HeapGraph, Holder, NO_PYTHON_OWNER, Node, Step},
+    frame::is_python_library,
+    holders::{Chains, HeapGraph, Holder, NO_PYTHON_OWNER, Node, Rank, Step},
 };
 
 /// What one walk may spend.
@@ -35,7 +36,6 @@ pub(crate) const DEFAULT_BUDGET: Budget =
 /// Threads and frames per thread read for roots.
 const MAX_THREADS: usize = 1024;
 const MAX_FRAMES: usize = 4096;
-const MAX_LOCALS: u64 = 4096;
 
 /// Said when a descriptor's owner was not found but the walk did not cover the whole heap.
 pub(crate) const NOT_WALKED: &str = "not found: the walk stopped early";
@@ -55,6 +55,10 @@ pub(crate) struct Walk {
     /// Why the walk stopped before the end, if it did (then counts are lower bounds).
     pub(crate) stopped: Option<String>,
     pub(crate) elapsed: Duration,
+    /// How long the process was stopped for the walk (None: not by us), or why it could not be
+    /// (walk_process, `pause`).
+    pub(crate) paused_seconds: Option<f64>,
+    pub(crate) pause_error: Option<String>,
 }
 
 impl Walk {
@@ -70,7 +74,7 @@ impl Walk {
                 let nodes = self.owners.get(fd)?;
                 // Two objects may claim an fd (a socket and its dup'd twin were closed and
                 // the number reused): the one a root reaches.
-                nodes.iter().copied().find(|n| self.chains.chain(*n).is_some()).or(nodes.first().copied())
+                nodes.iter().copied().find(|n| self.chains.reaches(*n)).or(nodes.first().copied())
             })
             .collect();
         let mut holders = self.graph.holders(&self.chains, &owners);
@@ -149,10 +153,14 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
     let mut census = Census::default();
     let mut unknown = 0;
     let mut owners: HashMap<i32, Vec<Node>> = HashMap::new();
+    let mut modules: HashSet<Node> = HashSet::new();
     for (i, &object) in addresses.iter().enumerate() {
         match r.type_of(object) {
             Some(t) => {
                 census.add(&t.name);
+                if t.shape == Shape::Module {
+                    modules.insert(i as Node);
+                }
                 let len = r.len(object, t.shape);
                 graph.object(&t.name, len);
                 if let Some(fd) = r.fd(object, t.shape) {
@@ -168,6 +176,8 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
 
     let node_of = |address: u64| addresses.binary_search(&address).ok().map(|i| i as Node);
     let (mut class_roots, mut module_roots, mut generator_roots) = (Vec::new(), Vec::new(), Vec::new());
+    // Module name → whether its file is the application's (model/holders.rs, `Rank`).
+    let mut application_modules: HashMap<String, bool> = HashMap::new();
     for (i, &object) in addresses.iter().enumerate() {
         // The type again: read from the cache of types, cheaper than keeping one per object.
         let Some(tp) = r.type_of(object).filter(|_| stopped_edges(&mut stopped, i, started, budget)) else {
@@ -177,7 +187,10 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
         let refs = r.references(object, &tp);
         let mut edges = Vec::with_capacity(refs.len());
         for (to, label) in &refs {
-            let Some(node) = node_of(*to) else { continue };
+            // An edge into a module is not followed: an import (`import sys`, then
+            // `sys.modules`) holds nothing for the importer; the module's own globals are
+            // roots of their own, ranked by its file.
+            let Some(node) = node_of(*to).filter(|n| !modules.contains(n)) else { continue };
             let step = match label {
                 Label::Attr(name) => graph.label(name, false).map(Step::Attr),
                 Label::Key(Some(name)) => Some(graph.label(name, true).map_or(Step::OtherKey, Step::Key)),
@@ -213,17 +226,26 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                 generator_roots.extend(
                     frame_locals_of(&mut r, object.wrapping_add(layout.gen_iframe))
                         .into_iter()
-                        .filter_map(|(name, to)| Some((name, node_of(to)?))),
+                        .filter_map(|(name, to, rank)| Some((name, node_of(to)?, rank))),
                 );
             }
             Shape::Module => {
-                let module = refs.iter().find_map(|(to, label)| match label {
-                    Label::Attr(name) if &**name == "__name__" => r.str_at(*to),
-                    _ => None,
-                });
-                let module = module.as_deref().unwrap_or("?").to_string();
-                module_roots
-                    .extend(named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node)));
+                let mut attribute = |wanted: &str| {
+                    refs.iter().find_map(|(to, label)| match label {
+                        Label::Attr(name) if &**name == wanted => r.str_at(*to),
+                        _ => None,
+                    })
+                };
+                let module = attribute("__name__").as_deref().unwrap_or("?").to_string();
+                // `__main__` is the application's, with a file or not (`python -c`); another
+                // module without a file is built in: the interpreter's.
+                let application = module == "__main__"
+                    || attribute("__file__").is_some_and(|file| !is_python_library(&file));
+                let rank = Rank::of(application, false);
+                module_roots.extend(
+                    named(&refs).into_iter().map(|(name, node)| (format!("{module}:{name}"), node, rank)),
+                );
+                application_modules.insert(module, application);
             }
             Shape::Type
                 if r.memory
@@ -239,7 +261,7 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
                     class_roots.extend(
                         named(&refs)
                             .into_iter()
-                            .map(|(name, node)| (format!("{module}:{class}.{name}"), node)),
+                            .map(|(name, node)| (format!("{module}:{class}.{name}"), node, module.clone())),
                     );
                 }
             }
@@ -247,15 +269,20 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
         }
     }
     // Class attributes first: `app:Handler._conns` names a set better than `app:Handler`
-    // does, and both are roots at once.
-    for (name, node) in class_roots.iter().chain(&module_roots) {
-        graph.root(name, *node);
-    }
-    for (name, node) in frame_locals(&mut r, interp).into_iter().filter_map(|(n, a)| Some((n, node_of(a)?))) {
-        graph.root(&name, node);
-    }
-    for (name, node) in &generator_roots {
-        graph.root(name, *node);
+    // does, and both are roots at once. A class is its module's (a class of a module not
+    // walked: the library's). A name bound to a module (`import sys`) is no root: the module's
+    // globals are roots of their own.
+    let ranked_classes = class_roots.into_iter().map(|(name, node, module)| {
+        let application = application_modules.get(&*module).copied().unwrap_or(false);
+        (name, node, Rank::of(application, false))
+    });
+    let locals = frame_locals(&mut r, interp)
+        .into_iter()
+        .filter_map(|(name, to, rank)| Some((name, node_of(to)?, rank)));
+    for (name, node, rank) in ranked_classes.chain(module_roots).chain(locals).chain(generator_roots) {
+        if !modules.contains(&node) {
+            graph.root(&name, node, rank);
+        }
     }
     let chains = graph.shortest_chains();
     Some(Walk {
@@ -268,6 +295,8 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
         cut_short: r.cut_short,
         stopped,
         elapsed: started.elapsed(),
+        paused_seconds: None,
+        pause_error: None,
     })
 }
 
@@ -283,7 +312,7 @@ fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budge
 /// The locals of every thread's frames (threads.head → `next`; `cframe->current_frame` →
 /// `previous`; `localsplus[0..co_nlocalsplus]` named by `co_localsplusnames`), as roots
 /// `qualname() local name`. Frames of generators and coroutines belong to them, not here.
-fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)> {
+fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64, Rank)> {
     let l = r.layout;
     let mut out = Vec::new();
     let mut tstate = r.memory.u64(interp.wrapping_add(l.interp_threads_head)).unwrap_or(0);
@@ -314,30 +343,15 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64)>
     out
 }
 
-/// The locals of one frame (`localsplus[0..co_nlocalsplus]` named by `co_localsplusnames`), as
-/// roots `qualname() local name`.
-fn frame_locals_of<M: Memory>(r: &mut Reader<M>, frame: u64) -> Vec<(String, u64)> {
-    let l = r.layout;
-    let mut out = Vec::new();
-    let Some(code) = r.memory.u64(frame.wrapping_add(l.frame_code)).map(|c| c & !l.stackref_tag) else {
-        return out;
-    };
-    if !r.type_of(code).is_some_and(|t| t.shape == Shape::Code) {
-        return out;
-    }
-    let qualname = r.memory.u64(code.wrapping_add(l.co_qualname)).and_then(|q| r.str_at(q));
-    let n = r.memory.i32(code.wrapping_add(l.co_nlocalsplus)).map_or(0, |n| n.max(0) as u64).min(MAX_LOCALS);
-    let names = r.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
-    let names_len = r.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
-    for i in 0..n.min(names_len) {
-        let value =
-            r.memory.u64(frame.wrapping_add(l.frame_localsplus + i * 8)).unwrap_or(0) & !l.stackref_tag;
-        let name = r.memory.u64(names.wrapping_add(ITEMS + i * 8)).and_then(|s| r.str_at(s));
-        if let (Some(name), Some(q)) = (name, &qualname)
-            && value != 0
-        {
-            out.push((format!("{q}() local {name}"), value));
-        }
-    }
-    out
+/// The locals of one frame as roots `qualname() local name`, ranked by the code's file
+/// (`co_filename`).
+fn frame_locals_of<M: Memory>(r: &mut Reader<M>, frame: u64) -> Vec<(String, u64, Rank)> {
+    let Some(locals) = r.frame_locals(frame) else { return Vec::new() };
+    let Some(qualname) = locals.qualname else { return Vec::new() };
+    let rank = Rank::of(locals.file.is_some_and(|f| !is_python_library(&f)), true);
+    locals
+        .values
+        .into_iter()
+        .map(|(name, value)| (format!("{qualname}() local {name}"), value, rank))
+        .collect()
 }

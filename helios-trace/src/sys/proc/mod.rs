@@ -11,6 +11,7 @@ use crate::model::{fd::printable, resources::Usage};
 
 pub(crate) mod fds;
 pub(crate) mod image;
+pub(crate) mod pause;
 pub(crate) mod resources;
 pub(crate) mod sockets;
 
