@@ -68,9 +68,9 @@ pub fn python(data: &[u8]) {
 }
 
 /// A CPython heap as the traced process's memory supplies it (resolve/holders): the first
-/// byte picks the version (3.11 to 3.14), the rest is memory at 0x10000 starting with
+/// byte picks the version (3.10 to 3.14), the rest is memory at 0x10000 starting with
 /// `_PyRuntime`. Pointers anywhere, rings that loop, sizes that lie: the walk ends, bounded.
 pub fn heap(data: &[u8]) {
     let Some((&which, image)) = data.split_first() else { return };
-    let _ = holders::walk_image(11 + u32::from(which % 4), 0x10000, image);
+    let _ = holders::walk_image(10 + u32::from(which % 5), 0x10000, image);
 }

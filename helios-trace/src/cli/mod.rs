@@ -92,13 +92,13 @@ pub struct SessionArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) flamegraph: Option<PathBuf>,
     /// Name the Python objects holding every site's open descriptors (by default only suspected
-    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.11-3.14 heap at
+    /// leaks' and sites with CLOSE_WAIT sockets), from a walk of each CPython 3.10-3.14 heap at
     /// report time.
     #[arg(long)]
     pub(crate) holders: bool,
-    /// Stop (SIGSTOP) each CPython process while its heap is walked for holders, for a
+    /// Stop (SIGSTOP) each CPython process while its heap is read for holders, for a
     /// consistent snapshot of its references, and continue it (SIGCONT) right after: the
-    /// process stands still for the walk (the report's `heap.paused_seconds`; about 0.7 s for a
+    /// process stands still for the reads (the report's `heap.paused_seconds`; about 1 s for a
     /// million objects). Off by default; a process stopped already is left stopped.
     #[arg(long)]
     pub(crate) holders_pause: bool,

@@ -7,7 +7,8 @@
 //!
 //! Pure: resolve/holders reads the graph out of a CPython process; this file knows nothing of
 //! CPython. Memory per object is a few words — an object 8 bytes, its row start 4, each edge 8
-//! (the target and its step packed in a `u32` each), its parent in the search 4, labels interned —
+//! (the target and its step packed in a `u32` each), the edge the search reached it by 4, labels
+//! interned —
 //! so a heap of a million objects fits the walk's budget (issue 15: 64 MiB).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -67,11 +68,18 @@ const MAX_KEY_LABELS: usize = 1 << 16;
 const MAX_LABELS: usize = 1 << 29;
 
 impl Step {
-    /// The step in a `u32`: the kind in the top 3 bits, the label in the others.
+    /// The step in a `u32`: the kind in the top 3 bits, the label in the others (label ids stay
+    /// below `MAX_LABELS`: `HeapGraph::label`).
     fn pack(self) -> u32 {
         match self {
-            Step::Attr(l) => l,
-            Step::Key(l) => 1 << 29 | l,
+            Step::Attr(l) => {
+                debug_assert!((l as usize) < MAX_LABELS);
+                l
+            }
+            Step::Key(l) => {
+                debug_assert!((l as usize) < MAX_LABELS);
+                (1 << 29) | l
+            }
             Step::OtherKey => 2 << 29,
             Step::Index => 3 << 29,
             Step::Member => 4 << 29,
@@ -177,14 +185,6 @@ impl HeapGraph {
         &self.types[self.objects[node as usize].type_name as usize]
     }
 
-    fn out(&self, node: Node) -> &[Edge] {
-        let i = node as usize;
-        match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(a), Some(b)) => &self.targets[*a as usize..*b as usize],
-            _ => &[],
-        }
-    }
-
     fn step_text(&self, step: Step) -> String {
         match step {
             Step::Attr(l) => format!(".{}", self.labels[l as usize]),
@@ -196,57 +196,62 @@ impl HeapGraph {
     }
 
     /// Breadth-first from every root of a rank at once, rank by rank ([`Rank`]), each search
-    /// going only where the ranks before it did not: for each object, the object it was first
-    /// reached from. So an object's chain starts at a root of the best rank that reaches it,
-    /// and is a shortest one from the roots of that rank. Only the parent is kept (4 bytes an
-    /// object): the step is the parent's first edge to the object, which is the edge the search
-    /// took, and the root is the first root at the chain's start, which is the one it seeded.
+    /// going only where the ranks before it did not: for each object, the edge it was first
+    /// reached by. So an object's chain starts at a root of the best rank that reaches it, and
+    /// is a shortest one from the roots of that rank. Only the edge's index is kept (4 bytes an
+    /// object): its step is the edge's, its parent the object whose row holds it, and a root's
+    /// name the first root of its node, which is the one that seeded it.
     pub(crate) fn shortest_chains(&self) -> Chains {
         let n = self.objects.len();
-        let mut parent: Vec<Node> = vec![UNREACHED; n];
+        let mut via: Vec<u32> = vec![UNREACHED; n];
         let mut root_of = HashMap::new();
         let mut queue = VecDeque::new();
         for rank in Rank::ALL {
             for (i, (_, node, _)) in self.roots.iter().enumerate().filter(|(_, r)| r.2 == rank) {
-                let Some(slot) = parent.get_mut(*node as usize) else { continue };
+                let Some(slot) = via.get_mut(*node as usize) else { continue };
                 if *slot == UNREACHED {
-                    // A root is its own parent: the chain's start.
-                    *slot = *node;
+                    *slot = ROOT;
                     root_of.insert(*node, i as u32);
                     queue.push_back(*node);
                 }
             }
             while let Some(node) = queue.pop_front() {
-                for edge in self.out(node) {
-                    if let Some(slot) = parent.get_mut(edge.to as usize)
+                let i = node as usize;
+                let (Some(start), Some(end)) = (self.starts.get(i), self.starts.get(i + 1)) else { continue };
+                for e in *start..*end {
+                    let to = self.targets[e as usize].to;
+                    if let Some(slot) = via.get_mut(to as usize)
                         && *slot == UNREACHED
                     {
-                        *slot = node;
-                        queue.push_back(edge.to);
+                        *slot = e;
+                        queue.push_back(to);
                     }
                 }
             }
         }
-        Chains { parent, root_of }
+        Chains { via, root_of }
     }
 
-    /// The root and the steps from it to `node` (None: no root reaches it).
+    /// The root and the steps from it to `node` (None: no root reaches it). O(depth × log n).
     pub(crate) fn chain(&self, chains: &Chains, node: Node) -> Option<(u32, Vec<Step>)> {
         let mut steps = Vec::new();
         let mut at = node;
         loop {
-            let parent = *chains.parent.get(at as usize)?;
-            if parent == UNREACHED {
-                return None;
+            match *chains.via.get(at as usize)? {
+                UNREACHED => return None,
+                ROOT => {
+                    steps.reverse();
+                    return Some((*chains.root_of.get(&at)?, steps));
+                }
+                e => {
+                    let edge = self.targets.get(e as usize)?;
+                    steps.push(Step::unpack(edge.step));
+                    // The row holding edge e: the last object whose edges start at or before it.
+                    at = (self.starts.partition_point(|s| *s <= e) - 1) as Node;
+                }
             }
-            if parent == at {
-                steps.reverse();
-                return Some((*chains.root_of.get(&at)?, steps));
-            }
-            steps.push(Step::unpack(self.out(parent).iter().find(|e| e.to == at)?.step));
-            at = parent;
             // A chain is never longer than the objects: a corrupt table cannot loop us.
-            if steps.len() > chains.parent.len() {
+            if steps.len() > chains.via.len() {
                 return None;
             }
         }
@@ -358,13 +363,15 @@ pub(crate) fn is_container(type_name: &str) -> bool {
 pub(crate) const NO_PYTHON_OWNER: &str = "no Python owner";
 pub(crate) const NO_ROOT: &str = "no chain from a named root";
 
-/// A parent no object has: not reached from any root.
-const UNREACHED: Node = Node::MAX;
+/// `Chains::via` of an object no root reaches, and of a root.
+const UNREACHED: u32 = u32::MAX;
+const ROOT: u32 = u32::MAX - 1;
 
 /// The result of [`HeapGraph::shortest_chains`].
 pub(crate) struct Chains {
-    /// Per object: the object it was reached from (a root: itself; else [`UNREACHED`]).
-    parent: Vec<Node>,
+    /// Per object: the index (in `HeapGraph::targets`) of the edge it was reached by, or
+    /// [`ROOT`], or [`UNREACHED`].
+    via: Vec<u32>,
     /// The root index of each object that starts chains.
     root_of: HashMap<Node, u32>,
 }
@@ -372,7 +379,7 @@ pub(crate) struct Chains {
 impl Chains {
     /// Whether a root reaches `node`.
     pub(crate) fn reaches(&self, node: Node) -> bool {
-        self.parent.get(node as usize).is_some_and(|p| *p != UNREACHED)
+        self.via.get(node as usize).is_some_and(|v| *v != UNREACHED)
     }
 }
 

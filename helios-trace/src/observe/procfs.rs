@@ -127,7 +127,7 @@ impl<'a> SocketJoin<'a> {
         }
         let proc_root = self.proc_root;
         let pidfd = self.pidfds.entry(tgid).or_insert_with(|| {
-            sockdiag::pidfd(tgid).map_err(|e| match e.raw_os_error() {
+            proc::pidfd(tgid).map_err(|e| match e.raw_os_error() {
                 Some(libc::ESRCH) => String::new(),
                 _ => format!("no pidfd of the process (pidfd_open: {e})"),
             })

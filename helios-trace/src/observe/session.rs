@@ -352,10 +352,12 @@ impl Tracing {
                         && Instant::now() >= due
                     {
                         // A command with many descriptors makes each read long (a readlink and
-                        // a socket lookup per descriptor): at most 5% of the time goes to it.
-                        let started = Instant::now();
+                        // a socket lookup per descriptor): at most 5% of our CPU goes to it. CPU
+                        // time, not wall time: on a busy machine a read waits for a CPU, and
+                        // counting the wait put the next read past a short command's exit.
+                        let (started, cpu) = (Instant::now(), clock::thread_cpu());
                         self.remember_facts();
-                        let next = (started.elapsed() * 20).max(Duration::from_secs(1));
+                        let next = (clock::thread_cpu().saturating_sub(cpu) * 20).max(Duration::from_secs(1));
                         self.remember_facts = Some(started + next);
                     }
                     on_tick(self, Tick::Second);

@@ -110,18 +110,6 @@ pub(crate) fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
     Ok(memory)
 }
 
-/// A process's handle for duplicating its descriptors (pidfd_open(2); the pid is of the
-/// tracer's pid namespace, which under a DaemonSet is the host's: `hostPID`).
-pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and is ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Why one socket of another process could not be measured.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SocketMemoryError {
@@ -277,7 +265,7 @@ mod tests {
         assert!(unix.buffer_bytes() as usize >= 10_000, "{unix:?}");
         assert!(memory.contains_key(&inode_of(b.as_raw_fd())));
         // Measured one by one through a duplicate of the descriptor: the same numbers.
-        let own = pidfd(std::process::id()).unwrap();
+        let own = crate::sys::proc::pidfd(std::process::id()).unwrap();
         let alone = socket_memory(&own, server.as_raw_fd(), inode_of(server.as_raw_fd())).unwrap();
         assert_eq!(alone.rmem_alloc, tcp.rmem_alloc);
         let alone = socket_memory(&own, a.as_raw_fd(), inode_of(a.as_raw_fd())).unwrap();

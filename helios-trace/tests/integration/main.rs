@@ -23,6 +23,7 @@ mod namespaces;
 mod pods;
 mod python;
 mod python_sites;
+mod readme;
 mod resources;
 mod robustness;
 mod runtimes;

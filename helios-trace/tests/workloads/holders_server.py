@@ -14,12 +14,13 @@ open file; "forget" drops them, and with them the files, which CPython closes as
 Prints "ready" once CLIENTS clients (default 30) have connected and hung up; then answers
 "count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds>", "loads" with "ok <the fds the loader left open>",
 "forget" with "ok", "gap" with "ok <the longest pause, in ms, of a thread ticking every ms since
-the last gap>", and "version" with "ok <the minor version>", "exit" by exiting.
+the last gap>", "continued" with "ok <SIGCONTs received>", and "version" with "ok <the minor version>", "exit" by exiting.
 """
 import asyncio
 import gc
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -95,6 +96,15 @@ async def handle(reader, writer):
 
 
 _longest_gap = 0.0
+_continued = 0
+
+
+def on_continue(signum, frame):
+    global _continued
+    _continued += 1
+
+
+signal.signal(signal.SIGCONT, on_continue)
 
 
 def tick():
@@ -111,6 +121,9 @@ def tick():
 
 def commands():
     global _longest_gap
+    # SIGCONT to the main thread only (the ticker inherits this mask): Python runs handlers in
+    # the main thread, which a signal taken by another thread would not wake.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCONT})
     threading.Thread(target=tick, daemon=True).start()
     for line in sys.stdin:
         if line.strip() == "count":
@@ -123,6 +136,8 @@ def commands():
         elif line.strip() == "loads":
             load_all(3)
             print("ok", *_load_fds, flush=True)
+        elif line.strip() == "continued":
+            print(f"ok {_continued}", flush=True)
         elif line.strip() == "gap":
             print(f"ok {int(_longest_gap * 1000)}", flush=True)
             _longest_gap = 0.0

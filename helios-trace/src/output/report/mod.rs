@@ -160,9 +160,11 @@ pub(crate) struct HeapReport {
     /// Why the walk stopped before the end (its time or object budget), if it did.
     pub(crate) stopped: Option<String>,
     pub(crate) walk_seconds: f64,
-    /// `--holders-pause`: how long the process was stopped for the walk (null: not stopped by
-    /// us), or why it could not be stopped (the walk then read it running).
+    /// `--holders-pause`: how long the process was stopped for the walk's reads (null: not
+    /// stopped by us).
     pub(crate) paused_seconds: Option<f64>,
+    /// `--holders-pause`: why the process could not be stopped, or not wholly (its heap was then
+    /// read while it ran).
     pub(crate) pause_error: Option<String>,
     /// How long before this report the walk was done: 0 for a fresh walk; reports that come
     /// often (the live view, serve's `/sites`) reuse a process's walk within an interval.

@@ -211,7 +211,7 @@ fn heap_lines(out: &mut String, process: &ProcessReport) {
         heap.walk_seconds,
         match (heap.paused_seconds, &heap.pause_error) {
             (Some(s), _) => format!(" (process stopped {s:.2}s)"),
-            (None, Some(e)) => format!(" (not stopped: {e})"),
+            (None, Some(e)) => format!(" ({e})"),
             (None, None) => String::new(),
         },
         if heap.unknown_objects > 0 {

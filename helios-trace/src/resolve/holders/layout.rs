@@ -53,6 +53,8 @@ pub(crate) struct HeapLayout {
     pub(crate) ma_used: u64,
     pub(crate) ma_keys: u64,
     pub(crate) ma_values: u64,
+    /// How a dict's keys object says its size and entry kind (3.10's differs).
+    pub(crate) dict_keys: DictKeys,
     pub(crate) dk_log2_size: u64,
     pub(crate) dk_log2_index_bytes: u64,
     pub(crate) dk_kind: u64,
@@ -69,8 +71,14 @@ pub(crate) struct HeapLayout {
     pub(crate) cframe_current_frame: u64,
     pub(crate) frame_code: u64,
     pub(crate) frame_previous: u64,
-    pub(crate) frame_owner: u64,
+    /// `_PyInterpreterFrame.owner` (3.11+); None on 3.10, whose thread state chains only the
+    /// frames running on it.
+    pub(crate) frame_owner: Option<u64>,
     pub(crate) frame_localsplus: u64,
+    /// Where a frame object (`frame`, what a traceback holds) keeps its frame: `f_frame`, a
+    /// pointer to the interpreter frame (3.11+), or None on 3.10, whose frame object is the
+    /// frame itself.
+    pub(crate) frame_object_frame: Option<u64>,
     pub(crate) co_nlocalsplus: u64,
     pub(crate) co_localsplusnames: u64,
     pub(crate) co_filename: u64,
@@ -103,6 +111,24 @@ pub(crate) struct HeapLayout {
     /// at the frame's `frame_code`, its locals at the frame's `localsplus`.
     pub(crate) gen_iframe: u64,
     pub(crate) gen_frame_state: u64,
+    /// 3.10: `gen_iframe` is the offset of `gi_frame`, a pointer to the generator's frame
+    /// object (NULL once finished), and `gen_frame_state` that frame's `f_state`.
+    pub(crate) gen_frame_pointer: bool,
+    /// `PyBaseExceptionObject.traceback`, then `context` and `cause` (Include/cpython/pyerrors.h:
+    /// 3.11 put `notes` before them).
+    pub(crate) exc_traceback: u64,
+}
+
+/// How a `PyDictKeysObject` says its size (Include/internal/pycore_dict.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DictKeys {
+    /// 3.11+: `dk_log2_size`, `dk_log2_index_bytes` and `dk_kind` bytes; unicode entries are
+    /// (key, value), general ones (hash, key, value).
+    Log2,
+    /// 3.10 (Objects/dict-common.h): `dk_size` (a count of slots, at 8), `dk_nentries` at 32, the
+    /// index table at 40 with 1, 2, 4 or 8 bytes a slot as `dk_size` needs (`DK_IXSIZE`), then
+    /// entries of (hash, key, value) whatever the keys.
+    Sized,
 }
 
 /// How an object with Py_TPFLAGS_MANAGED_DICT keeps its attributes.
@@ -119,6 +145,8 @@ pub(crate) enum ManagedDict {
     /// (`_PyObject_InlineValues`: a `PyDictValues` of 4 bytes — capacity, size, embedded,
     /// valid — then the values at 8).
     Inline,
+    /// 3.10: none; an instance's `__dict__` is at its type's `tp_dictoffset`.
+    None,
 }
 
 /// `Py_TPFLAGS_INLINE_VALUES` (3.13, Include/object.h).
@@ -134,19 +162,13 @@ pub(crate) const LIST_ITEMS: u64 = 24;
 /// The first field after the object header of a C object (sock_fd, fd, raw, ob_ref).
 pub(crate) const AFTER_HEAD: u64 = 16;
 pub(crate) const TEXTIO_BUFFER: u64 = 32;
-/// `PyBaseExceptionObject` (Include/cpython/pyerrors.h, 3.11 to 3.14: `dict`, `args`, `notes`,
-/// `traceback`, `context`, `cause` after the header), `PyTracebackObject`
-/// (Include/cpython/traceback.h: `tb_next`, `tb_frame`) and the frame object's `f_frame`
-/// (Include/internal/pycore_frame.h `struct _frame`: `f_back`, `f_frame`; the interpreter frame
-/// inside the object once its function returned): measured with ctypes on 3.11.2, 3.12.1,
-/// 3.13.0, Debian's 3.13.5 and 3.14.10.
+/// `PyBaseExceptionObject.args` (Include/cpython/pyerrors.h: `dict`, `args` after the header;
+/// where `traceback` is: `HeapLayout::exc_traceback`) and `PyTracebackObject`
+/// (Include/cpython/traceback.h: `tb_next`, `tb_frame`): measured with ctypes on 3.10.13,
+/// 3.11.2, 3.12.1, 3.13.0, Debian's 3.13.5 and 3.14.10.
 pub(crate) const EXC_ARGS: u64 = 24;
-pub(crate) const EXC_TRACEBACK: u64 = 40;
-pub(crate) const EXC_CONTEXT: u64 = 48;
-pub(crate) const EXC_CAUSE: u64 = 56;
 pub(crate) const TB_NEXT: u64 = 16;
 pub(crate) const TB_FRAME: u64 = 24;
-pub(crate) const FRAME_OBJECT_FRAME: u64 = 24;
 
 /// `tp_flags` bits (Include/object.h).
 pub(crate) const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
@@ -167,7 +189,8 @@ pub(crate) const SET_ENTRY: u64 = 16;
 /// a generator's, whose locals the generator holds).
 pub(crate) const FRAME_OWNED_BY_THREAD: u8 = 0;
 
-/// `FRAME_EXECUTING` (Include/internal/pycore_frame.h, 3.11 to 3.14): a generator's frame is
+/// `FRAME_EXECUTING` (Include/internal/pycore_frame.h, 3.11 to 3.14; 3.10's frame object
+/// `f_state`, Include/cpython/frameobject.h, numbers its states alike): a generator's frame is
 /// alive — created or suspended (negative states) or running (0) — below `FRAME_COMPLETED`
 /// (1); completed and cleared ones hold no locals.
 pub(crate) const FRAME_EXECUTING: i8 = 0;
@@ -175,6 +198,44 @@ pub(crate) const FRAME_EXECUTING: i8 = 0;
 /// The layout of a CPython version, if the walk knows it.
 pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
     match minor {
+        // CPython 3.10 (pyenv's 3.10.13), measured with ctypes on the running interpreter against
+        // its headers: the GC state at interp + 616 (generation 0's list head at 640, reached
+        // from a new object's `_gc_next`; `generation0` at 712 points there), threads at
+        // `tstate_head` (8) with the running frame at `tstate->frame` (24); frames are frame
+        // objects (Include/cpython/frameobject.h: `f_back` 24, `f_code` 32, `f_state` 108,
+        // `f_localsplus` 352), a generator's `gi_frame` at 16; code objects name their plain
+        // locals in `co_varnames` (72, `co_nlocals` at 28) and have no qualified name
+        // (`co_name` at 112 stands for it); dict keys are sized, not log2 (`DictKeys::Sized`);
+        // instances keep a `__dict__` at `tp_dictoffset` (no managed dicts); exceptions have no
+        // `notes`. Types, dicts, sets, modules and strings are laid out as in 3.11.
+        10 => Some(HeapLayout {
+            minor,
+            interpreters_head: 32,
+            interp_threads_head: 8,
+            interp_generations: 616 + 24,
+            interp_permanent: 616 + 104,
+            interp_generation0: Some(616 + 96),
+            dict_keys: DictKeys::Sized,
+            dk_nentries: 32,
+            dk_indices: 40,
+            tstate_cframe: None,
+            cframe_current_frame: 24,
+            frame_code: 32,
+            frame_previous: 24,
+            frame_owner: None,
+            frame_localsplus: 352,
+            frame_object_frame: None,
+            co_nlocalsplus: 28,
+            co_localsplusnames: 72,
+            co_filename: 104,
+            co_qualname: 112,
+            gen_iframe: 16,
+            gen_frame_state: 108,
+            gen_frame_pointer: true,
+            exc_traceback: 32,
+            managed_dict: ManagedDict::None,
+            ..heap_layout(11)?
+        }),
         11 => Some(HeapLayout {
             minor,
             interpreters_head: 40,
@@ -197,6 +258,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             ma_used: 16,
             ma_keys: 32,
             ma_values: 40,
+            dict_keys: DictKeys::Log2,
             dk_log2_size: 8,
             dk_log2_index_bytes: 9,
             dk_kind: 10,
@@ -211,8 +273,11 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             cframe_current_frame: 8,
             frame_code: 32,
             frame_previous: 48,
-            frame_owner: 69,
+            frame_owner: Some(69),
             frame_localsplus: 72,
+            // Include/internal/pycore_frame.h `struct _frame`: `f_back`, `f_frame` (the
+            // interpreter frame inside the object once its function returned).
+            frame_object_frame: Some(24),
             co_nlocalsplus: 76,
             co_localsplusnames: 96,
             co_filename: 112,
@@ -226,6 +291,8 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             stackref_tag: 0,
             gen_iframe: 80,
             gen_frame_state: 75,
+            gen_frame_pointer: false,
+            exc_traceback: 40,
         }),
         // The same C program against CPython 3.12.1's headers: the interpreter's gc and
         // threads moved, heap types grew a field, frames and code objects were reordered,
@@ -242,7 +309,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             cframe_current_frame: 0,
             frame_code: 0,
             frame_previous: 8,
-            frame_owner: 70,
+            frame_owner: Some(70),
             co_nlocalsplus: 72,
             ascii_size: 40,
             compact_size: 56,
@@ -294,7 +361,7 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             interp_generations: 7432,
             interp_permanent: 7504,
             interp_generation0: None,
-            frame_owner: 74,
+            frame_owner: Some(74),
             frame_localsplus: 80,
             stackref_tag: 3,
             tuple_items: 32,

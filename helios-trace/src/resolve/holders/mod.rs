@@ -9,7 +9,7 @@
 //! and containers (objects.rs), the GC-list walk, roots and frames (walk.rs). The graph and
 //! its shortest chains are pure (model/holders.rs), as is the census (model/census.rs).
 //!
-//! Supported: CPython 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11), 3.12, 3.13 and 3.14. Other
+//! Supported: CPython 3.10, 3.11 (Debian's /usr/bin/python3 and pyenv's 3.11), 3.12, 3.13 and 3.14. Other
 //! versions are reported as not supported by the walk.
 use std::path::Path;
 
@@ -31,7 +31,7 @@ use crate::{
 pub(crate) enum HoldersError {
     #[error("not a CPython process")]
     NotPython,
-    #[error("CPython 3.{minor}: the heap walk knows CPython 3.11 to 3.14 only")]
+    #[error("CPython 3.{minor}: the heap walk knows CPython 3.10 to 3.14 only")]
     Version { minor: u32 },
     #[error("{0}")]
     Python(#[from] python::PythonError),
@@ -43,27 +43,33 @@ pub(crate) enum HoldersError {
     NoInterpreter,
 }
 
-/// Walk the heap of process `pid`; with `pause`, stopped for the walk (sys/proc/pause.rs) once
-/// it is known to be a CPython the walk can read, so no other process is ever stopped.
+/// Walk the heap of process `pid`; with `pause`, stopped while its memory is read
+/// (sys/proc/pause.rs) — once it is known to be a CPython the walk reads, so no other process is
+/// stopped, and continued before the search for chains, which needs no reads.
 pub(crate) fn walk_process(
     proc_root: &Path,
     pid: u32,
     budget: &Budget,
     pause: bool,
 ) -> Result<Walk, HoldersError> {
+    // The handle first: the pid cannot be another process's by the time it is signalled.
+    let pidfd = pause.then(|| sys::proc::pidfd(pid));
     let (runtime, minor) = python::runtime_of(proc_root, pid).ok_or(HoldersError::NotPython)??;
     let layout = layout::heap_layout(minor).ok_or(HoldersError::Version { minor })?;
     let mut memory = memory::Paged::new(ProcessMemory::open(proc_root, pid)?, budget.cache_bytes);
     if minor >= 13 {
         check_debug_offsets(&mut memory, runtime, &layout)?;
     }
-    let (paused, pause_error) = match pause.then(|| sys::proc::pause::pause(proc_root, pid)) {
+    let (mut paused, pause_error) = match pidfd.map(|fd| sys::proc::pause::pause(proc_root, pid, fd?)) {
         Some(Ok(paused)) => (Some(paused), None),
         Some(Err(e)) => (None, Some(format!("cannot stop the process: {e}"))),
         None => (None, None),
     };
-    let mut walk = walk::walk(memory, layout, runtime, budget).ok_or(HoldersError::NoInterpreter)?;
-    walk.paused_seconds = paused.and_then(sys::proc::pause::Paused::resume);
+    let mut paused_seconds = None;
+    let read_done = || paused_seconds = paused.take().and_then(sys::proc::pause::Paused::resume);
+    let mut walk =
+        walk::walk(memory, layout, runtime, budget, read_done).ok_or(HoldersError::NoInterpreter)?;
+    walk.paused_seconds = paused_seconds;
     walk.pause_error = pause_error;
     Ok(walk)
 }
@@ -74,7 +80,7 @@ pub(crate) fn walk_process(
 pub(crate) fn walk_image(minor: u32, base: u64, bytes: &[u8]) -> Option<usize> {
     let layout = layout::heap_layout(minor)?;
     let budget = Budget { time: std::time::Duration::from_secs(1), max_objects: 4096, cache_bytes: 1 << 16 };
-    let walk = walk::walk(memory::Flat { base, bytes }, layout, base, &budget)?;
+    let walk = walk::walk(memory::Flat { base, bytes }, layout, base, &budget, || {})?;
     let lines: usize = walk.holders(&[0, 1, 2, 3, 4, 5, 6, 7]).iter().map(|h| h.line().len()).sum();
     Some(lines + walk.census.entries(None, 8).len())
 }

@@ -7,10 +7,10 @@ use std::{collections::HashMap, rc::Rc};
 
 use super::{
     layout::{
-        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, EXC_ARGS, EXC_CAUSE,
-        EXC_CONTEXT, EXC_TRACEBACK, FRAME_OBJECT_FRAME, HeapLayout, LIST_ITEMS, ManagedDict, OB_SIZE,
-        OB_TYPE, SET_ENTRY, TB_FRAME, TB_NEXT, TEXTIO_BUFFER, TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE,
-        TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
+        AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, DictKeys, EXC_ARGS,
+        FRAME_EXECUTING, HeapLayout, LIST_ITEMS, ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TB_FRAME, TB_NEXT,
+        TEXTIO_BUFFER, TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES,
+        TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
     },
     memory::Memory,
 };
@@ -373,29 +373,20 @@ impl<M: Memory> Reader<M> {
         if !aligned(keys) {
             return Vec::new();
         }
-        let (Some(log2_size), Some(log2_index), Some(kind), Some(nentries)) = (
-            self.memory.u8(keys.wrapping_add(l.dk_log2_size)),
-            self.memory.u8(keys.wrapping_add(l.dk_log2_index_bytes)),
-            self.memory.u8(keys.wrapping_add(l.dk_kind)),
-            self.memory.i64(keys.wrapping_add(l.dk_nentries)),
-        ) else {
+        let Some((slots, index_bytes, general, nentries)) = self.keys_shape(keys) else {
             return Vec::new();
         };
-        // The index table holds 1 to 8 bytes per slot; entries never outnumber slots.
-        if log2_size > 40 || log2_index < log2_size || log2_index > log2_size + 3 || nentries < 0 {
-            return Vec::new();
-        }
-        let mut n = nentries as u64;
-        if n > (1u64 << log2_size) {
+        let mut n = nentries;
+        if n > slots {
             return Vec::new();
         }
         if n > MAX_ITEMS {
             self.cut_short += 1;
             n = MAX_ITEMS;
         }
-        let entry = if kind == DICT_KEYS_GENERAL { DICT_ENTRY_GENERAL } else { DICT_ENTRY_UNICODE };
-        let key_at = if kind == DICT_KEYS_GENERAL { 8 } else { 0 };
-        let start = keys.wrapping_add(l.dk_indices + (1u64 << log2_index));
+        let entry = if general { DICT_ENTRY_GENERAL } else { DICT_ENTRY_UNICODE };
+        let key_at = if general { 8 } else { 0 };
+        let start = keys.wrapping_add(l.dk_indices + slots * index_bytes);
         let mut bytes = vec![0u8; (n * entry) as usize];
         if !self.memory.read(start, &mut bytes) {
             self.cut_short += 1;
@@ -428,6 +419,40 @@ impl<M: Memory> Reader<M> {
         out
     }
 
+    /// A keys object's slots, bytes per index slot, whether its entries carry a hash, and its
+    /// entries used; None when it does not read as one.
+    fn keys_shape(&mut self, keys: u64) -> Option<(u64, u64, bool, u64)> {
+        let l = self.layout;
+        let nentries = u64::try_from(self.memory.i64(keys.wrapping_add(l.dk_nentries))?).ok()?;
+        match l.dict_keys {
+            DictKeys::Log2 => {
+                let log2_size = self.memory.u8(keys.wrapping_add(l.dk_log2_size))?;
+                let log2_index = self.memory.u8(keys.wrapping_add(l.dk_log2_index_bytes))?;
+                let kind = self.memory.u8(keys.wrapping_add(l.dk_kind))?;
+                // The index table holds 1 to 8 bytes per slot; entries never outnumber slots.
+                if log2_size > 40 || log2_index < log2_size || log2_index > log2_size + 3 {
+                    return None;
+                }
+                let slots = 1u64 << log2_size;
+                Some((slots, (1u64 << log2_index) / slots, kind == DICT_KEYS_GENERAL, nentries))
+            }
+            DictKeys::Sized => {
+                let slots = u64::try_from(self.memory.i64(keys.wrapping_add(8))?).ok()?;
+                if !slots.is_power_of_two() || slots > 1 << 40 {
+                    return None;
+                }
+                // DK_IXSIZE (Objects/dict-common.h).
+                let index_bytes = match slots {
+                    0..=0xff => 1,
+                    0x100..=0xffff => 2,
+                    0x1_0000..=0xffff_ffff => 4,
+                    _ => 8,
+                };
+                Some((slots, index_bytes, true, nentries))
+            }
+        }
+    }
+
     /// An object's attributes: its managed dict (inline values with the type's shared keys,
     /// or a materialized dict: Include/internal/pycore_object.h `_PyObject_ValuesPointer` =
     /// object - 4 words, `_PyObject_ManagedDictPointer` = object - 3 words), or the dict at
@@ -456,7 +481,7 @@ impl<M: Memory> Reader<M> {
                 Vec::new()
             };
         }
-        if tp.flags & TPFLAGS_MANAGED_DICT != 0 {
+        if tp.flags & TPFLAGS_MANAGED_DICT != 0 && self.layout.managed_dict == ManagedDict::Separate {
             let values = self.memory.u64(object.wrapping_sub(32)).unwrap_or(0);
             if values != 0 && aligned(values) {
                 return self.keys_entries(tp.cached_keys, Some(values));
@@ -509,9 +534,9 @@ impl<M: Memory> Reader<M> {
             Shape::Cell => self.field(object.wrapping_add(AFTER_HEAD), "cell_contents"),
             Shape::Exception => [
                 (EXC_ARGS, "args"),
-                (EXC_TRACEBACK, "__traceback__"),
-                (EXC_CONTEXT, "__context__"),
-                (EXC_CAUSE, "__cause__"),
+                (l.exc_traceback, "__traceback__"),
+                (l.exc_traceback + 8, "__context__"),
+                (l.exc_traceback + 16, "__cause__"),
             ]
             .into_iter()
             .flat_map(|(at, name)| self.field(object.wrapping_add(at), name))
@@ -520,16 +545,19 @@ impl<M: Memory> Reader<M> {
                 .into_iter()
                 .flat_map(|(at, name)| self.field(object.wrapping_add(at), name))
                 .collect(),
-            Shape::Frame => match self.memory.u64(object.wrapping_add(FRAME_OBJECT_FRAME)) {
-                Some(frame) if aligned(frame) => self
-                    .frame_locals(frame)
-                    .map(|locals| locals.values)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(name, value)| (value, Label::Attr(format!("f_locals[{name:?}]").into())))
-                    .collect(),
-                _ => Vec::new(),
-            },
+            Shape::Frame => {
+                match l.frame_object_frame.map_or(Some(object), |at| self.memory.u64(object.wrapping_add(at)))
+                {
+                    Some(frame) if aligned(frame) => self
+                        .frame_locals(frame)
+                        .map(|locals| locals.values)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, value)| (value, Label::Attr(format!("f_locals[{name:?}]").into())))
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
             Shape::Socket | Shape::FileIo | Shape::Code | Shape::Generator | Shape::Other => Vec::new(),
         };
         if !matches!(tp.shape, Shape::Module | Shape::Type) {
@@ -541,6 +569,21 @@ impl<M: Memory> Reader<M> {
             }
         }
         out
+    }
+
+    /// A generator's, coroutine's or async generator's frame while it is alive (created,
+    /// suspended or running: a finished one holds no locals), or None.
+    pub(crate) fn generator_frame(&mut self, object: u64) -> Option<u64> {
+        let l = self.layout;
+        let (frame, state_at) = if l.gen_frame_pointer {
+            let frame =
+                self.memory.u64(object.wrapping_add(l.gen_iframe)).filter(|f| *f != 0 && aligned(*f))?;
+            (frame, frame.wrapping_add(l.gen_frame_state))
+        } else {
+            (object.wrapping_add(l.gen_iframe), object.wrapping_add(l.gen_frame_state))
+        };
+        let state = self.memory.u8(state_at)?;
+        ((state as i8) <= FRAME_EXECUTING).then_some(frame)
     }
 
     /// The locals of the interpreter frame at `frame` (`localsplus[0..co_nlocalsplus]` named by
@@ -559,6 +602,9 @@ impl<M: Memory> Reader<M> {
             .map_or(0, |n| n.max(0) as u64)
             .min(MAX_LOCALS);
         let names = self.memory.u64(code.wrapping_add(l.co_localsplusnames)).unwrap_or(0);
+        if !aligned(names) || !self.type_of(names).is_some_and(|t| t.shape == Shape::Tuple) {
+            return None;
+        }
         let names_len = self.memory.i64(names.wrapping_add(OB_SIZE)).unwrap_or(0).max(0) as u64;
         let mut values = Vec::new();
         for i in 0..n.min(names_len) {

@@ -1,12 +1,12 @@
-//! The walk on bytes laid out as CPython 3.11 to 3.14 lay them out (a fake memory): the postmortem's
+//! The walk on bytes laid out as CPython 3.10 to 3.14 lay them out (a fake memory): the postmortem's
 //! shape gives its holder line, and a damaged heap gives unknowns, never a crash or a wrong name.
 use std::time::Duration;
 
 use super::{
     layout::{
-        EXC_TRACEBACK, FRAME_OBJECT_FRAME, GC_HEAD, HeapLayout, ManagedDict, TB_FRAME, TB_NEXT,
-        TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT,
-        TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS, heap_layout,
+        DictKeys, GC_HEAD, HeapLayout, ManagedDict, TB_FRAME, TB_NEXT, TPFLAGS_BASE_EXC_SUBCLASS,
+        TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
+        TPFLAGS_UNICODE_SUBCLASS, heap_layout,
     },
     memory::Fake,
     walk::{Budget, walk},
@@ -92,16 +92,26 @@ impl Heap {
         at
     }
 
-    /// Unicode keys with `entries` (key, value), 8 slots; values inline unless `split`.
+    /// Unicode keys with `entries` (key, value), 8 slots; values inline unless `split`. 3.10's
+    /// keys: `dk_size` 8, entries of (hash, key, value).
     fn keys(&mut self, entries: &[(&str, u64)], split: bool) -> (u64, u64) {
         let l = self.l;
-        let keys = self.alloc(l.dk_indices + 8 + 16 * 8);
-        self.mem.write(keys + l.dk_log2_size, &[3, 3, if split { 2 } else { 1 }]);
+        let keys = self.alloc(l.dk_indices + 8 + 24 * 8);
+        let (entry, key_at) = match l.dict_keys {
+            DictKeys::Log2 => {
+                self.mem.write(keys + l.dk_log2_size, &[3, 3, if split { 2 } else { 1 }]);
+                (16, 0)
+            }
+            DictKeys::Sized => {
+                self.mem.put_u64(keys + 8, 8);
+                (24, 8)
+            }
+        };
         self.mem.put_u64(keys + l.dk_nentries, entries.len() as u64);
         let values = self.alloc(8 * 8);
         for (i, (k, v)) in entries.iter().enumerate() {
             let key = self.string(k);
-            let e = keys + l.dk_indices + 8 + 16 * i as u64;
+            let e = keys + l.dk_indices + 8 + entry * i as u64 + key_at;
             self.mem.put_u64(e, key);
             if split {
                 self.mem.put_u64(values + 8 * i as u64, *v);
@@ -176,7 +186,13 @@ fn postmortem(minor: u32) -> Postmortem {
     let handler_type = h.gc_object(h.type_type, 900);
     let name = h.c_str("Handler");
     h.mem.put_u64(handler_type + l.tp_name, name);
-    h.mem.put_u64(handler_type + l.tp_flags, TPFLAGS_HEAPTYPE | TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES);
+    let managed =
+        if l.managed_dict == ManagedDict::None { 0 } else { TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES };
+    h.mem.put_u64(handler_type + l.tp_flags, TPFLAGS_HEAPTYPE | managed);
+    if managed == 0 {
+        // 3.10: the instance's `__dict__` right after its header.
+        h.mem.put_u64(handler_type + l.tp_dictoffset, 16);
+    }
     // Its instances' inline values (3.13+) come right after the object header.
     h.mem.put_u64(handler_type + l.tp_basicsize, 16);
     h.mem.put_u64(handler_type + l.tp_base, object_type);
@@ -195,14 +211,20 @@ fn postmortem(minor: u32) -> Postmortem {
             h.mem.put_u64(dict + l.ma_used, 1);
             h.mem.put_u64(dict + l.ma_keys, cached);
             h.mem.put_u64(dict + l.ma_values, values);
-            // Object - 3 words in every version (3.12's tagged word: a dict has its low bit clear).
-            h.mem.put_u64(handler - 24, dict);
+            // Object - 3 words in every version with managed dicts (3.12's tagged word: a dict
+            // has its low bit clear); 3.10's at the type's dict offset.
+            let at = if managed == 0 { handler + 16 } else { handler - 24 };
+            h.mem.put_u64(at, dict);
             handlers.push(handler);
             continue;
         }
         let values = h.alloc(16);
         h.mem.put_u64(values, *s);
         match l.managed_dict {
+            ManagedDict::None => {
+                let dict = h.dict(dict_type, &[("sock", *s)]);
+                h.mem.put_u64(handler + 16, dict);
+            }
             ManagedDict::Separate => h.mem.put_u64(handler - 32, values),
             ManagedDict::Tagged => h.mem.put_u64(handler - 24, values - 1),
             ManagedDict::Inline => {
@@ -241,14 +263,16 @@ fn postmortem(minor: u32) -> Postmortem {
 
 #[test]
 fn the_postmortem_heap_names_the_class_set() {
-    for minor in [11, 12, 13, 14] {
+    for minor in [10, 11, 12, 13, 14] {
         the_postmortem_heap_of(minor);
     }
 }
 
 fn the_postmortem_heap_of(minor: u32) {
     let p = postmortem(minor);
-    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET).unwrap();
+    // 3.10 has no managed dicts: the first handler's attributes are a dict of its own.
+    let handler_dicts = u64::from(p.heap.l.managed_dict == ManagedDict::None);
+    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET, || {}).unwrap();
     assert_eq!(w.stopped, None);
     assert_eq!(w.unknown, 0);
     let lines: Vec<String> = w.holders(&[7, 8, 9, 10]).iter().map(|h| h.line()).collect();
@@ -267,7 +291,7 @@ fn the_postmortem_heap_of(minor: u32) {
         (Some(3), Some(2), Some(1), Some(1))
     );
     // The class named `dict` is counted under its name but not read as a dict: nothing in it.
-    assert_eq!(count("dict"), Some(5));
+    assert_eq!(count("dict"), Some(5 + handler_dicts));
 }
 
 #[test]
@@ -277,7 +301,7 @@ fn a_damaged_heap_gives_unknowns_not_names() {
     // socket loses its chain; the other still reads.
     let s = p.heap.string("not a type");
     p.heap.mem.put_u64(p.handlers[0] + 8, s);
-    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET).unwrap();
+    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &BUDGET, || {}).unwrap();
     assert_eq!(w.unknown, 1);
     let lines: Vec<String> = w.holders(&[7, 8]).iter().map(|h| h.line()).collect();
     assert_eq!(
@@ -293,7 +317,7 @@ fn a_looping_gc_list_stops_at_the_budget_and_says_so() {
     let (first, last) = (p.heap.gc[0], *p.heap.gc.last().unwrap());
     p.heap.mem.put_u64(last, first);
     let budget = Budget { max_objects: 100, ..BUDGET };
-    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &budget).unwrap();
+    let w = walk(p.heap.mem, p.heap.l, p.heap.runtime, &budget, || {}).unwrap();
     assert!(w.stopped.as_deref().is_some_and(|s| s.contains("object budget")), "{:?}", w.stopped);
     // Still the right holders for what it read; what it missed is said.
     let lines: Vec<String> = w.holders(&[7, 10]).iter().map(|h| h.line()).collect();
@@ -313,7 +337,7 @@ mod fuzz {
         /// Any bytes of the heap overwritten: the walk ends, within its budget, without a
         /// panic; a root it names is one the heap has.
         #[test]
-        fn corrupt_bytes_never_crash(minor in 11u32..=14, writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
+        fn corrupt_bytes_never_crash(minor in 10u32..=14, writes in prop::collection::vec((0usize..64, 0usize..1024, any::<u64>()), 1..16)) {
             let mut p = postmortem(minor);
             let regions: Vec<(u64, usize)> = p.heap.mem.regions.iter().map(|(a, r)| (*a, r.len())).collect();
             for (region, offset, value) in writes {
@@ -324,7 +348,7 @@ mod fuzz {
                 }
             }
             let budget = Budget { max_objects: 1000, ..BUDGET };
-            if let Some(w) = walk(p.heap.mem, p.heap.l, p.heap.runtime, &budget) {
+            if let Some(w) = walk(p.heap.mem, p.heap.l, p.heap.runtime, &budget, || {}) {
                 for h in w.holders(&[7, 8, 9]) {
                     if let Some(root) = h.root {
                         prop_assert!(["app:Handler._ws_connections", "app:Handler", "app:fake"].contains(&root.as_str())
@@ -393,6 +417,7 @@ fn slots_deques_and_suspended_coroutines_hold() {
                 h.mem.write(sub + 32, &[1, 1, 1, 1]);
                 h.mem.put_u64(sub + 40, b);
             }
+            ManagedDict::None => unreachable!("3.10's coroutines and dicts are not this test's"),
         }
         // A deque of two: the last item of its left block (leftindex 63), then a socket first in
         // the next block.
@@ -436,7 +461,7 @@ fn slots_deques_and_suspended_coroutines_hold() {
         let module = h.gc_object(module_type, 64);
         h.mem.put_u64(module + l.md_dict, module_dict);
         h.finish();
-        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
         let lines = |fds: &[i32]| w.holders(fds).iter().map(|h| h.line()).collect::<Vec<_>>();
         assert_eq!(lines(&[11]), ["1 held by app:pool (Pool) via .spare"], "3.{minor}");
         assert_eq!(lines(&[12]), ["1 held by app:sub (Sub) via .extra"], "3.{minor}");
@@ -447,15 +472,17 @@ fn slots_deques_and_suspended_coroutines_hold() {
     }
 }
 
-/// requests' shape: the standard library's `weakref` module reaches a socket in two steps
-/// (through an OrderedDict), the application's `__main__` (run as `python -c`: no file) in
-/// three (its list, a defaultdict, the socket): the application's global names it
+/// requests' shape: the standard library's `weakref` module reaches a socket in one step
+/// (its OrderedDict, a root, holds it), the application's `__main__` (run as `python -c`: no
+/// file) in two (its list, a defaultdict, the socket): the application's global names it
 /// (model/holders.rs, `Rank`). A module whose file is in site-packages is a library's; one whose
-/// file is elsewhere (`units`) the application's; the application's `import weakref` does not
-/// make the library's globals its own. defaultdict and OrderedDict read as dicts.
+/// file is elsewhere (`units`) the application's. The application's `import weakref` (a global
+/// bound to the module) and a dict of its holding the module do not make the library's globals
+/// its own: no root is a module and no edge leads into one. defaultdict and OrderedDict read as
+/// dicts.
 #[test]
 fn the_applications_module_names_a_holder_before_a_librarys() {
-    for minor in [11, 12, 13, 14] {
+    for minor in [10, 11, 12, 13, 14] {
         let mut h = Heap::new(minor);
         let l = h.l;
         let object_type = h.static_type("object", 0, 0);
@@ -493,7 +520,8 @@ fn the_applications_module_names_a_holder_before_a_librarys() {
         let weakref =
             module(&mut h, "weakref", Some("/usr/lib/python3.11/weakref.py"), &[("_registry", registry)]);
         // `python -c`: a __main__ without a file is the application's all the same.
-        module(&mut h, "__main__", None, &[("weakref", weakref), ("SESSIONS", list)]);
+        let client = h.dict(dict_type, &[("lib", weakref)]);
+        module(&mut h, "__main__", None, &[("weakref", weakref), ("client", client), ("SESSIONS", list)]);
         module(
             &mut h,
             "urllib3",
@@ -502,7 +530,7 @@ fn the_applications_module_names_a_holder_before_a_librarys() {
         );
         module(&mut h, "units", Some("/srv/units/pool.py"), &[("_spare", spare)]);
         h.finish();
-        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
         let lines = |fds: &[i32]| w.holders(fds).iter().map(|h| h.line()).collect::<Vec<_>>();
         assert_eq!(lines(&[21]), ["1 held by __main__:SESSIONS (list of 1) via [\"conns\"]"], "3.{minor}");
         assert_eq!(lines(&[23]), ["1 held by units:_spare (dict of 1) via [\"c\"]"], "3.{minor}");
@@ -517,10 +545,11 @@ fn the_applications_module_names_a_holder_before_a_librarys() {
 
 /// A loader that closes its file only on success, whose caller keeps the exceptions: each
 /// exception's traceback holds the loader's frame, whose local `f` is the open file (fd 31):
-/// `errors (list of 1) via [].__traceback__.tb_next.tb_frame.f_locals["f"]`.
+/// `errors (list of 1) via .__traceback__.tb_next.tb_frame.f_locals["f"]` (on 3.10 the frame
+/// object is the frame).
 #[test]
 fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
-    for minor in [11, 12, 13, 14] {
+    for minor in [10, 11, 12, 13, 14] {
         let mut h = Heap::new(minor);
         let l = h.l;
         let object_type = h.static_type("object", 0, 0);
@@ -547,10 +576,16 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
         h.mem.put_u64(names + l.tuple_items, path);
         h.mem.put_u64(names + l.tuple_items + 8, f);
         h.mem.put_u64(code + l.co_localsplusnames, names);
-        // The frame object, its interpreter frame inside it (the function returned).
-        let frame = h.gc_object(frame_type, 256);
-        let inner = frame + 64;
-        h.mem.put_u64(frame + FRAME_OBJECT_FRAME, inner);
+        // The frame object, its interpreter frame inside it (the function returned); on 3.10
+        // the frame object is the frame.
+        let frame = h.gc_object(frame_type, 512);
+        let inner = match l.frame_object_frame {
+            Some(at) => {
+                h.mem.put_u64(frame + at, frame + 64);
+                frame + 64
+            }
+            None => frame,
+        };
         h.mem.put_u64(inner + l.frame_code, code | (l.stackref_tag & 1));
         h.mem.put_u64(inner + l.frame_localsplus + 8, file);
         // The caller's traceback entry, then the loader's.
@@ -558,7 +593,7 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
         h.mem.put_u64(outer_tb + TB_NEXT, inner_tb);
         h.mem.put_u64(inner_tb + TB_FRAME, frame);
         let error = h.gc_object(error_type, 80);
-        h.mem.put_u64(error + EXC_TRACEBACK, outer_tb);
+        h.mem.put_u64(error + l.exc_traceback, outer_tb);
         let errors = h.gc_object(list_type, 64);
         let items = h.alloc(8);
         h.mem.put_u64(errors + 16, 1);
@@ -569,7 +604,7 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
         let module = h.gc_object(module_type, 64);
         h.mem.put_u64(module + l.md_dict, globals);
         h.finish();
-        let w = walk(h.mem, l, h.runtime, &BUDGET).unwrap();
+        let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
         let lines: Vec<String> = w.holders(&[31]).iter().map(|h| h.line()).collect();
         assert_eq!(
             lines,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    layout::{FRAME_EXECUTING, FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE},
+    layout::{FRAME_OWNED_BY_THREAD, GC_HEAD, HeapLayout, TPFLAGS_HEAPTYPE},
     memory::Memory,
     objects::{Label, Reader, Shape},
 };
@@ -104,8 +104,15 @@ fn generations_start<M: Memory>(memory: &mut M, layout: &HeapLayout, interp: u64
     }
 }
 
-/// Walk the heap of the interpreter whose `_PyRuntime` is at `runtime`.
-pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budget: &Budget) -> Option<Walk> {
+/// Walk the heap of the interpreter whose `_PyRuntime` is at `runtime`; `read_done` is called
+/// once nothing more is read from `memory` (a paused process may go on).
+pub(crate) fn walk<M: Memory>(
+    memory: M,
+    layout: HeapLayout,
+    runtime: u64,
+    budget: &Budget,
+    read_done: impl FnOnce(),
+) -> Option<Walk> {
     let started = Instant::now();
     let over = |started: Instant| started.elapsed() > budget.time;
     let mut r = Reader::new(memory, layout);
@@ -218,16 +225,14 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
             // A suspended (or running) coroutine's or generator's locals: an asyncio task
             // awaiting `reader.read()` holds its `writer` there, and the Task that holds the
             // coroutine is a C object whose references are not read: its locals are roots.
-            Shape::Generator
-                if r.memory
-                    .u8(object.wrapping_add(layout.gen_frame_state))
-                    .is_some_and(|s| (s as i8) <= FRAME_EXECUTING) =>
-            {
-                generator_roots.extend(
-                    frame_locals_of(&mut r, object.wrapping_add(layout.gen_iframe))
-                        .into_iter()
-                        .filter_map(|(name, to, rank)| Some((name, node_of(to)?, rank))),
-                );
+            Shape::Generator => {
+                if let Some(frame) = r.generator_frame(object) {
+                    generator_roots.extend(
+                        frame_locals_of(&mut r, frame)
+                            .into_iter()
+                            .filter_map(|(name, to, rank)| Some((name, node_of(to)?, rank))),
+                    );
+                }
             }
             Shape::Module => {
                 let mut attribute = |wanted: &str| {
@@ -284,6 +289,7 @@ pub(crate) fn walk<M: Memory>(memory: M, layout: HeapLayout, runtime: u64, budge
             graph.root(&name, node, rank);
         }
     }
+    read_done();
     let chains = graph.shortest_chains();
     Some(Walk {
         minor: layout.minor,
@@ -333,7 +339,10 @@ fn frame_locals<M: Memory>(r: &mut Reader<M>, interp: u64) -> Vec<(String, u64, 
             if frame == 0 {
                 break;
             }
-            if r.memory.u8(frame.wrapping_add(l.frame_owner)) == Some(FRAME_OWNED_BY_THREAD) {
+            let owned_by_thread = l
+                .frame_owner
+                .is_none_or(|at| r.memory.u8(frame.wrapping_add(at)) == Some(FRAME_OWNED_BY_THREAD));
+            if owned_by_thread {
                 out.extend(frame_locals_of(r, frame));
             }
             frame = r.memory.u64(frame.wrapping_add(l.frame_previous)).unwrap_or(0);

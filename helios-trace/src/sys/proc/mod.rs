@@ -15,6 +15,20 @@ pub(crate) mod pause;
 pub(crate) mod resources;
 pub(crate) mod sockets;
 
+/// A handle on a process (pidfd_open(2)) that no later process with its pid can be taken for:
+/// for duplicating its descriptors (sys/sockdiag.rs) and signalling it (pause.rs). The pid is
+/// of the tracer's pid namespace, which under a DaemonSet is the host's: `hostPID`.
+pub(crate) fn pidfd(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is ours alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Numeric entries of the procfs root: the pids.
 pub(crate) fn pids(root: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(root) else { return Vec::new() };

@@ -1,11 +1,19 @@
 //! A process stopped while its heap is read (`--holders-pause`; ARCHITECTURE.md, "Holders"): a
 //! consistent snapshot of its references, at the price of the process standing still for the
-//! walk. SIGSTOP goes through a pidfd (pidfd_send_signal(2)), so the signals reach this process
-//! and never one that took its pid since; the stop is complete when every thread is in the
-//! stopped state (`T` in /proc/PID/task/TID/stat: a group stop stops each thread as it next
-//! returns to user space, fs/proc/array.c `get_task_state`); SIGCONT follows when the walk is
-//! done, also when it panics ([`Paused`]'s drop). A process stopped already (a debugger, job
-//! control) is left as it was: neither stopped nor continued by us.
+//! reads. SIGSTOP goes through a pidfd (pidfd_send_signal(2)) opened before the process was
+//! looked at, so the signals reach that process and never one that took its pid since; the
+//! stop is complete when every thread is in the stopped state (`T` in /proc/PID/task/TID/stat:
+//! a group stop stops each thread as it next returns to user space, fs/proc/array.c
+//! `get_task_state`; a zombie thread counts as stopped). A stop not complete within
+//! [`STOP_WAIT`] (a thread in uninterruptible sleep) is undone and said, and the heap is read
+//! running. SIGCONT follows when the reads are done, also when the walk panics ([`Paused`]'s
+//! drop). A process stopped already (a debugger, job control) is left as it was: neither
+//! stopped nor continued by us (one stopped by someone else between our look and our SIGSTOP
+//! is continued: the window is a /proc read wide).
+//!
+//! What a stop does besides: the parent is told (SIGCHLD, CLD_STOPPED) — a shell reports a
+//! foreground job "Stopped" and takes the terminal back, so after SIGCONT the job runs in the
+//! background. Hence off by default.
 use std::{
     fs, io,
     os::fd::{AsRawFd as _, OwnedFd},
@@ -14,7 +22,6 @@ use std::{
 };
 
 use super::tids;
-use crate::sys::sockdiag;
 
 /// How long to wait for every thread to stop before reading anyway.
 const STOP_WAIT: Duration = Duration::from_millis(200);
@@ -32,7 +39,7 @@ fn all_stopped(proc_root: &Path, pid: u32) -> bool {
             fs::read_to_string(proc_root.join(format!("{pid}/task/{tid}/stat")))
                 .ok()
                 .and_then(|s| state_of(&s))
-                .is_some_and(|state| matches!(state, 'T' | 't'))
+                .is_some_and(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
         })
 }
 
@@ -43,17 +50,24 @@ pub(crate) struct Paused {
     since: Instant,
 }
 
-/// Stop process `pid` (of the procfs root's pid namespace: the tracer's) and wait, up to
-/// [`STOP_WAIT`], until all its threads have stopped.
-pub(crate) fn pause(proc_root: &Path, pid: u32) -> io::Result<Paused> {
+/// Stop the process of `pidfd` (`pid` in the procfs root's pid namespace: the tracer's) and
+/// wait, up to [`STOP_WAIT`], until all its threads have stopped; an error if it could not be
+/// stopped, or not wholly (then it is continued again).
+pub(crate) fn pause(proc_root: &Path, pid: u32, pidfd: OwnedFd) -> io::Result<Paused> {
     let since = Instant::now();
     if all_stopped(proc_root, pid) {
         return Ok(Paused { pidfd: None, since });
     }
-    let pidfd = sockdiag::pidfd(pid)?;
     send(&pidfd, libc::SIGSTOP)?;
     let paused = Paused { pidfd: Some(pidfd), since };
-    while !all_stopped(proc_root, pid) && since.elapsed() < STOP_WAIT {
+    while !all_stopped(proc_root, pid) {
+        if since.elapsed() >= STOP_WAIT {
+            drop(paused);
+            return Err(io::Error::other(format!(
+                "not every thread stopped within {} ms",
+                STOP_WAIT.as_millis()
+            )));
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(paused)
