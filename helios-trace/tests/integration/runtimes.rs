@@ -285,3 +285,70 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "{sites:#?}");
     tracer.stop();
 }
+
+/// The Node.js client in a pod (its own pid, net and mount namespaces, its own root with
+/// Debian's node and the libraries it links, the script at /app/client.js), serving itself: V8
+/// writes its perf map into the pod's /tmp under the pid the pod sees, and the JIT frames are
+/// named from it as on the host — the Unix connections one site told by the program's
+/// function, the TCP ones one site told by node:net's internalConnect.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
+    if !require_bpf() {
+        return;
+    }
+    let node = std::fs::canonicalize("/usr/bin/node").expect("node (cargo xtask setup --tests installs it)");
+    let script = workload_dir("jsleak/client.js");
+    let mut root = Root::native(&node, "/usr/bin/node");
+    root.add(&script, "/app/client.js");
+    let command = ["/usr/bin/node", "--perf-basic-prof", "--interpreted-frames-native-stack"]
+        .into_iter()
+        .chain(["/app/client.js", "self", "/tmp/server.sock", "/tmp"])
+        .map(String::from)
+        .collect();
+    let mut pod = Pod::start(PodSpec { root, command });
+    let pid = pod.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    for command in ["connect 10", "unix 10", "connect 10", "unix 10"] {
+        pod.run(command);
+    }
+    // 40 client connections, their 40 accepted ends (the servers are in the process), two
+    // listeners; the servers accept after the client's connect returned: wait for the last.
+    let sockets = || kind_counts(&proc_fds(pod.pid)).get("socket").copied().unwrap_or(0);
+    wait_for("the servers to accept every connection", Duration::from_secs(20), || {
+        (sockets() == 82).then_some(())
+    });
+    let report = wait_for("the client's sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let sites = sockets_sites(&report, pod.pid);
+        let open = |prefix: &str| -> u64 {
+            sites
+                .iter()
+                .filter(|s| s["frame"].as_str().is_some_and(|f| f.starts_with(prefix)))
+                .map(|s| s["open"].as_u64().unwrap())
+                .sum()
+        };
+        (open("connectUnixAndKeep (client.js:") == 20 && open("internalConnect (node:net:") == 20)
+            .then_some(report)
+    });
+    let sites = sockets_sites(&report, pod.pid);
+    let function_line = source_line(&script, "function connectUnixAndKeep");
+    let unix_label = format!("connectUnixAndKeep (client.js:{function_line})");
+    let unix_sites: Vec<&Value> = sites.iter().filter(|s| s["frame"] == unix_label.as_str()).collect();
+    assert_eq!(unix_sites.len(), 1, "one site named by the function: {sites:#?}");
+    assert_eq!(unix_sites[0]["open"], 20);
+    let frame = unix_sites[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["symbol"] == "connectUnixAndKeep")
+        .unwrap();
+    assert_eq!(frame["language"], "jit");
+    assert_eq!(frame["file"], "/app/client.js", "the path inside the pod");
+    let tcp: Vec<&Value> = sites
+        .iter()
+        .filter(|s| s["frame"].as_str().is_some_and(|f| f.starts_with("internalConnect (node:net:")))
+        .collect();
+    assert_eq!(tcp.len(), 1, "{sites:#?}");
+    tracer.stop();
+}

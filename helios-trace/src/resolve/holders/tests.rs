@@ -130,6 +130,32 @@ impl Heap {
         d
     }
 
+    /// A list of `items`.
+    fn list(&mut self, list_type: u64, items: &[u64]) -> u64 {
+        let list = self.gc_object(list_type, 64);
+        let array = self.alloc(8 * items.len().max(1) as u64);
+        self.mem.put_u64(list + 16, items.len() as u64);
+        self.mem.put_u64(list + 24, array);
+        for (i, item) in items.iter().enumerate() {
+            self.mem.put_u64(array + 8 * i as u64, *item);
+        }
+        list
+    }
+
+    /// A module `name` whose globals are `__name__`, `__file__` (when given) and `globals`.
+    fn module(&mut self, types: (u64, u64), name: &str, file: Option<&str>, globals: &[(&str, u64)]) -> u64 {
+        let (module_type, dict_type) = types;
+        let mut entries = vec![("__name__", self.string(name))];
+        if let Some(file) = file {
+            entries.push(("__file__", self.string(file)));
+        }
+        entries.extend_from_slice(globals);
+        let globals = self.dict(dict_type, &entries);
+        let module = self.gc_object(module_type, 64);
+        self.mem.put_u64(module + self.l.md_dict, globals);
+        module
+    }
+
     fn finish(&mut self) {
         let head = self.interp + self.l.interp_generations;
         let mut prev = head;
@@ -253,10 +279,7 @@ fn postmortem(minor: u32) -> Postmortem {
     h.mem.put_u64(fake_dict_type + l.tp_base, object_type);
     let fake = h.gc_object(fake_dict_type, 64);
     h.mem.put_u64(fake + l.ma_keys, cached);
-    let name_str = h.string("app");
-    let module_dict = h.dict(dict_type, &[("__name__", name_str), ("Handler", handler_type), ("fake", fake)]);
-    let module = h.gc_object(module_type, 64);
-    h.mem.put_u64(module + l.md_dict, module_dict);
+    h.module((module_type, dict_type), "app", None, &[("Handler", handler_type), ("fake", fake)]);
     h.finish();
     Postmortem { heap: h, handlers }
 }
@@ -455,11 +478,7 @@ fn slots_deques_and_suspended_coroutines_hold() {
             let s = socket(&mut h, fd);
             h.mem.put_u64(frame + l.frame_localsplus, s);
         }
-        let name = h.string("app");
-        let module_dict =
-            h.dict(dict_type, &[("__name__", name), ("pool", pool), ("sub", sub), ("queue", deque)]);
-        let module = h.gc_object(module_type, 64);
-        h.mem.put_u64(module + l.md_dict, module_dict);
+        h.module((module_type, dict_type), "app", None, &[("pool", pool), ("sub", sub), ("queue", deque)]);
         h.finish();
         let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
         let lines = |fds: &[i32]| w.holders(fds).iter().map(|h| h.line()).collect::<Vec<_>>();
@@ -498,24 +517,11 @@ fn the_applications_module_names_a_holder_before_a_librarys() {
             s
         });
         let pool = h.dict(defaultdict_type, &[("conns", a)]);
-        let list = h.gc_object(list_type, 64);
-        let items = h.alloc(8);
-        h.mem.put_u64(list + 16, 1);
-        h.mem.put_u64(list + 24, items);
-        h.mem.put_u64(items, pool);
+        let list = h.list(list_type, &[pool]);
         let registry = h.dict(ordered_type, &[("a", a), ("b", b), ("c", c)]);
         let spare = h.dict(dict_type, &[("c", c)]);
-        let module = |h: &mut Heap, name: &str, file: Option<&str>, globals: &[(&str, u64)]| {
-            let name = h.string(name);
-            let mut entries = vec![("__name__", name)];
-            if let Some(file) = file {
-                entries.push(("__file__", h.string(file)));
-            }
-            entries.extend_from_slice(globals);
-            let globals = h.dict(dict_type, &entries);
-            let module = h.gc_object(module_type, 64);
-            h.mem.put_u64(module + l.md_dict, globals);
-            module
+        let module = |h: &mut Heap, name, file, globals: &[(&str, u64)]| {
+            h.module((module_type, dict_type), name, file, globals)
         };
         let weakref =
             module(&mut h, "weakref", Some("/usr/lib/python3.11/weakref.py"), &[("_registry", registry)]);
@@ -594,15 +600,8 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
         h.mem.put_u64(inner_tb + TB_FRAME, frame);
         let error = h.gc_object(error_type, 80);
         h.mem.put_u64(error + l.exc_traceback, outer_tb);
-        let errors = h.gc_object(list_type, 64);
-        let items = h.alloc(8);
-        h.mem.put_u64(errors + 16, 1);
-        h.mem.put_u64(errors + 24, items);
-        h.mem.put_u64(items, error);
-        let (name, path) = (h.string("app"), h.string("/srv/app.py"));
-        let globals = h.dict(dict_type, &[("__name__", name), ("__file__", path), ("errors", errors)]);
-        let module = h.gc_object(module_type, 64);
-        h.mem.put_u64(module + l.md_dict, globals);
+        let errors = h.list(list_type, &[error]);
+        h.module((module_type, dict_type), "app", Some("/srv/app.py"), &[("errors", errors)]);
         h.finish();
         let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
         let lines: Vec<String> = w.holders(&[31]).iter().map(|h| h.line()).collect();

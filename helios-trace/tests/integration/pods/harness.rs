@@ -43,7 +43,7 @@ pub fn cached_root(name: &str) -> PathBuf {
 /// What a pod's root filesystem is assembled from: directories copied, in order, into its tmpfs.
 pub struct Root {
     layers: Vec<PathBuf>,
-    _staging: Option<tempfile::TempDir>,
+    staging: Option<tempfile::TempDir>,
 }
 
 impl Root {
@@ -59,7 +59,7 @@ impl Root {
         for (file, inside) in extra {
             place(file, staging.path(), inside);
         }
-        Root { layers: vec![base, staging.path().to_path_buf()], _staging: Some(staging) }
+        Root { layers: vec![base, staging.path().to_path_buf()], staging: Some(staging) }
     }
 
     /// The host's /usr/bin/python3 (as /usr/bin/python3.X, and python3 linking to it) with the libraries `ldd` names (of it and of its extension
@@ -87,7 +87,13 @@ impl Root {
             place(file, staging.path(), inside);
         }
         merged_usr_links(staging.path());
-        Root { layers: vec![staging.path().to_path_buf()], _staging: Some(staging) }
+        Root { layers: vec![staging.path().to_path_buf()], staging: Some(staging) }
+    }
+
+    /// `file` at `inside` too.
+    pub fn add(&mut self, file: &Path, inside: &str) {
+        let staging = self.staging.as_ref().expect("a root staged here").path();
+        place(file, staging, inside);
     }
 
     /// `binary` at `inside` with the libraries `ldd` names (none for a static one).
@@ -98,7 +104,7 @@ impl Root {
         }
         place(binary, staging.path(), inside);
         merged_usr_links(staging.path());
-        Root { layers: vec![staging.path().to_path_buf()], _staging: Some(staging) }
+        Root { layers: vec![staging.path().to_path_buf()], staging: Some(staging) }
     }
 }
 

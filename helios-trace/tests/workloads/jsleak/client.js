@@ -4,6 +4,8 @@
 // functions get a trampoline of their own in it, not V8's one shared entry).
 //
 //   node client.js PORT SOCKET DIR   prints "ready", then one command a line, answering "ok":
+//     (PORT and SOCKET "self" SOCKET: servers of its own, in this process, on a loopback port
+//     and at SOCKET — a pod has only its own loopback and files)
 //     connect N   N TCP connections to 127.0.0.1:PORT started by connectAndKeep, kept open
 //     unix N      N connections to the Unix socket SOCKET opened by connectUnixAndKeep, kept
 //     exit
@@ -16,10 +18,11 @@
 const net = require('net');
 const readline = require('readline');
 
-const port = Number(process.argv[2]);
+let port = Number(process.argv[2]);
 const unixPath = process.argv[3];
 const kept = [];
-
+// Servers of its own keep what they accept, so no connection is closed from the other end.
+const accepted = [];
 function connectAndKeep(n, done) {
   let pending = n;
   for (let i = 0; i < n; i++) {
@@ -44,17 +47,29 @@ function connectUnixAndKeep(n, done) {
   }
 }
 
-const lines = readline.createInterface({ input: process.stdin });
-lines.on('line', (line) => {
-  const [command, count] = line.trim().split(/\s+/);
-  if (command === 'connect') {
-    connectAndKeep(Number(count), () => console.log('ok'));
-  } else if (command === 'unix') {
-    connectUnixAndKeep(Number(count), () => console.log('ok'));
-  } else if (command === 'exit') {
-    process.exit(0);
-  } else {
-    console.log('ok');
-  }
-});
-console.log('ready');
+function serve() {
+  const lines = readline.createInterface({ input: process.stdin });
+  lines.on('line', (line) => {
+    const [command, count] = line.trim().split(/\s+/);
+    if (command === 'connect') {
+      connectAndKeep(Number(count), () => console.log('ok'));
+    } else if (command === 'unix') {
+      connectUnixAndKeep(Number(count), () => console.log('ok'));
+    } else if (command === 'exit') {
+      process.exit(0);
+    } else {
+      console.log('ok');
+    }
+  });
+  console.log('ready');
+}
+
+if (process.argv[2] === 'self') {
+  const keep = (socket) => accepted.push(socket);
+  const tcp = net.createServer(keep).listen(0, '127.0.0.1', () => {
+    port = tcp.address().port;
+    net.createServer(keep).listen(unixPath, serve);
+  });
+} else {
+  serve();
+}
