@@ -23,7 +23,7 @@ use std::{
 
 use super::tids;
 
-/// How long to wait for every thread to stop before reading anyway.
+/// How long to wait for every thread to stop before the stop is given up (and undone).
 const STOP_WAIT: Duration = Duration::from_millis(200);
 
 /// The process state letter of a `stat` line (the field after the command name, which is in
