@@ -160,8 +160,8 @@ pub(crate) struct HeapReport {
     /// Why the walk stopped before the end (its time or object budget), if it did.
     pub(crate) stopped: Option<String>,
     pub(crate) walk_seconds: f64,
-    /// `--holders-pause`: how long the process was stopped for the walk's reads (null: not
-    /// stopped by us).
+    /// `--holders-pause`: how long the process stood still, every thread stopped, for the
+    /// walk's reads (null: not stopped by us).
     pub(crate) paused_seconds: Option<f64>,
     /// `--holders-pause`: why the process could not be stopped, or not wholly (its heap was then
     /// read while it ran).

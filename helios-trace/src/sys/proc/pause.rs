@@ -59,7 +59,7 @@ pub(crate) fn pause(proc_root: &Path, pid: u32, pidfd: OwnedFd) -> io::Result<Pa
         return Ok(Paused { pidfd: None, since });
     }
     send(&pidfd, libc::SIGSTOP)?;
-    let paused = Paused { pidfd: Some(pidfd), since };
+    let mut paused = Paused { pidfd: Some(pidfd), since };
     while !all_stopped(proc_root, pid) {
         if since.elapsed() >= STOP_WAIT {
             drop(paused);
@@ -70,11 +70,14 @@ pub(crate) fn pause(proc_root: &Path, pid: u32, pidfd: OwnedFd) -> io::Result<Pa
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Stood still from here: what `resume` says.
+    paused.since = Instant::now();
     Ok(paused)
 }
 
 impl Paused {
-    /// Continue the process; how long it was stopped (None: not by us).
+    /// Continue the process; how long it stood still, every thread stopped (None: not stopped
+    /// by us).
     pub(crate) fn resume(mut self) -> Option<f64> {
         let pidfd = self.pidfd.take()?;
         let _ = send(&pidfd, libc::SIGCONT);
