@@ -999,21 +999,13 @@ fn holders(bench: &Bench, plan: &Plan) -> Result<String> {
         plan.heap_objects, plan.holders_runs
     );
     let peaks = |p: &[f64]| p.iter().map(|b| b / (1024.0 * 1024.0)).collect::<Vec<_>>();
-    let range = |v: &[f64]| {
-        format!(
-            "{:.2} [{:.2}–{:.2}]",
-            median(v),
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-        )
-    };
     writeln!(table, "| without --holders | – | – | – | {} MiB | – |", spread(&peaks(&peak[0])))?;
     for (v, name) in [(1, "--holders"), (2, "--holders --holders-pause")] {
-        let stopped = if v == 2 { range(&paused) } else { "–".to_string() };
+        let stopped = if v == 2 { spread_to(&paused, 2) } else { "–".to_string() };
         writeln!(
             table,
             "| {name} | {objects} | {} | {stopped} | {} MiB (+{}) | {named} |",
-            range(&walk[v]),
+            spread_to(&walk[v], 2),
             spread(&peaks(&peak[v])),
             mib((median(&peak[v]) - without).max(0.0) as u64)
         )?;
@@ -1391,9 +1383,14 @@ fn median(samples: &[f64]) -> f64 {
 
 /// "median [min–max]".
 fn spread(samples: &[f64]) -> String {
+    spread_to(samples, 0)
+}
+
+/// `spread` with `decimals` places.
+fn spread_to(samples: &[f64], decimals: usize) -> String {
     let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
     let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.0} [{min:.0}–{max:.0}]", median(samples))
+    format!("{:.*} [{min:.*}–{max:.*}]", decimals, median(samples), decimals, decimals)
 }
 
 /// The load average (what else ran on the machine meanwhile).

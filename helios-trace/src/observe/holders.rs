@@ -192,28 +192,16 @@ impl Tracing {
     /// One walk of a process's heap: the lines of the sites `keys`, the census.
     fn walk(&mut self, process: &ProcessReport, keys: &HashSet<SiteKey>) -> LastWalk {
         let at = Instant::now();
-        let walk =
-            match holders::walk_process(&self.proc_root, process.pid, &DEFAULT_BUDGET, self.holders.pause) {
-                Ok(walk) => walk,
-                Err(HoldersError::NotPython) => return LastWalk { at, heap: None, sites: HashMap::new() },
-                Err(err) => {
-                    log::info!("process {}: no holders: {err}", process.pid);
-                    let heap = HeapReport {
-                        python: None,
-                        error: Some(err.to_string()),
-                        objects: 0,
-                        unknown_objects: 0,
-                        cut_short: 0,
-                        stopped: None,
-                        walk_seconds: 0.0,
-                        paused_seconds: None,
-                        pause_error: None,
-                        age_seconds: 0.0,
-                        census: Vec::new(),
-                    };
-                    return LastWalk { at, heap: Some(heap), sites: HashMap::new() };
-                }
-            };
+        let pause = self.holders.pause;
+        let walk = match holders::walk_process(&self.proc_root, process.pid, &DEFAULT_BUDGET, pause) {
+            Ok(walk) => walk,
+            Err(HoldersError::NotPython) => return LastWalk { at, heap: None, sites: HashMap::new() },
+            Err(err) => {
+                log::info!("process {}: no holders: {err}", process.pid);
+                let heap = HeapReport::not_walked(err.to_string());
+                return LastWalk { at, heap: Some(heap), sites: HashMap::new() };
+            }
+        };
         self.holders.walks += 1;
         let mut sites = HashMap::new();
         if let Some(table) = self.engine.table().process(process.pid) {

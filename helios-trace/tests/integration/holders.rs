@@ -411,7 +411,8 @@ fn a_loader_that_closes_only_on_success_leaks_through_the_exceptions_kept() {
 /// 3.14: the heap is read through the host's /proc, the interpreter found in the pod's own
 /// files. The postmortem server's CLOSE_WAIT sockets are held by the class set, as many as
 /// `ss` shows in CLOSE_WAIT in the pod's network namespace; the loader's files by the
-/// exceptions kept, the descriptors those /proc shows.
+/// exceptions kept, the descriptors those /proc shows. With `--holders-pause`, the pod's
+/// process (its namespace's pid 1) is stopped for the reads and runs again after.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
@@ -419,7 +420,7 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
         return;
     }
     let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
+    let mut tracer = Tracer::start(&["--pid", &own, "--holders", "--holders-pause"]);
     let script = [(server_script(), "/app/holders_server.py")];
     let script: Vec<(&Path, &str)> = script.iter().map(|(p, i)| (p.as_path(), *i)).collect();
     for (root, python) in
@@ -458,6 +459,13 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
         assert_eq!(holders.len(), 1, "{python}: {holders:#?}");
         assert_eq!(holders[0]["root"], "__main__:_load_errors", "{python}: {holders:#?}");
         assert_eq!(holders[0]["count"].as_u64(), Some(loaded.len() as u64), "{python}: {holders:#?}");
+        // Stopped for the reads through a pidfd of the tracer's namespace, as on the host.
+        let heap = &process(&report, pod.pid).unwrap()["heap"];
+        assert!(
+            heap["paused_seconds"].as_f64().is_some() && heap["pause_error"].is_null(),
+            "{python}: {heap:#}"
+        );
+        assert_eq!(pod.run("count"), [30], "{python}: running again");
     }
     tracer.stop();
 }

@@ -174,6 +174,25 @@ pub(crate) struct HeapReport {
     pub(crate) census: Vec<CensusEntry>,
 }
 
+impl HeapReport {
+    /// A heap that could not be walked, and why.
+    pub(crate) fn not_walked(error: String) -> HeapReport {
+        HeapReport {
+            python: None,
+            error: Some(error),
+            objects: 0,
+            unknown_objects: 0,
+            cut_short: 0,
+            stopped: None,
+            walk_seconds: 0.0,
+            paused_seconds: None,
+            pause_error: None,
+            age_seconds: 0.0,
+            census: Vec::new(),
+        }
+    }
+}
+
 /// A process's limits and memory, with the time to exhaustion at the session's rates.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Resources {
