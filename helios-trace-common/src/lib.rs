@@ -561,7 +561,14 @@ pub mod map_name {
     pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";
     /// Per-CPU counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Ring buffer of exec notices: a copy of each exec record's [`super::EventHeader`], read
+    /// apart from `EVENTS` so that a CPython exec'd while the reader is busy is probed at once.
+    pub const EXEC_NOTICES: &str = "EXEC_NOTICES";
 }
+
+/// Bytes of the `EXEC_NOTICES` ring: 2,048 notices of 32 bytes (a header and the ring's own 8),
+/// read within milliseconds of each exec.
+pub const EXEC_NOTICES_BYTES: u32 = 64 * 1024;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES,
-    TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    EXEC_NOTICES_BYTES, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
+    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -25,6 +25,13 @@ macro_rules! shared_map {
 shared_map! {
     /// Every record to userspace. Userspace resizes it at load time (`--ring-buffer-size`).
     EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+}
+
+shared_map! {
+    /// A copy of each exec record's header, read by a thread of its own in userspace
+    /// (helios-trace/src/observe/exec_lane.rs): it probes a new image for a CPython at once,
+    /// while the reader of `EVENTS` may be busy with records ahead of the exec's.
+    EXEC_NOTICES: RingBuf = RingBuf::with_byte_size(EXEC_NOTICES_BYTES, 0);
 }
 
 shared_map! {

@@ -10,12 +10,14 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use helios_trace_common::{EXEC_FILENAME_LEN, ExecEvent, ExitEvent, NewTaskEvent, counter, kind};
+use helios_trace_common::{
+    EXEC_FILENAME_LEN, EventHeader, ExecEvent, ExitEvent, NewTaskEvent, counter, kind,
+};
 
 use crate::{
     emit::{count, emit, finish, header},
     filter::{is_target_pid, is_traced},
-    maps::{EVENTS, TARGETS},
+    maps::{EVENTS, EXEC_NOTICES, TARGETS},
     settings::{exit_group_dead_offset, filtering_targets},
 };
 
@@ -72,8 +74,9 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
+    let exec_header = header(kind::EXEC, pid_tgid);
     unsafe {
-        addr_of_mut!((*event).header).write(header(kind::EXEC, pid_tgid));
+        addr_of_mut!((*event).header).write(exec_header);
         addr_of_mut!((*event).old_tid).write(old_tid as u32);
         addr_of_mut!((*event).comm).write(bpf_get_current_comm().unwrap_or_default());
         addr_of_mut!((*event).filename_len).write(0);
@@ -90,6 +93,10 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // Wake the reader now, not at the next batch: it reads the new image's maps while the
     // process surely runs (execs are rare; a short-lived command may be gone in milliseconds).
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    // The same header to the exec lane, which probes the new image at once, while the reader
+    // of EVENTS may still be resolving records ahead of this one. Not counted when the ring is
+    // full: the exec record above is the one that counts, and the reader probes at it as well.
+    let _ = EXEC_NOTICES.output::<EventHeader>(&exec_header, BPF_RB_FORCE_WAKEUP as u64);
     Ok(())
 }
 

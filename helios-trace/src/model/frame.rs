@@ -268,6 +268,22 @@ fn is_jit_runtime(frame: &Frame) -> bool {
     }
 }
 
+/// Whether Python code may have been running when a call made this native stack: it passes
+/// through the interpreter's eval loop (`_PyEval_EvalFrameDefault`, CPython's
+/// Python/ceval.c: every Python frame runs inside one), or the stack cannot tell (no frames,
+/// a frame in no known module, an interpreter frame without a symbol). A stack of resolved,
+/// named frames without the eval loop — the dynamic loader mapping libraries, the
+/// interpreter's C start-up — ran no Python code: a descriptor it opened has no Python frames
+/// to miss.
+pub(crate) fn python_may_run(frames: &[Frame]) -> bool {
+    frames.is_empty()
+        || frames.iter().any(|f| {
+            f.symbol.as_deref().is_some_and(|s| s.contains("PyEval_EvalFrame"))
+                || f.module.is_none()
+                || (f.interpreter && f.symbol.is_none())
+        })
+}
+
 /// The one frame that tells where a site is: the innermost frame in the application's own
 /// code, past the C library and loader, language runtimes and standard libraries.
 /// In a stack with Python frames, the application's code is Python: the native frames innermost
@@ -709,6 +725,31 @@ pub(crate) mod tests {
         frames.push(interp("PyEval_EvalCode", LIBPYTHON, 0x40));
         frames.extend_from_slice(outer);
         frames
+    }
+
+    #[test]
+    fn python_may_run_under_the_eval_loop_or_where_the_stack_cannot_tell() {
+        const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        const PYTHON: &str = "/usr/bin/python3.11";
+        let loader = [
+            native(Some("__open64_nocancel"), "/usr/lib64/ld-linux-x86-64.so.2", 0x10),
+            native(Some("_dl_map_object"), "/usr/lib64/ld-linux-x86-64.so.2", 0x200),
+        ];
+        assert!(!python_may_run(&loader));
+        let startup = [
+            native(Some("open64"), LIBC, 0x40),
+            interp("_Py_InitializeMain", PYTHON, 0x90),
+            interp("main", PYTHON, 0x10),
+        ];
+        assert!(!python_may_run(&startup));
+        let running = [native(Some("open64"), LIBC, 0x40), interp("_PyEval_EvalFrameDefault", PYTHON, 0x900)];
+        assert!(python_may_run(&running));
+        // Cannot tell: nothing, an address in no module, an interpreter frame without a name.
+        assert!(python_may_run(&[]));
+        assert!(python_may_run(&[Frame::native(0x7f00_0000_1000, None, None)]));
+        let mut unnamed = interp("x", PYTHON, 0x900);
+        unnamed.symbol = None;
+        assert!(python_may_run(&[native(Some("open64"), LIBC, 0x40), unnamed]));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
         exited::ExitedProcess,
         fd::SiteId,
         fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
-        frame::Frame,
+        frame::{self, Frame},
         kept::Kept,
         sites::SiteStats,
     },
@@ -156,6 +156,12 @@ impl Engine {
     /// user stacks).
     pub(crate) fn enable_python(&mut self, on: bool) {
         self.python.enable(on);
+    }
+
+    /// What the exec lane fills (observe/exec_lane.rs): CPython processes probed at their
+    /// exec notices, taken at their exec records.
+    pub(crate) fn exec_probes(&self) -> std::sync::Arc<crate::resolve::python::ExecProbes> {
+        self.python.exec_probes()
     }
 
     /// `pid`, held before its exec, is about to exec `program` (resolve/python,
@@ -319,7 +325,8 @@ impl Engine {
                         self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
                     }
                     None => {
-                        self.python.not_walked(event.tgid, event.ts_ns);
+                        let may_run = self.stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                        self.python.not_walked(event.tgid, event.ts_ns, may_run);
                         native
                     }
                 }
@@ -402,13 +409,22 @@ impl Engine {
                         self.cmdlines.insert(*tgid, cmdline);
                     }
                 }
-                Transition::ProcessStarted { tgid, parent: None } => self.python.first_sight(*tgid, ts_ns),
+                // A process first seen at its exec is probed at the exec (ProcessExec, next),
+                // through the exec lane: a probe now would race the lane's.
+                Transition::ProcessStarted { tgid, parent: None }
+                    if !transitions
+                        .iter()
+                        .any(|t| matches!(t, Transition::ProcessExec { tgid: t } if t == tgid)) =>
+                {
+                    self.python.first_sight(*tgid, ts_ns)
+                }
+                Transition::ProcessStarted { parent: None, .. } => {}
                 Transition::ProcessExec { tgid } => {
                     // New image: old stack ids mean other code now. Capture the maps while the
                     // process surely runs, so a short-lived one still resolves.
                     self.stacks.forget(*tgid);
                     self.stacks.capture_maps(*tgid);
-                    self.python.seen(*tgid, ts_ns);
+                    self.python.exec(*tgid, ts_ns);
                     let cmdline = self.proc.cmdline(*tgid);
                     self.cmdlines.insert(*tgid, cmdline);
                 }

@@ -3,6 +3,7 @@
 //! drain, sample, reconcile on timers), and what the outputs are handed: the report's input,
 //! the exporter's snapshots, /proc's facts.
 pub(crate) mod engine;
+pub(crate) mod exec_lane;
 pub(crate) mod export;
 pub(crate) mod holders;
 pub(crate) mod procfs;

@@ -21,6 +21,7 @@ use crate::{
     },
     observe::{
         engine::{Engine, StackSource},
+        exec_lane::ExecLane,
         procfs::Procfs,
     },
     output::report::build::LastKnown,
@@ -48,6 +49,10 @@ pub(crate) struct Tracing {
     pub(super) engine: Engine,
     tracer: Tracer,
     ring: Ring,
+    /// Probes CPython processes at their exec notices, started with the first `run_until`
+    /// (after privileges were dropped); None without Python frames.
+    exec_lane: Option<ExecLane>,
+    python_frames: bool,
     /// Where /proc is (the host's, for a DaemonSet).
     pub(super) proc_root: PathBuf,
     pub(super) targets: Vec<u32>,
@@ -220,6 +225,8 @@ impl Tracing {
             engine,
             tracer,
             ring,
+            exec_lane: None,
+            python_frames: args.python_frames,
             proc_root: proc_root.to_path_buf(),
             targets: args.pids.clone(),
             target_cgroups: args.cgroups.clone(),
@@ -332,6 +339,13 @@ impl Tracing {
         mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
         self.ring.poll()?;
+        if self.python_frames
+            && self.exec_lane.is_none()
+            && let Some(notices) = self.tracer.take_exec_notices()
+        {
+            let (probes, kernel) = (self.engine.exec_probes(), self.tracer.python_map());
+            self.exec_lane = Some(ExecLane::start(notices, probes, kernel, self.proc_root.clone())?);
+        }
         let mut stop = pin!(stop);
         loop {
             let timers = self.timers.get_or_insert_with(|| Timers::new(self.reconcile_interval));

@@ -114,6 +114,16 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
     }
 }
 
+/// An `EXEC_NOTICES` record: the process that exec'd and its exec record's time (the key
+/// the exec lane and the engine agree on, resolve/python/early.rs).
+pub(crate) fn exec_notice(bytes: &[u8]) -> Result<(u32, u64), DecodeError> {
+    let header: EventHeader = read(bytes, "exec notice")?;
+    if header.kind != kind::EXEC {
+        return Err(DecodeError::UnknownKind { kind: header.kind });
+    }
+    Ok((header.tgid, header.ts_ns))
+}
+
 /// The user stack a `kind::FD_SYSCALL_USER_STACK` record carries after its SyscallEvent
 /// (None for every other record), borrowed from the record.
 pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> {

@@ -4,6 +4,7 @@ use std::{
     ffi::CString,
     fs, io,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -18,7 +19,10 @@ use helios_trace_common::{
 use log::{info, warn};
 
 use super::checks;
-use crate::{model::counts::ProgramRuns, sys::syscalls::SyscallTable};
+use crate::{
+    model::counts::ProgramRuns,
+    sys::{ring::Notices, syscalls::SyscallTable},
+};
 
 /// The kernel programs, built by build.rs for the bpf target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helios-trace"));
@@ -82,11 +86,34 @@ pub(crate) struct Tracer {
     /// Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     stacks: StackTraceMap<MapData>,
-    /// CPython processes whose frames the kernel walks (resolve/python).
-    python: BpfHashMap<MapData, u32, PythonOffsets>,
+    /// CPython processes whose frames the kernel walks (resolve/python); shared with the
+    /// exec lane (observe/exec_lane.rs).
+    python: PythonMap,
     counters: PerCpuArray<MapData, u64>,
     /// "category/name" of every tracepoint attached.
     attached: Vec<String>,
+    /// Until the exec lane takes them.
+    notices: Option<RingBuf<MapData>>,
+}
+
+/// The kernel's `PYTHON_PROCS` map, shared by the reader and the exec lane's thread.
+#[derive(Clone)]
+pub(crate) struct PythonMap(Arc<Mutex<BpfHashMap<MapData, u32, PythonOffsets>>>);
+
+impl PythonMap {
+    /// Walk the Python frames of `tgid` at its descriptor calls (None: stop). Updating an open
+    /// map needs no privilege, so this works after privileges were dropped.
+    pub(crate) fn set(&self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
+        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match offsets {
+            Some(offsets) => map.insert(tgid, offsets, 0).context("cannot fill the Python map")?,
+            // Absent already is fine: the process was never a recognised CPython.
+            None => {
+                let _ = map.remove(&tgid);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sums of the kernel programs' per-CPU counters.
@@ -216,8 +243,12 @@ impl Tracer {
         let events = RingBuf::try_from(take_map(&mut ebpf, map_name::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, map_name::STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_name::COUNTERS)?)?;
-        let python = BpfHashMap::try_from(take_map(&mut ebpf, map_name::PYTHON_PROCS)?)?;
-        Ok((Tracer { ebpf, stacks, python, counters, attached }, events))
+        let python = PythonMap(Arc::new(Mutex::new(BpfHashMap::try_from(take_map(
+            &mut ebpf,
+            map_name::PYTHON_PROCS,
+        )?)?)));
+        let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
+        Ok((Tracer { ebpf, stacks, python, counters, attached, notices: Some(notices) }, events))
     }
 
     /// "category/name" of every tracepoint attached.
@@ -234,14 +265,17 @@ impl Tracer {
     /// Walk the Python frames of `tgid` at its descriptor calls (None: stop). Updating an
     /// open map needs no privilege, so this works after privileges were dropped.
     pub(crate) fn set_python(&mut self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
-        match offsets {
-            Some(offsets) => self.python.insert(tgid, offsets, 0).context("cannot fill the Python map")?,
-            // Absent already is fine: the process was never a recognised CPython.
-            None => {
-                let _ = self.python.remove(&tgid);
-            }
-        }
-        Ok(())
+        self.python.set(tgid, offsets)
+    }
+
+    /// The Python map, for a thread of our own (the exec lane).
+    pub(crate) fn python_map(&self) -> PythonMap {
+        self.python.clone()
+    }
+
+    /// The exec notices, once (for the exec lane).
+    pub(crate) fn take_exec_notices(&mut self) -> Option<Notices> {
+        self.notices.take().map(Notices::new)
     }
 
     /// Runs and run time of each of our programs, as the kernel counts them while its BPF

@@ -25,3 +25,26 @@ pub(crate) fn give_back_freed_memory() {
     // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// Ask the scheduler to run the calling thread soon after it wakes: a short time slice
+/// (`sched_attr.sched_runtime` of a normal thread, kernel/sched/syscalls.c, honoured by EEVDF
+/// since Linux 6.12: a task with a shorter slice has an earlier deadline and preempts at
+/// wake-up). Its share of the CPU does not change, and no privilege is needed (only a lower
+/// nice value would need one). The exec lane uses it: it must probe a new interpreter within
+/// the millisecond or two before it runs Python code, on a node whose CPUs are busy. Older
+/// kernels ignore the slice; an error leaves the thread as it was.
+pub(crate) fn prefer_short_slices(slice: std::time::Duration) -> std::io::Result<()> {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: slice.as_nanos() as u64,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: a valid sched_attr of the size it says; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}

@@ -518,7 +518,16 @@ impl Drop for TestCgroup {
 }
 
 /// Issue 21, no startup gap: an interpreter exec'd under a tracer already running has Python
-/// frames from the first line of its main module on, each interpreter, on the host and in a pod.
+/// frames from the first line of its main module on, each interpreter, on the host and in a pod
+/// (new pid, network and mount namespaces: exec'd by unshare(1), not by the tracer).
+///
+/// From a cold tracer (it used to be warmed by a first shell): each interpreter is probed at
+/// its exec by the exec lane (resolve/python/early.rs), or by the reader when that is first.
+/// An interpreter whose runtime had started before either probed it (a prober kept off the
+/// CPU, or pyenv's libpython, mapped a moment before its runtime starts) has its first lines
+/// counted missed, never named wrong: seen here once in 126 interpreters started. This tracer
+/// follows one cgroup and keeps up, so it passes without the lane as well; the test that needs
+/// the lane is `a_python_command_exec_d_in_namespaces_by_another_program_is_walked_from_its_exec`.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn python_started_under_the_tracer_has_frames_from_its_first_line() {
@@ -527,13 +536,6 @@ fn python_started_under_the_tracer_has_frames_from_its_first_line() {
     }
     let cgroup = TestCgroup::new("helios-trace-pystartup");
     let mut tracer = Tracer::start(&["--cgroup", cgroup.0.to_str().unwrap()]);
-    // The tracer resolves records in order, and its first resolution of a binary (the shell,
-    // libc) takes tens of milliseconds: an interpreter exec'd behind those records may run
-    // its first lines before the tracer reads its exec (what is missed then is counted,
-    // `python_frames_missed`). A tracer that has run a while, as a daemon has, is warm: so is
-    // this one, after a first shell in the cgroup.
-    assert!(cgroup.wrap(&Command::new("true")).status().unwrap().success());
-    tracer.snapshot();
     let mut started = Vec::new();
     for python in interpreters() {
         for unshare in [&[][..], POD] {
@@ -542,18 +544,16 @@ fn python_started_under_the_tracer_has_frames_from_its_first_line() {
             let pid = interpreter_pid(&workload, !unshare.is_empty());
             let fds = workload.run("fds");
             let lines = workload.run("lines");
-            started.push((workload, python.clone(), pid, fds, lines));
+            started.push((workload, python.clone(), pid, fds, lines, !unshare.is_empty()));
         }
     }
     let report = tracer.snapshot();
-    // Each kept descriptor is named by its line, or, if its interpreter ran its first lines
-    // before the tracer read its exec (a tracer behind on records: other tests run beside this
-    // one), counted as missed; never named wrong. Most are named.
     let (mut named, mut unnamed) = (0, 0);
-    for (_, python, pid, fds, lines) in &started {
-        assert_eq!(reported_fds(&report, *pid), proc_fds(*pid), "{}: the report and /proc", python.name());
+    for (_, python, pid, fds, lines, in_pod) in &started {
+        let name = format!("{}{}", python.name(), if *in_pod { " in a pod" } else { "" });
+        assert_eq!(reported_fds(&report, *pid), proc_fds(*pid), "{name}: the report and /proc");
         for (fd, label) in fds.iter().zip(startup_labels(lines)) {
-            let what = format!("{} pid {pid} fd {fd}", python.name());
+            let what = format!("{name} pid {pid} fd {fd}");
             let site = site_of(&report, *pid, *fd);
             if python_frames(site).is_empty() {
                 eprintln!("{what}: no Python frames: {}", site["frame"]);
@@ -566,7 +566,7 @@ fn python_started_under_the_tracer_has_frames_from_its_first_line() {
     }
     let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
     assert!(unnamed <= missed, "{unnamed} sites without Python frames, {missed} counted missed");
-    assert!(named > unnamed, "{named} named, {unnamed} not");
+    assert!(named >= 4 * unnamed, "{named} named, {unnamed} not");
     drop(started);
 }
 
@@ -709,6 +709,66 @@ fn a_python_command_gone_before_its_names_are_read_counts_them_missed() {
     assert!(named <= OPENS, "{named} named opens of a line that opened {OPENS}");
     assert!(named + missed >= OPENS, "{named} named and {missed} counted of {OPENS} opens: {report:#}");
     assert!(missed <= all - named, "{missed} missed of {all} opens, {named} named");
+}
+
+/// Issue 21, an interpreter exec'd by another program, in namespaces of its own and a root of
+/// its own (a pod's, made by unshare(1) and chroot(1), not by the tracer's gate), under a tracer
+/// that has just started: the tracer is still resolving unshare's and chroot's first stacks
+/// (tens of milliseconds, measured: 45 ms after the exec) when the interpreter runs its first
+/// line, 20 ms after its exec. The exec lane probes it beside the reader (within about 0.1 ms,
+/// resolve/python/early.rs), so the 20 opens of its first line are walked and named. Without
+/// the lane they were unwalked: native frames only.
+///
+/// Then the same command exiting at once, before its names can be read: each open is named or
+/// counted in `python_frames_missed` (before the lane, such a command was often found gone at
+/// its exec record, and nothing was counted).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_python_command_exec_d_in_namespaces_by_another_program_is_walked_from_its_exec() {
+    if !require_bpf() {
+        return;
+    }
+    const OPENS: u64 = 20;
+    let root = crate::pods::harness::cached_root("sid-python3.14");
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report_file = scratch.path().join("report.json");
+    for stays in [true, false] {
+        let code = format!(
+            "import sys, time\nkept = [open(sys.executable) for _ in range({OPENS})]\ntime.sleep({})\n",
+            if stays { "0.5" } else { "0" }
+        );
+        let _ = std::fs::remove_file(&report_file);
+        let status = Command::new(crate::support::helios_trace_bin())
+            .args(["run", "--format", "json", "--view", "quiet", "-o"])
+            .arg(&report_file)
+            .args(["--", "unshare", "--pid", "--net", "--mount", "--fork", "--kill-child", "chroot"])
+            .arg(&root)
+            .args(["python3.14", "-c", &code])
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+        let python = report["processes"].as_array().unwrap().iter().find(|p| p["comm"] == "python3.14");
+        let sites =
+            python.unwrap_or_else(|| panic!("no python3.14: {report:#}"))["sites"].as_array().unwrap();
+        let opened = |site: &Value| site["opened"].as_u64().unwrap();
+        let named: u64 = sites
+            .iter()
+            .filter(|s| python_frames(s).iter().any(|f| f["file"] == "<string>" && f["line"] == 2))
+            .map(opened)
+            .sum();
+        let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
+        eprintln!("stays {stays}: {named} of the line's {OPENS} opens named, {missed} missed");
+        if stays {
+            assert_eq!(named, OPENS, "every open of the first line named: {report:#}");
+        } else {
+            assert!(named <= OPENS && named + missed >= OPENS, "{named} named, {missed} counted: {report:#}");
+        }
+    }
 }
 
 /// For other areas' tests (holders.rs): every interpreter of [`interpreters`] as a command that

@@ -264,6 +264,12 @@ pub(crate) fn offsets_before_exec(
 }
 
 impl Interpreter {
+    /// Whether the runtime has an interpreter now (`interpreters.head` set): from then on
+    /// Python code may run. An unreadable runtime counts as started (it may have been).
+    pub(super) fn runtime_started(&self) -> bool {
+        self.memory.u64(self.offsets.interpreters_head) != Ok(0)
+    }
+
     /// Check the offsets against the running process: one of its thread states must carry one
     /// of its thread ids, as its own pid namespace numbers them (`native_thread_id` is
     /// gettid(2) in the thread's namespace; 3.10's glibc `struct pthread` holds what clone(2)

@@ -25,6 +25,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    sync::Arc,
 };
 
 use helios_trace_common::{PythonFrame, PythonOffsets, python_flags};
@@ -36,11 +37,15 @@ use crate::{
     sys::clock,
 };
 
+mod early;
 mod interpreter;
 pub(crate) mod layout;
 pub(crate) mod lines;
 mod memory;
 
+/// The execs probed beside the reader (observe/exec_lane.rs drives it).
+pub(crate) use early::ExecProbes;
+use early::Lane;
 /// For `run`'s command, a CPython known before its exec (`before_exec`).
 pub(crate) use interpreter::offsets_before_exec;
 /// For the heap walk (resolve/holders): `_PyRuntime` and the minor version of a process.
@@ -105,8 +110,9 @@ struct Retry {
 /// What is known of one process.
 enum State {
     /// No interpreter runtime mapped yet (right after exec only the executable and the loader
-    /// are): looked for again. `unwalked`: descriptors it opened meanwhile.
-    Pending { retry: Retry, unwalked: u64 },
+    /// are): looked for again. `unwalked`: descriptors it opened meanwhile. `lane`: the exec
+    /// (its record's time) the exec lane is still looking at: asked, not probed, until it ends.
+    Pending { retry: Retry, unwalked: u64, lane: Option<u64> },
     /// No CPython, or one that is not supported (warned).
     Native,
     /// The kernel walks its frames; `check` until its thread states were seen to hold its
@@ -142,6 +148,8 @@ pub(crate) struct PythonProcesses {
     missed: u64,
     /// Processes given offsets before their exec (`before_exec`), until it is seen.
     before_exec: HashSet<u32>,
+    /// What the exec lane found at exec notices (early.rs).
+    exec_probes: Arc<ExecProbes>,
 }
 
 impl PythonProcesses {
@@ -155,7 +163,13 @@ impl PythonProcesses {
             warned: HashSet::new(),
             missed: 0,
             before_exec: HashSet::new(),
+            exec_probes: Arc::default(),
         }
+    }
+
+    /// What the exec lane fills, for its thread (observe/exec_lane.rs).
+    pub(crate) fn exec_probes(&self) -> Arc<ExecProbes> {
+        Arc::clone(&self.exec_probes)
     }
 
     /// Look for CPython processes from now on (`--python-frames auto` with stacks on).
@@ -163,11 +177,25 @@ impl PythonProcesses {
         self.enabled = on;
     }
 
-    /// A process seen for the first time (baseline), or a new image (exec): probe it.
+    /// `pid` exec'd (its record, of `ts_ns`): take what the exec lane found for it, or probe.
+    pub(crate) fn exec(&mut self, pid: u32, ts_ns: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.look(pid, ts_ns, Some(ts_ns));
+    }
+
+    /// A process seen for the first time (baseline), or forked: probe it.
     pub(crate) fn seen(&mut self, pid: u32, now_ns: u64) {
         if !self.enabled {
             return;
         }
+        self.look(pid, now_ns, None);
+    }
+
+    /// A new image or a new process: asked of the exec lane (`lane`: the exec's time), or
+    /// probed now.
+    fn look(&mut self, pid: u32, now_ns: u64, lane: Option<u64>) {
         // Not forget(): an exec read late finds the image of a later exec, and the next exec's
         // record probes it again; the kernel's entry is replaced in one update, never removed
         // in between (a walk would be missed).
@@ -175,9 +203,16 @@ impl PythonProcesses {
         let given_before_exec = self.before_exec.remove(&pid);
         let was_python =
             matches!(self.processes.remove(&pid), Some(State::Python { .. })) || given_before_exec;
-        let retry = Retry { next_ns: 0, since_ns: now_ns };
-        self.processes.insert(pid, State::Pending { retry, unwalked: 0 });
-        self.try_probe(pid, now_ns);
+        if lane.is_none() && self.exec_probes.execs_after(pid, now_ns) {
+            // Seen at an event older than an exec the lane already noticed (the reader lags):
+            // a probe now would find the later image and count this one's opens as its
+            // misses. Its exec's record decides.
+            self.set(pid, State::Native);
+        } else {
+            let retry = Retry { next_ns: 0, since_ns: now_ns };
+            self.processes.insert(pid, State::Pending { retry, unwalked: 0, lane });
+            self.try_probe(pid, now_ns);
+        }
         if was_python && !matches!(self.processes.get(&pid), Some(State::Python { .. })) {
             self.updates.push((pid, None));
         }
@@ -200,9 +235,10 @@ impl PythonProcesses {
 
     /// The process is gone or replaced its image.
     pub(crate) fn forget(&mut self, pid: u32) {
+        let told_by_lane = self.exec_probes.forget(pid);
         self.pending.remove(&pid);
         let before_exec = self.before_exec.remove(&pid);
-        if matches!(self.processes.remove(&pid), Some(State::Python { .. })) || before_exec {
+        if matches!(self.processes.remove(&pid), Some(State::Python { .. })) || before_exec || told_by_lane {
             self.updates.push((pid, None));
         }
     }
@@ -273,8 +309,13 @@ impl PythonProcesses {
         self.missed
     }
 
-    /// A descriptor of `pid` opened at `ts_ns` without Python frames walked.
-    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64) {
+    /// A descriptor of `pid` opened at `ts_ns` without Python frames walked; `python_may_run`:
+    /// its native stack may have run Python code (`model::frame::python_may_run`: not the
+    /// loader's or the interpreter's C start-up, which have no Python frames to miss).
+    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64, python_may_run: bool) {
+        if !python_may_run {
+            return;
+        }
         match self.processes.get_mut(&pid) {
             Some(State::Pending { unwalked, .. }) => *unwalked += 1,
             // Found, but the kernel had not been told yet (the map is updated after the drain).
@@ -284,8 +325,29 @@ impl PythonProcesses {
     }
 
     fn try_probe(&mut self, pid: u32, now_ns: u64) {
-        let Some(State::Pending { retry, unwalked }) = self.processes.get(&pid) else { return };
-        let (since_ns, unwalked) = (retry.since_ns, *unwalked);
+        let Some(State::Pending { retry, unwalked, lane }) = self.processes.get(&pid) else { return };
+        let (since_ns, unwalked, lane) = (retry.since_ns, *unwalked, *lane);
+        if let Some(exec_ns) = lane {
+            // The lane gets as long as the reader would have looked for a runtime.
+            let give_up = now_ns >= since_ns.saturating_add(FAST_WINDOW_NS);
+            match self.exec_probes.settle(pid, exec_ns, give_up) {
+                Lane::Found(found) => {
+                    log::info!(
+                        "process {pid}: CPython 3.{} ({}), Python frames on since its exec notice{}",
+                        found.interpreter.layout.minor,
+                        found.interpreter.path,
+                        if found.quiet_until_ns > 0 { ", before its runtime started" } else { "" }
+                    );
+                    return self.found(pid, now_ns, found.interpreter, found.quiet_until_ns);
+                }
+                Lane::Looking => {
+                    let retry = Retry { next_ns: now_ns + FAST_RETRY_NS, since_ns };
+                    return self.set(pid, State::Pending { retry, unwalked, lane });
+                }
+                Lane::Left => {}
+                Lane::Superseded => return self.set(pid, State::Native),
+            }
+        }
         let state = match probe(&self.proc_root, pid) {
             None => State::Native,
             Some((path, Ok(interpreter))) => {
@@ -297,21 +359,14 @@ impl PythonProcesses {
                 );
                 // Opened before the runtime started: no Python code had run, nothing to miss
                 // (`now_ns` may be the exec's time: the runtime was read just now).
-                let quiet_until_ns = if interpreter.started {
-                    self.missed += unwalked;
-                    0
-                } else {
-                    clock::boot_ns()
-                };
-                self.updates.push((pid, Some(interpreter.offsets)));
-                let check = Some(Retry { next_ns: now_ns, since_ns: now_ns });
-                State::Python { interpreter: Box::new(interpreter), check, quiet_until_ns }
+                let quiet_until_ns = if interpreter.started { 0 } else { clock::boot_ns() };
+                return self.found(pid, now_ns, interpreter, quiet_until_ns);
             }
             Some((_, Err(err))) if err.retry() && now_ns < since_ns.saturating_add(GIVE_UP_NS) => {
                 log::debug!("process {pid}: CPython not ready ({err}), trying again");
                 let wait =
                     if now_ns < since_ns.saturating_add(FAST_WINDOW_NS) { FAST_RETRY_NS } else { RETRY_NS };
-                State::Pending { retry: Retry { next_ns: now_ns + wait, since_ns }, unwalked }
+                State::Pending { retry: Retry { next_ns: now_ns + wait, since_ns }, unwalked, lane: None }
             }
             Some((path, Err(err))) => {
                 self.warn(pid, &path, &err);
@@ -319,8 +374,22 @@ impl PythonProcesses {
             }
         };
         self.set(pid, state);
-        if matches!(self.processes.get(&pid), Some(State::Python { interpreter, .. }) if interpreter.started)
+    }
+
+    /// A pending process is `interpreter`'s: the kernel walks it from now on, and its offsets
+    /// are checked once its runtime runs. Descriptors it opened unwalked after
+    /// `quiet_until_ns` (0: any) may have been opened by Python code: missed.
+    fn found(&mut self, pid: u32, now_ns: u64, interpreter: Interpreter, quiet_until_ns: u64) {
+        if quiet_until_ns == 0
+            && let Some(State::Pending { unwalked, .. }) = self.processes.get(&pid)
         {
+            self.missed += unwalked;
+        }
+        self.updates.push((pid, Some(interpreter.offsets)));
+        let check = Some(Retry { next_ns: now_ns, since_ns: now_ns });
+        let started = interpreter.started;
+        self.set(pid, State::Python { interpreter: Box::new(interpreter), check, quiet_until_ns });
+        if started {
             self.try_check(pid, now_ns);
         }
     }
@@ -478,12 +547,33 @@ mod tests {
         let mut python = PythonProcesses::new(proc.path());
         python.enable(true);
         python.seen(20, 1);
-        python.not_walked(20, 2);
+        python.not_walked(20, 2, true);
         assert!(matches!(python.processes.get(&20), Some(State::Native)));
         assert_eq!((python.missed(), python.warned.len()), (0, 0));
         // A process gone before its probe: nothing to look at, nothing said.
         python.seen(21, 1);
         assert!(python.warned.is_empty() && python.next_due().is_none());
+    }
+
+    #[test]
+    fn a_process_seen_before_an_exec_the_lane_noticed_waits_for_that_exec() {
+        let proc = proc_mapping(&[30], "/usr/bin/python3.12");
+        let mut python = PythonProcesses::new(proc.path());
+        python.enable(true);
+        python.exec_probes.started();
+        // The lane read the notice of an exec at 2_000; the reader is still at 1_000.
+        python.exec_probes.noticed(30, 2_000, 2_100);
+        python.seen(30, 1_000);
+        python.not_walked(30, 1_500, true);
+        assert!(matches!(python.processes.get(&30), Some(State::Native)));
+        assert_eq!((python.missed(), python.take_updates().len()), (0, 0));
+        // At the exec record the reader waits for the lane, which is still looking.
+        python.exec(30, 2_000);
+        assert!(matches!(python.processes.get(&30), Some(State::Pending { lane: Some(2_000), .. })));
+        assert!(python.next_due().is_some());
+        // An earlier exec's record, read late, decides nothing: the later one is the lane's.
+        python.exec(30, 1_800);
+        assert!(matches!(python.processes.get(&30), Some(State::Native)));
     }
 
     #[test]
