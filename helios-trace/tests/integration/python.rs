@@ -683,18 +683,10 @@ fn a_python_command_gone_before_its_names_are_read_counts_them_missed() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let report_file = scratch.path().join("report.json");
     let code = format!("import sys\nkept = [open(sys.argv[1]) for _ in range({OPENS})]\n");
-    let status = Command::new(crate::support::helios_trace_bin())
-        .args(["run", "--format", "json", "--view", "quiet", "-o"])
-        .arg(&report_file)
-        .args(["--", "/usr/bin/python3", "-c", &code, "/dev/null"])
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID")
-        .env_remove("SUDO_USER")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    let report = run_report(
+        &report_file,
+        &["/usr/bin/python3".as_ref(), "-c".as_ref(), code.as_ref(), "/dev/null".as_ref()],
+    );
     let pid = report["command"]["pid"].as_u64().unwrap() as u32;
     let missed = report["events"]["python_frames_missed"].as_u64().unwrap();
     let sites = process(&report, pid).unwrap_or_else(|| panic!("{report:#}"))["sites"].as_array().unwrap();
@@ -737,21 +729,10 @@ fn a_python_command_exec_d_in_namespaces_by_another_program_is_walked_from_its_e
             "import sys, time\nkept = [open(sys.executable) for _ in range({OPENS})]\ntime.sleep({})\n",
             if stays { "0.5" } else { "0" }
         );
-        let _ = std::fs::remove_file(&report_file);
-        let status = Command::new(crate::support::helios_trace_bin())
-            .args(["run", "--format", "json", "--view", "quiet", "-o"])
-            .arg(&report_file)
-            .args(["--", "unshare", "--pid", "--net", "--mount", "--fork", "--kill-child", "chroot"])
-            .arg(&root)
-            .args(["python3.14", "-c", &code])
-            .env_remove("SUDO_UID")
-            .env_remove("SUDO_GID")
-            .env_remove("SUDO_USER")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+        let unshare = ["unshare", "--pid", "--net", "--mount", "--fork", "--kill-child", "chroot"];
+        let mut command: Vec<&std::ffi::OsStr> = unshare.iter().map(|a| a.as_ref()).collect();
+        command.extend([root.as_os_str(), "python3.14".as_ref(), "-c".as_ref(), code.as_ref()]);
+        let report = run_report(&report_file, &command);
         let python = report["processes"].as_array().unwrap().iter().find(|p| p["comm"] == "python3.14");
         let sites =
             python.unwrap_or_else(|| panic!("no python3.14: {report:#}"))["sites"].as_array().unwrap();
@@ -769,6 +750,24 @@ fn a_python_command_exec_d_in_namespaces_by_another_program_is_walked_from_its_e
             assert!(named <= OPENS && named + missed >= OPENS, "{named} named, {missed} counted: {report:#}");
         }
     }
+}
+
+/// `helios-trace run --format json -o REPORT -- COMMAND` as root (not as a sudo user), its report.
+fn run_report(report_file: &Path, command: &[&std::ffi::OsStr]) -> Value {
+    let _ = std::fs::remove_file(report_file);
+    let status = Command::new(crate::support::helios_trace_bin())
+        .args(["run", "--format", "json", "--view", "quiet", "-o"])
+        .arg(report_file)
+        .arg("--")
+        .args(command)
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
+        .env_remove("SUDO_USER")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command:?}");
+    serde_json::from_str(&std::fs::read_to_string(report_file).unwrap()).unwrap()
 }
 
 /// For other areas' tests (holders.rs): every interpreter of [`interpreters`] as a command that
