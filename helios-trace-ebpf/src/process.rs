@@ -17,7 +17,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, emit, finish, header},
     filter::{is_target_pid, is_traced},
-    maps::{EVENTS, EXEC_NOTICES, TARGETS},
+    maps::{EVENTS, EXEC_NOTICES, PYTHON_PROCS, TARGETS},
     settings::{exit_group_dead_offset, filtering_targets},
 };
 
@@ -95,7 +95,8 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     // The same header to the exec lane, which probes the new image at once, while the reader
     // of EVENTS may still be resolving records ahead of this one. Not counted when the ring is
-    // full: the exec record above is the one that counts, and the reader probes at it as well.
+    // full: the exec record above is the one that counts; the lane then looks at the exec when
+    // the reader reaches that record and it next wakes (within 100 ms).
     let _ = EXEC_NOTICES.output::<EventHeader>(&exec_header, BPF_RB_FORCE_WAKEUP as u64);
     Ok(())
 }
@@ -128,6 +129,10 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // The pid may be recycled by an unrelated process.
         let _ = TARGETS.remove(&tgid);
     }
+    // Its Python offsets too, whoever put them there: userspace removes them when it reads the
+    // exit, but offsets told for an image it never took (the exec lane's, resolve/python/
+    // early.rs) must not outlive the process.
+    let _ = PYTHON_PROCS.remove(&tgid);
     let event = ExitEvent { header: header(kind::EXIT, pid_tgid) };
     emit(&event);
     Ok(())

@@ -268,20 +268,29 @@ fn is_jit_runtime(frame: &Frame) -> bool {
     }
 }
 
-/// Whether Python code may have been running when a call made this native stack: it passes
-/// through the interpreter's eval loop (`_PyEval_EvalFrameDefault`, CPython's
-/// Python/ceval.c: every Python frame runs inside one), or the stack cannot tell (no frames,
-/// a frame in no known module, an interpreter frame without a symbol). A stack of resolved,
-/// named frames without the eval loop — the dynamic loader mapping libraries, the
-/// interpreter's C start-up — ran no Python code: a descriptor it opened has no Python frames
-/// to miss.
+/// Whether Python code may have been running when a call made this native stack: unless the
+/// stack shows that none was. It shows it by the dynamic loader's own frames (`_dl_*`, in
+/// `ld-*.so`: mapping libraries before `main`), or by being whole — down to the process's
+/// start (`_start`, `__libc_start_main`) — without the interpreter's eval loop
+/// (`_PyEval_EvalFrameDefault`, CPython's Python/ceval.c: every Python frame runs inside one):
+/// the interpreter's C start-up. A stack cut short (frame pointers through code built without
+/// them), a frame in no known module or an interpreter frame without a name tells nothing.
 pub(crate) fn python_may_run(frames: &[Frame]) -> bool {
-    frames.is_empty()
-        || frames.iter().any(|f| {
-            f.symbol.as_deref().is_some_and(|s| s.contains("PyEval_EvalFrame"))
-                || f.module.is_none()
-                || (f.interpreter && f.symbol.is_none())
-        })
+    let symbol = |f: &Frame| f.symbol.as_deref().unwrap_or_default().to_string();
+    let unknown = frames.iter().any(|f| f.module.is_none() || (f.interpreter && f.symbol.is_none()));
+    if frames.is_empty() || unknown || frames.iter().any(|f| symbol(f).contains("PyEval_EvalFrame")) {
+        return true;
+    }
+    let loader = frames.iter().any(|f| {
+        symbol(f).starts_with("_dl_") || f.module.as_deref().is_some_and(|m| basename(m).starts_with("ld-"))
+    });
+    let whole = frames.iter().any(|f| {
+        matches!(
+            f.symbol.as_deref(),
+            Some("_start" | "__libc_start_main" | "__libc_start_main_impl" | "__libc_start_call_main")
+        )
+    });
+    !(loader || whole)
 }
 
 /// The one frame that tells where a site is: the innermost frame in the application's own
@@ -740,8 +749,11 @@ pub(crate) mod tests {
             native(Some("open64"), LIBC, 0x40),
             interp("_Py_InitializeMain", PYTHON, 0x90),
             interp("main", PYTHON, 0x10),
+            native(Some("__libc_start_call_main"), LIBC, 0x2d),
         ];
         assert!(!python_may_run(&startup));
+        // Cut short (frame pointers through code without them): it may have run Python code.
+        assert!(python_may_run(&startup[..1]));
         let running = [native(Some("open64"), LIBC, 0x40), interp("_PyEval_EvalFrameDefault", PYTHON, 0x900)];
         assert!(python_may_run(&running));
         // Cannot tell: nothing, an address in no module, an interpreter frame without a name.

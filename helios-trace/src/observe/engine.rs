@@ -325,7 +325,8 @@ impl Engine {
                         self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
                     }
                     None => {
-                        let may_run = self.stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                        let stacks = &self.stacks;
+                        let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
                         self.python.not_walked(event.tgid, event.ts_ns, may_run);
                         native
                     }
@@ -430,7 +431,7 @@ impl Engine {
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
-                    self.python.forget(*tgid);
+                    self.python.forget(*tgid, ts_ns);
                     self.cmdlines.remove(tgid);
                     if let Some(pending) = &mut self.pending {
                         pending.observed.remove(tgid);

@@ -43,9 +43,9 @@ impl ExecLane {
         kernel: PythonMap,
         proc_root: PathBuf,
     ) -> Result<ExecLane> {
-        probes.started();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let lane = Arc::clone(&probes);
         std::thread::Builder::new()
             .name("exec-lane".into())
             .spawn(move || {
@@ -58,6 +58,12 @@ impl ExecLane {
                         .map_err(|err| log::debug!("process {pid}: the exec lane's offsets: {err:#}"))
                         .is_ok()
                 };
+                let untell = |pid: u32| {
+                    if let Err(err) = kernel.set(pid, None) {
+                        log::debug!("process {pid}: the exec lane's offsets stay: {err:#}");
+                    }
+                };
+                let probes = lane;
                 while !stopped.load(Ordering::Relaxed) {
                     let now_ns = clock::boot_ns();
                     let wait = probes
@@ -66,12 +72,15 @@ impl ExecLane {
                         .min(IDLE_WAIT);
                     notices.wait(wait);
                     while let Some((pid, exec_ns)) = notices.next() {
-                        probes.noticed(pid, exec_ns, clock::boot_ns());
+                        probes.noticed(pid, exec_ns, clock::boot_ns(), &untell);
                     }
                     probes.look_due(&proc_root, clock::boot_ns(), &tell);
                 }
             })
             .context("cannot start the exec lane's thread")?;
+        // Only now: the reader waits for a lane that is looking, and one that never ran would
+        // keep it waiting for nothing.
+        probes.started();
         Ok(ExecLane { stop })
     }
 }

@@ -16,7 +16,10 @@ use crate::{
     },
     sys::{
         clock,
-        proc::resources::{self, CgroupMounts},
+        proc::{
+            self,
+            resources::{self, CgroupMounts},
+        },
     },
 };
 
@@ -121,6 +124,15 @@ impl Tracing {
                 })
                 .collect();
             let process = process_facts(&proc_root, &self.cgroups, tgid);
+            // Exited since (its exit record not read yet), or exiting while it was read: what
+            // /proc said is about its remains (nothing readable, no sockets). The reading taken
+            // while it lived stands.
+            if !proc::alive(&proc_root, tgid)
+                && let Some(last) = self.last_known.remove(&tgid)
+            {
+                last_known.insert(tgid, last);
+                continue;
+            }
             last_known.insert(tgid, LastKnown { taken_ns: now_ns, fds, process });
         }
         for exited in self.engine.exited() {

@@ -29,16 +29,28 @@ pub(crate) fn give_back_freed_memory() {
 /// Ask the scheduler to run the calling thread soon after it wakes: a short time slice
 /// (`sched_attr.sched_runtime` of a normal thread, kernel/sched/syscalls.c, honoured by EEVDF
 /// since Linux 6.12: a task with a shorter slice has an earlier deadline and preempts at
-/// wake-up). Its share of the CPU does not change, and no privilege is needed (only a lower
-/// nice value would need one). The exec lane uses it: it must probe a new interpreter within
+/// wake-up). Its nice value, and so its share of the CPU, stays as it is, and no privilege is
+/// needed (only a lower nice value would need one). The exec lane uses it: it must probe a new interpreter within
 /// the millisecond or two before it runs Python code, on a node whose CPUs are busy. Older
 /// kernels ignore the slice; an error leaves the thread as it was.
 pub(crate) fn prefer_short_slices(slice: std::time::Duration) -> std::io::Result<()> {
+    // The thread's nice value as it is (sched_setattr sets that too): getpriority(2) of
+    // PRIO_PROCESS with who 0 is the calling thread's on Linux. -1 is a valid value as well:
+    // errno tells an error apart.
+    // SAFETY: errno is the calling thread's; getpriority only reads.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        nice
+    };
     let attr = libc::sched_attr {
         size: std::mem::size_of::<libc::sched_attr>() as u32,
         sched_policy: libc::SCHED_OTHER as u32,
         sched_flags: 0,
-        sched_nice: 0,
+        sched_nice: nice,
         sched_priority: 0,
         sched_runtime: slice.as_nanos() as u64,
         sched_deadline: 0,

@@ -97,17 +97,24 @@ impl ExecProbes {
     }
 
     /// The lane: `pid` exec'd at `exec_ns` (a notice). Ignored when the reader got there first.
-    pub(crate) fn noticed(&self, pid: u32, exec_ns: u64, now_ns: u64) {
+    /// Offsets the lane gave the kernel for an image the reader never took (the process exec'd
+    /// again, or the oldest slot makes room) are taken back: `untell`.
+    pub(crate) fn noticed(&self, pid: u32, exec_ns: u64, now_ns: u64, untell: &dyn Fn(u32)) {
         let mut slots = self.lock();
         if slots.get(&pid).is_some_and(|(at, _)| *at >= exec_ns) {
             return;
         }
         if slots.len() >= MAX_SLOTS
             && let Some(oldest) = slots.iter().min_by_key(|(_, (at, _))| *at).map(|(pid, _)| *pid)
+            && let Some((_, Slot::Found(_))) = slots.remove(&oldest)
         {
-            slots.remove(&oldest);
+            untell(oldest);
         }
-        slots.insert(pid, (exec_ns, Slot::Looking { since_ns: now_ns, next_ns: now_ns }));
+        if let Some((_, Slot::Found(_))) =
+            slots.insert(pid, (exec_ns, Slot::Looking { since_ns: now_ns, next_ns: now_ns }))
+        {
+            untell(pid);
+        }
     }
 
     /// The lane: when it has something to look at next, if ever.
@@ -214,10 +221,15 @@ impl ExecProbes {
         self.lock().get(&pid).is_some_and(|(at, _)| *at > ts_ns)
     }
 
-    /// The reader: `pid` is gone. True when the lane had told the kernel about it and the
-    /// reader never took it (the kernel's entry is the reader's to remove).
-    pub(super) fn forget(&self, pid: u32) -> bool {
-        matches!(self.lock().remove(&pid), Some((_, Slot::Found(_))))
+    /// The reader: `pid` exited at `exit_ns`. True when the lane had told the kernel about it
+    /// and the reader never took it (the kernel's entry is the reader's to remove). A slot of a
+    /// later exec is another process's, which took the pid since.
+    pub(super) fn forget(&self, pid: u32, exit_ns: u64) -> bool {
+        let mut slots = self.lock();
+        if slots.get(&pid).is_some_and(|(at, _)| *at > exit_ns) {
+            return false;
+        }
+        matches!(slots.remove(&pid), Some((_, Slot::Found(_))))
     }
 
     #[cfg(test)]
@@ -252,11 +264,12 @@ mod tests {
     }
 
     const NEVER: &dyn Fn(u32, &PythonOffsets) -> bool = &|_, _| panic!("nothing found, nothing told");
+    const NO_UNTELL: &dyn Fn(u32) = &|_| panic!("nothing told, nothing to take back");
 
     #[test]
-    fn an_interpreter_not_mapped_yet_is_looked_at_every_millisecond_then_left_to_the_reader() {
+    fn an_interpreter_not_mapped_yet_is_looked_at_often_then_left_to_the_reader() {
         let probes = lane();
-        probes.noticed(7, 1_000, 5_000);
+        probes.noticed(7, 1_000, 5_000, NO_UNTELL);
         assert_eq!(probes.next_due(), Some(5_000));
         let looks = RefCell::new(0);
         let probe = |_pid: u32| {
@@ -277,17 +290,17 @@ mod tests {
         probes.look_due_with(5_000 + FAST_WINDOW_NS, &probe, NEVER);
         assert_eq!((*looks.borrow(), probes.next_due()), (3, None));
         assert!(left(probes.settle(7, 1_000, false)));
-        assert!(!probes.forget(7), "the kernel was told nothing");
+        assert!(!probes.forget(7, u64::MAX), "the kernel was told nothing");
     }
 
     #[test]
     fn no_cpython_is_done_at_once_and_left_to_the_reader() {
         let probes = lane();
-        probes.noticed(8, 1_000, 5_000);
+        probes.noticed(8, 1_000, 5_000, NO_UNTELL);
         probes.look_due_with(5_000, &|_| None, NEVER);
         assert_eq!(probes.next_due(), None);
         assert!(left(probes.settle(8, 1_000, false)));
-        probes.forget(8);
+        probes.forget(8, u64::MAX);
         assert_eq!(probes.len(), 0);
     }
 
@@ -297,16 +310,16 @@ mod tests {
         assert!(looking(probes.settle(9, 1_000, false)));
         assert_eq!(probes.next_due(), Some(0), "due at once");
         // Its notice, read late, changes nothing; an older exec's neither.
-        probes.noticed(9, 1_000, 5_000);
-        probes.noticed(9, 900, 5_000);
+        probes.noticed(9, 1_000, 5_000, NO_UNTELL);
+        probes.noticed(9, 900, 5_000, NO_UNTELL);
         assert_eq!(probes.next_due(), Some(0));
         // The reader gives up waiting: from then on the exec is the reader's alone.
         assert!(left(probes.settle(9, 1_000, true)));
         assert_eq!(probes.next_due(), None);
-        probes.noticed(9, 1_000, 5_000);
+        probes.noticed(9, 1_000, 5_000, NO_UNTELL);
         assert_eq!(probes.next_due(), None, "the reader decides for an exec it took");
         // The process's next exec is looked at.
-        probes.noticed(9, 2_000, 6_000);
+        probes.noticed(9, 2_000, 6_000, NO_UNTELL);
         assert_eq!(probes.next_due(), Some(6_000));
     }
 
@@ -322,9 +335,9 @@ mod tests {
         let probes = lane();
         // chroot exec'd (1_000), then exec'd the interpreter (2_000), before the reader read
         // either record.
-        probes.noticed(11, 1_000, 5_000);
+        probes.noticed(11, 1_000, 5_000, NO_UNTELL);
         probes.look_due_with(5_000, &|_| None, NEVER);
-        probes.noticed(11, 2_000, 5_100);
+        probes.noticed(11, 2_000, 5_100, NO_UNTELL);
         assert!(matches!(probes.settle(11, 1_000, false), Lane::Superseded));
         assert_eq!(probes.next_due(), Some(5_100), "the interpreter's exec is still looked at");
         probes.look_due_with(5_100, &|_| not_mapped(), NEVER);
@@ -336,10 +349,10 @@ mod tests {
     #[test]
     fn a_process_gone_while_the_lane_probes_is_not_told_to_the_kernel() {
         let probes = lane();
-        probes.noticed(10, 1_000, 5_000);
+        probes.noticed(10, 1_000, 5_000, NO_UNTELL);
         // The reader reads the process's exit while the lane probes (without the lock).
         let probe = |pid: u32| {
-            assert!(!probes.forget(pid));
+            assert!(!probes.forget(pid, u64::MAX));
             not_mapped()
         };
         probes.look_due_with(5_000, &probe, NEVER);
@@ -350,8 +363,12 @@ mod tests {
     fn execs_whose_record_never_came_are_bounded() {
         let probes = lane();
         for pid in 0..MAX_SLOTS as u32 + 10 {
-            probes.noticed(pid, u64::from(pid) + 1, 0);
+            probes.noticed(pid, u64::from(pid) + 1, 0, NO_UNTELL);
         }
+        // An exec of a reused pid, noticed before the reader read the old process's exit: the
+        // exit takes nothing of the new one.
+        assert!(!probes.forget(MAX_SLOTS as u32 + 9, MAX_SLOTS as u64));
+        assert!(probes.lock().contains_key(&(MAX_SLOTS as u32 + 9)));
         assert_eq!(probes.len(), MAX_SLOTS);
         // The oldest went first.
         assert!(!probes.lock().contains_key(&0) && probes.lock().contains_key(&(MAX_SLOTS as u32 + 9)));

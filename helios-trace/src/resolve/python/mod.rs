@@ -146,7 +146,9 @@ pub(crate) struct PythonProcesses {
     warned: HashSet<String>,
     /// Descriptors opened by a running CPython before the kernel walked its frames.
     missed: u64,
-    /// Processes given offsets before their exec (`before_exec`), until it is seen.
+    /// Processes the kernel may hold offsets for that their state does not show, until their
+    /// next exec record decides: given offsets before their exec (`before_exec`), or holding
+    /// an earlier image's while a later exec is the lane's (`Lane::Superseded`).
     before_exec: HashSet<u32>,
     /// What the exec lane found at exec notices (early.rs).
     exec_probes: Arc<ExecProbes>,
@@ -213,7 +215,10 @@ impl PythonProcesses {
             self.processes.insert(pid, State::Pending { retry, unwalked: 0, lane });
             self.try_probe(pid, now_ns);
         }
-        if was_python && !matches!(self.processes.get(&pid), Some(State::Python { .. })) {
+        if was_python
+            && !matches!(self.processes.get(&pid), Some(State::Python { .. }))
+            && !self.before_exec.contains(&pid)
+        {
             self.updates.push((pid, None));
         }
     }
@@ -233,12 +238,16 @@ impl PythonProcesses {
         }
     }
 
-    /// The process is gone or replaced its image.
-    pub(crate) fn forget(&mut self, pid: u32) {
-        let told_by_lane = self.exec_probes.forget(pid);
+    /// The process is gone (its exit's record, of `ts_ns`).
+    pub(crate) fn forget(&mut self, pid: u32, ts_ns: u64) {
+        // The pid taken since by a process the lane already looked at: the kernel's entry is
+        // that one's (the kernel removed this process's at its exit).
+        let taken = self.exec_probes.execs_after(pid, ts_ns);
+        let told_by_lane = self.exec_probes.forget(pid, ts_ns);
         self.pending.remove(&pid);
         let before_exec = self.before_exec.remove(&pid);
-        if matches!(self.processes.remove(&pid), Some(State::Python { .. })) || before_exec || told_by_lane {
+        let was_python = matches!(self.processes.remove(&pid), Some(State::Python { .. }));
+        if (was_python || before_exec || told_by_lane) && !taken {
             self.updates.push((pid, None));
         }
     }
@@ -312,14 +321,13 @@ impl PythonProcesses {
     /// A descriptor of `pid` opened at `ts_ns` without Python frames walked; `python_may_run`:
     /// its native stack may have run Python code (`model::frame::python_may_run`: not the
     /// loader's or the interpreter's C start-up, which have no Python frames to miss).
-    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64, python_may_run: bool) {
-        if !python_may_run {
-            return;
-        }
+    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64, python_may_run: impl Fn() -> bool) {
         match self.processes.get_mut(&pid) {
-            Some(State::Pending { unwalked, .. }) => *unwalked += 1,
+            Some(State::Pending { unwalked, .. }) if python_may_run() => *unwalked += 1,
             // Found, but the kernel had not been told yet (the map is updated after the drain).
-            Some(State::Python { quiet_until_ns, .. }) if ts_ns > *quiet_until_ns => self.missed += 1,
+            Some(State::Python { quiet_until_ns, .. }) if ts_ns > *quiet_until_ns && python_may_run() => {
+                self.missed += 1
+            }
             _ => {}
         }
     }
@@ -345,7 +353,12 @@ impl PythonProcesses {
                     return self.set(pid, State::Pending { retry, unwalked, lane });
                 }
                 Lane::Left => {}
-                Lane::Superseded => return self.set(pid, State::Native),
+                Lane::Superseded => {
+                    // The kernel's entry, if any, is left to that later exec's record: the lane
+                    // may have replaced it already with the later image's.
+                    self.before_exec.insert(pid);
+                    return self.set(pid, State::Native);
+                }
             }
         }
         let state = match probe(&self.proc_root, pid) {
@@ -547,7 +560,7 @@ mod tests {
         let mut python = PythonProcesses::new(proc.path());
         python.enable(true);
         python.seen(20, 1);
-        python.not_walked(20, 2, true);
+        python.not_walked(20, 2, || true);
         assert!(matches!(python.processes.get(&20), Some(State::Native)));
         assert_eq!((python.missed(), python.warned.len()), (0, 0));
         // A process gone before its probe: nothing to look at, nothing said.
@@ -562,9 +575,9 @@ mod tests {
         python.enable(true);
         python.exec_probes.started();
         // The lane read the notice of an exec at 2_000; the reader is still at 1_000.
-        python.exec_probes.noticed(30, 2_000, 2_100);
+        python.exec_probes.noticed(30, 2_000, 2_100, &|_| {});
         python.seen(30, 1_000);
-        python.not_walked(30, 1_500, true);
+        python.not_walked(30, 1_500, || true);
         assert!(matches!(python.processes.get(&30), Some(State::Native)));
         assert_eq!((python.missed(), python.take_updates().len()), (0, 0));
         // At the exec record the reader waits for the lane, which is still looking.

@@ -84,6 +84,15 @@ pub(crate) fn exists(root: &Path, pid: u32) -> bool {
     root.join(pid.to_string()).is_dir()
 }
 
+/// Whether `pid` still runs: its /proc entry is there and it is not a zombie (`Z`) or dead
+/// (`X`): what /proc says of it is then about the live process, not the remains of an exit.
+pub(crate) fn alive(root: &Path, pid: u32) -> bool {
+    fs::read_to_string(root.join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|stat| pause::state_of(&stat))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
 /// The command name, printable (a process sets its own: newlines and invalid UTF-8 included).
 pub(crate) fn comm(root: &Path, pid: u32) -> Option<String> {
     let text = fs::read(root.join(pid.to_string()).join("comm")).ok()?;
@@ -154,6 +163,18 @@ pub(crate) fn usage(root: &Path, pid: u32) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_zombie_or_a_reaped_process_is_not_alive() {
+        let root = tempfile::tempdir().unwrap();
+        for (pid, stat) in [(10, "10 (a (b) c) S 1 10"), (11, "11 (python3) Z 1 11"), (12, "12 (x) X 1 12")] {
+            std::fs::create_dir(root.path().join(pid.to_string())).unwrap();
+            std::fs::write(root.path().join(pid.to_string()).join("stat"), stat).unwrap();
+        }
+        let alive = |pid| super::alive(root.path(), pid);
+        assert_eq!((alive(10), alive(11), alive(12), alive(13)), (true, false, false, false));
+        assert!(super::alive(std::path::Path::new("/proc"), std::process::id()));
+    }
 
     #[test]
     fn processes_match_by_name_and_by_real_uid() {
