@@ -349,6 +349,20 @@ impl PythonProcesses {
                     return self.found(pid, now_ns, found.interpreter, found.quiet_until_ns);
                 }
                 Lane::Looking => {
+                    // The reader looks too: whichever finds the runtime first (a CPython given
+                    // its offsets before its exec, `before_exec`, is found at once).
+                    if let Some((path, Ok(interpreter))) = probe(&self.proc_root, pid) {
+                        let read_ns = clock::boot_ns();
+                        if let Lane::Found(found) = self.exec_probes.settle(pid, exec_ns, true) {
+                            return self.found(pid, now_ns, found.interpreter, found.quiet_until_ns);
+                        }
+                        log::info!(
+                            "process {pid}: CPython 3.{} ({path}), Python frames on",
+                            interpreter.layout.minor
+                        );
+                        let quiet_until_ns = if interpreter.started { 0 } else { read_ns };
+                        return self.found(pid, now_ns, interpreter, quiet_until_ns);
+                    }
                     let retry = Retry { next_ns: now_ns + FAST_RETRY_NS, since_ns };
                     return self.set(pid, State::Pending { retry, unwalked, lane });
                 }
@@ -489,6 +503,11 @@ impl PythonProcesses {
         flags: u32,
         stacks: &mut StackRegistry,
     ) -> SiteId {
+        // Walked by the kernel while the reader waits for the lane: the lane told the kernel
+        // (or `run` did, before the exec); take what it found now rather than lose the walk.
+        if matches!(self.processes.get(&pid), Some(State::Pending { lane: Some(_), .. })) {
+            self.try_probe(pid, clock::boot_ns());
+        }
         let Some(State::Python { interpreter, .. }) = self.processes.get_mut(&pid) else { return native };
         if raw.is_empty() {
             if flags & (python_flags::READ_FAILED | python_flags::NAMESPACE) != 0 {
