@@ -95,6 +95,10 @@ pub mod regs_x86_64 {
     /// syscall ABI); nothing overwrites them before the call returns, so they are still there
     /// at `sys_exit` for every call traced here.
     pub const SYSCALL_ARGS: [usize; 6] = [14, 13, 12, 7, 9, 8];
+    /// r14: the running goroutine (`g`) in Go's register ABI on amd64 (Go's
+    /// src/cmd/compile/abi-internal.md, "amd64 architecture": R14 is the current goroutine),
+    /// which Go's syscall stub keeps at the `syscall` instruction.
+    pub const GO_G: usize = 1;
 }
 
 /// Where the registers sit in [`UserStack::regs`] on aarch64: the `user_pt_regs` that starts
@@ -112,6 +116,8 @@ pub mod regs_aarch64 {
     pub const SYSCALLNO: usize = 35;
     /// The six arguments as they are at `sys_exit`: orig_x0, then x1..x5.
     pub const SYSCALL_ARGS: [usize; 6] = [34, 1, 2, 3, 4, 5];
+    /// x28: the running goroutine (`g`) in Go's register ABI on arm64 (abi-internal.md).
+    pub const GO_G: usize = 28;
 }
 
 /// Bits of [`UserStack::flags`].
@@ -208,6 +214,27 @@ pub struct PythonOffsets {
     pub pidns_ino: u64,
 }
 const _: () = assert!(size_of::<PythonOffsets>() == 72);
+
+/// Capacity of the `GO_PROCS` map: Go processes whose goroutines' creators are read.
+pub const GO_PROC_ENTRIES: u32 = 16 * 1024;
+
+/// Value of the `GO_PROCS` map (key: tgid): where the Go version of a process's executable
+/// keeps a goroutine's creator in `runtime.g` (helios-trace/src/resolve/goroutines.rs).
+/// `runtime.g` opens with `stack` {lo, hi} in every Go version, which is how the kernel
+/// checks that the goroutine register holds the running goroutine.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct GoOffsets {
+    /// `runtime.g.gopc`: the pc of the `go` statement that created the goroutine.
+    pub gopc: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<GoOffsets>() == 8);
 
 /// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
 /// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
@@ -306,8 +333,12 @@ pub struct SyscallEvent {
     /// take it where the descriptor is made.)
     pub reserved: u32,
     pub path: [u8; PATH_LEN],
+    /// In a Go process of `GO_PROCS`: `gopc` of the goroutine that made the call, the
+    /// address in the function whose `go` statement created it, read when the goroutine
+    /// register is a `g` whose stack holds the call's stack pointer; 0 when not read.
+    pub creator_pc: u64,
 }
-const _: () = assert!(size_of::<SyscallEvent>() == 432);
+const _: () = assert!(size_of::<SyscallEvent>() == 440);
 
 /// `close(fd)` entered. Linux releases the descriptor even when close reports an error
 /// (fs/open.c: the fd is removed from the table before the file is flushed), except EBADF,
@@ -547,6 +578,7 @@ pub mod map_name {
     pub const TARGETS: &str = "TARGETS";
     /// CPython processes whose frames are walked: tgid -> [`super::PythonOffsets`].
     pub const PYTHON_PROCS: &str = "PYTHON_PROCS";
+    pub const GO_PROCS: &str = "GO_PROCS";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
@@ -585,6 +617,7 @@ mod pod {
         checked::<super::ExitEvent>();
         checked::<super::UserStack>();
         checked::<super::PythonOffsets>();
+        checked::<super::GoOffsets>();
         checked::<super::PythonStack>();
         checked::<super::Settings>();
     };
@@ -598,6 +631,7 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::UserStack {}
     unsafe impl aya::Pod for super::PythonOffsets {}
+    unsafe impl aya::Pod for super::GoOffsets {}
     unsafe impl aya::Pod for super::PythonStack {}
     unsafe impl aya::Pod for super::Settings {}
 }

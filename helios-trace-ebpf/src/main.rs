@@ -13,11 +13,12 @@ mod process;
 mod syscalls;
 
 // What they share: the settings, the maps, the filter, the way out (records and counters),
-// the two stack readers of the descriptor-creating calls, and the floor (empty programs the
-// bench measures each attach kind with).
+// the two stack readers of the descriptor-creating calls, their Python frames and goroutine
+// creators, and the floor (empty programs the bench measures each attach kind with).
 mod emit;
 mod filter;
 mod floor;
+mod goroutines;
 mod maps;
 mod python;
 mod settings;

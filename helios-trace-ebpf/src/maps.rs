@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    EXEC_NOTICES_BYTES, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
-    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    EXEC_NOTICES_BYTES, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets,
+    PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -49,6 +49,13 @@ shared_map! {
     /// CPython processes whose Python frames are walked at their descriptor calls: tgid -> where
     /// their thread states and frames are (helios-trace/src/resolve/python/ fills it).
     PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
+}
+
+shared_map! {
+    /// Go processes whose goroutines' creators are read at their descriptor calls: tgid ->
+    /// where their Go version keeps it (helios-trace/src/resolve/goroutines.rs fills it; the
+    /// kernel drops a process's entry at its exec and its exit).
+    GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(GO_PROC_ENTRIES, 0);
 }
 
 shared_map! {

@@ -17,7 +17,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, emit, finish, header},
     filter::{is_target_pid, is_traced},
-    maps::{EVENTS, EXEC_NOTICES, PYTHON_PROCS, TARGETS},
+    maps::{EVENTS, EXEC_NOTICES, GO_PROCS, PYTHON_PROCS, TARGETS},
     settings::{exit_group_dead_offset, filtering_targets},
 };
 
@@ -67,6 +67,9 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if !is_traced((pid_tgid >> 32) as u32) {
         return Ok(());
     }
+    // The new image is not the one userspace recognised as Go: it looks again at this exec's
+    // record (resolve/goroutines.rs).
+    let _ = GO_PROCS.remove(&((pid_tgid >> 32) as u32));
     let filename_loc: u32 = unsafe { ctx.read_at(8) }?;
     let old_tid: i32 = unsafe { ctx.read_at(16) }?;
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
@@ -133,6 +136,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // exit, but offsets told for an image it never took (the exec lane's, resolve/python/
     // early.rs) must not outlive the process.
     let _ = PYTHON_PROCS.remove(&tgid);
+    let _ = GO_PROCS.remove(&tgid);
     let event = ExitEvent { header: header(kind::EXIT, pid_tgid) };
     emit(&event);
     Ok(())

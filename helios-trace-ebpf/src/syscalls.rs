@@ -36,6 +36,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, emit, finish, header, header_at, wakeup_flags},
     filter::is_traced,
+    goroutines::creator_pc,
     maps::{EVENTS, SYSCALL_SPECS},
     python::python_stack,
     settings::{stack_window, user_stack_mode},
@@ -72,6 +73,8 @@ struct Call {
     nr: u32,
     spec: u32,
     args: [u64; 6],
+    /// The creator of the calling goroutine, in a Go process (goroutines.rs); else 0.
+    creator_pc: u64,
 }
 
 /// The spec of syscall `nr`; 0 (not traced) for a number outside the array.
@@ -185,7 +188,8 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if spec & spec::IOCTL_FILTER != 0 && !matches!(args[1] as u32 as u64, FIOCLEX | FIONCLEX) {
         return Ok(());
     }
-    let call = Call { nr: nr as u32, spec, args };
+    let creator_pc = if spec & spec::STACK != 0 { creator_pc(regs, (pid_tgid >> 32) as u32) } else { 0 };
+    let call = Call { nr: nr as u32, spec, args, creator_pc };
     // One timestamp for the Python stack and the record it belongs to: userspace pairs them by
     // (tid, ts_ns).
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -256,6 +260,7 @@ fn fill<C: StackIdContext>(
     event.flags = 0;
     event.stack_id = STACK_NOT_CAPTURED;
     event.reserved = 0;
+    event.creator_pc = call.creator_pc;
     if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::FP {
         event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
     }

@@ -29,6 +29,9 @@ pub(crate) struct Event {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StackIds {
     pub(crate) user: Option<i32>,
+    /// In a Go process: where the calling goroutine was created (`gopc`, the kernel read it at
+    /// the call: helios-trace-ebpf/src/goroutines.rs), if it was read.
+    pub(crate) creator: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

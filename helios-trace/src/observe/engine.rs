@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::PythonOffsets;
+use helios_trace_common::{GoOffsets, PythonOffsets};
 
 use log::debug;
 
@@ -29,6 +29,7 @@ use crate::{
         sites::SiteStats,
     },
     resolve::{
+        goroutines::GoProcesses,
         python::PythonProcesses,
         stacks::{StackCounts, StackRegistry},
     },
@@ -91,6 +92,8 @@ pub(crate) struct Engine {
     /// one slot: the kernel submits the two records one after the other, but another CPU's
     /// records can land between them in the shared ring buffer.
     walked: HashMap<u32, PythonFrames>,
+    /// Go programs whose goroutines' creators the kernel reads.
+    go: GoProcesses,
     syscalls: SyscallTable,
     proc: Box<dyn ProcSource>,
     cmdlines: HashMap<u32, Option<String>>,
@@ -124,6 +127,7 @@ impl Engine {
             stacks: StackRegistry::new(proc_root),
             python: PythonProcesses::new(proc_root),
             walked: HashMap::new(),
+            go: GoProcesses::default(),
             syscalls: SyscallTable::native(),
             proc,
             cmdlines: HashMap::new(),
@@ -192,6 +196,25 @@ impl Engine {
     pub(crate) fn python_updates(&mut self, now_ns: u64) -> Vec<(u32, Option<PythonOffsets>)> {
         self.python.retry_pending(now_ns);
         self.python.take_updates()
+    }
+
+    /// What the kernel's `GO_PROCS` map must learn since the last call (Go programs found,
+    /// or left by an exec).
+    pub(crate) fn go_updates(&mut self) -> Vec<(u32, Option<GoOffsets>)> {
+        self.go.take_updates()
+    }
+
+    /// Read `tgid`'s maps while it surely runs (a short-lived process still resolves), and
+    /// whether it is a Go program whose goroutines' creators the kernel can read.
+    fn capture(&mut self, tgid: u32) {
+        self.stacks.capture_maps(tgid);
+        let version = self.stacks.go_version(tgid);
+        self.go.seen(tgid, version.as_deref());
+    }
+
+    /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).
+    pub(crate) fn created_by(&self, site: SiteId) -> Option<&Frame> {
+        self.stacks.created_by(site)
     }
 
     pub(crate) fn table(&self) -> &FdTable {
@@ -334,6 +357,9 @@ impl Engine {
             }
             _ => SiteId::NoStack,
         };
+        if let Some(creator_pc) = event.stacks.creator {
+            self.stacks.note_creator(event.tgid, site, creator_pc);
+        }
         self.stats.made(site, event.ts_ns);
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
@@ -424,13 +450,14 @@ impl Engine {
                     // New image: old stack ids mean other code now. Capture the maps while the
                     // process surely runs, so a short-lived one still resolves.
                     self.stacks.forget(*tgid);
-                    self.stacks.capture_maps(*tgid);
+                    self.capture(*tgid);
                     self.python.exec(*tgid, ts_ns);
                     let cmdline = self.proc.cmdline(*tgid);
                     self.cmdlines.insert(*tgid, cmdline);
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
+                    self.go.exited(*tgid);
                     self.python.forget(*tgid, ts_ns);
                     self.cmdlines.remove(tgid);
                     if let Some(pending) = &mut self.pending {
@@ -463,7 +490,7 @@ impl Engine {
             let comm = self.proc.comm(pid).unwrap_or_default();
             let cmdline = self.proc.cmdline(pid);
             self.cmdlines.insert(pid, cmdline);
-            self.stacks.capture_maps(pid);
+            self.capture(pid);
             loaded += fds.len();
             self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
         }
@@ -479,7 +506,7 @@ impl Engine {
         let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
         let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
-        self.stacks.capture_maps(tgid);
+        self.capture(tgid);
         let proc = &mut self.proc;
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }

@@ -217,7 +217,7 @@ impl Tracing {
             pids
         };
         engine.load_baseline(&pids, start_ns);
-        apply_python_updates(&mut engine, &mut tracer);
+        apply_runtime_updates(&mut engine, &mut tracer);
         // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
         // happen before the runtime's threads exist and privileges can be dropped for all.
         let ring = Ring::Attached(ring);
@@ -313,7 +313,7 @@ impl Tracing {
     /// a CPython known before it runs has its frames walked from its first line.
     pub(crate) fn before_exec(&mut self, pid: u32, program: &std::path::Path) {
         self.engine.python_before_exec(pid, program);
-        apply_python_updates(&mut self.engine, &mut self.tracer);
+        apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
     /// Handle every record waiting in the ring buffer.
@@ -324,10 +324,10 @@ impl Tracing {
             // A CPython just exec'd must reach the kernel before it runs Python code, not at
             // the end of a drain that may resolve many stacks first (resolve/python).
             if self.engine.python_waiting(clock::boot_ns()) {
-                apply_python_updates(&mut self.engine, &mut self.tracer);
+                apply_runtime_updates(&mut self.engine, &mut self.tracer);
             }
         }
-        apply_python_updates(&mut self.engine, &mut self.tracer);
+        apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
     /// Run until `stop` completes; `on_tick` runs after every drain of the ring buffer
@@ -435,11 +435,17 @@ impl Tracing {
     }
 }
 
-/// Tell the kernel which CPython processes to walk (found or gone since the last call).
-fn apply_python_updates(engine: &mut Engine, tracer: &mut Tracer) {
+/// Tell the kernel which CPython processes to walk, and which Go programs' goroutine
+/// creators to read (found or gone since the last call).
+fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
     for (pid, offsets) in engine.python_updates(clock::boot_ns()) {
         if let Err(err) = tracer.set_python(pid, offsets) {
             log::warn!("process {pid}: {err:#}: native frames only");
+        }
+    }
+    for (pid, offsets) in engine.go_updates() {
+        if let Err(err) = tracer.set_go(pid, offsets) {
+            log::warn!("process {pid}: {err:#}: its goroutines' creators are not read");
         }
     }
 }

@@ -690,6 +690,7 @@ pub(crate) mod tests {
             unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
+            created_by: None,
             examples: Vec::new(),
             holders: None,
         }

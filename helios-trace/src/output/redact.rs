@@ -47,6 +47,7 @@ pub(crate) fn report(report: &mut Report) {
         process.cmdline = process.cmdline.as_deref().map(cmdline);
         for site in &mut process.sites {
             site.frames = site.frames.iter().map(frame).collect();
+            site.created_by = site.created_by.as_ref().map(frame);
         }
     }
     if let Some(command) = &mut report.command {

@@ -19,6 +19,7 @@ use crate::{
     },
     resolve::{
         cache::{BoundedLru, Weight},
+        goroutines::{self, SiteCreators},
         modules::{
             cache::ModuleCache,
             elf::LoadedModule,
@@ -122,6 +123,8 @@ pub(crate) struct StackRegistry {
     /// Symbols by module (the file it was parsed from) and address in it.
     symbols: BoundedLru<(FileKey, u64), Arc<[Symbol]>>,
     frames: HashMap<SiteId, Arc<[Frame]>>,
+    /// The goroutine creator of each site of a Go program, where it is one (goroutines.rs).
+    creators: SiteCreators,
     /// Sites of unresolved stacks, oldest first (bounded: one per short-lived process).
     unresolved: VecDeque<SiteId>,
     unwind_cache: Box<UnwindCache>,
@@ -142,6 +145,7 @@ impl StackRegistry {
             modules: ModuleCache::new(MAX_MODULES, MAX_MODULE_BYTES),
             symbols: BoundedLru::new(MAX_SYMBOL_BYTES),
             frames: HashMap::new(),
+            creators: SiteCreators::default(),
             unresolved: VecDeque::new(),
             unwind_cache: Box::new(UnwindCache::new()),
             counts: StackCounts::default(),
@@ -214,6 +218,7 @@ impl StackRegistry {
                 if self.unresolved.len() > MAX_UNRESOLVED_SITES {
                     let oldest = self.unresolved.pop_front().expect("not empty");
                     self.frames.remove(&oldest);
+                    self.creators.forget(oldest);
                 }
             }
         }
@@ -277,9 +282,37 @@ impl StackRegistry {
     /// Let go of a call site's frames: nothing is open there and no live process used it for
     /// the retention (SiteStats::expire).
     pub(crate) fn forget_site(&mut self, site: SiteId) {
+        self.creators.forget(site);
         if self.frames.remove(&site).is_some() && self.unresolved.contains(&site) {
             self.unresolved.retain(|s| *s != site);
         }
+    }
+
+    /// A descriptor of `site` was opened by a goroutine of `tgid` created at `creator_pc`
+    /// (the kernel read it: model/event.rs `StackIds::creator`).
+    pub(crate) fn note_creator(&mut self, tgid: u32, site: SiteId, creator_pc: u64) {
+        if !self.frames.contains_key(&site) || self.creators.has(site, creator_pc) {
+            return;
+        }
+        // gopc is a return address (the call of runtime.newproc), named as one.
+        let frames = self.user_frames(tgid, &[creator_pc]);
+        self.creators.note(site, goroutines::creator_frame(&frames));
+    }
+
+    /// Where the goroutines that opened `site`'s descriptors were created, when that is one
+    /// place Go's own traceback would show.
+    pub(crate) fn created_by(&self, site: SiteId) -> Option<&Frame> {
+        self.creators.get(site)
+    }
+
+    /// The Go version of a process's executable, if it is a Go program: the module of its
+    /// lowest executable mapping (the executable is mapped below its libraries and the dynamic
+    /// loader, PIE or not), whose build info records it.
+    pub(crate) fn go_version(&mut self, tgid: u32) -> Option<String> {
+        let image = self.process(tgid).image.as_ref()?;
+        let module = image.modules.iter().min_by_key(|m| m.range.start)?.file.clone();
+        let loaded = self.loaded(&module)?;
+        loaded.go.as_ref()?.version().map(String::from)
     }
 
     /// Call sites whose frames are remembered now (`helios_trace_tracked_sites`).
@@ -577,7 +610,7 @@ mod tests {
             reads.set(reads.get() + 1);
             Some(vec![0x7f3a12030010, 0x1234])
         };
-        let ids = StackIds { user: Some(3) };
+        let ids = StackIds { user: Some(3), creator: None };
         let site = registry.site(42, ids, None, &read);
         assert!(matches!(site, SiteId::Stack(_)));
         assert_eq!(registry.site(42, ids, None, &read), site);
@@ -597,7 +630,10 @@ mod tests {
         registry.site(42, ids, None, &read);
         assert_eq!(reads.get(), 3);
         assert_eq!(registry.site(42, StackIds::default(), None, &read), SiteId::NoStack);
-        assert_eq!(registry.site(42, StackIds { user: Some(-17) }, None, &read), SiteId::NoStack);
+        assert_eq!(
+            registry.site(42, StackIds { user: Some(-17), creator: None }, None, &read),
+            SiteId::NoStack
+        );
         assert_eq!(registry.site_count(), 1);
         // A process whose maps were never read (gone already): bare addresses, counted, and
         // only so many such sites are kept (each short-lived process would add its own).
@@ -619,7 +655,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = StackRegistry::new(dir.path());
         registry.limit_sites(2);
-        let ids = |user| StackIds { user: Some(user) };
+        let ids = |user| StackIds { user: Some(user), creator: None };
         let site = |registry: &mut StackRegistry, id: i32| {
             registry.site(7, ids(id), None, &|id| Some(vec![0x1000 * u64::from(id + 1)]))
         };

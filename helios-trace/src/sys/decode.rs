@@ -67,7 +67,10 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
             let record: SyscallEvent = read(bytes, "syscall record")?;
             user_stack(bytes)?;
             let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
-            let stacks = StackIds { user: stack_id(record.stack_id) };
+            let stacks = StackIds {
+                user: stack_id(record.stack_id),
+                creator: (record.creator_pc != 0).then_some(record.creator_pc),
+            };
             Ok(match syscall_op(call, &record) {
                 Some(op) => Decoded::Event(event(stacks, op)),
                 None => Decoded::Nothing,
@@ -339,6 +342,7 @@ pub(crate) mod tests {
             flags: 0,
             reserved: 0,
             path: [0; PATH_LEN],
+            creator_pc: 0,
         }
     }
 
@@ -389,6 +393,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_goroutine_creator_the_kernel_read_comes_with_the_stack() {
+        let mut record = syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]);
+        let decoded =
+            |record: &SyscallEvent| match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
+                Decoded::Event(e) => e.stacks,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(decoded(&record).creator, None, "0: not read");
+        record.creator_pc = 0x64a296;
+        assert_eq!(decoded(&record), StackIds { user: Some(7), creator: Some(0x64a296) });
+    }
+
+    #[test]
     fn openat_with_path_and_cloexec() {
         let record = with_path(
             syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, libc::O_CLOEXEC as u64, 0, 0, 0]),
@@ -399,7 +416,7 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!((event.tgid, event.tid, event.ts_ns), (100, 101, 5_000));
-        assert_eq!(event.stacks, StackIds { user: Some(7) });
+        assert_eq!(event.stacks, StackIds { user: Some(7), creator: None });
         assert_eq!(
             event.op,
             Op::Open {
@@ -560,7 +577,7 @@ pub(crate) mod tests {
         match decode(&bytes, &table).unwrap() {
             Decoded::Event(event) => {
                 assert!(matches!(event.op, Op::Open { .. }));
-                assert_eq!(event.stacks, StackIds { user: None });
+                assert_eq!(event.stacks, StackIds { user: None, creator: None });
             }
             other => panic!("{other:?}"),
         }

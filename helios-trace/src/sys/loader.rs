@@ -14,7 +14,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use helios_trace_common::{
-    PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match, map_name, spec, stack_mode,
+    GoOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match, map_name, spec, stack_mode,
 };
 use log::{info, warn};
 
@@ -89,6 +89,8 @@ pub(crate) struct Tracer {
     /// CPython processes whose frames the kernel walks (resolve/python); shared with the
     /// exec lane (observe/exec_lane.rs).
     python: PythonMap,
+    /// Go processes whose goroutines' creators the kernel reads (resolve/goroutines.rs).
+    go: BpfHashMap<MapData, u32, GoOffsets>,
     counters: PerCpuArray<MapData, u64>,
     /// "category/name" of every tracepoint attached.
     attached: Vec<String>,
@@ -247,8 +249,9 @@ impl Tracer {
             &mut ebpf,
             map_name::PYTHON_PROCS,
         )?)?)));
+        let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
-        Ok((Tracer { ebpf, stacks, python, counters, attached, notices: Some(notices) }, events))
+        Ok((Tracer { ebpf, stacks, python, go, counters, attached, notices: Some(notices) }, events))
     }
 
     /// "category/name" of every tracepoint attached.
@@ -266,6 +269,19 @@ impl Tracer {
     /// open map needs no privilege, so this works after privileges were dropped.
     pub(crate) fn set_python(&mut self, tgid: u32, offsets: Option<PythonOffsets>) -> Result<()> {
         self.python.set(tgid, offsets)
+    }
+
+    /// Read the creators of `tgid`'s goroutines at its descriptor calls (None: stop). Like
+    /// `set_python`, this needs no privilege.
+    pub(crate) fn set_go(&mut self, tgid: u32, offsets: Option<GoOffsets>) -> Result<()> {
+        match offsets {
+            Some(offsets) => self.go.insert(tgid, offsets, 0).context("cannot fill the Go map")?,
+            // Absent already is fine: the kernel drops an entry at the process's exec and exit.
+            None => {
+                let _ = self.go.remove(&tgid);
+            }
+        }
+        Ok(())
     }
 
     /// The Python map, for a thread of our own (the exec lane).

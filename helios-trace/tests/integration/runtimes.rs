@@ -89,18 +89,27 @@ impl Drop for Server {
 }
 
 fn sockets_sites(report: &Value, pid: u32) -> Vec<Value> {
-    let process = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in the report: {report:#}"));
-    process["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["kind"] == "socket" && s["site"] != "before-trace")
-        .cloned()
-        .collect()
+    sites_of_kind(report, pid, "socket")
 }
 
 fn symbols_of(site: &Value) -> Vec<&str> {
     site["frames"].as_array().unwrap().iter().filter_map(|f| f["symbol"].as_str()).collect()
+}
+
+/// A loopback server, a stripped and an unstripped goleak client of it, and a tracer of both.
+fn traced_go_clients() -> (Server, Workload, Workload, Tracer) {
+    let server = Server::start(None);
+    let port = server.port.to_string();
+    let client = |binary: &Path| {
+        let mut command = Command::new(binary);
+        command.args(["client", &port]);
+        Workload::spawn_command(command)
+    };
+    let stripped = client(goleak_stripped());
+    let full = client(goleak());
+    let (a, b) = (stripped.pid.to_string(), full.pid.to_string());
+    let tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
+    (server, stripped, full, tracer)
 }
 
 /// A Go HTTP client that never closes response bodies, stripped as shipped and not: its
@@ -113,17 +122,7 @@ fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
     if !require_bpf() {
         return;
     }
-    let server = Server::start(None);
-    let port = server.port.to_string();
-    let client = |binary: &Path| {
-        let mut command = Command::new(binary);
-        command.args(["client", &port]);
-        Workload::spawn_command(command)
-    };
-    let mut stripped = client(goleak_stripped());
-    let mut full = client(goleak());
-    let (a, b) = (stripped.pid.to_string(), full.pid.to_string());
-    let mut tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
+    let (_server, mut stripped, mut full, mut tracer) = traced_go_clients();
     for workload in [&mut stripped, &mut full] {
         workload.run("http 20");
         workload.run("dial 5");
@@ -176,6 +175,111 @@ fn a_stripped_go_client_leaking_response_bodies_is_one_named_site() {
             .push([http, dial].map(|s| symbols_of(s).iter().map(|s| s.to_string()).collect::<Vec<_>>()));
     }
     assert_eq!(identities[0], identities[1], "stripped or not, the same functions");
+    tracer.stop();
+    stripped.exit();
+    full.exit();
+}
+
+/// The sites of `pid` of one kind (descriptors opened before tracing left out).
+fn sites_of_kind(report: &Value, pid: u32, kind: &str) -> Vec<Value> {
+    let process = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in the report: {report:#}"));
+    process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == kind && s["site"] != "before-trace")
+        .cloned()
+        .collect()
+}
+
+/// The sites of the files goleak's `spawn` keeps (opened in main.leakFiles).
+fn spawned(report: &Value, pid: u32) -> Vec<Value> {
+    let mut sites = sites_of_kind(report, pid, "file");
+    sites.retain(|s| {
+        symbols_of(s).contains(&"main.leakFiles")
+            && s["frame"].as_str().is_some_and(|f| f.starts_with("main.leakFiles"))
+    });
+    sites
+}
+
+/// Lines of the installed Go's own net/http/transport.go where the Transport starts a dial in
+/// a goroutine of its own (`go t.dialConnFor(w)`), each with the function it is in.
+fn transport_dial_statements() -> Vec<(u64, String)> {
+    let goroot = Command::new("go").args(["env", "GOROOT"]).output().expect("go runs").stdout;
+    let source = PathBuf::from(String::from_utf8(goroot).unwrap().trim()).join("src/net/http/transport.go");
+    let text = std::fs::read_to_string(&source).unwrap();
+    let mut function = String::new();
+    let mut statements = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("func ") {
+            function = line.to_string();
+        }
+        if line.trim() == "go t.dialConnFor(w)" {
+            statements.push((i as u64 + 1, function.clone()));
+        }
+    }
+    assert!(!statements.is_empty(), "no dial goroutine in {source:?}");
+    statements
+}
+
+/// Go's "created by": descriptors opened in a goroutine of the runtime's or a library's say
+/// which `go` statement created that goroutine, read by the kernel at the call (the goroutine's
+/// own `gopc`) and named as Go's own traceback names it, stripped or not: the Transport's dial
+/// goroutine by net/http's `queueForDial` at a `go t.dialConnFor(w)` of the installed Go's
+/// source; a goroutine of the program by the function and line its own `runtime.Stack` says.
+/// The main goroutine's descriptors have none (Go's traceback shows none for it).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_go_site_says_which_go_statement_created_its_goroutine() {
+    if !require_bpf() {
+        return;
+    }
+    let (_server, mut stripped, mut full, mut tracer) = traced_go_clients();
+    let mut told = Vec::new();
+    for workload in [&mut stripped, &mut full] {
+        workload.run("http 20");
+        workload.run("dial 5");
+        told.push(workload.ask("spawn 7"));
+    }
+    let expected = |pid: u32| kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
+    let report = wait_for("the leaked descriptors in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let done = [stripped.pid, full.pid].iter().all(|pid| {
+            let open = |kind| {
+                sites_of_kind(&report, *pid, kind).iter().map(|s| s["open"].as_u64().unwrap()).sum::<u64>()
+            };
+            open("socket") == expected(*pid) && spawned(&report, *pid).iter().any(|s| s["open"] == 7)
+        });
+        done.then_some(report)
+    });
+    let dials = transport_dial_statements();
+    for (pid, told) in [stripped.pid, full.pid].into_iter().zip(&told) {
+        // What Go's own traceback said created the leaking goroutine: "FUNCTION FILE:LINE".
+        let (function, place) = told.split_once(' ').unwrap_or_else(|| panic!("goleak said {told:?}"));
+        let (file, line) = place.rsplit_once(':').unwrap();
+        assert_eq!(function, "main.spawnLeaker", "{told}");
+        let spawned = spawned(&report, pid);
+        assert_eq!(spawned.len(), 1, "{spawned:#?}");
+        let created_by = &spawned[0]["created_by"];
+        assert_eq!(created_by["symbol"], function, "{created_by:#}");
+        assert_eq!(created_by["file"], file, "{created_by:#}");
+        assert_eq!(created_by["line"].as_u64(), Some(line.parse().unwrap()), "{created_by:#}");
+        assert_eq!(created_by["language"], "go");
+
+        let sockets = sockets_sites(&report, pid);
+        let http = sockets.iter().find(|s| s["open"] == 20).unwrap_or_else(|| panic!("{sockets:#?}"));
+        let created_by = &http["created_by"];
+        assert_eq!(created_by["symbol"], "net/http.(*Transport).queueForDial", "{created_by:#}");
+        let line = created_by["line"].as_u64().unwrap();
+        let statement = dials.iter().find(|(l, _)| *l == line);
+        assert!(
+            statement.is_some_and(|(_, f)| f.contains(") queueForDial(")),
+            "line {line} is a `go t.dialConnFor(w)` of queueForDial: {dials:?}"
+        );
+        assert!(created_by["file"].as_str().unwrap().ends_with("/src/net/http/transport.go"));
+        let dialled = sockets.iter().find(|s| s["open"] == 5).unwrap_or_else(|| panic!("{sockets:#?}"));
+        assert!(dialled.get("created_by").is_none(), "the main goroutine's: {dialled:#}");
+    }
     tracer.stop();
     stripped.exit();
     full.exit();
@@ -256,6 +360,7 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
     pod.run("http 20");
     pod.run("dial 5");
+    let told = pod.ask("spawn 7");
     // 25 client connections, their 25 accepted ends (the server is in the process), the listener.
     // The server's goroutine accepts after the client's dial returned: wait for the last one.
     let sockets = || kind_counts(&proc_fds(pod.pid)).get("socket").copied().unwrap_or(0);
@@ -266,7 +371,7 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
         let report = tracer.snapshot();
         let open: u64 = sockets_sites(&report, pod.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
-        (open + 1 == expected).then_some(report)
+        (open + 1 == expected && spawned(&report, pod.pid).iter().any(|s| s["open"] == 7)).then_some(report)
     });
     let sites = sockets_sites(&report, pod.pid);
     let dialled: Vec<&Value> =
@@ -283,6 +388,15 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
     let own = sites.iter().find(|s| s["frame"] == format!("main.leakDial (main.go:{dial_line})").as_str());
     assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "{sites:#?}");
+    // Goroutine creators, read in the pod as on the host: the Transport's dial goroutine by
+    // net/http's queueForDial, the program's own by what its own traceback says.
+    assert_eq!(dialled[0]["created_by"]["symbol"], "net/http.(*Transport).queueForDial");
+    assert!(own.unwrap().get("created_by").is_none());
+    let spawned = spawned(&report, pod.pid);
+    let (function, place) = told.split_once(' ').unwrap_or_else(|| panic!("goleak said {told:?}"));
+    let created_by = &spawned[0]["created_by"];
+    assert_eq!(created_by["symbol"], function, "{spawned:#?}");
+    assert_eq!(format!("{}:{}", created_by["file"].as_str().unwrap(), created_by["line"]), place);
     tracer.stop();
 }
 

@@ -66,7 +66,8 @@ impl Feed {
 
     pub(crate) fn event(&mut self, tgid: u32, op: Op, stack: Option<i32>) {
         self.now += 1000;
-        let event = Event { tgid, tid: tgid, ts_ns: self.now, stacks: StackIds { user: stack }, op };
+        let event =
+            Event { tgid, tid: tgid, ts_ns: self.now, stacks: StackIds { user: stack, creator: None }, op };
         self.engine.handle_event(&event, None, &DistinctStacks);
     }
 

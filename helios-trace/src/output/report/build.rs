@@ -77,6 +77,8 @@ pub(crate) struct ReportInput<'a> {
     pub(crate) table: &'a FdTable,
     pub(crate) stats: &'a SiteStats,
     pub(crate) frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
+    /// Where the goroutines that opened a site's descriptors were created (Go programs).
+    pub(crate) created_by: &'a dyn Fn(SiteId) -> Option<Frame>,
     /// Which processes to report.
     pub(crate) include: &'a dyn Fn(u32) -> bool,
     pub(crate) cmdline: &'a dyn Fn(u32) -> Option<String>,
@@ -120,6 +122,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         table,
         stats,
         frames,
+        created_by,
         include,
         cmdline,
         describe,
@@ -152,7 +155,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         // Read before the exit (a later process with the pid would have been read after).
         last: last_known.get(&e.tgid).filter(|l| l.taken_ns <= e.exited_ns),
     });
-    let context = SiteContext { stats, frames, history, min_age };
+    let context = SiteContext { stats, frames, created_by, history, min_age };
     let mut processes: Vec<ProcessReport> = live
         .chain(gone)
         .map(|view| {
@@ -207,6 +210,7 @@ fn facts_unavailable(processes: &[ProcessReport]) -> FactsUnavailable {
 struct SiteContext<'a> {
     stats: &'a SiteStats,
     frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
+    created_by: &'a dyn Fn(SiteId) -> Option<Frame>,
     history: &'a History,
     min_age: Duration,
 }
@@ -339,6 +343,7 @@ fn process_report(
                 unmeasured_sockets: unmeasured.0,
                 pinned_bytes: pinned,
                 frames,
+                created_by: (context.created_by)(site),
                 examples,
                 holders: None,
             }
@@ -615,6 +620,7 @@ pub(super) mod tests {
             table,
             stats,
             frames: &frames,
+            created_by: &|_| None,
             include: &|_| true,
             cmdline: &|_| Some("leaky --serve".into()),
             describe: &mut describe,
@@ -1071,6 +1077,7 @@ pub(super) mod tests {
             unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
+            created_by: None,
             examples: Vec::new(),
             holders: None,
         }

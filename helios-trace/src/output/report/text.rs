@@ -175,6 +175,9 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
             for line in shown(&site.frames, frames) {
                 let _ = writeln!(out, "           {}", line.line());
             }
+            if let Some(creator) = &site.created_by {
+                let _ = writeln!(out, "           created by {}", creator.describe());
+            }
             for example in &site.examples {
                 let _ = writeln!(
                     out,
@@ -321,5 +324,26 @@ mod tests {
             text.contains("holders: 30 held by app:H._conns (set of 30) via .writer._transport._sock"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_go_site_says_what_created_its_goroutines() {
+        use std::sync::Arc;
+
+        use crate::model::frame::{Frame, Language};
+        let (table, stats) = sample();
+        let mut report = build_sample(&table, &stats);
+        report.processes[0].sites[0].created_by = Some(Frame {
+            symbol: Some(Arc::from("net/http.(*Transport).queueForDial")),
+            file: Some(Arc::from("/usr/lib/go-1.19/src/net/http/transport.go")),
+            line: Some(1419),
+            language: Language::Go,
+            ..Frame::native(0x6a0000, None, None)
+        });
+        let text = to_text(&report, FrameDisplay::Readable);
+        let line = "           created by net/http.(*Transport).queueForDial \
+                    (/usr/lib/go-1.19/src/net/http/transport.go:1419)\n";
+        assert!(text.contains(line), "{text}");
+        assert_eq!(text.matches("created by").count(), 1, "only the site that has one: {text}");
     }
 }

@@ -23,7 +23,7 @@ use std::{ops::Range, sync::Arc};
 use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _};
 
-use crate::resolve::symbolize::Symbol;
+use crate::resolve::{goroutines, symbolize::Symbol};
 
 /// The two table layouts (runtime/symtab.go's pcHeader magic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,8 @@ pub(crate) struct GoTable {
     /// PT_LOAD segments: (file offset, SVMA, file size), to read the inline trees (the
     /// module's own, elf.rs).
     segments: Arc<[(u64, u64, u64)]>,
+    /// The Go version that built the binary, from its `.go.buildinfo` (resolve/goroutines.rs).
+    version: Option<Box<str>>,
 }
 
 impl GoTable {
@@ -104,11 +106,22 @@ impl GoTable {
             gofunc: None,
             segments: segments.clone(),
             tab,
+            version: None,
         };
         // The function table must hold nfunc + 1 entries of two u32 (the last one the end).
         table.bytes().get(table.functab..table.functab.checked_add((table.nfunc + 1).checked_mul(8)?)?)?;
         table.gofunc = table.find_gofunc(elf, section.address());
+        table.version = elf
+            .section_by_name(".go.buildinfo")
+            .and_then(|s| s.data().ok())
+            .and_then(goroutines::buildinfo_version)
+            .map(Box::from);
         Some(table)
+    }
+
+    /// The Go version that built the binary ("go1.19.8"), if its build info says it.
+    pub(crate) fn version(&self) -> Option<&str> {
+        self.version.as_deref()
     }
 
     #[cfg(test)]

@@ -301,13 +301,18 @@ impl Pod {
 
     /// Run one command of the workload's protocol; the numbers of its "ok" answer.
     pub fn run(&mut self, command: &str) -> Vec<i64> {
+        self.ask(command).split_whitespace().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// Run one command; the words of its "ok" answer.
+    pub fn ask(&mut self, command: &str) -> String {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let line = line.trim();
         let rest = line.strip_prefix("ok").unwrap_or_else(|| panic!("pod: `{command}` -> {line:?}"));
-        rest.split_whitespace().map(|n| n.parse().unwrap()).collect()
+        rest.trim().to_string()
     }
 
     /// `program args` run in the pod's network namespace (from the host's files), e.g. `ss`.

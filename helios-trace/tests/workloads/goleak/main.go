@@ -9,6 +9,9 @@
 //	           (net/http cannot reuse a connection whose body was not read to the end and closed),
 //	           dialled by the Transport in a goroutine of its own
 //	  dial N   N TCP connections dialled by leakDial itself and kept
+//	  spawn N  a goroutine created by spawnLeaker opens this program's file N times and keeps
+//	           it; answers
+//	           "ok FUNCTION FILE:LINE", what Go's own traceback says created it
 //	  exit
 package main
 
@@ -18,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 )
@@ -80,6 +84,39 @@ func leakDial(port string, n int) {
 	}
 }
 
+//go:noinline
+func spawnLeaker(n int) string {
+	done := make(chan string)
+	go leakFiles(n, done) // SPAWN
+	return <-done
+}
+
+// leakFiles keeps n descriptors of the program's own file, then sends what Go's own traceback says created this
+// goroutine: "FUNCTION FILE:LINE" ("created by F" or, since Go 1.21, "created by F in
+// goroutine N", then "\tFILE:LINE +0xOFF").
+//
+//go:noinline
+func leakFiles(n int, done chan string) {
+	for i := 0; i < n; i++ {
+		f, err := os.Open(os.Args[0])
+		if err != nil {
+			panic(err)
+		}
+		kept = append(kept, f)
+	}
+	buf := make([]byte, 1<<16)
+	lines := strings.Split(string(buf[:runtime.Stack(buf, false)]), "\n")
+	for i, line := range lines {
+		if strings.HasPrefix(line, "created by ") && i+1 < len(lines) {
+			function := strings.Fields(strings.TrimPrefix(line, "created by "))[0]
+			place := strings.Fields(strings.TrimSpace(lines[i+1]))[0]
+			done <- function + " " + place
+			return
+		}
+	}
+	done <- "none none"
+}
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
 		serve()
@@ -105,6 +142,9 @@ func main() {
 			leakBodies(port, n)
 		case "dial":
 			leakDial(port, n)
+		case "spawn":
+			fmt.Println("ok", spawnLeaker(n))
+			continue
 		case "exit":
 			return
 		}

@@ -1,0 +1,381 @@
+//! Which goroutine created the one that opened a descriptor, in Go programs: Go's net/http
+//! dials in a goroutine of its own and a server accepts in one, so the opening stack is Go's
+//! own and the telling code is where that goroutine was created (Go's own tracebacks end with
+//! "created by F"). The kernel reads the creator's pc (`runtime.g.gopc`) at the call
+//! (helios-trace-ebpf/src/goroutines.rs) from where this module says the process's Go version
+//! keeps it; this module names it, and keeps one creator per site, exactly or not at all.
+//!
+//! The offset of `gopc` in `runtime.g` changes between Go versions and a stripped binary has
+//! no DWARF to say it, so it comes from a table of the versions whose layout was checked here:
+//! against the DWARF of a binary that Go built (the unit test `the_table_matches_the_dwarf_of_
+//! the_installed_go` does it for the Go installed by `cargo xtask setup --tests`), and by the
+//! kernel test that compares the report with Go's own traceback. A Go version not in the table
+//! gets no creator: no guess.
+use std::collections::{HashMap, HashSet};
+
+use helios_trace_common::GoOffsets;
+
+use crate::model::{fd::SiteId, frame::Frame};
+
+/// `runtime.g.gopc` by Go release (major, minor), checked as the module doc says.
+const GOPC_OFFSETS: &[((u32, u32), u32)] = &[
+    // Debian 12's golang-go (src/runtime/runtime2.go of go1.19: after `sigpc` at 288).
+    ((1, 19), 296),
+];
+
+/// Where a Go release keeps a goroutine's creator, if its layout is known here.
+pub(crate) fn offsets(version: &str) -> Option<GoOffsets> {
+    let release = release(version)?;
+    let (_, gopc) = GOPC_OFFSETS.iter().find(|(r, _)| *r == release)?;
+    Some(GoOffsets { gopc: *gopc, reserved: 0 })
+}
+
+/// (major, minor) of a Go version string as the toolchain writes it ("go1.19.8", "go1.22rc1");
+/// None for a development build ("devel ..."), whose layout may be anything.
+fn release(version: &str) -> Option<(u32, u32)> {
+    let rest = version.strip_prefix("go")?;
+    let mut parts = rest.splitn(2, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
+    Some((major, minor.parse().ok()?))
+}
+
+/// The Go version a binary's `.go.buildinfo` section records (src/debug/buildinfo/buildinfo.go,
+/// which stripped binaries keep: `go version FILE` reads it). Since Go 1.18 the section opens
+/// with the magic "\xff Go buildinf:", the pointer size, a flags byte whose bit 1 says the
+/// strings follow inline, and at offset 32 the version as a uvarint length and its bytes.
+/// Older binaries (pointers to strings instead) are not read.
+pub(crate) fn buildinfo_version(section: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    const FLAGS_INLINE_STRINGS: u8 = 0x2;
+    if !section.starts_with(MAGIC) || section.get(15)? & FLAGS_INLINE_STRINGS == 0 {
+        return None;
+    }
+    let data = section.get(32..)?;
+    let (len, used) = uvarint(data)?;
+    let bytes = data.get(used..used.checked_add(usize::try_from(len).ok()?)?)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+/// encoding/binary's unsigned varint: the value and the bytes it took.
+fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The "created by" frame of a creator pc named as `frames` (innermost first, inlined calls
+/// before the function they are inlined into), as Go's traceback prints it
+/// (src/runtime/traceback.go, `printcreatedby1`): the function the pc is in, at the file and
+/// line of the `go` statement (the innermost position). None where Go's traceback shows none:
+/// an unnamed pc, or a creator in the runtime itself (the main goroutine, the runtime's own
+/// workers: `showfuncinfo` hides unexported runtime functions).
+pub(crate) fn creator_frame(frames: &[Frame]) -> Option<Frame> {
+    let (innermost, function) = (frames.first()?, frames.last()?);
+    let name = function.symbol.as_deref()?;
+    let runtime_internal =
+        name.strip_prefix("runtime.").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_uppercase()));
+    if runtime_internal {
+        return None;
+    }
+    Some(Frame { file: innermost.file.clone(), line: innermost.line, ..function.clone() })
+}
+
+/// Which processes the kernel reads goroutine creators of (`GO_PROCS`), and what it must
+/// learn next.
+#[derive(Debug, Default)]
+pub(crate) struct GoProcesses {
+    told: HashSet<u32>,
+    updates: Vec<(u32, Option<GoOffsets>)>,
+    /// Go versions met whose layout is not known here (said once each).
+    unknown: HashSet<String>,
+}
+
+impl GoProcesses {
+    /// `tgid`'s image was read (at its first sight or its exec); `version` is the Go version
+    /// of its executable, None if it is no Go program.
+    pub(crate) fn seen(&mut self, tgid: u32, version: Option<&str>) {
+        match version.and_then(offsets) {
+            Some(offsets) => {
+                self.told.insert(tgid);
+                self.updates.push((tgid, Some(offsets)));
+            }
+            None => {
+                if let Some(version) = version.filter(|v| !self.unknown.contains(*v)) {
+                    log::info!(
+                        "{version} program (pid {tgid}): the creators of its goroutines are not read, \
+                         the layout of that Go release is not known here"
+                    );
+                    self.unknown.insert(version.to_string());
+                }
+                // The kernel drops an entry at the exec; an earlier look may have told one
+                // for the image the process has now left.
+                if self.told.remove(&tgid) {
+                    self.updates.push((tgid, None));
+                }
+            }
+        }
+    }
+
+    /// The process is gone: the kernel dropped its entry at the exit.
+    pub(crate) fn exited(&mut self, tgid: u32) {
+        self.told.remove(&tgid);
+    }
+
+    /// What the kernel's `GO_PROCS` map must learn since the last call.
+    pub(crate) fn take_updates(&mut self) -> Vec<(u32, Option<GoOffsets>)> {
+        std::mem::take(&mut self.updates)
+    }
+}
+
+/// What a site's goroutines were created by.
+#[derive(Clone, Debug, PartialEq)]
+enum Creator {
+    One(Frame),
+    /// Descriptors of one site opened by goroutines created at different places: no one
+    /// creator is the site's.
+    Several,
+}
+
+/// One creator per site, where every creator read for it is the same.
+#[derive(Debug, Default)]
+pub(crate) struct SiteCreators {
+    sites: HashMap<SiteId, Creator>,
+}
+
+impl SiteCreators {
+    /// Whether `site` already has a creator at `address` (the common case: no naming needed).
+    pub(crate) fn has(&self, site: SiteId, address: u64) -> bool {
+        matches!(self.sites.get(&site), Some(Creator::One(f)) if f.address == Some(address))
+            || matches!(self.sites.get(&site), Some(Creator::Several))
+    }
+
+    /// A descriptor of `site` was opened by a goroutine created at `creator` (None: a creator
+    /// Go itself would not show, which leaves the site as it is).
+    pub(crate) fn note(&mut self, site: SiteId, creator: Option<Frame>) {
+        let Some(creator) = creator else { return };
+        match self.sites.get_mut(&site) {
+            None => {
+                self.sites.insert(site, Creator::One(creator));
+            }
+            Some(Creator::One(known)) if !same_place(known, &creator) => {
+                self.sites.insert(site, Creator::Several);
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub(crate) fn get(&self, site: SiteId) -> Option<&Frame> {
+        match self.sites.get(&site)? {
+            Creator::One(frame) => Some(frame),
+            Creator::Several => None,
+        }
+    }
+
+    pub(crate) fn forget(&mut self, site: SiteId) {
+        self.sites.remove(&site);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.sites.len()
+    }
+}
+
+/// The same `go` statement: function, file and line (addresses differ between processes).
+fn same_place(a: &Frame, b: &Frame) -> bool {
+    a.symbol == b.symbol && a.file == b.file && a.line == b.line && a.module == b.module
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{process::Command, sync::Arc};
+
+    use super::*;
+    use crate::model::frame::Language;
+
+    fn go_frame(symbol: &str, line: u32, inlined: bool) -> Frame {
+        Frame {
+            symbol: Some(Arc::from(symbol)),
+            file: Some(Arc::from("/src/main.go")),
+            line: Some(line),
+            inlined,
+            language: Language::Go,
+            ..Frame::native(0x4a0000, Some(Arc::from("/app/server")), Some(0xa0000))
+        }
+    }
+
+    #[test]
+    fn versions_read_as_releases() {
+        assert_eq!(release("go1.19.8"), Some((1, 19)));
+        assert_eq!(release("go1.22rc1"), Some((1, 22)));
+        assert_eq!(release("go1.21"), Some((1, 21)));
+        assert_eq!(release("devel go1.23-abc"), None);
+        assert_eq!(offsets("go1.19.13"), Some(GoOffsets { gopc: 296, reserved: 0 }));
+        assert_eq!(offsets("go1.18.2"), None, "a release whose layout was not checked here");
+    }
+
+    #[test]
+    fn buildinfo_gives_the_version() {
+        let mut section = b"\xff Go buildinf:".to_vec();
+        section.extend([8, 2]);
+        section.resize(32, 0);
+        section.push(8);
+        section.extend(b"go1.19.8");
+        section.extend([0x20, 0]);
+        assert_eq!(buildinfo_version(&section).as_deref(), Some("go1.19.8"));
+        let mut old = section.clone();
+        old[15] = 0;
+        assert_eq!(buildinfo_version(&old), None, "pre-1.18 layout: pointers, not read");
+        assert_eq!(buildinfo_version(&section[..36]), None, "cut short");
+        assert_eq!(buildinfo_version(b"\x7fELF"), None);
+        assert_eq!(uvarint(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(uvarint(&[0x80; 11]), None);
+    }
+
+    #[test]
+    fn created_by_is_the_function_at_the_go_statement() {
+        // `go worker()` in an inlined helper: the helper's line, the physical function's name.
+        let frames = [go_frame("main.startWorkers", 41, true), go_frame("main.main", 12, false)];
+        let creator = creator_frame(&frames).unwrap();
+        assert_eq!(creator.symbol.as_deref(), Some("main.main"));
+        assert_eq!(creator.line, Some(41));
+        assert!(!creator.inlined);
+        assert_eq!(creator_frame(&[go_frame("runtime.rt0_go", 1, false)]), None, "the main goroutine");
+        assert_eq!(creator_frame(&[go_frame("runtime.gcBgMarkStartWorkers", 1, false)]), None);
+        let exported = creator_frame(&[go_frame("runtime.Goexit", 1, false)]);
+        assert!(exported.is_some(), "exported runtime functions are shown, as Go shows them");
+        let unnamed = Frame::native(0x4a0000, None, None);
+        assert_eq!(creator_frame(&[unnamed]), None);
+        assert_eq!(creator_frame(&[]), None);
+    }
+
+    #[test]
+    fn the_kernel_learns_of_go_programs_of_known_releases() {
+        let mut go = GoProcesses::default();
+        go.seen(10, Some("go1.19.8"));
+        go.seen(11, Some("go1.99.1"));
+        go.seen(12, None);
+        assert_eq!(go.take_updates(), [(10, Some(GoOffsets { gopc: 296, reserved: 0 }))]);
+        // 10 exec'd something else: what was told for its Go image goes.
+        go.seen(10, None);
+        assert_eq!(go.take_updates(), [(10, None)]);
+        go.seen(10, None);
+        go.seen(13, Some("go1.19.1"));
+        go.exited(13);
+        go.seen(13, None);
+        assert_eq!(
+            go.take_updates(),
+            [(13, Some(GoOffsets { gopc: 296, reserved: 0 }))],
+            "no removal after exit"
+        );
+    }
+
+    #[test]
+    fn a_site_has_one_creator_or_none() {
+        let site = SiteId::Stack(1);
+        let mut creators = SiteCreators::default();
+        creators.note(site, None);
+        assert_eq!(creators.get(site), None);
+        let spawn = go_frame("main.spawn", 20, false);
+        creators.note(site, Some(spawn.clone()));
+        assert_eq!(creators.get(site), Some(&spawn));
+        assert!(creators.has(site, 0x4a0000));
+        assert!(!creators.has(site, 0x4b0000));
+        // The same statement at another address (another process of the binary): the same.
+        let elsewhere = Frame { address: Some(0x5a0000), ..spawn.clone() };
+        creators.note(site, Some(elsewhere));
+        assert_eq!(creators.get(site), Some(&spawn));
+        creators.note(site, Some(go_frame("main.other", 30, false)));
+        assert_eq!(creators.get(site), None, "two creators: not one of them");
+        creators.note(site, Some(spawn));
+        assert_eq!(creators.get(site), None, "and it stays so");
+        assert!(creators.has(site, 0x4a0000), "nothing to name for it any more");
+        creators.forget(site);
+        assert_eq!(creators.len(), 0);
+    }
+
+    /// The table against the DWARF of a binary the installed Go built (`cargo xtask setup
+    /// --tests` installs Debian's golang-go): `gopc`'s offset in `runtime.g`, and `stack` at 0,
+    /// which the kernel's check relies on.
+    #[test]
+    fn the_table_matches_the_dwarf_of_the_installed_go() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
+        let binary = dir.path().join("empty");
+        let built = Command::new("go")
+            .args(["build", "-ldflags=-compressdwarf=false", "-o"])
+            .arg(&binary)
+            .arg(dir.path().join("main.go"))
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", dir.path().join("cache"))
+            .output();
+        let Ok(built) = built else {
+            assert!(std::env::var_os("CI").is_none(), "go is installed in CI (cargo xtask setup --tests)");
+            eprintln!("skipped: no go");
+            return;
+        };
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let bytes = std::fs::read(&binary).unwrap();
+        let version = go_version_of(&bytes).expect("the binary records its Go version");
+        let members = dwarf_members(&bytes, "runtime.g");
+        assert_eq!(members.get("stack"), Some(&0), "{members:?}");
+        let from_table = offsets(&version).unwrap_or_else(|| panic!("{version} is in the table"));
+        assert_eq!(members.get("gopc"), Some(&u64::from(from_table.gopc)), "{version}");
+    }
+
+    fn go_version_of(bytes: &[u8]) -> Option<String> {
+        use object::{Object as _, ObjectSection as _};
+        let elf = object::File::parse(bytes).ok()?;
+        buildinfo_version(elf.section_by_name(".go.buildinfo")?.data().ok()?)
+    }
+
+    /// Member offsets of the struct type `name` in a binary's DWARF (uncompressed: the test
+    /// builds with `-compressdwarf=false`).
+    fn dwarf_members(bytes: &[u8], name: &str) -> HashMap<String, u64> {
+        use object::{Object as _, ObjectSection as _};
+        let elf = object::File::parse(bytes).unwrap();
+        let load = |id: gimli::SectionId| -> Result<&[u8], gimli::Error> {
+            Ok(elf.section_by_name(id.name()).and_then(|s| s.data().ok()).unwrap_or(&[]))
+        };
+        let sections = gimli::DwarfSections::load(load).unwrap();
+        let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
+        let name_of = |unit: &gimli::Unit<_>, entry: &gimli::DebuggingInformationEntry<_>| {
+            let value = entry.attr_value(gimli::DW_AT_name)?;
+            Some(dwarf.attr_string(unit, value).ok()?.to_string_lossy().into_owned())
+        };
+        let mut units = dwarf.units();
+        while let Some(header) = units.next().unwrap() {
+            let unit = dwarf.unit(header).unwrap();
+            let mut tree = unit.entries_tree(None).unwrap();
+            let root = tree.root().unwrap();
+            let mut children = root.children();
+            while let Some(child) = children.next().unwrap() {
+                let entry = child.entry();
+                if entry.tag() != gimli::DW_TAG_structure_type
+                    || name_of(&unit, entry).as_deref() != Some(name)
+                {
+                    continue;
+                }
+                let mut members = HashMap::new();
+                let mut fields = child.children();
+                while let Some(field) = fields.next().unwrap() {
+                    let entry = field.entry();
+                    let offset = entry.attr_value(gimli::DW_AT_data_member_location);
+                    if let (Some(member), Some(offset)) =
+                        (name_of(&unit, entry), offset.and_then(|o| o.udata_value()))
+                    {
+                        members.insert(member, offset);
+                    }
+                }
+                return members;
+            }
+        }
+        panic!("no {name} in the DWARF")
+    }
+}
