@@ -39,6 +39,8 @@ struct Plan {
     fds: u64,
     sites: u32,
     startup_runs: usize,
+    /// Requests of one load-generator run against nginx (the server section).
+    server_requests: u32,
     python_ops: u32,
     /// GC-tracked objects of the holders row's heap, and its alternated runs.
     heap_objects: u32,
@@ -62,6 +64,7 @@ impl Plan {
                 fds: 200_000,
                 sites: 10_000,
                 startup_runs: 3,
+                server_requests: 30_000,
                 python_ops: 3_000,
                 heap_objects: 1_000_000,
                 holders_runs: 1,
@@ -78,6 +81,7 @@ impl Plan {
                 fds: 1_000_000,
                 sites: 10_000,
                 startup_runs: 7,
+                server_requests: 100_000,
                 python_ops: 10_000,
                 heap_objects: 1_000_000,
                 holders_runs: 3,
@@ -100,8 +104,8 @@ const HOLD_RATE: u32 = 50_000;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 9] =
-    ["floor", "overhead", "throughput", "memory", "sizing", "startup", "python", "holders", "soak"];
+pub const SECTIONS: [&str; 10] =
+    ["floor", "overhead", "server", "throughput", "memory", "sizing", "startup", "python", "holders", "soak"];
 
 /// Run the `only` sections (all when empty).
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
@@ -127,9 +131,10 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
 
     let mut out = String::new();
     writeln!(out, "{}", machine())?;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("floor", floor),
         ("overhead", overhead),
+        ("server", server),
         ("throughput", throughput),
         ("memory", memory),
         ("sizing", sizing),
@@ -305,6 +310,185 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
     let title = "### Overhead on the traced program";
     let intro = "both tools filtered to the workload's pid";
     churn_table(bench, plan, &tracers, title, intro)
+}
+
+/// A real server under a real load generator (issue 16): Debian's nginx (one worker, no
+/// keep-alive: every request is an accept, an open of the file, and two closes, besides the
+/// calls nobody traces) serving a 4 KiB file on loopback, driven by Debian's `ab` with 4
+/// concurrent clients; each tracer filtered to the worker's pid (the floors' empty programs run
+/// for every process), alternated run by run.
+fn server(bench: &Bench, plan: &Plan) -> Result<String> {
+    // The floors say what the attach kind alone costs the server: every syscall of nginx and ab
+    // runs the raw pair, only the traced ones a per-syscall tracepoint.
+    let tracers = [
+        Tracer::Untraced,
+        Tracer::Floor("tracepoints"),
+        Tracer::Floor("raw"),
+        Tracer::Helios(&["--stacks", "none"]),
+        Tracer::Helios(&["--stacks", "fp"]),
+        Tracer::Helios(&[]),
+        Tracer::Bpftrace { stacks: true },
+        Tracer::Bpftrace { stacks: false },
+    ];
+    let nginx = Nginx::start()?;
+    let worker = nginx.worker()?;
+    // Warm the worker, the page cache and the loopback up first: not measured.
+    nginx.load(plan.server_requests / 4)?;
+    let mut rates = vec![Vec::new(); tracers.len()];
+    // The tracer process's own CPU (user and system time of its threads) per 1,000 requests.
+    let mut cpu = vec![Vec::new(); tracers.len()];
+    let mut lost = vec![0u64; tracers.len()];
+    let mut lossy_runs = vec![0usize; tracers.len()];
+    for rep in 0..plan.reps {
+        for (t, tracer) in tracers.iter().enumerate() {
+            eprintln!("xtask bench: server {}/{} {}", rep + 1, plan.reps, tracer.name());
+            let attached = tracer.attach(bench, worker)?;
+            let cpu_before = attached.as_ref().map(|a| cpu_seconds(a.pid())).transpose()?;
+            let rate = nginx.load(plan.server_requests)?;
+            let cpu_after = attached.as_ref().map(|a| cpu_seconds(a.pid())).transpose()?;
+            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
+            lost[t] += lost_here;
+            if lost_here > 0 {
+                lossy_runs[t] += 1;
+                continue;
+            }
+            rates[t].push(rate);
+            if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+                cpu[t].push((after - before) * 1e6 / f64::from(plan.server_requests));
+            }
+        }
+    }
+    let mut table = format!(
+        "\n### A real server: nginx under ab\n\nDebian's nginx {} (1 worker, `keepalive_timeout 0`, \
+         `access_log off`, `sendfile on`) serving a 4 KiB file on 127.0.0.1, `ab -n {} -c 4` (Debian's \
+         apache2-utils, HTTP/1.0: a connection per request); median of {} alternated runs [min–max] \
+         of the requests per second ab reports; every tracer filtered to the worker's pid (the \
+         floors: empty programs for every process, ab's calls included). Per \
+         request the worker makes 2 calls traced as creating (accept4, openat) and 2 closes. \
+         \"tracer CPU\": the tracer process's own user and system time during the load, per 1,000 \
+         requests (its kernel programs run in the worker's time, not in it). A run of a tracer \
+         that lost records is left out of its row.\n\n\
+         | variant | requests/s | × slower than untraced | tracer CPU ms per 1,000 requests | lost | \
+         runs left out |\n| --- | --- | --- | --- | --- | --- |\n",
+        nginx.version, plan.server_requests, plan.reps
+    );
+    let base = median(&rates[0]);
+    for (t, tracer) in tracers.iter().enumerate() {
+        let (lost, lossy) = if matches!(tracer, Tracer::Helios(_)) {
+            (lost[t].to_string(), lossy_runs[t].to_string())
+        } else {
+            ("–".into(), "–".into())
+        };
+        let cpu = if cpu[t].is_empty() { "–".to_string() } else { spread_to(&cpu[t], 1) };
+        if rates[t].is_empty() {
+            writeln!(table, "| {} | – | – | {cpu} | {lost} | {lossy} |", tracer.name())?;
+        } else {
+            let slower = base / median(&rates[t]);
+            let rate = spread(&rates[t]);
+            writeln!(table, "| {} | {rate} | {slower:.3} | {cpu} | {lost} | {lossy} |", tracer.name())?;
+        }
+    }
+    Ok(table)
+}
+
+/// An nginx master and its one worker, configured in a directory of their own under /tmp (the
+/// worker runs as `nobody`, which must read the page), stopped when dropped.
+struct Nginx {
+    master: Child,
+    dir: PathBuf,
+    port: u16,
+    version: String,
+}
+
+impl Nginx {
+    fn start() -> Result<Nginx> {
+        let dir = std::env::temp_dir().join(format!("helios-bench-nginx-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("www")).context("cannot create the nginx directory")?;
+        fs::write(dir.join("www/page.html"), "x".repeat(4096)).context("cannot write the page")?;
+        let mode =
+            |path: &Path| fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        mode(&dir).and_then(|()| mode(&dir.join("www"))).context("cannot open the nginx directory up")?;
+        // A free loopback port: bound here, released, then taken by nginx.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let d = dir.display();
+        let config = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 0;\n  \
+             client_body_temp_path {d}/body;\n  \
+             server {{ listen 127.0.0.1:{port} backlog=4096; root {d}/www; location / {{ }} }}\n}}\n"
+        );
+        fs::write(dir.join("nginx.conf"), config).context("cannot write nginx.conf")?;
+        // `nginx -v` says "nginx version: nginx/1.22.1" on stderr.
+        let version = Command::new("nginx")
+            .arg("-v")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("nginx version: ").to_string()
+            })
+            .unwrap_or_default();
+        let master = Command::new("nginx")
+            .args(["-p", &dir.display().to_string(), "-c", &dir.join("nginx.conf").display().to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start nginx (cargo xtask bench installs nginx-light)")?;
+        let nginx = Nginx { master, dir, port, version };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                bail!("nginx did not listen on 127.0.0.1:{port}: {log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+
+    /// The worker's pid (the master's one child).
+    fn worker(&self) -> Result<u32> {
+        let pid = self.master.id();
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+        let workers: Vec<u32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        match workers[..] {
+            [worker] => Ok(worker),
+            _ => bail!("nginx has workers {workers:?}, not one"),
+        }
+    }
+
+    /// `requests` requests from ab, 4 at a time; the requests per second it reports.
+    fn load(&self, requests: u32) -> Result<f64> {
+        let url = format!("http://127.0.0.1:{}/page.html", self.port);
+        let output = Command::new("ab")
+            .args(["-q", "-n", &requests.to_string(), "-c", "4", &url])
+            .output()
+            .context("cannot run ab (cargo xtask bench installs apache2-utils)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("ab failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("no {name:?} in ab's output: {text}"))
+        };
+        let (complete, failed) = (field("Complete requests:")?, field("Failed requests:")?);
+        if complete != f64::from(requests) || failed != 0.0 {
+            bail!("ab: {complete} of {requests} requests complete, {failed} failed");
+        }
+        field("Requests per second:")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: a graceful stop of the master and its worker.
+        unsafe { libc::kill(self.master.id() as i32, libc::SIGQUIT) };
+        let _ = self.master.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// bench/churn.c under each of `tracers`, alternated: a row per tracer, a column pair (ns, ×

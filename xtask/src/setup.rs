@@ -66,9 +66,10 @@ pub fn ensure(for_tests: bool) -> Result<()> {
 }
 
 /// What `cargo xtask bench` needs beyond the build: gcc for its workloads, bpftrace for the
-/// peer it is compared with, Debian's CPython for the Python row.
+/// peer it is compared with, Debian's CPython for the Python row, nginx and ab (apache2-utils)
+/// for the real server's.
 pub fn ensure_bench_tools() -> Result<()> {
-    Apt::default().install(&["gcc", "bpftrace", "python3"])
+    Apt::default().install(&["gcc", "bpftrace", "python3", "nginx-light", "apache2-utils"])
 }
 
 /// What `cargo xtask image` needs beyond the build.
