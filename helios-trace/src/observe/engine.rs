@@ -208,8 +208,8 @@ impl Engine {
     /// whether it is a Go program whose goroutines' creators the kernel can read.
     fn capture(&mut self, tgid: u32) {
         self.stacks.capture_maps(tgid);
-        let version = self.stacks.go_version(tgid);
-        self.go.seen(tgid, version.as_deref());
+        let go = self.stacks.go_runtime(tgid);
+        self.go.seen(tgid, go.as_ref().map(|(version, offsets)| (version.as_deref(), *offsets)));
     }
 
     /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).

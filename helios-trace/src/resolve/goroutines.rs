@@ -5,15 +5,21 @@
 //! (helios-trace-ebpf/src/goroutines.rs) from where this module says the process's Go version
 //! keeps it; this module names it, and keeps one creator per site, exactly or not at all.
 //!
-//! The offset of `gopc` in `runtime.g` changes between Go versions and a stripped binary has
-//! no DWARF to say it, so it comes from a table of the versions whose layout was checked here:
-//! against the DWARF of a binary that Go built (the unit test `the_table_matches_the_dwarf_of_
-//! the_installed_go` does it for the Go installed by `cargo xtask setup --tests`), and by the
-//! kernel test that compares the report with Go's own traceback. A Go version not in the table
-//! gets no creator: no guess.
-use std::collections::{HashMap, HashSet};
+//! The offset of `gopc` in `runtime.g` changes between Go versions. A binary built with its
+//! DWARF (Go's default) says it itself: `runtime.g`'s members, read with gimli. A stripped one
+//! (`-ldflags=-w`) has none, so its offset comes from a table of the releases whose layout was
+//! checked here: against the DWARF of a binary that Go built (the unit test
+//! `the_table_matches_the_dwarf_of_the_installed_go` does it for the Go installed by `cargo
+//! xtask setup --tests`), and by the kernel test that compares the report with Go's own
+//! traceback. A stripped binary of a release not in the table gets no creator: no guess.
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    io::Read as _,
+};
 
 use helios_trace_common::GoOffsets;
+use object::{CompressionFormat, Object as _, ObjectSection as _};
 
 use crate::model::{fd::SiteId, frame::Frame};
 
@@ -28,6 +34,94 @@ pub(crate) fn offsets(version: &str) -> Option<GoOffsets> {
     let release = release(version)?;
     let (_, gopc) = GOPC_OFFSETS.iter().find(|(r, _)| *r == release)?;
     Some(GoOffsets { gopc: *gopc, reserved: 0 })
+}
+
+/// Where a Go binary keeps a goroutine's creator: from the table for its release, else from its
+/// own DWARF.
+pub(crate) fn offsets_of_binary(elf: &object::File<'_>, version: Option<&str>) -> Option<GoOffsets> {
+    version.and_then(offsets).or_else(|| offsets_from_dwarf(elf))
+}
+
+/// Largest DWARF section decompressed (a big Go program's `.debug_info` is tens of MiB).
+const MAX_DWARF_SECTION: u64 = 256 << 20;
+
+/// `runtime.g`'s layout from a Go binary's own DWARF: exact for any release. None without
+/// DWARF, or when its `runtime.g` has no `gopc` or does not open with `stack` (which the
+/// kernel's check relies on).
+pub(crate) fn offsets_from_dwarf(elf: &object::File<'_>) -> Option<GoOffsets> {
+    let members = struct_members(elf, "runtime.g")?;
+    if members.get("stack") != Some(&0) {
+        return None;
+    }
+    Some(GoOffsets { gopc: u32::try_from(*members.get("gopc")?).ok()?, reserved: 0 })
+}
+
+/// A DWARF section's bytes, inflated when the linker compressed it (Go compresses its DWARF
+/// with zlib by default: SHF_COMPRESSED, or `.zdebug_*` sections before; object finds both).
+fn dwarf_section<'a>(elf: &object::File<'a>, name: &str) -> Option<Cow<'a, [u8]>> {
+    let compressed = elf.section_by_name(name)?.compressed_data().ok()?;
+    match compressed.format {
+        CompressionFormat::None => Some(Cow::Borrowed(compressed.data)),
+        CompressionFormat::Zlib if compressed.uncompressed_size <= MAX_DWARF_SECTION => {
+            let mut out = Vec::with_capacity(usize::try_from(compressed.uncompressed_size).ok()?);
+            let mut inflate = flate2::read::ZlibDecoder::new(compressed.data).take(MAX_DWARF_SECTION);
+            inflate.read_to_end(&mut out).ok()?;
+            (out.len() as u64 == compressed.uncompressed_size).then_some(Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// Member name → offset of the struct type `name` in the binary's DWARF (the top-level types
+/// of each unit, where Go puts them).
+fn struct_members(elf: &object::File<'_>, name: &str) -> Option<HashMap<String, u64>> {
+    let endian = gimli::LittleEndian;
+    let (info, abbrev) = (dwarf_section(elf, ".debug_info")?, dwarf_section(elf, ".debug_abbrev")?);
+    let strings = dwarf_section(elf, ".debug_str").unwrap_or_default();
+    let debug_info = gimli::DebugInfo::new(&info, endian);
+    let debug_abbrev = gimli::DebugAbbrev::new(&abbrev, endian);
+    let debug_str = gimli::DebugStr::new(&strings, endian);
+    let mut units = debug_info.units();
+    while let Some(header) = units.next().ok()? {
+        let abbreviations = header.abbreviations(&debug_abbrev).ok()?;
+        let mut tree = header.entries_tree(&abbreviations, None).ok()?;
+        let root = tree.root().ok()?;
+        let mut children = root.children();
+        while let Some(child) = children.next().ok()? {
+            let entry = child.entry();
+            if entry.tag() != gimli::DW_TAG_structure_type
+                || entry_name(entry, &debug_str).map(|n| n.slice()) != Some(name.as_bytes())
+            {
+                continue;
+            }
+            let mut members = HashMap::new();
+            let mut fields = child.children();
+            while let Some(field) = fields.next().ok()? {
+                let entry = field.entry();
+                let offset =
+                    entry.attr_value(gimli::DW_AT_data_member_location).and_then(|o| o.udata_value());
+                if let (Some(member), Some(offset)) = (entry_name(entry, &debug_str), offset) {
+                    members.insert(String::from_utf8_lossy(member.slice()).into_owned(), offset);
+                }
+            }
+            return Some(members);
+        }
+    }
+    None
+}
+
+type Dwarf<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
+
+/// A DWARF entry's name, inline (Go writes them so) or in `.debug_str`.
+fn entry_name<'a>(
+    entry: &gimli::DebuggingInformationEntry<Dwarf<'a>>,
+    strings: &gimli::DebugStr<Dwarf<'a>>,
+) -> Option<Dwarf<'a>> {
+    match entry.attr_value(gimli::DW_AT_name)? {
+        gimli::AttributeValue::String(text) => Some(text),
+        gimli::AttributeValue::DebugStrRef(offset) => strings.get_str(offset).ok(),
+        _ => None,
+    }
 }
 
 /// (major, minor) of a Go version string as the toolchain writes it ("go1.19.8", "go1.22rc1");
@@ -97,19 +191,20 @@ pub(crate) struct GoProcesses {
 }
 
 impl GoProcesses {
-    /// `tgid`'s image was read (at its first sight or its exec); `version` is the Go version
-    /// of its executable, None if it is no Go program.
-    pub(crate) fn seen(&mut self, tgid: u32, version: Option<&str>) {
-        match version.and_then(offsets) {
-            Some(offsets) => {
+    /// `tgid`'s image was read (at its first sight or its exec); `go` is what its executable
+    /// says if it is a Go program: its version, and where it keeps a goroutine's creator.
+    pub(crate) fn seen(&mut self, tgid: u32, go: Option<(Option<&str>, Option<GoOffsets>)>) {
+        match go {
+            Some((_, Some(offsets))) => {
                 self.told.insert(tgid);
                 self.updates.push((tgid, Some(offsets)));
             }
-            None => {
+            _ => {
+                let version = go.map(|(version, _)| version.unwrap_or("a Go release it does not record"));
                 if let Some(version) = version.filter(|v| !self.unknown.contains(*v)) {
                     log::info!(
-                        "{version} program (pid {tgid}): the creators of its goroutines are not read, \
-                         the layout of that Go release is not known here"
+                        "{version} program (pid {tgid}), stripped of its DWARF: the creators of its \
+                         goroutines are not read, the layout of that Go release is not known here"
                     );
                     self.unknown.insert(version.to_string());
                 }
@@ -256,24 +351,23 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_learns_of_go_programs_of_known_releases() {
+    fn the_kernel_learns_of_go_programs_of_known_layouts() {
+        let known = GoOffsets { gopc: 296, reserved: 0 };
         let mut go = GoProcesses::default();
-        go.seen(10, Some("go1.19.8"));
-        go.seen(11, Some("go1.99.1"));
+        go.seen(10, Some((Some("go1.19.8"), Some(known))));
+        go.seen(11, Some((Some("go1.99.1"), None)));
         go.seen(12, None);
-        assert_eq!(go.take_updates(), [(10, Some(GoOffsets { gopc: 296, reserved: 0 }))]);
+        go.seen(14, Some((None, None)));
+        assert_eq!(go.take_updates(), [(10, Some(known))]);
+        assert_eq!(go.unknown.len(), 2, "each unknown release said once");
         // 10 exec'd something else: what was told for its Go image goes.
         go.seen(10, None);
         assert_eq!(go.take_updates(), [(10, None)]);
         go.seen(10, None);
-        go.seen(13, Some("go1.19.1"));
+        go.seen(13, Some((Some("go1.19.1"), Some(known))));
         go.exited(13);
         go.seen(13, None);
-        assert_eq!(
-            go.take_updates(),
-            [(13, Some(GoOffsets { gopc: 296, reserved: 0 }))],
-            "no removal after exit"
-        );
+        assert_eq!(go.take_updates(), [(13, Some(known))], "no removal after exit");
     }
 
     #[test]
@@ -301,81 +395,52 @@ mod tests {
     }
 
     /// The table against the DWARF of a binary the installed Go built (`cargo xtask setup
-    /// --tests` installs Debian's golang-go): `gopc`'s offset in `runtime.g`, and `stack` at 0,
-    /// which the kernel's check relies on.
+    /// --tests` installs Debian's golang-go), compressed as Go writes it by default and not.
     #[test]
     fn the_table_matches_the_dwarf_of_the_installed_go() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
-        let binary = dir.path().join("empty");
+        for (name, flags) in [("compressed", "-ldflags="), ("plain", "-ldflags=-compressdwarf=false")] {
+            let binary = dir.path().join(name);
+            let built = Command::new("go")
+                .args(["build", flags, "-o"])
+                .arg(&binary)
+                .arg(dir.path().join("main.go"))
+                .env("GO111MODULE", "off")
+                .env("GOCACHE", dir.path().join("cache"))
+                .output();
+            let Ok(built) = built else {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "go is installed in CI (cargo xtask setup --tests)"
+                );
+                eprintln!("skipped: no go");
+                return;
+            };
+            assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+            let bytes = std::fs::read(&binary).unwrap();
+            let elf = object::File::parse(&*bytes).unwrap();
+            let version = buildinfo_version(elf.section_by_name(".go.buildinfo").unwrap().data().unwrap())
+                .expect("the binary records its Go version");
+            let from_table = offsets(&version).unwrap_or_else(|| panic!("{version} is in the table"));
+            assert_eq!(offsets_from_dwarf(&elf), Some(from_table), "{version}, {name}");
+            assert_eq!(offsets_of_binary(&elf, None), Some(from_table), "no version: the DWARF says it");
+        }
+        // Stripped of its DWARF, a release the table does not know gets nothing.
+        let stripped = dir.path().join("stripped");
         let built = Command::new("go")
-            .args(["build", "-ldflags=-compressdwarf=false", "-o"])
-            .arg(&binary)
+            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg(&stripped)
             .arg(dir.path().join("main.go"))
             .env("GO111MODULE", "off")
             .env("GOCACHE", dir.path().join("cache"))
-            .output();
-        let Ok(built) = built else {
-            assert!(std::env::var_os("CI").is_none(), "go is installed in CI (cargo xtask setup --tests)");
-            eprintln!("skipped: no go");
-            return;
-        };
-        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-        let bytes = std::fs::read(&binary).unwrap();
-        let version = go_version_of(&bytes).expect("the binary records its Go version");
-        let members = dwarf_members(&bytes, "runtime.g");
-        assert_eq!(members.get("stack"), Some(&0), "{members:?}");
-        let from_table = offsets(&version).unwrap_or_else(|| panic!("{version} is in the table"));
-        assert_eq!(members.get("gopc"), Some(&u64::from(from_table.gopc)), "{version}");
-    }
-
-    fn go_version_of(bytes: &[u8]) -> Option<String> {
-        use object::{Object as _, ObjectSection as _};
-        let elf = object::File::parse(bytes).ok()?;
-        buildinfo_version(elf.section_by_name(".go.buildinfo")?.data().ok()?)
-    }
-
-    /// Member offsets of the struct type `name` in a binary's DWARF (uncompressed: the test
-    /// builds with `-compressdwarf=false`).
-    fn dwarf_members(bytes: &[u8], name: &str) -> HashMap<String, u64> {
-        use object::{Object as _, ObjectSection as _};
-        let elf = object::File::parse(bytes).unwrap();
-        let load = |id: gimli::SectionId| -> Result<&[u8], gimli::Error> {
-            Ok(elf.section_by_name(id.name()).and_then(|s| s.data().ok()).unwrap_or(&[]))
-        };
-        let sections = gimli::DwarfSections::load(load).unwrap();
-        let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
-        let name_of = |unit: &gimli::Unit<_>, entry: &gimli::DebuggingInformationEntry<_>| {
-            let value = entry.attr_value(gimli::DW_AT_name)?;
-            Some(dwarf.attr_string(unit, value).ok()?.to_string_lossy().into_owned())
-        };
-        let mut units = dwarf.units();
-        while let Some(header) = units.next().unwrap() {
-            let unit = dwarf.unit(header).unwrap();
-            let mut tree = unit.entries_tree(None).unwrap();
-            let root = tree.root().unwrap();
-            let mut children = root.children();
-            while let Some(child) = children.next().unwrap() {
-                let entry = child.entry();
-                if entry.tag() != gimli::DW_TAG_structure_type
-                    || name_of(&unit, entry).as_deref() != Some(name)
-                {
-                    continue;
-                }
-                let mut members = HashMap::new();
-                let mut fields = child.children();
-                while let Some(field) = fields.next().unwrap() {
-                    let entry = field.entry();
-                    let offset = entry.attr_value(gimli::DW_AT_data_member_location);
-                    if let (Some(member), Some(offset)) =
-                        (name_of(&unit, entry), offset.and_then(|o| o.udata_value()))
-                    {
-                        members.insert(member, offset);
-                    }
-                }
-                return members;
-            }
-        }
-        panic!("no {name} in the DWARF")
+            .status()
+            .unwrap();
+        assert!(built.success());
+        let bytes = std::fs::read(&stripped).unwrap();
+        let elf = object::File::parse(&*bytes).unwrap();
+        assert_eq!(offsets_from_dwarf(&elf), None);
+        assert_eq!(offsets_of_binary(&elf, Some("go1.99.0")), None);
+        assert!(offsets_of_binary(&elf, Some("go1.19.8")).is_some());
     }
 }

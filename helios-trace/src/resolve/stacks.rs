@@ -11,6 +11,8 @@ use std::{
     sync::Arc,
 };
 
+use helios_trace_common::GoOffsets;
+
 use crate::{
     model::{
         event::{StackIds, StackSample},
@@ -305,14 +307,15 @@ impl StackRegistry {
         self.creators.get(site)
     }
 
-    /// The Go version of a process's executable, if it is a Go program: the module of its
-    /// lowest executable mapping (the executable is mapped below its libraries and the dynamic
-    /// loader, PIE or not), whose build info records it.
-    pub(crate) fn go_version(&mut self, tgid: u32) -> Option<String> {
+    /// What a process's executable says if it is a Go program: its Go version, and where that
+    /// release keeps a goroutine's creator. The executable is the module of the lowest
+    /// executable mapping (it is mapped below its libraries and the dynamic loader, PIE or not).
+    pub(crate) fn go_runtime(&mut self, tgid: u32) -> Option<(Option<String>, Option<GoOffsets>)> {
         let image = self.process(tgid).image.as_ref()?;
         let module = image.modules.iter().min_by_key(|m| m.range.start)?.file.clone();
         let loaded = self.loaded(&module)?;
-        loaded.go.as_ref()?.version().map(String::from)
+        let go = loaded.go.as_ref()?;
+        Some((go.version().map(String::from), go.goroutine_offsets()))
     }
 
     /// Call sites whose frames are remembered now (`helios_trace_tracked_sites`).

@@ -23,6 +23,8 @@ use std::{ops::Range, sync::Arc};
 use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _};
 
+use helios_trace_common::GoOffsets;
+
 use crate::resolve::{goroutines, symbolize::Symbol};
 
 /// The two table layouts (runtime/symtab.go's pcHeader magic).
@@ -66,6 +68,8 @@ pub(crate) struct GoTable {
     segments: Arc<[(u64, u64, u64)]>,
     /// The Go version that built the binary, from its `.go.buildinfo` (resolve/goroutines.rs).
     version: Option<Box<str>>,
+    /// Where that release keeps a goroutine's creator, if known (resolve/goroutines.rs).
+    goroutine_offsets: Option<GoOffsets>,
 }
 
 impl GoTable {
@@ -107,6 +111,7 @@ impl GoTable {
             segments: segments.clone(),
             tab,
             version: None,
+            goroutine_offsets: None,
         };
         // The function table must hold nfunc + 1 entries of two u32 (the last one the end).
         table.bytes().get(table.functab..table.functab.checked_add((table.nfunc + 1).checked_mul(8)?)?)?;
@@ -116,7 +121,13 @@ impl GoTable {
             .and_then(|s| s.data().ok())
             .and_then(goroutines::buildinfo_version)
             .map(Box::from);
+        table.goroutine_offsets = goroutines::offsets_of_binary(elf, table.version.as_deref());
         Some(table)
+    }
+
+    /// Where the binary's Go release keeps a goroutine's creator, if that is known.
+    pub(crate) fn goroutine_offsets(&self) -> Option<GoOffsets> {
+        self.goroutine_offsets
     }
 
     /// The Go version that built the binary ("go1.19.8"), if its build info says it.
