@@ -233,8 +233,16 @@ pub struct GoOffsets {
     pub gopc: u32,
     /// Zero.
     pub reserved: u32,
+    /// The image these offsets belong to: its exec record's time (`EXEC_TIMES`), 0 for an
+    /// image exec'd before tracing began. The kernel reads nothing while the process's latest
+    /// exec is another: offsets userspace found for one image can reach the map after the
+    /// process exec'd the next.
+    pub exec_ns: u64,
 }
-const _: () = assert!(size_of::<GoOffsets>() == 8);
+const _: () = assert!(size_of::<GoOffsets>() == 16);
+
+/// Capacity of the `EXEC_TIMES` map: traced processes that exec'd since tracing began.
+pub const EXEC_TIME_ENTRIES: u32 = 64 * 1024;
 
 /// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
 /// or instruction index (`f_lasti`, 3.10) in it. Userspace names them from process memory.
@@ -579,6 +587,7 @@ pub mod map_name {
     /// CPython processes whose frames are walked: tgid -> [`super::PythonOffsets`].
     pub const PYTHON_PROCS: &str = "PYTHON_PROCS";
     pub const GO_PROCS: &str = "GO_PROCS";
+    pub const EXEC_TIMES: &str = "EXEC_TIMES";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.

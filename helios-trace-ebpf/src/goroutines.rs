@@ -3,7 +3,7 @@
 //! cannot be mistaken for another (helios-trace/src/resolve/goroutines.rs names it).
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_user};
 
-use crate::maps::GO_PROCS;
+use crate::maps::{EXEC_TIMES, GO_PROCS};
 
 #[cfg(bpf_target_arch = "aarch64")]
 use helios_trace_common::regs_aarch64 as arch;
@@ -11,8 +11,8 @@ use helios_trace_common::regs_aarch64 as arch;
 use helios_trace_common::regs_x86_64 as arch;
 
 /// `gopc` of the goroutine making the current call, or 0 when the process is not a Go
-/// process userspace recognised, or when the goroutine register is not the running
-/// goroutine's `g`.
+/// process userspace recognised (for its current image), or when the goroutine register is not
+/// the running goroutine's `g`.
 ///
 /// Go's register ABI keeps `g` in a fixed register (arch::GO_G) in Go code, and Go's syscall
 /// stub does not touch it (`Syscall6` in src/runtime/internal/syscall/asm_linux_amd64.s, moved
@@ -27,6 +27,11 @@ pub fn creator_pc(regs: *const u64, tgid: u32) -> u64 {
     let Some(offsets) = (unsafe { GO_PROCS.get(&tgid) }) else {
         return 0;
     };
+    // Offsets found for an image the process has left by an exec since (GoOffsets::exec_ns).
+    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
+    if exec_ns != offsets.exec_ns {
+        return 0;
+    }
     let gopc = offsets.gopc as u64;
     let (Ok(g), Ok(sp)) = (unsafe { bpf_probe_read_kernel(regs.wrapping_add(arch::GO_G)) }, unsafe {
         bpf_probe_read_kernel(regs.wrapping_add(arch::SP))

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    EXEC_NOTICES_BYTES, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets,
-    PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES,
+    PythonOffsets, PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES,
+    counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -56,6 +57,12 @@ shared_map! {
     /// where their Go version keeps it (helios-trace/src/resolve/goroutines.rs fills it; the
     /// kernel drops a process's entry at its exec and its exit).
     GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(GO_PROC_ENTRIES, 0);
+}
+
+shared_map! {
+    /// When each traced process last exec'd (its exec record's time): tgid -> boot-time ns,
+    /// dropped at its exit. A `GO_PROCS` entry is used only for the image it was found for.
+    EXEC_TIMES: HashMap<u32, u64> = HashMap::with_max_entries(EXEC_TIME_ENTRIES, 0);
 }
 
 shared_map! {

@@ -17,7 +17,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, emit, finish, header},
     filter::{is_target_pid, is_traced},
-    maps::{EVENTS, EXEC_NOTICES, GO_PROCS, PYTHON_PROCS, TARGETS},
+    maps::{EVENTS, EXEC_NOTICES, EXEC_TIMES, GO_PROCS, PYTHON_PROCS, TARGETS},
     settings::{exit_group_dead_offset, filtering_targets},
 };
 
@@ -67,9 +67,13 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if !is_traced((pid_tgid >> 32) as u32) {
         return Ok(());
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    let exec_header = header(kind::EXEC, pid_tgid);
     // The new image is not the one userspace recognised as Go: it looks again at this exec's
-    // record (resolve/goroutines.rs).
-    let _ = GO_PROCS.remove(&((pid_tgid >> 32) as u32));
+    // record, and offsets it found for the old image, if they reach the map later, do not
+    // match this exec's time (resolve/goroutines.rs, goroutines.rs).
+    let _ = GO_PROCS.remove(&tgid);
+    let _ = EXEC_TIMES.insert(&tgid, &exec_header.ts_ns, 0);
     let filename_loc: u32 = unsafe { ctx.read_at(8) }?;
     let old_tid: i32 = unsafe { ctx.read_at(16) }?;
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
@@ -77,7 +81,6 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    let exec_header = header(kind::EXEC, pid_tgid);
     unsafe {
         addr_of_mut!((*event).header).write(exec_header);
         addr_of_mut!((*event).old_tid).write(old_tid as u32);
@@ -137,6 +140,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // early.rs) must not outlive the process.
     let _ = PYTHON_PROCS.remove(&tgid);
     let _ = GO_PROCS.remove(&tgid);
+    let _ = EXEC_TIMES.remove(&tgid);
     let event = ExitEvent { header: header(kind::EXIT, pid_tgid) };
     emit(&event);
     Ok(())

@@ -188,7 +188,12 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if spec & spec::IOCTL_FILTER != 0 && !matches!(args[1] as u32 as u64, FIOCLEX | FIONCLEX) {
         return Ok(());
     }
-    let creator_pc = if spec & spec::STACK != 0 { creator_pc(regs, (pid_tgid >> 32) as u32) } else { 0 };
+    // A site's creator needs a site: none without stacks.
+    let creator_pc = if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
+        creator_pc(regs, (pid_tgid >> 32) as u32)
+    } else {
+        0
+    };
     let call = Call { nr: nr as u32, spec, args, creator_pc };
     // One timestamp for the Python stack and the record it belongs to: userspace pairs them by
     // (tid, ts_ns).

@@ -335,7 +335,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
     // Warm the worker, the page cache and the loopback up first: not measured.
     nginx.load(plan.server_requests / 4)?;
     let mut rates = vec![Vec::new(); tracers.len()];
-    // The tracer process's own CPU (user and system time of its threads) per 1,000 requests.
+    // The time the tracer process's threads ran, per 1,000 requests.
     let mut cpu = vec![Vec::new(); tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
     let mut lossy_runs = vec![0usize; tracers.len()];
@@ -343,9 +343,13 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
         for (t, tracer) in tracers.iter().enumerate() {
             eprintln!("xtask bench: server {}/{} {}", rep + 1, plan.reps, tracer.name());
             let attached = tracer.attach(bench, worker)?;
-            let cpu_before = attached.as_ref().map(|a| cpu_seconds(a.pid())).transpose()?;
+            let cpu_before = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
             let rate = nginx.load(plan.server_requests)?;
-            let cpu_after = attached.as_ref().map(|a| cpu_seconds(a.pid())).transpose()?;
+            // Once the tracer has drained what the load left in its ring buffer.
+            if let Some(attached) = &attached {
+                wait_idle(attached.pid())?;
+            }
+            let cpu_after = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
             let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
             lost[t] += lost_here;
             if lost_here > 0 {
@@ -365,9 +369,12 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
          of the requests per second ab reports; every tracer filtered to the worker's pid (the \
          floors: empty programs for every process, ab's calls included). Per \
          request the worker makes 2 calls traced as creating (accept4, openat) and 2 closes. \
-         \"tracer CPU\": the tracer process's own user and system time during the load, per 1,000 \
-         requests (its kernel programs run in the worker's time, not in it). A run of a tracer \
-         that lost records is left out of its row.\n\n\
+         \"tracer CPU\": the time the tracer process's threads ran (schedstat) from the load's \
+         start until it went idle after it, per 1,000 requests (its kernel programs run in the \
+         worker's and ab's time, not in it). A run of a tracer that lost records is left out of its \
+         row and counted. The variants run in the same order in every round. ab, nginx and the \
+         tracer share the 2 CPUs: what the tracer spends is taken from the server and its load \
+         generator, as on a busy node.\n\n\
          | variant | requests/s | × slower than untraced | tracer CPU ms per 1,000 requests | lost | \
          runs left out |\n| --- | --- | --- | --- | --- | --- |\n",
         nginx.version, plan.server_requests, plan.reps
@@ -1508,10 +1515,21 @@ fn clock_ticks() -> f64 {
 /// Seconds the threads of `pid` spent runnable but waiting for a CPU (the kernel's
 /// Documentation/scheduler/sched-stats.rst: the second field of /proc/PID/task/TID/schedstat, ns).
 fn runqueue_wait_seconds(pid: u32) -> Result<f64> {
+    schedstat_seconds(pid, 1)
+}
+
+/// Time `pid`'s threads ran on a CPU, in ns resolution (schedstat's first field), where
+/// /proc/PID/stat counts in clock ticks (10 ms).
+fn on_cpu_seconds(pid: u32) -> Result<f64> {
+    schedstat_seconds(pid, 0)
+}
+
+/// Field `index` of /proc/PID/task/*/schedstat (ns), summed over the threads, in seconds.
+fn schedstat_seconds(pid: u32, index: usize) -> Result<f64> {
     let mut ns = 0u64;
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        ns += stat.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        ns += stat.split_whitespace().nth(index).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     }
     Ok(ns as f64 / 1e9)
 }

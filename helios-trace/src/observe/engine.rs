@@ -205,11 +205,12 @@ impl Engine {
     }
 
     /// Read `tgid`'s maps while it surely runs (a short-lived process still resolves), and
-    /// whether it is a Go program whose goroutines' creators the kernel can read.
-    fn capture(&mut self, tgid: u32) {
+    /// whether it is a Go program whose goroutines' creators the kernel can read. `exec_ns`:
+    /// the time of the exec record of the image read (0 for one exec'd before tracing began).
+    fn capture(&mut self, tgid: u32, exec_ns: u64) {
         self.stacks.capture_maps(tgid);
         let go = self.stacks.go_runtime(tgid);
-        self.go.seen(tgid, go.as_ref().map(|(version, offsets)| (version.as_deref(), *offsets)));
+        self.go.seen(tgid, exec_ns, go.as_ref().map(|(version, offsets)| (version.as_deref(), *offsets)));
     }
 
     /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).
@@ -450,7 +451,7 @@ impl Engine {
                     // New image: old stack ids mean other code now. Capture the maps while the
                     // process surely runs, so a short-lived one still resolves.
                     self.stacks.forget(*tgid);
-                    self.capture(*tgid);
+                    self.capture(*tgid, ts_ns);
                     self.python.exec(*tgid, ts_ns);
                     let cmdline = self.proc.cmdline(*tgid);
                     self.cmdlines.insert(*tgid, cmdline);
@@ -490,7 +491,7 @@ impl Engine {
             let comm = self.proc.comm(pid).unwrap_or_default();
             let cmdline = self.proc.cmdline(pid);
             self.cmdlines.insert(pid, cmdline);
-            self.capture(pid);
+            self.capture(pid, 0);
             loaded += fds.len();
             self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
         }
@@ -506,7 +507,10 @@ impl Engine {
         let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
         let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
-        self.capture(tgid);
+        // Seen first now, not at its exec: it exec'd before tracing began, or while it was not
+        // traced (the kernel keeps no exec time then: 0), or its exec record was lost (then
+        // the kernel's time differs, and its creators are not read: never a wrong one).
+        self.capture(tgid, 0);
         let proc = &mut self.proc;
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }

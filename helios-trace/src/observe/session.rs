@@ -444,6 +444,7 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
         }
     }
     for (pid, offsets) in engine.go_updates() {
+        log::debug!("process {pid}: goroutine creators {offsets:?}");
         if let Err(err) = tracer.set_go(pid, offsets) {
             log::warn!("process {pid}: {err:#}: its goroutines' creators are not read");
         }

@@ -33,17 +33,18 @@ const GOPC_OFFSETS: &[((u32, u32), u32)] = &[
 pub(crate) fn offsets(version: &str) -> Option<GoOffsets> {
     let release = release(version)?;
     let (_, gopc) = GOPC_OFFSETS.iter().find(|(r, _)| *r == release)?;
-    Some(GoOffsets { gopc: *gopc, reserved: 0 })
+    Some(GoOffsets { gopc: *gopc, reserved: 0, exec_ns: 0 })
 }
 
-/// Where a Go binary keeps a goroutine's creator: from the table for its release, else from its
-/// own DWARF.
+/// Where a Go binary keeps a goroutine's creator: from the table for its release (no DWARF to
+/// inflate), else from its own DWARF.
 pub(crate) fn offsets_of_binary(elf: &object::File<'_>, version: Option<&str>) -> Option<GoOffsets> {
     version.and_then(offsets).or_else(|| offsets_from_dwarf(elf))
 }
 
-/// Largest DWARF section decompressed (a big Go program's `.debug_info` is tens of MiB).
-const MAX_DWARF_SECTION: u64 = 256 << 20;
+/// Largest DWARF section decompressed (a big Go program's `.debug_info` is tens of MiB); done
+/// once per Go binary whose release the table does not know, on the reader's thread.
+const MAX_DWARF_SECTION: u64 = 128 << 20;
 
 /// `runtime.g`'s layout from a Go binary's own DWARF: exact for any release. None without
 /// DWARF, or when its `runtime.g` has no `gopc` or does not open with `stack` (which the
@@ -53,7 +54,7 @@ pub(crate) fn offsets_from_dwarf(elf: &object::File<'_>) -> Option<GoOffsets> {
     if members.get("stack") != Some(&0) {
         return None;
     }
-    Some(GoOffsets { gopc: u32::try_from(*members.get("gopc")?).ok()?, reserved: 0 })
+    Some(GoOffsets { gopc: u32::try_from(*members.get("gopc")?).ok()?, reserved: 0, exec_ns: 0 })
 }
 
 /// A DWARF section's bytes, inflated when the linker compressed it (Go compresses its DWARF
@@ -163,21 +164,27 @@ fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// The "created by" frame of a creator pc named as `frames` (innermost first, inlined calls
-/// before the function they are inlined into), as Go's traceback prints it
-/// (src/runtime/traceback.go, `printcreatedby1`): the function the pc is in, at the file and
-/// line of the `go` statement (the innermost position). None where Go's traceback shows none:
-/// an unnamed pc, or a creator in the runtime itself (the main goroutine, the runtime's own
-/// workers: `showfuncinfo` hides unexported runtime functions).
-pub(crate) fn creator_frame(frames: &[Frame]) -> Option<Frame> {
+/// What a creator pc says, as Go's traceback would say it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Created {
+    /// "created by" this frame.
+    By(Frame),
+    /// A creator in the runtime itself, which Go's traceback does not show (the main goroutine,
+    /// the runtime's own workers: `showfuncinfo` hides unexported runtime functions).
+    Hidden(Frame),
+}
+
+/// What a creator pc named as `frames` (innermost first, inlined calls before the function
+/// they are inlined into) says, as Go's traceback prints it (src/runtime/traceback.go,
+/// `printcreatedby1`): the function the pc is in, at the file and line of the `go` statement
+/// (the innermost position). None for a pc that names nothing: nothing is known then.
+pub(crate) fn created(frames: &[Frame]) -> Option<Created> {
     let (innermost, function) = (frames.first()?, frames.last()?);
     let name = function.symbol.as_deref()?;
+    let frame = Frame { file: innermost.file.clone(), line: innermost.line, ..function.clone() };
     let runtime_internal =
         name.strip_prefix("runtime.").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_uppercase()));
-    if runtime_internal {
-        return None;
-    }
-    Some(Frame { file: innermost.file.clone(), line: innermost.line, ..function.clone() })
+    Some(if runtime_internal { Created::Hidden(frame) } else { Created::By(frame) })
 }
 
 /// Which processes the kernel reads goroutine creators of (`GO_PROCS`), and what it must
@@ -193,18 +200,20 @@ pub(crate) struct GoProcesses {
 impl GoProcesses {
     /// `tgid`'s image was read (at its first sight or its exec); `go` is what its executable
     /// says if it is a Go program: its version, and where it keeps a goroutine's creator.
-    pub(crate) fn seen(&mut self, tgid: u32, go: Option<(Option<&str>, Option<GoOffsets>)>) {
+    /// `exec_ns`: the time of the exec record of the image that was read (0 for an image
+    /// exec'd before tracing began), which the kernel checks the offsets against.
+    pub(crate) fn seen(&mut self, tgid: u32, exec_ns: u64, go: Option<(Option<&str>, Option<GoOffsets>)>) {
         match go {
             Some((_, Some(offsets))) => {
                 self.told.insert(tgid);
-                self.updates.push((tgid, Some(offsets)));
+                self.updates.push((tgid, Some(GoOffsets { exec_ns, ..offsets })));
             }
             _ => {
                 let version = go.map(|(version, _)| version.unwrap_or("a Go release it does not record"));
                 if let Some(version) = version.filter(|v| !self.unknown.contains(*v)) {
                     log::info!(
-                        "{version} program (pid {tgid}), stripped of its DWARF: the creators of its \
-                         goroutines are not read, the layout of that Go release is not known here"
+                        "{version} program (pid {tgid}) without DWARF that says its layout: the \
+                         creators of its goroutines are not read, that Go release is not known here"
                     );
                     self.unknown.insert(version.to_string());
                 }
@@ -217,9 +226,13 @@ impl GoProcesses {
         }
     }
 
-    /// The process is gone: the kernel dropped its entry at the exit.
+    /// The process is gone. The kernel dropped its entry at the exit, but an entry told since
+    /// its exec or first sight may not have reached the map yet, and would stay: take it back
+    /// (the updates keep their order, so a reused pid's later entry still wins).
     pub(crate) fn exited(&mut self, tgid: u32) {
-        self.told.remove(&tgid);
+        if self.told.remove(&tgid) {
+            self.updates.push((tgid, None));
+        }
     }
 
     /// What the kernel's `GO_PROCS` map must learn since the last call.
@@ -232,43 +245,47 @@ impl GoProcesses {
 #[derive(Clone, Debug, PartialEq)]
 enum Creator {
     One(Frame),
-    /// Descriptors of one site opened by goroutines created at different places: no one
-    /// creator is the site's.
+    /// Created by the runtime only: Go shows no creator, nor does the site.
+    Hidden(Frame),
+    /// Descriptors of one site opened by goroutines created at different places (or some by
+    /// the runtime, some not): no one creator is the site's.
     Several,
 }
 
-/// One creator per site, where every creator read for it is the same.
+/// One creator per site, where every creator read for it is the same. Records whose creator
+/// was not read (the process not yet recognised, a call from cgo's C) do not count.
 #[derive(Debug, Default)]
 pub(crate) struct SiteCreators {
     sites: HashMap<SiteId, Creator>,
 }
 
 impl SiteCreators {
-    /// Whether `site` already has a creator at `address` (the common case: no naming needed).
+    /// Whether `site` already knows the creator at `address` (the common case: nothing to
+    /// name).
     pub(crate) fn has(&self, site: SiteId, address: u64) -> bool {
-        matches!(self.sites.get(&site), Some(Creator::One(f)) if f.address == Some(address))
-            || matches!(self.sites.get(&site), Some(Creator::Several))
+        match self.sites.get(&site) {
+            Some(Creator::One(f) | Creator::Hidden(f)) => f.address == Some(address),
+            Some(Creator::Several) => true,
+            None => false,
+        }
     }
 
-    /// A descriptor of `site` was opened by a goroutine created at `creator` (None: a creator
-    /// Go itself would not show, which leaves the site as it is).
-    pub(crate) fn note(&mut self, site: SiteId, creator: Option<Frame>) {
-        let Some(creator) = creator else { return };
-        match self.sites.get_mut(&site) {
-            None => {
-                self.sites.insert(site, Creator::One(creator));
-            }
-            Some(Creator::One(known)) if !same_place(known, &creator) => {
-                self.sites.insert(site, Creator::Several);
-            }
-            Some(_) => {}
-        }
+    /// A descriptor of `site` was opened by a goroutine `created` so.
+    pub(crate) fn note(&mut self, site: SiteId, created: Created) {
+        let next = match (self.sites.get(&site), created) {
+            (None, Created::By(frame)) => Creator::One(frame),
+            (None, Created::Hidden(frame)) => Creator::Hidden(frame),
+            (Some(Creator::One(known)), Created::By(frame)) if same_place(known, &frame) => return,
+            (Some(Creator::Hidden(_)), Created::Hidden(_)) => return,
+            (Some(_), _) => Creator::Several,
+        };
+        self.sites.insert(site, next);
     }
 
     pub(crate) fn get(&self, site: SiteId) -> Option<&Frame> {
         match self.sites.get(&site)? {
             Creator::One(frame) => Some(frame),
-            Creator::Several => None,
+            Creator::Hidden(_) | Creator::Several => None,
         }
     }
 
@@ -311,7 +328,7 @@ mod tests {
         assert_eq!(release("go1.22rc1"), Some((1, 22)));
         assert_eq!(release("go1.21"), Some((1, 21)));
         assert_eq!(release("devel go1.23-abc"), None);
-        assert_eq!(offsets("go1.19.13"), Some(GoOffsets { gopc: 296, reserved: 0 }));
+        assert_eq!(offsets("go1.19.13"), Some(GoOffsets { gopc: 296, reserved: 0, exec_ns: 0 }));
         assert_eq!(offsets("go1.18.2"), None, "a release whose layout was not checked here");
     }
 
@@ -337,61 +354,81 @@ mod tests {
     fn created_by_is_the_function_at_the_go_statement() {
         // `go worker()` in an inlined helper: the helper's line, the physical function's name.
         let frames = [go_frame("main.startWorkers", 41, true), go_frame("main.main", 12, false)];
-        let creator = creator_frame(&frames).unwrap();
+        let Some(Created::By(creator)) = created(&frames) else { panic!("{:?}", created(&frames)) };
         assert_eq!(creator.symbol.as_deref(), Some("main.main"));
         assert_eq!(creator.line, Some(41));
         assert!(!creator.inlined);
-        assert_eq!(creator_frame(&[go_frame("runtime.rt0_go", 1, false)]), None, "the main goroutine");
-        assert_eq!(creator_frame(&[go_frame("runtime.gcBgMarkStartWorkers", 1, false)]), None);
-        let exported = creator_frame(&[go_frame("runtime.Goexit", 1, false)]);
-        assert!(exported.is_some(), "exported runtime functions are shown, as Go shows them");
+        let hidden = |name| matches!(created(&[go_frame(name, 1, false)]), Some(Created::Hidden(_)));
+        assert!(hidden("runtime.rt0_go"), "the main goroutine");
+        assert!(hidden("runtime.gcBgMarkStartWorkers"));
+        let exported = created(&[go_frame("runtime.Goexit", 1, false)]);
+        assert!(
+            matches!(exported, Some(Created::By(_))),
+            "exported runtime functions are shown, as Go shows them"
+        );
         let unnamed = Frame::native(0x4a0000, None, None);
-        assert_eq!(creator_frame(&[unnamed]), None);
-        assert_eq!(creator_frame(&[]), None);
+        assert_eq!(created(&[unnamed]), None);
+        assert_eq!(created(&[]), None);
     }
 
     #[test]
     fn the_kernel_learns_of_go_programs_of_known_layouts() {
-        let known = GoOffsets { gopc: 296, reserved: 0 };
+        let known = GoOffsets { gopc: 296, reserved: 0, exec_ns: 0 };
+        let at = |exec_ns| Some(GoOffsets { exec_ns, ..known });
         let mut go = GoProcesses::default();
-        go.seen(10, Some((Some("go1.19.8"), Some(known))));
-        go.seen(11, Some((Some("go1.99.1"), None)));
-        go.seen(12, None);
-        go.seen(14, Some((None, None)));
-        assert_eq!(go.take_updates(), [(10, Some(known))]);
+        go.seen(10, 0, Some((Some("go1.19.8"), Some(known))));
+        go.seen(11, 5, Some((Some("go1.99.1"), None)));
+        go.seen(12, 0, None);
+        go.seen(14, 0, Some((None, None)));
+        assert_eq!(go.take_updates(), [(10, at(0))]);
         assert_eq!(go.unknown.len(), 2, "each unknown release said once");
         // 10 exec'd something else: what was told for its Go image goes.
-        go.seen(10, None);
+        go.seen(10, 77, None);
         assert_eq!(go.take_updates(), [(10, None)]);
-        go.seen(10, None);
-        go.seen(13, Some((Some("go1.19.1"), Some(known))));
+        go.seen(10, 78, None);
+        // 13 exec'd a Go program, told with that exec's time, and exited before the update
+        // reached the kernel: taken back after it.
+        go.seen(13, 90, Some((Some("go1.19.1"), Some(known))));
         go.exited(13);
-        go.seen(13, None);
-        assert_eq!(go.take_updates(), [(13, Some(known))], "no removal after exit");
+        go.exited(13);
+        assert_eq!(go.take_updates(), [(13, at(90)), (13, None)]);
     }
 
     #[test]
     fn a_site_has_one_creator_or_none() {
         let site = SiteId::Stack(1);
         let mut creators = SiteCreators::default();
-        creators.note(site, None);
         assert_eq!(creators.get(site), None);
         let spawn = go_frame("main.spawn", 20, false);
-        creators.note(site, Some(spawn.clone()));
+        creators.note(site, Created::By(spawn.clone()));
         assert_eq!(creators.get(site), Some(&spawn));
         assert!(creators.has(site, 0x4a0000));
         assert!(!creators.has(site, 0x4b0000));
         // The same statement at another address (another process of the binary): the same.
         let elsewhere = Frame { address: Some(0x5a0000), ..spawn.clone() };
-        creators.note(site, Some(elsewhere));
+        creators.note(site, Created::By(elsewhere));
         assert_eq!(creators.get(site), Some(&spawn));
-        creators.note(site, Some(go_frame("main.other", 30, false)));
+        creators.note(site, Created::By(go_frame("main.other", 30, false)));
         assert_eq!(creators.get(site), None, "two creators: not one of them");
-        creators.note(site, Some(spawn));
+        creators.note(site, Created::By(spawn.clone()));
         assert_eq!(creators.get(site), None, "and it stays so");
         assert!(creators.has(site, 0x4a0000), "nothing to name for it any more");
         creators.forget(site);
         assert_eq!(creators.len(), 0);
+
+        // The runtime's creators are shown as Go shows them: not at all; and a site opened both
+        // by the main goroutine and by one a program's `go` statement made has no one creator.
+        let main = go_frame("runtime.rt0_go", 1, false);
+        creators.note(site, Created::Hidden(main.clone()));
+        assert_eq!(creators.get(site), None);
+        assert!(creators.has(site, 0x4a0000));
+        creators.note(site, Created::Hidden(main.clone()));
+        creators.note(site, Created::By(spawn.clone()));
+        assert_eq!(creators.get(site), None);
+        let other = SiteId::Stack(2);
+        creators.note(other, Created::By(spawn));
+        creators.note(other, Created::Hidden(main));
+        assert_eq!(creators.get(other), None, "whichever came first");
     }
 
     /// The table against the DWARF of a binary the installed Go built (`cargo xtask setup
@@ -420,6 +457,10 @@ mod tests {
             assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
             let bytes = std::fs::read(&binary).unwrap();
             let elf = object::File::parse(&*bytes).unwrap();
+            let format = elf.section_by_name(".debug_info").unwrap().compressed_data().unwrap().format;
+            let expected =
+                if name == "compressed" { CompressionFormat::Zlib } else { CompressionFormat::None };
+            assert_eq!(format, expected, "{name}");
             let version = buildinfo_version(elf.section_by_name(".go.buildinfo").unwrap().data().unwrap())
                 .expect("the binary records its Go version");
             let from_table = offsets(&version).unwrap_or_else(|| panic!("{version} is in the table"));

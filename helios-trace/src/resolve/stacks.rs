@@ -298,7 +298,9 @@ impl StackRegistry {
         }
         // gopc is a return address (the call of runtime.newproc), named as one.
         let frames = self.user_frames(tgid, &[creator_pc]);
-        self.creators.note(site, goroutines::creator_frame(&frames));
+        if let Some(created) = goroutines::created(&frames) {
+            self.creators.note(site, created);
+        }
     }
 
     /// Where the goroutines that opened `site`'s descriptors were created, when that is one

@@ -2,8 +2,9 @@
 //! `max_per_client` from one client address and `max_total` in all, the total far above what one
 //! client may hold. When the total is reached, a new connection takes the place of one that has
 //! not yet sent a whole request (idle or trickling), taken from the client holding the most
-//! connections, oldest first, if that client holds at least two more than the new one's (clients
-//! holding idle connections even out rather than cut each other's in turn); connections serving
+//! connections, oldest first, if that client holds at least two more than the new one's client
+//! holds idle (clients holding idle connections even out rather than cut each other's in turn;
+//! a scraper's previous connection, still serving or closing, does not count); connections serving
 //! a request are never cut for another. So a client holding idle connections, from however many
 //! addresses, cannot keep a scraper out: the scraper holds one connection per scrape, and a new
 //! one cuts an idle one.
@@ -60,9 +61,11 @@ impl<T> Admission<T> {
         }
         let mut cut = None;
         if self.open.len() >= self.max_total {
-            // Only for a client holding fewer than the victim's: clients holding idle
-            // connections even out instead of cutting each other's in turn.
-            let held = self.per_client.get(&client).copied().unwrap_or(0);
+            // Only for a client holding fewer idle connections than the victim's client holds
+            // connections: clients holding idle connections even out instead of cutting each
+            // other's in turn. Its connections serving a request do not count: a scraper's last
+            // scrape, answered but not yet closed on our side, must not keep its next one out.
+            let held = self.open.values().filter(|o| o.client == client && !o.requested).count();
             let victim =
                 self.idle_victim().filter(|&(most, _)| most > held + 1).ok_or(Refusal::TotalLimit)?;
             cut = self.closed(victim.1);
@@ -170,5 +173,22 @@ mod tests {
         // Counts per client follow closes: ip(2) may open one again.
         admission.closed(second);
         assert!(admission.admit(ip(2), 4).is_ok());
+    }
+
+    #[test]
+    fn a_scrapers_connection_still_serving_does_not_keep_its_next_one_out() {
+        // Full of idle connections, 2 from each of three clients; the scraper's first scrape cut
+        // one and is answered, but its connection is not closed on our side yet.
+        let mut admission = Admission::new(6, 2);
+        for last in 2..=4 {
+            admission.admit(ip(last), 0).unwrap();
+            admission.admit(ip(last), 1).unwrap();
+        }
+        let first = admission.admit(ip(1), 10).unwrap();
+        assert!(first.cut.is_some());
+        admission.requested(first.id);
+        // Its next scrape gets in all the same, cutting another idle one.
+        let second = admission.admit(ip(1), 11).unwrap();
+        assert!(second.cut.is_some());
     }
 }
