@@ -129,6 +129,13 @@ impl Exporter {
             now_ns,
         );
         self.unavailable_fd_limit += unavailable_fd_limit.get();
+        // Goroutine creators, as in the report (resolve/goroutines.rs).
+        let redact = self.aggregator.redacts_paths();
+        for (id, site) in exported.sites.iter_mut() {
+            let created_by = engine.created_by(*id);
+            site.created_by =
+                created_by.map(|f| if redact { crate::output::redact::frame(f) } else { f.clone() });
+        }
         if let Some(holders) = &self.holders {
             for site in exported.sites.values_mut() {
                 site.holders = holders.by_site.get(&site.site).cloned();

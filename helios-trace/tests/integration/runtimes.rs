@@ -235,6 +235,35 @@ fn a_go_program_exec_d_under_the_tracer_has_its_creators_read() {
     client.exit();
 }
 
+/// `serve` says the same at `/sites`, where a DaemonSet's users read the stacks behind the
+/// `site` labels: the site of a goroutine the program created carries its `created_by`.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn serve_sites_carry_the_goroutine_creator() {
+    if !require_bpf() {
+        return;
+    }
+    let mut command = Command::new(goleak_stripped());
+    command.args(["client", "self"]);
+    let mut client = Workload::spawn_command(command);
+    let serve = Serve::start(&["--pid", &client.pid.to_string(), "--reconcile-interval", "0"]);
+    let told = client.ask("spawn 4");
+    let (function, place) = told.split_once(' ').unwrap_or_else(|| panic!("goleak said {told:?}"));
+    let created_by = wait_for("the spawned files' site at /sites", Duration::from_secs(20), || {
+        let (status, body) = serve.get("/sites");
+        assert_eq!(status, 200, "{body}");
+        let sites: Value = serde_json::from_str(&body).unwrap();
+        let site = sites["sites"].as_array().unwrap().iter().find(|s| {
+            s["frame"].as_str().is_some_and(|f| f.starts_with("main.leakFiles"))
+                && s["frames"].as_array().unwrap().iter().any(|f| f["symbol"] == "os.Open")
+        })?;
+        site.get("created_by").cloned()
+    });
+    assert_eq!(created_by["symbol"], function, "{created_by:#}");
+    assert_eq!(format!("{}:{}", created_by["file"].as_str().unwrap(), created_by["line"]), place);
+    client.exit();
+}
+
 /// The one site goleak's `spawn` kept says it was created where the program's own traceback
 /// said (`told`: "FUNCTION FILE:LINE").
 fn assert_created_as_told(spawned: &[Value], told: &str) {

@@ -148,6 +148,10 @@ pub(crate) struct SiteFrames {
     /// CLOSE_WAIT sites of CPython processes; ARCHITECTURE.md, "Holders"); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) holders: Option<Vec<Holder>>,
+    /// In a Go program: the `go` statement that created the goroutines which opened it, as in
+    /// the report (resolve/goroutines.rs); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) created_by: Option<Frame>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -159,6 +163,11 @@ struct OpenNow {
 }
 
 impl Aggregator {
+    /// Whether frames' paths are cut to their file names (`--redact-paths`).
+    pub(crate) fn redacts_paths(&self) -> bool {
+        self.config.redact_paths
+    }
+
     pub(crate) fn new(config: ExportConfig) -> Aggregator {
         Aggregator {
             config,
@@ -293,7 +302,7 @@ impl Aggregator {
                     let frames = frames(site).unwrap_or_else(|| Arc::from([]));
                     let frame = site_frame_label(&frames);
                     let frames = if self.config.redact_paths { redact::frames(&frames) } else { frames };
-                    SiteFrames { site: site.label(), frame, frames, holders: None }
+                    SiteFrames { site: site.label(), frame, frames, holders: None, created_by: None }
                 });
                 s.frame = known.frame.clone();
             }
