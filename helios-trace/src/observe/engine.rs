@@ -29,7 +29,7 @@ use crate::{
         sites::SiteStats,
     },
     resolve::{
-        goroutines::GoProcesses,
+        goroutines::{GoImage, GoProcesses},
         python::PythonProcesses,
         stacks::{StackCounts, StackRegistry},
     },
@@ -209,8 +209,10 @@ impl Engine {
     /// the time of the exec record of the image read (0 for one exec'd before tracing began).
     fn capture(&mut self, tgid: u32, exec_ns: u64) {
         self.stacks.capture_maps(tgid);
-        let go = self.stacks.go_runtime(tgid);
-        self.go.seen(tgid, exec_ns, go.as_ref().map(|(version, offsets)| (version.as_deref(), *offsets)));
+        let module = self.stacks.go_image(tgid);
+        let go = module.as_ref().and_then(|m| m.go.as_ref());
+        let go = go.map(|table| GoImage { version: table.version(), offsets: table.goroutine_offsets() });
+        self.go.seen(tgid, exec_ns, go);
     }
 
     /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).

@@ -187,6 +187,14 @@ pub(crate) fn created(frames: &[Frame]) -> Option<Created> {
     Some(if runtime_internal { Created::Hidden(frame) } else { Created::By(frame) })
 }
 
+/// What a Go program's executable says: its Go version (if its build info records one), and
+/// where that release keeps a goroutine's creator (if that is known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GoImage<'a> {
+    pub(crate) version: Option<&'a str>,
+    pub(crate) offsets: Option<GoOffsets>,
+}
+
 /// Which processes the kernel reads goroutine creators of (`GO_PROCS`), and what it must
 /// learn next.
 #[derive(Debug, Default)]
@@ -199,30 +207,28 @@ pub(crate) struct GoProcesses {
 
 impl GoProcesses {
     /// `tgid`'s image was read (at its first sight or its exec); `go` is what its executable
-    /// says if it is a Go program: its version, and where it keeps a goroutine's creator.
-    /// `exec_ns`: the time of the exec record of the image that was read (0 for an image
-    /// exec'd before tracing began), which the kernel checks the offsets against.
-    pub(crate) fn seen(&mut self, tgid: u32, exec_ns: u64, go: Option<(Option<&str>, Option<GoOffsets>)>) {
-        match go {
-            Some((_, Some(offsets))) => {
-                self.told.insert(tgid);
-                self.updates.push((tgid, Some(GoOffsets { exec_ns, ..offsets })));
+    /// says if it is a Go program. `exec_ns`: the time of the exec record of the image that was
+    /// read (0 for an image exec'd before tracing began), which the kernel checks the offsets
+    /// against.
+    pub(crate) fn seen(&mut self, tgid: u32, exec_ns: u64, go: Option<GoImage<'_>>) {
+        if let Some(offsets) = go.and_then(|g| g.offsets) {
+            self.told.insert(tgid);
+            self.updates.push((tgid, Some(GoOffsets { exec_ns, ..offsets })));
+            return;
+        }
+        if let Some(go) = go {
+            let version = go.version.unwrap_or("a Go release it does not record");
+            if self.unknown.insert(version.to_string()) {
+                log::info!(
+                    "{version} program (pid {tgid}) without DWARF that says its layout: the \
+                     creators of its goroutines are not read, that Go release is not known here"
+                );
             }
-            _ => {
-                let version = go.map(|(version, _)| version.unwrap_or("a Go release it does not record"));
-                if let Some(version) = version.filter(|v| !self.unknown.contains(*v)) {
-                    log::info!(
-                        "{version} program (pid {tgid}) without DWARF that says its layout: the \
-                         creators of its goroutines are not read, that Go release is not known here"
-                    );
-                    self.unknown.insert(version.to_string());
-                }
-                // The kernel drops an entry at the exec; an earlier look may have told one
-                // for the image the process has now left.
-                if self.told.remove(&tgid) {
-                    self.updates.push((tgid, None));
-                }
-            }
+        }
+        // The kernel drops an entry at the exec; an earlier look may have told one for the
+        // image the process has now left.
+        if self.told.remove(&tgid) {
+            self.updates.push((tgid, None));
         }
     }
 
@@ -376,10 +382,10 @@ mod tests {
         let known = GoOffsets { gopc: 296, reserved: 0, exec_ns: 0 };
         let at = |exec_ns| Some(GoOffsets { exec_ns, ..known });
         let mut go = GoProcesses::default();
-        go.seen(10, 0, Some((Some("go1.19.8"), Some(known))));
-        go.seen(11, 5, Some((Some("go1.99.1"), None)));
+        go.seen(10, 0, Some(GoImage { version: Some("go1.19.8"), offsets: Some(known) }));
+        go.seen(11, 5, Some(GoImage { version: Some("go1.99.1"), offsets: None }));
         go.seen(12, 0, None);
-        go.seen(14, 0, Some((None, None)));
+        go.seen(14, 0, Some(GoImage::default()));
         assert_eq!(go.take_updates(), [(10, at(0))]);
         assert_eq!(go.unknown.len(), 2, "each unknown release said once");
         // 10 exec'd something else: what was told for its Go image goes.
@@ -388,7 +394,7 @@ mod tests {
         go.seen(10, 78, None);
         // 13 exec'd a Go program, told with that exec's time, and exited before the update
         // reached the kernel: taken back after it.
-        go.seen(13, 90, Some((Some("go1.19.1"), Some(known))));
+        go.seen(13, 90, Some(GoImage { version: Some("go1.19.1"), offsets: Some(known) }));
         go.exited(13);
         go.exited(13);
         assert_eq!(go.take_updates(), [(13, at(90)), (13, None)]);

@@ -11,8 +11,6 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::GoOffsets;
-
 use crate::{
     model::{
         event::{StackIds, StackSample},
@@ -309,15 +307,13 @@ impl StackRegistry {
         self.creators.get(site)
     }
 
-    /// What a process's executable says if it is a Go program: its Go version, and where that
-    /// release keeps a goroutine's creator. The executable is the module of the lowest
+    /// A process's executable, if it is a Go program (its `go` table says its version and
+    /// where that release keeps a goroutine's creator). The executable is the module of the lowest
     /// executable mapping (it is mapped below its libraries and the dynamic loader, PIE or not).
-    pub(crate) fn go_runtime(&mut self, tgid: u32) -> Option<(Option<String>, Option<GoOffsets>)> {
+    pub(crate) fn go_image(&mut self, tgid: u32) -> Option<Arc<LoadedModule>> {
         let image = self.process(tgid).image.as_ref()?;
         let module = image.modules.iter().min_by_key(|m| m.range.start)?.file.clone();
-        let loaded = self.loaded(&module)?;
-        let go = loaded.go.as_ref()?;
-        Some((go.version().map(String::from), go.goroutine_offsets()))
+        self.loaded(&module).filter(|loaded| loaded.go.is_some())
     }
 
     /// Call sites whose frames are remembered now (`helios_trace_tracked_sites`).

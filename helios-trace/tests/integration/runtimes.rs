@@ -96,6 +96,13 @@ fn symbols_of(site: &Value) -> Vec<&str> {
     site["frames"].as_array().unwrap().iter().filter_map(|f| f["symbol"].as_str()).collect()
 }
 
+/// The stripped goleak client serving itself (the way a pod has to).
+fn stripped_client_of_itself() -> Workload {
+    let mut command = Command::new(goleak_stripped());
+    command.args(["client", "self"]);
+    Workload::spawn_command(command)
+}
+
 /// A loopback server, a stripped and an unstripped goleak client of it, and a tracer of both.
 fn traced_go_clients() -> (Server, Workload, Workload, Tracer) {
     let server = Server::start(None);
@@ -215,9 +222,7 @@ fn a_go_program_exec_d_under_the_tracer_has_its_creators_read() {
     let comm = binary.file_name().unwrap().to_str().unwrap();
     assert!(comm.len() < 16, "the kernel's comm holds {comm}");
     let mut tracer = Tracer::start(&["--comm", comm, "--reconcile-interval", "0"]);
-    let mut command = Command::new(binary);
-    command.args(["client", "self"]);
-    let mut client = Workload::spawn_command(command);
+    let mut client = stripped_client_of_itself();
     // Once its exec record is read (the offsets are told right after): what a goroutine opens
     // before then has no creator read, by design.
     wait_for("the client in the report", Duration::from_secs(20), || {
@@ -243,9 +248,7 @@ fn serve_sites_carry_the_goroutine_creator() {
     if !require_bpf() {
         return;
     }
-    let mut command = Command::new(goleak_stripped());
-    command.args(["client", "self"]);
-    let mut client = Workload::spawn_command(command);
+    let mut client = stripped_client_of_itself();
     let serve = Serve::start(&["--pid", &client.pid.to_string(), "--reconcile-interval", "0"]);
     let told = client.ask("spawn 4");
     let (function, place) = told.split_once(' ').unwrap_or_else(|| panic!("goleak said {told:?}"));
