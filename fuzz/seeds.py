@@ -38,6 +38,13 @@ stack = struct.pack("<4Q", 0x55d0c0a01010, 0, 0x7f0000005678, 0)
 with_stack = bytearray(syscall(257, 5, [2**64 - 100, 0, 0, 0, 0, 0], b"/etc/hosts", stack=-2**31))
 with_stack[0:4] = struct.pack("<I", 6)
 put("record", "openat_user_stack", bytes(with_stack) + struct.pack("<34QII", *regs, len(stack), 1) + stack)
+# FD_SYSCALL_CHAIN: the syscall record, then LearnedChain (depth, flags, 64 addresses); with
+# flags 1 (SHADOW) it is the chain of the window record that follows.
+chain = [0x7f0000001234, 0x55d0c0a01010, 0x7f0000005678] + [0] * 61
+for name, flags in [("openat_learned_chain", 0), ("openat_shadow_chain", 1)]:
+    learned = bytearray(syscall(257, 5, [2**64 - 100, 0, 0, 0, 0, 0], b"/etc/hosts", stack=-2**31))
+    learned[0:4] = struct.pack("<I", 8)
+    put("record", name, bytes(learned) + struct.pack("<II64Q", 3, flags, *chain))
 put("record", "close", header(2) + struct.pack("<iI", 3, 0))
 put("record", "newtask", header(3) + struct.pack("<IIQ", 200, 0, 0x10000) + b"bash".ljust(16, b"\0"))
 put("record", "exec", header(4) + struct.pack("<II", 101, 9) + b"bash".ljust(16, b"\0") + b"/bin/bash".ljust(256, b"\0"))

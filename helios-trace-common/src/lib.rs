@@ -33,6 +33,13 @@ pub mod kind {
     /// [`super::PythonStack`], submitted just before the `FD_SYSCALL` / `FD_SYSCALL_USER_STACK`
     /// record it belongs to, with the same `tid` and `ts_ns`.
     pub const PYTHON_STACK: u32 = 7;
+    /// A descriptor syscall completed, with its user call chain walked in the kernel by rules
+    /// userspace learned (`FRAME_RULES`, `--stacks dwarf`): a [`super::SyscallEvent`] whose
+    /// `header.kind` is this id, then a [`super::LearnedChain`]. With
+    /// [`super::chain_flags::SHADOW`] it is not an event of its own: the
+    /// `FD_SYSCALL_USER_STACK` record that follows (same `tid` and `ts_ns`) is, and userspace
+    /// compares the two chains.
+    pub const FD_SYSCALL_CHAIN: u32 = 8;
 }
 
 /// Common start of every record.
@@ -152,6 +159,92 @@ pub struct UserStack {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<UserStack>() == 280);
+
+/// Frames of a call chain the kernel walks with learned rules at most; a deeper chain takes
+/// the stack window (userspace unwinds up to 128).
+pub const MAX_CHAIN_FRAMES: usize = 64;
+/// Capacity of the `FRAME_RULES` map (allocated as rules are taught; a chain whose rules do not
+/// fit keeps sending its window: slower, not wrong).
+pub const FRAME_RULE_ENTRIES: u32 = 256 * 1024;
+
+/// Key of the `FRAME_RULES` map: one code address of one process image.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct FrameRuleKey {
+    pub tgid: u32,
+    /// 1 for the innermost frame (`address` is the instruction pointer, looked up as is), 0
+    /// for a caller's (`address` is a return address, looked up one byte before it).
+    pub first: u32,
+    /// The image: its exec record's time, as in [`GoOffsets::exec_ns`] (`EXEC_TIMES`).
+    pub exec_ns: u64,
+    pub address: u64,
+}
+const _: () = assert!(size_of::<FrameRuleKey>() == 24);
+
+/// [`FrameRule::flags`].
+pub mod frame_rule {
+    /// The caller's stack pointer (the CFA) is the frame pointer plus `cfa_offset` (else the
+    /// stack pointer plus it).
+    pub const CFA_FROM_BP: u32 = 1 << 0;
+    /// The caller's frame pointer was saved at CFA + `bp_offset` (else it is unchanged).
+    pub const BP_SAVED: u32 = 1 << 1;
+    /// The outermost frame: the chain ends here.
+    pub const END: u32 = 1 << 2;
+}
+
+/// Value of the `FRAME_RULES` map: how to step from a frame at the key's address to its caller
+/// (the return address is at CFA - 8; helios-trace/src/resolve/chains.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct FrameRule {
+    /// [`frame_rule`] bits.
+    pub flags: u32,
+    pub cfa_offset: i32,
+    pub bp_offset: i32,
+    /// Zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<FrameRule>() == 16);
+
+/// [`LearnedChain::flags`].
+pub mod chain_flags {
+    /// Shadow mode: the stack window follows in a record of its own, to be compared.
+    pub const SHADOW: u32 = 1 << 0;
+}
+
+/// A user call chain the kernel walked with learned rules: the instruction pointer, then
+/// return addresses, innermost first (what userspace's unwinder would have made of the
+/// stack window). Follows the [`SyscallEvent`] of a [`kind::FD_SYSCALL_CHAIN`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct LearnedChain {
+    /// Addresses that follow; at most [`MAX_CHAIN_FRAMES`].
+    pub depth: u32,
+    /// [`chain_flags`].
+    pub flags: u32,
+    pub addresses: [u64; MAX_CHAIN_FRAMES],
+}
+const _: () = assert!(size_of::<LearnedChain>() == 520);
+
+impl LearnedChain {
+    /// The addresses the kernel walked, innermost first.
+    pub fn chain(&self) -> &[u64] {
+        let depth = (self.depth as usize).min(MAX_CHAIN_FRAMES);
+        &self.addresses[..depth]
+    }
+}
 
 /// Python frames walked per call at most; deeper stacks are cut (flagged).
 pub const MAX_PYTHON_FRAMES: usize = 32;
@@ -545,8 +638,23 @@ pub struct Settings {
     /// Wake the reader only once this many bytes wait in the ring buffer (userspace also polls
     /// on a short timer, so a quiet buffer is still drained); 0 wakes it on every record.
     pub wakeup_bytes: u64,
+    /// [`stack_mode::DWARF`]: one of [`learned_chains`].
+    pub learned_chains: u32,
+    /// Zero.
+    pub reserved2: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 40);
+const _: () = assert!(size_of::<Settings>() == 48);
+
+/// [`Settings::learned_chains`]: whether the kernel walks call chains with the rules userspace
+/// learned from stack windows it unwound (`FRAME_RULES`).
+pub mod learned_chains {
+    /// Every call sends its stack window.
+    pub const OFF: u32 = 0;
+    /// A chain the rules walk to its end is sent instead of the window.
+    pub const ON: u32 = 1;
+    /// Both are sent, for userspace to compare (tests, `HELIOS_TRACE_CHAIN_SHADOW=1`).
+    pub const SHADOW: u32 = 2;
+}
 
 impl Settings {
     /// What the object carries before the loader writes its own: trace everything,
@@ -561,6 +669,8 @@ impl Settings {
         exit_group_dead_offset: 0,
         filter_matches: 0,
         wakeup_bytes: 0,
+        learned_chains: learned_chains::OFF,
+        reserved2: 0,
     };
 }
 
@@ -588,6 +698,8 @@ pub mod map_name {
     pub const PYTHON_PROCS: &str = "PYTHON_PROCS";
     pub const GO_PROCS: &str = "GO_PROCS";
     pub const EXEC_TIMES: &str = "EXEC_TIMES";
+    /// Learned unwind rules: [`super::FrameRuleKey`] -> [`super::FrameRule`].
+    pub const FRAME_RULES: &str = "FRAME_RULES";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
@@ -627,6 +739,9 @@ mod pod {
         checked::<super::UserStack>();
         checked::<super::PythonOffsets>();
         checked::<super::GoOffsets>();
+        checked::<super::FrameRuleKey>();
+        checked::<super::FrameRule>();
+        checked::<super::LearnedChain>();
         checked::<super::PythonStack>();
         checked::<super::Settings>();
     };
@@ -641,6 +756,8 @@ mod pod {
     unsafe impl aya::Pod for super::UserStack {}
     unsafe impl aya::Pod for super::PythonOffsets {}
     unsafe impl aya::Pod for super::GoOffsets {}
+    unsafe impl aya::Pod for super::FrameRuleKey {}
+    unsafe impl aya::Pod for super::FrameRule {}
     unsafe impl aya::Pod for super::PythonStack {}
     unsafe impl aya::Pod for super::Settings {}
 }

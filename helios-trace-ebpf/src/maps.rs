@@ -1,13 +1,14 @@
 //! Maps shared with userspace. Each is named by the constant of the same name in
 //! helios_trace_common::map_name, which is how helios-trace/src/sys/loader.rs finds it.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES,
-    PythonOffsets, PythonStack, STACK_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES,
-    counter,
+    EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES, FrameRule, FrameRuleKey, GO_PROC_ENTRIES,
+    GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
+    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -63,6 +64,16 @@ shared_map! {
     /// When each traced process last exec'd (its exec record's time): tgid -> boot-time ns,
     /// dropped at its exit. A `GO_PROCS` entry is used only for the image it was found for.
     EXEC_TIMES: HashMap<u32, u64> = HashMap::with_max_entries(EXEC_TIME_ENTRIES, 0);
+}
+
+shared_map! {
+    /// Unwind rules userspace learned from the stack windows it unwound
+    /// (helios-trace/src/resolve/chains.rs), by process image and code address: the kernel walks
+    /// a call chain with them and sends it instead of the window when every frame has one
+    /// (stacks.rs `learned_chain`). Not preallocated: it takes memory for the rules of the
+    /// processes alive (userspace takes a process's back at its exec and exit), not for its
+    /// capacity; when full, new chains keep sending their windows.
+    FRAME_RULES: HashMap<FrameRuleKey, FrameRule> = HashMap::with_max_entries(FRAME_RULE_ENTRIES, BPF_F_NO_PREALLOC);
 }
 
 shared_map! {

@@ -64,3 +64,9 @@ pub fn exit_group_dead_offset() -> u32 {
 pub fn wakeup_bytes() -> u64 {
     setting!(wakeup_bytes)
 }
+
+/// One of helios_trace_common::learned_chains.
+#[inline(always)]
+pub fn learned_chains() -> u32 {
+    setting!(learned_chains)
+}

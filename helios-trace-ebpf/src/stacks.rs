@@ -1,6 +1,7 @@
 //! Call stacks of descriptor-creating calls: frame-pointer user stacks into the STACKS map
-//! (`--stacks fp`), or the user registers and a window of the user stack copied into the record
-//! for userspace to unwind (`--stacks dwarf`).
+//! (`--stacks fp`), or, for `--stacks dwarf`, the call chain walked with the rules userspace
+//! learned (`learned_chain`) or else the user registers and a window of the user stack copied
+//! into the record for userspace to unwind.
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
@@ -13,9 +14,15 @@ use aya_ebpf::{
     },
     programs::tracing::StackIdContext,
 };
-use helios_trace_common::{MAX_STACK_WINDOW, UserStack, counter, user_stack_flags};
+use helios_trace_common::{
+    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, UserStack, counter, frame_rule,
+    user_stack_flags,
+};
 
-use crate::{emit::count, maps::STACKS};
+use crate::{
+    emit::count,
+    maps::{EXEC_TIMES, FRAME_RULES, STACKS},
+};
 
 // The user register layout of the architecture the programs are built for (aya-build passes
 // `bpf_target_arch`, the host's).
@@ -105,6 +112,85 @@ pub fn capture_user_stack(
     }
     stack.flags = user_stack_flags::SHORT;
     true
+}
+
+/// Walk the calling thread's user call chain with the rules userspace learned for this process
+/// image (`FRAME_RULES`), into `chain`; true when every frame had a rule and the chain ended as
+/// userspace's unwinder ends it. Then `chain` holds what userspace would have unwound from the
+/// stack window, exactly: each step depends only on the frame's address and registers
+/// (helios-trace/src/resolve/chains.rs `step`, the same rules over a window, says so and is
+/// tested against the unwinder), and every read stays inside the window the record would
+/// have carried, `[sp, sp + window)`. Anything else (a frame without a rule, a read outside
+/// the window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
+/// refuse) is false: the caller sends the window.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, window: u32) -> bool {
+    chain.depth = 0;
+    chain.flags = 0;
+    let read_reg = |index: usize| unsafe { bpf_probe_read_kernel_value(regs.wrapping_add(index)) };
+    let (Ok(mut pc), Ok(mut sp), Ok(mut bp)) = (read_reg(arch::IP), read_reg(arch::SP), read_reg(arch::BP))
+    else {
+        return false;
+    };
+    let low = sp;
+    let high = sp.saturating_add(window as u64);
+    let read = |at: u64| -> Option<u64> {
+        if at < low || at > high.saturating_sub(8) {
+            return None;
+        }
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()
+    };
+    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
+    let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
+    for depth in 0..MAX_CHAIN_FRAMES {
+        let Some(slot) = chain.addresses.get_mut(depth) else { return false };
+        *slot = pc;
+        let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
+        let rule = *rule;
+        if rule.flags & frame_rule::END != 0 {
+            chain.depth = depth as u32 + 1;
+            return true;
+        }
+        let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
+        let base = if from_bp { bp } else { sp };
+        if from_bp && bp == 0 {
+            // A zero frame pointer ends a frame-pointer chain.
+            chain.depth = depth as u32 + 1;
+            return true;
+        }
+        let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
+        if from_bp && cfa <= sp {
+            return false;
+        }
+        let mut caller_bp = bp;
+        if rule.flags & frame_rule::BP_SAVED != 0 {
+            let Some(saved) = read(base.wrapping_add(rule.bp_offset as i64 as u64)) else { return false };
+            caller_bp = saved;
+        }
+        let Some(return_address) = read(cfa.wrapping_sub(8)) else { return false };
+        if return_address == 0 {
+            chain.depth = depth as u32 + 1;
+            return true;
+        }
+        if cfa == sp && return_address == pc {
+            return false;
+        }
+        pc = return_address;
+        sp = cfa;
+        bp = caller_bp;
+        key = FrameRuleKey { tgid, first: 0, exec_ns, address: pc };
+    }
+    false
+}
+
+/// Rules are learned for x86_64's registers only: elsewhere every call sends its window.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+pub fn learned_chain(chain: &mut LearnedChain, _regs: *const u64, _tgid: u32, _window: u32) -> bool {
+    chain.depth = 0;
+    chain.flags = 0;
+    false
 }
 
 #[inline(always)]

@@ -20,7 +20,7 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
@@ -29,8 +29,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
-    CloseEvent, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent, UserStack,
-    counter, kind, spec, stack_mode, syscall_flags,
+    CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent,
+    UserStack, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
@@ -39,8 +39,8 @@ use crate::{
     goroutines::creator_pc,
     maps::{EVENTS, SYSCALL_SPECS},
     python::python_stack,
-    settings::{stack_window, user_stack_mode},
-    stacks::{capture_user_stack, stack_id},
+    settings::{learned_chains, stack_window, user_stack_mode},
+    stacks::{capture_user_stack, learned_chain, stack_id},
 };
 
 // The user register layout of the architecture the programs are built for.
@@ -202,6 +202,31 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         python_stack(pid_tgid, ts_ns);
     }
     if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
+        let learned = learned_chains();
+        if learned != learned_chains::OFF {
+            // A chain the learned rules walk to its end is the record's stack (520 bytes of
+            // addresses instead of a window of several KiB for userspace to unwind).
+            let Some(mut entry) = EVENTS.reserve::<WithChain>(0) else {
+                count(counter::RINGBUF_FULL);
+                return Ok(());
+            };
+            // SAFETY: ring-buffer records are 8-byte aligned and this long.
+            let record = unsafe { &mut *entry.as_mut_ptr() };
+            let window = stack_window().min(MAX_STACK_WINDOW);
+            if learned_chain(&mut record.chain, regs, (pid_tgid >> 32) as u32, window) {
+                fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
+                record.event.header.kind = kind::FD_SYSCALL_CHAIN;
+                if learned != learned_chains::SHADOW {
+                    entry.submit(wakeup_flags());
+                    return Ok(());
+                }
+                // Shadow: the window follows, for userspace to compare the two.
+                record.chain.flags = chain_flags::SHADOW;
+                entry.submit(0);
+            } else {
+                entry.discard(BPF_RB_NO_WAKEUP as u64);
+            }
+        }
         // The record carries the stack: reserve room for the whole window and copy the stack
         // straight into it. The window is a field of the read-only settings, whose value the
         // verifier knows (settings.rs), which is what lets the reserved size vary with the
@@ -231,6 +256,13 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         entry.submit(wakeup_flags());
     }
     Ok(())
+}
+
+/// The layout of a `kind::FD_SYSCALL_CHAIN` record (helios_trace_common).
+#[repr(C)]
+struct WithChain {
+    event: SyscallEvent,
+    chain: LearnedChain,
 }
 
 /// The layout of a `kind::FD_SYSCALL_USER_STACK` record (helios_trace_common).

@@ -15,6 +15,7 @@ pub fn record(data: &[u8]) {
     TABLE.with(|table| {
         let _ = decode::decode(data, table);
         let _ = decode::user_stack(data);
+        let _ = decode::learned_chain(data);
     });
 }
 

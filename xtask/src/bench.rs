@@ -301,6 +301,7 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Helios(&["--stacks", "none"]),
         Tracer::Helios(&["--stacks", "fp"]),
         Tracer::Helios(&[]),
+        Tracer::Helios(&["--learned-chains", "off"]),
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
@@ -327,6 +328,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Helios(&["--stacks", "none"]),
         Tracer::Helios(&["--stacks", "fp"]),
         Tracer::Helios(&[]),
+        Tracer::Helios(&["--learned-chains", "off"]),
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];

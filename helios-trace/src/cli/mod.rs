@@ -4,7 +4,7 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use helios_trace_common::stack_mode;
+use helios_trace_common::{learned_chains, stack_mode};
 
 use crate::model::frame::FrameDisplay;
 
@@ -210,6 +210,11 @@ pub(crate) struct TraceArgs {
     /// are cut there (counted in the report's events.stacks_truncated).
     #[arg(long, value_parser = parse_stack_window, default_value = "8K")]
     pub(crate) stack_window: u32,
+    /// With --stacks dwarf: once a call chain has been unwound here, the kernel walks it again
+    /// with the rules learned from it and sends its addresses instead of the stack window
+    /// (README.md, "Call stacks"). `shadow` sends both and counts where they differ.
+    #[arg(long, value_enum, default_value_t = LearnedChainsMode::On)]
+    pub(crate) learned_chains: LearnedChainsMode,
     /// Python call stacks (function, file, line) of CPython 3.10-3.13 processes, merged with
     /// the native frames. Needs user stacks: with --stacks none there are no Python frames
     /// either. Other interpreters get native frames and one warning each.
@@ -259,6 +264,28 @@ pub(crate) enum PythonFramesMode {
     Auto,
     /// Native frames only (no walk in the kernel, no reads of interpreter memory).
     Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LearnedChainsMode {
+    /// Learned chains replace the window where every frame has a rule.
+    On,
+    /// Every call sends its window.
+    Off,
+    /// Both: each learned chain is checked against the window's unwinding (the report's
+    /// `events.chains_mismatched`). For tests and doubt; costs more than either.
+    Shadow,
+}
+
+impl LearnedChainsMode {
+    /// The kernel programs' `Settings::learned_chains` value.
+    pub(crate) fn kernel_mode(self) -> u32 {
+        match self {
+            LearnedChainsMode::On => learned_chains::ON,
+            LearnedChainsMode::Off => learned_chains::OFF,
+            LearnedChainsMode::Shadow => learned_chains::SHADOW,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -136,6 +136,7 @@ fn trace_settings(trace: &TraceArgs) -> TraceSettings {
         uids: trace.uids.clone(),
         user_stack_mode: trace.stacks.kernel_mode(),
         stack_window: trace.stack_window,
+        learned_chains: trace.learned_chains.kernel_mode(),
         // The kernel walks Python frames only where it captures user stacks.
         python_frames: trace.python_frames == PythonFramesMode::Auto && trace.stacks != StackMode::None,
         reconcile_interval: trace.reconcile_interval,

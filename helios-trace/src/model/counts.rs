@@ -16,6 +16,13 @@ pub(crate) struct EventCounts {
     pub(crate) stack_errors: u64,
     /// `--stacks dwarf`: stacks deeper than `--stack-window`, whose outer frames are missing.
     pub(crate) stacks_truncated: u64,
+    /// `--stacks dwarf`: stacks the kernel walked with rules learned here instead of sending
+    /// the stack window (`--learned-chains`).
+    pub(crate) chains_learned: u64,
+    /// `--learned-chains shadow`: windows unwound here whose chain the kernel had also
+    /// walked, and those where the two differ (never, unless the rules are wrong).
+    pub(crate) chains_checked: u64,
+    pub(crate) chains_mismatched: u64,
     /// Distinct user stacks that could not be named: the process was gone before its maps
     /// were read (an exec followed by a quick exit); their frames are bare addresses.
     pub(crate) stacks_unresolved: u64,

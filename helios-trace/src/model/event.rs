@@ -135,6 +135,17 @@ impl Op {
     }
 }
 
+/// The user stack a descriptor record carried (`--stacks dwarf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CapturedStack<'a> {
+    /// Registers and a window of the stack, to unwind here. `shadow`: the chain the kernel
+    /// walked for the same call with learned rules (`--learned-chains shadow`), to compare.
+    Window { sample: &'a StackSample<'a>, shadow: Option<&'a [u64]> },
+    /// The chain the kernel walked with learned rules (resolve/chains.rs): the instruction
+    /// pointer, then return addresses, innermost first.
+    Chain(&'a [u64]),
+}
+
 /// The user state of a thread at a syscall, as the kernel program captured it (`--stacks
 /// dwarf`): the registers and a window of the stack, borrowed from the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

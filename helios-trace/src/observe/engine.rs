@@ -13,14 +13,14 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::{GoOffsets, PythonOffsets};
+use helios_trace_common::{FrameRule, FrameRuleKey, GoOffsets, PythonOffsets};
 
 use log::debug;
 
 use crate::{
     model::{
         counts::EventCounts,
-        event::{Event, Op, StackSample},
+        event::{CapturedStack, Event, Op},
         exited::ExitedProcess,
         fd::SiteId,
         fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
@@ -34,7 +34,7 @@ use crate::{
         stacks::{StackCounts, StackRegistry},
     },
     sys::{
-        decode::{self, Decoded, PythonFrames},
+        decode::{self, Decoded, PythonFrames, ShadowChain},
         syscalls::SyscallTable,
     },
 };
@@ -92,6 +92,9 @@ pub(crate) struct Engine {
     /// one slot: the kernel submits the two records one after the other, but another CPU's
     /// records can land between them in the shared ring buffer.
     walked: HashMap<u32, PythonFrames>,
+    /// `--learned-chains shadow`: the kernel's chain of each thread's window record that
+    /// follows, as `walked` is kept.
+    shadows: HashMap<u32, ShadowChain>,
     /// Go programs whose goroutines' creators the kernel reads.
     go: GoProcesses,
     syscalls: SyscallTable,
@@ -127,6 +130,7 @@ impl Engine {
             stacks: StackRegistry::new(proc_root),
             python: PythonProcesses::new(proc_root),
             walked: HashMap::new(),
+            shadows: HashMap::new(),
             go: GoProcesses::default(),
             syscalls: SyscallTable::native(),
             proc,
@@ -152,6 +156,16 @@ impl Engine {
     }
 
     /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).
+    /// Teach the kernel the rules of the call chains unwound here (`--learned-chains`).
+    pub(crate) fn learn_chains(&mut self) {
+        self.stacks.learn_chains();
+    }
+
+    /// What the kernel's `FRAME_RULES` map must learn, or forget, since the last call.
+    pub(crate) fn frame_rule_updates(&mut self) -> Vec<(FrameRuleKey, Option<FrameRule>)> {
+        self.stacks.take_rule_updates()
+    }
+
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
         self.stacks.limit_sites(max_sites);
     }
@@ -209,6 +223,7 @@ impl Engine {
     /// the time of the exec record of the image read (0 for one exec'd before tracing began).
     fn capture(&mut self, tgid: u32, exec_ns: u64) {
         self.stacks.capture_maps(tgid);
+        self.stacks.set_image_time(tgid, exec_ns);
         let module = self.stacks.go_image(tgid);
         let go = module.as_ref().and_then(|m| m.go.as_ref());
         let go = go.map(|table| GoImage { version: table.version(), offsets: table.goroutine_offsets() });
@@ -321,9 +336,29 @@ impl Engine {
         match decoded {
             Ok(Decoded::Event(event)) => {
                 self.by_type[event.op.index()] += 1;
-                // decode checked the record's length, so its stack sample reads.
+                // decode checked the record's length, so its stack reads.
+                let chain = decode::learned_chain(bytes).ok().flatten();
                 let sample = decode::user_stack(bytes).ok().flatten();
-                self.handle_event(&event, sample.as_ref(), stacks)
+                let shadow = match sample {
+                    Some(_) => self.shadows.remove(&event.tid).filter(|s| s.ts_ns == event.ts_ns),
+                    None => None,
+                };
+                let stack = match (&chain, &sample) {
+                    (Some(chain), _) => Some(CapturedStack::Chain(chain.chain())),
+                    (None, Some(sample)) => Some(CapturedStack::Window {
+                        sample,
+                        shadow: shadow.as_ref().map(|s| &s.addresses[..]),
+                    }),
+                    (None, None) => None,
+                };
+                self.handle_event(&event, stack.as_ref(), stacks)
+            }
+            Ok(Decoded::Shadow(shadow)) => {
+                // Part of the thread's window record that follows, as a Python stack is.
+                if self.shadows.len() >= MAX_WALKED_PENDING {
+                    self.shadows.clear();
+                }
+                self.shadows.insert(shadow.tid, shadow);
             }
             Ok(Decoded::Nothing | Decoded::Python(_)) => self.untracked += 1,
             Err(err) => {
@@ -333,16 +368,16 @@ impl Engine {
         }
     }
 
-    /// One event; `sample` is the user stack a `--stacks dwarf` record carried.
+    /// One event; `stack` is the user stack a `--stacks dwarf` record carried.
     pub(crate) fn handle_event(
         &mut self,
         event: &Event,
-        sample: Option<&StackSample<'_>>,
+        stack: Option<&CapturedStack<'_>>,
         stacks: &dyn StackSource,
     ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                let native = self.stacks.site(event.tgid, event.stacks, sample, &|id| stacks.read_stack(id));
+                let native = self.stacks.site(event.tgid, event.stacks, stack, &|id| stacks.read_stack(id));
                 // With Python frames, the native site is a step to the site: remembered too
                 // (what Python sites are made from), so it must be forgotten in its turn.
                 self.stats.made(native, event.ts_ns);

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use helios_trace_common::{learned_chains, stack_mode};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
@@ -147,6 +148,8 @@ pub(crate) struct TraceSettings {
     pub(crate) user_stack_mode: u32,
     /// Bytes of user stack per call with `stack_mode::DWARF`.
     pub(crate) stack_window: u32,
+    /// With `stack_mode::DWARF`: `helios_trace_common::learned_chains`.
+    pub(crate) learned_chains: u32,
     /// Walk the Python frames of the CPython processes recognised.
     pub(crate) python_frames: bool,
     /// Compare the tables with /proc this often (zero: never).
@@ -185,6 +188,7 @@ impl Tracing {
             stack_window: args.stack_window,
             ring_buffer_bytes: args.ring_buffer_bytes,
             wakeup_bytes: WAKEUP_BYTES.min(args.ring_buffer_bytes as u64 / 4),
+            learned_chains: args.learned_chains,
         };
         let (mut tracer, ring) = Tracer::start(&config)?;
         let missing = checks::missing_proc_capabilities(checks::own_capabilities());
@@ -201,6 +205,9 @@ impl Tracing {
         let start_ns = clock::boot_ns();
         let mut engine = Engine::new(proc_root, Box::new(Procfs::new(proc_root)), args.limits);
         engine.limit_sites(args.max_stacks);
+        if args.user_stack_mode == stack_mode::DWARF && args.learned_chains != learned_chains::OFF {
+            engine.learn_chains();
+        }
         engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
         engine.enable_python(args.python_frames);
         // Attach first, then scan: every descriptor is either in the scan or in an event after
@@ -424,6 +431,9 @@ impl Tracing {
             stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
             stacks_truncated: self.engine.stack_counts().truncated,
             stacks_unresolved: self.engine.stack_counts().unresolved,
+            chains_learned: self.engine.stack_counts().chains_learned,
+            chains_checked: self.engine.stack_counts().chains_checked,
+            chains_mismatched: self.engine.stack_counts().chains_mismatched,
             sites_dropped: self.engine.stack_counts().sites_dropped,
             python_frames_missed: self.engine.python_missed(),
             ..self.engine.counts()
@@ -435,12 +445,18 @@ impl Tracing {
     }
 }
 
-/// Tell the kernel which CPython processes to walk, and which Go programs' goroutine
-/// creators to read (found or gone since the last call).
+/// Tell the kernel which CPython processes to walk, the unwind rules learned, and which Go
+/// programs' goroutine creators to read (found or gone since the last call).
 fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
     for (pid, offsets) in engine.python_updates(clock::boot_ns()) {
         if let Err(err) = tracer.set_python(pid, offsets) {
             log::warn!("process {pid}: {err:#}: native frames only");
+        }
+    }
+    for (key, rule) in engine.frame_rule_updates() {
+        if let Err(err) = tracer.set_frame_rule(key, rule) {
+            // The kernel then keeps sending this chain's window: slower, not wrong.
+            log::debug!("process {}: {err:#}", key.tgid);
         }
     }
     for (pid, offsets) in engine.go_updates() {

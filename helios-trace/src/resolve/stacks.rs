@@ -1,24 +1,28 @@
 //! From a captured stack to a call site: the stack registry turns (process, captured stack)
 //! into a site (its id and frames: model/frame.rs) and remembers each site's frames.
 //!
-//! A user stack arrives either as registers and a window of stack bytes (`--stacks dwarf`,
-//! unwound here with the modules' CFI: resolve/unwind.rs) or as a frame-pointer stack id in the
+//! A user stack arrives as registers and a window of stack bytes (`--stacks dwarf`, unwound
+//! here with the modules' CFI: resolve/unwind.rs), as the chain the kernel walked with the
+//! rules learned from such windows (resolve/chains.rs), or as a frame-pointer stack id in the
 //! kernel's stack map (`--stacks fp`). The addresses are named against the process's image captured at its first sight
 //! (resolve/modules) with blazesym (resolve/symbolize.rs).
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::Arc,
 };
 
+use helios_trace_common::{FrameRule, FrameRuleKey, MAX_CHAIN_FRAMES};
+
 use crate::{
     model::{
-        event::{StackIds, StackSample},
+        event::{CapturedStack, StackIds, StackSample},
         fd::SiteId,
         frame::{Frame, Language, site_id},
     },
     resolve::{
         cache::{BoundedLru, Weight},
+        chains,
         goroutines::{self, SiteCreators},
         modules::{
             cache::ModuleCache,
@@ -28,7 +32,7 @@ use crate::{
         },
         perfmap::{JitSymbol, PerfMap},
         symbolize::{Symbol, Symbolizer},
-        unwind::{ProcessUnwinder, UnwindCache},
+        unwind::{ProcessUnwinder, UnwindCache, Unwound},
     },
 };
 
@@ -42,6 +46,9 @@ const MAX_RECAPTURES: u32 = 16;
 /// Parsed modules kept (a node runs a few hundred distinct libraries), and their total size.
 const MAX_MODULES: usize = 512;
 const MAX_MODULE_BYTES: u64 = 4 << 30;
+/// Frame rules taught to the kernel per process image at most (each frame of each distinct
+/// chain; a busy service has a few thousand).
+const MAX_TAUGHT_PER_PROCESS: usize = 16 * 1024;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
 /// Looks for a process's perf map that find none (most processes have none): then its JIT
@@ -73,6 +80,11 @@ struct ProcessStacks {
     perf_map: Option<PerfMap>,
     /// Times it was looked for and not found (a runtime writes it from its start: bounded).
     perf_map_misses: u32,
+    /// The image's exec record time, as the kernel keys its rules (0: exec'd before tracing
+    /// began, or forked).
+    image_ns: u64,
+    /// Frames whose rules were taught to the kernel: (innermost?, address).
+    taught: HashSet<(bool, u64)>,
 }
 
 /// An unwound chain and its site.
@@ -111,6 +123,12 @@ pub(crate) struct StackCounts {
     /// New call sites not remembered because `max_sites` were (their descriptors are
     /// tracked under `SiteId::SiteLimit`).
     pub(crate) sites_dropped: u64,
+    /// Stacks that came as chains the kernel walked with learned rules.
+    pub(crate) chains_learned: u64,
+    /// `--learned-chains shadow`: windows whose unwinding was compared with the kernel's
+    /// chain, and those where the two differed.
+    pub(crate) chains_checked: u64,
+    pub(crate) chains_mismatched: u64,
 }
 
 /// Turns (process, captured stack) into sites and remembers each site's frames.
@@ -132,6 +150,10 @@ pub(crate) struct StackRegistry {
     /// At most this many sites' frames are kept (`--max-stacks`): the first ones stay, as
     /// the oldest open descriptors do.
     max_sites: usize,
+    /// Learn the rules of unwound chains for the kernel (`--learned-chains`).
+    learning: bool,
+    /// Rules for the kernel's `FRAME_RULES` (Some) and rules it must forget (None), in order.
+    rule_updates: Vec<(FrameRuleKey, Option<FrameRule>)>,
 }
 
 impl StackRegistry {
@@ -150,37 +172,74 @@ impl StackRegistry {
             unwind_cache: Box::new(UnwindCache::new()),
             counts: StackCounts::default(),
             max_sites: usize::MAX,
+            learning: false,
+            rule_updates: Vec::new(),
         }
+    }
+
+    /// Learn the rules of the chains unwound from now on, for the kernel.
+    pub(crate) fn learn_chains(&mut self) {
+        self.learning = true;
+    }
+
+    /// The rules the kernel must learn or forget since the last call.
+    pub(crate) fn take_rule_updates(&mut self) -> Vec<(FrameRuleKey, Option<FrameRule>)> {
+        std::mem::take(&mut self.rule_updates)
+    }
+
+    /// The time of the exec record of `tgid`'s image, which the kernel keys its rules by.
+    pub(crate) fn set_image_time(&mut self, tgid: u32, exec_ns: u64) {
+        self.process(tgid).image_ns = exec_ns;
     }
 
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
         self.max_sites = max_sites;
     }
 
-    /// The site of a descriptor opened with these stacks: `sample` is the user stack of
+    /// The site of a descriptor opened with these stacks: `stack` is the user stack of
     /// `--stacks dwarf`; otherwise `ids.user` names a frame-pointer stack. `read_stack`
     /// fetches a stack id's addresses from the kernel's stack map (only on first sight).
     pub(crate) fn site(
         &mut self,
         tgid: u32,
         ids: StackIds,
-        sample: Option<&StackSample<'_>>,
+        stack: Option<&CapturedStack<'_>>,
         read_stack: &dyn Fn(u32) -> Option<Vec<u64>>,
     ) -> SiteId {
         let user_id = ids.user.filter(|id| *id >= 0);
-        let user = match sample {
-            Some(sample) => {
-                let mut addresses = self.unwind(tgid, sample);
-                let known = self.process(tgid).chain(chain_hash(&addresses), &addresses);
+        let user = match stack {
+            Some(CapturedStack::Window { sample, shadow }) => {
+                let mut unwound = self.unwind(tgid, sample);
+                if let Some(shadow) = shadow {
+                    self.counts.chains_checked += 1;
+                    if unwound.addresses != *shadow {
+                        self.counts.chains_mismatched += 1;
+                        log::warn!(
+                            "process {tgid}: the kernel's learned chain {shadow:x?} is not the unwound {:x?}",
+                            unwound.addresses
+                        );
+                    }
+                }
+                let known = self.process(tgid).chain(chain_hash(&unwound.addresses), &unwound.addresses);
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
                 // A new chain: make sure every module in it is known (a library loaded since
                 // the maps were read would have been unwound by frame pointer, wrongly).
-                if self.refresh_if_uncovered(tgid, &addresses) {
-                    addresses = self.unwind(tgid, sample);
+                if self.refresh_if_uncovered(tgid, &unwound.addresses) {
+                    unwound = self.unwind(tgid, sample);
                 }
-                Some(addresses)
+                self.learn(tgid, sample, &unwound);
+                Some(unwound.addresses)
+            }
+            Some(CapturedStack::Chain(addresses)) => {
+                self.counts.chains_learned += 1;
+                let known = self.process(tgid).chain(chain_hash(addresses), addresses);
+                if let Some(site) = known.filter(|site| self.knows(*site)) {
+                    return site;
+                }
+                self.refresh_if_uncovered(tgid, addresses);
+                Some(addresses.to_vec())
             }
             None => {
                 let known = self.process(tgid).by_stack_id.get(&user_id).copied();
@@ -223,7 +282,7 @@ impl StackRegistry {
             }
         }
         let process = self.process(tgid);
-        match (sample, user) {
+        match (stack, user) {
             (Some(_), Some(addresses)) => process.remember_chain(chain_hash(&addresses), addresses, site),
             _ => {
                 process.by_stack_id.insert(user_id, site);
@@ -343,9 +402,64 @@ impl StackRegistry {
         self.processes.insert(child, ProcessStacks { image: Some(image), unwinder, ..Default::default() });
     }
 
-    /// The process image changed (exec) or the process is gone (exit).
+    /// The process image changed (exec) or the process is gone (exit): the kernel forgets
+    /// its rules too (a pid is reused, and a forked one keys its rules as an image of time 0).
     pub(crate) fn forget(&mut self, tgid: u32) {
-        self.processes.remove(&tgid);
+        let Some(process) = self.processes.remove(&tgid) else { return };
+        for (first, address) in process.taught {
+            let key = FrameRuleKey { tgid, first: u32::from(first), exec_ns: process.image_ns, address };
+            self.rule_updates.push((key, None));
+        }
+    }
+
+    /// Teach the kernel the rules of a chain just unwound, where every frame has one that
+    /// redoes framehop's step (resolve/chains.rs): its next calls through these frames send
+    /// the chain instead of the window.
+    fn learn(&mut self, tgid: u32, sample: &StackSample<'_>, unwound: &Unwound) {
+        if !self.learning
+            || !cfg!(target_arch = "x86_64")
+            || !unwound.ended
+            || unwound.frames.len() > MAX_CHAIN_FRAMES
+            || unwound.frames.len() != unwound.addresses.len()
+        {
+            return;
+        }
+        let Some(process) = self.processes.get(&tgid) else { return };
+        if process.taught.len() + unwound.frames.len() > MAX_TAUGHT_PER_PROCESS {
+            return;
+        }
+        let Some(image) = &process.image else { return };
+        // The module of each frame, looked up as framehop looks it up (a return address by
+        // the call before it).
+        let modules: Vec<_> = unwound
+            .frames
+            .iter()
+            .enumerate()
+            .map(|(index, frame)| {
+                let lookup = if index == 0 { frame.pc } else { frame.pc.saturating_sub(1) };
+                image.module_of(lookup).cloned()
+            })
+            .collect();
+        let mut rule_of = |index: usize, pc: u64| {
+            let module = modules.get(index)?.as_ref()?;
+            let loaded = self.loaded(&module.file)?;
+            let bias = loaded.bias(module.text)?;
+            chains::cfi_rule(&loaded.unwind, pc.checked_sub(bias)?, index == 0)
+        };
+        let read = |address: u64| sample.read(address).ok();
+        let Some(rules) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        for (index, (frame, rule)) in unwound.frames.iter().zip(rules).enumerate() {
+            if process.taught.insert((index == 0, frame.pc)) {
+                let key = FrameRuleKey {
+                    tgid,
+                    first: u32::from(index == 0),
+                    exec_ns: process.image_ns,
+                    address: frame.pc,
+                };
+                self.rule_updates.push((key, Some(rule)));
+            }
+        }
     }
 
     fn process(&mut self, tgid: u32) -> &mut ProcessStacks {
@@ -373,7 +487,7 @@ impl StackRegistry {
     }
 
     /// Unwind a captured user stack with the process's modules; addresses innermost first.
-    fn unwind(&mut self, tgid: u32, sample: &StackSample<'_>) -> Vec<u64> {
+    fn unwind(&mut self, tgid: u32, sample: &StackSample<'_>) -> Unwound {
         if self.process(tgid).image.is_none() {
             // First sight of this process.
             self.capture_maps(tgid);
@@ -382,7 +496,7 @@ impl StackRegistry {
         if unwound.truncated {
             self.counts.truncated += 1;
         }
-        unwound.addresses
+        unwound
     }
 
     /// Read the maps again when an address lies in none of the process's modules (first sight,
@@ -399,7 +513,7 @@ impl StackRegistry {
         true
     }
 
-    fn unwind_with_image(&mut self, tgid: u32, sample: &StackSample<'_>) -> crate::resolve::unwind::Unwound {
+    fn unwind_with_image(&mut self, tgid: u32, sample: &StackSample<'_>) -> Unwound {
         if self.process(tgid).unwinder.is_none() {
             let modules = self.process(tgid).image.as_ref().map(|i| i.modules.clone()).unwrap_or_default();
             let mut unwinder = ProcessUnwinder::default();
@@ -700,7 +814,12 @@ mod tests {
         registry.capture_maps(pid);
         let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
         let no_stack_map = |_: u32| -> Option<Vec<u64>> { panic!("dwarf stacks need no stack map") };
-        let site = registry.site(pid, StackIds::default(), Some(&sample), &no_stack_map);
+        let site = registry.site(
+            pid,
+            StackIds::default(),
+            Some(&CapturedStack::Window { sample: &sample, shadow: None }),
+            &no_stack_map,
+        );
         let frames = registry.frames(site).unwrap().clone();
         let named: Vec<&str> =
             frames.iter().filter(|f| !f.inlined).filter_map(|f| f.symbol.as_deref()).collect();
@@ -715,13 +834,34 @@ mod tests {
         );
         // Again, and after the process is gone (its maps, files and procfs entry with it):
         // the same site, from the cache and from the files held since first sight.
-        assert_eq!(registry.site(pid, StackIds::default(), Some(&sample), &no_stack_map), site);
+        assert_eq!(
+            registry.site(
+                pid,
+                StackIds::default(),
+                Some(&CapturedStack::Window { sample: &sample, shadow: None }),
+                &no_stack_map
+            ),
+            site
+        );
         std::fs::remove_dir_all(procfs.path().join(pid.to_string())).unwrap();
         registry.inherit_maps(pid, pid + 1);
-        assert_eq!(registry.site(pid + 1, StackIds::default(), Some(&sample), &no_stack_map), site);
+        assert_eq!(
+            registry.site(
+                pid + 1,
+                StackIds::default(),
+                Some(&CapturedStack::Window { sample: &sample, shadow: None }),
+                &no_stack_map
+            ),
+            site
+        );
         assert_eq!(registry.counts().truncated, 0);
         let cut = StackSample { stack: &captured.stack[..24], ..sample };
-        let short = registry.site(pid + 1, StackIds::default(), Some(&cut), &no_stack_map);
+        let short = registry.site(
+            pid + 1,
+            StackIds::default(),
+            Some(&CapturedStack::Window { sample: &cut, shadow: None }),
+            &no_stack_map,
+        );
         assert_ne!(short, site);
         assert_eq!(registry.counts().truncated, 1);
     }

@@ -12,6 +12,7 @@ use framehop::{
 
 use crate::{
     model::event::StackSample,
+    resolve::chains::FrameRegs,
     resolve::modules::{
         elf::{LoadedModule, SectionBytes},
         files::ProcessModule,
@@ -26,8 +27,14 @@ mod arch {
     use framehop::x86_64::UnwindRegsX86_64;
     use helios_trace_common::regs_x86_64 as regs;
 
+    use crate::resolve::chains::FrameRegs;
+
     pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
         UnwindRegsX86_64::new(r[regs::IP], r[regs::SP], r[regs::BP])
+    }
+
+    pub(crate) fn frame_regs(pc: u64, regs: &UnwindRegsX86_64) -> FrameRegs {
+        FrameRegs { pc, sp: regs.sp(), bp: regs.bp() }
     }
 }
 
@@ -36,8 +43,15 @@ mod arch {
     use framehop::aarch64::UnwindRegsAarch64;
     use helios_trace_common::regs_aarch64 as regs;
 
+    use crate::resolve::chains::FrameRegs;
+
     pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
         UnwindRegsAarch64::new(r[regs::LR], r[regs::SP], r[regs::FP])
+    }
+
+    /// Rules are learned for x86_64 only (resolve/chains.rs).
+    pub(crate) fn frame_regs(pc: u64, regs: &UnwindRegsAarch64) -> FrameRegs {
+        FrameRegs { pc, sp: regs.sp(), bp: regs.fp() }
     }
 }
 
@@ -47,6 +61,10 @@ pub(crate) struct Unwound {
     pub(crate) addresses: Vec<u64>,
     /// The chain goes on past the copied window (`--stack-window` too small for this stack).
     pub(crate) truncated: bool,
+    /// The registers at each frame (x86_64; elsewhere empty).
+    pub(crate) frames: Vec<FrameRegs>,
+    /// The chain ended at its outermost frame (not at an error or the window's end).
+    pub(crate) ended: bool,
 }
 
 /// framehop's rule cache, shared by every process (its keys carry a module generation).
@@ -88,15 +106,26 @@ impl ProcessUnwinder {
         true
     }
 
+    /// Unwind `sample` frame by frame, as framehop's `UnwindIterator` does, keeping the
+    /// registers at each frame (what resolve/chains.rs learns rules from).
     pub(crate) fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {
         let mut read_stack = |address| sample.read(address);
-        let mut frames =
-            self.unwinder.iter_frames(sample.pc(), arch::unwind_regs(&sample.regs), cache, &mut read_stack);
+        let mut regs = arch::unwind_regs(&sample.regs);
+        let mut address = FrameAddress::from_instruction_pointer(sample.pc());
         let mut unwound = Unwound::default();
         while unwound.addresses.len() < MAX_FRAMES {
-            match frames.next() {
-                Ok(Some(frame)) => unwound.addresses.push(address(frame)),
-                Ok(None) => break,
+            unwound.addresses.push(address.address());
+            unwound.frames.push(arch::frame_regs(address.address(), &regs));
+            match self.unwinder.unwind_frame(address, &mut regs, cache, &mut read_stack) {
+                Ok(Some(return_address)) => match FrameAddress::from_return_address(return_address) {
+                    Some(next) => address = next,
+                    // framehop's iterator calls a null return address an error.
+                    None => break,
+                },
+                Ok(None) => {
+                    unwound.ended = true;
+                    break;
+                }
                 Err(FramehopError::CouldNotReadStack(at)) => {
                     unwound.truncated = sample.beyond_window(at);
                     break;
@@ -107,10 +136,6 @@ impl ProcessUnwinder {
         }
         unwound
     }
-}
-
-fn address(frame: FrameAddress) -> u64 {
-    frame.address()
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use helios_trace_common::{
-    CloseEvent, EventHeader, ExecEvent, ExitEvent, MAX_AUX_FDS, NewTaskEvent, PATH_LEN, PythonFrame,
-    PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack, kind, syscall_flags,
+    CloseEvent, EventHeader, ExecEvent, ExitEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent, PATH_LEN,
+    PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack, chain_flags, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -33,6 +33,17 @@ pub(crate) enum Decoded {
     Nothing,
     /// The Python frames of the descriptor record that follows (same tid and ts_ns).
     Python(PythonFrames),
+    /// `--learned-chains shadow`: the chain the kernel walked for the descriptor record that
+    /// follows with its stack window (same tid and ts_ns).
+    Shadow(ShadowChain),
+}
+
+/// A `kind::FD_SYSCALL_CHAIN` record with `chain_flags::SHADOW`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ShadowChain {
+    pub(crate) tid: u32,
+    pub(crate) ts_ns: u64,
+    pub(crate) addresses: Vec<u64>,
 }
 
 /// A `kind::PYTHON_STACK` record: (code object, instruction) pairs, innermost first.
@@ -63,9 +74,15 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
         op,
     };
     match header.kind {
-        kind::FD_SYSCALL | kind::FD_SYSCALL_USER_STACK => {
+        kind::FD_SYSCALL | kind::FD_SYSCALL_USER_STACK | kind::FD_SYSCALL_CHAIN => {
             let record: SyscallEvent = read(bytes, "syscall record")?;
             user_stack(bytes)?;
+            if let Some(chain) = learned_chain(bytes)?
+                && chain.flags & chain_flags::SHADOW != 0
+            {
+                let addresses = chain.chain().to_vec();
+                return Ok(Decoded::Shadow(ShadowChain { tid: header.tid, ts_ns: header.ts_ns, addresses }));
+            }
             let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
             let stacks = StackIds {
                 user: stack_id(record.stack_id),
@@ -142,6 +159,17 @@ pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, Decode
         return Err(DecodeError::Short { what: "user stack window", len: data.len(), need: len });
     };
     Ok(Some(StackSample { regs: stack.regs, stack: window, flags: stack.flags }))
+}
+
+/// The chain a `kind::FD_SYSCALL_CHAIN` record carries after its SyscallEvent (None for every
+/// other record).
+pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<LearnedChain>, DecodeError> {
+    let header: EventHeader = read(bytes, "event header")?;
+    if header.kind != kind::FD_SYSCALL_CHAIN {
+        return Ok(None);
+    }
+    let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
+    Ok(Some(read(tail, "learned chain")?))
 }
 
 /// The kind of a file opened by path, from the path and open flags alone: the kernel
@@ -355,7 +383,7 @@ pub(crate) mod tests {
     fn op_of(record: &SyscallEvent) -> Option<Op> {
         match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
             Decoded::Event(event) => Some(event.op),
-            Decoded::Nothing | Decoded::Python(_) => None,
+            Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) => None,
         }
     }
 
@@ -403,6 +431,36 @@ pub(crate) mod tests {
         assert_eq!(decoded(&record).creator, None, "0: not read");
         record.creator_pc = 0x64a296;
         assert_eq!(decoded(&record), StackIds { user: Some(7), creator: Some(0x64a296) });
+    }
+
+    #[test]
+    fn a_learned_chain_is_the_stack_of_its_record_and_a_shadow_chain_waits_for_its_window() {
+        let mut record = syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]);
+        record.header.kind = kind::FD_SYSCALL_CHAIN;
+        let mut chain =
+            LearnedChain { depth: 3, flags: 0, addresses: [0; helios_trace_common::MAX_CHAIN_FRAMES] };
+        chain.addresses[..3].copy_from_slice(&[0x7f00_0000_1234, 0x55d0_c0a0_1010, 0x7f00_0000_5678]);
+        let bytes = |chain: &LearnedChain| [bytes_of(&record), bytes_of(chain)].concat();
+        let table = SyscallTable::native();
+        assert!(matches!(decode(&bytes(&chain), &table), Ok(Decoded::Event(_))));
+        assert_eq!(learned_chain(&bytes(&chain)).unwrap().unwrap().chain(), &chain.addresses[..3]);
+        assert_eq!(user_stack(&bytes(&chain)), Ok(None));
+        // Shadow: not an event, the chain of the window record that follows.
+        chain.flags = chain_flags::SHADOW;
+        let expected = ShadowChain {
+            tid: record.header.tid,
+            ts_ns: record.header.ts_ns,
+            addresses: chain.chain().to_vec(),
+        };
+        assert_eq!(decode(&bytes(&chain), &table), Ok(Decoded::Shadow(expected)));
+        // A depth beyond the array reads as the whole array; a cut record is short.
+        chain.depth = 1000;
+        assert_eq!(
+            learned_chain(&bytes(&chain)).unwrap().unwrap().chain().len(),
+            helios_trace_common::MAX_CHAIN_FRAMES
+        );
+        let cut = &bytes(&chain)[..size_of::<SyscallEvent>() + 100];
+        assert!(matches!(decode(cut, &table), Err(DecodeError::Short { what: "learned chain", .. })));
     }
 
     #[test]

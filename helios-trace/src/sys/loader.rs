@@ -14,7 +14,8 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use helios_trace_common::{
-    GoOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match, map_name, spec, stack_mode,
+    FrameRule, FrameRuleKey, GoOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match,
+    map_name, spec, stack_mode,
 };
 use log::{info, warn};
 
@@ -56,6 +57,8 @@ pub(crate) struct TraceConfig {
     pub(crate) ring_buffer_bytes: u32,
     /// Wake the reader once this many bytes are waiting; 0 = on every record.
     pub(crate) wakeup_bytes: u64,
+    /// `stack_mode::DWARF`: `helios_trace_common::learned_chains`.
+    pub(crate) learned_chains: u32,
 }
 
 impl TraceConfig {
@@ -77,6 +80,8 @@ impl TraceConfig {
             reserved: 0,
             exit_group_dead_offset,
             wakeup_bytes: self.wakeup_bytes,
+            learned_chains: self.learned_chains,
+            reserved2: 0,
         }
     }
 }
@@ -91,6 +96,8 @@ pub(crate) struct Tracer {
     python: PythonMap,
     /// Go processes whose goroutines' creators the kernel reads (resolve/goroutines.rs).
     go: BpfHashMap<MapData, u32, GoOffsets>,
+    /// Unwind rules learned from stack windows (resolve/chains.rs).
+    rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
     counters: PerCpuArray<MapData, u64>,
     /// "category/name" of every tracepoint attached.
     attached: Vec<String>,
@@ -250,8 +257,9 @@ impl Tracer {
             map_name::PYTHON_PROCS,
         )?)?)));
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
+        let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
-        Ok((Tracer { ebpf, stacks, python, go, counters, attached, notices: Some(notices) }, events))
+        Ok((Tracer { ebpf, stacks, python, go, rules, counters, attached, notices: Some(notices) }, events))
     }
 
     /// "category/name" of every tracepoint attached.
@@ -279,6 +287,19 @@ impl Tracer {
             // Absent already is fine: the kernel drops an entry at the process's exec and exit.
             None => {
                 let _ = self.go.remove(&tgid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Teach the kernel unwind rules (Some) or take them back (None). Like `set_python`, this
+    /// needs no privilege.
+    pub(crate) fn set_frame_rule(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
+        match rule {
+            Some(rule) => self.rules.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
+            // Absent already is fine (its insert failed, the map being full).
+            None => {
+                let _ = self.rules.remove(&key);
             }
         }
         Ok(())
@@ -476,6 +497,8 @@ fn ensure_tracefs() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use helios_trace_common::learned_chains;
+
     use super::*;
 
     fn config() -> TraceConfig {
@@ -488,6 +511,7 @@ mod tests {
             stack_window: 4096,
             ring_buffer_bytes: 1 << 24,
             wakeup_bytes: 65536,
+            learned_chains: learned_chains::ON,
         }
     }
 
@@ -506,6 +530,8 @@ mod tests {
                 exit_group_dead_offset: 24,
                 filter_matches: 0,
                 wakeup_bytes: 65536,
+                learned_chains: learned_chains::ON,
+                reserved2: 0,
             }
         );
     }

@@ -12,6 +12,7 @@ mod support;
 
 mod adhoc;
 mod architecture;
+mod chains;
 mod claims;
 mod corpus;
 mod deploy;

@@ -12,7 +12,7 @@ use std::{
 use crate::support::*;
 use serde_json::Value;
 
-fn stackwork_bin() -> &'static Path {
+pub fn stackwork_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| compile_c("stackwork.c", "stackwork", &["-O2", "-fomit-frame-pointer", "-g", "-Wall"]))
 }

@@ -1,0 +1,185 @@
+//! Kernel tests of learned chains (helios-trace/src/resolve/chains.rs, ARCHITECTURE.md "Learned
+//! chains"): once a call chain's first stack window is unwound, the kernel walks the chain with
+//! the rules learned from it and sends its addresses instead of the window. The chain it sends
+//! must be the one the window unwinds to (`--learned-chains shadow` sends both for every call and
+//! counts where they differ), and must name the same site with the same counts as windows do:
+//! in C on the host and in a pod, and in CPython.
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    pods::{
+        harness::{Pod, PodSpec, Root},
+        podleak_bin,
+    },
+    stacks::stackwork_bin,
+    support::*,
+};
+
+/// Leak one descriptor at a time until the kernel walks the chain itself: the rules reach it
+/// only after the chain's first window was unwound. The report's `events[counter]` then.
+fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> u64 {
+    wait_for("the kernel to walk the chain with the learned rules", Duration::from_secs(20), || {
+        leak_one();
+        let walked = tracer.snapshot()["events"][counter].as_u64().unwrap();
+        (walked > 0).then_some(walked)
+    })
+}
+
+fn events(report: &Value, counter: &str) -> u64 {
+    report["events"][counter].as_u64().unwrap_or_else(|| panic!("no events.{counter}: {}", report["events"]))
+}
+
+/// The one site of a process's files opened under tracing.
+fn file_site(report: &Value, pid: u32) -> Value {
+    let process = process(report, pid).unwrap_or_else(|| panic!("pid {pid} not in the report: {report:#}"));
+    let sites: Vec<&Value> = process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
+        .collect();
+    assert_eq!(sites.len(), 1, "one leaking line, one site: {sites:#?}");
+    sites[0].clone()
+}
+
+/// What names a site whatever the process's addresses: each frame's symbol, file and line.
+fn named_frames(site: &Value) -> Vec<(Value, Value, Value)> {
+    site["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["symbol"].clone(), f["file"].clone(), f["line"].clone()))
+        .collect()
+}
+
+/// The descriptors of `pid` open on `path`, as /proc lists them.
+fn open_on(pid: u32, path: &str) -> usize {
+    let links = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    links
+        .filter(|l| {
+            l.as_ref().is_ok_and(|l| std::fs::read_link(l.path()).is_ok_and(|t| t == Path::new(path)))
+        })
+        .count()
+}
+
+/// What a mode must show after 20 leaks at a chain the kernel knows.
+fn assert_walked(report: &Value, mode: &str, counter: &str, before: u64) {
+    match mode {
+        "off" => {
+            assert_eq!(events(report, "chains_learned"), 0, "{}", report["events"]);
+            assert_eq!(events(report, "chains_checked"), 0, "{}", report["events"]);
+        }
+        // Every one of the 20 was walked by the kernel.
+        _ => assert_eq!(events(report, counter) - before, 20, "{mode}: {}", report["events"]),
+    }
+    assert_eq!(events(report, "chains_mismatched"), 0, "{mode}: {}", report["events"]);
+    assert_eq!(report["events"]["lost"], 0);
+}
+
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_learned_chain_names_the_site_its_window_names() {
+    if !require_bpf() {
+        return;
+    }
+    let mut named = Vec::new();
+    for (mode, counter) in [("on", "chains_learned"), ("shadow", "chains_checked"), ("off", "chains_learned")]
+    {
+        let mut workload = Workload::spawn_program(stackwork_bin());
+        let pid = workload.pid.to_string();
+        let mut tracer =
+            Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", mode]);
+        let mut opened = 0;
+        let before = if mode == "off" {
+            opened += workload.run("leak 1 /etc/hostname").len();
+            0
+        } else {
+            until_walked(&mut tracer, counter, || opened += workload.run("leak 1 /etc/hostname").len())
+        };
+        opened += workload.run("leak 20 /etc/hostname").len();
+        let report = tracer.snapshot();
+        assert_walked(&report, mode, counter, before);
+        // Counts equal /proc, in one site.
+        let site = file_site(&report, workload.pid);
+        assert_eq!(open_on(workload.pid, "/etc/hostname"), opened);
+        assert_eq!(
+            (site["open"].as_u64(), site["opened"].as_u64()),
+            (Some(opened as u64), Some(opened as u64))
+        );
+        named.push((mode, site["site"].clone(), named_frames(&site)));
+        tracer.stop();
+        workload.exit();
+    }
+    // The same site, with the same frames, whether the kernel walked the chain or not.
+    for (mode, site, frames) in &named[1..] {
+        assert_eq!((site, frames), (&named[0].1, &named[0].2), "{mode} against on");
+    }
+}
+
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_learned_chain_in_a_pod_is_the_chain_its_window_unwinds() {
+    if !require_bpf() {
+        return;
+    }
+    for (mode, counter) in [("shadow", "chains_checked"), ("on", "chains_learned")] {
+        let mut pod = Pod::start(PodSpec {
+            root: Root::native(podleak_bin(), "/app/podleak"),
+            command: vec!["/app/podleak".into()],
+        });
+        let pid = pod.pid.to_string();
+        let mut tracer =
+            Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", mode]);
+        let mut files = Vec::new();
+        let before = until_walked(&mut tracer, counter, || files.extend(pod.run("files 1")));
+        files.extend(pod.run("files 20"));
+        let report = tracer.snapshot();
+        assert_walked(&report, mode, counter, before);
+        let site = file_site(&report, pod.pid);
+        assert_eq!(site["open"].as_u64(), Some(files.len() as u64), "{mode}: {site:#}");
+        assert!(files.iter().all(|fd| proc_fds(pod.pid).contains_key(&(*fd as i32))));
+        assert_eq!(site["frame"].as_str().map(|f| f.starts_with("leak_file ")), Some(true), "{site:#}");
+        tracer.stop();
+    }
+}
+
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_learned_chain_through_cpythons_eval_loop_is_the_chain_its_window_unwinds() {
+    if !require_bpf() {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pyleaks.py");
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(&script);
+    let mut workload = Workload::spawn_command(command);
+    let pid = workload.pid.to_string();
+    let mut tracer =
+        Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", "shadow"]);
+    let mut leaked = 0;
+    let mut leak = |workload: &mut Workload| {
+        leaked += 1;
+        workload.run(&format!("dict handle{leaked}"));
+    };
+    until_walked(&mut tracer, "chains_checked", || leak(&mut workload));
+    // The interpreter specializes the line's bytecode after its first runs (PEP 659), which
+    // takes the call through other code of its eval loop: a chain of its own, whose first
+    // window teaches the kernel again. Once the line runs as it will, every call is walked.
+    for _ in 0..200 {
+        leak(&mut workload);
+    }
+    let before = events(&tracer.snapshot(), "chains_checked");
+    for _ in 0..20 {
+        leak(&mut workload);
+    }
+    let report = tracer.snapshot();
+    assert_walked(&report, "shadow", "chains_checked", before);
+    assert!(before >= 150, "most of the 200 were walked: {}", report["events"]);
+    let site = file_site(&report, workload.pid);
+    assert_eq!(site["open"].as_u64(), Some(leaked), "{site:#}");
+    assert!(site["frame"].as_str().unwrap().starts_with("pyleaks.py:cache_handle:"), "{site:#}");
+    tracer.stop();
+    workload.exit();
+}
