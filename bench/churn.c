@@ -173,7 +173,7 @@ int main(int argc, char **argv) {
         if (write(to_client[1], &byte, 1) != 1 || read(from_client[0], &byte, 1) != 1) die("batch");
         TIMED(BATCH, accept_close(listener));
     }
-    usleep(300000);
+    usleep(1000000);
     reset();
     report("open", TIMED(ops, open_close()));
     reset();

@@ -334,7 +334,8 @@ pub struct GoOffsets {
 }
 const _: () = assert!(size_of::<GoOffsets>() == 16);
 
-/// Capacity of the `EXEC_TIMES` map: traced processes that exec'd since tracing began.
+/// Capacity of the `EXEC_TIMES` map: live processes that exec'd since tracing began, traced
+/// or not.
 pub const EXEC_TIME_ENTRIES: u32 = 64 * 1024;
 
 /// One Python frame as the kernel saw it: the code object and the instruction pointer (3.11+)
@@ -652,7 +653,7 @@ pub mod learned_chains {
     pub const OFF: u32 = 0;
     /// A chain the rules walk to its end is sent instead of the window.
     pub const ON: u32 = 1;
-    /// Both are sent, for userspace to compare (tests, `HELIOS_TRACE_CHAIN_SHADOW=1`).
+    /// Both are sent, for userspace to compare (`--learned-chains shadow`: tests, doubt).
     pub const SHADOW: u32 = 2;
 }
 

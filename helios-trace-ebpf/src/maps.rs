@@ -61,8 +61,9 @@ shared_map! {
 }
 
 shared_map! {
-    /// When each traced process last exec'd (its exec record's time): tgid -> boot-time ns,
-    /// dropped at its exit. A `GO_PROCS` entry is used only for the image it was found for.
+    /// When each process last exec'd since tracing began, traced or not (for a traced one, its
+    /// exec record's time): tgid -> boot-time ns, dropped at its exit. A `GO_PROCS` entry and
+    /// the `FRAME_RULES` of a process are used only for the image they were found for.
     EXEC_TIMES: HashMap<u32, u64> = HashMap::with_max_entries(EXEC_TIME_ENTRIES, 0);
 }
 

@@ -6,7 +6,10 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel_str},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -64,10 +67,14 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        // A process outside the targets keeps its exec time too: should it become a target
+        // again (a --cgroup it re-enters), what was learned for its earlier image (unwind
+        // rules, FRAME_RULES; Go offsets) must not match this one. Dropped at its exit.
+        let _ = EXEC_TIMES.insert(&tgid, &unsafe { bpf_ktime_get_boot_ns() }, 0);
         return Ok(());
     }
-    let tgid = (pid_tgid >> 32) as u32;
     let exec_header = header(kind::EXEC, pid_tgid);
     // The new image is not the one userspace recognised as Go: it looks again at this exec's
     // record, and offsets it found for the old image, if they reach the map later, do not
@@ -116,9 +123,6 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
 fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
-        return Ok(());
-    }
     // Where `group_dead` is in the record, read from its format file by userspace (the field
     // exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the group's.
     let group_dead_offset = exit_group_dead_offset();
@@ -129,6 +133,11 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         flag != 0
     };
     if !group_dead {
+        return Ok(());
+    }
+    if !is_traced(tgid) {
+        // Its exec time, kept whether traced or not (try_process_exec).
+        let _ = EXEC_TIMES.remove(&tgid);
         return Ok(());
     }
     if filtering_targets() {

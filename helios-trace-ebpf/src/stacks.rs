@@ -119,9 +119,11 @@ pub fn capture_user_stack(
 /// userspace's unwinder ends it. Then `chain` holds what userspace would have unwound from the
 /// stack window, exactly: each step depends only on the frame's address and registers
 /// (helios-trace/src/resolve/chains.rs `step`, the same rules over a window, says so and is
-/// tested against the unwinder), and every read stays inside the window the record would
-/// have carried, `[sp, sp + window)`. Anything else (a frame without a rule, a read outside
-/// the window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
+/// tested against the unwinder), and every read lies inside the window `capture_user_stack`
+/// would have copied: below `sp + window` and the end of the stack's mapping, and with every
+/// page from sp's up to the highest word read present (the copy keeps the readable prefix
+/// that ends on a page boundary). Anything else (a frame without a rule, a read outside that
+/// window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
 /// refuse) is false: the caller sends the window.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
@@ -134,12 +136,22 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         return false;
     };
     let low = sp;
-    let high = sp.saturating_add(window as u64);
-    let read = |at: u64| -> Option<u64> {
+    let mut high = sp.saturating_add(window as u64);
+    let task = unsafe { bpf_get_current_task_btf() };
+    let mut end: u64 = 0;
+    let found = unsafe { bpf_find_vma(task, sp, vma_end as *mut c_void, (&mut end as *mut u64).cast(), 0) };
+    if found == 0 && end > sp && end < high {
+        high = end;
+    }
+    // One past the highest byte read.
+    let mut reached = low;
+    let mut read = |at: u64| -> Option<u64> {
         if at < low || at > high.saturating_sub(8) {
             return None;
         }
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()
+        let word = unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()?;
+        reached = reached.max(at + 8);
+        Some(word)
     };
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
     let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
@@ -150,14 +162,14 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         let rule = *rule;
         if rule.flags & frame_rule::END != 0 {
             chain.depth = depth as u32 + 1;
-            return true;
+            return pages_present(low, reached);
         }
         let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
         let base = if from_bp { bp } else { sp };
         if from_bp && bp == 0 {
             // A zero frame pointer ends a frame-pointer chain.
             chain.depth = depth as u32 + 1;
-            return true;
+            return pages_present(low, reached);
         }
         let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
         if from_bp && cfa <= sp {
@@ -171,7 +183,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         let Some(return_address) = read(cfa.wrapping_sub(8)) else { return false };
         if return_address == 0 {
             chain.depth = depth as u32 + 1;
-            return true;
+            return pages_present(low, reached);
         }
         if cfa == sp && return_address == pc {
             return false;
@@ -182,6 +194,25 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         key = FrameRuleKey { tgid, first: 0, exec_ns, address: pc };
     }
     false
+}
+
+/// Whether every page of `[low, reached)` can be read, as the window copy needs: a page it
+/// could not read ends the window there, though a word above it may read. The walk read some
+/// pages already; this reads one byte of each (at most MAX_STACK_WINDOW / PAGE + 1).
+#[inline(always)]
+fn pages_present(low: u64, reached: u64) -> bool {
+    let mut page = low & !(PAGE as u64 - 1);
+    for _ in 0..MAX_STACK_WINDOW / PAGE + 1 {
+        if page >= reached {
+            return true;
+        }
+        let at = page.max(low);
+        if unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u8) }.is_err() {
+            return false;
+        }
+        page += PAGE as u64;
+    }
+    page >= reached
 }
 
 /// Rules are learned for x86_64's registers only: elsewhere every call sends its window.

@@ -42,6 +42,9 @@ use crate::{
 /// Where captured stacks are read from (the kernel's stack map, or a test's table).
 pub(crate) trait StackSource {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>>;
+    /// The time of the process's last exec the kernel keeps (`EXEC_TIMES`), 0 for none: what it
+    /// keys the image's Go offsets and unwind rules by.
+    fn exec_time(&self, tgid: u32) -> u64;
 }
 
 #[cfg(test)]
@@ -93,7 +96,7 @@ pub(crate) struct Engine {
     /// records can land between them in the shared ring buffer.
     walked: HashMap<u32, PythonFrames>,
     /// `--learned-chains shadow`: the kernel's chain of each thread's window record that
-    /// follows, as `walked` is kept.
+    /// follows, by thread, as `walked` is kept (a test mode: when full, all are dropped).
     shadows: HashMap<u32, ShadowChain>,
     /// Go programs whose goroutines' creators the kernel reads.
     go: GoProcesses,
@@ -155,7 +158,6 @@ impl Engine {
         self.retain_exited = limit;
     }
 
-    /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).
     /// Teach the kernel the rules of the call chains unwound here (`--learned-chains`).
     pub(crate) fn learn_chains(&mut self) {
         self.stacks.learn_chains();
@@ -166,6 +168,7 @@ impl Engine {
         self.stacks.take_rule_updates()
     }
 
+    /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
         self.stacks.limit_sites(max_sites);
     }
@@ -332,6 +335,14 @@ impl Engine {
             self.walked.insert(frames.tid, frames);
             return;
         }
+        if let Ok(Decoded::Shadow(shadow)) = decoded {
+            // Part of the thread's window record that follows, as a Python stack is.
+            if self.shadows.len() >= MAX_WALKED_PENDING {
+                self.shadows.clear();
+            }
+            self.shadows.insert(shadow.tid, shadow);
+            return;
+        }
         self.counts.received += 1;
         match decoded {
             Ok(Decoded::Event(event)) => {
@@ -353,14 +364,7 @@ impl Engine {
                 };
                 self.handle_event(&event, stack.as_ref(), stacks)
             }
-            Ok(Decoded::Shadow(shadow)) => {
-                // Part of the thread's window record that follows, as a Python stack is.
-                if self.shadows.len() >= MAX_WALKED_PENDING {
-                    self.shadows.clear();
-                }
-                self.shadows.insert(shadow.tid, shadow);
-            }
-            Ok(Decoded::Nothing | Decoded::Python(_)) => self.untracked += 1,
+            Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_)) => self.untracked += 1,
             Err(err) => {
                 self.counts.undecodable += 1;
                 debug!("undecodable record: {err}");
@@ -410,7 +414,7 @@ impl Engine {
         self.table.apply(event, site, &mut out);
         // (Not when the table refused it, at --max-processes: that would read /proc per event.)
         if first_sight && self.table.process(event.tgid).is_some() {
-            self.load_missing(event.tgid, event.ts_ns, &mut out);
+            self.load_missing(event.tgid, event.ts_ns, stacks.exec_time(event.tgid), &mut out);
         }
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
@@ -538,16 +542,15 @@ impl Engine {
 
     /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
     /// what events already said stays.
-    fn load_missing(&mut self, tgid: u32, now_ns: u64, out: &mut Vec<Transition>) {
+    fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
         let Ok(fds) = self.proc.open_fds(tgid) else { return };
         let known = self.table.process(tgid).map(|p| p.fds.keys().copied().collect::<HashSet<i32>>());
         let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
         let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
-        // Seen first now, not at its exec: it exec'd before tracing began, or while it was not
-        // traced (the kernel keeps no exec time then: 0), or its exec record was lost (then
-        // the kernel's time differs, and its creators are not read: never a wrong one).
-        self.capture(tgid, 0);
+        // Seen first now, not at its exec: it exec'd before tracing began (0), or while it was
+        // not traced, or its exec record was lost. The kernel's time of its image, whichever.
+        self.capture(tgid, exec_ns);
         let proc = &mut self.proc;
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }

@@ -118,6 +118,10 @@ impl StackSource for Tracer {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
         Tracer::read_stack(self, stack_id)
     }
+
+    fn exec_time(&self, tgid: u32) -> u64 {
+        Tracer::exec_time(self, tgid)
+    }
 }
 
 /// Why `run_until` calls back.

@@ -83,8 +83,8 @@ struct ProcessStacks {
     /// The image's exec record time, as the kernel keys its rules (0: exec'd before tracing
     /// began, or forked).
     image_ns: u64,
-    /// Frames whose rules were taught to the kernel: (innermost?, address).
-    taught: HashSet<(bool, u64)>,
+    /// The rules taught to the kernel for this image.
+    taught: HashSet<FrameRuleKey>,
 }
 
 /// An unwound chain and its site.
@@ -189,7 +189,16 @@ impl StackRegistry {
 
     /// The time of the exec record of `tgid`'s image, which the kernel keys its rules by.
     pub(crate) fn set_image_time(&mut self, tgid: u32, exec_ns: u64) {
-        self.process(tgid).image_ns = exec_ns;
+        if self.process(tgid).image_ns != exec_ns {
+            self.untaught(tgid);
+            self.process(tgid).image_ns = exec_ns;
+        }
+    }
+
+    /// Take back from the kernel every rule taught for `tgid`.
+    fn untaught(&mut self, tgid: u32) {
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        self.rule_updates.extend(process.taught.drain().map(|key| (key, None)));
     }
 
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
@@ -389,6 +398,9 @@ impl StackRegistry {
     /// read still resolves).
     pub(crate) fn capture_maps(&mut self, tgid: u32) {
         if let Some(image) = self.files.capture(&self.proc_root, tgid) {
+            // The modules may have moved since the rules were learned (a library unloaded and
+            // another mapped in its place): learn them again from the new modules.
+            self.untaught(tgid);
             let process = self.process(tgid);
             process.image = Some(image);
             process.unwinder = None;
@@ -397,6 +409,8 @@ impl StackRegistry {
 
     /// A forked child runs its parent's image until it execs.
     pub(crate) fn inherit_maps(&mut self, parent: u32, child: u32) {
+        // A process of the same pid that was never seen to exit.
+        self.forget(child);
         let Some(image) = self.processes.get(&parent).and_then(|p| p.image.clone()) else { return };
         let unwinder = self.processes.get(&parent).and_then(|p| p.unwinder.clone());
         self.processes.insert(child, ProcessStacks { image: Some(image), unwinder, ..Default::default() });
@@ -405,11 +419,8 @@ impl StackRegistry {
     /// The process image changed (exec) or the process is gone (exit): the kernel forgets
     /// its rules too (a pid is reused, and a forked one keys its rules as an image of time 0).
     pub(crate) fn forget(&mut self, tgid: u32) {
-        let Some(process) = self.processes.remove(&tgid) else { return };
-        for (first, address) in process.taught {
-            let key = FrameRuleKey { tgid, first: u32::from(first), exec_ns: process.image_ns, address };
-            self.rule_updates.push((key, None));
-        }
+        self.untaught(tgid);
+        self.processes.remove(&tgid);
     }
 
     /// Teach the kernel the rules of a chain just unwound, where every frame has one that
@@ -428,35 +439,24 @@ impl StackRegistry {
         if process.taught.len() + unwound.frames.len() > MAX_TAUGHT_PER_PROCESS {
             return;
         }
-        let Some(image) = &process.image else { return };
-        // The module of each frame, looked up as framehop looks it up (a return address by
-        // the call before it).
-        let modules: Vec<_> = unwound
-            .frames
-            .iter()
-            .enumerate()
-            .map(|(index, frame)| {
-                let lookup = if index == 0 { frame.pc } else { frame.pc.saturating_sub(1) };
-                image.module_of(lookup).cloned()
-            })
-            .collect();
+        let Some(unwinder) = &process.unwinder else { return };
         let mut rule_of = |index: usize, pc: u64| {
-            let module = modules.get(index)?.as_ref()?;
-            let loaded = self.loaded(&module.file)?;
-            let bias = loaded.bias(module.text)?;
-            chains::cfi_rule(&loaded.unwind, pc.checked_sub(bias)?, index == 0)
+            // framehop looks a return address up by the call before it.
+            let lookup = if index == 0 { pc } else { pc.checked_sub(1)? };
+            let module = unwinder.module_for(lookup)?;
+            chains::cfi_rule(&module.loaded.unwind, pc.checked_sub(module.bias)?, index == 0)
         };
         let read = |address: u64| sample.read(address).ok();
         let Some(rules) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
         let Some(process) = self.processes.get_mut(&tgid) else { return };
         for (index, (frame, rule)) in unwound.frames.iter().zip(rules).enumerate() {
-            if process.taught.insert((index == 0, frame.pc)) {
-                let key = FrameRuleKey {
-                    tgid,
-                    first: u32::from(index == 0),
-                    exec_ns: process.image_ns,
-                    address: frame.pc,
-                };
+            let key = FrameRuleKey {
+                tgid,
+                first: u32::from(index == 0),
+                exec_ns: process.image_ns,
+                address: frame.pc,
+            };
+            if process.taught.insert(key) {
                 self.rule_updates.push((key, Some(rule)));
             }
         }
@@ -525,7 +525,7 @@ impl StackRegistry {
             self.process(tgid).unwinder = Some(unwinder);
         }
         let process = self.processes.get(&tgid).expect("created above");
-        process.unwinder.as_ref().expect("built above").unwind(sample, &mut self.unwind_cache)
+        process.unwinder.as_ref().expect("built above").unwind(sample, &mut self.unwind_cache, self.learning)
     }
 
     /// Frames of user addresses (the instruction pointer, then return addresses).
@@ -708,6 +708,47 @@ mod tests {
         ] {
             assert!(!is_interpreter(other), "{other}");
         }
+    }
+
+    /// The kernel's rules of a process are taken back whenever they may no longer describe
+    /// its image: another exec time, its exit, a pid taken by a fork.
+    #[test]
+    fn taught_rules_are_taken_back_with_their_image() {
+        let mut registry = StackRegistry::new("/nonexistent");
+        let teach = |registry: &mut StackRegistry, tgid: u32| {
+            let exec_ns = registry.process(tgid).image_ns;
+            let keys: Vec<FrameRuleKey> = [(1, 0x1000), (0, 0x2000)]
+                .map(|(first, address)| FrameRuleKey { tgid, first, exec_ns, address })
+                .to_vec();
+            registry.process(tgid).taught.extend(keys.iter().copied());
+            keys
+        };
+        let taken_back = |registry: &mut StackRegistry| {
+            let mut keys: Vec<FrameRuleKey> = registry
+                .take_rule_updates()
+                .into_iter()
+                .map(|(key, rule)| {
+                    assert_eq!(rule, None, "{key:?}");
+                    key
+                })
+                .collect();
+            keys.sort_by_key(|k| k.address);
+            keys
+        };
+        let keys = teach(&mut registry, 7);
+        registry.set_image_time(7, 0);
+        assert_eq!(taken_back(&mut registry), [], "the same image");
+        registry.set_image_time(7, 5_000);
+        assert_eq!(taken_back(&mut registry), keys, "another exec: the old image's rules");
+        let keys = teach(&mut registry, 7);
+        assert_eq!(keys[0].exec_ns, 5_000);
+        registry.forget(7);
+        assert_eq!(taken_back(&mut registry), keys, "its exit");
+        let keys = teach(&mut registry, 8);
+        registry.inherit_maps(1, 8);
+        assert_eq!(taken_back(&mut registry), keys, "a fork took the pid");
+        registry.forget(9);
+        assert_eq!(taken_back(&mut registry), [], "nothing taught, nothing taken back");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (helios_trace_common::UserStack); the modules' `.eh_frame` CFI (or `.debug_frame`) says
 //! where each frame keeps its return address, so the chain is recovered without frame
 //! pointers, which glibc's wrappers and `-O2` code do not keep.
-use std::ops::Range;
+use std::{ops::Range, sync::Arc};
 
 use framehop::{
     CacheNative, Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
@@ -61,7 +61,7 @@ pub(crate) struct Unwound {
     pub(crate) addresses: Vec<u64>,
     /// The chain goes on past the copied window (`--stack-window` too small for this stack).
     pub(crate) truncated: bool,
-    /// The registers at each frame (x86_64; elsewhere empty).
+    /// The registers at each frame, when asked for.
     pub(crate) frames: Vec<FrameRegs>,
     /// The chain ended at its outermost frame (not at an error or the window's end).
     pub(crate) ended: bool,
@@ -74,13 +74,24 @@ pub(crate) type UnwindCache = CacheNative<MayAllocateDuringUnwind>;
 #[derive(Clone, Default)]
 pub(crate) struct ProcessUnwinder {
     unwinder: UnwinderNative<SectionBytes, MayAllocateDuringUnwind>,
+    /// What was handed to framehop, in its order (sorted by start as `add_module` inserts):
+    /// learning a rule (resolve/chains.rs) must find a frame's module as framehop finds it.
+    modules: Vec<UnwindModule>,
+}
+
+/// A module as framehop has it: where it is mapped, its bias, and its unwind sections.
+#[derive(Clone)]
+pub(crate) struct UnwindModule {
+    range: Range<u64>,
+    pub(crate) bias: u64,
+    pub(crate) loaded: Arc<LoadedModule>,
 }
 
 impl ProcessUnwinder {
     /// Place `loaded`'s unwind information where the process maps it; false when the file
     /// does not map there as its program headers say (then frames in it unwind by frame
     /// pointer, framehop's fallback).
-    pub(crate) fn add(&mut self, module: &ProcessModule, loaded: &LoadedModule) -> bool {
+    pub(crate) fn add(&mut self, module: &ProcessModule, loaded: &Arc<LoadedModule>) -> bool {
         let Some(bias) = loaded.bias(module.text) else { return false };
         let sections = &loaded.unwind;
         let info = ExplicitModuleSectionInfo {
@@ -102,20 +113,47 @@ impl ProcessUnwinder {
             text_segment: None,
         };
         let range: Range<u64> = module.range.clone();
+        let at = match self.modules.binary_search_by_key(&range.start, |m| m.range.start) {
+            Ok(i) | Err(i) => i,
+        };
+        self.modules.insert(at, UnwindModule { range: range.clone(), bias, loaded: loaded.clone() });
         self.unwinder.add_module(Module::new(module.file.path.to_string(), range, bias, info));
         true
     }
 
+    /// The module framehop unwinds `lookup` (an instruction pointer, or a return address
+    /// minus one) with, found as framehop 0.16's `find_module_for_address` finds it.
+    pub(crate) fn module_for(&self, lookup: u64) -> Option<&UnwindModule> {
+        let module = match self.modules.binary_search_by_key(&lookup, |m| m.range.start) {
+            Ok(i) => &self.modules[i],
+            Err(0) => return None,
+            Err(i) => Some(&self.modules[i - 1]).filter(|m| lookup < m.range.end)?,
+        };
+        u32::try_from(lookup.checked_sub(module.bias)?).ok()?;
+        Some(module)
+    }
+
     /// Unwind `sample` frame by frame, as framehop's `UnwindIterator` does, keeping the
     /// registers at each frame (what resolve/chains.rs learns rules from).
-    pub(crate) fn unwind(&self, sample: &StackSample<'_>, cache: &mut UnwindCache) -> Unwound {
+    /// `keep_frames`: fill `Unwound::frames`.
+    pub(crate) fn unwind(
+        &self,
+        sample: &StackSample<'_>,
+        cache: &mut UnwindCache,
+        keep_frames: bool,
+    ) -> Unwound {
         let mut read_stack = |address| sample.read(address);
         let mut regs = arch::unwind_regs(&sample.regs);
         let mut address = FrameAddress::from_instruction_pointer(sample.pc());
         let mut unwound = Unwound::default();
-        while unwound.addresses.len() < MAX_FRAMES {
+        loop {
             unwound.addresses.push(address.address());
-            unwound.frames.push(arch::frame_regs(address.address(), &regs));
+            if keep_frames {
+                unwound.frames.push(arch::frame_regs(address.address(), &regs));
+            }
+            if unwound.addresses.len() == MAX_FRAMES {
+                break;
+            }
             match self.unwinder.unwind_frame(address, &mut regs, cache, &mut read_stack) {
                 Ok(Some(return_address)) => match FrameAddress::from_return_address(return_address) {
                     Some(next) => address = next,
@@ -204,7 +242,7 @@ pub(crate) mod tests {
     pub(crate) fn unwinder(image: &ProcessImage) -> ProcessUnwinder {
         let mut unwinder = ProcessUnwinder::default();
         for module in &image.modules {
-            let loaded = LoadedModule::load(module.file.clone()).unwrap();
+            let loaded = Arc::new(LoadedModule::load(module.file.clone()).unwrap());
             assert!(unwinder.add(module, &loaded));
         }
         unwinder
@@ -215,7 +253,7 @@ pub(crate) mod tests {
         let captured = captured("sample");
         let image = image(&captured, "sample");
         let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
-        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new());
+        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false);
         // leak_fn (the syscall), handler, loop, main: all in the sample binary; past main
         // the chain enters libc, which the test data does not carry.
         assert!(unwound.addresses.len() >= 4, "{unwound:x?}");
@@ -237,14 +275,15 @@ pub(crate) mod tests {
         let full = unwinder.unwind(
             &StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 },
             &mut UnwindCache::new(),
+            false,
         );
         let cut = StackSample { regs: captured.regs, stack: &captured.stack[..16], flags: 0 };
-        let unwound = unwinder.unwind(&cut, &mut UnwindCache::new());
+        let unwound = unwinder.unwind(&cut, &mut UnwindCache::new(), false);
         assert!(unwound.truncated, "{unwound:x?}");
         assert!(unwound.addresses.len() < full.addresses.len());
         assert_eq!(unwound.addresses, full.addresses[..unwound.addresses.len()]);
         // The same cut with the stack's top reached (SHORT) is the stack's end, not a cut.
         let ended = StackSample { flags: user_stack_flags::SHORT, ..cut };
-        assert!(!unwinder.unwind(&ended, &mut UnwindCache::new()).truncated);
+        assert!(!unwinder.unwind(&ended, &mut UnwindCache::new(), false).truncated);
     }
 }

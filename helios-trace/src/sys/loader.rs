@@ -98,6 +98,8 @@ pub(crate) struct Tracer {
     go: BpfHashMap<MapData, u32, GoOffsets>,
     /// Unwind rules learned from stack windows (resolve/chains.rs).
     rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
+    /// Each process's last exec time, as the kernel keeps it (process.rs).
+    exec_times: BpfHashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// "category/name" of every tracepoint attached.
     attached: Vec<String>,
@@ -258,8 +260,22 @@ impl Tracer {
         )?)?)));
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
         let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
+        let exec_times = BpfHashMap::try_from(take_map(&mut ebpf, map_name::EXEC_TIMES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
-        Ok((Tracer { ebpf, stacks, python, go, rules, counters, attached, notices: Some(notices) }, events))
+        Ok((
+            Tracer {
+                ebpf,
+                stacks,
+                python,
+                go,
+                rules,
+                exec_times,
+                counters,
+                attached,
+                notices: Some(notices),
+            },
+            events,
+        ))
     }
 
     /// "category/name" of every tracepoint attached.
@@ -290,6 +306,11 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// When `tgid` last exec'd as the kernel keeps it (0: not since tracing began).
+    pub(crate) fn exec_time(&self, tgid: u32) -> u64 {
+        self.exec_times.get(&tgid, 0).unwrap_or(0)
     }
 
     /// Teach the kernel unwind rules (Some) or take them back (None). Like `set_python`, this

@@ -26,6 +26,10 @@ impl StackSource for DistinctStacks {
     fn read_stack(&self, stack_id: u32) -> Option<Vec<u64>> {
         Some(vec![0x40_0000 + u64::from(stack_id) * 16])
     }
+
+    fn exec_time(&self, _tgid: u32) -> u64 {
+        0
+    }
 }
 
 pub(crate) struct Feed {
