@@ -12,9 +12,10 @@
  *   accept  accept4() of a queued loopback TCP connection + close
  *   getppid getppid(), a syscall no tracer here traces: what a hook on every syscall costs
  *           the calls it does not want (the raw tracepoints run for each)
- * Each phase first runs OPS/10 untimed operations (at least 500), then pauses 300 ms: the
+ * Each phase first runs OPS/10 untimed operations (at least 500), then pauses 1 s: the
  * tracer has seen each call site once (first sight of a process or stack costs it parsing and
- * symbolizing, on a core the workload may share), so what is timed is the steady state.
+ * symbolizing, on a core the workload may share: libc's compressed debug DWARF alone takes a
+ * few hundred ms to load), so what is timed is the steady state.
  * Only the calls themselves are timed (CLOCK_MONOTONIC around them); after each operation the
  * loop spins until GAP_US has passed, so the tracer keeps up and what is measured is the cost
  * per operation, not how a saturated ring buffer drops records. An operation that took over
