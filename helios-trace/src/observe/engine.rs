@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::{FrameRule, FrameRuleKey, GoOffsets, PythonOffsets};
+use helios_trace_common::{GoOffsets, PythonOffsets};
 
 use log::debug;
 
@@ -31,7 +31,7 @@ use crate::{
     resolve::{
         goroutines::{GoImage, GoProcesses},
         python::PythonProcesses,
-        stacks::{StackCounts, StackRegistry},
+        stacks::{StackCounts, StackRegistry, Teach},
     },
     sys::{
         decode::{self, Decoded, PythonFrames, ShadowChain},
@@ -158,14 +158,10 @@ impl Engine {
         self.retain_exited = limit;
     }
 
-    /// Teach the kernel the rules of the call chains unwound here (`--learned-chains`).
-    pub(crate) fn learn_chains(&mut self) {
-        self.stacks.learn_chains();
-    }
-
-    /// What the kernel's `FRAME_RULES` map must learn, or forget, since the last call.
-    pub(crate) fn frame_rule_updates(&mut self) -> Vec<(FrameRuleKey, Option<FrameRule>)> {
-        self.stacks.take_rule_updates()
+    /// Teach `teacher` (the kernel) the rules of the call chains unwound here
+    /// (`--learned-chains`), each the moment it is learned (resolve/stacks.rs, `Teach`).
+    pub(crate) fn learn_chains(&mut self, teacher: Box<dyn Teach>) {
+        self.stacks.learn_chains(teacher);
     }
 
     /// Remember the frames of at most `max_sites` call sites at once (`--max-stacks`).

@@ -209,8 +209,11 @@ impl Tracing {
         let start_ns = clock::boot_ns();
         let mut engine = Engine::new(proc_root, Box::new(Procfs::new(proc_root)), args.limits);
         engine.limit_sites(args.max_stacks);
-        if args.user_stack_mode == stack_mode::DWARF && args.learned_chains != learned_chains::OFF {
-            engine.learn_chains();
+        if args.user_stack_mode == stack_mode::DWARF
+            && args.learned_chains != learned_chains::OFF
+            && let Some(rules) = tracer.take_frame_rules()
+        {
+            engine.learn_chains(Box::new(rules));
         }
         engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
         engine.enable_python(args.python_frames);
@@ -455,12 +458,6 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
     for (pid, offsets) in engine.python_updates(clock::boot_ns()) {
         if let Err(err) = tracer.set_python(pid, offsets) {
             log::warn!("process {pid}: {err:#}: native frames only");
-        }
-    }
-    for (key, rule) in engine.frame_rule_updates() {
-        if let Err(err) = tracer.set_frame_rule(key, rule) {
-            // The kernel then keeps sending this chain's window: slower, not wrong.
-            log::debug!("process {}: {err:#}", key.tgid);
         }
     }
     for (pid, offsets) in engine.go_updates() {

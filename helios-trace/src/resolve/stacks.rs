@@ -150,10 +150,21 @@ pub(crate) struct StackRegistry {
     /// At most this many sites' frames are kept (`--max-stacks`): the first ones stay, as
     /// the oldest open descriptors do.
     max_sites: usize,
-    /// Learn the rules of unwound chains for the kernel (`--learned-chains`).
-    learning: bool,
-    /// Rules for the kernel's `FRAME_RULES` (Some) and rules it must forget (None), in order.
-    rule_updates: Vec<(FrameRuleKey, Option<FrameRule>)>,
+    /// Where the rules of unwound chains are taught (`--learned-chains`); None: not learned.
+    teacher: Option<Box<dyn Teach>>,
+}
+
+/// Where learned unwind rules go: the kernel's `FRAME_RULES` (sys/loader.rs, `FrameRules`),
+/// or a test's list. A rule is taught the moment it is learned, in the middle of the record
+/// that taught it, not at the end of the drain: the first window of a chain is followed by its
+/// symbolization, which may take tens of milliseconds the first time a library's DWARF is
+/// read, and meanwhile every call through that chain would send a 9 KiB window instead of a
+/// 0.6 KiB chain — the difference between a ring buffer that holds ~1,700 calls and one that
+/// holds ~27,000 (BENCHMARKS.md, "Learned chains": records lost at a session's start).
+pub(crate) trait Teach: Send {
+    /// Teach the kernel a rule (Some), or take it back (None). A rule that cannot be taught
+    /// only leaves its chain's calls sending windows: slower, not wrong.
+    fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>);
 }
 
 impl StackRegistry {
@@ -172,19 +183,13 @@ impl StackRegistry {
             unwind_cache: Box::new(UnwindCache::new()),
             counts: StackCounts::default(),
             max_sites: usize::MAX,
-            learning: false,
-            rule_updates: Vec::new(),
+            teacher: None,
         }
     }
 
-    /// Learn the rules of the chains unwound from now on, for the kernel.
-    pub(crate) fn learn_chains(&mut self) {
-        self.learning = true;
-    }
-
-    /// The rules the kernel must learn or forget since the last call.
-    pub(crate) fn take_rule_updates(&mut self) -> Vec<(FrameRuleKey, Option<FrameRule>)> {
-        std::mem::take(&mut self.rule_updates)
+    /// Learn the rules of the chains unwound from now on, and teach them to `teacher`.
+    pub(crate) fn learn_chains(&mut self, teacher: Box<dyn Teach>) {
+        self.teacher = Some(teacher);
     }
 
     /// The time of the exec record of `tgid`'s image, which the kernel keys its rules by.
@@ -197,8 +202,12 @@ impl StackRegistry {
 
     /// Take back from the kernel every rule taught for `tgid`.
     fn untaught(&mut self, tgid: u32) {
-        let Some(process) = self.processes.get_mut(&tgid) else { return };
-        self.rule_updates.extend(process.taught.drain().map(|key| (key, None)));
+        let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
+            return;
+        };
+        for key in process.taught.drain() {
+            teacher.teach(key, None);
+        }
     }
 
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
@@ -427,7 +436,7 @@ impl StackRegistry {
     /// redoes framehop's step (resolve/chains.rs): its next calls through these frames send
     /// the chain instead of the window.
     fn learn(&mut self, tgid: u32, sample: &StackSample<'_>, unwound: &Unwound) {
-        if !self.learning
+        if self.teacher.is_none()
             || !cfg!(target_arch = "x86_64")
             || !unwound.ended
             || unwound.frames.len() > MAX_CHAIN_FRAMES
@@ -448,7 +457,9 @@ impl StackRegistry {
         };
         let read = |address: u64| sample.read(address).ok();
         let Some(rules) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
-        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
+            return;
+        };
         for (index, (frame, rule)) in unwound.frames.iter().zip(rules).enumerate() {
             let key = FrameRuleKey {
                 tgid,
@@ -457,7 +468,7 @@ impl StackRegistry {
                 address: frame.pc,
             };
             if process.taught.insert(key) {
-                self.rule_updates.push((key, Some(rule)));
+                teacher.teach(key, Some(rule));
             }
         }
     }
@@ -525,7 +536,11 @@ impl StackRegistry {
             self.process(tgid).unwinder = Some(unwinder);
         }
         let process = self.processes.get(&tgid).expect("created above");
-        process.unwinder.as_ref().expect("built above").unwind(sample, &mut self.unwind_cache, self.learning)
+        process.unwinder.as_ref().expect("built above").unwind(
+            sample,
+            &mut self.unwind_cache,
+            self.teacher.is_some(),
+        )
     }
 
     /// Frames of user addresses (the instruction pointer, then return addresses).
@@ -714,7 +729,18 @@ mod tests {
     /// its image: another exec time, its exit, a pid taken by a fork.
     #[test]
     fn taught_rules_are_taken_back_with_their_image() {
+        type Update = (FrameRuleKey, Option<FrameRule>);
+        /// What the registry taught, in order.
+        #[derive(Clone, Default)]
+        struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
+        impl Teach for Taught {
+            fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
+                self.0.lock().unwrap().push((key, rule));
+            }
+        }
+        let taught = Taught::default();
         let mut registry = StackRegistry::new("/nonexistent");
+        registry.learn_chains(Box::new(taught.clone()));
         let teach = |registry: &mut StackRegistry, tgid: u32| {
             let exec_ns = registry.process(tgid).image_ns;
             let keys: Vec<FrameRuleKey> = [(1, 0x1000), (0, 0x2000)]
@@ -723,9 +749,8 @@ mod tests {
             registry.process(tgid).taught.extend(keys.iter().copied());
             keys
         };
-        let taken_back = |registry: &mut StackRegistry| {
-            let mut keys: Vec<FrameRuleKey> = registry
-                .take_rule_updates()
+        let taken_back = |_: &mut StackRegistry| {
+            let mut keys: Vec<FrameRuleKey> = std::mem::take(&mut *taught.0.lock().unwrap())
                 .into_iter()
                 .map(|(key, rule)| {
                     assert_eq!(rule, None, "{key:?}");

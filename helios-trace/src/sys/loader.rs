@@ -22,6 +22,7 @@ use log::{info, warn};
 use super::checks;
 use crate::{
     model::counts::ProgramRuns,
+    resolve::stacks::Teach,
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -96,8 +97,8 @@ pub(crate) struct Tracer {
     python: PythonMap,
     /// Go processes whose goroutines' creators the kernel reads (resolve/goroutines.rs).
     go: BpfHashMap<MapData, u32, GoOffsets>,
-    /// Unwind rules learned from stack windows (resolve/chains.rs).
-    rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
+    /// Unwind rules learned from stack windows (resolve/chains.rs), until the engine takes them.
+    rules: Option<FrameRules>,
     /// Each process's last exec time, as the kernel keeps it (process.rs).
     exec_times: BpfHashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -124,6 +125,27 @@ impl PythonMap {
             }
         }
         Ok(())
+    }
+}
+
+/// The kernel's `FRAME_RULES` map: the unwind rules of learned chains (resolve/chains.rs).
+pub(crate) struct FrameRules(BpfHashMap<MapData, FrameRuleKey, FrameRule>);
+
+impl Teach for FrameRules {
+    /// Like `PythonMap::set`, this needs no privilege.
+    fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
+        match rule {
+            Some(rule) => {
+                if let Err(err) = self.0.insert(key, rule, 0) {
+                    // The kernel then keeps sending this chain's window: slower, not wrong.
+                    log::debug!("process {}: cannot fill the frame-rule map: {err}", key.tgid);
+                }
+            }
+            // Absent already is fine (its insert failed, the map being full).
+            None => {
+                let _ = self.0.remove(&key);
+            }
+        }
     }
 }
 
@@ -268,7 +290,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules,
+                rules: Some(FrameRules(rules)),
                 exec_times,
                 counters,
                 attached,
@@ -313,17 +335,9 @@ impl Tracer {
         self.exec_times.get(&tgid, 0).unwrap_or(0)
     }
 
-    /// Teach the kernel unwind rules (Some) or take them back (None). Like `set_python`, this
-    /// needs no privilege.
-    pub(crate) fn set_frame_rule(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
-        match rule {
-            Some(rule) => self.rules.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
-            // Absent already is fine (its insert failed, the map being full).
-            None => {
-                let _ = self.rules.remove(&key);
-            }
-        }
-        Ok(())
+    /// The kernel's unwind rules, for the engine to teach (once).
+    pub(crate) fn take_frame_rules(&mut self) -> Option<FrameRules> {
+        self.rules.take()
     }
 
     /// The Python map, for a thread of our own (the exec lane).
