@@ -163,7 +163,7 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 
 struct Bench {
     helios: PathBuf,
-    /// Another helios-trace binary to compare with in the overhead rows (`HELIOS_TRACE_BEFORE`,
+    /// Another helios-trace binary to compare with in the overhead and server rows (`HELIOS_TRACE_BEFORE`,
     /// e.g. a build of the previous design), when set.
     before: Option<PathBuf>,
     dir: PathBuf,
@@ -332,6 +332,9 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
+    let before = [Tracer::Before];
+    let tracers: Vec<Tracer> =
+        tracers.iter().chain(if bench.before.is_some() { &before[..] } else { &[] }).copied().collect();
     let nginx = Nginx::start()?;
     let worker = nginx.worker()?;
     // Warm the worker, the page cache and the loopback up first: not measured.
@@ -352,7 +355,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
                 wait_idle(attached.pid())?;
             }
             let cpu_after = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
-            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_)))?;
+            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
             lost[t] += lost_here;
             if lost_here > 0 {
                 lossy_runs[t] += 1;

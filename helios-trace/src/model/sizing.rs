@@ -28,12 +28,13 @@ pub(crate) const DEFAULT_CAPS: Caps =
     Caps { max_fds: 4_000_000, max_stacks: 100_000, max_processes: 100_000 };
 
 /// The caps that fit in `limit` bytes (None: no limit, the defaults), with a ring buffer of
-/// `ring_bytes` (its pages are charged to the tracer's memory cgroup too): a quarter of the
-/// limit is left as headroom, the fixed part and the ring buffer come off, and what remains is
+/// `ring_bytes` (its pages are charged to the tracer's memory cgroup too, and the reader may
+/// hold as much again taken out of it: sys/ring.rs): a quarter of the limit is left as
+/// headroom, the fixed part and the ring buffer with what is held come off, and what remains is
 /// shared 60 % descriptors, 30 % sites, 10 % processes; never above the defaults, never zero.
 pub(crate) fn caps_for(limit: Option<u64>, ring_bytes: u64) -> Caps {
     let Some(limit) = limit else { return DEFAULT_CAPS };
-    let budget = (limit / 4 * 3).saturating_sub(BASE_BYTES + ring_bytes);
+    let budget = (limit / 4 * 3).saturating_sub(BASE_BYTES + buffers(ring_bytes));
     let cap = |share: u64, per: u64, default: usize| {
         let fits = budget / 100 * share / per;
         usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, default)
@@ -48,10 +49,15 @@ pub(crate) fn caps_for(limit: Option<u64>, ring_bytes: u64) -> Caps {
 /// What the caps cost at most, for the line that says them.
 pub(crate) fn bytes_at_caps(caps: Caps, ring_bytes: u64) -> u64 {
     BASE_BYTES
-        + ring_bytes
+        + buffers(ring_bytes)
         + caps.max_fds as u64 * BYTES_PER_FD
         + caps.max_stacks as u64 * BYTES_PER_SITE
         + caps.max_processes as u64 * BYTES_PER_PROCESS
+}
+
+/// The ring buffer and the records the reader holds taken out of it (at most as much again).
+fn buffers(ring_bytes: u64) -> u64 {
+    2 * ring_bytes
 }
 
 #[cfg(test)]

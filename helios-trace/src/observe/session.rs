@@ -10,8 +10,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
-use helios_trace_common::{learned_chains, stack_mode};
+use anyhow::Result;
+use helios_trace_common::{FrameRule, FrameRuleKey, learned_chains, stack_mode};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
@@ -26,10 +26,11 @@ use crate::{
         procfs::Procfs,
     },
     output::report::build::LastKnown,
+    resolve::stacks::Teach,
     sys::{
         cgroups::{self, TargetCgroup},
         checks, clock,
-        loader::{TraceConfig, Tracer},
+        loader::{FrameRules, TraceConfig, Tracer},
         own::{give_back_freed_memory, raise_open_files_limit},
         proc::{
             self,
@@ -39,10 +40,10 @@ use crate::{
     },
 };
 
-/// How often the ring buffer is drained even without a wake-up (the kernel batches wake-ups
-/// under load, see WAKEUP_BYTES).
+/// How often the engine takes records even without a wake-up from the emptier (the kernel
+/// batches wake-ups under load, see WAKEUP_BYTES).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
-/// Wake the reader once this much is waiting; below it, the drain timer picks records up.
+/// Wake the emptier once this much is waiting; below it, its timer picks records up.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// Attached programs, the ring buffer and the engine they feed; dropping it detaches.
@@ -111,6 +112,15 @@ impl Timers {
         let mut reconcile = interval_at(Instant::now() + every, every);
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Timers { drain, second, reconcile }
+    }
+}
+
+impl Teach for FrameRules {
+    fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
+        if let Err(err) = self.set(key, rule) {
+            // The kernel then keeps sending this chain's window: slower, not wrong.
+            log::debug!("process {}: {err:#}", key.tgid);
+        }
     }
 }
 
@@ -232,9 +242,10 @@ impl Tracing {
         };
         engine.load_baseline(&pids, start_ns);
         apply_runtime_updates(&mut engine, &mut tracer);
-        // Polled from the runtime once `run_until` runs: attaching needs no runtime, so it can
-        // happen before the runtime's threads exist and privileges can be dropped for all.
-        let ring = Ring::Attached(ring);
+        // Emptied by a thread of its own once `run_until` runs (after privileges were dropped,
+        // which attaching before any thread exists allows), holding as much again as the ring
+        // (sys/ring.rs; model/sizing.rs counts both).
+        let ring = Ring::new(ring, args.ring_buffer_bytes as usize);
         Ok(Tracing {
             engine,
             tracer,
@@ -330,11 +341,11 @@ impl Tracing {
         apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
-    /// Handle every record waiting in the ring buffer.
+    /// Handle every record submitted so far.
     pub(crate) fn drain(&mut self) {
-        let ring = self.ring.records();
-        while let Some(record) = ring.next() {
-            self.engine.handle_record(&record, &self.tracer);
+        let records = self.ring.take();
+        for record in records.iter() {
+            self.engine.handle_record(record, &self.tracer);
             // A CPython just exec'd must reach the kernel before it runs Python code, not at
             // the end of a drain that may resolve many stacks first (resolve/python).
             if self.engine.python_waiting(clock::boot_ns()) {
@@ -352,7 +363,7 @@ impl Tracing {
         stop: impl Future<Output = ()>,
         mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
-        self.ring.poll()?;
+        self.ring.start_emptier()?;
         if self.python_frames
             && self.exec_lane.is_none()
             && let Some(notices) = self.tracer.take_exec_notices()
@@ -392,9 +403,7 @@ impl Tracing {
                     give_back_freed_memory();
                 }
                 _ = timers.reconcile.tick(), if !self.reconcile_interval.is_zero() => self.reconcile(),
-                guard = self.ring.readable() => {
-                    let mut guard = guard.context("polling the ring buffer")?;
-                    guard.clear_ready();
+                () = self.ring.taken() => {
                     self.drain();
                     on_tick(self, Tick::Drained);
                 }

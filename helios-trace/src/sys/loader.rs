@@ -22,7 +22,6 @@ use log::{info, warn};
 use super::checks;
 use crate::{
     model::counts::ProgramRuns,
-    resolve::stacks::Teach,
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -131,21 +130,18 @@ impl PythonMap {
 /// The kernel's `FRAME_RULES` map: the unwind rules of learned chains (resolve/chains.rs).
 pub(crate) struct FrameRules(BpfHashMap<MapData, FrameRuleKey, FrameRule>);
 
-impl Teach for FrameRules {
-    /// Like `PythonMap::set`, this needs no privilege.
-    fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
+impl FrameRules {
+    /// Teach the kernel a rule (Some) or take it back (None). Like `PythonMap::set`, this needs
+    /// no privilege.
+    pub(crate) fn set(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
         match rule {
-            Some(rule) => {
-                if let Err(err) = self.0.insert(key, rule, 0) {
-                    // The kernel then keeps sending this chain's window: slower, not wrong.
-                    log::debug!("process {}: cannot fill the frame-rule map: {err}", key.tgid);
-                }
-            }
+            Some(rule) => self.0.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
             // Absent already is fine (its insert failed, the map being full).
             None => {
                 let _ = self.0.remove(&key);
             }
         }
+        Ok(())
     }
 }
 

@@ -1,56 +1,318 @@
 //! The reader's end of the ring buffer (ARCHITECTURE.md, "Data flow" 2): the kernel programs'
-//! records, read in the order they were submitted. Attached before the runtime exists (so that
-//! privileges can be dropped for every thread), then registered with the runtime's reactor,
-//! which wakes the reader when the kernel says records are waiting.
-use std::{os::fd::AsRawFd as _, time::Duration};
+//! records, in the order they were submitted.
+//!
+//! A thread of its own, the **emptier**, takes the records out of the ring as soon as the
+//! kernel says they wait and holds them for the engine, which takes them in order. The engine
+//! may be busy for tens of milliseconds with one record (a library's DWARF read for the first
+//! time, a heap walk at a report), and meanwhile the kernel keeps writing: a ring that only
+//! the engine emptied filled in that time and the kernel dropped records (counted, but lost:
+//! BENCHMARKS.md, "Learned chains"). The emptier only copies; it holds at most as much as the
+//! ring itself (`model/sizing.rs` counts both), and beyond that it leaves the records in the
+//! ring, where the kernel counts what does not fit, as before.
+//!
+//! Order: the emptier and the engine take from the ring under one lock, and what the emptier
+//! took is always older than what is still in the ring, so the engine's `take` returns every
+//! record submitted before it was called, oldest first (reconciliation relies on that).
+use std::{
+    collections::VecDeque,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
+use bytes::Bytes;
+use memmap2::MmapMut;
 
-/// The ring buffer: as attached, then registered with the runtime's reactor for polling.
-pub(crate) enum Ring {
-    Attached(RingBuf<MapData>),
-    Polled(AsyncFd<RingBuf<MapData>>),
-    /// Only while `poll` swaps the two.
-    Moving,
+use crate::sys::own;
+
+/// How long the emptier sleeps when nothing wakes it (the kernel wakes it once
+/// `Settings::wakeup_bytes` wait, so below that records wait this long at most), and how
+/// late it notices that the session ended.
+const EMPTIER_WAIT: Duration = Duration::from_millis(20);
+
+/// The emptier's time slice: the smallest the kernel takes, so that it runs soon after the
+/// kernel wakes it even when every CPU is busy (sys/own.rs, `prefer_short_slices`).
+const EMPTIER_SLICE: Duration = Duration::from_micros(100);
+
+/// Records are copied into anonymous mappings of this size (a larger record gets one of its
+/// own size), each its own mapping: once every record of one is handled, unmapping it gives
+/// its memory back at once. From malloc, what a burst held stayed in the emptier thread's
+/// arena (RssAnon 8 MiB up after a flood, which malloc_trim did not release), and a `Bytes`
+/// per record was an allocation per record too.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Each record in a chunk: its length, then its bytes, padded to 8 (the kernel's records are
+/// 8-aligned in the ring, and stay so here).
+const LENGTH_BYTES: usize = size_of::<u64>();
+
+/// The ring buffer and the records taken out of it for the engine.
+pub(crate) struct Ring {
+    shared: Arc<Shared>,
+    fd: RawFd,
+    /// The ring's size: what the emptier holds at most, and what `take` reads of the ring at
+    /// most (all the ring can have held when it was called).
+    ring_bytes: usize,
+    emptying: bool,
+}
+
+struct Shared {
+    held: Mutex<Held>,
+    /// Wakes the engine: the emptier took records.
+    taken: tokio::sync::Notify,
+    stop: AtomicBool,
+}
+
+/// Records taken out of the ring, oldest first, and the ring itself.
+struct Held {
+    ring: RingBuf<MapData>,
+    chunks: VecDeque<Bytes>,
+    /// Bytes of the chunks, headers included.
+    bytes: usize,
+}
+
+impl Held {
+    /// Move the records waiting in the ring into chunks while they hold less than `limit`
+    /// bytes; true if any moved.
+    fn take_from_ring(&mut self, limit: usize) -> bool {
+        let mut chunk: Option<Chunk> = None;
+        let mut took = false;
+        while self.bytes < limit {
+            let Some(record) = self.ring.next() else { break };
+            if chunk.as_ref().is_none_or(|c| !c.fits(record.len())) {
+                if let Some(full) = chunk.take() {
+                    self.chunks.push_back(full.seal());
+                }
+                chunk = Some(Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len()))));
+            }
+            let chunk = chunk.as_mut().expect("made above");
+            self.bytes += chunk.push(&record);
+            took = true;
+        }
+        if let Some(last) = chunk {
+            self.chunks.push_back(last.seal());
+        }
+        took
+    }
+}
+
+/// Records copied out of the ring, each after its length (`LENGTH_BYTES`), padded to 8.
+struct Chunk {
+    memory: Memory,
+    used: usize,
+}
+
+enum Memory {
+    Mapped(MmapMut),
+    /// Where no memory could be mapped: from malloc, which may then fail as well.
+    Heap(Vec<u8>),
+}
+
+impl Chunk {
+    fn new(bytes: usize) -> Chunk {
+        let memory = match MmapMut::map_anon(bytes) {
+            Ok(map) => Memory::Mapped(map),
+            Err(err) => {
+                log::debug!("cannot map {bytes} bytes for the ring's records: {err}");
+                Memory::Heap(vec![0; bytes])
+            }
+        };
+        Chunk { memory, used: 0 }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        match &mut self.memory {
+            Memory::Mapped(map) => map,
+            Memory::Heap(heap) => heap,
+        }
+    }
+
+    /// What a record of `len` bytes takes in a chunk.
+    fn room(len: usize) -> usize {
+        LENGTH_BYTES + len.next_multiple_of(8)
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        let size = match &self.memory {
+            Memory::Mapped(map) => map.len(),
+            Memory::Heap(heap) => heap.len(),
+        };
+        size - self.used >= Chunk::room(len)
+    }
+
+    /// Append `record`; returns the bytes it took.
+    fn push(&mut self, record: &[u8]) -> usize {
+        let at = self.used;
+        let bytes = self.bytes();
+        bytes[at..at + LENGTH_BYTES].copy_from_slice(&(record.len() as u64).to_ne_bytes());
+        bytes[at + LENGTH_BYTES..at + LENGTH_BYTES + record.len()].copy_from_slice(record);
+        self.used += Chunk::room(record.len());
+        self.used - at
+    }
+
+    /// Read-only from here on; unmapped when the last `Bytes` of it goes.
+    fn seal(self) -> Bytes {
+        let bytes = match self.memory {
+            Memory::Mapped(map) => Bytes::from_owner(map),
+            Memory::Heap(heap) => Bytes::from(heap),
+        };
+        bytes.slice(..self.used)
+    }
+}
+
+/// Records taken out of the ring, oldest first (`Ring::take`).
+pub(crate) struct Records(VecDeque<Bytes>);
+
+impl Records {
+    /// Each record's bytes, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().flat_map(|chunk| {
+            let mut rest: &[u8] = chunk;
+            std::iter::from_fn(move || {
+                let (length, after) = rest.split_first_chunk::<LENGTH_BYTES>()?;
+                let len = u64::from_ne_bytes(*length) as usize;
+                let record = after.get(..len)?;
+                rest = after.get(len.next_multiple_of(8)..).unwrap_or_default();
+                Some(record)
+            })
+        })
+    }
 }
 
 impl Ring {
-    /// Register with the reactor of the runtime we run in (once).
-    pub(crate) fn poll(&mut self) -> Result<()> {
-        if let Ring::Attached(_) = self {
-            let Ring::Attached(ring) = std::mem::replace(self, Ring::Moving) else { unreachable!() };
-            // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole
-            // life, which the AsyncFd now owns.
-            match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-                Ok(polled) => *self = Ring::Polled(polled),
-                Err(e) => {
-                    let (ring, error) = e.into_parts();
-                    *self = Ring::Attached(ring);
-                    return Err(error).context("cannot poll the ring buffer");
-                }
-            }
+    /// The ring, read by the engine alone until `start_emptier`.
+    pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize) -> Ring {
+        let fd = ring.as_raw_fd();
+        let held = Held { ring, chunks: VecDeque::new(), bytes: 0 };
+        let shared = Shared {
+            held: Mutex::new(held),
+            taken: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+        };
+        Ring { shared: Arc::new(shared), fd, ring_bytes, emptying: false }
+    }
+
+    /// Start the emptier (once). After privileges were dropped: the thread inherits the
+    /// reduced sets (sys/privileges.rs).
+    pub(crate) fn start_emptier(&mut self) -> Result<()> {
+        if self.emptying {
+            return Ok(());
         }
+        let (shared, limit) = (Arc::clone(&self.shared), self.ring_bytes);
+        let wakeups = Wakeups::new(self.fd).context("cannot wait for the ring buffer")?;
+        std::thread::Builder::new()
+            .name("ring-emptier".into())
+            .spawn(move || {
+                if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
+                    log::debug!("the ring's emptier keeps the default time slice: {err}");
+                }
+                while !shared.stop.load(Ordering::Relaxed) {
+                    wakeups.wait(EMPTIER_WAIT);
+                    let (took, full) = {
+                        let mut held = lock(&shared.held);
+                        let took = held.take_from_ring(limit);
+                        (took, held.bytes >= limit)
+                    };
+                    if took {
+                        shared.taken.notify_one();
+                    }
+                    if full {
+                        // Let the engine catch up first.
+                        std::thread::sleep(EMPTIER_WAIT);
+                    }
+                }
+            })
+            .context("cannot start the ring buffer's emptier")?;
+        self.emptying = true;
         Ok(())
     }
 
-    /// Completes when the kernel says records are waiting (never before `poll`).
-    pub(crate) async fn readable(&mut self) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
-        match self {
-            Ring::Polled(polled) => polled.readable_mut().await,
-            _ => std::future::pending().await,
+    /// Completes when the emptier has taken records (never before `start_emptier`).
+    pub(crate) async fn taken(&self) {
+        if self.emptying {
+            self.shared.taken.notified().await;
+        } else {
+            std::future::pending().await
         }
     }
 
-    /// The records waiting, read with `next()`.
-    pub(crate) fn records(&mut self) -> &mut RingBuf<MapData> {
-        match self {
-            Ring::Attached(ring) => ring,
-            Ring::Polled(polled) => polled.get_mut(),
-            Ring::Moving => unreachable!("the ring is only moving inside poll()"),
-        }
+    /// Every record submitted before the call, oldest first: those the emptier holds, then
+    /// those in the ring. Of the ring, at most its size is read: a record takes as much room in
+    /// a chunk as in the ring (a header of 8 bytes, the record padded to 8; kernel/bpf/ringbuf.c),
+    /// so that is all the ring held at the call, and a process writing without pause cannot
+    /// keep the engine here (it did: nothing was handled for as long as it wrote).
+    pub(crate) fn take(&self) -> Records {
+        let mut held = lock(&self.shared.held);
+        let limit = held.bytes + self.ring_bytes;
+        held.take_from_ring(limit);
+        held.bytes = 0;
+        Records(std::mem::take(&mut held.chunks))
     }
+}
+
+impl Drop for Ring {
+    /// The emptier ends within `EMPTIER_WAIT`.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A thread that panicked while holding the lock left whole chunks behind (a chunk is pushed
+/// whole or not at all): go on with them.
+fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The kernel's wake-ups of a ring buffer's readers, edge-triggered: the ring's poll says
+/// readable whenever one byte waits (kernel/bpf/ringbuf.c, `ringbuf_map_poll_kern`), so a
+/// level-triggered wait would return at once under load and take a few records at a time; the
+/// kernel wakes its readers only once `Settings::wakeup_bytes` wait (helios-trace-ebpf's
+/// emit.rs, `wakeup_flags`), which batches them.
+struct Wakeups {
+    epoll: OwnedFd,
+}
+
+impl Wakeups {
+    fn new(fd: RawFd) -> std::io::Result<Wakeups> {
+        // SAFETY: plain syscalls; the new descriptor is owned at once.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
+        // SAFETY: valid descriptors and event.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Wakeups { epoll })
+    }
+
+    /// Until the kernel wakes the ring's readers, or `timeout` passed.
+    fn wait(&self, timeout: Duration) {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        let timeout = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: room for one event. An error (EINTR) is a wake-up like any other.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, timeout) };
+    }
+}
+
+/// Wait until the kernel says `fd` (a ring buffer) has records, or `timeout` passed.
+fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask; the caller keeps the ring's
+    // fd open while it waits. ppoll, not poll: the exec lane looks again within 100 µs
+    // (resolve/python/early.rs), poll counts in milliseconds. An error (EINTR) is a wake-up
+    // like any other: the caller reads what is there and waits again.
+    unsafe { libc::ppoll(&mut poll, 1, &timeout, std::ptr::null()) };
 }
 
 /// The exec notices (`EXEC_NOTICES`), read by the exec lane's thread (observe/exec_lane.rs)
@@ -64,16 +326,7 @@ impl Notices {
 
     /// Wait until the kernel says notices are waiting, or `timeout` passed.
     pub(crate) fn wait(&self, timeout: Duration) {
-        let mut poll = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let timeout = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: one valid pollfd, a valid timespec, no signal mask; the ring's fd stays open
-        // while `self` lives. ppoll, not poll: the lane looks again within 100 µs
-        // (resolve/python/early.rs), poll counts in milliseconds. An error (EINTR) is a
-        // wake-up like any other: the caller reads what is there and waits again.
-        unsafe { libc::ppoll(&mut poll, 1, &timeout, std::ptr::null()) };
+        wait_readable(self.0.as_raw_fd(), timeout);
     }
 
     /// The next notice: the process that exec'd and its exec record's time. A malformed
@@ -84,6 +337,41 @@ impl Notices {
             if let Ok(notice) = crate::sys::decode::exec_notice(&record) {
                 return Some(notice);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of every length come back whole and in order, across chunks, one larger than a
+    /// chunk included, and each starts 8-aligned as in the ring.
+    #[test]
+    fn records_come_back_whole_and_in_order() {
+        let records: Vec<Vec<u8>> = [1, 7, 8, 9, 612, 9_000, CHUNK_BYTES + 5, 0, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, len)| vec![i as u8; *len])
+            .collect();
+        let mut chunks = VecDeque::new();
+        let mut chunk = Chunk::new(CHUNK_BYTES);
+        for record in &records {
+            if !chunk.fits(record.len()) {
+                chunks.push_back(
+                    std::mem::replace(&mut chunk, Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len()))))
+                        .seal(),
+                );
+            }
+            assert_eq!(chunk.push(record), Chunk::room(record.len()));
+        }
+        chunks.push_back(chunk.seal());
+        let taken = Records(chunks);
+        let back: Vec<&[u8]> = taken.iter().collect();
+        assert_eq!(back.len(), records.len());
+        for (got, want) in back.iter().zip(&records) {
+            assert_eq!(*got, &want[..]);
+            assert_eq!(got.as_ptr() as usize % 8, 0, "a record of {} bytes", want.len());
         }
     }
 }

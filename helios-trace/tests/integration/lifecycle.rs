@@ -255,6 +255,81 @@ fn lost_events_are_counted_and_reconciliation_restores_the_table() {
     w.exit();
 }
 
+/// While the engine is busy with one record (a library's DWARF read for the first time, a heap
+/// walk at a report), the ring's emptier (sys/ring.rs) keeps taking records out of the ring:
+/// nothing is lost while what the kernel writes meanwhile fits in the ring and the emptier's
+/// hold together. Here the engine's thread alone is stopped (ptrace stops one thread; SIGSTOP,
+/// as above, stops the emptier too) while 800 files are opened: ~1.4 times what the ring holds,
+/// so a reader without an emptier loses about 200 of them.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--ring-buffer-size",
+        "256K",
+        "--stacks",
+        "fp",
+        "--reconcile-interval",
+        "0",
+    ]);
+    checkpoint(&mut tracer, pid, "baseline");
+    // The engine runs on the tracer's main thread (the runtime's block_on), whose tid is its pid.
+    let engine = tracer.pid();
+    let stopped = StoppedThread::stop(engine);
+    w.run("hold 800");
+    drop(stopped);
+    let report = tracer.snapshot();
+    assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
+    let report = checkpoint(&mut tracer, pid, "800 files opened while the engine was stopped");
+    let files = process(&report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace")
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(files, 800, "every open seen at its site");
+    drop(tracer);
+    w.exit();
+}
+
+/// One thread of another process, stopped by ptrace (PTRACE_SEIZE, PTRACE_INTERRUPT: only that
+/// thread stops, unlike a signal's group stop) until dropped (PTRACE_DETACH resumes it).
+struct StoppedThread(i32);
+
+impl StoppedThread {
+    fn stop(tid: u32) -> StoppedThread {
+        let tid = tid as i32;
+        // SAFETY: plain syscalls on a thread of a child of ours; the test runs as root.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "seize {tid}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "interrupt {tid}");
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "wait for {tid} to stop");
+        }
+        StoppedThread(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        // SAFETY: the thread is in a ptrace stop (waited for above).
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
 /// Every fd's close-on-exec flag as the kernel has it: `flags` in /proc/PID/fdinfo/FD, octal,
 /// O_CLOEXEC is 02000000 (include/uapi/asm-generic/fcntl.h; fs/proc/fd.c prints it).
 fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
