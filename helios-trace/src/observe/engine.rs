@@ -34,7 +34,7 @@ use crate::{
         stacks::{StackCounts, StackRegistry, Teach},
     },
     sys::{
-        decode::{self, Decoded, PythonFrames, ShadowChain},
+        decode::{self, Decoded, PythonFrames, RecordStack, ShadowChain},
         syscalls::SyscallTable,
     },
 };
@@ -341,22 +341,21 @@ impl Engine {
         }
         self.counts.received += 1;
         match decoded {
-            Ok(Decoded::Event(event)) => {
+            Ok(Decoded::Event(event, stack)) => {
                 self.by_type[event.op.index()] += 1;
-                // decode checked the record's length, so its stack reads.
-                let chain = decode::learned_chain(bytes).ok().flatten();
-                let sample = decode::user_stack(bytes).ok().flatten();
-                let shadow = match sample {
-                    Some(_) => self.shadows.remove(&event.tid).filter(|s| s.ts_ns == event.ts_ns),
-                    None => None,
+                let shadow = match stack {
+                    RecordStack::Window(_) => {
+                        self.shadows.remove(&event.tid).filter(|s| s.ts_ns == event.ts_ns)
+                    }
+                    RecordStack::Chain(_) | RecordStack::None => None,
                 };
-                let stack = match (&chain, &sample) {
-                    (Some(chain), _) => Some(CapturedStack::Chain(chain.chain())),
-                    (None, Some(sample)) => Some(CapturedStack::Window {
+                let stack = match &stack {
+                    RecordStack::Chain(chain) => Some(CapturedStack::Chain(chain.chain())),
+                    RecordStack::Window(sample) => Some(CapturedStack::Window {
                         sample,
                         shadow: shadow.as_ref().map(|s| &s.addresses[..]),
                     }),
-                    (None, None) => None,
+                    RecordStack::None => None,
                 };
                 self.handle_event(&event, stack.as_ref(), stacks)
             }

@@ -28,8 +28,11 @@ pub(crate) enum DecodeError {
 
 /// Why a well-formed record produced no event (not an error: e.g. dup2(fd, fd)).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decoded {
-    Event(Event),
+// A learned chain by value (`RecordStack`): made once per record and moved once.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Decoded<'a> {
+    /// An event and the user stack its record carried, read once with it.
+    Event(Event, RecordStack<'a>),
     Nothing,
     /// The Python frames of the descriptor record that follows (same tid and ts_ns).
     Python(PythonFrames),
@@ -37,6 +40,31 @@ pub(crate) enum Decoded {
     /// follows with its stack window (same tid and ts_ns).
     Shadow(ShadowChain),
 }
+
+/// The user stack a descriptor record carried with `--stacks dwarf` (`None` otherwise: a
+/// frame-pointer stack is an id in the event's `StackIds`).
+#[derive(Clone, Copy, Debug)]
+// By value: the chain is a 520-byte copy out of the record, where a box would be an allocation
+// per record.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum RecordStack<'a> {
+    None,
+    Window(StackSample<'a>),
+    Chain(LearnedChain),
+}
+
+impl PartialEq for RecordStack<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RecordStack::None, RecordStack::None) => true,
+            (RecordStack::Window(a), RecordStack::Window(b)) => a == b,
+            (RecordStack::Chain(a), RecordStack::Chain(b)) => a.flags == b.flags && a.chain() == b.chain(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RecordStack<'_> {}
 
 /// A `kind::FD_SYSCALL_CHAIN` record with `chain_flags::SHADOW`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +92,7 @@ fn read<T: zerocopy::FromBytes>(bytes: &[u8], what: &'static str) -> Result<T, D
     })
 }
 
-pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decoded<'a>, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     let event = |stacks: StackIds, op: Op| Event {
         tgid: header.tgid,
@@ -76,26 +104,32 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
     match header.kind {
         kind::FD_SYSCALL | kind::FD_SYSCALL_USER_STACK | kind::FD_SYSCALL_CHAIN => {
             let record: SyscallEvent = read(bytes, "syscall record")?;
-            user_stack(bytes)?;
-            if let Some(chain) = learned_chain(bytes)?
-                && chain.flags & chain_flags::SHADOW != 0
-            {
-                let addresses = chain.chain().to_vec();
-                return Ok(Decoded::Shadow(ShadowChain { tid: header.tid, ts_ns: header.ts_ns, addresses }));
-            }
+            let stack = match (learned_chain(bytes)?, user_stack(bytes)?) {
+                (Some(chain), _) if chain.flags & chain_flags::SHADOW != 0 => {
+                    let addresses = chain.chain().to_vec();
+                    return Ok(Decoded::Shadow(ShadowChain {
+                        tid: header.tid,
+                        ts_ns: header.ts_ns,
+                        addresses,
+                    }));
+                }
+                (Some(chain), _) => RecordStack::Chain(chain),
+                (None, Some(window)) => RecordStack::Window(window),
+                (None, None) => RecordStack::None,
+            };
             let call = table.call(record.nr).ok_or(DecodeError::UnknownSyscall { nr: record.nr })?;
             let stacks = StackIds {
                 user: stack_id(record.stack_id),
                 creator: (record.creator_pc != 0).then_some(record.creator_pc),
             };
             Ok(match syscall_op(call, &record) {
-                Some(op) => Decoded::Event(event(stacks, op)),
+                Some(op) => Decoded::Event(event(stacks, op), stack),
                 None => Decoded::Nothing,
             })
         }
         kind::CLOSE => {
             let record: CloseEvent = read(bytes, "close record")?;
-            Ok(Decoded::Event(event(StackIds::default(), Op::Close { fd: record.fd })))
+            Ok(Decoded::Event(event(StackIds::default(), Op::Close { fd: record.fd }), RecordStack::None))
         }
         kind::NEW_TASK => {
             let record: NewTaskEvent = read(bytes, "new-task record")?;
@@ -104,7 +138,7 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
                 thread: record.clone_flags & libc::CLONE_THREAD as u64 != 0,
                 comm: c_string(&record.comm),
             };
-            Ok(Decoded::Event(event(StackIds::default(), op)))
+            Ok(Decoded::Event(event(StackIds::default(), op), RecordStack::None))
         }
         kind::EXEC => {
             let record: ExecEvent = read(bytes, "exec record")?;
@@ -114,7 +148,7 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
                 filename: record.filename[..len].to_vec(),
                 comm: c_string(&record.comm),
             };
-            Ok(Decoded::Event(event(StackIds::default(), op)))
+            Ok(Decoded::Event(event(StackIds::default(), op), RecordStack::None))
         }
         kind::PYTHON_STACK => {
             let record: PythonStack = read(bytes, "Python stack record")?;
@@ -128,7 +162,7 @@ pub(crate) fn decode(bytes: &[u8], table: &SyscallTable) -> Result<Decoded, Deco
         }
         kind::EXIT => {
             let _: ExitEvent = read(bytes, "exit record")?;
-            Ok(Decoded::Event(event(StackIds::default(), Op::Exit)))
+            Ok(Decoded::Event(event(StackIds::default(), Op::Exit), RecordStack::None))
         }
         kind => Err(DecodeError::UnknownKind { kind }),
     }
@@ -382,7 +416,7 @@ pub(crate) mod tests {
 
     fn op_of(record: &SyscallEvent) -> Option<Op> {
         match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
-            Decoded::Event(event) => Some(event.op),
+            Decoded::Event(event, _) => Some(event.op),
             Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) => None,
         }
     }
@@ -425,7 +459,7 @@ pub(crate) mod tests {
         let mut record = syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]);
         let decoded =
             |record: &SyscallEvent| match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
-                Decoded::Event(e) => e.stacks,
+                Decoded::Event(e, _) => e.stacks,
                 other => panic!("{other:?}"),
             };
         assert_eq!(decoded(&record).creator, None, "0: not read");
@@ -442,7 +476,10 @@ pub(crate) mod tests {
         chain.addresses[..3].copy_from_slice(&[0x7f00_0000_1234, 0x55d0_c0a0_1010, 0x7f00_0000_5678]);
         let bytes = |chain: &LearnedChain| [bytes_of(&record), bytes_of(chain)].concat();
         let table = SyscallTable::native();
-        assert!(matches!(decode(&bytes(&chain), &table), Ok(Decoded::Event(_))));
+        let Ok(Decoded::Event(_, RecordStack::Chain(read))) = decode(&bytes(&chain), &table) else {
+            panic!("not a chain")
+        };
+        assert_eq!(read.chain(), &chain.addresses[..3]);
         assert_eq!(learned_chain(&bytes(&chain)).unwrap().unwrap().chain(), &chain.addresses[..3]);
         assert_eq!(user_stack(&bytes(&chain)), Ok(None));
         // Shadow: not an event, the chain of the window record that follows.
@@ -470,7 +507,7 @@ pub(crate) mod tests {
             b"/etc/hosts",
         );
         let event = match decode(&bytes_of(&record), &SyscallTable::native()).unwrap() {
-            Decoded::Event(e) => e,
+            Decoded::Event(e, _) => e,
             other => panic!("{other:?}"),
         };
         assert_eq!((event.tgid, event.tid, event.ts_ns), (100, 101, 5_000));
@@ -633,7 +670,7 @@ pub(crate) mod tests {
             with_path(syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]), b"/etc/hosts");
         let bytes = with_user_stack(record, 0x7ffd_0000, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         match decode(&bytes, &table).unwrap() {
-            Decoded::Event(event) => {
+            Decoded::Event(event, RecordStack::Window(_)) => {
                 assert!(matches!(event.op, Op::Open { .. }));
                 assert_eq!(event.stacks, StackIds { user: None, creator: None });
             }
@@ -664,7 +701,7 @@ pub(crate) mod tests {
             comm,
         };
         match decode(&bytes_of(&task), &table).unwrap() {
-            Decoded::Event(Event { op: Op::NewTask { child: 200, thread: true, comm }, .. }) => {
+            Decoded::Event(Event { op: Op::NewTask { child: 200, thread: true, comm }, .. }, _) => {
                 assert_eq!(comm, "bash")
             }
             other => panic!("{other:?}"),
@@ -678,7 +715,7 @@ pub(crate) mod tests {
         };
         exec.filename[..9].copy_from_slice(b"/bin/bash");
         match decode(&bytes_of(&exec), &table).unwrap() {
-            Decoded::Event(Event { op: Op::Exec { old_tid: 101, filename, .. }, .. }) => {
+            Decoded::Event(Event { op: Op::Exec { old_tid: 101, filename, .. }, .. }, _) => {
                 assert_eq!(filename, b"/bin/bash")
             }
             other => panic!("{other:?}"),
