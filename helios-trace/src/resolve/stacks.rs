@@ -160,7 +160,7 @@ pub(crate) struct StackRegistry {
 /// symbolization, which may take tens of milliseconds the first time a library's DWARF is
 /// read, and meanwhile every call through that chain would send a 9 KiB window instead of a
 /// 0.6 KiB chain — the difference between a ring buffer that holds ~1,700 calls and one that
-/// holds ~27,000 (BENCHMARKS.md, "Learned chains": records lost at a session's start).
+/// holds ~27,000 (BENCHMARKS.md, "The ring's emptier").
 pub(crate) trait Teach: Send {
     /// Teach the kernel a rule (Some), or take it back (None). A rule that cannot be taught
     /// only leaves its chain's calls sending windows: slower, not wrong.

@@ -6,7 +6,7 @@
 //! may be busy for tens of milliseconds with one record (a library's DWARF read for the first
 //! time, a heap walk at a report), and meanwhile the kernel keeps writing: a ring that only
 //! the engine emptied filled in that time and the kernel dropped records (counted, but lost:
-//! BENCHMARKS.md, "Learned chains"). The emptier only copies; it holds at most as much as the
+//! BENCHMARKS.md, "The ring's emptier"). The emptier only copies; it holds at most as much as the
 //! ring itself (`model/sizing.rs` counts both), and beyond that it leaves the records in the
 //! ring, where the kernel counts what does not fit, as before.
 //!
