@@ -386,7 +386,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
     );
     let base = median(&rates[0]);
     for (t, tracer) in tracers.iter().enumerate() {
-        let (lost, lossy) = if matches!(tracer, Tracer::Helios(_)) {
+        let (lost, lossy) = if matches!(tracer, Tracer::Helios(_) | Tracer::Before) {
             (lost[t].to_string(), lossy_runs[t].to_string())
         } else {
             ("–".into(), "–".into())

@@ -28,8 +28,8 @@ pub(crate) const DEFAULT_CAPS: Caps =
     Caps { max_fds: 4_000_000, max_stacks: 100_000, max_processes: 100_000 };
 
 /// The caps that fit in `limit` bytes (None: no limit, the defaults), with a ring buffer of
-/// `ring_bytes` (its pages are charged to the tracer's memory cgroup too, and the reader may
-/// hold as much again taken out of it: sys/ring.rs): a quarter of the limit is left as
+/// `ring_bytes` (its pages are charged to the tracer's memory cgroup too, and user space may
+/// hold twice as much taken out of it: sys/ring.rs): a quarter of the limit is left as
 /// headroom, the fixed part and the ring buffer with what is held come off, and what remains is
 /// shared 60 % descriptors, 30 % sites, 10 % processes; never above the defaults, never zero.
 pub(crate) fn caps_for(limit: Option<u64>, ring_bytes: u64) -> Caps {
@@ -55,9 +55,10 @@ pub(crate) fn bytes_at_caps(caps: Caps, ring_bytes: u64) -> u64 {
         + caps.max_processes as u64 * BYTES_PER_PROCESS
 }
 
-/// The ring buffer and the records the reader holds taken out of it (at most as much again).
+/// The ring buffer and the records user space holds taken out of it: at most as much again
+/// held by the emptier, and the ring's worth the engine reads at once (sys/ring.rs).
 fn buffers(ring_bytes: u64) -> u64 {
-    2 * ring_bytes
+    3 * ring_bytes
 }
 
 #[cfg(test)]

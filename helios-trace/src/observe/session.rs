@@ -36,7 +36,7 @@ use crate::{
             self,
             resources::{self, CgroupMounts},
         },
-        ring::Ring,
+        ring::{self, Ring},
     },
 };
 
@@ -343,13 +343,15 @@ impl Tracing {
 
     /// Handle every record submitted so far.
     pub(crate) fn drain(&mut self) {
-        let records = self.ring.take();
-        for record in records.iter() {
-            self.engine.handle_record(record, &self.tracer);
-            // A CPython just exec'd must reach the kernel before it runs Python code, not at
-            // the end of a drain that may resolve many stacks first (resolve/python).
-            if self.engine.python_waiting(clock::boot_ns()) {
-                apply_runtime_updates(&mut self.engine, &mut self.tracer);
+        // Chunk by chunk: each goes back to the emptier's memory once handled.
+        for chunk in self.ring.take() {
+            for record in ring::records(&chunk) {
+                self.engine.handle_record(record, &self.tracer);
+                // A CPython just exec'd must reach the kernel before it runs Python code, not
+                // at the end of a drain that may resolve many stacks first (resolve/python).
+                if self.engine.python_waiting(clock::boot_ns()) {
+                    apply_runtime_updates(&mut self.engine, &mut self.tracer);
+                }
             }
         }
         apply_runtime_updates(&mut self.engine, &mut self.tracer);

@@ -6,9 +6,10 @@
 //! may be busy for tens of milliseconds with one record (a library's DWARF read for the first
 //! time, a heap walk at a report), and meanwhile the kernel keeps writing: a ring that only
 //! the engine emptied filled in that time and the kernel dropped records (counted, but lost:
-//! BENCHMARKS.md, "The ring's emptier"). The emptier only copies; it holds at most as much as the
-//! ring itself (`model/sizing.rs` counts both), and beyond that it leaves the records in the
-//! ring, where the kernel counts what does not fit, as before.
+//! BENCHMARKS.md, "The ring's emptier"). The emptier only copies; it stops once the records
+//! copied out and not yet handled hold as much as the ring itself, and leaves the rest in the
+//! ring, where the kernel counts what does not fit, as before. With the ring's worth the engine
+//! reads at once (`take`), user space holds at most twice the ring (`model/sizing.rs`).
 //!
 //! Order: the emptier and the engine take from the ring under one lock, and what the emptier
 //! took is always older than what is still in the ring, so the engine's `take` returns every
@@ -18,7 +19,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -28,7 +29,7 @@ use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
 use memmap2::MmapMut;
 
-use crate::sys::own;
+use crate::sys::{own, privileges};
 
 /// How long the emptier sleeps when nothing wakes it (the kernel wakes it once
 /// `Settings::wakeup_bytes` wait, so below that records wait this long at most), and how
@@ -62,8 +63,8 @@ const LENGTH_BYTES: usize = size_of::<u64>();
 pub(crate) struct Ring {
     shared: Arc<Shared>,
     fd: RawFd,
-    /// The ring's size: what the emptier holds at most, and what `take` reads of the ring at
-    /// most (all the ring can have held when it was called).
+    /// The ring's size: the most the emptier keeps copied out and not yet handled, and the most
+    /// `take` reads of the ring itself (all the ring can have held when it was called).
     ring_bytes: usize,
     emptying: bool,
 }
@@ -78,70 +79,51 @@ struct Shared {
 /// Records taken out of the ring, oldest first, and the ring itself.
 struct Held {
     ring: RingBuf<MapData>,
-    pool: Pool,
+    store: Arc<Store>,
     chunks: VecDeque<Bytes>,
-    /// Bytes of the chunks, headers included.
-    bytes: usize,
 }
 
 impl Held {
-    /// Move the records waiting in the ring into chunks while they hold less than `limit`
+    /// Move the records waiting in the ring into chunks until `read_limit` bytes were read in
+    /// this call, or the chunks not yet handled (held or being handled) hold `alive_limit`
     /// bytes; true if any moved.
-    fn take_from_ring(&mut self, limit: usize) -> bool {
+    fn take_from_ring(&mut self, read_limit: usize, alive_limit: usize) -> bool {
         let mut chunk: Option<Chunk> = None;
-        let mut took = false;
-        while self.bytes < limit {
+        let mut read = 0;
+        while read < read_limit && self.store.alive.load(Ordering::Relaxed) < alive_limit {
             let Some(record) = self.ring.next() else { break };
             if chunk.as_ref().is_none_or(|c| !c.fits(record.len())) {
                 if let Some(full) = chunk.take() {
                     self.chunks.push_back(full.seal());
                 }
-                chunk = Some(Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), &self.pool));
+                chunk = Some(Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), &self.store));
             }
-            let chunk = chunk.as_mut().expect("made above");
-            self.bytes += chunk.push(&record);
-            took = true;
+            read += chunk.as_mut().expect("made above").push(&record);
         }
         if let Some(last) = chunk {
             self.chunks.push_back(last.seal());
         }
-        took
+        read > 0
     }
 }
 
-/// Mappings of `CHUNK_BYTES` whose records were all handled, for the next chunks.
-#[derive(Clone, Default)]
-struct Pool(Arc<Mutex<Vec<MmapMut>>>);
+/// The memory of chunks: those of `CHUNK_BYTES` whose records were all handled, for the next
+/// chunks, and how many bytes of records are copied out and not yet dropped.
+#[derive(Default)]
+struct Store {
+    pool: Mutex<Vec<MmapMut>>,
+    alive: AtomicUsize,
+}
 
-impl Pool {
-    fn take(&self) -> Option<MmapMut> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
+impl Store {
+    fn reuse(&self) -> Option<MmapMut> {
+        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
     }
 
     fn give_back(&self, map: MmapMut) {
-        let mut pool = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if map.len() == CHUNK_BYTES && pool.len() < POOLED_CHUNKS {
             pool.push(map);
-        }
-    }
-}
-
-/// A sealed chunk's mapping: back to the pool when the last of its records is dropped.
-struct Pooled {
-    map: Option<MmapMut>,
-    pool: Pool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or_default()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(map) = self.map.take() {
-            self.pool.give_back(map);
         }
     }
 }
@@ -150,91 +132,114 @@ impl Drop for Pooled {
 struct Chunk {
     memory: Memory,
     used: usize,
+    store: Arc<Store>,
 }
 
 enum Memory {
-    Mapped(MmapMut, Pool),
-    /// Where no memory could be mapped: from malloc, which may then fail as well.
+    Mapped(MmapMut),
+    /// Where no memory could be mapped: from malloc (1-aligned, which nothing relies on:
+    /// decode copies every field out), which may then fail as well.
     Heap(Vec<u8>),
 }
 
+impl Memory {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Memory::Mapped(map) => map,
+            Memory::Heap(heap) => heap,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Memory::Mapped(map) => map,
+            Memory::Heap(heap) => heap,
+        }
+    }
+}
+
 impl Chunk {
-    fn new(bytes: usize, pool: &Pool) -> Chunk {
-        let reused = if bytes == CHUNK_BYTES { pool.take() } else { None };
+    fn new(bytes: usize, store: &Arc<Store>) -> Chunk {
+        let reused = if bytes == CHUNK_BYTES { store.reuse() } else { None };
         let memory = match reused.map_or_else(|| MmapMut::map_anon(bytes), Ok) {
-            Ok(map) => Memory::Mapped(map, pool.clone()),
+            Ok(map) => Memory::Mapped(map),
             Err(err) => {
                 log::debug!("cannot map {bytes} bytes for the ring's records: {err}");
                 Memory::Heap(vec![0; bytes])
             }
         };
-        Chunk { memory, used: 0 }
+        Chunk { memory, used: 0, store: Arc::clone(store) }
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
-        match &mut self.memory {
-            Memory::Mapped(map, _) => map,
-            Memory::Heap(heap) => heap,
-        }
-    }
-
-    /// What a record of `len` bytes takes in a chunk.
+    /// What a record of `len` bytes takes in a chunk: as much as in the ring (its 8-byte
+    /// header, the record padded to 8: kernel/bpf/ringbuf.c, `__bpf_ringbuf_reserve`).
     fn room(len: usize) -> usize {
         LENGTH_BYTES + len.next_multiple_of(8)
     }
 
     fn fits(&self, len: usize) -> bool {
-        let size = match &self.memory {
-            Memory::Mapped(map, _) => map.len(),
-            Memory::Heap(heap) => heap.len(),
-        };
-        size - self.used >= Chunk::room(len)
+        self.memory.bytes().len() - self.used >= Chunk::room(len)
     }
 
-    /// Append `record`; returns the bytes it took.
+    /// Append `record`; returns the bytes it took, now counted alive.
     fn push(&mut self, record: &[u8]) -> usize {
         let at = self.used;
-        let bytes = self.bytes();
+        let bytes = self.memory.bytes_mut();
         bytes[at..at + LENGTH_BYTES].copy_from_slice(&(record.len() as u64).to_ne_bytes());
         bytes[at + LENGTH_BYTES..at + LENGTH_BYTES + record.len()].copy_from_slice(record);
-        self.used += Chunk::room(record.len());
-        self.used - at
+        let took = Chunk::room(record.len());
+        self.used += took;
+        self.store.alive.fetch_add(took, Ordering::Relaxed);
+        took
     }
 
-    /// Read-only from here on; unmapped when the last `Bytes` of it goes.
+    /// Read-only from here on; given back (or unmapped) when the last `Bytes` of it goes.
     fn seal(self) -> Bytes {
-        let bytes = match self.memory {
-            Memory::Mapped(map, pool) => Bytes::from_owner(Pooled { map: Some(map), pool }),
-            Memory::Heap(heap) => Bytes::from(heap),
-        };
-        bytes.slice(..self.used)
+        let used = self.used;
+        Bytes::from_owner(Sealed { memory: self.memory, used, store: self.store }).slice(..used)
     }
 }
 
-/// Records taken out of the ring, oldest first (`Ring::take`).
-pub(crate) struct Records(VecDeque<Bytes>);
+/// A sealed chunk's memory: no longer counted alive, and back to the pool, when the last of
+/// its records is dropped.
+struct Sealed {
+    memory: Memory,
+    used: usize,
+    store: Arc<Store>,
+}
 
-impl Records {
-    /// Each record's bytes, in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().flat_map(|chunk| {
-            let mut rest: &[u8] = chunk;
-            std::iter::from_fn(move || {
-                let (length, after) = rest.split_first_chunk::<LENGTH_BYTES>()?;
-                let len = u64::from_ne_bytes(*length) as usize;
-                let record = after.get(..len)?;
-                rest = after.get(len.next_multiple_of(8)..).unwrap_or_default();
-                Some(record)
-            })
-        })
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        self.memory.bytes()
     }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        self.store.alive.fetch_sub(self.used, Ordering::Relaxed);
+        if let Memory::Mapped(map) = std::mem::replace(&mut self.memory, Memory::Heap(Vec::new())) {
+            self.store.give_back(map);
+        }
+    }
+}
+
+/// Each record of a chunk (`Ring::take`), in order.
+pub(crate) fn records(chunk: &Bytes) -> impl Iterator<Item = &[u8]> {
+    let mut rest: &[u8] = chunk;
+    std::iter::from_fn(move || {
+        let (length, after) = rest.split_first_chunk::<LENGTH_BYTES>()?;
+        let len = u64::from_ne_bytes(*length) as usize;
+        let record = after.get(..len)?;
+        rest = after.get(len.next_multiple_of(8)..).unwrap_or_default();
+        Some(record)
+    })
 }
 
 impl Ring {
     /// The ring, read by the engine alone until `start_emptier`.
     pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize) -> Ring {
         let fd = ring.as_raw_fd();
-        let held = Held { ring, pool: Pool::default(), chunks: VecDeque::new(), bytes: 0 };
+        let held = Held { ring, store: Arc::default(), chunks: VecDeque::new() };
         let shared = Shared {
             held: Mutex::new(held),
             taken: tokio::sync::Notify::new(),
@@ -254,6 +259,8 @@ impl Ring {
         std::thread::Builder::new()
             .name("ring-emptier".into())
             .spawn(move || {
+                // It only copies memory: no capability (those kept for the engine are not its).
+                privileges::drop_all_on_this_thread();
                 if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
                     log::debug!("the ring's emptier keeps the default time slice: {err}");
                 }
@@ -261,8 +268,8 @@ impl Ring {
                     wakeups.wait(EMPTIER_WAIT);
                     let (took, full) = {
                         let mut held = lock(&shared.held);
-                        let took = held.take_from_ring(limit);
-                        (took, held.bytes >= limit)
+                        let took = held.take_from_ring(usize::MAX, limit);
+                        (took, held.store.alive.load(Ordering::Relaxed) >= limit)
                     };
                     if took {
                         shared.taken.notify_one();
@@ -287,22 +294,22 @@ impl Ring {
         }
     }
 
-    /// Every record submitted before the call, oldest first: those the emptier holds, then
-    /// those in the ring. Of the ring, at most its size is read: a record takes as much room in
-    /// a chunk as in the ring (a header of 8 bytes, the record padded to 8; kernel/bpf/ringbuf.c),
-    /// so that is all the ring held at the call, and a process writing without pause cannot
-    /// keep the engine here (it did: nothing was handled for as long as it wrote).
-    pub(crate) fn take(&self) -> Records {
+    /// Every record submitted before the call, in chunks (`records`), oldest first: those the
+    /// emptier holds, then those in the ring. Of the ring, at most its size is read: a record
+    /// takes as much room in a chunk as in the ring (`Chunk::room`), so that is all the ring held
+    /// at the call, and a process writing without pause cannot keep the engine here (it did:
+    /// nothing was handled for as long as it wrote). Drop each chunk once handled: until then
+    /// its bytes count against the emptier's hold.
+    pub(crate) fn take(&self) -> VecDeque<Bytes> {
         let mut held = lock(&self.shared.held);
-        let limit = held.bytes + self.ring_bytes;
-        held.take_from_ring(limit);
-        held.bytes = 0;
-        Records(std::mem::take(&mut held.chunks))
+        held.take_from_ring(self.ring_bytes, usize::MAX);
+        std::mem::take(&mut held.chunks)
     }
 }
 
 impl Drop for Ring {
-    /// The emptier ends within `EMPTIER_WAIT`.
+    /// The emptier ends within twice `EMPTIER_WAIT` (a wait, and a pause when its hold was
+    /// full); nothing waits for it.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
     }
@@ -393,7 +400,8 @@ mod tests {
     use super::*;
 
     /// Records of every length come back whole and in order, across chunks, one larger than a
-    /// chunk included, and each starts 8-aligned as in the ring.
+    /// chunk included, and each starts 8-aligned as in the ring; what is copied out counts
+    /// alive until its chunk is dropped, and a chunk of the usual size is reused.
     #[test]
     fn records_come_back_whole_and_in_order() {
         let records: Vec<Vec<u8>> = [1, 7, 8, 9, 612, 9_000, CHUNK_BYTES + 5, 0, 3]
@@ -401,35 +409,36 @@ mod tests {
             .enumerate()
             .map(|(i, len)| vec![i as u8; *len])
             .collect();
+        let store = Arc::<Store>::default();
         let mut chunks = VecDeque::new();
-        let pool = Pool::default();
-        let mut chunk = Chunk::new(CHUNK_BYTES, &pool);
+        let mut chunk = Chunk::new(CHUNK_BYTES, &store);
         for record in &records {
             if !chunk.fits(record.len()) {
-                chunks.push_back(
-                    std::mem::replace(
-                        &mut chunk,
-                        Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), &pool),
-                    )
-                    .seal(),
-                );
+                let next = Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), &store);
+                chunks.push_back(std::mem::replace(&mut chunk, next).seal());
             }
             assert_eq!(chunk.push(record), Chunk::room(record.len()));
         }
         chunks.push_back(chunk.seal());
-        let taken = Records(chunks);
-        let back: Vec<&[u8]> = taken.iter().collect();
+        let copied: usize = records.iter().map(|r| Chunk::room(r.len())).sum();
+        assert_eq!(store.alive.load(Ordering::Relaxed), copied);
+        let back: Vec<&[u8]> = chunks.iter().flat_map(records_of).collect();
         assert_eq!(back.len(), records.len());
         for (got, want) in back.iter().zip(&records) {
             assert_eq!(*got, &want[..]);
             assert_eq!(got.as_ptr() as usize % 8, 0, "a record of {} bytes", want.len());
         }
-        // Handled: the two chunks of the usual size go back to the pool, the larger one is
-        // unmapped; the next chunk reuses a pooled one.
+        // Handled: nothing counts alive; the two chunks of the usual size go back to the pool,
+        // the larger one is unmapped; the next chunk reuses a pooled one.
         drop(back);
-        drop(taken);
-        assert_eq!(pool.0.lock().unwrap().len(), 2);
-        let _reused = Chunk::new(CHUNK_BYTES, &pool);
-        assert_eq!(pool.0.lock().unwrap().len(), 1);
+        drop(chunks);
+        assert_eq!(store.alive.load(Ordering::Relaxed), 0);
+        assert_eq!(store.pool.lock().unwrap().len(), 2);
+        let _reused = Chunk::new(CHUNK_BYTES, &store);
+        assert_eq!(store.pool.lock().unwrap().len(), 1);
+    }
+
+    fn records_of(chunk: &Bytes) -> Vec<&[u8]> {
+        records(chunk).collect()
     }
 }

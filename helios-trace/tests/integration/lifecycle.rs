@@ -259,8 +259,9 @@ fn lost_events_are_counted_and_reconciliation_restores_the_table() {
 /// walk at a report), the ring's emptier (sys/ring.rs) keeps taking records out of the ring:
 /// nothing is lost while what the kernel writes meanwhile fits in the ring and the emptier's
 /// hold together. Here the engine's thread alone is stopped (ptrace stops one thread; SIGSTOP,
-/// as above, stops the emptier too) while 800 files are opened: ~1.4 times what the ring holds,
-/// so a reader without an emptier loses about 200 of them.
+/// as above, stops the emptier too) while 800 files are opened in two bursts of 400, 100 ms
+/// apart (longer than the emptier's timer: each burst fits in the ring, both together are ~1.4
+/// times what it holds), so a reader without an emptier loses about 200 of them.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
@@ -283,7 +284,9 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     // The engine runs on the tracer's main thread (the runtime's block_on), whose tid is its pid.
     let engine = tracer.pid();
     let stopped = StoppedThread::stop(engine);
-    w.run("hold 800");
+    w.run("hold 400");
+    std::thread::sleep(Duration::from_millis(100));
+    w.run("hold 400");
     drop(stopped);
     let report = tracer.snapshot();
     assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
@@ -307,17 +310,19 @@ struct StoppedThread(i32);
 impl StoppedThread {
     fn stop(tid: u32) -> StoppedThread {
         let tid = tid as i32;
-        // SAFETY: plain syscalls on a thread of a child of ours; the test runs as root.
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: plain syscalls on a thread of a child of ours (addr and data are pointers to
+        // ptrace(2), passed as such); the test runs as root.
         unsafe {
-            assert_eq!(
-                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
-                0,
-                "seize {tid}: {}",
-                std::io::Error::last_os_error()
-            );
-            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "interrupt {tid}");
+            let seized = libc::ptrace(libc::PTRACE_SEIZE, tid, none, none);
+            assert_eq!(seized, 0, "seize {tid}: {}", std::io::Error::last_os_error());
+            let interrupted = libc::ptrace(libc::PTRACE_INTERRUPT, tid, none, none);
+            assert_eq!(interrupted, 0, "interrupt {tid}: {}", std::io::Error::last_os_error());
             let mut status = 0;
             assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "wait for {tid} to stop");
+            // The stop PTRACE_INTERRUPT makes: PTRACE_EVENT_STOP (ptrace(2)).
+            let event = status >> 16;
+            assert!(libc::WIFSTOPPED(status) && event == libc::PTRACE_EVENT_STOP, "status {status:#x}");
         }
         StoppedThread(tid)
     }
@@ -325,8 +330,9 @@ impl StoppedThread {
 
 impl Drop for StoppedThread {
     fn drop(&mut self) {
+        let none = std::ptr::null_mut::<libc::c_void>();
         // SAFETY: the thread is in a ptrace stop (waited for above).
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, none, none) };
     }
 }
 
