@@ -29,7 +29,7 @@ use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
 use memmap2::MmapMut;
 
-use crate::sys::{own, privileges};
+use crate::sys::own;
 
 /// How long the emptier sleeps when nothing wakes it (the kernel wakes it once
 /// `Settings::wakeup_bytes` wait, so below that records wait this long at most), and how
@@ -259,8 +259,6 @@ impl Ring {
         std::thread::Builder::new()
             .name("ring-emptier".into())
             .spawn(move || {
-                // It only copies memory: no capability (those kept for the engine are not its).
-                privileges::drop_all_on_this_thread();
                 if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
                     log::debug!("the ring's emptier keeps the default time slice: {err}");
                 }
