@@ -26,7 +26,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// live-view test, bpftrace for the benchmark peer; for the pod tests musl-gcc (a static musl
 /// workload), iproute2's `ip`/`ss` and util-linux's `unshare`/`nsenter`, and the Debian archive
 /// keyring the roots of other suites are verified with; Go (golang-go) for the Go workloads built
-/// stripped and unstripped, Node.js for the JIT workload that writes a perf map; curl for
+/// stripped and unstripped, Node.js and the JDK (javac, jcmd, jlink) for the JIT workloads that
+/// write perf maps; curl for
 /// serve's TLS and client certificate tests; man-db for the test of `cargo xtask install`.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
@@ -43,6 +44,7 @@ const TEST_PACKAGES: &[&str] = &[
     "debian-archive-keyring",
     "golang-go",
     "nodejs",
+    "openjdk-17-jdk-headless",
     "curl",
     "man-db",
 ];

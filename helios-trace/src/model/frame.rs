@@ -137,6 +137,52 @@ const RUNTIME_MODULES: &[&str] = &[
     "libhelios",
 ];
 
+/// The JDK's own native libraries (its `lib/` and `lib/server/`, the same names in OpenJDK 17 and
+/// 25 and every vendor's build of them: Debian's, Temurin's), whose JNI code opens what the
+/// Java class library asks for (libnio's `Java_sun_nio_ch_Net_socket0`, libjava's `fileOpen`):
+/// the telling frame is the Java method that called the class library. Matched whole: the JDK
+/// names them without a version (`libnet.so`, not the packet library's `libnet.so.9`).
+const JDK_LIBRARIES: &[&str] = &[
+    "libattach.so",
+    "libawt.so",
+    "libawt_headless.so",
+    "libawt_xawt.so",
+    "libdt_socket.so",
+    "libextnet.so",
+    "libfontmanager.so",
+    "libinstrument.so",
+    "libj2gss.so",
+    "libj2pcsc.so",
+    "libj2pkcs11.so",
+    "libjaas.so",
+    "libjava.so",
+    "libjavajpeg.so",
+    "libjawt.so",
+    "libjdwp.so",
+    "libjimage.so",
+    "libjli.so",
+    "libjsig.so",
+    "libjsound.so",
+    "libjsvml.so",
+    "libjvm.so",
+    "liblcms.so",
+    "libmanagement.so",
+    "libmanagement_agent.so",
+    "libmanagement_ext.so",
+    "libmlib_image.so",
+    "libnet.so",
+    "libnio.so",
+    "libprefs.so",
+    "librmi.so",
+    "libsaproc.so",
+    "libsctp.so",
+    "libsimdsort.so",
+    "libsplashscreen.so",
+    "libsyslookup.so",
+    "libverify.so",
+    "libzip.so",
+];
+
 /// Functions that are plumbing wherever they are linked (a static libc, Rust's, C++'s and
 /// Go's standard libraries, helios-trace's own shims).
 const RUNTIME_SYMBOL_PREFIXES: &[&str] = &[
@@ -221,6 +267,7 @@ fn is_runtime(frame: &Frame) -> bool {
             RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
                 // Node.js links V8, libuv and its bindings into its executable.
                 || matches!(module, "node" | "nodejs")
+                || JDK_LIBRARIES.contains(&module)
                 // CPython's own extension modules (_socket, _io, ...).
                 || frame.module.as_deref().is_some_and(|m| m.contains("/lib-dynload/"))
                 || RUNTIME_SYMBOL_PREFIXES.iter().any(|p| symbol.starts_with(p))
@@ -255,17 +302,31 @@ fn is_go_plumbing(symbol: &str) -> bool {
 }
 
 /// A JIT runtime's own code rather than the program's: what its perf map names without a
-/// source file (V8's builtins, stubs, handlers and bytecode handlers: `Builtin:`, `Stub:`,
-/// `BytecodeHandler:`...; the JVM's interpreter and stubs), and JavaScript of Node's own
-/// library (`node:net`, `node:internal/...`).
+/// source file or a method (V8's builtins, stubs, handlers and bytecode handlers: `Builtin:`,
+/// `Stub:`, `BytecodeHandler:`...; HotSpot's interpreter, stubs and adapters: `Interpreter`,
+/// `StubRoutines (1)`, `I2C/C2I adapters`), JavaScript of Node's own library (`node:net`,
+/// `node:internal/...`) and methods of the Java class library (`is_jdk_method`).
 fn is_jit_runtime(frame: &Frame) -> bool {
-    const RUNTIME_PREFIXES: &[&str] =
-        &["Builtin:", "Stub:", "BytecodeHandler:", "Handler:", "RegExp:", "Interpreter", "StubRoutines"];
     match (frame.file.as_deref(), frame.symbol.as_deref()) {
         (Some(file), _) => file.starts_with("node:"),
-        (None, Some(symbol)) => RUNTIME_PREFIXES.iter().any(|p| symbol.starts_with(p)),
+        (None, Some(symbol)) => !is_jvm_method(symbol) || is_jdk_method(symbol),
         (None, None) => true,
     }
+}
+
+/// Whether a JIT frame's name is a JVM method as resolve/perfmap.rs keeps HotSpot's names:
+/// `package.Class.method(parameters)`, no spaces before the parameters.
+pub(crate) fn is_jvm_method(symbol: &str) -> bool {
+    let Some(open) = symbol.find('(') else { return false };
+    let method = &symbol[..open];
+    symbol.ends_with(')') && method.contains('.') && !method.contains([' ', ':'])
+}
+
+/// Whether a JVM method is the Java class library's: the packages the JDK's own modules
+/// export and hide (`java.`, `javax.`, `jdk.`, `sun.`, `com.sun.`), its lambda forms included.
+/// Libraries a program bundles (netty, okhttp) are the program's code, as Go modules are.
+fn is_jdk_method(symbol: &str) -> bool {
+    ["java.", "javax.", "jdk.", "sun.", "com.sun."].iter().any(|p| symbol.starts_with(p))
 }
 
 /// Whether Python code may have been running when a call made this native stack: unless the
@@ -309,6 +370,13 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
         // A JavaScript stack entirely in Node's own library (a TCP connection is made on a
         // later tick, by node:net's internalConnect): the innermost JavaScript frame.
         .or_else(|| frames.iter().find(|f| f.language == Language::Jit && f.file.is_some()))
+        // A Java stack entirely in the class library (a thread of its own, a selector): the
+        // innermost Java method.
+        .or_else(|| {
+            frames
+                .iter()
+                .find(|f| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method))
+        })
         // A Go stack entirely in the standard library (a goroutine net/http started to dial):
         // the innermost call above the runtime, syscall and socket layers says what it was for.
         .or_else(|| {
@@ -401,14 +469,32 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
 /// then has a named frame of its own (src/logging/log.cc, `--interpreted-frames-native-stack`
 /// only copies the entry for functions compiled after start, not for Node's own library read
 /// from its snapshot), and optimizing compilers inline calls away.
+///
+/// A stack with JVM methods (HotSpot's perf map) is identified by the native frames innermost
+/// of its first JIT frame (the JDK's JNI code and libc), then the program's own methods; what
+/// lies between changes as HotSpot compiles the class library (an interpreted method is one
+/// shared `Interpreter` blob, then compiled code of its own, then inlined into its caller) and
+/// as maps written later name code earlier ones did not. A stack with no method of the
+/// program's keeps every frame outward of its first JIT frame: nothing better tells it apart.
 fn identity(frames: &[Frame]) -> impl Iterator<Item = &Frame> {
     let first_python = frames.iter().position(|f| f.language == Language::Python);
     let named_jit = |f: &Frame| f.language == Language::Jit && f.file.is_some();
-    let first_jit = first_python.is_none().then(|| frames.iter().position(named_jit)).flatten();
+    let jvm_method =
+        |f: &Frame| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method);
+    let jvm = first_python.is_none() && frames.iter().any(jvm_method);
+    let first_jit = match (first_python, jvm) {
+        (Some(_), _) => None,
+        (None, true) => frames.iter().position(|f| f.language == Language::Jit),
+        (None, false) => frames.iter().position(named_jit),
+    };
     let program_jit = first_jit.and_then(|_| frames.iter().position(|f| named_jit(f) && !is_runtime(f)));
+    let program_jvm = jvm && frames.iter().any(|f| jvm_method(f) && !is_runtime(f));
     frames.iter().enumerate().filter_map(move |(i, frame)| {
         let kept = match (first_python, first_jit) {
             (Some(first), _) => frame.language == Language::Python || (i < first && !frame.interpreter),
+            (None, Some(first)) if jvm => {
+                i < first || !program_jvm || (jvm_method(frame) && !is_runtime(frame))
+            }
             (None, Some(first)) => {
                 i < first || (named_jit(frame) && (program_jit.is_none_or(|p| i <= p) || !is_runtime(frame)))
             }
@@ -565,7 +651,59 @@ pub(crate) mod tests {
         assert_eq!(site_label(&tcp).unwrap(), "internalConnect (node:net:1038)");
         // Unnamed JIT code (no perf map) and V8's stubs are the runtime's.
         assert!(is_runtime(&Frame { file: None, ..js("Builtin:ArgumentsAdaptorTrampoline", "", 0) }));
-        assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api::handle", "", 0) }));
+        assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api.handle(int)", "", 0) }));
+        // A name that is neither a file's code nor a method tells nothing of the program.
+        assert!(is_runtime(&Frame { file: None, ..js("com.acme.Api::handle", "", 0) }));
+    }
+
+    fn jvm(symbol: &str, address: u64) -> Frame {
+        Frame {
+            symbol: Some(Arc::from(symbol)),
+            language: Language::Jit,
+            ..Frame::native(address, None, None)
+        }
+    }
+
+    #[test]
+    fn a_java_method_is_one_site_whatever_hotspot_compiled_between() {
+        let jdk = "/usr/lib/jvm/java-17-openjdk-amd64/lib";
+        let interpreted = vec![
+            native(Some("__GI_socket"), "/lib/libc.so.6", 0x10),
+            native(Some("Java_sun_nio_ch_Net_socket0"), &format!("{jdk}/libnio.so"), 0x9a10),
+            jvm("Interpreter", 0x7f00_0000_1000),
+            jvm("Interpreter", 0x7f00_0000_1200),
+            jvm("LeakClient.connectAndKeep(int, int)", 0x7f00_0010_0040),
+            jvm("LeakClient.main(java.lang.String[])", 0x7f00_0010_2000),
+            jvm("StubRoutines (1)", 0x7f00_0000_8000),
+            native(Some("JavaCalls::call_helper"), &format!("{jdk}/server/libjvm.so"), 0x5000),
+        ];
+        assert_eq!(site_label(&interpreted).unwrap(), "LeakClient.connectAndKeep(int, int)");
+        // Later: the class library compiled (a method where the interpreter was, a stub not in
+        // the map), the program's method compiled again elsewhere: the same site.
+        let mut compiled = interpreted.clone();
+        compiled[2] = jvm("java.net.Socket.<init>(java.net.InetAddress, int)", 0x7f00_0020_0000);
+        compiled[3] = Frame::native(0x7f00_0030_0000, None, None);
+        compiled[4] = jvm("LeakClient.connectAndKeep(int, int)", 0x7f00_0040_0010);
+        assert_eq!(site_id(&compiled), site_id(&interpreted));
+        // Another method of the program, or another JNI path: another site.
+        let mut other = interpreted.clone();
+        other[4] = jvm("LeakClient.openAndKeep(java.lang.String, int)", 0x7f00_0010_0040);
+        assert_ne!(site_id(&other), site_id(&interpreted));
+        let mut other = interpreted.clone();
+        other[1] = native(Some("Java_sun_nio_ch_Net_accept"), &format!("{jdk}/libnio.so"), 0x9c00);
+        assert_ne!(site_id(&other), site_id(&interpreted));
+        // Only the class library (its own thread): the innermost method tells it, and every
+        // frame tells the site apart.
+        let library = vec![
+            native(Some("__libc_accept"), "/lib/libc.so.6", 0x10),
+            native(Some("Java_sun_nio_ch_Net_accept"), &format!("{jdk}/libnio.so"), 0x9c00),
+            jvm("Interpreter", 0x7f00_0000_1000),
+            jvm("sun.nio.ch.NioSocketImpl.accept(java.net.SocketImpl)", 0x7f00_0010_0040),
+        ];
+        assert_eq!(site_label(&library).unwrap(), "sun.nio.ch.NioSocketImpl.accept(java.net.SocketImpl)");
+        let mut other = library.clone();
+        other.push(jvm("sun.nio.ch.ServerSocketChannelImpl.accept()", 0x7f00_0010_3000));
+        assert_ne!(site_id(&other), site_id(&library));
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Names of JIT-compiled code from the perf map a runtime writes (`/tmp/perf-PID.map`: Node.js
-//! with `--perf-basic-prof`, the JVM with a perf-map agent, CPython 3.12+ with `-X perf`): one
-//! line per code object, `START SIZE NAME` (hexadecimal, no prefix), appended as code is made
-//! (the format of linux's tools/perf/Documentation/jit-interface.txt).
+//! with `--perf-basic-prof`, CPython 3.12+ with `-X perf`, the JVM — HotSpot 17+ writes it on
+//! `jcmd PID Compiler.perfmap`): one line per code object, `START SIZE NAME` (hexadecimal),
+//! appended as code is made (the format of linux's tools/perf/Documentation/jit-interface.txt),
+//! or written whole again (HotSpot's command truncates the file and writes every live blob).
 //!
 //! The file is read inside the process's own mount namespace (`/proc/PID/root/tmp/…`) and named
 //! by the pid the process sees itself as (the last `NSpid` entry), so a runtime in a container
 //! is named like one on the host. It grows while the runtime compiles: an address it does not
 //! name yet reads what was appended since (never more than `MAX_BYTES` in all, at most
 //! `MAX_READS` times), and code whose range was written again (freed and reused) is named by
-//! the latest line.
+//! the latest line. A map written whole again (what was read is no longer where it was read)
+//! is read again from its start, forgetting the old one: HotSpot leaves out the code it freed.
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -42,7 +44,12 @@ pub(crate) struct PerfMap {
     inside: PathBuf,
     /// start → (end, symbol), the latest line for each start.
     code: BTreeMap<u64, (u64, JitSymbol)>,
-    /// Bytes read so far (whole lines only).
+    /// Where the next read starts: the end of the last whole line read.
+    offset: u64,
+    /// That last line, newline included: while the file still holds it just before `offset`,
+    /// the file was appended to, not written again.
+    last_line: Vec<u8>,
+    /// Bytes read in all (a map written again is read again: bounded by `MAX_BYTES` too).
     read: u64,
     reads: u32,
 }
@@ -54,7 +61,15 @@ impl PerfMap {
         let ns_pid = crate::sys::proc::ns_pid(proc_root, pid)?;
         let root = proc_root.join(pid.to_string()).join("root");
         let inside = PathBuf::from(format!("tmp/perf-{ns_pid}.map"));
-        let mut map = PerfMap { root, inside, code: BTreeMap::new(), read: 0, reads: 0 };
+        let mut map = PerfMap {
+            root,
+            inside,
+            code: BTreeMap::new(),
+            offset: 0,
+            last_line: Vec::new(),
+            read: 0,
+            reads: 0,
+        };
         map.read_more().then_some(map)
     }
 
@@ -71,15 +86,21 @@ impl PerfMap {
         (address < *end).then(|| symbol.clone())
     }
 
-    /// Read the lines appended since the last read; false when nothing new could be read.
+    /// Read the lines appended since the last read, or the whole map again when it was written
+    /// again; false when nothing new could be read.
     fn read_more(&mut self) -> bool {
         if self.reads >= MAX_READS || self.read >= MAX_BYTES {
             return false;
         }
         let Some(mut file) = open_in_root(&self.root, &self.inside) else { return false };
-        if file.metadata().is_ok_and(|m| !m.is_file() || m.len() <= self.read)
-            || file.seek(SeekFrom::Start(self.read)).is_err()
-        {
+        let Ok(len) = file.metadata().map(|m| m.is_file().then_some(m.len())) else { return false };
+        let Some(len) = len else { return false };
+        if !self.still_holds_what_was_read(&mut file, len) {
+            self.code.clear();
+            self.offset = 0;
+            self.last_line.clear();
+        }
+        if len <= self.offset || file.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
         }
         self.reads += 1;
@@ -89,13 +110,34 @@ impl PerfMap {
         }
         // Only whole lines: the runtime may be writing the last one.
         let Some(end) = text.iter().rposition(|b| *b == b'\n') else { return false };
+        self.offset += end as u64 + 1;
         self.read += end as u64 + 1;
+        let last_start = text[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.last_line = text[last_start..=end].to_vec();
         for line in String::from_utf8_lossy(&text[..end]).lines() {
             if let Some((start, size, symbol)) = parse_line(line) {
                 self.code.insert(start, (start.saturating_add(size), symbol));
             }
         }
         true
+    }
+
+    /// Whether the file (`len` bytes now) still has the last line read where it was read: a
+    /// runtime that appends keeps it, one that writes the map again (shorter, or other code
+    /// at that place) does not. A map written again whose text happens to be the same up to
+    /// there is read on from there, which is then as right as reading it again.
+    fn still_holds_what_was_read(&self, file: &mut File, len: u64) -> bool {
+        if self.last_line.is_empty() {
+            return true;
+        }
+        if len < self.offset {
+            return false;
+        }
+        let mut there = vec![0; self.last_line.len()];
+        let start = self.offset - self.last_line.len() as u64;
+        file.seek(SeekFrom::Start(start)).is_ok()
+            && file.read_exact(&mut there).is_ok()
+            && there == self.last_line
     }
 }
 
@@ -148,6 +190,9 @@ fn symbol(name: &str) -> JitSymbol {
     if let Some((function, file)) = name.strip_prefix("py::").and_then(|rest| rest.split_once(':')) {
         return JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: None };
     }
+    if let Some(method) = hotspot_method(name) {
+        return JitSymbol { name: Arc::from(method), file: None, line: None };
+    }
     let Some((kind, rest)) = name.split_once(':') else { return whole() };
     if !matches!(kind, "JS" | "LazyCompile" | "Function" | "Script" | "Eval") {
         return whole();
@@ -164,6 +209,19 @@ fn symbol(name: &str) -> JitSymbol {
     let (Some(line), Some(file)) = (line.and_then(|l| l.parse().ok()), file) else { return whole() };
     let function = if function.is_empty() { "(anonymous)" } else { function };
     JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: Some(line) }
+}
+
+/// HotSpot names a compiled method `RETURN CLASS.METHOD(PARAMETERS)` (hotspot's
+/// codeCache.cpp, `CodeCache::write_perf_map`: `Method::external_name`, the same in 17 and 25):
+/// `void LeakClient.connectAndKeep(int, int)`. The method is kept with its parameters (which
+/// overload), without the return type: `LeakClient.connectAndKeep(int, int)`, the shape
+/// model/frame.rs knows a JVM method by. None for its other blobs (`Interpreter`,
+/// `StubRoutines (1)`, `I2C/C2I adapters`).
+fn hotspot_method(name: &str) -> Option<&str> {
+    let open = name.find('(')?;
+    let (_return_type, method) = name[..open].rsplit_once(' ')?;
+    let qualified = method.contains('.') && !method.contains(':') && name.ends_with(')');
+    qualified.then(|| &name[open - method.len()..])
 }
 
 #[cfg(test)]
@@ -195,8 +253,38 @@ mod tests {
         );
         let python = symbol("py::Handler.on_connect:/srv/app.py");
         assert_eq!((&*python.name, python.file.as_deref()), ("Handler.on_connect", Some("/srv/app.py")));
-        for other in ["Builtin:InterpreterEntryTrampoline", "Stub:CEntry", "java.lang.String::hashCode"] {
+        for other in [
+            "Builtin:InterpreterEntryTrampoline",
+            "Stub:CEntry",
+            "Interpreter",
+            "StubRoutines (1)",
+            "I2C/C2I adapters",
+        ] {
             assert_eq!(symbol(other), JitSymbol { name: Arc::from(other), file: None, line: None });
+        }
+    }
+
+    #[test]
+    fn hotspot_methods_are_class_method_and_parameters() {
+        let names = [
+            ("void LeakClient.connectAndKeep(int, int)", "LeakClient.connectAndKeep(int, int)"),
+            (
+                "void java.net.Socket.<init>(java.net.InetAddress, int)",
+                "java.net.Socket.<init>(java.net.InetAddress, int)",
+            ),
+            ("java.lang.Object[] a.B$C.m()", "a.B$C.m()"),
+            (
+                "void LeakClient$$Lambda$14/0x0000000800c03000.run()",
+                "LeakClient$$Lambda$14/0x0000000800c03000.run()",
+            ),
+        ];
+        for (line, method) in names {
+            let symbol = symbol(line);
+            assert_eq!((&*symbol.name, symbol.file.as_deref()), (method, None), "{line}");
+            assert!(crate::model::frame::is_jvm_method(&symbol.name), "{line}");
+        }
+        for blob in ["Interpreter", "StubRoutines (1)", "throw_div0_exception Runtime1 stub", "Builtin:X"] {
+            assert!(!crate::model::frame::is_jvm_method(&symbol(blob).name), "{blob}");
         }
     }
 
@@ -237,6 +325,32 @@ mod tests {
             map.lookup(0x20);
         }
         assert_eq!(map.reads, MAX_READS);
+    }
+
+    #[test]
+    fn a_map_written_whole_again_is_read_again_from_its_start() {
+        let (dir, path) = procfs(4244, 9);
+        std::fs::write(&path, "0x1000 0x100 void A.old()\n0x2000 0x100 void A.kept()\n").unwrap();
+        let mut map = PerfMap::open(dir.path(), 4244).unwrap();
+        assert_eq!(&*map.lookup(0x1010).unwrap().name, "A.old()");
+        // HotSpot writes every live blob again: the old code is freed, new code is longer.
+        std::fs::write(
+            &path,
+            "0x2000 0x100 void A.kept()\n0x3000 0x100 void A.compiledSince()\n0x4000 0x10 void A.x()\n",
+        )
+        .unwrap();
+        assert_eq!(&*map.lookup(0x3010).unwrap().name, "A.compiledSince()");
+        assert!(map.lookup(0x1010).is_none(), "freed code is forgotten");
+        assert_eq!(&*map.lookup(0x2010).unwrap().name, "A.kept()");
+        // Shorter than what was read: written again too.
+        std::fs::write(&path, "0x5000 0x100 void A.y()\n").unwrap();
+        assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
+        assert!(map.lookup(0x3010).is_none());
+        // Appended: read on, nothing forgotten.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, b"0x6000 0x100 void A.z()\n").unwrap();
+        assert_eq!(&*map.lookup(0x6010).unwrap().name, "A.z()");
+        assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
     }
 
     #[test]

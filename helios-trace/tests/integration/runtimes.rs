@@ -531,3 +531,171 @@ fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
     assert_eq!(tcp.len(), 1, "{sites:#?}");
     tracer.stop();
 }
+
+/// tests/workloads/javaleak compiled by the JDK's javac (`cargo xtask setup --tests` installs
+/// openjdk-17-jdk-headless), once per test run.
+fn javaleak_classes() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("javaleak");
+        let status = Command::new("javac")
+            .arg("-d")
+            .arg(&out)
+            .arg(workload_dir("javaleak/LeakClient.java"))
+            .status()
+            .expect("javac runs (cargo xtask setup --tests installs openjdk-17-jdk-headless)");
+        assert!(status.success(), "compiling javaleak failed");
+        out
+    })
+}
+
+/// A Java runtime of the class library's base module only, made by the JDK's jlink as images
+/// ship one (a directory of its own: bin/java, lib/, conf/), once per test run.
+fn jlinked_runtime() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("javaleak-runtime");
+        let _ = std::fs::remove_dir_all(&out);
+        let status = Command::new("jlink")
+            .args(["--add-modules", "java.base", "--strip-debug", "--no-man-pages", "--no-header-files"])
+            .arg("--output")
+            .arg(&out)
+            .status()
+            .expect("jlink runs (cargo xtask setup --tests installs openjdk-17-jdk-headless)");
+        assert!(status.success(), "jlink failed");
+        out
+    })
+}
+
+/// HotSpot as the Java tests run it (tests/workloads/javaleak/LeakClient.java says why): frame
+/// pointers kept in compiled code, and the workload's own methods compiled at their first call
+/// by C1 alone and never inlined into their callers, so each is a method of its own in the perf
+/// map (a method inlined is named by its caller, as in any profile of a JIT).
+const JAVA_FLAGS: &[&str] = &[
+    "-XX:+PreserveFramePointer",
+    "-Xcomp",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:CompileCommand=quiet",
+    "-XX:CompileCommand=compileonly,LeakClient::*",
+    "-XX:CompileCommand=dontinline,LeakClient::*",
+];
+
+/// HotSpot writes its perf map (`jcmd PID Compiler.perfmap`, JDK 17+) into the process's own
+/// /tmp, under the pid the process sees itself as: jcmd attaches to a JVM in a pod from here.
+fn write_perf_map(pid: u32) {
+    let out = Command::new("jcmd").arg(pid.to_string()).arg("Compiler.perfmap").output().expect("jcmd runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("Command executed successfully"), "jcmd: {said}");
+}
+
+/// The Java client `pid`, driven by `run`, traced: one command of each kind first (each
+/// method compiled at its first call, the JDK's native wrappers made), then HotSpot's perf map
+/// written (it names them), then the tracer started and 20 connections and 20 files kept. Its
+/// sites once all of it is in the report: (label, kind) → open, and the sites.
+fn traced_java_client(pid: u32, mut run: impl FnMut(&str)) -> (BTreeMap<(String, String), u64>, Vec<Value>) {
+    run("connect 1");
+    run("file 1");
+    write_perf_map(pid);
+    // The listener, a connection and its accepted end, and the attach listener jcmd asked
+    // HotSpot to open; then 20 more of each kind.
+    let sockets = || kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
+    wait_for("the first connection accepted", Duration::from_secs(20), || (sockets() == 4).then_some(()));
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    for command in ["connect 10", "file 10", "connect 10", "file 10"] {
+        run(command);
+    }
+    wait_for("every connection accepted", Duration::from_secs(20), || (sockets() == 44).then_some(()));
+    let report = wait_for("the kept connections and files in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open =
+            |kind| sites_of_kind(&report, pid, kind).iter().map(|s| s["open"].as_u64().unwrap()).sum::<u64>();
+        (open("socket") == 40 && open("file") >= 20).then_some(report)
+    });
+    tracer.stop();
+    let sites: Vec<Value> = ["socket", "file"]
+        .iter()
+        .flat_map(|kind| sites_of_kind(&report, pid, kind))
+        .filter(|s| s["open"] != 0)
+        .collect();
+    let labels = sites
+        .iter()
+        .map(|s| {
+            let key = (s["frame"].as_str().unwrap().to_string(), s["kind"].as_str().unwrap().to_string());
+            (key, s["open"].as_u64().unwrap())
+        })
+        .collect();
+    (labels, sites)
+}
+
+/// What the Java client kept while traced: each of its methods one site of every descriptor it
+/// opened there, named by the method as HotSpot's perf map names it, past the JDK's JNI
+/// libraries and class library; the telling frame is a JIT frame.
+fn assert_java_sites(labels: &BTreeMap<(String, String), u64>, sites: &[Value]) {
+    let expected = [
+        ("LeakClient.connectAndKeep(int, int)", "socket", 20),
+        ("LeakClient.lambda$main$0(java.net.ServerSocket)", "socket", 20),
+        ("LeakClient.openAndKeep(java.lang.String, int)", "file", 20),
+    ];
+    for (label, kind, open) in expected {
+        assert_eq!(labels.get(&(label.to_string(), kind.to_string())), Some(&open), "{label}: {labels:#?}");
+        let site = sites.iter().find(|s| s["frame"] == label).unwrap();
+        let frame = site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == label).unwrap();
+        assert_eq!(frame["language"], "jit");
+    }
+    assert_eq!(labels.len(), expected.len(), "one site per method: {labels:#?}");
+}
+
+/// A Java client (HotSpot, Debian's JDK) keeping the connections and files it opens, its server
+/// in the same process keeping what it accepts: with the perf map HotSpot writes on
+/// `jcmd PID Compiler.perfmap`, each method that opened is one site of all it opened, named by
+/// the method; counts equal /proc.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_java_client_leaking_connections_is_one_site_per_method() {
+    if !require_bpf() {
+        return;
+    }
+    let classes = javaleak_classes();
+    let mut command = Command::new("java");
+    command.args(JAVA_FLAGS).arg("-cp").arg(classes).args(["LeakClient", "self"]);
+    command.arg(classes.join("LeakClient.class"));
+    let mut client = Workload::spawn_command(command);
+    let pid = client.pid;
+    let (labels, sites) = traced_java_client(pid, |command| {
+        client.run(command);
+    });
+    assert_java_sites(&labels, &sites);
+    client.exit();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", pid));
+}
+
+/// The Java client in a pod (its own pid, net and mount namespaces, its own root with a Java
+/// runtime jlinked from the JDK at /opt/java, the class at /app): jcmd attaches from the host,
+/// HotSpot writes the map into the pod's /tmp as perf-1.map (it is the pod's pid 1), and the
+/// methods are named from it as on the host.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_java_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
+    if !require_bpf() {
+        return;
+    }
+    let mut root = Root::tree(jlinked_runtime(), "/opt/java");
+    root.add(&javaleak_classes().join("LeakClient.class"), "/app/LeakClient.class");
+    let command = ["/opt/java/bin/java"]
+        .iter()
+        .chain(JAVA_FLAGS)
+        .chain(&["-cp", "/app", "LeakClient", "self", "/app/LeakClient.class"])
+        .map(|s| s.to_string())
+        .collect();
+    let mut pod = Pod::start(PodSpec { root, command });
+    let pid = pod.pid;
+    let (labels, sites) = traced_java_client(pid, |command| {
+        pod.run(command);
+    });
+    assert_java_sites(&labels, &sites);
+    let libnio = sites
+        .iter()
+        .flat_map(|s| s["frames"].as_array().unwrap())
+        .find_map(|f| f["module"].as_str().filter(|m| m.ends_with("/libnio.so")));
+    assert_eq!(libnio, Some("/opt/java/lib/libnio.so"), "the path inside the pod");
+}

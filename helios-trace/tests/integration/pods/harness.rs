@@ -96,6 +96,35 @@ impl Root {
         place(file, staging, inside);
     }
 
+    /// Only the directory `dir` at `inside` (`add_tree`).
+    pub fn tree(dir: &Path, inside: &str) -> Root {
+        let staging = staging_dir();
+        let mut root = Root { layers: vec![staging.path().to_path_buf()], staging: Some(staging) };
+        root.add_tree(dir, inside);
+        root
+    }
+
+    /// The directory `dir` at `inside`, with the libraries `ldd` names for each of its
+    /// executables and shared objects (a runtime laid out as images ship one: a JDK's home).
+    pub fn add_tree(&mut self, dir: &Path, inside: &str) {
+        let staging = self.staging.as_ref().expect("a root staged here").path().to_path_buf();
+        let target = staging.join(inside.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let status = Command::new("cp").arg("-a").arg(dir).arg(&target).status().unwrap();
+        assert!(status.success(), "copying {}", dir.display());
+        let out = Command::new("find")
+            .arg(dir)
+            .args(["-type", "f", "(", "-perm", "-u+x", "-o", "-name", "*.so", ")"])
+            .output()
+            .unwrap();
+        for binary in String::from_utf8_lossy(&out.stdout).lines() {
+            for library in ldd(Path::new(binary)).into_iter().filter(|l| !l.starts_with(dir)) {
+                place(&library, &staging, library.to_str().unwrap());
+            }
+        }
+        merged_usr_links(&staging);
+    }
+
     /// `binary` at `inside` with the libraries `ldd` names (none for a static one).
     pub fn native(binary: &Path, inside: &str) -> Root {
         let staging = staging_dir();
@@ -155,7 +184,8 @@ fn ldd(binary: &Path) -> BTreeSet<PathBuf> {
 }
 
 /// /lib, /lib64, /bin as links into /usr, as Debian's merged /usr has them: `ldd` names libraries
-/// under /lib/x86_64-linux-gnu while canonical paths are under /usr/lib.
+/// under /lib/x86_64-linux-gnu while canonical paths are under /usr/lib. Again on a root that
+/// has them: what was staged under a real /lib since is moved, the links kept.
 fn merged_usr_links(root: &Path) {
     for dir in ["lib", "lib64", "bin"] {
         let real = root.join("usr").join(dir);
@@ -169,7 +199,9 @@ fn merged_usr_links(root: &Path) {
             fs::remove_dir_all(&link).unwrap();
         }
         fs::create_dir_all(&real).unwrap();
-        std::os::unix::fs::symlink(format!("usr/{dir}"), &link).unwrap();
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("usr/{dir}"), &link).unwrap();
+        }
     }
 }
 
