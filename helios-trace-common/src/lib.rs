@@ -378,6 +378,8 @@ pub mod python_flags {
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
 )]
 pub struct PythonStack {
+    /// Sent only up to its `frame_count` frames ([`PYTHON_STACK_FRAMES_OFFSET`]): most stacks
+    /// are a few frames, and the whole array is 512 bytes to copy and read per call.
     pub header: EventHeader,
     /// Valid entries of `frames`.
     pub frame_count: u32,
@@ -386,6 +388,9 @@ pub struct PythonStack {
     pub frames: [PythonFrame; MAX_PYTHON_FRAMES],
 }
 const _: () = assert!(size_of::<PythonStack>() == 544);
+/// Where a [`PythonStack`]'s frames start: a record is this long plus its frames.
+pub const PYTHON_STACK_FRAMES_OFFSET: usize = core::mem::offset_of!(PythonStack, frames);
+const _: () = assert!(PYTHON_STACK_FRAMES_OFFSET == 32);
 
 /// Bits of [`SyscallEvent::flags`].
 pub mod syscall_flags {

@@ -11,13 +11,13 @@ use aya_ebpf::{
     },
 };
 use helios_trace_common::{
-    MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, PY_NO_OFFSET, PythonFrame, PythonOffsets,
-    kind, python_flags,
+    MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, PY_NO_OFFSET, PYTHON_STACK_FRAMES_OFFSET,
+    PythonFrame, PythonOffsets, PythonStack, counter, kind, python_flags,
 };
 
 use crate::{
-    emit::{emit, header_at},
-    maps::{PYTHON_PROCS, PYTHON_SCRATCH},
+    emit::{count, header_at, wakeup_flags},
+    maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -41,7 +41,17 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
         Some(tid) => walk_python(&offsets, tid),
         None => python_flags::NAMESPACE,
     };
-    emit(stack);
+    // Only the frames walked: the record is read up to them (PythonStack).
+    let frames = (stack.frame_count as usize).min(MAX_PYTHON_FRAMES);
+    let len = PYTHON_STACK_FRAMES_OFFSET + frames * size_of::<PythonFrame>();
+    if len > size_of::<PythonStack>() {
+        return;
+    }
+    // SAFETY: `len` bytes of the scratch record, which is that long at least.
+    let bytes = unsafe { core::slice::from_raw_parts((stack as *const PythonStack).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+        count(counter::RINGBUF_FULL);
+    }
 }
 
 /// The calling thread's id as CPython knows it: in the process's own pid namespace

@@ -163,7 +163,7 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 
 struct Bench {
     helios: PathBuf,
-    /// Another helios-trace binary to compare with in the overhead and server rows (`HELIOS_TRACE_BEFORE`,
+    /// Another helios-trace binary to compare with in the overhead, server and Python rows (`HELIOS_TRACE_BEFORE`,
     /// e.g. a build of the previous design), when set.
     before: Option<PathBuf>,
     dir: PathBuf,
@@ -1066,6 +1066,9 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     let frames_flag = help.contains("--python-frames");
     if frames_flag {
         tracers.push(Tracer::Helios(&["--python-frames", "off"]));
+    }
+    if bench.before.is_some() {
+        tracers.push(Tracer::Before);
     }
     let script = bench.source.join("pyloop.py");
     let mut samples = vec![Vec::new(); tracers.len()];

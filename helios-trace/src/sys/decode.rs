@@ -4,7 +4,8 @@ use std::mem::size_of;
 
 use helios_trace_common::{
     CloseEvent, EventHeader, ExecEvent, ExitEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent, PATH_LEN,
-    PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack, chain_flags, kind, syscall_flags,
+    PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack,
+    chain_flags, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -151,8 +152,16 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
             Ok(Decoded::Event(event(StackIds::default(), op), RecordStack::None))
         }
         kind::PYTHON_STACK => {
-            let record: PythonStack = read(bytes, "Python stack record")?;
+            // Sent up to its frames only (PythonStack): the rest of the array reads as zeros.
+            let mut whole = [0u8; size_of::<PythonStack>()];
+            let len = bytes.len().min(whole.len());
+            whole[..len].copy_from_slice(&bytes[..len]);
+            let record: PythonStack = read(&whole, "Python stack record")?;
             let count = (record.frame_count as usize).min(record.frames.len());
+            let need = PYTHON_STACK_FRAMES_OFFSET + count * size_of::<PythonFrame>();
+            if bytes.len() < need {
+                return Err(DecodeError::Short { what: "Python stack record", len: bytes.len(), need });
+            }
             Ok(Decoded::Python(PythonFrames {
                 tid: header.tid,
                 ts_ns: header.ts_ns,
@@ -445,6 +454,14 @@ pub(crate) mod tests {
         };
         assert_eq!((walked.tid, walked.ts_ns, walked.frames.len()), (7, 99, 2));
         assert_eq!(walked.frames[1].instr, 0x2010);
+        // As the kernel sends it: up to its frames; one byte fewer is short.
+        let sent = PYTHON_STACK_FRAMES_OFFSET + 2 * size_of::<PythonFrame>();
+        let Decoded::Python(walked) = decode(&bytes_of(&record)[..sent], &SyscallTable::native()).unwrap()
+        else {
+            panic!("not a Python stack")
+        };
+        assert_eq!(walked.frames, record.frames[..2].to_vec());
+        assert!(decode(&bytes_of(&record)[..sent - 1], &SyscallTable::native()).is_err());
         // A count beyond the array is cut to it; a short record is an error.
         record.frame_count = 1000;
         let Decoded::Python(walked) = decode(&bytes_of(&record), &SyscallTable::native()).unwrap() else {
