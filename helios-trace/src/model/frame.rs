@@ -301,15 +301,19 @@ fn is_go_plumbing(symbol: &str) -> bool {
         .any(|p| symbol.starts_with(p))
 }
 
-/// A JIT runtime's own code rather than the program's: what its perf map names without a
-/// source file or a method (V8's builtins, stubs, handlers and bytecode handlers: `Builtin:`,
-/// `Stub:`, `BytecodeHandler:`...; HotSpot's interpreter, stubs and adapters: `Interpreter`,
-/// `StubRoutines (1)`, `I2C/C2I adapters`), JavaScript of Node's own library (`node:net`,
-/// `node:internal/...`) and methods of the Java class library (`is_jdk_method`).
+/// A JIT runtime's own code rather than the program's: what its perf map names as its own (V8's
+/// builtins, stubs, handlers and bytecode handlers: `Builtin:`, `Stub:`, `BytecodeHandler:`...;
+/// HotSpot's interpreter and stub routines), JavaScript of Node's own library (`node:net`,
+/// `node:internal/...`) and methods of the Java class library (`is_jvm_library`). Other names
+/// without a file are the program's (another runtime's methods). In a Java stack, what is not
+/// a method is HotSpot's own, whatever its name (`jvm_plumbing`).
 fn is_jit_runtime(frame: &Frame) -> bool {
+    const RUNTIME_PREFIXES: &[&str] =
+        &["Builtin:", "Stub:", "BytecodeHandler:", "Handler:", "RegExp:", "Interpreter", "StubRoutines"];
     match (frame.file.as_deref(), frame.symbol.as_deref()) {
         (Some(file), _) => file.starts_with("node:"),
-        (None, Some(symbol)) => !is_jvm_method(symbol) || is_jdk_method(symbol),
+        (None, Some(symbol)) if is_jvm_method(symbol) => is_jvm_library(symbol),
+        (None, Some(symbol)) => RUNTIME_PREFIXES.iter().any(|p| symbol.starts_with(p)),
         (None, None) => true,
     }
 }
@@ -322,11 +326,26 @@ pub(crate) fn is_jvm_method(symbol: &str) -> bool {
     symbol.ends_with(')') && method.contains('.') && !method.contains([' ', ':'])
 }
 
-/// Whether a JVM method is the Java class library's: the packages the JDK's own modules
-/// export and hide (`java.`, `javax.`, `jdk.`, `sun.`, `com.sun.`), its lambda forms included.
-/// Libraries a program bundles (netty, okhttp) are the program's code, as Go modules are.
-fn is_jdk_method(symbol: &str) -> bool {
+/// Whether a JVM method is the Java class library's or made by the JVM: the packages the JDK's
+/// own modules export and hide (`java.`, `javax.`, `jdk.`, `sun.`, `com.sun.`), its lambda forms
+/// included, and hidden classes the JVM spins (a lambda's proxy `App$$Lambda$14/0x…`: compiled
+/// or not, the lambda's own method `App.lambda$main$0` is the program's frame). Libraries a
+/// program bundles (netty, okhttp) are the program's code, as Go modules are.
+fn is_jvm_library(symbol: &str) -> bool {
+    let class = symbol.split('(').next().unwrap_or(symbol);
     ["java.", "javax.", "jdk.", "sun.", "com.sun."].iter().any(|p| symbol.starts_with(p))
+        || class.contains("$$Lambda")
+        || class.contains("/0x")
+}
+
+/// In a stack with JVM methods, a frame that is not one is HotSpot's own: its blobs and stubs
+/// (`I2C/C2I adapters`, `SafepointBlob`, `... Runtime1 stub`), and code in no file the map does
+/// not name (compiled after it was written): a bare address tells a person nothing.
+fn jvm_plumbing(frame: &Frame) -> bool {
+    match frame.language {
+        Language::Jit => !frame.symbol.as_deref().is_some_and(is_jvm_method),
+        _ => frame.module.is_none() && frame.symbol.is_none(),
+    }
 }
 
 /// Whether Python code may have been running when a call made this native stack: unless the
@@ -362,9 +381,14 @@ pub(crate) fn python_may_run(frames: &[Frame]) -> bool {
 /// frame. None only without frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
     let python = frames.iter().any(|f| f.language == Language::Python);
+    let jvm =
+        frames.iter().any(|f| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method));
     frames
         .iter()
-        .find(|f| !is_runtime(f) && (!python || f.language == Language::Python))
+        .find(|f| {
+            let plumbing = is_runtime(f) || (jvm && jvm_plumbing(f));
+            !plumbing && (!python || f.language == Language::Python)
+        })
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
         // A JavaScript stack entirely in Node's own library (a TCP connection is made on a
@@ -652,8 +676,8 @@ pub(crate) mod tests {
         // Unnamed JIT code (no perf map) and V8's stubs are the runtime's.
         assert!(is_runtime(&Frame { file: None, ..js("Builtin:ArgumentsAdaptorTrampoline", "", 0) }));
         assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api.handle(int)", "", 0) }));
-        // A name that is neither a file's code nor a method tells nothing of the program.
-        assert!(is_runtime(&Frame { file: None, ..js("com.acme.Api::handle", "", 0) }));
+        // Another runtime's names (perf-map-agent's, .NET's) are the program's.
+        assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api::handle", "", 0) }));
     }
 
     fn jvm(symbol: &str, address: u64) -> Frame {
@@ -685,6 +709,17 @@ pub(crate) mod tests {
         compiled[3] = Frame::native(0x7f00_0030_0000, None, None);
         compiled[4] = jvm("LeakClient.connectAndKeep(int, int)", 0x7f00_0040_0010);
         assert_eq!(site_id(&compiled), site_id(&interpreted));
+        assert_eq!(
+            site_label(&compiled).unwrap(),
+            "LeakClient.connectAndKeep(int, int)",
+            "not the bare address"
+        );
+        // HotSpot's blobs, a lambda's proxy class: not the program's frame.
+        let mut blobs = interpreted.clone();
+        blobs[2] = jvm("I2C/C2I adapters", 0x7f00_0000_2000);
+        blobs[3] = jvm("LeakClient$$Lambda$14/0x0000000800c03000.run()", 0x7f00_0000_3000);
+        assert_eq!(site_label(&blobs).unwrap(), "LeakClient.connectAndKeep(int, int)");
+        assert_eq!(site_id(&blobs), site_id(&interpreted));
         // Another method of the program, or another JNI path: another site.
         let mut other = interpreted.clone();
         other[4] = jvm("LeakClient.openAndKeep(java.lang.String, int)", 0x7f00_0010_0040);

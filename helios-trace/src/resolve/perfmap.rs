@@ -9,8 +9,9 @@
 //! is named like one on the host. It grows while the runtime compiles: an address it does not
 //! name yet reads what was appended since (never more than `MAX_BYTES` in all, at most
 //! `MAX_READS` times), and code whose range was written again (freed and reused) is named by
-//! the latest line. A map written whole again (what was read is no longer where it was read)
-//! is read again from its start, forgetting the old one: HotSpot leaves out the code it freed.
+//! the latest line. A map written whole again is read again from its start, forgetting the old
+//! one (HotSpot leaves out the code it freed): HotSpot's (`0x` fields) whenever its size or
+//! modification time changed, another when what was read is no longer where it was read.
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -52,6 +53,10 @@ pub(crate) struct PerfMap {
     /// Bytes read in all (a map written again is read again: bounded by `MAX_BYTES` too).
     read: u64,
     reads: u32,
+    /// HotSpot's map (its fields written `0x…`): always written whole, never appended to, so
+    /// read again whole whenever its size or modification time changed (`stamp`).
+    whole: bool,
+    stamp: Option<(u64, std::time::SystemTime)>,
 }
 
 impl PerfMap {
@@ -69,6 +74,8 @@ impl PerfMap {
             last_line: Vec::new(),
             read: 0,
             reads: 0,
+            whole: false,
+            stamp: None,
         };
         map.read_more().then_some(map)
     }
@@ -79,6 +86,16 @@ impl PerfMap {
             return Some(symbol);
         }
         (self.read_more()).then(|| self.find(address)).flatten()
+    }
+
+    /// Read what was written since (`generation` says whether anything was).
+    pub(crate) fn refresh(&mut self) {
+        self.read_more();
+    }
+
+    /// How many times new lines were read: a change means code is named that was not.
+    pub(crate) fn generation(&self) -> u32 {
+        self.reads
     }
 
     fn find(&self, address: u64) -> Option<JitSymbol> {
@@ -93,9 +110,16 @@ impl PerfMap {
             return false;
         }
         let Some(mut file) = open_in_root(&self.root, &self.inside) else { return false };
-        let Ok(len) = file.metadata().map(|m| m.is_file().then_some(m.len())) else { return false };
-        let Some(len) = len else { return false };
-        if !self.still_holds_what_was_read(&mut file, len) {
+        let Ok(metadata) = file.metadata() else { return false };
+        let (len, modified) = (metadata.len(), metadata.modified().ok());
+        if !metadata.is_file() {
+            return false;
+        }
+        let stamp = modified.map(|m| (len, m));
+        if self.whole && stamp.is_some() && stamp == self.stamp {
+            return false;
+        }
+        if self.whole || !self.still_holds_what_was_read(&mut file, len) {
             self.code.clear();
             self.offset = 0;
             self.last_line.clear();
@@ -114,6 +138,8 @@ impl PerfMap {
         self.read += end as u64 + 1;
         let last_start = text[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         self.last_line = text[last_start..=end].to_vec();
+        self.whole |= text.starts_with(b"0x");
+        self.stamp = stamp;
         for line in String::from_utf8_lossy(&text[..end]).lines() {
             if let Some((start, size, symbol)) = parse_line(line) {
                 self.code.insert(start, (start.saturating_add(size), symbol));
@@ -219,8 +245,9 @@ fn symbol(name: &str) -> JitSymbol {
 /// `StubRoutines (1)`, `I2C/C2I adapters`).
 fn hotspot_method(name: &str) -> Option<&str> {
     let open = name.find('(')?;
-    let (_return_type, method) = name[..open].rsplit_once(' ')?;
-    let qualified = method.contains('.') && !method.contains(':') && name.ends_with(')');
+    // No `:` before the parameters: V8's `KIND:` names (`RegExp:a b.c(d)`) are not methods.
+    let (_return_type, method) = name[..open].rsplit_once(' ').filter(|_| !name[..open].contains(':'))?;
+    let qualified = method.contains('.') && name.ends_with(')');
     qualified.then(|| &name[open - method.len()..])
 }
 
@@ -283,7 +310,13 @@ mod tests {
             assert_eq!((&*symbol.name, symbol.file.as_deref()), (method, None), "{line}");
             assert!(crate::model::frame::is_jvm_method(&symbol.name), "{line}");
         }
-        for blob in ["Interpreter", "StubRoutines (1)", "throw_div0_exception Runtime1 stub", "Builtin:X"] {
+        for blob in [
+            "Interpreter",
+            "StubRoutines (1)",
+            "throw_div0_exception Runtime1 stub",
+            "Builtin:X",
+            "RegExp:a b.c(d)",
+        ] {
             assert!(!crate::model::frame::is_jvm_method(&symbol(blob).name), "{blob}");
         }
     }
@@ -329,28 +362,35 @@ mod tests {
 
     #[test]
     fn a_map_written_whole_again_is_read_again_from_its_start() {
-        let (dir, path) = procfs(4244, 9);
-        std::fs::write(&path, "0x1000 0x100 void A.old()\n0x2000 0x100 void A.kept()\n").unwrap();
-        let mut map = PerfMap::open(dir.path(), 4244).unwrap();
-        assert_eq!(&*map.lookup(0x1010).unwrap().name, "A.old()");
-        // HotSpot writes every live blob again: the old code is freed, new code is longer.
-        std::fs::write(
-            &path,
-            "0x2000 0x100 void A.kept()\n0x3000 0x100 void A.compiledSince()\n0x4000 0x10 void A.x()\n",
-        )
-        .unwrap();
-        assert_eq!(&*map.lookup(0x3010).unwrap().name, "A.compiledSince()");
-        assert!(map.lookup(0x1010).is_none(), "freed code is forgotten");
-        assert_eq!(&*map.lookup(0x2010).unwrap().name, "A.kept()");
-        // Shorter than what was read: written again too.
-        std::fs::write(&path, "0x5000 0x100 void A.y()\n").unwrap();
-        assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
-        assert!(map.lookup(0x3010).is_none());
-        // Appended: read on, nothing forgotten.
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        std::io::Write::write_all(&mut file, b"0x6000 0x100 void A.z()\n").unwrap();
-        assert_eq!(&*map.lookup(0x6010).unwrap().name, "A.z()");
-        assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
+        // HotSpot's fields (`0x…`: read whole at each change) and another writer's.
+        for (pid, x) in [(4244, "0x"), (4245, "")] {
+            let (dir, path) = procfs(pid, 9);
+            let lines = |l: &[(u32, &str)]| {
+                l.iter().map(|(a, m)| format!("{x}{a:x} {x}100 void A.{m}()\n")).collect::<String>()
+            };
+            std::fs::write(&path, lines(&[(0x1000, "old"), (0x2000, "kept")])).unwrap();
+            let mut map = PerfMap::open(dir.path(), pid).unwrap();
+            assert_eq!(map.whole, x == "0x");
+            assert_eq!(&*map.lookup(0x1010).unwrap().name, "A.old()");
+            // Written again: the old code freed, new code, longer.
+            std::fs::write(&path, lines(&[(0x2000, "kept"), (0x3000, "compiledSince"), (0x4000, "x")]))
+                .unwrap();
+            assert_eq!(&*map.lookup(0x3010).unwrap().name, "A.compiledSince()", "{x}");
+            assert!(map.lookup(0x1010).is_none(), "freed code is forgotten ({x})");
+            assert_eq!(&*map.lookup(0x2010).unwrap().name, "A.kept()");
+            // Shorter than what was read: written again too.
+            std::fs::write(&path, lines(&[(0x5000, "y")])).unwrap();
+            assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
+            assert!(map.lookup(0x3010).is_none());
+            // Appended: nothing forgotten.
+            let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut file, lines(&[(0x6000, "z")]).as_bytes()).unwrap();
+            assert_eq!(&*map.lookup(0x6010).unwrap().name, "A.z()");
+            assert_eq!(&*map.lookup(0x5010).unwrap().name, "A.y()");
+            let generation = map.generation();
+            assert!(map.lookup(0x7010).is_none(), "unchanged: nothing read");
+            assert_eq!(map.generation(), generation);
+        }
     }
 
     #[test]

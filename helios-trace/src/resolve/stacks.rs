@@ -51,9 +51,9 @@ const MAX_MODULE_BYTES: u64 = 4 << 30;
 const MAX_TAUGHT_PER_PROCESS: usize = 16 * 1024;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
-/// Looks for a process's perf map that find none (most processes have none): then its JIT
-/// frames, if any, stay bare addresses.
-const MAX_PERF_MAP_MISSES: u32 = 4;
+/// How long after a look for a process's perf map that found none the next may be (most
+/// processes have none; a JVM's is written when someone runs `jcmd PID Compiler.perfmap`).
+const PERF_MAP_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Weight for Arc<[Symbol]> {
     fn weight(&self) -> usize {
@@ -78,8 +78,12 @@ struct ProcessStacks {
     chains: usize,
     /// The JIT runtime's perf map (resolve/perfmap.rs), once found.
     perf_map: Option<PerfMap>,
-    /// Times it was looked for and not found (a runtime writes it from its start: bounded).
-    perf_map_misses: u32,
+    /// When it may be looked for (or at) again.
+    perf_map_next_look: Option<std::time::Instant>,
+    /// A stack of it had code in no file that no perf map named.
+    unnamed_jit: bool,
+    /// Its `PerfMap::generation` when this process's stacks were last resolved with it.
+    perf_map_generation: u32,
     /// The image's exec record time, as the kernel keys its rules (0: exec'd before tracing
     /// began, or forked).
     image_ns: u64,
@@ -94,6 +98,24 @@ impl ProcessStacks {
     fn chain(&self, hash: u64, addresses: &[u64]) -> Option<SiteId> {
         let bucket = self.by_chain.get(&hash)?;
         bucket.iter().find(|(a, _)| **a == *addresses).map(|(_, site)| *site)
+    }
+
+    /// Forget which site each stack seen was: its frames are named again at its next record
+    /// (a perf map names JIT code it did not before).
+    fn forget_resolved_stacks(&mut self) {
+        self.by_chain.clear();
+        self.chains = 0;
+        self.by_stack_id.clear();
+    }
+
+    /// `forget_resolved_stacks` when the perf map read new lines since the last call.
+    fn forget_if_named_anew(&mut self) {
+        let Some(generation) = self.perf_map.as_ref().map(PerfMap::generation) else { return };
+        if generation != self.perf_map_generation {
+            self.perf_map_generation = generation;
+            self.unnamed_jit = false;
+            self.forget_resolved_stacks();
+        }
     }
 
     fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
@@ -224,6 +246,7 @@ impl StackRegistry {
         stack: Option<&CapturedStack<'_>>,
         read_stack: &dyn Fn(u32) -> Option<Vec<u64>>,
     ) -> SiteId {
+        self.look_at_perf_map_if_due(tgid);
         let user_id = ids.user.filter(|id| *id >= 0);
         let user = match stack {
             Some(CapturedStack::Window { sample, shadow }) => {
@@ -591,15 +614,41 @@ impl StackRegistry {
         frames
     }
 
-    /// The JIT-compiled function at `address` of `tgid`, from its perf map.
+    /// The JIT-compiled function at `address` of `tgid`, from its perf map. The map is looked
+    /// for again at most once a `PERF_MAP_LOOK_INTERVAL` while there is none (it may be written
+    /// after the tracer started: `jcmd PID Compiler.perfmap`).
     fn jit_symbol(&mut self, tgid: u32, address: u64) -> Option<JitSymbol> {
         let proc_root = self.proc_root.clone();
         let process = self.process(tgid);
-        if process.perf_map.is_none() && process.perf_map_misses < MAX_PERF_MAP_MISSES {
+        let now = std::time::Instant::now();
+        if process.perf_map.is_none() && process.perf_map_next_look.is_none_or(|next| now >= next) {
             process.perf_map = PerfMap::open(&proc_root, tgid);
-            process.perf_map_misses += u32::from(process.perf_map.is_none());
+            process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
         }
-        process.perf_map.as_mut()?.lookup(address)
+        let symbol = process.perf_map.as_mut().and_then(|map| map.lookup(address));
+        process.unnamed_jit |= symbol.is_none();
+        process.forget_if_named_anew();
+        symbol
+    }
+
+    /// For a process with JIT code no perf map named: at most once a `PERF_MAP_LOOK_INTERVAL`,
+    /// look for its map, or read what was written to it since. Once it names code it did not,
+    /// the stacks resolved before are resolved again at their next record, so a call seen with
+    /// bare addresses gets named (its descriptors opened before keep the unnamed site). Its
+    /// stacks are otherwise answered from the caches, which never ask the map.
+    fn look_at_perf_map_if_due(&mut self, tgid: u32) {
+        let proc_root = self.proc_root.clone();
+        let Some(process) = self.processes.get_mut(&tgid).filter(|p| p.unnamed_jit) else { return };
+        let now = std::time::Instant::now();
+        if process.perf_map_next_look.is_some_and(|next| now < next) {
+            return;
+        }
+        process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
+        match process.perf_map.as_mut() {
+            Some(map) => map.refresh(),
+            None => process.perf_map = PerfMap::open(&proc_root, tgid),
+        }
+        process.forget_if_named_anew();
     }
 
     /// The functions at a file offset of a module (cached per module).

@@ -590,9 +590,18 @@ fn write_perf_map(pid: u32) {
 
 /// The Java client `pid`, driven by `run`, traced: one command of each kind first (each
 /// method compiled at its first call, the JDK's native wrappers made), then HotSpot's perf map
-/// written (it names them), then the tracer started and 20 connections and 20 files kept. Its
-/// sites once all of it is in the report: (label, kind) → open, and the sites.
-fn traced_java_client(pid: u32, mut run: impl FnMut(&str)) -> (BTreeMap<(String, String), u64>, Vec<Value>) {
+/// written (it names them), then 20 connections and 20 files kept. The tracer starts after the
+/// map is written, or with `tracer_first` before the first commands: then their stacks are
+/// first seen with bare addresses, and the map, written while tracing, is looked at within
+/// PERF_MAP_LOOK_INTERVAL (resolve/stacks.rs, 1 s). Its sites once all of it is in the report:
+/// (label, kind) → open, and the sites.
+fn traced_java_client(
+    pid: u32,
+    tracer_first: bool,
+    mut run: impl FnMut(&str),
+) -> (BTreeMap<(String, String), u64>, Vec<Value>) {
+    let start = || Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let tracer = tracer_first.then(start);
     run("connect 1");
     run("file 1");
     write_perf_map(pid);
@@ -600,7 +609,11 @@ fn traced_java_client(pid: u32, mut run: impl FnMut(&str)) -> (BTreeMap<(String,
     // HotSpot to open; then 20 more of each kind.
     let sockets = || kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
     wait_for("the first connection accepted", Duration::from_secs(20), || (sockets() == 4).then_some(()));
-    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    if tracer_first {
+        // The map is looked at again once a second at most.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let mut tracer = tracer.unwrap_or_else(start);
     for command in ["connect 10", "file 10", "connect 10", "file 10"] {
         run(command);
     }
@@ -609,7 +622,9 @@ fn traced_java_client(pid: u32, mut run: impl FnMut(&str)) -> (BTreeMap<(String,
         let report = tracer.snapshot();
         let open =
             |kind| sites_of_kind(&report, pid, kind).iter().map(|s| s["open"].as_u64().unwrap()).sum::<u64>();
-        (open("socket") == 40 && open("file") >= 20).then_some(report)
+        // Traced from the first: the first connection, its accepted end, the attach listener.
+        let first = if tracer_first { 3 } else { 0 };
+        (open("socket") == 40 + first && open("file") >= 20).then_some(report)
     });
     tracer.stop();
     let sites: Vec<Value> = ["socket", "file"]
@@ -629,8 +644,9 @@ fn traced_java_client(pid: u32, mut run: impl FnMut(&str)) -> (BTreeMap<(String,
 
 /// What the Java client kept while traced: each of its methods one site of every descriptor it
 /// opened there, named by the method as HotSpot's perf map names it, past the JDK's JNI
-/// libraries and class library; the telling frame is a JIT frame.
-fn assert_java_sites(labels: &BTreeMap<(String, String), u64>, sites: &[Value]) {
+/// libraries and class library; the telling frame is a JIT frame. `others`: how many more
+/// descriptors are open at other sites (what was opened before the map was written).
+fn assert_java_sites(labels: &BTreeMap<(String, String), u64>, sites: &[Value], others: u64) {
     let expected = [
         ("LeakClient.connectAndKeep(int, int)", "socket", 20),
         ("LeakClient.lambda$main$0(java.net.ServerSocket)", "socket", 20),
@@ -642,13 +658,20 @@ fn assert_java_sites(labels: &BTreeMap<(String, String), u64>, sites: &[Value]) 
         let frame = site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == label).unwrap();
         assert_eq!(frame["language"], "jit");
     }
-    assert_eq!(labels.len(), expected.len(), "one site per method: {labels:#?}");
+    // From the sites: unnamed ones may share a label (HotSpot's one return point from native
+    // code is their first frame in no file).
+    let rest: u64 = sites
+        .iter()
+        .filter(|s| !expected.iter().any(|(l, ..)| s["frame"] == *l))
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rest, others, "one site per method: {labels:#?}");
 }
 
 /// A Java client (HotSpot, Debian's JDK) keeping the connections and files it opens, its server
 /// in the same process keeping what it accepts: with the perf map HotSpot writes on
-/// `jcmd PID Compiler.perfmap`, each method that opened is one site of all it opened, named by
-/// the method; counts equal /proc.
+/// `jcmd PID Compiler.perfmap`, written while it is traced, each method that opened is one
+/// site of all it opened since, named by the method; counts equal /proc.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_java_client_leaking_connections_is_one_site_per_method() {
@@ -661,10 +684,12 @@ fn a_java_client_leaking_connections_is_one_site_per_method() {
     command.arg(classes.join("LeakClient.class"));
     let mut client = Workload::spawn_command(command);
     let pid = client.pid;
-    let (labels, sites) = traced_java_client(pid, |command| {
+    let (labels, sites) = traced_java_client(pid, true, |command| {
         client.run(command);
     });
-    assert_java_sites(&labels, &sites);
+    // What was opened before the map was written: its first connection, the accepted end,
+    // the attach listener and its first file, at sites of bare addresses.
+    assert_java_sites(&labels, &sites, 4);
     client.exit();
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", pid));
 }
@@ -689,10 +714,10 @@ fn a_java_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
         .collect();
     let mut pod = Pod::start(PodSpec { root, command });
     let pid = pod.pid;
-    let (labels, sites) = traced_java_client(pid, |command| {
+    let (labels, sites) = traced_java_client(pid, false, |command| {
         pod.run(command);
     });
-    assert_java_sites(&labels, &sites);
+    assert_java_sites(&labels, &sites, 0);
     let libnio = sites
         .iter()
         .flat_map(|s| s["frames"].as_array().unwrap())

@@ -29,10 +29,12 @@ import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
 
 public class LeakClient {
-    static final List<Object> kept = new ArrayList<>();
+    // The main thread and the acceptor add to it at once.
+    static final List<Object> kept = Collections.synchronizedList(new ArrayList<>());
 
     static void connectAndKeep(int port, int n) throws IOException {
         for (int i = 0; i < n; i++) {
