@@ -326,6 +326,11 @@ pub(crate) fn is_jvm_method(symbol: &str) -> bool {
     symbol.ends_with(')') && method.contains('.') && !method.contains([' ', ':'])
 }
 
+/// A JIT frame named as a JVM method.
+fn is_jvm_frame(frame: &Frame) -> bool {
+    frame.language == Language::Jit && frame.symbol.as_deref().is_some_and(is_jvm_method)
+}
+
 /// Whether a JVM method is the Java class library's or made by the JVM: the packages the JDK's
 /// own modules export and hide (`java.`, `javax.`, `jdk.`, `sun.`, `com.sun.`), its lambda forms
 /// included, and hidden classes the JVM spins (a lambda's proxy `App$$Lambda$14/0x…`: compiled
@@ -343,7 +348,7 @@ fn is_jvm_library(symbol: &str) -> bool {
 /// not name (compiled after it was written): a bare address tells a person nothing.
 fn jvm_plumbing(frame: &Frame) -> bool {
     match frame.language {
-        Language::Jit => !frame.symbol.as_deref().is_some_and(is_jvm_method),
+        Language::Jit => !is_jvm_frame(frame),
         _ => frame.module.is_none() && frame.symbol.is_none(),
     }
 }
@@ -381,8 +386,7 @@ pub(crate) fn python_may_run(frames: &[Frame]) -> bool {
 /// frame. None only without frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
     let python = frames.iter().any(|f| f.language == Language::Python);
-    let jvm =
-        frames.iter().any(|f| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method));
+    let jvm = frames.iter().any(is_jvm_frame);
     frames
         .iter()
         .find(|f| {
@@ -396,11 +400,7 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
         .or_else(|| frames.iter().find(|f| f.language == Language::Jit && f.file.is_some()))
         // A Java stack entirely in the class library (a thread of its own, a selector): the
         // innermost Java method.
-        .or_else(|| {
-            frames
-                .iter()
-                .find(|f| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method))
-        })
+        .or_else(|| frames.iter().find(|f| is_jvm_frame(f)))
         // A Go stack entirely in the standard library (a goroutine net/http started to dial):
         // the innermost call above the runtime, syscall and socket layers says what it was for.
         .or_else(|| {
@@ -503,21 +503,19 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
 fn identity(frames: &[Frame]) -> impl Iterator<Item = &Frame> {
     let first_python = frames.iter().position(|f| f.language == Language::Python);
     let named_jit = |f: &Frame| f.language == Language::Jit && f.file.is_some();
-    let jvm_method =
-        |f: &Frame| f.language == Language::Jit && f.symbol.as_deref().is_some_and(is_jvm_method);
-    let jvm = first_python.is_none() && frames.iter().any(jvm_method);
+    let jvm = first_python.is_none() && frames.iter().any(is_jvm_frame);
     let first_jit = match (first_python, jvm) {
         (Some(_), _) => None,
         (None, true) => frames.iter().position(|f| f.language == Language::Jit),
         (None, false) => frames.iter().position(named_jit),
     };
     let program_jit = first_jit.and_then(|_| frames.iter().position(|f| named_jit(f) && !is_runtime(f)));
-    let program_jvm = jvm && frames.iter().any(|f| jvm_method(f) && !is_runtime(f));
+    let program_jvm = jvm && frames.iter().any(|f| is_jvm_frame(f) && !is_runtime(f));
     frames.iter().enumerate().filter_map(move |(i, frame)| {
         let kept = match (first_python, first_jit) {
             (Some(first), _) => frame.language == Language::Python || (i < first && !frame.interpreter),
             (None, Some(first)) if jvm => {
-                i < first || !program_jvm || (jvm_method(frame) && !is_runtime(frame))
+                i < first || !program_jvm || (is_jvm_frame(frame) && !is_runtime(frame))
             }
             (None, Some(first)) => {
                 i < first || (named_jit(frame) && (program_jit.is_none_or(|p| i <= p) || !is_runtime(frame)))

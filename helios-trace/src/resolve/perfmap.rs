@@ -77,7 +77,7 @@ impl PerfMap {
             whole: false,
             stamp: None,
         };
-        map.read_more().then_some(map)
+        map.refresh().then_some(map)
     }
 
     /// The code at `address`: from what was read, else after reading what was appended since.
@@ -85,12 +85,7 @@ impl PerfMap {
         if let Some(symbol) = self.find(address) {
             return Some(symbol);
         }
-        (self.read_more()).then(|| self.find(address)).flatten()
-    }
-
-    /// Read what was written since (`generation` says whether anything was).
-    pub(crate) fn refresh(&mut self) {
-        self.read_more();
+        (self.refresh()).then(|| self.find(address)).flatten()
     }
 
     /// How many times new lines were read: a change means code is named that was not.
@@ -104,8 +99,8 @@ impl PerfMap {
     }
 
     /// Read the lines appended since the last read, or the whole map again when it was written
-    /// again; false when nothing new could be read.
-    fn read_more(&mut self) -> bool {
+    /// again; false when nothing new could be read (`generation` counts the reads that did).
+    pub(crate) fn refresh(&mut self) -> bool {
         if self.reads >= MAX_READS || self.read >= MAX_BYTES {
             return false;
         }

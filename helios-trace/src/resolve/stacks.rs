@@ -80,8 +80,6 @@ struct ProcessStacks {
     perf_map: Option<PerfMap>,
     /// When it may be looked for (or at) again.
     perf_map_next_look: Option<std::time::Instant>,
-    /// A stack of it had code in no file that no perf map named.
-    unnamed_jit: bool,
     /// Its `PerfMap::generation` when this process's stacks were last resolved with it.
     perf_map_generation: u32,
     /// The image's exec record time, as the kernel keys its rules (0: exec'd before tracing
@@ -108,14 +106,16 @@ impl ProcessStacks {
         self.by_stack_id.clear();
     }
 
-    /// `forget_resolved_stacks` when the perf map read new lines since the last call.
-    fn forget_if_named_anew(&mut self) {
-        let Some(generation) = self.perf_map.as_ref().map(PerfMap::generation) else { return };
-        if generation != self.perf_map_generation {
-            self.perf_map_generation = generation;
-            self.unnamed_jit = false;
-            self.forget_resolved_stacks();
+    /// `forget_resolved_stacks` when the perf map read new lines since the last call; whether
+    /// it did.
+    fn forget_if_named_anew(&mut self) -> bool {
+        let Some(generation) = self.perf_map.as_ref().map(PerfMap::generation) else { return false };
+        if generation == self.perf_map_generation {
+            return false;
         }
+        self.perf_map_generation = generation;
+        self.forget_resolved_stacks();
+        true
     }
 
     fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
@@ -157,6 +157,10 @@ pub(crate) struct StackCounts {
 pub(crate) struct StackRegistry {
     proc_root: PathBuf,
     processes: HashMap<u32, ProcessStacks>,
+    /// Processes with code in no file that no perf map named: the only ones whose map is
+    /// looked at again (`look_at_perf_map_if_due`), so the other records pay one lookup in an
+    /// empty or small set.
+    unnamed_jit: HashSet<u32>,
     files: ModuleFiles,
     modules: ModuleCache,
     symbolizer: Symbolizer,
@@ -196,6 +200,7 @@ impl StackRegistry {
             symbolizer: Symbolizer::new(),
             proc_root,
             processes: HashMap::new(),
+            unnamed_jit: HashSet::new(),
             files: ModuleFiles::default(),
             modules: ModuleCache::new(MAX_MODULES, MAX_MODULE_BYTES),
             symbols: BoundedLru::new(MAX_SYMBOL_BYTES),
@@ -453,6 +458,7 @@ impl StackRegistry {
     pub(crate) fn forget(&mut self, tgid: u32) {
         self.untaught(tgid);
         self.processes.remove(&tgid);
+        self.unnamed_jit.remove(&tgid);
     }
 
     /// Teach the kernel the rules of a chain just unwound, where every frame has one that
@@ -626,8 +632,12 @@ impl StackRegistry {
             process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
         }
         let symbol = process.perf_map.as_mut().and_then(|map| map.lookup(address));
-        process.unnamed_jit |= symbol.is_none();
-        process.forget_if_named_anew();
+        if process.forget_if_named_anew() {
+            self.unnamed_jit.remove(&tgid);
+        }
+        if symbol.is_none() {
+            self.unnamed_jit.insert(tgid);
+        }
         symbol
     }
 
@@ -637,18 +647,25 @@ impl StackRegistry {
     /// bare addresses gets named (its descriptors opened before keep the unnamed site). Its
     /// stacks are otherwise answered from the caches, which never ask the map.
     fn look_at_perf_map_if_due(&mut self, tgid: u32) {
+        if !self.unnamed_jit.contains(&tgid) {
+            return;
+        }
         let proc_root = self.proc_root.clone();
-        let Some(process) = self.processes.get_mut(&tgid).filter(|p| p.unnamed_jit) else { return };
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
         let now = std::time::Instant::now();
         if process.perf_map_next_look.is_some_and(|next| now < next) {
             return;
         }
         process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
         match process.perf_map.as_mut() {
-            Some(map) => map.refresh(),
+            Some(map) => {
+                map.refresh();
+            }
             None => process.perf_map = PerfMap::open(&proc_root, tgid),
         }
-        process.forget_if_named_anew();
+        if process.forget_if_named_anew() {
+            self.unnamed_jit.remove(&tgid);
+        }
     }
 
     /// The functions at a file offset of a module (cached per module).
