@@ -311,8 +311,20 @@ impl Engine {
         self.kept.len()
     }
 
+    /// The transitions kept since the last call. Hand the vector back once read
+    /// (`reuse_transitions`).
     pub(crate) fn take_transitions(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
+    }
+
+    /// The vector `take_transitions` gave, read: its room holds the next transitions. The
+    /// exporter takes them in batches of a bounded size (observe/export.rs), so after the first
+    /// batches they cost no allocation, and leave nothing behind in malloc's heap.
+    pub(crate) fn reuse_transitions(&mut self, mut read: Vec<Kept>) {
+        if self.kept.is_empty() && read.capacity() > self.kept.capacity() {
+            read.clear();
+            self.kept = read;
+        }
     }
 
     /// One ring-buffer record.
@@ -774,6 +786,24 @@ mod tests {
         assert!(feed.engine.table().process(PARENT).is_some());
         let kept = feed.engine.take_transitions();
         assert!(kept.contains(&Kept::Transition(Transition::ProcessExited { tgid: 400 })), "{kept:?}");
+    }
+
+    #[test]
+    fn transitions_handed_back_hold_the_next_ones_in_their_room() {
+        let (mut feed, _proc) = feed();
+        feed.found(PARENT, "server");
+        feed.open(PARENT, FdKind::File, 2, 40);
+        let kept = feed.engine.take_transitions();
+        let (room, at) = (kept.capacity(), kept.as_ptr());
+        assert!(kept.len() >= 40, "{kept:?}");
+        feed.engine.reuse_transitions(kept);
+        feed.open(PARENT, FdKind::File, 2, 1);
+        let kept = feed.engine.take_transitions();
+        assert_eq!((kept.len(), kept.capacity(), kept.as_ptr()), (1, room, at), "{kept:?}");
+        // Transitions kept meanwhile are not thrown away for the room.
+        feed.open(PARENT, FdKind::File, 2, 1);
+        feed.engine.reuse_transitions(Vec::with_capacity(room * 2));
+        assert_eq!(feed.engine.take_transitions().len(), 1);
     }
 
     #[test]

@@ -303,39 +303,6 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     w.exit();
 }
 
-/// One thread of another process, stopped by ptrace (PTRACE_SEIZE, PTRACE_INTERRUPT: only that
-/// thread stops, unlike a signal's group stop) until dropped (PTRACE_DETACH resumes it).
-struct StoppedThread(i32);
-
-impl StoppedThread {
-    fn stop(tid: u32) -> StoppedThread {
-        let tid = tid as i32;
-        let none = std::ptr::null_mut::<libc::c_void>();
-        // SAFETY: plain syscalls on a thread of a child of ours (addr and data are pointers to
-        // ptrace(2), passed as such); the test runs as root.
-        unsafe {
-            let seized = libc::ptrace(libc::PTRACE_SEIZE, tid, none, none);
-            assert_eq!(seized, 0, "seize {tid}: {}", std::io::Error::last_os_error());
-            let interrupted = libc::ptrace(libc::PTRACE_INTERRUPT, tid, none, none);
-            assert_eq!(interrupted, 0, "interrupt {tid}: {}", std::io::Error::last_os_error());
-            let mut status = 0;
-            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "wait for {tid} to stop");
-            // The stop PTRACE_INTERRUPT makes: PTRACE_EVENT_STOP (ptrace(2)).
-            let event = status >> 16;
-            assert!(libc::WIFSTOPPED(status) && event == libc::PTRACE_EVENT_STOP, "status {status:#x}");
-        }
-        StoppedThread(tid)
-    }
-}
-
-impl Drop for StoppedThread {
-    fn drop(&mut self) {
-        let none = std::ptr::null_mut::<libc::c_void>();
-        // SAFETY: the thread is in a ptrace stop (waited for above).
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, none, none) };
-    }
-}
-
 /// Every fd's close-on-exec flag as the kernel has it: `flags` in /proc/PID/fdinfo/FD, octal,
 /// O_CLOEXEC is 02000000 (include/uapi/asm-generic/fcntl.h; fs/proc/fd.c prints it).
 fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
