@@ -24,13 +24,17 @@ use anyhow::{Context as _, Result, bail};
 use crate::sh;
 
 /// A root: a suite of the Debian archive, the packages it must hold (their dependencies come
-/// along), and a command that must run chrooted in it.
+/// along), and a command that must run in it.
 pub struct RootSpec {
     /// The directory's name under the roots directory.
     pub name: &'static str,
     pub suite: &'static str,
     pub packages: &'static [&'static str],
     pub check: &'static [&'static str],
+    /// `check` runs chrooted in the root (a root for pods: its own glibc); else the root's
+    /// program runs from the host (static Go toolchains, which find their files from their own
+    /// path, /proc/self/exe, which a chroot without /proc lacks).
+    pub chrooted: bool,
 }
 
 /// The roots `cargo xtask setup --tests` builds. A new one is one line.
@@ -41,6 +45,7 @@ pub const ROOTS: &[RootSpec] = &[
         suite: "sid",
         packages: &["python3.14"],
         check: &["/usr/bin/python3.14", "-c", "import socket, ssl, sqlite3, asyncio"],
+        chrooted: true,
     },
     // Debian 13: CPython 3.13 with its own glibc.
     RootSpec {
@@ -48,6 +53,24 @@ pub const ROOTS: &[RootSpec] = &[
         suite: "trixie",
         packages: &["python3.13"],
         check: &["/usr/bin/python3.13", "-c", "import socket, ssl, sqlite3, asyncio"],
+        chrooted: true,
+    },
+    // Go toolchains as Debian ships them (static), for Go workloads built by more releases than
+    // the host's golang-go (1.19): the two supported upstream (sid) and Debian 13's. The tests
+    // run them from the host (helios-trace/tests/integration/runtimes.rs, `go_toolchains`).
+    RootSpec {
+        name: "sid-go",
+        suite: "sid",
+        packages: &["golang-1.26-go", "golang-1.27-go"],
+        check: &["/usr/lib/go-1.27/bin/go", "version"],
+        chrooted: false,
+    },
+    RootSpec {
+        name: "trixie-go",
+        suite: "trixie",
+        packages: &["golang-1.24-go"],
+        check: &["/usr/lib/go-1.24/bin/go", "version"],
+        chrooted: false,
     },
     // Debian 11: CPython 3.9, older than the Python frames support (the unsupported-interpreter
     // test's, instead of whatever pyenv holds).
@@ -56,6 +79,7 @@ pub const ROOTS: &[RootSpec] = &[
         suite: "bullseye",
         packages: &["python3.9"],
         check: &["/usr/bin/python3.9", "-c", "import socket, ssl, sqlite3, asyncio"],
+        chrooted: true,
     },
 ];
 
@@ -206,8 +230,13 @@ fn finish_layout(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The spec's check, chrooted in `root` (as root: chroot needs CAP_SYS_CHROOT).
+/// The spec's check, chrooted in `root` (as root: chroot needs CAP_SYS_CHROOT), or from the
+/// host.
 fn runs_check(spec: &RootSpec, root: &Path) -> bool {
+    if !spec.chrooted {
+        let program = root.join(spec.check[0].trim_start_matches('/'));
+        return Command::new(program).args(&spec.check[1..]).output().is_ok_and(|out| out.status.success());
+    }
     let mut args = vec![root.to_string_lossy().into_owned()];
     args.extend(spec.check.iter().map(|s| s.to_string()));
     sh::as_root("chroot", &args).output().is_ok_and(|out| out.status.success())

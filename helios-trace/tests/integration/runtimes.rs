@@ -31,20 +31,49 @@ fn source_line(source: &Path, marker: &str) -> u64 {
 /// tests/workloads/goleak built by Debian's Go (`cargo xtask setup --tests` installs
 /// golang-go) with `flags`, once per test run; Go's build cache makes a rebuild quick.
 fn go_build(output: &str, flags: &[&str]) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
+    go_build_with(Path::new("go"), output, flags)
+}
+
+/// tests/workloads/goleak built by the toolchain `go` with `flags` as `output`, once per test
+/// run (tests run in parallel: a second build would rewrite a binary another test runs).
+fn go_build_with(go: &Path, output: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(output);
-    let status = Command::new("go")
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(workload_dir("goleak/main.go"))
-        .env("GO111MODULE", "off")
-        .status()
-        .expect("go runs (cargo xtask setup --tests installs golang-go)");
-    assert!(status.success(), "building goleak failed");
+    if built.iter().any(|b| b == output) {
+        return out;
+    }
+    let mut command = Command::new(go);
+    command.arg("build").args(flags).arg("-o").arg(&out).arg(workload_dir("goleak/main.go"));
+    command.env("GO111MODULE", "off").env("GOTOOLCHAIN", "local");
+    if go != Path::new("go") {
+        // As container images build Go programs: no cgo, a static binary.
+        command.env("CGO_ENABLED", "0");
+    }
+    let status = command.status().expect("go runs (cargo xtask setup --tests installs it)");
+    assert!(status.success(), "building goleak with {go:?} failed");
+    built.push(output.to_string());
     out
+}
+
+/// The Go releases of the roots `cargo xtask setup --tests` builds (xtask/src/roots.rs: Debian
+/// 13's and sid's toolchains, static, run from the host), beside the host's golang-go (1.19):
+/// (release, its `go`).
+fn root_go_toolchains() -> Vec<(&'static str, PathBuf)> {
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+    let roots = home.join(".local/share/helios-trace/roots");
+    [("1.24", "trixie-go"), ("1.26", "sid-go"), ("1.27", "sid-go")]
+        .into_iter()
+        .map(|(release, root)| (release, roots.join(root).join(format!("usr/lib/go-{release}/bin/go"))))
+        .filter(|(_, go)| {
+            let found = go.exists();
+            if !found {
+                assert!(std::env::var_os("CI").is_none(), "{go:?} is installed in CI");
+                eprintln!("skipped: no {go:?}");
+            }
+            found
+        })
+        .collect()
 }
 
 fn goleak() -> &'static Path {
@@ -279,18 +308,29 @@ fn assert_created_as_told(spawned: &[Value], told: &str) {
 }
 
 /// Lines of the installed Go's own net/http/transport.go where the Transport starts a dial in
-/// a goroutine of its own (`go t.dialConnFor(w)`), each with the function it is in.
+/// a goroutine of its own (`go t.dialConnFor(w)`, or a `go func()` calling it), each with the
+/// function it is in.
 fn transport_dial_statements() -> Vec<(u64, String)> {
-    let goroot = Command::new("go").args(["env", "GOROOT"]).output().expect("go runs").stdout;
+    transport_dial_statements_of(Path::new("go"))
+}
+
+/// `transport_dial_statements` of the toolchain `go`.
+fn transport_dial_statements_of(go: &Path) -> Vec<(u64, String)> {
+    let goroot = Command::new(go).args(["env", "GOROOT"]).output().expect("go runs").stdout;
     let source = PathBuf::from(String::from_utf8(goroot).unwrap().trim()).join("src/net/http/transport.go");
     let text = std::fs::read_to_string(&source).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     let mut function = String::new();
     let mut statements = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         if line.starts_with("func ") {
             function = line.to_string();
         }
-        if line.trim() == "go t.dialConnFor(w)" {
+        // 1.19: `go t.dialConnFor(w)`; 1.24 and later: `go func() {` whose body starts with it.
+        let next = lines.get(i + 1).map(|l| l.trim());
+        if line.trim() == "go t.dialConnFor(w)"
+            || (line.trim() == "go func() {" && next == Some("t.dialConnFor(w)"))
+        {
             statements.push((i as u64 + 1, function.clone()));
         }
     }
@@ -353,6 +393,121 @@ fn a_go_site_says_which_go_statement_created_its_goroutine() {
     full.exit();
 }
 
+/// The report once the stripped goleak clients `pids` (each serving itself, `client self`, after
+/// `http 20`, `dial 5` and `spawn 7`) have every socket in it: 25 client connections, their 25
+/// accepted ends (the server is in the process) and the listener, opened before tracing. The
+/// server's goroutine accepts after the client's dial returned: first wait for the last one.
+fn stripped_clients_report(tracer: &mut Tracer, pids: &[u32]) -> Value {
+    let sockets = |pid: u32| kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
+    for pid in pids {
+        wait_for("the server to accept every connection", Duration::from_secs(20), || {
+            (sockets(*pid) == 51).then_some(())
+        });
+    }
+    wait_for("the leaked descriptors in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let done = pids.iter().all(|pid| {
+            let open: u64 = sockets_sites(&report, *pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+            open + 1 == sockets(*pid) && spawned(&report, *pid).iter().any(|s| s["open"] == 7)
+        });
+        done.then_some(report)
+    })
+}
+
+/// What the report says of such a client built by `go` (of `release`), its binary at `module`
+/// as the process sees it: the Transport's connections one site of 20 of named Go functions of
+/// the binary, created at a `go t.dialConnFor(w)` of that release's own source by the function
+/// holding it there; the program's dial its own site of 5, told by `main.leakDial`, of the main
+/// goroutine (no creator); the program's goroutine created where its own traceback said
+/// (`told`).
+fn assert_stripped_client_named(
+    report: &Value,
+    pid: u32,
+    module: &str,
+    go: &Path,
+    release: &str,
+    told: &str,
+) {
+    let sites = sockets_sites(report, pid);
+    let dialled: Vec<&Value> =
+        sites.iter().filter(|s| symbols_of(s).contains(&"net/http.(*Transport).dialConn")).collect();
+    assert_eq!(dialled.len(), 1, "go{release}: {sites:#?}");
+    assert_eq!(dialled[0]["open"], 20, "go{release}");
+    let names = symbols_of(dialled[0]);
+    for function in ["net/http.(*Transport).dialConn", "net.(*Dialer).DialContext", "syscall.Socket"] {
+        assert!(names.contains(&function), "go{release}: {function} in {names:#?}");
+    }
+    let frames = dialled[0]["frames"].as_array().unwrap();
+    assert!(
+        frames.iter().all(|f| f["language"] == "go" && f["module"] == module),
+        "go{release}: every frame is Go code of {module}, named: {frames:#?}"
+    );
+    let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
+    let own = sites.iter().find(|s| s["frame"] == format!("main.leakDial (main.go:{dial_line})").as_str());
+    assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "go{release}: {sites:#?}");
+    assert!(own.unwrap().get("created_by").is_none(), "go{release}: the main goroutine's");
+    // The function holding the `go t.dialConnFor(w)` moves between releases (1.19's
+    // queueForDial, 1.24's startDialConnForLocked): the one at the creator's line in that
+    // release's own source.
+    let created_by = &dialled[0]["created_by"];
+    let symbol = created_by["symbol"].as_str().unwrap_or_default();
+    let method = symbol
+        .strip_prefix("net/http.(*Transport).")
+        .unwrap_or_else(|| panic!("go{release}: {created_by:#}"));
+    let line = created_by["line"].as_u64().unwrap();
+    let dials = transport_dial_statements_of(go);
+    assert!(
+        dials.iter().any(|(l, f)| *l == line && f.contains(&format!(") {method}("))),
+        "go{release}: line {line} is a `go t.dialConnFor(w)` of {method}: {dials:?}"
+    );
+    assert!(created_by["file"].as_str().unwrap().ends_with("/src/net/http/transport.go"));
+    assert!(told.starts_with("main.spawnLeaker "), "go{release}: {told}");
+    assert_created_as_told(&spawned(report, pid), told);
+}
+
+/// Stripped Go clients built by every other Go release installed (Debian 13's 1.24, sid's 1.26
+/// and 1.27: their tables moved the module data, dropped the header's text start and keep
+/// generic names whole) are named and say their goroutines' creators as the host's 1.19 ones
+/// do: the Transport's connections one site of 20 created at a `go t.dialConnFor(w)` of that
+/// release's own source, by the function holding it there, the program's dial its own site,
+/// and the program's goroutine created where its own traceback says.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn stripped_go_clients_of_every_release_installed_are_named_with_their_creators() {
+    if !require_bpf() {
+        return;
+    }
+    let toolchains = root_go_toolchains();
+    let mut clients: Vec<(&str, PathBuf, Workload)> = toolchains
+        .iter()
+        .map(|(release, go)| {
+            let binary = go_build_with(go, &format!("goleak-{release}.stripped"), &["-ldflags=-s -w"]);
+            let mut command = Command::new(&binary);
+            command.args(["client", "self"]);
+            (*release, binary, Workload::spawn_command(command))
+        })
+        .collect();
+    let pids: Vec<String> = clients.iter().map(|(_, _, w)| w.pid.to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().flat_map(|pid| ["--pid", pid.as_str()]).collect();
+    args.extend(["--reconcile-interval", "0"]);
+    let mut tracer = Tracer::start(&args);
+    let mut told = Vec::new();
+    for (_, _, client) in &mut clients {
+        client.run("http 20");
+        client.run("dial 5");
+        told.push(client.ask("spawn 7"));
+    }
+    let pids: Vec<u32> = clients.iter().map(|(_, _, client)| client.pid).collect();
+    let report = stripped_clients_report(&mut tracer, &pids);
+    for (((release, binary, client), told), (_, go)) in clients.iter().zip(&told).zip(&toolchains) {
+        assert_stripped_client_named(&report, client.pid, binary.to_str().unwrap(), go, release, told);
+    }
+    tracer.stop();
+    for (_, _, client) in clients {
+        client.exit();
+    }
+}
+
 /// A Node.js client run with `--perf-basic-prof` (V8 writes /tmp/perf-PID.map) keeping the
 /// connections it opens: its JIT frames are named from the map, each function one frame
 /// whichever tier V8 compiled it to, so each leak is one site however often it ran. A Unix
@@ -413,56 +568,34 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
 }
 
 /// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
-/// the binary at /app/goleak): named from the pod's own binary as on the host.
+/// the binary at /app/goleak): named from the pod's own binary as on the host, its goroutines'
+/// creators too. Built by the host's Go (1.19) and by the newest release installed (sid's
+/// 1.27, whose table and module data are laid out anew).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     if !require_bpf() {
         return;
     }
-    let root = Root::native(goleak_stripped(), "/app/goleak");
-    // A pod has only its own loopback: the client serves itself.
-    let command = ["/app/goleak", "client", "self", "/tmp"].map(String::from).to_vec();
-    let mut pod = Pod::start(PodSpec { root, command });
-    let pid = pod.pid.to_string();
-    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
-    pod.run("http 20");
-    pod.run("dial 5");
-    let told = pod.ask("spawn 7");
-    // 25 client connections, their 25 accepted ends (the server is in the process), the listener.
-    // The server's goroutine accepts after the client's dial returned: wait for the last one.
-    let sockets = || kind_counts(&proc_fds(pod.pid)).get("socket").copied().unwrap_or(0);
-    let expected = wait_for("the server to accept every connection", Duration::from_secs(20), || {
-        let now = sockets();
-        (now == 51).then_some(now)
-    });
-    let report = wait_for("the leaked sockets in the report", Duration::from_secs(20), || {
-        let report = tracer.snapshot();
-        let open: u64 = sockets_sites(&report, pod.pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
-        (open + 1 == expected && spawned(&report, pod.pid).iter().any(|s| s["open"] == 7)).then_some(report)
-    });
-    let sites = sockets_sites(&report, pod.pid);
-    let dialled: Vec<&Value> =
-        sites.iter().filter(|s| symbols_of(s).contains(&"net/http.(*Transport).dialConn")).collect();
-    assert_eq!(dialled.len(), 1, "{sites:#?}");
-    assert_eq!(dialled[0]["open"], 20);
-    assert!(
-        dialled[0]["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["language"] == "go" && f["module"] == "/app/goleak")
-    );
-    let dial_line = source_line(&workload_dir("goleak/main.go"), "LEAK_DIAL");
-    let own = sites.iter().find(|s| s["frame"] == format!("main.leakDial (main.go:{dial_line})").as_str());
-    assert_eq!(own.map(|s| &s["open"]), Some(&Value::from(5)), "{sites:#?}");
-    // Goroutine creators, read in the pod as on the host: the Transport's dial goroutine by
-    // net/http's queueForDial, the program's own by what its own traceback says.
-    assert_eq!(dialled[0]["created_by"]["symbol"], "net/http.(*Transport).queueForDial");
-    assert!(own.unwrap().get("created_by").is_none());
-    let spawned = spawned(&report, pod.pid);
-    assert_created_as_told(&spawned, &told);
-    tracer.stop();
+    let mut builds = vec![("1.19", PathBuf::from("go"), goleak_stripped().to_path_buf())];
+    if let Some((release, go)) = root_go_toolchains().pop() {
+        let binary = go_build_with(&go, &format!("goleak-{release}.stripped"), &["-ldflags=-s -w"]);
+        builds.push((release, go, binary));
+    }
+    for (release, go, binary) in builds {
+        let root = Root::native(&binary, "/app/goleak");
+        // A pod has only its own loopback: the client serves itself.
+        let command = ["/app/goleak", "client", "self", "/tmp"].map(String::from).to_vec();
+        let mut pod = Pod::start(PodSpec { root, command });
+        let pid = pod.pid.to_string();
+        let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+        pod.run("http 20");
+        pod.run("dial 5");
+        let told = pod.ask("spawn 7");
+        let report = stripped_clients_report(&mut tracer, &[pod.pid]);
+        assert_stripped_client_named(&report, pod.pid, "/app/goleak", &go, release, &told);
+        tracer.stop();
+    }
 }
 
 /// The Node.js client in a pod (its own pid, net and mount namespaces, its own root with

@@ -15,6 +15,12 @@
 //! - 1.20 and later (magic 0xfffffff1): `_func` with `startLine` (44 bytes), `inlinedCall`
 //!   {funcID u8, _ [3]u8, nameOff i32, parentPc i32, startLine i32}.
 //!
+//! Within the second, later releases moved what the table is read with: 1.26 no longer writes
+//! the text's start into the header (it is taken from the module data) and keeps the module
+//! data in a section of its own, and 1.27 added fields to it (`find_module_data`). The unit
+//! test reads binaries of every Go release `cargo xtask setup --tests` installs (1.19, 1.24,
+//! 1.26, 1.27).
+//!
 //! Older layouts (Go 1.2 to 1.17, unsupported upstream for years) are not read: such a binary
 //! falls back to its ELF symbols. Every read is bounds-checked; a damaged table names nothing
 //! rather than something wrong.
@@ -36,6 +42,9 @@ pub(crate) enum GoLayout {
     Go120,
 }
 
+/// The newest Go release whose binaries the tests read (`installed_go_toolchains`).
+const LAST_CHECKED_RELEASE: (u32, u32) = (1, 27);
+
 const MAGIC_GO118: u32 = 0xffff_fff0;
 const MAGIC_GO120: u32 = 0xffff_fff1;
 /// runtime/symtab.go: `_PCDATA_InlTreeIndex`, `_FUNCDATA_InlTree`.
@@ -44,6 +53,12 @@ const FUNCDATA_INL_TREE: usize = 3;
 /// Inlined calls followed at one address at most (the compiler's inlining budget keeps real
 /// chains short; a cycle in damaged data stops here).
 const MAX_INLINE_DEPTH: usize = 64;
+
+/// What the tables need of the module data (`GoTable::find_module_data`).
+struct ModuleData {
+    text: u64,
+    gofunc: Option<u64>,
+}
 
 /// The `.gopclntab` of a Go binary, parsed lazily: the header at load, the rest per lookup.
 #[derive(Debug)]
@@ -115,12 +130,17 @@ impl GoTable {
         };
         // The function table must hold nfunc + 1 entries of two u32 (the last one the end).
         table.bytes().get(table.functab..table.functab.checked_add((table.nfunc + 1).checked_mul(8)?)?)?;
-        table.gofunc = table.find_gofunc(elf, section.address());
         table.version = elf
             .section_by_name(".go.buildinfo")
             .and_then(|s| s.data().ok())
             .and_then(goroutines::buildinfo_version)
             .map(Box::from);
+        let module_data = table.find_module_data(elf, section.address());
+        if table.text_start == 0 {
+            // Go 1.26 and later: the functions' base is only in the module data.
+            table.text_start = module_data.as_ref()?.text;
+        }
+        table.gofunc = module_data.and_then(|m| m.gofunc);
         table.goroutine_offsets = goroutines::offsets_of_binary(elf, table.version.as_deref());
         Some(table)
     }
@@ -144,28 +164,43 @@ impl GoTable {
         &self.map[self.tab.clone()]
     }
 
-    /// `moduledata.gofunc`, from the first module data (in `.noptrdata`), found by its first
-    /// field: a pointer to the pcHeader. runtime/symtab.go's `moduledata` up to `gofunc`:
-    /// pcHeader, six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab,
-    /// minpc, maxpc, text, etext, noptrdata..enoptrbss (8 words), [covctrs, ecovctrs: 1.20+],
-    /// end, gcdata, gcbss, types, etypes, rodata, gofunc.
-    fn find_gofunc(&self, elf: &object::File<'_>, pcheader: u64) -> Option<u64> {
-        let section = elf.section_by_name(".noptrdata")?;
+    /// From the first module data (in a section of its own, `.go.module`, since Go 1.26; in
+    /// `.noptrdata` before), found by its first field, a pointer to the pcHeader: `text` (the
+    /// base of the functions' entry offsets) and `gofunc` (the base of funcdata offsets,
+    /// where inline trees are). runtime/symtab.go's `moduledata` up to `gofunc`: pcHeader, six
+    /// slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc,
+    /// text, etext, noptrdata..enoptrbss (8 words), [covctrs, ecovctrs: 1.20+], end, gcdata,
+    /// gcbss, types, [typedesclen: 1.27+], etypes, [itaboffset, itabsize: 1.27+], rodata,
+    /// gofunc. A release after the last one checked here (`LAST_CHECKED_RELEASE`) may have
+    /// moved `gofunc` again: none (no inlined frames) rather than a wrong one. Without a
+    /// recorded version, the layout its table's magic says.
+    fn find_module_data(&self, elf: &object::File<'_>, pcheader: u64) -> Option<ModuleData> {
+        let section = elf.section_by_name(".go.module").or_else(|| elf.section_by_name(".noptrdata"))?;
         let data = section.data().ok()?;
-        let gofunc_at = match self.layout {
-            GoLayout::Go118 => 304,
-            GoLayout::Go120 => 320,
+        let release = self.version.as_deref().and_then(goroutines::release);
+        // Where `types`, `etypes`, `rodata` and `gofunc` are.
+        let fields = match (self.layout, release) {
+            (GoLayout::Go118, _) => Some([280, 288, 296, 304]),
+            (GoLayout::Go120, Some(release)) if release > LAST_CHECKED_RELEASE => None,
+            (GoLayout::Go120, Some(release)) if release >= (1, 27) => Some([296, 312, 336, 344]),
+            (GoLayout::Go120, _) => Some([296, 304, 312, 320]),
         };
-        (0..data.len().saturating_sub(gofunc_at + 8)).step_by(8).find_map(|at| {
+        const TEXT_AT: usize = 8 + 6 * 24 + 8 * 3;
+        (0..data.len().saturating_sub(TEXT_AT + 8)).step_by(8).find_map(|at| {
             let word = |i: usize| u64_at(data, at + i);
-            // pcHeader, and `text` (after the header word, six slices, findfunctab, minpc, maxpc)
-            // equal to the header's textStart.
-            if word(0)? != pcheader || word(8 + 6 * 24 + 8 * 3)? != self.text_start {
+            // The pcHeader, and `text` equal to the header's textStart where it has one (Go
+            // 1.26 writes 0 there: runtime/symtab.go, "The next field used to be textStart").
+            let text = word(TEXT_AT)?;
+            if word(0)? != pcheader || (self.text_start != 0 && text != self.text_start) {
                 return None;
             }
-            let (types, etypes, rodata, gofunc) =
-                (word(gofunc_at - 24)?, word(gofunc_at - 16)?, word(gofunc_at - 8)?, word(gofunc_at)?);
-            (types <= etypes && rodata <= gofunc && self.at_svma(gofunc, 1).is_some()).then_some(gofunc)
+            self.at_svma(text, 1)?;
+            let gofunc = fields.and_then(|[types, etypes, rodata, gofunc]| {
+                let (types, etypes, rodata, gofunc) =
+                    (word(types)?, word(etypes)?, word(rodata)?, word(gofunc)?);
+                (types <= etypes && rodata <= gofunc && self.at_svma(gofunc, 1).is_some()).then_some(gofunc)
+            });
+            Some(ModuleData { text, gofunc })
         })
     }
 
@@ -269,8 +304,19 @@ impl GoTable {
         })
     }
 
+    /// A function's name as Go's tracebacks print it: what is between the first `[` and the last
+    /// `]` (a generic instantiation's type arguments, an array's length) is `[...]`. Go 1.18 to
+    /// 1.20's linker wrote names so (cmd/link/internal/ld/pcln.go, `nameParts`); later ones write
+    /// them whole and the runtime elides them when it prints (runtime/traceback.go,
+    /// `funcNamePiecesForPrint`), so one statement has one name whatever Go built it.
     fn name(&self, name_off: u32) -> Option<Arc<str>> {
-        self.string(self.funcnames.checked_add(usize::try_from(name_off).ok()?)?)
+        let name = self.string(self.funcnames.checked_add(usize::try_from(name_off).ok()?)?)?;
+        Some(match (name.find('['), name.rfind(']')) {
+            (Some(open), Some(close)) if open < close => {
+                Arc::from(format!("{}[...]{}", &name[..open], &name[close + 1..]))
+            }
+            _ => name,
+        })
     }
 
     fn string(&self, at: usize) -> Option<Arc<str>> {
@@ -418,8 +464,12 @@ fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
-mod tests {
-    use std::{fs::File, path::Path, process::Command};
+pub(crate) mod tests {
+    use std::{
+        fs::File,
+        path::{Path, PathBuf},
+        process::Command,
+    };
 
     use object::{ObjectSymbol as _, SymbolKind};
 
@@ -429,25 +479,59 @@ mod tests {
         symbolize::Symbolizer,
     };
 
-    /// tests/workloads/goleak built by the machine's Go (`cargo xtask setup --tests` installs
-    /// golang-go), with its symbols and DWARF and without (`-s -w`, as Go programs ship).
-    fn build(dir: &Path, name: &str, flags: &[&str]) -> LoadedModule {
+    /// Every Go toolchain `cargo xtask setup --tests` installs: Debian's golang-go on PATH (1.19),
+    /// and those of the roots with Go (xtask/src/roots.rs: 1.24, 1.26, 1.27; static, run from
+    /// the host), each `go` once.
+    pub(crate) fn installed_go_toolchains() -> Vec<PathBuf> {
+        let mut found = vec![PathBuf::from("go")];
+        let home = std::env::var_os("HOME").unwrap_or_default();
+        let roots = Path::new(&home).join(".local/share/helios-trace/roots");
+        for root in ["trixie-go", "sid-go"] {
+            let Ok(entries) = std::fs::read_dir(roots.join(root).join("usr/lib")) else { continue };
+            let mut gos: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
+                .map(|e| e.path().join("bin/go"))
+                .filter(|go| go.exists())
+                .collect();
+            gos.sort();
+            found.extend(gos);
+        }
+        found
+    }
+
+    /// In CI, every toolchain of `installed_go_toolchains` must run; elsewhere one that does not
+    /// is skipped, said on stderr.
+    pub(crate) fn go_runs(go: &Path) -> bool {
+        let runs = Command::new(go).arg("version").output().is_ok_and(|out| out.status.success());
+        if !runs {
+            assert!(std::env::var_os("CI").is_none(), "{go:?} runs in CI (cargo xtask setup --tests)");
+            eprintln!("skipped: {go:?} does not run");
+        }
+        runs
+    }
+
+    /// tests/workloads/goleak built by `go`, with its symbols and DWARF and without (`-s -w`, as
+    /// Go programs ship).
+    fn build(go: &Path, dir: &Path, name: &str, flags: &[&str]) -> LoadedModule {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/goleak/main.go");
         let out = dir.join(name);
-        let status = Command::new("go")
+        let status = Command::new(go)
             .arg("build")
             .args(flags)
             .arg("-o")
             .arg(&out)
             .arg(&source)
             .env("GO111MODULE", "off")
+            // This toolchain, never one it would download.
+            .env("GOTOOLCHAIN", "local")
             // Pure Go: cgo's generated Go files carry //line directives whose DWARF call lines
             // are wrong (net.addrinfoErrno.Error calls C.GoString on cgo_unix.go:35, DWARF says
             // 38), which would make DWARF no reference for them.
             .env("CGO_ENABLED", "0")
             .status()
-            .expect("go runs (cargo xtask setup --tests installs golang-go)");
-        assert!(status.success());
+            .expect("go runs (cargo xtask setup --tests installs it)");
+        assert!(status.success(), "{go:?} built goleak");
         let file = Arc::new(ModuleFile::new(
             FileKey { dev: 0, inode: 0 },
             Arc::from(name),
@@ -459,14 +543,26 @@ mod tests {
     /// The stripped binary's table names every function of the unstripped one's symbol table
     /// at its address, and gives the same files, lines and inlined functions as the unstripped
     /// binary's DWARF (read by blazesym: another writer of the same facts, the compiler's DWARF
-    /// generator, and another reader).
+    /// generator, and another reader), for every Go release installed: both layouts of the
+    /// table (1.18-1.19, 1.20+) read from binaries their own Go wrote.
     #[test]
     fn a_stripped_go_binary_is_named_as_its_symbols_and_dwarf_say() {
+        let toolchains = installed_go_toolchains();
+        if std::env::var_os("CI").is_some() {
+            assert_eq!(toolchains.len(), 4, "cargo xtask setup --tests installs four Go releases");
+        }
+        for go in toolchains.iter().filter(|go| go_runs(go)) {
+            named_as_symbols_and_dwarf_say(go);
+        }
+    }
+
+    fn named_as_symbols_and_dwarf_say(go: &Path) {
+        eprintln!("{go:?}");
         let dir = tempfile::tempdir().unwrap();
-        let full = build(dir.path(), "goleak", &[]);
-        let stripped = build(dir.path(), "goleak.stripped", &["-ldflags=-s -w"]);
+        let full = build(go, dir.path(), "goleak", &[]);
+        let stripped = build(go, dir.path(), "goleak.stripped", &["-ldflags=-s -w"]);
         let table = stripped.go.as_ref().expect("a Go binary has a .gopclntab");
-        let go_version = Command::new("go").arg("version").output().unwrap().stdout;
+        let go_version = Command::new(go).arg("version").output().unwrap().stdout;
         let go_version = String::from_utf8_lossy(&go_version);
         let expected = if go_version.contains("go1.18") || go_version.contains("go1.19") {
             GoLayout::Go118
@@ -477,13 +573,22 @@ mod tests {
 
         let data = std::fs::read(full.file.reopen_path()).unwrap();
         let elf = object::File::parse(&*data).unwrap();
-        // The module data found in the stripped binary points where the symbol says.
-        let gofunc = elf.symbols().find(|s| matches!(s.name(), Ok("go.func.*" | "go:func.*"))).unwrap();
-        assert_eq!(table.gofunc, Some(gofunc.address()));
+        // The module data found in the stripped binary gives the `gofunc` the symbol table of a
+        // binary built without DWARF only (`-w`) says: the stripped one's layout (since Go 1.26,
+        // the data after the text lies 32 bytes further with DWARF than without).
+        let symbols_only = build(go, dir.path(), "goleak.symbols", &["-ldflags=-w"]);
+        let symbols_only = std::fs::read(symbols_only.file.reopen_path()).unwrap();
+        let symbols_only = object::File::parse(&*symbols_only).unwrap();
+        let gofunc =
+            symbols_only.symbols().find(|s| matches!(s.name(), Ok("go.func.*" | "go:func.*"))).unwrap();
+        assert_eq!(table.gofunc, Some(gofunc.address()), "{go_version}");
 
         let functions: Vec<(String, u64, u64)> = elf
             .symbols()
             .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            // Go 1.24's linker brackets the FIPS 140 module's code with two 1-byte symbols of
+            // its own, functions of no table (cmd/link/internal/ld/fips140.go).
+            .filter(|s| !matches!(s.name(), Ok("go:textfipsstart" | "go:textfipsend")))
             .map(|s| (s.name().unwrap().to_string(), s.address(), s.size()))
             .collect();
         assert!(functions.len() > 1000, "{}", functions.len());
@@ -491,11 +596,14 @@ mod tests {
         let (mut compared, mut inlined, mut go_functions) = (0, 0, 0);
         let mut pcs = Vec::new();
         for (name, address, size) in &functions {
-            // cgo's C objects (net's resolver, runtime/cgo: .c files, some without DWARF) are
-            // not Go code: not in the table. Go's are .go and .s files.
+            // C objects (.c files) are not Go code: not in the table. Go's are .go and .s files.
+            // The build is pure Go (no cgo), but some functions have no file in DWARF: the
+            // compiler's wrappers of Go 1.24 and later (`internal/abi.(*Kind).String`, a
+            // pointer method calling the value method). Those are Go code, compared with the
+            // symbol table and `go tool addr2line` below.
             let dwarf = symbolizer.module_symbols(&full, *address);
             let file = dwarf.last().and_then(|s| s.file.clone()).unwrap_or_else(|| Arc::from(""));
-            if ![".go", ".s", "<autogenerated>"].iter().any(|e| file.ends_with(e)) {
+            if !file.is_empty() && ![".go", ".s", "<autogenerated>"].iter().any(|e| file.ends_with(e)) {
                 assert!(table.symbols(*address).is_empty(), "{name} ({file}) is not Go");
                 continue;
             }
@@ -534,7 +642,7 @@ mod tests {
         }
         // `go tool addr2line` (debug/gosym, Go's own reader of the same table) on the unstripped
         // binary: the function and the innermost file:line of each address.
-        let mut addr2line = Command::new("go")
+        let mut addr2line = Command::new(go)
             .args(["tool", "addr2line"])
             .arg(dir.path().join("goleak"))
             .stdin(std::process::Stdio::piped())
@@ -551,7 +659,9 @@ mod tests {
         assert_eq!(lines.len(), 2 * pcs.len());
         for ((pc, file, line, function), answer) in pcs.iter().zip(lines.chunks(2)) {
             let position = format!("{}:{}", file.as_deref().unwrap_or("?"), line.unwrap_or(0));
-            assert_eq!((&**function, position.as_str()), (answer[0], answer[1]), "at {pc:#x}");
+            // debug/gosym gives the table's names as they are: whole since Go 1.21.
+            let answer_function = elide_brackets(answer[0]);
+            assert_eq!((&**function, position.as_str()), (answer_function.as_str(), answer[1]), "at {pc:#x}");
         }
         assert!(go_functions > 1000, "{go_functions} Go functions");
         assert!(compared > 10_000 && inlined > 500, "{compared} addresses, {inlined} in inlined code");
@@ -560,22 +670,14 @@ mod tests {
         assert!(table.symbols(u64::MAX).is_empty());
     }
 
+    /// As Go's tracebacks print a name (runtime/traceback.go, `funcNamePiecesForPrint`).
     fn elide_brackets(name: &str) -> String {
-        let (mut out, mut depth) = (String::new(), 0);
-        for c in name.chars() {
-            match c {
-                '[' => {
-                    if depth == 0 {
-                        out.push_str("[...]");
-                    }
-                    depth += 1;
-                }
-                ']' => depth -= 1,
-                _ if depth == 0 => out.push(c),
-                _ => {}
+        match (name.find('['), name.rfind(']')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}[...]{}", &name[..open], &name[close + 1..])
             }
+            _ => name.to_string(),
         }
-        out
     }
 
     #[test]
