@@ -56,8 +56,9 @@ pub const ROOTS: &[RootSpec] = &[
         chrooted: true,
     },
     // Go toolchains as Debian ships them (static), for Go workloads built by more releases than
-    // the host's golang-go (1.19): the two supported upstream (sid) and Debian 13's. The tests
-    // run them from the host (helios-trace/tests/integration/runtimes.rs, `go_toolchains`).
+    // the host's golang-go (1.19): the two supported upstream (sid), Debian 13's and its
+    // backports' 1.25. The tests run them from the host (helios-trace/tests/integration/
+    // runtimes.rs, `root_go_toolchains`; resolve/modules/gopclntab.rs, `installed_go_toolchains`).
     RootSpec {
         name: "sid-go",
         suite: "sid",
@@ -70,6 +71,14 @@ pub const ROOTS: &[RootSpec] = &[
         suite: "trixie",
         packages: &["golang-1.24-go"],
         check: &["/usr/lib/go-1.24/bin/go", "version"],
+        chrooted: false,
+    },
+    // The release between them, from Debian 13's backports.
+    RootSpec {
+        name: "trixie-backports-go",
+        suite: "trixie-backports",
+        packages: &["golang-1.25-go"],
+        check: &["/usr/lib/go-1.25/bin/go", "version"],
         chrooted: false,
     },
     // Debian 11: CPython 3.9, older than the Python frames support (the unsupported-interpreter

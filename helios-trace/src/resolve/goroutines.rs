@@ -28,11 +28,12 @@ use crate::model::{fd::SiteId, frame::Frame};
 const GOPC_OFFSETS: &[((u32, u32), u32)] = &[
     // Debian 12's golang-go (src/runtime/runtime2.go of go1.19: after `sigpc` at 288).
     ((1, 19), 296),
-    // Debian 13's golang-1.24-go and sid's golang-1.26-go and golang-1.27-go (the roots
-    // xtask/src/roots.rs builds): src/runtime/runtime2.go of those releases has `parentGoid`
-    // between `sigpc` and `gopc`, and fields before them moved; their DWARF says 288 (1.25 is
-    // not in the table: no Debian suite here ships it, so it was not checked).
+    // Debian 13's golang-1.24-go, its backports' golang-1.25-go and sid's golang-1.26-go and
+    // golang-1.27-go (the roots xtask/src/roots.rs builds): src/runtime/runtime2.go of those
+    // releases has `parentGoid` between `sigpc` and `gopc`, and fields before them come and
+    // go; their DWARF says 288, 280 (1.25), 288, 288.
     ((1, 24), 288),
+    ((1, 25), 280),
     ((1, 26), 288),
     ((1, 27), 288),
 ];
@@ -449,7 +450,7 @@ mod tests {
     }
 
     /// The table against the DWARF of a binary each installed Go built (`cargo xtask setup
-    /// --tests`: the host's 1.19 and the roots' 1.24, 1.26 and 1.27), compressed as Go writes
+    /// --tests`: the host's 1.19 and the roots' 1.24 to 1.27), compressed as Go writes
     /// it by default and not.
     #[test]
     fn the_table_matches_the_dwarf_of_every_installed_go() {
@@ -495,7 +496,11 @@ mod tests {
         }
         eprintln!("checked against the DWARF of Go {releases:?}");
         if std::env::var_os("CI").is_some() {
-            assert_eq!(releases, [(1, 19), (1, 24), (1, 26), (1, 27)], "the releases setup installs");
+            assert_eq!(
+                releases,
+                [(1, 19), (1, 24), (1, 25), (1, 26), (1, 27)],
+                "the releases setup installs"
+            );
         }
     }
 }

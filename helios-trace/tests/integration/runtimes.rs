@@ -62,7 +62,7 @@ fn go_build_with(go: &Path, output: &str, flags: &[&str]) -> PathBuf {
 fn root_go_toolchains() -> Vec<(&'static str, PathBuf)> {
     let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
     let roots = home.join(".local/share/helios-trace/roots");
-    [("1.24", "trixie-go"), ("1.26", "sid-go"), ("1.27", "sid-go")]
+    [("1.24", "trixie-go"), ("1.25", "trixie-backports-go"), ("1.26", "sid-go"), ("1.27", "sid-go")]
         .into_iter()
         .map(|(release, root)| (release, roots.join(root).join(format!("usr/lib/go-{release}/bin/go"))))
         .filter(|(_, go)| {
@@ -465,9 +465,9 @@ fn assert_stripped_client_named(
     assert_created_as_told(&spawned(report, pid), told);
 }
 
-/// Stripped Go clients built by every other Go release installed (Debian 13's 1.24, sid's 1.26
-/// and 1.27: their tables moved the module data, dropped the header's text start and keep
-/// generic names whole) are named and say their goroutines' creators as the host's 1.19 ones
+/// Stripped Go clients built by every other Go release installed (Debian 13's 1.24, its
+/// backports' 1.25, sid's 1.26 and 1.27: their tables moved the module data, dropped the
+/// header's text start and keep generic names whole, and `gopc` moved twice) are named and say their goroutines' creators as the host's 1.19 ones
 /// do: the Transport's connections one site of 20 created at a `go t.dialConnFor(w)` of that
 /// release's own source, by the function holding it there, the program's dial its own site,
 /// and the program's goroutine created where its own traceback says.

@@ -18,8 +18,8 @@
 //! Within the second, later releases moved what the table is read with: 1.26 no longer writes
 //! the text's start into the header (it is taken from the module data) and keeps the module
 //! data in a section of its own, and 1.27 added fields to it (`find_module_data`). The unit
-//! test reads binaries of every Go release `cargo xtask setup --tests` installs (1.19, 1.24,
-//! 1.26, 1.27).
+//! test reads binaries of every Go release `cargo xtask setup --tests` installs (1.19, 1.24
+//! to 1.27).
 //!
 //! Older layouts (Go 1.2 to 1.17, unsupported upstream for years) are not read: such a binary
 //! falls back to its ELF symbols. Every read is bounds-checked; a damaged table names nothing
@@ -480,13 +480,13 @@ pub(crate) mod tests {
     };
 
     /// Every Go toolchain `cargo xtask setup --tests` installs: Debian's golang-go on PATH (1.19),
-    /// and those of the roots with Go (xtask/src/roots.rs: 1.24, 1.26, 1.27; static, run from
-    /// the host), each `go` once.
+    /// and those of the roots with Go (xtask/src/roots.rs: 1.24, 1.25, 1.26, 1.27; static, run
+    /// from the host), each `go` once.
     pub(crate) fn installed_go_toolchains() -> Vec<PathBuf> {
         let mut found = vec![PathBuf::from("go")];
         let home = std::env::var_os("HOME").unwrap_or_default();
         let roots = Path::new(&home).join(".local/share/helios-trace/roots");
-        for root in ["trixie-go", "sid-go"] {
+        for root in ["trixie-go", "trixie-backports-go", "sid-go"] {
             let Ok(entries) = std::fs::read_dir(roots.join(root).join("usr/lib")) else { continue };
             let mut gos: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok())
@@ -549,7 +549,7 @@ pub(crate) mod tests {
     fn a_stripped_go_binary_is_named_as_its_symbols_and_dwarf_say() {
         let toolchains = installed_go_toolchains();
         if std::env::var_os("CI").is_some() {
-            assert_eq!(toolchains.len(), 4, "cargo xtask setup --tests installs four Go releases");
+            assert_eq!(toolchains.len(), 5, "cargo xtask setup --tests installs five Go releases");
         }
         for go in toolchains.iter().filter(|go| go_runs(go)) {
             named_as_symbols_and_dwarf_say(go);
