@@ -1,13 +1,15 @@
 //! Root filesystems of other distributions for the pod tests (ARCHITECTURE.md, Tests): a
 //! directory holding a Debian suite's own glibc and CPython, unpacked from the suite's binary
-//! packages, that a test copies into a pod's private tmpfs and pivots into.
+//! packages, that a test copies into a pod's private tmpfs and pivots into; and, made the same
+//! way, Debian's Go toolchains of other releases, which tests run from the host.
 //!
 //! Nothing of the host's packages or apt configuration changes: apt runs with a private state
 //! (sources, lists, cache, an empty dpkg status, no configuration parts) whose only source is
 //! the suite, signed by the Debian archive keyring. `apt-get install --download-only` against
 //! the empty status resolves the whole dependency closure of the named packages with apt's own
 //! resolver (no hand-kept list to go stale as the suite moves), `dpkg -x` unpacks each package
-//! (no maintainer scripts run), and a command run chrooted in the result checks it.
+//! (no maintainer scripts run), and a command run in the result (chrooted, for a pod's root)
+//! checks it.
 //!
 //! Cached under `$HOME/.local/share/helios-trace/roots/NAME`, with a stamp naming every package
 //! and version; rebuilt only when the stamp or the check fails. Built in a temporary directory
@@ -146,12 +148,9 @@ fn ensure(spec: &RootSpec, roots: &Path) -> Result<PathBuf> {
     }
     finish_layout(&root)?;
     if !runs_check(spec, &root) {
-        bail!(
-            "the {} root is built but `chroot {} {}` fails",
-            spec.name,
-            root.display(),
-            spec.check.join(" ")
-        );
+        let how =
+            if spec.chrooted { format!("chroot {} ", root.display()) } else { format!("{}", root.display()) };
+        bail!("the {} root is built but `{how}{}` fails", spec.name, spec.check.join(" "));
     }
     versions.sort();
     fs::write(root.join(STAMP), format!("{}\n{}\n", spec_line(spec), versions.join("\n")))?;

@@ -57,9 +57,10 @@ const HOLDERS_CHECK: Duration = Duration::from_secs(5);
 
 /// Transitions the engine keeps before the exporter takes them in between two snapshots: under
 /// a flood a second's worth would be millions (and memory the allocator keeps afterwards).
-/// Looked at after each chunk of records (`Tick::Drained`), so at most this and one chunk's
-/// worth are kept (about 17,000, 700 KB, in a flood): after a drain only, it was a ring and
-/// the emptier's hold at once, 157,000 seen.
+/// Looked at after each chunk of records (`Tick::Drained`), so about this and one chunk's
+/// worth are kept (under 17,000, 700 KB, in a flood), plus what a reconciliation or the sites'
+/// expiry adds between chunks: after a drain only, it was a ring and the emptier's hold at
+/// once, 157,000 seen.
 const MAX_PENDING_TRANSITIONS: usize = 16_384;
 
 impl Exporter {

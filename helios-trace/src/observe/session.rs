@@ -137,8 +137,8 @@ impl StackSource for Tracer {
 /// Why `run_until` calls back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tick {
-    /// A chunk of records was handled (at most the emptier's 256 KiB of them, sys/ring.rs;
-    /// often: keep it cheap). Within a drain, not only after it: one drain may handle a whole
+    /// A chunk of records was handled (the emptier's chunks, sys/ring.rs: 256 KiB of records,
+    /// or one larger record; often: keep it cheap). Within a drain, not only after it: one drain may handle a whole
     /// ring and the emptier's hold (32 MiB by default), and what a command keeps of them must be
     /// taken in as they come (`drain_then`).
     Drained,
@@ -372,7 +372,7 @@ impl Tracing {
         apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
-    /// Run until `stop` completes; `on_tick` runs after every drain of the ring buffer
+    /// Run until `stop` completes; `on_tick` runs after each chunk of records a drain handled
     /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
     /// exporter publishes its snapshot there). Ends with a final drain.
     pub(crate) async fn run_until(

@@ -54,6 +54,53 @@ const FUNCDATA_INL_TREE: usize = 3;
 /// chains short; a cycle in damaged data stops here).
 const MAX_INLINE_DEPTH: usize = 64;
 
+/// `name` as Go's tracebacks print it, when that differs: a generic instantiation's type
+/// arguments (and an array's length) are `[...]`. Go 1.18 to 1.20's linker wrote names so
+/// (cmd/link/internal/ld/pcln.go, `nameParts`); later ones write them whole and the runtime
+/// elides them when it prints (runtime/traceback.go, `funcNamePiecesForPrint`), so one
+/// statement has one name whatever Go built it. Go 1.27's rule, which 1.21 to 1.26's is
+/// wherever a name has one bracketed group: what lies between the first `[` and the last `]`,
+/// except that a generic method of a generic type (1.27) keeps its method's name between two
+/// groups (`T[...].G[...]`); a name whose brackets do not pair so is printed whole.
+fn printed_name(name: &str) -> Option<String> {
+    let open = name.find('[')?;
+    let close = name.rfind(']').filter(|close| *close > open)?;
+    let (before, interior, after) = (&name[..open], &name[open + 1..close], &name[close + 1..]);
+    if !interior.contains('[') {
+        return Some(format!("{before}[...]{after}"));
+    }
+    // The receiver's group closes (depth 0), the method's opens (depth 1 again).
+    let (mut depth, mut receiver_end, mut method_start) = (1i32, None, None);
+    for (at, byte) in interior.bytes().enumerate() {
+        match byte {
+            b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    method_start = Some(at);
+                    break;
+                }
+            }
+            b']' => {
+                depth -= 1;
+                if depth < 0 {
+                    break;
+                }
+                if depth == 0 {
+                    receiver_end = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    match (depth, receiver_end, method_start) {
+        (1, Some(end), Some(start)) if start > end => {
+            Some(format!("{before}[...]{}[...]{after}", &interior[end + 1..start]))
+        }
+        (1, None, None) => Some(format!("{before}[...]{after}")),
+        _ => None,
+    }
+}
+
 /// What the tables need of the module data (`GoTable::find_module_data`).
 struct ModuleData {
     text: u64,
@@ -185,13 +232,25 @@ impl GoTable {
             (GoLayout::Go120, Some(release)) if release >= (1, 27) => Some([296, 312, 336, 344]),
             (GoLayout::Go120, _) => Some([296, 304, 312, 320]),
         };
-        const TEXT_AT: usize = 8 + 6 * 24 + 8 * 3;
+        const MINPC_AT: usize = 8 + 6 * 24 + 8;
+        const TEXT_AT: usize = MINPC_AT + 16;
+        // The function table's first entry and its end, as offsets from the text.
+        let entry =
+            |i: usize| u32_at(self.bytes(), self.functab.checked_add(i.checked_mul(8)?)?).map(u64::from);
+        let (first, end) = (entry(0)?, entry(self.nfunc)?);
         (0..data.len().saturating_sub(TEXT_AT + 8)).step_by(8).find_map(|at| {
             let word = |i: usize| u64_at(data, at + i);
             // The pcHeader, and `text` equal to the header's textStart where it has one (Go
             // 1.26 writes 0 there: runtime/symtab.go, "The next field used to be textStart").
             let text = word(TEXT_AT)?;
             if word(0)? != pcheader || (self.text_start != 0 && text != self.text_start) {
+                return None;
+            }
+            // What the runtime checks of its own module data (runtime/symtab.go,
+            // `moduledataverify1`): minpc and maxpc are the text addresses of the function
+            // table's first entry and of its end. A `text` read at the wrong place would name
+            // every function wrongly; this makes that nothing instead.
+            if word(MINPC_AT)? != text.checked_add(first)? || word(MINPC_AT + 8)? != text.checked_add(end)? {
                 return None;
             }
             self.at_svma(text, 1)?;
@@ -304,19 +363,10 @@ impl GoTable {
         })
     }
 
-    /// A function's name as Go's tracebacks print it: what is between the first `[` and the last
-    /// `]` (a generic instantiation's type arguments, an array's length) is `[...]`. Go 1.18 to
-    /// 1.20's linker wrote names so (cmd/link/internal/ld/pcln.go, `nameParts`); later ones write
-    /// them whole and the runtime elides them when it prints (runtime/traceback.go,
-    /// `funcNamePiecesForPrint`), so one statement has one name whatever Go built it.
+    /// A function's name as Go's tracebacks print it (`printed_name`).
     fn name(&self, name_off: u32) -> Option<Arc<str>> {
         let name = self.string(self.funcnames.checked_add(usize::try_from(name_off).ok()?)?)?;
-        Some(match (name.find('['), name.rfind(']')) {
-            (Some(open), Some(close)) if open < close => {
-                Arc::from(format!("{}[...]{}", &name[..open], &name[close + 1..]))
-            }
-            _ => name,
-        })
+        Some(printed_name(&name).map_or(name, Arc::from))
     }
 
     fn string(&self, at: usize) -> Option<Arc<str>> {
@@ -611,13 +661,13 @@ pub(crate) mod tests {
             let at_entry = table.symbols(*address);
             // The linker names assembly functions' ELF symbols with their ABI (`.abi0`); the
             // table names them as Go's tracebacks do.
-            // The table elides what is between brackets (instantiations' type arguments,
-            // array lengths) to `[...]`, as cmd/link's pcln.go writes function names.
-            let name = elide_brackets(name.strip_suffix(".abi0").unwrap_or(name));
+            // Names are printed as Go prints them (`printed_name`, checked against Go's own
+            // expectations above); the symbol table's are whole.
+            let name = name.strip_suffix(".abi0").unwrap_or(name);
             // Function-local types are numbered with a middle dot in the table (`dialResult·1`)
             // and a dot in ELF symbols and DWARF.
             let ours = at_entry.last().map(|s| s.name.replace('·', "."));
-            assert_eq!(ours.as_deref(), Some(name.as_str()), "at {address:#x}");
+            assert_eq!(ours, Some(printed(name)), "at {address:#x}");
             assert_eq!(at_entry.last().unwrap().offset, Some(0));
             // Every 16th byte of the function: the inlined functions against DWARF, the
             // innermost file and line against Go's own reader below.
@@ -634,7 +684,7 @@ pub(crate) mod tests {
                     continue;
                 }
                 let ours: Vec<_> = ours.iter().map(|s| s.name.replace('·', ".")).collect();
-                let theirs: Vec<_> = dwarf.iter().map(|s| elide_brackets(&s.name)).collect();
+                let theirs: Vec<_> = dwarf.iter().map(|s| printed(&s.name)).collect();
                 assert_eq!(ours, theirs, "at {pc:#x} in {name}");
                 compared += 1;
                 inlined += usize::from(dwarf.len() > 1);
@@ -660,8 +710,11 @@ pub(crate) mod tests {
         for ((pc, file, line, function), answer) in pcs.iter().zip(lines.chunks(2)) {
             let position = format!("{}:{}", file.as_deref().unwrap_or("?"), line.unwrap_or(0));
             // debug/gosym gives the table's names as they are: whole since Go 1.21.
-            let answer_function = elide_brackets(answer[0]);
-            assert_eq!((&**function, position.as_str()), (answer_function.as_str(), answer[1]), "at {pc:#x}");
+            assert_eq!(
+                (&**function, position.as_str()),
+                (printed(answer[0]).as_str(), answer[1]),
+                "at {pc:#x}"
+            );
         }
         assert!(go_functions > 1000, "{go_functions} Go functions");
         assert!(compared > 10_000 && inlined > 500, "{compared} addresses, {inlined} in inlined code");
@@ -670,13 +723,37 @@ pub(crate) mod tests {
         assert!(table.symbols(u64::MAX).is_empty());
     }
 
-    /// As Go's tracebacks print a name (runtime/traceback.go, `funcNamePiecesForPrint`).
-    fn elide_brackets(name: &str) -> String {
-        match (name.find('['), name.rfind(']')) {
-            (Some(open), Some(close)) if open < close => {
-                format!("{}[...]{}", &name[..open], &name[close + 1..])
-            }
-            _ => name.to_string(),
+    /// A name of the symbol table, DWARF or `go tool addr2line` (whole) as Go prints it.
+    fn printed(name: &str) -> String {
+        printed_name(name).unwrap_or_else(|| name.to_string())
+    }
+
+    /// Go's own expectations (runtime/traceback_test.go of 1.27, `TestTracebackGeneric`), and
+    /// names of the tables read here.
+    #[test]
+    fn names_are_printed_as_go_prints_them() {
+        let cases = [
+            (
+                "main.testTracebackGenericTyp[go.shape.int].G[go.shape.int]",
+                "main.testTracebackGenericTyp[...].G[...]",
+            ),
+            ("main.(*T[go.shape.int]).M", "main.(*T[...]).M"),
+            ("main.F[go.shape.int].func1", "main.F[...].func1"),
+            ("type:.eq.[7]internal/cpu.option", "type:.eq.[...]internal/cpu.option"),
+            ("main.F[[2]int]", "main.F[...]"),
+            ("main.T[[2]int].G[map[string]int]", "main.T[...].G[...]"),
+            // Three groups (a range-over-func body inlined from generic functions): Go prints
+            // the first two with what lies between them, and what follows the last.
+            (
+                "slices.Sorted[go.shape.string].Collect[go.shape.string].AppendSeq[go.shape.[]string]-range1",
+                "slices.Sorted[...].Collect[...]-range1",
+            ),
+        ];
+        for (whole, printed) in cases {
+            assert_eq!(printed_name(whole).as_deref(), Some(printed), "{whole}");
+        }
+        for unchanged in ["main.main", "a]b[c", "a[b]]c[d]", "a[b[c]"] {
+            assert_eq!(printed_name(unchanged), None, "{unchanged}");
         }
     }
 
