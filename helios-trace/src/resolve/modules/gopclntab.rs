@@ -55,10 +55,10 @@ const FUNCDATA_INL_TREE: usize = 3;
 const MAX_INLINE_DEPTH: usize = 64;
 
 /// `name` as Go's tracebacks print it, when that differs: a generic instantiation's type
-/// arguments (and an array's length) are `[...]`. Go 1.18 to 1.20's linker wrote names so
-/// (cmd/link/internal/ld/pcln.go, `nameParts`); later ones write them whole and the runtime
-/// elides them when it prints (runtime/traceback.go, `funcNamePiecesForPrint`), so one
-/// statement has one name whatever Go built it. Go 1.27's rule, which 1.21 to 1.26's is
+/// arguments (and an array's length) are `[...]`. Go 1.19's linker wrote names so
+/// (cmd/link/internal/ld/pcln.go, `nameParts`); 1.24's and later write them whole and the
+/// runtime elides them when it prints (runtime/traceback.go, `funcNamePiecesForPrint`), so one
+/// statement has one name whatever Go built it. Go 1.27's rule, which 1.24 to 1.26's is
 /// wherever a name has one bracketed group: what lies between the first `[` and the last `]`,
 /// except that a generic method of a generic type (1.27) keeps its method's name between two
 /// groups (`T[...].G[...]`); a name whose brackets do not pair so is printed whole.
@@ -709,7 +709,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), 2 * pcs.len());
         for ((pc, file, line, function), answer) in pcs.iter().zip(lines.chunks(2)) {
             let position = format!("{}:{}", file.as_deref().unwrap_or("?"), line.unwrap_or(0));
-            // debug/gosym gives the table's names as they are: whole since Go 1.21.
+            // debug/gosym gives the table's names as they are: whole in 1.24 and later.
             assert_eq!(
                 (&**function, position.as_str()),
                 (printed(answer[0]).as_str(), answer[1]),
