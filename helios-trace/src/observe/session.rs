@@ -138,9 +138,9 @@ impl StackSource for Tracer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tick {
     /// A chunk of records was handled (the emptier's chunks, sys/ring.rs: 256 KiB of records,
-    /// or one larger record; often: keep it cheap). Within a drain, not only after it: one drain may handle a whole
-    /// ring and the emptier's hold (32 MiB by default), and what a command keeps of them must be
-    /// taken in as they come (`drain_then`).
+    /// or one larger record; often: keep it cheap). Within a drain, not only after it: one
+    /// drain may handle a whole ring and the emptier's hold (32 MiB by default), and what a
+    /// command keeps of them must be taken in as they come (`drain_then`).
     Drained,
     /// A second passed and the sites were sampled.
     Second,
