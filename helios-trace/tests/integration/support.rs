@@ -427,6 +427,23 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// SIGSTOP to `pid`, returning once every thread of it is in the group stop. kill(2) returns
+/// when the signal is queued; each thread stops only when it next returns to user space
+/// (kernel/signal.c, do_signal_stop), so a busy thread may go on for a while after the kill.
+pub fn stop_every_thread(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let stopped = |tid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('T')
+    };
+    wait_for("every thread to stop", Duration::from_secs(5), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let tids: Vec<String> =
+            tasks.map(|t| t.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        tids.iter().all(|tid| stopped(tid)).then_some(())
+    });
+}
+
 /// The report's entry for `pid`, if any.
 pub fn process(report: &Value, pid: u32) -> Option<&Value> {
     report["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
