@@ -8,7 +8,7 @@
 //! (resolve/modules) with blazesym (resolve/symbolize.rs).
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -116,6 +116,22 @@ impl ProcessStacks {
         self.perf_map_generation = generation;
         self.forget_resolved_stacks();
         true
+    }
+
+    /// Look for the perf map (none yet) or read what was appended to it, at most once a
+    /// `PERF_MAP_LOOK_INTERVAL`.
+    fn look_at_perf_map_if_due(&mut self, proc_root: &Path, tgid: u32) {
+        let now = std::time::Instant::now();
+        if self.perf_map_next_look.is_some_and(|next| now < next) {
+            return;
+        }
+        self.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
+        match self.perf_map.as_mut() {
+            Some(map) => {
+                map.refresh();
+            }
+            None => self.perf_map = PerfMap::open(proc_root, tgid),
+        }
     }
 
     fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
@@ -622,22 +638,15 @@ impl StackRegistry {
 
     /// The JIT-compiled function at `address` of `tgid`, from its perf map. The map is looked
     /// for again at most once a `PERF_MAP_LOOK_INTERVAL` while there is none (it may be written
-    /// after the tracer started: `jcmd PID Compiler.perfmap`).
+    /// after the tracer started: `jcmd PID Compiler.perfmap`); a map there is re-read by
+    /// `lookup` itself on a miss.
     fn jit_symbol(&mut self, tgid: u32, address: u64) -> Option<JitSymbol> {
-        let proc_root = self.proc_root.clone();
-        let process = self.process(tgid);
-        let now = std::time::Instant::now();
-        if process.perf_map.is_none() && process.perf_map_next_look.is_none_or(|next| now >= next) {
-            process.perf_map = PerfMap::open(&proc_root, tgid);
-            process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
+        let process = self.processes.entry(tgid).or_default();
+        if process.perf_map.is_none() {
+            process.look_at_perf_map_if_due(&self.proc_root, tgid);
         }
         let symbol = process.perf_map.as_mut().and_then(|map| map.lookup(address));
-        if process.forget_if_named_anew() {
-            self.unnamed_jit.remove(&tgid);
-        }
-        if symbol.is_none() {
-            self.unnamed_jit.insert(tgid);
-        }
+        self.note_jit_naming(tgid, symbol.is_some());
         symbol
     }
 
@@ -650,21 +659,20 @@ impl StackRegistry {
         if !self.unnamed_jit.contains(&tgid) {
             return;
         }
-        let proc_root = self.proc_root.clone();
         let Some(process) = self.processes.get_mut(&tgid) else { return };
-        let now = std::time::Instant::now();
-        if process.perf_map_next_look.is_some_and(|next| now < next) {
-            return;
-        }
-        process.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
-        match process.perf_map.as_mut() {
-            Some(map) => {
-                map.refresh();
-            }
-            None => process.perf_map = PerfMap::open(&proc_root, tgid),
-        }
-        if process.forget_if_named_anew() {
+        process.look_at_perf_map_if_due(&self.proc_root, tgid);
+        self.note_jit_naming(tgid, true);
+    }
+
+    /// Keep `unnamed_jit` (the processes whose perf map is looked at again) up to date: a process
+    /// leaves it once its map names code it did not before (its resolved stacks are forgotten
+    /// then, to be named anew), and joins it when a JIT address went `unnamed`.
+    fn note_jit_naming(&mut self, tgid: u32, named: bool) {
+        if self.processes.get_mut(&tgid).is_some_and(ProcessStacks::forget_if_named_anew) {
             self.unnamed_jit.remove(&tgid);
+        }
+        if !named {
+            self.unnamed_jit.insert(tgid);
         }
     }
 

@@ -76,15 +76,13 @@ fn root_go_toolchains() -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
-fn goleak() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| go_build("goleak", &[]))
+fn goleak() -> PathBuf {
+    go_build("goleak", &[])
 }
 
 /// As Go programs ship: no symbol table, no DWARF.
-fn goleak_stripped() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| go_build("goleak.stripped", &["-ldflags=-s -w"]))
+fn goleak_stripped() -> PathBuf {
+    go_build("goleak.stripped", &["-ldflags=-s -w"])
 }
 
 /// A loopback HTTP server (goleak serve), stopped when dropped.
@@ -141,8 +139,8 @@ fn traced_go_clients() -> (Server, Workload, Workload, Tracer) {
         command.args(["client", &port]);
         Workload::spawn_command(command)
     };
-    let stripped = client(goleak_stripped());
-    let full = client(goleak());
+    let stripped = client(&goleak_stripped());
+    let full = client(&goleak());
     let (a, b) = (stripped.pid.to_string(), full.pid.to_string());
     let tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
     (server, stripped, full, tracer)
@@ -577,7 +575,7 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     if !require_bpf() {
         return;
     }
-    let mut builds = vec![("1.19", PathBuf::from("go"), goleak_stripped().to_path_buf())];
+    let mut builds = vec![("1.19", PathBuf::from("go"), goleak_stripped())];
     if let Some((release, go)) = root_go_toolchains().pop() {
         let binary = go_build_with(&go, &format!("goleak-{release}.stripped"), &["-ldflags=-s -w"]);
         builds.push((release, go, binary));
