@@ -84,6 +84,14 @@ pub mod stack_mode {
 
 /// Words of [`UserStack::regs`]: enough for every supported architecture's user registers.
 pub const USER_REGS_WORDS: usize = 34;
+
+/// Words of the saved registers the kernel programs copy at a traced call: every index of
+/// [`regs_x86_64`] and [`regs_aarch64`] (aarch64's `syscallno` is the highest) lies below it.
+pub const SAVED_REGS_WORDS: usize = 36;
+/// The copy of the saved registers, indexed as [`regs_x86_64`] or [`regs_aarch64`] say.
+pub type SavedRegs = [u64; SAVED_REGS_WORDS];
+const _: () = assert!(regs_aarch64::SYSCALLNO < SAVED_REGS_WORDS && regs_x86_64::WORDS <= SAVED_REGS_WORDS);
+
 /// Largest stack window a [`UserStack`] can carry (`--stack-window`).
 pub const MAX_STACK_WINDOW: u32 = 16 * 1024;
 
@@ -568,8 +576,9 @@ pub mod counter {
     pub const PATH_UNREADABLE: u32 = 3;
     /// Retired with the in-flight map (the arguments are read at exit now); never reused.
     pub const IN_FLIGHT_FULL: u32 = 4;
-    /// `--stacks dwarf`: the user registers could not be read; the record went out as a plain
-    /// [`super::SyscallEvent`] (`kind::FD_SYSCALL`, the room for the stack unused).
+    /// Retired: the registers are copied once per traced call now, before any record is made
+    /// (helios-trace-ebpf/src/syscalls.rs, `saved_regs`), and a copy that fails is a
+    /// `PROGRAM_ERROR`, as a failed argument read always was; never reused.
     pub const USER_STACK_UNREADABLE: u32 = 5;
     /// A program's `try_*` body returned an error (a tracepoint field or a helper could not be
     /// read): whatever record it was making is lost.
@@ -708,6 +717,12 @@ pub mod map_name {
     pub const FRAME_RULES: &str = "FRAME_RULES";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    /// Per-CPU copy of the calling task's saved user registers ([`super::SAVED_REGS_WORDS`]).
+    pub const SAVED_REGS: &str = "SAVED_REGS";
+    /// Per-CPU copy of the stack a learned chain's walk reads.
+    pub const CHAIN_STACK: &str = "CHAIN_STACK";
+    /// Per-CPU count of the bytes of `CHAIN_STACK` copied.
+    pub const CHAIN_COPIED: &str = "CHAIN_COPIED";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
     pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
     /// `--comm` targets ([`super::comm_key`]): name -> 1.

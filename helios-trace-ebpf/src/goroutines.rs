@@ -1,7 +1,8 @@
 //! Which goroutine made a descriptor call in a Go process: the creator (`gopc`) of the
 //! running goroutine, read at the call so that a goroutine that ends, and whose `g` Go reuses,
 //! cannot be mistaken for another (helios-trace/src/resolve/goroutines.rs names it).
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_probe_read_user;
+use helios_trace_common::SavedRegs;
 
 use crate::maps::{EXEC_TIMES, GO_PROCS};
 
@@ -23,7 +24,7 @@ use helios_trace_common::regs_x86_64 as arch;
 /// call is then made on that goroutine's stack. A system goroutine (g0, gsignal) passes the
 /// check and has no creator (`gopc` 0).
 #[inline(always)]
-pub fn creator_pc(regs: *const u64, tgid: u32) -> u64 {
+pub fn creator_pc(regs: &SavedRegs, tgid: u32) -> u64 {
     let Some(offsets) = (unsafe { GO_PROCS.get(&tgid) }) else {
         return 0;
     };
@@ -33,11 +34,7 @@ pub fn creator_pc(regs: *const u64, tgid: u32) -> u64 {
         return 0;
     }
     let gopc = offsets.gopc as u64;
-    let (Ok(g), Ok(sp)) = (unsafe { bpf_probe_read_kernel(regs.wrapping_add(arch::GO_G)) }, unsafe {
-        bpf_probe_read_kernel(regs.wrapping_add(arch::SP))
-    }) else {
-        return 0;
-    };
+    let (g, sp) = (regs[arch::GO_G], regs[arch::SP]);
     let Ok(stack) = (unsafe { bpf_probe_read_user(g as *const [u64; 2]) }) else {
         return 0;
     };

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES, FrameRule, FrameRuleKey, GO_PROC_ENTRIES,
-    GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
-    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    GoOffsets, MAX_STACK_WINDOW, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
+    STACK_ENTRIES, SavedRegs, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -81,6 +81,27 @@ shared_map! {
     /// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
     /// callbacks that fill it cannot hold a ring-buffer reservation).
     PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// The part of the stack a learned chain's walk reads, copied in chunks as the walk climbs
+    /// (stacks.rs, `learned_chain`). Twice the largest window: the verifier bounds a copy's
+    /// offset and its length separately, each up to the window.
+    CHAIN_STACK: PerCpuArray<[u8; 2 * MAX_STACK_WINDOW as usize]> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// The calling task's saved user registers, copied once per traced call (syscalls.rs,
+    /// `saved_regs`) for the arguments, the goroutine and the stack to be read from.
+    SAVED_REGS: PerCpuArray<SavedRegs> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// How many bytes of CHAIN_STACK the walk in progress has copied. Kept here, not in a
+    /// register: the verifier knows nothing of a value loaded from a map, so the walk's states
+    /// stay alike from frame to frame (with the count in a register it told every count apart,
+    /// and passed its million instructions).
+    CHAIN_COPIED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 }
 
 shared_map! {

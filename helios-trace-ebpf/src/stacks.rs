@@ -2,26 +2,23 @@
 //! (`--stacks fp`), or, for `--stacks dwarf`, the call chain walked with the rules userspace
 //! learned (`learned_chain`) or else the user registers and a window of the user stack copied
 //! into the record for userspace to unwind.
-use core::{ffi::c_void, mem::size_of};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel as bpf_probe_read_kernel_value,
-        generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel,
-            bpf_probe_read_user as raw_read_user,
-        },
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user as raw_read_user},
     },
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, UserStack, counter, frame_rule,
-    user_stack_flags,
+    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs, UserStack, counter,
+    frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{EXEC_TIMES, FRAME_RULES, STACKS},
+    maps::{CHAIN_COPIED, CHAIN_STACK, EXEC_TIMES, FRAME_RULES, STACKS},
 };
 
 // The user register layout of the architecture the programs are built for (aya-build passes
@@ -48,9 +45,9 @@ unsafe extern "C" fn vma_end(_task: *mut c_void, vma: *mut c_void, end: *mut c_v
 /// The smallest page size: a read within one page cannot fail half-way.
 const PAGE: u32 = 4096;
 
-/// Copy the user registers (`regs`: the task's saved `struct pt_regs`, the raw syscall
-/// tracepoints' first argument) and up to `window` bytes of user stack from sp upward into a
-/// record; false when not even the registers could be read.
+/// Copy the user registers (`regs`: the copy of the task's saved `struct pt_regs`) and up to
+/// `window` bytes of user stack from sp upward into a record (none when not even sp's page
+/// reads: the registers alone are sent then).
 ///
 /// The copy stops at the end of the stack's mapping (found with bpf_find_vma), so that a
 /// window reaching past the top of a shallow stack does not fault: bpf_probe_read_user fails
@@ -60,17 +57,14 @@ pub fn capture_user_stack(
     stack: &mut UserStack,
     bytes: &mut [u8; MAX_STACK_WINDOW as usize],
     window: u32,
-    regs: *const c_void,
-) -> bool {
+    regs: &SavedRegs,
+) {
     stack.stack_len = 0;
     stack.flags = 0;
     let task = unsafe { bpf_get_current_task_btf() };
     // The registers the task entered the kernel with: its user-mode state at the syscall.
-    let read = unsafe {
-        bpf_probe_read_kernel(stack.regs.as_mut_ptr().cast(), (arch::WORDS * size_of::<u64>()) as u32, regs)
-    };
-    if read != 0 {
-        return false;
+    for (to, from) in stack.regs.iter_mut().zip(regs.iter()).take(arch::WORDS) {
+        *to = *from;
     }
     let sp = stack.regs[arch::SP];
     let mut end: u64 = 0;
@@ -83,7 +77,7 @@ pub fn capture_user_stack(
     let want = want.min(MAX_STACK_WINDOW);
     if want > 0 && unsafe { raw_read_user(bytes.as_mut_ptr().cast(), want, sp as *const c_void) } == 0 {
         stack.stack_len = want;
-        return true;
+        return;
     }
     // A page of the window is not there: at the top of a main thread's stack, the kernel
     // leaves a random gap of up to 8 KiB between the argument and environment strings and the
@@ -111,7 +105,6 @@ pub fn capture_user_stack(
         }
     }
     stack.flags = user_stack_flags::SHORT;
-    true
 }
 
 /// Walk the calling thread's user call chain with the rules userspace learned for this process
@@ -127,14 +120,10 @@ pub fn capture_user_stack(
 /// refuse) is false: the caller sends the window.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, window: u32) -> bool {
+pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, window: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
-    let read_reg = |index: usize| unsafe { bpf_probe_read_kernel_value(regs.wrapping_add(index)) };
-    let (Ok(mut pc), Ok(mut sp), Ok(mut bp)) = (read_reg(arch::IP), read_reg(arch::SP), read_reg(arch::BP))
-    else {
-        return false;
-    };
+    let (mut pc, mut sp, mut bp) = (regs[arch::IP], regs[arch::SP], regs[arch::BP]);
     let low = sp;
     let mut high = sp.saturating_add(window as u64);
     let task = unsafe { bpf_get_current_task_btf() };
@@ -143,15 +132,33 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
     if found == 0 && end > sp && end < high {
         high = end;
     }
-    // One past the highest byte read.
-    let mut reached = low;
+    // The stack is read into CHAIN_STACK in chunks, each from the end of the last one up to the
+    // CHAIN_CHUNK boundary past the word wanted: one read for a shallow chain, a few for a deep
+    // one (a CPython chain climbs ~3 KiB), where a read per word cost ~0.7 µs per call
+    // (BENCHMARKS.md, "Reads in bulk"). What was copied is [low, low +
+    // copied): every page from sp's up to the highest word read was read whole, as the window
+    // copy needs (it keeps the readable prefix that ends on a page boundary).
+    let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    let copy = unsafe { &mut *copy };
+    let Some(copied) = CHAIN_COPIED.get_ptr_mut(0) else { return false };
+    // SAFETY: as above.
+    let copied = unsafe { &mut *copied };
+    *copied = 0;
     let mut read = |at: u64| -> Option<u64> {
         if at < low || at > high.saturating_sub(8) {
             return None;
         }
-        let word = unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()?;
-        reached = reached.max(at + 8);
-        Some(word)
+        let offset = at - low;
+        if offset + 8 > *copied {
+            let chunk_end = ((at + 8 + CHAIN_CHUNK - 1) & !(CHAIN_CHUNK - 1)).min(high) - low;
+            if !copy_stack(copy, low, *copied, chunk_end) {
+                return None;
+            }
+            *copied = chunk_end;
+        }
+        let word = copy.get(offset as usize..offset as usize + 8)?;
+        Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
     };
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
     let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
@@ -162,14 +169,14 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         let rule = *rule;
         if rule.flags & frame_rule::END != 0 {
             chain.depth = depth as u32 + 1;
-            return pages_present(low, reached);
+            return true;
         }
         let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
         let base = if from_bp { bp } else { sp };
         if from_bp && bp == 0 {
             // A zero frame pointer ends a frame-pointer chain.
             chain.depth = depth as u32 + 1;
-            return pages_present(low, reached);
+            return true;
         }
         let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
         if from_bp && cfa <= sp {
@@ -183,7 +190,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
         let Some(return_address) = read(cfa.wrapping_sub(8)) else { return false };
         if return_address == 0 {
             chain.depth = depth as u32 + 1;
-            return pages_present(low, reached);
+            return true;
         }
         if cfa == sp && return_address == pc {
             return false;
@@ -196,29 +203,29 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: *const u64, tgid: u32, wind
     false
 }
 
-/// Whether every page of `[low, reached)` can be read, as the window copy needs: a page it
-/// could not read ends the window there, though a word above it may read. The walk read some
-/// pages already; this reads one byte of each (at most MAX_STACK_WINDOW / PAGE + 1).
+/// Bytes of user stack a learned chain's walk copies at a time. It divides the page size, so a
+/// chunk never reaches into a page past the one that holds the word wanted: a copy fails only
+/// where the word-by-word walk would have failed, or the window copy would have ended.
+const CHAIN_CHUNK: u64 = 1024;
+const _: () = assert!(CHAIN_CHUNK.is_power_of_two() && PAGE as u64 % CHAIN_CHUNK == 0);
+
+/// Copy the user stack's `[low + from, low + to)` into `copy[from..to]`; false when the read
+/// fails (a page not present: the window copy would have ended there too) or the bounds are
+/// not a window's.
 #[inline(always)]
-fn pages_present(low: u64, reached: u64) -> bool {
-    let mut page = low & !(PAGE as u64 - 1);
-    for _ in 0..MAX_STACK_WINDOW / PAGE + 1 {
-        if page >= reached {
-            return true;
-        }
-        let at = page.max(low);
-        if unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u8) }.is_err() {
-            return false;
-        }
-        page += PAGE as u64;
+fn copy_stack(copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize], low: u64, from: u64, to: u64) -> bool {
+    if from >= MAX_STACK_WINDOW as u64 || to <= from || to - from > MAX_STACK_WINDOW as u64 {
+        return false;
     }
-    page >= reached
+    let size = (to - from) as u32;
+    let at = copy.as_mut_ptr().wrapping_add(from as usize);
+    unsafe { raw_read_user(at.cast(), size, (low + from) as *const c_void) == 0 }
 }
 
 /// Rules are learned for x86_64's registers only: elsewhere every call sends its window.
 #[cfg(not(bpf_target_arch = "x86_64"))]
 #[inline(always)]
-pub fn learned_chain(chain: &mut LearnedChain, _regs: *const u64, _tgid: u32, _window: u32) -> bool {
+pub fn learned_chain(chain: &mut LearnedChain, _regs: &SavedRegs, _tgid: u32, _window: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
     false

@@ -17,27 +17,30 @@
 //! What each syscall number needs (path string, fd pair, SCM_RIGHTS, ...) comes from the
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
 //! place (helios-trace/src/sys/syscalls.rs) and these programs stay generic.
-use core::{ffi::c_void, mem::size_of};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+        generated::{
+            bpf_ktime_get_boot_ns, bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
+            bpf_probe_read_user_str,
+        },
     },
     macros::raw_tracepoint,
     programs::{RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
-    CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SyscallEvent,
-    UserStack, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
+    CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SavedRegs,
+    SyscallEvent, UserStack, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
     emit::{count, emit, finish, header, header_at, wakeup_flags},
     filter::is_traced,
     goroutines::creator_pc,
-    maps::{EVENTS, SYSCALL_SPECS},
+    maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
     python::python_stack,
     settings::{learned_chains, stack_window, user_stack_mode},
     stacks::{capture_user_stack, learned_chain, stack_id},
@@ -90,6 +93,27 @@ fn spec_of(nr: u64) -> u32 {
 #[inline(always)]
 fn reg(regs: *const u64, index: usize) -> Result<u64, i64> {
     unsafe { bpf_probe_read_kernel(regs.wrapping_add(index)) }.map_err(i64::from)
+}
+
+/// The registers a traced call's records are made from, copied from the saved `pt_regs` in
+/// one read: the arguments, the goroutine register, pc, sp and the frame pointer were ten
+/// reads of a word each (BENCHMARKS.md, "Reads in bulk"). x86_64's `struct pt_regs` is all of
+/// it (21 words, at the top of the task's kernel stack: task_pt_regs); aarch64's
+/// `user_pt_regs` is followed by orig_x0 and syscallno, which are read too.
+#[inline(always)]
+fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    const READ_WORDS: usize = arch::WORDS;
+    #[cfg(bpf_target_arch = "aarch64")]
+    const READ_WORDS: usize = arch::SYSCALLNO + 1;
+    let copy = SAVED_REGS.get_ptr_mut(0).ok_or(0i64)?;
+    let size = (READ_WORDS * size_of::<u64>()) as u32;
+    let read = unsafe { bpf_probe_read_kernel_raw(copy.cast(), size, regs.cast()) };
+    if read != 0 {
+        return Err(read);
+    }
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    Ok(unsafe { &*copy })
 }
 
 /// The syscall number at `sys_exit`, from the saved registers.
@@ -176,9 +200,10 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !is_traced((pid_tgid >> 32) as u32) || compat_syscall() {
         return Ok(());
     }
+    let saved = saved_regs(regs)?;
     let mut args = [0u64; 6];
     for (arg, index) in args.iter_mut().zip(arch::SYSCALL_ARGS) {
-        *arg = reg(regs, index)?;
+        *arg = saved[index];
     }
     // fcntl and ioctl are frequent and mostly irrelevant: keep only the commands that create a
     // descriptor or change its close-on-exec flag.
@@ -190,7 +215,7 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     // A site's creator needs a site: none without stacks.
     let creator_pc = if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
-        creator_pc(regs, (pid_tgid >> 32) as u32)
+        creator_pc(saved, (pid_tgid >> 32) as u32)
     } else {
         0
     };
@@ -213,7 +238,7 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             // SAFETY: ring-buffer records are 8-byte aligned and this long.
             let record = unsafe { &mut *entry.as_mut_ptr() };
             let window = stack_window().min(MAX_STACK_WINDOW);
-            if learned_chain(&mut record.chain, regs, (pid_tgid >> 32) as u32, window) {
+            if learned_chain(&mut record.chain, saved, (pid_tgid >> 32) as u32, window) {
                 fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
                 record.event.header.kind = kind::FD_SYSCALL_CHAIN;
                 if learned != learned_chains::SHADOW {
@@ -239,11 +264,8 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
         let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
         fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
-        if capture_user_stack(&mut record.stack, &mut record.bytes, window, regs as *const c_void) {
-            record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
-        } else {
-            count(counter::USER_STACK_UNREADABLE);
-        }
+        capture_user_stack(&mut record.stack, &mut record.bytes, window, saved);
+        record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
         entry.submit(wakeup_flags());
     } else {
         let Some(mut entry) = EVENTS.reserve_bytes(size_of::<SyscallEvent>(), 0) else {
