@@ -133,11 +133,13 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         high = end;
     }
     // The stack is read into CHAIN_STACK in chunks, each from the end of the last one up to the
-    // CHAIN_CHUNK boundary past the word wanted: one read for a shallow chain, a few for a deep
-    // one (a CPython chain climbs ~3 KiB), where a read per word cost ~0.7 µs per call
-    // (BENCHMARKS.md, "Reads in bulk"). What was copied is [low, low +
-    // copied): every page from sp's up to the highest word read was read whole, as the window
-    // copy needs (it keeps the readable prefix that ends on a page boundary).
+    // CHAIN_CHUNK boundary past the word wanted (or `high`): mostly one read for a shallow
+    // chain, a few for a deep one (a CPython chain climbs ~3 KiB), where a read per word cost
+    // ~0.7 µs per call (BENCHMARKS.md, "Reads in bulk"). What was copied is [low, low +
+    // copied), contiguous: every byte from sp up to the highest word read was read, so every
+    // page the window copy needs is present (it keeps the readable prefix that ends on a page
+    // boundary), and no page past them was touched (CHAIN_CHUNK): a copy fails only where the
+    // word-by-word walk would have failed, or that check.
     let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
     let copy = unsafe { &mut *copy };
@@ -151,7 +153,8 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         }
         let offset = at - low;
         if offset + 8 > *copied {
-            let chunk_end = ((at + 8 + CHAIN_CHUNK - 1) & !(CHAIN_CHUNK - 1)).min(high) - low;
+            let boundary = at.checked_add(8 + CHAIN_CHUNK - 1)? & !(CHAIN_CHUNK - 1);
+            let chunk_end = boundary.min(high) - low;
             if !copy_stack(copy, low, *copied, chunk_end) {
                 return None;
             }
@@ -203,9 +206,9 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     false
 }
 
-/// Bytes of user stack a learned chain's walk copies at a time. It divides the page size, so a
-/// chunk never reaches into a page past the one that holds the word wanted: a copy fails only
-/// where the word-by-word walk would have failed, or the window copy would have ended.
+/// The boundaries a learned chain's walk copies the stack up to (`learned_chain`). It divides
+/// the page size, so a chunk never reaches into a page past the one that holds the last byte of
+/// the word wanted.
 const CHAIN_CHUNK: u64 = 1024;
 const _: () = assert!(CHAIN_CHUNK.is_power_of_two() && PAGE as u64 % CHAIN_CHUNK == 0);
 

@@ -11,8 +11,8 @@ pub(crate) struct EventCounts {
     pub(crate) lost: u64,
     /// Records that were short or unknown.
     pub(crate) undecodable: u64,
-    /// Stacks that could not be captured (map bucket collision or full; registers or stack
-    /// unreadable).
+    /// Stacks that could not be captured (`--stacks fp`: the stack map's bucket taken by another
+    /// stack, the map full, or the stack unreadable).
     pub(crate) stack_errors: u64,
     /// `--stacks dwarf`: stacks deeper than `--stack-window`, whose outer frames are missing.
     pub(crate) stacks_truncated: u64,

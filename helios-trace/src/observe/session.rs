@@ -461,7 +461,7 @@ impl Tracing {
         let kernel = self.tracer.counters();
         EventCounts {
             lost: kernel.lost(),
-            stack_errors: kernel.stack_collisions + kernel.stack_errors + kernel.user_stack_unreadable,
+            stack_errors: kernel.stack_collisions + kernel.stack_errors,
             stacks_truncated: self.engine.stack_counts().truncated,
             stacks_unresolved: self.engine.stack_counts().unresolved,
             chains_learned: self.engine.stack_counts().chains_learned,

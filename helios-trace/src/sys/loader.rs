@@ -151,7 +151,6 @@ pub(crate) struct KernelCounters {
     pub(crate) ringbuf_full: u64,
     pub(crate) stack_collisions: u64,
     pub(crate) stack_errors: u64,
-    pub(crate) user_stack_unreadable: u64,
     pub(crate) path_unreadable: u64,
     pub(crate) in_flight_full: u64,
     /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
@@ -373,7 +372,6 @@ impl Tracer {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             stack_collisions: sum(counter::STACK_COLLISION),
             stack_errors: sum(counter::STACK_ERROR),
-            user_stack_unreadable: sum(counter::USER_STACK_UNREADABLE),
             path_unreadable: sum(counter::PATH_UNREADABLE),
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
             program_errors: sum(counter::PROGRAM_ERROR),
