@@ -98,9 +98,9 @@ fn reg(regs: *const u64, index: usize) -> Result<u64, i64> {
 /// The registers a traced call's records are made from, copied from the saved `pt_regs` in
 /// one read, where the six arguments, pc, sp and the frame pointer (and in a Go process the
 /// goroutine register and sp again) were a read of a word each (BENCHMARKS.md, "Reads in
-/// bulk"). x86_64's `struct pt_regs` is all of
-/// it (21 words, at the top of the task's kernel stack: task_pt_regs); aarch64's
-/// `user_pt_regs` is followed by orig_x0 and syscallno, which are read too.
+/// bulk"). On x86_64 that is all of `struct pt_regs` (21 words, at the top of the task's
+/// kernel stack: task_pt_regs); on aarch64 `user_pt_regs` and the orig_x0 and syscallno that
+/// follow it.
 #[inline(always)]
 fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
     #[cfg(bpf_target_arch = "x86_64")]
