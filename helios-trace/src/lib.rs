@@ -16,3 +16,8 @@ mod observe;
 mod output;
 mod resolve;
 mod sys;
+
+/// The Go toolchains the tests build with, shared with the kernel tests.
+#[cfg(test)]
+#[path = "../tests/shared/go_toolchains.rs"]
+mod go_toolchains;

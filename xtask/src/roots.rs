@@ -59,8 +59,8 @@ pub const ROOTS: &[RootSpec] = &[
     },
     // Go toolchains as Debian ships them (static), for Go workloads built by more releases than
     // the host's golang-go (1.19): the two supported upstream (sid), Debian 13's and its
-    // backports' 1.25. The tests run them from the host (helios-trace/tests/integration/
-    // runtimes.rs, `root_go_toolchains`; resolve/modules/gopclntab.rs, `installed_go_toolchains`).
+    // backports' 1.25. The tests run them from the host (helios-trace/tests/
+    // shared/go_toolchains.rs finds them).
     RootSpec {
         name: "sid-go",
         suite: "sid",
@@ -149,7 +149,7 @@ fn ensure(spec: &RootSpec, roots: &Path) -> Result<PathBuf> {
     finish_layout(&root)?;
     if !runs_check(spec, &root) {
         let how =
-            if spec.chrooted { format!("chroot {} ", root.display()) } else { format!("{}", root.display()) };
+            if spec.chrooted { format!("chroot {} ", root.display()) } else { root.display().to_string() };
         bail!("the {} root is built but `{how}{}` fails", spec.name, spec.check.join(" "));
     }
     versions.sort();

@@ -20,7 +20,7 @@ use crate::{
     python,
     support::{
         Serve, Tracer, Workload, exposition_series, helios_trace_bin, proc_fds, process, reported_fds,
-        require_bpf, wait_for,
+        require_bpf, task_state, wait_for,
     },
 };
 
@@ -486,10 +486,7 @@ fn holders_pause_stops_the_process_for_the_walk_only() {
     let mut server = spawn(Path::new("/usr/bin/python3"), false);
     server.run("gap");
     assert_eq!(server.run("continued"), [0]);
-    let state = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit_once(')').unwrap().1.trim_start().chars().next().unwrap()
-    };
+    let state = |pid: u32| task_state(pid, pid).unwrap();
     let report = tracer.snapshot();
     let heap = process(&report, server.pid).unwrap()["heap"].clone();
     assert!(heap["paused_seconds"].as_f64().is_some(), "not stopped: {heap:#}");

@@ -56,25 +56,9 @@ fn go_build_with(go: &Path, output: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
-/// The Go releases of the roots `cargo xtask setup --tests` builds (xtask/src/roots.rs: Debian
-/// 13's and sid's toolchains, static, run from the host), beside the host's golang-go (1.19):
-/// (release, its `go`).
-fn root_go_toolchains() -> Vec<(&'static str, PathBuf)> {
-    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
-    let roots = home.join(".local/share/helios-trace/roots");
-    [("1.24", "trixie-go"), ("1.25", "trixie-backports-go"), ("1.26", "sid-go"), ("1.27", "sid-go")]
-        .into_iter()
-        .map(|(release, root)| (release, roots.join(root).join(format!("usr/lib/go-{release}/bin/go"))))
-        .filter(|(_, go)| {
-            let found = go.exists();
-            if !found {
-                assert!(std::env::var_os("CI").is_none(), "{go:?} is installed in CI");
-                eprintln!("skipped: no {go:?}");
-            }
-            found
-        })
-        .collect()
-}
+#[path = "../shared/go_toolchains.rs"]
+mod go_toolchains;
+use go_toolchains::root_go_toolchains;
 
 fn goleak() -> PathBuf {
     go_build("goleak", &[])
@@ -465,8 +449,8 @@ fn assert_stripped_client_named(
 
 /// Stripped Go clients built by every other Go release installed (Debian 13's 1.24, its
 /// backports' 1.25, sid's 1.26 and 1.27: their tables moved the module data, dropped the
-/// header's text start and keep generic names whole, and `gopc` moved twice) are named and say their goroutines' creators as the host's 1.19 ones
-/// do: the Transport's connections one site of 20 created at a `go t.dialConnFor(w)` of that
+/// header's text start and keep generic names whole, and `gopc` moved twice) are named and say
+/// their goroutines' creators as the host's 1.19 ones do: the Transport's connections one site of 20 created at a `go t.dialConnFor(w)` of that
 /// release's own source, by the function holding it there, the program's dial its own site,
 /// and the program's goroutine created where its own traceback says.
 #[test]
@@ -482,7 +466,7 @@ fn stripped_go_clients_of_every_release_installed_are_named_with_their_creators(
             let binary = go_build_with(go, &format!("goleak-{release}.stripped"), &["-ldflags=-s -w"]);
             let mut command = Command::new(&binary);
             command.args(["client", "self"]);
-            (*release, binary, Workload::spawn_command(command))
+            (release.as_str(), binary, Workload::spawn_command(command))
         })
         .collect();
     let pids: Vec<String> = clients.iter().map(|(_, _, w)| w.pid.to_string()).collect();
@@ -567,21 +551,21 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
 
 /// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
 /// the binary at /app/goleak): named from the pod's own binary as on the host, its goroutines'
-/// creators too. Built by the host's Go (1.19) and by the newest release installed (sid's
-/// 1.27, whose table and module data are laid out anew).
+/// creators too. Built by the host's Go (1.19) and by every release of the roots (1.24 to
+/// 1.27: tables, module data and `runtime.g` laid out anew), one pod each.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
     if !require_bpf() {
         return;
     }
-    let mut builds = vec![("1.19", PathBuf::from("go"), goleak_stripped())];
-    if let Some((release, go)) = root_go_toolchains().pop() {
+    let mut builds = vec![("1.19".to_string(), PathBuf::from("go"), goleak_stripped())];
+    for (release, go) in root_go_toolchains() {
         let binary = go_build_with(&go, &format!("goleak-{release}.stripped"), &["-ldflags=-s -w"]);
         builds.push((release, go, binary));
     }
-    for (release, go, binary) in builds {
-        let root = Root::native(&binary, "/app/goleak");
+    for (release, go, binary) in &builds {
+        let root = Root::native(binary, "/app/goleak");
         // A pod has only its own loopback: the client serves itself.
         let command = ["/app/goleak", "client", "self", "/tmp"].map(String::from).to_vec();
         let mut pod = Pod::start(PodSpec { root, command });
@@ -591,7 +575,7 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
         pod.run("dial 5");
         let told = pod.ask("spawn 7");
         let report = stripped_clients_report(&mut tracer, &[pod.pid]);
-        assert_stripped_client_named(&report, pod.pid, "/app/goleak", &go, release, &told);
+        assert_stripped_client_named(&report, pod.pid, "/app/goleak", go, release, &told);
         tracer.stop();
     }
 }

@@ -432,16 +432,19 @@ pub fn signal(pid: u32, sig: i32) {
 /// (kernel/signal.c, do_signal_stop), so a busy thread may go on for a while after the kill.
 pub fn stop_every_thread(pid: u32) {
     signal(pid, libc::SIGSTOP);
-    let stopped = |tid: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('T')
-    };
     wait_for("every thread to stop", Duration::from_secs(5), || {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-        let tids: Vec<String> =
-            tasks.map(|t| t.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        tids.iter().all(|tid| stopped(tid)).then_some(())
+        let tids: Vec<u32> = tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).collect();
+        tids.iter().all(|tid| task_state(pid, *tid) == Some('T')).then_some(())
     });
+}
+
+/// The state letter of thread `tid` of `pid` (proc(5), /proc/PID/task/TID/stat: after the
+/// command's closing parenthesis, which the command itself may contain); None once it is gone.
+/// `task_state(pid, pid)` is the process's, as /proc/PID/stat gives it.
+pub fn task_state(pid: u32, tid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// The report's entry for `pid`, if any.

@@ -529,25 +529,11 @@ pub(crate) mod tests {
         symbolize::Symbolizer,
     };
 
-    /// Every Go toolchain `cargo xtask setup --tests` installs: Debian's golang-go on PATH (1.19),
-    /// and those of the roots with Go (xtask/src/roots.rs: 1.24, 1.25, 1.26, 1.27; static, run
-    /// from the host), each `go` once.
+    /// Every Go toolchain `cargo xtask setup --tests` installs: Debian's golang-go on PATH (1.19)
+    /// and the roots' (tests/shared/go_toolchains.rs), each `go` once.
     pub(crate) fn installed_go_toolchains() -> Vec<PathBuf> {
-        let mut found = vec![PathBuf::from("go")];
-        let home = std::env::var_os("HOME").unwrap_or_default();
-        let roots = Path::new(&home).join(".local/share/helios-trace/roots");
-        for root in ["trixie-go", "trixie-backports-go", "sid-go"] {
-            let Ok(entries) = std::fs::read_dir(roots.join(root).join("usr/lib")) else { continue };
-            let mut gos: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
-                .map(|e| e.path().join("bin/go"))
-                .filter(|go| go.exists())
-                .collect();
-            gos.sort();
-            found.extend(gos);
-        }
-        found
+        let roots = crate::go_toolchains::root_go_toolchains().into_iter().map(|(_, go)| go);
+        std::iter::once(PathBuf::from("go")).chain(roots).collect()
     }
 
     /// In CI, every toolchain of `installed_go_toolchains` must run; elsewhere one that does not
