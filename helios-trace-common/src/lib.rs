@@ -657,8 +657,61 @@ pub struct Settings {
     pub learned_chains: u32,
     /// Zero.
     pub reserved2: u32,
+    /// Where this kernel keeps what tells that a thread's stack mapping has not changed since
+    /// it was last found: [`KernelOffsets`], from the kernel's BTF; all zero when not known,
+    /// and then the mapping is looked up at every call.
+    pub kernel: KernelOffsets,
 }
-const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<Settings>() == 64);
+
+/// Byte offsets of kernel struct members the programs read (helios-trace/src/sys/btf.rs finds
+/// them in `/sys/kernel/btf/vmlinux`). Zero: not known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::IntoBytes, zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct KernelOffsets {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `task_struct.start_time` (ns since boot at fork: with the task's address, which task).
+    pub task_start_time: u32,
+    /// `task_struct.self_exec_id` (u64, counted up by each exec of the task, fs/exec.c
+    /// `begin_new_exec`): which of the task's images, whose new mm may be where a freed one was.
+    pub task_self_exec_id: u32,
+    /// `mm_struct.mm_lock_seq.sequence`: bumped by every mmap write lock and unlock
+    /// (include/linux/mmap_lock.h, `mm_lock_seqcount_begin`, `vma_end_write_all`; Linux 6.13
+    /// and later with CONFIG_PER_VMA_LOCK), under which every change of a mapping is made.
+    pub mm_lock_seq: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 16);
+
+impl KernelOffsets {
+    /// Nothing known.
+    pub const NONE: KernelOffsets =
+        KernelOffsets { task_mm: 0, task_start_time: 0, task_self_exec_id: 0, mm_lock_seq: 0 };
+
+    /// Every offset known.
+    pub const fn complete(&self) -> bool {
+        self.task_mm != 0 && self.task_start_time != 0 && self.task_self_exec_id != 0 && self.mm_lock_seq != 0
+    }
+}
+
+/// The value of the per-CPU `STACK_MAPPING` map: a stack mapping the kernel looked up, and what
+/// must be unchanged for it to still be the mapping (helios-trace-ebpf's stacks.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackMapping {
+    pub task: u64,
+    pub task_start_time: u64,
+    pub task_self_exec_id: u64,
+    pub mm: u64,
+    pub sequence: u64,
+    pub start: u64,
+    pub end: u64,
+}
+const _: () = assert!(size_of::<StackMapping>() == 56);
 
 /// [`Settings::learned_chains`]: whether the kernel walks call chains with the rules userspace
 /// learned from stack windows it unwound (`FRAME_RULES`).
@@ -686,6 +739,7 @@ impl Settings {
         wakeup_bytes: 0,
         learned_chains: learned_chains::OFF,
         reserved2: 0,
+        kernel: KernelOffsets::NONE,
     };
 }
 
@@ -723,6 +777,8 @@ pub mod map_name {
     pub const CHAIN_STACK: &str = "CHAIN_STACK";
     /// Per-CPU count of the bytes of `CHAIN_STACK` copied.
     pub const CHAIN_COPIED: &str = "CHAIN_COPIED";
+    /// Per-CPU [`super::StackMapping`]: the stack mapping last looked up.
+    pub const STACK_MAPPING: &str = "STACK_MAPPING";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
     pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
     /// `--comm` targets ([`super::comm_key`]): name -> 1.

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use helios_trace_common::{
     EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES, FrameRule, FrameRuleKey, GO_PROC_ENTRIES,
     GoOffsets, MAX_STACK_WINDOW, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
-    STACK_ENTRIES, SavedRegs, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    STACK_ENTRIES, SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES,
+    counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -94,6 +95,13 @@ shared_map! {
     /// The calling task's saved user registers, copied once per traced call (syscalls.rs,
     /// `saved_regs`) for the arguments, the goroutine and the stack to be read from.
     SAVED_REGS: PerCpuArray<SavedRegs> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// The stack mapping this CPU last looked up (stacks.rs, `stack_mapping_end`): for which
+    /// task (its address and start time), mm and mapping sequence, and the mapping's start and
+    /// end.
+    STACK_MAPPING: PerCpuArray<StackMapping> = PerCpuArray::with_max_entries(1, 0);
 }
 
 shared_map! {

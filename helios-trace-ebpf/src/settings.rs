@@ -70,3 +70,10 @@ pub fn wakeup_bytes() -> u64 {
 pub fn learned_chains() -> u32 {
     setting!(learned_chains)
 }
+
+/// helios_trace_common::KernelOffsets: where this kernel keeps a task's mm and start time and
+/// the mm's mapping sequence (zero: not known).
+#[inline(always)]
+pub fn kernel_offsets() -> helios_trace_common::KernelOffsets {
+    setting!(kernel)
+}

@@ -12,13 +12,14 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs, UserStack, counter,
-    frame_rule, user_stack_flags,
+    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack,
+    counter, frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{CHAIN_COPIED, CHAIN_STACK, EXEC_TIMES, FRAME_RULES, STACKS},
+    maps::{CHAIN_COPIED, CHAIN_STACK, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
+    settings,
 };
 
 // The user register layout of the architecture the programs are built for (aya-build passes
@@ -30,16 +31,101 @@ use helios_trace_common::regs_x86_64 as arch;
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("--stacks dwarf knows the user registers of x86_64 and aarch64 only");
 
-/// Offset of `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: `vm_start` and
-/// `vm_end` open the struct, as they have since the first kernels).
+/// Offset of `vm_start` and `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: they
+/// open the struct, as they have since the first kernels).
+const VM_START_OFFSET: usize = 0;
 const VM_END_OFFSET: usize = 8;
 
-/// bpf_find_vma's callback: the end of the mapping that holds the stack pointer.
+/// bpf_find_vma's callback: the start and end of the mapping that holds the stack pointer,
+/// into the `[u64; 2]` at `bounds` (left as it was if either does not read).
 #[inline(never)]
-unsafe extern "C" fn vma_end(_task: *mut c_void, vma: *mut c_void, end: *mut c_void) -> i64 {
-    let vm_end = unsafe { bpf_probe_read_kernel_value((vma as *const u8).add(VM_END_OFFSET) as *const u64) };
-    unsafe { *(end as *mut u64) = vm_end.unwrap_or(0) };
+unsafe extern "C" fn vma_bounds(_task: *mut c_void, vma: *mut c_void, bounds: *mut c_void) -> i64 {
+    let vma = vma as *const u8;
+    let start = unsafe { bpf_probe_read_kernel_value(vma.add(VM_START_OFFSET) as *const u64) };
+    let end = unsafe { bpf_probe_read_kernel_value(vma.add(VM_END_OFFSET) as *const u64) };
+    if let (Ok(start), Ok(end)) = (start, end) {
+        unsafe { *(bounds as *mut [u64; 2]) = [start, end] };
+    }
     0
+}
+
+/// The end of the calling thread's mapping that holds `sp`, or None when it cannot be found.
+///
+/// bpf_find_vma takes the mm's mmap lock (a trylock, an atomic on a line every thread of the
+/// process shares) and walks its maple tree: ~65–130 ns of a traced open+close
+/// (BENCHMARKS.md, "The floor again"). So this CPU keeps the mapping it found last
+/// (`STACK_MAPPING`), and takes it again while nothing that could change it changed: the same
+/// task (its address, and its start time: an address is reused after a task ends), the same
+/// image (its exec id: an exec's new mm may be where the freed one was, its sequence counted
+/// from 0 again), the same mm, and the same mm sequence. Every change of a mapping is made
+/// under the mmap write lock, whose taking and release bump the sequence (odd while held): an
+/// even sequence equal to the one read before the lookup means the mappings are still as the
+/// lookup found them. Without all the offsets (a kernel without BTF, or before `mm_lock_seq`
+/// became a seqcount in 6.13), or when a read fails, it looks up.
+#[inline(always)]
+fn stack_mapping_end(sp: u64) -> Option<u64> {
+    let task = unsafe { bpf_get_current_task_btf() };
+    let seen = current_mapping_key(task as *const u8);
+    if let Some(seen) = seen
+        && let Some(last) = STACK_MAPPING.get(0)
+        && last.task == seen.task
+        && last.task_start_time == seen.task_start_time
+        && last.task_self_exec_id == seen.task_self_exec_id
+        && last.mm == seen.mm
+        && last.sequence == seen.sequence
+        && last.start <= sp
+        && sp < last.end
+    {
+        return Some(last.end);
+    }
+    let mut bounds = [0u64; 2];
+    let found = unsafe {
+        bpf_find_vma(task, sp, vma_bounds as *mut c_void, (&mut bounds as *mut [u64; 2]).cast(), 0)
+    };
+    if found != 0 || bounds[1] <= sp {
+        return None;
+    }
+    if let Some(seen) = seen
+        && let Some(slot) = STACK_MAPPING.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+        unsafe { *slot = StackMapping { start: bounds[0], end: bounds[1], ..seen } };
+    }
+    Some(bounds[1])
+}
+
+/// What must be unchanged for this CPU's `STACK_MAPPING` to hold for the current task (its
+/// start and end left 0), or None: offsets not known, a read failed, or the mm's sequence is
+/// odd (a writer holds the mmap lock).
+#[inline(always)]
+fn current_mapping_key(task: *const u8) -> Option<StackMapping> {
+    let offsets = settings::kernel_offsets();
+    if !offsets.complete() {
+        return None;
+    }
+    let read = |at: *const u8, offset: u32| {
+        unsafe { bpf_probe_read_kernel_value(at.wrapping_add(offset as usize) as *const u64) }.ok()
+    };
+    let mm = read(task, offsets.task_mm)?;
+    let sequence =
+        unsafe {
+            bpf_probe_read_kernel_value(
+                (mm as *const u8).wrapping_add(offsets.mm_lock_seq as usize) as *const u32
+            )
+        }
+        .ok()?;
+    if sequence & 1 != 0 {
+        return None;
+    }
+    Some(StackMapping {
+        task: task as u64,
+        task_start_time: read(task, offsets.task_start_time)?,
+        task_self_exec_id: read(task, offsets.task_self_exec_id)?,
+        mm,
+        sequence: sequence as u64,
+        start: 0,
+        end: 0,
+    })
 }
 
 /// The smallest page size: a read within one page cannot fail half-way.
@@ -49,7 +135,7 @@ const PAGE: u32 = 4096;
 /// `window` bytes of user stack from sp upward into a record (none when not even sp's page
 /// reads: the registers alone are sent then).
 ///
-/// The copy stops at the end of the stack's mapping (found with bpf_find_vma), so that a
+/// The copy stops at the end of the stack's mapping (`stack_mapping_end`), so that a
 /// window reaching past the top of a shallow stack does not fault: bpf_probe_read_user fails
 /// as a whole, after a page fault, when any byte is unreadable.
 #[inline(always)]
@@ -61,16 +147,14 @@ pub fn capture_user_stack(
 ) {
     stack.stack_len = 0;
     stack.flags = 0;
-    let task = unsafe { bpf_get_current_task_btf() };
     // The registers the task entered the kernel with: its user-mode state at the syscall.
     for (to, from) in stack.regs.iter_mut().zip(regs.iter()).take(arch::WORDS) {
         *to = *from;
     }
     let sp = stack.regs[arch::SP];
-    let mut end: u64 = 0;
-    let found = unsafe { bpf_find_vma(task, sp, vma_end as *mut c_void, (&mut end as *mut u64).cast(), 0) };
+    let end = stack_mapping_end(sp).unwrap_or(0);
     let mut want = window;
-    if found == 0 && end > sp && end - sp < window as u64 {
+    if end > sp && end - sp < window as u64 {
         want = (end - sp) as u32;
         stack.flags = user_stack_flags::SHORT;
     }
@@ -126,10 +210,9 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     let (mut pc, mut sp, mut bp) = (regs[arch::IP], regs[arch::SP], regs[arch::BP]);
     let low = sp;
     let mut high = sp.saturating_add(window as u64);
-    let task = unsafe { bpf_get_current_task_btf() };
-    let mut end: u64 = 0;
-    let found = unsafe { bpf_find_vma(task, sp, vma_end as *mut c_void, (&mut end as *mut u64).cast(), 0) };
-    if found == 0 && end > sp && end < high {
+    if let Some(end) = stack_mapping_end(sp)
+        && end < high
+    {
         high = end;
     }
     // The stack is read into CHAIN_STACK in chunks, each from the end of the last one up to the

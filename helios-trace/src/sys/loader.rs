@@ -14,12 +14,12 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use helios_trace_common::{
-    FrameRule, FrameRuleKey, GoOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter, filter_match,
-    map_name, spec, stack_mode,
+    FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
+    filter_match, map_name, spec, stack_mode,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 
-use super::checks;
+use super::{btf, checks};
 use crate::{
     model::counts::ProgramRuns,
     sys::{ring::Notices, syscalls::SyscallTable},
@@ -63,7 +63,7 @@ pub(crate) struct TraceConfig {
 
 impl TraceConfig {
     /// The kernel programs' load-time settings for this configuration.
-    fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32) -> Settings {
+    fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32, kernel: KernelOffsets) -> Settings {
         Settings {
             tracer_tgid,
             filter_targets: u32::from(
@@ -82,6 +82,7 @@ impl TraceConfig {
             wakeup_bytes: self.wakeup_bytes,
             learned_chains: self.learned_chains,
             reserved2: 0,
+            kernel,
         }
     }
 }
@@ -193,7 +194,14 @@ impl Tracer {
             );
         }
 
-        let settings = config.settings(std::process::id(), group_dead_offset);
+        let kernel = btf::running_kernel_offsets();
+        if !kernel.complete() {
+            debug!(
+                "not all of task_struct.mm, .start_time, .self_exec_id and mm_struct.mm_lock_seq.sequence in {}: a stack's mapping is looked up at every call",
+                btf::VMLINUX_BTF
+            );
+        }
+        let settings = config.settings(std::process::id(), group_dead_offset, kernel);
         // `override_global` is aya 0.14's name of `set_global`.
         let mut ebpf = EbpfLoader::new()
             .override_global(SETTINGS_GLOBAL, &settings, true)
@@ -546,7 +554,9 @@ mod tests {
 
     #[test]
     fn settings_carry_the_configuration() {
-        let settings = config().settings(42, 24);
+        let kernel =
+            KernelOffsets { task_mm: 8, task_start_time: 24, task_self_exec_id: 32, mm_lock_seq: 248 };
+        let settings = config().settings(42, 24, kernel);
         assert_eq!(
             settings,
             Settings {
@@ -561,6 +571,7 @@ mod tests {
                 wakeup_bytes: 65536,
                 learned_chains: learned_chains::ON,
                 reserved2: 0,
+                kernel,
             }
         );
     }
@@ -568,13 +579,23 @@ mod tests {
     #[test]
     fn any_target_list_turns_the_filter_on_and_each_its_own() {
         let on = |s: Settings| (s.filter_targets, s.filter_cgroups, s.filter_matches);
-        assert_eq!(on(TraceConfig { targets: vec![7], ..config() }.settings(1, 0)), (1, 0, 0));
-        assert_eq!(on(TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0)), (1, 1, 0));
-        let comms = TraceConfig { target_comms: vec![[b'x'; 16]], ..config() }.settings(1, 0);
+        assert_eq!(
+            on(TraceConfig { targets: vec![7], ..config() }.settings(1, 0, KernelOffsets::NONE)),
+            (1, 0, 0)
+        );
+        assert_eq!(
+            on(TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0, KernelOffsets::NONE)),
+            (1, 1, 0)
+        );
+        let comms =
+            TraceConfig { target_comms: vec![[b'x'; 16]], ..config() }.settings(1, 0, KernelOffsets::NONE);
         assert_eq!(on(comms), (1, 0, filter_match::COMMS));
-        let both =
-            TraceConfig { target_comms: vec![[b'x'; 16]], target_uids: vec![0], ..config() }.settings(1, 0);
+        let both = TraceConfig { target_comms: vec![[b'x'; 16]], target_uids: vec![0], ..config() }.settings(
+            1,
+            0,
+            KernelOffsets::NONE,
+        );
         assert_eq!(on(both), (1, 0, filter_match::COMMS | filter_match::UIDS));
-        assert_eq!(on(config().settings(1, 0)), (0, 0, 0));
+        assert_eq!(on(config().settings(1, 0, KernelOffsets::NONE)), (0, 0, 0));
     }
 }

@@ -1,8 +1,9 @@
 //! The only stage that touches the kernel and the system (ARCHITECTURE.md, "Where each stage
 //! lives"): loading and attaching the BPF programs and reading their maps, kernel and privilege
-//! checks, dropping privileges, the ring-buffer reader, decoding its records, the syscall
+//! checks and the kernel's own type information (`btf`), dropping privileges, the ring-buffer reader, decoding its records, the syscall
 //! table, /proc (`proc/`), sock_diag, cgroups, the clock, starting a command gated, and what
 //! the tracer asks for itself (`own`).
+pub(crate) mod btf;
 pub(crate) mod cgroups;
 pub(crate) mod checks;
 pub(crate) mod clock;

@@ -1,0 +1,45 @@
+/*
+ * oloop: a traced descriptor call in a tight loop, to profile where a tracer's time goes with
+ * `perf record` (BENCHMARKS.md, "The floor again, and where the time goes").
+ *
+ *   oloop SECONDS [socket]
+ *
+ * Waits for a line on stdin (so a tracer attaches to this pid first), then for SECONDS makes
+ * open("/dev/null")+close, or socket(AF_INET, SOCK_STREAM)+close with a second argument, with
+ * nothing in between, and prints the mean ns of one. Unlike churn.c there are no phases and
+ * no pauses: every sample perf takes of it in those seconds is of the one loop.
+ * Build: gcc -O2 -fomit-frame-pointer -g (like the tests' workloads).
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: oloop SECONDS [socket]\n");
+        return 2;
+    }
+    char line[8];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    int sockets = argc > 2;
+    double start = now(), seconds = atof(argv[1]);
+    long done = 0;
+    while (now() - start < seconds) {
+        for (int i = 0; i < 1000; i++) {
+            int fd = sockets ? socket(AF_INET, SOCK_STREAM, 0) : open("/dev/null", O_RDONLY);
+            close(fd);
+        }
+        done += 1000;
+    }
+    printf("%.0f ns per operation\n", (now() - start) * 1e9 / done);
+    return 0;
+}
