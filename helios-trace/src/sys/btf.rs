@@ -1,13 +1,13 @@
 //! Offsets of kernel struct members, from the kernel's own type information
 //! (`/sys/kernel/btf/vmlinux`): where a task keeps its mm, start time and exec id, and where an
-//! mm keeps its mapping sequence (helios_trace_common::KernelOffsets). The programs read them to tell
-//! that a thread's stack mapping is the one they found last (helios-trace-ebpf's stacks.rs,
-//! `stack_mapping_end`).
+//! mm keeps its mapping sequence (helios_trace_common::KernelOffsets). The programs read them to
+//! tell that a thread's stack mapping is the one they found last (helios-trace-ebpf's
+//! stacks.rs, `stack_mapping_end`).
 //!
 //! Read by hand: BTF's layout is a header, a string section and a type section of fixed-size
 //! records (include/uapi/linux/btf.h, Documentation/bpf/btf.rst). aya-obj parses it but keeps
-//! struct members private, and btf-rs is LGPL, which this MIT/Apache project does not link; a
-//! member lookup needs ~100 lines of it. What is not found is `None`, never a guess: the
+//! struct members private, and btf-rs is LGPL, which this MIT/Apache project does not link; what
+//! is needed here, a struct member's offset, is ~100 lines. What is not found is `None`, never a guess: the
 //! programs then look the mapping up at every call, as before.
 use helios_trace_common::KernelOffsets;
 
@@ -47,21 +47,21 @@ pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
-const KIND_FWD: u32 = 7;
-const KIND_FUNC: u32 = 12;
-const KIND_FLOAT: u32 = 16;
 const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;

@@ -207,3 +207,45 @@ impl Drop for KillOnDrop {
         signal(self.0, libc::SIGKILL);
     }
 }
+
+fn mapwork_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| compile_c("mapwork.c", "mapwork", &["-O2", "-fomit-frame-pointer", "-g", "-Wall"]))
+}
+
+/// The kernel keeps the stack mapping it found last per CPU and takes it again while the mm's
+/// mapping sequence is unchanged (helios-trace-ebpf's stacks.rs, `stack_mapping_end`). A
+/// mapping replaced by a larger one at the same address must be found again: mapwork opens a
+/// file on a 16 KiB stack mapping of its own, replaces it by 20 KiB at the same address, and opens
+/// another with the call's stack pointer below the old end and its callers' return addresses
+/// above it, on the same CPU. Taken as ending where it did, the second chain would be cut after
+/// the opening frame; found again, it runs up to the entry of the stack.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_stack_mapping_that_changed_is_found_again() {
+    if !require_bpf() {
+        return;
+    }
+    let bin = mapwork_bin();
+    let mut workload = Workload::spawn_program(bin);
+    let pid = workload.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    assert_eq!(workload.run("remap /etc/hostname /etc/passwd").len(), 2);
+    let report = tracer.stop();
+
+    let sites = traced_sites(&report, workload.pid);
+    let names: Vec<Vec<String>> = sites.iter().map(|s| symbols(&frames_in(s, bin))).collect();
+    assert_eq!(sites.len(), 2, "{names:?}");
+    let on = |entry: &str| {
+        names
+            .iter()
+            .find(|n| n.contains(&entry.to_string()))
+            .unwrap_or_else(|| panic!("no site with {entry}: {names:?}: {report:#}"))
+            .clone()
+    };
+    assert_eq!(on("first_entry"), ["open_here", "first_entry"]);
+    assert_eq!(on("remapped_entry"), ["open_here", "straddle", "remapped_entry"]);
+    // (glibc's __start_context, above each entry, ends a chain as a cut one: not counted here.)
+    assert_eq!(report["events"]["stack_errors"], 0, "{}", report["events"]);
+    workload.exit();
+}
