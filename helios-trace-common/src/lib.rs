@@ -40,6 +40,17 @@ pub mod kind {
     /// `FD_SYSCALL_USER_STACK` record that follows (same `tid` and `ts_ns`) is, and userspace
     /// compares the two chains.
     pub const FD_SYSCALL_CHAIN: u32 = 8;
+    /// libuv initialised a TCP handle (`uv_tcp_init`, `uv_tcp_init_ex`, a uprobe): a
+    /// [`super::HandleEvent`] with the caller's frame-pointer stack id (`--stacks fp`).
+    pub const LIBUV_TCP_HANDLE: u32 = 9;
+    /// As [`LIBUV_TCP_HANDLE`] with `--stacks dwarf`: a [`super::HandleEvent`], then a
+    /// [`super::UserStack`], then `UserStack::stack_len` bytes of stack. Variable length.
+    pub const LIBUV_TCP_HANDLE_USER_STACK: u32 = 10;
+    /// libuv's `uv_tcp_connect` was entered for a handle: a [`super::HandleEvent`]. The
+    /// socket(2) the thread makes before [`LIBUV_TCP_CONNECT_RETURN`] is that handle's.
+    pub const LIBUV_TCP_CONNECT: u32 = 11;
+    /// `uv_tcp_connect` returned (a uretprobe): a [`super::HandleEvent`] whose handle is 0.
+    pub const LIBUV_TCP_CONNECT_RETURN: u32 = 12;
 }
 
 /// Common start of every record.
@@ -142,6 +153,10 @@ pub mod user_stack_flags {
     /// untouched gap at the top of a main thread's stack, a page swapped out), at the last
     /// page boundary before it.
     pub const SHORT: u32 = 1 << 0;
+    /// The instruction pointer is a function's first instruction (a uprobe at its entry), not
+    /// the instruction after a syscall: userspace unwinds from it as it is, and looks its
+    /// symbol up there rather than at the byte before.
+    pub const AT_ENTRY: u32 = 1 << 1;
 }
 
 /// What a user-space unwinder (or an interpreter-frame reader) needs of a thread at one
@@ -471,6 +486,26 @@ pub struct CloseEvent {
 }
 const _: () = assert!(size_of::<CloseEvent>() == 32);
 
+/// A libuv TCP handle's step (the `kind::LIBUV_*` records), seen by uprobes in the library
+/// or executable that has libuv (helios-trace-ebpf/src/libuv.rs): Node.js makes a connection's
+/// socket on a later tick than the call that asked for it, and the handle, created within that
+/// call, is what ties the two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct HandleEvent {
+    pub header: EventHeader,
+    /// The `uv_tcp_t *` (0 in a return record).
+    pub handle: u64,
+    /// As [`SyscallEvent::stack_id`].
+    pub stack_id: i32,
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<HandleEvent>() == 40);
+
 /// `task/task_newtask`: fired in the parent while `copy_process` creates the child.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -771,6 +806,9 @@ pub mod map_name {
     pub const FRAME_RULES: &str = "FRAME_RULES";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off
+    /// the BPF stack, which the exit program and the walk share (512 bytes in all).
+    pub const PYTHON_WALK: &str = "PYTHON_WALK";
     /// Per-CPU copy of the calling task's saved user registers ([`super::SAVED_REGS_WORDS`]).
     pub const SAVED_REGS: &str = "SAVED_REGS";
     /// Per-CPU copy of the stack a learned chain's walk reads.

@@ -9,6 +9,7 @@
 use helios_trace_ebpf as _;
 
 // The hook families: one file each.
+mod libuv;
 mod process;
 mod syscalls;
 

@@ -85,6 +85,13 @@ shared_map! {
 }
 
 shared_map! {
+    /// The state of the Python frame walk in progress (python.rs, `FrameWalk`): a map value, not
+    /// a local, so that the walk's stack and the exit program's stay within the verifier's
+    /// 512 bytes together ("combined stack size of 2 calls").
+    PYTHON_WALK: PerCpuArray<crate::python::FrameWalk> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
     /// The part of the stack a learned chain's walk reads, copied in chunks as the walk climbs
     /// (stacks.rs, `learned_chain`). Twice the largest window: the verifier bounds a copy's
     /// offset and its length separately, each up to the window.

@@ -17,7 +17,7 @@ use helios_trace_common::{
 
 use crate::{
     emit::{count, header_at, wakeup_flags},
-    maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH},
+    maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_WALK},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -27,18 +27,20 @@ use crate::{
 #[inline(never)]
 pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }).copied() else {
+    let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }) else {
         return;
     };
-    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
+    let (Some(stack), Some(walk)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
         return;
     };
-    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
-    let stack = unsafe { &mut *stack };
+    // SAFETY: per-CPU slots: no other program uses them while this one runs on this CPU.
+    let (stack, walk) = unsafe { (&mut *stack, &mut *walk) };
+    // Copied map to map, not through the stack (PYTHON_WALK says why).
+    walk.offsets = *offsets;
     stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
     stack.frame_count = 0;
-    stack.flags = match thread_id(&offsets, pid_tgid as u32) {
-        Some(tid) => walk_python(&offsets, tid),
+    stack.flags = match thread_id(&walk.offsets, pid_tgid as u32) {
+        Some(tid) => walk_python(walk, tid),
         None => python_flags::NAMESPACE,
     };
     // Only the frames walked: the record is read up to them (PythonStack).
@@ -124,9 +126,9 @@ unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// State of the frame walk (a bpf_loop context).
+/// State of the frame walk, in `PYTHON_WALK` (the bpf_loop callback takes it from there).
 #[repr(C)]
-struct FrameWalk {
+pub struct FrameWalk {
     offsets: PythonOffsets,
     frame: u64,
     flags: u32,
@@ -150,16 +152,15 @@ fn frame_field(bytes: &[u8; MAX_PYTHON_FRAME_READ as usize], offset: u32) -> u64
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
 /// The frame is read at once (`frame_read` bytes) and its fields taken from the copy.
 #[inline(never)]
-unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut FrameWalk) };
+unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(stack), Some(w)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slots python_stack is filling.
+    let (stack, w) = unsafe { (&mut *stack, &mut *w) };
     if w.frame == 0 {
         return 1;
     }
-    let Some(stack) = PYTHON_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: the per-CPU slot python_stack is filling.
-    let stack = unsafe { &mut *stack };
     let o = &w.offsets;
     let size = o.frame_read.min(MAX_PYTHON_FRAME_READ);
     if size == 0 || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, w.frame as *const c_void) } != 0
@@ -189,7 +190,8 @@ unsafe extern "C" fn walk_frame(_index: u64, ctx: *mut c_void) -> i64 {
 /// instruction) of its frames, innermost first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
 /// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
 #[inline(always)]
-fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
+fn walk_python(walk: &mut FrameWalk, tid: u32) -> u32 {
+    let o = &walk.offsets;
     // A runtime whose page does not read has not been written yet: `run` gives the offsets
     // before the exec, and the dynamic loader opens its libraries before the interpreter's
     // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
@@ -236,11 +238,13 @@ fn walk_python(o: &PythonOffsets, tid: u32) -> u32 {
         };
         frame = current;
     }
-    let mut walk =
-        FrameWalk { offsets: *o, frame, flags: 0, reserved: 0, bytes: [0; MAX_PYTHON_FRAME_READ as usize] };
+    walk.frame = frame;
+    walk.flags = 0;
     // Room for shim frames between the real ones; a walk that did not reach the end is cut.
+    // Every byte of `bytes` a frame's fields are taken from is read anew for each frame
+    // (`frame_read` covers them: resolve/python/layout.rs), so it needs no clearing.
     let loops = (MAX_PYTHON_FRAMES * 2) as u32;
-    let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, (&mut walk as *mut FrameWalk).cast(), 0) };
+    let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, core::ptr::null_mut(), 0) };
     if done as u32 >= loops && walk.frame != 0 {
         walk.flags |= python_flags::TRUNCATED;
     }

@@ -486,7 +486,7 @@ pub(crate) fn site_id(frames: &[Frame]) -> SiteId {
 ///
 /// A stack with named JIT frames (JavaScript from a perf map) and no Python frames is
 /// identified by the native frames innermost of its first JIT frame (the bindings and libuv
-/// chain that made the descriptor) and its named JIT frames up to the innermost one of the
+/// chain that made the descriptor), less V8's builtins (`is_v8_builtin`), and its named JIT frames up to the innermost one of the
 /// program's own code, then only the program's own JIT frames outward: what lies between
 /// them changes while V8 compiles the same code again — an interpreted function runs through
 /// V8's one shared interpreter entry (a native frame of the executable) until it is compiled,
@@ -518,12 +518,22 @@ fn identity(frames: &[Frame]) -> impl Iterator<Item = &Frame> {
                 i < first || !program_jvm || (is_jvm_frame(frame) && !is_runtime(frame))
             }
             (None, Some(first)) => {
-                i < first || (named_jit(frame) && (program_jit.is_none_or(|p| i <= p) || !is_runtime(frame)))
+                (i < first && !is_v8_builtin(frame))
+                    || (named_jit(frame) && (program_jit.is_none_or(|p| i <= p) || !is_runtime(frame)))
             }
             (None, None) => true,
         };
         kept.then_some(frame)
     })
+}
+
+/// One of V8's builtins, the code its JIT frames enter the runtime through, named
+/// `Builtins_<name>` in the executable (src/snapshot/embedded/embedded-file-writer.cc): which
+/// of them lie between a JavaScript call and the C++ it reaches depends on the tier the caller
+/// was compiled to (`Builtins_ConstructHandler` from baseline code, none from the
+/// interpreter), not on the call.
+fn is_v8_builtin(frame: &Frame) -> bool {
+    frame.language != Language::Jit && frame.symbol.as_deref().is_some_and(|s| s.starts_with("Builtins_"))
 }
 
 /// What a person is shown of a stack: a frame (with its index in the stack), or a run of the
@@ -671,6 +681,22 @@ pub(crate) mod tests {
             js("processTicksAndRejections", "node:internal/process/task_queues", 67),
         ];
         assert_eq!(site_label(&tcp).unwrap(), "internalConnect (node:net:1038)");
+        // A TCP handle made by `new TCP()` (model/handles.rs): from interpreted code the
+        // constructor is entered directly, from baseline code through another builtin.
+        let construct = |builtins: &[&str]| {
+            let mut frames = vec![
+                native(Some("uv_tcp_init"), "/usr/bin/node", 0x18b9f80),
+                native(Some("node::TCPWrap::New"), "/usr/bin/node", 0xde0000),
+            ];
+            frames.extend(builtins.iter().map(|b| native(Some(b), "/usr/bin/node", 0x1900000)));
+            frames
+                .extend([js("Socket.connect", "node:net", 1200), js("connectAndKeep", "/srv/client.js", 26)]);
+            frames
+        };
+        let from_interpreted = construct(&["Builtins_JSBuiltinsConstructStub"]);
+        let from_baseline = construct(&["Builtins_JSBuiltinsConstructStub", "Builtins_ConstructHandler"]);
+        assert_eq!(site_id(&from_interpreted), site_id(&from_baseline));
+        assert_eq!(site_label(&from_baseline).unwrap(), "connectAndKeep (client.js:26)");
         // Unnamed JIT code (no perf map) and V8's stubs are the runtime's.
         assert!(is_runtime(&Frame { file: None, ..js("Builtin:ArgumentsAdaptorTrampoline", "", 0) }));
         assert!(!is_runtime(&Frame { file: None, ..js("com.acme.Api.handle(int)", "", 0) }));

@@ -8,6 +8,7 @@ pub(crate) mod exited;
 pub(crate) mod fd;
 pub(crate) mod fdtable;
 pub(crate) mod frame;
+pub(crate) mod handles;
 pub(crate) mod history;
 pub(crate) mod holders;
 pub(crate) mod kept;

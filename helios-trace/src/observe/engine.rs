@@ -20,21 +20,26 @@ use log::debug;
 use crate::{
     model::{
         counts::EventCounts,
-        event::{CapturedStack, Event, Op},
+        event::{CapturedStack, Event, Op, StackIds},
         exited::ExitedProcess,
         fd::SiteId,
         fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
         frame::{self, Frame},
+        handles::TcpHandles,
         kept::Kept,
         sites::SiteStats,
     },
     resolve::{
         goroutines::{GoImage, GoProcesses},
+        modules::{
+            libuv::{self, LibuvFiles, LibuvTarget},
+            maps::FileKey,
+        },
         python::PythonProcesses,
         stacks::{StackCounts, StackRegistry, Teach},
     },
     sys::{
-        decode::{self, Decoded, PythonFrames, RecordStack, ShadowChain},
+        decode::{self, Decoded, HandleRecord, HandleStep, PythonFrames, RecordStack, ShadowChain},
         syscalls::SyscallTable,
     },
 };
@@ -100,6 +105,10 @@ pub(crate) struct Engine {
     shadows: HashMap<u32, ShadowChain>,
     /// Go programs whose goroutines' creators the kernel reads.
     go: GoProcesses,
+    /// libuv's TCP handles, and the sockets made for them on a later tick (Node.js).
+    handles: TcpHandles,
+    /// Files with libuv, for the kernel's uprobes.
+    libuv: LibuvFiles,
     syscalls: SyscallTable,
     proc: Box<dyn ProcSource>,
     cmdlines: HashMap<u32, Option<String>>,
@@ -135,6 +144,8 @@ impl Engine {
             walked: HashMap::new(),
             shadows: HashMap::new(),
             go: GoProcesses::default(),
+            handles: TcpHandles::default(),
+            libuv: LibuvFiles::default(),
             syscalls: SyscallTable::native(),
             proc,
             cmdlines: HashMap::new(),
@@ -217,16 +228,61 @@ impl Engine {
         self.go.take_updates()
     }
 
-    /// Read `tgid`'s maps while it surely runs (a short-lived process still resolves), and
-    /// whether it is a Go program whose goroutines' creators the kernel can read. `exec_ns`:
-    /// the time of the exec record of the image read (0 for one exec'd before tracing began).
+    /// Files with libuv found since the last call, for the kernel's uprobes.
+    pub(crate) fn libuv_updates(&mut self) -> Vec<LibuvTarget> {
+        self.libuv.take()
+    }
+
+    /// `run`'s command, before its exec: its executable, if it has libuv, to be attached
+    /// while the tracer still may (sys/loader.rs, `attach_libuv`).
+    pub(crate) fn libuv_before_exec(&mut self, program: &Path) {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(metadata) = std::fs::metadata(program) else { return };
+        let dev = metadata.dev();
+        let key = FileKey {
+            dev: (u64::from(libc::major(dev)) << 32) | u64::from(libc::minor(dev)),
+            inode: metadata.ino(),
+        };
+        match libuv::entries_of_file(program) {
+            Ok(Some(entries)) => self.libuv.before_exec(program, key, entries),
+            Ok(None) => {}
+            Err(err) => debug!("{}: {err}", program.display()),
+        }
+    }
+
+    /// Read `tgid`'s maps while it surely runs (a short-lived process still resolves), whether
+    /// it is a Go program whose goroutines' creators the kernel can read, and whether it has
+    /// libuv (Node.js). `exec_ns`: the time of the exec record of the image read (0 for one
+    /// exec'd before tracing began).
     fn capture(&mut self, tgid: u32, exec_ns: u64) {
         self.stacks.capture_maps(tgid);
         self.stacks.set_image_time(tgid, exec_ns);
-        let module = self.stacks.go_image(tgid);
+        let module = self.stacks.executable(tgid);
         let go = module.as_ref().and_then(|m| m.go.as_ref());
         let go = go.map(|table| GoImage { version: table.version(), offsets: table.goroutine_offsets() });
         self.go.seen(tgid, exec_ns, go);
+        for module in module.into_iter().chain(self.stacks.libuv_libraries(tgid)) {
+            self.libuv.seen(&module);
+        }
+    }
+
+    /// A libuv TCP handle's step (model/handles.rs).
+    fn handle_libuv(&mut self, record: HandleRecord, stack: &RecordStack<'_>, stacks: &dyn StackSource) {
+        match record.step {
+            HandleStep::Created => {
+                let stack = match stack {
+                    RecordStack::Window(sample) => Some(CapturedStack::Window { sample, shadow: None }),
+                    RecordStack::Chain(_) | RecordStack::None => None,
+                };
+                let ids = StackIds { user: record.stack_id, creator: None };
+                let site = self.stacks.site(record.tgid, ids, stack.as_ref(), &|id| stacks.read_stack(id));
+                // Remembered while the handle waits for its socket (`--retention`, as any site).
+                self.stats.made(site, record.ts_ns);
+                self.handles.created(record.tgid, record.handle, site);
+            }
+            HandleStep::Connecting => self.handles.connecting(record.tgid, record.tid, record.handle),
+            HandleStep::Connected => self.handles.connected(record.tid),
+        }
     }
 
     /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).
@@ -353,6 +409,10 @@ impl Engine {
             return;
         }
         self.counts.received += 1;
+        if let Ok(Decoded::Handle(record, stack)) = &decoded {
+            self.handle_libuv(*record, stack, stacks);
+            return;
+        }
         match decoded {
             Ok(Decoded::Event(event, stack)) => {
                 self.by_type[event.op.index()] += 1;
@@ -372,7 +432,9 @@ impl Engine {
                 };
                 self.handle_event(&event, stack.as_ref(), stacks)
             }
-            Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_)) => self.untracked += 1,
+            Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..)) => {
+                self.untracked += 1
+            }
             Err(err) => {
                 self.counts.undecodable += 1;
                 debug!("undecodable record: {err}");
@@ -393,15 +455,30 @@ impl Engine {
                 // With Python frames, the native site is a step to the site: remembered too
                 // (what Python sites are made from), so it must be forgotten in its turn.
                 self.stats.made(native, event.ts_ns);
-                match self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns) {
-                    Some(walked) => {
-                        self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
-                    }
-                    None => {
-                        let stacks = &self.stacks;
-                        let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
-                        self.python.not_walked(event.tgid, event.ts_ns, may_run);
-                        native
+                // A socket libuv makes for a handle on a later tick: the handle's site says
+                // which call asked for it (model/handles.rs).
+                let handle_site = match event.op {
+                    Op::Open { .. } => self.handles.socket_made(event.tgid, event.tid),
+                    _ => None,
+                };
+                let walked = self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns);
+                if let Some(site) = handle_site.filter(|site| self.stacks.knows(*site)) {
+                    site
+                } else {
+                    match walked {
+                        Some(walked) => self.python.site(
+                            event.tgid,
+                            native,
+                            &walked.frames,
+                            walked.flags,
+                            &mut self.stacks,
+                        ),
+                        None => {
+                            let stacks = &self.stacks;
+                            let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                            self.python.not_walked(event.tgid, event.ts_ns, may_run);
+                            native
+                        }
                     }
                 }
             }
@@ -500,6 +577,7 @@ impl Engine {
                     // New image: old stack ids mean other code now. Capture the maps while the
                     // process surely runs, so a short-lived one still resolves.
                     self.stacks.forget(*tgid);
+                    self.handles.forget(*tgid);
                     self.capture(*tgid, ts_ns);
                     self.python.exec(*tgid, ts_ns);
                     let cmdline = self.proc.cmdline(*tgid);
@@ -507,6 +585,7 @@ impl Engine {
                 }
                 Transition::ProcessExited { tgid } => {
                     self.stacks.forget(*tgid);
+                    self.handles.forget(*tgid);
                     self.go.exited(*tgid);
                     self.python.forget(*tgid, ts_ns);
                     self.cmdlines.remove(tgid);

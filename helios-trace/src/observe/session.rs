@@ -341,6 +341,7 @@ impl Tracing {
     /// a CPython known before it runs has its frames walked from its first line.
     pub(crate) fn before_exec(&mut self, pid: u32, program: &std::path::Path) {
         self.engine.python_before_exec(pid, program);
+        self.engine.libuv_before_exec(program);
         apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
@@ -490,6 +491,22 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
         log::debug!("process {pid}: goroutine creators {offsets:?}");
         if let Err(err) = tracer.set_go(pid, offsets) {
             log::warn!("process {pid}: {err:#}: its goroutines' creators are not read");
+        }
+    }
+    for target in engine.libuv_updates() {
+        match tracer.attach_libuv(&target.path, &target.entries) {
+            Ok(()) => log::debug!("libuv uprobes on {}", target.path.display()),
+            // After the start the tracer may no longer make uprobes (CAP_SYS_ADMIN,
+            // sys/loader.rs `attach_libuv`): said once a session, each file at debug level.
+            Err(err) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    log::warn!(
+                        "a Node.js started after helios-trace: the TCP connections it makes on a later tick are told by node:net, not by the call that asked for them (README, \"Node.js\")"
+                    )
+                });
+                log::debug!("{err:#}");
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::{FrameRule, FrameRuleKey, MAX_CHAIN_FRAMES};
+use helios_trace_common::{FrameRule, FrameRuleKey, MAX_CHAIN_FRAMES, user_stack_flags};
 
 use crate::{
     model::{
@@ -291,7 +291,10 @@ impl StackRegistry {
                 if self.refresh_if_uncovered(tgid, &unwound.addresses) {
                     unwound = self.unwind(tgid, sample);
                 }
-                self.learn(tgid, sample, &unwound);
+                // A uprobe's stack (a libuv handle, model/handles.rs): the kernel never walks it.
+                if sample.flags & user_stack_flags::AT_ENTRY == 0 {
+                    self.learn(tgid, sample, &unwound);
+                }
                 Some(unwound.addresses)
             }
             Some(CapturedStack::Chain(addresses)) => {
@@ -428,13 +431,27 @@ impl StackRegistry {
         self.creators.get(site)
     }
 
-    /// A process's executable, if it is a Go program (its `go` table says its version and
-    /// where that release keeps a goroutine's creator). The executable is the module of the lowest
-    /// executable mapping (it is mapped below its libraries and the dynamic loader, PIE or not).
-    pub(crate) fn go_image(&mut self, tgid: u32) -> Option<Arc<LoadedModule>> {
+    /// A process's executable: the module of the lowest executable mapping (it is mapped below
+    /// its libraries and the dynamic loader, PIE or not). Whether it is a Go program (its `go`
+    /// table says its version and where that release keeps a goroutine's creator), and whether it
+    /// has libuv linked in (Node.js), are read from it.
+    pub(crate) fn executable(&mut self, tgid: u32) -> Option<Arc<LoadedModule>> {
         let image = self.process(tgid).image.as_ref()?;
         let module = image.modules.iter().min_by_key(|m| m.range.start)?.file.clone();
-        self.loaded(&module).filter(|loaded| loaded.go.is_some())
+        self.loaded(&module)
+    }
+
+    /// The libuv shared libraries a process maps (a distribution's node links `libuv.so.1`),
+    /// parsed; the executable is `executable`'s.
+    pub(crate) fn libuv_libraries(&mut self, tgid: u32) -> Vec<Arc<LoadedModule>> {
+        let Some(image) = self.process(tgid).image.as_ref() else { return Vec::new() };
+        let files: Vec<_> = image
+            .modules
+            .iter()
+            .filter(|m| m.file.path.rsplit('/').next().is_some_and(|name| name.starts_with("libuv.so")))
+            .map(|m| m.file.clone())
+            .collect();
+        files.iter().filter_map(|file| self.loaded(file)).collect()
     }
 
     /// Call sites whose frames are remembered now (`helios_trace_tracked_sites`).
@@ -548,9 +565,17 @@ impl StackRegistry {
             // First sight of this process.
             self.capture_maps(tgid);
         }
-        let unwound = self.unwind_with_image(tgid, sample);
+        let mut unwound = self.unwind_with_image(tgid, sample);
         if unwound.truncated {
             self.counts.truncated += 1;
+        }
+        if sample.flags & user_stack_flags::AT_ENTRY != 0 {
+            // A uprobe's pc, a function's first byte, carried one past: the form of every other
+            // address here (after a syscall, return addresses), which is looked up at the byte
+            // before (`lookup_addresses`).
+            if let Some(pc) = unwound.addresses.first_mut() {
+                *pc += 1;
+            }
         }
         unwound
     }

@@ -3,9 +3,9 @@
 use std::mem::size_of;
 
 use helios_trace_common::{
-    CloseEvent, EventHeader, ExecEvent, ExitEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent, PATH_LEN,
-    PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent, UserStack,
-    chain_flags, kind, syscall_flags,
+    CloseEvent, EventHeader, ExecEvent, ExitEvent, HandleEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent,
+    PATH_LEN, PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent,
+    UserStack, chain_flags, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -40,6 +40,31 @@ pub(crate) enum Decoded<'a> {
     /// `--learned-chains shadow`: the chain the kernel walked for the descriptor record that
     /// follows with its stack window (same tid and ts_ns).
     Shadow(ShadowChain),
+    /// A libuv TCP handle's step (helios-trace-ebpf/src/libuv.rs), with the stack its
+    /// creation record carried.
+    Handle(HandleRecord, RecordStack<'a>),
+}
+
+/// A `kind::LIBUV_*` record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HandleRecord {
+    pub(crate) tgid: u32,
+    pub(crate) tid: u32,
+    pub(crate) ts_ns: u64,
+    pub(crate) handle: u64,
+    pub(crate) step: HandleStep,
+    /// A frame-pointer stack's id (`kind::LIBUV_TCP_HANDLE`).
+    pub(crate) stack_id: Option<i32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandleStep {
+    /// `uv_tcp_init` or `uv_tcp_init_ex`: the handle was made here.
+    Created,
+    /// `uv_tcp_connect` entered: the thread's next socket until it returns is the handle's.
+    Connecting,
+    /// `uv_tcp_connect` returned.
+    Connected,
 }
 
 /// The user stack a descriptor record carried with `--stacks dwarf` (`None` otherwise: a
@@ -169,6 +194,30 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
                 flags: record.flags,
             }))
         }
+        kind::LIBUV_TCP_HANDLE
+        | kind::LIBUV_TCP_HANDLE_USER_STACK
+        | kind::LIBUV_TCP_CONNECT
+        | kind::LIBUV_TCP_CONNECT_RETURN => {
+            let record: HandleEvent = read(bytes, "handle record")?;
+            let step = match header.kind {
+                kind::LIBUV_TCP_CONNECT => HandleStep::Connecting,
+                kind::LIBUV_TCP_CONNECT_RETURN => HandleStep::Connected,
+                _ => HandleStep::Created,
+            };
+            let stack = match user_stack(bytes)? {
+                Some(window) => RecordStack::Window(window),
+                None => RecordStack::None,
+            };
+            let handle = HandleRecord {
+                tgid: header.tgid,
+                tid: header.tid,
+                ts_ns: header.ts_ns,
+                handle: record.handle,
+                step,
+                stack_id: stack_id(record.stack_id),
+            };
+            Ok(Decoded::Handle(handle, stack))
+        }
         kind::EXIT => {
             let _: ExitEvent = read(bytes, "exit record")?;
             Ok(Decoded::Event(event(StackIds::default(), Op::Exit), RecordStack::None))
@@ -187,14 +236,17 @@ pub(crate) fn exec_notice(bytes: &[u8]) -> Result<(u32, u64), DecodeError> {
     Ok((header.tgid, header.ts_ns))
 }
 
-/// The user stack a `kind::FD_SYSCALL_USER_STACK` record carries after its SyscallEvent
-/// (None for every other record), borrowed from the record.
+/// The user stack a `kind::FD_SYSCALL_USER_STACK` record carries after its SyscallEvent, or a
+/// `kind::LIBUV_TCP_HANDLE_USER_STACK` after its HandleEvent (None for every other record),
+/// borrowed from the record.
 pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
-    if header.kind != kind::FD_SYSCALL_USER_STACK {
-        return Ok(None);
-    }
-    let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
+    let event_len = match header.kind {
+        kind::FD_SYSCALL_USER_STACK => size_of::<SyscallEvent>(),
+        kind::LIBUV_TCP_HANDLE_USER_STACK => size_of::<HandleEvent>(),
+        _ => return Ok(None),
+    };
+    let tail = bytes.get(event_len..).unwrap_or_default();
     let stack: UserStack = read(tail, "user stack")?;
     let data = &tail[size_of::<UserStack>()..];
     let len = stack.stack_len as usize;
@@ -426,7 +478,7 @@ pub(crate) mod tests {
     fn op_of(record: &SyscallEvent) -> Option<Op> {
         match decode(&bytes_of(record), &SyscallTable::native()).unwrap() {
             Decoded::Event(event, _) => Some(event.op),
-            Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) => None,
+            Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..) => None,
         }
     }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use helios_trace_common::{
     FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
@@ -22,6 +22,7 @@ use log::{debug, info, warn};
 use super::{btf, checks};
 use crate::{
     model::counts::ProgramRuns,
+    resolve::modules::libuv::LibuvEntries,
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -106,6 +107,9 @@ pub(crate) struct Tracer {
     attached: Vec<String>,
     /// Until the exec lane takes them.
     notices: Option<RingBuf<MapData>>,
+    /// Whether the libuv uprobes loaded (helios-trace-ebpf/src/libuv.rs): not with `--stacks
+    /// none`, nor on a kernel without uprobes.
+    libuv: bool,
 }
 
 /// The kernel's `PYTHON_PROCS` map, shared by the reader and the exec lane's thread.
@@ -269,6 +273,17 @@ impl Tracer {
             attach(&mut ebpf, program, category, name, &mut attached)?;
         }
 
+        // Attached per file later, as files with libuv are found (`attach_libuv`).
+        let libuv = std::env::var_os(FLOOR_ENV).is_none()
+            && config.user_stack_mode != stack_mode::NONE
+            && match load_libuv_probes(&mut ebpf) {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!("{err:#}: Node.js connections are told by the stack that made their socket");
+                    false
+                }
+            };
+
         // Only now that every program is attached do the programs start acting on a syscall:
         // the spec array is what turns them on.
         let mut spec_array: Array<_, u32> = Array::try_from(map_mut(&mut ebpf, map_name::SYSCALL_SPECS)?)?;
@@ -298,6 +313,7 @@ impl Tracer {
                 counters,
                 attached,
                 notices: Some(notices),
+                libuv,
             },
             events,
         ))
@@ -328,6 +344,38 @@ impl Tracer {
             // Absent already is fine: the kernel drops an entry at the process's exec and exit.
             None => {
                 let _ = self.go.remove(&tgid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attach the libuv uprobes to the file `path` opens (for every process that maps it now
+    /// or later), at the file offsets of its entry points. The kernel resolves `path` when the
+    /// probe is made. A uprobe perf event needs CAP_SYS_ADMIN (kernel/events/core.c,
+    /// perf_uprobe_event_init, since Linux 6.16 and in the stable kernels: "perf: Revert to
+    /// requiring CAP_SYS_ADMIN for uprobes"), which the tracer gives up once attached
+    /// (sys/privileges.rs): so this works for the files of the processes there at the start
+    /// and of `run`'s command, and fails (EACCES) for those found later.
+    pub(crate) fn attach_libuv(&mut self, path: &Path, entries: &LibuvEntries) -> Result<()> {
+        if !self.libuv {
+            return Ok(());
+        }
+        let probes: [(&str, &[u64]); 3] = [
+            // The return probe first: a connect seen entered is then always seen returned.
+            ("libuv_tcp_connected", &[entries.connect]),
+            ("libuv_tcp_connect", &[entries.connect]),
+            ("libuv_tcp_init", &entries.init),
+        ];
+        for (program, offsets) in probes {
+            let probe: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} is missing from the eBPF object"))?
+                .try_into()?;
+            for &offset in offsets {
+                probe.attach(offset, path, UProbeScope::AllProcesses).with_context(|| {
+                    format!("cannot attach {program} to {} at {offset:#x}", path.display())
+                })?;
             }
         }
         Ok(())
@@ -484,6 +532,18 @@ fn attach(
         .attach(category, name)
         .with_context(|| format!("cannot attach {program} to {category}/{name}"))?;
     attached.push(format!("{category}/{name}"));
+    Ok(())
+}
+
+/// Load the libuv uprobes (helios-trace-ebpf/src/libuv.rs), to be attached per file.
+fn load_libuv_probes(ebpf: &mut Ebpf) -> Result<()> {
+    for program in ["libuv_tcp_init", "libuv_tcp_connect", "libuv_tcp_connected"] {
+        let probe: &mut UProbe = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} is missing from the eBPF object"))?
+            .try_into()?;
+        probe.load().with_context(|| format!("the kernel rejected program {program}"))?;
+    }
     Ok(())
 }
 

@@ -494,7 +494,9 @@ fn stripped_go_clients_of_every_release_installed_are_named_with_their_creators(
 /// connections it opens: its JIT frames are named from the map, each function one frame
 /// whichever tier V8 compiled it to, so each leak is one site however often it ran. A Unix
 /// socket is made within the program's call (one site told by the program's function); a TCP
-/// connection on a later tick of Node's own (one site told by node:net's internalConnect).
+/// connection on a later tick of Node's own, for the handle `net.connect` made within the
+/// program's call: one site told by the program's function too, from the handle's stack
+/// (libuv's `uv_tcp_init`, seen by the uprobes: model/handles.rs).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
@@ -534,11 +536,11 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
     let function_line = source_line(&script, "function connectUnixAndKeep");
     let unix_label = format!("connectUnixAndKeep (client.js:{function_line})");
     assert_eq!(labels.get(&unix_label), Some(&20), "one site of 20 named by the function: {labels:#?}");
-    let tcp: Vec<(&String, &u64)> =
-        labels.iter().filter(|(l, _)| l.starts_with("internalConnect (node:net:")).collect();
-    assert_eq!(tcp.len(), 1, "{labels:#?}");
-    assert_eq!(*tcp[0].1, 20);
+    let tcp_label = format!("connectAndKeep (client.js:{})", source_line(&script, "function connectAndKeep"));
+    assert_eq!(labels.get(&tcp_label), Some(&20), "one site of 20 named by the function: {labels:#?}");
     assert_eq!(sites.len(), 2, "{sites:#?}");
+    let tcp_site = sites.iter().find(|s| s["frame"] == tcp_label.as_str()).unwrap();
+    assert_handle_stack(tcp_site);
     let unix_site = sites.iter().find(|s| s["frame"] == unix_label.as_str()).unwrap();
     let frame =
         unix_site["frames"].as_array().unwrap().iter().find(|f| f["symbol"] == "connectUnixAndKeep").unwrap();
@@ -547,6 +549,18 @@ fn a_node_client_leaking_connections_is_one_site_per_javascript_function() {
     tracer.stop();
     client.exit();
     let _ = std::fs::remove_file(perf_map);
+}
+
+/// A TCP site of Node.js is its handle's creation: the innermost frame is libuv's
+/// `uv_tcp_init` (or `uv_tcp_init_ex`), not the socket(2) of `uv_tcp_connect` on a later tick.
+fn assert_handle_stack(site: &Value) {
+    let frames = site["frames"].as_array().unwrap();
+    let innermost = frames[0]["symbol"].as_str().unwrap_or_default();
+    assert!(matches!(innermost, "uv_tcp_init" | "uv_tcp_init_ex"), "{frames:#?}");
+    assert!(
+        !frames.iter().any(|f| f["symbol"].as_str().is_some_and(|s| s.starts_with("internalConnect"))),
+        "the later tick is not the site: {frames:#?}"
+    );
 }
 
 /// The stripped Go client in a pod (its own pid, net and mount namespaces, its own root with
@@ -584,7 +598,8 @@ fn a_stripped_go_client_in_a_pod_is_named_from_its_own_binary() {
 /// Debian's node and the libraries it links, the script at /app/client.js), serving itself: V8
 /// writes its perf map into the pod's /tmp under the pid the pod sees, and the JIT frames are
 /// named from it as on the host — the Unix connections one site told by the program's
-/// function, the TCP ones one site told by node:net's internalConnect.
+/// function, the TCP ones too, from their handles' stack (the uprobes attached to the pod's own
+/// node, through the tracer's handle on that file).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
@@ -622,7 +637,7 @@ fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
                 .map(|s| s["open"].as_u64().unwrap())
                 .sum()
         };
-        (open("connectUnixAndKeep (client.js:") == 20 && open("internalConnect (node:net:") == 20)
+        (open("connectUnixAndKeep (client.js:") == 20 && open("connectAndKeep (client.js:") == 20)
             .then_some(report)
     });
     let sites = sockets_sites(&report, pod.pid);
@@ -639,11 +654,11 @@ fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
         .unwrap();
     assert_eq!(frame["language"], "jit");
     assert_eq!(frame["file"], "/app/client.js", "the path inside the pod");
-    let tcp: Vec<&Value> = sites
-        .iter()
-        .filter(|s| s["frame"].as_str().is_some_and(|f| f.starts_with("internalConnect (node:net:")))
-        .collect();
-    assert_eq!(tcp.len(), 1, "{sites:#?}");
+    let tcp_label = format!("connectAndKeep (client.js:{})", source_line(&script, "function connectAndKeep"));
+    let tcp: Vec<&Value> = sites.iter().filter(|s| s["frame"] == tcp_label.as_str()).collect();
+    assert_eq!(tcp.len(), 1, "one site named by the function: {sites:#?}");
+    assert_eq!(tcp[0]["open"], 20);
+    assert_handle_stack(tcp[0]);
     tracer.stop();
 }
 

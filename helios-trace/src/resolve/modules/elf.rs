@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use thiserror::Error;
 
-use super::{files::ModuleFile, gopclntab::GoTable};
+use super::{files::ModuleFile, gopclntab::GoTable, libuv::LibuvEntries};
 
 #[derive(Debug, Error)]
 pub(crate) enum ModuleError {
@@ -60,6 +60,8 @@ pub(crate) struct LoadedModule {
     pub(crate) unwind: UnwindSections,
     /// A Go binary's own function and line table, which names its code stripped or not.
     pub(crate) go: Option<GoTable>,
+    /// Where libuv's TCP entry points are, in a file that has them (Node.js).
+    pub(crate) libuv: Option<LibuvEntries>,
     /// PT_LOAD segments: (file offset, SVMA, file size); shared with the Go table.
     segments: Arc<[(u64, u64, u64)]>,
     pub(super) size: u64,
@@ -102,7 +104,8 @@ impl LoadedModule {
             .collect();
         let build_id = elf.build_id().ok().flatten().map(Box::from);
         let go = GoTable::parse(&elf, &map, &segments);
-        Ok(LoadedModule { build_id, unwind, go, segments, size: map.len() as u64, file })
+        let libuv = LibuvEntries::find(&elf, &segments);
+        Ok(LoadedModule { build_id, unwind, go, libuv, segments, size: map.len() as u64, file })
     }
 
     /// The SVMA of a file offset (through the PT_LOAD segment that maps it).

@@ -6,4 +6,5 @@ pub(crate) mod cache;
 pub(crate) mod elf;
 pub(crate) mod files;
 pub(crate) mod gopclntab;
+pub(crate) mod libuv;
 pub(crate) mod maps;

@@ -1,0 +1,126 @@
+//! libuv's TCP handles, by uprobes in the file that has libuv (Node.js links it into its
+//! executable; ARCHITECTURE.md, "Handles"). Node makes a connection's socket on a later tick
+//! than the call that asked for it (lib/net.js, `lookupAndConnect` defers `internalConnect`
+//! with `process.nextTick`), when that call is off the stack; the handle (`new TCP()` in
+//! `Socket.prototype.connect`, which calls `uv_tcp_init`) is made within it. So:
+//!
+//! - `uv_tcp_init` and `uv_tcp_init_ex` entered: a record with the handle and the caller's
+//!   stack (the window, or the frame-pointer id, as a descriptor-creating call's);
+//! - `uv_tcp_connect` entered and returned: two records around the socket(2) it makes for a
+//!   handle without one (src/unix/tcp.c, `maybe_new_socket`), which userspace gives the
+//!   handle's stack.
+//!
+//! Userspace attaches them to each file whose symbols name these functions (at a process's
+//! first sight and exec, once per file); the filter is the syscall programs' own.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use helios_trace_common::{
+    HandleEvent, MAX_STACK_WINDOW, STACK_NOT_CAPTURED, UserStack, counter, kind, stack_mode, user_stack_flags,
+};
+
+use crate::{
+    emit::{count, emit, finish, header, wakeup_flags},
+    filter::is_traced,
+    maps::EVENTS,
+    settings::{stack_window, user_stack_mode},
+    stacks::{capture_user_stack, stack_id},
+    syscalls::saved_regs,
+};
+
+/// The layout of a `kind::LIBUV_TCP_HANDLE_USER_STACK` record (helios_trace_common).
+#[repr(C)]
+struct WithStack {
+    event: HandleEvent,
+    stack: UserStack,
+    bytes: [u8; MAX_STACK_WINDOW as usize],
+}
+
+const STACK_BYTES_OFFSET: usize = core::mem::size_of::<HandleEvent>() + core::mem::size_of::<UserStack>();
+
+/// `int uv_tcp_init(uv_loop_t*, uv_tcp_t* handle)` and `int uv_tcp_init_ex(uv_loop_t*,
+/// uv_tcp_t* handle, unsigned int flags)` entered: the handle is the second argument.
+#[uprobe]
+pub fn libuv_tcp_init(ctx: ProbeContext) -> u32 {
+    finish(try_libuv_tcp_init(&ctx))
+}
+
+fn try_libuv_tcp_init(ctx: &ProbeContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mode = user_stack_mode();
+    // A handle's stack is all this record is for.
+    if mode == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let handle: u64 = ctx.arg(1).ok_or(0i64)?;
+    let mut event = HandleEvent {
+        header: header(kind::LIBUV_TCP_HANDLE, pid_tgid),
+        handle,
+        stack_id: STACK_NOT_CAPTURED,
+        reserved: 0,
+    };
+    if mode != stack_mode::DWARF {
+        event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
+        emit(&event);
+        return Ok(());
+    }
+    let window = stack_window().min(MAX_STACK_WINDOW);
+    let Some(mut entry) = EVENTS.reserve_bytes(STACK_BYTES_OFFSET + window as usize, 0) else {
+        count(counter::RINGBUF_FULL);
+        return Ok(());
+    };
+    // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
+    let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
+    event.header.kind = kind::LIBUV_TCP_HANDLE_USER_STACK;
+    record.event = event;
+    // The probe's registers are the task's user registers at the call (the breakpoint's trap).
+    let Ok(regs) = saved_regs(ctx.regs as *const u64) else {
+        entry.discard(0);
+        return Err(0);
+    };
+    capture_user_stack(&mut record.stack, &mut record.bytes, window, regs);
+    record.stack.flags |= user_stack_flags::AT_ENTRY;
+    entry.submit(wakeup_flags());
+    Ok(())
+}
+
+/// `int uv_tcp_connect(uv_connect_t* req, uv_tcp_t* handle, const struct sockaddr*,
+/// uv_connect_cb)` entered: the handle is the second argument.
+#[uprobe]
+pub fn libuv_tcp_connect(ctx: ProbeContext) -> u32 {
+    finish(try_libuv_tcp_connect(&ctx))
+}
+
+fn try_libuv_tcp_connect(ctx: &ProbeContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if user_stack_mode() == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let handle: u64 = ctx.arg(1).ok_or(0i64)?;
+    emit(&HandleEvent {
+        header: header(kind::LIBUV_TCP_CONNECT, pid_tgid),
+        handle,
+        stack_id: STACK_NOT_CAPTURED,
+        reserved: 0,
+    });
+    Ok(())
+}
+
+/// `uv_tcp_connect` returned: the socket it made, if any, is before this record.
+#[uretprobe]
+pub fn libuv_tcp_connected(_ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if user_stack_mode() == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    emit(&HandleEvent {
+        header: header(kind::LIBUV_TCP_CONNECT_RETURN, pid_tgid),
+        handle: 0,
+        stack_id: STACK_NOT_CAPTURED,
+        reserved: 0,
+    });
+    0
+}
