@@ -461,24 +461,17 @@ impl Engine {
                     Op::Open { .. } => self.handles.socket_made(event.tgid, event.tid),
                     _ => None,
                 };
-                let walked = self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns);
-                if let Some(site) = handle_site.filter(|site| self.stacks.knows(*site)) {
-                    site
-                } else {
-                    match walked {
-                        Some(walked) => self.python.site(
-                            event.tgid,
-                            native,
-                            &walked.frames,
-                            walked.flags,
-                            &mut self.stacks,
-                        ),
-                        None => {
-                            let stacks = &self.stacks;
-                            let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
-                            self.python.not_walked(event.tgid, event.ts_ns, may_run);
-                            native
-                        }
+                let handle_site = handle_site.filter(|site| self.stacks.knows(*site));
+                match (handle_site, self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns)) {
+                    (Some(site), _) => site,
+                    (None, Some(walked)) => {
+                        self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
+                    }
+                    (None, None) => {
+                        let stacks = &self.stacks;
+                        let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                        self.python.not_walked(event.tgid, event.ts_ns, may_run);
+                        native
                     }
                 }
             }
@@ -924,6 +917,50 @@ mod tests {
             k,
             Kept::Transition(Transition::Fd { change: FdChange::Closed(CloseReason::Close), .. })
         )));
+    }
+
+    /// A libuv handle record (helios-trace-ebpf/src/libuv.rs) of PARENT's main thread, with a
+    /// frame-pointer stack id.
+    fn handle_record(kind: u32, handle: u64, stack_id: i32) -> Vec<u8> {
+        use zerocopy::IntoBytes as _;
+        let header =
+            helios_trace_common::EventHeader { kind, tgid: PARENT, tid: PARENT, reserved: 0, ts_ns: 1 };
+        let record = helios_trace_common::HandleEvent { header, handle, stack_id, reserved: 0 };
+        record.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_socket_made_inside_uv_tcp_connect_takes_the_site_of_its_handle() {
+        use helios_trace_common::{STACK_NOT_CAPTURED, kind};
+        let (mut feed, _proc) = feed();
+        feed.found(PARENT, "node");
+        let (handle_stack, tick_stack) = (7, 9);
+        let records = |feed: &mut Feed, records: &[Vec<u8>]| {
+            for record in records {
+                feed.engine.handle_record(record, &DistinctStacks);
+            }
+        };
+        records(
+            &mut feed,
+            &[
+                handle_record(kind::LIBUV_TCP_HANDLE, 0x1000, handle_stack),
+                handle_record(kind::LIBUV_TCP_CONNECT, 0x1000, STACK_NOT_CAPTURED),
+            ],
+        );
+        let inside = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT_RETURN, 0, STACK_NOT_CAPTURED)]);
+        // Outside the bracket, and a second connect of a handle already used: its own stack.
+        let outside = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT, 0x1000, STACK_NOT_CAPTURED)]);
+        let again = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT_RETURN, 0, STACK_NOT_CAPTURED)]);
+        // What a call at the handle's stack opens is at the handle's site.
+        let reference = feed.open(PARENT, FdKind::File, handle_stack, 1)[0];
+        let site = |fd| kinds(&feed.engine, PARENT).into_iter().find(|(f, ..)| *f == fd).unwrap().2;
+        assert_eq!(site(inside), site(reference));
+        assert_ne!(site(outside), site(reference));
+        assert_eq!(site(again), site(outside));
+        assert!(matches!(site(outside), SiteId::Stack(_)));
     }
 
     #[test]

@@ -494,7 +494,7 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
         }
     }
     for target in engine.libuv_updates() {
-        match tracer.attach_libuv(&target.path, &target.entries) {
+        match tracer.attach_libuv(&target.path, &target.entries.init, target.entries.connect) {
             Ok(()) => log::debug!("libuv uprobes on {}", target.path.display()),
             // After the start the tracer may no longer make uprobes (CAP_SYS_ADMIN,
             // sys/loader.rs `attach_libuv`): said once a session, each file at debug level.

@@ -758,6 +758,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn libuv_handle_records() {
+        let table = SyscallTable::native();
+        let record =
+            |kind, handle, stack_id| HandleEvent { header: header(kind), handle, stack_id, reserved: 0 };
+        let decoded = |bytes: &[u8]| match decode(bytes, &table) {
+            Ok(Decoded::Handle(record, stack)) => (record, matches!(stack, RecordStack::Window(_))),
+            other => panic!("{other:?}"),
+        };
+        let (created, window) = decoded(&bytes_of(&record(kind::LIBUV_TCP_HANDLE, 0x55aa_0000, 12)));
+        assert_eq!(
+            (created.step, created.handle, created.stack_id, created.tid, window),
+            (HandleStep::Created, 0x55aa_0000, Some(12), 101, false)
+        );
+        let (connecting, _) =
+            decoded(&bytes_of(&record(kind::LIBUV_TCP_CONNECT, 0x55aa_0000, STACK_NOT_CAPTURED)));
+        assert_eq!((connecting.step, connecting.stack_id), (HandleStep::Connecting, None));
+        let (connected, _) =
+            decoded(&bytes_of(&record(kind::LIBUV_TCP_CONNECT_RETURN, 0, STACK_NOT_CAPTURED)));
+        assert_eq!(connected.step, HandleStep::Connected);
+        // With its stack window (`--stacks dwarf`), after the 40-byte HandleEvent.
+        let mut bytes = bytes_of(&record(kind::LIBUV_TCP_HANDLE_USER_STACK, 0x55aa_0000, STACK_NOT_CAPTURED));
+        let flags = helios_trace_common::user_stack_flags::AT_ENTRY;
+        bytes.extend(bytes_of(&UserStack {
+            regs: [0; helios_trace_common::USER_REGS_WORDS],
+            stack_len: 3,
+            flags,
+        }));
+        bytes.extend_from_slice(&[7, 8, 9]);
+        match decode(&bytes, &table).unwrap() {
+            Decoded::Handle(record, RecordStack::Window(sample)) => {
+                assert_eq!(
+                    (record.step, sample.stack, sample.flags),
+                    (HandleStep::Created, &[7u8, 8, 9][..], flags)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(&bytes[..bytes.len() - 1], &table), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&bytes[..30], &table),
+            Err(DecodeError::Short { what: "handle record", .. })
+        ));
+    }
+
+    #[test]
     fn process_records() {
         let table = SyscallTable::native();
         let mut comm = [0u8; 16];

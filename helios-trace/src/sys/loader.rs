@@ -22,7 +22,6 @@ use log::{debug, info, warn};
 use super::{btf, checks};
 use crate::{
     model::counts::ProgramRuns,
-    resolve::modules::libuv::LibuvEntries,
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -350,21 +349,22 @@ impl Tracer {
     }
 
     /// Attach the libuv uprobes to the file `path` opens (for every process that maps it now
-    /// or later), at the file offsets of its entry points. The kernel resolves `path` when the
+    /// or later), at the file offsets of its entry points (`uv_tcp_init` and `uv_tcp_init_ex`,
+    /// `uv_tcp_connect`: resolve/modules/libuv.rs). The kernel resolves `path` when the
     /// probe is made. A uprobe perf event needs CAP_SYS_ADMIN (kernel/events/core.c,
     /// perf_uprobe_event_init, since Linux 6.16 and in the stable kernels: "perf: Revert to
     /// requiring CAP_SYS_ADMIN for uprobes"), which the tracer gives up once attached
     /// (sys/privileges.rs): so this works for the files of the processes there at the start
     /// and of `run`'s command, and fails (EACCES) for those found later.
-    pub(crate) fn attach_libuv(&mut self, path: &Path, entries: &LibuvEntries) -> Result<()> {
+    pub(crate) fn attach_libuv(&mut self, path: &Path, init: &[u64], connect: u64) -> Result<()> {
         if !self.libuv {
             return Ok(());
         }
         let probes: [(&str, &[u64]); 3] = [
             // The return probe first: a connect seen entered is then always seen returned.
-            ("libuv_tcp_connected", &[entries.connect]),
-            ("libuv_tcp_connect", &[entries.connect]),
-            ("libuv_tcp_init", &entries.init),
+            ("libuv_tcp_connected", &[connect]),
+            ("libuv_tcp_connect", &[connect]),
+            ("libuv_tcp_init", init),
         ];
         for (program, offsets) in probes {
             let probe: &mut UProbe = self
