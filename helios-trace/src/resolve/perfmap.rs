@@ -8,8 +8,11 @@
 //! by the pid the process sees itself as (the last `NSpid` entry), so a runtime in a container
 //! is named like one on the host. It grows while the runtime compiles: an address it does not
 //! name yet reads what was appended since (never more than `MAX_BYTES` in all, at most
-//! `MAX_READS` times), and code whose range was written again (freed and reused) is named by
-//! the latest line. A map written whole again is read again from its start, forgetting the old
+//! `MAX_READS` times), and so does a stack's first JIT address when the map grew since it was
+//! last read (`refresh_if_grown`): V8 frees code and compiles new code where it was, so an
+//! address an old line names may hold other code now. Code whose range was written again, in
+//! whole or in part, is named by the latest line: a line takes the place of every earlier one
+//! it overlaps. A map written whole again is read again from its start, forgetting the old
 //! one (HotSpot leaves out the code it freed): HotSpot's (`0x` fields) whenever its size or
 //! modification time changed, another when what was read is no longer where it was read.
 use std::{
@@ -20,8 +23,9 @@ use std::{
     sync::Arc,
 };
 
-/// A perf map is read at most this many times per process image (the first read included)...
-const MAX_READS: u32 = 64;
+/// A perf map is read at most this many times per process image (the first read included;
+/// each read takes only what was appended since the last)...
+const MAX_READS: u32 = 1024;
 /// ...and no further than this many bytes (a long-running JVM's map can grow without end).
 const MAX_BYTES: u64 = 64 << 20;
 
@@ -88,6 +92,17 @@ impl PerfMap {
         (self.refresh()).then(|| self.find(address)).flatten()
     }
 
+    /// Read what was appended since the last read, if anything was: before naming the JIT
+    /// frames of a stack, whose code may have taken the place of code an earlier line names.
+    pub(crate) fn refresh_if_grown(&mut self) {
+        let grown = open_in_root(&self.root, &self.inside)
+            .and_then(|file| file.metadata().ok())
+            .is_some_and(|m| m.len() != self.offset || self.whole);
+        if grown {
+            self.refresh();
+        }
+    }
+
     /// How many times new lines were read: a change means code is named that was not.
     pub(crate) fn generation(&self) -> u32 {
         self.reads
@@ -137,10 +152,25 @@ impl PerfMap {
         self.stamp = stamp;
         for line in String::from_utf8_lossy(&text[..end]).lines() {
             if let Some((start, size, symbol)) = parse_line(line) {
-                self.code.insert(start, (start.saturating_add(size), symbol));
+                self.insert(start, start.saturating_add(size), symbol);
             }
         }
         true
+    }
+
+    /// Code at [start, end): it replaces every earlier line whose range it overlaps (that code
+    /// was freed for it to be there).
+    fn insert(&mut self, start: u64, end: u64, symbol: JitSymbol) {
+        let inside: Vec<u64> = self.code.range(start..end.max(start + 1)).map(|(s, _)| *s).collect();
+        for overlapped in inside {
+            self.code.remove(&overlapped);
+        }
+        if let Some((&before, &(before_end, _))) = self.code.range(..start).next_back()
+            && before_end > start
+        {
+            self.code.remove(&before);
+        }
+        self.code.insert(start, (end, symbol));
     }
 
     /// Whether the file (`len` bytes now) still has the last line read where it was read: a
@@ -347,6 +377,21 @@ mod tests {
         assert_eq!(&*map.lookup(0x7f0000003010).unwrap().name, "third");
         assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "again");
         assert!(map.lookup(0x10).is_none());
+        // Code made where freed code was, overlapping it without the same start: the new line
+        // names the whole of its range, and the old line nothing any more.
+        std::io::Write::write_all(
+            &mut file,
+            b"7f0000000f80 100 JS:*moved /a.js:5:1
+",
+        )
+        .unwrap();
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "again", "not read yet: a hit reads nothing");
+        map.refresh_if_grown();
+        assert_eq!(&*map.lookup(0x7f0000001010).unwrap().name, "moved");
+        assert!(map.lookup(0x7f00000010a0).is_none(), "past the new code: the old line is gone");
+        let reads = map.reads;
+        map.refresh_if_grown();
+        assert_eq!(map.reads, reads, "a map that did not grow is not read again");
         // Bounded: unknown addresses do not read the file without end.
         for _ in 0..2 * MAX_READS {
             std::io::Write::write_all(&mut file, b"10 1 JS:~x /a.js:1:1\n").unwrap();

@@ -617,8 +617,15 @@ impl StackRegistry {
     fn user_frames(&mut self, tgid: u32, addresses: &[u64]) -> Vec<Frame> {
         let image = self.process(tgid).image.clone().unwrap_or_default();
         let mut frames = Vec::with_capacity(addresses.len());
+        let mut jit_seen = false;
         for (address, lookup) in addresses.iter().zip(lookup_addresses(addresses)) {
             let Some(mapping) = image.maps.lookup(lookup) else {
+                if !std::mem::replace(&mut jit_seen, true)
+                    && let Some(map) = self.process(tgid).perf_map.as_mut()
+                {
+                    // What the map says of this stack's code, as of now (resolve/perfmap.rs).
+                    map.refresh_if_grown();
+                }
                 // In no file: JIT-compiled code, named by the runtime's perf map if it has one.
                 frames.push(match self.jit_symbol(tgid, lookup) {
                     Some(jit) => Frame {
