@@ -23,7 +23,9 @@ cp "$here/nodeconn.js" "$dir/nodeconn.js"
 start() { # BINARY NAME FD
   mkfifo "$dir/$2.in"
   # With the perf map the tests use: the handle's JavaScript frames are named.
-  "$1" --perf-basic-prof --interpreted-frames-native-stack "$dir/nodeconn.js" < "$dir/$2.in" > "$dir/$2.out" 2>&1 &
+  # (V8 writes its isolate-*-v8.log where it runs: in the scratch directory.)
+  (cd "$dir" && exec "$1" --perf-basic-prof --interpreted-frames-native-stack "$dir/nodeconn.js" \
+    < "$dir/$2.in" > "$dir/$2.out" 2>&1) &
   eval "exec $3> \"$dir/$2.in\""
   until grep -q ready "$dir/$2.out"; do sleep 0.05; done
 }

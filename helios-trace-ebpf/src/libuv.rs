@@ -12,9 +12,11 @@
 //!
 //! Userspace attaches them to each file whose symbols name these functions (at a process's
 //! first sight and exec, once per file); the filter is the syscall programs' own.
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -27,9 +29,14 @@ use crate::{
     filter::is_traced,
     maps::EVENTS,
     settings::{stack_window, user_stack_mode},
-    stacks::{capture_user_stack, stack_id},
-    syscalls::saved_regs,
+    stacks::{capture_stack_window, stack_id},
 };
+
+// The user register layout of the architecture the programs are built for.
+#[cfg(bpf_target_arch = "aarch64")]
+use helios_trace_common::regs_aarch64 as arch;
+#[cfg(bpf_target_arch = "x86_64")]
+use helios_trace_common::regs_x86_64 as arch;
 
 /// The layout of a `kind::LIBUV_TCP_HANDLE_USER_STACK` record (helios_trace_common).
 #[repr(C)]
@@ -39,7 +46,7 @@ struct WithStack {
     bytes: [u8; MAX_STACK_WINDOW as usize],
 }
 
-const STACK_BYTES_OFFSET: usize = core::mem::size_of::<HandleEvent>() + core::mem::size_of::<UserStack>();
+const STACK_BYTES_OFFSET: usize = size_of::<HandleEvent>() + size_of::<UserStack>();
 
 /// `int uv_tcp_init(uv_loop_t*, uv_tcp_t* handle)` and `int uv_tcp_init_ex(uv_loop_t*,
 /// uv_tcp_t* handle, unsigned int flags)` entered: the handle is the second argument.
@@ -76,12 +83,16 @@ fn try_libuv_tcp_init(ctx: &ProbeContext) -> Result<(), i64> {
     let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
     event.header.kind = kind::LIBUV_TCP_HANDLE_USER_STACK;
     record.event = event;
-    // The probe's registers are the task's user registers at the call (the breakpoint's trap).
-    let Ok(regs) = saved_regs(ctx.regs as *const u64) else {
+    // The probe's registers are the task's user registers at the call (the breakpoint's trap),
+    // read straight into the record: a uprobe's program may be preempted, so nothing goes
+    // through the per-CPU slots the syscall programs use (SAVED_REGS, STACK_MAPPING).
+    let size = (arch::WORDS * size_of::<u64>()) as u32;
+    let read = unsafe { bpf_probe_read_kernel(record.stack.regs.as_mut_ptr().cast(), size, ctx.regs.cast()) };
+    if read != 0 {
         entry.discard(0);
-        return Err(0);
-    };
-    capture_user_stack(&mut record.stack, &mut record.bytes, window, regs);
+        return Err(read);
+    }
+    capture_stack_window(&mut record.stack, &mut record.bytes, window, false);
     record.stack.flags |= user_stack_flags::AT_ENTRY;
     entry.submit(wakeup_flags());
     Ok(())

@@ -1,7 +1,10 @@
 //! Python frames of the calling thread, read from a CPython process's own memory at its
 //! descriptor calls (the offsets come from userspace: helios-trace/src/resolve/python/), submitted as
 //! a `kind::PYTHON_STACK` record before the record they belong to.
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::bpf_pidns_info,
@@ -34,12 +37,13 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
         return;
     };
     // SAFETY: per-CPU slots: no other program uses them while this one runs on this CPU.
-    let (stack, walk) = unsafe { (&mut *stack, &mut *walk) };
-    // Copied map to map, not through the stack (PYTHON_WALK says why).
-    walk.offsets = *offsets;
+    let stack = unsafe { &mut *stack };
+    // Copied map to map, not through the stack (PYTHON_WALK says why). `walk` stays a raw
+    // pointer: the loop's callback writes it too (walk_python).
+    unsafe { (*walk).offsets = *offsets };
     stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
     stack.frame_count = 0;
-    stack.flags = match thread_id(&walk.offsets, pid_tgid as u32) {
+    stack.flags = match thread_id(unsafe { &(*walk).offsets }, pid_tgid as u32) {
         Some(tid) => walk_python(walk, tid),
         None => python_flags::NAMESPACE,
     };
@@ -189,9 +193,15 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 /// holder's: CPython releases the GIL around blocking calls), then copy (code object,
 /// instruction) of its frames, innermost first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
 /// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
+///
+/// `walk` is a raw pointer, never a `&mut` held across `bpf_loop`: the callback writes the
+/// same slot through its own pointer (`walk_frame`), which a `&mut` would let the compiler
+/// assume cannot happen (moving the writes before the loop past it, or the reads after it
+/// before it). Its fields are read back volatile after the loop.
 #[inline(always)]
-fn walk_python(walk: &mut FrameWalk, tid: u32) -> u32 {
-    let o = &walk.offsets;
+fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
+    // SAFETY: the per-CPU slot python_stack filled; the callback never writes `offsets`.
+    let o = unsafe { &(*walk).offsets };
     // A runtime whose page does not read has not been written yet: `run` gives the offsets
     // before the exec, and the dynamic loader opens its libraries before the interpreter's
     // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
@@ -238,15 +248,21 @@ fn walk_python(walk: &mut FrameWalk, tid: u32) -> u32 {
         };
         frame = current;
     }
-    walk.frame = frame;
-    walk.flags = 0;
+    // SAFETY: as above; volatile, so that the writes stay before the loop.
+    unsafe {
+        write_volatile(&raw mut (*walk).frame, frame);
+        write_volatile(&raw mut (*walk).flags, 0);
+    }
     // Room for shim frames between the real ones; a walk that did not reach the end is cut.
     // Every byte of `bytes` a frame's fields are taken from is read anew for each frame
     // (`frame_read` covers them: resolve/python/layout.rs), so it needs no clearing.
     let loops = (MAX_PYTHON_FRAMES * 2) as u32;
     let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, core::ptr::null_mut(), 0) };
-    if done as u32 >= loops && walk.frame != 0 {
-        walk.flags |= python_flags::TRUNCATED;
+    // SAFETY: as above; what the callback left there.
+    let (frame, mut flags) =
+        unsafe { (read_volatile(&raw const (*walk).frame), read_volatile(&raw const (*walk).flags)) };
+    if done as u32 >= loops && frame != 0 {
+        flags |= python_flags::TRUNCATED;
     }
-    walk.flags
+    flags
 }

@@ -62,10 +62,14 @@ unsafe extern "C" fn vma_bounds(_task: *mut c_void, vma: *mut c_void, bounds: *m
 /// even sequence equal to the one read before the lookup means the mappings are still as the
 /// lookup found them. Without all the offsets (a kernel without BTF, or before `mm_lock_seq`
 /// became a seqcount in 6.13), or when a read fails, it looks up.
+///
+/// `kept`: whether to use this CPU's slot at all. A uprobe's program may be preempted (it runs
+/// with migration disabled only: kernel/trace/trace_uprobe.c, bpf_prog_run_array_uprobe), so
+/// another program could write the slot half-way through its use: it looks up every time.
 #[inline(always)]
-fn stack_mapping_end(sp: u64) -> Option<u64> {
+fn stack_mapping_end(sp: u64, kept: bool) -> Option<u64> {
     let task = unsafe { bpf_get_current_task_btf() };
-    let seen = current_mapping_key(task as *const u8);
+    let seen = if kept { current_mapping_key(task as *const u8) } else { None };
     if let Some(seen) = seen
         && let Some(last) = STACK_MAPPING.get(0)
         && last.task == seen.task
@@ -145,14 +149,26 @@ pub fn capture_user_stack(
     window: u32,
     regs: &SavedRegs,
 ) {
-    stack.stack_len = 0;
-    stack.flags = 0;
     // The registers the task entered the kernel with: its user-mode state at the syscall.
     for (to, from) in stack.regs.iter_mut().zip(regs.iter()).take(arch::WORDS) {
         *to = *from;
     }
+    capture_stack_window(stack, bytes, window, true);
+}
+
+/// `capture_user_stack` once `stack.regs` hold the registers: the window from their sp. With
+/// `kept_mapping` false the stack's mapping is looked up every time (`stack_mapping_end`).
+#[inline(always)]
+pub fn capture_stack_window(
+    stack: &mut UserStack,
+    bytes: &mut [u8; MAX_STACK_WINDOW as usize],
+    window: u32,
+    kept_mapping: bool,
+) {
+    stack.stack_len = 0;
+    stack.flags = 0;
     let sp = stack.regs[arch::SP];
-    let end = stack_mapping_end(sp).unwrap_or(0);
+    let end = stack_mapping_end(sp, kept_mapping).unwrap_or(0);
     let mut want = window;
     if end > sp && end - sp < window as u64 {
         want = (end - sp) as u32;
@@ -210,7 +226,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     let (mut pc, mut sp, mut bp) = (regs[arch::IP], regs[arch::SP], regs[arch::BP]);
     let low = sp;
     let mut high = sp.saturating_add(window as u64);
-    if let Some(end) = stack_mapping_end(sp)
+    if let Some(end) = stack_mapping_end(sp, true)
         && end < high
     {
         high = end;

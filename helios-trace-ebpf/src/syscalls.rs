@@ -102,7 +102,7 @@ fn reg(regs: *const u64, index: usize) -> Result<u64, i64> {
 /// kernel stack: task_pt_regs); on aarch64 `user_pt_regs` and the orig_x0 and syscallno that
 /// follow it.
 #[inline(always)]
-pub fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
+fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
     #[cfg(bpf_target_arch = "x86_64")]
     const READ_WORDS: usize = arch::WORDS;
     #[cfg(bpf_target_arch = "aarch64")]

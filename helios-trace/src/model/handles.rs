@@ -3,15 +3,16 @@
 //!
 //! A handle's creation (`uv_tcp_init`) is seen with its caller's stack, whose site is kept by
 //! (process, handle). `uv_tcp_connect` entered and returned bracket, in one thread, the socket(2)
-//! it makes for a handle without a socket; a socket that thread makes in between takes the
-//! handle's site. A thread's records reach the ring in the order it made them, so the bracket is
-//! exact: outside it nothing is attributed, and a handle is attributed to one socket at most.
+//! it makes for a handle without a socket; the inet stream socket that thread makes in between
+//! (the engine asks for no other) takes the handle's site. A thread's records reach the ring in
+//! the order it made them, so while none is lost the bracket is exact: outside it nothing is
+//! attributed, and a handle is attributed to one socket at most.
 //!
 //! Bounded: `MAX_HANDLES_PER_PROCESS` handles per process (a server's accepted handles are made
 //! too and never connect: the oldest go first) and `MAX_CONNECTING` threads inside
 //! `uv_tcp_connect` at once (a bracket whose return record was lost stays until the thread's
-//! next one, or until this bound clears them all). Either bound only costs the attribution:
-//! the socket keeps the site of its own stack.
+//! next inet stream socket or `uv_tcp_connect`, or until this bound clears them all). Either
+//! bound only costs the attribution: the socket keeps the site of its own stack.
 use std::collections::{HashMap, VecDeque, hash_map::Entry};
 
 use super::fd::SiteId;

@@ -22,7 +22,7 @@ use crate::{
         counts::EventCounts,
         event::{CapturedStack, Event, Op, StackIds},
         exited::ExitedProcess,
-        fd::SiteId,
+        fd::{FdDetail, FdKind, SiteId},
         fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
         frame::{self, Frame},
         handles::TcpHandles,
@@ -275,7 +275,16 @@ impl Engine {
                     RecordStack::Chain(_) | RecordStack::None => None,
                 };
                 let ids = StackIds { user: record.stack_id, creator: None };
-                let site = self.stacks.site(record.tgid, ids, stack.as_ref(), &|id| stacks.read_stack(id));
+                // A frame-pointer stack's first address is the uprobe's pc, a function's first
+                // byte: carried one past, as resolve/stacks.rs carries a window's (AT_ENTRY).
+                let read = |id| {
+                    let mut addresses = stacks.read_stack(id)?;
+                    if let Some(pc) = addresses.first_mut() {
+                        *pc += 1;
+                    }
+                    Some(addresses)
+                };
+                let site = self.stacks.site(record.tgid, ids, stack.as_ref(), &read);
                 // Remembered while the handle waits for its socket (`--retention`, as any site).
                 self.stats.made(site, record.ts_ns);
                 self.handles.created(record.tgid, record.handle, site);
@@ -410,6 +419,8 @@ impl Engine {
         }
         self.counts.received += 1;
         if let Ok(Decoded::Handle(record, stack)) = &decoded {
+            // Not a descriptor event: counted with the records that changed nothing tracked.
+            self.untracked += 1;
             self.handle_libuv(*record, stack, stacks);
             return;
         }
@@ -456,9 +467,18 @@ impl Engine {
                 // (what Python sites are made from), so it must be forgotten in its turn.
                 self.stats.made(native, event.ts_ns);
                 // A socket libuv makes for a handle on a later tick: the handle's site says
-                // which call asked for it (model/handles.rs).
-                let handle_site = match event.op {
-                    Op::Open { .. } => self.handles.socket_made(event.tgid, event.tid),
+                // which call asked for it (model/handles.rs). Only an inet stream socket(2) is
+                // one; anything else the thread makes leaves the bracket as it is.
+                let handle_site = match &event.op {
+                    Op::Open {
+                        kind: FdKind::Socket,
+                        detail: FdDetail::Socket { family, sock_type, .. },
+                        ..
+                    } if matches!(i32::from(*family), libc::AF_INET | libc::AF_INET6)
+                        && i32::from(*sock_type) == libc::SOCK_STREAM =>
+                    {
+                        self.handles.socket_made(event.tgid, event.tid)
+                    }
                     _ => None,
                 };
                 let handle_site = handle_site.filter(|site| self.stacks.knows(*site));
@@ -940,6 +960,18 @@ mod tests {
                 feed.engine.handle_record(record, &DistinctStacks);
             }
         };
+        // socket(AF_INET, SOCK_STREAM, 0) as fd `fd`, from call site `stack`.
+        let tcp_socket = |feed: &mut Feed, fd: i32, stack: i32| {
+            let detail = FdDetail::Socket {
+                family: libc::AF_INET as u16,
+                sock_type: libc::SOCK_STREAM as u16,
+                protocol: 0,
+            };
+            let op =
+                Op::Open { fds: smallvec![fd], kind: FdKind::Socket, detail, cloexec: true, dirfd: None };
+            feed.event(PARENT, op, Some(stack));
+            fd
+        };
         records(
             &mut feed,
             &[
@@ -947,20 +979,25 @@ mod tests {
                 handle_record(kind::LIBUV_TCP_CONNECT, 0x1000, STACK_NOT_CAPTURED),
             ],
         );
-        let inside = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        // Something else the thread makes inside the bracket (a file) is not the handle's.
+        let file = feed.open(PARENT, FdKind::File, tick_stack, 1)[0];
+        let inside = tcp_socket(&mut feed, 20, tick_stack);
         records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT_RETURN, 0, STACK_NOT_CAPTURED)]);
         // Outside the bracket, and a second connect of a handle already used: its own stack.
-        let outside = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        let outside = tcp_socket(&mut feed, 21, tick_stack);
         records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT, 0x1000, STACK_NOT_CAPTURED)]);
-        let again = feed.open(PARENT, FdKind::Socket, tick_stack, 1)[0];
+        let again = tcp_socket(&mut feed, 22, tick_stack);
         records(&mut feed, &[handle_record(kind::LIBUV_TCP_CONNECT_RETURN, 0, STACK_NOT_CAPTURED)]);
-        // What a call at the handle's stack opens is at the handle's site.
-        let reference = feed.open(PARENT, FdKind::File, handle_stack, 1)[0];
         let site = |fd| kinds(&feed.engine, PARENT).into_iter().find(|(f, ..)| *f == fd).unwrap().2;
-        assert_eq!(site(inside), site(reference));
-        assert_ne!(site(outside), site(reference));
+        // The handle's site: not the tick's, which the others keep.
+        assert!(matches!((site(inside), site(outside)), (SiteId::Stack(_), SiteId::Stack(_))));
+        assert_ne!(site(inside), site(outside));
+        assert_eq!(site(file), site(outside));
         assert_eq!(site(again), site(outside));
-        assert!(matches!(site(outside), SiteId::Stack(_)));
+        // ...the site of the handle's own stack: its frame is the uprobe's pc, a function's
+        // first byte (carried one past, looked up at itself).
+        let frames = feed.engine.frames(site(inside)).unwrap();
+        assert_eq!(frames[0].address, Some(0x40_0000 + handle_stack as u64 * 16 + 1));
     }
 
     #[test]

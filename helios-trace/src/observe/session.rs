@@ -495,14 +495,15 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
     }
     for target in engine.libuv_updates() {
         match tracer.attach_libuv(&target.path, &target.entries.init, target.entries.connect) {
-            Ok(()) => log::debug!("libuv uprobes on {}", target.path.display()),
-            // After the start the tracer may no longer make uprobes (CAP_SYS_ADMIN,
-            // sys/loader.rs `attach_libuv`): said once a session, each file at debug level.
+            Ok(true) => log::debug!("libuv uprobes on {}", target.path.display()),
+            Ok(false) => {}
+            // Once attached the tracer may no longer make uprobes (sys/loader.rs,
+            // `attach_libuv`): said once a session, each file at debug level.
             Err(err) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
                 SAID.call_once(|| {
                     log::warn!(
-                        "a Node.js started after helios-trace: the TCP connections it makes on a later tick are told by node:net, not by the call that asked for them (README, \"Node.js\")"
+                        "cannot put libuv's uprobes on a Node.js found after the start (they need CAP_SYS_ADMIN, CAP_PERFMON before Linux 6.16, given up once attached): the TCP connections it makes are told by node:net, not by the call that asked for them (README, \"Node.js\")"
                     )
                 });
                 log::debug!("{err:#}");

@@ -47,8 +47,15 @@ pub(crate) struct PerfMap {
     root: PathBuf,
     /// The map's path inside that root.
     inside: PathBuf,
-    /// start → (end, symbol), the latest line for each start.
+    /// start → (end, symbol): the latest line for each range (no two overlap).
     code: BTreeMap<u64, (u64, JitSymbol)>,
+    /// The file's length at the last read: `refresh_if_grown` reads again only past it (a
+    /// last line being written, not yet whole, is not read again and again).
+    seen_len: u64,
+    /// Reads that named code the map did not (`generation`)...
+    generation: u32,
+    /// ...and lines that took the place of earlier ones (code freed and made anew).
+    replaced: u32,
     /// Where the next read starts: the end of the last whole line read.
     offset: u64,
     /// That last line, newline included: while the file still holds it just before `offset`,
@@ -74,6 +81,9 @@ impl PerfMap {
             root,
             inside,
             code: BTreeMap::new(),
+            seen_len: 0,
+            generation: 0,
+            replaced: 0,
             offset: 0,
             last_line: Vec::new(),
             read: 0,
@@ -97,15 +107,24 @@ impl PerfMap {
     pub(crate) fn refresh_if_grown(&mut self) {
         let grown = open_in_root(&self.root, &self.inside)
             .and_then(|file| file.metadata().ok())
-            .is_some_and(|m| m.len() != self.offset || self.whole);
-        if grown {
-            self.refresh();
+            .is_some_and(|m| m.len() != self.seen_len || self.whole);
+        if !grown {
+            return;
+        }
+        let (generation, replaced) = (self.generation, self.replaced);
+        self.refresh();
+        // New code elsewhere changes no stack already named, and the stacks with unnamed code
+        // are looked at again on their own schedule (resolve/stacks.rs, `unnamed_jit`): only
+        // a line that took an earlier one's place makes what was resolved stale.
+        if self.replaced == replaced {
+            self.generation = generation;
         }
     }
 
-    /// How many times new lines were read: a change means code is named that was not.
+    /// Changes when a read named code the map did not, or named code anew: what was resolved
+    /// with the map before may be named otherwise now.
     pub(crate) fn generation(&self) -> u32 {
-        self.reads
+        self.generation
     }
 
     fn find(&self, address: u64) -> Option<JitSymbol> {
@@ -125,11 +144,16 @@ impl PerfMap {
         if !metadata.is_file() {
             return false;
         }
+        self.seen_len = len;
         let stamp = modified.map(|m| (len, m));
         if self.whole && stamp.is_some() && stamp == self.stamp {
             return false;
         }
         if self.whole || !self.still_holds_what_was_read(&mut file, len) {
+            // Written whole again: every name may have changed.
+            if !self.code.is_empty() {
+                self.replaced += 1;
+            }
             self.code.clear();
             self.offset = 0;
             self.last_line.clear();
@@ -138,6 +162,7 @@ impl PerfMap {
             return false;
         }
         self.reads += 1;
+        self.generation += 1;
         let mut text = Vec::new();
         if file.take(MAX_BYTES - self.read).read_to_end(&mut text).is_err() {
             return false;
@@ -161,14 +186,21 @@ impl PerfMap {
     /// Code at [start, end): it replaces every earlier line whose range it overlaps (that code
     /// was freed for it to be there).
     fn insert(&mut self, start: u64, end: u64, symbol: JitSymbol) {
-        let inside: Vec<u64> = self.code.range(start..end.max(start + 1)).map(|(s, _)| *s).collect();
-        for overlapped in inside {
-            self.code.remove(&overlapped);
+        // An empty range names nothing, and takes nothing's place.
+        if end <= start {
+            return;
         }
+        let mut overlapped: Vec<u64> = self.code.range(start..end).map(|(s, _)| *s).collect();
         if let Some((&before, &(before_end, _))) = self.code.range(..start).next_back()
             && before_end > start
         {
-            self.code.remove(&before);
+            overlapped.push(before);
+        }
+        for old in &overlapped {
+            if self.code.get(old).is_some_and(|(_, named)| *named != symbol || *old != start) {
+                self.replaced += 1;
+            }
+            self.code.remove(old);
         }
         self.code.insert(start, (end, symbol));
     }
@@ -392,6 +424,29 @@ mod tests {
         let reads = map.reads;
         map.refresh_if_grown();
         assert_eq!(map.reads, reads, "a map that did not grow is not read again");
+        // What is resolved is stale only when a line took another's place: new code elsewhere
+        // leaves the generation; a half-written line is not read again until it grows.
+        let generation = map.generation();
+        std::io::Write::write_all(&mut file, b"7f0000005000 10 JS:*elsewhere /a.js:7:1\n7f00000060").unwrap();
+        map.refresh_if_grown();
+        assert_eq!(&*map.lookup(0x7f0000005001).unwrap().name, "elsewhere");
+        assert_eq!(map.generation(), generation);
+        let reads = map.reads;
+        map.refresh_if_grown();
+        assert_eq!(map.reads, reads, "the same half line: not read again");
+        std::io::Write::write_all(
+            &mut file,
+            b"00 10 JS:*fifth /a.js:8:1\n7f0000005000 10 JS:*sixth /a.js:9:1\n",
+        )
+        .unwrap();
+        map.refresh_if_grown();
+        assert_eq!(&*map.lookup(0x7f0000006001).unwrap().name, "fifth");
+        assert_eq!(&*map.lookup(0x7f0000005001).unwrap().name, "sixth");
+        assert_ne!(map.generation(), generation, "a line took another's place");
+        // A line of no size names nothing and removes nothing.
+        std::io::Write::write_all(&mut file, b"7f0000005004 0 JS:*empty /a.js:1:1\n").unwrap();
+        map.refresh_if_grown();
+        assert_eq!(&*map.lookup(0x7f0000005004).unwrap().name, "sixth");
         // Bounded: unknown addresses do not read the file without end.
         for _ in 0..2 * MAX_READS {
             std::io::Write::write_all(&mut file, b"10 1 JS:~x /a.js:1:1\n").unwrap();

@@ -350,15 +350,17 @@ impl Tracer {
 
     /// Attach the libuv uprobes to the file `path` opens (for every process that maps it now
     /// or later), at the file offsets of its entry points (`uv_tcp_init` and `uv_tcp_init_ex`,
-    /// `uv_tcp_connect`: resolve/modules/libuv.rs). The kernel resolves `path` when the
-    /// probe is made. A uprobe perf event needs CAP_SYS_ADMIN (kernel/events/core.c,
-    /// perf_uprobe_event_init, since Linux 6.16 and in the stable kernels: "perf: Revert to
-    /// requiring CAP_SYS_ADMIN for uprobes"), which the tracer gives up once attached
-    /// (sys/privileges.rs): so this works for the files of the processes there at the start
-    /// and of `run`'s command, and fails (EACCES) for those found later.
-    pub(crate) fn attach_libuv(&mut self, path: &Path, init: &[u64], connect: u64) -> Result<()> {
+    /// `uv_tcp_connect`: resolve/modules/libuv.rs); false when they are not loaded (`--stacks
+    /// none`, a kernel without uprobes). The kernel resolves `path` when the probe is made.
+    /// Making a uprobe perf event needs CAP_SYS_ADMIN since Linux 6.16 ("perf: Revert to
+    /// requiring CAP_SYS_ADMIN for uprobes", also in the stable kernels), CAP_PERFMON from 5.8
+    /// before it (kernel/events/core.c, perf_uprobe_event_init); the tracer keeps neither once
+    /// attached (sys/privileges.rs). So the files attached are those of the processes there at
+    /// the start and of `run`'s command; a process started later from one of them is covered,
+    /// one from another file (another build, a new pod's own) is not: that fails with EACCES.
+    pub(crate) fn attach_libuv(&mut self, path: &Path, init: &[u64], connect: u64) -> Result<bool> {
         if !self.libuv {
-            return Ok(());
+            return Ok(false);
         }
         let probes: [(&str, &[u64]); 3] = [
             // The return probe first: a connect seen entered is then always seen returned.
@@ -378,7 +380,7 @@ impl Tracer {
                 })?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// When `tgid` last exec'd as the kernel keeps it (0: not since tracing began).

@@ -29,7 +29,9 @@ pub(crate) struct LibuvEntries {
 impl LibuvEntries {
     /// The entry points of a parsed ELF file whose PT_LOAD segments are `segments` (file
     /// offset, SVMA, file size); None unless it defines `uv_tcp_connect` and one of the init
-    /// functions. The dynamic symbols first (a stripped binary keeps them), else the full table.
+    /// functions. Only the dynamic symbols are looked at (a stripped binary keeps them, and Node
+    /// exports libuv's API for addons): this runs for every module parsed, and a full symbol
+    /// table (a Go binary's, tens of thousands) would be read for nothing.
     pub(crate) fn find(elf: &object::File<'_>, segments: &[(u64, u64, u64)]) -> Option<LibuvEntries> {
         let offset = |address: u64| {
             segments
@@ -37,26 +39,22 @@ impl LibuvEntries {
                 .find(|(_, svma, size)| (*svma..svma + size).contains(&address))
                 .map(|(offset, svma, _)| offset + (address - svma))
         };
-        for symbols in [elf.dynamic_symbols(), elf.symbols()] {
-            let (mut init, mut connect) = (Vec::new(), None);
-            for symbol in symbols {
-                if !symbol.is_definition() {
-                    continue;
-                }
-                let Ok(name) = symbol.name() else { continue };
-                if INIT.contains(&name) {
-                    init.extend(offset(symbol.address()));
-                } else if name == CONNECT {
-                    connect = offset(symbol.address());
-                }
+        let (mut init, mut connect) = (Vec::new(), None);
+        for symbol in elf.dynamic_symbols() {
+            if !symbol.is_definition() {
+                continue;
             }
-            if let (false, Some(connect)) = (init.is_empty(), connect) {
-                init.sort_unstable();
-                init.dedup();
-                return Some(LibuvEntries { init, connect });
+            let Ok(name) = symbol.name() else { continue };
+            if INIT.contains(&name) {
+                init.extend(offset(symbol.address()));
+            } else if name == CONNECT {
+                connect = offset(symbol.address());
             }
         }
-        None
+        let connect = connect.filter(|_| !init.is_empty())?;
+        init.sort_unstable();
+        init.dedup();
+        Some(LibuvEntries { init, connect })
     }
 }
 
