@@ -21,15 +21,14 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use helios_trace_common::{
-    HandleEvent, MAX_STACK_WINDOW, STACK_NOT_CAPTURED, UserStack, counter, kind, stack_mode, user_stack_flags,
+    HandleEvent, MAX_STACK_WINDOW, STACK_NOT_CAPTURED, kind, stack_mode, user_stack_flags,
 };
 
 use crate::{
-    emit::{count, emit, finish, header, wakeup_flags},
+    emit::{emit, finish, header, wakeup_flags},
     filter::is_traced,
-    maps::EVENTS,
     settings::{stack_window, user_stack_mode},
-    stacks::{capture_stack_window, stack_id},
+    stacks::{WithStack, capture_stack_window, stack_id},
 };
 
 // The user register layout of the architecture the programs are built for.
@@ -38,15 +37,13 @@ use helios_trace_common::regs_aarch64 as arch;
 #[cfg(bpf_target_arch = "x86_64")]
 use helios_trace_common::regs_x86_64 as arch;
 
-/// The layout of a `kind::LIBUV_TCP_HANDLE_USER_STACK` record (helios_trace_common).
-#[repr(C)]
-struct WithStack {
-    event: HandleEvent,
-    stack: UserStack,
-    bytes: [u8; MAX_STACK_WINDOW as usize],
+/// The calling thread's pid and tgid when its handles are followed: a handle's stack is all
+/// these records are for (none with `--stacks none`), and only in a traced process.
+#[inline(always)]
+fn followed_thread() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    (user_stack_mode() != stack_mode::NONE && is_traced((pid_tgid >> 32) as u32)).then_some(pid_tgid)
 }
-
-const STACK_BYTES_OFFSET: usize = size_of::<HandleEvent>() + size_of::<UserStack>();
 
 /// `int uv_tcp_init(uv_loop_t*, uv_tcp_t* handle)` and `int uv_tcp_init_ex(uv_loop_t*,
 /// uv_tcp_t* handle, unsigned int flags)` entered: the handle is the second argument.
@@ -56,12 +53,7 @@ pub fn libuv_tcp_init(ctx: ProbeContext) -> u32 {
 }
 
 fn try_libuv_tcp_init(ctx: &ProbeContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mode = user_stack_mode();
-    // A handle's stack is all this record is for.
-    if mode == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
-        return Ok(());
-    }
+    let Some(pid_tgid) = followed_thread() else { return Ok(()) };
     let handle: u64 = ctx.arg(1).ok_or(0i64)?;
     let mut event = HandleEvent {
         header: header(kind::LIBUV_TCP_HANDLE, pid_tgid),
@@ -69,18 +61,14 @@ fn try_libuv_tcp_init(ctx: &ProbeContext) -> Result<(), i64> {
         stack_id: STACK_NOT_CAPTURED,
         reserved: 0,
     };
-    if mode != stack_mode::DWARF {
+    if user_stack_mode() != stack_mode::DWARF {
         event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
         emit(&event);
         return Ok(());
     }
     let window = stack_window().min(MAX_STACK_WINDOW);
-    let Some(mut entry) = EVENTS.reserve_bytes(STACK_BYTES_OFFSET + window as usize, 0) else {
-        count(counter::RINGBUF_FULL);
-        return Ok(());
-    };
-    // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
-    let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
+    let Some(mut entry) = WithStack::<HandleEvent>::reserve(window) else { return Ok(()) };
+    let record = WithStack::<HandleEvent>::of(&mut entry);
     event.header.kind = kind::LIBUV_TCP_HANDLE_USER_STACK;
     record.event = event;
     // The probe's registers are the task's user registers at the call (the breakpoint's trap),
@@ -106,10 +94,7 @@ pub fn libuv_tcp_connect(ctx: ProbeContext) -> u32 {
 }
 
 fn try_libuv_tcp_connect(ctx: &ProbeContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if user_stack_mode() == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
-        return Ok(());
-    }
+    let Some(pid_tgid) = followed_thread() else { return Ok(()) };
     let handle: u64 = ctx.arg(1).ok_or(0i64)?;
     emit(&HandleEvent {
         header: header(kind::LIBUV_TCP_CONNECT, pid_tgid),
@@ -123,10 +108,7 @@ fn try_libuv_tcp_connect(ctx: &ProbeContext) -> Result<(), i64> {
 /// `uv_tcp_connect` returned: the socket it made, if any, is before this record.
 #[uretprobe]
 pub fn libuv_tcp_connected(_ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if user_stack_mode() == stack_mode::NONE || !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
+    let Some(pid_tgid) = followed_thread() else { return 0 };
     emit(&HandleEvent {
         header: header(kind::LIBUV_TCP_CONNECT_RETURN, pid_tgid),
         handle: 0,

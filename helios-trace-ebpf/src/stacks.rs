@@ -2,13 +2,14 @@
 //! (`--stacks fp`), or, for `--stacks dwarf`, the call chain walked with the rules userspace
 //! learned (`learned_chain`) or else the user registers and a window of the user stack copied
 //! into the record for userspace to unwind.
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::offset_of};
 
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel as bpf_probe_read_kernel_value,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user as raw_read_user},
     },
+    maps::ring_buf::RingBufBytes,
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
@@ -18,7 +19,7 @@ use helios_trace_common::{
 
 use crate::{
     emit::count,
-    maps::{CHAIN_COPIED, CHAIN_STACK, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
+    maps::{CHAIN_COPIED, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
     settings,
 };
 
@@ -30,6 +31,38 @@ use helios_trace_common::regs_aarch64 as arch;
 use helios_trace_common::regs_x86_64 as arch;
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("--stacks dwarf knows the user registers of x86_64 and aarch64 only");
+
+/// A record that carries a window of the user stack after its event: `kind::FD_SYSCALL_USER_STACK`
+/// (a `SyscallEvent`) and `kind::LIBUV_TCP_HANDLE_USER_STACK` (a `HandleEvent`), whose layouts
+/// helios_trace_common gives.
+#[repr(C)]
+pub struct WithStack<E> {
+    pub event: E,
+    pub stack: UserStack,
+    pub bytes: [u8; MAX_STACK_WINDOW as usize],
+}
+
+impl<E> WithStack<E> {
+    /// Reserve a record with room for `window` bytes of stack, or count a full ring. The window
+    /// is a field of the read-only settings, whose value the verifier knows (settings.rs), which
+    /// is what lets the reserved size vary with the configuration.
+    #[inline(always)]
+    pub fn reserve(window: u32) -> Option<RingBufBytes<'static>> {
+        let entry = EVENTS.reserve_bytes(offset_of!(Self, bytes) + window as usize, 0);
+        if entry.is_none() {
+            count(counter::RINGBUF_FULL);
+        }
+        entry
+    }
+
+    /// The record in an entry `reserve` gave.
+    #[inline(always)]
+    pub fn of<'a>(entry: &'a mut RingBufBytes<'_>) -> &'a mut Self {
+        // SAFETY: ring-buffer records are 8-byte aligned, and `reserve` made this one long
+        // enough for all but the stack bytes past its window, which are never touched.
+        unsafe { &mut *entry.as_mut_ptr().cast::<Self>() }
+    }
+}
 
 /// Offset of `vm_start` and `vm_end` in `struct vm_area_struct` (include/linux/mm_types.h: they
 /// open the struct, as they have since the first kernels).

@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SavedRegs,
-    SyscallEvent, UserStack, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
+    SyscallEvent, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
@@ -43,7 +43,7 @@ use crate::{
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
     python::python_stack,
     settings::{learned_chains, stack_window, user_stack_mode},
-    stacks::{capture_user_stack, learned_chain, stack_id},
+    stacks::{WithStack, capture_user_stack, learned_chain, stack_id},
 };
 
 // The user register layout of the architecture the programs are built for.
@@ -254,16 +254,10 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
         }
         // The record carries the stack: reserve room for the whole window and copy the stack
-        // straight into it. The window is a field of the read-only settings, whose value the
-        // verifier knows (settings.rs), which is what lets the reserved size vary with the
-        // configuration.
+        // straight into it.
         let window = stack_window().min(MAX_STACK_WINDOW);
-        let Some(mut entry) = EVENTS.reserve_bytes(STACK_BYTES_OFFSET + window as usize, 0) else {
-            count(counter::RINGBUF_FULL);
-            return Ok(());
-        };
-        // SAFETY: ring-buffer records are 8-byte aligned and at least this long.
-        let record = unsafe { &mut *entry.as_mut_ptr().cast::<WithStack>() };
+        let Some(mut entry) = WithStack::<SyscallEvent>::reserve(window) else { return Ok(()) };
+        let record = WithStack::<SyscallEvent>::of(&mut entry);
         fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
         capture_user_stack(&mut record.stack, &mut record.bytes, window, saved);
         record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
@@ -287,17 +281,6 @@ struct WithChain {
     event: SyscallEvent,
     chain: LearnedChain,
 }
-
-/// The layout of a `kind::FD_SYSCALL_USER_STACK` record (helios_trace_common).
-#[repr(C)]
-struct WithStack {
-    event: SyscallEvent,
-    stack: UserStack,
-    bytes: [u8; MAX_STACK_WINDOW as usize],
-}
-
-/// Offset of the stack bytes in a `kind::FD_SYSCALL_USER_STACK` record.
-const STACK_BYTES_OFFSET: usize = size_of::<SyscallEvent>() + size_of::<UserStack>();
 
 /// Everything of a descriptor record but the user stack bytes.
 #[inline(always)]

@@ -32,6 +32,9 @@ pub(crate) struct StackIds {
     /// In a Go process: where the calling goroutine was created (`gopc`, the kernel read it at
     /// the call: helios-trace-ebpf/src/goroutines.rs), if it was read.
     pub(crate) creator: Option<u64>,
+    /// Taken at a function's first byte (a uprobe: a libuv handle, model/handles.rs), so the
+    /// first address is the function's own, not a return address (resolve/stacks.rs).
+    pub(crate) at_entry: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -274,17 +274,8 @@ impl Engine {
                     RecordStack::Window(sample) => Some(CapturedStack::Window { sample, shadow: None }),
                     RecordStack::Chain(_) | RecordStack::None => None,
                 };
-                let ids = StackIds { user: record.stack_id, creator: None };
-                // A frame-pointer stack's first address is the uprobe's pc, a function's first
-                // byte: carried one past, as resolve/stacks.rs carries a window's (AT_ENTRY).
-                let read = |id| {
-                    let mut addresses = stacks.read_stack(id)?;
-                    if let Some(pc) = addresses.first_mut() {
-                        *pc += 1;
-                    }
-                    Some(addresses)
-                };
-                let site = self.stacks.site(record.tgid, ids, stack.as_ref(), &read);
+                let ids = StackIds { user: record.stack_id, creator: None, at_entry: true };
+                let site = self.stacks.site(record.tgid, ids, stack.as_ref(), &|id| stacks.read_stack(id));
                 // Remembered while the handle waits for its socket (`--retention`, as any site).
                 self.stats.made(site, record.ts_ns);
                 self.handles.created(record.tgid, record.handle, site);

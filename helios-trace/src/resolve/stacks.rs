@@ -311,8 +311,11 @@ impl StackRegistry {
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
-                let addresses = user_id.and_then(|id| read_stack(id as u32));
-                if let Some(addresses) = &addresses {
+                let mut addresses = user_id.and_then(|id| read_stack(id as u32));
+                if let Some(addresses) = &mut addresses {
+                    if ids.at_entry {
+                        carry_entry_pc(addresses);
+                    }
                     self.refresh_if_uncovered(tgid, addresses);
                 }
                 addresses
@@ -570,12 +573,7 @@ impl StackRegistry {
             self.counts.truncated += 1;
         }
         if sample.flags & user_stack_flags::AT_ENTRY != 0 {
-            // A uprobe's pc, a function's first byte, carried one past: the form of every other
-            // address here (after a syscall, return addresses), which is looked up at the byte
-            // before (`lookup_addresses`).
-            if let Some(pc) = unwound.addresses.first_mut() {
-                *pc += 1;
-            }
+            carry_entry_pc(&mut unwound.addresses);
         }
         unwound
     }
@@ -748,6 +746,15 @@ fn lookup_addresses(addresses: &[u64]) -> Vec<u64> {
     addresses.iter().map(|a| a.saturating_sub(1)).collect()
 }
 
+/// A uprobe's pc, a function's first byte, carried one past: the form of every other address
+/// here (after a syscall, return addresses), which `lookup_addresses` looks up at the byte
+/// before.
+fn carry_entry_pc(addresses: &mut [u64]) {
+    if let Some(pc) = addresses.first_mut() {
+        *pc += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,11 +904,15 @@ mod tests {
             reads.set(reads.get() + 1);
             Some(vec![0x7f3a12030010, 0x1234])
         };
-        let ids = StackIds { user: Some(3), creator: None };
+        let ids = StackIds { user: Some(3), creator: None, at_entry: false };
         let site = registry.site(42, ids, None, &read);
         assert!(matches!(site, SiteId::Stack(_)));
         assert_eq!(registry.site(42, ids, None, &read), site);
         assert_eq!(reads.get(), 1, "the kernel map is read once per (process, stack id)");
+        // A uprobe's stack, taken at a function's first byte, is carried one past as a return
+        // address is: the same frames, so the same site.
+        let entry = StackIds { user: Some(4), creator: None, at_entry: true };
+        assert_eq!(registry.site(42, entry, None, &|_| Some(vec![0x7f3a1203000f, 0x1234])), site);
         let frames = registry.frames(site).unwrap();
         // The file is not openable here: named by module and file offset, unknowns are null.
         assert_eq!(frames[0].module.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
@@ -918,7 +929,7 @@ mod tests {
         assert_eq!(reads.get(), 3);
         assert_eq!(registry.site(42, StackIds::default(), None, &read), SiteId::NoStack);
         assert_eq!(
-            registry.site(42, StackIds { user: Some(-17), creator: None }, None, &read),
+            registry.site(42, StackIds { user: Some(-17), creator: None, at_entry: false }, None, &read),
             SiteId::NoStack
         );
         assert_eq!(registry.site_count(), 1);
@@ -942,7 +953,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = StackRegistry::new(dir.path());
         registry.limit_sites(2);
-        let ids = |user| StackIds { user: Some(user), creator: None };
+        let ids = |user| StackIds { user: Some(user), creator: None, at_entry: false };
         let site = |registry: &mut StackRegistry, id: i32| {
             registry.site(7, ids(id), None, &|id| Some(vec![0x1000 * u64::from(id + 1)]))
         };

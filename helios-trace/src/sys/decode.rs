@@ -147,6 +147,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
             let stacks = StackIds {
                 user: stack_id(record.stack_id),
                 creator: (record.creator_pc != 0).then_some(record.creator_pc),
+                at_entry: false,
             };
             Ok(match syscall_op(call, &record) {
                 Some(op) => Decoded::Event(event(stacks, op), stack),
@@ -533,7 +534,7 @@ pub(crate) mod tests {
             };
         assert_eq!(decoded(&record).creator, None, "0: not read");
         record.creator_pc = 0x64a296;
-        assert_eq!(decoded(&record), StackIds { user: Some(7), creator: Some(0x64a296) });
+        assert_eq!(decoded(&record), StackIds { user: Some(7), creator: Some(0x64a296), at_entry: false });
     }
 
     #[test]
@@ -580,7 +581,7 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!((event.tgid, event.tid, event.ts_ns), (100, 101, 5_000));
-        assert_eq!(event.stacks, StackIds { user: Some(7), creator: None });
+        assert_eq!(event.stacks, StackIds { user: Some(7), creator: None, at_entry: false });
         assert_eq!(
             event.op,
             Op::Open {
@@ -741,7 +742,7 @@ pub(crate) mod tests {
         match decode(&bytes, &table).unwrap() {
             Decoded::Event(event, RecordStack::Window(_)) => {
                 assert!(matches!(event.op, Op::Open { .. }));
-                assert_eq!(event.stacks, StackIds { user: None, creator: None });
+                assert_eq!(event.stacks, StackIds { user: None, creator: None, at_entry: false });
             }
             other => panic!("{other:?}"),
         }
