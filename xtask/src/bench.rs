@@ -688,9 +688,12 @@ fn rung(bench: &Bench, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
 fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
     let mut table = String::from(
         "\n### Daemon memory\n\nRssAnon of helios-trace (defaults: --stacks dwarf, --max-fds 4000000, \
-         --max-processes 100000) before the workloads start and once it has handled every record.\n\n\
-         | workload | tracked | lost | RssAnon before | RssAnon after | per tracked descriptor | per call site |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+         --max-processes 100000) before the workloads start and once it has handled every record; its \
+         eBPF maps' memory (/proc/PID/fdinfo `memlock`, the ring buffers included), which the kernel \
+         allocates when they are made and charges to the tracer's memory cgroup; and both per tracked \
+         descriptor (the RssAnon growth and the maps, over the descriptors tracked).\n\n\
+         | workload | tracked | lost | RssAnon before | RssAnon after | per tracked descriptor | kernel maps | kernel + daemon per descriptor | per call site |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     // As many processes as the hard RLIMIT_NOFILE requires (it cannot be raised without
     // CAP_SYS_RESOURCE); a little room for stdio and the eventfd.
@@ -704,12 +707,14 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
     let row = held(bench, &mut holders)?;
     writeln!(
         table,
-        "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c) | {} fds | {} | {} | {} | {:.0} B | – |",
+        "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c) | {} fds | {} | {} | {} | {:.0} B | {} | {:.0} B | – |",
         row.tracked,
         row.lost,
         mib(row.before),
         mib(row.after),
-        row.bytes_per(row.tracked)
+        row.bytes_per(row.tracked),
+        mib(row.kernel),
+        row.with_kernel_per(row.tracked)
     )?;
     drop(holders);
 
@@ -717,7 +722,7 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
     let row = held(bench, &mut sites)?;
     writeln!(
         table,
-        "| {} call sites × 1 fd (generated sites.c) | {} fds, {} sites | {} | {} | {} | {:.0} B | {:.0} B |",
+        "| {} call sites × 1 fd (generated sites.c) | {} fds, {} sites | {} | {} | {} | {:.0} B | {} | {:.0} B | {:.0} B |",
         plan.sites,
         row.tracked,
         row.sites,
@@ -725,6 +730,8 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
         mib(row.before),
         mib(row.after),
         row.bytes_per(row.tracked),
+        mib(row.kernel),
+        row.with_kernel_per(row.tracked),
         row.bytes_per(row.sites)
     )?;
     Ok(table)
@@ -857,11 +864,18 @@ struct Held {
     lost: u64,
     before: u64,
     after: u64,
+    /// The tracer's eBPF maps, ring buffers included (`kernel_map_bytes`).
+    kernel: u64,
 }
 
 impl Held {
     fn bytes_per(&self, n: u64) -> f64 {
         self.after.saturating_sub(self.before) as f64 / n.max(1) as f64
+    }
+
+    /// Issue 16's measure: the daemon's growth and all of the kernel's maps, per `n`.
+    fn with_kernel_per(&self, n: u64) -> f64 {
+        (self.after.saturating_sub(self.before) + self.kernel) as f64 / n.max(1) as f64
     }
 }
 
@@ -885,8 +899,9 @@ fn held(bench: &Bench, workloads: &mut [Workload]) -> Result<Held> {
     }
     wait_idle(tracer.pid())?;
     let after = rss_anon(tracer.pid())?;
+    let kernel = kernel_map_bytes(tracer.pid())?;
     let report = Report::parse(&tracer.stop()?)?;
-    Ok(Held { tracked: report.open_fds, sites: report.sites, lost: report.lost, before, after })
+    Ok(Held { tracked: report.open_fds, sites: report.sites, lost: report.lost, before, after, kernel })
 }
 
 /// Jobs started per second in the soak, and the `--retention` of the exporter there.
@@ -1561,6 +1576,23 @@ fn wait_idle(pid: u32) -> Result<()> {
 fn rss_anon(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_rss_anon(&status).context("no RssAnon in /proc/PID/status")
+}
+
+/// The memory of the eBPF maps `pid` holds: the `memlock` of each in /proc/PID/fdinfo
+/// (kernel/bpf/syscall.c, bpf_map_show_fdinfo; the kernel's own estimate of what the map
+/// takes), summed.
+fn kernel_map_bytes(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        // A descriptor closed meanwhile, or not a map: no `map_type`.
+        let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
+        if info.lines().any(|l| l.starts_with("map_type:")) {
+            let memlock =
+                info.lines().find_map(|l| l.strip_prefix("memlock:")).context("a map without memlock")?;
+            total += memlock.trim().parse::<u64>()?;
+        }
+    }
+    Ok(total)
 }
 
 fn parse_rss_anon(status: &str) -> Option<u64> {

@@ -15,7 +15,7 @@ use aya::{
 };
 use helios_trace_common::{
     FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
-    filter_match, map_name, spec, stack_mode,
+    filter_match, learned_chains, map_name, spec, stack_mode,
 };
 use log::{debug, info, warn};
 
@@ -66,12 +66,7 @@ impl TraceConfig {
     fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32, kernel: KernelOffsets) -> Settings {
         Settings {
             tracer_tgid,
-            filter_targets: u32::from(
-                !self.targets.is_empty()
-                    || !self.target_cgroups.is_empty()
-                    || !self.target_comms.is_empty()
-                    || !self.target_uids.is_empty(),
-            ),
+            filter_targets: u32::from(self.filtering_targets()),
             filter_cgroups: u32::from(!self.target_cgroups.is_empty()),
             filter_matches: if self.target_comms.is_empty() { 0 } else { filter_match::COMMS }
                 | if self.target_uids.is_empty() { 0 } else { filter_match::UIDS },
@@ -84,6 +79,34 @@ impl TraceConfig {
             reserved2: 0,
             kernel,
         }
+    }
+
+    /// Whether only some processes are traced (the settings' `filter_targets`).
+    fn filtering_targets(&self) -> bool {
+        !self.targets.is_empty()
+            || !self.target_cgroups.is_empty()
+            || !self.target_comms.is_empty()
+            || !self.target_uids.is_empty()
+    }
+
+    /// The maps this configuration never uses, made one entry long (none is not allowed): the
+    /// kernel allocates the others' room when they are made, used or not, and charges it to
+    /// the tracer's memory cgroup (a DaemonSet's limit). Measured on this kernel
+    /// (/proc/PID/fdinfo `memlock`; BENCHMARKS.md, "Kernel memory"): the stack-trace map 16.3
+    /// MiB, used by `--stacks fp` only; the target map 5.0 MiB, used by `--pid`, `--cgroup`,
+    /// `--comm` and `--uid` only; the rules' buckets 4.0 MiB, used by learned chains only.
+    fn unused_maps(&self) -> Vec<&'static str> {
+        let mut unused = Vec::new();
+        if self.user_stack_mode != stack_mode::FP {
+            unused.push(map_name::STACKS);
+        }
+        if !self.filtering_targets() {
+            unused.push(map_name::TARGETS);
+        }
+        if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
+            unused.push(map_name::FRAME_RULES);
+        }
+        unused
     }
 }
 
@@ -206,11 +229,14 @@ impl Tracer {
         }
         let settings = config.settings(std::process::id(), group_dead_offset, kernel);
         // `override_global` is aya 0.14's name of `set_global`.
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(SETTINGS_GLOBAL, &settings, true)
-            .map_max_entries(map_name::EVENTS, config.ring_buffer_bytes)
-            .load(EBPF_OBJECT)
-            .context("cannot load the eBPF programs")?;
+            .map_max_entries(map_name::EVENTS, config.ring_buffer_bytes);
+        for map in config.unused_maps() {
+            loader.map_max_entries(map, 1);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("cannot load the eBPF programs")?;
 
         fill_targets(&mut ebpf, map_name::TARGETS, &config.targets, "the target map")?;
         fill_targets(
@@ -596,8 +622,6 @@ fn ensure_tracefs() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use helios_trace_common::learned_chains;
-
     use super::*;
 
     fn config() -> TraceConfig {
@@ -636,6 +660,18 @@ mod tests {
                 kernel,
             }
         );
+    }
+
+    #[test]
+    fn the_maps_a_configuration_never_uses_are_one_entry_long() {
+        // The DaemonSet's defaults: every process, dwarf stacks, learned chains.
+        assert_eq!(config().unused_maps(), [map_name::STACKS, map_name::TARGETS]);
+        let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
+        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES]);
+        let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
+        assert_eq!(none.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES]);
+        let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
+        assert_eq!(off.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES]);
     }
 
     #[test]

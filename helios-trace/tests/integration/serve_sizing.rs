@@ -1,6 +1,7 @@
-//! Kernel test of `serve`'s sizing: in a memory cgroup limited to 512 MiB (the DaemonSet's
+//! Kernel tests of `serve`'s sizing: in a memory cgroup limited to 512 MiB (the DaemonSet's
 //! limit) and with no caps given, a workload holding a million and a half descriptors makes the
-//! descriptor cap bite, counted, while the tracer stays below the limit: no OOM kill.
+//! descriptor cap bite, counted, while the tracer stays below the limit: no OOM kill. And the
+//! kernel's maps, charged to the same cgroup, take room only for what the configuration uses.
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
@@ -166,4 +167,64 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
     }
     assert!(serve.stop().success(), "serve ran to the end");
     assert_eq!(cgroup.oom_kills(), 0);
+}
+
+/// Each eBPF map `pid` holds, from /proc/PID/fdinfo (kernel/bpf/syscall.c,
+/// bpf_map_show_fdinfo): (map_type, max_entries, memlock bytes).
+fn maps_of(pid: u32) -> Vec<(u32, u32, u64)> {
+    let mut maps = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = fs::read_to_string(entry.unwrap().path()) else { continue };
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(kind), Some(entries), Some(memlock)) =
+            (field("map_type:"), field("max_entries:"), field("memlock:"))
+        {
+            maps.push((kind as u32, entries as u32, memlock));
+        }
+    }
+    maps
+}
+
+/// include/uapi/linux/bpf.h, enum bpf_map_type.
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_STACK_TRACE: u32 = 7;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn the_kernel_maps_take_room_only_for_what_the_configuration_uses() {
+    if !require_bpf() {
+        return;
+    }
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    // The DaemonSet's configuration: every process, dwarf stacks learned into chains. No
+    // stack-trace map (`--stacks fp`'s) and no target map (`--pid` and the other filters').
+    let serve = Serve::start(&[]);
+    let maps = maps_of(serve.pid());
+    assert!(maps.len() >= 20, "{maps:?}");
+    let stack_trace: Vec<_> = maps.iter().filter(|m| m.0 == BPF_MAP_TYPE_STACK_TRACE).collect();
+    assert_eq!(stack_trace.iter().map(|m| m.1).collect::<Vec<_>>(), [1], "{maps:?}");
+    let besides_rings: u64 = maps.iter().filter(|m| m.0 != BPF_MAP_TYPE_RINGBUF).map(|m| m.2).sum();
+    // Measured 11.0 MiB on a 2-CPU machine (BENCHMARKS.md, "Kernel memory"), 32.3 MiB before;
+    // the per-CPU maps add about 50 KiB a CPU.
+    let bound = (14 << 20) + 64 * 1024 * std::thread::available_parallelism().unwrap().get() as u64;
+    assert!(besides_rings < bound, "the maps take {:.1} MiB besides the rings: {maps:?}", mib(besides_rings));
+    eprintln!("serve's maps: {:.1} MiB besides the rings", mib(besides_rings));
+    assert!(serve.stop().success());
+
+    // `--stacks fp --pid`: the stack-trace map and the target map at their size; no rules.
+    let serve = Serve::start(&["--stacks", "fp", "--pid", &std::process::id().to_string()]);
+    let maps = maps_of(serve.pid());
+    let sizes = |kind: u32| {
+        let mut sizes: Vec<u32> = maps.iter().filter(|m| m.0 == kind).map(|m| m.1).collect();
+        sizes.sort_unstable();
+        sizes
+    };
+    assert_eq!(sizes(BPF_MAP_TYPE_STACK_TRACE), [helios_trace_common::STACK_ENTRIES], "{maps:?}");
+    let hashes = sizes(BPF_MAP_TYPE_HASH);
+    assert!(hashes.contains(&helios_trace_common::TARGET_ENTRIES), "{hashes:?}");
+    assert!(!hashes.contains(&helios_trace_common::FRAME_RULE_ENTRIES), "{hashes:?}");
+    assert!(serve.stop().success());
 }
