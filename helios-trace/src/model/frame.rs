@@ -412,13 +412,16 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
 }
 
 /// A short, bounded label of a frame, for the `frame` metric label and the text report:
-/// `leak_socket (app.c:14)`, `geo.py:UnitTrackingWSHandler.on_connect:27`, `leak_fn (app)`,
+/// `leak_socket (app.c:14)`, `geo.py:UnitTrackingWSHandler.on_connect:27` (without `:27` when
+/// the Python frame came from a perf map), `leak_fn (app)`,
 /// `app+0x1234`.
 pub(crate) fn frame_label(frame: &Frame) -> String {
     let module = frame.module.as_deref().map(basename);
     let file = frame.file.as_deref().map(basename);
     match (frame.language, &frame.symbol, file, frame.line, module) {
         (Language::Python, Some(symbol), Some(file), Some(line), _) => format!("{file}:{symbol}:{line}"),
+        // Named by CPython's perf map (`-X perf`), which says no line.
+        (Language::Python, Some(symbol), Some(file), None, _) => format!("{file}:{symbol}"),
         (_, Some(symbol), Some(file), Some(line), _) => format!("{symbol} ({file}:{line})"),
         (_, Some(symbol), _, _, Some(module)) => format!("{symbol} ({module})"),
         (_, Some(symbol), ..) => symbol.to_string(),
@@ -860,6 +863,8 @@ pub(crate) mod tests {
     fn labels_of_every_kind_of_frame() {
         assert_eq!(frame_label(&native(Some("open64"), "/lib/libc.so.6", 1)), "open64 (libc.so.6)");
         assert_eq!(frame_label(&Frame::native(0x1234, None, None)), "0x1234");
+        let from_perf_map = Frame::python(Arc::from("Handler.on_connect"), Arc::from("/srv/app.py"), None);
+        assert_eq!(frame_label(&from_perf_map), "app.py:Handler.on_connect");
         let inlined = Frame { inlined: true, ..located("raw_openat", "/a/b", "/src/x.c", 3) };
         assert_eq!(inlined.describe(), "raw_openat (/src/x.c:3) [inlined]");
     }

@@ -38,6 +38,9 @@ pub(crate) struct JitSymbol {
     pub(crate) file: Option<Arc<str>>,
     /// The line the function starts at (V8 names code by its function, not by line).
     pub(crate) line: Option<u32>,
+    /// A copy of CPython's perf trampoline (`py::` lines): the Python function it enters
+    /// (resolve/modules/trampoline.rs).
+    pub(crate) python: bool,
 }
 
 /// The perf map of one process image.
@@ -125,6 +128,16 @@ impl PerfMap {
     /// with the map before may be named otherwise now.
     pub(crate) fn generation(&self) -> u32 {
         self.generation
+    }
+
+    /// Where the copy of CPython's perf trampoline at `address` starts, if a `py::` line names
+    /// the code there (read again as `lookup` does on a miss).
+    pub(crate) fn python_trampoline_start(&mut self, address: u64) -> Option<u64> {
+        if self.find(address).is_none() {
+            self.refresh();
+        }
+        let (start, (end, symbol)) = self.code.range(..=address).next_back()?;
+        (address < *end && symbol.python).then_some(*start)
     }
 
     fn find(&self, address: u64) -> Option<JitSymbol> {
@@ -268,13 +281,18 @@ fn parse_line(line: &str) -> Option<(u64, u64, JitSymbol)> {
 /// function is named alike at every tier, so one line of JavaScript stays one site while V8
 /// compiles it again. Any other name is kept whole.
 fn symbol(name: &str) -> JitSymbol {
-    let whole = || JitSymbol { name: Arc::from(name), file: None, line: None };
+    let whole = || JitSymbol { name: Arc::from(name), file: None, line: None, python: false };
     // CPython's perf trampolines (3.12+ `-X perf`, Python/perf_trampoline.c): `py::QUALNAME:FILE`.
     if let Some((function, file)) = name.strip_prefix("py::").and_then(|rest| rest.split_once(':')) {
-        return JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: None };
+        return JitSymbol {
+            name: Arc::from(function),
+            file: Some(Arc::from(file)),
+            line: None,
+            python: true,
+        };
     }
     if let Some(method) = hotspot_method(name) {
-        return JitSymbol { name: Arc::from(method), file: None, line: None };
+        return JitSymbol { name: Arc::from(method), file: None, line: None, python: false };
     }
     let Some((kind, rest)) = name.split_once(':') else { return whole() };
     if !matches!(kind, "JS" | "LazyCompile" | "Function" | "Script" | "Eval") {
@@ -291,7 +309,7 @@ fn symbol(name: &str) -> JitSymbol {
     let (_column, line, file) = (parts.next(), parts.next(), parts.next());
     let (Some(line), Some(file)) = (line.and_then(|l| l.parse().ok()), file) else { return whole() };
     let function = if function.is_empty() { "(anonymous)" } else { function };
-    JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: Some(line) }
+    JitSymbol { name: Arc::from(function), file: Some(Arc::from(file)), line: Some(line), python: false }
 }
 
 /// HotSpot names a compiled method `RETURN CLASS.METHOD(PARAMETERS)` (hotspot's
@@ -337,6 +355,7 @@ mod tests {
         );
         let python = symbol("py::Handler.on_connect:/srv/app.py");
         assert_eq!((&*python.name, python.file.as_deref()), ("Handler.on_connect", Some("/srv/app.py")));
+        assert!(python.python);
         for other in [
             "Builtin:InterpreterEntryTrampoline",
             "Stub:CEntry",
@@ -344,7 +363,10 @@ mod tests {
             "StubRoutines (1)",
             "I2C/C2I adapters",
         ] {
-            assert_eq!(symbol(other), JitSymbol { name: Arc::from(other), file: None, line: None });
+            assert_eq!(
+                symbol(other),
+                JitSymbol { name: Arc::from(other), file: None, line: None, python: false }
+            );
         }
     }
 

@@ -369,7 +369,12 @@ impl StackRegistry {
     /// of the Python frames too and not part of the site's identity; with no interpreter frame
     /// among them (a frame-pointer stack that stopped early), after the native frames.
     pub(crate) fn with_python(&mut self, native: SiteId, python: Vec<Frame>) -> SiteId {
-        let native_frames = self.frames(native).cloned().unwrap_or_else(|| Arc::from([]));
+        // A CPython perf trampoline's frame (`-X perf`) names one of the Python frames again,
+        // without its line: the frames the kernel walked say it better.
+        let native_frames: Vec<Frame> = match self.frames(native) {
+            Some(frames) => frames.iter().filter(|f| f.language != Language::Python).cloned().collect(),
+            None => Vec::new(),
+        };
         let at = native_frames
             .iter()
             .position(|f| f.symbol.as_deref().is_some_and(|s| s.contains("PyEval_EvalFrame")))
@@ -603,12 +608,25 @@ impl StackRegistry {
             }
             self.process(tgid).unwinder = Some(unwinder);
         }
-        let process = self.processes.get(&tgid).expect("created above");
-        process.unwinder.as_ref().expect("built above").unwind(
-            sample,
-            &mut self.unwind_cache,
-            self.teacher.is_some(),
-        )
+        let process = self.processes.get_mut(&tgid).expect("created above");
+        if process.perf_map.is_none()
+            && process.unwinder.as_ref().is_some_and(ProcessUnwinder::has_python_trampoline)
+        {
+            // An interpreter that may run with `-X perf`: its map is needed to unwind, before
+            // any frame is named (`jit_symbol` looks for it only then).
+            process.look_at_perf_map_if_due(&self.proc_root, tgid);
+        }
+        let (unwinder, perf_map) = (process.unwinder.as_ref().expect("built above"), &mut process.perf_map);
+        // CPython's perf trampolines (`-X perf`) are named in its perf map, as of now.
+        let mut refreshed = false;
+        let mut trampolines = |address| {
+            let map = perf_map.as_mut()?;
+            if !std::mem::replace(&mut refreshed, true) {
+                map.refresh_if_grown();
+            }
+            map.python_trampoline_start(address)
+        };
+        unwinder.unwind(sample, &mut self.unwind_cache, self.teacher.is_some(), &mut trampolines)
     }
 
     /// Frames of user addresses (the instruction pointer, then return addresses).
@@ -630,7 +648,10 @@ impl StackRegistry {
                         symbol: Some(jit.name),
                         file: jit.file,
                         line: jit.line,
-                        language: Language::Jit,
+                        // A CPython perf trampoline stands for the Python function it enters
+                        // (no line: the map names functions), which is Python code to the site's
+                        // label as a frame the kernel walked would be.
+                        language: if jit.python { Language::Python } else { Language::Jit },
                         ..Frame::native(*address, None, None)
                     },
                     None => Frame::native(*address, None, None),

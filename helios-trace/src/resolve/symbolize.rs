@@ -135,7 +135,7 @@ mod tests {
         let captured = captured(binary);
         let image = image(&captured, binary);
         let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
-        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false);
+        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false, &mut |_| None);
         let module: &ProcessModule = &image.modules[0];
         let loaded = LoadedModule::load(module.file.clone()).unwrap();
         let bias = loaded.bias(module.text).unwrap();

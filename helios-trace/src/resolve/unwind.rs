@@ -16,6 +16,7 @@ use crate::{
     resolve::modules::{
         elf::{LoadedModule, SectionBytes},
         files::ProcessModule,
+        trampoline::PerfTrampoline,
     },
 };
 
@@ -36,6 +37,18 @@ mod arch {
     pub(crate) fn frame_regs(pc: u64, regs: &UnwindRegsX86_64) -> FrameRegs {
         FrameRegs { pc, sp: regs.sp(), bp: regs.bp() }
     }
+
+    pub(crate) type Regs = UnwindRegsX86_64;
+
+    pub(crate) fn sp_bp(regs: &UnwindRegsX86_64) -> (u64, u64) {
+        (regs.sp(), regs.bp())
+    }
+
+    pub(crate) fn set_caller(regs: &mut UnwindRegsX86_64, ip: u64, sp: u64, bp: u64) {
+        regs.set_ip(ip);
+        regs.set_sp(sp);
+        regs.set_bp(bp);
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -52,6 +65,19 @@ mod arch {
     /// Rules are learned for x86_64 only (resolve/chains.rs).
     pub(crate) fn frame_regs(pc: u64, regs: &UnwindRegsAarch64) -> FrameRegs {
         FrameRegs { pc, sp: regs.sp(), bp: regs.fp() }
+    }
+
+    pub(crate) type Regs = UnwindRegsAarch64;
+
+    /// CPython's perf trampolines are known on x86_64 only (resolve/modules/trampoline.rs).
+    pub(crate) fn sp_bp(regs: &UnwindRegsAarch64) -> (u64, u64) {
+        (regs.sp(), regs.fp())
+    }
+
+    pub(crate) fn set_caller(regs: &mut UnwindRegsAarch64, ip: u64, sp: u64, fp: u64) {
+        regs.set_lr(ip);
+        regs.set_sp(sp);
+        regs.set_fp(fp);
     }
 }
 
@@ -77,7 +103,14 @@ pub(crate) struct ProcessUnwinder {
     /// What was handed to framehop, in its order (sorted by start as `add_module` inserts):
     /// learning a rule (resolve/chains.rs) must find a frame's module as framehop finds it.
     modules: Vec<UnwindModule>,
+    /// CPython's perf trampoline, when a module is an interpreter with one (`-X perf`):
+    /// its copies are unwound by the template's layout (resolve/modules/trampoline.rs).
+    python_trampoline: Option<PerfTrampoline>,
 }
+
+/// Where the copy of CPython's perf trampoline that holds a code address starts, from the
+/// process's perf map (`py::` lines): None for any other address.
+pub(crate) type TrampolineStarts<'a> = dyn FnMut(u64) -> Option<u64> + 'a;
 
 /// A module as framehop has it: where it is mapped, its bias, and its unwind sections.
 #[derive(Clone)]
@@ -117,8 +150,14 @@ impl ProcessUnwinder {
             Ok(i) | Err(i) => i,
         };
         self.modules.insert(at, UnwindModule { range: range.clone(), bias, loaded: loaded.clone() });
+        self.python_trampoline = self.python_trampoline.or(loaded.python_trampoline);
         self.unwinder.add_module(Module::new(module.file.path.to_string(), range, bias, info));
         true
+    }
+
+    /// Whether an interpreter module has CPython's perf trampoline (`-X perf` may be on).
+    pub(crate) fn has_python_trampoline(&self) -> bool {
+        self.python_trampoline.is_some()
     }
 
     /// The module framehop unwinds `lookup` (an instruction pointer, or a return address
@@ -135,12 +174,14 @@ impl ProcessUnwinder {
 
     /// Unwind `sample` frame by frame, as framehop's `UnwindIterator` does, keeping the
     /// registers at each frame (what resolve/chains.rs learns rules from).
-    /// `keep_frames`: fill `Unwound::frames`.
+    /// `keep_frames`: fill `Unwound::frames`. `trampolines`: asked of return addresses in no
+    /// module, in a process whose interpreter has a perf trampoline.
     pub(crate) fn unwind(
         &self,
         sample: &StackSample<'_>,
         cache: &mut UnwindCache,
         keep_frames: bool,
+        trampolines: &mut TrampolineStarts<'_>,
     ) -> Unwound {
         let mut read_stack = |address| sample.read(address);
         let mut regs = arch::unwind_regs(&sample.regs);
@@ -153,6 +194,22 @@ impl ProcessUnwinder {
             }
             if unwound.addresses.len() == MAX_FRAMES {
                 break;
+            }
+            if let Some(caller) = self.trampoline_caller(address, &regs, trampolines, &mut read_stack) {
+                match caller {
+                    Some((return_address, sp, bp)) => {
+                        arch::set_caller(&mut regs, return_address, sp, bp);
+                        match FrameAddress::from_return_address(return_address) {
+                            Some(next) => address = next,
+                            None => break,
+                        }
+                    }
+                    None => {
+                        unwound.truncated = sample.beyond_window(arch::sp_bp(&regs).0 + 8);
+                        break;
+                    }
+                }
+                continue;
             }
             match self.unwinder.unwind_frame(address, &mut regs, cache, &mut read_stack) {
                 Ok(Some(return_address)) => match FrameAddress::from_return_address(return_address) {
@@ -173,6 +230,31 @@ impl ProcessUnwinder {
             }
         }
         unwound
+    }
+
+    /// The caller of a frame at a return address in a copy of CPython's perf trampoline, as
+    /// `Some(caller)` (`Some(None)`: its words lie past the window); None when `address` is
+    /// not one (a module's code, other JIT code, or not the copy's one return address).
+    fn trampoline_caller(
+        &self,
+        address: FrameAddress,
+        regs: &arch::Regs,
+        trampolines: &mut TrampolineStarts<'_>,
+        read_stack: &mut dyn FnMut(u64) -> Result<u64, ()>,
+    ) -> Option<Option<(u64, u64, u64)>> {
+        let trampoline = self.python_trampoline?;
+        let FrameAddress::ReturnAddress(return_address) = address else { return None };
+        let return_address = return_address.get();
+        let lookup = return_address - 1;
+        if self.module_for(lookup).is_some() {
+            return None;
+        }
+        let start = trampolines(lookup)?;
+        if return_address.checked_sub(start) != Some(trampoline.return_offset) {
+            return None;
+        }
+        let (sp, bp) = arch::sp_bp(regs);
+        Some(trampoline.caller(sp, bp, &mut |at| read_stack(at).ok()))
     }
 }
 
@@ -248,12 +330,40 @@ pub(crate) mod tests {
         unwinder
     }
 
+    /// JIT code calls a copy of CPython's perf trampoline (3.12's, which keeps no frame
+    /// pointer), which calls more JIT code: the copy is stepped over by its layout, not by the
+    /// frame pointer it does not keep.
+    #[test]
+    fn a_cpython_perf_trampoline_is_unwound_by_its_layout() {
+        const COPY: u64 = 0xa000_0000;
+        let (inner, outer) = (0x9000_0000u64, 0xb000_0000u64);
+        let mut regs = [0u64; USER_REGS_WORDS];
+        (regs[regs_x86_64::IP], regs[regs_x86_64::SP], regs[regs_x86_64::BP]) = (inner, 0x7000, 0x7000);
+        // The innermost frame keeps a frame pointer (the caller's 0x7020) and returns into
+        // the copy; the copy's padding word; its return address; then the frame at 0x7020
+        // ends the chain.
+        let words = [0x7020, COPY + 6, 0xdead, outer, 0, 0];
+        let stack: Vec<u8> = words.iter().flat_map(|w: &u64| w.to_le_bytes()).collect();
+        let sample = StackSample { regs, stack: &stack, flags: user_stack_flags::SHORT };
+        let mut unwinder = ProcessUnwinder::default();
+        let starts = |address: u64| (COPY..COPY + 11).contains(&address).then_some(COPY);
+        let without = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| starts(a));
+        assert_eq!(without.addresses, [inner, COPY + 6], "no template known: the frame pointer");
+        unwinder.python_trampoline = crate::resolve::modules::trampoline::tests::padded();
+        let with = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| starts(a));
+        assert_eq!(with.addresses, [inner, COPY + 6, outer]);
+        // Only the copy's return address is stepped over so: elsewhere in it, as before.
+        let elsewhere = |address: u64| (COPY + 1..COPY + 11).contains(&address).then_some(COPY + 1);
+        let other = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| elsewhere(a));
+        assert_eq!(other.addresses, [inner, COPY + 6]);
+    }
+
     #[test]
     fn recovers_the_chain_without_frame_pointers() {
         let captured = captured("sample");
         let image = image(&captured, "sample");
         let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
-        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false);
+        let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false, &mut |_| None);
         // leak_fn (the syscall), handler, loop, main: all in the sample binary; past main
         // the chain enters libc, which the test data does not carry.
         assert!(unwound.addresses.len() >= 4, "{unwound:x?}");
@@ -276,14 +386,15 @@ pub(crate) mod tests {
             &StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 },
             &mut UnwindCache::new(),
             false,
+            &mut |_| None,
         );
         let cut = StackSample { regs: captured.regs, stack: &captured.stack[..16], flags: 0 };
-        let unwound = unwinder.unwind(&cut, &mut UnwindCache::new(), false);
+        let unwound = unwinder.unwind(&cut, &mut UnwindCache::new(), false, &mut |_| None);
         assert!(unwound.truncated, "{unwound:x?}");
         assert!(unwound.addresses.len() < full.addresses.len());
         assert_eq!(unwound.addresses, full.addresses[..unwound.addresses.len()]);
         // The same cut with the stack's top reached (SHORT) is the stack's end, not a cut.
         let ended = StackSample { flags: user_stack_flags::SHORT, ..cut };
-        assert!(!unwinder.unwind(&ended, &mut UnwindCache::new(), false).truncated);
+        assert!(!unwinder.unwind(&ended, &mut UnwindCache::new(), false, &mut |_| None).truncated);
     }
 }

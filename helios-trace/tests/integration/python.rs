@@ -347,6 +347,68 @@ fn python_leaks_are_named_by_function_file_and_line() {
     eprintln!("{} interpreters checked in {:?}", all.len(), started.elapsed());
 }
 
+/// CPython 3.12+ with perf support (`-X perf`, here its environment switch
+/// PYTHONPERFSUPPORT=1) enters every Python function through a trampoline of its own, a copy of
+/// a template with no CFI and, before 3.14, no frame pointer, which its perf map names. With
+/// `--python-frames off` the map's names are the Python frames, and the stack must be unwound
+/// through every copy (it used to end at the innermost); with Python frames, the kernel's name
+/// them, with lines, and the copies are not named twice. Debian 13's 3.13 (a CET build, no
+/// frame pointer), sid's 3.14 (a frame pointer), and pyenv's 3.12+ when present.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn python_with_perf_support_is_unwound_through_its_trampolines() {
+    if !require_bpf() {
+        return;
+    }
+    let with_perf_support: Vec<Interpreter> = interpreters().into_iter().filter(|p| p.minor >= 12).collect();
+    assert!(with_perf_support.len() >= 2, "Debian 13's and sid's: {with_perf_support:?}");
+    for python in with_perf_support {
+        let mut command = python.command(&script(), &[], &[]);
+        command.env("PYTHONPERFSUPPORT", "1");
+        let mut workload = Workload::spawn_command(command);
+        let pid = workload.pid.to_string();
+        let args = ["--pid", &pid, "--reconcile-interval", "0"];
+        let perf_map_only = Tracer::start(&[&args[..], &["--python-frames", "off"]].concat());
+        let both = Tracer::start(&args);
+        let lines = workload.run("lines");
+        let accepted = workload.run("accept 3");
+        let (perf_map_only, both) = (perf_map_only.stop(), both.stop());
+        let name = python.name();
+        for fd in &accepted {
+            let site = site_of(&perf_map_only, workload.pid, *fd);
+            let what = format!("{name}, --python-frames off, fd {fd}: {site:#}");
+            assert_eq!(site["frame"], "pyleaks.py:ChatHandler.on_connect", "{what}");
+            let frames = python_frames(site);
+            let at = |symbol: &str| frames.iter().position(|f| f["symbol"] == symbol);
+            let (own, main) = (at("ChatHandler.on_connect"), at("main"));
+            assert!(own.is_some_and(|own| main.is_some_and(|main| own < main)), "{what}");
+            assert_eq!(frames[own.unwrap()]["file"], script().to_string_lossy().as_ref(), "{what}");
+            assert!(frames.iter().all(|f| f["line"].is_null()), "{what}");
+            // Through every copy to the interpreter's own start.
+            let outermost = site["frames"].as_array().unwrap().last().unwrap();
+            let native = |f: &Value| f["symbol"].as_str().unwrap_or_default().to_string();
+            assert!(
+                ["_start", "__libc_start_main", "__libc_start_call_main"]
+                    .iter()
+                    .any(|s| native(outermost).starts_with(s)),
+                "{what}"
+            );
+
+            let site = site_of(&both, workload.pid, *fd);
+            let what = format!("{name}, Python frames, fd {fd}: {site:#}");
+            assert_eq!(site["frame"], format!("pyleaks.py:ChatHandler.on_connect:{}", lines[0]), "{what}");
+            let frames = python_frames(site);
+            assert!(frames.iter().all(|f| !f["line"].is_null()), "a trampoline named twice: {what}");
+            assert_eq!(frames.iter().filter(|f| f["symbol"] == "main").count(), 1, "{what}");
+        }
+        for report in [&perf_map_only, &both] {
+            let sites: std::collections::BTreeSet<String> =
+                accepted.iter().map(|fd| site_of(report, workload.pid, *fd)["site"].to_string()).collect();
+            assert_eq!(sites.len(), 1, "{name}: one line, one site");
+        }
+    }
+}
+
 /// Interpreters started after the tracer (found at their exec, walked once initialized).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]

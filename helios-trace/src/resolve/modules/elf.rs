@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use thiserror::Error;
 
-use super::{files::ModuleFile, gopclntab::GoTable, libuv::LibuvEntries};
+use super::{files::ModuleFile, gopclntab::GoTable, libuv::LibuvEntries, trampoline::PerfTrampoline};
 
 #[derive(Debug, Error)]
 pub(crate) enum ModuleError {
@@ -62,6 +62,8 @@ pub(crate) struct LoadedModule {
     pub(crate) go: Option<GoTable>,
     /// Where libuv's TCP entry points are, in a file that has them (Node.js).
     pub(crate) libuv: Option<LibuvEntries>,
+    /// CPython's perf trampoline template, in an interpreter's file (`-X perf`).
+    pub(crate) python_trampoline: Option<PerfTrampoline>,
     /// PT_LOAD segments: (file offset, SVMA, file size); shared with the Go table.
     segments: Arc<[(u64, u64, u64)]>,
     pub(super) size: u64,
@@ -105,7 +107,17 @@ impl LoadedModule {
         let build_id = elf.build_id().ok().flatten().map(Box::from);
         let go = GoTable::parse(&elf, &map, &segments);
         let libuv = LibuvEntries::find(&elf, &segments);
-        Ok(LoadedModule { build_id, unwind, go, libuv, segments, size: map.len() as u64, file })
+        let python_trampoline = PerfTrampoline::find(&elf, &map, &segments);
+        Ok(LoadedModule {
+            build_id,
+            unwind,
+            go,
+            libuv,
+            python_trampoline,
+            segments,
+            size: map.len() as u64,
+            file,
+        })
     }
 
     /// The SVMA of a file offset (through the PT_LOAD segment that maps it).

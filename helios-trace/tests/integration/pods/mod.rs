@@ -391,6 +391,35 @@ fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     }
 }
 
+/// CPython 3.14 with perf support (`-X perf`) in a pod, traced with
+/// `--python-frames off`: its Python functions named from the perf map in the pod's own /tmp,
+/// under the pid the pod sees, and its stack unwound through their trampolines to `main`.
+#[test]
+fn python_with_perf_support_in_a_sid_pod_is_named_from_its_perf_map() {
+    if !require_bpf() {
+        return;
+    }
+    let root = Root::sid(&[(&pyleaks_script(), "/app/pyleaks.py")]);
+    let command = ["/usr/bin/python3.14", "-X", "perf", "/app/pyleaks.py", "/tmp"];
+    let mut pod = Pod::start(PodSpec { root, command: command.map(String::from).to_vec() });
+    let pid = pod.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--python-frames", "off"]);
+    pod.run("lines");
+    let accepted = pod.run("accept 3");
+    let report = tracer.stop();
+    assert_eq!(reported_fds(&report, pod.pid), proc_fds(pod.pid), "the report and /proc");
+    for fd in accepted {
+        let site = site_of(&report, pod.pid, fd);
+        assert_eq!(site["frame"], "pyleaks.py:ChatHandler.on_connect", "{site:#}");
+        let frames: Vec<&serde_json::Value> =
+            site["frames"].as_array().unwrap().iter().filter(|f| f["language"] == "python").collect();
+        let at = |symbol: &str| frames.iter().position(|f| f["symbol"] == symbol);
+        let (own, main) = (at("ChatHandler.on_connect"), at("main"));
+        assert!(own.is_some_and(|own| main.is_some_and(|main| own < main)), "{site:#}");
+        assert_eq!(frames[own.unwrap()]["file"], "/app/pyleaks.py", "the path inside the pod: {site:#}");
+    }
+}
+
 fn pyleaks_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/pyleaks.py")
 }
