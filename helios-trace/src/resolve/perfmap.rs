@@ -130,14 +130,14 @@ impl PerfMap {
         self.generation
     }
 
-    /// Where the copy of CPython's perf trampoline at `address` starts, if a `py::` line names
-    /// the code there (read again as `lookup` does on a miss).
-    pub(crate) fn python_trampoline_start(&mut self, address: u64) -> Option<u64> {
+    /// Where the copy of CPython's perf trampoline at `address` starts and its size, if a
+    /// `py::` line names the code there (read again as `lookup` does on a miss).
+    pub(crate) fn python_trampoline_at(&mut self, address: u64) -> Option<(u64, u64)> {
         if self.find(address).is_none() {
             self.refresh();
         }
         let (start, (end, symbol)) = self.code.range(..=address).next_back()?;
-        (address < *end && symbol.python).then_some(*start)
+        (address < *end && symbol.python).then_some((*start, end - start))
     }
 
     fn find(&self, address: u64) -> Option<JitSymbol> {

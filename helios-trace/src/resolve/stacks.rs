@@ -121,17 +121,7 @@ impl ProcessStacks {
     /// Look for the perf map (none yet) or read what was appended to it, at most once a
     /// `PERF_MAP_LOOK_INTERVAL`.
     fn look_at_perf_map_if_due(&mut self, proc_root: &Path, tgid: u32) {
-        let now = std::time::Instant::now();
-        if self.perf_map_next_look.is_some_and(|next| now < next) {
-            return;
-        }
-        self.perf_map_next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
-        match self.perf_map.as_mut() {
-            Some(map) => {
-                map.refresh();
-            }
-            None => self.perf_map = PerfMap::open(proc_root, tgid),
-        }
+        look_at_perf_map_if_due(&mut self.perf_map, &mut self.perf_map_next_look, proc_root, tgid);
     }
 
     fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
@@ -609,22 +599,18 @@ impl StackRegistry {
             self.process(tgid).unwinder = Some(unwinder);
         }
         let process = self.processes.get_mut(&tgid).expect("created above");
-        if process.perf_map.is_none()
-            && process.unwinder.as_ref().is_some_and(ProcessUnwinder::has_python_trampoline)
-        {
-            // An interpreter that may run with `-X perf`: its map is needed to unwind, before
-            // any frame is named (`jit_symbol` looks for it only then).
-            process.look_at_perf_map_if_due(&self.proc_root, tgid);
-        }
-        let (unwinder, perf_map) = (process.unwinder.as_ref().expect("built above"), &mut process.perf_map);
-        // CPython's perf trampolines (`-X perf`) are named in its perf map, as of now.
-        let mut refreshed = false;
+        let unwinder = process.unwinder.as_ref().expect("built above");
+        let (perf_map, next_look, proc_root) =
+            (&mut process.perf_map, &mut process.perf_map_next_look, &self.proc_root);
+        // Asked only in a process whose interpreter has CPython's perf trampoline, of a return
+        // address in no module: `-X perf` may be on, and its map is needed to unwind, before
+        // any frame is named (`jit_symbol` looks for it only then). CPython writes one line per
+        // copy and never writes over one: a miss reads what was appended (`PerfMap`).
         let mut trampolines = |address| {
-            let map = perf_map.as_mut()?;
-            if !std::mem::replace(&mut refreshed, true) {
-                map.refresh_if_grown();
+            if perf_map.is_none() {
+                look_at_perf_map_if_due(perf_map, next_look, proc_root, tgid);
             }
-            map.python_trampoline_start(address)
+            perf_map.as_mut()?.python_trampoline_at(address)
         };
         unwinder.unwind(sample, &mut self.unwind_cache, self.teacher.is_some(), &mut trampolines)
     }
@@ -757,6 +743,27 @@ impl StackRegistry {
 /// Modules built into the executable (Debian builds `_socket` and `_io` in) are its own.
 fn is_interpreter(module: &str) -> bool {
     crate::resolve::python::layout::version_of(module).is_some()
+}
+
+/// A process's perf map (`map`), looked for (none yet) or read again for what was appended to
+/// it, at most once a `PERF_MAP_LOOK_INTERVAL` (`next_look`).
+fn look_at_perf_map_if_due(
+    map: &mut Option<PerfMap>,
+    next_look: &mut Option<std::time::Instant>,
+    proc_root: &Path,
+    tgid: u32,
+) {
+    let now = std::time::Instant::now();
+    if next_look.is_some_and(|next| now < next) {
+        return;
+    }
+    *next_look = Some(now + PERF_MAP_LOOK_INTERVAL);
+    match map.as_mut() {
+        Some(map) => {
+            map.refresh();
+        }
+        None => *map = PerfMap::open(proc_root, tgid),
+    }
 }
 
 /// The address to look each user frame up at. Every one is just after an instruction: the

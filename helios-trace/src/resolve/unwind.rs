@@ -74,8 +74,8 @@ mod arch {
         (regs.sp(), regs.fp())
     }
 
-    pub(crate) fn set_caller(regs: &mut UnwindRegsAarch64, ip: u64, sp: u64, fp: u64) {
-        regs.set_lr(ip);
+    /// framehop reads the link register of the innermost frame only.
+    pub(crate) fn set_caller(regs: &mut UnwindRegsAarch64, _ip: u64, sp: u64, fp: u64) {
         regs.set_sp(sp);
         regs.set_fp(fp);
     }
@@ -108,9 +108,9 @@ pub(crate) struct ProcessUnwinder {
     python_trampoline: Option<PerfTrampoline>,
 }
 
-/// Where the copy of CPython's perf trampoline that holds a code address starts, from the
-/// process's perf map (`py::` lines): None for any other address.
-pub(crate) type TrampolineStarts<'a> = dyn FnMut(u64) -> Option<u64> + 'a;
+/// The copy of CPython's perf trampoline that holds a code address, as its perf-map line says
+/// (`py::`): its start and size; None for any other address.
+pub(crate) type TrampolineStarts<'a> = dyn FnMut(u64) -> Option<(u64, u64)> + 'a;
 
 /// A module as framehop has it: where it is mapped, its bias, and its unwind sections.
 #[derive(Clone)]
@@ -153,11 +153,6 @@ impl ProcessUnwinder {
         self.python_trampoline = self.python_trampoline.or(loaded.python_trampoline);
         self.unwinder.add_module(Module::new(module.file.path.to_string(), range, bias, info));
         true
-    }
-
-    /// Whether an interpreter module has CPython's perf trampoline (`-X perf` may be on).
-    pub(crate) fn has_python_trampoline(&self) -> bool {
-        self.python_trampoline.is_some()
     }
 
     /// The module framehop unwinds `lookup` (an instruction pointer, or a return address
@@ -249,8 +244,10 @@ impl ProcessUnwinder {
         if self.module_for(lookup).is_some() {
             return None;
         }
-        let start = trampolines(lookup)?;
-        if return_address.checked_sub(start) != Some(trampoline.return_offset) {
+        // The line must be a whole copy (CPython names each with the template's size) and the
+        // address its call's return: anything else is unwound as before.
+        let (start, size) = trampolines(lookup)?;
+        if size != trampoline.size || return_address.checked_sub(start) != Some(trampoline.return_offset) {
             return None;
         }
         let (sp, bp) = arch::sp_bp(regs);
@@ -346,15 +343,19 @@ pub(crate) mod tests {
         let stack: Vec<u8> = words.iter().flat_map(|w: &u64| w.to_le_bytes()).collect();
         let sample = StackSample { regs, stack: &stack, flags: user_stack_flags::SHORT };
         let mut unwinder = ProcessUnwinder::default();
-        let starts = |address: u64| (COPY..COPY + 11).contains(&address).then_some(COPY);
+        let starts = |address: u64| (COPY..COPY + 11).contains(&address).then_some((COPY, 11));
         let without = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| starts(a));
         assert_eq!(without.addresses, [inner, COPY + 6], "no template known: the frame pointer");
         unwinder.python_trampoline = crate::resolve::modules::trampoline::tests::padded();
         let with = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| starts(a));
         assert_eq!(with.addresses, [inner, COPY + 6, outer]);
         // Only the copy's return address is stepped over so: elsewhere in it, as before.
-        let elsewhere = |address: u64| (COPY + 1..COPY + 11).contains(&address).then_some(COPY + 1);
+        let elsewhere = |address: u64| (COPY + 1..COPY + 11).contains(&address).then_some((COPY + 1, 10));
         let other = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| elsewhere(a));
+        assert_eq!(other.addresses, [inner, COPY + 6]);
+        // Nor a line of another size (not a copy of this template).
+        let larger = |address: u64| (COPY..COPY + 16).contains(&address).then_some((COPY, 16));
+        let other = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| larger(a));
         assert_eq!(other.addresses, [inner, COPY + 6]);
     }
 

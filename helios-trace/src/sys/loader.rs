@@ -93,14 +93,16 @@ impl TraceConfig {
     /// kernel allocates the others' room when they are made, used or not, and charges it to
     /// the tracer's memory cgroup (a DaemonSet's limit). Measured on this kernel
     /// (/proc/PID/fdinfo `memlock`; BENCHMARKS.md, "Kernel memory"): the stack-trace map 16.3
-    /// MiB, used by `--stacks fp` only; the target map 5.0 MiB, used by `--pid`, `--cgroup`,
-    /// `--comm` and `--uid` only; the rules' buckets 4.0 MiB, used by learned chains only.
+    /// MiB, used by `--stacks fp` only; the target map 5.0 MiB, written for `--pid`, `--comm`
+    /// and `--uid` only (with `--cgroup` alone it is looked in, always empty: a process is traced
+    /// by its cgroup, helios-trace-ebpf/src/filter.rs); the rules' buckets 4.0 MiB, used by
+    /// learned chains only.
     fn unused_maps(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
         if self.user_stack_mode != stack_mode::FP {
             unused.push(map_name::STACKS);
         }
-        if !self.filtering_targets() {
+        if self.targets.is_empty() && self.target_comms.is_empty() && self.target_uids.is_empty() {
             unused.push(map_name::TARGETS);
         }
         if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
@@ -671,7 +673,7 @@ mod tests {
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
         assert_eq!(none.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES]);
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
-        assert_eq!(off.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES]);
+        assert_eq!(off.unused_maps(), [map_name::STACKS, map_name::TARGETS, map_name::FRAME_RULES]);
     }
 
     #[test]

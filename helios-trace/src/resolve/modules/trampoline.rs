@@ -33,6 +33,8 @@ pub(crate) struct PerfTrampoline {
     /// The prologue pushed the caller's frame pointer (3.14) rather than only keeping the
     /// stack aligned (3.12, 3.13).
     saves_bp: bool,
+    /// Bytes in a copy (CPython's perf map gives each copy's line this size).
+    pub(crate) size: u64,
 }
 
 impl PerfTrampoline {
@@ -70,10 +72,11 @@ impl PerfTrampoline {
             Some(rest) => (ENDBR64.len() as u64, rest),
             None => (0, template),
         };
+        let size = template.len() as u64;
         if code == PADDED {
-            Some(PerfTrampoline { return_offset: skip + PADDED_RETURN, saves_bp: false })
+            Some(PerfTrampoline { return_offset: skip + PADDED_RETURN, saves_bp: false, size })
         } else if code == FRAMED {
-            Some(PerfTrampoline { return_offset: skip + FRAMED_RETURN, saves_bp: true })
+            Some(PerfTrampoline { return_offset: skip + FRAMED_RETURN, saves_bp: true, size })
         } else {
             None
         }
@@ -107,11 +110,11 @@ pub(crate) mod tests {
     #[test]
     fn the_templates_cpython_shipped_are_known_and_nothing_else() {
         let padded = PerfTrampoline::of_template(&PADDED).unwrap();
-        assert_eq!(padded, PerfTrampoline { return_offset: 6, saves_bp: false });
+        assert_eq!(padded, PerfTrampoline { return_offset: 6, saves_bp: false, size: 11 });
         let cet: Vec<u8> = ENDBR64.iter().chain(&FRAMED).copied().collect();
         assert_eq!(
             PerfTrampoline::of_template(&cet),
-            Some(PerfTrampoline { return_offset: 10, saves_bp: true })
+            Some(PerfTrampoline { return_offset: 10, saves_bp: true, size: 12 })
         );
         let cet_padded: Vec<u8> = ENDBR64.iter().chain(&PADDED).copied().collect();
         assert_eq!(PerfTrampoline::of_template(&cet_padded).unwrap().return_offset, 10);
@@ -129,9 +132,9 @@ pub(crate) mod tests {
         // address into the interpreter.
         let stack = [(0x7000u64, 0x7100u64), (0x7008, 0x5555_0000_1234)];
         let mut read = |address: u64| stack.iter().find(|(at, _)| *at == address).map(|(_, v)| *v);
-        let padded = PerfTrampoline { return_offset: 6, saves_bp: false };
+        let padded = PerfTrampoline { return_offset: 6, saves_bp: false, size: 11 };
         assert_eq!(padded.caller(0x7000, 0x42, &mut read), Some((0x5555_0000_1234, 0x7010, 0x42)));
-        let framed = PerfTrampoline { return_offset: 6, saves_bp: true };
+        let framed = PerfTrampoline { return_offset: 6, saves_bp: true, size: 8 };
         assert_eq!(framed.caller(0x7000, 0x42, &mut read), Some((0x5555_0000_1234, 0x7010, 0x7100)));
         assert_eq!(padded.caller(0x8000, 0x42, &mut read), None, "outside the window");
     }
