@@ -103,6 +103,12 @@ const HOLD_RATE: u32 = 50_000;
 /// Where the Python row runs (Debian's interpreter, as deployed services use it).
 const PYTHON: &str = "/usr/bin/python3";
 
+/// The interpreter of the Python rows: `HELIOS_TRACE_BENCH_PYTHON` (another CPython, e.g. a
+/// 3.12+ run with PYTHONPERFSUPPORT=1, which the workloads inherit), else [`PYTHON`].
+fn python_rows_interpreter() -> String {
+    std::env::var("HELIOS_TRACE_BENCH_PYTHON").unwrap_or_else(|_| PYTHON.to_string())
+}
+
 /// The sections, in the order they run.
 pub const SECTIONS: [&str; 10] =
     ["floor", "overhead", "server", "throughput", "memory", "sizing", "startup", "python", "holders", "soak"];
@@ -1086,6 +1092,7 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
         tracers.push(Tracer::Before);
     }
     let script = bench.source.join("pyloop.py");
+    let python = python_rows_interpreter();
     let mut samples = vec![Vec::new(); tracers.len()];
     let mut every = vec![Vec::new(); tracers.len()];
     let mut lossy = vec![0usize; tracers.len()];
@@ -1094,7 +1101,7 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     for _ in 0..plan.reps {
         for (t, tracer) in tracers.iter().enumerate() {
             let mut workload = Workload::start(
-                Command::new(PYTHON)
+                Command::new(&python)
                     .arg(&script)
                     .args([plan.python_ops.to_string(), plan.gap_us.to_string()]),
             )?;
@@ -1115,12 +1122,19 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
         }
     }
     let mut table = format!(
-        "\n### Python\n\n{PYTHON} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
+        "\n### Python\n\n{python}{perf} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
          median of {} alternated runs [min–max] (operations over 100 µs left out and counted; the last \
          two columns with them in).\n\n\
          | variant | ns per open+close | × untraced | ops > 100 µs | lost | ns, preempted included | × |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
-        plan.python_ops, plan.gap_us, plan.reps
+        plan.python_ops,
+        plan.gap_us,
+        plan.reps,
+        perf = if std::env::var_os("PYTHONPERFSUPPORT").is_some_and(|v| v == "1") {
+            " (PYTHONPERFSUPPORT=1: -X perf)"
+        } else {
+            ""
+        },
     );
     let (base, every_base) = (median(&samples[0]), median(&every[0]));
     for (t, tracer) in tracers.iter().enumerate() {
