@@ -63,8 +63,10 @@ pub(crate) type OpenFds = BTreeMap<i32, ObservedFd>;
 /// and reconciliation. The daemon answers from the procfs (observe/procfs.rs), tests from
 /// tables of their own.
 pub(crate) trait ProcSource {
-    /// Every descriptor `tgid` has open (an error when it is gone or cannot be read).
-    fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds>;
+    /// Every descriptor `tgid` has open (an error when it is gone or cannot be read), the
+    /// close-on-exec flag read only where `flag_wanted(fd)` (false elsewhere; the rest is
+    /// cheap beside it).
+    fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds>;
     /// A reader for the baseline: like [`Self::open_fds`], with what the socket tables of the
     /// process's network namespace say of its sockets (each namespace's read once while the
     /// reader lives).
@@ -634,9 +636,10 @@ impl Engine {
     /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
     /// what events already said stays.
     fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
-        let Ok(fds) = self.proc.open_fds(tgid) else { return };
-        let known = self.table.process(tgid).map(|p| p.fds.keys().copied().collect::<HashSet<i32>>());
-        let missing = fds.into_iter().filter(|(fd, _)| !known.as_ref().is_some_and(|k| k.contains(fd)));
+        let known = self.table.process(tgid).map(|p| &p.fds);
+        let is_known = |fd: i32| known.is_some_and(|k| k.contains_key(&fd));
+        let Ok(fds) = self.proc.open_fds(tgid, &|fd| !is_known(fd)) else { return };
+        let missing: Vec<(i32, ObservedFd)> = fds.into_iter().filter(|(fd, _)| !is_known(*fd)).collect();
         let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
         // Seen first now, not at its exec: it exec'd before tracing began (0), or while it was
@@ -646,12 +649,21 @@ impl Engine {
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }
 
-    /// First half of reconciliation: read /proc for every tracked process.
-    pub(crate) fn begin_reconcile(&mut self, now_ns: u64) {
-        let pids: Vec<u32> = self.table.processes().map(|(tgid, _)| tgid).collect();
+    /// The processes to reconcile: every tracked one. The session reconciles them one at a time
+    /// and handles records in between (observe/session.rs, `reconcile`).
+    pub(crate) fn reconcile_targets(&self) -> Vec<u32> {
+        self.table.processes().map(|(tgid, _)| tgid).collect()
+    }
+
+    /// First half of reconciliation: read /proc for `pids`.
+    pub(crate) fn begin_reconcile(&mut self, pids: &[u32], now_ns: u64) {
         let mut observed = HashMap::new();
-        for pid in pids {
-            if let Ok(fds) = self.proc.open_fds(pid) {
+        for &pid in pids {
+            // The flag only of what the table lacks: the rest is compared by kind. (A descriptor
+            // the table gains or loses before `finish_reconcile` was touched by an event, and
+            // is left alone.)
+            let tracked = self.table.process(pid).map(|p| &p.fds);
+            if let Ok(fds) = self.proc.open_fds(pid, &|fd| !tracked.is_some_and(|t| t.contains_key(&fd))) {
                 observed.insert(pid, fds);
             } else if !self.proc.exists(pid) {
                 // Gone without an exit event (lost): forget it.
@@ -738,13 +750,18 @@ mod tests {
     }
 
     impl ProcSource for FakeProc {
-        fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds> {
-            self.get(tgid).map(|p| p.fds).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds> {
+            let mut fds =
+                self.get(tgid).map(|p| p.fds).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            for (fd, observed) in &mut fds {
+                observed.cloexec &= flag_wanted(*fd);
+            }
+            Ok(fds)
         }
 
         fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
             let mut this = self.clone();
-            Box::new(move |tgid| this.open_fds(tgid))
+            Box::new(move |tgid| this.open_fds(tgid, &|_| true))
         }
 
         fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {
@@ -842,7 +859,7 @@ mod tests {
         // The kernel says: 3 is open, 4 is not (its close was lost), 7 is (its open was lost).
         let shown = OpenFds::from([(3, observed(FdKind::File)), (7, observed(FdKind::Pipe))]);
         proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
-        feed.engine.begin_reconcile(feed.now);
+        feed.engine.begin_reconcile(&feed.engine.reconcile_targets(), feed.now);
         // Opened after /proc was read: not in its view, and left alone.
         feed.open(PARENT, FdKind::File, 2, 1);
         let fixed = feed.engine.finish_reconcile(feed.now);
@@ -865,7 +882,10 @@ mod tests {
         feed.open(400, FdKind::Socket, 3, 2);
         proc.show(PARENT, Shown::default());
         feed.engine.take_transitions();
-        feed.engine.begin_reconcile(feed.now);
+        let mut targets = feed.engine.reconcile_targets();
+        targets.sort_unstable();
+        assert_eq!(targets, [PARENT, 400]);
+        feed.engine.begin_reconcile(&targets, feed.now);
         assert!(feed.engine.table().process(400).is_none());
         assert!(feed.engine.table().process(PARENT).is_some());
         let kept = feed.engine.take_transitions();

@@ -34,14 +34,14 @@ impl Procfs {
 }
 
 impl ProcSource for Procfs {
-    fn open_fds(&mut self, tgid: u32) -> io::Result<OpenFds> {
-        proc::fds::observe_fds(&self.root, tgid, None)
+    fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds> {
+        proc::fds::observe_fds(&self.root, tgid, None, flag_wanted)
     }
 
     fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
         let root = self.root.clone();
         let mut sockets = SocketTables::new(&root);
-        Box::new(move |tgid| proc::fds::observe_fds(&root, tgid, Some(sockets.for_process(tgid))))
+        Box::new(move |tgid| proc::fds::observe_fds(&root, tgid, Some(sockets.for_process(tgid)), &|_| true))
     }
 
     fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {

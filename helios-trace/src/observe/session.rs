@@ -441,14 +441,21 @@ impl Tracing {
     }
 
     /// Compare with /proc and correct; events read in between are accounted for (and
-    /// `after_chunk` called as `drain_then` does).
+    /// `after_chunk` called as `drain_then` does). One process at a time, handling the records
+    /// that came meanwhile after each: /proc costs microseconds a descriptor (BENCHMARKS.md,
+    /// "Reading /proc": 1.5 million once took 50 s), and all the processes read at once kept
+    /// the ring waiting that long, past what the emptier holds, and lost what came meanwhile.
     fn reconcile(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         self.drain_then(after_chunk);
-        self.engine.begin_reconcile(clock::boot_ns());
-        self.drain_then(after_chunk);
-        let fixed = self.engine.finish_reconcile(clock::boot_ns());
-        if fixed.added + fixed.removed > 0 {
-            log::info!("reconciliation corrected {} added, {} removed", fixed.added, fixed.removed);
+        let (mut added, mut removed) = (0, 0);
+        for pid in self.engine.reconcile_targets() {
+            self.engine.begin_reconcile(&[pid], clock::boot_ns());
+            self.drain_then(after_chunk);
+            let fixed = self.engine.finish_reconcile(clock::boot_ns());
+            (added, removed) = (added + fixed.added, removed + fixed.removed);
+        }
+        if added + removed > 0 {
+            log::info!("reconciliation corrected {added} added, {removed} removed");
         }
     }
 

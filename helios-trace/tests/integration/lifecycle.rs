@@ -24,6 +24,17 @@ fn cloexec_of(report: &serde_json::Value, pid: u32, fd: i64) -> bool {
     entry["cloexec"].as_bool().unwrap()
 }
 
+/// The files of `pid` the report has open at sites of their own (not open before tracing).
+fn files_opened_under_tracing(report: &serde_json::Value, pid: u32) -> u64 {
+    process(report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace")
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum()
+}
+
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready() {
@@ -293,15 +304,69 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     let report = tracer.snapshot();
     assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
     let report = checkpoint(&mut tracer, pid, "800 files opened while the engine was stopped");
-    let files = process(&report, pid).unwrap()["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace")
-        .map(|s| s["open"].as_u64().unwrap())
-        .sum::<u64>();
+    let files = files_opened_under_tracing(&report, pid);
     assert_eq!(files, 800, "every open seen at its site");
     drop(tracer);
+    w.exit();
+}
+
+/// A reconciliation pass reads /proc one process at a time and handles the records that came
+/// meanwhile after each (observe/session.rs, `reconcile`). Reading 300,000 descriptors takes
+/// seconds, longer than the ring and its emptier hold a busy process's opens for: a pass that
+/// read every process before draining lost them. Thirty processes hold 10,000 descriptors each
+/// (all read at every pass, 3 s apart) while another opens 40 files every 50 ms for 10 s, with
+/// a 256 KiB ring (as above: ~570 opens fit in it and the emptier's hold).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    if !require_bpf() {
+        return;
+    }
+    let mut holders: Vec<std::process::Child> =
+        (0..30).map(|_| crate::serve_sizing::holder(10_000)).collect();
+    for holder in &mut holders {
+        writeln!(holder.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        BufReader::new(holder.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "held 10000");
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let mut args = vec![
+        "--pid".to_string(),
+        pid.to_string(),
+        "--ring-buffer-size".into(),
+        "256K".into(),
+        "--stacks".into(),
+        "fp".into(),
+        "--reconcile-interval".into(),
+        "3s".into(),
+    ];
+    for holder in &holders {
+        args.extend(["--pid".to_string(), holder.id().to_string()]);
+    }
+    let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let started = Instant::now();
+    let mut opened = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        w.run("hold 40");
+        opened += 40;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = checkpoint(&mut tracer, pid, "files opened through reconciliation passes");
+    assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
+    let files = files_opened_under_tracing(&report, pid);
+    assert_eq!(files, opened as u64, "every open seen at its site");
+    for holder in &holders {
+        let holder = holder.id();
+        assert_eq!(reported_fds(&report, holder), proc_fds(holder), "pid {holder}");
+    }
+    drop(tracer);
+    for mut holder in holders {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
     w.exit();
 }
 

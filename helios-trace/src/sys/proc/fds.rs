@@ -1,8 +1,9 @@
 //! The descriptors a process has open, from /proc/PID/fd and fdinfo: for the baseline at
 //! start, for reconciliation, for descriptors received through SCM_RIGHTS and for reports.
-use std::{collections::BTreeMap, fs, io, path::Path};
+use std::{collections::BTreeMap, fs, io, os::fd::OwnedFd, path::Path, str::FromStr as _};
 
-use procfs::process::{FDTarget, Process};
+use procfs::process::FDTarget;
+use rustix::fs::{Dir, Mode, OFlags};
 
 use super::sockets::SocketTable;
 use crate::model::{
@@ -52,9 +53,19 @@ fn stat_mode(path: &Path) -> Option<u32> {
 }
 
 /// The close-on-exec flag from /proc/PID/fdinfo/FD ("flags:\t02100002", octal).
-pub(crate) fn cloexec(root: &Path, pid: u32, fd: i32) -> bool {
+fn cloexec(root: &Path, pid: u32, fd: i32) -> bool {
     let path = root.join(pid.to_string()).join("fdinfo").join(fd.to_string());
-    fs::read_to_string(path).is_ok_and(|text| parse_fdinfo_cloexec(&text))
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).is_ok_and(read_cloexec)
+}
+
+/// The close-on-exec flag from an open fdinfo file, in one read: the kernel writes `pos`, then
+/// `flags` (fs/proc/fd.c, `seq_show`), both within the first 64 bytes; whatever follows
+/// (an epoll's every watched descriptor, an inotify's every watch) is not read.
+fn read_cloexec(fdinfo: OwnedFd) -> bool {
+    let mut head = [0u8; 128];
+    let Ok(read) = rustix::io::read(&fdinfo, &mut head) else { return false };
+    let complete_lines = head[..read].iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+    std::str::from_utf8(&head[..complete_lines]).is_ok_and(parse_fdinfo_cloexec)
 }
 
 pub(crate) fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
@@ -66,20 +77,50 @@ pub(crate) fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
 }
 
 /// Every open descriptor of `pid` with its kind, detail and close-on-exec flag.
-/// `sockets` supplies family/type/protocol by inode, when known.
+/// `sockets` supplies family/type/protocol by inode, when known. The flag is read only where
+/// `flag_wanted(fd)` (false elsewhere): its fdinfo (an open, a read and a close) is most of
+/// what a descriptor costs, and reconciliation needs it only for the descriptors it adds.
 pub(crate) fn observe_fds(
     root: &Path,
     pid: u32,
     sockets: Option<&SocketTable>,
+    flag_wanted: &dyn Fn(i32) -> bool,
 ) -> io::Result<BTreeMap<i32, ObservedFd>> {
-    let process = Process::new_with_root(root.join(pid.to_string())).map_err(to_io)?;
+    let process = root.join(pid.to_string());
+    let fdinfo = rustix::fs::open(process.join("fdinfo"), DIRECTORY, Mode::empty())?;
     let mut observed = BTreeMap::new();
-    for info in process.fd().map_err(to_io)? {
-        // A descriptor closed while we list is simply not there.
-        let Ok(info) = info else { continue };
-        observed.insert(info.fd, observe(root, pid, info.fd, &info.target, sockets));
+    for (fd, target) in link_targets(&process.join("fd"))? {
+        let mut observed_fd = observe(root, pid, fd, &target, sockets);
+        observed_fd.cloexec = flag_wanted(fd)
+            && rustix::fs::openat(&fdinfo, fd.to_string(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .is_ok_and(read_cloexec);
+        observed.insert(fd, observed_fd);
     }
     Ok(observed)
+}
+
+/// How /proc's directories are opened to read relative to them.
+const DIRECTORY: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+/// Each descriptor in a /proc/PID/fd directory with its link's target: one readlinkat each,
+/// relative to the directory. (procfs's `Process::fd` also opens, stats and closes each link,
+/// for a mode we do not use: four system calls where one does, on every reconciliation.)
+/// A descriptor closed while the directory is read is simply not there.
+fn link_targets(dir: &Path) -> io::Result<Vec<(i32, FDTarget)>> {
+    let dir = rustix::fs::open(dir, DIRECTORY, Mode::empty())?;
+    let mut entries = Dir::read_from(&dir)?;
+    let mut targets = Vec::new();
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(link) = rustix::fs::readlinkat(&dir, entry.file_name(), Vec::new()) else { continue };
+        // As procfs reads it: a path that is not UTF-8 lossily.
+        let Ok(target) = FDTarget::from_str(&link.to_string_lossy()) else { continue };
+        targets.push((fd, target));
+    }
+    Ok(targets)
 }
 
 /// One descriptor of `pid`, if it is open.
@@ -91,9 +132,11 @@ pub(crate) fn observe_fd(
 ) -> Option<ObservedFd> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     let target: FDTarget = link.to_str()?.parse().ok()?;
-    Some(observe(root, pid, fd, &target, sockets))
+    let observed = observe(root, pid, fd, &target, sockets);
+    Some(ObservedFd { cloexec: cloexec(root, pid, fd), ..observed })
 }
 
+/// A descriptor's kind and detail from its link (the flag left false).
 fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&SocketTable>) -> ObservedFd {
     let link = root.join(pid.to_string()).join("fd").join(fd.to_string());
     let kind = classify(target, || stat_mode(&link));
@@ -108,7 +151,7 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
             .unwrap_or_default(),
         _ => FdDetail::None,
     };
-    ObservedFd { kind, detail, cloexec: cloexec(root, pid, fd) }
+    ObservedFd { kind, detail, cloexec: false }
 }
 
 /// Bytes allocated to the file behind a descriptor (st_blocks): what a memfd or a deleted file
@@ -124,16 +167,6 @@ pub(crate) fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-fn to_io(e: procfs::ProcError) -> io::Error {
-    match e {
-        procfs::ProcError::NotFound(_) => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
-        procfs::ProcError::PermissionDenied(_) => {
-            io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())
-        }
-        other => io::Error::other(other.to_string()),
-    }
 }
 
 #[cfg(test)]
@@ -172,5 +205,20 @@ mod tests {
         assert!(parse_fdinfo_cloexec("pos:\t0\nflags:\t02100002\nmnt_id:\t25\n"));
         assert!(!parse_fdinfo_cloexec("pos:\t0\nflags:\t0100002\nmnt_id:\t25\n"));
         assert!(!parse_fdinfo_cloexec("garbage"));
+    }
+
+    #[test]
+    fn the_flag_is_read_from_the_head_of_a_long_fdinfo() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("9/fdinfo")).unwrap();
+        // An epoll's fdinfo: a line per watched descriptor after the flags.
+        let watched: String =
+            (0..500).map(|fd| format!("tfd: {fd:8} events:       19 data: {fd:16x}\n")).collect();
+        let head = "pos:\t18446744073709551615\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n";
+        fs::write(dir.path().join("9/fdinfo/4"), format!("{head}{watched}")).unwrap();
+        fs::write(dir.path().join("9/fdinfo/5"), format!("pos:\t0\nflags:\t02\n{watched}")).unwrap();
+        assert!(cloexec(dir.path(), 9, 4));
+        assert!(!cloexec(dir.path(), 9, 5));
+        assert!(!cloexec(dir.path(), 9, 6), "none: not open");
     }
 }

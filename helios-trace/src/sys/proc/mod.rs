@@ -240,7 +240,7 @@ mod tests {
         let sockets = SocketTable::read(root, 77);
         let info = sockets.get(4242).expect("tcp entry by inode");
         assert_eq!(info.describe(), "TCP 127.0.0.1:8443 <-> 127.0.0.1:51234 CLOSE_WAIT");
-        let fds = observe_fds(root, 77, Some(&sockets)).unwrap();
+        let fds = observe_fds(root, 77, Some(&sockets), &|_| true).unwrap();
         let kinds: Vec<(i32, FdKind)> = fds.iter().map(|(fd, o)| (*fd, o.kind)).collect();
         assert_eq!(
             kinds,
@@ -265,7 +265,12 @@ mod tests {
         assert_eq!(socket_inode(root, 77, 5), Some(4242));
         assert_eq!(observe_fd(root, 77, 4, None).map(|o| o.kind), Some(FdKind::Dir));
         assert_eq!(observe_fd(root, 77, 9, None), None);
-        assert!(observe_fds(root, 78, None).is_err());
+        assert!(observe_fds(root, 78, None, &|_| true).is_err());
+        // The flag read only where asked for (reconciliation: what it would add).
+        let unread = observe_fds(root, 77, None, &|fd| fd != 3).unwrap();
+        assert!(!unread[&3].cloexec);
+        assert_eq!(unread[&3].kind, FdKind::File);
+        assert_eq!(observe_fd(root, 77, 3, None).map(|o| o.cloexec), Some(true));
     }
 
     #[test]
