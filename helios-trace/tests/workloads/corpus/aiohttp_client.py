@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from corpus_common import ROUNDS, args, pause, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready_then_wait, settle
 
 LEAKING, SCRATCH = args()
 SESSIONS = []
@@ -39,8 +39,7 @@ async def main():
     for request in range(ROUNDS):
         await fetch("http://127.0.0.1:%d/units" % port)
         await asyncio.sleep(pause(request))
-    ready(port)
-    await asyncio.get_running_loop().run_in_executor(None, wait)
+    await ready_then_wait(port)
 
 
 settle()

@@ -4,7 +4,7 @@ same loop connects, sends a line and hangs up: the leaking server's sockets stay
 CLOSE_WAIT."""
 import asyncio
 
-from corpus_common import ROUNDS, args, pause, ready, settle, wait
+from corpus_common import ROUNDS, args, pause, ready_then_wait, settle
 
 LEAKING, SCRATCH = args()
 
@@ -41,8 +41,7 @@ async def main():
         writer.close()
         await writer.wait_closed()
         await asyncio.sleep(pause(request))
-    ready(port)
-    await asyncio.get_running_loop().run_in_executor(None, wait)
+    await ready_then_wait(port)
 
 
 settle()

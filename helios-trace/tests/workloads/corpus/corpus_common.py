@@ -53,6 +53,18 @@ def ready(*numbers):
     print(" ".join(["ready"] + [str(n) for n in numbers]), flush=True)
 
 
+async def ready_then_wait(*numbers):
+    """ready(), then wait() off the event loop, on an executor made before "ready": the loop
+    makes its default one at its first use, and sizing that calls os.cpu_count(), which glibc
+    answers by opening /sys/devices/system/cpu/online (CPython 3.11; later ones ask
+    sched_getaffinity): a file opened and closed while the test compares the report with /proc."""
+    import asyncio
+
+    with concurrent.futures.thread.ThreadPoolExecutor(max_workers=1) as pool:
+        ready(*numbers)
+        await asyncio.get_running_loop().run_in_executor(pool, wait)
+
+
 def wait():
     for line in sys.stdin:
         if line.strip() == "exit":
