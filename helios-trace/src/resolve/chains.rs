@@ -16,10 +16,6 @@
 //! the chain framehop would unwind from that window. `--learned-chains shadow` checks it on
 //! every call the kernel walks (the report's `events.chains_mismatched`).
 //!
-//! A copy of CPython's perf trampoline has no CFI; its rule is its template's
-//! (resolve/modules/trampoline.rs, `PerfTrampoline::frame_rule`), taken where the unwind stepped
-//! over the copy by that template, and replayed here like any other.
-//!
 //! Rules are per process image (tgid and exec time, as the kernel keys `FRAME_RULES`): a code
 //! address means something else after an exec, and in another process.
 //! x86_64 only: elsewhere every call sends its window.

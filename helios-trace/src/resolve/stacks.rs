@@ -504,23 +504,12 @@ impl StackRegistry {
         {
             return;
         }
-        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        let Some(process) = self.processes.get(&tgid) else { return };
         if process.taught.len() + unwound.frames.len() > MAX_TAUGHT_PER_PROCESS {
             return;
         }
-        let (Some(unwinder), perf_map) = (&process.unwinder, &mut process.perf_map) else { return };
+        let Some(unwinder) = &process.unwinder else { return };
         let mut rule_of = |index: usize, pc: u64| {
-            // A copy of CPython's perf trampoline: its template's rule. Exact like a module's:
-            // the copy's line was checked as the unwind checked it, and CPython frees a copy
-            // only when the main interpreter is finalized (Python/pylifecycle.c,
-            // `finalize_interp_clear`: `_PyPerfTrampoline_FreeArenas`), so none of its
-            // addresses is other code while Python code runs.
-            if index > 0
-                && let Some(trampoline) =
-                    unwinder.trampoline_at(pc, &mut |a| perf_map.as_mut()?.python_trampoline_at(a))
-            {
-                return Some(trampoline.frame_rule());
-            }
             // framehop looks a return address up by the call before it.
             let lookup = if index == 0 { pc } else { pc.checked_sub(1)? };
             let module = unwinder.module_for(lookup)?;

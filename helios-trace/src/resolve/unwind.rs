@@ -237,30 +237,21 @@ impl ProcessUnwinder {
         trampolines: &mut TrampolineStarts<'_>,
         read_stack: &mut dyn FnMut(u64) -> Result<u64, ()>,
     ) -> Option<Option<(u64, u64, u64)>> {
-        let FrameAddress::ReturnAddress(return_address) = address else { return None };
-        let trampoline = self.trampoline_at(return_address.get(), trampolines)?;
-        let (sp, bp) = arch::sp_bp(regs);
-        Some(trampoline.caller(sp, bp, &mut |at| read_stack(at).ok()))
-    }
-
-    /// The template of the copy of CPython's perf trampoline whose call returns to
-    /// `return_address`; None when it is not one (a module's code, other JIT code, another
-    /// address in a copy).
-    pub(crate) fn trampoline_at(
-        &self,
-        return_address: u64,
-        trampolines: &mut TrampolineStarts<'_>,
-    ) -> Option<PerfTrampoline> {
         let trampoline = self.python_trampoline?;
-        let lookup = return_address.checked_sub(1)?;
+        let FrameAddress::ReturnAddress(return_address) = address else { return None };
+        let return_address = return_address.get();
+        let lookup = return_address - 1;
         if self.module_for(lookup).is_some() {
             return None;
         }
         // The line must be a whole copy (CPython names each with the template's size) and the
         // address its call's return: anything else is unwound as before.
         let (start, size) = trampolines(lookup)?;
-        (size == trampoline.size && return_address.checked_sub(start) == Some(trampoline.return_offset))
-            .then_some(trampoline)
+        if size != trampoline.size || return_address.checked_sub(start) != Some(trampoline.return_offset) {
+            return None;
+        }
+        let (sp, bp) = arch::sp_bp(regs);
+        Some(trampoline.caller(sp, bp, &mut |at| read_stack(at).ok()))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
 
 /// Leak one descriptor at a time until the kernel walks the chain itself: the rules reach it
 /// only after the chain's first window was unwound. The report's `events[counter]` then.
-pub(crate) fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> u64 {
+fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> u64 {
     wait_for("the kernel to walk the chain with the learned rules", Duration::from_secs(20), || {
         leak_one();
         let walked = tracer.snapshot()["events"][counter].as_u64().unwrap();
@@ -27,7 +27,7 @@ pub(crate) fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: imp
     })
 }
 
-pub(crate) fn events(report: &Value, counter: &str) -> u64 {
+fn events(report: &Value, counter: &str) -> u64 {
     report["events"][counter].as_u64().unwrap_or_else(|| panic!("no events.{counter}: {}", report["events"]))
 }
 

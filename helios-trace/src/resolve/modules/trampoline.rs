@@ -10,7 +10,6 @@
 //! address is fully known from the template's bytes, which the interpreter's own file holds:
 //! either of the two templates CPython has shipped is recognised, anything else is not used
 //! (its frames unwind as before).
-use helios_trace_common::{FrameRule, frame_rule};
 use object::{Object as _, ObjectSymbol as _};
 
 const START: &str = "_Py_trampoline_func_start";
@@ -97,18 +96,6 @@ impl PerfTrampoline {
         let bp = if self.saves_bp { read(sp)? } else { bp };
         Some((return_address, sp + 16, bp))
     }
-
-    /// The learned-chain rule (resolve/chains.rs) whose step at a copy's return address is
-    /// [`Self::caller`]: the canonical frame address 16 above the stack pointer, the return
-    /// address the word below it, the caller's frame pointer kept or saved at the stack pointer.
-    pub(crate) fn frame_rule(&self) -> FrameRule {
-        let mut rule = FrameRule { cfa_offset: 16, ..FrameRule::default() };
-        if self.saves_bp {
-            rule.flags |= frame_rule::BP_SAVED;
-            rule.bp_offset = 0;
-        }
-        rule
-    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -150,26 +137,5 @@ pub(crate) mod tests {
         let framed = PerfTrampoline { return_offset: 6, saves_bp: true, size: 8 };
         assert_eq!(framed.caller(0x7000, 0x42, &mut read), Some((0x5555_0000_1234, 0x7010, 0x7100)));
         assert_eq!(padded.caller(0x8000, 0x42, &mut read), None, "outside the window");
-    }
-
-    #[test]
-    fn the_kernel_s_step_by_a_copy_s_rule_is_its_caller() {
-        use crate::resolve::chains::{FrameRegs, Step, step};
-        let stack = [(0x7000u64, 0x7100u64), (0x7008, 0x5555_0000_1234)];
-        let read = |address: u64| stack.iter().find(|(at, _)| *at == address).map(|(_, v)| *v);
-        for saves_bp in [false, true] {
-            let copy = PerfTrampoline { return_offset: 6, saves_bp, size: 11 };
-            let at = FrameRegs { pc: 0x6000_0006, sp: 0x7000, bp: 0x42 };
-            let (pc, sp, bp) = copy.caller(at.sp, at.bp, &mut |a| read(a)).unwrap();
-            assert_eq!(
-                step(copy.frame_rule(), at, &read),
-                Step::Caller(FrameRegs { pc, sp, bp }),
-                "{copy:?}"
-            );
-            // Past the window, both give up (the kernel sends the window).
-            let beyond = FrameRegs { sp: 0x8000, ..at };
-            assert_eq!(copy.caller(beyond.sp, beyond.bp, &mut |a| read(a)), None);
-            assert_eq!(step(copy.frame_rule(), beyond, &read), Step::Refused);
-        }
     }
 }
