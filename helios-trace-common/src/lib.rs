@@ -213,7 +213,9 @@ pub mod frame_rule {
     /// The caller's stack pointer (the CFA) is the frame pointer plus `cfa_offset` (else the
     /// stack pointer plus it).
     pub const CFA_FROM_BP: u32 = 1 << 0;
-    /// The caller's frame pointer was saved at CFA + `bp_offset` (else it is unchanged).
+    /// The caller's frame pointer was saved at `bp_offset` from the frame's base, the register
+    /// the CFA is taken from (else it is unchanged): resolve/chains.rs `step`, and the kernel's
+    /// walk, read it there.
     pub const BP_SAVED: u32 = 1 << 1;
     /// The outermost frame: the chain ends here.
     pub const END: u32 = 1 << 2;

@@ -86,6 +86,8 @@ struct PendingReconcile {
     started_ns: u64,
     observed: HashMap<u32, OpenFds>,
     touched: HashMap<u32, HashSet<i32>>,
+    /// The descriptors whose close-on-exec flag was read (the table lacked them at the read).
+    flag_read: HashMap<u32, HashSet<i32>>,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -657,13 +659,15 @@ impl Engine {
 
     /// First half of reconciliation: read /proc for `pids`.
     pub(crate) fn begin_reconcile(&mut self, pids: &[u32], now_ns: u64) {
-        let mut observed = HashMap::new();
+        let (mut observed, mut flag_read) = (HashMap::new(), HashMap::new());
         for &pid in pids {
-            // The flag only of what the table lacks: the rest is compared by kind. (A descriptor
-            // the table gains or loses before `finish_reconcile` was touched by an event, and
-            // is left alone.)
+            // The flag only of what the table lacks: the rest is compared by kind (and
+            // `finish_reconcile` reads again whole what it would add without its flag).
             let tracked = self.table.process(pid).map(|p| &p.fds);
-            if let Ok(fds) = self.proc.open_fds(pid, &|fd| !tracked.is_some_and(|t| t.contains_key(&fd))) {
+            let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
+            if let Ok(fds) = self.proc.open_fds(pid, &untracked) {
+                flag_read
+                    .insert(pid, fds.keys().copied().filter(|fd| untracked(*fd)).collect::<HashSet<i32>>());
                 observed.insert(pid, fds);
             } else if !self.proc.exists(pid) {
                 // Gone without an exit event (lost): forget it.
@@ -673,18 +677,36 @@ impl Engine {
                 self.after(&out, now_ns);
             }
         }
-        self.pending = Some(PendingReconcile { started_ns: now_ns, observed, touched: HashMap::new() });
+        self.pending =
+            Some(PendingReconcile { started_ns: now_ns, observed, touched: HashMap::new(), flag_read });
     }
 
     /// Second half, after the ring buffer was drained: correct what still differs.
     pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
         let mut total = Corrections::default();
-        let no_skip = HashSet::new();
-        for (pid, observed) in &pending.observed {
-            let skip = pending.touched.get(pid).unwrap_or(&no_skip);
+        let none = HashSet::new();
+        for (pid, mut observed) in pending.observed {
+            let skip = pending.touched.get(&pid).unwrap_or(&none);
+            // What the table had at the read and has lost since to a record stamped before the
+            // pass (another CPU's, late; or its reopening lost) is about to be added with a flag
+            // never read: looked at again, whole.
+            let flag_read = pending.flag_read.get(&pid).unwrap_or(&none);
+            let tracked = self.table.process(pid).map(|p| &p.fds);
+            let unread: Vec<i32> = observed
+                .keys()
+                .copied()
+                .filter(|fd| !flag_read.contains(fd) && !skip.contains(fd))
+                .filter(|fd| !tracked.is_some_and(|t| t.contains_key(fd)))
+                .collect();
+            for fd in unread {
+                match self.proc.open_fd(pid, fd) {
+                    Some(now) => observed.insert(fd, now),
+                    None => observed.remove(&fd),
+                };
+            }
             let mut out = Vec::new();
-            let c = self.table.reconcile(*pid, observed, skip, now_ns, &mut out);
+            let c = self.table.reconcile(pid, &observed, skip, now_ns, &mut out);
             self.after(&out, now_ns);
             total.added += c.added;
             total.removed += c.removed;
@@ -719,7 +741,7 @@ mod tests {
     use smallvec::smallvec;
 
     use super::{
-        testing::{DistinctStacks, Feed, PARENT},
+        testing::{DistinctStacks, Feed, PARENT, SEC},
         *,
     };
     use crate::model::{
@@ -872,6 +894,23 @@ mod tests {
         assert_eq!(counters.closed_by[CloseReason::Reconcile.index()], 1);
         // Nothing pending: a second finish changes nothing.
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+    }
+
+    #[test]
+    fn reconciliation_reads_the_flag_of_what_it_adds_though_the_table_had_it_at_the_read() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        assert_eq!(feed.open(PARENT, FdKind::File, 1, 1), [3]);
+        // The kernel: 3 is open, close-on-exec.
+        let shown = OpenFds::from([(3, ObservedFd { cloexec: true, ..observed(FdKind::File) })]);
+        proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
+        // The pass reads /proc (3 tracked: its flag not read), then handles a close of 3
+        // stamped before the pass (another CPU's record, late), its reopening lost.
+        feed.engine.begin_reconcile(&[PARENT], feed.now + SEC);
+        feed.close(PARENT, 3);
+        assert_eq!(feed.engine.finish_reconcile(feed.now + SEC), Corrections { added: 1, removed: 0 });
+        let table = &feed.engine.table().process(PARENT).unwrap().fds;
+        assert!(table[&3].cloexec, "the flag as /proc has it, not assumed");
     }
 
     #[test]

@@ -24,13 +24,14 @@ fn cloexec_of(report: &serde_json::Value, pid: u32, fd: i64) -> bool {
     entry["cloexec"].as_bool().unwrap()
 }
 
-/// The files of `pid` the report has open at sites of their own (not open before tracing).
+/// The files of `pid` the report has open at the sites that opened them (not open before
+/// tracing, nor found by reconciliation).
 fn files_opened_under_tracing(report: &serde_json::Value, pid: u32) -> u64 {
     process(report, pid).unwrap()["sites"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace")
+        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace" && s["site"] != "unknown-origin")
         .map(|s| s["open"].as_u64().unwrap())
         .sum()
 }

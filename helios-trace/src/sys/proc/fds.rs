@@ -60,7 +60,8 @@ fn cloexec(root: &Path, pid: u32, fd: i32) -> bool {
 
 /// The close-on-exec flag from an open fdinfo file, in one read: the kernel writes `pos`, then
 /// `flags` (fs/proc/fd.c, `seq_show`), both within the first 64 bytes; whatever follows
-/// (an epoll's every watched descriptor, an inotify's every watch) is not read.
+/// (an epoll's every watched descriptor, an inotify's every watch) is not copied out, though
+/// the kernel still formats it.
 fn read_cloexec(fdinfo: OwnedFd) -> bool {
     let mut head = [0u8; 128];
     let Ok(read) = rustix::io::read(&fdinfo, &mut head) else { return false };

@@ -56,7 +56,7 @@ def ready(*numbers):
 async def ready_then_wait(*numbers):
     """ready(), then wait() off the event loop, on an executor made before "ready": the loop
     makes its default one at its first use, and sizing that calls os.cpu_count(), which glibc
-    answers by opening /sys/devices/system/cpu/online (CPython 3.11; later ones ask
+    answers by opening /sys/devices/system/cpu/online (3.11 and 3.12; 3.13 on sizes it by
     sched_getaffinity): a file opened and closed while the test compares the report with /proc."""
     import asyncio
 
