@@ -373,7 +373,7 @@ fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
 
 /// Every fd's close-on-exec flag as the kernel has it: `flags` in /proc/PID/fdinfo/FD, octal,
 /// O_CLOEXEC is 02000000 (include/uapi/asm-generic/fcntl.h; fs/proc/fd.c prints it).
-fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
+pub(crate) fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
     proc_fds(pid)
         .into_keys()
         .filter_map(|fd| {
@@ -384,7 +384,7 @@ fn proc_cloexec(pid: u32) -> BTreeMap<i32, bool> {
         .collect()
 }
 
-fn reported_cloexec(report: &serde_json::Value, pid: u32) -> BTreeMap<i32, bool> {
+pub(crate) fn reported_cloexec(report: &serde_json::Value, pid: u32) -> BTreeMap<i32, bool> {
     process(report, pid).unwrap()["fds"]
         .as_array()
         .unwrap()

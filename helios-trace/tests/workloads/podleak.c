@@ -11,6 +11,7 @@
  *
  * Commands on stdin, one per line; one answer line on stdout ("ok ..." / "err ..."):
  *   files N     N files opened by leak_file() (in /tmp)        -> their fds
+ *   cloexec-files N  the same, opened close-on-exec             -> their fds
  *   accept N    N loopback connections accepted by leak_accept(), each holding 4096 unread
  *               bytes; the clients' ends stay open too          -> the accepted fds
  *   exit
@@ -31,10 +32,10 @@ static int counter;
 static int leaked; /* used after each leaking call, so none is a tail call */
 static int listener = -1;
 
-__attribute__((noipa)) static int leak_file(void) {
+__attribute__((noipa)) static int leak_file(int flags) {
     char path[64];
     snprintf(path, sizeof path, "/tmp/podleak-%d", counter++);
-    int fd = open(path, O_CREAT | O_RDWR, 0600); /* LEAK_OPEN: the tests look for this line */
+    int fd = open(path, O_CREAT | O_RDWR | flags, 0600); /* LEAK_OPEN: the tests look for this line */
     if (fd >= 0) leaked++;
     return fd;
 }
@@ -84,7 +85,11 @@ int main(void) {
             printf("err count out of range\n");
         } else if (!strcmp(cmd, "files")) {
             printf("ok");
-            for (long i = 0; i < n; i++) printf(" %d", leak_file());
+            for (long i = 0; i < n; i++) printf(" %d", leak_file(0));
+            printf("\n");
+        } else if (!strcmp(cmd, "cloexec-files")) {
+            printf("ok");
+            for (long i = 0; i < n; i++) printf(" %d", leak_file(O_CLOEXEC));
             printf("\n");
         } else if (!strcmp(cmd, "accept")) {
             int port = listening_port();

@@ -310,6 +310,37 @@ fn socket_inode(pid: u32, fd: i64) -> u64 {
     link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).unwrap().parse().unwrap()
 }
 
+/// /proc of a pod's process as the baseline and reconciliation read it (sys/proc/fds.rs: the
+/// fd directory by readlinkat, fdinfo's flags from its head, and the flag only of what a pass
+/// adds): descriptors open before tracing come in with their close-on-exec flags, and passes
+/// every second over a pod that keeps opening correct nothing and keep the table exact.
+#[test]
+fn a_pods_descriptors_are_read_from_proc_with_their_flags_and_reconciled_to_nothing() {
+    if !require_bpf() {
+        return;
+    }
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(podleak_bin(), "/app/podleak"),
+        command: vec!["/app/podleak".into()],
+    });
+    pod.run("files 3");
+    pod.run("cloexec-files 3");
+    let pid = pod.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "1s"]);
+    for _ in 0..5 {
+        pod.run("cloexec-files 2");
+        pod.run("accept 1");
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let report = tracer.snapshot();
+    // reported_fds also requires that no pass corrected anything.
+    assert_eq!(reported_fds(&report, pod.pid), proc_fds(pod.pid), "the report and /proc");
+    let flags = crate::lifecycle::proc_cloexec(pod.pid);
+    assert_eq!(flags.values().filter(|cloexec| **cloexec).count(), 3 + 10, "{flags:?}");
+    assert_eq!(crate::lifecycle::reported_cloexec(&report, pod.pid), flags);
+    tracer.stop();
+}
+
 #[test]
 fn socket_memory_of_a_pods_site_is_what_ss_says_inside_the_pod() {
     if !require_bpf() {
