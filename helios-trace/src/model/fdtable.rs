@@ -76,6 +76,15 @@ pub(crate) struct ObservedFd {
     pub(crate) cloexec: bool,
 }
 
+/// Some of a process's descriptors as /proc shows them, read in order of number from one
+/// number on (reconciliation reads a process in chunks: observe/session.rs, `reconcile`).
+#[derive(Debug, Default)]
+pub(crate) struct FdChunk {
+    pub(crate) fds: BTreeMap<i32, ObservedFd>,
+    /// The number to read on from; `None` when no descriptor is left.
+    pub(crate) next: Option<i32>,
+}
+
 /// What reconciliation changed: in one pass, or summed over the session (the report's
 /// `reconcile_corrections`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

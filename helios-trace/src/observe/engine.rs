@@ -23,7 +23,7 @@ use crate::{
         event::{CapturedStack, Event, Op, StackIds},
         exited::ExitedProcess,
         fd::{FdDetail, FdKind, SiteId},
-        fdtable::{Corrections, FdTable, ObservedFd, Process, TableLimits, Transition},
+        fdtable::{Corrections, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
         frame::{self, Frame},
         handles::TcpHandles,
         kept::Kept,
@@ -63,10 +63,16 @@ pub(crate) type OpenFds = BTreeMap<i32, ObservedFd>;
 /// and reconciliation. The daemon answers from the procfs (observe/procfs.rs), tests from
 /// tables of their own.
 pub(crate) trait ProcSource {
-    /// Every descriptor `tgid` has open (an error when it is gone or cannot be read), the
-    /// close-on-exec flag read only where `flag_wanted(fd)` (false elsewhere; the rest is
-    /// cheap beside it).
-    fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds>;
+    /// The descriptors `tgid` has open numbered `from` or above, up to `max` of them (an error
+    /// when it is gone or cannot be read), the close-on-exec flag read only where
+    /// `flag_wanted(fd)` (false elsewhere; the rest is cheap beside it).
+    fn open_fds(
+        &mut self,
+        tgid: u32,
+        from: i32,
+        max: usize,
+        flag_wanted: &dyn Fn(i32) -> bool,
+    ) -> io::Result<FdChunk>;
     /// A reader for the baseline: like [`Self::open_fds`], with what the socket tables of the
     /// process's network namespace say of its sockets (each namespace's read once while the
     /// reader lives).
@@ -80,14 +86,20 @@ pub(crate) trait ProcSource {
     fn cmdline(&mut self, tgid: u32) -> Option<String>;
 }
 
-/// A reconciliation pass between reading /proc and comparing: events that arrive in between
-/// touch descriptors whose two views may honestly differ, so those are left alone.
+/// A reconciliation pass over one process, from the start of its /proc read to the comparison:
+/// events that arrive meanwhile touch descriptors whose two views may honestly differ, so
+/// those are left alone.
 struct PendingReconcile {
+    tgid: u32,
     started_ns: u64,
-    observed: HashMap<u32, OpenFds>,
-    touched: HashMap<u32, HashSet<i32>>,
+    /// What /proc showed so far; `None` once the process is gone or its read failed (a read
+    /// cut short would look like closes): nothing is corrected then.
+    observed: Option<OpenFds>,
+    /// The descriptor number the read goes on from; `None` once it is complete.
+    next_fd: Option<i32>,
+    touched: HashSet<i32>,
     /// The descriptors whose close-on-exec flag was read (the table lacked them at the read).
-    flag_read: HashMap<u32, HashSet<i32>>,
+    flag_read: HashSet<i32>,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -560,8 +572,10 @@ impl Engine {
             self.stats.observe(t, ts_ns);
             match t {
                 Transition::Fd { tgid, fd, .. } => {
-                    if let Some(pending) = self.pending.as_mut().filter(|p| ts_ns >= p.started_ns) {
-                        pending.touched.entry(*tgid).or_default().insert(*fd);
+                    if let Some(pending) =
+                        self.pending.as_mut().filter(|p| p.tgid == *tgid && ts_ns >= p.started_ns)
+                    {
+                        pending.touched.insert(*fd);
                     }
                 }
                 Transition::ProcessStarted { tgid, parent: Some(parent) } => {
@@ -597,8 +611,8 @@ impl Engine {
                     self.go.exited(*tgid);
                     self.python.forget(*tgid, ts_ns);
                     self.cmdlines.remove(tgid);
-                    if let Some(pending) = &mut self.pending {
-                        pending.observed.remove(tgid);
+                    if let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == *tgid) {
+                        (pending.observed, pending.next_fd) = (None, None);
                     }
                 }
             }
@@ -640,8 +654,9 @@ impl Engine {
     fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
         let known = self.table.process(tgid).map(|p| &p.fds);
         let is_known = |fd: i32| known.is_some_and(|k| k.contains_key(&fd));
-        let Ok(fds) = self.proc.open_fds(tgid, &|fd| !is_known(fd)) else { return };
-        let missing: Vec<(i32, ObservedFd)> = fds.into_iter().filter(|(fd, _)| !is_known(*fd)).collect();
+        let Ok(chunk) = self.proc.open_fds(tgid, 0, usize::MAX, &|fd| !is_known(fd)) else { return };
+        let missing: Vec<(i32, ObservedFd)> =
+            chunk.fds.into_iter().filter(|(fd, _)| !is_known(*fd)).collect();
         let comm = self.proc.comm(tgid).unwrap_or_default();
         self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
         // Seen first now, not at its exec: it exec'd before tracing began (0), or while it was
@@ -651,69 +666,84 @@ impl Engine {
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }
 
-    /// The processes to reconcile: every tracked one. The session reconciles them one at a time
-    /// and handles records in between (observe/session.rs, `reconcile`).
+    /// The processes to reconcile: every tracked one. The session reconciles them one at a time,
+    /// each read in chunks, and handles records in between (observe/session.rs, `reconcile`).
     pub(crate) fn reconcile_targets(&self) -> Vec<u32> {
         self.table.processes().map(|(tgid, _)| tgid).collect()
     }
 
-    /// First half of reconciliation: read /proc for `pids`.
-    pub(crate) fn begin_reconcile(&mut self, pids: &[u32], now_ns: u64) {
-        let (mut observed, mut flag_read) = (HashMap::new(), HashMap::new());
-        for &pid in pids {
-            // The flag only of what the table lacks: the rest is compared by kind (and
-            // `finish_reconcile` reads again whole what it would add without its flag).
-            let tracked = self.table.process(pid).map(|p| &p.fds);
-            let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
-            if let Ok(fds) = self.proc.open_fds(pid, &untracked) {
-                flag_read
-                    .insert(pid, fds.keys().copied().filter(|fd| untracked(*fd)).collect::<HashSet<i32>>());
-                observed.insert(pid, fds);
-            } else if !self.proc.exists(pid) {
-                // Gone without an exit event (lost): forget it.
-                self.before_removal(pid);
-                let mut out = Vec::new();
-                self.table.remove_process(pid, &mut out);
-                self.after(&out, now_ns);
-            }
-        }
-        self.pending =
-            Some(PendingReconcile { started_ns: now_ns, observed, touched: HashMap::new(), flag_read });
+    /// Start reconciling `tgid`: records stamped from `now_ns` on mark what they touch.
+    pub(crate) fn begin_reconcile(&mut self, tgid: u32, now_ns: u64) {
+        self.pending = Some(PendingReconcile {
+            tgid,
+            started_ns: now_ns,
+            observed: Some(OpenFds::new()),
+            next_fd: Some(0),
+            touched: HashSet::new(),
+            flag_read: HashSet::new(),
+        });
     }
 
-    /// Second half, after the ring buffer was drained: correct what still differs.
+    /// Read up to `max` more of the process's descriptors from /proc; true once its read is
+    /// complete (or failed, or the process is gone).
+    pub(crate) fn read_reconcile(&mut self, max: usize, now_ns: u64) -> bool {
+        let Some(pending) = self.pending.as_mut() else { return true };
+        let (Some(from), Some(observed)) = (pending.next_fd, pending.observed.as_mut()) else { return true };
+        let tgid = pending.tgid;
+        // The flag only of what the table lacks: the rest is compared by kind (and
+        // `finish_reconcile` reads again whole what it would add without its flag).
+        let tracked = self.table.process(tgid).map(|p| &p.fds);
+        let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
+        match self.proc.open_fds(tgid, from, max, &untracked) {
+            Ok(chunk) => {
+                pending.flag_read.extend(chunk.fds.keys().copied().filter(|fd| untracked(*fd)));
+                observed.extend(chunk.fds);
+                pending.next_fd = chunk.next;
+                chunk.next.is_none()
+            }
+            Err(_) => {
+                (pending.observed, pending.next_fd) = (None, None);
+                if !self.proc.exists(tgid) {
+                    // Gone without an exit event (lost): forget it.
+                    self.before_removal(tgid);
+                    let mut out = Vec::new();
+                    self.table.remove_process(tgid, &mut out);
+                    self.after(&out, now_ns);
+                }
+                true
+            }
+        }
+    }
+
+    /// Finish, after the ring buffer was drained: correct what still differs.
     pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
-        let mut total = Corrections::default();
-        let none = HashSet::new();
-        for (pid, mut observed) in pending.observed {
-            let skip = pending.touched.get(&pid).unwrap_or(&none);
-            // What the table had at the read and has lost since to a record stamped before the
-            // pass (another CPU's, late; or its reopening lost) is about to be added with a flag
-            // never read: looked at again, whole.
-            let flag_read = pending.flag_read.get(&pid).unwrap_or(&none);
-            let tracked = self.table.process(pid).map(|p| &p.fds);
-            let unread: Vec<i32> = observed
-                .keys()
-                .copied()
-                .filter(|fd| !flag_read.contains(fd) && !skip.contains(fd))
-                .filter(|fd| !tracked.is_some_and(|t| t.contains_key(fd)))
-                .collect();
-            for fd in unread {
-                match self.proc.open_fd(pid, fd) {
-                    Some(now) => observed.insert(fd, now),
-                    None => observed.remove(&fd),
-                };
-            }
-            let mut out = Vec::new();
-            let c = self.table.reconcile(pid, &observed, skip, now_ns, &mut out);
-            self.after(&out, now_ns);
-            total.added += c.added;
-            total.removed += c.removed;
+        let Some(mut observed) = pending.observed.filter(|_| pending.next_fd.is_none()) else {
+            return Corrections::default();
+        };
+        let (pid, skip) = (pending.tgid, &pending.touched);
+        // What the table had at the read and has lost since to a record stamped before the
+        // pass (another CPU's, late; or its reopening lost) is about to be added with a flag
+        // never read: looked at again, whole.
+        let tracked = self.table.process(pid).map(|p| &p.fds);
+        let unread: Vec<i32> = observed
+            .keys()
+            .copied()
+            .filter(|fd| !pending.flag_read.contains(fd) && !skip.contains(fd))
+            .filter(|fd| !tracked.is_some_and(|t| t.contains_key(fd)))
+            .collect();
+        for fd in unread {
+            match self.proc.open_fd(pid, fd) {
+                Some(now) => observed.insert(fd, now),
+                None => observed.remove(&fd),
+            };
         }
-        self.corrections.added += total.added;
-        self.corrections.removed += total.removed;
-        total
+        let mut out = Vec::new();
+        let fixed = self.table.reconcile(pid, &observed, skip, now_ns, &mut out);
+        self.after(&out, now_ns);
+        self.corrections.added += fixed.added;
+        self.corrections.removed += fixed.removed;
+        fixed
     }
 
     /// The command line of a tracked process (cached; read from /proc on first use).
@@ -755,6 +785,8 @@ mod tests {
         fds: OpenFds,
         comm: Option<String>,
         cmdline: Option<String>,
+        /// Its descriptor directory cannot be read (though the process exists).
+        unreadable: bool,
     }
 
     /// /proc as the test says it is, changed by the test while the engine runs; no procfs.
@@ -772,18 +804,28 @@ mod tests {
     }
 
     impl ProcSource for FakeProc {
-        fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds> {
-            let mut fds =
-                self.get(tgid).map(|p| p.fds).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        fn open_fds(
+            &mut self,
+            tgid: u32,
+            from: i32,
+            max: usize,
+            flag_wanted: &dyn Fn(i32) -> bool,
+        ) -> io::Result<FdChunk> {
+            let shown = self.get(tgid).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            if shown.unreadable {
+                return Err(io::ErrorKind::PermissionDenied.into());
+            }
+            let mut rest = shown.fds.range(from..);
+            let mut fds: OpenFds = rest.by_ref().take(max).map(|(fd, o)| (*fd, o.clone())).collect();
             for (fd, observed) in &mut fds {
                 observed.cloexec &= flag_wanted(*fd);
             }
-            Ok(fds)
+            Ok(FdChunk { fds, next: rest.next().map(|(fd, _)| *fd) })
         }
 
         fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
             let mut this = self.clone();
-            Box::new(move |tgid| this.open_fds(tgid, &|_| true))
+            Box::new(move |tgid| this.open_fds(tgid, 0, usize::MAX, &|_| true).map(|chunk| chunk.fds))
         }
 
         fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {
@@ -813,6 +855,12 @@ mod tests {
         (Feed::with_proc(move |_| Box::new(shared)), proc)
     }
 
+    /// The first half of a reconciliation pass over `tgid`, its /proc read in one.
+    fn read_whole(engine: &mut Engine, tgid: u32, now_ns: u64) {
+        engine.begin_reconcile(tgid, now_ns);
+        assert!(engine.read_reconcile(usize::MAX, now_ns));
+    }
+
     fn kinds(engine: &Engine, tgid: u32) -> Vec<(i32, FdKind, SiteId)> {
         let process = engine.table().process(tgid).expect("tracked");
         process.fds.iter().map(|(fd, e)| (*fd, e.kind, e.site)).collect()
@@ -822,7 +870,15 @@ mod tests {
     fn the_baseline_loads_what_proc_shows_under_before_trace() {
         let (mut feed, proc) = feed();
         let fds = OpenFds::from([(0, observed(FdKind::Device)), (4, observed(FdKind::Socket))]);
-        proc.show(200, Shown { fds, comm: Some("worker".into()), cmdline: Some("worker --serve".into()) });
+        proc.show(
+            200,
+            Shown {
+                fds,
+                comm: Some("worker".into()),
+                cmdline: Some("worker --serve".into()),
+                ..Shown::default()
+            },
+        );
         assert_eq!(feed.engine.load_baseline(&[200, 201], 5), 2, "201 is gone: skipped");
         assert_eq!(
             kinds(&feed.engine, 200),
@@ -837,7 +893,10 @@ mod tests {
     fn a_process_first_seen_through_an_event_brings_what_it_already_holds() {
         let (mut feed, proc) = feed();
         let fds = OpenFds::from([(0, observed(FdKind::File)), (3, observed(FdKind::File))]);
-        proc.show(300, Shown { fds, comm: Some("moved".into()), cmdline: Some("moved in".into()) });
+        proc.show(
+            300,
+            Shown { fds, comm: Some("moved".into()), cmdline: Some("moved in".into()), ..Shown::default() },
+        );
         // Its first event opens fd 3: what the event says stays, /proc adds the rest.
         let opened = feed.open(300, FdKind::Pipe, 7, 1);
         assert_eq!(opened, [3]);
@@ -881,7 +940,8 @@ mod tests {
         // The kernel says: 3 is open, 4 is not (its close was lost), 7 is (its open was lost).
         let shown = OpenFds::from([(3, observed(FdKind::File)), (7, observed(FdKind::Pipe))]);
         proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
-        feed.engine.begin_reconcile(&feed.engine.reconcile_targets(), feed.now);
+        assert_eq!(feed.engine.reconcile_targets(), [PARENT]);
+        read_whole(&mut feed.engine, PARENT, feed.now);
         // Opened after /proc was read: not in its view, and left alone.
         feed.open(PARENT, FdKind::File, 2, 1);
         let fixed = feed.engine.finish_reconcile(feed.now);
@@ -906,7 +966,7 @@ mod tests {
         proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
         // The pass reads /proc (3 tracked: its flag not read), then handles a close of 3
         // stamped before the pass (another CPU's record, late), its reopening lost.
-        feed.engine.begin_reconcile(&[PARENT], feed.now + SEC);
+        read_whole(&mut feed.engine, PARENT, feed.now + SEC);
         feed.close(PARENT, 3);
         assert_eq!(feed.engine.finish_reconcile(feed.now + SEC), Corrections { added: 1, removed: 0 });
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
@@ -924,11 +984,58 @@ mod tests {
         let mut targets = feed.engine.reconcile_targets();
         targets.sort_unstable();
         assert_eq!(targets, [PARENT, 400]);
-        feed.engine.begin_reconcile(&targets, feed.now);
+        for pid in targets {
+            read_whole(&mut feed.engine, pid, feed.now);
+        }
         assert!(feed.engine.table().process(400).is_none());
         assert!(feed.engine.table().process(PARENT).is_some());
         let kept = feed.engine.take_transitions();
         assert!(kept.contains(&Kept::Transition(Transition::ProcessExited { tgid: 400 })), "{kept:?}");
+    }
+
+    #[test]
+    fn a_process_read_in_chunks_is_corrected_around_the_records_handled_between_them() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        assert_eq!(feed.open(PARENT, FdKind::File, 1, 6), [3, 4, 5, 6, 7, 8]);
+        let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
+        // The kernel: 4 and 7 closed (their closes lost), 20 and 21 open (their opens lost).
+        let mut shown = files(&[3, 5, 6, 8]);
+        shown.extend([(20, observed(FdKind::Pipe)), (21, observed(FdKind::Pipe))]);
+        proc.show(PARENT, Shown { fds: shown.clone(), ..Shown::default() });
+        feed.engine.begin_reconcile(PARENT, feed.now);
+        assert!(!feed.engine.read_reconcile(2, feed.now), "3 and 5 read, more to come");
+        // Records handled between the chunks: 8 (not read yet) closed, 9 opened.
+        feed.close(PARENT, 8);
+        assert_eq!(feed.open(PARENT, FdKind::File, 2, 1), [9]);
+        shown.remove(&8);
+        shown.insert(9, observed(FdKind::File));
+        proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
+        assert!(!feed.engine.read_reconcile(2, feed.now), "6 and 9");
+        assert!(feed.engine.read_reconcile(2, feed.now), "20 and 21, the last");
+        let fixed = feed.engine.finish_reconcile(feed.now);
+        assert_eq!(fixed, Corrections { added: 2, removed: 2 }, "20 and 21 added, 4 and 7 removed");
+        let table = &feed.engine.table().process(PARENT).unwrap().fds;
+        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 5, 6, 9, 20, 21]);
+        assert_eq!((table[&20].kind, table[&20].site), (FdKind::Pipe, SiteId::UnknownOrigin));
+    }
+
+    #[test]
+    fn a_read_that_fails_part_way_corrects_nothing() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        assert_eq!(feed.open(PARENT, FdKind::File, 1, 3), [3, 4, 5]);
+        let shown = OpenFds::from([(3, observed(FdKind::File)), (9, observed(FdKind::File))]);
+        proc.show(PARENT, Shown { fds: shown.clone(), ..Shown::default() });
+        feed.engine.begin_reconcile(PARENT, feed.now);
+        assert!(!feed.engine.read_reconcile(1, feed.now));
+        // The rest cannot be read: what was read is no view of the process (4 and 5 would
+        // look closed).
+        proc.show(PARENT, Shown { fds: shown, unreadable: true, ..Shown::default() });
+        assert!(feed.engine.read_reconcile(1, feed.now));
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        let table = &feed.engine.table().process(PARENT).unwrap().fds;
+        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 4, 5], "still tracked");
     }
 
     #[test]

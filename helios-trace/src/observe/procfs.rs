@@ -12,7 +12,7 @@ use std::{
 use crate::{
     model::{
         fd::{FdDetail, FdKind, printable},
-        fdtable::{ObservedFd, OpenFd},
+        fdtable::{FdChunk, ObservedFd, OpenFd},
     },
     observe::engine::{OpenFds, ProcSource},
     output::report::build::FdFacts,
@@ -34,14 +34,23 @@ impl Procfs {
 }
 
 impl ProcSource for Procfs {
-    fn open_fds(&mut self, tgid: u32, flag_wanted: &dyn Fn(i32) -> bool) -> io::Result<OpenFds> {
-        proc::fds::observe_fds(&self.root, tgid, None, flag_wanted)
+    fn open_fds(
+        &mut self,
+        tgid: u32,
+        from: i32,
+        max: usize,
+        flag_wanted: &dyn Fn(i32) -> bool,
+    ) -> io::Result<FdChunk> {
+        proc::fds::observe_fds(&self.root, tgid, None, (from, max), flag_wanted)
     }
 
     fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
         let root = self.root.clone();
         let mut sockets = SocketTables::new(&root);
-        Box::new(move |tgid| proc::fds::observe_fds(&root, tgid, Some(sockets.for_process(tgid)), &|_| true))
+        Box::new(move |tgid| {
+            let sockets = Some(sockets.for_process(tgid));
+            proc::fds::observe_fds(&root, tgid, sockets, proc::fds::ALL_FDS, &|_| true).map(|chunk| chunk.fds)
+        })
     }
 
     fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {

@@ -45,6 +45,10 @@ use crate::{
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Wake the emptier once this much is waiting; below it, its timer picks records up.
 const WAKEUP_BYTES: u64 = 256 * 1024;
+/// The descriptors reconciliation reads from one process's /proc before it handles the records
+/// that came meanwhile: ~6 ms of reading at ~6 µs each (BENCHMARKS.md, "Reading /proc"), a
+/// small part of what the ring and the emptier hold for a busy node.
+const RECONCILE_CHUNK: usize = 1024;
 
 /// Attached programs, the ring buffer and the engine they feed; dropping it detaches.
 pub(crate) struct Tracing {
@@ -441,15 +445,19 @@ impl Tracing {
     }
 
     /// Compare with /proc and correct; events read in between are accounted for (and
-    /// `after_chunk` called as `drain_then` does). One process at a time, handling the records
-    /// that came meanwhile after each: /proc costs microseconds a descriptor (BENCHMARKS.md,
-    /// "Reading /proc": 1.5 million once took 50 s), and all the processes read at once kept
-    /// the ring waiting that long, past what the emptier holds, and lost what came meanwhile.
+    /// `after_chunk` called as `drain_then` does). One process at a time, each read in chunks
+    /// of `RECONCILE_CHUNK` descriptors, handling the records that came meanwhile after each:
+    /// /proc costs microseconds a descriptor (BENCHMARKS.md, "Reading /proc": 1.5 million once
+    /// took 50 s, one process's million ~6 s), and a read that long kept the ring waiting past
+    /// what the emptier holds, and lost what came meanwhile.
     fn reconcile(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         self.drain_then(after_chunk);
         let (mut added, mut removed) = (0, 0);
         for pid in self.engine.reconcile_targets() {
-            self.engine.begin_reconcile(&[pid], clock::boot_ns());
+            self.engine.begin_reconcile(pid, clock::boot_ns());
+            while !self.engine.read_reconcile(RECONCILE_CHUNK, clock::boot_ns()) {
+                self.drain_then(after_chunk);
+            }
             self.drain_then(after_chunk);
             let fixed = self.engine.finish_reconcile(clock::boot_ns());
             (added, removed) = (added + fixed.added, removed + fixed.removed);

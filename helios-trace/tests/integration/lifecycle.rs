@@ -273,9 +273,10 @@ fn lost_events_are_counted_and_reconciliation_restores_the_table() {
 /// walk at a report), the ring's emptier (sys/ring.rs) keeps taking records out of the ring:
 /// nothing is lost while what the kernel writes meanwhile fits in the ring and the emptier's
 /// hold together. Here the engine's thread alone is stopped (ptrace stops one thread; SIGSTOP,
-/// as above, stops the emptier too) while 800 files are opened in two bursts of 400, 100 ms
-/// apart (longer than the emptier's timer: each burst fits in the ring, both together are ~1.4
-/// times what it holds), so a reader without an emptier loses about 200 of them.
+/// as above, stops the emptier too) while 800 files are opened in two bursts of 400, 300 ms
+/// apart (each burst fits in the ring, both together are ~1.4 times what it holds), so a
+/// reader without an emptier loses about 200 of them. The gap is the emptier's to take the
+/// first burst out: far longer than its 20 ms timer, for a machine busy with other tests.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
@@ -299,7 +300,7 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     let engine = tracer.pid();
     let stopped = StoppedThread::stop(engine);
     w.run("hold 400");
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     w.run("hold 400");
     drop(stopped);
     let report = tracer.snapshot();
@@ -311,26 +312,22 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     w.exit();
 }
 
-/// A reconciliation pass reads /proc one process at a time and handles the records that came
-/// meanwhile after each (observe/session.rs, `reconcile`). Reading 300,000 descriptors takes
-/// seconds, longer than the ring and its emptier hold a busy process's opens for: a pass that
-/// read every process before draining lost them. Thirty processes hold 10,000 descriptors each
-/// (all read at every pass, 3 s apart) while another opens 40 files every 50 ms for 10 s, with
+/// A reconciliation pass reads /proc one process at a time, each in chunks of 1,024
+/// descriptors, and handles the records that came meanwhile after each (observe/session.rs,
+/// `reconcile`). Reading 300,000 descriptors takes seconds, longer than the ring and its
+/// emptier hold a busy process's opens for: a pass that read every process before draining
+/// lost them. Thirty processes hold 10,000 descriptors each (all read at every pass, 3 s apart,
+/// each in ten chunks) while another opens 40 files every 50 ms for 10 s, with
 /// a 256 KiB ring (as above: ~570 opens fit in it and the emptier's hold).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
-    use std::io::{BufRead as _, BufReader, Write as _};
     if !require_bpf() {
         return;
     }
-    let mut holders: Vec<std::process::Child> =
-        (0..30).map(|_| crate::serve_sizing::holder(10_000)).collect();
+    let mut holders: Vec<Holder> = (0..30).map(|_| Holder::spawn(10_000)).collect();
     for holder in &mut holders {
-        writeln!(holder.stdin.as_mut().unwrap(), "go").unwrap();
-        let mut line = String::new();
-        BufReader::new(holder.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "held 10000");
+        holder.hold();
     }
     let mut w = Workload::spawn();
     let pid = w.pid;
@@ -345,7 +342,7 @@ fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
         "3s".into(),
     ];
     for holder in &holders {
-        args.extend(["--pid".to_string(), holder.id().to_string()]);
+        args.extend(["--pid".to_string(), holder.pid().to_string()]);
     }
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let started = Instant::now();
@@ -360,14 +357,60 @@ fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
     let files = files_opened_under_tracing(&report, pid);
     assert_eq!(files, opened as u64, "every open seen at its site");
     for holder in &holders {
-        let holder = holder.id();
+        let holder = holder.pid();
         assert_eq!(reported_fds(&report, holder), proc_fds(holder), "pid {holder}");
     }
     drop(tracer);
-    for mut holder in holders {
-        let _ = holder.kill();
-        let _ = holder.wait();
+    drop(holders);
+    w.exit();
+}
+
+/// Within one process too, reconciliation handles records every 1,024 descriptors it reads
+/// (observe/session.rs, `RECONCILE_CHUNK`): a process holding ~19,000 (as many as our
+/// descriptor limit lets one hold) takes ~0.1 s to read, while another opens and closes 200
+/// files every 10 ms, with a 256 KiB ring and a pass every second.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descriptors() {
+    if !require_bpf() {
+        return;
     }
+    let mut holder = Holder::spawn(hard_nofile() - 1000);
+    holder.hold();
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let (pid_arg, holder_arg) = (pid.to_string(), holder.pid().to_string());
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid_arg,
+        "--pid",
+        &holder_arg,
+        "--ring-buffer-size",
+        "256K",
+        "--stacks",
+        "fp",
+        "--reconcile-interval",
+        "1s",
+    ]);
+    let started = Instant::now();
+    let mut churned = 0u64;
+    while started.elapsed() < Duration::from_secs(6) {
+        w.run("churn 200");
+        churned += 200;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = checkpoint(&mut tracer, pid, "files opened and closed through reconciliation passes");
+    assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
+    let opened: u64 = process(&report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace" && s["site"] != "unknown-origin")
+        .map(|s| s["opened"].as_u64().unwrap())
+        .sum();
+    assert_eq!(opened, churned, "every open seen at its site");
+    assert_eq!(reported_fds(&report, holder.pid()), proc_fds(holder.pid()));
+    drop(tracer);
     w.exit();
 }
 

@@ -2,13 +2,7 @@
 //! limit) and with no caps given, a workload holding a million and a half descriptors makes the
 //! descriptor cap bite, counted, while the tracer stays below the limit: no OOM kill. And the
 //! kernel's maps, charged to the same cgroup, take room only for what the configuration uses.
-use std::{
-    fs,
-    io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use crate::support::*;
 
@@ -66,25 +60,6 @@ impl Drop for MemoryCgroup {
     }
 }
 
-/// bench/fdhold.c, holding `count` dup'd eventfds once told to (it raises its soft descriptor
-/// limit to the hard one, which `count` must fit under).
-pub(crate) fn holder(count: usize) -> Child {
-    let fdhold = compile_c("../../../bench/fdhold.c", "fdhold", &["-O2", "-Wall"]);
-    Command::new(fdhold)
-        .args([count.to_string(), "600000".to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("fdhold runs")
-}
-
-/// The hard RLIMIT_NOFILE our children inherit (raising it needs CAP_SYS_RESOURCE).
-fn hard_nofile() -> usize {
-    let limits = fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    line.split_whitespace().nth(4).unwrap().parse().unwrap()
-}
-
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
@@ -94,7 +69,7 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
     // Spread over as many processes as the descriptor limit asks (the bench does the same).
     let per_holder = hard_nofile() - 100;
     let holders = 1_500_000usize.div_ceil(per_holder);
-    let mut children: Vec<Child> = (0..holders).map(|_| holder(per_holder)).collect();
+    let mut children: Vec<Holder> = (0..holders).map(|_| Holder::spawn(per_holder)).collect();
     let cgroup = MemoryCgroup::new(LIMIT);
     // serve from its exec on in the cgroup; caps not given: sized to the limit.
     let mut command = Command::new("sh");
@@ -104,22 +79,18 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
         .arg(helios_trace_bin());
     let mut args = vec!["--reconcile-interval".to_string(), "5s".to_string()];
     for child in &children {
-        args.extend(["--pid".to_string(), child.id().to_string()]);
+        args.extend(["--pid".to_string(), child.pid().to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let serve = Serve::start_with(command, &args);
     // One holder at a time, as the memory bench goes: what is measured is the caps, not a
     // burst. Dozens of processes first seen at once, each then duplicating at full speed before
-    // its chain is learned, overflow the ring (counted as lost: BENCHMARKS.md, "Throughput: what limits it").
-    let mut held = 0;
+    // its chain is learned, overflow the ring (counted as lost: BENCHMARKS.md, "Throughput:
+    // what limits it").
     for child in &mut children {
-        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        // "held N" once every dup is made.
-        held +=
-            line.trim().strip_prefix("held ").unwrap_or_else(|| panic!("{line:?}")).parse::<usize>().unwrap();
+        child.hold();
     }
+    let held = holders * per_holder;
     assert!(held >= 1_500_000, "held {held}");
     // The cap serve derives for 512 MiB with the default 16 MiB ring buffer and twice as much
     // held by the reader (README, "Sizing"; model/sizing.rs): reached, and what is beyond counted.
@@ -162,10 +133,7 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
         peak >> 20,
         LIMIT >> 20
     );
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
     assert!(serve.stop().success(), "serve ran to the end");
     assert_eq!(cgroup.oom_kills(), 0);
 }

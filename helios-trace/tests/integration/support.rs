@@ -90,6 +90,54 @@ pub fn leaker_bin() -> &'static Path {
     BIN.get_or_init(|| compile_c("leaker.c", "leaker", &["-O2", "-g", "-Wall", "-fno-omit-frame-pointer"]))
 }
 
+/// bench/fdhold.c: one eventfd, duplicated `count` times once told to, held until dropped. It
+/// raises its soft descriptor limit to the hard one, which `count` must fit under (raising the
+/// hard one needs CAP_SYS_RESOURCE, which the machines the tests run on do not give: tests
+/// spread their descriptors over processes, as the bench does).
+pub struct Holder {
+    child: Child,
+    count: usize,
+}
+
+impl Holder {
+    pub fn spawn(count: usize) -> Holder {
+        let fdhold = compile_c("../../../bench/fdhold.c", "fdhold", &["-O2", "-Wall"]);
+        let child = Command::new(fdhold)
+            .args([count.to_string(), "600000".to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fdhold runs");
+        Holder { child, count }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tell it to duplicate, and wait until it holds them all.
+    pub fn hold(&mut self) {
+        writeln!(self.child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("held {}", self.count), "fdhold {}", self.pid());
+    }
+}
+
+/// The hard RLIMIT_NOFILE our children inherit: the most descriptors a [`Holder`] can hold.
+pub fn hard_nofile() -> usize {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running fdwork: send it commands, read the descriptors it reports.
 pub struct Workload {
     pub child: Child,

@@ -8,7 +8,7 @@ use rustix::fs::{Dir, Mode, OFlags};
 use super::sockets::SocketTable;
 use crate::model::{
     fd::{FdDetail, FdKind},
-    fdtable::ObservedFd,
+    fdtable::{FdChunk, ObservedFd},
 };
 
 /// The kind of a descriptor from its /proc/PID/fd link target; `stat_mode` gives the target's
@@ -77,7 +77,8 @@ pub(crate) fn parse_fdinfo_cloexec(fdinfo: &str) -> bool {
         .is_some_and(|flags| flags & libc::O_CLOEXEC as u64 != 0)
 }
 
-/// Every open descriptor of `pid` with its kind, detail and close-on-exec flag.
+/// Every open descriptor of `pid` numbered `from` or above, up to `max` of them, with its kind,
+/// detail and close-on-exec flag, and the number to read on from (`None`: none is left).
 /// `sockets` supplies family/type/protocol by inode, when known. The flag is read only where
 /// `flag_wanted(fd)` (false elsewhere): its fdinfo (an open, a read and a close) is most of
 /// what a descriptor costs, and reconciliation needs it only for the descriptors it adds.
@@ -85,43 +86,73 @@ pub(crate) fn observe_fds(
     root: &Path,
     pid: u32,
     sockets: Option<&SocketTable>,
+    (from, max): (i32, usize),
     flag_wanted: &dyn Fn(i32) -> bool,
-) -> io::Result<BTreeMap<i32, ObservedFd>> {
+) -> io::Result<FdChunk> {
     let process = root.join(pid.to_string());
-    let fdinfo = rustix::fs::open(process.join("fdinfo"), DIRECTORY, Mode::empty())?;
+    let (targets, next) = link_targets(&process.join("fd"), from, max)?;
+    let mut fdinfo = None;
     let mut observed = BTreeMap::new();
-    for (fd, target) in link_targets(&process.join("fd"))? {
+    for (fd, target) in targets {
         let mut observed_fd = observe(root, pid, fd, &target, sockets);
-        observed_fd.cloexec = flag_wanted(fd)
-            && rustix::fs::openat(&fdinfo, fd.to_string(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .is_ok_and(read_cloexec);
+        if flag_wanted(fd) {
+            if fdinfo.is_none() {
+                fdinfo = Some(rustix::fs::open(process.join("fdinfo"), DIRECTORY, Mode::empty())?);
+            }
+            observed_fd.cloexec = fdinfo.as_ref().is_some_and(|dir| {
+                rustix::fs::openat(dir, fd.to_string(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                    .is_ok_and(read_cloexec)
+            });
+        }
         observed.insert(fd, observed_fd);
     }
-    Ok(observed)
+    Ok(FdChunk { fds: observed, next })
 }
+
+/// All of a process's descriptors, for [`observe_fds`].
+pub(crate) const ALL_FDS: (i32, usize) = (0, usize::MAX);
+
+/// Descriptors and their links' targets, by number.
+type LinkTargets = Vec<(i32, FDTarget)>;
 
 /// How /proc's directories are opened to read relative to them.
 const DIRECTORY: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
-/// Each descriptor in a /proc/PID/fd directory with its link's target: one readlinkat each,
-/// relative to the directory. (procfs's `Process::fd` also opens, stats and closes each link,
-/// for a mode we do not use: four system calls where one does, on every reconciliation.)
-/// A descriptor closed while the directory is read is simply not there.
-fn link_targets(dir: &Path) -> io::Result<Vec<(i32, FDTarget)>> {
+/// The descriptors numbered `from` or above in a /proc/PID/fd directory, up to `max` of them,
+/// each with its link's target (one readlinkat each, relative to the directory), and the
+/// number to read on from. procfs lists a process's descriptors in increasing order and takes
+/// the directory's position as the next number to list plus 2 (fs/proc/fd.c,
+/// `proc_readfd_common`): a read that starts at `from` seeks there, so a process is read in
+/// chunks, each from a directory opened anew, and no descriptor is read twice or skipped for
+/// the chunks. (procfs's `Process::fd` also opens, stats and closes each link, for a mode we
+/// do not use: four system calls where one does.) A descriptor closed while the directory is
+/// read is simply not there.
+fn link_targets(dir: &Path, from: i32, max: usize) -> io::Result<(LinkTargets, Option<i32>)> {
     let dir = rustix::fs::open(dir, DIRECTORY, Mode::empty())?;
     let mut entries = Dir::read_from(&dir)?;
+    if from > 0 {
+        entries.seek(i64::from(from) + 2)?;
+    }
     let mut targets = Vec::new();
+    let mut listed = 0;
     while let Some(entry) = entries.read() {
         let entry = entry?;
         let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse::<i32>().ok()) else {
             continue;
         };
+        if fd < from {
+            continue;
+        }
+        if listed == max {
+            return Ok((targets, Some(fd)));
+        }
+        listed += 1;
         let Ok(link) = rustix::fs::readlinkat(&dir, entry.file_name(), Vec::new()) else { continue };
         // As procfs reads it: a path that is not UTF-8 lossily.
         let Ok(target) = FDTarget::from_str(&link.to_string_lossy()) else { continue };
         targets.push((fd, target));
     }
-    Ok(targets)
+    Ok((targets, None))
 }
 
 /// One descriptor of `pid`, if it is open.

@@ -192,11 +192,16 @@ mod tests {
     }
 
     use super::{
-        fds::{observe_fd, observe_fds, socket_inode},
+        fds::{ALL_FDS, observe_fd, observe_fds, socket_inode},
         sockets::SocketTable,
         *,
     };
-    use crate::model::fd::{FdDetail, FdKind};
+    use std::collections::BTreeMap;
+
+    use crate::model::{
+        fd::{FdDetail, FdKind},
+        fdtable::{FdChunk, ObservedFd},
+    };
 
     /// A fake procfs with one process whose fd directory holds links like the kernel's.
     fn fake_proc() -> tempfile::TempDir {
@@ -240,7 +245,7 @@ mod tests {
         let sockets = SocketTable::read(root, 77);
         let info = sockets.get(4242).expect("tcp entry by inode");
         assert_eq!(info.describe(), "TCP 127.0.0.1:8443 <-> 127.0.0.1:51234 CLOSE_WAIT");
-        let fds = observe_fds(root, 77, Some(&sockets), &|_| true).unwrap();
+        let fds = observe_fds(root, 77, Some(&sockets), ALL_FDS, &|_| true).unwrap().fds;
         let kinds: Vec<(i32, FdKind)> = fds.iter().map(|(fd, o)| (*fd, o.kind)).collect();
         assert_eq!(
             kinds,
@@ -265,12 +270,47 @@ mod tests {
         assert_eq!(socket_inode(root, 77, 5), Some(4242));
         assert_eq!(observe_fd(root, 77, 4, None).map(|o| o.kind), Some(FdKind::Dir));
         assert_eq!(observe_fd(root, 77, 9, None), None);
-        assert!(observe_fds(root, 78, None, &|_| true).is_err());
+        assert!(observe_fds(root, 78, None, ALL_FDS, &|_| true).is_err());
         // The flag read only where asked for (reconciliation: what it would add).
-        let unread = observe_fds(root, 77, None, &|fd| fd != 3).unwrap();
+        let unread = observe_fds(root, 77, None, ALL_FDS, &|fd| fd != 3).unwrap().fds;
         assert!(!unread[&3].cloexec);
         assert_eq!(unread[&3].kind, FdKind::File);
         assert_eq!(observe_fd(root, 77, 3, None).map(|o| o.cloexec), Some(true));
+    }
+
+    /// The real procfs, read in chunks: every descriptor once, in order, as a whole read has
+    /// them (the directory's position is a descriptor number: fs/proc/fd.c).
+    #[test]
+    fn a_process_read_in_chunks_is_read_whole() {
+        let root = Path::new("/proc");
+        let own = std::process::id();
+        // A few dozen descriptors of a file of the test's own, with holes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held");
+        fs::write(&path, "x").unwrap();
+        let opened: Vec<fs::File> = (0..40).map(|_| fs::File::open(&path).unwrap()).collect();
+        let _held: Vec<fs::File> =
+            opened.into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, f)| f).collect();
+        // Other tests' threads open and close meanwhile: compared where the test's own are.
+        let detail = FdDetail::Path(path.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice());
+        let held = |fds: &BTreeMap<i32, ObservedFd>| {
+            fds.iter().filter(|(_, o)| o.detail == detail).map(|(fd, _)| *fd).collect::<Vec<i32>>()
+        };
+        let whole = observe_fds(root, own, None, ALL_FDS, &|_| true).unwrap();
+        assert_eq!(whole.next, None);
+        assert_eq!(held(&whole.fds).len(), 26);
+        for max in [1, 7, 26] {
+            let (mut read, mut from) = (BTreeMap::new(), Some(0));
+            while let Some(at) = from {
+                let FdChunk { fds: chunk, next } =
+                    observe_fds(root, own, None, (at, max), &|_| true).unwrap();
+                assert!(chunk.len() <= max);
+                assert!(chunk.keys().all(|fd| *fd >= at && next.is_none_or(|next| fd < &next)));
+                read.extend(chunk);
+                from = next;
+            }
+            assert_eq!(held(&read), held(&whole.fds), "chunks of {max}");
+        }
     }
 
     #[test]
