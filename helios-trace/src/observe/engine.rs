@@ -516,6 +516,7 @@ impl Engine {
         // A process neither in the baseline nor forked under our eyes (it moved into a --cgroup
         // target, or its fork was lost): what it already holds is only in /proc.
         let first_sight = self.table.process(event.tgid).is_none() && !matches!(event.op, Op::Exit);
+        self.touched_by(event);
         self.table.apply(event, site, &mut out);
         // (Not when the table refused it, at --max-processes: that would read /proc per event.)
         if first_sight && self.table.process(event.tgid).is_some() {
@@ -664,6 +665,26 @@ impl Engine {
         self.capture(tgid, exec_ns);
         let proc = &mut self.proc;
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
+    }
+
+    /// What a record stamped during a reconciliation pass over its process touches beyond the
+    /// table's own changes (`after` marks those): a close of a descriptor the table lacks (its
+    /// open lost) changes nothing in the table, though /proc may have shown it open; a
+    /// close_range or an exec can close many such. The first is left alone; after the others
+    /// nothing of the pass is trusted, and the next pass compares again.
+    fn touched_by(&mut self, event: &Event) {
+        let Some(pending) =
+            self.pending.as_mut().filter(|p| p.tgid == event.tgid && event.ts_ns >= p.started_ns)
+        else {
+            return;
+        };
+        match &event.op {
+            Op::Close { fd } => {
+                pending.touched.insert(*fd);
+            }
+            Op::CloseRange { .. } | Op::Exec { .. } => (pending.observed, pending.next_fd) = (None, None),
+            _ => {}
+        }
     }
 
     /// The processes to reconcile: every tracked one. The session reconciles them one at a time,
@@ -1004,20 +1025,47 @@ mod tests {
         shown.extend([(20, observed(FdKind::Pipe)), (21, observed(FdKind::Pipe))]);
         proc.show(PARENT, Shown { fds: shown.clone(), ..Shown::default() });
         feed.engine.begin_reconcile(PARENT, feed.now);
-        assert!(!feed.engine.read_reconcile(2, feed.now), "3 and 5 read, more to come");
-        // Records handled between the chunks: 8 (not read yet) closed, 9 opened.
+        assert!(!feed.engine.read_reconcile(4, feed.now), "3, 5, 6 and 8 read; 20 next");
+        // Records handled between the chunks: 3 and 8 (read open) closed, 9 (below where the
+        // read goes on, never read) opened. Each view is right as of its time: left alone.
+        feed.close(PARENT, 3);
         feed.close(PARENT, 8);
         assert_eq!(feed.open(PARENT, FdKind::File, 2, 1), [9]);
-        shown.remove(&8);
+        for fd in [3, 8] {
+            shown.remove(&fd);
+        }
         shown.insert(9, observed(FdKind::File));
         proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
-        assert!(!feed.engine.read_reconcile(2, feed.now), "6 and 9");
-        assert!(feed.engine.read_reconcile(2, feed.now), "20 and 21, the last");
+        assert!(feed.engine.read_reconcile(4, feed.now), "20 and 21, the last");
         let fixed = feed.engine.finish_reconcile(feed.now);
         assert_eq!(fixed, Corrections { added: 2, removed: 2 }, "20 and 21 added, 4 and 7 removed");
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
-        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 5, 6, 9, 20, 21]);
+        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [5, 6, 9, 20, 21]);
         assert_eq!((table[&20].kind, table[&20].site), (FdKind::Pipe, SiteId::UnknownOrigin));
+    }
+
+    #[test]
+    fn a_close_the_table_could_not_apply_during_a_pass_is_left_alone() {
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        // 7's open was lost: /proc has it, the table does not.
+        proc.show(PARENT, Shown { fds: OpenFds::from([(7, observed(FdKind::File))]), ..Shown::default() });
+        read_whole(&mut feed.engine, PARENT, feed.now);
+        // Closed since the read: the table has nothing to remove, and /proc's view is stale.
+        feed.close(PARENT, 7);
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        assert!(feed.engine.table().process(PARENT).unwrap().fds.is_empty());
+        // An exec during the pass (it may close any such): nothing of the pass is trusted.
+        read_whole(&mut feed.engine, PARENT, feed.now);
+        feed.event(
+            PARENT,
+            Op::Exec { old_tid: PARENT, filename: b"/bin/server".to_vec(), comm: "server".into() },
+            None,
+        );
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        // /proc still shows 7 (reopened, say, that open lost too): the next pass adds it.
+        read_whole(&mut feed.engine, PARENT, feed.now);
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections { added: 1, removed: 0 });
     }
 
     #[test]

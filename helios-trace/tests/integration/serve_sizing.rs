@@ -69,6 +69,7 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
     // Spread over as many processes as the descriptor limit asks (the bench does the same).
     let per_holder = hard_nofile() - 100;
     let holders = 1_500_000usize.div_ceil(per_holder);
+    let _many = holding_many_descriptors();
     let mut children: Vec<Holder> = (0..holders).map(|_| Holder::spawn(per_holder)).collect();
     let cgroup = MemoryCgroup::new(LIMIT);
     // serve from its exec on in the cgroup; caps not given: sized to the limit.
@@ -91,7 +92,6 @@ fn under_a_512m_limit_the_caps_bite_before_the_oom_killer_does() {
         child.hold();
     }
     let held = holders * per_holder;
-    assert!(held >= 1_500_000, "held {held}");
     // The cap serve derives for 512 MiB with the default 16 MiB ring buffer and twice as much
     // held by the reader (README, "Sizing"; model/sizing.rs): reached, and what is beyond counted.
     const CAP: f64 = 1_132_461.0;

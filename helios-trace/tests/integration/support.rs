@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::{Condvar, Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -88,6 +88,63 @@ pub fn rawcalls_musl_bin() -> &'static Path {
 pub fn leaker_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| compile_c("leaker.c", "leaker", &["-O2", "-g", "-Wall", "-fno-omit-frame-pointer"]))
+}
+
+/// Tests whose processes hold tens of thousands of descriptors (`Holder`s) and tests that trace
+/// every process of the machine keep out of each other's way: such a tracer's baseline reads
+/// every descriptor of the machine (microseconds each: BENCHMARKS.md, "Reading /proc"), and
+/// the 1.5 million another test holds take it past the 30 s a test waits for it to attach.
+/// Counted, not a lock: a test may run two such tracers at once.
+struct Machine {
+    whole_machine_tracers: usize,
+    holding: bool,
+}
+
+static MACHINE: Mutex<Machine> = Mutex::new(Machine { whole_machine_tracers: 0, holding: false });
+static MACHINE_CHANGED: Condvar = Condvar::new();
+
+fn machine_when(ready: impl Fn(&Machine) -> bool, then: impl FnOnce(&mut Machine)) {
+    let machine = MACHINE.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut machine =
+        MACHINE_CHANGED.wait_while(machine, |m| !ready(m)).unwrap_or_else(PoisonError::into_inner);
+    then(&mut machine);
+    MACHINE_CHANGED.notify_all();
+}
+
+/// Taken by a test for as long as its `Holder`s hold (once no whole-machine tracer runs).
+pub struct HoldingMany(());
+
+pub fn holding_many_descriptors() -> HoldingMany {
+    machine_when(|m| m.whole_machine_tracers == 0 && !m.holding, |m| m.holding = true);
+    HoldingMany(())
+}
+
+impl Drop for HoldingMany {
+    fn drop(&mut self) {
+        machine_when(|_| true, |m| m.holding = false);
+    }
+}
+
+/// Held by a tracer started with no target (every process of the machine) while it runs.
+struct WholeMachine(());
+
+fn tracing_the_whole_machine(args: &[&str]) -> Option<WholeMachine> {
+    let targeted = args.iter().any(|a| {
+        ["-p", "--pid", "--cgroup", "--comm", "--uid"]
+            .iter()
+            .any(|flag| a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
+    });
+    if targeted {
+        return None;
+    }
+    machine_when(|m| !m.holding, |m| m.whole_machine_tracers += 1);
+    Some(WholeMachine(()))
+}
+
+impl Drop for WholeMachine {
+    fn drop(&mut self) {
+        machine_when(|_| true, |m| m.whole_machine_tracers -= 1);
+    }
 }
 
 /// bench/fdhold.c: one eventfd, duplicated `count` times once told to, held until dropped. It
@@ -239,6 +296,7 @@ pub struct Tracer {
     stderr_lines: std::sync::mpsc::Receiver<String>,
     /// What it wrote to stderr before it said it was attached.
     before_attach: Vec<String>,
+    _machine: Option<WholeMachine>,
 }
 
 impl Tracer {
@@ -249,6 +307,7 @@ impl Tracer {
 
     /// The same through `command` (e.g. setpriv), which must run `helios_trace_bin()` last.
     pub fn start_with(mut command: Command, args: &[&str]) -> Tracer {
+        let machine = tracing_the_whole_machine(args);
         let mut child = command
             .args(["--format", "json", "--list-fds"])
             .args(args)
@@ -260,7 +319,7 @@ impl Tracer {
         let rx = follow_stderr(&mut child);
         let mut before_attach = Vec::new();
         wait_for_attach(&mut child, &rx, &mut before_attach);
-        Tracer { child, stdout, stderr_lines: rx, before_attach }
+        Tracer { child, stdout, stderr_lines: rx, before_attach, _machine: machine }
     }
 
     pub fn pid(&self) -> u32 {
@@ -365,6 +424,7 @@ pub struct Serve {
     /// http://127.0.0.1:PORT (https:// with TLS)
     pub base: String,
     _stderr_lines: std::sync::mpsc::Receiver<String>,
+    _machine: Option<WholeMachine>,
 }
 
 impl Serve {
@@ -375,6 +435,7 @@ impl Serve {
 
     /// The same through `command` (e.g. setpriv), which must run `helios_trace_bin()` last.
     pub fn start_with(mut command: Command, args: &[&str]) -> Serve {
+        let machine = tracing_the_whole_machine(args);
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -390,7 +451,7 @@ impl Serve {
             .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
             .filter(|base| base.starts_with("http://") || base.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Serve { child, base: base.to_string(), _stderr_lines: lines }
+        Serve { child, base: base.to_string(), _stderr_lines: lines, _machine: machine }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

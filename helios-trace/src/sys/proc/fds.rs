@@ -89,8 +89,16 @@ pub(crate) fn observe_fds(
     (from, max): (i32, usize),
     flag_wanted: &dyn Fn(i32) -> bool,
 ) -> io::Result<FdChunk> {
+    debug_assert!(max > 0, "a read of none never ends");
     let process = root.join(pid.to_string());
     let (targets, next) = link_targets(&process.join("fd"), from, max)?;
+    // A listing ends early, as if complete, when the process is reaped meanwhile (getdents'
+    // ENOENT is the end to rustix's Dir) and is empty while its main thread is a zombie (the
+    // others may still hold descriptors: fs/proc/fd.c reads the leader's files, gone at its
+    // exit). Neither is a view of what the process holds.
+    if next.is_none() && !super::alive(root, pid) {
+        return Err(io::ErrorKind::NotFound.into());
+    }
     let mut fdinfo = None;
     let mut observed = BTreeMap::new();
     for (fd, target) in targets {
@@ -140,9 +148,8 @@ fn link_targets(dir: &Path, from: i32, max: usize) -> io::Result<(LinkTargets, O
         let Some(fd) = entry.file_name().to_str().ok().and_then(|name| name.parse::<i32>().ok()) else {
             continue;
         };
-        if fd < from {
-            continue;
-        }
+        // procfs lists from the position sought (above): nothing below it comes again.
+        debug_assert!(fd >= from, "fd {fd} listed again from {from}");
         if listed == max {
             return Ok((targets, Some(fd)));
         }

@@ -222,6 +222,7 @@ mod tests {
             fs::write(p.join(format!("fdinfo/{fd}")), format!("pos:\t0\nflags:\t{flags}\n")).unwrap();
         }
         fs::write(p.join("comm"), "leaky\n").unwrap();
+        fs::write(p.join("stat"), "77 (leaky) S 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0\n").unwrap();
         fs::write(p.join("cmdline"), b"python3\0-m\0app\0").unwrap();
         fs::write(
             p.join("net/tcp"),
@@ -276,6 +277,10 @@ mod tests {
         assert!(!unread[&3].cloexec);
         assert_eq!(unread[&3].kind, FdKind::File);
         assert_eq!(observe_fd(root, 77, 3, None).map(|o| o.cloexec), Some(true));
+        // A zombie's listing (empty, or cut short at its reaping) is no view of what it holds.
+        fs::write(root.join("77/stat"), "77 (leaky) Z 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0\n")
+            .unwrap();
+        assert!(observe_fds(root, 77, None, ALL_FDS, &|_| true).is_err());
     }
 
     /// The real procfs, read in chunks: every descriptor once, in order, as a whole read has
