@@ -312,8 +312,10 @@ fn socket_inode(pid: u32, fd: i64) -> u64 {
 
 /// /proc of a pod's process as the baseline and reconciliation read it (sys/proc/fds.rs: the
 /// fd directory by readlinkat, fdinfo's flags from its head, and the flag only of what a pass
-/// adds): descriptors open before tracing come in with their close-on-exec flags, and passes
-/// every second over a pod that keeps opening correct nothing and keep the table exact.
+/// adds, read in chunks of 1,024 with records handled between them): descriptors open before
+/// tracing come in with their close-on-exec flags, and passes every second over a pod that
+/// keeps opening (its new descriptors in the third chunk of its 3,000 and more) correct nothing
+/// and keep the table exact.
 #[test]
 fn a_pods_descriptors_are_read_from_proc_with_their_flags_and_reconciled_to_nothing() {
     if !require_bpf() {
@@ -323,7 +325,9 @@ fn a_pods_descriptors_are_read_from_proc_with_their_flags_and_reconciled_to_noth
         root: Root::native(podleak_bin(), "/app/podleak"),
         command: vec!["/app/podleak".into()],
     });
-    pod.run("files 3");
+    for _ in 0..3 {
+        pod.run("files 1000");
+    }
     pod.run("cloexec-files 3");
     let pid = pod.pid.to_string();
     let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "1s"]);
