@@ -30,8 +30,8 @@ fn server_script() -> PathBuf {
 
 /// The postmortem server, leaky and fixed, on every CPython of the machine (python.rs's
 /// interpreters: Debian's 3.11, pyenv's 3.10 to 3.13, Debian sid's 3.14 chrooted in its root),
-/// with the interpreter's name and minor version.
-fn servers() -> Vec<(Workload, Workload, String, u32)> {
+/// with the interpreter's name. Each waits in a shell gate until its `exec` (`gated`).
+fn gated_servers() -> Vec<(Workload, Workload, String)> {
     let script = server_script();
     let leaky = python::workload_commands(&script, &[]);
     let fixed = python::workload_commands(&script, &["--fixed"]);
@@ -39,11 +39,35 @@ fn servers() -> Vec<(Workload, Workload, String, u32)> {
         .into_iter()
         .zip(fixed)
         .map(|((name, leaky), (_, fixed))| {
-            let mut leaky = Workload::spawn_command(leaky);
-            let minor = leaky.run("version")[0] as u32;
-            (leaky, Workload::spawn_command(fixed), name, minor)
+            (Workload::spawn_command(gated(leaky)), Workload::spawn_command(gated(fixed)), name)
         })
         .collect()
+}
+
+/// `command` behind a shell that says "ready" and execs it on the Workload's `exec`: a tracer
+/// given the shell's pid traces that process and its children only, from their first
+/// instruction. (Given the test's own pid, it traces every other test's children too, and a
+/// test churning thousands of descriptors a second can fill its ring: a lost accept is a
+/// CLOSE_WAIT socket missing from the sites.)
+fn gated(command: Command) -> Command {
+    let mut gate = Command::new("sh");
+    gate.args(["-c", r#"echo ready; read go; exec "$@""#, "sh"])
+        .arg(command.get_program())
+        .args(command.get_args());
+    gate
+}
+
+/// A tracer (with `extra` options) given the gated `workloads` only, then each let through its
+/// gate: they are traced from their first instruction, and nothing else is.
+fn trace_from_their_start(workloads: &mut [&mut Workload], extra: &[&str]) -> Tracer {
+    let pids: Vec<String> = workloads.iter().map(|w| w.pid.to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().flat_map(|p| ["--pid", p.as_str()]).collect();
+    args.extend(extra);
+    let tracer = Tracer::start(&args);
+    for workload in workloads {
+        workload.exec();
+    }
+    tracer
 }
 
 /// The leaky server from a copy of the script under a name of its own (`name`.py), started
@@ -54,18 +78,19 @@ fn spawn_copy(name: &str) -> (Workload, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join(format!("{name}.py"));
     std::fs::copy(server_script(), &script).unwrap();
-    let mut command = Command::new("sh");
-    command.args(["-c", r#"echo ready; read go; exec "$@""#, "sh", "/usr/bin/python3"]).arg(&script);
-    (Workload::spawn_command(command), dir)
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(&script);
+    (Workload::spawn_command(gated(command)), dir)
 }
 
-fn spawn(python: &Path, fixed: bool) -> Workload {
+/// The server on `python`, behind its gate (`gated`).
+fn spawn_gated(python: &Path, fixed: bool) -> Workload {
     let mut command = Command::new(python);
     command.arg(server_script());
     if fixed {
         command.arg("--fixed");
     }
-    Workload::spawn_command(command)
+    Workload::spawn_command(gated(command))
 }
 
 /// Sockets of `pid` in CLOSE_WAIT, as `ss` sees them (ground truth from the kernel).
@@ -88,13 +113,19 @@ fn the_postmortem_server_names_the_class_set_holding_its_close_wait_sockets() {
     if !require_bpf() {
         return;
     }
-    let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own]);
+    let mut servers = gated_servers();
+    let mut tracer =
+        trace_from_their_start(&mut servers.iter_mut().flat_map(|(l, f, _)| [l, f]).collect::<Vec<_>>(), &[]);
     let mut checked = Vec::new();
-    let servers = servers();
     // One report for all: every process walked once.
     let report = tracer.snapshot();
-    for (leaky, fixed, name, minor) in servers {
+    assert_eq!(
+        report["events"]["lost"], 0,
+        "a lost record is a socket missing from a site: {}",
+        report["events"]
+    );
+    for (mut leaky, fixed, name) in servers {
+        let minor = leaky.run("version")[0];
         check(&report, leaky, fixed, &format!("3.{minor}"));
         checked.push(name);
     }
@@ -163,9 +194,8 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     if !require_bpf() {
         return;
     }
-    let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
-    let mut server = spawn(Path::new("/usr/bin/python3"), true);
+    let mut server = spawn_gated(Path::new("/usr/bin/python3"), true);
+    let mut tracer = trace_from_their_start(&mut [&mut server], &["--holders"]);
     let fds = server.run("files");
     let report = tracer.snapshot();
     let p = process(&report, server.pid).unwrap();
@@ -313,12 +343,11 @@ fn suspended_coroutines_hold_their_connections_in_their_locals() {
     if !require_bpf() {
         return;
     }
-    let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own]);
-    let servers: Vec<(Workload, String)> = python::workload_commands(&server_script(), &["--coroutine"])
+    let mut servers: Vec<(Workload, String)> = python::workload_commands(&server_script(), &["--coroutine"])
         .into_iter()
-        .map(|(name, command)| (Workload::spawn_command(command), name))
+        .map(|(name, command)| (Workload::spawn_command(gated(command)), name))
         .collect();
+    let mut tracer = trace_from_their_start(&mut servers.iter_mut().map(|(w, _)| w).collect::<Vec<_>>(), &[]);
     let report = tracer.snapshot();
     let mut checked = Vec::new();
     for (mut server, name) in servers {
@@ -357,11 +386,14 @@ fn a_loader_that_closes_only_on_success_leaks_through_the_exceptions_kept() {
     if !require_bpf() {
         return;
     }
-    let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own, "--holders"]);
+    let mut servers: Vec<(Workload, String)> = python::workload_commands(&server_script(), &["--fixed"])
+        .into_iter()
+        .map(|(name, command)| (Workload::spawn_command(gated(command)), name))
+        .collect();
+    let mut tracer =
+        trace_from_their_start(&mut servers.iter_mut().map(|(w, _)| w).collect::<Vec<_>>(), &["--holders"]);
     let mut checked = Vec::new();
-    for (name, command) in python::workload_commands(&server_script(), &["--fixed"]) {
-        let mut server = Workload::spawn_command(command);
+    for (mut server, name) in servers {
         let fds = server.run("loads");
         assert_eq!(fds.len(), 3, "{name}");
         let open = proc_fds(server.pid);
@@ -481,9 +513,8 @@ fn holders_pause_stops_the_process_for_the_walk_only() {
     if !require_bpf() {
         return;
     }
-    let own = std::process::id().to_string();
-    let mut tracer = Tracer::start(&["--pid", &own, "--holders-pause"]);
-    let mut server = spawn(Path::new("/usr/bin/python3"), false);
+    let mut server = spawn_gated(Path::new("/usr/bin/python3"), false);
+    let mut tracer = trace_from_their_start(&mut [&mut server], &["--holders-pause"]);
     server.run("gap");
     assert_eq!(server.run("continued"), [0]);
     let state = |pid: u32| task_state(pid, pid).unwrap();
