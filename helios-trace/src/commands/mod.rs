@@ -148,6 +148,7 @@ fn trace_settings(trace: &TraceArgs) -> TraceSettings {
         },
         max_stacks: trace.max_stacks.unwrap_or(DEFAULT_CAPS.max_stacks),
         retention: trace.retention,
+        keep_transitions: false,
     }
 }
 

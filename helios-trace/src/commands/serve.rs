@@ -15,7 +15,7 @@ use crate::{
     model::sizing,
     observe::{
         export::Exporter,
-        session::{Tick, Tracing},
+        session::{Tick, TraceSettings, Tracing},
     },
     output::{
         http::{self, ServerLimits, WebConfigFile},
@@ -40,9 +40,18 @@ pub fn main(args: &ServeArgs) -> Result<ExitCode, Failure> {
     let mut args = args.clone();
     size_to_own_memory(&mut args.trace);
     let args = &args;
-    let tracing = Tracing::start(&trace_settings(&args.trace), &args.proc_root)?;
+    let config = ExportConfig {
+        max_sites: args.max_sites,
+        retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),
+        pid_label: args.pid_label,
+        redact_paths: args.trace.redact_paths,
+    };
+    // Before the start: the baseline already handles records, and the exporter takes them in.
+    let mut exporter = Exporter::new(config, &args.proc_root);
+    let settings = TraceSettings { keep_transitions: true, ..trace_settings(&args.trace) };
+    let tracing = Tracing::start(&settings, &args.proc_root, &mut |t| exporter.observe_if_many(t))?;
     privileges::drop_after_attach(&[])?;
-    runtime()?.block_on(run(args.clone(), listener, tracing, web)).map_err(Failure::from)?;
+    runtime()?.block_on(run(args.clone(), listener, tracing, exporter, web)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -135,6 +144,7 @@ async fn run(
     args: ServeArgs,
     listener: std::net::TcpListener,
     mut tracing: Tracing,
+    mut exporter: Exporter,
     web: Option<WebConfigFile>,
 ) -> Result<()> {
     // Handlers before we say "attached": a signal that arrives then must not kill us.
@@ -151,13 +161,7 @@ async fn run(
     };
     let scheme = if web.as_ref().is_some_and(|w| w.config.tls.is_some()) { "https" } else { "http" };
     let server = tokio::spawn(http::serve(listener, snapshots, limits, web));
-    let config = ExportConfig {
-        max_sites: args.max_sites,
-        retention_ns: args.trace.retention.as_nanos().try_into().unwrap_or(u64::MAX),
-        pid_label: args.pid_label,
-        redact_paths: args.trace.redact_paths,
-    };
-    let mut exporter = Exporter::new(config, &args.proc_root, &mut tracing, args.holders_interval);
+    exporter.walk_holders(&mut tracing, args.holders_interval);
     // Ready (the first snapshot is out) before we say so.
     exporter.publish(&mut tracing, &publish);
     eprintln!(

@@ -23,7 +23,7 @@ use crate::{
         event::{CapturedStack, Event, Op, StackIds},
         exited::ExitedProcess,
         fd::{FdDetail, FdKind, SiteId},
-        fdtable::{Corrections, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
+        fdtable::{Corrections, FdChange, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
         frame::{self, Frame},
         handles::TcpHandles,
         kept::Kept,
@@ -73,10 +73,10 @@ pub(crate) trait ProcSource {
         max: usize,
         flag_wanted: &dyn Fn(i32) -> bool,
     ) -> io::Result<FdChunk>;
-    /// A reader for the baseline: like [`Self::open_fds`], with what the socket tables of the
-    /// process's network namespace say of its sockets (each namespace's read once while the
-    /// reader lives).
-    fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>>;
+    /// A reader for the baseline: like [`Self::open_fds`] with every flag read (`tgid`, `from`,
+    /// `max`), with what the socket tables of the process's network namespace say of its
+    /// sockets (each namespace's read once while the reader lives).
+    fn baseline(&self) -> Box<BaselineReader>;
     /// One descriptor of `tgid`, if it is open.
     fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd>;
     fn exists(&mut self, tgid: u32) -> bool;
@@ -85,6 +85,9 @@ pub(crate) trait ProcSource {
     /// The command line, printable; `None` for kernel threads and zombies.
     fn cmdline(&mut self, tgid: u32) -> Option<String>;
 }
+
+/// What [`ProcSource::baseline`] gives: the chunk of `tgid`'s descriptors from `from`, `max` at most.
+pub(crate) type BaselineReader = dyn FnMut(u32, i32, usize) -> io::Result<FdChunk>;
 
 /// A reconciliation pass over one process, from the start of its /proc read to the comparison:
 /// events that arrive meanwhile touch descriptors whose two views may honestly differ, so
@@ -100,6 +103,12 @@ struct PendingReconcile {
     touched: HashSet<i32>,
     /// The descriptors whose close-on-exec flag was read (the table lacked them at the read).
     flag_read: HashSet<i32>,
+    /// A baseline read (`Engine::begin_baseline`): each chunk's finds are added at once under
+    /// `before-trace`, stamped with this time (the session's start); nothing is removed and
+    /// nothing counts as a correction.
+    baseline_ns: Option<u64>,
+    /// Processes it forked during the pass: they copied a table read only in part.
+    forked: Vec<u32>,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -134,6 +143,8 @@ pub(crate) struct Engine {
     untracked: u64,
     corrections: Corrections,
     pending: Option<PendingReconcile>,
+    /// The baseline's reader while the baseline is read (its socket tables with it).
+    baseline: Option<Box<BaselineReader>>,
     /// Reused across events to avoid an allocation per record.
     scratch: Vec<Transition>,
     /// Everything that happened since the last `take_transitions` (for the exporter).
@@ -170,6 +181,7 @@ impl Engine {
             untracked: 0,
             corrections: Corrections::default(),
             pending: None,
+            baseline: None,
             scratch: Vec::new(),
             keep_transitions: false,
             kept: Vec::new(),
@@ -522,6 +534,10 @@ impl Engine {
         if first_sight && self.table.process(event.tgid).is_some() {
             self.load_missing(event.tgid, event.ts_ns, stacks.exec_time(event.tgid), &mut out);
         }
+        // A child of a process the table lacked copied nothing: it holds what /proc shows.
+        if first_sight && let Op::NewTask { child, thread: false, .. } = &event.op {
+            self.add_missing(*child, event.ts_ns, &mut out);
+        }
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
@@ -620,6 +636,11 @@ impl Engine {
         }
         if self.keep_transitions {
             for t in transitions {
+                // What /proc showed opens nothing: the exporter counts it as open from the
+                // table, not as opened (a baseline finds a million on a large node).
+                if let Transition::Fd { change: FdChange::Found, .. } = t {
+                    continue;
+                }
                 self.kept.push(Kept::Transition(t.clone()));
                 if let Transition::ProcessStarted { tgid, .. } | Transition::ProcessExec { tgid } = t {
                     let comm = self.table.process(*tgid).map(|p| p.comm.clone()).unwrap_or_default();
@@ -629,37 +650,83 @@ impl Engine {
         }
     }
 
-    /// Load what /proc shows open now for `pids`, under `before-trace`. Call after the programs
-    /// are attached and before the first record is handled (see FdTable::insert_observed).
-    pub(crate) fn load_baseline(&mut self, pids: &[u32], now_ns: u64) -> usize {
-        let mut read = self.proc.baseline();
-        let mut loaded = 0;
-        let mut out = Vec::new();
-        for &pid in pids {
-            let Ok(fds) = read(pid) else {
-                continue;
-            };
-            let comm = self.proc.comm(pid).unwrap_or_default();
-            let cmdline = self.proc.cmdline(pid);
-            self.cmdlines.insert(pid, cmdline);
-            self.capture(pid, 0);
-            loaded += fds.len();
-            self.table.insert_observed(pid, &comm, fds, SiteId::BeforeTrace, now_ns, &mut out);
+    /// Begin reading what `tgid` held before tracing began from /proc, in chunks as a
+    /// reconciliation pass reads (`read_reconcile`, then `finish_reconcile`), so that records
+    /// are handled between the chunks (ARCHITECTURE.md, "Data flow" 8): its table is made
+    /// empty now, each chunk's finds go into it at once under `before-trace`, stamped
+    /// `found_ns` (the session's start), and records apply as they come. Each chunk is to its
+    /// records what the whole baseline was to the first records before (FdTable::insert_observed:
+    /// what a record did wins). False when there is nothing to read: the table has it already
+    /// (a record showed it first, and `load_missing` read it then), it is gone, or the table
+    /// holds as many processes as it may.
+    pub(crate) fn begin_baseline(&mut self, tgid: u32, found_ns: u64, now_ns: u64) -> bool {
+        if self.table.process(tgid).is_some() {
+            return false;
         }
+        let Some(comm) = self.proc.comm(tgid) else { return false };
+        let cmdline = self.proc.cmdline(tgid);
+        self.cmdlines.insert(tgid, cmdline);
+        self.capture(tgid, 0);
+        let mut out = Vec::new();
+        self.table.insert_observed(tgid, &comm, [], SiteId::BeforeTrace, found_ns, &mut out);
         self.after(&out, now_ns);
-        loaded
+        if self.table.process(tgid).is_none() {
+            return false;
+        }
+        if self.baseline.is_none() {
+            self.baseline = Some(self.proc.baseline());
+        }
+        self.begin_reconcile(tgid, now_ns);
+        if let Some(pending) = self.pending.as_mut() {
+            pending.baseline_ns = Some(found_ns);
+        }
+        true
     }
 
-    /// Add what /proc shows `tgid` holding that the table does not have (under `before-trace`);
-    /// what events already said stays.
-    fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
-        let known = self.table.process(tgid).map(|p| &p.fds);
-        let is_known = |fd: i32| known.is_some_and(|k| k.contains_key(&fd));
-        let Ok(chunk) = self.proc.open_fds(tgid, 0, usize::MAX, &|fd| !is_known(fd)) else { return };
+    /// Every process's baseline is read: its reader goes, and the socket tables it kept.
+    pub(crate) fn end_baseline(&mut self) {
+        self.baseline = None;
+    }
+
+    /// The end of one process's baseline read (`begin_baseline`). A read that failed part way
+    /// is tried again whole, as for a process a record shows first; every process it forked
+    /// meanwhile, which copied a table read in part, is read whole.
+    fn finish_baseline(&mut self, pending: PendingReconcile, found_ns: u64, now_ns: u64) {
+        let mut out = Vec::new();
+        if pending.observed.is_none() {
+            self.add_missing(pending.tgid, found_ns, &mut out);
+        }
+        for child in pending.forked {
+            self.add_missing(child, found_ns, &mut out);
+        }
+        self.after(&out, now_ns);
+    }
+
+    /// Add what /proc shows `tgid` holding that the table does not have (under
+    /// `before-trace`, stamped `found_ns`); what events already said stays. Nothing when the
+    /// table does not track it; false when /proc could not be read.
+    fn add_missing(&mut self, tgid: u32, found_ns: u64, out: &mut Vec<Transition>) -> bool {
+        let Some(known) = self.table.process(tgid).map(|p| &p.fds) else { return true };
+        let Ok(chunk) = self.proc.open_fds(tgid, 0, usize::MAX, &|fd| !known.contains_key(&fd)) else {
+            return false;
+        };
         let missing: Vec<(i32, ObservedFd)> =
-            chunk.fds.into_iter().filter(|(fd, _)| !is_known(*fd)).collect();
-        let comm = self.proc.comm(tgid).unwrap_or_default();
-        self.table.insert_observed(tgid, &comm, missing, SiteId::BeforeTrace, now_ns, out);
+            chunk.fds.into_iter().filter(|(fd, _)| !known.contains_key(fd)).collect();
+        self.table.insert_observed(tgid, "", missing, SiteId::BeforeTrace, found_ns, out);
+        true
+    }
+
+    /// What /proc shows `tgid` holding, which a record shows first: `add_missing`, and what
+    /// is known of a process at its first sight.
+    fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
+        if !self.add_missing(tgid, now_ns, out) {
+            return;
+        }
+        if self.table.process(tgid).is_some_and(|p| p.comm.is_empty())
+            && let Some(comm) = self.proc.comm(tgid)
+        {
+            self.table.set_comm(tgid, comm);
+        }
         // Seen first now, not at its exec: it exec'd before tracing began (0), or while it was
         // not traced, or its exec record was lost. The kernel's time of its image, whichever.
         self.capture(tgid, exec_ns);
@@ -673,11 +740,18 @@ impl Engine {
     /// close_range or an exec can close many such. The first is left alone; after the others
     /// nothing of the pass is trusted, and the next pass compares again.
     fn touched_by(&mut self, event: &Event) {
-        let Some(pending) =
-            self.pending.as_mut().filter(|p| p.tgid == event.tgid && event.ts_ns >= p.started_ns)
-        else {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid) else { return };
+        // Whenever it was stamped, a child forked under a baseline read copies the table as it
+        // is now: read in part (`finish_baseline` reads the child).
+        if let Op::NewTask { child, thread: false, .. } = &event.op
+            && pending.baseline_ns.is_some()
+        {
+            pending.forked.push(*child);
+        }
+        // A baseline's chunks are in the table as they come: records act on them there.
+        if event.ts_ns < pending.started_ns || pending.baseline_ns.is_some() {
             return;
-        };
+        }
         match &event.op {
             Op::Close { fd } => {
                 pending.touched.insert(*fd);
@@ -702,6 +776,8 @@ impl Engine {
             next_fd: Some(0),
             touched: HashSet::new(),
             flag_read: HashSet::new(),
+            baseline_ns: None,
+            forked: Vec::new(),
         });
     }
 
@@ -715,7 +791,27 @@ impl Engine {
         // `finish_reconcile` reads again whole what it would add without its flag).
         let tracked = self.table.process(tgid).map(|p| &p.fds);
         let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
-        match self.proc.open_fds(tgid, from, max, &untracked) {
+        // A baseline's reader reads every flag, and what the socket tables say of sockets.
+        let baseline = pending.baseline_ns.and(self.baseline.as_mut());
+        let read = match baseline {
+            Some(read) => read(tgid, from, max),
+            None => self.proc.open_fds(tgid, from, max, &untracked),
+        };
+        match read {
+            Ok(chunk) if pending.baseline_ns.is_some() => {
+                pending.next_fd = chunk.next;
+                let (done, found_ns) = (chunk.next.is_none(), pending.baseline_ns.unwrap_or(now_ns));
+                // Into the table at once, but what records made it hold already: a record
+                // handled next may dup or close what this chunk found.
+                let missing: Vec<(i32, ObservedFd)> =
+                    chunk.fds.into_iter().filter(|(fd, _)| untracked(*fd)).collect();
+                if tracked.is_some() {
+                    let mut out = Vec::new();
+                    self.table.insert_observed(tgid, "", missing, SiteId::BeforeTrace, found_ns, &mut out);
+                    self.after(&out, now_ns);
+                }
+                done
+            }
             Ok(chunk) => {
                 pending.flag_read.extend(chunk.fds.keys().copied().filter(|fd| untracked(*fd)));
                 observed.extend(chunk.fds);
@@ -739,6 +835,10 @@ impl Engine {
     /// Finish, after the ring buffer was drained: correct what still differs.
     pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
+        if let Some(found_ns) = pending.baseline_ns {
+            self.finish_baseline(pending, found_ns, now_ns);
+            return Corrections::default();
+        }
         let Some(mut observed) = pending.observed.filter(|_| pending.next_fd.is_none()) else {
             return Corrections::default();
         };
@@ -844,9 +944,9 @@ mod tests {
             Ok(FdChunk { fds, next: rest.next().map(|(fd, _)| *fd) })
         }
 
-        fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
+        fn baseline(&self) -> Box<BaselineReader> {
             let mut this = self.clone();
-            Box::new(move |tgid| this.open_fds(tgid, 0, usize::MAX, &|_| true).map(|chunk| chunk.fds))
+            Box::new(move |tgid, from, max| this.open_fds(tgid, from, max, &|_| true))
         }
 
         fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd> {
@@ -887,27 +987,154 @@ mod tests {
         process.fds.iter().map(|(fd, e)| (*fd, e.kind, e.site)).collect()
     }
 
+    /// The baseline as the session reads it (`Tracing::load_baseline`), in chunks of `chunk`
+    /// with nothing handled between them.
+    fn load_baseline(engine: &mut Engine, pids: &[u32], found_ns: u64, chunk: usize) {
+        for &pid in pids {
+            if engine.begin_baseline(pid, found_ns, found_ns) {
+                while !engine.read_reconcile(chunk, found_ns) {}
+                assert_eq!(engine.finish_reconcile(found_ns), Corrections::default());
+            }
+        }
+        engine.end_baseline();
+    }
+
+    fn open_at(feed: &mut Feed, tgid: u32, fd: i32, stack: i32) {
+        let op = Op::Open {
+            fds: smallvec![fd],
+            kind: FdKind::File,
+            detail: FdDetail::None,
+            cloexec: false,
+            dirfd: None,
+        };
+        feed.event(tgid, op, Some(stack));
+    }
+
     #[test]
     fn the_baseline_loads_what_proc_shows_under_before_trace() {
+        for chunk in [1, usize::MAX] {
+            let (mut feed, proc) = feed();
+            let fds = OpenFds::from([(0, observed(FdKind::Device)), (4, observed(FdKind::Socket))]);
+            proc.show(
+                200,
+                Shown {
+                    fds,
+                    comm: Some("worker".into()),
+                    cmdline: Some("worker --serve".into()),
+                    ..Shown::default()
+                },
+            );
+            load_baseline(&mut feed.engine, &[200, 201], 5, chunk);
+            assert_eq!(
+                kinds(&feed.engine, 200),
+                [(0, FdKind::Device, SiteId::BeforeTrace), (4, FdKind::Socket, SiteId::BeforeTrace)]
+            );
+            let process = feed.engine.table().process(200).unwrap();
+            assert_eq!(process.comm, "worker");
+            assert!(process.fds.values().all(|e| e.opened_ns == 5), "stamped with the session's start");
+            assert_eq!(feed.engine.cmdline(200).as_deref(), Some("worker --serve"));
+            assert!(feed.engine.table().process(201).is_none(), "201 is gone: skipped");
+            assert_eq!(feed.engine.corrections(), Corrections::default(), "a baseline corrects nothing");
+        }
+    }
+
+    /// The session handles records between the chunks of a baseline read: each view is right
+    /// as of its time, so what records touched is theirs, and what the read found and no
+    /// record touched is `before-trace`. A child forked meanwhile copied the part read so far,
+    /// and gets the rest of what it holds.
+    #[test]
+    fn a_baseline_read_in_chunks_keeps_what_records_did_between_them() {
         let (mut feed, proc) = feed();
-        let fds = OpenFds::from([(0, observed(FdKind::Device)), (4, observed(FdKind::Socket))]);
+        let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
+        let mut shown = files(&[3, 4, 5, 6, 7, 8]);
+        proc.show(PARENT, Shown { fds: shown.clone(), comm: Some("server".into()), ..Shown::default() });
+        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+        assert!(!feed.engine.begin_baseline(PARENT, 5, feed.now), "read once");
+        assert!(!feed.engine.read_reconcile(3, feed.now), "3, 4 and 5 read; 6 next");
+        // Between the chunks: 4 (read) and 7 (not read yet) closed, 9 opened, and a child
+        // forked holding what the parent then held.
+        feed.close(PARENT, 4);
+        feed.close(PARENT, 7);
+        open_at(&mut feed, PARENT, 9, 2);
+        feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
+        for fd in [4, 7] {
+            shown.remove(&fd);
+        }
+        shown.insert(9, observed(FdKind::File));
+        proc.show(PARENT, Shown { fds: shown.clone(), comm: Some("server".into()), ..Shown::default() });
+        proc.show(600, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
+        assert!(feed.engine.read_reconcile(3, feed.now), "6, 8 and 9, the last");
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        feed.engine.end_baseline();
+        let table = kinds(&feed.engine, PARENT);
+        let sites: Vec<(i32, SiteId)> = table.iter().map(|(fd, _, site)| (*fd, *site)).collect();
+        let opened = sites.iter().find(|(fd, _)| *fd == 9).unwrap().1;
+        assert!(!matches!(opened, SiteId::BeforeTrace), "9's site is its record's");
+        let before = SiteId::BeforeTrace;
+        assert_eq!(sites, [(3, before), (5, before), (6, before), (8, before), (9, opened)]);
+        let child: Vec<i32> = feed.engine.table().process(600).unwrap().fds.keys().copied().collect();
+        assert_eq!(child, [3, 5, 6, 8, 9], "the child holds what /proc shows it holding");
+        assert_eq!(feed.engine.corrections(), Corrections::default());
+    }
+
+    /// A baseline's chunks are in the table as soon as they are read: an exec between two
+    /// closes what the first found close-on-exec, and the second reads what the new image holds.
+    #[test]
+    fn an_exec_during_a_baseline_read_closes_what_it_found_close_on_exec() {
+        let (mut feed, proc) = feed();
+        let fd = |cloexec: bool| ObservedFd { cloexec, ..observed(FdKind::File) };
+        let shown = OpenFds::from([(3, fd(true)), (4, fd(false)), (5, fd(true)), (6, fd(false))]);
+        proc.show(PARENT, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
+        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+        assert!(!feed.engine.read_reconcile(2, feed.now), "3 and 4 read");
+        feed.event(
+            PARENT,
+            Op::Exec { old_tid: PARENT, filename: b"/bin/server".to_vec(), comm: "server".into() },
+            None,
+        );
+        let shown = OpenFds::from([(4, fd(false)), (6, fd(false))]);
+        proc.show(PARENT, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
+        assert!(feed.engine.read_reconcile(2, feed.now), "6, the last");
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        let fds: Vec<i32> = feed.engine.table().process(PARENT).unwrap().fds.keys().copied().collect();
+        assert_eq!(fds, [4, 6]);
+    }
+
+    /// A baseline read that fails part way is tried again whole.
+    #[test]
+    fn a_baseline_read_that_fails_part_way_is_tried_again_whole() {
+        let (mut feed, proc) = feed();
+        let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
+        proc.show(PARENT, Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() });
+        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+        assert!(!feed.engine.read_reconcile(1, feed.now));
         proc.show(
-            200,
+            PARENT,
             Shown {
-                fds,
-                comm: Some("worker".into()),
-                cmdline: Some("worker --serve".into()),
+                fds: files(&[3, 4, 5]),
+                unreadable: true,
+                comm: Some("server".into()),
                 ..Shown::default()
             },
         );
-        assert_eq!(feed.engine.load_baseline(&[200, 201], 5), 2, "201 is gone: skipped");
-        assert_eq!(
-            kinds(&feed.engine, 200),
-            [(0, FdKind::Device, SiteId::BeforeTrace), (4, FdKind::Socket, SiteId::BeforeTrace)]
-        );
-        assert_eq!(feed.engine.table().process(200).unwrap().comm, "worker");
-        assert_eq!(feed.engine.cmdline(200).as_deref(), Some("worker --serve"));
-        assert!(feed.engine.table().process(201).is_none());
+        assert!(feed.engine.read_reconcile(1, feed.now), "failed: done");
+        proc.show(PARENT, Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() });
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        let fds: Vec<i32> = feed.engine.table().process(PARENT).unwrap().fds.keys().copied().collect();
+        assert_eq!(fds, [3, 4, 5]);
+    }
+
+    /// A process first seen through its fork (in no baseline yet): the child holds what /proc
+    /// shows, not a copy of a table that lacked everything.
+    #[test]
+    fn a_child_of_a_process_first_seen_at_its_fork_holds_what_proc_shows() {
+        let (mut feed, proc) = feed();
+        let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
+        proc.show(PARENT, Shown { fds: files(&[3, 4]), comm: Some("server".into()), ..Shown::default() });
+        proc.show(600, Shown { fds: files(&[3, 4]), comm: Some("server".into()), ..Shown::default() });
+        feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
+        let fds: Vec<i32> = feed.engine.table().process(600).unwrap().fds.keys().copied().collect();
+        assert_eq!(fds, [3, 4]);
     }
 
     #[test]

@@ -64,28 +64,27 @@ const HOLDERS_CHECK: Duration = Duration::from_secs(5);
 const MAX_PENDING_TRANSITIONS: usize = 16_384;
 
 impl Exporter {
-    /// From now on the engine keeps every transition for the exporter.
-    /// `holders_interval`: the least time between two heap walks of a process for /sites'
-    /// holders (zero: no holders).
-    pub(crate) fn new(
-        config: ExportConfig,
-        proc_root: &Path,
-        tracing: &mut Tracing,
-        holders_interval: Duration,
-    ) -> Exporter {
-        tracing.engine.keep_transitions();
-        tracing.set_holders_interval(holders_interval);
+    /// An exporter for a `Tracing` started with `TraceSettings::keep_transitions`, so that
+    /// the engine keeps every transition for it from the first record on.
+    pub(crate) fn new(config: ExportConfig, proc_root: &Path) -> Exporter {
         Exporter {
             aggregator: Aggregator::new(config),
             proc_root: proc_root.to_path_buf(),
             unavailable_socket_memory: 0,
             unavailable_fd_limit: 0,
-            holders: (!holders_interval.is_zero()).then(|| HolderExport {
-                check_every: holders_interval.min(HOLDERS_CHECK),
-                next: Instant::now(),
-                by_site: HashMap::new(),
-            }),
+            holders: None,
         }
+    }
+
+    /// Walk heaps for /sites' holders: at least `holders_interval` apart for a process (zero:
+    /// no holders).
+    pub(crate) fn walk_holders(&mut self, tracing: &mut Tracing, holders_interval: Duration) {
+        tracing.set_holders_interval(holders_interval);
+        self.holders = (!holders_interval.is_zero()).then(|| HolderExport {
+            check_every: holders_interval.min(HOLDERS_CHECK),
+            next: Instant::now(),
+            by_site: HashMap::new(),
+        });
     }
 
     /// Take in what happened since the last call (counters only; no snapshot).

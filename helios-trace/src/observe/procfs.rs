@@ -14,7 +14,7 @@ use crate::{
         fd::{FdDetail, FdKind, printable},
         fdtable::{FdChunk, ObservedFd, OpenFd},
     },
-    observe::engine::{OpenFds, ProcSource},
+    observe::engine::{BaselineReader, ProcSource},
     output::report::build::FdFacts,
     sys::{
         proc::{self, sockets::SocketTables},
@@ -44,12 +44,12 @@ impl ProcSource for Procfs {
         proc::fds::observe_fds(&self.root, tgid, None, (from, max), flag_wanted)
     }
 
-    fn baseline(&self) -> Box<dyn FnMut(u32) -> io::Result<OpenFds>> {
+    fn baseline(&self) -> Box<BaselineReader> {
         let root = self.root.clone();
         let mut sockets = SocketTables::new(&root);
-        Box::new(move |tgid| {
+        Box::new(move |tgid, from, max| {
             let sockets = Some(sockets.for_process(tgid));
-            proc::fds::observe_fds(&root, tgid, sockets, proc::fds::ALL_FDS, &|_| true).map(|chunk| chunk.fds)
+            proc::fds::observe_fds(&root, tgid, sockets, (from, max), &|_| true)
         })
     }
 

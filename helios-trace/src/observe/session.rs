@@ -183,11 +183,19 @@ pub(crate) struct TraceSettings {
     pub(crate) max_stacks: usize,
     /// How long a call site nothing holds is remembered (`--retention`).
     pub(crate) retention: Duration,
+    /// Keep the engine's transitions for an exporter (`serve`) from the first record on: the
+    /// baseline already handles records.
+    pub(crate) keep_transitions: bool,
 }
 
 impl Tracing {
-    /// Attach the programs and load what is already open.
-    pub(crate) fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
+    /// Attach the programs and load what is already open; `after_chunk` runs after each chunk
+    /// of records handled meanwhile (as `run_until`'s `Tick::Drained`).
+    pub(crate) fn start(
+        args: &TraceSettings,
+        proc_root: &Path,
+        after_chunk: &mut dyn FnMut(&mut Tracing),
+    ) -> Result<Tracing> {
         let cgroups: Vec<TargetCgroup> = args
             .cgroups
             .iter()
@@ -234,6 +242,9 @@ impl Tracing {
         }
         engine.set_retention(args.retention.as_nanos().try_into().unwrap_or(u64::MAX));
         engine.enable_python(args.python_frames);
+        if args.keep_transitions {
+            engine.keep_transitions();
+        }
         // Attach first, then scan: every descriptor is either in the scan or in an event after
         // it (FdTable::insert_observed explains why the overlap is harmless).
         let everything =
@@ -247,13 +258,11 @@ impl Tracing {
             pids.dedup();
             pids
         };
-        engine.load_baseline(&pids, start_ns);
-        apply_runtime_updates(&mut engine, &mut tracer);
         // Emptied by a thread of its own once `run_until` runs (after privileges were dropped,
         // which attaching before any thread exists allows), holding as much again as the ring
-        // (sys/ring.rs; model/sizing.rs counts both).
+        // (sys/ring.rs; model/sizing.rs counts both); until then by the engine alone.
         let ring = Ring::new(ring, args.ring_buffer_bytes as usize);
-        Ok(Tracing {
+        let mut tracing = Tracing {
             engine,
             tracer,
             ring,
@@ -277,7 +286,30 @@ impl Tracing {
             timers: None,
             last_known: HashMap::new(),
             remember_facts: None,
-        })
+        };
+        tracing.load_baseline(&pids, start_ns, after_chunk);
+        apply_runtime_updates(&mut tracing.engine, &mut tracing.tracer);
+        Ok(tracing)
+    }
+
+    /// What `pids` held before tracing began, read from /proc one process at a time in
+    /// chunks of `RECONCILE_CHUNK` descriptors (as reconciliation reads them), the records that
+    /// came meanwhile handled after each chunk (ARCHITECTURE.md, "Data flow" 8): the ring has
+    /// to hold only what comes during one chunk, where a node's read whole (seconds, with a
+    /// million descriptors) overflowed it. A process a record shows first is read then
+    /// (`Engine::load_missing`) and skipped here. Found descriptors are stamped `start_ns`.
+    fn load_baseline(&mut self, pids: &[u32], start_ns: u64, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+        for &pid in pids {
+            if !self.engine.begin_baseline(pid, start_ns, clock::boot_ns()) {
+                continue;
+            }
+            while !self.engine.read_reconcile(RECONCILE_CHUNK, clock::boot_ns()) {
+                self.drain_then(after_chunk);
+            }
+            self.drain_then(after_chunk);
+            self.engine.finish_reconcile(clock::boot_ns());
+        }
+        self.engine.end_baseline();
     }
 
     /// How old a growing site's descriptors must be for it to be a suspected leak (`--min-age`).

@@ -372,6 +372,26 @@ fn opens_are_not_lost_while_reconciliation_reads_many_descriptors() {
     w.exit();
 }
 
+/// A process holding as many descriptors as the limit lets one hold here (raising it needs
+/// CAP_SYS_RESOURCE), 19,000 at most; and how many.
+fn holding_nearly_the_limit() -> (Holder, usize) {
+    let count = hard_nofile().saturating_sub(1000).min(19_000);
+    assert!(count >= 10_000, "the hard descriptor limit ({}) leaves too few for this test", hard_nofile());
+    let mut holder = Holder::spawn(count);
+    holder.hold();
+    (holder, count)
+}
+
+/// A tracer's arguments for `pids` with a 256 KiB ring, frame-pointer stacks (small records)
+/// and a pass every `reconcile_interval`.
+fn small_ring_fp_args(pids: &[u32], reconcile_interval: &str) -> Vec<String> {
+    let mut args: Vec<String> = pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect();
+    for arg in ["--ring-buffer-size", "256K", "--stacks", "fp", "--reconcile-interval", reconcile_interval] {
+        args.push(arg.to_string());
+    }
+    args
+}
+
 /// Within one process too, reconciliation handles records every 1,024 descriptors it reads
 /// (observe/session.rs, `RECONCILE_CHUNK`): a process holding 19,000 (about as many as the
 /// descriptor limit here lets one hold: raising it needs CAP_SYS_RESOURCE) takes ~0.1 s to
@@ -385,27 +405,13 @@ fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descripto
     if !require_bpf() {
         return;
     }
-    let count = hard_nofile().saturating_sub(1000).min(19_000);
-    assert!(count >= 10_000, "the hard descriptor limit ({}) leaves too few for this test", hard_nofile());
     let _many = holding_many_descriptors();
-    let mut holder = Holder::spawn(count);
-    holder.hold();
+    let (holder, _) = holding_nearly_the_limit();
     let mut w = Workload::spawn();
     let pid = w.pid;
     w.run("hold 3000");
-    let (pid_arg, holder_arg) = (pid.to_string(), holder.pid().to_string());
-    let mut tracer = Tracer::start(&[
-        "--pid",
-        &pid_arg,
-        "--pid",
-        &holder_arg,
-        "--ring-buffer-size",
-        "256K",
-        "--stacks",
-        "fp",
-        "--reconcile-interval",
-        "1s",
-    ]);
+    let args = small_ring_fp_args(&[pid, holder.pid()], "1s");
+    let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let started = Instant::now();
     let mut churned = 0u64;
     while started.elapsed() < Duration::from_secs(6) {
@@ -417,6 +423,44 @@ fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descripto
     assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
     assert_eq!(files_at_their_sites(&report, pid, "opened"), churned, "every open seen at its site");
     assert_eq!(reported_fds(&report, holder.pid()), proc_fds(holder.pid()));
+    drop(tracer);
+    w.exit();
+}
+
+/// The baseline is read as reconciliation reads, a process at a time in chunks of 1,024
+/// descriptors with the records that came meanwhile handled between them
+/// (observe/session.rs, `load_baseline`): a process holding 19,000 descriptors before the
+/// start while another opens and closes 5,000 files a second, with a 256 KiB ring and no
+/// emptier yet (it starts once privileges are dropped). Read whole, the records of the read's
+/// ~0.3 s did not fit in the ring.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn records_are_not_lost_while_the_baseline_reads_many_descriptors() {
+    if !require_bpf() {
+        return;
+    }
+    let _many = holding_many_descriptors();
+    let (holder, count) = holding_nearly_the_limit();
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    w.run("churn-bg 5000 0 0");
+    let started = Instant::now();
+    let args = small_ring_fp_args(&[pid, holder.pid()], "0");
+    let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    eprintln!("attached with the baseline read in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    w.run("churn-stop");
+    let report = checkpoint(&mut tracer, pid, "files opened and closed through the baseline");
+    assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
+    assert_eq!(reported_fds(&report, holder.pid()), proc_fds(holder.pid()));
+    let before = process(&report, holder.pid()).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] == "before-trace")
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(before >= count as u64, "the holder's descriptors are before-trace: {before}");
     drop(tracer);
     w.exit();
 }

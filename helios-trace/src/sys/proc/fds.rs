@@ -118,6 +118,7 @@ pub(crate) fn observe_fds(
 }
 
 /// All of a process's descriptors, for [`observe_fds`].
+#[cfg(test)]
 pub(crate) const ALL_FDS: (i32, usize) = (0, usize::MAX);
 
 /// Descriptors and their links' targets, by number.
