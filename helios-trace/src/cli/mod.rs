@@ -19,11 +19,15 @@ Examples:
   sudo helios-trace -p 4121 --format json -o r.json  one process (and its new children), JSON report to r.json
   sudo helios-trace -p 4121 --min-age 1m           suspect only sites whose descriptors outlive a minute
   sudo helios-trace run -- ./server --port 8080    start a command, trace it from its first instruction
+  sudo helios-trace run -- python3 examples/leaky_server.py
+                                                    run a command as you, trace it, report at its exit
+  sudo helios-trace --comm nginx --uid 33          processes named nginx, or running as uid 33
   kill -USR1 <helios-trace pid>                    print a report now and keep tracing
   sudo helios-trace serve --listen 0.0.0.0:9877 --allow-remote
                                                     Prometheus exporter (/metrics /healthz /sites)
 
-Live view keys: q quit (then the report), p pause, v switch process/site view, arrows select.
+Live view keys: q (or Ctrl-C, Esc) quit (then the report), p pause, v switch process/site view,
+s sort by open count or growth, arrows select.
 A site is a suspected leak when its open count keeps growing (Mann-Kendall trend, p < 0.001,
 still rising lately) and some of its descriptors are older than --min-age.";
 
@@ -215,7 +219,7 @@ pub(crate) struct TraceArgs {
     /// (README.md, "Call stacks"). `shadow` sends both and counts where they differ.
     #[arg(long, value_enum, default_value_t = LearnedChainsMode::On)]
     pub(crate) learned_chains: LearnedChainsMode,
-    /// Python call stacks (function, file, line) of CPython 3.10-3.13 processes, merged with
+    /// Python call stacks (function, file, line) of CPython 3.10-3.14 processes, merged with
     /// the native frames. Needs user stacks: with --stacks none there are no Python frames
     /// either. Other interpreters get native frames and one warning each.
     #[arg(long, value_enum, default_value_t = PythonFramesMode::Auto)]
@@ -313,6 +317,25 @@ impl StackMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README's examples say they are "also in `--help`": each command there is in it.
+    #[test]
+    fn the_readmes_examples_are_in_the_help() {
+        let readme = include_str!("../../../README.md");
+        let block = readme.split("Examples (also in `--help`):").nth(1).expect("README's examples");
+        let block = block.split("```sh").nth(1).unwrap().split("```").next().unwrap();
+        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let help = words(EXAMPLES);
+        let commands: Vec<String> = block
+            .lines()
+            .filter(|line| line.starts_with("sudo helios-trace"))
+            .map(|line| words(line.split('#').next().unwrap()))
+            .collect();
+        assert!(commands.len() >= 5, "{commands:?}");
+        for command in commands {
+            assert!(help.contains(&command), "`{command}` is not in --help's examples");
+        }
+    }
 
     #[test]
     fn all_frames_becomes_the_frame_display() {

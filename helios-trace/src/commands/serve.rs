@@ -97,7 +97,7 @@ fn size_to_own_memory(trace: &mut TraceArgs) {
 }
 
 /// Says once, for each cap, that it was reached (what it keeps out is counted in
-/// `helios_trace_dropped_total` and `helios_trace_sites_dropped_total`).
+/// `helios_trace_dropped_total`, by `what`).
 #[derive(Default)]
 struct CapWarnings {
     said: [bool; 3],
@@ -107,15 +107,15 @@ impl CapWarnings {
     fn check(&mut self, tracing: &Tracing, trace: &TraceArgs) {
         let (processes, fds, sites) = tracing.dropped();
         let caps = [
-            (processes, "--max-processes", trace.max_processes, "processes"),
-            (fds, "--max-fds", trace.max_fds, "descriptors"),
-            (sites, "--max-stacks", trace.max_stacks, "new call sites"),
+            (processes, "--max-processes", trace.max_processes, "processes", "processes"),
+            (fds, "--max-fds", trace.max_fds, "descriptors", "fds"),
+            (sites, "--max-stacks", trace.max_stacks, "new call sites", "sites"),
         ];
-        for (said, (dropped, option, cap, what)) in self.said.iter_mut().zip(caps) {
+        for (said, (dropped, option, cap, what, label)) in self.said.iter_mut().zip(caps) {
             if dropped > 0 && !*said {
                 *said = true;
                 warn!(
-                    "{option} {} reached: further {what} are not tracked, counted in helios_trace_dropped_total / helios_trace_sites_dropped_total",
+                    "{option} {} reached: further {what} are not tracked, counted in helios_trace_dropped_total{{what=\"{label}\"}}",
                     cap.unwrap_or_default()
                 );
             }

@@ -95,6 +95,23 @@ mod tests {
         assert!((20_000..30_000).contains(&caps.max_stacks), "{caps:?}");
     }
 
+    /// README's sizing table ("memory limit whose caps hold it"): the measured nodes of
+    /// `cargo xtask bench sizing` (BENCHMARKS.md, "Sizing"), each held whole by the caps of its
+    /// limit with a 16 MiB ring, and not by those of the limit 64 MiB below it.
+    #[test]
+    fn the_readmes_limits_hold_the_measured_nodes_and_no_smaller_one_does() {
+        let holds = |limit_mib: u64, (processes, fds, sites): (usize, usize, usize)| {
+            let caps = caps_for(Some(limit_mib * MIB), 16 * MIB);
+            caps.max_processes >= processes && caps.max_fds >= fds && caps.max_stacks >= sites
+        };
+        for (node, limit_mib) in
+            [((50, 100_300, 2_002), 192), ((150, 398_868, 8_002), 320), ((400, 959_938, 19_572), 512)]
+        {
+            assert!(holds(limit_mib, node), "{node:?} under {limit_mib} MiB");
+            assert!(!holds(limit_mib - 64, node), "{node:?} under {} MiB", limit_mib - 64);
+        }
+    }
+
     #[test]
     fn a_limit_below_the_fixed_part_still_tracks_something() {
         for limit_mib in [32, 128] {
