@@ -80,6 +80,8 @@ pub(crate) trait ProcSource {
     /// One descriptor of `tgid`, if it is open.
     fn open_fd(&mut self, tgid: u32, fd: i32) -> Option<ObservedFd>;
     fn exists(&mut self, tgid: u32) -> bool;
+    /// It exists and is neither a zombie nor dead.
+    fn alive(&mut self, tgid: u32) -> bool;
     /// The command name, printable.
     fn comm(&mut self, tgid: u32) -> Option<String>;
     /// The command line, printable; `None` for kernel threads and zombies.
@@ -107,8 +109,6 @@ struct PendingReconcile {
     /// `before-trace`, stamped with this time (the session's start); nothing is removed and
     /// nothing counts as a correction.
     baseline_ns: Option<u64>,
-    /// Processes it forked during the pass: they copied a table read only in part.
-    forked: Vec<u32>,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -143,8 +143,13 @@ pub(crate) struct Engine {
     untracked: u64,
     corrections: Corrections,
     pending: Option<PendingReconcile>,
-    /// The baseline's reader while the baseline is read (its socket tables with it).
+    /// The baseline's reader while the baseline is read (its socket tables with it): from
+    /// `start_baseline` to `end_baseline`.
     baseline: Option<Box<BaselineReader>>,
+    /// Processes the table holds only in part while the baseline is read, to be read in their
+    /// turn (`begin_baseline`): seen first through a record, or forked by such a process or by
+    /// the one being read (they copied a table read in part).
+    unread: HashSet<u32>,
     /// Reused across events to avoid an allocation per record.
     scratch: Vec<Transition>,
     /// Everything that happened since the last `take_transitions` (for the exporter).
@@ -182,6 +187,7 @@ impl Engine {
             corrections: Corrections::default(),
             pending: None,
             baseline: None,
+            unread: HashSet::new(),
             scratch: Vec::new(),
             keep_transitions: false,
             kept: Vec::new(),
@@ -531,12 +537,30 @@ impl Engine {
         self.touched_by(event);
         self.table.apply(event, site, &mut out);
         // (Not when the table refused it, at --max-processes: that would read /proc per event.)
+        let reading_baseline = self.baseline.is_some();
         if first_sight && self.table.process(event.tgid).is_some() {
-            self.load_missing(event.tgid, event.ts_ns, stacks.exec_time(event.tgid), &mut out);
+            if reading_baseline {
+                // Read in its turn, in chunks: not whole, here, with records waiting.
+                self.first_seen(event.tgid, stacks.exec_time(event.tgid));
+                self.unread.insert(event.tgid);
+            } else {
+                self.load_missing(event.tgid, event.ts_ns, stacks.exec_time(event.tgid), &mut out);
+            }
         }
-        // A child of a process the table lacked copied nothing: it holds what /proc shows.
-        if first_sight && let Op::NewTask { child, thread: false, .. } = &event.op {
-            self.add_missing(*child, event.ts_ns, &mut out);
+        if let Op::NewTask { child, thread: false, .. } = &event.op
+            && self.table.process(*child).is_some()
+        {
+            // A child of a process the table held in part, or not at all, copied that.
+            let reading = |p: &PendingReconcile| p.tgid == event.tgid && p.baseline_ns.is_some();
+            if reading_baseline
+                && (first_sight
+                    || self.unread.contains(&event.tgid)
+                    || self.pending.as_ref().is_some_and(reading))
+            {
+                self.unread.insert(*child);
+            } else if first_sight {
+                self.add_missing(*child, event.ts_ns, &mut out);
+            }
         }
         if let Op::Receive { fds, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
@@ -589,8 +613,11 @@ impl Engine {
             self.stats.observe(t, ts_ns);
             match t {
                 Transition::Fd { tgid, fd, .. } => {
-                    if let Some(pending) =
-                        self.pending.as_mut().filter(|p| p.tgid == *tgid && ts_ns >= p.started_ns)
+                    // (Not for a baseline: nothing of it is compared, and it finds a million.)
+                    if let Some(pending) = self
+                        .pending
+                        .as_mut()
+                        .filter(|p| p.tgid == *tgid && ts_ns >= p.started_ns && p.baseline_ns.is_none())
                     {
                         pending.touched.insert(*fd);
                     }
@@ -656,25 +683,29 @@ impl Engine {
     /// empty now, each chunk's finds go into it at once under `before-trace`, stamped
     /// `found_ns` (the session's start), and records apply as they come. Each chunk is to its
     /// records what the whole baseline was to the first records before (FdTable::insert_observed:
-    /// what a record did wins). False when there is nothing to read: the table has it already
-    /// (a record showed it first, and `load_missing` read it then), it is gone, or the table
-    /// holds as many processes as it may.
+    /// what a record did wins). A process records made the table hold in part (`next_unread`)
+    /// is read the same way. False when there is nothing to read: it was read already, it is
+    /// gone, or the table holds as many processes as it may.
     pub(crate) fn begin_baseline(&mut self, tgid: u32, found_ns: u64, now_ns: u64) -> bool {
-        if self.table.process(tgid).is_some() {
+        debug_assert!(
+            self.baseline.is_some() && self.pending.is_none(),
+            "start_baseline first, one at a time"
+        );
+        let unread = self.unread.remove(&tgid);
+        if self.table.process(tgid).is_some() && !unread {
             return false;
         }
-        let Some(comm) = self.proc.comm(tgid) else { return false };
-        let cmdline = self.proc.cmdline(tgid);
-        self.cmdlines.insert(tgid, cmdline);
-        self.capture(tgid, 0);
-        let mut out = Vec::new();
-        self.table.insert_observed(tgid, &comm, [], SiteId::BeforeTrace, found_ns, &mut out);
-        self.after(&out, now_ns);
         if self.table.process(tgid).is_none() {
-            return false;
-        }
-        if self.baseline.is_none() {
-            self.baseline = Some(self.proc.baseline());
+            let Some(comm) = self.proc.comm(tgid) else { return false };
+            let cmdline = self.proc.cmdline(tgid);
+            self.cmdlines.insert(tgid, cmdline);
+            self.capture(tgid, 0);
+            let mut out = Vec::new();
+            self.table.insert_observed(tgid, &comm, [], SiteId::BeforeTrace, found_ns, &mut out);
+            self.after(&out, now_ns);
+            if self.table.process(tgid).is_none() {
+                return false;
+            }
         }
         self.begin_reconcile(tgid, now_ns);
         if let Some(pending) = self.pending.as_mut() {
@@ -683,23 +714,35 @@ impl Engine {
         true
     }
 
-    /// Every process's baseline is read: its reader goes, and the socket tables it kept.
-    pub(crate) fn end_baseline(&mut self) {
-        self.baseline = None;
+    /// The baseline is about to be read: records about a process the table lacks leave it to
+    /// be read in its turn (`next_unread`), not whole at once.
+    pub(crate) fn start_baseline(&mut self) {
+        self.baseline = Some(self.proc.baseline());
     }
 
-    /// The end of one process's baseline read (`begin_baseline`). A read that failed part way
-    /// is tried again whole, as for a process a record shows first; every process it forked
-    /// meanwhile, which copied a table read in part, is read whole.
-    fn finish_baseline(&mut self, pending: PendingReconcile, found_ns: u64, now_ns: u64) {
-        let mut out = Vec::new();
-        if pending.observed.is_none() {
-            self.add_missing(pending.tgid, found_ns, &mut out);
+    /// A process the table holds in part, to be read (`begin_baseline`) before the baseline
+    /// ends.
+    pub(crate) fn next_unread(&self) -> Option<u32> {
+        self.unread.iter().next().copied()
+    }
+
+    /// Every process's baseline is read: its reader goes, and the socket tables it kept.
+    pub(crate) fn end_baseline(&mut self) {
+        debug_assert!(self.unread.is_empty(), "read before the end: {:?}", self.unread);
+        self.baseline = None;
+        self.unread.clear();
+    }
+
+    /// The end of one process's baseline read (`begin_baseline`): a process whose read failed
+    /// and that no longer runs (a zombie, or gone) leaves the table, as the whole read skipped
+    /// it; a live one keeps what was read and what records said.
+    fn finish_baseline(&mut self, pending: PendingReconcile, now_ns: u64) {
+        if pending.observed.is_none() && !self.proc.alive(pending.tgid) {
+            let mut out = Vec::new();
+            self.before_removal(pending.tgid);
+            self.table.remove_process(pending.tgid, &mut out);
+            self.after(&out, now_ns);
         }
-        for child in pending.forked {
-            self.add_missing(child, found_ns, &mut out);
-        }
-        self.after(&out, now_ns);
     }
 
     /// Add what /proc shows `tgid` holding that the table does not have (under
@@ -716,12 +759,17 @@ impl Engine {
         true
     }
 
-    /// What /proc shows `tgid` holding, which a record shows first: `add_missing`, and what
-    /// is known of a process at its first sight.
+    /// What /proc shows `tgid` holding, which a record shows first: `add_missing`, and
+    /// `first_seen`.
     fn load_missing(&mut self, tgid: u32, now_ns: u64, exec_ns: u64, out: &mut Vec<Transition>) {
-        if !self.add_missing(tgid, now_ns, out) {
-            return;
+        if self.add_missing(tgid, now_ns, out) {
+            self.first_seen(tgid, exec_ns);
         }
+    }
+
+    /// What is known of a process at its first sight: its name (where no record gave it),
+    /// its maps and image, its command line.
+    fn first_seen(&mut self, tgid: u32, exec_ns: u64) {
         if self.table.process(tgid).is_some_and(|p| p.comm.is_empty())
             && let Some(comm) = self.proc.comm(tgid)
         {
@@ -740,16 +788,12 @@ impl Engine {
     /// close_range or an exec can close many such. The first is left alone; after the others
     /// nothing of the pass is trusted, and the next pass compares again.
     fn touched_by(&mut self, event: &Event) {
-        let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid) else { return };
-        // Whenever it was stamped, a child forked under a baseline read copies the table as it
-        // is now: read in part (`finish_baseline` reads the child).
-        if let Op::NewTask { child, thread: false, .. } = &event.op
-            && pending.baseline_ns.is_some()
-        {
-            pending.forked.push(*child);
-        }
         // A baseline's chunks are in the table as they come: records act on them there.
-        if event.ts_ns < pending.started_ns || pending.baseline_ns.is_some() {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && p.baseline_ns.is_none())
+        else {
+            return;
+        };
+        if event.ts_ns < pending.started_ns {
             return;
         }
         match &event.op {
@@ -777,7 +821,6 @@ impl Engine {
             touched: HashSet::new(),
             flag_read: HashSet::new(),
             baseline_ns: None,
-            forked: Vec::new(),
         });
     }
 
@@ -835,8 +878,8 @@ impl Engine {
     /// Finish, after the ring buffer was drained: correct what still differs.
     pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
-        if let Some(found_ns) = pending.baseline_ns {
-            self.finish_baseline(pending, found_ns, now_ns);
+        if pending.baseline_ns.is_some() {
+            self.finish_baseline(pending, now_ns);
             return Corrections::default();
         }
         let Some(mut observed) = pending.observed.filter(|_| pending.next_fd.is_none()) else {
@@ -908,6 +951,8 @@ mod tests {
         cmdline: Option<String>,
         /// Its descriptor directory cannot be read (though the process exists).
         unreadable: bool,
+        /// It exited and is not reaped yet.
+        zombie: bool,
     }
 
     /// /proc as the test says it is, changed by the test while the engine runs; no procfs.
@@ -957,6 +1002,10 @@ mod tests {
             self.get(tgid).is_some()
         }
 
+        fn alive(&mut self, tgid: u32) -> bool {
+            self.get(tgid).is_some_and(|shown| !shown.zombie)
+        }
+
         fn comm(&mut self, tgid: u32) -> Option<String> {
             self.get(tgid)?.comm
         }
@@ -989,14 +1038,20 @@ mod tests {
 
     /// The baseline as the session reads it (`Tracing::load_baseline`), in chunks of `chunk`
     /// with nothing handled between them.
-    fn load_baseline(engine: &mut Engine, pids: &[u32], found_ns: u64, chunk: usize) {
-        for &pid in pids {
-            if engine.begin_baseline(pid, found_ns, found_ns) {
-                while !engine.read_reconcile(chunk, found_ns) {}
-                assert_eq!(engine.finish_reconcile(found_ns), Corrections::default());
+    fn load_baseline(engine: &mut Engine, pids: &[u32], found_ns: u64, now_ns: u64, chunk: usize) {
+        engine.start_baseline();
+        let mut listed = pids.iter().copied();
+        while let Some(pid) = listed.next().or_else(|| engine.next_unread()) {
+            if engine.begin_baseline(pid, found_ns, now_ns) {
+                while !engine.read_reconcile(chunk, now_ns) {}
+                assert_eq!(engine.finish_reconcile(now_ns), Corrections::default());
             }
         }
         engine.end_baseline();
+    }
+
+    fn fds_of(engine: &Engine, tgid: u32) -> Vec<i32> {
+        engine.table().process(tgid).unwrap_or_else(|| panic!("{tgid} tracked")).fds.keys().copied().collect()
     }
 
     fn open_at(feed: &mut Feed, tgid: u32, fd: i32, stack: i32) {
@@ -1024,7 +1079,7 @@ mod tests {
                     ..Shown::default()
                 },
             );
-            load_baseline(&mut feed.engine, &[200, 201], 5, chunk);
+            load_baseline(&mut feed.engine, &[200, 201], 5, 9, chunk);
             assert_eq!(
                 kinds(&feed.engine, 200),
                 [(0, FdKind::Device, SiteId::BeforeTrace), (4, FdKind::Socket, SiteId::BeforeTrace)]
@@ -1048,8 +1103,8 @@ mod tests {
         let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
         let mut shown = files(&[3, 4, 5, 6, 7, 8]);
         proc.show(PARENT, Shown { fds: shown.clone(), comm: Some("server".into()), ..Shown::default() });
+        feed.engine.start_baseline();
         assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
-        assert!(!feed.engine.begin_baseline(PARENT, 5, feed.now), "read once");
         assert!(!feed.engine.read_reconcile(3, feed.now), "3, 4 and 5 read; 6 next");
         // Between the chunks: 4 (read) and 7 (not read yet) closed, 9 opened, and a child
         // forked holding what the parent then held.
@@ -1065,6 +1120,13 @@ mod tests {
         proc.show(600, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
         assert!(feed.engine.read_reconcile(3, feed.now), "6, 8 and 9, the last");
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        assert!(!feed.engine.begin_baseline(PARENT, 5, feed.now), "read once");
+        // The child copied what was read so far: it is read in its turn.
+        assert_eq!(feed.engine.next_unread(), Some(600));
+        assert!(feed.engine.begin_baseline(600, 5, feed.now));
+        while !feed.engine.read_reconcile(3, feed.now) {}
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        assert_eq!(feed.engine.next_unread(), None);
         feed.engine.end_baseline();
         let table = kinds(&feed.engine, PARENT);
         let sites: Vec<(i32, SiteId)> = table.iter().map(|(fd, _, site)| (*fd, *site)).collect();
@@ -1072,8 +1134,7 @@ mod tests {
         assert!(!matches!(opened, SiteId::BeforeTrace), "9's site is its record's");
         let before = SiteId::BeforeTrace;
         assert_eq!(sites, [(3, before), (5, before), (6, before), (8, before), (9, opened)]);
-        let child: Vec<i32> = feed.engine.table().process(600).unwrap().fds.keys().copied().collect();
-        assert_eq!(child, [3, 5, 6, 8, 9], "the child holds what /proc shows it holding");
+        assert_eq!(fds_of(&feed.engine, 600), [3, 5, 6, 8, 9], "the child holds what /proc shows it holding");
         assert_eq!(feed.engine.corrections(), Corrections::default());
     }
 
@@ -1085,6 +1146,7 @@ mod tests {
         let fd = |cloexec: bool| ObservedFd { cloexec, ..observed(FdKind::File) };
         let shown = OpenFds::from([(3, fd(true)), (4, fd(false)), (5, fd(true)), (6, fd(false))]);
         proc.show(PARENT, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
+        feed.engine.start_baseline();
         assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
         assert!(!feed.engine.read_reconcile(2, feed.now), "3 and 4 read");
         feed.event(
@@ -1100,28 +1162,65 @@ mod tests {
         assert_eq!(fds, [4, 6]);
     }
 
-    /// A baseline read that fails part way is tried again whole.
+    /// A process whose baseline read fails and that no longer runs (a zombie at the start, or
+    /// one that exited and is not reaped) leaves the table, as the whole read skipped it; one
+    /// that runs keeps what was read.
     #[test]
-    fn a_baseline_read_that_fails_part_way_is_tried_again_whole() {
+    fn a_baseline_read_that_fails_leaves_a_zombie_out() {
+        let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
+        for zombie in [true, false] {
+            let (mut feed, proc) = feed();
+            proc.show(
+                PARENT,
+                Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() },
+            );
+            feed.engine.start_baseline();
+            assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+            assert!(!feed.engine.read_reconcile(1, feed.now));
+            let shown = Shown { fds: files(&[3, 4, 5]), unreadable: true, zombie, ..Shown::default() };
+            proc.show(PARENT, shown);
+            assert!(feed.engine.read_reconcile(1, feed.now), "failed: done");
+            assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+            feed.engine.end_baseline();
+            match zombie {
+                true => assert!(feed.engine.table().process(PARENT).is_none()),
+                false => assert_eq!(fds_of(&feed.engine, PARENT), [3]),
+            }
+        }
+    }
+
+    /// During the baseline, a process a record shows first is not read whole at that record
+    /// (records would wait): it is read in chunks in its turn, and so is a child it forks
+    /// before then, and that child's child.
+    #[test]
+    fn during_the_baseline_a_process_first_seen_is_read_in_its_turn() {
         let (mut feed, proc) = feed();
         let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
-        proc.show(PARENT, Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() });
-        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
-        assert!(!feed.engine.read_reconcile(1, feed.now));
-        proc.show(
-            PARENT,
-            Shown {
-                fds: files(&[3, 4, 5]),
-                unreadable: true,
-                comm: Some("server".into()),
-                ..Shown::default()
-            },
-        );
-        assert!(feed.engine.read_reconcile(1, feed.now), "failed: done");
-        proc.show(PARENT, Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() });
-        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
-        let fds: Vec<i32> = feed.engine.table().process(PARENT).unwrap().fds.keys().copied().collect();
-        assert_eq!(fds, [3, 4, 5]);
+        // 9 is what the record opened; the children hold what their parent held.
+        for tgid in [PARENT, 600, 700] {
+            proc.show(
+                tgid,
+                Shown { fds: files(&[3, 4, 5, 9]), comm: Some("server".into()), ..Shown::default() },
+            );
+        }
+        feed.engine.start_baseline();
+        open_at(&mut feed, PARENT, 9, 2);
+        assert_eq!(fds_of(&feed.engine, PARENT), [9], "not read at the record");
+        feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
+        feed.event(600, Op::NewTask { child: 700, thread: false, comm: "server".into() }, None);
+        let mut read = Vec::new();
+        while let Some(tgid) = feed.engine.next_unread() {
+            assert!(feed.engine.begin_baseline(tgid, 5, feed.now));
+            while !feed.engine.read_reconcile(2, feed.now) {}
+            assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+            read.push(tgid);
+        }
+        feed.engine.end_baseline();
+        read.sort_unstable();
+        assert_eq!(read, [PARENT, 600, 700]);
+        for tgid in [PARENT, 600, 700] {
+            assert_eq!(fds_of(&feed.engine, tgid), [3, 4, 5, 9], "{tgid}");
+        }
     }
 
     /// A process first seen through its fork (in no baseline yet): the child holds what /proc

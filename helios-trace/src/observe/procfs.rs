@@ -61,6 +61,10 @@ impl ProcSource for Procfs {
         proc::exists(&self.root, tgid)
     }
 
+    fn alive(&mut self, tgid: u32) -> bool {
+        proc::alive(&self.root, tgid)
+    }
+
     fn comm(&mut self, tgid: u32) -> Option<String> {
         proc::comm(&self.root, tgid)
     }

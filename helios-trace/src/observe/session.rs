@@ -55,6 +55,8 @@ pub(crate) struct Tracing {
     pub(super) engine: Engine,
     tracer: Tracer,
     ring: Ring,
+    /// The processes to read the baseline of (`load_baseline`), and the time of the start.
+    baseline: Option<(Vec<u32>, u64)>,
     /// Probes CPython processes at their exec notices, started with the first `run_until`
     /// (after privileges were dropped); None without Python frames.
     exec_lane: Option<ExecLane>,
@@ -189,13 +191,10 @@ pub(crate) struct TraceSettings {
 }
 
 impl Tracing {
-    /// Attach the programs and load what is already open; `after_chunk` runs after each chunk
-    /// of records handled meanwhile (as `run_until`'s `Tick::Drained`).
-    pub(crate) fn start(
-        args: &TraceSettings,
-        proc_root: &Path,
-        after_chunk: &mut dyn FnMut(&mut Tracing),
-    ) -> Result<Tracing> {
+    /// Attach the programs; what is already open is read next (`load_baseline`), once the
+    /// privileges attaching needed are dropped: the baseline handles records, and what they
+    /// make us read (binaries, process memory) is read with the privileges kept only.
+    pub(crate) fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
         let cgroups: Vec<TargetCgroup> = args
             .cgroups
             .iter()
@@ -286,8 +285,8 @@ impl Tracing {
             timers: None,
             last_known: HashMap::new(),
             remember_facts: None,
+            baseline: Some((pids, start_ns)),
         };
-        tracing.load_baseline(&pids, start_ns, after_chunk);
         apply_runtime_updates(&mut tracing.engine, &mut tracing.tracer);
         Ok(tracing)
     }
@@ -296,10 +295,16 @@ impl Tracing {
     /// chunks of `RECONCILE_CHUNK` descriptors (as reconciliation reads them), the records that
     /// came meanwhile handled after each chunk (ARCHITECTURE.md, "Data flow" 8): the ring has
     /// to hold only what comes during one chunk, where a node's read whole (seconds, with a
-    /// million descriptors) overflowed it. A process a record shows first is read then
-    /// (`Engine::load_missing`) and skipped here. Found descriptors are stamped `start_ns`.
-    fn load_baseline(&mut self, pids: &[u32], start_ns: u64, after_chunk: &mut dyn FnMut(&mut Tracing)) {
-        for &pid in pids {
+    /// million descriptors) overflowed it. A process a record shows first, and a child that
+    /// copied a table held in part, are read so in their turn too (`Engine::next_unread`).
+    /// Found descriptors are stamped `start_ns`.
+    /// `after_chunk` runs after each chunk of records handled meanwhile (as `run_until`'s
+    /// `Tick::Drained`). Once, after `start`.
+    pub(crate) fn load_baseline(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+        let Some((pids, start_ns)) = self.baseline.take() else { return };
+        self.engine.start_baseline();
+        let mut listed = pids.iter().copied();
+        while let Some(pid) = listed.next().or_else(|| self.engine.next_unread()) {
             if !self.engine.begin_baseline(pid, start_ns, clock::boot_ns()) {
                 continue;
             }
@@ -310,6 +315,7 @@ impl Tracing {
             self.engine.finish_reconcile(clock::boot_ns());
         }
         self.engine.end_baseline();
+        apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
     /// How old a growing site's descriptors must be for it to be a suspected leak (`--min-age`).
@@ -417,11 +423,15 @@ impl Tracing {
         stop: impl Future<Output = ()>,
         mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
+        debug_assert!(self.baseline.is_none(), "load_baseline before run_until");
         self.ring.start_emptier()?;
         if self.python_frames
             && self.exec_lane.is_none()
-            && let Some(notices) = self.tracer.take_exec_notices()
+            && let Some(mut notices) = self.tracer.take_exec_notices()
         {
+            // The execs until now came while the baseline was read, with no lane: the engine
+            // probed those itself at their records (or will, at those still in the ring).
+            while notices.next().is_some() {}
             let (probes, kernel) = (self.engine.exec_probes(), self.tracer.python_map());
             self.exec_lane = Some(ExecLane::start(notices, probes, kernel, self.proc_root.clone())?);
         }

@@ -159,9 +159,12 @@ fn run_switches_to_the_sudo_user_and_reports_signals() {
         return;
     }
     let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")];
-    let (code, report, stdout) = run(&["--", "sh", "-c", "id -u; id -g"], &sudo, "");
-    assert_eq!((code, stdout.as_str()), (0, "65534\n65534\n"));
-    assert_eq!(report["command"]["argv"], serde_json::json!(["sh", "-c", "id -u; id -g"]));
+    // Their uid, gid, supplementary groups (nobody's is 65534 alone: root's 0 would show
+    // had they been kept) and HOME, from the password database.
+    let script = "id -u; id -g; id -G; echo $HOME";
+    let (code, report, stdout) = run(&["--", "sh", "-c", script], &sudo, "");
+    assert_eq!((code, stdout.as_str()), (0, "65534\n65534\n65534\n/nonexistent\n"));
+    assert_eq!(report["command"]["argv"], serde_json::json!(["sh", "-c", script]));
     let (code, report, _) = run(&["--", "sh", "-c", "kill -TERM $$"], &[], "");
     assert_eq!(code, 128 + libc::SIGTERM);
     assert_eq!(report["command"]["signal"], libc::SIGTERM);

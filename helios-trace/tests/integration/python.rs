@@ -450,7 +450,8 @@ fn python_started_after_the_tracer_is_named_too() {
 }
 
 /// Interpreters older than 3.10 (Debian 11's 3.9, pyenv's 3.8 and 3.9 when present): native
-/// frames, one warning each.
+/// frames, one warning each; with `--holders`, no holders and the heap's error says why
+/// (README, "Holders").
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn unsupported_interpreter_gets_native_frames_and_one_warning() {
@@ -459,7 +460,8 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
     }
     let old = unsupported_interpreters();
     let workloads: Vec<(Workload, Interpreter)> = old.iter().map(|p| (spawn(p), p.clone())).collect();
-    let args = pid_args(workloads.iter().map(|(w, _)| w.pid));
+    let mut args = pid_args(workloads.iter().map(|(w, _)| w.pid));
+    args.push("--holders".into());
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let all: Vec<Leaks> = workloads
         .into_iter()
@@ -482,6 +484,10 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
         let warnings =
             lines.iter().filter(|l| l.contains(&format!("process {pid}: no Python frames"))).count();
         assert_eq!(warnings, 1, "{}: {lines:#?}", leaks.python.name());
+        let p = process(&report, pid).unwrap();
+        let error = format!("CPython 3.{} is not supported (3.10 to 3.14 are)", leaks.python.minor);
+        assert_eq!(p["heap"]["error"], error.as_str(), "{}: {:#}", leaks.python.name(), p["heap"]);
+        assert!(p["sites"].as_array().unwrap().iter().all(|s| s.get("holders").is_none()), "{p:#}");
     }
 }
 

@@ -6,7 +6,7 @@
 //! README cannot promise a command nothing ran.
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::unix::{fs::MetadataExt as _, fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -181,17 +181,31 @@ fn the_readmes_examples_run_as_written_under_sudo() {
     assert!(text.contains("CLOSE_WAIT"), "{}", said(&out));
     assert!(text.contains("served 60 clients"), "the command's own output: {}", said(&out));
 
-    // `--comm nginx --uid 33`: a process named nginx is reported; no other.
+    // `--comm nginx --uid 33`: a process named nginx and one running as uid 33 are reported
+    // (the filters combine as any); a third, neither, is not.
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let nginx = scratch.path().join("nginx");
-    fs::copy("/bin/sleep", &nginx).unwrap();
-    let mut named = Command::new(&nginx).arg("60").spawn().unwrap();
+    // uid 33 runs its copy from here.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let sleeper = |name: &str| {
+        let path = scratch.path().join(name);
+        fs::copy("/bin/sleep", &path).unwrap();
+        let mut command = Command::new(&path);
+        command.arg("60");
+        command
+    };
+    let mut named = sleeper("nginx").spawn().unwrap();
+    let mut as_33 = sleeper("worker").uid(33).gid(33).spawn().unwrap();
+    let mut neither = sleeper("bystander").spawn().unwrap();
     let out = until_interrupted(home.sudo(&words(known[4])), Duration::from_secs(1));
-    let _ = named.kill();
-    let _ = named.wait();
+    for child in [&mut named, &mut as_33, &mut neither] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     assert!(out.status.success(), "{}", said(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("PID {} nginx", named.id())), "the process named nginx: {}", said(&out));
+    assert!(text.contains(&format!("PID {} worker", as_33.id())), "the process of uid 33: {}", said(&out));
+    assert!(!text.contains(&format!("PID {} ", neither.id())), "a process of neither: {}", said(&out));
 
     let out = thirty.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", said(&out));

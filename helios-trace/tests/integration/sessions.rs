@@ -137,6 +137,39 @@ fn a_timed_session_prints_a_json_report() {
     work.exit();
 }
 
+/// README, "Using it": without a terminal, one summary line per `--interval` goes to stderr;
+/// `--view quiet` writes nothing until the report.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn without_a_terminal_a_summary_line_per_interval_goes_to_stderr() {
+    if !require_bpf() {
+        return;
+    }
+    let w = Workload::spawn();
+    let pid = w.pid.to_string();
+    let summaries = |tracer: &mut Tracer| {
+        let lines = tracer.stderr_lines();
+        let summary =
+            |l: &&String| l.starts_with("helios-trace ") && l.contains(" open, ") && l.contains(" events (");
+        lines.iter().filter(summary).count()
+    };
+    // The lines come with the once-a-second sampling, so within a second of their interval.
+    let mut counted = Vec::new();
+    for interval in ["1s", "3s"] {
+        let mut tracer = Tracer::start(&["--pid", &pid, "--interval", interval]);
+        summaries(&mut tracer);
+        std::thread::sleep(Duration::from_millis(6500));
+        counted.push(summaries(&mut tracer));
+        tracer.stop();
+    }
+    assert!((5..=7).contains(&counted[0]), "--interval 1s: {} summary lines in 6.5 s", counted[0]);
+    assert!((2..=3).contains(&counted[1]), "--interval 3s: {} summary lines in 6.5 s", counted[1]);
+    let mut quiet = Tracer::start(&["--pid", &pid, "--view", "quiet"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(summaries(&mut quiet), 0, "--view quiet");
+    quiet.stop();
+}
+
 fn run_cli(args: &[&str]) -> (i32, String) {
     let out = Command::new(helios_trace_bin()).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())

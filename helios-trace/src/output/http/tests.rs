@@ -156,6 +156,28 @@ fn a_stale_snapshot_fails_the_health_check() {
     assert!(body.starts_with("stalled: no snapshot for 31s"), "{body}");
 }
 
+/// README: request line and headers "at most 8 KiB (431)". Just under it is served; just over
+/// it is refused (431, or the connection closed: hyper closes once it answered, and the reset of
+/// the unread rest may overtake the answer).
+#[test]
+fn headers_of_up_to_8_kib_are_served_and_more_refused() {
+    let server = Server::start();
+    server.publish(Instant::now());
+    let request = |padding: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Padding: {}\r\n\r\n",
+            "a".repeat(padding)
+        )
+    };
+    let under = request(8 * 1024 - 200);
+    assert!(under.len() < 8 * 1024);
+    let (answer, _) = server.raw(under.as_bytes(), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let over = request(8 * 1024 + 200);
+    let (answer, _) = server.raw(over.as_bytes(), Duration::from_secs(5));
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+}
+
 #[test]
 fn oversized_requests_are_refused() {
     let server = Server::start();
