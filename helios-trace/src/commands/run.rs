@@ -40,11 +40,10 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
     let mut settings = trace_settings(&args.session.trace);
     settings.pids.push(gated.pid());
     // Should this fail, dropping `gated` closes the gate: the command exits unrun.
-    let mut tracing = Tracing::start(&settings, proc_root)?;
+    let mut tracing = Tracing::start(&settings, proc_root, &mut |_| {})?;
     tracing.before_exec(gated.pid(), &image);
     // The command may run as another user (sudo): passing it signals needs CAP_KILL.
     privileges::drop_after_attach(&[caps::Capability::CAP_KILL])?;
-    tracing.load_baseline(&mut |_| {});
     let status = runtime()?.block_on(run_command(args.clone(), gated, tracing, &files))?;
     Ok(ExitCode::from(status))
 }

@@ -49,9 +49,8 @@ pub fn main(args: &ServeArgs) -> Result<ExitCode, Failure> {
     // Before the start: the baseline already handles records, and the exporter takes them in.
     let mut exporter = Exporter::new(config, &args.proc_root);
     let settings = TraceSettings { keep_transitions: true, ..trace_settings(&args.trace) };
-    let mut tracing = Tracing::start(&settings, &args.proc_root)?;
+    let tracing = Tracing::start(&settings, &args.proc_root, &mut |t| exporter.observe_if_many(t))?;
     privileges::drop_after_attach(&[])?;
-    tracing.load_baseline(&mut |t| exporter.observe_if_many(t));
     runtime()?.block_on(run(args.clone(), listener, tracing, exporter, web)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -40,11 +40,10 @@ pub fn main(args: &SessionArgs) -> Result<ExitCode, Failure> {
     validate_trace(&args.trace)?;
     validate_output(&files, args.output.as_deref(), "report")?;
     validate_output(&files, args.flamegraph.as_deref(), "flame graph")?;
-    let mut tracing = Tracing::start(&trace_settings(&args.trace), proc_root)?;
+    let tracing = Tracing::start(&trace_settings(&args.trace), proc_root, &mut |_| {})?;
     // --holders-pause stops and continues processes of other users: CAP_KILL.
     let extra = if args.holders_pause { &[caps::Capability::CAP_KILL][..] } else { &[] };
     privileges::drop_after_attach(extra)?;
-    tracing.load_baseline(&mut |_| {});
     runtime()?.block_on(session(args.clone(), tracing, &files)).map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }

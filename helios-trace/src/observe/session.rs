@@ -191,10 +191,15 @@ pub(crate) struct TraceSettings {
 }
 
 impl Tracing {
-    /// Attach the programs; what is already open is read next (`load_baseline`), once the
-    /// privileges attaching needed are dropped: the baseline handles records, and what they
-    /// make us read (binaries, process memory) is read with the privileges kept only.
-    pub(crate) fn start(args: &TraceSettings, proc_root: &Path) -> Result<Tracing> {
+    /// Attach the programs and load what is already open (`load_baseline`); `after_chunk` runs
+    /// after each chunk of records handled meanwhile (as `run_until`'s `Tick::Drained`). Before
+    /// privileges are dropped: a process's first sight reads its modules through
+    /// /proc/PID/map_files (CAP_SYS_ADMIN) and puts uprobes on its libuv.
+    pub(crate) fn start(
+        args: &TraceSettings,
+        proc_root: &Path,
+        after_chunk: &mut dyn FnMut(&mut Tracing),
+    ) -> Result<Tracing> {
         let cgroups: Vec<TargetCgroup> = args
             .cgroups
             .iter()
@@ -287,7 +292,7 @@ impl Tracing {
             remember_facts: None,
             baseline: Some((pids, start_ns)),
         };
-        apply_runtime_updates(&mut tracing.engine, &mut tracing.tracer);
+        tracing.load_baseline(after_chunk);
         Ok(tracing)
     }
 
@@ -298,9 +303,8 @@ impl Tracing {
     /// million descriptors) overflowed it. A process a record shows first, and a child that
     /// copied a table held in part, are read so in their turn too (`Engine::next_unread`).
     /// Found descriptors are stamped `start_ns`.
-    /// `after_chunk` runs after each chunk of records handled meanwhile (as `run_until`'s
-    /// `Tick::Drained`). Once, after `start`.
-    pub(crate) fn load_baseline(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+    /// `after_chunk` runs after each chunk of records handled meanwhile.
+    fn load_baseline(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         let Some((pids, start_ns)) = self.baseline.take() else { return };
         self.engine.start_baseline();
         let mut listed = pids.iter().copied();
