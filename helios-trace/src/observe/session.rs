@@ -55,8 +55,6 @@ pub(crate) struct Tracing {
     pub(super) engine: Engine,
     tracer: Tracer,
     ring: Ring,
-    /// The processes to read the baseline of (`load_baseline`), and the time of the start.
-    baseline: Option<(Vec<u32>, u64)>,
     /// Probes CPython processes at their exec notices, started with the first `run_until`
     /// (after privileges were dropped); None without Python frames.
     exec_lane: Option<ExecLane>,
@@ -290,9 +288,8 @@ impl Tracing {
             timers: None,
             last_known: HashMap::new(),
             remember_facts: None,
-            baseline: Some((pids, start_ns)),
         };
-        tracing.load_baseline(after_chunk);
+        tracing.load_baseline(&pids, start_ns, after_chunk);
         Ok(tracing)
     }
 
@@ -302,10 +299,9 @@ impl Tracing {
     /// to hold only what comes during one chunk, where a node's read whole (seconds, with a
     /// million descriptors) overflowed it. A process a record shows first, and a child that
     /// copied a table held in part, are read so in their turn too (`Engine::next_unread`).
-    /// Found descriptors are stamped `start_ns`.
-    /// `after_chunk` runs after each chunk of records handled meanwhile.
-    fn load_baseline(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
-        let Some((pids, start_ns)) = self.baseline.take() else { return };
+    /// Found descriptors are stamped `start_ns`; `after_chunk` runs after each chunk of
+    /// records handled meanwhile.
+    fn load_baseline(&mut self, pids: &[u32], start_ns: u64, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         self.engine.start_baseline();
         let mut listed = pids.iter().copied();
         while let Some(pid) = listed.next().or_else(|| self.engine.next_unread()) {
@@ -427,15 +423,11 @@ impl Tracing {
         stop: impl Future<Output = ()>,
         mut on_tick: impl FnMut(&mut Tracing, Tick),
     ) -> Result<()> {
-        debug_assert!(self.baseline.is_none(), "load_baseline before run_until");
         self.ring.start_emptier()?;
         if self.python_frames
             && self.exec_lane.is_none()
-            && let Some(mut notices) = self.tracer.take_exec_notices()
+            && let Some(notices) = self.tracer.take_exec_notices()
         {
-            // The execs until now came while the baseline was read, with no lane: the engine
-            // probed those itself at their records (or will, at those still in the ring).
-            while notices.next().is_some() {}
             let (probes, kernel) = (self.engine.exec_probes(), self.tracer.python_map());
             self.exec_lane = Some(ExecLane::start(notices, probes, kernel, self.proc_root.clone())?);
         }
