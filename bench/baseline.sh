@@ -12,20 +12,14 @@
 # (`events.lost` of its report) and how long it ran in all.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-fdhold=$here/../target/bench/fdhold
-[ -x "$fdhold" ] || { echo "no $fdhold: run cargo xtask bench --quick memory once, or gcc -O2 -o $fdhold $here/fdhold.c" >&2; exit 1; }
 [ $# -gt 0 ] || set -- "$here/../target/release/helios-trace"
 dir=$(mktemp -d)
-trap 'pkill -f "$fdhold 19900" || true; kill "${work:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# shellcheck source=bench/holders.sh
+. "$here/holders.sh"
+trap 'unhold; kill "${work:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 gcc -O2 -pthread -o "$dir/fdwork" "$here/../helios-trace/tests/workloads/fdwork.c"
 
-for i in $(seq 20); do
-  mkfifo "$dir/in$i"
-  ("$fdhold" 19900 600000 < "$dir/in$i" > "$dir/out$i") &
-  exec {fd}> "$dir/in$i"
-  echo go >&"$fd"
-done
-until [ "$(cat "$dir"/out* | grep -c held)" = 20 ]; do sleep 0.1; done
+hold
 mkdir "$dir/scratch"
 mkfifo "$dir/work"
 "$dir/fdwork" "$dir/scratch" < "$dir/work" > "$dir/work.out" &
@@ -33,7 +27,7 @@ work=$!
 exec {wfd}> "$dir/work"
 echo "churn-bg 20000 0 0" >&"$wfd"
 sleep 0.5
-pids="$(pgrep -f "$fdhold 19900" | sed 's/^/--pid /' | tr '\n' ' ') --pid $work"
+pids="$pids --pid $work"
 
 for round in 1 2; do
   for binary in "$@"; do

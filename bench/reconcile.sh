@@ -13,30 +13,13 @@
 #     80 s after attaching (one pass, at 40 s) less the idle CPU of 37 s before it, scaled to 40 s.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-fdhold=$here/../target/bench/fdhold
-[ -x "$fdhold" ] || { echo "no $fdhold: run cargo xtask bench --quick memory once, or gcc -O2 -o $fdhold $here/fdhold.c" >&2; exit 1; }
 [ $# -gt 0 ] || set -- "$here/../target/release/helios-trace"
 dir=$(mktemp -d)
-trap 'pkill -f "$fdhold 19900" || true; kill "${serve:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# shellcheck source=bench/holders.sh
+. "$here/holders.sh"
+trap 'unhold; kill "${serve:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in ticks
 tick_ms=$((1000 / $(getconf CLK_TCK)))
-
-hold() {
-  for i in $(seq 20); do
-    mkfifo "$dir/in$i"
-    ("$fdhold" 19900 600000 < "$dir/in$i" > "$dir/out$i") &
-    exec {fd}> "$dir/in$i"
-    echo go >&"$fd"
-  done
-  until [ "$(cat "$dir"/out* | grep -c held)" = 20 ]; do sleep 0.1; done
-  pids=$(pgrep -f "$fdhold 19900" | sed 's/^/--pid /' | tr '\n' ' ')
-}
-
-unhold() {
-  pkill -f "$fdhold 19900" || true
-  rm -f "$dir"/in* "$dir"/out*
-  sleep 0.5
-}
 
 for binary in "$@"; do
   hold

@@ -840,10 +840,10 @@ impl Engine {
             Some(read) => read(tgid, from, max),
             None => self.proc.open_fds(tgid, from, max, &untracked),
         };
-        match read {
-            Ok(chunk) if pending.baseline_ns.is_some() => {
+        match (read, pending.baseline_ns) {
+            (Ok(chunk), Some(found_ns)) => {
                 pending.next_fd = chunk.next;
-                let (done, found_ns) = (chunk.next.is_none(), pending.baseline_ns.unwrap_or(now_ns));
+                let done = chunk.next.is_none();
                 // Into the table at once, but what records made it hold already: a record
                 // handled next may dup or close what this chunk found.
                 let missing: Vec<(i32, ObservedFd)> =
@@ -855,13 +855,13 @@ impl Engine {
                 }
                 done
             }
-            Ok(chunk) => {
+            (Ok(chunk), None) => {
                 pending.flag_read.extend(chunk.fds.keys().copied().filter(|fd| untracked(*fd)));
                 observed.extend(chunk.fds);
                 pending.next_fd = chunk.next;
                 chunk.next.is_none()
             }
-            Err(_) => {
+            (Err(_), _) => {
                 (pending.observed, pending.next_fd) = (None, None);
                 if !self.proc.exists(tgid) {
                     // Gone without an exit event (lost): forget it.

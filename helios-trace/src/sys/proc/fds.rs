@@ -135,10 +135,11 @@ const DIRECTORY: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::
 /// chunks, each from a directory opened anew, and no descriptor is read twice or skipped for
 /// the chunks. (procfs's `Process::fd` also opens, stats and closes each link, for a mode we
 /// do not use: four system calls where one does.) A descriptor closed while the directory is
-/// read is simply not there.
+/// read is simply not there. The listing owns the directory's descriptor (`Dir::new`; its
+/// `read_from` would open the directory a second time) and the links are read relative to it:
+/// readlinkat does not move the listing's position.
 fn link_targets(dir: &Path, from: i32, max: usize) -> io::Result<(LinkTargets, Option<i32>)> {
-    let dir = rustix::fs::open(dir, DIRECTORY, Mode::empty())?;
-    let mut entries = Dir::read_from(&dir)?;
+    let mut entries = Dir::new(rustix::fs::open(dir, DIRECTORY, Mode::empty())?)?;
     if from > 0 {
         entries.seek(i64::from(from) + 2)?;
     }
@@ -155,7 +156,7 @@ fn link_targets(dir: &Path, from: i32, max: usize) -> io::Result<(LinkTargets, O
             return Ok((targets, Some(fd)));
         }
         listed += 1;
-        let Ok(link) = rustix::fs::readlinkat(&dir, entry.file_name(), Vec::new()) else { continue };
+        let Ok(link) = rustix::fs::readlinkat(entries.fd()?, entry.file_name(), Vec::new()) else { continue };
         // As procfs reads it: a path that is not UTF-8 lossily.
         let Ok(target) = FDTarget::from_str(&link.to_string_lossy()) else { continue };
         targets.push((fd, target));
