@@ -91,6 +91,14 @@ pub(crate) trait ProcSource {
 /// What [`ProcSource::baseline`] gives: the chunk of `tgid`'s descriptors from `from`, `max` at most.
 pub(crate) type BaselineReader = dyn FnMut(u32, i32, usize) -> io::Result<FdChunk>;
 
+/// The baseline while it is read (`Engine::start_baseline` to `Engine::end_baseline`).
+struct Baseline {
+    /// Its reader, with the socket tables it keeps.
+    read: Box<BaselineReader>,
+    /// The session's start: what the baseline finds is stamped with it.
+    found_ns: u64,
+}
+
 /// A reconciliation pass over one process, from the start of its /proc read to the comparison:
 /// events that arrive meanwhile touch descriptors whose two views may honestly differ, so
 /// those are left alone.
@@ -143,9 +151,8 @@ pub(crate) struct Engine {
     untracked: u64,
     corrections: Corrections,
     pending: Option<PendingReconcile>,
-    /// The baseline's reader while the baseline is read (its socket tables with it): from
-    /// `start_baseline` to `end_baseline`.
-    baseline: Option<Box<BaselineReader>>,
+    /// The baseline while it is read: from `start_baseline` to `end_baseline`.
+    baseline: Option<Baseline>,
     /// Processes the table holds only in part while the baseline is read, to be read in their
     /// turn (`begin_baseline`): seen first through a record, or forked by such a process or by
     /// the one being read (they copied a table read in part).
@@ -534,6 +541,7 @@ impl Engine {
         // A process neither in the baseline nor forked under our eyes (it moved into a --cgroup
         // target, or its fork was lost): what it already holds is only in /proc.
         let first_sight = self.table.process(event.tgid).is_none() && !matches!(event.op, Op::Exit);
+        self.read_ahead_of_the_baseline(event, first_sight, &mut out);
         self.touched_by(event);
         self.table.apply(event, site, &mut out);
         // (Not when the table refused it, at --max-processes: that would read /proc per event.)
@@ -686,11 +694,12 @@ impl Engine {
     /// what a record did wins). A process records made the table hold in part (`next_unread`)
     /// is read the same way. False when there is nothing to read: it was read already, it is
     /// gone, or the table holds as many processes as it may.
-    pub(crate) fn begin_baseline(&mut self, tgid: u32, found_ns: u64, now_ns: u64) -> bool {
-        debug_assert!(
-            self.baseline.is_some() && self.pending.is_none(),
-            "start_baseline first, one at a time"
-        );
+    pub(crate) fn begin_baseline(&mut self, tgid: u32, now_ns: u64) -> bool {
+        debug_assert!(self.pending.is_none(), "one at a time");
+        let Some(found_ns) = self.baseline.as_ref().map(|b| b.found_ns) else {
+            debug_assert!(false, "start_baseline first");
+            return false;
+        };
         let unread = self.unread.remove(&tgid);
         if self.table.process(tgid).is_some() && !unread {
             return false;
@@ -714,10 +723,11 @@ impl Engine {
         true
     }
 
-    /// The baseline is about to be read: records about a process the table lacks leave it to
-    /// be read in its turn (`next_unread`), not whole at once.
-    pub(crate) fn start_baseline(&mut self) {
-        self.baseline = Some(self.proc.baseline());
+    /// The baseline is about to be read, what it finds stamped `found_ns` (the session's
+    /// start): records about a process the table lacks leave it to be read in its turn
+    /// (`next_unread`), not whole at once.
+    pub(crate) fn start_baseline(&mut self, found_ns: u64) {
+        self.baseline = Some(Baseline { read: self.proc.baseline(), found_ns });
     }
 
     /// A process the table holds in part, to be read (`begin_baseline`) before the baseline
@@ -782,6 +792,46 @@ impl Engine {
         self.cmdlines.entry(tgid).or_insert_with(|| proc.cmdline(tgid));
     }
 
+    /// A descriptor a record copies (the old one of a dup, the listener of an accept) that its
+    /// process held before tracing began and the table lacks because /proc was not read there
+    /// yet: its baseline chunk is still to come, or the process is first seen through this
+    /// record. Read from /proc now, as its chunk would read it, so that the copy takes its kind
+    /// and detail; otherwise it would be `other` (an accepted socket without its family and
+    /// type) until reconciliation corrected the kind, and the detail never. Read once: the
+    /// table has it from then on. (What /proc shows now may already be a later open under the
+    /// same number; its close and open records follow and correct that, as they did when the
+    /// whole baseline was read before the first record.)
+    fn read_ahead_of_the_baseline(&mut self, event: &Event, first_sight: bool, out: &mut Vec<Transition>) {
+        let (tgid, copied) = match event.op {
+            Op::Dup { old, new, .. } if old != new => (event.tgid, old),
+            Op::Accept { listener, .. } => (event.tgid, listener),
+            _ => return,
+        };
+        if self.table.process(tgid).is_some_and(|p| p.fds.contains_key(&copied)) {
+            return;
+        }
+        let reading = |p: &PendingReconcile| {
+            p.tgid == tgid && p.baseline_ns.is_some() && p.next_fd.is_some_and(|next| copied >= next)
+        };
+        let not_read =
+            first_sight || self.unread.contains(&tgid) || self.pending.as_ref().is_some_and(reading);
+        if !not_read {
+            return;
+        }
+        let (found, found_ns) = match self.baseline.as_mut() {
+            // The baseline's reader, for what the socket tables say of a socket.
+            Some(baseline) => {
+                let chunk = (baseline.read)(tgid, copied, 1);
+                (chunk.ok().and_then(|mut chunk| chunk.fds.remove(&copied)), baseline.found_ns)
+            }
+            // A first sight after the baseline: as `load_missing` reads the rest.
+            None => (self.proc.open_fd(tgid, copied), event.ts_ns),
+        };
+        if let Some(found) = found {
+            self.table.insert_observed(tgid, "", [(copied, found)], SiteId::BeforeTrace, found_ns, out);
+        }
+    }
+
     /// What a record stamped during a reconciliation pass over its process touches beyond the
     /// table's own changes (`after` marks those): a close of a descriptor the table lacks (its
     /// open lost) changes nothing in the table, though /proc may have shown it open; a
@@ -835,7 +885,7 @@ impl Engine {
         let tracked = self.table.process(tgid).map(|p| &p.fds);
         let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
         // A baseline's reader reads every flag, and what the socket tables say of sockets.
-        let baseline = pending.baseline_ns.and(self.baseline.as_mut());
+        let baseline = pending.baseline_ns.and(self.baseline.as_mut()).map(|b| &mut b.read);
         let read = match baseline {
             Some(read) => read(tgid, from, max),
             None => self.proc.open_fds(tgid, from, max, &untracked),
@@ -1039,10 +1089,10 @@ mod tests {
     /// The baseline as the session reads it (`Tracing::load_baseline`), in chunks of `chunk`
     /// with nothing handled between them.
     fn load_baseline(engine: &mut Engine, pids: &[u32], found_ns: u64, now_ns: u64, chunk: usize) {
-        engine.start_baseline();
+        engine.start_baseline(found_ns);
         let mut listed = pids.iter().copied();
         while let Some(pid) = listed.next().or_else(|| engine.next_unread()) {
-            if engine.begin_baseline(pid, found_ns, now_ns) {
+            if engine.begin_baseline(pid, now_ns) {
                 while !engine.read_reconcile(chunk, now_ns) {}
                 assert_eq!(engine.finish_reconcile(now_ns), Corrections::default());
             }
@@ -1103,8 +1153,8 @@ mod tests {
         let files = |fds: &[i32]| fds.iter().map(|fd| (*fd, observed(FdKind::File))).collect::<OpenFds>();
         let mut shown = files(&[3, 4, 5, 6, 7, 8]);
         proc.show(PARENT, Shown { fds: shown.clone(), comm: Some("server".into()), ..Shown::default() });
-        feed.engine.start_baseline();
-        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+        feed.engine.start_baseline(5);
+        assert!(feed.engine.begin_baseline(PARENT, feed.now));
         assert!(!feed.engine.read_reconcile(3, feed.now), "3, 4 and 5 read; 6 next");
         // Between the chunks: 4 (read) and 7 (not read yet) closed, 9 opened, and a child
         // forked holding what the parent then held.
@@ -1120,10 +1170,10 @@ mod tests {
         proc.show(600, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
         assert!(feed.engine.read_reconcile(3, feed.now), "6, 8 and 9, the last");
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
-        assert!(!feed.engine.begin_baseline(PARENT, 5, feed.now), "read once");
+        assert!(!feed.engine.begin_baseline(PARENT, feed.now), "read once");
         // The child copied what was read so far: it is read in its turn.
         assert_eq!(feed.engine.next_unread(), Some(600));
-        assert!(feed.engine.begin_baseline(600, 5, feed.now));
+        assert!(feed.engine.begin_baseline(600, feed.now));
         while !feed.engine.read_reconcile(3, feed.now) {}
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
         assert_eq!(feed.engine.next_unread(), None);
@@ -1138,6 +1188,68 @@ mod tests {
         assert_eq!(feed.engine.corrections(), Corrections::default());
     }
 
+    /// A record that copies a descriptor the baseline has not read yet (a dup of it, an
+    /// accept on it) finds it read ahead of its chunk: the copy takes its kind and detail, as
+    /// when the whole baseline was read before the first record. So does a process first seen
+    /// through such a record, during the baseline and after it.
+    #[test]
+    fn a_descriptor_a_record_copies_is_read_ahead_of_its_baseline_chunk() {
+        let tcp = FdDetail::Socket {
+            family: libc::AF_INET as u16,
+            sock_type: libc::SOCK_STREAM as u16,
+            protocol: 6,
+        };
+        let listener = ObservedFd { kind: FdKind::Socket, detail: tcp.clone(), cloexec: false };
+        let shown = || {
+            let mut fds = OpenFds::from([(3, observed(FdKind::File)), (4, observed(FdKind::File))]);
+            fds.insert(7, observed(FdKind::Pipe));
+            fds.insert(8, listener.clone());
+            Shown { fds, comm: Some("server".into()), ..Shown::default() }
+        };
+        let copies = |engine: &Engine, tgid: u32| {
+            let process = engine.table().process(tgid).expect("tracked");
+            [20, 21].map(|fd| process.fds.get(&fd).map(|e| (e.kind, e.detail.clone())))
+        };
+        let expected = [Some((FdKind::Pipe, FdDetail::None)), Some((FdKind::Socket, tcp.clone()))];
+        let dup_and_accept = |feed: &mut Feed, tgid: u32| {
+            feed.event(tgid, Op::Dup { old: 7, new: 20, cloexec: false, replaces: false }, Some(1));
+            feed.event(tgid, Op::Accept { fd: 21, listener: 8, cloexec: true }, Some(2));
+        };
+
+        // In the middle of a process's baseline read: 3 and 4 read, 7 and 8 not yet.
+        let (mut feed, proc) = feed();
+        proc.show(PARENT, shown());
+        feed.engine.start_baseline(5);
+        assert!(feed.engine.begin_baseline(PARENT, feed.now));
+        assert!(!feed.engine.read_reconcile(2, feed.now));
+        dup_and_accept(&mut feed, PARENT);
+        // A process first seen through such a record while the baseline is read.
+        proc.show(700, shown());
+        dup_and_accept(&mut feed, 700);
+        while !feed.engine.read_reconcile(2, feed.now) {}
+        assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
+        while let Some(tgid) = feed.engine.next_unread() {
+            assert!(feed.engine.begin_baseline(tgid, feed.now));
+            while !feed.engine.read_reconcile(2, feed.now) {}
+            feed.engine.finish_reconcile(feed.now);
+        }
+        feed.engine.end_baseline();
+        for tgid in [PARENT, 700] {
+            assert_eq!(copies(&feed.engine, tgid), expected, "process {tgid}");
+            let process = feed.engine.table().process(tgid).unwrap();
+            let originals = [7, 8].map(|fd| process.fds.get(&fd).map(|e| (e.site, e.opened_ns)));
+            assert_eq!(originals, [Some((SiteId::BeforeTrace, 5)); 2], "found at the start, once");
+            assert_eq!(fds_of(&feed.engine, tgid), [3, 4, 7, 8, 20, 21]);
+        }
+
+        // A process first seen through such a record after the baseline.
+        proc.show(701, shown());
+        dup_and_accept(&mut feed, 701);
+        assert_eq!(copies(&feed.engine, 701), expected);
+        assert_eq!(fds_of(&feed.engine, 701), [3, 4, 7, 8, 20, 21]);
+        assert_eq!(feed.engine.corrections(), Corrections::default());
+    }
+
     /// A baseline's chunks are in the table as soon as they are read: an exec between two
     /// closes what the first found close-on-exec, and the second reads what the new image holds.
     #[test]
@@ -1146,8 +1258,8 @@ mod tests {
         let fd = |cloexec: bool| ObservedFd { cloexec, ..observed(FdKind::File) };
         let shown = OpenFds::from([(3, fd(true)), (4, fd(false)), (5, fd(true)), (6, fd(false))]);
         proc.show(PARENT, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
-        feed.engine.start_baseline();
-        assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+        feed.engine.start_baseline(5);
+        assert!(feed.engine.begin_baseline(PARENT, feed.now));
         assert!(!feed.engine.read_reconcile(2, feed.now), "3 and 4 read");
         feed.event(
             PARENT,
@@ -1174,8 +1286,8 @@ mod tests {
                 PARENT,
                 Shown { fds: files(&[3, 4, 5]), comm: Some("server".into()), ..Shown::default() },
             );
-            feed.engine.start_baseline();
-            assert!(feed.engine.begin_baseline(PARENT, 5, feed.now));
+            feed.engine.start_baseline(5);
+            assert!(feed.engine.begin_baseline(PARENT, feed.now));
             assert!(!feed.engine.read_reconcile(1, feed.now));
             let shown = Shown { fds: files(&[3, 4, 5]), unreadable: true, zombie, ..Shown::default() };
             proc.show(PARENT, shown);
@@ -1203,14 +1315,14 @@ mod tests {
                 Shown { fds: files(&[3, 4, 5, 9]), comm: Some("server".into()), ..Shown::default() },
             );
         }
-        feed.engine.start_baseline();
+        feed.engine.start_baseline(5);
         open_at(&mut feed, PARENT, 9, 2);
         assert_eq!(fds_of(&feed.engine, PARENT), [9], "not read at the record");
         feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
         feed.event(600, Op::NewTask { child: 700, thread: false, comm: "server".into() }, None);
         let mut read = Vec::new();
         while let Some(tgid) = feed.engine.next_unread() {
-            assert!(feed.engine.begin_baseline(tgid, 5, feed.now));
+            assert!(feed.engine.begin_baseline(tgid, feed.now));
             while !feed.engine.read_reconcile(2, feed.now) {}
             assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
             read.push(tgid);

@@ -302,10 +302,10 @@ impl Tracing {
     /// Found descriptors are stamped `start_ns`; `after_chunk` runs after each chunk of
     /// records handled meanwhile.
     fn load_baseline(&mut self, pids: &[u32], start_ns: u64, after_chunk: &mut dyn FnMut(&mut Tracing)) {
-        self.engine.start_baseline();
+        self.engine.start_baseline(start_ns);
         let mut listed = pids.iter().copied();
         while let Some(pid) = listed.next().or_else(|| self.engine.next_unread()) {
-            if !self.engine.begin_baseline(pid, start_ns, clock::boot_ns()) {
+            if !self.engine.begin_baseline(pid, clock::boot_ns()) {
                 continue;
             }
             while !self.engine.read_reconcile(RECONCILE_CHUNK, clock::boot_ns()) {
