@@ -178,37 +178,50 @@ fn a_memfd_site_shows_the_memory_its_descriptors_pin() {
     assert_eq!(pinned, truth, "the memfd sites' pinned_bytes and the kernel's st_blocks");
 }
 
-/// `run` passes Ctrl-C (SIGINT) on to CMD and exits with CMD's status; a second one kills it.
+/// `run` passes Ctrl-C (SIGINT) and SIGTERM on to CMD and exits with CMD's status; a second one
+/// kills it (README, "run").
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
-fn ctrl_c_under_run_reaches_the_command_and_a_second_kills_it() {
+fn ctrl_c_and_sigterm_under_run_reach_the_command_and_a_second_kills_it() {
     if !require_bpf() {
         return;
     }
-    let handles = "import signal, sys, time\n\
-                   signal.signal(signal.SIGINT, lambda *_: sys.exit(7))\n\
-                   print('ready', flush=True)\n\
-                   time.sleep(120)\n";
-    let ignores = "import signal, time\n\
-                   signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
-                   print('ready', flush=True)\n\
-                   time.sleep(120)\n";
-    for (script, interrupts, status) in [(handles, 1, 7), (ignores, 2, 128 + libc::SIGKILL)] {
+    let handles = |name: &str| {
+        format!(
+            "import signal, sys, time\n\
+             signal.signal(signal.{name}, lambda *_: sys.exit(7))\n\
+             print('ready', flush=True)\n\
+             time.sleep(120)\n"
+        )
+    };
+    let ignores = |name: &str| {
+        format!(
+            "import signal, time\n\
+             signal.signal(signal.{name}, signal.SIG_IGN)\n\
+             print('ready', flush=True)\n\
+             time.sleep(120)\n"
+        )
+    };
+    let cases =
+        [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")].into_iter().flat_map(|(number, name)| {
+            [(number, handles(name), 1, 7), (number, ignores(name), 2, 128 + libc::SIGKILL)]
+        });
+    for (sent, script, interrupts, status) in cases {
         let mut run = Piped::spawn(
             Command::new(helios_trace_bin())
-                .args(["run", "--format", "json", "--view", "quiet", "--", "/usr/bin/python3", "-c", script])
+                .args(["run", "--format", "json", "--view", "quiet", "--", "/usr/bin/python3", "-c", &script])
                 .stderr(Stdio::null()),
         );
         assert_eq!(run.line(), "ready", "the command runs and speaks through run's stdout");
         for _ in 0..interrupts {
-            signal(run.child.id(), libc::SIGINT);
+            signal(run.child.id(), sent);
             std::thread::sleep(Duration::from_millis(300));
         }
         // The report fills more than a pipe: read it to the end, then the status.
         let mut report = String::new();
         std::io::Read::read_to_string(&mut run.stdout, &mut report).unwrap();
         let exit = wait_for("run to end", Duration::from_secs(30), || run.child.try_wait().unwrap());
-        assert_eq!(exit.code(), Some(status), "{interrupts} Ctrl-C: run exits with the command's status");
+        assert_eq!(exit.code(), Some(status), "{interrupts} × {sent}: run exits with the command's status");
         let report: Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
         let command = &report["command"];
         match status {
