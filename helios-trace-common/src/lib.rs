@@ -692,8 +692,9 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     /// [`stack_mode::DWARF`]: one of [`learned_chains`].
     pub learned_chains: u32,
-    /// Zero.
-    pub reserved2: u32,
+    /// The uprobe maker's tgid (helios-trace/src/sys/uprobes.rs), never traced either; 0 when
+    /// there is none.
+    pub uprobe_maker_tgid: u32,
     /// Where this kernel keeps what tells that a thread's stack mapping has not changed since
     /// it was last found: [`KernelOffsets`], from the kernel's BTF; all zero when not known,
     /// and then the mapping is looked up at every call.
@@ -775,7 +776,7 @@ impl Settings {
         filter_matches: 0,
         wakeup_bytes: 0,
         learned_chains: learned_chains::OFF,
-        reserved2: 0,
+        uprobe_maker_tgid: 0,
         kernel: KernelOffsets::NONE,
     };
 }

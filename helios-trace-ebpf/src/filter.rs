@@ -11,8 +11,9 @@ use crate::{
 
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    // Never trace ourselves: our reads of /proc would feed back.
-    if tgid == settings::tracer_tgid() {
+    // Never trace ourselves: our reads of /proc would feed back. Nor our uprobe maker: it is
+    // part of us (helios-trace/src/sys/uprobes.rs).
+    if tgid == settings::tracer_tgid() || tgid == settings::uprobe_maker_tgid() {
         return false;
     }
     if !settings::filtering_targets() {

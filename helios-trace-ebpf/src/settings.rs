@@ -29,6 +29,11 @@ pub fn tracer_tgid() -> u32 {
 }
 
 #[inline(always)]
+pub fn uprobe_maker_tgid() -> u32 {
+    setting!(uprobe_maker_tgid)
+}
+
+#[inline(always)]
 pub fn filtering_targets() -> bool {
     setting!(filter_targets) != 0
 }

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Serve(args)) => commands::serve::main(args),
         Some(Command::Run(args)) => commands::run::main(args),
+        Some(Command::UprobeMaker) => return commands::uprobe_maker(),
         None => commands::watch::main(&cli.session),
     };
     result.unwrap_or_else(Failure::exit)

@@ -61,6 +61,9 @@ pub enum Command {
     /// Start CMD and trace it and its children from its first instruction; report when it exits.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// The uprobe maker, which helios-trace starts itself (sys/uprobes.rs): not for users.
+    #[command(name = "uprobe-maker", hide = true)]
+    UprobeMaker,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,6 @@
 //! One file per command (ARCHITECTURE.md, "Where each stage lives"): `watch` (the ad-hoc
 //! session), `run` (start a command gated and trace it from its first instruction) and `serve`
-//! (the exporter daemon). Each takes its arguments, checks what clap cannot (pids that must
+//! (the exporter daemon); and `uprobe-maker`, hidden, which the others start (sys/uprobes.rs). Each takes its arguments, checks what clap cannot (pids that must
 //! exist, cgroup directories, a writable report file), turns them into settings at the edge and
 //! runs; main.rs dispatches and turns a [`Failure`] into an exit code (ARCHITECTURE.md,
 //! "Contracts: CLI": 0 success; 2 bad usage or input; 1 runtime failure). Nothing imports
@@ -60,6 +60,12 @@ impl Failure {
             }
         }
     }
+}
+
+/// `helios-trace uprobe-maker`: started by the tracer itself, its stdin a socket to it
+/// (sys/uprobes.rs).
+pub fn uprobe_maker() -> ExitCode {
+    crate::sys::uprobes::serve()
 }
 
 /// Log warnings (or what RUST_LOG asks for) to stderr, without module names.

@@ -222,6 +222,9 @@ impl Tracing {
             learned_chains: args.learned_chains,
         };
         let (mut tracer, ring) = Tracer::start(&config)?;
+        // Ours too, and never traced: not in the baseline either.
+        let maker = tracer.uprobe_maker_pid();
+        let ours = |pid: &u32| *pid == own || Some(*pid) == maker;
         let missing = checks::missing_proc_capabilities(checks::own_capabilities());
         if !missing.is_empty() {
             log::warn!(
@@ -252,10 +255,10 @@ impl Tracing {
         let everything =
             args.pids.is_empty() && cgroups.is_empty() && args.comms.is_empty() && args.uids.is_empty();
         let pids: Vec<u32> = if everything {
-            proc::pids(proc_root).into_iter().filter(|p| *p != own).collect()
+            proc::pids(proc_root).into_iter().filter(|p| !ours(p)).collect()
         } else {
             let mut pids = targets;
-            pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| *p != own));
+            pids.extend(cgroups.iter().flat_map(|c| cgroups::processes(&c.path)).filter(|p| !ours(p)));
             pids.sort_unstable();
             pids.dedup();
             pids
@@ -550,13 +553,13 @@ fn apply_runtime_updates(engine: &mut Engine, tracer: &mut Tracer) {
         match tracer.attach_libuv(&target.path, &target.entries.init, target.entries.connect) {
             Ok(true) => log::debug!("libuv uprobes on {}", target.path.display()),
             Ok(false) => {}
-            // Once attached the tracer may no longer make uprobes (sys/loader.rs,
-            // `attach_libuv`): said once a session, each file at debug level.
+            // Without the capability for uprobes (sys/loader.rs, `attach_libuv`): said once a
+            // session, each file at debug level.
             Err(err) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
                 SAID.call_once(|| {
                     log::warn!(
-                        "cannot put libuv's uprobes on a Node.js found after the start (they need CAP_SYS_ADMIN, CAP_PERFMON before Linux 6.16, given up once attached): the TCP connections it makes are told by node:net, not by the call that asked for them (README, \"Node.js\")"
+                        "cannot put libuv's uprobes on a Node.js ({err:#}; they need CAP_SYS_ADMIN, CAP_PERFMON before Linux 6.16): the TCP connections it makes are told by node:net, not by the call that asked for them (README, \"Node.js\")"
                     )
                 });
                 log::debug!("{err:#}");

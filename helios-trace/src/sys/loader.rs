@@ -3,6 +3,7 @@
 use std::{
     ffi::CString,
     fs, io,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -11,15 +12,19 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{RawTracePoint, TracePoint, UProbe},
 };
 use helios_trace_common::{
     FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
     filter_match, learned_chains, map_name, spec, stack_mode,
 };
 use log::{debug, info, warn};
+use rustix::fs::{Mode, OFlags};
 
-use super::{btf, checks};
+use super::{
+    btf, checks,
+    uprobes::{self, UprobeMaker},
+};
 use crate::{
     model::counts::ProgramRuns,
     sys::{ring::Notices, syscalls::SyscallTable},
@@ -63,9 +68,15 @@ pub(crate) struct TraceConfig {
 
 impl TraceConfig {
     /// The kernel programs' load-time settings for this configuration.
-    fn settings(&self, tracer_tgid: u32, exit_group_dead_offset: u32, kernel: KernelOffsets) -> Settings {
+    fn settings(
+        &self,
+        (tracer_tgid, uprobe_maker_tgid): (u32, u32),
+        exit_group_dead_offset: u32,
+        kernel: KernelOffsets,
+    ) -> Settings {
         Settings {
             tracer_tgid,
+            uprobe_maker_tgid,
             filter_targets: u32::from(self.filtering_targets()),
             filter_cgroups: u32::from(!self.target_cgroups.is_empty()),
             filter_matches: if self.target_comms.is_empty() { 0 } else { filter_match::COMMS }
@@ -76,7 +87,6 @@ impl TraceConfig {
             exit_group_dead_offset,
             wakeup_bytes: self.wakeup_bytes,
             learned_chains: self.learned_chains,
-            reserved2: 0,
             kernel,
         }
     }
@@ -132,8 +142,13 @@ pub(crate) struct Tracer {
     /// Until the exec lane takes them.
     notices: Option<RingBuf<MapData>>,
     /// Whether the libuv uprobes loaded (helios-trace-ebpf/src/libuv.rs): not with `--stacks
-    /// none`, nor on a kernel without uprobes.
+    /// none`, nor on a kernel without uprobes, nor without a maker.
     libuv: bool,
+    /// Who makes the uprobes (sys/uprobes.rs). Kept while the tracer lives, used or not: the
+    /// programs skip its pid, which must not go to another process.
+    uprobe_maker: Option<UprobeMaker>,
+    /// The uprobes made: they go with the tracer, as its links do.
+    uprobes: Vec<OwnedFd>,
 }
 
 /// The kernel's `PYTHON_PROCS` map, shared by the reader and the exec lane's thread.
@@ -229,7 +244,21 @@ impl Tracer {
                 btf::VMLINUX_BTF
             );
         }
-        let settings = config.settings(std::process::id(), group_dead_offset, kernel);
+        // Before the programs load, so that they never trace it.
+        let wants_uprobes =
+            std::env::var_os(FLOOR_ENV).is_none() && config.user_stack_mode != stack_mode::NONE;
+        let maker = match wants_uprobes.then(UprobeMaker::spawn) {
+            Some(Ok(maker)) => Some(maker),
+            Some(Err(err)) => {
+                warn!(
+                    "cannot start the uprobe maker ({err}): Node.js connections are told by the stack that made their socket"
+                );
+                None
+            }
+            None => None,
+        };
+        let maker_tgid = maker.as_ref().map_or(0, UprobeMaker::pid);
+        let settings = config.settings((std::process::id(), maker_tgid), group_dead_offset, kernel);
         // `override_global` is aya 0.14's name of `set_global`.
         let mut loader = EbpfLoader::new();
         loader
@@ -301,8 +330,7 @@ impl Tracer {
         }
 
         // Attached per file later, as files with libuv are found (`attach_libuv`).
-        let libuv = std::env::var_os(FLOOR_ENV).is_none()
-            && config.user_stack_mode != stack_mode::NONE
+        let libuv = maker.is_some()
             && match load_libuv_probes(&mut ebpf) {
                 Ok(()) => true,
                 Err(err) => {
@@ -341,6 +369,8 @@ impl Tracer {
                 attached,
                 notices: Some(notices),
                 libuv,
+                uprobe_maker: maker,
+                uprobes: Vec::new(),
             },
             events,
         ))
@@ -379,36 +409,43 @@ impl Tracer {
     /// Attach the libuv uprobes to the file `path` opens (for every process that maps it now
     /// or later), at the file offsets of its entry points (`uv_tcp_init` and `uv_tcp_init_ex`,
     /// `uv_tcp_connect`: resolve/modules/libuv.rs); false when they are not loaded (`--stacks
-    /// none`, a kernel without uprobes). The kernel resolves `path` when the probe is made.
-    /// Making a uprobe perf event needs CAP_SYS_ADMIN since Linux 6.16 ("perf: Revert to
-    /// requiring CAP_SYS_ADMIN for uprobes", also in the stable kernels), CAP_PERFMON from 5.8
-    /// before it (kernel/events/core.c, perf_uprobe_event_init); the tracer keeps neither once
-    /// attached (sys/privileges.rs). So the files attached are those of the processes there at
-    /// the start and of `run`'s command; a process started later from one of them is covered,
-    /// one from another file (another build, a new pod's own) is not: that fails with EACCES.
+    /// none`, a kernel without uprobes). The uprobes are made by the uprobe maker
+    /// (sys/uprobes.rs), which keeps the capability for them (CAP_SYS_ADMIN since Linux 6.16,
+    /// CAP_PERFMON before) once the tracer has dropped it: so files found at any time are
+    /// attached, a pod's own node started since included. Without that capability this fails
+    /// with EACCES.
     pub(crate) fn attach_libuv(&mut self, path: &Path, init: &[u64], connect: u64) -> Result<bool> {
-        if !self.libuv {
-            return Ok(false);
-        }
-        let probes: [(&str, &[u64]); 3] = [
+        let Some(maker) = self.uprobe_maker.as_ref().filter(|_| self.libuv) else { return Ok(false) };
+        // The file as the tracer has it (`path` is its own link to a pod's file, say).
+        let file = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let probes: [(&str, &[u64], bool); 3] = [
             // The return probe first: a connect seen entered is then always seen returned.
-            ("libuv_tcp_connected", &[connect]),
-            ("libuv_tcp_connect", &[connect]),
-            ("libuv_tcp_init", init),
+            ("libuv_tcp_connected", &[connect], true),
+            ("libuv_tcp_connect", &[connect], false),
+            ("libuv_tcp_init", init, false),
         ];
-        for (program, offsets) in probes {
-            let probe: &mut UProbe = self
+        for (name, offsets, retprobe) in probes {
+            let program = self
                 .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} is missing from the eBPF object"))?
-                .try_into()?;
+                .program(name)
+                .with_context(|| format!("program {name} is missing from the eBPF object"))?
+                .fd()?;
             for &offset in offsets {
-                probe.attach(offset, path, UProbeScope::AllProcesses).with_context(|| {
-                    format!("cannot attach {program} to {} at {offset:#x}", path.display())
+                let event = maker.make(file.as_fd(), offset, retprobe).with_context(|| {
+                    format!("cannot make a uprobe for {name} on {} at {offset:#x}", path.display())
                 })?;
+                uprobes::attach_program(event.as_fd(), program.as_fd())
+                    .with_context(|| format!("cannot attach {name} to {} at {offset:#x}", path.display()))?;
+                self.uprobes.push(event);
             }
         }
         Ok(true)
+    }
+
+    /// The uprobe maker's pid, if there is one: a process of ours, never traced.
+    pub(crate) fn uprobe_maker_pid(&self) -> Option<u32> {
+        self.uprobe_maker.as_ref().map(UprobeMaker::pid)
     }
 
     /// When `tgid` last exec'd as the kernel keeps it (0: not since tracing began).
@@ -644,7 +681,7 @@ mod tests {
     fn settings_carry_the_configuration() {
         let kernel =
             KernelOffsets { task_mm: 8, task_start_time: 24, task_self_exec_id: 32, mm_lock_seq: 248 };
-        let settings = config().settings(42, 24, kernel);
+        let settings = config().settings((42, 43), 24, kernel);
         assert_eq!(
             settings,
             Settings {
@@ -658,7 +695,7 @@ mod tests {
                 filter_matches: 0,
                 wakeup_bytes: 65536,
                 learned_chains: learned_chains::ON,
-                reserved2: 0,
+                uprobe_maker_tgid: 43,
                 kernel,
             }
         );
@@ -680,22 +717,25 @@ mod tests {
     fn any_target_list_turns_the_filter_on_and_each_its_own() {
         let on = |s: Settings| (s.filter_targets, s.filter_cgroups, s.filter_matches);
         assert_eq!(
-            on(TraceConfig { targets: vec![7], ..config() }.settings(1, 0, KernelOffsets::NONE)),
+            on(TraceConfig { targets: vec![7], ..config() }.settings((1, 0), 0, KernelOffsets::NONE)),
             (1, 0, 0)
         );
         assert_eq!(
-            on(TraceConfig { target_cgroups: vec![9], ..config() }.settings(1, 0, KernelOffsets::NONE)),
+            on(TraceConfig { target_cgroups: vec![9], ..config() }.settings((1, 0), 0, KernelOffsets::NONE)),
             (1, 1, 0)
         );
-        let comms =
-            TraceConfig { target_comms: vec![[b'x'; 16]], ..config() }.settings(1, 0, KernelOffsets::NONE);
+        let comms = TraceConfig { target_comms: vec![[b'x'; 16]], ..config() }.settings(
+            (1, 0),
+            0,
+            KernelOffsets::NONE,
+        );
         assert_eq!(on(comms), (1, 0, filter_match::COMMS));
         let both = TraceConfig { target_comms: vec![[b'x'; 16]], target_uids: vec![0], ..config() }.settings(
-            1,
+            (1, 0),
             0,
             KernelOffsets::NONE,
         );
         assert_eq!(on(both), (1, 0, filter_match::COMMS | filter_match::UIDS));
-        assert_eq!(on(config().settings(1, 0, KernelOffsets::NONE)), (0, 0, 0));
+        assert_eq!(on(config().settings((1, 0), 0, KernelOffsets::NONE)), (0, 0, 0));
     }
 }

@@ -2,7 +2,8 @@
 //! lives"): loading and attaching the BPF programs and reading their maps, kernel and privilege
 //! checks and the kernel's own type information (`btf`), dropping privileges, the ring-buffer reader, decoding its records, the syscall
 //! table, /proc (`proc/`), sock_diag, cgroups, the clock, starting a command gated, and what
-//! the tracer asks for itself (`own`).
+//! the tracer asks for itself (`own`), and the process that makes uprobes once the tracer has dropped
+//! the capability for them (`uprobes`).
 pub(crate) mod btf;
 pub(crate) mod cgroups;
 pub(crate) mod checks;
@@ -16,3 +17,4 @@ pub(crate) mod proc;
 pub(crate) mod ring;
 pub(crate) mod sockdiag;
 pub(crate) mod syscalls;
+pub(crate) mod uprobes;

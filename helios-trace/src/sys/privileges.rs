@@ -18,14 +18,23 @@ pub(crate) const KEPT: [Capability; 3] =
 /// has), and clear its inheritable and ambient sets so nothing it execs regains more.
 /// Returns what it kept.
 pub(crate) fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
+    let wanted: Vec<Capability> = KEPT.iter().chain(extra).copied().collect();
+    let keep = keep_only(&wanted)?;
+    log::debug!("kept capabilities {keep:?}");
+    Ok(keep)
+}
+
+/// Reduce the calling thread's effective and permitted sets to `keep` (those of them it has),
+/// and clear its inheritable and ambient sets: the uprobe maker's (sys/uprobes.rs), which has
+/// one thread.
+pub(crate) fn keep_only(keep: &[Capability]) -> Result<CapsHashSet> {
     let permitted = caps::read(None, CapSet::Permitted).context("cannot read our capabilities")?;
-    let keep: CapsHashSet = KEPT.iter().chain(extra).copied().filter(|c| permitted.contains(c)).collect();
+    let keep: CapsHashSet = keep.iter().copied().filter(|c| permitted.contains(c)).collect();
     // Effective must stay within permitted: shrink it first.
     caps::set(None, CapSet::Effective, &keep).context("cannot drop effective capabilities")?;
     caps::set(None, CapSet::Permitted, &keep).context("cannot drop permitted capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("cannot clear inheritable capabilities")?;
     caps::clear(None, CapSet::Ambient).context("cannot clear ambient capabilities")?;
-    log::debug!("kept capabilities {keep:?}");
     Ok(keep)
 }
 

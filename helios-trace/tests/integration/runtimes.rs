@@ -606,6 +606,27 @@ fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
     if !require_bpf() {
         return;
     }
+    node_client_in_a_pod(false);
+}
+
+/// The same pod started once the tracer has dropped its privileges, as a pod a DaemonSet finds
+/// (traced by its name): its node is a file no process ran at the start, yet its TCP
+/// connections are told by the program's function, from the uprobes the uprobe maker made on
+/// that file (sys/uprobes.rs; without them, by `internalConnect (node:net:…)`, Node's later
+/// tick). The maker keeps only what making a uprobe needs, and the tracer nothing of it.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_node_client_in_a_pod_started_after_the_tracer_is_told_by_its_function_too() {
+    if !require_bpf() {
+        return;
+    }
+    node_client_in_a_pod(true);
+}
+
+/// A Node.js client in a pod, traced by pid from before its first connection or, `after`, by
+/// its name from before the pod starts; every connection it makes is asserted told by the
+/// program's function.
+fn node_client_in_a_pod(after: bool) {
     let node = std::fs::canonicalize("/usr/bin/node").expect("node (cargo xtask setup --tests installs it)");
     let script = workload_dir("jsleak/client.js");
     let mut root = Root::native(&node, "/usr/bin/node");
@@ -615,9 +636,13 @@ fn a_node_client_in_a_pod_is_named_from_the_perf_map_in_its_own_tmp() {
         .chain(["/app/client.js", "self", "/tmp/server.sock", "/tmp"])
         .map(String::from)
         .collect();
+    let early = after.then(|| Tracer::start(&["--comm", "node", "--reconcile-interval", "0"]));
+    if let Some(tracer) = &early {
+        assert_maker_keeps_only_what_uprobes_need(tracer.pid());
+    }
     let mut pod = Pod::start(PodSpec { root, command });
     let pid = pod.pid.to_string();
-    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
+    let mut tracer = early.unwrap_or_else(|| Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]));
     for command in ["connect 10", "unix 10", "connect 10", "unix 10"] {
         pod.run(command);
     }

@@ -376,6 +376,38 @@ fn cgroup_traces_its_processes_and_those_below_it_only() {
     drop(worker);
 }
 
+/// A tracer inside the cgroup it traces finds itself and its uprobe maker there at the start,
+/// and traces neither: they are ours (sys/uprobes.rs), so neither is in the report, which lists
+/// every traced process.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_tracer_in_the_cgroup_it_traces_leaves_itself_and_its_uprobe_maker_out() {
+    if !require_bpf() {
+        return; // creating cgroups needs root
+    }
+    let service = TestCgroup::new(&cgroup2_mount(), &format!("helios-trace-self-{}", std::process::id()));
+    let mut inside = Workload::spawn();
+    service.enter(inside.pid);
+    let mut enter_then_trace = Command::new("sh");
+    let procs = service.0.join("cgroup.procs");
+    enter_then_trace.arg("-c").arg(format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display()));
+    enter_then_trace.arg(helios_trace_bin());
+    let tracer = Tracer::start_with(enter_then_trace, &["--cgroup", service.0.to_str().unwrap()]);
+    let maker = uprobe_maker_of(tracer.pid());
+    let members = std::fs::read_to_string(&procs).unwrap();
+    for pid in [tracer.pid(), maker, inside.pid] {
+        assert!(members.lines().any(|l| l == pid.to_string()), "{pid} in the cgroup: {members}");
+    }
+    inside.run("files 2");
+    let truth = proc_fds(inside.pid);
+    let tracer_pid = tracer.pid();
+    let report = tracer.stop();
+    assert_eq!(reported_fds(&report, inside.pid), truth, "the workload beside it: exactly /proc");
+    assert!(process(&report, tracer_pid).is_none(), "the tracer is not traced");
+    assert!(process(&report, maker).is_none(), "its uprobe maker is not traced");
+    inside.exit();
+}
+
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn redact_paths_hides_every_path() {

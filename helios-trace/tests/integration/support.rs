@@ -414,6 +414,42 @@ pub fn thread_capabilities(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The tracer's uprobe maker (sys/uprobes.rs): its one child named `helios-uprobes`.
+pub fn uprobe_maker_of(tracer: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();
+    let makers: Vec<u32> = children
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "helios-uprobes")
+        })
+        .collect();
+    assert_eq!(makers.len(), 1, "one uprobe maker among the tracer's children {children:?}");
+    makers[0]
+}
+
+/// The tracer's uprobe maker: it holds
+/// CAP_SYS_ADMIN (21) and CAP_PERFMON (38) alone, with no_new_privs; the tracer's threads hold
+/// neither.
+pub fn assert_maker_keeps_only_what_uprobes_need(tracer: u32) {
+    let maker = uprobe_maker_of(tracer);
+    let status = std::fs::read_to_string(format!("/proc/{maker}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        line.trim().to_string()
+    };
+    let wanted = format!("{:016x}", 1u64 << 21 | 1u64 << 38);
+    assert_eq!((field("CapEff:"), field("CapPrm:")), (wanted.clone(), wanted), "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    for (effective, permitted) in thread_capabilities(tracer) {
+        assert_eq!(
+            (effective, permitted),
+            (KEPT_CAPABILITIES, KEPT_CAPABILITIES),
+            "{effective:x}/{permitted:x}"
+        );
+    }
+}
+
 /// What helios-trace keeps after attaching: CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19),
 /// CAP_BPF (39); numbers from linux/capability.h.
 pub const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 39;
