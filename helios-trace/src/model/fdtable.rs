@@ -142,6 +142,11 @@ impl FdTable {
         self.dropped
     }
 
+    /// It tracks `tgid`, or would take it: not at `max_processes`.
+    pub(crate) fn has_room_for(&self, tgid: u32) -> bool {
+        self.processes.contains_key(&tgid) || self.processes.len() < self.limits.max_processes
+    }
+
     pub(crate) fn process(&self, tgid: u32) -> Option<&Process> {
         self.processes.get(&tgid)
     }

@@ -797,17 +797,21 @@ impl Engine {
     /// yet: its baseline chunk is still to come, or the process is first seen through this
     /// record. Read from /proc now, as its chunk would read it, so that the copy takes its kind
     /// and detail; otherwise it would be `other` (an accepted socket without its family and
-    /// type) until reconciliation corrected the kind, and the detail never. Read once: the
-    /// table has it from then on. (What /proc shows now may already be a later open under the
-    /// same number; its close and open records follow and correct that, as they did when the
-    /// whole baseline was read before the first record.)
+    /// type) until reconciliation corrected the kind, and the detail never. Once found it is in
+    /// the table. (What /proc shows now may already be a later open under the same number: the
+    /// original then takes that file's kind and detail, and so does the copy, which the close
+    /// and open records that follow do not correct; reconciliation corrects the kind. So it was
+    /// when the whole baseline was read before the first record.) Not for a process the table
+    /// refuses (at `--max-processes`): that would read /proc at each of its records.
     fn read_ahead_of_the_baseline(&mut self, event: &Event, first_sight: bool, out: &mut Vec<Transition>) {
         let (tgid, copied) = match event.op {
             Op::Dup { old, new, .. } if old != new => (event.tgid, old),
             Op::Accept { listener, .. } => (event.tgid, listener),
             _ => return,
         };
-        if self.table.process(tgid).is_some_and(|p| p.fds.contains_key(&copied)) {
+        if self.table.process(tgid).is_some_and(|p| p.fds.contains_key(&copied))
+            || !self.table.has_room_for(tgid)
+        {
             return;
         }
         let reading = |p: &PendingReconcile| {
@@ -1248,6 +1252,20 @@ mod tests {
         assert_eq!(copies(&feed.engine, 701), expected);
         assert_eq!(fds_of(&feed.engine, 701), [3, 4, 7, 8, 20, 21]);
         assert_eq!(feed.engine.corrections(), Corrections::default());
+    }
+
+    /// A process the table refuses (at `--max-processes`) is not read ahead at its records:
+    /// each is one dropped process, and nothing of it is read from /proc.
+    #[test]
+    fn a_process_the_table_refuses_is_not_read_ahead() {
+        let (mut feed, proc) = feed();
+        feed.engine.table = FdTable::with_limits(TableLimits { max_processes: 1, max_fds: 100 });
+        feed.found(PARENT, "server");
+        let fds = OpenFds::from([(7, observed(FdKind::Pipe))]);
+        proc.show(700, Shown { fds, comm: Some("other".into()), ..Shown::default() });
+        feed.event(700, Op::Dup { old: 7, new: 20, cloexec: false, replaces: false }, Some(1));
+        assert!(feed.engine.table().process(700).is_none());
+        assert_eq!(feed.engine.table().dropped().processes, 1, "one record, one dropped process");
     }
 
     /// A baseline's chunks are in the table as soon as they are read: an exec between two

@@ -15,11 +15,13 @@ pub(crate) const KEPT: [Capability; 3] =
     [Capability::CAP_BPF, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
 
 /// Reduce this thread's effective and permitted sets to `KEPT` and `extra` (those of them it
-/// has), and clear its inheritable and ambient sets so nothing it execs regains more.
-/// Returns what it kept.
+/// has), clear its inheritable and ambient sets, and set no_new_privs, so nothing it execs
+/// regains more (as root, an exec would otherwise get the whole bounding set back: the
+/// DaemonSet's has CAP_SYS_ADMIN, for the uprobe maker). Returns what it kept.
 pub(crate) fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
     let wanted: Vec<Capability> = KEPT.iter().chain(extra).copied().collect();
     let keep = keep_only(&wanted)?;
+    rustix::thread::set_no_new_privs(true).context("cannot set no_new_privs")?;
     log::debug!("kept capabilities {keep:?}");
     Ok(keep)
 }

@@ -5,7 +5,8 @@
 //! sock_diag answers for the network namespace of the netlink socket that asks: the tracer's
 //! own. A process in another network namespace (a pod) has sockets the dump does not list;
 //! entering its namespace (setns(CLONE_NEWNET)) takes CAP_SYS_ADMIN, which the tracer gives up
-//! once attached and the DaemonSet never has (sys/privileges.rs). So such a socket is measured
+//! once attached (sys/privileges.rs; only its uprobe maker keeps it, for uprobes alone,
+//! sys/uprobes.rs). So such a socket is measured
 //! on its own: a duplicate of the process's descriptor (pidfd_getfd(2), allowed by the same
 //! ptrace access check as /proc/PID/fd: CAP_SYS_PTRACE) asked for `SO_MEMINFO`, the very array
 //! sock_diag would put in its answer (net/core/sock.c sk_getsockopt SO_MEMINFO and

@@ -8,18 +8,22 @@
 //! node of its own), and each needs libuv's uprobes (helios-trace-ebpf/src/libuv.rs). So before
 //! the programs load, the tracer starts itself again as the **uprobe maker**
 //! (`helios-trace uprobe-maker`, hidden): a process that keeps only CAP_SYS_ADMIN and
-//! CAP_PERFMON (of those it has), sets no_new_privs, dies with the tracer, and answers one kind of
-//! request on a Unix socket pair: a file's descriptor and an offset in it → a uprobe perf event's
-//! descriptor (or an errno). The tracer itself gives the event its program and enables it
+//! CAP_PERFMON (of those it has), sets no_new_privs, leaves the terminal's process group (a
+//! Ctrl-C that `run` passes on to its command must not end it), dies with the tracer, and
+//! answers one kind of request on a Unix socket pair: a file's descriptor and an offset in it →
+//! a uprobe perf event's descriptor (or an errno). The tracer itself gives the event its program
 //! (`attach_program`: PERF_EVENT_IOC_SET_BPF needs no capability beyond holding both
-//! descriptors), and holds the events: they go when it exits, as its other links do.
+//! descriptors, kernel/events/core.c `perf_ioctl`), and holds the events: they go when it exits,
+//! as its other links do.
 //!
-//! Threat model: the maker reads no file, parses nothing and runs no code of the traced
-//! processes; its input is 16 bytes and a descriptor per request from the tracer alone (the
-//! other end of a socket pair it was started with). A compromised tracer could make it put
-//! uprobes — breakpoints — in any file it can pass, at any offset: enough to crash processes
-//! running that file (a breakpoint inside an instruction), not to read their memory or run code
-//! with the maker's capabilities. That tracer already holds CAP_SYS_PTRACE, which is more.
+//! Threat model: the maker reads two sysfs files and nothing of the traced processes; its input
+//! is 16 bytes and a descriptor per request, from the tracer alone: it serves a socket whose peer
+//! is its parent running the same executable (so a user given a file-capable copy cannot start
+//! one for themselves). The tracer could make it put uprobes — breakpoints — in any file it can
+//! pass, at any offset: enough to crash processes running that file (a breakpoint inside an
+//! instruction). What it buys is CAP_SYS_ADMIN kept out of the process that parses binaries and
+//! reads other processes' memory; an attacker with code execution in the tracer is not stopped
+//! by it (the tracer's CAP_SYS_PTRACE reaches the maker, as any process).
 //!
 //! Written by hand on rustix and aya-obj's kernel bindings: aya makes uprobes from a program it
 //! loaded itself in the same process, which the maker has not.
@@ -55,6 +59,9 @@ const MAKER_CAPABILITIES: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capabili
 /// A request: the probe's offset in the file (u64), 1 for a return probe (u8), padding.
 const REQUEST_LEN: usize = 16;
 
+/// What the maker says once it holds only what it keeps, before its first request.
+const READY: [u8; 1] = [1];
+
 /// The maker, seen from the tracer.
 pub(crate) struct UprobeMaker {
     socket: OwnedFd,
@@ -63,18 +70,28 @@ pub(crate) struct UprobeMaker {
 
 impl UprobeMaker {
     /// Start the maker: this executable again (`/proc/self/exe`, whatever it is named or
-    /// wherever it was moved), its stdin the other end of a socket pair. Before privileges are
-    /// dropped: it inherits what the tracer has.
+    /// wherever it was moved), its stdin the other end of a socket pair, in a process group of
+    /// its own; returns once it says it is ready. Before privileges are dropped: it inherits
+    /// what the tracer has.
     pub(crate) fn spawn() -> io::Result<UprobeMaker> {
         let (ours, theirs) =
             socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         let child = Command::new("/proc/self/exe")
             .arg0("helios-trace")
             .arg(MAKER_COMMAND)
+            .process_group(0)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .spawn()?;
-        Ok(UprobeMaker { socket: ours, child })
+        let mut maker = UprobeMaker { socket: ours, child };
+        let mut ready = [0u8; READY.len()];
+        match receive(maker.socket.as_fd(), &mut ready)? {
+            (1, None) if ready == READY => Ok(maker),
+            _ => {
+                let status = maker.child.wait()?;
+                Err(io::Error::other(format!("the uprobe maker ended at its start ({status})")))
+            }
+        }
     }
 
     /// Its pid, which the programs never trace (as the tracer's own).
@@ -83,7 +100,7 @@ impl UprobeMaker {
     }
 
     /// A uprobe perf event on `file` (any descriptor of it, O_PATH too) at `offset`, a return
-    /// probe when `retprobe`, not yet enabled.
+    /// probe when `retprobe`: enabled at once, with no program until the tracer gives it one.
     pub(crate) fn make(&self, file: BorrowedFd<'_>, offset: u64, retprobe: bool) -> io::Result<OwnedFd> {
         request(self.socket.as_fd(), file, offset, retprobe)
     }
@@ -114,9 +131,9 @@ fn request(socket: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: u64, retprobe: 
 }
 
 impl Drop for UprobeMaker {
-    /// Its socket closes with it, so the maker reads the end and exits: reaped here.
+    /// It holds nothing of its own (the events are the tracer's): ended and reaped.
     fn drop(&mut self) {
-        let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -164,21 +181,46 @@ pub fn serve() -> ExitCode {
 }
 
 fn maker() -> io::Result<()> {
-    // Gone with the tracer, and nothing it execs gains what it keeps (it execs nothing).
+    // Gone with the tracer (its socket's end says so too, should it go before this is set),
+    // and nothing it execs gains what it keeps (it execs nothing).
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     rustix::thread::set_no_new_privs(true)?;
     let _ = rustix::thread::set_name(c"helios-uprobes");
-    crate::sys::privileges::keep_only(&MAKER_CAPABILITIES).map_err(io::Error::other)?;
     // SAFETY: the tracer started us with the socket as stdin (UprobeMaker::spawn); we own it.
     let socket = unsafe { OwnedFd::from_raw_fd(0) };
-    if rustix::process::getppid().is_none() {
-        return Ok(()); // the tracer exited before the death signal was set
-    }
+    started_by_the_tracer(socket.as_fd())?;
+    crate::sys::privileges::keep_only(&MAKER_CAPABILITIES).map_err(io::Error::other)?;
+    sendmsg(&socket, &[IoSlice::new(&READY)], &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL)?;
     let pmu = UprobePmu::read(Path::new("/sys/bus/event_source/devices/uprobe"));
     answer_requests(socket.as_fd(), &|file, offset, retprobe| match &pmu {
         Ok(pmu) => pmu.open(file, offset, retprobe),
         Err(err) => Err(io::Error::from_raw_os_error(err.raw_os_error().unwrap_or(libc::ENOENT))),
     })
+}
+
+/// The socket's other end is our parent's, and our parent runs this executable: a tracer that
+/// started us (`UprobeMaker::spawn`), not a user who ran the hidden subcommand themselves
+/// (with a copy of the binary given file capabilities, say). A socket pair's peer credentials
+/// are its creator's (net/unix/af_unix.c, `unix_socketpair`).
+fn started_by_the_tracer(socket: BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = rustix::process::getppid();
+    let peer = rustix::net::sockopt::socket_peercred(socket)
+        .map_err(|e| io::Error::other(format!("not started by helios-trace: stdin is not its socket ({e})")))?
+        .pid;
+    let same_file = |a: fs::Metadata, b: fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    let exe = |pid: &str| fs::metadata(format!("/proc/{pid}/exe"));
+    let ours = match parent {
+        Some(parent) if parent == peer => same_file(exe("self")?, exe(&parent.as_raw_nonzero().to_string())?),
+        _ => false,
+    };
+    if ours {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "not started by helios-trace: the uprobe maker serves only the tracer that starts it",
+        ))
+    }
 }
 
 /// Answer each request on `socket` with what `open` makes of it, until the other end closes.
@@ -245,16 +287,11 @@ impl UprobePmu {
         attr.config = if retprobe { 1 << self.retprobe_bit } else { 0 };
         attr.__bindgen_anon_3.config1 = path.as_ptr() as u64; // uprobe_path
         attr.__bindgen_anon_4.config2 = offset; // probe_offset
+        let (pid, cpu, group): (libc::c_int, libc::c_int, libc::c_int) = (-1, 0, -1);
+        let flags = libc::c_ulong::from(PERF_FLAG_FD_CLOEXEC);
         // SAFETY: the attr and the path it points to live across the call.
         let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const perf_event_attr,
-                -1,
-                0,
-                -1,
-                PERF_FLAG_FD_CLOEXEC,
-            )
+            libc::syscall(libc::SYS_perf_event_open, &attr as *const perf_event_attr, pid, cpu, group, flags)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());

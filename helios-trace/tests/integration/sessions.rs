@@ -175,6 +175,22 @@ fn run_cli(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The hidden `uprobe-maker` serves only a tracer that started it: run by anyone else (here
+/// the test, its socket's peer and parent, but not helios-trace), it refuses in one line before
+/// it keeps any capability, and without a socket too.
+#[test]
+fn the_uprobe_maker_refuses_to_serve_anyone_but_its_tracer() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    for stdin in [Stdio::from(std::os::fd::OwnedFd::from(theirs)), Stdio::null()] {
+        let out = Command::new(helios_trace_bin()).arg("uprobe-maker").stdin(stdin).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("helios-trace uprobe maker: "), "{stderr}");
+    }
+    drop(ours);
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_2() {
     let (code, stderr) = run_cli(&["--pid", "2147483646", "--duration", "1s"]);
@@ -301,6 +317,8 @@ fn as_root_it_keeps_only_three_capabilities_once_attached() {
     let inheritable = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
     assert!(inheritable.lines().any(|l| l == "CapInh:\t0000000000000000"), "{inheritable}");
     assert!(inheritable.lines().any(|l| l == "CapAmb:\t0000000000000000"), "{inheritable}");
+    // Nothing it might exec would gain what it gave up (as root, the whole bounding set).
+    assert!(inheritable.lines().any(|l| l == "NoNewPrivs:\t1"), "{inheritable}");
     tracer.stop();
     work.exit();
 }
@@ -378,7 +396,8 @@ fn cgroup_traces_its_processes_and_those_below_it_only() {
 
 /// A tracer inside the cgroup it traces finds itself and its uprobe maker there at the start,
 /// and traces neither: they are ours (sys/uprobes.rs), so neither is in the report, which lists
-/// every traced process.
+/// every traced process. A Node.js in the cgroup makes the maker work once the programs are
+/// attached (libuv's uprobes for its file), so the programs' own exclusion is tried too.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_tracer_in_the_cgroup_it_traces_leaves_itself_and_its_uprobe_maker_out() {
@@ -388,6 +407,8 @@ fn a_tracer_in_the_cgroup_it_traces_leaves_itself_and_its_uprobe_maker_out() {
     let service = TestCgroup::new(&cgroup2_mount(), &format!("helios-trace-self-{}", std::process::id()));
     let mut inside = Workload::spawn();
     service.enter(inside.pid);
+    let mut node = Command::new("node").args(["-e", "setTimeout(() => {}, 120000)"]).spawn().unwrap();
+    service.enter(node.id());
     let mut enter_then_trace = Command::new("sh");
     let procs = service.0.join("cgroup.procs");
     enter_then_trace.arg("-c").arg(format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display()));
@@ -405,6 +426,9 @@ fn a_tracer_in_the_cgroup_it_traces_leaves_itself_and_its_uprobe_maker_out() {
     assert_eq!(reported_fds(&report, inside.pid), truth, "the workload beside it: exactly /proc");
     assert!(process(&report, tracer_pid).is_none(), "the tracer is not traced");
     assert!(process(&report, maker).is_none(), "its uprobe maker is not traced");
+    assert!(process(&report, node.id()).is_some(), "the Node.js beside it is");
+    node.kill().unwrap();
+    node.wait().unwrap();
     inside.exit();
 }
 

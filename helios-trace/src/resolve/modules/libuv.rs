@@ -92,7 +92,9 @@ pub(crate) struct LibuvFiles {
     pending: Vec<LibuvTarget>,
 }
 
-/// Files attached at most: each costs three to four uprobes, and a node runs few Node.js builds.
+/// Files attached at most in a session: each costs three to four uprobes, held until the tracer
+/// exits (with the file), and a node runs few Node.js builds. A DaemonSet that sees more over its
+/// life attaches no more: their TCP connections are told by node:net (README, "Node.js").
 pub(crate) const MAX_LIBUV_FILES: usize = 256;
 
 impl LibuvFiles {
