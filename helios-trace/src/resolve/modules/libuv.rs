@@ -90,18 +90,21 @@ pub(crate) struct LibuvTarget {
 pub(crate) struct LibuvFiles {
     told: HashSet<FileKey>,
     pending: Vec<LibuvTarget>,
+    /// A file was turned away at `MAX_LIBUV_FILES` (said once).
+    full: bool,
 }
 
 /// Files attached at most in a session: each costs three to four uprobes, held until the tracer
 /// exits (with the file), and a node runs few Node.js builds. A DaemonSet that sees more over its
-/// life attaches no more: their TCP connections are told by node:net (README, "Node.js").
+/// life attaches no more (one warning says so): their TCP connections are told by node:net
+/// (README, "Node.js").
 pub(crate) const MAX_LIBUV_FILES: usize = 256;
 
 impl LibuvFiles {
     /// A module of a traced process: a target if it has libuv and is new.
     pub(crate) fn seen(&mut self, module: &LoadedModule) {
         let Some(entries) = &module.libuv else { return };
-        if self.told.len() >= MAX_LIBUV_FILES || !self.told.insert(module.file.key) {
+        if !self.admit(module.file.key) {
             return;
         }
         self.pending.push(LibuvTarget {
@@ -113,9 +116,26 @@ impl LibuvFiles {
 
     /// The file of a command about to be run, by its path.
     pub(crate) fn before_exec(&mut self, program: &Path, key: FileKey, entries: LibuvEntries) {
-        if self.told.len() < MAX_LIBUV_FILES && self.told.insert(key) {
+        if self.admit(key) {
             self.pending.push(LibuvTarget { path: program.to_path_buf(), entries, file: None });
         }
+    }
+
+    /// A file not told yet, within `MAX_LIBUV_FILES`.
+    fn admit(&mut self, key: FileKey) -> bool {
+        if self.told.contains(&key) {
+            return false;
+        }
+        if self.told.len() >= MAX_LIBUV_FILES {
+            if !self.full {
+                self.full = true;
+                log::warn!(
+                    "{MAX_LIBUV_FILES} files with libuv have their uprobes already: the TCP connections of Node.js processes of other files are told by node:net (README, \"Node.js\")"
+                );
+            }
+            return false;
+        }
+        self.told.insert(key)
     }
 
     /// What is to be attached since the last call.
@@ -130,6 +150,19 @@ mod tests {
 
     fn entries_of(path: &str) -> Option<Option<LibuvEntries>> {
         entries_of_file(Path::new(path)).ok()
+    }
+
+    #[test]
+    fn each_file_is_told_once_and_at_most_max_libuv_files() {
+        let mut files = LibuvFiles::default();
+        let key = |inode: u64| FileKey { dev: 1, inode };
+        for inode in 0..MAX_LIBUV_FILES as u64 {
+            assert!(files.admit(key(inode)), "file {inode}");
+        }
+        assert!(!files.admit(key(0)), "told already");
+        assert!(!files.full);
+        assert!(!files.admit(key(MAX_LIBUV_FILES as u64)), "beyond the budget");
+        assert!(files.full, "said");
     }
 
     #[test]
