@@ -114,9 +114,9 @@ struct PendingReconcile {
     /// The descriptors whose close-on-exec flag was read (the table lacked them at the read).
     flag_read: HashSet<i32>,
     /// A baseline read (`Engine::begin_baseline`): each chunk's finds are added at once under
-    /// `before-trace`, stamped with this time (the session's start); nothing is removed and
-    /// nothing counts as a correction.
-    baseline_ns: Option<u64>,
+    /// `before-trace`, stamped with the baseline's start (`Baseline::found_ns`); nothing is
+    /// removed and nothing counts as a correction.
+    baseline: bool,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -559,7 +559,7 @@ impl Engine {
             && self.table.process(*child).is_some()
         {
             // A child of a process the table held in part, or not at all, copied that.
-            let reading = |p: &PendingReconcile| p.tgid == event.tgid && p.baseline_ns.is_some();
+            let reading = |p: &PendingReconcile| p.tgid == event.tgid && p.baseline;
             if reading_baseline
                 && (first_sight
                     || self.unread.contains(&event.tgid)
@@ -625,7 +625,7 @@ impl Engine {
                     if let Some(pending) = self
                         .pending
                         .as_mut()
-                        .filter(|p| p.tgid == *tgid && ts_ns >= p.started_ns && p.baseline_ns.is_none())
+                        .filter(|p| p.tgid == *tgid && ts_ns >= p.started_ns && !p.baseline)
                     {
                         pending.touched.insert(*fd);
                     }
@@ -718,7 +718,7 @@ impl Engine {
         }
         self.begin_reconcile(tgid, now_ns);
         if let Some(pending) = self.pending.as_mut() {
-            pending.baseline_ns = Some(found_ns);
+            pending.baseline = true;
         }
         true
     }
@@ -815,7 +815,7 @@ impl Engine {
             return;
         }
         let reading = |p: &PendingReconcile| {
-            p.tgid == tgid && p.baseline_ns.is_some() && p.next_fd.is_some_and(|next| copied >= next)
+            p.tgid == tgid && p.baseline && p.next_fd.is_some_and(|next| copied >= next)
         };
         let not_read =
             first_sight || self.unread.contains(&tgid) || self.pending.as_ref().is_some_and(reading);
@@ -843,8 +843,7 @@ impl Engine {
     /// nothing of the pass is trusted, and the next pass compares again.
     fn touched_by(&mut self, event: &Event) {
         // A baseline's chunks are in the table as they come: records act on them there.
-        let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && p.baseline_ns.is_none())
-        else {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && !p.baseline) else {
             return;
         };
         if event.ts_ns < pending.started_ns {
@@ -874,7 +873,7 @@ impl Engine {
             next_fd: Some(0),
             touched: HashSet::new(),
             flag_read: HashSet::new(),
-            baseline_ns: None,
+            baseline: false,
         });
     }
 
@@ -889,12 +888,13 @@ impl Engine {
         let tracked = self.table.process(tgid).map(|p| &p.fds);
         let untracked = |fd: i32| !tracked.is_some_and(|t| t.contains_key(&fd));
         // A baseline's reader reads every flag, and what the socket tables say of sockets.
-        let baseline = pending.baseline_ns.and(self.baseline.as_mut()).map(|b| &mut b.read);
+        let baseline = self.baseline.as_mut().filter(|_| pending.baseline);
+        let found_ns = baseline.as_ref().map(|b| b.found_ns);
         let read = match baseline {
-            Some(read) => read(tgid, from, max),
+            Some(baseline) => (baseline.read)(tgid, from, max),
             None => self.proc.open_fds(tgid, from, max, &untracked),
         };
-        match (read, pending.baseline_ns) {
+        match (read, found_ns) {
             (Ok(chunk), Some(found_ns)) => {
                 pending.next_fd = chunk.next;
                 let done = chunk.next.is_none();
@@ -932,7 +932,7 @@ impl Engine {
     /// Finish, after the ring buffer was drained: correct what still differs.
     pub(crate) fn finish_reconcile(&mut self, now_ns: u64) -> Corrections {
         let Some(pending) = self.pending.take() else { return Corrections::default() };
-        if pending.baseline_ns.is_some() {
+        if pending.baseline {
             self.finish_baseline(pending, now_ns);
             return Corrections::default();
         }

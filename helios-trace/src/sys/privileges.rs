@@ -21,14 +21,13 @@ pub(crate) const KEPT: [Capability; 3] =
 pub(crate) fn drop_after_attach(extra: &[Capability]) -> Result<CapsHashSet> {
     let wanted: Vec<Capability> = KEPT.iter().chain(extra).copied().collect();
     let keep = keep_only(&wanted)?;
-    rustix::thread::set_no_new_privs(true).context("cannot set no_new_privs")?;
     log::debug!("kept capabilities {keep:?}");
     Ok(keep)
 }
 
 /// Reduce the calling thread's effective and permitted sets to `keep` (those of them it has),
-/// and clear its inheritable and ambient sets: the uprobe maker's (sys/uprobes.rs), which has
-/// one thread.
+/// clear its inheritable and ambient sets, and set no_new_privs: `drop_after_attach`'s, and
+/// the uprobe maker's (sys/uprobes.rs), which has one thread.
 pub(crate) fn keep_only(keep: &[Capability]) -> Result<CapsHashSet> {
     let permitted = caps::read(None, CapSet::Permitted).context("cannot read our capabilities")?;
     let keep: CapsHashSet = keep.iter().copied().filter(|c| permitted.contains(c)).collect();
@@ -37,6 +36,7 @@ pub(crate) fn keep_only(keep: &[Capability]) -> Result<CapsHashSet> {
     caps::set(None, CapSet::Permitted, &keep).context("cannot drop permitted capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("cannot clear inheritable capabilities")?;
     caps::clear(None, CapSet::Ambient).context("cannot clear ambient capabilities")?;
+    rustix::thread::set_no_new_privs(true).context("cannot set no_new_privs")?;
     Ok(keep)
 }
 

@@ -181,10 +181,9 @@ pub fn serve() -> ExitCode {
 }
 
 fn maker() -> io::Result<()> {
-    // Gone with the tracer (its socket's end says so too, should it go before this is set),
-    // and nothing it execs gains what it keeps (it execs nothing).
+    // Gone with the tracer (its socket's end says so too, should it go before this is set);
+    // `keep_only` sets no_new_privs (it execs nothing anyway).
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-    rustix::thread::set_no_new_privs(true)?;
     let _ = rustix::thread::set_name(c"helios-uprobes");
     // SAFETY: the tracer started us with the socket as stdin (UprobeMaker::spawn); we own it.
     let socket = unsafe { OwnedFd::from_raw_fd(0) };
