@@ -385,14 +385,7 @@ pub(crate) fn python_may_run(frames: &[Frame]) -> bool {
 /// telling frame. When every frame is plumbing, the innermost Python frame, else the innermost
 /// frame. None only without frames.
 pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
-    let python = frames.iter().any(|f| f.language == Language::Python);
-    let jvm = frames.iter().any(is_jvm_frame);
-    frames
-        .iter()
-        .find(|f| {
-            let plumbing = is_runtime(f) || (jvm && jvm_plumbing(f));
-            !plumbing && (!python || f.language == Language::Python)
-        })
+    program_frame(frames)
         // A Python stack entirely in libraries: its innermost Python frame says more than libc.
         .or_else(|| frames.iter().find(|f| f.language == Language::Python))
         // A JavaScript stack entirely in Node's own library (a TCP connection is made on a
@@ -409,6 +402,32 @@ pub(crate) fn telling_frame(frames: &[Frame]) -> Option<&Frame> {
             })
         })
         .or_else(|| frames.first())
+}
+
+/// The innermost frame in the application's own code (`telling_frame`'s first choice); None
+/// for a stack entirely in the C library, loader, runtimes and standard libraries: a runtime's
+/// own loop, as libuv's that accepts a Node.js server's connections (`uv__server_io`).
+pub(crate) fn program_frame(frames: &[Frame]) -> Option<&Frame> {
+    let python = frames.iter().any(|f| f.language == Language::Python);
+    let jvm = frames.iter().any(is_jvm_frame);
+    frames.iter().find(|f| {
+        let plumbing = is_runtime(f) || (jvm && jvm_plumbing(f));
+        !plumbing && (!python || f.language == Language::Python)
+    })
+}
+
+/// What a site's own frames cannot say of where its descriptors came from, told beside them
+/// (the report's and `/sites`' `created_by` and `accepted_on`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct SiteOrigin {
+    /// Where the goroutines that opened them were created, when that is one place Go's own
+    /// traceback would show (resolve/goroutines.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) created_by: Option<Frame>,
+    /// For sockets a runtime's own loop accepted (no frame of the program's on the stack): the
+    /// telling frame of the listener they came through (resolve/stacks.rs, `accepted_through`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) accepted_on: Option<Frame>,
 }
 
 /// A short, bounded label of a frame, for the `frame` metric label and the text report:
@@ -435,6 +454,18 @@ pub(crate) fn frame_label(frame: &Frame) -> String {
 /// The label of a site's telling frame; None for a site without frames.
 pub(crate) fn site_label(frames: &[Frame]) -> Option<String> {
     telling_frame(frames).map(frame_label)
+}
+
+/// The site of sockets accepted at `accepted` on a listener opened at `listener`
+/// (resolve/stacks.rs, `accepted_through`): FNV-1a over both, so the same code accepting on a
+/// listener the same code opened is the same site in every process and run.
+pub(crate) fn through_listener(accepted: SiteId, listener: SiteId) -> SiteId {
+    let (SiteId::Stack(accepted), SiteId::Stack(listener)) = (accepted, listener) else { return accepted };
+    let mut hasher = FnvHasher::default();
+    hasher.write(b"accepted on");
+    hasher.write_u64(accepted);
+    hasher.write_u64(listener);
+    SiteId::Stack(hasher.finish())
 }
 
 /// The stable id of a stack: FNV-1a over each frame's (module, function, offset in function),
@@ -634,7 +665,7 @@ pub(crate) mod tests {
         Frame { language: Language::Go, ..located(symbol, "/srv/client", "/usr/lib/go-1.19/src/x.go", line) }
     }
 
-    fn js(symbol: &str, file: &str, line: u32) -> Frame {
+    pub(crate) fn js(symbol: &str, file: &str, line: u32) -> Frame {
         Frame {
             symbol: Some(Arc::from(symbol)),
             file: Some(Arc::from(file)),

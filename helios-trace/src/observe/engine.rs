@@ -24,7 +24,7 @@ use crate::{
         exited::ExitedProcess,
         fd::{FdDetail, FdKind, SiteId},
         fdtable::{Corrections, FdChange, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
-        frame::{self, Frame},
+        frame::{self, Frame, SiteOrigin},
         handles::TcpHandles,
         kept::Kept,
         sites::SiteStats,
@@ -326,9 +326,10 @@ impl Engine {
         }
     }
 
-    /// Where the goroutines that opened a site's descriptors were created (resolve/goroutines.rs).
-    pub(crate) fn created_by(&self, site: SiteId) -> Option<&Frame> {
-        self.stacks.created_by(site)
+    /// What a site's frames cannot say of where its descriptors came from: the goroutines'
+    /// creator (resolve/goroutines.rs), the listener (resolve/stacks.rs, `accepted_through`).
+    pub(crate) fn origin(&self, site: SiteId) -> SiteOrigin {
+        self.stacks.origin(site)
     }
 
     pub(crate) fn table(&self) -> &FdTable {
@@ -514,17 +515,33 @@ impl Engine {
                     _ => None,
                 };
                 let handle_site = handle_site.filter(|site| self.stacks.knows(*site));
-                match (handle_site, self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns)) {
-                    (Some(site), _) => site,
-                    (None, Some(walked)) => {
-                        self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
+                let site =
+                    match (handle_site, self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns)) {
+                        (Some(site), _) => site,
+                        (None, Some(walked)) => self.python.site(
+                            event.tgid,
+                            native,
+                            &walked.frames,
+                            walked.flags,
+                            &mut self.stacks,
+                        ),
+                        (None, None) => {
+                            let stacks = &self.stacks;
+                            let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                            self.python.not_walked(event.tgid, event.ts_ns, may_run);
+                            native
+                        }
+                    };
+                // A runtime's loop accepts every server's connections with one stack: told
+                // apart by the listener's site.
+                match event.op {
+                    Op::Accept { listener, .. } => {
+                        match self.table.process(event.tgid).and_then(|p| p.fds.get(&listener)) {
+                            Some(open) => self.stacks.accepted_through(site, open.site),
+                            None => site,
+                        }
                     }
-                    (None, None) => {
-                        let stacks = &self.stacks;
-                        let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
-                        self.python.not_walked(event.tgid, event.ts_ns, may_run);
-                        native
-                    }
+                    _ => site,
                 }
             }
             _ => SiteId::NoStack,

@@ -133,12 +133,11 @@ impl Exporter {
             now_ns,
         );
         self.unavailable_fd_limit += unavailable_fd_limit.get();
-        // Goroutine creators, as in the report (resolve/goroutines.rs).
+        // Goroutine creators and listeners, as in the report.
         let redact = self.aggregator.redacts_paths();
         for (id, site) in exported.sites.iter_mut() {
-            let created_by = engine.created_by(*id);
-            site.created_by =
-                created_by.map(|f| if redact { crate::output::redact::frame(f) } else { f.clone() });
+            let origin = engine.origin(*id);
+            site.origin = if redact { crate::output::redact::origin(&origin) } else { origin };
         }
         if let Some(holders) = &self.holders {
             for site in exported.sites.values_mut() {

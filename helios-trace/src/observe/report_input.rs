@@ -69,7 +69,7 @@ impl Tracing {
         let cgroups = &self.cgroups;
         let mut process_facts = |tgid: u32| process_facts(&proc_root, cgroups, tgid);
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
-        let created_by = |site| engine.created_by(site).cloned();
+        let origin = |site| engine.origin(site);
         let include = |tgid: u32| {
             (filtered || engine.stats().active(tgid)) && only.is_none_or(|only| only.contains(&tgid))
         };
@@ -82,7 +82,7 @@ impl Tracing {
             table: engine.table(),
             stats: engine.stats(),
             frames: &frames,
-            created_by: &created_by,
+            origin: &origin,
             include: &include,
             cmdline: &|tgid| cmdlines.get(&tgid).cloned(),
             describe: &mut describe,

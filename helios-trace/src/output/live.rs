@@ -659,7 +659,7 @@ pub(crate) mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::model::{counts::EventCounts, fd::FdKind, fdtable::Corrections};
+    use crate::model::{counts::EventCounts, fd::FdKind, fdtable::Corrections, frame::SiteOrigin};
 
     pub(crate) fn site(
         id: &str,
@@ -690,7 +690,7 @@ pub(crate) mod tests {
             unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
-            created_by: None,
+            origin: SiteOrigin::default(),
             examples: Vec::new(),
             holders: None,
         }

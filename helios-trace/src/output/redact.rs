@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::{
-    model::frame::{Frame, basename},
+    model::frame::{Frame, SiteOrigin, basename},
     output::report::Report,
 };
 
@@ -36,6 +36,14 @@ pub(crate) fn frame(frame: &Frame) -> Frame {
     Frame { file: name(&frame.file), module: name(&frame.module), ..frame.clone() }
 }
 
+/// A site's goroutine creator and listener, as its frames.
+pub(crate) fn origin(origin: &SiteOrigin) -> SiteOrigin {
+    SiteOrigin {
+        created_by: origin.created_by.as_ref().map(frame),
+        accepted_on: origin.accepted_on.as_ref().map(frame),
+    }
+}
+
 pub(crate) fn frames(frames: &[Frame]) -> Arc<[Frame]> {
     frames.iter().map(frame).collect()
 }
@@ -47,7 +55,7 @@ pub(crate) fn report(report: &mut Report) {
         process.cmdline = process.cmdline.as_deref().map(cmdline);
         for site in &mut process.sites {
             site.frames = site.frames.iter().map(frame).collect();
-            site.created_by = site.created_by.as_ref().map(frame);
+            site.origin = origin(&site.origin);
         }
     }
     if let Some(command) = &mut report.command {

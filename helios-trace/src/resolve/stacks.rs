@@ -18,7 +18,7 @@ use crate::{
     model::{
         event::{CapturedStack, StackIds, StackSample},
         fd::SiteId,
-        frame::{Frame, Language, site_id},
+        frame::{self, Frame, Language, SiteOrigin, site_id, through_listener},
     },
     resolve::{
         cache::{BoundedLru, Weight},
@@ -175,6 +175,9 @@ pub(crate) struct StackRegistry {
     frames: HashMap<SiteId, Arc<[Frame]>>,
     /// The goroutine creator of each site of a Go program, where it is one (goroutines.rs).
     creators: SiteCreators,
+    /// Sites of sockets a runtime's loop accepted, one per listener site (`accepted_through`):
+    /// the listener's telling frame.
+    listeners: HashMap<SiteId, Frame>,
     /// Sites of unresolved stacks, oldest first (bounded: one per short-lived process).
     unresolved: VecDeque<SiteId>,
     unwind_cache: Box<UnwindCache>,
@@ -212,6 +215,7 @@ impl StackRegistry {
             symbols: BoundedLru::new(MAX_SYMBOL_BYTES),
             frames: HashMap::new(),
             creators: SiteCreators::default(),
+            listeners: HashMap::new(),
             unresolved: VecDeque::new(),
             unwind_cache: Box::new(UnwindCache::new()),
             counts: StackCounts::default(),
@@ -405,6 +409,7 @@ impl StackRegistry {
     /// the retention (SiteStats::expire).
     pub(crate) fn forget_site(&mut self, site: SiteId) {
         self.creators.forget(site);
+        self.listeners.remove(&site);
         if self.frames.remove(&site).is_some() && self.unresolved.contains(&site) {
             self.unresolved.retain(|s| *s != site);
         }
@@ -423,10 +428,42 @@ impl StackRegistry {
         }
     }
 
-    /// Where the goroutines that opened `site`'s descriptors were created, when that is one
-    /// place Go's own traceback would show.
-    pub(crate) fn created_by(&self, site: SiteId) -> Option<&Frame> {
-        self.creators.get(site)
+    /// What `site`'s frames cannot say of where its descriptors came from: the goroutines'
+    /// creator, the listener.
+    pub(crate) fn origin(&self, site: SiteId) -> SiteOrigin {
+        SiteOrigin {
+            created_by: self.creators.get(site).cloned(),
+            accepted_on: self.listeners.get(&site).cloned(),
+        }
+    }
+
+    /// The site of a socket accepted at `accepted` on a listener opened at `listener`. A
+    /// runtime that accepts in a loop of its own (libuv's `uv__server_io` under Node.js, with no
+    /// JavaScript frame below it) accepts every server's connections with one stack: such a
+    /// site is told apart by its listener's site, and says that listener's telling frame (the
+    /// function that called `listen`), so a server that keeps what it accepts is one site of
+    /// its own, named by the program's code. A stack with a frame of the program's keeps its
+    /// site; so does one whose listener has no frames (opened before tracing, or not known).
+    pub(crate) fn accepted_through(&mut self, accepted: SiteId, listener: SiteId) -> SiteId {
+        let (Some(frames), Some(listener_frames)) = (self.frames.get(&accepted), self.frames.get(&listener))
+        else {
+            return accepted;
+        };
+        if frame::program_frame(frames).is_some() {
+            return accepted;
+        }
+        let Some(told) = frame::telling_frame(listener_frames) else { return accepted };
+        let site = through_listener(accepted, listener);
+        if !self.frames.contains_key(&site) {
+            if self.frames.len() >= self.max_sites {
+                self.counts.sites_dropped += 1;
+                return SiteId::SiteLimit;
+            }
+            let told = told.clone();
+            self.frames.insert(site, frames.clone());
+            self.listeners.insert(site, told);
+        }
+        site
     }
 
     /// A process's executable: the module of the lowest executable mapping (it is mapped below
@@ -786,7 +823,75 @@ fn carry_entry_pc(addresses: &mut [u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::frame::{site_label, tests::native};
+    use crate::model::frame::{
+        site_label,
+        tests::{js, native},
+    };
+
+    /// libuv accepts every server's connections in its loop, below no JavaScript frame: each
+    /// listener's connections are a site of their own, which names the function that called
+    /// `listen`; a stack with a frame of the program's, or a listener without frames, keeps
+    /// its site.
+    #[test]
+    fn a_runtimes_loop_accepting_is_told_apart_by_the_listener() {
+        let mut registry = StackRegistry::new("/nonexistent");
+        let mut remember = |frames: Vec<Frame>| {
+            let site = site_id(&frames);
+            registry.frames.insert(site, frames.into());
+            site
+        };
+        let node = |symbol: &str, offset| native(Some(symbol), "/usr/bin/node", offset);
+        let loop_accept = remember(vec![
+            native(Some("accept4"), "/lib/libc.so.6", 0x10),
+            node("uv__accept", 0x100),
+            node("uv__server_io", 0x200),
+            node("uv__io_poll", 0x300),
+            node("uv_run", 0x400),
+        ]);
+        let listener = |remember: &mut dyn FnMut(Vec<Frame>) -> SiteId, function: &str, line| {
+            remember(vec![
+                native(Some("__GI_socket"), "/lib/libc.so.6", 0x20),
+                node("uv__tcp_bind", 0x500),
+                js("setupListenHandle", "node:net", 1890),
+                js("Server.listen", "node:net", 2084),
+                js(function, "/srv/server.js", line),
+            ])
+        };
+        let tcp = listener(&mut remember, "listenTcp", 33);
+        let unix = listener(&mut remember, "listenUnix", 38);
+        let program_accept = remember(vec![
+            native(Some("accept4"), "/lib/libc.so.6", 0x10),
+            native(Some("serve_forever"), "/srv/server", 0x40),
+        ]);
+        let on_tcp = registry.accepted_through(loop_accept, tcp);
+        let on_unix = registry.accepted_through(loop_accept, unix);
+        assert!(matches!(on_tcp, SiteId::Stack(_)));
+        assert!(on_tcp != loop_accept && on_unix != loop_accept && on_tcp != on_unix);
+        assert_eq!(registry.accepted_through(loop_accept, tcp), on_tcp, "the same listener, the same site");
+        assert_eq!(registry.frames(on_tcp), registry.frames(loop_accept), "the accepting stack's frames");
+        let told = |registry: &StackRegistry, site| {
+            registry.origin(site).accepted_on.map(|f| f.symbol.as_deref().unwrap().to_string())
+        };
+        assert_eq!(told(&registry, on_tcp).as_deref(), Some("listenTcp"));
+        assert_eq!(told(&registry, on_unix).as_deref(), Some("listenUnix"));
+        assert_eq!(told(&registry, loop_accept), None);
+        assert_eq!(
+            registry.accepted_through(program_accept, tcp),
+            program_accept,
+            "the program's own accept"
+        );
+        assert_eq!(registry.accepted_through(loop_accept, SiteId::BeforeTrace), loop_accept);
+        assert_eq!(registry.accepted_through(loop_accept, SiteId::UnknownOrigin), loop_accept);
+        registry.forget_site(on_tcp);
+        assert_eq!(told(&registry, on_tcp), None, "forgotten with its frames");
+        assert_eq!(registry.accepted_through(loop_accept, tcp), on_tcp, "and made again");
+        assert_eq!(told(&registry, on_tcp).as_deref(), Some("listenTcp"));
+        // --max-stacks bounds these sites too.
+        registry.forget_site(on_unix);
+        registry.limit_sites(registry.site_count());
+        assert_eq!(registry.accepted_through(loop_accept, unix), SiteId::SiteLimit);
+        assert_eq!(registry.counts().sites_dropped, 1);
+    }
 
     #[test]
     fn python_frames_stand_where_the_eval_loop_is() {

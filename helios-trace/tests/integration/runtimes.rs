@@ -687,6 +687,118 @@ fn node_client_in_a_pod(after: bool) {
     tracer.stop();
 }
 
+/// A Node.js server that keeps the connections it accepts after their clients closed their
+/// ends (half-open: CLOSE_WAIT), traced from before it listens. libuv accepts every server's
+/// connections in its loop, below no JavaScript frame, so without more they would be one site
+/// of the TCP and the Unix server together, told by glibc's `accept4`; each server's are one
+/// site of their own, which says the listener's function (`accepted_on`: `listenTcp`,
+/// `listenUnix`), as many as /proc and `ss` show.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_node_server_keeping_half_open_connections_is_one_site_per_listener() {
+    if !require_bpf() {
+        return;
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let script = workload_dir("jsleak/server.js");
+    let mut command = Command::new("node");
+    command.args(["--perf-basic-prof", "--interpreted-frames-native-stack"]);
+    command.arg(&script).arg(scratch.path().join("server.sock"));
+    // V8 writes its isolate-*-v8.log where it runs: in the scratch directory, not the tree.
+    command.current_dir(scratch.path());
+    let mut server = Workload::spawn_command(command);
+    let pid = server.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    assert_node_server_sites(&mut tracer, pid, &mut |c| server.run(c), &script, script.to_str().unwrap());
+    tracer.stop();
+    server.exit();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+}
+
+/// The same server in a pod (its own pid, net and mount namespaces and root, with a copy of
+/// Debian's node): its listeners' functions named from the perf map in its own /tmp, the
+/// CLOSE_WAIT sockets counted by `ss` inside its network namespace.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_node_server_in_a_pod_keeping_half_open_connections_is_one_site_per_listener() {
+    if !require_bpf() {
+        return;
+    }
+    let node = std::fs::canonicalize("/usr/bin/node").expect("node (cargo xtask setup --tests installs it)");
+    let script = workload_dir("jsleak/server.js");
+    let mut root = Root::native(&node, "/usr/bin/node");
+    root.add(&script, "/app/server.js");
+    let command = ["/usr/bin/node", "--perf-basic-prof", "--interpreted-frames-native-stack"]
+        .into_iter()
+        .chain(["/app/server.js", "/tmp/server.sock"])
+        .map(String::from)
+        .collect();
+    let mut pod = Pod::start(PodSpec { root, command });
+    let pid = pod.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    assert_node_server_sites(&mut tracer, pid, &mut |c| pod.run(c), &script, "/app/server.js");
+    tracer.stop();
+}
+
+/// Drive jsleak/server.js (`run`: one command of its protocol) and check the report: `script`
+/// is its source here, `script_seen` its path as the process sees it.
+fn assert_node_server_sites(
+    tracer: &mut Tracer,
+    pid: u32,
+    run: &mut dyn FnMut(&str) -> Vec<i64>,
+    script: &Path,
+    script_seen: &str,
+) {
+    let port = run("listen")[0];
+    run("tcp 12");
+    run("unix 8");
+    // Two listeners and what they accepted; every client end is closed.
+    let sockets = || kind_counts(&proc_fds(pid)).get("socket").copied().unwrap_or(0);
+    wait_for("the server to hold every connection", Duration::from_secs(20), || {
+        (sockets() == 22).then_some(())
+    });
+    // The TCP ones in CLOSE_WAIT, as ss shows them in the process's network namespace.
+    let close_wait = || {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "ss", "-tanH", "state", "close-wait"])
+            .arg(format!("sport = :{port}"))
+            .output()
+            .expect("nsenter runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    wait_for("12 sockets in CLOSE_WAIT", Duration::from_secs(20), || (close_wait() == 12).then_some(()));
+    let report = wait_for("the server's sockets in the report", Duration::from_secs(20), || {
+        let report = tracer.snapshot();
+        let open: u64 = sockets_sites(&report, pid).iter().map(|s| s["open"].as_u64().unwrap()).sum();
+        (open == 22).then_some(report)
+    });
+    let sites = sockets_sites(&report, pid);
+    let accepted: Vec<&Value> = sites.iter().filter(|s| s.get("accepted_on").is_some()).collect();
+    assert_eq!(accepted.len(), 2, "one site per listener: {sites:#?}");
+    for (function, open, close_wait) in [("listenTcp", 12, 12), ("listenUnix", 8, 0)] {
+        let line = source_line(script, &format!("function {function}"));
+        let site = accepted
+            .iter()
+            .find(|s| s["accepted_on"]["symbol"] == function)
+            .unwrap_or_else(|| panic!("no site accepted on {function}'s listener: {accepted:#?}"));
+        assert_eq!(
+            (site["open"].as_u64(), site["close_wait"].as_u64()),
+            (Some(open), Some(close_wait)),
+            "{site:#}"
+        );
+        let listener = &site["accepted_on"];
+        assert_eq!(listener["language"], "jit", "{listener:#}");
+        assert_eq!((listener["file"].as_str(), listener["line"].as_u64()), (Some(script_seen), Some(line)));
+        assert!(symbols_of(site).contains(&"uv__server_io"), "accepted in libuv's loop: {site:#}");
+        // The listener itself: one socket at a site told by the same function.
+        let told = format!("{function} (server.js:{line})");
+        let listeners: u64 =
+            sites.iter().filter(|s| s["frame"] == told.as_str()).map(|s| s["open"].as_u64().unwrap()).sum();
+        assert_eq!(listeners, 1, "{told}: {sites:#?}");
+    }
+}
+
 /// tests/workloads/javaleak compiled by the JDK's javac (`cargo xtask setup --tests` installs
 /// openjdk-17-jdk-headless), once per test run.
 fn javaleak_classes() -> &'static Path {

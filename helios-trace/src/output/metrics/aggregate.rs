@@ -29,7 +29,7 @@ use crate::{
     model::{
         fd::{FdKind, SiteId, printable},
         fdtable::{FdChange, FdTable, OpenFd, Transition},
-        frame::Frame,
+        frame::{Frame, SiteOrigin},
         holders::Holder,
         kept::Kept,
         workload::Workload,
@@ -148,10 +148,9 @@ pub(crate) struct SiteFrames {
     /// CLOSE_WAIT sites of CPython processes; ARCHITECTURE.md, "Holders"); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) holders: Option<Vec<Holder>>,
-    /// In a Go program: the `go` statement that created the goroutines which opened it, as in
-    /// the report (resolve/goroutines.rs); absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) created_by: Option<Frame>,
+    /// `created_by` and `accepted_on`, as in the report (model/frame.rs, `SiteOrigin`).
+    #[serde(flatten)]
+    pub(crate) origin: SiteOrigin,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -302,7 +301,13 @@ impl Aggregator {
                     let frames = frames(site).unwrap_or_else(|| Arc::from([]));
                     let frame = site_frame_label(&frames);
                     let frames = if self.config.redact_paths { redact::frames(&frames) } else { frames };
-                    SiteFrames { site: site.label(), frame, frames, holders: None, created_by: None }
+                    SiteFrames {
+                        site: site.label(),
+                        frame,
+                        frames,
+                        holders: None,
+                        origin: SiteOrigin::default(),
+                    }
                 });
                 s.frame = known.frame.clone();
             }

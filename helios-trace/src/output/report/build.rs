@@ -17,7 +17,7 @@ use crate::{
         exited::ExitedProcess,
         fd::{CloseReason, FdKind, SiteId},
         fdtable::{Corrections, FdTable, OpenFd},
-        frame::{Frame, site_label},
+        frame::{Frame, SiteOrigin, site_label},
         history::{History, ProcessSeries},
         resources::{CgroupMemory, exhaustion_seconds},
         sites::{SiteCounters, SiteStats},
@@ -77,8 +77,9 @@ pub(crate) struct ReportInput<'a> {
     pub(crate) table: &'a FdTable,
     pub(crate) stats: &'a SiteStats,
     pub(crate) frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
-    /// Where the goroutines that opened a site's descriptors were created (Go programs).
-    pub(crate) created_by: &'a dyn Fn(SiteId) -> Option<Frame>,
+    /// What a site's frames cannot say of where its descriptors came from (the goroutines'
+    /// creator in a Go program, the listener of sockets a runtime's loop accepted).
+    pub(crate) origin: &'a dyn Fn(SiteId) -> SiteOrigin,
     /// Which processes to report.
     pub(crate) include: &'a dyn Fn(u32) -> bool,
     pub(crate) cmdline: &'a dyn Fn(u32) -> Option<String>,
@@ -122,7 +123,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         table,
         stats,
         frames,
-        created_by,
+        origin,
         include,
         cmdline,
         describe,
@@ -155,7 +156,7 @@ pub(crate) fn build(input: ReportInput<'_>) -> Report {
         // Read before the exit (a later process with the pid would have been read after).
         last: last_known.get(&e.tgid).filter(|l| l.taken_ns <= e.exited_ns),
     });
-    let context = SiteContext { stats, frames, created_by, history, min_age };
+    let context = SiteContext { stats, frames, origin, history, min_age };
     let mut processes: Vec<ProcessReport> = live
         .chain(gone)
         .map(|view| {
@@ -210,7 +211,7 @@ fn facts_unavailable(processes: &[ProcessReport]) -> FactsUnavailable {
 struct SiteContext<'a> {
     stats: &'a SiteStats,
     frames: &'a dyn Fn(SiteId) -> Vec<Frame>,
-    created_by: &'a dyn Fn(SiteId) -> Option<Frame>,
+    origin: &'a dyn Fn(SiteId) -> SiteOrigin,
     history: &'a History,
     min_age: Duration,
 }
@@ -343,7 +344,7 @@ fn process_report(
                 unmeasured_sockets: unmeasured.0,
                 pinned_bytes: pinned,
                 frames,
-                created_by: (context.created_by)(site),
+                origin: (context.origin)(site),
                 examples,
                 holders: None,
             }
@@ -620,7 +621,7 @@ pub(super) mod tests {
             table,
             stats,
             frames: &frames,
-            created_by: &|_| None,
+            origin: &|_| SiteOrigin::default(),
             include: &|_| true,
             cmdline: &|_| Some("leaky --serve".into()),
             describe: &mut describe,
@@ -1077,7 +1078,7 @@ pub(super) mod tests {
             unmeasured_sockets: 0,
             pinned_bytes: None,
             frames: Vec::new(),
-            created_by: None,
+            origin: SiteOrigin::default(),
             examples: Vec::new(),
             holders: None,
         }

@@ -10,7 +10,7 @@ use crate::model::{
     counts::EventCounts,
     fd::{CloseReason, FdKind},
     fdtable::{Corrections, Dropped},
-    frame::Frame,
+    frame::{Frame, SiteOrigin},
     holders::Holder,
     trend::Trend,
 };
@@ -138,11 +138,12 @@ pub(crate) struct SiteReport {
     /// Memory pinned by the site's open memfds (their blocks cannot be freed while open).
     pub(crate) pinned_bytes: Option<u64>,
     pub(crate) frames: Vec<Frame>,
-    /// In a Go program: the `go` statement that created the goroutines which opened its
-    /// descriptors, as Go's traceback says "created by" (resolve/goroutines.rs); absent when
-    /// not read or not one place.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) created_by: Option<Frame>,
+    /// `created_by`: in a Go program, the `go` statement that created the goroutines which
+    /// opened its descriptors, as Go's traceback says "created by" (resolve/goroutines.rs);
+    /// absent when not read or not one place. `accepted_on`: of sockets a runtime's own loop
+    /// accepted, the telling frame of their listener (resolve/stacks.rs, `accepted_through`).
+    #[serde(flatten)]
+    pub(crate) origin: SiteOrigin,
     pub(crate) examples: Vec<Example>,
     /// The Python objects that keep its open descriptors alive (suspected sites, sites with
     /// CLOSE_WAIT sockets, every site with `--holders`; CPython processes only).

@@ -175,8 +175,11 @@ pub(crate) fn to_text(report: &Report, frames: FrameDisplay) -> String {
             for line in shown(&site.frames, frames) {
                 let _ = writeln!(out, "           {}", line.line());
             }
-            if let Some(creator) = &site.created_by {
+            if let Some(creator) = &site.origin.created_by {
                 let _ = writeln!(out, "           created by {}", creator.describe());
+            }
+            if let Some(listener) = &site.origin.accepted_on {
+                let _ = writeln!(out, "           accepted on a listener opened at {}", listener.describe());
             }
             for example in &site.examples {
                 let _ = writeln!(
@@ -333,7 +336,7 @@ mod tests {
         use crate::model::frame::{Frame, Language};
         let (table, stats) = sample();
         let mut report = build_sample(&table, &stats);
-        report.processes[0].sites[0].created_by = Some(Frame {
+        report.processes[0].sites[0].origin.created_by = Some(Frame {
             symbol: Some(Arc::from("net/http.(*Transport).queueForDial")),
             file: Some(Arc::from("/usr/lib/go-1.19/src/net/http/transport.go")),
             line: Some(1419),
@@ -345,5 +348,20 @@ mod tests {
                     (/usr/lib/go-1.19/src/net/http/transport.go:1419)\n";
         assert!(text.contains(line), "{text}");
         assert_eq!(text.matches("created by").count(), 1, "only the site that has one: {text}");
+    }
+
+    #[test]
+    fn a_site_a_runtimes_loop_accepted_says_its_listener() {
+        use crate::model::frame::tests::js;
+        let (table, stats) = sample();
+        let mut report = build_sample(&table, &stats);
+        report.processes[0].sites[0].origin.accepted_on = Some(js("listenTcp", "/srv/server.js", 33));
+        let text = to_text(&report, FrameDisplay::Readable);
+        let line = "           accepted on a listener opened at listenTcp (/srv/server.js:33)\n";
+        assert!(text.contains(line), "{text}");
+        assert_eq!(text.matches("accepted on").count(), 1, "only the site that has one: {text}");
+        let json = serde_json::to_value(&report.processes[0].sites[0]).unwrap();
+        assert_eq!(json["accepted_on"]["symbol"], "listenTcp", "{json:#}");
+        assert!(json.get("created_by").is_none(), "absent where not known: {json:#}");
     }
 }
