@@ -425,7 +425,8 @@ pub(crate) struct SiteOrigin {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) created_by: Option<Frame>,
     /// For sockets a runtime's own loop accepted (no frame of the program's on the stack): the
-    /// telling frame of the listener they came through (resolve/stacks.rs, `accepted_through`).
+    /// program's frame that opened the listener they came through (resolve/stacks.rs,
+    /// `accepted_through`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) accepted_on: Option<Frame>,
 }

@@ -533,13 +533,22 @@ impl Engine {
                         }
                     };
                 // A runtime's loop accepts every server's connections with one stack: told
-                // apart by the listener's site.
-                match event.op {
-                    Op::Accept { listener, .. } => {
-                        match self.table.process(event.tgid).and_then(|p| p.fds.get(&listener)) {
-                            Some(open) => self.stacks.accepted_through(site, open.site),
-                            None => site,
-                        }
+                // apart by the listener's site. (A listener's number that holds no socket: a
+                // record was lost; the accept keeps its own site.)
+                let listener = match event.op {
+                    Op::Accept { listener, .. } => self
+                        .table
+                        .process(event.tgid)
+                        .and_then(|p| p.fds.get(&listener))
+                        .filter(|open| open.kind == FdKind::Socket),
+                    _ => None,
+                };
+                match listener.map(|open| self.stacks.accepted_through(site, open.site)) {
+                    Some(through) if through != site => {
+                        // The accepting stack's site (a Python one too) is a step to this one:
+                        // remembered, so that it is forgotten in its turn.
+                        self.stats.made(site, event.ts_ns);
+                        through
                     }
                     _ => site,
                 }

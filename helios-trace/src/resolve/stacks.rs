@@ -440,10 +440,14 @@ impl StackRegistry {
     /// The site of a socket accepted at `accepted` on a listener opened at `listener`. A
     /// runtime that accepts in a loop of its own (libuv's `uv__server_io` under Node.js, with no
     /// JavaScript frame below it) accepts every server's connections with one stack: such a
-    /// site is told apart by its listener's site, and says that listener's telling frame (the
-    /// function that called `listen`), so a server that keeps what it accepts is one site of
-    /// its own, named by the program's code. A stack with a frame of the program's keeps its
-    /// site; so does one whose listener has no frames (opened before tracing, or not known).
+    /// site is told apart by its listener's site, and says the program's frame that opened the
+    /// listener (the function that called `listen`), so a server that keeps what it accepts is
+    /// one site of its own, named by the program's code. The accepting stack's site stays
+    /// where that stack has a frame of the program's, where the listener's has none (a Go
+    /// server started as `go srv.ListenAndServe()`, `python -m uvicorn`, a listener received
+    /// from another process: only a library would be named), where the listener has no frames
+    /// (opened before tracing), and where `--max-stacks` sites are remembered (it keeps its
+    /// frames).
     pub(crate) fn accepted_through(&mut self, accepted: SiteId, listener: SiteId) -> SiteId {
         let (Some(frames), Some(listener_frames)) = (self.frames.get(&accepted), self.frames.get(&listener))
         else {
@@ -452,12 +456,11 @@ impl StackRegistry {
         if frame::program_frame(frames).is_some() {
             return accepted;
         }
-        let Some(told) = frame::telling_frame(listener_frames) else { return accepted };
+        let Some(told) = frame::program_frame(listener_frames) else { return accepted };
         let site = through_listener(accepted, listener);
         if !self.frames.contains_key(&site) {
             if self.frames.len() >= self.max_sites {
-                self.counts.sites_dropped += 1;
-                return SiteId::SiteLimit;
+                return accepted;
             }
             let told = told.clone();
             self.frames.insert(site, frames.clone());
@@ -863,6 +866,13 @@ mod tests {
             native(Some("accept4"), "/lib/libc.so.6", 0x10),
             native(Some("serve_forever"), "/srv/server", 0x40),
         ]);
+        // A listener whose stack names no code of the program's (opened on a later tick).
+        let library = remember(vec![
+            native(Some("__GI_socket"), "/lib/libc.so.6", 0x20),
+            node("uv__tcp_bind", 0x500),
+            js("setupListenHandle", "node:net", 1890),
+            js("processTicksAndRejections", "node:internal/process/task_queues", 95),
+        ]);
         let on_tcp = registry.accepted_through(loop_accept, tcp);
         let on_unix = registry.accepted_through(loop_accept, unix);
         assert!(matches!(on_tcp, SiteId::Stack(_)));
@@ -886,11 +896,12 @@ mod tests {
         assert_eq!(told(&registry, on_tcp), None, "forgotten with its frames");
         assert_eq!(registry.accepted_through(loop_accept, tcp), on_tcp, "and made again");
         assert_eq!(told(&registry, on_tcp).as_deref(), Some("listenTcp"));
-        // --max-stacks bounds these sites too.
+        assert_eq!(registry.accepted_through(loop_accept, library), loop_accept, "only a library to name");
+        // --max-stacks bounds these sites too: past it, the accepting stack's own site.
         registry.forget_site(on_unix);
         registry.limit_sites(registry.site_count());
-        assert_eq!(registry.accepted_through(loop_accept, unix), SiteId::SiteLimit);
-        assert_eq!(registry.counts().sites_dropped, 1);
+        assert_eq!(registry.accepted_through(loop_accept, unix), loop_accept);
+        assert_eq!(registry.accepted_through(loop_accept, tcp), on_tcp, "one already remembered");
     }
 
     #[test]

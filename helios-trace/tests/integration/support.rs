@@ -450,6 +450,45 @@ pub fn assert_maker_keeps_only_what_uprobes_need(tracer: u32) {
     }
 }
 
+/// Whether a uprobe is on `symbol` of `binary` in `pid`'s memory. `binary` is the file as this
+/// test reads it, `seen_as` its path in the process's maps. A uprobe writes int3 (0xcc) over the
+/// first byte of the probed instruction in every process that maps the file
+/// (kernel/events/uprobes.c, `install_breakpoint`), and /proc/PID/mem reads that page: the
+/// kernel's own word that the probe is there.
+pub fn uprobe_on(pid: u32, binary: &Path, seen_as: &str, symbol: &str) -> bool {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    use std::os::unix::fs::FileExt as _;
+    let data = std::fs::read(binary).unwrap();
+    let elf = object::File::parse(&*data).unwrap();
+    let address = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.name() == Ok(symbol))
+        .unwrap_or_else(|| panic!("{symbol} in {}", binary.display()))
+        .address();
+    let offset = elf
+        .segments()
+        .find_map(|segment| {
+            let (file_offset, size) = segment.file_range();
+            let start = segment.address();
+            (start <= address && address < start + size).then(|| address - start + file_offset)
+        })
+        .unwrap_or_else(|| panic!("{symbol} at {address:#x} in no segment of {}", binary.display()));
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+    let at = maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (range, file_offset) = (fields.first()?, u64::from_str_radix(fields.get(2)?, 16).ok()?);
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        (fields.get(5) == Some(&seen_as) && file_offset <= offset && offset < file_offset + (end - start))
+            .then(|| start + offset - file_offset)
+    });
+    let Some(at) = at else { return false };
+    let mut byte = [0u8];
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else { return false };
+    mem.read_exact_at(&mut byte, at).is_ok() && byte[0] == 0xcc
+}
+
 /// What helios-trace keeps after attaching: CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19),
 /// CAP_BPF (39); numbers from linux/capability.h.
 pub const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 39;
