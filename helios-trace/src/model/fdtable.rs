@@ -443,7 +443,8 @@ impl FdTable {
         }
     }
 
-    fn lookup(&self, tgid: u32, fd: i32) -> Option<&OpenFd> {
+    /// The open descriptor `fd` of `tgid`, if the table has it.
+    pub(crate) fn lookup(&self, tgid: u32, fd: i32) -> Option<&OpenFd> {
         self.processes.get(&tgid)?.fds.get(&fd)
     }
 

@@ -536,11 +536,9 @@ impl Engine {
                 // apart by the listener's site. (A listener's number that holds no socket: a
                 // record was lost; the accept keeps its own site.)
                 let listener = match event.op {
-                    Op::Accept { listener, .. } => self
-                        .table
-                        .process(event.tgid)
-                        .and_then(|p| p.fds.get(&listener))
-                        .filter(|open| open.kind == FdKind::Socket),
+                    Op::Accept { listener, .. } => {
+                        self.table.lookup(event.tgid, listener).filter(|open| open.kind == FdKind::Socket)
+                    }
                     _ => None,
                 };
                 match listener.map(|open| self.stacks.accepted_through(site, open.site)) {
