@@ -12,6 +12,10 @@ pub(crate) trait Memory {
     /// Fill `buf` from `address`; false when any of it cannot be read.
     fn read(&mut self, address: u64, buf: &mut [u8]) -> bool;
 
+    /// Let what is read next come from the process anew (a cache's pages are stale once the
+    /// process has changed them).
+    fn forget(&mut self) {}
+
     fn u64(&mut self, address: u64) -> Option<u64> {
         let mut b = [0; 8];
         self.read(address, &mut b).then(|| u64::from_le_bytes(b))
@@ -96,6 +100,12 @@ impl Memory for Paged {
             done += n;
         }
         true
+    }
+
+    fn forget(&mut self) {
+        self.pages.clear();
+        self.slots.clear();
+        self.last = None;
     }
 }
 

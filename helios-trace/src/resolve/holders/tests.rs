@@ -8,7 +8,7 @@ use super::{
         TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
         TPFLAGS_UNICODE_SUBCLASS, heap_layout,
     },
-    memory::Fake,
+    memory::{Fake, Memory},
     walk::{Budget, walk},
 };
 
@@ -348,6 +348,50 @@ fn a_looping_gc_list_stops_at_the_budget_and_says_so() {
         lines,
         ["1 held by app:Handler._ws_connections (set of 2) via .sock", "1 not found: the walk stopped early"]
     );
+}
+
+/// A process changing its heap while it is read: the word at `at` reads as `broken` until the
+/// walk has forgotten what it read `heals_after` times (then the list has settled).
+struct Changing {
+    mem: Fake,
+    at: u64,
+    broken: u64,
+    heals_after: u32,
+    forgotten: u32,
+}
+
+impl Memory for Changing {
+    fn read(&mut self, address: u64, buf: &mut [u8]) -> bool {
+        if address == self.at && buf.len() == 8 && self.forgotten < self.heals_after {
+            buf.copy_from_slice(&self.broken.to_le_bytes());
+            return true;
+        }
+        self.mem.read(address, buf)
+    }
+
+    fn forget(&mut self) {
+        self.forgotten += 1;
+    }
+}
+
+#[test]
+fn a_gc_list_that_broke_off_while_read_is_read_again() {
+    for (heals_after, whole) in [(1, true), (2, true), (u32::MAX, false)] {
+        let p = postmortem(12);
+        // The first handler's `_gc_next` reads as 0 (unlinked by the process just then).
+        let at = p.handlers[0] - GC_HEAD;
+        let mem = Changing { mem: p.heap.mem, at, broken: 0, heals_after, forgotten: 0 };
+        let w = walk(mem, p.heap.l, p.heap.runtime, &BUDGET, || {}).unwrap();
+        let lines: Vec<String> = w.holders(&[7, 8]).iter().map(|h| h.line()).collect();
+        if whole {
+            assert_eq!(w.stopped, None, "settled after {heals_after} listings");
+            assert_eq!(lines, ["2 held by app:Handler._ws_connections (set of 2) via .sock"]);
+        } else {
+            let said = "a GC list broke off (the process changed it while read), in each of 3 listings";
+            assert_eq!(w.stopped.as_deref(), Some(said));
+            assert!(lines.iter().all(|l| !l.contains("no Python owner")), "{lines:?}");
+        }
+    }
 }
 
 mod fuzz {

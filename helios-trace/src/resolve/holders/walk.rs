@@ -117,41 +117,17 @@ pub(crate) fn walk<M: Memory>(
     let over = |started: Instant| started.elapsed() > budget.time;
     let mut r = Reader::new(memory, layout);
     let interp = r.memory.u64(runtime.wrapping_add(layout.interpreters_head)).filter(|p| *p != 0)?;
-    let mut stopped = None;
-
-    // The objects: each generation's list is a ring of PyGC_Head through `_gc_next` (its low
-    // bits are flags during a collection: masked), each object right after its head.
-    let mut addresses = Vec::new();
-    let first = generations_start(&mut r.memory, &layout, interp);
-    let heads = (0..layout.generations)
-        .map(|i| first.wrapping_add(i * layout.generation_size))
-        .chain([interp.wrapping_add(layout.interp_permanent)]);
-    'lists: for head in heads {
-        let mut gc = r.memory.u64(head)? & !3;
-        while gc != head {
-            if gc == 0 || !gc.is_multiple_of(8) {
-                stopped.get_or_insert_with(|| {
-                    "a GC list broke off (the process changed it while read)".to_string()
-                });
-                break;
-            }
-            if addresses.len() >= budget.max_objects {
-                stopped = Some(format!("the object budget ({}) was reached", budget.max_objects));
-                break 'lists;
-            }
-            if addresses.len() % 4096 == 0 && over(started) {
-                stopped = Some(format!("the time budget ({:?}) ran out listing objects", budget.time));
-                break 'lists;
-            }
-            addresses.push(gc.wrapping_add(GC_HEAD));
-            let Some(next) = r.memory.u64(gc) else {
-                stopped.get_or_insert_with(|| {
-                    "a GC list broke off (the process changed it while read)".to_string()
-                });
-                break;
-            };
-            gc = next & !3;
-        }
+    // A list read while the process changes it can break off; read again from the start, with
+    // nothing of the first listing's pages kept, a moment later it is usually whole.
+    let mut tries = 1;
+    let (mut addresses, mut stopped) = list_objects(&mut r.memory, &layout, interp, budget, started)?;
+    while stopped.as_deref() == Some(BROKE_OFF) && tries < LISTINGS && !over(started) {
+        r.memory.forget();
+        tries += 1;
+        (addresses, stopped) = list_objects(&mut r.memory, &layout, interp, budget, started)?;
+    }
+    if stopped.as_deref() == Some(BROKE_OFF) {
+        stopped = Some(format!("{BROKE_OFF}, in each of {tries} listings"));
     }
     addresses.sort_unstable();
     addresses.dedup();
@@ -304,6 +280,52 @@ pub(crate) fn walk<M: Memory>(
         paused_seconds: None,
         pause_error: None,
     })
+}
+
+/// Said when a GC list does not lead back to its head.
+const BROKE_OFF: &str = "a GC list broke off (the process changed it while read)";
+
+/// How many times the GC lists are read when one breaks off.
+const LISTINGS: u32 = 3;
+
+/// Every object of the GC lists, and why the listing stopped before the end if it did. Each
+/// generation's list is a ring of PyGC_Head through `_gc_next` (its low bits are flags during a
+/// collection: masked), each object right after its head.
+fn list_objects<M: Memory>(
+    memory: &mut M,
+    layout: &HeapLayout,
+    interp: u64,
+    budget: &Budget,
+    started: Instant,
+) -> Option<(Vec<u64>, Option<String>)> {
+    let mut addresses = Vec::new();
+    let mut stopped = None;
+    let first = generations_start(memory, layout, interp);
+    let heads = (0..layout.generations)
+        .map(|i| first.wrapping_add(i * layout.generation_size))
+        .chain([interp.wrapping_add(layout.interp_permanent)]);
+    'lists: for head in heads {
+        let mut gc = memory.u64(head)? & !3;
+        while gc != head {
+            if addresses.len() >= budget.max_objects {
+                stopped = Some(format!("the object budget ({}) was reached", budget.max_objects));
+                break 'lists;
+            }
+            if addresses.len() % 4096 == 0 && started.elapsed() > budget.time {
+                stopped = Some(format!("the time budget ({:?}) ran out listing objects", budget.time));
+                break 'lists;
+            }
+            // A broken list leaves the others to read.
+            let next = (gc != 0 && gc.is_multiple_of(8)).then(|| memory.u64(gc)).flatten();
+            let Some(next) = next else {
+                stopped.get_or_insert_with(|| BROKE_OFF.to_string());
+                continue 'lists;
+            };
+            addresses.push(gc.wrapping_add(GC_HEAD));
+            gc = next & !3;
+        }
+    }
+    Some((addresses, stopped))
 }
 
 /// Whether object `i`'s references are still read (the time budget checked every 1024).
