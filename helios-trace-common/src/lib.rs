@@ -279,6 +279,11 @@ pub const MAX_PYTHON_THREADS: u32 = 64;
 pub const PYTHON_PROC_ENTRIES: u32 = 4096;
 /// Most bytes of one frame the kernel reads ([`PythonOffsets::frame_read`]).
 pub const MAX_PYTHON_FRAME_READ: u32 = 128;
+/// Most bytes of one thread state the kernel reads ([`PythonOffsets::tstate_read`]).
+pub const MAX_PYTHON_TSTATE_READ: u32 = 256;
+/// Most bytes the kernel reads at once below a frame, for the frames under it
+/// ([`PythonOffsets::frame_window`]).
+pub const MAX_PYTHON_FRAME_WINDOW: u32 = 1024;
 /// An offset field of [`PythonOffsets`] that does not apply to the interpreter's version.
 pub const PY_NO_OFFSET: u32 = u32::MAX;
 
@@ -324,14 +329,24 @@ pub struct PythonOffsets {
     /// Bytes of a frame read at once, covering every frame field above (at most
     /// [`MAX_PYTHON_FRAME_READ`]): one read per frame rather than one per field.
     pub frame_read: u32,
+    /// Bytes of a thread state read at once, covering `tstate_next`, `tstate_thread_id` and
+    /// `tstate_frame` (at most [`MAX_PYTHON_TSTATE_READ`]): one read per thread looked at.
+    pub tstate_read: u32,
+    /// Bytes read at once ending at a frame's `frame_read` (at most
+    /// [`MAX_PYTHON_FRAME_WINDOW`], never below the frame's page): the frames under it that lie
+    /// in those bytes need no read of their own. 3.11+ keep a thread's frames one under the
+    /// other in its data stack (Include/internal/pycore_frame.h, `_PyThreadState_PushFrame`);
+    /// 0 (3.10, whose frames are heap objects): `frame_read` bytes per frame.
+    pub frame_window: u32,
     /// The process's pid namespace (`stat /proc/PID/ns/pid`: the nsfs device, in the kernel's
     /// `dev_t` encoding, and the inode). CPython's thread states hold thread ids of that
     /// namespace; the kernel program gets the calling thread's with
-    /// `bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino)`. `pidns_ino` 0: the kernel's own tid.
+    /// `bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino)`. `pidns_ino` 0: the kernel's own tid
+    /// (the initial pid namespace's, where the process is in that one).
     pub pidns_dev: u64,
     pub pidns_ino: u64,
 }
-const _: () = assert!(size_of::<PythonOffsets>() == 72);
+const _: () = assert!(size_of::<PythonOffsets>() == 80);
 
 /// Capacity of the `GO_PROCS` map: Go processes whose goroutines' creators are read.
 pub const GO_PROC_ENTRIES: u32 = 16 * 1024;

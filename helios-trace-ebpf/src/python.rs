@@ -14,8 +14,9 @@ use aya_ebpf::{
     },
 };
 use helios_trace_common::{
-    MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS, PY_NO_OFFSET, PYTHON_STACK_FRAMES_OFFSET,
-    PythonFrame, PythonOffsets, PythonStack, counter, kind, python_flags,
+    MAX_PYTHON_FRAME_READ, MAX_PYTHON_FRAME_WINDOW, MAX_PYTHON_FRAMES, MAX_PYTHON_THREADS,
+    MAX_PYTHON_TSTATE_READ, PY_NO_OFFSET, PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonOffsets,
+    PythonStack, counter, kind, python_flags,
 };
 
 use crate::{
@@ -87,26 +88,49 @@ struct ThreadSearch {
     tstate: u64,
     tid: u64,
     found: u64,
-    thread_id: u32,
-    pthread_tid: u32,
-    next: u32,
-    failed: u32,
+    /// The found thread state's `tstate_frame` field.
+    frame: u64,
+    failed: u64,
 }
 
-/// One thread state: is it the caller's? Then stop; else go to the next.
+/// The u64 at `offset` of `bytes` (0 past their end).
+#[inline(always)]
+fn field(bytes: &[u8; MAX_PYTHON_FRAME_WINDOW as usize], offset: usize) -> u64 {
+    match bytes.get(offset..offset.wrapping_add(8)) {
+        Some(field) => u64::from_le_bytes([
+            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
+        ]),
+        None => 0,
+    }
+}
+
+/// One thread state, read at once (`tstate_read` bytes, into the walk's buffer): is it the
+/// caller's? Then stop, with its frame field; else go to the next.
 #[inline(never)]
 unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
     if s.tstate == 0 {
         return 1;
     }
-    let Ok(mut id) = read_user_u64(s.tstate + s.thread_id as u64) else {
+    let Some(w) = PYTHON_WALK.get_ptr_mut(0) else {
         s.failed = 1;
         return 1;
     };
-    if s.pthread_tid != PY_NO_OFFSET {
+    // SAFETY: the per-CPU slot python_stack is filling; walk_python holds no reference to it
+    // across the loop.
+    let w = unsafe { &mut *w };
+    let o = &w.offsets;
+    let size = o.tstate_read.min(MAX_PYTHON_TSTATE_READ);
+    if size == 0
+        || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, s.tstate as *const c_void) } != 0
+    {
+        s.failed = 1;
+        return 1;
+    }
+    let mut id = field(&w.bytes, o.tstate_thread_id as usize);
+    if o.pthread_tid != PY_NO_OFFSET {
         // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
-        match unsafe { bpf_probe_read_user((id + s.pthread_tid as u64) as *const u32) } {
+        match unsafe { bpf_probe_read_user((id + o.pthread_tid as u64) as *const u32) } {
             Ok(tid) => id = tid as u64,
             Err(_) => {
                 s.failed = 1;
@@ -116,45 +140,38 @@ unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     }
     if id == s.tid {
         s.found = s.tstate;
+        s.frame = field(&w.bytes, o.tstate_frame as usize);
         return 1;
     }
-    match read_user_u64(s.tstate + s.next as u64) {
-        Ok(next) => {
-            s.tstate = next;
-            0
-        }
-        Err(_) => {
-            s.failed = 1;
-            1
-        }
-    }
+    s.tstate = field(&w.bytes, o.tstate_next as usize);
+    0
 }
 
-/// State of the frame walk, in `PYTHON_WALK` (the bpf_loop callback takes it from there).
+/// State of the frame walk, in `PYTHON_WALK` (the bpf_loop callbacks take it from there).
 #[repr(C)]
 pub struct FrameWalk {
     offsets: PythonOffsets,
     frame: u64,
     flags: u32,
-    reserved: u32,
-    /// The current frame's first `frame_read` bytes.
-    bytes: [u8; MAX_PYTHON_FRAME_READ as usize],
+    /// How many bytes of `bytes` are the process's from `window_start` (0: none; the thread
+    /// search leaves a thread state there).
+    window_len: u32,
+    window_start: u64,
+    /// The last window read: the current frame's first `frame_read` bytes and up to
+    /// `frame_window` bytes before them, within its page.
+    bytes: [u8; MAX_PYTHON_FRAME_WINDOW as usize],
 }
 
-/// The u64 at `offset` of a frame copy (0 past its end).
-#[inline(always)]
-fn frame_field(bytes: &[u8; MAX_PYTHON_FRAME_READ as usize], offset: u32) -> u64 {
-    let offset = offset as usize;
-    match bytes.get(offset..offset + 8) {
-        Some(field) => u64::from_le_bytes([
-            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
-        ]),
-        None => 0,
-    }
-}
+/// The start of the 4 KiB around an address: within its page whatever the page size (4 KiB is the
+/// smallest), so it reads when the address does.
+const PAGE_MASK: u64 = !4095;
 
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
-/// The frame is read at once (`frame_read` bytes) and its fields taken from the copy.
+/// The frame's fields come from the last window read when it holds the frame's first
+/// `frame_read` bytes (3.11+: the frames under the first one in the data stack); else from a
+/// new window, ending with those bytes and starting up to `frame_window` bytes before them but
+/// not before the frame's page (that page reads, since the frame does; the one below may not
+/// be mapped: the data stack's first chunk).
 #[inline(never)]
 unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
     let (Some(stack), Some(w)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
@@ -167,25 +184,43 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     let o = &w.offsets;
     let size = o.frame_read.min(MAX_PYTHON_FRAME_READ);
-    if size == 0 || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, w.frame as *const c_void) } != 0
-    {
-        w.flags |= python_flags::READ_FAILED;
-        return 1;
+    let end = w.frame.wrapping_add(size as u64);
+    let in_window = w.window_len != 0
+        && w.frame >= w.window_start
+        && end <= w.window_start.wrapping_add(w.window_len as u64)
+        && end > w.frame;
+    if !in_window {
+        let window = o.frame_window.min(MAX_PYTHON_FRAME_WINDOW).max(size) as u64;
+        let start = end.saturating_sub(window).max(w.frame & PAGE_MASK);
+        let len = end.wrapping_sub(start);
+        if size == 0
+            || len == 0
+            || len > MAX_PYTHON_FRAME_WINDOW as u64
+            || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), len as u32, start as *const c_void) } != 0
+        {
+            w.flags |= python_flags::READ_FAILED;
+            return 1;
+        }
+        w.window_start = start;
+        w.window_len = len as u32;
     }
+    let at = w.frame.wrapping_sub(w.window_start) as usize;
     let skip = o.frame_owner != PY_NO_OFFSET
-        && w.bytes.get(o.frame_owner as usize).is_some_and(|owner| *owner as u32 >= o.owner_skip);
+        && w.bytes
+            .get(at.wrapping_add(o.frame_owner as usize))
+            .is_some_and(|owner| *owner as u32 >= o.owner_skip);
     if !skip {
         let Some(slot) = stack.frames.get_mut(stack.frame_count as usize) else {
             w.flags |= python_flags::TRUNCATED;
             return 1;
         };
         *slot = PythonFrame {
-            code: frame_field(&w.bytes, o.frame_code),
-            instr: frame_field(&w.bytes, o.frame_instr),
+            code: field(&w.bytes, at.wrapping_add(o.frame_code as usize)),
+            instr: field(&w.bytes, at.wrapping_add(o.frame_instr as usize)),
         };
         stack.frame_count += 1;
     }
-    w.frame = frame_field(&w.bytes, o.frame_previous);
+    w.frame = field(&w.bytes, at.wrapping_add(o.frame_previous as usize));
     0
 }
 
@@ -216,15 +251,7 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
     let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
         return python_flags::READ_FAILED;
     };
-    let mut search = ThreadSearch {
-        tstate: head,
-        tid: tid as u64,
-        found: 0,
-        thread_id: o.tstate_thread_id,
-        pthread_tid: o.pthread_tid,
-        next: o.tstate_next,
-        failed: 0,
-    };
+    let mut search = ThreadSearch { tstate: head, tid: tid as u64, found: 0, frame: 0, failed: 0 };
     unsafe {
         bpf_loop(
             MAX_PYTHON_THREADS,
@@ -239,9 +266,7 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
     if search.found == 0 {
         return python_flags::NO_THREAD;
     }
-    let Ok(mut frame) = read_user_u64(search.found + o.tstate_frame as u64) else {
-        return python_flags::READ_FAILED;
-    };
+    let mut frame = search.frame;
     if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
         let Ok(current) = read_user_u64(frame + o.cframe_frame as u64) else {
             return python_flags::READ_FAILED;
@@ -252,9 +277,10 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
     unsafe {
         write_volatile(&raw mut (*walk).frame, frame);
         write_volatile(&raw mut (*walk).flags, 0);
+        write_volatile(&raw mut (*walk).window_len, 0);
     }
     // Room for shim frames between the real ones; a walk that did not reach the end is cut.
-    // Every byte of `bytes` a frame's fields are taken from is read anew for each frame
+    // Every byte of `bytes` a frame's fields are taken from is in the window read last
     // (`frame_read` covers them: resolve/python/layout.rs), so it needs no clearing.
     let loops = (MAX_PYTHON_FRAMES * 2) as u32;
     let done = unsafe { bpf_loop(loops, walk_frame as *mut c_void, core::ptr::null_mut(), 0) };

@@ -10,7 +10,10 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use super::{
     PythonError,
-    layout::{DEBUG_OFFSETS_LEN, Layout, frame_read, layout_from_debug_offsets, static_layout, version_of},
+    layout::{
+        DEBUG_OFFSETS_LEN, Layout, frame_read, frame_window, layout_from_debug_offsets, static_layout,
+        tstate_read, version_of,
+    },
     lines,
     memory::{MAX_LINETABLE, Memory},
 };
@@ -212,7 +215,12 @@ fn kernel_offsets(
     let mut offsets = layout.kernel;
     offsets.interpreters_head = runtime + layout.interpreters_head;
     offsets.frame_read = frame_read(&offsets).ok_or(PythonError::Layout)?;
-    (offsets.pidns_dev, offsets.pidns_ino) = (dev, ino);
+    offsets.tstate_read = tstate_read(&offsets).ok_or(PythonError::Layout)?;
+    offsets.frame_window = frame_window(layout.minor);
+    // In the initial pid namespace a thread's id is the kernel's own: no namespace to ask.
+    if ino != PROC_PID_INIT_INO {
+        (offsets.pidns_dev, offsets.pidns_ino) = (dev, ino);
+    }
     if layout.minor == 10 {
         // Until the thread states can be searched for it (check), glibc's usual offset.
         offsets.pthread_tid = GLIBC_X86_64_PTHREAD_TID;
@@ -308,6 +316,10 @@ impl Interpreter {
 
 /// Where glibc's `struct pthread` has held the tid on x86_64 for years (nptl/descr.h).
 const GLIBC_X86_64_PTHREAD_TID: u32 = 0x2d0;
+
+/// The inode of the initial pid namespace (include/linux/proc_ns.h, `PROC_PID_INIT_INO`): fixed,
+/// outside the range nsfs gives the others (`PROC_DYNAMIC_FIRST`, fs/proc/generic.c).
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
 
 /// glibc's `struct pthread` (nptl/descr.h) holds the thread's kernel tid; its offset depends
 /// on the glibc build (0x2d0 on x86_64 for years). Found as the offset, in the thread
@@ -425,6 +437,11 @@ mod tests {
         let layout = static_layout(11).unwrap();
         assert_eq!(offsets.interpreters_head, runtime + layout.interpreters_head);
         assert_eq!((offsets.pidns_dev, offsets.pidns_ino), (7, 9));
+        // 3.11's thread states read in 168 bytes, its frames under a frame in one window.
+        assert_eq!((offsets.tstate_read, offsets.frame_window), (168, 1024));
+        // A process of the initial pid namespace: its thread ids are the kernel's.
+        let host = offsets_before_exec(python, (7, PROC_PID_INIT_INO)).unwrap().unwrap();
+        assert_eq!((host.pidns_dev, host.pidns_ino), (0, 0));
         assert_eq!(offsets_before_exec(Path::new("/bin/sh"), (7, 9)), Ok(None));
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("python3.12");

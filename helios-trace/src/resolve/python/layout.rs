@@ -83,6 +83,8 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
         frame_owner: PY_NO_OFFSET,
         owner_skip: PY_NO_OFFSET,
         frame_read: 0,
+        tstate_read: 0,
+        frame_window: 0,
         pidns_dev: 0,
         pidns_ino: 0,
     };
@@ -273,6 +275,8 @@ pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layo
             frame_owner: small(words.frame_owner)?,
             owner_skip: FIRST_NON_PYTHON_OWNER,
             frame_read: 0,
+            tstate_read: 0,
+            frame_window: 0,
             pidns_dev: 0,
             pidns_ino: 0,
         },
@@ -312,6 +316,21 @@ pub(crate) fn frame_read(o: &PythonOffsets) -> Option<u32> {
     (end <= helios_trace_common::MAX_PYTHON_FRAME_READ).then_some(end)
 }
 
+/// Bytes of a thread state that cover the fields the kernel reads of it (8 each; 3.10's
+/// `thread_id` is a `pthread_t`, the others' `native_thread_id` an unsigned long).
+pub(crate) fn tstate_read(o: &PythonOffsets) -> Option<u32> {
+    let end = [o.tstate_next, o.tstate_thread_id, o.tstate_frame].iter().map(|f| f + 8).max()?;
+    (end <= helios_trace_common::MAX_PYTHON_TSTATE_READ).then_some(end)
+}
+
+/// Bytes the kernel reads at once under a frame of 3.`minor` (`PythonOffsets::frame_window`):
+/// from 3.11 a thread's frames are pushed one above the other in its data stack
+/// (Include/internal/pycore_frame.h, `_PyFrame_PushUnchecked`), so the frames a call is under
+/// usually lie in the bytes just below its own; 3.10's are heap objects, each read alone.
+pub(crate) fn frame_window(minor: u32) -> u32 {
+    if minor >= 11 { helios_trace_common::MAX_PYTHON_FRAME_WINDOW } else { 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +362,12 @@ mod tests {
         assert_eq!(frame_read(&static_layout(12).unwrap().kernel), Some(71));
         let far = PythonOffsets { frame_owner: 200, ..static_layout(12).unwrap().kernel };
         assert_eq!(frame_read(&far), None);
+        // A thread state at once: 3.10's thread_id ends at 184, 3.11's native_thread_id at 168.
+        assert_eq!(tstate_read(&static_layout(10).unwrap().kernel), Some(184));
+        assert_eq!(tstate_read(&static_layout(11).unwrap().kernel), Some(168));
+        let far = PythonOffsets { tstate_thread_id: 300, ..static_layout(11).unwrap().kernel };
+        assert_eq!(tstate_read(&far), None);
+        assert_eq!((frame_window(10), frame_window(11)), (0, 1024));
     }
 
     #[test]
@@ -408,6 +433,7 @@ mod tests {
         assert_eq!((c.firstlineno, c.code_adaptive, layout.ascii_size), (68, Some(208), 40));
         assert_eq!((layout.code_tag_bits, k.owner_skip), (3, 3));
         assert_eq!(frame_read(&k), Some(75));
+        assert_eq!(tstate_read(&k), Some(168));
         // The same bytes are not 3.13's, and a free-threaded build is refused by name.
         assert!(layout_from_debug_offsets(&bytes, 13).is_err());
         set(&mut bytes, 2, 1);
