@@ -189,9 +189,6 @@ pub const MAX_CHAIN_FRAMES: usize = 64;
 /// Capacity of the `FRAME_RULES` map (allocated as rules are taught; a chain whose rules do not
 /// fit keeps sending its window: slower, not wrong).
 pub const FRAME_RULE_ENTRIES: u32 = 256 * 1024;
-/// Slots of each CPU's cache of the rules a learned walk looked up last (`RULE_CACHE`): a hot
-/// chain's frames are mostly found there, without a hash-map lookup each.
-pub const RULE_CACHE_SLOTS: usize = 512;
 
 /// Key of the `FRAME_RULES` map: one code address of one process image.
 #[repr(C)]
@@ -825,11 +822,6 @@ pub mod map_name {
     pub const EXEC_TIMES: &str = "EXEC_TIMES";
     /// Learned unwind rules: [`super::FrameRuleKey`] -> [`super::FrameRule`].
     pub const FRAME_RULES: &str = "FRAME_RULES";
-    /// Per-CPU cache of `FRAME_RULES` entries ([`super::RULE_CACHE_SLOTS`]).
-    pub const RULE_CACHE: &str = "RULE_CACHE";
-    /// How many times userspace has taken rules back from `FRAME_RULES` (one u64): a cached
-    /// rule is used only while this is what it was when the rule was cached.
-    pub const RULES_TAKEN_BACK: &str = "RULES_TAKEN_BACK";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off

@@ -79,18 +79,6 @@ shared_map! {
 }
 
 shared_map! {
-    /// The `FRAME_RULES` entries a learned walk looked up last on this CPU (stacks.rs,
-    /// `RuleCache`).
-    RULE_CACHE: PerCpuArray<crate::stacks::RuleCache> = PerCpuArray::with_max_entries(1, 0);
-}
-
-shared_map! {
-    /// Bumped by userspace each time it has taken rules back from `FRAME_RULES` (at a process's
-    /// exec and exit): a cached rule is used only while this is what it was when cached.
-    RULES_TAKEN_BACK: Array<u64> = Array::with_max_entries(1, 0);
-}
-
-shared_map! {
     /// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
     /// callbacks that fill it cannot hold a ring-buffer reservation).
     PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);

@@ -116,7 +116,7 @@ unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
         s.failed = 1;
         return 1;
     };
-    // SAFETY: the per-CPU slot python_stack is filling; walk_python holds no reference to it
+    // SAFETY: the per-CPU slot python_stack is filling; walk_python holds no reference into it
     // across the loop.
     let w = unsafe { &mut *w };
     let o = &w.offsets;
@@ -235,20 +235,23 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 /// before it). Its fields are read back volatile after the loop.
 #[inline(always)]
 fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
-    // SAFETY: the per-CPU slot python_stack filled; the callback never writes `offsets`.
-    let o = unsafe { &(*walk).offsets };
+    // SAFETY: the per-CPU slot python_stack filled. Copied out: the callbacks take the slot as
+    // a `&mut` of their own while the loops run.
+    let (interpreters_head, threads_head, cframe_frame) = unsafe {
+        ((*walk).offsets.interpreters_head, (*walk).offsets.threads_head, (*walk).offsets.cframe_frame)
+    };
     // A runtime whose page does not read has not been written yet: `run` gives the offsets
     // before the exec, and the dynamic loader opens its libraries before the interpreter's
     // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
     // has run: nothing to miss. (A started runtime's page swapped out under memory pressure
     // reads the same way, and such a descriptor is then not counted missed: no swap here.)
-    let Ok(interp) = read_user_u64(o.interpreters_head) else {
+    let Ok(interp) = read_user_u64(interpreters_head) else {
         return python_flags::NOT_STARTED;
     };
     if interp == 0 {
         return python_flags::NOT_STARTED;
     }
-    let Ok(head) = read_user_u64(interp + o.threads_head as u64) else {
+    let Ok(head) = read_user_u64(interp + threads_head as u64) else {
         return python_flags::READ_FAILED;
     };
     let mut search = ThreadSearch { tstate: head, tid: tid as u64, found: 0, frame: 0, failed: 0 };
@@ -267,8 +270,8 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
         return python_flags::NO_THREAD;
     }
     let mut frame = search.frame;
-    if o.cframe_frame != PY_NO_OFFSET && frame != 0 {
-        let Ok(current) = read_user_u64(frame + o.cframe_frame as u64) else {
+    if cframe_frame != PY_NO_OFFSET && frame != 0 {
+        let Ok(current) = read_user_u64(frame + cframe_frame as u64) else {
             return python_flags::READ_FAILED;
         };
         frame = current;

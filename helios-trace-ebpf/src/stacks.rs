@@ -13,16 +13,13 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    FrameRule, FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, RULE_CACHE_SLOTS, SavedRegs,
-    StackMapping, UserStack, counter, frame_rule, user_stack_flags,
+    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack,
+    counter, frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{
-        CHAIN_COPIED, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, RULE_CACHE, RULES_TAKEN_BACK,
-        STACK_MAPPING, STACKS,
-    },
+    maps::{CHAIN_COPIED, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
     settings,
 };
 
@@ -299,15 +296,12 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
     };
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
-    let Some(cache) = RULE_CACHE.get_ptr_mut(0) else { return false };
-    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
-    let cache = unsafe { &mut *cache };
-    let taken_back = RULES_TAKEN_BACK.get(0).copied().unwrap_or(0);
     let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
     for depth in 0..MAX_CHAIN_FRAMES {
         let Some(slot) = chain.addresses.get_mut(depth) else { return false };
         *slot = pc;
-        let Some(rule) = cache.rule(&key, taken_back) else { return false };
+        let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
+        let rule = *rule;
         if rule.flags & frame_rule::END != 0 {
             chain.depth = depth as u32 + 1;
             return true;
@@ -343,54 +337,6 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     }
     false
 }
-
-/// The rules a learned walk looked up last on one CPU, each in the slot its key hashes to
-/// (`RULE_CACHE`). A rule is taken from its slot only when the slot holds its key and was
-/// filled while userspace had taken rules back as many times as now (`RULES_TAKEN_BACK`):
-/// userspace never changes a rule it taught, only takes a process's back (at its exec and
-/// exit), so such a slot says what `FRAME_RULES` says; after a take-back every slot is
-/// looked up again. A key is an image's (tgid, exec time), so a pid reused after an exec
-/// misses anyway; a forked process's rules (exec time 0) are what the take-back is for.
-#[repr(C)]
-pub struct RuleCache {
-    slots: [CachedRule; RULE_CACHE_SLOTS],
-}
-
-#[repr(C)]
-struct CachedRule {
-    key: FrameRuleKey,
-    taken_back: u64,
-    rule: FrameRule,
-}
-
-impl RuleCache {
-    /// The rule of `key`: from its slot, else from `FRAME_RULES` (then kept in the slot).
-    #[inline(always)]
-    fn rule(&mut self, key: &FrameRuleKey, taken_back: u64) -> Option<FrameRule> {
-        // Fibonacci hashing: the top bits of the product spread nearby addresses.
-        let mixed = key.address ^ ((key.tgid as u64) << 32) ^ key.first as u64;
-        let index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RULE_CACHE_BITS)) as usize;
-        let slot = self.slots.get_mut(index)?;
-        if slot.key.address == key.address
-            && slot.key.tgid == key.tgid
-            && slot.key.first == key.first
-            && slot.key.exec_ns == key.exec_ns
-            && slot.taken_back == taken_back
-            // A slot never filled holds key 0, which no walk looks up with a rule.
-            && slot.key.address != 0
-        {
-            return Some(slot.rule);
-        }
-        let rule = *unsafe { FRAME_RULES.get(key) }?;
-        slot.key = *key;
-        slot.taken_back = taken_back;
-        slot.rule = rule;
-        Some(rule)
-    }
-}
-
-const RULE_CACHE_BITS: u32 = RULE_CACHE_SLOTS.trailing_zeros();
-const _: () = assert!(RULE_CACHE_SLOTS.is_power_of_two());
 
 /// The boundaries a learned chain's walk copies the stack up to (`learned_chain`). It divides
 /// the page size, so a chunk never reaches into a page past the one that holds the last byte of

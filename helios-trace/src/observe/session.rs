@@ -126,13 +126,6 @@ impl Teach for FrameRules {
             log::debug!("process {}: {err:#}", key.tgid);
         }
     }
-
-    fn taken_back(&mut self) {
-        if let Err(err) = FrameRules::taken_back(self) {
-            // The only slot of an array map open here: not seen to fail; said if it does.
-            log::warn!("{err:#}");
-        }
-    }
 }
 
 impl StackSource for Tracer {

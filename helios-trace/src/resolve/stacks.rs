@@ -200,11 +200,6 @@ pub(crate) trait Teach: Send {
     /// Teach the kernel a rule (Some), or take it back (None). A rule that cannot be taught
     /// only leaves its chain's calls sending windows: slower, not wrong.
     fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>);
-
-    /// Rules were just taken back (`teach(key, None)`, a process's at once): the kernel's
-    /// per-CPU caches of rules (helios-trace-ebpf/src/stacks.rs, `RuleCache`) stop answering
-    /// for any rule cached before.
-    fn taken_back(&mut self);
 }
 
 impl StackRegistry {
@@ -247,13 +242,9 @@ impl StackRegistry {
         let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
             return;
         };
-        if process.taught.is_empty() {
-            return;
-        }
         for key in process.taught.drain() {
             teacher.teach(key, None);
         }
-        teacher.taken_back();
     }
 
     pub(crate) fn limit_sites(&mut self, max_sites: usize) {
@@ -996,16 +987,12 @@ mod tests {
     #[test]
     fn taught_rules_are_taken_back_with_their_image() {
         type Update = (FrameRuleKey, Option<FrameRule>);
-        /// What the registry taught, in order; a take-back said ends with a key of tgid 0.
+        /// What the registry taught, in order.
         #[derive(Clone, Default)]
         struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
-        const SAID: FrameRuleKey = FrameRuleKey { tgid: 0, first: 0, exec_ns: 0, address: 0 };
         impl Teach for Taught {
             fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
                 self.0.lock().unwrap().push((key, rule));
-            }
-            fn taken_back(&mut self) {
-                self.0.lock().unwrap().push((SAID, None));
             }
         }
         let taught = Taught::default();
@@ -1020,13 +1007,7 @@ mod tests {
             keys
         };
         let taken_back = |_: &mut StackRegistry| {
-            let mut updates = std::mem::take(&mut *taught.0.lock().unwrap());
-            // Once after a process's rules, so that no CPU's cache keeps one.
-            if !updates.is_empty() {
-                assert_eq!(updates.pop(), Some((SAID, None)), "the take-back is said last");
-            }
-            assert!(!updates.contains(&(SAID, None)), "said once: {updates:?}");
-            let mut keys: Vec<FrameRuleKey> = updates
+            let mut keys: Vec<FrameRuleKey> = std::mem::take(&mut *taught.0.lock().unwrap())
                 .into_iter()
                 .map(|(key, rule)| {
                     assert_eq!(rule, None, "{key:?}");

@@ -171,34 +171,21 @@ impl PythonMap {
     }
 }
 
-/// The kernel's `FRAME_RULES` map: the unwind rules of learned chains (resolve/chains.rs), and
-/// `RULES_TAKEN_BACK`, which tells the kernel's per-CPU caches of them that some were taken back.
-pub(crate) struct FrameRules {
-    rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
-    taken_back: Array<MapData, u64>,
-    times_taken_back: u64,
-}
+/// The kernel's `FRAME_RULES` map: the unwind rules of learned chains (resolve/chains.rs).
+pub(crate) struct FrameRules(BpfHashMap<MapData, FrameRuleKey, FrameRule>);
 
 impl FrameRules {
     /// Teach the kernel a rule (Some) or take it back (None). Like `PythonMap::set`, this needs
     /// no privilege.
     pub(crate) fn set(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
         match rule {
-            Some(rule) => self.rules.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
+            Some(rule) => self.0.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
             // Absent already is fine (its insert failed, the map being full).
             None => {
-                let _ = self.rules.remove(&key);
+                let _ = self.0.remove(&key);
             }
         }
         Ok(())
-    }
-
-    /// Rules were taken back: no CPU's cache answers for a rule it cached before.
-    pub(crate) fn taken_back(&mut self) -> Result<()> {
-        self.times_taken_back += 1;
-        self.taken_back
-            .set(0, self.times_taken_back, 0)
-            .context("cannot tell the kernel rules were taken back")
     }
 }
 
@@ -367,11 +354,7 @@ impl Tracer {
             map_name::PYTHON_PROCS,
         )?)?)));
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
-        let rules = FrameRules {
-            rules: BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?,
-            taken_back: Array::try_from(take_map(&mut ebpf, map_name::RULES_TAKEN_BACK)?)?,
-            times_taken_back: 0,
-        };
+        let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
         let exec_times = BpfHashMap::try_from(take_map(&mut ebpf, map_name::EXEC_TIMES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
         Ok((
@@ -380,7 +363,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules: Some(rules),
+                rules: Some(FrameRules(rules)),
                 exec_times,
                 counters,
                 attached,

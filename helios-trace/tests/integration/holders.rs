@@ -9,6 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -240,6 +241,11 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
 /// writer's transport alike; the reader's path is the one found first, equally short).
 const HELD_BY_THE_SET: &str = ":UnitTrackingWSHandler._ws_connections";
 
+/// Held by the pod test, whose `--pid` of this test binary with `--holders-pause` stops every
+/// CPython the binary starts meanwhile for its walks, and by the test that counts its own
+/// server's SIGCONTs: one such stop, from the other test's tracer, is one SIGCONT too many.
+static STOPPING_CPYTHONS: Mutex<()> = Mutex::new(());
+
 /// The heap walks serve has done (`helios_trace_heap_walks_total`).
 fn heap_walks(serve: &Serve) -> f64 {
     exposition_series(&serve.metrics(), "helios_trace_heap_walks_total").get("").copied().unwrap_or(-1.0)
@@ -451,6 +457,7 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
     if !require_bpf() {
         return;
     }
+    let _alone = STOPPING_CPYTHONS.lock().unwrap_or_else(PoisonError::into_inner);
     let own = std::process::id().to_string();
     let mut tracer = Tracer::start(&["--pid", &own, "--holders", "--holders-pause"]);
     let script = [(server_script(), "/app/holders_server.py")];
@@ -513,6 +520,7 @@ fn holders_pause_stops_the_process_for_the_walk_only() {
     if !require_bpf() {
         return;
     }
+    let _alone = STOPPING_CPYTHONS.lock().unwrap_or_else(PoisonError::into_inner);
     let mut server = spawn_gated(Path::new("/usr/bin/python3"), false);
     let mut tracer = trace_from_their_start(&mut [&mut server], &["--holders-pause"]);
     server.run("gap");

@@ -65,10 +65,12 @@ pub(crate) fn walk_process(
         Some(Err(e)) => (None, Some(format!("cannot stop the process: {e}"))),
         None => (None, None),
     };
+    // A stopped process's lists read the same every time: listed once.
+    let budget = Budget { listings: if paused.is_some() { 1 } else { budget.listings }, ..*budget };
     let mut paused_seconds = None;
     let read_done = || paused_seconds = paused.take().and_then(sys::proc::pause::Paused::resume);
     let mut walk =
-        walk::walk(memory, layout, runtime, budget, read_done).ok_or(HoldersError::NoInterpreter)?;
+        walk::walk(memory, layout, runtime, &budget, read_done).ok_or(HoldersError::NoInterpreter)?;
     walk.paused_seconds = paused_seconds;
     walk.pause_error = pause_error;
     Ok(walk)
@@ -79,7 +81,12 @@ pub(crate) fn walk_process(
 /// budget; the holders of descriptors 0 to 7 and the census are computed too.
 pub(crate) fn walk_image(minor: u32, base: u64, bytes: &[u8]) -> Option<usize> {
     let layout = layout::heap_layout(minor)?;
-    let budget = Budget { time: std::time::Duration::from_secs(1), max_objects: 4096, cache_bytes: 1 << 16 };
+    let budget = Budget {
+        time: std::time::Duration::from_secs(1),
+        max_objects: 4096,
+        cache_bytes: 1 << 16,
+        listings: 1,
+    };
     let walk = walk::walk(memory::Flat { base, bytes }, layout, base, &budget, || {})?;
     let lines: usize = walk.holders(&[0, 1, 2, 3, 4, 5, 6, 7]).iter().map(|h| h.line().len()).sum();
     Some(lines + walk.census.entries(None, 8).len())

@@ -28,10 +28,13 @@ pub(crate) struct Budget {
     pub(crate) max_objects: usize,
     /// Pages of the process cached while walking.
     pub(crate) cache_bytes: usize,
+    /// Times the GC lists are listed at most, when one broke off while read (the process
+    /// changed it): 1 for a stopped process, whose lists read the same every time.
+    pub(crate) listings: u32,
 }
 
 pub(crate) const DEFAULT_BUDGET: Budget =
-    Budget { time: Duration::from_secs(5), max_objects: 2_000_000, cache_bytes: 4 << 20 };
+    Budget { time: Duration::from_secs(5), max_objects: 2_000_000, cache_bytes: 4 << 20, listings: 3 };
 
 /// Threads and frames per thread read for roots.
 const MAX_THREADS: usize = 1024;
@@ -114,20 +117,25 @@ pub(crate) fn walk<M: Memory>(
     read_done: impl FnOnce(),
 ) -> Option<Walk> {
     let started = Instant::now();
-    let over = |started: Instant| started.elapsed() > budget.time;
     let mut r = Reader::new(memory, layout);
     let interp = r.memory.u64(runtime.wrapping_add(layout.interpreters_head)).filter(|p| *p != 0)?;
-    // A list read while the process changes it can break off; read again from the start, with
-    // nothing of the first listing's pages kept, a moment later it is usually whole.
-    let mut tries = 1;
+    // A list read while the process changes it can break off; all are listed again from the
+    // start, with nothing of the earlier pages kept: a moment later they are usually whole. A
+    // listing that stops otherwise (a budget) or cannot read a head keeps the one before.
     let (mut addresses, mut stopped) = list_objects(&mut r.memory, &layout, interp, budget, started)?;
-    while stopped.as_deref() == Some(BROKE_OFF) && tries < LISTINGS && !over(started) {
+    let mut listings = 1;
+    while stopped.as_deref() == Some(BROKE_OFF) && listings < budget.listings && !over(started, budget) {
         r.memory.forget();
-        tries += 1;
-        (addresses, stopped) = list_objects(&mut r.memory, &layout, interp, budget, started)?;
+        listings += 1;
+        match list_objects(&mut r.memory, &layout, interp, budget, started) {
+            Some((again, why)) if why.is_none() || why.as_deref() == Some(BROKE_OFF) => {
+                (addresses, stopped) = (again, why);
+            }
+            _ => break,
+        }
     }
-    if stopped.as_deref() == Some(BROKE_OFF) {
-        stopped = Some(format!("{BROKE_OFF}, in each of {tries} listings"));
+    if stopped.as_deref() == Some(BROKE_OFF) && listings > 1 {
+        stopped = Some(format!("{BROKE_OFF}, in each of {listings} listings"));
     }
     addresses.sort_unstable();
     addresses.dedup();
@@ -282,11 +290,13 @@ pub(crate) fn walk<M: Memory>(
     })
 }
 
+/// Whether the walk begun at `started` has spent its time.
+fn over(started: Instant, budget: &Budget) -> bool {
+    started.elapsed() > budget.time
+}
+
 /// Said when a GC list does not lead back to its head.
 const BROKE_OFF: &str = "a GC list broke off (the process changed it while read)";
-
-/// How many times the GC lists are read when one breaks off.
-const LISTINGS: u32 = 3;
 
 /// Every object of the GC lists, and why the listing stopped before the end if it did. Each
 /// generation's list is a ring of PyGC_Head through `_gc_next` (its low bits are flags during a
@@ -311,7 +321,7 @@ fn list_objects<M: Memory>(
                 stopped = Some(format!("the object budget ({}) was reached", budget.max_objects));
                 break 'lists;
             }
-            if addresses.len() % 4096 == 0 && started.elapsed() > budget.time {
+            if addresses.len() % 4096 == 0 && over(started, budget) {
                 stopped = Some(format!("the time budget ({:?}) ran out listing objects", budget.time));
                 break 'lists;
             }
@@ -330,7 +340,7 @@ fn list_objects<M: Memory>(
 
 /// Whether object `i`'s references are still read (the time budget checked every 1024).
 fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budget: &Budget) -> bool {
-    if i.is_multiple_of(1024) && stopped.is_none() && started.elapsed() > budget.time {
+    if i.is_multiple_of(1024) && stopped.is_none() && over(started, budget) {
         *stopped =
             Some(format!("the time budget ({:?}) ran out after the references of {i} objects", budget.time));
     }
