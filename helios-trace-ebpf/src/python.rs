@@ -37,25 +37,31 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     let (Some(stack), Some(walk)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
         return;
     };
+    // Copied map to map, not through the stack (PYTHON_WALK says why). `walk` and `stack` stay
+    // raw pointers, never a `&mut` held across the walk: its loop's callback writes both slots
+    // through pointers of its own (walk_frame), which a `&mut` would let the compiler assume
+    // cannot happen. So the fields the callback writes are written before it and read after
+    // it volatile.
     // SAFETY: per-CPU slots: no other program uses them while this one runs on this CPU.
-    let stack = unsafe { &mut *stack };
-    // Copied map to map, not through the stack (PYTHON_WALK says why). `walk` stays a raw
-    // pointer: the loop's callback writes it too (walk_python).
-    unsafe { (*walk).offsets = *offsets };
-    stack.header = header_at(kind::PYTHON_STACK, pid_tgid, ts_ns);
-    stack.frame_count = 0;
-    stack.flags = match thread_id(unsafe { &(*walk).offsets }, pid_tgid as u32) {
+    unsafe {
+        (*walk).offsets = *offsets;
+        write_volatile(&raw mut (*stack).header, header_at(kind::PYTHON_STACK, pid_tgid, ts_ns));
+        write_volatile(&raw mut (*stack).frame_count, 0);
+    }
+    let flags = match thread_id(unsafe { &(*walk).offsets }, pid_tgid as u32) {
         Some(tid) => walk_python(walk, tid),
         None => python_flags::NAMESPACE,
     };
+    // SAFETY: as above, the walk done.
+    unsafe { write_volatile(&raw mut (*stack).flags, flags) };
     // Only the frames walked: the record is read up to them (PythonStack).
-    let frames = (stack.frame_count as usize).min(MAX_PYTHON_FRAMES);
+    let frames = (unsafe { read_volatile(&raw const (*stack).frame_count) } as usize).min(MAX_PYTHON_FRAMES);
     let len = PYTHON_STACK_FRAMES_OFFSET + frames * size_of::<PythonFrame>();
     if len > size_of::<PythonStack>() {
         return;
     }
     // SAFETY: `len` bytes of the scratch record, which is that long at least.
-    let bytes = unsafe { core::slice::from_raw_parts((stack as *const PythonStack).cast::<u8>(), len) };
+    let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count(counter::RINGBUF_FULL);
     }

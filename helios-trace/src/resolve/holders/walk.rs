@@ -123,19 +123,20 @@ pub(crate) fn walk<M: Memory>(
     // start, with nothing of the earlier pages kept: a moment later they are usually whole. A
     // listing that stops otherwise (a budget) or cannot read a head keeps the one before.
     let (mut addresses, mut stopped) = list_objects(&mut r.memory, &layout, interp, budget, started)?;
-    let mut listings = 1;
+    let (mut listings, mut broken) = (1, 1);
     while stopped.as_deref() == Some(BROKE_OFF) && listings < budget.listings && !over(started, budget) {
         r.memory.forget();
         listings += 1;
         match list_objects(&mut r.memory, &layout, interp, budget, started) {
             Some((again, why)) if why.is_none() || why.as_deref() == Some(BROKE_OFF) => {
+                broken += u32::from(why.is_some());
                 (addresses, stopped) = (again, why);
             }
             _ => break,
         }
     }
-    if stopped.as_deref() == Some(BROKE_OFF) && listings > 1 {
-        stopped = Some(format!("{BROKE_OFF}, in each of {listings} listings"));
+    if stopped.as_deref() == Some(BROKE_OFF) && broken > 1 {
+        stopped = Some(format!("{BROKE_OFF}, in each of {broken} listings"));
     }
     addresses.sort_unstable();
     addresses.dedup();
@@ -340,7 +341,12 @@ fn list_objects<M: Memory>(
 
 /// Whether object `i`'s references are still read (the time budget checked every 1024).
 fn stopped_edges(stopped: &mut Option<String>, i: usize, started: Instant, budget: &Budget) -> bool {
-    if i.is_multiple_of(1024) && stopped.is_none() && over(started, budget) {
+    // The clock is looked at whatever stopped the listing (a list that broke off, the object
+    // budget): the references are read within the time too.
+    if i.is_multiple_of(1024)
+        && !stopped.as_deref().is_some_and(|s| s.starts_with("the time budget"))
+        && over(started, budget)
+    {
         *stopped =
             Some(format!("the time budget ({:?}) ran out after the references of {i} objects", budget.time));
     }
