@@ -3,8 +3,8 @@
 //! this kernel apart from what the real programs do. Loaded only when the loader is asked for
 //! the floor (`HELIOS_TRACE_FLOOR`, sys/loader.rs), never in a tracing session.
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use helios_trace_common::MAX_SYSCALL_NR;
 
@@ -34,6 +34,21 @@ pub fn floor_raw_exit(ctx: RawTracePointContext) -> u32 {
     #[cfg(bpf_target_arch = "aarch64")]
     let word = helios_trace_common::regs_aarch64::SYSCALLNO;
     let nr = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(regs.wrapping_add(word)) }.unwrap_or(u64::MAX);
+    spec(nr as u32 as u64)
+}
+
+/// On `sys_exit` as a BTF tracepoint (`tp_btf`): the kernel knows `regs` is a `struct pt_regs *`
+/// (its BTF, `btf_trace_sys_exit`), so orig_ax is a load the verifier checks against the struct,
+/// not a `bpf_probe_read_kernel` call; then the same lookup.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn floor_btf_exit(ctx: BtfTracePointContext) -> u32 {
+    let regs: *const u64 = ctx.arg(0);
+    #[cfg(bpf_target_arch = "x86_64")]
+    let word = helios_trace_common::regs_x86_64::ORIG_AX;
+    #[cfg(bpf_target_arch = "aarch64")]
+    let word = helios_trace_common::regs_aarch64::SYSCALLNO;
+    // SAFETY: the verifier admits the load only inside `struct pt_regs`; a fault reads 0.
+    let nr = unsafe { core::ptr::read_volatile(regs.wrapping_add(word)) };
     spec(nr as u32 as u64)
 }
 

@@ -254,6 +254,9 @@ impl Tracer {
             Tracer::Floor("raw-exit") => {
                 "floor: raw sys_exit (spec lookup) + syscalls/sys_enter_close".into()
             }
+            Tracer::Floor("btf") => {
+                "floor: raw sys_enter + sys_exit as a BTF tracepoint (orig_ax a checked load), a spec lookup each".into()
+            }
             Tracer::Floor(kind) => format!("floor {kind}"),
             Tracer::Before => "helios-trace before (HELIOS_TRACE_BEFORE, default: dwarf)".into(),
         }
@@ -293,8 +296,13 @@ fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
 /// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
 /// floor.rs) as the per-syscall design attached them, and as one raw tracepoint pair.
 fn floor(bench: &Bench, plan: &Plan) -> Result<String> {
-    let tracers =
-        [Tracer::Untraced, Tracer::Floor("tracepoints"), Tracer::Floor("raw"), Tracer::Floor("raw-exit")];
+    let tracers = [
+        Tracer::Untraced,
+        Tracer::Floor("tracepoints"),
+        Tracer::Floor("raw"),
+        Tracer::Floor("raw-exit"),
+        Tracer::Floor("btf"),
+    ];
     let title = "### The floor: an empty program per attach kind";
     let intro = "Empty programs, attached system-wide (every process pays them, as the DaemonSet's \
                  programs are), no record, no map but the spec array";

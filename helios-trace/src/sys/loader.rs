@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{RawTracePoint, TracePoint, UProbe},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe},
 };
 use helios_trace_common::{
     FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
@@ -40,7 +40,7 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// tracefs lists them as `raw_syscalls/sys_enter` and `sys_exit`.
 const SYSCALL_HOOKS: [&str; 2] = ["sys_enter", "sys_exit"];
 
-/// Set to `tracepoints`, `raw` or `raw-exit`, the loader attaches the floor instead of the
+/// Set to `tracepoints`, `raw`, `raw-exit` or `btf`, the loader attaches the floor instead of the
 /// tracer: empty programs of each attach kind (helios-trace-ebpf/src/floor.rs), which
 /// `cargo xtask bench`'s "floor" section measures. Nothing is traced then.
 const FLOOR_ENV: &str = "HELIOS_TRACE_FLOOR";
@@ -512,7 +512,8 @@ const LIFECYCLE: [(&str, &str, &str); 3] = [
 /// The floor (`FLOOR_ENV`): `tracepoints` puts the empty tracepoint program on every
 /// `syscalls/sys_enter_X` and `sys_exit_X` of the table and on `sys_enter_close` (the attach
 /// set of the per-syscall design); `raw` the empty raw pair (a spec lookup each); `raw-exit`
-/// the raw exit with the tracepoint on `sys_enter_close`.
+/// the raw exit with the tracepoint on `sys_enter_close`; `btf` the raw enter with the exit as a
+/// BTF tracepoint (`tp_btf`), which loads orig_ax where the raw one calls a helper for it.
 fn attach_floor(
     ebpf: &mut Ebpf,
     tracefs: &Path,
@@ -524,7 +525,9 @@ fn attach_floor(
         "tracepoints" => (true, false, false, true),
         "raw" => (false, true, true, false),
         "raw-exit" => (false, false, true, true),
-        other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw or raw-exit"),
+        // The raw enter, and the exit as a BTF tracepoint.
+        "btf" => (false, true, false, false),
+        other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw, raw-exit or btf"),
     };
     if per_call || close_tp {
         load_program(ebpf, "floor_tracepoint")?;
@@ -555,6 +558,16 @@ fn attach_floor(
         raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
         raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
         attached.push(format!("raw_syscalls/{hook}"));
+    }
+    if floor == "btf" {
+        let btf = Btf::from_sys_fs().context("the kernel's BTF")?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut("floor_btf_exit")
+            .context("program floor_btf_exit is missing from the eBPF object")?
+            .try_into()?;
+        program.load("sys_exit", &btf).context("the kernel rejected program floor_btf_exit")?;
+        program.attach().context("cannot attach floor_btf_exit to sys_exit")?;
+        attached.push("tp_btf/sys_exit".to_string());
     }
     Ok(())
 }
