@@ -29,11 +29,8 @@ pub fn floor_raw_enter(ctx: RawTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn floor_raw_exit(ctx: RawTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
-    #[cfg(bpf_target_arch = "x86_64")]
-    let word = helios_trace_common::regs_x86_64::ORIG_AX;
-    #[cfg(bpf_target_arch = "aarch64")]
-    let word = helios_trace_common::regs_aarch64::SYSCALLNO;
-    let nr = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(regs.wrapping_add(word)) }.unwrap_or(u64::MAX);
+    let nr =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(regs.wrapping_add(NR_WORD)) }.unwrap_or(u64::MAX);
     spec(nr as u32 as u64)
 }
 
@@ -43,14 +40,16 @@ pub fn floor_raw_exit(ctx: RawTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn floor_btf_exit(ctx: BtfTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
-    #[cfg(bpf_target_arch = "x86_64")]
-    let word = helios_trace_common::regs_x86_64::ORIG_AX;
-    #[cfg(bpf_target_arch = "aarch64")]
-    let word = helios_trace_common::regs_aarch64::SYSCALLNO;
     // SAFETY: the verifier admits the load only inside `struct pt_regs`; a fault reads 0.
-    let nr = unsafe { core::ptr::read_volatile(regs.wrapping_add(word)) };
+    let nr = unsafe { core::ptr::read_volatile(regs.wrapping_add(NR_WORD)) };
     spec(nr as u32 as u64)
 }
+
+/// The word of the saved registers that holds the syscall number at `sys_exit`.
+#[cfg(bpf_target_arch = "x86_64")]
+const NR_WORD: usize = helios_trace_common::regs_x86_64::ORIG_AX;
+#[cfg(bpf_target_arch = "aarch64")]
+const NR_WORD: usize = helios_trace_common::regs_aarch64::SYSCALLNO;
 
 /// The spec of `nr`, returned so the lookup is not optimised away (the return value of a
 /// raw tracepoint program is ignored by the kernel).

@@ -22,6 +22,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, header_at, wakeup_flags},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_WALK},
+    stacks::PAGE,
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -168,10 +169,6 @@ pub struct FrameWalk {
     bytes: [u8; MAX_PYTHON_FRAME_WINDOW as usize],
 }
 
-/// The start of the 4 KiB around an address: within its page whatever the page size (4 KiB is the
-/// smallest), so it reads when the address does.
-const PAGE_MASK: u64 = !4095;
-
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
 /// The frame's fields come from the last window read when it holds the frame's first
 /// `frame_read` bytes (3.11+: the frames under the first one in the data stack); else from a
@@ -197,7 +194,8 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
         && end > w.frame;
     if !in_window {
         let window = o.frame_window.min(MAX_PYTHON_FRAME_WINDOW).max(size) as u64;
-        let start = end.saturating_sub(window).max(w.frame & PAGE_MASK);
+        // The 4 KiB around the frame lie within its page, whatever the page size (stacks.rs PAGE).
+        let start = end.saturating_sub(window).max(w.frame & !(PAGE as u64 - 1));
         let len = end.wrapping_sub(start);
         if size == 0
             || len == 0

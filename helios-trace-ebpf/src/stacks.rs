@@ -166,7 +166,7 @@ fn current_mapping_key(task: *const u8) -> Option<StackMapping> {
 }
 
 /// The smallest page size: a read within one page cannot fail half-way.
-const PAGE: u32 = 4096;
+pub const PAGE: u32 = 4096;
 
 /// Copy the user registers (`regs`: the copy of the task's saved `struct pt_regs`) and up to
 /// `window` bytes of user stack from sp upward into a record (none when not even sp's page
