@@ -239,10 +239,60 @@ pub struct FrameRule {
 }
 const _: () = assert!(size_of::<FrameRule>() == 16);
 
+/// Frames of a chain `CHAIN_RULES` keeps the rules of: a deeper chain's frames past these are
+/// walked with a `FRAME_RULES` lookup each.
+pub const MAX_CACHED_CHAIN_FRAMES: usize = 32;
+/// Capacity of the `CHAIN_RULES` map (allocated as chains are taught; a chain that does not fit
+/// is walked with a lookup per frame: slower, not wrong).
+pub const CHAIN_RULE_ENTRIES: u32 = 8 * 1024;
+
+/// Key of the `CHAIN_RULES` map: a chain's first two frames in one process image.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct ChainKey {
+    pub tgid: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The image, as in [`FrameRuleKey::exec_ns`].
+    pub exec_ns: u64,
+    /// The instruction pointer.
+    pub pc: u64,
+    /// The first return address.
+    pub caller: u64,
+}
+const _: () = assert!(size_of::<ChainKey>() == 32);
+
+/// A chain userspace unwound, with each frame's rule: what `FRAME_RULES` holds for its
+/// addresses, in one lookup instead of one per frame. The kernel takes a frame's rule from it
+/// while the chain it walks has the same addresses so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct ChainRules {
+    /// Frames that follow; at most [`MAX_CACHED_CHAIN_FRAMES`].
+    pub depth: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The instruction pointer, then return addresses, innermost first.
+    pub addresses: [u64; MAX_CACHED_CHAIN_FRAMES],
+    /// The rule of each frame, as `FRAME_RULES` keys it by that frame's address.
+    pub rules: [FrameRule; MAX_CACHED_CHAIN_FRAMES],
+}
+const _: () = assert!(size_of::<ChainRules>() == 8 + 24 * MAX_CACHED_CHAIN_FRAMES);
+
 /// [`LearnedChain::flags`].
 pub mod chain_flags {
     /// Shadow mode: the stack window follows in a record of its own, to be compared.
     pub const SHADOW: u32 = 1 << 0;
+    /// Every frame's rule past the first came from a chain of `CHAIN_RULES`.
+    pub const CACHED: u32 = 1 << 1;
 }
 
 /// A user call chain the kernel walked with learned rules: the instruction pointer, then
@@ -822,6 +872,8 @@ pub mod map_name {
     pub const EXEC_TIMES: &str = "EXEC_TIMES";
     /// Learned unwind rules: [`super::FrameRuleKey`] -> [`super::FrameRule`].
     pub const FRAME_RULES: &str = "FRAME_RULES";
+    /// Learned chains and their rules: [`super::ChainKey`] -> [`super::ChainRules`].
+    pub const CHAIN_RULES: &str = "CHAIN_RULES";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off
@@ -874,6 +926,8 @@ mod pod {
         checked::<super::GoOffsets>();
         checked::<super::FrameRuleKey>();
         checked::<super::FrameRule>();
+        checked::<super::ChainKey>();
+        checked::<super::ChainRules>();
         checked::<super::LearnedChain>();
         checked::<super::PythonStack>();
         checked::<super::Settings>();
@@ -891,6 +945,8 @@ mod pod {
     unsafe impl aya::Pod for super::GoOffsets {}
     unsafe impl aya::Pod for super::FrameRuleKey {}
     unsafe impl aya::Pod for super::FrameRule {}
+    unsafe impl aya::Pod for super::ChainKey {}
+    unsafe impl aya::Pod for super::ChainRules {}
     unsafe impl aya::Pod for super::PythonStack {}
     unsafe impl aya::Pod for super::Settings {}
 }

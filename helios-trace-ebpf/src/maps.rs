@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES, FrameRule, FrameRuleKey, GO_PROC_ENTRIES,
-    GoOffsets, MAX_STACK_WINDOW, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack,
-    STACK_ENTRIES, SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES,
-    counter,
+    CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
+    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_STACK_WINDOW, MAX_SYSCALL_NR,
+    PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs, StackMapping,
+    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -76,6 +76,15 @@ shared_map! {
     /// processes alive (userspace takes a process's back at its exec and exit), not for its
     /// capacity; when full, new chains keep sending their windows.
     FRAME_RULES: HashMap<FrameRuleKey, FrameRule> = HashMap::with_max_entries(FRAME_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+}
+
+shared_map! {
+    /// Chains userspace unwound and taught with their rules (helios-trace/src/resolve/stacks.rs
+    /// `learn`), by process image and first two addresses: a walk that finds its chain here
+    /// takes each frame's rule from it while the addresses agree, one lookup for the chain
+    /// instead of one in `FRAME_RULES` per frame. Taught and taken back with the rules it
+    /// copies, and not preallocated, as they are.
+    CHAIN_RULES: HashMap<ChainKey, ChainRules> = HashMap::with_max_entries(CHAIN_RULE_ENTRIES, BPF_F_NO_PREALLOC);
 }
 
 shared_map! {

@@ -13,13 +13,13 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack,
-    counter, frame_rule, user_stack_flags,
+    ChainKey, ChainRules, FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs,
+    StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{CHAIN_COPIED, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
+    maps::{CHAIN_COPIED, CHAIN_RULES, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
     settings,
 };
 
@@ -297,21 +297,45 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     };
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
     let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
+    // The chain taught with its rules whose first two addresses are this one's, looked up at
+    // the second frame; its rules are taken while the addresses agree. Its rule for an
+    // address is the one FRAME_RULES holds for it: both are taught from the same unwinding
+    // and taken back together (userspace's `untaught`), keyed by the same image.
+    let mut cached: Option<&ChainRules> = None;
+    let mut first_pc = pc;
     for depth in 0..MAX_CHAIN_FRAMES {
         let Some(slot) = chain.addresses.get_mut(depth) else { return false };
         *slot = pc;
-        let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
-        let rule = *rule;
+        if depth == 0 {
+            first_pc = pc;
+        } else if depth == 1 {
+            let chain_key = ChainKey { tgid, reserved: 0, exec_ns, pc: first_pc, caller: pc };
+            cached = unsafe { CHAIN_RULES.get(&chain_key) };
+        }
+        let from_cache = match cached {
+            Some(known) if depth < known.depth as usize && known.addresses.get(depth) == Some(&pc) => {
+                known.rules.get(depth).copied()
+            }
+            _ => None,
+        };
+        let rule = match from_cache {
+            Some(rule) => rule,
+            None => {
+                if depth > 0 {
+                    cached = None;
+                }
+                let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
+                *rule
+            }
+        };
         if rule.flags & frame_rule::END != 0 {
-            chain.depth = depth as u32 + 1;
-            return true;
+            return chain_ended(chain, depth, cached.is_some());
         }
         let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
         let base = if from_bp { bp } else { sp };
         if from_bp && bp == 0 {
             // A zero frame pointer ends a frame-pointer chain.
-            chain.depth = depth as u32 + 1;
-            return true;
+            return chain_ended(chain, depth, cached.is_some());
         }
         let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
         if from_bp && cfa <= sp {
@@ -324,8 +348,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         }
         let Some(return_address) = read(cfa.wrapping_sub(8)) else { return false };
         if return_address == 0 {
-            chain.depth = depth as u32 + 1;
-            return true;
+            return chain_ended(chain, depth, cached.is_some());
         }
         if cfa == sp && return_address == pc {
             return false;
@@ -336,6 +359,18 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         key = FrameRuleKey { tgid, first: 0, exec_ns, address: pc };
     }
     false
+}
+
+/// A learned chain's walk reached its end at `depth`: its length, and whether the rules of every
+/// frame past the first came from `CHAIN_RULES`.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn chain_ended(chain: &mut LearnedChain, depth: usize, from_cache: bool) -> bool {
+    chain.depth = depth as u32 + 1;
+    if from_cache {
+        chain.flags |= chain_flags::CACHED;
+    }
+    true
 }
 
 /// The boundaries a learned chain's walk copies the stack up to (`learned_chain`). It divides

@@ -247,7 +247,7 @@ fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
                     return Ok(());
                 }
                 // Shadow: the window follows, for userspace to compare the two.
-                record.chain.flags = chain_flags::SHADOW;
+                record.chain.flags |= chain_flags::SHADOW;
                 entry.submit(0);
             } else {
                 entry.discard(BPF_RB_NO_WAKEUP as u64);

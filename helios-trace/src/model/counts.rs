@@ -19,6 +19,10 @@ pub(crate) struct EventCounts {
     /// `--stacks dwarf`: stacks the kernel walked with rules learned here instead of sending
     /// the stack window (`--learned-chains`).
     pub(crate) chains_learned: u64,
+    /// Of the chains the kernel walked (`chains_learned`, or with `--learned-chains shadow`
+    /// `chains_checked`), those whose rules past the first frame it found in one taught chain
+    /// instead of one lookup per frame.
+    pub(crate) chains_cached: u64,
     /// `--learned-chains shadow`: windows unwound here whose chain the kernel had also
     /// walked, and those where the two differ (never, unless the rules are wrong).
     pub(crate) chains_checked: u64,

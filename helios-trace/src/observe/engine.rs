@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::{GoOffsets, PythonOffsets};
+use helios_trace_common::{GoOffsets, PythonOffsets, chain_flags};
 
 use log::debug;
 
@@ -443,6 +443,7 @@ impl Engine {
             return;
         }
         if let Ok(Decoded::Shadow(shadow)) = decoded {
+            self.counts.chains_cached += u64::from(shadow.cached);
             // Part of the thread's window record that follows, as a Python stack is.
             if self.shadows.len() >= MAX_WALKED_PENDING {
                 self.shadows.clear();
@@ -467,7 +468,10 @@ impl Engine {
                     RecordStack::Chain(_) | RecordStack::None => None,
                 };
                 let stack = match &stack {
-                    RecordStack::Chain(chain) => Some(CapturedStack::Chain(chain.chain())),
+                    RecordStack::Chain(chain) => {
+                        self.counts.chains_cached += u64::from(chain.flags & chain_flags::CACHED != 0);
+                        Some(CapturedStack::Chain(chain.chain()))
+                    }
                     RecordStack::Window(sample) => Some(CapturedStack::Window {
                         sample,
                         shadow: shadow.as_ref().map(|s| &s.addresses[..]),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Result;
-use helios_trace_common::{FrameRule, FrameRuleKey, learned_chains, stack_mode};
+use helios_trace_common::{ChainKey, ChainRules, FrameRule, FrameRuleKey, learned_chains, stack_mode};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
@@ -123,6 +123,13 @@ impl Teach for FrameRules {
     fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
         if let Err(err) = self.set(key, rule) {
             // The kernel then keeps sending this chain's window: slower, not wrong.
+            log::debug!("process {}: {err:#}", key.tgid);
+        }
+    }
+
+    fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) {
+        if let Err(err) = self.set_chain(key, chain) {
+            // The kernel then walks this chain with a rule lookup per frame: slower, not wrong.
             log::debug!("process {}: {err:#}", key.tgid);
         }
     }

@@ -12,7 +12,10 @@ use std::{
     sync::Arc,
 };
 
-use helios_trace_common::{FrameRule, FrameRuleKey, MAX_CHAIN_FRAMES, user_stack_flags};
+use helios_trace_common::{
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
+    user_stack_flags,
+};
 
 use crate::{
     model::{
@@ -22,7 +25,7 @@ use crate::{
     },
     resolve::{
         cache::{BoundedLru, Weight},
-        chains,
+        chains::{self, FrameRegs},
         goroutines::{self, SiteCreators},
         modules::{
             cache::ModuleCache,
@@ -49,11 +52,37 @@ const MAX_MODULE_BYTES: u64 = 4 << 30;
 /// Frame rules taught to the kernel per process image at most (each frame of each distinct
 /// chain; a busy service has a few thousand).
 const MAX_TAUGHT_PER_PROCESS: usize = 16 * 1024;
+/// Chains taught with their rules per process image at most (the kernel's map holds
+/// `CHAIN_RULE_ENTRIES` of all processes'): a chain past them is walked with a rule lookup
+/// per frame.
+const MAX_TAUGHT_CHAINS_PER_PROCESS: usize = 256;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
 /// How long after a look for a process's perf map that found none the next may be (most
 /// processes have none; a JVM's is written when someone runs `jcmd PID Compiler.perfmap`).
 const PERF_MAP_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A chain's addresses with the rule of each frame, as `CHAIN_RULES` keeps them: its first
+/// `MAX_CACHED_CHAIN_FRAMES` frames (the kernel looks the rules of any deeper ones up). None
+/// for a chain of fewer than two frames, which the kernel never looks for.
+fn chain_rules(frames: &[FrameRegs], rules: &[FrameRule]) -> Option<ChainRules> {
+    if frames.len() < 2 || frames.len() != rules.len() {
+        return None;
+    }
+    let mut chain = ChainRules {
+        depth: 0,
+        reserved: 0,
+        addresses: [0; MAX_CACHED_CHAIN_FRAMES],
+        rules: [FrameRule::default(); MAX_CACHED_CHAIN_FRAMES],
+    };
+    for ((frame, rule), (address, slot)) in
+        frames.iter().zip(rules).zip(chain.addresses.iter_mut().zip(chain.rules.iter_mut()))
+    {
+        (*address, *slot) = (frame.pc, *rule);
+        chain.depth += 1;
+    }
+    Some(chain)
+}
 
 impl Weight for Arc<[Symbol]> {
     fn weight(&self) -> usize {
@@ -87,6 +116,8 @@ struct ProcessStacks {
     image_ns: u64,
     /// The rules taught to the kernel for this image.
     taught: HashSet<FrameRuleKey>,
+    /// The chains taught with their rules for this image.
+    taught_chains: HashSet<ChainKey>,
 }
 
 /// An unwound chain and its site.
@@ -200,6 +231,9 @@ pub(crate) trait Teach: Send {
     /// Teach the kernel a rule (Some), or take it back (None). A rule that cannot be taught
     /// only leaves its chain's calls sending windows: slower, not wrong.
     fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>);
+    /// Teach the kernel a chain with the rules of its frames (Some), or take it back (None).
+    /// One not taught leaves its calls looking each frame's rule up: slower, not wrong.
+    fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>);
 }
 
 impl StackRegistry {
@@ -237,11 +271,14 @@ impl StackRegistry {
         }
     }
 
-    /// Take back from the kernel every rule taught for `tgid`.
+    /// Take back from the kernel every chain and rule taught for `tgid`.
     fn untaught(&mut self, tgid: u32) {
         let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
             return;
         };
+        for key in process.taught_chains.drain() {
+            teacher.teach_chain(key, None);
+        }
         for key in process.taught.drain() {
             teacher.teach(key, None);
         }
@@ -534,7 +571,10 @@ impl StackRegistry {
 
     /// Teach the kernel the rules of a chain just unwound, where every frame has one that
     /// redoes framehop's step (resolve/chains.rs): its next calls through these frames send
-    /// the chain instead of the window.
+    /// the chain instead of the window. The chain itself is taught too, with the rules of its
+    /// frames in order (`CHAIN_RULES`), so that the kernel finds them in one lookup while its
+    /// walk follows the same addresses; the last chain taught with the same first two
+    /// addresses is the one kept.
     fn learn(&mut self, tgid: u32, sample: &StackSample<'_>, unwound: &Unwound) {
         if self.teacher.is_none()
             || !cfg!(target_arch = "x86_64")
@@ -560,7 +600,7 @@ impl StackRegistry {
         let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
             return;
         };
-        for (index, (frame, rule)) in unwound.frames.iter().zip(rules).enumerate() {
+        for (index, (frame, rule)) in unwound.frames.iter().zip(&rules).enumerate() {
             let key = FrameRuleKey {
                 tgid,
                 first: u32::from(index == 0),
@@ -568,8 +608,18 @@ impl StackRegistry {
                 address: frame.pc,
             };
             if process.taught.insert(key) {
-                teacher.teach(key, Some(rule));
+                teacher.teach(key, Some(*rule));
             }
+        }
+        let ([first, caller, ..], Some(chain)) = (&unwound.frames[..], chain_rules(&unwound.frames, &rules))
+        else {
+            return;
+        };
+        let key = ChainKey { tgid, reserved: 0, exec_ns: process.image_ns, pc: first.pc, caller: caller.pc };
+        if process.taught_chains.contains(&key) || process.taught_chains.len() < MAX_TAUGHT_CHAINS_PER_PROCESS
+        {
+            process.taught_chains.insert(key);
+            teacher.teach_chain(key, Some(&chain));
         }
     }
 
@@ -982,17 +1032,23 @@ mod tests {
         }
     }
 
-    /// The kernel's rules of a process are taken back whenever they may no longer describe
-    /// its image: another exec time, its exit, a pid taken by a fork.
+    /// The kernel's rules and chains of a process are taken back whenever they may no longer
+    /// describe its image: another exec time, its exit, a pid taken by a fork.
     #[test]
     fn taught_rules_are_taken_back_with_their_image() {
         type Update = (FrameRuleKey, Option<FrameRule>);
-        /// What the registry taught, in order.
+        /// What the registry taught, in order: rules, and chains (by their key's caller, as
+        /// the rule keyed by that address: the two lists are alike).
         #[derive(Clone, Default)]
         struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
         impl Teach for Taught {
             fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
                 self.0.lock().unwrap().push((key, rule));
+            }
+            fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) {
+                let as_rule =
+                    FrameRuleKey { tgid: key.tgid, first: 2, exec_ns: key.exec_ns, address: key.caller };
+                self.0.lock().unwrap().push((as_rule, chain.map(|c| c.rules[1])));
             }
         }
         let taught = Taught::default();
@@ -1000,21 +1056,28 @@ mod tests {
         registry.learn_chains(Box::new(taught.clone()));
         let teach = |registry: &mut StackRegistry, tgid: u32| {
             let exec_ns = registry.process(tgid).image_ns;
-            let keys: Vec<FrameRuleKey> = [(1, 0x1000), (0, 0x2000)]
+            let keys: Vec<FrameRuleKey> = [(1, 0x1000), (0, 0x2000), (2, 0x2000)]
                 .map(|(first, address)| FrameRuleKey { tgid, first, exec_ns, address })
                 .to_vec();
-            registry.process(tgid).taught.extend(keys.iter().copied());
+            registry.process(tgid).taught.extend(keys[..2].iter().copied());
+            let chain = ChainKey { tgid, reserved: 0, exec_ns, pc: 0x1000, caller: 0x2000 };
+            registry.process(tgid).taught_chains.insert(chain);
             keys
         };
         let taken_back = |_: &mut StackRegistry| {
-            let mut keys: Vec<FrameRuleKey> = std::mem::take(&mut *taught.0.lock().unwrap())
+            let updates = std::mem::take(&mut *taught.0.lock().unwrap());
+            // The chain first: while it is taught, the rules it copies are.
+            if let Some(last_chain) = updates.iter().rposition(|(key, _)| key.first == 2) {
+                assert!(updates[..last_chain].iter().all(|(key, _)| key.first == 2), "{updates:?}");
+            }
+            let mut keys: Vec<FrameRuleKey> = updates
                 .into_iter()
                 .map(|(key, rule)| {
                     assert_eq!(rule, None, "{key:?}");
                     key
                 })
                 .collect();
-            keys.sort_by_key(|k| k.address);
+            keys.sort_by_key(|k| (k.address, k.first));
             keys
         };
         let keys = teach(&mut registry, 7);
@@ -1031,6 +1094,31 @@ mod tests {
         assert_eq!(taken_back(&mut registry), keys, "a fork took the pid");
         registry.forget(9);
         assert_eq!(taken_back(&mut registry), [], "nothing taught, nothing taken back");
+    }
+
+    /// A chain is taught with the rule of each of its first `MAX_CACHED_CHAIN_FRAMES` frames,
+    /// in order; a chain of one frame is not (the kernel looks a chain up at its second).
+    #[test]
+    fn a_taught_chain_holds_its_addresses_and_their_rules_in_order() {
+        let frame = |pc: u64| FrameRegs { pc, sp: 0x7ff0_0000 + pc, bp: 0 };
+        let rule =
+            |i: usize| FrameRule { flags: 0, cfa_offset: 8 * (i as i32 + 1), bp_offset: 0, reserved: 0 };
+        for depth in [2, 3, MAX_CACHED_CHAIN_FRAMES, MAX_CACHED_CHAIN_FRAMES + 5] {
+            let frames: Vec<FrameRegs> = (0..depth).map(|i| frame(0x1000 + i as u64)).collect();
+            let rules: Vec<FrameRule> = (0..depth).map(rule).collect();
+            let chain = chain_rules(&frames, &rules).unwrap();
+            let kept = depth.min(MAX_CACHED_CHAIN_FRAMES);
+            assert_eq!(chain.depth as usize, kept);
+            for i in 0..kept {
+                assert_eq!(
+                    (chain.addresses[i], chain.rules[i]),
+                    (frames[i].pc, rules[i]),
+                    "frame {i} of {depth}"
+                );
+            }
+        }
+        assert!(chain_rules(&[frame(0x1000)], &[rule(0)]).is_none(), "one frame");
+        assert!(chain_rules(&[frame(0x1000), frame(0x2000)], &[rule(0)]).is_none(), "a rule missing");
     }
 
     #[test]

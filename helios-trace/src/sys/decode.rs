@@ -98,6 +98,9 @@ pub(crate) struct ShadowChain {
     pub(crate) tid: u32,
     pub(crate) ts_ns: u64,
     pub(crate) addresses: Vec<u64>,
+    /// The kernel took the rules past the first frame from a taught chain
+    /// (`chain_flags::CACHED`).
+    pub(crate) cached: bool,
 }
 
 /// A `kind::PYTHON_STACK` record: (code object, instruction) pairs, innermost first.
@@ -137,6 +140,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
                         tid: header.tid,
                         ts_ns: header.ts_ns,
                         addresses,
+                        cached: chain.flags & chain_flags::CACHED != 0,
                     }));
                 }
                 (Some(chain), _) => RecordStack::Chain(chain),
@@ -553,13 +557,18 @@ pub(crate) mod tests {
         assert_eq!(learned_chain(&bytes(&chain)).unwrap().unwrap().chain(), &chain.addresses[..3]);
         assert_eq!(user_stack(&bytes(&chain)), Ok(None));
         // Shadow: not an event, the chain of the window record that follows.
-        chain.flags = chain_flags::SHADOW;
-        let expected = ShadowChain {
-            tid: record.header.tid,
-            ts_ns: record.header.ts_ns,
-            addresses: chain.chain().to_vec(),
-        };
-        assert_eq!(decode(&bytes(&chain), &table), Ok(Decoded::Shadow(expected)));
+        for (flags, cached) in
+            [(chain_flags::SHADOW, false), (chain_flags::SHADOW | chain_flags::CACHED, true)]
+        {
+            chain.flags = flags;
+            let expected = ShadowChain {
+                tid: record.header.tid,
+                ts_ns: record.header.ts_ns,
+                addresses: chain.chain().to_vec(),
+                cached,
+            };
+            assert_eq!(decode(&bytes(&chain), &table), Ok(Decoded::Shadow(expected)));
+        }
         // A depth beyond the array reads as the whole array; a cut record is short.
         chain.depth = 1000;
         assert_eq!(

@@ -15,8 +15,8 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe},
 };
 use helios_trace_common::{
-    FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL, Settings, counter,
-    filter_match, learned_chains, map_name, spec, stack_mode,
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL,
+    Settings, counter, filter_match, learned_chains, map_name, spec, stack_mode,
 };
 use log::{debug, info, warn};
 use rustix::fs::{Mode, OFlags};
@@ -106,7 +106,7 @@ impl TraceConfig {
     /// MiB, used by `--stacks fp` only; the target map 5.0 MiB, written for `--pid`, `--comm`
     /// and `--uid` only (with `--cgroup` alone it is looked in, always empty: a process is traced
     /// by its cgroup, helios-trace-ebpf/src/filter.rs); the rules' buckets 4.0 MiB, used by
-    /// learned chains only.
+    /// learned chains only, as the taught chains' are.
     fn unused_maps(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
         if self.user_stack_mode != stack_mode::FP {
@@ -116,7 +116,7 @@ impl TraceConfig {
             unused.push(map_name::TARGETS);
         }
         if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
-            unused.push(map_name::FRAME_RULES);
+            unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES]);
         }
         unused
     }
@@ -171,18 +171,33 @@ impl PythonMap {
     }
 }
 
-/// The kernel's `FRAME_RULES` map: the unwind rules of learned chains (resolve/chains.rs).
-pub(crate) struct FrameRules(BpfHashMap<MapData, FrameRuleKey, FrameRule>);
+/// The kernel's `FRAME_RULES` map, the unwind rules of learned chains (resolve/chains.rs), and
+/// its `CHAIN_RULES`, the chains taught with their rules.
+pub(crate) struct FrameRules {
+    rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
+    chains: BpfHashMap<MapData, ChainKey, ChainRules>,
+}
 
 impl FrameRules {
     /// Teach the kernel a rule (Some) or take it back (None). Like `PythonMap::set`, this needs
     /// no privilege.
     pub(crate) fn set(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
         match rule {
-            Some(rule) => self.0.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
+            Some(rule) => self.rules.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
             // Absent already is fine (its insert failed, the map being full).
             None => {
-                let _ = self.0.remove(&key);
+                let _ = self.rules.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Teach the kernel a chain with its rules (Some) or take it back (None), as `set`.
+    pub(crate) fn set_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) -> Result<()> {
+        match chain {
+            Some(chain) => self.chains.insert(key, chain, 0).context("cannot fill the chain map")?,
+            None => {
+                let _ = self.chains.remove(&key);
             }
         }
         Ok(())
@@ -355,6 +370,7 @@ impl Tracer {
         )?)?)));
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
         let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
+        let chains = BpfHashMap::try_from(take_map(&mut ebpf, map_name::CHAIN_RULES)?)?;
         let exec_times = BpfHashMap::try_from(take_map(&mut ebpf, map_name::EXEC_TIMES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
         Ok((
@@ -363,7 +379,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules: Some(FrameRules(rules)),
+                rules: Some(FrameRules { rules, chains }),
                 exec_times,
                 counters,
                 attached,
@@ -719,11 +735,14 @@ mod tests {
         // The DaemonSet's defaults: every process, dwarf stacks, learned chains.
         assert_eq!(config().unused_maps(), [map_name::STACKS, map_name::TARGETS]);
         let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
-        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES]);
+        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES, map_name::CHAIN_RULES]);
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
-        assert_eq!(none.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES]);
+        assert_eq!(none.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES, map_name::CHAIN_RULES]);
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
-        assert_eq!(off.unused_maps(), [map_name::STACKS, map_name::TARGETS, map_name::FRAME_RULES]);
+        assert_eq!(
+            off.unused_maps(),
+            [map_name::STACKS, map_name::TARGETS, map_name::FRAME_RULES, map_name::CHAIN_RULES]
+        );
     }
 
     #[test]

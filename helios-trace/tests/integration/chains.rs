@@ -17,13 +17,24 @@ use crate::{
     support::*,
 };
 
+/// The report's `events[counter]` and `events.chains_cached` at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Walked {
+    walked: u64,
+    cached: u64,
+}
+
+fn walked(report: &Value, counter: &str) -> Walked {
+    Walked { walked: events(report, counter), cached: events(report, "chains_cached") }
+}
+
 /// Leak one descriptor at a time until the kernel walks the chain itself: the rules reach it
-/// only after the chain's first window was unwound. The report's `events[counter]` then.
-fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> u64 {
+/// only after the chain's first window was unwound. The report's counts then.
+fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> Walked {
     wait_for("the kernel to walk the chain with the learned rules", Duration::from_secs(20), || {
         leak_one();
-        let walked = tracer.snapshot()["events"][counter].as_u64().unwrap();
-        (walked > 0).then_some(walked)
+        let counts = walked(&tracer.snapshot(), counter);
+        (counts.walked > 0).then_some(counts)
     })
 }
 
@@ -65,14 +76,24 @@ fn open_on(pid: u32, path: &str) -> usize {
 }
 
 /// What a mode must show after 20 leaks at a chain the kernel knows.
-fn assert_walked(report: &Value, mode: &str, counter: &str, before: u64) {
+fn assert_walked(report: &Value, mode: &str, counter: &str, before: Walked) {
     match mode {
         "off" => {
             assert_eq!(events(report, "chains_learned"), 0, "{}", report["events"]);
             assert_eq!(events(report, "chains_checked"), 0, "{}", report["events"]);
+            assert_eq!(events(report, "chains_cached"), 0, "{}", report["events"]);
         }
-        // Every one of the 20 was walked by the kernel.
-        _ => assert_eq!(events(report, counter) - before, 20, "{mode}: {}", report["events"]),
+        // Every one of the 20 was walked by the kernel, with the rules of the chain taught
+        // when its window was unwound (one lookup, not one per frame).
+        _ => {
+            let after = walked(report, counter);
+            assert_eq!(
+                (after.walked - before.walked, after.cached - before.cached),
+                (20, 20),
+                "{mode}: {}",
+                report["events"]
+            );
+        }
     }
     assert_eq!(events(report, "chains_mismatched"), 0, "{mode}: {}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
@@ -94,7 +115,7 @@ fn a_learned_chain_names_the_site_its_window_names() {
         let mut opened = 0;
         let before = if mode == "off" {
             opened += workload.run("leak 1 /etc/hostname").len();
-            0
+            Walked { walked: 0, cached: 0 }
         } else {
             until_walked(&mut tracer, counter, || opened += workload.run("leak 1 /etc/hostname").len())
         };
@@ -170,13 +191,13 @@ fn a_learned_chain_through_cpythons_eval_loop_is_the_chain_its_window_unwinds() 
     for _ in 0..200 {
         leak(&mut workload);
     }
-    let before = events(&tracer.snapshot(), "chains_checked");
+    let before = walked(&tracer.snapshot(), "chains_checked");
     for _ in 0..20 {
         leak(&mut workload);
     }
     let report = tracer.snapshot();
     assert_walked(&report, "shadow", "chains_checked", before);
-    assert!(before >= 150, "most of the 200 were walked: {}", report["events"]);
+    assert!(before.walked >= 150, "most of the 200 were walked: {}", report["events"]);
     let site = file_site(&report, workload.pid);
     assert_eq!(site["open"].as_u64(), Some(leaked), "{site:#}");
     assert!(site["frame"].as_str().unwrap().starts_with("pyleaks.py:cache_handle:"), "{site:#}");
