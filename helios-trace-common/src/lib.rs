@@ -242,9 +242,10 @@ const _: () = assert!(size_of::<FrameRule>() == 16);
 /// Frames of a chain `CHAIN_RULES` keeps the rules of: a deeper chain's frames past these are
 /// walked with a `FRAME_RULES` lookup each.
 pub const MAX_CACHED_CHAIN_FRAMES: usize = 32;
-/// Capacity of the `CHAIN_RULES` map (allocated as chains are taught; a chain that does not fit
-/// is walked with a lookup per frame: slower, not wrong).
-pub const CHAIN_RULE_ENTRIES: u32 = 8 * 1024;
+/// Capacity of the `CHAIN_RULES` map (allocated as chains are taught, each from the kernel's
+/// 1 KiB slab: about 4 MiB full; a chain that does not fit is walked with a lookup per frame:
+/// slower, not wrong).
+pub const CHAIN_RULE_ENTRIES: u32 = 4 * 1024;
 
 /// Key of the `CHAIN_RULES` map: a chain's first two frames in one process image.
 #[repr(C)]
@@ -266,9 +267,9 @@ pub struct ChainKey {
 }
 const _: () = assert!(size_of::<ChainKey>() == 32);
 
-/// A chain userspace unwound, with each frame's rule: what `FRAME_RULES` holds for its
-/// addresses, in one lookup instead of one per frame. The kernel takes a frame's rule from it
-/// while the chain it walks has the same addresses so far.
+/// A chain userspace unwound, with each frame's rule: the rules it learned for those addresses
+/// (and taught `FRAME_RULES`), in one lookup instead of one per frame. The kernel takes a
+/// frame's rule from it while the chain it walks has the same addresses so far.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(
@@ -276,6 +277,14 @@ const _: () = assert!(size_of::<ChainKey>() == 32);
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
 )]
 pub struct ChainRules {
+    /// Which teaching this is: never the same twice in a session (userspace counts them from
+    /// 1). The kernel reads it again after each frame it takes from here: an entry taken back
+    /// or replaced, and its memory reused for another (the kernel's hash maps reuse freed
+    /// elements at once), holds another generation.
+    pub generation: u64,
+    /// Its own key, which the kernel checks after reading the generation: an element reused
+    /// between the lookup and that read holds another key.
+    pub key: ChainKey,
     /// Frames that follow; at most [`MAX_CACHED_CHAIN_FRAMES`].
     pub depth: u32,
     /// Zero.
@@ -285,13 +294,14 @@ pub struct ChainRules {
     /// The rule of each frame, as `FRAME_RULES` keys it by that frame's address.
     pub rules: [FrameRule; MAX_CACHED_CHAIN_FRAMES],
 }
-const _: () = assert!(size_of::<ChainRules>() == 8 + 24 * MAX_CACHED_CHAIN_FRAMES);
+const _: () = assert!(size_of::<ChainRules>() == 48 + 24 * MAX_CACHED_CHAIN_FRAMES);
 
 /// [`LearnedChain::flags`].
 pub mod chain_flags {
     /// Shadow mode: the stack window follows in a record of its own, to be compared.
     pub const SHADOW: u32 = 1 << 0;
-    /// Every frame's rule past the first came from a chain of `CHAIN_RULES`.
+    /// The rule of every frame past the first came from a chain of `CHAIN_RULES` (so never
+    /// for a chain of one frame, nor of more than [`super::MAX_CACHED_CHAIN_FRAMES`]).
     pub const CACHED: u32 = 1 << 1;
 }
 

@@ -82,8 +82,9 @@ shared_map! {
     /// Chains userspace unwound and taught with their rules (helios-trace/src/resolve/stacks.rs
     /// `learn`), by process image and first two addresses: a walk that finds its chain here
     /// takes each frame's rule from it while the addresses agree, one lookup for the chain
-    /// instead of one in `FRAME_RULES` per frame. Taught and taken back with the rules it
-    /// copies, and not preallocated, as they are.
+    /// instead of one in `FRAME_RULES` per frame. Taught with the rules learned from the same
+    /// unwinding, taken back with them, and not preallocated, as they are; each teaching has a
+    /// generation of its own, which the walk checks (stacks.rs `taught_chain`).
     CHAIN_RULES: HashMap<ChainKey, ChainRules> = HashMap::with_max_entries(CHAIN_RULE_ENTRIES, BPF_F_NO_PREALLOC);
 }
 

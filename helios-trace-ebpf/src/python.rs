@@ -3,6 +3,7 @@
 //! a `kind::PYTHON_STACK` record before the record they belong to.
 use core::{
     ffi::c_void,
+    mem::MaybeUninit,
     ptr::{read_volatile, write_volatile},
 };
 
@@ -45,7 +46,7 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     // it volatile.
     // SAFETY: per-CPU slots: no other program uses them while this one runs on this CPU.
     unsafe {
-        (*walk).offsets = *offsets;
+        copy_offsets(offsets, &raw mut (*walk).offsets);
         write_volatile(&raw mut (*stack).header, header_at(kind::PYTHON_STACK, pid_tgid, ts_ns));
         write_volatile(&raw mut (*stack).frame_count, 0);
     }
@@ -65,6 +66,26 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count(counter::RINGBUF_FULL);
+    }
+}
+
+/// Copy the offsets a word at a time. As one assignment the compiler calls `memmove`, which
+/// compiler_builtins gives BPF as a loop of one-byte loads and stores: 80 of them, each a few
+/// instructions, on every call. Volatile, so that it does not see the loop as that same copy.
+///
+/// # Safety
+/// Both point to a whole `PythonOffsets` (8-byte aligned: it starts with a u64) in map values.
+#[inline(always)]
+unsafe fn copy_offsets(from: *const PythonOffsets, to: *mut PythonOffsets) {
+    const WORDS: usize = size_of::<PythonOffsets>() / size_of::<u64>();
+    const _: () = assert!(
+        size_of::<PythonOffsets>() % size_of::<u64>() == 0
+            && align_of::<PythonOffsets>() == align_of::<u64>()
+    );
+    let (from, to) = (from.cast::<u64>(), to.cast::<u64>());
+    for word in 0..WORDS {
+        // SAFETY: within both structs (the caller's promise and the asserts above).
+        unsafe { write_volatile(to.add(word), read_volatile(from.add(word))) };
     }
 }
 
@@ -258,15 +279,21 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
     let Ok(head) = read_user_u64(interp + threads_head as u64) else {
         return python_flags::READ_FAILED;
     };
-    let mut search = ThreadSearch { tstate: head, tid: tid as u64, found: 0, frame: 0, failed: 0 };
+    // Its fields written one by one: as one struct, three of them zero, the compiler calls
+    // `memset`, a loop of one-byte stores (as copy_offsets says of `memmove`).
+    let mut search = MaybeUninit::<ThreadSearch>::uninit();
+    let at = search.as_mut_ptr();
+    // SAFETY: `at` is this frame's; the callback writes it through the same pointer.
     unsafe {
-        bpf_loop(
-            MAX_PYTHON_THREADS,
-            search_thread as *mut c_void,
-            (&mut search as *mut ThreadSearch).cast(),
-            0,
-        )
-    };
+        write_volatile(&raw mut (*at).tstate, head);
+        write_volatile(&raw mut (*at).tid, tid as u64);
+        write_volatile(&raw mut (*at).found, 0);
+        write_volatile(&raw mut (*at).frame, 0);
+        write_volatile(&raw mut (*at).failed, 0);
+        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, at.cast(), 0);
+    }
+    // SAFETY: every field written above.
+    let search = unsafe { search.assume_init() };
     if search.failed != 0 {
         return python_flags::READ_FAILED;
     }

@@ -2,7 +2,7 @@
 //! (`--stacks fp`), or, for `--stacks dwarf`, the call chain walked with the rules userspace
 //! learned (`learned_chain`) or else the user registers and a window of the user stack copied
 //! into the record for userspace to unwind.
-use core::{ffi::c_void, mem::offset_of};
+use core::{ffi::c_void, mem::offset_of, ptr::read_volatile};
 
 use aya_ebpf::{
     helpers::{
@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW, SavedRegs,
-    StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW,
+    SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
 };
 
 use crate::{
@@ -241,8 +241,10 @@ pub fn capture_stack_window(
 }
 
 /// Walk the calling thread's user call chain with the rules userspace learned for this process
-/// image (`FRAME_RULES`), into `chain`; true when every frame had a rule and the chain ended as
-/// userspace's unwinder ends it. Then `chain` holds what userspace would have unwound from the
+/// image (a taught chain's of `CHAIN_RULES` while the walk follows it, else `FRAME_RULES`'),
+/// into `chain`; true when every frame had a rule and the chain ended as userspace's unwinder
+/// ends it, with `chain_flags::CACHED` when every rule past the first came from the taught
+/// chain. Then `chain` holds what userspace would have unwound from the
 /// stack window, exactly: each step depends only on the frame's address and registers
 /// (helios-trace/src/resolve/chains.rs `step`, the same rules over a window, says so and is
 /// tested against the unwinder), and every read lies inside the window `capture_user_stack`
@@ -298,32 +300,23 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
     let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
     // The chain taught with its rules whose first two addresses are this one's, looked up at
-    // the second frame; its rules are taken while the addresses agree. Its rule for an
-    // address is the one FRAME_RULES holds for it: both are taught from the same unwinding
-    // and taken back together (userspace's `untaught`), keyed by the same image.
-    let mut cached: Option<&ChainRules> = None;
-    let mut first_pc = pc;
+    // the second frame, and its generation then: its rules are taken while the addresses agree
+    // (`taught_rule`). They are the rules userspace learned for those addresses from the same
+    // unwinding as FRAME_RULES' (resolve/stacks.rs `learn`), keyed by the same image and taken
+    // back with them (`untaught`).
+    let mut cached: Option<(&ChainRules, u64)> = None;
+    let first_pc = pc;
     for depth in 0..MAX_CHAIN_FRAMES {
         let Some(slot) = chain.addresses.get_mut(depth) else { return false };
         *slot = pc;
-        if depth == 0 {
-            first_pc = pc;
-        } else if depth == 1 {
+        if depth == 1 {
             let chain_key = ChainKey { tgid, reserved: 0, exec_ns, pc: first_pc, caller: pc };
-            cached = unsafe { CHAIN_RULES.get(&chain_key) };
+            cached = unsafe { CHAIN_RULES.get(&chain_key) }.and_then(|known| taught_chain(known, &chain_key));
         }
-        let from_cache = match cached {
-            Some(known) if depth < known.depth as usize && known.addresses.get(depth) == Some(&pc) => {
-                known.rules.get(depth).copied()
-            }
-            _ => None,
-        };
-        let rule = match from_cache {
+        let rule = match cached.and_then(|(known, generation)| taught_rule(known, generation, depth, pc)) {
             Some(rule) => rule,
             None => {
-                if depth > 0 {
-                    cached = None;
-                }
+                cached = None;
                 let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
                 *rule
             }
@@ -359,6 +352,50 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         key = FrameRuleKey { tgid, first: 0, exec_ns, address: pc };
     }
     false
+}
+
+/// A taught chain just looked up by `key`, with its generation, if it is still that key's: the
+/// generation read first, then the key the value holds (an element reused between the lookup
+/// and the generation's read holds another), which every `taught_rule` confirms by reading the
+/// generation again after it. The kernel's hash maps reuse a freed element at once
+/// (kernel/bpf/memalloc.c), so an entry userspace takes back or replaces while a walk holds it
+/// may hold another chain by then.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn taught_chain<'a>(known: &'a ChainRules, key: &ChainKey) -> Option<(&'a ChainRules, u64)> {
+    // SAFETY: fields of a map value; volatile, so that the compiler keeps this order.
+    unsafe {
+        let generation = read_volatile(&known.generation);
+        let same = read_volatile(&known.key.tgid) == key.tgid
+            && read_volatile(&known.key.exec_ns) == key.exec_ns
+            && read_volatile(&known.key.pc) == key.pc
+            && read_volatile(&known.key.caller) == key.caller;
+        same.then_some((known, generation))
+    }
+}
+
+/// The rule a taught chain gives frame `depth`, where it has the walked address `pc`, and while
+/// it is still the teaching of `generation` (`taught_chain`): the generation, read after the
+/// frame's fields, tells. Volatile, so that the compiler keeps the reads in that order and
+/// reads each again; x86 keeps loads in order with loads.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn taught_rule(known: &ChainRules, generation: u64, depth: usize, pc: u64) -> Option<FrameRule> {
+    // SAFETY: fields of a map value the verifier bounds; `get` keeps the index in the arrays.
+    unsafe {
+        if depth >= read_volatile(&known.depth) as usize {
+            return None;
+        }
+        let address = read_volatile(known.addresses.get(depth)?);
+        let taught = known.rules.get(depth)?;
+        let rule = FrameRule {
+            flags: read_volatile(&taught.flags),
+            cfa_offset: read_volatile(&taught.cfa_offset),
+            bp_offset: read_volatile(&taught.bp_offset),
+            reserved: 0,
+        };
+        (address == pc && read_volatile(&known.generation) == generation).then_some(rule)
+    }
 }
 
 /// A learned chain's walk reached its end at `depth`: its length, and whether the rules of every

@@ -143,10 +143,19 @@ impl Op {
 pub(crate) enum CapturedStack<'a> {
     /// Registers and a window of the stack, to unwind here. `shadow`: the chain the kernel
     /// walked for the same call with learned rules (`--learned-chains shadow`), to compare.
-    Window { sample: &'a StackSample<'a>, shadow: Option<&'a [u64]> },
-    /// The chain the kernel walked with learned rules (resolve/chains.rs): the instruction
-    /// pointer, then return addresses, innermost first.
-    Chain(&'a [u64]),
+    Window { sample: &'a StackSample<'a>, shadow: Option<WalkedChain<'a>> },
+    /// The chain the kernel walked with learned rules (resolve/chains.rs).
+    Chain(WalkedChain<'a>),
+}
+
+/// A chain the kernel walked with learned rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WalkedChain<'a> {
+    /// The instruction pointer, then return addresses, innermost first.
+    pub(crate) addresses: &'a [u64],
+    /// The rule of every frame past the first came from a taught chain
+    /// (helios_trace_common::chain_flags::CACHED).
+    pub(crate) cached: bool,
 }
 
 /// The user state of a thread at a syscall, as the kernel program captured it (`--stacks

@@ -20,7 +20,7 @@ use log::debug;
 use crate::{
     model::{
         counts::EventCounts,
-        event::{CapturedStack, Event, Op, StackIds},
+        event::{CapturedStack, Event, Op, StackIds, WalkedChain},
         exited::ExitedProcess,
         fd::{FdDetail, FdKind, SiteId},
         fdtable::{Corrections, FdChange, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
@@ -443,7 +443,6 @@ impl Engine {
             return;
         }
         if let Ok(Decoded::Shadow(shadow)) = decoded {
-            self.counts.chains_cached += u64::from(shadow.cached);
             // Part of the thread's window record that follows, as a Python stack is.
             if self.shadows.len() >= MAX_WALKED_PENDING {
                 self.shadows.clear();
@@ -468,13 +467,15 @@ impl Engine {
                     RecordStack::Chain(_) | RecordStack::None => None,
                 };
                 let stack = match &stack {
-                    RecordStack::Chain(chain) => {
-                        self.counts.chains_cached += u64::from(chain.flags & chain_flags::CACHED != 0);
-                        Some(CapturedStack::Chain(chain.chain()))
-                    }
+                    RecordStack::Chain(chain) => Some(CapturedStack::Chain(WalkedChain {
+                        addresses: chain.chain(),
+                        cached: chain.flags & chain_flags::CACHED != 0,
+                    })),
                     RecordStack::Window(sample) => Some(CapturedStack::Window {
                         sample,
-                        shadow: shadow.as_ref().map(|s| &s.addresses[..]),
+                        shadow: shadow
+                            .as_ref()
+                            .map(|s| WalkedChain { addresses: &s.addresses, cached: s.cached }),
                     }),
                     RecordStack::None => None,
                 };
@@ -499,61 +500,7 @@ impl Engine {
     ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                let native = self.stacks.site(event.tgid, event.stacks, stack, &|id| stacks.read_stack(id));
-                // With Python frames, the native site is a step to the site: remembered too
-                // (what Python sites are made from), so it must be forgotten in its turn.
-                self.stats.made(native, event.ts_ns);
-                // A socket libuv makes for a handle on a later tick: the handle's site says
-                // which call asked for it (model/handles.rs). Only an inet stream socket(2) is
-                // one; anything else the thread makes leaves the bracket as it is.
-                let handle_site = match &event.op {
-                    Op::Open {
-                        kind: FdKind::Socket,
-                        detail: FdDetail::Socket { family, sock_type, .. },
-                        ..
-                    } if matches!(i32::from(*family), libc::AF_INET | libc::AF_INET6)
-                        && i32::from(*sock_type) == libc::SOCK_STREAM =>
-                    {
-                        self.handles.socket_made(event.tgid, event.tid)
-                    }
-                    _ => None,
-                };
-                let handle_site = handle_site.filter(|site| self.stacks.knows(*site));
-                let site =
-                    match (handle_site, self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns)) {
-                        (Some(site), _) => site,
-                        (None, Some(walked)) => self.python.site(
-                            event.tgid,
-                            native,
-                            &walked.frames,
-                            walked.flags,
-                            &mut self.stacks,
-                        ),
-                        (None, None) => {
-                            let stacks = &self.stacks;
-                            let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
-                            self.python.not_walked(event.tgid, event.ts_ns, may_run);
-                            native
-                        }
-                    };
-                // A runtime's loop accepts every server's connections with one stack: told
-                // apart by the listener's site. (A listener's number that holds no socket: a
-                // record was lost; the accept keeps its own site.)
-                let listener = match event.op {
-                    Op::Accept { listener, .. } => {
-                        self.table.lookup(event.tgid, listener).filter(|open| open.kind == FdKind::Socket)
-                    }
-                    _ => None,
-                };
-                match listener.map(|open| self.stacks.accepted_through(site, open.site)) {
-                    Some(through) if through != site => {
-                        // The accepting stack's site (a Python one too) is a step to this one:
-                        // remembered, so that it is forgotten in its turn.
-                        self.stats.made(site, event.ts_ns);
-                        through
-                    }
-                    _ => site,
-                }
+                self.creation_site(event, stack, stacks)
             }
             _ => SiteId::NoStack,
         };
@@ -608,6 +555,69 @@ impl Engine {
         }
         self.after(&out, event.ts_ns);
         self.scratch = out;
+    }
+
+    /// The site of a descriptor-creating call: its native stack's, or what names it better: the
+    /// libuv handle the socket was made for, the Python frames walked with it, the listener it
+    /// was accepted through.
+    fn creation_site(
+        &mut self,
+        event: &Event,
+        stack: Option<&CapturedStack<'_>>,
+        stacks: &dyn StackSource,
+    ) -> SiteId {
+        let native = self.stacks.site(event.tgid, event.stacks, stack, &|id| stacks.read_stack(id));
+        // With Python frames, the native site is a step to the site: remembered too (what
+        // Python sites are made from), so it must be forgotten in its turn.
+        self.stats.made(native, event.ts_ns);
+        let walked = self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns);
+        let site = match (self.handle_site(event), walked) {
+            (Some(site), _) => site,
+            (None, Some(walked)) => {
+                self.python.site(event.tgid, native, &walked.frames, walked.flags, &mut self.stacks)
+            }
+            (None, None) => {
+                let stacks = &self.stacks;
+                let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
+                self.python.not_walked(event.tgid, event.ts_ns, may_run);
+                native
+            }
+        };
+        self.accepted_site(event, site)
+    }
+
+    /// A socket libuv makes for a handle on a later tick: the handle's site says which call
+    /// asked for it (model/handles.rs). Only an inet stream socket(2) is one; anything else the
+    /// thread makes leaves the bracket as it is.
+    fn handle_site(&mut self, event: &Event) -> Option<SiteId> {
+        let site = match &event.op {
+            Op::Open { kind: FdKind::Socket, detail: FdDetail::Socket { family, sock_type, .. }, .. }
+                if matches!(i32::from(*family), libc::AF_INET | libc::AF_INET6)
+                    && i32::from(*sock_type) == libc::SOCK_STREAM =>
+            {
+                self.handles.socket_made(event.tgid, event.tid)
+            }
+            _ => None,
+        };
+        site.filter(|site| self.stacks.knows(*site))
+    }
+
+    /// A runtime's loop accepts every server's connections with one stack: told apart by the
+    /// listener's site. (A listener's number that holds no socket: a record was lost; the
+    /// accept keeps its own site.)
+    fn accepted_site(&mut self, event: &Event, site: SiteId) -> SiteId {
+        let Op::Accept { listener, .. } = event.op else { return site };
+        let Some(open) = self.table.lookup(event.tgid, listener).filter(|open| open.kind == FdKind::Socket)
+        else {
+            return site;
+        };
+        let through = self.stacks.accepted_through(site, open.site);
+        if through != site {
+            // The accepting stack's site (a Python one too) is a step to this one: remembered,
+            // so that it is forgotten in its turn.
+            self.stats.made(site, event.ts_ns);
+        }
+        through
     }
 
     /// Remember the table of a process about to go, when exited processes are kept.

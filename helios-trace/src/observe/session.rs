@@ -30,7 +30,7 @@ use crate::{
     sys::{
         cgroups::{self, TargetCgroup},
         checks, clock,
-        loader::{FrameRules, TraceConfig, Tracer},
+        loader::{LearnedRules, TraceConfig, Tracer},
         own::{give_back_freed_memory, raise_open_files_limit},
         proc::{
             self,
@@ -119,10 +119,11 @@ impl Timers {
     }
 }
 
-impl Teach for FrameRules {
+impl Teach for LearnedRules {
     fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
         if let Err(err) = self.set(key, rule) {
-            // The kernel then keeps sending this chain's window: slower, not wrong.
+            // The kernel then keeps sending this chain's window (unless the chain, taught whole
+            // in CHAIN_RULES, gives this frame's rule): slower, not wrong.
             log::debug!("process {}: {err:#}", key.tgid);
         }
     }
@@ -248,7 +249,7 @@ impl Tracing {
         engine.limit_sites(args.max_stacks);
         if args.user_stack_mode == stack_mode::DWARF
             && args.learned_chains != learned_chains::OFF
-            && let Some(rules) = tracer.take_frame_rules()
+            && let Some(rules) = tracer.take_learned_rules()
         {
             engine.learn_chains(Box::new(rules));
         }
@@ -529,6 +530,7 @@ impl Tracing {
             stacks_truncated: self.engine.stack_counts().truncated,
             stacks_unresolved: self.engine.stack_counts().unresolved,
             chains_learned: self.engine.stack_counts().chains_learned,
+            chains_cached: self.engine.stack_counts().chains_cached,
             chains_checked: self.engine.stack_counts().chains_checked,
             chains_mismatched: self.engine.stack_counts().chains_mismatched,
             sites_dropped: self.engine.stack_counts().sites_dropped,

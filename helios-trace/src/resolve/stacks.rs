@@ -19,7 +19,7 @@ use helios_trace_common::{
 
 use crate::{
     model::{
-        event::{CapturedStack, StackIds, StackSample},
+        event::{CapturedStack, StackIds, StackSample, WalkedChain},
         fd::SiteId,
         frame::{self, Frame, Language, SiteOrigin, site_id, through_listener},
     },
@@ -53,35 +53,41 @@ const MAX_MODULE_BYTES: u64 = 4 << 30;
 /// chain; a busy service has a few thousand).
 const MAX_TAUGHT_PER_PROCESS: usize = 16 * 1024;
 /// Chains taught with their rules per process image at most (the kernel's map holds
-/// `CHAIN_RULE_ENTRIES` of all processes'): a chain past them is walked with a rule lookup
-/// per frame.
-const MAX_TAUGHT_CHAINS_PER_PROCESS: usize = 256;
+/// `CHAIN_RULE_ENTRIES` of all processes', and lets none go): a chain past them is walked with
+/// a rule lookup per frame. A service opens most of its descriptors through a few.
+const MAX_TAUGHT_CHAINS_PER_PROCESS: usize = 64;
 /// Sites of stacks in no known module kept at once (their frames are bare addresses).
 const MAX_UNRESOLVED_SITES: usize = 1024;
 /// How long after a look for a process's perf map that found none the next may be (most
 /// processes have none; a JVM's is written when someone runs `jcmd PID Compiler.perfmap`).
 const PERF_MAP_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A chain's addresses with the rule of each frame, as `CHAIN_RULES` keeps them: its first
-/// `MAX_CACHED_CHAIN_FRAMES` frames (the kernel looks the rules of any deeper ones up). None
-/// for a chain of fewer than two frames, which the kernel never looks for.
-fn chain_rules(frames: &[FrameRegs], rules: &[FrameRule]) -> Option<ChainRules> {
-    if frames.len() < 2 || frames.len() != rules.len() {
-        return None;
-    }
+/// A chain of `tgid`'s image `exec_ns` as `CHAIN_RULES` keeps it: keyed by its first two
+/// addresses, its first `MAX_CACHED_CHAIN_FRAMES` addresses with the rule of each (the kernel
+/// looks the rules of any deeper ones up), as teaching `generation`. None for a chain of fewer
+/// than two frames, which the kernel never looks for.
+fn taught_chain(
+    tgid: u32,
+    exec_ns: u64,
+    frames: &[FrameRegs],
+    rules: &[FrameRule],
+    generation: u64,
+) -> Option<(ChainKey, ChainRules)> {
+    let ([first, caller, ..], true) = (frames, frames.len() == rules.len()) else { return None };
+    let key = ChainKey { tgid, reserved: 0, exec_ns, pc: first.pc, caller: caller.pc };
+    let depth = frames.len().min(MAX_CACHED_CHAIN_FRAMES);
     let mut chain = ChainRules {
-        depth: 0,
+        generation,
+        key,
+        depth: depth as u32,
         reserved: 0,
         addresses: [0; MAX_CACHED_CHAIN_FRAMES],
         rules: [FrameRule::default(); MAX_CACHED_CHAIN_FRAMES],
     };
-    for ((frame, rule), (address, slot)) in
-        frames.iter().zip(rules).zip(chain.addresses.iter_mut().zip(chain.rules.iter_mut()))
-    {
-        (*address, *slot) = (frame.pc, *rule);
-        chain.depth += 1;
+    for (i, (frame, rule)) in frames.iter().zip(rules).take(depth).enumerate() {
+        (chain.addresses[i], chain.rules[i]) = (frame.pc, *rule);
     }
-    Some(chain)
+    Some((key, chain))
 }
 
 impl Weight for Arc<[Symbol]> {
@@ -118,6 +124,17 @@ struct ProcessStacks {
     taught: HashSet<FrameRuleKey>,
     /// The chains taught with their rules for this image.
     taught_chains: HashSet<ChainKey>,
+}
+
+impl ProcessStacks {
+    /// Whether a chain of this key may be taught: one taught already (the last taught is kept),
+    /// or room for another.
+    fn may_teach_chain(&mut self, key: ChainKey) -> bool {
+        if self.taught_chains.len() < MAX_TAUGHT_CHAINS_PER_PROCESS {
+            self.taught_chains.insert(key);
+        }
+        self.taught_chains.contains(&key)
+    }
 }
 
 /// An unwound chain and its site.
@@ -184,6 +201,9 @@ pub(crate) struct StackCounts {
     pub(crate) sites_dropped: u64,
     /// Stacks that came as chains the kernel walked with learned rules.
     pub(crate) chains_learned: u64,
+    /// Of the walked chains (learned or, in shadow mode, checked), those whose rules past the
+    /// first frame all came from a taught chain.
+    pub(crate) chains_cached: u64,
     /// `--learned-chains shadow`: windows whose unwinding was compared with the kernel's
     /// chain, and those where the two differed.
     pub(crate) chains_checked: u64,
@@ -218,10 +238,12 @@ pub(crate) struct StackRegistry {
     max_sites: usize,
     /// Where the rules of unwound chains are taught (`--learned-chains`); None: not learned.
     teacher: Option<Box<dyn Teach>>,
+    /// The last `ChainRules::generation` taught (never the same twice).
+    chain_generation: u64,
 }
 
-/// Where learned unwind rules go: the kernel's `FRAME_RULES` (sys/loader.rs, `FrameRules`),
-/// or a test's list. A rule is taught the moment it is learned, in the middle of the record
+/// Where learned unwind rules go: the kernel's `FRAME_RULES` and `CHAIN_RULES` (sys/loader.rs,
+/// `LearnedRules`), or a test's list. A rule is taught the moment it is learned, in the middle of the record
 /// that taught it, not at the end of the drain: the first window of a chain is followed by its
 /// symbolization, which may take tens of milliseconds the first time a library's DWARF is
 /// read, and meanwhile every call through that chain would send a 9 KiB window instead of a
@@ -255,6 +277,7 @@ impl StackRegistry {
             counts: StackCounts::default(),
             max_sites: usize::MAX,
             teacher: None,
+            chain_generation: 0,
         }
     }
 
@@ -305,10 +328,12 @@ impl StackRegistry {
                 let mut unwound = self.unwind(tgid, sample);
                 if let Some(shadow) = shadow {
                     self.counts.chains_checked += 1;
-                    if unwound.addresses != *shadow {
+                    self.counts.chains_cached += u64::from(shadow.cached);
+                    if unwound.addresses != shadow.addresses {
                         self.counts.chains_mismatched += 1;
                         log::warn!(
-                            "process {tgid}: the kernel's learned chain {shadow:x?} is not the unwound {:x?}",
+                            "process {tgid}: the kernel's learned chain {:x?} is not the unwound {:x?}",
+                            shadow.addresses,
                             unwound.addresses
                         );
                     }
@@ -328,8 +353,9 @@ impl StackRegistry {
                 }
                 Some(unwound.addresses)
             }
-            Some(CapturedStack::Chain(addresses)) => {
+            Some(CapturedStack::Chain(WalkedChain { addresses, cached })) => {
                 self.counts.chains_learned += 1;
+                self.counts.chains_cached += u64::from(*cached);
                 let known = self.process(tgid).chain(chain_hash(addresses), addresses);
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
@@ -611,14 +637,11 @@ impl StackRegistry {
                 teacher.teach(key, Some(*rule));
             }
         }
-        let ([first, caller, ..], Some(chain)) = (&unwound.frames[..], chain_rules(&unwound.frames, &rules))
-        else {
-            return;
-        };
-        let key = ChainKey { tgid, reserved: 0, exec_ns: process.image_ns, pc: first.pc, caller: caller.pc };
-        if process.taught_chains.contains(&key) || process.taught_chains.len() < MAX_TAUGHT_CHAINS_PER_PROCESS
+        self.chain_generation += 1;
+        let taught = taught_chain(tgid, process.image_ns, &unwound.frames, &rules, self.chain_generation);
+        if let Some((key, chain)) = taught
+            && process.may_teach_chain(key)
         {
-            process.taught_chains.insert(key);
             teacher.teach_chain(key, Some(&chain));
         }
     }
@@ -1036,49 +1059,51 @@ mod tests {
     /// describe its image: another exec time, its exit, a pid taken by a fork.
     #[test]
     fn taught_rules_are_taken_back_with_their_image() {
-        type Update = (FrameRuleKey, Option<FrameRule>);
-        /// What the registry taught, in order: rules, and chains (by their key's caller, as
-        /// the rule keyed by that address: the two lists are alike).
+        /// What the registry taught or took back, in order.
+        #[derive(Clone, Debug, PartialEq)]
+        enum Update {
+            Rule(FrameRuleKey, Option<FrameRule>),
+            Chain(ChainKey, Option<u64>),
+        }
         #[derive(Clone, Default)]
         struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
         impl Teach for Taught {
             fn teach(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) {
-                self.0.lock().unwrap().push((key, rule));
+                self.0.lock().unwrap().push(Update::Rule(key, rule));
             }
             fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) {
-                let as_rule =
-                    FrameRuleKey { tgid: key.tgid, first: 2, exec_ns: key.exec_ns, address: key.caller };
-                self.0.lock().unwrap().push((as_rule, chain.map(|c| c.rules[1])));
+                self.0.lock().unwrap().push(Update::Chain(key, chain.map(|c| c.generation)));
             }
         }
         let taught = Taught::default();
         let mut registry = StackRegistry::new("/nonexistent");
         registry.learn_chains(Box::new(taught.clone()));
+        // What the registry holds as taught for `tgid`'s image, as the updates that take it back.
         let teach = |registry: &mut StackRegistry, tgid: u32| {
             let exec_ns = registry.process(tgid).image_ns;
-            let keys: Vec<FrameRuleKey> = [(1, 0x1000), (0, 0x2000), (2, 0x2000)]
-                .map(|(first, address)| FrameRuleKey { tgid, first, exec_ns, address })
-                .to_vec();
-            registry.process(tgid).taught.extend(keys[..2].iter().copied());
+            let rules = [(1, 0x1000), (0, 0x2000)].map(|(first, address)| FrameRuleKey {
+                tgid,
+                first,
+                exec_ns,
+                address,
+            });
             let chain = ChainKey { tgid, reserved: 0, exec_ns, pc: 0x1000, caller: 0x2000 };
-            registry.process(tgid).taught_chains.insert(chain);
-            keys
+            registry.process(tgid).taught.extend(rules);
+            assert!(registry.process(tgid).may_teach_chain(chain));
+            let mut updates = vec![Update::Chain(chain, None)];
+            updates.extend(rules.map(|key| Update::Rule(key, None)));
+            updates
         };
+        // Chains first (while one is taught, the rules it was learned with are), then rules.
         let taken_back = |_: &mut StackRegistry| {
-            let updates = std::mem::take(&mut *taught.0.lock().unwrap());
-            // The chain first: while it is taught, the rules it copies are.
-            if let Some(last_chain) = updates.iter().rposition(|(key, _)| key.first == 2) {
-                assert!(updates[..last_chain].iter().all(|(key, _)| key.first == 2), "{updates:?}");
+            let mut updates = std::mem::take(&mut *taught.0.lock().unwrap());
+            if let Some(rules) = updates.get_mut(1..) {
+                rules.sort_by_key(|u| match u {
+                    Update::Rule(key, _) => key.address,
+                    Update::Chain(..) => 0,
+                });
             }
-            let mut keys: Vec<FrameRuleKey> = updates
-                .into_iter()
-                .map(|(key, rule)| {
-                    assert_eq!(rule, None, "{key:?}");
-                    key
-                })
-                .collect();
-            keys.sort_by_key(|k| (k.address, k.first));
-            keys
+            updates
         };
         let keys = teach(&mut registry, 7);
         registry.set_image_time(7, 0);
@@ -1086,7 +1111,7 @@ mod tests {
         registry.set_image_time(7, 5_000);
         assert_eq!(taken_back(&mut registry), keys, "another exec: the old image's rules");
         let keys = teach(&mut registry, 7);
-        assert_eq!(keys[0].exec_ns, 5_000);
+        assert!(matches!(keys[0], Update::Chain(ChainKey { exec_ns: 5_000, .. }, None)));
         registry.forget(7);
         assert_eq!(taken_back(&mut registry), keys, "its exit");
         let keys = teach(&mut registry, 8);
@@ -1096,19 +1121,21 @@ mod tests {
         assert_eq!(taken_back(&mut registry), [], "nothing taught, nothing taken back");
     }
 
-    /// A chain is taught with the rule of each of its first `MAX_CACHED_CHAIN_FRAMES` frames,
-    /// in order; a chain of one frame is not (the kernel looks a chain up at its second).
+    /// A chain is taught keyed by its image and first two addresses, with the rule of each of
+    /// its first `MAX_CACHED_CHAIN_FRAMES` frames in order; a chain of one frame is not (the
+    /// kernel looks a chain up at its second).
     #[test]
     fn a_taught_chain_holds_its_addresses_and_their_rules_in_order() {
         let frame = |pc: u64| FrameRegs { pc, sp: 0x7ff0_0000 + pc, bp: 0 };
         let rule =
             |i: usize| FrameRule { flags: 0, cfa_offset: 8 * (i as i32 + 1), bp_offset: 0, reserved: 0 };
         for depth in [2, 3, MAX_CACHED_CHAIN_FRAMES, MAX_CACHED_CHAIN_FRAMES + 5] {
-            let frames: Vec<FrameRegs> = (0..depth).map(|i| frame(0x1000 + i as u64)).collect();
+            let frames: Vec<FrameRegs> = (0..depth).map(|i| frame(0x1000 + 0x10 * i as u64)).collect();
             let rules: Vec<FrameRule> = (0..depth).map(rule).collect();
-            let chain = chain_rules(&frames, &rules).unwrap();
+            let (key, chain) = taught_chain(7, 5_000, &frames, &rules, 42).unwrap();
+            assert_eq!(key, ChainKey { tgid: 7, reserved: 0, exec_ns: 5_000, pc: 0x1000, caller: 0x1010 });
             let kept = depth.min(MAX_CACHED_CHAIN_FRAMES);
-            assert_eq!(chain.depth as usize, kept);
+            assert_eq!((chain.generation, chain.key, chain.depth as usize), (42, key, kept));
             for i in 0..kept {
                 assert_eq!(
                     (chain.addresses[i], chain.rules[i]),
@@ -1117,8 +1144,25 @@ mod tests {
                 );
             }
         }
-        assert!(chain_rules(&[frame(0x1000)], &[rule(0)]).is_none(), "one frame");
-        assert!(chain_rules(&[frame(0x1000), frame(0x2000)], &[rule(0)]).is_none(), "a rule missing");
+        assert!(taught_chain(7, 0, &[frame(0x1000)], &[rule(0)], 1).is_none(), "one frame");
+        assert!(
+            taught_chain(7, 0, &[frame(0x1000), frame(0x2000)], &[rule(0)], 1).is_none(),
+            "a rule missing"
+        );
+    }
+
+    /// A process's taught chains are bounded; a chain of a key taught already is taught again
+    /// (the last one kept) whatever the count.
+    #[test]
+    fn a_process_teaches_so_many_chains_and_replaces_its_own() {
+        let mut process = ProcessStacks::default();
+        let key = |pc: u64| ChainKey { tgid: 7, reserved: 0, exec_ns: 0, pc, caller: 0x2000 };
+        for pc in 0..MAX_TAUGHT_CHAINS_PER_PROCESS as u64 {
+            assert!(process.may_teach_chain(key(pc)), "{pc}");
+        }
+        assert!(!process.may_teach_chain(key(u64::MAX)), "past the bound");
+        assert!(process.may_teach_chain(key(3)), "a key taught already");
+        assert_eq!(process.taught_chains.len(), MAX_TAUGHT_CHAINS_PER_PROCESS);
     }
 
     #[test]

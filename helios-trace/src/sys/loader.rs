@@ -133,7 +133,7 @@ pub(crate) struct Tracer {
     /// Go processes whose goroutines' creators the kernel reads (resolve/goroutines.rs).
     go: BpfHashMap<MapData, u32, GoOffsets>,
     /// Unwind rules learned from stack windows (resolve/chains.rs), until the engine takes them.
-    rules: Option<FrameRules>,
+    rules: Option<LearnedRules>,
     /// Each process's last exec time, as the kernel keeps it (process.rs).
     exec_times: BpfHashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -172,35 +172,38 @@ impl PythonMap {
 }
 
 /// The kernel's `FRAME_RULES` map, the unwind rules of learned chains (resolve/chains.rs), and
-/// its `CHAIN_RULES`, the chains taught with their rules.
-pub(crate) struct FrameRules {
+/// its `CHAIN_RULES`, the chains taught whole with their rules. Like `PythonMap::set`, teaching
+/// needs no privilege.
+pub(crate) struct LearnedRules {
     rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
     chains: BpfHashMap<MapData, ChainKey, ChainRules>,
 }
 
-impl FrameRules {
-    /// Teach the kernel a rule (Some) or take it back (None). Like `PythonMap::set`, this needs
-    /// no privilege.
+impl LearnedRules {
+    /// Teach the kernel a rule (Some) or take it back (None).
     pub(crate) fn set(&mut self, key: FrameRuleKey, rule: Option<FrameRule>) -> Result<()> {
-        match rule {
-            Some(rule) => self.rules.insert(key, rule, 0).context("cannot fill the frame-rule map")?,
-            // Absent already is fine (its insert failed, the map being full).
-            None => {
-                let _ = self.rules.remove(&key);
-            }
-        }
-        Ok(())
+        put(&mut self.rules, &key, rule.as_ref()).context("cannot fill the frame-rule map")
     }
 
-    /// Teach the kernel a chain with its rules (Some) or take it back (None), as `set`.
+    /// Teach the kernel a chain with its rules (Some) or take it back (None).
     pub(crate) fn set_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) -> Result<()> {
-        match chain {
-            Some(chain) => self.chains.insert(key, chain, 0).context("cannot fill the chain map")?,
-            None => {
-                let _ = self.chains.remove(&key);
-            }
+        put(&mut self.chains, &key, chain).context("cannot fill the chain map")
+    }
+}
+
+/// Insert `key` with `value`, or remove it (None: absent already is fine, its insert having
+/// failed, the map being full).
+fn put<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: &K,
+    value: Option<&V>,
+) -> Result<(), aya::maps::MapError> {
+    match value {
+        Some(value) => map.insert(key, value, 0),
+        None => {
+            let _ = map.remove(key);
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -379,7 +382,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules: Some(FrameRules { rules, chains }),
+                rules: Some(LearnedRules { rules, chains }),
                 exec_times,
                 counters,
                 attached,
@@ -470,7 +473,7 @@ impl Tracer {
     }
 
     /// The kernel's unwind rules, for the engine to teach (once).
-    pub(crate) fn take_frame_rules(&mut self) -> Option<FrameRules> {
+    pub(crate) fn take_learned_rules(&mut self) -> Option<LearnedRules> {
         self.rules.take()
     }
 
