@@ -84,7 +84,7 @@ shared_map! {
     /// takes each frame's rule from it while the addresses agree, one lookup for the chain
     /// instead of one in `FRAME_RULES` per frame. Taught with the rules learned from the same
     /// unwinding, taken back with them, and not preallocated, as they are; each teaching has a
-    /// generation of its own, which the walk checks (stacks.rs `taught_chain`).
+    /// generation of its own, which the walk checks (stacks.rs `still_taught`).
     CHAIN_RULES: HashMap<ChainKey, ChainRules> = HashMap::with_max_entries(CHAIN_RULE_ENTRIES, BPF_F_NO_PREALLOC);
 }
 

@@ -311,7 +311,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         *slot = pc;
         if depth == 1 {
             let chain_key = ChainKey { tgid, reserved: 0, exec_ns, pc: first_pc, caller: pc };
-            cached = unsafe { CHAIN_RULES.get(&chain_key) }.and_then(|known| taught_chain(known, &chain_key));
+            cached = unsafe { CHAIN_RULES.get(&chain_key) }.and_then(|known| still_taught(known, &chain_key));
         }
         let rule = match cached.and_then(|(known, generation)| taught_rule(known, generation, depth, pc)) {
             Some(rule) => rule,
@@ -362,7 +362,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
 /// may hold another chain by then.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn taught_chain<'a>(known: &'a ChainRules, key: &ChainKey) -> Option<(&'a ChainRules, u64)> {
+fn still_taught<'a>(known: &'a ChainRules, key: &ChainKey) -> Option<(&'a ChainRules, u64)> {
     // SAFETY: fields of a map value; volatile, so that the compiler keeps this order.
     unsafe {
         let generation = read_volatile(&known.generation);
@@ -375,7 +375,7 @@ fn taught_chain<'a>(known: &'a ChainRules, key: &ChainKey) -> Option<(&'a ChainR
 }
 
 /// The rule a taught chain gives frame `depth`, where it has the walked address `pc`, and while
-/// it is still the teaching of `generation` (`taught_chain`): the generation, read after the
+/// it is still the teaching of `generation` (`still_taught`): the generation, read after the
 /// frame's fields, tells. Volatile, so that the compiler keeps the reads in that order and
 /// reads each again; x86 keeps loads in order with loads.
 #[cfg(bpf_target_arch = "x86_64")]

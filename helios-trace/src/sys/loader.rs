@@ -540,12 +540,11 @@ fn attach_floor(
     table: &SyscallTable,
     attached: &mut Vec<String>,
 ) -> Result<()> {
-    let (per_call, raw_enter, raw_exit, close_tp) = match floor {
-        "tracepoints" => (true, false, false, true),
-        "raw" => (false, true, true, false),
-        "raw-exit" => (false, false, true, true),
-        // The raw enter, and the exit as a BTF tracepoint.
-        "btf" => (false, true, false, false),
+    let (per_call, raw_enter, raw_exit, btf_exit, close_tp) = match floor {
+        "tracepoints" => (true, false, false, false, true),
+        "raw" => (false, true, true, false, false),
+        "raw-exit" => (false, false, true, false, true),
+        "btf" => (false, true, false, true, false),
         other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw, raw-exit or btf"),
     };
     if per_call || close_tp {
@@ -578,7 +577,7 @@ fn attach_floor(
         raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
         attached.push(format!("raw_syscalls/{hook}"));
     }
-    if floor == "btf" {
+    if btf_exit {
         let btf = Btf::from_sys_fs().context("the kernel's BTF")?;
         let program: &mut BtfTracePoint = ebpf
             .program_mut("floor_btf_exit")
