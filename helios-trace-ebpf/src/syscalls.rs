@@ -10,6 +10,14 @@
 //! each program first looks the number up in `SYSCALL_SPECS` and returns at once for a call
 //! it does not trace.
 //!
+//! Each program is built twice from one body, told apart by `const BTF: bool`: as a raw
+//! tracepoint program, and as a BTF tracepoint (`tp_btf`: the same hook, program type
+//! tracing), which the loader attaches where the kernel has BTF (helios-trace/src/sys/loader.rs,
+//! `attach_syscall_hook`). There the verifier knows `regs` is a `struct pt_regs *` and the
+//! current task a `struct task_struct *`, so the syscall number (read on every syscall of the
+//! machine), the saved registers and the compat flag are loads instead of
+//! `bpf_probe_read_kernel` calls (BENCHMARKS.md, "Syscall programs as BTF tracepoints").
+//!
 //! Creation is seen at exit only: the arguments are still in the saved registers then
 //! (`helios_trace_common::regs_x86_64::SYSCALL_ARGS`: nothing overwrites them; aarch64 keeps
 //! the first in orig_x0), so no enter program and no in-flight map are needed.
@@ -17,7 +25,10 @@
 //! What each syscall number needs (path string, fd pair, SCM_RIGHTS, ...) comes from the
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
 //! place (helios-trace/src/sys/syscalls.rs) and these programs stay generic.
-use core::mem::size_of;
+use core::{
+    mem::size_of,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
@@ -28,8 +39,8 @@ use aya_ebpf::{
             bpf_probe_read_user_str,
         },
     },
-    macros::raw_tracepoint,
-    programs::{RawTracePointContext, tracing::StackIdContext},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
     CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SavedRegs,
@@ -89,25 +100,40 @@ fn spec_of(nr: u64) -> u32 {
     SYSCALL_SPECS.get(nr as u32).copied().unwrap_or(0)
 }
 
-/// Word `index` of the saved user registers.
+/// Word `index` of the saved user registers. From a BTF tracepoint (`BTF`) a load: the
+/// verifier knows `regs` is a `struct pt_regs *` and checks the word is one of its members
+/// (kernel/bpf/btf.c, btf_struct_access; a fault reads 0, the load made a `BPF_PROBE_MEM`
+/// one). From a raw tracepoint `regs` is a number to it, read with a helper call.
 #[inline(always)]
-fn reg(regs: *const u64, index: usize) -> Result<u64, i64> {
+fn reg<const BTF: bool>(regs: *const u64, index: usize) -> Result<u64, i64> {
+    if BTF {
+        // SAFETY: see above; `index` is a constant within the struct at every call.
+        return Ok(unsafe { read_volatile(regs.wrapping_add(index)) });
+    }
     unsafe { bpf_probe_read_kernel(regs.wrapping_add(index)) }.map_err(i64::from)
 }
 
-/// The registers a traced call's records are made from, copied from the saved `pt_regs` in
-/// one read, where the six arguments, pc, sp and the frame pointer (and in a Go process the
+/// The registers a traced call's records are made from, copied from the saved `pt_regs` (in
+/// one read; from a BTF tracepoint a load per word, as `reg` says), where the six arguments, pc, sp and the frame pointer (and in a Go process the
 /// goroutine register and sp again) were a read of a word each (BENCHMARKS.md, "Reads in
 /// bulk"). On x86_64 that is all of `struct pt_regs` (21 words, at the top of the task's
 /// kernel stack: task_pt_regs); on aarch64 `user_pt_regs` and the orig_x0 and syscallno that
 /// follow it.
 #[inline(always)]
-fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
+fn saved_regs<const BTF: bool>(regs: *const u64) -> Result<&'static SavedRegs, i64> {
     #[cfg(bpf_target_arch = "x86_64")]
     const READ_WORDS: usize = arch::WORDS;
     #[cfg(bpf_target_arch = "aarch64")]
     const READ_WORDS: usize = arch::SYSCALLNO + 1;
     let copy = SAVED_REGS.get_ptr_mut(0).ok_or(0i64)?;
+    if BTF {
+        let to = copy.cast::<u64>();
+        for word in 0..READ_WORDS {
+            // SAFETY: as `reg`'s; `to` is the per-CPU slot, as below.
+            unsafe { write_volatile(to.add(word), read_volatile(regs.wrapping_add(word))) };
+        }
+        return Ok(unsafe { &*copy });
+    }
     let size = (READ_WORDS * size_of::<u64>()) as u32;
     let read = unsafe { bpf_probe_read_kernel_raw(copy.cast(), size, regs.cast()) };
     if read != 0 {
@@ -120,15 +146,15 @@ fn saved_regs(regs: *const u64) -> Result<&'static SavedRegs, i64> {
 /// The syscall number at `sys_exit`, from the saved registers.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn exit_nr(regs: *const u64) -> Result<u64, i64> {
-    reg(regs, arch::ORIG_AX)
+fn exit_nr<const BTF: bool>(regs: *const u64) -> Result<u64, i64> {
+    reg::<BTF>(regs, arch::ORIG_AX)
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
-fn exit_nr(regs: *const u64) -> Result<u64, i64> {
+fn exit_nr<const BTF: bool>(regs: *const u64) -> Result<u64, i64> {
     // syscallno is an s32 in the low half of its word (little-endian).
-    Ok(reg(regs, arch::SYSCALLNO)? as u32 as u64)
+    Ok(reg::<BTF>(regs, arch::SYSCALLNO)? as u32 as u64)
 }
 
 /// Whether the current syscall is a 32-bit one (ia32 emulation: `int $0x80` or a 32-bit
@@ -141,40 +167,50 @@ fn exit_nr(regs: *const u64) -> Result<u64, i64> {
 /// (arch/x86/include/asm/entry-common.h, arch_exit_to_user_mode_prepare).
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn compat_syscall() -> bool {
+fn compat_syscall<const BTF: bool>() -> bool {
     const THREAD_INFO_STATUS_OFFSET: usize = 16;
     const TS_COMPAT: u32 = 0x0002;
-    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
-    let status: u32 =
+    let status: u32 = if BTF {
+        // A load, as `reg` says: the helper's task is a `struct task_struct *` the verifier
+        // knows (kernel/trace/bpf_trace.c, bpf_get_current_task_btf).
+        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+        unsafe { read_volatile(task.wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32) }
+    } else {
+        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
         unsafe { bpf_probe_read_kernel(task.wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32) }
-            .unwrap_or(0);
+            .unwrap_or(0)
+    };
     status & TS_COMPAT != 0
 }
 
 /// aarch64's 32-bit tasks (TIF_32BIT) are not told apart yet: no arm64 machine to test on.
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
-fn compat_syscall() -> bool {
+fn compat_syscall<const BTF: bool>() -> bool {
     false
 }
 
 /// `close` enters: its record. Every other syscall returns after one array lookup.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn close_enter(ctx: RawTracePointContext) -> u32 {
-    finish(try_close_enter(&ctx))
+    finish(try_close_enter::<false>(ctx.arg(0), ctx.arg(1)))
 }
 
-fn try_close_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let nr: u64 = ctx.arg(1);
+/// `close_enter` as a BTF tracepoint (the loader's choice where the kernel has BTF).
+#[btf_tracepoint(function = "sys_enter")]
+pub fn close_enter_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(try_close_enter::<true>(ctx.arg(0), ctx.arg(1)))
+}
+
+fn try_close_enter<const BTF: bool>(regs: *const u64, nr: u64) -> Result<(), i64> {
     if spec_of(nr) & spec::CLOSE == 0 {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall() {
+    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
         return Ok(());
     }
-    let regs: *const u64 = ctx.arg(0);
-    let fd = reg(regs, arch::SYSCALL_ARGS[0])?;
+    let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
     let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
     emit(&event);
     Ok(())
@@ -183,25 +219,33 @@ fn try_close_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 /// A traced syscall returns: the record of what it made.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn fd_syscall_exit(ctx: RawTracePointContext) -> u32 {
-    finish(try_fd_syscall_exit(&ctx))
+    finish(try_fd_syscall_exit::<false, _>(&ctx, ctx.arg(0), ctx.arg(1)))
 }
 
-fn try_fd_syscall_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let regs: *const u64 = ctx.arg(0);
-    let nr = exit_nr(regs)?;
+/// `fd_syscall_exit` as a BTF tracepoint (the loader's choice where the kernel has BTF).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn fd_syscall_exit_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(try_fd_syscall_exit::<true, _>(&ctx, ctx.arg(0), ctx.arg(1)))
+}
+
+fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
+    ctx: &C,
+    regs: *const u64,
+    ret: i64,
+) -> Result<(), i64> {
+    let nr = exit_nr::<BTF>(regs)?;
     let spec = spec_of(nr);
     if spec & spec::TRACED == 0 {
         return Ok(());
     }
-    let ret: i64 = ctx.arg(1);
     if ret < 0 {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall() {
+    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
         return Ok(());
     }
-    let saved = saved_regs(regs)?;
+    let saved = saved_regs::<BTF>(regs)?;
     let mut args = [0u64; 6];
     for (arg, index) in args.iter_mut().zip(arch::SYSCALL_ARGS) {
         *arg = saved[index];

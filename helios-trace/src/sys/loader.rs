@@ -45,6 +45,11 @@ const SYSCALL_HOOKS: [&str; 2] = ["sys_enter", "sys_exit"];
 /// `cargo xtask bench`'s "floor" section measures. Nothing is traced then.
 const FLOOR_ENV: &str = "HELIOS_TRACE_FLOOR";
 
+/// Set to `raw`, the descriptor syscall programs are attached as raw tracepoints even where
+/// the kernel has BTF, as they are where it has none (`attach_syscall_hook`): how the kernel
+/// tests check that way on a kernel with BTF.
+const SYSCALL_HOOKS_ENV: &str = "HELIOS_TRACE_SYSCALL_HOOKS";
+
 #[derive(Clone, Debug)]
 pub(crate) struct TraceConfig {
     /// Only these processes (and children they fork later) and the processes in or below
@@ -323,16 +328,19 @@ impl Tracer {
             attach_floor(&mut ebpf, &tracefs, &floor, &table, &mut attached)?;
         } else {
             // One raw tracepoint pair for every call (ARCHITECTURE.md, Kernel side): two
-            // programs to attach and detach instead of one per call and direction.
+            // programs to attach and detach instead of one per call and direction; as BTF
+            // tracepoints where the kernel has BTF.
+            let btf = match std::env::var(SYSCALL_HOOKS_ENV).unwrap_or_default().as_str() {
+                "raw" => None,
+                "" => Btf::from_sys_fs()
+                    .inspect_err(|err| {
+                        debug!("the kernel's BTF ({err}): descriptor syscalls seen through raw tracepoints")
+                    })
+                    .ok(),
+                other => bail!("{SYSCALL_HOOKS_ENV}={other}: expected raw"),
+            };
             for (program, hook) in [("fd_syscall_exit", "sys_exit"), ("close_enter", "sys_enter")] {
-                let raw: &mut RawTracePoint = ebpf
-                    .program_mut(program)
-                    .with_context(|| format!("program {program} is missing from the eBPF object"))?
-                    .try_into()?;
-                raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
-                raw.attach(hook)
-                    .with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
-                attached.push(format!("raw_syscalls/{hook}"));
+                attached.push(attach_syscall_hook(&mut ebpf, program, hook, btf.as_ref())?);
             }
         }
         let lifecycle = if std::env::var_os(FLOOR_ENV).is_some() { &[][..] } else { &LIFECYCLE[..] };
@@ -566,28 +574,53 @@ fn attach_floor(
     for (program, hook, wanted) in
         [("floor_raw_enter", "sys_enter", raw_enter), ("floor_raw_exit", "sys_exit", raw_exit)]
     {
-        if !wanted {
-            continue;
+        if wanted {
+            attached.push(attach_raw(ebpf, program, hook)?);
         }
-        let raw: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} is missing from the eBPF object"))?
-            .try_into()?;
-        raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
-        raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
-        attached.push(format!("raw_syscalls/{hook}"));
     }
     if btf_exit {
         let btf = Btf::from_sys_fs().context("the kernel's BTF")?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut("floor_btf_exit")
-            .context("program floor_btf_exit is missing from the eBPF object")?
-            .try_into()?;
-        program.load("sys_exit", &btf).context("the kernel rejected program floor_btf_exit")?;
-        program.attach().context("cannot attach floor_btf_exit to sys_exit")?;
-        attached.push("tp_btf/sys_exit".to_string());
+        attached.push(attach_btf(ebpf, "floor_btf_exit", "sys_exit", &btf)?);
     }
     Ok(())
+}
+
+/// Attach `program` to the raw tracepoint `hook` (`sys_enter` or `sys_exit`): as its BTF
+/// tracepoint twin (`PROGRAM_btf`, helios-trace-ebpf/src/syscalls.rs) given the kernel's BTF,
+/// which reads the saved registers with loads instead of helper calls; else, or when the
+/// kernel rejects that one, as the raw tracepoint program. Returns what it attached.
+fn attach_syscall_hook(ebpf: &mut Ebpf, program: &str, hook: &str, btf: Option<&Btf>) -> Result<String> {
+    if let Some(btf) = btf {
+        let twin = format!("{program}_btf");
+        match attach_btf(ebpf, &twin, hook, btf) {
+            Ok(attached) => return Ok(attached),
+            Err(err) => debug!("{err:#}: {program} on raw tracepoint {hook} instead"),
+        }
+    }
+    attach_raw(ebpf, program, hook)
+}
+
+/// Load `program` and attach it to the raw tracepoint `hook`; returns what it attached.
+fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> Result<String> {
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} is missing from the eBPF object"))?
+        .try_into()?;
+    raw.load().with_context(|| format!("the kernel rejected program {program}"))?;
+    raw.attach(hook).with_context(|| format!("cannot attach {program} to raw tracepoint {hook}"))?;
+    Ok(format!("raw_syscalls/{hook}"))
+}
+
+/// Load `program` against the kernel's BTF and attach it as the BTF tracepoint `hook`; returns
+/// what it attached.
+fn attach_btf(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &Btf) -> Result<String> {
+    let typed: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} is missing from the eBPF object"))?
+        .try_into()?;
+    typed.load(hook, btf).with_context(|| format!("the kernel rejected program {program}"))?;
+    typed.attach().with_context(|| format!("cannot attach {program} to tp_btf/{hook}"))?;
+    Ok(format!("tp_btf/{hook}"))
 }
 
 /// Put each of `keys` in the target hash map `name` (key -> 1), if there are any.

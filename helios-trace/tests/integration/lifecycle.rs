@@ -491,11 +491,13 @@ pub(crate) fn reported_cloexec(report: &serde_json::Value, pid: u32) -> BTreeMap
 /// would turn open, pipe, eventfd, epoll_create, signalfd and inotify_init into their newer
 /// forms; musl's call the old ones). After each call, with reconciliation off, the table
 /// equals /proc: fds, kinds and close-on-exec flags. The unit test
-/// `every_call_in_the_table_has_a_raw_workload_command` keeps rawcalls.c complete.
-fn every_call_issued_raw_keeps_the_table_exact(program: &std::path::Path) {
+/// `every_call_in_the_table_has_a_raw_workload_command` keeps rawcalls.c complete. `hooks`:
+/// how the tracer attaches its syscall programs (`HELIOS_TRACE_SYSCALL_HOOKS`; "" its default).
+fn every_call_issued_raw_keeps_the_table_exact(program: &std::path::Path, hooks: &str) {
     let mut w = Workload::spawn_program(program);
     let pid = w.pid;
-    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let mut tracer = start_with_hooks(hooks, &["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    assert_eq!(syscall_hook_program_types(tracer.pid()), expected_hook_types(hooks));
     checkpoint(&mut tracer, pid, "baseline");
     let calls = w.ask("list");
     let calls: Vec<&str> = calls.split_whitespace().collect();
@@ -522,7 +524,18 @@ fn every_call_issued_raw_by_a_glibc_program_keeps_the_table_exact() {
     if !require_bpf() {
         return;
     }
-    every_call_issued_raw_keeps_the_table_exact(rawcalls_bin());
+    every_call_issued_raw_keeps_the_table_exact(rawcalls_bin(), "");
+}
+
+/// The same through the raw tracepoint programs, which kernels without BTF get
+/// (helios-trace/src/sys/loader.rs, `attach_syscall_hook`).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn every_call_issued_raw_keeps_the_table_exact_through_raw_tracepoints() {
+    if !require_bpf() {
+        return;
+    }
+    every_call_issued_raw_keeps_the_table_exact(rawcalls_bin(), "raw");
 }
 
 #[test]
@@ -531,7 +544,47 @@ fn every_call_issued_raw_by_a_musl_program_keeps_the_table_exact() {
     if !require_bpf() {
         return;
     }
-    every_call_issued_raw_keeps_the_table_exact(rawcalls_musl_bin());
+    every_call_issued_raw_keeps_the_table_exact(rawcalls_musl_bin(), "");
+}
+
+/// A tracer whose syscall programs are attached the `hooks` way (`HELIOS_TRACE_SYSCALL_HOOKS`;
+/// "": the default).
+fn start_with_hooks(hooks: &str, args: &[&str]) -> Tracer {
+    let mut command = std::process::Command::new(helios_trace_bin());
+    command.env("HELIOS_TRACE_SYSCALL_HOOKS", hooks);
+    Tracer::start_with(command, args)
+}
+
+/// BPF_PROG_TYPE_RAW_TRACEPOINT and BPF_PROG_TYPE_TRACING (include/uapi/linux/bpf.h).
+const RAW_TRACEPOINT: u32 = 17;
+const TRACING: u32 = 26;
+
+/// What the syscall programs must be: BTF tracepoints by default (this kernel has BTF), raw
+/// tracepoints when asked.
+fn expected_hook_types(hooks: &str) -> BTreeMap<String, u32> {
+    let kind = if hooks == "raw" { RAW_TRACEPOINT } else { TRACING };
+    [("sys_enter".to_string(), kind), ("sys_exit".to_string(), kind)].into()
+}
+
+/// The type of the program on each raw tracepoint the tracer `pid` holds a link to, as the
+/// kernel shows them: the links' and the programs' /proc/PID/fdinfo (kernel/bpf/syscall.c,
+/// bpf_link_show_fdinfo and bpf_prog_show_fdinfo).
+fn syscall_hook_program_types(pid: u32) -> BTreeMap<String, u32> {
+    let mut hooks = Vec::new();
+    let mut types = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else { continue };
+        let field = |name: &str| {
+            info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+        };
+        let prog_id = field("prog_id").map(|id| id.parse::<u32>().unwrap());
+        if field("link_type") == Some("raw_tracepoint") {
+            hooks.push((field("tp_name").unwrap().to_string(), prog_id.unwrap()));
+        } else if let (Some(kind), Some(id)) = (field("prog_type"), prog_id) {
+            types.insert(id, kind.parse::<u32>().unwrap());
+        }
+    }
+    hooks.into_iter().map(|(hook, id)| (hook, types[&id])).collect()
 }
 
 /// ia32 syscalls (`int $0x80`, here from a 64-bit process) have numbers of their own, which
@@ -545,9 +598,19 @@ fn ia32_syscalls_are_not_read_as_native_ones() {
     if !require_bpf() {
         return;
     }
+    // Each way the syscall programs attach tells them apart its own way (syscalls.rs,
+    // compat_syscall).
+    for hooks in ["", "raw"] {
+        ia32_syscalls_are_not_read_as_native_ones_through(hooks);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ia32_syscalls_are_not_read_as_native_ones_through(hooks: &str) {
     let mut w = Workload::spawn();
     let pid = w.pid;
-    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let mut tracer = start_with_hooks(hooks, &["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    assert_eq!(syscall_hook_program_types(tracer.pid()), expected_hook_types(hooks));
     let file = w.run(&format!("open {} 0", w.path("plain")))[0] as i32;
     let copy = w.run(&format!("ia32-read-dup {file}"))[0] as i32;
     let truth = proc_fds(pid);
