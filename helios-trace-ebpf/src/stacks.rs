@@ -140,24 +140,28 @@ fn current_mapping_key(task: *const u8) -> Option<StackMapping> {
     if !offsets.complete() {
         return None;
     }
-    let read = |at: *const u8, offset: u32| {
-        unsafe { bpf_probe_read_kernel_value(at.wrapping_add(offset as usize) as *const u64) }.ok()
-    };
-    let mm = read(task, offsets.task_mm)?;
+    // Loads, not `bpf_probe_read_kernel` calls: `task` is the `struct task_struct *` of
+    // bpf_get_current_task_btf and the offsets are constants to the verifier (read from the
+    // frozen settings: settings.rs), so it checks each load against the struct's members
+    // (kernel/bpf/btf.c, btf_struct_access) and makes it one that reads 0 where it faults
+    // (BPF_PROBE_MEM). `mm` loaded so is a `struct mm_struct *` to it in turn.
+    // SAFETY: see above.
+    let load =
+        |at: *const u8, offset: u32| unsafe { read_volatile(at.wrapping_add(offset as usize) as *const u64) };
+    let mm = load(task, offsets.task_mm);
+    if mm == 0 {
+        return None;
+    }
+    // SAFETY: as `load`.
     let sequence =
-        unsafe {
-            bpf_probe_read_kernel_value(
-                (mm as *const u8).wrapping_add(offsets.mm_lock_seq as usize) as *const u32
-            )
-        }
-        .ok()?;
+        unsafe { read_volatile((mm as *const u8).wrapping_add(offsets.mm_lock_seq as usize) as *const u32) };
     if sequence & 1 != 0 {
         return None;
     }
     Some(StackMapping {
         task: task as u64,
-        task_start_time: read(task, offsets.task_start_time)?,
-        task_self_exec_id: read(task, offsets.task_self_exec_id)?,
+        task_start_time: load(task, offsets.task_start_time),
+        task_self_exec_id: load(task, offsets.task_self_exec_id),
         mm,
         sequence: sequence as u64,
         start: 0,

@@ -46,3 +46,52 @@ pub(crate) struct ProgramRuns {
     pub(crate) runs: u64,
     pub(crate) run_ns: u64,
 }
+
+/// The suffix of a program's BTF tracepoint twin (helios-trace-ebpf/src/syscalls.rs), which
+/// does the same job as the program it is named after.
+pub(crate) const BTF_TWIN_SUFFIX: &str = "_btf";
+
+impl ProgramRuns {
+    /// One entry per program, by name, sorted: a BTF twin counted under the name of the
+    /// program whose job it does, so that the `program` label says which job, whichever way
+    /// this kernel attached it (both are loaded when the twin's attach failed and the raw one
+    /// took over: their counts are added).
+    pub(crate) fn by_program(loaded: impl IntoIterator<Item = ProgramRuns>) -> Vec<ProgramRuns> {
+        let mut merged = std::collections::BTreeMap::<String, ProgramRuns>::new();
+        for mut runs in loaded {
+            if let Some(job) = runs.program.strip_suffix(BTF_TWIN_SUFFIX) {
+                runs.program = job.to_string();
+            }
+            let entry = merged
+                .entry(runs.program.clone())
+                .or_insert_with(|| ProgramRuns { program: runs.program.clone(), ..ProgramRuns::default() });
+            entry.runs += runs.runs;
+            entry.run_ns = entry.run_ns.saturating_add(runs.run_ns);
+        }
+        merged.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(program: &str, runs: u64, run_ns: u64) -> ProgramRuns {
+        ProgramRuns { program: program.to_string(), runs, run_ns }
+    }
+
+    #[test]
+    fn a_btf_twin_is_counted_under_the_program_whose_job_it_does() {
+        let loaded = [
+            runs("process_exit", 3, 30),
+            runs("fd_syscall_exit_btf", 10, 1000),
+            runs("close_enter_btf", 5, 50),
+            // A twin whose attach failed, and the raw program that took over.
+            runs("close_enter", 2, 20),
+        ];
+        assert_eq!(
+            ProgramRuns::by_program(loaded),
+            [runs("close_enter", 7, 70), runs("fd_syscall_exit", 10, 1000), runs("process_exit", 3, 30)]
+        );
+    }
+}

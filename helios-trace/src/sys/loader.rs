@@ -26,7 +26,7 @@ use super::{
     uprobes::{self, UprobeMaker},
 };
 use crate::{
-    model::counts::ProgramRuns,
+    model::counts::{BTF_TWIN_SUFFIX, ProgramRuns},
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -498,20 +498,14 @@ impl Tracer {
     /// Runs and run time of each of our programs, as the kernel counts them while its BPF
     /// statistics are on (zero otherwise); a program whose info cannot be read is left out.
     pub(crate) fn program_runs(&self) -> Vec<ProgramRuns> {
-        let mut runs: Vec<ProgramRuns> = self
-            .ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some(ProgramRuns {
-                    program: name.to_string(),
-                    runs: info.run_count(),
-                    run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-                })
+        ProgramRuns::by_program(self.ebpf.programs().filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some(ProgramRuns {
+                program: name.to_string(),
+                runs: info.run_count(),
+                run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
             })
-            .collect();
-        runs.sort_by(|a, b| a.program.cmp(&b.program));
-        runs
+        }))
     }
 
     pub(crate) fn counters(&self) -> KernelCounters {
@@ -591,7 +585,7 @@ fn attach_floor(
 /// kernel rejects that one, as the raw tracepoint program. Returns what it attached.
 fn attach_syscall_hook(ebpf: &mut Ebpf, program: &str, hook: &str, btf: Option<&Btf>) -> Result<String> {
     if let Some(btf) = btf {
-        let twin = format!("{program}_btf");
+        let twin = format!("{program}{BTF_TWIN_SUFFIX}");
         match attach_btf(ebpf, &twin, hook, btf) {
             Ok(attached) => return Ok(attached),
             Err(err) => debug!("{err:#}: {program} on raw tracepoint {hook} instead"),
