@@ -94,7 +94,7 @@ unsafe extern "C" fn vma_bounds(_task: *mut c_void, vma: *mut c_void, bounds: *m
 /// under the mmap write lock, whose taking and release bump the sequence (odd while held): an
 /// even sequence equal to the one read before the lookup means the mappings are still as the
 /// lookup found them. Without all the offsets (a kernel without BTF, or before `mm_lock_seq`
-/// became a seqcount in 6.13), or when a read fails, it looks up.
+/// became a seqcount in 6.13), or without an mm, it looks up.
 ///
 /// `kept`: whether to use this CPU's slot at all. A uprobe's program may be preempted (it runs
 /// with migration disabled only: kernel/trace/trace_uprobe.c, bpf_prog_run_array_uprobe), so
@@ -132,7 +132,7 @@ fn stack_mapping_end(sp: u64, kept: bool) -> Option<u64> {
 }
 
 /// What must be unchanged for this CPU's `STACK_MAPPING` to hold for the current task (its
-/// start and end left 0), or None: offsets not known, a read failed, or the mm's sequence is
+/// start and end left 0), or None: offsets not known, no mm, or the mm's sequence is
 /// odd (a writer holds the mmap lock).
 #[inline(always)]
 fn current_mapping_key(task: *const u8) -> Option<StackMapping> {

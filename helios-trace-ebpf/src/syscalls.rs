@@ -16,7 +16,11 @@
 //! `attach_syscall_hook`). There the verifier knows `regs` is a `struct pt_regs *` and the
 //! current task a `struct task_struct *`, so the syscall number (read on every syscall of the
 //! machine), the saved registers and the compat flag are loads instead of
-//! `bpf_probe_read_kernel` calls (BENCHMARKS.md, "Syscall programs as BTF tracepoints").
+//! `bpf_probe_read_kernel` calls (BENCHMARKS.md, "Syscall programs as BTF tracepoints"). A
+//! load that faults reads 0 where the helper fails; neither happens: `pt_regs` lies at the top of
+//! the task's own kernel stack. The loader attaches the twins on x86_64 only: on arm64 the
+//! `syscallno` word `exit_nr` and `saved_regs` read is an s32 and a u32, which a 64-bit load
+//! overruns (kernel/bpf/btf.c, btf_struct_walk, refuses it).
 //!
 //! Creation is seen at exit only: the arguments are still in the saved registers then
 //! (`helios_trace_common::regs_x86_64::SYSCALL_ARGS`: nothing overwrites them; aarch64 keeps

@@ -65,7 +65,7 @@ impl ProgramRuns {
             let entry = merged
                 .entry(runs.program.clone())
                 .or_insert_with(|| ProgramRuns { program: runs.program.clone(), ..ProgramRuns::default() });
-            entry.runs += runs.runs;
+            entry.runs = entry.runs.saturating_add(runs.runs);
             entry.run_ns = entry.run_ns.saturating_add(runs.run_ns);
         }
         merged.into_values().collect()

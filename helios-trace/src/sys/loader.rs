@@ -330,13 +330,19 @@ impl Tracer {
             // One raw tracepoint pair for every call (ARCHITECTURE.md, Kernel side): two
             // programs to attach and detach instead of one per call and direction; as BTF
             // tracepoints where the kernel has BTF.
-            let btf = match std::env::var(SYSCALL_HOOKS_ENV).unwrap_or_default().as_str() {
-                "raw" => None,
-                "" => Btf::from_sys_fs()
+            let hooks = match std::env::var(SYSCALL_HOOKS_ENV) {
+                Ok(hooks) => hooks,
+                Err(std::env::VarError::NotPresent) => String::new(),
+                Err(err) => bail!("{SYSCALL_HOOKS_ENV}: {err}"),
+            };
+            let btf = match hooks.as_str() {
+                // The twins' loads are x86_64's `pt_regs` (syscalls.rs, `reg`).
+                "" if cfg!(target_arch = "x86_64") => Btf::from_sys_fs()
                     .inspect_err(|err| {
                         debug!("the kernel's BTF ({err}): descriptor syscalls seen through raw tracepoints")
                     })
                     .ok(),
+                "" | "raw" => None,
                 other => bail!("{SYSCALL_HOOKS_ENV}={other}: expected raw"),
             };
             for (program, hook) in [("fd_syscall_exit", "sys_exit"), ("close_enter", "sys_enter")] {
@@ -588,7 +594,13 @@ fn attach_syscall_hook(ebpf: &mut Ebpf, program: &str, hook: &str, btf: Option<&
         let twin = format!("{program}{BTF_TWIN_SUFFIX}");
         match attach_btf(ebpf, &twin, hook, btf) {
             Ok(attached) => return Ok(attached),
-            Err(err) => debug!("{err:#}: {program} on raw tracepoint {hook} instead"),
+            Err(err) => {
+                // One line (the verifier's log, which may be long, only with RUST_LOG=debug).
+                warn!(
+                    "{err}: {program} attached as a raw tracepoint instead (a helper call per register read)"
+                );
+                debug!("{err:#}");
+            }
         }
     }
     attach_raw(ebpf, program, hook)
@@ -613,7 +625,11 @@ fn attach_btf(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &Btf) -> Result<S
         .with_context(|| format!("program {program} is missing from the eBPF object"))?
         .try_into()?;
     typed.load(hook, btf).with_context(|| format!("the kernel rejected program {program}"))?;
-    typed.attach().with_context(|| format!("cannot attach {program} to tp_btf/{hook}"))?;
+    if let Err(err) = typed.attach() {
+        // Not left loaded beside what is attached instead.
+        let _ = typed.unload();
+        return Err(err).with_context(|| format!("cannot attach {program} to tp_btf/{hook}"));
+    }
     Ok(format!("tp_btf/{hook}"))
 }
 
