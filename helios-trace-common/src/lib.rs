@@ -893,8 +893,9 @@ pub mod map_name {
     pub const SAVED_REGS: &str = "SAVED_REGS";
     /// Per-CPU copy of the stack a learned chain's walk reads.
     pub const CHAIN_STACK: &str = "CHAIN_STACK";
-    /// Per-CPU count of the bytes of `CHAIN_STACK` copied.
-    pub const CHAIN_COPIED: &str = "CHAIN_COPIED";
+    /// Per-CPU state of a learned chain's walk: the frame it walks next, how far it got and
+    /// how many bytes of `CHAIN_STACK` it copied.
+    pub const CHAIN_WALK: &str = "CHAIN_WALK";
     /// Per-CPU [`super::StackMapping`]: the stack mapping last looked up.
     pub const STACK_MAPPING: &str = "STACK_MAPPING";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.

@@ -89,8 +89,8 @@ shared_map! {
 }
 
 shared_map! {
-    /// Where a Python stack is assembled before it is copied into the ring buffer (the bpf_loop
-    /// callbacks that fill it cannot hold a ring-buffer reservation).
+    /// Where a Python stack is assembled before it is copied into the ring buffer: the record is
+    /// sent up to the frames walked, so its length is known only once the walk is done.
     PYTHON_SCRATCH: PerCpuArray<PythonStack> = PerCpuArray::with_max_entries(1, 0);
 }
 
@@ -122,11 +122,11 @@ shared_map! {
 }
 
 shared_map! {
-    /// How many bytes of CHAIN_STACK the walk in progress has copied. Kept here, not in a
-    /// register: the verifier knows nothing of a value loaded from a map, so the walk's states
-    /// stay alike from frame to frame (with the count in a register it told every count apart,
-    /// and passed its million instructions).
-    CHAIN_COPIED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    /// The state of the learned chain's walk in progress (stacks.rs, `ChainWalk`): its
+    /// `bpf_loop` callback takes it from here. Loaded from a map, the walk's state is unknown
+    /// to the verifier, so its states stay alike from frame to frame (with the count of bytes
+    /// copied in a register, it told every count apart and passed its million instructions).
+    CHAIN_WALK: PerCpuArray<crate::stacks::ChainWalk> = PerCpuArray::with_max_entries(1, 0);
 }
 
 shared_map! {

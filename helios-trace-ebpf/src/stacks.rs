@@ -2,24 +2,28 @@
 //! (`--stacks fp`), or, for `--stacks dwarf`, the call chain walked with the rules userspace
 //! learned (`learned_chain`) or else the user registers and a window of the user stack copied
 //! into the record for userspace to unwind.
-use core::{ffi::c_void, mem::offset_of, ptr::read_volatile};
+use core::{
+    ffi::c_void,
+    mem::offset_of,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel as bpf_probe_read_kernel_value,
-        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user as raw_read_user},
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user as raw_read_user},
     },
     maps::ring_buf::RingBufBytes,
     programs::tracing::StackIdContext,
 };
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRule, FrameRuleKey, LearnedChain, MAX_CHAIN_FRAMES, MAX_STACK_WINDOW,
-    SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, LearnedChain, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
+    MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{CHAIN_COPIED, CHAIN_RULES, CHAIN_STACK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
+    maps::{CHAIN_RULES, CHAIN_STACK, CHAIN_WALK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
     settings,
 };
 
@@ -244,6 +248,45 @@ pub fn capture_stack_window(
     stack.flags = user_stack_flags::SHORT;
 }
 
+/// The state of a learned chain's walk, in `CHAIN_WALK`: `learned_chain` fills it and walks the
+/// first frame and the taught chain's, and the walk's `bpf_loop` callback (`rule_step`) takes
+/// it from there, one frame per call. Loaded from a map, its values are unknown to the
+/// verifier, so the callback's states stay alike from frame to frame.
+#[repr(C)]
+#[cfg_attr(not(bpf_target_arch = "x86_64"), allow(dead_code))]
+pub struct ChainWalk {
+    /// The frame to walk next: its address and the registers its rule reads.
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    /// The stack the walk may read: `[low, high)`.
+    low: u64,
+    high: u64,
+    /// How many bytes of `CHAIN_STACK` hold the stack from `low` (`read_word`).
+    copied: u64,
+    /// The image, as `FRAME_RULES` and `CHAIN_RULES` key it.
+    exec_ns: u64,
+    tgid: u32,
+    /// The frames walked: the index of the frame to walk next.
+    depth: u32,
+    /// `WALKING`, then `ENDED` (as userspace's unwinder ends the chain) or `FAILED`.
+    outcome: u32,
+    reserved: u32,
+}
+
+const WALKING: u32 = 0;
+const ENDED: u32 = 1;
+const FAILED: u32 = 2;
+
+/// The `bpf_loop` context of the walk's callback, on `learned_chain`'s stack: the chain of the
+/// record being filled. A pointer kept on the caller's stack, where the walk's other state is
+/// in a map: the verifier follows the one, not a pointer stored in a map.
+#[cfg(bpf_target_arch = "x86_64")]
+#[repr(C)]
+struct WalkRefs {
+    chain: *mut LearnedChain,
+}
+
 /// Walk the calling thread's user call chain with the rules userspace learned for this process
 /// image (a taught chain's of `CHAIN_RULES` while the walk follows it, else `FRAME_RULES`'),
 /// into `chain`; true when every frame had a rule and the chain ended as userspace's unwinder
@@ -257,105 +300,227 @@ pub fn capture_stack_window(
 /// that ends on a page boundary). Anything else (a frame without a rule, a read outside that
 /// window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
 /// refuse) is false: the caller sends the window.
+///
+/// The first frame with its `FRAME_RULES` rule; then, when userspace taught the chain through
+/// the first two addresses, the frames it gives rules for while their addresses agree, in a
+/// loop of at most 31 frames that only goes on or stops; then the rest with their
+/// `FRAME_RULES` rules, a frame per call of a `bpf_loop` callback, which the verifier checks
+/// once, for all depths. As one loop of 64 frames that took a frame's rule from the taught
+/// chain or else from `FRAME_RULES`, the walk was checked again at every depth for every depth
+/// at which it could have left the taught chain: ~550,000 instructions verified, most of a
+/// startup of ~0.85 s (BENCHMARKS.md, "The walk's rest as bpf_loop callbacks").
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, window: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
-    let (mut pc, mut sp, mut bp) = (regs[arch::IP], regs[arch::SP], regs[arch::BP]);
-    let low = sp;
+    let Some(walk) = CHAIN_WALK.get_ptr_mut(0) else { return false };
+    let sp = regs[arch::SP];
     let mut high = sp.saturating_add(window as u64);
     if let Some(end) = stack_mapping_end(sp, true)
         && end < high
     {
         high = end;
     }
-    // The stack is read into CHAIN_STACK in chunks, each from the end of the last one up to the
-    // CHAIN_CHUNK boundary past the word wanted (or `high`): mostly one read for a shallow
-    // chain, a few for a deep one (a CPython chain climbs ~3 KiB), where a read per word cost
-    // ~0.7 µs per call (BENCHMARKS.md, "Reads in bulk"). What was copied is [low, low +
-    // copied), contiguous: every byte from sp up to the highest word read was read, so every
-    // page the window copy needs is present (it keeps the readable prefix that ends on a page
-    // boundary), and no page past them was touched (CHAIN_CHUNK): a copy fails only where the
-    // word-by-word walk would have failed, or that check.
-    let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
+    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
+    // `walk` stays a raw pointer, never a `&mut` held across `bpf_loop`: the callback writes the
+    // slot through a pointer of its own, which a `&mut` would let the compiler assume cannot
+    // happen. So its fields are read after the loop volatile.
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
-    let copy = unsafe { &mut *copy };
-    let Some(copied) = CHAIN_COPIED.get_ptr_mut(0) else { return false };
-    // SAFETY: as above.
-    let copied = unsafe { &mut *copied };
-    *copied = 0;
-    let mut read = |at: u64| -> Option<u64> {
-        if at < low || at > high.saturating_sub(8) {
+    unsafe {
+        write_volatile(&raw mut (*walk).pc, regs[arch::IP]);
+        write_volatile(&raw mut (*walk).sp, sp);
+        write_volatile(&raw mut (*walk).bp, regs[arch::BP]);
+        write_volatile(&raw mut (*walk).low, sp);
+        write_volatile(&raw mut (*walk).high, high);
+        write_volatile(&raw mut (*walk).copied, 0);
+        write_volatile(&raw mut (*walk).exec_ns, exec_ns);
+        write_volatile(&raw mut (*walk).tgid, tgid);
+        write_volatile(&raw mut (*walk).depth, 0);
+        write_volatile(&raw mut (*walk).outcome, WALKING);
+    }
+    let mut refs = WalkRefs { chain: chain as *mut LearnedChain };
+    let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
+    let caller = {
+        // SAFETY: the per-CPU slots, a `&mut` of each only while no loop runs.
+        let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
+        let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
+        let rule = unsafe { FRAME_RULES.get(&key) }.copied();
+        if step(w, copy, refs.chain, rule) != 0 {
+            return finished(w.outcome, w.depth, refs.chain, false);
+        }
+        w.pc
+    };
+    let key = ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller };
+    if let Some((known, generation)) =
+        unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key))
+    {
+        // SAFETY: as above.
+        let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
+        for _ in 1..MAX_CACHED_CHAIN_FRAMES {
+            let Some(rule) = taught_rule(known, generation, w.depth as usize, w.pc) else { break };
+            if step(w, copy, refs.chain, Some(rule)) != 0 {
+                return finished(w.outcome, w.depth, refs.chain, true);
+            }
+        }
+    }
+    // From depth 1 or more, 64 steps reach frame 64, which has no slot: the walk ends there.
+    // SAFETY: `refs` outlives the loop; the callback writes only through its pointer.
+    unsafe { bpf_loop(MAX_CHAIN_FRAMES as u32, rule_step as *mut c_void, (&raw mut refs).cast(), 0) };
+    // SAFETY: as above; what the callback left there.
+    let (outcome, depth) =
+        unsafe { (read_volatile(&raw const (*walk).outcome), read_volatile(&raw const (*walk).depth)) };
+    finished(outcome, depth, refs.chain, false)
+}
+
+/// The walk's answer once it stopped: true when the chain ended, with its `depth` and, when
+/// every rule past the first came from the taught chain (`cached`), `chain_flags::CACHED` set.
+/// A chain deeper than MAX_CHAIN_FRAMES ends `FAILED` (`frame` finds no slot for frame 64); a
+/// walk still `WALKING` is one whose callback did not find its map slots (or whose `bpf_loop`
+/// failed).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn finished(outcome: u32, depth: u32, chain: *mut LearnedChain, cached: bool) -> bool {
+    if outcome != ENDED {
+        return false;
+    }
+    // SAFETY: the record's chain, which no callback writes any more.
+    let chain = unsafe { &mut *chain };
+    chain.depth = depth;
+    if cached {
+        chain.flags |= chain_flags::CACHED;
+    }
+    true
+}
+
+/// A caller's frame of the walk with its `FRAME_RULES` rule (`step`), looked up by its return
+/// address (`first` 0: userspace keys it one byte before).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(never)]
+unsafe extern "C" fn rule_step(_index: u64, refs: *mut c_void) -> i64 {
+    let (Some(walk), Some(copy)) = (CHAIN_WALK.get_ptr_mut(0), CHAIN_STACK.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slots learned_chain is using (nothing else uses them on this CPU
+    // while it runs), and its WalkRefs, which it does not touch while a loop runs.
+    let (walk, copy, refs) = unsafe { (&mut *walk, &mut *copy, &*(refs as *const WalkRefs)) };
+    if walk.depth as usize >= MAX_CHAIN_FRAMES {
+        // Deeper than a chain record holds: no lookup for a frame that would not be kept.
+        walk.outcome = FAILED;
+        return 1;
+    }
+    let key = FrameRuleKey { tgid: walk.tgid, first: 0, exec_ns: walk.exec_ns, address: walk.pc };
+    let rule = unsafe { FRAME_RULES.get(&key) }.copied();
+    step(walk, copy, refs.chain, rule)
+}
+
+/// Walk frame `walk.depth` with `rule`: its address recorded, and the walk moved to its caller
+/// (0: go on) or its outcome set (1: stop).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn step(
+    walk: &mut ChainWalk,
+    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
+    chain: *mut LearnedChain,
+    rule: Option<FrameRule>,
+) -> i64 {
+    match frame(walk, copy, chain, rule) {
+        Some(Step::Caller) => {
+            walk.depth += 1;
+            0
+        }
+        Some(Step::End) => {
+            walk.depth += 1;
+            walk.outcome = ENDED;
+            1
+        }
+        None => {
+            walk.outcome = FAILED;
+            1
+        }
+    }
+}
+
+/// Where a frame of the walk left it.
+#[cfg(bpf_target_arch = "x86_64")]
+enum Step {
+    /// At the caller's frame, in `pc`, `sp` and `bp`.
+    Caller,
+    /// The chain ends with this frame.
+    End,
+}
+
+/// Frame `walk.depth` with `rule`; None when it cannot be walked (`learned_chain`).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn frame(
+    walk: &mut ChainWalk,
+    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
+    chain: *mut LearnedChain,
+    rule: Option<FrameRule>,
+) -> Option<Step> {
+    let (pc, sp, bp) = (walk.pc, walk.sp, walk.bp);
+    // SAFETY: the record's chain (WalkRefs).
+    let chain = unsafe { &mut *chain };
+    *chain.addresses.get_mut(walk.depth as usize)? = pc;
+    let rule = rule?;
+    if rule.flags & frame_rule::END != 0 {
+        return Some(Step::End);
+    }
+    let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
+    let base = if from_bp { bp } else { sp };
+    if from_bp && bp == 0 {
+        // A zero frame pointer ends a frame-pointer chain.
+        return Some(Step::End);
+    }
+    let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
+    if from_bp && cfa <= sp {
+        return None;
+    }
+    let mut caller_bp = bp;
+    if rule.flags & frame_rule::BP_SAVED != 0 {
+        caller_bp = read_word(walk, copy, base.wrapping_add(rule.bp_offset as i64 as u64))?;
+    }
+    let return_address = read_word(walk, copy, cfa.wrapping_sub(8))?;
+    if return_address == 0 {
+        return Some(Step::End);
+    }
+    if cfa == sp && return_address == pc {
+        return None;
+    }
+    walk.pc = return_address;
+    walk.sp = cfa;
+    walk.bp = caller_bp;
+    Some(Step::Caller)
+}
+
+/// The stack's word at `at`, from `CHAIN_STACK`, copied there first when the walk has not
+/// copied that far: from the end of the last copy up to the `CHAIN_CHUNK` boundary past the
+/// word (or `high`). Mostly one read for a shallow chain, a few for a deep one (a CPython
+/// chain climbs ~3 KiB), where a read per word cost ~0.7 µs per call (BENCHMARKS.md, "Reads in
+/// bulk"). What was copied is `[low, low + copied)`, contiguous: every byte from sp up to the
+/// highest word read was read, so every page the window copy needs is present (it keeps the
+/// readable prefix that ends on a page boundary), and no page past them was touched
+/// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
+/// check. None outside `[low, high)` or when the copy fails.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn read_word(walk: &mut ChainWalk, copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize], at: u64) -> Option<u64> {
+    let (low, high) = (walk.low, walk.high);
+    if at < low || at > high.saturating_sub(8) {
+        return None;
+    }
+    let offset = at - low;
+    if offset + 8 > walk.copied {
+        let boundary = at.checked_add(8 + CHAIN_CHUNK - 1)? & !(CHAIN_CHUNK - 1);
+        let chunk_end = boundary.min(high) - low;
+        if !copy_stack(copy, low, walk.copied, chunk_end) {
             return None;
         }
-        let offset = at - low;
-        if offset + 8 > *copied {
-            let boundary = at.checked_add(8 + CHAIN_CHUNK - 1)? & !(CHAIN_CHUNK - 1);
-            let chunk_end = boundary.min(high) - low;
-            if !copy_stack(copy, low, *copied, chunk_end) {
-                return None;
-            }
-            *copied = chunk_end;
-        }
-        let word = copy.get(offset as usize..offset as usize + 8)?;
-        Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
-    };
-    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
-    let mut key = FrameRuleKey { tgid, first: 1, exec_ns, address: pc };
-    // The chain taught with its rules whose first two addresses are this one's, looked up at
-    // the second frame, and its generation then: its rules are taken while the addresses agree
-    // (`taught_rule`). They are the rules userspace learned for those addresses from the same
-    // unwinding as FRAME_RULES' (resolve/stacks.rs `learn`), keyed by the same image and taken
-    // back with them (`untaught`).
-    let mut cached: Option<(&ChainRules, u64)> = None;
-    let first_pc = pc;
-    for depth in 0..MAX_CHAIN_FRAMES {
-        let Some(slot) = chain.addresses.get_mut(depth) else { return false };
-        *slot = pc;
-        if depth == 1 {
-            let chain_key = ChainKey { tgid, reserved: 0, exec_ns, pc: first_pc, caller: pc };
-            cached = unsafe { CHAIN_RULES.get(&chain_key) }.and_then(|known| still_taught(known, &chain_key));
-        }
-        let rule = match cached.and_then(|(known, generation)| taught_rule(known, generation, depth, pc)) {
-            Some(rule) => rule,
-            None => {
-                cached = None;
-                let Some(rule) = (unsafe { FRAME_RULES.get(&key) }) else { return false };
-                *rule
-            }
-        };
-        if rule.flags & frame_rule::END != 0 {
-            return chain_ended(chain, depth, cached.is_some());
-        }
-        let from_bp = rule.flags & frame_rule::CFA_FROM_BP != 0;
-        let base = if from_bp { bp } else { sp };
-        if from_bp && bp == 0 {
-            // A zero frame pointer ends a frame-pointer chain.
-            return chain_ended(chain, depth, cached.is_some());
-        }
-        let cfa = base.wrapping_add(rule.cfa_offset as i64 as u64);
-        if from_bp && cfa <= sp {
-            return false;
-        }
-        let mut caller_bp = bp;
-        if rule.flags & frame_rule::BP_SAVED != 0 {
-            let Some(saved) = read(base.wrapping_add(rule.bp_offset as i64 as u64)) else { return false };
-            caller_bp = saved;
-        }
-        let Some(return_address) = read(cfa.wrapping_sub(8)) else { return false };
-        if return_address == 0 {
-            return chain_ended(chain, depth, cached.is_some());
-        }
-        if cfa == sp && return_address == pc {
-            return false;
-        }
-        pc = return_address;
-        sp = cfa;
-        bp = caller_bp;
-        key = FrameRuleKey { tgid, first: 0, exec_ns, address: pc };
+        walk.copied = chunk_end;
     }
-    false
+    let word = copy.get(offset as usize..offset as usize + 8)?;
+    Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
 }
 
 /// A taught chain just looked up by `key`, with its generation, if it is still that key's: the
@@ -400,18 +565,6 @@ fn taught_rule(known: &ChainRules, generation: u64, depth: usize, pc: u64) -> Op
         };
         (address == pc && read_volatile(&known.generation) == generation).then_some(rule)
     }
-}
-
-/// A learned chain's walk reached its end at `depth`: its length, and whether the rules of every
-/// frame past the first came from `CHAIN_RULES`.
-#[cfg(bpf_target_arch = "x86_64")]
-#[inline(always)]
-fn chain_ended(chain: &mut LearnedChain, depth: usize, from_cache: bool) -> bool {
-    chain.depth = depth as u32 + 1;
-    if from_cache {
-        chain.flags |= chain_flags::CACHED;
-    }
-    true
 }
 
 /// The boundaries a learned chain's walk copies the stack up to (`learned_chain`). It divides

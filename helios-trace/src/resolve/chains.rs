@@ -47,8 +47,8 @@ pub(crate) enum Step {
     Refused,
 }
 
-/// One step of the kernel's walk (helios-trace-ebpf/src/stacks.rs `learned_chain`; keep the
-/// two in step), which is framehop's `UnwindRuleX86_64::exec` for the rules learned here.
+/// One step of the kernel's walk (helios-trace-ebpf/src/stacks.rs `frame`; keep the two in
+/// step), which is framehop's `UnwindRuleX86_64::exec` for the rules learned here.
 /// `read` reads 8 bytes of the thread's stack, None outside the window.
 pub(crate) fn step(rule: FrameRule, at: FrameRegs, read: &dyn Fn(u64) -> Option<u64>) -> Step {
     if rule.flags & frame_rule::END != 0 {

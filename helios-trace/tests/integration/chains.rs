@@ -6,6 +6,7 @@
 //! in C on the host and in a pod, and in CPython.
 use std::{path::Path, process::Command, time::Duration};
 
+use helios_trace_common::MAX_CHAIN_FRAMES;
 use serde_json::Value;
 
 use crate::{
@@ -137,6 +138,80 @@ fn a_learned_chain_names_the_site_its_window_names() {
     for (mode, site, frames) in &named[1..] {
         assert_eq!((site, frames), (&named[0].1, &named[0].2), "{mode} against on");
     }
+}
+
+/// Leak through `command` until the kernel walks its chain with the rules of a chain taught for
+/// it (`chains_cached` up): the chain is then the one taught for its first two addresses.
+fn until_taught(tracer: &mut Tracer, mut leak_one: impl FnMut()) {
+    let before = walked(&tracer.snapshot(), "chains_checked");
+    wait_for("the kernel to walk a newly taught chain", Duration::from_secs(20), || {
+        leak_one();
+        (walked(&tracer.snapshot(), "chains_checked").cached > before.cached).then_some(())
+    })
+}
+
+/// Where a chain leaves the one taught for its first two addresses, or goes on past its 32
+/// frames, the kernel walks on with each frame's own rule; a chain deeper than it walks (64
+/// frames) is sent as a window. stackwork's
+/// `leak`, `leakone` and `deep` paths share their first two frames (glibc's open, leak_fn), and
+/// the last chain taught for them is the one the kernel keeps; in shadow mode every chain the
+/// kernel walks is compared with its window's unwinding.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
+    if !require_bpf() {
+        return;
+    }
+    let mut workload = Workload::spawn_program(stackwork_bin());
+    let pid = workload.pid.to_string();
+    let mut tracer =
+        Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", "shadow"]);
+    let mut opened = 0;
+    until_walked(&mut tracer, "chains_checked", || opened += workload.run("leak 1 /etc/hostname").len());
+    // `leak`'s chain, in frames (each an address: inlined functions named with one are not).
+    let leak_frames = file_site(&tracer.snapshot(), workload.pid)["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["inlined"] == false)
+        .count();
+    until_taught(&mut tracer, || opened += workload.run("leakone /etc/hostname").len());
+    // `leak` again: the taught chain is leakone's, which leaves it at the third frame.
+    let before = walked(&tracer.snapshot(), "chains_checked");
+    opened += workload.run("leak 20 /etc/hostname").len();
+    let after = walked(&tracer.snapshot(), "chains_checked");
+    assert_eq!((after.walked - before.walked, after.cached - before.cached), (20, 0), "walked, none cached");
+    // `deep N` is `leak`'s chain with N + 1 frames of `descend` between leak_fn and handler, each
+    // with a rule the kernel knows once `deep 3` was unwound: a chain of 64 frames, the most the
+    // kernel walks, is walked (the first time leaving `deep 3`'s taught chain; the second following
+    // its own first 32 frames, then the rules), and one of 65 is not (a window each time).
+    until_taught(&mut tracer, || opened += workload.run("deep 3 /etc/hostname").len());
+    let deepest = MAX_CHAIN_FRAMES - leak_frames - 1;
+    let before = walked(&tracer.snapshot(), "chains_checked");
+    for _ in 0..2 {
+        opened += workload.run(&format!("deep {deepest} /etc/hostname")).len();
+    }
+    let after = walked(&tracer.snapshot(), "chains_checked");
+    assert_eq!((after.walked - before.walked, after.cached - before.cached), (2, 0), "64 frames walked");
+    for _ in 0..3 {
+        opened += workload.run(&format!("deep {} /etc/hostname", deepest + 1)).len();
+    }
+    let report = tracer.snapshot();
+    assert_eq!(walked(&report, "chains_checked").walked, after.walked, "65 frames: {}", report["events"]);
+    assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
+    assert_eq!(report["events"]["lost"], 0);
+    // Every descriptor in a site, as /proc counts them.
+    let process = process(&report, workload.pid).unwrap();
+    let in_sites: u64 = process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum();
+    assert_eq!((in_sites as usize, open_on(workload.pid, "/etc/hostname")), (opened, opened));
+    tracer.stop();
+    workload.exit();
 }
 
 #[test]

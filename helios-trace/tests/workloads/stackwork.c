@@ -10,6 +10,8 @@
  * Commands on stdin, one per line; one answer line on stdout ("ok ..." / "err ..."):
  *   leak N PATH     open PATH N times through the chain and keep the descriptors: "ok fd..."
  *   leakone PATH    open PATH once from another call site in handler: "ok fd"
+ *   deep N PATH     open PATH once through N + 1 frames of `descend` between handler and
+ *                   leak_fn (a chain as deep as wanted): "ok fd"
  *   forkleak PATH   fork a child that opens PATH through the chain, forks a grandchild that
  *                   inherits the descriptor and waits, and exits at once: "ok <grandchild pid>"
  *   exit
@@ -30,6 +32,16 @@ static int leaked;
 __attribute__((noipa)) static int leak_fn(const char *path) {
     int fd = open(path, O_RDONLY); /* LEAK_OPEN: the tests look for this line */
     if (fd >= 0) leaked++;
+    return fd;
+}
+
+static int descended;
+
+/* N frames of itself, then leak_fn: the chain grows with N, each extra frame returning to the
+ * same address (CALL_DESCEND). */
+__attribute__((noipa)) static int descend(int frames, const char *path) {
+    int fd = frames > 0 ? descend(frames - 1, path) /* CALL_DESCEND */ : leak_fn(path);
+    if (fd >= 0) descended++;
     return fd;
 }
 
@@ -54,6 +66,13 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         printf("ok %d\n", fd);
         fflush(stdout);
         return leaked;
+    }
+    if (strcmp(command, "deep") == 0) {
+        int fd = descend(count, path);
+        if (fd < 0) return -1;
+        printf("ok %d\n", fd);
+        fflush(stdout);
+        return descended;
     }
     if (strcmp(command, "forkleak") == 0) {
         pid_t child = fork();
@@ -92,6 +111,8 @@ __attribute__((noipa)) static int loop(void) {
         if (strcmp(line, "exit") == 0) break;
         if (sscanf(line, "leak %d %399s", &count, path) == 2) {
             if (handler("leak", path, count) < 0) return -1; /* CALL_HANDLER */
+        } else if (sscanf(line, "deep %d %399s", &count, path) == 2) {
+            if (handler("deep", path, count) < 0) return -1;
         } else if (sscanf(line, "%31s %399s", command, path) == 2) {
             if (handler(command, path, count) < 0) return -1;
         } else {
