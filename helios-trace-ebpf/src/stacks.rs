@@ -278,15 +278,6 @@ const WALKING: u32 = 0;
 const ENDED: u32 = 1;
 const FAILED: u32 = 2;
 
-/// The `bpf_loop` context of the walk's callback, on `learned_chain`'s stack: the chain of the
-/// record being filled. A pointer kept on the caller's stack, where the walk's other state is
-/// in a map: the verifier follows the one, not a pointer stored in a map.
-#[cfg(bpf_target_arch = "x86_64")]
-#[repr(C)]
-struct WalkRefs {
-    chain: *mut LearnedChain,
-}
-
 /// Walk the calling thread's user call chain with the rules userspace learned for this process
 /// image (a taught chain's of `CHAIN_RULES` while the walk follows it, else `FRAME_RULES`'),
 /// into `chain`; true when every frame had a rule and the chain ended as userspace's unwinder
@@ -339,15 +330,17 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         write_volatile(&raw mut (*walk).depth, 0);
         write_volatile(&raw mut (*walk).outcome, WALKING);
     }
-    let mut refs = WalkRefs { chain: chain as *mut LearnedChain };
+    // The record's chain, through a pointer: the `bpf_loop` context is this pointer's address on
+    // this stack, which the verifier follows (a pointer stored in a map it would not).
+    let mut chain: *mut LearnedChain = chain;
     let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
     let caller = {
         // SAFETY: the per-CPU slots, a `&mut` of each only while no loop runs.
         let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
         let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-        if step(w, copy, refs.chain, rule) != 0 {
-            return finished(w.outcome, w.depth, refs.chain, false);
+        if step(w, copy, chain, rule) != 0 {
+            return finished(w.outcome, w.depth, chain, false);
         }
         w.pc
     };
@@ -359,18 +352,18 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
         for _ in 1..MAX_CACHED_CHAIN_FRAMES {
             let Some(rule) = taught_rule(known, generation, w.depth as usize, w.pc) else { break };
-            if step(w, copy, refs.chain, Some(rule)) != 0 {
-                return finished(w.outcome, w.depth, refs.chain, true);
+            if step(w, copy, chain, Some(rule)) != 0 {
+                return finished(w.outcome, w.depth, chain, true);
             }
         }
     }
     // From depth 1 or more, 64 steps reach frame 64, which has no slot: the walk ends there.
-    // SAFETY: `refs` outlives the loop; the callback writes only through its pointer.
-    unsafe { bpf_loop(MAX_CHAIN_FRAMES as u32, rule_step as *mut c_void, (&raw mut refs).cast(), 0) };
+    // SAFETY: `chain` outlives the loop; the callback writes only through it.
+    unsafe { bpf_loop(MAX_CHAIN_FRAMES as u32, rule_step as *mut c_void, (&raw mut chain).cast(), 0) };
     // SAFETY: as above; what the callback left there.
     let (outcome, depth) =
         unsafe { (read_volatile(&raw const (*walk).outcome), read_volatile(&raw const (*walk).depth)) };
-    finished(outcome, depth, refs.chain, false)
+    finished(outcome, depth, chain, false)
 }
 
 /// The walk's answer once it stopped: true when the chain ended, with its `depth` and, when
@@ -397,13 +390,13 @@ fn finished(outcome: u32, depth: u32, chain: *mut LearnedChain, cached: bool) ->
 /// address (`first` 0: userspace keys it one byte before).
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(never)]
-unsafe extern "C" fn rule_step(_index: u64, refs: *mut c_void) -> i64 {
+unsafe extern "C" fn rule_step(_index: u64, chain: *mut c_void) -> i64 {
     let (Some(walk), Some(copy)) = (CHAIN_WALK.get_ptr_mut(0), CHAIN_STACK.get_ptr_mut(0)) else {
         return 1;
     };
     // SAFETY: the per-CPU slots learned_chain is using (nothing else uses them on this CPU
-    // while it runs), and its WalkRefs, which it does not touch while a loop runs.
-    let (walk, copy, refs) = unsafe { (&mut *walk, &mut *copy, &*(refs as *const WalkRefs)) };
+    // while it runs), and the record's chain pointer it passed.
+    let (walk, copy, chain) = unsafe { (&mut *walk, &mut *copy, *(chain as *const *mut LearnedChain)) };
     if walk.depth as usize >= MAX_CHAIN_FRAMES {
         // Deeper than a chain record holds: no lookup for a frame that would not be kept.
         walk.outcome = FAILED;
@@ -411,7 +404,7 @@ unsafe extern "C" fn rule_step(_index: u64, refs: *mut c_void) -> i64 {
     }
     let key = FrameRuleKey { tgid: walk.tgid, first: 0, exec_ns: walk.exec_ns, address: walk.pc };
     let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-    step(walk, copy, refs.chain, rule)
+    step(walk, copy, chain, rule)
 }
 
 /// Walk frame `walk.depth` with `rule`: its address recorded, and the walk moved to its caller
@@ -460,7 +453,7 @@ fn frame(
     rule: Option<FrameRule>,
 ) -> Option<Step> {
     let (pc, sp, bp) = (walk.pc, walk.sp, walk.bp);
-    // SAFETY: the record's chain (WalkRefs).
+    // SAFETY: the record's chain, which nothing else writes while the walk runs.
     let chain = unsafe { &mut *chain };
     *chain.addresses.get_mut(walk.depth as usize)? = pc;
     let rule = rule?;

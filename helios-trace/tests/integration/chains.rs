@@ -163,45 +163,63 @@ fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
         return;
     }
     let mut workload = Workload::spawn_program(stackwork_bin());
-    let pid = workload.pid.to_string();
-    let mut tracer =
-        Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", "shadow"]);
-    let mut opened = 0;
-    until_walked(&mut tracer, "chains_checked", || opened += workload.run("leak 1 /etc/hostname").len());
+    leaving_the_taught_chain(workload.pid, "/etc/hostname", |command| workload.run(command));
+    workload.exit();
+    // In a pod: its own namespaces, cgroup and root (stackwork and the libraries it loads).
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(stackwork_bin(), "/app/stackwork"),
+        command: vec!["/app/stackwork".into()],
+    });
+    leaving_the_taught_chain(pod.pid, "/app/stackwork", |command| pod.run(command));
+}
+
+/// The test above, for stackwork running as `pid`, opening `path` (one its root has).
+fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--reconcile-interval",
+        "0",
+        "--learned-chains",
+        "shadow",
+    ]);
+    let mut fds = Vec::new();
+    let mut leak = |command: String| fds.extend(run(&format!("{command} {path}")));
+    until_walked(&mut tracer, "chains_checked", || leak("leak 1".into()));
     // `leak`'s chain, in frames (each an address: inlined functions named with one are not).
-    let leak_frames = file_site(&tracer.snapshot(), workload.pid)["frames"]
+    let leak_frames = file_site(&tracer.snapshot(), pid)["frames"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|f| f["inlined"] == false)
         .count();
-    until_taught(&mut tracer, || opened += workload.run("leakone /etc/hostname").len());
+    until_taught(&mut tracer, || leak("leakone".into()));
     // `leak` again: the taught chain is leakone's, which leaves it at the third frame.
     let before = walked(&tracer.snapshot(), "chains_checked");
-    opened += workload.run("leak 20 /etc/hostname").len();
+    leak("leak 20".into());
     let after = walked(&tracer.snapshot(), "chains_checked");
     assert_eq!((after.walked - before.walked, after.cached - before.cached), (20, 0), "walked, none cached");
     // `deep N` is `leak`'s chain with N + 1 frames of `descend` between leak_fn and handler, each
     // with a rule the kernel knows once `deep 3` was unwound: a chain of 64 frames, the most the
     // kernel walks, is walked (the first time leaving `deep 3`'s taught chain; the second following
     // its own first 32 frames, then the rules), and one of 65 is not (a window each time).
-    until_taught(&mut tracer, || opened += workload.run("deep 3 /etc/hostname").len());
+    until_taught(&mut tracer, || leak("deep 3".into()));
     let deepest = MAX_CHAIN_FRAMES - leak_frames - 1;
     let before = walked(&tracer.snapshot(), "chains_checked");
     for _ in 0..2 {
-        opened += workload.run(&format!("deep {deepest} /etc/hostname")).len();
+        leak(format!("deep {deepest}"));
     }
     let after = walked(&tracer.snapshot(), "chains_checked");
     assert_eq!((after.walked - before.walked, after.cached - before.cached), (2, 0), "64 frames walked");
     for _ in 0..3 {
-        opened += workload.run(&format!("deep {} /etc/hostname", deepest + 1)).len();
+        leak(format!("deep {}", deepest + 1));
     }
     let report = tracer.snapshot();
     assert_eq!(walked(&report, "chains_checked").walked, after.walked, "65 frames: {}", report["events"]);
     assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
-    // Every descriptor in a site, as /proc counts them.
-    let process = process(&report, workload.pid).unwrap();
+    // Every descriptor in a site, and open, as /proc says.
+    let process = process(&report, pid).unwrap();
     let in_sites: u64 = process["sites"]
         .as_array()
         .unwrap()
@@ -209,9 +227,10 @@ fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
         .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
         .map(|s| s["open"].as_u64().unwrap())
         .sum();
-    assert_eq!((in_sites as usize, open_on(workload.pid, "/etc/hostname")), (opened, opened));
+    let open = proc_fds(pid);
+    assert_eq!(in_sites as usize, fds.len());
+    assert!(fds.iter().all(|fd| open.contains_key(&(*fd as i32))), "{fds:?} {open:?}");
     tracer.stop();
-    workload.exit();
 }
 
 #[test]
