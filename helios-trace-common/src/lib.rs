@@ -893,8 +893,8 @@ pub mod map_name {
     pub const SAVED_REGS: &str = "SAVED_REGS";
     /// Per-CPU copy of the stack a learned chain's walk reads.
     pub const CHAIN_STACK: &str = "CHAIN_STACK";
-    /// Per-CPU state of a learned chain's walk: the frame it walks next, how far it got and
-    /// how many bytes of `CHAIN_STACK` it copied.
+    /// Per-CPU state of a learned chain's walk: how many bytes of `CHAIN_STACK` it copied and,
+    /// once its `bpf_loop` callback takes over, the frame it walks next and how far it got.
     pub const CHAIN_WALK: &str = "CHAIN_WALK";
     /// Per-CPU [`super::StackMapping`]: the stack mapping last looked up.
     pub const STACK_MAPPING: &str = "STACK_MAPPING";

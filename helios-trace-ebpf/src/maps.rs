@@ -123,9 +123,10 @@ shared_map! {
 
 shared_map! {
     /// The state of the learned chain's walk in progress (stacks.rs, `ChainWalk`): its
-    /// `bpf_loop` callback takes it from here. Loaded from a map, the walk's state is unknown
-    /// to the verifier, so its states stay alike from frame to frame (with the count of bytes
-    /// copied in a register, it told every count apart and passed its million instructions).
+    /// `bpf_loop` callback takes it from here, and the count of bytes copied is here from the
+    /// first frame. Loaded from a map, the walk's state is unknown to the verifier, so its
+    /// states stay alike from frame to frame (with the count of bytes copied in a register, it
+    /// told every count apart and passed its million instructions).
     CHAIN_WALK: PerCpuArray<crate::stacks::ChainWalk> = PerCpuArray::with_max_entries(1, 0);
 }
 

@@ -248,13 +248,26 @@ pub fn capture_stack_window(
     stack.flags = user_stack_flags::SHORT;
 }
 
-/// The state of a learned chain's walk, in `CHAIN_WALK`: `learned_chain` fills it and walks the
-/// first frame and the taught chain's, and the walk's `bpf_loop` callback (`rule_step`) takes
-/// it from there, one frame per call. Loaded from a map, its values are unknown to the
-/// verifier, so the callback's states stay alike from frame to frame.
+/// A learned chain's walk in `CHAIN_WALK`: `learned_chain` walks the first frame and the taught
+/// chain's with its `Walk` in registers and on its stack, and hands it over here to the walk's
+/// `bpf_loop` callback (`rule_step`), which takes it from there, one frame per call. Loaded
+/// from a map, its values are unknown to the verifier, so the callback's states stay alike
+/// from frame to frame.
 #[repr(C)]
 #[cfg_attr(not(bpf_target_arch = "x86_64"), allow(dead_code))]
 pub struct ChainWalk {
+    walk: Walk,
+    /// How many bytes of `CHAIN_STACK` hold the stack from `walk.low` (`read_word`). Always in
+    /// the map, read and written volatile, the first frame's walk too: a count the verifier
+    /// knew (in a register, or a stack slot it tracks), it told every count apart and passed
+    /// its million instructions.
+    copied: u64,
+}
+
+/// The walk's state but for the bytes copied (`ChainWalk`).
+#[repr(C)]
+#[cfg_attr(not(bpf_target_arch = "x86_64"), allow(dead_code))]
+pub struct Walk {
     /// The frame to walk next: its address and the registers its rule reads.
     pc: u64,
     sp: u64,
@@ -262,8 +275,6 @@ pub struct ChainWalk {
     /// The stack the walk may read: `[low, high)`.
     low: u64,
     high: u64,
-    /// How many bytes of `CHAIN_STACK` hold the stack from `low` (`read_word`).
-    copied: u64,
     /// The image, as `FRAME_RULES` and `CHAIN_RULES` key it.
     exec_ns: u64,
     tgid: u32,
@@ -305,7 +316,7 @@ const FAILED: u32 = 2;
 pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, window: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
-    let Some(walk) = CHAIN_WALK.get_ptr_mut(0) else { return false };
+    let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
     let sp = regs[arch::SP];
     let mut high = sp.saturating_add(window as u64);
     if let Some(end) = stack_mapping_end(sp, true)
@@ -314,55 +325,73 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
         high = end;
     }
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
-    // `walk` stays a raw pointer, never a `&mut` held across `bpf_loop`: the callback writes the
-    // slot through a pointer of its own, which a `&mut` would let the compiler assume cannot
-    // happen. So its fields are read after the loop volatile.
+    // The walk's state in registers (and this stack) until the loop: kept in the map from the
+    // first frame, it cost ~100 ns per CPython open+close (BENCHMARKS.md, "The taught walk in
+    // registers, the stack copied by the page"). The addresses and registers are unknown to the
+    // verifier either way, read from the stack; the depth it knows is the taught loop's count.
+    let mut walk = Walk {
+        pc: regs[arch::IP],
+        sp,
+        bp: regs[arch::BP],
+        low: sp,
+        high,
+        exec_ns,
+        tgid,
+        depth: 0,
+        outcome: WALKING,
+        reserved: 0,
+    };
+    // `slot` stays a raw pointer, never a `&mut` held across `bpf_loop`: the callback writes it
+    // through a pointer of its own, which a `&mut` would let the compiler assume cannot happen.
+    // So it is written before the loop, and read after it, volatile.
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    let copied = unsafe { &raw mut (*slot).copied };
+    unsafe { write_volatile(copied, 0) };
+    let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
+    {
+        // SAFETY: the per-CPU slot, a `&mut` of it only in this block, where no loop runs.
+        let copy = unsafe { &mut *copy };
+        let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
+        let rule = unsafe { FRAME_RULES.get(&key) }.copied();
+        if step(&mut walk, copied, copy, chain, rule) != 0 {
+            return finished(walk.outcome, walk.depth, chain, false);
+        }
+        let key = ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller: walk.pc };
+        if let Some((known, generation)) =
+            unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key))
+        {
+            for _ in 1..MAX_CACHED_CHAIN_FRAMES {
+                let Some(rule) = taught_rule(known, generation, walk.depth as usize, walk.pc) else { break };
+                if step(&mut walk, copied, copy, chain, Some(rule)) != 0 {
+                    return finished(walk.outcome, walk.depth, chain, true);
+                }
+            }
+        }
+    }
+    // SAFETY: as above; field by field, as the eBPF build's `memcpy` is a loop of byte copies
+    // (`reserved` is never read).
     unsafe {
-        write_volatile(&raw mut (*walk).pc, regs[arch::IP]);
-        write_volatile(&raw mut (*walk).sp, sp);
-        write_volatile(&raw mut (*walk).bp, regs[arch::BP]);
-        write_volatile(&raw mut (*walk).low, sp);
-        write_volatile(&raw mut (*walk).high, high);
-        write_volatile(&raw mut (*walk).copied, 0);
-        write_volatile(&raw mut (*walk).exec_ns, exec_ns);
-        write_volatile(&raw mut (*walk).tgid, tgid);
-        write_volatile(&raw mut (*walk).depth, 0);
-        write_volatile(&raw mut (*walk).outcome, WALKING);
+        let to = &raw mut (*slot).walk;
+        write_volatile(&raw mut (*to).pc, walk.pc);
+        write_volatile(&raw mut (*to).sp, walk.sp);
+        write_volatile(&raw mut (*to).bp, walk.bp);
+        write_volatile(&raw mut (*to).low, walk.low);
+        write_volatile(&raw mut (*to).high, walk.high);
+        write_volatile(&raw mut (*to).exec_ns, exec_ns);
+        write_volatile(&raw mut (*to).tgid, tgid);
+        write_volatile(&raw mut (*to).depth, walk.depth);
+        write_volatile(&raw mut (*to).outcome, WALKING);
     }
     // The record's chain, through a pointer: the `bpf_loop` context is this pointer's address on
     // this stack, which the verifier follows (a pointer stored in a map it would not).
     let mut chain: *mut LearnedChain = chain;
-    let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
-    let caller = {
-        // SAFETY: the per-CPU slots, a `&mut` of each only while no loop runs.
-        let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
-        let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
-        let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-        if step(w, copy, chain, rule) != 0 {
-            return finished(w.outcome, w.depth, chain, false);
-        }
-        w.pc
-    };
-    let key = ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller };
-    if let Some((known, generation)) =
-        unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key))
-    {
-        // SAFETY: as above.
-        let (w, copy) = unsafe { (&mut *walk, &mut *copy) };
-        for _ in 1..MAX_CACHED_CHAIN_FRAMES {
-            let Some(rule) = taught_rule(known, generation, w.depth as usize, w.pc) else { break };
-            if step(w, copy, chain, Some(rule)) != 0 {
-                return finished(w.outcome, w.depth, chain, true);
-            }
-        }
-    }
     // From depth 1 or more, 64 steps reach frame 64, which has no slot: the walk ends there.
     // SAFETY: `chain` outlives the loop; the callback writes only through it.
     unsafe { bpf_loop(MAX_CHAIN_FRAMES as u32, rule_step as *mut c_void, (&raw mut chain).cast(), 0) };
     // SAFETY: as above; what the callback left there.
-    let (outcome, depth) =
-        unsafe { (read_volatile(&raw const (*walk).outcome), read_volatile(&raw const (*walk).depth)) };
+    let (outcome, depth) = unsafe {
+        (read_volatile(&raw const (*slot).walk.outcome), read_volatile(&raw const (*slot).walk.depth))
+    };
     finished(outcome, depth, chain, false)
 }
 
@@ -391,12 +420,14 @@ fn finished(outcome: u32, depth: u32, chain: *mut LearnedChain, cached: bool) ->
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(never)]
 unsafe extern "C" fn rule_step(_index: u64, chain: *mut c_void) -> i64 {
-    let (Some(walk), Some(copy)) = (CHAIN_WALK.get_ptr_mut(0), CHAIN_STACK.get_ptr_mut(0)) else {
+    let (Some(slot), Some(copy)) = (CHAIN_WALK.get_ptr_mut(0), CHAIN_STACK.get_ptr_mut(0)) else {
         return 1;
     };
     // SAFETY: the per-CPU slots learned_chain is using (nothing else uses them on this CPU
     // while it runs), and the record's chain pointer it passed.
-    let (walk, copy, chain) = unsafe { (&mut *walk, &mut *copy, *(chain as *const *mut LearnedChain)) };
+    let (walk, copied, copy, chain) = unsafe {
+        (&mut (*slot).walk, &raw mut (*slot).copied, &mut *copy, *(chain as *const *mut LearnedChain))
+    };
     if walk.depth as usize >= MAX_CHAIN_FRAMES {
         // Deeper than a chain record holds: no lookup for a frame that would not be kept.
         walk.outcome = FAILED;
@@ -404,7 +435,7 @@ unsafe extern "C" fn rule_step(_index: u64, chain: *mut c_void) -> i64 {
     }
     let key = FrameRuleKey { tgid: walk.tgid, first: 0, exec_ns: walk.exec_ns, address: walk.pc };
     let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-    step(walk, copy, chain, rule)
+    step(walk, copied, copy, chain, rule)
 }
 
 /// Walk frame `walk.depth` with `rule`: its address recorded, and the walk moved to its caller
@@ -412,12 +443,13 @@ unsafe extern "C" fn rule_step(_index: u64, chain: *mut c_void) -> i64 {
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn step(
-    walk: &mut ChainWalk,
+    walk: &mut Walk,
+    copied: *mut u64,
     copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
     chain: *mut LearnedChain,
     rule: Option<FrameRule>,
 ) -> i64 {
-    match frame(walk, copy, chain, rule) {
+    match frame(walk, copied, copy, chain, rule) {
         Some(Step::Caller) => {
             walk.depth += 1;
             0
@@ -447,7 +479,8 @@ enum Step {
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn frame(
-    walk: &mut ChainWalk,
+    walk: &mut Walk,
+    copied: *mut u64,
     copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
     chain: *mut LearnedChain,
     rule: Option<FrameRule>,
@@ -472,9 +505,9 @@ fn frame(
     }
     let mut caller_bp = bp;
     if rule.flags & frame_rule::BP_SAVED != 0 {
-        caller_bp = read_word(walk, copy, base.wrapping_add(rule.bp_offset as i64 as u64))?;
+        caller_bp = read_word(walk, copied, copy, base.wrapping_add(rule.bp_offset as i64 as u64))?;
     }
-    let return_address = read_word(walk, copy, cfa.wrapping_sub(8))?;
+    let return_address = read_word(walk, copied, copy, cfa.wrapping_sub(8))?;
     if return_address == 0 {
         return Some(Step::End);
     }
@@ -489,7 +522,7 @@ fn frame(
 
 /// The stack's word at `at`, from `CHAIN_STACK`, copied there first when the walk has not
 /// copied that far: from the end of the last copy up to the `CHAIN_CHUNK` boundary past the
-/// word (or `high`). Mostly one read for a shallow chain, a few for a deep one (a CPython
+/// word (or `high`). Mostly one read for a shallow chain, one or two for a deep one (a CPython
 /// chain climbs ~3 KiB), where a read per word cost ~0.7 µs per call (BENCHMARKS.md, "Reads in
 /// bulk"). What was copied is `[low, low + copied)`, contiguous: every byte from sp up to the
 /// highest word read was read, so every page the window copy needs is present (it keeps the
@@ -498,19 +531,27 @@ fn frame(
 /// check. None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn read_word(walk: &mut ChainWalk, copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize], at: u64) -> Option<u64> {
+fn read_word(
+    walk: &Walk,
+    copied: *mut u64,
+    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
+    at: u64,
+) -> Option<u64> {
     let (low, high) = (walk.low, walk.high);
     if at < low || at > high.saturating_sub(8) {
         return None;
     }
     let offset = at - low;
-    if offset + 8 > walk.copied {
+    // SAFETY: `ChainWalk::copied` of the per-CPU slot (volatile: `ChainWalk` says why).
+    let was = unsafe { read_volatile(copied) };
+    if offset + 8 > was {
         let boundary = at.checked_add(8 + CHAIN_CHUNK - 1)? & !(CHAIN_CHUNK - 1);
         let chunk_end = boundary.min(high) - low;
-        if !copy_stack(copy, low, walk.copied, chunk_end) {
+        if !copy_stack(copy, low, was, chunk_end) {
             return None;
         }
-        walk.copied = chunk_end;
+        // SAFETY: as above.
+        unsafe { write_volatile(copied, chunk_end) };
     }
     let word = copy.get(offset as usize..offset as usize + 8)?;
     Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
@@ -562,8 +603,11 @@ fn taught_rule(known: &ChainRules, generation: u64, depth: usize, pc: u64) -> Op
 
 /// The boundaries a learned chain's walk copies the stack up to (`learned_chain`). It divides
 /// the page size, so a chunk never reaches into a page past the one that holds the last byte of
-/// the word wanted.
-const CHAIN_CHUNK: u64 = 1024;
+/// the word wanted. The page itself: each `bpf_probe_read_user` pays a fixed price besides its
+/// bytes (this kernel's hardened usercopy check among it), and a CPython chain's walk costs
+/// ~140 ns less than in chunks of 1 KiB, a shallow C chain's no more that shows (BENCHMARKS.md,
+/// "The taught walk in registers, the stack copied by the page").
+const CHAIN_CHUNK: u64 = PAGE as u64;
 const _: () = assert!(CHAIN_CHUNK.is_power_of_two() && PAGE as u64 % CHAIN_CHUNK == 0);
 
 /// Copy the user stack's `[low + from, low + to)` into `copy[from..to]`; false when the read
