@@ -38,9 +38,10 @@ __attribute__((noipa)) static int leak_fn(const char *path) {
 static int descended;
 
 /* N frames of itself, then leak_fn: the chain grows with N, each extra frame returning to the
- * same address (CALL_DESCEND). */
+ * same address. The count after the call keeps it from being a tail call, which would leave one
+ * frame however deep the recursion. */
 __attribute__((noipa)) static int descend(int frames, const char *path) {
-    int fd = frames > 0 ? descend(frames - 1, path) /* CALL_DESCEND */ : leak_fn(path);
+    int fd = frames > 0 ? descend(frames - 1, path) : leak_fn(path);
     if (fd >= 0) descended++;
     return fd;
 }
