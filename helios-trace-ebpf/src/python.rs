@@ -23,7 +23,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, header_at, wakeup_flags},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_WALK},
-    stacks::PAGE,
+    stacks::{PAGE, word_at},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -124,12 +124,10 @@ struct ThreadSearch {
 /// The u64 at `offset` of `bytes` (0 past their end).
 #[inline(always)]
 fn field(bytes: &[u8; MAX_PYTHON_FRAME_WINDOW as usize], offset: usize) -> u64 {
-    match bytes.get(offset..offset.wrapping_add(8)) {
-        Some(field) => u64::from_le_bytes([
-            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
-        ]),
-        None => 0,
-    }
+    // SAFETY: `bytes` is always `FrameWalk::bytes` of the per-CPU `PYTHON_WALK`, 8-aligned:
+    // each CPU's value is allocated 8-aligned (kernel/bpf/arraymap.c, `bpf_array_alloc_percpu`)
+    // and the field's offset is a multiple of 8 (asserted under `FrameWalk`).
+    unsafe { word_at(bytes, offset) }.unwrap_or(0)
 }
 
 /// One thread state, read at once (`tstate_read` bytes, into the walk's buffer): is it the
@@ -189,6 +187,8 @@ pub struct FrameWalk {
     /// `frame_window` bytes before them, within its page.
     bytes: [u8; MAX_PYTHON_FRAME_WINDOW as usize],
 }
+// `field` reads whole words of `bytes` (stacks.rs, `word_at`).
+const _: () = assert!(core::mem::offset_of!(FrameWalk, bytes) % 8 == 0 && align_of::<FrameWalk>() >= 8);
 
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
 /// The frame's fields come from the last window read when it holds the frame's first

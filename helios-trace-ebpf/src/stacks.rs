@@ -553,7 +553,30 @@ fn read_word(
         // SAFETY: as above.
         unsafe { write_volatile(copied, chunk_end) };
     }
-    let word = copy.get(offset as usize..offset as usize + 8)?;
+    // SAFETY: `copy` is the value of the per-CPU `CHAIN_STACK`, 8-aligned: each CPU's value is
+    // allocated so (kernel/bpf/arraymap.c, `bpf_array_alloc_percpu`: `bpf_map_alloc_percpu(..,
+    // elem_size, 8, ..)`).
+    unsafe { word_at(copy, offset as usize) }
+}
+
+/// The little-endian u64 at `offset` of `bytes`, None past their end: one 8-byte load where
+/// `offset` is a multiple of 8, as a stack's words and CPython's fields are, else eight byte
+/// loads. From a byte slice (`u64::from_le_bytes`, `read_unaligned`) it is always eight loads,
+/// seven shifts and seven ors: LLVM's BPF backend splits a load it cannot prove aligned, and
+/// the walks read one to three such words per frame (BENCHMARKS.md, "Words read whole").
+///
+/// # Safety
+/// `bytes` starts at an 8-aligned address.
+#[inline(always)]
+pub unsafe fn word_at<const N: usize>(bytes: &[u8; N], offset: usize) -> Option<u64> {
+    if N < 8 || offset > N - 8 {
+        return None;
+    }
+    if offset % 8 == 0 {
+        // SAFETY: within `bytes` (above) and 8-aligned (the caller's promise, and `offset`).
+        return Some(u64::from_le(unsafe { bytes.as_ptr().add(offset).cast::<u64>().read() }));
+    }
+    let word = bytes.get(offset..offset + 8)?;
     Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
 }
 

@@ -282,16 +282,24 @@ fn a_learned_chain_through_cpythons_eval_loop_is_the_chain_its_window_unwinds() 
     // The interpreter specializes the line's bytecode after its first runs (PEP 659), which
     // takes the call through other code of its eval loop: a chain of its own, whose first
     // window teaches the kernel again. Once the line runs as it will, every call is walked.
+    // How many of these 200 are walked depends on how soon the daemon unwinds that window
+    // (slower on a cold first run, when it reads CPython's unwind tables): a speed, for the
+    // benchmarks, not a claim a test can hold (one run read 146 where 150 was asserted). So
+    // after them, the line runs until one call is walked: its chain is taught.
     for _ in 0..200 {
         leak(&mut workload);
     }
+    wait_for("the specialized line's chain to be taught", Duration::from_secs(20), || {
+        let was = walked(&tracer.snapshot(), "chains_checked").walked;
+        leak(&mut workload);
+        (walked(&tracer.snapshot(), "chains_checked").walked > was).then_some(())
+    });
     let before = walked(&tracer.snapshot(), "chains_checked");
     for _ in 0..20 {
         leak(&mut workload);
     }
     let report = tracer.snapshot();
     assert_walked(&report, "shadow", "chains_checked", before);
-    assert!(before.walked >= 150, "most of the 200 were walked: {}", report["events"]);
     let site = file_site(&report, workload.pid);
     assert_eq!(site["open"].as_u64(), Some(leaked), "{site:#}");
     assert!(site["frame"].as_str().unwrap().starts_with("pyleaks.py:cache_handle:"), "{site:#}");
