@@ -217,8 +217,14 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
         let window = o.frame_window.min(MAX_PYTHON_FRAME_WINDOW).max(size) as u64;
         // The 4 KiB around the frame lie within its page, whatever the page size (stacks.rs PAGE).
         let start = end.saturating_sub(window).max(w.frame & !(PAGE as u64 - 1));
+        // Rounded up to a multiple of 8, as CPython's frames are (pointer-aligned in the data
+        // stack): every frame's fields then lie at multiples of 8 in the window, one load each
+        // (`field`); `frame_read` is not one (its owner byte and one), so `end` is not. At most 7
+        // bytes fewer, none of the frame's.
+        let start = start.wrapping_add(7) & !7;
         let len = end.wrapping_sub(start);
         if size == 0
+            || start > w.frame
             || len == 0
             || len > MAX_PYTHON_FRAME_WINDOW as u64
             || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), len as u32, start as *const c_void) } != 0

@@ -560,10 +560,11 @@ fn read_word(
 }
 
 /// The little-endian u64 at `offset` of `bytes`, None past their end: one 8-byte load where
-/// `offset` is a multiple of 8, as a stack's words and CPython's fields are, else eight byte
-/// loads. From a byte slice (`u64::from_le_bytes`, `read_unaligned`) it is always eight loads,
-/// seven shifts and seven ors: LLVM's BPF backend splits a load it cannot prove aligned, and
-/// the walks read one to three such words per frame (BENCHMARKS.md, "Words read whole").
+/// `offset` is a multiple of 8, as a stack's words are from an 8-aligned sp and CPython's fields
+/// in python.rs's windows, else eight byte loads. From a byte slice (`u64::from_le_bytes`,
+/// `read_unaligned`) it is always eight loads, seven shifts and seven ors: LLVM's BPF backend
+/// splits a load it cannot prove aligned, and the walks read one to three such words per frame
+/// (BENCHMARKS.md, "Words read whole").
 ///
 /// # Safety
 /// `bytes` starts at an 8-aligned address.
