@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
-    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_STACK_WINDOW, MAX_SYSCALL_NR,
-    PYTHON_PROC_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs, StackMapping,
-    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets,
+    PythonStack, STACK_ENTRIES, SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES,
+    TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -105,7 +105,7 @@ shared_map! {
     /// The part of the stack a learned chain's walk reads, copied in chunks as the walk climbs
     /// (stacks.rs, `learned_chain`). Twice the largest window: the verifier bounds a copy's
     /// offset and its length separately, each up to the window.
-    CHAIN_STACK: PerCpuArray<[u8; 2 * MAX_STACK_WINDOW as usize]> = PerCpuArray::with_max_entries(1, 0);
+    CHAIN_STACK: PerCpuArray<crate::stacks::StackCopy> = PerCpuArray::with_max_entries(1, 0);
 }
 
 shared_map! {

@@ -23,7 +23,7 @@ use helios_trace_common::{
 use crate::{
     emit::{count, header_at, wakeup_flags},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_WALK},
-    stacks::{PAGE, word_at},
+    stacks::{AlignedBytes, PAGE, word_at},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -123,11 +123,8 @@ struct ThreadSearch {
 
 /// The u64 at `offset` of `bytes` (0 past their end).
 #[inline(always)]
-fn field(bytes: &[u8; MAX_PYTHON_FRAME_WINDOW as usize], offset: usize) -> u64 {
-    // SAFETY: `bytes` is always `FrameWalk::bytes` of the per-CPU `PYTHON_WALK`, 8-aligned:
-    // each CPU's value is allocated 8-aligned (kernel/bpf/arraymap.c, `bpf_array_alloc_percpu`)
-    // and the field's offset is a multiple of 8 (asserted under `FrameWalk`).
-    unsafe { word_at(bytes, offset) }.unwrap_or(0)
+fn field(bytes: &AlignedBytes<{ MAX_PYTHON_FRAME_WINDOW as usize }>, offset: usize) -> u64 {
+    word_at(bytes, offset).unwrap_or(0)
 }
 
 /// One thread state, read at once (`tstate_read` bytes, into the walk's buffer): is it the
@@ -148,7 +145,7 @@ unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     let o = &w.offsets;
     let size = o.tstate_read.min(MAX_PYTHON_TSTATE_READ);
     if size == 0
-        || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), size, s.tstate as *const c_void) } != 0
+        || unsafe { raw_read_user(w.bytes.0.as_mut_ptr().cast(), size, s.tstate as *const c_void) } != 0
     {
         s.failed = 1;
         return 1;
@@ -185,10 +182,8 @@ pub struct FrameWalk {
     window_start: u64,
     /// The last window read: the current frame's first `frame_read` bytes and up to
     /// `frame_window` bytes before them, within its page.
-    bytes: [u8; MAX_PYTHON_FRAME_WINDOW as usize],
+    bytes: AlignedBytes<{ MAX_PYTHON_FRAME_WINDOW as usize }>,
 }
-// `field` reads whole words of `bytes` (stacks.rs, `word_at`).
-const _: () = assert!(core::mem::offset_of!(FrameWalk, bytes) % 8 == 0 && align_of::<FrameWalk>() >= 8);
 
 /// One frame: copy (code, instruction) unless it is a shim, then go to the previous frame.
 /// The frame's fields come from the last window read when it holds the frame's first
@@ -227,7 +222,8 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
             || start > w.frame
             || len == 0
             || len > MAX_PYTHON_FRAME_WINDOW as u64
-            || unsafe { raw_read_user(w.bytes.as_mut_ptr().cast(), len as u32, start as *const c_void) } != 0
+            || unsafe { raw_read_user(w.bytes.0.as_mut_ptr().cast(), len as u32, start as *const c_void) }
+                != 0
         {
             w.flags |= python_flags::READ_FAILED;
             return 1;
@@ -238,6 +234,7 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
     let at = w.frame.wrapping_sub(w.window_start) as usize;
     let skip = o.frame_owner != PY_NO_OFFSET
         && w.bytes
+            .0
             .get(at.wrapping_add(o.frame_owner as usize))
             .is_some_and(|owner| *owner as u32 >= o.owner_skip);
     if !skip {

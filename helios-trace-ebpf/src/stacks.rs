@@ -445,7 +445,7 @@ unsafe extern "C" fn rule_step(_index: u64, chain: *mut c_void) -> i64 {
 fn step(
     walk: &mut Walk,
     copied: *mut u64,
-    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
+    copy: &mut StackCopy,
     chain: *mut LearnedChain,
     rule: Option<FrameRule>,
 ) -> i64 {
@@ -481,7 +481,7 @@ enum Step {
 fn frame(
     walk: &mut Walk,
     copied: *mut u64,
-    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
+    copy: &mut StackCopy,
     chain: *mut LearnedChain,
     rule: Option<FrameRule>,
 ) -> Option<Step> {
@@ -531,12 +531,7 @@ fn frame(
 /// check. None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn read_word(
-    walk: &Walk,
-    copied: *mut u64,
-    copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize],
-    at: u64,
-) -> Option<u64> {
+fn read_word(walk: &Walk, copied: *mut u64, copy: &mut StackCopy, at: u64) -> Option<u64> {
     let (low, high) = (walk.low, walk.high);
     if at < low || at > high.saturating_sub(8) {
         return None;
@@ -553,11 +548,19 @@ fn read_word(
         // SAFETY: as above.
         unsafe { write_volatile(copied, chunk_end) };
     }
-    // SAFETY: `copy` is the value of the per-CPU `CHAIN_STACK`, 8-aligned: each CPU's value is
-    // allocated so (kernel/bpf/arraymap.c, `bpf_array_alloc_percpu`: `bpf_map_alloc_percpu(..,
-    // elem_size, 8, ..)`).
-    unsafe { word_at(copy, offset as usize) }
+    word_at(copy, offset as usize)
 }
+
+/// Bytes that start 8-aligned wherever they are kept, so that a word at a multiple of 8 in them
+/// is one load (`word_at`): the learned walk's copy of the stack (`CHAIN_STACK`) and the Python
+/// walk's window (python.rs, `FrameWalk`). (As map values they are 8-aligned anyway: the kernel
+/// allocates each CPU's value so, kernel/bpf/arraymap.c, `bpf_array_alloc_percpu`; the type
+/// says it to the compiler.)
+#[repr(C, align(8))]
+pub struct AlignedBytes<const N: usize>(pub [u8; N]);
+
+/// The learned walk's copy of the stack, `CHAIN_STACK`'s value.
+pub type StackCopy = AlignedBytes<{ 2 * MAX_STACK_WINDOW as usize }>;
 
 /// The little-endian u64 at `offset` of `bytes`, None past their end: one 8-byte load where
 /// `offset` is a multiple of 8, as a stack's words are from an 8-aligned sp and CPython's fields
@@ -565,19 +568,16 @@ fn read_word(
 /// `read_unaligned`) it is always eight loads, seven shifts and seven ors: LLVM's BPF backend
 /// splits a load it cannot prove aligned, and the walks read one to three such words per frame
 /// (BENCHMARKS.md, "Words read whole").
-///
-/// # Safety
-/// `bytes` starts at an 8-aligned address.
 #[inline(always)]
-pub unsafe fn word_at<const N: usize>(bytes: &[u8; N], offset: usize) -> Option<u64> {
+pub fn word_at<const N: usize>(bytes: &AlignedBytes<N>, offset: usize) -> Option<u64> {
     if N < 8 || offset > N - 8 {
         return None;
     }
     if offset % 8 == 0 {
-        // SAFETY: within `bytes` (above) and 8-aligned (the caller's promise, and `offset`).
-        return Some(u64::from_le(unsafe { bytes.as_ptr().add(offset).cast::<u64>().read() }));
+        // SAFETY: within `bytes` (above), and 8-aligned: `AlignedBytes` is, and so is `offset`.
+        return Some(u64::from_le(unsafe { bytes.0.as_ptr().add(offset).cast::<u64>().read() }));
     }
-    let word = bytes.get(offset..offset + 8)?;
+    let word = bytes.0.get(offset..offset + 8)?;
     Some(u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]))
 }
 
@@ -638,12 +638,12 @@ const _: () = assert!(CHAIN_CHUNK.is_power_of_two() && PAGE as u64 % CHAIN_CHUNK
 /// fails (a page not present: the window copy would have ended there too) or the bounds are
 /// not a window's.
 #[inline(always)]
-fn copy_stack(copy: &mut [u8; 2 * MAX_STACK_WINDOW as usize], low: u64, from: u64, to: u64) -> bool {
+fn copy_stack(copy: &mut StackCopy, low: u64, from: u64, to: u64) -> bool {
     if from >= MAX_STACK_WINDOW as u64 || to <= from || to - from > MAX_STACK_WINDOW as u64 {
         return false;
     }
     let size = (to - from) as u32;
-    let at = copy.as_mut_ptr().wrapping_add(from as usize);
+    let at = copy.0.as_mut_ptr().wrapping_add(from as usize);
     unsafe { raw_read_user(at.cast(), size, (low + from) as *const c_void) == 0 }
 }
 
