@@ -16,7 +16,8 @@ use core::mem::size_of;
 pub mod kind {
     /// A descriptor syscall completed: [`super::SyscallEvent`].
     pub const FD_SYSCALL: u32 = 1;
-    /// `close(fd)` was entered: [`super::CloseEvent`].
+    /// `close(fd)` returned having closed `fd`: [`super::CloseEvent`]. (Once made at enter,
+    /// with the same layout and meaning: the number is the process's no more.)
     pub const CLOSE: u32 = 2;
     /// A task was created (`task/task_newtask`): [`super::NewTaskEvent`].
     pub const NEW_TASK: u32 = 3;
@@ -648,8 +649,8 @@ pub mod spec {
     pub const MSGHDR: u32 = 1 << 4;
     /// recvmmsg: arg 1 is a `struct mmsghdr *`, the result the number of messages.
     pub const MMSGHDR: u32 = 1 << 5;
-    /// close: a `kind::CLOSE` record at enter (at exit another thread may already own the
-    /// number). Not with `TRACED`: nothing is made at its exit.
+    /// close: a `kind::CLOSE` record at exit, unless it returned `-EBADF` (nothing was
+    /// open). Not with `TRACED`: nothing is made.
     pub const CLOSE: u32 = 1 << 6;
     /// Bits 8..11: index + 1 of the argument that points to a path string.
     pub const PATH_ARG_SHIFT: u32 = 8;

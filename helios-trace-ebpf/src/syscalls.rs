@@ -1,16 +1,15 @@
 //! Descriptor syscalls: one raw tracepoint on `sys_exit` makes the record of every call that
-//! creates, duplicates, passes or re-flags descriptors, one on `sys_enter` the record of `close`
-//! (the hottest call, needs no pairing; at exit another thread may already own the number).
+//! creates, duplicates, passes, re-flags or closes descriptors (`close` at its exit too: see
+//! `close_exit` for the number another thread may already own by then).
 //!
-//! Raw tracepoints (include/trace/events/syscalls.h, `TRACE_EVENT_SYSCALL(sys_enter)`,
-//! `(sys_exit)`): `sys_enter` gets `(struct pt_regs *regs, long id)`, `sys_exit`
-//! `(struct pt_regs *regs, long ret)`, where `regs` are the task's saved user registers. They
-//! run for every syscall of every task (the kernel's per-syscall `syscalls/sys_*_X` tracepoints
+//! The raw tracepoint (include/trace/events/syscalls.h, `TRACE_EVENT_SYSCALL(sys_exit)`) gets
+//! `(struct pt_regs *regs, long ret)`, where `regs` are the task's saved user registers. It
+//! runs for every syscall of every task (the kernel's per-syscall `syscalls/sys_*_X` tracepoints
 //! are built on the same two hooks, plus a record per call: BENCHMARKS.md, "The floor"), so
-//! each program first looks the number up in `SYSCALL_SPECS` and returns at once for a call
+//! the program first looks the number up in `SYSCALL_SPECS` and returns at once for a call
 //! it does not trace.
 //!
-//! Each program is built twice from one body, told apart by `const BTF: bool`: as a raw
+//! The program is built twice from one body, told apart by `const BTF: bool`: as a raw
 //! tracepoint program, and as a BTF tracepoint (`tp_btf`: the same hook, program type
 //! tracing), which the loader attaches where the kernel has BTF (helios-trace/src/sys/loader.rs,
 //! `attach_syscall_hook`). There the verifier knows `regs` is a `struct pt_regs *` and the
@@ -22,7 +21,7 @@
 //! `syscallno` word `exit_nr` and `saved_regs` read is an s32 and a u32, which a 64-bit load
 //! overruns (kernel/bpf/btf.c, btf_struct_walk, refuses it).
 //!
-//! Creation is seen at exit only: the arguments are still in the saved registers then
+//! Every call is seen at exit only: the arguments are still in the saved registers then
 //! (`helios_trace_common::regs_x86_64::SYSCALL_ARGS`: nothing overwrites them; aarch64 keeps
 //! the first in orig_x0), so no enter program and no in-flight map are needed.
 //!
@@ -194,32 +193,6 @@ fn compat_syscall<const BTF: bool>() -> bool {
     false
 }
 
-/// `close` enters: its record. Every other syscall returns after one array lookup.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn close_enter(ctx: RawTracePointContext) -> u32 {
-    finish(try_close_enter::<false>(ctx.arg(0), ctx.arg(1)))
-}
-
-/// `close_enter` as a BTF tracepoint (the loader's choice where the kernel has BTF).
-#[btf_tracepoint(function = "sys_enter")]
-pub fn close_enter_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(try_close_enter::<true>(ctx.arg(0), ctx.arg(1)))
-}
-
-fn try_close_enter<const BTF: bool>(regs: *const u64, nr: u64) -> Result<(), i64> {
-    if spec_of(nr) & spec::CLOSE == 0 {
-        return Ok(());
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
-        return Ok(());
-    }
-    let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
-    let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
-    emit(&event);
-    Ok(())
-}
-
 /// A traced syscall returns: the record of what it made.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn fd_syscall_exit(ctx: RawTracePointContext) -> u32 {
@@ -239,8 +212,11 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
 ) -> Result<(), i64> {
     let nr = exit_nr::<BTF>(regs)?;
     let spec = spec_of(nr);
-    if spec & spec::TRACED == 0 {
+    if spec & (spec::TRACED | spec::CLOSE) == 0 {
         return Ok(());
+    }
+    if spec & spec::CLOSE != 0 {
+        return close_exit::<BTF>(regs, ret);
     }
     if ret < 0 {
         return Ok(());
@@ -320,6 +296,29 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         fill(ctx, event, &call, ret, pid_tgid, ts_ns);
         entry.submit(wakeup_flags());
     }
+    Ok(())
+}
+
+/// `close` returns: its record, unless nothing was closed. fs/open.c, `close`: the number is
+/// released first (`file_close_fd`), and only `-EBADF` says it was not open; an error of the
+/// flush after it (`-EINTR`, `-EIO`) still released it. By this exit another thread may have
+/// been given the same number and its record may be ahead of this one in the ring: the table
+/// holds such an open until this close comes (helios-trace/src/model/fdtable.rs, "Closes seen
+/// at exit"), so no program runs at `sys_enter`, where every syscall of the machine paid for
+/// one (BENCHMARKS.md, "Closes seen at exit").
+#[inline(always)]
+fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
+    const EBADF: i64 = 9;
+    if ret == -EBADF {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
+        return Ok(());
+    }
+    let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
+    let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
+    emit(&event);
     Ok(())
 }
 

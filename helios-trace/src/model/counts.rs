@@ -36,6 +36,12 @@ pub(crate) struct EventCounts {
     /// Descriptors a running CPython opened before the kernel walked its Python frames (found
     /// at the baseline, or late after its exec): their sites have native frames only.
     pub(crate) python_frames_missed: u64,
+    /// Closes whose record came after another thread was given their number again: the
+    /// descriptor held for them closed, not the new one (model/fdtable.rs, `Closing`).
+    pub(crate) closes_after_reuse: u64,
+    /// Descriptors so held whose close never came (a lost record, a close the syscalls do not
+    /// show): closed as lost, as `reconcile_corrections` would have.
+    pub(crate) closes_taken_for_lost: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
@@ -85,13 +91,12 @@ mod tests {
         let loaded = [
             runs("process_exit", 3, 30),
             runs("fd_syscall_exit_btf", 10, 1000),
-            runs("close_enter_btf", 5, 50),
             // A twin whose attach failed, and the raw program that took over.
-            runs("close_enter", 2, 20),
+            runs("fd_syscall_exit", 2, 20),
         ];
         assert_eq!(
             ProgramRuns::by_program(loaded),
-            [runs("close_enter", 7, 70), runs("fd_syscall_exit", 10, 1000), runs("process_exit", 3, 30)]
+            [runs("fd_syscall_exit", 12, 1020), runs("process_exit", 3, 30)]
         );
     }
 }

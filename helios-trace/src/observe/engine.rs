@@ -377,6 +377,15 @@ impl Engine {
         expired.len()
     }
 
+    /// Take for lost the closes held for longer than `CLOSE_HOLD_NS` (model/fdtable.rs,
+    /// `Closing`). Once a second, before `expire_sites`: a site such a close releases may be
+    /// forgotten in the same pass.
+    pub(crate) fn expire_held_closes(&mut self, now_ns: u64) {
+        let mut out = Vec::new();
+        self.table.expire_held_closes(now_ns, &mut out);
+        self.after(&out, now_ns);
+    }
+
     /// Exited processes kept by `retain_exited`, oldest first.
     pub(crate) fn exited(&self) -> &[ExitedProcess] {
         &self.exited

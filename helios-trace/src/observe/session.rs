@@ -456,6 +456,7 @@ impl Tracing {
                 // readable, and a biased select would never get to them.
                 _ = timers.second.tick() => {
                     self.drain_then(&mut |t| on_tick(t, Tick::Drained));
+                    self.engine.expire_held_closes(clock::boot_ns());
                     self.engine.expire_sites(clock::boot_ns());
                     self.sample();
                     if let Some(due) = self.remember_facts
@@ -535,6 +536,8 @@ impl Tracing {
             chains_mismatched: self.engine.stack_counts().chains_mismatched,
             sites_dropped: self.engine.stack_counts().sites_dropped,
             python_frames_missed: self.engine.python_missed(),
+            closes_after_reuse: self.engine.table().held_closes().resolved,
+            closes_taken_for_lost: self.engine.table().held_closes().lost,
             ..self.engine.counts()
         }
     }

@@ -36,8 +36,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
-/// The raw tracepoints every descriptor syscall is seen at (include/trace/events/syscalls.h);
-/// tracefs lists them as `raw_syscalls/sys_enter` and `sys_exit`.
+/// The raw syscall tracepoints (include/trace/events/syscalls.h; tracefs lists them as
+/// `raw_syscalls/sys_enter` and `sys_exit`): every descriptor syscall is seen at `sys_exit`;
+/// the floor uses both. The kernel defines them together.
 const SYSCALL_HOOKS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 /// Set to `tracepoints`, `raw`, `raw-exit` or `btf`, the loader attaches the floor instead of the
@@ -315,7 +316,7 @@ impl Tracer {
         let table = SyscallTable::native();
         let mut attached = Vec::new();
         let stacks = config.user_stack_mode != stack_mode::NONE;
-        // Which calls the programs act on, by native number: the table's, and close (at enter).
+        // Which calls the program acts on, by native number: the table's, and close.
         let mut specs: Vec<(u32, &str, u32)> = table
             .specs()
             .map(|(nr, call, call_spec)| {
@@ -327,9 +328,9 @@ impl Tracer {
         if let Ok(floor) = std::env::var(FLOOR_ENV) {
             attach_floor(&mut ebpf, &tracefs, &floor, &table, &mut attached)?;
         } else {
-            // One raw tracepoint pair for every call (ARCHITECTURE.md, Kernel side): two
-            // programs to attach and detach instead of one per call and direction; as BTF
-            // tracepoints where the kernel has BTF.
+            // One raw tracepoint for every call, at its exit (ARCHITECTURE.md, Kernel side):
+            // one program to attach and detach instead of one per call and direction, and
+            // nothing run at any syscall's enter; as a BTF tracepoint where the kernel has BTF.
             let hooks = match std::env::var(SYSCALL_HOOKS_ENV) {
                 Ok(hooks) => hooks,
                 Err(std::env::VarError::NotPresent) => String::new(),
@@ -345,9 +346,7 @@ impl Tracer {
                 "" | "raw" => None,
                 other => bail!("{SYSCALL_HOOKS_ENV}={other}: expected raw"),
             };
-            for (program, hook) in [("fd_syscall_exit", "sys_exit"), ("close_enter", "sys_enter")] {
-                attached.push(attach_syscall_hook(&mut ebpf, program, hook, btf.as_ref())?);
-            }
+            attached.push(attach_syscall_hook(&mut ebpf, "fd_syscall_exit", "sys_exit", btf.as_ref())?);
         }
         let lifecycle = if std::env::var_os(FLOOR_ENV).is_some() { &[][..] } else { &LIFECYCLE[..] };
         for &(program, category, name) in lifecycle {

@@ -559,11 +559,12 @@ fn start_with_hooks(hooks: &str, args: &[&str]) -> Tracer {
 const RAW_TRACEPOINT: u32 = 17;
 const TRACING: u32 = 26;
 
-/// What the syscall programs must be: BTF tracepoints by default on x86_64 (this kernel has
-/// BTF; arm64 has no twins: syscalls.rs), raw tracepoints when asked.
+/// What the syscall programs must be: one, on `sys_exit` (closes are seen there too: nothing
+/// runs at any syscall's enter); a BTF tracepoint by default on x86_64 (this kernel has BTF;
+/// arm64 has no twins: syscalls.rs), a raw tracepoint when asked.
 fn expected_hook_types(hooks: &str) -> BTreeMap<String, u32> {
     let kind = if hooks == "raw" || cfg!(not(target_arch = "x86_64")) { RAW_TRACEPOINT } else { TRACING };
-    [("sys_enter".to_string(), kind), ("sys_exit".to_string(), kind)].into()
+    [("sys_exit".to_string(), kind)].into()
 }
 
 /// The type of the program on each raw tracepoint the tracer `pid` holds a link to, as the
@@ -573,8 +574,8 @@ fn syscall_hook_program_types(pid: u32) -> BTreeMap<String, u32> {
     syscall_hook_programs(pid, "prog_type").into_iter().map(|(hook, kind)| (hook, kind as u32)).collect()
 }
 
-/// `field` of the program behind each of the tracer's raw tracepoint links (`sys_enter`,
-/// `sys_exit`), from its /proc/PID/fdinfo.
+/// `field` of the program behind each of the tracer's raw tracepoint links (by the hook's
+/// name: `sys_exit`), from its /proc/PID/fdinfo.
 fn syscall_hook_programs(pid: u32, field: &str) -> BTreeMap<String, u64> {
     let mut hooks = Vec::new();
     let mut values = BTreeMap::new();

@@ -14,14 +14,21 @@
  *   cloexec-files N  the same, opened close-on-exec             -> their fds
  *   accept N    N loopback connections accepted by leak_accept(), each holding 4096 unread
  *               bytes; the clients' ends stay open too          -> the accepted fds
+ *   slow-close  a loopback client whose close, on a thread of its own, blocks in the kernel
+ *               for a second after releasing its number (SO_LINGER with data the server never
+ *               reads); meanwhile leak_file() is given that number. The close's exit comes
+ *               after the open's                                 -> the client's fd, the
+ *               file's, the accepted server end's
  *   exit
  *
  * Build: gcc -O2 -g podleak.c -o podleak; musl-gcc -static -O2 -g podleak.c -o podleak.musl
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +64,43 @@ __attribute__((noipa)) static int connect_client(int port) {
     memset(payload, 'x', sizeof payload);
     if (write(fd, payload, sizeof payload) != (ssize_t)sizeof payload) return -1;
     return fd;
+}
+
+static int listening_port(void);
+
+static void *close_it(void *fd) {
+    close((int)(long)fd);
+    return NULL;
+}
+
+/* slow-close (see the top). The close lingers: tcp_close waits up to l_linger for the FIN it
+ * cannot send behind data a full receive window holds back (net/ipv4/tcp.c, __tcp_close and
+ * sk_stream_wait_close), in the close syscall itself (fs/open.c, close: __fput_sync), after
+ * file_close_fd released the number. */
+static void slow_close(int server) {
+    int client = connect_client(listening_port());
+    int accepted = client < 0 ? -1 : accept4(server, NULL, NULL, 0);
+    if (accepted < 0 || fcntl(client, F_SETFL, O_NONBLOCK) < 0) {
+        printf("err connect\n");
+        return;
+    }
+    static char chunk[65536];
+    while (write(client, chunk, sizeof chunk) > 0) {
+    }
+    struct linger linger = {.l_onoff = 1, .l_linger = 1};
+    if (errno != EAGAIN || setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) < 0) {
+        printf("err fill\n");
+        return;
+    }
+    pthread_t closer;
+    if (pthread_create(&closer, NULL, close_it, (void *)(long)client) != 0) {
+        printf("err thread\n");
+        return;
+    }
+    usleep(300000);
+    int file = leak_file(0);
+    pthread_join(closer, NULL);
+    printf("ok %d %d %d\n", client, file, accepted);
 }
 
 static int listening_port(void) {
@@ -104,6 +148,9 @@ int main(void) {
                 printf(" %d", leak_accept(listener));
             }
             printf("\n");
+        } else if (!strcmp(cmd, "slow-close")) {
+            if (listening_port() < 0) printf("err listen\n");
+            else slow_close(listener);
         } else if (!strcmp(cmd, "exit")) {
             return 0;
         } else {

@@ -345,6 +345,53 @@ fn a_pods_descriptors_are_read_from_proc_with_their_flags_and_reconciled_to_noth
     tracer.stop();
 }
 
+/// A close is seen at its exit (helios-trace-ebpf/src/syscalls.rs, `close_exit`), after the
+/// kernel released its number. podleak's `slow-close` lingers a second in the kernel after that
+/// (SO_LINGER), while its main thread is given the number for a file: the file's record comes
+/// first. The table holds the socket for its close's record (model/fdtable.rs, `Closing`), so
+/// the file stays open and the socket is closed once, by its close: in a pod and on the host.
+/// (Taking the file's open for a lost close, and the close for the file's, leaves the file out.)
+#[test]
+fn a_close_that_returns_after_its_number_is_given_again_closes_the_old_descriptor() {
+    if !require_bpf() {
+        return;
+    }
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(podleak_bin(), "/app/podleak"),
+        command: vec!["/app/podleak".into()],
+    });
+    let mut host = Workload::spawn_program(podleak_bin());
+    let (a, b) = (pod.pid.to_string(), host.pid.to_string());
+    let mut tracer = Tracer::start(&["--pid", &a, "--pid", &b, "--reconcile-interval", "0"]);
+    for (pid, answer, what) in
+        [(pod.pid, pod.run("slow-close"), "in the pod"), (host.pid, host.run("slow-close"), "on the host")]
+    {
+        let [client, file, _accepted] = answer[..] else { panic!("{what}: slow-close said {answer:?}") };
+        assert_eq!(file, client, "{what}: the file was given the lingering socket's number");
+        let truth = proc_fds(pid);
+        assert_eq!(truth.get(&(file as i32)).map(String::as_str), Some("file"), "{what}: {truth:?}");
+        let report = wait_for(&format!("{what}: the table equal to /proc"), Duration::from_secs(10), || {
+            let report = tracer.snapshot();
+            (reported_fds(&report, pid) == truth).then_some(report)
+        });
+        let closed: Vec<&Value> = process(&report, pid).unwrap()["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["closed_by"].as_object().is_some_and(|c| !c.is_empty()))
+            .collect();
+        assert_eq!(closed.len(), 1, "{what}: one site closed a descriptor: {closed:#?}");
+        assert_eq!(closed[0]["kind"], "socket", "{what}");
+        assert_eq!(closed[0]["closed_by"], serde_json::json!({"close": 1}), "{what}");
+        assert_eq!(site_of(&report, pid, file)["kind"], "file", "{what}");
+    }
+    let report = tracer.stop();
+    assert_eq!(report["events"]["closes_after_reuse"], 2, "{}", report["events"]);
+    assert_eq!(report["events"]["closes_taken_for_lost"], 0);
+    assert_eq!(report["events"]["lost"], 0);
+    host.exit();
+}
+
 #[test]
 fn socket_memory_of_a_pods_site_is_what_ss_says_inside_the_pod() {
     if !require_bpf() {
