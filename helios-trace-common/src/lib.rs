@@ -560,9 +560,23 @@ const _: () = assert!(size_of::<SyscallEvent>() == 440);
 pub struct CloseEvent {
     pub header: EventHeader,
     pub fd: i32,
-    pub reserved: u32,
+    /// [`close_flags`]. (Reserved, 0, while closes were seen at enter: the layout is the same.)
+    pub flags: u32,
 }
 const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// [`CloseEvent::flags`]: what the close's exit saw of its number, which the kernel released
+/// before the close returned (fs/open.c, `close`: `file_close_fd` first), so that another
+/// thread may have been given it and its record be ahead of this one in the ring.
+pub mod close_flags {
+    /// At the exit a descriptor was installed at the number again
+    /// (`current->files->fdt->fd[fd]` not NULL): this close's record may be behind that
+    /// descriptor's.
+    pub const NUMBER_TAKEN: u32 = 1 << 0;
+    /// Not read: this kernel's offsets are not known ([`super::KernelOffsets`]) or the read
+    /// failed.
+    pub const NUMBER_UNREAD: u32 = 1 << 1;
+}
 
 /// A libuv TCP handle's step (the `kind::LIBUV_*` records), seen by uprobes in the library
 /// or executable that has libuv (helios-trace-ebpf/src/libuv.rs): Node.js makes a connection's
@@ -772,11 +786,12 @@ pub struct Settings {
     /// there is none.
     pub uprobe_maker_tgid: u32,
     /// Where this kernel keeps what tells that a thread's stack mapping has not changed since
-    /// it was last found: [`KernelOffsets`], from the kernel's BTF; all zero when not known,
-    /// and then the mapping is looked up at every call.
+    /// it was last found, and a descriptor's slot: [`KernelOffsets`], from the kernel's BTF;
+    /// zero when not known, and then the mapping is looked up at every call and a close's
+    /// number is not read ([`close_flags::NUMBER_UNREAD`]).
     pub kernel: KernelOffsets,
 }
-const _: () = assert!(size_of::<Settings>() == 64);
+const _: () = assert!(size_of::<Settings>() == 80);
 
 /// Byte offsets of kernel struct members the programs read (helios-trace/src/sys/btf.rs finds
 /// them in `/sys/kernel/btf/vmlinux`). Zero: not known.
@@ -798,17 +813,36 @@ pub struct KernelOffsets {
     /// (include/linux/mmap_lock.h, `mm_lock_seqcount_begin`, `vma_end_write_all`; Linux 6.13
     /// and later with CONFIG_PER_VMA_LOCK), under which every change of a mapping is made.
     pub mm_lock_seq: u32,
+    /// `task_struct.files`, `files_struct.fdt` and `fdtable.fd`: where a close's exit reads
+    /// whether its number is taken again ([`close_flags`]). Zero: not known.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub reserved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 16);
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
 
 impl KernelOffsets {
     /// Nothing known.
-    pub const NONE: KernelOffsets =
-        KernelOffsets { task_mm: 0, task_start_time: 0, task_self_exec_id: 0, mm_lock_seq: 0 };
+    pub const NONE: KernelOffsets = KernelOffsets {
+        task_mm: 0,
+        task_start_time: 0,
+        task_self_exec_id: 0,
+        mm_lock_seq: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        reserved: 0,
+    };
 
-    /// Every offset known.
+    /// Every offset of a stack mapping's key known.
     pub const fn complete(&self) -> bool {
         self.task_mm != 0 && self.task_start_time != 0 && self.task_self_exec_id != 0 && self.mm_lock_seq != 0
+    }
+
+    /// Every offset of a descriptor's slot known.
+    pub const fn fd_slots(&self) -> bool {
+        self.task_files != 0 && self.files_fdt != 0 && self.fdtable_fd != 0
     }
 }
 

@@ -47,7 +47,7 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SavedRegs,
-    SyscallEvent, chain_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
+    SyscallEvent, chain_flags, close_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
 };
 
 use crate::{
@@ -56,7 +56,7 @@ use crate::{
     goroutines::creator_pc,
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
     python::python_stack,
-    settings::{learned_chains, stack_window, user_stack_mode},
+    settings::{kernel_offsets, learned_chains, stack_window, user_stack_mode},
     stacks::{WithStack, capture_user_stack, learned_chain, stack_id},
 };
 
@@ -302,11 +302,16 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
 /// `close` returns: its record, unless nothing was closed. fs/open.c, `close`: the number is
 /// released first (`file_close_fd`), and only `-EBADF` says it was not open; an error of the
 /// flush after it (`-EINTR`, `-EIO`) still released it. By this exit another thread may have
-/// been given the same number and its record may be ahead of this one in the ring: the table
-/// holds such an open until this close comes (helios-trace/src/model/fdtable.rs, "Closes seen
-/// at exit"), so no program runs at `sys_enter`, where every syscall of the machine paid for
-/// one (BENCHMARKS.md, "Closes seen at exit").
-#[inline(always)]
+/// been given the same number and its record may be ahead of this one in the ring: the record
+/// says whether the number is taken again now (`number_taken`), and the table holds an open of
+/// a number it has open until such a close comes (helios-trace/src/model/fdtable.rs). So no
+/// program runs at `sys_enter`, where every syscall of the machine paid for one
+/// (BENCHMARKS.md, "Closes seen at exit").
+///
+/// A function of its own (a BPF-to-BPF call per close): inlined, it made the kernel take 80 ms
+/// longer to verify the program (215 against 296 ms in `BPF_PROG_LOAD`, `strace -T`), for
+/// about as many instructions verified, through what it did to the code of the rest.
+#[inline(never)]
 fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
     const EBADF: i64 = 9;
     if ret == -EBADF {
@@ -317,9 +322,58 @@ fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
         return Ok(());
     }
     let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
-    let event = CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, reserved: 0 };
-    emit(&event);
+    // The record's place in the ring first, the slot read after: a number another thread
+    // takes after the read (an open that reserved it may not have installed it yet) is then
+    // taken by a call whose record comes after this one (its exit, and its reservation, follow
+    // its `fd_install`).
+    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return Ok(());
+    };
+    let flags = number_taken::<BTF>(fd);
+    entry.write(CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, flags });
+    entry.submit(wakeup_flags());
     Ok(())
+}
+
+/// Whether a file is installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
+/// include/linux/fdtable.h; `fd_install` stores it, `file_close_fd` clears it), as
+/// `close_flags`. The pointers to the slot array are loads from a BTF tracepoint (the task is
+/// the verifier's `struct task_struct *`, the offsets constants: as stacks.rs
+/// `current_mapping_key`), helper reads from a raw one; the slot itself a helper read (the
+/// array's index is not a constant). `fd` is below `max_fds`: it was open, and a table only
+/// grows (fs/file.c, `expand_fdtable`).
+#[inline(always)]
+fn number_taken<const BTF: bool>(fd: u64) -> u32 {
+    let offsets = kernel_offsets();
+    if !offsets.fd_slots() || fd > i32::MAX as u64 {
+        return close_flags::NUMBER_UNREAD;
+    }
+    let pointer = |at: u64, offset: u32| -> u64 {
+        let field = (at as *const u8).wrapping_add(offset as usize) as *const u64;
+        if BTF {
+            // SAFETY: a load the verifier checks (see above); a fault reads 0.
+            unsafe { read_volatile(field) }
+        } else {
+            unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+        }
+    };
+    let task = if BTF {
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64 }
+    } else {
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() }
+    };
+    let files = pointer(task, offsets.task_files);
+    let table = if files == 0 { 0 } else { pointer(files, offsets.files_fdt) };
+    let slots = if table == 0 { 0 } else { pointer(table, offsets.fdtable_fd) };
+    if slots == 0 {
+        return close_flags::NUMBER_UNREAD;
+    }
+    match unsafe { bpf_probe_read_kernel((slots as *const u64).wrapping_add(fd as usize)) } {
+        Ok(0) => 0,
+        Ok(_) => close_flags::NUMBER_TAKEN,
+        Err(_) => close_flags::NUMBER_UNREAD,
+    }
 }
 
 /// The layout of a `kind::FD_SYSCALL_CHAIN` record (helios_trace_common).

@@ -36,11 +36,13 @@ pub(crate) struct EventCounts {
     /// Descriptors a running CPython opened before the kernel walked its Python frames (found
     /// at the baseline, or late after its exec): their sites have native frames only.
     pub(crate) python_frames_missed: u64,
-    /// Closes whose record came after another thread was given their number again: the
-    /// descriptor held for them closed, not the new one (model/fdtable.rs, `Closing`).
-    pub(crate) closes_after_reuse: u64,
-    /// Descriptors so held whose close never came (a lost record, a close the syscalls do not
-    /// show): closed as lost, as `reconcile_corrections` would have.
+    /// Close records that came after the table had seen their number released (another
+    /// thread given it again, a dup2 onto it, /proc without it): they closed the descriptor
+    /// kept for them, not the new one (model/fdtable.rs, `Closing`).
+    pub(crate) closes_late: u64,
+    /// Descriptors held for a close record that did not come (a record lost, a close the
+    /// syscalls do not show) within 30 s or before their process exited: counted closed as
+    /// lost (close reason `reconcile`, or `exit`).
     pub(crate) closes_taken_for_lost: u64,
 }
 

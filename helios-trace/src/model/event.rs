@@ -50,57 +50,29 @@ pub(crate) enum Op {
         dirfd: Option<i32>,
     },
     /// accept/accept4: a socket like the listener's.
-    Accept {
-        fd: i32,
-        listener: i32,
-        cloexec: bool,
-    },
+    Accept { fd: i32, listener: i32, cloexec: bool },
     /// dup, dup2, dup3, F_DUPFD[_CLOEXEC]: `new` refers to what `old` refers to. `replaces`:
     /// the call closes whatever `new` was (dup2/dup3 semantics).
-    Dup {
-        old: i32,
-        new: i32,
-        cloexec: bool,
-        replaces: bool,
-    },
+    Dup { old: i32, new: i32, cloexec: bool, replaces: bool },
     /// pidfd_getfd: `new` is a copy of `target_fd` of the process `pidfd` refers to.
-    GetFd {
-        pidfd: i32,
-        target_fd: i32,
-        new: i32,
-    },
+    GetFd { pidfd: i32, target_fd: i32, new: i32 },
     /// Descriptors received through SCM_RIGHTS; their kind is only known from /proc.
-    Receive {
-        fds: FdList,
-        cloexec: bool,
-        truncated: bool,
-    },
-    Close {
-        fd: i32,
-    },
+    Receive { fds: FdList, cloexec: bool, truncated: bool },
+    /// A close that closed `fd`, seen at its exit: `number_taken` when a descriptor was at
+    /// the number again by then (another thread's, whose record may have come first: the
+    /// table holds what that open replaced for this close; model/fdtable.rs). False when the
+    /// kernel could not tell (no offsets of its descriptor tables, a read that failed): a
+    /// dup2 onto a number then closed is far more common than a close racing an open, and
+    /// "taken" would make that close miss the dup.
+    Close { fd: i32, number_taken: bool },
     /// close_range(first, last, flags); with CLOSE_RANGE_CLOEXEC only marks close-on-exec.
-    CloseRange {
-        first: u32,
-        last: u32,
-        cloexec_only: bool,
-    },
+    CloseRange { first: u32, last: u32, cloexec_only: bool },
     /// fcntl(F_SETFD) or ioctl(FIOCLEX/FIONCLEX).
-    SetCloexec {
-        fd: i32,
-        cloexec: bool,
-    },
+    SetCloexec { fd: i32, cloexec: bool },
     /// A task was created by `tgid`; `thread` when it shares the thread group.
-    NewTask {
-        child: u32,
-        thread: bool,
-        comm: String,
-    },
+    NewTask { child: u32, thread: bool, comm: String },
     /// `tgid` exec'd: close-on-exec descriptors are gone.
-    Exec {
-        old_tid: u32,
-        filename: Vec<u8>,
-        comm: String,
-    },
+    Exec { old_tid: u32, filename: Vec<u8>, comm: String },
     /// The thread group `tgid` is gone.
     Exit,
 }

@@ -152,7 +152,7 @@ mod tests {
             apply(&mut table, &mut stats, 7, t, open(10 + t as i32));
             // Churn at the same site: opened and closed between samples.
             apply(&mut table, &mut stats, 7, t, open(100));
-            apply(&mut table, &mut stats, 7, t, Op::Close { fd: 100 });
+            apply(&mut table, &mut stats, 7, t, Op::Close { fd: 100, number_taken: false });
             history.sample(
                 t * 1_000_000_000,
                 &table,
@@ -177,7 +177,7 @@ mod tests {
     fn a_site_with_nothing_open_samples_zero_and_exited_processes_go() {
         let (mut table, mut stats, mut history) = (FdTable::new(), SiteStats::default(), History::default());
         apply(&mut table, &mut stats, 7, 0, open(3));
-        apply(&mut table, &mut stats, 7, 0, Op::Close { fd: 3 });
+        apply(&mut table, &mut stats, 7, 0, Op::Close { fd: 3, number_taken: false });
         apply(&mut table, &mut stats, 8, 0, open(3));
         history.sample(1, &table, &stats, |_| false, |_| ProcessSample::default());
         assert_eq!(history.series(7, FdKind::File, SITE).unwrap().window()[0].open, 0);

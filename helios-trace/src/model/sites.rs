@@ -387,7 +387,7 @@ mod tests {
                     };
                     (pid, open, SiteId::Stack(site))
                 }
-                Step::Close { pid, fd } => (pid, Op::Close { fd }, SiteId::NoStack),
+                Step::Close { pid, fd } => (pid, Op::Close { fd, number_taken: false }, SiteId::NoStack),
                 Step::Fork { parent, child } => (
                     parent,
                     Op::NewTask { child, thread: parent == child, comm: String::new() },

@@ -897,7 +897,7 @@ impl Engine {
             return;
         }
         match &event.op {
-            Op::Close { fd } => {
+            Op::Close { fd, .. } => {
                 pending.touched.insert(*fd);
             }
             Op::CloseRange { .. } | Op::Exec { .. } => (pending.observed, pending.next_fd) = (None, None),

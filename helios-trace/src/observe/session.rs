@@ -536,7 +536,7 @@ impl Tracing {
             chains_mismatched: self.engine.stack_counts().chains_mismatched,
             sites_dropped: self.engine.stack_counts().sites_dropped,
             python_frames_missed: self.engine.python_missed(),
-            closes_after_reuse: self.engine.table().held_closes().resolved,
+            closes_late: self.engine.table().held_closes().resolved,
             closes_taken_for_lost: self.engine.table().held_closes().lost,
             ..self.engine.counts()
         }

@@ -2,7 +2,8 @@
 //! (`/sys/kernel/btf/vmlinux`): where a task keeps its mm, start time and exec id, and where an
 //! mm keeps its mapping sequence (helios_trace_common::KernelOffsets). The programs read them to
 //! tell that a thread's stack mapping is the one they found last (helios-trace-ebpf's
-//! stacks.rs, `stack_mapping_end`).
+//! stacks.rs, `stack_mapping_end`); and where a task's descriptor table keeps the file at a
+//! number, which a close's exit reads (syscalls.rs, `close_exit`).
 //!
 //! Read by hand: BTF's layout is a header, a string section and a type section of fixed-size
 //! records (include/uapi/linux/btf.h, Documentation/bpf/btf.rst). aya-obj parses it but keeps
@@ -20,9 +21,30 @@ pub(crate) fn running_kernel_offsets() -> KernelOffsets {
 }
 
 /// `task_struct.mm`, `.start_time`, `.self_exec_id` and `mm_struct.mm_lock_seq.sequence` in a
-/// BTF blob: all four, or None.
+/// BTF blob: all four, or None; with them `task_struct.files`, `files_struct.fdt` and
+/// `fdtable.fd` (include/linux/fdtable.h), or zeros where one of these is missing.
 pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let types = Types::parse(btf)?;
+    let slots = fd_slot_offsets(&types).unwrap_or([0; 3]);
+    let [task_files, files_fdt, fdtable_fd] = slots;
+    Some(KernelOffsets { task_files, files_fdt, fdtable_fd, ..stack_mapping_offsets(&types)? })
+}
+
+/// Where a task's descriptor table keeps the file at a number: `task_struct.files`,
+/// `files_struct.fdt`, `fdtable.fd`, all pointers (the programs read 8 bytes of each).
+fn fd_slot_offsets(types: &Types) -> Option<[u32; 3]> {
+    let mut offsets = [0; 3];
+    for (slot, (name, member)) in
+        offsets.iter_mut().zip([("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "fd")])
+    {
+        let (at, kind) = types.member(types.struct_named(name)?, member)?;
+        (types.size(kind)? == 8 && at != 0).then_some(())?;
+        *slot = at;
+    }
+    Some(offsets)
+}
+
+fn stack_mapping_offsets(types: &Types) -> Option<KernelOffsets> {
     let task = types.struct_named("task_struct")?;
     let (task_mm, mm_type) = types.member(task, "mm")?;
     let (task_start_time, start_type) = types.member(task, "start_time")?;
@@ -42,6 +64,7 @@ pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
         task_start_time,
         task_self_exec_id,
         mm_lock_seq: seq_at.checked_add(sequence_at)?,
+        ..KernelOffsets::NONE
     })
 }
 
@@ -263,7 +286,14 @@ mod tests {
         let offsets = kernel_offsets(&kernel_like()).unwrap();
         assert_eq!(
             offsets,
-            KernelOffsets { task_mm: 8, task_start_time: 24, task_self_exec_id: 32, mm_lock_seq: 248 }
+            KernelOffsets {
+                task_mm: 8,
+                task_start_time: 24,
+                task_self_exec_id: 32,
+                mm_lock_seq: 248,
+                // The fixture has no descriptor tables: not known, and the rest still found.
+                ..KernelOffsets::NONE
+            }
         );
     }
 
@@ -293,7 +323,7 @@ mod tests {
     /// The running kernel's own BTF (CI runs on the same kind of machine: Linux 6.18 with BTF
     /// and per-VMA locks): every offset found, the task's three apart.
     #[test]
-    fn the_running_kernel_has_all_three() {
+    fn the_running_kernel_has_every_offset() {
         let Ok(btf) = std::fs::read(VMLINUX_BTF) else {
             assert!(std::env::var_os("CI").is_none(), "no {VMLINUX_BTF} in CI");
             return;
@@ -303,5 +333,8 @@ mod tests {
         let task = [offsets.task_mm, offsets.task_start_time, offsets.task_self_exec_id];
         assert!(task[0] != task[1] && task[1] != task[2] && task[0] != task[2], "{offsets:?}");
         assert_eq!(running_kernel_offsets(), offsets);
+        assert!(offsets.fd_slots(), "task_struct.files, files_struct.fdt, fdtable.fd: {offsets:?}");
+        // fdtable opens with `unsigned int max_fds`, then `struct file __rcu **fd`.
+        assert_eq!(offsets.fdtable_fd, 8, "{offsets:?}");
     }
 }

@@ -5,7 +5,7 @@ use std::mem::size_of;
 use helios_trace_common::{
     CloseEvent, EventHeader, ExecEvent, ExitEvent, HandleEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent,
     PATH_LEN, PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent,
-    UserStack, chain_flags, kind, syscall_flags,
+    UserStack, chain_flags, close_flags, kind, syscall_flags,
 };
 use thiserror::Error;
 
@@ -160,7 +160,13 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
         }
         kind::CLOSE => {
             let record: CloseEvent = read(bytes, "close record")?;
-            Ok(Decoded::Event(event(StackIds::default(), Op::Close { fd: record.fd }), RecordStack::None))
+            Ok(Decoded::Event(
+                event(
+                    StackIds::default(),
+                    Op::Close { fd: record.fd, number_taken: record.flags & close_flags::NUMBER_TAKEN != 0 },
+                ),
+                RecordStack::None,
+            ))
         }
         kind::NEW_TASK => {
             let record: NewTaskEvent = read(bytes, "new-task record")?;
@@ -716,7 +722,7 @@ pub(crate) mod tests {
     fn short_unknown_and_untraced_records_are_errors() {
         let table = SyscallTable::native();
         assert!(matches!(decode(&[0u8; 10], &table), Err(DecodeError::Short { .. })));
-        let close = bytes_of(&CloseEvent { header: header(kind::CLOSE), fd: 3, reserved: 0 });
+        let close = bytes_of(&CloseEvent { header: header(kind::CLOSE), fd: 3, flags: 0 });
         assert!(matches!(decode(&close[..28], &table), Err(DecodeError::Short { .. })));
         assert_eq!(decode(&bytes_of(&header(99)), &table), Err(DecodeError::UnknownKind { kind: 99 }));
         let mut record = syscall(Call::Socket, 3, [0; 6]);
@@ -724,6 +730,20 @@ pub(crate) mod tests {
         assert_eq!(decode(&bytes_of(&record), &table), Err(DecodeError::UnknownSyscall { nr: 999 }));
         let full = bytes_of(&record);
         assert!(matches!(decode(&full[..100], &table), Err(DecodeError::Short { .. })));
+    }
+
+    /// A close's record says whether its number was taken again by its exit; a number not
+    /// read is taken as free (`Op::Close`'s doc says why).
+    #[test]
+    fn a_close_record_says_whether_its_number_was_taken_again() {
+        let table = SyscallTable::native();
+        for (flags, number_taken) in
+            [(0, false), (close_flags::NUMBER_TAKEN, true), (close_flags::NUMBER_UNREAD, false)]
+        {
+            let close = bytes_of(&CloseEvent { header: header(kind::CLOSE), fd: 3, flags });
+            let Ok(Decoded::Event(event, _)) = decode(&close, &table) else { panic!("{flags}") };
+            assert_eq!(event.op, Op::Close { fd: 3, number_taken }, "{flags}");
+        }
     }
 
     /// A `FD_SYSCALL_USER_STACK` record as the kernel program writes it.

@@ -752,8 +752,13 @@ mod tests {
 
     #[test]
     fn settings_carry_the_configuration() {
-        let kernel =
-            KernelOffsets { task_mm: 8, task_start_time: 24, task_self_exec_id: 32, mm_lock_seq: 248 };
+        let kernel = KernelOffsets {
+            task_mm: 8,
+            task_start_time: 24,
+            task_self_exec_id: 32,
+            mm_lock_seq: 248,
+            ..KernelOffsets::NONE
+        };
         let settings = config().settings((42, 43), 24, kernel);
         assert_eq!(
             settings,

@@ -597,8 +597,8 @@ fn syscall_hook_programs(pid: u32, field: &str) -> BTreeMap<String, u64> {
 /// Verifying the exit program is most of startup (the ≤ 0.5 s target, BENCHMARKS.md): the
 /// kernel verified ~550,000 instructions of it, most of a startup of ~0.85 s, while the learned
 /// walk was one loop of 64 frames (stacks.rs, `learned_chain`, says why); since, ~135,000,
-/// ~171,000 with the taught walk's state in registers, and ~164,000 with words read whole
-/// (stacks.rs, `word_at`). Each way the programs attach is a program of its own.
+/// ~171,000 with the taught walk's state in registers, ~164,000 with words read whole
+/// (stacks.rs, `word_at`), and ~170,000 with closes seen at exit (syscalls.rs, `close_exit`). Each way the programs attach is a program of its own.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn the_kernel_verifies_the_exit_program_in_few_instructions() {

@@ -661,6 +661,13 @@ pub fn reported_fds_healed(report: &Value, pid: u32) -> BTreeMap<i32, String> {
         .collect()
 }
 
+/// Whether the running kernel is `major.minor` or later (/proc/sys/kernel/osrelease).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// Ground truth: what the kernel says `pid` has open, with kinds derived from the link
 /// targets and stat — written here independently of helios-trace's sys/proc.
 pub fn proc_fds(pid: u32) -> BTreeMap<i32, String> {

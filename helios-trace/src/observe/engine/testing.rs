@@ -101,7 +101,7 @@ impl Feed {
     }
 
     pub(crate) fn close(&mut self, tgid: u32, fd: i32) {
-        self.event(tgid, Op::Close { fd }, None);
+        self.event(tgid, Op::Close { fd, number_taken: false }, None);
     }
 
     /// PARENT forks `child`, which execs as `comm`, opens a file at `open_from` and exits.

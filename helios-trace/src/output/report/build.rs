@@ -554,7 +554,7 @@ pub(super) mod tests {
                 tid: 7,
                 ts_ns: 5_000_000_000,
                 stacks: StackIds::default(),
-                op: Op::Close { fd: 6 },
+                op: Op::Close { fd: 6, number_taken: false },
             },
             SiteId::NoStack,
             &mut out,
@@ -718,7 +718,7 @@ pub(super) mod tests {
                     tid: 7,
                     ts_ns: ts,
                     stacks: StackIds::default(),
-                    op: Op::Close { fd: 3 },
+                    op: Op::Close { fd: 3, number_taken: false },
                 };
                 table.apply(&close, SiteId::NoStack, &mut out);
             }
