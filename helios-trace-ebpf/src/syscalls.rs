@@ -51,7 +51,7 @@ use helios_trace_common::{
 };
 
 use crate::{
-    emit::{count, emit, finish, header, header_at, wakeup_flags},
+    emit::{count, finish, header, header_at, wakeup_flags},
     filter::is_traced,
     goroutines::creator_pc,
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
@@ -303,8 +303,8 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
 /// released first (`file_close_fd`), and only `-EBADF` says it was not open; an error of the
 /// flush after it (`-EINTR`, `-EIO`) still released it. By this exit another thread may have
 /// been given the same number and its record may be ahead of this one in the ring: the record
-/// says whether the number is taken again now (`number_taken`), and the table holds an open of
-/// a number it has open until such a close comes (helios-trace/src/model/fdtable.rs). So no
+/// says whether the number is taken again now (`number_taken`), and the table keeps the
+/// descriptor such an open replaced for this close (helios-trace/src/model/fdtable.rs). So no
 /// program runs at `sys_enter`, where every syscall of the machine paid for one
 /// (BENCHMARKS.md, "Closes seen at exit").
 ///

@@ -18,14 +18,14 @@
 //!   gone are kept likewise, already counted (their close may be in flight too). A close
 //!   record is that late close when it says its number was taken again by its exit
 //!   (`number_taken`), or when the table has nothing at the number: then it closes one kept
-//!   for the number (the oldest held, else the newest counted), not the new one. Otherwise it
+//!   for the number (the newest held, else the newest counted), not the new one. Otherwise it
 //!   closes what the table has: so a close lost from the ring (whose descriptor's next open
 //!   holds it) does not make the next close of its number miss its own descriptor. (A close
 //!   whose number is taken again, whose taker's record is still to come, while something is
 //!   kept for the number from a lost close or a dup2 onto it, closes what is kept instead:
 //!   the taker's open then holds what it should have closed, counted lost after the hold.)
 //!   close_range, which does not say which numbers were open, closes what the table has in
-//!   its range and what is held there. What is kept is kept for `CLOSE_HOLD_NS`: a held
+//!   its range and counts what is held there closed (kept still, for a close in flight). What is kept is kept for `CLOSE_HOLD_NS`: a held
 //!   descriptor whose close does not come by then is counted closed as lost
 //!   (`CloseReason::Reconcile`, what such an open meant when closes were seen at enter).
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -325,20 +325,24 @@ impl FdTable {
                     }
                 } else {
                     let in_range: Vec<i32> = process.fds.range(first..=last).map(|(fd, _)| *fd).collect();
-                    // What is held in the range too: its close lost, or this one (seen at exit,
-                    // after an open took the number again: that open's descriptor is closed
-                    // too then, wrongly, as before closes were seen at exit).
-                    let held: Vec<i32> = process
-                        .closing
-                        .iter()
-                        .filter(|c| !c.counted && (first..=last).contains(&c.fd))
-                        .map(|c| c.fd)
-                        .collect();
+                    // What is held in the range is counted closed too (its close lost, or this
+                    // one: seen at exit, after an open took the number again, whose descriptor
+                    // is closed too then, wrongly, as before closes were seen at exit), and
+                    // stays kept: another thread's close of it may still be in flight.
+                    for held in
+                        process.closing.iter_mut().filter(|c| !c.counted && (first..=last).contains(&c.fd))
+                    {
+                        held.counted = true;
+                        out.push(Transition::Fd {
+                            tgid,
+                            fd: held.fd,
+                            kind: held.entry.kind,
+                            site: held.entry.site,
+                            change: FdChange::Closed(CloseReason::CloseRange),
+                        });
+                    }
                     for fd in in_range {
                         self.close(tgid, fd, CloseReason::CloseRange, out);
-                    }
-                    for fd in held {
-                        self.close_kept(tgid, fd, CloseReason::CloseRange, false, out);
                     }
                 }
             }
@@ -638,10 +642,10 @@ impl FdTable {
         }
     }
 
-    /// A close record (`reason`: close, close_range) for `fd` of `tgid` that is the close of
-    /// a descriptor kept for that number, if there is one (the module's doc): the oldest held
-    /// one (its close still to count), else, with `counted_too`, the newest counted one
-    /// (silently).
+    /// A close record (`reason`) for `fd` of `tgid` that is the close of a descriptor kept for
+    /// that number, if there is one (the module's doc): the newest held one (its close still to
+    /// count: an older one is more likely one whose close was lost), else, with `counted_too`,
+    /// the newest counted one (silently).
     fn close_kept(
         &mut self,
         tgid: u32,
@@ -651,7 +655,7 @@ impl FdTable {
         out: &mut Vec<Transition>,
     ) -> bool {
         let Some(process) = self.processes.get_mut(&tgid) else { return false };
-        let held = process.closing.iter().position(|c| c.fd == fd && !c.counted);
+        let held = process.closing.iter().rposition(|c| c.fd == fd && !c.counted);
         let counted = || process.closing.iter().rposition(|c| c.fd == fd && counted_too);
         let Some(at) = held.or_else(counted) else { return false };
         let kept = process.closing.remove(at);
@@ -1080,8 +1084,8 @@ mod tests {
     }
 
     /// close_range does not say which numbers were open: it closes what the table has in its
-    /// range and what is held there (a close lost, then the number opened again: both are
-    /// closed in the kernel).
+    /// range and counts what is held there closed (a close lost, then the number opened again:
+    /// both are closed in the kernel), keeping it for a close of it still in flight.
     #[test]
     fn a_close_range_closes_what_is_held_in_it_too() {
         let mut table = FdTable::new();
@@ -1093,13 +1097,19 @@ mod tests {
         assert_eq!(
             closed(&out),
             vec![
+                (4, SITE_A, CloseReason::CloseRange),
                 (3, SITE_A, CloseReason::CloseRange),
-                (4, SITE_B, CloseReason::CloseRange),
-                (4, SITE_A, CloseReason::CloseRange)
+                (4, SITE_B, CloseReason::CloseRange)
             ]
         );
         assert_eq!(fds(&table, 10), vec![]);
-        assert_eq!(table.closing, 0);
+        // 4 given again; the close of the held one, in flight all along, comes: it closes
+        // nothing more, and the new 4 stays.
+        apply(&mut table, 10, open(4, FdKind::Pipe, false), SITE_B);
+        let out = apply(&mut table, 10, Op::Close { fd: 4, number_taken: true }, SITE_A);
+        assert_eq!(closed(&out), vec![]);
+        assert_eq!(fds(&table, 10), vec![(4, FdKind::Pipe)]);
+        assert_eq!(table.held_closes(), HeldCloses { resolved: 1, lost: 0 });
     }
 
     /// A held descriptor whose close never comes (a record lost, io_uring's close) is taken
