@@ -25,9 +25,10 @@
 //!   kept for the number from a lost close or a dup2 onto it, closes what is kept instead:
 //!   the taker's open then holds what it should have closed, counted lost after the hold.)
 //!   close_range, which does not say which numbers were open, closes what the table has in
-//!   its range and counts what is held there closed (kept still, for a close in flight). What is kept is kept for `CLOSE_HOLD_NS`: a held
-//!   descriptor whose close does not come by then is counted closed as lost
-//!   (`CloseReason::Reconcile`, what such an open meant when closes were seen at enter).
+//!   its range and counts what is held there closed (kept still, for a close in flight).
+//!   What is kept is kept for `CLOSE_HOLD_NS`: a held descriptor whose close does not come
+//!   by then is counted closed as lost (`CloseReason::Reconcile`, what such an open meant
+//!   when closes were seen at enter).
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::{
@@ -1404,7 +1405,8 @@ mod tests {
                     let mut out = Vec::new();
                     // The kernel never gives out an open number: its close came first (the
                     // order of records closes seen late can change is the next test's).
-                    if let Some((pid, fd)) = made(step).filter(|(pid, fd)| model.get(pid).is_some_and(|t| t.contains_key(fd))) {
+                    let open_in_model = |(pid, fd): &(u32, i32)| model.get(pid).is_some_and(|t| t.contains_key(fd));
+                    if let Some((pid, fd)) = made(step).filter(open_in_model) {
                         let close = Step::Close { pid, fd };
                         table.apply(&as_event(&close), SiteId::NoStack, &mut out);
                         model_apply(&mut model, &close);
@@ -1488,7 +1490,8 @@ mod tests {
                         let view: BTreeMap<i32, u64> = table.process(1).map(|p| p.fds.iter()
                             .map(|(fd, e)| (*fd, match e.site { SiteId::Stack(n) => n, _ => u64::MAX })).collect())
                             .unwrap_or_default();
-                        prop_assert_eq!(view.keys().collect::<Vec<_>>(), kernel.keys().collect::<Vec<_>>(), "after {:?}", step);
+                        let (view, kernel) = (view.keys().collect::<Vec<_>>(), kernel.keys().collect::<Vec<_>>());
+                        prop_assert_eq!(view, kernel, "after {:?}", step);
                     }
                 }
                 for fd in std::mem::take(&mut in_flight) {
