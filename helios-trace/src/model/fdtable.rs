@@ -627,9 +627,9 @@ impl FdTable {
         now_ns: u64,
         out: &mut Vec<Transition>,
     ) {
-        let Some(entry) = self.processes.get(&tgid).and_then(|p| p.fds.get(&fd)).cloned() else { return };
-        self.close(tgid, fd, reason, out);
-        self.keep(tgid, Closing { fd, entry, since_ns: now_ns, counted: true }, out);
+        if let Some(entry) = self.close(tgid, fd, reason, out) {
+            self.keep(tgid, Closing { fd, entry, since_ns: now_ns, counted: true }, out);
+        }
     }
 
     fn keep(&mut self, tgid: u32, closing: Closing, out: &mut Vec<Transition>) {
@@ -682,13 +682,8 @@ impl FdTable {
         }
         let mut expired = Vec::new();
         for (tgid, process) in &mut self.processes {
-            process.closing.retain(|c| {
-                let keep = c.since_ns.saturating_add(CLOSE_HOLD_NS) > now_ns;
-                if !keep {
-                    expired.push((*tgid, c.clone()));
-                }
-                keep
-            });
+            let old = process.closing.extract_if(.., |c| c.since_ns.saturating_add(CLOSE_HOLD_NS) <= now_ns);
+            expired.extend(old.map(|c| (*tgid, c)));
         }
         self.closing -= expired.len();
         for (tgid, kept) in expired {
@@ -712,18 +707,24 @@ impl FdTable {
         });
     }
 
-    fn close(&mut self, tgid: u32, fd: i32, reason: CloseReason, out: &mut Vec<Transition>) {
-        let Some(process) = self.processes.get_mut(&tgid) else { return };
-        if let Some(entry) = process.fds.remove(&fd) {
-            self.fds -= 1;
-            out.push(Transition::Fd {
-                tgid,
-                fd,
-                kind: entry.kind,
-                site: entry.site,
-                change: FdChange::Closed(reason),
-            });
-        }
+    /// Close `fd` of `tgid` for `reason`; the descriptor closed, if it was open.
+    fn close(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        reason: CloseReason,
+        out: &mut Vec<Transition>,
+    ) -> Option<OpenFd> {
+        let entry = self.processes.get_mut(&tgid)?.fds.remove(&fd)?;
+        self.fds -= 1;
+        out.push(Transition::Fd {
+            tgid,
+            fd,
+            kind: entry.kind,
+            site: entry.site,
+            change: FdChange::Closed(reason),
+        });
+        Some(entry)
     }
 }
 
