@@ -710,6 +710,10 @@ pub mod counter {
     /// A program's `try_*` body returned an error (a tracepoint field or a helper could not be
     /// read): whatever record it was making is lost.
     pub const PROGRAM_ERROR: u32 = 6;
+    /// A record's submit asked to wake the reader (`Settings::wakeup_bytes` were waiting): an
+    /// interrupt on the CPU of the traced call, which the reader's paced looks are there to
+    /// spare it. (Exec records always wake it and are not counted.)
+    pub const WAKEUP_FORCED: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -777,8 +781,10 @@ pub struct Settings {
     /// Which of `--comm` and `--uid` are on: [`filter_match`] bits (`TARGET_COMMS`,
     /// `TARGET_UIDS` hold them). A task that matches makes its process a target (`TARGETS`).
     pub filter_matches: u32,
-    /// Wake the reader only once this many bytes wait in the ring buffer (userspace also polls
-    /// on a short timer, so a quiet buffer is still drained); 0 wakes it on every record.
+    /// Wake the reader only once this many bytes wait in the ring buffer (userspace also looks
+    /// on a timer, so a quiet buffer is still drained); 0 leaves it to the kernel's own rule: a
+    /// record submitted when the reader had taken everything wakes it (kernel/bpf/ringbuf.c,
+    /// `bpf_ringbuf_commit`).
     pub wakeup_bytes: u64,
     /// [`stack_mode::DWARF`]: one of [`learned_chains`].
     pub learned_chains: u32,

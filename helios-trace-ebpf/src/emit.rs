@@ -49,7 +49,10 @@ pub fn emit<T>(event: &T) {
 }
 
 /// Submit flags: batch wake-ups under load (each wake-up costs the traced task an IPI and the
-/// reader a context switch), wake at once when batching is off.
+/// reader a context switch), wake at once when batching is off. The reader looks at the ring
+/// on a timer paced to take a quarter of the threshold each time (helios-trace/src/sys/ring.rs,
+/// `next_look`), so a wake-up is for a rate that jumped between two of its looks; each is
+/// counted (`counter::WAKEUP_FORCED`).
 ///
 /// Past the threshold, a wake-up is forced at most once per `WAKEUP_MIN_INTERVAL_NS` per CPU:
 /// forcing one on every record while the reader catches up was 30% of a traced process's time
@@ -66,6 +69,7 @@ pub fn wakeup_flags() -> u64 {
         return BPF_RB_NO_WAKEUP as u64;
     }
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        count(counter::WAKEUP_FORCED);
         return BPF_RB_FORCE_WAKEUP as u64;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -74,6 +78,7 @@ pub fn wakeup_flags() -> u64 {
         return BPF_RB_NO_WAKEUP as u64;
     }
     unsafe { *last = now };
+    count(counter::WAKEUP_FORCED);
     BPF_RB_FORCE_WAKEUP as u64
 }
 

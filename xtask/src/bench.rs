@@ -285,12 +285,19 @@ impl Tracer {
 
 /// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here).
 fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
-    let Some(tracer) = tracer else { return Ok(0) };
+    Ok(stop_counted(tracer, helios)?.0)
+}
+
+/// Records helios-trace says it lost, and the times the kernel had to wake its reader (None for
+/// bpftrace, and for a binary whose report does not count them: `events.wakeups_forced`).
+fn stop_counted(tracer: Option<Attached>, helios: bool) -> Result<(u64, Option<u64>)> {
+    let Some(tracer) = tracer else { return Ok((0, None)) };
     let stdout = tracer.stop()?;
     if !helios {
-        return Ok(0);
+        return Ok((0, None));
     }
-    Ok(Report::parse(&stdout)?.lost)
+    let report = Report::parse(&stdout)?;
+    Ok((report.lost, report.wakeups_forced))
 }
 
 /// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
@@ -525,6 +532,7 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
     let mut samples = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut all_ops = vec![vec![Vec::new(); PHASES.len()]; tracers.len()];
     let mut lost = vec![0u64; tracers.len()];
+    let mut woken: Vec<Option<u64>> = vec![None; tracers.len()];
     let mut lossy_runs = vec![0usize; tracers.len()];
     let mut slow = vec![0u64; tracers.len()];
     for rep in 0..plan.reps {
@@ -535,8 +543,12 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
+            let (lost_here, woken_here) =
+                stop_counted(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
             lost[t] += lost_here;
+            if let Some(n) = woken_here {
+                woken[t] = Some(woken[t].unwrap_or(0) + n);
+            }
             // A run that lost records did less work than a complete one: not a figure of cost.
             if lost_here > 0 {
                 lossy_runs[t] += 1;
@@ -555,7 +567,9 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
          alternated runs [min–max] of the mean ns per operation; {intro}. Operations over 100 µs \
          (preempted) are left out of the means and counted (all phases and runs kept); the second \
          table has them in. A run of a tracer that lost records is left out of its row (its count \
-         in \"runs left out\").\n\n",
+         in \"runs left out\"). \"Reader woken\": the times, over all its runs, a record's submit \
+         had to wake helios-trace's reader (`events.wakeups_forced`; an interrupt on the traced \
+         call's CPU).\n\n",
         plan.churn_ops, plan.gap_us, plan.reps
     );
     // The header row and its rule: the variant, a (ns, ×) pair per phase, then `extra` columns.
@@ -566,7 +580,7 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
         let _ = writeln!(table, "| {} |", columns.join(" | "));
         let _ = writeln!(table, "|{}", " --- |".repeat(columns.len()));
     };
-    header(&mut table, &["ops > 100 µs", "lost", "runs left out"]);
+    header(&mut table, &["ops > 100 µs", "lost", "runs left out", "reader woken"]);
     let rows =
         |samples: &[Vec<Vec<f64>>], table: &mut String, extra: &dyn Fn(usize) -> String| -> Result<()> {
             let base: Vec<f64> = samples[0].iter().map(|s| median(s)).collect();
@@ -590,7 +604,8 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
         } else {
             ("–".into(), "–".into())
         };
-        format!("| {} | {lost} | {lossy} |", slow[t])
+        let woken = woken[t].map_or("–".to_string(), |n| n.to_string());
+        format!("| {} | {lost} | {lossy} | {woken} |", slow[t])
     })?;
     table.push_str("\nThe same runs, preempted operations included in the means:\n\n");
     header(&mut table, &[]);
@@ -1488,6 +1503,7 @@ impl Drop for Attached {
 struct Report {
     received: u64,
     lost: u64,
+    wakeups_forced: Option<u64>,
     open_fds: u64,
     sites: u64,
 }
@@ -1505,6 +1521,7 @@ impl Report {
         Ok(Report {
             received: events["received"].as_u64().context("no events.received")?,
             lost: events["lost"].as_u64().context("no events.lost")?,
+            wakeups_forced: events["wakeups_forced"].as_u64(),
             open_fds: sum(&|p| p["open_fds"].as_u64().unwrap_or(0)),
             sites: sum(&|p| p["sites"].as_array().map_or(0, |s| s.len() as u64)),
         })

@@ -44,6 +44,11 @@ pub(crate) struct EventCounts {
     /// syscalls do not show) within 30 s or before their process exited: counted closed as
     /// lost (close reason `reconcile`, or `exit`).
     pub(crate) closes_taken_for_lost: u64,
+    /// Times a record's submit woke the reader because the ring held `wakeup_bytes`: an
+    /// interrupt on the traced call's CPU. The reader's paced looks keep it near 0 under a
+    /// steady load (sys/ring.rs, `next_look`). An exec's record always wakes it, by design
+    /// (helios-trace-ebpf/src/process.rs), and is not counted.
+    pub(crate) wakeups_forced: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics

@@ -40,11 +40,15 @@ use crate::{
     },
 };
 
-/// How often the engine takes records even without a wake-up from the emptier (the kernel
-/// batches wake-ups under load, see WAKEUP_BYTES).
+/// How often the engine takes records even without a wake-up from the emptier (the emptier
+/// looks at the ring on a paced timer, sys/ring.rs `next_look`).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
-/// Wake the emptier once this much is waiting; below it, its timer picks records up.
-const WAKEUP_BYTES: u64 = 256 * 1024;
+/// The kernel wakes the emptier once this much is waiting (a quarter of a smaller ring).
+/// The emptier's paced looks take about a quarter of it each, so under a steady load the ring
+/// never holds this much and the traced calls pay for no wake-up: at 256 KiB each wake-up was
+/// an interrupt on a traced call's CPU every ~270 open+close of a tight loop, 960 a second
+/// (BENCHMARKS.md, "The reader paced by the rate").
+const WAKEUP_BYTES: u64 = 1024 * 1024;
 /// The descriptors reconciliation reads from one process's /proc before it handles the records
 /// that came meanwhile: ~6 ms of reading at ~6 µs each (BENCHMARKS.md, "Reading /proc"), a
 /// small part of what the ring and the emptier hold for a busy node.
@@ -274,7 +278,7 @@ impl Tracing {
         // Emptied by a thread of its own once `run_until` runs (after privileges were dropped,
         // which attaching before any thread exists allows), holding as much again as the ring
         // (sys/ring.rs; model/sizing.rs counts both); until then by the engine alone.
-        let ring = Ring::new(ring, args.ring_buffer_bytes as usize);
+        let ring = Ring::new(ring, args.ring_buffer_bytes as usize, config.wakeup_bytes as usize);
         let mut tracing = Tracing {
             engine,
             tracer,
@@ -538,6 +542,7 @@ impl Tracing {
             python_frames_missed: self.engine.python_missed(),
             closes_late: self.engine.table().held_closes().resolved,
             closes_taken_for_lost: self.engine.table().held_closes().lost,
+            wakeups_forced: kernel.wakeups_forced,
             ..self.engine.counts()
         }
     }

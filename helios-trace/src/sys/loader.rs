@@ -66,7 +66,7 @@ pub(crate) struct TraceConfig {
     pub(crate) stack_window: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub(crate) ring_buffer_bytes: u32,
-    /// Wake the reader once this many bytes are waiting; 0 = on every record.
+    /// Wake the reader once this many bytes are waiting (`Settings::wakeup_bytes`).
     pub(crate) wakeup_bytes: u64,
     /// `stack_mode::DWARF`: `helios_trace_common::learned_chains`.
     pub(crate) learned_chains: u32,
@@ -224,6 +224,8 @@ pub(crate) struct KernelCounters {
     /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
     /// record they were making never went out.
     pub(crate) program_errors: u64,
+    /// Wake-ups of the reader a record's submit forced (`counter::WAKEUP_FORCED`).
+    pub(crate) wakeups_forced: u64,
 }
 
 impl KernelCounters {
@@ -524,6 +526,7 @@ impl Tracer {
             path_unreadable: sum(counter::PATH_UNREADABLE),
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
             program_errors: sum(counter::PROGRAM_ERROR),
+            wakeups_forced: sum(counter::WAKEUP_FORCED),
         }
     }
 }

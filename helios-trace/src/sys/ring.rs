@@ -1,8 +1,8 @@
 //! The reader's end of the ring buffer (ARCHITECTURE.md, "Data flow" 2): the kernel programs'
 //! records, in the order they were submitted.
 //!
-//! A thread of its own, the **emptier**, takes the records out of the ring as soon as the
-//! kernel says they wait and holds them for the engine, which takes them in order. The engine
+//! A thread of its own, the **emptier**, takes the records out of the ring at paced looks (below)
+//! and whenever the kernel wakes it, and holds them for the engine, which takes them in order. The engine
 //! may be busy for tens of milliseconds with one record (a library's DWARF read for the first
 //! time, a heap walk at a report), and meanwhile the kernel keeps writing: a ring that only
 //! the engine emptied filled in that time and the kernel dropped records (counted, but lost:
@@ -10,6 +10,13 @@
 //! copied out and not yet handled hold as much as the ring itself, and leaves the rest in the
 //! ring, where the kernel counts what does not fit, as before. With the ring's worth the engine
 //! reads at once (`take`), user space holds at most twice the ring (`model/sizing.rs`).
+//!
+//! The emptier looks at the ring on a timer paced by the rate it finds (`next_look`), not only
+//! when the kernel wakes it: a wake-up is an interrupt on the CPU of the traced call that
+//! submitted the record (an irq_work, a self-IPI: in a VM an APIC write that traps to the
+//! hypervisor), paid by the traced program. Paced so that each look takes about a quarter of
+//! `Settings::wakeup_bytes`, the ring never holds that much under a steady load and the kernel
+//! never has to wake anyone; its wake-up stays for a rate that jumps between two looks.
 //!
 //! Order: the emptier and the engine take from the ring under one lock, and what the emptier
 //! took is always older than what is still in the ring, so the engine's `take` returns every
@@ -21,7 +28,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -31,10 +38,16 @@ use memmap2::MmapMut;
 
 use crate::sys::own;
 
-/// How long the emptier sleeps when nothing wakes it (the kernel wakes it once
-/// `Settings::wakeup_bytes` wait, so below that records wait this long at most), and how
-/// late it notices that the session ended.
+/// How long the emptier sleeps when its last look found nothing or little (`next_look`; the
+/// kernel wakes it once `Settings::wakeup_bytes` wait, so below that records wait this long at
+/// most), and how late it notices that the session ended.
 const EMPTIER_WAIT: Duration = Duration::from_millis(20);
+
+/// The shortest wait between two looks, whatever the rate: 1,000 looks a second at most. At
+/// 1 KiB a record (a learned chain's), looks of a quarter of the default 1 MiB wake-up
+/// threshold come this often at 256,000 records a second; above that each look takes more,
+/// and the kernel's wake-up comes first only past 1,000,000 a second.
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The emptier's time slice: the smallest the kernel takes, so that it runs soon after the
 /// kernel wakes it even when every CPU is busy (sys/own.rs, `prefer_short_slices`).
@@ -51,7 +64,8 @@ const EMPTIER_SLICE: Duration = Duration::from_micros(100);
 const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Chunks kept for reuse: a few are in flight at once while the engine keeps up (one per
-/// wake-up of the emptier, back when the engine has handled it); what a burst needed beyond
+/// look of the emptier, a quarter of the wake-up threshold: `next_look`; back when the engine
+/// has handled it); what a burst needed beyond
 /// them is unmapped.
 const POOLED_CHUNKS: usize = 4;
 
@@ -66,6 +80,8 @@ pub(crate) struct Ring {
     /// The ring's size: the most the emptier keeps copied out and not yet handled, and the most
     /// `take` reads of the ring itself (all the ring can have held when it was called).
     ring_bytes: usize,
+    /// How much the emptier aims to take at each look (`next_look`).
+    look_bytes: usize,
     emptying: bool,
 }
 
@@ -81,13 +97,16 @@ struct Held {
     ring: RingBuf<MapData>,
     store: Arc<Store>,
     chunks: VecDeque<Bytes>,
+    /// Bytes taken out of the ring so far, by the emptier and the engine: the rate the
+    /// emptier paces its looks by (`next_look`).
+    read_total: usize,
 }
 
 impl Held {
     /// Move the records waiting in the ring into chunks until `read_limit` bytes were read in
     /// this call, or the chunks not yet handled (held or being handled) hold `alive_limit`
-    /// bytes; true if any moved.
-    fn take_from_ring(&mut self, read_limit: usize, alive_limit: usize) -> bool {
+    /// bytes; returns the bytes moved.
+    fn take_from_ring(&mut self, read_limit: usize, alive_limit: usize) -> usize {
         let mut chunk: Option<Chunk> = None;
         let mut read = 0;
         while read < read_limit && self.store.alive.load(Ordering::Relaxed) < alive_limit {
@@ -103,7 +122,8 @@ impl Held {
         if let Some(last) = chunk {
             self.chunks.push_back(last.seal());
         }
-        read > 0
+        self.read_total = self.read_total.wrapping_add(read);
+        read
     }
 }
 
@@ -236,16 +256,19 @@ pub(crate) fn records(chunk: &Bytes) -> impl Iterator<Item = &[u8]> {
 }
 
 impl Ring {
-    /// The ring, read by the engine alone until `start_emptier`.
-    pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize) -> Ring {
+    /// The ring, read by the engine alone until `start_emptier`. The kernel wakes its reader
+    /// once `wakeup_bytes` wait (`Settings::wakeup_bytes`); the emptier's looks aim at a quarter
+    /// of that (`next_look`).
+    pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize, wakeup_bytes: usize) -> Ring {
         let fd = ring.as_raw_fd();
-        let held = Held { ring, store: Arc::default(), chunks: VecDeque::new() };
+        let held = Held { ring, store: Arc::default(), chunks: VecDeque::new(), read_total: 0 };
         let shared = Shared {
             held: Mutex::new(held),
             taken: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
         };
-        Ring { shared: Arc::new(shared), fd, ring_bytes, emptying: false }
+        let look_bytes = wakeup_bytes / 4;
+        Ring { shared: Arc::new(shared), fd, ring_bytes, look_bytes, emptying: false }
     }
 
     /// Start the emptier (once). After privileges were dropped: the thread inherits the
@@ -254,7 +277,7 @@ impl Ring {
         if self.emptying {
             return Ok(());
         }
-        let (shared, limit) = (Arc::clone(&self.shared), self.ring_bytes);
+        let (shared, limit, look_bytes) = (Arc::clone(&self.shared), self.ring_bytes, self.look_bytes);
         let wakeups = Wakeups::new(self.fd).context("cannot wait for the ring buffer")?;
         std::thread::Builder::new()
             .name("ring-emptier".into())
@@ -262,14 +285,20 @@ impl Ring {
                 if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
                     log::debug!("the ring's emptier keeps the default time slice: {err}");
                 }
+                let (mut wait, mut last_look, mut last_total) = (EMPTIER_WAIT, Instant::now(), 0);
                 while !shared.stop.load(Ordering::Relaxed) {
-                    wakeups.wait(EMPTIER_WAIT);
-                    let (took, full) = {
+                    wakeups.wait(wait);
+                    let look = Instant::now();
+                    let (took, total, full) = {
                         let mut held = lock(&shared.held);
                         let took = held.take_from_ring(usize::MAX, limit);
-                        (took, held.store.alive.load(Ordering::Relaxed) >= limit)
+                        (took, held.read_total, held.store.alive.load(Ordering::Relaxed) >= limit)
                     };
-                    if took {
+                    // What the engine took since (its drain timer) counts toward the rate too.
+                    let since_last = total.wrapping_sub(last_total);
+                    wait = next_look(since_last, look.duration_since(last_look), look_bytes);
+                    (last_look, last_total) = (look, total);
+                    if took > 0 {
                         shared.taken.notify_one();
                     }
                     if full {
@@ -313,6 +342,18 @@ impl Drop for Ring {
     }
 }
 
+/// How long to wait before the next look at the ring, given that the last one, `since` after
+/// the one before, took `took` bytes: about the time the ring takes to fill with `look_bytes`
+/// at that rate, within [`MIN_LOOK_INTERVAL`, `EMPTIER_WAIT`]. Nothing taken waits the longest:
+/// an idle ring costs 50 looks a second.
+fn next_look(took: usize, since: Duration, look_bytes: usize) -> Duration {
+    if took == 0 {
+        return EMPTIER_WAIT;
+    }
+    let nanos = since.as_nanos().saturating_mul(look_bytes as u128) / took as u128;
+    Duration::from_nanos(nanos.min(EMPTIER_WAIT.as_nanos()) as u64).max(MIN_LOOK_INTERVAL)
+}
+
 /// A thread that panicked while holding the lock left whole chunks behind (a chunk is pushed
 /// whole or not at all): go on with them.
 fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
@@ -323,7 +364,7 @@ fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
 /// readable whenever one byte waits (kernel/bpf/ringbuf.c, `ringbuf_map_poll_kern`), so a
 /// level-triggered wait would return at once under load and take a few records at a time; the
 /// kernel wakes its readers only once `Settings::wakeup_bytes` wait (helios-trace-ebpf's
-/// emit.rs, `wakeup_flags`), which batches them.
+/// emit.rs, `wakeup_flags`), which the emptier's paced looks (`next_look`) mostly forestall.
 struct Wakeups {
     epoll: OwnedFd,
 }
@@ -344,7 +385,8 @@ impl Wakeups {
         Ok(Wakeups { epoll })
     }
 
-    /// Until the kernel wakes the ring's readers, or `timeout` passed.
+    /// Until the kernel wakes the ring's readers, or `timeout` passed (in whole milliseconds:
+    /// `next_look` waits no less than one).
     fn wait(&self, timeout: Duration) {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         let timeout = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -438,5 +480,27 @@ mod tests {
 
     fn records_of(chunk: &Bytes) -> Vec<&[u8]> {
         records(chunk).collect()
+    }
+
+    /// The emptier's next look comes when the ring holds about `look_bytes` at the rate its
+    /// last look saw: never sooner than 1 ms, never later than an idle ring's 20 ms.
+    #[test]
+    fn looks_are_paced_by_the_rate_found() {
+        const LOOK: usize = 256 * 1024;
+        let ms = Duration::from_millis;
+        // Nothing, or a trickle (64 KiB in 20 ms): the idle wait.
+        assert_eq!(next_look(0, ms(20), LOOK), EMPTIER_WAIT);
+        assert_eq!(next_look(64 * 1024, ms(20), LOOK), EMPTIER_WAIT);
+        // 256 KiB in 20 ms: the same rate again fills 256 KiB in 20 ms.
+        assert_eq!(next_look(LOOK, ms(20), LOOK), ms(20));
+        // 5 MiB in 20 ms (262 MB/s): 1 ms, the shortest; and faster still, still 1 ms.
+        assert_eq!(next_look(5 * 1024 * 1024, ms(20), LOOK), MIN_LOOK_INTERVAL);
+        assert_eq!(next_look(usize::MAX, ms(1), LOOK), MIN_LOOK_INTERVAL);
+        // 1 MiB in 20 ms: a quarter of it comes in 5 ms.
+        assert_eq!(next_look(1024 * 1024, ms(20), LOOK), ms(5));
+        // A look right after a wake-up (since ~0) that took much: the shortest wait.
+        assert_eq!(next_look(LOOK * 4, Duration::ZERO, LOOK), MIN_LOOK_INTERVAL);
+        // A look long after the last (an emptier that was not scheduled): the rate it saw.
+        assert_eq!(next_look(LOOK, Duration::from_secs(3600), LOOK), EMPTIER_WAIT);
     }
 }

@@ -318,6 +318,43 @@ fn a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold() {
     w.exit();
 }
 
+/// The ring's emptier looks at the ring on a timer paced by the rate it finds (sys/ring.rs,
+/// `next_look`), so that under a steady load the kernel does not wake it: a wake-up is an
+/// interrupt on the traced call's CPU. The kernel still wakes it when a quarter of the ring
+/// waits, and counts each time (`events.wakeups_forced`). Here the emptier and the engine are
+/// both stopped while 400 files are opened (about 180 KiB of frame-pointer records in a 256 KiB
+/// ring, whose threshold is 64 KiB): the kernel must have woken the reader, and nothing is lost.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn wake_ups_the_kernel_forces_on_the_reader_are_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let args = small_ring_fp_args(&[pid], "0");
+    let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = checkpoint(&mut tracer, pid, "baseline");
+    let woken_before = before["events"]["wakeups_forced"].as_u64().expect("events.wakeups_forced");
+    let emptier = thread_named(tracer.pid(), "ring-emptier");
+    let stopped = [StoppedThread::stop(tracer.pid()), StoppedThread::stop(emptier)];
+    w.run("hold 400");
+    drop(stopped);
+    let report = checkpoint(&mut tracer, pid, "400 files opened while the reader was stopped");
+    assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
+    assert_eq!(files_opened_under_tracing(&report, pid), 400, "every open seen at its site");
+    // At least once; at most once per 100 µs per CPU while the ring held the threshold
+    // (helios-trace-ebpf/src/emit.rs, `wakeup_flags`), not once per record.
+    let woken = report["events"]["wakeups_forced"].as_u64().expect("events.wakeups_forced") - woken_before;
+    assert!(
+        (1..100).contains(&woken),
+        "the kernel woke the stopped reader {woken} times: {}",
+        report["events"]
+    );
+    drop(tracer);
+    w.exit();
+}
+
 /// A reconciliation pass reads /proc one process at a time, each in chunks of 1,024
 /// descriptors, and handles the records that came meanwhile after each (observe/session.rs,
 /// `reconcile`). Reading 300,000 descriptors takes seconds, longer than the ring and its

@@ -750,6 +750,18 @@ pub fn ensure_host_tracefs() {
     assert!(status.success(), "cannot mount tracefs at /sys/kernel/tracing");
 }
 
+/// The thread of process `pid` named `name` (/proc/PID/task/TID/comm).
+pub fn thread_named(pid: u32, name: &str) -> u32 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|task| task.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .unwrap_or_else(|| panic!("no thread named {name} in process {pid}"))
+}
+
 /// One thread of another process, stopped by ptrace (PTRACE_SEIZE, PTRACE_INTERRUPT: only that
 /// thread stops, unlike a signal's group stop) until dropped (PTRACE_DETACH resumes it).
 pub struct StoppedThread(i32);
