@@ -70,7 +70,8 @@ pub struct EventHeader {
     pub tid: u32,
     /// Reserved, zero.
     pub reserved: u32,
-    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so ages stay right across suspend.
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so ages stay right across suspend. A close's
+    /// record is not timed ([`CloseEvent`], [`CLOSE_NOT_TIMED`]).
     pub ts_ns: u64,
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
@@ -548,9 +549,11 @@ pub struct SyscallEvent {
 }
 const _: () = assert!(size_of::<SyscallEvent>() == 440);
 
-/// `close(fd)` entered. Linux releases the descriptor even when close reports an error
-/// (fs/open.c: the fd is removed from the table before the file is flushed), except EBADF,
-/// for which nothing was open; so the enter side is enough and needs no pairing.
+/// `close(fd)` returned, other than with `-EBADF` (nothing was open). Linux releases the
+/// descriptor even when close reports an error (fs/open.c: the fd is removed from the table
+/// before the file is flushed). `header.ts_ns` is [`CLOSE_NOT_TIMED`]: the clock read was about
+/// 70 ns of each close here (BENCHMARKS.md, "The close's clock"), and userspace stamps the
+/// record with the time it took it from the ring instead, which is later than the close.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(
@@ -564,6 +567,9 @@ pub struct CloseEvent {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// [`CloseEvent`]'s `header.ts_ns`: the kernel does not read the clock for a close.
+pub const CLOSE_NOT_TIMED: u64 = 0;
 
 /// [`CloseEvent::flags`]: what the close's exit saw of its number, which the kernel released
 /// before the close returned (fs/open.c, `close`: `file_close_fd` first), so that another

@@ -46,12 +46,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
-    CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED, SavedRegs,
-    SyscallEvent, chain_flags, close_flags, counter, kind, learned_chains, spec, stack_mode, syscall_flags,
+    CLOSE_NOT_TIMED, CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED,
+    SavedRegs, SyscallEvent, chain_flags, close_flags, counter, kind, learned_chains, spec, stack_mode,
+    syscall_flags,
 };
 
 use crate::{
-    emit::{count, finish, header, header_at, wakeup_flags},
+    emit::{count, finish, header_at, wakeup_flags},
     filter::is_traced,
     goroutines::creator_pc,
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
@@ -170,18 +171,15 @@ fn exit_nr<const BTF: bool>(regs: *const u64) -> Result<u64, i64> {
 /// (arch/x86/include/asm/entry-common.h, arch_exit_to_user_mode_prepare).
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn compat_syscall<const BTF: bool>() -> bool {
+fn compat_syscall<const BTF: bool>(task: u64) -> bool {
     const THREAD_INFO_STATUS_OFFSET: usize = 16;
     const TS_COMPAT: u32 = 0x0002;
+    let status = (task as *const u8).wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32;
     let status: u32 = if BTF {
-        // A load, as `reg` says: the helper's task is a `struct task_struct *` the verifier
-        // knows (kernel/trace/bpf_trace.c, bpf_get_current_task_btf).
-        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
-        unsafe { read_volatile(task.wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32) }
+        // A load, as `reg` says (`current_task`).
+        unsafe { read_volatile(status) }
     } else {
-        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
-        unsafe { bpf_probe_read_kernel(task.wrapping_add(THREAD_INFO_STATUS_OFFSET) as *const u32) }
-            .unwrap_or(0)
+        unsafe { bpf_probe_read_kernel(status) }.unwrap_or(0)
     };
     status & TS_COMPAT != 0
 }
@@ -189,8 +187,31 @@ fn compat_syscall<const BTF: bool>() -> bool {
 /// aarch64's 32-bit tasks (TIF_32BIT) are not told apart yet: no arm64 machine to test on.
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
-fn compat_syscall<const BTF: bool>() -> bool {
+fn compat_syscall<const BTF: bool>(_task: u64) -> bool {
     false
+}
+
+/// `compat_syscall` of the current task, taken only where the check reads it (not on aarch64).
+#[inline(always)]
+fn current_is_compat<const BTF: bool>() -> bool {
+    #[cfg(bpf_target_arch = "x86_64")]
+    let compat = compat_syscall::<BTF>(current_task::<BTF>());
+    #[cfg(bpf_target_arch = "aarch64")]
+    let compat = false;
+    compat
+}
+
+/// The current task. From a BTF tracepoint (`BTF`) a `struct task_struct *` the verifier knows
+/// (kernel/trace/bpf_trace.c, bpf_get_current_task_btf), whose fields are loads it checks; from
+/// a raw one an address to read with helper calls. Taken once per record and handed on: each
+/// call of the helper was ~17 ns of a close here (BENCHMARKS.md, "The close's clock").
+#[inline(always)]
+fn current_task<const BTF: bool>() -> u64 {
+    if BTF {
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64 }
+    } else {
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() }
+    }
 }
 
 /// A traced syscall returns: the record of what it made.
@@ -222,7 +243,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
+    if !is_traced((pid_tgid >> 32) as u32) || current_is_compat::<BTF>() {
         return Ok(());
     }
     let saved = saved_regs::<BTF>(regs)?;
@@ -318,7 +339,11 @@ fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) || compat_syscall::<BTF>() {
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let task = current_task::<BTF>();
+    if compat_syscall::<BTF>(task) {
         return Ok(());
     }
     let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
@@ -330,21 +355,23 @@ fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
         count(counter::RINGBUF_FULL);
         return Ok(());
     };
-    let flags = number_taken::<BTF>(fd);
-    entry.write(CloseEvent { header: header(kind::CLOSE, pid_tgid), fd: fd as i32, flags });
+    let flags = number_taken::<BTF>(task, fd);
+    // No clock read (CloseEvent says why): userspace stamps the record.
+    let header = header_at(kind::CLOSE, pid_tgid, CLOSE_NOT_TIMED);
+    entry.write(CloseEvent { header, fd: fd as i32, flags });
     entry.submit(wakeup_flags());
     Ok(())
 }
 
 /// Whether a file is installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
 /// include/linux/fdtable.h; `fd_install` stores it, `file_close_fd` clears it), as
-/// `close_flags`. The pointers to the slot array are loads from a BTF tracepoint (the task is
-/// the verifier's `struct task_struct *`, the offsets constants: as stacks.rs
+/// `close_flags`. The pointers to the slot array are loads from a BTF tracepoint (`task` is
+/// the verifier's `struct task_struct *`, `current_task`, the offsets constants: as stacks.rs
 /// `current_mapping_key`), helper reads from a raw one; the slot itself a helper read (the
 /// array's index is not a constant). `fd` is below `max_fds`: it was open, and a table only
 /// grows (fs/file.c, `expand_fdtable`).
 #[inline(always)]
-fn number_taken<const BTF: bool>(fd: u64) -> u32 {
+fn number_taken<const BTF: bool>(task: u64, fd: u64) -> u32 {
     let offsets = kernel_offsets();
     if !offsets.fd_slots() || fd > i32::MAX as u64 {
         return close_flags::NUMBER_UNREAD;
@@ -357,11 +384,6 @@ fn number_taken<const BTF: bool>(fd: u64) -> u32 {
         } else {
             unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
         }
-    };
-    let task = if BTF {
-        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64 }
-    } else {
-        unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() }
     };
     let files = pointer(task, offsets.task_files);
     let table = if files == 0 { 0 } else { pointer(files, offsets.files_fdt) };

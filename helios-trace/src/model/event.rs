@@ -18,7 +18,8 @@ pub(crate) type FdList = SmallVec<[i32; 2]>;
 pub(crate) struct Event {
     pub(crate) tgid: u32,
     pub(crate) tid: u32,
-    /// CLOCK_BOOTTIME nanoseconds.
+    /// CLOCK_BOOTTIME nanoseconds: the kernel's, but for a close, which has none of its own and
+    /// is stamped when it left the ring (`Engine::records_taken`).
     pub(crate) ts_ns: u64,
     pub(crate) stacks: StackIds,
     pub(crate) op: Op,

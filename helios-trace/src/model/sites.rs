@@ -90,7 +90,7 @@ pub(crate) struct SiteStats {
 }
 
 impl SiteStats {
-    /// Take in one transition of the table, which happened at `ts_ns`.
+    /// Take in one transition of the table, which happened at `ts_ns` (a close: by then).
     pub(crate) fn observe(&mut self, transition: &Transition, ts_ns: u64) {
         match transition {
             Transition::Fd { tgid, kind, site, change, .. } => {

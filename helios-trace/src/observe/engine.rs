@@ -136,6 +136,9 @@ pub(crate) struct Engine {
     /// `--learned-chains shadow`: the kernel's chain of each thread's window record that
     /// follows, by thread, as `walked` is kept (a test mode: when full, all are dropped).
     shadows: HashMap<u32, ShadowChain>,
+    /// When the records being handled were taken from the ring (`records_taken`): later than
+    /// each was submitted. A close's record has no time of its own (`CLOSE_NOT_TIMED`).
+    batch_taken_ns: u64,
     /// Go programs whose goroutines' creators the kernel reads.
     go: GoProcesses,
     /// libuv's TCP handles, and the sockets made for them on a later tick (Node.js).
@@ -182,6 +185,7 @@ impl Engine {
             python: PythonProcesses::new(proc_root),
             walked: HashMap::new(),
             shadows: HashMap::new(),
+            batch_taken_ns: 0,
             go: GoProcesses::default(),
             handles: TcpHandles::default(),
             libuv: LibuvFiles::default(),
@@ -435,6 +439,15 @@ impl Engine {
         }
     }
 
+    /// The records handled next were taken from the ring by `now_ns`: a close's record is
+    /// stamped with it. Later than the close, by up to the reader's lag, which is what a
+    /// close's time allows: reconciliation takes a close stamped after its pass began for one
+    /// that may have come after its read of /proc, and leaves its descriptor to the next pass
+    /// (`touched_by`); a site's idle time starts that much late. Nothing else reads it.
+    pub(crate) fn records_taken(&mut self, now_ns: u64) {
+        self.batch_taken_ns = now_ns;
+    }
+
     /// One ring-buffer record.
     pub(crate) fn handle_record(&mut self, bytes: &[u8], stacks: &dyn StackSource) {
         let decoded = decode::decode(bytes, &self.syscalls);
@@ -467,7 +480,10 @@ impl Engine {
             return;
         }
         match decoded {
-            Ok(Decoded::Event(event, stack)) => {
+            Ok(Decoded::Event(mut event, stack)) => {
+                if matches!(event.op, Op::Close { .. }) {
+                    event.ts_ns = self.batch_taken_ns;
+                }
                 self.by_type[event.op.index()] += 1;
                 let shadow = match stack {
                     RecordStack::Window(_) => {
@@ -988,8 +1004,9 @@ impl Engine {
         };
         let (pid, skip) = (pending.tgid, &pending.touched);
         // What the table had at the read and has lost since to a record stamped before the
-        // pass (another CPU's, late; or its reopening lost) is about to be added with a flag
-        // never read: looked at again, whole.
+        // pass (another CPU's close_range or exec, late, its reopening lost; a close is stamped
+        // when it left the ring, after the pass began) is about to be added with a flag never
+        // read: looked at again, whole.
         let tracked = self.table.process(pid).map(|p| &p.fds);
         let unread: Vec<i32> = observed
             .keys()
@@ -1480,6 +1497,30 @@ mod tests {
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
     }
 
+    /// A close's record has no time of its own (`CLOSE_NOT_TIMED`): it is stamped with the time
+    /// its batch was taken from the ring (`records_taken`), later than the close. Here /proc is
+    /// read while 3 is open, and its close comes in a batch taken after the pass began: the pass
+    /// leaves 3 alone, as it must for a close that may have come after its read. Stamped with
+    /// the record's 0, the close would be taken for one from before the pass, and the pass
+    /// would add the closed descriptor back.
+    #[test]
+    fn a_close_record_is_stamped_with_the_time_it_was_taken_from_the_ring() {
+        use helios_trace_common::{CLOSE_NOT_TIMED, CloseEvent, EventHeader, kind};
+        use zerocopy::IntoBytes as _;
+        let (mut feed, proc) = feed();
+        feed.found(PARENT, "server");
+        assert_eq!(feed.open(PARENT, FdKind::File, 1, 1), [3]);
+        proc.show(PARENT, Shown { fds: OpenFds::from([(3, observed(FdKind::File))]), ..Shown::default() });
+        read_whole(&mut feed.engine, PARENT, feed.now);
+        let header =
+            EventHeader { kind: kind::CLOSE, tgid: PARENT, tid: PARENT, reserved: 0, ts_ns: CLOSE_NOT_TIMED };
+        let close = CloseEvent { header, fd: 3, flags: 0 };
+        feed.engine.records_taken(feed.now + 1);
+        feed.engine.handle_record(close.as_bytes(), &DistinctStacks);
+        assert_eq!(feed.engine.finish_reconcile(feed.now + 2), Corrections::default());
+        assert!(feed.engine.table().process(PARENT).unwrap().fds.is_empty());
+    }
+
     #[test]
     fn reconciliation_reads_the_flag_of_what_it_adds_though_the_table_had_it_at_the_read() {
         let (mut feed, proc) = feed();
@@ -1488,10 +1529,10 @@ mod tests {
         // The kernel: 3 is open, close-on-exec.
         let shown = OpenFds::from([(3, ObservedFd { cloexec: true, ..observed(FdKind::File) })]);
         proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
-        // The pass reads /proc (3 tracked: its flag not read), then handles a close of 3
+        // The pass reads /proc (3 tracked: its flag not read), then handles a close_range of 3
         // stamped before the pass (another CPU's record, late), its reopening lost.
         read_whole(&mut feed.engine, PARENT, feed.now + SEC);
-        feed.close(PARENT, 3);
+        feed.event(PARENT, Op::CloseRange { first: 3, last: 3, cloexec_only: false }, None);
         assert_eq!(feed.engine.finish_reconcile(feed.now + SEC), Corrections { added: 1, removed: 0 });
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
         assert!(table[&3].cloexec, "the flag as /proc has it, not assumed");

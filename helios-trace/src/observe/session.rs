@@ -414,8 +414,11 @@ impl Tracing {
     /// it in two CI runs (`the_exporter_answers_scrapes_through_a_flood_and_heals`,
     /// tests/integration/robustness.rs).
     fn drain_then(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
-        // Chunk by chunk: each goes back to the emptier's memory once handled.
-        for chunk in self.ring.take() {
+        // Chunk by chunk: each goes back to the emptier's memory once handled. The time after
+        // the take is later than every record in it was submitted (Engine::records_taken).
+        let chunks = self.ring.take();
+        self.engine.records_taken(clock::boot_ns());
+        for chunk in chunks {
             for record in ring::records(&chunk) {
                 self.engine.handle_record(record, &self.tracer);
                 // A CPython just exec'd must reach the kernel before it runs Python code, not
