@@ -257,6 +257,9 @@ impl Tracer {
             Tracer::Floor("btf") => {
                 "floor: raw sys_enter + sys_exit as a BTF tracepoint (orig_ax a checked load), a spec lookup each".into()
             }
+            Tracer::Floor("btf-exit") => {
+                "floor: sys_exit as a BTF tracepoint alone (the real programs' hook), a spec lookup".into()
+            }
             Tracer::Floor(kind) => format!("floor {kind}"),
             Tracer::Before => "helios-trace before (HELIOS_TRACE_BEFORE, default: dwarf)".into(),
         }
@@ -301,7 +304,8 @@ fn stop_counted(tracer: Option<Attached>, helios: bool) -> Result<(u64, Option<u
 }
 
 /// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
-/// floor.rs) as the per-syscall design attached them, and as one raw tracepoint pair.
+/// floor.rs) as the per-syscall design attached them, as one raw tracepoint pair, and as the
+/// one BTF tracepoint on `sys_exit` the real programs attach now.
 fn floor(bench: &Bench, plan: &Plan) -> Result<String> {
     let tracers = [
         Tracer::Untraced,
@@ -309,6 +313,7 @@ fn floor(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Floor("raw"),
         Tracer::Floor("raw-exit"),
         Tracer::Floor("btf"),
+        Tracer::Floor("btf-exit"),
     ];
     let title = "### The floor: an empty program per attach kind";
     let intro = "Empty programs, attached system-wide (every process pays them, as the DaemonSet's \

@@ -542,7 +542,9 @@ const LIFECYCLE: [(&str, &str, &str); 3] = [
 /// `syscalls/sys_enter_X` and `sys_exit_X` of the table and on `sys_enter_close` (the attach
 /// set of the per-syscall design); `raw` the empty raw pair (a spec lookup each); `raw-exit`
 /// the raw exit with the tracepoint on `sys_enter_close`; `btf` the raw enter with the exit as a
-/// BTF tracepoint (`tp_btf`), which loads orig_ax where the raw one calls a helper for it.
+/// BTF tracepoint (`tp_btf`), which loads orig_ax where the raw one calls a helper for it;
+/// `btf-exit` that exit alone, the syscall hook the real programs attach (closes are seen at
+/// exit: nothing at `sys_enter`).
 fn attach_floor(
     ebpf: &mut Ebpf,
     tracefs: &Path,
@@ -555,7 +557,8 @@ fn attach_floor(
         "raw" => (false, true, true, false, false),
         "raw-exit" => (false, false, true, false, true),
         "btf" => (false, true, false, true, false),
-        other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw, raw-exit or btf"),
+        "btf-exit" => (false, false, false, true, false),
+        other => bail!("{FLOOR_ENV}={other}: expected tracepoints, raw, raw-exit, btf or btf-exit"),
     };
     if per_call || close_tp {
         load_program(ebpf, "floor_tracepoint")?;
