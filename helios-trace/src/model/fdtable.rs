@@ -334,13 +334,7 @@ impl FdTable {
                         process.closing.iter_mut().filter(|c| !c.counted && (first..=last).contains(&c.fd))
                     {
                         held.counted = true;
-                        out.push(Transition::Fd {
-                            tgid,
-                            fd: held.fd,
-                            kind: held.entry.kind,
-                            site: held.entry.site,
-                            change: FdChange::Closed(CloseReason::CloseRange),
-                        });
+                        out.push(closed(tgid, held.fd, &held.entry, CloseReason::CloseRange));
                     }
                     for fd in in_range {
                         self.close(tgid, fd, CloseReason::CloseRange, out);
@@ -528,13 +522,7 @@ impl FdTable {
             self.held.lost += held.len() as u64;
             let held = held.into_iter().map(|c| (c.fd, c.entry));
             for (fd, entry) in process.fds.into_iter().chain(held) {
-                out.push(Transition::Fd {
-                    tgid,
-                    fd,
-                    kind: entry.kind,
-                    site: entry.site,
-                    change: FdChange::Closed(CloseReason::Exit),
-                });
+                out.push(closed(tgid, fd, &entry, CloseReason::Exit));
             }
             out.push(Transition::ProcessExited { tgid });
         }
@@ -600,13 +588,9 @@ impl FdTable {
                 return;
             }
             None => self.fds += 1,
-            Some(previous) if !found(previous) && !opened => out.push(Transition::Fd {
-                tgid,
-                fd,
-                kind: previous.kind,
-                site: previous.site,
-                change: FdChange::Closed(CloseReason::Reconcile),
-            }),
+            Some(previous) if !found(previous) && !opened => {
+                out.push(closed(tgid, fd, previous, CloseReason::Reconcile))
+            }
             Some(_) => {}
         }
         let since_ns = entry.opened_ns;
@@ -663,13 +647,7 @@ impl FdTable {
         self.closing -= 1;
         self.held.resolved += 1;
         if !kept.counted {
-            out.push(Transition::Fd {
-                tgid,
-                fd,
-                kind: kept.entry.kind,
-                site: kept.entry.site,
-                change: FdChange::Closed(reason),
-            });
+            out.push(closed(tgid, fd, &kept.entry, reason));
         }
         true
     }
@@ -698,13 +676,7 @@ impl FdTable {
             return;
         }
         self.held.lost += 1;
-        out.push(Transition::Fd {
-            tgid,
-            fd: held.fd,
-            kind: held.entry.kind,
-            site: held.entry.site,
-            change: FdChange::Closed(CloseReason::Reconcile),
-        });
+        out.push(closed(tgid, held.fd, &held.entry, CloseReason::Reconcile));
     }
 
     /// Close `fd` of `tgid` for `reason`; the descriptor closed, if it was open.
@@ -717,15 +689,14 @@ impl FdTable {
     ) -> Option<OpenFd> {
         let entry = self.processes.get_mut(&tgid)?.fds.remove(&fd)?;
         self.fds -= 1;
-        out.push(Transition::Fd {
-            tgid,
-            fd,
-            kind: entry.kind,
-            site: entry.site,
-            change: FdChange::Closed(reason),
-        });
+        out.push(closed(tgid, fd, &entry, reason));
         Some(entry)
     }
+}
+
+/// The transition of `entry`, `tgid`'s descriptor `fd`, closed for `reason`.
+fn closed(tgid: u32, fd: i32, entry: &OpenFd, reason: CloseReason) -> Transition {
+    Transition::Fd { tgid, fd, kind: entry.kind, site: entry.site, change: FdChange::Closed(reason) }
 }
 
 #[cfg(test)]
