@@ -4,6 +4,8 @@
 #
 #   bench/progtime.sh OPS BINARY... [-- TRACER ARGS...]
 #
+# With PYLOOP_THREADS=N in the environment the loop runs behind N idle threads (bench/pyloop.py).
+#
 # For each binary in turn: bench/pyloop.py makes OPS open+close of /dev/null after its warm-up
 # of max(OPS/10, 500), traced with `--pid` (and the arguments after --), and the sum of
 # `run_time_ns` over the tracer's programs (/proc/PID/fdinfo of its program descriptors,
@@ -28,7 +30,7 @@ run_ns() { cat /proc/"$1"/fdinfo/* 2>/dev/null | awk '/^run_time_ns/ {s += $2} E
 . "$here/traced.sh"
 
 for binary in "${binaries[@]}"; do
-  traced "$binary" "$@" -- python3 "$here/pyloop.py" "$ops" 10
+  traced "$binary" "$@" -- python3 "$here/pyloop.py" "$ops" 10 "${PYLOOP_THREADS:-0}"
   before=$(run_ns "$tracer")
   go
   after=$(run_ns "$tracer")

@@ -335,10 +335,14 @@ impl LearnedChain {
 
 /// Python frames walked per call at most; deeper stacks are cut (flagged).
 pub const MAX_PYTHON_FRAMES: usize = 32;
-/// Thread states looked at per call at most to find the calling thread's.
+/// Thread states looked at per call at most to find the calling thread's, when the kernel does
+/// not remember the thread's (helios-trace-ebpf/src/python.rs, `remembered_thread`).
 pub const MAX_PYTHON_THREADS: u32 = 64;
 /// Capacity of the `PYTHON_PROCS` map: CPython processes whose frames are walked.
 pub const PYTHON_PROC_ENTRIES: u32 = 4096;
+/// Capacity of the `PYTHON_THREADS` map: threads whose thread state the kernel remembers (an
+/// LRU: a thread it forgot is searched for again).
+pub const PYTHON_THREAD_ENTRIES: u32 = 16 * 1024;
 /// Most bytes of one frame the kernel reads ([`PythonOffsets::frame_read`]).
 pub const MAX_PYTHON_FRAME_READ: u32 = 128;
 /// Most bytes of one thread state the kernel reads ([`PythonOffsets::tstate_read`]).
@@ -363,8 +367,12 @@ pub struct PythonOffsets {
     pub interpreters_head: u64,
     /// `PyInterpreterState.threads.head` (3.10: `tstate_head`).
     pub threads_head: u32,
+    /// `PyThreadState.prev` (0 before 3.13: the struct opens with it).
+    pub tstate_prev: u32,
     /// `PyThreadState.next`.
     pub tstate_next: u32,
+    /// `PyThreadState.interp` (16 before 3.13: it follows `prev` and `next`).
+    pub tstate_interp: u32,
     /// `PyThreadState.native_thread_id` (3.11+); on 3.10 `PyThreadState.thread_id`, the
     /// `pthread_t`, through which `pthread_tid` leads to the kernel tid.
     pub tstate_thread_id: u32,
@@ -391,8 +399,9 @@ pub struct PythonOffsets {
     /// Bytes of a frame read at once, covering every frame field above (at most
     /// [`MAX_PYTHON_FRAME_READ`]): one read per frame rather than one per field.
     pub frame_read: u32,
-    /// Bytes of a thread state read at once, covering `tstate_next`, `tstate_thread_id` and
-    /// `tstate_frame` (at most [`MAX_PYTHON_TSTATE_READ`]): one read per thread looked at.
+    /// Bytes of a thread state read at once, covering `tstate_prev`, `tstate_next`,
+    /// `tstate_interp`, `tstate_thread_id` and `tstate_frame` (at most
+    /// [`MAX_PYTHON_TSTATE_READ`]): one read per thread looked at.
     pub tstate_read: u32,
     /// Bytes read at once ending at a frame's `frame_read` (at most
     /// [`MAX_PYTHON_FRAME_WINDOW`], never below the frame's page): the frames under it that lie
@@ -408,7 +417,7 @@ pub struct PythonOffsets {
     pub pidns_dev: u64,
     pub pidns_ino: u64,
 }
-const _: () = assert!(size_of::<PythonOffsets>() == 80);
+const _: () = assert!(size_of::<PythonOffsets>() == 88);
 
 /// Capacity of the `GO_PROCS` map: Go processes whose goroutines' creators are read.
 pub const GO_PROC_ENTRIES: u32 = 16 * 1024;
@@ -459,7 +468,8 @@ pub mod python_flags {
     /// More frames than [`super::MAX_PYTHON_FRAMES`]: the outermost are missing.
     pub const TRUNCATED: u32 = 1 << 0;
     /// No thread state of the process has the calling thread's id (a thread CPython does not
-    /// know, or more than [`super::MAX_PYTHON_THREADS`] threads).
+    /// know, or more than [`super::MAX_PYTHON_THREADS`] threads before its own in the list
+    /// when the kernel does not remember its thread state).
     pub const NO_THREAD: u32 = 1 << 1;
     /// A read of the interpreter's memory failed mid-walk.
     pub const READ_FAILED: u32 = 1 << 2;
@@ -720,7 +730,11 @@ pub mod counter {
     /// interrupt on the CPU of the traced call, which the reader's paced looks are there to
     /// spare it. (Exec records always wake it and are not counted.)
     pub const WAKEUP_FORCED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// A Python walk took the calling thread's state from what the kernel remembered of that
+    /// thread (`PYTHON_THREADS`), still its own and still in the interpreter's list, instead of
+    /// searching the list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
+    pub const PYTHON_THREAD_REMEMBERED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Capacity of the target-process filter map.
@@ -936,6 +950,8 @@ pub mod map_name {
     /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off
     /// the BPF stack, which the exit program and the walk share (512 bytes in all).
     pub const PYTHON_WALK: &str = "PYTHON_WALK";
+    /// The thread state last found for each thread of a CPython: pid_tgid -> its address.
+    pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
     /// Per-CPU copy of the calling task's saved user registers ([`super::SAVED_REGS_WORDS`]).
     pub const SAVED_REGS: &str = "SAVED_REGS";
     /// Per-CPU copy of the stack a learned chain's walk reads.

@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
     CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
-    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PythonOffsets,
-    PythonStack, STACK_ENTRIES, SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES,
-    TARGET_MATCH_ENTRIES, counter,
+    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES,
+    PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs, StackMapping,
+    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -52,6 +52,14 @@ shared_map! {
     /// CPython processes whose Python frames are walked at their descriptor calls: tgid -> where
     /// their thread states and frames are (helios-trace/src/resolve/python/ fills it).
     PYTHON_PROCS: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(PYTHON_PROC_ENTRIES, 0);
+}
+
+shared_map! {
+    /// The thread state each thread of a CPython was last found to have: pid_tgid -> its address
+    /// in the process (helios-trace-ebpf/src/python.rs, `remembered_thread`, checks it is still
+    /// the thread's before it is used). An LRU, unlike the maps of what is open: forgetting a
+    /// thread only costs its next call a search of the list.
+    PYTHON_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(PYTHON_THREAD_ENTRIES, 0);
 }
 
 shared_map! {

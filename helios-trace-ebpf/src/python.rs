@@ -22,7 +22,7 @@ use helios_trace_common::{
 
 use crate::{
     emit::{count, header_at, wakeup_flags},
-    maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_WALK},
+    maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_THREADS, PYTHON_WALK},
     stacks::{AlignedBytes, PAGE, word_at},
 };
 
@@ -51,7 +51,7 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
         write_volatile(&raw mut (*stack).frame_count, 0);
     }
     let flags = match thread_id(unsafe { &(*walk).offsets }, pid_tgid as u32) {
-        Some(tid) => walk_python(walk, tid),
+        Some(tid) => walk_python(walk, pid_tgid, tid),
         None => python_flags::NAMESPACE,
     };
     // SAFETY: as above, the walk done.
@@ -70,7 +70,7 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
 }
 
 /// Copy the offsets a word at a time. As one assignment the compiler calls `memmove`, which
-/// compiler_builtins gives BPF as a loop of one-byte loads and stores: 80 of them, each a few
+/// compiler_builtins gives BPF as a loop of one-byte loads and stores: 88 of them, each a few
 /// instructions, on every call. Volatile, so that it does not see the loop as that same copy.
 ///
 /// # Safety
@@ -127,8 +127,28 @@ fn field(bytes: &AlignedBytes<{ MAX_PYTHON_FRAME_WINDOW as usize }>, offset: usi
     word_at(bytes, offset).unwrap_or(0)
 }
 
-/// One thread state, read at once (`tstate_read` bytes, into the walk's buffer): is it the
-/// caller's? Then stop, with its frame field; else go to the next.
+/// Read the thread state at `tstate` at once (`tstate_read` bytes, into the walk's buffer):
+/// Ok(true) when it is thread `tid`'s, Err when a read fails.
+#[inline(always)]
+fn read_thread_state(w: &mut FrameWalk, tstate: u64, tid: u64) -> Result<bool, ()> {
+    let o = &w.offsets;
+    let size = o.tstate_read.min(MAX_PYTHON_TSTATE_READ);
+    if size == 0
+        || unsafe { raw_read_user(w.bytes.0.as_mut_ptr().cast(), size, tstate as *const c_void) } != 0
+    {
+        return Err(());
+    }
+    let mut id = field(&w.bytes, o.tstate_thread_id as usize);
+    if o.pthread_tid != PY_NO_OFFSET {
+        // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
+        id =
+            unsafe { bpf_probe_read_user((id + o.pthread_tid as u64) as *const u32) }.map_err(|_| ())? as u64;
+    }
+    Ok(id == tid)
+}
+
+/// One thread state of the search (`read_thread_state`): is it the caller's? Then stop, with
+/// its frame field; else go to the next.
 #[inline(never)]
 unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
@@ -142,32 +162,60 @@ unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the per-CPU slot python_stack is filling; walk_python holds no reference into it
     // across the loop.
     let w = unsafe { &mut *w };
-    let o = &w.offsets;
-    let size = o.tstate_read.min(MAX_PYTHON_TSTATE_READ);
-    if size == 0
-        || unsafe { raw_read_user(w.bytes.0.as_mut_ptr().cast(), size, s.tstate as *const c_void) } != 0
-    {
-        s.failed = 1;
-        return 1;
-    }
-    let mut id = field(&w.bytes, o.tstate_thread_id as usize);
-    if o.pthread_tid != PY_NO_OFFSET {
-        // 3.10: the pthread_t is glibc's `struct pthread *`, which holds the kernel tid.
-        match unsafe { bpf_probe_read_user((id + o.pthread_tid as u64) as *const u32) } {
-            Ok(tid) => id = tid as u64,
-            Err(_) => {
-                s.failed = 1;
-                return 1;
-            }
+    match read_thread_state(w, s.tstate, s.tid) {
+        Err(()) => {
+            s.failed = 1;
+            1
+        }
+        Ok(true) => {
+            s.found = s.tstate;
+            s.frame = field(&w.bytes, w.offsets.tstate_frame as usize);
+            1
+        }
+        Ok(false) => {
+            s.tstate = field(&w.bytes, w.offsets.tstate_next as usize);
+            0
         }
     }
-    if id == s.tid {
-        s.found = s.tstate;
-        s.frame = field(&w.bytes, o.tstate_frame as usize);
-        return 1;
+}
+
+/// The frame field of the thread state the kernel remembers for the calling thread
+/// (`PYTHON_THREADS`, by its kernel `pid_tgid`), when that is still thread `tid`'s and still in
+/// its interpreter's list; else None, and the list is searched. A thread state is found by a
+/// search from the list's head (`walk_python`): two reads to the list, then one per thread state
+/// up to the caller's, and CPython puts a new thread at the head (Python/pystate.c,
+/// `new_threadstate`; 3.12+ `add_threadstate`), so an event loop's main thread, the last of the
+/// list, was read after every worker's. Remembered, it is two reads (the thread state, and its
+/// `prev`'s `next` or its interpreter's head; 3.10 one more, for the tid) whatever the list.
+///
+/// Still in the list: its `prev`'s `next` is it, or, with no `prev`, the head of its own
+/// interpreter's list (`interp`) is. A thread state CPython deleted (`tstate_delete_common`
+/// unlinks it, and the allocator may give its memory to the next one) is not: its neighbours
+/// and its interpreter were linked past it, and a new thread state is linked at the head only.
+/// The same memory linked again as another thread state is in a list; its thread id says whose
+/// it is, as in the search. Two cases pass that the search would not have taken:
+/// - at finalization, CPython takes the other threads' states out of the list in one piece
+///   (3.12 `_PyThreadState_DeleteExcept`, 3.13+ `_PyThreadState_RemoveExcept`), still linked
+///   among themselves: a daemon thread's call that returns then may be walked from its own
+///   removed state (its frames, or a read that fails), where the search found none;
+/// - a thread with states in two interpreters (3.13+ running code in a subinterpreter) is walked
+///   from the one remembered, where the search looked in the newest interpreter's list only.
+/// Neither is met in the tests or the corpus; both are documented (README.md, Python frames).
+#[inline(always)]
+fn remembered_thread(w: &mut FrameWalk, pid_tgid: u64, tid: u32) -> Option<u64> {
+    let tstate = unsafe { PYTHON_THREADS.get(&pid_tgid) }.copied()?;
+    if read_thread_state(w, tstate, tid as u64) != Ok(true) {
+        return None;
     }
-    s.tstate = field(&w.bytes, o.tstate_next as usize);
-    0
+    let o = &w.offsets;
+    let frame = field(&w.bytes, o.tstate_frame as usize);
+    let prev = field(&w.bytes, o.tstate_prev as usize);
+    let points_to_it = if prev != 0 {
+        prev.wrapping_add(o.tstate_next as u64)
+    } else {
+        field(&w.bytes, o.tstate_interp as usize).wrapping_add(o.threads_head as u64)
+    };
+    (read_user_u64(points_to_it).ok()? == tstate).then_some(frame)
 }
 
 /// State of the frame walk, in `PYTHON_WALK` (the bpf_loop callbacks take it from there).
@@ -253,7 +301,8 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Find the thread state whose thread id is `tid` (in the process's pid namespace; not the GIL
-/// holder's: CPython releases the GIL around blocking calls), then copy (code object,
+/// holder's: CPython releases the GIL around blocking calls), the one remembered for the
+/// thread (`remembered_thread`) or else by a search of the list, then copy (code object,
 /// instruction) of its frames, innermost first, into the scratch record. The layouts are CPython's (Include/cpython/pystate.h,
 /// Include/internal/pycore_frame.h); the offsets come from userspace. Returns python_flags.
 ///
@@ -262,48 +311,31 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 /// assume cannot happen (moving the writes before the loop past it, or the reads after it
 /// before it). Its fields are read back volatile after the loop.
 #[inline(always)]
-fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
-    // SAFETY: the per-CPU slot python_stack filled. Copied out: the callbacks take the slot as
-    // a `&mut` of their own while the loops run.
-    let (interpreters_head, threads_head, cframe_frame) = unsafe {
-        ((*walk).offsets.interpreters_head, (*walk).offsets.threads_head, (*walk).offsets.cframe_frame)
+fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32) -> u32 {
+    // SAFETY: the per-CPU slot python_stack filled; a `&mut` of it only here, where no loop runs.
+    let remembered = remembered_thread(unsafe { &mut *walk }, pid_tgid, tid);
+    let mut frame = match remembered {
+        Some(frame) => {
+            count(counter::PYTHON_THREAD_REMEMBERED);
+            frame
+        }
+        None => match search_threads(walk, tid) {
+            Ok((tstate, frame)) => {
+                let _ = PYTHON_THREADS.insert(&pid_tgid, &tstate, 0);
+                frame
+            }
+            Err(flags) => {
+                // A thread state remembered and gone (a C thread's after PyGILState_Release):
+                // forgotten, so that the thread's next calls search at once.
+                if flags == python_flags::NO_THREAD {
+                    let _ = PYTHON_THREADS.remove(&pid_tgid);
+                }
+                return flags;
+            }
+        },
     };
-    // A runtime whose page does not read has not been written yet: `run` gives the offsets
-    // before the exec, and the dynamic loader opens its libraries before the interpreter's
-    // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
-    // has run: nothing to miss. (A started runtime's page swapped out under memory pressure
-    // reads the same way, and such a descriptor is then not counted missed: no swap here.)
-    let Ok(interp) = read_user_u64(interpreters_head) else {
-        return python_flags::NOT_STARTED;
-    };
-    if interp == 0 {
-        return python_flags::NOT_STARTED;
-    }
-    let Ok(head) = read_user_u64(interp + threads_head as u64) else {
-        return python_flags::READ_FAILED;
-    };
-    // Its fields written one by one: as one struct, three of them zero, the compiler calls
-    // `memset`, a loop of one-byte stores (as copy_offsets says of `memmove`).
-    let mut search = MaybeUninit::<ThreadSearch>::uninit();
-    let at = search.as_mut_ptr();
-    // SAFETY: `at` is this frame's; the callback writes it through the same pointer.
-    unsafe {
-        write_volatile(&raw mut (*at).tstate, head);
-        write_volatile(&raw mut (*at).tid, tid as u64);
-        write_volatile(&raw mut (*at).found, 0);
-        write_volatile(&raw mut (*at).frame, 0);
-        write_volatile(&raw mut (*at).failed, 0);
-        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, at.cast(), 0);
-    }
-    // SAFETY: every field written above.
-    let search = unsafe { search.assume_init() };
-    if search.failed != 0 {
-        return python_flags::READ_FAILED;
-    }
-    if search.found == 0 {
-        return python_flags::NO_THREAD;
-    }
-    let mut frame = search.frame;
+    // SAFETY: as above.
+    let cframe_frame = unsafe { (*walk).offsets.cframe_frame };
     if cframe_frame != PY_NO_OFFSET && frame != 0 {
         let Ok(current) = read_user_u64(frame + cframe_frame as u64) else {
             return python_flags::READ_FAILED;
@@ -328,4 +360,50 @@ fn walk_python(walk: *mut FrameWalk, tid: u32) -> u32 {
         flags |= python_flags::TRUNCATED;
     }
     flags
+}
+
+/// Search the thread states of the process's interpreter from the list's head for thread
+/// `tid`'s: its address and frame field, or the python_flags of why not.
+#[inline(always)]
+fn search_threads(walk: *mut FrameWalk, tid: u32) -> Result<(u64, u64), u32> {
+    // SAFETY: the per-CPU slot python_stack filled. Copied out: the callback takes the slot as
+    // a `&mut` of its own while the loop runs.
+    let (interpreters_head, threads_head) =
+        unsafe { ((*walk).offsets.interpreters_head, (*walk).offsets.threads_head) };
+    // A runtime whose page does not read has not been written yet: `run` gives the offsets
+    // before the exec, and the dynamic loader opens its libraries before the interpreter's
+    // data page is first touched (bpf_probe_read_user does not fault pages in). No Python code
+    // has run: nothing to miss. (A started runtime's page swapped out under memory pressure
+    // reads the same way, and such a descriptor is then not counted missed: no swap here.)
+    let Ok(interp) = read_user_u64(interpreters_head) else {
+        return Err(python_flags::NOT_STARTED);
+    };
+    if interp == 0 {
+        return Err(python_flags::NOT_STARTED);
+    }
+    let Ok(head) = read_user_u64(interp + threads_head as u64) else {
+        return Err(python_flags::READ_FAILED);
+    };
+    // Its fields written one by one: as one struct, three of them zero, the compiler calls
+    // `memset`, a loop of one-byte stores (as copy_offsets says of `memmove`).
+    let mut search = MaybeUninit::<ThreadSearch>::uninit();
+    let at = search.as_mut_ptr();
+    // SAFETY: `at` is this frame's; the callback writes it through the same pointer.
+    unsafe {
+        write_volatile(&raw mut (*at).tstate, head);
+        write_volatile(&raw mut (*at).tid, tid as u64);
+        write_volatile(&raw mut (*at).found, 0);
+        write_volatile(&raw mut (*at).frame, 0);
+        write_volatile(&raw mut (*at).failed, 0);
+        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, at.cast(), 0);
+    }
+    // SAFETY: every field written above.
+    let search = unsafe { search.assume_init() };
+    if search.failed != 0 {
+        return Err(python_flags::READ_FAILED);
+    }
+    if search.found == 0 {
+        return Err(python_flags::NO_THREAD);
+    }
+    Ok((search.found, search.frame))
 }

@@ -286,13 +286,9 @@ impl Tracer {
     }
 }
 
-/// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here).
-fn stop_lost(tracer: Option<Attached>, helios: bool) -> Result<u64> {
-    Ok(stop_counted(tracer, helios)?.0)
-}
-
-/// Records helios-trace says it lost, and the times the kernel had to wake its reader (None for
-/// bpftrace, and for a binary whose report does not count them: `events.wakeups_forced`).
+/// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here),
+/// and the times the kernel had to wake its reader (None for bpftrace, and for a binary whose
+/// report does not count them: `events.wakeups_forced`).
 fn stop_counted(tracer: Option<Attached>, helios: bool) -> Result<(u64, Option<u64>)> {
     let Some(tracer) = tracer else { return Ok((0, None)) };
     let stdout = tracer.stop()?;
@@ -346,11 +342,12 @@ fn overhead(bench: &Bench, plan: &Plan) -> Result<String> {
 /// for every process), alternated run by run.
 fn server(bench: &Bench, plan: &Plan) -> Result<String> {
     // The floors say what the attach kind alone costs the server: every syscall of nginx and ab
-    // runs the raw pair, only the traced ones a per-syscall tracepoint.
+    // runs the real programs' hook (one program at `sys_exit`), only the traced ones a
+    // per-syscall tracepoint (the bpftrace peer's kind).
     let tracers = [
         Tracer::Untraced,
         Tracer::Floor("tracepoints"),
-        Tracer::Floor("raw"),
+        Tracer::Floor("btf-exit"),
         Tracer::Helios(&["--stacks", "none"]),
         Tracer::Helios(&["--stacks", "fp"]),
         Tracer::Helios(&[]),
@@ -381,7 +378,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
                 wait_idle(attached.pid())?;
             }
             let cpu_after = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
-            let lost_here = stop_lost(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?;
+            let lost_here = stop_counted(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before))?.0;
             lost[t] += lost_here;
             if lost_here > 0 {
                 lossy_runs[t] += 1;
@@ -1109,6 +1106,9 @@ fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
     Ok(table)
 }
 
+/// Idle threads the Python rows are run behind a second time (`python`).
+const PYTHON_CROWD: u32 = 8;
+
 fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     let help = sh::output(&bench.helios.to_string_lossy(), &["--help"]).unwrap_or_default();
     let mut tracers = vec![Tracer::Untraced, Tracer::Helios(&[])];
@@ -1121,40 +1121,15 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
     }
     let script = bench.source.join("pyloop.py");
     let python = python_rows_interpreter();
-    let mut samples = vec![Vec::new(); tracers.len()];
-    let mut every = vec![Vec::new(); tracers.len()];
-    let mut lossy = vec![0usize; tracers.len()];
-    let mut lost = vec![0u64; tracers.len()];
-    let mut slow = vec![0u64; tracers.len()];
-    for _ in 0..plan.reps {
-        for (t, tracer) in tracers.iter().enumerate() {
-            let mut workload = Workload::start(
-                Command::new(&python)
-                    .arg(&script)
-                    .args([plan.python_ops.to_string(), plan.gap_us.to_string()]),
-            )?;
-            let attached = tracer.attach(bench, workload.pid())?;
-            workload.go()?;
-            let output = workload.finish()?;
-            let lost_here = stop_lost(attached, true)?;
-            lost[t] += lost_here;
-            // As in churn_table: a run that lost records is no figure of cost.
-            if lost_here > 0 {
-                lossy[t] += 1;
-                continue;
-            }
-            let timing = timing(&output, "")?;
-            samples[t].push(timing.mean);
-            every[t].push(timing.all_mean);
-            slow[t] += timing.preempted;
-        }
-    }
     let mut table = format!(
         "\n### Python\n\n{python}{perf} bench/pyloop.py: open()+close() of /dev/null, {} ops, {} µs pause, \
          median of {} alternated runs [min–max] (operations over 100 µs left out and counted; the last \
-         two columns with them in).\n\n\
-         | variant | ns per open+close | × untraced | ops > 100 µs | lost | ns, preempted included | × |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+         two columns with them in); then the same loop behind {PYTHON_CROWD} idle threads started before \
+         it (CPython adds each new thread state at the head of its interpreter's list, so the main \
+         thread's is behind theirs, as an event loop's behind its executor's workers).\n\n\
+         | variant | idle threads | ns per open+close | × untraced | ops > 100 µs | lost | ns, preempted \
+         included | × |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         plan.python_ops,
         plan.gap_us,
         plan.reps,
@@ -1164,27 +1139,57 @@ fn python(bench: &Bench, plan: &Plan) -> Result<String> {
             ""
         },
     );
-    let (base, every_base) = (median(&samples[0]), median(&every[0]));
-    for (t, tracer) in tracers.iter().enumerate() {
-        let lost = match (t, lossy[t]) {
-            (0, _) => "–".to_string(),
-            (_, 0) => lost[t].to_string(),
-            (_, runs) => format!("{} ({runs} runs left out)", lost[t]),
-        };
-        if samples[t].is_empty() {
-            writeln!(table, "| {} | – | – | {} | {lost} | – | – |", tracer.name(), slow[t])?;
-            continue;
+    for crowd in [0, PYTHON_CROWD] {
+        let mut samples = vec![Vec::new(); tracers.len()];
+        let mut every = vec![Vec::new(); tracers.len()];
+        let mut lossy = vec![0usize; tracers.len()];
+        let mut lost = vec![0u64; tracers.len()];
+        let mut slow = vec![0u64; tracers.len()];
+        for _ in 0..plan.reps {
+            for (t, tracer) in tracers.iter().enumerate() {
+                let mut workload = Workload::start(Command::new(&python).arg(&script).args([
+                    plan.python_ops.to_string(),
+                    plan.gap_us.to_string(),
+                    crowd.to_string(),
+                ]))?;
+                let attached = tracer.attach(bench, workload.pid())?;
+                workload.go()?;
+                let output = workload.finish()?;
+                let lost_here = stop_counted(attached, true)?.0;
+                lost[t] += lost_here;
+                // As in churn_table: a run that lost records is no figure of cost.
+                if lost_here > 0 {
+                    lossy[t] += 1;
+                    continue;
+                }
+                let timing = timing(&output, "")?;
+                samples[t].push(timing.mean);
+                every[t].push(timing.all_mean);
+                slow[t] += timing.preempted;
+            }
         }
-        writeln!(
-            table,
-            "| {} | {} | {:.2} | {} | {lost} | {} | {:.2} |",
-            tracer.name(),
-            spread(&samples[t]),
-            median(&samples[t]) / base,
-            slow[t],
-            spread(&every[t]),
-            median(&every[t]) / every_base,
-        )?;
+        let (base, every_base) = (median(&samples[0]), median(&every[0]));
+        for (t, tracer) in tracers.iter().enumerate() {
+            let lost = match (t, lossy[t]) {
+                (0, _) => "–".to_string(),
+                (_, 0) => lost[t].to_string(),
+                (_, runs) => format!("{} ({runs} runs left out)", lost[t]),
+            };
+            if samples[t].is_empty() {
+                writeln!(table, "| {} | {crowd} | – | – | {} | {lost} | – | – |", tracer.name(), slow[t])?;
+                continue;
+            }
+            writeln!(
+                table,
+                "| {} | {crowd} | {} | {:.2} | {} | {lost} | {} | {:.2} |",
+                tracer.name(),
+                spread(&samples[t]),
+                median(&samples[t]) / base,
+                slow[t],
+                spread(&every[t]),
+                median(&every[t]) / every_base,
+            )?;
+        }
     }
     if !frames_flag {
         writeln!(table, "\npython frames: not available in this build")?;

@@ -49,6 +49,10 @@ pub(crate) struct EventCounts {
     /// steady load (sys/ring.rs, `next_look`). An exec's record always wakes it, by design
     /// (helios-trace-ebpf/src/process.rs), and is not counted.
     pub(crate) wakeups_forced: u64,
+    /// Python stacks whose thread state the kernel took from what it remembered of the calling
+    /// thread, checked to be still that thread's and in its interpreter's list, instead of
+    /// searching the list from its head (helios-trace-ebpf/src/python.rs, `remembered_thread`).
+    pub(crate) python_threads_remembered: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics

@@ -546,6 +546,7 @@ impl Tracing {
             closes_late: self.engine.table().held_closes().resolved,
             closes_taken_for_lost: self.engine.table().held_closes().lost,
             wakeups_forced: kernel.wakeups_forced,
+            python_threads_remembered: kernel.python_threads_remembered,
             ..self.engine.counts()
         }
     }

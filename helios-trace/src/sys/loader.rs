@@ -112,11 +112,15 @@ impl TraceConfig {
     /// MiB, used by `--stacks fp` only; the target map 5.0 MiB, written for `--pid`, `--comm`
     /// and `--uid` only (with `--cgroup` alone it is looked in, always empty: a process is traced
     /// by its cgroup, helios-trace-ebpf/src/filter.rs); the rules' buckets 4.0 MiB, used by
-    /// learned chains only, as the taught chains' are.
+    /// learned chains only, as the taught chains' are; the Python threads remembered 1.25 MiB,
+    /// used by the Python walk, which needs user stacks.
     fn unused_maps(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
         if self.user_stack_mode != stack_mode::FP {
             unused.push(map_name::STACKS);
+        }
+        if self.user_stack_mode == stack_mode::NONE {
+            unused.push(map_name::PYTHON_THREADS);
         }
         if self.targets.is_empty() && self.target_comms.is_empty() && self.target_uids.is_empty() {
             unused.push(map_name::TARGETS);
@@ -226,6 +230,9 @@ pub(crate) struct KernelCounters {
     pub(crate) program_errors: u64,
     /// Wake-ups of the reader a record's submit forced (`counter::WAKEUP_FORCED`).
     pub(crate) wakeups_forced: u64,
+    /// Python walks that took the thread state remembered for the calling thread
+    /// (`counter::PYTHON_THREAD_REMEMBERED`).
+    pub(crate) python_threads_remembered: u64,
 }
 
 impl KernelCounters {
@@ -527,6 +534,7 @@ impl Tracer {
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
             program_errors: sum(counter::PROGRAM_ERROR),
             wakeups_forced: sum(counter::WAKEUP_FORCED),
+            python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
         }
     }
 }
@@ -792,7 +800,10 @@ mod tests {
         let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
         assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES, map_name::CHAIN_RULES]);
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
-        assert_eq!(none.unused_maps(), [map_name::STACKS, map_name::FRAME_RULES, map_name::CHAIN_RULES]);
+        assert_eq!(
+            none.unused_maps(),
+            [map_name::STACKS, map_name::PYTHON_THREADS, map_name::FRAME_RULES, map_name::CHAIN_RULES]
+        );
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
         assert_eq!(
             off.unused_maps(),

@@ -237,7 +237,16 @@ struct Leaks {
     dict: i64,
     thread: i64,
     gil: i64,
+    /// Opened by the main thread behind `CROWD` idle threads.
+    crowd: i64,
 }
+
+/// More threads than the kernel's search of a thread list looks at (helios_trace_common's
+/// MAX_PYTHON_THREADS, 64) before the main thread's: CPython adds each new thread state at the
+/// list's head. Its frames are there only because the kernel remembers the thread state it
+/// found for the thread before the crowd came (helios-trace-ebpf/src/python.rs,
+/// `remembered_thread`), and checks that it still is the thread's.
+const CROWD: usize = 70;
 
 fn run_leaks(mut workload: Workload, python: Interpreter, pid: u32) -> Leaks {
     let minor = workload.run("version")[1];
@@ -248,7 +257,8 @@ fn run_leaks(mut workload: Workload, python: Interpreter, pid: u32) -> Leaks {
     workload.run("clean 20");
     let thread = workload.run("thread threaded.txt")[0];
     let gil = workload.run("gil contended.txt")[0];
-    Leaks { _workload: workload, pid, python, minor, lines, accepted, traceback, dict, thread, gil }
+    let crowd = workload.run(&format!("crowd {CROWD} crowded.txt"))[0];
+    Leaks { _workload: workload, pid, python, minor, lines, accepted, traceback, dict, thread, gil, crowd }
 }
 
 /// The site of `fd` is named by `function` at `line` of the workload (its `frame` label and a
@@ -300,6 +310,7 @@ fn check_named(report: &Value, leaks: &Leaks) {
     assert_named(report, leaks, leaks.thread, "worker_leak", line(4), "Thread.run");
     assert!(!python_frames(site_of(report, pid, leaks.thread)).iter().any(|f| f["symbol"] == "main"));
     assert_named(report, leaks, leaks.gil, "leak_under_contention", line(5), "main");
+    assert_named(report, leaks, leaks.crowd, "leak_behind_a_crowd", line(6), "main");
     // The clean function opened 20 times and has nothing open.
     let label = format!("pyleaks.py:read_clean:{}", line(3));
     let p = process(report, pid).unwrap();
@@ -340,6 +351,10 @@ fn python_leaks_are_named_by_function_file_and_line() {
     for leaks in &all {
         check_named(&report, leaks);
     }
+    // Most walks took the thread state remembered for their thread (the crowd's leak could not
+    // be named otherwise): every call of a thread but its first.
+    let remembered = report["events"]["python_threads_remembered"].as_u64().unwrap();
+    assert!(remembered >= 20 * all.len() as u64, "{}", report["events"]);
     // Every interpreter was recognised: no warning.
     let warnings: Vec<String> =
         tracer.stderr_lines().into_iter().filter(|l| l.contains("no Python frames")).collect();
@@ -475,7 +490,13 @@ fn unsupported_interpreter_gets_native_frames_and_one_warning() {
     for leaks in &all {
         let pid = leaks.pid;
         assert_eq!(reported_fds(&report, pid), proc_fds(pid));
-        for fd in leaks.accepted.iter().chain([&leaks.traceback, &leaks.dict, &leaks.thread, &leaks.gil]) {
+        for fd in leaks.accepted.iter().chain([
+            &leaks.traceback,
+            &leaks.dict,
+            &leaks.thread,
+            &leaks.gil,
+            &leaks.crowd,
+        ]) {
             let site = site_of(&report, pid, *fd);
             assert!(python_frames(site).is_empty(), "{site:#}");
             assert!(!site["frames"].as_array().unwrap().is_empty(), "native frames stay: {site:#}");

@@ -55,6 +55,12 @@ def leak_under_contention(name):
     return f
 
 
+def leak_behind_a_crowd(name):
+    f = open(os.path.join(SCRATCH, name), "w")  # LEAK:crowd
+    HANDLES[name] = f
+    return f
+
+
 def spin(stop):
     # Pure Python: holds the GIL but for the interpreter's periodic switches.
     n = 0
@@ -91,7 +97,7 @@ def main():
         if command == "version":
             answer = [sys.version_info.major, sys.version_info.minor]
         elif command == "lines":
-            answer = [lines[k] for k in ("accept", "traceback", "dict", "clean", "thread", "gil")]
+            answer = [lines[k] for k in ("accept", "traceback", "dict", "clean", "thread", "gil", "crowd")]
         elif command == "accept":
             for _ in range(int(args[0])):
                 client = socket.create_connection(listener.getsockname())
@@ -123,6 +129,17 @@ def main():
             answer.append(leak_under_contention(args[0]).fileno())
             stop.set()
             spinner.join()
+        elif command == "crowd":
+            # CPython adds each new thread state at the head of its interpreter's list: this
+            # thread's is then behind all of the crowd's, as an event loop's behind its workers.
+            stop = threading.Event()
+            crowd = [threading.Thread(target=stop.wait, daemon=True) for _ in range(int(args[0]))]
+            for t in crowd:
+                t.start()
+            answer.append(leak_behind_a_crowd(args[1]).fileno())
+            stop.set()
+            for t in crowd:
+                t.join()
         elif command == "exit":
             break
         print("ok", *answer, flush=True)

@@ -61,7 +61,8 @@ const FIRST_NON_PYTHON_OWNER: u32 = 3;
 /// headers of that version, checked with a C program against the headers of CPython 3.10.13,
 /// 3.11.7 and 3.12.1 (`Include/internal/pycore_runtime.h` `_PyRuntimeState.interpreters.head`;
 /// `Include/internal/pycore_interp.h` `PyInterpreterState.threads.head` (3.10:
-/// `tstate_head`); `Include/cpython/pystate.h` `PyThreadState.next`, `.native_thread_id`
+/// `tstate_head`); `Include/cpython/pystate.h` `PyThreadState.prev` (0: the struct opens with
+/// it), `.next`, `.interp` (16), `.native_thread_id`
 /// (3.10: `.thread_id`), `.frame` (3.10) / `.cframe`; `_PyCFrame.current_frame`;
 /// `Include/cpython/frameobject.h` (3.10) `PyFrameObject.f_back`, `.f_code`, `.f_lasti`;
 /// `Include/internal/pycore_frame.h` `_PyInterpreterFrame.previous`, `.f_code`,
@@ -72,7 +73,9 @@ pub(crate) fn static_layout(minor: u32) -> Option<Layout> {
     let kernel = |threads_head, tstate_next, tstate_thread_id, tstate_frame, cframe_frame| PythonOffsets {
         interpreters_head: 0,
         threads_head,
+        tstate_prev: 0,
         tstate_next,
+        tstate_interp: 16,
         tstate_thread_id,
         pthread_tid: PY_NO_OFFSET,
         tstate_frame,
@@ -173,7 +176,9 @@ const MAX_OFFSET: u32 = 1 << 20;
 struct DebugWords {
     interpreters_head: usize,
     threads_head: usize,
+    tstate_prev: usize,
     tstate_next: usize,
+    tstate_interp: usize,
     tstate_current_frame: usize,
     tstate_native_thread_id: usize,
     frame_previous: usize,
@@ -194,7 +199,9 @@ fn debug_words(minor: u32) -> Option<DebugWords> {
         13 => DebugWords {
             interpreters_head: 5,
             threads_head: 9,
+            tstate_prev: 20,
             tstate_next: 21,
+            tstate_interp: 22,
             tstate_current_frame: 23,
             tstate_native_thread_id: 25,
             frame_previous: 29,
@@ -212,7 +219,9 @@ fn debug_words(minor: u32) -> Option<DebugWords> {
         14 => DebugWords {
             interpreters_head: 5,
             threads_head: 9,
+            tstate_prev: 23,
             tstate_next: 24,
+            tstate_interp: 25,
             tstate_current_frame: 26,
             tstate_native_thread_id: 28,
             frame_previous: 32,
@@ -264,7 +273,9 @@ pub(crate) fn layout_from_debug_offsets(bytes: &[u8], minor: u32) -> Result<Layo
         kernel: PythonOffsets {
             interpreters_head: 0,
             threads_head: small(words.threads_head)?,
+            tstate_prev: small(words.tstate_prev)?,
             tstate_next: small(words.tstate_next)?,
+            tstate_interp: small(words.tstate_interp)?,
             tstate_thread_id: small(words.tstate_native_thread_id)?,
             pthread_tid: PY_NO_OFFSET,
             tstate_frame: small(words.tstate_current_frame)?,
@@ -316,10 +327,14 @@ pub(crate) fn frame_read(o: &PythonOffsets) -> Option<u32> {
     (end <= helios_trace_common::MAX_PYTHON_FRAME_READ).then_some(end)
 }
 
-/// Bytes of a thread state that cover the fields the kernel reads of it (8 each; 3.10's
+/// Bytes of a thread state that cover the fields the kernel reads of it (8 each: `prev` and
+/// `interp` too, which tell a remembered thread state still in its list; 3.10's
 /// `thread_id` is a `pthread_t`, the others' `native_thread_id` an unsigned long).
 pub(crate) fn tstate_read(o: &PythonOffsets) -> Option<u32> {
-    let end = [o.tstate_next, o.tstate_thread_id, o.tstate_frame].iter().map(|f| f + 8).max()?;
+    let end = [o.tstate_prev, o.tstate_next, o.tstate_interp, o.tstate_thread_id, o.tstate_frame]
+        .iter()
+        .map(|f| f + 8)
+        .max()?;
     (end <= helios_trace_common::MAX_PYTHON_TSTATE_READ).then_some(end)
 }
 
@@ -406,7 +421,11 @@ mod tests {
         for (i, v) in [
             (5, 808),
             (9, 7344),
+            // thread_state: its size (any), prev 0, next 8, interp 16.
+            (22, 1234),
+            (23, 0),
             (24, 8),
+            (25, 16),
             (26, 72),
             (28, 160),
             (32, 8),
@@ -425,7 +444,8 @@ mod tests {
         }
         let layout = layout_from_debug_offsets(&bytes, 14).unwrap();
         let k = layout.kernel;
-        assert_eq!((layout.interpreters_head, k.threads_head, k.tstate_next), (808, 7344, 8));
+        assert_eq!((layout.interpreters_head, k.threads_head), (808, 7344));
+        assert_eq!((k.tstate_prev, k.tstate_next, k.tstate_interp), (0, 8, 16));
         assert_eq!((k.tstate_frame, k.tstate_thread_id, k.cframe_frame), (72, 160, PY_NO_OFFSET));
         assert_eq!((k.frame_previous, k.frame_code, k.frame_instr, k.frame_owner), (8, 0, 56, 74));
         let c = layout.code;
