@@ -246,7 +246,7 @@ struct Leaks {
 /// list's head. Its frames are there only because the kernel remembers the thread state it
 /// found for the thread before the crowd came (helios-trace-ebpf/src/python.rs,
 /// `remembered_thread`), and checks that it still is the thread's.
-const CROWD: usize = 70;
+pub(crate) const CROWD: usize = 70;
 
 fn run_leaks(mut workload: Workload, python: Interpreter, pid: u32) -> Leaks {
     let minor = workload.run("version")[1];

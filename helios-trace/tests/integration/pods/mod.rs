@@ -455,7 +455,9 @@ fn a_pods_series_carry_its_container_id_and_pod_uid() {
     serve.stop();
 }
 
-/// pyleaks.py (tests/workloads) in a pod, its accept leak named by the Python function.
+/// pyleaks.py (tests/workloads) in a pod, its accept leak named by the Python function, and the
+/// main thread's leak behind more threads than the kernel's search reaches (python.rs, `CROWD`),
+/// named from the thread state the kernel remembers for it.
 fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     let mut pod =
         Pod::start(PodSpec { root, command: vec![python.into(), "/app/pyleaks.py".into(), "/tmp".into()] });
@@ -463,8 +465,12 @@ fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     let tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
     let lines = pod.run("lines");
     let accepted = pod.run("accept 3");
+    let crowd = pod.run(&format!("crowd {} crowded.txt", crate::python::CROWD))[0];
     let report = tracer.stop();
     assert_eq!(reported_fds(&report, pod.pid), proc_fds(pod.pid), "{python} in a pod: the report and /proc");
+    let site = site_of(&report, pod.pid, crowd);
+    assert_eq!(site["frame"], format!("pyleaks.py:leak_behind_a_crowd:{}", lines[6]), "{python}: {site:#}");
+    assert!(report["events"]["python_threads_remembered"].as_u64().unwrap() > 0, "{}", report["events"]);
     for fd in accepted {
         let site = site_of(&report, pod.pid, fd);
         assert_eq!(
