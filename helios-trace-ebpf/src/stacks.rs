@@ -135,6 +135,20 @@ fn stack_mapping_end(sp: u64, kept: bool) -> Option<u64> {
     Some(bounds[1])
 }
 
+/// The u64 at `offset` of the kernel struct at `at`, as one load: from a BTF tracepoint the
+/// verifier knows `at` as a `struct task_struct *` (or a pointer loaded from one) and checks
+/// the load against its members (kernel/bpf/btf.c, btf_struct_access), making it one that
+/// reads 0 where it faults (BPF_PROBE_MEM). Used for the stack mapping's key here and a
+/// close's slot (syscalls.rs, `number_taken`).
+///
+/// # Safety
+/// `at` is such a pointer and `offset` a constant to the verifier (read from the frozen
+/// settings: settings.rs).
+#[inline(always)]
+pub unsafe fn kernel_word(at: *const u8, offset: u32) -> u64 {
+    unsafe { read_volatile(at.wrapping_add(offset as usize) as *const u64) }
+}
+
 /// What must be unchanged for this CPU's `STACK_MAPPING` to hold for the current task (its
 /// start and end left 0), or None: offsets not known, no mm, or the mm's sequence is
 /// odd (a writer holds the mmap lock).
@@ -150,8 +164,7 @@ fn current_mapping_key(task: *const u8) -> Option<StackMapping> {
     // (kernel/bpf/btf.c, btf_struct_access) and makes it one that reads 0 where it faults
     // (BPF_PROBE_MEM). `mm` loaded so is a `struct mm_struct *` to it in turn.
     // SAFETY: see above.
-    let load =
-        |at: *const u8, offset: u32| unsafe { read_volatile(at.wrapping_add(offset as usize) as *const u64) };
+    let load = |at: *const u8, offset: u32| unsafe { kernel_word(at, offset) };
     let mm = load(task, offsets.task_mm);
     if mm == 0 {
         return None;

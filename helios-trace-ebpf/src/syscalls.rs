@@ -58,7 +58,7 @@ use crate::{
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
     python::python_stack,
     settings::{kernel_offsets, learned_chains, stack_window, user_stack_mode},
-    stacks::{WithStack, capture_user_stack, learned_chain, stack_id},
+    stacks::{WithStack, capture_user_stack, kernel_word, learned_chain, stack_id},
 };
 
 // The user register layout of the architecture the programs are built for.
@@ -377,11 +377,11 @@ fn number_taken<const BTF: bool>(task: u64, fd: u64) -> u32 {
         return close_flags::NUMBER_UNREAD;
     }
     let pointer = |at: u64, offset: u32| -> u64 {
-        let field = (at as *const u8).wrapping_add(offset as usize) as *const u64;
         if BTF {
             // SAFETY: a load the verifier checks (see above); a fault reads 0.
-            unsafe { read_volatile(field) }
+            unsafe { kernel_word(at as *const u8, offset) }
         } else {
+            let field = (at as *const u8).wrapping_add(offset as usize) as *const u64;
             unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
         }
     };

@@ -1,7 +1,8 @@
 //! The kernel programs stamp events with CLOCK_BOOTTIME (bpf_ktime_get_boot_ns), but for a
 //! close, which the engine stamps with this clock when it leaves the ring
-//! (`Engine::records_taken`); ages are computed against the same clock. The CPU time of the calling thread measures what a piece
-//! of work cost us, whatever else the machine was running meanwhile.
+//! (`Engine::records_taken`); ages are computed against the same clock. The CPU time of the
+//! calling thread measures what a piece of work cost us, whatever else the machine was running
+//! meanwhile.
 
 /// CLOCK_BOOTTIME now, in nanoseconds.
 pub(crate) fn boot_ns() -> u64 {
