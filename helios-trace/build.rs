@@ -55,7 +55,11 @@ fn revision() {
     let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=HELIOS_TRACE_REVISION={revision}");
     for reference in ["HEAD", "refs/heads", "packed-refs"] {
-        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", reference]) {
+        // Only what exists: cargo takes a missing file for a changed one, and rebuilt the crate
+        // and everything after it at every command in a checkout without packed-refs.
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", reference])
+            && std::path::Path::new(&path).exists()
+        {
             println!("cargo:rerun-if-changed={path}");
         }
     }
