@@ -623,7 +623,8 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
          lost then are \"lost at first sight\"). A rung that loses records while sustained is \
          run again with a 4× ring buffer; the ladder ends after two such rungs in a row. CPU and received \
          count the sustained part; run-queue wait: time helios-trace's threads were runnable but \
-         not running (/proc/PID/task/*/schedstat).\n\n\
+         not running (/proc/PID/task/*/schedstat). With HELIOS_TRACE_BEFORE, that binary runs each \
+         rung too, right after (\"before\" rows).\n\n\
          | target records/s | ring | generated/s | received/s | lost at first sight | lost sustained | CPU s | CPU s per 1M records | run-queue wait s |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         plan.rung_seconds
@@ -634,10 +635,14 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
     let (mut lossy_seen, mut lossy_below) = (false, false);
     let mut lossy_in_a_row = 0;
     for &rate in plan.rungs {
-        let step = rung(bench, rate, plan.rung_seconds, DEFAULT_RING)?;
+        let step = rung(bench, &bench.helios, rate, plan.rung_seconds, DEFAULT_RING)?;
         table.push_str(&step.row);
+        if let Some(before) = &bench.before {
+            let row = rung(bench, before, rate, plan.rung_seconds, DEFAULT_RING)?.row;
+            table.push_str(&row.replacen(&format!("| {rate} |"), &format!("| {rate} before |"), 1));
+        }
         if step.lost > 0 {
-            table.push_str(&rung(bench, rate, plan.rung_seconds, BIG_RING)?.row);
+            table.push_str(&rung(bench, &bench.helios, rate, plan.rung_seconds, BIG_RING)?.row);
             lossy_seen = true;
             lossy_in_a_row += 1;
             if lossy_in_a_row == 2 {
@@ -676,16 +681,14 @@ struct Rung {
 
 /// One rung of the ladder: `rate` records a second for `seconds`, ring buffer `ring`. Records
 /// lost during bench/rate.c's warm-up (the tracer's first sight of the process) are counted
-/// apart from those lost while the rate is sustained.
-fn rung(bench: &Bench, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
-    eprintln!("xtask bench: throughput {rate}/s for {seconds} s, ring {ring}");
+/// apart from those lost while the rate is sustained. `binary` is the helios-trace traced with.
+fn rung(bench: &Bench, binary: &Path, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
+    eprintln!("xtask bench: throughput {rate}/s for {seconds} s, ring {ring}, {}", binary.display());
     let mut workload = bench.workload("rate", &[rate.to_string(), seconds.to_string(), "2".into()])?;
-    let mut tracer = bench.helios(&[
-        "--pid".into(),
-        workload.pid().to_string(),
-        "--ring-buffer-size".into(),
-        ring.into(),
-    ])?;
+    let mut tracer = bench.helios_of(
+        binary,
+        &["--pid".into(), workload.pid().to_string(), "--ring-buffer-size".into(), ring.into()],
+    )?;
     workload.go()?;
     let warm = workload.line()?;
     if warm != "warm" {

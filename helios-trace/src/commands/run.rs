@@ -64,6 +64,7 @@ async fn run_command(args: RunArgs, gated: Gated, mut tracing: Tracing, files: &
     if session.trace.redact_paths {
         argv = redact::argv(&argv);
     }
+    tracing.start_readers()?;
     eprintln!(
         "helios-trace: attached {} tracepoints; running `{}` (pid {pid})",
         tracing.attached().len(),

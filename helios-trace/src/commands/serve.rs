@@ -161,6 +161,7 @@ async fn run(
     };
     let scheme = if web.as_ref().is_some_and(|w| w.config.tls.is_some()) { "https" } else { "http" };
     let server = tokio::spawn(http::serve(listener, snapshots, limits, web));
+    tracing.start_readers()?;
     exporter.walk_holders(&mut tracing, args.holders_interval);
     // Ready (the first snapshot is out) before we say so.
     exporter.publish(&mut tracing, &publish);

@@ -56,6 +56,7 @@ async fn session(args: SessionArgs, mut tracing: Tracing, files: &Files) -> Resu
     tracing.set_min_age(args.min_age);
     tracing.set_all_holders(args.holders);
     tracing.set_holders_pause(args.holders_pause);
+    tracing.start_readers()?;
     let what = tracing.describe_targets();
     eprintln!(
         "helios-trace: attached {} tracepoints; tracing {what}{}",

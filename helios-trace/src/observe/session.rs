@@ -3,7 +3,7 @@
 //! and sampling every site's open count once a second. What the outputs are handed is built
 //! beside it: the report's input (report_input.rs) and the exporter's snapshots (export.rs).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     pin::pin,
@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::Result;
+use bytes::Bytes;
 use helios_trace_common::{ChainKey, ChainRules, FrameRule, FrameRuleKey, learned_chains, stack_mode};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
@@ -414,9 +415,15 @@ impl Tracing {
     /// it in two CI runs (`the_exporter_answers_scrapes_through_a_flood_and_heals`,
     /// tests/integration/robustness.rs).
     fn drain_then(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+        let chunks = self.ring.take();
+        self.handle_then(chunks, after_chunk);
+    }
+
+    /// Handle `chunks` as `drain_then` does: what the ring's emptier took (sys/ring.rs), and, by
+    /// `drain_then`, what was still in the ring.
+    fn handle_then(&mut self, chunks: VecDeque<Bytes>, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         // Chunk by chunk: each goes back to the emptier's memory once handled. The time after
         // the take is later than every record in it was submitted (Engine::records_taken).
-        let chunks = self.ring.take();
         self.engine.records_taken(clock::boot_ns());
         for chunk in chunks {
             for record in ring::records(&chunk) {
@@ -433,14 +440,13 @@ impl Tracing {
         apply_runtime_updates(&mut self.engine, &mut self.tracer);
     }
 
-    /// Run until `stop` completes; `on_tick` runs after each chunk of records a drain handled
-    /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
-    /// exporter publishes its snapshot there). Ends with a final drain.
-    pub(crate) async fn run_until(
-        &mut self,
-        stop: impl Future<Output = ()>,
-        mut on_tick: impl FnMut(&mut Tracing, Tick),
-    ) -> Result<()> {
+    /// Start the threads that read beside the engine: the ring's emptier (sys/ring.rs) and the
+    /// exec lane (observe/exec_lane.rs). Once, after privileges were dropped (the threads
+    /// inherit the reduced sets), and before a command says it is attached: `run_until` started
+    /// them at its first poll, and a snapshot (SIGUSR1) that came before that poll was served and
+    /// tracing went on without an emptier for as long as the engine was held up (a CI run lost
+    /// 215 records in `lifecycle::a_busy_engine_loses_nothing_that_the_ring_and_its_emptier_can_hold`).
+    pub(crate) fn start_readers(&mut self) -> Result<()> {
         self.ring.start_emptier()?;
         if self.python_frames
             && self.exec_lane.is_none()
@@ -449,6 +455,18 @@ impl Tracing {
             let (probes, kernel) = (self.engine.exec_probes(), self.tracer.python_map());
             self.exec_lane = Some(ExecLane::start(notices, probes, kernel, self.proc_root.clone())?);
         }
+        Ok(())
+    }
+
+    /// Run until `stop` completes; `on_tick` runs after each chunk of records a drain handled
+    /// (`Tick::Drained`) and once a second after the sites were sampled (`Tick::Second`: the
+    /// exporter publishes its snapshot there). Ends with a final drain.
+    pub(crate) async fn run_until(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        mut on_tick: impl FnMut(&mut Tracing, Tick),
+    ) -> Result<()> {
+        self.start_readers()?;
         let mut stop = pin!(stop);
         loop {
             let timers = self.timers.get_or_insert_with(|| Timers::new(self.reconcile_interval));
@@ -484,8 +502,11 @@ impl Tracing {
                 _ = timers.reconcile.tick(), if !self.reconcile_interval.is_zero() => {
                     self.reconcile(&mut |t| on_tick(t, Tick::Drained));
                 }
+                // Only what the emptier took: asking it for another look each time would
+                // have it look without pause under load instead of at its paced looks.
                 () = self.ring.taken() => {
-                    self.drain_then(&mut |t| on_tick(t, Tick::Drained));
+                    let chunks = self.ring.take_taken();
+                    self.handle_then(chunks, &mut |t| on_tick(t, Tick::Drained));
                 }
                 _ = timers.drain.tick() => {
                     self.drain_then(&mut |t| on_tick(t, Tick::Drained));

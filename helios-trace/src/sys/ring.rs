@@ -18,15 +18,19 @@
 //! `Settings::wakeup_bytes`, the ring never holds that much under a steady load and the kernel
 //! never has to wake anyone; its wake-up stays for a rate that jumps between two looks.
 //!
-//! Order: the emptier and the engine take from the ring under one lock, and what the emptier
-//! took is always older than what is still in the ring, so the engine's `take` returns every
-//! record submitted before it was called, oldest first (reconciliation relies on that).
+//! Once the emptier runs, it alone reads the ring. The engine's `take` asks it for a look and
+//! waits for the answer, so that `take` returns every record submitted before it was called,
+//! oldest first (reconciliation relies on that). The engine never holds up the emptier: when it
+//! read the ring itself, under the lock the emptier needed, an engine stopped (a debugger) or
+//! descheduled inside that read (up to a ring's worth of copying) stopped the emptier too, and
+//! the kernel dropped what the emptier would have held. The engine's lock on what the emptier
+//! took is held only to move a queue.
 use std::{
     collections::VecDeque,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -78,51 +82,84 @@ pub(crate) struct Ring {
     shared: Arc<Shared>,
     fd: RawFd,
     /// The ring's size: the most the emptier keeps copied out and not yet handled, and the most
-    /// `take` reads of the ring itself (all the ring can have held when it was called).
+    /// a look the engine asked for reads (all the ring can have held when it asked).
     ring_bytes: usize,
     /// How much the emptier aims to take at each look (`next_look`).
     look_bytes: usize,
-    emptying: bool,
+    /// Wakes the emptier for a look the engine asks for; there once the emptier runs.
+    asks: Option<Arc<OwnedFd>>,
 }
 
 struct Shared {
+    /// The ring: read by the engine until the emptier starts (and should the emptier end), by
+    /// the emptier alone meanwhile.
+    reader: Mutex<Reader>,
+    /// What the emptier took, for the engine.
     held: Mutex<Held>,
+    /// The emptier answered a look the engine asked for (`Held::answered`), or ended.
+    answered: Condvar,
+    /// Looks the engine asked for so far; the emptier answers them in one look (`Held::answered`).
+    asked: AtomicU64,
     /// Wakes the engine: the emptier took records.
     taken: tokio::sync::Notify,
     stop: AtomicBool,
 }
 
-/// Records taken out of the ring, oldest first, and the ring itself.
+/// Records the emptier took out of the ring, oldest first, and which of the engine's asks it
+/// answered.
+#[derive(Default)]
 struct Held {
-    ring: RingBuf<MapData>,
-    store: Arc<Store>,
     chunks: VecDeque<Bytes>,
-    /// Bytes taken out of the ring so far, by the emptier and the engine: the rate the
-    /// emptier paces its looks by (`next_look`).
-    read_total: usize,
+    /// Every look asked for up to this one (a count of `Shared::asked`) is in `chunks` or was
+    /// taken from there.
+    answered: u64,
+    /// The emptier's thread ended (a panic): the engine reads the ring itself again.
+    emptier_ended: bool,
 }
 
-impl Held {
-    /// Move the records waiting in the ring into chunks until `read_limit` bytes were read in
-    /// this call, or the chunks not yet handled (held or being handled) hold `alive_limit`
-    /// bytes; returns the bytes moved.
-    fn take_from_ring(&mut self, read_limit: usize, alive_limit: usize) -> usize {
-        let mut chunk: Option<Chunk> = None;
-        let mut read = 0;
-        while read < read_limit && self.store.alive.load(Ordering::Relaxed) < alive_limit {
-            let Some(record) = self.ring.next() else { break };
-            if chunk.as_ref().is_none_or(|c| !c.fits(record.len())) {
-                if let Some(full) = chunk.take() {
-                    self.chunks.push_back(full.seal());
+/// Where records come from, oldest first: the kernel's ring buffer, or a unit test's list.
+trait Records: Send {
+    /// Hand the next record to `take`; false when none waits.
+    fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool;
+}
+
+impl Records for RingBuf<MapData> {
+    fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(record) = self.next() else { return false };
+        take(&record);
+        true
+    }
+}
+
+/// The ring and the memory its records are copied into.
+struct Reader {
+    records: Box<dyn Records>,
+    store: Arc<Store>,
+}
+
+impl Reader {
+    /// Move the records waiting in the ring into chunks at the end of `into` until `read_limit`
+    /// bytes were read in this call, or the chunks not yet handled (held or being handled) hold
+    /// `alive_limit` bytes; returns the bytes moved.
+    fn take_from_ring(&mut self, read_limit: usize, alive_limit: usize, into: &mut VecDeque<Bytes>) -> usize {
+        let (store, mut chunk, mut read) = (&self.store, None::<Chunk>, 0);
+        while read < read_limit && store.alive.load(Ordering::Relaxed) < alive_limit {
+            let more = self.records.next_record(&mut |record| {
+                if chunk.as_ref().is_none_or(|c| !c.fits(record.len())) {
+                    if let Some(full) = chunk.take() {
+                        into.push_back(full.seal());
+                    }
+                    chunk = Some(Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), store));
                 }
-                chunk = Some(Chunk::new(CHUNK_BYTES.max(Chunk::room(record.len())), &self.store));
+                read += chunk.as_mut().expect("made above").push(record);
+            });
+            if !more {
+                break;
             }
-            read += chunk.as_mut().expect("made above").push(&record);
         }
         if let Some(last) = chunk {
-            self.chunks.push_back(last.seal());
+            into.push_back(last.seal());
         }
-        self.read_total = self.read_total.wrapping_add(read);
         read
     }
 }
@@ -261,60 +298,48 @@ impl Ring {
     /// of that (`next_look`).
     pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize, wakeup_bytes: usize) -> Ring {
         let fd = ring.as_raw_fd();
-        let held = Held { ring, store: Arc::default(), chunks: VecDeque::new(), read_total: 0 };
+        Ring::reading(Box::new(ring), fd, ring_bytes, wakeup_bytes)
+    }
+
+    /// `new` for any `records`; `fd` is readable (edge-triggered) when the kernel wakes its reader.
+    fn reading(records: Box<dyn Records>, fd: RawFd, ring_bytes: usize, wakeup_bytes: usize) -> Ring {
         let shared = Shared {
-            held: Mutex::new(held),
+            reader: Mutex::new(Reader { records, store: Arc::default() }),
+            held: Mutex::default(),
+            answered: Condvar::new(),
+            asked: AtomicU64::new(0),
             taken: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
         };
-        let look_bytes = wakeup_bytes / 4;
-        Ring { shared: Arc::new(shared), fd, ring_bytes, look_bytes, emptying: false }
+        Ring { shared: Arc::new(shared), fd, ring_bytes, look_bytes: wakeup_bytes / 4, asks: None }
     }
 
     /// Start the emptier (once). After privileges were dropped: the thread inherits the
     /// reduced sets (sys/privileges.rs).
     pub(crate) fn start_emptier(&mut self) -> Result<()> {
-        if self.emptying {
+        if self.asks.is_some() {
             return Ok(());
         }
-        let (shared, limit, look_bytes) = (Arc::clone(&self.shared), self.ring_bytes, self.look_bytes);
-        let wakeups = Wakeups::new(self.fd).context("cannot wait for the ring buffer")?;
+        let asks = Arc::new(counter_fd().context("cannot make the ring emptier's wake-up")?);
+        let wakeups = Wakeups::new(self.fd, asks.as_raw_fd()).context("cannot wait for the ring buffer")?;
+        let emptier = Emptier {
+            shared: Arc::clone(&self.shared),
+            wakeups,
+            asks: Arc::clone(&asks),
+            ring_bytes: self.ring_bytes,
+            look_bytes: self.look_bytes,
+        };
         std::thread::Builder::new()
             .name("ring-emptier".into())
-            .spawn(move || {
-                if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
-                    log::debug!("the ring's emptier keeps the default time slice: {err}");
-                }
-                let (mut wait, mut last_look, mut last_total) = (EMPTIER_WAIT, Instant::now(), 0);
-                while !shared.stop.load(Ordering::Relaxed) {
-                    wakeups.wait(wait);
-                    let look = Instant::now();
-                    let (took, total, full) = {
-                        let mut held = lock(&shared.held);
-                        let took = held.take_from_ring(usize::MAX, limit);
-                        (took, held.read_total, held.store.alive.load(Ordering::Relaxed) >= limit)
-                    };
-                    // What the engine took since (its drain timer) counts toward the rate too.
-                    let since_last = total.wrapping_sub(last_total);
-                    wait = next_look(since_last, look.duration_since(last_look), look_bytes);
-                    (last_look, last_total) = (look, total);
-                    if took > 0 {
-                        shared.taken.notify_one();
-                    }
-                    if full {
-                        // Let the engine catch up first.
-                        std::thread::sleep(EMPTIER_WAIT);
-                    }
-                }
-            })
+            .spawn(move || emptier.run())
             .context("cannot start the ring buffer's emptier")?;
-        self.emptying = true;
+        self.asks = Some(asks);
         Ok(())
     }
 
     /// Completes when the emptier has taken records (never before `start_emptier`).
     pub(crate) async fn taken(&self) {
-        if self.emptying {
+        if self.asks.is_some() {
             self.shared.taken.notified().await;
         } else {
             std::future::pending().await
@@ -322,15 +347,36 @@ impl Ring {
     }
 
     /// Every record submitted before the call, in chunks (`records`), oldest first: those the
-    /// emptier holds, then those in the ring. Of the ring, at most its size is read: a record
-    /// takes as much room in a chunk as in the ring (`Chunk::room`), so that is all the ring held
-    /// at the call, and a process writing without pause cannot keep the engine here (it did:
-    /// nothing was handled for as long as it wrote). Drop each chunk once handled: until then
-    /// its bytes count against the emptier's hold.
+    /// emptier holds, then those in the ring, which the emptier takes out at the engine's ask
+    /// (or the engine itself, without an emptier). Of the ring, at most its size is read: a
+    /// record takes as much room in a chunk as in the ring (`Chunk::room`), so that is all the
+    /// ring held at the call, and a process writing without pause cannot keep the engine here
+    /// (it did: nothing was handled for as long as it wrote). Drop each chunk once handled:
+    /// until then its bytes count against the emptier's hold.
     pub(crate) fn take(&self) -> VecDeque<Bytes> {
-        let mut held = lock(&self.shared.held);
-        held.take_from_ring(self.ring_bytes, usize::MAX);
-        std::mem::take(&mut held.chunks)
+        if let Some(asks) = &self.asks {
+            let asked = self.shared.asked.fetch_add(1, Ordering::SeqCst) + 1;
+            add_one(asks);
+            let held = lock(&self.shared.held);
+            let mut held = self
+                .shared
+                .answered
+                .wait_while(held, |held| held.answered < asked && !held.emptier_ended)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if held.answered >= asked {
+                return std::mem::take(&mut held.chunks);
+            }
+        }
+        let mut reader = lock(&self.shared.reader);
+        let mut chunks = std::mem::take(&mut lock(&self.shared.held).chunks);
+        reader.take_from_ring(self.ring_bytes, usize::MAX, &mut chunks);
+        chunks
+    }
+
+    /// What the emptier took so far, oldest first (once `taken` completed): no look at the
+    /// ring, which the emptier has just had.
+    pub(crate) fn take_taken(&self) -> VecDeque<Bytes> {
+        std::mem::take(&mut lock(&self.shared.held).chunks)
     }
 }
 
@@ -339,6 +385,73 @@ impl Drop for Ring {
     /// full); nothing waits for it.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The emptier's thread (`Ring::start_emptier`).
+struct Emptier {
+    shared: Arc<Shared>,
+    wakeups: Wakeups,
+    /// The engine's asks for a look (`Ring::take`), counted by the kernel.
+    asks: Arc<OwnedFd>,
+    ring_bytes: usize,
+    look_bytes: usize,
+}
+
+impl Emptier {
+    fn run(&self) {
+        if let Err(err) = own::prefer_short_slices(EMPTIER_SLICE) {
+            log::debug!("the ring's emptier keeps the default time slice: {err}");
+        }
+        let (mut wait, mut last_look, mut answered) = (EMPTIER_WAIT, Instant::now(), 0);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            self.wakeups.wait(wait);
+            // Cleared before the asks are counted: one that comes after wakes the next wait.
+            take_count(&self.asks);
+            let asked = self.shared.asked.load(Ordering::SeqCst);
+            let look = Instant::now();
+            let (took, full) = self.look((asked > answered).then_some(asked));
+            wait = next_look(took, look.duration_since(last_look), self.look_bytes);
+            last_look = look;
+            if asked > answered {
+                answered = asked;
+                self.shared.answered.notify_all();
+            } else if took > 0 {
+                self.shared.taken.notify_one();
+            }
+            if full {
+                // Let the engine catch up first; its ask ends the pause.
+                wait_readable(self.asks.as_raw_fd(), EMPTIER_WAIT);
+            }
+        }
+    }
+
+    /// Take records out of the ring for the engine: at most as many as make what it holds
+    /// the ring's size, or, answering the engine's ask `answering` (a count of
+    /// `Shared::asked`), all the ring holds whatever the emptier holds (the engine takes them at
+    /// once). Returns the bytes taken, and whether the hold is full.
+    fn look(&self, answering: Option<u64>) -> (usize, bool) {
+        let mut reader = lock(&self.shared.reader);
+        let mut chunks = VecDeque::new();
+        let took = match answering {
+            Some(_) => reader.take_from_ring(self.ring_bytes, usize::MAX, &mut chunks),
+            None => reader.take_from_ring(usize::MAX, self.ring_bytes, &mut chunks),
+        };
+        let mut held = lock(&self.shared.held);
+        held.chunks.extend(chunks);
+        if let Some(asked) = answering {
+            held.answered = asked;
+        }
+        (took, reader.store.alive.load(Ordering::Relaxed) >= self.ring_bytes)
+    }
+}
+
+impl Drop for Emptier {
+    /// Ended (a panic included): the engine reads the ring itself from here on, and stops
+    /// waiting for an answer.
+    fn drop(&mut self) {
+        lock(&self.shared.held).emptier_ended = true;
+        self.shared.answered.notify_all();
     }
 }
 
@@ -355,9 +468,35 @@ fn next_look(took: usize, since: Duration, look_bytes: usize) -> Duration {
 }
 
 /// A thread that panicked while holding the lock left whole chunks behind (a chunk is pushed
-/// whole or not at all): go on with them.
-fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
-    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// whole or not at all), and the ring's reader between two records: go on with them.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A counter the kernel keeps (eventfd(2)), readable while above 0: the engine's asks for a
+/// look, which wake the emptier (`Wakeups`).
+fn counter_fd() -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall; the new descriptor is owned at once.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add one to `counter_fd`'s count. It cannot fail: the emptier sets it back to 0 at every
+/// look (`take_count`), far below where a write would block.
+fn add_one(counter: &OwnedFd) {
+    let one = 1u64;
+    // SAFETY: 8 bytes from a valid u64 to a descriptor we own.
+    unsafe { libc::write(counter.as_raw_fd(), (&raw const one).cast(), size_of::<u64>()) };
+}
+
+/// Set `counter_fd`'s count back to 0 (nothing to do when it is: EAGAIN).
+fn take_count(counter: &OwnedFd) {
+    let mut count = 0u64;
+    // SAFETY: room for the 8 bytes eventfd(2) reads.
+    unsafe { libc::read(counter.as_raw_fd(), (&raw mut count).cast(), size_of::<u64>()) };
 }
 
 /// The kernel's wake-ups of a ring buffer's readers, edge-triggered: the ring's poll says
@@ -365,28 +504,31 @@ fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
 /// level-triggered wait would return at once under load and take a few records at a time; the
 /// kernel wakes its readers only once `Settings::wakeup_bytes` wait (helios-trace-ebpf's
 /// emit.rs, `wakeup_flags`), which the emptier's paced looks (`next_look`) mostly forestall.
+/// And the engine's asks (`counter_fd`), level-triggered: the emptier sets their count back to 0.
 struct Wakeups {
     epoll: OwnedFd,
 }
 
 impl Wakeups {
-    fn new(fd: RawFd) -> std::io::Result<Wakeups> {
+    fn new(ring: RawFd, asks: RawFd) -> std::io::Result<Wakeups> {
         // SAFETY: plain syscalls; the new descriptor is owned at once.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
-        // SAFETY: valid descriptors and event.
-        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        for (fd, events) in [(ring, libc::EPOLLIN | libc::EPOLLET), (asks, libc::EPOLLIN)] {
+            let mut event = libc::epoll_event { events: events as u32, u64: 0 };
+            // SAFETY: valid descriptors and event.
+            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         Ok(Wakeups { epoll })
     }
 
-    /// Until the kernel wakes the ring's readers, or `timeout` passed (in whole milliseconds:
-    /// `next_look` waits no less than one).
+    /// Until the kernel wakes the ring's readers, the engine asks for a look, or `timeout`
+    /// passed (in whole milliseconds: `next_look` waits no less than one).
     fn wait(&self, timeout: Duration) {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         let timeout = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -480,6 +622,112 @@ mod tests {
 
     fn records_of(chunk: &Bytes) -> Vec<&[u8]> {
         records(chunk).collect()
+    }
+
+    /// A ring of records the test writes, which counts the reads of any thread but the
+    /// emptier's, and panics at the emptier's first read when told to.
+    #[derive(Clone, Default)]
+    struct TestRing {
+        waiting: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        read_by_others: Arc<AtomicUsize>,
+        emptier_panics: bool,
+    }
+
+    impl Records for TestRing {
+        fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
+            if std::thread::current().name() == Some("ring-emptier") {
+                assert!(!self.emptier_panics, "the emptier ends");
+            } else {
+                self.read_by_others.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(record) = self.waiting.lock().unwrap().pop_front() else { return false };
+            take(&record);
+            true
+        }
+    }
+
+    impl TestRing {
+        fn write(&self, records: &[Vec<u8>]) {
+            self.waiting.lock().unwrap().extend(records.iter().cloned());
+        }
+
+        fn left(&self) -> usize {
+            self.waiting.lock().unwrap().len()
+        }
+
+        /// A ring of `ring_bytes` read through it, whose kernel never wakes the reader.
+        fn ring(&self, ring_bytes: usize) -> (Ring, OwnedFd) {
+            let never_woken = counter_fd().unwrap();
+            let ring =
+                Ring::reading(Box::new(self.clone()), never_woken.as_raw_fd(), ring_bytes, ring_bytes / 4);
+            (ring, never_woken)
+        }
+    }
+
+    fn taken(chunks: &VecDeque<Bytes>) -> Vec<Vec<u8>> {
+        chunks.iter().flat_map(records_of).map(<[u8]>::to_vec).collect()
+    }
+
+    fn numbered(from: usize, count: usize, len: usize) -> Vec<Vec<u8>> {
+        (from..from + count).map(|i| [i.to_ne_bytes().to_vec(), vec![0; len]].concat()).collect()
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Once the emptier runs, only it reads the ring: an engine stopped inside `take` (a
+    /// debugger, a descheduled thread) then never stops it. `take` still returns every record
+    /// written before it was called, oldest first: those the emptier held, then the rest of
+    /// the ring, past the emptier's own limit; `take_taken` only what the emptier held. With the
+    /// engine reading the ring itself under the emptier's lock, this failed at
+    /// `read_by_others`.
+    #[test]
+    fn once_the_emptier_runs_only_it_reads_the_ring_and_take_misses_nothing() {
+        const RING: usize = 64 * 1024;
+        let test = TestRing::default();
+        let (mut ring, _fd) = test.ring(RING);
+        // Before the emptier: the engine reads the ring itself.
+        test.write(&numbered(0, 10, 100));
+        assert_eq!(taken(&ring.take()), numbered(0, 10, 100));
+        assert_eq!(test.read_by_others.swap(0, Ordering::Relaxed), 11, "10 records and the end");
+
+        ring.start_emptier().unwrap();
+        // More than the emptier holds (its limit is the ring's size): it stops at its limit.
+        test.write(&numbered(10, 100, 1000));
+        wait_for("the emptier's look", || !lock(&ring.shared.held).chunks.is_empty());
+        let held_at_limit = 100 - test.left();
+        assert!(
+            (64..=66).contains(&held_at_limit),
+            "the emptier held {held_at_limit} records of 1,008 bytes"
+        );
+        assert_eq!(taken(&ring.take_taken()), numbered(10, held_at_limit, 1000));
+        // The engine asks: the rest of the ring, however full the emptier's hold was.
+        test.write(&numbered(110, 20, 7));
+        let mut want = numbered(10 + held_at_limit, 100 - held_at_limit, 1000);
+        want.extend(numbered(110, 20, 7));
+        assert_eq!(taken(&ring.take()), want);
+        assert_eq!(test.left(), 0);
+        // Asked again at once, with nothing new: answered, empty.
+        assert!(ring.take().is_empty());
+        assert_eq!(test.read_by_others.load(Ordering::Relaxed), 0, "the engine read the ring");
+    }
+
+    /// An emptier that ended (here by a panic) leaves the ring to the engine: `take` reads it
+    /// itself instead of waiting for an answer that never comes.
+    #[test]
+    fn an_emptier_that_ended_leaves_the_ring_to_the_engine() {
+        let test = TestRing { emptier_panics: true, ..TestRing::default() };
+        let (mut ring, _fd) = test.ring(64 * 1024);
+        ring.start_emptier().unwrap();
+        test.write(&numbered(0, 3, 10));
+        wait_for("the emptier's end", || lock(&ring.shared.held).emptier_ended);
+        assert_eq!(taken(&ring.take()), numbered(0, 3, 10));
+        assert!(test.read_by_others.load(Ordering::Relaxed) > 0);
     }
 
     /// The emptier's next look comes when the ring holds about `look_bytes` at the rate its
