@@ -160,8 +160,8 @@ async fn run(
         ..ServerLimits::default()
     };
     let scheme = if web.as_ref().is_some_and(|w| w.config.tls.is_some()) { "https" } else { "http" };
-    let server = tokio::spawn(http::serve(listener, snapshots, limits, web));
     tracing.start_readers()?;
+    let server = tokio::spawn(http::serve(listener, snapshots, limits, web));
     exporter.walk_holders(&mut tracing, args.holders_interval);
     // Ready (the first snapshot is out) before we say so.
     exporter.publish(&mut tracing, &publish);

@@ -441,7 +441,7 @@ impl Tracing {
     }
 
     /// Start the threads that read beside the engine: the ring's emptier (sys/ring.rs) and the
-    /// exec lane (observe/exec_lane.rs). Once, after privileges were dropped (the threads
+    /// exec lane (observe/exec_lane.rs), unless they run. After privileges were dropped (the threads
     /// inherit the reduced sets), and before a command says it is attached: `run_until` started
     /// them at its first poll, and a snapshot (SIGUSR1) that came before that poll was served and
     /// tracing went on without an emptier for as long as the engine was held up (a CI run lost

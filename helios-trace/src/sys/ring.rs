@@ -8,8 +8,9 @@
 //! the engine emptied filled in that time and the kernel dropped records (counted, but lost:
 //! BENCHMARKS.md, "The ring's emptier"). The emptier only copies; it stops once the records
 //! copied out and not yet handled hold as much as the ring itself, and leaves the rest in the
-//! ring, where the kernel counts what does not fit, as before. With the ring's worth the engine
-//! reads at once (`take`), user space holds at most twice the ring (`model/sizing.rs`).
+//! ring, where the kernel counts what does not fit, as before. With the ring's worth a look the
+//! engine asks for reads past that (`take`), user space holds at most twice the ring's worth of
+//! records (`model/sizing.rs`).
 //!
 //! The emptier looks at the ring on a timer paced by the rate it finds (`next_look`), not only
 //! when the kernel wakes it: a wake-up is an interrupt on the CPU of the traced call that
@@ -20,11 +21,11 @@
 //!
 //! Once the emptier runs, it alone reads the ring. The engine's `take` asks it for a look and
 //! waits for the answer, so that `take` returns every record submitted before it was called,
-//! oldest first (reconciliation relies on that). The engine never holds up the emptier: when it
-//! read the ring itself, under the lock the emptier needed, an engine stopped (a debugger) or
-//! descheduled inside that read (up to a ring's worth of copying) stopped the emptier too, and
-//! the kernel dropped what the emptier would have held. The engine's lock on what the emptier
-//! took is held only to move a queue.
+//! oldest first (reconciliation relies on that). When the engine read the ring itself, under
+//! the lock the emptier needed, an engine stopped (a debugger) or descheduled inside that read
+//! (up to a ring's worth of copying) stopped the emptier too, and the kernel dropped what the
+//! emptier would have held. The engine's lock on what the emptier took is held only to move a
+//! queue; what the engine has not handled yet still counts against the emptier's hold.
 use std::{
     collections::VecDeque,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
@@ -467,8 +468,9 @@ fn next_look(took: usize, since: Duration, look_bytes: usize) -> Duration {
     Duration::from_nanos(nanos.min(EMPTIER_WAIT.as_nanos()) as u64).max(MIN_LOOK_INTERVAL)
 }
 
-/// A thread that panicked while holding the lock left whole chunks behind (a chunk is pushed
-/// whole or not at all), and the ring's reader between two records: go on with them.
+/// A thread that panicked while holding a lock left the queue of chunks whole (a chunk is pushed
+/// whole or not at all) and the ring's reader between two records: go on with them. (What the
+/// emptier had copied out in that look and not queued yet is lost, uncounted.)
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -481,6 +483,7 @@ fn counter_fd() -> std::io::Result<OwnedFd> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: a new descriptor, ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -537,7 +540,8 @@ impl Wakeups {
     }
 }
 
-/// Wait until the kernel says `fd` (a ring buffer) has records, or `timeout` passed.
+/// Wait until `fd` is readable (a ring buffer has records, `counter_fd` counts above 0), or
+/// `timeout` passed.
 fn wait_readable(fd: RawFd, timeout: Duration) {
     let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let timeout = libc::timespec {
@@ -705,13 +709,16 @@ mod tests {
             (64..=66).contains(&held_at_limit),
             "the emptier held {held_at_limit} records of 1,008 bytes"
         );
-        assert_eq!(taken(&ring.take_taken()), numbered(10, held_at_limit, 1000));
-        // The engine asks: the rest of the ring, however full the emptier's hold was.
+        // Taken, not yet handled: the hold stays full.
+        let handling = ring.take_taken();
+        assert_eq!(taken(&handling), numbered(10, held_at_limit, 1000));
+        // The engine asks: the rest of the ring, however full the emptier's hold is.
         test.write(&numbered(110, 20, 7));
         let mut want = numbered(10 + held_at_limit, 100 - held_at_limit, 1000);
         want.extend(numbered(110, 20, 7));
         assert_eq!(taken(&ring.take()), want);
         assert_eq!(test.left(), 0);
+        drop(handling);
         // Asked again at once, with nothing new: answered, empty.
         assert!(ring.take().is_empty());
         assert_eq!(test.read_by_others.load(Ordering::Relaxed), 0, "the engine read the ring");
