@@ -635,14 +635,13 @@ fn throughput(bench: &Bench, plan: &Plan) -> Result<String> {
     let (mut lossy_seen, mut lossy_below) = (false, false);
     let mut lossy_in_a_row = 0;
     for &rate in plan.rungs {
-        let step = rung(bench, &bench.helios, rate, plan.rung_seconds, DEFAULT_RING)?;
+        let step = rung(bench, &bench.helios, "", rate, plan.rung_seconds, DEFAULT_RING)?;
         table.push_str(&step.row);
         if let Some(before) = &bench.before {
-            let row = rung(bench, before, rate, plan.rung_seconds, DEFAULT_RING)?.row;
-            table.push_str(&row.replacen(&format!("| {rate} |"), &format!("| {rate} before |"), 1));
+            table.push_str(&rung(bench, before, " before", rate, plan.rung_seconds, DEFAULT_RING)?.row);
         }
         if step.lost > 0 {
-            table.push_str(&rung(bench, &bench.helios, rate, plan.rung_seconds, BIG_RING)?.row);
+            table.push_str(&rung(bench, &bench.helios, "", rate, plan.rung_seconds, BIG_RING)?.row);
             lossy_seen = true;
             lossy_in_a_row += 1;
             if lossy_in_a_row == 2 {
@@ -681,8 +680,9 @@ struct Rung {
 
 /// One rung of the ladder: `rate` records a second for `seconds`, ring buffer `ring`. Records
 /// lost during bench/rate.c's warm-up (the tracer's first sight of the process) are counted
-/// apart from those lost while the rate is sustained. `binary` is the helios-trace traced with.
-fn rung(bench: &Bench, binary: &Path, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
+/// apart from those lost while the rate is sustained. `binary` is the helios-trace traced with,
+/// `label` follows the rate in the row.
+fn rung(bench: &Bench, binary: &Path, label: &str, rate: u32, seconds: u32, ring: &str) -> Result<Rung> {
     eprintln!("xtask bench: throughput {rate}/s for {seconds} s, ring {ring}, {}", binary.display());
     let mut workload = bench.workload("rate", &[rate.to_string(), seconds.to_string(), "2".into()])?;
     let mut tracer = bench.helios_of(
@@ -712,7 +712,7 @@ fn rung(bench: &Bench, binary: &Path, rate: u32, seconds: u32, ring: &str) -> Re
     let received = report.received - received_before;
     let generated = 2.0 * pairs / elapsed;
     let row = format!(
-        "| {rate} | {ring} | {generated:.0} | {:.0} | {first_sight} | {lost} | {cpu:.2} | {:.2} | {wait:.3} |\n",
+        "| {rate}{label} | {ring} | {generated:.0} | {:.0} | {first_sight} | {lost} | {cpu:.2} | {:.2} | {wait:.3} |\n",
         received as f64 / elapsed,
         cpu / (received as f64 / 1e6)
     );
