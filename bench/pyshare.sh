@@ -6,8 +6,8 @@
 #
 # bench/pyloop.py's open+close of /dev/null at full speed for 6 s, traced with `--pid`; perf
 # records every CPU for 3 s of it, and the shares of the loop's samples under the exit program
-# (fd_syscall_exit) and under its Python walk (python_stack), times the loop's ns per
-# open+close, are printed: ns per open+close spent there.
+# (fd_syscall_exit, or its BTF twin fd_syscall_exit_btf) and under its Python walk
+# (python_stack), times the loop's ns per open+close, are printed: ns per open+close spent there.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 binary=$1
@@ -41,7 +41,7 @@ read -r ops seconds < "$dir/loop.out"
 report() { perf report -i "$dir/perf.data" --pid "$loop" "$@" -g none 2> /dev/null; }
 share() { report --children --sort sym | awk -v s="$1" '$0 ~ s"$" {gsub("%", "", $1); print $1; exit}'; }
 total=$(report --no-children --sort pid | awk '/%/ {gsub("%", "", $1); s += $1} END {print s + 0}')
-exit_share=$(share '_fd_syscall_exit')
+exit_share=$(share '_fd_syscall_exit(_btf)?')
 walk_share=$(share '_python_stack')
 python3 - "$ops" "$seconds" "$total" "${exit_share:-}" "${walk_share:-}" <<'PY'
 import sys

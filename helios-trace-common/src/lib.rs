@@ -734,7 +734,11 @@ pub mod counter {
     /// thread (`PYTHON_THREADS`), still its own and still in the interpreter's list, instead of
     /// searching the list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub const PYTHON_THREAD_REMEMBERED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// A Python walk (3.11, 3.12) took the running `_PyCFrame`'s frame from the learned walk's
+    /// copy of the C stack instead of a read of its own (helios-trace-ebpf/src/python.rs,
+    /// `walk_python`; stacks.rs, `stack_word`).
+    pub const PYTHON_CFRAME_FROM_COPY: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Capacity of the target-process filter map.

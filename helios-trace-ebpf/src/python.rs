@@ -3,12 +3,11 @@
 //! a `kind::PYTHON_STACK` record before the record they belong to.
 use core::{
     ffi::c_void,
-    mem::MaybeUninit,
     ptr::{read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
-    bindings::bpf_pidns_info,
+    bindings::{BPF_RB_NO_WAKEUP, bpf_pidns_info},
     helpers::{
         bpf_probe_read_user,
         generated::{bpf_get_ns_current_pid_tgid, bpf_loop, bpf_probe_read_user as raw_read_user},
@@ -21,17 +20,28 @@ use helios_trace_common::{
 };
 
 use crate::{
-    emit::{count, header_at, wakeup_flags},
+    emit::{count, header_at},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_THREADS, PYTHON_WALK},
-    stacks::{AlignedBytes, PAGE, word_at},
+    settings,
+    stacks::{AlignedBytes, PAGE, stack_word, word_at},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
 /// calling thread's Python frames as a `kind::PYTHON_STACK` record. A subprogram of its own
 /// whose loops are bpf_loop callbacks: the verifier checks each loop body once, where
 /// unrolled loops multiplied with the exit program's paths past its instruction limit.
+///
+/// `stack_copied`: a learned chain's walk follows, its copy of the C stack started (stacks.rs
+/// `start_stack_copy`), and this walk's word of the C stack is read from that copy.
+///
+/// The record is submitted without a wake-up: the descriptor's record that the exit program
+/// submits right after it asks for one for both (emit.rs, `wakeup_flags`), where asking for
+/// each is a query of the ring per record. With batching off (`wakeup_bytes` 0) each record
+/// wakes the reader as the kernel decides, as every record does then: a record not yet read
+/// ahead of the next would keep the next from waking it (kernel/bpf/ringbuf.c,
+/// `bpf_ringbuf_commit`, wakes only when the reader has caught up to the record).
 #[inline(never)]
-pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
+pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }) else {
         return;
@@ -51,7 +61,7 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
         write_volatile(&raw mut (*stack).frame_count, 0);
     }
     let flags = match thread_id(unsafe { &(*walk).offsets }, pid_tgid as u32) {
-        Some(tid) => walk_python(walk, pid_tgid, tid),
+        Some(tid) => walk_python(walk, pid_tgid, tid, stack_copied),
         None => python_flags::NAMESPACE,
     };
     // SAFETY: as above, the walk done.
@@ -64,7 +74,8 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64) {
     }
     // SAFETY: `len` bytes of the scratch record, which is that long at least.
     let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
-    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+    let flags = if settings::wakeup_bytes() == 0 { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(counter::RINGBUF_FULL);
     }
 }
@@ -110,7 +121,9 @@ fn read_user_u64(address: u64) -> Result<u64, i64> {
     Ok(unsafe { bpf_probe_read_user(address as *const u64) }?)
 }
 
-/// State of the thread-state search (a bpf_loop context).
+/// State of the thread-state search, in the walk's map slot (`FrameWalk::search`): on this
+/// program's stack it was 40 of the bytes the verifier allows the exit program and this one
+/// together (512), which the C stack's copy (`stack_word`) needed.
 #[repr(C)]
 struct ThreadSearch {
     tstate: u64,
@@ -150,30 +163,30 @@ fn read_thread_state(w: &mut FrameWalk, tstate: u64, tid: u64) -> Result<bool, (
 /// One thread state of the search (`read_thread_state`): is it the caller's? Then stop, with
 /// its frame field; else go to the next.
 #[inline(never)]
-unsafe extern "C" fn search_thread(_index: u64, ctx: *mut c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut ThreadSearch) };
-    if s.tstate == 0 {
-        return 1;
-    }
+unsafe extern "C" fn search_thread(_index: u64, _ctx: *mut c_void) -> i64 {
+    // No slot is no search (`found` stays 0): it is always there.
     let Some(w) = PYTHON_WALK.get_ptr_mut(0) else {
-        s.failed = 1;
         return 1;
     };
     // SAFETY: the per-CPU slot python_stack is filling; walk_python holds no reference into it
     // across the loop.
     let w = unsafe { &mut *w };
-    match read_thread_state(w, s.tstate, s.tid) {
+    let (tstate, tid) = (w.search.tstate, w.search.tid);
+    if tstate == 0 {
+        return 1;
+    }
+    match read_thread_state(w, tstate, tid) {
         Err(()) => {
-            s.failed = 1;
+            w.search.failed = 1;
             1
         }
         Ok(true) => {
-            s.found = s.tstate;
-            s.frame = field(&w.bytes, w.offsets.tstate_frame as usize);
+            w.search.found = tstate;
+            w.search.frame = field(&w.bytes, w.offsets.tstate_frame as usize);
             1
         }
         Ok(false) => {
-            s.tstate = field(&w.bytes, w.offsets.tstate_next as usize);
+            w.search.tstate = field(&w.bytes, w.offsets.tstate_next as usize);
             0
         }
     }
@@ -228,6 +241,8 @@ pub struct FrameWalk {
     /// search leaves a thread state there).
     window_len: u32,
     window_start: u64,
+    /// The thread-state search's (`search_threads`).
+    search: ThreadSearch,
     /// The last window read: the current frame's first `frame_read` bytes and up to
     /// `frame_window` bytes before them, within its page.
     bytes: AlignedBytes<{ MAX_PYTHON_FRAME_WINDOW as usize }>,
@@ -310,8 +325,11 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 /// same slot through its own pointer (`walk_frame`), which a `&mut` would let the compiler
 /// assume cannot happen (moving the writes before the loop past it, or the reads after it
 /// before it). Its fields are read back volatile after the loop.
+///
+/// `stack_copied`: the C stack the learned walk copies is to be read from that copy
+/// (`python_stack`), for 3.11's and 3.12's `_PyCFrame`.
 #[inline(always)]
-fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32) -> u32 {
+fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32, stack_copied: bool) -> u32 {
     // SAFETY: the per-CPU slot python_stack filled; a `&mut` of it only here, where no loop runs.
     let remembered = remembered_thread(unsafe { &mut *walk }, pid_tgid, tid);
     let mut frame = match remembered {
@@ -337,8 +355,23 @@ fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32) -> u32 {
     // SAFETY: as above.
     let cframe_frame = unsafe { (*walk).offsets.cframe_frame };
     if cframe_frame != PY_NO_OFFSET && frame != 0 {
-        let Ok(current) = read_user_u64(frame + cframe_frame as u64) else {
-            return python_flags::READ_FAILED;
+        // 3.11 and 3.12: the thread's `cframe` is the running `_PyEval_EvalFrameDefault`'s
+        // local `_PyCFrame` (Python/ceval.c), on the C stack the learned walk copies next: taken
+        // from that copy, it is no read of its own when the walk climbs past that frame, as a
+        // chain that ends does (BENCHMARKS.md, "The running cframe from the stack's copy");
+        // when the walk stops before it, the copy up to it was extra work. Elsewhere (the
+        // interpreter's root cframe in the thread state, a stack past the window, no learned
+        // walk) it is read.
+        let at = frame + cframe_frame as u64;
+        let current = match stack_copied.then(|| stack_word(at)).flatten() {
+            Some(current) => {
+                count(counter::PYTHON_CFRAME_FROM_COPY);
+                current
+            }
+            None => match read_user_u64(at) {
+                Ok(current) => current,
+                Err(_) => return python_flags::READ_FAILED,
+            },
         };
         frame = current;
     }
@@ -385,25 +418,28 @@ fn search_threads(walk: *mut FrameWalk, tid: u32) -> Result<(u64, u64), u32> {
         return Err(python_flags::READ_FAILED);
     };
     // Its fields written one by one: as one struct, three of them zero, the compiler calls
-    // `memset`, a loop of one-byte stores (as copy_offsets says of `memmove`).
-    let mut search = MaybeUninit::<ThreadSearch>::uninit();
-    let at = search.as_mut_ptr();
-    // SAFETY: `at` is this frame's; the callback writes it through the same pointer.
-    unsafe {
+    // `memset`, a loop of one-byte stores (as copy_offsets says of `memmove`). Volatile, and
+    // read back so after the loop, whose callback writes them through its own pointer.
+    // SAFETY: the per-CPU slot python_stack filled; no reference into it is held across the loop.
+    let (found, frame, failed) = unsafe {
+        let at = &raw mut (*walk).search;
         write_volatile(&raw mut (*at).tstate, head);
         write_volatile(&raw mut (*at).tid, tid as u64);
         write_volatile(&raw mut (*at).found, 0);
         write_volatile(&raw mut (*at).frame, 0);
         write_volatile(&raw mut (*at).failed, 0);
-        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, at.cast(), 0);
-    }
-    // SAFETY: every field written above.
-    let search = unsafe { search.assume_init() };
-    if search.failed != 0 {
+        bpf_loop(MAX_PYTHON_THREADS, search_thread as *mut c_void, core::ptr::null_mut(), 0);
+        (
+            read_volatile(&raw const (*at).found),
+            read_volatile(&raw const (*at).frame),
+            read_volatile(&raw const (*at).failed),
+        )
+    };
+    if failed != 0 {
         return Err(python_flags::READ_FAILED);
     }
-    if search.found == 0 {
+    if found == 0 {
         return Err(python_flags::NO_THREAD);
     }
-    Ok((search.found, search.frame))
+    Ok((found, frame))
 }

@@ -298,15 +298,103 @@ pub struct Walk {
     reserved: u32,
 }
 
+#[cfg(bpf_target_arch = "x86_64")]
+impl Walk {
+    #[inline(always)]
+    fn bounds(&self) -> StackBounds {
+        StackBounds { low: self.low, high: self.high }
+    }
+}
+
 const WALKING: u32 = 0;
 const ENDED: u32 = 1;
 const FAILED: u32 = 2;
 
+/// Start the copy of the calling thread's stack a learned chain's walk reads: the part it may
+/// read, `[sp, high)`, up to `window` bytes from sp and no further than the end of its mapping
+/// (`stack_mapping_end`), as `capture_user_stack` would copy it, kept in `CHAIN_WALK` with the
+/// copy (`CHAIN_STACK`) empty. Called once per traced call, before the Python walk, which
+/// reads a word of it too (`stack_word`), and `learned_chain`, which goes on from what that
+/// copied. In the map, not returned: the exit program's and the Python walk's stacks are
+/// within a few bytes of the verifier's 512 together. False when the slot is missing.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
+    let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
+    let sp = regs[arch::SP];
+    let mut high = sp.saturating_add(window as u64);
+    if let Some(end) = stack_mapping_end(sp, true)
+        && end < high
+    {
+        high = end;
+    }
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU
+    // (volatile: `ChainWalk` says why).
+    unsafe {
+        write_volatile(&raw mut (*slot).walk.low, sp);
+        write_volatile(&raw mut (*slot).walk.high, high);
+        write_volatile(&raw mut (*slot).copied, 0);
+    }
+    true
+}
+
+/// Learned chains are walked on x86_64 only (`learned_chain`): no copy elsewhere.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+pub fn start_stack_copy(_regs: &SavedRegs, _window: u32) -> bool {
+    false
+}
+
+/// The stack a walk may read, `[low, high)`, as `start_stack_copy` kept it.
+#[cfg_attr(not(bpf_target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy)]
+struct StackBounds {
+    low: u64,
+    high: u64,
+}
+
+/// The calling thread's stack word at `at` from the learned walk's copy, copied there first as
+/// the walk would (`read_word`), once `start_stack_copy` started it for this call: None
+/// outside the part the walk may read or where the copy fails. For the Python walk's one read
+/// of the C stack (python.rs, `walk_python`: 3.11 and 3.12 keep the running `_PyCFrame` among
+/// `_PyEval_EvalFrameDefault`'s locals), whose page the walk that follows would copy anyway on
+/// its way to the chain's outer frames: one user read fewer.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn stack_word(at: u64) -> Option<u64> {
+    let (Some(slot), Some(copy)) = (CHAIN_WALK.get_ptr_mut(0), CHAIN_STACK.get_ptr_mut(0)) else {
+        return None;
+    };
+    // SAFETY: the per-CPU slots, which no other program uses while this one runs on this CPU.
+    read_word(started_bounds(slot), unsafe { &raw mut (*slot).copied }, unsafe { &mut *copy }, at)
+}
+
+/// What `start_stack_copy` kept in the walk's slot for this call.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn started_bounds(slot: *const ChainWalk) -> StackBounds {
+    // SAFETY: the per-CPU slot, which no other program uses while this one runs on this CPU
+    // (volatile: `ChainWalk` says why).
+    unsafe {
+        StackBounds {
+            low: read_volatile(&raw const (*slot).walk.low),
+            high: read_volatile(&raw const (*slot).walk.high),
+        }
+    }
+}
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+pub fn stack_word(_at: u64) -> Option<u64> {
+    None
+}
+
 /// Walk the calling thread's user call chain with the rules userspace learned for this process
 /// image (a taught chain's of `CHAIN_RULES` while the walk follows it, else `FRAME_RULES`'),
-/// into `chain`; true when every frame had a rule and the chain ended as userspace's unwinder
-/// ends it, with `chain_flags::CACHED` when every rule past the first came from the taught
-/// chain. Then `chain` holds what userspace would have unwound from the
+/// into `chain`, over the part of the stack `start_stack_copy` kept for this call (and from
+/// what the Python walk copied of it); true when every frame had a rule and the chain ended as
+/// userspace's unwinder ends it, with `chain_flags::CACHED` when every rule past the first came
+/// from the taught chain. Then `chain` holds what userspace would have unwound from the
 /// stack window, exactly: each step depends only on the frame's address and registers
 /// (helios-trace/src/resolve/chains.rs `step`, the same rules over a window, says so and is
 /// tested against the unwinder), and every read lies inside the window `capture_user_stack`
@@ -326,17 +414,11 @@ const FAILED: u32 = 2;
 /// startup of ~0.85 s (BENCHMARKS.md, "The walk's rest as bpf_loop callbacks").
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, window: u32) -> bool {
+pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
     let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
-    let sp = regs[arch::SP];
-    let mut high = sp.saturating_add(window as u64);
-    if let Some(end) = stack_mapping_end(sp, true)
-        && end < high
-    {
-        high = end;
-    }
+    let StackBounds { low, high } = started_bounds(slot);
     let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
     // The walk's state in registers (and this stack) until the loop: kept in the map from the
     // first frame, it cost ~100 ns per CPython open+close (BENCHMARKS.md, "The taught walk in
@@ -344,9 +426,9 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     // verifier either way, read from the stack; the depth it knows is the taught loop's count.
     let mut walk = Walk {
         pc: regs[arch::IP],
-        sp,
+        sp: low,
         bp: regs[arch::BP],
-        low: sp,
+        low,
         high,
         exec_ns,
         tgid,
@@ -357,9 +439,9 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32, wind
     // `slot` stays a raw pointer, never a `&mut` held across `bpf_loop`: the callback writes it
     // through a pointer of its own, which a `&mut` would let the compiler assume cannot happen.
     // So it is written before the loop, and read after it, volatile.
-    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU.
+    // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU. The
+    // copy goes on from what `start_stack_copy` reset and the Python walk may have copied.
     let copied = unsafe { &raw mut (*slot).copied };
-    unsafe { write_volatile(copied, 0) };
     let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
     {
         // SAFETY: the per-CPU slot, a `&mut` of it only in this block, where no loop runs.
@@ -518,9 +600,9 @@ fn frame(
     }
     let mut caller_bp = bp;
     if rule.flags & frame_rule::BP_SAVED != 0 {
-        caller_bp = read_word(walk, copied, copy, base.wrapping_add(rule.bp_offset as i64 as u64))?;
+        caller_bp = read_word(walk.bounds(), copied, copy, base.wrapping_add(rule.bp_offset as i64 as u64))?;
     }
-    let return_address = read_word(walk, copied, copy, cfa.wrapping_sub(8))?;
+    let return_address = read_word(walk.bounds(), copied, copy, cfa.wrapping_sub(8))?;
     if return_address == 0 {
         return Some(Step::End);
     }
@@ -541,11 +623,14 @@ fn frame(
 /// highest word read was read, so every page the window copy needs is present (it keeps the
 /// readable prefix that ends on a page boundary), and no page past them was touched
 /// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
-/// check. None outside `[low, high)` or when the copy fails.
+/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way:
+/// the copy is still contiguous from sp within the same `[low, high)`, and one that fails
+/// leaves `copied` as it was, so the walk reads the same words and fails where it would have.
+/// None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn read_word(walk: &Walk, copied: *mut u64, copy: &mut StackCopy, at: u64) -> Option<u64> {
-    let (low, high) = (walk.low, walk.high);
+fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u64) -> Option<u64> {
+    let StackBounds { low, high } = bounds;
     if at < low || at > high.saturating_sub(8) {
         return None;
     }
@@ -663,7 +748,7 @@ fn copy_stack(copy: &mut StackCopy, low: u64, from: u64, to: u64) -> bool {
 /// Rules are learned for x86_64's registers only: elsewhere every call sends its window.
 #[cfg(not(bpf_target_arch = "x86_64"))]
 #[inline(always)]
-pub fn learned_chain(chain: &mut LearnedChain, _regs: &SavedRegs, _tgid: u32, _window: u32) -> bool {
+pub fn learned_chain(chain: &mut LearnedChain, _regs: &SavedRegs, _tgid: u32) -> bool {
     chain.depth = 0;
     chain.flags = 0;
     false

@@ -58,7 +58,7 @@ use crate::{
     maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
     python::python_stack,
     settings::{kernel_offsets, learned_chains, stack_window, user_stack_mode},
-    stacks::{WithStack, capture_user_stack, kernel_word, learned_chain, stack_id},
+    stacks::{WithStack, capture_user_stack, kernel_word, learned_chain, stack_id, start_stack_copy},
 };
 
 // The user register layout of the architecture the programs are built for.
@@ -115,6 +115,18 @@ fn reg<const BTF: bool>(regs: *const u64, index: usize) -> Result<u64, i64> {
         return Ok(unsafe { read_volatile(regs.wrapping_add(index)) });
     }
     unsafe { bpf_probe_read_kernel(regs.wrapping_add(index)) }.map_err(i64::from)
+}
+
+/// Whether a traced call's stack is walked with the rules userspace learned (`--stacks dwarf`,
+/// chains not off): the one condition both for starting the walk's copy of the stack
+/// (`start_stack_copy`) and for the walk, which takes where it starts from what the start kept
+/// in its per-CPU slot (stacks.rs, `learned_chain`): a walk without that start would read the
+/// last call's stack. Loads of the frozen settings (settings.rs), so cheap to ask twice.
+#[inline(always)]
+fn learned_walk(spec: u32) -> bool {
+    spec & spec::STACK != 0
+        && user_stack_mode() == stack_mode::DWARF
+        && learned_chains() != learned_chains::OFF
 }
 
 /// The registers a traced call's records are made from, copied from the saved `pt_regs` (in
@@ -269,12 +281,19 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
     // One timestamp for the Python stack and the record it belongs to: userspace pairs them by
     // (tid, ts_ns).
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // The C stack a learned walk reads, its copy started before the Python walk, which reads a
+    // word of it too (stacks.rs, `stack_word`). The settings are read again where they are
+    // used (loads of the frozen settings): kept across the Python walk's call, they were 16
+    // bytes of this program's stack, over the verifier's 512 for the two together.
+    let stack_copied = learned_walk(spec) && start_stack_copy(saved, stack_window().min(MAX_STACK_WINDOW));
     if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
-        python_stack(pid_tgid, ts_ns);
+        python_stack(pid_tgid, ts_ns, stack_copied);
     }
     if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
-        let learned = learned_chains();
-        if learned != learned_chains::OFF {
+        // `learned_walk` again, not `stack_copied` (kept across the call, 8 bytes more of this
+        // stack): the copy was started under the same condition (its map slot is always there,
+        // and `learned_chain` needs the same slot).
+        if learned_walk(spec) {
             // A chain the learned rules walk to its end is the record's stack (520 bytes of
             // addresses instead of a window of several KiB for userspace to unwind).
             let Some(mut entry) = EVENTS.reserve::<WithChain>(0) else {
@@ -283,11 +302,10 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
             };
             // SAFETY: ring-buffer records are 8-byte aligned and this long.
             let record = unsafe { &mut *entry.as_mut_ptr() };
-            let window = stack_window().min(MAX_STACK_WINDOW);
-            if learned_chain(&mut record.chain, saved, (pid_tgid >> 32) as u32, window) {
+            if learned_chain(&mut record.chain, saved, (pid_tgid >> 32) as u32) {
                 fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
                 record.event.header.kind = kind::FD_SYSCALL_CHAIN;
-                if learned != learned_chains::SHADOW {
+                if learned_chains() != learned_chains::SHADOW {
                     entry.submit(wakeup_flags());
                     return Ok(());
                 }

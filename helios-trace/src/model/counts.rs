@@ -53,6 +53,10 @@ pub(crate) struct EventCounts {
     /// thread, checked to be still that thread's and in its interpreter's list, instead of
     /// searching the list from its head (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub(crate) python_threads_remembered: u64,
+    /// Python stacks (CPython 3.11, 3.12) whose running `_PyCFrame` the kernel took from its
+    /// copy of the C stack for the learned walk, instead of a read of its own
+    /// (helios-trace-ebpf/src/python.rs, `walk_python`).
+    pub(crate) python_cframes_from_copy: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics

@@ -568,6 +568,7 @@ impl Tracing {
             closes_taken_for_lost: self.engine.table().held_closes().lost,
             wakeups_forced: kernel.wakeups_forced,
             python_threads_remembered: kernel.python_threads_remembered,
+            python_cframes_from_copy: kernel.python_cframes_from_copy,
             ..self.engine.counts()
         }
     }

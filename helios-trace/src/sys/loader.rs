@@ -233,6 +233,9 @@ pub(crate) struct KernelCounters {
     /// Python walks that took the thread state remembered for the calling thread
     /// (`counter::PYTHON_THREAD_REMEMBERED`).
     pub(crate) python_threads_remembered: u64,
+    /// Python walks that took the running `_PyCFrame`'s frame from the learned walk's copy of
+    /// the C stack (`counter::PYTHON_CFRAME_FROM_COPY`).
+    pub(crate) python_cframes_from_copy: u64,
 }
 
 impl KernelCounters {
@@ -535,6 +538,7 @@ impl Tracer {
             program_errors: sum(counter::PROGRAM_ERROR),
             wakeups_forced: sum(counter::WAKEUP_FORCED),
             python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
+            python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
         }
     }
 }
