@@ -731,14 +731,20 @@ pub mod counter {
     /// spare it. (Exec records always wake it and are not counted.)
     pub const WAKEUP_FORCED: u32 = 7;
     /// A Python walk took the calling thread's state from what the kernel remembered of that
-    /// thread (`PYTHON_THREADS`), still its own and still in the interpreter's list, instead of
+    /// thread (`PYTHON_THREADS`), still its own and still in the interpreter's list (or with its
+    /// running `_PyCFrame` on the thread's stack: `PYTHON_THREAD_ON_STACK`), instead of
     /// searching the list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub const PYTHON_THREAD_REMEMBERED: u32 = 8;
     /// A Python walk (3.11, 3.12) took the running `_PyCFrame`'s frame from the learned walk's
     /// copy of the C stack instead of a read of its own (helios-trace-ebpf/src/python.rs,
     /// `walk_python`; stacks.rs, `stack_word`).
     pub const PYTHON_CFRAME_FROM_COPY: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A remembered thread state (`PYTHON_THREAD_REMEMBERED`, 3.11, 3.12) taken as still the
+    /// thread's because its running `_PyCFrame` lies on the calling thread's own stack (and not
+    /// within the state), with no read of the interpreter's list
+    /// (helios-trace-ebpf/src/python.rs, `remembered_thread`).
+    pub const PYTHON_THREAD_ON_STACK: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Capacity of the target-process filter map.

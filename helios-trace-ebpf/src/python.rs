@@ -23,7 +23,7 @@ use crate::{
     emit::{count, header_at},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_THREADS, PYTHON_WALK},
     settings,
-    stacks::{AlignedBytes, PAGE, stack_word, word_at},
+    stacks::{AlignedBytes, PAGE, on_walked_stack, stack_word, word_at},
 };
 
 /// When the calling process is a CPython userspace recognised (`PYTHON_PROCS`), submit the
@@ -32,7 +32,8 @@ use crate::{
 /// unrolled loops multiplied with the exit program's paths past its instruction limit.
 ///
 /// `stack_copied`: a learned chain's walk follows, its copy of the C stack started (stacks.rs
-/// `start_stack_copy`), and this walk's word of the C stack is read from that copy.
+/// `start_stack_copy`): this walk's word of the C stack is read from that copy, and a remembered
+/// thread state checked against the stack it covers (`remembered_thread`).
 ///
 /// The record is submitted without a wake-up: the descriptor's record that the exit program
 /// submits right after it asks for one for both (emit.rs, `wakeup_flags`), where asking for
@@ -192,14 +193,20 @@ unsafe extern "C" fn search_thread(_index: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
+/// More bytes than a 3.11 or 3.12 `PyThreadState` (Include/cpython/pystate.h: a few hundred),
+/// whose `root_cframe` lies within it (`remembered_thread`).
+const THREAD_STATE_SPAN: u64 = 4096;
+
 /// The frame field of the thread state the kernel remembers for the calling thread
 /// (`PYTHON_THREADS`, by its kernel `pid_tgid`), when that is still thread `tid`'s and still in
-/// its interpreter's list; else None, and the list is searched. A thread state is found by a
+/// its interpreter's list (or, 3.11 and 3.12, has its `cframe` on the caller's stack: below);
+/// else None, and the list is searched. A thread state is found by a
 /// search from the list's head (`walk_python`): two reads to the list, then one per thread state
 /// up to the caller's, and CPython puts a new thread at the head (Python/pystate.c,
 /// `new_threadstate`; 3.12+ `add_threadstate`), so an event loop's main thread, the last of the
 /// list, was read after every worker's. Remembered, it is two reads (the thread state, and its
-/// `prev`'s `next` or its interpreter's head; 3.10 one more, for the tid) whatever the list.
+/// `prev`'s `next` or its interpreter's head; 3.10 one more, for the tid) whatever the list; one
+/// when its `cframe` is on the caller's stack.
 ///
 /// Still in the list: its `prev`'s `next` is it, or, with no `prev`, the head of its own
 /// interpreter's list (`interp`) is. A thread state CPython deleted (`tstate_delete_common`
@@ -214,14 +221,38 @@ unsafe extern "C" fn search_thread(_index: u64, _ctx: *mut c_void) -> i64 {
 /// - a thread with states in two interpreters (3.13+ running code in a subinterpreter) is walked
 ///   from the one remembered, where the search looked in the newest interpreter's list only.
 /// Neither is met in the tests or the corpus; both are documented (README.md, Python frames).
+///
+/// 3.11 and 3.12 (`stack_copied`: a learned walk's copy of the C stack started) need no read for
+/// the list when the thread state's `cframe` lies on the caller's own stack (`on_walked_stack`)
+/// and not within the thread state itself: the running `_PyEval_EvalFrameDefault` puts its
+/// local `_PyCFrame` there on entry (`tstate->cframe = &cframe`, Python/ceval.c) and the
+/// `previous` one back on each way out (3.12: the exits in Python/bytecodes.c too), down to the
+/// thread state's own `root_cframe`, a member of it (as does code that runs frames in its place:
+/// greenlet's switches, each on the thread's own stack). So a state whose `cframe` is on the
+/// caller's stack is the one an eval loop of the caller runs with. A state CPython deleted one
+/// by one had left its eval loops (a thread's after its function returned, a C thread's at
+/// `PyGILState_Release`): its `cframe` is its `root_cframe`, within it, and the list is checked
+/// as above. Counted: `counter::PYTHON_THREAD_ON_STACK`. What passes that the list check would
+/// not take: at finalization (3.11 too) the states `_PyThreadState_DeleteExcept` removed and
+/// freed keep their thread id and `cframe` (the allocator overwrites their first words, `prev`
+/// and `next`, which failed the list check mostly, not always), so a daemon thread whose eval
+/// loop still runs is walked from its own state, its frames being still its own.
 #[inline(always)]
-fn remembered_thread(w: &mut FrameWalk, pid_tgid: u64, tid: u32) -> Option<u64> {
+fn remembered_thread(w: &mut FrameWalk, pid_tgid: u64, tid: u32, stack_copied: bool) -> Option<u64> {
     let tstate = unsafe { PYTHON_THREADS.get(&pid_tgid) }.copied()?;
     if read_thread_state(w, tstate, tid as u64) != Ok(true) {
         return None;
     }
     let o = &w.offsets;
     let frame = field(&w.bytes, o.tstate_frame as usize);
+    if stack_copied
+        && o.cframe_frame != PY_NO_OFFSET
+        && frame.wrapping_sub(tstate) >= THREAD_STATE_SPAN
+        && on_walked_stack(frame)
+    {
+        count(counter::PYTHON_THREAD_ON_STACK);
+        return Some(frame);
+    }
     let prev = field(&w.bytes, o.tstate_prev as usize);
     let points_to_it = if prev != 0 {
         prev.wrapping_add(o.tstate_next as u64)
@@ -327,11 +358,11 @@ unsafe extern "C" fn walk_frame(_index: u64, _ctx: *mut c_void) -> i64 {
 /// before it). Its fields are read back volatile after the loop.
 ///
 /// `stack_copied`: the C stack the learned walk copies is to be read from that copy
-/// (`python_stack`), for 3.11's and 3.12's `_PyCFrame`.
+/// (`python_stack`), for 3.11's and 3.12's `_PyCFrame` and the remembered thread state's check.
 #[inline(always)]
 fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32, stack_copied: bool) -> u32 {
     // SAFETY: the per-CPU slot python_stack filled; a `&mut` of it only here, where no loop runs.
-    let remembered = remembered_thread(unsafe { &mut *walk }, pid_tgid, tid);
+    let remembered = remembered_thread(unsafe { &mut *walk }, pid_tgid, tid, stack_copied);
     let mut frame = match remembered {
         Some(frame) => {
             count(counter::PYTHON_THREAD_REMEMBERED);

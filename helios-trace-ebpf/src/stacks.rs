@@ -275,6 +275,10 @@ pub struct ChainWalk {
     /// knew (in a register, or a stack slot it tracks), it told every count apart and passed
     /// its million instructions.
     copied: u64,
+    /// 1 when `start_stack_copy` found the end of the mapping that holds sp (`walk.high` is then
+    /// within it), 0 when the lookup failed (the mmap lock contended: `bpf_find_vma` gives up)
+    /// and `walk.high` is sp plus the window, which may reach past the stack (`on_walked_stack`).
+    mapping_found: u64,
 }
 
 /// The walk's state but for the bytes copied (`ChainWalk`).
@@ -323,7 +327,8 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
     let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
     let sp = regs[arch::SP];
     let mut high = sp.saturating_add(window as u64);
-    if let Some(end) = stack_mapping_end(sp, true)
+    let end = stack_mapping_end(sp, true);
+    if let Some(end) = end
         && end < high
     {
         high = end;
@@ -334,6 +339,7 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
         write_volatile(&raw mut (*slot).walk.low, sp);
         write_volatile(&raw mut (*slot).walk.high, high);
         write_volatile(&raw mut (*slot).copied, 0);
+        write_volatile(&raw mut (*slot).mapping_found, end.is_some() as u64);
     }
     true
 }
@@ -387,6 +393,26 @@ fn started_bounds(slot: *const ChainWalk) -> StackBounds {
 #[inline(always)]
 pub fn stack_word(_at: u64) -> Option<u64> {
     None
+}
+
+/// Whether `at` lies in the part of the calling thread's stack `start_stack_copy` kept for this
+/// call, from sp up to the walk's window and within the mapping that holds sp: the caller's own
+/// stack, in use by its frames (or by frames on a stack the thread switched to, such as a
+/// signal's alternate stack, within that mapping). False when the mapping was not found.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn on_walked_stack(at: u64) -> bool {
+    let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
+    let StackBounds { low, high } = started_bounds(slot);
+    // SAFETY: the per-CPU slot (volatile: `ChainWalk` says why).
+    let found = unsafe { read_volatile(&raw const (*slot).mapping_found) } != 0;
+    found && low <= at && at < high
+}
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+pub fn on_walked_stack(_at: u64) -> bool {
+    false
 }
 
 /// Walk the calling thread's user call chain with the rules userspace learned for this process

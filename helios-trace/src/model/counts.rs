@@ -57,6 +57,10 @@ pub(crate) struct EventCounts {
     /// copy of the C stack for the learned walk, instead of a read of its own
     /// (helios-trace-ebpf/src/python.rs, `walk_python`).
     pub(crate) python_cframes_from_copy: u64,
+    /// Of `python_threads_remembered`, those (3.11, 3.12) whose running `_PyCFrame` lay on the
+    /// calling thread's own stack, which only its eval loop puts there: no read of the
+    /// interpreter's list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
+    pub(crate) python_threads_on_stack: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics

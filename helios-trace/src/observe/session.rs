@@ -569,6 +569,7 @@ impl Tracing {
             wakeups_forced: kernel.wakeups_forced,
             python_threads_remembered: kernel.python_threads_remembered,
             python_cframes_from_copy: kernel.python_cframes_from_copy,
+            python_threads_on_stack: kernel.python_threads_on_stack,
             ..self.engine.counts()
         }
     }

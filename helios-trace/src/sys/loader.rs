@@ -236,6 +236,9 @@ pub(crate) struct KernelCounters {
     /// Python walks that took the running `_PyCFrame`'s frame from the learned walk's copy of
     /// the C stack (`counter::PYTHON_CFRAME_FROM_COPY`).
     pub(crate) python_cframes_from_copy: u64,
+    /// Remembered thread states confirmed by their running `_PyCFrame` on the calling thread's
+    /// stack (`counter::PYTHON_THREAD_ON_STACK`).
+    pub(crate) python_threads_on_stack: u64,
 }
 
 impl KernelCounters {
@@ -539,6 +542,7 @@ impl Tracer {
             wakeups_forced: sum(counter::WAKEUP_FORCED),
             python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
             python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
+            python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
         }
     }
 }

@@ -363,6 +363,10 @@ fn python_leaks_are_named_by_function_file_and_line() {
     assert!(with_cframe >= 1);
     let from_copy = report["events"]["python_cframes_from_copy"].as_u64().unwrap();
     assert!(from_copy >= 20 * with_cframe, "{}", report["events"]);
+    // And their remembered thread states confirmed by that `_PyCFrame` on the caller's own
+    // stack, with no read of the interpreter's list.
+    let on_stack = report["events"]["python_threads_on_stack"].as_u64().unwrap();
+    assert!(on_stack >= 20 * with_cframe, "{}", report["events"]);
     // Every interpreter was recognised: no warning.
     let warnings: Vec<String> =
         tracer.stderr_lines().into_iter().filter(|l| l.contains("no Python frames")).collect();

@@ -458,7 +458,8 @@ fn a_pods_series_carry_its_container_id_and_pod_uid() {
 /// pyleaks.py (tests/workloads) in a pod, its accept leak named by the Python function, and the
 /// main thread's leak behind more threads than the kernel's search reaches (python.rs, `CROWD`),
 /// named from the thread state the kernel remembers for it; on 3.11 and 3.12 the running
-/// `_PyCFrame` taken from the kernel's copy of the pod process's C stack.
+/// `_PyCFrame` taken from the kernel's copy of the pod process's C stack, and found there for
+/// the remembered thread states.
 fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     let mut pod =
         Pod::start(PodSpec { root, command: vec![python.into(), "/app/pyleaks.py".into(), "/tmp".into()] });
@@ -475,6 +476,8 @@ fn python_in_a_pod_names_the_accepting_function(root: Root, python: &str) {
     assert!(report["events"]["python_threads_remembered"].as_u64().unwrap() > 0, "{}", report["events"]);
     let from_copy = report["events"]["python_cframes_from_copy"].as_u64().unwrap();
     assert_eq!(from_copy > 0, matches!(minor, 11 | 12), "3.{minor}: {}", report["events"]);
+    let on_stack = report["events"]["python_threads_on_stack"].as_u64().unwrap();
+    assert_eq!(on_stack > 0, matches!(minor, 11 | 12), "3.{minor}: {}", report["events"]);
     for fd in accepted {
         let site = site_of(&report, pod.pid, fd);
         assert_eq!(
