@@ -82,6 +82,17 @@ pub fn wakeup_flags() -> u64 {
     BPF_RB_FORCE_WAKEUP as u64
 }
 
+/// Submit flags for a record the same program follows at once with another submitted with
+/// `wakeup_flags` (python.rs: the Python frames before their descriptor's record): no query of
+/// the ring, the next record's asks for both. With batching off (`wakeup_bytes` 0) the kernel's
+/// own choice, as for every record then: a record not yet read ahead of the next keeps the next
+/// from waking the reader (kernel/bpf/ringbuf.c, `bpf_ringbuf_commit` wakes only when the reader
+/// has caught up to the record).
+#[inline(always)]
+pub fn followed_wakeup_flags() -> u64 {
+    if settings::wakeup_bytes() == 0 { 0 } else { BPF_RB_NO_WAKEUP as u64 }
+}
+
 /// See `wakeup_flags`: a 16 MiB ring of 8 KiB stack records fills in about 10 ms at 200,000
 /// records a second, a hundred times this.
 const WAKEUP_MIN_INTERVAL_NS: u64 = 100_000;

@@ -7,7 +7,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_RB_NO_WAKEUP, bpf_pidns_info},
+    bindings::bpf_pidns_info,
     helpers::{
         bpf_probe_read_user,
         generated::{bpf_get_ns_current_pid_tgid, bpf_loop, bpf_probe_read_user as raw_read_user},
@@ -20,9 +20,8 @@ use helios_trace_common::{
 };
 
 use crate::{
-    emit::{count, header_at},
+    emit::{count, followed_wakeup_flags, header_at},
     maps::{EVENTS, PYTHON_PROCS, PYTHON_SCRATCH, PYTHON_THREADS, PYTHON_WALK},
-    settings,
     stacks::{AlignedBytes, PAGE, on_walked_stack, stack_word, word_at},
 };
 
@@ -35,12 +34,8 @@ use crate::{
 /// `start_stack_copy`): this walk's word of the C stack is read from that copy, and a remembered
 /// thread state checked against the stack it covers (`remembered_thread`).
 ///
-/// The record is submitted without a wake-up: the descriptor's record that the exit program
-/// submits right after it asks for one for both (emit.rs, `wakeup_flags`), where asking for
-/// each is a query of the ring per record. With batching off (`wakeup_bytes` 0) each record
-/// wakes the reader as the kernel decides, as every record does then: a record not yet read
-/// ahead of the next would keep the next from waking it (kernel/bpf/ringbuf.c,
-/// `bpf_ringbuf_commit`, wakes only when the reader has caught up to the record).
+/// The record is submitted without asking the ring how full it is: the descriptor's record that
+/// the exit program submits right after it asks for both (emit.rs, `followed_wakeup_flags`).
 #[inline(never)]
 pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
     let tgid = (pid_tgid >> 32) as u32;
@@ -75,8 +70,7 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
     }
     // SAFETY: `len` bytes of the scratch record, which is that long at least.
     let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
-    let flags = if settings::wakeup_bytes() == 0 { 0 } else { BPF_RB_NO_WAKEUP as u64 };
-    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
+    if EVENTS.output::<[u8]>(bytes, followed_wakeup_flags()).is_err() {
         count(counter::RINGBUF_FULL);
     }
 }
