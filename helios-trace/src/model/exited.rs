@@ -1,12 +1,8 @@
 //! A process as the report shows it after its exit (ARCHITECTURE.md, "Contracts: Report":
 //! `exited`): what it had open and what it counted, as of its exit.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use crate::model::{
-    fd::{FdKind, SiteId},
-    fdtable::OpenFd,
-    sites::SiteCounters,
-};
+use crate::model::{fd::SiteId, fdtable::OpenFd, sites::ProcessCounters};
 
 /// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
 /// by the time of the report).
@@ -20,7 +16,7 @@ pub(crate) struct ExitedProcess {
     /// What was open at the exit.
     pub(crate) fds: BTreeMap<i32, OpenFd>,
     /// Its site counters, the closes by exit included.
-    pub(crate) counters: HashMap<(FdKind, SiteId), SiteCounters>,
+    pub(crate) counters: ProcessCounters,
 }
 
 impl ExitedProcess {

@@ -29,7 +29,9 @@
 //!   What is kept is kept for `CLOSE_HOLD_NS`: a held descriptor whose close does not come
 //!   by then is counted closed as lost (`CloseReason::Reconcile`, what such an open meant
 //!   when closes were seen at enter).
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
 
 use crate::model::{
     event::{Event, Op},

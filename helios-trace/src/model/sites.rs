@@ -10,7 +10,9 @@
 //! retention is forgotten ([`SiteStats::expire`]): its frames, its sums, its series. Without
 //! this, a node that churns short-lived jobs adds call sites for ever (issue 17: every job's
 //! own script is new Python frames), and the daemon grows until it is killed.
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::hash_map::Entry;
+
+use foldhash::HashMap;
 
 use crate::model::{
     fd::{CloseReason, FdKind, SiteId},
@@ -80,11 +82,14 @@ struct Life {
     idle_since_ns: Option<u64>,
 }
 
+/// One process's counters, by (kind, site).
+pub(crate) type ProcessCounters = HashMap<(FdKind, SiteId), SiteCounters>;
+
 /// Counters of live processes, keyed by process then (kind, site); sums of exited ones by
 /// (kind, site); who holds each call site.
 #[derive(Debug, Default)]
 pub(crate) struct SiteStats {
-    by_process: HashMap<u32, HashMap<(FdKind, SiteId), SiteCounters>>,
+    by_process: HashMap<u32, ProcessCounters>,
     retired: HashMap<(FdKind, SiteId), Retired>,
     lives: HashMap<SiteId, Life>,
 }
@@ -176,7 +181,7 @@ impl SiteStats {
         self.lives.len()
     }
 
-    pub(crate) fn process(&self, tgid: u32) -> Option<&HashMap<(FdKind, SiteId), SiteCounters>> {
+    pub(crate) fn process(&self, tgid: u32) -> Option<&ProcessCounters> {
         self.by_process.get(&tgid)
     }
 
@@ -416,7 +421,7 @@ mod tests {
                 let mut stats = SiteStats::default();
                 // Known sites (made and not forgotten since), and since when nothing holds them.
                 let mut known: BTreeSet<u64> = BTreeSet::new();
-                let mut idle_since: HashMap<u64, u64> = HashMap::new();
+                let mut idle_since: HashMap<u64, u64> = HashMap::default();
                 for (i, step) in steps.iter().enumerate() {
                     let now = i as u64;
                     apply(&mut table, &mut stats, step, now);

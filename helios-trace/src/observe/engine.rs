@@ -6,13 +6,9 @@
 //!
 //! The engine reads nothing itself: what /proc says comes through a [`ProcSource`] and
 //! captured stacks through a [`StackSource`], so its tests need no procfs and no kernel.
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    io,
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, io, path::Path, sync::Arc};
 
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use helios_trace_common::{GoOffsets, PythonOffsets, chain_flags};
 
 use log::debug;
@@ -249,8 +245,8 @@ impl Engine {
         self.python.next_due()
     }
 
-    /// Whether the Python probe has offsets for the kernel, or a retry due at `now_ns`.
-    pub(crate) fn python_waiting(&self, now_ns: u64) -> bool {
+    /// Whether the Python probe has offsets for the kernel, or a retry due by `now_ns()`.
+    pub(crate) fn python_waiting(&self, now_ns: impl FnOnce() -> u64) -> bool {
         self.python.waiting(now_ns)
     }
 
@@ -493,7 +489,7 @@ impl Engine {
                 };
                 let stack = match &stack {
                     RecordStack::Chain(chain) => Some(CapturedStack::Chain(WalkedChain {
-                        addresses: chain.chain(),
+                        addresses: &chain.addresses,
                         cached: chain.flags & chain_flags::CACHED != 0,
                     })),
                     RecordStack::Window(sample) => Some(CapturedStack::Window {

@@ -430,7 +430,7 @@ impl Tracing {
                 self.engine.handle_record(record, &self.tracer);
                 // A CPython just exec'd must reach the kernel before it runs Python code, not
                 // at the end of a drain that may resolve many stacks first (resolve/python).
-                if self.engine.python_waiting(clock::boot_ns()) {
+                if self.engine.python_waiting(clock::boot_ns) {
                     apply_runtime_updates(&mut self.engine, &mut self.tracer);
                 }
             }

@@ -7,11 +7,12 @@
 //! kernel's stack map (`--stacks fp`). The addresses are named against the process's image captured at its first sight
 //! (resolve/modules) with blazesym (resolve/symbolize.rs).
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use helios_trace_common::{
     ChainKey, ChainRules, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
     user_stack_flags,

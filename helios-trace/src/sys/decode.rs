@@ -1,13 +1,18 @@
 //! Ring-buffer records → typed events. Every record is length-checked before it is read; a
 //! short, unknown or meaningless record is an error the caller counts, never a panic.
-use std::mem::size_of;
+use std::{
+    borrow::Cow,
+    mem::{offset_of, size_of},
+    ops::Range,
+};
 
 use helios_trace_common::{
-    CloseEvent, EventHeader, ExecEvent, ExitEvent, HandleEvent, LearnedChain, MAX_AUX_FDS, NewTaskEvent,
-    PATH_LEN, PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED, SyscallEvent,
-    UserStack, chain_flags, close_flags, kind, syscall_flags,
+    CloseEvent, EventHeader, ExecEvent, ExitEvent, HandleEvent, LearnedChain, MAX_AUX_FDS, MAX_CHAIN_FRAMES,
+    NewTaskEvent, PATH_LEN, PYTHON_STACK_FRAMES_OFFSET, PythonFrame, PythonStack, STACK_NOT_CAPTURED,
+    SyscallEvent, UserStack, chain_flags, close_flags, kind, syscall_flags,
 };
 use thiserror::Error;
+use zerocopy::FromBytes as _;
 
 use crate::{
     model::{
@@ -29,8 +34,6 @@ pub(crate) enum DecodeError {
 
 /// Why a well-formed record produced no event (not an error: e.g. dup2(fd, fd)).
 #[derive(Debug, PartialEq, Eq)]
-// A learned chain by value (`RecordStack`): made once per record and moved once.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Decoded<'a> {
     /// An event and the user stack its record carried, read once with it.
     Event(Event, RecordStack<'a>),
@@ -69,28 +72,26 @@ pub(crate) enum HandleStep {
 
 /// The user stack a descriptor record carried with `--stacks dwarf` (`None` otherwise: a
 /// frame-pointer stack is an id in the event's `StackIds`).
-#[derive(Clone, Copy, Debug)]
-// By value: the chain is a 520-byte copy out of the record, where a box would be an allocation
-// per record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+// A window's registers by value (272 bytes): windows are the rare record, a chain's first
+// sight, and a box would be an allocation for each.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum RecordStack<'a> {
     None,
     Window(StackSample<'a>),
-    Chain(LearnedChain),
+    Chain(RecordChain<'a>),
 }
 
-impl PartialEq for RecordStack<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (RecordStack::None, RecordStack::None) => true,
-            (RecordStack::Window(a), RecordStack::Window(b)) => a == b,
-            (RecordStack::Chain(a), RecordStack::Chain(b)) => a.flags == b.flags && a.chain() == b.chain(),
-            _ => false,
-        }
-    }
+/// The chain of a `kind::FD_SYSCALL_CHAIN` record ([`LearnedChain`]): its flags
+/// (`chain_flags`), and its addresses up to its depth, borrowed from the record where the
+/// record is 8-aligned (every record of the ring emptier's chunks, sys/ring.rs), copied where
+/// not. A copy of the whole chain, 520 bytes, and its moves with the decoded record were a
+/// tenth of the engine's time per record (BENCHMARKS.md, "The daemon's cost per record").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecordChain<'a> {
+    pub(crate) flags: u32,
+    pub(crate) addresses: Cow<'a, [u64]>,
 }
-
-impl Eq for RecordStack<'_> {}
 
 /// A `kind::FD_SYSCALL_CHAIN` record with `chain_flags::SHADOW`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +136,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
             let record: SyscallEvent = read(bytes, "syscall record")?;
             let stack = match (learned_chain(bytes)?, user_stack(bytes)?) {
                 (Some(chain), _) if chain.flags & chain_flags::SHADOW != 0 => {
-                    let addresses = chain.chain().to_vec();
+                    let addresses = chain.addresses.into_owned();
                     return Ok(Decoded::Shadow(ShadowChain {
                         tid: header.tid,
                         ts_ns: header.ts_ns,
@@ -268,14 +269,70 @@ pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, Decode
 }
 
 /// The chain a `kind::FD_SYSCALL_CHAIN` record carries after its SyscallEvent (None for every
-/// other record).
-pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<LearnedChain>, DecodeError> {
+/// other record). The record holds the whole [`LearnedChain`] (what the kernel reserved); a
+/// depth beyond its array reads as the array.
+pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<RecordChain<'_>>, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     if header.kind != kind::FD_SYSCALL_CHAIN {
         return Ok(None);
     }
     let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
-    Ok(Some(read(tail, "learned chain")?))
+    let Some(chain) = tail.get(..size_of::<LearnedChain>()) else {
+        return Err(DecodeError::Short {
+            what: "learned chain",
+            len: tail.len(),
+            need: size_of::<LearnedChain>(),
+        });
+    };
+    let word = |at: usize| u32::from_ne_bytes(chain[at..at + 4].try_into().expect("4 bytes"));
+    let depth = (word(offset_of!(LearnedChain, depth)) as usize).min(MAX_CHAIN_FRAMES);
+    let words = &chain[offset_of!(LearnedChain, addresses)..][..depth * size_of::<u64>()];
+    let addresses = match <[u64]>::ref_from_bytes(words) {
+        Ok(addresses) => Cow::Borrowed(addresses),
+        Err(_) => Cow::Owned(
+            words
+                .chunks_exact(size_of::<u64>())
+                .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+    };
+    Ok(Some(RecordChain { flags: word(offset_of!(LearnedChain, flags)), addresses }))
+}
+
+/// The parts of a record its kernel program wrote, within `record`: everything but the
+/// unused end of a descriptor record's path and of what follows it (a learned chain's
+/// addresses past its depth, a stack window past its length). The rest of a reservation is what
+/// an earlier record left in the ring (kernel/bpf/ringbuf.c, `__bpf_ringbuf_reserve` does not
+/// clear it), which `decode` never reads (it reads the path up to `path_len`, a chain up to its
+/// `depth`, a window up to `stack_len`), so the ring's emptier copies only these two spans
+/// (sys/ring.rs, `Chunk::push`): a learned chain's record is 960 bytes, of which a short chain
+/// and path fill about 250, and the rest were reads of memory last written a ring ago
+/// (BENCHMARKS.md, "The daemon's cost per record"). Other records are one whole span.
+pub(crate) fn written_spans(record: &[u8]) -> [Range<usize>; 2] {
+    const PATH: usize = offset_of!(SyscallEvent, path);
+    let whole = [0..record.len(), record.len()..record.len()];
+    let word = |at: usize| record.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    let Some(kind) = word(offset_of!(EventHeader, kind)) else { return whole };
+    let after_event = size_of::<SyscallEvent>();
+    let end = match kind {
+        kind::FD_SYSCALL => after_event,
+        kind::FD_SYSCALL_CHAIN => match word(after_event + offset_of!(LearnedChain, depth)) {
+            Some(depth) => {
+                let depth = (depth as usize).min(MAX_CHAIN_FRAMES);
+                after_event + offset_of!(LearnedChain, addresses) + depth * size_of::<u64>()
+            }
+            None => return whole,
+        },
+        kind::FD_SYSCALL_USER_STACK => match word(after_event + offset_of!(UserStack, stack_len)) {
+            Some(len) => (after_event + size_of::<UserStack>()).saturating_add(len as usize),
+            None => return whole,
+        },
+        _ => return whole,
+    };
+    let Some(path_len) = word(offset_of!(SyscallEvent, path_len)) else { return whole };
+    let path_end = PATH + (path_len as usize).min(PATH_LEN);
+    let end = end.min(record.len());
+    [0..path_end.min(end), (PATH + PATH_LEN).min(end)..end]
 }
 
 /// The kind of a file opened by path, from the path and open flags alone: the kernel
@@ -556,11 +613,12 @@ pub(crate) mod tests {
         chain.addresses[..3].copy_from_slice(&[0x7f00_0000_1234, 0x55d0_c0a0_1010, 0x7f00_0000_5678]);
         let bytes = |chain: &LearnedChain| [bytes_of(&record), bytes_of(chain)].concat();
         let table = SyscallTable::native();
-        let Ok(Decoded::Event(_, RecordStack::Chain(read))) = decode(&bytes(&chain), &table) else {
+        let record_bytes = bytes(&chain);
+        let Ok(Decoded::Event(_, RecordStack::Chain(read))) = decode(&record_bytes, &table) else {
             panic!("not a chain")
         };
-        assert_eq!(read.chain(), &chain.addresses[..3]);
-        assert_eq!(learned_chain(&bytes(&chain)).unwrap().unwrap().chain(), &chain.addresses[..3]);
+        assert_eq!(*read.addresses, chain.addresses[..3]);
+        assert_eq!(*learned_chain(&bytes(&chain)).unwrap().unwrap().addresses, chain.addresses[..3]);
         assert_eq!(user_stack(&bytes(&chain)), Ok(None));
         // Shadow: not an event, the chain of the window record that follows.
         for (flags, cached) in
@@ -578,11 +636,111 @@ pub(crate) mod tests {
         // A depth beyond the array reads as the whole array; a cut record is short.
         chain.depth = 1000;
         assert_eq!(
-            learned_chain(&bytes(&chain)).unwrap().unwrap().chain().len(),
+            learned_chain(&bytes(&chain)).unwrap().unwrap().addresses.len(),
             helios_trace_common::MAX_CHAIN_FRAMES
         );
         let cut = &bytes(&chain)[..size_of::<SyscallEvent>() + 100];
         assert!(matches!(decode(cut, &table), Err(DecodeError::Short { what: "learned chain", .. })));
+    }
+
+    /// A descriptor record as the ring holds it: the written parts, and `garbage` where its
+    /// kernel program wrote nothing (the path's end, a chain past its depth, a window past its
+    /// length, up to what the program reserved).
+    fn as_in_the_ring(
+        kind: u32,
+        call: Call,
+        path_len: usize,
+        depth: u32,
+        window: (u32, usize),
+        garbage: &[u8],
+    ) -> Vec<u8> {
+        let mut junk = garbage.iter().copied().cycle();
+        let mut record = syscall(call, 5, [libc::AT_FDCWD as u64, 0x1234, 0x80000, 0, 0, 0]);
+        record.header.kind = kind;
+        record.aux_count = 2;
+        record.aux_fds[..2].copy_from_slice(&[7, 8]);
+        record.path.iter_mut().for_each(|b| *b = junk.next().unwrap());
+        record.path[..path_len].iter_mut().for_each(|b| *b = b'a' + (*b % 26));
+        record.path_len = path_len as u32;
+        record.creator_pc = 0x64a296;
+        let mut bytes = bytes_of(&record);
+        match kind {
+            kind::FD_SYSCALL_CHAIN => {
+                let mut chain = LearnedChain { depth, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+                for (i, address) in chain.addresses.iter_mut().enumerate() {
+                    *address = if i < depth as usize {
+                        0x55d0_c0a0_1000 + i as u64
+                    } else {
+                        junk.next().unwrap().into()
+                    };
+                }
+                bytes.extend(bytes_of(&chain));
+            }
+            kind::FD_SYSCALL_USER_STACK => {
+                let (stack_len, reserved) = window;
+                let header =
+                    UserStack { regs: [3; helios_trace_common::USER_REGS_WORDS], stack_len, flags: 0 };
+                bytes.extend(bytes_of(&header));
+                bytes.extend(
+                    (0..reserved)
+                        .map(|i| if i < stack_len as usize { i as u8 } else { junk.next().unwrap() }),
+                );
+            }
+            _ => {}
+        }
+        bytes
+    }
+
+    mod copied_by_spans {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// The ring's emptier copies only `written_spans` into memory that held other records:
+            /// every record decodes as it would have from the ring, cut ones too.
+            #[test]
+            fn a_record_copied_by_its_written_spans_decodes_as_the_whole(
+                kind in proptest::sample::select(vec![kind::FD_SYSCALL, kind::FD_SYSCALL_CHAIN, kind::FD_SYSCALL_USER_STACK]),
+                call in proptest::sample::select(vec![Call::OpenAt, Call::Socket, Call::Accept4, Call::Pipe2, Call::RecvMsg]),
+                path_len in 0..=PATH_LEN,
+                depth in 0u32..80,
+                (stack_len, reserved) in (0u32..600).prop_flat_map(|len| (Just(len), len as usize..700)),
+                garbage in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+                other in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+                cut in proptest::option::of(0usize..2000),
+            ) {
+                let mut ring = as_in_the_ring(kind, call, path_len, depth, (stack_len, reserved), &garbage);
+                if let Some(cut) = cut {
+                    ring.truncate(cut);
+                }
+                let mut copied: Vec<u8> = other.iter().copied().cycle().take(ring.len()).collect();
+                let spans = written_spans(&ring);
+                for span in spans.clone() {
+                    copied[span.clone()].copy_from_slice(&ring[span]);
+                }
+                let table = SyscallTable::native();
+                prop_assert_eq!(decode(&copied, &table), decode(&ring, &table));
+                // And less than the whole is copied wherever the path or what follows is short.
+                let written: usize = spans.iter().map(ExactSizeIterator::len).sum();
+                let unwritten = (PATH_LEN - path_len)
+                    + match kind {
+                        kind::FD_SYSCALL_CHAIN => (MAX_CHAIN_FRAMES - (depth as usize).min(MAX_CHAIN_FRAMES)) * 8,
+                        kind::FD_SYSCALL_USER_STACK => reserved - stack_len as usize,
+                        _ => 0,
+                    };
+                if cut.is_none() {
+                    prop_assert_eq!(written, ring.len() - unwritten);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_without_unwritten_parts_are_one_span() {
+        let close = bytes_of(&CloseEvent { header: header(kind::CLOSE), fd: 3, flags: 0 });
+        assert_eq!(written_spans(&close), [0..32, 32..32]);
+        assert_eq!(written_spans(&close[..3]), [0..3, 3..3]);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
 use memmap2::MmapMut;
 
-use crate::sys::own;
+use crate::sys::{decode, own};
 
 /// How long the emptier sleeps when its last look found nothing or little (`next_look`; the
 /// kernel wakes it once `Settings::wakeup_bytes` wait, so below that records wait this long at
@@ -239,12 +239,17 @@ impl Chunk {
         self.memory.bytes().len() - self.used >= Chunk::room(len)
     }
 
-    /// Append `record`; returns the bytes it took, now counted alive.
+    /// Append `record`; returns the bytes it took, now counted alive. Only what its kernel
+    /// program wrote is copied (`decode::written_spans`); the bytes between keep whatever the
+    /// chunk held, as the ring did.
     fn push(&mut self, record: &[u8]) -> usize {
         let at = self.used;
         let bytes = self.memory.bytes_mut();
         bytes[at..at + LENGTH_BYTES].copy_from_slice(&(record.len() as u64).to_ne_bytes());
-        bytes[at + LENGTH_BYTES..at + LENGTH_BYTES + record.len()].copy_from_slice(record);
+        let to = &mut bytes[at + LENGTH_BYTES..at + LENGTH_BYTES + record.len()];
+        for span in decode::written_spans(record) {
+            to[span.clone()].copy_from_slice(&record[span]);
+        }
         let took = Chunk::room(record.len());
         self.used += took;
         self.store.alive.fetch_add(took, Ordering::Relaxed);
@@ -622,6 +627,31 @@ mod tests {
         assert_eq!(store.pool.lock().unwrap().len(), 2);
         let _reused = Chunk::new(CHUNK_BYTES, &store);
         assert_eq!(store.pool.lock().unwrap().len(), 1);
+    }
+
+    /// A learned chain's record, copied by its written spans after a record of odd length, is
+    /// 8-aligned in its chunk: the engine reads its addresses in place (sys/decode.rs,
+    /// `RecordChain`).
+    #[test]
+    fn a_learned_chains_record_is_read_in_place() {
+        use helios_trace_common::{LearnedChain, MAX_CHAIN_FRAMES, kind};
+
+        use crate::sys::{
+            decode::tests::{bytes_of, syscall},
+            syscalls::Call,
+        };
+        let mut record = syscall(Call::OpenAt, 3, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]);
+        record.header.kind = kind::FD_SYSCALL_CHAIN;
+        let mut chain = LearnedChain { depth: 2, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+        chain.addresses[..2].copy_from_slice(&[0x1000, 0x2000]);
+        let store = Arc::<Store>::default();
+        let mut chunk = Chunk::new(CHUNK_BYTES, &store);
+        chunk.push(&[7; 13]);
+        chunk.push(&[bytes_of(&record), bytes_of(&chain)].concat());
+        let sealed = chunk.seal();
+        let copied = records(&sealed).nth(1).expect("two records");
+        let read = decode::learned_chain(copied).unwrap().expect("a chain");
+        assert!(matches!(read.addresses, std::borrow::Cow::Borrowed(&[0x1000, 0x2000])), "{read:?}");
     }
 
     fn records_of(chunk: &Bytes) -> Vec<&[u8]> {

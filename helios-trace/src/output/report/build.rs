@@ -20,7 +20,7 @@ use crate::{
         frame::{Frame, SiteOrigin, site_label},
         history::{History, ProcessSeries},
         resources::{CgroupMemory, exhaustion_seconds},
-        sites::{SiteCounters, SiteStats},
+        sites::{ProcessCounters, SiteCounters, SiteStats},
         trend::{self, Evidence, TIME_TO_JUDGE, Trend},
     },
     output::format::{bytes, human_duration, rate, signed_bytes, signed_count, thousands},
@@ -105,7 +105,7 @@ struct ProcessView<'a> {
     comm: &'a str,
     cmdline: Option<String>,
     fds: &'a BTreeMap<i32, OpenFd>,
-    counters: Option<&'a HashMap<(FdKind, SiteId), SiteCounters>>,
+    counters: Option<&'a ProcessCounters>,
     /// Ages are measured to this time (the exit, for an exited process).
     now_ns: u64,
     exited: bool,

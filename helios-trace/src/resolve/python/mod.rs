@@ -22,12 +22,9 @@
 //! walked or not); layouts and versions (layout.rs); line tables (lines.rs); reading Python
 //! objects from the process's memory (memory.rs); a recognised interpreter and its caches
 //! (interpreter.rs).
-use std::{
-    collections::{HashMap, HashSet},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{path::PathBuf, sync::Arc};
 
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use helios_trace_common::{PythonFrame, PythonOffsets, python_flags};
 use thiserror::Error;
 
@@ -297,9 +294,11 @@ impl PythonProcesses {
         self.pending.iter().filter_map(|pid| self.retry_of(*pid)).map(|r| r.next_ns).min()
     }
 
-    /// Offsets for the kernel, or a retry due at `now_ns`.
-    pub(crate) fn waiting(&self, now_ns: u64) -> bool {
-        !self.updates.is_empty() || self.next_due().is_some_and(|due| due <= now_ns)
+    /// Offsets for the kernel, or a retry due by `now_ns()`, the clock read only when a retry
+    /// is pending: the session asks after every record, and a clock read there was 4% of the
+    /// daemon's CPU (BENCHMARKS.md, "The daemon's cost per record").
+    pub(crate) fn waiting(&self, now_ns: impl FnOnce() -> u64) -> bool {
+        !self.updates.is_empty() || self.next_due().is_some_and(|due| due <= now_ns())
     }
 
     fn retry_of(&self, pid: u32) -> Option<Retry> {
