@@ -16,6 +16,9 @@ pub fn record(data: &[u8]) {
         let _ = decode::decode(data, table);
         let _ = decode::user_stack(data);
         let _ = decode::learned_chain(data);
+        for span in decode::written_spans(data) {
+            let _ = &data[span];
+        }
     });
 }
 

@@ -73,8 +73,8 @@ pub(crate) enum HandleStep {
 /// The user stack a descriptor record carried with `--stacks dwarf` (`None` otherwise: a
 /// frame-pointer stack is an id in the event's `StackIds`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-// A window's registers by value (272 bytes): windows are the rare record, a chain's first
-// sight, and a box would be an allocation for each.
+// A window's registers by value (272 bytes): a box would be an allocation for each window,
+// which is every stack record where chains are not learned (`--learned-chains off`, not x86_64).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum RecordStack<'a> {
     None,
@@ -84,8 +84,8 @@ pub(crate) enum RecordStack<'a> {
 
 /// The chain of a `kind::FD_SYSCALL_CHAIN` record ([`LearnedChain`]): its flags
 /// (`chain_flags`), and its addresses up to its depth, borrowed from the record where the
-/// record is 8-aligned (every record of the ring emptier's chunks, sys/ring.rs), copied where
-/// not. A copy of the whole chain, 520 bytes, and its moves with the decoded record were a
+/// record is 8-aligned (every record of the ring emptier's chunks, sys/ring.rs `Memory`),
+/// copied where not (a test's bytes may not be). A copy of the whole chain, 520 bytes, and its moves with the decoded record were a
 /// tenth of the engine's time per record (BENCHMARKS.md, "The daemon's cost per record").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RecordChain<'a> {
@@ -269,34 +269,20 @@ pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, Decode
 }
 
 /// The chain a `kind::FD_SYSCALL_CHAIN` record carries after its SyscallEvent (None for every
-/// other record). The record holds the whole [`LearnedChain`] (what the kernel reserved); a
-/// depth beyond its array reads as the array.
+/// other record).
 pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<RecordChain<'_>>, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     if header.kind != kind::FD_SYSCALL_CHAIN {
         return Ok(None);
     }
     let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
-    let Some(chain) = tail.get(..size_of::<LearnedChain>()) else {
-        return Err(DecodeError::Short {
-            what: "learned chain",
-            len: tail.len(),
-            need: size_of::<LearnedChain>(),
-        });
-    };
-    let word = |at: usize| u32::from_ne_bytes(chain[at..at + 4].try_into().expect("4 bytes"));
-    let depth = (word(offset_of!(LearnedChain, depth)) as usize).min(MAX_CHAIN_FRAMES);
-    let words = &chain[offset_of!(LearnedChain, addresses)..][..depth * size_of::<u64>()];
-    let addresses = match <[u64]>::ref_from_bytes(words) {
-        Ok(addresses) => Cow::Borrowed(addresses),
-        Err(_) => Cow::Owned(
-            words
-                .chunks_exact(size_of::<u64>())
-                .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
-                .collect(),
-        ),
-    };
-    Ok(Some(RecordChain { flags: word(offset_of!(LearnedChain, flags)), addresses }))
+    Ok(Some(match LearnedChain::ref_from_prefix(tail) {
+        Ok((chain, _)) => RecordChain { flags: chain.flags, addresses: Cow::Borrowed(chain.chain()) },
+        Err(_) => {
+            let chain: LearnedChain = read(tail, "learned chain")?;
+            RecordChain { flags: chain.flags, addresses: Cow::Owned(chain.chain().to_vec()) }
+        }
+    }))
 }
 
 /// The parts of a record its kernel program wrote, within `record`: everything but the
