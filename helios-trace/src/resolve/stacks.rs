@@ -108,10 +108,10 @@ struct ProcessStacks {
     /// stack (the kernel program does not pass BPF_F_REUSE_STACKID), so an id names one stack
     /// of one image.
     by_stack_id: HashMap<Option<i32>, SiteId>,
-    /// Unwound stacks: hash of the addresses → those and their site. Looked
-    /// up for every event, so a hit hashes the chain once and allocates nothing.
-    by_chain: HashMap<u64, Vec<Chain>>,
-    chains: usize,
+    /// Unwound stacks: their addresses → their site. Looked up for every event: a hit hashes
+    /// the chain once and allocates nothing. Seeded (foldhash), as a chain's addresses are the
+    /// traced process's to choose: a fixed hash let a process make its chains collide.
+    by_chain: HashMap<Box<[u64]>, SiteId>,
     /// The JIT runtime's perf map (resolve/perfmap.rs), once found.
     perf_map: Option<PerfMap>,
     /// When it may be looked for (or at) again.
@@ -138,20 +138,15 @@ impl ProcessStacks {
     }
 }
 
-/// An unwound chain and its site.
-type Chain = (Box<[u64]>, SiteId);
-
 impl ProcessStacks {
-    fn chain(&self, hash: u64, addresses: &[u64]) -> Option<SiteId> {
-        let bucket = self.by_chain.get(&hash)?;
-        bucket.iter().find(|(a, _)| **a == *addresses).map(|(_, site)| *site)
+    fn chain(&self, addresses: &[u64]) -> Option<SiteId> {
+        self.by_chain.get(addresses).copied()
     }
 
     /// Forget which site each stack seen was: its frames are named again at its next record
     /// (a perf map names JIT code it did not before).
     fn forget_resolved_stacks(&mut self) {
         self.by_chain.clear();
-        self.chains = 0;
         self.by_stack_id.clear();
     }
 
@@ -173,21 +168,12 @@ impl ProcessStacks {
         look_at_perf_map_if_due(&mut self.perf_map, &mut self.perf_map_next_look, proc_root, tgid);
     }
 
-    fn remember_chain(&mut self, hash: u64, addresses: Vec<u64>, site: SiteId) {
-        if self.chains >= MAX_CHAINS_PER_PROCESS {
+    fn remember_chain(&mut self, addresses: Vec<u64>, site: SiteId) {
+        if self.by_chain.len() >= MAX_CHAINS_PER_PROCESS {
             self.by_chain.clear();
-            self.chains = 0;
         }
-        self.by_chain.entry(hash).or_default().push((addresses.into_boxed_slice(), site));
-        self.chains += 1;
+        self.by_chain.insert(addresses.into_boxed_slice(), site);
     }
-}
-
-/// A word-at-a-time hash of a chain (rustc's FxHasher step): cheap enough for every event,
-/// and a collision only costs a comparison (the bucket holds the chains themselves).
-fn chain_hash(addresses: &[u64]) -> u64 {
-    let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    addresses.iter().fold(0, |hash, a| step(hash, *a))
 }
 
 /// Counters of the stack pipeline, for the report.
@@ -339,7 +325,7 @@ impl StackRegistry {
                         );
                     }
                 }
-                let known = self.process(tgid).chain(chain_hash(&unwound.addresses), &unwound.addresses);
+                let known = self.process(tgid).chain(&unwound.addresses);
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
@@ -357,7 +343,7 @@ impl StackRegistry {
             Some(CapturedStack::Chain(WalkedChain { addresses, cached })) => {
                 self.counts.chains_learned += 1;
                 self.counts.chains_cached += u64::from(*cached);
-                let known = self.process(tgid).chain(chain_hash(addresses), addresses);
+                let known = self.process(tgid).chain(addresses);
                 if let Some(site) = known.filter(|site| self.knows(*site)) {
                     return site;
                 }
@@ -409,7 +395,7 @@ impl StackRegistry {
         }
         let process = self.process(tgid);
         match (stack, user) {
-            (Some(_), Some(addresses)) => process.remember_chain(chain_hash(&addresses), addresses, site),
+            (Some(_), Some(addresses)) => process.remember_chain(addresses, site),
             _ => {
                 process.by_stack_id.insert(user_id, site);
             }

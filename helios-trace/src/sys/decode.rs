@@ -85,8 +85,9 @@ pub(crate) enum RecordStack<'a> {
 /// The chain of a `kind::FD_SYSCALL_CHAIN` record ([`LearnedChain`]): its flags
 /// (`chain_flags`), and its addresses up to its depth, borrowed from the record where the
 /// record is 8-aligned (every record of the ring emptier's chunks, sys/ring.rs `Memory`),
-/// copied where not (a test's bytes may not be). A copy of the whole chain, 520 bytes, and its moves with the decoded record were a
-/// tenth of the engine's time per record (BENCHMARKS.md, "The daemon's cost per record").
+/// copied where not (a test's bytes may not be). A copy of the whole chain, 520 bytes, and its
+/// moves with the decoded record were a tenth of the engine's time per record (BENCHMARKS.md,
+/// "The daemon's cost per record").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RecordChain<'a> {
     pub(crate) flags: u32,
