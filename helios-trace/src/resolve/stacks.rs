@@ -168,8 +168,10 @@ impl ProcessStacks {
         look_at_perf_map_if_due(&mut self.perf_map, &mut self.perf_map_next_look, proc_root, tgid);
     }
 
+    /// Remember a chain's site; a chain already known (its site was forgotten and made again)
+    /// takes the new one.
     fn remember_chain(&mut self, addresses: Vec<u64>, site: SiteId) {
-        if self.by_chain.len() >= MAX_CHAINS_PER_PROCESS {
+        if self.by_chain.len() >= MAX_CHAINS_PER_PROCESS && !self.by_chain.contains_key(&addresses[..]) {
             self.by_chain.clear();
         }
         self.by_chain.insert(addresses.into_boxed_slice(), site);
