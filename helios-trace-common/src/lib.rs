@@ -236,12 +236,8 @@ pub struct FrameRule {
     pub flags: u32,
     pub cfa_offset: i32,
     pub bp_offset: i32,
-    /// In the rule of a chain's first frame (`FrameRuleKey::first` 1) only: how many bytes
-    /// from the stack pointer up the walks of the chains taught through it read, the most of
-    /// them, which the kernel's walk copies in one read before its first step instead of by
-    /// the page as it climbs (helios-trace-ebpf/src/stacks.rs, `copy_ahead`). 0: not known, and
-    /// in a caller's rule.
-    pub stack_bytes: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 const _: () = assert!(size_of::<FrameRule>() == 16);
 

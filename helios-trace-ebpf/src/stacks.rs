@@ -474,9 +474,6 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         let copy = unsafe { &mut *copy };
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
         let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-        if let Some(rule) = rule {
-            copy_ahead(StackBounds { low, high }, copied, copy, rule.stack_bytes);
-        }
         if step(&mut walk, copied, copy, chain, rule) != 0 {
             return finished(walk.outcome, walk.depth, chain, false);
         }
@@ -652,10 +649,9 @@ fn frame(
 /// highest word read was read, so every page the window copy needs is present (it keeps the
 /// readable prefix that ends on a page boundary), and no page past them was touched
 /// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
-/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way,
-/// and what the chains taught through the first frame read (`copy_ahead`): the copy is still
-/// contiguous from sp within the same `[low, high)`, and one that fails leaves `copied` as it
-/// was, so the walk reads the same words and fails where it would have.
+/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way:
+/// the copy is still contiguous from sp within the same `[low, high)`, and one that fails
+/// leaves `copied` as it was, so the walk reads the same words and fails where it would have.
 /// None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
@@ -677,29 +673,6 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
         unsafe { write_volatile(copied, chunk_end) };
     }
     word_at(copy, offset as usize)
-}
-
-/// Copy the first `stack_bytes` of the stack (within `[low, high)`) in one read, before the
-/// walk's first step: what the chains taught through this first frame read, the deepest of
-/// them (`FrameRule::stack_bytes`, from userspace's replay of their steps). By the page as the
-/// walk climbs (`read_word`), a shallow C chain copied up to the end of its page, most of 4 KiB
-/// it did not need, and a chain that crossed a page two reads (BENCHMARKS.md, "The stack copied
-/// as far as the chain reads"). The copy goes on from what the Python walk copied (`stack_word`).
-/// Exact as `read_word` is: what is copied is still `[low, low + copied)`, contiguous from sp,
-/// within the window's bounds; a read that fails (a page past what this call's chain needs,
-/// not present) copies nothing and leaves the walk to copy by the page, as it did, and a page
-/// read here that this call's chain does not need is one the walk never reads a word of.
-#[cfg(bpf_target_arch = "x86_64")]
-#[inline(always)]
-fn copy_ahead(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, stack_bytes: u32) {
-    let StackBounds { low, high } = bounds;
-    let want = (stack_bytes as u64).min(high.saturating_sub(low));
-    // SAFETY: `ChainWalk::copied` of the per-CPU slot (volatile: `ChainWalk` says why).
-    let was = unsafe { read_volatile(copied) };
-    if want > was && copy_stack(copy, low, was, want) {
-        // SAFETY: as above.
-        unsafe { write_volatile(copied, want) };
-    }
 }
 
 /// Bytes that start 8-aligned wherever they are kept, so that a word at a multiple of 8 in them
@@ -770,7 +743,7 @@ fn taught_rule(known: &ChainRules, generation: u64, depth: usize, pc: u64) -> Op
             flags: read_volatile(&taught.flags),
             cfa_offset: read_volatile(&taught.cfa_offset),
             bp_offset: read_volatile(&taught.bp_offset),
-            stack_bytes: 0,
+            reserved: 0,
         };
         (address == pc && read_volatile(&known.generation) == generation).then_some(rule)
     }

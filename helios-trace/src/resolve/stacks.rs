@@ -121,39 +121,13 @@ struct ProcessStacks {
     /// The image's exec record time, as the kernel keys its rules (0: exec'd before tracing
     /// began, or forked).
     image_ns: u64,
-    /// The rules taught to the kernel for this image, with the `FrameRule::stack_bytes` a
-    /// first frame's was taught with (0 for a caller's).
-    taught: HashMap<FrameRuleKey, u32>,
+    /// The rules taught to the kernel for this image.
+    taught: HashSet<FrameRuleKey>,
     /// The chains taught with their rules for this image.
     taught_chains: HashSet<ChainKey>,
 }
 
 impl ProcessStacks {
-    /// The rules of a chain just learned that the kernel does not have yet, now counted taught:
-    /// each frame's, keyed by its address, once. The first frame's rule says how much of the
-    /// stack the walk copies at once (`FrameRule::stack_bytes`): as much as the deepest chain
-    /// taught through it reads, so it is taught again when a deeper one comes (a shallower
-    /// chain copies a little more than it needs, in the same one read).
-    fn rules_to_teach(
-        &mut self,
-        tgid: u32,
-        frames: &[FrameRegs],
-        learned: &chains::Learned,
-    ) -> Vec<(FrameRuleKey, FrameRule)> {
-        let mut new = Vec::new();
-        for (index, (frame, rule)) in frames.iter().zip(&learned.rules).enumerate() {
-            let first = index == 0;
-            let key =
-                FrameRuleKey { tgid, first: u32::from(first), exec_ns: self.image_ns, address: frame.pc };
-            let stack_bytes = if first { u32::try_from(learned.stack_bytes).unwrap_or(u32::MAX) } else { 0 };
-            if self.taught.get(&key).is_none_or(|taught| stack_bytes > *taught) {
-                self.taught.insert(key, stack_bytes);
-                new.push((key, FrameRule { stack_bytes, ..*rule }));
-            }
-        }
-        new
-    }
-
     /// Whether a chain of this key may be taught: one taught already (the last taught is kept),
     /// or room for another.
     fn may_teach_chain(&mut self, key: ChainKey) -> bool {
@@ -317,7 +291,7 @@ impl StackRegistry {
         for key in process.taught_chains.drain() {
             teacher.teach_chain(key, None);
         }
-        for (key, _) in process.taught.drain() {
+        for key in process.taught.drain() {
             teacher.teach(key, None);
         }
     }
@@ -637,16 +611,23 @@ impl StackRegistry {
             chains::cfi_rule(&module.loaded.unwind, pc.checked_sub(module.bias)?, index == 0)
         };
         let read = |address: u64| sample.read(address).ok();
-        let Some(learned) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
+        let Some(rules) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
         let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
             return;
         };
-        for (key, rule) in process.rules_to_teach(tgid, &unwound.frames, &learned) {
-            teacher.teach(key, Some(rule));
+        for (index, (frame, rule)) in unwound.frames.iter().zip(&rules).enumerate() {
+            let key = FrameRuleKey {
+                tgid,
+                first: u32::from(index == 0),
+                exec_ns: process.image_ns,
+                address: frame.pc,
+            };
+            if process.taught.insert(key) {
+                teacher.teach(key, Some(*rule));
+            }
         }
         self.chain_generation += 1;
-        let taught =
-            taught_chain(tgid, process.image_ns, &unwound.frames, &learned.rules, self.chain_generation);
+        let taught = taught_chain(tgid, process.image_ns, &unwound.frames, &rules, self.chain_generation);
         if let Some((key, chain)) = taught
             && process.may_teach_chain(key)
         {
@@ -1096,7 +1077,7 @@ mod tests {
                 address,
             });
             let chain = ChainKey { tgid, reserved: 0, exec_ns, pc: 0x1000, caller: 0x2000 };
-            registry.process(tgid).taught.extend(rules.map(|key| (key, 0)));
+            registry.process(tgid).taught.extend(rules);
             assert!(registry.process(tgid).may_teach_chain(chain));
             let mut updates = vec![Update::Chain(chain, None)];
             updates.extend(rules.map(|key| Update::Rule(key, None)));
@@ -1136,7 +1117,7 @@ mod tests {
     fn a_taught_chain_holds_its_addresses_and_their_rules_in_order() {
         let frame = |pc: u64| FrameRegs { pc, sp: 0x7ff0_0000 + pc, bp: 0 };
         let rule =
-            |i: usize| FrameRule { flags: 0, cfa_offset: 8 * (i as i32 + 1), bp_offset: 0, stack_bytes: 0 };
+            |i: usize| FrameRule { flags: 0, cfa_offset: 8 * (i as i32 + 1), bp_offset: 0, reserved: 0 };
         for depth in [2, 3, MAX_CACHED_CHAIN_FRAMES, MAX_CACHED_CHAIN_FRAMES + 5] {
             let frames: Vec<FrameRegs> = (0..depth).map(|i| frame(0x1000 + 0x10 * i as u64)).collect();
             let rules: Vec<FrameRule> = (0..depth).map(rule).collect();
@@ -1171,37 +1152,6 @@ mod tests {
         assert!(!process.may_teach_chain(key(u64::MAX)), "past the bound");
         assert!(process.may_teach_chain(key(3)), "a key taught already");
         assert_eq!(process.taught_chains.len(), MAX_TAUGHT_CHAINS_PER_PROCESS);
-    }
-
-    /// Each frame's rule is taught once; the first frame's with the bytes of the stack the
-    /// deepest chain through it reads, taught again when a deeper chain comes, not for a
-    /// shallower one.
-    #[test]
-    fn a_first_frames_rule_is_taught_with_the_stack_its_deepest_chain_reads() {
-        let mut process = ProcessStacks { image_ns: 5, ..ProcessStacks::default() };
-        let frame = |pc: u64| FrameRegs { pc, sp: 0x1000, bp: 0 };
-        let rule = FrameRule { cfa_offset: 16, ..FrameRule::default() };
-        let learned =
-            |frames: usize, stack_bytes: u64| chains::Learned { rules: vec![rule; frames], stack_bytes };
-        let taught = |new: Vec<(FrameRuleKey, FrameRule)>| -> Vec<(u32, u64, u32)> {
-            new.into_iter().map(|(key, rule)| (key.first, key.address, rule.stack_bytes)).collect()
-        };
-        let deep = [frame(0x10), frame(0x20), frame(0x30)];
-        assert_eq!(
-            taught(process.rules_to_teach(7, &deep, &learned(3, 0x300))),
-            [(1, 0x10, 0x300), (0, 0x20, 0), (0, 0x30, 0)]
-        );
-        // A shallower chain through the same first frame: only its new frame.
-        let shallow = [frame(0x10), frame(0x40)];
-        assert_eq!(taught(process.rules_to_teach(7, &shallow, &learned(2, 0x100))), [(0, 0x40, 0)]);
-        // A deeper one: the first frame's rule again, with more.
-        let deeper = [frame(0x10), frame(0x20), frame(0x50)];
-        assert_eq!(
-            taught(process.rules_to_teach(7, &deeper, &learned(3, 0x900))),
-            [(1, 0x10, 0x900), (0, 0x50, 0)]
-        );
-        assert_eq!(process.taught.len(), 5);
-        assert!(process.taught.keys().all(|key| key.tgid == 7 && key.exec_ns == 5));
     }
 
     #[test]
