@@ -263,8 +263,9 @@ impl Chunk {
 
     /// Read-only from here on, and counted alive; given back (or unmapped) when the last
     /// `Bytes` of it goes. Counted here, once a chunk, not at each `push`: a locked add per
-    /// record waited for the stores of the record's copy to leave the core, ~9% of the daemon's
-    /// CPU at 200,000 records a second (BENCHMARKS.md, "The chunk counted alive once").
+    /// record waited for the stores of the record's copy to leave the core (where a profile put
+    /// ~9% of the daemon's CPU; once a chunk, its CPU per record was 0–7% lower: BENCHMARKS.md,
+    /// "The chunk counted alive once").
     fn seal(self) -> Bytes {
         let used = self.used;
         self.store.alive.fetch_add(used, Ordering::Relaxed);
