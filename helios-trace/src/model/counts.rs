@@ -44,6 +44,17 @@ pub(crate) struct EventCounts {
     /// syscalls do not show) within 30 s or before their process exited: counted closed as
     /// lost (close reason `reconcile`, or `exit`).
     pub(crate) closes_taken_for_lost: u64,
+    /// The kernel programs' counters shown as they are, after the pipeline's own (in the
+    /// report's `events` beside them).
+    #[serde(flatten)]
+    pub(crate) kernel: KernelCounts,
+}
+
+/// The kernel programs' counters (`helios_trace_common::counter`) the report shows as they
+/// are; the others are summed into `EventCounts::lost` and `stack_errors`. Summed over the CPUs
+/// by `sys/loader.rs` (`Tracer::counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct KernelCounts {
     /// Times a record's submit woke the reader because the ring held `wakeup_bytes`: an
     /// interrupt on the traced call's CPU. The reader's paced looks keep it near 0 under a
     /// steady load (sys/ring.rs, `next_look`). An exec's record always wakes it, by design
@@ -103,6 +114,39 @@ mod tests {
 
     fn runs(program: &str, runs: u64, run_ns: u64) -> ProgramRuns {
         ProgramRuns { program: program.to_string(), runs, run_ns }
+    }
+
+    /// The kernel's counters stand in the report's `events` beside the pipeline's, last, as
+    /// they did when each was a field of its own (ARCHITECTURE.md, "Contracts: Report").
+    #[test]
+    fn the_kernels_counters_are_keys_of_events_itself() {
+        let kernel = KernelCounts {
+            wakeups_forced: 1,
+            python_threads_remembered: 2,
+            python_cframes_from_copy: 3,
+            python_threads_on_stack: 4,
+        };
+        let text =
+            serde_json::to_string(&EventCounts { received: 9, kernel, ..EventCounts::default() }).unwrap();
+        // Keys in the order written (serde_json's `Value` would sort them).
+        let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {text}"));
+        let order = [
+            "received",
+            "closes_taken_for_lost",
+            "wakeups_forced",
+            "python_threads_remembered",
+            "python_cframes_from_copy",
+            "python_threads_on_stack",
+        ]
+        .map(at);
+        assert!(order.is_sorted(), "{text}");
+        assert!(text.ends_with("\"python_threads_on_stack\":4}"), "{text}");
+        assert!(!text.contains("kernel"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (json["received"].as_u64(), json["python_cframes_from_copy"].as_u64()),
+            (Some(9), Some(3))
+        );
     }
 
     #[test]

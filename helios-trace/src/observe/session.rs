@@ -566,10 +566,7 @@ impl Tracing {
             python_frames_missed: self.engine.python_missed(),
             closes_late: self.engine.table().held_closes().resolved,
             closes_taken_for_lost: self.engine.table().held_closes().lost,
-            wakeups_forced: kernel.wakeups_forced,
-            python_threads_remembered: kernel.python_threads_remembered,
-            python_cframes_from_copy: kernel.python_cframes_from_copy,
-            python_threads_on_stack: kernel.python_threads_on_stack,
+            kernel: kernel.shown,
             ..self.engine.counts()
         }
     }

@@ -26,7 +26,7 @@ use super::{
     uprobes::{self, UprobeMaker},
 };
 use crate::{
-    model::counts::{BTF_TWIN_SUFFIX, ProgramRuns},
+    model::counts::{BTF_TWIN_SUFFIX, KernelCounts, ProgramRuns},
     sys::{ring::Notices, syscalls::SyscallTable},
 };
 
@@ -228,17 +228,8 @@ pub(crate) struct KernelCounters {
     /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
     /// record they were making never went out.
     pub(crate) program_errors: u64,
-    /// Wake-ups of the reader a record's submit forced (`counter::WAKEUP_FORCED`).
-    pub(crate) wakeups_forced: u64,
-    /// Python walks that took the thread state remembered for the calling thread
-    /// (`counter::PYTHON_THREAD_REMEMBERED`).
-    pub(crate) python_threads_remembered: u64,
-    /// Python walks that took the running `_PyCFrame`'s frame from the learned walk's copy of
-    /// the C stack (`counter::PYTHON_CFRAME_FROM_COPY`).
-    pub(crate) python_cframes_from_copy: u64,
-    /// Remembered thread states confirmed by their running `_PyCFrame` on the calling thread's
-    /// stack (`counter::PYTHON_THREAD_ON_STACK`).
-    pub(crate) python_threads_on_stack: u64,
+    /// Those the report shows as they are.
+    pub(crate) shown: KernelCounts,
 }
 
 impl KernelCounters {
@@ -539,10 +530,12 @@ impl Tracer {
             path_unreadable: sum(counter::PATH_UNREADABLE),
             in_flight_full: sum(counter::IN_FLIGHT_FULL),
             program_errors: sum(counter::PROGRAM_ERROR),
-            wakeups_forced: sum(counter::WAKEUP_FORCED),
-            python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
-            python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
-            python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
+            shown: KernelCounts {
+                wakeups_forced: sum(counter::WAKEUP_FORCED),
+                python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
+                python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
+                python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
+            },
         }
     }
 }
