@@ -51,7 +51,8 @@ pub(crate) struct EventCounts {
 }
 
 /// The kernel programs' counters (`helios_trace_common::counter`) the report shows as they
-/// are; the others are summed into `EventCounts::lost` and `stack_errors`. Summed over the CPUs
+/// are; the others are summed into `EventCounts::lost` and `stack_errors`, but
+/// `PATH_UNREADABLE`, which the report does not show. Summed over the CPUs
 /// by `sys/loader.rs` (`Tracer::counters`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct KernelCounts {

@@ -171,7 +171,8 @@ impl Reader {
 }
 
 /// The memory of chunks: those of `CHUNK_BYTES` whose records were all handled, for the next
-/// chunks, and how many bytes of records are copied out and not yet dropped.
+/// chunks, and how many bytes of records sealed chunks hold not yet dropped (the chunk being
+/// filled: `take_from_ring` counts it).
 #[derive(Default)]
 struct Store {
     pool: Mutex<Vec<MmapMut>>,

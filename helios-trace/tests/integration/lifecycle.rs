@@ -439,7 +439,8 @@ fn small_ring_fp_args(pids: &[u32], reconcile_interval: &str) -> Vec<String> {
 /// read, while another opens and closes 200 files every 10 ms, with a 256 KiB ring and a pass
 /// every second. Read whole it lost ~10,000 records in 6 s. The churning process holds 3,000
 /// files first, so that the descriptor it churns is read in its third chunk, with records
-/// about it handled before and after.
+/// about it handled before and after; and opens once before the churn, so that its call site
+/// is named before it is measured.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descriptors() {
@@ -453,10 +454,10 @@ fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descripto
     w.run("hold 3000");
     let args = small_ring_fp_args(&[pid, holder.pid()], "1s");
     let mut tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    // The churn's call site seen once and named before it runs: the first sight of a stack
-    // reads its library's symbols (libc's debug info, a few hundred ms on a slow VM), a wait of
-    // its own that a ring of 256 KiB does not cover at this rate, and not what this test is
-    // about: on a slow VM, without this, 4 of 7 runs lost 76 to 249 records; with it, 0 of 4.
+    // The churn's call site seen once and named before it runs: the engine names a stack at its
+    // first sight (its library's symbols read then), a wait of its own, not what this test is
+    // about, which on a slow VM outlasted what a 256 KiB ring and the emptier's hold cover at
+    // this rate (~60 ms): without this, 4 of 7 runs there lost 76 to 249 records; with it, 0 of 4.
     w.run("churn 1");
     let mut churned = 1u64;
     checkpoint(&mut tracer, pid, "the churn's call site named");
