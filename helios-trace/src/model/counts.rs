@@ -51,9 +51,8 @@ pub(crate) struct EventCounts {
 }
 
 /// The kernel programs' counters (`helios_trace_common::counter`) the report shows as they
-/// are; the others are summed into `EventCounts::lost` and `stack_errors`, but
-/// `PATH_UNREADABLE`, which the report does not show. Summed over the CPUs
-/// by `sys/loader.rs` (`Tracer::counters`).
+/// are; the others userspace reads are summed into `EventCounts::lost` and `stack_errors`
+/// (`sys/loader.rs`, `KernelCounters`, which says which it does not read).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct KernelCounts {
     /// Times a record's submit woke the reader because the ring held `wakeup_bytes`: an

@@ -217,14 +217,14 @@ fn put<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// Sums of the kernel programs' per-CPU counters.
+/// Sums of the kernel programs' per-CPU counters that userspace reads. Not read: the retired
+/// ones (`counter::IN_FLIGHT_FULL`, `USER_STACK_UNREADABLE`: no program counts them), and
+/// `counter::PATH_UNREADABLE` (such a record decodes with an empty path).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KernelCounters {
     pub(crate) ringbuf_full: u64,
     pub(crate) stack_collisions: u64,
     pub(crate) stack_errors: u64,
-    pub(crate) path_unreadable: u64,
-    pub(crate) in_flight_full: u64,
     /// Program runs whose `try_*` body failed (a tracepoint field or helper read failed): the
     /// record they were making never went out.
     pub(crate) program_errors: u64,
@@ -235,7 +235,7 @@ pub(crate) struct KernelCounters {
 impl KernelCounters {
     /// Records that never reached userspace.
     pub(crate) fn lost(&self) -> u64 {
-        self.ringbuf_full + self.in_flight_full + self.program_errors
+        self.ringbuf_full + self.program_errors
     }
 }
 
@@ -527,8 +527,6 @@ impl Tracer {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             stack_collisions: sum(counter::STACK_COLLISION),
             stack_errors: sum(counter::STACK_ERROR),
-            path_unreadable: sum(counter::PATH_UNREADABLE),
-            in_flight_full: sum(counter::IN_FLIGHT_FULL),
             program_errors: sum(counter::PROGRAM_ERROR),
             shown: KernelCounts {
                 wakeups_forced: sum(counter::WAKEUP_FORCED),
