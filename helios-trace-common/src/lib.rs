@@ -298,6 +298,48 @@ pub struct ChainRules {
 }
 const _: () = assert!(size_of::<ChainRules>() == 48 + 24 * MAX_CACHED_CHAIN_FRAMES);
 
+/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`].
+pub const STACK_EXTENT_BITS: u32 = 13;
+pub const MAX_STACK_EXTENTS: u32 = 1 << STACK_EXTENT_BITS;
+
+/// Value of the `STACK_EXTENTS` array: how many bytes of the stack, from the stack pointer
+/// up, the walks of the chains taught through one first frame (a syscall's instruction in a
+/// process image, as [`FrameRuleKey`] with `first` 1 keys its rule) read, the least of them
+/// (helios-trace/src/resolve/chains.rs, `learn`; resolve/stacks.rs, `narrowest_extent`). The kernel's walk copies that much in one
+/// read before its first step instead of by the page as it climbs
+/// (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+///
+/// A hint, never a rule: in an array, written in place by userspace while a walk may read it,
+/// so a read may see half of one and half of another, or another frame's in the same slot
+/// ([`stack_extent_slot`]); whatever it says, the copy stays within the bounds the walk reads
+/// in, and one that fails copies nothing. Its key is checked so that it is mostly the call's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct StackExtent {
+    pub tgid: u32,
+    /// Bytes from the stack pointer; 0: none known.
+    pub bytes: u32,
+    /// The image, as [`FrameRuleKey::exec_ns`].
+    pub exec_ns: u64,
+    /// The syscall's instruction: the first frame's address.
+    pub address: u64,
+}
+const _: () = assert!(size_of::<StackExtent>() == 24);
+
+/// The `STACK_EXTENTS` slot of a first frame (`tgid`, `exec_ns`, `address`), below
+/// [`MAX_STACK_EXTENTS`]: the top bits of a multiplicative hash (Knuth's, by 2^64 over the golden
+/// ratio), a few instructions the kernel and userspace compute alike. Two frames in one slot
+/// take turns: the later one taught holds it.
+#[inline(always)]
+pub const fn stack_extent_slot(tgid: u32, exec_ns: u64, address: u64) -> u32 {
+    let mixed = address ^ exec_ns.rotate_left(29) ^ ((tgid as u64) << 40);
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STACK_EXTENT_BITS)) as u32
+}
+
 /// [`LearnedChain::flags`].
 pub mod chain_flags {
     /// Shadow mode: the stack window follows in a record of its own, to be compared.
@@ -744,7 +786,13 @@ pub mod counter {
     /// within the state), with no read of the interpreter's list
     /// (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub const PYTHON_THREAD_ON_STACK: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A learned walk copied the stack as far as its `STACK_EXTENTS` hint said, in one read
+    /// before its first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+    pub const STACK_COPIED_AHEAD: u32 = 11;
+    /// A copy ahead that failed (a page in it not present): the walk copied by the page
+    /// instead, having paid for a fault.
+    pub const STACK_AHEAD_FAILED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Capacity of the target-process filter map.
@@ -854,7 +902,11 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub files_fdt: u32,
     pub fdtable_fd: u32,
-    pub reserved: u32,
+    /// `mm_struct.start_stack`: where the main thread's stack starts (its `argc`, fs/binfmt_elf.c
+    /// `create_elf_tables`), above which lies a gap the process never touches; a copy ahead
+    /// stops at its page's end (helios-trace-ebpf/src/stacks.rs, `copy_ahead`). Zero: not known,
+    /// and the stack is copied by the page.
+    pub mm_start_stack: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 32);
 
@@ -868,7 +920,7 @@ impl KernelOffsets {
         task_files: 0,
         files_fdt: 0,
         fdtable_fd: 0,
-        reserved: 0,
+        mm_start_stack: 0,
     };
 
     /// Every offset of a stack mapping's key known.
@@ -955,6 +1007,9 @@ pub mod map_name {
     pub const FRAME_RULES: &str = "FRAME_RULES";
     /// Learned chains and their rules: [`super::ChainKey`] -> [`super::ChainRules`].
     pub const CHAIN_RULES: &str = "CHAIN_RULES";
+    /// How far a first frame's chains read the stack: [`super::StackExtent`] by
+    /// [`super::stack_extent_slot`].
+    pub const STACK_EXTENTS: &str = "STACK_EXTENTS";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off
@@ -1012,6 +1067,7 @@ mod pod {
         checked::<super::FrameRule>();
         checked::<super::ChainKey>();
         checked::<super::ChainRules>();
+        checked::<super::StackExtent>();
         checked::<super::LearnedChain>();
         checked::<super::PythonStack>();
         checked::<super::Settings>();
@@ -1031,6 +1087,7 @@ mod pod {
     unsafe impl aya::Pod for super::FrameRule {}
     unsafe impl aya::Pod for super::ChainKey {}
     unsafe impl aya::Pod for super::ChainRules {}
+    unsafe impl aya::Pod for super::StackExtent {}
     unsafe impl aya::Pod for super::PythonStack {}
     unsafe impl aya::Pod for super::Settings {}
 }

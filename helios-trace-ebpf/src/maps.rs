@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
-    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES,
-    PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs, StackMapping,
-    TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_STACK_EXTENTS, MAX_SYSCALL_NR,
+    PYTHON_PROC_ENTRIES, PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs,
+    StackExtent, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -94,6 +94,15 @@ shared_map! {
     /// unwinding, taken back with them, and not preallocated, as they are; each teaching has a
     /// generation of its own, which the walk checks (stacks.rs `still_taught`).
     CHAIN_RULES: HashMap<ChainKey, ChainRules> = HashMap::with_max_entries(CHAIN_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+}
+
+shared_map! {
+    /// How far the chains taught through each first frame read the stack, the least of them
+    /// (`StackExtent`, by `stack_extent_slot`): a hint the learned walk copies that much by,
+    /// in one read (stacks.rs, `copy_ahead`). An array, written in place by userspace: a
+    /// walk that reads a slot while it is written reads a wrong hint, never a freed element,
+    /// and a wrong hint only copies more or less at once (`StackExtent` says why that is safe).
+    STACK_EXTENTS: Array<StackExtent> = Array::with_max_entries(MAX_STACK_EXTENTS, 0);
 }
 
 shared_map! {

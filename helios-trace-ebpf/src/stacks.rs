@@ -18,12 +18,16 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     ChainKey, ChainRules, FrameRule, FrameRuleKey, LearnedChain, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
-    MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule, user_stack_flags,
+    MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule,
+    stack_extent_slot, user_stack_flags,
 };
 
 use crate::{
     emit::count,
-    maps::{CHAIN_RULES, CHAIN_STACK, CHAIN_WALK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_MAPPING, STACKS},
+    maps::{
+        CHAIN_RULES, CHAIN_STACK, CHAIN_WALK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_EXTENTS, STACK_MAPPING,
+        STACKS,
+    },
     settings,
 };
 
@@ -279,6 +283,9 @@ pub struct ChainWalk {
     /// within it), 0 when the lookup failed (the mmap lock contended: `bpf_find_vma` gives up)
     /// and `walk.high` is sp plus the window, which may reach past the stack (`on_walked_stack`).
     mapping_found: u64,
+    /// How far up a copy ahead may read (`copy_ahead`): `walk.high`, or less on a main thread's
+    /// stack (`ahead_high`); `walk.low` (none) where that is not known.
+    ahead_high: u64,
 }
 
 /// The walk's state but for the bytes copied (`ChainWalk`).
@@ -333,6 +340,7 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
     {
         high = end;
     }
+    let ahead = if end.is_some() { ahead_high(sp, high) } else { sp };
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU
     // (volatile: `ChainWalk` says why).
     unsafe {
@@ -340,8 +348,41 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
         write_volatile(&raw mut (*slot).walk.high, high);
         write_volatile(&raw mut (*slot).copied, 0);
         write_volatile(&raw mut (*slot).mapping_found, end.is_some() as u64);
+        write_volatile(&raw mut (*slot).ahead_high, ahead);
     }
     true
+}
+
+/// How far up from `low` (sp) a copy ahead may read, within `[low, high)` (`high` the end of
+/// the stack's mapping or of the window): to `high`, except on a main thread's stack, whose
+/// mapping holds, above its outermost frame, the argument and environment vectors and then a
+/// gap of up to 8 KiB the process never touches (fs/binfmt_elf.c, `create_elf_tables`:
+/// `arch_align_stack` below the strings): there, no further than the end of the page of
+/// `mm->start_stack` (where `argc` is, below which every frame of the thread lies), a page
+/// the kernel wrote. A thread's stack of its own (glibc's, or any other mapping) is written up
+/// to its mapping's end from its first frame (glibc puts the thread's descriptor and static
+/// TLS there). `low` (no copy ahead) when the offsets are not known or the task has no mm.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn ahead_high(low: u64, high: u64) -> u64 {
+    let offsets = settings::kernel_offsets();
+    if offsets.task_mm == 0 || offsets.mm_start_stack == 0 {
+        return low;
+    }
+    // Loads the verifier checks, as `current_mapping_key`'s.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: `task` is bpf_get_current_task_btf's and the offsets are the frozen settings'.
+    let mm = unsafe { kernel_word(task, offsets.task_mm) };
+    if mm == 0 {
+        return low;
+    }
+    // SAFETY: as above; `mm` loaded so is a `struct mm_struct *` to the verifier.
+    let start_stack = unsafe { kernel_word(mm as *const u8, offsets.mm_start_stack) };
+    if start_stack < low || start_stack >= high {
+        // Not in this part of this stack: another mapping, or past the window.
+        return high;
+    }
+    (start_stack | (PAGE as u64 - 1)).saturating_add(1).min(high)
 }
 
 /// Learned chains are walked on x86_64 only (`learned_chain`): no copy elsewhere.
@@ -474,6 +515,9 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         let copy = unsafe { &mut *copy };
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
         let rule = unsafe { FRAME_RULES.get(&key) }.copied();
+        if rule.is_some() {
+            copy_ahead(slot, low, copied, copy, &key);
+        }
         if step(&mut walk, copied, copy, chain, rule) != 0 {
             return finished(walk.outcome, walk.depth, chain, false);
         }
@@ -649,9 +693,10 @@ fn frame(
 /// highest word read was read, so every page the window copy needs is present (it keeps the
 /// readable prefix that ends on a page boundary), and no page past them was touched
 /// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
-/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way:
-/// the copy is still contiguous from sp within the same `[low, high)`, and one that fails
-/// leaves `copied` as it was, so the walk reads the same words and fails where it would have.
+/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way,
+/// and what the chains taught through the first frame read (`copy_ahead`): the copy is still
+/// contiguous from sp within the same `[low, high)`, and one that fails leaves `copied` as it
+/// was, so the walk reads the same words and fails where it would have.
 /// None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
@@ -673,6 +718,53 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
         unsafe { write_volatile(copied, chunk_end) };
     }
     word_at(copy, offset as usize)
+}
+
+/// Copy, in one read before the walk's first step, as much of the stack as the chains taught
+/// through this first frame read (its `STACK_EXTENTS` hint, the least of them, from
+/// userspace's replay of their steps: helios-trace/src/resolve/stacks.rs, `narrowest_extent`),
+/// going on from what the Python walk copied (`stack_word`). By the page as the walk climbs (`read_word`), a shallow C chain's first
+/// read went to the end of sp's page, up to 4 KiB it did not need, and one that crossed the
+/// page took a second (BENCHMARKS.md, "The stack copied as far as the chain reads").
+///
+/// Exact as `read_word` is, whatever the hint says (it may be another frame's, or torn:
+/// `StackExtent`): what is copied is still `[low, low + copied)`, contiguous from sp, within
+/// `[low, ahead_high)` and so within the walk's bounds; a read that fails (a page in it not
+/// present, past what this call's chain needs) copies nothing and leaves the walk to copy by
+/// the page, as it did. A page copied here that this call's chain does not need is one the
+/// walk never reads a word of. A chain shallower than every one taught through its first
+/// frame (a new one, until userspace learns it), or one that reads another frame's hint,
+/// copies more than it needs; on a main thread's stack no further than the page of `argc`
+/// (`ahead_high`), past which lies the gap a read would fault in.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn copy_ahead(slot: *mut ChainWalk, low: u64, copied: *mut u64, copy: &mut StackCopy, first: &FrameRuleKey) {
+    let index = stack_extent_slot(first.tgid, first.exec_ns, first.address);
+    let Some(hint) = STACK_EXTENTS.get(index) else { return };
+    // SAFETY: fields of the map value (written in place by userspace: a torn read is a wrong
+    // hint, which the bounds below make harmless); the per-CPU slot.
+    let (bytes, ahead) = unsafe {
+        if read_volatile(&hint.address) != first.address
+            || read_volatile(&hint.exec_ns) != first.exec_ns
+            || read_volatile(&hint.tgid) != first.tgid
+        {
+            return;
+        }
+        (read_volatile(&hint.bytes) as u64, read_volatile(&raw const (*slot).ahead_high))
+    };
+    let want = bytes.min(ahead.saturating_sub(low));
+    // SAFETY: `ChainWalk::copied` of the per-CPU slot (volatile: `ChainWalk` says why).
+    let was = unsafe { read_volatile(copied) };
+    if want <= was {
+        return;
+    }
+    if copy_stack(copy, low, was, want) {
+        // SAFETY: as above.
+        unsafe { write_volatile(copied, want) };
+        count(counter::STACK_COPIED_AHEAD);
+    } else {
+        count(counter::STACK_AHEAD_FAILED);
+    }
 }
 
 /// Bytes that start 8-aligned wherever they are kept, so that a word at a multiple of 8 in them

@@ -72,6 +72,13 @@ pub(crate) struct KernelCounts {
     /// calling thread's own stack, which only its eval loop puts there: no read of the
     /// interpreter's list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub(crate) python_threads_on_stack: u64,
+    /// Learned walks that copied the stack as far as the chains through their first frame
+    /// read, in one read before the first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+    pub(crate) stacks_copied_ahead: u64,
+    /// Copies ahead that failed, a page in them not present (each a fault): the walk copied by
+    /// the page instead. 0 in every test: a main thread's stack is copied no further than the
+    /// page of its `argc`.
+    pub(crate) stack_copies_ahead_failed: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
@@ -125,6 +132,8 @@ mod tests {
             python_threads_remembered: 2,
             python_cframes_from_copy: 3,
             python_threads_on_stack: 4,
+            stacks_copied_ahead: 5,
+            stack_copies_ahead_failed: 6,
         };
         let text =
             serde_json::to_string(&EventCounts { received: 9, kernel, ..EventCounts::default() }).unwrap();
@@ -137,10 +146,12 @@ mod tests {
             "python_threads_remembered",
             "python_cframes_from_copy",
             "python_threads_on_stack",
+            "stacks_copied_ahead",
+            "stack_copies_ahead_failed",
         ]
         .map(at);
         assert!(order.is_sorted(), "{text}");
-        assert!(text.ends_with("\"python_threads_on_stack\":4}"), "{text}");
+        assert!(text.ends_with("\"stack_copies_ahead_failed\":6}"), "{text}");
         assert!(!text.contains("kernel"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(

@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::Result;
 use bytes::Bytes;
-use helios_trace_common::{ChainKey, ChainRules, FrameRule, FrameRuleKey, learned_chains, stack_mode};
+use helios_trace_common::{
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, StackExtent, learned_chains, stack_mode,
+};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
 use crate::{
@@ -137,6 +139,13 @@ impl Teach for LearnedRules {
         if let Err(err) = self.set_chain(key, chain) {
             // The kernel then walks this chain with a rule lookup per frame: slower, not wrong.
             log::debug!("process {}: {err:#}", key.tgid);
+        }
+    }
+
+    fn teach_extent(&mut self, extent: StackExtent) {
+        if let Err(err) = self.set_extent(extent) {
+            // The kernel then copies this frame's chains' stack by the page: slower, not wrong.
+            log::debug!("process {}: {err:#}", extent.tgid);
         }
     }
 }

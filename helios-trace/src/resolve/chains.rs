@@ -23,6 +23,8 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection as _, X86_64,
 };
+use std::cell::Cell;
+
 use helios_trace_common::{FrameRule, frame_rule};
 
 use crate::resolve::modules::elf::UnwindSections;
@@ -148,6 +150,17 @@ pub(crate) fn cfi_rule(sections: &UnwindSections, svma: u64, first: bool) -> Opt
     rule_of_row(row.cfa(), row.register(X86_64::RBP).as_ref(), row.register(X86_64::RA).as_ref())
 }
 
+/// A chain's rules, learned (`learn`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Learned {
+    /// The rule of each frame, innermost first.
+    pub(crate) rules: Vec<FrameRule>,
+    /// How many bytes from the first frame's stack pointer up the walk reads: to the end of
+    /// the highest word any step read (`StackExtent::bytes`, which the kernel's walk copies at
+    /// once: helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+    pub(crate) stack_bytes: u64,
+}
+
 /// The rules that make the kernel walk an unwound chain as framehop unwound it: for each of
 /// `frames` (the registers framehop had at each, innermost first; the chain ended there,
 /// framehop's `Ok(None)`), the rule `rule_of(index, pc)` gives, checked by replaying it on the
@@ -157,7 +170,15 @@ pub(crate) fn learn(
     frames: &[FrameRegs],
     rule_of: &mut dyn FnMut(usize, u64) -> Option<FrameRule>,
     read: &dyn Fn(u64) -> Option<u64>,
-) -> Option<Vec<FrameRule>> {
+) -> Option<Learned> {
+    let first_sp = frames.first()?.sp;
+    // The kernel's walk reads the same words (the same steps): their end is how far it copies.
+    let end = Cell::new(first_sp);
+    let read_and_note = |address: u64| {
+        let word = read(address)?;
+        end.set(end.get().max(address.saturating_add(8)));
+        Some(word)
+    };
     let mut rules = Vec::with_capacity(frames.len());
     for (index, frame) in frames.iter().enumerate() {
         let rule = rule_of(index, frame.pc)?;
@@ -165,12 +186,12 @@ pub(crate) fn learn(
             Some(caller) => Step::Caller(*caller),
             None => Step::End,
         };
-        if step(rule, *frame, read) != expected {
+        if step(rule, *frame, &read_and_note) != expected {
             return None;
         }
         rules.push(rule);
     }
-    Some(rules)
+    Some(Learned { rules, stack_bytes: end.get().saturating_sub(first_sp) })
 }
 
 /// The kernel's walk over a window, with rules by (innermost?, address): the chain, or None
@@ -325,7 +346,8 @@ mod tests {
             [FrameRegs { pc: 0x4000, sp: 0x1000, bp: 0 }, FrameRegs { pc: 0x5000, sp: 0x1010, bp: 0 }];
         let end = FrameRule { flags: frame_rule::END, ..FrameRule::default() };
         let mut good = |index: usize, _pc: u64| Some(if index == 0 { sp_rule(16) } else { end });
-        assert_eq!(learn(&frames, &mut good, &read), Some(vec![sp_rule(16), end]));
+        let learned = Learned { rules: vec![sp_rule(16), end], stack_bytes: 16 };
+        assert_eq!(learn(&frames, &mut good, &read), Some(learned));
         // A rule that lands elsewhere than framehop did is not taught.
         let mut wrong = |index: usize, _pc: u64| Some(if index == 0 { sp_rule(8) } else { end });
         assert_eq!(learn(&frames, &mut wrong, &read), None);
@@ -341,5 +363,36 @@ mod tests {
         assert_eq!(walk(frames[0], &rules, &read, 64), Some(vec![0x4000, 0x5000]));
         assert_eq!(walk(FrameRegs { pc: 0x4001, ..frames[0] }, &rules, &read, 64), None);
         assert_eq!(walk(frames[0], &rules, &read, 1), None, "deeper than the kernel walks");
+    }
+
+    /// The bytes a chain's walk reads from its first stack pointer: to the end of the highest
+    /// word any step read, a saved frame pointer's included, not to the last frame's CFA.
+    #[test]
+    fn a_learned_chain_says_how_much_of_the_stack_its_walk_reads() {
+        // sp 0x1000: the leaf returns to 0x5000 at [0x1008] (CFA 0x1010); its caller saved bp
+        // 0x1050 at [0x1040] and returns to 0x6000 at [0x1048] (CFA 0x1050, from bp 0x1040);
+        // the outermost frame ends the chain by its rule, reading nothing.
+        let mut stack = [0; 12];
+        (stack[1], stack[8], stack[9]) = (0x5000, 0x1050, 0x6000);
+        let read = window(&stack);
+        let frames = [
+            FrameRegs { pc: 0x4000, sp: 0x1000, bp: 0x1040 },
+            FrameRegs { pc: 0x5000, sp: 0x1010, bp: 0x1040 },
+            FrameRegs { pc: 0x6000, sp: 0x1050, bp: 0x1050 },
+        ];
+        let fp = FrameRule {
+            flags: frame_rule::CFA_FROM_BP | frame_rule::BP_SAVED,
+            cfa_offset: 16,
+            ..FrameRule::default()
+        };
+        let end = FrameRule { flags: frame_rule::END, ..FrameRule::default() };
+        let rules = [sp_rule(16), fp, end];
+        let mut rule_of = |index: usize, _pc: u64| Some(rules[index]);
+        let learned = learn(&frames, &mut rule_of, &read).expect("every rule redoes its step");
+        assert_eq!(learned.rules, rules);
+        assert_eq!(learned.stack_bytes, 0x50, "to the end of the word at 0x1048");
+        // A chain of one frame that ends by its rule reads nothing.
+        let mut ends = |_: usize, _pc: u64| Some(end);
+        assert_eq!(learn(&frames[2..], &mut ends, &read).map(|l| l.stack_bytes), Some(0));
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
+    ChainKey, ChainRules, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES, StackExtent,
     user_stack_flags,
 };
 
@@ -125,9 +125,27 @@ struct ProcessStacks {
     taught: HashSet<FrameRuleKey>,
     /// The chains taught with their rules for this image.
     taught_chains: HashSet<ChainKey>,
+    /// How far the chains learned through each first frame (by its address) read the stack,
+    /// the least of them (`StackExtent::bytes`).
+    extents: HashMap<u64, u32>,
 }
 
 impl ProcessStacks {
+    /// How many bytes of the stack to copy at once for the chains through the first frame at
+    /// `address`, now that one reading `stack_bytes` was learned: the least any of them reads
+    /// (a chain that reads none, ending at its first frame, aside), so that no chain known
+    /// copies more than it needs; a deeper one copies the rest by the page, as before. The
+    /// most would make every CPython call through libc's `openat` copy as far as the deepest
+    /// import's chain read, kilobytes more than a call in the running code needs.
+    fn narrowest_extent(&mut self, address: u64, stack_bytes: u64) -> u32 {
+        let bytes = u32::try_from(stack_bytes).unwrap_or(u32::MAX);
+        let narrowest = self.extents.entry(address).or_insert(bytes);
+        if bytes > 0 && (bytes < *narrowest || *narrowest == 0) {
+            *narrowest = bytes;
+        }
+        *narrowest
+    }
+
     /// Whether a chain of this key may be taught: one taught already (the last taught is kept),
     /// or room for another.
     fn may_teach_chain(&mut self, key: ChainKey) -> bool {
@@ -245,6 +263,12 @@ pub(crate) trait Teach: Send {
     /// Teach the kernel a chain with the rules of its frames (Some), or take it back (None).
     /// One not taught leaves its calls looking each frame's rule up: slower, not wrong.
     fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>);
+    /// Tell the kernel how far the chains through a first frame read the stack. A hint in a
+    /// slot another frame may take (`stack_extent_slot`); one lost leaves the walk copying
+    /// the stack by the page: slower, not wrong. Not taken back at an exec or exit: its key
+    /// holds the image (its exec time), and a hint read for another is harmless
+    /// (`StackExtent`).
+    fn teach_extent(&mut self, extent: StackExtent);
 }
 
 impl StackRegistry {
@@ -611,10 +635,11 @@ impl StackRegistry {
             chains::cfi_rule(&module.loaded.unwind, pc.checked_sub(module.bias)?, index == 0)
         };
         let read = |address: u64| sample.read(address).ok();
-        let Some(rules) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
+        let Some(learned) = chains::learn(&unwound.frames, &mut rule_of, &read) else { return };
         let (Some(process), Some(teacher)) = (self.processes.get_mut(&tgid), self.teacher.as_mut()) else {
             return;
         };
+        let rules = learned.rules;
         for (index, (frame, rule)) in unwound.frames.iter().zip(&rules).enumerate() {
             let key = FrameRuleKey {
                 tgid,
@@ -625,6 +650,12 @@ impl StackRegistry {
             if process.taught.insert(key) {
                 teacher.teach(key, Some(*rule));
             }
+        }
+        if let Some(first) = unwound.frames.first() {
+            // Taught at every chain learned, not only when it grows: a frame taught later into
+            // the same slot took it, and this takes it back.
+            let bytes = process.narrowest_extent(first.pc, learned.stack_bytes);
+            teacher.teach_extent(StackExtent { tgid, bytes, exec_ns: process.image_ns, address: first.pc });
         }
         self.chain_generation += 1;
         let taught = taught_chain(tgid, process.image_ns, &unwound.frames, &rules, self.chain_generation);
@@ -1053,6 +1084,7 @@ mod tests {
         enum Update {
             Rule(FrameRuleKey, Option<FrameRule>),
             Chain(ChainKey, Option<u64>),
+            Extent(StackExtent),
         }
         #[derive(Clone, Default)]
         struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
@@ -1062,6 +1094,9 @@ mod tests {
             }
             fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) {
                 self.0.lock().unwrap().push(Update::Chain(key, chain.map(|c| c.generation)));
+            }
+            fn teach_extent(&mut self, extent: StackExtent) {
+                self.0.lock().unwrap().push(Update::Extent(extent));
             }
         }
         let taught = Taught::default();
@@ -1089,7 +1124,7 @@ mod tests {
             if let Some(rules) = updates.get_mut(1..) {
                 rules.sort_by_key(|u| match u {
                     Update::Rule(key, _) => key.address,
-                    Update::Chain(..) => 0,
+                    Update::Chain(..) | Update::Extent(..) => 0,
                 });
             }
             updates
@@ -1152,6 +1187,39 @@ mod tests {
         assert!(!process.may_teach_chain(key(u64::MAX)), "past the bound");
         assert!(process.may_teach_chain(key(3)), "a key taught already");
         assert_eq!(process.taught_chains.len(), MAX_TAUGHT_CHAINS_PER_PROCESS);
+    }
+
+    /// A first frame's extent is the least any chain learned through it reads (but a chain
+    /// that reads nothing), and each frame has its own.
+    #[test]
+    fn a_first_frames_extent_is_the_shallowest_of_its_chains() {
+        let mut process = ProcessStacks::default();
+        assert_eq!(process.narrowest_extent(0x10, 0x300), 0x300);
+        assert_eq!(process.narrowest_extent(0x10, 0x900), 0x300, "a deeper chain keeps the shallowest's");
+        assert_eq!(process.narrowest_extent(0x10, 0x100), 0x100);
+        assert_eq!(process.narrowest_extent(0x10, 0), 0x100, "a chain that reads nothing");
+        assert_eq!(process.narrowest_extent(0x20, 0x40), 0x40);
+        assert_eq!(process.narrowest_extent(0x30, 0), 0);
+        assert_eq!(process.narrowest_extent(0x30, 0x80), 0x80);
+        assert_eq!(process.narrowest_extent(0x40, u64::MAX), u32::MAX);
+    }
+
+    /// The kernel and userspace find a hint in the same slot, within the array; a process's
+    /// first frames spread over it.
+    #[test]
+    fn a_first_frames_extent_slot_is_within_the_array_and_spread() {
+        use helios_trace_common::{MAX_STACK_EXTENTS, stack_extent_slot};
+        let mut slots = HashSet::new();
+        for address in (0..1000u64).map(|i| 0x7f12_3456_0000 + 0x1d * i) {
+            let slot = stack_extent_slot(4242, 1_234_567_890, address);
+            assert!(slot < MAX_STACK_EXTENTS);
+            assert_eq!(slot, stack_extent_slot(4242, 1_234_567_890, address));
+            slots.insert(slot);
+        }
+        // 1,000 frames in 8,192 slots: ~60 collisions expected of a uniform hash.
+        assert!(slots.len() > 900, "{} slots for 1000 frames", slots.len());
+        assert_ne!(stack_extent_slot(1, 0, 0x1000), stack_extent_slot(2, 0, 0x1000));
+        assert_ne!(stack_extent_slot(1, 0, 0x1000), stack_extent_slot(1, 5, 0x1000));
     }
 
     #[test]

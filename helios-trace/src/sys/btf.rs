@@ -22,12 +22,26 @@ pub(crate) fn running_kernel_offsets() -> KernelOffsets {
 
 /// `task_struct.mm`, `.start_time`, `.self_exec_id` and `mm_struct.mm_lock_seq.sequence` in a
 /// BTF blob: all four, or None; with them `task_struct.files`, `files_struct.fdt` and
-/// `fdtable.fd` (include/linux/fdtable.h), or zeros where one of these is missing.
+/// `fdtable.fd` (include/linux/fdtable.h), or zeros where one of these is missing, and
+/// `mm_struct.start_stack`, or zero.
 pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let types = Types::parse(btf)?;
     let slots = fd_slot_offsets(&types).unwrap_or([0; 3]);
     let [task_files, files_fdt, fdtable_fd] = slots;
-    Some(KernelOffsets { task_files, files_fdt, fdtable_fd, ..stack_mapping_offsets(&types)? })
+    let mm_start_stack = start_stack_offset(&types).unwrap_or(0);
+    Some(KernelOffsets {
+        task_files,
+        files_fdt,
+        fdtable_fd,
+        mm_start_stack,
+        ..stack_mapping_offsets(&types)?
+    })
+}
+
+/// `mm_struct.start_stack`, an `unsigned long` (the programs read 8 bytes of it).
+fn start_stack_offset(types: &Types) -> Option<u32> {
+    let (at, kind) = types.member(types.struct_named("mm_struct")?, "start_stack")?;
+    (types.size(kind)? == 8 && at != 0).then_some(at)
 }
 
 /// Where a task's descriptor table keeps the file at a number: `task_struct.files`,
@@ -260,13 +274,13 @@ mod tests {
 
     /// task_struct { int pid; struct { struct mm_struct *mm; }; u64 start_time; u64
     /// self_exec_id; } and
-    /// mm_struct { struct { int x; seqcount_t mm_lock_seq; }; } with seqcount_t a typedef of
-    /// struct seqcount { unsigned sequence; }.
+    /// mm_struct { struct { int x; seqcount_t mm_lock_seq; u64 start_stack; }; } with
+    /// seqcount_t a typedef of struct seqcount { unsigned sequence; }.
     fn kernel_like() -> Vec<u8> {
         // Strings: offsets 0 "", 1 "int", 5 "task_struct", 17 "pid", 21 "mm", 24 "start_time",
         // 35 "mm_struct", 45 "mm_lock_seq", 57 "seqcount_t", 68 "seqcount", 77 "sequence",
-        // 86 "x", 88 "u64", 92 "self_exec_id".
-        let strings = b"\0int\0task_struct\0pid\0mm\0start_time\0mm_struct\0mm_lock_seq\0seqcount_t\0seqcount\0sequence\0x\0u64\0self_exec_id\0";
+        // 86 "x", 88 "u64", 92 "self_exec_id", 105 "start_stack".
+        let strings = b"\0int\0task_struct\0pid\0mm\0start_time\0mm_struct\0mm_lock_seq\0seqcount_t\0seqcount\0sequence\0x\0u64\0self_exec_id\0start_stack\0";
         let types = vec![
             vec![1, info(KIND_INT, 0), 4, 32],          // 1 int
             vec![88, info(KIND_INT, 0), 8, 64],         // 2 u64
@@ -275,8 +289,8 @@ mod tests {
             vec![5, info(KIND_STRUCT, 4), 40, 17, 1, 0, 0, 4, 64, 24, 2, 192, 92, 2, 256], // 5 task_struct
             vec![68, info(KIND_STRUCT, 1), 4, 77, 1, 0], // 6 struct seqcount
             vec![57, info(KIND_TYPEDEF, 0), 6],         // 7 seqcount_t
-            vec![0, info(KIND_STRUCT, 2), 320, 86, 1, 0, 45, 7, 1984], // 8 anonymous { x; mm_lock_seq }
-            vec![35, info(KIND_STRUCT, 1), 320, 0, 8, 0], // 9 mm_struct
+            vec![0, info(KIND_STRUCT, 3), 320, 86, 1, 0, 45, 7, 1984, 105, 2, 2048], // 8 { x; mm_lock_seq; start_stack }
+            vec![35, info(KIND_STRUCT, 1), 320, 0, 8, 0],                            // 9 mm_struct
         ];
         blob(&types, strings)
     }
@@ -291,6 +305,7 @@ mod tests {
                 task_start_time: 24,
                 task_self_exec_id: 32,
                 mm_lock_seq: 248,
+                mm_start_stack: 256,
                 // The fixture has no descriptor tables: not known, and the rest still found.
                 ..KernelOffsets::NONE
             }
@@ -336,5 +351,6 @@ mod tests {
         assert!(offsets.fd_slots(), "task_struct.files, files_struct.fdt, fdtable.fd: {offsets:?}");
         // fdtable opens with `unsigned int max_fds`, then `struct file __rcu **fd`.
         assert_eq!(offsets.fdtable_fd, 8, "{offsets:?}");
+        assert!(offsets.mm_start_stack != 0, "mm_struct.start_stack: {offsets:?}");
     }
 }

@@ -16,7 +16,8 @@ use aya::{
 };
 use helios_trace_common::{
     ChainKey, ChainRules, FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL,
-    Settings, counter, filter_match, learned_chains, map_name, spec, stack_mode,
+    Settings, StackExtent, counter, filter_match, learned_chains, map_name, spec, stack_extent_slot,
+    stack_mode,
 };
 use log::{debug, info, warn};
 use rustix::fs::{Mode, OFlags};
@@ -126,7 +127,7 @@ impl TraceConfig {
             unused.push(map_name::TARGETS);
         }
         if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
-            unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES]);
+            unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::STACK_EXTENTS]);
         }
         unused
     }
@@ -181,12 +182,14 @@ impl PythonMap {
     }
 }
 
-/// The kernel's `FRAME_RULES` map, the unwind rules of learned chains (resolve/chains.rs), and
-/// its `CHAIN_RULES`, the chains taught whole with their rules. Like `PythonMap::set`, teaching
-/// needs no privilege.
+/// The kernel's `FRAME_RULES` map, the unwind rules of learned chains (resolve/chains.rs), its
+/// `CHAIN_RULES`, the chains taught whole with their rules, and its `STACK_EXTENTS`, how far
+/// the chains through a first frame read the stack. Like `PythonMap::set`, teaching needs no
+/// privilege.
 pub(crate) struct LearnedRules {
     rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
     chains: BpfHashMap<MapData, ChainKey, ChainRules>,
+    extents: Array<MapData, StackExtent>,
 }
 
 impl LearnedRules {
@@ -198,6 +201,13 @@ impl LearnedRules {
     /// Teach the kernel a chain with its rules (Some) or take it back (None).
     pub(crate) fn set_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) -> Result<()> {
         put(&mut self.chains, &key, chain).context("cannot fill the chain map")
+    }
+
+    /// Tell the kernel how far a first frame's chains read the stack, in its slot
+    /// (`stack_extent_slot`), in place of whatever the slot held.
+    pub(crate) fn set_extent(&mut self, extent: StackExtent) -> Result<()> {
+        let slot = stack_extent_slot(extent.tgid, extent.exec_ns, extent.address);
+        self.extents.set(slot, extent, 0).context("cannot fill the stack-extent map")
     }
 }
 
@@ -393,6 +403,7 @@ impl Tracer {
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
         let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
         let chains = BpfHashMap::try_from(take_map(&mut ebpf, map_name::CHAIN_RULES)?)?;
+        let extents = Array::try_from(take_map(&mut ebpf, map_name::STACK_EXTENTS)?)?;
         let exec_times = BpfHashMap::try_from(take_map(&mut ebpf, map_name::EXEC_TIMES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
         Ok((
@@ -401,7 +412,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules: Some(LearnedRules { rules, chains }),
+                rules: Some(LearnedRules { rules, chains, extents }),
                 exec_times,
                 counters,
                 attached,
@@ -533,6 +544,8 @@ impl Tracer {
                 python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
                 python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
                 python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
+                stacks_copied_ahead: sum(counter::STACK_COPIED_AHEAD),
+                stack_copies_ahead_failed: sum(counter::STACK_AHEAD_FAILED),
             },
         }
     }
@@ -797,16 +810,28 @@ mod tests {
         // The DaemonSet's defaults: every process, dwarf stacks, learned chains.
         assert_eq!(config().unused_maps(), [map_name::STACKS, map_name::TARGETS]);
         let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
-        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES, map_name::CHAIN_RULES]);
+        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::STACK_EXTENTS]);
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
         assert_eq!(
             none.unused_maps(),
-            [map_name::STACKS, map_name::PYTHON_THREADS, map_name::FRAME_RULES, map_name::CHAIN_RULES]
+            [
+                map_name::STACKS,
+                map_name::PYTHON_THREADS,
+                map_name::FRAME_RULES,
+                map_name::CHAIN_RULES,
+                map_name::STACK_EXTENTS
+            ]
         );
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
         assert_eq!(
             off.unused_maps(),
-            [map_name::STACKS, map_name::TARGETS, map_name::FRAME_RULES, map_name::CHAIN_RULES]
+            [
+                map_name::STACKS,
+                map_name::TARGETS,
+                map_name::FRAME_RULES,
+                map_name::CHAIN_RULES,
+                map_name::STACK_EXTENTS
+            ]
         );
     }
 

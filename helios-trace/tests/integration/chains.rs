@@ -56,6 +56,21 @@ fn file_site(report: &Value, pid: u32) -> Value {
     sites[0].clone()
 }
 
+/// Every file `pid` opened under tracing (`fds`) counted open at its sites, and open, as
+/// /proc says.
+fn assert_files_at_sites(report: &Value, pid: u32, fds: &[i64]) {
+    let in_sites: u64 = process(report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
+        .map(|s| s["open"].as_u64().unwrap())
+        .sum();
+    let open = proc_fds(pid);
+    assert_eq!(in_sites as usize, fds.len(), "{}", report["processes"]);
+    assert!(fds.iter().all(|fd| open.contains_key(&(*fd as i32))), "{fds:?} {open:?}");
+}
+
 /// What names a site whatever the process's addresses: each frame's symbol, file and line.
 fn named_frames(site: &Value) -> Vec<(Value, Value, Value)> {
     site["frames"]
@@ -216,21 +231,76 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
     }
     let report = tracer.snapshot();
     assert_eq!(walked(&report, "chains_checked").walked, after.walked, "65 frames: {}", report["events"]);
+    // `leak` once more: each walk copies the stack ahead in one read, as far as the shallowest
+    // chain taught through its first frame (glibc's open) reads.
+    let ahead = events(&report, "stacks_copied_ahead");
+    leak("leak 20".into());
+    let report = tracer.snapshot();
+    assert!(events(&report, "stacks_copied_ahead") >= ahead + 20, "{}", report["events"]);
+    assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
     assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
-    // Every descriptor in a site, and open, as /proc says.
-    let process = process(&report, pid).unwrap();
-    let in_sites: u64 = process["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
-        .map(|s| s["open"].as_u64().unwrap())
-        .sum();
-    let open = proc_fds(pid);
-    assert_eq!(in_sites as usize, fds.len());
-    assert!(fds.iter().all(|fd| open.contains_key(&(*fd as i32))), "{fds:?} {open:?}");
+    assert_files_at_sites(&report, pid, &fds);
     tracer.stop();
+}
+
+/// The kernel's walk copies the stack at once as far as the chains through its first frame
+/// read (stacks.rs, `copy_ahead`), the shallowest of them: a chain shallower still, not yet
+/// learned, copies further than its own frames, on a main thread's stack up through the
+/// argument vectors into the gap of up to 8 KiB the kernel leaves below the argument strings
+/// (fs/binfmt_elf.c, `create_elf_tables`), never touched, so not present: a copy into it fails.
+/// So it stops at the page of the thread's `argc` (`mm->start_stack`). stackwork is started
+/// until its stack has such a page (stackwork's `gap`; about one start in two with its strings
+/// placed by `PAD`); `wide 10`'s chain (11 frames of over 512 bytes between handler and
+/// leak_fn) is learned first, and `leak`'s calls, through the same first frame, copy ahead
+/// without a failure, first with `wide`'s extent, then with their own. Without the stop, the
+/// first of them fail (tried: 20 of 20).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_copy_ahead_on_a_main_threads_stack_stops_before_the_untouched_gap() {
+    if !require_bpf() {
+        return;
+    }
+    let spawn = || {
+        let mut command = Command::new(stackwork_bin());
+        // The strings at the stack's top, sized so that the page of argv[0] leaves room below
+        // it: with a few bytes of them, a gap below 8 KiB never holds a whole page.
+        command.env_clear().env("PAD", "x".repeat(2500));
+        Workload::spawn_command(command)
+    };
+    let mut workload = (0..64)
+        .find_map(|_| {
+            let mut workload = spawn();
+            if workload.run("gap") == [1] {
+                return Some(workload);
+            }
+            workload.exit();
+            None
+        })
+        .expect("a stackwork whose stack has an untouched page in 64 starts");
+    let pid = workload.pid;
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let path = "/etc/hostname";
+    let mut fds = Vec::new();
+    until_walked(&mut tracer, "chains_learned", || fds.extend(workload.run(&format!("wide 10 {path}"))));
+    // `leak`'s calls, its chain unknown at first: copied ahead as far as `wide`'s reads.
+    let before = tracer.snapshot();
+    fds.extend(workload.run(&format!("leak 20 {path}")));
+    let report = tracer.snapshot();
+    let ahead = |report: &Value| events(report, "stacks_copied_ahead");
+    assert!(ahead(&report) >= ahead(&before) + 20, "{}", report["events"]);
+    assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
+    // Learned, `leak`'s chain is walked, copied ahead as far as it reads.
+    let before = report;
+    fds.extend(workload.run(&format!("leak 20 {path}")));
+    let report = tracer.snapshot();
+    let learned = events(&report, "chains_learned") - events(&before, "chains_learned");
+    assert_eq!(learned, 20, "{}", report["events"]);
+    assert!(ahead(&report) >= ahead(&before) + 20, "{}", report["events"]);
+    assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
+    assert_files_at_sites(&report, pid, &fds);
+    tracer.stop();
+    workload.exit();
 }
 
 #[test]

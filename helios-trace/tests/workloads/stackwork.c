@@ -12,6 +12,10 @@
  *   leakone PATH    open PATH once from another call site in handler: "ok fd"
  *   deep N PATH     open PATH once through N + 1 frames of `descend` between handler and
  *                   leak_fn (a chain as deep as wanted): "ok fd"
+ *   wide N PATH     the same through N + 1 frames of `widen`, each over 512 bytes of stack (a
+ *                   chain whose walk reads far up the stack): "ok fd"
+ *   gap             whether the main thread's stack has a page the process never touched in
+ *                   the gap the kernel leaves below the argument strings: "ok 1" or "ok 0"
  *   forkleak PATH   fork a child that opens PATH through the chain, forks a grandchild that
  *                   inherits the descriptor and waits, and exits at once: "ok <grandchild pid>"
  *   exit
@@ -24,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,6 +49,34 @@ __attribute__((noipa)) static int descend(int frames, const char *path) {
     int fd = frames > 0 ? descend(frames - 1, path) : leak_fn(path);
     if (fd >= 0) descended++;
     return fd;
+}
+
+static int widened;
+
+/* `descend` with a frame of over 512 bytes: the array is volatile and indexed by the count, so
+ * the compiler keeps all of it. */
+__attribute__((noipa)) static int widen(int frames, const char *path) {
+    volatile char room[512];
+    room[frames & 511] = 1;
+    int fd = frames > 0 ? widen(frames - 1, path) : leak_fn(path);
+    if (fd >= 0) widened += room[frames & 511];
+    return fd;
+}
+
+static char **main_argv;
+
+/* Whether a whole page lies in the gap between the platform string and the argument strings
+ * of the main thread's stack: the kernel moves the vectors down by a random amount below the
+ * strings (fs/binfmt_elf.c, create_elf_tables: arch_align_stack, up to 8 KiB) and writes the
+ * platform string first below that; nothing writes in between, so such a page is not present. */
+static int untouched_gap_page(void) {
+    const char *platform = (const char *)getauxval(AT_PLATFORM);
+    if (platform == NULL) return 0;
+    unsigned long low = (unsigned long)platform + strlen(platform) + 1;
+    unsigned long high = (unsigned long)main_argv[0];
+    unsigned long page = (unsigned long)sysconf(_SC_PAGESIZE);
+    unsigned long first = (low + page - 1) & ~(page - 1);
+    return high >= first + page;
 }
 
 __attribute__((noipa)) static int handler(const char *command, const char *path, int count) {
@@ -74,6 +107,13 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         printf("ok %d\n", fd);
         fflush(stdout);
         return descended;
+    }
+    if (strcmp(command, "wide") == 0) {
+        int fd = widen(count, path);
+        if (fd < 0) return -1;
+        printf("ok %d\n", fd);
+        fflush(stdout);
+        return widened;
     }
     if (strcmp(command, "forkleak") == 0) {
         pid_t child = fork();
@@ -110,10 +150,18 @@ __attribute__((noipa)) static int loop(void) {
         int count = 1;
         line[strcspn(line, "\n")] = 0;
         if (strcmp(line, "exit") == 0) break;
+        if (strcmp(line, "gap") == 0) {
+            printf("ok %d\n", untouched_gap_page());
+            fflush(stdout);
+            handled++;
+            continue;
+        }
         if (sscanf(line, "leak %d %399s", &count, path) == 2) {
             if (handler("leak", path, count) < 0) return -1; /* CALL_HANDLER */
         } else if (sscanf(line, "deep %d %399s", &count, path) == 2) {
             if (handler("deep", path, count) < 0) return -1;
+        } else if (sscanf(line, "wide %d %399s", &count, path) == 2) {
+            if (handler("wide", path, count) < 0) return -1;
         } else if (sscanf(line, "%31s %399s", command, path) == 2) {
             if (handler(command, path, count) < 0) return -1;
         } else {
@@ -125,7 +173,9 @@ __attribute__((noipa)) static int loop(void) {
     return handled;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    main_argv = argv;
     printf("ready\n");
     fflush(stdout);
     int handled = loop(); /* CALL_LOOP */
