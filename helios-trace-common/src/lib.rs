@@ -298,16 +298,17 @@ pub struct ChainRules {
 }
 const _: () = assert!(size_of::<ChainRules>() == 48 + 24 * MAX_CACHED_CHAIN_FRAMES);
 
-/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`].
-pub const STACK_EXTENT_BITS: u32 = 13;
+/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`], 768 KiB, room for a node's
+/// processes' syscall instructions (a few each) with few of them sharing a slot.
+pub const STACK_EXTENT_BITS: u32 = 15;
 pub const MAX_STACK_EXTENTS: u32 = 1 << STACK_EXTENT_BITS;
 
 /// Value of the `STACK_EXTENTS` array: how many bytes of the stack, from the stack pointer
 /// up, the walks of the chains taught through one first frame (a syscall's instruction in a
 /// process image, as [`FrameRuleKey`] with `first` 1 keys its rule) read, the least of them
-/// (helios-trace/src/resolve/chains.rs, `learn`; resolve/stacks.rs, `narrowest_extent`). The kernel's walk copies that much in one
-/// read before its first step instead of by the page as it climbs
-/// (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+/// (helios-trace/src/resolve/chains.rs, `learn`; resolve/stacks.rs, `narrowest_extent`). The
+/// kernel's walk copies that much in one read before its first step instead of by the page as
+/// it climbs (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
 ///
 /// A hint, never a rule: in an array, written in place by userspace while a walk may read it,
 /// so a read may see half of one and half of another, or another frame's in the same slot
@@ -788,10 +789,10 @@ pub mod counter {
     pub const PYTHON_THREAD_ON_STACK: u32 = 10;
     /// A learned walk copied the stack as far as its `STACK_EXTENTS` hint said, in one read
     /// before its first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
-    pub const STACK_COPIED_AHEAD: u32 = 11;
+    pub const STACKS_COPIED_AHEAD: u32 = 11;
     /// A copy ahead that failed (a page in it not present): the walk copied by the page
     /// instead, having paid for a fault.
-    pub const STACK_AHEAD_FAILED: u32 = 12;
+    pub const STACK_COPIES_AHEAD_FAILED: u32 = 12;
     pub const COUNT: u32 = 13;
 }
 
@@ -904,8 +905,8 @@ pub struct KernelOffsets {
     pub fdtable_fd: u32,
     /// `mm_struct.start_stack`: where the main thread's stack starts (its `argc`, fs/binfmt_elf.c
     /// `create_elf_tables`), above which lies a gap the process never touches; a copy ahead
-    /// stops at its page's end (helios-trace-ebpf/src/stacks.rs, `copy_ahead`). Zero: not known,
-    /// and the stack is copied by the page.
+    /// stops at its page's end (helios-trace-ebpf/src/stacks.rs, `ahead_high`). Zero: not
+    /// known, and the stack is copied by the page.
     pub mm_start_stack: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 32);

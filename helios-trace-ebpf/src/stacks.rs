@@ -283,9 +283,6 @@ pub struct ChainWalk {
     /// within it), 0 when the lookup failed (the mmap lock contended: `bpf_find_vma` gives up)
     /// and `walk.high` is sp plus the window, which may reach past the stack (`on_walked_stack`).
     mapping_found: u64,
-    /// How far up a copy ahead may read (`copy_ahead`): `walk.high`, or less on a main thread's
-    /// stack (`ahead_high`); `walk.low` (none) where that is not known.
-    ahead_high: u64,
 }
 
 /// The walk's state but for the bytes copied (`ChainWalk`).
@@ -340,7 +337,6 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
     {
         high = end;
     }
-    let ahead = if end.is_some() { ahead_high(sp, high) } else { sp };
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU
     // (volatile: `ChainWalk` says why).
     unsafe {
@@ -348,20 +344,20 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
         write_volatile(&raw mut (*slot).walk.high, high);
         write_volatile(&raw mut (*slot).copied, 0);
         write_volatile(&raw mut (*slot).mapping_found, end.is_some() as u64);
-        write_volatile(&raw mut (*slot).ahead_high, ahead);
     }
     true
 }
 
 /// How far up from `low` (sp) a copy ahead may read, within `[low, high)` (`high` the end of
-/// the stack's mapping or of the window): to `high`, except on a main thread's stack, whose
-/// mapping holds, above its outermost frame, the argument and environment vectors and then a
-/// gap of up to 8 KiB the process never touches (fs/binfmt_elf.c, `create_elf_tables`:
+/// the stack's mapping, found, or of the window): to `high`, except on a main thread's stack,
+/// whose mapping holds, above its outermost frame, the argument and environment vectors and
+/// then a gap of up to 8 KiB the process never touches (fs/binfmt_elf.c, `create_elf_tables`:
 /// `arch_align_stack` below the strings): there, no further than the end of the page of
 /// `mm->start_stack` (where `argc` is, below which every frame of the thread lies), a page
-/// the kernel wrote. A thread's stack of its own (glibc's, or any other mapping) is written up
-/// to its mapping's end from its first frame (glibc puts the thread's descriptor and static
-/// TLS there). `low` (no copy ahead) when the offsets are not known or the task has no mm.
+/// the kernel wrote. Another thread's stack is its own mapping, at whose top glibc puts the
+/// thread's descriptor and static TLS; a page there or above a new chain's frames that was
+/// never touched makes the copy fail (`counter::STACK_COPIES_AHEAD_FAILED`), and the walk goes
+/// on by the page. `low` (no copy ahead) when the offsets are not known or the task has no mm.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn ahead_high(low: u64, high: u64) -> u64 {
@@ -516,7 +512,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
         let rule = unsafe { FRAME_RULES.get(&key) }.copied();
         if rule.is_some() {
-            copy_ahead(slot, low, copied, copy, &key);
+            copy_ahead(slot, StackBounds { low, high }, copied, copy, &key);
         }
         if step(&mut walk, copied, copy, chain, rule) != 0 {
             return finished(walk.outcome, walk.depth, chain, false);
@@ -723,9 +719,10 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
 /// Copy, in one read before the walk's first step, as much of the stack as the chains taught
 /// through this first frame read (its `STACK_EXTENTS` hint, the least of them, from
 /// userspace's replay of their steps: helios-trace/src/resolve/stacks.rs, `narrowest_extent`),
-/// going on from what the Python walk copied (`stack_word`). By the page as the walk climbs (`read_word`), a shallow C chain's first
-/// read went to the end of sp's page, up to 4 KiB it did not need, and one that crossed the
-/// page took a second (BENCHMARKS.md, "The stack copied as far as the chain reads").
+/// going on from what the Python walk copied (`stack_word`). By the page as the walk climbs
+/// (`read_word`), a shallow C chain's first read went to the end of sp's page, up to 4 KiB it
+/// did not need, and one that crossed the page took a second (BENCHMARKS.md, "The stack copied
+/// ahead, as far as the shallowest chain reads").
 ///
 /// Exact as `read_word` is, whatever the hint says (it may be another frame's, or torn:
 /// `StackExtent`): what is copied is still `[low, low + copied)`, contiguous from sp, within
@@ -738,21 +735,32 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
 /// (`ahead_high`), past which lies the gap a read would fault in.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn copy_ahead(slot: *mut ChainWalk, low: u64, copied: *mut u64, copy: &mut StackCopy, first: &FrameRuleKey) {
+fn copy_ahead(
+    slot: *mut ChainWalk,
+    bounds: StackBounds,
+    copied: *mut u64,
+    copy: &mut StackCopy,
+    first: &FrameRuleKey,
+) {
     let index = stack_extent_slot(first.tgid, first.exec_ns, first.address);
     let Some(hint) = STACK_EXTENTS.get(index) else { return };
     // SAFETY: fields of the map value (written in place by userspace: a torn read is a wrong
     // hint, which the bounds below make harmless); the per-CPU slot.
-    let (bytes, ahead) = unsafe {
+    let (bytes, mapping_found) = unsafe {
         if read_volatile(&hint.address) != first.address
             || read_volatile(&hint.exec_ns) != first.exec_ns
             || read_volatile(&hint.tgid) != first.tgid
         {
             return;
         }
-        (read_volatile(&hint.bytes) as u64, read_volatile(&raw const (*slot).ahead_high))
+        (read_volatile(&hint.bytes) as u64, read_volatile(&raw const (*slot).mapping_found))
     };
-    let want = bytes.min(ahead.saturating_sub(low));
+    // Without the mapping's end, `high` is sp plus the window, which may reach past the stack.
+    if mapping_found == 0 {
+        return;
+    }
+    let StackBounds { low, high } = bounds;
+    let want = bytes.min(ahead_high(low, high).saturating_sub(low));
     // SAFETY: `ChainWalk::copied` of the per-CPU slot (volatile: `ChainWalk` says why).
     let was = unsafe { read_volatile(copied) };
     if want <= was {
@@ -761,9 +769,9 @@ fn copy_ahead(slot: *mut ChainWalk, low: u64, copied: *mut u64, copy: &mut Stack
     if copy_stack(copy, low, was, want) {
         // SAFETY: as above.
         unsafe { write_volatile(copied, want) };
-        count(counter::STACK_COPIED_AHEAD);
+        count(counter::STACKS_COPIED_AHEAD);
     } else {
-        count(counter::STACK_AHEAD_FAILED);
+        count(counter::STACK_COPIES_AHEAD_FAILED);
     }
 }
 

@@ -76,8 +76,8 @@ pub(crate) struct KernelCounts {
     /// read, in one read before the first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
     pub(crate) stacks_copied_ahead: u64,
     /// Copies ahead that failed, a page in them not present (each a fault): the walk copied by
-    /// the page instead. 0 in every test: a main thread's stack is copied no further than the
-    /// page of its `argc`.
+    /// the page instead. A main thread's stack is copied no further than the page of its `argc`,
+    /// short of the gap above it no process touches (0 in the kernel tests that count it).
     pub(crate) stack_copies_ahead_failed: u64,
 }
 

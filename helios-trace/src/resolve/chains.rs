@@ -19,12 +19,12 @@
 //! Rules are per process image (tgid and exec time, as the kernel keys `FRAME_RULES`): a code
 //! address means something else after an exec, and in another process.
 //! x86_64 only: elsewhere every call sends its window.
+use std::cell::Cell;
+
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection as _, X86_64,
 };
-use std::cell::Cell;
-
 use helios_trace_common::{FrameRule, frame_rule};
 
 use crate::resolve::modules::elf::UnwindSections;

@@ -20,37 +20,31 @@ pub(crate) fn running_kernel_offsets() -> KernelOffsets {
     std::fs::read(VMLINUX_BTF).ok().and_then(|btf| kernel_offsets(&btf)).unwrap_or(KernelOffsets::NONE)
 }
 
-/// `task_struct.mm`, `.start_time`, `.self_exec_id` and `mm_struct.mm_lock_seq.sequence` in a
-/// BTF blob: all four, or None; with them `task_struct.files`, `files_struct.fdt` and
-/// `fdtable.fd` (include/linux/fdtable.h), or zeros where one of these is missing, and
-/// `mm_struct.start_stack`, or zero.
+/// The offsets the programs read in a BTF blob, or None when it does not parse. Each group is
+/// found or left zero on its own: a stack mapping's key (`task_struct.mm`, `.start_time`,
+/// `.self_exec_id` and `mm_struct.mm_lock_seq.sequence`, Linux 6.13+), a descriptor's slot
+/// (`task_struct.files`, `files_struct.fdt`, `fdtable.fd`: include/linux/fdtable.h), and where
+/// the main thread's stack starts (`task_struct.mm`, `mm_struct.start_stack`).
 pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let types = Types::parse(btf)?;
-    let slots = fd_slot_offsets(&types).unwrap_or([0; 3]);
-    let [task_files, files_fdt, fdtable_fd] = slots;
-    let mm_start_stack = start_stack_offset(&types).unwrap_or(0);
-    Some(KernelOffsets {
-        task_files,
-        files_fdt,
-        fdtable_fd,
-        mm_start_stack,
-        ..stack_mapping_offsets(&types)?
-    })
-}
-
-/// `mm_struct.start_stack`, an `unsigned long` (the programs read 8 bytes of it).
-fn start_stack_offset(types: &Types) -> Option<u32> {
-    let (at, kind) = types.member(types.struct_named("mm_struct")?, "start_stack")?;
-    (types.size(kind)? == 8 && at != 0).then_some(at)
+    let mapping = stack_mapping_offsets(&types).unwrap_or(KernelOffsets::NONE);
+    let [task_files, files_fdt, fdtable_fd] = fd_slot_offsets(&types).unwrap_or([0; 3]);
+    let [task_mm, mm_start_stack] =
+        word_members(&types, [("task_struct", "mm"), ("mm_struct", "start_stack")]).unwrap_or([0; 2]);
+    Some(KernelOffsets { task_mm, mm_start_stack, task_files, files_fdt, fdtable_fd, ..mapping })
 }
 
 /// Where a task's descriptor table keeps the file at a number: `task_struct.files`,
 /// `files_struct.fdt`, `fdtable.fd`, all pointers (the programs read 8 bytes of each).
 fn fd_slot_offsets(types: &Types) -> Option<[u32; 3]> {
-    let mut offsets = [0; 3];
-    for (slot, (name, member)) in
-        offsets.iter_mut().zip([("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "fd")])
-    {
+    word_members(types, [("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "fd")])
+}
+
+/// The offsets of `(struct, member)`s of 8 bytes each (pointers and `unsigned long`s, which the
+/// programs read as one load), none at 0; None when one is missing.
+fn word_members<const N: usize>(types: &Types, members: [(&str, &str); N]) -> Option<[u32; N]> {
+    let mut offsets = [0; N];
+    for (slot, (name, member)) in offsets.iter_mut().zip(members) {
         let (at, kind) = types.member(types.struct_named(name)?, member)?;
         (types.size(kind)? == 8 && at != 0).then_some(())?;
         *slot = at;
@@ -313,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn what_is_missing_or_malformed_is_none() {
+    fn what_is_missing_is_zero_and_what_is_malformed_none() {
         let mut wrong_magic = kernel_like();
         wrong_magic[0] = 0;
         assert_eq!(kernel_offsets(&wrong_magic), None);
@@ -321,14 +315,17 @@ mod tests {
         for cut in [3, 20, whole.len() - 40] {
             assert_eq!(kernel_offsets(&whole[..cut]), None, "cut at {cut}");
         }
-        // A kernel without mm_lock_seq (before 6.13, or without CONFIG_PER_VMA_LOCK).
+        // A kernel without mm_lock_seq (before 6.13, or without CONFIG_PER_VMA_LOCK): no
+        // mapping's key, and the main thread's stack still found.
         let renamed: Vec<u8> = {
             let at = whole.windows(11).position(|w| w == b"mm_lock_seq").unwrap();
             let mut b = whole.clone();
             b[at..at + 11].copy_from_slice(b"mm_lock_xxx");
             b
         };
-        assert_eq!(kernel_offsets(&renamed), None);
+        let offsets = kernel_offsets(&renamed).unwrap();
+        assert!(!offsets.complete(), "{offsets:?}");
+        assert_eq!((offsets.task_mm, offsets.mm_start_stack), (8, 256));
         // A kind this parser does not know (a later kernel's): its length is unknown, so nothing
         // after it can be read.
         let unknown = blob(&[vec![0, info(31, 0), 0]], b"\0");

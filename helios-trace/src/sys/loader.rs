@@ -284,6 +284,12 @@ impl Tracer {
                 btf::VMLINUX_BTF
             );
         }
+        if kernel.task_mm == 0 || kernel.mm_start_stack == 0 {
+            debug!(
+                "no task_struct.mm or mm_struct.start_stack in {}: a learned walk copies the stack by the page",
+                btf::VMLINUX_BTF
+            );
+        }
         // Before the programs load, so that they never trace it.
         let wants_uprobes =
             std::env::var_os(FLOOR_ENV).is_none() && config.user_stack_mode != stack_mode::NONE;
@@ -544,8 +550,8 @@ impl Tracer {
                 python_threads_remembered: sum(counter::PYTHON_THREAD_REMEMBERED),
                 python_cframes_from_copy: sum(counter::PYTHON_CFRAME_FROM_COPY),
                 python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
-                stacks_copied_ahead: sum(counter::STACK_COPIED_AHEAD),
-                stack_copies_ahead_failed: sum(counter::STACK_AHEAD_FAILED),
+                stacks_copied_ahead: sum(counter::STACKS_COPIED_AHEAD),
+                stack_copies_ahead_failed: sum(counter::STACK_COPIES_AHEAD_FAILED),
             },
         }
     }

@@ -250,8 +250,8 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
 /// argument vectors into the gap of up to 8 KiB the kernel leaves below the argument strings
 /// (fs/binfmt_elf.c, `create_elf_tables`), never touched, so not present: a copy into it fails.
 /// So it stops at the page of the thread's `argc` (`mm->start_stack`). stackwork is started
-/// until its stack has such a page (stackwork's `gap`; about one start in two with its strings
-/// placed by `PAD`); `wide 10`'s chain (11 frames of over 512 bytes between handler and
+/// until its stack has such a page, not present (stackwork's `gap`: about one start in four
+/// here, with its strings placed by `PAD`); `wide 10`'s chain (11 frames of over 512 bytes between handler and
 /// leak_fn) is learned first, and `leak`'s calls, through the same first frame, copy ahead
 /// without a failure, first with `wide`'s extent, then with their own. Without the stop, the
 /// first of them fail (tried: 20 of 20).
@@ -277,9 +277,12 @@ fn a_copy_ahead_on_a_main_threads_stack_stops_before_the_untouched_gap() {
             workload.exit();
             None
         })
-        .expect("a stackwork whose stack has an untouched page in 64 starts");
+        .expect("a stackwork whose stack has an untouched page in 64 starts (/proc/sys/kernel/randomize_va_space 0?)");
     let pid = workload.pid;
-    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    // A window of 16 KiB: `wide`'s chain, learned from its window, reads ~7 KiB.
+    let pid_arg = pid.to_string();
+    let mut tracer =
+        Tracer::start(&["--pid", &pid_arg, "--reconcile-interval", "0", "--stack-window", "16K"]);
     let path = "/etc/hostname";
     let mut fds = Vec::new();
     until_walked(&mut tracer, "chains_learned", || fds.extend(workload.run(&format!("wide 10 {path}"))));

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,9 +67,10 @@ __attribute__((noipa)) static int widen(int frames, const char *path) {
 static char **main_argv;
 
 /* Whether a whole page lies in the gap between the platform string and the argument strings
- * of the main thread's stack: the kernel moves the vectors down by a random amount below the
- * strings (fs/binfmt_elf.c, create_elf_tables: arch_align_stack, up to 8 KiB) and writes the
- * platform string first below that; nothing writes in between, so such a page is not present. */
+ * of the main thread's stack, and is not present: the kernel moves the vectors down by a random
+ * amount below the strings (fs/binfmt_elf.c, create_elf_tables: arch_align_stack, up to 8 KiB)
+ * and writes the platform string first below that; nothing writes in between. mincore(2) says
+ * whether the page is there. */
 static int untouched_gap_page(void) {
     const char *platform = (const char *)getauxval(AT_PLATFORM);
     if (platform == NULL) return 0;
@@ -76,7 +78,9 @@ static int untouched_gap_page(void) {
     unsigned long high = (unsigned long)main_argv[0];
     unsigned long page = (unsigned long)sysconf(_SC_PAGESIZE);
     unsigned long first = (low + page - 1) & ~(page - 1);
-    return high >= first + page;
+    unsigned char present;
+    if (high < first + page || mincore((void *)first, page, &present) != 0) return 0;
+    return (present & 1) == 0;
 }
 
 __attribute__((noipa)) static int handler(const char *command, const char *path, int count) {
