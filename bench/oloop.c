@@ -6,8 +6,9 @@
  *
  * Waits for a line on stdin (so a tracer attaches to this pid first), then for SECONDS makes
  * open("/dev/null")+close, or socket(AF_INET, SOCK_STREAM)+close with a second argument, with
- * nothing in between, and prints the mean ns of one. Unlike churn.c there are no phases and
- * no pauses: every sample perf takes of it in those seconds is of the one loop.
+ * nothing in between, and prints how many it made and the mean ns of one ("N ops M ns per
+ * operation"). Unlike churn.c there are no phases and no pauses: every sample perf takes of it
+ * in those seconds is of the one loop (and bench/ctime.sh divides the kernel's time by N).
  * Build: gcc -O2 -fomit-frame-pointer -g (like the tests' workloads).
  */
 #include <fcntl.h>
@@ -40,6 +41,6 @@ int main(int argc, char **argv) {
         }
         done += 1000;
     }
-    printf("%.0f ns per operation\n", (now() - start) * 1e9 / done);
+    printf("%ld ops %.0f ns per operation\n", done, (now() - start) * 1e9 / done);
     return 0;
 }

@@ -1,0 +1,40 @@
+#!/bin/bash
+# The kernel's own time in helios-trace's programs per C open+close or socket+close
+# (BENCHMARKS.md, "The stack copied ahead, as far as the shallowest chain reads"), as root:
+#
+#   bench/ctime.sh SECONDS open|socket BINARY...
+#
+# For each binary in turn: bench/oloop.c (built here) loops for SECONDS, traced with `--pid`,
+# and the sum of `run_time_ns` over the tracer's programs (/proc/PID/fdinfo of its program
+# descriptors, counted while kernel.bpf_stats_enabled is 1) is divided by the loop's operations.
+# A new process each run: sp's place in its page changes how much a walk copies, so alternate
+# the binaries over many runs.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+seconds=$1
+mode=$2
+shift 2
+case "$mode" in
+  open) args=() ;;
+  socket) args=(socket) ;;
+  *) echo "usage: bench/ctime.sh SECONDS open|socket BINARY..." >&2; exit 2 ;;
+esac
+dir=$(mktemp -d)
+was=$(sysctl -n kernel.bpf_stats_enabled)
+trap 'sysctl -q kernel.bpf_stats_enabled="$was"; rm -rf "$dir"' EXIT
+sysctl -q kernel.bpf_stats_enabled=1
+gcc -O2 -fomit-frame-pointer -g -o "$dir/oloop" "$here/oloop.c"
+run_ns() { cat /proc/"$1"/fdinfo/* 2>/dev/null | awk '/^run_time_ns/ {s += $2} END {print s + 0}'; }
+
+# shellcheck source=bench/traced.sh
+. "$here/traced.sh"
+
+for binary in "$@"; do
+  traced "$binary" -- "$dir/oloop" "$seconds" "${args[@]}"
+  before=$(run_ns "$tracer")
+  go
+  after=$(run_ns "$tracer")
+  untraced
+  read -r ops _ per _ < "$dir/loop.out"
+  echo "$binary $mode: $(((after - before) / ops)) ns kernel per op; loop $per ns/op"
+done
