@@ -655,8 +655,8 @@ impl StackRegistry {
             }
         }
         if let Some(first) = unwound.frames.first() {
-            // Taught at every chain learned, not only when it grows: a frame taught later into
-            // the same slot took it, and this takes it back.
+            // Taught at every chain learned, not only when it changes: a frame taught later
+            // into the same slot took it, and this takes it back.
             let bytes = process.narrowest_extent(first.pc, learned.stack_bytes);
             teacher.teach_extent(StackExtent { tgid, bytes, exec_ns: process.image_ns, address: first.pc });
         }
