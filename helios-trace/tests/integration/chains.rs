@@ -249,53 +249,69 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
 /// learned, copies further than its own frames, on a main thread's stack up through the
 /// argument vectors into the gap of up to 8 KiB the kernel leaves below the argument strings
 /// (fs/binfmt_elf.c, `create_elf_tables`), never touched, so not present: a copy into it fails.
-/// So it stops at the page of the thread's `argc` (`mm->start_stack`). stackwork is started
-/// until its stack has such a page, not present (stackwork's `gap`: about one start in four
-/// here, with its strings placed by `PAD`); `wide 10`'s chain (11 frames of over 512 bytes between handler and
-/// leak_fn) is learned first, and `leak`'s calls, through the same first frame, copy ahead
-/// without a failure, first with `wide`'s extent, then with their own. Without the stop, the
-/// first of them fail (tried: 20 of 20).
+/// So it stops at the page of the thread's `argc` (`mm->start_stack`). stackwork is started,
+/// on the host and in a pod, until its stack has such a page, not present (stackwork's `gap`:
+/// about one start in four, its argument strings of a length that changes from start to start
+/// so that argv[0]'s place in its page does); `wide 10`'s chain (11 frames of over 512 bytes
+/// between handler and leak_fn) is learned first, and `leak`'s calls, through the same first
+/// frame, copy ahead without a failure, first with `wide`'s extent, then with their own.
+/// Without the stop, the first of them fail (tried: 20 of 20).
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_copy_ahead_on_a_main_threads_stack_stops_before_the_untouched_gap() {
     if !require_bpf() {
         return;
     }
-    let spawn = || {
-        let mut command = Command::new(stackwork_bin());
-        // The strings at the stack's top, sized so that the page of argv[0] leaves room below
-        // it: with a few bytes of them, a gap below 8 KiB never holds a whole page.
-        command.env_clear().env("PAD", "x".repeat(2500));
-        Workload::spawn_command(command)
-    };
+    // An argument stackwork ignores: with a few bytes of strings at the stack's top, argv[0]
+    // lies high in its page, and a gap below 8 KiB never holds a whole page.
+    let pad = |start: usize| "x".repeat(start * 613 % 4096);
+    let gap = "(is /proc/sys/kernel/randomize_va_space 0?)";
     let mut workload = (0..64)
-        .find_map(|_| {
-            let mut workload = spawn();
+        .find_map(|start| {
+            let mut command = Command::new(stackwork_bin());
+            command.arg(pad(start));
+            let mut workload = Workload::spawn_command(command);
             if workload.run("gap") == [1] {
                 return Some(workload);
             }
             workload.exit();
             None
         })
-        .expect("a stackwork whose stack has an untouched page in 64 starts (/proc/sys/kernel/randomize_va_space 0?)");
-    let pid = workload.pid;
+        .unwrap_or_else(|| panic!("no stackwork in 64 starts had an untouched page {gap}"));
+    copying_ahead_short_of_the_gap(workload.pid, "/etc/hostname", |command| workload.run(command));
+    workload.exit();
+    // In a pod: its own namespaces, cgroup and root, stackwork exec'd there by the pod's init.
+    let mut pod = (0..64)
+        .find_map(|start| {
+            let mut pod = Pod::start(PodSpec {
+                root: Root::native(stackwork_bin(), "/app/stackwork"),
+                command: vec!["/app/stackwork".into(), pad(start)],
+            });
+            (pod.run("gap") == [1]).then_some(pod)
+        })
+        .unwrap_or_else(|| panic!("no pod's stackwork in 64 starts had an untouched page {gap}"));
+    copying_ahead_short_of_the_gap(pod.pid, "/app/stackwork", |command| pod.run(command));
+}
+
+/// The test above, for stackwork running as `pid` with an untouched page in its stack's gap,
+/// opening `path` (one its root has).
+fn copying_ahead_short_of_the_gap(pid: u32, path: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
     // A window of 16 KiB: `wide`'s chain, learned from its window, reads ~7 KiB.
     let pid_arg = pid.to_string();
     let mut tracer =
         Tracer::start(&["--pid", &pid_arg, "--reconcile-interval", "0", "--stack-window", "16K"]);
-    let path = "/etc/hostname";
     let mut fds = Vec::new();
-    until_walked(&mut tracer, "chains_learned", || fds.extend(workload.run(&format!("wide 10 {path}"))));
+    until_walked(&mut tracer, "chains_learned", || fds.extend(run(&format!("wide 10 {path}"))));
     // `leak`'s calls, its chain unknown at first: copied ahead as far as `wide`'s reads.
     let before = tracer.snapshot();
-    fds.extend(workload.run(&format!("leak 20 {path}")));
+    fds.extend(run(&format!("leak 20 {path}")));
     let report = tracer.snapshot();
     let ahead = |report: &Value| events(report, "stacks_copied_ahead");
     assert!(ahead(&report) >= ahead(&before) + 20, "{}", report["events"]);
     assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
     // Learned, `leak`'s chain is walked, copied ahead as far as it reads.
     let before = report;
-    fds.extend(workload.run(&format!("leak 20 {path}")));
+    fds.extend(run(&format!("leak 20 {path}")));
     let report = tracer.snapshot();
     let learned = events(&report, "chains_learned") - events(&before, "chains_learned");
     assert_eq!(learned, 20, "{}", report["events"]);
@@ -303,7 +319,6 @@ fn a_copy_ahead_on_a_main_threads_stack_stops_before_the_untouched_gap() {
     assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
     assert_files_at_sites(&report, pid, &fds);
     tracer.stop();
-    workload.exit();
 }
 
 #[test]

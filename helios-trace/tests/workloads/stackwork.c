@@ -105,19 +105,13 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         fflush(stdout);
         return leaked;
     }
-    if (strcmp(command, "deep") == 0) {
-        int fd = descend(count, path);
+    int wide = strcmp(command, "wide") == 0;
+    if (wide || strcmp(command, "deep") == 0) {
+        int fd = wide ? widen(count, path) : descend(count, path);
         if (fd < 0) return -1;
         printf("ok %d\n", fd);
         fflush(stdout);
-        return descended;
-    }
-    if (strcmp(command, "wide") == 0) {
-        int fd = widen(count, path);
-        if (fd < 0) return -1;
-        printf("ok %d\n", fd);
-        fflush(stdout);
-        return widened;
+        return wide ? widened : descended;
     }
     if (strcmp(command, "forkleak") == 0) {
         pid_t child = fork();
