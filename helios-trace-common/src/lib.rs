@@ -298,7 +298,7 @@ pub struct ChainRules {
 }
 const _: () = assert!(size_of::<ChainRules>() == 48 + 24 * MAX_CACHED_CHAIN_FRAMES);
 
-/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`], 768 KiB, room for a node's
+/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`], 1 MiB, room for a node's
 /// processes' syscall instructions (a few each) with few of them sharing a slot.
 pub const STACK_EXTENT_BITS: u32 = 15;
 pub const MAX_STACK_EXTENTS: u32 = 1 << STACK_EXTENT_BITS;
@@ -321,23 +321,22 @@ pub const MAX_STACK_EXTENTS: u32 = 1 << STACK_EXTENT_BITS;
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
 )]
 pub struct StackExtent {
-    pub tgid: u32,
+    /// The first frame's rule's key (`first` 1: the syscall's instruction).
+    pub first: FrameRuleKey,
     /// Bytes from the stack pointer; 0: none known.
     pub bytes: u32,
-    /// The image, as [`FrameRuleKey::exec_ns`].
-    pub exec_ns: u64,
-    /// The syscall's instruction: the first frame's address.
-    pub address: u64,
+    /// Zero.
+    pub reserved: u32,
 }
-const _: () = assert!(size_of::<StackExtent>() == 24);
+const _: () = assert!(size_of::<StackExtent>() == 32);
 
-/// The `STACK_EXTENTS` slot of a first frame (`tgid`, `exec_ns`, `address`), below
-/// [`MAX_STACK_EXTENTS`]: the top bits of a multiplicative hash (Knuth's, by 2^64 over the golden
-/// ratio), a few instructions the kernel and userspace compute alike. Two frames in one slot
-/// take turns: the later one taught holds it.
+/// The `STACK_EXTENTS` slot of a first frame (its rule's key), below [`MAX_STACK_EXTENTS`]: the
+/// top bits of a multiplicative hash (Knuth's, by 2^64 over the golden ratio), a few
+/// instructions the kernel and userspace compute alike. Two frames in one slot take turns: the
+/// later one taught holds it.
 #[inline(always)]
-pub const fn stack_extent_slot(tgid: u32, exec_ns: u64, address: u64) -> u32 {
-    let mixed = address ^ exec_ns.rotate_left(29) ^ ((tgid as u64) << 40);
+pub const fn stack_extent_slot(first: &FrameRuleKey) -> u32 {
+    let mixed = first.address ^ first.exec_ns.rotate_left(29) ^ ((first.tgid as u64) << 40);
     (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STACK_EXTENT_BITS)) as u32
 }
 

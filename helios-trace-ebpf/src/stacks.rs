@@ -742,14 +742,14 @@ fn copy_ahead(
     copy: &mut StackCopy,
     first: &FrameRuleKey,
 ) {
-    let index = stack_extent_slot(first.tgid, first.exec_ns, first.address);
+    let index = stack_extent_slot(first);
     let Some(hint) = STACK_EXTENTS.get(index) else { return };
     // SAFETY: fields of the map value (written in place by userspace: a torn read is a wrong
     // hint, which the bounds below make harmless); the per-CPU slot.
     let (bytes, mapping_found) = unsafe {
-        if read_volatile(&hint.address) != first.address
-            || read_volatile(&hint.exec_ns) != first.exec_ns
-            || read_volatile(&hint.tgid) != first.tgid
+        if read_volatile(&hint.first.address) != first.address
+            || read_volatile(&hint.first.exec_ns) != first.exec_ns
+            || read_volatile(&hint.first.tgid) != first.tgid
         {
             return;
         }

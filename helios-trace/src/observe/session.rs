@@ -145,7 +145,7 @@ impl Teach for LearnedRules {
     fn teach_extent(&mut self, extent: StackExtent) {
         if let Err(err) = self.set_extent(extent) {
             // The kernel then copies this frame's chains' stack by the page: slower, not wrong.
-            log::debug!("process {}: {err:#}", extent.tgid);
+            log::debug!("process {}: {err:#}", extent.first.tgid);
         }
     }
 }

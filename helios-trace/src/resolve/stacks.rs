@@ -654,11 +654,12 @@ impl StackRegistry {
                 teacher.teach(key, Some(*rule));
             }
         }
-        if let Some(first) = unwound.frames.first() {
+        if let Some(frame) = unwound.frames.first() {
             // Taught at every chain learned, not only when it changes: a frame taught later
             // into the same slot took it, and this takes it back.
-            let bytes = process.narrowest_extent(first.pc, learned.stack_bytes);
-            teacher.teach_extent(StackExtent { tgid, bytes, exec_ns: process.image_ns, address: first.pc });
+            let bytes = process.narrowest_extent(frame.pc, learned.stack_bytes);
+            let first = FrameRuleKey { tgid, first: 1, exec_ns: process.image_ns, address: frame.pc };
+            teacher.teach_extent(StackExtent { first, bytes, reserved: 0 });
         }
         self.chain_generation += 1;
         let taught = taught_chain(tgid, process.image_ns, &unwound.frames, &rules, self.chain_generation);
@@ -1212,17 +1213,19 @@ mod tests {
     #[test]
     fn a_first_frames_extent_slot_is_within_the_array_and_spread() {
         use helios_trace_common::{MAX_STACK_EXTENTS, stack_extent_slot};
+        let first = |tgid, exec_ns, address| FrameRuleKey { tgid, first: 1, exec_ns, address };
         let mut slots = HashSet::new();
         for address in (0..1000u64).map(|i| 0x7f12_3456_0000 + 0x1d * i) {
-            let slot = stack_extent_slot(4242, 1_234_567_890, address);
+            let slot = stack_extent_slot(&first(4242, 1_234_567_890, address));
             assert!(slot < MAX_STACK_EXTENTS);
-            assert_eq!(slot, stack_extent_slot(4242, 1_234_567_890, address));
+            assert_eq!(slot, stack_extent_slot(&first(4242, 1_234_567_890, address)));
             slots.insert(slot);
         }
         // 1,000 frames in 32,768 slots: ~15 collisions expected of a uniform hash.
         assert!(slots.len() > 950, "{} slots for 1000 frames", slots.len());
-        assert_ne!(stack_extent_slot(1, 0, 0x1000), stack_extent_slot(2, 0, 0x1000));
-        assert_ne!(stack_extent_slot(1, 0, 0x1000), stack_extent_slot(1, 5, 0x1000));
+        let slot = |tgid, exec_ns, address| stack_extent_slot(&first(tgid, exec_ns, address));
+        assert_ne!(slot(1, 0, 0x1000), slot(2, 0, 0x1000));
+        assert_ne!(slot(1, 0, 0x1000), slot(1, 5, 0x1000));
     }
 
     #[test]

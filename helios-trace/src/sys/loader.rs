@@ -206,7 +206,7 @@ impl LearnedRules {
     /// Tell the kernel how far a first frame's chains read the stack, in its slot
     /// (`stack_extent_slot`), in place of whatever the slot held.
     pub(crate) fn set_extent(&mut self, extent: StackExtent) -> Result<()> {
-        let slot = stack_extent_slot(extent.tgid, extent.exec_ns, extent.address);
+        let slot = stack_extent_slot(&extent.first);
         self.extents.set(slot, extent, 0).context("cannot fill the stack-extent map")
     }
 }
