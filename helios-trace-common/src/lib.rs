@@ -298,46 +298,54 @@ pub struct ChainRules {
 }
 const _: () = assert!(size_of::<ChainRules>() == 48 + 24 * MAX_CACHED_CHAIN_FRAMES);
 
-/// Slots of the `STACK_EXTENTS` array: 2^[`STACK_EXTENT_BITS`], 1 MiB, room for a node's
-/// processes' syscall instructions (a few each) with few of them sharing a slot.
-pub const STACK_EXTENT_BITS: u32 = 15;
-pub const MAX_STACK_EXTENTS: u32 = 1 << STACK_EXTENT_BITS;
+/// Slots of the `FIRST_FRAME_HINTS` array: 2^[`FIRST_FRAME_HINT_BITS`], 1.5 MiB, room for a
+/// node's processes' syscall instructions (a few each) with few of them sharing a slot.
+pub const FIRST_FRAME_HINT_BITS: u32 = 15;
+pub const MAX_FIRST_FRAME_HINTS: u32 = 1 << FIRST_FRAME_HINT_BITS;
 
-/// Value of the `STACK_EXTENTS` array: how many bytes of the stack, from the stack pointer
-/// up, the walks of the chains taught through one first frame (a syscall's instruction in a
-/// process image, as [`FrameRuleKey`] with `first` 1 keys its rule) read, the least of them
-/// (helios-trace/src/resolve/chains.rs, `learn`; resolve/stacks.rs, `narrowest_extent`). The
-/// kernel's walk copies that much in one read before its first step instead of by the page as
-/// it climbs (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+/// Value of the `FIRST_FRAME_HINTS` array: what the kernel's learned walk may start from at one
+/// first frame (a syscall's instruction in a process image, as [`FrameRuleKey`] with `first` 1
+/// keys its rule), so that a call through a chain taught there touches one hash map element
+/// (its `CHAIN_RULES` chain) instead of two (helios-trace-ebpf/src/stacks.rs, `hinted_start`):
+/// - the frame's rule, to find the caller the chain is keyed by: the kernel walks on only when
+///   that chain's own rule for the frame is this one (never a rule by itself: BENCHMARKS.md,
+///   "The first frame's rule from its hint");
+/// - how many bytes of the stack, from the stack pointer up, the walks of the chains taught
+///   through the frame read, the least of them (helios-trace/src/resolve/chains.rs, `learn`;
+///   resolve/stacks.rs, `narrowest_extent`): the walk copies that much in one read before its
+///   first step instead of by the page as it climbs (stacks.rs, `copy_ahead`).
 ///
-/// A hint, never a rule: in an array, written in place by userspace while a walk may read it,
-/// so a read may see half of one and half of another, or another frame's in the same slot
-/// ([`stack_extent_slot`]); whatever it says, the copy stays within the bounds the walk reads
-/// in, and one that fails copies nothing. Its key is checked so that it is mostly the call's.
+/// A hint: in an array, written in place by userspace while a walk may read it, so a read may
+/// see half of one and half of another, or another frame's in the same slot
+/// ([`first_frame_hint_slot`]); whatever it says, the copy stays within the bounds the walk
+/// reads in, one that fails copies nothing, and a rule the taught chain does not confirm is
+/// not walked with. Its key is checked so that it is mostly the call's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(
     feature = "user",
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
 )]
-pub struct StackExtent {
+pub struct FirstFrameHint {
     /// The first frame's rule's key (`first` 1: the syscall's instruction).
     pub first: FrameRuleKey,
+    /// Its rule, as `FRAME_RULES` holds it.
+    pub rule: FrameRule,
     /// Bytes from the stack pointer; 0: none known.
-    pub bytes: u32,
+    pub stack_bytes: u32,
     /// Zero.
     pub reserved: u32,
 }
-const _: () = assert!(size_of::<StackExtent>() == 32);
+const _: () = assert!(size_of::<FirstFrameHint>() == 48);
 
-/// The `STACK_EXTENTS` slot of a first frame (its rule's key), below [`MAX_STACK_EXTENTS`]: the
-/// top bits of a multiplicative hash (Knuth's, by 2^64 over the golden ratio), a few
-/// instructions the kernel and userspace compute alike. Two frames in one slot take turns: the
-/// later one taught holds it.
+/// The `FIRST_FRAME_HINTS` slot of a first frame (its rule's key), below
+/// [`MAX_FIRST_FRAME_HINTS`]: the top bits of a multiplicative hash (Knuth's, by 2^64 over the
+/// golden ratio), a few instructions the kernel and userspace compute alike. Two frames in one
+/// slot take turns: the later one taught holds it.
 #[inline(always)]
-pub const fn stack_extent_slot(first: &FrameRuleKey) -> u32 {
+pub const fn first_frame_hint_slot(first: &FrameRuleKey) -> u32 {
     let mixed = first.address ^ first.exec_ns.rotate_left(29) ^ ((first.tgid as u64) << 40);
-    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STACK_EXTENT_BITS)) as u32
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FIRST_FRAME_HINT_BITS)) as u32
 }
 
 /// [`LearnedChain::flags`].
@@ -786,13 +794,17 @@ pub mod counter {
     /// within the state), with no read of the interpreter's list
     /// (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub const PYTHON_THREAD_ON_STACK: u32 = 10;
-    /// A learned walk copied the stack as far as its `STACK_EXTENTS` hint said, in one read
+    /// A learned walk copied the stack as far as its first frame's hint said, in one read
     /// before its first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
     pub const STACKS_COPIED_AHEAD: u32 = 11;
     /// A copy ahead that failed (a page in it not present): the walk copied by the page
     /// instead, having paid for a fault.
     pub const STACK_COPIES_AHEAD_FAILED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// A learned walk took its first frame's rule from the frame's `FIRST_FRAME_HINTS` hint,
+    /// confirmed by the chain taught through the caller it found: no `FRAME_RULES` lookup
+    /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
+    pub const FIRST_RULE_FROM_HINT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Capacity of the target-process filter map.
@@ -1007,9 +1019,9 @@ pub mod map_name {
     pub const FRAME_RULES: &str = "FRAME_RULES";
     /// Learned chains and their rules: [`super::ChainKey`] -> [`super::ChainRules`].
     pub const CHAIN_RULES: &str = "CHAIN_RULES";
-    /// How far a first frame's chains read the stack: [`super::StackExtent`] by
-    /// [`super::stack_extent_slot`].
-    pub const STACK_EXTENTS: &str = "STACK_EXTENTS";
+    /// A first frame's rule and how far its chains read the stack: [`super::FirstFrameHint`]
+    /// by [`super::first_frame_hint_slot`].
+    pub const FIRST_FRAME_HINTS: &str = "FIRST_FRAME_HINTS";
     /// Per-CPU scratch where a [`super::PythonStack`] is assembled.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     /// Per-CPU state of a Python frame walk (its offsets and the frame being read): kept off
@@ -1067,7 +1079,7 @@ mod pod {
         checked::<super::FrameRule>();
         checked::<super::ChainKey>();
         checked::<super::ChainRules>();
-        checked::<super::StackExtent>();
+        checked::<super::FirstFrameHint>();
         checked::<super::LearnedChain>();
         checked::<super::PythonStack>();
         checked::<super::Settings>();
@@ -1087,7 +1099,7 @@ mod pod {
     unsafe impl aya::Pod for super::FrameRule {}
     unsafe impl aya::Pod for super::ChainKey {}
     unsafe impl aya::Pod for super::ChainRules {}
-    unsafe impl aya::Pod for super::StackExtent {}
+    unsafe impl aya::Pod for super::FirstFrameHint {}
     unsafe impl aya::Pod for super::PythonStack {}
     unsafe impl aya::Pod for super::Settings {}
 }

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
-    FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_STACK_EXTENTS, MAX_SYSCALL_NR,
-    PYTHON_PROC_ENTRIES, PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs,
-    StackExtent, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    FirstFrameHint, FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_FIRST_FRAME_HINTS,
+    MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
+    SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -97,12 +97,14 @@ shared_map! {
 }
 
 shared_map! {
-    /// How far the chains taught through each first frame read the stack, the least of them
-    /// (`StackExtent`, by `stack_extent_slot`): a hint the learned walk copies that much by,
-    /// in one read (stacks.rs, `copy_ahead`). An array, written in place by userspace: a
-    /// walk that reads a slot while it is written reads a wrong hint, never a freed element,
-    /// and a wrong hint only copies more or less at once (`StackExtent` says why that is safe).
-    STACK_EXTENTS: Array<StackExtent> = Array::with_max_entries(MAX_STACK_EXTENTS, 0);
+    /// Each first frame's rule and how far the chains taught through it read the stack, the
+    /// least of them (`FirstFrameHint`, by `first_frame_hint_slot`): the learned walk copies that
+    /// much in one read (stacks.rs, `copy_ahead`) and finds its taught chain without a
+    /// `FRAME_RULES` lookup (`confirmed_chain`). An array, written in place by userspace: a walk
+    /// that reads a slot while it is written reads a wrong hint, never a freed element, and a
+    /// wrong hint only copies more or less at once, or finds no chain that confirms its rule
+    /// (`FirstFrameHint` says why that is safe).
+    FIRST_FRAME_HINTS: Array<FirstFrameHint> = Array::with_max_entries(MAX_FIRST_FRAME_HINTS, 0);
 }
 
 shared_map! {

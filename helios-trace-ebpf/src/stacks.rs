@@ -18,15 +18,15 @@ use aya_ebpf::{
 };
 use helios_trace_common::{
     ChainKey, ChainRules, FrameRule, FrameRuleKey, LearnedChain, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
-    MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack, chain_flags, counter, frame_rule,
-    stack_extent_slot, user_stack_flags,
+    MAX_STACK_WINDOW, SavedRegs, StackMapping, UserStack, chain_flags, counter, first_frame_hint_slot,
+    frame_rule, user_stack_flags,
 };
 
 use crate::{
     emit::count,
     maps::{
-        CHAIN_RULES, CHAIN_STACK, CHAIN_WALK, EVENTS, EXEC_TIMES, FRAME_RULES, STACK_EXTENTS, STACK_MAPPING,
-        STACKS,
+        CHAIN_RULES, CHAIN_STACK, CHAIN_WALK, EVENTS, EXEC_TIMES, FIRST_FRAME_HINTS, FRAME_RULES,
+        STACK_MAPPING, STACKS,
     },
     settings,
 };
@@ -467,8 +467,10 @@ pub fn on_walked_stack(_at: u64) -> bool {
 /// window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
 /// refuse) is false: the caller sends the window.
 ///
-/// The first frame with its `FRAME_RULES` rule; then, when userspace taught the chain through
-/// the first two addresses, the frames it gives rules for while their addresses agree, in a
+/// The first frame with the rule its hint gives (`first_frame_hint`), when the chain taught
+/// through the caller that rule finds gives the frame the same rule (`confirmed_chain`), else
+/// with its `FRAME_RULES` rule; then, when userspace taught the chain through the first two
+/// addresses, the frames it gives rules for while their addresses agree, in a
 /// loop of at most 31 frames that only goes on or stops; then the rest with their
 /// `FRAME_RULES` rules, a frame per call of a `bpf_loop` callback, which the verifier checks
 /// once, for all depths. As one loop of 64 frames that took a frame's rule from the taught
@@ -510,17 +512,33 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         // SAFETY: the per-CPU slot, a `&mut` of it only in this block, where no loop runs.
         let copy = unsafe { &mut *copy };
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
-        let rule = unsafe { FRAME_RULES.get(&key) }.copied();
-        if rule.is_some() {
-            copy_ahead(slot, StackBounds { low, high }, copied, copy, &key);
+        let chain_key = |caller| ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller };
+        let mut taught = None;
+        if let Some(hint) = first_frame_hint(&key) {
+            copy_ahead(slot, StackBounds { low, high }, copied, copy, hint.stack_bytes);
+            if step(&mut walk, copied, copy, chain, Some(hint.rule)) == 0 {
+                taught = confirmed_chain(&chain_key(walk.pc), hint.rule);
+            }
+            if taught.is_some() {
+                count(counter::FIRST_RULE_FROM_HINT);
+            } else {
+                // Back to the first frame, for its rule from `FRAME_RULES`.
+                walk.pc = regs[arch::IP];
+                walk.sp = low;
+                walk.bp = regs[arch::BP];
+                walk.depth = 0;
+                walk.outcome = WALKING;
+            }
         }
-        if step(&mut walk, copied, copy, chain, rule) != 0 {
-            return finished(walk.outcome, walk.depth, chain, false);
+        if taught.is_none() {
+            let rule = unsafe { FRAME_RULES.get(&key) }.copied();
+            if step(&mut walk, copied, copy, chain, rule) != 0 {
+                return finished(walk.outcome, walk.depth, chain, false);
+            }
+            let key = chain_key(walk.pc);
+            taught = unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key));
         }
-        let key = ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller: walk.pc };
-        if let Some((known, generation)) =
-            unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key))
-        {
+        if let Some((known, generation)) = taught {
             for _ in 1..MAX_CACHED_CHAIN_FRAMES {
                 let Some(rule) = taught_rule(known, generation, walk.depth as usize, walk.pc) else { break };
                 if step(&mut walk, copied, copy, chain, Some(rule)) != 0 {
@@ -716,8 +734,57 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
     word_at(copy, offset as usize)
 }
 
-/// Copy, in one read before the walk's first step, as much of the stack as the chains taught
-/// through this first frame read (its `STACK_EXTENTS` hint, the least of them, from
+/// What a first frame's hint says (`FirstFrameHint`), read from its slot.
+#[cfg(bpf_target_arch = "x86_64")]
+struct Hinted {
+    rule: FrameRule,
+    stack_bytes: u64,
+}
+
+/// The hint in `FIRST_FRAME_HINTS` for the first frame of `first`'s key, when the slot holds
+/// that key. Written in place by userspace: a read may be torn or another frame's
+/// (`FirstFrameHint`), which its users make harmless (`copy_ahead`, `confirmed_chain`).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn first_frame_hint(first: &FrameRuleKey) -> Option<Hinted> {
+    let hint = FIRST_FRAME_HINTS.get(first_frame_hint_slot(first))?;
+    // SAFETY: fields of the map value; volatile, each read once, in this order.
+    unsafe {
+        if read_volatile(&hint.first.address) != first.address
+            || read_volatile(&hint.first.exec_ns) != first.exec_ns
+            || read_volatile(&hint.first.tgid) != first.tgid
+        {
+            return None;
+        }
+        Some(Hinted {
+            rule: FrameRule {
+                flags: read_volatile(&hint.rule.flags),
+                cfa_offset: read_volatile(&hint.rule.cfa_offset),
+                bp_offset: read_volatile(&hint.rule.bp_offset),
+                reserved: 0,
+            },
+            stack_bytes: read_volatile(&hint.stack_bytes) as u64,
+        })
+    }
+}
+
+/// The chain taught under `key` (`still_taught`), when it gives its first frame `hinted`, the
+/// rule the walk took the first step with to find `key.caller`. Then that step is the one the
+/// chain's own rule makes, exact as a step with the `FRAME_RULES` rule is: userspace teaches
+/// both from the same rule of (module, pc) (helios-trace/src/resolve/stacks.rs, `learn`), and
+/// `taught_rule` confirms the frame's address and the teaching's generation. A torn or foreign
+/// hint's rule finds no chain, or one that gives another rule: None, and the walk takes the
+/// first step again with the `FRAME_RULES` rule. So a call through a taught chain looks up one
+/// hash map element instead of two (BENCHMARKS.md, "The first frame's rule from its hint").
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn confirmed_chain(key: &ChainKey, hinted: FrameRule) -> Option<(&'static ChainRules, u64)> {
+    let (known, generation) = unsafe { CHAIN_RULES.get(key) }.and_then(|known| still_taught(known, key))?;
+    (taught_rule(known, generation, 0, key.pc)? == hinted).then_some((known, generation))
+}
+
+/// Copy, in one read before the walk's first step, `bytes` of the stack from sp: as much as the
+/// chains taught through this first frame read (its hint's, the least of them, from
 /// userspace's replay of their steps: helios-trace/src/resolve/stacks.rs, `narrowest_extent`),
 /// going on from what the Python walk copied (`stack_word`). By the page as the walk climbs
 /// (`read_word`), a shallow C chain's first read went to the end of sp's page, up to 4 KiB it
@@ -725,7 +792,7 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
 /// ahead, as far as the shallowest chain reads").
 ///
 /// Exact as `read_word` is, whatever the hint says (it may be another frame's, or torn:
-/// `StackExtent`): what is copied is still `[low, low + copied)`, contiguous from sp, within
+/// `FirstFrameHint`): what is copied is still `[low, low + copied)`, contiguous from sp, within
 /// `[low, ahead_high)` and so within the walk's bounds; a read that fails (a page in it not
 /// present, past what this call's chain needs) copies nothing and leaves the walk to copy by
 /// the page, as it did. A page copied here that this call's chain does not need is one the
@@ -735,26 +802,9 @@ fn read_word(bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, at: u6
 /// (`ahead_high`), past which lies the gap a read would fault in.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn copy_ahead(
-    slot: *mut ChainWalk,
-    bounds: StackBounds,
-    copied: *mut u64,
-    copy: &mut StackCopy,
-    first: &FrameRuleKey,
-) {
-    let index = stack_extent_slot(first);
-    let Some(hint) = STACK_EXTENTS.get(index) else { return };
-    // SAFETY: fields of the map value (written in place by userspace: a torn read is a wrong
-    // hint, which the bounds below make harmless); the per-CPU slot.
-    let (bytes, mapping_found) = unsafe {
-        if read_volatile(&hint.first.address) != first.address
-            || read_volatile(&hint.first.exec_ns) != first.exec_ns
-            || read_volatile(&hint.first.tgid) != first.tgid
-        {
-            return;
-        }
-        (read_volatile(&hint.bytes) as u64, read_volatile(&raw const (*slot).mapping_found))
-    };
+fn copy_ahead(slot: *mut ChainWalk, bounds: StackBounds, copied: *mut u64, copy: &mut StackCopy, bytes: u64) {
+    // SAFETY: the per-CPU slot (volatile: `ChainWalk` says why).
+    let mapping_found = unsafe { read_volatile(&raw const (*slot).mapping_found) };
     // Without the mapping's end, `high` is sp plus the window, which may reach past the stack.
     if mapping_found == 0 {
         return;

@@ -79,6 +79,10 @@ pub(crate) struct KernelCounts {
     /// the page instead. A main thread's stack is copied no further than the page of its `argc`,
     /// short of the gap above it no process touches (0 in the kernel tests that count it).
     pub(crate) stack_copies_ahead_failed: u64,
+    /// Learned walks that took their first frame's rule from its hint, confirmed by the chain
+    /// taught through the caller it found, with no lookup of the rule
+    /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
+    pub(crate) first_rules_from_hints: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
@@ -134,6 +138,7 @@ mod tests {
             python_threads_on_stack: 4,
             stacks_copied_ahead: 5,
             stack_copies_ahead_failed: 6,
+            first_rules_from_hints: 7,
         };
         let text =
             serde_json::to_string(&EventCounts { received: 9, kernel, ..EventCounts::default() }).unwrap();
@@ -148,10 +153,11 @@ mod tests {
             "python_threads_on_stack",
             "stacks_copied_ahead",
             "stack_copies_ahead_failed",
+            "first_rules_from_hints",
         ]
         .map(at);
         assert!(order.is_sorted(), "{text}");
-        assert!(text.ends_with("\"stack_copies_ahead_failed\":6}"), "{text}");
+        assert!(text.ends_with("\"first_rules_from_hints\":7}"), "{text}");
         assert!(!text.contains("kernel"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 use bytes::Bytes;
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRule, FrameRuleKey, StackExtent, learned_chains, stack_mode,
+    ChainKey, ChainRules, FirstFrameHint, FrameRule, FrameRuleKey, learned_chains, stack_mode,
 };
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 
@@ -142,10 +142,11 @@ impl Teach for LearnedRules {
         }
     }
 
-    fn teach_extent(&mut self, extent: StackExtent) {
-        if let Err(err) = self.set_extent(extent) {
-            // The kernel then copies this frame's chains' stack by the page: slower, not wrong.
-            log::debug!("process {}: {err:#}", extent.first.tgid);
+    fn teach_hint(&mut self, hint: FirstFrameHint) {
+        if let Err(err) = self.set_hint(hint) {
+            // The kernel then looks this frame's rule up and copies its chains' stack by the
+            // page: slower, not wrong.
+            log::debug!("process {}: {err:#}", hint.first.tgid);
         }
     }
 }

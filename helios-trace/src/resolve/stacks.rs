@@ -14,7 +14,7 @@ use std::{
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES, StackExtent,
+    ChainKey, ChainRules, FirstFrameHint, FrameRule, FrameRuleKey, MAX_CACHED_CHAIN_FRAMES, MAX_CHAIN_FRAMES,
     user_stack_flags,
 };
 
@@ -126,7 +126,7 @@ struct ProcessStacks {
     /// The chains taught with their rules for this image.
     taught_chains: HashSet<ChainKey>,
     /// How far the chains learned through each first frame (by its address) read the stack,
-    /// the least of them (`StackExtent::bytes`).
+    /// the least of them (`FirstFrameHint::stack_bytes`).
     extents: HashMap<u64, u32>,
 }
 
@@ -263,12 +263,12 @@ pub(crate) trait Teach: Send {
     /// Teach the kernel a chain with the rules of its frames (Some), or take it back (None).
     /// One not taught leaves its calls looking each frame's rule up: slower, not wrong.
     fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>);
-    /// Tell the kernel how far the chains through a first frame read the stack. A hint in a
-    /// slot another frame may take (`stack_extent_slot`); one lost leaves the walk copying
-    /// the stack by the page: slower, not wrong. Not taken back at an exec or exit: its key
-    /// holds the image (its exec time), and a hint read for another is harmless
-    /// (`StackExtent`).
-    fn teach_extent(&mut self, extent: StackExtent);
+    /// Tell the kernel a first frame's rule and how far the chains through it read the stack.
+    /// A hint in a slot another frame may take (`first_frame_hint_slot`); one lost leaves the
+    /// walk looking the frame's rule up and copying the stack by the page: slower, not wrong.
+    /// Not taken back at an exec or exit: its key holds the image (its exec time), and a hint
+    /// read for another is harmless (`FirstFrameHint`).
+    fn teach_hint(&mut self, hint: FirstFrameHint);
 }
 
 impl StackRegistry {
@@ -319,7 +319,7 @@ impl StackRegistry {
             teacher.teach(key, None);
         }
         // Its modules may have moved (maps read again): the extents are learned anew. The
-        // kernel's hints are not taken back (`Teach::teach_extent`).
+        // kernel's hints are not taken back (`Teach::teach_hint`).
         process.extents.clear();
     }
 
@@ -654,12 +654,13 @@ impl StackRegistry {
                 teacher.teach(key, Some(*rule));
             }
         }
-        if let Some(frame) = unwound.frames.first() {
+        if let (Some(frame), Some(&rule)) = (unwound.frames.first(), rules.first()) {
             // Taught at every chain learned, not only when it changes: a frame taught later
-            // into the same slot took it, and this takes it back.
-            let bytes = process.narrowest_extent(frame.pc, learned.stack_bytes);
+            // into the same slot took it, and this takes it back. The rule is the one the
+            // chain below is taught with for its first frame, which the kernel checks.
+            let stack_bytes = process.narrowest_extent(frame.pc, learned.stack_bytes);
             let first = FrameRuleKey { tgid, first: 1, exec_ns: process.image_ns, address: frame.pc };
-            teacher.teach_extent(StackExtent { first, bytes, reserved: 0 });
+            teacher.teach_hint(FirstFrameHint { first, rule, stack_bytes, reserved: 0 });
         }
         self.chain_generation += 1;
         let taught = taught_chain(tgid, process.image_ns, &unwound.frames, &rules, self.chain_generation);
@@ -1088,7 +1089,7 @@ mod tests {
         enum Update {
             Rule(FrameRuleKey, Option<FrameRule>),
             Chain(ChainKey, Option<u64>),
-            Extent(StackExtent),
+            Hint(FirstFrameHint),
         }
         #[derive(Clone, Default)]
         struct Taught(Arc<std::sync::Mutex<Vec<Update>>>);
@@ -1099,8 +1100,8 @@ mod tests {
             fn teach_chain(&mut self, key: ChainKey, chain: Option<&ChainRules>) {
                 self.0.lock().unwrap().push(Update::Chain(key, chain.map(|c| c.generation)));
             }
-            fn teach_extent(&mut self, extent: StackExtent) {
-                self.0.lock().unwrap().push(Update::Extent(extent));
+            fn teach_hint(&mut self, hint: FirstFrameHint) {
+                self.0.lock().unwrap().push(Update::Hint(hint));
             }
         }
         let taught = Taught::default();
@@ -1128,7 +1129,7 @@ mod tests {
             if let Some(rules) = updates.get_mut(1..) {
                 rules.sort_by_key(|u| match u {
                     Update::Rule(key, _) => key.address,
-                    Update::Chain(..) | Update::Extent(..) => 0,
+                    Update::Chain(..) | Update::Hint(..) => 0,
                 });
             }
             updates
@@ -1212,18 +1213,18 @@ mod tests {
     /// first frames spread over it.
     #[test]
     fn a_first_frames_extent_slot_is_within_the_array_and_spread() {
-        use helios_trace_common::{MAX_STACK_EXTENTS, stack_extent_slot};
+        use helios_trace_common::{MAX_FIRST_FRAME_HINTS, first_frame_hint_slot};
         let first = |tgid, exec_ns, address| FrameRuleKey { tgid, first: 1, exec_ns, address };
         let mut slots = HashSet::new();
         for address in (0..1000u64).map(|i| 0x7f12_3456_0000 + 0x1d * i) {
-            let slot = stack_extent_slot(&first(4242, 1_234_567_890, address));
-            assert!(slot < MAX_STACK_EXTENTS);
-            assert_eq!(slot, stack_extent_slot(&first(4242, 1_234_567_890, address)));
+            let slot = first_frame_hint_slot(&first(4242, 1_234_567_890, address));
+            assert!(slot < MAX_FIRST_FRAME_HINTS);
+            assert_eq!(slot, first_frame_hint_slot(&first(4242, 1_234_567_890, address)));
             slots.insert(slot);
         }
         // 1,000 frames in 32,768 slots: ~15 collisions expected of a uniform hash.
         assert!(slots.len() > 950, "{} slots for 1000 frames", slots.len());
-        let slot = |tgid, exec_ns, address| stack_extent_slot(&first(tgid, exec_ns, address));
+        let slot = |tgid, exec_ns, address| first_frame_hint_slot(&first(tgid, exec_ns, address));
         assert_ne!(slot(1, 0, 0x1000), slot(2, 0, 0x1000));
         assert_ne!(slot(1, 0, 0x1000), slot(1, 5, 0x1000));
     }

@@ -15,8 +15,8 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe},
 };
 use helios_trace_common::{
-    ChainKey, ChainRules, FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets, SETTINGS_GLOBAL,
-    Settings, StackExtent, counter, filter_match, learned_chains, map_name, spec, stack_extent_slot,
+    ChainKey, ChainRules, FirstFrameHint, FrameRule, FrameRuleKey, GoOffsets, KernelOffsets, PythonOffsets,
+    SETTINGS_GLOBAL, Settings, counter, filter_match, first_frame_hint_slot, learned_chains, map_name, spec,
     stack_mode,
 };
 use log::{debug, info, warn};
@@ -127,7 +127,7 @@ impl TraceConfig {
             unused.push(map_name::TARGETS);
         }
         if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
-            unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::STACK_EXTENTS]);
+            unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::FIRST_FRAME_HINTS]);
         }
         unused
     }
@@ -183,13 +183,13 @@ impl PythonMap {
 }
 
 /// The kernel's `FRAME_RULES` map, the unwind rules of learned chains (resolve/chains.rs), its
-/// `CHAIN_RULES`, the chains taught whole with their rules, and its `STACK_EXTENTS`, how far
-/// the chains through a first frame read the stack. Like `PythonMap::set`, teaching needs no
-/// privilege.
+/// `CHAIN_RULES`, the chains taught whole with their rules, and its `FIRST_FRAME_HINTS`, each
+/// first frame's rule and how far the chains through it read the stack. Like `PythonMap::set`,
+/// teaching needs no privilege.
 pub(crate) struct LearnedRules {
     rules: BpfHashMap<MapData, FrameRuleKey, FrameRule>,
     chains: BpfHashMap<MapData, ChainKey, ChainRules>,
-    extents: Array<MapData, StackExtent>,
+    hints: Array<MapData, FirstFrameHint>,
 }
 
 impl LearnedRules {
@@ -203,11 +203,11 @@ impl LearnedRules {
         put(&mut self.chains, &key, chain).context("cannot fill the chain map")
     }
 
-    /// Tell the kernel how far a first frame's chains read the stack, in its slot
-    /// (`stack_extent_slot`), in place of whatever the slot held.
-    pub(crate) fn set_extent(&mut self, extent: StackExtent) -> Result<()> {
-        let slot = stack_extent_slot(&extent.first);
-        self.extents.set(slot, extent, 0).context("cannot fill the stack-extent map")
+    /// Give the kernel a first frame's hint, in its slot (`first_frame_hint_slot`), in place of
+    /// whatever the slot held.
+    pub(crate) fn set_hint(&mut self, hint: FirstFrameHint) -> Result<()> {
+        let slot = first_frame_hint_slot(&hint.first);
+        self.hints.set(slot, hint, 0).context("cannot fill the first-frame hint map")
     }
 }
 
@@ -409,7 +409,7 @@ impl Tracer {
         let go = BpfHashMap::try_from(take_map(&mut ebpf, map_name::GO_PROCS)?)?;
         let rules = BpfHashMap::try_from(take_map(&mut ebpf, map_name::FRAME_RULES)?)?;
         let chains = BpfHashMap::try_from(take_map(&mut ebpf, map_name::CHAIN_RULES)?)?;
-        let extents = Array::try_from(take_map(&mut ebpf, map_name::STACK_EXTENTS)?)?;
+        let hints = Array::try_from(take_map(&mut ebpf, map_name::FIRST_FRAME_HINTS)?)?;
         let exec_times = BpfHashMap::try_from(take_map(&mut ebpf, map_name::EXEC_TIMES)?)?;
         let notices = RingBuf::try_from(take_map(&mut ebpf, map_name::EXEC_NOTICES)?)?;
         Ok((
@@ -418,7 +418,7 @@ impl Tracer {
                 stacks,
                 python,
                 go,
-                rules: Some(LearnedRules { rules, chains, extents }),
+                rules: Some(LearnedRules { rules, chains, hints }),
                 exec_times,
                 counters,
                 attached,
@@ -552,6 +552,7 @@ impl Tracer {
                 python_threads_on_stack: sum(counter::PYTHON_THREAD_ON_STACK),
                 stacks_copied_ahead: sum(counter::STACKS_COPIED_AHEAD),
                 stack_copies_ahead_failed: sum(counter::STACK_COPIES_AHEAD_FAILED),
+                first_rules_from_hints: sum(counter::FIRST_RULE_FROM_HINT),
             },
         }
     }
@@ -816,7 +817,10 @@ mod tests {
         // The DaemonSet's defaults: every process, dwarf stacks, learned chains.
         assert_eq!(config().unused_maps(), [map_name::STACKS, map_name::TARGETS]);
         let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
-        assert_eq!(fp.unused_maps(), [map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::STACK_EXTENTS]);
+        assert_eq!(
+            fp.unused_maps(),
+            [map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::FIRST_FRAME_HINTS]
+        );
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
         assert_eq!(
             none.unused_maps(),
@@ -825,7 +829,7 @@ mod tests {
                 map_name::PYTHON_THREADS,
                 map_name::FRAME_RULES,
                 map_name::CHAIN_RULES,
-                map_name::STACK_EXTENTS
+                map_name::FIRST_FRAME_HINTS
             ]
         );
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
@@ -836,7 +840,7 @@ mod tests {
                 map_name::TARGETS,
                 map_name::FRAME_RULES,
                 map_name::CHAIN_RULES,
-                map_name::STACK_EXTENTS
+                map_name::FIRST_FRAME_HINTS
             ]
         );
     }

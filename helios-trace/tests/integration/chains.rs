@@ -18,15 +18,21 @@ use crate::{
     support::*,
 };
 
-/// The report's `events[counter]` and `events.chains_cached` at one moment.
+/// The report's `events[counter]`, `events.chains_cached` and `events.first_rules_from_hints`
+/// at one moment.
 #[derive(Clone, Copy, Debug)]
 struct Walked {
     walked: u64,
     cached: u64,
+    hinted: u64,
 }
 
 fn walked(report: &Value, counter: &str) -> Walked {
-    Walked { walked: events(report, counter), cached: events(report, "chains_cached") }
+    Walked {
+        walked: events(report, counter),
+        cached: events(report, "chains_cached"),
+        hinted: events(report, "first_rules_from_hints"),
+    }
 }
 
 /// Leak one descriptor at a time until the kernel walks the chain itself: the rules reach it
@@ -98,14 +104,17 @@ fn assert_walked(report: &Value, mode: &str, counter: &str, before: Walked) {
             assert_eq!(events(report, "chains_learned"), 0, "{}", report["events"]);
             assert_eq!(events(report, "chains_checked"), 0, "{}", report["events"]);
             assert_eq!(events(report, "chains_cached"), 0, "{}", report["events"]);
+            assert_eq!(events(report, "first_rules_from_hints"), 0, "{}", report["events"]);
         }
         // Every one of the 20 was walked by the kernel, with the rules of the chain taught
-        // when its window was unwound (one lookup, not one per frame).
+        // when its window was unwound (one lookup, not one per frame), found through the
+        // caller its first frame's hinted rule gave (stacks.rs, `confirmed_chain`): in shadow
+        // mode, each then compared with its window's unwinding.
         _ => {
             let after = walked(report, counter);
             assert_eq!(
-                (after.walked - before.walked, after.cached - before.cached),
-                (20, 20),
+                (after.walked - before.walked, after.cached - before.cached, after.hinted - before.hinted),
+                (20, 20, 20),
                 "{mode}: {}",
                 report["events"]
             );
@@ -131,7 +140,7 @@ fn a_learned_chain_names_the_site_its_window_names() {
         let mut opened = 0;
         let before = if mode == "off" {
             opened += workload.run("leak 1 /etc/hostname").len();
-            Walked { walked: 0, cached: 0 }
+            Walked { walked: 0, cached: 0, hinted: 0 }
         } else {
             until_walked(&mut tracer, counter, || opened += workload.run("leak 1 /etc/hostname").len())
         };
@@ -232,11 +241,15 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
     let report = tracer.snapshot();
     assert_eq!(walked(&report, "chains_checked").walked, after.walked, "65 frames: {}", report["events"]);
     // `leak` once more: each walk copies the stack ahead in one read, as far as the shallowest
-    // chain taught through its first frame (glibc's open) reads.
+    // chain taught through its first frame (glibc's open) reads, and takes that frame's rule
+    // from its hint, which the chain taught last through its first two frames (`deep 3`'s)
+    // confirms, though `leak` leaves that chain at its third frame.
     let ahead = events(&report, "stacks_copied_ahead");
+    let hinted = events(&report, "first_rules_from_hints");
     leak("leak 20".into());
     let report = tracer.snapshot();
     assert!(events(&report, "stacks_copied_ahead") >= ahead + 20, "{}", report["events"]);
+    assert_eq!(events(&report, "first_rules_from_hints"), hinted + 20, "{}", report["events"]);
     assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
     assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
