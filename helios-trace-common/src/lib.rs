@@ -765,7 +765,8 @@ pub mod counter {
     pub const STACK_COLLISION: u32 = 1;
     /// Stack capture failed otherwise (map full, fault).
     pub const STACK_ERROR: u32 = 2;
-    /// A path argument could not be read.
+    /// A path argument could not be read (its memory unmapped by the call's exit): shown as
+    /// `events.paths_unreadable`; the descriptor is named from /proc at the report.
     pub const PATH_UNREADABLE: u32 = 3;
     /// Retired with the in-flight map (the arguments are read at exit now); never reused.
     pub const IN_FLIGHT_FULL: u32 = 4;

@@ -83,6 +83,9 @@ pub(crate) struct KernelCounts {
     /// taught through the caller it found, with no lookup of the rule
     /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
     pub(crate) first_rules_from_hints: u64,
+    /// Opens whose path the kernel could not read at their exit (its memory unmapped by then):
+    /// the descriptor is counted as any other, its path taken from /proc at the report.
+    pub(crate) paths_unreadable: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
@@ -139,6 +142,7 @@ mod tests {
             stacks_copied_ahead: 5,
             stack_copies_ahead_failed: 6,
             first_rules_from_hints: 7,
+            paths_unreadable: 8,
         };
         let text =
             serde_json::to_string(&EventCounts { received: 9, kernel, ..EventCounts::default() }).unwrap();
@@ -154,10 +158,11 @@ mod tests {
             "stacks_copied_ahead",
             "stack_copies_ahead_failed",
             "first_rules_from_hints",
+            "paths_unreadable",
         ]
         .map(at);
         assert!(order.is_sorted(), "{text}");
-        assert!(text.ends_with("\"first_rules_from_hints\":7}"), "{text}");
+        assert!(text.ends_with("\"paths_unreadable\":8}"), "{text}");
         assert!(!text.contains("kernel"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(

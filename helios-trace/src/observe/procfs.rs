@@ -215,6 +215,10 @@ pub(crate) fn describe_fd(
 ) -> Option<String> {
     match &entry.detail {
         FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
+        // Opened by a path the kernel could not read (sys/decode.rs): the one /proc gives now.
+        FdDetail::None if matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
+            proc::fds::path_now(proc_root, tgid, fd).map(|path| printable(&path, DETAIL_CHARS))
+        }
         FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
         FdDetail::Pid(pid) => Some(format!("pid {pid}")),
         FdDetail::Socket { .. } | FdDetail::None if entry.kind == FdKind::Socket => {

@@ -381,6 +381,19 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         path
     };
     let open_path = |flags: u64, dirfd: u64| {
+        // A path the kernel could not read at the call's exit (its memory unmapped by then,
+        // `counter::PATH_UNREADABLE`) is none: not an empty path, nor one relative to the
+        // directory. What the descriptor is, /proc says at the report (`describe_fd`).
+        if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
+            let kind = kind_of_opened_path(b"", flags);
+            return Op::Open {
+                fds: one(fd),
+                kind,
+                detail: FdDetail::None,
+                cloexec: flag(flags, libc::O_CLOEXEC),
+                dirfd: None,
+            };
+        }
         let path = path();
         let relative = !path.starts_with(b"/");
         let dirfd = dirfd as i32;
@@ -762,6 +775,19 @@ pub(crate) mod tests {
         match op_of(&record) {
             Some(Op::Open { detail: FdDetail::Path(path), .. }) => {
                 assert_eq!(&*path, "/long/pre…[truncated]".as_bytes())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An unreadable path (unmapped by the call's exit) is no path, and no directory's either.
+    #[test]
+    fn a_path_the_kernel_could_not_read_is_none() {
+        let mut record = syscall(Call::OpenAt, 6, [3, 0, libc::O_CLOEXEC as u64, 0, 0, 0]);
+        record.flags |= syscall_flags::PATH_UNREADABLE;
+        match op_of(&record) {
+            Some(Op::Open { detail, dirfd, kind, cloexec, .. }) => {
+                assert_eq!((detail, dirfd, kind, cloexec), (FdDetail::None, None, FdKind::File, true))
             }
             other => panic!("{other:?}"),
         }

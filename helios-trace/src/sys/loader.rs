@@ -228,8 +228,7 @@ fn put<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Sums of the kernel programs' per-CPU counters that userspace reads. Not read: the retired
-/// ones (`counter::IN_FLIGHT_FULL`, `USER_STACK_UNREADABLE`: no program counts them), and
-/// `counter::PATH_UNREADABLE` (such a record decodes with an empty path).
+/// ones (`counter::IN_FLIGHT_FULL`, `USER_STACK_UNREADABLE`: no program counts them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KernelCounters {
     pub(crate) ringbuf_full: u64,
@@ -553,6 +552,7 @@ impl Tracer {
                 stacks_copied_ahead: sum(counter::STACKS_COPIED_AHEAD),
                 stack_copies_ahead_failed: sum(counter::STACK_COPIES_AHEAD_FAILED),
                 first_rules_from_hints: sum(counter::FIRST_RULE_FROM_HINT),
+                paths_unreadable: sum(counter::PATH_UNREADABLE),
             },
         }
     }

@@ -712,3 +712,54 @@ fn ia32_syscalls_are_not_read_as_native_ones_through(hooks: &str) {
     tracer.stop();
     w.exit();
 }
+
+/// An open whose path is unmapped by its exit, where the kernel reads its arguments: the
+/// kernel cannot read the path, and counts that (`events.paths_unreadable`); the descriptor is
+/// still counted at its site, with no path made up for it (not an empty one, nor its
+/// directory's), and the report names it as /proc does. fdwork's `open-unmapped` opens a FIFO,
+/// whose open waits for a writer, by a path on a page another thread unmaps while it waits. On
+/// the host and in a pod (its own namespaces, cgroup and root).
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn an_open_whose_path_is_unmapped_by_its_exit_is_counted_and_named_from_proc() {
+    if !require_bpf() {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let fifo = w.path("fifo");
+    opening_an_unmapped_path(w.pid, &fifo, |command| w.run(command));
+    w.exit();
+    let mut pod = crate::pods::harness::Pod::start(crate::pods::harness::PodSpec {
+        root: crate::pods::harness::Root::native(fdwork_bin(), "/app/fdwork"),
+        command: vec!["/app/fdwork".into(), "/app".into()],
+    });
+    opening_an_unmapped_path(pod.pid, "/app/fifo", |command| pod.run(command));
+}
+
+/// The test above, for fdwork running as `pid`, the FIFO at `fifo` as it names it.
+fn opening_an_unmapped_path(pid: u32, fifo: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    let before = tracer.snapshot();
+    let fd = run(&format!("open-unmapped {fifo}"))[0];
+    let report = tracer.snapshot();
+    let unreadable = |report: &serde_json::Value| report["events"]["paths_unreadable"].as_u64().unwrap();
+    assert_eq!(unreadable(&report) - unreadable(&before), 1, "{}", report["events"]);
+    assert_eq!(report["events"]["lost"], 0);
+    // Counted at its site, as /proc has it (the FIFO's writer, opened and closed, is not).
+    assert_eq!(files_opened_under_tracing(&report, pid), 1, "{report:#}");
+    let table = reported_fds(&report, pid);
+    assert!(table.contains_key(&(fd as i32)) && proc_fds(pid).contains_key(&(fd as i32)), "{table:?}");
+    // Named as /proc names it now.
+    let named = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    let examples: Vec<&serde_json::Value> = process(&report, pid).unwrap()["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["examples"].as_array().unwrap().iter())
+        .filter(|e| e["fd"] == fd)
+        .collect();
+    assert_eq!(examples.len(), 1, "{report:#}");
+    assert_eq!(examples[0]["detail"].as_str(), named.to_str(), "{report:#}");
+    assert!(named.to_str().unwrap().ends_with("/fifo"), "{named:?}");
+    tracer.stop();
+}

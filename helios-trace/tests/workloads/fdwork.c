@@ -114,6 +114,42 @@ static void run_thread(int open_count, int close_fd) {
     reply_fds(open_count, job.fds);
 }
 
+/* --- a path unmapped before its open returns --- */
+struct unmapper { pid_t opener; char *page; const char *fifo; };
+
+/* Once the opener waits in openat (its path read, the FIFO without a writer: fs/fifo.c,
+ * fifo_open), unmap the page that holds its path, then open the FIFO for writing, which lets
+ * the open return: at its exit the path is no longer there to read. */
+static void *unmap_then_write(void *arg) {
+    struct unmapper *u = arg;
+    char at[64], line[256];
+    snprintf(at, sizeof at, "/proc/self/task/%d/syscall", u->opener);
+    for (;;) {
+        FILE *f = fopen(at, "r");
+        int waiting = f && fgets(line, sizeof line, f) && atoi(line) == SYS_openat;
+        if (f) fclose(f);
+        if (waiting) break;
+        usleep(1000);
+    }
+    munmap(u->page, 4096);
+    int w = open(u->fifo, O_WRONLY);
+    if (w >= 0) close(w);
+    return NULL;
+}
+
+static int open_unmapped(const char *fifo) {
+    if (mkfifo(fifo, 0600) < 0 && errno != EEXIST) return -1;
+    char *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) return -1;
+    snprintf(page, 4096, "%s", fifo);
+    struct unmapper u = {.opener = gettid(), .page = page, .fifo = fifo};
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, unmap_then_write, &u) != 0) return -1;
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, page, O_RDONLY);
+    pthread_join(thread, NULL);
+    return fd;
+}
+
 /* --- background workers: a busy site, a slow leak, a server that forgets to close --- */
 struct churn_job { long rate, leak_ms, pool; };
 
@@ -266,6 +302,10 @@ static void handle(char *line) {
     } else if (!strcmp(cmd, "open")) {       /* open PATH [cloexec] */
         sscanf(line, "%*s %4095s %ld", word, &a);
         CHECK(fd = open(word, O_RDONLY | O_CREAT | (a == 1 ? O_CLOEXEC : 0), 0600));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "open-unmapped")) { /* open-unmapped FIFO: its path unmapped before the open returns */
+        sscanf(line, "%*s %4095s", word);
+        CHECK(fd = open_unmapped(word));
         reply_fds(1, &fd);
     } else if (!strcmp(cmd, "creat")) {
         sscanf(line, "%*s %4095s", word);

@@ -203,6 +203,16 @@ pub(crate) fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     Some(metadata.blocks() * 512)
 }
 
+/// The path a descriptor of `pid` names now, as /proc gives it (as the reader's root sees it),
+/// when its target is a path at all.
+pub(crate) fn path_now(root: &Path, pid: u32, fd: i32) -> Option<Vec<u8>> {
+    let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    match FDTarget::from_str(&link.to_string_lossy()).ok()? {
+        FDTarget::Path(path) => Some(path.as_os_str().as_encoded_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
 pub(crate) fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
