@@ -306,10 +306,11 @@ pub const MAX_FIRST_FRAME_HINTS: u32 = 1 << FIRST_FRAME_HINT_BITS;
 /// Value of the `FIRST_FRAME_HINTS` array: what the kernel's learned walk may start from at one
 /// first frame (a syscall's instruction in a process image, as [`FrameRuleKey`] with `first` 1
 /// keys its rule), so that a call through a chain taught there touches one hash map element
-/// (its `CHAIN_RULES` chain) instead of two (helios-trace-ebpf/src/stacks.rs, `hinted_start`):
-/// - the frame's rule, to find the caller the chain is keyed by: the kernel walks on only when
-///   that chain's own rule for the frame is this one (never a rule by itself: BENCHMARKS.md,
-///   "The first frame's rule from its hint");
+/// (its `CHAIN_RULES` chain) instead of two (helios-trace-ebpf/src/stacks.rs, `learned_chain`):
+/// - the frame's rule, to find the caller the chain is keyed by: the kernel walks on from that
+///   step only when that chain's own rule for the frame is this one (`confirmed_chain`), and
+///   else takes the step again with the `FRAME_RULES` rule (BENCHMARKS.md, "The first frame's
+///   rule from its hint");
 /// - how many bytes of the stack, from the stack pointer up, the walks of the chains taught
 ///   through the frame read, the least of them (helios-trace/src/resolve/chains.rs, `learn`;
 ///   resolve/stacks.rs, `narrowest_extent`): the walk copies that much in one read before its
@@ -318,8 +319,10 @@ pub const MAX_FIRST_FRAME_HINTS: u32 = 1 << FIRST_FRAME_HINT_BITS;
 /// A hint: in an array, written in place by userspace while a walk may read it, so a read may
 /// see half of one and half of another, or another frame's in the same slot
 /// ([`first_frame_hint_slot`]); whatever it says, the copy stays within the bounds the walk
-/// reads in, one that fails copies nothing, and a rule the taught chain does not confirm is
-/// not walked with. Its key is checked so that it is mostly the call's.
+/// reads in, one that fails copies nothing, and a step taken with a rule the taught chain
+/// does not confirm is taken again with the `FRAME_RULES` rule: it changes what is copied at
+/// once, never a word the walk goes on with. Its key is checked so that it is mostly the
+/// call's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(

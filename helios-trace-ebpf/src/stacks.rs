@@ -512,31 +512,36 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         // SAFETY: the per-CPU slot, a `&mut` of it only in this block, where no loop runs.
         let copy = unsafe { &mut *copy };
         let key = FrameRuleKey { tgid, first: 1, exec_ns, address: regs[arch::IP] };
-        let chain_key = |caller| ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller };
+        let mut chain_key = ChainKey { tgid, reserved: 0, exec_ns, pc: regs[arch::IP], caller: 0 };
         let mut taught = None;
+        // The walk stands after a first step with the `FRAME_RULES` rule, whose chain was
+        // looked up: the hint's rule was the same, and no chain confirmed it.
+        let mut stepped = false;
         if let Some(hint) = first_frame_hint(&key) {
             copy_ahead(slot, StackBounds { low, high }, copied, copy, hint.stack_bytes);
             if step(&mut walk, copied, copy, chain, Some(hint.rule)) == 0 {
-                taught = confirmed_chain(&chain_key(walk.pc), hint.rule);
-            }
-            if taught.is_some() {
-                count(counter::FIRST_RULE_FROM_HINT);
-            } else {
-                // Back to the first frame, for its rule from `FRAME_RULES`.
-                walk.pc = regs[arch::IP];
-                walk.sp = low;
-                walk.bp = regs[arch::BP];
-                walk.depth = 0;
-                walk.outcome = WALKING;
+                chain_key.caller = walk.pc;
+                taught = confirmed_chain(&chain_key, hint.rule);
+                if taught.is_some() {
+                    count(counter::FIRST_RULE_FROM_HINT);
+                } else {
+                    stepped = unsafe { FRAME_RULES.get(&key) }.is_some_and(|rule| *rule == hint.rule);
+                }
             }
         }
-        if taught.is_none() {
+        if taught.is_none() && !stepped {
+            // Back to the first frame, for its step with its `FRAME_RULES` rule.
+            walk.pc = regs[arch::IP];
+            walk.sp = low;
+            walk.bp = regs[arch::BP];
+            walk.depth = 0;
+            walk.outcome = WALKING;
             let rule = unsafe { FRAME_RULES.get(&key) }.copied();
             if step(&mut walk, copied, copy, chain, rule) != 0 {
                 return finished(walk.outcome, walk.depth, chain, false);
             }
-            let key = chain_key(walk.pc);
-            taught = unsafe { CHAIN_RULES.get(&key) }.and_then(|known| still_taught(known, &key));
+            chain_key.caller = walk.pc;
+            taught = unsafe { CHAIN_RULES.get(&chain_key) }.and_then(|known| still_taught(known, &chain_key));
         }
         if let Some((known, generation)) = taught {
             for _ in 1..MAX_CACHED_CHAIN_FRAMES {
@@ -708,7 +713,8 @@ fn frame(
 /// readable prefix that ends on a page boundary), and no page past them was touched
 /// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
 /// check. The Python walk's word (`stack_word`) may have been copied first, in the same way,
-/// and what the chains taught through the first frame read (`copy_ahead`): the copy is still
+/// and what the chains taught through the first frame read (`copy_ahead`), and what a first
+/// step with a hint's rule that no chain confirmed read (`confirmed_chain`): the copy is still
 /// contiguous from sp within the same `[low, high)`, and one that fails leaves `copied` as it
 /// was, so the walk reads the same words and fails where it would have.
 /// None outside `[low, high)` or when the copy fails.
@@ -770,12 +776,17 @@ fn first_frame_hint(first: &FrameRuleKey) -> Option<Hinted> {
 
 /// The chain taught under `key` (`still_taught`), when it gives its first frame `hinted`, the
 /// rule the walk took the first step with to find `key.caller`. Then that step is the one the
-/// chain's own rule makes, exact as a step with the `FRAME_RULES` rule is: userspace teaches
-/// both from the same rule of (module, pc) (helios-trace/src/resolve/stacks.rs, `learn`), and
-/// `taught_rule` confirms the frame's address and the teaching's generation. A torn or foreign
-/// hint's rule finds no chain, or one that gives another rule: None, and the walk takes the
-/// first step again with the `FRAME_RULES` rule. So a call through a taught chain looks up one
-/// hash map element instead of two (BENCHMARKS.md, "The first frame's rule from its hint").
+/// chain's own rule makes, which is the rule userspace found for that frame: it teaches the
+/// chain's rules, the `FRAME_RULES` rule and the hint's from the same rule of (module, pc)
+/// (helios-trace/src/resolve/stacks.rs, `learn`), and `taught_rule` confirms the frame's
+/// address and the teaching's generation. So the chain walked is the one the window unwinds,
+/// as with the `FRAME_RULES` rule (which the chain's stands in for where that one's insert
+/// failed, the map full). A torn or foreign hint's rule finds no chain, or one that gives
+/// another rule: None. The step it took read words of the stack, copied contiguously from sp
+/// as `read_word` copies, which changes no word read later, and the walk takes the first step
+/// again with the `FRAME_RULES` rule, unless that is the same rule. So a call through a taught
+/// chain looks up one hash map element instead of two (BENCHMARKS.md, "The first frame's rule
+/// from its hint").
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn confirmed_chain(key: &ChainKey, hinted: FrameRule) -> Option<(&'static ChainRules, u64)> {

@@ -156,7 +156,7 @@ pub(crate) struct Learned {
     /// The rule of each frame, innermost first.
     pub(crate) rules: Vec<FrameRule>,
     /// How many bytes from the first frame's stack pointer up the walk reads: to the end of
-    /// the highest word any step read (`FirstFrameHint::bytes`, which the kernel's walk copies at
+    /// the highest word any step read (`FirstFrameHint::stack_bytes`, which the kernel's walk copies at
     /// once: helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
     pub(crate) stack_bytes: u64,
 }

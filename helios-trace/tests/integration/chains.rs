@@ -186,15 +186,20 @@ fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
     if !require_bpf() {
         return;
     }
+    on_the_host_and_in_a_pod(|pid, path, run| leaving_the_taught_chain(pid, path, run));
+}
+
+/// `test` for a stackwork on the host, opening /etc/hostname, and for one in a pod (its own
+/// namespaces, cgroup and root: stackwork and the libraries it loads), opening /app/stackwork.
+fn on_the_host_and_in_a_pod(test: impl Fn(u32, &str, &mut dyn FnMut(&str) -> Vec<i64>)) {
     let mut workload = Workload::spawn_program(stackwork_bin());
-    leaving_the_taught_chain(workload.pid, "/etc/hostname", |command| workload.run(command));
+    test(workload.pid, "/etc/hostname", &mut |command| workload.run(command));
     workload.exit();
-    // In a pod: its own namespaces, cgroup and root (stackwork and the libraries it loads).
     let mut pod = Pod::start(PodSpec {
         root: Root::native(stackwork_bin(), "/app/stackwork"),
         command: vec!["/app/stackwork".into()],
     });
-    leaving_the_taught_chain(pod.pid, "/app/stackwork", |command| pod.run(command));
+    test(pod.pid, "/app/stackwork", &mut |command| pod.run(command));
 }
 
 /// The test above, for stackwork running as `pid`, opening `path` (one its root has).
@@ -242,8 +247,8 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
     assert_eq!(walked(&report, "chains_checked").walked, after.walked, "65 frames: {}", report["events"]);
     // `leak` once more: each walk copies the stack ahead in one read, as far as the shallowest
     // chain taught through its first frame (glibc's open) reads, and takes that frame's rule
-    // from its hint, which the chain taught last through its first two frames (`deep 3`'s)
-    // confirms, though `leak` leaves that chain at its third frame.
+    // from its hint, which the chain taught last through its first two frames (the deepest
+    // `deep`'s) confirms, though `leak` leaves that chain at its third frame.
     let ahead = events(&report, "stacks_copied_ahead");
     let hinted = events(&report, "first_rules_from_hints");
     leak("leak 20".into());
@@ -251,6 +256,59 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
     assert!(events(&report, "stacks_copied_ahead") >= ahead + 20, "{}", report["events"]);
     assert_eq!(events(&report, "first_rules_from_hints"), hinted + 20, "{}", report["events"]);
     assert_eq!(events(&report, "stack_copies_ahead_failed"), 0, "{}", report["events"]);
+    assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
+    assert_eq!(report["events"]["lost"], 0);
+    assert_files_at_sites(&report, pid, &fds);
+    tracer.stop();
+}
+
+/// A call whose first frame has a hint but whose caller has no chain taught: stackwork's `via N`
+/// opens through 65 functions, each calling glibc's `open` (the same first frame) from its
+/// own caller, and a process is taught 64 chains at most (resolve/stacks.rs,
+/// `MAX_TAUGHT_CHAINS_PER_PROCESS`). `via 64`'s calls take the first step with the hint's
+/// rule, find no chain through their caller, go on from that step with the `FRAME_RULES` rule
+/// (the same) and walk the rest with a rule lookup per frame (stacks.rs, `learned_chain`): in
+/// shadow mode each compared with its window's unwinding. On the host and in a pod.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn a_hinted_first_frame_with_no_chain_taught_through_its_caller_is_walked_with_its_rules() {
+    if !require_bpf() {
+        return;
+    }
+    on_the_host_and_in_a_pod(|pid, path, run| past_the_chains_taught(pid, path, run));
+}
+
+/// The test above, for stackwork running as `pid`, opening `path` (one its root has).
+fn past_the_chains_taught(pid: u32, path: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--reconcile-interval",
+        "0",
+        "--learned-chains",
+        "shadow",
+    ]);
+    let mut fds = Vec::new();
+    for opener in 0..64 {
+        until_taught(&mut tracer, || fds.extend(run(&format!("via {opener} {path}"))));
+    }
+    let before = walked(&tracer.snapshot(), "chains_checked");
+    wait_for("`via 64`'s frames to be learned", Duration::from_secs(20), || {
+        fds.extend(run(&format!("via 64 {path}")));
+        (walked(&tracer.snapshot(), "chains_checked").walked > before.walked).then_some(())
+    });
+    let before = walked(&tracer.snapshot(), "chains_checked");
+    for _ in 0..20 {
+        fds.extend(run(&format!("via 64 {path}")));
+    }
+    let report = tracer.snapshot();
+    let after = walked(&report, "chains_checked");
+    assert_eq!(
+        (after.walked - before.walked, after.cached - before.cached, after.hinted - before.hinted),
+        (20, 0, 0),
+        "walked with a lookup per frame, no chain taught: {}",
+        report["events"]
+    );
     assert_eq!(events(&report, "chains_mismatched"), 0, "{}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
     assert_files_at_sites(&report, pid, &fds);

@@ -14,6 +14,8 @@
  *                   leak_fn (a chain as deep as wanted): "ok fd"
  *   wide N PATH     the same through N + 1 frames of `widen`, each over 512 bytes of stack (a
  *                   chain whose walk reads far up the stack): "ok fd"
+ *   via N PATH      open PATH once from `opener_N` (N from 0 to 64), 65 functions that each call
+ *                   open(): 65 chains with the same first frame and each its own caller: "ok fd"
  *   gap             whether the main thread's stack has a page the process never touched in
  *                   the gap the kernel leaves below the argument strings: "ok 1" or "ok 0"
  *   forkleak PATH   fork a child that opens PATH through the chain, forks a grandchild that
@@ -40,6 +42,18 @@ __attribute__((noipa)) static int leak_fn(const char *path) {
     if (fd >= 0) leaked++;
     return fd;
 }
+
+/* 65 callers of open(), each its own function (noipa: none folded into another). */
+#define OPENERS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24) X(25) X(26) X(27) X(28) X(29) X(30) X(31) X(32) X(33) X(34) X(35) X(36) X(37) X(38) X(39) X(40) X(41) X(42) X(43) X(44) X(45) X(46) X(47) X(48) X(49) X(50) X(51) X(52) X(53) X(54) X(55) X(56) X(57) X(58) X(59) X(60) X(61) X(62) X(63) X(64)
+#define OPENER(n)                                                                           \
+    __attribute__((noipa)) static int opener_##n(const char *path) {                        \
+        int fd = open(path, O_RDONLY);                                                      \
+        if (fd >= 0) leaked++;                                                              \
+        return fd;                                                                          \
+    }
+OPENERS(OPENER)
+#define OPENER_REF(n) opener_##n,
+static int (*const openers[])(const char *) = {OPENERS(OPENER_REF)};
 
 static int descended;
 
@@ -113,6 +127,14 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         fflush(stdout);
         return wide ? widened : descended;
     }
+    if (strcmp(command, "via") == 0) {
+        if (count < 0 || count >= (int)(sizeof openers / sizeof openers[0])) return -1;
+        int fd = openers[count](path);
+        if (fd < 0) return -1;
+        printf("ok %d\n", fd);
+        fflush(stdout);
+        return leaked;
+    }
     if (strcmp(command, "forkleak") == 0) {
         pid_t child = fork();
         if (child < 0) return -1;
@@ -160,6 +182,8 @@ __attribute__((noipa)) static int loop(void) {
             if (handler("deep", path, count) < 0) return -1;
         } else if (sscanf(line, "wide %d %399s", &count, path) == 2) {
             if (handler("wide", path, count) < 0) return -1;
+        } else if (sscanf(line, "via %d %399s", &count, path) == 2) {
+            if (handler("via", path, count) < 0) return -1;
         } else if (sscanf(line, "%31s %399s", command, path) == 2) {
             if (handler(command, path, count) < 0) return -1;
         } else {
