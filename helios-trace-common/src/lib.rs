@@ -320,8 +320,8 @@ pub const MAX_FIRST_FRAME_HINTS: u32 = 1 << FIRST_FRAME_HINT_BITS;
 /// see half of one and half of another, or another frame's in the same slot
 /// ([`first_frame_hint_slot`]); whatever it says, the copy stays within the bounds the walk
 /// reads in, one that fails copies nothing, and a step taken with a rule the taught chain
-/// does not confirm is taken again with the `FRAME_RULES` rule: it changes what is copied at
-/// once, never a word the walk goes on with. Its key is checked so that it is mostly the
+/// does not confirm is taken again with the `FRAME_RULES` rule, unless that is the same rule:
+/// it changes what is copied at once, never a word the walk goes on with. Its key is checked so that it is mostly the
 /// call's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -768,8 +768,9 @@ pub mod counter {
     pub const STACK_COLLISION: u32 = 1;
     /// Stack capture failed otherwise (map full, fault).
     pub const STACK_ERROR: u32 = 2;
-    /// A path argument could not be read (its memory unmapped by the call's exit): shown as
-    /// `events.paths_unreadable`; the descriptor is named from /proc at the report.
+    /// A path argument (or memfd_create's name) could not be read at the call's exit (its
+    /// memory unmapped by then, for one): shown as `events.paths_unreadable`; the descriptor is
+    /// named from /proc at the report.
     pub const PATH_UNREADABLE: u32 = 3;
     /// Retired with the in-flight map (the arguments are read at exit now); never reused.
     pub const IN_FLIGHT_FULL: u32 = 4;

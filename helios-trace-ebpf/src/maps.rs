@@ -103,7 +103,8 @@ shared_map! {
     /// `FRAME_RULES` lookup (`confirmed_chain`). An array, written in place by userspace: a walk
     /// that reads a slot while it is written reads a wrong hint, never a freed element, and a
     /// wrong hint only copies more or less at once, or takes a first step no chain confirms,
-    /// which the walk takes again (`FirstFrameHint` says why that is safe).
+    /// which the walk takes again with the `FRAME_RULES` rule, unless that is the same rule
+    /// (`FirstFrameHint` says why that is safe).
     FIRST_FRAME_HINTS: Array<FirstFrameHint> = Array::with_max_entries(MAX_FIRST_FRAME_HINTS, 0);
 }
 

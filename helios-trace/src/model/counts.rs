@@ -83,8 +83,9 @@ pub(crate) struct KernelCounts {
     /// taught through the caller it found, with no lookup of the rule
     /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
     pub(crate) first_rules_from_hints: u64,
-    /// Opens whose path the kernel could not read at their exit (its memory unmapped by then):
-    /// the descriptor is counted as any other, its path taken from /proc at the report.
+    /// Opens whose path (memfds whose name) the kernel could not read at their exit (its memory
+    /// unmapped by then, for one): the descriptor is counted as any other, and named from /proc
+    /// at the report.
     pub(crate) paths_unreadable: u64,
 }
 

@@ -167,7 +167,8 @@ impl<'a> SocketJoin<'a> {
     }
 
     pub(super) fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
-        if self.redact_paths && matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) {
+        let named = matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) || named_from_proc(entry);
+        if self.redact_paths && named {
             return Some(crate::output::redact::REDACTED.to_string());
         }
         describe_fd(self.proc_root, &mut self.tables, tgid, fd, entry)
@@ -205,6 +206,24 @@ fn network_namespace(proc_root: &Path, tgid: u32) -> String {
 /// Longest path or name shown for one descriptor.
 const DETAIL_CHARS: usize = 512;
 
+/// A file, directory, device or memfd the event that opened it could not name: a path or name
+/// the kernel could not read by the call's exit (sys/decode.rs), a handle (`open_by_handle_at`).
+/// What /proc names it at the report (`describe_fd`), redacted as a path.
+fn named_from_proc(entry: &OpenFd) -> bool {
+    entry.detail == FdDetail::None
+        && matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Memfd)
+}
+
+/// A path, a memfd's name or a pidfd's process, as a person reads it.
+fn describe_detail(detail: &FdDetail) -> Option<String> {
+    match detail {
+        FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
+        FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
+        FdDetail::Pid(pid) => Some(format!("pid {pid}")),
+        FdDetail::Socket { .. } | FdDetail::None => None,
+    }
+}
+
 /// What a person wants to see of one open descriptor: its path, or its socket's addresses.
 pub(crate) fn describe_fd(
     proc_root: &Path,
@@ -214,17 +233,49 @@ pub(crate) fn describe_fd(
     entry: &OpenFd,
 ) -> Option<String> {
     match &entry.detail {
-        FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
-        // Opened by a path the kernel could not read (sys/decode.rs): the one /proc gives now.
-        FdDetail::None if matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
-            proc::fds::path_now(proc_root, tgid, fd).map(|path| printable(&path, DETAIL_CHARS))
+        FdDetail::Path(_) | FdDetail::Name(_) | FdDetail::Pid(_) => describe_detail(&entry.detail),
+        FdDetail::None if named_from_proc(entry) => {
+            describe_detail(&proc::fds::detail_now(proc_root, tgid, fd)?)
         }
-        FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
-        FdDetail::Pid(pid) => Some(format!("pid {pid}")),
         FdDetail::Socket { .. } | FdDetail::None if entry.kind == FdKind::Socket => {
             let inode = proc::fds::socket_inode(proc_root, tgid, fd)?;
             sockets.for_process(tgid).get(inode).map(|s| s.describe())
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fd::SiteId;
+
+    fn entry(kind: FdKind, detail: FdDetail) -> OpenFd {
+        OpenFd { kind, detail, site: SiteId::NoStack, opened_ns: 0, cloexec: false, inherited: false }
+    }
+
+    /// What the opening event could not name is named from /proc (and redacted as a path);
+    /// what it named, and what has no name, is not looked for there.
+    #[test]
+    fn what_the_event_could_not_name_is_named_from_proc() {
+        for kind in [FdKind::File, FdKind::Dir, FdKind::Device, FdKind::Memfd] {
+            assert!(named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
+        }
+        assert!(!named_from_proc(&entry(FdKind::File, FdDetail::Path(b"/a".to_vec().into()))));
+        for kind in [FdKind::Eventfd, FdKind::Pipe, FdKind::Socket, FdKind::Other] {
+            assert!(!named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
+        }
+        let procfs = tempfile::tempdir().unwrap();
+        let fd_dir = procfs.path().join("7/fd");
+        std::fs::create_dir_all(&fd_dir).unwrap();
+        std::os::unix::fs::symlink("/srv/x\n", fd_dir.join("3")).unwrap();
+        std::os::unix::fs::symlink("/memfd:cache (deleted)", fd_dir.join("4")).unwrap();
+        let mut tables = SocketTables::default();
+        let mut describe =
+            |fd, kind| describe_fd(procfs.path(), &mut tables, 7, fd, &entry(kind, FdDetail::None));
+        assert_eq!(describe(3, FdKind::File).as_deref(), Some("/srv/x\\n"));
+        // As the baseline names memfds found open (`observe`).
+        assert_eq!(describe(4, FdKind::Memfd).as_deref(), Some("memfd:cache (deleted)"));
+        assert_eq!(describe(5, FdKind::File), None, "not open");
     }
 }

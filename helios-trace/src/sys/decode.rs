@@ -474,9 +474,14 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         Call::InotifyInit => open(FdKind::Inotify, FdDetail::None, false),
         Call::InotifyInit1 => open(FdKind::Inotify, FdDetail::None, flag(a[0], libc::IN_CLOEXEC)),
         Call::FanotifyInit => open(FdKind::Other, FdDetail::None, a[0] & FAN_CLOEXEC != 0),
+        // A name the kernel could not read (as an open's path) is none, not an empty one.
         Call::MemfdCreate => open(
             FdKind::Memfd,
-            FdDetail::Name(path().into_boxed_slice()),
+            if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
+                FdDetail::None
+            } else {
+                FdDetail::Name(path().into_boxed_slice())
+            },
             flag(a[1], libc::MFD_CLOEXEC as i64),
         ),
         // pidfd_open, pidfd_getfd and io_uring_setup always set O_CLOEXEC
@@ -788,6 +793,14 @@ pub(crate) mod tests {
         match op_of(&record) {
             Some(Op::Open { detail, dirfd, kind, cloexec, .. }) => {
                 assert_eq!((detail, dirfd, kind, cloexec), (FdDetail::None, None, FdKind::File, true))
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut memfd = syscall(Call::MemfdCreate, 7, [0, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0]);
+        memfd.flags |= syscall_flags::PATH_UNREADABLE;
+        match op_of(&memfd) {
+            Some(Op::Open { detail, kind, .. }) => {
+                assert_eq!((detail, kind), (FdDetail::None, FdKind::Memfd))
             }
             other => panic!("{other:?}"),
         }

@@ -263,12 +263,14 @@ fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> V
 }
 
 /// A call whose first frame has a hint but whose caller has no chain taught: stackwork's `via N`
-/// opens through 65 functions, each calling glibc's `open` (the same first frame) from its
+/// opens through 65 functions, each calling glibc's `syscall` (the same first frame) from its
 /// own caller, and a process is taught 64 chains at most (resolve/stacks.rs,
 /// `MAX_TAUGHT_CHAINS_PER_PROCESS`). `via 64`'s calls take the first step with the hint's
 /// rule, find no chain through their caller, go on from that step with the `FRAME_RULES` rule
 /// (the same) and walk the rest with a rule lookup per frame (stacks.rs, `learned_chain`): in
-/// shadow mode each compared with its window's unwinding. On the host and in a pod.
+/// shadow mode each compared with its window's unwinding. (Taking the first step again, as
+/// before that shortcut, passes too: the test holds the fallback to the window's chain, not to
+/// one way of reaching it.) On the host and in a pod.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn a_hinted_first_frame_with_no_chain_taught_through_its_caller_is_walked_with_its_rules() {

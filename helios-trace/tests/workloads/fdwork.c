@@ -124,7 +124,8 @@ static void *unmap_then_write(void *arg) {
     struct unmapper *u = arg;
     char at[64], line[256];
     snprintf(at, sizeof at, "/proc/self/task/%d/syscall", u->opener);
-    for (;;) {
+    /* At most 10 s: an open that did not wait (the path not a FIFO, an error) is let go. */
+    for (int tries = 0; tries < 10000; tries++) {
         FILE *f = fopen(at, "r");
         int waiting = f && fgets(line, sizeof line, f) && atoi(line) == SYS_openat;
         if (f) fclose(f);
@@ -144,7 +145,10 @@ static int open_unmapped(const char *fifo) {
     snprintf(page, 4096, "%s", fifo);
     struct unmapper u = {.opener = gettid(), .page = page, .fifo = fifo};
     pthread_t thread;
-    if (pthread_create(&thread, NULL, unmap_then_write, &u) != 0) return -1;
+    if (pthread_create(&thread, NULL, unmap_then_write, &u) != 0) {
+        munmap(page, 4096);
+        return -1;
+    }
     int fd = (int)syscall(SYS_openat, AT_FDCWD, page, O_RDONLY);
     pthread_join(thread, NULL);
     return fd;

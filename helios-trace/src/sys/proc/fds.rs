@@ -203,12 +203,14 @@ pub(crate) fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     Some(metadata.blocks() * 512)
 }
 
-/// The path a descriptor of `pid` names now, as /proc gives it (as the reader's root sees it),
-/// when its target is a path at all.
-pub(crate) fn path_now(root: &Path, pid: u32, fd: i32) -> Option<Vec<u8>> {
+/// What a descriptor of `pid` names now, as /proc gives it: a path (as the reader's root sees
+/// it, its bytes as they are) or a memfd's name; None for anything else.
+pub(crate) fn detail_now(root: &Path, pid: u32, fd: i32) -> Option<FdDetail> {
+    use std::os::unix::ffi::OsStringExt as _;
     let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
     match FDTarget::from_str(&link.to_string_lossy()).ok()? {
-        FDTarget::Path(path) => Some(path.as_os_str().as_encoded_bytes().to_vec()),
+        FDTarget::MemFD(name) => Some(FdDetail::Name(name.into_bytes().into_boxed_slice())),
+        FDTarget::Path(_) => Some(FdDetail::Path(link.into_os_string().into_vec().into_boxed_slice())),
         _ => None,
     }
 }
