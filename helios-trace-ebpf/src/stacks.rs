@@ -781,8 +781,8 @@ fn first_frame_hint(first: &FrameRuleKey) -> Option<Hinted> {
 /// (helios-trace/src/resolve/stacks.rs, `learn`), and `taught_rule` confirms the frame's
 /// address and the teaching's generation. So the chain walked is the one the window unwinds,
 /// as with the `FRAME_RULES` rule (which the chain's stands in for where that one's insert
-/// failed, the map full). A torn or foreign hint's rule finds no chain, or one that gives
-/// another rule: None. The step it took read words of the stack, copied contiguously from sp
+/// failed, the map full). A torn hint's rule (another frame's fails the key check) finds no
+/// chain, or one that gives another rule: None. The step it took read words of the stack, copied contiguously from sp
 /// as `read_word` copies, which changes no word read later, and the walk takes the first step
 /// again with the `FRAME_RULES` rule, unless that is the same rule. So a call through a taught
 /// chain looks up one hash map element instead of two (BENCHMARKS.md, "The first frame's rule
