@@ -370,7 +370,14 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         cloexec,
         dirfd: None,
     };
-    let path = || -> Vec<u8> {
+    // The path (memfd_create's name) as the kernel read it; None where it could not read it at
+    // the call's exit (its memory unmapped by then, `counter::PATH_UNREADABLE`): no path, not
+    // an empty one, nor one relative to a directory. /proc names that descriptor at the report
+    // (observe/procfs.rs, `describe_fd`).
+    let path = || -> Option<Vec<u8>> {
+        if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
+            return None;
+        }
         let len = (record.path_len as usize).min(PATH_LEN);
         let mut path = record.path[..len].to_vec();
         // The kernel copied only the first PATH_LEN bytes: say so, never pass a prefix off as
@@ -378,31 +385,19 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         if record.flags & syscall_flags::PATH_TRUNCATED != 0 {
             path.extend_from_slice(TRUNCATED_MARKER.as_bytes());
         }
-        path
+        Some(path)
     };
     let open_path = |flags: u64, dirfd: u64| {
-        // A path the kernel could not read at the call's exit (its memory unmapped by then,
-        // `counter::PATH_UNREADABLE`) is none: not an empty path, nor one relative to the
-        // directory. What the descriptor is, /proc says at the report (`describe_fd`).
-        if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
-            let kind = kind_of_opened_path(b"", flags);
-            return Op::Open {
-                fds: one(fd),
-                kind,
-                detail: FdDetail::None,
-                cloexec: flag(flags, libc::O_CLOEXEC),
-                dirfd: None,
-            };
-        }
         let path = path();
-        let relative = !path.starts_with(b"/");
+        let named = path.as_deref().unwrap_or_default();
+        let relative = path.as_ref().is_some_and(|path| !path.starts_with(b"/"));
         let dirfd = dirfd as i32;
         Op::Open {
             fds: one(fd),
-            kind: kind_of_opened_path(&path, flags),
+            kind: kind_of_opened_path(named, flags),
             cloexec: flag(flags, libc::O_CLOEXEC),
             dirfd: (relative && dirfd != libc::AT_FDCWD).then_some(dirfd),
-            detail: FdDetail::Path(path.into_boxed_slice()),
+            detail: path.map_or(FdDetail::None, |path| FdDetail::Path(path.into_boxed_slice())),
         }
     };
     let pair = || -> Option<FdList> {
@@ -474,14 +469,9 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         Call::InotifyInit => open(FdKind::Inotify, FdDetail::None, false),
         Call::InotifyInit1 => open(FdKind::Inotify, FdDetail::None, flag(a[0], libc::IN_CLOEXEC)),
         Call::FanotifyInit => open(FdKind::Other, FdDetail::None, a[0] & FAN_CLOEXEC != 0),
-        // A name the kernel could not read (as an open's path) is none, not an empty one.
         Call::MemfdCreate => open(
             FdKind::Memfd,
-            if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
-                FdDetail::None
-            } else {
-                FdDetail::Name(path().into_boxed_slice())
-            },
+            path().map_or(FdDetail::None, |name| FdDetail::Name(name.into_boxed_slice())),
             flag(a[1], libc::MFD_CLOEXEC as i64),
         ),
         // pidfd_open, pidfd_getfd and io_uring_setup always set O_CLOEXEC

@@ -35,6 +35,11 @@ fn walked(report: &Value, counter: &str) -> Walked {
     }
 }
 
+/// A tracer of `pid` alone, reconciliation off, with `--learned-chains MODE`.
+fn tracing_chains(pid: u32, mode: &str) -> Tracer {
+    Tracer::start(&["--pid", &pid.to_string(), "--reconcile-interval", "0", "--learned-chains", mode])
+}
+
 /// Leak one descriptor at a time until the kernel walks the chain itself: the rules reach it
 /// only after the chain's first window was unwound. The report's counts then.
 fn until_walked(tracer: &mut Tracer, counter: &str, mut leak_one: impl FnMut()) -> Walked {
@@ -134,9 +139,7 @@ fn a_learned_chain_names_the_site_its_window_names() {
     for (mode, counter) in [("on", "chains_learned"), ("shadow", "chains_checked"), ("off", "chains_learned")]
     {
         let mut workload = Workload::spawn_program(stackwork_bin());
-        let pid = workload.pid.to_string();
-        let mut tracer =
-            Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", mode]);
+        let mut tracer = tracing_chains(workload.pid, mode);
         let mut opened = 0;
         let before = if mode == "off" {
             opened += workload.run("leak 1 /etc/hostname").len();
@@ -204,14 +207,7 @@ fn on_the_host_and_in_a_pod(test: impl Fn(u32, &str, &mut dyn FnMut(&str) -> Vec
 
 /// The test above, for stackwork running as `pid`, opening `path` (one its root has).
 fn leaving_the_taught_chain(pid: u32, path: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
-    let mut tracer = Tracer::start(&[
-        "--pid",
-        &pid.to_string(),
-        "--reconcile-interval",
-        "0",
-        "--learned-chains",
-        "shadow",
-    ]);
+    let mut tracer = tracing_chains(pid, "shadow");
     let mut fds = Vec::new();
     let mut leak = |command: String| fds.extend(run(&format!("{command} {path}")));
     until_walked(&mut tracer, "chains_checked", || leak("leak 1".into()));
@@ -282,14 +278,7 @@ fn a_hinted_first_frame_with_no_chain_taught_through_its_caller_is_walked_with_i
 
 /// The test above, for stackwork running as `pid`, opening `path` (one its root has).
 fn past_the_chains_taught(pid: u32, path: &str, mut run: impl FnMut(&str) -> Vec<i64>) {
-    let mut tracer = Tracer::start(&[
-        "--pid",
-        &pid.to_string(),
-        "--reconcile-interval",
-        "0",
-        "--learned-chains",
-        "shadow",
-    ]);
+    let mut tracer = tracing_chains(pid, "shadow");
     let mut fds = Vec::new();
     for opener in 0..64 {
         until_taught(&mut tracer, || fds.extend(run(&format!("via {opener} {path}"))));
@@ -405,9 +394,7 @@ fn a_learned_chain_in_a_pod_is_the_chain_its_window_unwinds() {
             root: Root::native(podleak_bin(), "/app/podleak"),
             command: vec!["/app/podleak".into()],
         });
-        let pid = pod.pid.to_string();
-        let mut tracer =
-            Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", mode]);
+        let mut tracer = tracing_chains(pod.pid, mode);
         let mut files = Vec::new();
         let before = until_walked(&mut tracer, counter, || files.extend(pod.run("files 1")));
         files.extend(pod.run("files 20"));
@@ -431,9 +418,7 @@ fn a_learned_chain_through_cpythons_eval_loop_is_the_chain_its_window_unwinds() 
     let mut command = Command::new("/usr/bin/python3");
     command.arg(&script);
     let mut workload = Workload::spawn_command(command);
-    let pid = workload.pid.to_string();
-    let mut tracer =
-        Tracer::start(&["--pid", &pid, "--reconcile-interval", "0", "--learned-chains", "shadow"]);
+    let mut tracer = tracing_chains(workload.pid, "shadow");
     let mut leaked = 0;
     let mut leak = |workload: &mut Workload| {
         leaked += 1;

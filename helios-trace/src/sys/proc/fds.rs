@@ -164,6 +164,11 @@ fn link_targets(dir: &Path, from: i32, max: usize) -> io::Result<(LinkTargets, O
     Ok((targets, None))
 }
 
+/// `/proc/PID/fd/FD` under `root`.
+fn fd_path(root: &Path, pid: u32, fd: i32) -> std::path::PathBuf {
+    root.join(pid.to_string()).join("fd").join(fd.to_string())
+}
+
 /// One descriptor of `pid`, if it is open.
 pub(crate) fn observe_fd(
     root: &Path,
@@ -171,7 +176,7 @@ pub(crate) fn observe_fd(
     fd: i32,
     sockets: Option<&SocketTable>,
 ) -> Option<ObservedFd> {
-    let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let link = fs::read_link(fd_path(root, pid, fd)).ok()?;
     let target: FDTarget = link.to_str()?.parse().ok()?;
     let observed = observe(root, pid, fd, &target, sockets);
     Some(ObservedFd { cloexec: cloexec(root, pid, fd), ..observed })
@@ -179,7 +184,7 @@ pub(crate) fn observe_fd(
 
 /// A descriptor's kind and detail from its link (the flag left false).
 fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&SocketTable>) -> ObservedFd {
-    let link = root.join(pid.to_string()).join("fd").join(fd.to_string());
+    let link = fd_path(root, pid, fd);
     let kind = classify(target, || stat_mode(&link));
     let detail = match target {
         FDTarget::Path(path) if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
@@ -199,7 +204,7 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
 /// pins while it stays open.
 pub(crate) fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let metadata = fs::metadata(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let metadata = fs::metadata(fd_path(root, pid, fd)).ok()?;
     Some(metadata.blocks() * 512)
 }
 
@@ -207,7 +212,7 @@ pub(crate) fn allocated_bytes(root: &Path, pid: u32, fd: i32) -> Option<u64> {
 /// it, its bytes as they are) or a memfd's name; None for anything else.
 pub(crate) fn detail_now(root: &Path, pid: u32, fd: i32) -> Option<FdDetail> {
     use std::os::unix::ffi::OsStringExt as _;
-    let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let link = fs::read_link(fd_path(root, pid, fd)).ok()?;
     match FDTarget::from_str(&link.to_string_lossy()).ok()? {
         FDTarget::MemFD(name) => Some(FdDetail::Name(name.into_bytes().into_boxed_slice())),
         FDTarget::Path(_) => Some(FdDetail::Path(link.into_os_string().into_vec().into_boxed_slice())),
@@ -217,7 +222,7 @@ pub(crate) fn detail_now(root: &Path, pid: u32, fd: i32) -> Option<FdDetail> {
 
 /// The inode behind a socket descriptor (for joining with the socket tables at report time).
 pub(crate) fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
-    let link = fs::read_link(root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let link = fs::read_link(fd_path(root, pid, fd)).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
