@@ -18,15 +18,17 @@ def header(kind, tgid=100, tid=101, ts=5000):
     return struct.pack("<IIIIQ", kind, tgid, tid, 0, ts)
 
 
-def syscall(nr, ret, args, path=b"", aux=(), flags=0, stack=7, creator=0):
+def syscall(nr, ret, args, path=b"", aux=(), flags=0, stack=7, creator=0, mode=0):
     aux_fds = list(aux) + [0] * (16 - len(aux))
     return (header(1) + struct.pack("<Iiq", nr, stack, ret) + struct.pack("<6Q", *args)
             + struct.pack("<Q", 0) + struct.pack("<16i", *aux_fds)
-            + struct.pack("<IIIi", len(aux), len(path), flags, -2**31)
+            + struct.pack("<IIII", len(aux), len(path), flags, mode)
             + path.ljust(256, b"\0") + struct.pack("<Q", creator))
 
 
 put("record", "openat", syscall(257, 5, [2**64 - 100, 0, 0o2000000, 0, 0, 0], b"/etc/hosts"))
+# A directory opened without O_DIRECTORY: its kind from the mode the kernel read (S_IFDIR | 0o755).
+put("record", "openat_dir", syscall(257, 6, [2**64 - 100, 0, 0, 0, 0, 0], b"/tmp", mode=0o40755))
 put("record", "openat_goroutine", syscall(257, 5, [2**64 - 100, 0, 0o2000000, 0, 0, 0], b"/etc/hosts", creator=0x4a1b2c))
 put("record", "pipe2", syscall(293, 0, [0, 0o2000000, 0, 0, 0, 0], aux=(8, 9)))
 put("record", "recvmsg", syscall(47, 1, [3, 0, 0x40000000, 0, 0, 0], aux=(11, 12, 13)))

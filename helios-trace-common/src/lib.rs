@@ -600,10 +600,11 @@ pub struct SyscallEvent {
     pub path_len: u32,
     /// [`syscall_flags`].
     pub flags: u32,
-    /// Zero. (It held the kernel stack id of `--kernel-stacks`, removed: taken at the syscall's
-    /// exit, that stack was the same for every call, and this kernel has no kprobe or fentry to
-    /// take it where the descriptor is made.)
-    pub reserved: u32,
+    /// For a call of [`spec::INODE_MODE`]: the `i_mode` of the file installed at the returned
+    /// number when the call returned (include/uapi/linux/stat.h: its type in `S_IFMT`), which
+    /// says what an open by path opened (a directory, a FIFO, a device); 0 when not read. (Zero
+    /// before: it had held the kernel stack id of `--kernel-stacks`, removed.)
+    pub mode: u32,
     pub path: [u8; PATH_LEN],
     /// In a Go process of `GO_PROCS`: `gopc` of the goroutine that made the call, the
     /// address in the function whose `go` statement created it, read when the goroutine
@@ -735,6 +736,9 @@ pub mod spec {
     /// close: a `kind::CLOSE` record at exit, unless it returned `-EBADF` (nothing was
     /// open). Not with `TRACED`: nothing is made.
     pub const CLOSE: u32 = 1 << 6;
+    /// An open of a path or handle: read the mode of the file it installed
+    /// ([`super::SyscallEvent::mode`]).
+    pub const INODE_MODE: u32 = 1 << 7;
     /// Bits 8..11: index + 1 of the argument that points to a path string.
     pub const PATH_ARG_SHIFT: u32 = 8;
     /// Bits 12..15: index + 1 of the argument that points to an `int[2]` the call fills.
@@ -867,7 +871,7 @@ pub struct Settings {
     /// Bytes of user stack copied per call in [`stack_mode::DWARF`] (at most
     /// [`MAX_STACK_WINDOW`]).
     pub stack_window: u32,
-    /// Zero (it was `--kernel-stacks`, removed; see `SyscallEvent::reserved`).
+    /// Zero (it was `--kernel-stacks`, removed; see `SyscallEvent::mode`).
     pub reserved: u32,
     /// Offset of `group_dead` in the sched_process_exit record, read from its format file (the
     /// field exists since Linux 6.14); 0 when absent, and then the leader's exit stands for the
@@ -887,12 +891,13 @@ pub struct Settings {
     /// there is none.
     pub uprobe_maker_tgid: u32,
     /// Where this kernel keeps what tells that a thread's stack mapping has not changed since
-    /// it was last found, and a descriptor's slot: [`KernelOffsets`], from the kernel's BTF;
-    /// zero when not known, and then the mapping is looked up at every call and a close's
-    /// number is not read ([`close_flags::NUMBER_UNREAD`]).
+    /// it was last found, a descriptor's slot and its file's mode: [`KernelOffsets`], from the
+    /// kernel's BTF; zero when not known, and then the mapping is looked up at every call, a
+    /// close's number is not read ([`close_flags::NUMBER_UNREAD`]) and an open's mode is not
+    /// ([`SyscallEvent::mode`] 0).
     pub kernel: KernelOffsets,
 }
-const _: () = assert!(size_of::<Settings>() == 80);
+const _: () = assert!(size_of::<Settings>() == 88);
 
 /// Byte offsets of kernel struct members the programs read (helios-trace/src/sys/btf.rs finds
 /// them in `/sys/kernel/btf/vmlinux`). Zero: not known.
@@ -924,8 +929,14 @@ pub struct KernelOffsets {
     /// stops at its page's end (helios-trace-ebpf/src/stacks.rs, `ahead_high`). Zero: not
     /// known, and the stack is copied by the page.
     pub mm_start_stack: u32,
+    /// `file.f_inode` (a pointer) and `inode.i_mode` (a u16): where an open's exit reads the
+    /// mode of the file it installed ([`SyscallEvent::mode`]). `file_inode` zero: not known;
+    /// `inode_mode` is 0 on every kernel so far (`i_mode` opens `struct inode`,
+    /// include/linux/fs.h).
+    pub file_inode: u32,
+    pub inode_mode: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 40);
 
 impl KernelOffsets {
     /// Nothing known.
@@ -938,6 +949,8 @@ impl KernelOffsets {
         files_fdt: 0,
         fdtable_fd: 0,
         mm_start_stack: 0,
+        file_inode: 0,
+        inode_mode: 0,
     };
 
     /// Every offset of a stack mapping's key known.
@@ -948,6 +961,11 @@ impl KernelOffsets {
     /// Every offset of a descriptor's slot known.
     pub const fn fd_slots(&self) -> bool {
         self.task_files != 0 && self.files_fdt != 0 && self.fdtable_fd != 0
+    }
+
+    /// Every offset of the mode of the file at a descriptor's slot known.
+    pub const fn file_modes(&self) -> bool {
+        self.fd_slots() && self.file_inode != 0
     }
 }
 

@@ -303,7 +303,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
             // SAFETY: ring-buffer records are 8-byte aligned and this long.
             let record = unsafe { &mut *entry.as_mut_ptr() };
             if learned_chain(&mut record.chain, saved, (pid_tgid >> 32) as u32) {
-                fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
+                fill::<BTF, _>(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
                 record.event.header.kind = kind::FD_SYSCALL_CHAIN;
                 if learned_chains() != learned_chains::SHADOW {
                     entry.submit(wakeup_flags());
@@ -321,7 +321,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         let window = stack_window().min(MAX_STACK_WINDOW);
         let Some(mut entry) = WithStack::<SyscallEvent>::reserve(window) else { return Ok(()) };
         let record = WithStack::<SyscallEvent>::of(&mut entry);
-        fill(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
+        fill::<BTF, _>(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
         capture_user_stack(&mut record.stack, &mut record.bytes, window, saved);
         record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
         entry.submit(wakeup_flags());
@@ -332,7 +332,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         };
         // SAFETY: as above.
         let event = unsafe { &mut *entry.as_mut_ptr().cast::<SyscallEvent>() };
-        fill(ctx, event, &call, ret, pid_tgid, ts_ns);
+        fill::<BTF, _>(ctx, event, &call, ret, pid_tgid, ts_ns);
         entry.submit(wakeup_flags());
     }
     Ok(())
@@ -381,18 +381,55 @@ fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
     Ok(())
 }
 
-/// Whether a file is installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
-/// include/linux/fdtable.h; `fd_install` stores it, `file_close_fd` clears it), as
-/// `close_flags`. The pointers to the slot array are loads from a BTF tracepoint (`task` is
-/// the verifier's `struct task_struct *`, `current_task`, the offsets constants: as stacks.rs
-/// `current_mapping_key`), helper reads from a raw one; the slot itself a helper read (the
-/// array's index is not a constant). `fd` is below `max_fds`: it was open, and a table only
-/// grows (fs/file.c, `expand_fdtable`).
+/// Whether a file is installed at `fd` in the current task's table, as `close_flags`.
 #[inline(always)]
 fn number_taken<const BTF: bool>(task: u64, fd: u64) -> u32 {
+    match installed_file::<BTF>(task, fd) {
+        Some(0) => 0,
+        Some(_) => close_flags::NUMBER_TAKEN,
+        None => close_flags::NUMBER_UNREAD,
+    }
+}
+
+/// The `i_mode` of the file an open installed at `fd` (`file->f_inode->i_mode`,
+/// include/linux/fs.h; an `O_PATH` file has its inode too, fs/open.c `do_dentry_open`), read
+/// at the open's exit; 0 when not read. Between the open's `fd_install` and this read another
+/// thread could close the number and open another file there: its mode would be read, a race
+/// as narrow as the one `number_taken` tells a close of.
+///
+/// A function of its own (a BPF-to-BPF call) for the three places that fill a record: its few
+/// bytes of stack are then its own, not more of the exit program's, which is at the verifier's
+/// 512 with the stack walks' (syscalls.rs, `try_fd_syscall_exit`).
+#[inline(never)]
+fn installed_mode<const BTF: bool>(fd: u64) -> u32 {
+    let offsets = kernel_offsets();
+    if !offsets.file_modes() {
+        return 0;
+    }
+    let file = match installed_file::<BTF>(current_task::<BTF>(), fd) {
+        Some(file) if file != 0 => file,
+        _ => return 0,
+    };
+    let field = |at: u64, offset: u32| (at as *const u8).wrapping_add(offset as usize);
+    let inode = unsafe { bpf_probe_read_kernel(field(file, offsets.file_inode) as *const u64) }.unwrap_or(0);
+    if inode == 0 {
+        return 0;
+    }
+    u32::from(unsafe { bpf_probe_read_kernel(field(inode, offsets.inode_mode) as *const u16) }.unwrap_or(0))
+}
+
+/// The file installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
+/// include/linux/fdtable.h; `fd_install` stores it, `file_close_fd` clears it): 0 when none,
+/// None when the table could not be read. The pointers to the slot array are loads from a BTF
+/// tracepoint (`task` is the verifier's `struct task_struct *`, `current_task`, the offsets
+/// constants: as stacks.rs `current_mapping_key`), helper reads from a raw one; the slot itself
+/// a helper read (the array's index is not a constant). `fd` is below `max_fds`: it was open,
+/// and a table only grows (fs/file.c, `expand_fdtable`).
+#[inline(always)]
+fn installed_file<const BTF: bool>(task: u64, fd: u64) -> Option<u64> {
     let offsets = kernel_offsets();
     if !offsets.fd_slots() || fd > i32::MAX as u64 {
-        return close_flags::NUMBER_UNREAD;
+        return None;
     }
     let pointer = |at: u64, offset: u32| -> u64 {
         if BTF {
@@ -407,13 +444,9 @@ fn number_taken<const BTF: bool>(task: u64, fd: u64) -> u32 {
     let table = if files == 0 { 0 } else { pointer(files, offsets.files_fdt) };
     let slots = if table == 0 { 0 } else { pointer(table, offsets.fdtable_fd) };
     if slots == 0 {
-        return close_flags::NUMBER_UNREAD;
+        return None;
     }
-    match unsafe { bpf_probe_read_kernel((slots as *const u64).wrapping_add(fd as usize)) } {
-        Ok(0) => 0,
-        Ok(_) => close_flags::NUMBER_TAKEN,
-        Err(_) => close_flags::NUMBER_UNREAD,
-    }
+    unsafe { bpf_probe_read_kernel((slots as *const u64).wrapping_add(fd as usize)) }.ok()
 }
 
 /// The layout of a `kind::FD_SYSCALL_CHAIN` record (helios_trace_common).
@@ -425,7 +458,7 @@ struct WithChain {
 
 /// Everything of a descriptor record but the user stack bytes.
 #[inline(always)]
-fn fill<C: StackIdContext>(
+fn fill<const BTF: bool, C: StackIdContext>(
     ctx: &C,
     event: &mut SyscallEvent,
     call: &Call,
@@ -443,7 +476,7 @@ fn fill<C: StackIdContext>(
     event.path_len = 0;
     event.flags = 0;
     event.stack_id = STACK_NOT_CAPTURED;
-    event.reserved = 0;
+    event.mode = if spec & spec::INODE_MODE != 0 { installed_mode::<BTF>(ret as u64) } else { 0 };
     event.creator_pc = call.creator_pc;
     if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::FP {
         event.stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);

@@ -206,12 +206,13 @@ fn network_namespace(proc_root: &Path, tgid: u32) -> String {
 /// Longest path or name shown for one descriptor.
 const DETAIL_CHARS: usize = 512;
 
-/// A file, directory, device or memfd the event that opened it could not name: a path or name
-/// the kernel could not read by the call's exit (sys/decode.rs), a handle (`open_by_handle_at`).
-/// What /proc names it at the report (`describe_fd`), redacted as a path.
+/// A file, directory, device, FIFO or memfd the event that opened it could not name: a path or
+/// name the kernel could not read by the call's exit (sys/decode.rs), a handle
+/// (`open_by_handle_at`). What /proc names it at the report (`describe_fd`), redacted as a
+/// path; an anonymous pipe has no name there (`pipe:[inode]`).
 fn named_from_proc(entry: &OpenFd) -> bool {
     entry.detail == FdDetail::None
-        && matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Memfd)
+        && matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Memfd)
 }
 
 /// A path, a memfd's name or a pidfd's process, as a person reads it.
@@ -258,11 +259,11 @@ mod tests {
     /// what it named, and what has no name, is not looked for there.
     #[test]
     fn what_the_event_could_not_name_is_named_from_proc() {
-        for kind in [FdKind::File, FdKind::Dir, FdKind::Device, FdKind::Memfd] {
+        for kind in [FdKind::File, FdKind::Dir, FdKind::Device, FdKind::Pipe, FdKind::Memfd] {
             assert!(named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
         }
         assert!(!named_from_proc(&entry(FdKind::File, FdDetail::Path(b"/a".to_vec().into()))));
-        for kind in [FdKind::Eventfd, FdKind::Pipe, FdKind::Socket, FdKind::Other] {
+        for kind in [FdKind::Eventfd, FdKind::Socket, FdKind::Other] {
             assert!(!named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
         }
         let procfs = tempfile::tempdir().unwrap();
@@ -270,6 +271,8 @@ mod tests {
         std::fs::create_dir_all(&fd_dir).unwrap();
         std::os::unix::fs::symlink("/srv/x\n", fd_dir.join("3")).unwrap();
         std::os::unix::fs::symlink("/memfd:cache (deleted)", fd_dir.join("4")).unwrap();
+        std::os::unix::fs::symlink("/run/queue", fd_dir.join("6")).unwrap();
+        std::os::unix::fs::symlink("pipe:[4242]", fd_dir.join("8")).unwrap();
         let mut tables = SocketTables::default();
         let mut describe =
             |fd, kind| describe_fd(procfs.path(), &mut tables, 7, fd, &entry(kind, FdDetail::None));
@@ -277,5 +280,8 @@ mod tests {
         // As the baseline names memfds found open (`observe`).
         assert_eq!(describe(4, FdKind::Memfd).as_deref(), Some("memfd:cache (deleted)"));
         assert_eq!(describe(5, FdKind::File), None, "not open");
+        // A FIFO by its path; an anonymous pipe has none.
+        assert_eq!(describe(6, FdKind::Pipe).as_deref(), Some("/run/queue"));
+        assert_eq!(describe(8, FdKind::Pipe), None);
     }
 }

@@ -2,8 +2,9 @@
 //! (`/sys/kernel/btf/vmlinux`): where a task keeps its mm, start time and exec id, and where an
 //! mm keeps its mapping sequence (helios_trace_common::KernelOffsets). The programs read them to
 //! tell that a thread's stack mapping is the one they found last (helios-trace-ebpf's
-//! stacks.rs, `stack_mapping_end`); and where a task's descriptor table keeps the file at a
-//! number, which a close's exit reads (syscalls.rs, `close_exit`).
+//! stacks.rs, `stack_mapping_end`); where a task's descriptor table keeps the file at a
+//! number, which a close's exit reads (syscalls.rs, `close_exit`); and where a file keeps its
+//! inode's mode, which an open's exit reads (syscalls.rs, `installed_mode`).
 //!
 //! Read by hand: BTF's layout is a header, a string section and a type section of fixed-size
 //! records (include/uapi/linux/btf.h, Documentation/bpf/btf.rst). aya-obj parses it but keeps
@@ -23,21 +24,40 @@ pub(crate) fn running_kernel_offsets() -> KernelOffsets {
 /// The offsets the programs read in a BTF blob, or None when it does not parse. Each group is
 /// found or left zero on its own: a stack mapping's key (`task_struct.mm`, `.start_time`,
 /// `.self_exec_id` and `mm_struct.mm_lock_seq.sequence`, Linux 6.13+), a descriptor's slot
-/// (`task_struct.files`, `files_struct.fdt`, `fdtable.fd`: include/linux/fdtable.h), and where
-/// the main thread's stack starts (`task_struct.mm`, `mm_struct.start_stack`).
+/// (`task_struct.files`, `files_struct.fdt`, `fdtable.fd`: include/linux/fdtable.h), where
+/// the main thread's stack starts (`task_struct.mm`, `mm_struct.start_stack`), and a file's
+/// mode (`file.f_inode`, `inode.i_mode`: include/linux/fs.h).
 pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let types = Types::parse(btf)?;
     let mapping = stack_mapping_offsets(&types).unwrap_or(KernelOffsets::NONE);
     let [task_files, files_fdt, fdtable_fd] = fd_slot_offsets(&types).unwrap_or([0; 3]);
     let [task_mm, mm_start_stack] =
         word_members(&types, [("task_struct", "mm"), ("mm_struct", "start_stack")]).unwrap_or([0; 2]);
-    Some(KernelOffsets { task_mm, mm_start_stack, task_files, files_fdt, fdtable_fd, ..mapping })
+    let [file_inode, inode_mode] = file_mode_offsets(&types).unwrap_or([0; 2]);
+    Some(KernelOffsets {
+        task_mm,
+        mm_start_stack,
+        task_files,
+        files_fdt,
+        fdtable_fd,
+        file_inode,
+        inode_mode,
+        ..mapping
+    })
 }
 
 /// Where a task's descriptor table keeps the file at a number: `task_struct.files`,
 /// `files_struct.fdt`, `fdtable.fd`, all pointers (the programs read 8 bytes of each).
 fn fd_slot_offsets(types: &Types) -> Option<[u32; 3]> {
     word_members(types, [("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "fd")])
+}
+
+/// Where a file's inode keeps its mode: `file.f_inode` (a pointer, never at 0) and
+/// `inode.i_mode` (`umode_t`, 2 bytes; at 0 on every kernel so far).
+fn file_mode_offsets(types: &Types) -> Option<[u32; 2]> {
+    let [file_inode] = word_members(types, [("file", "f_inode")])?;
+    let (inode_mode, mode_type) = types.member(types.struct_named("inode")?, "i_mode")?;
+    (types.size(mode_type)? == 2).then_some([file_inode, inode_mode])
 }
 
 /// The offsets of `(struct, member)`s of 8 bytes each (pointers and `unsigned long`s, which the
@@ -348,6 +368,9 @@ mod tests {
         assert!(offsets.fd_slots(), "task_struct.files, files_struct.fdt, fdtable.fd: {offsets:?}");
         // fdtable opens with `unsigned int max_fds`, then `struct file __rcu **fd`.
         assert_eq!(offsets.fdtable_fd, 8, "{offsets:?}");
+        assert!(offsets.file_modes(), "file.f_inode, inode.i_mode: {offsets:?}");
+        // struct inode opens with `umode_t i_mode`.
+        assert_eq!(offsets.inode_mode, 0, "{offsets:?}");
         assert!(offsets.mm_start_stack != 0, "mm_struct.start_stack: {offsets:?}");
     }
 }

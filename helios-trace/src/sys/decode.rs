@@ -322,12 +322,15 @@ pub(crate) fn written_spans(record: &[u8]) -> [Range<usize>; 2] {
     [0..path_end.min(end), (PATH + PATH_LEN).min(end)..end]
 }
 
-/// The kind of a file opened by path, from the path and open flags alone: the kernel
-/// program cannot stat, and a stat from here would race with the process.
-/// O_DIRECTORY means a directory (opendir and friends pass it); /dev is devices, except
-/// the tmpfs of POSIX shared memory.
-fn kind_of_opened_path(path: &[u8], open_flags: u64) -> FdKind {
-    if open_flags & libc::O_DIRECTORY as u64 != 0 {
+/// The kind of a file opened by path or handle: from the mode of the file the open installed,
+/// which the kernel read at its exit (`SyscallEvent::mode`; a stat from here would race with
+/// the process). Where it could not (no BTF offsets, the number closed again by then), a guess
+/// from the path and open flags: O_DIRECTORY means a directory (opendir and friends pass it);
+/// /dev is devices, except the tmpfs of POSIX shared memory.
+fn kind_of_opened_path(path: &[u8], open_flags: u64, mode: u32) -> FdKind {
+    if let Some(kind) = super::proc::fds::kind_of_mode(mode) {
+        kind
+    } else if open_flags & libc::O_DIRECTORY as u64 != 0 {
         FdKind::Dir
     } else if path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
         FdKind::Device
@@ -394,7 +397,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         let dirfd = dirfd as i32;
         Op::Open {
             fds: one(fd),
-            kind: kind_of_opened_path(named, flags),
+            kind: kind_of_opened_path(named, flags, record.mode),
             cloexec: flag(flags, libc::O_CLOEXEC),
             dirfd: (relative && dirfd != libc::AT_FDCWD).then_some(dirfd),
             detail: path.map_or(FdDetail::None, |path| FdDetail::Path(path.into_boxed_slice())),
@@ -420,9 +423,10 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
             let flags = if record.flags & syscall_flags::DEREF_VALID != 0 { record.deref } else { 0 };
             open_path(flags, a[0])
         }
-        // No path: the kind from the flags alone (a handle of a directory opened with O_DIRECTORY).
+        // No path: the kind from the mode, or else the flags (a handle of a directory opened
+        // with O_DIRECTORY).
         Call::OpenByHandleAt => {
-            open(kind_of_opened_path(b"", a[2]), FdDetail::None, flag(a[2], libc::O_CLOEXEC))
+            open(kind_of_opened_path(b"", a[2], record.mode), FdDetail::None, flag(a[2], libc::O_CLOEXEC))
         }
         Call::Socket => open(FdKind::Socket, socket(a[0], a[1], a[2]), flag(a[1], libc::SOCK_CLOEXEC)),
         Call::SocketPair => Op::Open {
@@ -526,7 +530,7 @@ pub(crate) mod tests {
             aux_count: 0,
             path_len: 0,
             flags: 0,
-            reserved: 0,
+            mode: 0,
             path: [0; PATH_LEN],
             creator_pc: 0,
         }
@@ -547,11 +551,20 @@ pub(crate) mod tests {
 
     #[test]
     fn kind_of_opened_path() {
-        assert_eq!(super::kind_of_opened_path(b"/etc/passwd", 0), FdKind::File);
-        assert_eq!(super::kind_of_opened_path(b"/tmp", libc::O_DIRECTORY as u64), FdKind::Dir);
-        assert_eq!(super::kind_of_opened_path(b"/dev/null", 0), FdKind::Device);
-        assert_eq!(super::kind_of_opened_path(b"/dev/shm/x", 0), FdKind::File);
-        assert_eq!(super::kind_of_opened_path(b"relative", 0), FdKind::File);
+        // Without the mode, a guess from the path and flags.
+        assert_eq!(super::kind_of_opened_path(b"/etc/passwd", 0, 0), FdKind::File);
+        assert_eq!(super::kind_of_opened_path(b"/tmp", libc::O_DIRECTORY as u64, 0), FdKind::Dir);
+        assert_eq!(super::kind_of_opened_path(b"/dev/null", 0, 0), FdKind::Device);
+        assert_eq!(super::kind_of_opened_path(b"/dev/shm/x", 0, 0), FdKind::File);
+        assert_eq!(super::kind_of_opened_path(b"relative", 0, 0), FdKind::File);
+        // With it, what the path named, whatever the path and flags say.
+        assert_eq!(super::kind_of_opened_path(b"/tmp", 0, libc::S_IFDIR | 0o1777), FdKind::Dir);
+        assert_eq!(super::kind_of_opened_path(b"/tmp/fifo", 0, libc::S_IFIFO | 0o600), FdKind::Pipe);
+        assert_eq!(super::kind_of_opened_path(b"/dev/stdin", 0, libc::S_IFIFO | 0o600), FdKind::Pipe);
+        assert_eq!(super::kind_of_opened_path(b"/dev/shm/x", 0, libc::S_IFREG | 0o600), FdKind::File);
+        assert_eq!(super::kind_of_opened_path(b"/home/tty", 0, libc::S_IFCHR | 0o620), FdKind::Device);
+        // A mode without a type (an anonymous inode's 0600): the guess.
+        assert_eq!(super::kind_of_opened_path(b"/x", 0, 0o600), FdKind::File);
     }
 
     #[test]

@@ -283,6 +283,17 @@ impl Tracer {
                 btf::VMLINUX_BTF
             );
         }
+        if !kernel.fd_slots() {
+            debug!(
+                "not all of task_struct.files, files_struct.fdt and fdtable.fd in {}: a close's number is not read again, and what an open by path opened is guessed from its path and flags",
+                btf::VMLINUX_BTF
+            );
+        } else if !kernel.file_modes() {
+            debug!(
+                "no file.f_inode or inode.i_mode in {}: what an open by path opened is guessed from its path and flags",
+                btf::VMLINUX_BTF
+            );
+        }
         if kernel.task_mm == 0 || kernel.mm_start_stack == 0 {
             debug!(
                 "no task_struct.mm or mm_struct.start_stack in {}: a learned walk copies the stack by the page",

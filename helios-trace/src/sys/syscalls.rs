@@ -183,11 +183,14 @@ impl Call {
     pub(crate) fn spec(self) -> u32 {
         use spec::*;
         let creates = TRACED | STACK;
+        // What a path or handle names is known by the installed file's mode.
+        let opens = creates | INODE_MODE;
         match self {
-            Call::Open | Call::Creat => creates | with_arg(PATH_ARG_SHIFT, 0),
-            Call::OpenAt => creates | with_arg(PATH_ARG_SHIFT, 1),
+            Call::Open | Call::Creat => opens | with_arg(PATH_ARG_SHIFT, 0),
+            Call::OpenAt => opens | with_arg(PATH_ARG_SHIFT, 1),
             // open_how.flags is the first u64 of struct open_how (include/uapi/linux/openat2.h).
-            Call::OpenAt2 => creates | with_arg(PATH_ARG_SHIFT, 1) | with_arg(DEREF_ARG_SHIFT, 2),
+            Call::OpenAt2 => opens | with_arg(PATH_ARG_SHIFT, 1) | with_arg(DEREF_ARG_SHIFT, 2),
+            Call::OpenByHandleAt => opens,
             Call::MemfdCreate => creates | with_arg(PATH_ARG_SHIFT, 0),
             Call::Pipe | Call::Pipe2 => creates | with_arg(FD_PAIR_ARG_SHIFT, 0),
             Call::SocketPair => creates | with_arg(FD_PAIR_ARG_SHIFT, 3),

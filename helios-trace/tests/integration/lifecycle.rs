@@ -27,17 +27,17 @@ fn cloexec_of(report: &serde_json::Value, pid: u32, fd: i64) -> bool {
 /// The files of `pid` the report has open at the sites that opened them (not open before
 /// tracing, nor found by reconciliation).
 fn files_opened_under_tracing(report: &serde_json::Value, pid: u32) -> u64 {
-    files_at_their_sites(report, pid, "open")
+    at_their_sites(report, pid, "file", "open")
 }
 
-/// A count (`open`, `opened`) summed over `pid`'s file sites, but `before-trace` and
+/// A count (`open`, `opened`) summed over `pid`'s sites of `kind`, but `before-trace` and
 /// `unknown-origin`.
-fn files_at_their_sites(report: &serde_json::Value, pid: u32, count: &str) -> u64 {
+fn at_their_sites(report: &serde_json::Value, pid: u32, kind: &str, count: &str) -> u64 {
     process(report, pid).unwrap()["sites"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["kind"] == "file" && s["site"] != "before-trace" && s["site"] != "unknown-origin")
+        .filter(|s| s["kind"] == kind && s["site"] != "before-trace" && s["site"] != "unknown-origin")
         .map(|s| s[count].as_u64().unwrap())
         .sum()
 }
@@ -469,7 +469,7 @@ fn records_are_not_lost_while_reconciliation_reads_one_process_of_many_descripto
     }
     let report = checkpoint(&mut tracer, pid, "files opened and closed through reconciliation passes");
     assert_eq!(report["events"]["lost"], 0, "{}", report["events"]);
-    assert_eq!(files_at_their_sites(&report, pid, "opened"), churned, "every open seen at its site");
+    assert_eq!(at_their_sites(&report, pid, "file", "opened"), churned, "every open seen at its site");
     assert_eq!(reported_fds(&report, holder.pid()), proc_fds(holder.pid()));
     drop(tracer);
     w.exit();
@@ -761,8 +761,9 @@ fn opening_an_unmapped_path(
     let unreadable = |report: &serde_json::Value| report["events"]["paths_unreadable"].as_u64().unwrap();
     assert_eq!(unreadable(&report) - unreadable(&before), 1, "{}", report["events"]);
     assert_eq!(report["events"]["lost"], 0);
-    // Counted at its site, as /proc has it (the FIFO's writer, opened and closed, is not).
-    assert_eq!(files_opened_under_tracing(&report, pid), 1, "{report:#}");
+    // Counted at its site, a pipe as /proc has it (the FIFO's writer, opened and closed, is not
+    // open).
+    assert_eq!(at_their_sites(&report, pid, "pipe", "open"), 1, "{report:#}");
     let table = reported_fds(&report, pid);
     assert!(table.contains_key(&(fd as i32)) && proc_fds(pid).contains_key(&(fd as i32)), "{table:?}");
     // Named as /proc names it now.
@@ -776,4 +777,67 @@ fn opening_an_unmapped_path(
     assert_eq!(examples.len(), 1, "{report:#}");
     assert_eq!(examples[0]["detail"].as_str(), Some(named), "{report:#}");
     tracer.stop();
+}
+
+/// What an open by path or handle opened has the kind /proc says, whatever its path and flags
+/// suggest: a directory opened without O_DIRECTORY, a FIFO by its path, a pipe reopened through
+/// /proc (as /dev/stdin, a path under /dev), a device, a directory by its handle. The kernel
+/// reads the mode of the file the open installed, at its exit (syscalls.rs, `installed_mode`);
+/// decode takes the kind from it (decode.rs, `kind_of_opened_path`). Through the BTF and the
+/// raw tracepoint programs (which read the task's table differently), and in a pod.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn what_an_open_by_path_or_handle_opened_has_the_kind_proc_says() {
+    if !require_bpf() {
+        return;
+    }
+    for hooks in ["", "raw"] {
+        let mut w = Workload::spawn();
+        let paths = OpenedKinds {
+            dir: w.scratch.path().display().to_string(),
+            fifo: w.path("kinds-fifo"),
+            stdin: "/dev/stdin".into(),
+        };
+        opening_each_kind(w.pid, hooks, &paths, |command| w.run(command));
+        w.exit();
+    }
+    let mut pod = crate::pods::harness::Pod::start(crate::pods::harness::PodSpec {
+        root: crate::pods::harness::Root::native(fdwork_bin(), "/app/fdwork"),
+        command: vec!["/app/fdwork".into(), "/app".into()],
+    });
+    // The pod's minimal /dev has null but no stdin link: its workload's stdin through /proc.
+    let paths =
+        OpenedKinds { dir: "/app".into(), fifo: "/tmp/kinds-fifo".into(), stdin: "/proc/self/fd/0".into() };
+    opening_each_kind(pod.pid, "", &paths, |command| pod.run(command));
+}
+
+/// Paths, as the workload names them, of a directory, a FIFO to make, and its stdin (a pipe).
+struct OpenedKinds {
+    dir: String,
+    fifo: String,
+    stdin: String,
+}
+
+/// The test above, for fdwork running as `pid`, traced through `hooks` (`start_with_hooks`).
+fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl FnMut(&str) -> Vec<i64>) {
+    let mut tracer = start_with_hooks(hooks, &["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    checkpoint(&mut tracer, pid, "baseline");
+    run(&format!("mkfifo {}", paths.fifo));
+    let mut opened = BTreeMap::new();
+    let null = "/dev/null".to_string();
+    for (path, kind) in
+        [(&paths.dir, "dir"), (&paths.fifo, "pipe"), (&paths.stdin, "pipe"), (&null, "device")]
+    {
+        let fd = run(&format!("open-as-is {path}"))[0];
+        opened.insert(fd as i32, (path.clone(), kind));
+    }
+    let fd = run(&format!("handle {}", paths.dir))[0];
+    opened.insert(fd as i32, (format!("the handle of {}", paths.dir), "dir"));
+    let report = checkpoint(&mut tracer, pid, "opened");
+    let table = reported_fds(&report, pid);
+    for (fd, (path, kind)) in &opened {
+        assert_eq!(table.get(fd).map(String::as_str), Some(*kind), "fd {fd}, {path}: {table:?}");
+    }
+    let report = tracer.stop();
+    assert_eq!(report["events"]["lost"], 0);
 }

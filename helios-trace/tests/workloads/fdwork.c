@@ -307,6 +307,14 @@ static void handle(char *line) {
         sscanf(line, "%*s %4095s %ld", word, &a);
         CHECK(fd = open(word, O_RDONLY | O_CREAT | (a == 1 ? O_CLOEXEC : 0), 0600));
         reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "open-as-is")) { /* open-as-is PATH: no O_CREAT or O_DIRECTORY (a FIFO does not wait: O_NONBLOCK) */
+        sscanf(line, "%*s %4095s", word);
+        CHECK(fd = open(word, O_RDONLY | O_NONBLOCK));
+        reply_fds(1, &fd);
+    } else if (!strcmp(cmd, "mkfifo")) {     /* mkfifo PATH */
+        sscanf(line, "%*s %4095s", word);
+        CHECK(mkfifo(word, 0600));
+        reply("ok");
     } else if (!strcmp(cmd, "open-unmapped")) { /* open-unmapped FIFO: its path unmapped before the open returns */
         sscanf(line, "%*s %4095s", word);
         CHECK(fd = open_unmapped(word));

@@ -35,16 +35,24 @@ pub(crate) fn classify(target: &FDTarget, stat_mode: impl FnOnce() -> Option<u32
             if path.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
                 return FdKind::Memfd;
             }
-            match stat_mode().map(|mode| mode & libc::S_IFMT) {
-                Some(libc::S_IFDIR) => FdKind::Dir,
-                Some(libc::S_IFCHR | libc::S_IFBLK) => FdKind::Device,
-                Some(libc::S_IFIFO) => FdKind::Pipe,
-                Some(libc::S_IFSOCK) => FdKind::Socket,
-                _ => FdKind::File,
-            }
+            stat_mode().and_then(kind_of_mode).unwrap_or(FdKind::File)
         }
         _ => FdKind::Other,
     }
+}
+
+/// The kind of a file reached by a path, from its mode's type (`st_mode`, or the inode's
+/// `i_mode` the kernel read at an open: include/uapi/linux/stat.h); None when the mode has no
+/// type.
+pub(crate) fn kind_of_mode(mode: u32) -> Option<FdKind> {
+    Some(match mode & libc::S_IFMT {
+        0 => return None,
+        libc::S_IFDIR => FdKind::Dir,
+        libc::S_IFCHR | libc::S_IFBLK => FdKind::Device,
+        libc::S_IFIFO => FdKind::Pipe,
+        libc::S_IFSOCK => FdKind::Socket,
+        _ => FdKind::File,
+    })
 }
 
 fn stat_mode(path: &Path) -> Option<u32> {
@@ -187,7 +195,10 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
     let link = fd_path(root, pid, fd);
     let kind = classify(target, || stat_mode(&link));
     let detail = match target {
-        FDTarget::Path(path) if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device) => {
+        // A FIFO's too (a pipe by a path).
+        FDTarget::Path(path)
+            if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe) =>
+        {
             FdDetail::Path(path.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice())
         }
         FDTarget::MemFD(name) => FdDetail::Name(name.as_bytes().to_vec().into_boxed_slice()),
@@ -256,6 +267,22 @@ mod tests {
         assert_eq!(classify(&path, || Some(libc::S_IFREG)), FdKind::File);
         assert_eq!(classify(&path, || None), FdKind::File, "a deleted file is still a file");
         assert_eq!(classify(&FDTarget::Path("/memfd:x (deleted)".into()), || None), FdKind::Memfd);
+    }
+
+    /// A FIFO open in this process, as /proc shows it: a pipe, named by its path.
+    #[test]
+    fn a_fifo_is_a_pipe_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("queue");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
+            .unwrap();
+        // Read and write: the open does not wait for a writer.
+        let file = fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let observed = observe_fd(Path::new("/proc"), std::process::id(), fd, None).unwrap();
+        assert_eq!(observed.kind, FdKind::Pipe);
+        let path = fifo.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice();
+        assert_eq!(observed.detail, FdDetail::Path(path));
     }
 
     #[test]
