@@ -81,6 +81,10 @@ pub(crate) enum FdDetail {
     Pid(u32),
     /// A memfd's name.
     Name(Box<[u8]>),
+    /// A path or name the opening event could not carry: the kernel could not read it by the
+    /// call's exit (its memory unmapped by then), or the call names its file by a handle
+    /// (`open_by_handle_at`). /proc names it at a report (observe/procfs.rs, `describe_fd`).
+    Unread,
 }
 
 impl FdDetail {

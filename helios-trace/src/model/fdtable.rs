@@ -485,8 +485,9 @@ impl FdTable {
             self.insert(tgid, fd, entry, FdChange::Found, out);
             corrections.added += 1;
         }
-        // The kernel knows the kind better than our guess from the open call (e.g. a directory
-        // opened without O_DIRECTORY, or a descriptor received through SCM_RIGHTS).
+        // The kernel knows the kind better than our guess from the open call (a path opened
+        // where the kernel program could not read the file's mode, a descriptor received
+        // through SCM_RIGHTS).
         if let Some(process) = self.processes.get_mut(&tgid) {
             for (fd, kind) in retyped {
                 if let Some(entry) = process.fds.get_mut(&fd) {

@@ -167,7 +167,7 @@ impl<'a> SocketJoin<'a> {
     }
 
     pub(super) fn describe(&mut self, tgid: u32, fd: i32, entry: &OpenFd) -> Option<String> {
-        let named = matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_)) || named_from_proc(entry);
+        let named = matches!(entry.detail, FdDetail::Path(_) | FdDetail::Name(_) | FdDetail::Unread);
         if self.redact_paths && named {
             return Some(crate::output::redact::REDACTED.to_string());
         }
@@ -206,22 +206,13 @@ fn network_namespace(proc_root: &Path, tgid: u32) -> String {
 /// Longest path or name shown for one descriptor.
 const DETAIL_CHARS: usize = 512;
 
-/// A file, directory, device, FIFO or memfd the event that opened it could not name: a path or
-/// name the kernel could not read by the call's exit (sys/decode.rs), a handle
-/// (`open_by_handle_at`). What /proc names it at the report (`describe_fd`), redacted as a
-/// path; an anonymous pipe has no name there (`pipe:[inode]`).
-fn named_from_proc(entry: &OpenFd) -> bool {
-    entry.detail == FdDetail::None
-        && matches!(entry.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Memfd)
-}
-
 /// A path, a memfd's name or a pidfd's process, as a person reads it.
 fn describe_detail(detail: &FdDetail) -> Option<String> {
     match detail {
         FdDetail::Path(path) => Some(printable(path, DETAIL_CHARS)),
         FdDetail::Name(name) => Some(format!("memfd:{}", printable(name, DETAIL_CHARS))),
         FdDetail::Pid(pid) => Some(format!("pid {pid}")),
-        FdDetail::Socket { .. } | FdDetail::None => None,
+        FdDetail::Socket { .. } | FdDetail::None | FdDetail::Unread => None,
     }
 }
 
@@ -235,9 +226,10 @@ pub(crate) fn describe_fd(
 ) -> Option<String> {
     match &entry.detail {
         FdDetail::Path(_) | FdDetail::Name(_) | FdDetail::Pid(_) => describe_detail(&entry.detail),
-        FdDetail::None if named_from_proc(entry) => {
-            describe_detail(&proc::fds::detail_now(proc_root, tgid, fd)?)
-        }
+        // What the event that opened it could not name (`FdDetail::Unread`: sys/decode.rs), a
+        // file, directory, device, FIFO or memfd: as /proc names it now, redacted as a path
+        // (`describe`).
+        FdDetail::Unread => describe_detail(&proc::fds::detail_now(proc_root, tgid, fd)?),
         FdDetail::Socket { .. } | FdDetail::None if entry.kind == FdKind::Socket => {
             let inode = proc::fds::socket_inode(proc_root, tgid, fd)?;
             sockets.for_process(tgid).get(inode).map(|s| s.describe())
@@ -255,33 +247,36 @@ mod tests {
         OpenFd { kind, detail, site: SiteId::NoStack, opened_ns: 0, cloexec: false, inherited: false }
     }
 
-    /// What the opening event could not name is named from /proc (and redacted as a path);
-    /// what it named, and what has no name, is not looked for there.
+    /// What the opening event could not name (`FdDetail::Unread`) is named as /proc names it
+    /// now, and redacted as a path; what it named is its own name, and what has no name (an
+    /// anonymous pipe's `None`) is not looked for there, nor shown redacted.
     #[test]
     fn what_the_event_could_not_name_is_named_from_proc() {
-        for kind in [FdKind::File, FdKind::Dir, FdKind::Device, FdKind::Pipe, FdKind::Memfd] {
-            assert!(named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
-        }
-        assert!(!named_from_proc(&entry(FdKind::File, FdDetail::Path(b"/a".to_vec().into()))));
-        for kind in [FdKind::Eventfd, FdKind::Socket, FdKind::Other] {
-            assert!(!named_from_proc(&entry(kind, FdDetail::None)), "{kind}");
-        }
         let procfs = tempfile::tempdir().unwrap();
         let fd_dir = procfs.path().join("7/fd");
         std::fs::create_dir_all(&fd_dir).unwrap();
         std::os::unix::fs::symlink("/srv/x\n", fd_dir.join("3")).unwrap();
         std::os::unix::fs::symlink("/memfd:cache (deleted)", fd_dir.join("4")).unwrap();
         std::os::unix::fs::symlink("/run/queue", fd_dir.join("6")).unwrap();
-        std::os::unix::fs::symlink("pipe:[4242]", fd_dir.join("8")).unwrap();
-        let mut tables = SocketTables::default();
-        let mut describe =
-            |fd, kind| describe_fd(procfs.path(), &mut tables, 7, fd, &entry(kind, FdDetail::None));
-        assert_eq!(describe(3, FdKind::File).as_deref(), Some("/srv/x\\n"));
-        // As the baseline names memfds found open (`observe`).
-        assert_eq!(describe(4, FdKind::Memfd).as_deref(), Some("memfd:cache (deleted)"));
-        assert_eq!(describe(5, FdKind::File), None, "not open");
-        // A FIFO by its path; an anonymous pipe has none.
-        assert_eq!(describe(6, FdKind::Pipe).as_deref(), Some("/run/queue"));
-        assert_eq!(describe(8, FdKind::Pipe), None);
+        // Were /proc read for a descriptor with no name, this would name it.
+        std::os::unix::fs::symlink("/srv/anonymous", fd_dir.join("8")).unwrap();
+        let path = |p: &[u8]| FdDetail::Path(p.to_vec().into());
+        for redact in [false, true] {
+            let mut join = SocketJoin::new(procfs.path(), HashMap::new(), redact);
+            let mut describe = |fd, kind, detail| join.describe(7, fd, &entry(kind, detail));
+            let shown =
+                |name: &str| Some(if redact { crate::output::redact::REDACTED } else { name }.to_string());
+            assert_eq!(describe(3, FdKind::File, FdDetail::Unread), shown("/srv/x\\n"));
+            // As the baseline names memfds found open (`observe`).
+            assert_eq!(describe(4, FdKind::Memfd, FdDetail::Unread), shown("memfd:cache (deleted)"));
+            // A FIFO whose path the kernel could not read.
+            assert_eq!(describe(6, FdKind::Pipe, FdDetail::Unread), shown("/run/queue"));
+            assert_eq!(describe(3, FdKind::File, path(b"/a")), shown("/a"));
+            assert_eq!(describe(8, FdKind::Pipe, FdDetail::None), None);
+            assert_eq!(describe(8, FdKind::Eventfd, FdDetail::None), None);
+            if !redact {
+                assert_eq!(describe(5, FdKind::File, FdDetail::Unread), None, "not open");
+            }
+        }
     }
 }

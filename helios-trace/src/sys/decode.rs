@@ -375,8 +375,8 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
     };
     // The path (memfd_create's name) as the kernel read it; None where it could not read it at
     // the call's exit (its memory unmapped by then, `counter::PATH_UNREADABLE`): no path, not
-    // an empty one, nor one relative to a directory. /proc names that descriptor at the report
-    // (observe/procfs.rs, `describe_fd`).
+    // an empty one, nor one relative to a directory, but `FdDetail::Unread`, which /proc names
+    // at the report (observe/procfs.rs, `describe_fd`).
     let path = || -> Option<Vec<u8>> {
         if record.flags & syscall_flags::PATH_UNREADABLE != 0 {
             return None;
@@ -400,7 +400,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
             kind: kind_of_opened_path(named, flags, record.mode),
             cloexec: flag(flags, libc::O_CLOEXEC),
             dirfd: (relative && dirfd != libc::AT_FDCWD).then_some(dirfd),
-            detail: path.map_or(FdDetail::None, |path| FdDetail::Path(path.into_boxed_slice())),
+            detail: path.map_or(FdDetail::Unread, |path| FdDetail::Path(path.into_boxed_slice())),
         }
     };
     let pair = || -> Option<FdList> {
@@ -426,7 +426,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         // No path: the kind from the mode, or else the flags (a handle of a directory opened
         // with O_DIRECTORY).
         Call::OpenByHandleAt => {
-            open(kind_of_opened_path(b"", a[2], record.mode), FdDetail::None, flag(a[2], libc::O_CLOEXEC))
+            open(kind_of_opened_path(b"", a[2], record.mode), FdDetail::Unread, flag(a[2], libc::O_CLOEXEC))
         }
         Call::Socket => open(FdKind::Socket, socket(a[0], a[1], a[2]), flag(a[1], libc::SOCK_CLOEXEC)),
         Call::SocketPair => Op::Open {
@@ -475,7 +475,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         Call::FanotifyInit => open(FdKind::Other, FdDetail::None, a[0] & FAN_CLOEXEC != 0),
         Call::MemfdCreate => open(
             FdKind::Memfd,
-            path().map_or(FdDetail::None, |name| FdDetail::Name(name.into_boxed_slice())),
+            path().map_or(FdDetail::Unread, |name| FdDetail::Name(name.into_boxed_slice())),
             flag(a[1], libc::MFD_CLOEXEC as i64),
         ),
         // pidfd_open, pidfd_getfd and io_uring_setup always set O_CLOEXEC
@@ -788,14 +788,15 @@ pub(crate) mod tests {
         }
     }
 
-    /// An unreadable path (unmapped by the call's exit) is no path, and no directory's either.
+    /// An unreadable path (unmapped by the call's exit) is no path, and no directory's either:
+    /// one to read from /proc.
     #[test]
-    fn a_path_the_kernel_could_not_read_is_none() {
+    fn a_path_the_kernel_could_not_read_is_unread() {
         let mut record = syscall(Call::OpenAt, 6, [3, 0, libc::O_CLOEXEC as u64, 0, 0, 0]);
         record.flags |= syscall_flags::PATH_UNREADABLE;
         match op_of(&record) {
             Some(Op::Open { detail, dirfd, kind, cloexec, .. }) => {
-                assert_eq!((detail, dirfd, kind, cloexec), (FdDetail::None, None, FdKind::File, true))
+                assert_eq!((detail, dirfd, kind, cloexec), (FdDetail::Unread, None, FdKind::File, true))
             }
             other => panic!("{other:?}"),
         }
@@ -803,7 +804,7 @@ pub(crate) mod tests {
         memfd.flags |= syscall_flags::PATH_UNREADABLE;
         match op_of(&memfd) {
             Some(Op::Open { detail, kind, .. }) => {
-                assert_eq!((detail, kind), (FdDetail::None, FdKind::Memfd))
+                assert_eq!((detail, kind), (FdDetail::Unread, FdKind::Memfd))
             }
             other => panic!("{other:?}"),
         }

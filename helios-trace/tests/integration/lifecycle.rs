@@ -767,24 +767,30 @@ fn opening_an_unmapped_path(
     let table = reported_fds(&report, pid);
     assert!(table.contains_key(&(fd as i32)) && proc_fds(pid).contains_key(&(fd as i32)), "{table:?}");
     // Named as /proc names it now.
-    let examples: Vec<&serde_json::Value> = process(&report, pid).unwrap()["sites"]
+    assert_eq!(example_detail(&report, pid, fd).as_deref(), Some(named), "{report:#}");
+    tracer.stop();
+}
+
+/// The detail the report shows for `pid`'s descriptor `fd`, one of its site's examples.
+fn example_detail(report: &serde_json::Value, pid: u32, fd: i64) -> Option<String> {
+    let examples: Vec<&serde_json::Value> = process(report, pid).unwrap()["sites"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|s| s["examples"].as_array().unwrap().iter())
         .filter(|e| e["fd"] == fd)
         .collect();
-    assert_eq!(examples.len(), 1, "{report:#}");
-    assert_eq!(examples[0]["detail"].as_str(), Some(named), "{report:#}");
-    tracer.stop();
+    assert_eq!(examples.len(), 1, "fd {fd} among the examples: {report:#}");
+    examples[0]["detail"].as_str().map(str::to_string)
 }
 
 /// What an open by path or handle opened has the kind /proc says, whatever its path and flags
 /// suggest: a directory opened without O_DIRECTORY, a FIFO by its path, a pipe reopened through
 /// /proc (as /dev/stdin, a path under /dev), a device, a directory by its handle. The kernel
 /// reads the mode of the file the open installed, at its exit (syscalls.rs, `installed_mode`);
-/// decode takes the kind from it (decode.rs, `kind_of_opened_path`). Through the BTF and the
-/// raw tracepoint programs (which read the task's table differently), and in a pod.
+/// decode takes the kind from it (decode.rs, `kind_of_opened_path`). The FIFO is named by its
+/// path. Through the BTF and the raw tracepoint programs (which read the task's table
+/// differently), and in a pod.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn what_an_open_by_path_or_handle_opened_has_the_kind_proc_says() {
@@ -821,6 +827,7 @@ struct OpenedKinds {
 /// The test above, for fdwork running as `pid`, traced through `hooks` (`start_with_hooks`).
 fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl FnMut(&str) -> Vec<i64>) {
     let mut tracer = start_with_hooks(hooks, &["--pid", &pid.to_string(), "--reconcile-interval", "0"]);
+    assert_eq!(syscall_hook_program_types(tracer.pid()), expected_hook_types(hooks));
     checkpoint(&mut tracer, pid, "baseline");
     run(&format!("mkfifo {}", paths.fifo));
     let mut opened = BTreeMap::new();
@@ -838,6 +845,8 @@ fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl F
     for (fd, (path, kind)) in &opened {
         assert_eq!(table.get(fd).map(String::as_str), Some(*kind), "fd {fd}, {path}: {table:?}");
     }
+    let fifo = opened.iter().find(|(_, (path, _))| *path == paths.fifo).map(|(fd, _)| *fd).unwrap();
+    assert_eq!(example_detail(&report, pid, fifo.into()), Some(paths.fifo.clone()));
     let report = tracer.stop();
     assert_eq!(report["events"]["lost"], 0);
 }

@@ -702,6 +702,8 @@ pub fn proc_fds(pid: u32) -> BTreeMap<i32, String> {
                 Ok(m) if m.is_dir() => "dir",
                 Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => "device",
                 Ok(m) if m.file_type().is_fifo() => "pipe",
+                // A socket file held by an O_PATH descriptor.
+                Ok(m) if m.file_type().is_socket() => "socket",
                 _ => "file",
             }
         } else {
