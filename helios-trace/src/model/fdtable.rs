@@ -241,9 +241,10 @@ impl FdTable {
         match &event.op {
             Op::Open { fds, kind, detail, cloexec, dirfd } => {
                 let detail = self.absolute(tgid, detail, *dirfd);
+                let (kind, detail) = self.reopened(tgid, *kind, detail);
                 for &fd in fds {
                     let entry = OpenFd {
-                        kind: *kind,
+                        kind,
                         detail: detail.clone(),
                         site,
                         opened_ns: now,
@@ -569,6 +570,21 @@ impl FdTable {
         }
     }
 
+    /// A memfd opened again through its descriptor's link (`/proc/self/fd/N`, `/dev/fd/N`: the
+    /// way to a read-only descriptor of a sealed memfd) is a memfd with the memfd's name, as
+    /// /proc says (`/memfd:NAME (deleted)`), where the mode the kind comes from (sys/decode.rs)
+    /// is a regular file's. Only the process's own links: `/proc/PID/fd/N` names a pid of the
+    /// process's namespace, which the table is not keyed by.
+    fn reopened(&self, tgid: u32, kind: FdKind, detail: FdDetail) -> (FdKind, FdDetail) {
+        if kind != FdKind::File {
+            return (kind, detail);
+        }
+        match detail.path().and_then(own_fd_link).and_then(|fd| self.lookup(tgid, fd)) {
+            Some(source) if source.kind == FdKind::Memfd => (FdKind::Memfd, source.detail.clone()),
+            _ => (kind, detail),
+        }
+    }
+
     fn open(&mut self, tgid: u32, fd: i32, entry: OpenFd, out: &mut Vec<Transition>) {
         self.insert(tgid, fd, entry, FdChange::Opened, out);
     }
@@ -700,6 +716,18 @@ impl FdTable {
 /// The transition of `entry`, `tgid`'s descriptor `fd`, closed for `reason`.
 fn closed(tgid: u32, fd: i32, entry: &OpenFd, reason: CloseReason) -> Transition {
     Transition::Fd { tgid, fd, kind: entry.kind, site: entry.site, change: FdChange::Closed(reason) }
+}
+
+/// The descriptor number a path names through the opener's own descriptor links
+/// (`/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/dev/fd/N`), if it is one.
+fn own_fd_link(path: &[u8]) -> Option<i32> {
+    let number = [&b"/proc/self/fd/"[..], b"/proc/thread-self/fd/", b"/dev/fd/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(*prefix))?;
+    if number.is_empty() || !number.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(number).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -909,6 +937,50 @@ mod tests {
             SITE_A,
         );
         assert_eq!(table.process(10).unwrap().fds[&4].detail.path(), Some(&b"/srv/data/a.bin"[..]));
+    }
+
+    /// A memfd opened again through its own descriptor's link is a memfd with its name; any
+    /// other path, a link to another kind, or to a number not open, keeps what the open said.
+    #[test]
+    fn a_memfd_reopened_through_its_link_is_a_memfd() {
+        let mut table = FdTable::new();
+        let memfd = Op::Open {
+            fds: smallvec![3],
+            kind: FdKind::Memfd,
+            detail: FdDetail::Name(b"cache".to_vec().into()),
+            cloexec: true,
+            dirfd: None,
+        };
+        apply(&mut table, 10, memfd, SITE_A);
+        apply(&mut table, 10, open(4, FdKind::Pipe, false), SITE_A);
+        let by_path = |fd: i32, kind: FdKind, path: &[u8]| Op::Open {
+            fds: smallvec![fd],
+            kind,
+            detail: FdDetail::Path(path.to_vec().into()),
+            cloexec: false,
+            dirfd: None,
+        };
+        let cases: [(&[u8], FdKind, FdKind); 8] = [
+            (b"/proc/self/fd/3", FdKind::File, FdKind::Memfd),
+            (b"/proc/thread-self/fd/3", FdKind::File, FdKind::Memfd),
+            (b"/dev/fd/3", FdKind::File, FdKind::Memfd),
+            (b"/proc/self/fd/4", FdKind::Pipe, FdKind::Pipe),
+            (b"/proc/self/fd/9", FdKind::File, FdKind::File),
+            (b"/proc/self/fd/3/", FdKind::File, FdKind::File),
+            (b"/proc/self/fd/", FdKind::File, FdKind::File),
+            (b"/proc/10/fd/3", FdKind::File, FdKind::File),
+        ];
+        for (fd, (path, said, kind)) in (20..).zip(cases) {
+            apply(&mut table, 10, by_path(fd, said, path), SITE_B);
+            let entry = &table.process(10).unwrap().fds[&fd];
+            assert_eq!(entry.kind, kind, "{}", String::from_utf8_lossy(path));
+            let detail = if kind == FdKind::Memfd {
+                FdDetail::Name(b"cache".to_vec().into())
+            } else {
+                FdDetail::Path(path.to_vec().into())
+            };
+            assert_eq!(entry.detail, detail, "{}", String::from_utf8_lossy(path));
+        }
     }
 
     #[test]

@@ -786,10 +786,11 @@ fn example_detail(report: &serde_json::Value, pid: u32, fd: i64) -> Option<Strin
 
 /// What an open by path or handle opened has the kind /proc says, whatever its path and flags
 /// suggest: a directory opened without O_DIRECTORY, a FIFO by its path, a pipe reopened through
-/// /proc (as /dev/stdin, a path under /dev), a device, a directory by its handle. The kernel
-/// reads the mode of the file the open installed, at its exit (syscalls.rs, `installed_mode`);
-/// decode takes the kind from it (decode.rs, `kind_of_opened_path`). The FIFO is named by its
-/// path. Through the BTF and the raw tracepoint programs (which read the task's table
+/// /proc (as /dev/stdin, a path under /dev), a device, a directory by its handle, a memfd
+/// reopened through its link. The kernel reads the mode of the file the open installed, at its
+/// exit (syscalls.rs, `installed_mode`); decode takes the kind from it (decode.rs,
+/// `kind_of_opened_path`), and the table a memfd's from the descriptor its link names (a
+/// regular file's mode: fdtable.rs, `reopened`). The FIFO is named by its path. Through the BTF and the raw tracepoint programs (which read the task's table
 /// differently), and in a pod.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
@@ -840,6 +841,10 @@ fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl F
     }
     let fd = run(&format!("handle {}", paths.dir))[0];
     opened.insert(fd as i32, (format!("the handle of {}", paths.dir), "dir"));
+    let memfd = run("memfd")[0];
+    let reopened = format!("/proc/self/fd/{memfd}");
+    let fd = run(&format!("open-as-is {reopened}"))[0];
+    opened.insert(fd as i32, (reopened, "memfd"));
     let report = checkpoint(&mut tracer, pid, "opened");
     let table = reported_fds(&report, pid);
     for (fd, (path, kind)) in &opened {
