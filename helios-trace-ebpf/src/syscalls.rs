@@ -394,8 +394,9 @@ fn number_taken<const BTF: bool>(task: u64, fd: u64) -> u32 {
 /// The `i_mode` of the file an open installed at `fd` (`file->f_inode->i_mode`,
 /// include/linux/fs.h; an `O_PATH` file has its inode too, fs/open.c `do_dentry_open`), read
 /// at the open's exit; 0 when not read. Between the open's `fd_install` and this read another
-/// thread could close the number and open another file there: its mode would be read, a race
-/// as narrow as the one `number_taken` tells a close of.
+/// thread could close the number and open another file there: its mode would be read. A wider
+/// window than a close's (`number_taken` reads at once): this read comes after the Python and
+/// the learned walks and the record's reservation, a few µs at most.
 ///
 /// A function of its own (a BPF-to-BPF call) for the three places that fill a record: its few
 /// bytes of stack are then its own, not more of the exit program's, which is at the verifier's

@@ -461,11 +461,11 @@ impl FdTable {
             .filter(|(fd, _)| !process.fds.contains_key(fd) && !skip.contains(fd))
             .map(|(fd, o)| (*fd, o.clone()))
             .collect();
-        let retyped: Vec<(i32, FdKind)> = observed
+        let retyped: Vec<(i32, ObservedFd)> = observed
             .iter()
             .filter(|(fd, _)| !skip.contains(fd))
             .filter_map(|(fd, o)| match process.fds.get(fd) {
-                Some(entry) if entry.kind != o.kind && o.kind != FdKind::Other => Some((*fd, o.kind)),
+                Some(entry) if entry.kind != o.kind && o.kind != FdKind::Other => Some((*fd, o.clone())),
                 _ => None,
             })
             .collect();
@@ -488,11 +488,15 @@ impl FdTable {
         }
         // The kernel knows the kind better than our guess from the open call (a path opened
         // where the kernel program could not read the file's mode, a descriptor received
-        // through SCM_RIGHTS).
+        // through SCM_RIGHTS, or copied from one the table did not have), and names what the
+        // event could not.
         if let Some(process) = self.processes.get_mut(&tgid) {
-            for (fd, kind) in retyped {
+            for (fd, observed) in retyped {
                 if let Some(entry) = process.fds.get_mut(&fd) {
-                    entry.kind = kind;
+                    entry.kind = observed.kind;
+                    if entry.detail == FdDetail::None {
+                        entry.detail = observed.detail;
+                    }
                 }
             }
         }
@@ -748,6 +752,15 @@ mod tests {
         Op::Open { fds: smallvec![fd], kind, detail: FdDetail::None, cloexec, dirfd: None }
     }
 
+    /// An open the event named: by `detail`, not close-on-exec, not relative.
+    fn open_named(fd: i32, kind: FdKind, detail: FdDetail) -> Op {
+        Op::Open { fds: smallvec![fd], kind, detail, cloexec: false, dirfd: None }
+    }
+
+    fn path(p: &[u8]) -> FdDetail {
+        FdDetail::Path(p.to_vec().into())
+    }
+
     fn apply(table: &mut FdTable, tgid: u32, op: Op, site: SiteId) -> Vec<Transition> {
         let mut out = Vec::new();
         table.apply(&event(tgid, 1, op), site, &mut out);
@@ -944,42 +957,28 @@ mod tests {
     #[test]
     fn a_memfd_reopened_through_its_link_is_a_memfd() {
         let mut table = FdTable::new();
-        let memfd = Op::Open {
-            fds: smallvec![3],
-            kind: FdKind::Memfd,
-            detail: FdDetail::Name(b"cache".to_vec().into()),
-            cloexec: true,
-            dirfd: None,
-        };
+        let memfd = open_named(3, FdKind::Memfd, FdDetail::Name(b"cache".to_vec().into()));
         apply(&mut table, 10, memfd, SITE_A);
         apply(&mut table, 10, open(4, FdKind::Pipe, false), SITE_A);
-        let by_path = |fd: i32, kind: FdKind, path: &[u8]| Op::Open {
-            fds: smallvec![fd],
-            kind,
-            detail: FdDetail::Path(path.to_vec().into()),
-            cloexec: false,
-            dirfd: None,
-        };
-        let cases: [(&[u8], FdKind, FdKind); 8] = [
+        apply(&mut table, 10, open(5, FdKind::File, false), SITE_A);
+        let cases: [(&[u8], FdKind, FdKind); 9] = [
             (b"/proc/self/fd/3", FdKind::File, FdKind::Memfd),
             (b"/proc/thread-self/fd/3", FdKind::File, FdKind::Memfd),
             (b"/dev/fd/3", FdKind::File, FdKind::Memfd),
             (b"/proc/self/fd/4", FdKind::Pipe, FdKind::Pipe),
+            (b"/proc/self/fd/5", FdKind::File, FdKind::File),
             (b"/proc/self/fd/9", FdKind::File, FdKind::File),
             (b"/proc/self/fd/3/", FdKind::File, FdKind::File),
             (b"/proc/self/fd/", FdKind::File, FdKind::File),
             (b"/proc/10/fd/3", FdKind::File, FdKind::File),
         ];
-        for (fd, (path, said, kind)) in (20..).zip(cases) {
-            apply(&mut table, 10, by_path(fd, said, path), SITE_B);
+        for (fd, (link, said, kind)) in (20..).zip(cases) {
+            apply(&mut table, 10, open_named(fd, said, path(link)), SITE_B);
             let entry = &table.process(10).unwrap().fds[&fd];
-            assert_eq!(entry.kind, kind, "{}", String::from_utf8_lossy(path));
-            let detail = if kind == FdKind::Memfd {
-                FdDetail::Name(b"cache".to_vec().into())
-            } else {
-                FdDetail::Path(path.to_vec().into())
-            };
-            assert_eq!(entry.detail, detail, "{}", String::from_utf8_lossy(path));
+            assert_eq!(entry.kind, kind, "{}", String::from_utf8_lossy(link));
+            let detail =
+                if kind == FdKind::Memfd { FdDetail::Name(b"cache".to_vec().into()) } else { path(link) };
+            assert_eq!(entry.detail, detail, "{}", String::from_utf8_lossy(link));
         }
     }
 
@@ -1258,6 +1257,24 @@ mod tests {
         // Unknown processes are not created by reconciliation.
         assert_eq!(table.reconcile(99, &observed, &skip, 99, &mut out), Corrections::default());
         assert!(table.process(99).is_none());
+    }
+
+    /// A descriptor whose kind the event could not tell (received, with no detail) takes its
+    /// kind and its name from /proc; one the event named keeps its name.
+    #[test]
+    fn reconcile_names_what_it_retypes_when_the_event_could_not() {
+        let mut table = FdTable::new();
+        apply(&mut table, 10, Op::Receive { fds: smallvec![3], cloexec: false, truncated: false }, SITE_A);
+        apply(&mut table, 10, open_named(4, FdKind::File, path(b"/srv/queue")), SITE_A);
+        let observed: BTreeMap<i32, ObservedFd> = [
+            (3, ObservedFd { kind: FdKind::Dir, detail: path(b"/srv"), cloexec: false }),
+            (4, ObservedFd { kind: FdKind::Pipe, detail: path(b"/srv/queue (moved)"), cloexec: false }),
+        ]
+        .into();
+        table.reconcile(10, &observed, &HashSet::default(), 99, &mut Vec::new());
+        let fds = &table.process(10).unwrap().fds;
+        assert_eq!((fds[&3].kind, &fds[&3].detail), (FdKind::Dir, &path(b"/srv")));
+        assert_eq!((fds[&4].kind, &fds[&4].detail), (FdKind::Pipe, &path(b"/srv/queue")));
     }
 
     /// Property test: any sequence of opens, dups, closes, ranges, flag changes, forks, execs

@@ -843,8 +843,8 @@ fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl F
     opened.insert(fd as i32, (format!("the handle of {}", paths.dir), "dir"));
     let memfd = run("memfd")[0];
     let reopened = format!("/proc/self/fd/{memfd}");
-    let fd = run(&format!("open-as-is {reopened}"))[0];
-    opened.insert(fd as i32, (reopened, "memfd"));
+    let reopened_fd = run(&format!("open-as-is {reopened}"))[0];
+    opened.insert(reopened_fd as i32, (reopened, "memfd"));
     let report = checkpoint(&mut tracer, pid, "opened");
     let table = reported_fds(&report, pid);
     for (fd, (path, kind)) in &opened {
@@ -852,6 +852,8 @@ fn opening_each_kind(pid: u32, hooks: &str, paths: &OpenedKinds, mut run: impl F
     }
     let fifo = opened.iter().find(|(_, (path, _))| *path == paths.fifo).map(|(fd, _)| *fd).unwrap();
     assert_eq!(example_detail(&report, pid, fifo.into()), Some(paths.fifo.clone()));
+    // The reopened memfd has the memfd's name (fdwork's memfd_create).
+    assert_eq!(example_detail(&report, pid, reopened_fd), Some("memfd:fdwork-memfd".to_string()));
     let report = tracer.stop();
     assert_eq!(report["events"]["lost"], 0);
 }
