@@ -195,10 +195,10 @@ fn observe(root: &Path, pid: u32, fd: i32, target: &FDTarget, sockets: Option<&S
     let link = fd_path(root, pid, fd);
     let kind = classify(target, || stat_mode(&link));
     let detail = match target {
-        // A FIFO's too (a pipe by a path).
-        FDTarget::Path(path)
-            if matches!(kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe) =>
-        {
+        // Whatever a path reached (a file, directory, device, FIFO, a socket file held by an
+        // O_PATH descriptor), as an open of it seen under tracing is named; but a memfd procfs
+        // did not recognise (`classify`), whose path is its name.
+        FDTarget::Path(path) if kind != FdKind::Memfd => {
             FdDetail::Path(path.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice())
         }
         FDTarget::MemFD(name) => FdDetail::Name(name.as_bytes().to_vec().into_boxed_slice()),
@@ -282,6 +282,21 @@ mod tests {
         let observed = observe_fd(Path::new("/proc"), std::process::id(), fd, None).unwrap();
         assert_eq!(observed.kind, FdKind::Pipe);
         let path = fifo.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice();
+        assert_eq!(observed.detail, FdDetail::Path(path));
+    }
+
+    /// A socket file held by an O_PATH descriptor, as /proc shows it: a socket, named by its
+    /// path, as the open seen under tracing names it (sys/decode.rs).
+    #[test]
+    fn a_socket_file_held_by_o_path_is_a_socket_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let held = rustix::fs::open(&socket, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+        let observed = observe_fd(Path::new("/proc"), std::process::id(), fd, None).unwrap();
+        assert_eq!(observed.kind, FdKind::Socket);
+        let path = socket.as_os_str().as_encoded_bytes().to_vec().into_boxed_slice();
         assert_eq!(observed.detail, FdDetail::Path(path));
     }
 
