@@ -81,7 +81,8 @@ struct LastWalk {
     at: Instant,
     /// None: not a CPython process (nothing to show, nothing to retry within the interval).
     heap: Option<HeapReport>,
-    /// The holder lines of every site wanted at the walk (sockets and files).
+    /// The holder lines of every site wanted at the walk (what `ownable` says an object can
+    /// own).
     sites: HashMap<SiteKey, Vec<Holder>>,
 }
 
@@ -90,9 +91,11 @@ fn wanted(all: bool, site: &SiteReport) -> bool {
 }
 
 /// Only what a Python object the walk knows can own: sockets (`socket.socket`) and what
-/// `io.FileIO` opens or wraps — files, devices, and pipes (subprocess's `Popen.stdout`).
+/// `io.FileIO` opens or wraps — files, devices, pipes (subprocess's `Popen.stdout`), and
+/// memfds (`open(os.memfd_create(...), "wb")`, or a memfd opened again through its
+/// `/proc/self/fd` link).
 fn ownable(kind: FdKind) -> bool {
-    matches!(kind, FdKind::Socket | FdKind::File | FdKind::Device | FdKind::Pipe)
+    matches!(kind, FdKind::Socket | FdKind::File | FdKind::Device | FdKind::Pipe | FdKind::Memfd)
 }
 
 impl Tracing {

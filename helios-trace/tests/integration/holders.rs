@@ -187,8 +187,9 @@ fn check(report: &Value, mut leaky: Workload, mut fixed: Workload, minor: &str) 
 }
 
 /// With `--holders` every site gets holders: the files a module-level list keeps (through each
-/// text file's buffer and raw file) are held by it; those opened with os.open, whose
-/// descriptors no Python object owns, say so.
+/// text file's buffer and raw file) are held by it, and so are the memfds another keeps
+/// (through each buffered file's raw file); those opened with os.open, whose descriptors no
+/// Python object owns, say so.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() {
@@ -225,9 +226,15 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     assert_eq!(holders[0]["count"].as_u64(), Some(2));
     assert!(holders[0]["root"].is_null());
     assert_eq!(holders[0]["note"], "no Python owner");
-    // Every socket and file site has holders with --holders, not only suspected ones.
+    let spool = site_of(fds[5]);
+    assert_eq!(site_of(fds[6])["site"], spool["site"]);
+    assert_eq!(spool["kind"], "memfd");
+    assert_memfds_held_by_the_spool(&spool, "Debian's CPython on the host");
+    // Every socket, file and memfd site has holders with --holders, not only suspected ones.
     for site in p["sites"].as_array().unwrap() {
-        if (site["kind"] == "socket" || site["kind"] == "file") && site["open"].as_u64() > Some(0) {
+        if ["socket", "file", "memfd"].contains(&site["kind"].as_str().unwrap())
+            && site["open"].as_u64() > Some(0)
+        {
             let total: u64 =
                 site["holders"].as_array().unwrap().iter().map(|h| h["count"].as_u64().unwrap()).sum();
             assert_eq!(total, site["open"].as_u64().unwrap(), "{site:#}");
@@ -235,6 +242,17 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     }
     drop(server);
     tracer.stop();
+}
+
+/// The memfds the postmortem server's `_spool` keeps (two, each through a buffered file's raw
+/// file) at `site`: one holder line, that list's.
+fn assert_memfds_held_by_the_spool(site: &Value, case: &str) {
+    let holders = site["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{case}: {holders:#?}");
+    assert_eq!(holders[0]["count"].as_u64(), Some(2), "{case}: {holders:#?}");
+    assert_eq!(holders[0]["root"], "__main__:_spool", "{case}: {holders:#?}");
+    assert_eq!(holders[0]["container"], "list", "{case}: {holders:#?}");
+    assert_eq!(holders[0]["path"], ".raw", "{case}: {holders:#?}");
 }
 
 /// The line the postmortem server's CLOSE_WAIT site gets (its handlers hold the reader's and the
@@ -473,6 +491,7 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
             pod.in_net_namespace("ss", &["-tanH", "state", "close-wait"]).lines().count() as u64;
         assert_eq!(in_close_wait, held, "{python}: ss in the pod");
         let loaded = pod.run("loads");
+        let files = pod.run("files");
         let report = tracer.snapshot();
         assert_eq!(
             reported_fds(&report, pod.pid),
@@ -498,6 +517,10 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
         assert_eq!(holders.len(), 1, "{python}: {holders:#?}");
         assert_eq!(holders[0]["root"], "__main__:_load_errors", "{python}: {holders:#?}");
         assert_eq!(holders[0]["count"].as_u64(), Some(loaded.len() as u64), "{python}: {holders:#?}");
+        let spool_site = listed.iter().find(|e| e["fd"] == files[5]).unwrap()["site"].clone();
+        let spool = pod_sites.iter().find(|s| s["site"] == spool_site).unwrap();
+        assert_eq!(spool["kind"], "memfd", "{python}: {spool:#}");
+        assert_memfds_held_by_the_spool(spool, &format!("{python} in a pod"));
         // Stopped for the reads through a pidfd of the tracer's namespace, as on the host.
         let heap = &process(&report, pod.pid).unwrap()["heap"];
         assert!(

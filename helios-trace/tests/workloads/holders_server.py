@@ -6,13 +6,14 @@ With --fixed, on_disconnect removes the handler from the set and closes the writ
 
 It also opens files in the scratch directory (its last argument): three kept in a
 module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
-with os.open, whose descriptors no Python object owns. On "loads", a settings loader that closes
+with os.open, whose descriptors no Python object owns; and two memfds, written through the
+buffered files kept in `_spool`. On "loads", a settings loader that closes
 its file only when it parses fails on three files and the caller keeps the exceptions in
 `_load_errors`: each exception's traceback holds the loader's frame, whose local `f` is the
 open file; "forget" drops them, and with them the files, which CPython closes as it frees them.
 
 Prints "ready" once CLIENTS clients (default 30) have connected and hung up; then answers
-"count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds>", "loads" with "ok <the fds the loader left open>",
+"count" with "ok <handlers in the set>" (with --coroutine: coroutines suspended holding one), "files" with "ok <the three fds> <the two fds> <the two memfds>", "loads" with "ok <the fds the loader left open>",
 "forget" with "ok", "gap" with "ok <the longest pause, in ms, of a thread ticking every ms since
 the last gap>", "continued" with "ok <SIGCONTs received>", and "version" with "ok <the minor version>", "exit" by exiting.
 """
@@ -42,6 +43,7 @@ SCRATCH = sys.argv[-1]
 
 _cache = [open(os.path.join(SCRATCH, f"cached{i}"), "w") for i in range(3)]
 _raw = [os.open(os.path.join(SCRATCH, f"raw{i}"), os.O_CREAT | os.O_RDWR) for i in range(2)]
+_spool = [open(os.memfd_create(f"spool{i}"), "wb") for i in range(2)]
 
 
 _load_errors = []
@@ -132,7 +134,7 @@ def commands():
         elif line.strip() == "version":
             print(f"ok {sys.version_info[1]}", flush=True)
         elif line.strip() == "files":
-            print("ok", *[f.fileno() for f in _cache], *_raw, flush=True)
+            print("ok", *[f.fileno() for f in _cache], *_raw, *[f.fileno() for f in _spool], flush=True)
         elif line.strip() == "loads":
             load_all(3)
             print("ok", *_load_fds, flush=True)
