@@ -228,7 +228,6 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     assert_eq!(holders[0]["note"], "no Python owner");
     let spool = site_of(fds[5]);
     assert_eq!(site_of(fds[6])["site"], spool["site"]);
-    assert_eq!(spool["kind"], "memfd");
     assert_memfds_held_by_the_spool(&spool, "Debian's CPython on the host");
     // Every socket, file and memfd site has holders with --holders, not only suspected ones.
     for site in p["sites"].as_array().unwrap() {
@@ -247,11 +246,13 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
 /// The memfds the postmortem server's `_spool` keeps (two, each through a buffered file's raw
 /// file) at `site`: one holder line, that list's.
 fn assert_memfds_held_by_the_spool(site: &Value, case: &str) {
-    let holders = site["holders"].as_array().unwrap();
+    assert_eq!(site["kind"], "memfd", "{case}: {site:#}");
+    let holders = site["holders"].as_array().unwrap_or_else(|| panic!("{case}: no holders: {site:#}"));
     assert_eq!(holders.len(), 1, "{case}: {holders:#?}");
     assert_eq!(holders[0]["count"].as_u64(), Some(2), "{case}: {holders:#?}");
     assert_eq!(holders[0]["root"], "__main__:_spool", "{case}: {holders:#?}");
     assert_eq!(holders[0]["container"], "list", "{case}: {holders:#?}");
+    assert_eq!(holders[0]["container_size"].as_u64(), Some(2), "{case}: {holders:#?}");
     assert_eq!(holders[0]["path"], ".raw", "{case}: {holders:#?}");
 }
 
@@ -467,8 +468,9 @@ fn a_loader_that_closes_only_on_success_leaks_through_the_exceptions_kept() {
 /// 3.14: the heap is read through the host's /proc, the interpreter found in the pod's own
 /// files. The postmortem server's CLOSE_WAIT sockets are held by the class set, as many as
 /// `ss` shows in CLOSE_WAIT in the pod's network namespace; the loader's files by the
-/// exceptions kept, the descriptors those /proc shows. With `--holders-pause`, the pod's
-/// process (its namespace's pid 1) is stopped for the reads and runs again after.
+/// exceptions kept, the descriptors those /proc shows; the two memfds by `_spool`. With
+/// `--holders-pause`, the pod's process (its namespace's pid 1) is stopped for the reads and
+/// runs again after.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
@@ -517,9 +519,9 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
         assert_eq!(holders.len(), 1, "{python}: {holders:#?}");
         assert_eq!(holders[0]["root"], "__main__:_load_errors", "{python}: {holders:#?}");
         assert_eq!(holders[0]["count"].as_u64(), Some(loaded.len() as u64), "{python}: {holders:#?}");
-        let spool_site = listed.iter().find(|e| e["fd"] == files[5]).unwrap()["site"].clone();
-        let spool = pod_sites.iter().find(|s| s["site"] == spool_site).unwrap();
-        assert_eq!(spool["kind"], "memfd", "{python}: {spool:#}");
+        let site_of = |fd: i64| listed.iter().find(|e| e["fd"] == fd).unwrap()["site"].clone();
+        assert_eq!(site_of(files[6]), site_of(files[5]), "{python}: one site for the spool's memfds");
+        let spool = pod_sites.iter().find(|s| s["site"] == site_of(files[5])).unwrap();
         assert_memfds_held_by_the_spool(spool, &format!("{python} in a pod"));
         // Stopped for the reads through a pidfd of the tracer's namespace, as on the host.
         let heap = &process(&report, pod.pid).unwrap()["heap"];
