@@ -188,8 +188,8 @@ fn check(report: &Value, mut leaky: Workload, mut fixed: Workload, minor: &str) 
 
 /// With `--holders` every site gets holders: the files a module-level list keeps (through each
 /// text file's buffer and raw file) are held by it, and so are the memfds another keeps
-/// (through each buffered file's raw file); those opened with os.open, whose descriptors no
-/// Python object owns, say so.
+/// (through each buffered file's raw file), and the duplicates of them memory maps in a third
+/// keep; those opened with os.open, whose descriptors no Python object owns, say so.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() {
@@ -226,9 +226,9 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     assert_eq!(holders[0]["count"].as_u64(), Some(2));
     assert!(holders[0]["root"].is_null());
     assert_eq!(holders[0]["note"], "no Python owner");
-    let spool = site_of(fds[5]);
-    assert_eq!(site_of(fds[6])["site"], spool["site"]);
-    assert_memfds_held_by_the_spool(&spool, "Debian's CPython on the host");
+    assert_eq!(site_of(fds[6])["site"], site_of(fds[5])["site"], "one site for the spool's memfds");
+    let sites = p["sites"].as_array().unwrap();
+    assert_memfds_held(sites, fds[5], |fd| site_of(fd)["site"].clone(), "Debian's CPython on the host");
     // Every socket, file and memfd site has holders with --holders, not only suspected ones.
     for site in p["sites"].as_array().unwrap() {
         if ["socket", "file", "memfd"].contains(&site["kind"].as_str().unwrap())
@@ -243,17 +243,25 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     tracer.stop();
 }
 
-/// The memfds the postmortem server's `_spool` keeps (two, each through a buffered file's raw
-/// file) at `site`: one holder line, that list's.
-fn assert_memfds_held_by_the_spool(site: &Value, case: &str) {
-    assert_eq!(site["kind"], "memfd", "{case}: {site:#}");
-    let holders = site["holders"].as_array().unwrap_or_else(|| panic!("{case}: no holders: {site:#}"));
-    assert_eq!(holders.len(), 1, "{case}: {holders:#?}");
-    assert_eq!(holders[0]["count"].as_u64(), Some(2), "{case}: {holders:#?}");
-    assert_eq!(holders[0]["root"], "__main__:_spool", "{case}: {holders:#?}");
-    assert_eq!(holders[0]["container"], "list", "{case}: {holders:#?}");
-    assert_eq!(holders[0]["container_size"].as_u64(), Some(2), "{case}: {holders:#?}");
-    assert_eq!(holders[0]["path"], ".raw", "{case}: {holders:#?}");
+/// The postmortem server's memfds, its `sites`: two at the site of `spool` (the memfds fd
+/// `spool` is one of), held by `_spool` (each through a buffered file's raw file), and the two
+/// duplicates `_maps`' memory maps keep, at the one other memfd site, held by `_maps`.
+fn assert_memfds_held(sites: &[Value], spool: i64, site_of: impl Fn(i64) -> Value, case: &str) {
+    let memfds: Vec<&Value> = sites.iter().filter(|s| s["kind"] == "memfd").collect();
+    assert_eq!(memfds.len(), 2, "{case}: {memfds:#?}");
+    let spool = memfds.iter().find(|s| s["site"] == site_of(spool)).expect("the spool's site");
+    let maps = memfds.iter().find(|s| s["site"] != spool["site"]).unwrap();
+    for (site, root, path) in [(spool, "__main__:_spool", Some(".raw")), (maps, "__main__:_maps", None)] {
+        let holders = site["holders"].as_array().unwrap_or_else(|| panic!("{case}: no holders: {site:#}"));
+        assert_eq!(holders.len(), 1, "{case}: {holders:#?}");
+        assert_eq!(holders[0]["count"].as_u64(), Some(2), "{case}: {holders:#?}");
+        assert_eq!(holders[0]["root"], root, "{case}: {holders:#?}");
+        assert_eq!(holders[0]["container"], "list", "{case}: {holders:#?}");
+        assert_eq!(holders[0]["container_size"].as_u64(), Some(2), "{case}: {holders:#?}");
+        if let Some(path) = path {
+            assert_eq!(holders[0]["path"], path, "{case}: {holders:#?}");
+        }
+    }
 }
 
 /// The line the postmortem server's CLOSE_WAIT site gets (its handlers hold the reader's and the
@@ -468,9 +476,9 @@ fn a_loader_that_closes_only_on_success_leaks_through_the_exceptions_kept() {
 /// 3.14: the heap is read through the host's /proc, the interpreter found in the pod's own
 /// files. The postmortem server's CLOSE_WAIT sockets are held by the class set, as many as
 /// `ss` shows in CLOSE_WAIT in the pod's network namespace; the loader's files by the
-/// exceptions kept, the descriptors those /proc shows; the two memfds by `_spool`. With
-/// `--holders-pause`, the pod's process (its namespace's pid 1) is stopped for the reads and
-/// runs again after.
+/// exceptions kept, the descriptors those /proc shows; the memfds by `_spool`, their maps'
+/// duplicates by `_maps`. With `--holders-pause`, the pod's process (its namespace's pid 1) is
+/// stopped for the reads and runs again after.
 #[test]
 #[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
 fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
@@ -521,8 +529,7 @@ fn holders_in_a_pod_name_the_set_and_the_exceptions_kept() {
         assert_eq!(holders[0]["count"].as_u64(), Some(loaded.len() as u64), "{python}: {holders:#?}");
         let site_of = |fd: i64| listed.iter().find(|e| e["fd"] == fd).unwrap()["site"].clone();
         assert_eq!(site_of(files[6]), site_of(files[5]), "{python}: one site for the spool's memfds");
-        let spool = pod_sites.iter().find(|s| s["site"] == site_of(files[5])).unwrap();
-        assert_memfds_held_by_the_spool(spool, &format!("{python} in a pod"));
+        assert_memfds_held(&pod_sites, files[5], site_of, &format!("{python} in a pod"));
         // Stopped for the reads through a pidfd of the tracer's namespace, as on the host.
         let heap = &process(&report, pod.pid).unwrap()["heap"];
         assert!(

@@ -7,7 +7,8 @@ With --fixed, on_disconnect removes the handler from the set and closes the writ
 It also opens files in the scratch directory (its last argument): three kept in a
 module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
 with os.open, whose descriptors no Python object owns. And it makes two memfds (in no directory),
-each wrapped in a buffered file kept in a module-level list, `_spool`. On "loads", a settings loader that closes
+each wrapped in a buffered file kept in a module-level list, `_spool`, and each mapped by an
+`mmap.mmap` kept in another, `_maps`, which holds a duplicate of its descriptor. On "loads", a settings loader that closes
 its file only when it parses fails on three files and the caller keeps the exceptions in
 `_load_errors`: each exception's traceback holds the loader's frame, whose local `f` is the
 open file; "forget" drops them, and with them the files, which CPython closes as it frees them.
@@ -20,6 +21,7 @@ the last gap>", "continued" with "ok <SIGCONTs received>", and "version" with "o
 import asyncio
 import gc
 import json
+import mmap
 import os
 import signal
 import socket
@@ -44,6 +46,16 @@ SCRATCH = sys.argv[-1]
 _cache = [open(os.path.join(SCRATCH, f"cached{i}"), "w") for i in range(3)]
 _raw = [os.open(os.path.join(SCRATCH, f"raw{i}"), os.O_CREAT | os.O_RDWR) for i in range(2)]
 _spool = [open(os.memfd_create(f"spool{i}"), "wb") for i in range(2)]
+
+
+def mapped(f):
+    """A map of the memfd `f` wraps, which keeps a duplicate of its descriptor
+    (Modules/mmapmodule.c: `_Py_dup`)."""
+    f.truncate(4096)
+    return mmap.mmap(f.fileno(), 4096)
+
+
+_maps = [mapped(f) for f in _spool]
 
 
 _load_errors = []

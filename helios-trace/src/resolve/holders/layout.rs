@@ -24,7 +24,7 @@
 //! (Modules/socketmodule.h), `fileio.fd` likewise (Modules/_io/fileio.c), `buffered.raw`
 //! likewise (Modules/_io/bufferedio.c), `textio.buffer` after `ok`, `detached` and
 //! `chunk_size` (Modules/_io/textio.c), `PyCellObject.ob_ref` (Include/cpython/cellobject.h).
-//! That holds in 3.14's Modules too.
+//! That holds in 3.14's Modules too; `mmap_object.fd` (`MMAP_FD`) was measured.
 
 /// The offsets of one CPython version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +96,6 @@ pub(crate) struct HeapLayout {
     /// 3.11 and 3.12 (3.12's insertion order lies before it), after a 4-byte header padded to 8
     /// in 3.13 (capacity, size, embedded, valid).
     pub(crate) dict_values: u64,
-    /// Types of C modules may be heap types (3.12 made `_socket` and `_io` heap types:
-    /// PyType_FromModuleAndSpec, which sets `ht_module`).
-    pub(crate) module_heap_types: bool,
     /// Low bits of a frame's `f_executable` and of its `localsplus` that are a tag, not
     /// address: 3.14's `_PyStackRef` (Include/internal/pycore_stackref.h, default build:
     /// `Py_TAG_BITS` 3, e.g. `Py_TAG_REFCNT` on a deferred or immortal reference); 0 before.
@@ -162,6 +159,12 @@ pub(crate) const LIST_ITEMS: u64 = 24;
 /// The first field after the object header of a C object (sock_fd, fd, raw, ob_ref).
 pub(crate) const AFTER_HEAD: u64 = 16;
 pub(crate) const TEXTIO_BUFFER: u64 = 32;
+/// `mmap_object.fd` (Modules/mmapmodule.c, on Unix: after the object header `data`, `size`,
+/// `pos`, `offset` and `exports`, all 8 bytes since 3.9), the duplicate of the mapped file's
+/// descriptor an `mmap.mmap` keeps until it is closed (-1 for an anonymous map, and from 3.13
+/// with `trackfd=False`). Read with ctypes from `id(m) + 56` on 3.10.13, 3.11.7, Debian's
+/// 3.11.2, 3.12.1, 3.13.0, Debian's 3.13.5 and 3.14.10: the number the map's dup took.
+pub(crate) const MMAP_FD: u64 = 56;
 /// `PyBaseExceptionObject.args` (Include/cpython/pyerrors.h: `dict`, `args` after the header;
 /// where `traceback` is: `HeapLayout::exc_traceback`) and `PyTracebackObject`
 /// (Include/cpython/traceback.h: `tb_next`, `tb_frame`): measured with ctypes on 3.10.13,
@@ -287,7 +290,6 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             compact_size: 72,
             managed_dict: ManagedDict::Separate,
             dict_values: 0,
-            module_heap_types: false,
             stackref_tag: 0,
             gen_iframe: 80,
             gen_frame_state: 75,
@@ -314,7 +316,6 @@ pub(crate) fn heap_layout(minor: u32) -> Option<HeapLayout> {
             ascii_size: 40,
             compact_size: 56,
             managed_dict: ManagedDict::Tagged,
-            module_heap_types: true,
             gen_iframe: 72,
             gen_frame_state: 67,
             ..heap_layout(11)?

@@ -8,8 +8,8 @@ use std::{collections::HashMap, rc::Rc};
 use super::{
     layout::{
         AFTER_HEAD, DICT_ENTRY_GENERAL, DICT_ENTRY_UNICODE, DICT_KEYS_GENERAL, DictKeys, EXC_ARGS,
-        FRAME_EXECUTING, HeapLayout, LIST_ITEMS, ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TB_FRAME, TB_NEXT,
-        TEXTIO_BUFFER, TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES,
+        FRAME_EXECUTING, HeapLayout, LIST_ITEMS, MMAP_FD, ManagedDict, OB_SIZE, OB_TYPE, SET_ENTRY, TB_FRAME,
+        TB_NEXT, TEXTIO_BUFFER, TPFLAGS_BASE_EXC_SUBCLASS, TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES,
         TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
     },
     memory::Memory,
@@ -32,6 +32,8 @@ pub(crate) enum Shape {
     Socket,
     /// `_io.FileIO`: owns `fd`.
     FileIo,
+    /// `mmap.mmap`: owns the duplicate of the mapped file's descriptor (`MMAP_FD`).
+    Mmap,
     /// `_io.Buffered*`: `.raw`.
     Buffered,
     /// `_io.TextIOWrapper`: `.buffer`.
@@ -226,10 +228,11 @@ impl<M: Memory> Reader<M> {
                 return None;
             }
             let flags = self.memory.u64(at.wrapping_add(l.tp_flags))?;
-            // A static type, or (3.12+) a C module's heap type: Python code makes neither.
+            // A static type, or a C module's heap type (its `ht_module` set by
+            // PyType_FromModuleAndSpec: `mmap.mmap` from 3.10, `_socket` and `_io` from 3.12):
+            // Python code makes neither.
             let c_type = flags & TPFLAGS_HEAPTYPE == 0
-                || (l.module_heap_types
-                    && self.memory.u64(at.wrapping_add(l.ht_module)).is_some_and(|m| m != 0));
+                || self.memory.u64(at.wrapping_add(l.ht_module)).is_some_and(|m| m != 0);
             if c_type {
                 let name_at = self.memory.u64(at.wrapping_add(l.tp_name))?;
                 let name = self.c_string(name_at)?;
@@ -247,6 +250,7 @@ impl<M: Memory> Reader<M> {
                     "type" => Shape::Type,
                     "_socket.socket" => Shape::Socket,
                     "_io.FileIO" => Shape::FileIo,
+                    "mmap.mmap" => Shape::Mmap,
                     "_io.BufferedReader" | "_io.BufferedWriter" | "_io.BufferedRandom" => Shape::Buffered,
                     "_io.TextIOWrapper" => Shape::TextIo,
                     "cell" => Shape::Cell,
@@ -345,14 +349,14 @@ impl<M: Memory> Reader<M> {
         self.memory.i64(at).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
     }
 
-    /// The descriptor an object owns (sockets and raw files), if any (-1: closed).
+    /// The descriptor an object owns (sockets, raw files, memory maps), if any (-1: closed).
     pub(crate) fn fd(&mut self, object: u64, shape: Shape) -> Option<i32> {
-        match shape {
-            Shape::Socket | Shape::FileIo => {
-                self.memory.i32(object.wrapping_add(AFTER_HEAD)).filter(|fd| *fd >= 0)
-            }
-            _ => None,
-        }
+        let at = match shape {
+            Shape::Socket | Shape::FileIo => AFTER_HEAD,
+            Shape::Mmap => MMAP_FD,
+            _ => return None,
+        };
+        self.memory.i32(object.wrapping_add(at)).filter(|fd| *fd >= 0)
     }
 
     /// A dict's entries: (key as text when it is a `str`, value), in insertion order.
@@ -558,7 +562,9 @@ impl<M: Memory> Reader<M> {
                     _ => Vec::new(),
                 }
             }
-            Shape::Socket | Shape::FileIo | Shape::Code | Shape::Generator | Shape::Other => Vec::new(),
+            Shape::Socket | Shape::FileIo | Shape::Mmap | Shape::Code | Shape::Generator | Shape::Other => {
+                Vec::new()
+            }
         };
         if !matches!(tp.shape, Shape::Module | Shape::Type) {
             out.extend(attrs(self.attributes(object, tp)));

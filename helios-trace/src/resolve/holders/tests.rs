@@ -189,7 +189,7 @@ fn postmortem(minor: u32) -> Postmortem {
     let set_type = h.static_type("set", object_type, 0);
     let module_type = h.static_type("module", object_type, 0);
     let c_socket = h.static_type("_socket.socket", object_type, 0);
-    if l.module_heap_types {
+    if minor >= 12 {
         // 3.12: a heap type of the _socket module (ht_module set).
         h.mem.put_u64(c_socket + l.tp_flags, TPFLAGS_HEAPTYPE);
         h.mem.put_u64(c_socket + l.ht_module, 0x1234_5678);
@@ -663,5 +663,40 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
             ["1 held by app:errors (list of 1) via .__traceback__.tb_next.tb_frame.f_locals[\"f\"]"],
             "3.{minor}"
         );
+    }
+}
+
+/// A memory map owns the duplicate of its file's descriptor (`mmap.mmap`, a heap type of the
+/// mmap module on every version walked: its `ht_module` set), and holds it until closed; an
+/// anonymous map (fd -1) owns none. Kept in a module's list: `app:maps (list of 2)`. A heap
+/// type without `ht_module` is a Python class, whatever its name: its objects own nothing.
+#[test]
+fn a_memory_map_owns_the_duplicate_of_its_files_descriptor() {
+    for (minor, of_the_module) in [10, 11, 12, 13, 14].into_iter().flat_map(|m| [(m, true), (m, false)]) {
+        let mut h = Heap::new(minor);
+        let l = h.l;
+        let object_type = h.static_type("object", 0, 0);
+        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let list_type = h.static_type("list", object_type, 0);
+        let module_type = h.static_type("module", object_type, 0);
+        let mmap_type = h.static_type("mmap.mmap", object_type, TPFLAGS_HEAPTYPE);
+        if of_the_module {
+            h.mem.put_u64(mmap_type + l.ht_module, 0x1234_5678);
+        }
+        let maps: Vec<u64> = [41i32, -1]
+            .iter()
+            .map(|fd| {
+                let map = h.gc_object(mmap_type, 96);
+                h.mem.write(map + 56, &fd.to_le_bytes());
+                map
+            })
+            .collect();
+        let kept = h.list(list_type, &maps);
+        h.module((module_type, dict_type), "app", Some("/srv/app.py"), &[("maps", kept)]);
+        h.finish();
+        let w = walk(h.mem, l, h.runtime, &BUDGET, || {}).unwrap();
+        let lines: Vec<String> = w.holders(&[41]).iter().map(|h| h.line()).collect();
+        let expected = if of_the_module { "1 held by app:maps (list of 2)" } else { "1 no Python owner" };
+        assert_eq!(lines, [expected], "3.{minor}, ht_module set: {of_the_module}");
     }
 }
