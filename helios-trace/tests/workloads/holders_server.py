@@ -7,8 +7,8 @@ With --fixed, on_disconnect removes the handler from the set and closes the writ
 It also opens files in the scratch directory (its last argument): three kept in a
 module-level list, `_cache` (held by it through each text file's buffer and raw file), and two
 with os.open, whose descriptors no Python object owns. And it makes two memfds (in no directory),
-each wrapped in a buffered file kept in a module-level list, `_spool`, and each mapped by an
-`mmap.mmap` kept in another, `_maps`, which holds a duplicate of its descriptor. On "loads", a settings loader that closes
+each wrapped in a buffered file kept in a module-level list, `_spool`, and maps each: every map
+keeps a duplicate of its memfd's descriptor, and `_maps` keeps the maps. On "loads", a settings loader that closes
 its file only when it parses fails on three files and the caller keeps the exceptions in
 `_load_errors`: each exception's traceback holds the loader's frame, whose local `f` is the
 open file; "forget" drops them, and with them the files, which CPython closes as it frees them.

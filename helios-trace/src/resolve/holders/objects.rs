@@ -215,8 +215,9 @@ impl<M: Memory> Reader<M> {
                 .is_some_and(|f| f & TPFLAGS_TYPE_SUBCLASS != 0)
     }
 
-    /// The builtin type a type is or derives from, by the `tp_base` chain: the first static
-    /// type (one Python code cannot define, so a class named `dict` is not taken for one).
+    /// The builtin type a type is or derives from, by the `tp_base` chain: the first C type, a
+    /// static one or a C module's heap type (neither of which Python code can define, so a class
+    /// named `dict` is not taken for one).
     fn shape(&mut self, tp: u64) -> Option<Shape> {
         let l = self.layout;
         let mut at = tp;

@@ -667,9 +667,9 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
 }
 
 /// A memory map owns the duplicate of its file's descriptor (`mmap.mmap`, a heap type of the
-/// mmap module on every version walked: its `ht_module` set), and holds it until closed; an
-/// anonymous map (fd -1) owns none. Kept in a module's list: `app:maps (list of 2)`. A heap
-/// type without `ht_module` is a Python class, whatever its name: its objects own nothing.
+/// mmap module on every version walked: its `ht_module` set); an anonymous map (fd -1) in the
+/// same list owns none: one held, `app:maps (list of 2)`. A heap type without `ht_module` is a
+/// Python class, whatever its name: its objects own nothing.
 #[test]
 fn a_memory_map_owns_the_duplicate_of_its_files_descriptor() {
     for (minor, of_the_module) in [10, 11, 12, 13, 14].into_iter().flat_map(|m| [(m, true), (m, false)]) {
