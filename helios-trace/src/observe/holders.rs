@@ -90,10 +90,11 @@ fn wanted(all: bool, site: &SiteReport) -> bool {
     site.open > 0 && (all || site.suspected_leak || site.close_wait > 0)
 }
 
-/// Only what a Python object the walk knows can own: sockets (`socket.socket`) and what
+/// Only what a Python object the walk knows can own: sockets (`socket.socket`), what
 /// `io.FileIO` opens or wraps — files, devices, pipes (subprocess's `Popen.stdout`), and
 /// memfds (`open(os.memfd_create(...), "wb")`, or a memfd opened again through its
-/// `/proc/self/fd` link).
+/// `/proc/self/fd` link) — and the duplicate an `mmap.mmap` keeps of what it maps (a file, a
+/// device or a memfd).
 fn ownable(kind: FdKind) -> bool {
     matches!(kind, FdKind::Socket | FdKind::File | FdKind::Device | FdKind::Pipe | FdKind::Memfd)
 }
