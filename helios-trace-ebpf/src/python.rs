@@ -381,12 +381,13 @@ fn walk_python(walk: *mut FrameWalk, pid_tgid: u64, tid: u32, stack_copied: bool
     let cframe_frame = unsafe { (*walk).offsets.cframe_frame };
     if cframe_frame != PY_NO_OFFSET && frame != 0 {
         // 3.11 and 3.12: the thread's `cframe` is the running `_PyEval_EvalFrameDefault`'s
-        // local `_PyCFrame` (Python/ceval.c), on the C stack the learned walk copies next: taken
-        // from that copy, it is no read of its own when the walk climbs past that frame, as a
-        // chain that ends does (BENCHMARKS.md, "The running cframe from the stack's copy");
-        // when the walk stops before it, the copy up to it was extra work. Elsewhere (the
-        // interpreter's root cframe in the thread state, a stack past the window, no learned
-        // walk) it is read.
+        // local `_PyCFrame` (Python/ceval.c), on the C stack the learned walk reads: taken
+        // from its copy, it is no read of its own when the walk climbs past that frame, as a
+        // chain that ends does (BENCHMARKS.md, "The running cframe from the stack's copy"), and
+        // mostly no read at all, the copy ahead of a CPython chain holding it already
+        // (stacks.rs, `start_from_hint`); when the walk stops before it, the copy up to it was
+        // extra work. Elsewhere (the interpreter's root cframe in the thread state, a stack
+        // past the window, no learned walk) it is read.
         let at = frame + cframe_frame as u64;
         let current = match stack_copied.then(|| stack_word(at)).flatten() {
             Some(current) => {

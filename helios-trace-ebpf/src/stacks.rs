@@ -283,6 +283,10 @@ pub struct ChainWalk {
     /// within it), 0 when the lookup failed (the mmap lock contended: `bpf_find_vma` gives up)
     /// and `walk.high` is sp plus the window, which may reach past the stack (`on_walked_stack`).
     mapping_found: u64,
+    /// The first frame's hint `start_stack_copy` found (`first_frame_hint`), whose rule the
+    /// walk takes its first step with: `hint` is its rule when `hinted` is 1.
+    hint: FrameRule,
+    hinted: u64,
 }
 
 /// The walk's state but for the bytes copied (`ChainWalk`).
@@ -320,14 +324,15 @@ const FAILED: u32 = 2;
 
 /// Start the copy of the calling thread's stack a learned chain's walk reads: the part it may
 /// read, `[sp, high)`, up to `window` bytes from sp and no further than the end of its mapping
-/// (`stack_mapping_end`), as `capture_user_stack` would copy it, kept in `CHAIN_WALK` with the
-/// copy (`CHAIN_STACK`) empty. Called once per traced call, before the Python walk, which
-/// reads a word of it too (`stack_word`), and `learned_chain`, which goes on from what that
-/// copied. In the map, not returned: the exit program's and the Python walk's stacks are
-/// within a few bytes of the verifier's 512 together. False when the slot is missing.
+/// (`stack_mapping_end`), as `capture_user_stack` would copy it, kept in `CHAIN_WALK`, and copy
+/// ahead what the first frame's hint says (`start_from_hint`). Called once per traced call of
+/// process `tgid`, before the Python walk, which reads a word of it too (`stack_word`), and
+/// `learned_chain`, which goes on from what those copied. In the map, not returned: the exit
+/// program's and the Python walk's stacks are within a few bytes of the verifier's 512
+/// together. False when the slot is missing.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
+pub fn start_stack_copy(regs: &SavedRegs, window: u32, tgid: u32) -> bool {
     let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
     let sp = regs[arch::SP];
     let mut high = sp.saturating_add(window as u64);
@@ -345,7 +350,65 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32) -> bool {
         write_volatile(&raw mut (*slot).copied, 0);
         write_volatile(&raw mut (*slot).mapping_found, end.is_some() as u64);
     }
+    start_from_hint(slot, tgid, regs[arch::IP]);
     true
+}
+
+/// The image's exec time and the first frame's hint, kept in the walk's slot for
+/// `learned_chain`, and the stack copied ahead as far as the hint says (`copy_ahead`), for the
+/// call at `pc` of process `tgid`. Before the Python walk, not in `learned_chain` after it: that
+/// walk's word of the C stack (3.11's and 3.12's running `_PyCFrame`, python.rs) lies in the part
+/// a CPython chain's hint copies, so the two take one read of the stack where they took two,
+/// the Python walk's up to the end of its word's page and the copy ahead of the rest
+/// (BENCHMARKS.md, "The stack copied ahead before the Python walk"). Inlined: as a function of
+/// its own (a BPF-to-BPF call) it cost a C open+close ~100 ns more (the same section); its keys
+/// still fit the exit program's stack beside the Python walk's.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn start_from_hint(slot: *mut ChainWalk, tgid: u32, pc: u64) {
+    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
+    // SAFETY: the per-CPU slot, which no other program uses while this one runs on this CPU
+    // (volatile: `ChainWalk` says why).
+    unsafe {
+        write_volatile(&raw mut (*slot).walk.exec_ns, exec_ns);
+        write_volatile(&raw mut (*slot).hinted, 0);
+    }
+    let Some(hint) = first_frame_hint(&FrameRuleKey { tgid, first: 1, exec_ns, address: pc }) else {
+        return;
+    };
+    if let Some(copy) = CHAIN_STACK.get_ptr_mut(0) {
+        // SAFETY: as above, and the per-CPU copy; `copied` stays a pointer into the slot.
+        unsafe {
+            copy_ahead(slot, started_bounds(slot), &raw mut (*slot).copied, &mut *copy, hint.stack_bytes)
+        };
+    }
+    // SAFETY: as above.
+    unsafe {
+        let to = &raw mut (*slot).hint;
+        write_volatile(&raw mut (*to).flags, hint.rule.flags);
+        write_volatile(&raw mut (*to).cfa_offset, hint.rule.cfa_offset);
+        write_volatile(&raw mut (*to).bp_offset, hint.rule.bp_offset);
+        write_volatile(&raw mut (*slot).hinted, 1);
+    }
+}
+
+/// The first frame's rule `start_from_hint` kept for this call, if its hint was found.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn started_hint(slot: *const ChainWalk) -> Option<FrameRule> {
+    // SAFETY: the per-CPU slot (volatile: `ChainWalk` says why).
+    unsafe {
+        if read_volatile(&raw const (*slot).hinted) == 0 {
+            return None;
+        }
+        let hint = &raw const (*slot).hint;
+        Some(FrameRule {
+            flags: read_volatile(&raw const (*hint).flags),
+            cfa_offset: read_volatile(&raw const (*hint).cfa_offset),
+            bp_offset: read_volatile(&raw const (*hint).bp_offset),
+            reserved: 0,
+        })
+    }
 }
 
 /// How far up from `low` (sp) a copy ahead may read, within `[low, high)` (`high` the end of
@@ -384,7 +447,7 @@ fn ahead_high(low: u64, high: u64) -> u64 {
 /// Learned chains are walked on x86_64 only (`learned_chain`): no copy elsewhere.
 #[cfg(not(bpf_target_arch = "x86_64"))]
 #[inline(always)]
-pub fn start_stack_copy(_regs: &SavedRegs, _window: u32) -> bool {
+pub fn start_stack_copy(_regs: &SavedRegs, _window: u32, _tgid: u32) -> bool {
     false
 }
 
@@ -467,7 +530,8 @@ pub fn on_walked_stack(_at: u64) -> bool {
 /// window or that fails, a chain deeper than MAX_CHAIN_FRAMES, a step the unwinder would
 /// refuse) is false: the caller sends the window.
 ///
-/// The first frame with the rule its hint gives (`first_frame_hint`), when the chain taught
+/// The first frame with the rule its hint gives (`first_frame_hint`, which `start_from_hint`
+/// looked up when the copy started, `started_hint`), when the chain taught
 /// through the caller that rule finds gives the frame the same rule (`confirmed_chain`), else
 /// with its `FRAME_RULES` rule; then, when userspace taught the chain through the first two
 /// addresses, the frames it gives rules for while their addresses agree, in a
@@ -484,7 +548,8 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
     chain.flags = 0;
     let Some(slot) = CHAIN_WALK.get_ptr_mut(0) else { return false };
     let StackBounds { low, high } = started_bounds(slot);
-    let exec_ns = unsafe { EXEC_TIMES.get(&tgid) }.copied().unwrap_or(0);
+    // SAFETY: the per-CPU slot (volatile: `ChainWalk` says why); `start_from_hint` kept it.
+    let exec_ns = unsafe { read_volatile(&raw const (*slot).walk.exec_ns) };
     // The walk's state in registers (and this stack) until the loop: kept in the map from the
     // first frame, it cost ~100 ns per CPython open+close (BENCHMARKS.md, "The taught walk in
     // registers, the stack copied by the page"). The addresses and registers are unknown to the
@@ -505,7 +570,7 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
     // through a pointer of its own, which a `&mut` would let the compiler assume cannot happen.
     // So it is written before the loop, and read after it, volatile.
     // SAFETY: a per-CPU slot: no other program uses it while this one runs on this CPU. The
-    // copy goes on from what `start_stack_copy` reset and the Python walk may have copied.
+    // copy goes on from what `start_stack_copy` copied ahead and the Python walk may have copied.
     let copied = unsafe { &raw mut (*slot).copied };
     let Some(copy) = CHAIN_STACK.get_ptr_mut(0) else { return false };
     {
@@ -517,15 +582,14 @@ pub fn learned_chain(chain: &mut LearnedChain, regs: &SavedRegs, tgid: u32) -> b
         // The walk stands after a first step with the `FRAME_RULES` rule, whose chain was
         // looked up: the hint's rule was the same, and no chain confirmed it.
         let mut stepped = false;
-        if let Some(hint) = first_frame_hint(&key) {
-            copy_ahead(slot, StackBounds { low, high }, copied, copy, hint.stack_bytes);
-            if step(&mut walk, copied, copy, chain, Some(hint.rule)) == 0 {
+        if let Some(hint) = started_hint(slot) {
+            if step(&mut walk, copied, copy, chain, Some(hint)) == 0 {
                 chain_key.caller = walk.pc;
-                taught = confirmed_chain(&chain_key, hint.rule);
+                taught = confirmed_chain(&chain_key, hint);
                 if taught.is_some() {
                     count(counter::FIRST_RULE_FROM_HINT);
                 } else {
-                    stepped = unsafe { FRAME_RULES.get(&key) }.is_some_and(|rule| *rule == hint.rule);
+                    stepped = unsafe { FRAME_RULES.get(&key) }.is_some_and(|rule| *rule == hint);
                 }
             }
         }
@@ -712,11 +776,12 @@ fn frame(
 /// highest word read was read, so every page the window copy needs is present (it keeps the
 /// readable prefix that ends on a page boundary), and no page past them was touched
 /// (CHAIN_CHUNK): a copy fails only where the word-by-word walk would have failed, or that
-/// check. The Python walk's word (`stack_word`) may have been copied first, in the same way,
-/// and what the chains taught through the first frame read (`copy_ahead`), and what a first
-/// step with a hint's rule that no chain confirmed read (`confirmed_chain`): the copy is still
-/// contiguous from sp within the same `[low, high)`, and one that fails leaves `copied` as it
-/// was, so the walk reads the same words and fails where it would have.
+/// check. What the chains taught through the first frame read may have been copied first
+/// (`copy_ahead`, from `start_from_hint`), then the Python walk's word (`stack_word`) in the
+/// same way, and what a first step with a hint's rule that no chain confirmed read
+/// (`confirmed_chain`): the copy is still contiguous from sp within the same `[low, high)`, and
+/// one that fails leaves `copied` as it was, so the walk reads the same words and fails where it
+/// would have.
 /// None outside `[low, high)` or when the copy fails.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
@@ -797,7 +862,8 @@ fn confirmed_chain(key: &ChainKey, hinted: FrameRule) -> Option<(&'static ChainR
 /// Copy, in one read before the walk's first step, `bytes` of the stack from sp: as much as the
 /// chains taught through this first frame read (its hint's, the least of them, from
 /// userspace's replay of their steps: helios-trace/src/resolve/stacks.rs, `narrowest_extent`),
-/// going on from what the Python walk copied (`stack_word`). By the page as the walk climbs
+/// at the call's start (`start_from_hint`), before the Python walk's word (`stack_word`), which
+/// a CPython chain's copy holds. By the page as the walk climbs
 /// (`read_word`), a shallow C chain's first read went to the end of sp's page, up to 4 KiB it
 /// did not need, and one that crossed the page took a second (BENCHMARKS.md, "The stack copied
 /// ahead, as far as the shallowest chain reads").

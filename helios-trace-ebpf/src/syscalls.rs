@@ -285,7 +285,8 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
     // word of it too (stacks.rs, `stack_word`). The settings are read again where they are
     // used (loads of the frozen settings): kept across the Python walk's call, they were 16
     // bytes of this program's stack, over the verifier's 512 for the two together.
-    let stack_copied = learned_walk(spec) && start_stack_copy(saved, stack_window().min(MAX_STACK_WINDOW));
+    let stack_copied = learned_walk(spec)
+        && start_stack_copy(saved, stack_window().min(MAX_STACK_WINDOW), (pid_tgid >> 32) as u32);
     if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
         python_stack(pid_tgid, ts_ns, stack_copied);
     }
