@@ -803,8 +803,10 @@ pub mod counter {
     /// within the state), with no read of the interpreter's list
     /// (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub const PYTHON_THREAD_ON_STACK: u32 = 10;
-    /// A learned walk copied the stack as far as its first frame's hint said, in one read
-    /// before its first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+    /// A learned walk's copy of the stack went as far as its first frame's hint said, in one
+    /// read when the copy started, before the Python walk and the walk's first step
+    /// (helios-trace-ebpf/src/stacks.rs, `start_from_hint`, `copy_ahead`); counted also for a
+    /// call whose record then could not be reserved, which no walk followed.
     pub const STACKS_COPIED_AHEAD: u32 = 11;
     /// A copy ahead that failed (a page in it not present): the walk copied by the page
     /// instead, having paid for a fault.

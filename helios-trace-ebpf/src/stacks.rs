@@ -283,8 +283,8 @@ pub struct ChainWalk {
     /// within it), 0 when the lookup failed (the mmap lock contended: `bpf_find_vma` gives up)
     /// and `walk.high` is sp plus the window, which may reach past the stack (`on_walked_stack`).
     mapping_found: u64,
-    /// The first frame's hint `start_stack_copy` found (`first_frame_hint`), whose rule the
-    /// walk takes its first step with: `hint` is its rule when `hinted` is 1.
+    /// The first frame's hint `start_from_hint` found for this call (`first_frame_hint`), whose
+    /// rule the walk takes its first step with: `hint` is its rule when `hinted` is 1.
     hint: FrameRule,
     hinted: u64,
 }
@@ -360,9 +360,13 @@ pub fn start_stack_copy(regs: &SavedRegs, window: u32, tgid: u32) -> bool {
 /// walk's word of the C stack (3.11's and 3.12's running `_PyCFrame`, python.rs) lies in the part
 /// a CPython chain's hint copies, so the two take one read of the stack where they took two,
 /// the Python walk's up to the end of its word's page and the copy ahead of the rest
-/// (BENCHMARKS.md, "The stack copied ahead before the Python walk"). Inlined: as a function of
-/// its own (a BPF-to-BPF call) it cost a C open+close ~100 ns more (the same section); its keys
-/// still fit the exit program's stack beside the Python walk's.
+/// (BENCHMARKS.md, "The stack copied ahead before the Python walk"). Where a shallower chain
+/// through the same first frame (a C one of the same process) makes the hint stop short of
+/// that word, the Python walk copies on from there by the page: two reads, where the other
+/// order took one (its page, then nothing ahead). A call whose record then cannot be reserved
+/// (the ring full) has copied ahead for nothing. Inlined: as a function of its own (a BPF-to-BPF
+/// call) it cost a C open+close ~100 ns more (the same section); its keys still fit the exit
+/// program's stack beside the Python walk's.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn start_from_hint(slot: *mut ChainWalk, tgid: u32, pc: u64) {
@@ -464,7 +468,8 @@ struct StackBounds {
 /// outside the part the walk may read or where the copy fails. For the Python walk's one read
 /// of the C stack (python.rs, `walk_python`: 3.11 and 3.12 keep the running `_PyCFrame` among
 /// `_PyEval_EvalFrameDefault`'s locals), whose page the walk that follows would copy anyway on
-/// its way to the chain's outer frames: one user read fewer.
+/// its way to the chain's outer frames: one user read fewer, and none when the copy ahead
+/// (`start_from_hint`) holds the word already.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 pub fn stack_word(at: u64) -> Option<u64> {

@@ -121,7 +121,7 @@ fn reg<const BTF: bool>(regs: *const u64, index: usize) -> Result<u64, i64> {
 /// chains not off): the one condition both for starting the walk's copy of the stack
 /// (`start_stack_copy`) and for the walk, which takes where it starts from what the start kept
 /// in its per-CPU slot (stacks.rs, `learned_chain`): a walk without that start would read the
-/// last call's stack. Loads of the frozen settings (settings.rs), so cheap to ask twice.
+/// last call's stack, hint and exec time. Loads of the frozen settings (settings.rs), so cheap to ask twice.
 #[inline(always)]
 fn learned_walk(spec: u32) -> bool {
     spec & spec::STACK != 0

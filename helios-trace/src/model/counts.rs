@@ -72,8 +72,10 @@ pub(crate) struct KernelCounts {
     /// calling thread's own stack, which only its eval loop puts there: no read of the
     /// interpreter's list (helios-trace-ebpf/src/python.rs, `remembered_thread`).
     pub(crate) python_threads_on_stack: u64,
-    /// Learned walks that copied the stack as far as the chains through their first frame
-    /// read, in one read before the first step (helios-trace-ebpf/src/stacks.rs, `copy_ahead`).
+    /// Learned walks whose copy of the stack went as far as the chains through their first
+    /// frame read, in one read when the copy started, before the Python walk and the first
+    /// step (helios-trace-ebpf/src/stacks.rs, `start_from_hint`); a call whose record could
+    /// not be reserved counted too.
     pub(crate) stacks_copied_ahead: u64,
     /// Copies ahead that failed, a page in them not present (each a fault): the walk copied by
     /// the page instead. A main thread's stack is copied no further than the page of its `argc`,
