@@ -230,7 +230,7 @@ fn with_holders_every_site_is_walked_and_raw_descriptors_have_no_python_owner() 
     let sites = p["sites"].as_array().unwrap();
     assert_memfds_held(sites, fds[5], |fd| site_of(fd)["site"].clone(), "Debian's CPython on the host");
     // Every socket, file and memfd site has holders with --holders, not only suspected ones.
-    for site in p["sites"].as_array().unwrap() {
+    for site in sites {
         if ["socket", "file", "memfd"].contains(&site["kind"].as_str().unwrap())
             && site["open"].as_u64() > Some(0)
         {

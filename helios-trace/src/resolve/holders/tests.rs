@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     layout::{
-        DictKeys, GC_HEAD, HeapLayout, ManagedDict, TB_FRAME, TB_NEXT, TPFLAGS_BASE_EXC_SUBCLASS,
+        DictKeys, GC_HEAD, HeapLayout, MMAP_FD, ManagedDict, TB_FRAME, TB_NEXT, TPFLAGS_BASE_EXC_SUBCLASS,
         TPFLAGS_HEAPTYPE, TPFLAGS_INLINE_VALUES, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS,
         TPFLAGS_UNICODE_SUBCLASS, heap_layout,
     },
@@ -26,6 +26,16 @@ struct Heap {
     gc: Vec<u64>,
     type_type: u64,
     str_type: u64,
+}
+
+/// Py_TPFLAGS_DICT_SUBCLASS (Include/object.h).
+const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
+
+/// What `Heap::base_types` made.
+struct BaseTypes {
+    object: u64,
+    dict: u64,
+    module: u64,
 }
 
 impl Heap {
@@ -62,6 +72,14 @@ impl Heap {
         let at = self.alloc(s.len() as u64 + 1);
         self.mem.write(at, s.as_bytes());
         at
+    }
+
+    /// `object`, `dict` and `module`, the static types every fake heap's module needs.
+    fn base_types(&mut self) -> BaseTypes {
+        let object = self.static_type("object", 0, 0);
+        let dict = self.static_type("dict", object, TPFLAGS_DICT_SUBCLASS);
+        let module = self.static_type("module", object, 0);
+        BaseTypes { object, dict, module }
     }
 
     fn static_type(&mut self, name: &str, base: u64, flags: u64) -> u64 {
@@ -184,10 +202,8 @@ struct Postmortem {
 fn postmortem(minor: u32) -> Postmortem {
     let mut h = Heap::new(minor);
     let l = h.l;
-    let object_type = h.static_type("object", 0, 0);
-    let dict_type = h.static_type("dict", object_type, 1 << 29);
+    let BaseTypes { object: object_type, dict: dict_type, module: module_type } = h.base_types();
     let set_type = h.static_type("set", object_type, 0);
-    let module_type = h.static_type("module", object_type, 0);
     let c_socket = h.static_type("_socket.socket", object_type, 0);
     if minor >= 12 {
         // 3.12: a heap type of the _socket module (ht_module set).
@@ -446,11 +462,9 @@ fn slots_deques_and_suspended_coroutines_hold() {
     for minor in [11, 12, 13, 14] {
         let mut h = Heap::new(minor);
         let l = h.l;
-        let object_type = h.static_type("object", 0, 0);
+        let BaseTypes { object: object_type, dict: dict_type, module: module_type } = h.base_types();
         h.mem.put_u64(object_type + l.tp_basicsize, 16);
-        let dict_type = h.static_type("dict", object_type, 1 << 29);
         let tuple_type = h.static_type("tuple", object_type, 0);
-        let module_type = h.static_type("module", object_type, 0);
         let socket_type = h.static_type("_socket.socket", object_type, 0);
         let socket = |h: &mut Heap, fd: i32| {
             let s = h.gc_object(socket_type, 64);
@@ -557,12 +571,10 @@ fn the_applications_module_names_a_holder_before_a_librarys() {
     for minor in [10, 11, 12, 13, 14] {
         let mut h = Heap::new(minor);
         let l = h.l;
-        let object_type = h.static_type("object", 0, 0);
-        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let BaseTypes { object: object_type, dict: dict_type, module: module_type } = h.base_types();
         let list_type = h.static_type("list", object_type, 0);
-        let defaultdict_type = h.static_type("collections.defaultdict", dict_type, 1 << 29);
-        let ordered_type = h.static_type("collections.OrderedDict", dict_type, 1 << 29);
-        let module_type = h.static_type("module", object_type, 0);
+        let defaultdict_type = h.static_type("collections.defaultdict", dict_type, TPFLAGS_DICT_SUBCLASS);
+        let ordered_type = h.static_type("collections.OrderedDict", dict_type, TPFLAGS_DICT_SUBCLASS);
         let socket_type = h.static_type("_socket.socket", object_type, 0);
         let [a, b, c] = [21i32, 22, 23].map(|fd| {
             let s = h.gc_object(socket_type, 64);
@@ -611,11 +623,9 @@ fn a_kept_exception_holds_the_locals_of_the_frame_that_raised() {
     for minor in [10, 11, 12, 13, 14] {
         let mut h = Heap::new(minor);
         let l = h.l;
-        let object_type = h.static_type("object", 0, 0);
-        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let BaseTypes { object: object_type, dict: dict_type, module: module_type } = h.base_types();
         let list_type = h.static_type("list", object_type, 0);
         let tuple_type = h.static_type("tuple", object_type, 0);
-        let module_type = h.static_type("module", object_type, 0);
         let fileio_type = h.static_type("_io.FileIO", object_type, 0);
         let error_type = h.static_type("ValueError", object_type, TPFLAGS_BASE_EXC_SUBCLASS);
         let traceback_type = h.static_type("traceback", object_type, 0);
@@ -675,10 +685,8 @@ fn a_memory_map_owns_the_duplicate_of_its_files_descriptor() {
     for (minor, of_the_module) in [10, 11, 12, 13, 14].into_iter().flat_map(|m| [(m, true), (m, false)]) {
         let mut h = Heap::new(minor);
         let l = h.l;
-        let object_type = h.static_type("object", 0, 0);
-        let dict_type = h.static_type("dict", object_type, 1 << 29);
+        let BaseTypes { object: object_type, dict: dict_type, module: module_type } = h.base_types();
         let list_type = h.static_type("list", object_type, 0);
-        let module_type = h.static_type("module", object_type, 0);
         let mmap_type = h.static_type("mmap.mmap", object_type, TPFLAGS_HEAPTYPE);
         if of_the_module {
             h.mem.put_u64(mmap_type + l.ht_module, 0x1234_5678);
@@ -687,7 +695,7 @@ fn a_memory_map_owns_the_duplicate_of_its_files_descriptor() {
             .iter()
             .map(|fd| {
                 let map = h.gc_object(mmap_type, 96);
-                h.mem.write(map + 56, &fd.to_le_bytes());
+                h.mem.write(map + MMAP_FD, &fd.to_le_bytes());
                 map
             })
             .collect();
