@@ -77,11 +77,13 @@ pub(crate) fn pause(proc_root: &Path, pid: u32, pidfd: OwnedFd) -> io::Result<Pa
 
 impl Paused {
     /// Continue the process; how long it stood still, every thread stopped (None: not stopped
-    /// by us).
+    /// by us). Taken before SIGCONT is sent: after it, a tracer preempted between the send and
+    /// the clock read (2 CPUs, a busy node) counted time the process already ran again.
     pub(crate) fn resume(mut self) -> Option<f64> {
         let pidfd = self.pidfd.take()?;
+        let stood = self.since.elapsed().as_secs_f64();
         let _ = send(&pidfd, libc::SIGCONT);
-        Some(self.since.elapsed().as_secs_f64())
+        Some(stood)
     }
 }
 
