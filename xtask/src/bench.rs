@@ -244,6 +244,11 @@ enum Tracer {
     Floor(&'static str),
     /// The `HELIOS_TRACE_BEFORE` binary with these extra arguments.
     Before(&'static [&'static str]),
+    /// `helios-trace serve`, the DaemonSet's command (its metrics made once a second); of the
+    /// `HELIOS_TRACE_BEFORE` binary when `before`.
+    Serve {
+        before: bool,
+    },
 }
 
 impl Tracer {
@@ -271,7 +276,14 @@ impl Tracer {
             Tracer::Floor(kind) => format!("floor {kind}"),
             Tracer::Before([]) => "helios-trace before (HELIOS_TRACE_BEFORE, default: dwarf)".into(),
             Tracer::Before(args) => format!("helios-trace before (HELIOS_TRACE_BEFORE) {}", args.join(" ")),
+            Tracer::Serve { before: false } => "helios-trace serve (the DaemonSet's command)".into(),
+            Tracer::Serve { before: true } => "helios-trace before (HELIOS_TRACE_BEFORE) serve".into(),
         }
+    }
+
+    /// helios-trace itself, whose lost records are counted.
+    fn is_helios(self) -> bool {
+        matches!(self, Tracer::Helios(_) | Tracer::Before(_) | Tracer::Serve { .. })
     }
 
     /// Attach to `pid` (None when untraced).
@@ -293,15 +305,32 @@ impl Tracer {
                 all.extend(args.iter().map(|a| a.to_string()));
                 Some(bench.helios_of(binary, &all)?)
             }
+            Tracer::Serve { before } => {
+                let binary = if before {
+                    bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")?
+                } else {
+                    &bench.helios
+                };
+                let mut serve = Command::new(binary);
+                serve.args(["serve", "--listen", "127.0.0.1:0", "--reconcile-interval", "0"]);
+                serve.args(["--pid", &pid.to_string()]);
+                Some(Attached::start(serve, |line| line.starts_with("helios-trace: attached"))?)
+            }
         })
     }
 }
 
 /// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here),
 /// and the times the kernel had to wake its reader (None for bpftrace, and for a binary whose
-/// report does not count them: `events.wakeups_forced`).
+/// report does not count them: `events.wakeups_forced`). `serve` says what it lost in its metrics,
+/// read before it stops.
 fn stop_counted(tracer: Option<Attached>, helios: bool) -> Result<(u64, Option<u64>)> {
     let Some(tracer) = tracer else { return Ok((0, None)) };
+    if tracer.ready_line.contains("serving http://") {
+        let metrics = http_get(&served_address(&tracer)?, "/metrics")?;
+        tracer.stop()?;
+        return Ok((metric_sum(&metrics, "helios_trace_events_lost_total") as u64, None));
+    }
     let stdout = tracer.stop()?;
     if !helios {
         return Ok((0, None));
@@ -363,10 +392,11 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
         Tracer::Helios(&["--stacks", "fp"]),
         Tracer::Helios(&[]),
         Tracer::Helios(&["--learned-chains", "off"]),
+        Tracer::Serve { before: false },
         Tracer::Bpftrace { stacks: true },
         Tracer::Bpftrace { stacks: false },
     ];
-    let before = [Tracer::Before(&[])];
+    let before = [Tracer::Before(&[]), Tracer::Serve { before: true }];
     let tracers: Vec<Tracer> =
         tracers.iter().chain(if bench.before.is_some() { &before[..] } else { &[] }).copied().collect();
     let nginx = Nginx::start()?;
@@ -384,13 +414,14 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
             let attached = tracer.attach(bench, worker)?;
             let cpu_before = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
             let rate = nginx.load(plan.server_requests)?;
-            // Once the tracer has drained what the load left in its ring buffer.
+            // Once the tracer has drained what the load left in its ring buffer (serve makes
+            // its metrics once a second meanwhile).
             if let Some(attached) = &attached {
-                wait_idle(attached.pid())?;
+                let idle = if matches!(tracer, Tracer::Serve { .. }) { 0.05 } else { IDLE_SHARE };
+                wait_idle_below(attached.pid(), idle)?;
             }
             let cpu_after = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
-            let lost_here =
-                stop_counted(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before(_)))?.0;
+            let lost_here = stop_counted(attached, tracer.is_helios())?.0;
             lost[t] += lost_here;
             if lost_here > 0 {
                 lossy_runs[t] += 1;
@@ -411,7 +442,9 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
          request the worker makes 2 calls traced as creating (accept4, openat) and 2 closes. \
          \"tracer CPU\": the time the tracer process's threads ran (schedstat) from the load's \
          start until it went idle after it, per 1,000 requests (its kernel programs run in the \
-         worker's and ab's time, not in it). A run of a tracer that lost records is left out of its \
+         worker's and ab's time, not in it); `serve`, the DaemonSet's command, also makes its \
+         metrics once a second meanwhile, each open socket's memory among them (idle for it: \
+         under 5% of a core). A run of a tracer that lost records is left out of its \
          row and counted. The variants run in the same order in every round. ab, nginx and the \
          tracer share the 2 CPUs: what the tracer spends is taken from the server and its load \
          generator, as on a busy node.\n\n\
@@ -421,7 +454,7 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
     );
     let base = median(&rates[0]);
     for (t, tracer) in tracers.iter().enumerate() {
-        let (lost, lossy) = if matches!(tracer, Tracer::Helios(_) | Tracer::Before(_)) {
+        let (lost, lossy) = if tracer.is_helios() {
             (lost[t].to_string(), lossy_runs[t].to_string())
         } else {
             ("–".into(), "–".into())
@@ -435,7 +468,57 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
             writeln!(table, "| {} | {rate} | {slower:.3} | {cpu} | {lost} | {lossy} |", tracer.name())?;
         }
     }
+    serve_idle(bench, worker, &tracers, &mut table)?;
     Ok(table)
+}
+
+/// How long `serve_idle` measures each run.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// `serve`'s own CPU with nothing to trace, after the server's rounds: its metrics once a second,
+/// beside the worker and the TIME_WAIT entries the rounds' connections left on the node. Each
+/// `serve` variant twice, in the order A B B A (the entries expire meanwhile).
+fn serve_idle(bench: &Bench, worker: u32, tracers: &[Tracer], table: &mut String) -> Result<()> {
+    let serves: Vec<Tracer> = tracers.iter().copied().filter(|t| matches!(t, Tracer::Serve { .. })).collect();
+    let order: Vec<Tracer> = serves.iter().chain(serves.iter().rev()).copied().collect();
+    let mut idle = vec![Vec::new(); serves.len()];
+    let time_wait = time_wait_entries()?;
+    for tracer in order {
+        eprintln!("xtask bench: server, idle {}", tracer.name());
+        let attached = tracer.attach(bench, worker)?.context("serve is a tracer")?;
+        wait_idle_below(attached.pid(), 0.05)?;
+        let before = on_cpu_seconds(attached.pid())?;
+        thread::sleep(IDLE_WINDOW);
+        let after = on_cpu_seconds(attached.pid())?;
+        stop_counted(Some(attached), true)?;
+        let i = serves.iter().position(|s| *s == tracer).expect("from serves");
+        idle[i].push((after - before) * 1e3 / IDLE_WINDOW.as_secs_f64());
+    }
+    writeln!(
+        table,
+        "
+`serve` idle after the rounds, tracing the worker: its CPU over {} s once idle, in ms a \
+         second, each twice (A B B A); {time_wait} TIME_WAIT entries on the node at the start \
+         (/proc/net/sockstat)\n\n| variant | ms of CPU a second |\n| --- | --- |",
+        IDLE_WINDOW.as_secs()
+    )?;
+    for (tracer, runs) in serves.iter().zip(&idle) {
+        let runs: Vec<String> = runs.iter().map(|ms| format!("{ms:.1}")).collect();
+        writeln!(table, "| {} | {} |", tracer.name(), runs.join(" / "))?;
+    }
+    Ok(())
+}
+
+/// The node's TCP TIME_WAIT entries (/proc/net/sockstat: `TCP: inuse N orphan N tw N ...`).
+fn time_wait_entries() -> Result<u64> {
+    let sockstat = fs::read_to_string("/proc/net/sockstat")?;
+    parse_time_wait(&sockstat).context("no TCP tw in /proc/net/sockstat")
+}
+
+fn parse_time_wait(sockstat: &str) -> Option<u64> {
+    let tcp = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let fields: Vec<&str> = tcp.split_whitespace().collect();
+    fields.windows(2).find(|w| w[0] == "tw").and_then(|w| w[1].parse().ok())
 }
 
 /// An nginx master and its one worker, configured in a directory of their own under /tmp (the
@@ -557,8 +640,7 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
             let attached = tracer.attach(bench, workload.pid())?;
             workload.go()?;
             let output = workload.finish()?;
-            let (lost_here, woken_here) =
-                stop_counted(attached, matches!(tracer, Tracer::Helios(_) | Tracer::Before(_)))?;
+            let (lost_here, woken_here) = stop_counted(attached, tracer.is_helios())?;
             lost[t] += lost_here;
             if let Some(n) = woken_here {
                 woken[t] = Some(woken[t].unwrap_or(0) + n);
@@ -611,7 +693,7 @@ fn churn_table(bench: &Bench, plan: &Plan, tracers: &[Tracer], title: &str, intr
             }
             Ok(())
         };
-    let helios_row = |t: usize| matches!(tracers[t], Tracer::Helios(_) | Tracer::Before(_));
+    let helios_row = |t: usize| tracers[t].is_helios();
     rows(&samples, &mut table, &|t| {
         let (lost, lossy) = if helios_row(t) {
             (lost[t].to_string(), lossy_runs[t].to_string())
@@ -842,12 +924,7 @@ fn sizing(bench: &Bench, plan: &Plan) -> Result<String> {
             serve.args(["--pid", &w.pid().to_string()]);
         }
         let helios = Attached::start(serve, |line| line.starts_with("helios-trace: attached"))?;
-        let address = helios
-            .ready_line
-            .split_once("serving http://")
-            .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
-            .with_context(|| format!("no address in {:?}", helios.ready_line))?
-            .to_string();
+        let address = served_address(&helios)?;
         wait_idle(helios.pid())?;
         // One at a time, each at HOLD_RATE: what the tracer keeps up with.
         for w in &mut workloads {
@@ -862,13 +939,7 @@ fn sizing(bench: &Bench, plan: &Plan) -> Result<String> {
         let _ = http_get(&address, "/metrics")?;
         thread::sleep(Duration::from_secs(2));
         let metrics = http_get(&address, "/metrics")?;
-        let series = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let series = |name: &str| metric_sum(&metrics, name);
         let (anon, peak) = (rss_anon(helios.pid())?, vm_hwm(helios.pid())?);
         let limit_mib = (peak * 4 / 3).div_ceil(64 << 20) * 64;
         writeln!(
@@ -887,6 +958,25 @@ fn sizing(bench: &Bench, plan: &Plan) -> Result<String> {
         drop(workloads);
     }
     Ok(table)
+}
+
+/// Where `helios-trace serve` serves, from its "attached" line.
+fn served_address(serve: &Attached) -> Result<String> {
+    serve
+        .ready_line
+        .split_once("serving http://")
+        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+        .map(str::to_string)
+        .with_context(|| format!("no address in {:?}", serve.ready_line))
+}
+
+/// The sum of every series of metric `name` in a Prometheus exposition.
+fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// `GET path` from a loopback `address` (plain HTTP/1.0): the body.
@@ -1754,14 +1844,22 @@ fn schedstat_seconds(pid: u32, index: usize) -> Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
-/// Wait until `pid` has used under 2% of a core for a second (it drained the ring buffer;
+/// The share of a core under which a tracer is idle (`wait_idle`).
+const IDLE_SHARE: f64 = 0.02;
+
+/// Wait until `pid` has used under 2% of a core for half a second (it drained the ring buffer;
 /// its once-a-second sampling stays below that), at most 60 s.
 fn wait_idle(pid: u32) -> Result<()> {
+    wait_idle_below(pid, IDLE_SHARE)
+}
+
+/// Wait until `pid` has used under `share` of a core for half a second, at most 60 s.
+fn wait_idle_below(pid: u32, share: f64) -> Result<()> {
     let mut last = cpu_seconds(pid)?;
     for _ in 0..120 {
         thread::sleep(Duration::from_millis(500));
         let now = cpu_seconds(pid)?;
-        if now - last < 0.01 {
+        if now - last < share / 2.0 {
             return Ok(());
         }
         last = now;
@@ -1868,6 +1966,26 @@ mod tests {
         let flat: Vec<(f64, f64)> =
             (0..40).map(|i| (i as f64, 50.0 + if i % 2 == 0 { 2.0 } else { -2.0 })).collect();
         assert!(least_squares_slope(&flat).abs() < 0.01);
+    }
+
+    #[test]
+    fn time_wait_entries_from_sockstat() {
+        let sockstat =
+            "sockets: used 180\nTCP: inuse 5 orphan 0 tw 14112 alloc 9 mem 1\nUDP: inuse 2 mem 0\n";
+        assert_eq!(parse_time_wait(sockstat), Some(14112));
+        assert_eq!(parse_time_wait("UDP: inuse 2 mem 0\n"), None);
+    }
+
+    #[test]
+    fn metric_sum_adds_the_series_of_one_name_only() {
+        let exposition = "# TYPE helios_trace_events_lost_total counter\n\
+                          helios_trace_events_lost_total{cpu=\"0\"} 3\n\
+                          helios_trace_events_lost_total{cpu=\"1\"} 4\n\
+                          helios_trace_events_lost_total_other 100\n\
+                          helios_trace_tracked_fds 12\n";
+        assert_eq!(metric_sum(exposition, "helios_trace_events_lost_total"), 7.0);
+        assert_eq!(metric_sum(exposition, "helios_trace_tracked_fds"), 12.0);
+        assert_eq!(metric_sum(exposition, "helios_trace_tracked"), 0.0);
     }
 
     #[test]

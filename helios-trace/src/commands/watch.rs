@@ -20,10 +20,7 @@ use super::{
 };
 use crate::{
     cli::{Format, SessionArgs, View},
-    observe::{
-        holders::Freshness,
-        session::{Tick, Tracing},
-    },
+    observe::session::{Tick, Tracing},
     output::{
         flamegraph,
         live::{self, LiveView},
@@ -154,7 +151,7 @@ impl Progress {
             // Holders of the last walk within the interval: a heap walk can take a second.
             Display::Live(_) => tracing.progress_report(),
             // A summary line shows no holders: no heap walks for it.
-            _ => tracing.report_with(false, Freshness::Off, None),
+            _ => tracing.summary_report(),
         };
         match &self.display {
             Display::Live(view) => view.show(report),

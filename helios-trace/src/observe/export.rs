@@ -197,8 +197,9 @@ impl Tracing {
     /// each, by process).
     fn socket_memory(&mut self) -> (HashMap<(u32, i32), u64>, u64) {
         let proc_root = self.proc_root.clone();
+        let sockets = self.engine.table().count_of(FdKind::Socket);
         let mut join =
-            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), self.redact_paths);
+            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), sockets, self.redact_paths);
         let mut memory = HashMap::new();
         let mut unmeasured = 0;
         for (tgid, process) in self.engine.table().processes() {

@@ -74,6 +74,15 @@ impl ProcSource for Procfs {
     }
 }
 
+/// Up to this many sockets are measured one by one (sys/sockdiag.rs `socket_memory`: five
+/// system calls, about 2 µs a socket here), more in one sock_diag dump of the tracer's network
+/// namespace. A dump costs what the namespace holds, not what is asked: the kernel walks every
+/// bucket of its TCP hash for IPv4 and again for IPv6 (net/ipv4/inet_diag.c
+/// `inet_diag_dump_icsk`), 262,144 of them on this machine of 24 GiB (the table grows with the
+/// node's memory: `alloc_large_system_hash` in `tcp_init`), 7 ms a dump here. `serve` measures
+/// every open socket once a second: a dump a second was 70% of its CPU on an idle node.
+const ONE_BY_ONE_UP_TO: usize = 2_048;
+
 /// Open sockets joined with the socket tables of their network namespace, and with their
 /// memory from sock_diag, by inode.
 pub(super) struct SocketJoin<'a> {
@@ -81,21 +90,26 @@ pub(super) struct SocketJoin<'a> {
     tables: SocketTables,
     known: HashMap<(u32, i32, u64), u64>,
     pub(super) seen: HashMap<(u32, i32, u64), u64>,
+    /// Few sockets to measure (`ONE_BY_ONE_UP_TO`): each on its own first, the dump only for
+    /// one that cannot be (its process does not allow the duplicate).
+    one_by_one: bool,
     /// Socket memory of the tracer's network namespace by inode: dumped once per report, on
-    /// the first socket asked about.
+    /// the first socket asked about that needs it.
     memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
-    /// Processes whose sockets are not in that dump (another network namespace): a pidfd to
-    /// measure them one by one (sys/sockdiag.rs), or why there is none.
+    /// Processes whose sockets are measured one by one (few sockets, or not in the dump: another
+    /// network namespace's): a pidfd each (sys/sockdiag.rs), or why there is none.
     pidfds: HashMap<u32, Result<OwnedFd, String>>,
     /// `--redact-paths`: file paths and memfd names are not shown.
     redact_paths: bool,
 }
 
 impl<'a> SocketJoin<'a> {
-    /// `known`: socket inodes cached by the last join (`seen` of it).
+    /// `known`: socket inodes cached by the last join (`seen` of it); `sockets`: how many open
+    /// sockets the caller may ask about, which decides how their memory is measured.
     pub(super) fn new(
         proc_root: &'a Path,
         known: HashMap<(u32, i32, u64), u64>,
+        sockets: usize,
         redact_paths: bool,
     ) -> SocketJoin<'a> {
         SocketJoin {
@@ -103,6 +117,7 @@ impl<'a> SocketJoin<'a> {
             tables: SocketTables::new(proc_root),
             known,
             seen: HashMap::new(),
+            one_by_one: sockets <= ONE_BY_ONE_UP_TO,
             memory: None,
             pidfds: HashMap::new(),
             redact_paths,
@@ -121,8 +136,9 @@ impl<'a> SocketJoin<'a> {
     }
 
     /// The kernel memory of an open socket: `Ok(None)` when it is no longer open, `Err` with
-    /// why when it could not be had. The tracer's own network namespace answers in one
-    /// sock_diag dump; a socket not in it (a pod's) is measured on its own.
+    /// why when it could not be had. Few sockets are measured each on its own; many, those of
+    /// the tracer's own network namespace in one sock_diag dump, and a socket not in it (a
+    /// pod's) on its own.
     pub(super) fn socket_memory(
         &mut self,
         tgid: u32,
@@ -130,6 +146,14 @@ impl<'a> SocketJoin<'a> {
         entry: &OpenFd,
     ) -> Result<Option<u64>, String> {
         let Some(inode) = self.inode(tgid, fd, entry) else { return Ok(None) };
+        let alone = if self.one_by_one {
+            match self.alone(tgid, fd, inode) {
+                Ok(bytes) => return Ok(bytes),
+                Err(why) => Some(why),
+            }
+        } else {
+            None
+        };
         let memory = self.memory.get_or_insert_with(|| {
             sockdiag::dump()
                 .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
@@ -138,6 +162,15 @@ impl<'a> SocketJoin<'a> {
         if let Some(m) = memory.get(&inode) {
             return Ok(Some(m.buffer_bytes()));
         }
+        match alone {
+            Some(why) => Err(why),
+            None => self.alone(tgid, fd, inode),
+        }
+    }
+
+    /// One socket measured through a duplicate of its descriptor (sys/sockdiag.rs), whatever
+    /// network namespace it is in: `Ok(None)` when the descriptor is no longer that socket.
+    fn alone(&mut self, tgid: u32, fd: i32, inode: u64) -> Result<Option<u64>, String> {
         let proc_root = self.proc_root;
         let pidfd = self.pidfds.entry(tgid).or_insert_with(|| {
             proc::pidfd(tgid).map_err(|e| match e.raw_os_error() {
@@ -262,7 +295,7 @@ mod tests {
         std::os::unix::fs::symlink("/srv/anonymous", fd_dir.join("8")).unwrap();
         let path = |p: &[u8]| FdDetail::Path(p.to_vec().into());
         for redact in [false, true] {
-            let mut join = SocketJoin::new(procfs.path(), HashMap::new(), redact);
+            let mut join = SocketJoin::new(procfs.path(), HashMap::new(), 0, redact);
             let mut describe = |fd, kind, detail| join.describe(7, fd, &entry(kind, detail));
             let shown =
                 |name: &str| Some(if redact { crate::output::redact::REDACTED } else { name }.to_string());
@@ -278,5 +311,27 @@ mod tests {
                 assert_eq!(describe(5, FdKind::File, FdDetail::Unread), None, "not open");
             }
         }
+    }
+
+    /// Few sockets are measured each on its own, without a dump of the network namespace; many
+    /// in one dump. Both give a socket of this process the same memory.
+    #[test]
+    fn few_sockets_are_measured_without_a_dump() {
+        use std::{io::Write as _, os::fd::AsRawFd as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(&[7u8; 50_000]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (me, fd) = (std::process::id(), server.as_raw_fd());
+        let socket = entry(FdKind::Socket, FdDetail::None);
+        let mut few = SocketJoin::new(Path::new("/proc"), HashMap::new(), 2, false);
+        let alone = few.socket_memory(me, fd, &socket).unwrap().expect("open");
+        assert!(few.memory.is_none(), "a dump for two sockets");
+        let mut many = SocketJoin::new(Path::new("/proc"), HashMap::new(), ONE_BY_ONE_UP_TO + 1, false);
+        let dumped = many.socket_memory(me, fd, &socket).unwrap().expect("open");
+        assert!(many.memory.is_some(), "no dump for many sockets");
+        assert!(alone >= 50_000, "{alone} bytes for 50,000 unread");
+        assert_eq!(alone, dumped);
     }
 }

@@ -43,6 +43,22 @@ impl Tracing {
         freshness: Freshness,
         only: Option<&HashSet<u32>>,
     ) -> Report {
+        self.report_of(list_fds, freshness, only, Facts::Read)
+    }
+
+    /// The report a summary line is made of (commands/watch.rs): counts, sites and their
+    /// verdicts, no holders, and nothing only /proc and sock_diag know (`Facts::Skipped`).
+    pub(crate) fn summary_report(&mut self) -> Report {
+        self.report_of(false, Freshness::Off, None, Facts::Skipped)
+    }
+
+    fn report_of(
+        &mut self,
+        list_fds: bool,
+        freshness: Freshness,
+        only: Option<&HashSet<u32>>,
+        facts: Facts,
+    ) -> Report {
         self.engine.refresh_names();
         let events = self.event_counts();
         let corrections = self.corrections();
@@ -59,15 +75,26 @@ impl Tracing {
             }
         }
         let engine = &self.engine;
-        let join = RefCell::new(SocketJoin::new(
-            &proc_root,
-            std::mem::take(&mut self.socket_inodes),
-            self.redact_paths,
-        ));
-        let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().describe(tgid, fd, entry);
-        let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| join.borrow_mut().facts(tgid, fd, entry);
+        // Only a report that reads facts asks /proc and sock_diag (`Facts`).
+        let join = (facts == Facts::Read).then(|| {
+            RefCell::new(SocketJoin::new(
+                &proc_root,
+                std::mem::take(&mut self.socket_inodes),
+                engine.table().count_of(FdKind::Socket),
+                self.redact_paths,
+            ))
+        });
+        let mut describe = |tgid: u32, fd: i32, entry: &OpenFd| {
+            join.as_ref().and_then(|join| join.borrow_mut().describe(tgid, fd, entry))
+        };
+        let mut inspect = |tgid: u32, fd: i32, entry: &OpenFd| {
+            join.as_ref().map(|join| join.borrow_mut().facts(tgid, fd, entry)).unwrap_or_default()
+        };
         let cgroups = &self.cgroups;
-        let mut process_facts = |tgid: u32| process_facts(&proc_root, cgroups, tgid);
+        let mut process_facts = |tgid: u32| match facts {
+            Facts::Read => process_facts(&proc_root, cgroups, tgid),
+            Facts::Skipped => ProcessFacts::default(),
+        };
         let frames = |site| engine.frames(site).map(|f| f.to_vec()).unwrap_or_default();
         let origin = |site| engine.origin(site);
         let include = |tgid: u32| {
@@ -95,7 +122,9 @@ impl Tracing {
             min_age: self.min_age,
         });
         // Only the sockets still open stay cached.
-        self.socket_inodes = join.into_inner().seen;
+        if let Some(join) = join {
+            self.socket_inodes = join.into_inner().seen;
+        }
         let mut report = report;
         self.attach_holders(&mut report, freshness);
         if self.redact_paths {
@@ -110,8 +139,9 @@ impl Tracing {
     pub(crate) fn remember_facts(&mut self) {
         let now_ns = clock::boot_ns();
         let proc_root = self.proc_root.clone();
+        let sockets = self.engine.table().count_of(FdKind::Socket);
         let mut join =
-            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), self.redact_paths);
+            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), sockets, self.redact_paths);
         let mut last_known = HashMap::new();
         for (tgid, process) in self.engine.table().processes() {
             let fds = process
@@ -145,6 +175,19 @@ impl Tracing {
         self.socket_inodes = join.seen;
         self.last_known = last_known;
     }
+}
+
+/// Whether a report reads what only /proc and sock_diag know (observe/procfs.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Facts {
+    /// Sockets' TCP states, addresses and memory, memfds' pages, descriptors /proc names,
+    /// processes' limits and memory.
+    Read,
+    /// None of them: the report's sockets and processes have no such facts. For a summary
+    /// line, which shows none: the first socket asked about costs a sock_diag dump of the
+    /// tracer's network namespace and the TCP tables of the process's, tens of milliseconds
+    /// on a busy node, every interval.
+    Skipped,
 }
 
 /// A live process's limits and memory, or why each cannot be had.
