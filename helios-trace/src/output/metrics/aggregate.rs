@@ -17,12 +17,11 @@
 //!
 //! No clock and no I/O here: time comes in as CLOCK_BOOTTIME ns, process names and cgroups
 //! through [`Identify`], so tests drive it with synthetic transitions.
-use std::{
-    cmp::Reverse,
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{cmp::Reverse, collections::BTreeMap, sync::Arc};
 
+// Seeded, as the engine's maps are (model/fdtable.rs): each of a serve's transitions is hashed
+// three times here (its process, its group, its site), where SipHash was a few % of its CPU.
+use foldhash::{HashMap, HashMapExt as _};
 use serde::Serialize;
 
 use crate::{
