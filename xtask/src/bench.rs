@@ -322,21 +322,24 @@ impl Tracer {
 
 /// Records helios-trace says it lost in a report (0 for bpftrace, which has no ring buffer here),
 /// and the times the kernel had to wake its reader (None for bpftrace, and for a binary whose
-/// report does not count them: `events.wakeups_forced`). `serve` says what it lost in its metrics,
-/// read before it stops.
+/// report does not count them: `events.wakeups_forced`).
 fn stop_counted(tracer: Option<Attached>, helios: bool) -> Result<(u64, Option<u64>)> {
     let Some(tracer) = tracer else { return Ok((0, None)) };
-    if tracer.ready_line.contains("serving http://") {
-        let metrics = http_get(&served_address(&tracer)?, "/metrics")?;
-        tracer.stop()?;
-        return Ok((metric_sum(&metrics, "helios_trace_events_lost_total") as u64, None));
-    }
     let stdout = tracer.stop()?;
     if !helios {
         return Ok((0, None));
     }
     let report = Report::parse(&stdout)?;
     Ok((report.lost, report.wakeups_forced))
+}
+
+/// Stop `helios-trace serve`: the records it says it lost in its metrics, read once it has made
+/// them again (once a second) after the run.
+fn stop_serve(serve: Attached) -> Result<u64> {
+    thread::sleep(Duration::from_millis(1100));
+    let metrics = http_get(&served_address(&serve)?, "/metrics")?;
+    serve.stop()?;
+    Ok(metric_sum(&metrics, "helios_trace_events_lost_total") as u64)
 }
 
 /// The cost of each attach kind itself on this kernel: empty programs (helios-trace-ebpf's
@@ -416,12 +419,15 @@ fn server(bench: &Bench, plan: &Plan) -> Result<String> {
             let rate = nginx.load(plan.server_requests)?;
             // Once the tracer has drained what the load left in its ring buffer (serve makes
             // its metrics once a second meanwhile).
+            let serve = matches!(tracer, Tracer::Serve { .. });
             if let Some(attached) = &attached {
-                let idle = if matches!(tracer, Tracer::Serve { .. }) { 0.05 } else { IDLE_SHARE };
-                wait_idle_below(attached.pid(), idle)?;
+                wait_idle_below(attached.pid(), if serve { SERVE_IDLE_SHARE } else { IDLE_SHARE })?;
             }
             let cpu_after = attached.as_ref().map(|a| on_cpu_seconds(a.pid())).transpose()?;
-            let lost_here = stop_counted(attached, tracer.is_helios())?.0;
+            let lost_here = match attached {
+                Some(attached) if serve => stop_serve(attached)?,
+                attached => stop_counted(attached, tracer.is_helios())?.0,
+            };
             lost[t] += lost_here;
             if lost_here > 0 {
                 lossy_runs[t] += 1;
@@ -477,34 +483,29 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// `serve`'s own CPU with nothing to trace, after the server's rounds: its metrics once a second,
 /// beside the worker and the TIME_WAIT entries the rounds' connections left on the node. Each
-/// `serve` variant twice, in the order A B B A (the entries expire meanwhile).
+/// `serve` variant twice, in the order A B B A (the entries expire meanwhile: each run says how
+/// many there were).
 fn serve_idle(bench: &Bench, worker: u32, tracers: &[Tracer], table: &mut String) -> Result<()> {
     let serves: Vec<Tracer> = tracers.iter().copied().filter(|t| matches!(t, Tracer::Serve { .. })).collect();
-    let order: Vec<Tracer> = serves.iter().chain(serves.iter().rev()).copied().collect();
-    let mut idle = vec![Vec::new(); serves.len()];
-    let time_wait = time_wait_entries()?;
-    for tracer in order {
+    writeln!(
+        table,
+        "\n`serve` idle after the rounds, tracing the worker: its CPU over {} s once idle (under 5% \
+         of a core), in ms a second; the TIME_WAIT entries on the node at each run's start \
+         (/proc/net/sockstat)\n\n| run | variant | TIME_WAIT entries | ms of CPU a second |\n\
+         | --- | --- | --- | --- |",
+        IDLE_WINDOW.as_secs()
+    )?;
+    for (run, tracer) in serves.iter().chain(serves.iter().rev()).enumerate() {
         eprintln!("xtask bench: server, idle {}", tracer.name());
         let attached = tracer.attach(bench, worker)?.context("serve is a tracer")?;
-        wait_idle_below(attached.pid(), 0.05)?;
+        wait_idle_below(attached.pid(), SERVE_IDLE_SHARE)?;
+        let time_wait = time_wait_entries()?;
         let before = on_cpu_seconds(attached.pid())?;
         thread::sleep(IDLE_WINDOW);
         let after = on_cpu_seconds(attached.pid())?;
-        stop_counted(Some(attached), true)?;
-        let i = serves.iter().position(|s| *s == tracer).expect("from serves");
-        idle[i].push((after - before) * 1e3 / IDLE_WINDOW.as_secs_f64());
-    }
-    writeln!(
-        table,
-        "
-`serve` idle after the rounds, tracing the worker: its CPU over {} s once idle, in ms a \
-         second, each twice (A B B A); {time_wait} TIME_WAIT entries on the node at the start \
-         (/proc/net/sockstat)\n\n| variant | ms of CPU a second |\n| --- | --- |",
-        IDLE_WINDOW.as_secs()
-    )?;
-    for (tracer, runs) in serves.iter().zip(&idle) {
-        let runs: Vec<String> = runs.iter().map(|ms| format!("{ms:.1}")).collect();
-        writeln!(table, "| {} | {} |", tracer.name(), runs.join(" / "))?;
+        stop_serve(attached)?;
+        let ms = (after - before) * 1e3 / IDLE_WINDOW.as_secs_f64();
+        writeln!(table, "| {} | {} | {time_wait} | {ms:.1} |", run + 1, tracer.name())?;
     }
     Ok(())
 }
@@ -1847,6 +1848,9 @@ fn schedstat_seconds(pid: u32, index: usize) -> Result<f64> {
 /// The share of a core under which a tracer is idle (`wait_idle`).
 const IDLE_SHARE: f64 = 0.02;
 
+/// The same for `helios-trace serve`, which makes its metrics once a second meanwhile.
+const SERVE_IDLE_SHARE: f64 = 0.05;
+
 /// Wait until `pid` has used under 2% of a core for half a second (it drained the ring buffer;
 /// its once-a-second sampling stays below that), at most 60 s.
 fn wait_idle(pid: u32) -> Result<()> {
@@ -1855,10 +1859,10 @@ fn wait_idle(pid: u32) -> Result<()> {
 
 /// Wait until `pid` has used under `share` of a core for half a second, at most 60 s.
 fn wait_idle_below(pid: u32, share: f64) -> Result<()> {
-    let mut last = cpu_seconds(pid)?;
+    let mut last = on_cpu_seconds(pid)?;
     for _ in 0..120 {
         thread::sleep(Duration::from_millis(500));
-        let now = cpu_seconds(pid)?;
+        let now = on_cpu_seconds(pid)?;
         if now - last < share / 2.0 {
             return Ok(());
         }

@@ -233,11 +233,6 @@ impl FdTable {
         self.fds
     }
 
-    /// How many open descriptors of every process are of `kind` (a walk of the table).
-    pub(crate) fn count_of(&self, kind: FdKind) -> usize {
-        self.processes.values().map(|p| p.fds.values().filter(|e| e.kind == kind).count()).sum()
-    }
-
     /// Apply one event. `site` is where descriptors it creates come from (resolved by the
     /// caller from the event's stack). Transitions are appended to `out`.
     pub(crate) fn apply(&mut self, event: &Event, site: SiteId, out: &mut Vec<Transition>) {

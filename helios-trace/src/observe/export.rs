@@ -191,15 +191,14 @@ impl Identify for ProcIdentify<'_> {
 }
 
 impl Tracing {
-    /// Kernel memory charged to every open socket, by (process, fd): one sock_diag dump of the
-    /// tracer's network namespace, other namespaces' sockets one by one (observe/procfs.rs),
-    /// socket inodes cached across calls; and how many could not be measured (logged once
-    /// each, by process).
+    /// Kernel memory charged to every open socket, by (process, fd), as `SocketJoin` measures
+    /// it (observe/procfs.rs: one by one, past 2,048 sockets the tracer's own network namespace
+    /// in one sock_diag dump), socket inodes cached across calls; and how many could not be
+    /// measured (logged once each, by process).
     fn socket_memory(&mut self) -> (HashMap<(u32, i32), u64>, u64) {
         let proc_root = self.proc_root.clone();
-        let sockets = self.engine.table().count_of(FdKind::Socket);
         let mut join =
-            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), sockets, self.redact_paths);
+            SocketJoin::new(&proc_root, std::mem::take(&mut self.socket_inodes), self.redact_paths);
         let mut memory = HashMap::new();
         let mut unmeasured = 0;
         for (tgid, process) in self.engine.table().processes() {

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -74,42 +74,51 @@ impl ProcSource for Procfs {
     }
 }
 
-/// Up to this many sockets are measured one by one (sys/sockdiag.rs `socket_memory`: five
-/// system calls, about 2 µs a socket here), more in one sock_diag dump of the tracer's network
-/// namespace. A dump costs what the namespace holds, not what is asked: the kernel walks every
-/// bucket of its TCP hash for IPv4 and again for IPv6 (net/ipv4/inet_diag.c
-/// `inet_diag_dump_icsk`), 262,144 of them on this machine of 24 GiB (the table grows with the
-/// node's memory: `alloc_large_system_hash` in `tcp_init`), 7 ms a dump here. `serve` measures
-/// every open socket once a second: a dump a second was 70% of its CPU on an idle node.
+/// How many sockets a join measures one by one (sys/sockdiag.rs `socket_memory`: five system
+/// calls, about 2 µs a socket here) before it takes the rest of the tracer's own network
+/// namespace from one sock_diag dump. A dump costs what the node holds, not what is asked: the
+/// kernel walks every bucket of the TCP hash, for IPv4 and again for IPv6 (net/ipv4/tcp_diag.c
+/// `tcp_diag_dump`; inet_diag.c `inet_diag_dump_icsk` in older kernels), the node's shared
+/// table unless `tcp_child_ehash_entries` gave the namespace its own: 262,144 buckets on this
+/// machine of 24 GiB (`alloc_large_system_hash` in `tcp_init` sizes it by memory), 7 ms a dump
+/// here, as long as 3,500 sockets one by one. 2,048 stays under that where each duplicate costs more (an
+/// LSM's check of it). `serve` measures every open socket once a second; a dump a second was
+/// 70% of an idle `serve`'s CPU.
 const ONE_BY_ONE_UP_TO: usize = 2_048;
 
 /// Open sockets joined with the socket tables of their network namespace, and with their
-/// memory from sock_diag, by inode.
+/// memory, by inode.
 pub(super) struct SocketJoin<'a> {
     proc_root: &'a Path,
     tables: SocketTables,
     known: HashMap<(u32, i32, u64), u64>,
     pub(super) seen: HashMap<(u32, i32, u64), u64>,
-    /// Few sockets to measure (`ONE_BY_ONE_UP_TO`): each on its own first, the dump only for
-    /// one that cannot be (its process does not allow the duplicate).
-    one_by_one: bool,
-    /// Socket memory of the tracer's network namespace by inode: dumped once per report, on
-    /// the first socket asked about that needs it.
+    /// Sockets measured one by one so far (`ONE_BY_ONE_UP_TO`).
+    measured_alone: usize,
+    /// Socket memory of the tracer's network namespace by inode: dumped at most once per join,
+    /// when it is needed.
     memory: Option<HashMap<u64, sockdiag::SocketMemory>>,
-    /// Processes whose sockets are measured one by one (few sockets, or not in the dump: another
-    /// network namespace's): a pidfd each (sys/sockdiag.rs), or why there is none.
+    /// The tracer's own network namespace (the inode of /proc/self/ns/net), read when needed.
+    own_namespace: Option<Option<u64>>,
+    /// Whether each process asked about is in the tracer's network namespace, which the dump
+    /// lists. A DaemonSet's pod has a namespace of its own (no `hostNetwork`): the dump lists
+    /// none of the sockets it traces.
+    in_own_namespace: HashMap<u32, bool>,
+    /// Processes whose sockets were measured one by one: a pidfd each (sys/sockdiag.rs), or why
+    /// there is none.
     pidfds: HashMap<u32, Result<OwnedFd, String>>,
+    /// Whether a socket's descriptor may be duplicated without changing the socket
+    /// (`duplicates_keep_sockets`), read when needed: why not, if not.
+    may_duplicate: Option<Result<(), String>>,
     /// `--redact-paths`: file paths and memfd names are not shown.
     redact_paths: bool,
 }
 
 impl<'a> SocketJoin<'a> {
-    /// `known`: socket inodes cached by the last join (`seen` of it); `sockets`: how many open
-    /// sockets the caller may ask about, which decides how their memory is measured.
+    /// `known`: socket inodes cached by the last join (`seen` of it).
     pub(super) fn new(
         proc_root: &'a Path,
         known: HashMap<(u32, i32, u64), u64>,
-        sockets: usize,
         redact_paths: bool,
     ) -> SocketJoin<'a> {
         SocketJoin {
@@ -117,9 +126,12 @@ impl<'a> SocketJoin<'a> {
             tables: SocketTables::new(proc_root),
             known,
             seen: HashMap::new(),
-            one_by_one: sockets <= ONE_BY_ONE_UP_TO,
+            measured_alone: 0,
             memory: None,
+            own_namespace: None,
+            in_own_namespace: HashMap::new(),
             pidfds: HashMap::new(),
+            may_duplicate: None,
             redact_paths,
         }
     }
@@ -136,9 +148,11 @@ impl<'a> SocketJoin<'a> {
     }
 
     /// The kernel memory of an open socket: `Ok(None)` when it is no longer open, `Err` with
-    /// why when it could not be had. Few sockets are measured each on its own; many, those of
-    /// the tracer's own network namespace in one sock_diag dump, and a socket not in it (a
-    /// pod's) on its own.
+    /// why when it could not be had. Each socket is measured on its own, up to
+    /// `ONE_BY_ONE_UP_TO` of them; past that, those of the tracer's own network namespace come
+    /// from one sock_diag dump. A socket whose descriptor the tracer may not duplicate is looked
+    /// for in the dump too (a socket of another namespace has no other way). Measured on its own, a socket whose process or descriptor is gone is
+    /// `Ok(None)`, even where a copy of it lives on in another process (a dump would list it).
     pub(super) fn socket_memory(
         &mut self,
         tgid: u32,
@@ -146,32 +160,60 @@ impl<'a> SocketJoin<'a> {
         entry: &OpenFd,
     ) -> Result<Option<u64>, String> {
         let Some(inode) = self.inode(tgid, fd, entry) else { return Ok(None) };
-        let alone = if self.one_by_one {
-            match self.alone(tgid, fd, inode) {
-                Ok(bytes) => return Ok(bytes),
-                Err(why) => Some(why),
-            }
-        } else {
-            None
-        };
+        let many = self.measured_alone >= ONE_BY_ONE_UP_TO;
+        if many
+            && self.listed_by_dump(tgid)
+            && let Some(bytes) = self.dumped(inode)
+        {
+            return Ok(Some(bytes));
+        }
+        self.measured_alone += 1;
+        match self.alone(tgid, fd, inode) {
+            // A process that does not let its descriptor be duplicated (a ptrace attach check),
+            // or a node where none may be (`duplicates_keep_sockets`).
+            Err(why) if !many && self.listed_by_dump(tgid) => self.dumped(inode).map(Some).ok_or(why),
+            measured => measured,
+        }
+    }
+
+    /// The memory the dump of the tracer's network namespace gives socket `inode`, if it lists it
+    /// (the dump taken the first time).
+    fn dumped(&mut self, inode: u64) -> Option<u64> {
         let memory = self.memory.get_or_insert_with(|| {
             sockdiag::dump()
                 .inspect_err(|e| log::warn!("socket memory (sock_diag) unavailable: {e}"))
                 .unwrap_or_default()
         });
-        if let Some(m) = memory.get(&inode) {
-            return Ok(Some(m.buffer_bytes()));
-        }
-        match alone {
-            Some(why) => Err(why),
-            None => self.alone(tgid, fd, inode),
-        }
+        memory.get(&inode).map(|m| m.buffer_bytes())
+    }
+
+    /// Whether `tgid` is in the tracer's own network namespace, whose sockets a dump lists (no
+    /// when either cannot be read).
+    fn listed_by_dump(&mut self, tgid: u32) -> bool {
+        let namespace = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
+        let own = *self.own_namespace.get_or_insert_with(|| namespace(Path::new("/proc/self/ns/net")));
+        let proc_root = self.proc_root;
+        *self.in_own_namespace.entry(tgid).or_insert_with(|| {
+            own.is_some() && namespace(&proc_root.join(tgid.to_string()).join("ns/net")) == own
+        })
     }
 
     /// One socket measured through a duplicate of its descriptor (sys/sockdiag.rs), whatever
     /// network namespace it is in: `Ok(None)` when the descriptor is no longer that socket.
     fn alone(&mut self, tgid: u32, fd: i32, inode: u64) -> Result<Option<u64>, String> {
         let proc_root = self.proc_root;
+        let may = self.may_duplicate.get_or_insert_with(|| {
+            match std::fs::read_to_string(proc_root.join("cgroups")) {
+                Ok(cgroups) if duplicates_keep_sockets(&cgroups) => Ok(()),
+                Ok(_) => Err("not duplicated: on this node (cgroup v1 net_cls or net_prio mounted) \
+                              the socket would take the tracer's class id and priority"
+                    .to_string()),
+                Err(e) => Err(format!("not duplicated: cgroup controllers unknown ({e})")),
+            }
+        });
+        if let Err(why) = may {
+            return Err(format!("{}: {why}", network_namespace(proc_root, tgid)));
+        }
         let pidfd = self.pidfds.entry(tgid).or_insert_with(|| {
             proc::pidfd(tgid).map_err(|e| match e.raw_os_error() {
                 Some(libc::ESRCH) => String::new(),
@@ -224,6 +266,22 @@ impl<'a> SocketJoin<'a> {
             _ => FdFacts::default(),
         }
     }
+}
+
+/// Whether a descriptor of a socket can be duplicated into the tracer without changing the
+/// socket, given /proc/cgroups (`#subsys_name hierarchy num_cgroups enabled`). A received socket
+/// takes the receiver's cgroup v1 net_cls class id and net_prio index (net/core/sock.c
+/// `__receive_sock`, `sock_update_classid`, `sock_update_netprioidx`): where either controller
+/// is mounted (a hierarchy other than 0), traffic classified by them would change for the
+/// traced program. Unmounted, every task's id and index are the root's, as every socket's are.
+fn duplicates_keep_sockets(cgroups: &str) -> bool {
+    cgroups.lines().all(|line| {
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some("net_cls" | "net_prio"), Some(hierarchy)) => hierarchy == "0",
+            _ => true,
+        }
+    })
 }
 
 /// Which network namespace a process's sockets are in, for a sentence saying why they could
@@ -295,7 +353,7 @@ mod tests {
         std::os::unix::fs::symlink("/srv/anonymous", fd_dir.join("8")).unwrap();
         let path = |p: &[u8]| FdDetail::Path(p.to_vec().into());
         for redact in [false, true] {
-            let mut join = SocketJoin::new(procfs.path(), HashMap::new(), 0, redact);
+            let mut join = SocketJoin::new(procfs.path(), HashMap::new(), redact);
             let mut describe = |fd, kind, detail| join.describe(7, fd, &entry(kind, detail));
             let shown =
                 |name: &str| Some(if redact { crate::output::redact::REDACTED } else { name }.to_string());
@@ -313,10 +371,25 @@ mod tests {
         }
     }
 
-    /// Few sockets are measured each on its own, without a dump of the network namespace; many
-    /// in one dump. Both give a socket of this process the same memory.
     #[test]
-    fn few_sockets_are_measured_without_a_dump() {
+    fn sockets_are_duplicated_only_where_no_v1_net_cls_or_net_prio_is_mounted() {
+        let cgroups = |net_cls: u32, net_prio: u32| {
+            format!(
+                "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\n\
+                 net_cls\t{net_cls}\t295\t1\nperf_event\t0\t295\t1\nnet_prio\t{net_prio}\t295\t1\n"
+            )
+        };
+        assert!(duplicates_keep_sockets(&cgroups(0, 0)));
+        assert!(!duplicates_keep_sockets(&cgroups(9, 0)));
+        assert!(!duplicates_keep_sockets(&cgroups(0, 9)));
+        assert!(duplicates_keep_sockets("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t0\t60\t1\n"));
+    }
+
+    /// Sockets are measured each on its own, without a dump of the network namespace, up to
+    /// `ONE_BY_ONE_UP_TO`; past that, a socket of the tracer's own namespace comes from one
+    /// dump. Either way this process's socket holds the data it has not read.
+    #[test]
+    fn sockets_are_measured_one_by_one_then_from_a_dump() {
         use std::{io::Write as _, os::fd::AsRawFd as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -325,13 +398,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let (me, fd) = (std::process::id(), server.as_raw_fd());
         let socket = entry(FdKind::Socket, FdDetail::None);
-        let mut few = SocketJoin::new(Path::new("/proc"), HashMap::new(), 2, false);
-        let alone = few.socket_memory(me, fd, &socket).unwrap().expect("open");
-        assert!(few.memory.is_none(), "a dump for two sockets");
-        let mut many = SocketJoin::new(Path::new("/proc"), HashMap::new(), ONE_BY_ONE_UP_TO + 1, false);
-        let dumped = many.socket_memory(me, fd, &socket).unwrap().expect("open");
-        assert!(many.memory.is_some(), "no dump for many sockets");
-        assert!(alone >= 50_000, "{alone} bytes for 50,000 unread");
-        assert_eq!(alone, dumped);
+        let mut join = SocketJoin::new(Path::new("/proc"), HashMap::new(), false);
+        for _ in 0..ONE_BY_ONE_UP_TO {
+            let alone = join.socket_memory(me, fd, &socket).unwrap().expect("open");
+            assert!(alone >= 50_000, "{alone} bytes for 50,000 unread");
+        }
+        assert!(join.memory.is_none(), "a dump within {ONE_BY_ONE_UP_TO} sockets");
+        let dumped = join.socket_memory(me, fd, &socket).unwrap().expect("open");
+        assert!(join.memory.is_some(), "no dump past {ONE_BY_ONE_UP_TO} sockets");
+        assert!(dumped >= 50_000, "{dumped} bytes for 50,000 unread");
     }
 }

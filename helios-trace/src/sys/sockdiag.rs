@@ -1,16 +1,23 @@
-//! Kernel memory held by sockets, from netlink sock_diag (`INET_DIAG_SKMEMINFO` for TCP and
-//! UDP, `UNIX_DIAG_MEMINFO` for unix sockets; net/core/sock_diag.c sock_diag_put_meminfo),
-//! keyed by socket inode so it joins with the descriptors in the FdTable.
+//! Kernel memory held by sockets: of one socket, through a duplicate of its descriptor, or of a
+//! whole network namespace's in one netlink sock_diag dump (`INET_DIAG_SKMEMINFO` for TCP and
+//! UDP, `UNIX_DIAG_MEMINFO` for unix sockets; net/core/sock_diag.c sock_diag_put_meminfo), keyed
+//! by socket inode so it joins with the descriptors in the FdTable. observe/procfs.rs
+//! (`SocketJoin::socket_memory`) says which.
 //!
 //! sock_diag answers for the network namespace of the netlink socket that asks: the tracer's
 //! own. A process in another network namespace (a pod) has sockets the dump does not list;
 //! entering its namespace (setns(CLONE_NEWNET)) takes CAP_SYS_ADMIN, which the tracer gives up
 //! once attached (sys/privileges.rs; only its uprobe maker keeps it, for uprobes alone,
-//! sys/uprobes.rs). So such a socket is measured
-//! on its own: a duplicate of the process's descriptor (pidfd_getfd(2), allowed by the same
-//! ptrace access check as /proc/PID/fd: CAP_SYS_PTRACE) asked for `SO_MEMINFO`, the very array
-//! sock_diag would put in its answer (net/core/sock.c sk_getsockopt SO_MEMINFO and
-//! sock_diag_put_meminfo both call sk_get_meminfo), then closed.
+//! sys/uprobes.rs). So one socket is measured on its own: a duplicate of the process's
+//! descriptor (pidfd_getfd(2): a ptrace attach check with real ids, which CAP_SYS_PTRACE passes
+//! and Yama's `ptrace_scope` 3 refuses, stricter than /proc/PID/fd's read check) asked for
+//! `SO_MEMINFO`, the very array sock_diag would put in its answer (net/core/sock.c
+//! sk_getsockopt SO_MEMINFO and sock_diag_put_meminfo both call sk_get_meminfo), then closed.
+//! The duplicate is received as any passed descriptor is (fs/file.c `receive_fd`): an LSM sees
+//! it (`security_file_receive`), and the socket takes the tracer's cgroup v1 net_cls class id and
+//! net_prio index (net/core/sock.c `__receive_sock`), which is why observe/procfs.rs duplicates
+//! none where those controllers are mounted. Were the process to close its descriptor in the
+//! microseconds the duplicate lives, the tracer's close would be the socket's last.
 use std::{
     collections::HashMap,
     io,
@@ -108,10 +115,11 @@ pub(crate) fn dump() -> io::Result<HashMap<u64, SocketMemory>> {
 /// descriptor's socket can be in: every state but TIME_WAIT. A TIME_WAIT entry is not a
 /// descriptor's socket but what is left of one: tcp_time_wait (net/ipv4/tcp_minisocks.c) puts an
 /// `inet_timewait_sock` in its place and closes the socket itself (`tcp_done`: TCP_CLOSE), so
-/// its inode is 0 and its answer carries no memory (inet_diag.c `inet_twsk_diag_fill`). The
-/// kernel still walks them (`inet_diag_dump_icsk` tests each entry's state), but answers only
-/// the states asked for: the 14,000 TIME_WAIT entries an nginx under `ab` left, answered and
-/// parsed for nothing at every dump, were a fifth of an idle `serve`'s CPU (BENCHMARKS.md).
+/// its inode is 0 and its answer carries no memory (`tcp_twsk_diag_fill`). The kernel still
+/// walks them (net/ipv4/tcp_diag.c `tcp_diag_dump`, inet_diag.c `inet_diag_dump_icsk` in older
+/// kernels, tests each entry's state), but answers only the states asked for: the 14,000 TIME_WAIT
+/// entries an nginx under `ab` left, answered and parsed for nothing at every dump, were a fifth
+/// of an idle `serve`'s CPU while it dumped once a second (BENCHMARKS.md).
 fn inet_request(family: u8, protocol: u8) -> SockDiagMessage {
     SockDiagMessage::InetRequest(InetRequest {
         family,

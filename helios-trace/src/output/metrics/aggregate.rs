@@ -134,7 +134,8 @@ pub(crate) struct SiteSeries {
     pub(crate) closed: u64,
     /// None when nothing is open.
     pub(crate) oldest_open_seconds: Option<f64>,
-    /// Kernel memory charged to its open sockets (sock_diag); None for other kinds.
+    /// Kernel memory charged to its open sockets (`SO_MEMINFO`, or sock_diag); None for other
+    /// kinds.
     pub(crate) socket_memory_bytes: Option<u64>,
 }
 
