@@ -286,32 +286,31 @@ impl Tracer {
         matches!(self, Tracer::Helios(_) | Tracer::Before(_) | Tracer::Serve { .. })
     }
 
+    /// The helios-trace binary this tracer runs: the `HELIOS_TRACE_BEFORE` one for the before
+    /// variants.
+    fn binary(self, bench: &Bench) -> Result<&Path> {
+        match self {
+            Tracer::Before(_) | Tracer::Serve { before: true } => {
+                bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")
+            }
+            _ => Ok(&bench.helios),
+        }
+    }
+
     /// Attach to `pid` (None when untraced).
     fn attach(self, bench: &Bench, pid: u32) -> Result<Option<Attached>> {
         Ok(match self {
             Tracer::Untraced => None,
-            Tracer::Helios(args) => {
+            Tracer::Helios(args) | Tracer::Before(args) => {
                 let mut all: Vec<String> =
                     vec!["--pid".into(), pid.to_string(), "--reconcile-interval".into(), "0".into()];
                 all.extend(args.iter().map(|a| a.to_string()));
-                Some(bench.helios(&all)?)
+                Some(bench.helios_of(self.binary(bench)?, &all)?)
             }
             Tracer::Bpftrace { stacks } => Some(bench.bpftrace(pid, stacks)?),
             Tracer::Floor(kind) => Some(bench.floor(kind)?),
-            Tracer::Before(args) => {
-                let binary = bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")?;
-                let mut all: Vec<String> =
-                    vec!["--pid".into(), pid.to_string(), "--reconcile-interval".into(), "0".into()];
-                all.extend(args.iter().map(|a| a.to_string()));
-                Some(bench.helios_of(binary, &all)?)
-            }
-            Tracer::Serve { before } => {
-                let binary = if before {
-                    bench.before.as_deref().context("HELIOS_TRACE_BEFORE is not set")?
-                } else {
-                    &bench.helios
-                };
-                let mut serve = Command::new(binary);
+            Tracer::Serve { .. } => {
+                let mut serve = Command::new(self.binary(bench)?);
                 serve.args(["serve", "--listen", "127.0.0.1:0", "--reconcile-interval", "0"]);
                 serve.args(["--pid", &pid.to_string()]);
                 Some(Attached::start(serve, |line| line.starts_with("helios-trace: attached"))?)
