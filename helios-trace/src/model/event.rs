@@ -2,9 +2,9 @@
 //! the syscall that produced it, and the user stack a record may carry. Built by sys/decode.rs,
 //! consumed by fdtable.rs (the events) and resolve/unwind.rs (the stacks).
 #[cfg(target_arch = "aarch64")]
-use helios_trace_common::regs_aarch64::{PC, SP};
+use helios_trace_common::regs_aarch64 as saved;
 #[cfg(target_arch = "x86_64")]
-use helios_trace_common::regs_x86_64::{IP as PC, SP};
+use helios_trace_common::regs_x86_64 as saved;
 use helios_trace_common::{USER_REGS_WORDS, user_stack_flags};
 use smallvec::SmallVec;
 
@@ -132,24 +132,58 @@ pub(crate) struct WalkedChain<'a> {
 }
 
 /// The user state of a thread at a syscall, as the kernel program captured it (`--stacks
-/// dwarf`): the registers and a window of the stack, borrowed from the record.
+/// dwarf`): the registers an unwind starts from and a window of the stack, borrowed from the
+/// record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StackSample<'a> {
-    pub(crate) regs: [u64; USER_REGS_WORDS],
+    pub(crate) regs: StartRegs,
     /// The stack from `sp()` upward.
     pub(crate) stack: &'a [u8],
     /// helios_trace_common::user_stack_flags.
     pub(crate) flags: u32,
 }
 
-impl StackSample<'_> {
+/// The registers an unwind starts from, picked from the saved user registers a record carries
+/// (`UserStack::regs`, 272 bytes, of which the unwinder reads three or four). Not the whole
+/// array: a sample is part of every decoded record (sys/decode.rs, `RecordStack`), whose
+/// every move was then a `memcpy` of 304 bytes, a learned chain's record's too, about seven
+/// a record (BENCHMARKS.md, "The decoded record made small").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StartRegs {
+    /// The instruction pointer: just after the syscall instruction.
+    pub(crate) pc: u64,
+    pub(crate) sp: u64,
+    /// The frame pointer (x86_64's rbp, aarch64's x29).
+    pub(crate) fp: u64,
+    /// aarch64's link register (x30); 0 on x86_64, which has none.
+    pub(crate) lr: u64,
+}
+
+impl StartRegs {
+    /// From the saved user registers, in the kernel's order for the running architecture
+    /// (helios_trace_common::regs_x86_64, regs_aarch64).
+    pub(crate) fn of(regs: &[u64; USER_REGS_WORDS]) -> StartRegs {
+        #[cfg(target_arch = "x86_64")]
+        let (pc, fp, lr) = (regs[saved::IP], regs[saved::BP], 0);
+        #[cfg(target_arch = "aarch64")]
+        let (pc, fp, lr) = (regs[saved::PC], regs[saved::FP], regs[saved::LR]);
+        StartRegs { pc, sp: regs[saved::SP], fp, lr }
+    }
+}
+
+impl<'a> StackSample<'a> {
+    /// A sample of the saved user registers `regs` and the stack window `stack`.
+    pub(crate) fn new(regs: &[u64; USER_REGS_WORDS], stack: &'a [u8], flags: u32) -> StackSample<'a> {
+        StackSample { regs: StartRegs::of(regs), stack, flags }
+    }
+
     pub(crate) fn sp(&self) -> u64 {
-        self.regs[SP]
+        self.regs.sp
     }
 
     /// The user instruction pointer: just after the syscall instruction.
     pub(crate) fn pc(&self) -> u64 {
-        self.regs[PC]
+        self.regs.pc
     }
 
     /// The 8 bytes of stack at `address`, if the window holds them.
@@ -178,7 +212,7 @@ mod tests {
         let mut regs = [0u64; USER_REGS_WORDS];
         regs[regs_x86_64::SP] = 0x1000;
         let stack: Vec<u8> = (0..16).collect();
-        let sample = StackSample { regs, stack: &stack, flags: 0 };
+        let sample = StackSample::new(&regs, &stack, 0);
         assert_eq!(sample.read(0x1000), Ok(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
         assert_eq!(sample.read(0x1008), Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15])));
         assert_eq!(sample.read(0x1009), Err(()));

@@ -29,7 +29,7 @@
 //!   What is kept is kept for `CLOSE_HOLD_NS`: a held descriptor whose close does not come
 //!   by then is counted closed as lost (`CloseReason::Reconcile`, what such an open meant
 //!   when closes were seen at enter).
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap, mem};
 
 use foldhash::{HashMap, HashSet};
 
@@ -240,17 +240,19 @@ impl FdTable {
         let now = event.ts_ns;
         match &event.op {
             Op::Open { fds, kind, detail, cloexec, dirfd } => {
+                // Borrowed from the event until an entry takes it: the last fd's entry takes
+                // the one copy of the path (a copy a descriptor: an allocation, its bytes and
+                // a free, twice for every open when this cloned it here and again per entry).
                 let detail = self.absolute(tgid, detail, *dirfd);
-                let (kind, detail) = self.reopened(tgid, *kind, detail);
-                for &fd in fds {
-                    let entry = OpenFd {
-                        kind,
-                        detail: detail.clone(),
-                        site,
-                        opened_ns: now,
-                        cloexec: *cloexec,
-                        inherited: false,
+                let (kind, mut detail) = self.reopened(tgid, *kind, detail);
+                for (index, &fd) in fds.iter().enumerate() {
+                    let detail = if index + 1 == fds.len() {
+                        mem::take(&mut detail).into_owned()
+                    } else {
+                        detail.clone().into_owned()
                     };
+                    let entry =
+                        OpenFd { kind, detail, site, opened_ns: now, cloexec: *cloexec, inherited: false };
                     self.open(tgid, fd, entry, out);
                 }
             }
@@ -557,9 +559,9 @@ impl FdTable {
 
     /// A relative path made absolute against its directory descriptor, when we know that one's
     /// path; otherwise unchanged.
-    fn absolute(&self, tgid: u32, detail: &FdDetail, dirfd: Option<i32>) -> FdDetail {
+    fn absolute<'e>(&self, tgid: u32, detail: &'e FdDetail, dirfd: Option<i32>) -> Cow<'e, FdDetail> {
         let (FdDetail::Path(relative), Some(dirfd)) = (detail, dirfd) else {
-            return detail.clone();
+            return Cow::Borrowed(detail);
         };
         match self.lookup(tgid, dirfd).and_then(|dir| dir.detail.path()) {
             Some(dir) => {
@@ -568,9 +570,9 @@ impl FdTable {
                     joined.push(b'/');
                 }
                 joined.extend_from_slice(relative);
-                FdDetail::Path(joined.into_boxed_slice())
+                Cow::Owned(FdDetail::Path(joined.into_boxed_slice()))
             }
-            None => detail.clone(),
+            None => Cow::Borrowed(detail),
         }
     }
 
@@ -579,12 +581,19 @@ impl FdTable {
     /// /proc says (`/memfd:NAME (deleted)`), where the mode the kind comes from (sys/decode.rs)
     /// is a regular file's. Only the process's own links: `/proc/PID/fd/N` names a pid of the
     /// process's namespace, which the table is not keyed by.
-    fn reopened(&self, tgid: u32, kind: FdKind, detail: FdDetail) -> (FdKind, FdDetail) {
+    fn reopened<'e>(
+        &self,
+        tgid: u32,
+        kind: FdKind,
+        detail: Cow<'e, FdDetail>,
+    ) -> (FdKind, Cow<'e, FdDetail>) {
         if kind != FdKind::File {
             return (kind, detail);
         }
         match detail.path().and_then(own_fd_link).and_then(|fd| self.lookup(tgid, fd)) {
-            Some(source) if source.kind == FdKind::Memfd => (FdKind::Memfd, source.detail.clone()),
+            Some(source) if source.kind == FdKind::Memfd => {
+                (FdKind::Memfd, Cow::Owned(source.detail.clone()))
+            }
             _ => (kind, detail),
         }
     }

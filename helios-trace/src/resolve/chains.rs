@@ -315,7 +315,7 @@ mod tests {
         };
         let captured = captured("sample");
         let image = image(&captured, "sample");
-        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let sample = StackSample::new(&captured.regs, &captured.stack, 0);
         let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), true, &mut |_| None);
         assert_eq!(unwound.frames.len(), unwound.addresses.len());
         let read = |address: u64| sample.read(address).ok();

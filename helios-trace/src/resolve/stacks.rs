@@ -1335,7 +1335,7 @@ mod tests {
 
         let mut registry = StackRegistry::new(procfs.path());
         registry.capture_maps(pid);
-        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let sample = StackSample::new(&captured.regs, &captured.stack, 0);
         let no_stack_map = |_: u32| -> Option<Vec<u64>> { panic!("dwarf stacks need no stack map") };
         let site = registry.site(
             pid,

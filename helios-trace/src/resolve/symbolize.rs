@@ -134,7 +134,7 @@ mod tests {
     fn unwound_symbols(binary: &str) -> (Vec<Vec<Symbol>>, Vec<u64>) {
         let captured = captured(binary);
         let image = image(&captured, binary);
-        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let sample = StackSample::new(&captured.regs, &captured.stack, 0);
         let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false, &mut |_| None);
         let module: &ProcessModule = &image.modules[0];
         let loaded = LoadedModule::load(module.file.clone()).unwrap();

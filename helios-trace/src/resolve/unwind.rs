@@ -25,13 +25,11 @@ pub(crate) const MAX_FRAMES: usize = 128;
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
+    use crate::{model::event::StartRegs, resolve::chains::FrameRegs};
     use framehop::x86_64::UnwindRegsX86_64;
-    use helios_trace_common::regs_x86_64 as regs;
 
-    use crate::resolve::chains::FrameRegs;
-
-    pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsX86_64 {
-        UnwindRegsX86_64::new(r[regs::IP], r[regs::SP], r[regs::BP])
+    pub(crate) fn unwind_regs(r: &StartRegs) -> UnwindRegsX86_64 {
+        UnwindRegsX86_64::new(r.pc, r.sp, r.fp)
     }
 
     pub(crate) fn frame_regs(pc: u64, regs: &UnwindRegsX86_64) -> FrameRegs {
@@ -53,13 +51,11 @@ mod arch {
 
 #[cfg(target_arch = "aarch64")]
 mod arch {
+    use crate::{model::event::StartRegs, resolve::chains::FrameRegs};
     use framehop::aarch64::UnwindRegsAarch64;
-    use helios_trace_common::regs_aarch64 as regs;
 
-    use crate::resolve::chains::FrameRegs;
-
-    pub(crate) fn unwind_regs(r: &[u64]) -> UnwindRegsAarch64 {
-        UnwindRegsAarch64::new(r[regs::LR], r[regs::SP], r[regs::FP])
+    pub(crate) fn unwind_regs(r: &StartRegs) -> UnwindRegsAarch64 {
+        UnwindRegsAarch64::new(r.lr, r.sp, r.fp)
     }
 
     /// Rules are learned for x86_64 only (resolve/chains.rs).
@@ -341,7 +337,7 @@ pub(crate) mod tests {
         // ends the chain.
         let words = [0x7020, COPY + 6, 0xdead, outer, 0, 0];
         let stack: Vec<u8> = words.iter().flat_map(|w: &u64| w.to_le_bytes()).collect();
-        let sample = StackSample { regs, stack: &stack, flags: user_stack_flags::SHORT };
+        let sample = StackSample::new(&regs, &stack, user_stack_flags::SHORT);
         let mut unwinder = ProcessUnwinder::default();
         let starts = |address: u64| (COPY..COPY + 11).contains(&address).then_some((COPY, 11));
         let without = unwinder.unwind(&sample, &mut UnwindCache::new(), false, &mut |a| starts(a));
@@ -363,7 +359,7 @@ pub(crate) mod tests {
     fn recovers_the_chain_without_frame_pointers() {
         let captured = captured("sample");
         let image = image(&captured, "sample");
-        let sample = StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 };
+        let sample = StackSample::new(&captured.regs, &captured.stack, 0);
         let unwound = unwinder(&image).unwind(&sample, &mut UnwindCache::new(), false, &mut |_| None);
         // leak_fn (the syscall), handler, loop, main: all in the sample binary; past main
         // the chain enters libc, which the test data does not carry.
@@ -384,12 +380,12 @@ pub(crate) mod tests {
         let image = image(&captured, "sample");
         let unwinder = unwinder(&image);
         let full = unwinder.unwind(
-            &StackSample { regs: captured.regs, stack: &captured.stack, flags: 0 },
+            &StackSample::new(&captured.regs, &captured.stack, 0),
             &mut UnwindCache::new(),
             false,
             &mut |_| None,
         );
-        let cut = StackSample { regs: captured.regs, stack: &captured.stack[..16], flags: 0 };
+        let cut = StackSample::new(&captured.regs, &captured.stack[..16], 0);
         let unwound = unwinder.unwind(&cut, &mut UnwindCache::new(), false, &mut |_| None);
         assert!(unwound.truncated, "{unwound:x?}");
         assert!(unwound.addresses.len() < full.addresses.len());

@@ -12,7 +12,7 @@ use helios_trace_common::{
     SyscallEvent, UserStack, chain_flags, close_flags, kind, syscall_flags,
 };
 use thiserror::Error;
-use zerocopy::FromBytes as _;
+use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::{
     model::{
@@ -73,9 +73,6 @@ pub(crate) enum HandleStep {
 /// The user stack a descriptor record carried with `--stacks dwarf` (`None` otherwise: a
 /// frame-pointer stack is an id in the event's `StackIds`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-// A window's registers by value (272 bytes): a box would be an allocation for each window,
-// which is every stack record where chains are not learned (`--learned-chains off`, not x86_64).
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum RecordStack<'a> {
     None,
     Window(StackSample<'a>),
@@ -115,12 +112,28 @@ pub(crate) struct PythonFrames {
     pub(crate) flags: u32,
 }
 
-fn read<T: zerocopy::FromBytes>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+fn read<T: FromBytes>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     T::read_from_prefix(bytes).map(|(record, _)| record).map_err(|_| DecodeError::Short {
         what,
         len: bytes.len(),
         need: size_of::<T>(),
     })
+}
+
+/// The `T` at the start of `bytes`: borrowed where they are aligned for it (every record of the
+/// ring emptier's chunks, sys/ring.rs `Memory`), else read into `copy` (a test's bytes may not
+/// be). Not copied always: a descriptor record's `SyscallEvent` is 432 bytes, and its copy was a
+/// `memcpy` of them for every descriptor record (BENCHMARKS.md, "The decoded record made
+/// small").
+fn view<'b, T: FromBytes + KnownLayout + Immutable>(
+    bytes: &'b [u8],
+    what: &'static str,
+    copy: &'b mut Option<T>,
+) -> Result<&'b T, DecodeError> {
+    match T::ref_from_prefix(bytes) {
+        Ok((record, _)) => Ok(record),
+        Err(_) => Ok(copy.insert(read(bytes, what)?)),
+    }
 }
 
 pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decoded<'a>, DecodeError> {
@@ -134,7 +147,8 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
     };
     match header.kind {
         kind::FD_SYSCALL | kind::FD_SYSCALL_USER_STACK | kind::FD_SYSCALL_CHAIN => {
-            let record: SyscallEvent = read(bytes, "syscall record")?;
+            let mut copy = None;
+            let record: &SyscallEvent = view(bytes, "syscall record", &mut copy)?;
             let stack = match (learned_chain(bytes)?, user_stack(bytes)?) {
                 (Some(chain), _) if chain.flags & chain_flags::SHADOW != 0 => {
                     let addresses = chain.addresses.into_owned();
@@ -155,7 +169,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], table: &SyscallTable) -> Result<Decode
                 creator: (record.creator_pc != 0).then_some(record.creator_pc),
                 at_entry: false,
             };
-            Ok(match syscall_op(call, &record) {
+            Ok(match syscall_op(call, record) {
                 Some(op) => Decoded::Event(event(stacks, op), stack),
                 None => Decoded::Nothing,
             })
@@ -260,13 +274,14 @@ pub(crate) fn user_stack(bytes: &[u8]) -> Result<Option<StackSample<'_>>, Decode
         _ => return Ok(None),
     };
     let tail = bytes.get(event_len..).unwrap_or_default();
-    let stack: UserStack = read(tail, "user stack")?;
+    let mut copy = None;
+    let stack: &UserStack = view(tail, "user stack", &mut copy)?;
     let data = &tail[size_of::<UserStack>()..];
     let len = stack.stack_len as usize;
     let Some(window) = data.get(..len) else {
         return Err(DecodeError::Short { what: "user stack window", len: data.len(), need: len });
     };
-    Ok(Some(StackSample { regs: stack.regs, stack: window, flags: stack.flags }))
+    Ok(Some(StackSample::new(&stack.regs, window, stack.flags)))
 }
 
 /// The chain a `kind::FD_SYSCALL_CHAIN` record carries after its SyscallEvent (None for every
@@ -651,6 +666,30 @@ pub(crate) mod tests {
         assert!(matches!(decode(cut, &table), Err(DecodeError::Short { what: "learned chain", .. })));
     }
 
+    /// A record is read in place where its bytes are aligned (the emptier's chunks) and copied
+    /// where not: the two decode alike.
+    #[test]
+    fn a_record_decodes_alike_in_place_and_copied() {
+        let table = SyscallTable::native();
+        let mut record =
+            with_path(syscall(Call::OpenAt, 5, [libc::AT_FDCWD as u64, 0, 0, 0, 0, 0]), b"/srv/a");
+        let window = with_user_stack(record, 0x7ffd_0000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        record.header.kind = kind::FD_SYSCALL_CHAIN;
+        let mut chain = LearnedChain { depth: 2, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+        chain.addresses[..2].copy_from_slice(&[0x7f00_0000_1234, 0x55d0_c0a0_1010]);
+        let chained = [bytes_of(&record), bytes_of(&chain)].concat();
+        for bytes in [&window, &chained] {
+            let mut words = vec![0u64; bytes.len() / 8 + 2];
+            let memory: &mut [u8] = zerocopy::IntoBytes::as_mut_bytes(&mut words[..]);
+            memory[..bytes.len()].copy_from_slice(bytes);
+            let in_place = decode(&memory[..bytes.len()], &table).unwrap();
+            assert!(matches!(in_place, Decoded::Event(..)), "{in_place:?}");
+            let mut shifted = vec![0u8; bytes.len() + 1];
+            shifted[1..].copy_from_slice(bytes);
+            assert_eq!(decode(&shifted[1..], &table).unwrap(), in_place);
+        }
+    }
+
     /// A descriptor record as the ring holds it: the written parts, and `garbage` where its
     /// kernel program wrote nothing (the path's end, a chain past its depth, a window past its
     /// length, up to what the program reserved).
@@ -939,7 +978,7 @@ pub(crate) mod tests {
         record.header.kind = kind::FD_SYSCALL_USER_STACK;
         record.stack_id = STACK_NOT_CAPTURED;
         let mut regs = [0u64; helios_trace_common::USER_REGS_WORDS];
-        regs[3] = 0xabcd;
+        regs[if cfg!(target_arch = "aarch64") { 29 } else { 4 }] = 0xabcd;
         let header = UserStack { regs, stack_len: stack.len() as u32, flags: 0 };
         let mut bytes = bytes_of(&record);
         bytes.extend(bytes_of(&header));
@@ -965,7 +1004,7 @@ pub(crate) mod tests {
         }
         let sample = user_stack(&bytes).unwrap().unwrap();
         assert_eq!(sample.stack, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!((sample.regs[3], sample.sp()), (0xabcd, 0x7ffd_0000));
+        assert_eq!((sample.regs.fp, sample.sp()), (0xabcd, 0x7ffd_0000));
         assert_eq!(user_stack(&bytes_of(&record)).unwrap(), None, "plain records carry no stack");
         // A window longer than the record, or a cut header, is an error, not a panic.
         let cut = &bytes[..bytes.len() - 1];

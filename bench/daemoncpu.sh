@@ -1,0 +1,39 @@
+#!/bin/bash
+# The daemon's own CPU per record (BENCHMARKS.md, "The decoded record made small"), as root:
+#
+#   bench/daemoncpu.sh RATE SECONDS BINARY...
+#
+# For each binary in turn: bench/rate.c (built here, one thread) makes RATE records a second
+# (open+close of /dev/null, two records a pair) for SECONDS after its warm-up, traced with
+# `--pid`, and the CPU time of all the tracer's threads over that part (the sum of
+# /proc/PID/task/*/schedstat's first field, ns on a CPU) is divided by the records made.
+# The throughput ladder (`cargo xtask bench throughput`) measures the same per rung; this is
+# one rung, to alternate two binaries over many runs.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+rate=$1
+seconds=$2
+shift 2
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+gcc -O2 -fomit-frame-pointer -g -pthread -o "$dir/rate" "$here/rate.c"
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {print s + 0}'; }
+
+# shellcheck source=bench/traced.sh
+. "$here/traced.sh"
+
+for binary in "$@"; do
+  traced "$binary" -- "$dir/rate" "$rate" "$seconds" 1
+  # rate.c's first line starts its warm-up, its second the measured part.
+  echo >&3
+  until grep -qs warm "$dir/loop.out"; do sleep 0.05; done
+  sleep 0.5
+  before=$(cpu_ns "$tracer")
+  go
+  # What the tracer has not read yet when the loop ends: its emptier looks at most 20 ms apart.
+  sleep 0.3
+  after=$(cpu_ns "$tracer")
+  untraced
+  read -r pairs _ < <(tail -1 "$dir/loop.out")
+  echo "$binary: $(((after - before) / (2 * pairs))) ns of daemon CPU per record at $rate records/s"
+done
