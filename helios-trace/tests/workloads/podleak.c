@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -118,6 +119,12 @@ static int listening_port(void) {
 }
 
 int main(void) {
+    /* `accept` may hold thousands of sockets: the soft descriptor limit raised to the hard one. */
+    struct rlimit files;
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[256];
