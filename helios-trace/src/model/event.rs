@@ -148,7 +148,7 @@ pub(crate) struct StackSample<'a> {
 /// array: a sample is part of every decoded record (sys/decode.rs, `RecordStack`), whose
 /// every move was then a `memcpy` of 304 bytes, a learned chain's record's too, about seven
 /// a record (BENCHMARKS.md, "The decoded record made small").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StartRegs {
     /// The instruction pointer: just after the syscall instruction.
     pub(crate) pc: u64,

@@ -29,7 +29,7 @@
 //!   What is kept is kept for `CLOSE_HOLD_NS`: a held descriptor whose close does not come
 //!   by then is counted closed as lost (`CloseReason::Reconcile`, what such an open meant
 //!   when closes were seen at enter).
-use std::{borrow::Cow, collections::BTreeMap, mem};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use foldhash::{HashMap, HashSet};
 
@@ -244,16 +244,20 @@ impl FdTable {
                 // the one copy of the path (a copy a descriptor: an allocation, its bytes and
                 // a free, twice for every open when this cloned it here and again per entry).
                 let detail = self.absolute(tgid, detail, *dirfd);
-                let (kind, mut detail) = self.reopened(tgid, *kind, detail);
-                for (index, &fd) in fds.iter().enumerate() {
-                    let detail = if index + 1 == fds.len() {
-                        mem::take(&mut detail).into_owned()
-                    } else {
-                        detail.clone().into_owned()
-                    };
-                    let entry =
-                        OpenFd { kind, detail, site, opened_ns: now, cloexec: *cloexec, inherited: false };
-                    self.open(tgid, fd, entry, out);
+                let (kind, detail) = self.reopened(tgid, *kind, detail);
+                let entry = |detail| OpenFd {
+                    kind,
+                    detail,
+                    site,
+                    opened_ns: now,
+                    cloexec: *cloexec,
+                    inherited: false,
+                };
+                if let Some((last, others)) = fds.split_last() {
+                    for &fd in others {
+                        self.open(tgid, fd, entry(detail.clone().into_owned()), out);
+                    }
+                    self.open(tgid, *last, entry(detail.into_owned()), out);
                 }
             }
             Op::Accept { fd, listener, cloexec } => {

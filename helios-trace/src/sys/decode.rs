@@ -122,8 +122,8 @@ fn read<T: FromBytes>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError
 
 /// The `T` at the start of `bytes`: borrowed where they are aligned for it (every record of the
 /// ring emptier's chunks, sys/ring.rs `Memory`), else read into `copy` (a test's bytes may not
-/// be). Not copied always: a descriptor record's `SyscallEvent` is 432 bytes, and its copy was a
-/// `memcpy` of them for every descriptor record (BENCHMARKS.md, "The decoded record made
+/// be). Not copied always: a descriptor record's `SyscallEvent` is 440 bytes, and its copy was a
+/// `memcpy` of 392 of them (the rest moved in registers) for every descriptor record (BENCHMARKS.md, "The decoded record made
 /// small").
 fn view<'b, T: FromBytes + KnownLayout + Immutable>(
     bytes: &'b [u8],
@@ -679,14 +679,19 @@ pub(crate) mod tests {
         chain.addresses[..2].copy_from_slice(&[0x7f00_0000_1234, 0x55d0_c0a0_1010]);
         let chained = [bytes_of(&record), bytes_of(&chain)].concat();
         for bytes in [&window, &chained] {
-            let mut words = vec![0u64; bytes.len() / 8 + 2];
-            let memory: &mut [u8] = zerocopy::IntoBytes::as_mut_bytes(&mut words[..]);
-            memory[..bytes.len()].copy_from_slice(bytes);
-            let in_place = decode(&memory[..bytes.len()], &table).unwrap();
-            assert!(matches!(in_place, Decoded::Event(..)), "{in_place:?}");
-            let mut shifted = vec![0u8; bytes.len() + 1];
-            shifted[1..].copy_from_slice(bytes);
-            assert_eq!(decode(&shifted[1..], &table).unwrap(), in_place);
+            // Two 8-aligned buffers: the record at the start of one, one byte in in the other.
+            let (mut words, mut other) = (vec![0u64; bytes.len() / 8 + 2], vec![0u64; bytes.len() / 8 + 2]);
+            let aligned = &mut zerocopy::IntoBytes::as_mut_bytes(&mut words[..])[..bytes.len()];
+            aligned.copy_from_slice(bytes);
+            let shifted = &mut zerocopy::IntoBytes::as_mut_bytes(&mut other[..])[1..=bytes.len()];
+            shifted.copy_from_slice(bytes);
+            let (mut in_place, mut copied) = (None, None);
+            view::<SyscallEvent>(aligned, "syscall record", &mut in_place).unwrap();
+            view::<SyscallEvent>(shifted, "syscall record", &mut copied).unwrap();
+            assert!(in_place.is_none() && copied.is_some(), "read in place, and copied");
+            let decoded = decode(aligned, &table).unwrap();
+            assert!(matches!(decoded, Decoded::Event(..)), "{decoded:?}");
+            assert_eq!(decode(shifted, &table).unwrap(), decoded);
         }
     }
 
@@ -978,7 +983,11 @@ pub(crate) mod tests {
         record.header.kind = kind::FD_SYSCALL_USER_STACK;
         record.stack_id = STACK_NOT_CAPTURED;
         let mut regs = [0u64; helios_trace_common::USER_REGS_WORDS];
-        regs[if cfg!(target_arch = "aarch64") { 29 } else { 4 }] = 0xabcd;
+        #[cfg(target_arch = "x86_64")]
+        let fp = helios_trace_common::regs_x86_64::BP;
+        #[cfg(target_arch = "aarch64")]
+        let fp = helios_trace_common::regs_aarch64::FP;
+        regs[fp] = 0xabcd;
         let header = UserStack { regs, stack_len: stack.len() as u32, flags: 0 };
         let mut bytes = bytes_of(&record);
         bytes.extend(bytes_of(&header));

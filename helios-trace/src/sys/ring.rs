@@ -202,8 +202,8 @@ struct Chunk {
 enum Memory {
     Mapped(MmapMut),
     /// Where no memory could be mapped: from malloc, which may then fail as well. In words, so
-    /// that records are 8-aligned here too, as decode's in-place reads want (a learned chain's
-    /// addresses: sys/decode.rs, `RecordChain`).
+    /// that records are 8-aligned here too, as decode's in-place reads want (a descriptor record,
+    /// its learned chain's addresses: sys/decode.rs, `view` and `RecordChain`).
     Heap(Vec<u64>),
 }
 
@@ -254,7 +254,8 @@ impl Chunk {
         let bytes = self.memory.bytes_mut();
         bytes[at..at + LENGTH_BYTES].copy_from_slice(&(record.len() as u64).to_ne_bytes());
         let to = &mut bytes[at + LENGTH_BYTES..at + LENGTH_BYTES + record.len()];
-        // Most records are one span, the second empty: not a call of `memcpy` for it.
+        // A close's, a task's, an exec's and an exit's record are one span, the second empty:
+        // no call of `memcpy` for it.
         for span in decode::written_spans(record).into_iter().filter(|span| !span.is_empty()) {
             to[span.clone()].copy_from_slice(&record[span]);
         }
