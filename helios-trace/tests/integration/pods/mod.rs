@@ -397,29 +397,45 @@ fn a_close_that_returns_after_its_number_is_given_again_closes_the_old_descripto
     host.exit();
 }
 
+/// podleak in a pod, traced with `--pid`, after `accept` commands of `counts` connections each
+/// (4096 unread bytes on each accepted end): the accepted descriptors, and the socket memory that
+/// `ss -tm` run in the pod's network namespace gives them together.
+fn pod_holding_connections(counts: &[usize]) -> (Pod, Tracer, Vec<i64>, u64) {
+    let mut pod = Pod::start(PodSpec {
+        root: Root::native(podleak_bin(), "/app/podleak"),
+        command: vec!["/app/podleak".into()],
+    });
+    let tracer = Tracer::start(&["--pid", &pod.pid.to_string(), "--reconcile-interval", "0"]);
+    let accepted: Vec<i64> = counts.iter().flat_map(|n| pod.run(&format!("accept {n}"))).collect();
+    let total: usize = counts.iter().sum();
+    assert_eq!(accepted.len(), total, "every connection accepted (podleak's hard RLIMIT_NOFILE too low?)");
+    let truth = ss_socket_memory(&pod);
+    let expected: u64 =
+        accepted.iter().map(|fd| truth.get(&socket_inode(pod.pid, *fd)).copied().unwrap_or(0)).sum();
+    // The kernel charges at least the unread bytes.
+    assert!(expected >= total as u64 * 4096, "ss in the pod: {expected} bytes");
+    (pod, tracer, accepted, expected)
+}
+
+/// The accepting site's socket memory in `report` is `expected` within `tolerance`, and its TCP
+/// states say every accepted socket is established.
+fn assert_site_memory(report: &Value, pod: &Pod, accepted: &[i64], expected: u64, tolerance: f64) {
+    let site = site_of(report, pod.pid, accepted[0]);
+    assert!(site["socket_memory_unavailable"].is_null(), "{site:#}");
+    let ours = site["socket_memory_bytes"].as_u64().unwrap_or(0);
+    let off = (ours as f64 - expected as f64).abs() / expected as f64;
+    assert!(off <= tolerance, "site {ours} bytes, ss -tm in the pod {expected}");
+    assert_eq!(site["tcp_states"]["ESTABLISHED"], accepted.len(), "{site:#}");
+}
+
 #[test]
 fn socket_memory_of_a_pods_site_is_what_ss_says_inside_the_pod() {
     if !require_bpf() {
         return;
     }
-    let mut pod = Pod::start(PodSpec {
-        root: Root::native(podleak_bin(), "/app/podleak"),
-        command: vec!["/app/podleak".into()],
-    });
-    let pid = pod.pid.to_string();
-    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
-    let accepted = pod.run("accept 8");
-    let truth = ss_socket_memory(&pod);
-    let expected: u64 =
-        accepted.iter().map(|fd| truth.get(&socket_inode(pod.pid, *fd)).copied().unwrap_or(0)).sum();
-    // 8 connections of 4096 unread bytes each: the kernel charges at least that.
-    assert!(expected >= 8 * 4096, "ss in the pod: {truth:?}");
+    let (pod, mut tracer, accepted, expected) = pod_holding_connections(&[8]);
     let report = tracer.snapshot();
-    let site = site_of(&report, pod.pid, accepted[0]);
-    let ours = site["socket_memory_bytes"].as_u64().unwrap_or(0);
-    let off = (ours as f64 - expected as f64).abs() / expected as f64;
-    assert!(off <= 0.10, "site {ours} bytes, ss -tm in the pod {expected}: {site:#}");
-    assert_eq!(site["tcp_states"]["ESTABLISHED"], accepted.len(), "{site:#}");
+    assert_site_memory(&report, &pod, &accepted, expected, 0.10);
     tracer.stop();
 }
 
@@ -432,36 +448,15 @@ fn a_pod_holding_more_sockets_than_a_pass_measures_alone_has_every_one_measured(
     if !require_bpf() {
         return;
     }
-    let mut pod = Pod::start(PodSpec {
-        root: Root::native(podleak_bin(), "/app/podleak"),
-        command: vec!["/app/podleak".into()],
-    });
-    let pid = pod.pid.to_string();
-    let mut tracer = Tracer::start(&["--pid", &pid, "--reconcile-interval", "0"]);
-    let mut accepted = pod.run("accept 1000");
-    accepted.extend(pod.run("accept 100"));
-    assert_eq!(accepted.len(), 1100, "every connection accepted (podleak's hard RLIMIT_NOFILE above 2,205?)");
+    let (pod, mut tracer, accepted, expected) = pod_holding_connections(&[1000, 100]);
     let sockets = proc_fds(pod.pid).values().filter(|kind| *kind == "socket").count();
     assert!(sockets > 2_048, "{sockets} sockets: more than a pass measures one by one");
-    let truth = ss_socket_memory(&pod);
-    let expected: u64 =
-        accepted.iter().map(|fd| truth.get(&socket_inode(pod.pid, *fd)).copied().unwrap_or(0)).sum();
-    assert!(expected >= 1100 * 4096, "ss in the pod: {expected} bytes");
     let report = tracer.snapshot();
-    assert_eq!(
-        report["facts_unavailable"]["socket_memory"].as_u64().unwrap_or(0),
-        0,
-        "{}",
-        report["facts_unavailable"]
-    );
-    let site = site_of(&report, pod.pid, accepted[0]);
-    assert!(site["socket_memory_unavailable"].is_null(), "{site:#}");
-    let ours = site["socket_memory_bytes"].as_u64().unwrap_or(0);
-    let off = (ours as f64 - expected as f64).abs() / expected as f64;
+    let unavailable = &report["facts_unavailable"];
+    assert_eq!(unavailable["socket_memory"].as_u64().unwrap_or(0), 0, "{unavailable}");
     // Within 1%: 153 of the 2,201 sockets lie past the first 2,048 (a build that took those from
     // the dump missed 153 of the site's: 13.9% short).
-    assert!(off <= 0.01, "site {ours} bytes, ss -tm in the pod {expected}");
-    assert_eq!(site["tcp_states"]["ESTABLISHED"], accepted.len(), "{site:#}");
+    assert_site_memory(&report, &pod, &accepted, expected, 0.01);
     tracer.stop();
 }
 
