@@ -177,8 +177,9 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 
 struct Bench {
     helios: PathBuf,
-    /// Another helios-trace binary to compare with in the overhead, server and Python rows (`HELIOS_TRACE_BEFORE`,
-    /// e.g. a build of the previous design), when set.
+    /// Another helios-trace binary to compare with in the overhead, server, throughput, memory
+    /// (held descriptors) and Python rows (`HELIOS_TRACE_BEFORE`, e.g. a build of the previous
+    /// design), when set.
     before: Option<PathBuf>,
     dir: PathBuf,
     source: PathBuf,
@@ -832,36 +833,52 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
     for _ in 0..processes {
         holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
     }
-    let row = held(bench, &mut holders)?;
-    writeln!(
-        table,
-        "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c) | {} fds | {} | {} | {} | {:.0} B | {} | {:.0} B | – |",
-        row.tracked,
-        row.lost,
-        mib(row.before),
-        mib(row.after),
-        row.bytes_per(row.tracked),
-        mib(row.kernel),
-        row.with_kernel_per(row.tracked)
-    )?;
+    let row = held(bench, &bench.helios, &mut holders)?;
+    let descriptors_row = |table: &mut String, binary: &str, row: &Held| {
+        writeln!(
+            table,
+            "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c){binary} | {} fds | {} | {} | {} | {:.0} B | {} | {:.0} B | – |",
+            row.tracked,
+            row.lost,
+            mib(row.before),
+            mib(row.after),
+            row.bytes_per(row.tracked),
+            mib(row.kernel),
+            row.with_kernel_per(row.tracked)
+        )
+    };
+    descriptors_row(&mut table, "", &row)?;
     drop(holders);
+    if let Some(before) = &bench.before {
+        // The same descriptors held again, for the before binary beside this one.
+        let mut holders = Vec::new();
+        for _ in 0..processes {
+            holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
+        }
+        let row = held(bench, before, &mut holders)?;
+        descriptors_row(&mut table, ", helios-trace before (HELIOS_TRACE_BEFORE)", &row)?;
+    }
 
-    let mut sites = vec![bench.workload("sites", &[])?];
-    let row = held(bench, &mut sites)?;
-    writeln!(
-        table,
-        "| {} call sites × 1 fd (generated sites.c) | {} fds, {} sites | {} | {} | {} | {:.0} B | {} | {:.0} B | {:.0} B |",
-        plan.sites,
-        row.tracked,
-        row.sites,
-        row.lost,
-        mib(row.before),
-        mib(row.after),
-        row.bytes_per(row.tracked),
-        mib(row.kernel),
-        row.with_kernel_per(row.tracked),
-        row.bytes_per(row.sites)
-    )?;
+    let binaries = std::iter::once((&bench.helios, ""))
+        .chain(bench.before.as_ref().map(|before| (before, ", helios-trace before (HELIOS_TRACE_BEFORE)")));
+    for (binary, which) in binaries {
+        let mut sites = vec![bench.workload("sites", &[])?];
+        let row = held(bench, binary, &mut sites)?;
+        writeln!(
+            table,
+            "| {} call sites × 1 fd (generated sites.c){which} | {} fds, {} sites | {} | {} | {} | {:.0} B | {} | {:.0} B | {:.0} B |",
+            plan.sites,
+            row.tracked,
+            row.sites,
+            row.lost,
+            mib(row.before),
+            mib(row.after),
+            row.bytes_per(row.tracked),
+            mib(row.kernel),
+            row.with_kernel_per(row.tracked),
+            row.bytes_per(row.sites)
+        )?;
+    }
     Ok(table)
 }
 
@@ -1017,13 +1034,14 @@ impl Held {
 
 /// Trace `workloads` (waiting at their gate), let each open its descriptors in turn, and read
 /// the tracer's RssAnon before and after.
-fn held(bench: &Bench, workloads: &mut [Workload]) -> Result<Held> {
+/// What `binary` tracks and holds once `workloads` have opened what they hold.
+fn held(bench: &Bench, binary: &Path, workloads: &mut [Workload]) -> Result<Held> {
     let mut args = Vec::new();
     for w in workloads.iter() {
         args.extend(["--pid".to_string(), w.pid().to_string()]);
     }
     args.extend(["--reconcile-interval".into(), "0".into()]);
-    let tracer = bench.helios(&args)?;
+    let tracer = bench.helios_of(binary, &args)?;
     wait_idle(tracer.pid())?;
     let before = rss_anon(tracer.pid())?;
     for w in workloads.iter_mut() {

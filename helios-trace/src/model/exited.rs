@@ -1,8 +1,6 @@
 //! A process as the report shows it after its exit (ARCHITECTURE.md, "Contracts: Report":
 //! `exited`): what it had open and what it counted, as of its exit.
-use std::collections::BTreeMap;
-
-use crate::model::{fd::SiteId, fdtable::OpenFd, sites::ProcessCounters};
+use crate::model::{fd::SiteId, fdmap::FdMap, fdtable::OpenFd, sites::ProcessCounters};
 
 /// A process as it was when it exited (kept for `helios-trace run`, whose command has exited
 /// by the time of the report).
@@ -14,7 +12,7 @@ pub(crate) struct ExitedProcess {
     /// CLOCK_BOOTTIME ns of the exit.
     pub(crate) exited_ns: u64,
     /// What was open at the exit.
-    pub(crate) fds: BTreeMap<i32, OpenFd>,
+    pub(crate) fds: FdMap<OpenFd>,
     /// Its site counters, the closes by exit included.
     pub(crate) counters: ProcessCounters,
 }

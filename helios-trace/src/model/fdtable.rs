@@ -29,13 +29,14 @@
 //!   What is kept is kept for `CLOSE_HOLD_NS`: a held descriptor whose close does not come
 //!   by then is counted closed as lost (`CloseReason::Reconcile`, what such an open meant
 //!   when closes were seen at enter).
-use std::{borrow::Cow, collections::BTreeMap};
+use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashSet};
 
 use crate::model::{
     event::{Event, Op},
     fd::{CloseReason, FdDetail, FdKind, SiteId},
+    fdmap::FdMap,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub(crate) struct OpenFd {
 pub(crate) struct Process {
     pub(crate) comm: String,
     /// Ordered, so close_range and reports walk fds in order.
-    pub(crate) fds: BTreeMap<i32, OpenFd>,
+    pub(crate) fds: FdMap<OpenFd>,
     /// Descriptors out of the table whose close record may still come, oldest first (the
     /// module's doc). Not open: the kernel's table has the new one, or nothing. Almost always
     /// empty.
@@ -234,16 +235,16 @@ impl FdTable {
     }
 
     /// Apply one event. `site` is where descriptors it creates come from (resolved by the
-    /// caller from the event's stack). Transitions are appended to `out`.
-    pub(crate) fn apply(&mut self, event: &Event, site: SiteId, out: &mut Vec<Transition>) {
+    /// caller from the event's stack). Transitions are appended to `out`. An open's detail
+    /// (its path) is taken out of the event, `FdDetail::None` left there: the last of its
+    /// descriptors keeps it as decode made it, where a copy per open was an allocation, its
+    /// bytes and a free (BENCHMARKS.md, "The descriptor table by number").
+    pub(crate) fn apply(&mut self, event: &mut Event, site: SiteId, out: &mut Vec<Transition>) {
         let tgid = event.tgid;
         let now = event.ts_ns;
-        match &event.op {
+        match &mut event.op {
             Op::Open { fds, kind, detail, cloexec, dirfd } => {
-                // Borrowed from the event until an entry takes it: the last fd's entry takes
-                // the one copy of the path (a copy a descriptor: an allocation, its bytes and
-                // a free, twice for every open when this cloned it here and again per entry).
-                let detail = self.absolute(tgid, detail, *dirfd);
+                let detail = self.absolute(tgid, std::mem::replace(detail, FdDetail::None), *dirfd);
                 let (kind, detail) = self.reopened(tgid, *kind, detail);
                 let entry = |detail| OpenFd {
                     kind,
@@ -255,9 +256,9 @@ impl FdTable {
                 };
                 if let Some((last, others)) = fds.split_last() {
                     for &fd in others {
-                        self.open(tgid, fd, entry(detail.clone().into_owned()), out);
+                        self.open(tgid, fd, entry(detail.clone()), out);
                     }
-                    self.open(tgid, *last, entry(detail.into_owned()), out);
+                    self.open(tgid, *last, entry(detail), out);
                 }
             }
             Op::Accept { fd, listener, cloexec } => {
@@ -303,7 +304,7 @@ impl FdTable {
                 self.open(tgid, *new, entry, out);
             }
             Op::Receive { fds, cloexec, .. } => {
-                for &fd in fds {
+                for &fd in fds.iter() {
                     let entry = OpenFd {
                         kind: FdKind::Other,
                         detail: FdDetail::None,
@@ -334,7 +335,7 @@ impl FdTable {
                         entry.cloexec = true;
                     }
                 } else {
-                    let in_range: Vec<i32> = process.fds.range(first..=last).map(|(fd, _)| *fd).collect();
+                    let in_range: Vec<i32> = process.fds.range(first..=last).map(|(fd, _)| fd).collect();
                     // What is held in the range is counted closed too (its close lost, or this
                     // one: seen at exit, after an open took the number again, whose descriptor
                     // is closed too then, wrongly, as before closes were seen at exit), and
@@ -370,7 +371,7 @@ impl FdTable {
                 let room = self.limits.max_fds.saturating_sub(self.fds);
                 let parent_fds = self.processes.get(&tgid).map_or(0, |p| p.fds.len());
                 self.dropped.fds += parent_fds.saturating_sub(room) as u64;
-                let inherited: BTreeMap<i32, OpenFd> = self
+                let inherited: FdMap<OpenFd> = self
                     .processes
                     .get(&tgid)
                     .map(|parent| {
@@ -378,16 +379,16 @@ impl FdTable {
                             .fds
                             .iter()
                             .take(room)
-                            .map(|(fd, e)| (*fd, OpenFd { inherited: true, ..e.clone() }))
+                            .map(|(fd, e)| (fd, OpenFd { inherited: true, ..e.clone() }))
                             .collect()
                     })
                     .unwrap_or_default();
                 self.fds += inherited.len();
                 out.push(Transition::ProcessStarted { tgid: *child, parent: Some(tgid) });
-                for (fd, entry) in &inherited {
+                for (fd, entry) in inherited.iter() {
                     out.push(Transition::Fd {
                         tgid: *child,
-                        fd: *fd,
+                        fd,
                         kind: entry.kind,
                         site: entry.site,
                         change: FdChange::Inherited,
@@ -403,7 +404,7 @@ impl FdTable {
                 let process = self.processes.get_mut(&tgid).expect("ensured");
                 process.comm = comm.clone();
                 let doomed: Vec<i32> =
-                    process.fds.iter().filter(|(_, e)| e.cloexec).map(|(fd, _)| *fd).collect();
+                    process.fds.iter().filter(|(_, e)| e.cloexec).map(|(fd, _)| fd).collect();
                 for fd in doomed {
                     self.close(tgid, fd, CloseReason::Exec, out);
                 }
@@ -456,12 +457,8 @@ impl FdTable {
     ) -> Corrections {
         let mut corrections = Corrections::default();
         let Some(process) = self.processes.get(&tgid) else { return corrections };
-        let gone: Vec<i32> = process
-            .fds
-            .keys()
-            .filter(|fd| !observed.contains_key(fd) && !skip.contains(fd))
-            .copied()
-            .collect();
+        let gone: Vec<i32> =
+            process.fds.keys().filter(|fd| !observed.contains_key(fd) && !skip.contains(fd)).collect();
         let missing: Vec<(i32, ObservedFd)> = observed
             .iter()
             .filter(|(fd, _)| !process.fds.contains_key(fd) && !skip.contains(fd))
@@ -563,9 +560,9 @@ impl FdTable {
 
     /// A relative path made absolute against its directory descriptor, when we know that one's
     /// path; otherwise unchanged.
-    fn absolute<'e>(&self, tgid: u32, detail: &'e FdDetail, dirfd: Option<i32>) -> Cow<'e, FdDetail> {
-        let (FdDetail::Path(relative), Some(dirfd)) = (detail, dirfd) else {
-            return Cow::Borrowed(detail);
+    fn absolute(&self, tgid: u32, detail: FdDetail, dirfd: Option<i32>) -> FdDetail {
+        let (FdDetail::Path(relative), Some(dirfd)) = (&detail, dirfd) else {
+            return detail;
         };
         match self.lookup(tgid, dirfd).and_then(|dir| dir.detail.path()) {
             Some(dir) => {
@@ -574,9 +571,9 @@ impl FdTable {
                     joined.push(b'/');
                 }
                 joined.extend_from_slice(relative);
-                Cow::Owned(FdDetail::Path(joined.into_boxed_slice()))
+                FdDetail::Path(joined.into_boxed_slice())
             }
-            None => Cow::Borrowed(detail),
+            None => detail,
         }
     }
 
@@ -585,19 +582,12 @@ impl FdTable {
     /// /proc says (`/memfd:NAME (deleted)`), where the mode the kind comes from (sys/decode.rs)
     /// is a regular file's. Only the process's own links: `/proc/PID/fd/N` names a pid of the
     /// process's namespace, which the table is not keyed by.
-    fn reopened<'e>(
-        &self,
-        tgid: u32,
-        kind: FdKind,
-        detail: Cow<'e, FdDetail>,
-    ) -> (FdKind, Cow<'e, FdDetail>) {
+    fn reopened(&self, tgid: u32, kind: FdKind, detail: FdDetail) -> (FdKind, FdDetail) {
         if kind != FdKind::File {
             return (kind, detail);
         }
         match detail.path().and_then(own_fd_link).and_then(|fd| self.lookup(tgid, fd)) {
-            Some(source) if source.kind == FdKind::Memfd => {
-                (FdKind::Memfd, Cow::Owned(source.detail.clone()))
-            }
+            Some(source) if source.kind == FdKind::Memfd => (FdKind::Memfd, source.detail.clone()),
             _ => (kind, detail),
         }
     }
@@ -776,12 +766,12 @@ mod tests {
 
     fn apply(table: &mut FdTable, tgid: u32, op: Op, site: SiteId) -> Vec<Transition> {
         let mut out = Vec::new();
-        table.apply(&event(tgid, 1, op), site, &mut out);
+        table.apply(&mut event(tgid, 1, op), site, &mut out);
         out
     }
 
     fn fds(table: &FdTable, tgid: u32) -> Vec<(i32, FdKind)> {
-        table.process(tgid).map(|p| p.fds.iter().map(|(fd, e)| (*fd, e.kind)).collect()).unwrap_or_default()
+        table.process(tgid).map(|p| p.fds.iter().map(|(fd, e)| (fd, e.kind)).collect()).unwrap_or_default()
     }
 
     #[test]
@@ -912,7 +902,7 @@ mod tests {
         // The thread's events carry the group's tgid.
         let mut out = Vec::new();
         table.apply(
-            &Event {
+            &mut Event {
                 tgid: 10,
                 tid: 12,
                 ts_ns: 1,
@@ -1076,12 +1066,12 @@ mod tests {
         let mut table = FdTable::new();
         let mut out = Vec::new();
         let at = |ts_ns, op| Event { ts_ns, ..event(10, 0, op) };
-        table.apply(&at(1, open(7, FdKind::File, false)), SITE_A, &mut out);
+        table.apply(&mut at(1, open(7, FdKind::File, false)), SITE_A, &mut out);
         // (its close lost)
         for n in 0..3 {
-            table.apply(&at(2 + n, open(7, FdKind::File, false)), SITE_B, &mut out);
+            table.apply(&mut at(2 + n, open(7, FdKind::File, false)), SITE_B, &mut out);
             out.clear();
-            table.apply(&at(2 + n, Op::Close { fd: 7, number_taken: false }), SITE_B, &mut out);
+            table.apply(&mut at(2 + n, Op::Close { fd: 7, number_taken: false }), SITE_B, &mut out);
             assert_eq!(closed(&out), vec![(7, SITE_B, CloseReason::Close)], "pair {n}");
             assert_eq!(fds(&table, 10), vec![]);
         }
@@ -1100,7 +1090,7 @@ mod tests {
         let mut table = FdTable::new();
         let mut out = Vec::new();
         for fd in [3, 4] {
-            table.apply(&event(10, 1, open(fd, FdKind::File, false)), SITE_A, &mut out);
+            table.apply(&mut event(10, 1, open(fd, FdKind::File, false)), SITE_A, &mut out);
         }
         let observed = ObservedFd { kind: FdKind::Pipe, detail: FdDetail::None, cloexec: false };
         table.insert_observed(10, "w", [(5, observed)], SiteId::BeforeTrace, 1, &mut out);
@@ -1128,12 +1118,12 @@ mod tests {
         apply(&mut table, 10, open(6, FdKind::File, false), SITE_A);
         let mut out = Vec::new();
         table.apply(
-            &event(10, 3, Op::Dup { old: 6, new: 7, cloexec: false, replaces: true }),
+            &mut event(10, 3, Op::Dup { old: 6, new: 7, cloexec: false, replaces: true }),
             SITE_A,
             &mut out,
         );
         table.apply(
-            &event(10, 3, Op::Dup { old: 6, new: 7, cloexec: false, replaces: true }),
+            &mut event(10, 3, Op::Dup { old: 6, new: 7, cloexec: false, replaces: true }),
             SITE_A,
             &mut out,
         );
@@ -1180,8 +1170,8 @@ mod tests {
         let mut table = FdTable::new();
         let mut out = Vec::new();
         let at = |ts_ns, op| Event { ts_ns, ..event(10, 0, op) };
-        table.apply(&at(1_000, open(3, FdKind::File, false)), SITE_A, &mut out);
-        table.apply(&at(2_000, open(3, FdKind::Socket, false)), SITE_B, &mut out);
+        table.apply(&mut at(1_000, open(3, FdKind::File, false)), SITE_A, &mut out);
+        table.apply(&mut at(2_000, open(3, FdKind::Socket, false)), SITE_B, &mut out);
         out.clear();
         table.expire_held_closes(2_000 + CLOSE_HOLD_NS - 1, &mut out);
         assert_eq!(closed(&out), vec![]);
@@ -1190,23 +1180,23 @@ mod tests {
         assert_eq!(table.held_closes(), HeldCloses { resolved: 0, lost: 1 });
         // Its close, were it to come now, is the new one's.
         out.clear();
-        table.apply(&at(3_000, Op::Close { fd: 3, number_taken: false }), SITE_A, &mut out);
+        table.apply(&mut at(3_000, Op::Close { fd: 3, number_taken: false }), SITE_A, &mut out);
         assert_eq!(closed(&out), vec![(3, SITE_B, CloseReason::Close)]);
 
         // At exit: what is held goes with the process.
-        table.apply(&at(4_000, open(5, FdKind::File, false)), SITE_A, &mut out);
-        table.apply(&at(5_000, open(5, FdKind::File, false)), SITE_B, &mut out);
+        table.apply(&mut at(4_000, open(5, FdKind::File, false)), SITE_A, &mut out);
+        table.apply(&mut at(5_000, open(5, FdKind::File, false)), SITE_B, &mut out);
         out.clear();
-        table.apply(&at(6_000, Op::Exit), SITE_A, &mut out);
+        table.apply(&mut at(6_000, Op::Exit), SITE_A, &mut out);
         assert_eq!(closed(&out), vec![(5, SITE_B, CloseReason::Exit), (5, SITE_A, CloseReason::Exit)]);
         assert_eq!(table.held_closes().lost, 2);
 
         // At most MAX_CLOSING held: the oldest goes first.
         for n in 0..=MAX_CLOSING as u64 {
-            table.apply(&at(7_000 + n, open(6, FdKind::File, false)), SiteId::Stack(n), &mut out);
+            table.apply(&mut at(7_000 + n, open(6, FdKind::File, false)), SiteId::Stack(n), &mut out);
         }
         out.clear();
-        table.apply(&at(9_000, open(6, FdKind::File, false)), SITE_B, &mut out);
+        table.apply(&mut at(9_000, open(6, FdKind::File, false)), SITE_B, &mut out);
         assert_eq!(closed(&out), vec![(6, SiteId::Stack(0), CloseReason::Reconcile)]);
         assert_eq!(table.held_closes().lost, 3);
         assert_eq!(table.closing, MAX_CLOSING);
@@ -1436,7 +1426,7 @@ mod tests {
         fn table_view(table: &FdTable) -> Model {
             table
                 .processes()
-                .map(|(tgid, p)| (tgid, p.fds.iter().map(|(fd, e)| (*fd, (e.kind, e.cloexec))).collect()))
+                .map(|(tgid, p)| (tgid, p.fds.iter().map(|(fd, e)| (fd, (e.kind, e.cloexec))).collect()))
                 .collect()
         }
 
@@ -1485,10 +1475,10 @@ mod tests {
                     let open_in_model = |(pid, fd): &(u32, i32)| model.get(pid).is_some_and(|t| t.contains_key(fd));
                     if let Some((pid, fd)) = made(step).filter(open_in_model) {
                         let close = Step::Close { pid, fd };
-                        table.apply(&as_event(&close), SiteId::NoStack, &mut out);
+                        table.apply(&mut as_event(&close), SiteId::NoStack, &mut out);
                         model_apply(&mut model, &close);
                     }
-                    table.apply(&as_event(step), SiteId::NoStack, &mut out);
+                    table.apply(&mut as_event(step), SiteId::NoStack, &mut out);
                     model_apply(&mut model, step);
                     for t in &out {
                         match t {
@@ -1526,7 +1516,7 @@ mod tests {
                 let mut feed = |table: &mut FdTable, op: Op, site: SiteId, closes: &mut BTreeMap<u64, u32>| {
                     ts += 1;
                     let mut out = Vec::new();
-                    table.apply(&Event { ts_ns: ts, ..event(1, 0, op) }, site, &mut out);
+                    table.apply(&mut Event { ts_ns: ts, ..event(1, 0, op) }, site, &mut out);
                     for (_, site, reason) in closed(&out) {
                         assert!(matches!(reason, CloseReason::Close | CloseReason::Replaced), "{site:?} {reason:?}");
                         let SiteId::Stack(n) = site else { panic!("{site:?}") };
@@ -1565,7 +1555,7 @@ mod tests {
                     }
                     if in_flight.is_empty() {
                         let view: BTreeMap<i32, u64> = table.process(1).map(|p| p.fds.iter()
-                            .map(|(fd, e)| (*fd, match e.site { SiteId::Stack(n) => n, _ => u64::MAX })).collect())
+                            .map(|(fd, e)| (fd, match e.site { SiteId::Stack(n) => n, _ => u64::MAX })).collect())
                             .unwrap_or_default();
                         let (view, kernel) = (view.keys().collect::<Vec<_>>(), kernel.keys().collect::<Vec<_>>());
                         prop_assert_eq!(view, kernel, "after {:?}", step);
@@ -1575,7 +1565,7 @@ mod tests {
                     let number_taken = kernel.contains_key(&fd);
                     feed(&mut table, Op::Close { fd, number_taken }, SiteId::NoStack, &mut closes);
                 }
-                let view: Vec<i32> = table.process(1).map(|p| p.fds.keys().copied().collect()).unwrap_or_default();
+                let view: Vec<i32> = table.process(1).map(|p| p.fds.keys().collect()).unwrap_or_default();
                 prop_assert_eq!(view, kernel.keys().copied().collect::<Vec<_>>());
                 let still_open: std::collections::BTreeSet<u64> = kernel.values().copied().collect();
                 for n in opened {

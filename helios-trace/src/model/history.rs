@@ -129,7 +129,7 @@ mod tests {
 
     fn apply(table: &mut FdTable, stats: &mut SiteStats, tgid: u32, ts_ns: u64, op: Op) {
         let mut out: Vec<Transition> = Vec::new();
-        table.apply(&Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op }, SITE, &mut out);
+        table.apply(&mut Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op }, SITE, &mut out);
         for t in &out {
             stats.observe(t, 0);
         }

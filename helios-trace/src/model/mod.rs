@@ -6,6 +6,7 @@ pub(crate) mod counts;
 pub(crate) mod event;
 pub(crate) mod exited;
 pub(crate) mod fd;
+pub(crate) mod fdmap;
 pub(crate) mod fdtable;
 pub(crate) mod frame;
 pub(crate) mod handles;

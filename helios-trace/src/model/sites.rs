@@ -401,9 +401,9 @@ mod tests {
                 Step::Exit { pid } => (pid, Op::Exit, SiteId::NoStack),
             };
             stats.made(site, ts_ns);
-            let event = Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op };
+            let mut event = Event { tgid, tid: tgid, ts_ns, stacks: StackIds::default(), op };
             let mut out = Vec::new();
-            table.apply(&event, site, &mut out);
+            table.apply(&mut event, site, &mut out);
             for t in &out {
                 stats.observe(t, ts_ns);
             }

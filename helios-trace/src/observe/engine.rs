@@ -500,7 +500,7 @@ impl Engine {
                     }),
                     RecordStack::None => None,
                 };
-                self.handle_event(&event, stack.as_ref(), stacks)
+                self.handle_event(&mut event, stack.as_ref(), stacks)
             }
             Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..)) => {
                 self.untracked += 1
@@ -512,10 +512,11 @@ impl Engine {
         }
     }
 
-    /// One event; `stack` is the user stack a `--stacks dwarf` record carried.
+    /// One event; `stack` is the user stack a `--stacks dwarf` record carried. The table takes
+    /// an open's detail out of it (`FdTable::apply`).
     pub(crate) fn handle_event(
         &mut self,
-        event: &Event,
+        event: &mut Event,
         stack: Option<&CapturedStack<'_>>,
         stacks: &dyn StackSource,
     ) {
@@ -1147,7 +1148,7 @@ mod tests {
 
     fn kinds(engine: &Engine, tgid: u32) -> Vec<(i32, FdKind, SiteId)> {
         let process = engine.table().process(tgid).expect("tracked");
-        process.fds.iter().map(|(fd, e)| (*fd, e.kind, e.site)).collect()
+        process.fds.iter().map(|(fd, e)| (fd, e.kind, e.site)).collect()
     }
 
     /// The baseline as the session reads it (`Tracing::load_baseline`), in chunks of `chunk`
@@ -1165,7 +1166,7 @@ mod tests {
     }
 
     fn fds_of(engine: &Engine, tgid: u32) -> Vec<i32> {
-        engine.table().process(tgid).unwrap_or_else(|| panic!("{tgid} tracked")).fds.keys().copied().collect()
+        engine.table().process(tgid).unwrap_or_else(|| panic!("{tgid} tracked")).fds.keys().collect()
     }
 
     fn open_at(feed: &mut Feed, tgid: u32, fd: i32, stack: i32) {
@@ -1348,7 +1349,7 @@ mod tests {
         proc.show(PARENT, Shown { fds: shown, comm: Some("server".into()), ..Shown::default() });
         assert!(feed.engine.read_reconcile(2, feed.now), "6, the last");
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
-        let fds: Vec<i32> = feed.engine.table().process(PARENT).unwrap().fds.keys().copied().collect();
+        let fds: Vec<i32> = feed.engine.table().process(PARENT).unwrap().fds.keys().collect();
         assert_eq!(fds, [4, 6]);
     }
 
@@ -1422,7 +1423,7 @@ mod tests {
         proc.show(PARENT, Shown { fds: files(&[3, 4]), comm: Some("server".into()), ..Shown::default() });
         proc.show(600, Shown { fds: files(&[3, 4]), comm: Some("server".into()), ..Shown::default() });
         feed.event(PARENT, Op::NewTask { child: 600, thread: false, comm: "server".into() }, None);
-        let fds: Vec<i32> = feed.engine.table().process(600).unwrap().fds.keys().copied().collect();
+        let fds: Vec<i32> = feed.engine.table().process(600).unwrap().fds.keys().collect();
         assert_eq!(fds, [3, 4]);
     }
 
@@ -1485,7 +1486,7 @@ mod tests {
         assert_eq!(fixed, Corrections { added: 1, removed: 1 });
         assert_eq!(feed.engine.corrections(), fixed, "summed over the session");
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
-        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 5, 7]);
+        assert_eq!(table.keys().collect::<Vec<_>>(), [3, 5, 7]);
         assert_eq!((table[&7].kind, table[&7].site), (FdKind::Pipe, SiteId::UnknownOrigin));
         let counters = feed.engine.stats().get(PARENT, FdKind::File, table[&3].site);
         assert_eq!(counters.closed_by[CloseReason::Reconcile.index()], 1);
@@ -1580,7 +1581,7 @@ mod tests {
         let fixed = feed.engine.finish_reconcile(feed.now);
         assert_eq!(fixed, Corrections { added: 2, removed: 2 }, "20 and 21 added, 4 and 7 removed");
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
-        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [5, 6, 9, 20, 21]);
+        assert_eq!(table.keys().collect::<Vec<_>>(), [5, 6, 9, 20, 21]);
         assert_eq!((table[&20].kind, table[&20].site), (FdKind::Pipe, SiteId::UnknownOrigin));
     }
 
@@ -1623,7 +1624,7 @@ mod tests {
         assert!(feed.engine.read_reconcile(1, feed.now));
         assert_eq!(feed.engine.finish_reconcile(feed.now), Corrections::default());
         let table = &feed.engine.table().process(PARENT).unwrap().fds;
-        assert_eq!(table.keys().copied().collect::<Vec<_>>(), [3, 4, 5], "still tracked");
+        assert_eq!(table.keys().collect::<Vec<_>>(), [3, 4, 5], "still tracked");
     }
 
     #[test]

@@ -203,9 +203,9 @@ impl Tracing {
         let mut unmeasured = 0;
         for (tgid, process) in self.engine.table().processes() {
             for (fd, entry) in process.fds.iter().filter(|(_, e)| e.kind == FdKind::Socket) {
-                match join.socket_memory(tgid, *fd, entry) {
+                match join.socket_memory(tgid, fd, entry) {
                     Ok(Some(bytes)) => {
-                        memory.insert((tgid, *fd), bytes);
+                        memory.insert((tgid, fd), bytes);
                     }
                     Ok(None) => {}
                     Err(why) => {

@@ -210,9 +210,9 @@ impl Tracing {
         let mut sites = HashMap::new();
         if let Some(table) = self.engine.table().process(process.pid) {
             let mut fds: HashMap<SiteKey, Vec<i32>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
-            for (fd, entry) in &table.fds {
+            for (fd, entry) in table.fds.iter() {
                 if let Some(list) = fds.get_mut(&(entry.kind, entry.site.label())) {
-                    list.push(*fd);
+                    list.push(fd);
                 }
             }
             for (key, fds) in fds {

@@ -148,10 +148,10 @@ impl Tracing {
                 .iter()
                 .map(|(fd, entry)| {
                     let facts = match entry.kind {
-                        FdKind::Socket | FdKind::Memfd => join.facts(tgid, *fd, entry),
+                        FdKind::Socket | FdKind::Memfd => join.facts(tgid, fd, entry),
                         _ => FdFacts::default(),
                     };
-                    ((*fd, entry.opened_ns), (facts, join.describe(tgid, *fd, entry)))
+                    ((fd, entry.opened_ns), (facts, join.describe(tgid, fd, entry)))
                 })
                 .collect();
             let process = process_facts(&proc_root, &self.cgroups, tgid);

@@ -70,14 +70,14 @@ impl Feed {
 
     pub(crate) fn event(&mut self, tgid: u32, op: Op, stack: Option<i32>) {
         self.now += 1000;
-        let event = Event {
+        let mut event = Event {
             tgid,
             tid: tgid,
             ts_ns: self.now,
             stacks: StackIds { user: stack, creator: None, at_entry: false },
             op,
         };
-        self.engine.handle_event(&event, None, &DistinctStacks);
+        self.engine.handle_event(&mut event, None, &DistinctStacks);
     }
 
     /// Open `n` files from call site `stack`; their fds.

@@ -276,7 +276,7 @@ impl Aggregator {
                 *soonest = soonest.min(seconds);
             }
             let sites = open.entry(id).or_default();
-            for (fd, entry) in &process.fds {
+            for (fd, entry) in process.fds.iter() {
                 let now = sites.entry((entry.kind, entry.site)).or_insert(OpenNow {
                     count: 0,
                     oldest_ns: u64::MAX,
@@ -285,7 +285,7 @@ impl Aggregator {
                 now.count += 1;
                 now.oldest_ns = now.oldest_ns.min(entry.opened_ns);
                 if entry.kind == FdKind::Socket {
-                    now.memory += socket_memory(tgid, *fd, entry).unwrap_or(0);
+                    now.memory += socket_memory(tgid, fd, entry).unwrap_or(0);
                 }
             }
         }

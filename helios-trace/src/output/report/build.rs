@@ -16,6 +16,7 @@ use crate::{
         counts::EventCounts,
         exited::ExitedProcess,
         fd::{CloseReason, FdKind, SiteId},
+        fdmap::FdMap,
         fdtable::{Corrections, FdTable, OpenFd},
         frame::{Frame, SiteOrigin, site_label},
         history::{History, ProcessSeries},
@@ -104,7 +105,7 @@ struct ProcessView<'a> {
     tgid: u32,
     comm: &'a str,
     cmdline: Option<String>,
-    fds: &'a BTreeMap<i32, OpenFd>,
+    fds: &'a FdMap<OpenFd>,
     counters: Option<&'a ProcessCounters>,
     /// Ages are measured to this time (the exit, for an exited process).
     now_ns: u64,
@@ -243,8 +244,8 @@ fn process_report(
     // Open descriptors grouped by (kind, site), oldest first within each group.
     let mut groups: HashMap<(FdKind, SiteId), Vec<(i32, &OpenFd)>> = HashMap::new();
     let mut by_kind: BTreeMap<FdKind, u64> = BTreeMap::new();
-    for (fd, entry) in fds {
-        groups.entry((entry.kind, entry.site)).or_default().push((*fd, entry));
+    for (fd, entry) in fds.iter() {
+        groups.entry((entry.kind, entry.site)).or_default().push((fd, entry));
         *by_kind.entry(entry.kind).or_default() += 1;
     }
     for (key, counted) in counters.into_iter().flatten() {
@@ -377,7 +378,7 @@ fn process_report(
         fds: list_fds.then(|| {
             fds.iter()
                 .map(|(fd, e)| FdListing {
-                    fd: *fd,
+                    fd,
                     kind: e.kind,
                     site: e.site.label(),
                     cloexec: e.cloexec,
@@ -545,11 +546,11 @@ pub(super) mod tests {
             &mut out,
         );
         for (fd, ts) in [(3, 2_000_000_000u64), (4, 3_000_000_000), (5, 4_000_000_000)] {
-            table.apply(&open_event(7, fd, ts, FdKind::Socket), SiteId::Stack(0xab), &mut out);
+            table.apply(&mut open_event(7, fd, ts, FdKind::Socket), SiteId::Stack(0xab), &mut out);
         }
-        table.apply(&open_event(7, 6, 4_000_000_000, FdKind::File), SiteId::Stack(0xcd), &mut out);
+        table.apply(&mut open_event(7, 6, 4_000_000_000, FdKind::File), SiteId::Stack(0xcd), &mut out);
         table.apply(
-            &Event {
+            &mut Event {
                 tgid: 7,
                 tid: 7,
                 ts_ns: 5_000_000_000,
@@ -710,17 +711,21 @@ pub(super) mod tests {
         let mut out: Vec<Transition> = Vec::new();
         for t in 0..seconds {
             let ts = (t + 1) * 1_000_000_000;
-            table.apply(&open_event(7, 100 + t as i32, ts, FdKind::Socket), SiteId::Stack(0x1eaf), &mut out);
+            table.apply(
+                &mut open_event(7, 100 + t as i32, ts, FdKind::Socket),
+                SiteId::Stack(0x1eaf),
+                &mut out,
+            );
             for _ in 0..50 {
-                table.apply(&open_event(7, 3, ts, FdKind::File), SiteId::Stack(0xc1ea), &mut out);
-                let close = Event {
+                table.apply(&mut open_event(7, 3, ts, FdKind::File), SiteId::Stack(0xc1ea), &mut out);
+                let mut close = Event {
                     tgid: 7,
                     tid: 7,
                     ts_ns: ts,
                     stacks: StackIds::default(),
                     op: Op::Close { fd: 3, number_taken: false },
                 };
-                table.apply(&close, SiteId::NoStack, &mut out);
+                table.apply(&mut close, SiteId::NoStack, &mut out);
             }
             for t in out.drain(..) {
                 stats.observe(&t, 0);
@@ -914,7 +919,7 @@ pub(super) mod tests {
             .iter()
             .map(|(fd, e)| {
                 let facts = if e.kind == FdKind::Socket { close_wait.clone() } else { FdFacts::default() };
-                ((*fd, e.opened_ns), (facts, Some(format!("was fd{fd}"))))
+                ((fd, e.opened_ns), (facts, Some(format!("was fd{fd}"))))
             })
             .collect();
         let process =
@@ -948,7 +953,7 @@ pub(super) mod tests {
         // its detail is what the table knows.
         let (late_fd, late) = fds.iter().find(|(_, e)| e.kind == FdKind::Socket).unwrap();
         let mut partial = remembered.clone();
-        partial.remove(&(*late_fd, late.opened_ns));
+        partial.remove(&(late_fd, late.opened_ns));
         let last = LastKnown { taken_ns: exited_ns - 1, fds: partial, process: process.clone() };
         let last_known = HashMap::from([(9, last)]);
         let history = History::default();
@@ -963,10 +968,10 @@ pub(super) mod tests {
         let report = build_with(&FdTable::new(), &stats, extras);
         let p = &report.processes[0];
         let site =
-            p.sites.iter().find(|s| s.kind == FdKind::Socket && s.examples.iter().any(|e| e.fd == *late_fd));
+            p.sites.iter().find(|s| s.kind == FdKind::Socket && s.examples.iter().any(|e| e.fd == late_fd));
         let site = site.unwrap();
         assert_eq!((site.close_wait, site.socket_memory_bytes), (0, None));
-        let example = site.examples.iter().find(|e| e.fd == *late_fd).unwrap();
+        let example = site.examples.iter().find(|e| e.fd == late_fd).unwrap();
         assert_eq!(example.detail, Some(format!("fd{late_fd}")));
         // Read after the exit: not this process's.
         let report = report_with(exited_ns + 1);
@@ -981,15 +986,15 @@ pub(super) mod tests {
         let mut out: Vec<Transition> = Vec::new();
         // A previous generation (pid 5) opened three at the site and held them until it exited.
         for fd in [3, 4, 5] {
-            table.apply(&open_event(5, fd, 1, FdKind::File), SiteId::Stack(0xab), &mut out);
+            table.apply(&mut open_event(5, fd, 1, FdKind::File), SiteId::Stack(0xab), &mut out);
         }
         table.apply(
-            &Event { tgid: 5, tid: 5, ts_ns: 2, stacks: StackIds::default(), op: Op::Exit },
+            &mut Event { tgid: 5, tid: 5, ts_ns: 2, stacks: StackIds::default(), op: Op::Exit },
             SiteId::NoStack,
             &mut out,
         );
         // The current one (pid 6) holds one.
-        table.apply(&open_event(6, 3, 3, FdKind::File), SiteId::Stack(0xab), &mut out);
+        table.apply(&mut open_event(6, 3, 3, FdKind::File), SiteId::Stack(0xab), &mut out);
         for t in &out {
             stats.observe(t, 0);
         }
