@@ -1032,9 +1032,8 @@ impl Held {
     }
 }
 
-/// Trace `workloads` (waiting at their gate), let each open its descriptors in turn, and read
-/// the tracer's RssAnon before and after.
-/// What `binary` tracks and holds once `workloads` have opened what they hold.
+/// Trace `workloads` (waiting at their gate) with the helios-trace `binary`, let each open its
+/// descriptors in turn, and read the tracer's RssAnon before and after.
 fn held(bench: &Bench, binary: &Path, workloads: &mut [Workload]) -> Result<Held> {
     let mut args = Vec::new();
     for w in workloads.iter() {

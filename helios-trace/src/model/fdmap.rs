@@ -4,16 +4,25 @@
 //! The kernel gives out the lowest free number (fs/file.c, `alloc_fd` from `next_fd`), so a
 //! process's numbers are nearly all small and dense: a slot per number, indexed by it, finds,
 //! adds and removes one without a search or a node to rebalance, and walks them in order for
-//! close_range and reports. A `BTreeMap`, which it replaces, was a sixth of the daemon's CPU per
-//! record (BENCHMARKS.md, "The descriptor table by number"). A number far above how many are
-//! open (bash's 255, a dup2 to a high number, what is left when most have closed) goes to a
-//! `BTreeMap` beside the slots, so that memory follows how many are open, not the highest
-//! number: the slots reach at most `max(MIN_SLOTS, 2 × open)`, and are cut back when fewer
-//! than an eighth of them are used. Every number in the slots is below every number in the
-//! map but the negative ones (none from the kernel; kept in order all the same).
+//! close_range and reports. With a `BTreeMap` of all of them, which it replaces, the table and
+//! the allocator under it were a fifth of the daemon's CPU samples at 200,000 records a second
+//! (BENCHMARKS.md, "The descriptor table by number").
 //!
-//! By hand: the crates for integer-keyed maps (`vec_map`, `intmap`, `slab`) are unmaintained,
-//! unordered, or choose the keys themselves.
+//! A number the slots do not reach goes to a `BTreeMap` beside them (`others`): bash's 255, a
+//! dup2 to a high number, what is left high when most have closed. So memory follows how many
+//! are open, not the highest number ever held:
+//! - the slots grow only to a number within `MIN_SLOTS` of their end (the lowest free one is
+//!   the kernel's next, so a process opening its way up grows them one at a time; a dup2 far
+//!   past them does not write a run of empty slots) and below `max(MIN_SLOTS, 2 × open)`;
+//! - they are cut back to that bound whenever they exceed `max(MIN_SLOTS, 8 × open)`, the
+//!   numbers past it moved to `others`, and their spare capacity is given back once it is over
+//!   four times what they use: at any time `slots.len() ≤ max(MIN_SLOTS, 8 × open)`.
+//!
+//! Every number in the slots is below every non-negative number in `others`; negative numbers
+//! (the table never stores one: `FdTable::insert`) are kept in `others`, in order all the same.
+//!
+//! By hand: of the crates for integer-keyed maps, `vec_map` is unmaintained and its memory
+//! follows the highest key, `intmap` is unordered, and `slab` chooses the keys itself.
 use std::{
     collections::BTreeMap,
     fmt::{self, Debug},
@@ -57,6 +66,11 @@ impl<V> FdMap<V> {
         MIN_SLOTS.max(2 * open)
     }
 
+    /// Past this many slots for `open` numbers, they are cut back to `slot_bound`.
+    fn slot_limit(open: usize) -> usize {
+        MIN_SLOTS.max(8 * open)
+    }
+
     fn slot(fd: i32) -> Option<usize> {
         usize::try_from(fd).ok()
     }
@@ -83,7 +97,8 @@ impl<V> FdMap<V> {
     pub(crate) fn insert(&mut self, fd: i32, value: V) -> Option<V> {
         let Some(n) = Self::slot(fd) else { return self.others.insert(fd, value) };
         if n >= self.slots.len() {
-            if self.others.contains_key(&fd) || n >= Self::slot_bound(self.len() + 1) {
+            let reached = n < self.slots.len() + MIN_SLOTS && n < Self::slot_bound(self.len() + 1);
+            if !reached || self.others.contains_key(&fd) {
                 return self.others.insert(fd, value);
             }
             self.slots.resize_with(n + 1, || None);
@@ -103,35 +118,43 @@ impl<V> FdMap<V> {
     }
 
     pub(crate) fn remove(&mut self, fd: &i32) -> Option<V> {
-        let Some(n) = Self::slot(*fd).filter(|&n| n < self.slots.len()) else {
-            return self.others.remove(fd);
+        let removed = match Self::slot(*fd).filter(|&n| n < self.slots.len()) {
+            Some(n) => {
+                let removed = self.slots[n].take()?;
+                self.in_slots -= 1;
+                removed
+            }
+            None => self.others.remove(fd)?,
         };
-        let removed = self.slots[n].take()?;
-        self.in_slots -= 1;
-        while self.slots.last().is_some_and(Option::is_none) {
-            self.slots.pop();
-        }
-        if self.slots.len() > MIN_SLOTS && self.slots.len() > 8 * self.in_slots.max(1) {
-            self.cut_slots();
-        }
+        self.fit_slots();
         Some(removed)
     }
 
-    /// Move the numbers past `slot_bound` of what is open to `others` and give the memory of
-    /// their slots back: a process that once held many and holds few now.
-    fn cut_slots(&mut self) {
-        let keep = Self::slot_bound(self.len());
-        for (n, slot) in self.slots.iter_mut().enumerate().skip(keep) {
-            if let Some(value) = slot.take() {
-                self.others.insert(n as i32, value);
-                self.in_slots -= 1;
-            }
-        }
-        self.slots.truncate(keep);
+    /// Keep the slots within `slot_limit` of what is open and their capacity within four times
+    /// their length (the module's doc): after any removal, from the slots or from `others`,
+    /// since either lowers the limit.
+    fn fit_slots(&mut self) {
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
         }
-        self.slots.shrink_to(self.slots.len().max(MIN_SLOTS));
+        if self.slots.len() > Self::slot_limit(self.len()) {
+            // Numbers past the bound move to `others` (a process that held many and holds
+            // few, the survivors high).
+            let keep = Self::slot_bound(self.len());
+            for (n, slot) in self.slots.iter_mut().enumerate().skip(keep) {
+                if let Some(value) = slot.take() {
+                    self.others.insert(n as i32, value);
+                    self.in_slots -= 1;
+                }
+            }
+            self.slots.truncate(keep);
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
+            }
+        }
+        if self.slots.capacity() > MIN_SLOTS.max(4 * self.slots.len()) {
+            self.slots.shrink_to(MIN_SLOTS.max(2 * self.slots.len()));
+        }
     }
 
     /// In order of number.
@@ -258,6 +281,11 @@ mod tests {
         Remove(i32),
         /// close_range's: every entry in [first, last] changed.
         Mark(i32, i32),
+        /// A process opening its way up: `from`, `from + 1`, ... (past the slots' bound too).
+        Fill(i32, u16),
+        /// What a close_range or an exec closes: every number in [first, last], upwards or
+        /// downwards.
+        RemoveAll(i32, i32, bool),
     }
 
     /// Numbers as a process has them: mostly small, some high, now and then a negative one
@@ -274,10 +302,42 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            4 => (fd(), any::<u32>()).prop_map(|(fd, v)| Step::Insert(fd, v)),
-            3 => fd().prop_map(Step::Remove),
-            1 => (fd(), fd()).prop_map(|(a, b)| Step::Mark(a, b)),
+            8 => (fd(), any::<u32>()).prop_map(|(fd, v)| Step::Insert(fd, v)),
+            6 => fd().prop_map(Step::Remove),
+            2 => (fd(), fd()).prop_map(|(a, b)| Step::Mark(a, b)),
+            1 => (0..300i32, 1..300u16).prop_map(|(from, n)| Step::Fill(from, n)),
+            1 => (fd(), fd(), any::<bool>()).prop_map(|(a, b, up)| Step::RemoveAll(a, b, up)),
         ]
+    }
+
+    /// What the map's doc promises of its layout, looked at directly.
+    fn assert_layout(map: &FdMap<u32>) {
+        assert_eq!(
+            map.in_slots,
+            map.slots.iter().filter(|s| s.is_some()).count(),
+            "in_slots counts the slots"
+        );
+        assert!(map.slots.last().is_none_or(Option::is_some), "no empty slot at the end");
+        assert!(
+            map.others.keys().all(|&fd| fd < 0 || fd as usize >= map.slots.len()),
+            "no number of `others` the slots reach"
+        );
+        assert!(
+            map.slots.len() <= FdMap::<u32>::slot_limit(map.len()),
+            "{} slots for {} open",
+            map.slots.len(),
+            map.len()
+        );
+    }
+
+    /// After a removal, the slots' capacity too.
+    fn assert_capacity(map: &FdMap<u32>) {
+        let capacity = map.slots.capacity();
+        assert!(
+            capacity <= MIN_SLOTS.max(4 * map.slots.len()),
+            "capacity {capacity} for {} slots",
+            map.slots.len()
+        );
     }
 
     fn assert_same(map: &FdMap<u32>, model: &BTreeMap<i32, u32>, probe: &[i32]) {
@@ -317,6 +377,23 @@ mod tests {
                         probe.push(fd);
                     }
                     Step::Remove(fd) => prop_assert_eq!(map.remove(&fd), model.remove(&fd)),
+                    Step::Fill(from, n) => {
+                        for fd in from..from + i32::from(n) {
+                            prop_assert_eq!(map.insert(fd, fd as u32), model.insert(fd, fd as u32));
+                        }
+                    }
+                    Step::RemoveAll(a, b, up) => {
+                        let (a, b) = (a.min(b), a.max(b));
+                        let mut fds: Vec<i32> = model.range(a..=b).map(|(fd, _)| *fd).collect();
+                        if !up {
+                            fds.reverse();
+                        }
+                        for fd in fds {
+                            prop_assert_eq!(map.remove(&fd), model.remove(&fd));
+                            assert_layout(&map);
+                            assert_capacity(&map);
+                        }
+                    }
                     Step::Mark(a, b) => {
                         let (a, b) = (a.min(b), a.max(b));
                         let got: Vec<i32> = map.range_mut(a..=b).map(|(fd, v)| { *v = v.wrapping_add(1); fd }).collect();
@@ -325,8 +402,7 @@ mod tests {
                     }
                 }
                 assert_same(&map, &model, &probe);
-                prop_assert!(map.slots.last().is_none_or(Option::is_some), "no empty slot at the end");
-                prop_assert!(map.slots.len() <= MIN_SLOTS.max(8 * map.len()), "{} slots for {}", map.slots.len(), map.len());
+                assert_layout(&map);
             }
             let rebuilt: FdMap<u32> = model.clone().into_iter().collect();
             prop_assert_eq!(&rebuilt, &map);
@@ -352,6 +428,26 @@ mod tests {
         assert!(map.slots.len() <= MIN_SLOTS, "{} slots for 4 numbers", map.slots.len());
         assert!(map.slots.capacity() <= 2 * MIN_SLOTS, "capacity {}", map.slots.capacity());
         assert_eq!(map.others.keys().copied().collect::<Vec<_>>(), vec![9_999]);
+        // The same closed from the top down: every slot stays full until it goes, and the
+        // memory goes with them.
+        let mut map = FdMap::new();
+        for fd in 0..10_000 {
+            map.insert(fd, ());
+        }
+        for fd in (3..10_000).rev() {
+            map.remove(&fd);
+        }
+        assert_eq!(map.slots.len(), 3);
+        assert!(map.slots.capacity() <= MIN_SLOTS, "capacity {}", map.slots.capacity());
+        // A dup2 far past the slots does not fill the way there with empty ones.
+        let mut map = FdMap::new();
+        for fd in 0..1_000 {
+            map.insert(fd, ());
+        }
+        map.insert(1_999, ());
+        assert_eq!((map.slots.len(), map.others.len()), (1_000, 1));
+        map.remove(&1_999);
+        assert_eq!((map.slots.len(), map.others.len()), (1_000, 0));
         // bash's 255 beside 0, 1 and 2: not 256 slots.
         let mut shell = FdMap::new();
         for fd in [0, 1, 2, 255] {

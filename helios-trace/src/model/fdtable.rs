@@ -236,15 +236,16 @@ impl FdTable {
 
     /// Apply one event. `site` is where descriptors it creates come from (resolved by the
     /// caller from the event's stack). Transitions are appended to `out`. An open's detail
-    /// (its path) is taken out of the event, `FdDetail::None` left there: the last of its
-    /// descriptors keeps it as decode made it, where a copy per open was an allocation, its
-    /// bytes and a free (BENCHMARKS.md, "The descriptor table by number").
+    /// (its path) is taken out of the event, `FdDetail::None` left there: the path decode made
+    /// is the one the table keeps (unless joined to its directory's, or a memfd's reopened),
+    /// where a copy per open was an allocation, its bytes and a free (BENCHMARKS.md, "The
+    /// descriptor table by number").
     pub(crate) fn apply(&mut self, event: &mut Event, site: SiteId, out: &mut Vec<Transition>) {
         let tgid = event.tgid;
         let now = event.ts_ns;
         match &mut event.op {
             Op::Open { fds, kind, detail, cloexec, dirfd } => {
-                let detail = self.absolute(tgid, std::mem::replace(detail, FdDetail::None), *dirfd);
+                let detail = self.absolute(tgid, std::mem::take(detail), *dirfd);
                 let (kind, detail) = self.reopened(tgid, *kind, detail);
                 let entry = |detail| OpenFd {
                     kind,
