@@ -15,8 +15,8 @@
 //!   the kernel's next, so a process opening its way up grows them one at a time; a dup2 far
 //!   past them does not write a run of empty slots) and below `max(MIN_SLOTS, 2 × open)`;
 //! - they are cut back to that bound whenever they exceed `max(MIN_SLOTS, 8 × open)`, the
-//!   numbers past it moved to `others`, and their spare capacity is given back once it is over
-//!   four times what they use: at any time `slots.len() ≤ max(MIN_SLOTS, 8 × open)`.
+//!   numbers past it moved to `others`, and their capacity is given back once it is over four
+//!   times their length: at any time `slots.len() ≤ max(MIN_SLOTS, 8 × open)`.
 //!
 //! Every number in the slots is below every non-negative number in `others`; negative numbers
 //! (the table never stores one: `FdTable::insert`) are kept in `others`, in order all the same.
@@ -448,6 +448,22 @@ mod tests {
         assert_eq!((map.slots.len(), map.others.len()), (1_000, 1));
         map.remove(&1_999);
         assert_eq!((map.slots.len(), map.others.len()), (1_000, 0));
+        // Closing what the B-tree holds lowers the limit as well: the slots are cut back then too.
+        let mut map = FdMap::new();
+        for fd in (0..=99).chain(1_000..=1_009) {
+            map.insert(fd, ());
+        }
+        assert_eq!((map.slots.len(), map.others.len()), (100, 10));
+        for fd in 0..=96 {
+            map.remove(&fd);
+        }
+        assert_eq!(map.slots.len(), 100, "within 8 × the 13 open");
+        map.remove(&1_000);
+        assert!(map.slots.len() <= 8 * 12, "{} slots for 12 open", map.slots.len());
+        assert_eq!(
+            map.keys().collect::<Vec<_>>(),
+            [97, 98, 99].into_iter().chain(1_001..=1_009).collect::<Vec<_>>()
+        );
         // bash's 255 beside 0, 1 and 2: not 256 slots.
         let mut shell = FdMap::new();
         for fd in [0, 1, 2, 255] {
