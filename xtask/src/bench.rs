@@ -829,15 +829,21 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
     let per_process_limit = hard_nofile()?.saturating_sub(16).max(1);
     let processes = plan.fds.div_ceil(per_process_limit);
     let per_process = plan.fds.div_ceil(processes);
-    let mut holders = Vec::new();
-    for _ in 0..processes {
-        holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
-    }
-    let row = held(bench, &bench.helios, &mut holders)?;
-    let descriptors_row = |table: &mut String, binary: &str, row: &Held| {
+    // This binary, then HELIOS_TRACE_BEFORE's beside it, each with its own holders.
+    let binaries = || {
+        std::iter::once((&bench.helios, "")).chain(
+            bench.before.as_ref().map(|before| (before, ", helios-trace before (HELIOS_TRACE_BEFORE)")),
+        )
+    };
+    for (binary, which) in binaries() {
+        let mut holders = Vec::new();
+        for _ in 0..processes {
+            holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
+        }
+        let row = held(bench, binary, &mut holders)?;
         writeln!(
             table,
-            "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c){binary} | {} fds | {} | {} | {} | {:.0} B | {} | {:.0} B | – |",
+            "| {processes} × {per_process} dup'd eventfds (bench/fdhold.c){which} | {} fds | {} | {} | {} | {:.0} B | {} | {:.0} B | – |",
             row.tracked,
             row.lost,
             mib(row.before),
@@ -845,23 +851,10 @@ fn memory(bench: &Bench, plan: &Plan) -> Result<String> {
             row.bytes_per(row.tracked),
             mib(row.kernel),
             row.with_kernel_per(row.tracked)
-        )
-    };
-    descriptors_row(&mut table, "", &row)?;
-    drop(holders);
-    if let Some(before) = &bench.before {
-        // The same descriptors held again, for the before binary beside this one.
-        let mut holders = Vec::new();
-        for _ in 0..processes {
-            holders.push(bench.workload("fdhold", &[per_process.to_string(), HOLD_RATE.to_string()])?);
-        }
-        let row = held(bench, before, &mut holders)?;
-        descriptors_row(&mut table, ", helios-trace before (HELIOS_TRACE_BEFORE)", &row)?;
+        )?;
     }
 
-    let binaries = std::iter::once((&bench.helios, ""))
-        .chain(bench.before.as_ref().map(|before| (before, ", helios-trace before (HELIOS_TRACE_BEFORE)")));
-    for (binary, which) in binaries {
+    for (binary, which) in binaries() {
         let mut sites = vec![bench.workload("sites", &[])?];
         let row = held(bench, binary, &mut sites)?;
         writeln!(
