@@ -250,7 +250,7 @@ impl KernelCounters {
 
 impl Tracer {
     /// Load, configure and attach. Returns the tracer and the ring buffer to read.
-    pub(crate) fn start(config: &TraceConfig) -> Result<(Tracer, RingBuf<MapData>)> {
+    pub(crate) fn start(config: &TraceConfig) -> Result<(Tracer, MapData)> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this binary carries no eBPF programs (built with AYA_BUILD_SKIP=1 or without the ebpf feature); rebuild it with neither"
@@ -409,7 +409,10 @@ impl Tracer {
             spec_array.set(nr, call_spec, 0).with_context(|| format!("cannot configure {name}"))?;
         }
 
-        let events = RingBuf::try_from(take_map(&mut ebpf, map_name::EVENTS)?)?;
+        // Read through its own mappings (sys/ring_pages.rs), not aya's `RingBuf`.
+        let Map::RingBuf(events) = take_map(&mut ebpf, map_name::EVENTS)? else {
+            bail!("the eBPF object's {} map is not a ring buffer", map_name::EVENTS);
+        };
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, map_name::STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_name::COUNTERS)?)?;
         let python = PythonMap(Arc::new(Mutex::new(BpfHashMap::try_from(take_map(

@@ -15,6 +15,7 @@ pub(crate) mod own;
 pub(crate) mod privileges;
 pub(crate) mod proc;
 pub(crate) mod ring;
+pub(crate) mod ring_pages;
 pub(crate) mod sockdiag;
 pub(crate) mod syscalls;
 pub(crate) mod uprobes;

@@ -19,6 +19,10 @@
 //! `Settings::wakeup_bytes`, the ring never holds that much under a steady load and the kernel
 //! never has to wake anyone; its wake-up stays for a rate that jumps between two looks.
 //!
+//! It reads the ring through the kernel's own mapped pages (sys/ring_pages.rs), and tells the
+//! kernel how far it has read once a batch (`PUBLISH_SHARE`) and at the end of each look, not
+//! after every record.
+//!
 //! Once the emptier runs, it alone reads the ring. The engine's `take` asks it for a look and
 //! waits for the answer, so that `take` returns every record submitted before it was called,
 //! oldest first (reconciliation relies on that). When the engine read the ring itself, under
@@ -42,7 +46,7 @@ use bytes::Bytes;
 use memmap2::MmapMut;
 use zerocopy::IntoBytes as _;
 
-use crate::sys::{decode, own};
+use crate::sys::{decode, own, ring_pages::MappedRing};
 
 /// How long the emptier sleeps when its last look found nothing or little (`next_look`; the
 /// kernel wakes it once `Settings::wakeup_bytes` wait, so below that records wait this long at
@@ -74,6 +78,13 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// has handled it); what a burst needed beyond
 /// them is unmapped.
 const POOLED_CHUNKS: usize = 4;
+
+/// The reader's position is told to the kernel once this share of the wake-up threshold
+/// (`Settings::wakeup_bytes`) was read since it last was (sys/ring_pages.rs says why not after
+/// every record). The kernel counts what the reader has not told it as waiting to be read
+/// (helios-trace-ebpf's emit.rs, `wakeup_flags`): an eighth of the threshold at most, so that
+/// it does not force a wake-up for records already read before seven eighths of it wait.
+const PUBLISH_SHARE: usize = 8;
 
 /// Each record in a chunk: its length, then its bytes, padded to 8 (the kernel's records are
 /// 8-aligned in the ring, and stay so here).
@@ -123,13 +134,19 @@ struct Held {
 trait Records: Send {
     /// Hand the next record to `take`; false when none waits.
     fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool;
+
+    /// Give the room of the records read so far back to the writer (the kernel's ring: its
+    /// consumer position, which `next_record` stores only once a batch: sys/ring_pages.rs).
+    fn publish(&mut self) {}
 }
 
-impl Records for RingBuf<MapData> {
+impl Records for MappedRing {
     fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
-        let Some(record) = self.next() else { return false };
-        take(&record);
-        true
+        MappedRing::next_record(self, take)
+    }
+
+    fn publish(&mut self) {
+        MappedRing::publish(self);
     }
 }
 
@@ -163,6 +180,7 @@ impl Reader {
                 break;
             }
         }
+        self.records.publish();
         if let Some(last) = chunk {
             into.push_back(last.seal());
         }
@@ -312,12 +330,14 @@ pub(crate) fn records(chunk: &Bytes) -> impl Iterator<Item = &[u8]> {
 }
 
 impl Ring {
-    /// The ring, read by the engine alone until `start_emptier`. The kernel wakes its reader
-    /// once `wakeup_bytes` wait (`Settings::wakeup_bytes`); the emptier's looks aim at a quarter
-    /// of that (`next_look`).
-    pub(crate) fn new(ring: RingBuf<MapData>, ring_bytes: usize, wakeup_bytes: usize) -> Ring {
-        let fd = ring.as_raw_fd();
-        Ring::reading(Box::new(ring), fd, ring_bytes, wakeup_bytes)
+    /// The ring buffer map `map`, read by the engine alone until `start_emptier`. The kernel
+    /// wakes its reader once `wakeup_bytes` wait (`Settings::wakeup_bytes`); the emptier's looks
+    /// aim at a quarter of that (`next_look`). The reader tells the kernel its position every
+    /// eighth of that (`PUBLISH_SHARE`), and at the end of each look.
+    pub(crate) fn new(map: MapData, ring_bytes: usize, wakeup_bytes: usize) -> Result<Ring> {
+        let ring = MappedRing::new(map, wakeup_bytes / PUBLISH_SHARE)?;
+        let fd = ring.fd();
+        Ok(Ring::reading(Box::new(ring), fd, ring_bytes, wakeup_bytes))
     }
 
     /// `new` for any `records`; `fd` is readable (edge-triggered) when the kernel wakes its reader.
@@ -673,11 +693,13 @@ mod tests {
     }
 
     /// A ring of records the test writes, which counts the reads of any thread but the
-    /// emptier's, and panics at the emptier's first read when told to.
+    /// emptier's, and the records read and not yet given back (`Records::publish`), and panics
+    /// at the emptier's first read when told to.
     #[derive(Clone, Default)]
     struct TestRing {
         waiting: Arc<Mutex<VecDeque<Vec<u8>>>>,
         read_by_others: Arc<AtomicUsize>,
+        unpublished: Arc<AtomicUsize>,
         emptier_panics: bool,
     }
 
@@ -690,7 +712,12 @@ mod tests {
             }
             let Some(record) = self.waiting.lock().unwrap().pop_front() else { return false };
             take(&record);
+            self.unpublished.fetch_add(1, Ordering::Relaxed);
             true
+        }
+
+        fn publish(&mut self) {
+            self.unpublished.store(0, Ordering::Relaxed);
         }
     }
 
@@ -743,6 +770,7 @@ mod tests {
         test.write(&numbered(0, 10, 100));
         assert_eq!(taken(&ring.take()), numbered(0, 10, 100));
         assert_eq!(test.read_by_others.swap(0, Ordering::Relaxed), 11, "10 records and the end");
+        assert_eq!(test.unpublished.load(Ordering::Relaxed), 0, "their room given back");
 
         ring.start_emptier().unwrap();
         // More than the emptier holds (its limit is the ring's size): it stops at its limit.
@@ -753,6 +781,8 @@ mod tests {
             (64..=66).contains(&held_at_limit),
             "the emptier held {held_at_limit} records of 1,008 bytes"
         );
+        // Stopped at its limit, records left in the ring: the room of those read given back.
+        assert_eq!(test.unpublished.load(Ordering::Relaxed), 0);
         // Taken, not yet handled: the hold stays full.
         let handling = ring.take_taken();
         assert_eq!(taken(&handling), numbered(10, held_at_limit, 1000));

@@ -1,0 +1,324 @@
+//! The kernel's ring buffer read through its own mapped pages, the reader's position told to
+//! the kernel once per batch of records instead of after each (ARCHITECTURE.md, "Data flow" 2).
+//!
+//! Why by hand: aya's `RingBuf` (as libbpf's `ring_buffer__consume`) stores the consumer
+//! position after every record. The kernel reads that position three times for every record
+//! a traced call submits (kernel/bpf/ringbuf.c: `__bpf_ringbuf_reserve` for the room left,
+//! `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` in emit.rs's `wakeup_flags`, `bpf_ringbuf_commit` for
+//! whether to wake the reader), so while the reader empties the ring on one CPU and a traced
+//! program writes on another, that word's cache line went back and forth once a record. Told
+//! once a batch, the daemon's CPU per record is 9% lower; the traced program's side showed
+//! nothing (the reader drains for a small part of the time: BENCHMARKS.md, "The reader's
+//! position told once a batch"). Neither crate lets the reader say when its position is
+//! published; this module is that one choice, with the record format (`Cursor::next`) read as
+//! the kernel writes it.
+//!
+//! The layout (kernel/bpf/ringbuf.c, `ringbuf_map_mmap_kern` and `bpf_ringbuf_area_alloc`): at
+//! offset 0 the consumer's page, the only one user space may write (its first word the consumer
+//! position); at one page the producer's page (its first word the producer position), then the
+//! data pages mapped twice in a row, so that a record running past the end of the ring reads
+//! on in one piece. Each record: a u32 length whose top bits say busy (reserved, not yet
+//! submitted) and discarded, a u32 page offset, then the record, padded to 8.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::MapData;
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+/// include/uapi/linux/bpf.h: `BPF_RINGBUF_BUSY_BIT`, `BPF_RINGBUF_DISCARD_BIT`, `BPF_RINGBUF_HDR_SZ`.
+const BUSY: u32 = 1 << 31;
+const DISCARD: u32 = 1 << 30;
+const HEADER_BYTES: usize = 8;
+
+/// Where the reader is: what it has read, what it has told the kernel, and the producer
+/// position it last loaded. Works on any memory laid out as the kernel's (a unit test's too).
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    /// The next record's position (a count of bytes since the ring was made; the kernel's
+    /// positions wrap at the word's size, never in practice, and are compared for equality only).
+    pos: usize,
+    /// The position last stored for the kernel.
+    published: usize,
+    /// The producer position last loaded: records up to it need no load of it again.
+    producer: usize,
+    /// Store the position once this many bytes were read since the last store (0: after each
+    /// record, as aya does).
+    publish_every: usize,
+}
+
+impl Cursor {
+    /// A reader at `consumer`, the position the kernel holds (0 for a new ring).
+    pub(crate) fn new(consumer: usize, publish_every: usize) -> Cursor {
+        Cursor { pos: consumer, published: consumer, producer: consumer, publish_every }
+    }
+
+    /// Hand the next submitted record of `data` (the ring's data pages, mapped twice: `mask` + 1
+    /// bytes each) to `take`; false when none is ready (the reader caught up, or the next one is
+    /// still being written). Discarded records are passed over. The position is stored for the
+    /// kernel every `publish_every` bytes, and whenever none is ready: then, after a full fence,
+    /// the producer is looked at once more, so that either this sees a record submitted
+    /// meanwhile or its producer sees the stored position and wakes the reader (the kernel's
+    /// side of it: `bpf_ringbuf_commit`, which wakes when the consumer position is the
+    /// record's). The caller stores the position itself when it stops early (`publish`).
+    pub(crate) fn next(
+        &mut self,
+        consumer: &AtomicUsize,
+        producer: &AtomicUsize,
+        data: &[u8],
+        mask: usize,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        let mut looked_again = false;
+        loop {
+            if self.pos == self.producer {
+                self.producer = producer.load(Ordering::Acquire);
+            }
+            let ready = if self.pos == self.producer { None } else { header(data, self.pos & mask) };
+            let Some(length) = ready else {
+                // Caught up, or the next record is busy.
+                if looked_again || !self.publish(consumer) {
+                    return false;
+                }
+                fence(Ordering::SeqCst);
+                looked_again = true;
+                continue;
+            };
+            let len = (length & !(BUSY | DISCARD)) as usize;
+            let at = (self.pos & mask) + HEADER_BYTES;
+            let Some(record) = data.get(at..at + len) else {
+                // Longer than the ring: the kernel never writes one. Read no further.
+                log::debug!("a ring-buffer record of {len} bytes at {} is past the ring", self.pos);
+                return false;
+            };
+            self.pos = self.pos.wrapping_add((HEADER_BYTES + len).next_multiple_of(8));
+            if self.pos.wrapping_sub(self.published) >= self.publish_every {
+                self.publish(consumer);
+            }
+            if length & DISCARD == 0 {
+                take(record);
+                return true;
+            }
+        }
+    }
+
+    /// Store the position for the kernel (its `smp_load_acquire` pairs with this release: the
+    /// records before it were read before it can reuse their room). Returns whether it moved.
+    pub(crate) fn publish(&mut self, consumer: &AtomicUsize) -> bool {
+        if self.published == self.pos {
+            return false;
+        }
+        consumer.store(self.pos, Ordering::Release);
+        self.published = self.pos;
+        true
+    }
+}
+
+/// The length word of the record header at `offset` of `data` once submitted (busy: None).
+/// Acquire, as the kernel's reader pairs with the producer's `xchg` of it at commit: the
+/// record's bytes are written before it.
+fn header(data: &[u8], offset: usize) -> Option<u32> {
+    let word = data.get(offset..offset + 4)?;
+    debug_assert_eq!(word.as_ptr() as usize % 4, 0, "headers are 8-aligned in the ring");
+    // SAFETY: four bytes of the mapping, 4-aligned (records are 8-aligned: the ring's pages
+    // are, and each record's room is a multiple of 8); the kernel writes them with atomic
+    // stores.
+    let length = unsafe { &*word.as_ptr().cast::<AtomicU32>() }.load(Ordering::Acquire);
+    (length & BUSY == 0).then_some(length)
+}
+
+/// The `EVENTS` ring buffer map, mapped for reading.
+pub(crate) struct MappedRing {
+    /// The consumer's page; its first word the consumer position.
+    consumer: MmapMut,
+    /// The producer's page, then the data pages twice.
+    producer: Mmap,
+    page: usize,
+    mask: usize,
+    cursor: Cursor,
+    /// Keeps the map (its descriptor: the ring's poll, `fd`) as long as the mappings.
+    map: MapData,
+}
+
+impl MappedRing {
+    /// Map `map`, a BPF ring buffer; the position is stored for the kernel every
+    /// `publish_every` bytes (`Cursor`).
+    pub(crate) fn new(map: MapData, publish_every: usize) -> Result<MappedRing> {
+        let info = map.info().context("cannot read the ring buffer map's size")?;
+        let size = info.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        if !size.is_power_of_two() || !size.is_multiple_of(page) {
+            bail!("the ring buffer map's size {size} is not a power of two of whole pages");
+        }
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: the kernel's mappings of a ring buffer map (the module's doc): one writable
+        // page at offset 0, the rest read-only; both live as long as the map, which this keeps.
+        // What the kernel writes there is read through atomics only (`header`, the positions).
+        let consumer = unsafe { MmapOptions::new().len(page).map_mut(fd) }
+            .context("cannot map the ring buffer's consumer page")?;
+        let producer = unsafe { MmapOptions::new().offset(page as u64).len(page + 2 * size).map(fd) }
+            .context("cannot map the ring buffer's data")?;
+        let cursor = Cursor::new(position(&consumer).load(Ordering::Acquire), publish_every);
+        Ok(MappedRing { consumer, producer, page, mask: size - 1, cursor, map })
+    }
+
+    /// The ring's descriptor: readable when the kernel wakes its reader.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.map.fd().as_fd().as_raw_fd()
+    }
+
+    /// `Cursor::next` on this ring.
+    pub(crate) fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
+        let MappedRing { consumer, producer, page, mask, cursor, .. } = self;
+        cursor.next(position(consumer), position(producer), &producer[*page..], *mask, take)
+    }
+
+    /// Store the position read so far for the kernel.
+    pub(crate) fn publish(&mut self) {
+        self.cursor.publish(position(&self.consumer));
+    }
+}
+
+/// The position at the start of the consumer's or the producer's page.
+fn position(page: &[u8]) -> &AtomicUsize {
+    // SAFETY: the first word of a mapped page, page-aligned; the kernel reads and writes it as
+    // an unsigned long with acquire and release.
+    unsafe { &*page.as_ptr().cast::<AtomicUsize>() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring of `SIZE` bytes laid out as the kernel's: its data twice in a row.
+    const SIZE: usize = 256;
+
+    struct FakeRing {
+        consumer: AtomicUsize,
+        producer: AtomicUsize,
+        /// In words, so that headers are aligned as in the kernel's pages.
+        data: Vec<u64>,
+    }
+
+    impl FakeRing {
+        fn new() -> FakeRing {
+            FakeRing {
+                consumer: AtomicUsize::new(0),
+                producer: AtomicUsize::new(0),
+                data: vec![0; 2 * SIZE / 8],
+            }
+        }
+
+        fn bytes(&mut self) -> &mut [u8] {
+            // SAFETY: the words' bytes.
+            unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast::<u8>(), 2 * SIZE) }
+        }
+
+        /// Write a record of `payload` at the producer position with header bits `flags` (in both
+        /// copies of the data pages, as the double mapping shows them), and move the producer on.
+        fn write(&mut self, payload: &[u8], flags: u32) {
+            let pos = self.producer.load(Ordering::Relaxed);
+            let room = (HEADER_BYTES + payload.len()).next_multiple_of(8);
+            let mut record = vec![0u8; room];
+            record[..4].copy_from_slice(&(payload.len() as u32 | flags).to_ne_bytes());
+            record[HEADER_BYTES..HEADER_BYTES + payload.len()].copy_from_slice(payload);
+            let bytes = self.bytes();
+            for (i, byte) in record.iter().enumerate() {
+                let at = (pos + i) % SIZE;
+                bytes[at] = *byte;
+                bytes[at + SIZE] = *byte;
+            }
+            self.producer.store(pos + room, Ordering::Relaxed);
+        }
+
+        /// Clear the busy bit of the record at `pos`.
+        fn submit(&mut self, pos: usize) {
+            for at in [pos % SIZE, pos % SIZE + SIZE] {
+                let word = u32::from_ne_bytes(self.bytes()[at..at + 4].try_into().unwrap()) & !BUSY;
+                self.bytes()[at..at + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+        }
+
+        fn read(&self, cursor: &mut Cursor) -> Option<Vec<u8>> {
+            let data = unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), 2 * SIZE) };
+            let mut got = None;
+            cursor
+                .next(&self.consumer, &self.producer, data, SIZE - 1, &mut |record| {
+                    got = Some(record.to_vec())
+                })
+                .then(|| got.expect("taken"))
+        }
+    }
+
+    /// Records come back whole and in order, one across the ring's end included; discarded
+    /// ones are passed over; a busy one stops the reader until it is submitted.
+    #[test]
+    fn records_are_read_in_order_across_the_end_and_past_discarded_ones() {
+        let mut ring = FakeRing::new();
+        let mut cursor = Cursor::new(0, 0);
+        assert_eq!(ring.read(&mut cursor), None);
+        let mut pos = 0;
+        for round in 0..20u8 {
+            let payload = vec![round; 13 + round as usize * 5];
+            ring.write(&[0xdd; 21], DISCARD);
+            let busy_at = ring.producer.load(Ordering::Relaxed);
+            ring.write(&payload, BUSY);
+            assert_eq!(ring.read(&mut cursor), None, "busy in round {round}");
+            ring.submit(busy_at);
+            assert_eq!(ring.read(&mut cursor).as_deref(), Some(&payload[..]), "round {round}");
+            assert_eq!(ring.read(&mut cursor), None);
+            pos +=
+                (HEADER_BYTES + 21).next_multiple_of(8) + (HEADER_BYTES + payload.len()).next_multiple_of(8);
+            assert_eq!(ring.consumer.load(Ordering::Relaxed), pos, "published after each record");
+            // Make room as the kernel would see it: the reader has published what it read.
+            assert!(ring.producer.load(Ordering::Relaxed) - ring.consumer.load(Ordering::Relaxed) <= SIZE);
+        }
+        assert!(pos > 2 * SIZE, "the records went round the ring");
+    }
+
+    /// With `publish_every`, the position is stored once that much was read, and whenever the
+    /// reader catches up; not after every record.
+    #[test]
+    fn the_position_is_stored_once_a_batch_and_when_caught_up() {
+        let mut ring = FakeRing::new();
+        let mut cursor = Cursor::new(0, 64);
+        for i in 0..6u8 {
+            ring.write(&[i; 8], 0); // 16 bytes each in the ring
+        }
+        let mut published = Vec::new();
+        for i in 0..6u8 {
+            assert_eq!(ring.read(&mut cursor), Some(vec![i; 8]));
+            published.push(ring.consumer.load(Ordering::Relaxed));
+        }
+        assert_eq!(published, [0, 0, 0, 64, 64, 64]);
+        assert_eq!(ring.read(&mut cursor), None);
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 96, "stored once caught up");
+        // Stopped early by the caller: `publish` stores what was read.
+        ring.write(&[9; 8], 0);
+        assert_eq!(ring.read(&mut cursor), Some(vec![9; 8]));
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 96);
+        assert!(cursor.publish(&ring.consumer));
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 112);
+        assert!(!cursor.publish(&ring.consumer), "nothing new to store");
+    }
+
+    /// A record submitted between the reader's look and its store of the position is seen by
+    /// the look after the fence (here: written before the look, busy at the first reading of
+    /// its header, submitted by the time of the second, as a producer on another CPU would).
+    #[test]
+    fn a_busy_record_stops_the_reader_after_the_position_is_stored() {
+        let mut ring = FakeRing::new();
+        let mut cursor = Cursor::new(0, 1 << 20);
+        ring.write(&[1; 8], 0);
+        ring.write(&[2; 8], BUSY);
+        assert_eq!(ring.read(&mut cursor), Some(vec![1; 8]));
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 0, "a batch below publish_every");
+        assert_eq!(ring.read(&mut cursor), None);
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 16, "stored before stopping at the busy one");
+        ring.submit(16);
+        assert_eq!(ring.read(&mut cursor), Some(vec![2; 8]));
+    }
+}
