@@ -81,9 +81,10 @@ const POOLED_CHUNKS: usize = 4;
 
 /// The reader's position is told to the kernel once this share of the wake-up threshold
 /// (`Settings::wakeup_bytes`) was read since it last was (sys/ring_pages.rs says why not after
-/// every record). The kernel counts what the reader has not told it as waiting to be read
-/// (helios-trace-ebpf's emit.rs, `wakeup_flags`): an eighth of the threshold at most, so that
-/// it does not force a wake-up for records already read before seven eighths of it wait.
+/// every record), and at the end of each look. Only during a look, then, does the kernel count
+/// records already read as waiting (helios-trace-ebpf's emit.rs, `wakeup_flags`), and as room
+/// it cannot use yet: an eighth of the threshold and one record at most, so that it forces no
+/// wake-up before nearly seven eighths of the threshold wait unread.
 const PUBLISH_SHARE: usize = 8;
 
 /// Each record in a chunk: its length, then its bytes, padded to 8 (the kernel's records are
@@ -131,23 +132,13 @@ struct Held {
 }
 
 /// Where records come from, oldest first: the kernel's ring buffer, or a unit test's list.
-trait Records: Send {
+pub(crate) trait Records: Send {
     /// Hand the next record to `take`; false when none waits.
     fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool;
 
     /// Give the room of the records read so far back to the writer (the kernel's ring: its
     /// consumer position, which `next_record` stores only once a batch: sys/ring_pages.rs).
     fn publish(&mut self) {}
-}
-
-impl Records for MappedRing {
-    fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
-        MappedRing::next_record(self, take)
-    }
-
-    fn publish(&mut self) {
-        MappedRing::publish(self);
-    }
 }
 
 /// The ring and the memory its records are copied into.

@@ -28,6 +28,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::MapData;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
+use crate::sys::ring::Records;
+
 /// include/uapi/linux/bpf.h: `BPF_RINGBUF_BUSY_BIT`, `BPF_RINGBUF_DISCARD_BIT`, `BPF_RINGBUF_HDR_SZ`.
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
@@ -37,32 +39,47 @@ const HEADER_BYTES: usize = 8;
 /// position it last loaded. Works on any memory laid out as the kernel's (a unit test's too).
 #[derive(Debug)]
 pub(crate) struct Cursor {
-    /// The next record's position (a count of bytes since the ring was made; the kernel's
-    /// positions wrap at the word's size, never in practice, and are compared for equality only).
+    /// The next record's position: a count of bytes since the ring was made, as the kernel's
+    /// (which wrap at the word's size, never in practice; the arithmetic on them wraps too).
     pos: usize,
     /// The position last stored for the kernel.
     published: usize,
+    /// A store since the last full fence: a look that finds nothing ready must fence and look
+    /// once more before it stops (`next`).
+    unfenced: bool,
     /// The producer position last loaded: records up to it need no load of it again.
     producer: usize,
     /// Store the position once this many bytes were read since the last store (0: after each
     /// record, as aya does).
     publish_every: usize,
+    /// A record longer than the ring was found: the reader stops there (said once).
+    broken: bool,
 }
 
 impl Cursor {
     /// A reader at `consumer`, the position the kernel holds (0 for a new ring).
     pub(crate) fn new(consumer: usize, publish_every: usize) -> Cursor {
-        Cursor { pos: consumer, published: consumer, producer: consumer, publish_every }
+        Cursor {
+            pos: consumer,
+            published: consumer,
+            unfenced: false,
+            producer: consumer,
+            publish_every,
+            broken: false,
+        }
     }
 
     /// Hand the next submitted record of `data` (the ring's data pages, mapped twice: `mask` + 1
     /// bytes each) to `take`; false when none is ready (the reader caught up, or the next one is
     /// still being written). Discarded records are passed over. The position is stored for the
-    /// kernel every `publish_every` bytes, and whenever none is ready: then, after a full fence,
-    /// the producer is looked at once more, so that either this sees a record submitted
-    /// meanwhile or its producer sees the stored position and wakes the reader (the kernel's
-    /// side of it: `bpf_ringbuf_commit`, which wakes when the consumer position is the
-    /// record's). The caller stores the position itself when it stops early (`publish`).
+    /// kernel once `publish_every` bytes were read since the last store, always after `take`
+    /// returned: once stored, the kernel may write a new record into that room. When none is
+    /// ready it is stored too, and after any store since the last full fence, the fence and one
+    /// more look: so either this sees a record submitted meanwhile, or that record's submit sees
+    /// the stored position and wakes the reader (the kernel's side of it: `bpf_ringbuf_commit`,
+    /// which wakes the reader when the consumer position is the record's, unless told not to;
+    /// aya's `RingBuf` does the same with its `needs_wakeup`). The caller stores the position
+    /// itself when it stops early (`publish`).
     pub(crate) fn next(
         &mut self,
         consumer: &AtomicUsize,
@@ -71,7 +88,9 @@ impl Cursor {
         mask: usize,
         take: &mut dyn FnMut(&[u8]),
     ) -> bool {
-        let mut looked_again = false;
+        if self.broken {
+            return false;
+        }
         loop {
             if self.pos == self.producer {
                 self.producer = producer.load(Ordering::Acquire);
@@ -79,26 +98,35 @@ impl Cursor {
             let ready = if self.pos == self.producer { None } else { header(data, self.pos & mask) };
             let Some(length) = ready else {
                 // Caught up, or the next record is busy.
-                if looked_again || !self.publish(consumer) {
+                self.publish(consumer);
+                if !self.unfenced {
                     return false;
                 }
                 fence(Ordering::SeqCst);
-                looked_again = true;
+                self.unfenced = false;
                 continue;
             };
             let len = (length & !(BUSY | DISCARD)) as usize;
             let at = (self.pos & mask) + HEADER_BYTES;
             let Some(record) = data.get(at..at + len) else {
-                // Longer than the ring: the kernel never writes one. Read no further.
-                log::debug!("a ring-buffer record of {len} bytes at {} is past the ring", self.pos);
+                // Longer than the ring: the kernel never writes one. What follows cannot be
+                // found; the kernel counts what it then cannot fit as lost.
+                log::warn!(
+                    "a ring-buffer record of {len} bytes at {} runs past the ring; no more records are read",
+                    self.pos
+                );
+                self.broken = true;
                 return false;
             };
+            let discarded = length & DISCARD != 0;
+            if !discarded {
+                take(record);
+            }
             self.pos = self.pos.wrapping_add((HEADER_BYTES + len).next_multiple_of(8));
             if self.pos.wrapping_sub(self.published) >= self.publish_every {
                 self.publish(consumer);
             }
-            if length & DISCARD == 0 {
-                take(record);
+            if !discarded {
                 return true;
             }
         }
@@ -112,6 +140,7 @@ impl Cursor {
         }
         consumer.store(self.pos, Ordering::Release);
         self.published = self.pos;
+        self.unfenced = true;
         true
     }
 }
@@ -155,13 +184,14 @@ impl MappedRing {
         }
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: the kernel's mappings of a ring buffer map (the module's doc): one writable
-        // page at offset 0, the rest read-only; both live as long as the map, which this keeps.
-        // What the kernel writes there is read through atomics only (`header`, the positions).
-        let consumer = unsafe { MmapOptions::new().len(page).map_mut(fd) }
+        // page at offset 0, the rest read-only. Each mapping holds the map's memory by itself;
+        // what is read from them is borrowed from the `MappedRing`, which owns them. What the
+        // kernel writes there is read through atomics only (`header`, the positions).
+        let mut consumer = unsafe { MmapOptions::new().len(page).map_mut(fd) }
             .context("cannot map the ring buffer's consumer page")?;
         let producer = unsafe { MmapOptions::new().offset(page as u64).len(page + 2 * size).map(fd) }
             .context("cannot map the ring buffer's data")?;
-        let cursor = Cursor::new(position(&consumer).load(Ordering::Acquire), publish_every);
+        let cursor = Cursor::new(consumer_position(&mut consumer).load(Ordering::Acquire), publish_every);
         Ok(MappedRing { consumer, producer, page, mask: size - 1, cursor, map })
     }
 
@@ -169,23 +199,31 @@ impl MappedRing {
     pub(crate) fn fd(&self) -> std::os::fd::RawFd {
         self.map.fd().as_fd().as_raw_fd()
     }
+}
 
+impl Records for MappedRing {
     /// `Cursor::next` on this ring.
-    pub(crate) fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
+    fn next_record(&mut self, take: &mut dyn FnMut(&[u8])) -> bool {
         let MappedRing { consumer, producer, page, mask, cursor, .. } = self;
-        cursor.next(position(consumer), position(producer), &producer[*page..], *mask, take)
+        cursor.next(consumer_position(consumer), producer_position(producer), &producer[*page..], *mask, take)
     }
 
-    /// Store the position read so far for the kernel.
-    pub(crate) fn publish(&mut self) {
-        self.cursor.publish(position(&self.consumer));
+    fn publish(&mut self) {
+        self.cursor.publish(consumer_position(&mut self.consumer));
     }
 }
 
-/// The position at the start of the consumer's or the producer's page.
-fn position(page: &[u8]) -> &AtomicUsize {
-    // SAFETY: the first word of a mapped page, page-aligned; the kernel reads and writes it as
-    // an unsigned long with acquire and release.
+/// The consumer position, the first word of its page, which user space writes: through the
+/// mapping's mutable pointer.
+fn consumer_position(page: &mut MmapMut) -> &AtomicUsize {
+    // SAFETY: the first word of a mapped page, page-aligned; the kernel reads it as an unsigned
+    // long with acquire.
+    unsafe { &*page.as_mut_ptr().cast::<AtomicUsize>() }
+}
+
+/// The producer position, the first word of its read-only page.
+fn producer_position(page: &Mmap) -> &AtomicUsize {
+    // SAFETY: as above; the kernel writes it with release, this only loads it.
     unsafe { &*page.as_ptr().cast::<AtomicUsize>() }
 }
 
@@ -201,6 +239,8 @@ mod tests {
         producer: AtomicUsize,
         /// In words, so that headers are aligned as in the kernel's pages.
         data: Vec<u64>,
+        /// A record was written across the ring's end.
+        crossed_end: bool,
     }
 
     impl FakeRing {
@@ -209,6 +249,7 @@ mod tests {
                 consumer: AtomicUsize::new(0),
                 producer: AtomicUsize::new(0),
                 data: vec![0; 2 * SIZE / 8],
+                crossed_end: false,
             }
         }
 
@@ -218,10 +259,15 @@ mod tests {
         }
 
         /// Write a record of `payload` at the producer position with header bits `flags` (in both
-        /// copies of the data pages, as the double mapping shows them), and move the producer on.
+        /// copies of the data pages, as the double mapping shows them), and move the producer
+        /// on; only into room the reader has given back, as the kernel's reserve does.
         fn write(&mut self, payload: &[u8], flags: u32) {
             let pos = self.producer.load(Ordering::Relaxed);
             let room = (HEADER_BYTES + payload.len()).next_multiple_of(8);
+            assert!(
+                pos + room - self.consumer.load(Ordering::Relaxed) <= SIZE,
+                "no room: the reader has not given it back"
+            );
             let mut record = vec![0u8; room];
             record[..4].copy_from_slice(&(payload.len() as u32 | flags).to_ne_bytes());
             record[HEADER_BYTES..HEADER_BYTES + payload.len()].copy_from_slice(payload);
@@ -231,6 +277,7 @@ mod tests {
                 bytes[at] = *byte;
                 bytes[at + SIZE] = *byte;
             }
+            self.crossed_end |= pos % SIZE + room > SIZE;
             self.producer.store(pos + room, Ordering::Relaxed);
         }
 
@@ -242,19 +289,30 @@ mod tests {
             }
         }
 
+        /// The next record, checking that its room was not given back before it was taken
+        /// (the kernel could have written another into it meanwhile).
         fn read(&self, cursor: &mut Cursor) -> Option<Vec<u8>> {
             let data = unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), 2 * SIZE) };
+            let consumer_before = self.consumer.load(Ordering::Relaxed);
             let mut got = None;
+            let mut take = |record: &[u8]| {
+                let offset = record.as_ptr() as usize - data.as_ptr() as usize - HEADER_BYTES;
+                let start = consumer_before + (offset + SIZE - consumer_before % SIZE) % SIZE;
+                assert!(
+                    self.consumer.load(Ordering::Relaxed) <= start,
+                    "the record at {start} was given back before it was taken"
+                );
+                got = Some(record.to_vec());
+            };
             cursor
-                .next(&self.consumer, &self.producer, data, SIZE - 1, &mut |record| {
-                    got = Some(record.to_vec())
-                })
+                .next(&self.consumer, &self.producer, data, SIZE - 1, &mut take)
                 .then(|| got.expect("taken"))
         }
     }
 
-    /// Records come back whole and in order, one across the ring's end included; discarded
-    /// ones are passed over; a busy one stops the reader until it is submitted.
+    /// Records come back whole and in order, across the ring's end too, each given back
+    /// only once taken; discarded ones are passed over; a busy one stops the reader until it
+    /// is submitted. Stored after each record (`publish_every` 0), as aya does.
     #[test]
     fn records_are_read_in_order_across_the_end_and_past_discarded_ones() {
         let mut ring = FakeRing::new();
@@ -272,11 +330,9 @@ mod tests {
             assert_eq!(ring.read(&mut cursor), None);
             pos +=
                 (HEADER_BYTES + 21).next_multiple_of(8) + (HEADER_BYTES + payload.len()).next_multiple_of(8);
-            assert_eq!(ring.consumer.load(Ordering::Relaxed), pos, "published after each record");
-            // Make room as the kernel would see it: the reader has published what it read.
-            assert!(ring.producer.load(Ordering::Relaxed) - ring.consumer.load(Ordering::Relaxed) <= SIZE);
+            assert_eq!(ring.consumer.load(Ordering::Relaxed), pos, "given back after each record");
         }
-        assert!(pos > 2 * SIZE, "the records went round the ring");
+        assert!(pos > 2 * SIZE && ring.crossed_end, "records went round the ring and across its end");
     }
 
     /// With `publish_every`, the position is stored once that much was read, and whenever the
@@ -305,9 +361,10 @@ mod tests {
         assert!(!cursor.publish(&ring.consumer), "nothing new to store");
     }
 
-    /// A record submitted between the reader's look and its store of the position is seen by
-    /// the look after the fence (here: written before the look, busy at the first reading of
-    /// its header, submitted by the time of the second, as a producer on another CPU would).
+    /// A reader that stops at a busy record stores its position first (so that the record's
+    /// submit sees it and wakes the reader), and reads the record once it is submitted. (The
+    /// fence and the look after it guard against a submit between the two on another CPU,
+    /// which a single-threaded test cannot stage.)
     #[test]
     fn a_busy_record_stops_the_reader_after_the_position_is_stored() {
         let mut ring = FakeRing::new();
@@ -320,5 +377,21 @@ mod tests {
         assert_eq!(ring.consumer.load(Ordering::Relaxed), 16, "stored before stopping at the busy one");
         ring.submit(16);
         assert_eq!(ring.read(&mut cursor), Some(vec![2; 8]));
+    }
+
+    /// A length past the ring (never written by the kernel) stops the reader there for good,
+    /// instead of reading past the mapping or taking garbage for records.
+    #[test]
+    fn a_record_longer_than_the_ring_stops_the_reader() {
+        let mut ring = FakeRing::new();
+        let mut cursor = Cursor::new(0, 0);
+        ring.write(&[1; 8], 0);
+        assert_eq!(ring.read(&mut cursor), Some(vec![1; 8]));
+        let at = ring.producer.load(Ordering::Relaxed);
+        ring.write(&[2; 8], 0);
+        ring.bytes()[at..at + 4].copy_from_slice(&(3 * SIZE as u32).to_ne_bytes());
+        assert_eq!(ring.read(&mut cursor), None);
+        ring.write(&[3; 8], 0);
+        assert_eq!(ring.read(&mut cursor), None, "still stopped");
     }
 }
