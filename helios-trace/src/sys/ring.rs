@@ -499,7 +499,8 @@ fn next_look(took: usize, since: Duration, look_bytes: usize) -> Duration {
 
 /// A thread that panicked while holding a lock left the queue of chunks whole (a chunk is pushed
 /// whole or not at all) and the ring's reader between two records: go on with them. (What the
-/// emptier had copied out in that look and not queued yet is lost, uncounted.)
+/// emptier had copied out in that look and not queued yet is lost, uncounted; a record whose copy
+/// panicked is read again, its room not yet given back: sys/ring_pages.rs.)
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

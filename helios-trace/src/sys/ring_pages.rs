@@ -7,9 +7,10 @@
 //! `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` in emit.rs's `wakeup_flags`, `bpf_ringbuf_commit` for
 //! whether to wake the reader), so while the reader empties the ring on one CPU and a traced
 //! program writes on another, that word's cache line went back and forth once a record. Told
-//! once a batch, the daemon's CPU per record is 9% lower; the traced program's side showed
-//! nothing (the reader drains for a small part of the time: BENCHMARKS.md, "The reader's
-//! position told once a batch"). Neither crate lets the reader say when its position is
+//! once a batch, the daemon's CPU per record was 9% lower in a fast phase of the machine (the
+//! first version) and 5% in a slower one (this one); the traced program's side showed nothing
+//! (the reader drains for a small part of the time: BENCHMARKS.md, "The reader's position told
+//! once a batch"). Neither crate lets the reader say when its position is
 //! published; this module is that one choice, with the record format (`Cursor::next`) read as
 //! the kernel writes it.
 //!
@@ -30,9 +31,11 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::sys::ring::Records;
 
-/// include/uapi/linux/bpf.h: `BPF_RINGBUF_BUSY_BIT`, `BPF_RINGBUF_DISCARD_BIT`, `BPF_RINGBUF_HDR_SZ`.
+/// A record reserved and not yet submitted (include/uapi/linux/bpf.h, `BPF_RINGBUF_BUSY_BIT`).
 const BUSY: u32 = 1 << 31;
+/// A record the program discarded (`BPF_RINGBUF_DISCARD_BIT`).
 const DISCARD: u32 = 1 << 30;
+/// A record's header: its length word and its page offset (`BPF_RINGBUF_HDR_SZ`).
 const HEADER_BYTES: usize = 8;
 
 /// Where the reader is: what it has read, what it has told the kernel, and the producer
@@ -52,7 +55,8 @@ pub(crate) struct Cursor {
     /// Store the position once this many bytes were read since the last store (0: after each
     /// record, as aya does).
     publish_every: usize,
-    /// A record longer than the ring was found: the reader stops there (said once).
+    /// A record longer than what the producer has written was found: the reader stops there
+    /// (said once; the kernel counts what it then cannot fit as lost, `events.lost`).
     broken: bool,
 }
 
@@ -78,8 +82,11 @@ impl Cursor {
     /// more look: so either this sees a record submitted meanwhile, or that record's submit sees
     /// the stored position and wakes the reader (the kernel's side of it: `bpf_ringbuf_commit`,
     /// which wakes the reader when the consumer position is the record's, unless told not to;
-    /// aya's `RingBuf` does the same with its `needs_wakeup`). The caller stores the position
-    /// itself when it stops early (`publish`).
+    /// aya's `RingBuf` does the same with its `needs_wakeup`). That wake-up matters only with
+    /// batching off (`Settings::wakeup_bytes` 0): otherwise every submit says whether to wake
+    /// (emit.rs, `wakeup_flags`), and the emptier looks on its own timer, at most 20 ms apart.
+    /// The caller stores the position itself when it stops early (`publish`: no second look; its
+    /// timer brings the next).
     pub(crate) fn next(
         &mut self,
         consumer: &AtomicUsize,
@@ -108,11 +115,14 @@ impl Cursor {
             };
             let len = (length & !(BUSY | DISCARD)) as usize;
             let at = (self.pos & mask) + HEADER_BYTES;
-            let Some(record) = data.get(at..at + len) else {
-                // Longer than the ring: the kernel never writes one. What follows cannot be
-                // found; the kernel counts what it then cannot fit as lost.
+            let room = (HEADER_BYTES + len).next_multiple_of(8);
+            // Past what the producer has written (past the ring too): the kernel never writes
+            // one, and the records after it cannot be found.
+            let record =
+                (room <= self.producer.wrapping_sub(self.pos)).then(|| data.get(at..at + len)).flatten();
+            let Some(record) = record else {
                 log::warn!(
-                    "a ring-buffer record of {len} bytes at {} runs past the ring; no more records are read",
+                    "a ring-buffer record of {len} bytes at {} runs past what the kernel wrote; no more records are read",
                     self.pos
                 );
                 self.broken = true;
@@ -122,7 +132,7 @@ impl Cursor {
             if !discarded {
                 take(record);
             }
-            self.pos = self.pos.wrapping_add((HEADER_BYTES + len).next_multiple_of(8));
+            self.pos = self.pos.wrapping_add(room);
             if self.pos.wrapping_sub(self.published) >= self.publish_every {
                 self.publish(consumer);
             }
@@ -132,16 +142,14 @@ impl Cursor {
         }
     }
 
-    /// Store the position for the kernel (its `smp_load_acquire` pairs with this release: the
-    /// records before it were read before it can reuse their room). Returns whether it moved.
-    pub(crate) fn publish(&mut self, consumer: &AtomicUsize) -> bool {
-        if self.published == self.pos {
-            return false;
+    /// Store the position for the kernel, if it moved (its `smp_load_acquire` pairs with this
+    /// release: the records before it were read before it can reuse their room).
+    pub(crate) fn publish(&mut self, consumer: &AtomicUsize) {
+        if self.published != self.pos {
+            consumer.store(self.pos, Ordering::Release);
+            self.published = self.pos;
+            self.unfenced = true;
         }
-        consumer.store(self.pos, Ordering::Release);
-        self.published = self.pos;
-        self.unfenced = true;
-        true
     }
 }
 
@@ -152,8 +160,9 @@ fn header(data: &[u8], offset: usize) -> Option<u32> {
     let word = data.get(offset..offset + 4)?;
     debug_assert_eq!(word.as_ptr() as usize % 4, 0, "headers are 8-aligned in the ring");
     // SAFETY: four bytes of the mapping, 4-aligned (records are 8-aligned: the ring's pages
-    // are, and each record's room is a multiple of 8); the kernel writes them with atomic
-    // stores.
+    // are, and each record's room is a multiple of 8). The kernel writes the word at reserve
+    // (a plain store, published by its release of the producer position, which this reader
+    // loaded with acquire) and at submit (`xchg`), and not again until the room is given back.
     let length = unsafe { &*word.as_ptr().cast::<AtomicU32>() }.load(Ordering::Acquire);
     (length & BUSY == 0).then_some(length)
 }
@@ -185,8 +194,11 @@ impl MappedRing {
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: the kernel's mappings of a ring buffer map (the module's doc): one writable
         // page at offset 0, the rest read-only. Each mapping holds the map's memory by itself;
-        // what is read from them is borrowed from the `MappedRing`, which owns them. What the
-        // kernel writes there is read through atomics only (`header`, the positions).
+        // what is read from them is borrowed from the `MappedRing`, which owns them. The
+        // positions and the headers are read through atomics; a record's bytes through a
+        // shared slice, as aya's reader does: the kernel wrote them before the submit this
+        // reader saw with acquire, and writes that room again only once the position given
+        // back is past it (`Cursor::next` gives it back after the record is copied out).
         let mut consumer = unsafe { MmapOptions::new().len(page).map_mut(fd) }
             .context("cannot map the ring buffer's consumer page")?;
         let producer = unsafe { MmapOptions::new().offset(page as u64).len(page + 2 * size).map(fd) }
@@ -264,8 +276,9 @@ mod tests {
         fn write(&mut self, payload: &[u8], flags: u32) {
             let pos = self.producer.load(Ordering::Relaxed);
             let room = (HEADER_BYTES + payload.len()).next_multiple_of(8);
+            // kernel/bpf/ringbuf.c, `__bpf_ringbuf_reserve`: no more than the mask ahead.
             assert!(
-                pos + room - self.consumer.load(Ordering::Relaxed) <= SIZE,
+                pos + room - self.consumer.load(Ordering::Relaxed) < SIZE,
                 "no room: the reader has not given it back"
             );
             let mut record = vec![0u8; room];
@@ -277,7 +290,7 @@ mod tests {
                 bytes[at] = *byte;
                 bytes[at + SIZE] = *byte;
             }
-            self.crossed_end |= pos % SIZE + room > SIZE;
+            self.crossed_end |= flags & DISCARD == 0 && pos % SIZE + room > SIZE;
             self.producer.store(pos + room, Ordering::Relaxed);
         }
 
@@ -304,9 +317,13 @@ mod tests {
                 );
                 got = Some(record.to_vec());
             };
-            cursor
-                .next(&self.consumer, &self.producer, data, SIZE - 1, &mut take)
-                .then(|| got.expect("taken"))
+            let found = cursor.next(&self.consumer, &self.producer, data, SIZE - 1, &mut take);
+            if !found && !cursor.broken {
+                // Stopped with nothing ready: everything read given back, and fenced after it.
+                assert_eq!(self.consumer.load(Ordering::Relaxed), cursor.pos, "given back when stopping");
+                assert!(!cursor.unfenced, "a store since the last fence when stopping");
+            }
+            found.then(|| got.expect("taken"))
         }
     }
 
@@ -356,15 +373,15 @@ mod tests {
         ring.write(&[9; 8], 0);
         assert_eq!(ring.read(&mut cursor), Some(vec![9; 8]));
         assert_eq!(ring.consumer.load(Ordering::Relaxed), 96);
-        assert!(cursor.publish(&ring.consumer));
+        cursor.publish(&ring.consumer);
         assert_eq!(ring.consumer.load(Ordering::Relaxed), 112);
-        assert!(!cursor.publish(&ring.consumer), "nothing new to store");
     }
 
     /// A reader that stops at a busy record stores its position first (so that the record's
-    /// submit sees it and wakes the reader), and reads the record once it is submitted. (The
-    /// fence and the look after it guard against a submit between the two on another CPU,
-    /// which a single-threaded test cannot stage.)
+    /// submit sees it and wakes the reader), fenced after the store (`read` checks both each
+    /// time the reader stops), and reads the record once it is submitted. (What the fence and
+    /// the look after it guard against, a submit between the two on another CPU, a
+    /// single-threaded test cannot stage.)
     #[test]
     fn a_busy_record_stops_the_reader_after_the_position_is_stored() {
         let mut ring = FakeRing::new();
@@ -379,19 +396,38 @@ mod tests {
         assert_eq!(ring.read(&mut cursor), Some(vec![2; 8]));
     }
 
-    /// A length past the ring (never written by the kernel) stops the reader there for good,
-    /// instead of reading past the mapping or taking garbage for records.
+    /// A batch's store that lands exactly where the reader catches up is still followed by the
+    /// fence before the reader stops.
     #[test]
-    fn a_record_longer_than_the_ring_stops_the_reader() {
+    fn a_batch_store_where_the_reader_catches_up_is_fenced() {
         let mut ring = FakeRing::new();
-        let mut cursor = Cursor::new(0, 0);
+        let mut cursor = Cursor::new(0, 16);
         ring.write(&[1; 8], 0);
         assert_eq!(ring.read(&mut cursor), Some(vec![1; 8]));
-        let at = ring.producer.load(Ordering::Relaxed);
-        ring.write(&[2; 8], 0);
-        ring.bytes()[at..at + 4].copy_from_slice(&(3 * SIZE as u32).to_ne_bytes());
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 16, "the batch's store");
+        assert!(cursor.unfenced);
+        // `read` checks that stopping here fences after that store.
         assert_eq!(ring.read(&mut cursor), None);
-        ring.write(&[3; 8], 0);
-        assert_eq!(ring.read(&mut cursor), None, "still stopped");
+    }
+
+    /// A length past what the producer wrote (never so in the kernel's ring), whether past
+    /// the ring or within its second mapping, stops the reader there for good, instead of
+    /// reading past the mapping or taking old bytes for records.
+    #[test]
+    fn a_record_longer_than_what_was_written_stops_the_reader() {
+        for bad in [3 * SIZE, SIZE, 24] {
+            let mut ring = FakeRing::new();
+            let mut cursor = Cursor::new(0, 0);
+            ring.write(&[1; 8], 0);
+            assert_eq!(ring.read(&mut cursor), Some(vec![1; 8]));
+            let at = ring.producer.load(Ordering::Relaxed);
+            ring.write(&[2; 8], 0);
+            ring.bytes()[at..at + 4].copy_from_slice(&(bad as u32).to_ne_bytes());
+            assert_eq!(ring.read(&mut cursor), None, "a length of {bad}");
+            // The header mended, and more written: the reader stays stopped.
+            ring.bytes()[at..at + 4].copy_from_slice(&8u32.to_ne_bytes());
+            ring.write(&[3; 8], 0);
+            assert_eq!(ring.read(&mut cursor), None, "still stopped after a length of {bad}");
+        }
     }
 }
