@@ -3,12 +3,14 @@
 #
 #   bench/daemoncpu.sh RATE SECONDS BINARY...
 #
-# For each binary in turn: bench/rate.c (built here, one thread) makes RATE records a second
-# (open+close of /dev/null, two records a pair) for SECONDS after its warm-up, traced with
-# `--pid`, and the CPU time of all the tracer's threads over that part (the sum of
-# /proc/PID/task/*/schedstat's first field, ns on a CPU) is divided by the records made.
-# The throughput ladder (`cargo xtask bench throughput`) measures the same per rung; this is
-# one rung, to alternate two binaries over many runs.
+# For each binary in turn: bench/rate.c (built here, one thread, or RATE_THREADS: the throughput
+# ladder runs two) makes RATE records a second (open+close of /dev/null, two records a pair) for
+# SECONDS after its warm-up, traced with `--pid`, and the CPU time of all the tracer's threads
+# over that part (the sum of /proc/PID/task/*/schedstat's first field, ns on a CPU) is divided by
+# the records made; the records its report counts lost, and its reader's forced wake-ups, are
+# printed after. The throughput ladder (`cargo xtask bench throughput`) measures the same per
+# rung; this is one rung, to alternate two binaries over many runs (at rates near what the
+# machine can do, losses come and go with its phase).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 rate=$1
@@ -23,7 +25,7 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {pr
 . "$here/traced.sh"
 
 for binary in "$@"; do
-  traced "$binary" -- "$dir/rate" "$rate" "$seconds" 1
+  traced "$binary" -- "$dir/rate" "$rate" "$seconds" "${RATE_THREADS:-1}"
   # rate.c's first line starts its warm-up, its second the measured part.
   echo >&3
   until grep -qs warm "$dir/loop.out"; do sleep 0.05; done
@@ -35,5 +37,6 @@ for binary in "$@"; do
   after=$(cpu_ns "$tracer")
   untraced
   read -r pairs _ < <(tail -1 "$dir/loop.out")
-  echo "$binary: $(((after - before) / (2 * pairs))) ns of daemon CPU per record at $rate records/s"
+  events=$(python3 -c 'import json, sys; e = json.load(open(sys.argv[1]))["events"]; print(e["lost"], e["wakeups_forced"])' "$dir/report.json")
+  echo "$binary: $(((after - before) / (2 * pairs))) ns of daemon CPU per record at $rate records/s; ${events% *} lost, the reader woken ${events#* } times"
 done

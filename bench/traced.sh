@@ -3,8 +3,9 @@
 #
 #   traced BINARY [TRACER ARGS...] -- COMMAND...
 #
-# starts COMMAND (stdout to $dir/loop.out) and BINARY with `--pid` of it, waits for "attached",
-# and sets `loop` and `tracer` (their pids); `go` lets the program run, and waits for it.
+# starts COMMAND (stdout to $dir/loop.out) and BINARY with `--pid` of it (its JSON report to
+# $dir/report.json), waits for "attached", and sets `loop` and `tracer` (their pids); `go` lets
+# the program run, and waits for it.
 traced() {
   local binary=$1 args=()
   shift
@@ -16,7 +17,7 @@ traced() {
   "$@" < "$dir/go" > "$dir/loop.out" &
   loop=$!
   exec 3> "$dir/go"
-  "$binary" --pid "$loop" --reconcile-interval 0 --format json --view quiet "${args[@]}" > /dev/null 2> "$dir/tracer.err" &
+  "$binary" --pid "$loop" --reconcile-interval 0 --format json --view quiet "${args[@]}" > "$dir/report.json" 2> "$dir/tracer.err" &
   tracer=$!
   until grep -qs attached "$dir/tracer.err"; do
     kill -0 "$tracer" 2> /dev/null || { cat "$dir/tracer.err" >&2; exit 1; }
@@ -30,7 +31,7 @@ go() {
   wait "$loop"
 }
 
-# Stop the tracer (its report is not wanted).
+# Stop the tracer; its report is in $dir/report.json.
 untraced() {
   kill -INT "$tracer"
   wait "$tracer" || true
