@@ -1,5 +1,5 @@
-# Sourced by bench/progtime.sh and bench/pyshare.sh: a program held at its first line of stdin,
-# and a helios-trace attached to it. Needs `dir` (a scratch folder).
+# Sourced by bench/progtime.sh, bench/pyshare.sh, bench/ctime.sh and bench/daemoncpu.sh: a program
+# held at its first line of stdin, and a helios-trace attached to it. Needs `dir` (a scratch folder).
 #
 #   traced BINARY [TRACER ARGS...] -- COMMAND...
 #

@@ -323,10 +323,14 @@ pub(crate) fn records(chunk: &Bytes) -> impl Iterator<Item = &[u8]> {
 impl Ring {
     /// The ring buffer map `map`, read by the engine alone until `start_emptier`. The kernel
     /// wakes its reader once `wakeup_bytes` wait (`Settings::wakeup_bytes`); the emptier's looks
-    /// aim at a quarter of that (`next_look`). The reader tells the kernel its position every
-    /// eighth of that (`PUBLISH_SHARE`), and at the end of each look.
+    /// aim at a quarter of that (`next_look`). The reader tells the kernel its position once an
+    /// eighth of `wakeup_bytes` was read (`PUBLISH_SHARE`; never more than an eighth of a quarter
+    /// of the ring, which is what the session's threshold is at most), whenever no record is
+    /// ready, and at the end of each look.
     pub(crate) fn new(map: MapData, ring_bytes: usize, wakeup_bytes: usize) -> Result<Ring> {
-        let ring = MappedRing::new(map, wakeup_bytes / PUBLISH_SHARE)?;
+        let publish_every = wakeup_bytes.min(ring_bytes / 4) / PUBLISH_SHARE;
+        let ring =
+            MappedRing::new(map, publish_every).context("cannot read the records' ring buffer (EVENTS)")?;
         let fd = ring.fd();
         Ok(Ring::reading(Box::new(ring), fd, ring_bytes, wakeup_bytes))
     }
@@ -499,8 +503,8 @@ fn next_look(took: usize, since: Duration, look_bytes: usize) -> Duration {
 
 /// A thread that panicked while holding a lock left the queue of chunks whole (a chunk is pushed
 /// whole or not at all) and the ring's reader between two records: go on with them. (What the
-/// emptier had copied out in that look and not queued yet is lost, uncounted; a record whose copy
-/// panicked is read again, its room not yet given back: sys/ring_pages.rs.)
+/// emptier had copied out in that look and not queued yet is lost, uncounted, and so is a record
+/// whose copy panicked: the reader is past it, sys/ring_pages.rs.)
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -8,7 +8,8 @@
 //! whether to wake the reader), so while the reader empties the ring on one CPU and a traced
 //! program writes on another, that word's cache line went back and forth once a record. Told
 //! once a batch, the daemon's CPU per record was 9% lower in a fast phase of the machine (the
-//! first version) and 5% in a slower one (this one); the traced program's side showed nothing
+//! first version) and 5% in a slower one (the build after the first review); the traced
+//! program's side showed nothing
 //! (the reader drains for a small part of the time: BENCHMARKS.md, "The reader's position told
 //! once a batch"). Neither crate lets the reader say when its position is
 //! published; this module is that one choice, with the record format (`Cursor::next`) read as
@@ -75,7 +76,8 @@ impl Cursor {
 
     /// Hand the next submitted record of `data` (the ring's data pages, mapped twice: `mask` + 1
     /// bytes each) to `take`; false when none is ready (the reader caught up, or the next one is
-    /// still being written). Discarded records are passed over. The position is stored for the
+    /// still being written), or the reader stopped at a record past what the producer wrote
+    /// (`broken`). Discarded records are passed over. The position is stored for the
     /// kernel once `publish_every` bytes were read since the last store, always after `take`
     /// returned: once stored, the kernel may write a new record into that room. When none is
     /// ready it is stored too, and after any store since the last full fence, the fence and one
@@ -129,10 +131,13 @@ impl Cursor {
                 return false;
             };
             let discarded = length & DISCARD != 0;
+            // Past it before `take`: a copy that panics skips the record, as aya's reader does
+            // (its item's drop), instead of reading it again at every look. Its room is given
+            // back only below, once `take` returned.
+            self.pos = self.pos.wrapping_add(room);
             if !discarded {
                 take(record);
             }
-            self.pos = self.pos.wrapping_add(room);
             if self.pos.wrapping_sub(self.published) >= self.publish_every {
                 self.publish(consumer);
             }
@@ -408,6 +413,25 @@ mod tests {
         assert!(cursor.unfenced);
         // `read` checks that stopping here fences after that store.
         assert_eq!(ring.read(&mut cursor), None);
+    }
+
+    /// A copy that panics skips its record (as aya's reader does), instead of meeting it again
+    /// at the next look; its room is given back with the next store.
+    #[test]
+    fn a_record_whose_copy_panicked_is_skipped() {
+        let mut ring = FakeRing::new();
+        let mut cursor = Cursor::new(0, 0);
+        ring.write(&[1; 8], 0);
+        ring.write(&[2; 8], 0);
+        let data = unsafe { std::slice::from_raw_parts(ring.data.as_ptr().cast::<u8>(), 2 * SIZE) };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cursor.next(&ring.consumer, &ring.producer, data, SIZE - 1, &mut |_| panic!("the copy fails"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 0, "not given back by the copy that failed");
+        assert_eq!(ring.read(&mut cursor), Some(vec![2; 8]));
+        assert_eq!(ring.read(&mut cursor), None);
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 32);
     }
 
     /// A length past what the producer wrote (never so in the kernel's ring), whether past
