@@ -20,8 +20,8 @@
 //! never has to wake anyone; its wake-up stays for a rate that jumps between two looks.
 //!
 //! It reads the ring through the kernel's own mapped pages (sys/ring_pages.rs), and tells the
-//! kernel how far it has read once a batch (`PUBLISH_SHARE`) and at the end of each look, not
-//! after every record.
+//! kernel how far it has read once a batch (`PUBLISH_SHARE`), whenever no record is ready, and at
+//! the end of each look, not after every record.
 //!
 //! Once the emptier runs, it alone reads the ring. The engine's `take` asks it for a look and
 //! waits for the answer, so that `take` returns every record submitted before it was called,

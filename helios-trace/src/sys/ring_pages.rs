@@ -9,11 +9,10 @@
 //! program writes on another, that word's cache line went back and forth once a record. Told
 //! once a batch, the daemon's CPU per record was 9% lower in a fast phase of the machine (the
 //! first version) and 5% in a slower one (the build after the first review); the traced
-//! program's side showed nothing
-//! (the reader drains for a small part of the time: BENCHMARKS.md, "The reader's position told
-//! once a batch"). Neither crate lets the reader say when its position is
-//! published; this module is that one choice, with the record format (`Cursor::next`) read as
-//! the kernel writes it.
+//! program's side showed nothing (the reader drains for a small part of the time: BENCHMARKS.md,
+//! "The reader's position told once a batch"). Neither crate lets the reader say when its
+//! position is published; this module is that one choice, with the record format
+//! (`Cursor::next`) read as the kernel writes it.
 //!
 //! The layout (kernel/bpf/ringbuf.c, `ringbuf_map_mmap_kern` and `bpf_ringbuf_area_alloc`): at
 //! offset 0 the consumer's page, the only one user space may write (its first word the consumer
