@@ -134,9 +134,7 @@ impl<V> FdMap<V> {
     /// their length (the module's doc): after any removal, from the slots or from `others`,
     /// since either lowers the limit.
     fn fit_slots(&mut self) {
-        while self.slots.last().is_some_and(Option::is_none) {
-            self.slots.pop();
-        }
+        self.drop_empty_end();
         if self.slots.len() > Self::slot_limit(self.len()) {
             // Numbers past the bound move to `others` (a process that held many and holds
             // few, the survivors high).
@@ -148,12 +146,17 @@ impl<V> FdMap<V> {
                 }
             }
             self.slots.truncate(keep);
-            while self.slots.last().is_some_and(Option::is_none) {
-                self.slots.pop();
-            }
+            self.drop_empty_end();
         }
         if self.slots.capacity() > MIN_SLOTS.max(4 * self.slots.len()) {
             self.slots.shrink_to(MIN_SLOTS.max(2 * self.slots.len()));
+        }
+    }
+
+    /// Pop the empty slots at the end: the last slot is never empty.
+    fn drop_empty_end(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
         }
     }
 
