@@ -3,10 +3,16 @@
 # (BENCHMARKS.md, "The stack copied ahead, as far as the shallowest chain reads"), as root:
 #
 #   bench/ctime.sh SECONDS open|socket BINARY...
+#   bench/ctime.sh OPERATIONS spaced BINARY...
 #
 # For each binary in turn: bench/oloop.c (built here) loops for SECONDS, traced with `--pid`,
 # and the sum of `run_time_ns` over the tracer's programs (/proc/PID/fdinfo of its program
 # descriptors, counted while kernel.bpf_stats_enabled is 1) is divided by the loop's operations.
+# `spaced`: bench/churn.c instead, OPERATIONS a phase 10 µs apart as in `cargo xtask bench`'s
+# overhead rows (BENCHMARKS.md, "Matching in the kernel, two bounds"): the time is divided by the
+# descriptor calls of its three phases, warm-ups included (the exits of its other calls, the
+# getppid phase's and the accept phase's pipe round trips, are in the time too), and its phases'
+# own means follow.
 # A new process each run: sp's place in its page changes how much a walk copies, so alternate
 # the binaries over many runs.
 set -eu
@@ -17,19 +23,33 @@ shift 2
 case "$mode" in
   open) args=() ;;
   socket) args=(socket) ;;
-  *) echo "usage: bench/ctime.sh SECONDS open|socket BINARY..." >&2; exit 2 ;;
+  spaced) ;;
+  *) echo "usage: bench/ctime.sh SECONDS open|socket BINARY... or bench/ctime.sh OPERATIONS spaced BINARY..." >&2; exit 2 ;;
 esac
 dir=$(mktemp -d)
 was=$(sysctl -n kernel.bpf_stats_enabled)
 trap 'sysctl -q kernel.bpf_stats_enabled="$was"; rm -rf "$dir"' EXIT
 sysctl -q kernel.bpf_stats_enabled=1
 gcc -O2 -fomit-frame-pointer -g -o "$dir/oloop" "$here/oloop.c"
+gcc -O2 -fomit-frame-pointer -g -o "$dir/churn" "$here/churn.c"
 run_ns() { cat /proc/"$1"/fdinfo/* 2>/dev/null | awk '/^run_time_ns/ {s += $2} END {print s + 0}'; }
 
 # shellcheck source=bench/traced.sh
 . "$here/traced.sh"
 
 for binary in "$@"; do
+  if [ "$mode" = spaced ]; then
+    traced "$binary" -- "$dir/churn" "$seconds" 10
+    before=$(run_ns "$tracer")
+    go
+    after=$(run_ns "$tracer")
+    untraced
+    # churn.c's three traced phases, each after its untimed warm-up of a tenth (at least 500).
+    calls=$((3 * (seconds + (seconds / 10 > 500 ? seconds / 10 : 500))))
+    phases=$(awk '$1 != "getppid" {printf " %s %s", $1, $2}' "$dir/loop.out")
+    echo "$binary spaced: $(((after - before) / calls)) ns kernel per op;$phases ns/op"
+    continue
+  fi
   traced "$binary" -- "$dir/oloop" "$seconds" "${args[@]}"
   before=$(run_ns "$tracer")
   go
