@@ -1,6 +1,7 @@
 #!/bin/bash
-# The kernel's own time in helios-trace's programs per C open+close or socket+close
-# (BENCHMARKS.md, "The stack copied ahead, as far as the shallowest chain reads"), as root:
+# The kernel's own time in helios-trace's programs per C open+close or socket+close, or per
+# operation of bench/churn.c's three phases (BENCHMARKS.md, "The stack copied ahead, as far as the
+# shallowest chain reads", "Matching in the kernel, two bounds"), as root:
 #
 #   bench/ctime.sh SECONDS open|socket BINARY...
 #   bench/ctime.sh OPERATIONS spaced BINARY...
@@ -9,10 +10,12 @@
 # and the sum of `run_time_ns` over the tracer's programs (/proc/PID/fdinfo of its program
 # descriptors, counted while kernel.bpf_stats_enabled is 1) is divided by the loop's operations.
 # `spaced`: bench/churn.c instead, OPERATIONS a phase 10 µs apart as in `cargo xtask bench`'s
-# overhead rows (BENCHMARKS.md, "Matching in the kernel, two bounds"): the time is divided by the
-# descriptor calls of its three phases, warm-ups included (the exits of its other calls, the
-# getppid phase's and the accept phase's pipe round trips, are in the time too), and its phases'
-# own means follow.
+# overhead rows: the time is divided by the operations (a call and its close) of its open, socket
+# and accept phases, their warm-ups included (a tenth, at least 500; accept's in whole batches, a
+# few more), and its phases' own means follow. The program on `sys_exit` runs at every syscall
+# of the machine (it filters inside), so what else runs meanwhile is in the time too (the
+# tracer's own calls; with `spaced`, churn.c's getppid phase and pipe round trips and its untraced
+# client's connects): compare binaries, not the figure alone.
 # A new process each run: sp's place in its page changes how much a walk copies, so alternate
 # the binaries over many runs.
 set -eu
