@@ -245,6 +245,8 @@ fn producer_position(page: &Mmap) -> &AtomicUsize {
 
 #[cfg(test)]
 mod tests {
+    use zerocopy::IntoBytes as _;
+
     use super::*;
 
     /// A ring of `SIZE` bytes laid out as the kernel's: its data twice in a row.
@@ -270,8 +272,7 @@ mod tests {
         }
 
         fn bytes(&mut self) -> &mut [u8] {
-            // SAFETY: the words' bytes.
-            unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast::<u8>(), 2 * SIZE) }
+            self.data.as_mut_bytes()
         }
 
         /// Write a record of `payload` at the producer position with header bits `flags` (in both
@@ -309,7 +310,7 @@ mod tests {
         /// The next record, checking that its room was not given back before it was taken
         /// (the kernel could have written another into it meanwhile).
         fn read(&self, cursor: &mut Cursor) -> Option<Vec<u8>> {
-            let data = unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), 2 * SIZE) };
+            let data = self.data.as_bytes();
             let consumer_before = self.consumer.load(Ordering::Relaxed);
             let mut got = None;
             let mut take = |record: &[u8]| {
@@ -422,7 +423,7 @@ mod tests {
         let mut cursor = Cursor::new(0, 0);
         ring.write(&[1; 8], 0);
         ring.write(&[2; 8], 0);
-        let data = unsafe { std::slice::from_raw_parts(ring.data.as_ptr().cast::<u8>(), 2 * SIZE) };
+        let data = ring.data.as_bytes();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             cursor.next(&ring.consumer, &ring.producer, data, SIZE - 1, &mut |_| panic!("the copy fails"))
         }));
