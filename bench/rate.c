@@ -6,7 +6,8 @@
  *
  * Waits for a line on stdin; then THREADS threads each open and close /dev/null WARMUP times
  * (the tracer's first sight of the process and its stacks: maps, unwind tables, symbols) and
- * it prints "warm". After a second line, the threads open and close /dev/null for SECONDS,
+ * it prints "warm". After a second line, the threads open and close /dev/null for SECONDS (each
+ * descriptor closed after the next is open: `open_close`),
  * together at EVENTS_PER_SECOND records (an open and a close: two records per pair), catching
  * up in bursts when behind and sleeping 100 us when ahead. Prints the pairs done and the
  * seconds they took, so the rate reached is known when the machine cannot keep up.
@@ -30,9 +31,16 @@ static long now_ns(void) {
     return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
+/* One open and one close, of the descriptor the thread opened before this one: an open closed
+ * before its thread's next call the kernel would match with its close and count, sending
+ * neither call (helios-trace-ebpf/src/pairs.rs), where this ladder measures the records the
+ * daemon takes. */
+static __thread int held = -1;
+
 static void open_close(void) {
     int fd = open("/dev/null", O_RDONLY);
-    if (fd >= 0) close(fd);
+    if (held >= 0) close(held);
+    held = fd;
 }
 
 static void *generate(void *out) {

@@ -86,10 +86,12 @@ fn build_ebpf(out_dir: &std::path::Path) -> anyhow::Result<()> {
         _ => "nightly".to_string(),
     };
     if toolchain != "nightly" && env::var_os("RUSTC_BOOTSTRAP").is_none() {
-        // Only aya-ebpf needs an unstable feature (asm_experimental_arch). Naming the crate
-        // rather than "1" keeps aya-build from adding `-Z build-std=core`, which needs rust-src.
+        // aya-ebpf needs an unstable feature (asm_experimental_arch), and the programs
+        // (helios-trace-ebpf's binary, crate `helios_trace`) one (core_intrinsics, for a
+        // compare-and-swap). Naming the crates rather than "1" keeps aya-build from adding
+        // `-Z build-std=core`, which needs rust-src.
         // SAFETY: build scripts are single-threaded at this point.
-        unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+        unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,helios_trace") };
     }
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         // clippy, docs and host-only checks: an empty object, which the loader refuses with

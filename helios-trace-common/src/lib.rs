@@ -358,6 +358,75 @@ pub mod chain_flags {
     /// The rule of every frame past the first came from a chain of `CHAIN_RULES` (so never
     /// for a chain of one frame, nor of more than [`super::MAX_CACHED_CHAIN_FRAMES`]).
     pub const CACHED: u32 = 1 << 1;
+    /// A record of a [`super::PairSlot`]: before its own open, the record stands for
+    /// `header.reserved` calls exactly like it (but for their numbers and times) whose
+    /// descriptors were closed before anything else of the process was recorded (matched in
+    /// the kernel, not sent).
+    pub const PAIRED: u32 = 1 << 2;
+    /// With [`PAIRED`]: the record's own open was closed too (it stands for its pairs alone).
+    pub const PAIRS_ONLY: u32 = 1 << 3;
+}
+
+/// The record of a `kind::FD_SYSCALL_CHAIN`: a descriptor call and the chain the kernel walked
+/// for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct ChainRecord {
+    pub event: SyscallEvent,
+    pub chain: LearnedChain,
+}
+const _: () = assert!(size_of::<ChainRecord>() == 960);
+
+/// Slots of `PAIRS`, one per process at a time (by its tgid): what the kernel keeps of a
+/// process's last creating call so that its close, when it comes first, is matched there and
+/// neither call is sent (helios-trace-ebpf/src/pairs.rs).
+pub const PAIR_SLOTS: u32 = 1024;
+
+/// A number no descriptor has (the kernel's `sysctl_nr_open` stops at 1 << 30): the tracer
+/// closes it to have the kernel send what `PAIRS` keeps (close returns `-EBADF`, and the exit
+/// program knows the tracer's tgid), before it looks at the ring for every record made before
+/// a moment.
+pub const PAIRS_FLUSH_FD: i32 = i32::MAX - 1;
+
+/// One slot of `PAIRS`. `state` is 0 for a slot never used, else the owner's tgid in the high
+/// half and, below, a sequence number shifted by one over the busy bit ([`pair_state`]):
+/// every other field changes only while a program holds the slot busy, taken with a
+/// compare-and-swap from the value it saw, so what it saw is what it changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)
+)]
+pub struct PairSlot {
+    pub state: u64,
+    /// Calls like `record` whose descriptors were closed, not yet sent.
+    pub pairs: u32,
+    /// The descriptor `record`'s call made, open and not yet sent; -1 when none.
+    pub open_fd: i32,
+    /// When that call returned (its record's time once sent).
+    pub open_ts_ns: u64,
+    /// The last call sent or kept: what the next calls are compared with.
+    pub record: ChainRecord,
+}
+const _: () = assert!(size_of::<PairSlot>() == 984);
+
+/// [`PairSlot::state`]'s parts.
+pub mod pair_state {
+    /// A program changes the slot.
+    pub const BUSY: u64 = 1;
+    /// The owner's tgid.
+    pub const fn owner(state: u64) -> u32 {
+        (state >> 32) as u32
+    }
+    /// The state a holder leaves: its tgid, the sequence moved on, not busy.
+    pub const fn released(tgid: u32, seen: u64) -> u64 {
+        ((tgid as u64) << 32) | (((seen as u32).wrapping_add(2) & !(BUSY as u32)) as u64)
+    }
 }
 
 /// A user call chain the kernel walked with learned rules: the instruction pointer, then
@@ -746,6 +815,11 @@ pub mod spec {
     /// Bits 16..19: index + 1 of the argument through which to read one u64 into `deref`.
     pub const DEREF_ARG_SHIFT: u32 = 16;
     pub const ARG_MASK: u32 = 0xf;
+    /// The call makes one descriptor, its result, and its record says nothing that depends on
+    /// another descriptor's state in userspace's table but a listener's (no pair, no received
+    /// descriptors, no copy of another): its record may be kept in `PAIRS` and, when its close
+    /// comes first, counted there instead of sent (helios-trace-ebpf/src/pairs.rs).
+    pub const PAIRABLE: u32 = 1 << 20;
 
     /// The argument index encoded at `shift`, if any.
     pub const fn arg_at(spec: u32, shift: u32) -> Option<usize> {
@@ -815,7 +889,11 @@ pub mod counter {
     /// confirmed by the chain taught through the caller it found: no `FRAME_RULES` lookup
     /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
     pub const FIRST_RULE_FROM_HINT: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// A record of a process was sent while another program held the process's `PAIRS` slot
+    /// with something of it kept there, after two tries to send that first: the kept calls
+    /// may come after it (helios-trace-ebpf/src/pairs.rs, `send_kept`).
+    pub const PAIRS_OUT_OF_ORDER: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Capacity of the target-process filter map.
@@ -1071,6 +1149,10 @@ pub mod map_name {
     pub const TARGET_UIDS: &str = "TARGET_UIDS";
     /// Per-CPU time of the last forced wake-up of the reader.
     pub const LAST_WAKEUP: &str = "LAST_WAKEUP";
+    /// A process's last creating call and the pairs matched since ([`super::PairSlot`]).
+    pub const PAIRS: &str = "PAIRS";
+    /// Per-CPU [`super::ChainRecord`] a pairable call's record is made in.
+    pub const PAIR_SCRATCH: &str = "PAIR_SCRATCH";
     /// What to do per native syscall number ([`super::spec`]).
     pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";
     /// Per-CPU counters, indexed by [`super::counter`].

@@ -30,6 +30,15 @@ pub fn count(index: u32) {
     }
 }
 
+/// `count` by `n`.
+#[inline(always)]
+pub fn count_many(index: u32, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer while this program runs on this CPU.
+        unsafe { *slot += n };
+    }
+}
+
 /// What a program returns to the kernel once its `try_*` body is done: 0 (tracepoint
 /// programs' return value is ignored), the body's error counted (`counter::PROGRAM_ERROR`).
 #[inline(always)]

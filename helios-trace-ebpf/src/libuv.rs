@@ -27,6 +27,7 @@ use helios_trace_common::{
 use crate::{
     emit::{emit, finish, header, wakeup_flags},
     filter::is_traced,
+    pairs,
     settings::{stack_window, user_stack_mode},
     stacks::{WithStack, capture_stack_window, stack_id},
 };
@@ -42,7 +43,13 @@ use helios_trace_common::regs_x86_64 as arch;
 #[inline(always)]
 fn followed_thread() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    (user_stack_mode() != stack_mode::NONE && is_traced((pid_tgid >> 32) as u32)).then_some(pid_tgid)
+    let followed = user_stack_mode() != stack_mode::NONE && is_traced((pid_tgid >> 32) as u32);
+    if followed {
+        // Every record of these programs follows the calls kept of its process: a socket
+        // made inside `uv_tcp_connect` before its return's record (pairs.rs).
+        pairs::send_kept((pid_tgid >> 32) as u32);
+    }
+    followed.then_some(pid_tgid)
 }
 
 /// `int uv_tcp_init(uv_loop_t*, uv_tcp_t* handle)` and `int uv_tcp_init_ex(uv_loop_t*,

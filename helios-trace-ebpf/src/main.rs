@@ -3,6 +3,11 @@
 //! error it returns is counted (`counter::PROGRAM_ERROR`, emit::finish), never dropped.
 #![no_std]
 #![no_main]
+// `atomic_cxchg`, for the slots of `PAIRS` (pairs.rs): the bpf target's `core` has no
+// compare-and-swap in `core::sync::atomic`. helios-trace/build.rs lets this crate use it on the
+// stable toolchain (RUSTC_BOOTSTRAP).
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "core_intrinsics, above")]
 
 // This package's library only makes it a build-dependency of helios-trace (lib.rs); the
 // programs do not use it.
@@ -15,12 +20,13 @@ mod syscalls;
 
 // What they share: the settings, the maps, the filter, the way out (records and counters),
 // the two stack readers of the descriptor-creating calls, their Python frames and goroutine
-// creators, and the floor (empty programs the bench measures each attach kind with).
+// creators, the calls kept and matched with their closes, and the floor (empty programs the bench measures each attach kind with).
 mod emit;
 mod filter;
 mod floor;
 mod goroutines;
 mod maps;
+mod pairs;
 mod python;
 mod settings;
 mod stacks;

@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use helios_trace_common::{
-    CHAIN_RULE_ENTRIES, ChainKey, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES, FRAME_RULE_ENTRIES,
-    FirstFrameHint, FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets, MAX_FIRST_FRAME_HINTS,
-    MAX_SYSCALL_NR, PYTHON_PROC_ENTRIES, PYTHON_THREAD_ENTRIES, PythonOffsets, PythonStack, STACK_ENTRIES,
-    SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES, TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
+    CHAIN_RULE_ENTRIES, ChainKey, ChainRecord, ChainRules, EXEC_NOTICES_BYTES, EXEC_TIME_ENTRIES,
+    FRAME_RULE_ENTRIES, FirstFrameHint, FrameRule, FrameRuleKey, GO_PROC_ENTRIES, GoOffsets,
+    MAX_FIRST_FRAME_HINTS, MAX_SYSCALL_NR, PAIR_SLOTS, PYTHON_PROC_ENTRIES, PYTHON_THREAD_ENTRIES, PairSlot,
+    PythonOffsets, PythonStack, STACK_ENTRIES, SavedRegs, StackMapping, TARGET_CGROUP_ENTRIES,
+    TARGET_ENTRIES, TARGET_MATCH_ENTRIES, counter,
 };
 
 /// A map under the name `helios_trace_common::map_name::$name` holds. aya-ebpf's
@@ -170,6 +171,17 @@ shared_map! {
 shared_map! {
     /// When this CPU last forced a wake-up of the reader (emit::wakeup_flags), boot-time ns.
     LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
+    /// Each process's last creating call and the pairs matched since (pairs.rs), by tgid. An
+    /// array: its slot is found without a hash or a lock, and taken with a compare-and-swap.
+    PAIRS: Array<PairSlot> = Array::with_max_entries(PAIR_SLOTS, 0);
+}
+
+shared_map! {
+    /// Where a pairable call's record is made, to be kept in `PAIRS`, compared there or sent.
+    PAIR_SCRATCH: PerCpuArray<ChainRecord> = PerCpuArray::with_max_entries(1, 0);
 }
 
 shared_map! {

@@ -21,6 +21,7 @@ use crate::{
     emit::{count, emit, finish, header},
     filter::{is_target_pid, is_traced},
     maps::{EVENTS, EXEC_NOTICES, EXEC_TIMES, GO_PROCS, PYTHON_PROCS, TARGETS},
+    pairs,
     settings::{exit_group_dead_offset, filtering_targets},
 };
 
@@ -54,6 +55,8 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         clone_flags,
         comm,
     };
+    // The child copies the table: what is kept of the parent's calls comes first (pairs.rs).
+    pairs::send_kept((pid_tgid >> 32) as u32);
     emit(&event);
     Ok(())
 }
@@ -83,6 +86,8 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = EXEC_TIMES.insert(&tgid, &exec_header.ts_ns, 0);
     let filename_loc: u32 = unsafe { ctx.read_at(8) }?;
     let old_tid: i32 = unsafe { ctx.read_at(16) }?;
+    // The image's calls before its exec (pairs.rs).
+    pairs::send_kept(tgid);
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return Ok(());
@@ -151,6 +156,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = GO_PROCS.remove(&tgid);
     let _ = EXEC_TIMES.remove(&tgid);
     let event = ExitEvent { header: header(kind::EXIT, pid_tgid) };
+    pairs::send_kept(tgid);
     emit(&event);
     Ok(())
 }

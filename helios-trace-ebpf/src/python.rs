@@ -36,14 +36,17 @@ use crate::{
 ///
 /// The record is submitted without asking the ring how full it is: the descriptor's record that
 /// the exit program submits right after it asks for both (emit.rs, `followed_wakeup_flags`).
+///
+/// Returns whether the process is such a CPython: its call's record is then not one the kernel
+/// may keep (pairs.rs), which would send it without its Python frames.
 #[inline(never)]
-pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
+pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }) else {
-        return;
+        return false;
     };
     let (Some(stack), Some(walk)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
-        return;
+        return true;
     };
     // Copied map to map, not through the stack (PYTHON_WALK says why). `walk` and `stack` stay
     // raw pointers, never a `&mut` held across the walk: its loop's callback writes both slots
@@ -66,13 +69,14 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
     let frames = (unsafe { read_volatile(&raw const (*stack).frame_count) } as usize).min(MAX_PYTHON_FRAMES);
     let len = PYTHON_STACK_FRAMES_OFFSET + frames * size_of::<PythonFrame>();
     if len > size_of::<PythonStack>() {
-        return;
+        return true;
     }
     // SAFETY: `len` bytes of the scratch record, which is that long at least.
     let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, followed_wakeup_flags()).is_err() {
         count(counter::RINGBUF_FULL);
     }
+    true
 }
 
 /// Copy the offsets a word at a time. As one assignment the compiler calls `memmove`, which

@@ -46,18 +46,19 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use helios_trace_common::{
-    CLOSE_NOT_TIMED, CloseEvent, LearnedChain, MAX_AUX_FDS, MAX_STACK_WINDOW, PATH_LEN, STACK_NOT_CAPTURED,
-    SavedRegs, SyscallEvent, chain_flags, close_flags, counter, kind, learned_chains, spec, stack_mode,
-    syscall_flags,
+    CLOSE_NOT_TIMED, ChainRecord, CloseEvent, MAX_AUX_FDS, MAX_STACK_WINDOW, PAIRS_FLUSH_FD, PATH_LEN,
+    STACK_NOT_CAPTURED, SavedRegs, SyscallEvent, chain_flags, close_flags, counter, kind, learned_chains,
+    spec, stack_mode, syscall_flags,
 };
 
 use crate::{
     emit::{count, finish, header_at, wakeup_flags},
     filter::is_traced,
     goroutines::creator_pc,
-    maps::{EVENTS, SAVED_REGS, SYSCALL_SPECS},
+    maps::{EVENTS, PAIR_SCRATCH, SAVED_REGS, SYSCALL_SPECS},
+    pairs,
     python::python_stack,
-    settings::{kernel_offsets, learned_chains, stack_window, user_stack_mode},
+    settings::{self, kernel_offsets, learned_chains, stack_window, user_stack_mode},
     stacks::{WithStack, capture_user_stack, kernel_word, learned_chain, stack_id, start_stack_copy},
 };
 
@@ -287,17 +288,37 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
     // bytes of this program's stack, over the verifier's 512 for the two together.
     let stack_copied = learned_walk(spec)
         && start_stack_copy(saved, stack_window().min(MAX_STACK_WINDOW), (pid_tgid >> 32) as u32);
-    if spec & spec::STACK != 0 && user_stack_mode() != stack_mode::NONE {
-        python_stack(pid_tgid, ts_ns, stack_copied);
-    }
+    // A Python record needs no kept call sent before it: userspace pairs it with its
+    // descriptor's record by (thread, time) whatever comes between (pairs.rs).
+    let python = spec & spec::STACK != 0
+        && user_stack_mode() != stack_mode::NONE
+        && python_stack(pid_tgid, ts_ns, stack_copied);
+    let tgid = (pid_tgid >> 32) as u32;
     if spec & spec::STACK != 0 && user_stack_mode() == stack_mode::DWARF {
         // `learned_walk` again, not `stack_copied` (kept across the call, 8 bytes more of this
         // stack): the copy was started under the same condition (its map slot is always there,
         // and `learned_chain` needs the same slot).
-        if learned_walk(spec) {
+        if learned_walk(spec)
+            && spec & spec::PAIRABLE != 0
+            && !python
+            && learned_chains() != learned_chains::SHADOW
+        {
+            // Made where it can be kept, and kept or sent (pairs.rs).
+            if let Some(scratch) = PAIR_SCRATCH.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot: no other program uses it while this one runs here.
+                let record = unsafe { &mut *scratch };
+                if learned_chain(&mut record.chain, saved, tgid) {
+                    fill::<BTF, _>(ctx, &mut record.event, &call, ret, pid_tgid, ts_ns);
+                    record.event.header.kind = kind::FD_SYSCALL_CHAIN;
+                    pairs::keep_or_send(scratch, tgid, ret, ts_ns);
+                    return Ok(());
+                }
+            }
+        } else if learned_walk(spec) {
+            pairs::send_kept(tgid);
             // A chain the learned rules walk to its end is the record's stack (520 bytes of
             // addresses instead of a window of several KiB for userspace to unwind).
-            let Some(mut entry) = EVENTS.reserve::<WithChain>(0) else {
+            let Some(mut entry) = EVENTS.reserve::<ChainRecord>(0) else {
                 count(counter::RINGBUF_FULL);
                 return Ok(());
             };
@@ -319,6 +340,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         }
         // The record carries the stack: reserve room for the whole window and copy the stack
         // straight into it.
+        pairs::send_kept(tgid);
         let window = stack_window().min(MAX_STACK_WINDOW);
         let Some(mut entry) = WithStack::<SyscallEvent>::reserve(window) else { return Ok(()) };
         let record = WithStack::<SyscallEvent>::of(&mut entry);
@@ -327,6 +349,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         record.event.header.kind = kind::FD_SYSCALL_USER_STACK;
         entry.submit(wakeup_flags());
     } else {
+        pairs::send_kept(tgid);
         let Some(mut entry) = EVENTS.reserve_bytes(size_of::<SyscallEvent>(), 0) else {
             count(counter::RINGBUF_FULL);
             return Ok(());
@@ -355,10 +378,17 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
 fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
     const EBADF: i64 = 9;
     if ret == -EBADF {
+        // The tracer asks for what `PAIRS` keeps (pairs.rs).
+        if reg::<BTF>(regs, arch::SYSCALL_ARGS[0])? == PAIRS_FLUSH_FD as u64
+            && (bpf_get_current_pid_tgid() >> 32) as u32 == settings::tracer_tgid()
+        {
+            pairs::send_all_kept();
+        }
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
         return Ok(());
     }
     let task = current_task::<BTF>();
@@ -366,6 +396,12 @@ fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
         return Ok(());
     }
     let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
+    // The close of the open its process's slot keeps: counted there (pairs.rs says why the
+    // number is read before).
+    if pairs::close_matched(tgid, fd, || number_taken::<BTF>(task, fd) == 0) {
+        return Ok(());
+    }
+    pairs::send_kept(tgid);
     // The record's place in the ring first, the slot read after: a number another thread
     // takes after the read (an open that reserved it may not have installed it yet) is then
     // taken by a call whose record comes after this one (its exit, and its reservation, follow
@@ -449,13 +485,6 @@ fn installed_file<const BTF: bool>(task: u64, fd: u64) -> Option<u64> {
         return None;
     }
     unsafe { bpf_probe_read_kernel((slots as *const u64).wrapping_add(fd as usize)) }.ok()
-}
-
-/// The layout of a `kind::FD_SYSCALL_CHAIN` record (helios_trace_common).
-#[repr(C)]
-struct WithChain {
-    event: SyscallEvent,
-    chain: LearnedChain,
 }
 
 /// Everything of a descriptor record but the user stack bytes.

@@ -44,6 +44,10 @@ pub(crate) struct EventCounts {
     /// syscalls do not show) within 30 s or before their process exited: counted closed as
     /// lost (close reason `reconcile`, or `exit`).
     pub(crate) closes_taken_for_lost: u64,
+    /// Calls whose descriptors the kernel matched with their closes, so that neither call's
+    /// record was sent (helios-trace-ebpf/src/pairs.rs): handled as those records would have
+    /// been (in `events_by_type`, the sites' counts), not in `received`.
+    pub(crate) calls_paired: u64,
     /// The kernel programs' counters shown as they are, after the pipeline's own (in the
     /// report's `events` beside them).
     #[serde(flatten)]
@@ -89,6 +93,10 @@ pub(crate) struct KernelCounts {
     /// unmapped by then, for one): the descriptor is counted as any other, and named from /proc
     /// at the report.
     pub(crate) paths_unreadable: u64,
+    /// Records sent while another program held their process's slot of kept calls, with calls
+    /// kept there, after two tries to send those first: the kept calls may have come after
+    /// the record (helios-trace-ebpf/src/pairs.rs, `send_slot`).
+    pub(crate) pairs_out_of_order: u64,
 }
 
 /// What one kernel program has cost so far, as the kernel counts it while its BPF statistics
@@ -146,6 +154,7 @@ mod tests {
             stack_copies_ahead_failed: 6,
             first_rules_from_hints: 7,
             paths_unreadable: 8,
+            pairs_out_of_order: 10,
         };
         let text =
             serde_json::to_string(&EventCounts { received: 9, kernel, ..EventCounts::default() }).unwrap();
@@ -154,6 +163,7 @@ mod tests {
         let order = [
             "received",
             "closes_taken_for_lost",
+            "calls_paired",
             "wakeups_forced",
             "python_threads_remembered",
             "python_cframes_from_copy",
@@ -162,10 +172,11 @@ mod tests {
             "stack_copies_ahead_failed",
             "first_rules_from_hints",
             "paths_unreadable",
+            "pairs_out_of_order",
         ]
         .map(at);
         assert!(order.is_sorted(), "{text}");
-        assert!(text.ends_with("\"paths_unreadable\":8}"), "{text}");
+        assert!(text.ends_with("\"pairs_out_of_order\":10}"), "{text}");
         assert!(!text.contains("kernel"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(

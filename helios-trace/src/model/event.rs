@@ -14,6 +14,11 @@ use crate::model::fd::{FdDetail, FdKind};
 /// SCM_RIGHTS. Inline for the common cases.
 pub(crate) type FdList = SmallVec<[i32; 2]>;
 
+/// The number a pair the kernel matched is opened and closed at (observe/engine.rs,
+/// `handle_pairs`): one no descriptor has (the kernel's `sysctl_nr_open` stops at 1 << 30),
+/// so that the pair meets nothing of the table.
+pub(crate) const PAIRED_FD: i32 = i32::MAX;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Event {
     pub(crate) tgid: u32,
@@ -107,6 +112,24 @@ impl Op {
             Op::NewTask { .. } => 8,
             Op::Exec { .. } => 9,
             Op::Exit => 10,
+        }
+    }
+
+    /// The same call, its one new descriptor at `fd`: for the calls the kernel may keep and
+    /// match with their closes (an open of one descriptor, an accept); None for any other.
+    pub(crate) fn renumbered(&self, fd: i32) -> Option<Op> {
+        match self {
+            Op::Open { fds, kind, detail, cloexec, dirfd } if fds.len() == 1 => Some(Op::Open {
+                fds: smallvec::smallvec![fd],
+                kind: *kind,
+                detail: detail.clone(),
+                cloexec: *cloexec,
+                dirfd: *dirfd,
+            }),
+            Op::Accept { listener, cloexec, .. } => {
+                Some(Op::Accept { fd, listener: *listener, cloexec: *cloexec })
+            }
+            _ => None,
         }
     }
 }

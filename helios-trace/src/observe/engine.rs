@@ -16,7 +16,7 @@ use log::debug;
 use crate::{
     model::{
         counts::EventCounts,
-        event::{CapturedStack, Event, Op, StackIds, WalkedChain},
+        event::{CapturedStack, Event, Op, PAIRED_FD, StackIds, WalkedChain},
         exited::ExitedProcess,
         fd::{FdDetail, FdKind, SiteId},
         fdtable::{Corrections, FdChange, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
@@ -480,7 +480,13 @@ impl Engine {
                 if matches!(event.op, Op::Close { .. }) {
                     event.ts_ns = self.batch_taken_ns;
                 }
-                self.by_type[event.op.index()] += 1;
+                let (pairs, pairs_only) = match &stack {
+                    RecordStack::Chain(chain) => (chain.pairs, chain.flags & chain_flags::PAIRS_ONLY != 0),
+                    _ => (0, false),
+                };
+                if !pairs_only {
+                    self.by_type[event.op.index()] += 1;
+                }
                 let shadow = match stack {
                     RecordStack::Window(_) => {
                         self.shadows.remove(&event.tid).filter(|s| s.ts_ns == event.ts_ns)
@@ -500,7 +506,12 @@ impl Engine {
                     }),
                     RecordStack::None => None,
                 };
-                self.handle_event(&mut event, stack.as_ref(), stacks)
+                if pairs > 0 {
+                    self.handle_pairs(&event, pairs, stack.as_ref(), stacks);
+                }
+                if !pairs_only {
+                    self.handle_event(&mut event, stack.as_ref(), stacks)
+                }
             }
             Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..)) => {
                 self.untracked += 1
@@ -510,6 +521,39 @@ impl Engine {
                 debug!("undecodable record: {err}");
             }
         }
+    }
+
+    /// `count` calls like `event` whose descriptors the kernel matched with their closes
+    /// (helios-trace-ebpf/src/pairs.rs): each opened, then closed, at `PAIRED_FD`, a number no
+    /// descriptor has, so that they change nothing else of the table, whatever the kernel let
+    /// come ahead of them (a pair it counted while another thread's record went past its
+    /// slot); the closes at the time the record was taken, as every close's.
+    fn handle_pairs(
+        &mut self,
+        event: &Event,
+        count: u32,
+        stack: Option<&CapturedStack<'_>>,
+        stacks: &dyn StackSource,
+    ) {
+        let Some(op) = event.op.renumbered(PAIRED_FD) else {
+            // Not a call the kernel keeps: a record it did not make.
+            self.counts.undecodable += 1;
+            return;
+        };
+        for _ in 0..count {
+            let mut open = Event { op: op.clone(), ..event.clone() };
+            self.by_type[open.op.index()] += 1;
+            self.handle_event(&mut open, stack, stacks);
+            let mut close = Event {
+                ts_ns: self.batch_taken_ns,
+                stacks: StackIds::default(),
+                op: Op::Close { fd: PAIRED_FD, number_taken: false },
+                ..*event
+            };
+            self.by_type[close.op.index()] += 1;
+            self.handle_event(&mut close, None, stacks);
+        }
+        self.counts.calls_paired += u64::from(count);
     }
 
     /// One event; `stack` is the user stack a `--stacks dwarf` record carried. The table takes
@@ -592,7 +636,12 @@ impl Engine {
         // With Python frames, the native site is a step to the site: remembered too (what
         // Python sites are made from), so it must be forgotten in its turn.
         self.stats.made(native, event.ts_ns);
-        let walked = self.walked.remove(&event.tid).filter(|w| w.ts_ns == event.ts_ns);
+        // Only its own: a record the kernel kept may come between a thread's Python record and
+        // its descriptor's (helios-trace-ebpf/src/pairs.rs).
+        let walked = match self.walked.get(&event.tid) {
+            Some(w) if w.ts_ns == event.ts_ns => self.walked.remove(&event.tid),
+            _ => None,
+        };
         let site = match (self.handle_site(event), walked) {
             (Some(site), _) => site,
             (None, Some(walked)) => {
@@ -1683,6 +1732,77 @@ mod tests {
             k,
             Kept::Transition(Transition::Fd { change: FdChange::Closed(CloseReason::Close), .. })
         )));
+    }
+
+    /// A `kind::FD_SYSCALL_CHAIN` record of PARENT's thread `tid` at `ts_ns`: socket(AF_INET,
+    /// SOCK_STREAM) that returned `fd`, its chain in the server, with what the kernel kept of
+    /// it (helios-trace-ebpf/src/pairs.rs): `pairs` matched before it, `pairs_only` when its own
+    /// open was closed too.
+    fn kept_socket(tid: u32, ts_ns: u64, fd: i64, pairs: u32, pairs_only: bool) -> Vec<u8> {
+        use helios_trace_common::{
+            ChainRecord, EventHeader, LearnedChain, MAX_CHAIN_FRAMES, STACK_NOT_CAPTURED, kind,
+        };
+        use zerocopy::IntoBytes as _;
+
+        use crate::sys::{decode::tests::syscall, syscalls::Call};
+        let mut chain = LearnedChain { depth: 2, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+        chain.addresses[..2].copy_from_slice(&[0x40_1000, 0x40_2000]);
+        if pairs > 0 {
+            chain.flags |= chain_flags::PAIRED;
+        }
+        if pairs_only {
+            chain.flags |= chain_flags::PAIRS_ONLY;
+        }
+        let mut event =
+            syscall(Call::Socket, fd, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]);
+        event.header =
+            EventHeader { kind: kind::FD_SYSCALL_CHAIN, tgid: PARENT, tid, reserved: pairs, ts_ns };
+        event.stack_id = STACK_NOT_CAPTURED;
+        ChainRecord { event, chain }.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn calls_the_kernel_matched_are_opened_and_closed_at_their_site_and_leave_the_table_alone() {
+        let (mut feed, _proc) = feed();
+        feed.found(PARENT, "server");
+        let counted = |feed: &Feed| {
+            let process = feed.engine.table().process(PARENT).unwrap();
+            let fds: Vec<i32> = process.fds.iter().map(|(fd, _)| fd).collect();
+            let site = process.fds.iter().next().map(|(_, open)| open.site).unwrap();
+            let counters = feed.engine.stats().get(PARENT, FdKind::Socket, site);
+            (fds, counters.opened, counters.closed_by[CloseReason::Close.index()])
+        };
+        // Three pairs, then the record's own open, kept: fd 5 open.
+        feed.engine.handle_record(&kept_socket(PARENT, 2 * SEC, 5, 3, false), &DistinctStacks);
+        assert_eq!(counted(&feed), (vec![5], 4, 3));
+        // Two pairs alone: fd 5 still the only one open, at the same site.
+        feed.engine.handle_record(&kept_socket(PARENT, 3 * SEC, 6, 2, true), &DistinctStacks);
+        assert_eq!(counted(&feed), (vec![5], 6, 5));
+        // A plain record: one open, no pair.
+        feed.engine.handle_record(&kept_socket(PARENT, 4 * SEC, 6, 0, false), &DistinctStacks);
+        assert_eq!(counted(&feed), (vec![5, 6], 7, 5));
+        let counts = feed.engine.counts();
+        assert_eq!((counts.received, counts.calls_paired, counts.undecodable), (3, 5, 0));
+        let by_type: HashMap<&str, u64> = feed.engine.events_by_type().into_iter().collect();
+        assert_eq!((by_type["open"], by_type["close"]), (7, 5), "each pair is an open and a close");
+    }
+
+    #[test]
+    fn a_kept_call_sent_between_a_threads_python_record_and_its_descriptor_leaves_the_python_record() {
+        use helios_trace_common::{EventHeader, PythonStack, kind};
+        use zerocopy::{FromZeros as _, IntoBytes as _};
+        let (mut feed, _proc) = feed();
+        feed.found(PARENT, "server");
+        let mut python = PythonStack::new_zeroed();
+        python.header =
+            EventHeader { kind: kind::PYTHON_STACK, tgid: PARENT, tid: 101, reserved: 0, ts_ns: 9 * SEC };
+        let len = helios_trace_common::PYTHON_STACK_FRAMES_OFFSET;
+        feed.engine.handle_record(&python.as_bytes()[..len], &DistinctStacks);
+        // The same thread's kept call, sent by the next record of the process.
+        feed.engine.handle_record(&kept_socket(101, 8 * SEC, 5, 1, false), &DistinctStacks);
+        assert_eq!(feed.engine.walked.get(&101).map(|w| w.ts_ns), Some(9 * SEC), "not the kept call's");
+        feed.engine.handle_record(&kept_socket(101, 9 * SEC, 6, 0, false), &DistinctStacks);
+        assert!(feed.engine.walked.is_empty(), "taken by its own descriptor's record");
     }
 
     /// A libuv handle record (helios-trace-ebpf/src/libuv.rs) of PARENT's main thread, with a

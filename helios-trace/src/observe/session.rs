@@ -289,7 +289,8 @@ impl Tracing {
         // Emptied by a thread of its own once `run_until` runs (after privileges were dropped,
         // which attaching before any thread exists allows), holding as much again as the ring
         // (sys/ring.rs; model/sizing.rs counts both); until then by the engine alone.
-        let ring = Ring::new(ring, args.ring_buffer_bytes as usize, config.wakeup_bytes as usize)?;
+        let ring = Ring::new(ring, args.ring_buffer_bytes as usize, config.wakeup_bytes as usize)?
+            .keeping_pairs(config.keeps_pairs());
         let mut tracing = Tracing {
             engine,
             tracer,

@@ -89,6 +89,9 @@ pub(crate) enum RecordStack<'a> {
 pub(crate) struct RecordChain<'a> {
     pub(crate) flags: u32,
     pub(crate) addresses: Cow<'a, [u64]>,
+    /// With `chain_flags::PAIRED`: the calls exactly like the record's whose descriptors the
+    /// kernel matched with their closes before it sent the record (helios-trace-ebpf/src/pairs.rs).
+    pub(crate) pairs: u32,
 }
 
 /// A `kind::FD_SYSCALL_CHAIN` record with `chain_flags::SHADOW`.
@@ -292,11 +295,20 @@ pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<RecordChain<'_>>, Dec
         return Ok(None);
     }
     let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
+    let pairs = |flags: u32| if flags & chain_flags::PAIRED != 0 { header.reserved } else { 0 };
     Ok(Some(match LearnedChain::ref_from_prefix(tail) {
-        Ok((chain, _)) => RecordChain { flags: chain.flags, addresses: Cow::Borrowed(chain.chain()) },
+        Ok((chain, _)) => RecordChain {
+            flags: chain.flags,
+            addresses: Cow::Borrowed(chain.chain()),
+            pairs: pairs(chain.flags),
+        },
         Err(_) => {
             let chain: LearnedChain = read(tail, "learned chain")?;
-            RecordChain { flags: chain.flags, addresses: Cow::Owned(chain.chain().to_vec()) }
+            RecordChain {
+                flags: chain.flags,
+                addresses: Cow::Owned(chain.chain().to_vec()),
+                pairs: pairs(chain.flags),
+            }
         }
     }))
 }
@@ -664,6 +676,25 @@ pub(crate) mod tests {
         );
         let cut = &bytes(&chain)[..size_of::<SyscallEvent>() + 100];
         assert!(matches!(decode(cut, &table), Err(DecodeError::Short { what: "learned chain", .. })));
+    }
+
+    /// What the kernel kept of a call (helios-trace-ebpf/src/pairs.rs): the pairs matched before
+    /// it are counted in the header's reserved word, read only with `chain_flags::PAIRED`.
+    #[test]
+    fn a_chain_record_carries_the_pairs_the_kernel_matched_before_it() {
+        let mut record =
+            syscall(Call::Socket, 5, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]);
+        record.header.kind = kind::FD_SYSCALL_CHAIN;
+        record.header.reserved = 4;
+        let mut chain = LearnedChain { depth: 1, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+        chain.addresses[0] = 0x7f00_0000_1234;
+        let pairs = |chain: &LearnedChain| {
+            let bytes = [bytes_of(&record), bytes_of(chain)].concat();
+            learned_chain(&bytes).unwrap().unwrap().pairs
+        };
+        assert_eq!(pairs(&chain), 0, "not without the flag");
+        chain.flags = chain_flags::PAIRED | chain_flags::PAIRS_ONLY;
+        assert_eq!(pairs(&chain), 4);
     }
 
     /// A record is read in place where its bytes are aligned (the emptier's chunks) and copied

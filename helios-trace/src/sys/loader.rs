@@ -98,6 +98,13 @@ impl TraceConfig {
         }
     }
 
+    /// Whether the kernel keeps calls and matches them with their closes (`PAIRS`,
+    /// helios-trace-ebpf/src/pairs.rs): calls whose chains it walks, unless each is sent
+    /// with its window to be compared (shadow).
+    pub(crate) fn keeps_pairs(&self) -> bool {
+        self.user_stack_mode == stack_mode::DWARF && self.learned_chains == learned_chains::ON
+    }
+
     /// Whether only some processes are traced (the settings' `filter_targets`).
     fn filtering_targets(&self) -> bool {
         !self.targets.is_empty()
@@ -114,7 +121,7 @@ impl TraceConfig {
     /// and `--uid` only (with `--cgroup` alone it is looked in, always empty: a process is traced
     /// by its cgroup, helios-trace-ebpf/src/filter.rs); the rules' buckets 4.0 MiB, used by
     /// learned chains only, as the taught chains' are; the Python threads remembered 1.25 MiB,
-    /// used by the Python walk, which needs user stacks.
+    /// used by the Python walk, which needs user stacks; the calls kept (`PAIRS`) 0.96 MiB.
     fn unused_maps(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
         if self.user_stack_mode != stack_mode::FP {
@@ -128,6 +135,9 @@ impl TraceConfig {
         }
         if self.user_stack_mode != stack_mode::DWARF || self.learned_chains == learned_chains::OFF {
             unused.extend([map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::FIRST_FRAME_HINTS]);
+        }
+        if !self.keeps_pairs() {
+            unused.push(map_name::PAIRS);
         }
         unused
     }
@@ -567,6 +577,7 @@ impl Tracer {
                 stack_copies_ahead_failed: sum(counter::STACK_COPIES_AHEAD_FAILED),
                 first_rules_from_hints: sum(counter::FIRST_RULE_FROM_HINT),
                 paths_unreadable: sum(counter::PATH_UNREADABLE),
+                pairs_out_of_order: sum(counter::PAIRS_OUT_OF_ORDER),
             },
         }
     }
@@ -833,7 +844,7 @@ mod tests {
         let fp = TraceConfig { user_stack_mode: stack_mode::FP, targets: vec![7], ..config() };
         assert_eq!(
             fp.unused_maps(),
-            [map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::FIRST_FRAME_HINTS]
+            [map_name::FRAME_RULES, map_name::CHAIN_RULES, map_name::FIRST_FRAME_HINTS, map_name::PAIRS]
         );
         let none = TraceConfig { user_stack_mode: stack_mode::NONE, target_uids: vec![0], ..config() };
         assert_eq!(
@@ -843,7 +854,8 @@ mod tests {
                 map_name::PYTHON_THREADS,
                 map_name::FRAME_RULES,
                 map_name::CHAIN_RULES,
-                map_name::FIRST_FRAME_HINTS
+                map_name::FIRST_FRAME_HINTS,
+                map_name::PAIRS
             ]
         );
         let off = TraceConfig { learned_chains: learned_chains::OFF, target_cgroups: vec![9], ..config() };
@@ -854,9 +866,13 @@ mod tests {
                 map_name::TARGETS,
                 map_name::FRAME_RULES,
                 map_name::CHAIN_RULES,
-                map_name::FIRST_FRAME_HINTS
+                map_name::FIRST_FRAME_HINTS,
+                map_name::PAIRS
             ]
         );
+        // With every chain sent with its window (shadow), no call is kept.
+        let shadow = TraceConfig { learned_chains: learned_chains::SHADOW, ..config() };
+        assert_eq!(shadow.unused_maps(), [map_name::STACKS, map_name::TARGETS, map_name::PAIRS]);
     }
 
     #[test]

@@ -59,6 +59,12 @@ const EMPTIER_WAIT: Duration = Duration::from_millis(20);
 /// and the kernel's wake-up comes first only past 1,000,000 a second.
 const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How often at most the emptier has the kernel send the calls it keeps (`send_kept_calls`):
+/// each is a walk of the kernel's 1,024 slots (`PAIR_SLOTS`), so not at every look when looks come every
+/// millisecond; a kept open then reaches the engine within this and a look, about when its
+/// record would have.
+const KEPT_SEND_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The emptier's time slice: the smallest the kernel takes, so that it runs soon after the
 /// kernel wakes it even when every CPU is busy (sys/own.rs, `prefer_short_slices`).
 const EMPTIER_SLICE: Duration = Duration::from_micros(100);
@@ -102,6 +108,8 @@ pub(crate) struct Ring {
     look_bytes: usize,
     /// Wakes the emptier for a look the engine asks for; there once the emptier runs.
     asks: Option<Arc<OwnedFd>>,
+    /// The kernel keeps calls (`send_kept_calls`).
+    keeps_pairs: bool,
 }
 
 struct Shared {
@@ -345,7 +353,23 @@ impl Ring {
             taken: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
         };
-        Ring { shared: Arc::new(shared), fd, ring_bytes, look_bytes: wakeup_bytes / 4, asks: None }
+        Ring {
+            shared: Arc::new(shared),
+            fd,
+            ring_bytes,
+            look_bytes: wakeup_bytes / 4,
+            asks: None,
+            keeps_pairs: false,
+        }
+    }
+
+    /// The kernel keeps calls and matches them with their closes (`keeps`;
+    /// helios-trace-ebpf/src/pairs.rs): have it send what it keeps before every record made
+    /// before a moment is taken (`take`), and every `KEPT_SEND_INTERVAL` at the emptier's looks,
+    /// so that a kept open reaches the engine as soon as a record sent with it would have.
+    pub(crate) fn keeping_pairs(mut self, keeps: bool) -> Ring {
+        self.keeps_pairs = keeps;
+        self
     }
 
     /// Start the emptier (once). After privileges were dropped: the thread inherits the
@@ -362,6 +386,7 @@ impl Ring {
             asks: Arc::clone(&asks),
             ring_bytes: self.ring_bytes,
             look_bytes: self.look_bytes,
+            keeps_pairs: self.keeps_pairs,
         };
         std::thread::Builder::new()
             .name("ring-emptier".into())
@@ -388,6 +413,9 @@ impl Ring {
     /// (it did: nothing was handled for as long as it wrote). Drop each chunk once handled:
     /// until then its bytes count against the emptier's hold.
     pub(crate) fn take(&self) -> VecDeque<Bytes> {
+        if self.keeps_pairs {
+            send_kept_calls();
+        }
         if let Some(asks) = &self.asks {
             let asked = self.shared.asked.fetch_add(1, Ordering::SeqCst) + 1;
             add_one(asks);
@@ -430,6 +458,7 @@ struct Emptier {
     asks: Arc<OwnedFd>,
     ring_bytes: usize,
     look_bytes: usize,
+    keeps_pairs: bool,
 }
 
 impl Emptier {
@@ -438,12 +467,18 @@ impl Emptier {
             log::debug!("the ring's emptier keeps the default time slice: {err}");
         }
         let (mut wait, mut last_look, mut answered) = (EMPTIER_WAIT, Instant::now(), 0);
+        let mut kept_sent = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             self.wakeups.wait(wait);
             // Cleared before the asks are counted: one that comes after wakes the next wait.
             take_count(&self.asks);
             let asked = self.shared.asked.load(Ordering::SeqCst);
             let look = Instant::now();
+            // An ask was preceded by its own (`Ring::take`).
+            if self.keeps_pairs && asked == answered && look.duration_since(kept_sent) >= KEPT_SEND_INTERVAL {
+                send_kept_calls();
+                kept_sent = look;
+            }
             let (took, full) = self.look((asked > answered).then_some(asked));
             wait = next_look(took, look.duration_since(last_look), self.look_bytes);
             last_look = look;
@@ -487,6 +522,15 @@ impl Drop for Emptier {
         lock(&self.shared.held).emptier_ended = true;
         self.shared.answered.notify_all();
     }
+}
+
+/// Have the kernel send what its `PAIRS` slots keep (helios-trace-ebpf/src/pairs.rs): a close
+/// of `PAIRS_FLUSH_FD`, a number no descriptor has, which the exit program answers for the
+/// tracer's own process only. The close fails with `EBADF`, as it should; its records are in
+/// the ring when it returns.
+fn send_kept_calls() {
+    // SAFETY: closing a number that is never open closes nothing.
+    unsafe { libc::close(helios_trace_common::PAIRS_FLUSH_FD) };
 }
 
 /// How long to wait before the next look at the ring, given that the last one, `since` after

@@ -183,15 +183,20 @@ impl Call {
     pub(crate) fn spec(self) -> u32 {
         use spec::*;
         let creates = TRACED | STACK;
+        // One new descriptor, the call's result, whose record may be kept in the kernel and
+        // matched there with its close (helios-trace-ebpf/src/pairs.rs): not a pair, not
+        // received descriptors, not a copy of another's (dup, pidfd_getfd), not signalfd, which
+        // may return the descriptor it was given.
+        let one = creates | PAIRABLE;
         // What a path or handle names is known by the installed file's mode.
-        let opens = creates | INODE_MODE;
+        let opens = one | INODE_MODE;
         match self {
             Call::Open | Call::Creat => opens | with_arg(PATH_ARG_SHIFT, 0),
             Call::OpenAt => opens | with_arg(PATH_ARG_SHIFT, 1),
             // open_how.flags is the first u64 of struct open_how (include/uapi/linux/openat2.h).
             Call::OpenAt2 => opens | with_arg(PATH_ARG_SHIFT, 1) | with_arg(DEREF_ARG_SHIFT, 2),
             Call::OpenByHandleAt => opens,
-            Call::MemfdCreate => creates | with_arg(PATH_ARG_SHIFT, 0),
+            Call::MemfdCreate => one | with_arg(PATH_ARG_SHIFT, 0),
             Call::Pipe | Call::Pipe2 => creates | with_arg(FD_PAIR_ARG_SHIFT, 0),
             Call::SocketPair => creates | with_arg(FD_PAIR_ARG_SHIFT, 3),
             Call::Fcntl => creates | FCNTL_FILTER,
@@ -199,7 +204,24 @@ impl Call {
             Call::RecvMsg => creates | MSGHDR,
             Call::RecvMmsg => creates | MMSGHDR,
             Call::CloseRange => TRACED,
-            _ => creates,
+            Call::Dup | Call::Dup2 | Call::Dup3 | Call::PidfdGetfd | Call::Signalfd | Call::Signalfd4 => {
+                creates
+            }
+            Call::Socket
+            | Call::Accept
+            | Call::Accept4
+            | Call::EventFd
+            | Call::EventFd2
+            | Call::EpollCreate
+            | Call::EpollCreate1
+            | Call::TimerfdCreate
+            | Call::InotifyInit
+            | Call::InotifyInit1
+            | Call::FanotifyInit
+            | Call::PidfdOpen
+            | Call::Userfaultfd
+            | Call::PerfEventOpen
+            | Call::IoUringSetup => one,
         }
     }
 

@@ -192,6 +192,64 @@ fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
     on_the_host_and_in_a_pod(|pid, path, run| leaving_the_taught_chain(pid, path, run));
 }
 
+/// A descriptor closed before anything else of its process is recorded is not sent, nor its
+/// close: the kernel keeps the open in its process's slot, matches the close there and counts
+/// the pair (helios-trace-ebpf/src/pairs.rs), which userspace counts at the open's site as the
+/// two records would have been. On the host and in a pod the counts stay exact: every churned
+/// open opened and closed at its site, the leaked ones open at theirs, as /proc has them.
+#[test]
+#[cfg_attr(kernel_tests_not_root, ignore = "loads eBPF programs: needs root")]
+fn calls_closed_at_once_are_matched_in_the_kernel_and_counted_exactly() {
+    if !require_bpf() {
+        return;
+    }
+    on_the_host_and_in_a_pod(|pid, path, run| {
+        let mut tracer = tracing_chains(pid, "on");
+        // Kept only once the kernel walks the churn's chain itself.
+        let mut churned = 0;
+        until_walked(&mut tracer, "chains_learned", || {
+            run(&format!("churn 1 {path}"));
+            churned += 1;
+        });
+        let mut fds = run(&format!("leak 3 {path}"));
+        run(&format!("churn 2000 {path}"));
+        churned += 2000;
+        fds.extend(run(&format!("leak 2 {path}")));
+        let report = tracer.stop();
+        let sites: Vec<&Value> = process(&report, pid).unwrap()["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["site"] != "before-trace" && s["kind"] == "file")
+            .collect();
+        let count = |site: &Value, key: &str| site[key].as_u64().unwrap();
+        let (churn, leak): (Vec<&Value>, Vec<&Value>) = sites.iter().partition(|s| count(s, "open") == 0);
+        assert_eq!((churn.len(), leak.len()), (1, 1), "one line, one site: {sites:#?}");
+        let (churn, leak) = (churn[0], leak[0]);
+        assert_eq!(
+            (count(churn, "opened"), count(churn, "closed"), churn["closed_by"]["close"].as_u64()),
+            (churned, churned, Some(churned)),
+            "{churn:#}"
+        );
+        assert_eq!(
+            (count(leak, "opened"), count(leak, "open"), count(leak, "closed")),
+            (5, 5, 0),
+            "{leak:#}"
+        );
+        assert_files_at_sites(&report, pid, &fds);
+        // Most pairs never left the kernel: only a send of what it kept (the tracer's, every
+        // 10 ms) between an open and its close lets one go as its two records.
+        let paired = events(&report, "calls_paired");
+        assert!(
+            (churned / 2..=churned).contains(&paired),
+            "{paired} of {churned} paired: {}",
+            report["events"]
+        );
+        assert_eq!(report["events"]["lost"], 0);
+        assert_eq!(events(&report, "pairs_out_of_order"), 0);
+    });
+}
+
 /// `test` for a stackwork on the host, opening /etc/hostname, and for one in a pod (its own
 /// namespaces, cgroup and root: stackwork and the libraries it loads), opening /app/stackwork.
 fn on_the_host_and_in_a_pod(test: impl Fn(u32, &str, &mut dyn FnMut(&str) -> Vec<i64>)) {

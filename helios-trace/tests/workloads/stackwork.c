@@ -21,6 +21,8 @@
  *                   the gap the kernel leaves below the argument strings: "ok 1" or "ok 0"
  *   forkleak PATH   fork a child that opens PATH through the chain, forks a grandchild that
  *                   inherits the descriptor and waits, and exits at once: "ok <grandchild pid>"
+ *   churn N PATH    open PATH N times through leak_fn from a call site of its own in handler,
+ *                   closing each at once: "ok"
  *   exit
  *
  * Build: gcc -O2 -fomit-frame-pointer -g stackwork.c -o stackwork
@@ -116,6 +118,16 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         fflush(stdout);
         return leaked;
     }
+    if (strcmp(command, "churn") == 0) {
+        for (int i = 0; i < count; i++) {
+            int fd = leak_fn(path); /* CALL_CHURN */
+            if (fd < 0) return -1;
+            close(fd);
+        }
+        printf("ok\n");
+        fflush(stdout);
+        return leaked;
+    }
     if (strcmp(command, "leakone") == 0) {
         int fd = leak_fn(path); /* CALL_LEAKONE */
         if (fd < 0) return -1;
@@ -186,6 +198,8 @@ __attribute__((noipa)) static int loop(void) {
             if (handler("deep", path, count) < 0) return -1;
         } else if (sscanf(line, "wide %d %399s", &count, path) == 2) {
             if (handler("wide", path, count) < 0) return -1;
+        } else if (sscanf(line, "churn %d %399s", &count, path) == 2) {
+            if (handler("churn", path, count) < 0) return -1;
         } else if (sscanf(line, "via %d %399s", &count, path) == 2) {
             if (handler("via", path, count) < 0) return -1;
         } else if (sscanf(line, "%31s %399s", command, path) == 2) {

@@ -154,7 +154,7 @@ pub(crate) fn registry(exported: &Exported, own: &SelfMetrics) -> prometheus::Re
 
     let events = counter_by(
         "helios_trace_events_total",
-        "Events read from the kernel, by type.",
+        "Events read from the kernel, by type: an open and a close for each pair the kernel matched and counted (no record of its own).",
         "event",
         &own.events_by_type,
     )?;
