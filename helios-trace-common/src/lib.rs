@@ -386,7 +386,8 @@ const _: () = assert!(size_of::<ChainRecord>() == 960);
 /// neither call is sent (helios-trace-ebpf/src/pairs.rs).
 pub const PAIR_SLOTS: u32 = 1024;
 
-/// A number no descriptor has (the kernel's `sysctl_nr_open` stops at 1 << 30): the tracer
+/// A number no descriptor has (`sysctl_nr_open` is at most `sysctl_nr_open_max`,
+/// 2,147,483,584 on 64-bit: fs/file.c): the tracer
 /// closes it to have the kernel send what `PAIRS` keeps (close returns `-EBADF`, and the exit
 /// program knows the tracer's tgid), before it looks at the ring for every record made before
 /// a moment.
@@ -815,10 +816,11 @@ pub mod spec {
     /// Bits 16..19: index + 1 of the argument through which to read one u64 into `deref`.
     pub const DEREF_ARG_SHIFT: u32 = 16;
     pub const ARG_MASK: u32 = 0xf;
-    /// The call makes one descriptor, its result, and its record says nothing that depends on
-    /// another descriptor's state in userspace's table but a listener's (no pair, no received
-    /// descriptors, no copy of another): its record may be kept in `PAIRS` and, when its close
-    /// comes first, counted there instead of sent (helios-trace-ebpf/src/pairs.rs).
+    /// The call makes one descriptor, its result (no pair, no received descriptors, no copy
+    /// of another): its record may be kept in `PAIRS` and, when its close comes first, counted
+    /// there instead of sent (helios-trace-ebpf/src/pairs.rs). What it makes may still depend on
+    /// other descriptors of its process (an accept's listener, an openat's directory, a reopened
+    /// `/proc/self/fd/N`): what a slot keeps goes before any other record of its process.
     pub const PAIRABLE: u32 = 1 << 20;
 
     /// The argument index encoded at `shift`, if any.
@@ -889,9 +891,9 @@ pub mod counter {
     /// confirmed by the chain taught through the caller it found: no `FRAME_RULES` lookup
     /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
     pub const FIRST_RULE_FROM_HINT: u32 = 13;
-    /// A record of a process was sent while another program held the process's `PAIRS` slot
-    /// with something of it kept there, after two tries to send that first: the kept calls
-    /// may come after it (helios-trace-ebpf/src/pairs.rs, `send_kept`).
+    /// A record of a process was sent after two tries to send first what the process's `PAIRS`
+    /// slot kept, each failed because another program changed the slot between the read and
+    /// the take: the kept calls may come after it (helios-trace-ebpf/src/pairs.rs, `send_slot`).
     pub const PAIRS_OUT_OF_ORDER: u32 = 14;
     pub const COUNT: u32 = 15;
 }

@@ -35,20 +35,37 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
 };
 use helios_trace_common::{
-    ChainRecord, MAX_CHAIN_FRAMES, PAIR_SLOTS, PATH_LEN, PairSlot, chain_flags, counter, pair_state,
+    ChainRecord, MAX_CHAIN_FRAMES, PAIR_SLOTS, PATH_LEN, PairSlot, chain_flags, counter, learned_chains,
+    pair_state, stack_mode,
 };
 
 use crate::{
     emit::{count, count_many, wakeup_flags},
     maps::{EVENTS, PAIRS},
+    settings::{kernel_offsets, learned_chains, user_stack_mode},
 };
 
 /// `PairSlot::open_fd` when no open is kept.
 const NO_FD: i32 = -1;
 
-/// The slot of process `tgid`.
+/// Whether calls are kept at all: with learned chains (`--stacks dwarf`, `--learned-chains
+/// on`: not in shadow mode, where every chain goes with its window) and where a close can tell
+/// whether its number was taken again (the descriptor tables' offsets, from the kernel's BTF:
+/// syscalls.rs `number_taken`), which matching needs. Loads of the frozen settings: elsewhere
+/// the verifier prunes this module's code away.
+#[inline(always)]
+pub fn keeping() -> bool {
+    user_stack_mode() == stack_mode::DWARF
+        && learned_chains() == learned_chains::ON
+        && kernel_offsets().fd_slots()
+}
+
+/// The slot of process `tgid`; none when calls are not kept.
 #[inline(always)]
 fn slot_of(tgid: u32) -> Option<*mut PairSlot> {
+    if !keeping() {
+        return None;
+    }
     PAIRS.get_ptr_mut(tgid % PAIR_SLOTS)
 }
 
@@ -71,8 +88,9 @@ unsafe fn take(slot: *mut PairSlot, seen: u64) -> bool {
 
 /// Leave `slot`, taken from `seen`, to `tgid`, its sequence moved on. A plain store: on x86_64,
 /// the only architecture whose calls are kept (their chains are walked there only: stacks.rs,
-/// `learned_chain`), a store is a release, ordered after the slot's writes before it (an
-/// exchange, a locked instruction, was ~20 ns more per call).
+/// `learned_chain`), a store is a release, ordered after the slot's writes before it. (An
+/// exchange here and loops in `same_call` that ran to their bounds cost 150 ns of the pair's
+/// kernel time together: BENCHMARKS.md, "Opens matched with their closes in the kernel".)
 ///
 /// # Safety
 /// As `take`'s; the caller holds the slot.
@@ -94,7 +112,7 @@ unsafe fn keeps(slot: *const PairSlot) -> bool {
 }
 
 /// Copy the slot's record into `to`, a reserved `ChainRecord`, as what it keeps: its pairs,
-/// then its open, and empty the slot. Returns how many calls it stands for.
+/// then its open, and empty the slot.
 ///
 /// # Safety
 /// As `take`'s, the slot held; `to` is a `ChainRecord` of the ring.
@@ -188,6 +206,9 @@ pub fn send_kept(tgid: u32) {
 /// The tracer closed `PAIRS_FLUSH_FD`: send what every slot keeps.
 #[inline(never)]
 pub fn send_all_kept() {
+    if !keeping() {
+        return;
+    }
     // SAFETY: the callback takes no context.
     unsafe { bpf_loop(PAIR_SLOTS, send_index as *mut c_void, core::ptr::null_mut(), 0) };
 }
@@ -316,9 +337,9 @@ pub fn close_matched(tgid: u32, fd: u64, number_free: impl FnOnce() -> bool) -> 
 /// The loops count down a volatile counter on the stack: a loop that ended at the path's
 /// length or the chain's depth LLVM turns into a test of equality with one bound, which the
 /// verifier cannot follow past it (it read on past the chain's 64 addresses); a counter in
-/// memory stays what it is, and the verifier narrows its range at each test. Every word to its
-/// bound (8 bytes of path, 64 addresses) was ~60 ns more per call, where a chain is a few
-/// frames and a socket has no path.
+/// memory stays what it is, and the verifier narrows its range at each test. Not every word to
+/// its bound (32 of path, 64 addresses), masked: a chain is a few frames, a socket has no path
+/// (see `release` for what the two cost).
 ///
 /// # Safety
 /// Both are `ChainRecord`s in map values.

@@ -36,17 +36,14 @@ use crate::{
 ///
 /// The record is submitted without asking the ring how full it is: the descriptor's record that
 /// the exit program submits right after it asks for both (emit.rs, `followed_wakeup_flags`).
-///
-/// Returns whether the process is such a CPython: its call's record is then not one the kernel
-/// may keep (pairs.rs), which would send it without its Python frames.
 #[inline(never)]
-pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) -> bool {
+pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(offsets) = (unsafe { PYTHON_PROCS.get(&tgid) }) else {
-        return false;
+        return;
     };
     let (Some(stack), Some(walk)) = (PYTHON_SCRATCH.get_ptr_mut(0), PYTHON_WALK.get_ptr_mut(0)) else {
-        return true;
+        return;
     };
     // Copied map to map, not through the stack (PYTHON_WALK says why). `walk` and `stack` stay
     // raw pointers, never a `&mut` held across the walk: its loop's callback writes both slots
@@ -69,14 +66,26 @@ pub fn python_stack(pid_tgid: u64, ts_ns: u64, stack_copied: bool) -> bool {
     let frames = (unsafe { read_volatile(&raw const (*stack).frame_count) } as usize).min(MAX_PYTHON_FRAMES);
     let len = PYTHON_STACK_FRAMES_OFFSET + frames * size_of::<PythonFrame>();
     if len > size_of::<PythonStack>() {
-        return true;
+        return;
     }
     // SAFETY: `len` bytes of the scratch record, which is that long at least.
     let bytes = unsafe { core::slice::from_raw_parts(stack.cast_const().cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, followed_wakeup_flags()).is_err() {
         count(counter::RINGBUF_FULL);
     }
-    true
+}
+
+/// Whether `python_stack` walked this call (the calling thread's, returned at `ts_ns`): it wrote
+/// its record's header first. Its call's record is then not one the kernel may keep
+/// (pairs.rs), which would send it without its Python frames. Read from the scratch record, not
+/// returned by `python_stack`: a value kept in a register across the learned walk made the
+/// verifier check the walk once for each value (syscalls.rs, `try_fd_syscall_exit`).
+#[inline(always)]
+pub fn python_walked(pid_tgid: u64, ts_ns: u64) -> bool {
+    let Some(stack) = PYTHON_SCRATCH.get_ptr(0) else { return false };
+    // SAFETY: this CPU's scratch record: no other program writes it while this one runs here.
+    let header = unsafe { read_volatile(&raw const (*stack).header) };
+    header.tid == pid_tgid as u32 && header.ts_ns == ts_ns && header.kind == kind::PYTHON_STACK
 }
 
 /// Copy the offsets a word at a time. As one assignment the compiler calls `memmove`, which

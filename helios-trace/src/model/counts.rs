@@ -4,7 +4,9 @@ use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct EventCounts {
-    /// Records read from the ring buffer.
+    /// Records read from the ring buffer, each for a call (a record of the pairs the kernel
+    /// matched alone, `chain_flags::PAIRS_ONLY`, stands for none: its calls are in
+    /// `calls_paired`).
     pub(crate) received: u64,
     /// Records the kernel could not reserve (ring buffer full), whose enter was lost, or that a
     /// kernel program failed to make.
@@ -46,7 +48,8 @@ pub(crate) struct EventCounts {
     pub(crate) closes_taken_for_lost: u64,
     /// Calls whose descriptors the kernel matched with their closes, so that neither call's
     /// record was sent (helios-trace-ebpf/src/pairs.rs): handled as those records would have
-    /// been (in `events_by_type`, the sites' counts), not in `received`.
+    /// been (in `events_by_type`, the sites' counts), not in `received`: every call is in
+    /// `received`, `lost` or, with its close, here.
     pub(crate) calls_paired: u64,
     /// The kernel programs' counters shown as they are, after the pipeline's own (in the
     /// report's `events` beside them).
@@ -93,9 +96,9 @@ pub(crate) struct KernelCounts {
     /// unmapped by then, for one): the descriptor is counted as any other, and named from /proc
     /// at the report.
     pub(crate) paths_unreadable: u64,
-    /// Records sent while another program held their process's slot of kept calls, with calls
-    /// kept there, after two tries to send those first: the kept calls may have come after
-    /// the record (helios-trace-ebpf/src/pairs.rs, `send_slot`).
+    /// Records sent after two tries to send first what their process's slot kept failed, each
+    /// time because another program changed the slot between the read and the take: the kept
+    /// calls may come after the record (helios-trace-ebpf/src/pairs.rs, `send_slot`).
     pub(crate) pairs_out_of_order: u64,
 }
 

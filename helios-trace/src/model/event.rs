@@ -15,8 +15,8 @@ use crate::model::fd::{FdDetail, FdKind};
 pub(crate) type FdList = SmallVec<[i32; 2]>;
 
 /// The number a pair the kernel matched is opened and closed at (observe/engine.rs,
-/// `handle_pairs`): one no descriptor has (the kernel's `sysctl_nr_open` stops at 1 << 30),
-/// so that the pair meets nothing of the table.
+/// `handle_pairs`): one no descriptor has (`sysctl_nr_open` is at most `sysctl_nr_open_max`,
+/// 2,147,483,584 on 64-bit: fs/file.c), so that the pair meets nothing of the table.
 pub(crate) const PAIRED_FD: i32 = i32::MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -113,6 +113,10 @@ struct PendingReconcile {
     /// `before-trace`, stamped with the baseline's start (`Baseline::found_ns`); nothing is
     /// removed and nothing counts as a correction.
     baseline: bool,
+    /// Pairs the kernel matched came for the process during the pass (`Engine::handle_pairs`):
+    /// their numbers are not known (they are applied at `PAIRED_FD`), so none can be marked
+    /// touched, and a number /proc showed may have been one of theirs: the pass adds nothing.
+    paired: bool,
 }
 
 /// Threads with walked Python frames whose descriptor record has not come yet, before the
@@ -468,7 +472,13 @@ impl Engine {
             self.shadows.insert(shadow.tid, shadow);
             return;
         }
-        self.counts.received += 1;
+        // A record of pairs alone stands for no call of its own (`calls_paired` counts its
+        // calls): not received, so that received + lost + 2 × calls_paired counts every call.
+        let pairs_only = matches!(&decoded, Ok(Decoded::Event(_, RecordStack::Chain(chain)))
+            if chain.flags & chain_flags::PAIRS_ONLY != 0);
+        if !pairs_only {
+            self.counts.received += 1;
+        }
         if let Ok(Decoded::Handle(record, stack)) = &decoded {
             // Not a descriptor event: counted with the records that changed nothing tracked.
             self.untracked += 1;
@@ -506,11 +516,15 @@ impl Engine {
                     }),
                     RecordStack::None => None,
                 };
-                if pairs > 0 {
-                    self.handle_pairs(&event, pairs, stack.as_ref(), stacks);
-                }
+                // The record's own open first: a process first seen at this record is then read
+                // from /proc with it in the table (the pairs meet nothing of it, whatever the
+                // order).
+                let paired = (pairs > 0).then(|| event.clone());
                 if !pairs_only {
                     self.handle_event(&mut event, stack.as_ref(), stacks)
+                }
+                if let Some(paired) = paired {
+                    self.handle_pairs(&paired, pairs, stack.as_ref(), stacks);
                 }
             }
             Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..)) => {
@@ -554,6 +568,9 @@ impl Engine {
             self.handle_event(&mut close, None, stacks);
         }
         self.counts.calls_paired += u64::from(count);
+        if let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && !p.baseline) {
+            pending.paired = true;
+        }
     }
 
     /// One event; `stack` is the user stack a `--stacks dwarf` record carried. The table takes
@@ -983,6 +1000,7 @@ impl Engine {
             touched: HashSet::new(),
             flag_read: HashSet::new(),
             baseline: false,
+            paired: false,
         });
     }
 
@@ -1049,6 +1067,12 @@ impl Engine {
             return Corrections::default();
         };
         let (pid, skip) = (pending.tgid, &pending.touched);
+        if pending.paired {
+            // Nothing added (`PendingReconcile::paired`); what the table has and /proc no
+            // longer shows is removed as ever.
+            let tracked = self.table.process(pid).map(|p| &p.fds);
+            observed.retain(|fd, _| tracked.is_some_and(|t| t.contains_key(fd)));
+        }
         // What the table had at the read and has lost since to a record stamped before the
         // pass (another CPU's close_range or exec, late, its reopening lost; a close is stamped
         // when it left the ring, after the pass began) is about to be added with a flag never
@@ -1782,7 +1806,11 @@ mod tests {
         feed.engine.handle_record(&kept_socket(PARENT, 4 * SEC, 6, 0, false), &DistinctStacks);
         assert_eq!(counted(&feed), (vec![5, 6], 7, 5));
         let counts = feed.engine.counts();
-        assert_eq!((counts.received, counts.calls_paired, counts.undecodable), (3, 5, 0));
+        assert_eq!(
+            (counts.received, counts.calls_paired, counts.undecodable),
+            (2, 5, 0),
+            "pairs alone: no call"
+        );
         let by_type: HashMap<&str, u64> = feed.engine.events_by_type().into_iter().collect();
         assert_eq!((by_type["open"], by_type["close"]), (7, 5), "each pair is an open and a close");
     }

@@ -113,8 +113,8 @@ fn a_flood_is_survived_counted_and_healed() {
             .then_some(report)
     });
     // Every open and every close of the flood is a record, received or counted lost, or one of
-    // a pair the kernel matched (a record of the kernel's pairs is received too: at most one
-    // more per 10 ms and process).
+    // a pair the kernel matched (`received` does not count a record of pairs alone, which
+    // stands for no call of its own).
     let records = counted(&report) - counted_before;
     let lost = report["events"]["lost"].as_u64().unwrap();
     let paired = report["events"]["calls_paired"].as_u64().unwrap();
