@@ -365,6 +365,9 @@ pub mod chain_flags {
     pub const PAIRED: u32 = 1 << 2;
     /// With [`PAIRED`]: the record's own open was closed too (it stands for its pairs alone).
     pub const PAIRS_ONLY: u32 = 1 << 3;
+    /// With [`PAIRED`]: every pair was at one number, the record's `aux_fds[0]` (a call that
+    /// makes one descriptor has no other use for it): userspace knows which number they touched.
+    pub const PAIRS_AT_ONE_FD: u32 = 1 << 4;
 }
 
 /// The record of a `kind::FD_SYSCALL_CHAIN`: a descriptor call and the chain the kernel walked
@@ -411,10 +414,14 @@ pub struct PairSlot {
     pub open_fd: i32,
     /// When that call returned (its record's time once sent).
     pub open_ts_ns: u64,
+    /// The number of the first of `pairs`.
+    pub pair_fd: i32,
+    /// 1 when a later one of `pairs` had another number.
+    pub pair_fds_differ: u32,
     /// The last call sent or kept: what the next calls are compared with.
     pub record: ChainRecord,
 }
-const _: () = assert!(size_of::<PairSlot>() == 984);
+const _: () = assert!(size_of::<PairSlot>() == 992);
 
 /// [`PairSlot::state`]'s parts.
 pub mod pair_state {

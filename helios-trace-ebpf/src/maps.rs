@@ -180,7 +180,8 @@ shared_map! {
 }
 
 shared_map! {
-    /// Where a pairable call's record is made, to be kept in `PAIRS`, compared there or sent.
+    /// Where every learned walk's record is made (syscalls.rs, `try_fd_syscall_exit`): kept in
+    /// `PAIRS`, compared there, or sent.
     PAIR_SCRATCH: PerCpuArray<ChainRecord> = PerCpuArray::with_max_entries(1, 0);
 }
 

@@ -130,6 +130,10 @@ unsafe fn move_kept(slot: *mut PairSlot, to: *mut ChainRecord) {
         if pairs != 0 {
             flags |= chain_flags::PAIRED;
             write_volatile(&raw mut (*to).event.header.reserved, pairs);
+            if read_volatile(&raw const (*slot).pair_fds_differ) == 0 {
+                flags |= chain_flags::PAIRS_AT_ONE_FD;
+                write_volatile(&raw mut (*to).event.aux_fds[0], read_volatile(&raw const (*slot).pair_fd));
+            }
         }
         if open_fd == NO_FD {
             flags |= chain_flags::PAIRS_ONLY;
@@ -139,6 +143,7 @@ unsafe fn move_kept(slot: *mut PairSlot, to: *mut ChainRecord) {
         }
         write_volatile(&raw mut (*to).chain.flags, flags);
         write_volatile(&raw mut (*slot).pairs, 0);
+        write_volatile(&raw mut (*slot).pair_fds_differ, 0);
         write_volatile(&raw mut (*slot).open_fd, NO_FD);
     }
 }
@@ -155,8 +160,18 @@ unsafe fn move_kept(slot: *mut PairSlot, to: *mut ChainRecord) {
 /// As `take`'s.
 #[inline(always)]
 unsafe fn send_slot(slot: *mut PairSlot, tgid: u32, wake: bool) {
-    for _ in 0..2 {
+    // A traced call's record tries twice, and a busy slot needs nothing from it (the module's
+    // doc); the tracer asks for everything kept before a moment, so it waits out a holder,
+    // which keeps a slot for a few tens of ns, and a take cut short, up to 16 times.
+    let tries = if wake { 2 } else { 16 };
+    for attempt in 0..16 {
+        if attempt >= tries {
+            break;
+        }
         let seen = unsafe { read_volatile(&raw const (*slot).state) };
+        if seen & pair_state::BUSY != 0 && !wake {
+            continue;
+        }
         if seen == 0
             || seen & pair_state::BUSY != 0
             || pair_state::owner(seen) != tgid
@@ -173,6 +188,7 @@ unsafe fn send_slot(slot: *mut PairSlot, tgid: u32, wake: bool) {
                 count_many(counter::RINGBUF_FULL, u64::from(pairs) * 2 + u64::from(open));
                 unsafe {
                     write_volatile(&raw mut (*slot).pairs, 0);
+                    write_volatile(&raw mut (*slot).pair_fds_differ, 0);
                     write_volatile(&raw mut (*slot).open_fd, NO_FD);
                     release(slot, tgid, seen);
                 }
@@ -190,7 +206,9 @@ unsafe fn send_slot(slot: *mut PairSlot, tgid: u32, wake: bool) {
         entry.submit(if wake { wakeup_flags() } else { BPF_RB_NO_WAKEUP as u64 });
         return;
     }
-    count(counter::PAIRS_OUT_OF_ORDER);
+    if wake {
+        count(counter::PAIRS_OUT_OF_ORDER);
+    }
 }
 
 /// Before any record of process `tgid` but the calls this module keeps: send what its slot
@@ -318,6 +336,12 @@ pub fn close_matched(tgid: u32, fd: u64, number_free: impl FnOnce() -> bool) -> 
     unsafe {
         let pairs = read_volatile(&raw const (*slot).pairs);
         write_volatile(&raw mut (*slot).pairs, pairs.saturating_add(1));
+        // Which number the pairs touched, when it is one (chain_flags::PAIRS_AT_ONE_FD).
+        if pairs == 0 {
+            write_volatile(&raw mut (*slot).pair_fd, open_fd);
+        } else if read_volatile(&raw const (*slot).pair_fd) != open_fd {
+            write_volatile(&raw mut (*slot).pair_fds_differ, 1);
+        }
         // The pairs' record takes the last one's time.
         write_volatile(
             &raw mut (*slot).record.event.header.ts_ns,
@@ -347,7 +371,8 @@ pub fn close_matched(tgid: u32, fd: u64, number_free: impl FnOnce() -> bool) -> 
 unsafe fn same_call(kept: *const ChainRecord, call: *const ChainRecord) -> bool {
     // SyscallEvent's words: header (kind and tgid, tid and reserved, ts_ns), nr and stack_id,
     // ret, args (6), deref, aux_fds (8), aux_count and path_len, flags and mode, path (32),
-    // creator_pc. Compared: all but ts_ns (2) and ret (4); the path as far as its length.
+    // creator_pc. Compared: all but ts_ns (2), ret (4) and aux_fds; the path as far as its
+    // length.
     const PATH_WORD: usize = 22;
     const PATH_WORDS: usize = PATH_LEN / 8;
     const CREATOR_WORD: usize = PATH_WORD + PATH_WORDS;
@@ -362,7 +387,9 @@ unsafe fn same_call(kept: *const ChainRecord, call: *const ChainRecord) -> bool 
             return false;
         }
     }
-    for i in 5..PATH_WORD {
+    // Not aux_fds (words 12 to 19): a call of one descriptor has none (aux_count, word 20, is
+    // compared), and the scratch keeps what a pipe's or a recvmsg's record left there.
+    for i in (5..12).chain(20..PATH_WORD) {
         if differs(i) != 0 {
             return false;
         }

@@ -250,6 +250,13 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         return Ok(());
     }
     if spec & spec::CLOSE != 0 {
+        const EBADF: i64 = 9;
+        if ret == -EBADF {
+            // Nothing was closed; or the tracer asks for what `PAIRS` keeps. From here, not from
+            // `close_exit`: its frame and the slots' walk's callback's together were over the
+            // verifier's 512 bytes of stack.
+            return flush_if_asked::<BTF>(regs);
+        }
         return close_exit::<BTF>(regs, ret);
     }
     if ret < 0 {
@@ -357,7 +364,20 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
     Ok(())
 }
 
-/// `close` returns: its record, unless nothing was closed. fs/open.c, `close`: the number is
+/// `close` returned `-EBADF`: when the tracer closed `PAIRS_FLUSH_FD`, send what every slot of
+/// `PAIRS` keeps (pairs.rs). A function of its own, with a frame of its own, for the exit
+/// program's, which the verifier adds to its callees' (512 bytes in all).
+#[inline(never)]
+fn flush_if_asked<const BTF: bool>(regs: *const u64) -> Result<(), i64> {
+    if reg::<BTF>(regs, arch::SYSCALL_ARGS[0])? == PAIRS_FLUSH_FD as u64
+        && (bpf_get_current_pid_tgid() >> 32) as u32 == settings::tracer_tgid()
+    {
+        pairs::send_all_kept();
+    }
+    Ok(())
+}
+
+/// `close` returned other than with `-EBADF` (the caller's test): its record. fs/open.c, `close`: the number is
 /// released first (`file_close_fd`), and only `-EBADF` says it was not open; an error of the
 /// flush after it (`-EINTR`, `-EIO`) still released it. By this exit another thread may have
 /// been given the same number and its record may be ahead of this one in the ring: the record
@@ -371,16 +391,6 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
 /// about as many instructions verified, through what it did to the code of the rest.
 #[inline(never)]
 fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
-    const EBADF: i64 = 9;
-    if ret == -EBADF {
-        // The tracer asks for what `PAIRS` keeps (pairs.rs).
-        if reg::<BTF>(regs, arch::SYSCALL_ARGS[0])? == PAIRS_FLUSH_FD as u64
-            && (bpf_get_current_pid_tgid() >> 32) as u32 == settings::tracer_tgid()
-        {
-            pairs::send_all_kept();
-        }
-        return Ok(());
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_traced(tgid) {

@@ -113,9 +113,10 @@ struct PendingReconcile {
     /// `before-trace`, stamped with the baseline's start (`Baseline::found_ns`); nothing is
     /// removed and nothing counts as a correction.
     baseline: bool,
-    /// Pairs the kernel matched came for the process during the pass (`Engine::handle_pairs`):
-    /// their numbers are not known (they are applied at `PAIRED_FD`), so none can be marked
-    /// touched, and a number /proc showed may have been one of theirs: the pass adds nothing.
+    /// Pairs the kernel matched at several numbers came for the process during the pass
+    /// (`Engine::handle_pairs`): their numbers are not known (they are applied at `PAIRED_FD`),
+    /// so none can be marked touched, and a number /proc showed may have been one of theirs:
+    /// the pass adds nothing. (Pairs all at one number mark it touched instead.)
     paired: bool,
 }
 
@@ -490,9 +491,11 @@ impl Engine {
                 if matches!(event.op, Op::Close { .. }) {
                     event.ts_ns = self.batch_taken_ns;
                 }
-                let (pairs, pairs_only) = match &stack {
-                    RecordStack::Chain(chain) => (chain.pairs, chain.flags & chain_flags::PAIRS_ONLY != 0),
-                    _ => (0, false),
+                let (pairs, pairs_fd, pairs_only) = match &stack {
+                    RecordStack::Chain(chain) => {
+                        (chain.pairs, chain.pairs_fd, chain.flags & chain_flags::PAIRS_ONLY != 0)
+                    }
+                    _ => (0, None, false),
                 };
                 if !pairs_only {
                     self.by_type[event.op.index()] += 1;
@@ -524,7 +527,7 @@ impl Engine {
                     self.handle_event(&mut event, stack.as_ref(), stacks)
                 }
                 if let Some(paired) = paired {
-                    self.handle_pairs(&paired, pairs, stack.as_ref(), stacks);
+                    self.handle_pairs(&paired, pairs, pairs_fd, stack.as_ref(), stacks);
                 }
             }
             Ok(Decoded::Nothing | Decoded::Python(_) | Decoded::Shadow(_) | Decoded::Handle(..)) => {
@@ -542,10 +545,16 @@ impl Engine {
     /// descriptor has, so that they change nothing else of the table, whatever the kernel let
     /// come ahead of them (a pair it counted while another thread's record went past its
     /// slot); the closes at the time the record was taken, as every close's.
+    ///
+    /// A reconciliation pass of the process under way learns the number the pairs touched
+    /// (`at`, when the kernel says they were all at one) and leaves it alone, as it does a
+    /// number a close record touched; when the kernel does not say, it adds nothing
+    /// (`PendingReconcile::paired`).
     fn handle_pairs(
         &mut self,
         event: &Event,
         count: u32,
+        at: Option<i32>,
         stack: Option<&CapturedStack<'_>>,
         stacks: &dyn StackSource,
     ) {
@@ -569,7 +578,12 @@ impl Engine {
         }
         self.counts.calls_paired += u64::from(count);
         if let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && !p.baseline) {
-            pending.paired = true;
+            match at {
+                Some(fd) => {
+                    pending.touched.insert(fd);
+                }
+                None => pending.paired = true,
+            }
         }
     }
 
@@ -1763,6 +1777,18 @@ mod tests {
     /// it (helios-trace-ebpf/src/pairs.rs): `pairs` matched before it, `pairs_only` when its own
     /// open was closed too.
     fn kept_socket(tid: u32, ts_ns: u64, fd: i64, pairs: u32, pairs_only: bool) -> Vec<u8> {
+        kept_socket_at(tid, ts_ns, fd, pairs, pairs_only, None)
+    }
+
+    /// `kept_socket`, its pairs all at number `at` when told (`chain_flags::PAIRS_AT_ONE_FD`).
+    fn kept_socket_at(
+        tid: u32,
+        ts_ns: u64,
+        fd: i64,
+        pairs: u32,
+        pairs_only: bool,
+        at: Option<i32>,
+    ) -> Vec<u8> {
         use helios_trace_common::{
             ChainRecord, EventHeader, LearnedChain, MAX_CHAIN_FRAMES, STACK_NOT_CAPTURED, kind,
         };
@@ -1777,8 +1803,12 @@ mod tests {
         if pairs_only {
             chain.flags |= chain_flags::PAIRS_ONLY;
         }
+        if at.is_some() {
+            chain.flags |= chain_flags::PAIRS_AT_ONE_FD;
+        }
         let mut event =
             syscall(Call::Socket, fd, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]);
+        event.aux_fds[0] = at.unwrap_or(0);
         event.header =
             EventHeader { kind: kind::FD_SYSCALL_CHAIN, tgid: PARENT, tid, reserved: pairs, ts_ns };
         event.stack_id = STACK_NOT_CAPTURED;
@@ -1813,6 +1843,25 @@ mod tests {
         );
         let by_type: HashMap<&str, u64> = feed.engine.events_by_type().into_iter().collect();
         assert_eq!((by_type["open"], by_type["close"]), (7, 5), "each pair is an open and a close");
+    }
+
+    /// Pairs the kernel matched while /proc was read (helios-trace-ebpf/src/pairs.rs): a number
+    /// /proc showed open may have been one of theirs, closed since. Told the number, the pass
+    /// leaves it alone, as it does one a close record touched; not told, it adds nothing.
+    #[test]
+    fn a_reconciliation_pass_adds_no_number_of_pairs_matched_meanwhile() {
+        for (told, added, left) in [(Some(5), 1, vec![7]), (None, 0, vec![])] {
+            let (mut feed, proc) = feed();
+            feed.found(PARENT, "server");
+            // 5: a kept open at the read, matched with its close since; 7: an open lost.
+            let shown = OpenFds::from([(5, observed(FdKind::Socket)), (7, observed(FdKind::Pipe))]);
+            proc.show(PARENT, Shown { fds: shown, ..Shown::default() });
+            read_whole(&mut feed.engine, PARENT, feed.now);
+            feed.engine.handle_record(&kept_socket_at(PARENT, feed.now, 5, 2, true, told), &DistinctStacks);
+            let fixed = feed.engine.finish_reconcile(feed.now);
+            assert_eq!(fixed, Corrections { added, removed: 0 }, "told {told:?}");
+            assert_eq!(fds_of(&feed.engine, PARENT), left, "told {told:?}");
+        }
     }
 
     #[test]

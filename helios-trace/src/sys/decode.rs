@@ -92,6 +92,8 @@ pub(crate) struct RecordChain<'a> {
     /// With `chain_flags::PAIRED`: the calls exactly like the record's whose descriptors the
     /// kernel matched with their closes before it sent the record (helios-trace-ebpf/src/pairs.rs).
     pub(crate) pairs: u32,
+    /// With `chain_flags::PAIRS_AT_ONE_FD`: the number every pair was at.
+    pub(crate) pairs_fd: Option<i32>,
 }
 
 /// A `kind::FD_SYSCALL_CHAIN` record with `chain_flags::SHADOW`.
@@ -296,11 +298,20 @@ pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<RecordChain<'_>>, Dec
     }
     let tail = bytes.get(size_of::<SyscallEvent>()..).unwrap_or_default();
     let pairs = |flags: u32| if flags & chain_flags::PAIRED != 0 { header.reserved } else { 0 };
+    let pairs_fd = |flags: u32| -> Result<Option<i32>, DecodeError> {
+        let both = chain_flags::PAIRED | chain_flags::PAIRS_AT_ONE_FD;
+        if flags & both != both {
+            return Ok(None);
+        }
+        let at = bytes.get(offset_of!(SyscallEvent, aux_fds)..).unwrap_or_default();
+        Ok(Some(read::<i32>(at, "pairs' number")?))
+    };
     Ok(Some(match LearnedChain::ref_from_prefix(tail) {
         Ok((chain, _)) => RecordChain {
             flags: chain.flags,
             addresses: Cow::Borrowed(chain.chain()),
             pairs: pairs(chain.flags),
+            pairs_fd: pairs_fd(chain.flags)?,
         },
         Err(_) => {
             let chain: LearnedChain = read(tail, "learned chain")?;
@@ -308,6 +319,7 @@ pub(crate) fn learned_chain(bytes: &[u8]) -> Result<Option<RecordChain<'_>>, Dec
                 flags: chain.flags,
                 addresses: Cow::Owned(chain.chain().to_vec()),
                 pairs: pairs(chain.flags),
+                pairs_fd: pairs_fd(chain.flags)?,
             }
         }
     }))
@@ -688,13 +700,17 @@ pub(crate) mod tests {
         record.header.reserved = 4;
         let mut chain = LearnedChain { depth: 1, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
         chain.addresses[0] = 0x7f00_0000_1234;
+        record.aux_fds[0] = 9;
         let pairs = |chain: &LearnedChain| {
             let bytes = [bytes_of(&record), bytes_of(chain)].concat();
-            learned_chain(&bytes).unwrap().unwrap().pairs
+            let read = learned_chain(&bytes).unwrap().unwrap();
+            (read.pairs, read.pairs_fd)
         };
-        assert_eq!(pairs(&chain), 0, "not without the flag");
+        assert_eq!(pairs(&chain), (0, None), "not without the flag");
         chain.flags = chain_flags::PAIRED | chain_flags::PAIRS_ONLY;
-        assert_eq!(pairs(&chain), 4);
+        assert_eq!(pairs(&chain), (4, None), "their numbers not told");
+        chain.flags |= chain_flags::PAIRS_AT_ONE_FD;
+        assert_eq!(pairs(&chain), (4, Some(9)), "all at aux_fds[0]");
     }
 
     /// A record is read in place where its bytes are aligned (the emptier's chunks) and copied

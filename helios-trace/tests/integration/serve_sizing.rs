@@ -178,8 +178,8 @@ fn the_kernel_maps_take_room_only_for_what_the_configuration_uses() {
     assert_eq!(stack_trace.iter().map(|m| m.1).collect::<Vec<_>>(), [1], "{maps:?}");
     let besides_rings: u64 = maps.iter().filter(|m| m.0 != BPF_MAP_TYPE_RINGBUF).map(|m| m.2).sum();
     // Measured 11.0 MiB on a 2-CPU machine (BENCHMARKS.md, "Kernel memory"), 32.3 MiB before;
-    // 14.0 MiB before the slots of the calls kept in the kernel (`PAIRS`, 1,024 of 984 bytes,
-    // 0.96 MiB) were added: 14.9 (BENCHMARKS.md, "Opens matched with their closes in the
+    // 14.0 MiB before the slots of the calls kept in the kernel (`PAIRS`, 1,024 of 992 bytes,
+    // 0.97 MiB) were added: 14.9 (BENCHMARKS.md, "Opens matched with their closes in the
     // kernel"); the per-CPU maps add about 50 KiB a CPU.
     let bound = (15 << 20) + 64 * 1024 * std::thread::available_parallelism().unwrap().get() as u64;
     assert!(besides_rings < bound, "the maps take {:.1} MiB besides the rings: {maps:?}", mib(besides_rings));
