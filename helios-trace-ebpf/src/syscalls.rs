@@ -34,7 +34,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
+    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
@@ -257,7 +257,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
             // verifier's 512 bytes of stack.
             return flush_if_asked::<BTF>(regs);
         }
-        return close_exit::<BTF>(regs, ret);
+        return close_exit::<BTF>(regs);
     }
     if ret < 0 {
         return Ok(());
@@ -390,7 +390,7 @@ fn flush_if_asked<const BTF: bool>(regs: *const u64) -> Result<(), i64> {
 /// longer to verify the program (215 against 296 ms in `BPF_PROG_LOAD`, `strace -T`), for
 /// about as many instructions verified, through what it did to the code of the rest.
 #[inline(never)]
-fn close_exit<const BTF: bool>(regs: *const u64, ret: i64) -> Result<(), i64> {
+fn close_exit<const BTF: bool>(regs: *const u64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_traced(tgid) {
