@@ -1,12 +1,14 @@
 #!/bin/bash
-# The kernel's own time in helios-trace's programs per C open+close or socket+close, or per
+# The kernel's own time in helios-trace's programs per C open+close, socket+close or a socket
+# held across an open+close (`nest`), or per
 # operation of bench/churn.c's three phases (BENCHMARKS.md, "The stack copied ahead, as far as the
 # shallowest chain reads", "Matching in the kernel, two bounds"), as root:
 #
-#   bench/ctime.sh SECONDS open|socket BINARY...
+#   bench/ctime.sh SECONDS open|socket|nest BINARY...
 #   bench/ctime.sh OPERATIONS spaced BINARY...
 #
-# For each binary in turn: bench/oloop.c (built here) loops for SECONDS, traced with `--pid`,
+# For each binary in turn: bench/oloop.c (built here) loops for SECONDS, traced with `--pid`
+# (`nest`: a socket held while /dev/null is opened and closed, then its close: one operation),
 # and the sum of `run_time_ns` over the tracer's programs (/proc/PID/fdinfo of its program
 # descriptors, counted while kernel.bpf_stats_enabled is 1) is divided by the loop's operations.
 # `spaced`: bench/churn.c instead, OPERATIONS a phase 10 µs apart as in `cargo xtask bench`'s
@@ -26,8 +28,9 @@ shift 2
 case "$mode" in
   open) args=() ;;
   socket) args=(socket) ;;
+  nest) args=(nest) ;;
   spaced) ;;
-  *) echo "usage: bench/ctime.sh SECONDS open|socket BINARY... or bench/ctime.sh OPERATIONS spaced BINARY..." >&2; exit 2 ;;
+  *) echo "usage: bench/ctime.sh SECONDS open|socket|nest BINARY... or bench/ctime.sh OPERATIONS spaced BINARY..." >&2; exit 2 ;;
 esac
 dir=$(mktemp -d)
 was=$(sysctl -n kernel.bpf_stats_enabled)

@@ -7,7 +7,7 @@
  * Waits for a line on stdin; then THREADS threads each open and close /dev/null WARMUP times
  * (the tracer's first sight of the process and its stacks: maps, unwind tables, symbols) and
  * it prints "warm". After a second line, the threads open and close /dev/null for SECONDS (each
- * descriptor closed after the next is open: `open_close`),
+ * descriptor closed after the next two are open: `open_close`),
  * together at EVENTS_PER_SECOND records (an open and a close: two records per pair), catching
  * up in bursts when behind and sleeping 100 us when ahead. Prints the pairs done and the
  * seconds they took, so the rate reached is known when the machine cannot keep up.
@@ -31,16 +31,23 @@ static long now_ns(void) {
     return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-/* One open and one close, of the descriptor the thread opened before this one: an open closed
- * before its thread's next call the kernel would match with its close and count, sending
- * neither call (helios-trace-ebpf/src/pairs.rs), where this ladder measures the records the
- * daemon takes. */
-static __thread int held = -1;
+/* One open and one close, of the descriptor the thread opened two calls before this one: the
+ * kernel keeps a process's last opens, one a slot in a group of four
+ * (helios-trace-ebpf/src/pairs.rs), and matches a close of one with its open, sending neither
+ * call, where this ladder measures the records the daemon takes. Closing the one opened just
+ * before would match it (it and the one after are kept in two slots). Closing the one before
+ * that: a close not matched is a record, which sends everything its process's slots keep first,
+ * so each open is sent by the thread's next close, which comes before its own; by induction from
+ * the first closes, of opens made before the kernel walked their chain, no close is matched,
+ * however many threads interleave (`events.calls_paired` 0 under `helios-trace run`). */
+static __thread int held[2] = {-1, -1};
+static __thread int oldest;
 
 static void open_close(void) {
     int fd = open("/dev/null", O_RDONLY);
-    if (held >= 0) close(held);
-    held = fd;
+    if (held[oldest] >= 0) close(held[oldest]);
+    held[oldest] = fd;
+    oldest ^= 1;
 }
 
 static void *generate(void *out) {

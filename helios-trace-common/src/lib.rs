@@ -384,10 +384,21 @@ pub struct ChainRecord {
 }
 const _: () = assert!(size_of::<ChainRecord>() == 960);
 
-/// Slots of `PAIRS`, one per process at a time (by its tgid): what the kernel keeps of a
-/// process's last creating call so that its close, when it comes first, is matched there and
-/// neither call is sent (helios-trace-ebpf/src/pairs.rs).
+/// Slots of `PAIRS`: what the kernel keeps of a process's last creating calls so that their
+/// closes, when they come first, are matched there and neither call is sent
+/// (helios-trace-ebpf/src/pairs.rs). In groups of [`PAIR_WAYS`], one group per process at a
+/// time (by its tgid).
 pub const PAIR_SLOTS: u32 = 1024;
+
+/// Slots of one process's group: a server holds its connections' descriptors while it opens a
+/// file for one and closes both, and a process's calls of two kinds kept in one slot would send
+/// each other out. Four: nginx under four clients at once (`ab -c 4`) had 8,747 of its 10,000
+/// opens matched, against 4,303 with two slots (8,854 once the engine's short drains stopped
+/// asking for what is kept) (BENCHMARKS.md, "Four slots a process"); eight
+/// made the exit program 271,026 instructions to verify against 193,230 for four, before
+/// `PairSlot::key` had the whole comparison made with one slot only (165,025 since).
+pub const PAIR_WAYS: u32 = 4;
+const _: () = assert!(PAIR_SLOTS.is_multiple_of(PAIR_WAYS));
 
 /// A number no descriptor has (`sysctl_nr_open` is at most `sysctl_nr_open_max`,
 /// 2,147,483,584 on 64-bit: fs/file.c): the tracer
@@ -418,10 +429,14 @@ pub struct PairSlot {
     pub pair_fd: i32,
     /// 1 when a later one of `pairs` had another number.
     pub pair_fds_differ: u32,
+    /// A few words of `record` folded into one (its call, the chain's depth and first callers):
+    /// which slot of a process's group a new call may be like is looked for by it, so that the
+    /// whole comparison is made with one slot only.
+    pub key: u64,
     /// The last call sent or kept: what the next calls are compared with.
     pub record: ChainRecord,
 }
-const _: () = assert!(size_of::<PairSlot>() == 992);
+const _: () = assert!(size_of::<PairSlot>() == 1000);
 
 /// [`PairSlot::state`]'s parts.
 pub mod pair_state {
@@ -898,9 +913,10 @@ pub mod counter {
     /// confirmed by the chain taught through the caller it found: no `FRAME_RULES` lookup
     /// (helios-trace-ebpf/src/stacks.rs, `confirmed_chain`).
     pub const FIRST_RULE_FROM_HINT: u32 = 13;
-    /// A record of a process was sent after two tries to send first what the process's `PAIRS`
-    /// slot kept, each failed because another program changed the slot between the read and
+    /// A record of a process was sent after two tries to send first what a `PAIRS` slot of the
+    /// process kept, each failed because another program changed the slot between the read and
     /// the take: the kept calls may come after it (helios-trace-ebpf/src/pairs.rs, `send_slot`).
+    /// Once for each such slot of the process's group.
     pub const PAIRS_OUT_OF_ORDER: u32 = 14;
     pub const COUNT: u32 = 15;
 }

@@ -22,15 +22,13 @@ pub fn header_at(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
     EventHeader { kind, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, reserved: 0, ts_ns }
 }
 
+/// Add one to this CPU's `COUNTERS[index]`.
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer while this program runs on this CPU.
-        unsafe { *slot += 1 };
-    }
+    count_many(index, 1);
 }
 
-/// `count` by `n`.
+/// Add `n` to this CPU's `COUNTERS[index]`.
 #[inline(always)]
 pub fn count_many(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {

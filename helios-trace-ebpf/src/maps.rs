@@ -174,8 +174,9 @@ shared_map! {
 }
 
 shared_map! {
-    /// Each process's last creating call and the pairs matched since (pairs.rs), by tgid. An
-    /// array: its slot is found without a hash or a lock, and taken with a compare-and-swap.
+    /// Each process's last creating calls and the pairs matched since (pairs.rs), in groups of
+    /// `PAIR_WAYS` slots by tgid. An array: a slot is found without a hash or a lock, and taken with a
+    /// compare-and-swap.
     PAIRS: Array<PairSlot> = Array::with_max_entries(PAIR_SLOTS, 0);
 }
 

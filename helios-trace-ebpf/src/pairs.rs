@@ -1,28 +1,43 @@
 //! Opens matched with their closes in the kernel (ARCHITECTURE.md, "Kernel side"): a process's
-//! last pairable call (`spec::PAIRABLE`, its chain walked to the end) is kept in its `PAIRS`
-//! slot instead of sent; when its close comes before anything else of the process is recorded,
-//! the pair is counted there and neither call is sent; the next call exactly like the kept one
-//! (but for its number and time) is kept again without a copy. What a slot keeps is sent as
-//! one record (`chain_flags::PAIRED`: the count, then the open still kept, if any) before any
-//! other record of its process, so userspace sees every process's calls in the order they
-//! came; and when the tracer closes `PAIRS_FLUSH_FD`, before it takes every record made before a
-//! moment (helios-trace/src/sys/ring.rs, `Ring::take`) and every few looks at the ring.
+//! last pairable calls (`spec::PAIRABLE`, their chains walked to the end) are kept in its group
+//! of `PAIRS` slots, one call a slot (`PAIR_WAYS` of them), instead of sent; when a kept call's
+//! close comes before anything else of the process is recorded, the pair is counted in its
+//! slot and neither call is sent; the next call exactly like a slot's (but for its number and
+//! time) is kept again there without a copy. Several slots because a server holds its
+//! connections' descriptors while it opens a file for one and closes both (nginx: accept, open,
+//! close, close): in one slot each call sent the other out, and with a few clients at once a
+//! group of two was always full (BENCHMARKS.md, "Four slots a process"). What a slot keeps is sent as one record
+//! (`chain_flags::PAIRED`: the count, then the open still kept, if any) before any other record
+//! of its process, so userspace sees what every process did to a number in the order it was
+//! done; and when the tracer closes `PAIRS_FLUSH_FD`, before it takes every record made before
+//! a moment (helios-trace/src/sys/ring.rs, `Ring::take`) and every few looks at the ring.
 //!
-//! A slot is one process's at a time, by its tgid; a process whose slot another holds with
-//! something kept sends its calls as before. Every field but `state` changes only while a
-//! program holds the slot busy, taken by a compare-and-swap from the state it read, whose
-//! sequence moves on at every release: so what a holder read before its take is what it
-//! changes (no ABA). The order of records rests on one rule: **whoever takes a slot to send
-//! what it keeps reserved its record before the take.** A program that finds the slot busy
-//! sends its own record at once; that record is reserved after the take it saw, so after the
-//! holder's, or the holder only changed what needs no order: a pair counted (a pair is applied
-//! at a number no descriptor has, helios-trace/src/observe/engine.rs `handle_pairs`), or a
-//! call of its own kept, as concurrent with this one as two calls of two threads always are.
+//! A group is one process's at a time, by its tgid; a slot another process holds with
+//! something kept is not taken over, and a process that finds no slot of its group free sends
+//! its calls as before. Every field of a slot but `state` changes only while a program holds
+//! the slot busy, taken by a compare-and-swap from the state it read, whose sequence moves on
+//! at every release: so what a holder read before its take is what it changes (no ABA). The
+//! order of records rests on one rule: **whoever takes a slot to send what it keeps reserved
+//! its record before the take.** A program that finds the slot busy sends its own record at
+//! once; that record is reserved after the take it saw, so after the holder's, or the holder
+//! only changed what needs no order: a pair counted (a pair is applied at a number no
+//! descriptor has, helios-trace/src/observe/engine.rs `handle_pairs`), or a call of its own
+//! kept, as concurrent with this one as two calls of two threads always are.
 //!
-//! The close's side reads whether its number is taken again before its take (`close_matched`):
-//! another thread's open that got the number records after its install, and that record
-//! sends what is kept first, which moves the sequence on and fails this take, or it comes after
-//! the take and sends this pair first.
+//! The close's side reads whether its number is taken again between its read of the slot and
+//! its take from that state (`slot_keeping`, then `count_pair`): another thread's open that got
+//! the number records after its install, and that record sends what is kept first, which moves
+//! the sequence on and fails this take, or it comes after the take and sends this pair first.
+//! Anything else that changed the slot meanwhile fails the take too, a flush that sent its open
+//! and the open that then took the number and was kept there among them.
+//!
+//! The slots of a group keep opens of distinct numbers, none of them needed by another's call:
+//! a call is not kept while another slot keeps an open of its number (that open's close has
+//! released the number and not yet returned; the late close then finds the number taken, and
+//! helios-trace/src/model/fdtable.rs holds the replaced descriptor for it) or of its first
+//! argument (an accept's listener, an openat's directory), nor when its path names a
+//! descriptor by its number; its record then sends what the slots keep first. So userspace may
+//! apply what a group sends in any order, and a close matches one slot at most.
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_cxchg},
@@ -35,8 +50,8 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
 };
 use helios_trace_common::{
-    ChainRecord, MAX_CHAIN_FRAMES, PAIR_SLOTS, PATH_LEN, PairSlot, chain_flags, counter, learned_chains,
-    pair_state, stack_mode,
+    ChainRecord, MAX_CHAIN_FRAMES, PAIR_SLOTS, PAIR_WAYS, PATH_LEN, PairSlot, chain_flags, counter,
+    learned_chains, pair_state, stack_mode,
 };
 
 use crate::{
@@ -60,13 +75,28 @@ pub fn keeping() -> bool {
         && kernel_offsets().fd_slots()
 }
 
-/// The slot of process `tgid`; none when calls are not kept.
+/// The index in `PAIRS` of the first slot of process `tgid`'s group (one of
+/// `PAIR_SLOTS / PAIR_WAYS`); the group's others follow it.
 #[inline(always)]
-fn slot_of(tgid: u32) -> Option<*mut PairSlot> {
+fn first_slot(tgid: u32) -> u32 {
+    (tgid % (PAIR_SLOTS / PAIR_WAYS)) * PAIR_WAYS
+}
+
+/// The `PAIRS` slot `way` of process `tgid`'s group; none when calls are not kept. Looked up
+/// for each use, not gathered into an array: an array of the group's pointers was one more
+/// thing on the exit program's stack, which is at the verifier's 512 bytes with its callees'.
+#[inline(always)]
+fn slot_of(tgid: u32, way: u32) -> Option<*mut PairSlot> {
     if !keeping() {
         return None;
     }
-    PAIRS.get_ptr_mut(tgid % PAIR_SLOTS)
+    PAIRS.get_ptr_mut(first_slot(tgid) + way)
+}
+
+/// Whether `seen`, a slot's state, is `tgid`'s and not busy.
+#[inline(always)]
+fn held_by(seen: u64, tgid: u32) -> bool {
+    seen != 0 && seen & pair_state::BUSY == 0 && pair_state::owner(seen) == tgid
 }
 
 /// Take `slot` busy, from the state `seen` read before: false when it changed since.
@@ -149,9 +179,11 @@ unsafe fn move_kept(slot: *mut PairSlot, to: *mut ChainRecord) {
 }
 
 /// Send what `slot` keeps, if anything, before a record of its owner `tgid`: reserved before
-/// the take (the module's rule). A slot busy, or no longer `tgid`'s, needs nothing from this
-/// record (the module's doc). Two tries; a record whose kept calls could not be sent ahead
-/// of it is counted (`counter::PAIRS_OUT_OF_ORDER`).
+/// the take (the module's rule). For a traced call's record (`wake`), a slot busy, or no
+/// longer `tgid`'s, needs nothing from it (the module's doc): two tries, and a slot whose kept
+/// calls could not be sent ahead of the record is counted (`counter::PAIRS_OUT_OF_ORDER`: a
+/// record may count once for each slot of its group). For
+/// the tracer's ask (not `wake`), a busy slot is waited out, up to 16 reads.
 ///
 /// `wake`: the record's submit may wake the reader (`wakeup_flags`), as a traced call's; not
 /// when the tracer asked, whose reader looks at the ring right after.
@@ -211,13 +243,26 @@ unsafe fn send_slot(slot: *mut PairSlot, tgid: u32, wake: bool) {
     }
 }
 
-/// Before any record of process `tgid` but the calls this module keeps: send what its slot
-/// keeps. A function of its own: the exit program calls it from several places.
+/// Send what slot `index` of `PAIRS` keeps for `tgid` (`send_slot`). A function of its own,
+/// called once for each slot of a group: its frame is the only one it adds to its caller's,
+/// which for a close is at the exit program's 512 bytes with it.
 #[inline(never)]
-pub fn send_kept(tgid: u32) {
-    if let Some(slot) = slot_of(tgid) {
+fn send_slot_at(index: u32, tgid: u32, wake: bool) {
+    if let Some(slot) = PAIRS.get_ptr_mut(index) {
         // SAFETY: a `PAIRS` value.
-        unsafe { send_slot(slot, tgid, true) };
+        unsafe { send_slot(slot, tgid, wake) };
+    }
+}
+
+/// Before any record of process `tgid` but the calls this module keeps: send what its slots
+/// keep, in the group's order: opens kept at once are at distinct numbers (the module's doc).
+#[inline(always)]
+pub fn send_kept(tgid: u32) {
+    if keeping() {
+        let first = first_slot(tgid);
+        for way in 0..PAIR_WAYS {
+            send_slot_at(first + way, tgid, true);
+        }
     }
 }
 
@@ -231,7 +276,7 @@ pub fn send_all_kept() {
     unsafe { bpf_loop(PAIR_SLOTS, send_index as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
-/// `send_all_kept`'s callback: slot `index`.
+/// `send_all_kept`'s callback: slot `index`, for its owner. A group's slots in its order.
 unsafe extern "C" fn send_index(index: u64, _context: *mut c_void) -> i64 {
     if let Some(slot) = PAIRS.get_ptr_mut(index as u32) {
         // SAFETY: a `PAIRS` value.
@@ -241,8 +286,8 @@ unsafe extern "C" fn send_index(index: u64, _context: *mut c_void) -> i64 {
     0
 }
 
-/// A pairable call's record, made in `scratch` (`PAIR_SCRATCH`), returned `fd`: kept in the
-/// process's slot, or sent (what the slot kept first).
+/// A pairable call's record, made in `scratch` (`PAIR_SCRATCH`), returned `fd`: kept in a slot
+/// of its process's group, or sent (what the slots kept first).
 #[inline(never)]
 pub fn keep_or_send(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) {
     // SAFETY: `scratch` is this CPU's `PAIR_SCRATCH` value, written by the caller.
@@ -256,25 +301,61 @@ pub fn keep_or_send(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64)
     }
 }
 
-/// Keep the call in `scratch` in the slot of `tgid`, what the slot kept sent first if anything:
-/// with no copy of the record when it is like the slot's (`same_call`), its result and time
-/// alone; else in place of the slot's record.
-/// False when the slot is busy, another process's with something kept, or changed under
-/// the take, or the ring has no room for what it keeps: the caller sends the call.
+/// Keep the call in `scratch` in a slot of `tgid`'s group: with no copy of the record in a slot
+/// whose record is like it (`same_call`, with the first slot of the same key, `key_of`) and
+/// keeps none of it open, its result and time alone;
+/// else in place of the record of another slot (`free_slot`), what it keeps sent first.
+/// False when a slot keeps an open of the call's number, or no slot can be taken, or the one
+/// chosen changed under the take, or the ring has no room for what it keeps: the caller sends
+/// what the slots keep, then the call.
 ///
 /// # Safety
 /// `scratch` is a `ChainRecord` in a map value.
 #[inline(always)]
 unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> bool {
-    let Some(slot) = slot_of(tgid) else { return false };
-    let seen = unsafe { read_volatile(&raw const (*slot).state) };
-    if seen & pair_state::BUSY != 0 {
+    if !keeping() {
         return false;
     }
-    let own = seen != 0 && pair_state::owner(seen) == tgid;
-    let like = own && unsafe { same_call(&raw const (*slot).record, scratch) };
-    let open_fd = unsafe { read_volatile(&raw const (*slot).open_fd) };
-    if like && open_fd == NO_FD {
+    // Not kept when it may need another slot's open before it (the module's doc): a reopen
+    // through /proc (helios-trace/src/model/fdtable.rs takes a memfd's kind from the number it
+    // names), and any call while a slot keeps an open of its first argument (an accept's
+    // listener, an openat's directory) or of its own number (whose close released it and has
+    // not returned). Busy slots too: a holder may be matching that close.
+    if unsafe { reopens_by_number(scratch) } {
+        return false;
+    }
+    let first_arg = unsafe { read_volatile(&raw const (*scratch).event.args[0]) } as i32;
+    for way in 0..PAIR_WAYS {
+        let Some(slot) = slot_of(tgid, way) else { return false };
+        let seen = unsafe { read_volatile(&raw const (*slot).state) };
+        let open_fd = unsafe { read_volatile(&raw const (*slot).open_fd) };
+        if seen != 0
+            && pair_state::owner(seen) == tgid
+            && open_fd != NO_FD
+            && (i64::from(open_fd) == fd || open_fd == first_arg)
+        {
+            return false;
+        }
+    }
+    // The slot whose record may be like the call: its key the call's, none of it open. Then
+    // compared whole, with that slot alone: the comparison is the longest code of the module,
+    // which the verifier checks once for each place it has it.
+    let key = unsafe { key_of(scratch) };
+    let mut like = None;
+    for way in 0..PAIR_WAYS {
+        let Some(slot) = slot_of(tgid, way) else { return false };
+        let seen = unsafe { read_volatile(&raw const (*slot).state) };
+        if held_by(seen, tgid)
+            && unsafe { read_volatile(&raw const (*slot).key) } == key
+            && unsafe { read_volatile(&raw const (*slot).open_fd) } == NO_FD
+        {
+            like = Some((slot, seen));
+            break;
+        }
+    }
+    if let Some((slot, seen)) = like
+        && unsafe { same_call(&raw const (*slot).record, scratch) }
+    {
         if !unsafe { take(slot, seen) } {
             return false;
         }
@@ -285,8 +366,13 @@ unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> b
         }
         return true;
     }
+    let Some(slot) = free_slot(tgid) else { return false };
+    let seen = unsafe { read_volatile(&raw const (*slot).state) };
+    if seen & pair_state::BUSY != 0 {
+        return false;
+    }
     if seen != 0 && unsafe { keeps(slot) } {
-        if !own {
+        if pair_state::owner(seen) != tgid {
             // Another process's calls: it sends them itself.
             return false;
         }
@@ -303,14 +389,12 @@ unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> b
         return false;
     }
     unsafe {
-        // Like the record kept, but for its result and time: those alone are kept.
-        if !like {
-            bpf_probe_read_kernel(
-                (&raw mut (*slot).record).cast(),
-                size_of::<ChainRecord>() as u32,
-                scratch.cast::<c_void>(),
-            );
-        }
+        bpf_probe_read_kernel(
+            (&raw mut (*slot).record).cast(),
+            size_of::<ChainRecord>() as u32,
+            scratch.cast::<c_void>(),
+        );
+        write_volatile(&raw mut (*slot).key, key);
         write_volatile(&raw mut (*slot).open_fd, fd as i32);
         write_volatile(&raw mut (*slot).open_ts_ns, ts_ns);
         release(slot, tgid, seen);
@@ -318,22 +402,125 @@ unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> b
     true
 }
 
-/// `close(fd)` of process `tgid` returned: when it closed the open the slot keeps, and its
-/// number is free again (`number_free`, read before the take: the module's doc), the pair is
-/// counted there, and true: nothing is sent.
+/// Whether `record`'s path names a descriptor by its number (`/proc/self/fd/N`,
+/// `/proc/thread-self/fd/N`, `/dev/fd/N`: its first eight bytes, of the prefixes
+/// helios-trace/src/model/fdtable.rs `own_fd_link` knows). A call without a path has none (`path_len` 0).
+///
+/// # Safety
+/// As `key_of`'s.
 #[inline(always)]
-pub fn close_matched(tgid: u32, fd: u64, number_free: impl FnOnce() -> bool) -> bool {
-    let Some(slot) = slot_of(tgid) else { return false };
-    // SAFETY: a `PAIRS` value.
-    let seen = unsafe { read_volatile(&raw const (*slot).state) };
-    if seen == 0 || seen & pair_state::BUSY != 0 || pair_state::owner(seen) != tgid {
+unsafe fn reopens_by_number(record: *const ChainRecord) -> bool {
+    if unsafe { read_volatile(&raw const (*record).event.path_len) } < 8 {
         return false;
     }
-    let open_fd = unsafe { read_volatile(&raw const (*slot).open_fd) };
-    if open_fd == NO_FD || open_fd as u64 != fd || !number_free() || !unsafe { take(slot, seen) } {
+    let first = unsafe { read_volatile((&raw const (*record).event.path).cast::<u64>()) };
+    [*b"/proc/se", *b"/proc/th", *b"/dev/fd/"].iter().any(|prefix| first == u64::from_le_bytes(*prefix))
+}
+
+/// `PairSlot::key` of `record`: its thread, its call's number and stack word, the chain's depth,
+/// and its first two callers' addresses when it has them (past the depth, a scratch record keeps what
+/// an earlier call left). Equal for two records `same_call` finds alike.
+///
+/// # Safety
+/// `record` is a `ChainRecord` in a map value.
+#[inline(always)]
+unsafe fn key_of(record: *const ChainRecord) -> u64 {
+    // SyscallEvent's second and fourth words: the thread (tid and reserved), nr and stack_id
+    // (`same_call` names the words); a process's threads at one line are then told apart.
+    let words = record.cast::<u64>();
+    let call = unsafe { read_volatile(words.add(1)).rotate_left(7) ^ read_volatile(words.add(3)) };
+    let depth = unsafe { read_volatile(&raw const (*record).chain.depth) };
+    let address = |i: usize| {
+        if (depth as usize) > i {
+            unsafe { read_volatile(&raw const (*record).chain.addresses[i]) }
+        } else {
+            0
+        }
+    };
+    call ^ u64::from(depth) ^ address(1).rotate_left(21) ^ address(2).rotate_left(42)
+}
+
+/// The slot of `tgid`'s group a new call replaces the record of (what it keeps of the process
+/// is sent by the caller first): a slot never used first, then one of the process keeping no
+/// open, the one used least lately (`open_ts_ns`, the last call kept there), then another
+/// process's with nothing kept, else the one whose open was kept first: a server holding more
+/// connections than a group has slots still has the file it opens and closes for one matched,
+/// where sending the call itself when no slot was free had none of a round's three calls
+/// matched with two slots (`chains::descriptors_held_...`). None when every slot is busy, or
+/// another process's with something kept.
+#[inline(always)]
+fn free_slot(tgid: u32) -> Option<*mut PairSlot> {
+    // The lower the sooner the slot is taken: 0 for one never used, the time of its last call
+    // kept for one of this process keeping no open, that time with bit 62 set for another
+    // process's with nothing kept (its record is that process's to compare with), and with bit
+    // 63 for one of this process keeping an open; none for a slot not to take.
+    let age = |slot: *mut PairSlot| {
+        // SAFETY: a `PAIRS` value (`slot_of`).
+        let seen = unsafe { read_volatile(&raw const (*slot).state) };
+        if seen == 0 {
+            return Some(0);
+        }
+        if seen & pair_state::BUSY != 0 {
+            return None;
+        }
+        let last = unsafe { read_volatile(&raw const (*slot).open_ts_ns) } & !(3 << 62);
+        if pair_state::owner(seen) != tgid {
+            (!unsafe { keeps(slot) }).then_some(last | 1 << 62)
+        } else if unsafe { read_volatile(&raw const (*slot).open_fd) } != NO_FD {
+            Some(last | 1 << 63)
+        } else {
+            Some(last)
+        }
+    };
+    let mut oldest: Option<(*mut PairSlot, u64)> = None;
+    for way in 0..PAIR_WAYS {
+        let slot = slot_of(tgid, way)?;
+        if let Some(age) = age(slot)
+            && oldest.is_none_or(|(_, before)| age < before)
+        {
+            oldest = Some((slot, age));
+        }
+    }
+    oldest.map(|(slot, _)| slot)
+}
+
+/// `close(fd)` of process `tgid` returned: the slot of its group that keeps the open it closed
+/// and its state as read, as one word (the low half of the state, `tgid`'s in the high half,
+/// and the slot's way plus one above it); 0 when no slot does. The caller then reads whether the number is
+/// free again, before `count_pair` takes the slot from that state (the module's doc).
+///
+/// Functions of their own, called one after the other: inlined, or one function taking the
+/// number's read as a closure, the slots' tests grew the close's frame over the 512 bytes
+/// of the exit program's stack with its callees'.
+#[inline(never)]
+pub fn slot_keeping(tgid: u32, fd: u64) -> u64 {
+    for way in 0..PAIR_WAYS {
+        let Some(slot) = slot_of(tgid, way) else { return 0 };
+        // SAFETY: a `PAIRS` value.
+        let seen = unsafe { read_volatile(&raw const (*slot).state) };
+        let open_fd = unsafe { read_volatile(&raw const (*slot).open_fd) };
+        if held_by(seen, tgid) && open_fd != NO_FD && open_fd as u64 == fd {
+            return ((u64::from(way) + 1) << 32) | (seen & u64::from(u32::MAX));
+        }
+    }
+    0
+}
+
+/// The close of a number free again, of process `tgid`, matched with the open `kept` says a
+/// slot keeps (`slot_keeping`): the slot taken from the state read there, the pair counted,
+/// and true: nothing is sent. False when the slot changed since.
+#[inline(never)]
+pub fn count_pair(tgid: u32, kept: u64) -> bool {
+    let way = ((kept >> 32) as u32).wrapping_sub(1) % PAIR_WAYS;
+    let seen = (u64::from(tgid) << 32) | (kept & u64::from(u32::MAX));
+    let Some(slot) = PAIRS.get_ptr_mut(first_slot(tgid) + way) else { return false };
+    // SAFETY: a `PAIRS` value. Taken from the state `slot_keeping` read: every field is still
+    // what it read, the open among them.
+    if !unsafe { take(slot, seen) } {
         return false;
     }
     unsafe {
+        let open_fd = read_volatile(&raw const (*slot).open_fd);
         let pairs = read_volatile(&raw const (*slot).pairs);
         write_volatile(&raw mut (*slot).pairs, pairs.saturating_add(1));
         // Which number the pairs touched, when it is one (chain_flags::PAIRS_AT_ONE_FD).

@@ -401,9 +401,10 @@ fn close_exit<const BTF: bool>(regs: *const u64) -> Result<(), i64> {
         return Ok(());
     }
     let fd = reg::<BTF>(regs, arch::SYSCALL_ARGS[0])?;
-    // The close of the open its process's slot keeps: counted there (pairs.rs says why the
-    // number is read before).
-    if pairs::close_matched(tgid, fd, || number_taken::<BTF>(task, fd) == 0) {
+    // The close of an open a slot of its process keeps: counted there (pairs.rs says why the
+    // number is read between the slot's read and its take).
+    let kept = pairs::slot_keeping(tgid, fd);
+    if kept != 0 && number_taken::<BTF>(task, fd) == 0 && pairs::count_pair(tgid, kept) {
         return Ok(());
     }
     pairs::send_kept(tgid);

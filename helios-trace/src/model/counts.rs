@@ -96,9 +96,10 @@ pub(crate) struct KernelCounts {
     /// unmapped by then, for one): the descriptor is counted as any other, and named from /proc
     /// at the report.
     pub(crate) paths_unreadable: u64,
-    /// Records sent after two tries to send first what their process's slot kept failed, each
-    /// time because another program changed the slot between the read and the take: the kept
-    /// calls may come after the record (helios-trace-ebpf/src/pairs.rs, `send_slot`).
+    /// Records sent after two tries to send first what a slot of their process kept failed,
+    /// each time because another program changed the slot between the read and the take: the
+    /// kept calls may come after the record (helios-trace-ebpf/src/pairs.rs, `send_slot`).
+    /// Counted once for each such slot (a process has four).
     pub(crate) pairs_out_of_order: u64,
 }
 

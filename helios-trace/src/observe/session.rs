@@ -430,6 +430,14 @@ impl Tracing {
         self.handle_then(chunks, after_chunk);
     }
 
+    /// `drain_then` for what the kernel sent, not the calls it keeps (`Ring::take_sent`): the
+    /// short timers' drains, whose asks would send the kept opens of every process 20 times a
+    /// second and more, each then no longer matched with its close in the kernel.
+    fn drain_sent_then(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+        let chunks = self.ring.take_sent();
+        self.handle_then(chunks, after_chunk);
+    }
+
     /// Handle `chunks` as `drain_then` does: what the ring's emptier took (sys/ring.rs), and, by
     /// `drain_then`, what was still in the ring.
     fn handle_then(&mut self, chunks: VecDeque<Bytes>, after_chunk: &mut dyn FnMut(&mut Tracing)) {
@@ -520,12 +528,12 @@ impl Tracing {
                     self.handle_then(chunks, &mut |t| on_tick(t, Tick::Drained));
                 }
                 _ = timers.drain.tick() => {
-                    self.drain_then(&mut |t| on_tick(t, Tick::Drained));
+                    self.drain_sent_then(&mut |t| on_tick(t, Tick::Drained));
                 }
                 // A CPython exec'd moments ago whose runtime is not mapped yet is looked for
                 // every millisecond (resolve/python: no startup gap), not at the drain timer.
                 _ = sleep(python_due.unwrap_or_default()), if python_due.is_some() => {
-                    self.drain_then(&mut |t| on_tick(t, Tick::Drained));
+                    self.drain_sent_then(&mut |t| on_tick(t, Tick::Drained));
                 }
             }
         }

@@ -121,7 +121,7 @@ impl TraceConfig {
     /// and `--uid` only (with `--cgroup` alone it is looked in, always empty: a process is traced
     /// by its cgroup, helios-trace-ebpf/src/filter.rs); the rules' buckets 4.0 MiB, used by
     /// learned chains only, as the taught chains' are; the Python threads remembered 1.25 MiB,
-    /// used by the Python walk, which needs user stacks; the calls kept (`PAIRS`) 0.97 MiB.
+    /// used by the Python walk, which needs user stacks; the calls kept (`PAIRS`) 0.98 MiB.
     fn unused_maps(&self) -> Vec<&'static str> {
         let mut unused = Vec::new();
         if self.user_stack_mode != stack_mode::FP {

@@ -60,10 +60,17 @@ const EMPTIER_WAIT: Duration = Duration::from_millis(20);
 const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// How often at most the emptier has the kernel send the calls it keeps (`send_kept_calls`):
-/// each is a walk of the kernel's 1,024 slots (`PAIR_SLOTS`), so not at every look when looks come every
-/// millisecond; a kept open then reaches the engine within this and a look, about when its
-/// record would have.
-const KEPT_SEND_INTERVAL: Duration = Duration::from_millis(10);
+/// each is a walk of the kernel's 1,024 slots (`PAIR_SLOTS`), so not at every look when looks
+/// come every millisecond; and each sends every open then kept, whose close can no longer be
+/// matched in the kernel, so the fewer the better for a server that holds a few connections at
+/// once (nginx under `ab -c 4`, four slots a process: 6,624 of 10,000 opens matched with asks
+/// every 10 ms here and at each of the engine's drains, 8,854 with 100 ms here and none at the
+/// engine's short timers, `Ring::take_sent`; BENCHMARKS.md "Four slots a process"). A kept open
+/// reaches the engine within this and a look: the engine needs nothing sooner (a report, a
+/// snapshot, a reconciliation and the once-a-second tick take every record made before a
+/// moment, `Ring::take`, and the kernel sends what it keeps first), the live view and `serve`'s
+/// metrics are made at that tick.
+const KEPT_SEND_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The emptier's time slice: the smallest the kernel takes, so that it runs soon after the
 /// kernel wakes it even when every CPU is busy (sys/own.rs, `prefer_short_slices`).
@@ -416,6 +423,14 @@ impl Ring {
         if self.keeps_pairs {
             send_kept_calls();
         }
+        self.take_sent()
+    }
+
+    /// `take` without asking the kernel for the calls it keeps first: for the engine's drains
+    /// on its short timers, which need promptly what the kernel sent (an exec, a CPython's
+    /// records), not what it keeps; an ask sends every open then kept, whose close can then no
+    /// longer be matched in the kernel (`KEPT_SEND_INTERVAL`).
+    pub(crate) fn take_sent(&self) -> VecDeque<Bytes> {
         if let Some(asks) = &self.asks {
             let asked = self.shared.asked.fetch_add(1, Ordering::SeqCst) + 1;
             add_one(asks);

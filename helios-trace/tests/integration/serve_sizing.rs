@@ -180,7 +180,8 @@ fn the_kernel_maps_take_room_only_for_what_the_configuration_uses() {
     // Measured 11.0 MiB on a 2-CPU machine (BENCHMARKS.md, "Kernel memory"), 32.3 MiB before;
     // 14.0 MiB before the slots of the calls kept in the kernel (`PAIRS`, 1,024 of 992 bytes,
     // 0.97 MiB) were added: 14.9 (BENCHMARKS.md, "Opens matched with their closes in the
-    // kernel"); the per-CPU maps add about 50 KiB a CPU.
+    // kernel"), 8 KiB more with their keys (1,000 bytes a slot); the per-CPU maps add about
+    // 50 KiB a CPU.
     let bound = (15 << 20) + 64 * 1024 * std::thread::available_parallelism().unwrap().get() as u64;
     assert!(besides_rings < bound, "the maps take {:.1} MiB besides the rings: {maps:?}", mib(besides_rings));
     eprintln!("serve's maps: {:.1} MiB besides the rings", mib(besides_rings));

@@ -23,6 +23,9 @@
  *                   inherits the descriptor and waits, and exits at once: "ok <grandchild pid>"
  *   churn N PATH    open PATH N times through leak_fn from a call site of its own in handler,
  *                   closing each at once: "ok"
+ *   nest N PATH     N times, as a server serves two connections at once: open PATH twice from
+ *                   two call sites (the connections) and, holding them, PATH again from a third
+ *                   (the file), then close the three, the last opened first: "ok"
  *   exit
  *
  * Build: gcc -O2 -fomit-frame-pointer -g stackwork.c -o stackwork
@@ -128,6 +131,22 @@ __attribute__((noipa)) static int handler(const char *command, const char *path,
         fflush(stdout);
         return leaked;
     }
+    if (strcmp(command, "nest") == 0) {
+        for (int i = 0; i < count; i++) {
+            int held = leak_fn(path); /* CALL_NEST_HELD */
+            if (held < 0) return -1;
+            int second = leak_fn(path); /* CALL_NEST_SECOND */
+            if (second < 0) return -1;
+            int inner = leak_fn(path); /* CALL_NEST_INNER */
+            if (inner < 0) return -1;
+            close(inner);
+            close(second);
+            close(held);
+        }
+        printf("ok\n");
+        fflush(stdout);
+        return leaked;
+    }
     if (strcmp(command, "leakone") == 0) {
         int fd = leak_fn(path); /* CALL_LEAKONE */
         if (fd < 0) return -1;
@@ -200,6 +219,8 @@ __attribute__((noipa)) static int loop(void) {
             if (handler("wide", path, count) < 0) return -1;
         } else if (sscanf(line, "churn %d %399s", &count, path) == 2) {
             if (handler("churn", path, count) < 0) return -1;
+        } else if (sscanf(line, "nest %d %399s", &count, path) == 2) {
+            if (handler("nest", path, count) < 0) return -1;
         } else if (sscanf(line, "via %d %399s", &count, path) == 2) {
             if (handler("via", path, count) < 0) return -1;
         } else if (sscanf(line, "%31s %399s", command, path) == 2) {
