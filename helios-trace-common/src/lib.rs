@@ -393,10 +393,10 @@ pub const PAIR_SLOTS: u32 = 1024;
 /// Slots of one process's group: a server holds its connections' descriptors while it opens a
 /// file for one and closes both, and a process's calls of two kinds kept in one slot would send
 /// each other out. Four: nginx under four clients at once (`ab -c 4`) had 8,747 of its 10,000
-/// opens matched, against 4,303 with two slots (8,854 once the engine's short drains stopped
-/// asking for what is kept) (BENCHMARKS.md, "Four slots a process"); eight
-/// made the exit program 271,026 instructions to verify against 193,230 for four, before
-/// `PairSlot::key` had the whole comparison made with one slot only (165,025 since).
+/// creating calls matched, against 4,303 with two slots (8,854 once the engine's short drains
+/// stopped asking for what is kept; BENCHMARKS.md, "Four slots a process"); eight made the exit
+/// program 271,026 instructions to verify against 193,230 for four, before `PairSlot::key` had
+/// the whole comparison made with one slot only (166,541 since).
 pub const PAIR_WAYS: u32 = 4;
 const _: () = assert!(PAIR_SLOTS.is_multiple_of(PAIR_WAYS));
 
@@ -429,7 +429,8 @@ pub struct PairSlot {
     pub pair_fd: i32,
     /// 1 when a later one of `pairs` had another number.
     pub pair_fds_differ: u32,
-    /// A few words of `record` folded into one (its call, the chain's depth and first callers):
+    /// A few words of `record` folded into one (its thread, its call, the chain's depth and
+    /// first callers):
     /// which slot of a process's group a new call may be like is looked for by it, so that the
     /// whole comparison is made with one slot only.
     pub key: u64,

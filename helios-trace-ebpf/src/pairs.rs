@@ -6,11 +6,12 @@
 //! time) is kept again there without a copy. Several slots because a server holds its
 //! connections' descriptors while it opens a file for one and closes both (nginx: accept, open,
 //! close, close): in one slot each call sent the other out, and with a few clients at once a
-//! group of two was always full (BENCHMARKS.md, "Four slots a process"). What a slot keeps is sent as one record
-//! (`chain_flags::PAIRED`: the count, then the open still kept, if any) before any other record
-//! of its process, so userspace sees what every process did to a number in the order it was
+//! group of two was always full (BENCHMARKS.md, "Four slots a process"). What a slot keeps is
+//! sent as one record (`chain_flags::PAIRED`: the count, then the open still kept, if any)
+//! before any other record of its process, so userspace sees what every process did to a number in the order it was
 //! done; and when the tracer closes `PAIRS_FLUSH_FD`, before it takes every record made before
-//! a moment (helios-trace/src/sys/ring.rs, `Ring::take`) and every few looks at the ring.
+//! a moment (helios-trace/src/sys/ring.rs, `Ring::take`) and at the ring's looks at most every
+//! 100 ms (`KEPT_SEND_INTERVAL`).
 //!
 //! A group is one process's at a time, by its tgid; a slot another process holds with
 //! something kept is not taken over, and a process that finds no slot of its group free sends
@@ -82,7 +83,7 @@ fn first_slot(tgid: u32) -> u32 {
     (tgid % (PAIR_SLOTS / PAIR_WAYS)) * PAIR_WAYS
 }
 
-/// The `PAIRS` slot `way` of process `tgid`'s group; none when calls are not kept. Looked up
+/// The `PAIRS` slot `way` of process `tgid`'s group (its callers first ask `keeping`). Looked up
 /// for each use, not gathered into an array: an array of the group's pointers was one more
 /// thing on the exit program's stack, which is at the verifier's 512 bytes with its callees'.
 #[inline(always)]
@@ -305,9 +306,10 @@ pub fn keep_or_send(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64)
 /// whose record is like it (`same_call`, with the first slot of the same key, `key_of`) and
 /// keeps none of it open, its result and time alone;
 /// else in place of the record of another slot (`free_slot`), what it keeps sent first.
-/// False when a slot keeps an open of the call's number, or no slot can be taken, or the one
-/// chosen changed under the take, or the ring has no room for what it keeps: the caller sends
-/// what the slots keep, then the call.
+/// False when the call may need another slot's open before it (a slot keeps an open of its
+/// first argument or of its number, or it may reopen a descriptor by number), or no slot can be
+/// taken, or the one chosen changed under the take, or the ring has no room for what it keeps:
+/// the caller sends what the slots keep, then the call.
 ///
 /// # Safety
 /// `scratch` is a `ChainRecord` in a map value.
@@ -316,11 +318,12 @@ unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> b
     if !keeping() {
         return false;
     }
-    // Not kept when it may need another slot's open before it (the module's doc): a reopen
-    // through /proc (helios-trace/src/model/fdtable.rs takes a memfd's kind from the number it
-    // names), and any call while a slot keeps an open of its first argument (an accept's
-    // listener, an openat's directory) or of its own number (whose close released it and has
-    // not returned). Busy slots too: a holder may be matching that close.
+    // Not kept when it may need another slot's open before it (the module's doc): a reopen by
+    // number (helios-trace/src/model/fdtable.rs takes a memfd's kind from the number it names),
+    // and any call while a slot keeps an open of its first argument (an accept's listener, an
+    // openat's directory; for calls whose first argument is no descriptor, a refusal for
+    // nothing) or of its own number (whose close released it and has not returned). Busy
+    // slots too: a holder may be matching that close.
     if unsafe { reopens_by_number(scratch) } {
         return false;
     }
@@ -402,24 +405,44 @@ unsafe fn keep(scratch: *const ChainRecord, tgid: u32, fd: i64, ts_ns: u64) -> b
     true
 }
 
-/// Whether `record`'s path names a descriptor by its number (`/proc/self/fd/N`,
-/// `/proc/thread-self/fd/N`, `/dev/fd/N`: its first eight bytes, of the prefixes
-/// helios-trace/src/model/fdtable.rs `own_fd_link` knows). A call without a path has none (`path_len` 0).
+/// Whether `record`'s path may name a descriptor by its number: `/proc/self/fd/N`,
+/// `/proc/thread-self/fd/N` or `/dev/fd/N` (the prefixes helios-trace/src/model/fdtable.rs
+/// `own_fd_link` knows, compared a word at a time, little-endian), or a relative path that
+/// starts with a digit or `fd/` (from a directory such as /proc/self/fd or /dev, or the working
+/// directory: userspace joins it to its directory's path before it asks). A call without a
+/// path has none (`path_len` 0); a path cut at `PATH_LEN` keeps its start.
 ///
 /// # Safety
 /// As `key_of`'s.
 #[inline(always)]
 unsafe fn reopens_by_number(record: *const ChainRecord) -> bool {
-    if unsafe { read_volatile(&raw const (*record).event.path_len) } < 8 {
+    let len = unsafe { read_volatile(&raw const (*record).event.path_len) } as usize;
+    let words = unsafe { (&raw const (*record).event.path).cast::<u64>() };
+    let word = |i: usize| unsafe { read_volatile(words.add(i)) };
+    let is = |word: u64, text: &[u8; 8], bytes: u32| {
+        let mask = if bytes == 8 { u64::MAX } else { (1u64 << (bytes * 8)) - 1 };
+        (word ^ u64::from_le_bytes(*text)) & mask == 0
+    };
+    if len == 0 {
         return false;
     }
-    let first = unsafe { read_volatile((&raw const (*record).event.path).cast::<u64>()) };
-    [*b"/proc/se", *b"/proc/th", *b"/dev/fd/"].iter().any(|prefix| first == u64::from_le_bytes(*prefix))
+    let first = word(0);
+    let byte = first as u8;
+    if byte.is_ascii_digit() || (len >= 3 && is(first, b"fd/\0\0\0\0\0", 3)) {
+        return true;
+    }
+    len >= 8
+        && (is(first, b"/dev/fd/", 8)
+            || (len >= 14 && is(first, b"/proc/se", 8) && is(word(1), b"lf/fd/\0\0", 6))
+            || (len >= 21
+                && is(first, b"/proc/th", 8)
+                && is(word(1), b"read-sel", 8)
+                && is(word(2), b"f/fd/\0\0\0", 5)))
 }
 
-/// `PairSlot::key` of `record`: its thread, its call's number and stack word, the chain's depth,
-/// and its first two callers' addresses when it has them (past the depth, a scratch record keeps what
-/// an earlier call left). Equal for two records `same_call` finds alike.
+/// `PairSlot::key` of `record`: its thread, its call's number and stack word, the chain's
+/// depth, and its first two callers' addresses when it has them (past the depth, a scratch
+/// record keeps what an earlier call left). Equal for two records `same_call` finds alike.
 ///
 /// # Safety
 /// `record` is a `ChainRecord` in a map value.
@@ -486,14 +509,18 @@ fn free_slot(tgid: u32) -> Option<*mut PairSlot> {
 
 /// `close(fd)` of process `tgid` returned: the slot of its group that keeps the open it closed
 /// and its state as read, as one word (the low half of the state, `tgid`'s in the high half,
-/// and the slot's way plus one above it); 0 when no slot does. The caller then reads whether the number is
-/// free again, before `count_pair` takes the slot from that state (the module's doc).
+/// and the slot's way plus one above it); 0 when no slot does, or calls are not kept. The
+/// caller then reads whether the number is free again, before `count_pair` takes the slot from
+/// that state (the module's doc).
 ///
 /// Functions of their own, called one after the other: inlined, or one function taking the
 /// number's read as a closure, the slots' tests grew the close's frame over the 512 bytes
 /// of the exit program's stack with its callees'.
 #[inline(never)]
 pub fn slot_keeping(tgid: u32, fd: u64) -> u64 {
+    if !keeping() {
+        return 0;
+    }
     for way in 0..PAIR_WAYS {
         let Some(slot) = slot_of(tgid, way) else { return 0 };
         // SAFETY: a `PAIRS` value.

@@ -63,9 +63,10 @@ const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(1);
 /// each is a walk of the kernel's 1,024 slots (`PAIR_SLOTS`), so not at every look when looks
 /// come every millisecond; and each sends every open then kept, whose close can no longer be
 /// matched in the kernel, so the fewer the better for a server that holds a few connections at
-/// once (nginx under `ab -c 4`, four slots a process: 6,624 of 10,000 opens matched with asks
-/// every 10 ms here and at each of the engine's drains, 8,854 with 100 ms here and none at the
-/// engine's short timers, `Ring::take_sent`; BENCHMARKS.md "Four slots a process"). A kept open
+/// once (nginx under `ab -c 4`, four slots a process: of its 10,000 creating calls 6,624 and
+/// 6,927 matched with asks every 10 ms here, 8,982 with 100 ms, and 8,854 in the final build,
+/// with keys and no asks at the engine's short timers, `Ring::take_sent`; BENCHMARKS.md "Four
+/// slots a process"). A kept open
 /// reaches the engine within this and a look: the engine needs nothing sooner (a report, a
 /// snapshot, a reconciliation and the once-a-second tick take every record made before a
 /// moment, `Ring::take`, and the kernel sends what it keeps first), the live view and `serve`'s
@@ -373,7 +374,7 @@ impl Ring {
     /// The kernel keeps calls and matches them with their closes (`keeps`;
     /// helios-trace-ebpf/src/pairs.rs): have it send what it keeps before every record made
     /// before a moment is taken (`take`), and every `KEPT_SEND_INTERVAL` at the emptier's looks,
-    /// so that a kept open reaches the engine as soon as a record sent with it would have.
+    /// so that a kept open reaches the engine within that interval and a look.
     pub(crate) fn keeping_pairs(mut self, keeps: bool) -> Ring {
         self.keeps_pairs = keeps;
         self
@@ -489,8 +490,9 @@ impl Emptier {
             take_count(&self.asks);
             let asked = self.shared.asked.load(Ordering::SeqCst);
             let look = Instant::now();
-            // An ask was preceded by its own (`Ring::take`).
-            if self.keeps_pairs && asked == answered && look.duration_since(kept_sent) >= KEPT_SEND_INTERVAL {
+            // Whatever the engine asked: `Ring::take_sent`'s asks, every millisecond while a
+            // CPython starts, would otherwise put the next send off to the next `Ring::take`.
+            if self.keeps_pairs && look.duration_since(kept_sent) >= KEPT_SEND_INTERVAL {
                 send_kept_calls();
                 kept_sent = look;
             }

@@ -193,7 +193,7 @@ fn a_chain_that_leaves_the_taught_one_is_walked_with_its_frames_rules() {
 }
 
 /// A descriptor closed before anything else of its process is recorded is not sent, nor its
-/// close: the kernel keeps the open in its process's slot, matches the close there and counts
+/// close: the kernel keeps the open in a slot of its process, matches the close there and counts
 /// the pair (helios-trace-ebpf/src/pairs.rs), which userspace counts at the open's site as the
 /// two records would have been. On the host and in a pod the counts stay exact: every churned
 /// open opened and closed at its site, the leaked ones open at theirs, as /proc has them.
