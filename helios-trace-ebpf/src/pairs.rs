@@ -173,6 +173,17 @@ unsafe fn move_kept(slot: *mut PairSlot, to: *mut ChainRecord) {
             write_volatile(&raw mut (*to).event.header.ts_ns, read_volatile(&raw const (*slot).open_ts_ns));
         }
         write_volatile(&raw mut (*to).chain.flags, flags);
+        forget_kept(slot);
+    }
+}
+
+/// Empty the slot of what it keeps (sent or counted lost), its record left to compare with.
+///
+/// # Safety
+/// As `take`'s, the slot held.
+#[inline(always)]
+unsafe fn forget_kept(slot: *mut PairSlot) {
+    unsafe {
         write_volatile(&raw mut (*slot).pairs, 0);
         write_volatile(&raw mut (*slot).pair_fds_differ, 0);
         write_volatile(&raw mut (*slot).open_fd, NO_FD);
@@ -220,9 +231,7 @@ unsafe fn send_slot(slot: *mut PairSlot, tgid: u32, wake: bool) {
                 let open = unsafe { read_volatile(&raw const (*slot).open_fd) } != NO_FD;
                 count_many(counter::RINGBUF_FULL, u64::from(pairs) * 2 + u64::from(open));
                 unsafe {
-                    write_volatile(&raw mut (*slot).pairs, 0);
-                    write_volatile(&raw mut (*slot).pair_fds_differ, 0);
-                    write_volatile(&raw mut (*slot).open_fd, NO_FD);
+                    forget_kept(slot);
                     release(slot, tgid, seen);
                 }
             }
