@@ -61,6 +61,6 @@ for binary in "$@"; do
   go
   after=$(run_ns "$tracer")
   untraced
-  read -r ops _ per _ < "$dir/loop.out"
+  read -r ops _ per _ < <(tail -1 "$dir/loop.out")
   echo "$binary $mode: $(((after - before) / ops)) ns kernel per op; loop $per ns/op"
 done

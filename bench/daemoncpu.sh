@@ -11,6 +11,15 @@
 # printed after. The throughput ladder (`cargo xtask bench throughput`) measures the same per
 # rung; this is one rung, to alternate two binaries over many runs (at rates near what the
 # machine can do, losses come and go with its phase).
+#
+#   bench/daemoncpu.sh pairs SECONDS BINARY...
+#
+# The same for the calls the kernel matches with their closes itself (helios-trace-ebpf/src/pairs.rs;
+# BENCHMARKS.md, "Pairs applied at once"): bench/oloop.c's open+close of /dev/null as fast as it
+# goes, each a pair the kernel counts, sending one record for them all when the tracer asks
+# (every 100 ms); the CPU from the end of oloop's first second (its "warm" line: the chain
+# learned, the tracer started) to SECONDS after it is divided by the operations made in that
+# time, and the report's `calls_paired` (of the whole run) printed after.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 rate=$1
@@ -19,10 +28,31 @@ shift 2
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 gcc -O2 -fomit-frame-pointer -g -pthread -o "$dir/rate" "$here/rate.c"
+gcc -O2 -fomit-frame-pointer -g -o "$dir/oloop" "$here/oloop.c"
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {print s + 0}'; }
 
 # shellcheck source=bench/traced.sh
 . "$here/traced.sh"
+
+if [ "$rate" = pairs ]; then
+  for binary in "$@"; do
+    traced "$binary" -- "$dir/oloop" $((seconds + 1))
+    echo >&3
+    exec 3>&-
+    until grep -qs warm "$dir/loop.out"; do sleep 0.01; done
+    before=$(cpu_ns "$tracer")
+    wait "$loop"
+    # What the kernel keeps is asked for every 100 ms.
+    sleep 0.3
+    after=$(cpu_ns "$tracer")
+    untraced
+    read -r _ warm < <(head -1 "$dir/loop.out")
+    read -r operations _ < <(tail -1 "$dir/loop.out")
+    paired=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["events"]["calls_paired"])' "$dir/report.json" || echo "no report")
+    echo "$binary: $(((after - before) / (operations - warm))) ns of daemon CPU per open+close, $((operations - warm)) measured of $operations, $paired matched in the kernel"
+  done
+  exit 0
+fi
 
 for binary in "$@"; do
   traced "$binary" -- "$dir/rate" "$rate" "$seconds" "${RATE_THREADS:-1}"

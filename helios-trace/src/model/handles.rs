@@ -81,6 +81,11 @@ impl TcpHandles {
         self.connecting.remove(&tid);
     }
 
+    /// Whether thread `tid` is inside `uv_tcp_connect`: its next socket may take a handle's site.
+    pub(crate) fn in_connect(&self, tid: u32) -> bool {
+        self.connecting.contains_key(&tid)
+    }
+
     /// The site of the handle whose socket thread `tid` of `tgid` just made, if it is inside
     /// `uv_tcp_connect` for a handle whose creation was seen. Taken once.
     pub(crate) fn socket_made(&mut self, tgid: u32, tid: u32) -> Option<SiteId> {

@@ -1,6 +1,9 @@
 //! What the engine hands the exporter (ARCHITECTURE.md, "Data flow" 7): every change of the
 //! tables and the sites, in order, for the metrics to aggregate.
-use crate::model::{fd::SiteId, fdtable::Transition};
+use crate::model::{
+    fd::{FdKind, SiteId},
+    fdtable::Transition,
+};
 
 /// What `Engine::take_transitions` (observe/engine.rs) hands the exporter, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +15,15 @@ pub(crate) enum Kept {
     Named {
         tgid: u32,
         comm: String,
+    },
+    /// `pairs` more descriptors of `tgid` opened at (`kind`, `site`) and closed by `close`,
+    /// like the pair whose two transitions came just before (the kernel matched them:
+    /// `Engine::handle_pairs`): counted at once, not as two transitions each.
+    Pairs {
+        tgid: u32,
+        kind: FdKind,
+        site: SiteId,
+        pairs: u64,
     },
     /// A call site nothing held for the retention was forgotten (SiteStats::expire): its
     /// series go too.

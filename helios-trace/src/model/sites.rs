@@ -125,6 +125,16 @@ impl SiteStats {
         }
     }
 
+    /// `pairs` more descriptors of `tgid` opened at (`kind`, `site`) and closed by `close`,
+    /// like the pair just observed: its open made the counters (when they were not) and held
+    /// the site, its close released it, so only the counts are left to grow.
+    pub(crate) fn add_pairs(&mut self, tgid: u32, kind: FdKind, site: SiteId, pairs: u64) {
+        let counters = self.by_process.entry(tgid).or_default().entry((kind, site)).or_default();
+        counters.opened += pairs;
+        counters.closed += pairs;
+        counters.closed_by[CloseReason::Close.index()] += pairs;
+    }
+
     /// A call site was made or used at `ts_ns` (its frames are remembered): it is forgotten after
     /// the retention unless something holds it by then. (A site can be made without a
     /// descriptor ever being tracked there: the table was full, or the call failed.)

@@ -18,7 +18,7 @@ use crate::{
         counts::EventCounts,
         event::{CapturedStack, Event, Op, PAIRED_FD, StackIds, WalkedChain},
         exited::ExitedProcess,
-        fd::{FdDetail, FdKind, SiteId},
+        fd::{CloseReason, FdDetail, FdKind, SiteId},
         fdtable::{Corrections, FdChange, FdChunk, FdTable, ObservedFd, Process, TableLimits, Transition},
         frame::{self, Frame, SiteOrigin},
         handles::TcpHandles,
@@ -546,6 +546,17 @@ impl Engine {
     /// come ahead of them (a pair it counted while another thread's record went past its
     /// slot); the closes at the time the record was taken, as every close's.
     ///
+    /// Not one pair at a time: a loop of 190,000 open+close a second had the daemon spend
+    /// ~500 ns a pair on them (BENCHMARKS.md, "Pairs applied at once"). A pair takes the whole
+    /// path (its site resolved, the table's transitions); when the table opened and closed
+    /// `PAIRED_FD` at one site and did nothing else there, it is back as it was at that number,
+    /// so each pair after it would do the same: their counts are added at once
+    /// (`repeat_pairs`). A pair that may make or take what the next would find otherwise
+    /// takes the whole path alone first: the process's first sight (what /proc has is read
+    /// in, its Python state is made after the pair's site), a libuv connect's handle or a
+    /// thread's walked Python frames (each taken by one call). Where the table did anything
+    /// else (full, at `--max-fds` or `--max-processes`), each pair takes the whole path.
+    ///
     /// A reconciliation pass of the process under way learns the number the pairs touched
     /// (`at`, when the kernel says they were all at one) and leaves it alone, as it does a
     /// number a close record touched; when the kernel does not say, it adds nothing
@@ -563,18 +574,32 @@ impl Engine {
             self.counts.undecodable += 1;
             return;
         };
-        for _ in 0..count {
-            let mut open = Event { op: op.clone(), ..event.clone() };
-            self.by_type[open.op.index()] += 1;
-            self.handle_event(&mut open, stack, stacks);
-            let mut close = Event {
-                ts_ns: self.batch_taken_ns,
-                stacks: StackIds::default(),
-                op: Op::Close { fd: PAIRED_FD, number_taken: false },
-                ..*event
-            };
-            self.by_type[close.op.index()] += 1;
-            self.handle_event(&mut close, None, stacks);
+        let open = Event { op, ..event.clone() };
+        self.by_type[open.op.index()] += u64::from(count);
+        self.by_type[Op::Close { fd: PAIRED_FD, number_taken: false }.index()] += u64::from(count);
+        let mut left = count;
+        let takes = self.table.process(open.tgid).is_none()
+            || self.handles.in_connect(open.tid)
+            || self.walked.get(&open.tid).is_some_and(|w| w.ts_ns == open.ts_ns);
+        if takes {
+            self.handle_pair(&open, stack, stacks, 1);
+            left -= 1;
+        }
+        if left > 0 {
+            // This pair counts them all where calls are counted (a CPython's descriptors opened
+            // without Python frames): the ones after it would each meet the same state.
+            let at_one_site = self.handle_pair(&open, stack, stacks, left);
+            match (at_one_site, stack) {
+                (Some((kind, site)), Some(CapturedStack::Chain(chain))) => {
+                    let pairs = u64::from(left - 1);
+                    self.repeat_pairs(event.tgid, (kind, site), pairs, chain.cached)
+                }
+                _ => {
+                    for _ in 1..left {
+                        self.handle_pair(&open, stack, stacks, 0);
+                    }
+                }
+            }
         }
         self.counts.calls_paired += u64::from(count);
         if let Some(pending) = self.pending.as_mut().filter(|p| p.tgid == event.tgid && !p.baseline) {
@@ -587,6 +612,65 @@ impl Engine {
         }
     }
 
+    /// One pair like `open` (at `PAIRED_FD`): `open`, then its close. `calls`: how many calls
+    /// its open is counted as where calls are counted (`creation_site`; 0 when a pair before
+    /// it counted them). The (kind, site) it was counted at when the table opened and closed
+    /// it and did nothing else at `PAIRED_FD`.
+    fn handle_pair(
+        &mut self,
+        open: &Event,
+        stack: Option<&CapturedStack<'_>>,
+        stacks: &dyn StackSource,
+        calls: u32,
+    ) -> Option<(FdKind, SiteId)> {
+        // What an event did to the table: `scratch` holds it until the next event.
+        let at_paired_fd = |engine: &Self| -> Option<(FdKind, SiteId, FdChange)> {
+            let mut changes = engine.scratch.iter().filter_map(|t| match *t {
+                Transition::Fd { tgid, fd, kind, site, change } if tgid == open.tgid && fd == PAIRED_FD => {
+                    Some((kind, site, change))
+                }
+                _ => None,
+            });
+            match (changes.next(), changes.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        };
+        let mut opened = open.clone();
+        self.handle_calls(&mut opened, stack, stacks, calls);
+        let opened = at_paired_fd(self);
+        let mut close = Event {
+            ts_ns: self.batch_taken_ns,
+            stacks: StackIds::default(),
+            op: Op::Close { fd: PAIRED_FD, number_taken: false },
+            ..*open
+        };
+        self.handle_calls(&mut close, None, stacks, 1);
+        match (opened, at_paired_fd(self)) {
+            (Some((kind, site, FdChange::Opened)), Some(closed))
+                if closed == (kind, site, FdChange::Closed(CloseReason::Close)) =>
+            {
+                Some((kind, site))
+            }
+            _ => None,
+        }
+    }
+
+    /// `pairs` more pairs like the one just handled, which the table opened and closed at
+    /// (kind, site) of `tgid`, their chain walked by the kernel (`cached`: with taught rules
+    /// alone): what each would have done. The table and the site's holders end as that pair
+    /// left them; only the counts grow.
+    fn repeat_pairs(&mut self, tgid: u32, (kind, site): (FdKind, SiteId), pairs: u64, cached: bool) {
+        if pairs == 0 {
+            return;
+        }
+        self.stacks.count_chains(pairs, cached);
+        self.stats.add_pairs(tgid, kind, site, pairs);
+        if self.keep_transitions {
+            self.kept.push(Kept::Pairs { tgid, kind, site, pairs });
+        }
+    }
+
     /// One event; `stack` is the user stack a `--stacks dwarf` record carried. The table takes
     /// an open's detail out of it (`FdTable::apply`).
     pub(crate) fn handle_event(
@@ -595,9 +679,21 @@ impl Engine {
         stack: Option<&CapturedStack<'_>>,
         stacks: &dyn StackSource,
     ) {
+        self.handle_calls(event, stack, stacks, 1)
+    }
+
+    /// `handle_event`, its creation counted as `calls` calls where calls are counted
+    /// (`creation_site`).
+    fn handle_calls(
+        &mut self,
+        event: &mut Event,
+        stack: Option<&CapturedStack<'_>>,
+        stacks: &dyn StackSource,
+        calls: u32,
+    ) {
         let site = match event.op {
             Op::Open { .. } | Op::Accept { .. } | Op::Dup { .. } | Op::GetFd { .. } | Op::Receive { .. } => {
-                self.creation_site(event, stack, stacks)
+                self.creation_site(event, stack, stacks, calls)
             }
             _ => SiteId::NoStack,
         };
@@ -657,11 +753,15 @@ impl Engine {
     /// The site of a descriptor-creating call: its native stack's, or what names it better: the
     /// libuv handle the socket was made for, the Python frames walked with it, the listener it
     /// was accepted through.
+    ///
+    /// `calls`: how many calls it is counted as in the count of a CPython's descriptors opened
+    /// without Python frames (`handle_pairs`: the pairs of a record; 0 when counted already).
     fn creation_site(
         &mut self,
         event: &Event,
         stack: Option<&CapturedStack<'_>>,
         stacks: &dyn StackSource,
+        calls: u32,
     ) -> SiteId {
         let native = self.stacks.site(event.tgid, event.stacks, stack, &|id| stacks.read_stack(id));
         // With Python frames, the native site is a step to the site: remembered too (what
@@ -681,7 +781,7 @@ impl Engine {
             (None, None) => {
                 let stacks = &self.stacks;
                 let may_run = || stacks.frames(native).is_none_or(|f| frame::python_may_run(f));
-                self.python.not_walked(event.tgid, event.ts_ns, may_run);
+                self.python.not_walked(event.tgid, event.ts_ns, u64::from(calls), may_run);
                 native
             }
         };
@@ -1843,6 +1943,88 @@ mod tests {
         );
         let by_type: HashMap<&str, u64> = feed.engine.events_by_type().into_iter().collect();
         assert_eq!((by_type["open"], by_type["close"]), (7, 5), "each pair is an open and a close");
+    }
+
+    /// A record of `n` pairs does what `n` records of one pair each do (the naive model: each
+    /// pair its own open and close), whether the table takes the pairs or is full, and whether
+    /// the process was seen before or is first seen at the pairs: the table, the site's
+    /// counters and holders, what the exporter is handed, the counts by type, of chains, of
+    /// held closes and of what was dropped. And it hands the exporter a few items, not two a
+    /// pair.
+    #[test]
+    fn a_record_of_many_pairs_does_what_as_many_records_of_one_pair_do() {
+        let summed = |kept: &[Kept]| {
+            let mut sums: BTreeMap<(u32, FdKind, SiteId), [u64; 2]> = BTreeMap::new();
+            for item in kept {
+                let (tgid, kind, site, counts) = match *item {
+                    Kept::Transition(Transition::Fd { tgid, kind, site, change, .. }) => match change {
+                        FdChange::Opened => (tgid, kind, site, [1, 0]),
+                        FdChange::Closed(CloseReason::Close) => (tgid, kind, site, [0, 1]),
+                        other => panic!("{other:?}: not a pair's"),
+                    },
+                    Kept::Pairs { tgid, kind, site, pairs } => (tgid, kind, site, [pairs, pairs]),
+                    _ => continue,
+                };
+                let sum = sums.entry((tgid, kind, site)).or_default();
+                (sum[0], sum[1]) = (sum[0] + counts[0], sum[1] + counts[1]);
+            }
+            sums
+        };
+        // `seen`: the process is in the table, and its own open at fd 5 came first.
+        let run = |records: &[Vec<u8>], seen: bool, limits: TableLimits| {
+            let (mut feed, _proc) = feed();
+            feed.engine.table = FdTable::with_limits(limits);
+            feed.engine.keep_transitions();
+            if seen {
+                feed.found(PARENT, "server");
+                feed.engine.handle_record(&kept_socket(PARENT, SEC, 5, 0, false), &DistinctStacks);
+            }
+            for record in records {
+                feed.engine.handle_record(record, &DistinctStacks);
+            }
+            let kept = feed.engine.take_transitions();
+            let engine = &feed.engine;
+            let counters: BTreeMap<(FdKind, SiteId), crate::model::sites::SiteCounters> =
+                engine.stats().process(PARENT).into_iter().flatten().map(|(k, c)| (*k, *c)).collect();
+            let held: Vec<bool> = counters.keys().map(|(_, site)| engine.stats().held(*site)).collect();
+            let by_type: BTreeMap<&str, u64> = engine.events_by_type().into_iter().collect();
+            let fds = engine.table().process(PARENT).map(|_| fds_of(engine, PARENT));
+            let table = (fds, engine.table().dropped(), engine.table().held_closes());
+            let done = (
+                table,
+                (counters, held, engine.stats().site_count()),
+                summed(&kept),
+                (by_type, engine.counts(), engine.stack_counts()),
+            );
+            (done, kept.len())
+        };
+        let room = TableLimits { max_processes: 10, max_fds: 100 };
+        let setups = [
+            (true, room),
+            (true, TableLimits { max_fds: 1, ..room }),
+            (false, room),
+            (false, TableLimits { max_processes: 0, ..room }),
+        ];
+        for n in [1, 2, 7, 1000] {
+            for (seen, limits) in setups {
+                let at_once = run(&[kept_socket(PARENT, 2 * SEC, 6, n, true)], seen, limits);
+                let one_by_one: Vec<Vec<u8>> =
+                    (0..n).map(|_| kept_socket(PARENT, 2 * SEC, 6, 1, true)).collect();
+                let one_by_one = run(&one_by_one, seen, limits);
+                assert_eq!(at_once.0, one_by_one.0, "{n} pairs, seen {seen}, {limits:?}");
+                assert!(at_once.1 <= 8, "{} items handed over for {n} pairs", at_once.1);
+            }
+        }
+        // What the two agree on is the pairs counted, at the site of fd 5's open.
+        let ((_, (counters, held, _), sums, (_, counts, chains)), _) =
+            run(&[kept_socket(PARENT, 2 * SEC, 6, 1000, true)], true, room);
+        let (&(kind, site), counters) = counters.iter().next().expect("fd 5's site");
+        assert_eq!(
+            (kind, counters.opened, counters.closed_by[CloseReason::Close.index()]),
+            (FdKind::Socket, 1001, 1000)
+        );
+        assert_eq!((held, sums[&(PARENT, kind, site)]), (vec![true], [1001, 1000]));
+        assert_eq!((counts.calls_paired, chains.chains_learned), (1000, 1001));
     }
 
     /// Pairs the kernel matched while /proc was read (helios-trace-ebpf/src/pairs.rs): a number

@@ -471,6 +471,13 @@ impl StackRegistry {
         self.frames.get(&site)
     }
 
+    /// `chains` more chains the kernel walked, like the one `site` was just given (the pairs of
+    /// a record, observe/engine.rs `handle_pairs`): counted as each would have been.
+    pub(crate) fn count_chains(&mut self, chains: u64, cached: bool) {
+        self.counts.chains_learned += chains;
+        self.counts.chains_cached += if cached { chains } else { 0 };
+    }
+
     /// Whether a process's cache of its stacks may answer with `site`: a call site until it is
     /// forgotten (then it is made again from the stack); `site-limit` only while the registry
     /// is still full (once sites were forgotten, a stack named so then gets its own site: a

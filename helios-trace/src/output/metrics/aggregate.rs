@@ -200,11 +200,10 @@ impl Aggregator {
                         // Copies and findings open nothing new: counted as open, not opened.
                         FdChange::Inherited | FdChange::Found => continue,
                     };
-                    let id = self.group_of(*tgid, who, now_ns);
-                    let group = self.groups.get_mut(&id).expect("a process's group exists");
-                    let state = group.sites.entry((*kind, *site)).or_default();
-                    state.counts.opened += opened;
-                    state.counts.closed += closed;
+                    self.count(*tgid, (*kind, *site), (opened, closed), who, now_ns);
+                }
+                Kept::Pairs { tgid, kind, site, pairs } => {
+                    self.count(*tgid, (*kind, *site), (*pairs, *pairs), who, now_ns)
                 }
                 Kept::Transition(Transition::ProcessStarted { tgid, parent }) => {
                     // A forked child runs in its parent's cgroup under its parent's name.
@@ -242,6 +241,22 @@ impl Aggregator {
                 Kept::Transition(Transition::ProcessExited { tgid }) => self.leave(*tgid, now_ns),
             }
         }
+    }
+
+    /// `opened` and `closed` more descriptors of `tgid` at (kind, site), in its group.
+    fn count(
+        &mut self,
+        tgid: u32,
+        at: (FdKind, SiteId),
+        (opened, closed): (u64, u64),
+        who: &mut dyn Identify,
+        now_ns: u64,
+    ) {
+        let id = self.group_of(tgid, who, now_ns);
+        let group = self.groups.get_mut(&id).expect("a process's group exists");
+        let state = group.sites.entry(at).or_default();
+        state.counts.opened += opened;
+        state.counts.closed += closed;
     }
 
     /// The series as of now: open counts from `table`, counters from what was observed.

@@ -320,12 +320,14 @@ impl PythonProcesses {
     /// A descriptor of `pid` opened at `ts_ns` without Python frames walked; `python_may_run`:
     /// its native stack may have run Python code (`model::frame::python_may_run`: not the
     /// loader's or the interpreter's C start-up, which have no Python frames to miss).
-    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64, python_may_run: impl Fn() -> bool) {
+    /// `calls`: how many such descriptors the record stands for (the pairs the kernel matched
+    /// of one call, `Engine::handle_pairs`).
+    pub(crate) fn not_walked(&mut self, pid: u32, ts_ns: u64, calls: u64, python_may_run: impl Fn() -> bool) {
         match self.processes.get_mut(&pid) {
-            Some(State::Pending { unwalked, .. }) if python_may_run() => *unwalked += 1,
+            Some(State::Pending { unwalked, .. }) if python_may_run() => *unwalked += calls,
             // Found, but the kernel had not been told yet (the map is updated after the drain).
             Some(State::Python { quiet_until_ns, .. }) if ts_ns > *quiet_until_ns && python_may_run() => {
-                self.missed += 1
+                self.missed += calls
             }
             _ => {}
         }
@@ -578,7 +580,7 @@ mod tests {
         let mut python = PythonProcesses::new(proc.path());
         python.enable(true);
         python.seen(20, 1);
-        python.not_walked(20, 2, || true);
+        python.not_walked(20, 2, 1, || true);
         assert!(matches!(python.processes.get(&20), Some(State::Native)));
         assert_eq!((python.missed(), python.warned.len()), (0, 0));
         // A process gone before its probe: nothing to look at, nothing said.
@@ -595,7 +597,7 @@ mod tests {
         // The lane read the notice of an exec at 2_000; the reader is still at 1_000.
         python.exec_probes.noticed(30, 2_000, 2_100, &|_| {});
         python.seen(30, 1_000);
-        python.not_walked(30, 1_500, || true);
+        python.not_walked(30, 1_500, 1, || true);
         assert!(matches!(python.processes.get(&30), Some(State::Native)));
         assert_eq!((python.missed(), python.take_updates().len()), (0, 0));
         // At the exec record the reader waits for the lane, which is still looking.
