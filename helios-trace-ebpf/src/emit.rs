@@ -65,7 +65,7 @@ pub fn emit<T>(event: &T) {
 /// forcing one on every record while the reader catches up was 30% of a traced process's time
 /// in a VM (each is a self-IPI that traps to the hypervisor). The reader, once woken, drains
 /// everything; records that arrive meanwhile wake it again after the interval at the latest,
-/// and its drain timer covers a ring that stops filling below the threshold.
+/// and its paced looks, at most 20 ms apart, cover a ring that stops filling below the threshold.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     let threshold = settings::wakeup_bytes();

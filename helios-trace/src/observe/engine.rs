@@ -546,8 +546,8 @@ impl Engine {
     /// come ahead of them (a pair it counted while another thread's record went past its
     /// slot); the closes at the time the record was taken, as every close's.
     ///
-    /// Not one pair at a time: a loop of 190,000 open+close a second had the daemon spend
-    /// ~500 ns a pair on them (BENCHMARKS.md, "Pairs applied at once"). A pair takes the whole
+    /// Not one pair at a time: a loop of ~200,000 open+close a second had the daemon spend
+    /// 456 ns a pair on them, and `serve` 591 (BENCHMARKS.md, "Pairs applied at once"). A pair takes the whole
     /// path (its site resolved, the table's transitions); when the table opened and closed
     /// `PAIRED_FD` at one site and did nothing else there, it is back as it was at that number,
     /// so each pair after it would do the same: their counts are added at once

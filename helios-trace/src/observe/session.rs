@@ -43,8 +43,13 @@ use crate::{
     },
 };
 
-/// How often the engine takes records even without a wake-up from the emptier (the emptier
-/// looks at the ring on a paced timer, sys/ring.rs `next_look`).
+/// How often the engine takes records when no emptier does: after it ended (a panic;
+/// `run_until` starts it before its loop, sys/ring.rs). While it runs, the emptier hands the
+/// engine what each of its looks took (`Ring::taken`), while its hold has room at most 20 ms
+/// after the kernel submitted it (sys/ring.rs `next_look`), and when full once the engine has
+/// handled a chunk (`Ring::resume`): a drain of the engine's own on a timer found nothing
+/// more, and an idle tracer woke four times at each (the timer's thread, the engine, the
+/// emptier for its look, the engine again): BENCHMARKS.md, "The idle tracer's wake-ups".
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// The kernel wakes the emptier once this much is waiting (a quarter of a smaller ring).
 /// The emptier's paced looks take about a quarter of it each, so under a steady load the ring
@@ -431,8 +436,9 @@ impl Tracing {
     }
 
     /// `drain_then` for what the kernel sent, not the calls it keeps (`Ring::take_sent`): the
-    /// short timers' drains, whose asks would send the kept opens of every process 20 times a
-    /// second and more, each then no longer matched with its close in the kernel.
+    /// short timers' drains (every millisecond while a CPython starts; every 50 ms without an
+    /// emptier), whose asks would send the kept opens of every process 20 times a second and
+    /// more, each then no longer matched with its close in the kernel.
     fn drain_sent_then(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         let chunks = self.ring.take_sent();
         self.handle_then(chunks, after_chunk);
@@ -454,6 +460,9 @@ impl Tracing {
                 }
             }
             drop(chunk);
+            // Its room back to the emptier at once, when it paused with its hold full (a
+            // drain at the tick, a report or a reconciliation may take a ring and the hold).
+            self.ring.resume();
             after_chunk(self);
         }
         apply_runtime_updates(&mut self.engine, &mut self.tracer);
@@ -527,7 +536,7 @@ impl Tracing {
                     let chunks = self.ring.take_taken();
                     self.handle_then(chunks, &mut |t| on_tick(t, Tick::Drained));
                 }
-                _ = timers.drain.tick() => {
+                _ = timers.drain.tick(), if !self.ring.emptied() => {
                     self.drain_sent_then(&mut |t| on_tick(t, Tick::Drained));
                 }
                 // A CPython exec'd moments ago whose runtime is not mapped yet is looked for

@@ -35,7 +35,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
 };
@@ -118,6 +118,8 @@ pub(crate) struct Ring {
     asks: Option<Arc<OwnedFd>>,
     /// The kernel keeps calls (`send_kept_calls`).
     keeps_pairs: bool,
+    /// How long the emptier pauses at most with its hold full (`Ring::resume`): `EMPTIER_WAIT`.
+    full_pause: Duration,
 }
 
 struct Shared {
@@ -132,6 +134,12 @@ struct Shared {
     asked: AtomicU64,
     /// Wakes the engine: the emptier took records.
     taken: tokio::sync::Notify,
+    /// The emptier pauses with its hold full until the engine has handled a chunk
+    /// (`Ring::resume`).
+    paused_full: AtomicBool,
+    /// Pauses begun with the hold full (a unit test's sign that one waits for `Ring::resume`).
+    #[cfg(test)]
+    pauses: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -359,6 +367,9 @@ impl Ring {
             answered: Condvar::new(),
             asked: AtomicU64::new(0),
             taken: tokio::sync::Notify::new(),
+            paused_full: AtomicBool::new(false),
+            #[cfg(test)]
+            pauses: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         };
         Ring {
@@ -368,6 +379,7 @@ impl Ring {
             look_bytes: wakeup_bytes / 4,
             asks: None,
             keeps_pairs: false,
+            full_pause: EMPTIER_WAIT,
         }
     }
 
@@ -395,6 +407,7 @@ impl Ring {
             ring_bytes: self.ring_bytes,
             look_bytes: self.look_bytes,
             keeps_pairs: self.keeps_pairs,
+            full_pause: self.full_pause,
         };
         std::thread::Builder::new()
             .name("ring-emptier".into())
@@ -402,6 +415,14 @@ impl Ring {
             .context("cannot start the ring buffer's emptier")?;
         self.asks = Some(asks);
         Ok(())
+    }
+
+    /// Whether the emptier runs: started, and not ended. While it does, it hands the engine
+    /// what it took at each look (`taken`): while its hold has room, at most `EMPTIER_WAIT`
+    /// after it was submitted, or sooner when the kernel wakes it; when full, at its next look
+    /// after the engine has handled a chunk (`resume`), or after its pause.
+    pub(crate) fn emptied(&self) -> bool {
+        self.asks.is_some() && !lock(&self.shared.held).emptier_ended
     }
 
     /// Completes when the emptier has taken records (never before `start_emptier`).
@@ -451,6 +472,20 @@ impl Ring {
         chunks
     }
 
+    /// The engine handled (and dropped) a chunk: end the emptier's pause if it paused with its
+    /// hold full, without an ask for a look past the hold (`asked` stays). The engine's drain
+    /// every 50 ms used to end it with its ask; since the emptier alone hands it records, only
+    /// the rarer asks (the once-a-second tick, a CPython's start, a report) would before the
+    /// pause's end (`EMPTIER_WAIT`), while the ring filled.
+    pub(crate) fn resume(&self) {
+        fence(Ordering::SeqCst);
+        if self.shared.paused_full.load(Ordering::Relaxed)
+            && let Some(asks) = &self.asks
+        {
+            add_one(asks);
+        }
+    }
+
     /// What the emptier took so far, oldest first (once `taken` completed): no look at the
     /// ring, which the emptier has just had.
     pub(crate) fn take_taken(&self) -> VecDeque<Bytes> {
@@ -475,6 +510,7 @@ struct Emptier {
     ring_bytes: usize,
     look_bytes: usize,
     keeps_pairs: bool,
+    full_pause: Duration,
 }
 
 impl Emptier {
@@ -506,10 +542,24 @@ impl Emptier {
                 self.shared.taken.notify_one();
             }
             if full {
-                // Let the engine catch up first; its ask ends the pause.
-                wait_readable(self.asks.as_raw_fd(), EMPTIER_WAIT);
+                // Let the engine catch up first: it ends the pause once it has handled a chunk
+                // (`Ring::resume`), or its ask does. Told before the hold is read again, as
+                // `resume` reads the word after the chunk it dropped (both fenced): either the
+                // read here sees that drop, or `resume` sees the pause.
+                self.shared.paused_full.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                if self.hold_full() {
+                    #[cfg(test)]
+                    self.shared.pauses.fetch_add(1, Ordering::Relaxed);
+                    wait_readable(self.asks.as_raw_fd(), self.full_pause);
+                }
+                self.shared.paused_full.store(false, Ordering::Relaxed);
             }
         }
+    }
+
+    fn hold_full(&self) -> bool {
+        lock(&self.shared.reader).store.alive.load(Ordering::Relaxed) >= self.ring_bytes
     }
 
     /// Take records out of the ring for the engine: at most as many as make what it holds
@@ -538,6 +588,8 @@ impl Drop for Emptier {
     fn drop(&mut self) {
         lock(&self.shared.held).emptier_ended = true;
         self.shared.answered.notify_all();
+        // The engine drains on its own timer again (`Ring::emptied`).
+        self.shared.taken.notify_one();
     }
 }
 
@@ -853,6 +905,40 @@ mod tests {
         // Asked again at once, with nothing new: answered, empty.
         assert!(ring.take().is_empty());
         assert_eq!(test.read_by_others.load(Ordering::Relaxed), 0, "the engine read the ring");
+    }
+
+    /// An emptier whose hold is full pauses until the engine has handled a chunk: the engine's
+    /// `resume` then wakes it (an ask's wake-up without an ask: `asked` stays). Here the pause
+    /// would last an hour: without `resume` the rest of the ring is not taken within
+    /// `wait_for`'s 10 s (the engine's drain every 50 ms used to end it with its ask).
+    /// `resume` wakes nobody when none pauses.
+    #[test]
+    fn an_emptier_paused_with_its_hold_full_is_woken_once_the_engine_handled_it() {
+        const RING: usize = 64 * 1024;
+        let test = TestRing::default();
+        let (mut ring, _fd) = test.ring(RING);
+        ring.full_pause = Duration::from_secs(3600);
+        // Not paused: no wake-up written.
+        ring.asks = Some(Arc::new(counter_fd().unwrap()));
+        ring.resume();
+        let asks = ring.asks.take().unwrap();
+        let mut count = 0u64;
+        // SAFETY: room for the 8 bytes eventfd(2) reads.
+        let read = unsafe { libc::read(asks.as_raw_fd(), (&raw mut count).cast(), size_of::<u64>()) };
+        assert_eq!(read, -1, "nothing to read: no wake-up");
+
+        ring.start_emptier().unwrap();
+        test.write(&numbered(0, 100, 1000));
+        wait_for("the emptier's pause", || ring.shared.pauses.load(Ordering::Relaxed) > 0);
+        let left = test.left();
+        assert!(left > 0, "the hold is the ring's size: records stay in the ring");
+        drop(ring.take_taken());
+        ring.resume();
+        wait_for("the rest of the ring taken", || test.left() == 0);
+        assert_eq!(ring.shared.asked.load(Ordering::Relaxed), 0, "no ask");
+        let mut all = taken(&ring.take_taken());
+        all.extend(taken(&ring.take()));
+        assert_eq!(all, numbered(100 - left, left, 1000));
     }
 
     /// An emptier that ended (here by a panic) leaves the ring to the engine: `take` reads it
