@@ -20,6 +20,12 @@
 # (every 100 ms); the CPU from the end of oloop's first second (its "warm" line: the chain
 # learned, the tracer started) to SECONDS after it is divided by the operations made in that
 # time, and the report's `calls_paired` (of the whole run) printed after.
+#
+#   bench/daemoncpu.sh serve-pairs SECONDS BINARY...
+#
+# The same under `serve --comm oloop` (the DaemonSet's command, on 127.0.0.1:19911), its
+# `helios_trace_site_opened_total` and `site_closed_total` for the loop's line printed after,
+# to compare with the operations of the whole run.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 rate=$1
@@ -33,6 +39,46 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {pr
 
 # shellcheck source=bench/traced.sh
 . "$here/traced.sh"
+
+if [ "$rate" = serve-pairs ]; then
+  for binary in "$@"; do
+    rm -f "$dir/go" "$dir/loop.out"
+    "$binary" serve --comm oloop --listen 127.0.0.1:19911 2> "$dir/tracer.err" &
+    tracer=$!
+    until grep -qs attached "$dir/tracer.err"; do
+      kill -0 "$tracer" 2> /dev/null || { cat "$dir/tracer.err" >&2; exit 1; }
+      sleep 0.05
+    done
+    mkfifo "$dir/go"
+    "$dir/oloop" $((seconds + 1)) < "$dir/go" > "$dir/loop.out" &
+    loop=$!
+    echo > "$dir/go"
+    until grep -qs warm "$dir/loop.out"; do sleep 0.01; done
+    before=$(cpu_ns "$tracer")
+    wait "$loop"
+    sleep 0.3
+    after=$(cpu_ns "$tracer")
+    # Its metrics are made at its once-a-second tick.
+    sleep 1.2
+    counted=$(python3 - <<'PY'
+import re, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:19911/metrics").read().decode()
+found = {}
+for line in text.splitlines():
+    m = re.match(r'helios_trace_site_(opened|closed)_total\{.*comm="oloop".*frame="main \(oloop\.c:.*\} (\S+)$', line)
+    if m:
+        found[m.group(1)] = int(float(m.group(2)))
+print(f"opened {found.get('opened')} closed {found.get('closed')} at the loop's line")
+PY
+)
+    kill -TERM "$tracer"
+    wait "$tracer" || true
+    read -r _ warm < <(head -1 "$dir/loop.out")
+    read -r operations _ < <(tail -1 "$dir/loop.out")
+    echo "$binary serve: $(((after - before) / (operations - warm))) ns of daemon CPU per open+close, $((operations - warm)) measured of $operations; $counted"
+  done
+  exit 0
+fi
 
 if [ "$rate" = pairs ]; then
   for binary in "$@"; do

@@ -421,6 +421,22 @@ mod tests {
         assert!(!text.contains("pid="), "no pid label by default");
     }
 
+    /// The calls the kernel matched with their closes (helios-trace-ebpf/src/pairs.rs) are
+    /// counted at their site's series as each pair would be, from the one item the engine hands
+    /// over for all but the first of a record's pairs (`Kept::Pairs`).
+    #[test]
+    fn pairs_the_kernel_matched_are_counted_at_their_sites_series() {
+        use crate::observe::engine::testing::{DistinctStacks, kept_socket};
+        let mut world = World::new(20, false);
+        // The record's own open kept at fd 5, then a record of 1,000 pairs alone.
+        world.feed.engine.handle_record(&kept_socket(PARENT, SEC, 5, 0, false), &DistinctStacks);
+        world.feed.engine.handle_record(&kept_socket(PARENT, 2 * SEC, 6, 1_000, true), &DistinctStacks);
+        let exported = world.tick();
+        let sites = sites_of(&exported, "server", FdKind::Socket);
+        let counted: Vec<(u64, u64, u64)> = sites.iter().map(|s| (s.open, s.opened, s.closed)).collect();
+        assert_eq!(counted, [(1, 1_001, 1_000)], "{sites:#?}");
+    }
+
     #[test]
     fn the_most_open_sites_are_exported_and_the_rest_fold_into_other() {
         let mut world = World::new(3, false);

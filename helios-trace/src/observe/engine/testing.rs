@@ -119,3 +119,44 @@ impl Feed {
         self.next_fd.remove(&child);
     }
 }
+
+/// A `kind::FD_SYSCALL_CHAIN` record of PARENT's thread `tid` at `ts_ns`: socket(AF_INET,
+/// SOCK_STREAM) that returned `fd`, its chain in the server, with what the kernel kept of
+/// it (helios-trace-ebpf/src/pairs.rs): `pairs` matched before it, `pairs_only` when its own
+/// open was closed too.
+pub(crate) fn kept_socket(tid: u32, ts_ns: u64, fd: i64, pairs: u32, pairs_only: bool) -> Vec<u8> {
+    kept_socket_at(tid, ts_ns, fd, pairs, pairs_only, None)
+}
+
+/// `kept_socket`, its pairs all at number `at` when told (`chain_flags::PAIRS_AT_ONE_FD`).
+pub(crate) fn kept_socket_at(
+    tid: u32,
+    ts_ns: u64,
+    fd: i64,
+    pairs: u32,
+    pairs_only: bool,
+    at: Option<i32>,
+) -> Vec<u8> {
+    use helios_trace_common::{
+        ChainRecord, EventHeader, LearnedChain, MAX_CHAIN_FRAMES, STACK_NOT_CAPTURED, chain_flags, kind,
+    };
+    use zerocopy::IntoBytes as _;
+
+    use crate::sys::{decode::tests::syscall, syscalls::Call};
+    let mut chain = LearnedChain { depth: 2, flags: 0, addresses: [0; MAX_CHAIN_FRAMES] };
+    chain.addresses[..2].copy_from_slice(&[0x40_1000, 0x40_2000]);
+    if pairs > 0 {
+        chain.flags |= chain_flags::PAIRED;
+    }
+    if pairs_only {
+        chain.flags |= chain_flags::PAIRS_ONLY;
+    }
+    if at.is_some() {
+        chain.flags |= chain_flags::PAIRS_AT_ONE_FD;
+    }
+    let mut event = syscall(Call::Socket, fd, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]);
+    event.aux_fds[0] = at.unwrap_or(0);
+    event.header = EventHeader { kind: kind::FD_SYSCALL_CHAIN, tgid: PARENT, tid, reserved: pairs, ts_ns };
+    event.stack_id = STACK_NOT_CAPTURED;
+    ChainRecord { event, chain }.as_bytes().to_vec()
+}
