@@ -18,21 +18,29 @@
 # BENCHMARKS.md, "Pairs applied at once"): bench/oloop.c's open+close of /dev/null as fast as it
 # goes, each a pair the kernel counts, sending one record for them all when the tracer asks
 # (every 100 ms); the CPU from the end of oloop's first second (its "warm" line: the chain
-# learned, the tracer started) to SECONDS after it is divided by the operations made in that
-# time, and the report's `calls_paired` (of the whole run) printed after.
+# learned, the tracer started) to 0.3 s after the loop's end, SECONDS later (the last ask for
+# what the kernel keeps; the idle tracer's own CPU in those 0.3 s is counted too, the same for
+# every binary), is divided by the operations made after the warm line, and the report's
+# `calls_paired` (of the whole run) printed after.
 #
 #   bench/daemoncpu.sh serve-pairs SECONDS BINARY...
 #
-# The same under `serve --comm oloop` (the DaemonSet's command, on 127.0.0.1:19911), its
-# `helios_trace_site_opened_total` and `site_closed_total` for the loop's line printed after,
-# to compare with the operations of the whole run.
+# The same under `serve --comm oloop --reconcile-interval 0` (the DaemonSet's command, on a
+# loopback port of its choosing), its `helios_trace_site_opened_total` and `site_closed_total`
+# for the loop's line printed after, to compare with the operations of the whole run.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 rate=$1
 seconds=$2
 shift 2
+if [ "$rate" = pairs ] || [ "$rate" = serve-pairs ]; then
+  [ "$seconds" -ge 1 ] || { echo "bench/daemoncpu.sh $rate: SECONDS must be 1 or more" >&2; exit 2; }
+fi
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+tracer='' loop=''
+# A tracer or loop left running (an error, ^C) would hold its programs, and `serve` its port.
+trap 'kill $tracer $loop 2> /dev/null || true; rm -rf "$dir"' EXIT
+trap 'exit 130' INT TERM
 gcc -O2 -fomit-frame-pointer -g -pthread -o "$dir/rate" "$here/rate.c"
 gcc -O2 -fomit-frame-pointer -g -o "$dir/oloop" "$here/oloop.c"
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {print s + 0}'; }
@@ -40,29 +48,40 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {pr
 # shellcheck source=bench/traced.sh
 . "$here/traced.sh"
 
+# Until oloop's "warm" line (its process ended first: what it printed, and out).
+warm_up() {
+  until grep -qs warm "$dir/loop.out"; do
+    kill -0 "$loop" 2> /dev/null || { cat "$dir/loop.out" >&2; exit 1; }
+    sleep 0.01
+  done
+}
+
 if [ "$rate" = serve-pairs ]; then
   for binary in "$@"; do
-    rm -f "$dir/go" "$dir/loop.out"
-    "$binary" serve --comm oloop --listen 127.0.0.1:19911 2> "$dir/tracer.err" &
+    # Their own files: the waits below must not find the previous binary's lines.
+    rm -f "$dir/go" "$dir/loop.out" "$dir/tracer.err"
+    "$binary" serve --comm oloop --reconcile-interval 0 --listen 127.0.0.1:0 2> "$dir/tracer.err" &
     tracer=$!
     until grep -qs attached "$dir/tracer.err"; do
       kill -0 "$tracer" 2> /dev/null || { cat "$dir/tracer.err" >&2; exit 1; }
       sleep 0.05
     done
-    mkfifo "$dir/go"
-    "$dir/oloop" $((seconds + 1)) < "$dir/go" > "$dir/loop.out" &
+    until address=$(grep -o 'http://[0-9.:]*/metrics' "$dir/tracer.err"); do
+      kill -0 "$tracer" 2> /dev/null || { cat "$dir/tracer.err" >&2; exit 1; }
+      sleep 0.05
+    done
+    "$dir/oloop" $((seconds + 1)) < <(echo) > "$dir/loop.out" &
     loop=$!
-    echo > "$dir/go"
-    until grep -qs warm "$dir/loop.out"; do sleep 0.01; done
+    warm_up
     before=$(cpu_ns "$tracer")
     wait "$loop"
     sleep 0.3
     after=$(cpu_ns "$tracer")
     # Its metrics are made at its once-a-second tick.
     sleep 1.2
-    counted=$(python3 - <<'PY'
-import re, urllib.request
-text = urllib.request.urlopen("http://127.0.0.1:19911/metrics").read().decode()
+    counted=$(python3 - "$address" <<'PY'
+import re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
 found = {}
 for line in text.splitlines():
     m = re.match(r'helios_trace_site_(opened|closed)_total\{.*comm="oloop".*frame="main \(oloop\.c:.*\} (\S+)$', line)
@@ -70,7 +89,8 @@ for line in text.splitlines():
         found[m.group(1)] = int(float(m.group(2)))
 print(f"opened {found.get('opened')} closed {found.get('closed')} at the loop's line")
 PY
-)
+) || counted="no metrics read"
+
     kill -TERM "$tracer"
     wait "$tracer" || true
     read -r _ warm < <(head -1 "$dir/loop.out")
@@ -85,7 +105,7 @@ if [ "$rate" = pairs ]; then
     traced "$binary" -- "$dir/oloop" $((seconds + 1))
     echo >&3
     exec 3>&-
-    until grep -qs warm "$dir/loop.out"; do sleep 0.01; done
+    warm_up
     before=$(cpu_ns "$tracer")
     wait "$loop"
     # What the kernel keeps is asked for every 100 ms.

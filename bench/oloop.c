@@ -9,7 +9,8 @@
  * between, or with `nest` a socket and, holding it, an open of /dev/null, then the two closes
  * (a server's connection and the file it serves: two calls and their closes an operation), and
  * prints how many it made and the mean ns of one ("N ops M ns per operation", its last line;
- * after its first second it prints "warm N", the operations made by then). Unlike churn.c
+ * after its first second, when SECONDS is 1 or more, it prints "warm N", the operations made by
+ * then). Unlike churn.c
  * there are no phases and no pauses: every sample perf takes of it in those seconds is of the
  * one loop (and bench/ctime.sh divides the kernel's time by N).
  * Build: gcc -O2 -fomit-frame-pointer -g (like the tests' workloads).
@@ -53,8 +54,8 @@ int main(int argc, char **argv) {
         }
         done += 1000;
         if (!warm && now() - start >= 1) {
-            /* bench/daemoncpu.sh's `pairs` counts from here: the tracer has learned the loop's
-             * chain and started. */
+            /* bench/daemoncpu.sh's `pairs` and `serve-pairs` count from here: the tracer has
+             * learned the loop's chain and started. */
             printf("warm %ld\n", done);
             fflush(stdout);
             warm = 1;

@@ -426,11 +426,24 @@ mod tests {
     /// over for all but the first of a record's pairs (`Kept::Pairs`).
     #[test]
     fn pairs_the_kernel_matched_are_counted_at_their_sites_series() {
-        use crate::observe::engine::testing::{DistinctStacks, kept_socket};
+        use crate::{
+            model::kept::Kept,
+            observe::engine::testing::{DistinctStacks, kept_socket},
+        };
         let mut world = World::new(20, false);
         // The record's own open kept at fd 5, then a record of 1,000 pairs alone.
         world.feed.engine.handle_record(&kept_socket(PARENT, SEC, 5, 0, false), &DistinctStacks);
         world.feed.engine.handle_record(&kept_socket(PARENT, 2 * SEC, 6, 1_000, true), &DistinctStacks);
+        let kept = world.feed.engine.take_transitions();
+        let pairs: Vec<u64> = kept
+            .iter()
+            .filter_map(|k| match k {
+                Kept::Pairs { pairs, .. } => Some(*pairs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((pairs, kept.len()), (vec![999], 4), "fd 5's open, the first pair, the rest: {kept:?}");
+        world.aggregator.observe(&kept, &mut world.who, world.feed.now);
         let exported = world.tick();
         let sites = sites_of(&exported, "server", FdKind::Socket);
         let counted: Vec<(u64, u64, u64)> = sites.iter().map(|s| (s.open, s.opened, s.closed)).collect();

@@ -494,8 +494,8 @@ impl Ring {
 }
 
 impl Drop for Ring {
-    /// The emptier ends within twice `EMPTIER_WAIT` (a wait, and a pause when its hold was
-    /// full); nothing waits for it.
+    /// The emptier ends within `EMPTIER_WAIT` and `full_pause` (a wait, and a pause when its
+    /// hold was full; twice `EMPTIER_WAIT` in the daemon); nothing waits for it.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
     }
