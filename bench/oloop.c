@@ -2,12 +2,15 @@
  * oloop: a traced descriptor call in a tight loop, to profile where a tracer's time goes with
  * `perf record` (BENCHMARKS.md, "The floor again, and where the time goes").
  *
- *   oloop SECONDS [socket|nest]
+ *   oloop SECONDS [socket|nest|recvmsg|scm]
  *
  * Waits for a line on stdin (so a tracer attaches to this pid first), then for SECONDS makes
  * open("/dev/null")+close, or socket(AF_INET, SOCK_STREAM)+close with `socket`, with nothing in
  * between, or with `nest` a socket and, holding it, an open of /dev/null, then the two closes
- * (a server's connection and the file it serves: two calls and their closes an operation), and
+ * (a server's connection and the file it serves: two calls and their closes an operation), or
+ * over a datagram socketpair with `recvmsg` a byte sent and received by recvmsg with room for
+ * control messages (none come), with `scm` a byte and a descriptor (SCM_RIGHTS) sent, received
+ * by recvmsg and the descriptor closed, and
  * prints how many it made and the mean ns of one ("N ops M ns per operation", its last line;
  * after its first second, when SECONDS is 1 or more, it prints "warm N", the operations made by
  * then). Unlike churn.c
@@ -29,13 +32,45 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+/* One byte over `pair`, with fd 0 in an SCM_RIGHTS message when `pass`; received by recvmsg
+ * with room for a control message; the descriptor received, if any, closed. */
+static void round_trip(const int pair[2], int pass) {
+    char byte = 'x', control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pass) {
+        int fd = 0;
+        memset(control, 0, sizeof control);
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+    }
+    if (sendmsg(pair[0], &msg, 0) < 0) exit(1);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    if (recvmsg(pair[1], &msg, 0) < 0) exit(1);
+    struct cmsghdr *got = CMSG_FIRSTHDR(&msg);
+    if (got && got->cmsg_type == SCM_RIGHTS) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(got), sizeof fd);
+        close(fd);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 2 ? argv[2] : "open";
     int sockets = strcmp(mode, "socket") == 0, nest = strcmp(mode, "nest") == 0;
-    if (argc < 2 || (argc > 2 && !sockets && !nest)) {
-        fprintf(stderr, "usage: oloop SECONDS [socket|nest]\n");
+    int messages = strcmp(mode, "recvmsg") == 0, pass = strcmp(mode, "scm") == 0;
+    if (argc < 2 || (argc > 2 && !sockets && !nest && !messages && !pass)) {
+        fprintf(stderr, "usage: oloop SECONDS [socket|nest|recvmsg|scm]\n");
         return 2;
     }
+    int pair[2];
+    if ((messages || pass) && socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) < 0) return 1;
     char line[8];
     if (!fgets(line, sizeof line, stdin)) return 1;
     double start = now(), seconds = atof(argv[1]);
@@ -43,6 +78,10 @@ int main(int argc, char **argv) {
     int warm = 0;
     while (now() - start < seconds) {
         for (int i = 0; i < 1000; i++) {
+            if (messages || pass) {
+                round_trip(pair, pass);
+                continue;
+            }
             if (nest) {
                 int held = socket(AF_INET, SOCK_STREAM, 0);
                 close(open("/dev/null", O_RDONLY));

@@ -656,8 +656,10 @@ pub mod syscall_flags {
     pub const PATH_TRUNCATED: u32 = 1 << 0;
     /// The path could not be read from user memory.
     pub const PATH_UNREADABLE: u32 = 1 << 1;
-    /// More descriptors arrived than [`super::MAX_AUX_FDS`], or a control message could not be
-    /// read: the aux list is incomplete.
+    /// More descriptors arrived than [`super::MAX_AUX_FDS`], a message or control message could
+    /// not be read, or the walk did not reach them all (more than 8 messages, or more control
+    /// messages than its steps: helios-trace-ebpf/src/syscalls.rs, `received_nothing`): the aux
+    /// list may be incomplete.
     pub const AUX_TRUNCATED: u32 = 1 << 2;
     /// `deref` holds the value the spec asked to read through an argument.
     pub const DEREF_VALID: u32 = 1 << 3;
@@ -1167,6 +1169,8 @@ pub mod map_name {
     pub const CHAIN_WALK: &str = "CHAIN_WALK";
     /// Per-CPU [`super::StackMapping`]: the stack mapping last looked up.
     pub const STACK_MAPPING: &str = "STACK_MAPPING";
+    /// Per-CPU state of a walk of a received message's control messages (SCM_RIGHTS).
+    pub const SCM_WALK: &str = "SCM_WALK";
     /// `--cgroup` targets (cgroup v2 ids): id -> 1.
     pub const TARGET_CGROUPS: &str = "TARGET_CGROUPS";
     /// `--comm` targets ([`super::comm_key`]): name -> 1.

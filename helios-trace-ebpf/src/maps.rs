@@ -152,6 +152,12 @@ shared_map! {
 }
 
 shared_map! {
+    /// Where a walk of received control messages is (syscalls.rs, `ScmWalk`), for its
+    /// `bpf_loop` callback: loaded from a map, unknown to the verifier.
+    SCM_WALK: PerCpuArray<crate::syscalls::ScmWalk> = PerCpuArray::with_max_entries(1, 0);
+}
+
+shared_map! {
     /// Cgroups (v2 ids) whose processes, and those of their descendants, are traced when
     /// `Settings::filter_cgroups` is set (`--cgroup`): id -> 1.
     TARGET_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);

@@ -29,8 +29,9 @@
 //! `SYSCALL_SPECS` array that userspace fills, so the architecture's numbering lives in one
 //! place (helios-trace/src/sys/syscalls.rs) and these programs stay generic.
 use core::{
+    ffi::c_void,
     mem::size_of,
-    ptr::{read_volatile, write_volatile},
+    ptr::{null_mut, read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
@@ -38,7 +39,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_ktime_get_boot_ns, bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
+            bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
             bpf_probe_read_user_str,
         },
     },
@@ -55,7 +56,7 @@ use crate::{
     emit::{count, finish, header_at, wakeup_flags},
     filter::is_traced,
     goroutines::creator_pc,
-    maps::{EVENTS, PAIR_SCRATCH, SAVED_REGS, SYSCALL_SPECS},
+    maps::{EVENTS, PAIR_SCRATCH, SAVED_REGS, SCM_WALK, SYSCALL_SPECS},
     pairs,
     python::{python_stack, python_walked},
     settings::{self, kernel_offsets, learned_chains, stack_window, user_stack_mode},
@@ -78,14 +79,20 @@ const FIOCLEX: u64 = 0x5451;
 // include/linux/socket.h: struct user_msghdr and struct cmsghdr on 64-bit.
 const MSGHDR_CONTROL_OFFSET: u64 = 32;
 const MSGHDR_CONTROLLEN_OFFSET: u64 = 40;
+const _: () = assert!(MSGHDR_CONTROLLEN_OFFSET == MSGHDR_CONTROL_OFFSET + 8);
 const MMSGHDR_SIZE: u64 = 64;
 const CMSG_HEADER_LEN: u64 = 16;
 const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
-/// Control messages walked per msghdr, and messages walked per recvmmsg: bounded for the
-/// verifier; anything beyond is flagged AUX_TRUNCATED and left to reconciliation.
-const MAX_CMSGS: usize = 4;
-const MAX_MMSGS: usize = 8;
+/// Messages walked per recvmmsg, and steps of the walk (`scm_step`: a message's first control
+/// message is read with its opening, each further one is a step); anything beyond is flagged
+/// AUX_TRUNCATED and left to reconciliation, and such a call is recorded even when it passed no
+/// descriptor (a recvmmsg of more than 8 datagrams: two reads a message would cost a batch of
+/// 64 about what its record does). A UDP server that asks for several ancillary data (packet
+/// info, TTL, a timestamp, GRO segments) gets as many control messages a datagram: room for 8
+/// datagrams of 5 each, or fewer datagrams of more.
+const MAX_MMSGS: u64 = 8;
+const MAX_SCM_STEPS: u32 = 40;
 
 /// What the exit program knows of the call: its number, spec and arguments.
 struct Call {
@@ -277,6 +284,12 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
         return Ok(());
     }
     if spec & spec::IOCTL_FILTER != 0 && !matches!(args[1] as u32 as u64, FIOCLEX | FIONCLEX) {
+        return Ok(());
+    }
+    // Most received messages pass no descriptor (every datagram a UDP server reads by recvmsg):
+    // nothing is opened, so nothing more is done: no stack, no Python walk, no record. Those
+    // that pass some keep them in `SCM_WALK` for the record (`fill`).
+    if received_nothing(spec, args[1], ret) {
         return Ok(());
     }
     // A site's creator needs a site: none without stacks.
@@ -538,20 +551,15 @@ fn fill<const BTF: bool, C: StackIdContext>(
             event.flags |= syscall_flags::DEREF_VALID;
         }
     }
-    if spec & spec::MSGHDR != 0 {
-        collect_scm_rights(event, call.args[1]);
-    } else if spec & spec::MMSGHDR != 0 {
-        let messages = if ret as usize > MAX_MMSGS {
+    if spec & (spec::MSGHDR | spec::MMSGHDR) != 0
+        && let Some(walk) = SCM_WALK.get_ptr(0)
+    {
+        // SAFETY: this CPU's slot, which `received_nothing` filled for this call.
+        let walk = unsafe { &*walk };
+        event.aux_fds = walk.fds;
+        event.aux_count = walk.count;
+        if walk.truncated != 0 {
             event.flags |= syscall_flags::AUX_TRUNCATED;
-            MAX_MMSGS
-        } else {
-            ret as usize
-        };
-        for m in 0..MAX_MMSGS {
-            if m >= messages {
-                break;
-            }
-            collect_scm_rights(event, call.args[1] + m as u64 * MMSGHDR_SIZE);
         }
     }
 }
@@ -580,62 +588,163 @@ fn read_path(event: &mut SyscallEvent, user_ptr: u64) {
     }
 }
 
-/// Append the descriptors of every SCM_RIGHTS control message of a received `user_msghdr`.
-/// After recvmsg returns, `msg_controllen` is the length the kernel actually wrote
-/// (net/socket.c, ____sys_recvmsg), so only real control messages are walked.
-#[inline(always)]
-fn collect_scm_rights(event: &mut SyscallEvent, msghdr: u64) {
-    let Ok(control) = (unsafe { bpf_probe_read_user((msghdr + MSGHDR_CONTROL_OFFSET) as *const u64) }) else {
-        return;
-    };
-    let Ok(control_len) = (unsafe { bpf_probe_read_user((msghdr + MSGHDR_CONTROLLEN_OFFSET) as *const u64) })
-    else {
-        return;
-    };
-    if control == 0 || control_len < CMSG_HEADER_LEN {
-        return;
+/// Collect the descriptors of every SCM_RIGHTS control message recvmsg (`spec::MSGHDR`: one
+/// `user_msghdr` at `msghdr`) or recvmmsg (`spec::MMSGHDR`: `ret` of them, each the start of a
+/// `struct mmsghdr`) received, in this CPU's `SCM_WALK`, for `fill`. After the call returns,
+/// `msg_controllen` is the length the kernel actually wrote (net/socket.c, ____sys_recvmsg), so
+/// only real control messages are walked.
+///
+/// True when the call received no descriptor and every control message was walked; false for
+/// every other call, and for a walk that stopped short (its record flagged AUX_TRUNCATED).
+///
+/// A step of the walk per call of a `bpf_loop` callback (`scm_step`), and a descriptor per call
+/// of another (`scm_fd`): the verifier checks each callback for all its calls at once. As loops
+/// in `fill`, which the program has three times (once per kind of record it sends), a loop of
+/// messages around a loop of control messages around a loop of descriptors, with the count so
+/// far in a register the verifier knew, were checked again for every count at every step: more
+/// than half of the exit program's ~166,000 instructions verified, and about half of startup
+/// (BENCHMARKS.md, "Descriptors passed, walked by callbacks"). A function of its own: what its
+/// tests of `spec` and `ret` teach the verifier stays in its frame; inlined, they split the
+/// rest of the program's states by the call's spec, and the verifier checked the rest again
+/// for each (~250,000 instructions instead of ~62,000).
+#[inline(never)]
+fn received_nothing(spec: u32, msghdr: u64, ret: i64) -> bool {
+    if spec & (spec::MSGHDR | spec::MMSGHDR) == 0 {
+        return false;
     }
-    let mut offset = 0u64;
-    for _ in 0..MAX_CMSGS {
-        if offset + CMSG_HEADER_LEN > control_len {
-            return;
+    // `ret` is not negative here: a message count for recvmmsg.
+    let (messages, truncated) = if spec & spec::MSGHDR != 0 {
+        (1, false)
+    } else {
+        ((ret as u64).min(MAX_MMSGS), ret as u64 > MAX_MMSGS)
+    };
+    let Some(walk) = SCM_WALK.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot: no other program uses it while this one runs here. Written
+    // through the pointer before the loop and read through a reference made after it, never
+    // through one held across it: its callbacks write the slot too.
+    unsafe {
+        write_volatile(&raw mut (*walk).first, msghdr);
+        write_volatile(&raw mut (*walk).messages, messages);
+        write_volatile(&raw mut (*walk).next, 0);
+        write_volatile(&raw mut (*walk).control, 0);
+        write_volatile(&raw mut (*walk).count, 0);
+        write_volatile(&raw mut (*walk).truncated, u32::from(truncated));
+        bpf_loop(MAX_SCM_STEPS, scm_step as *mut c_void, null_mut(), 0);
+        let walk = &mut *walk;
+        if walk.control != 0 || walk.next < walk.messages {
+            // Out of steps with control messages or messages left.
+            walk.truncated = 1;
         }
-        let cmsg = control + offset;
-        let Ok(header) = (unsafe { bpf_probe_read_user(cmsg as *const [i32; 4]) }) else {
-            event.flags |= syscall_flags::AUX_TRUNCATED;
-            return;
+        walk.count == 0 && walk.truncated == 0
+    }
+}
+
+/// A walk of what a recvmsg or recvmmsg received (`received_nothing`), in a per-CPU map
+/// (`SCM_WALK`): loaded from a map, its values are unknown to the verifier, so the callbacks'
+/// states stay alike from step to step.
+#[repr(C)]
+pub struct ScmWalk {
+    /// The first message's `user_msghdr`, how many messages there are, and the next one to
+    /// open.
+    first: u64,
+    messages: u64,
+    next: u64,
+    /// The open message's control buffer (0: none open), its length, and the offset of its
+    /// next control message.
+    control: u64,
+    control_len: u64,
+    offset: u64,
+    /// The current SCM_RIGHTS message's descriptors (`scm_fd`).
+    fds_at: u64,
+    /// The descriptors received so far, for the record (`SyscallEvent::aux_fds`), and 1 when
+    /// some could not be taken (`syscall_flags::AUX_TRUNCATED`).
+    fds: [i32; MAX_AUX_FDS],
+    count: u32,
+    truncated: u32,
+}
+
+/// A step of a walk: with no message open, open the next one (or stop when none is left);
+/// then read its next control message (a step each, the first with the message's opening).
+/// 0 goes on, 1 stops.
+#[inline(never)]
+unsafe extern "C" fn scm_step(_index: u64, _: *mut c_void) -> i64 {
+    let Some(slot) = SCM_WALK.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's slot, which `received_nothing` filled; the reference is not used
+    // across `scm_fd`'s loop, which writes the slot too.
+    let walk = unsafe { &mut *slot };
+    if walk.control == 0 {
+        if walk.next >= walk.messages {
+            return 1;
+        }
+        let msghdr = walk.first + walk.next * MMSGHDR_SIZE;
+        walk.next += 1;
+        // `msg_control` and `msg_controllen`, next to each other: one read.
+        let Ok([control, control_len]) =
+            (unsafe { bpf_probe_read_user((msghdr + MSGHDR_CONTROL_OFFSET) as *const [u64; 2]) })
+        else {
+            walk.truncated = 1;
+            return 0;
         };
-        // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; }
-        let cmsg_len = (header[0] as u32 as u64) | ((header[1] as u32 as u64) << 32);
-        if cmsg_len < CMSG_HEADER_LEN {
-            return;
-        }
-        if header[2] == SOL_SOCKET && header[3] == SCM_RIGHTS {
-            let fds = (cmsg_len - CMSG_HEADER_LEN) / size_of::<i32>() as u64;
-            for i in 0..MAX_AUX_FDS as u64 {
-                if i >= fds {
-                    break;
-                }
-                let Some(slot) = event.aux_fds.get_mut(event.aux_count as usize) else {
-                    event.flags |= syscall_flags::AUX_TRUNCATED;
-                    return;
-                };
-                match unsafe { bpf_probe_read_user((cmsg + CMSG_HEADER_LEN + i * 4) as *const i32) } {
-                    Ok(fd) => {
-                        *slot = fd;
-                        event.aux_count += 1;
-                    }
-                    Err(_) => {
-                        event.flags |= syscall_flags::AUX_TRUNCATED;
-                        return;
-                    }
-                }
-            }
-            if fds > MAX_AUX_FDS as u64 {
-                event.flags |= syscall_flags::AUX_TRUNCATED;
-            }
-        }
-        // CMSG_NXTHDR: lengths are aligned to sizeof(long).
-        offset += (cmsg_len + 7) & !7;
+        walk.control = control;
+        walk.control_len = control_len;
+        walk.offset = 0;
     }
+    if walk.control == 0 || walk.offset + CMSG_HEADER_LEN > walk.control_len {
+        walk.control = 0;
+        return 0;
+    }
+    let cmsg = walk.control + walk.offset;
+    let Ok(header) = (unsafe { bpf_probe_read_user(cmsg as *const [i32; 4]) }) else {
+        walk.truncated = 1;
+        walk.control = 0;
+        return 0;
+    };
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; }
+    let cmsg_len = (header[0] as u32 as u64) | ((header[1] as u32 as u64) << 32);
+    if cmsg_len < CMSG_HEADER_LEN {
+        walk.control = 0;
+        return 0;
+    }
+    // CMSG_NXTHDR: lengths are aligned to sizeof(long); the message ends where no header fits.
+    walk.offset += (cmsg_len + 7) & !7;
+    if walk.offset + CMSG_HEADER_LEN > walk.control_len {
+        walk.control = 0;
+    }
+    if header[2] != SOL_SOCKET || header[3] != SCM_RIGHTS {
+        return 0;
+    }
+    let fds = (cmsg_len - CMSG_HEADER_LEN) / size_of::<i32>() as u64;
+    let wanted = fds.min(MAX_AUX_FDS as u64) as u32;
+    walk.fds_at = cmsg + CMSG_HEADER_LEN;
+    let count = walk.count;
+    // SAFETY: the callback takes no context; `walk` is not used again.
+    unsafe { bpf_loop(wanted, scm_fd as *mut c_void, null_mut(), 0) };
+    // SAFETY: the slot again, now that `scm_fd` has written it.
+    let walk = unsafe { &mut *slot };
+    // `scm_fd` stops at a descriptor it cannot take: the list full, or its word unreadable.
+    if walk.count.wrapping_sub(count) < wanted {
+        walk.truncated = 1;
+        walk.control = 0;
+    } else if fds > MAX_AUX_FDS as u64 {
+        walk.truncated = 1;
+    }
+    0
+}
+
+/// Descriptor `index` of the SCM_RIGHTS message at `fds_at` (`scm_step`), appended to the walk's
+/// list. 0 goes on, 1 stops: the list is full, or the descriptor cannot be read.
+#[inline(never)]
+unsafe extern "C" fn scm_fd(index: u64, _: *mut c_void) -> i64 {
+    let Some(walk) = SCM_WALK.get_ptr_mut(0) else { return 1 };
+    // SAFETY: as in `scm_step`.
+    let walk = unsafe { &mut *walk };
+    let count = walk.count;
+    if let Some(slot) = walk.fds.get_mut(count as usize)
+        && let Ok(fd) = unsafe { bpf_probe_read_user((walk.fds_at + index * 4) as *const i32) }
+    {
+        *slot = fd;
+        walk.count = count + 1;
+        return 0;
+    }
+    1
 }

@@ -178,8 +178,8 @@ type Section = fn(&Bench, &Plan) -> Result<String>;
 struct Bench {
     helios: PathBuf,
     /// Another helios-trace binary to compare with in the overhead, server, throughput, memory
-    /// (held descriptors) and Python rows (`HELIOS_TRACE_BEFORE`, e.g. a build of the previous
-    /// design), when set.
+    /// (held descriptors), startup and Python rows (`HELIOS_TRACE_BEFORE`, e.g. a build of the
+    /// previous design), when set.
     before: Option<PathBuf>,
     dir: PathBuf,
     source: PathBuf,
@@ -1193,15 +1193,26 @@ fn least_squares_slope(points: &[(f64, f64)]) -> f64 {
 fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
     // Something to filter to that does nothing.
     let sleeper = Workload::start(Command::new("sleep").arg("3600"))?;
-    let variants: [(&str, Vec<String>); 2] = [
-        ("--pid of one process", vec!["--pid".into(), sleeper.pid().to_string()]),
-        ("every process (/proc baseline of all)", vec![]),
+    let pid = vec!["--pid".into(), sleeper.pid().to_string()];
+    let mut variants: Vec<(String, &Path, Vec<String>)> = vec![
+        ("--pid of one process".into(), &bench.helios, pid.clone()),
+        ("every process (/proc baseline of all)".into(), &bench.helios, vec![]),
     ];
+    // The binary before, side by side in the same run: startup moves by hundreds of ms with
+    // the machine's phase.
+    if let Some(before) = &bench.before {
+        variants.push(("before (HELIOS_TRACE_BEFORE), --pid of one process".into(), before, pid));
+        variants.push((
+            "before (HELIOS_TRACE_BEFORE), every process (/proc baseline of all)".into(),
+            before,
+            vec![],
+        ));
+    }
     let mut samples = vec![Vec::new(); variants.len()];
     let mut exits = vec![Vec::new(); variants.len()];
     for _ in 0..plan.startup_runs {
-        for (v, (_, args)) in variants.iter().enumerate() {
-            let tracer = bench.helios(args)?;
+        for (v, (_, binary, args)) in variants.iter().enumerate() {
+            let tracer = bench.helios_of(binary, args)?;
             samples[v].push(tracer.attached_after.as_secs_f64() * 1000.0);
             exits[v].push(tracer.stop_timed()?.1.as_secs_f64() * 1000.0);
         }
@@ -1215,7 +1226,7 @@ fn startup(bench: &Bench, plan: &Plan) -> Result<String> {
          | variant | ms to attached | ms from report to exit |\n| --- | --- | --- |\n",
         plan.startup_runs
     );
-    for (((name, _), s), e) in variants.iter().zip(&samples).zip(&exits) {
+    for (((name, _, _), s), e) in variants.iter().zip(&samples).zip(&exits) {
         writeln!(table, "| {name} | {} | {} |", spread(s), spread(e))?;
     }
     Ok(table)

@@ -104,14 +104,15 @@ pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-/// BPF ring buffers arrived in Linux 5.8 (commit 457f44363a88).
+/// BPF ring buffers arrived in Linux 5.8 (commit 457f44363a88), the `bpf_loop` helper in 5.17:
+/// the exit program calls it in every mode, for what recvmsg received
+/// (helios-trace-ebpf/src/syscalls.rs, `received_nothing`), so an older verifier refuses it.
 pub(crate) fn check_kernel(release: &str) -> Result<(), CheckError> {
+    let too_old =
+        |feature, minimum| CheckError::KernelTooOld { feature, minimum, running: release.to_string() };
     match kernel_version(release) {
-        Some(version) if version < (5, 8) => Err(CheckError::KernelTooOld {
-            feature: "BPF ring buffers",
-            minimum: "5.8",
-            running: release.to_string(),
-        }),
+        Some(version) if version < (5, 8) => Err(too_old("BPF ring buffers", "5.8")),
+        Some(version) if version < (5, 17) => Err(too_old("bpf_loop", "5.17")),
         _ => Ok(()),
     }
 }
@@ -186,6 +187,12 @@ mod tests {
             err.to_string(),
             "this kernel (5.4.0-150-generic) lacks BPF ring buffers, which needs Linux 5.8 or later"
         );
+        let err = check_kernel("5.15.0-91-generic").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this kernel (5.15.0-91-generic) lacks bpf_loop, which needs Linux 5.17 or later"
+        );
+        assert!(check_kernel("5.17.0").is_ok());
     }
 
     #[test]

@@ -525,6 +525,8 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
         Call::PerfEventOpen => open(FdKind::Other, FdDetail::None, a[4] & PERF_FLAG_FD_CLOEXEC != 0),
         Call::IoUringSetup => open(FdKind::IoUring, FdDetail::None, true),
         Call::RecvMsg | Call::RecvMmsg => {
+            // recvmsg(fd, msg, flags); recvmmsg(fd, msgvec, vlen, flags, timeout).
+            let flags = if call == Call::RecvMsg { a[2] } else { a[3] };
             let truncated = record.flags & syscall_flags::AUX_TRUNCATED != 0;
             let count = (record.aux_count as usize).min(MAX_AUX_FDS);
             if count == 0 && !truncated {
@@ -532,7 +534,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
             }
             Op::Receive {
                 fds: record.aux_fds[..count].iter().copied().collect(),
-                cloexec: flag(a[2], libc::MSG_CMSG_CLOEXEC),
+                cloexec: flag(flags, libc::MSG_CMSG_CLOEXEC),
                 truncated,
             }
         }
@@ -987,6 +989,22 @@ pub(crate) mod tests {
             op_of(&record),
             Some(Op::Receive { fds: smallvec::smallvec![11, 12, 13], cloexec: true, truncated: false })
         );
+    }
+
+    /// recvmmsg's flags are its fourth argument; its third is the vector's length.
+    #[test]
+    fn recvmmsg_reads_its_flags_not_its_vector_length() {
+        let cloexec = libc::MSG_CMSG_CLOEXEC as u64;
+        for (vlen, flags, expected) in [(1, cloexec, true), (cloexec, 0, false)] {
+            let mut record = syscall(Call::RecvMmsg, 1, [3, 0x2000, vlen, flags, 0, 0]);
+            record.aux_fds[0] = 11;
+            record.aux_count = 1;
+            assert_eq!(
+                op_of(&record),
+                Some(Op::Receive { fds: smallvec::smallvec![11], cloexec: expected, truncated: false }),
+                "vlen {vlen:#x}, flags {flags:#x}"
+            );
+        }
     }
 
     #[test]

@@ -229,19 +229,27 @@ static void start_thread(void *(*main)(void *), void *arg) {
 }
 
 /* --- SCM_RIGHTS --- */
-static void send_fds(int sock, int n, const int *fds) {
+/* One message of a byte and, when n > 0, an SCM_RIGHTS control message of n descriptors. */
+static int send_rights(int sock, int n, const int *fds) {
     char data = 'x';
     struct iovec iov = {.iov_base = &data, .iov_len = 1};
     char control[CMSG_SPACE(sizeof(int) * 16)];
     memset(control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                         .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n);
-    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n);
-    CHECK(sendmsg(sock, &msg, 0));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n > 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n);
+    }
+    return sendmsg(sock, &msg, 0) < 0 ? -1 : 0;
+}
+
+static void send_fds(int sock, int n, const int *fds) {
+    CHECK(send_rights(sock, n, fds));
     reply("ok");
 }
 
@@ -270,6 +278,61 @@ static void recv_fds(int sock, int use_mmsg) {
         CHECK(recvmsg(sock, &msg, 0));
     }
     reply_fds(collect_rights(&msg, fds, 16), fds);
+}
+
+/* Over a new datagram socketpair, one message per count of `counts` (that many copies of fd 0;
+ * 0: a byte alone), then one recvmmsg of them all, with MSG_CMSG_CLOEXEC; replies with every
+ * descriptor received. The receiving end has SO_PASSCRED: each message comes with an
+ * SCM_CREDENTIALS control message before its SCM_RIGHTS one (net/core/scm.c,
+ * __scm_recv_common). The pair is closed after. */
+static void mmsg_fds(const int *counts, int messages) {
+    int pair[2], copies[16] = {0}, on = 1;
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, pair));
+    CHECK(setsockopt(pair[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
+    for (int m = 0; m < messages; m++) CHECK(send_rights(pair[0], counts[m], copies));
+    struct mmsghdr mm[8];
+    struct iovec iov[8];
+    char data[8][8], control[8][CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * 16)];
+    memset(mm, 0, sizeof mm);
+    for (int m = 0; m < messages; m++) {
+        iov[m] = (struct iovec){.iov_base = data[m], .iov_len = sizeof data[m]};
+        mm[m].msg_hdr = (struct msghdr){.msg_iov = &iov[m], .msg_iovlen = 1, .msg_control = control[m],
+                                        .msg_controllen = sizeof control[m]};
+    }
+    int got, fds[128], n = 0;
+    CHECK(got = recvmmsg(pair[1], mm, messages, MSG_CMSG_CLOEXEC, NULL));
+    for (int m = 0; m < got; m++) n += collect_rights(&mm[m].msg_hdr, fds + n, 16);
+    close(pair[0]);
+    close(pair[1]);
+    reply_fds(n, fds);
+}
+
+/* Over a new datagram socketpair, n bytes sent and each received by recvmsg with room for
+ * control messages, then 4 more received by one recvmmsg: none passes a descriptor, each comes
+ * with its sender's credentials (SO_PASSCRED), a control message of another kind. */
+static void datagrams(long n) {
+    int pair[2], on = 1;
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, pair));
+    CHECK(setsockopt(pair[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
+    char data[4][8], control[4][CMSG_SPACE(sizeof(int) * 16)];
+    struct iovec iov[4];
+    struct mmsghdr mm[4];
+    memset(mm, 0, sizeof mm);
+    for (int m = 0; m < 4; m++) {
+        iov[m] = (struct iovec){.iov_base = data[m], .iov_len = sizeof data[m]};
+        mm[m].msg_hdr = (struct msghdr){.msg_iov = &iov[m], .msg_iovlen = 1, .msg_control = control[m],
+                                        .msg_controllen = sizeof control[m]};
+    }
+    for (long i = 0; i < n; i++) {
+        CHECK(send_rights(pair[0], 0, NULL));
+        CHECK(recvmsg(pair[1], &mm[0].msg_hdr, 0));
+        mm[0].msg_hdr.msg_controllen = sizeof control[0];
+    }
+    for (int m = 0; m < 4; m++) CHECK(send_rights(pair[0], 0, NULL));
+    CHECK(recvmmsg(pair[1], mm, 4, 0, NULL));
+    close(pair[0]);
+    close(pair[1]);
+    reply("ok");
 }
 
 static void handle(char *line) {
@@ -457,6 +520,20 @@ static void handle(char *line) {
     } else if (!strcmp(cmd, "recvmmsg-fds")) {
         sscanf(line, "%*s %ld", &a);
         recv_fds((int)a, 1);
+    } else if (!strcmp(cmd, "datagrams")) {   /* datagrams N: see datagrams */
+        sscanf(line, "%*s %ld", &a);
+        datagrams(a);
+    } else if (!strcmp(cmd, "mmsg-fds")) {    /* mmsg-fds N [N...]: see mmsg_fds (at most 8) */
+        int counts[8], messages = 0, consumed;
+        char *p = line;
+        sscanf(p, "%*s%n", &consumed);
+        p += consumed;
+        while (messages < 8 && sscanf(p, "%d%n", &counts[messages], &consumed) == 1) {
+            if (counts[messages] < 0 || counts[messages] > 16) { reply("err count"); return; }
+            messages++;
+            p += consumed;
+        }
+        mmsg_fds(counts, messages);
     } else if (!strcmp(cmd, "ia32-read-dup")) { /* ia32-read-dup FD: ia32 read(FD, buf, 0) and dup(FD) */
 #if defined(__x86_64__)
         /* Through int $0x80, the ia32 syscalls of a 64-bit process (arch/x86/entry/syscalls/
