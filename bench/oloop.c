@@ -54,7 +54,7 @@ static void round_trip(const int pair[2], int pass) {
     msg.msg_controllen = sizeof control;
     if (recvmsg(pair[1], &msg, 0) < 0) exit(1);
     struct cmsghdr *got = CMSG_FIRSTHDR(&msg);
-    if (got && got->cmsg_type == SCM_RIGHTS) {
+    if (got && got->cmsg_level == SOL_SOCKET && got->cmsg_type == SCM_RIGHTS) {
         int fd;
         memcpy(&fd, CMSG_DATA(got), sizeof fd);
         close(fd);

@@ -87,8 +87,8 @@ const SCM_RIGHTS: i32 = 1;
 /// Messages walked per recvmmsg, and steps of the walk (`scm_step`: a message's first control
 /// message is read with its opening, each further one is a step); anything beyond is flagged
 /// AUX_TRUNCATED and left to reconciliation, and such a call is recorded even when it passed no
-/// descriptor (a recvmmsg of more than 8 datagrams: two reads a message would cost a batch of
-/// 64 about what its record does). A UDP server that asks for several ancillary data (packet
+/// descriptor (a recvmmsg of more than 8 datagrams, as before the walk had steps: a walk of
+/// every datagram of a batch would grow with it, a read or more each). A UDP server that asks for several ancillary data (packet
 /// info, TTL, a timestamp, GRO segments) gets as many control messages a datagram: room for 8
 /// datagrams of 5 each, or fewer datagrams of more.
 const MAX_MMSGS: u64 = 8;
