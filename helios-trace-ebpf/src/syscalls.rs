@@ -556,7 +556,14 @@ fn fill<const BTF: bool, C: StackIdContext>(
     {
         // SAFETY: this CPU's slot, which `received_nothing` filled for this call.
         let walk = unsafe { &*walk };
-        event.aux_fds = walk.fds;
+        // Eight words, each a load and a store (volatile, so that they stay so): as an array's
+        // assignment, the copy was a call of the byte-at-a-time `memmove` this target links in,
+        // 64 loads and stores (`bpftool prog dump xlated`). Both arrays start on a word.
+        let (from, to) = (walk.fds.as_ptr().cast::<u64>(), event.aux_fds.as_mut_ptr().cast::<u64>());
+        for word in 0..MAX_AUX_FDS / 2 {
+            // SAFETY: within both arrays (MAX_AUX_FDS i32s are MAX_AUX_FDS / 2 words).
+            unsafe { write_volatile(to.add(word), read_volatile(from.add(word))) };
+        }
         event.aux_count = walk.count;
         if walk.truncated != 0 {
             event.flags |= syscall_flags::AUX_TRUNCATED;
@@ -638,6 +645,11 @@ fn received_nothing(spec: u32, msghdr: u64, ret: i64) -> bool {
         walk.count == 0 && walk.truncated == 0
     }
 }
+
+// `fill` copies `fds` into `aux_fds` a word at a time.
+const _: () = assert!(
+    core::mem::offset_of!(ScmWalk, fds) % 8 == 0 && core::mem::offset_of!(SyscallEvent, aux_fds) % 8 == 0
+);
 
 /// A walk of what a recvmsg or recvmmsg received (`received_nothing`), in a per-CPU map
 /// (`SCM_WALK`): loaded from a map, its values are unknown to the verifier, so the callbacks'
