@@ -86,11 +86,12 @@ const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 /// Messages walked per recvmmsg, and steps of the walk (`scm_step`: a message's first control
 /// message is read with its opening, each further one is a step); anything beyond is flagged
-/// AUX_TRUNCATED and left to reconciliation, and such a call is recorded even when it passed no
+/// AUX_TRUNCATED, and the tracer reconciles the process of such a call on a Unix socket within a
+/// second (observe/engine.rs, `take_cut_short`); such a call is recorded even when it passed no
 /// descriptor (a recvmmsg of more than 8 datagrams, as before the walk had steps: a walk of
-/// every datagram of a batch would grow with it, a read or more each). A UDP server that asks for several ancillary data (packet
-/// info, TTL, a timestamp, GRO segments) gets as many control messages a datagram: room for 8
-/// datagrams of 5 each, or fewer datagrams of more.
+/// every datagram of a batch would grow with it, a read or more each). A UDP server that asks
+/// for several ancillary data (packet info, TTL, a timestamp, GRO segments) gets as many control
+/// messages a datagram: room for 8 datagrams of 5 each, or fewer datagrams of more.
 const MAX_MMSGS: u64 = 8;
 const MAX_SCM_STEPS: u32 = 40;
 
@@ -613,7 +614,7 @@ fn read_path(event: &mut SyscallEvent, user_ptr: u64) {
 /// (BENCHMARKS.md, "Descriptors passed, walked by callbacks"). A function of its own: what its
 /// tests of `spec` and `ret` teach the verifier stays in its frame; inlined, they split the
 /// rest of the program's states by the call's spec, and the verifier checked the rest again
-/// for each (~250,000 instructions instead of ~62,000).
+/// for each (~250,000 instructions instead of ~60,000).
 #[inline(never)]
 fn received_nothing(spec: u32, msghdr: u64, ret: i64) -> bool {
     if spec & (spec::MSGHDR | spec::MMSGHDR) == 0 {

@@ -51,6 +51,14 @@ pub(crate) struct EventCounts {
     /// been (in `events_by_type`, the sites' counts), not in `received`: every call is in
     /// `received`, `lost` or, with its close, here.
     pub(crate) calls_paired: u64,
+    /// Receiving calls (recvmsg, recvmmsg) on a socket that can pass descriptors (AF_UNIX, or
+    /// one whose family is not known) whose descriptors the kernel could not all list: more
+    /// than 16 in the call, a recvmmsg of more than 8 messages, more control messages than its
+    /// walk takes, a message header it could not read (helios-trace-ebpf/src/syscalls.rs,
+    /// `received_nothing`). Those it listed are in the table; the rest are found by the
+    /// reconciliation of the process this asks for within a second (under `unknown-origin`,
+    /// counted in `reconcile_corrections.added`), or with reconciliation off not at all.
+    pub(crate) receives_cut_short: u64,
     /// The kernel programs' counters shown as they are, after the pipeline's own (in the
     /// report's `events` beside them).
     #[serde(flatten)]

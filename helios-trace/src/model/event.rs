@@ -62,8 +62,10 @@ pub(crate) enum Op {
     Dup { old: i32, new: i32, cloexec: bool, replaces: bool },
     /// pidfd_getfd: `new` is a copy of `target_fd` of the process `pidfd` refers to.
     GetFd { pidfd: i32, target_fd: i32, new: i32 },
-    /// Descriptors received through SCM_RIGHTS; their kind is only known from /proc.
-    Receive { fds: FdList, cloexec: bool, truncated: bool },
+    /// Descriptors received through SCM_RIGHTS on `socket`; their kind is only known from
+    /// /proc. `truncated`: the kernel could not list them all (helios-trace-ebpf/src/syscalls.rs,
+    /// `received_nothing`), and what the call received may be more than `fds`.
+    Receive { socket: i32, fds: FdList, cloexec: bool, truncated: bool },
     /// A close that closed `fd`, seen at its exit: `number_taken` when a descriptor was at
     /// the number again by then (another thread's, whose record may have come first: the
     /// table holds what that open replaced for this close; model/fdtable.rs). False when the

@@ -1268,7 +1268,12 @@ mod tests {
     #[test]
     fn reconcile_names_what_it_retypes_when_the_event_could_not() {
         let mut table = FdTable::new();
-        apply(&mut table, 10, Op::Receive { fds: smallvec![3], cloexec: false, truncated: false }, SITE_A);
+        apply(
+            &mut table,
+            10,
+            Op::Receive { socket: 4, fds: smallvec![3], cloexec: false, truncated: false },
+            SITE_A,
+        );
         apply(&mut table, 10, open_named(4, FdKind::File, path(b"/srv/queue")), SITE_A);
         let observed: BTreeMap<i32, ObservedFd> = [
             (3, ObservedFd { kind: FdKind::Dir, detail: path(b"/srv"), cloexec: false }),

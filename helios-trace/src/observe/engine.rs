@@ -161,6 +161,8 @@ pub(crate) struct Engine {
     /// turn (`begin_baseline`): seen first through a record, or forked by such a process or by
     /// the one being read (they copied a table read in part).
     unread: HashSet<u32>,
+    /// Processes with a receive cut short since `take_cut_short`.
+    cut_short: HashSet<u32>,
     /// Reused across events to avoid an allocation per record.
     scratch: Vec<Transition>,
     /// Everything that happened since the last `take_transitions` (for the exporter).
@@ -200,6 +202,7 @@ impl Engine {
             pending: None,
             baseline: None,
             unread: HashSet::new(),
+            cut_short: HashSet::new(),
             scratch: Vec::new(),
             keep_transitions: false,
             kept: Vec::new(),
@@ -738,16 +741,40 @@ impl Engine {
                 self.add_missing(*child, event.ts_ns, &mut out);
             }
         }
-        if let Op::Receive { fds, .. } = &event.op {
+        if let Op::Receive { socket, fds, truncated, .. } = &event.op {
             // Received descriptors can be anything; only /proc knows, and only now.
             for &fd in fds {
                 if let Some(o) = self.proc.open_fd(event.tgid, fd) {
                     self.table.set_kind(event.tgid, fd, o.kind, o.detail);
                 }
             }
+            if *truncated && self.may_pass_descriptors(event.tgid, *socket) {
+                self.counts.receives_cut_short += 1;
+                if self.table.process(event.tgid).is_some() {
+                    self.cut_short.insert(event.tgid);
+                }
+            }
         }
         self.after(&out, event.ts_ns);
         self.scratch = out;
+    }
+
+    /// Whether `tgid`'s `socket` may have passed descriptors: only a Unix socket carries
+    /// SCM_RIGHTS (net/unix/af_unix.c, `unix_stream_read_generic` and `unix_dgram_recvmsg` call
+    /// `scm_recv_unix`; the other families' recvmsg never installs a descriptor). A socket the
+    /// table does not know may be one. So a UDP server whose recvmmsg takes more than the
+    /// kernel walks (syscalls.rs, `MAX_MMSGS`) is not taken for a receive cut short.
+    fn may_pass_descriptors(&self, tgid: u32, socket: i32) -> bool {
+        match self.table.lookup(tgid, socket).map(|entry| &entry.detail) {
+            Some(FdDetail::Socket { family, .. }) => *family == libc::AF_UNIX as u16,
+            _ => true,
+        }
+    }
+
+    /// The processes whose receives were cut short (`EventCounts::receives_cut_short`) since
+    /// the last call: to reconcile, so that what the kernel could not list is in the table.
+    pub(crate) fn take_cut_short(&mut self) -> Vec<u32> {
+        self.cut_short.drain().collect()
     }
 
     /// The site of a descriptor-creating call: its native stack's, or what names it better: the
@@ -1648,12 +1675,51 @@ mod tests {
             },
         )]);
         proc.show(PARENT, Shown { fds, ..Shown::default() });
-        feed.event(PARENT, Op::Receive { fds: smallvec![9, 10], cloexec: true, truncated: false }, Some(1));
+        feed.event(
+            PARENT,
+            Op::Receive { socket: 4, fds: smallvec![9, 10], cloexec: true, truncated: false },
+            Some(1),
+        );
         let table = feed.engine.table().process(PARENT).unwrap();
         assert_eq!(table.fds[&9].kind, FdKind::Socket);
         assert_eq!(table.fds[&9].detail, FdDetail::Socket { family: 1, sock_type: 1, protocol: 0 });
         assert_eq!(table.fds[&10].kind, FdKind::Other, "not in /proc (closed since): unknown");
         assert!(table.fds[&9].cloexec);
+    }
+
+    /// A receive the kernel could not list whole is counted, and its process handed to the
+    /// session to reconcile, on a Unix socket or one the table does not know; not on a socket
+    /// of a family that cannot pass descriptors (a UDP server's recvmmsg of many datagrams).
+    #[test]
+    fn a_receive_cut_short_on_a_socket_that_can_pass_descriptors_asks_for_reconciliation() {
+        let (mut feed, _proc) = feed();
+        feed.found(PARENT, "server");
+        let socket = |feed: &mut Feed, family: i32| {
+            feed.event(
+                PARENT,
+                Op::Open {
+                    fds: smallvec![20 + family],
+                    kind: FdKind::Socket,
+                    detail: FdDetail::Socket { family: family as u16, sock_type: 2, protocol: 0 },
+                    cloexec: false,
+                    dirfd: None,
+                },
+                Some(1),
+            );
+            20 + family
+        };
+        let (unix, inet) = (socket(&mut feed, libc::AF_UNIX), socket(&mut feed, libc::AF_INET));
+        let receive = |feed: &mut Feed, socket: i32, truncated: bool| {
+            feed.event(PARENT, Op::Receive { socket, fds: smallvec![], cloexec: false, truncated }, Some(2));
+        };
+        let cut_short = |feed: &Feed| feed.engine.counts().receives_cut_short;
+        receive(&mut feed, unix, false);
+        receive(&mut feed, inet, true);
+        assert_eq!((cut_short(&feed), feed.engine.take_cut_short()), (0, Vec::<u32>::new()));
+        receive(&mut feed, unix, true);
+        receive(&mut feed, 99, true);
+        assert_eq!((cut_short(&feed), feed.engine.take_cut_short()), (2, vec![PARENT]));
+        assert_eq!(feed.engine.take_cut_short(), Vec::<u32>::new(), "handed over once");
     }
 
     #[test]

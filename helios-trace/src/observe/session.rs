@@ -509,6 +509,12 @@ impl Tracing {
                 // readable, and a biased select would never get to them.
                 _ = timers.second.tick() => {
                     self.drain_then(&mut |t| on_tick(t, Tick::Drained));
+                    // What receives cut short did not list (model/counts.rs,
+                    // `receives_cut_short`): their processes once a second at most.
+                    let cut_short = self.engine.take_cut_short();
+                    if !cut_short.is_empty() && !self.reconcile_interval.is_zero() {
+                        self.reconcile(cut_short, &mut |t| on_tick(t, Tick::Drained));
+                    }
                     self.engine.expire_held_closes(clock::boot_ns());
                     self.engine.expire_sites(clock::boot_ns());
                     self.sample();
@@ -528,7 +534,8 @@ impl Tracing {
                     give_back_freed_memory();
                 }
                 _ = timers.reconcile.tick(), if !self.reconcile_interval.is_zero() => {
-                    self.reconcile(&mut |t| on_tick(t, Tick::Drained));
+                    let every = self.engine.reconcile_targets();
+                    self.reconcile(every, &mut |t| on_tick(t, Tick::Drained));
                 }
                 // Only what the emptier took: asking it for another look each time would
                 // have it look without pause under load instead of at its paced looks.
@@ -550,16 +557,16 @@ impl Tracing {
         Ok(())
     }
 
-    /// Compare with /proc and correct; events read in between are accounted for (and
+    /// Compare `pids` with /proc and correct; events read in between are accounted for (and
     /// `after_chunk` called as `drain_then` does). One process at a time, each read in chunks
     /// of `RECONCILE_CHUNK` descriptors, handling the records that came meanwhile after each:
     /// /proc costs microseconds a descriptor (BENCHMARKS.md, "Reading /proc": 1.5 million once
     /// took 50 s, one process's million ~6 s), and a read that long kept the ring waiting past
     /// what the emptier holds, and lost what came meanwhile.
-    fn reconcile(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
+    fn reconcile(&mut self, pids: Vec<u32>, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         self.drain_then(after_chunk);
         let (mut added, mut removed) = (0, 0);
-        for pid in self.engine.reconcile_targets() {
+        for pid in pids {
             self.engine.begin_reconcile(pid, clock::boot_ns());
             while !self.engine.read_reconcile(RECONCILE_CHUNK, clock::boot_ns()) {
                 self.drain_then(after_chunk);

@@ -533,6 +533,7 @@ fn syscall_op(call: Call, record: &SyscallEvent) -> Option<Op> {
                 return None;
             }
             Op::Receive {
+                socket: a[0] as i32,
                 fds: record.aux_fds[..count].iter().copied().collect(),
                 cloexec: flag(flags, libc::MSG_CMSG_CLOEXEC),
                 truncated,
@@ -987,7 +988,12 @@ pub(crate) mod tests {
         record.aux_count = 3;
         assert_eq!(
             op_of(&record),
-            Some(Op::Receive { fds: smallvec::smallvec![11, 12, 13], cloexec: true, truncated: false })
+            Some(Op::Receive {
+                socket: 3,
+                fds: smallvec::smallvec![11, 12, 13],
+                cloexec: true,
+                truncated: false
+            })
         );
     }
 
@@ -1001,7 +1007,12 @@ pub(crate) mod tests {
             record.aux_count = 1;
             assert_eq!(
                 op_of(&record),
-                Some(Op::Receive { fds: smallvec::smallvec![11], cloexec: expected, truncated: false }),
+                Some(Op::Receive {
+                    socket: 3,
+                    fds: smallvec::smallvec![11],
+                    cloexec: expected,
+                    truncated: false
+                }),
                 "vlen {vlen:#x}, flags {flags:#x}"
             );
         }

@@ -585,6 +585,15 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// The tracer's report once `pid`'s descriptor `fd` shows in it: `fd` made by a call after the
+/// calls a test looks at, whose records, once its record is in, are in too.
+pub fn report_once_fd_shows(tracer: &mut Tracer, pid: u32, fd: i32) -> Value {
+    wait_for(&format!("descriptor {fd} of {pid} in the report"), Duration::from_secs(10), || {
+        let report = tracer.snapshot();
+        reported_fds_healed(&report, pid).contains_key(&fd).then_some(report)
+    })
+}
+
 /// Series of one metric in exposition text: `{labels}` → value.
 pub fn exposition_series(text: &str, name: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -636,7 +645,6 @@ pub fn process(report: &Value, pid: u32) -> Option<&Value> {
     report["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 
-/// fd → kind from the report's `fds` listing of `pid`.
 /// The tool's table for `pid` (fd → kind), from a report with `--list-fds`, for comparing with
 /// /proc: the report must say reconciliation corrected nothing, so what matches /proc came from
 /// events, never from a correction that healed a missed one.

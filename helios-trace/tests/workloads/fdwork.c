@@ -229,11 +229,16 @@ static void start_thread(void *(*main)(void *), void *arg) {
 }
 
 /* --- SCM_RIGHTS --- */
+/* Descriptors one message passes at most, and messages of one recvmmsg: more than the tracer's
+ * kernel walk lists (16 descriptors a call, 8 messages of a recvmmsg), to reach its limits. */
+#define MAX_RIGHTS 24
+#define MAX_BATCH 12
+
 /* One message of a byte and, when n > 0, an SCM_RIGHTS control message of n descriptors. */
 static int send_rights(int sock, int n, const int *fds) {
     char data = 'x';
     struct iovec iov = {.iov_base = &data, .iov_len = 1};
-    char control[CMSG_SPACE(sizeof(int) * 16)];
+    _Alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * MAX_RIGHTS)];
     memset(control, 0, sizeof control);
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
     if (n > 0) {
@@ -264,20 +269,34 @@ static int collect_rights(struct msghdr *msg, int *out, int max) {
     return n;
 }
 
-static void recv_fds(int sock, int use_mmsg) {
-    char data[8];
-    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
-    char control[CMSG_SPACE(sizeof(int) * 16)];
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-    int fds[16];
-    if (use_mmsg) {
-        struct mmsghdr mm = {.msg_hdr = msg};
-        CHECK(recvmmsg(sock, &mm, 1, 0, NULL));
-        msg = mm.msg_hdr;
-    } else {
-        CHECK(recvmsg(sock, &msg, 0));
+/* Room for a recvmmsg (or a recvmsg of `mm[0].msg_hdr`) of up to MAX_BATCH datagrams: a few
+ * bytes each, and control messages of the sender's credentials and MAX_RIGHTS descriptors. */
+struct batch {
+    struct mmsghdr mm[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    char data[MAX_BATCH][8];
+    _Alignas(struct cmsghdr) char control[MAX_BATCH][CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * MAX_RIGHTS)];
+};
+
+static void batch_ready(struct batch *b) {
+    memset(b->mm, 0, sizeof b->mm);
+    for (int m = 0; m < MAX_BATCH; m++) {
+        b->iov[m] = (struct iovec){.iov_base = b->data[m], .iov_len = sizeof b->data[m]};
+        b->mm[m].msg_hdr = (struct msghdr){.msg_iov = &b->iov[m], .msg_iovlen = 1, .msg_control = b->control[m],
+                                           .msg_controllen = sizeof b->control[m]};
     }
-    reply_fds(collect_rights(&msg, fds, 16), fds);
+}
+
+static void recv_fds(int sock, int use_mmsg) {
+    struct batch b;
+    batch_ready(&b);
+    int fds[MAX_RIGHTS];
+    if (use_mmsg) {
+        CHECK(recvmmsg(sock, b.mm, 1, 0, NULL));
+    } else {
+        CHECK(recvmsg(sock, &b.mm[0].msg_hdr, 0));
+    }
+    reply_fds(collect_rights(&b.mm[0].msg_hdr, fds, MAX_RIGHTS), fds);
 }
 
 /* Over a new datagram socketpair, one message per count of `counts` (that many copies of fd 0;
@@ -286,22 +305,15 @@ static void recv_fds(int sock, int use_mmsg) {
  * SCM_CREDENTIALS control message before its SCM_RIGHTS one (net/core/scm.c,
  * __scm_recv_common). The pair is closed after. */
 static void mmsg_fds(const int *counts, int messages) {
-    int pair[2], copies[16] = {0}, on = 1;
+    int pair[2], copies[MAX_RIGHTS] = {0}, on = 1;
     CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, pair));
     CHECK(setsockopt(pair[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
     for (int m = 0; m < messages; m++) CHECK(send_rights(pair[0], counts[m], copies));
-    struct mmsghdr mm[8];
-    struct iovec iov[8];
-    char data[8][8], control[8][CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * 16)];
-    memset(mm, 0, sizeof mm);
-    for (int m = 0; m < messages; m++) {
-        iov[m] = (struct iovec){.iov_base = data[m], .iov_len = sizeof data[m]};
-        mm[m].msg_hdr = (struct msghdr){.msg_iov = &iov[m], .msg_iovlen = 1, .msg_control = control[m],
-                                        .msg_controllen = sizeof control[m]};
-    }
-    int got, fds[128], n = 0;
-    CHECK(got = recvmmsg(pair[1], mm, messages, MSG_CMSG_CLOEXEC, NULL));
-    for (int m = 0; m < got; m++) n += collect_rights(&mm[m].msg_hdr, fds + n, 16);
+    struct batch b;
+    batch_ready(&b);
+    int got, fds[MAX_BATCH * MAX_RIGHTS], n = 0;
+    CHECK(got = recvmmsg(pair[1], b.mm, messages, MSG_CMSG_CLOEXEC, NULL));
+    for (int m = 0; m < got; m++) n += collect_rights(&b.mm[m].msg_hdr, fds + n, MAX_RIGHTS);
     close(pair[0]);
     close(pair[1]);
     reply_fds(n, fds);
@@ -314,24 +326,37 @@ static void datagrams(long n) {
     int pair[2], on = 1;
     CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, pair));
     CHECK(setsockopt(pair[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
-    char data[4][8], control[4][CMSG_SPACE(sizeof(int) * 16)];
-    struct iovec iov[4];
-    struct mmsghdr mm[4];
-    memset(mm, 0, sizeof mm);
-    for (int m = 0; m < 4; m++) {
-        iov[m] = (struct iovec){.iov_base = data[m], .iov_len = sizeof data[m]};
-        mm[m].msg_hdr = (struct msghdr){.msg_iov = &iov[m], .msg_iovlen = 1, .msg_control = control[m],
-                                        .msg_controllen = sizeof control[m]};
-    }
+    struct batch b;
+    batch_ready(&b);
     for (long i = 0; i < n; i++) {
         CHECK(send_rights(pair[0], 0, NULL));
-        CHECK(recvmsg(pair[1], &mm[0].msg_hdr, 0));
-        mm[0].msg_hdr.msg_controllen = sizeof control[0];
+        CHECK(recvmsg(pair[1], &b.mm[0].msg_hdr, 0));
+        b.mm[0].msg_hdr.msg_controllen = sizeof b.control[0];
     }
     for (int m = 0; m < 4; m++) CHECK(send_rights(pair[0], 0, NULL));
-    CHECK(recvmmsg(pair[1], mm, 4, 0, NULL));
+    CHECK(recvmmsg(pair[1], b.mm, 4, 0, NULL));
     close(pair[0]);
     close(pair[1]);
+    reply("ok");
+}
+
+/* A UDP socket on loopback sends itself n datagrams (MAX_BATCH at most), received by one
+ * recvmmsg: more messages than the tracer's kernel walk takes, on a socket that cannot pass
+ * descriptors. The socket is closed after. */
+static void udp_batch(int n) {
+    int sock;
+    CHECK(sock = socket(AF_INET, SOCK_DGRAM, 0));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    CHECK(bind(sock, (struct sockaddr *)&addr, sizeof addr));
+    CHECK(getsockname(sock, (struct sockaddr *)&addr, &len));
+    for (int m = 0; m < n; m++) CHECK(sendto(sock, "x", 1, 0, (struct sockaddr *)&addr, len));
+    struct batch b;
+    batch_ready(&b);
+    int got;
+    CHECK(got = recvmmsg(sock, b.mm, n, MSG_WAITFORONE, NULL));
+    close(sock);
+    if (got != n) { reply("err got %d of %d", got, n); return; }
     reply("ok");
 }
 
@@ -507,12 +532,12 @@ static void handle(char *line) {
         memset(&params, 0, sizeof params);
         CHECK(fd = syscall(SYS_io_uring_setup, 4, &params));
         reply_fds(1, &fd);
-    } else if (!strcmp(cmd, "send-fds")) {    /* send-fds SOCK FD [FD...] */
+    } else if (!strcmp(cmd, "send-fds")) {    /* send-fds SOCK FD [FD...]: MAX_RIGHTS at most */
         int sock, n = 0, consumed;
         char *p = line;
         sscanf(p, "%*s %d%n", &sock, &consumed);
         p += consumed;
-        while (n < 16 && sscanf(p, "%d%n", &fds[n], &consumed) == 1) { n++; p += consumed; }
+        while (n < MAX_RIGHTS && sscanf(p, "%d%n", &fds[n], &consumed) == 1) { n++; p += consumed; }
         send_fds(sock, n, fds);
     } else if (!strcmp(cmd, "recv-fds")) {    /* recv-fds SOCK */
         sscanf(line, "%*s %ld", &a);
@@ -523,13 +548,17 @@ static void handle(char *line) {
     } else if (!strcmp(cmd, "datagrams")) {   /* datagrams N: see datagrams */
         sscanf(line, "%*s %ld", &a);
         datagrams(a);
-    } else if (!strcmp(cmd, "mmsg-fds")) {    /* mmsg-fds N [N...]: see mmsg_fds (at most 8) */
-        int counts[8], messages = 0, consumed;
+    } else if (!strcmp(cmd, "udp-batch")) {   /* udp-batch N: see udp_batch */
+        sscanf(line, "%*s %ld", &a);
+        if (a < 1 || a > MAX_BATCH) { reply("err count"); return; }
+        udp_batch((int)a);
+    } else if (!strcmp(cmd, "mmsg-fds")) {    /* mmsg-fds N [N...]: see mmsg_fds (MAX_BATCH at most, MAX_RIGHTS each) */
+        int counts[MAX_BATCH], messages = 0, consumed;
         char *p = line;
         sscanf(p, "%*s%n", &consumed);
         p += consumed;
-        while (messages < 8 && sscanf(p, "%d%n", &counts[messages], &consumed) == 1) {
-            if (counts[messages] < 0 || counts[messages] > 16) { reply("err count"); return; }
+        while (messages < MAX_BATCH && sscanf(p, "%d%n", &counts[messages], &consumed) == 1) {
+            if (counts[messages] < 0 || counts[messages] > MAX_RIGHTS) { reply("err count"); return; }
             messages++;
             p += consumed;
         }
