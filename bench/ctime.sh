@@ -1,11 +1,12 @@
 #!/bin/bash
 # The kernel's own time in helios-trace's programs per C open+close, socket+close, a socket
 # held across an open+close (`nest`), a byte's round trip over a datagram socketpair received
-# by recvmsg (`recvmsg`; `scm`: with a descriptor passed in it and closed), or per
+# by recvmsg (`recvmsg`; `scm`: with a descriptor passed in it and closed), 16 datagrams a UDP
+# socket sends itself and receives by one recvmmsg (`udpbatch`), or per
 # operation of bench/churn.c's three phases (BENCHMARKS.md, "The stack copied ahead, as far as the
 # shallowest chain reads", "Matching in the kernel, two bounds"), as root:
 #
-#   bench/ctime.sh SECONDS open|socket|nest|recvmsg|scm BINARY...
+#   bench/ctime.sh SECONDS open|socket|nest|recvmsg|scm|udpbatch BINARY...
 #   bench/ctime.sh OPERATIONS spaced BINARY...
 #
 # For each binary in turn: bench/oloop.c (built here) loops for SECONDS, traced with `--pid`
@@ -29,9 +30,9 @@ shift 2
 case "$mode" in
   open) args=() ;;
   socket) args=(socket) ;;
-  nest | recvmsg | scm) args=("$mode") ;;
+  nest | recvmsg | scm | udpbatch) args=("$mode") ;;
   spaced) ;;
-  *) echo "usage: bench/ctime.sh SECONDS open|socket|nest|recvmsg|scm BINARY... or bench/ctime.sh OPERATIONS spaced BINARY..." >&2; exit 2 ;;
+  *) echo "usage: bench/ctime.sh SECONDS open|socket|nest|recvmsg|scm|udpbatch BINARY... or bench/ctime.sh OPERATIONS spaced BINARY..." >&2; exit 2 ;;
 esac
 dir=$(mktemp -d)
 was=$(sysctl -n kernel.bpf_stats_enabled)

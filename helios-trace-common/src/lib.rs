@@ -999,13 +999,14 @@ pub struct Settings {
     /// there is none.
     pub uprobe_maker_tgid: u32,
     /// Where this kernel keeps what tells that a thread's stack mapping has not changed since
-    /// it was last found, a descriptor's slot and its file's mode: [`KernelOffsets`], from the
-    /// kernel's BTF; zero when not known, and then the mapping is looked up at every call, a
-    /// close's number is not read ([`close_flags::NUMBER_UNREAD`]) and an open's mode is not
-    /// ([`SyscallEvent::mode`] 0).
+    /// it was last found, a descriptor's slot, its file's mode and a socket's family:
+    /// [`KernelOffsets`], from the kernel's BTF; zero when not known, and then the mapping is
+    /// looked up at every call, a close's number is not read ([`close_flags::NUMBER_UNREAD`]),
+    /// an open's mode is not ([`SyscallEvent::mode`] 0), and a receive's socket is taken for
+    /// one that can pass descriptors.
     pub kernel: KernelOffsets,
 }
-const _: () = assert!(size_of::<Settings>() == 88);
+const _: () = assert!(size_of::<Settings>() == 104);
 
 /// Byte offsets of kernel struct members the programs read (helios-trace/src/sys/btf.rs finds
 /// them in `/sys/kernel/btf/vmlinux`). Zero: not known.
@@ -1043,8 +1044,18 @@ pub struct KernelOffsets {
     /// include/linux/fs.h).
     pub file_inode: u32,
     pub inode_mode: u32,
+    /// `file.private_data` (a socket's file's is its `struct socket`, net/socket.c
+    /// `sock_alloc_file`), `socket.sk`, and `sock.__sk_common.skc_family` (a u16): where a
+    /// receive's exit reads its socket's address family (helios-trace-ebpf/src/syscalls.rs,
+    /// `socket_family`). Zero: not known.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    /// Zero: the settings a whole number of words, no byte of them padding (they are handed to
+    /// the kernel as bytes).
+    pub reserved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 56);
 
 impl KernelOffsets {
     /// Nothing known.
@@ -1059,6 +1070,10 @@ impl KernelOffsets {
         mm_start_stack: 0,
         file_inode: 0,
         inode_mode: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        sock_family: 0,
+        reserved: 0,
     };
 
     /// Every offset of a stack mapping's key known.
@@ -1074,6 +1089,11 @@ impl KernelOffsets {
     /// Every offset of the mode of the file at a descriptor's slot known.
     pub const fn file_modes(&self) -> bool {
         self.fd_slots() && self.file_inode != 0
+    }
+
+    /// Every offset of the address family of the socket at a descriptor's slot known.
+    pub const fn socket_families(&self) -> bool {
+        self.file_modes() && self.file_private_data != 0 && self.socket_sk != 0 && self.sock_family != 0
     }
 }
 

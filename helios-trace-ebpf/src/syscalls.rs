@@ -83,15 +83,18 @@ const _: () = assert!(MSGHDR_CONTROLLEN_OFFSET == MSGHDR_CONTROL_OFFSET + 8);
 const MMSGHDR_SIZE: u64 = 64;
 const CMSG_HEADER_LEN: u64 = 16;
 const SOL_SOCKET: i32 = 1;
+const AF_UNIX: u16 = 1;
 const SCM_RIGHTS: i32 = 1;
 /// Messages walked per recvmmsg, and steps of the walk (`scm_step`: a message's first control
 /// message is read with its opening, each further one is a step); anything beyond is flagged
-/// AUX_TRUNCATED, and the tracer reconciles the process of such a call on a Unix socket within a
-/// second (observe/engine.rs, `take_cut_short`); such a call is recorded even when it passed no
-/// descriptor (a recvmmsg of more than 8 datagrams, as before the walk had steps: a walk of
-/// every datagram of a batch would grow with it, a read or more each). A UDP server that asks
-/// for several ancillary data (packet info, TTL, a timestamp, GRO segments) gets as many control
-/// messages a datagram: room for 8 datagrams of 5 each, or fewer datagrams of more.
+/// AUX_TRUNCATED, and the tracer reconciles the process of such a call on a Unix socket at its
+/// next once-a-second tick (observe/session.rs, `reconcile_cut_short`); such a call on a Unix
+/// socket, or one whose family cannot be read, is recorded even when it passed no descriptor (a
+/// recvmmsg of more than 8 datagrams: a walk of every datagram of a batch would grow with it, a
+/// read or more each; on a socket of another family it is not walked: `received_nothing`). A
+/// UDP server that asks for several ancillary data (packet info, TTL, a timestamp, GRO
+/// segments) gets as many control messages a datagram: room for 8 datagrams of 5 each, or fewer
+/// datagrams of more.
 const MAX_MMSGS: u64 = 8;
 const MAX_SCM_STEPS: u32 = 40;
 
@@ -290,7 +293,7 @@ fn try_fd_syscall_exit<const BTF: bool, C: StackIdContext>(
     // Most received messages pass no descriptor (every datagram a UDP server reads by recvmsg):
     // nothing is opened, so nothing more is done: no stack, no Python walk, no record. Those
     // that pass some keep them in `SCM_WALK` for the record (`fill`).
-    if received_nothing(spec, args[1], ret) {
+    if received_nothing::<BTF>(spec, args[0], args[1], ret) {
         return Ok(());
     }
     // A site's creator needs a site: none without stacks.
@@ -476,6 +479,34 @@ fn installed_mode<const BTF: bool>(fd: u64) -> u32 {
     u32::from(unsafe { bpf_probe_read_kernel(field(inode, offsets.inode_mode) as *const u16) }.unwrap_or(0))
 }
 
+/// The address family of the socket installed at `fd` in the current task's table: its file's
+/// inode is a socket's (`S_IFSOCK`), the file's `private_data` its `struct socket` (net/socket.c,
+/// `sock_alloc_file`), whose `sk` opens with `struct sock_common` and its `skc_family`
+/// (include/net/sock.h). None when the offsets are not known, the table or a pointer cannot be
+/// read, or the file at `fd` is not a socket's (another thread may have closed the number and
+/// opened another file there since the call returned).
+#[inline(always)]
+fn socket_family<const BTF: bool>(fd: u64) -> Option<u16> {
+    const S_IFMT: u16 = 0o170000;
+    const S_IFSOCK: u16 = 0o140000;
+    let offsets = kernel_offsets();
+    if !offsets.socket_families() {
+        return None;
+    }
+    let file = installed_file::<BTF>(current_task::<BTF>(), fd).filter(|&file| file != 0)?;
+    let field = |at: u64, offset: u32| (at as *const u8).wrapping_add(offset as usize);
+    let pointer = |at: u64, offset: u32| {
+        unsafe { bpf_probe_read_kernel(field(at, offset) as *const u64) }.ok().filter(|&to| to != 0)
+    };
+    let inode = pointer(file, offsets.file_inode)?;
+    let mode = unsafe { bpf_probe_read_kernel(field(inode, offsets.inode_mode) as *const u16) }.ok()?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let sock = pointer(pointer(file, offsets.file_private_data)?, offsets.socket_sk)?;
+    unsafe { bpf_probe_read_kernel(field(sock, offsets.sock_family) as *const u16) }.ok()
+}
+
 /// The file installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
 /// include/linux/fdtable.h; `fd_install` stores it, `file_close_fd` clears it): 0 when none,
 /// None when the table could not be read. The pointers to the slot array are loads from a BTF
@@ -615,8 +646,13 @@ fn read_path(event: &mut SyscallEvent, user_ptr: u64) {
 /// tests of `spec` and `ret` teach the verifier stays in its frame; inlined, they split the
 /// rest of the program's states by the call's spec, and the verifier checked the rest again
 /// for each (~250,000 instructions instead of ~60,000).
+///
+/// A recvmmsg of more messages than the walk takes, on a socket of another family than Unix,
+/// received nothing either, and is not walked: only a Unix socket passes descriptors (its
+/// receives call `scm_recv_unix`, net/unix/af_unix.c; other families' never install one). A
+/// UDP server's batches of 16 or 64 datagrams were each a record, with a stack, before.
 #[inline(never)]
-fn received_nothing(spec: u32, msghdr: u64, ret: i64) -> bool {
+fn received_nothing<const BTF: bool>(spec: u32, socket: u64, msghdr: u64, ret: i64) -> bool {
     if spec & (spec::MSGHDR | spec::MMSGHDR) == 0 {
         return false;
     }
@@ -624,6 +660,9 @@ fn received_nothing(spec: u32, msghdr: u64, ret: i64) -> bool {
     let (messages, truncated) = if spec & spec::MSGHDR != 0 {
         (1, false)
     } else {
+        if ret as u64 > MAX_MMSGS && socket_family::<BTF>(socket).is_some_and(|family| family != AF_UNIX) {
+            return true;
+        }
         ((ret as u64).min(MAX_MMSGS), ret as u64 > MAX_MMSGS)
     };
     let Some(walk) = SCM_WALK.get_ptr_mut(0) else { return false };

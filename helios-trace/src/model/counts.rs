@@ -52,12 +52,14 @@ pub(crate) struct EventCounts {
     /// `received`, `lost` or, with its close, here.
     pub(crate) calls_paired: u64,
     /// Receiving calls (recvmsg, recvmmsg) on a socket that can pass descriptors (AF_UNIX, or
-    /// one whose family is not known) whose descriptors the kernel could not all list: more
-    /// than 16 in the call, a recvmmsg of more than 8 messages, more control messages than its
-    /// walk takes, a message header it could not read (helios-trace-ebpf/src/syscalls.rs,
+    /// one whose family is not known) that may have received more descriptors than the kernel
+    /// listed: more than 16 in the call, a recvmmsg of more than 8 messages (whether the rest
+    /// passed any or not), more control messages than the 40 steps of its walk take, a
+    /// message header it could not read (helios-trace-ebpf/src/syscalls.rs,
     /// `received_nothing`). Those it listed are in the table; the rest are found by the
-    /// reconciliation of the process this asks for within a second (under `unknown-origin`,
-    /// counted in `reconcile_corrections.added`), or with reconciliation off not at all.
+    /// reconciliation of the process this asks for at the next once-a-second tick (at most 5%
+    /// of the tracer's CPU: observe/session.rs, `reconcile_cut_short`), under `unknown-origin`
+    /// and counted in `reconcile_corrections.added`; with reconciliation off, not at all.
     pub(crate) receives_cut_short: u64,
     /// The kernel programs' counters shown as they are, after the pipeline's own (in the
     /// report's `events` beside them).
@@ -176,6 +178,7 @@ mod tests {
             "received",
             "closes_taken_for_lost",
             "calls_paired",
+            "receives_cut_short",
             "wakeups_forced",
             "python_threads_remembered",
             "python_cframes_from_copy",

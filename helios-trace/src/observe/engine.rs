@@ -760,10 +760,13 @@ impl Engine {
     }
 
     /// Whether `tgid`'s `socket` may have passed descriptors: only a Unix socket carries
-    /// SCM_RIGHTS (net/unix/af_unix.c, `unix_stream_read_generic` and `unix_dgram_recvmsg` call
-    /// `scm_recv_unix`; the other families' recvmsg never installs a descriptor). A socket the
-    /// table does not know may be one. So a UDP server whose recvmmsg takes more than the
-    /// kernel walks (syscalls.rs, `MAX_MMSGS`) is not taken for a receive cut short.
+    /// SCM_RIGHTS (net/unix/af_unix.c, `unix_stream_read_generic` and `__unix_dgram_recvmsg`
+    /// call `scm_recv_unix`; the other families' recvmsg never installs a descriptor). A socket
+    /// whose family the table does not know (one received, or found by reconciliation) may be
+    /// one. The kernel makes no record of a recvmmsg larger than its walk on a socket it reads
+    /// is not a Unix one (syscalls.rs, `received_nothing`); where it cannot read the family (a
+    /// kernel without BTF), a UDP server's recvmmsg of many datagrams is still not taken for a
+    /// receive cut short here.
     fn may_pass_descriptors(&self, tgid: u32, socket: i32) -> bool {
         match self.table.lookup(tgid, socket).map(|entry| &entry.detail) {
             Some(FdDetail::Socket { family, .. }) => *family == libc::AF_UNIX as u16,
@@ -771,10 +774,12 @@ impl Engine {
         }
     }
 
-    /// The processes whose receives were cut short (`EventCounts::receives_cut_short`) since
-    /// the last call: to reconcile, so that what the kernel could not list is in the table.
+    /// The processes still tracked whose receives were cut short
+    /// (`EventCounts::receives_cut_short`) since the last call: to reconcile, so that what the
+    /// kernel could not list is in the table.
     pub(crate) fn take_cut_short(&mut self) -> Vec<u32> {
-        self.cut_short.drain().collect()
+        let table = &self.table;
+        self.cut_short.drain().filter(|&tgid| table.process(tgid).is_some()).collect()
     }
 
     /// The site of a descriptor-creating call: its native stack's, or what names it better: the
@@ -1720,6 +1725,10 @@ mod tests {
         receive(&mut feed, 99, true);
         assert_eq!((cut_short(&feed), feed.engine.take_cut_short()), (2, vec![PARENT]));
         assert_eq!(feed.engine.take_cut_short(), Vec::<u32>::new(), "handed over once");
+        // Nor one that exited since.
+        receive(&mut feed, unix, true);
+        feed.event(PARENT, Op::Exit, None);
+        assert_eq!((cut_short(&feed), feed.engine.take_cut_short()), (3, Vec::<u32>::new()));
     }
 
     #[test]

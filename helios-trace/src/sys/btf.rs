@@ -3,8 +3,10 @@
 //! mm keeps its mapping sequence (helios_trace_common::KernelOffsets). The programs read them to
 //! tell that a thread's stack mapping is the one they found last (helios-trace-ebpf's
 //! stacks.rs, `stack_mapping_end`); where a task's descriptor table keeps the file at a
-//! number, which a close's exit reads (syscalls.rs, `close_exit`); and where a file keeps its
-//! inode's mode, which an open's exit reads (syscalls.rs, `installed_mode`).
+//! number, which a close's exit reads (syscalls.rs, `close_exit`); where a file keeps its
+//! inode's mode, which an open's exit reads (syscalls.rs, `installed_mode`); and where a
+//! socket's file keeps its address family, which a receive's exit reads (syscalls.rs,
+//! `socket_family`).
 //!
 //! Read by hand: BTF's layout is a header, a string section and a type section of fixed-size
 //! records (include/uapi/linux/btf.h, Documentation/bpf/btf.rst). aya-obj parses it but keeps
@@ -25,8 +27,9 @@ pub(crate) fn running_kernel_offsets() -> KernelOffsets {
 /// found or left zero on its own: a stack mapping's key (`task_struct.mm`, `.start_time`,
 /// `.self_exec_id` and `mm_struct.mm_lock_seq.sequence`, Linux 6.13+), a descriptor's slot
 /// (`task_struct.files`, `files_struct.fdt`, `fdtable.fd`: include/linux/fdtable.h), where
-/// the main thread's stack starts (`task_struct.mm`, `mm_struct.start_stack`), and a file's
-/// mode (`file.f_inode`, `inode.i_mode`: include/linux/fs.h).
+/// the main thread's stack starts (`task_struct.mm`, `mm_struct.start_stack`), a file's
+/// mode (`file.f_inode`, `inode.i_mode`: include/linux/fs.h), and a socket's family
+/// (`file.private_data`, `socket.sk`, `sock_common.skc_family`).
 pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let types = Types::parse(btf)?;
     let mapping = stack_mapping_offsets(&types).unwrap_or(KernelOffsets::NONE);
@@ -34,6 +37,7 @@ pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
     let [task_mm, mm_start_stack] =
         word_members(&types, [("task_struct", "mm"), ("mm_struct", "start_stack")]).unwrap_or([0; 2]);
     let [file_inode, inode_mode] = file_mode_offsets(&types).unwrap_or([0; 2]);
+    let [file_private_data, socket_sk, sock_family] = socket_family_offsets(&types).unwrap_or([0; 3]);
     Some(KernelOffsets {
         task_mm,
         mm_start_stack,
@@ -42,8 +46,22 @@ pub(crate) fn kernel_offsets(btf: &[u8]) -> Option<KernelOffsets> {
         fdtable_fd,
         file_inode,
         inode_mode,
+        file_private_data,
+        socket_sk,
+        sock_family,
         ..mapping
     })
+}
+
+/// Where a socket's file keeps its address family: `file.private_data` (the `struct socket`),
+/// `socket.sk` (pointers), and `skc_family` (a u16) of the `struct sock_common` that opens
+/// `struct sock` as `__sk_common` (include/net/sock.h).
+fn socket_family_offsets(types: &Types) -> Option<[u32; 3]> {
+    let [file_private_data, socket_sk] = word_members(types, [("file", "private_data"), ("socket", "sk")])?;
+    let (common_at, common) = types.member(types.struct_named("sock")?, "__sk_common")?;
+    let (family_at, family_type) = types.member(types.resolve(common)?, "skc_family")?;
+    let sock_family = common_at.checked_add(family_at)?;
+    (types.size(family_type)? == 2 && sock_family != 0).then_some([file_private_data, socket_sk, sock_family])
 }
 
 /// Where a task's descriptor table keeps the file at a number: `task_struct.files`,
@@ -371,6 +389,9 @@ mod tests {
         assert!(offsets.file_modes(), "file.f_inode, inode.i_mode: {offsets:?}");
         // struct inode opens with `umode_t i_mode`.
         assert_eq!(offsets.inode_mode, 0, "{offsets:?}");
+        assert!(offsets.socket_families(), "file.private_data, socket.sk, sock.skc_family: {offsets:?}");
+        // sock_common opens with an address pair (8 bytes) and two hashes (4 each).
+        assert_eq!(offsets.sock_family, 16, "{offsets:?}");
         assert!(offsets.mm_start_stack != 0, "mm_struct.start_stack: {offsets:?}");
     }
 }

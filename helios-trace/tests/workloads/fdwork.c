@@ -341,22 +341,24 @@ static void datagrams(long n) {
 }
 
 /* A UDP socket on loopback sends itself n datagrams (MAX_BATCH at most), received by one
- * recvmmsg: more messages than the tracer's kernel walk takes, on a socket that cannot pass
- * descriptors. The socket is closed after. */
-static void udp_batch(int n) {
+ * recvmmsg, `rounds` times: more messages than the tracer's kernel walk takes, on a socket that
+ * cannot pass descriptors. The socket is closed after. */
+static void udp_batch(int n, long rounds) {
     int sock;
     CHECK(sock = socket(AF_INET, SOCK_DGRAM, 0));
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof addr;
     CHECK(bind(sock, (struct sockaddr *)&addr, sizeof addr));
     CHECK(getsockname(sock, (struct sockaddr *)&addr, &len));
-    for (int m = 0; m < n; m++) CHECK(sendto(sock, "x", 1, 0, (struct sockaddr *)&addr, len));
     struct batch b;
-    batch_ready(&b);
-    int got;
-    CHECK(got = recvmmsg(sock, b.mm, n, MSG_WAITFORONE, NULL));
+    for (long r = 0; r < rounds; r++) {
+        for (int m = 0; m < n; m++) CHECK(sendto(sock, "x", 1, 0, (struct sockaddr *)&addr, len));
+        batch_ready(&b);
+        int got;
+        CHECK(got = recvmmsg(sock, b.mm, n, 0, NULL));
+        if (got != n) { close(sock); reply("err got %d of %d", got, n); return; }
+    }
     close(sock);
-    if (got != n) { reply("err got %d of %d", got, n); return; }
     reply("ok");
 }
 
@@ -548,10 +550,10 @@ static void handle(char *line) {
     } else if (!strcmp(cmd, "datagrams")) {   /* datagrams N: see datagrams */
         sscanf(line, "%*s %ld", &a);
         datagrams(a);
-    } else if (!strcmp(cmd, "udp-batch")) {   /* udp-batch N: see udp_batch */
-        sscanf(line, "%*s %ld", &a);
-        if (a < 1 || a > MAX_BATCH) { reply("err count"); return; }
-        udp_batch((int)a);
+    } else if (!strcmp(cmd, "udp-batch")) {   /* udp-batch N ROUNDS: see udp_batch */
+        sscanf(line, "%*s %ld %ld", &a, &b);
+        if (a < 1 || a > MAX_BATCH || b < 1) { reply("err count"); return; }
+        udp_batch((int)a, b);
     } else if (!strcmp(cmd, "mmsg-fds")) {    /* mmsg-fds N [N...]: see mmsg_fds (MAX_BATCH at most, MAX_RIGHTS each) */
         int counts[MAX_BATCH], messages = 0, consumed;
         char *p = line;
