@@ -87,8 +87,8 @@ const AF_UNIX: u16 = 1;
 const SCM_RIGHTS: i32 = 1;
 /// Messages walked per recvmmsg, and steps of the walk (`scm_step`: a message's first control
 /// message is read with its opening, each further one is a step); anything beyond is flagged
-/// AUX_TRUNCATED, and the tracer reconciles the process of such a call on a Unix socket at its
-/// next once-a-second tick (observe/session.rs, `reconcile_cut_short`); such a call on a Unix
+/// AUX_TRUNCATED, and the tracer reconciles the process of such a call on a Unix socket at a
+/// once-a-second tick (observe/session.rs, `reconcile_cut_short`); such a call on a Unix
 /// socket, or one whose family cannot be read, is recorded even when it passed no descriptor (a
 /// recvmmsg of more than 8 datagrams: a walk of every datagram of a batch would grow with it, a
 /// read or more each; on a socket of another family it is not walked: `received_nothing`). A
@@ -471,12 +471,29 @@ fn installed_mode<const BTF: bool>(fd: u64) -> u32 {
         Some(file) if file != 0 => file,
         _ => return 0,
     };
-    let field = |at: u64, offset: u32| (at as *const u8).wrapping_add(offset as usize);
-    let inode = unsafe { bpf_probe_read_kernel(field(file, offsets.file_inode) as *const u64) }.unwrap_or(0);
-    if inode == 0 {
-        return 0;
-    }
-    u32::from(unsafe { bpf_probe_read_kernel(field(inode, offsets.inode_mode) as *const u16) }.unwrap_or(0))
+    u32::from(file_mode(file).unwrap_or(0))
+}
+
+/// The mode of `file`'s inode (`file->f_inode->i_mode`, include/linux/fs.h), when
+/// `KernelOffsets::file_modes`.
+#[inline(always)]
+fn file_mode(file: u64) -> Option<u16> {
+    let offsets = kernel_offsets();
+    let inode = kernel_pointer(file, offsets.file_inode)?;
+    unsafe { bpf_probe_read_kernel(kernel_field(inode, offsets.inode_mode) as *const u16) }.ok()
+}
+
+/// The address of the member at `offset` of a kernel struct at `at`.
+#[inline(always)]
+fn kernel_field(at: u64, offset: u32) -> *const u8 {
+    (at as *const u8).wrapping_add(offset as usize)
+}
+
+/// The pointer at `offset` of a kernel struct at `at`, read with a helper; None when it cannot
+/// be read or is null.
+#[inline(always)]
+fn kernel_pointer(at: u64, offset: u32) -> Option<u64> {
+    unsafe { bpf_probe_read_kernel(kernel_field(at, offset) as *const u64) }.ok().filter(|&to| to != 0)
 }
 
 /// The address family of the socket installed at `fd` in the current task's table: its file's
@@ -484,7 +501,9 @@ fn installed_mode<const BTF: bool>(fd: u64) -> u32 {
 /// `sock_alloc_file`), whose `sk` opens with `struct sock_common` and its `skc_family`
 /// (include/net/sock.h). None when the offsets are not known, the table or a pointer cannot be
 /// read, or the file at `fd` is not a socket's (another thread may have closed the number and
-/// opened another file there since the call returned).
+/// opened another file there since the call returned). Such a thread may have put a socket of
+/// another family there too: then a Unix socket's batch is taken for one that received nothing,
+/// and what it passed is found by the next periodic reconciliation only.
 #[inline(always)]
 fn socket_family<const BTF: bool>(fd: u64) -> Option<u16> {
     const S_IFMT: u16 = 0o170000;
@@ -494,17 +513,11 @@ fn socket_family<const BTF: bool>(fd: u64) -> Option<u16> {
         return None;
     }
     let file = installed_file::<BTF>(current_task::<BTF>(), fd).filter(|&file| file != 0)?;
-    let field = |at: u64, offset: u32| (at as *const u8).wrapping_add(offset as usize);
-    let pointer = |at: u64, offset: u32| {
-        unsafe { bpf_probe_read_kernel(field(at, offset) as *const u64) }.ok().filter(|&to| to != 0)
-    };
-    let inode = pointer(file, offsets.file_inode)?;
-    let mode = unsafe { bpf_probe_read_kernel(field(inode, offsets.inode_mode) as *const u16) }.ok()?;
-    if mode & S_IFMT != S_IFSOCK {
+    if file_mode(file)? & S_IFMT != S_IFSOCK {
         return None;
     }
-    let sock = pointer(pointer(file, offsets.file_private_data)?, offsets.socket_sk)?;
-    unsafe { bpf_probe_read_kernel(field(sock, offsets.sock_family) as *const u16) }.ok()
+    let sock = kernel_pointer(kernel_pointer(file, offsets.file_private_data)?, offsets.socket_sk)?;
+    unsafe { bpf_probe_read_kernel(kernel_field(sock, offsets.sock_family) as *const u16) }.ok()
 }
 
 /// The file installed at `fd` in the current task's table (`files->fdt->fd[fd]`,
@@ -525,8 +538,7 @@ fn installed_file<const BTF: bool>(task: u64, fd: u64) -> Option<u64> {
             // SAFETY: a load the verifier checks (see above); a fault reads 0.
             unsafe { kernel_word(at as *const u8, offset) }
         } else {
-            let field = (at as *const u8).wrapping_add(offset as usize) as *const u64;
-            unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+            kernel_pointer(at, offset).unwrap_or(0)
         }
     };
     let files = pointer(task, offsets.task_files);
@@ -648,9 +660,9 @@ fn read_path(event: &mut SyscallEvent, user_ptr: u64) {
 /// for each (~250,000 instructions instead of ~60,000).
 ///
 /// A recvmmsg of more messages than the walk takes, on a socket of another family than Unix,
-/// received nothing either, and is not walked: only a Unix socket passes descriptors (its
-/// receives call `scm_recv_unix`, net/unix/af_unix.c; other families' never install one). A
-/// UDP server's batches of 16 or 64 datagrams were each a record, with a stack, before.
+/// received nothing either, and is not walked: only a Unix socket passes descriptors (net/core/
+/// scm.c, `__scm_send` refuses SCM_RIGHTS from any other family). A UDP server's batches of 16
+/// or 64 datagrams were each a record, with a stack, before.
 #[inline(never)]
 fn received_nothing<const BTF: bool>(spec: u32, socket: u64, msghdr: u64, ret: i64) -> bool {
     if spec & (spec::MSGHDR | spec::MMSGHDR) == 0 {

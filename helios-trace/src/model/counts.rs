@@ -57,9 +57,9 @@ pub(crate) struct EventCounts {
     /// passed any or not), more control messages than the 40 steps of its walk take, a
     /// message header it could not read (helios-trace-ebpf/src/syscalls.rs,
     /// `received_nothing`). Those it listed are in the table; the rest are found by the
-    /// reconciliation of the process this asks for at the next once-a-second tick (at most 5%
-    /// of the tracer's CPU: observe/session.rs, `reconcile_cut_short`), under `unknown-origin`
-    /// and counted in `reconcile_corrections.added`; with reconciliation off, not at all.
+    /// reconciliation of the process this asks for, at a once-a-second tick paced to 5% of a
+    /// CPU (observe/session.rs, `reconcile_cut_short`), under `unknown-origin` and counted in
+    /// `reconcile_corrections.added`; with reconciliation off, not at all.
     pub(crate) receives_cut_short: u64,
     /// The kernel programs' counters shown as they are, after the pipeline's own (in the
     /// report's `events` beside them).

@@ -760,8 +760,7 @@ impl Engine {
     }
 
     /// Whether `tgid`'s `socket` may have passed descriptors: only a Unix socket carries
-    /// SCM_RIGHTS (net/unix/af_unix.c, `unix_stream_read_generic` and `__unix_dgram_recvmsg`
-    /// call `scm_recv_unix`; the other families' recvmsg never installs a descriptor). A socket
+    /// SCM_RIGHTS (net/core/scm.c, `__scm_send` refuses them from any other family). A socket
     /// whose family the table does not know (one received, or found by reconciliation) may be
     /// one. The kernel makes no record of a recvmmsg larger than its walk on a socket it reads
     /// is not a Unix one (syscalls.rs, `received_nothing`); where it cannot read the family (a

@@ -218,6 +218,14 @@ pub(crate) struct TraceSettings {
     pub(crate) keep_transitions: bool,
 }
 
+/// When a task that began at `started`, with this thread's CPU time at `cpu`, may run again:
+/// a second after it began at the soonest, and so that it takes at most 5% of a CPU (20 times
+/// the CPU time it took). CPU time, not wall time: on a busy machine the task waits for a CPU,
+/// and counting the wait would delay the next beyond what it costs.
+fn paced(started: Instant, cpu: Duration) -> Instant {
+    started + (clock::thread_cpu().saturating_sub(cpu) * 20).max(Duration::from_secs(1))
+}
+
 impl Tracing {
     /// Attach the programs and load what is already open (`load_baseline`); `after_chunk` runs
     /// after each chunk of records handled meanwhile (as `run_until`'s `Tick::Drained`). Before
@@ -520,13 +528,12 @@ impl Tracing {
                         && Instant::now() >= due
                     {
                         // A command with many descriptors makes each read long (a readlink and
-                        // a socket lookup per descriptor): at most 5% of our CPU goes to it. CPU
-                        // time, not wall time: on a busy machine a read waits for a CPU, and
-                        // counting the wait put the next read past a short command's exit.
+                        // a socket lookup per descriptor): paced to 5% of a CPU. CPU time, not
+                        // wall time: counting the wait for a CPU put the next read past a short
+                        // command's exit.
                         let (started, cpu) = (Instant::now(), clock::thread_cpu());
                         self.remember_facts();
-                        let next = (clock::thread_cpu().saturating_sub(cpu) * 20).max(Duration::from_secs(1));
-                        self.remember_facts = Some(started + next);
+                        self.remember_facts = Some(paced(started, cpu));
                     }
                     on_tick(self, Tick::Second);
                     give_back_freed_memory();
@@ -579,10 +586,11 @@ impl Tracing {
     }
 
     /// What receives cut short did not list (model/counts.rs, `receives_cut_short`): their
-    /// processes reconciled at a once-a-second tick, with at most 5% of this thread's CPU
-    /// spent on it. A Unix datagram server whose batches are larger than the kernel walks is
-    /// flagged at each one, having passed descriptors or not, and a process can hold a million
-    /// (~6 s a pass). With reconciliation off they are dropped, so that none is kept.
+    /// processes reconciled at a once-a-second tick, paced to 5% of a CPU (`paced`: the records
+    /// handled between a pass's chunks counted in its time). A Unix datagram server whose
+    /// batches are larger than the kernel walks is flagged at each one, having passed
+    /// descriptors or not, and a process can hold a million (~6 s a pass). With reconciliation
+    /// off they are dropped, so that none is kept.
     fn reconcile_cut_short(&mut self, after_chunk: &mut dyn FnMut(&mut Tracing)) {
         if self.reconcile_interval.is_zero() {
             self.engine.take_cut_short();
@@ -595,9 +603,9 @@ impl Tracing {
         if cut_short.is_empty() {
             return;
         }
-        let cpu = clock::thread_cpu();
+        let (started, cpu) = (Instant::now(), clock::thread_cpu());
         self.reconcile(cut_short, after_chunk);
-        self.cut_short_due = Instant::now() + clock::thread_cpu().saturating_sub(cpu) * 20;
+        self.cut_short_due = paced(started, cpu);
     }
 
     /// Runs and run time of each kernel program (counted while the kernel's BPF statistics
