@@ -750,9 +750,8 @@ impl Engine {
             }
             if *truncated && self.may_pass_descriptors(event.tgid, *socket) {
                 self.counts.receives_cut_short += 1;
-                if self.table.process(event.tgid).is_some() {
-                    self.cut_short.insert(event.tgid);
-                }
+                // (Handed over only while the table tracks it: `take_cut_short`.)
+                self.cut_short.insert(event.tgid);
             }
         }
         self.after(&out, event.ts_ns);
